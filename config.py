@@ -1,0 +1,132 @@
+"""Settings read from the environment, parsed and typed in one place.
+
+Nothing here runs at import time: ``load_config()`` reads the environment when
+the app factory asks for it, and ``validate_config()`` refuses unsafe
+combinations before the app serves anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+ENVIRONMENTS = ("development", "testing", "production")
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or unsafe; the message says which and why."""
+
+
+def _str(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = env.get(name)
+    if value is None:
+        return default
+    value = value.strip()
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _list(env: Mapping[str, str], name: str) -> list[str]:
+    raw = env.get(name) or ""
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def normalise_database_url(url: str) -> str:
+    """Map ``postgres://`` and ``postgresql://`` to the psycopg2 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def load_config(env: Mapping[str, str] | None = None) -> dict:
+    """Read every setting from ``env`` (default: the process environment)."""
+    env = os.environ if env is None else env
+    sonicus_env = (_str(env, "SONICUS_ENV", "development") or "development").lower()
+    database_url = _str(env, "DATABASE_URL")
+    dev_issuer_default = sonicus_env in ("development", "testing") and not env.get("OIDC_ISSUER")
+    return {
+        "SONICUS_ENV": sonicus_env,
+        "TESTING": sonicus_env == "testing",
+        "SECRET_KEY": _str(env, "SECRET_KEY", "dev-only-not-secret"),
+        "DATABASE_URL": normalise_database_url(database_url) if database_url else None,
+        "REDIS_URL": _str(env, "REDIS_URL") or None,
+        "OIDC_ISSUER": _str(env, "OIDC_ISSUER") or None,
+        "OIDC_AUDIENCE": _str(env, "OIDC_AUDIENCE") or None,
+        "OIDC_JWKS_URL": _str(env, "OIDC_JWKS_URL") or None,
+        "OIDC_REQUIRED_GROUP": _str(env, "OIDC_REQUIRED_GROUP", "sonicus-user"),
+        "OIDC_ADMIN_GROUP": _str(env, "OIDC_ADMIN_GROUP", "sonicus-super-admin"),
+        "OIDC_LEEWAY_SECONDS": _int(env, "OIDC_LEEWAY_SECONDS", 30),
+        "OIDC_JWKS_MIN_REFRESH_SECONDS": _int(env, "OIDC_JWKS_MIN_REFRESH_SECONDS", 60),
+        "OIDC_HTTP_TIMEOUT_SECONDS": _int(env, "OIDC_HTTP_TIMEOUT_SECONDS", 5),
+        "DEV_TOKEN_ISSUER": _bool(env, "DEV_TOKEN_ISSUER", dev_issuer_default),
+        "CORS_ORIGINS": _list(env, "CORS_ORIGINS"),
+        "BILLING_PROVIDER": (_str(env, "BILLING_PROVIDER", "sandbox") or "sandbox").lower(),
+        "BILLING_WEBHOOK_SECRET": _str(env, "BILLING_WEBHOOK_SECRET") or None,
+        "STRIPE_API_KEY": _str(env, "STRIPE_API_KEY") or None,
+        "STRIPE_PRICE_IDS": _list(env, "STRIPE_PRICE_IDS"),
+        "PUBLIC_BASE_URL": _str(env, "PUBLIC_BASE_URL", "http://127.0.0.1:18100"),
+        "MEDIA_BASE_URL": _str(env, "MEDIA_BASE_URL") or None,
+        "MEDIA_URL_SECRET": _str(env, "MEDIA_URL_SECRET") or None,
+        "MEDIA_URL_TTL_SECONDS": _int(env, "MEDIA_URL_TTL_SECONDS", 3600),
+        "TRIAL_DAYS": _int(env, "TRIAL_DAYS", 14),
+        "ANALYTICS_CACHE_TTL_SECONDS": _int(env, "ANALYTICS_CACHE_TTL_SECONDS", 600),
+        "STATS_CACHE_TTL_SECONDS": _int(env, "STATS_CACHE_TTL_SECONDS", 300),
+        "RATELIMIT_ENABLED": _bool(env, "RATELIMIT_ENABLED", True),
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
+        "LOG_LEVEL": (_str(env, "LOG_LEVEL", "INFO") or "INFO").upper(),
+    }
+
+
+def validate_config(config: Mapping) -> None:
+    """Refuse settings that are unsafe or contradictory, with a clear message."""
+    env = config["SONICUS_ENV"]
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"SONICUS_ENV must be one of {', '.join(ENVIRONMENTS)}, got {env!r}")
+    if config["BILLING_PROVIDER"] not in ("sandbox", "stripe"):
+        raise ConfigError("BILLING_PROVIDER must be 'sandbox' or 'stripe'")
+    if config["TRIAL_DAYS"] < 0:
+        raise ConfigError("TRIAL_DAYS must not be negative")
+    if env != "production":
+        return
+    problems = []
+    if not config.get("OIDC_ISSUER"):
+        problems.append("OIDC_ISSUER is required")
+    if not config.get("OIDC_AUDIENCE"):
+        problems.append("OIDC_AUDIENCE is required")
+    url = config.get("SQLALCHEMY_DATABASE_URI") or config.get("DATABASE_URL") or ""
+    if not url or url.startswith("sqlite"):
+        problems.append("DATABASE_URL must point at PostgreSQL (SQLite is for development only)")
+    if config["BILLING_PROVIDER"] == "sandbox":
+        problems.append("BILLING_PROVIDER=sandbox is for development only")
+    if config["BILLING_PROVIDER"] == "stripe" and not config.get("BILLING_WEBHOOK_SECRET"):
+        problems.append("BILLING_WEBHOOK_SECRET is required with the stripe provider")
+    if config.get("DEV_TOKEN_ISSUER"):
+        problems.append("DEV_TOKEN_ISSUER cannot be enabled in production")
+    if config.get("SECRET_KEY") in (None, "", "dev-only-not-secret"):
+        problems.append("SECRET_KEY must be set")
+    if config.get("TESTING"):
+        problems.append("TESTING cannot be on in production")
+    if problems:
+        raise ConfigError("Refusing to start in production: " + "; ".join(problems) + ".")

@@ -1,0 +1,92 @@
+"""Sonicus: therapeutic sound subscriptions. ``create_app`` is the only entry point."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask
+
+from config import ConfigError, load_config, validate_config
+
+__all__ = ["ConfigError", "create_app"]
+
+
+def _database_settings(app: Flask) -> None:
+    url = app.config.get("DATABASE_URL")
+    if not url:
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+        url = "sqlite:///" + str(Path(app.instance_path) / "sonicus.db")
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    if url.startswith("sqlite"):
+        options = {"execution_options": {"schema_translate_map": {"sonicus": None}},
+                   "connect_args": {"check_same_thread": False, "timeout": 30}}
+    else:
+        options = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20,
+                   "pool_timeout": 10, "connect_args": {"connect_timeout": 5}}
+    options.update(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
+    app.config.setdefault("SQLALCHEMY_TRACK_MODIFICATIONS", False)
+
+
+def _api_settings(app: Flask) -> None:
+    app.config.update(
+        API_TITLE="Sonicus API",
+        API_VERSION="1.0.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        SOCK_SERVER_OPTIONS={"ping_interval": 25, "max_message_size": 64 * 1024,
+                             "subprotocols": ["bearer"]},
+        RATELIMIT_HEADERS_ENABLED=True,
+        JSON_SORT_KEYS=False,
+    )
+
+
+def create_app(overrides: dict | None = None) -> Flask:
+    """Build the app: settings, extensions, blueprints, errors, CLI and sockets. No I/O."""
+    app = Flask(__name__, static_folder=None)
+    app.config.update(load_config())
+    if overrides:
+        if "DATABASE_URL" in overrides and overrides["DATABASE_URL"]:
+            from config import normalise_database_url
+
+            overrides = {**overrides,
+                         "DATABASE_URL": normalise_database_url(overrides["DATABASE_URL"])}
+        app.config.update(overrides)
+        app.config["TESTING"] = app.config["SONICUS_ENV"] == "testing"
+    _database_settings(app)
+    _api_settings(app)
+    validate_config(app.config)
+    logging.getLogger("sonicus").setLevel(app.config["LOG_LEVEL"])
+
+    from . import models  # noqa: F401  (register every table on the metadata)
+    from .api import register_api
+    from .auth import init_auth
+    from .extensions import api, db, limiter, migrate, sock
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
+    api.init_app(app)
+    api.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    sock.init_app(app)
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
+    limiter.init_app(app)
+    init_auth(app)
+    register_api(app, api)
+
+    @app.before_request
+    def _fresh_request_state():
+        # g lives on the app context, which a caller may share across requests.
+        from flask import g
+
+        for name in ("current_user", "pagination", "envelope_message"):
+            g.pop(name, None)
+
+    from .cli import sonicus_cli
+
+    app.cli.add_command(sonicus_cli)
+    return app

@@ -1,0 +1,77 @@
+"""Public routes: liveness, readiness and the tier table."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from flask.views import MethodView
+from sqlalchemy import text
+
+from ..envelope import ApiError, Blueprint
+from ..extensions import db, get_redis
+from ..schemas.common import TierSchema
+from ..tiers import TIERS
+
+blp = Blueprint("health", __name__, url_prefix="/api", description="Health and public data.")
+
+
+class HealthSchema(ma.Schema):
+    status = ma.fields.String(required=True)
+
+
+class ReadySchema(ma.Schema):
+    status = ma.fields.String(required=True)
+    database = ma.fields.String(required=True)
+    redis = ma.fields.String(required=True)
+
+
+@blp.route("/health")
+class Health(MethodView):
+    @blp.response(200, HealthSchema)
+    def get(self):
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+
+def check_database() -> str:
+    try:
+        db.session.execute(text("SELECT 1"))
+        return "ok"
+    except Exception:
+        db.session.rollback()
+        return "unreachable"
+    finally:
+        db.session.remove()
+
+
+def check_redis() -> str:
+    client = get_redis()
+    if client is None:
+        return "not configured"
+    try:
+        client.ping()
+        return "ok"
+    except Exception:
+        return "unreachable"
+
+
+@blp.route("/ready")
+class Ready(MethodView):
+    @blp.response(200, ReadySchema)
+    @blp.alt_response(503, schema=ReadySchema, description="A dependency is unreachable.")
+    def get(self):
+        """Readiness: the database and Redis (when configured) are reachable."""
+        result = {"status": "ok", "database": check_database(), "redis": check_redis()}
+        if "unreachable" in (result["database"], result["redis"]):
+            raise ApiError(503, "service_unavailable", "A dependency is unreachable.",
+                           errors=[f"{k}: unreachable" for k in ("database", "redis")
+                                   if result[k] == "unreachable"])
+        return result
+
+
+@blp.route("/tiers")
+class Tiers(MethodView):
+    @blp.response(200, TierSchema(many=True))
+    def get(self):
+        """The subscription tiers with their prices and limits."""
+        return [{"name": t.name, "title": t.title, "price": t.price,
+                 "price_cents": t.price_cents, "limits": t.limits} for t in TIERS.values()]

@@ -1,0 +1,295 @@
+"""OIDC resource server: Bearer JWTs validated against the provider's JWKS.
+
+Authlib's ResourceProtector parses the header; our validator decodes with joserfc, checks
+iss/aud/exp/nbf and the algorithm, and caches validated tokens by hash until they expire.
+The local user is synced from the claims, writing only when something changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from copy import deepcopy
+
+import requests
+from authlib.integrations.flask_oauth2 import ResourceProtector
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
+from flask import current_app, g
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from werkzeug.local import LocalProxy
+
+from .envelope import ApiError
+
+log = logging.getLogger(__name__)
+
+ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                      "ES256", "ES384", "ES512", "EdDSA")
+WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+class TokenRejected(Exception):
+    """The token is not acceptable; the message is safe to show."""
+
+
+class KeysUnavailable(Exception):
+    """No signing keys could be had at all (provider down and nothing cached)."""
+
+
+class JWKSCache:
+    """The provider's signing keys, fetched lazily and refetched on an unknown ``kid``.
+
+    Refetches are rate-limited; a failed fetch keeps the keys already cached.
+    """
+
+    def __init__(self, jwks_url=None, issuer=None, *, min_refresh_seconds=60, timeout=5,
+                 static_keys: dict | None = None):
+        self.jwks_url = jwks_url
+        self.issuer = issuer
+        self.min_refresh_seconds = min_refresh_seconds
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._keys: KeySet | None = KeySet.import_key_set(static_keys) if static_keys else None
+        self._static = static_keys is not None
+        self._last_fetch = 0.0
+
+    def _resolve_jwks_url(self) -> str:
+        if self.jwks_url:
+            return self.jwks_url
+        discovery = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        response = requests.get(discovery, timeout=self.timeout)
+        response.raise_for_status()
+        self.jwks_url = response.json()["jwks_uri"]
+        return self.jwks_url
+
+    def _fetch(self) -> None:
+        self._last_fetch = time.monotonic()
+        try:
+            response = requests.get(self._resolve_jwks_url(), timeout=self.timeout)
+            response.raise_for_status()
+            self._keys = KeySet.import_key_set(response.json())
+        except Exception as exc:  # network, HTTP or parse errors: keep what we have
+            log.warning("JWKS fetch failed: %s", type(exc).__name__)
+            if self._keys is None:
+                raise KeysUnavailable() from exc
+
+    def key_for(self, kid: str | None):
+        with self._lock:
+            if self._keys is None and not self._static:
+                self._fetch()
+            try:
+                return self._keys.get_by_kid(kid)
+            except (JoseError, ValueError):
+                pass
+            if self._static or time.monotonic() - self._last_fetch < self.min_refresh_seconds:
+                raise TokenRejected("Unknown signing key.")
+            self._fetch()
+            try:
+                return self._keys.get_by_kid(kid)
+            except (JoseError, ValueError) as exc:
+                raise TokenRejected("Unknown signing key.") from exc
+
+
+class TokenVerifier:
+    """Validates a JWT string into its claims; remembers valid tokens until they expire."""
+
+    def __init__(self, keys: JWKSCache, issuer: str, audience: str, leeway: int = 30,
+                 cache_size: int = 10000):
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[dict, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _decode(self, token: str) -> dict:
+        header = _unverified_header(token)
+        alg = header.get("alg")
+        if alg not in ALLOWED_ALGORITHMS:
+            raise TokenRejected("Token algorithm not accepted.")
+        key = self.keys.key_for(header.get("kid"))
+        try:
+            decoded = jwt.decode(token, key, algorithms=[alg])
+        except JoseError as exc:
+            raise TokenRejected("Token signature is not valid.") from exc
+        except Exception as exc:
+            raise TokenRejected("Token is malformed.") from exc
+        claims = decoded.claims
+        registry = jwt.JWTClaimsRegistry(
+            leeway=self.leeway,
+            iss={"essential": True, "value": self.issuer},
+            aud={"essential": True, "value": self.audience},
+            exp={"essential": True},
+            sub={"essential": True},
+        )
+        try:
+            registry.validate(claims)
+        except JoseError as exc:
+            raise TokenRejected(f"Token claims are not valid ({exc.error}).") from exc
+        if not isinstance(claims.get("sub"), str):
+            raise TokenRejected("Token subject is not valid.")
+        return claims
+
+    def verify(self, token: str) -> dict:
+        digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+        now = time.time()
+        with self._lock:
+            hit = self._cache.get(digest)
+            if hit is not None:
+                claims, expires = hit
+                if now < expires + self.leeway:
+                    return claims
+                del self._cache[digest]
+        claims = self._decode(token)
+        nbf = claims.get("nbf")
+        if isinstance(nbf, (int, float)) and nbf > now + self.leeway:
+            raise TokenRejected("Token is not valid yet.")
+        with self._lock:
+            self._cache[digest] = (claims, float(claims["exp"]))
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return claims
+
+
+def _unverified_header(token: str) -> dict:
+    try:
+        part = token.split(".")[0]
+        part += "=" * (-len(part) % 4)
+        header = json.loads(base64.urlsafe_b64decode(part.encode("ascii")))
+    except Exception as exc:
+        raise TokenRejected("Token is malformed.") from exc
+    if not isinstance(header, dict):
+        raise TokenRejected("Token is malformed.")
+    return header
+
+
+class _ClaimsToken(dict):
+    def is_expired(self):
+        return False
+
+    def is_revoked(self):
+        return False
+
+    def get_scope(self):
+        return self.get("scope")
+
+
+class SonicusTokenValidator(BearerTokenValidator):
+    def authenticate_token(self, token_string):
+        try:
+            return _ClaimsToken(get_verifier().verify(token_string))
+        except TokenRejected as exc:
+            raise InvalidTokenError(description=str(exc)) from exc
+        except KeysUnavailable as exc:
+            raise ApiError(503, "service_unavailable",
+                           "Sign-in is unavailable right now; try again shortly.") from exc
+
+
+class SonicusResourceProtector(ResourceProtector):
+    def raise_error_response(self, error):
+        description = getattr(error, "description", None) or "A valid access token is required."
+        raise ApiError(401, "invalid_token", description, headers=dict(WWW_AUTHENTICATE))
+
+
+protector = SonicusResourceProtector()
+protector.register_token_validator(SonicusTokenValidator())
+
+
+def init_auth(app) -> None:
+    """Build the verifier for this app from its config (no network until the first token)."""
+    cfg = app.config
+    if cfg.get("OIDC_ISSUER"):
+        keys = JWKSCache(cfg.get("OIDC_JWKS_URL"), cfg["OIDC_ISSUER"],
+                         min_refresh_seconds=cfg["OIDC_JWKS_MIN_REFRESH_SECONDS"],
+                         timeout=cfg["OIDC_HTTP_TIMEOUT_SECONDS"])
+        issuer, audience = cfg["OIDC_ISSUER"], cfg.get("OIDC_AUDIENCE")
+    elif cfg.get("DEV_TOKEN_ISSUER"):
+        from . import devtokens
+
+        issuer, audience = devtokens.issuer(app), devtokens.AUDIENCE
+        keys = JWKSCache(static_keys=devtokens.public_jwks(app))
+    else:
+        keys, issuer, audience = None, None, None
+    app.extensions["sonicus_token_verifier"] = (
+        TokenVerifier(keys, issuer, audience, leeway=cfg["OIDC_LEEWAY_SECONDS"])
+        if keys is not None else None)
+
+
+def get_verifier() -> TokenVerifier:
+    verifier = current_app.extensions.get("sonicus_token_verifier")
+    if verifier is None:
+        raise KeysUnavailable()
+    return verifier
+
+
+def user_from_token(token: str):
+    """Validate a raw token and return the synced, active local user (for sockets too)."""
+    from .services.users import sync_user_from_claims
+
+    try:
+        claims = get_verifier().verify(token)
+    except TokenRejected as exc:
+        raise ApiError(401, "invalid_token", str(exc), headers=dict(WWW_AUTHENTICATE)) from exc
+    except KeysUnavailable as exc:
+        raise ApiError(503, "service_unavailable",
+                       "Sign-in is unavailable right now; try again shortly.") from exc
+    return sync_user_from_claims(claims)
+
+
+def authenticate_request():
+    """Validate the request's Bearer token and load the user into ``g``."""
+    if "current_user" in g:
+        return g.current_user
+    from .services.users import sync_user_from_claims
+
+    try:
+        claims = protector.acquire_token()
+    except OAuth2Error as error:
+        protector.raise_error_response(error)
+    user = sync_user_from_claims(dict(claims))
+    g.current_user = user
+    return user
+
+
+current_user = LocalProxy(lambda: g.get("current_user"))
+
+_SECURITY_DOC = {"security": [{"bearerAuth": []}]}
+
+
+def _document_security(wrapper, func):
+    wrapper._apidoc = deepcopy(getattr(func, "_apidoc", {}))
+    wrapper._apidoc.setdefault("manual_doc", {}).update(_SECURITY_DOC)
+    return wrapper
+
+
+def require_user(func):
+    """Any signed-in, active user in the required group."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        authenticate_request()
+        return func(*args, **kwargs)
+
+    return _document_security(wrapper, func)
+
+
+def require_super_admin(func):
+    """Holders of the admin group only; everyone else gets 403."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        user = authenticate_request()
+        if not user.is_admin:
+            raise ApiError(403, "forbidden", "Administrators only.")
+        return func(*args, **kwargs)
+
+    return _document_security(wrapper, func)

@@ -1,0 +1,44 @@
+"""The ``flask --app wsgi sonicus ...`` command group for operators: thin, calls services."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+sonicus_cli = AppGroup("sonicus", help="Sonicus administration commands.")
+
+
+def fail(message: str) -> None:
+    """A one-line error on stderr and exit code 1."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+@sonicus_cli.command("dev-token")
+@click.option("--email", required=True, help="The user's email address.")
+@click.option("--name", default=None, help="Display name (default: from the email).")
+@click.option("--admin", is_flag=True, help="Add the super-admin group.")
+@click.option("--tier", default=None, help="Give the user this tier (starter, premium, pro).")
+@click.option("--unverified", is_flag=True, help="Mark the email as not verified.")
+def dev_token(email, name, admin, tier, unverified):
+    """Mint an access token the development server accepts (development only)."""
+    from . import devtokens
+    from .tiers import TIERS
+
+    app = current_app._get_current_object()
+    if app.config["SONICUS_ENV"] == "production" or not app.config.get("DEV_TOKEN_ISSUER"):
+        fail("the development token issuer is not enabled (development and testing only)")
+    if tier is not None and tier not in TIERS:
+        fail(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
+    token = devtokens.mint(app, email=email, name=name, admin=admin,
+                           email_verified=not unverified)
+    if tier is not None:
+        from .auth import user_from_token
+        from .services.admin_users import grant_tier_from_cli
+
+        user = user_from_token(token)
+        grant_tier_from_cli(user, tier)
+    click.echo(token)

@@ -1,0 +1,199 @@
+"""The response envelope of the API contract, its schemas, pagination and error handling.
+
+Every JSON response is ``{success, data, message, errors, pagination}``; errors add ``code``.
+Views return plain objects; the Blueprint subclass wraps them, and the Api subclass turns
+every HTTP error (ours, flask-smorest's 422, Flask's 404/405, an unexpected 500) into the
+same envelope.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flask_smorest
+import marshmallow as ma
+from flask import g
+from werkzeug.exceptions import HTTPException
+
+DEFAULT_CODES = {
+    400: "validation_error",
+    401: "invalid_token",
+    402: "payment_required",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+DEFAULT_MESSAGES = {
+    400: "The request is not valid.",
+    401: "A valid access token is required.",
+    404: "Not found.",
+    405: "This method is not allowed here.",
+    422: "The request is not valid.",
+    500: "Something went wrong on our side.",
+}
+
+
+class ApiError(HTTPException):
+    """An error with a machine-readable code, raised by services and views alike."""
+
+    def __init__(self, status: int, code: str, message: str, *, errors=None,
+                 headers=None, data=None):
+        super().__init__(description=message)
+        self.code = status
+        self.data = {"code": code, "message": message, "errors": errors,
+                     "headers": headers or {}, "extra": data or {}}
+
+
+def fail(status: int, code: str, message: str, **kwargs):
+    raise ApiError(status, code, message, **kwargs)
+
+
+def not_found(what: str = "Resource"):
+    raise ApiError(404, "not_found", f"{what} not found.")
+
+
+def flatten_errors(messages, prefix: str = "") -> list[str]:
+    """Turn marshmallow/webargs error structures into ``"field: message"`` strings."""
+    out: list[str] = []
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            key = str(key)
+            if not prefix and key in ("json", "query", "form", "path", "headers", "files"):
+                out.extend(flatten_errors(value, ""))
+            elif key == "_schema":
+                out.extend(flatten_errors(value, prefix))
+            else:
+                out.extend(flatten_errors(value, f"{prefix}.{key}" if prefix else key))
+    elif isinstance(messages, (list, tuple)):
+        for item in messages:
+            out.extend(flatten_errors(item, prefix))
+    else:
+        out.append(f"{prefix}: {messages}" if prefix else str(messages))
+    return out
+
+
+# ---- schemas -------------------------------------------------------------------------------
+
+class PaginationSchema(ma.Schema):
+    page = ma.fields.Integer(required=True)
+    per_page = ma.fields.Integer(required=True)
+    total = ma.fields.Integer(required=True)
+    pages = ma.fields.Integer(required=True)
+
+
+class ErrorEnvelopeSchema(ma.Schema):
+    success = ma.fields.Boolean(required=True, metadata={"example": False})
+    data = ma.fields.Raw(allow_none=True, metadata={"nullable": True})
+    message = ma.fields.String(allow_none=True)
+    errors = ma.fields.List(ma.fields.String(), allow_none=True)
+    pagination = ma.fields.Raw(allow_none=True)
+    code = ma.fields.String(required=True, metadata={"example": "validation_error"})
+
+
+class PageArgsSchema(ma.Schema):
+    """Query arguments of every list route; list routes' own query schemas extend it."""
+
+    page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1, max=100000))
+    per_page = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=100))
+
+
+_envelopes: dict[tuple, type[ma.Schema]] = {}
+
+
+def envelope_schema(schema: ma.Schema | None) -> type[ma.Schema]:
+    """The documented envelope around ``schema`` (cached: one class per name)."""
+    if schema is None:
+        name, data_field = "EmptyEnvelope", ma.fields.Raw(allow_none=True)
+    else:
+        many = bool(getattr(schema, "many", False))
+        base = type(schema).__name__.removesuffix("Schema")
+        name = f"{base}{'List' if many else ''}Envelope"
+        data_field = ma.fields.Nested(type(schema), many=many, required=True)
+    if name not in _envelopes:
+        _envelopes[name] = type(name, (ma.Schema,), {
+            "success": ma.fields.Boolean(required=True),
+            "data": data_field,
+            "message": ma.fields.String(allow_none=True),
+            "errors": ma.fields.List(ma.fields.String(), allow_none=True),
+            "pagination": ma.fields.Nested(PaginationSchema, allow_none=True),
+        })
+    return _envelopes[name]
+
+
+def envelope(data=None, *, message=None, pagination=None) -> dict:
+    return {"success": True, "data": data, "message": message, "errors": None,
+            "pagination": pagination}
+
+
+def set_message(message: str) -> None:
+    """Set the envelope's human message for the current response."""
+    g.envelope_message = message
+
+
+class Blueprint(flask_smorest.Blueprint):
+    @staticmethod
+    def _make_doc_response_schema(schema):
+        return envelope_schema(schema)
+
+    @staticmethod
+    def _prepare_response_content(data):
+        return envelope(data, message=g.get("envelope_message"),
+                        pagination=g.get("pagination"))
+
+
+def paginate(db, statement, args: dict):
+    """Run a paginated select; sets the envelope's pagination and returns the page's items."""
+    page, per_page = args["page"], args["per_page"]
+    result = db.paginate(statement, page=page, per_page=per_page, error_out=False,
+                         max_per_page=100)
+    total = result.total or 0
+    g.pagination = {"page": page, "per_page": per_page, "total": total,
+                    "pages": math.ceil(total / per_page) if total else 0}
+    return result.items
+
+
+def set_pagination(page: int, per_page: int, total: int) -> None:
+    g.pagination = {"page": page, "per_page": per_page, "total": total,
+                    "pages": math.ceil(total / per_page) if total else 0}
+
+
+def error_body(status: int, code: str, message: str, errors=None, extra=None) -> dict:
+    body = {"success": False, "data": None, "message": message, "errors": errors,
+            "pagination": None, "code": code}
+    if extra:
+        body.update(extra)
+    return body
+
+
+class Api(flask_smorest.Api):
+    ERROR_SCHEMA = ErrorEnvelopeSchema
+
+    def handle_http_exception(self, error):
+        status = error.code or 500
+        data = getattr(error, "data", None) or {}
+        code = data.get("code") or DEFAULT_CODES.get(status, "error")
+        errors = data.get("errors")
+        if errors is None and "messages" in data:
+            errors = flatten_errors(data["messages"])
+        elif isinstance(errors, dict):
+            errors = flatten_errors(errors)
+        if status >= 500:
+            message = data.get("message") if status != 500 else None
+            message = message or DEFAULT_MESSAGES.get(status) or error.name
+            errors = errors if status != 500 else None
+        else:
+            message = data.get("message") or DEFAULT_MESSAGES.get(status) or error.description
+        if status in (400, 422) and not errors:
+            errors = [error.description] if error.description else []
+        headers = dict(data.get("headers") or {})
+        if status == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+            headers.setdefault("Allow", ", ".join(error.valid_methods))
+        body = error_body(status, code, message, errors, data.get("extra"))
+        return body, status, headers

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .base import Base, UTCDateTime, utcnow
+
+
+class SoundPackage(Base):
+    __tablename__ = "sound_packages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(120), unique=True)
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    category: Mapped[str] = mapped_column(String(40))
+    minimum_tier: Mapped[str] = mapped_column(String(16), default="public")
+    published: Mapped[bool] = mapped_column(Boolean, default=False)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    duration_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    track_count: Mapped[int] = mapped_column(Integer, default=0)
+    popularity: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    tracks: Mapped[list[Track]] = relationship(
+        back_populates="package", order_by="Track.position", cascade="all, delete-orphan")
+
+    __table_args__ = (
+        Index("ix_sound_packages_listing", "published", "archived_at", "category"),
+        Index("ix_sound_packages_popularity", "popularity"),
+    )
+
+
+class Track(Base):
+    __tablename__ = "tracks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    package_id: Mapped[int] = mapped_column(ForeignKey("sound_packages.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    title: Mapped[str] = mapped_column(String(200))
+    duration_seconds: Mapped[int] = mapped_column(Integer)
+    media_path: Mapped[str] = mapped_column(String(512))
+
+    package: Mapped[SoundPackage] = relationship(back_populates="tracks")
+
+    __table_args__ = (Index("ix_tracks_package_id_position", "package_id", "position"),)
+
+
+class UserSoundPackage(Base):
+    """A package in a user's personal library."""
+
+    __tablename__ = "user_sound_packages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    package_id: Mapped[int] = mapped_column(ForeignKey("sound_packages.id", ondelete="CASCADE"))
+    assigned_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    assigned_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
+    favorite: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    package: Mapped[SoundPackage] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("user_id", "package_id"),
+        Index("ix_user_sound_packages_user_id_assigned_at", "user_id", "assigned_at"),
+    )

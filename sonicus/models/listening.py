@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, SmallInteger, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .base import Base, UTCDateTime, utcnow
+
+OPEN, ENDED = "open", "ended"
+
+
+class ListeningSession(Base):
+    """One listening session. ``local_day`` is the user's own day when it started."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    package_id: Mapped[int] = mapped_column(ForeignKey("sound_packages.id", ondelete="CASCADE"))
+    track_id: Mapped[int | None] = mapped_column(ForeignKey("tracks.id", ondelete="SET NULL"))
+    tier: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(8), default=OPEN)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    local_day: Mapped[date] = mapped_column(Date)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    max_duration_seconds: Mapped[int | None] = mapped_column(Integer)
+    listened_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[bool] = mapped_column(Boolean, default=False)
+    counts_toward_quota: Mapped[bool] = mapped_column(Boolean, default=True)
+    mood_before: Mapped[int | None] = mapped_column(SmallInteger)
+    mood_after: Mapped[int | None] = mapped_column(SmallInteger)
+    note: Mapped[str | None] = mapped_column(Text)
+    end_reason: Mapped[str | None] = mapped_column(String(16))
+
+    package = relationship("SoundPackage")
+    track = relationship("Track")
+
+    __table_args__ = (
+        Index("ix_user_sessions_user_id_started_at", "user_id", "started_at"),
+        Index("ix_user_sessions_user_id_local_day", "user_id", "local_day"),
+        Index("ix_user_sessions_status_started_at", "status", "started_at"),
+        Index("ix_user_sessions_started_at", "started_at"),
+        Index("ix_user_sessions_package_id", "package_id"),
+    )

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base, UTCDateTime, utcnow
+
+ACTIVE, TRIALING, INCOMPLETE, PAST_DUE, CANCELED = (
+    "active", "trialing", "incomplete", "past_due", "canceled")
+STATUSES = (ACTIVE, TRIALING, INCOMPLETE, PAST_DUE, CANCELED)
+
+
+class UserSubscription(Base):
+    """One row per user: the tier in force and where its lifecycle stands."""
+
+    __tablename__ = "user_subscriptions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), unique=True)
+    tier: Mapped[str] = mapped_column(String(16), default="starter")
+    status: Mapped[str] = mapped_column(String(16), default=ACTIVE)
+    trial_used: Mapped[bool] = mapped_column(Boolean, default=False)
+    trial_ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    current_period_start: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    current_period_end: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
+    pending_tier: Mapped[str | None] = mapped_column(String(16))
+    past_due_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    payment_method_on_file: Mapped[bool] = mapped_column(Boolean, default=False)
+    complimentary: Mapped[bool] = mapped_column(Boolean, default=False)
+    tier_chosen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    provider: Mapped[str | None] = mapped_column(String(16))
+    provider_customer_id: Mapped[str | None] = mapped_column(String(255))
+    provider_subscription_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    checkout_reference: Mapped[str | None] = mapped_column(String(255), unique=True)
+    checkout_tier: Mapped[str | None] = mapped_column(String(16))
+    checkout_url: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index("ix_user_subscriptions_status_tier", "status", "tier"),
+        Index("ix_user_subscriptions_current_period_end", "current_period_end"),
+        Index("ix_user_subscriptions_trial_ends_at", "trial_ends_at"),
+    )
+
+
+class SubscriptionEvent(Base):
+    """The subscription's history: every change, with money in integer cents."""
+
+    __tablename__ = "subscription_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(48))
+    from_tier: Mapped[str | None] = mapped_column(String(16))
+    to_tier: Mapped[str | None] = mapped_column(String(16))
+    amount_cents: Mapped[int | None] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
+    reference: Mapped[str | None] = mapped_column(String(255))
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        Index("ix_subscription_events_user_id_at", "user_id", "at"),
+        Index("ix_subscription_events_type_at", "type", "at"),
+    )
+
+
+class BillingEvent(Base):
+    """A webhook event received from the billing provider, kept for idempotency."""
+
+    __tablename__ = "billing_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(255))
+    type: Mapped[str] = mapped_column(String(96))
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("uq_billing_events_provider_event_id", "provider", "event_id", unique=True),
+    )

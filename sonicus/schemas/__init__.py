@@ -1,0 +1,1 @@
+"""Marshmallow schemas per area: one set serves validation and the OpenAPI document."""

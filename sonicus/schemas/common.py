@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import marshmallow as ma
+
+from ..clock import is_valid_timezone
+from ..tiers import TIER_NAMES
+
+
+class StrictSchema(ma.Schema):
+    """Input schema: unknown fields are errors."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+def validate_timezone(value: str) -> None:
+    if not is_valid_timezone(value):
+        raise ma.ValidationError("Not a valid IANA time zone.")
+
+
+class LimitsSchema(ma.Schema):
+    daily_sessions = ma.fields.Integer(allow_none=True, required=True)
+    max_session_minutes = ma.fields.Integer(allow_none=True, required=True)
+    package_levels = ma.fields.List(ma.fields.String(), required=True)
+
+
+class TierSchema(ma.Schema):
+    name = ma.fields.String(required=True)
+    title = ma.fields.String(required=True)
+    price = ma.fields.Decimal(as_string=True, places=2, required=True,
+                              metadata={"example": "9.99"})
+    price_cents = ma.fields.Integer(required=True)
+    currency = ma.fields.Constant("USD")
+    limits = ma.fields.Nested(LimitsSchema, required=True)
+
+
+TierName = ma.fields.String(validate=ma.validate.OneOf(TIER_NAMES))

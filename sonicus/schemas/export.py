@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import marshmallow as ma
+
+
+class _UserExport(ma.Schema):
+    id = ma.fields.Integer()
+    email = ma.fields.String()
+    email_verified = ma.fields.Boolean()
+    display_name = ma.fields.String(allow_none=True)
+    timezone = ma.fields.String()
+    day_start_hour = ma.fields.Integer()
+    role = ma.fields.String()
+    is_active = ma.fields.Boolean()
+    created_at = ma.fields.DateTime()
+    updated_at = ma.fields.DateTime()
+
+
+class _SubscriptionExport(ma.Schema):
+    tier = ma.fields.String()
+    status = ma.fields.String()
+    trial_used = ma.fields.Boolean()
+    trial_ends_at = ma.fields.DateTime(allow_none=True)
+    current_period_start = ma.fields.DateTime(allow_none=True)
+    current_period_end = ma.fields.DateTime(allow_none=True)
+    cancel_at_period_end = ma.fields.Boolean()
+    pending_tier = ma.fields.String(allow_none=True)
+    created_at = ma.fields.DateTime()
+
+
+class _EventExport(ma.Schema):
+    type = ma.fields.String()
+    from_tier = ma.fields.String(allow_none=True)
+    to_tier = ma.fields.String(allow_none=True)
+    amount_cents = ma.fields.Integer(allow_none=True)
+    currency = ma.fields.String()
+    reference = ma.fields.String(allow_none=True)
+    details = ma.fields.Dict()
+    at = ma.fields.DateTime()
+
+
+class _LibraryExport(ma.Schema):
+    package_id = ma.fields.Integer()
+    assigned_at = ma.fields.DateTime()
+    favorite = ma.fields.Boolean()
+
+
+class _SessionExport(ma.Schema):
+    id = ma.fields.Integer()
+    package_id = ma.fields.Integer()
+    track_id = ma.fields.Integer(allow_none=True)
+    tier = ma.fields.String()
+    status = ma.fields.String()
+    started_at = ma.fields.DateTime()
+    ended_at = ma.fields.DateTime(allow_none=True)
+    listened_seconds = ma.fields.Integer()
+    completed = ma.fields.Boolean()
+    mood_before = ma.fields.Integer(allow_none=True)
+    mood_after = ma.fields.Integer(allow_none=True)
+    note = ma.fields.String(allow_none=True)
+
+
+class ExportSchema(ma.Schema):
+    user = ma.fields.Nested(_UserExport, required=True)
+    preferences = ma.fields.Dict(required=True)
+    subscription = ma.fields.Nested(_SubscriptionExport, allow_none=True)
+    subscription_events = ma.fields.List(ma.fields.Nested(_EventExport))
+    library = ma.fields.List(ma.fields.Nested(_LibraryExport))
+    sessions = ma.fields.List(ma.fields.Nested(_SessionExport))
+    analytics = ma.fields.Dict(allow_none=True)

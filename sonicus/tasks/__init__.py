@@ -1,0 +1,1 @@
+"""Background jobs: queue names, the enqueue helper, job functions and the schedule."""

@@ -1,0 +1,241 @@
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+from joserfc.jwk import RSAKey
+
+
+def _assert_invalid_token(res):
+    assert res.status_code == 401, res.json
+    assert res.json["success"] is False
+    assert res.json["code"] == "invalid_token"
+    assert res.json["data"] is None
+    assert res.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+def _b64(obj) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+def test_valid_token_reads_profile(client, auth):
+    res = client.get("/api/user/profile", headers=auth("ana@example.com", name="Ana"))
+    assert res.status_code == 200
+    data = res.json["data"]
+    assert data["email"] == "ana@example.com"
+    assert data["display_name"] == "Ana"
+    assert data["role"] == "user"
+    assert data["tier"] == "starter"
+    assert data["timezone"] == "UTC"
+
+
+def test_missing_header(client):
+    _assert_invalid_token(client.get("/api/user/profile"))
+
+
+@pytest.mark.parametrize("value", ["Bearer", "Basic abc", "Bearer not.a.jwt", "Bearer a b c",
+                                   "Token xyz", "Bearer ..."])
+def test_malformed_header(client, value):
+    _assert_invalid_token(client.get("/api/user/profile", headers={"Authorization": value}))
+
+
+@pytest.mark.parametrize("claims", [
+    {"exp": int(time.time()) - 3600},
+    {"nbf": int(time.time()) + 3600},
+    {"iss": "https://evil.example.com/application/o/sonicus/"},
+    {"aud": "another-client"},
+])
+def test_rejected_claims(client, idp, claims):
+    token = idp.token(**claims)
+    _assert_invalid_token(client.get("/api/user/profile",
+                                     headers={"Authorization": f"Bearer {token}"}))
+
+
+def test_unknown_kid(client, idp):
+    stranger = RSAKey.generate_key(2048, parameters={"kid": "stranger"})
+    token = idp.token(key=stranger)
+    _assert_invalid_token(client.get("/api/user/profile",
+                                     headers={"Authorization": f"Bearer {token}"}))
+
+
+def test_key_signed_with_other_key_but_known_kid(client, idp):
+    forger = RSAKey.generate_key(2048, parameters={"kid": idp.key.kid})
+    token = idp.token(key=forger)
+    _assert_invalid_token(client.get("/api/user/profile",
+                                     headers={"Authorization": f"Bearer {token}"}))
+
+
+def test_tampered_payload(client, idp):
+    token = idp.token(email="ana@example.com")
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["groups"] = ["sonicus-user", "sonicus-super-admin"]
+    forged = ".".join([header, _b64(claims), signature])
+    _assert_invalid_token(client.get("/api/user/profile",
+                                     headers={"Authorization": f"Bearer {forged}"}))
+
+
+def test_alg_none(client, idp):
+    now = int(time.time())
+    claims = {"iss": idp.issuer, "aud": "sonicus-test", "sub": "x", "exp": now + 600,
+              "email": "x@example.com", "groups": ["sonicus-user"]}
+    token = _b64({"alg": "none", "typ": "JWT", "kid": idp.key.kid}) + "." + _b64(claims) + "."
+    _assert_invalid_token(client.get("/api/user/profile",
+                                     headers={"Authorization": f"Bearer {token}"}))
+
+
+def test_hs256_signed_with_public_key(client, idp):
+    public_pem = idp.key.as_pem(private=False)
+    now = int(time.time())
+    claims = {"iss": idp.issuer, "aud": "sonicus-test", "sub": "x", "exp": now + 600,
+              "email": "x@example.com", "groups": ["sonicus-user"]}
+    signing_input = _b64({"alg": "HS256", "kid": idp.key.kid}) + "." + _b64(claims)
+    mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    token = signing_input + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    _assert_invalid_token(client.get("/api/user/profile",
+                                     headers={"Authorization": f"Bearer {token}"}))
+
+
+def test_key_rotation_accepts_new_key(client, idp):
+    old = idp.key
+    assert client.get("/api/user/profile", headers={
+        "Authorization": f"Bearer {idp.token()}"}).status_code == 200
+    try:
+        new = idp.rotate()
+        token = idp.token(key=new, email="rotated@example.com")
+        res = client.get("/api/user/profile", headers={"Authorization": f"Bearer {token}"})
+        assert res.status_code == 200
+        assert res.json["data"]["email"] == "rotated@example.com"
+    finally:
+        idp.keys = [old]
+
+
+def test_tokens_without_optional_claims_are_accepted(client, idp):
+    token = idp.token(azp=None, auth_time=None, iat=None)
+    assert client.get("/api/user/profile",
+                      headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_user_created_once_then_synced(client, auth, db_session):
+    from sonicus.models import User
+
+    assert client.get("/api/user/profile", headers=auth("a@example.com", sub="s1",
+                                                        name="First")).status_code == 200
+    res = client.get("/api/user/profile", headers=auth("b@example.com", sub="s1",
+                                                       name="Second"))
+    assert res.json["data"]["email"] == "b@example.com"
+    assert res.json["data"]["display_name"] == "Second"
+    assert db_session.query(User).count() == 1
+
+
+def test_unchanged_claims_do_not_write(client, auth, db_session):
+    from sonicus.models import User
+
+    headers = auth("a@example.com", sub="s1")
+    client.get("/api/user/profile", headers=headers)
+    before = db_session.query(User).one().updated_at
+    time.sleep(0.01)
+    client.get("/api/user/profile", headers=auth("a@example.com", sub="s1"))
+    db_session.expire_all()
+    assert db_session.query(User).one().updated_at == before
+
+
+def test_profile_name_edit_survives_until_provider_name_changes(client, auth):
+    headers = auth("a@example.com", sub="s1", name="Provider Name")
+    client.put("/api/user/profile", json={"display_name": "My Name"}, headers=headers)
+    res = client.get("/api/user/profile", headers=auth("a@example.com", sub="s1",
+                                                       name="Provider Name"))
+    assert res.json["data"]["display_name"] == "My Name"
+    res = client.get("/api/user/profile", headers=auth("a@example.com", sub="s1",
+                                                       name="Renamed"))
+    assert res.json["data"]["display_name"] == "Renamed"
+
+
+def test_admin_role_only_with_admin_group(client, auth, admin_auth):
+    assert client.get("/api/user/profile", headers=auth()).json["data"]["role"] == "user"
+    assert client.get("/api/user/profile",
+                      headers=admin_auth()).json["data"]["role"] == "admin"
+    # losing the group demotes on the next request
+    res = client.get("/api/user/profile", headers=auth("admin@example.com"))
+    assert res.json["data"]["role"] == "user"
+
+
+def test_required_group_missing_is_403(client, auth, db_session):
+    from sonicus.models import User
+
+    res = client.get("/api/user/profile", headers=auth(groups=("other",)))
+    assert res.status_code == 403
+    assert res.json["code"] == "forbidden"
+    assert db_session.query(User).count() == 0
+
+
+def test_required_group_can_be_turned_off(idp):
+    from sonicus import create_app
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp, OIDC_REQUIRED_GROUP=""))
+    token = idp.token(groups=[])
+    res = app.test_client().get("/api/user/profile",
+                                headers={"Authorization": f"Bearer {token}"})
+    assert res.status_code == 200
+
+
+def test_suspended_user_is_403(client, auth, db_session):
+    from sonicus.models import User
+
+    client.get("/api/user/profile", headers=auth())
+    db_session.query(User).update({"is_active": False})
+    db_session.commit()
+    res = client.get("/api/user/profile", headers=auth())
+    assert res.status_code == 403
+    assert res.json["code"] == "account_suspended"
+
+
+def test_jwks_outage_keeps_cached_keys_working(idp):
+    from sonicus import create_app
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp))
+    client = app.test_client()
+    assert client.get("/api/user/profile", headers={
+        "Authorization": f"Bearer {idp.token(email='one@example.com')}"}).status_code == 200
+    idp.fail = True
+    try:
+        res = client.get("/api/user/profile", headers={
+            "Authorization": f"Bearer {idp.token(email='two@example.com')}"})
+        assert res.status_code == 200
+    finally:
+        idp.fail = False
+
+
+def test_jwks_unreachable_with_no_keys_is_503_not_500(idp):
+    from sonicus import create_app
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp))
+    idp.fail = True
+    try:
+        res = app.test_client().get("/api/user/profile", headers={
+            "Authorization": f"Bearer {idp.token()}"})
+        assert res.status_code == 503
+        assert res.json["code"] == "service_unavailable"
+    finally:
+        idp.fail = False
+
+
+def test_unknown_kid_refetch_is_rate_limited(idp):
+    from sonicus import create_app
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp, OIDC_JWKS_MIN_REFRESH_SECONDS=60))
+    client = app.test_client()
+    client.get("/api/user/profile", headers={"Authorization": f"Bearer {idp.token()}"})
+    before = idp.jwks_requests
+    stranger = RSAKey.generate_key(2048, parameters={"kid": "stranger"})
+    for _ in range(5):
+        res = client.get("/api/user/profile", headers={
+            "Authorization": f"Bearer {idp.token(key=stranger)}"})
+        assert res.status_code == 401
+    assert idp.jwks_requests == before

@@ -1,0 +1,46 @@
+def test_health_is_public_and_enveloped(client):
+    res = client.get("/api/health")
+    assert res.status_code == 200
+    assert res.json == {"success": True, "data": {"status": "ok"}, "message": None,
+                        "errors": None, "pagination": None}
+
+
+def test_ready_reports_database_and_redis(client):
+    res = client.get("/api/ready")
+    assert res.status_code == 200
+    assert res.json["data"] == {"status": "ok", "database": "ok", "redis": "ok"}
+
+
+def test_ready_is_503_when_redis_is_unreachable(idp):
+    from sonicus import create_app
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp, REDIS_URL="redis://127.0.0.1:1/0"))
+    res = app.test_client().get("/api/ready")
+    assert res.status_code == 503
+    assert res.json["success"] is False
+    assert res.json["code"] == "service_unavailable"
+    assert "redis: unreachable" in res.json["errors"]
+
+
+def test_ready_is_503_when_database_is_unreachable(idp):
+    from sonicus import create_app
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp, DATABASE_URL="postgresql://postgres@127.0.0.1:1/test"))
+    res = app.test_client().get("/api/ready")
+    assert res.status_code == 503
+    assert "database: unreachable" in res.json["errors"]
+
+
+def test_tiers_table(client):
+    res = client.get("/api/tiers")
+    assert res.status_code == 200
+    tiers = {t["name"]: t for t in res.json["data"]}
+    assert list(tiers) == ["starter", "premium", "pro"]
+    assert tiers["premium"]["price"] == "9.99"
+    assert tiers["pro"]["price"] == "19.99"
+    assert tiers["starter"]["limits"] == {"daily_sessions": 3, "max_session_minutes": 15,
+                                          "package_levels": ["public"]}
+    assert tiers["pro"]["limits"]["daily_sessions"] is None
+    assert tiers["pro"]["limits"]["package_levels"] == ["public", "premium", "pro_exclusive"]
