@@ -1,0 +1,36 @@
+# Two commands for a newcomer: `make dev` (API with demo data) and `make test` (the suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 18100
+export SONICUS_ENV ?= development
+
+.PHONY: install dev test lint bench
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+# Embedded default: SQLite in instance/, jobs inline, no Redis needed.
+dev: install
+	$(PY) -m flask --app wsgi db upgrade
+	$(PY) -m flask --app wsgi sonicus seed sonicus/data/demo_catalog.yaml
+	@echo
+	@echo "Sonicus API on http://127.0.0.1:$(PORT)  (docs: http://127.0.0.1:$(PORT)/api/docs)"
+	@echo "Get a development token in another terminal:"
+	@echo "  TOKEN=\$$($(PY) -m flask --app wsgi sonicus dev-token --email you@example.com)"
+	@echo "  curl -H \"Authorization: Bearer \$$TOKEN\" http://127.0.0.1:$(PORT)/api/user/profile"
+	@echo "(add --admin for an administrator, --tier premium|pro for a paid tier)"
+	@echo
+	$(PY) -m flask --app wsgi run --host 127.0.0.1 --port $(PORT) --with-threads
+
+# Needs PostgreSQL (TEST_DATABASE_URL, default database `test` on 127.0.0.1:5432)
+# and Redis (TEST_REDIS_URL, default db 15 on 127.0.0.1:6379).
+test: install
+	$(VENV)/bin/ruff check .
+	SONICUS_ENV=testing $(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .

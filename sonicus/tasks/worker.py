@@ -1,0 +1,49 @@
+"""RQ workers that run every job inside the app's context."""
+
+from __future__ import annotations
+
+from rq import SimpleWorker, Worker
+
+from ..extensions import db, get_redis
+from .queue import QUEUES
+
+
+class _AppContextMixin:
+    flask_app = None
+
+    def perform_job(self, job, queue):
+        with self.flask_app.app_context():
+            try:
+                return super().perform_job(job, queue)
+            finally:
+                db.session.remove()
+
+
+class AppWorker(_AppContextMixin, Worker):
+    """Forks a work horse per job; the horse drops inherited database connections."""
+
+    def perform_job(self, job, queue):
+        with self.flask_app.app_context():
+            db.engine.dispose(close=False)
+        return super().perform_job(job, queue)
+
+
+class AppSimpleWorker(_AppContextMixin, SimpleWorker):
+    """Runs jobs in its own process (tests, benchmarks)."""
+
+
+def make_worker(app, *, simple: bool = False, queues=QUEUES, name: str | None = None):
+    with app.app_context():
+        connection = get_redis()
+    if connection is None:
+        raise RuntimeError("REDIS_URL is not set: jobs run inline, no worker is needed.")
+    cls = AppSimpleWorker if simple else AppWorker
+    worker = cls(list(queues), connection=connection, name=name)
+    worker.flask_app = app
+    return worker
+
+
+def run_worker(app) -> int:
+    worker = make_worker(app)
+    worker.work(with_scheduler=True)
+    return 0
