@@ -6,7 +6,7 @@ from importlib import import_module
 
 # Each module exposes ``blp``; the order is the order of the OpenAPI document's tags.
 AREAS = ("health", "profile", "subscription", "packages", "library", "sessions",
-         "analytics", "admin", "billing")
+         "analytics", "admin", "admin_catalog", "billing")
 
 
 def register_api(app, api) -> None:

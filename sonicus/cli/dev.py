@@ -1,20 +1,11 @@
-"""The ``flask --app wsgi sonicus ...`` command group for operators: thin, calls services."""
+"""Development commands."""
 
 from __future__ import annotations
 
-import sys
-
 import click
 from flask import current_app
-from flask.cli import AppGroup
 
-sonicus_cli = AppGroup("sonicus", help="Sonicus administration commands.")
-
-
-def fail(message: str) -> None:
-    """A one-line error on stderr and exit code 1."""
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(1)
+from . import fail, sonicus_cli
 
 
 @sonicus_cli.command("dev-token")

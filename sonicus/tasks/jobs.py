@@ -1,0 +1,9 @@
+"""Job functions: take ids, reload from the database, idempotent."""
+
+from __future__ import annotations
+
+
+def refresh_user_analytics(user_id: int):
+    from ..services.analytics import refresh_user_analytics as refresh
+
+    return refresh(user_id)
