@@ -51,14 +51,16 @@ class JWKSCache:
     """
 
     def __init__(self, jwks_url=None, issuer=None, *, min_refresh_seconds=60, timeout=5,
-                 static_keys: dict | None = None):
+                 static_keys=None):
         self.jwks_url = jwks_url
         self.issuer = issuer
         self.min_refresh_seconds = min_refresh_seconds
         self.timeout = timeout
         self._lock = threading.Lock()
-        self._keys: KeySet | None = KeySet.import_key_set(static_keys) if static_keys else None
+        # static_keys: a callable returning a JWKS dict, loaded on first use (no I/O before).
+        self._static_loader = static_keys
         self._static = static_keys is not None
+        self._keys: KeySet | None = None
         self._last_fetch = 0.0
 
     def _resolve_jwks_url(self) -> str:
@@ -83,8 +85,11 @@ class JWKSCache:
 
     def key_for(self, kid: str | None):
         with self._lock:
-            if self._keys is None and not self._static:
-                self._fetch()
+            if self._keys is None:
+                if self._static:
+                    self._keys = KeySet.import_key_set(self._static_loader())
+                else:
+                    self._fetch()
             try:
                 return self._keys.get_by_kid(kid)
             except (JoseError, ValueError):
@@ -216,7 +221,7 @@ def init_auth(app) -> None:
         from . import devtokens
 
         issuer, audience = devtokens.issuer(app), devtokens.AUDIENCE
-        keys = JWKSCache(static_keys=devtokens.public_jwks(app))
+        keys = JWKSCache(static_keys=lambda: devtokens.public_jwks(app))
     else:
         keys, issuer, audience = None, None, None
     app.extensions["sonicus_token_verifier"] = (

@@ -16,8 +16,8 @@ from . import fail, sonicus_cli
 @click.option("--unverified", is_flag=True, help="Mark the email as not verified.")
 def dev_token(email, name, admin, tier, unverified):
     """Mint an access token the development server accepts (development only)."""
-    from . import devtokens
-    from .tiers import TIERS
+    from .. import devtokens
+    from ..tiers import TIERS
 
     app = current_app._get_current_object()
     if app.config["SONICUS_ENV"] == "production" or not app.config.get("DEV_TOKEN_ISSUER"):
@@ -27,8 +27,8 @@ def dev_token(email, name, admin, tier, unverified):
     token = devtokens.mint(app, email=email, name=name, admin=admin,
                            email_verified=not unverified)
     if tier is not None:
-        from .auth import user_from_token
-        from .services.admin_users import grant_tier_from_cli
+        from ..auth import user_from_token
+        from ..services.admin_users import grant_tier_from_cli
 
         user = user_from_token(token)
         grant_tier_from_cli(user, tier)

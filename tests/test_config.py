@@ -1,0 +1,83 @@
+import pytest
+
+from config import ConfigError, load_config, normalise_database_url, validate_config
+
+
+def _production(**env):
+    base = {"SONICUS_ENV": "production", "OIDC_ISSUER": "https://auth.example.com/application/o/s/",
+            "OIDC_AUDIENCE": "client", "DATABASE_URL": "postgresql://db/sonicus",
+            "BILLING_PROVIDER": "stripe", "BILLING_WEBHOOK_SECRET": "whsec",
+            "STRIPE_API_KEY": "sk_live_x", "SECRET_KEY": "s3cret"}
+    base.update(env)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def test_safe_production_settings_pass():
+    validate_config(load_config(_production()))
+
+
+@pytest.mark.parametrize("override, words", [
+    ({"OIDC_ISSUER": None}, "OIDC_ISSUER"),
+    ({"OIDC_AUDIENCE": None}, "OIDC_AUDIENCE"),
+    ({"DATABASE_URL": None}, "PostgreSQL"),
+    ({"DATABASE_URL": "sqlite:///x.db"}, "PostgreSQL"),
+    ({"BILLING_PROVIDER": "sandbox"}, "sandbox"),
+    ({"DEV_TOKEN_ISSUER": "true"}, "DEV_TOKEN_ISSUER"),
+])
+def test_production_refuses_unsafe_settings(override, words):
+    with pytest.raises(ConfigError) as exc:
+        validate_config(load_config(_production(**override)))
+    assert words in str(exc.value)
+
+
+def test_create_app_refuses_in_production():
+    from sonicus import create_app
+
+    with pytest.raises(ConfigError):
+        create_app({"SONICUS_ENV": "production", "DATABASE_URL": None, "OIDC_ISSUER": None})
+
+
+def test_database_url_is_normalised_to_psycopg2():
+    assert normalise_database_url("postgres://u@h/d") == "postgresql+psycopg2://u@h/d"
+    assert normalise_database_url("postgresql://u@h/d") == "postgresql+psycopg2://u@h/d"
+    assert normalise_database_url("sqlite:///x") == "sqlite:///x"
+
+
+def test_bad_numbers_are_named():
+    with pytest.raises(ConfigError, match="TRIAL_DAYS"):
+        load_config({"TRIAL_DAYS": "two weeks"})
+
+
+def test_dev_token_cli(idp, tmp_path):
+    from flask_migrate import upgrade
+
+    from sonicus import create_app
+
+    app = create_app({"SONICUS_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path}/s.db",
+                      "OIDC_ISSUER": None, "DEV_TOKEN_ISSUER": True, "REDIS_URL": None})
+    app.instance_path = str(tmp_path)
+
+    with app.app_context():
+        upgrade()
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["sonicus", "dev-token", "--email", "dev@example.com"])
+    assert result.exit_code == 0, result.output
+    token = result.output.strip()
+    res = app.test_client().get("/api/user/profile",
+                                headers={"Authorization": f"Bearer {token}"})
+    assert res.status_code == 200
+    assert res.json["data"]["email"] == "dev@example.com"
+    bad = runner.invoke(args=["sonicus", "dev-token", "--email", "x@example.com",
+                              "--tier", "gold"])
+    assert bad.exit_code == 1
+    assert "unknown tier" in bad.output
+
+
+def test_dev_issuer_jwks_is_published_only_when_enabled(idp, app, tmp_path):
+    from sonicus import create_app
+
+    dev = create_app({"SONICUS_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path}/s.db",
+                      "OIDC_ISSUER": None, "DEV_TOKEN_ISSUER": True, "REDIS_URL": None})
+    dev.instance_path = str(tmp_path)
+    assert dev.test_client().get("/api/dev/jwks/").json["keys"][0]["kty"] == "RSA"
+    assert app.test_client().get("/api/dev/jwks/").status_code == 404

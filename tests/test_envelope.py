@@ -1,0 +1,107 @@
+"""Every status answers in the envelope, with a machine-readable code."""
+
+import pytest
+
+ENVELOPE_KEYS = {"success", "data", "message", "errors", "pagination"}
+
+
+def assert_error(res, status, code):
+    assert res.status_code == status, res.get_data(as_text=True)
+    body = res.json
+    assert ENVELOPE_KEYS <= set(body)
+    assert body["success"] is False
+    assert body["data"] is None
+    assert body["code"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    return body
+
+
+def test_404_unknown_route(client):
+    assert_error(client.get("/api/nothing-here"), 404, "not_found")
+
+
+def test_405_wrong_method(client):
+    res = client.post("/api/health")
+    assert_error(res, 405, "method_not_allowed")
+    assert "GET" in res.headers["Allow"]
+
+
+def test_malformed_json_is_rejected_and_changes_nothing(client, auth):
+    headers = auth()
+    client.get("/api/user/profile", headers=headers)
+    res = client.put("/api/user/profile", data="{not json", headers={
+        **headers, "Content-Type": "application/json"})
+    assert res.status_code in (400, 422)
+    body = assert_error(res, res.status_code, "validation_error")
+    assert body["errors"]
+    assert client.get("/api/user/profile", headers=headers).json["data"]["timezone"] == "UTC"
+
+
+def test_invalid_fields_are_named_and_change_nothing(client, auth):
+    headers = auth()
+    res = client.put("/api/user/profile", json={"timezone": "Mars/Olympus",
+                                                "day_start_hour": 9, "colour": "red"},
+                     headers=headers)
+    body = assert_error(res, 422, "validation_error")
+    assert "timezone: Not a valid IANA time zone." in body["errors"]
+    assert any(e.startswith("day_start_hour: ") for e in body["errors"])
+    assert "colour: Unknown field." in body["errors"]
+    profile = client.get("/api/user/profile", headers=headers).json["data"]
+    assert profile["timezone"] == "UTC" and profile["day_start_hour"] == 0
+
+
+def test_nested_field_errors_are_flattened(client, auth):
+    res = client.put("/api/user/profile", json={"preferences": {"daily_goal_minutes": 0}},
+                     headers=auth())
+    body = assert_error(res, 422, "validation_error")
+    assert any(e.startswith("preferences.daily_goal_minutes: ") for e in body["errors"])
+
+
+def test_500_is_generic_and_logged(idp, caplog):
+    from sonicus import create_app
+    from sonicus.envelope import Blueprint
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp, PROPAGATE_EXCEPTIONS=False))
+    boom = Blueprint("boom", __name__, url_prefix="/api/boom")
+
+    @boom.route("/")
+    def explode():
+        raise RuntimeError("secret internal detail")
+
+    app.register_blueprint(boom)
+    res = app.test_client().get("/api/boom/")
+    body = assert_error(res, 500, "internal_error")
+    assert "secret" not in res.get_data(as_text=True)
+    assert body["errors"] is None
+    assert "secret internal detail" in caplog.text
+
+
+def test_401_is_enveloped(client):
+    assert_error(client.get("/api/user/export"), 401, "invalid_token")
+
+
+@pytest.mark.parametrize("path", ["/api/health", "/api/tiers"])
+def test_success_envelope_shape(client, path):
+    body = client.get(path).json
+    assert set(body) == ENVELOPE_KEYS
+    assert body["success"] is True and body["errors"] is None
+
+
+def test_openapi_document_shows_envelopes(client):
+    spec = client.get("/api/openapi.json").json
+    assert spec["openapi"].startswith("3.")
+    get_profile = spec["paths"]["/api/user/profile"]["get"]
+    schema_ref = get_profile["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    envelope = spec["components"]["schemas"][schema_ref.rsplit("/", 1)[1]]
+    assert {"success", "data", "message", "errors", "pagination"} <= set(envelope["properties"])
+    assert get_profile["security"] == [{"bearerAuth": []}]
+    assert "bearerAuth" in spec["components"]["securitySchemes"]
+    error = spec["components"]["schemas"]["ErrorEnvelope"]
+    assert "code" in error["properties"]
+
+
+def test_docs_ui_is_served(client):
+    res = client.get("/api/docs")
+    assert res.status_code == 200
+    assert b"swagger" in res.data.lower()
