@@ -70,6 +70,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "SONICUS_ENV": sonicus_env,
         "TESTING": sonicus_env == "testing",
         "SECRET_KEY": _str(env, "SECRET_KEY", "dev-only-not-secret"),
+        "INSTANCE_PATH": _str(env, "SONICUS_INSTANCE_PATH") or None,
         "DATABASE_URL": normalise_database_url(database_url) if database_url else None,
         "REDIS_URL": _str(env, "REDIS_URL") or None,
         "OIDC_ISSUER": _str(env, "OIDC_ISSUER") or None,

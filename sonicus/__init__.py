@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from config import ConfigError, load_config, validate_config
+from config import ConfigError, load_config, normalise_database_url, validate_config
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -22,7 +22,9 @@ def _database_settings(app: Flask) -> None:
         options = {"execution_options": {"schema_translate_map": {"sonicus": None}},
                    "connect_args": {"check_same_thread": False, "timeout": 30}}
     else:
-        options = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20,
+        # No pre-ping round trip per request: a dropped connection fails that request
+        # with a 503 and the pool is invalidated, so the next one reconnects.
+        options = {"pool_recycle": 1800, "pool_size": 10, "max_overflow": 20,
                    "pool_timeout": 10, "connect_args": {"connect_timeout": 5}}
     options.update(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
@@ -47,16 +49,15 @@ def _api_settings(app: Flask) -> None:
 
 def create_app(overrides: dict | None = None) -> Flask:
     """Build the app: settings, extensions, blueprints, errors, CLI and sockets. No I/O."""
-    app = Flask(__name__, static_folder=None)
-    app.config.update(load_config())
+    settings = load_config()
     if overrides:
-        if "DATABASE_URL" in overrides and overrides["DATABASE_URL"]:
-            from config import normalise_database_url
-
-            overrides = {**overrides,
-                         "DATABASE_URL": normalise_database_url(overrides["DATABASE_URL"])}
-        app.config.update(overrides)
-        app.config["TESTING"] = app.config["SONICUS_ENV"] == "testing"
+        settings.update(overrides)
+        if settings.get("DATABASE_URL"):
+            settings["DATABASE_URL"] = normalise_database_url(settings["DATABASE_URL"])
+        settings["TESTING"] = settings["SONICUS_ENV"] == "testing"
+    app = Flask(__name__, static_folder=None,
+                instance_path=settings.get("INSTANCE_PATH") or None)
+    app.config.update(settings)
     _database_settings(app)
     _api_settings(app)
     validate_config(app.config)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import JSON, Boolean, Index, Integer, SmallInteger, String, func
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, UTCDateTime, utcnow
 
@@ -28,6 +28,10 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    # Loaded with the user in one query: every request needs the tier in force.
+    subscription = relationship("UserSubscription", uselist=False, lazy="joined",
+                                viewonly=True)
 
     __table_args__ = (
         Index("ix_users_email_lower", func.lower(email)),

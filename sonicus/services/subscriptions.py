@@ -10,6 +10,8 @@ from ..models.subscription import INCOMPLETE
 
 
 def get_subscription(user: User) -> UserSubscription:
+    if user.subscription is not None:  # joined-loaded with the user
+        return user.subscription
     sub = db.session.execute(
         select(UserSubscription).where(UserSubscription.user_id == user.id)
     ).scalar_one_or_none()

@@ -55,12 +55,12 @@ def sync_user_from_claims(claims: dict) -> User:
                     display_name=view["name"], oidc_name=view["name"], role=role,
                     preferences=dict(DEFAULT_PREFERENCES), timezone="UTC", day_start_hour=0,
                     is_active=True)
-        db.session.add(user)
-        db.session.flush()
-        db.session.add(UserSubscription(user_id=user.id, tier="starter", status="active"))
-        db.session.add(SubscriptionEvent(user_id=user.id, type="signed_up", from_tier=None,
-                                         to_tier="starter", amount_cents=0))
         try:
+            db.session.add(user)
+            db.session.flush()
+            db.session.add(UserSubscription(user_id=user.id, tier="starter", status="active"))
+            db.session.add(SubscriptionEvent(user_id=user.id, type="signed_up", from_tier=None,
+                                             to_tier="starter", amount_cents=0))
             db.session.commit()
         except IntegrityError:  # a concurrent first request created it
             db.session.rollback()
