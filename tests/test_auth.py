@@ -239,3 +239,27 @@ def test_unknown_kid_refetch_is_rate_limited(idp):
             "Authorization": f"Bearer {idp.token(key=stranger)}"})
         assert res.status_code == 401
     assert idp.jwks_requests == before
+
+
+def test_concurrent_first_requests_create_one_user(app, idp, db_session):
+    import threading
+
+    from sonicus.models import User, UserSubscription
+
+    token = idp.token(email="racer@example.com", sub="racer")
+    statuses, barrier = [], threading.Barrier(8)
+
+    def hit():
+        client = app.test_client()
+        barrier.wait()
+        statuses.append(client.get("/api/user/profile",
+                                   headers={"Authorization": f"Bearer {token}"}).status_code)
+
+    threads = [threading.Thread(target=hit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 8
+    assert db_session.query(User).count() == 1
+    assert db_session.query(UserSubscription).count() == 1
