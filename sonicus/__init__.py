@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from flask import Flask
@@ -61,12 +60,12 @@ def create_app(overrides: dict | None = None) -> Flask:
     _database_settings(app)
     _api_settings(app)
     validate_config(app.config)
-    logging.getLogger("sonicus").setLevel(app.config["LOG_LEVEL"])
 
     from . import models  # noqa: F401  (register every table on the metadata)
     from .api import register_api
     from .auth import init_auth
     from .extensions import api, db, limiter, migrate, sock
+    from .web import init_web
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
@@ -77,6 +76,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
     limiter.init_app(app)
     init_auth(app)
+    init_web(app)
     register_api(app, api)
 
     @app.before_request

@@ -84,6 +84,12 @@ class JWKSCache:
                 raise KeysUnavailable() from exc
 
     def key_for(self, kid: str | None):
+        keys = self._keys
+        if keys is not None:  # known kids never wait behind a refetch
+            try:
+                return keys.get_by_kid(kid)
+            except (JoseError, ValueError):
+                pass
         with self._lock:
             if self._keys is None:
                 if self._static:

@@ -263,3 +263,31 @@ def test_concurrent_first_requests_create_one_user(app, idp, db_session):
     assert statuses == [200] * 8
     assert db_session.query(User).count() == 1
     assert db_session.query(UserSubscription).count() == 1
+
+
+def test_slow_jwks_does_not_hang_known_keys(idp):
+    import threading
+
+    from sonicus import create_app
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp, OIDC_HTTP_TIMEOUT_SECONDS=1))
+    client = app.test_client()
+    assert client.get("/api/user/profile", headers={
+        "Authorization": f"Bearer {idp.token()}"}).status_code == 200
+    stranger = RSAKey.generate_key(2048, parameters={"kid": "slow-stranger"})
+    idp.delay = 3.0
+    try:
+        unknown = threading.Thread(target=lambda: app.test_client().get(
+            "/api/user/profile", headers={"Authorization": f"Bearer {idp.token(key=stranger)}"}))
+        unknown.start()
+        time.sleep(0.1)  # the unknown kid is now refetching from a slow provider
+        started = time.monotonic()
+        res = client.get("/api/user/profile", headers={
+            "Authorization": f"Bearer {idp.token(email='known@example.com')}"})
+        assert res.status_code == 200
+        assert time.monotonic() - started < 0.5
+        unknown.join(5)
+        assert not unknown.is_alive()  # the refetch gave up at its timeout
+    finally:
+        idp.delay = 0.0

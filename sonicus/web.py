@@ -1,0 +1,173 @@
+"""Cross-cutting HTTP concerns: request ids, structured logs, security headers, CORS,
+rate limits, and database outages answered as 503."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+
+from flask import current_app, g, request
+from flask.logging import default_handler
+from flask_limiter import ApplicationLimit
+from flask_limiter.util import get_remote_address
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from .envelope import ApiError
+
+access_log = logging.getLogger("sonicus.access")
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_BEARER = re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+")
+_TOKEN_PARAM = re.compile(r"(?i)(access_token=)[^&\s\"']+")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-site",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: "
+            "https://cdn.jsdelivr.net; connect-src 'self'; frame-ancestors 'none'")
+
+
+def scrub(text: str) -> str:
+    """Remove tokens and email addresses from a log line."""
+    text = _BEARER.sub("Bearer [redacted]", text)
+    text = _TOKEN_PARAM.sub(r"\1[redacted]", text)
+    text = _JWT.sub("[redacted-jwt]", text)
+    return _EMAIL.sub("[redacted-email]", text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; tokens and emails scrubbed from every message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": scrub(record.getMessage()),
+        }
+        for key in ("request_id", "method", "path", "status", "duration_ms", "user_id"):
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = scrub(self.formatException(record.exc_info))
+        try:
+            if "request_id" not in entry and g and g.get("request_id"):
+                entry["request_id"] = g.request_id
+        except RuntimeError:
+            pass
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def configure_logging(app) -> None:
+    default_handler.setFormatter(JsonFormatter())
+    logging.Formatter.converter = time.gmtime
+    logger = logging.getLogger("sonicus")
+    logger.setLevel(app.config["LOG_LEVEL"])
+    if default_handler not in logger.handlers:
+        logger.addHandler(default_handler)
+
+
+def _user_key() -> str:
+    header = request.headers.get("Authorization", "")
+    token = header.split(None, 1)[1] if " " in header else ""
+    if not token:
+        token = request.args.get("access_token", "")
+    if token:
+        return "user:" + hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:24]
+    return "ip:" + (get_remote_address() or "unknown")
+
+
+def _exempt() -> bool:
+    return request.path in ("/api/health", "/api/ready") or request.method == "OPTIONS"
+
+
+def rate_limits() -> list[ApplicationLimit]:
+    """Per user (by token) and per IP, shared across all routes; limits read from config."""
+    return [
+        ApplicationLimit(lambda: current_app.config["RATELIMIT_PER_USER"], key_function=_user_key,
+                         scope="user", exempt_when=_exempt),
+        ApplicationLimit(lambda: current_app.config["RATELIMIT_PER_IP"],
+                         key_function=lambda: get_remote_address() or "unknown", scope="ip",
+                         exempt_when=_exempt),
+    ]
+
+
+def init_web(app) -> None:
+    configure_logging(app)
+
+    if app.config.get("CORS_ORIGINS"):
+        from flask_cors import CORS
+
+        CORS(app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
+             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+             expose_headers=["X-Request-ID", "Retry-After", "X-RateLimit-Limit",
+                             "X-RateLimit-Remaining", "X-RateLimit-Reset"],
+             max_age=600)
+
+    @app.before_request
+    def _start_request():
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def _finish_request(response):
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        docs = request.path.startswith("/api/docs")
+        response.headers.setdefault("Content-Security-Policy", DOCS_CSP if docs else API_CSP)
+        if app.config["SONICUS_ENV"] == "production":
+            response.headers.setdefault("Strict-Transport-Security",
+                                        "max-age=63072000; includeSubDomains")
+        if request.path.startswith(("/api/user", "/api/admin", "/api/billing")):
+            response.headers.setdefault("Cache-Control", "no-store")
+        started = g.get("request_started")
+        user = g.get("current_user")
+        access_log.info(
+            "request", extra={
+                "request_id": g.get("request_id"), "method": request.method,
+                "path": request.path, "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2)
+                if started else None,
+                "user_id": getattr(user, "id", None)})
+        return response
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(PoolTimeoutError)
+    def _database_unavailable(error):
+        from .extensions import db
+
+        try:
+            db.session.rollback()
+        except Exception:  # the connection may be gone
+            pass
+        log.error("database unavailable: %s", type(getattr(error, "orig", error)).__name__)
+        from .extensions import api
+
+        return api.handle_http_exception(
+            ApiError(503, "service_unavailable",
+                     "The service is briefly unavailable; try again shortly.",
+                     headers={"Retry-After": "2"}))
+
+    @app.errorhandler(DBAPIError)
+    def _dbapi_error(error):
+        if getattr(error, "connection_invalidated", False):
+            return _database_unavailable(error)
+        raise error

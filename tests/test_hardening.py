@@ -1,0 +1,112 @@
+"""Abuse limits, body size, CORS, security headers, request ids and log hygiene."""
+
+import io
+import json
+import logging
+
+import pytest
+
+from sonicus import create_app
+from tests.conftest import make_config
+
+
+@pytest.fixture
+def limited_app(idp):
+    return create_app(make_config(idp, RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="5/second",
+                                  RATELIMIT_PER_IP="1000/second"))
+
+
+def test_rate_limit_answers_429_in_the_envelope(limited_app, idp):
+    client = limited_app.test_client()
+    headers = {"Authorization": f"Bearer {idp.token(email='fast@example.com')}"}
+    statuses = [client.get("/api/user/profile", headers=headers) for _ in range(8)]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert limited, [r.status_code for r in statuses]
+    body = limited[0].json
+    assert body["success"] is False and body["code"] == "rate_limited"
+    assert int(limited[0].headers["Retry-After"]) >= 0
+    # another user is not affected
+    other = {"Authorization": f"Bearer {idp.token(email='calm@example.com')}"}
+    assert client.get("/api/user/profile", headers=other).status_code == 200
+
+
+def test_default_limits_let_a_burst_of_60_through(idp):
+    app = create_app(make_config(idp, RATELIMIT_ENABLED=True))
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {idp.token(email='burst@example.com')}"}
+    statuses = {client.get("/api/user/profile", headers=headers).status_code for _ in range(60)}
+    assert statuses == {200}
+
+
+def test_health_is_never_rate_limited(limited_app):
+    client = limited_app.test_client()
+    assert {client.get("/api/health").status_code for _ in range(20)} == {200}
+
+
+def test_oversized_body_is_413(client, auth):
+    res = client.put("/api/user/profile", headers=auth(),
+                     data=json.dumps({"display_name": "x" * 70000}),
+                     content_type="application/json")
+    assert res.status_code == 413
+    assert res.json["code"] == "payload_too_large"
+
+
+def test_cors_only_for_configured_origins(idp):
+    app = create_app(make_config(idp, CORS_ORIGINS=["https://app.sonicus.example"]))
+    client = app.test_client()
+    ok = client.options("/api/user/profile", headers={
+        "Origin": "https://app.sonicus.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "Authorization"})
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://app.sonicus.example"
+    bad = client.get("/api/health", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in bad.headers
+
+
+def test_no_cors_headers_without_configured_origins(client):
+    res = client.get("/api/health", headers={"Origin": "https://app.sonicus.example"})
+    assert "Access-Control-Allow-Origin" not in res.headers
+
+
+@pytest.mark.parametrize("path", ["/api/health", "/api/nothing", "/api/user/profile"])
+def test_security_headers_on_every_response(client, path):
+    res = client.get(path)
+    assert res.headers["X-Content-Type-Options"] == "nosniff"
+    assert res.headers["X-Frame-Options"] == "DENY"
+    assert "default-src 'none'" in res.headers["Content-Security-Policy"]
+    assert res.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_personal_routes_are_not_cached(client, auth):
+    assert client.get("/api/user/profile", headers=auth()).headers["Cache-Control"] == "no-store"
+
+
+def test_request_id_is_echoed_or_generated(client):
+    assert client.get("/api/health", headers={"X-Request-ID": "abc-123"}).headers[
+        "X-Request-ID"] == "abc-123"
+    generated = client.get("/api/health", headers={"X-Request-ID": "bad id with spaces"}).headers[
+        "X-Request-ID"]
+    assert generated and generated != "bad id with spaces" and len(generated) == 32
+
+
+def test_logs_are_json_and_hold_no_tokens_or_emails(client, idp):
+    from sonicus.web import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("sonicus")
+    logger.addHandler(handler)
+    try:
+        token = idp.token(email="private.person@example.com")
+        client.get("/api/user/profile?access_token=" + token,
+                   headers={"Authorization": f"Bearer {token}", "X-Request-ID": "req-42"})
+        logging.getLogger("sonicus.test").warning("user %s sent Bearer %s", "a@b.example", token)
+    finally:
+        logger.removeHandler(handler)
+    output = stream.getvalue()
+    assert token not in output
+    assert "private.person@example.com" not in output and "a@b.example" not in output
+    lines = [json.loads(line) for line in output.strip().splitlines()]
+    access = [e for e in lines if e["logger"] == "sonicus.access"]
+    assert access and access[0]["request_id"] == "req-42"
+    assert access[0]["path"] == "/api/user/profile" and access[0]["status"] == 200
