@@ -12,6 +12,6 @@ RUN useradd --create-home --uid 10001 sonicus && chown -R sonicus /app
 USER sonicus
 
 EXPOSE 18100
-# gthread: each WebSocket holds a thread; see the README's figures for the choice.
-CMD ["gunicorn", "wsgi:app", "--bind", "0.0.0.0:18100", "--worker-class", "gthread", \
-     "--workers", "2", "--threads", "64", "--no-control-socket", "--access-logfile", "-"]
+ENV SONICUS_BIND=0.0.0.0:18100
+# Settings in gunicorn.conf.py (gthread; path-only access logs).
+CMD ["gunicorn", "wsgi:app"]

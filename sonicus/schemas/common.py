@@ -18,6 +18,13 @@ def validate_timezone(value: str) -> None:
         raise ma.ValidationError("Not a valid IANA time zone.")
 
 
+def Money(**kwargs) -> ma.fields.Decimal:  # noqa: N802  (a field factory)
+    """An amount of money: integer cents in the database, a "9.99" string in the API."""
+    metadata = {"type": "string", "format": "decimal", "example": "9.99",
+                **kwargs.pop("metadata", {})}
+    return ma.fields.Decimal(as_string=True, places=2, metadata=metadata, **kwargs)
+
+
 class LimitsSchema(ma.Schema):
     daily_sessions = ma.fields.Integer(allow_none=True, required=True)
     max_session_minutes = ma.fields.Integer(allow_none=True, required=True)
@@ -27,8 +34,7 @@ class LimitsSchema(ma.Schema):
 class TierSchema(ma.Schema):
     name = ma.fields.String(required=True)
     title = ma.fields.String(required=True)
-    price = ma.fields.Decimal(as_string=True, places=2, required=True,
-                              metadata={"example": "9.99"})
+    price = Money(required=True)
     price_cents = ma.fields.Integer(required=True)
     currency = ma.fields.Constant("USD")
     limits = ma.fields.Nested(LimitsSchema, required=True)
