@@ -110,3 +110,48 @@ def test_logs_are_json_and_hold_no_tokens_or_emails(client, idp):
     access = [e for e in lines if e["logger"] == "sonicus.access"]
     assert access and access[0]["request_id"] == "req-42"
     assert access[0]["path"] == "/api/user/profile" and access[0]["status"] == 200
+
+
+def test_gunicorn_access_log_keeps_query_strings_out(tmp_path):
+    """Served the production way (gunicorn.conf.py), a token in a query string is not logged."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from tests.conftest import TEST_DATABASE_URL
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_file = tmp_path / "access.log"
+    env = {**os.environ, "SONICUS_ENV": "testing", "SONICUS_BIND": f"127.0.0.1:{port}",
+           "DATABASE_URL": TEST_DATABASE_URL, "WEB_CONCURRENCY": "1", "SONICUS_THREADS": "4",
+           "DEV_TOKEN_ISSUER": "1", "SONICUS_INSTANCE_PATH": str(tmp_path)}
+    env.pop("REDIS_URL", None)
+    with open(log_file, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "wsgi:app"],
+                                cwd=Path(__file__).resolve().parent.parent, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 20
+            while True:
+                try:
+                    urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/api/health?access_token=SECRET-TOKEN-123",
+                        timeout=2)
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.2)
+            time.sleep(0.3)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    text = log_file.read_text()
+    assert '"GET /api/health HTTP/1.1" 200' in text
+    assert "SECRET-TOKEN-123" not in text
