@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshmallow as ma
 from flask.views import MethodView
 
 from ..auth import current_user, require_user
@@ -22,7 +23,7 @@ blp = Blueprint("library", __name__, url_prefix="/api/user",
 @blp.route("/packages")
 class Library(MethodView):
     @require_user
-    @blp.arguments(LibraryListArgsSchema, location="query")
+    @blp.arguments(LibraryListArgsSchema, location="query", unknown=ma.RAISE)
     @blp.response(200, LibraryEntrySchema(many=True))
     def get(self, args):
         """The caller's library, most recently added first (archived packages drop out)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshmallow as ma
 from flask.views import MethodView
 
 from ..auth import current_user, require_user
@@ -15,7 +16,7 @@ blp = Blueprint("packages", __name__, url_prefix="/api", description="The sound 
 @blp.route("/packages")
 class Packages(MethodView):
     @require_user
-    @blp.arguments(PackageListArgsSchema, location="query")
+    @blp.arguments(PackageListArgsSchema, location="query", unknown=ma.RAISE)
     @blp.response(200, PackageSchema(many=True))
     def get(self, args):
         """Published packages, most popular first; filter by category, text or access."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshmallow as ma
 from flask.views import MethodView
 
 from ..auth import current_user, require_user
@@ -22,7 +23,7 @@ blp = Blueprint("sessions", __name__, url_prefix="/api/user",
 @blp.route("/sessions")
 class Sessions(MethodView):
     @require_user
-    @blp.arguments(SessionHistoryArgsSchema, location="query")
+    @blp.arguments(SessionHistoryArgsSchema, location="query", unknown=ma.RAISE)
     @blp.response(200, SessionSchema(many=True))
     def get(self, args):
         """The caller's sessions, newest first; ``from``/``to`` are days, inclusive."""
