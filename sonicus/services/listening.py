@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import distinct, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
 from .. import clock
@@ -226,7 +226,7 @@ def close_stale_sessions(now: datetime | None = None) -> int:
     """
     now = now or clock.now()
     lengths = db.session.execute(
-        select(distinct(ListeningSession.max_duration_seconds))
+        select(ListeningSession.max_duration_seconds).distinct()
         .where(ListeningSession.status == OPEN)).scalars().all()
     closed, users = 0, set()
     for length in lengths:
