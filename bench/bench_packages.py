@@ -8,6 +8,7 @@ tiers and categories, realistic titles and descriptions), starts gunicorn (gthre
 --no-control-socket) on a free port and measures, for each query shape, one client in
 sequence and ``--clients`` concurrent clients. Also prints PostgreSQL's own execution time
 (EXPLAIN ANALYZE) of the list and count queries for the text search, the slowest shape.
+``--no-search-index`` drops the trigram indexes of migration 0002 to compare.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ SHAPES = {
 }
 
 
-def insert_packages(app, count: int) -> None:
+def insert_packages(app, count: int, drop_search_index: bool = False) -> None:
     from sqlalchemy import insert, select
 
     from sonicus.extensions import db
@@ -69,8 +70,15 @@ def insert_packages(app, count: int) -> None:
                   for slug, ls in lengths.items() for p, length in enumerate(ls)]
         db.session.execute(insert(Track), tracks)
         db.session.commit()
-        db.session.execute(db.text("ANALYZE"))
-        db.session.commit()
+        if drop_search_index:
+            db.session.execute(db.text(
+                "DROP INDEX IF EXISTS sonicus.ix_sound_packages_title_trgm, "
+                "sonicus.ix_sound_packages_description_trgm"))
+            db.session.commit()
+        # the steady state of a live catalog: statistics fresh, GIN pending lists merged
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(db.text("VACUUM ANALYZE sonicus.sound_packages"))
+            conn.execute(db.text("VACUUM ANALYZE sonicus.tracks"))
         db.session.remove()
 
 
@@ -105,11 +113,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--no-search-index", action="store_true",
+                        help="drop the trigram indexes of migration 0002 (for comparison)")
     args = parser.parse_args()
 
     app = make_bench_app(args.database)
     reset_database(app, args.database)
-    insert_packages(app, args.packages)
+    insert_packages(app, args.packages, args.no_search_index)
     token = mint_tokens(app, ["catalog-bench@example.com"], "premium")[0]
     explain(app)
 
@@ -122,7 +132,8 @@ def main() -> None:
             summarise(f"GET {label}, {args.clients} clients", *run_load(args.clients, jobs))
     finally:
         server.stop()
-    print(f"{args.packages} packages; server: gunicorn -k gthread --workers {args.workers} "
+    print(f"{args.packages} packages{' (no trigram index)' if args.no_search_index else ''}; "
+          f"server: gunicorn -k gthread --workers {args.workers} "
           f"--threads {args.threads}; machine: {os.cpu_count()} CPUs")
 
 
