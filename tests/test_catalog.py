@@ -275,3 +275,31 @@ def test_seed_json_updates_by_slug_and_rejects_bad_files(runner, db_session, tmp
     bad = runner.invoke(args=["sonicus", "seed", str(path)])
     assert bad.exit_code == 1 and "minimum_tier" in bad.output
     assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == 1
+
+
+def test_admin_lists_drafts_and_archived(client, auth, catalog):
+    admin = signup(client, auth, "admin@example.com", admin=True)
+    res = client.get("/api/admin/packages", headers=admin)
+    assert res.status_code == 200
+    assert [p["slug"] for p in res.json["data"]] == ["draft", "gamma", "delta", "rain"]
+    everything = client.get("/api/admin/packages?include_archived=true&per_page=2",
+                            headers=admin)
+    assert everything.json["pagination"]["total"] == 5
+    drafts = client.get("/api/admin/packages?published=false", headers=admin).json["data"]
+    assert [p["slug"] for p in drafts] == ["draft"]
+    assert client.get("/api/admin/packages?q=DEL", headers=admin).json["data"][0]["slug"] == \
+        "delta"
+    user = signup(client, auth, "u@example.com")
+    assert client.get("/api/admin/packages", headers=user).status_code == 403
+
+
+def test_publishing_needs_tracks(client, auth, db_session):
+    admin = signup(client, auth, "admin@example.com", admin=True)
+    draft = client.post("/api/admin/packages", headers=admin, json={
+        "slug": "empty", "title": "Empty", "category": "focus"})
+    assert draft.status_code == 201 and draft.json["data"]["published"] is False
+    res = client.patch(f"/api/admin/packages/{draft.json['data']['id']}", headers=admin,
+                       json={"published": True})
+    assert res.status_code == 422
+    assert res.json["errors"] == ["tracks: A published package needs at least one track."]
+    assert db_session.execute(select(SoundPackage.published)).scalar_one() is False

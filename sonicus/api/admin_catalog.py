@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import marshmallow as ma
 from flask.views import MethodView
 
 from ..auth import current_user, require_super_admin
 from ..envelope import Blueprint, set_message
 from ..schemas.catalog import (
     AdminAssignSchema,
+    AdminPackageListArgsSchema,
     AdminPackageSchema,
     LibraryEntrySchema,
     PackageCreateSchema,
@@ -21,6 +23,13 @@ blp = Blueprint("admin_catalog", __name__, url_prefix="/api/admin",
 
 @blp.route("/packages")
 class AdminPackages(MethodView):
+    @require_super_admin
+    @blp.arguments(AdminPackageListArgsSchema, location="query", unknown=ma.RAISE)
+    @blp.response(200, AdminPackageSchema(many=True))
+    def get(self, args):
+        """Every package, drafts included (archived ones with ``include_archived=true``)."""
+        return catalog.admin_list_packages(args)
+
     @require_super_admin
     @blp.arguments(PackageCreateSchema)
     @blp.response(201, AdminPackageSchema)

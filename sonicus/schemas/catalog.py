@@ -96,6 +96,16 @@ class LibraryListArgsSchema(PageArgsSchema):
     favorite = ma.fields.Boolean(metadata={"description": "true: favourites only."})
 
 
+class AdminPackageListArgsSchema(PageArgsSchema):
+    class Meta:
+        unknown = ma.RAISE
+
+    q = ma.fields.String(validate=ma.validate.Length(min=1, max=100),
+                         metadata={"description": "Title or slug contains."})
+    published = ma.fields.Boolean()
+    include_archived = ma.fields.Boolean(load_default=False)
+
+
 class AdminAssignSchema(StrictSchema):
     package_id = ma.fields.Integer(required=True, validate=ma.validate.Range(min=1))
     favorite = ma.fields.Boolean()

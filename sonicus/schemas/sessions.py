@@ -71,7 +71,8 @@ class SessionSchema(ma.Schema):
     status = ma.fields.String(required=True, metadata={"enum": ["open", "ended"]})
     started_at = ma.fields.DateTime(required=True)
     ends_at = ma.fields.Method("get_ends_at", allow_none=True, required=True,
-                               metadata={"description": "When the tier's maximum length is "
+                               metadata={"type": "string", "format": "date-time",
+                                         "description": "When the tier's maximum length is "
                                                         "reached; null when unlimited."})
     ended_at = ma.fields.DateTime(allow_none=True, required=True)
     local_day = ma.fields.Date(required=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
 
 from .. import clock, media
 from ..envelope import ApiError, fail, not_found, paginate
@@ -42,6 +43,12 @@ def validate_package_access(user: User, package: SoundPackage, tier: str | None 
 
 # ---- reading ---------------------------------------------------------------------------------
 
+def _like(text: str) -> str:
+    """A LIKE pattern matching ``text`` literally anywhere (backslash escapes)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def _catalog_filter(stmt):
     return stmt.where(SoundPackage.published.is_(True), SoundPackage.archived_at.is_(None))
 
@@ -65,8 +72,7 @@ def list_packages(user: User, args: dict) -> list[dict]:
     if args.get("category"):
         stmt = stmt.where(SoundPackage.category == args["category"].lower())
     if args.get("q"):
-        pattern = "%" + args["q"].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") \
-            + "%"
+        pattern = _like(args["q"])
         stmt = stmt.where(or_(SoundPackage.title.ilike(pattern, escape="\\"),
                               SoundPackage.description.ilike(pattern, escape="\\")))
     if args.get("accessible"):
@@ -168,6 +174,19 @@ def create_package(actor: User, data: dict) -> SoundPackage:
     return package
 
 
+def admin_list_packages(args: dict) -> list[SoundPackage]:
+    """Every package for administrators, including drafts (and archived ones on request)."""
+    stmt = select(SoundPackage).options(selectinload(SoundPackage.tracks))
+    if not args.get("include_archived"):
+        stmt = stmt.where(SoundPackage.archived_at.is_(None))
+    if args.get("published") is not None:
+        stmt = stmt.where(SoundPackage.published.is_(args["published"]))
+    if args.get("q"):
+        stmt = stmt.where(or_(SoundPackage.title.ilike(_like(args["q"]), escape="\\"),
+                              SoundPackage.slug.ilike(_like(args["q"]), escape="\\")))
+    return paginate(db, stmt.order_by(SoundPackage.id.desc()), args)
+
+
 def admin_get_package(package_id: int) -> SoundPackage:
     package = db.session.get(SoundPackage, package_id)
     if package is None:
@@ -179,6 +198,10 @@ def update_package(actor: User, package_id: int, data: dict) -> SoundPackage:
     package = admin_get_package(package_id)
     before = snapshot(package)
     _apply(package, data)
+    if package.published and not package.tracks:
+        db.session.rollback()
+        fail(422, "validation_error", "The request is not valid.",
+             errors=["tracks: A published package needs at least one track."])
     try:
         db.session.flush()
     except IntegrityError as exc:
@@ -226,7 +249,10 @@ def seed_catalog(entries: list[dict]) -> dict:
     valid = []
     for index, entry in enumerate(entries):
         try:
-            valid.append(schema.load(entry))
+            if not isinstance(entry, dict):
+                raise ValueError(f"package #{index + 1}: not a mapping")
+            # seeded packages are published unless the file says otherwise
+            valid.append(schema.load({"published": True, **entry}))
         except ValidationError as exc:
             label = entry.get("slug", f"#{index + 1}") if isinstance(entry, dict) else index + 1
             raise ValueError(f"package {label}: {exc.messages}") from exc
@@ -239,7 +265,6 @@ def seed_catalog(entries: list[dict]) -> dict:
     for entry in valid:
         entry.setdefault("description", "")
         entry.setdefault("minimum_tier", "public")
-        entry.setdefault("published", True)
         package = existing.get(entry["slug"])
         if package is None:
             package = SoundPackage(popularity=0)

@@ -41,11 +41,14 @@ STALE_BATCH = 500
 
 
 def _lock_subscription(user: User) -> UserSubscription:
-    get_subscription(user)  # creates the row when missing (commits)
-    return db.session.execute(
-        select(UserSubscription).where(UserSubscription.user_id == user.id)
-        .with_for_update().execution_options(populate_existing=True)
-    ).scalar_one()
+    """The user's subscription row, locked until this transaction ends."""
+    stmt = (select(UserSubscription).where(UserSubscription.user_id == user.id)
+            .with_for_update().execution_options(populate_existing=True))
+    sub = db.session.execute(stmt).scalar_one_or_none()
+    if sub is None:
+        get_subscription(user)  # creates the missing row (commits), then lock it
+        sub = db.session.execute(stmt).scalar_one()
+    return sub
 
 
 def start_session(user: User, package_id: int, track_id: int | None = None,
