@@ -2,7 +2,81 @@
 
 from __future__ import annotations
 
-from ..envelope import Blueprint
+import marshmallow as ma
+from flask.views import MethodView
+
+from ..auth import current_user, require_super_admin
+from ..envelope import Blueprint, set_message
+from ..schemas.catalog import (
+    AdminAssignSchema,
+    AdminPackageListArgsSchema,
+    AdminPackageSchema,
+    LibraryEntrySchema,
+    PackageCreateSchema,
+    PackageUpdateSchema,
+)
+from ..services import catalog, library
 
 blp = Blueprint("admin_catalog", __name__, url_prefix="/api/admin",
                 description="Catalog management (administrators).")
+
+
+@blp.route("/packages")
+class AdminPackages(MethodView):
+    @require_super_admin
+    @blp.arguments(AdminPackageListArgsSchema, location="query", unknown=ma.RAISE)
+    @blp.response(200, AdminPackageSchema(many=True))
+    def get(self, args):
+        """Every package, drafts included (archived ones with ``include_archived=true``)."""
+        return catalog.admin_list_packages(args)
+
+    @require_super_admin
+    @blp.arguments(PackageCreateSchema)
+    @blp.response(201, AdminPackageSchema)
+    @blp.alt_response(409, description="`conflict`: the slug is taken.")
+    def post(self, body):
+        """Create a package with its tracks."""
+        package = catalog.create_package(current_user._get_current_object(), body)
+        set_message("Package created.")
+        return package
+
+
+@blp.route("/packages/<int:package_id>")
+class AdminPackage(MethodView):
+    @require_super_admin
+    @blp.response(200, AdminPackageSchema)
+    def get(self, package_id):
+        """Any package, including unpublished and archived ones."""
+        return catalog.admin_get_package(package_id)
+
+    @require_super_admin
+    @blp.arguments(PackageUpdateSchema)
+    @blp.response(200, AdminPackageSchema)
+    @blp.alt_response(409, description="`conflict`: the slug is taken.")
+    def patch(self, body, package_id):
+        """Change a package; ``tracks``, when given, replaces the track list."""
+        package = catalog.update_package(current_user._get_current_object(), package_id, body)
+        set_message("Package updated.")
+        return package
+
+    @require_super_admin
+    @blp.response(200, AdminPackageSchema)
+    def delete(self, package_id):
+        """Archive a package: gone from the catalog; past sessions keep it."""
+        package = catalog.archive_package(current_user._get_current_object(), package_id)
+        set_message("Package archived.")
+        return package
+
+
+@blp.route("/users/<int:user_id>/packages")
+class AdminUserPackages(MethodView):
+    @require_super_admin
+    @blp.arguments(AdminAssignSchema)
+    @blp.response(201, LibraryEntrySchema, description="Assigned.")
+    @blp.alt_response(200, schema=LibraryEntrySchema, description="Already assigned.")
+    def post(self, body, user_id):
+        """Put a catalog package into a user's library."""
+        entry, created = library.assign_package(current_user._get_current_object(), user_id,
+                                                body["package_id"], body.get("favorite"))
+        set_message("Package assigned." if created else "The user already has this package.")
+        return entry, 201 if created else 200

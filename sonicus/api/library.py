@@ -1,7 +1,61 @@
-"""Routes of the library area (see API.md)."""
+"""The caller's personal library of packages."""
 
 from __future__ import annotations
 
-from ..envelope import Blueprint
+import marshmallow as ma
+from flask.views import MethodView
 
-blp = Blueprint("library", __name__, url_prefix="/api", description="Library.")
+from ..auth import current_user, require_user
+from ..envelope import Blueprint, set_message
+from ..schemas.catalog import (
+    EmptySchema,
+    LibraryAddSchema,
+    LibraryEntrySchema,
+    LibraryListArgsSchema,
+    LibraryUpdateSchema,
+)
+from ..services import library
+
+blp = Blueprint("library", __name__, url_prefix="/api/user",
+                description="The caller's library of packages.")
+
+
+@blp.route("/packages")
+class Library(MethodView):
+    @require_user
+    @blp.arguments(LibraryListArgsSchema, location="query", unknown=ma.RAISE)
+    @blp.response(200, LibraryEntrySchema(many=True))
+    def get(self, args):
+        """The caller's library, most recently added first (archived packages drop out)."""
+        return library.list_library(current_user._get_current_object(), args)
+
+
+@blp.route("/packages/<int:package_id>")
+class LibraryEntry(MethodView):
+    @require_user
+    @blp.arguments(LibraryAddSchema, required=False)
+    @blp.response(201, LibraryEntrySchema, description="Added to the library.")
+    @blp.alt_response(200, schema=LibraryEntrySchema,
+                      description="Already in the library (favourite updated when given).")
+    def post(self, body, package_id):
+        """Add a package to the library; optional body ``{favorite}``. 403 above the tier."""
+        entry, created = library.add_to_library(current_user._get_current_object(), package_id,
+                                                body.get("favorite"))
+        set_message("Added to your library." if created else "Already in your library.")
+        return entry, 201 if created else 200
+
+    @require_user
+    @blp.arguments(LibraryUpdateSchema)
+    @blp.response(200, LibraryEntrySchema)
+    def patch(self, body, package_id):
+        """Mark or unmark a library entry as a favourite."""
+        return library.set_favorite(current_user._get_current_object(), package_id,
+                                    body["favorite"])
+
+    @require_user
+    @blp.response(200, EmptySchema)
+    def delete(self, package_id):
+        """Remove a package from the library."""
+        library.remove_from_library(current_user._get_current_object(), package_id)
+        set_message("Removed from your library.")
+        return {}

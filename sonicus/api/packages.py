@@ -1,7 +1,32 @@
-"""Routes of the packages area (see API.md)."""
+"""The catalog: published packages with ``locked`` for the caller, and package detail."""
 
 from __future__ import annotations
 
-from ..envelope import Blueprint
+import marshmallow as ma
+from flask.views import MethodView
 
-blp = Blueprint("packages", __name__, url_prefix="/api", description="Packages.")
+from ..auth import current_user, require_user
+from ..envelope import Blueprint
+from ..schemas.catalog import PackageDetailSchema, PackageListArgsSchema, PackageSchema
+from ..services import catalog
+
+blp = Blueprint("packages", __name__, url_prefix="/api", description="The sound catalog.")
+
+
+@blp.route("/packages")
+class Packages(MethodView):
+    @require_user
+    @blp.arguments(PackageListArgsSchema, location="query", unknown=ma.RAISE)
+    @blp.response(200, PackageSchema(many=True))
+    def get(self, args):
+        """Published packages, most popular first; filter by category, text or access."""
+        return catalog.list_packages(current_user._get_current_object(), args)
+
+
+@blp.route("/packages/<int:package_id>")
+class PackageDetail(MethodView):
+    @require_user
+    @blp.response(200, PackageDetailSchema)
+    def get(self, package_id):
+        """A package with its tracks; stream URLs only when the caller's tier opens it."""
+        return catalog.package_detail(current_user._get_current_object(), package_id)

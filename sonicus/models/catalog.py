@@ -31,6 +31,11 @@ class SoundPackage(Base):
     __table_args__ = (
         Index("ix_sound_packages_listing", "published", "archived_at", "category"),
         Index("ix_sound_packages_popularity", "popularity"),
+        # GET /api/packages?q= (ILIKE '%term%'); migration 0002_catalog, PostgreSQL only.
+        Index("ix_sound_packages_title_trgm", "title", postgresql_using="gin",
+              postgresql_ops={"title": "gin_trgm_ops"}),
+        Index("ix_sound_packages_description_trgm", "description", postgresql_using="gin",
+              postgresql_ops={"description": "gin_trgm_ops"}),
     )
 
 

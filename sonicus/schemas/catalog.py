@@ -1,0 +1,185 @@
+"""Catalog and library shapes: one set serves validation and the OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+
+import marshmallow as ma
+
+from ..envelope import PageArgsSchema
+from ..tiers import PACKAGE_LEVELS
+from .common import StrictSchema
+
+SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+CATEGORY_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+# Categories of the demo catalog; the catalog may add more (lowercase words).
+KNOWN_CATEGORIES = ("sleep", "focus", "relaxation", "meditation", "anxiety", "energy")
+
+
+def validate_media_path(value: str) -> None:
+    """A relative path under the media root: no scheme, no '..', no backslashes."""
+    if (not value or value.startswith("/") or "://" in value or "\\" in value
+            or any(part in ("", ".", "..") for part in value.split("/"))
+            or any(ord(c) < 33 for c in value)):
+        raise ma.ValidationError("Must be a relative path like 'sleep/rain-01.mp3'.")
+
+
+# ---- catalog output --------------------------------------------------------------------------
+
+class PackageSchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    slug = ma.fields.String(required=True)
+    title = ma.fields.String(required=True)
+    description = ma.fields.String(required=True)
+    category = ma.fields.String(required=True)
+    minimum_tier = ma.fields.String(required=True, metadata={"enum": list(PACKAGE_LEVELS)})
+    required_tier = ma.fields.String(
+        required=True, metadata={"description": "The lowest tier that opens this package."})
+    duration_seconds = ma.fields.Integer(required=True)
+    track_count = ma.fields.Integer(required=True)
+    popularity = ma.fields.Integer(required=True)
+    locked = ma.fields.Boolean(
+        required=True, metadata={"description": "True when the caller's tier cannot open it."})
+
+
+class TrackSchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    position = ma.fields.Integer(required=True)
+    title = ma.fields.String(required=True)
+    duration_seconds = ma.fields.Integer(required=True)
+    stream_url = ma.fields.String(
+        allow_none=True, required=True,
+        metadata={"description": "Signed, expiring audio URL; null while the package is locked."})
+
+
+class PackageDetailSchema(PackageSchema):
+    tracks = ma.fields.List(ma.fields.Nested(TrackSchema), required=True)
+    stream_urls_expire_at = ma.fields.DateTime(allow_none=True, required=True)
+
+
+class PackageListArgsSchema(PageArgsSchema):
+    class Meta:
+        unknown = ma.RAISE
+
+    category = ma.fields.String(validate=ma.validate.Length(min=1, max=40))
+    q = ma.fields.String(validate=ma.validate.Length(min=1, max=100))
+    accessible = ma.fields.Boolean(
+        metadata={"description": "true: only packages the caller's tier opens."})
+
+
+class EmptySchema(ma.Schema):
+    """An empty ``data`` object."""
+
+
+# ---- library ---------------------------------------------------------------------------------
+
+class LibraryEntrySchema(ma.Schema):
+    package_id = ma.fields.Integer(required=True)
+    assigned_at = ma.fields.DateTime(required=True)
+    favorite = ma.fields.Boolean(required=True)
+    assigned_by_admin = ma.fields.Boolean(required=True)
+    package = ma.fields.Nested(PackageSchema, required=True)
+
+
+class LibraryAddSchema(StrictSchema):
+    favorite = ma.fields.Boolean()
+
+
+class LibraryUpdateSchema(StrictSchema):
+    favorite = ma.fields.Boolean(required=True)
+
+
+class LibraryListArgsSchema(PageArgsSchema):
+    class Meta:
+        unknown = ma.RAISE
+
+    favorite = ma.fields.Boolean(metadata={"description": "true: favourites only."})
+
+
+class AdminPackageListArgsSchema(PageArgsSchema):
+    class Meta:
+        unknown = ma.RAISE
+
+    q = ma.fields.String(validate=ma.validate.Length(min=1, max=100),
+                         metadata={"description": "Title or slug contains."})
+    published = ma.fields.Boolean()
+    include_archived = ma.fields.Boolean(load_default=False)
+
+
+class AdminAssignSchema(StrictSchema):
+    package_id = ma.fields.Integer(required=True, validate=ma.validate.Range(min=1))
+    favorite = ma.fields.Boolean()
+
+
+# ---- admin input / output --------------------------------------------------------------------
+
+class TrackInputSchema(StrictSchema):
+    title = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+    duration_seconds = ma.fields.Integer(required=True,
+                                         validate=ma.validate.Range(min=1, max=24 * 3600))
+    media_path = ma.fields.String(required=True, validate=[ma.validate.Length(min=1, max=512),
+                                                           validate_media_path])
+
+
+SLUG_RULES = [ma.validate.Length(min=2, max=120),
+              ma.validate.Regexp(SLUG_RE, error="Use lowercase words joined by hyphens.")]
+CATEGORY_RULES = [ma.validate.Length(min=2, max=40),
+                  ma.validate.Regexp(CATEGORY_RE, error="Use a lowercase word, e.g. sleep.")]
+
+
+class PackageUpdateSchema(StrictSchema):
+    slug = ma.fields.String(validate=SLUG_RULES)
+    title = ma.fields.String(validate=ma.validate.Length(min=1, max=200))
+    description = ma.fields.String(validate=ma.validate.Length(max=5000))
+    category = ma.fields.String(validate=CATEGORY_RULES)
+    minimum_tier = ma.fields.String(validate=ma.validate.OneOf(PACKAGE_LEVELS))
+    published = ma.fields.Boolean()
+    tracks = ma.fields.List(ma.fields.Nested(TrackInputSchema),
+                            validate=ma.validate.Length(max=200))
+
+    @ma.validates_schema
+    def not_empty(self, data, **kwargs):
+        if not data:
+            raise ma.ValidationError("Give at least one field to change.")
+
+    @ma.validates_schema
+    def published_needs_tracks(self, data, **kwargs):
+        if data.get("published") and "tracks" in data and not data["tracks"]:
+            raise ma.ValidationError("A published package needs at least one track.", "tracks")
+
+
+class PackageCreateSchema(PackageUpdateSchema):
+    slug = ma.fields.String(required=True, validate=SLUG_RULES)
+    title = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+    category = ma.fields.String(required=True, validate=CATEGORY_RULES)
+
+    @ma.validates_schema
+    def published_needs_tracks(self, data, **kwargs):
+        if data.get("published", False) and not data.get("tracks"):
+            raise ma.ValidationError("A published package needs at least one track.", "tracks")
+
+
+class AdminTrackSchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    position = ma.fields.Integer(required=True)
+    title = ma.fields.String(required=True)
+    duration_seconds = ma.fields.Integer(required=True)
+    media_path = ma.fields.String(required=True)
+
+
+class AdminPackageSchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    slug = ma.fields.String(required=True)
+    title = ma.fields.String(required=True)
+    description = ma.fields.String(required=True)
+    category = ma.fields.String(required=True)
+    minimum_tier = ma.fields.String(required=True)
+    published = ma.fields.Boolean(required=True)
+    archived_at = ma.fields.DateTime(allow_none=True, required=True)
+    duration_seconds = ma.fields.Integer(required=True)
+    track_count = ma.fields.Integer(required=True)
+    popularity = ma.fields.Integer(required=True)
+    created_at = ma.fields.DateTime(required=True)
+    updated_at = ma.fields.DateTime(required=True)
+    tracks = ma.fields.List(ma.fields.Nested(AdminTrackSchema), required=True)
+

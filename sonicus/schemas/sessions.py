@@ -1,0 +1,95 @@
+"""Listening session shapes."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+
+from ..envelope import PageArgsSchema
+from .common import StrictSchema
+
+
+class SessionStartSchema(StrictSchema):
+    package_id = ma.fields.Integer(required=True, validate=ma.validate.Range(min=1))
+    track_id = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1))
+    mood_before = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=10))
+
+
+class SessionHeartbeatSchema(StrictSchema):
+    listened_seconds = ma.fields.Integer(required=True,
+                                         validate=ma.validate.Range(min=0, max=7 * 24 * 3600))
+
+
+class SessionCompleteSchema(StrictSchema):
+    listened_seconds = ma.fields.Integer(required=True,
+                                         validate=ma.validate.Range(min=0, max=7 * 24 * 3600))
+    completed = ma.fields.Boolean(required=True)
+    mood_after = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=10))
+    note = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=2000))
+
+
+class SessionHistoryArgsSchema(PageArgsSchema):
+    class Meta:
+        unknown = ma.RAISE
+
+    from_ = ma.fields.Date(data_key="from", metadata={"description": "First day (inclusive)."})
+    to = ma.fields.Date(metadata={"description": "Last day (inclusive)."})
+
+    @ma.validates_schema
+    def ordered(self, data, **kwargs):
+        if data.get("from_") and data.get("to") and data["from_"] > data["to"]:
+            raise ma.ValidationError("Must not be before 'from'.", "to")
+
+    @ma.post_load
+    def rename(self, data, **kwargs):
+        if "from_" in data:
+            data["from"] = data.pop("from_")
+        return data
+
+
+class SessionPackageSchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    slug = ma.fields.String(required=True)
+    title = ma.fields.String(required=True)
+    category = ma.fields.String(required=True)
+    archived = ma.fields.Method("get_archived", required=True)
+
+    def get_archived(self, package) -> bool:
+        return package.archived_at is not None
+
+
+class SessionTrackSchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    title = ma.fields.String(required=True)
+    duration_seconds = ma.fields.Integer(required=True)
+
+
+class SessionSchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    package_id = ma.fields.Integer(required=True)
+    track_id = ma.fields.Integer(allow_none=True, required=True)
+    tier = ma.fields.String(required=True)
+    status = ma.fields.String(required=True, metadata={"enum": ["open", "ended"]})
+    started_at = ma.fields.DateTime(required=True)
+    ends_at = ma.fields.Method("get_ends_at", allow_none=True, required=True,
+                               metadata={"type": "string", "format": "date-time",
+                                         "description": "When the tier's maximum length is "
+                                                        "reached; null when unlimited."})
+    ended_at = ma.fields.DateTime(allow_none=True, required=True)
+    local_day = ma.fields.Date(required=True)
+    max_duration_seconds = ma.fields.Integer(allow_none=True, required=True)
+    listened_seconds = ma.fields.Integer(required=True)
+    completed = ma.fields.Boolean(required=True)
+    counts_toward_quota = ma.fields.Boolean(required=True)
+    mood_before = ma.fields.Integer(allow_none=True, required=True)
+    mood_after = ma.fields.Integer(allow_none=True, required=True)
+    note = ma.fields.String(allow_none=True, required=True)
+    end_reason = ma.fields.String(allow_none=True, required=True,
+                                  metadata={"enum": ["completed", "stopped", "expired"]})
+    package = ma.fields.Nested(SessionPackageSchema, required=True)
+    track = ma.fields.Nested(SessionTrackSchema, allow_none=True, required=True)
+
+    def get_ends_at(self, session):
+        from ..services.listening import ends_at
+
+        value = ends_at(session)
+        return None if value is None else ma.fields.DateTime().serialize("v", {"v": value})

@@ -1,0 +1,246 @@
+"""Listening sessions: start within the tier's daily quota, heartbeats, completion, history,
+and closing sessions left open.
+
+Quota (race-free on PostgreSQL): ``start_session`` locks the user's ``user_subscriptions`` row
+(``SELECT ... FOR UPDATE``) for the whole transaction, counts today's counted sessions, inserts
+and commits. Two starts for the same user therefore run one after the other; other users are
+not blocked. Tier changes write the same row, so a start never sees a half-changed tier.
+On SQLite (the embedded development default) FOR UPDATE is ignored; writes are serialised by
+SQLite's own database lock instead.
+
+Listened time is always the server's number: the client's claim is clamped by the wall time
+since the start, the track's length (the package's when no track was chosen) and the tier's
+maximum length, and never decreases.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import selectinload
+
+from .. import clock
+from ..envelope import fail, not_found, paginate
+from ..extensions import db
+from ..models import ListeningSession, SoundPackage, Track, User, UserSubscription
+from ..models.listening import ENDED, OPEN
+from ..tiers import TIERS, UNLIMITED_SESSION_CLOSE_SECONDS
+from . import analytics
+from .catalog import get_catalog_package, validate_package_access
+from .quota import sessions_on_day
+from .subscriptions import get_subscription
+
+log = logging.getLogger(__name__)
+
+# An accidental tap: ended within this many seconds with less than that listened.
+GIVE_BACK_WITHIN_SECONDS = 60
+GIVE_BACK_UNDER_LISTENED_SECONDS = 30
+STALE_BATCH = 500
+
+
+def _lock_subscription(user: User) -> UserSubscription:
+    """The user's subscription row, locked until this transaction ends."""
+    stmt = (select(UserSubscription).where(UserSubscription.user_id == user.id)
+            .with_for_update().execution_options(populate_existing=True))
+    sub = db.session.execute(stmt).scalar_one_or_none()
+    if sub is None:
+        get_subscription(user)  # creates the missing row (commits), then lock it
+        sub = db.session.execute(stmt).scalar_one()
+    return sub
+
+
+def start_session(user: User, package_id: int, track_id: int | None = None,
+                  mood_before: int | None = None, now: datetime | None = None
+                  ) -> ListeningSession:
+    """Start a session: 404 unknown package/track, 403 above tier, 429 quota used today."""
+    now = now or clock.now()
+    try:
+        sub = _lock_subscription(user)
+        tier = TIERS[sub.tier]
+        package = get_catalog_package(package_id)
+        validate_package_access(user, package, tier=tier.name)
+        track = None
+        if track_id is not None:
+            track = db.session.get(Track, track_id)
+            if track is None or track.package_id != package.id:
+                not_found("Track")
+        today = clock.local_day(now, user.timezone, user.day_start_hour)
+        if tier.daily_sessions is not None:
+            used = sessions_on_day(user.id, today)
+            if used >= tier.daily_sessions:
+                resets_at = clock.next_day_start(now, user.timezone, user.day_start_hour)
+                retry_after = max(1, int((resets_at - now).total_seconds()))
+                fail(429, "daily_session_limit_reached",
+                     f"You have used today's {tier.daily_sessions} sessions of the "
+                     f"{tier.title} tier.",
+                     data={"resets_at": resets_at.isoformat()},
+                     headers={"Retry-After": str(retry_after)})
+        session = ListeningSession(
+            user_id=user.id, package_id=package.id, track_id=track.id if track else None,
+            tier=tier.name, status=OPEN, started_at=now, local_day=today,
+            max_duration_seconds=tier.max_session_seconds, listened_seconds=0,
+            completed=False, counts_toward_quota=True, mood_before=mood_before)
+        db.session.add(session)
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()  # releases the row lock on every failure path
+        raise
+    return session
+
+
+def ends_at(session: ListeningSession) -> datetime | None:
+    if session.max_duration_seconds is None:
+        return None
+    return session.started_at + timedelta(seconds=session.max_duration_seconds)
+
+
+def content_seconds(session: ListeningSession) -> int | None:
+    """The length of what is being played: the track, else the whole package."""
+    if session.track is not None:
+        return session.track.duration_seconds
+    length = session.package.duration_seconds if session.package is not None else 0
+    return length or None
+
+
+def clamp_listened(session: ListeningSession, claimed: int, now: datetime) -> int:
+    """The server's listened seconds: the claim capped by wall time, content and tier length,
+    and never below what was already recorded."""
+    wall = max(0, int((now - session.started_at).total_seconds()))
+    caps = [wall]
+    length = content_seconds(session)
+    if length is not None:
+        caps.append(length)
+    if session.max_duration_seconds is not None:
+        caps.append(session.max_duration_seconds)
+    return max(session.listened_seconds, min([max(0, int(claimed)), *caps]))
+
+
+def get_session(user: User, session_id: int, *, lock: bool = False) -> ListeningSession:
+    """One of the caller's sessions; someone else's id is 404."""
+    stmt = select(ListeningSession).where(ListeningSession.id == session_id,
+                                          ListeningSession.user_id == user.id)
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    session = db.session.execute(stmt).scalar_one_or_none()
+    if session is None:
+        not_found("Session")
+    return session
+
+
+def _ensure_open(session: ListeningSession) -> None:
+    if session.status != OPEN:
+        db.session.rollback()
+        fail(409, "conflict", "This session has already ended.")
+
+
+def heartbeat(user: User, session_id: int, listened_seconds: int,
+              now: datetime | None = None) -> ListeningSession:
+    now = now or clock.now()
+    session = get_session(user, session_id, lock=True)
+    _ensure_open(session)
+    session.listened_seconds = clamp_listened(session, listened_seconds, now)
+    db.session.commit()
+    return session
+
+
+def complete_session(user: User, session_id: int, listened_seconds: int, completed: bool,
+                     mood_after: int | None = None, note: str | None = None,
+                     now: datetime | None = None) -> ListeningSession:
+    """End a session. An accidental tap (ended within 60 s, under 30 s listened) gives the
+    day's quota back; any other ending bumps the package's popularity. Analytics are marked
+    stale in the same transaction and a refresh is requested after the commit."""
+    now = now or clock.now()
+    session = get_session(user, session_id, lock=True)
+    _ensure_open(session)
+    session.listened_seconds = clamp_listened(session, listened_seconds, now)
+    session.status = ENDED
+    session.ended_at = now
+    session.completed = bool(completed)
+    session.end_reason = "completed" if completed else "stopped"
+    if mood_after is not None:
+        session.mood_after = mood_after
+    if note is not None:
+        session.note = note
+    elapsed = (now - session.started_at).total_seconds()
+    if (elapsed <= GIVE_BACK_WITHIN_SECONDS
+            and session.listened_seconds < GIVE_BACK_UNDER_LISTENED_SECONDS):
+        session.counts_toward_quota = False
+    else:
+        db.session.execute(update(SoundPackage).where(SoundPackage.id == session.package_id)
+                           .values(popularity=SoundPackage.popularity + 1))
+    analytics.mark_stale(user.id)
+    db.session.commit()
+    analytics.request_refresh(user.id)
+    return session
+
+
+def list_history(user: User, args: dict) -> list[ListeningSession]:
+    """The caller's sessions, newest first; ``from``/``to`` are the user's days, inclusive."""
+    stmt = (select(ListeningSession)
+            .options(selectinload(ListeningSession.package), selectinload(ListeningSession.track))
+            .where(ListeningSession.user_id == user.id))
+    first: date | None = args.get("from")
+    last: date | None = args.get("to")
+    if first is not None:
+        stmt = stmt.where(ListeningSession.local_day >= first)
+    if last is not None:
+        stmt = stmt.where(ListeningSession.local_day <= last)
+    stmt = stmt.order_by(ListeningSession.started_at.desc(), ListeningSession.id.desc())
+    return paginate(db, stmt, args)
+
+
+def _close_batch(max_seconds: int | None, now: datetime) -> tuple[int, set[int]]:
+    limit = UNLIMITED_SESSION_CLOSE_SECONDS if max_seconds is None else max_seconds
+    cutoff = now - timedelta(seconds=limit)
+    condition = (ListeningSession.max_duration_seconds.is_(None) if max_seconds is None
+                 else ListeningSession.max_duration_seconds == max_seconds)
+    rows = db.session.execute(
+        select(ListeningSession)
+        .options(selectinload(ListeningSession.package), selectinload(ListeningSession.track))
+        .where(ListeningSession.status == OPEN, condition,
+               ListeningSession.started_at < cutoff)
+        .order_by(ListeningSession.id).limit(STALE_BATCH)
+        .with_for_update(skip_locked=True, of=ListeningSession)
+        .execution_options(populate_existing=True)
+    ).scalars().all()
+    users = set()
+    for session in rows:
+        end = session.started_at + timedelta(seconds=limit)
+        session.listened_seconds = clamp_listened(session, session.listened_seconds, end)
+        session.status = ENDED
+        session.ended_at = end
+        session.end_reason = "expired"
+        if session.user_id is not None:
+            users.add(session.user_id)
+    for user_id in users:
+        analytics.mark_stale(user_id)
+    db.session.commit()
+    return len(rows), users
+
+
+def close_stale_sessions(now: datetime | None = None) -> int:
+    """Close sessions left open past their maximum length (3 hours when unlimited).
+
+    Safe to run twice or concurrently: rows are claimed with ``FOR UPDATE SKIP LOCKED`` and
+    only ``open`` ones are touched. Listened time is clamped as for a completion; the session
+    is ended at ``started_at + limit``. Returns how many sessions were closed.
+    """
+    now = now or clock.now()
+    lengths = db.session.execute(
+        select(ListeningSession.max_duration_seconds).distinct()
+        .where(ListeningSession.status == OPEN)).scalars().all()
+    closed, users = 0, set()
+    for length in lengths:
+        while True:
+            count, batch_users = _close_batch(length, now)
+            closed += count
+            users |= batch_users
+            if count < STALE_BATCH:
+                break
+    for user_id in users:
+        analytics.request_refresh(user_id)
+    if closed:
+        log.info("closed %d stale listening sessions", closed)
+    return closed

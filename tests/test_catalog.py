@@ -1,0 +1,305 @@
+"""The catalog: listing with locked flags, filters, detail with signed URLs, admin edits, seed."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from catalog_helpers import make_package, signup, track_ids
+from sqlalchemy import event, func, select
+
+from sonicus import media
+from sonicus.extensions import db
+from sonicus.models import AuditLog, SoundPackage, Track
+
+DEMO = Path(__file__).resolve().parent.parent / "sonicus" / "data" / "demo_catalog.yaml"
+
+
+@pytest.fixture
+def catalog(db_session):
+    return {
+        "rain": make_package("rain", category="sleep", popularity=5,
+                             description="Soft RAIN on a roof"),
+        "delta": make_package("delta", minimum_tier="premium", category="sleep", popularity=3),
+        "gamma": make_package("gamma", minimum_tier="pro_exclusive", category="focus",
+                              popularity=1),
+        "draft": make_package("draft", published=False),
+        "old": make_package("old", archived_at=datetime(2026, 1, 1, tzinfo=UTC)),
+    }
+
+
+def _slugs(res):
+    return [p["slug"] for p in res.json["data"]]
+
+
+@pytest.mark.parametrize("tier, locked", [
+    ("starter", {"rain": False, "delta": True, "gamma": True}),
+    ("premium", {"rain": False, "delta": False, "gamma": True}),
+    ("pro", {"rain": False, "delta": False, "gamma": False}),
+])
+def test_list_shows_published_with_locked_for_tier(client, auth, catalog, tier, locked):
+    headers = signup(client, auth, f"{tier}@example.com", tier=tier)
+    res = client.get("/api/packages", headers=headers)
+    assert res.status_code == 200
+    assert _slugs(res) == ["rain", "delta", "gamma"]  # most popular first, no draft/archived
+    assert {p["slug"]: p["locked"] for p in res.json["data"]} == locked
+    first = res.json["data"][0]
+    for field in ("id", "slug", "title", "description", "category", "minimum_tier",
+                  "duration_seconds", "track_count", "locked"):
+        assert field in first
+    assert res.json["pagination"] == {"page": 1, "per_page": 20, "total": 3, "pages": 1}
+
+
+def test_filters_search_and_accessible(client, auth, catalog):
+    headers = signup(client, auth, "f@example.com", tier="premium")
+    assert _slugs(client.get("/api/packages?category=focus", headers=headers)) == ["gamma"]
+    assert _slugs(client.get("/api/packages?q=rain", headers=headers)) == ["rain"]
+    # case-insensitive, in the description too; % is a literal, not a wildcard
+    assert _slugs(client.get("/api/packages?q=roof", headers=headers)) == ["rain"]
+    assert _slugs(client.get("/api/packages?q=%25", headers=headers)) == []
+    assert _slugs(client.get("/api/packages?accessible=true", headers=headers)) == \
+        ["rain", "delta"]
+
+
+def test_pagination_and_bad_query(client, auth, catalog):
+    headers = signup(client, auth, "p@example.com")
+    res = client.get("/api/packages?per_page=2&page=2", headers=headers)
+    assert _slugs(res) == ["gamma"]
+    assert res.json["pagination"] == {"page": 2, "per_page": 2, "total": 3, "pages": 2}
+    for query in ("per_page=0", "per_page=101", "page=0", "colour=red", "accessible=maybe"):
+        bad = client.get(f"/api/packages?{query}", headers=headers)
+        assert bad.status_code in (400, 422), query
+        assert bad.json["code"] == "validation_error"
+    assert client.get("/api/packages").status_code == 401
+
+
+def test_list_does_not_query_per_package(client, auth, db_session):
+    for i in range(30):
+        make_package(f"pkg-{i:02d}", tracks=(60, 60, 60))
+    headers = signup(client, auth, "q@example.com")
+    statements = []
+
+    def count(*args):
+        statements.append(args[2])
+
+    engine = db.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        res = client.get("/api/packages?per_page=20", headers=headers)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(res.json["data"]) == 20
+    assert len(statements) <= 5, statements  # user, subscription, count, page
+
+
+def test_detail_signed_urls_only_when_open(client, auth, catalog, app):
+    starter = signup(client, auth, "s@example.com")
+    premium = signup(client, auth, "pr@example.com", tier="premium")
+
+    locked = client.get(f"/api/packages/{catalog['delta']}", headers=starter)
+    assert locked.status_code == 200
+    assert locked.json["data"]["locked"] is True
+    assert len(locked.json["data"]["tracks"]) == 1
+    assert locked.json["data"]["tracks"][0]["stream_url"] is None
+
+    res = client.get(f"/api/packages/{catalog['delta']}", headers=premium)
+    data = res.json["data"]
+    assert data["locked"] is False
+    url = data["tracks"][0]["stream_url"]
+    parts = urlsplit(url)
+    assert f"{parts.scheme}://{parts.netloc}" == "https://media.example.com"
+    assert parts.path == "/sleep/delta/01.mp3"
+    q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    assert media.verify_stream_path("test-media-secret", parts.path, q["st"], q["ts"], q["e"])
+    # another path, another secret, a changed expiry or a late request are all refused
+    assert not media.verify_stream_path("test-media-secret", "/sleep/rain/01.mp3",
+                                        q["st"], q["ts"], q["e"])
+    assert not media.verify_stream_path("other", parts.path, q["st"], q["ts"], q["e"])
+    assert not media.verify_stream_path("test-media-secret", parts.path, q["st"], q["ts"],
+                                        str(int(q["e"]) + 60))
+    later = datetime.fromtimestamp(int(q["ts"]) + int(q["e"]) + 1, UTC)
+    assert not media.verify_stream_path("test-media-secret", parts.path, q["st"], q["ts"],
+                                        q["e"], now=later)
+    expires = datetime.fromisoformat(data["stream_urls_expire_at"])
+    assert timedelta(minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=1)
+
+
+def test_dev_urls_without_media_settings(app):
+    with app.test_request_context():
+        saved = app.config["MEDIA_BASE_URL"], app.config["MEDIA_URL_SECRET"]
+        app.config["MEDIA_BASE_URL"] = app.config["MEDIA_URL_SECRET"] = None
+        try:
+            url, _ = media.stream_url("sleep/a b.mp3")
+            assert "/dev-media-unsigned/sleep/a%20b.mp3?" in url
+            assert "development-only-unsigned" in url
+            app.config["SONICUS_ENV"] = "production"
+            assert media.stream_url("sleep/a.mp3")[0] is None
+        finally:
+            app.config["SONICUS_ENV"] = "testing"
+            app.config["MEDIA_BASE_URL"], app.config["MEDIA_URL_SECRET"] = saved
+
+
+def test_unpublished_and_archived_are_404(client, auth, catalog):
+    headers = signup(client, auth, "n@example.com", tier="pro")
+    for key in ("draft", "old"):
+        res = client.get(f"/api/packages/{catalog[key]}", headers=headers)
+        assert res.status_code == 404
+        assert res.json["code"] == "not_found"
+    assert client.get("/api/packages/999999", headers=headers).status_code == 404
+
+
+# ---- admin -------------------------------------------------------------------------------
+
+NEW = {"slug": "evening-wind-down", "title": "Evening Wind-Down", "description": "Slow pads.",
+       "category": "relaxation", "minimum_tier": "premium", "published": True,
+       "tracks": [{"title": "One", "duration_seconds": 300, "media_path": "relax/ewd/1.mp3"},
+                  {"title": "Two", "duration_seconds": 420, "media_path": "relax/ewd/2.mp3"}]}
+
+
+def test_admin_creates_edits_and_archives(client, auth, admin_auth, db_session):
+    admin = signup(client, auth, "admin@example.com", admin=True)
+    res = client.post("/api/admin/packages", json=NEW, headers=admin)
+    assert res.status_code == 201, res.json
+    pkg = res.json["data"]
+    assert pkg["duration_seconds"] == 720 and pkg["track_count"] == 2
+    assert [t["title"] for t in pkg["tracks"]] == ["One", "Two"]
+
+    user = signup(client, auth, "u@example.com", tier="premium")
+    assert _slugs(client.get("/api/packages", headers=user)) == ["evening-wind-down"]
+
+    original_ids = track_ids(pkg["id"])
+    res = client.patch(f"/api/admin/packages/{pkg['id']}", headers=admin, json={
+        "title": "Evening Wind Down",
+        "tracks": [{"title": "One (remastered)", "duration_seconds": 320,
+                    "media_path": "relax/ewd/1b.mp3"}]})
+    assert res.status_code == 200, res.json
+    assert res.json["data"]["track_count"] == 1 and res.json["data"]["duration_seconds"] == 320
+    assert track_ids(pkg["id"]) == original_ids[:1]  # edited in place: sessions keep the track
+
+    res = client.delete(f"/api/admin/packages/{pkg['id']}", headers=admin)
+    assert res.status_code == 200 and res.json["data"]["archived_at"] is not None
+    assert client.get(f"/api/packages/{pkg['id']}", headers=user).status_code == 404
+    assert _slugs(client.get("/api/packages", headers=user)) == []
+
+    actions = db_session.execute(select(AuditLog.action).order_by(AuditLog.id)).scalars().all()
+    assert actions == ["package.create", "package.update", "package.archive"]
+    update = db_session.execute(select(AuditLog).where(AuditLog.action == "package.update")
+                                ).scalar_one()
+    assert update.before["title"] == "Evening Wind-Down"
+    assert update.after["title"] == "Evening Wind Down"
+    assert update.actor_label == "admin@example.com"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({**NEW, "colour": "red"}, "colour"),
+    ({**NEW, "slug": "Not A Slug"}, "slug"),
+    ({**NEW, "minimum_tier": "gold"}, "minimum_tier"),
+    ({**NEW, "tracks": [{"title": "x", "duration_seconds": 0, "media_path": "a.mp3"}]},
+     "tracks.0.duration_seconds"),
+    ({**NEW, "tracks": [{"title": "x", "duration_seconds": 5, "media_path": "../etc/passwd"}]},
+     "tracks.0.media_path"),
+    ({**NEW, "tracks": []}, "tracks"),
+    ({k: v for k, v in NEW.items() if k != "title"}, "title"),
+])
+def test_admin_validation_changes_nothing(client, auth, db_session, body, field):
+    admin = signup(client, auth, "admin@example.com", admin=True)
+    res = client.post("/api/admin/packages", json=body, headers=admin)
+    assert res.status_code == 422, res.json
+    assert res.json["code"] == "validation_error"
+    assert any(e.startswith(f"{field}:") for e in res.json["errors"]), res.json["errors"]
+    assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == 0
+    assert db_session.execute(select(func.count(AuditLog.id))).scalar_one() == 0
+
+
+def test_admin_duplicate_slug_is_conflict(client, auth, db_session):
+    admin = signup(client, auth, "admin@example.com", admin=True)
+    assert client.post("/api/admin/packages", json=NEW, headers=admin).status_code == 201
+    res = client.post("/api/admin/packages", json=NEW, headers=admin)
+    assert res.status_code == 409 and res.json["code"] == "conflict"
+    other = client.post("/api/admin/packages", headers=admin,
+                        json={**NEW, "slug": "other", "tracks": NEW["tracks"]})
+    res = client.patch(f"/api/admin/packages/{other.json['data']['id']}", headers=admin,
+                       json={"slug": NEW["slug"]})
+    assert res.status_code == 409
+    assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == 2
+
+
+def test_admin_routes_refuse_users(client, auth, catalog):
+    user = signup(client, auth, "u@example.com", tier="pro")
+    assert client.post("/api/admin/packages", json=NEW, headers=user).status_code == 403
+    assert client.patch(f"/api/admin/packages/{catalog['rain']}", json={"title": "x"},
+                        headers=user).status_code == 403
+    assert client.delete(f"/api/admin/packages/{catalog['rain']}",
+                         headers=user).status_code == 403
+    assert client.get(f"/api/packages/{catalog['rain']}", headers=user).status_code == 200
+
+
+# ---- seed --------------------------------------------------------------------------------
+
+def test_seed_demo_catalog_is_idempotent(runner, client, auth, db_session):
+    res = runner.invoke(args=["sonicus", "seed", str(DEMO)])
+    assert res.exit_code == 0, res.output
+    total = db_session.execute(select(func.count(SoundPackage.id))).scalar_one()
+    assert f"{total} created, 0 updated, 0 unchanged" in res.output
+    tracks = db_session.execute(select(func.count(Track.id))).scalar_one()
+
+    again = runner.invoke(args=["sonicus", "seed", str(DEMO)])
+    assert again.exit_code == 0
+    assert f"0 created, 0 updated, {total} unchanged" in again.output
+    assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == total
+    assert db_session.execute(select(func.count(Track.id))).scalar_one() == tracks
+
+    levels = set(db_session.execute(select(SoundPackage.minimum_tier)).scalars())
+    categories = set(db_session.execute(select(SoundPackage.category)).scalars())
+    assert levels == {"public", "premium", "pro_exclusive"}
+    assert {"sleep", "focus", "relaxation", "meditation", "anxiety", "energy"} <= categories
+    headers = signup(client, auth, "demo@example.com")
+    listing = client.get("/api/packages?per_page=100", headers=headers).json
+    assert listing["pagination"]["total"] == total
+
+
+def test_seed_json_updates_by_slug_and_rejects_bad_files(runner, db_session, tmp_path):
+    entry = {"slug": "one", "title": "One", "category": "focus",
+             "tracks": [{"title": "t", "duration_seconds": 60, "media_path": "f/one.mp3"}]}
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps([entry]))
+    assert "1 created" in runner.invoke(args=["sonicus", "seed", str(path)]).output
+    path.write_text(json.dumps({"packages": [{**entry, "title": "One, revised"}]}))
+    assert "1 updated" in runner.invoke(args=["sonicus", "seed", str(path)]).output
+    assert db_session.execute(select(SoundPackage.title)).scalar_one() == "One, revised"
+
+    path.write_text(json.dumps([{**entry, "slug": "two", "minimum_tier": "gold"}]))
+    bad = runner.invoke(args=["sonicus", "seed", str(path)])
+    assert bad.exit_code == 1 and "minimum_tier" in bad.output
+    assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == 1
+
+
+def test_admin_lists_drafts_and_archived(client, auth, catalog):
+    admin = signup(client, auth, "admin@example.com", admin=True)
+    res = client.get("/api/admin/packages", headers=admin)
+    assert res.status_code == 200
+    assert [p["slug"] for p in res.json["data"]] == ["draft", "gamma", "delta", "rain"]
+    everything = client.get("/api/admin/packages?include_archived=true&per_page=2",
+                            headers=admin)
+    assert everything.json["pagination"]["total"] == 5
+    drafts = client.get("/api/admin/packages?published=false", headers=admin).json["data"]
+    assert [p["slug"] for p in drafts] == ["draft"]
+    assert client.get("/api/admin/packages?q=DEL", headers=admin).json["data"][0]["slug"] == \
+        "delta"
+    user = signup(client, auth, "u@example.com")
+    assert client.get("/api/admin/packages", headers=user).status_code == 403
+
+
+def test_publishing_needs_tracks(client, auth, db_session):
+    admin = signup(client, auth, "admin@example.com", admin=True)
+    draft = client.post("/api/admin/packages", headers=admin, json={
+        "slug": "empty", "title": "Empty", "category": "focus"})
+    assert draft.status_code == 201 and draft.json["data"]["published"] is False
+    res = client.patch(f"/api/admin/packages/{draft.json['data']['id']}", headers=admin,
+                       json={"published": True})
+    assert res.status_code == 422
+    assert res.json["errors"] == ["tracks: A published package needs at least one track."]
+    assert db_session.execute(select(SoundPackage.published)).scalar_one() is False
