@@ -7,3 +7,10 @@ def refresh_user_analytics(user_id: int):
     from ..services.analytics import refresh_user_analytics as refresh
 
     return refresh(user_id)
+
+
+def refresh_platform_stats():
+    """Recompute the platform figures, store and cache them; returns when they were computed."""
+    from ..services.stats import refresh_platform_stats as refresh
+
+    return refresh()["computed_at"].isoformat()
