@@ -184,6 +184,7 @@ def test_user_list_newest_first_with_tier_and_status(client, admin_auth, people)
     ("100%", ["cy@example.com"]),                    # % is a character, not a wildcard
     ("_", ["under_score@example.com"]),              # so is _
     ("nobody", []),
+    ("sleepwell.io robert", []),                     # never across email and name
 ])
 def test_user_search(client, admin_auth, people, q, expected):
     assert _emails(_list(client, admin_auth(), q=q)) == expected
@@ -202,13 +203,35 @@ def test_user_filters(client, admin_auth, people):
 
 @pytest.mark.parametrize("query, field", [
     ({"tier": "gold"}, "tier"), ({"status": "sleeping"}, "status"), ({"per_page": 101}, "per_page"),
-    ({"page": 0}, "page"), ({"q": "x" * 101}, "q"),
+    ({"page": 0}, "page"), ({"q": "x" * 101}, "q"), ({"q": "io\nrobert"}, "q"),
 ])
 def test_user_list_rejects_bad_query(client, admin_auth, query, field):
     res = client.get("/api/admin/users", headers=admin_auth(), query_string=query)
     assert res.status_code == 422
     assert res.json["code"] == "validation_error"
     assert any(e.startswith(f"{field}:") for e in res.json["errors"])
+
+
+def test_user_search_on_sqlite(idp, tmp_path):
+    """The embedded default: the migrations run on SQLite (no trigram index) and search works."""
+    from flask_migrate import upgrade
+
+    from sonicus import create_app
+    from sonicus.extensions import db
+    from sonicus.services.admin_users import list_users
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp, REDIS_URL=None,
+                                 DATABASE_URL=f"sqlite:///{tmp_path / 'sonicus.db'}"))
+    with app.app_context():
+        upgrade()
+        add_user("ana.lopez@example.com", name="Ana Lopez", tier="premium")
+        add_user("bob@sleepwell.io", name="Robert 50%")
+        assert [r["email"] for r in list_users(q="LOPEZ")[0]] == ["ana.lopez@example.com"]
+        assert [r["email"] for r in list_users(q="50%")[0]] == ["bob@sleepwell.io"]
+        assert list_users(q="sleepwell.io robert") == ([], 0)
+        assert list_users(tier="premium")[1] == 1
+        db.session.remove()
 
 
 # ---- users: detail -----------------------------------------------------------------------

@@ -51,8 +51,14 @@ class PlatformStatsSchema(ma.Schema):
 
 # ---- users -------------------------------------------------------------------------------
 
+def _no_control_characters(value: str) -> None:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ma.ValidationError("Must not contain control characters.")
+
+
 class AdminUserQuerySchema(PageArgsSchema):
-    q = ma.fields.String(validate=ma.validate.Length(min=1, max=100), metadata={
+    q = ma.fields.String(validate=[ma.validate.Length(min=1, max=100), _no_control_characters],
+                         metadata={
         "description": "Part of the email or display name (case-insensitive)."})
     tier = ma.fields.String(validate=ma.validate.OneOf(TIER_NAMES))
     status = ma.fields.String(validate=ma.validate.OneOf(USER_STATUS_FILTERS), metadata={

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
 from ..envelope import ApiError, not_found
 from ..extensions import db
@@ -24,9 +24,18 @@ log = logging.getLogger(__name__)
 
 COMPLIMENTARY_GRANT = "complimentary_grant"
 SUSPENDED = "suspended"
+SEARCH_SEPARATOR = "\n"
 
 
 # ---- reading -----------------------------------------------------------------------------
+
+def search_text():
+    """Email and display name in one lowercased text, joined by a newline (a search text has
+    none, so a match never spans both): the expression the trigram index is built on
+    (migration 0002_admin_user_search); keep the two identical."""
+    return func.lower(User.email.concat(SEARCH_SEPARATOR)
+                      .concat(func.coalesce(User.display_name, "")))
+
 
 def _like_pattern(text: str) -> str:
     escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -35,11 +44,8 @@ def _like_pattern(text: str) -> str:
 
 def _filtered(statement, q: str | None, tier: str | None, status: str | None):
     if q:
-        pattern = _like_pattern(q.strip())
-        statement = statement.where(or_(
-            func.lower(User.email).like(pattern, escape="\\"),
-            func.lower(User.display_name).like(pattern, escape="\\"),
-        ))
+        statement = statement.where(
+            search_text().like(_like_pattern(q.strip()), escape="\\"))
     if tier is not None or (status is not None and status != SUSPENDED):
         statement = statement.outerjoin(UserSubscription, UserSubscription.user_id == User.id)
         if tier is not None:
