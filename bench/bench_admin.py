@@ -106,12 +106,12 @@ def generate(db, users: int, sessions: int, days: int) -> None:
                    s % 20 <> 0 AND s % 3 <> 0, true
             FROM (SELECT s, now() - random() * interval '{days} days' AS t
                   FROM generate_series(1, {sessions}) AS s) AS g"""),
-        ("analyze", "ANALYZE"),
+        ("vacuum", "VACUUM ANALYZE"),
     ]
     with db.engine.connect() as conn:
         for name, sql in steps:
             started = time.perf_counter()
-            if name == "analyze":
+            if name == "vacuum":
                 conn.commit()
                 conn.execution_options(isolation_level="AUTOCOMMIT").execute(text(sql))
             else:

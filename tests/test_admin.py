@@ -201,6 +201,22 @@ def test_user_filters(client, admin_auth, people):
     assert body["data"] == [] and body["pagination"]["total"] == 0
 
 
+def test_user_without_subscription_row_counts_as_starter_active(client, admin_auth, db_session):
+    add_user("paid@example.com", tier="premium")
+    bare = User(oidc_sub="bare", email="bare@example.com", preferences={})
+    db_session.add(bare)
+    db_session.commit()
+    headers = admin_auth()
+    client.get("/api/user/profile", headers=headers)
+    assert _emails(_list(client, headers, q="bare")) == ["bare@example.com"]
+    assert _list(client, headers, q="bare")["data"][0]["tier"] == "starter"
+    assert "bare@example.com" in _emails(_list(client, headers, tier="starter"))
+    assert "bare@example.com" in _emails(_list(client, headers, tier="starter", status="active"))
+    assert _emails(_list(client, headers, tier="premium")) == ["paid@example.com"]
+    assert _emails(_list(client, headers, tier="starter", status="trialing")) == []
+    assert _list(client, headers, status="active")["pagination"]["total"] == 3
+
+
 @pytest.mark.parametrize("query, field", [
     ({"tier": "gold"}, "tier"), ({"status": "sleeping"}, "status"), ({"per_page": 101}, "per_page"),
     ({"page": 0}, "page"), ({"q": "x" * 101}, "q"), ({"q": "io\nrobert"}, "q"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 
 from ..envelope import ApiError, not_found
 from ..extensions import db
@@ -46,12 +46,21 @@ def _filtered(statement, q: str | None, tier: str | None, status: str | None):
     if q:
         statement = statement.where(
             search_text().like(_like_pattern(q.strip()), escape="\\"))
-    if tier is not None or (status is not None and status != SUSPENDED):
-        statement = statement.outerjoin(UserSubscription, UserSubscription.user_id == User.id)
-        if tier is not None:
-            statement = statement.where(func.coalesce(UserSubscription.tier, STARTER) == tier)
-        if status is not None and status != SUSPENDED:
-            statement = statement.where(func.coalesce(UserSubscription.status, ACTIVE) == status)
+    # (column, wanted, what a user without a subscription row counts as)
+    wanted = []
+    if tier is not None:
+        wanted.append((UserSubscription.tier, tier, STARTER))
+    if status is not None and status != SUSPENDED:
+        wanted.append((UserSubscription.status, status, ACTIVE))
+    if wanted:
+        condition = and_(*(column == value for column, value, _ in wanted))
+        if all(value == default for _, value, default in wanted):
+            statement = statement.outerjoin(
+                UserSubscription, UserSubscription.user_id == User.id
+            ).where(or_(UserSubscription.id.is_(None), condition))
+        else:  # a missing row cannot match: an inner join lets the planner start from it
+            statement = statement.join(
+                UserSubscription, UserSubscription.user_id == User.id).where(condition)
     if status == SUSPENDED:
         statement = statement.where(User.is_active.is_(False))
     return statement
