@@ -484,12 +484,14 @@ def broken_job(package_id):
 def test_jobs_show_depth_failures_and_workers(app, client, admin_auth, redis_client):
     from rq import Queue
 
-    from sonicus.tasks.queue import QUEUE_ANALYTICS, QUEUE_DEFAULT, QUEUES
+    from sonicus.tasks.queue import QUEUE_ANALYTICS, QUEUE_DEFAULT, QUEUE_MAINTENANCE, QUEUES
     from sonicus.tasks.worker import make_worker
 
     failing = Queue(QUEUE_DEFAULT, connection=redis_client)
     failing.enqueue(broken_job, 7)
     make_worker(app, simple=True, queues=[QUEUE_DEFAULT]).work(burst=True)
+    Queue(QUEUE_MAINTENANCE, connection=redis_client).enqueue(broken_job, 5)
+    make_worker(app, simple=True, queues=[QUEUE_MAINTENANCE]).work(burst=True)
     waiting = Queue(QUEUE_ANALYTICS, connection=redis_client)
     waiting.enqueue(broken_job, 8)
     waiting.enqueue(broken_job, 9)
@@ -506,7 +508,8 @@ def test_jobs_show_depth_failures_and_workers(app, client, admin_auth, redis_cli
     assert set(depth) == set(QUEUES)
     assert depth[QUEUE_ANALYTICS]["queued"] == 2
     assert depth[QUEUE_DEFAULT]["failed"] == 1 and depth[QUEUE_DEFAULT]["queued"] == 0
-    [failed] = data["failed_jobs"]
+    newest, failed = data["failed_jobs"]  # newest first
+    assert newest["queue"] == QUEUE_MAINTENANCE and newest["args"] == [5]
     assert failed["queue"] == QUEUE_DEFAULT
     assert failed["func_name"].endswith("broken_job")
     assert failed["args"] == [7]

@@ -6,6 +6,8 @@ process that asks for them: there is nothing queued, nothing failed in a queue, 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.job import Job
@@ -22,6 +24,12 @@ from ..extensions import get_redis
 from ..tasks.queue import QUEUES
 
 TRACEBACK_CHARS = 4000
+
+
+def _timestamp(moment: datetime | None) -> float:
+    if moment is None:
+        return 0.0
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _last_line(text: str | None) -> str | None:
@@ -91,6 +99,6 @@ def jobs_overview(failed_limit: int = 50) -> dict:
     except RedisError as exc:
         raise ApiError(503, "service_unavailable",
                        "The job queue (Redis) is unreachable.") from exc
-    failed_jobs.sort(key=lambda j: j["ended_at"] or j["enqueued_at"] or 0, reverse=True)
+    failed_jobs.sort(key=lambda j: _timestamp(j["ended_at"] or j["enqueued_at"]), reverse=True)
     workers.sort(key=lambda w: w["name"])
     return {"backend": "redis", "queues": queues, "failed_jobs": failed_jobs, "workers": workers}
