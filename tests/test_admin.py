@@ -228,8 +228,8 @@ def test_user_list_rejects_bad_query(client, admin_auth, query, field):
     assert any(e.startswith(f"{field}:") for e in res.json["errors"])
 
 
-def test_user_search_on_sqlite(idp, tmp_path):
-    """The embedded default: the migrations run on SQLite (no trigram index) and search works."""
+def test_admin_api_on_sqlite(idp, tmp_path, admin_auth):
+    """The embedded default: migrations on SQLite (no trigram index), search, detail, stats."""
     from flask_migrate import upgrade
 
     from sonicus import create_app
@@ -247,7 +247,18 @@ def test_user_search_on_sqlite(idp, tmp_path):
         assert [r["email"] for r in list_users(q="50%")[0]] == ["bob@sleepwell.io"]
         assert list_users(q="sleepwell.io robert") == ([], 0)
         assert list_users(tier="premium")[1] == 1
+        ana = list_users(q="ana")[0][0]
+        add_session(db.session.get(User, ana["id"]), add_package(), clock.now())
         db.session.remove()
+    client = app.test_client()
+    headers = admin_auth()
+    detail = client.get(f"/api/admin/users/{ana['id']}", headers=headers).json["data"]
+    assert detail["usage"]["sessions_today"] == 1 and detail["last_activity_at"]
+    assert _patch(client, headers, ana["id"], {"is_active": False}).status_code == 200
+    data = _stats(client, headers)
+    assert (data["users_total"], data["mrr"], data["sessions_today"]) == (3, "9.99", 1)
+    assert data["active_users_7d"] == 1 and data["avg_session_minutes"] == 10
+    assert _audit(client, headers)["data"][0]["action"] == "user.suspend"
 
 
 # ---- users: detail -----------------------------------------------------------------------
