@@ -7,7 +7,6 @@ same transaction and commits once. Suspension closes the user's live sockets aft
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
 from sqlalchemy import and_, func, or_, select
 
@@ -136,16 +135,9 @@ def user_detail(user_id: int) -> dict:
         },
         "usage": usage_today(user, sub.tier),
         "sessions_total": sessions_total,
-        # The clock's UTC type decoration is lost on an aggregate: restore it.
-        "last_activity_at": _as_utc(last_activity),
+        "last_activity_at": last_activity,
     })
     return detail
-
-
-def _as_utc(value):
-    if value is None or not isinstance(value, datetime):
-        return value
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # ---- changing ----------------------------------------------------------------------------
