@@ -184,7 +184,9 @@ def test_admin_creates_edits_and_archives(client, auth, admin_auth, db_session):
     assert client.get(f"/api/packages/{pkg['id']}", headers=user).status_code == 404
     assert _slugs(client.get("/api/packages", headers=user)) == []
 
-    actions = db_session.execute(select(AuditLog.action).order_by(AuditLog.id)).scalars().all()
+    actions = db_session.execute(
+        select(AuditLog.action).where(AuditLog.target_type == "package")
+        .order_by(AuditLog.id)).scalars().all()
     assert actions == ["package.create", "package.update", "package.archive"]
     update = db_session.execute(select(AuditLog).where(AuditLog.action == "package.update")
                                 ).scalar_one()

@@ -1,5 +1,197 @@
-"""Commands of the users domain."""
+"""Commands of the users domain: ``users list|show|set-tier|suspend|activate`` and ``stats``.
+
+Thin: each command calls the same services as the admin API. A wrong email or tier is a
+one-line error on stderr and exit code 1. Changes are audited with the operator's login name.
+"""
 
 from __future__ import annotations
 
-from . import sonicus_cli  # noqa: F401
+import getpass
+import json
+
+import click
+
+from . import fail, sonicus_cli
+
+TIER_CHOICES_HINT = "starter, premium, pro"
+
+
+def _operator() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name in some containers
+        return "cli"
+
+
+def _resolve_user(email: str):
+    from ..services.admin_users import find_users_by_email
+
+    users = find_users_by_email(email)
+    if not users:
+        fail(f"no user with email {email!r}")
+    if len(users) > 1:
+        ids = ", ".join(str(u.id) for u in users)
+        fail(f"several users have email {email!r} (ids {ids}); this is ambiguous")
+    return users[0]
+
+
+def _check_tier(tier: str) -> None:
+    from ..tiers import TIERS
+
+    if tier not in TIERS:
+        fail(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
+
+
+def _when(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "-"
+
+
+@sonicus_cli.group("users")
+def users_cli():
+    """List, inspect and manage users."""
+
+
+@users_cli.command("list")
+@click.option("--q", "q", default=None, help="Part of the email or display name.")
+@click.option("--tier", default=None, help="Only this tier (starter, premium, pro).")
+@click.option("--status", default=None,
+              help="A subscription status (active, trialing, ...) or 'suspended'.")
+@click.option("--page", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--per-page", default=50, show_default=True, type=click.IntRange(1, 1000))
+def list_users(q, tier, status, page, per_page):
+    """Users, newest first."""
+    from ..schemas.admin import USER_STATUS_FILTERS
+    from ..services.admin_users import list_users as service
+
+    if tier is not None:
+        _check_tier(tier)
+    if status is not None and status not in USER_STATUS_FILTERS:
+        fail(f"unknown status {status!r}; choose one of {', '.join(USER_STATUS_FILTERS)}")
+    rows, total = service(q=q, tier=tier, status=status, page=page, per_page=per_page)
+    if not rows:
+        click.echo("No users found." if total == 0
+                   else f"No users on page {page} ({total} in all).")
+        return
+    header = f"{'ID':>7}  {'EMAIL':<32}  {'NAME':<20}  {'TIER':<8}  {'STATUS':<10}  ACCOUNT"
+    click.echo(header)
+    for row in rows:
+        account = "active" if row["is_active"] else "SUSPENDED"
+        if row["role"] == "admin":
+            account += " (admin)"
+        click.echo(f"{row['id']:>7}  {row['email'][:32]:<32}  "
+                   f"{(row['display_name'] or '-')[:20]:<20}  {row['tier']:<8}  "
+                   f"{row['subscription_status']:<10}  {account}")
+    first = (page - 1) * per_page + 1
+    click.echo(f"{first}-{first + len(rows) - 1} of {total} users.")
+
+
+def _print_detail(detail: dict) -> None:
+    sub, usage = detail["subscription"], detail["usage"]
+    remaining = "unlimited" if usage["sessions_remaining"] is None else usage["sessions_remaining"]
+    verified = "verified" if detail["email_verified"] else "not verified"
+    lines = [
+        ("User", f"#{detail['id']} {detail['email']} ({detail['display_name'] or 'no name'})"),
+        ("Account", ("active" if detail["is_active"] else "SUSPENDED")
+         + f", role {detail['role']}, email {verified}"),
+        ("Tier", f"{sub['tier']} ({sub['status']}"
+         + (", complimentary" if sub["complimentary"] else "")
+         + (", cancels at period end" if sub["cancel_at_period_end"] else "") + ")"),
+        ("Trial ends", _when(sub["trial_ends_at"])),
+        ("Period ends", _when(sub["current_period_end"])),
+        ("Today", f"{usage['sessions_today']} sessions, {remaining} left, "
+                  f"resets {_when(usage['resets_at'])}"),
+        ("Sessions", str(detail["sessions_total"])),
+        ("Last activity", _when(detail["last_activity_at"])),
+        ("Time zone", f"{detail['timezone']} (day starts {detail['day_start_hour']:02d}:00)"),
+        ("Created", _when(detail["created_at"])),
+    ]
+    for label, value in lines:
+        click.echo(f"{label + ':':<15}{value}")
+
+
+@users_cli.command("show")
+@click.argument("email")
+def show_user(email):
+    """One user: subscription, usage today, last activity."""
+    from ..services.admin_users import user_detail
+
+    _print_detail(user_detail(_resolve_user(email).id))
+
+
+@users_cli.command("set-tier")
+@click.argument("email")
+@click.argument("tier")
+@click.option("--reason", default=None, help="Kept on the event and in the audit log.")
+def set_tier(email, tier, reason):
+    """Grant TIER to the user now, free of charge (a complimentary grant)."""
+    from ..services.admin_users import update_user
+
+    _check_tier(tier)
+    user = _resolve_user(email)
+    changes = {"tier": tier, **({"reason": reason} if reason else {})}
+    if update_user(None, user.id, changes, actor_label=_operator()):
+        click.echo(f"{user.email} is now on {tier} (complimentary grant recorded).")
+    else:
+        click.echo(f"{user.email} is already on {tier}; nothing changed.")
+
+
+def _set_active(email: str, active: bool, reason: str | None) -> None:
+    from ..services.admin_users import update_user
+
+    user = _resolve_user(email)
+    changes = {"is_active": active, **({"reason": reason} if reason else {})}
+    changed = update_user(None, user.id, changes, actor_label=_operator())
+    state = "active" if active else "suspended"
+    if changed:
+        click.echo(f"{user.email} is now {state}.")
+    else:
+        click.echo(f"{user.email} is already {state}; nothing changed.")
+
+
+@users_cli.command("suspend")
+@click.argument("email")
+@click.option("--reason", default=None, help="Kept in the audit log.")
+def suspend(email, reason):
+    """Suspend the account: every request gets 403 account_suspended, sockets close."""
+    _set_active(email, False, reason)
+
+
+@users_cli.command("activate")
+@click.argument("email")
+@click.option("--reason", default=None, help="Kept in the audit log.")
+def activate(email, reason):
+    """Reactivate a suspended account."""
+    _set_active(email, True, reason)
+
+
+@sonicus_cli.command("stats")
+@click.option("--refresh", is_flag=True, help="Compute now instead of using the cached figures.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def stats(refresh, as_json):
+    """Platform figures: users, subscriptions, revenue, listening."""
+    from ..schemas.admin import PlatformStatsSchema
+    from ..services.stats import get_platform_stats
+
+    data = PlatformStatsSchema().dump(get_platform_stats(refresh=refresh))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    rate = data["trial_conversion_rate"]
+    tiers = ", ".join(f"{name} {count}" for name, count in data["users_by_tier"].items())
+    lines = [
+        ("Users", f"{data['users_total']} ({tiers}; {data['users_suspended']} suspended)"),
+        ("Subscriptions", f"{data['active_subscriptions']} paid tiers in force "
+                          f"({data['paying_subscriptions']} paying, "
+                          f"{data['complimentary_subscriptions']} complimentary), "
+                          f"{data['trialing']} trialing"),
+        ("MRR", f"{data['mrr']} {data['currency']}"),
+        ("Trials", f"{data['trials_converted']} of {data['trials_ended']} ended trials converted"
+                   + (f" ({rate * 100:.1f}%)" if rate is not None else "")),
+        ("Sessions", f"{data['sessions_today']} today (UTC), {data['sessions_30d']} in 30 days, "
+                     f"{data['avg_session_minutes']} min on average"),
+        ("Active users", f"{data['active_users_7d']} in 7 days, "
+                         f"{data['active_users_30d']} in 30 days"),
+        ("Computed at", data["computed_at"]),
+    ]
+    for label, value in lines:
+        click.echo(f"{label + ':':<15}{value}")

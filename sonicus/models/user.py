@@ -29,9 +29,8 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
-    # Loaded with the user in one query: every request needs the tier in force.
-    subscription = relationship("UserSubscription", uselist=False, lazy="joined",
-                                viewonly=True)
+    # Joined into the sign-in query (every request needs the tier in force).
+    subscription = relationship("UserSubscription", uselist=False, viewonly=True)
 
     __table_args__ = (
         Index("ix_users_email_lower", func.lower(email)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import current_app
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
 
 from ..envelope import ApiError
 from ..extensions import db
@@ -49,7 +50,9 @@ def sync_user_from_claims(claims: dict) -> User:
     role = ROLE_ADMIN if is_admin else ROLE_USER
     sub = claims["sub"]
 
-    user = db.session.execute(select(User).where(User.oidc_sub == sub)).scalar_one_or_none()
+    user = db.session.execute(
+        select(User).options(joinedload(User.subscription)).where(User.oidc_sub == sub)
+    ).scalar_one_or_none()
     if user is None:
         user = User(oidc_sub=sub, email=view["email"], email_verified=view["email_verified"],
                     display_name=view["name"], oidc_name=view["name"], role=role,

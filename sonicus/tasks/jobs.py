@@ -14,3 +14,10 @@ def close_stale_sessions():
     from ..services.listening import close_stale_sessions as close
 
     return close()
+
+
+def refresh_platform_stats():
+    """Recompute the platform figures, store and cache them; returns when they were computed."""
+    from ..services.stats import refresh_platform_stats as refresh
+
+    return refresh()["computed_at"].isoformat()

@@ -1,0 +1,179 @@
+"""Platform-wide figures for administrators.
+
+Computed with a handful of SQL aggregates, stored as a ``platform_stats`` row and cached for
+``STATS_CACHE_TTL_SECONDS``. Reading: the cache, else the newest stored row; when that row is
+older than the TTL it is served while a refresh job is requested (one at a time); with nothing
+stored yet the first call computes.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from flask import current_app
+from sqlalchemy import delete, distinct, func, select
+
+from .. import clock
+from ..cache import cache_get, cache_set
+from ..extensions import db, get_redis
+from ..models import ListeningSession, PlatformStats, User, UserSubscription
+from ..models.listening import ENDED
+from ..models.subscription import ACTIVE, PAST_DUE, TRIALING
+from ..tiers import STARTER, TIERS
+
+log = logging.getLogger(__name__)
+
+CACHE_KEY = "platform_stats"
+REFRESH_LOCK_KEY = "sonicus:lock:platform-stats-refresh"
+REFRESH_JOB_ID = "platform-stats-refresh"
+KEEP_ROWS_DAYS = 90
+CURRENCY = "USD"
+# A paid tier "in force": the subscription keeps its tier in these statuses
+# (past_due keeps it during the grace period).
+IN_FORCE = (ACTIVE, PAST_DUE)
+
+
+def _ttl() -> int:
+    return max(1, int(current_app.config["STATS_CACHE_TTL_SECONDS"]))
+
+
+def compute_platform_stats(now: datetime | None = None) -> dict:
+    """The figures, from SQL aggregates only (no row is loaded into Python)."""
+    now = now or clock.now()
+    today_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    since_7d, since_30d = now - timedelta(days=7), now - timedelta(days=30)
+
+    users_total, users_suspended = db.session.execute(
+        select(func.count(User.id), func.count(User.id).filter(User.is_active.is_(False)))
+    ).one()
+
+    # One small grouped result over subscriptions; every subscription figure derives from it.
+    groups = db.session.execute(
+        select(UserSubscription.tier, UserSubscription.status, UserSubscription.complimentary,
+               UserSubscription.trial_used, func.count())
+        .group_by(UserSubscription.tier, UserSubscription.status,
+                  UserSubscription.complimentary, UserSubscription.trial_used)
+    ).all()
+
+    users_by_tier = dict.fromkeys(TIERS, 0)
+    paying_by_tier = dict.fromkeys(TIERS, 0)
+    with_subscription = active = complimentary = trialing = 0
+    trials_ended = trials_converted = 0
+    for tier, status, is_complimentary, trial_used, count in groups:
+        with_subscription += count
+        tier = tier if tier in TIERS else STARTER
+        users_by_tier[tier] += count
+        paid_in_force = TIERS[tier].is_paid and status in IN_FORCE
+        if paid_in_force:
+            active += count
+            if is_complimentary:
+                complimentary += count
+            else:
+                paying_by_tier[tier] += count
+        if status == TRIALING:
+            trialing += count
+        elif trial_used:
+            trials_ended += count
+            if paid_in_force and not is_complimentary:
+                trials_converted += count
+    # A user whose subscription row is not created yet is on the free tier.
+    users_by_tier[STARTER] += max(0, users_total - with_subscription)
+
+    mrr_cents = sum(TIERS[tier].price_cents * count for tier, count in paying_by_tier.items())
+    mrr = (Decimal(mrr_cents) / 100).quantize(Decimal("0.01"))
+
+    started = ListeningSession.started_at
+    sessions_today, sessions_30d, active_7d, active_30d, avg_seconds = db.session.execute(
+        select(
+            func.count(ListeningSession.id).filter(started >= today_start),
+            func.count(ListeningSession.id),
+            func.count(distinct(ListeningSession.user_id)).filter(started >= since_7d),
+            func.count(distinct(ListeningSession.user_id)),
+            func.avg(ListeningSession.listened_seconds).filter(
+                ListeningSession.status == ENDED),
+        ).where(started >= since_30d, started <= now)
+    ).one()
+
+    return {
+        "users_total": users_total,
+        "users_suspended": users_suspended,
+        "users_by_tier": users_by_tier,
+        "active_subscriptions": active,
+        "paying_subscriptions": sum(paying_by_tier.values()),
+        "complimentary_subscriptions": complimentary,
+        "trialing": trialing,
+        "mrr": str(mrr),
+        "currency": CURRENCY,
+        "sessions_today": sessions_today,
+        "sessions_30d": sessions_30d,
+        "active_users_7d": active_7d,
+        "active_users_30d": active_30d,
+        "trials_ended": trials_ended,
+        "trials_converted": trials_converted,
+        "trial_conversion_rate": (round(trials_converted / trials_ended, 4)
+                                  if trials_ended else None),
+        "avg_session_minutes": round(float(avg_seconds or 0) / 60, 2),
+        "computed_at": now.isoformat(),
+    }
+
+
+def _typed(data: dict) -> dict:
+    """Stored/cached JSON back to the service's types (computed_at as a datetime)."""
+    out = dict(data)
+    out["computed_at"] = datetime.fromisoformat(data["computed_at"])
+    return out
+
+
+def refresh_platform_stats(now: datetime | None = None) -> dict:
+    """Compute, store a row (pruning old ones), cache; returns the figures."""
+    data = compute_platform_stats(now)
+    computed_at = datetime.fromisoformat(data["computed_at"])
+    db.session.add(PlatformStats(data=data, computed_at=computed_at))
+    db.session.execute(delete(PlatformStats).where(
+        PlatformStats.computed_at < computed_at - timedelta(days=KEEP_ROWS_DAYS)))
+    db.session.commit()
+    cache_set(CACHE_KEY, data, _ttl())
+    return _typed(data)
+
+
+def request_refresh() -> None:
+    """Enqueue one refresh (best effort); a Redis lock keeps concurrent requests to one job."""
+    from ..tasks.jobs import refresh_platform_stats as job
+    from ..tasks.queue import QUEUE_MAINTENANCE, enqueue
+
+    client = get_redis()
+    if client is not None:
+        try:
+            if not client.set(REFRESH_LOCK_KEY, "1", nx=True, ex=_ttl()):
+                return
+        except Exception as exc:
+            log.warning("stats refresh lock failed: %s", type(exc).__name__)
+            return
+    enqueue(job, queue=QUEUE_MAINTENANCE, job_id=REFRESH_JOB_ID, best_effort=True)
+
+
+def latest_stored() -> PlatformStats | None:
+    return db.session.execute(
+        select(PlatformStats).order_by(PlatformStats.computed_at.desc()).limit(1)
+    ).scalar_one_or_none()
+
+
+def get_platform_stats(*, refresh: bool = False) -> dict:
+    """The figures for the admin API and CLI (see the module docstring)."""
+    if refresh:
+        return refresh_platform_stats()
+    cached = cache_get(CACHE_KEY)
+    if cached is not None:
+        return _typed(cached)
+    row = latest_stored()
+    if row is None:
+        return refresh_platform_stats()
+    age = (clock.now() - row.computed_at).total_seconds()
+    ttl = _ttl()
+    if age < ttl:
+        cache_set(CACHE_KEY, row.data, max(1, int(ttl - age)))
+    else:
+        request_refresh()
+    return _typed(row.data)

@@ -1,0 +1,562 @@
+"""The admin area: platform stats, user management, jobs, audit log (real PostgreSQL + Redis)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from admin_helpers import add_package, add_session, add_user
+
+from sonicus import clock
+from sonicus.models import AuditLog, PlatformStats, SubscriptionEvent, User, UserSubscription
+
+
+def _stats(client, headers, **query):
+    res = client.get("/api/admin/platform/stats", headers=headers, query_string=query)
+    assert res.status_code == 200, res.json
+    return res.json["data"]
+
+
+# ---- platform stats ----------------------------------------------------------------------
+
+@pytest.fixture
+def platform(db_session):
+    """A small platform with every subscription state and sessions at known times."""
+    now = clock.now()
+    users = {
+        "free": add_user("free@example.com"),
+        "p1": add_user("p1@example.com", tier="premium", payment_method_on_file=True),
+        "p2": add_user("p2@example.com", tier="premium", trial_used=True),  # converted trial
+        "p3": add_user("p3@example.com", tier="premium", status="past_due"),
+        "pro": add_user("pro@example.com", tier="pro"),
+        "comp": add_user("comp@example.com", tier="pro", complimentary=True),
+        "trial": add_user("trial@example.com", tier="premium", status="trialing",
+                          trial_used=True),
+        "lapsed": add_user("lapsed@example.com", trial_used=True),  # trial ended, not paying
+        "gone": add_user("gone@example.com", status="canceled", is_active=False),
+        "pending": add_user("pending@example.com", status="incomplete"),
+    }
+    package = add_package()
+    today_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    add_session(users["free"], package, max(today_start, now - timedelta(minutes=5)),
+                listened_seconds=600)
+    add_session(users["p1"], package, now - timedelta(days=3), listened_seconds=1200)
+    add_session(users["p1"], package, now - timedelta(days=3, hours=1), status="open",
+                listened_seconds=0)
+    add_session(users["pro"], package, now - timedelta(days=20), listened_seconds=1800)
+    add_session(None, package, now - timedelta(days=10), listened_seconds=300)  # erased user
+    add_session(users["trial"], package, now - timedelta(days=40), listened_seconds=6000)
+    return users
+
+
+def test_stats_figures_are_exact(client, admin_auth, platform):
+    data = _stats(client, admin_auth())
+    # the admin who asked is a user too (starter, created by the request)
+    assert data["users_total"] == 11
+    assert data["users_suspended"] == 1
+    assert data["users_by_tier"] == {"starter": 5, "premium": 4, "pro": 2}
+    assert data["active_subscriptions"] == 5  # p1, p2, p3 (grace), pro, comp
+    assert data["paying_subscriptions"] == 4
+    assert data["complimentary_subscriptions"] == 1
+    assert data["trialing"] == 1
+    # 3 x 9.99 + 19.99 in exact decimal arithmetic (binary floats give 49.959999...)
+    assert data["mrr"] == "49.96"
+    assert data["currency"] == "USD"
+    assert data["sessions_today"] == 1
+    assert data["sessions_30d"] == 5
+    assert data["active_users_7d"] == 2  # free, p1
+    assert data["active_users_30d"] == 3  # + pro; the erased user's session has no user
+    assert data["trials_ended"] == 2  # p2 converted, lapsed did not; trial still running
+    assert data["trials_converted"] == 1
+    assert data["trial_conversion_rate"] == 0.5
+    # ended sessions in 30 days: 600, 1200, 1800, 300 seconds -> 16.25 minutes
+    assert data["avg_session_minutes"] == 16.25
+    assert data["computed_at"]
+
+
+def test_stats_on_an_empty_platform(client, admin_auth):
+    data = _stats(client, admin_auth())
+    assert data["users_total"] == 1
+    assert data["mrr"] == "0.00"
+    assert data["trial_conversion_rate"] is None
+    assert data["avg_session_minutes"] == 0
+    assert data["sessions_30d"] == 0
+
+
+def test_first_call_computes_and_stores_then_the_cache_serves(client, admin_auth, db_session):
+    headers = admin_auth()
+    assert db_session.query(PlatformStats).count() == 0
+    first = _stats(client, headers)
+    assert db_session.query(PlatformStats).count() == 1
+    add_user("late@example.com")
+    second = _stats(client, headers)
+    assert second == first  # served from the cache
+    assert db_session.query(PlatformStats).count() == 1
+    fresh = _stats(client, headers, refresh="true")
+    assert fresh["users_total"] == first["users_total"] + 1
+    assert fresh["computed_at"] > first["computed_at"]
+    assert _stats(client, headers) == fresh
+
+
+def test_stale_figures_are_served_while_a_worker_refreshes_them(app, client, admin_auth,
+                                                                db_session, redis_client):
+    from sonicus.services.stats import compute_platform_stats
+    from sonicus.tasks.queue import QUEUE_MAINTENANCE
+    from sonicus.tasks.worker import make_worker
+
+    headers = admin_auth()
+    client.get("/api/user/profile", headers=headers)  # the admin exists before the old figures
+    old_moment = clock.now() - timedelta(hours=2)
+    old = compute_platform_stats(old_moment)
+    db_session.add(PlatformStats(data=old, computed_at=old_moment))
+    db_session.commit()
+    add_user("new@example.com")
+
+    first = _stats(client, headers)
+    assert first["computed_at"] == old_moment.isoformat()
+    assert first["users_total"] == old["users_total"]
+    # A second request does not queue a second refresh.
+    _stats(client, headers)
+    assert redis_client.llen(f"rq:queue:{QUEUE_MAINTENANCE}") == 1
+
+    make_worker(app, simple=True).work(burst=True, with_scheduler=True)
+
+    refreshed = _stats(client, headers)
+    assert refreshed["users_total"] == old["users_total"] + 1
+    assert refreshed["computed_at"] > first["computed_at"]
+    db_session.expire_all()
+    assert db_session.query(PlatformStats).count() == 2
+
+
+def test_stats_without_redis_compute_inline(idp, admin_auth, db_session):
+    from sonicus import create_app
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp, REDIS_URL=None))
+    client = app.test_client()
+    add_user("x@example.com", tier="pro")
+    data = _stats(client, admin_auth())
+    assert data["mrr"] == "19.99"
+    assert _stats(client, admin_auth()) == data  # memory cache
+
+
+# ---- users: list -------------------------------------------------------------------------
+
+@pytest.fixture
+def people(db_session):
+    return {
+        "ana": add_user("ana.lopez@example.com", name="Ana Lopez", tier="premium"),
+        "bob": add_user("bob@sleepwell.io", name="Robert Ng"),
+        "cy": add_user("cy@example.com", name="Cyrus 100%", tier="pro", status="trialing"),
+        "dee": add_user("DEE@Example.com", name="Dee", is_active=False),
+        "under": add_user("under_score@example.com", name="U"),
+    }
+
+
+def _list(client, headers, **query):
+    res = client.get("/api/admin/users", headers=headers, query_string=query)
+    assert res.status_code == 200, res.json
+    return res.json
+
+
+def _emails(body) -> list[str]:
+    return [row["email"] for row in body["data"]]
+
+
+def test_user_list_newest_first_with_tier_and_status(client, admin_auth, people):
+    headers = admin_auth()
+    body = _list(client, headers, per_page=3)
+    assert body["pagination"] == {"page": 1, "per_page": 3, "total": 6, "pages": 2}
+    assert _emails(body) == ["admin@example.com", "under_score@example.com", "DEE@Example.com"]
+    dee = body["data"][2]
+    assert dee["is_active"] is False
+    assert dee["tier"] == "starter" and dee["subscription_status"] == "active"
+    page2 = _list(client, headers, per_page=3, page=2)
+    assert _emails(page2) == ["cy@example.com", "bob@sleepwell.io", "ana.lopez@example.com"]
+
+
+@pytest.mark.parametrize("q, expected", [
+    ("LOPEZ", ["ana.lopez@example.com"]),           # name or email, any case
+    ("robert", ["bob@sleepwell.io"]),                # display name only
+    ("sleepwell", ["bob@sleepwell.io"]),             # email only
+    ("dee@ex", ["DEE@Example.com"]),
+    ("100%", ["cy@example.com"]),                    # % is a character, not a wildcard
+    ("_", ["under_score@example.com"]),              # so is _
+    ("nobody", []),
+    ("sleepwell.io robert", []),                     # never across email and name
+])
+def test_user_search(client, admin_auth, people, q, expected):
+    assert _emails(_list(client, admin_auth(), q=q)) == expected
+
+
+def test_user_filters(client, admin_auth, people):
+    headers = admin_auth()
+    assert _emails(_list(client, headers, tier="premium")) == ["ana.lopez@example.com"]
+    assert _emails(_list(client, headers, status="trialing")) == ["cy@example.com"]
+    assert _emails(_list(client, headers, status="suspended")) == ["DEE@Example.com"]
+    assert _emails(_list(client, headers, tier="starter", q="example")) == [
+        "admin@example.com", "under_score@example.com", "DEE@Example.com"]
+    body = _list(client, headers, tier="pro", status="active")
+    assert body["data"] == [] and body["pagination"]["total"] == 0
+
+
+def test_user_without_subscription_row_counts_as_starter_active(client, admin_auth, db_session):
+    add_user("paid@example.com", tier="premium")
+    bare = User(oidc_sub="bare", email="bare@example.com", preferences={})
+    db_session.add(bare)
+    db_session.commit()
+    headers = admin_auth()
+    client.get("/api/user/profile", headers=headers)
+    assert _emails(_list(client, headers, q="bare")) == ["bare@example.com"]
+    assert _list(client, headers, q="bare")["data"][0]["tier"] == "starter"
+    assert "bare@example.com" in _emails(_list(client, headers, tier="starter"))
+    assert "bare@example.com" in _emails(_list(client, headers, tier="starter", status="active"))
+    assert _emails(_list(client, headers, tier="premium")) == ["paid@example.com"]
+    assert _emails(_list(client, headers, tier="starter", status="trialing")) == []
+    assert _list(client, headers, status="active")["pagination"]["total"] == 3
+
+
+@pytest.mark.parametrize("query, field", [
+    ({"tier": "gold"}, "tier"), ({"status": "sleeping"}, "status"), ({"per_page": 101}, "per_page"),
+    ({"page": 0}, "page"), ({"q": "x" * 101}, "q"), ({"q": "io\nrobert"}, "q"),
+])
+def test_user_list_rejects_bad_query(client, admin_auth, query, field):
+    res = client.get("/api/admin/users", headers=admin_auth(), query_string=query)
+    assert res.status_code == 422
+    assert res.json["code"] == "validation_error"
+    assert any(e.startswith(f"{field}:") for e in res.json["errors"])
+
+
+def test_admin_api_on_sqlite(idp, tmp_path, admin_auth):
+    """The embedded default: migrations on SQLite (no trigram index), search, detail, stats."""
+    from flask_migrate import upgrade
+
+    from sonicus import create_app
+    from sonicus.extensions import db
+    from sonicus.services.admin_users import list_users
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp, REDIS_URL=None,
+                                 DATABASE_URL=f"sqlite:///{tmp_path / 'sonicus.db'}"))
+    with app.app_context():
+        upgrade()
+        add_user("ana.lopez@example.com", name="Ana Lopez", tier="premium")
+        add_user("bob@sleepwell.io", name="Robert 50%")
+        assert [r["email"] for r in list_users(q="LOPEZ")[0]] == ["ana.lopez@example.com"]
+        assert [r["email"] for r in list_users(q="50%")[0]] == ["bob@sleepwell.io"]
+        assert list_users(q="sleepwell.io robert") == ([], 0)
+        assert list_users(tier="premium")[1] == 1
+        ana = list_users(q="ana")[0][0]
+        add_session(db.session.get(User, ana["id"]), add_package(), clock.now())
+        db.session.remove()
+    client = app.test_client()
+    headers = admin_auth()
+    detail = client.get(f"/api/admin/users/{ana['id']}", headers=headers).json["data"]
+    assert detail["usage"]["sessions_today"] == 1 and detail["last_activity_at"]
+    assert _patch(client, headers, ana["id"], {"is_active": False}).status_code == 200
+    data = _stats(client, headers)
+    assert (data["users_total"], data["mrr"], data["sessions_today"]) == (3, "9.99", 1)
+    assert data["active_users_7d"] == 1 and data["avg_session_minutes"] == 10
+    assert _audit(client, headers)["data"][0]["action"] == "user.suspend"
+
+
+# ---- users: detail -----------------------------------------------------------------------
+
+def test_user_detail_with_subscription_usage_and_last_activity(client, admin_auth, db_session):
+    user = add_user("ana@example.com", name="Ana", tier="premium")
+    package = add_package()
+    now = clock.now()
+    latest = now - timedelta(minutes=2)
+    add_session(user, package, now - timedelta(days=2))
+    add_session(user, package, latest, status="open", listened_seconds=0)
+    add_session(user, package, latest - timedelta(minutes=1), counts_toward_quota=False)
+    res = client.get(f"/api/admin/users/{user.id}", headers=admin_auth())
+    assert res.status_code == 200, res.json
+    data = res.json["data"]
+    assert data["email"] == "ana@example.com" and data["display_name"] == "Ana"
+    assert data["subscription"]["tier"] == "premium"
+    assert data["subscription"]["status"] == "active"
+    assert data["subscription"]["limits"]["daily_sessions"] == 10
+    today = clock.local_day(now, "UTC", 0)
+    expected_today = 1 if clock.local_day(latest, "UTC", 0) == today else 0
+    assert data["usage"]["sessions_today"] == expected_today
+    assert data["usage"]["sessions_remaining"] == 10 - expected_today
+    assert data["sessions_total"] == 3
+    assert data["last_activity_at"].startswith(latest.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+def test_user_without_sessions_has_no_last_activity(client, admin_auth, db_session):
+    user = add_user("quiet@example.com")
+    data = client.get(f"/api/admin/users/{user.id}", headers=admin_auth()).json["data"]
+    assert data["last_activity_at"] is None
+    assert data["sessions_total"] == 0
+    assert data["usage"]["sessions_remaining"] == 3
+
+
+def test_unknown_user_is_404(client, admin_auth, db_session):
+    headers = admin_auth()
+    for method, kwargs in (("GET", {}), ("PATCH", {"json": {"tier": "pro"}})):
+        res = client.open("/api/admin/users/999999", method=method, headers=headers, **kwargs)
+        assert res.status_code == 404
+        assert res.json["code"] == "not_found"
+    assert db_session.query(AuditLog).count() == 0
+
+
+# ---- users: changes ----------------------------------------------------------------------
+
+def _patch(client, headers, user_id, body):
+    return client.patch(f"/api/admin/users/{user_id}", headers=headers, json=body)
+
+
+def _audit(client, headers, **query):
+    res = client.get("/api/admin/audit", headers=headers, query_string=query)
+    assert res.status_code == 200, res.json
+    return res.json
+
+
+def test_tier_grant_is_a_complimentary_event_and_audited(client, auth, admin_auth, db_session):
+    listener = auth("ana@example.com")
+    assert client.get("/api/user/profile", headers=listener).json["data"]["tier"] == "starter"
+    user_id = db_session.query(User).filter_by(email="ana@example.com").one().id
+    headers = admin_auth("boss@example.com")
+
+    res = _patch(client, headers, user_id, {"tier": "pro", "reason": "support goodwill"})
+    assert res.status_code == 200, res.json
+    assert res.json["message"] == "User updated."
+    assert res.json["data"]["subscription"]["tier"] == "pro"
+    assert res.json["data"]["subscription"]["complimentary"] is True
+    assert res.json["data"]["subscription"]["limits"]["daily_sessions"] is None
+    # The listener sees it on their next request.
+    assert client.get("/api/user/profile", headers=listener).json["data"]["tier"] == "pro"
+
+    event = db_session.query(SubscriptionEvent).filter_by(type="complimentary_grant").one()
+    assert (event.user_id, event.from_tier, event.to_tier, event.amount_cents) == (
+        user_id, "starter", "pro", 0)
+    assert event.details == {"by": "boss@example.com", "reason": "support goodwill"}
+
+    entry = _audit(client, headers)["data"][0]
+    assert entry["action"] == "user.tier_grant"
+    assert entry["actor_label"] == "boss@example.com"
+    assert entry["target_type"] == "user" and entry["target_id"] == str(user_id)
+    assert entry["before"] == {"tier": "starter", "status": "active", "complimentary": False}
+    assert entry["after"] == {"tier": "pro", "status": "active", "complimentary": True,
+                              "reason": "support goodwill"}
+
+    # Same tier again: nothing changes, nothing is recorded.
+    again = _patch(client, headers, user_id, {"tier": "pro"})
+    assert again.status_code == 200 and again.json["message"] == "No change."
+    assert db_session.query(SubscriptionEvent).filter_by(type="complimentary_grant").count() == 1
+    assert db_session.query(AuditLog).count() == 1
+
+
+def test_tier_grant_ends_a_trial(client, admin_auth, db_session):
+    user = add_user("t@example.com", tier="premium", status="trialing", trial_used=True,
+                    trial_ends_at=clock.now() + timedelta(days=3))
+    res = _patch(client, admin_auth(), user.id, {"tier": "pro"})
+    sub = res.json["data"]["subscription"]
+    assert (sub["tier"], sub["status"], sub["trial_ends_at"]) == ("pro", "active", None)
+
+
+def test_suspend_and_reactivate(client, auth, admin_auth, db_session):
+    listener = auth("ana@example.com")
+    client.get("/api/user/profile", headers=listener)
+    user_id = db_session.query(User).filter_by(email="ana@example.com").one().id
+    headers = admin_auth()
+
+    res = _patch(client, headers, user_id, {"is_active": False, "reason": "chargeback"})
+    assert res.status_code == 200
+    assert res.json["data"]["is_active"] is False
+    blocked = client.get("/api/user/profile", headers=listener)
+    assert blocked.status_code == 403
+    assert blocked.json["code"] == "account_suspended"
+
+    res = _patch(client, headers, user_id, {"is_active": True})
+    assert res.json["data"]["is_active"] is True
+    assert client.get("/api/user/profile", headers=listener).status_code == 200
+
+    entries = _audit(client, headers, target_id=str(user_id))["data"]
+    assert [e["action"] for e in entries] == ["user.activate", "user.suspend"]
+    assert entries[1]["before"] == {"is_active": True}
+    assert entries[1]["after"] == {"is_active": False, "reason": "chargeback"}
+
+
+def test_suspension_closes_sockets_after_commit(app, client, admin_auth, monkeypatch,
+                                                db_session):
+    import sonicus.realtime as realtime
+    from sonicus.extensions import db
+
+    user = add_user("ana@example.com")
+    seen = []
+
+    def disconnect_user(user_id):
+        # Runs after the commit: a separate connection already sees the suspension.
+        with db.engine.connect() as conn:
+            active = conn.execute(db.select(User.is_active).where(User.id == user_id)).scalar()
+        seen.append((user_id, active))
+
+    monkeypatch.setattr(realtime, "disconnect_user", disconnect_user, raising=False)
+    headers = admin_auth()
+    _patch(client, headers, user.id, {"tier": "premium"})
+    assert seen == []
+    _patch(client, headers, user.id, {"is_active": False})
+    assert seen == [(user.id, False)]
+    _patch(client, headers, user.id, {"is_active": False})  # already suspended
+    assert seen == [(user.id, False)]
+
+
+def test_admin_cannot_suspend_themselves(client, admin_auth, db_session):
+    headers = admin_auth("boss@example.com")
+    client.get("/api/user/profile", headers=headers)
+    me = db_session.query(User).filter_by(email="boss@example.com").one()
+    res = _patch(client, headers, me.id, {"is_active": False, "tier": "pro"})
+    assert res.status_code == 409
+    assert res.json["code"] == "conflict"
+    db_session.expire_all()
+    assert db_session.get(User, me.id).is_active is True
+    assert db_session.query(UserSubscription).filter_by(user_id=me.id).one().tier == "starter"
+    assert db_session.query(AuditLog).count() == 0
+    # Their own tier is fine, and audited.
+    assert _patch(client, headers, me.id, {"tier": "pro"}).status_code == 200
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"role": "user"}, "role"),  # roles come from the identity provider's groups
+    ({"tier": "gold"}, "tier"),
+    ({"is_active": "maybe"}, "is_active"),
+    ({"tier": "pro", "email": "x@example.com"}, "email"),
+    ({"reason": "only a reason"}, "_schema"),
+    ({}, "_schema"),
+])
+def test_bad_changes_are_422_and_change_nothing(client, admin_auth, db_session, body, field):
+    user = add_user("ana@example.com")
+    res = _patch(client, admin_auth(), user.id, body)
+    assert res.status_code == 422
+    assert res.json["code"] == "validation_error"
+    if field != "_schema":
+        assert any(e.startswith(f"{field}:") for e in res.json["errors"]), res.json["errors"]
+    else:
+        assert res.json["errors"] == ["Give tier or is_active."]
+    db_session.expire_all()
+    assert db_session.query(UserSubscription).filter_by(user_id=user.id).one().tier == "starter"
+    assert db_session.query(AuditLog).count() == 0
+
+
+def test_concurrent_grants_record_one_event(app, admin_auth, db_session):
+    """Two admins grant the same tier at once: the row lock lets one win, the other no-ops."""
+    user = add_user("ana@example.com")
+    headers = [admin_auth("a1@example.com"), admin_auth("a2@example.com")]
+    for h in headers:  # create both admins first
+        app.test_client().get("/api/user/profile", headers=h)
+    user_id = user.id
+    barrier = threading.Barrier(len(headers) * 3)
+    results = []
+
+    def grant(h):
+        client = app.test_client()
+        barrier.wait()
+        res = client.patch(f"/api/admin/users/{user_id}", headers=h, json={"tier": "pro"})
+        results.append((res.status_code, res.json["message"]))
+
+    threads = [threading.Thread(target=grant, args=(h,)) for h in headers * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == sorted([(200, "User updated.")] + [(200, "No change.")] * 5)
+    assert db_session.query(SubscriptionEvent).filter_by(type="complimentary_grant").count() == 1
+    assert db_session.query(AuditLog).filter_by(action="user.tier_grant").count() == 1
+
+
+# ---- audit log ---------------------------------------------------------------------------
+
+def test_audit_log_is_paginated_newest_first_and_filterable(client, admin_auth, db_session):
+    headers = admin_auth()
+    users = [add_user(f"u{i}@example.com") for i in range(3)]
+    for user in users:
+        _patch(client, headers, user.id, {"tier": "premium"})
+        _patch(client, headers, user.id, {"is_active": False})
+    body = _audit(client, headers, per_page=4)
+    assert body["pagination"] == {"page": 1, "per_page": 4, "total": 6, "pages": 2}
+    assert [(e["action"], e["target_id"]) for e in body["data"][:2]] == [
+        ("user.suspend", str(users[2].id)), ("user.tier_grant", str(users[2].id))]
+    assert body["data"][0]["at"]
+    suspensions = _audit(client, headers, action="user.suspend")
+    assert suspensions["pagination"]["total"] == 3
+    assert {e["target_id"] for e in suspensions["data"]} == {str(u.id) for u in users}
+
+
+# ---- jobs --------------------------------------------------------------------------------
+
+def broken_job(package_id):
+    raise RuntimeError(f"package {package_id} has no tracks")
+
+
+def test_jobs_show_depth_failures_and_workers(app, client, admin_auth, redis_client):
+    from rq import Queue
+
+    from sonicus.tasks.queue import QUEUE_ANALYTICS, QUEUE_DEFAULT, QUEUE_MAINTENANCE, QUEUES
+    from sonicus.tasks.worker import make_worker
+
+    failing = Queue(QUEUE_DEFAULT, connection=redis_client)
+    failing.enqueue(broken_job, 7)
+    make_worker(app, simple=True, queues=[QUEUE_DEFAULT]).work(burst=True)
+    Queue(QUEUE_MAINTENANCE, connection=redis_client).enqueue(broken_job, 5)
+    make_worker(app, simple=True, queues=[QUEUE_MAINTENANCE]).work(burst=True)
+    waiting = Queue(QUEUE_ANALYTICS, connection=redis_client)
+    waiting.enqueue(broken_job, 8)
+    waiting.enqueue(broken_job, 9)
+    worker = make_worker(app, simple=True, name="web-test-worker")
+    worker.register_birth()
+    try:
+        res = client.get("/api/admin/jobs", headers=admin_auth())
+    finally:
+        worker.register_death()
+    assert res.status_code == 200, res.json
+    data = res.json["data"]
+    assert data["backend"] == "redis"
+    depth = {q["name"]: q for q in data["queues"]}
+    assert set(depth) == set(QUEUES)
+    assert depth[QUEUE_ANALYTICS]["queued"] == 2
+    assert depth[QUEUE_DEFAULT]["failed"] == 1 and depth[QUEUE_DEFAULT]["queued"] == 0
+    newest, failed = data["failed_jobs"]  # newest first
+    assert newest["queue"] == QUEUE_MAINTENANCE and newest["args"] == [5]
+    assert failed["queue"] == QUEUE_DEFAULT
+    assert failed["func_name"].endswith("broken_job")
+    assert failed["args"] == [7]
+    assert failed["error"] == "RuntimeError: package 7 has no tracks"
+    assert "Traceback" in failed["traceback"]
+    [seen] = data["workers"]
+    assert seen["name"] == "web-test-worker"
+    assert set(seen["queues"]) == set(QUEUES)
+
+
+def test_jobs_without_redis(idp, admin_auth):
+    from sonicus import create_app
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp, REDIS_URL=None))
+    res = app.test_client().get("/api/admin/jobs", headers=admin_auth())
+    assert res.status_code == 200
+    assert res.json["data"]["backend"] == "inline"
+    assert res.json["data"]["failed_jobs"] == [] and res.json["data"]["workers"] == []
+    assert all(q["queued"] == 0 for q in res.json["data"]["queues"])
+    assert "in-process" in res.json["message"]
+
+
+def test_jobs_with_redis_down_is_503(idp, admin_auth, db_session):
+    from sonicus import create_app
+    from tests.conftest import make_config
+
+    app = create_app(make_config(idp, REDIS_URL="redis://127.0.0.1:1/0"))
+    res = app.test_client().get("/api/admin/jobs", headers=admin_auth())
+    assert res.status_code == 503
+    assert res.json["code"] == "service_unavailable"
+
+
+def test_openapi_documents_the_admin_routes(client):
+    paths = client.get("/api/openapi.json").json["paths"]
+    for path in ("/api/admin/platform/stats", "/api/admin/users", "/api/admin/users/{user_id}",
+                 "/api/admin/jobs", "/api/admin/audit"):
+        assert path in paths
+    assert "patch" in paths["/api/admin/users/{user_id}"]
