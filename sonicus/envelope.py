@@ -9,6 +9,7 @@ same envelope.
 from __future__ import annotations
 
 import math
+from http import HTTPStatus
 
 import flask_smorest
 import marshmallow as ma
@@ -89,6 +90,11 @@ class PaginationSchema(ma.Schema):
 
 
 class ErrorEnvelopeSchema(ma.Schema):
+    """Every error answer; some add fields (``resets_at``, ``required_tier``, ...)."""
+
+    class Meta:
+        unknown = ma.INCLUDE
+
     success = ma.fields.Boolean(required=True, metadata={"example": False})
     data = ma.fields.Raw(allow_none=True, metadata={"nullable": True})
     message = ma.fields.String(allow_none=True)
@@ -138,6 +144,15 @@ def set_message(message: str) -> None:
 
 
 class Blueprint(flask_smorest.Blueprint):
+    def alt_response(self, status_code, response=None, *, schema=None, description=None,
+                     **kwargs):
+        """Error statuses are documented with the error envelope unless told otherwise."""
+        if response is None and schema is None and int(status_code) >= 400:
+            response = {"schema": ErrorEnvelopeSchema, "content_type": None,
+                        "description": description or HTTPStatus(int(status_code)).phrase}
+        return super().alt_response(status_code, response, schema=schema,
+                                    description=description, **kwargs)
+
     @staticmethod
     def _make_doc_response_schema(schema):
         return envelope_schema(schema)
