@@ -1,7 +1,61 @@
-"""Routes of the billing area (see API.md)."""
+"""Billing: the provider's webhook and, in development and testing, the sandbox confirmation."""
 
 from __future__ import annotations
 
-from ..envelope import Blueprint
+from flask import current_app, request
+from flask.views import MethodView
 
-blp = Blueprint("billing", __name__, url_prefix="/api", description="Billing.")
+from ..billing import WebhookRejected, parse_event, sandbox_enabled, verify_webhook
+from ..billing.stripe_provider import price_ids
+from ..envelope import ApiError, Blueprint, not_found
+from ..schemas.subscription import SandboxConfirmResultSchema, WebhookResultSchema
+from ..services import subscriptions
+
+blp = Blueprint("billing", __name__, url_prefix="/api/billing", description="Billing.")
+
+_WEBHOOK_BODY = {
+    "required": True,
+    "description": "A Stripe-format event, signed in the `Stripe-Signature` header "
+                   "(`t=<unix>,v1=<hex HMAC-SHA256 of \"t.payload\">`).",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+
+
+@blp.route("/webhook")
+class Webhook(MethodView):
+    @blp.doc(requestBody=_WEBHOOK_BODY, parameters=[{
+        "in": "header", "name": "Stripe-Signature", "required": True,
+        "schema": {"type": "string"}}])
+    @blp.response(200, WebhookResultSchema)
+    @blp.alt_response(400, response="DEFAULT_ERROR")
+    def post(self):
+        """Receive a billing event; a replayed event id answers 200 and changes nothing.
+
+        400 `invalid_signature`: bad or missing signature, timestamp outside 5 minutes,
+        or a body that is not an event; nothing is changed.
+        """
+        cfg = current_app.config
+        payload = request.get_data(cache=False)
+        try:
+            event = verify_webhook(payload, request.headers.get("Stripe-Signature"),
+                                   cfg.get("BILLING_WEBHOOK_SECRET"))
+        except WebhookRejected as exc:
+            raise ApiError(400, "invalid_signature", str(exc)) from exc
+        price_to_tier = {price: tier for tier, price in price_ids(cfg).items()}
+        notice = parse_event(event, price_to_tier)
+        return subscriptions.handle_billing_event(cfg["BILLING_PROVIDER"], event, notice)
+
+
+@blp.route("/sandbox/<string:reference>/confirm")
+class SandboxConfirm(MethodView):
+    @blp.response(200, SandboxConfirmResultSchema)
+    @blp.alt_response(404, response="DEFAULT_ERROR")
+    def post(self, reference):
+        """Sandbox provider only (development and testing): the checkout is paid.
+
+        Goes through the same service function as a payment-succeeded webhook. 404 for an
+        unknown reference, and everywhere outside development and testing.
+        """
+        if not sandbox_enabled():
+            not_found()
+        return subscriptions.confirm_sandbox_checkout(reference)
