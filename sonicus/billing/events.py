@@ -72,7 +72,7 @@ def verify_webhook(payload: bytes, signature_header: str | None, secret: str | N
                                        tolerance=TOLERANCE_SECONDS)
     except stripe.SignatureVerificationError as exc:
         raise WebhookRejected("The webhook signature is not valid.") from exc
-    except ValueError as exc:  # the body is not JSON
+    except Exception as exc:  # authentic, but not a JSON event object
         raise WebhookRejected("The webhook body is not a JSON event.") from exc
     stamp = _signature_timestamp(signature_header or "")
     if stamp > (now or time.time()) + TOLERANCE_SECONDS:

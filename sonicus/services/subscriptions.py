@@ -446,9 +446,11 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
             if sub.status == ACTIVE and sub.current_period_end > now:
                 return "already_active"
         elif payment.period_start < sub.current_period_end - SAME_PERIOD_SLACK:
-            if payment.period_end and payment.period_end > sub.current_period_end \
-                    and sub.status == ACTIVE:
-                # the provider's exact dates for the period we already activated
+            # not the next period: the current one again, or an older one
+            if sub.status == ACTIVE and payment.period_end \
+                    and payment.period_start <= now < payment.period_end \
+                    and payment.period_end > sub.current_period_start + SAME_PERIOD_SLACK:
+                # the provider's exact dates for the period we activated on a checkout
                 sub.current_period_start = payment.period_start
                 sub.current_period_end = payment.period_end
             return "already_recorded"
