@@ -405,7 +405,9 @@ def _latest_payment_created(user_id: int) -> datetime | None:
         .order_by(SubscriptionEvent.id.desc()).limit(5)).scalars()
     stamps = [e.details.get("provider_created") for e in events if e.details]
     stamps = [s for s in stamps if isinstance(s, str)]
-    return max((datetime.fromisoformat(s) for s in stamps), default=None)
+    latest = max((datetime.fromisoformat(s) for s in stamps), default=None)
+    # providers stamp events in whole seconds
+    return None if latest is None else latest.replace(microsecond=0)
 
 
 def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: datetime) -> str:
