@@ -415,3 +415,32 @@ def test_production_with_stripe_needs_an_api_key():
         validate_config(config)
     config["STRIPE_PRICE_IDS"] = ["premium=price_a", "pro=price_b"]
     validate_config(config)
+
+
+def test_subscription_deleted_during_a_trial_ends_it_at_trial_end(client, auth, app):
+    headers = auth()
+    client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                headers=headers)
+    ref = client.post("/api/user/subscription", json={"tier": "premium"},
+                      headers=headers).get_json()["data"]["checkout"]["reference"]
+    client.post(f"/api/billing/sandbox/{ref}/confirm")
+    event = subscription_deleted("evt_d", subscription="sub_t")
+    event["data"]["object"]["metadata"] = {"sonicus_user_id": str(user_id(app, EMAIL))}
+    resp = post_webhook(client, event)
+    assert resp.get_json()["data"]["outcome"] == "trial_cancel_scheduled"
+    data = subscription(client, headers)
+    assert data["status"] == "trialing" and data["cancel_at_period_end"] is True
+    assert data["payment_method_on_file"] is False
+
+
+def test_stripe_checkout_during_a_trial_charges_at_its_end(stripe_app, auth):
+    app, fake = stripe_app
+    client = app.test_client()
+    headers = auth()
+    data = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                       headers=headers).get_json()["data"]
+    client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    form = fake.requests[-1][2]
+    trial_end = int(parse_time(data["trial_ends_at"]).timestamp())
+    assert form["subscription_data[trial_end]"] == [str(trial_end)]
+    assert form["line_items[0][price]"] == ["price_prem"]

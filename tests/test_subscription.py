@@ -336,3 +336,17 @@ def test_openapi_documents_the_routes(client):
                  "/api/user/subscription/history", "/api/billing/webhook",
                  "/api/billing/sandbox/{reference}/confirm"):
         assert path in paths, path
+
+
+def test_no_trials_when_trial_days_is_zero(idp, auth):
+    from conftest import make_config
+
+    from sonicus import create_app
+
+    app = create_app(make_config(idp, TRIAL_DAYS=0))
+    client = app.test_client()
+    resp = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                       headers=auth())
+    assert resp.status_code == 409
+    assert client.get("/api/user/subscription", headers=auth()).get_json()[
+        "data"]["trial_used"] is False

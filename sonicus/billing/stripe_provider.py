@@ -13,12 +13,17 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import stripe
 
+from .. import clock
 from .base import BillingProvider, BillingUnavailable, Checkout
 
 log = logging.getLogger(__name__)
+
+# Checkout Sessions refuse a trial_end less than 48 hours away.
+MIN_STRIPE_TRIAL_LEFT = timedelta(hours=49)
 
 
 def price_ids(config) -> dict[str, str]:
@@ -55,7 +60,9 @@ class StripeProvider(BillingProvider):
         metadata = {"sonicus_reference": reference, "sonicus_user_id": str(user.id),
                     "sonicus_tier": tier}
         subscription_data: dict = {"metadata": metadata}
-        if trial_end is not None:
+        if trial_end is not None and trial_end - clock.now() > MIN_STRIPE_TRIAL_LEFT:
+            # Stripe charges at the end of our trial; with less left than it accepts, it
+            # charges now and the paid period starts at once (the trial ends early)
             subscription_data["trial_end"] = int(trial_end.timestamp())
         params = {
             "mode": "subscription",

@@ -232,6 +232,8 @@ def _start_trial(sub: UserSubscription, tier: str, now: datetime) -> str:
     if sub.tier != STARTER:
         fail(409, "conflict", "A trial starts from the starter tier.")
     days = current_app.config["TRIAL_DAYS"]
+    if days <= 0:
+        fail(409, "conflict", "Free trials are not offered.")
     from_tier = sub.tier
     _clear_checkout(sub)
     _clear_scheduled_change(sub)
@@ -525,7 +527,16 @@ def apply_subscription_ended(sub: UserSubscription, notice, now: datetime) -> st
     latest = _latest_payment_created(sub.user_id)
     if latest and notice.created < latest:
         return "stale"
-    if sub.tier == STARTER or sub.status == TRIALING or sub.complimentary:
+    if sub.status == TRIALING:
+        # the card is gone with it: the trial runs out and falls back to starter
+        sub.payment_method_on_file = False
+        if not sub.cancel_at_period_end:
+            sub.cancel_at_period_end, sub.pending_tier = True, STARTER
+            _record(sub, "cancel_scheduled", sub.tier, STARTER, at=now, via="provider",
+                    effective_at=sub.trial_ends_at.isoformat(),
+                    provider_event_id=notice.event_id)
+        return "trial_cancel_scheduled"
+    if sub.tier == STARTER or sub.complimentary:
         return "nothing_to_end"
     from_tier = sub.tier
     _to_starter(sub)
