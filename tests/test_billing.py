@@ -383,6 +383,7 @@ def test_stripe_checkout_session_is_created_with_our_reference(stripe_app, auth)
     client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
     method, path, form, _ = fake.requests[-1]
     assert form["items[0][price]"] == ["price_prem"] and form["proration_behavior"] == ["none"]
+    assert form["metadata[sonicus_tier]"] == ["premium"]
 
 
 def test_stripe_unreachable_is_502_and_changes_nothing(idp, auth):
@@ -444,3 +445,16 @@ def test_stripe_checkout_during_a_trial_charges_at_its_end(stripe_app, auth):
     trial_end = int(parse_time(data["trial_ends_at"]).timestamp())
     assert form["subscription_data[trial_end]"] == [str(trial_end)]
     assert form["line_items[0][price]"] == ["price_prem"]
+
+
+def test_proration_invoice_after_an_upgrade_is_not_a_new_period(client, auth, app):
+    headers = auth()
+    uid, start, end = _active_via_webhooks(client, headers, app)
+    client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    before = subscription(client, headers)
+    assert before["tier"] == "pro"
+    resp = post_webhook(client, invoice_event("evt_pr", "invoice.paid", user_id=uid,
+                                              tier="pro", period_start=now(), period_end=end,
+                                              amount=667))
+    assert resp.get_json()["data"]["outcome"] == "already_recorded"
+    assert subscription(client, headers) == before

@@ -103,6 +103,8 @@ class StripeProvider(BillingProvider):
             self.client.v1.subscriptions.update(sub.provider_subscription_id, params={
                 "items": [{"id": item_id, "price": self._price(tier)}],
                 "proration_behavior": "always_invoice" if prorate else "none",
+                # later invoices carry the subscription's metadata: keep the tier in step
+                "metadata": {"sonicus_tier": tier},
             })
         except stripe.StripeError as exc:
             log.warning("stripe plan change failed: %s", type(exc).__name__)

@@ -453,6 +453,7 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
             # not the next period: the current one again, or an older one
             if sub.status == ACTIVE and payment.period_end \
                     and payment.period_start <= now < payment.period_end \
+                    and payment.period_start <= sub.current_period_start + SAME_PERIOD_SLACK \
                     and payment.period_end > sub.current_period_start + SAME_PERIOD_SLACK:
                 # the provider's exact dates for the period we activated on a checkout
                 sub.current_period_start = payment.period_start
