@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import and_, or_, select, true
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from .. import clock
@@ -732,38 +732,34 @@ def _advance_once(sub: UserSubscription, now: datetime) -> str | None:
     return None
 
 
-def process_due_subscriptions(now: datetime | None = None, batch_size: int = 200) -> dict:
+def process_due_subscriptions(now: datetime | None = None, batch_size: int = 100) -> dict:
     """Trial ends, grace ends and period ends that are due; safe to run twice or in parallel.
 
-    Each due row is locked with ``FOR UPDATE SKIP LOCKED`` and re-checked under the lock in
-    its own transaction: a row another worker holds is skipped, one it finished is no
-    longer due.
+    Due rows are taken in id order, a batch at a time, with ``FOR UPDATE SKIP LOCKED``: rows
+    another worker (or a request) holds are skipped, rows it already finished are no longer
+    due when the condition is re-checked under the lock. One transaction per batch.
     """
     now = now or clock.now()
     counts: dict[str, int] = {}
-    processed, seen = 0, set()
+    processed, last_id = 0, 0
     while True:
-        ids = db.session.execute(
-            select(UserSubscription.id).where(_due_condition(now))
-            .where(UserSubscription.id.not_in(seen) if seen else true())
-            .order_by(UserSubscription.id).limit(batch_size)).scalars().all()
-        db.session.rollback()
-        if not ids:
+        try:
+            batch = db.session.execute(
+                select(UserSubscription)
+                .where(_due_condition(now), UserSubscription.id > last_id)
+                .order_by(UserSubscription.id).limit(batch_size)
+                .with_for_update(skip_locked=True)
+                .execution_options(populate_existing=True)).scalars().all()
+            for sub in batch:
+                outcomes = _advance(sub, now)
+                processed += bool(outcomes)
+                for outcome in outcomes:
+                    counts[outcome] = counts.get(outcome, 0) + 1
+            db.session.commit()
+        except BaseException:
+            db.session.rollback()
+            raise
+        if not batch:
             break
-        for sub_id in ids:
-            try:
-                sub = db.session.execute(
-                    select(UserSubscription)
-                    .where(UserSubscription.id == sub_id, _due_condition(now))
-                    .with_for_update(skip_locked=True)
-                    .execution_options(populate_existing=True)).scalar_one_or_none()
-                outcomes = _advance(sub, now) if sub is not None else []
-                db.session.commit()
-            except BaseException:
-                db.session.rollback()
-                raise
-            seen.add(sub_id)  # done, held by another worker, or waiting on the provider
-            processed += bool(outcomes)
-            for outcome in outcomes:
-                counts[outcome] = counts.get(outcome, 0) + 1
+        last_id = batch[-1].id
     return {"processed": processed, "outcomes": counts, "ran_at": now}
