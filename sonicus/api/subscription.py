@@ -53,7 +53,7 @@ class Subscription(MethodView):
         return subscriptions.describe(user, sub)
 
     @require_user
-    @blp.arguments(CancelSchema)
+    @blp.arguments(CancelSchema, required=False)
     @blp.response(200, SubscriptionSchema)
     @blp.alt_response(409, response="DEFAULT_ERROR")
     def delete(self, body):
