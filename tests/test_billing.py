@@ -291,6 +291,7 @@ def test_concurrent_deliveries_of_one_event_apply_once(app, auth, client):
 class FakeStripe:
     def __init__(self):
         self.requests = []
+        self.decline_charges = False
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -323,6 +324,10 @@ class FakeStripe:
                     return self._reply({"id": "cs_test_1", "object": "checkout.session",
                                         "url": "https://checkout.stripe.test/c/cs_test_1"})
                 if self.path.startswith("/v1/subscriptions/"):
+                    if fake.decline_charges and "payment_behavior" in form:
+                        return self._reply({"error": {
+                            "type": "card_error", "code": "card_declined",
+                            "message": "Your card was declined."}}, 402)
                     return self._reply({"id": self.path.rsplit("/", 1)[1],
                                         "object": "subscription"})
                 self._reply({"error": {"message": "no"}}, 404)
@@ -458,3 +463,38 @@ def test_proration_invoice_after_an_upgrade_is_not_a_new_period(client, auth, ap
                                               amount=667))
     assert resp.get_json()["data"]["outcome"] == "already_recorded"
     assert subscription(client, headers) == before
+
+
+def _stripe_premium(app, client, headers):
+    client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    event = invoice_event("evt_p1", "invoice.paid", user_id=user_id(app, EMAIL), tier=None,
+                          period_start=now() - 10 * DAY, period_end=now() + 20 * DAY,
+                          price="price_prem", subscription="sub_s1", customer="cus_s1")
+    assert post_webhook(client, event).get_json()["data"]["outcome"] == "activated"
+
+
+def test_stripe_upgrade_is_charged_now_with_proration(stripe_app, auth):
+    app, fake = stripe_app
+    client = app.test_client()
+    headers = auth()
+    _stripe_premium(app, client, headers)
+    resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    assert resp.status_code == 200 and resp.get_json()["data"]["tier"] == "pro"
+    method, path, form, _ = fake.requests[-1]
+    assert path == "/v1/subscriptions/sub_s1"
+    assert form["items[0][price]"] == ["price_pro"] and form["items[0][id]"] == ["si_1"]
+    assert form["proration_behavior"] == ["always_invoice"]
+    assert form["payment_behavior"] == ["error_if_incomplete"]
+
+
+def test_stripe_upgrade_declined_is_402_and_changes_nothing(stripe_app, auth):
+    app, fake = stripe_app
+    client = app.test_client()
+    headers = auth()
+    _stripe_premium(app, client, headers)
+    before = subscription(client, headers)
+    fake.decline_charges = True
+    resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    assert resp.status_code == 402 and resp.get_json()["code"] == "payment_required"
+    assert subscription(client, headers) == before
+    assert events_of(app, EMAIL, "upgraded") == []

@@ -35,6 +35,7 @@ class Subscription(MethodView):
     @require_user
     @blp.arguments(SubscriptionChangeSchema)
     @blp.response(200, SubscriptionSchema)
+    @blp.alt_response(402, response="DEFAULT_ERROR")
     @blp.alt_response(403, response="DEFAULT_ERROR")
     @blp.alt_response(409, response="DEFAULT_ERROR")
     @blp.alt_response(502, response="DEFAULT_ERROR")
@@ -44,8 +45,9 @@ class Subscription(MethodView):
         Paid tier without a trial: `incomplete` with a `checkout`; the tier takes effect when
         the payment arrives. An upgrade from a paid tier is immediate and prorated; a
         downgrade (or starter) takes effect at the end of the period.
-        Errors: 403 `email_not_verified` (paid tiers and trials), 409 `trial_already_used`
-        (or `conflict`: a trial starts from starter), 502 `billing_unavailable`.
+        Errors: 402 `payment_required` (the provider declined an upgrade's charge),
+        403 `email_not_verified` (paid tiers and trials), 409 `trial_already_used` (or
+        `conflict`: a trial starts from starter), 502 `billing_unavailable`.
         """
         user = _user()
         sub, message = subscriptions.change_tier(user, body["tier"], body["start_trial"])

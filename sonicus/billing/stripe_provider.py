@@ -18,12 +18,14 @@ from datetime import timedelta
 import stripe
 
 from .. import clock
+from ..envelope import ApiError
 from .base import BillingProvider, BillingUnavailable, Checkout
 
 log = logging.getLogger(__name__)
 
 # Checkout Sessions refuse a trial_end less than 48 hours away.
 MIN_STRIPE_TRIAL_LEFT = timedelta(hours=49)
+STRIPE_TIMEOUT_SECONDS = 10
 
 
 def price_ids(config) -> dict[str, str]:
@@ -44,7 +46,10 @@ class StripeProvider(BillingProvider):
         options = {}
         if config.get("STRIPE_API_BASE"):  # a local stand-in for api.stripe.com (tests only)
             options["base_addresses"] = {"api": config["STRIPE_API_BASE"]}
-        self.client = stripe.StripeClient(config.get("STRIPE_API_KEY") or "", max_network_retries=1,
+        # calls run while the user's subscription row is locked: keep them short
+        http_client = stripe.new_default_http_client(timeout=STRIPE_TIMEOUT_SECONDS)
+        self.client = stripe.StripeClient(config.get("STRIPE_API_KEY") or "",
+                                          max_network_retries=1, http_client=http_client,
                                           **options)
         self.prices = price_ids(config)
 
@@ -100,12 +105,19 @@ class StripeProvider(BillingProvider):
         try:
             current = self.client.v1.subscriptions.retrieve(sub.provider_subscription_id)
             item_id = current["items"]["data"][0]["id"]
-            self.client.v1.subscriptions.update(sub.provider_subscription_id, params={
+            params = {
                 "items": [{"id": item_id, "price": self._price(tier)}],
                 "proration_behavior": "always_invoice" if prorate else "none",
                 # later invoices carry the subscription's metadata: keep the tier in step
                 "metadata": {"sonicus_tier": tier},
-            })
+            }
+            if prorate:
+                # the upgrade happens only if its prorated charge succeeds right now
+                params["payment_behavior"] = "error_if_incomplete"
+            self.client.v1.subscriptions.update(sub.provider_subscription_id, params=params)
+        except stripe.CardError as exc:
+            raise ApiError(402, "payment_required",
+                           "The payment for the upgrade was declined; nothing changed.") from exc
         except stripe.StripeError as exc:
             log.warning("stripe plan change failed: %s", type(exc).__name__)
             raise BillingUnavailable() from exc
