@@ -498,3 +498,31 @@ def test_stripe_upgrade_declined_is_402_and_changes_nothing(stripe_app, auth):
     assert resp.status_code == 402 and resp.get_json()["code"] == "payment_required"
     assert subscription(client, headers) == before
     assert events_of(app, EMAIL, "upgraded") == []
+
+
+def test_failed_first_payment_keeps_it_incomplete(client, auth, app):
+    headers = auth()
+    reference = start_checkout(client, headers)
+    event = invoice_event("evt_f", "invoice.payment_failed", user_id=user_id(app, EMAIL),
+                          tier="premium", period_start=now(), period_end=now() + 30 * DAY)
+    assert post_webhook(client, event).get_json()["data"]["outcome"] == "recorded"
+    data = subscription(client, headers)
+    assert data["tier"] == "starter" and data["status"] == "incomplete"
+    assert data["checkout"]["reference"] == reference  # they can try again
+    assert events_of(app, EMAIL, "payment_failed")[0]["amount_cents"] == 999
+
+
+def test_failed_card_during_a_trial_means_no_conversion(client, auth, app):
+    headers = auth()
+    client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                headers=headers)
+    ref = client.post("/api/user/subscription", json={"tier": "premium"},
+                      headers=headers).get_json()["data"]["checkout"]["reference"]
+    client.post(f"/api/billing/sandbox/{ref}/confirm")
+    assert subscription(client, headers)["payment_method_on_file"] is True
+    event = invoice_event("evt_f", "invoice.payment_failed", user_id=user_id(app, EMAIL),
+                          tier="premium", period_start=now(), period_end=now() + 30 * DAY)
+    assert post_webhook(client, event).get_json()["data"]["outcome"] == \
+        "payment_method_removed"
+    data = subscription(client, headers)
+    assert data["status"] == "trialing" and data["payment_method_on_file"] is False

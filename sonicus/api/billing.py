@@ -5,8 +5,7 @@ from __future__ import annotations
 from flask import current_app, request
 from flask.views import MethodView
 
-from ..billing import WebhookRejected, parse_event, sandbox_enabled, verify_webhook
-from ..billing.stripe_provider import price_ids
+from ..billing import WebhookRejected, notice_from_webhook, sandbox_enabled
 from ..envelope import ApiError, Blueprint, not_found
 from ..schemas.subscription import SandboxConfirmResultSchema, WebhookResultSchema
 from ..services import subscriptions
@@ -34,16 +33,13 @@ class Webhook(MethodView):
         400 `invalid_signature`: bad or missing signature, timestamp outside 5 minutes,
         or a body that is not an event; nothing is changed.
         """
-        cfg = current_app.config
-        payload = request.get_data(cache=False)
         try:
-            event = verify_webhook(payload, request.headers.get("Stripe-Signature"),
-                                   cfg.get("BILLING_WEBHOOK_SECRET"))
+            event, notice = notice_from_webhook(request.get_data(cache=False),
+                                                request.headers.get("Stripe-Signature"))
         except WebhookRejected as exc:
             raise ApiError(400, "invalid_signature", str(exc)) from exc
-        price_to_tier = {price: tier for tier, price in price_ids(cfg).items()}
-        notice = parse_event(event, price_to_tier)
-        return subscriptions.handle_billing_event(cfg["BILLING_PROVIDER"], event, notice)
+        return subscriptions.handle_billing_event(current_app.config["BILLING_PROVIDER"],
+                                                  event, notice)
 
 
 @blp.route("/sandbox/<string:reference>/confirm")

@@ -13,8 +13,8 @@ from .base import BillingProvider, BillingUnavailable, Checkout
 from .events import BillingNotice, WebhookRejected, parse_event, verify_webhook
 
 __all__ = ["BillingNotice", "BillingProvider", "BillingUnavailable", "Checkout",
-           "WebhookRejected", "get_provider", "parse_event", "sandbox_enabled",
-           "verify_webhook"]
+           "WebhookRejected", "get_provider", "notice_from_webhook", "parse_event",
+           "sandbox_enabled", "verify_webhook"]
 
 
 def get_provider(name: str | None = None) -> BillingProvider:
@@ -34,3 +34,13 @@ def sandbox_enabled() -> bool:
     """Sandbox confirmation exists only in development and testing, with the sandbox provider."""
     cfg = current_app.config
     return cfg["SONICUS_ENV"] in ("development", "testing") and cfg["BILLING_PROVIDER"] == "sandbox"
+
+
+def notice_from_webhook(payload: bytes, signature_header: str | None) -> tuple[dict, BillingNotice]:
+    """Verify a webhook with the app's secret and read it; ``WebhookRejected`` if not genuine."""
+    from .stripe_provider import price_ids
+
+    cfg = current_app.config
+    event = verify_webhook(payload, signature_header, cfg.get("BILLING_WEBHOOK_SECRET"))
+    price_to_tier = {price: tier for tier, price in price_ids(cfg).items()}
+    return event, parse_event(event, price_to_tier)
