@@ -125,6 +125,7 @@ def validate_config(config: Mapping) -> None:
         problems.append("BILLING_PROVIDER=sandbox is for development only")
     if config["BILLING_PROVIDER"] == "stripe" and not config.get("BILLING_WEBHOOK_SECRET"):
         problems.append("BILLING_WEBHOOK_SECRET is required with the stripe provider")
+    problems.extend(_stripe_problems(config))
     if config.get("DEV_TOKEN_ISSUER"):
         problems.append("DEV_TOKEN_ISSUER cannot be enabled in production")
     if config.get("SECRET_KEY") in (None, "", "dev-only-not-secret"):
@@ -133,3 +134,18 @@ def validate_config(config: Mapping) -> None:
         problems.append("TESTING cannot be on in production")
     if problems:
         raise ConfigError("Refusing to start in production: " + "; ".join(problems) + ".")
+
+
+def _stripe_problems(config: Mapping) -> list[str]:
+    """The stripe provider needs its API key and a price id per paid tier."""
+    if config["BILLING_PROVIDER"] != "stripe":
+        return []
+    problems = []
+    if not config.get("STRIPE_API_KEY"):
+        problems.append("STRIPE_API_KEY is required with the stripe provider")
+    priced = {item.partition("=")[0].strip() for item in config.get("STRIPE_PRICE_IDS") or []
+              if item.partition("=")[2].strip()}
+    missing = [tier for tier in ("premium", "pro") if tier not in priced]
+    if missing:
+        problems.append("STRIPE_PRICE_IDS needs tier=price_id for " + ", ".join(missing))
+    return problems

@@ -7,7 +7,8 @@ def _production(**env):
     base = {"SONICUS_ENV": "production", "OIDC_ISSUER": "https://auth.example.com/application/o/s/",
             "OIDC_AUDIENCE": "client", "DATABASE_URL": "postgresql://db/sonicus",
             "BILLING_PROVIDER": "stripe", "BILLING_WEBHOOK_SECRET": "whsec",
-            "STRIPE_API_KEY": "sk_live_x", "SECRET_KEY": "s3cret"}
+            "STRIPE_API_KEY": "sk_live_x", "STRIPE_PRICE_IDS": "premium=price_p,pro=price_x",
+            "SECRET_KEY": "s3cret"}
     base.update(env)
     return {k: v for k, v in base.items() if v is not None}
 

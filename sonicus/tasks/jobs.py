@@ -21,3 +21,11 @@ def refresh_platform_stats():
     from ..services.stats import refresh_platform_stats as refresh
 
     return refresh()["computed_at"].isoformat()
+
+
+def process_due_subscriptions():
+    """Trial ends, grace ends and period ends that are due (safe twice and in parallel)."""
+    from ..services.subscriptions import process_due_subscriptions as process
+
+    result = process()
+    return {"processed": result["processed"], "outcomes": result["outcomes"]}

@@ -1,0 +1,51 @@
+"""The billing-provider interface.
+
+A provider creates checkouts and keeps the provider's own subscription in step with the
+changes a user makes here (cancel at period end, resume, change of plan). Payments arrive
+as webhooks and are turned into ``BillingNotice`` objects (``events.py``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..envelope import ApiError
+
+
+class BillingUnavailable(ApiError):
+    """The provider could not be reached or refused the request; nothing was changed."""
+
+    def __init__(self, message: str = "The payment provider is unavailable; try again shortly."):
+        super().__init__(502, "billing_unavailable", message)
+
+
+@dataclass(frozen=True)
+class Checkout:
+    provider: str
+    reference: str
+    url: str
+
+
+def new_reference() -> str:
+    """Our own checkout reference: unguessable, and the key a payment is matched by."""
+    return "chk_" + secrets.token_hex(16)
+
+
+class BillingProvider:
+    name = "base"
+
+    def __init__(self, config):
+        self.config = config
+
+    def create_checkout(self, *, user, sub, tier: str, reference: str,
+                        trial_end: datetime | None = None) -> Checkout:
+        """A checkout for ``tier``; with ``trial_end`` the first charge is due then."""
+        raise NotImplementedError
+
+    def set_cancel_at_period_end(self, sub, cancel: bool) -> None:
+        """Tell the provider to stop (or keep) renewing at the end of the period."""
+
+    def change_tier(self, sub, tier: str, *, prorate: bool) -> None:
+        """Switch the provider's plan: now with proration, or from the next renewal."""

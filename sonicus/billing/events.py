@@ -1,0 +1,201 @@
+"""Webhook verification and the Stripe event format, turned into ``BillingNotice`` objects.
+
+Signature: header ``Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.payload">`` with
+``BILLING_WEBHOOK_SECRET``, checked by ``stripe.Webhook.construct_event`` (no network), with a
+5-minute tolerance; a timestamp more than 5 minutes in the future is refused too.
+
+Handled event types (anything else is stored and acknowledged):
+- ``checkout.session.completed`` (paid or no payment required) → payment succeeded
+- ``invoice.paid`` / ``invoice.payment_succeeded`` → payment succeeded (a renewal when the
+  invoice's period starts where ours ends)
+- ``invoice.payment_failed`` → payment failed
+- ``customer.subscription.deleted`` → subscription ended
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import stripe
+
+from ..tiers import PAID_TIERS
+
+TOLERANCE_SECONDS = 300
+
+PAYMENT_SUCCEEDED = "payment_succeeded"
+PAYMENT_FAILED = "payment_failed"
+SUBSCRIPTION_ENDED = "subscription_ended"
+IGNORED = "ignored"
+
+KIND_BY_TYPE = {
+    "checkout.session.completed": PAYMENT_SUCCEEDED,
+    "invoice.paid": PAYMENT_SUCCEEDED,
+    "invoice.payment_succeeded": PAYMENT_SUCCEEDED,
+    "invoice.payment_failed": PAYMENT_FAILED,
+    "customer.subscription.deleted": SUBSCRIPTION_ENDED,
+}
+
+
+class WebhookRejected(Exception):
+    """The webhook is not authentic, too old, or not an event at all."""
+
+
+@dataclass(frozen=True)
+class BillingNotice:
+    """What a provider event means for a subscription, in our terms."""
+
+    event_id: str
+    event_type: str
+    kind: str
+    created: datetime
+    user_id: int | None = None
+    reference: str | None = None
+    customer_id: str | None = None
+    subscription_id: str | None = None
+    tier: str | None = None
+    amount_cents: int | None = None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    document_id: str | None = None  # the invoice or checkout session id
+
+
+def verify_webhook(payload: bytes, signature_header: str | None, secret: str | None,
+                   now: float | None = None) -> dict:
+    """The verified event as a dict, or ``WebhookRejected``."""
+    if not secret:
+        raise WebhookRejected("Webhooks are not configured (BILLING_WEBHOOK_SECRET is unset).")
+    try:
+        stripe.Webhook.construct_event(payload, signature_header, secret,
+                                       tolerance=TOLERANCE_SECONDS)
+    except stripe.SignatureVerificationError as exc:
+        raise WebhookRejected("The webhook signature is not valid.") from exc
+    except Exception as exc:  # authentic, but not a JSON event object
+        raise WebhookRejected("The webhook body is not a JSON event.") from exc
+    stamp = _signature_timestamp(signature_header or "")
+    if stamp > (now or time.time()) + TOLERANCE_SECONDS:
+        raise WebhookRejected("The webhook timestamp is in the future.")
+    try:
+        event = json.loads(payload)
+    except ValueError as exc:
+        raise WebhookRejected("The webhook body is not a JSON event.") from exc
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str) \
+            or not isinstance(event.get("type"), str):
+        raise WebhookRejected("The webhook body is not an event (id and type are required).")
+    return event
+
+
+def _signature_timestamp(header: str) -> int:
+    for item in header.split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == "t":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _when(value) -> datetime | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return datetime.fromtimestamp(int(value), UTC)
+    return None
+
+
+def _get(mapping, *path):
+    for key in path:
+        if not isinstance(mapping, dict):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _str(value) -> str | None:
+    if isinstance(value, dict):  # an expanded object
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _metadata_sources(obj: dict) -> list[dict]:
+    sources = [obj.get("metadata"), _get(obj, "subscription_details", "metadata"),
+               _get(obj, "parent", "subscription_details", "metadata")]
+    for line in _get(obj, "lines", "data") or []:
+        if isinstance(line, dict):
+            sources.append(line.get("metadata"))
+    return [s for s in sources if isinstance(s, dict)]
+
+
+def _from_metadata(obj: dict, key: str) -> str | None:
+    for source in _metadata_sources(obj):
+        value = source.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _tier_from_prices(obj: dict, price_to_tier: dict[str, str]) -> str | None:
+    for line in _get(obj, "lines", "data") or _get(obj, "items", "data") or []:
+        price = _str(_get(line, "price")) or _str(_get(line, "pricing", "price_details", "price"))
+        if price and price in price_to_tier:
+            return price_to_tier[price]
+    return None
+
+
+def _invoice_period(obj: dict) -> tuple[datetime | None, datetime | None]:
+    """The service period an invoice pays for: its lines' period, else the invoice's own."""
+    starts, ends = [], []
+    for line in _get(obj, "lines", "data") or []:
+        start, end = _when(_get(line, "period", "start")), _when(_get(line, "period", "end"))
+        if start and end:
+            starts.append(start)
+            ends.append(end)
+    if starts:
+        return min(starts), max(ends)
+    return _when(obj.get("period_start")), _when(obj.get("period_end"))
+
+
+def parse_event(event: dict, price_to_tier: dict[str, str] | None = None) -> BillingNotice:
+    """Read a Stripe-format event into a ``BillingNotice`` (kind ``ignored`` if not ours)."""
+    price_to_tier = price_to_tier or {}
+    event_type = event["type"]
+    obj = _get(event, "data", "object")
+    obj = obj if isinstance(obj, dict) else {}
+    kind = KIND_BY_TYPE.get(event_type, IGNORED)
+    created = _when(event.get("created")) or datetime.now(UTC)
+    if event_type == "checkout.session.completed" \
+            and obj.get("payment_status") not in ("paid", "no_payment_required"):
+        kind = IGNORED  # paid later: the invoice events carry the outcome
+    user_id = _from_metadata(obj, "sonicus_user_id")
+    tier = _from_metadata(obj, "sonicus_tier") or _tier_from_prices(obj, price_to_tier)
+    if tier not in PAID_TIERS:
+        tier = None
+    common = {
+        "event_id": event["id"], "event_type": event_type, "kind": kind, "created": created,
+        "user_id": int(user_id) if user_id and user_id.isdigit() else None,
+        "reference": _from_metadata(obj, "sonicus_reference") or _str(
+            obj.get("client_reference_id")),
+        "customer_id": _str(obj.get("customer")), "tier": tier,
+        "document_id": _str(obj.get("id")),
+    }
+    if event_type == "checkout.session.completed":
+        return BillingNotice(**common, subscription_id=_str(obj.get("subscription")),
+                             amount_cents=_int(obj.get("amount_total")))
+    if event_type.startswith("invoice."):
+        start, end = _invoice_period(obj)
+        subscription_id = _str(obj.get("subscription")) or _str(
+            _get(obj, "parent", "subscription_details", "subscription"))
+        amount = _int(obj.get("amount_paid")) if kind == PAYMENT_SUCCEEDED \
+            else _int(obj.get("amount_due"))
+        return BillingNotice(**common, subscription_id=subscription_id, amount_cents=amount,
+                             period_start=start, period_end=end)
+    if event_type.startswith("customer.subscription."):
+        return BillingNotice(**{**common, "document_id": None},
+                             subscription_id=_str(obj.get("id")),
+                             period_end=_when(obj.get("ended_at")))
+    return BillingNotice(**common)

@@ -1,0 +1,123 @@
+"""The Stripe provider, with the official ``stripe`` package.
+
+- Checkout: a Checkout Session in ``subscription`` mode for the tier's price
+  (``STRIPE_PRICE_IDS=premium=price_...,pro=price_...``); our reference travels as
+  ``client_reference_id`` and in the metadata of the session and of the subscription, so every
+  later webhook can be matched to the user.
+- Cancel / resume: ``cancel_at_period_end`` on the Stripe subscription.
+- Change of plan: the subscription item's price; an upgrade is prorated and invoiced now, a
+  downgrade takes effect from the next renewal (no proration).
+- Webhooks: verified with ``stripe.Webhook.construct_event`` (``events.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import stripe
+
+from .. import clock
+from ..envelope import ApiError
+from .base import BillingProvider, BillingUnavailable, Checkout
+
+log = logging.getLogger(__name__)
+
+# Checkout Sessions refuse a trial_end less than 48 hours away.
+MIN_STRIPE_TRIAL_LEFT = timedelta(hours=49)
+STRIPE_TIMEOUT_SECONDS = 10
+
+
+def price_ids(config) -> dict[str, str]:
+    """``STRIPE_PRICE_IDS`` (``tier=price_id`` items) as a mapping tier → price id."""
+    out = {}
+    for item in config.get("STRIPE_PRICE_IDS") or []:
+        tier, _, price = item.partition("=")
+        if tier.strip() and price.strip():
+            out[tier.strip()] = price.strip()
+    return out
+
+
+class StripeProvider(BillingProvider):
+    name = "stripe"
+
+    def __init__(self, config):
+        super().__init__(config)
+        options = {}
+        if config.get("STRIPE_API_BASE"):  # a local stand-in for api.stripe.com (tests only)
+            options["base_addresses"] = {"api": config["STRIPE_API_BASE"]}
+        # calls run while the user's subscription row is locked: keep them short
+        http_client = stripe.new_default_http_client(timeout=STRIPE_TIMEOUT_SECONDS)
+        self.client = stripe.StripeClient(config.get("STRIPE_API_KEY") or "",
+                                          max_network_retries=1, http_client=http_client,
+                                          **options)
+        self.prices = price_ids(config)
+
+    def _price(self, tier: str) -> str:
+        try:
+            return self.prices[tier]
+        except KeyError:
+            raise BillingUnavailable(f"No Stripe price is configured for the {tier} tier.") \
+                from None
+
+    def create_checkout(self, *, user, sub, tier, reference, trial_end=None) -> Checkout:
+        base = (self.config.get("PUBLIC_BASE_URL") or "").rstrip("/")
+        metadata = {"sonicus_reference": reference, "sonicus_user_id": str(user.id),
+                    "sonicus_tier": tier}
+        subscription_data: dict = {"metadata": metadata}
+        if trial_end is not None and trial_end - clock.now() > MIN_STRIPE_TRIAL_LEFT:
+            # Stripe charges at the end of our trial; with less left than it accepts, it
+            # charges now and the paid period starts at once (the trial ends early)
+            subscription_data["trial_end"] = int(trial_end.timestamp())
+        params = {
+            "mode": "subscription",
+            "line_items": [{"price": self._price(tier), "quantity": 1}],
+            "client_reference_id": reference,
+            "metadata": metadata,
+            "subscription_data": subscription_data,
+            "success_url": f"{base}/subscription?checkout=success&reference={reference}",
+            "cancel_url": f"{base}/subscription?checkout=canceled&reference={reference}",
+        }
+        if sub.provider_customer_id:
+            params["customer"] = sub.provider_customer_id
+        elif user.email:
+            params["customer_email"] = user.email
+        try:
+            session = self.client.v1.checkout.sessions.create(params=params)
+        except stripe.StripeError as exc:
+            log.warning("stripe checkout creation failed: %s", type(exc).__name__)
+            raise BillingUnavailable() from exc
+        return Checkout(provider=self.name, reference=reference, url=session.url)
+
+    def set_cancel_at_period_end(self, sub, cancel: bool) -> None:
+        if not sub.provider_subscription_id:
+            return
+        try:
+            self.client.v1.subscriptions.update(sub.provider_subscription_id,
+                                                params={"cancel_at_period_end": cancel})
+        except stripe.StripeError as exc:
+            log.warning("stripe cancel_at_period_end failed: %s", type(exc).__name__)
+            raise BillingUnavailable() from exc
+
+    def change_tier(self, sub, tier, *, prorate) -> None:
+        if not sub.provider_subscription_id:
+            return
+        try:
+            current = self.client.v1.subscriptions.retrieve(sub.provider_subscription_id)
+            item_id = current["items"]["data"][0]["id"]
+            params = {
+                "items": [{"id": item_id, "price": self._price(tier)}],
+                "proration_behavior": "always_invoice" if prorate else "none",
+                # later invoices carry the subscription's metadata: keep the tier in step
+                "metadata": {"sonicus_tier": tier},
+            }
+            if prorate:
+                # the upgrade happens only if its prorated charge succeeds right now
+                params["payment_behavior"] = "error_if_incomplete"
+            self.client.v1.subscriptions.update(sub.provider_subscription_id, params=params)
+        except stripe.CardError as exc:
+            raise ApiError(402, "payment_required",
+                           "The payment for the upgrade was declined; nothing changed.") from exc
+        except stripe.StripeError as exc:
+            log.warning("stripe plan change failed: %s", type(exc).__name__)
+            raise BillingUnavailable() from exc

@@ -1,0 +1,91 @@
+"""Schemas of the subscription and billing areas: one set serves validation and OpenAPI."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+
+from ..envelope import PageArgsSchema
+from ..services.subscriptions import CANCEL_REASONS
+from ..tiers import TIER_NAMES
+from .common import LimitsSchema, Money, StrictSchema
+from .profile import OnboardingSchema
+
+
+class UsageSchema(ma.Schema):
+    sessions_today = ma.fields.Integer(required=True)
+    sessions_remaining = ma.fields.Integer(allow_none=True, required=True,
+                                           metadata={"description": "null: unlimited"})
+    resets_at = ma.fields.DateTime(required=True)
+
+
+class CheckoutSchema(ma.Schema):
+    provider = ma.fields.String(required=True, metadata={"example": "sandbox"})
+    reference = ma.fields.String(required=True)
+    url = ma.fields.String(allow_none=True, required=True)
+    tier = ma.fields.String(required=True)
+    amount = Money(allow_none=True)
+
+
+class SubscriptionSchema(ma.Schema):
+    tier = ma.fields.String(required=True, metadata={"description": "The tier in force now."})
+    status = ma.fields.String(required=True, metadata={
+        "enum": ["active", "trialing", "incomplete", "past_due", "canceled"]})
+    price = Money(allow_none=True)
+    trial_ends_at = ma.fields.DateTime(allow_none=True, required=True)
+    trial_used = ma.fields.Boolean(required=True)
+    current_period_start = ma.fields.DateTime(allow_none=True)
+    current_period_end = ma.fields.DateTime(allow_none=True, required=True)
+    cancel_at_period_end = ma.fields.Boolean(required=True)
+    pending_tier = ma.fields.String(allow_none=True, metadata={
+        "description": "The tier that takes over at the end of the period, if any."})
+    past_due_since = ma.fields.DateTime(allow_none=True)
+    grace_ends_at = ma.fields.DateTime(allow_none=True, metadata={
+        "description": "When a past-due subscription falls back to starter."})
+    payment_method_on_file = ma.fields.Boolean()
+    complimentary = ma.fields.Boolean()
+    checkout = ma.fields.Nested(CheckoutSchema, allow_none=True, metadata={
+        "description": "A checkout waiting for payment."})
+    limits = ma.fields.Nested(LimitsSchema, required=True)
+    usage = ma.fields.Nested(UsageSchema, required=True)
+    onboarding = ma.fields.Nested(OnboardingSchema)
+
+
+class SubscriptionChangeSchema(StrictSchema):
+    tier = ma.fields.String(required=True, validate=ma.validate.OneOf(TIER_NAMES))
+    start_trial = ma.fields.Boolean(load_default=False)
+
+
+class CancelSchema(StrictSchema):
+    reason = ma.fields.String(validate=ma.validate.OneOf(CANCEL_REASONS), allow_none=True)
+    comment = ma.fields.String(validate=ma.validate.Length(max=2000), allow_none=True)
+
+
+class SubscriptionEventSchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    type = ma.fields.String(required=True, metadata={"example": "activated"})
+    from_tier = ma.fields.String(allow_none=True, required=True)
+    to_tier = ma.fields.String(allow_none=True, required=True)
+    at = ma.fields.DateTime(required=True)
+    amount = Money(allow_none=True)
+    currency = ma.fields.String()
+    reference = ma.fields.String(allow_none=True, required=True)
+    details = ma.fields.Dict()
+
+
+class HistoryArgsSchema(PageArgsSchema):
+    class Meta:
+        unknown = ma.RAISE
+
+
+class WebhookResultSchema(ma.Schema):
+    event_id = ma.fields.String(required=True)
+    type = ma.fields.String(required=True)
+    duplicate = ma.fields.Boolean(required=True, metadata={
+        "description": "true: this event was received before; nothing changed."})
+    outcome = ma.fields.String(required=True)
+
+
+class SandboxConfirmResultSchema(ma.Schema):
+    reference = ma.fields.String(required=True)
+    duplicate = ma.fields.Boolean(required=True)
+    outcome = ma.fields.String(required=True)

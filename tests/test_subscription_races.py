@@ -1,0 +1,78 @@
+"""Race-prone rules against PostgreSQL with real threads (each its own app context)."""
+
+from __future__ import annotations
+
+import threading
+
+from subscription_helpers import events_of, subscription
+
+EMAIL = "listener@example.com"
+
+
+def run_together(app, n, request):
+    """Run ``request(client)`` in ``n`` threads released at once; the responses."""
+    barrier = threading.Barrier(n)
+    results = [None] * n
+
+    def worker(i):
+        with app.app_context():
+            client = app.test_client()
+            barrier.wait()
+            results[i] = request(client)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_trial_requested_concurrently_exactly_one_wins(app, client, auth):
+    headers = auth()
+    client.get("/api/user/subscription", headers=headers)  # the user exists
+
+    def request(c):
+        resp = c.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                      headers=headers)
+        return resp.status_code, resp.get_json().get("code")
+
+    results = run_together(app, 8, request)
+    assert sorted(results, key=lambda r: r[0]) == \
+        [(200, None)] + [(409, "trial_already_used")] * 7
+    assert len(events_of(app, EMAIL, "trial_started")) == 1
+    data = subscription(client, headers)
+    assert data["status"] == "trialing" and data["trial_used"] is True
+
+
+def test_concurrent_confirm_of_one_checkout_pays_once(app, client, auth):
+    headers = auth()
+    reference = client.post("/api/user/subscription", json={"tier": "premium"},
+                            headers=headers).get_json()["data"]["checkout"]["reference"]
+
+    def request(c):
+        resp = c.post(f"/api/billing/sandbox/{reference}/confirm")
+        return resp.status_code, resp.get_json()["data"]["duplicate"]
+
+    results = run_together(app, 6, request)
+    assert sorted(results) == [(200, False)] + [(200, True)] * 5
+    assert len(events_of(app, EMAIL, "activated")) == 1
+
+
+def test_concurrent_cancel_and_resume_leave_a_consistent_row(app, client, auth):
+    from subscription_helpers import buy
+
+    headers = auth()
+    buy(client, headers, "premium")
+
+    def request(c):
+        c.delete("/api/user/subscription", json={}, headers=headers)
+        return c.post("/api/user/subscription/resume", headers=headers).status_code
+
+    run_together(app, 4, request)
+    data = subscription(client, headers)
+    scheduled = len(events_of(app, EMAIL, "cancel_scheduled"))
+    resumed = len(events_of(app, EMAIL, "resumed"))
+    # every schedule was undone by exactly one resume, or the last one is still in force
+    assert scheduled - resumed == (1 if data["cancel_at_period_end"] else 0)
+    assert data["tier"] == "premium"
