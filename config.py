@@ -72,6 +72,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "SECRET_KEY": _str(env, "SECRET_KEY", "dev-only-not-secret"),
         "DATABASE_URL": normalise_database_url(database_url) if database_url else None,
         "REDIS_URL": _str(env, "REDIS_URL") or None,
+        # Pub/sub channels are namespaced (default: from the Redis URL's db number).
+        "REDIS_CHANNEL_PREFIX": _str(env, "REDIS_CHANNEL_PREFIX") or None,
         "OIDC_ISSUER": _str(env, "OIDC_ISSUER") or None,
         "OIDC_AUDIENCE": _str(env, "OIDC_AUDIENCE") or None,
         "OIDC_JWKS_URL": _str(env, "OIDC_JWKS_URL") or None,
