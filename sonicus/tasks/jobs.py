@@ -6,7 +6,7 @@ import logging
 
 log = logging.getLogger(__name__)
 
-REFRESH_JOB_ID = "analytics-refresh:{user_id}"
+REFRESH_JOB_ID = "analytics-refresh-{user_id}"
 _PENDING = ("queued", "scheduled", "deferred")
 
 

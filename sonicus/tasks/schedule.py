@@ -3,7 +3,7 @@
 Each worker process runs a small scheduler thread (``run_scheduler``) that, every few
 seconds, tries ``SET sonicus:schedule:<name>:<slot> NX EX`` for each periodic job, where
 ``slot = floor(unix time / interval)``. Only the process that wins the key enqueues, with
-the deterministic job id ``periodic:<name>:<slot>``. The job resolves
+the deterministic job id ``periodic-<name>-<slot>``. The job resolves
 ``sonicus.tasks.jobs.<name>`` when it runs: a job whose function does not exist (yet) is
 skipped with a log line, never an error.
 """
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 JOBS_MODULE = "sonicus.tasks.jobs"
 LOCK_KEY = "sonicus:schedule:{name}:{slot}"
-JOB_ID = "periodic:{name}:{slot}"
+JOB_ID = "periodic-{name}-{slot}"
 POLL_SECONDS = 5.0
 
 
@@ -66,9 +66,13 @@ def tick(now: float | None = None, jobs=PERIODIC_JOBS) -> list[str]:
         key = LOCK_KEY.format(name=job.name, slot=slot)
         if not client.set(key, "1", nx=True, ex=job.interval * 2):
             continue
-        enqueue(run_periodic, job.name, queue=job.queue,
-                job_id=JOB_ID.format(name=job.name, slot=slot), retries=0,
-                timeout=max(60, job.interval * 2))
+        try:
+            enqueue(run_periodic, job.name, queue=job.queue,
+                    job_id=JOB_ID.format(name=job.name, slot=slot), retries=0,
+                    timeout=max(60, job.interval * 2))
+        except Exception:
+            client.delete(key)  # let the next tick (of any worker) try this slot again
+            raise
         fired.append(job.name)
     return fired
 
