@@ -94,6 +94,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "MEDIA_URL_TTL_SECONDS": _int(env, "MEDIA_URL_TTL_SECONDS", 3600),
         "TRIAL_DAYS": _int(env, "TRIAL_DAYS", 14),
         "ANALYTICS_CACHE_TTL_SECONDS": _int(env, "ANALYTICS_CACHE_TTL_SECONDS", 600),
+        # A refresh still marked stale after this long is re-enqueued by the periodic sweep.
+        "ANALYTICS_STALE_GRACE_SECONDS": _int(env, "ANALYTICS_STALE_GRACE_SECONDS", 30),
         "STATS_CACHE_TTL_SECONDS": _int(env, "STATS_CACHE_TTL_SECONDS", 300),
         "RATELIMIT_ENABLED": _bool(env, "RATELIMIT_ENABLED", True),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 DAILY_MINUTES_DAYS = 30
 TOP_CATEGORIES = 5
-# A row stale for longer than this is re-enqueued by the sweep (its own enqueue was lost).
+# Default of ANALYTICS_STALE_GRACE_SECONDS: a row stale for longer than this is re-enqueued
+# by the sweep (its own enqueue was lost).
 STALE_GRACE_SECONDS = 30
 SWEEP_BATCH = 500
 
@@ -240,8 +241,11 @@ def get_user_analytics(user: User) -> dict:
     return refresh_user_analytics(user.id, publish=False)
 
 
-def stale_user_ids(limit: int = SWEEP_BATCH, grace_seconds: int = STALE_GRACE_SECONDS):
+def stale_user_ids(limit: int = SWEEP_BATCH, grace_seconds: int | None = None):
     """Users whose analytics were marked stale more than ``grace_seconds`` ago."""
+    if grace_seconds is None:
+        grace_seconds = int(current_app.config.get("ANALYTICS_STALE_GRACE_SECONDS",
+                                                   STALE_GRACE_SECONDS))
     cutoff = clock.now() - timedelta(seconds=grace_seconds)
     return list(db.session.execute(
         select(UserAnalytics.user_id)
