@@ -55,6 +55,9 @@ def reset_schema(app) -> None:
         with db.engine.begin() as conn:
             conn.execute(text("DROP SCHEMA IF EXISTS sonicus CASCADE"))
         upgrade()
+    import redis
+
+    redis.Redis.from_url(BENCH_REDIS_URL).flushdb()  # cached figures of the old rows
 
 
 def seed(app, *, target_sessions: int, other_users: int, sessions_per_other: int,
@@ -124,3 +127,67 @@ def percentile(values, pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
     return ordered[index]
+
+
+def start_gunicorn(*, threads: int = 64, connections: int = 1000, extra=()):
+    """One gunicorn web process (gthread) on a free port; returns (process, port)."""
+    import re
+    import subprocess
+
+    cmd = [str(ROOT / ".venv/bin/gunicorn"), "-w", "1", "-k", "gthread", "--threads",
+           str(threads), "--worker-connections", str(connections), "-b", "127.0.0.1:0",
+           "--no-control-socket", "--log-level", "info", "--timeout", "120",
+           "--graceful-timeout", "3", *extra,
+           "wsgi:app"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **bench_env()},
+                            stderr=subprocess.PIPE, text=True)
+    port = None
+    for line in proc.stderr:
+        found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", line)
+        if found:
+            port = int(found.group(1))
+        if "Booting worker" in line:
+            break
+    if port is None:
+        proc.kill()
+        raise RuntimeError("gunicorn did not start")
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    return proc, port
+
+
+def start_worker(*args: str):
+    import subprocess
+
+    log = open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "w")  # noqa: SIM115
+    return subprocess.Popen([sys.executable, "worker.py", *args], cwd=ROOT,
+                            env={**os.environ, **bench_env()}, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    import time as _time
+
+    import requests
+
+    deadline = _time.time() + timeout
+    while _time.time() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        _time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def stop_process(proc, timeout: float = 15) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

@@ -43,11 +43,11 @@ def make_worker(app, *, simple: bool = False, queues=QUEUES, name: str | None = 
     return worker
 
 
-def run_worker(app, *, schedule: bool = True) -> int:
-    """A forking worker with RQ's scheduler (retries) and the periodic schedule thread."""
+def run_worker(app, *, simple: bool = False, schedule: bool = True) -> int:
+    """A worker with RQ's scheduler (retries) and the periodic schedule thread."""
     from .schedule import start_scheduler_thread
 
-    worker = make_worker(app)
+    worker = make_worker(app, simple=simple)
     stop = None
     if schedule:
         _thread, stop = start_scheduler_thread(app)
