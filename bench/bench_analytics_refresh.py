@@ -39,8 +39,8 @@ def main() -> None:
           f"{args.others} others in {time.perf_counter() - started:.1f}s")
 
     from sonicus.extensions import db
-    from sonicus.services.analytics import compute_user_analytics, refresh_user_analytics
     from sonicus.models import User
+    from sonicus.services.analytics import compute_user_analytics, refresh_user_analytics
 
     with app.app_context():
         for _ in range(3):

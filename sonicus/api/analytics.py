@@ -9,7 +9,10 @@ from ..envelope import Blueprint, set_message
 from ..schemas.analytics import AnalyticsSchema, DashboardSchema, RefreshQueuedSchema
 from ..services import analytics, dashboard
 
-blp = Blueprint("analytics", __name__, url_prefix="/api/user", description="Analytics.")
+blp = Blueprint("analytics", __name__, url_prefix="/api/user",
+                description="Personal analytics and the dashboard. Live updates: WebSocket "
+                            "`/ws/analytics` (token as `?access_token=` or subprotocol "
+                            "`bearer, <token>`; close code 4401 on a bad token).")
 
 
 @blp.route("/analytics")

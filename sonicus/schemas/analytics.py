@@ -63,7 +63,7 @@ class RefreshQueuedSchema(ma.Schema):
     status = ma.fields.String(required=True, metadata={"example": "queued"})
 
 
-class UsageSchema(ma.Schema):
+class DashboardUsageSchema(ma.Schema):
     sessions_today = ma.fields.Integer(required=True)
     sessions_remaining = ma.fields.Integer(required=True, allow_none=True)
     resets_at = ma.fields.DateTime(required=True)
@@ -76,10 +76,10 @@ class DashboardSubscriptionSchema(ma.Schema):
     current_period_end = ma.fields.DateTime(required=True, allow_none=True)
     cancel_at_period_end = ma.fields.Boolean(required=True)
     limits = ma.fields.Nested(LimitsSchema, required=True)
-    usage = ma.fields.Nested(UsageSchema, required=True)
+    usage = ma.fields.Nested(DashboardUsageSchema, required=True)
 
 
-class PackageBriefSchema(ma.Schema):
+class DashboardPackageSchema(ma.Schema):
     id = ma.fields.Integer(required=True)
     slug = ma.fields.String(required=True)
     title = ma.fields.String(required=True)
@@ -96,10 +96,10 @@ class ContinueListeningSchema(ma.Schema):
     listened_seconds = ma.fields.Integer(required=True)
     max_duration_seconds = ma.fields.Integer(required=True, allow_none=True)
     track_id = ma.fields.Integer(required=True, allow_none=True)
-    package = ma.fields.Nested(PackageBriefSchema, required=True)
+    package = ma.fields.Nested(DashboardPackageSchema, required=True)
 
 
-class RecommendedPackageSchema(PackageBriefSchema):
+class RecommendedPackageSchema(DashboardPackageSchema):
     locked = ma.fields.Boolean(required=True)
     reason = ma.fields.String(required=True, metadata={
         "description": "Why it is here: `mood` (it helped you), `favorite_category`, `popular`."})
