@@ -187,6 +187,7 @@ def test_a_closed_socket_leaves_nothing_behind(app, token_for, client, auth):
         for ws in sockets:
             assert receive_json(ws)["type"] == "analytics.snapshot"
         assert broker.local_socket_count() == 5 and broker.local_user_count() == 1
+        assert broker.listener_starts == 1  # one subscriber for the whole process
         for ws in sockets[:3]:
             ws.close()
         assert wait_for(lambda: broker.local_socket_count() == 2)

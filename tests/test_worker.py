@@ -182,3 +182,87 @@ def test_periodic_jobs_run_and_missing_ones_are_skipped(app, caplog, redis_clien
     missing = [job.name for job in schedule.PERIODIC_JOBS if not hasattr(jobs, job.name)]
     for name in missing:
         assert f"periodic job {name} skipped" in caplog.text
+
+
+def test_a_completion_during_a_refresh_leaves_the_row_stale(app, client, auth, db_session,
+                                                            monkeypatch):
+    """A session that completes while a refresh is computing is never silently dropped:
+    the refresh stores what it saw, and the row stays stale for the next refresh."""
+    from sonicus.extensions import db
+    from sonicus.models import UserAnalytics
+    from sonicus.services import analytics
+    from sonicus.services.analytics import mark_stale, refresh_user_analytics
+
+    me = sign_in(client, auth, "race@example.com")
+    pkg = add_package(db_session, "tide")
+    add_session(db_session, me, pkg, _today(), minutes=3)
+    with app.app_context():
+        mark_stale(me)
+        db.session.commit()
+
+    compute = analytics.compute_user_analytics
+    completion_done = threading.Event()
+
+    def complete_a_session():  # another request, its own app context and transaction
+        with app.app_context():
+            add_session(db.session, me, pkg, _today(), minutes=4, status="open",
+                        completed=False)
+            from sonicus.models import ListeningSession
+
+            row = db.session.query(ListeningSession).filter_by(status="open").one()
+            row.status, row.completed = "ended", True
+            mark_stale(me)
+            db.session.commit()
+        completion_done.set()
+
+    completer = threading.Thread(target=complete_a_session)
+
+    def compute_while_a_session_completes(user, now=None):
+        data = compute(user, now)
+        completer.start()
+        # The completion's mark waits for the refresh's row lock; it cannot slip in.
+        assert not completion_done.wait(0.5)
+        return data
+
+    monkeypatch.setattr(analytics, "compute_user_analytics", compute_while_a_session_completes)
+    with app.app_context():
+        stored = refresh_user_analytics(me)
+    completer.join(10)
+    assert completion_done.is_set()
+    assert stored["total_minutes"] == 3.0
+    with app.app_context():
+        row = db.session.get(UserAnalytics, me)
+        assert row.stale_since is not None  # still owed a refresh (the sweep guarantees it)
+    monkeypatch.undo()
+    with app.app_context():
+        assert refresh_user_analytics(me)["total_minutes"] == 7.0
+        assert db.session.get(UserAnalytics, me).stale_since is None
+
+
+def test_concurrent_refreshes_of_one_user_store_the_newest_figures(app, client, auth,
+                                                                   db_session):
+    from sonicus.extensions import db
+    from sonicus.models import UserAnalytics
+    from sonicus.services.analytics import refresh_user_analytics
+
+    me = sign_in(client, auth, "many@example.com")
+    pkg = add_package(db_session, "tide")
+    errors = []
+
+    def refresh():
+        try:
+            with app.app_context():
+                refresh_user_analytics(me)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    for n in range(5):
+        add_session(db_session, me, pkg, _today(), minutes=1)
+        threads = [threading.Thread(target=refresh) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert not errors
+        with app.app_context():
+            assert db.session.get(UserAnalytics, me).data["total_sessions"] == n + 1

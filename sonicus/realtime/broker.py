@@ -71,6 +71,7 @@ class Broker:
         self._publisher = None
         self._publisher_pid: int | None = None
         self.reconnects = 0
+        self.listener_starts = 0
 
     # ---- the local registry ----------------------------------------------------------------
     def register(self, conn: Connection) -> None:
@@ -145,6 +146,7 @@ class Broker:
             self._listener = threading.Thread(target=self._listen, name="sonicus-live-updates",
                                               daemon=True)
             self._listener.start()
+            self.listener_starts += 1
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until this process is subscribed (so nothing published after is missed)."""
