@@ -2,7 +2,8 @@
 
 While it is down the API keeps serving, a finished session still saves and its refresh is
 recorded in the database; /api/ready says 503. Once it is back, the periodic sweep finds the
-stale row, a worker refreshes it, and the open socket gets the update: nothing is lost.
+stale rows, a worker refreshes them, and the open socket gets the update (its process's
+subscriber also re-sends current figures after reconnecting): nothing is lost.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
+from rq import Queue
 
 from sonicus import clock
+from sonicus.tasks.queue import QUEUE_ANALYTICS
 from tests.analytics_helpers import RedisServer, add_package, add_session
 from tests.conftest import make_config
 from tests.test_realtime import InProcessServer, connect, receive_json
@@ -39,6 +43,9 @@ def test_api_survives_redis_outage_and_catches_up(idp, own_redis, token_for):
     token = token_for("outage@example.com")
     headers = {"Authorization": f"Bearer {token}"}
     me = client.get("/api/user/profile", headers=headers).json["data"]["id"]
+    # A second listener with no socket open: only the sweep can bring their figures back.
+    away_headers = {"Authorization": f"Bearer {token_for('away@example.com')}"}
+    away = client.get("/api/user/profile", headers=away_headers).json["data"]["id"]
     today = clock.local_day(clock.now(), "UTC", 0)
     with app.app_context():
         pkg = add_package(db.session, "storm")
@@ -61,11 +68,12 @@ def test_api_survives_redis_outage_and_catches_up(idp, own_redis, token_for):
 
         # A session completes: it saves, and the refresh it needs is recorded in the database.
         with app.app_context():
-            add_session(db.session, me, pkg, today, minutes=7)
-            mark_stale(me)
-            db.session.commit()
-            request_refresh(me)  # Redis is down: logged, not raised
-            assert db.session.get(UserAnalytics, me).stale_since is not None
+            for user_id in (me, away):
+                add_session(db.session, user_id, pkg, today, minutes=7)
+                mark_stale(user_id)
+                db.session.commit()
+                request_refresh(user_id)  # Redis is down: logged, not raised
+                assert db.session.get(UserAnalytics, user_id).stale_since is not None
         assert client.post("/api/user/analytics/refresh", headers=headers).status_code == 202
 
         # The worker's scheduler keeps ticking through the outage.
@@ -92,6 +100,22 @@ def test_api_survives_redis_outage_and_catches_up(idp, own_redis, token_for):
         assert message["data"]["total_minutes"] == 12.0
         with app.app_context():
             assert db.session.get(UserAnalytics, me).stale_since is None
+        # The sweep found the other listener's stale row; a worker refreshed it.
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            worker.work(burst=True, with_scheduler=True)
+            with app.app_context():
+                row = db.session.get(UserAnalytics, away)
+                if row.stale_since is None:
+                    break
+                db.session.remove()
+            time.sleep(0.2)
+        with app.app_context():
+            row = db.session.get(UserAnalytics, away)
+            assert row.stale_since is None and row.data["total_minutes"] == 7.0
+        finished = Queue(QUEUE_ANALYTICS, connection=redis.Redis.from_url(own_redis.url)) \
+            .finished_job_registry.get_job_ids()
+        assert f"analytics-refresh-{away}" in finished
         ws.close()
         stop.set()
     finally:

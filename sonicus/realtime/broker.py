@@ -170,6 +170,7 @@ class Broker:
                 if failures:
                     log.info("live updates: subscribed again after %d failed attempts",
                              failures)
+                    self._resync()
                 failures = 0
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
@@ -190,6 +191,28 @@ class Broker:
                             closable.close()
                     except Exception:
                         pass
+
+    def _resync(self) -> None:
+        """After a gap in the subscription, send every local socket its current figures
+        (anything published during the gap was missed)."""
+        from ..extensions import db
+        from ..models import User
+        from ..services.analytics import get_user_analytics
+
+        with self._lock:
+            user_ids = list(self._sockets)
+        for user_id in user_ids:
+            try:
+                with self.app.app_context():
+                    user = db.session.get(User, user_id)
+                    if user is not None:
+                        data = get_user_analytics(user)
+                        self.deliver_local(user_id, json.dumps(
+                            {"type": "analytics.updated", "data": data},
+                            separators=(",", ":"), default=str))
+                    db.session.remove()
+            except Exception as exc:
+                log.warning("live updates: resync of a socket failed: %s", type(exc).__name__)
 
     def _dispatch(self, raw) -> None:
         try:
