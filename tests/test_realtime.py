@@ -151,6 +151,12 @@ def test_a_bad_token_closes_with_4401(two_web_processes, idp, kind):
     ws.close()
 
 
+def test_a_listener_outside_the_required_group_is_refused(two_web_processes, token_for):
+    ws = connect(two_web_processes[0].ws_url(), token_for("outsider@example.com", groups=()))
+    assert close_code(ws) == 4403
+    ws.close()
+
+
 class InProcessServer:
     """The test's own app served on a thread (to look inside its socket registry)."""
 
