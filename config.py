@@ -73,6 +73,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "INSTANCE_PATH": _str(env, "SONICUS_INSTANCE_PATH") or None,
         "DATABASE_URL": normalise_database_url(database_url) if database_url else None,
         "REDIS_URL": _str(env, "REDIS_URL") or None,
+        # Pub/sub channels are namespaced (default: from the Redis URL's db number).
+        "REDIS_CHANNEL_PREFIX": _str(env, "REDIS_CHANNEL_PREFIX") or None,
         "OIDC_ISSUER": _str(env, "OIDC_ISSUER") or None,
         "OIDC_AUDIENCE": _str(env, "OIDC_AUDIENCE") or None,
         "OIDC_JWKS_URL": _str(env, "OIDC_JWKS_URL") or None,
@@ -93,6 +95,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "MEDIA_URL_TTL_SECONDS": _int(env, "MEDIA_URL_TTL_SECONDS", 3600),
         "TRIAL_DAYS": _int(env, "TRIAL_DAYS", 14),
         "ANALYTICS_CACHE_TTL_SECONDS": _int(env, "ANALYTICS_CACHE_TTL_SECONDS", 600),
+        # A refresh still marked stale after this long is re-enqueued by the periodic sweep.
+        "ANALYTICS_STALE_GRACE_SECONDS": _int(env, "ANALYTICS_STALE_GRACE_SECONDS", 30),
         "STATS_CACHE_TTL_SECONDS": _int(env, "STATS_CACHE_TTL_SECONDS", 300),
         "RATELIMIT_ENABLED": _bool(env, "RATELIMIT_ENABLED", True),
         "RATELIMIT_PER_USER": _str(env, "RATELIMIT_PER_USER", "120/second;3000/minute"),

@@ -1,16 +1,31 @@
-"""RQ worker for the app's queues, with its scheduler: ``python worker.py``."""
+"""RQ worker for the app's queues, with RQ's scheduler and the periodic schedule.
+
+    python worker.py            # forks a work horse per job (isolation; the default)
+    python worker.py --simple   # runs jobs in the worker process (lower latency per job)
+    python worker.py --no-schedule   # jobs only; leave the periodic schedule to others
+
+Any number of workers may run: each periodic job still fires once per period.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Sonicus background worker")
+    parser.add_argument("--simple", action="store_true",
+                        help="run jobs in this process instead of a forked horse per job")
+    parser.add_argument("--no-schedule", action="store_true",
+                        help="do not run the periodic schedule in this worker")
+    args = parser.parse_args(argv)
+
     from sonicus import create_app
     from sonicus.tasks.worker import run_worker
 
     app = create_app()
-    return run_worker(app)
+    return run_worker(app, simple=args.simple, schedule=not args.no_schedule)
 
 
 if __name__ == "__main__":

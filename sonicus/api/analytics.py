@@ -1,7 +1,44 @@
-"""Routes of the analytics area (see API.md)."""
+"""Routes of the analytics area: personal analytics and the dashboard (see API.md)."""
 
 from __future__ import annotations
 
-from ..envelope import Blueprint
+from flask.views import MethodView
 
-blp = Blueprint("analytics", __name__, url_prefix="/api", description="Analytics.")
+from ..auth import current_user, require_user
+from ..envelope import Blueprint, set_message
+from ..schemas.analytics import AnalyticsSchema, DashboardSchema, RefreshQueuedSchema
+from ..services import analytics, dashboard
+
+blp = Blueprint("analytics", __name__, url_prefix="/api/user",
+                description="Personal analytics and the dashboard. Live updates: WebSocket "
+                            "`/ws/analytics` (token as `?access_token=` or subprotocol "
+                            "`bearer, <token>`; close code 4401 on a bad token).")
+
+
+@blp.route("/analytics")
+class Analytics(MethodView):
+    @require_user
+    @blp.response(200, AnalyticsSchema)
+    def get(self):
+        """The caller's listening analytics (cached; computed on a miss)."""
+        return analytics.get_user_analytics(current_user._get_current_object())
+
+
+@blp.route("/analytics/refresh")
+class AnalyticsRefresh(MethodView):
+    @require_user
+    @blp.response(202, RefreshQueuedSchema)
+    def post(self):
+        """Ask for a fresh computation; the result arrives as `analytics.updated` on the socket."""
+        analytics.queue_refresh(current_user._get_current_object())
+        set_message("Analytics refresh queued.")
+        return {"status": "queued"}
+
+
+@blp.route("/dashboard")
+class Dashboard(MethodView):
+    @require_user
+    @blp.response(200, DashboardSchema)
+    def get(self):
+        """The app's home in one call: profile, subscription, analytics, what next."""
+        return dashboard.get_dashboard(current_user._get_current_object())

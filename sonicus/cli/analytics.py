@@ -2,4 +2,36 @@
 
 from __future__ import annotations
 
-from . import sonicus_cli  # noqa: F401
+import click
+
+from . import fail, sonicus_cli
+
+
+@sonicus_cli.group("analytics")
+def analytics_cli():
+    """Personal analytics."""
+
+
+@analytics_cli.command("refresh")
+@click.option("--user", "email", help="The user's email.")
+@click.option("--all", "everyone", is_flag=True, help="Every user.")
+def refresh(email, everyone):
+    """Recompute, store, cache and publish analytics now (for one user or all)."""
+    from sqlalchemy import func, select
+
+    from ..extensions import db
+    from ..models import User
+    from ..services.analytics import all_user_ids, refresh_user_analytics
+
+    if bool(email) == bool(everyone):
+        fail("give exactly one of --user EMAIL or --all")
+    if email:
+        ids = list(db.session.execute(select(User.id).where(
+            func.lower(User.email) == email.strip().lower())).scalars())
+        if not ids:
+            fail(f"no user with email {email}")
+    else:
+        ids = all_user_ids()
+    for user_id in ids:
+        refresh_user_analytics(user_id)
+    click.echo(f"Refreshed analytics of {len(ids)} user(s).")

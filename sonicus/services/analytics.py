@@ -1,34 +1,57 @@
-"""Personal analytics: mark stale, request a refresh, compute, cache.
+"""Personal analytics: mark stale, request a refresh, compute, store, cache, publish.
 
 The refresh request is an outbox: ``mark_stale`` writes ``stale_since`` in the caller's
 transaction; ``request_refresh`` enqueues after the commit (best effort); a periodic sweep
 re-enqueues anything still stale, so no refresh is lost while Redis is down.
+
+Every figure is computed in SQL from the user's own rows (aggregates only): the database
+returns a handful of rows per user however many sessions there are.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import update
+import logging
+from datetime import date, datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import Integer, case, cast, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..cache import cache_delete
+from .. import clock
+from ..cache import cache_delete, cache_get, cache_set
 from ..extensions import db
-from ..models import UserAnalytics
-from ..models.base import utcnow
+from ..models import ListeningSession, SoundPackage, User, UserAnalytics
+from ..models.listening import ENDED
+
+log = logging.getLogger(__name__)
+
+DAILY_MINUTES_DAYS = 30
+TOP_CATEGORIES = 5
+# Default of ANALYTICS_STALE_GRACE_SECONDS: a row stale for longer than this is re-enqueued
+# by the sweep (its own enqueue was lost).
+STALE_GRACE_SECONDS = 30
+SWEEP_BATCH = 500
 
 
 def cache_key(user_id: int) -> str:
     return f"analytics:{user_id}"
 
 
-def mark_stale(user_id: int) -> None:
-    """Record, in the current transaction, that this user's analytics need a refresh."""
-    now = utcnow()
+def _insert():
     dialect = db.session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(UserAnalytics).values(user_id=user_id, data={}, stale_since=now)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[UserAnalytics.user_id],
-        set_={"stale_since": db.func.coalesce(UserAnalytics.stale_since, now)})
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+def mark_stale(user_id: int) -> None:
+    """Record, in the current transaction, that this user's analytics need a refresh.
+
+    ``stale_since`` holds the latest mark: a refresh clears it only when nothing marked the
+    row again after the refresh read it.
+    """
+    now = clock.now()
+    stmt = _insert()(UserAnalytics).values(user_id=user_id, data={}, stale_since=now)
+    stmt = stmt.on_conflict_do_update(index_elements=[UserAnalytics.user_id],
+                                      set_={"stale_since": now})
     db.session.execute(stmt)
 
 
@@ -37,20 +60,205 @@ def request_refresh(user_id: int) -> None:
     from ..tasks.jobs import refresh_user_analytics
     from ..tasks.queue import QUEUE_ANALYTICS, enqueue
 
-    enqueue(refresh_user_analytics, user_id, queue=QUEUE_ANALYTICS, best_effort=True)
+    try:
+        enqueue(refresh_user_analytics, user_id, queue=QUEUE_ANALYTICS, best_effort=True)
+    except Exception:  # inline run on the embedded default: the sweep retries it
+        log.exception("inline analytics refresh failed for user %s", user_id)
+        db.session.rollback()
 
 
 def invalidate_user_analytics(user_id: int) -> None:
     cache_delete(cache_key(user_id))
 
 
-def refresh_user_analytics(user_id: int) -> dict | None:
-    """Recompute and store one user's analytics (computation lands with the analytics work)."""
-    row = db.session.get(UserAnalytics, user_id)
-    if row is None:
+# ---- computation ---------------------------------------------------------------------------
+
+def _minutes(seconds) -> float:
+    return round(float(seconds or 0) / 60.0, 1)
+
+
+def _mood(value) -> float | None:
+    return None if value is None else round(float(value), 2)
+
+
+def _as_date(value) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def _streaks(user_id: int, today: date) -> tuple[int, int]:
+    """(current, longest) runs of consecutive user-days with a completed session.
+
+    Gaps and islands: numbering the distinct days in order, ``day - row_number`` is constant
+    within a run of consecutive days. The current run is the one that ends today or
+    yesterday (today without a session yet does not break it).
+    """
+    s = ListeningSession
+    days = (select(s.local_day.label("day"))
+            .where(s.user_id == user_id, s.completed.is_(True), s.local_day <= today)
+            .distinct().subquery())
+    position = func.row_number().over(order_by=days.c.day)
+    if db.session.get_bind().dialect.name == "postgresql":
+        island = days.c.day - cast(position, Integer)
+    else:
+        island = func.julianday(days.c.day) - position
+    numbered = select(days.c.day, island.label("island")).subquery()
+    islands = (select(func.count().label("length"), func.max(numbered.c.day).label("last_day"))
+               .group_by(numbered.c.island).subquery())
+    yesterday = today - timedelta(days=1)
+    row = db.session.execute(select(
+        func.max(islands.c.length),
+        func.max(case((islands.c.last_day >= yesterday, islands.c.length), else_=None)),
+    )).one()
+    return int(row[1] or 0), int(row[0] or 0)
+
+
+def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
+    """Every figure of API.md "Analytics" for ``user``, from their own rows only."""
+    now = now or clock.now()
+    today = clock.local_day(now, user.timezone, user.day_start_hour)
+    week_start = today - timedelta(days=today.weekday())
+    first_daily = today - timedelta(days=DAILY_MINUTES_DAYS - 1)
+    s, p = ListeningSession, SoundPackage
+    mine = s.user_id == user.id
+    has_mood = s.mood_before.is_not(None) & s.mood_after.is_not(None)
+    mood_change = s.mood_after - s.mood_before
+
+    totals = db.session.execute(select(
+        func.count(s.id),
+        func.coalesce(func.sum(case((s.completed.is_(True), 1), else_=0)), 0),
+        func.coalesce(func.sum(case((s.status == ENDED, 1), else_=0)), 0),
+        func.coalesce(func.sum(s.listened_seconds), 0),
+        func.coalesce(func.sum(case((s.local_day >= week_start, s.listened_seconds),
+                                    else_=0)), 0),
+        func.coalesce(func.sum(case((s.local_day == today, 1), else_=0)), 0),
+        func.avg(case((has_mood, mood_change), else_=None)),
+    ).where(mine)).one()
+    total, completed, ended, seconds, week_seconds, today_count, avg_change = totals
+
+    current_streak, longest_streak = _streaks(user.id, today)
+
+    daily_rows = db.session.execute(
+        select(s.local_day, func.coalesce(func.sum(s.listened_seconds), 0))
+        .where(mine, s.local_day >= first_daily, s.local_day <= today)
+        .group_by(s.local_day)).all()
+    by_day = {_as_date(day): secs for day, secs in daily_rows}
+
+    # One row per package the user listened to: categories and mood outcomes both come
+    # from it (the catalog is small; the sessions never leave the database).
+    package_rows = db.session.execute(
+        select(p.id, p.title, p.category, func.count(s.id),
+               func.coalesce(func.sum(s.listened_seconds), 0),
+               func.sum(case((has_mood, 1), else_=0)),
+               func.avg(case((has_mood, mood_change), else_=None)))
+        .join(p, p.id == s.package_id).where(mine).group_by(p.id, p.title, p.category)).all()
+
+    categories: dict[str, list] = {}
+    for _pid, _title, category, count, secs, _mood_count, _avg in package_rows:
+        entry = categories.setdefault(category, [0, 0])
+        entry[0] += count
+        entry[1] += secs or 0
+    top_categories = [
+        {"category": name, "sessions": count, "minutes": _minutes(secs)}
+        for name, (count, secs) in sorted(categories.items(),
+                                          key=lambda item: (-item[1][0], -item[1][1], item[0]))
+    ][:TOP_CATEGORIES]
+    mood_by_package = sorted(
+        ({"package_id": pid, "title": title, "sessions": int(mood_count),
+          "avg_mood_change": _mood(avg)}
+         for pid, title, _category, _count, _secs, mood_count, avg in package_rows
+         if mood_count),
+        key=lambda item: (-item["avg_mood_change"], -item["sessions"], item["package_id"]))
+
+    return {
+        "total_sessions": int(total),
+        "completed_sessions": int(completed),
+        "completion_rate": round(int(completed) / int(ended), 3) if ended else 0.0,
+        "total_minutes": _minutes(seconds),
+        "minutes_this_week": _minutes(week_seconds),
+        "sessions_today": int(today_count),
+        "current_streak_days": current_streak,
+        "longest_streak_days": longest_streak,
+        "avg_mood_change": _mood(avg_change),
+        "top_categories": top_categories,
+        "daily_minutes": [
+            {"date": (first_daily + timedelta(days=i)).isoformat(),
+             "minutes": _minutes(by_day.get(first_daily + timedelta(days=i), 0))}
+            for i in range(DAILY_MINUTES_DAYS)],
+        "mood_by_package": mood_by_package,
+        "day": today.isoformat(),
+        "computed_at": now.isoformat(),
+    }
+
+
+def _cache_ttl(user: User, now: datetime) -> int:
+    """The configured TTL, cut short at the user's next day start (today's figures roll)."""
+    ttl = int(current_app.config["ANALYTICS_CACHE_TTL_SECONDS"])
+    until_rollover = (clock.next_day_start(now, user.timezone, user.day_start_hour)
+                      - now).total_seconds()
+    return max(1, min(ttl, int(until_rollover) + 1))
+
+
+def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None:
+    """Recompute, store, cache and (by default) publish one user's analytics. Idempotent.
+
+    The user's analytics row is locked for the computation (PostgreSQL), so two refreshes of
+    one user run one after the other and the later one stores the newer figures.
+    ``stale_since`` is cleared only if no one marked the row again after it was read here.
+    """
+    user = db.session.get(User, user_id)
+    if user is None:
+        invalidate_user_analytics(user_id)
+        db.session.rollback()
         return None
+    db.session.execute(_insert()(UserAnalytics).values(user_id=user_id, data={})
+                       .on_conflict_do_nothing(index_elements=[UserAnalytics.user_id]))
+    marked = db.session.execute(
+        select(UserAnalytics.stale_since).where(UserAnalytics.user_id == user_id)
+        .with_for_update()).scalar_one()
+    now = clock.now()
+    data = compute_user_analytics(user, now)
+    values = {"data": data, "computed_at": now}
+    if marked is not None:
+        values["stale_since"] = case((UserAnalytics.stale_since <= marked, None),
+                                     else_=UserAnalytics.stale_since)
     db.session.execute(update(UserAnalytics).where(UserAnalytics.user_id == user_id)
-                       .values(stale_since=None, computed_at=utcnow()))
+                       .values(**values))
+    ttl = _cache_ttl(user, now)
     db.session.commit()
-    invalidate_user_analytics(user_id)
-    return row.data
+    cache_set(cache_key(user_id), data, ttl)
+    if publish:
+        from ..realtime.broker import publish_to_user
+
+        publish_to_user(user_id, {"type": "analytics.updated", "data": data})
+    return data
+
+
+def get_user_analytics(user: User) -> dict:
+    """The caller's analytics: from the cache, else computed now (and stored, cached)."""
+    data = cache_get(cache_key(user.id))
+    if data is not None:
+        return data
+    return refresh_user_analytics(user.id, publish=False)
+
+
+def stale_user_ids(limit: int = SWEEP_BATCH, grace_seconds: int | None = None):
+    """Users whose analytics were marked stale more than ``grace_seconds`` ago."""
+    if grace_seconds is None:
+        grace_seconds = int(current_app.config.get("ANALYTICS_STALE_GRACE_SECONDS",
+                                                   STALE_GRACE_SECONDS))
+    cutoff = clock.now() - timedelta(seconds=grace_seconds)
+    return list(db.session.execute(
+        select(UserAnalytics.user_id)
+        .where(UserAnalytics.stale_since.is_not(None), UserAnalytics.stale_since <= cutoff)
+        .order_by(UserAnalytics.stale_since).limit(limit)).scalars())
+
+
+def all_user_ids() -> list[int]:
+    return list(db.session.execute(select(User.id).order_by(User.id)).scalars())
+
+
+def queue_refresh(user: User) -> None:
+    """Mark the caller's analytics stale and enqueue a refresh (the sweep covers a lost one)."""
+    mark_stale(user.id)
+    db.session.commit()
+    request_refresh(user.id)

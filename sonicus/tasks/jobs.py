@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger(__name__)
+
+REFRESH_JOB_ID = "analytics-refresh-{user_id}"
+_PENDING = ("queued", "scheduled", "deferred")
+
 
 def refresh_user_analytics(user_id: int):
+    """Recompute, store, cache and publish one user's analytics."""
     from ..services.analytics import refresh_user_analytics as refresh
 
-    return refresh(user_id)
+    data = refresh(user_id)
+    return None if data is None else data["computed_at"]
+
+
+def sweep_stale_analytics() -> int:
+    """Re-enqueue refreshes still marked stale (their enqueue was lost, e.g. Redis was down)."""
+    from rq.job import Job
+
+    from ..extensions import get_redis
+    from ..services.analytics import stale_user_ids
+    from .queue import QUEUE_ANALYTICS, enqueue
+
+    client = get_redis()
+    queued = 0
+    for user_id in stale_user_ids():
+        job_id = REFRESH_JOB_ID.format(user_id=user_id)
+        if client is not None:
+            try:
+                if Job.fetch(job_id, connection=client).get_status(refresh=False) in _PENDING:
+                    continue  # already waiting for a worker
+            except Exception:
+                pass  # no such job (or expired): enqueue it
+        enqueue(refresh_user_analytics, user_id, queue=QUEUE_ANALYTICS, job_id=job_id)
+        queued += 1
+    if queued:
+        log.info("stale analytics sweep: %d refreshes enqueued", queued)
+    return queued
 
 
 def close_stale_sessions():

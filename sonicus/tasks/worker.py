@@ -43,7 +43,17 @@ def make_worker(app, *, simple: bool = False, queues=QUEUES, name: str | None = 
     return worker
 
 
-def run_worker(app) -> int:
-    worker = make_worker(app)
-    worker.work(with_scheduler=True)
+def run_worker(app, *, simple: bool = False, schedule: bool = True) -> int:
+    """A worker with RQ's scheduler (retries) and the periodic schedule thread."""
+    from .schedule import start_scheduler_thread
+
+    worker = make_worker(app, simple=simple)
+    stop = None
+    if schedule:
+        _thread, stop = start_scheduler_thread(app)
+    try:
+        worker.work(with_scheduler=True)
+    finally:
+        if stop is not None:
+            stop.set()
     return 0

@@ -1,0 +1,122 @@
+"""``GET /ws/analytics``: the caller's analytics, live.
+
+The token is checked before the upgrade (``?access_token=`` or the subprotocol pair
+``bearer, <token>``), in the ordinary request cycle. A browser cannot read the HTTP status
+of a refused handshake, so a bad token completes the handshake only to close at once with
+code 4401 (4403 for a suspended account, 1013 when sign-in is unavailable): nothing is
+registered and no data is sent.
+
+A good token: the socket is registered for its user, the process's subscriber is ready, the
+server sends ``analytics.snapshot``, then ``analytics.updated`` after every refresh. Updates
+arriving before the snapshot is out wait behind it. The database connection is returned to
+the pool before the socket starts waiting; pings keep the connection alive
+(``SOCK_SERVER_OPTIONS["ping_interval"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import g, request
+
+from ..envelope import ApiError
+from ..extensions import db, sock
+from .broker import Connection, get_broker
+
+log = logging.getLogger(__name__)
+
+CLOSE_INVALID_TOKEN = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_TRY_AGAIN_LATER = 1013
+SUBSCRIBE_WAIT_SECONDS = 2.0
+
+
+class SnapshotFirstConnection(Connection):
+    """Holds back updates until the snapshot has been sent, then sends them in order."""
+
+    def __init__(self, ws, user_id):
+        super().__init__(ws, user_id)
+        self.started = False
+        self.pending: list[str] = []
+
+    def send(self, text: str) -> bool:
+        with self.send_lock:
+            if not self.started:
+                self.pending.append(text)
+                return True
+        return super().send(text)
+
+    def start(self, first: str) -> None:
+        with self.send_lock:
+            self.ws.send(first)
+            for text in self.pending:
+                self.ws.send(text)
+            self.pending = []
+            self.started = True
+
+
+def socket_token() -> str | None:
+    token = request.args.get("access_token")
+    if token:
+        return token
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    if len(offered) >= 2 and offered[0].lower() == "bearer" and offered[1]:
+        return offered[1]
+    return None
+
+
+def authenticate_socket() -> None:
+    """Before the upgrade: resolve the user, or the close code the socket will get."""
+    if request.endpoint != "realtime.analytics_socket":
+        return
+    from ..auth import user_from_token
+
+    g.ws_user = None
+    g.ws_refusal = (CLOSE_INVALID_TOKEN, "invalid token")
+    token = socket_token()
+    if not token:
+        return
+    try:
+        g.ws_user = user_from_token(token)
+        g.ws_refusal = None
+    except ApiError as exc:
+        if exc.code == 403:
+            g.ws_refusal = (CLOSE_FORBIDDEN, "forbidden")
+        elif exc.code >= 500:
+            g.ws_refusal = (CLOSE_TRY_AGAIN_LATER, "sign-in unavailable")
+    finally:
+        if g.ws_refusal is not None:
+            db.session.remove()
+
+
+def analytics_socket(ws):
+    refusal = g.get("ws_refusal")
+    if refusal is not None or g.get("ws_user") is None:
+        code, reason = refusal or (CLOSE_INVALID_TOKEN, "invalid token")
+        ws.close(reason=code, message=reason)
+        return
+    from ..services.analytics import get_user_analytics
+
+    user = g.ws_user
+    broker = get_broker()
+    conn = SnapshotFirstConnection(ws, user.id)
+    broker.register(conn)
+    try:
+        broker.wait_ready(SUBSCRIBE_WAIT_SECONDS)
+        data = get_user_analytics(user)
+        db.session.remove()  # a waiting socket must not hold a pooled connection
+        conn.start(json.dumps({"type": "analytics.snapshot", "data": data},
+                              separators=(",", ":"), default=str))
+        while ws.connected:
+            # The client has nothing to say; reading notices the close (and answers pings).
+            ws.receive(timeout=None)
+    finally:
+        conn.closed = True
+        broker.unregister(conn)
+        db.session.remove()
+
+
+def register_socket_routes(bp) -> None:
+    bp.before_request(authenticate_socket)
+    sock.route("/ws/analytics", bp=bp)(analytics_socket)

@@ -1,0 +1,116 @@
+"""Shapes of the analytics area: personal analytics, the dashboard, the refresh request."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+
+from .common import LimitsSchema
+from .profile import OnboardingSchema, ProfileSchema
+
+
+def _date_string(**kwargs):
+    return ma.fields.String(metadata={"format": "date", **kwargs.pop("metadata", {})}, **kwargs)
+
+
+def _datetime_string(**kwargs):
+    return ma.fields.String(metadata={"format": "date-time"}, **kwargs)
+
+
+class CategoryUsageSchema(ma.Schema):
+    category = ma.fields.String(required=True)
+    sessions = ma.fields.Integer(required=True)
+    minutes = ma.fields.Float(required=True)
+
+
+class DailyMinutesSchema(ma.Schema):
+    date = _date_string(required=True)
+    minutes = ma.fields.Float(required=True)
+
+
+class PackageMoodSchema(ma.Schema):
+    package_id = ma.fields.Integer(required=True)
+    title = ma.fields.String(required=True)
+    sessions = ma.fields.Integer(required=True, metadata={
+        "description": "Sessions of this package with a mood before and after."})
+    avg_mood_change = ma.fields.Float(required=True)
+
+
+class AnalyticsSummarySchema(ma.Schema):
+    total_sessions = ma.fields.Integer(required=True)
+    completed_sessions = ma.fields.Integer(required=True)
+    completion_rate = ma.fields.Float(required=True, metadata={
+        "description": "Completed sessions / ended sessions, 0..1."})
+    total_minutes = ma.fields.Float(required=True)
+    minutes_this_week = ma.fields.Float(required=True, metadata={
+        "description": "Listened minutes since Monday of the user's current week."})
+    sessions_today = ma.fields.Integer(required=True)
+    current_streak_days = ma.fields.Integer(required=True)
+    longest_streak_days = ma.fields.Integer(required=True)
+    avg_mood_change = ma.fields.Float(required=True, allow_none=True)
+    computed_at = _datetime_string(required=True)
+
+
+class AnalyticsSchema(AnalyticsSummarySchema):
+    top_categories = ma.fields.List(ma.fields.Nested(CategoryUsageSchema), required=True)
+    daily_minutes = ma.fields.List(ma.fields.Nested(DailyMinutesSchema), required=True,
+                                   metadata={"description": "The last 30 user-days, oldest first."})
+    mood_by_package = ma.fields.List(ma.fields.Nested(PackageMoodSchema), required=True,
+                                     metadata={"description": "Best mood change first."})
+    day = _date_string(metadata={"description": "The user's day the figures refer to."})
+
+
+class RefreshQueuedSchema(ma.Schema):
+    status = ma.fields.String(required=True, metadata={"example": "queued"})
+
+
+class DashboardUsageSchema(ma.Schema):
+    sessions_today = ma.fields.Integer(required=True)
+    sessions_remaining = ma.fields.Integer(required=True, allow_none=True)
+    resets_at = ma.fields.DateTime(required=True)
+
+
+class DashboardSubscriptionSchema(ma.Schema):
+    tier = ma.fields.String(required=True)
+    status = ma.fields.String(required=True)
+    trial_ends_at = ma.fields.DateTime(required=True, allow_none=True)
+    current_period_end = ma.fields.DateTime(required=True, allow_none=True)
+    cancel_at_period_end = ma.fields.Boolean(required=True)
+    limits = ma.fields.Nested(LimitsSchema, required=True)
+    usage = ma.fields.Nested(DashboardUsageSchema, required=True)
+
+
+class DashboardPackageSchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    slug = ma.fields.String(required=True)
+    title = ma.fields.String(required=True)
+    description = ma.fields.String(required=True)
+    category = ma.fields.String(required=True)
+    minimum_tier = ma.fields.String(required=True)
+    duration_seconds = ma.fields.Integer(required=True)
+    track_count = ma.fields.Integer(required=True)
+
+
+class ContinueListeningSchema(ma.Schema):
+    session_id = ma.fields.Integer(required=True)
+    started_at = ma.fields.DateTime(required=True)
+    listened_seconds = ma.fields.Integer(required=True)
+    max_duration_seconds = ma.fields.Integer(required=True, allow_none=True)
+    track_id = ma.fields.Integer(required=True, allow_none=True)
+    package = ma.fields.Nested(DashboardPackageSchema, required=True)
+
+
+class RecommendedPackageSchema(DashboardPackageSchema):
+    locked = ma.fields.Boolean(required=True)
+    reason = ma.fields.String(required=True, metadata={
+        "description": "Why it is here: `mood` (it helped you), `favorite_category`, `popular`."})
+    avg_mood_change = ma.fields.Float(required=True, allow_none=True)
+
+
+class DashboardSchema(ma.Schema):
+    profile = ma.fields.Nested(ProfileSchema, required=True)
+    subscription = ma.fields.Nested(DashboardSubscriptionSchema, required=True)
+    analytics = ma.fields.Nested(AnalyticsSummarySchema, required=True)
+    continue_listening = ma.fields.Nested(ContinueListeningSchema, required=True,
+                                          allow_none=True)
+    recommended = ma.fields.List(ma.fields.Nested(RecommendedPackageSchema), required=True)
+    onboarding = ma.fields.Nested(OnboardingSchema, required=True)

@@ -1,0 +1,245 @@
+"""GET /api/user/analytics: the figures, the user's days, the cache, the CLI, both databases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from rq import Queue
+
+from sonicus import clock
+from tests.analytics_helpers import add_package, add_session, sign_in
+
+
+def _today(tz="UTC", hour=0):
+    return clock.local_day(clock.now(), tz, hour)
+
+
+@pytest.fixture
+def listening_history(client, auth, db_session):
+    """Listener A's history (and some of B's, which must never count for A)."""
+    a = sign_in(client, auth, "a@example.com")
+    b = sign_in(client, auth, "b@example.com")
+    calm = add_package(db_session, "calm-night", category="sleep")
+    deep = add_package(db_session, "deep-work", category="focus")
+    today = _today()
+    day = lambda n: today - timedelta(days=n)  # noqa: E731
+    add_session(db_session, a, calm, day(0), minutes=10, mood_before=3, mood_after=7)
+    add_session(db_session, a, deep, day(1), minutes=20, mood_before=5, mood_after=6)
+    add_session(db_session, a, calm, day(2), minutes=5, completed=False)
+    for n in (5, 6, 7):
+        add_session(db_session, a, deep, day(n), minutes=10)
+    add_session(db_session, a, calm, day(0), minutes=2, completed=False, status="open")
+    for n in range(12):
+        add_session(db_session, b, deep, day(n), minutes=45, mood_before=9, mood_after=1)
+    return {"a": a, "b": b, "calm": calm, "deep": deep, "today": today}
+
+
+def test_figures_come_from_the_callers_own_sessions(client, auth, listening_history):
+    h = listening_history
+    res = client.get("/api/user/analytics", headers=auth("a@example.com"))
+    assert res.status_code == 200, res.json
+    data = res.json["data"]
+    assert data["total_sessions"] == 7
+    assert data["completed_sessions"] == 5
+    assert data["completion_rate"] == pytest.approx(5 / 6, abs=0.001)  # of ended sessions
+    assert data["total_minutes"] == 67.0
+    monday = h["today"] - timedelta(days=h["today"].weekday())
+    week = {0: 12, 1: 20, 2: 5, 5: 10, 6: 10, 7: 10}
+    assert data["minutes_this_week"] == sum(
+        m for n, m in week.items() if h["today"] - timedelta(days=n) >= monday)
+    assert data["sessions_today"] == 2
+    assert data["current_streak_days"] == 2
+    assert data["longest_streak_days"] == 3
+    assert data["avg_mood_change"] == 2.5
+    assert data["top_categories"] == [
+        {"category": "focus", "sessions": 4, "minutes": 50.0},
+        {"category": "sleep", "sessions": 3, "minutes": 17.0}]
+    assert data["mood_by_package"] == [
+        {"package_id": h["calm"], "title": "Calm Night", "sessions": 1, "avg_mood_change": 4.0},
+        {"package_id": h["deep"], "title": "Deep Work", "sessions": 1, "avg_mood_change": 1.0}]
+    daily = data["daily_minutes"]
+    assert len(daily) == 30
+    assert daily[-1] == {"date": h["today"].isoformat(), "minutes": 12.0}
+    assert daily[-2] == {"date": (h["today"] - timedelta(days=1)).isoformat(), "minutes": 20.0}
+    assert daily[0]["date"] == (h["today"] - timedelta(days=29)).isoformat()
+    assert sum(d["minutes"] for d in daily) == 67.0
+    assert datetime.fromisoformat(data["computed_at"]) <= datetime.now(UTC)
+
+
+def test_a_new_listener_gets_zeroes(client, auth):
+    data = client.get("/api/user/analytics", headers=auth("new@example.com")).json["data"]
+    assert data["total_sessions"] == 0
+    assert data["completion_rate"] == 0.0
+    assert data["avg_mood_change"] is None
+    assert data["current_streak_days"] == data["longest_streak_days"] == 0
+    assert data["top_categories"] == [] and data["mood_by_package"] == []
+    assert [d["minutes"] for d in data["daily_minutes"]] == [0.0] * 30
+
+
+def test_today_without_a_session_does_not_break_the_streak(client, auth, db_session):
+    user = sign_in(client, auth, "s@example.com")
+    pkg = add_package(db_session, "rain")
+    today = _today()
+    for n in (1, 2, 3):
+        add_session(db_session, user, pkg, today - timedelta(days=n))
+    data = client.get("/api/user/analytics", headers=auth("s@example.com")).json["data"]
+    assert data["current_streak_days"] == 3
+    assert data["longest_streak_days"] == 3
+
+
+def test_a_missed_day_ends_the_streak(client, auth, db_session):
+    user = sign_in(client, auth, "s@example.com")
+    pkg = add_package(db_session, "rain")
+    today = _today()
+    for n in (2, 3, 4, 5, 9):
+        add_session(db_session, user, pkg, today - timedelta(days=n))
+    # Two sessions on one day count once; an unfinished one does not count at all.
+    add_session(db_session, user, pkg, today - timedelta(days=3))
+    add_session(db_session, user, pkg, today - timedelta(days=1), completed=False)
+    data = client.get("/api/user/analytics", headers=auth("s@example.com")).json["data"]
+    assert data["current_streak_days"] == 0
+    assert data["longest_streak_days"] == 4
+
+
+def test_days_are_the_users_own_days(client, auth, db_session):
+    """Far east of UTC, the user's today is a date UTC has not reached yet (or not left)."""
+    user = sign_in(client, auth, "east@example.com")
+    res = client.put("/api/user/profile", headers=auth("east@example.com"),
+                     json={"timezone": "Pacific/Kiritimati"})
+    assert res.status_code == 200
+    pkg = add_package(db_session, "waves")
+    users_today = _today("Pacific/Kiritimati")
+    add_session(db_session, user, pkg, users_today, minutes=7)
+    add_session(db_session, user, pkg, users_today - timedelta(days=1), minutes=3)
+    data = client.get("/api/user/analytics", headers=auth("east@example.com")).json["data"]
+    assert data["sessions_today"] == 1
+    assert data["daily_minutes"][-1] == {"date": users_today.isoformat(), "minutes": 7.0}
+    assert data["current_streak_days"] == 2
+
+
+def test_served_from_the_cache_until_a_refresh(app, client, auth, db_session, redis_client):
+    from sonicus.services.analytics import cache_key, refresh_user_analytics
+
+    user = sign_in(client, auth, "c@example.com")
+    pkg = add_package(db_session, "forest")
+    add_session(db_session, user, pkg, _today())
+    first = client.get("/api/user/analytics", headers=auth("c@example.com")).json["data"]
+    assert first["total_sessions"] == 1
+    key = "sonicus:cache:" + cache_key(user)
+    ttl = redis_client.ttl(key)
+    assert 0 < ttl <= app.config["ANALYTICS_CACHE_TTL_SECONDS"]
+
+    add_session(db_session, user, pkg, _today())
+    again = client.get("/api/user/analytics", headers=auth("c@example.com")).json["data"]
+    assert again == first  # the cached figures
+
+    with app.app_context():
+        refresh_user_analytics(user)
+    fresh = client.get("/api/user/analytics", headers=auth("c@example.com")).json["data"]
+    assert fresh["total_sessions"] == 2
+
+    redis_client.delete(key)  # a miss computes again
+    assert client.get("/api/user/analytics",
+                      headers=auth("c@example.com")).json["data"]["total_sessions"] == 2
+
+
+def test_refresh_stores_and_clears_the_stale_mark(app, client, auth, db_session):
+    from sonicus.extensions import db
+    from sonicus.models import UserAnalytics
+    from sonicus.services.analytics import mark_stale, refresh_user_analytics
+
+    user = sign_in(client, auth, "m@example.com")
+    pkg = add_package(db_session, "stream")
+    add_session(db_session, user, pkg, _today(), minutes=4)
+    with app.app_context():
+        mark_stale(user)
+        db.session.commit()
+        assert db.session.get(UserAnalytics, user).stale_since is not None
+        refresh_user_analytics(user)
+        row = db.session.get(UserAnalytics, user)
+        assert row.stale_since is None
+        assert row.data["total_minutes"] == 4.0
+        assert row.computed_at is not None
+
+
+def test_refresh_request_is_queued_for_a_worker(client, auth, redis_client):
+    from sonicus.tasks.queue import QUEUE_ANALYTICS
+
+    sign_in(client, auth, "q@example.com")
+    res = client.post("/api/user/analytics/refresh", headers=auth("q@example.com"))
+    assert res.status_code == 202
+    assert res.json["data"] == {"status": "queued"}
+    assert Queue(QUEUE_ANALYTICS, connection=redis_client).count == 1
+
+
+def test_analytics_needs_a_token(client):
+    assert client.get("/api/user/analytics").status_code == 401
+    assert client.get("/api/user/dashboard").status_code == 401
+    assert client.post("/api/user/analytics/refresh").status_code == 401
+
+
+def test_cli_refreshes_one_user_or_everyone(app, runner, client, auth, db_session, redis_client):
+    from sonicus.extensions import db
+    from sonicus.models import UserAnalytics
+
+    one = sign_in(client, auth, "one@example.com")
+    two = sign_in(client, auth, "two@example.com")
+    pkg = add_package(db_session, "brook")
+    add_session(db_session, one, pkg, _today(), minutes=6)
+
+    result = runner.invoke(args=["sonicus", "analytics", "refresh", "--user", "ONE@example.com"])
+    assert result.exit_code == 0, result.output
+    assert "1 user" in result.output
+    with app.app_context():
+        assert db.session.get(UserAnalytics, one).data["total_minutes"] == 6.0
+        assert db.session.get(UserAnalytics, two) is None
+    assert redis_client.exists(f"sonicus:cache:analytics:{one}")
+
+    result = runner.invoke(args=["sonicus", "analytics", "refresh", "--all"])
+    assert result.exit_code == 0 and "2 user" in result.output
+    with app.app_context():
+        assert db.session.get(UserAnalytics, two).data["total_sessions"] == 0
+
+    assert runner.invoke(args=["sonicus", "analytics", "refresh"]).exit_code == 1
+    bad = runner.invoke(args=["sonicus", "analytics", "refresh", "--user", "nobody@example.com"])
+    assert bad.exit_code == 1 and "no user" in bad.output
+
+
+def test_sqlite_gives_the_same_figures(tmp_path, idp, app, client, auth, listening_history):
+    """The embedded default (SQLite, no Redis) computes exactly what PostgreSQL does."""
+    from flask_migrate import upgrade
+    from sqlalchemy import select
+
+    from sonicus import create_app
+    from sonicus.extensions import db
+    from sonicus.models import ListeningSession, SoundPackage, User
+    from sonicus.services.analytics import compute_user_analytics
+    from tests.conftest import make_config
+
+    now = clock.now()
+    with app.app_context():
+        users = [db.session.get(User, listening_history[k]) for k in ("a", "b")]
+        packages = db.session.execute(select(SoundPackage)).scalars().all()
+        sessions = db.session.execute(select(ListeningSession)).scalars().all()
+        expected = compute_user_analytics(users[0], now)
+        columns = {m: [c.key for c in m.__table__.columns]
+                   for m in (User, SoundPackage, ListeningSession)}
+        rows = {m: [{c: getattr(o, c) for c in columns[m]} for o in objs]
+                for m, objs in ((User, users), (SoundPackage, packages),
+                                (ListeningSession, sessions))}
+
+    lite = create_app(make_config(idp, DATABASE_URL=f"sqlite:///{tmp_path}/lite.db",
+                                  REDIS_URL=None))
+    with lite.app_context():
+        upgrade()
+        for model in (User, SoundPackage, ListeningSession):
+            for values in rows[model]:
+                db.session.add(model(**values))
+        db.session.commit()
+        got = compute_user_analytics(db.session.get(User, listening_history["a"]), now)
+        # Without Redis the same GET works, from the in-memory cache.
+        client_lite = lite.test_client()
+        res = client_lite.get("/api/user/analytics", headers=auth("fresh@example.com"))
+        assert res.status_code == 200 and res.json["data"]["total_sessions"] == 0
+    assert got == expected

@@ -1,0 +1,157 @@
+"""GET /api/user/dashboard: everything the home screen needs, in a bounded number of queries."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import event
+
+from sonicus import clock
+from tests.analytics_helpers import add_package, add_session, sign_in
+
+
+def _today():
+    return clock.local_day(clock.now(), "UTC", 0)
+
+
+def test_dashboard_in_one_call(client, auth, db_session):
+    me = sign_in(client, auth, "home@example.com")
+    pkg = add_package(db_session, "ocean", category="sleep")
+    add_session(db_session, me, pkg, _today(), minutes=12, mood_before=4, mood_after=6)
+    open_id = add_session(db_session, me, pkg, _today(), minutes=3, completed=False,
+                          status="open")
+    res = client.get("/api/user/dashboard", headers=auth("home@example.com"))
+    assert res.status_code == 200, res.json
+    data = res.json["data"]
+    assert data["profile"]["email"] == "home@example.com"
+    assert data["profile"]["tier"] == "starter"
+    sub = data["subscription"]
+    assert sub["tier"] == "starter" and sub["status"] == "active"
+    assert sub["limits"] == {"daily_sessions": 3, "max_session_minutes": 15,
+                             "package_levels": ["public"]}
+    assert sub["usage"]["sessions_today"] == 2
+    assert sub["usage"]["sessions_remaining"] == 1
+    assert sub["usage"]["resets_at"]
+    assert data["analytics"]["total_sessions"] == 2
+    assert data["analytics"]["completed_sessions"] == 1
+    assert "daily_minutes" not in data["analytics"]  # the summary only
+    cont = data["continue_listening"]
+    assert cont["session_id"] == open_id
+    assert cont["listened_seconds"] == 180
+    assert cont["package"]["id"] == pkg and cont["package"]["title"] == "Ocean"
+    assert data["onboarding"] == data["profile"]["onboarding"]
+    assert [p["id"] for p in data["recommended"]] == [pkg]
+
+
+def test_no_open_session_means_nothing_to_continue(client, auth, db_session):
+    me = sign_in(client, auth, "done@example.com")
+    pkg = add_package(db_session, "ocean")
+    add_session(db_session, me, pkg, _today())
+    data = client.get("/api/user/dashboard", headers=auth("done@example.com")).json["data"]
+    assert data["continue_listening"] is None
+
+
+def test_another_users_open_session_is_not_offered(client, auth, db_session):
+    other = sign_in(client, auth, "other@example.com")
+    sign_in(client, auth, "me@example.com")
+    pkg = add_package(db_session, "ocean")
+    add_session(db_session, other, pkg, _today(), status="open", completed=False)
+    data = client.get("/api/user/dashboard", headers=auth("me@example.com")).json["data"]
+    assert data["continue_listening"] is None
+
+
+def test_recommendations_rank_mood_then_favourites_then_popularity(client, auth, db_session):
+    me = sign_in(client, auth, "rank@example.com")
+    other = sign_in(client, auth, "someone@example.com")
+    res = client.put("/api/user/profile", headers=auth("rank@example.com"),
+                     json={"preferences": {"favorite_categories": ["nature"]}})
+    assert res.status_code == 200
+    helped_a_lot = add_package(db_session, "helped-a-lot", category="focus", popularity=1)
+    helped = add_package(db_session, "helped", category="sleep", popularity=2)
+    worse = add_package(db_session, "made-it-worse", category="nature", popularity=900)
+    favourite = add_package(db_session, "favourite", category="nature", popularity=3)
+    popular = add_package(db_session, "popular", category="focus", popularity=500)
+    others_hit = add_package(db_session, "others-hit", category="focus", popularity=400)
+    add_package(db_session, "premium-only", category="nature", minimum_tier="premium",
+                popularity=10_000)
+    add_package(db_session, "draft", category="nature", published=False, popularity=10_000)
+    day = _today() - timedelta(days=1)
+    add_session(db_session, me, helped_a_lot, day, mood_before=2, mood_after=8)
+    add_session(db_session, me, helped, day, mood_before=5, mood_after=6)
+    add_session(db_session, me, worse, day, mood_before=6, mood_after=4)
+    # Someone else's outcomes do not rank my list.
+    add_session(db_session, other, others_hit, day, mood_before=1, mood_after=10)
+
+    data = client.get("/api/user/dashboard", headers=auth("rank@example.com")).json["data"]
+    ranked = [(p["id"], p["reason"]) for p in data["recommended"]]
+    assert ranked == [(helped_a_lot, "mood"), (helped, "mood"),
+                      (favourite, "favorite_category"), (popular, "popular"),
+                      (others_hit, "popular"), (worse, "favorite_category")]
+    assert data["recommended"][0]["avg_mood_change"] == 6.0
+    assert all(p["locked"] is False for p in data["recommended"])
+
+
+def test_paid_tier_sees_its_packages(app, client, auth, db_session):
+    from sonicus.models import UserSubscription
+
+    me = sign_in(client, auth, "pro@example.com")
+    add_package(db_session, "public-one", popularity=1)
+    premium = add_package(db_session, "premium-one", minimum_tier="premium", popularity=5)
+    exclusive = add_package(db_session, "pro-one", minimum_tier="pro_exclusive", popularity=9)
+    from sqlalchemy import update
+
+    db_session.execute(update(UserSubscription).where(UserSubscription.user_id == me)
+                       .values(tier="premium"))
+    db_session.commit()
+    data = client.get("/api/user/dashboard", headers=auth("pro@example.com")).json["data"]
+    ids = [p["id"] for p in data["recommended"]]
+    assert premium in ids and exclusive not in ids
+    assert data["subscription"]["usage"]["sessions_remaining"] == 10
+
+
+def _count_queries(app, func):
+    from sonicus.extensions import db
+
+    statements = []
+    with app.app_context():
+        engine = db.engine
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        func()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return statements
+
+
+def test_query_count_does_not_grow_with_the_data(app, client, auth, db_session, redis_client):
+    small = sign_in(client, auth, "small@example.com")
+    big = sign_in(client, auth, "big@example.com")
+    first = add_package(db_session, "first")
+    add_session(db_session, small, first, _today(), mood_before=3, mood_after=5)
+    add_session(db_session, small, first, _today(), status="open", completed=False)
+    packages = [add_package(db_session, f"pkg-{i}", category=f"cat-{i % 7}", popularity=i)
+                for i in range(40)]
+    for i in range(300):
+        add_session(db_session, big, packages[i % 40], _today() - timedelta(days=i % 60),
+                    mood_before=i % 10 + 1, mood_after=(i * 7) % 10 + 1)
+    add_session(db_session, big, packages[3], _today(), status="open", completed=False)
+
+    def fetch(email):
+        def run():
+            res = client.get("/api/user/dashboard", headers=auth(email))
+            assert res.status_code == 200
+            assert res.json["data"]["continue_listening"] is not None
+        return run
+
+    redis_client.flushdb()
+    cold_small = _count_queries(app, fetch("small@example.com"))
+    cold_big = _count_queries(app, fetch("big@example.com"))
+    warm_small = _count_queries(app, fetch("small@example.com"))
+    warm_big = _count_queries(app, fetch("big@example.com"))
+    assert len(cold_small) == len(cold_big) <= 15
+    assert len(warm_small) == len(warm_big) <= 8
+    assert len(warm_big) < len(cold_big)  # the analytics came from the cache

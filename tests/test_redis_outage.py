@@ -1,0 +1,123 @@
+"""Redis stops mid-test and comes back (our own throwaway redis-server, not the shared one).
+
+While it is down the API keeps serving, a finished session still saves and its refresh is
+recorded in the database; /api/ready says 503. Once it is back, the periodic sweep finds the
+stale rows, a worker refreshes them, and the open socket gets the update (its process's
+subscriber also re-sends current figures after reconnecting): nothing is lost.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from rq import Queue
+
+from sonicus import clock
+from sonicus.tasks.queue import QUEUE_ANALYTICS
+from tests.analytics_helpers import RedisServer, add_package, add_session
+from tests.conftest import make_config
+from tests.test_realtime import InProcessServer, connect, receive_json
+
+
+@pytest.fixture
+def own_redis():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def test_api_survives_redis_outage_and_catches_up(idp, own_redis, token_for):
+    from sonicus import create_app
+    from sonicus.extensions import db
+    from sonicus.models import UserAnalytics
+    from sonicus.realtime.broker import get_broker
+    from sonicus.services.analytics import mark_stale, request_refresh
+    from sonicus.tasks.schedule import start_scheduler_thread
+    from sonicus.tasks.worker import make_worker
+
+    app = create_app(make_config(idp, REDIS_URL=own_redis.url,
+                                 ANALYTICS_STALE_GRACE_SECONDS=0))
+    client = app.test_client()
+    token = token_for("outage@example.com")
+    headers = {"Authorization": f"Bearer {token}"}
+    me = client.get("/api/user/profile", headers=headers).json["data"]["id"]
+    # A second listener with no socket open: only the sweep can bring their figures back.
+    away_headers = {"Authorization": f"Bearer {token_for('away@example.com')}"}
+    away = client.get("/api/user/profile", headers=away_headers).json["data"]["id"]
+    today = clock.local_day(clock.now(), "UTC", 0)
+    with app.app_context():
+        pkg = add_package(db.session, "storm")
+        add_session(db.session, me, pkg, today, minutes=5)
+
+    server = InProcessServer(app)
+    scheduler = None
+    try:
+        ws = connect(server.url(), token)
+        assert receive_json(ws)["data"]["total_minutes"] == 5.0
+
+        own_redis.stop()
+        # The API keeps serving.
+        assert client.get("/api/user/profile", headers=headers).status_code == 200
+        res = client.get("/api/user/analytics", headers=headers)
+        assert res.status_code == 200 and res.json["data"]["total_minutes"] == 5.0
+        assert client.get("/api/user/dashboard", headers=headers).status_code == 200
+        ready = client.get("/api/ready")
+        assert ready.status_code == 503 and "redis: unreachable" in ready.json["errors"]
+
+        # A session completes: it saves, and the refresh it needs is recorded in the database.
+        with app.app_context():
+            for user_id in (me, away):
+                add_session(db.session, user_id, pkg, today, minutes=7)
+                mark_stale(user_id)
+                db.session.commit()
+                request_refresh(user_id)  # Redis is down: logged, not raised
+                assert db.session.get(UserAnalytics, user_id).stale_since is not None
+        assert client.post("/api/user/analytics/refresh", headers=headers).status_code == 202
+
+        # The worker's scheduler keeps ticking through the outage.
+        scheduler, stop = start_scheduler_thread(app, poll=0.2)
+        time.sleep(0.5)
+        assert scheduler.is_alive()
+
+        own_redis.start()  # same port, empty: the queued work of before is gone
+        assert get_broker(app).wait_ready(20), "the socket's subscriber did not reconnect"
+        assert client.get("/api/ready").status_code == 200
+
+        worker = make_worker(app, simple=True)
+        deadline = time.time() + 20
+        ws.settimeout(0.5)
+        message = None
+        while time.time() < deadline and message is None:
+            worker.work(burst=True, with_scheduler=True)
+            try:
+                message = receive_json(ws)
+            except Exception:
+                message = None
+        assert message is not None, "the refresh never reached the socket"
+        assert message["type"] == "analytics.updated"
+        assert message["data"]["total_minutes"] == 12.0
+        with app.app_context():
+            assert db.session.get(UserAnalytics, me).stale_since is None
+        # The sweep found the other listener's stale row; a worker refreshed it.
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            worker.work(burst=True, with_scheduler=True)
+            with app.app_context():
+                row = db.session.get(UserAnalytics, away)
+                if row.stale_since is None:
+                    break
+                db.session.remove()
+            time.sleep(0.2)
+        with app.app_context():
+            row = db.session.get(UserAnalytics, away)
+            assert row.stale_since is None and row.data["total_minutes"] == 7.0
+        finished = Queue(QUEUE_ANALYTICS, connection=redis.Redis.from_url(own_redis.url)) \
+            .finished_job_registry.get_job_ids()
+        assert f"analytics-refresh-{away}" in finished
+        ws.close()
+        stop.set()
+    finally:
+        server.stop()
+        get_broker(app).stop()

@@ -1,0 +1,280 @@
+"""Real RQ workers against the real Redis: refresh jobs, retries, the sweep, the schedule."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+
+import redis as redis_lib
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from sonicus import clock
+from sonicus.tasks.queue import QUEUE_ANALYTICS, QUEUE_MAINTENANCE
+from sonicus.tasks.worker import make_worker
+from tests.analytics_helpers import add_package, add_session, sign_in
+from tests.conftest import TEST_REDIS_URL
+
+
+def _today():
+    return clock.local_day(clock.now(), "UTC", 0)
+
+
+def work(app):
+    make_worker(app, simple=True).work(burst=True, with_scheduler=True)
+
+
+def flaky_job(key: str) -> str:
+    """Fails on its first two runs, succeeds on the third."""
+    attempts = redis_lib.Redis.from_url(TEST_REDIS_URL).incr(key)
+    if attempts <= 2:
+        raise RuntimeError(f"attempt {attempts} fails")
+    return f"succeeded on attempt {attempts}"
+
+
+def test_completion_refresh_runs_on_a_worker(app, client, auth, db_session, redis_client):
+    from sonicus.extensions import db
+    from sonicus.models import UserAnalytics
+    from sonicus.services.analytics import mark_stale, request_refresh
+
+    me = sign_in(client, auth, "w@example.com")
+    pkg = add_package(db_session, "hum")
+    add_session(db_session, me, pkg, _today(), minutes=9)
+    with app.app_context():  # what completing a session does: mark in its commit, then ask
+        mark_stale(me)
+        db.session.commit()
+        request_refresh(me)
+    assert Queue(QUEUE_ANALYTICS, connection=redis_client).count == 1
+    work(app)
+    with app.app_context():
+        row = db.session.get(UserAnalytics, me)
+        assert row.stale_since is None
+        assert row.data["total_minutes"] == 9.0
+    cached = client.get("/api/user/analytics", headers=auth("w@example.com")).json["data"]
+    assert cached["computed_at"] == row.data["computed_at"]  # served from the job's cache entry
+
+
+def test_refresh_is_idempotent(app, client, auth, db_session):
+    from sonicus.extensions import db
+    from sonicus.models import UserAnalytics
+    from sonicus.tasks.jobs import refresh_user_analytics
+    from sonicus.tasks.queue import enqueue
+
+    me = sign_in(client, auth, "i@example.com")
+    pkg = add_package(db_session, "hum")
+    add_session(db_session, me, pkg, _today(), minutes=5)
+    with app.app_context():
+        for _ in range(3):
+            enqueue(refresh_user_analytics, me, queue=QUEUE_ANALYTICS)
+    work(app)
+    with app.app_context():
+        rows = db.session.query(UserAnalytics).all()
+        assert len(rows) == 1 and rows[0].data["total_sessions"] == 1
+
+
+def test_refresh_of_an_erased_user_is_a_no_op(app):
+    from sonicus.tasks.jobs import refresh_user_analytics
+
+    with app.app_context():
+        assert refresh_user_analytics(424242) is None
+
+
+def test_a_job_that_fails_twice_then_succeeds(app, redis_client):
+    from sonicus.tasks.queue import enqueue
+
+    key = "test:flaky:attempts"
+    with app.app_context():
+        job = enqueue(flaky_job, key, queue=QUEUE_ANALYTICS)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        work(app)
+        job.refresh()
+        if job.get_status() == JobStatus.FINISHED:
+            break
+        time.sleep(0.3)
+    assert job.get_status() == JobStatus.FINISHED
+    assert int(redis_client.get(key)) == 3
+    assert job.return_value() == "succeeded on attempt 3"
+
+
+def test_sweep_re_enqueues_only_refreshes_left_stale(app, client, auth, redis_client):
+    from sqlalchemy import update
+
+    from sonicus.extensions import db
+    from sonicus.models import UserAnalytics
+    from sonicus.services.analytics import STALE_GRACE_SECONDS, mark_stale
+    from sonicus.tasks.jobs import sweep_stale_analytics
+
+    lost = sign_in(client, auth, "lost@example.com")
+    recent = sign_in(client, auth, "recent@example.com")
+    fine = sign_in(client, auth, "fine@example.com")
+    with app.app_context():
+        mark_stale(lost)
+        mark_stale(recent)
+        db.session.execute(update(UserAnalytics).where(UserAnalytics.user_id == lost).values(
+            stale_since=clock.now() - timedelta(seconds=STALE_GRACE_SECONDS + 5)))
+        db.session.commit()
+        from sonicus.services.analytics import refresh_user_analytics
+
+        refresh_user_analytics(fine)
+        assert sweep_stale_analytics() == 1
+        assert sweep_stale_analytics() == 0  # already waiting for a worker: not twice
+    queue = Queue(QUEUE_ANALYTICS, connection=redis_client)
+    assert queue.count == 1
+    work(app)
+    with app.app_context():
+        assert db.session.get(UserAnalytics, lost).stale_since is None
+        assert db.session.get(UserAnalytics, recent).stale_since is not None
+        assert sweep_stale_analytics() == 0
+
+
+def test_schedule_fires_each_job_once_per_slot_with_two_workers(app, idp, redis_client):
+    """Two worker processes' schedulers ticking at the same moment enqueue each job once."""
+    from sonicus import create_app
+    from sonicus.tasks import schedule
+    from tests.conftest import make_config
+
+    other = create_app(make_config(idp))
+    now = 1_800_000_000.0
+    barrier = threading.Barrier(2)
+    fired: list[list[str]] = []
+
+    def tick(flask_app):
+        with flask_app.app_context():
+            barrier.wait()
+            fired.append(schedule.tick(now))
+
+    threads = [threading.Thread(target=tick, args=(a,)) for a in (app, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    names = sorted(name for batch in fired for name in batch)
+    assert names == sorted(job.name for job in schedule.PERIODIC_JOBS)
+    maintenance = Queue(QUEUE_MAINTENANCE, connection=redis_client)
+    assert maintenance.count == 3
+    assert Queue(QUEUE_ANALYTICS, connection=redis_client).count == 1
+
+    with app.app_context():
+        assert schedule.tick(now + 1) == []  # same slots: nothing
+        later = schedule.tick(now + 60)  # the next slot of the 30 s and 60 s jobs
+    assert sorted(later) == ["close_stale_sessions", "process_due_subscriptions",
+                             "sweep_stale_analytics"]
+    job_ids = set(maintenance.job_ids)
+    slot = int(now // 60)
+    assert f"periodic-close_stale_sessions-{slot}" in job_ids
+
+
+def test_periodic_jobs_run_and_missing_ones_are_skipped(app, caplog, redis_client):
+    from sonicus.tasks import jobs, schedule
+
+    with app.app_context():
+        schedule.tick(1_800_000_000.0)
+    with caplog.at_level(logging.INFO, logger="sonicus.tasks.schedule"):
+        work(app)
+    for queue_name in (QUEUE_ANALYTICS, QUEUE_MAINTENANCE):
+        queue = Queue(queue_name, connection=redis_client)
+        assert queue.failed_job_registry.count == 0
+        for job_id in queue.finished_job_registry.get_job_ids():
+            assert Job.fetch(job_id, connection=redis_client).get_status() == JobStatus.FINISHED
+    missing = [job.name for job in schedule.PERIODIC_JOBS if not hasattr(jobs, job.name)]
+    for name in missing:
+        assert f"periodic job {name} skipped" in caplog.text
+
+
+def test_a_completion_during_a_refresh_leaves_the_row_stale(app, client, auth, db_session,
+                                                            monkeypatch):
+    """A session that completes while a refresh is computing is never silently dropped:
+    the refresh stores what it saw, and the row stays stale for the next refresh."""
+    from sonicus.extensions import db
+    from sonicus.models import UserAnalytics
+    from sonicus.services import analytics
+    from sonicus.services.analytics import mark_stale, refresh_user_analytics
+
+    me = sign_in(client, auth, "race@example.com")
+    pkg = add_package(db_session, "tide")
+    add_session(db_session, me, pkg, _today(), minutes=3)
+    with app.app_context():
+        mark_stale(me)
+        db.session.commit()
+
+    compute = analytics.compute_user_analytics
+    completion_done = threading.Event()
+
+    def complete_a_session():  # another request, its own app context and transaction
+        with app.app_context():
+            add_session(db.session, me, pkg, _today(), minutes=4, status="open",
+                        completed=False)
+            from sonicus.models import ListeningSession
+
+            row = db.session.query(ListeningSession).filter_by(status="open").one()
+            row.status, row.completed = "ended", True
+            mark_stale(me)
+            db.session.commit()
+        completion_done.set()
+
+    completer = threading.Thread(target=complete_a_session)
+
+    def compute_while_a_session_completes(user, now=None):
+        data = compute(user, now)
+        completer.start()
+        # The completion's mark waits for the refresh's row lock; it cannot slip in.
+        assert not completion_done.wait(0.5)
+        return data
+
+    monkeypatch.setattr(analytics, "compute_user_analytics", compute_while_a_session_completes)
+    with app.app_context():
+        stored = refresh_user_analytics(me)
+    completer.join(10)
+    assert completion_done.is_set()
+    assert stored["total_minutes"] == 3.0
+    with app.app_context():
+        row = db.session.get(UserAnalytics, me)
+        assert row.stale_since is not None  # still owed a refresh (the sweep guarantees it)
+    monkeypatch.undo()
+    with app.app_context():
+        assert refresh_user_analytics(me)["total_minutes"] == 7.0
+        assert db.session.get(UserAnalytics, me).stale_since is None
+
+
+def test_concurrent_refreshes_of_one_user_store_the_newest_figures(app, client, auth,
+                                                                   db_session):
+    from sonicus.extensions import db
+    from sonicus.models import UserAnalytics
+    from sonicus.services.analytics import refresh_user_analytics
+
+    me = sign_in(client, auth, "many@example.com")
+    pkg = add_package(db_session, "tide")
+    errors = []
+
+    def refresh():
+        try:
+            with app.app_context():
+                refresh_user_analytics(me)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    for n in range(5):
+        add_session(db_session, me, pkg, _today(), minutes=1)
+        threads = [threading.Thread(target=refresh) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert not errors
+        with app.app_context():
+            assert db.session.get(UserAnalytics, me).data["total_sessions"] == n + 1
+
+
+def test_every_periodic_job_exists():
+    """A typo in the schedule would silently skip a job: every name resolves to a function."""
+    from sonicus.tasks import jobs
+    from sonicus.tasks.schedule import PERIODIC_JOBS
+
+    assert {job.name for job in PERIODIC_JOBS} == {
+        "process_due_subscriptions", "close_stale_sessions", "refresh_platform_stats",
+        "sweep_stale_analytics"}
+    for job in PERIODIC_JOBS:
+        assert callable(getattr(jobs, job.name))
