@@ -8,12 +8,12 @@ from flask.views import MethodView
 from ..auth import current_user, require_user
 from ..envelope import Blueprint, set_message
 from ..schemas.catalog import (
-    EmptySchema,
     LibraryAddSchema,
     LibraryEntrySchema,
     LibraryListArgsSchema,
     LibraryUpdateSchema,
 )
+from ..schemas.common import EmptySchema
 from ..services import library
 
 blp = Blueprint("library", __name__, url_prefix="/api/user",

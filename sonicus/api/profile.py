@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import marshmallow as ma
 from flask.views import MethodView
 
 from ..auth import current_user, require_user
 from ..envelope import Blueprint, set_message
+from ..schemas.common import EmptySchema
 from ..schemas.export import ExportSchema
 from ..schemas.profile import ProfileSchema, ProfileUpdateSchema
-from ..services import subscriptions, users
+from ..services import users
 
 blp = Blueprint("profile", __name__, url_prefix="/api/user", description="The caller's profile.")
-
-
-def profile_view(user) -> dict:
-    sub = subscriptions.get_subscription(user)
-    return {
-        "id": user.id, "email": user.email, "display_name": user.display_name,
-        "timezone": user.timezone, "day_start_hour": user.day_start_hour,
-        "email_verified": user.email_verified, "role": user.role, "tier": sub.tier,
-        "created_at": user.created_at, "preferences": users.profile_preferences(user),
-        "onboarding": subscriptions.onboarding(user, sub),
-    }
-
-
-class EmptySchema(ma.Schema):
-    pass
 
 
 @blp.route("/profile")
@@ -35,7 +20,7 @@ class Profile(MethodView):
     @blp.response(200, ProfileSchema)
     def get(self):
         """The caller's profile."""
-        return profile_view(current_user)
+        return users.profile(current_user)
 
     @require_user
     @blp.arguments(ProfileUpdateSchema)
@@ -44,7 +29,7 @@ class Profile(MethodView):
         """Change display name, time zone, day start hour or preferences."""
         users.update_profile(current_user, changes)
         set_message("Profile updated.")
-        return profile_view(current_user)
+        return users.profile(current_user)
 
     @require_user
     @blp.response(200, EmptySchema)

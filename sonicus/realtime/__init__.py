@@ -33,6 +33,13 @@ def _install_log_redaction() -> None:
             logger.addFilter(RedactTokensFilter())
 
 
+def disconnect_user(user_id: int) -> bool:
+    """Close the user's open sockets on every web process (used when an account is suspended)."""
+    from .broker import disconnect_user as disconnect
+
+    return disconnect(user_id)
+
+
 def register_realtime(app) -> None:
     """Attach the WebSocket routes; nothing connects until the first socket arrives."""
     from .routes import register_socket_routes

@@ -56,6 +56,16 @@ class Connection:
                 self.closed = True
                 return False
 
+    def close(self, code: int, reason: str) -> None:
+        with self.send_lock:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                self.ws.close(reason=code, message=reason)
+            except Exception:  # already gone
+                pass
+
 
 class Broker:
     def __init__(self, app):
@@ -106,6 +116,14 @@ class Broker:
                 self.unregister(conn)
         return sent
 
+    def close_local(self, user_id: int, code: int, reason: str) -> int:
+        """Close every socket of ``user_id`` held by this process."""
+        with self._lock:
+            conns = list(self._sockets.pop(user_id, ()))
+        for conn in conns:
+            conn.close(code, reason)
+        return len(conns)
+
     # ---- publishing ------------------------------------------------------------------------
     def _publisher_client(self):
         if self._publisher is None or self._publisher_pid != os.getpid():
@@ -121,7 +139,17 @@ class Broker:
         if not self.redis_url:
             self.deliver_local(user_id, text)
             return True
-        envelope = json.dumps({"user_id": user_id, "text": text}, separators=(",", ":"))
+        return self._publish_envelope({"user_id": user_id, "text": text})
+
+    def disconnect(self, user_id: int, code: int, reason: str) -> bool:
+        """Close the user's sockets on every process (a suspended account, say)."""
+        if not self.redis_url:
+            self.close_local(user_id, code, reason)
+            return True
+        return self._publish_envelope({"user_id": user_id, "close": code, "reason": reason})
+
+    def _publish_envelope(self, payload: dict) -> bool:
+        envelope = json.dumps(payload, separators=(",", ":"))
         try:
             self._publisher_client().publish(self.channel, envelope)
             return True
@@ -217,7 +245,11 @@ class Broker:
     def _dispatch(self, raw) -> None:
         try:
             payload = json.loads(raw)
-            user_id, text = int(payload["user_id"]), payload["text"]
+            user_id = int(payload["user_id"])
+            if "close" in payload:
+                self.close_local(user_id, int(payload["close"]), str(payload.get("reason", "")))
+                return
+            text = payload["text"]
         except Exception:
             log.warning("live updates: ignored a malformed message")
             return
@@ -235,3 +267,11 @@ def get_broker(app=None) -> Broker:
 def publish_to_user(user_id: int, message: dict) -> bool:
     """Send ``message`` to every open socket of ``user_id``, on whichever process it is."""
     return get_broker().publish(user_id, message)
+
+
+CLOSE_ACCOUNT_SUSPENDED = 4403
+
+
+def disconnect_user(user_id: int) -> bool:
+    """Close every open socket of ``user_id``, on whichever process it is (code 4403)."""
+    return get_broker().disconnect(user_id, CLOSE_ACCOUNT_SUSPENDED, "account suspended")

@@ -7,7 +7,7 @@ import marshmallow as ma
 from ..envelope import PageArgsSchema
 from ..models.subscription import STATUSES
 from ..tiers import TIER_NAMES
-from .common import LimitsSchema, StrictSchema, TierName
+from .common import LimitsSchema, StrictSchema, TierName, UsageSchema
 
 SUSPENDED = "suspended"
 USER_STATUS_FILTERS = (*STATUSES, SUSPENDED)
@@ -87,12 +87,6 @@ class AdminSubscriptionSchema(ma.Schema):
     pending_tier = ma.fields.String(allow_none=True)
     payment_method_on_file = ma.fields.Boolean(required=True)
     limits = ma.fields.Nested(LimitsSchema, required=True)
-
-
-class UsageSchema(ma.Schema):
-    sessions_today = ma.fields.Integer(required=True)
-    sessions_remaining = ma.fields.Integer(allow_none=True, required=True)
-    resets_at = ma.fields.DateTime(required=True)
 
 
 class AdminUserDetailSchema(AdminUserSummarySchema):

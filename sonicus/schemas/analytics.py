@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from .common import LimitsSchema
 from .profile import OnboardingSchema, ProfileSchema
+from .subscription import SubscriptionSchema
 
 
 def _date_string(**kwargs):
@@ -63,22 +63,6 @@ class RefreshQueuedSchema(ma.Schema):
     status = ma.fields.String(required=True, metadata={"example": "queued"})
 
 
-class DashboardUsageSchema(ma.Schema):
-    sessions_today = ma.fields.Integer(required=True)
-    sessions_remaining = ma.fields.Integer(required=True, allow_none=True)
-    resets_at = ma.fields.DateTime(required=True)
-
-
-class DashboardSubscriptionSchema(ma.Schema):
-    tier = ma.fields.String(required=True)
-    status = ma.fields.String(required=True)
-    trial_ends_at = ma.fields.DateTime(required=True, allow_none=True)
-    current_period_end = ma.fields.DateTime(required=True, allow_none=True)
-    cancel_at_period_end = ma.fields.Boolean(required=True)
-    limits = ma.fields.Nested(LimitsSchema, required=True)
-    usage = ma.fields.Nested(DashboardUsageSchema, required=True)
-
-
 class DashboardPackageSchema(ma.Schema):
     id = ma.fields.Integer(required=True)
     slug = ma.fields.String(required=True)
@@ -108,7 +92,7 @@ class RecommendedPackageSchema(DashboardPackageSchema):
 
 class DashboardSchema(ma.Schema):
     profile = ma.fields.Nested(ProfileSchema, required=True)
-    subscription = ma.fields.Nested(DashboardSubscriptionSchema, required=True)
+    subscription = ma.fields.Nested(SubscriptionSchema, required=True)
     analytics = ma.fields.Nested(AnalyticsSummarySchema, required=True)
     continue_listening = ma.fields.Nested(ContinueListeningSchema, required=True,
                                           allow_none=True)

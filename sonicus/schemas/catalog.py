@@ -67,10 +67,6 @@ class PackageListArgsSchema(PageArgsSchema):
         metadata={"description": "true: only packages the caller's tier opens."})
 
 
-class EmptySchema(ma.Schema):
-    """An empty ``data`` object."""
-
-
 # ---- library ---------------------------------------------------------------------------------
 
 class LibraryEntrySchema(ma.Schema):

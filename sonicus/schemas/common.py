@@ -25,6 +25,19 @@ def Money(**kwargs) -> ma.fields.Decimal:  # noqa: N802  (a field factory)
     return ma.fields.Decimal(as_string=True, places=2, metadata=metadata, **kwargs)
 
 
+class EmptySchema(ma.Schema):
+    """An empty ``data`` object."""
+
+
+class UsageSchema(ma.Schema):
+    """Today's sessions against the tier's daily limit, in the user's own day."""
+
+    sessions_today = ma.fields.Integer(required=True)
+    sessions_remaining = ma.fields.Integer(allow_none=True, required=True,
+                                           metadata={"description": "null: unlimited"})
+    resets_at = ma.fields.DateTime(required=True)
+
+
 class LimitsSchema(ma.Schema):
     daily_sessions = ma.fields.Integer(allow_none=True, required=True)
     max_session_minutes = ma.fields.Integer(allow_none=True, required=True)

@@ -7,15 +7,8 @@ import marshmallow as ma
 from ..envelope import PageArgsSchema
 from ..services.subscriptions import CANCEL_REASONS
 from ..tiers import TIER_NAMES
-from .common import LimitsSchema, Money, StrictSchema
+from .common import LimitsSchema, Money, StrictSchema, UsageSchema
 from .profile import OnboardingSchema
-
-
-class UsageSchema(ma.Schema):
-    sessions_today = ma.fields.Integer(required=True)
-    sessions_remaining = ma.fields.Integer(allow_none=True, required=True,
-                                           metadata={"description": "null: unlimited"})
-    resets_at = ma.fields.DateTime(required=True)
 
 
 class CheckoutSchema(ma.Schema):

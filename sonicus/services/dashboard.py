@@ -7,8 +7,8 @@ from sqlalchemy import case, func, literal, select
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, User
 from ..models.listening import OPEN
-from ..tiers import PACKAGE_LEVELS, TIERS, can_access_level
-from . import quota, subscriptions, users
+from ..tiers import PACKAGE_LEVELS, can_access_level
+from . import subscriptions, users
 from .analytics import get_user_analytics
 
 RECOMMENDED_COUNT = 6
@@ -76,27 +76,14 @@ def get_dashboard(user: User) -> dict:
     # First: on a cache miss it computes and commits, which would expire what is loaded.
     analytics = get_user_analytics(user)
     sub = subscriptions.get_subscription(user)
-    tier = TIERS[sub.tier]
-    preferences = users.profile_preferences(user)
-    onboarding = subscriptions.onboarding(user, sub)
-    profile = {
-        "id": user.id, "email": user.email, "display_name": user.display_name,
-        "timezone": user.timezone, "day_start_hour": user.day_start_hour,
-        "email_verified": user.email_verified, "role": user.role, "tier": sub.tier,
-        "created_at": user.created_at, "preferences": preferences, "onboarding": onboarding,
-    }
-    subscription = {
-        "tier": sub.tier, "status": sub.status, "trial_ends_at": sub.trial_ends_at,
-        "current_period_end": sub.current_period_end,
-        "cancel_at_period_end": sub.cancel_at_period_end, "limits": tier.limits,
-        "usage": quota.usage_today(user, sub.tier),
-    }
+    profile = users.profile(user, sub)
+    preferences = profile["preferences"]
     return {
         "profile": profile,
-        "subscription": subscription,
+        "subscription": subscriptions.describe(user, sub),
         "analytics": analytics,
         "continue_listening": continue_listening(user),
         "recommended": recommended_packages(user, sub.tier,
                                             preferences.get("favorite_categories")),
-        "onboarding": onboarding,
+        "onboarding": profile["onboarding"],
     }

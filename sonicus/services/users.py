@@ -109,6 +109,20 @@ def _invalidate_analytics(user_id: int) -> None:
     invalidate_user_analytics(user_id)
 
 
+def profile(user: User, sub: UserSubscription | None = None) -> dict:
+    """The profile as the API shows it (``ProfileSchema``)."""
+    from .subscriptions import get_subscription, onboarding
+
+    sub = sub or get_subscription(user)
+    return {
+        "id": user.id, "email": user.email, "display_name": user.display_name,
+        "timezone": user.timezone, "day_start_hour": user.day_start_hour,
+        "email_verified": user.email_verified, "role": user.role, "tier": sub.tier,
+        "created_at": user.created_at, "preferences": profile_preferences(user),
+        "onboarding": onboarding(user, sub),
+    }
+
+
 def profile_preferences(user: User) -> dict:
     merged = dict(DEFAULT_PREFERENCES)
     merged.update(user.preferences or {})

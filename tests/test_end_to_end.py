@@ -1,0 +1,86 @@
+"""The whole path, as a listener and an admin would live it, across two web processes:
+start and complete a session on process B, a worker refreshes, the socket on process A
+hears about it; an admin suspends the listener on B, the socket on A is closed."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.analytics_helpers import LiveServer
+from tests.conftest import AUDIENCE, TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.test_realtime import close_code, connect, receive_json
+
+
+@pytest.fixture(scope="module")
+def web_processes(idp):
+    env = {"SONICUS_ENV": "testing", "DATABASE_URL": TEST_DATABASE_URL,
+           "REDIS_URL": TEST_REDIS_URL, "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": AUDIENCE,
+           "OIDC_JWKS_MIN_REFRESH_SECONDS": "0", "RATELIMIT_ENABLED": "false",
+           "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING"}
+    servers = [LiveServer(env), LiveServer(env)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def _seed_catalog(runner):
+    result = runner.invoke(args=["sonicus", "seed", "sonicus/data/demo_catalog.yaml"])
+    assert result.exit_code == 0, result.output
+
+
+def test_completed_session_reaches_the_listeners_socket(app, web_processes, runner, token_for):
+    from sonicus.tasks.worker import make_worker
+
+    _seed_catalog(runner)
+    process_a, process_b = web_processes
+    token = token_for("listener@example.com")
+    headers = {"Authorization": f"Bearer {token}"}
+    packages = requests.get(process_b.http_url("/api/packages?accessible=true"),
+                            headers=headers, timeout=10).json()["data"]
+    package_id = packages[0]["id"]
+
+    ws = connect(process_a.ws_url(), token)
+    snapshot = receive_json(ws)
+    assert snapshot["type"] == "analytics.snapshot"
+    assert snapshot["data"]["completed_sessions"] == 0
+
+    started = requests.post(process_b.http_url("/api/user/sessions"), headers=headers,
+                            json={"package_id": package_id, "mood_before": 3}, timeout=10)
+    assert started.status_code == 201, started.json()
+    session_id = started.json()["data"]["id"]
+    done = requests.post(process_b.http_url(f"/api/user/sessions/{session_id}/complete"),
+                         headers=headers, json={"listened_seconds": 5, "completed": True,
+                                                "mood_after": 8}, timeout=10)
+    assert done.status_code == 200, done.json()
+    make_worker(app, simple=True).work(burst=True, with_scheduler=True)
+
+    update = receive_json(ws)
+    assert update["type"] == "analytics.updated"
+    assert update["data"]["total_sessions"] == 1
+    ws.close()
+
+
+def test_suspension_closes_the_listeners_sockets_everywhere(web_processes, token_for,
+                                                            db_session):
+    from sonicus.models import User
+
+    process_a, process_b = web_processes
+    listener = token_for("listener@example.com")
+    admin = token_for("admin@example.com", groups=("sonicus-user", "sonicus-super-admin"))
+    sockets = [connect(server.ws_url(), listener) for server in web_processes]
+    for ws in sockets:
+        assert receive_json(ws)["type"] == "analytics.snapshot"
+    user_id = db_session.query(User).filter_by(email="listener@example.com").one().id
+
+    res = requests.patch(process_b.http_url(f"/api/admin/users/{user_id}"),
+                         headers={"Authorization": f"Bearer {admin}"},
+                         json={"is_active": False}, timeout=10)
+    assert res.status_code == 200, res.json()
+    assert [close_code(ws) for ws in sockets] == [4403, 4403]
+
+    refused = connect(process_a.ws_url(), listener)
+    assert close_code(refused) == 4403
+    profile = requests.get(process_a.http_url("/api/user/profile"),
+                           headers={"Authorization": f"Bearer {listener}"}, timeout=10)
+    assert profile.status_code == 403 and profile.json()["code"] == "account_suspended"
