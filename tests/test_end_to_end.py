@@ -4,24 +4,9 @@ hears about it; an admin suspends the listener on B, the socket on A is closed."
 
 from __future__ import annotations
 
-import pytest
 import requests
 
-from tests.analytics_helpers import LiveServer
-from tests.conftest import AUDIENCE, TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.test_realtime import close_code, connect, receive_json
-
-
-@pytest.fixture(scope="module")
-def web_processes(idp):
-    env = {"SONICUS_ENV": "testing", "DATABASE_URL": TEST_DATABASE_URL,
-           "REDIS_URL": TEST_REDIS_URL, "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": AUDIENCE,
-           "OIDC_JWKS_MIN_REFRESH_SECONDS": "0", "RATELIMIT_ENABLED": "false",
-           "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING"}
-    servers = [LiveServer(env), LiveServer(env)]
-    yield servers
-    for server in servers:
-        server.stop()
+from tests.test_realtime import close_code, connect, receive_json, two_web_processes  # noqa: F401
 
 
 def _seed_catalog(runner):
@@ -29,11 +14,11 @@ def _seed_catalog(runner):
     assert result.exit_code == 0, result.output
 
 
-def test_completed_session_reaches_the_listeners_socket(app, web_processes, runner, token_for):
+def test_completed_session_reaches_the_listeners_socket(app, two_web_processes, runner, token_for):
     from sonicus.tasks.worker import make_worker
 
     _seed_catalog(runner)
-    process_a, process_b = web_processes
+    process_a, process_b = two_web_processes
     token = token_for("listener@example.com")
     headers = {"Authorization": f"Bearer {token}"}
     packages = requests.get(process_b.http_url("/api/packages?accessible=true"),
@@ -61,14 +46,14 @@ def test_completed_session_reaches_the_listeners_socket(app, web_processes, runn
     ws.close()
 
 
-def test_suspension_closes_the_listeners_sockets_everywhere(web_processes, token_for,
+def test_suspension_closes_the_listeners_sockets_everywhere(two_web_processes, token_for,
                                                             db_session):
     from sonicus.models import User
 
-    process_a, process_b = web_processes
+    process_a, process_b = two_web_processes
     listener = token_for("listener@example.com")
     admin = token_for("admin@example.com", groups=("sonicus-user", "sonicus-super-admin"))
-    sockets = [connect(server.ws_url(), listener) for server in web_processes]
+    sockets = [connect(server.ws_url(), listener) for server in two_web_processes]
     for ws in sockets:
         assert receive_json(ws)["type"] == "analytics.snapshot"
     user_id = db_session.query(User).filter_by(email="listener@example.com").one().id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
+from .catalog import PackageBaseSchema
 from .profile import OnboardingSchema, ProfileSchema
 from .subscription import SubscriptionSchema
 
@@ -63,27 +64,16 @@ class RefreshQueuedSchema(ma.Schema):
     status = ma.fields.String(required=True, metadata={"example": "queued"})
 
 
-class DashboardPackageSchema(ma.Schema):
-    id = ma.fields.Integer(required=True)
-    slug = ma.fields.String(required=True)
-    title = ma.fields.String(required=True)
-    description = ma.fields.String(required=True)
-    category = ma.fields.String(required=True)
-    minimum_tier = ma.fields.String(required=True)
-    duration_seconds = ma.fields.Integer(required=True)
-    track_count = ma.fields.Integer(required=True)
-
-
 class ContinueListeningSchema(ma.Schema):
     session_id = ma.fields.Integer(required=True)
     started_at = ma.fields.DateTime(required=True)
     listened_seconds = ma.fields.Integer(required=True)
     max_duration_seconds = ma.fields.Integer(required=True, allow_none=True)
     track_id = ma.fields.Integer(required=True, allow_none=True)
-    package = ma.fields.Nested(DashboardPackageSchema, required=True)
+    package = ma.fields.Nested(PackageBaseSchema, required=True)
 
 
-class RecommendedPackageSchema(DashboardPackageSchema):
+class RecommendedPackageSchema(PackageBaseSchema):
     locked = ma.fields.Boolean(required=True)
     reason = ma.fields.String(required=True, metadata={
         "description": "Why it is here: `mood` (it helped you), `favorite_category`, `popular`."})

@@ -26,17 +26,22 @@ def validate_media_path(value: str) -> None:
 
 # ---- catalog output --------------------------------------------------------------------------
 
-class PackageSchema(ma.Schema):
+class PackageBaseSchema(ma.Schema):
+    """What every view of a package shows."""
+
     id = ma.fields.Integer(required=True)
     slug = ma.fields.String(required=True)
     title = ma.fields.String(required=True)
     description = ma.fields.String(required=True)
     category = ma.fields.String(required=True)
     minimum_tier = ma.fields.String(required=True, metadata={"enum": list(PACKAGE_LEVELS)})
-    required_tier = ma.fields.String(
-        required=True, metadata={"description": "The lowest tier that opens this package."})
     duration_seconds = ma.fields.Integer(required=True)
     track_count = ma.fields.Integer(required=True)
+
+
+class PackageSchema(PackageBaseSchema):
+    required_tier = ma.fields.String(
+        required=True, metadata={"description": "The lowest tier that opens this package."})
     popularity = ma.fields.Integer(required=True)
     locked = ma.fields.Boolean(
         required=True, metadata={"description": "True when the caller's tier cannot open it."})
@@ -163,17 +168,9 @@ class AdminTrackSchema(ma.Schema):
     media_path = ma.fields.String(required=True)
 
 
-class AdminPackageSchema(ma.Schema):
-    id = ma.fields.Integer(required=True)
-    slug = ma.fields.String(required=True)
-    title = ma.fields.String(required=True)
-    description = ma.fields.String(required=True)
-    category = ma.fields.String(required=True)
-    minimum_tier = ma.fields.String(required=True)
+class AdminPackageSchema(PackageBaseSchema):
     published = ma.fields.Boolean(required=True)
     archived_at = ma.fields.DateTime(allow_none=True, required=True)
-    duration_seconds = ma.fields.Integer(required=True)
-    track_count = ma.fields.Integer(required=True)
     popularity = ma.fields.Integer(required=True)
     created_at = ma.fields.DateTime(required=True)
     updated_at = ma.fields.DateTime(required=True)
