@@ -217,3 +217,18 @@ def db_session(app):
 
     with app.app_context():
         yield db.session
+
+
+@pytest.fixture(scope="module")
+def two_web_processes(idp):
+    """Two real web processes on free ports, on the test database and Redis."""
+    from tests.analytics_helpers import LiveServer
+
+    env = {"SONICUS_ENV": "testing", "DATABASE_URL": TEST_DATABASE_URL,
+           "REDIS_URL": TEST_REDIS_URL, "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": AUDIENCE,
+           "OIDC_JWKS_MIN_REFRESH_SECONDS": "0", "RATELIMIT_ENABLED": "false",
+           "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING"}
+    servers = [LiveServer(env), LiveServer(env)]
+    yield servers
+    for server in servers:
+        server.stop()

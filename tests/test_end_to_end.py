@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import requests
 
-from tests.test_realtime import close_code, connect, receive_json, two_web_processes  # noqa: F401
+from tests.test_realtime import close_code, connect, receive_json
 
 
 def _seed_catalog(runner):

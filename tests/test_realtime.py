@@ -14,8 +14,8 @@ import websocket
 from werkzeug.serving import make_server
 
 from sonicus import clock
-from tests.analytics_helpers import LiveServer, add_package, add_session, sign_in
-from tests.conftest import AUDIENCE, TEST_DATABASE_URL, TEST_REDIS_URL, make_config
+from tests.analytics_helpers import add_package, add_session, sign_in
+from tests.conftest import make_config
 
 
 def _today():
@@ -56,18 +56,6 @@ def nothing_arrives(ws, seconds=1.0) -> bool:
     finally:
         ws.settimeout(10)
     return False
-
-
-@pytest.fixture(scope="module")
-def two_web_processes(idp):
-    env = {"SONICUS_ENV": "testing", "DATABASE_URL": TEST_DATABASE_URL,
-           "REDIS_URL": TEST_REDIS_URL, "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": AUDIENCE,
-           "OIDC_JWKS_MIN_REFRESH_SECONDS": "0", "RATELIMIT_ENABLED": "false",
-           "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING"}
-    servers = [LiveServer(env), LiveServer(env)]
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 def test_update_from_process_b_reaches_a_socket_on_process_a(
