@@ -34,7 +34,8 @@ class Server:
     def __init__(self, app: str, env: dict, *, workers=2, threads=8, worker_class="gthread",
                  cwd: Path = ROOT):
         self.port = free_port()
-        cmd = [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{self.port}",
+        cmd = [sys.executable, "-m", "gunicorn", app, "--config", "python:bench.no_config",
+               "--bind", f"127.0.0.1:{self.port}",
                "--workers", str(workers), "--worker-class", worker_class,
                "--threads", str(threads), "--no-control-socket", "--log-level", "warning"]
         self.proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env})

@@ -1,0 +1,1 @@
+"""An empty gunicorn config: benches set every option on the command line."""
