@@ -155,3 +155,12 @@ def test_gunicorn_access_log_keeps_query_strings_out(tmp_path):
     text = log_file.read_text()
     assert '"GET /api/health HTTP/1.1" 200' in text
     assert "SECRET-TOKEN-123" not in text
+
+
+def test_rate_limits_do_not_fail_requests_while_redis_is_down(idp):
+    app = create_app(make_config(idp, RATELIMIT_ENABLED=True,
+                                 REDIS_URL="redis://127.0.0.1:1/0"))
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {idp.token(email='steady@example.com')}"}
+    assert {client.get("/api/user/profile", headers=headers).status_code
+            for _ in range(3)} == {200}
