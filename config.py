@@ -35,6 +35,16 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -83,6 +93,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "OIDC_LEEWAY_SECONDS": _int(env, "OIDC_LEEWAY_SECONDS", 30),
         "OIDC_JWKS_MIN_REFRESH_SECONDS": _int(env, "OIDC_JWKS_MIN_REFRESH_SECONDS", 60),
         "OIDC_HTTP_TIMEOUT_SECONDS": _int(env, "OIDC_HTTP_TIMEOUT_SECONDS", 5),
+        "AUTH_USER_CACHE_SECONDS": _float(env, "AUTH_USER_CACHE_SECONDS", 2.0),
         "DEV_TOKEN_ISSUER": _bool(env, "DEV_TOKEN_ISSUER", dev_issuer_default),
         "CORS_ORIGINS": _list(env, "CORS_ORIGINS"),
         "BILLING_PROVIDER": (_str(env, "BILLING_PROVIDER", "sandbox") or "sandbox").lower(),

@@ -84,7 +84,7 @@ def create_app(overrides: dict | None = None) -> Flask:
         # g lives on the app context, which a caller may share across requests.
         from flask import g
 
-        for name in ("current_user", "pagination", "envelope_message"):
+        for name in ("current_user", "current_user_id", "pagination", "envelope_message"):
             g.pop(name, None)
 
     from .cli import sonicus_cli

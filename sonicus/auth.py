@@ -28,6 +28,7 @@ from joserfc.jwk import KeySet
 from werkzeug.local import LocalProxy
 
 from .envelope import ApiError
+from .extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,10 @@ class JWKSCache:
                 raise TokenRejected("Unknown signing key.") from exc
 
 
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
 class TokenVerifier:
     """Validates a JWT string into its claims; remembers valid tokens until they expire."""
 
@@ -151,7 +156,7 @@ class TokenVerifier:
         return claims
 
     def verify(self, token: str) -> dict:
-        digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+        digest = token_digest(token)
         now = time.time()
         with self._lock:
             hit = self._cache.get(digest)
@@ -184,6 +189,8 @@ def _unverified_header(token: str) -> dict:
 
 
 class _ClaimsToken(dict):
+    digest: str = ""
+
     def is_expired(self):
         return False
 
@@ -197,12 +204,14 @@ class _ClaimsToken(dict):
 class SonicusTokenValidator(BearerTokenValidator):
     def authenticate_token(self, token_string):
         try:
-            return _ClaimsToken(get_verifier().verify(token_string))
+            token = _ClaimsToken(get_verifier().verify(token_string))
         except TokenRejected as exc:
             raise InvalidTokenError(description=str(exc)) from exc
         except KeysUnavailable as exc:
             raise ApiError(503, "service_unavailable",
                            "Sign-in is unavailable right now; try again shortly.") from exc
+        token.digest = token_digest(token_string)
+        return token
 
 
 class SonicusResourceProtector(ResourceProtector):
@@ -230,6 +239,9 @@ def init_auth(app) -> None:
         keys = JWKSCache(static_keys=lambda: devtokens.public_jwks(app))
     else:
         keys, issuer, audience = None, None, None
+    from .identity_cache import IdentityCache
+
+    app.extensions["sonicus_identity_cache"] = IdentityCache(cfg["AUTH_USER_CACHE_SECONDS"])
     app.extensions["sonicus_token_verifier"] = (
         TokenVerifier(keys, issuer, audience, leeway=cfg["OIDC_LEEWAY_SECONDS"])
         if keys is not None else None)
@@ -266,8 +278,14 @@ def authenticate_request():
         claims = protector.acquire_token()
     except OAuth2Error as error:
         protector.raise_error_response(error)
-    user = sync_user_from_claims(dict(claims))
+    identities = current_app.extensions["sonicus_identity_cache"]
+    user = identities.get(db.session, claims.digest) if identities.enabled else None
+    if user is None:
+        user = sync_user_from_claims(dict(claims))
+        if identities.enabled:
+            identities.put(claims.digest, user)
     g.current_user = user
+    g.current_user_id = user.id  # for logs: readable even after the session is rolled back
     return user
 
 

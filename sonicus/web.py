@@ -139,14 +139,13 @@ def init_web(app) -> None:
         if request.path.startswith(("/api/user", "/api/admin", "/api/billing")):
             response.headers.setdefault("Cache-Control", "no-store")
         started = g.get("request_started")
-        user = g.get("current_user")
         access_log.info(
             "request", extra={
                 "request_id": g.get("request_id"), "method": request.method,
                 "path": request.path, "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2)
                 if started else None,
-                "user_id": getattr(user, "id", None)})
+                "user_id": g.get("current_user_id")})
         return response
 
     @app.errorhandler(OperationalError)

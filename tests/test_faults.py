@@ -74,8 +74,10 @@ def test_postgres_restart_gives_503_then_recovers(idp, temp_postgres):
 
     temp_postgres.stop()
     started = time.monotonic()
-    for _ in range(3):
-        res = client.get("/api/user/profile", headers=headers)
+    newcomer = {"Authorization": f"Bearer {idp.token(email='newcomer@example.com')}"}
+    for path, hdrs in (("/api/user/profile", newcomer), ("/api/user/export", headers),
+                       ("/api/user/sessions", headers)):
+        res = client.get(path, headers=hdrs)
         assert res.status_code == 503, res.json
         assert res.json["code"] == "service_unavailable"
         assert res.headers["Retry-After"]

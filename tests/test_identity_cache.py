@@ -1,0 +1,76 @@
+"""The per-process identity snapshot: no sign-in query for a token seen moments ago, never
+stale for this process's own writes, bounded staleness for other processes' writes."""
+
+import time
+
+from sqlalchemy import event, text
+
+from sonicus import create_app
+from sonicus.extensions import db
+from tests.conftest import make_config
+
+
+def _count_statements(app, action):
+    statements = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        action()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return statements
+
+
+def test_a_token_seen_moments_ago_needs_no_query(app, client, auth):
+    headers = auth("burst@example.com")
+    assert client.get("/api/user/profile", headers=headers).status_code == 200
+    statements = _count_statements(
+        app, lambda: client.get("/api/user/profile", headers=headers))
+    assert statements == []
+
+
+def test_own_writes_are_never_stale(client, auth, admin_auth, db_session):
+    from sonicus.models import User
+
+    headers = auth("writer@example.com")
+    client.get("/api/user/profile", headers=headers)
+    client.put("/api/user/profile", headers=headers, json={"timezone": "Europe/Berlin"})
+    assert client.get("/api/user/profile",
+                      headers=headers).json["data"]["timezone"] == "Europe/Berlin"
+    # a change through the ORM elsewhere in this process, e.g. an admin tier grant
+    user_id = db_session.query(User).filter_by(email="writer@example.com").one().id
+    res = client.patch(f"/api/admin/users/{user_id}", headers=admin_auth(),
+                       json={"tier": "pro"})
+    assert res.status_code == 200
+    assert client.get("/api/user/profile", headers=headers).json["data"]["tier"] == "pro"
+    client.patch(f"/api/admin/users/{user_id}", headers=admin_auth(), json={"is_active": False})
+    assert client.get("/api/user/profile", headers=headers).status_code == 403
+
+
+def test_other_processes_writes_are_seen_within_the_window(idp):
+    app = create_app(make_config(idp, AUTH_USER_CACHE_SECONDS=0.5))
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {idp.token(email='far@example.com', name='Far')}"}
+    assert client.get("/api/user/profile", headers=headers).json["data"]["display_name"] == "Far"
+    with app.app_context():  # another process's write: plain SQL the ORM never sees
+        with db.engine.begin() as conn:
+            conn.execute(text("UPDATE sonicus.users SET display_name = 'Changed' "
+                              "WHERE email = 'far@example.com'"))
+    time.sleep(0.6)
+    assert client.get("/api/user/profile",
+                      headers=headers).json["data"]["display_name"] == "Changed"
+
+
+def test_the_cache_can_be_turned_off(idp):
+    app = create_app(make_config(idp, AUTH_USER_CACHE_SECONDS=0))
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {idp.token(email='off@example.com')}"}
+    client.get("/api/user/profile", headers=headers)
+    statements = _count_statements(
+        app, lambda: client.get("/api/user/profile", headers=headers))
+    assert any("FROM sonicus.users" in s for s in statements)
