@@ -264,8 +264,8 @@ def read_stats(csv_prefix: Path) -> dict:
     rows = {}
     with open(f"{csv_prefix}_stats.csv", newline="") as fh:
         for row in csv.DictReader(fh):
-            name = row["Name"]
-            key = name if name.startswith(row["Type"] + " ") else f"{row['Type']} {name}"
+            name = row["Name"].strip()
+            key = name if name.startswith(row["Type"] + " ") else f"{row['Type']} {name}".strip()
             count = int(row["Request Count"])
             rows[key] = {
                 "count": count, "failures": int(row["Failure Count"]),

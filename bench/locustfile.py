@@ -105,14 +105,14 @@ class Listener(HttpUser):
     def on_stop(self):
         if self.pending_update is not None:  # the run ended before it could arrive
             RESULTS["sockets"]["updates_pending_at_stop"] += 1
+        ws, self.ws = self.ws, None  # first: the reader then knows the close is ours
         if self.reader is not None:
-            self.reader.kill(block=False)
-        if self.ws is not None:
+            self.reader.kill(block=True, timeout=2)
+        if ws is not None:
             try:
-                self.ws.close()
+                ws.close()
             except Exception:
                 pass
-            self.ws = None
 
     # ---- HTTP with the envelope checked ---------------------------------------------------------
 
