@@ -84,14 +84,14 @@ class Stack:
         return proc
 
     def stop(self) -> None:
+        """Load generator first (its sockets close), then the worker and the web server."""
         for name, proc in reversed(list(self.procs.items())):
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM if name != "locust" else signal.SIGINT)
-        for name, proc in reversed(list(self.procs.items())):
+                proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(20)
+                proc.wait(40)
             except subprocess.TimeoutExpired:
-                log(f"{name} did not stop in 20 s: killing it")
+                log(f"{name} did not stop in 40 s: killing it")
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -307,6 +307,10 @@ def main() -> int:
     parser.add_argument("--spawn-rate", type=float, default=10, help="listeners started per s")
     parser.add_argument("--duration", type=int, default=180, help="seconds of load (max 1800)")
     parser.add_argument("--web-concurrency", type=int, default=2, help="gunicorn processes")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="SONICUS_THREADS per gunicorn process (default: gunicorn.conf.py's)")
+    parser.add_argument("--simple-worker", action="store_true",
+                        help="run the worker as `worker.py --simple` (jobs in-process, no fork)")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the tier mix")
     parser.add_argument("--keep", action="store_true", help="keep the run folder (logs)")
     args = parser.parse_args()
@@ -326,6 +330,13 @@ def main() -> int:
         "SONICUS_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(args.web_concurrency),
         "PUBLIC_BASE_URL": base_url, "PYTHONPATH": str(ROOT),
     }
+    if args.threads is not None:
+        env["SONICUS_THREADS"] = str(args.threads)
+    threads = int(env.get("SONICUS_THREADS", "64"))
+    if args.users > args.web_concurrency * threads * 0.8:
+        log(f"warning: every listener holds a socket, and a socket holds a gthread thread; "
+            f"{args.users} listeners on {args.web_concurrency} x {threads} threads leave "
+            f"little or nothing for HTTP requests (see --threads)")
     for name in ("RATELIMIT_PER_USER", "RATELIMIT_PER_IP", "OIDC_ISSUER", "OIDC_AUDIENCE",
                  "OIDC_JWKS_URL"):
         env.pop(name, None)  # the defaults, and the development issuer
@@ -339,6 +350,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # also when started with SIGINT ignored
     summary: dict = {}
     try:
         reset_database(env)
@@ -350,7 +362,8 @@ def main() -> int:
                         for t, _ in TIER_MIX))
 
         web = stack.start("web", [str(BIN / "gunicorn"), "wsgi:app"])
-        worker = stack.start("worker", [PYTHON, "worker.py"])
+        worker = stack.start("worker", [PYTHON, "worker.py"]
+                             + (["--simple"] if args.simple_worker else []))
         wait_http(base_url + "/api/ready", web)
         time.sleep(1.0)
         if worker.poll() is not None:
@@ -396,7 +409,9 @@ def main() -> int:
             "command": " ".join(["bench/load.py"] + sys.argv[1:]),
             "measured_s": round(elapsed, 1),
             "users": args.users, "spawn_rate": args.spawn_rate, "duration_s": args.duration,
-            "web_processes": args.web_concurrency, "tier_mix": {
+            "web_processes": args.web_concurrency, "threads_per_process": threads,
+            "simple_worker": args.simple_worker,
+            "tier_mix": {
                 t: sum(1 for x in listeners if x["tier"] == t) for t, _ in TIER_MIX},
             "locust_exit_code": locust.returncode,
             "total": total,
