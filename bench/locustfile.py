@@ -220,6 +220,7 @@ class Listener(HttpUser):
             ws_event("analytics.updated after complete", pending[0],
                      TimeoutError(f"no analytics.updated in {UPDATE_TIMEOUT_SECONDS:.0f} s"))
             record_failure("ws", {"what": "analytics.updated timeout", "tier": self.tier,
+                                  "email": self.email,
                                   "expected": {"completed_sessions": pending[1],
                                                "ended": pending[2]}})
 
@@ -317,10 +318,17 @@ class Listener(HttpUser):
         payload = {"listened_seconds": listened, "completed": finished}
         if mood_after is not None:
             payload["mood_after"] = mood_after
-        sent = time.perf_counter()
+        # Expect the update before sending: a fast worker can publish it before this
+        # client has read the completion's response.
+        if self.ws is not None:
+            if self.pending_update is not None:  # not seen yet; this newer one replaces it
+                RESULTS["sockets"]["updates_superseded"] += 1
+            self.pending_update = (time.perf_counter(), self.completed + (1 if finished else 0),
+                                   self.ended + 1)
         body = self.call("POST", path + "/complete",
                          name="POST /api/user/sessions/<id>/complete", json=payload)
         if body is None:
+            self.pending_update = None
             return
         session = body["data"]
         self.ended += 1
@@ -329,10 +337,6 @@ class Listener(HttpUser):
         if not session["counts_toward_quota"]:
             self.counted_sessions -= 1
             RESULTS["sessions"]["quota_given_back"] += 1
-        if self.ws is not None:
-            if self.pending_update is not None:  # not seen yet; this newer one replaces it
-                RESULTS["sockets"]["updates_superseded"] += 1
-            self.pending_update = (sent, self.completed, self.ended)
 
 
 @events.quitting.add_listener
