@@ -109,6 +109,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         # A refresh still marked stale after this long is re-enqueued by the periodic sweep.
         "ANALYTICS_STALE_GRACE_SECONDS": _int(env, "ANALYTICS_STALE_GRACE_SECONDS", 30),
         "STATS_CACHE_TTL_SECONDS": _int(env, "STATS_CACHE_TTL_SECONDS", 300),
+        "WS_MAX_SOCKETS_PER_PROCESS": _int(env, "WS_MAX_SOCKETS_PER_PROCESS", 192),
         "RATELIMIT_ENABLED": _bool(env, "RATELIMIT_ENABLED", True),
         "RATELIMIT_PER_USER": _str(env, "RATELIMIT_PER_USER", "120/second;3000/minute"),
         "RATELIMIT_PER_IP": _str(env, "RATELIMIT_PER_IP", "300/second;12000/minute"),

@@ -9,7 +9,9 @@ import os
 bind = os.environ.get("SONICUS_BIND", "127.0.0.1:18100")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("SONICUS_THREADS", "64"))
+# Each open socket holds a thread: keep SONICUS_THREADS above WS_MAX_SOCKETS_PER_PROCESS
+# (default 192) so HTTP requests always find a free thread.
+threads = int(os.environ.get("SONICUS_THREADS", "256"))
 timeout = 60
 graceful_timeout = 30
 keepalive = 5

@@ -258,3 +258,37 @@ def test_tokens_in_socket_query_strings_stay_out_of_logs(app, token_for, client,
         assert "access_token=[redacted]" in text
     finally:
         server.stop()
+
+
+def test_sockets_past_the_cap_are_refused_and_http_keeps_working(idp, token_for, client, auth):
+    """Each socket holds a server thread: past the cap a new one is told to come back later."""
+    from sonicus import create_app
+    from tests.conftest import make_config
+
+    capped = create_app(make_config(idp, WS_MAX_SOCKETS_PER_PROCESS=2))
+    sign_in(client, auth, "many@example.com")
+    server = InProcessServer(capped)
+    token = token_for("many@example.com")
+    try:
+        held = [connect(server.url(), token) for _ in range(2)]
+        for ws in held:
+            assert receive_json(ws)["type"] == "analytics.snapshot"
+        refused = connect(server.url(), token)
+        assert close_code(refused) == 1013
+        res = requests.get(f"http://127.0.0.1:{server.server.server_port}/api/health",
+                           timeout=5)
+        assert res.status_code == 200
+        held[0].close()
+        assert wait_for(lambda: _count(capped) == 1)
+        again = connect(server.url(), token)
+        assert receive_json(again)["type"] == "analytics.snapshot"
+        for ws in (held[1], again):
+            ws.close()
+    finally:
+        server.stop()
+
+
+def _count(flask_app):
+    from sonicus.realtime.broker import get_broker
+
+    return get_broker(flask_app).local_socket_count()

@@ -84,10 +84,14 @@ class Broker:
         self.listener_starts = 0
 
     # ---- the local registry ----------------------------------------------------------------
-    def register(self, conn: Connection) -> None:
+    def register(self, conn: Connection, limit: int | None = None) -> bool:
+        """Add a local socket; False (and nothing added) when ``limit`` sockets are open."""
         with self._lock:
+            if limit is not None and sum(map(len, self._sockets.values())) >= limit:
+                return False
             self._sockets.setdefault(conn.user_id, set()).add(conn)
         self._ensure_listener()
+        return True
 
     def unregister(self, conn: Connection) -> None:
         with self._lock:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import g, request
+from flask import current_app, g, request
 
 from ..envelope import ApiError
 from ..extensions import db, sock
@@ -101,7 +101,13 @@ def analytics_socket(ws):
     user = g.ws_user
     broker = get_broker()
     conn = SnapshotFirstConnection(ws, user.id)
-    broker.register(conn)
+    # Each socket holds a server thread: past the cap, refuse rather than starve HTTP.
+    if not broker.register(conn, current_app.config["WS_MAX_SOCKETS_PER_PROCESS"]):
+        db.session.remove()
+        log.warning("live updates: socket refused, %s open in this process",
+                    broker.local_socket_count())
+        ws.close(reason=CLOSE_TRY_AGAIN_LATER, message="too many sockets; try again later")
+        return
     try:
         broker.wait_ready(SUBSCRIBE_WAIT_SECONDS)
         data = get_user_analytics(user)
