@@ -1,6 +1,9 @@
 """Authenticated GET /api/user/profile vs a bare Flask JSON route, both under gunicorn.
 
-Run: .venv/bin/python -m bench.bench_auth [--duration 15] [--concurrency 16]
+Run: .venv/bin/python -m bench.bench_auth [--duration 15] [--concurrency 16] [--workers 1]
+
+One gunicorn process by default: the load generator takes the other core, and with two
+processes keep-alive connections can all land on one of them, which makes runs bimodal.
 Uses PostgreSQL database ``bench_auth`` (created if missing) and the development token
 issuer: each request carries a real RS256 JWT whose signature the API checks.
 """
@@ -36,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=15)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
 

@@ -21,7 +21,7 @@ import requests
 from authlib.integrations.flask_oauth2 import ResourceProtector
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
-from flask import current_app, g
+from flask import current_app, g, request
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -275,7 +275,7 @@ def authenticate_request():
     from .services.users import sync_user_from_claims
 
     try:
-        claims = protector.acquire_token()
+        claims = protector.validate_request(None, _BearerRequest(request.headers))
     except OAuth2Error as error:
         protector.raise_error_response(error)
     identities = current_app.extensions["sonicus_identity_cache"]
@@ -287,6 +287,15 @@ def authenticate_request():
     g.current_user = user
     g.current_user_id = user.id  # for logs: readable even after the session is rolled back
     return user
+
+
+class _BearerRequest:
+    """What the protector reads of a request: its headers (no URL or body parsing)."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers):
+        self.headers = headers
 
 
 current_user = LocalProxy(lambda: g.get("current_user"))

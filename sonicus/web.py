@@ -12,6 +12,7 @@ import uuid
 
 from flask import current_app, g, request
 from flask.logging import default_handler
+from flask.sessions import SessionInterface
 from flask_limiter import ApplicationLimit
 from flask_limiter.util import get_remote_address
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -108,8 +109,19 @@ def rate_limits() -> list[ApplicationLimit]:
     ]
 
 
+class NoCookieSessions(SessionInterface):
+    """The API is stateless (Bearer tokens): no cookie session is read or written."""
+
+    def open_session(self, app, request):
+        return None  # Flask substitutes its null session
+
+    def save_session(self, app, session, response):
+        return None
+
+
 def init_web(app) -> None:
     configure_logging(app)
+    app.session_interface = NoCookieSessions()
 
     if app.config.get("CORS_ORIGINS"):
         from flask_cors import CORS
@@ -138,14 +150,15 @@ def init_web(app) -> None:
                                         "max-age=63072000; includeSubDomains")
         if request.path.startswith(("/api/user", "/api/admin", "/api/billing")):
             response.headers.setdefault("Cache-Control", "no-store")
-        started = g.get("request_started")
-        access_log.info(
-            "request", extra={
-                "request_id": g.get("request_id"), "method": request.method,
-                "path": request.path, "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2)
-                if started else None,
-                "user_id": g.get("current_user_id")})
+        if access_log.isEnabledFor(logging.INFO):
+            started = g.get("request_started")
+            access_log.info(
+                "request", extra={
+                    "request_id": g.get("request_id"), "method": request.method,
+                    "path": request.path, "status": response.status_code,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2)
+                    if started else None,
+                    "user_id": g.get("current_user_id")})
         return response
 
     @app.errorhandler(OperationalError)
