@@ -204,7 +204,7 @@ def main() -> int:
         ("search: surname (~2,000 matches)", lambda i: {"q": LAST[i % 50]}),
         ("search: full name (~100 matches)",
          lambda i: {"q": f"{FIRST[i % 20]} {LAST[(i * 7) % 50]}"}),
-        ("search: 2 letters (short, no trigram)", lambda i: {"q": "ko"}),
+        ("search: 2 letters (prefix of email or name)", lambda i: {"q": FIRST[i % 20][:2]}),
         ("search: domain (~25,000 matches)", lambda i: {"q": "mail.test"}),
         ("list: no filter", lambda i: {"page": 1 + i % 5}),
         ("list: tier=pro", lambda i: {"tier": "pro"}),
@@ -218,15 +218,17 @@ def main() -> int:
         from sonicus.models import User
         from sonicus.services.admin_users import _filtered
 
-        for label, q in (("email fragment", email_part(0)), ("surname", "lopez")):
+        for label, q in (("email fragment", email_part(0)), ("surname", "lopez"),
+                         ("2-letter prefix", "ko")):
             for kind, statement in (
                     ("count", _filtered(select(func.count(User.id)), q, None, None)),
                     ("page", _filtered(select(User.id), q, None, None)
                      .order_by(User.id.desc()).limit(20))):
                 sql = statement.compile(db.engine, compile_kwargs={"literal_binds": True})
                 plan = db.session.execute(text(f"EXPLAIN {sql}")).scalars().all()
-                used = "ix_users_search_trgm" if any(
-                    "ix_users_search_trgm" in line for line in plan) else plan[0].split("(")[0]
+                used = ", ".join(sorted({name for line in plan for name in (
+                    "ix_users_search_trgm", "ix_users_email_prefix",
+                    "ix_users_display_name_prefix") if name in line})) or plan[0].split("(")[0]
                 print(f"plan of the {kind} query for a {label}: {used.strip()}")
     return 0
 

@@ -9,7 +9,8 @@ SCHEMA = "sonicus"
 
 
 # Expression indexes written by hand in a migration (autogenerate cannot express them).
-HAND_WRITTEN_INDEXES = {"ix_users_search_trgm"}
+HAND_WRITTEN_INDEXES = {"ix_users_search_trgm", "ix_users_email_prefix",
+                        "ix_users_display_name_prefix"}
 
 
 def include_object(obj, name, type_, reflected, compare_to):

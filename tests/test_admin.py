@@ -182,7 +182,11 @@ def test_user_list_newest_first_with_tier_and_status(client, admin_auth, people)
     ("sleepwell", ["bob@sleepwell.io"]),             # email only
     ("dee@ex", ["DEE@Example.com"]),
     ("100%", ["cy@example.com"]),                    # % is a character, not a wildcard
-    ("_", ["under_score@example.com"]),              # so is _
+    ("r_s", ["under_score@example.com"]),            # so is _
+    ("an", ["ana.lopez@example.com"]),               # short: the start of an email...
+    ("ro", ["bob@sleepwell.io"]),                    # ...or of a name
+    ("ez", []),                                      # not a substring when this short
+    ("_", []),
     ("nobody", []),
     ("sleepwell.io robert", []),                     # never across email and name
 ])

@@ -36,15 +36,26 @@ def search_text():
                       .concat(func.coalesce(User.display_name, "")))
 
 
-def _like_pattern(text: str) -> str:
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+# Trigram indexes serve substrings of 3 characters or more; a shorter query is a prefix of
+# the email or of the display name (btree indexes, migration 0004_admin_short_search).
+SUBSTRING_MIN_LENGTH = 3
+
+
+def _escape_like(text: str) -> str:
+    return text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _search_condition(q: str):
+    if len(q) >= SUBSTRING_MIN_LENGTH:
+        return search_text().like(f"%{_escape_like(q)}%", escape="\\")
+    prefix = f"{_escape_like(q)}%"
+    return or_(func.lower(User.email).like(prefix, escape="\\"),
+               func.lower(User.display_name).like(prefix, escape="\\"))
 
 
 def _filtered(statement, q: str | None, tier: str | None, status: str | None):
-    if q:
-        statement = statement.where(
-            search_text().like(_like_pattern(q.strip()), escape="\\"))
+    if q and q.strip():
+        statement = statement.where(_search_condition(q.strip()))
     # (column, wanted, what a user without a subscription row counts as)
     wanted = []
     if tier is not None:
