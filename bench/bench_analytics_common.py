@@ -139,8 +139,8 @@ def start_gunicorn(*, threads: int = 64, connections: int = 1000, extra=()):
            "--no-control-socket", "--log-level", "info", "--timeout", "120",
            "--graceful-timeout", "3", *extra,
            "wsgi:app"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **bench_env()},
-                            stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, **bench_env(), "WS_MAX_SOCKETS_PER_PROCESS": str(connections)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     port = None
     for line in proc.stderr:
         found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", line)
