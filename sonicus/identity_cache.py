@@ -102,6 +102,12 @@ class IdentityCache:
             self._by_user.clear()
 
 
+def forget_user(user_id: int) -> None:
+    """Drop a user's snapshots in this process (told by another process, e.g. a suspension)."""
+    for cache in list(_caches):
+        cache.invalidate([user_id])
+
+
 def clear_all() -> None:
     """Forget every snapshot in this process (after changes made outside the ORM)."""
     for cache in list(_caches):

@@ -251,6 +251,9 @@ class Broker:
             payload = json.loads(raw)
             user_id = int(payload["user_id"])
             if "close" in payload:
+                from ..identity_cache import forget_user
+
+                forget_user(user_id)  # the account changed: no stale sign-in here either
                 self.close_local(user_id, int(payload["close"]), str(payload.get("reason", "")))
                 return
             text = payload["text"]
