@@ -138,18 +138,27 @@ def init_web(app) -> None:
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         g.request_started = time.perf_counter()
 
+    # Built once: every response gets them (a route that set one of them keeps its own).
+    production = app.config["SONICUS_ENV"] == "production"
+    header_sets = {}
+    for docs in (False, True):
+        headers = dict(SECURITY_HEADERS)
+        headers["Content-Security-Policy"] = DOCS_CSP if docs else API_CSP
+        if production:
+            headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+        header_sets[docs] = list(headers.items())
+
     @app.after_request
     def _finish_request(response):
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        docs = request.path.startswith("/api/docs")
-        response.headers.setdefault("Content-Security-Policy", DOCS_CSP if docs else API_CSP)
-        if app.config["SONICUS_ENV"] == "production":
-            response.headers.setdefault("Strict-Transport-Security",
-                                        "max-age=63072000; includeSubDomains")
-        if request.path.startswith(("/api/user", "/api/admin", "/api/billing")):
-            response.headers.setdefault("Cache-Control", "no-store")
+        headers = response.headers
+        headers["X-Request-ID"] = g.get("request_id", "")
+        path = request.path
+        for name, value in header_sets[path.startswith("/api/docs")]:
+            if name not in headers:
+                headers.add(name, value)
+        if path.startswith(("/api/user", "/api/admin", "/api/billing")) \
+                and "Cache-Control" not in headers:
+            headers.add("Cache-Control", "no-store")
         if access_log.isEnabledFor(logging.INFO):
             started = g.get("request_started")
             access_log.info(
