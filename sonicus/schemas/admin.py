@@ -7,7 +7,8 @@ import marshmallow as ma
 from ..envelope import PageArgsSchema
 from ..models.subscription import STATUSES
 from ..tiers import TIER_NAMES
-from .common import LimitsSchema, StrictSchema, TierName, UsageSchema
+from .common import StrictSchema, TierName, UsageSchema
+from .subscription import SubscriptionSchema
 
 SUSPENDED = "suspended"
 USER_STATUS_FILTERS = (*STATUSES, SUSPENDED)
@@ -76,25 +77,12 @@ class AdminUserSummarySchema(ma.Schema):
     created_at = ma.fields.DateTime(required=True)
 
 
-class AdminSubscriptionSchema(ma.Schema):
-    tier = ma.fields.String(required=True)
-    status = ma.fields.String(required=True)
-    complimentary = ma.fields.Boolean(required=True)
-    trial_used = ma.fields.Boolean(required=True)
-    trial_ends_at = ma.fields.DateTime(allow_none=True)
-    current_period_end = ma.fields.DateTime(allow_none=True)
-    cancel_at_period_end = ma.fields.Boolean(required=True)
-    pending_tier = ma.fields.String(allow_none=True)
-    payment_method_on_file = ma.fields.Boolean(required=True)
-    limits = ma.fields.Nested(LimitsSchema, required=True)
-
-
 class AdminUserDetailSchema(AdminUserSummarySchema):
     email_verified = ma.fields.Boolean(required=True)
     timezone = ma.fields.String(required=True)
     day_start_hour = ma.fields.Integer(required=True)
     updated_at = ma.fields.DateTime(required=True)
-    subscription = ma.fields.Nested(AdminSubscriptionSchema, required=True)
+    subscription = ma.fields.Nested(SubscriptionSchema, required=True)
     usage = ma.fields.Nested(UsageSchema, required=True)
     sessions_total = ma.fields.Integer(required=True)
     last_activity_at = ma.fields.DateTime(allow_none=True, required=True, metadata={

@@ -17,7 +17,7 @@ from ..models.base import utcnow
 from ..models.subscription import ACTIVE, TRIALING
 from ..tiers import STARTER, TIERS
 from . import audit
-from .quota import usage_today
+from .subscriptions import describe as describe_subscription
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +132,12 @@ def user_detail(user_id: int) -> dict:
         select(func.count(ListeningSession.id), func.max(ListeningSession.started_at))
         .where(ListeningSession.user_id == user.id)).one()
     detail = _summary(user, sub)
+    subscription = describe_subscription(user, sub)  # what the user sees, usage included
     detail.update({
         "email_verified": user.email_verified, "timezone": user.timezone,
         "day_start_hour": user.day_start_hour, "updated_at": user.updated_at,
-        "subscription": {
-            "tier": sub.tier, "status": sub.status, "complimentary": bool(sub.complimentary),
-            "trial_used": bool(sub.trial_used), "trial_ends_at": sub.trial_ends_at,
-            "current_period_end": sub.current_period_end,
-            "cancel_at_period_end": bool(sub.cancel_at_period_end),
-            "pending_tier": sub.pending_tier,
-            "payment_method_on_file": bool(sub.payment_method_on_file),
-            "limits": TIERS[sub.tier].limits,
-        },
-        "usage": usage_today(user, sub.tier),
+        "subscription": subscription,
+        "usage": subscription["usage"],
         "sessions_total": sessions_total,
         "last_activity_at": last_activity,
     })
