@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from inspect import iscoroutinefunction
 from pathlib import Path
 
 from flask import Flask
@@ -46,6 +47,24 @@ def _api_settings(app: Flask) -> None:
     )
 
 
+class Sonicus(Flask):
+    """Flask, remembering which handlers are coroutines instead of asking per request."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._is_sync: dict = {}
+
+    def ensure_sync(self, func):
+        key = getattr(func, "__func__", func)  # a bound method: its function
+        try:
+            is_sync = self._is_sync.get(key)
+        except TypeError:  # not hashable: ask every time
+            return super().ensure_sync(func)
+        if is_sync is None:
+            is_sync = self._is_sync[key] = not iscoroutinefunction(func)
+        return func if is_sync else self.async_to_sync(func)
+
+
 def create_app(overrides: dict | None = None) -> Flask:
     """Build the app: settings, extensions, blueprints, errors, CLI and sockets. No I/O."""
     settings = load_config()
@@ -54,7 +73,7 @@ def create_app(overrides: dict | None = None) -> Flask:
         if settings.get("DATABASE_URL"):
             settings["DATABASE_URL"] = normalise_database_url(settings["DATABASE_URL"])
         settings["TESTING"] = settings["SONICUS_ENV"] == "testing"
-    app = Flask(__name__, static_folder=None,
+    app = Sonicus(__name__, static_folder=None,
                 instance_path=settings.get("INSTANCE_PATH") or None)
     app.config.update(settings)
     _database_settings(app)
@@ -78,14 +97,6 @@ def create_app(overrides: dict | None = None) -> Flask:
     init_auth(app)
     init_web(app)
     register_api(app, api)
-
-    @app.before_request
-    def _fresh_request_state():
-        # g lives on the app context, which a caller may share across requests.
-        from flask import g
-
-        for name in ("current_user", "current_user_id", "pagination", "envelope_message"):
-            g.pop(name, None)
 
     from .cli import sonicus_cli
 

@@ -269,9 +269,14 @@ def user_from_token(token: str):
 
 
 def authenticate_request():
-    """Validate the request's Bearer token and load the user into ``g``."""
-    if "current_user" in g:
-        return g.current_user
+    """Validate the request's Bearer token; the caller, for reading (see ``current_identity``).
+
+    A token seen moments ago is answered from the per-process snapshot without touching the
+    database; otherwise the user is synced from the claims and loaded into the session.
+    """
+    caller = current_identity()
+    if caller is not None:
+        return caller
     from .services.users import sync_user_from_claims
 
     try:
@@ -279,13 +284,35 @@ def authenticate_request():
     except OAuth2Error as error:
         protector.raise_error_response(error)
     identities = current_app.extensions["sonicus_identity_cache"]
-    user = identities.get(db.session, claims.digest) if identities.enabled else None
-    if user is None:
-        user = sync_user_from_claims(dict(claims))
-        if identities.enabled:
-            identities.put(claims.digest, user)
+    snapshot = identities.get(claims.digest) if identities.enabled else None
+    if snapshot is not None:
+        g.identity_snapshot = snapshot
+        g.current_user_id = snapshot.id
+        return snapshot
+    user = sync_user_from_claims(dict(claims))
+    if identities.enabled:
+        identities.put(claims.digest, user)
     g.current_user = user
     g.current_user_id = user.id  # for logs: readable even after the session is rolled back
+    return user
+
+
+def current_identity():
+    """The signed-in caller, for reading only: the request's ``User`` once it has one,
+    else the read-only sign-in snapshot. None before sign-in."""
+    state = g.__dict__
+    return state.get("current_user") or state.get("identity_snapshot")
+
+
+def _load_current_user():
+    """The caller as a ``User`` of this request's session (the snapshot attached on demand)."""
+    state = g.__dict__
+    user = state.get("current_user")
+    if user is None:
+        snapshot = state.get("identity_snapshot")
+        if snapshot is not None:
+            user = current_app.extensions["sonicus_identity_cache"].attach(db.session, snapshot)
+            g.current_user = user
     return user
 
 
@@ -298,7 +325,7 @@ class _BearerRequest:
         self.headers = headers
 
 
-current_user = LocalProxy(lambda: g.get("current_user"))
+current_user = LocalProxy(_load_current_user)
 
 _SECURITY_DOC = {"security": [{"bearerAuth": []}]}
 

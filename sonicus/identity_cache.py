@@ -12,6 +12,10 @@ Freshness:
 - A change made by another process is seen at the latest when the entry expires.
 - Every rule that enforces a limit or money (session quota, trials, payments, admin grants)
   re-reads and locks its rows; the snapshot only serves reads.
+
+A request that only reads who the caller is (their profile, the admin check) reads the
+snapshot itself, a read-only view, and opens no database session at all; ``current_user``
+attaches the snapshot to the request's session on first use.
 """
 
 from __future__ import annotations
@@ -41,11 +45,49 @@ def _detached_copy(obj):
     return clone
 
 
+class Snapshot:
+    """A read-only view of a row as it was loaded: its columns as attributes."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict):
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, name):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("a sign-in snapshot is read-only: change the user via current_user")
+
+
+def _columns(obj) -> dict:
+    mapper = inspect(obj).mapper
+    return {attr.key: copy.deepcopy(getattr(obj, attr.key)) for attr in mapper.column_attrs}
+
+
+class IdentitySnapshot(Snapshot):
+    """The user and their subscription as read at sign-in, for routes that only read them."""
+
+    __slots__ = ("orm_user", "orm_subscription")
+
+    def __init__(self, user: User, sub: UserSubscription):
+        values = _columns(user)
+        values["is_admin"] = user.is_admin
+        values["subscription"] = Snapshot(_columns(sub))
+        super().__init__(values)
+        # Detached twins to attach to a request's session; never attached themselves.
+        object.__setattr__(self, "orm_user", _detached_copy(user))
+        object.__setattr__(self, "orm_subscription", _detached_copy(sub))
+
+
 class IdentityCache:
     def __init__(self, ttl_seconds: float, max_entries: int = 20000):
         self.ttl = ttl_seconds
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, int, User, UserSubscription]] = {}
+        self._entries: dict[str, tuple[float, int, IdentitySnapshot]] = {}
         self._by_user: dict[int, set[str]] = {}
         self._lock = threading.Lock()
         _caches.add(self)
@@ -54,16 +96,22 @@ class IdentityCache:
     def enabled(self) -> bool:
         return self.ttl > 0
 
-    def get(self, session, digest: str) -> User | None:
-        """The cached user for this token, attached to ``session`` without a query."""
+    def get(self, digest: str) -> IdentitySnapshot | None:
+        """The snapshot for this token, if it is fresh."""
         with self._lock:
             entry = self._entries.get(digest)
             if entry is None:
                 return None
-            expires, user_id, user, sub = entry
+            expires, user_id, snapshot = entry
             if expires < time.monotonic():
                 self._drop(digest, user_id)
                 return None
+        return snapshot
+
+    @staticmethod
+    def attach(session, snapshot: IdentitySnapshot) -> User:
+        """The snapshot as a persistent ``User`` of ``session``, without a query."""
+        user, sub = snapshot.orm_user, snapshot.orm_subscription
         attached = session.merge(user, load=False)
         set_committed_value(attached, "preferences", copy.deepcopy(user.preferences))
         set_committed_value(attached, "subscription", session.merge(sub, load=False))
@@ -73,8 +121,7 @@ class IdentityCache:
         sub = user.subscription
         if sub is None or not user.is_active:
             return
-        snapshot = (time.monotonic() + self.ttl, user.id, _detached_copy(user),
-                    _detached_copy(sub))
+        snapshot = (time.monotonic() + self.ttl, user.id, IdentitySnapshot(user, sub))
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()

@@ -134,6 +134,11 @@ def init_web(app) -> None:
 
     @app.before_request
     def _start_request():
+        # g lives on the app context, which a caller may share across requests.
+        state = g.__dict__
+        for name in ("current_user", "identity_snapshot", "current_user_id", "pagination",
+                     "envelope_message"):
+            state.pop(name, None)
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         g.request_started = time.perf_counter()
@@ -146,19 +151,23 @@ def init_web(app) -> None:
         headers["Content-Security-Policy"] = DOCS_CSP if docs else API_CSP
         if production:
             headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
-        header_sets[docs] = list(headers.items())
+        header_sets[docs] = [(name.lower(), name, value) for name, value in headers.items()]
 
     @app.after_request
     def _finish_request(response):
         headers = response.headers
-        headers["X-Request-ID"] = g.get("request_id", "")
+        # One pass over the few headers already set (a miss in ``Headers`` costs an exception).
+        present = {name.lower() for name, _ in headers}
         path = request.path
-        for name, value in header_sets[path.startswith("/api/docs")]:
-            if name not in headers:
-                headers.add(name, value)
-        if path.startswith(("/api/user", "/api/admin", "/api/billing")) \
-                and "Cache-Control" not in headers:
-            headers.add("Cache-Control", "no-store")
+        extra = [(name, value) for key, name, value in header_sets[path.startswith("/api/docs")]
+                 if key not in present]
+        if "cache-control" not in present \
+                and path.startswith(("/api/user", "/api/admin", "/api/billing")):
+            extra.append(("Cache-Control", "no-store"))
+        if "x-request-id" in present:
+            del headers["X-Request-ID"]
+        extra.append(("X-Request-ID", g.get("request_id", "")))
+        headers.extend(extra)
         if access_log.isEnabledFor(logging.INFO):
             started = g.get("request_started")
             access_log.info(

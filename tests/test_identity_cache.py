@@ -74,3 +74,29 @@ def test_the_cache_can_be_turned_off(idp):
     statements = _count_statements(
         app, lambda: client.get("/api/user/profile", headers=headers))
     assert any("FROM sonicus.users" in s for s in statements)
+
+
+def test_a_caller_read_from_the_snapshot_is_still_held_to_the_admin_check(app, client, auth,
+                                                                          admin_auth):
+    listener, admin = auth("curious@example.com"), admin_auth("boss@example.com")
+    for _ in range(2):  # the second round is answered from the snapshot
+        assert client.get("/api/admin/users", headers=listener).status_code == 403
+        assert client.get("/api/admin/users", headers=admin).status_code == 200
+    statements = _count_statements(
+        app, lambda: client.get("/api/admin/users", headers=listener))
+    assert statements == []
+
+
+def test_a_change_right_after_a_cached_read_is_saved(client, auth, db_session):
+    from sonicus.models import User
+
+    headers = auth("quick@example.com")
+    assert client.get("/api/user/profile", headers=headers).status_code == 200
+    assert client.get("/api/user/profile", headers=headers).status_code == 200  # snapshot
+    res = client.put("/api/user/profile", headers=headers,
+                     json={"display_name": "Quick", "preferences": {"goals": ["sleep"]}})
+    assert res.status_code == 200 and res.json["data"]["display_name"] == "Quick"
+    stored = db_session.query(User).filter_by(email="quick@example.com").one()
+    assert stored.display_name == "Quick" and stored.preferences["goals"] == ["sleep"]
+    data = client.get("/api/user/profile", headers=headers).json["data"]
+    assert data["display_name"] == "Quick" and data["preferences"]["goals"] == ["sleep"]

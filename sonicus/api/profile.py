@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
-from ..auth import current_user, require_user
+from ..auth import current_identity, current_user, require_user
 from ..envelope import Blueprint, set_message
 from ..schemas.common import EmptySchema
 from ..schemas.export import ExportSchema
@@ -20,7 +20,7 @@ class Profile(MethodView):
     @blp.response(200, ProfileSchema)
     def get(self):
         """The caller's profile."""
-        return users.profile(current_user)
+        return users.profile(current_identity())
 
     @require_user
     @blp.arguments(ProfileUpdateSchema)
