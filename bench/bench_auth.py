@@ -1,6 +1,9 @@
 """Authenticated GET /api/user/profile vs a bare Flask JSON route, both under gunicorn.
 
-Run: .venv/bin/python -m bench.bench_auth [--duration 15] [--concurrency 16] [--workers 1]
+Run: .venv/bin/python -m bench.bench_auth [--rounds 5] [--duration 10] [--concurrency 16]
+
+Rounds alternate the two routes; the figure is the median of the rounds' ratios, and the
+req/s and p99 shown for each route are from its median round.
 
 One gunicorn process by default: the load generator takes the other core, and with two
 processes keep-alive connections can all land on one of them, which makes runs bimodal.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,10 +41,11 @@ def ensure_database(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=float, default=15)
+    parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     instance = tempfile.mkdtemp(prefix="sonicus-bench-")
@@ -58,19 +63,37 @@ def main() -> None:
                            text=True).stdout.strip()
     headers = {"Authorization": f"Bearer {token}"}
 
-    results = {}
     opts = {"workers": args.workers, "threads": args.threads}
-    with Server("bench.bare_app:app", env, **opts) as bare:
-        results["bare_flask"] = run_load(bare.port, "GET", "/bare",
-                                         concurrency=args.concurrency, duration=args.duration)
-    with Server("wsgi:app", env, **opts) as api:
-        results["profile_authenticated"] = run_load(
-            api.port, "GET", "/api/user/profile", headers=headers,
-            concurrency=args.concurrency, duration=args.duration)
-    ratio = results["profile_authenticated"]["rps"] / results["bare_flask"]["rps"]
-    results["profile_vs_bare"] = round(ratio, 3)
+    runs = {"bare_flask": [], "profile_authenticated": []}
+    ratios = []
+    # Both servers up for the whole run; rounds alternate which goes first, so a drift in
+    # the machine's speed during the run hits both routes alike.
+    with Server("bench.bare_app:app", env, **opts) as bare, \
+            Server("wsgi:app", env, **opts) as api:
+        for round_no in range(args.rounds):
+            order = [("bare_flask", bare.port, "/bare", None),
+                     ("profile_authenticated", api.port, "/api/user/profile", headers)]
+            if round_no % 2:
+                order.reverse()
+            result = {}
+            for name, port, path, hdrs in order:
+                result[name] = run_load(port, "GET", path, headers=hdrs,
+                                        concurrency=args.concurrency, duration=args.duration)
+                runs[name].append(result[name])
+            ratios.append(result["profile_authenticated"]["rps"] / result["bare_flask"]["rps"])
+            print(f"round {round_no + 1}: bare {result['bare_flask']['rps']} req/s, "
+                  f"profile {result['profile_authenticated']['rps']} req/s, "
+                  f"ratio {ratios[-1]:.3f}", file=sys.stderr)
+
+    def median_run(name):
+        return sorted(runs[name], key=lambda r: r["rps"])[len(runs[name]) // 2]
+
+    results = {name: median_run(name) for name in runs}
+    results["profile_vs_bare"] = round(statistics.median(ratios), 3)
+    results["profile_vs_bare_per_round"] = [round(r, 3) for r in ratios]
     results["setup"] = {"gunicorn": f"{args.workers} workers x gthread {args.threads} threads",
-                        "concurrency": args.concurrency, "duration_s": args.duration}
+                        "concurrency": args.concurrency, "duration_s": args.duration,
+                        "rounds": args.rounds}
     print(json.dumps(results, indent=2))
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import re
 import time
-import uuid
 
 from flask import current_app, g, request
 from flask.logging import default_handler
@@ -140,7 +140,10 @@ def init_web(app) -> None:
                      "envelope_message"):
             state.pop(name, None)
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        # A correlation id, not a secret: no system call (uuid4 asks the kernel for entropy,
+        # which under load means handing the interpreter lock to another thread and waiting).
+        g.request_id = (incoming if _REQUEST_ID.match(incoming)
+                        else f"{random.getrandbits(128):032x}")
         g.request_started = time.perf_counter()
 
     # Built once: every response gets them (a route that set one of them keeps its own).
