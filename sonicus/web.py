@@ -10,7 +10,9 @@ import random
 import re
 import time
 
+import orjson
 from flask import current_app, g, request
+from flask.json.provider import DefaultJSONProvider
 from flask.logging import default_handler
 from flask.sessions import SessionInterface
 from flask_limiter import ApplicationLimit
@@ -109,6 +111,26 @@ def rate_limits() -> list[ApplicationLimit]:
     ]
 
 
+class FastJSONProvider(DefaultJSONProvider):
+    """Flask's JSON responses, encoded by orjson: the same compact, key-sorted documents
+    (non-ASCII written as UTF-8 rather than escaped), several times faster to produce.
+    Dates and anything else orjson does not own go through Flask's ``default`` as before;
+    a value orjson refuses, and indented output in debug, take Flask's own path."""
+
+    _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+    def response(self, *args, **kwargs):
+        if (self.compact is None and self._app.debug) or self.compact is False:
+            return super().response(*args, **kwargs)
+        obj = self._prepare_response_obj(args, kwargs)
+        options = self._OPTIONS | (orjson.OPT_SORT_KEYS if self.sort_keys else 0)
+        try:
+            body = orjson.dumps(obj, default=self.default, option=options)
+        except TypeError:  # orjson.JSONEncodeError: e.g. an integer past 64 bits
+            return super().response(*args, **kwargs)
+        return self._app.response_class(body + b"\n", mimetype=self.mimetype)
+
+
 class NoCookieSessions(SessionInterface):
     """The API is stateless (Bearer tokens): no cookie session is read or written."""
 
@@ -121,6 +143,7 @@ class NoCookieSessions(SessionInterface):
 
 def init_web(app) -> None:
     configure_logging(app)
+    app.json = FastJSONProvider(app)
     app.session_interface = NoCookieSessions()
 
     if app.config.get("CORS_ORIGINS"):
