@@ -156,6 +156,10 @@ class TokenVerifier:
         return claims
 
     def verify(self, token: str) -> dict:
+        return self.verify_with_digest(token)[0]
+
+    def verify_with_digest(self, token: str) -> tuple[dict, str]:
+        """The token's claims and its digest (the key it is cached and known by)."""
         digest = token_digest(token)
         now = time.time()
         with self._lock:
@@ -163,7 +167,7 @@ class TokenVerifier:
             if hit is not None:
                 claims, expires = hit
                 if now < expires + self.leeway:
-                    return claims
+                    return claims, digest
                 del self._cache[digest]
         claims = self._decode(token)
         nbf = claims.get("nbf")
@@ -173,7 +177,7 @@ class TokenVerifier:
             self._cache[digest] = (claims, float(claims["exp"]))
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return claims
+        return claims, digest
 
 
 def _unverified_header(token: str) -> dict:
@@ -204,13 +208,14 @@ class _ClaimsToken(dict):
 class SonicusTokenValidator(BearerTokenValidator):
     def authenticate_token(self, token_string):
         try:
-            token = _ClaimsToken(get_verifier().verify(token_string))
+            claims, digest = get_verifier().verify_with_digest(token_string)
         except TokenRejected as exc:
             raise InvalidTokenError(description=str(exc)) from exc
         except KeysUnavailable as exc:
             raise ApiError(503, "service_unavailable",
                            "Sign-in is unavailable right now; try again shortly.") from exc
-        token.digest = token_digest(token_string)
+        token = _ClaimsToken(claims)
+        token.digest = digest
         return token
 
 
