@@ -42,7 +42,6 @@ def _api_settings(app: Flask) -> None:
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
         SOCK_SERVER_OPTIONS={"ping_interval": 25, "max_message_size": 64 * 1024,
                              "subprotocols": ["bearer"]},
-        RATELIMIT_HEADERS_ENABLED=True,
         JSON_SORT_KEYS=False,
     )
 
@@ -83,7 +82,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     from . import models  # noqa: F401  (register every table on the metadata)
     from .api import register_api
     from .auth import init_auth
-    from .extensions import api, db, limiter, migrate, sock
+    from .extensions import api, db, migrate, sock
+    from .ratelimit import init_rate_limits
     from .web import init_web
 
     db.init_app(app)
@@ -92,10 +92,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     sock.init_app(app)
-    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
-    limiter.init_app(app)
     init_auth(app)
     init_web(app)
+    init_rate_limits(app)  # after init_web: its hook starts each request
     register_api(app, api)
 
     from .cli import sonicus_cli

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 from flask import current_app
-from flask_limiter import Limiter
 from flask_migrate import Migrate
 from flask_sock import Sock
 from flask_sqlalchemy import SQLAlchemy
 
 from .envelope import Api
 from .models.base import Base
-from .web import get_remote_address, rate_limits
 
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 api = Api()
 sock = Sock()
-limiter = Limiter(key_func=get_remote_address, application_limits=rate_limits(),
-                  headers_enabled=True, swallow_errors=True, in_memory_fallback_enabled=True,
-                  key_prefix="sonicus")
 
 
 def get_redis():

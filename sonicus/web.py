@@ -1,9 +1,8 @@
-"""Cross-cutting HTTP concerns: request ids, structured logs, security headers, CORS,
-rate limits, and database outages answered as 503."""
+"""Cross-cutting HTTP concerns: request ids, structured logs, security headers, CORS, JSON
+encoding, and database outages answered as 503 (rate limits: ``ratelimit.py``)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -11,12 +10,10 @@ import re
 import time
 
 import orjson
-from flask import current_app, g, request
+from flask import g, request
 from flask.json.provider import DefaultJSONProvider
 from flask.logging import default_handler
 from flask.sessions import SessionInterface
-from flask_limiter import ApplicationLimit
-from flask_limiter.util import get_remote_address
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -86,31 +83,6 @@ def configure_logging(app) -> None:
         logger.addHandler(default_handler)
 
 
-def _user_key() -> str:
-    header = request.headers.get("Authorization", "")
-    token = header.split(None, 1)[1] if " " in header else ""
-    if not token:
-        token = request.args.get("access_token", "")
-    if token:
-        return "user:" + hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:24]
-    return "ip:" + (get_remote_address() or "unknown")
-
-
-def _exempt() -> bool:
-    return request.path in ("/api/health", "/api/ready") or request.method == "OPTIONS"
-
-
-def rate_limits() -> list[ApplicationLimit]:
-    """Per user (by token) and per IP, shared across all routes; limits read from config."""
-    return [
-        ApplicationLimit(lambda: current_app.config["RATELIMIT_PER_USER"], key_function=_user_key,
-                         scope="user", exempt_when=_exempt),
-        ApplicationLimit(lambda: current_app.config["RATELIMIT_PER_IP"],
-                         key_function=lambda: get_remote_address() or "unknown", scope="ip",
-                         exempt_when=_exempt),
-    ]
-
-
 class FastJSONProvider(DefaultJSONProvider):
     """Flask's JSON responses, encoded by orjson: the same compact, key-sorted documents
     (non-ASCII written as UTF-8 rather than escaped), several times faster to produce.
@@ -160,7 +132,7 @@ def init_web(app) -> None:
         # g lives on the app context, which a caller may share across requests.
         state = g.__dict__
         for name in ("current_user", "identity_snapshot", "current_user_id", "pagination",
-                     "envelope_message"):
+                     "envelope_message", "rate_limit"):
             state.pop(name, None)
         incoming = request.headers.get("X-Request-ID", "")
         # A correlation id, not a secret: no system call (uuid4 asks the kernel for entropy,
@@ -192,7 +164,13 @@ def init_web(app) -> None:
             extra.append(("Cache-Control", "no-store"))
         if "x-request-id" in present:
             del headers["X-Request-ID"]
-        extra.append(("X-Request-ID", g.get("request_id", "")))
+        state = g.__dict__
+        extra.append(("X-Request-ID", state.get("request_id", "")))
+        rate_limit = state.get("rate_limit")
+        if rate_limit is not None:
+            limit, remaining, resets = rate_limit
+            extra += [("X-RateLimit-Limit", str(limit)), ("X-RateLimit-Remaining", str(remaining)),
+                      ("X-RateLimit-Reset", str(resets))]
         headers.extend(extra)
         if access_log.isEnabledFor(logging.INFO):
             started = g.get("request_started")

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from sonicus import create_app
+from sonicus import ConfigError, create_app
 from tests.conftest import make_config
 
 
@@ -164,3 +164,36 @@ def test_rate_limits_do_not_fail_requests_while_redis_is_down(idp):
     headers = {"Authorization": f"Bearer {idp.token(email='steady@example.com')}"}
     assert {client.get("/api/user/profile", headers=headers).status_code
             for _ in range(3)} == {200}
+
+
+def test_rate_limits_are_shared_by_every_process(idp):
+    # two app instances on one Redis stand for two gunicorn processes
+    config = make_config(idp, RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="5/hour",
+                         RATELIMIT_PER_IP="1000/hour")
+    first, second = create_app(config).test_client(), create_app(config).test_client()
+    headers = {"Authorization": f"Bearer {idp.token(email='spread@example.com')}"}
+    answers = [(first if i % 2 else second).get("/api/user/profile", headers=headers)
+               for i in range(8)]
+    # 4 each: only a count shared between them refuses the last 3
+    assert [r.status_code for r in answers] == [200] * 5 + [429] * 3
+    ok = [r for r in answers if r.status_code == 200]
+    assert ok[0].headers["X-RateLimit-Limit"] == "5"
+    assert int(ok[0].headers["X-RateLimit-Remaining"]) > int(ok[1].headers["X-RateLimit-Remaining"])
+    refused = next(r for r in answers if r.status_code == 429)
+    assert 1 <= int(refused.headers["Retry-After"]) <= 3600
+    assert refused.json["code"] == "rate_limited"
+
+
+def test_rate_limits_still_hold_while_redis_is_down(idp):
+    app = create_app(make_config(idp, RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="5/hour",
+                                 REDIS_URL="redis://127.0.0.1:1/0"))
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {idp.token(email='offline@example.com')}"}
+    statuses = [client.get("/api/user/profile", headers=headers).status_code
+                for _ in range(8)]
+    assert statuses == [200] * 5 + [429] * 3  # counted in this process meanwhile
+
+
+def test_a_limit_that_does_not_parse_is_refused_at_start(idp):
+    with pytest.raises(ConfigError, match="RATELIMIT_PER_IP"):
+        create_app(make_config(idp, RATELIMIT_PER_IP="lots"))
