@@ -2,8 +2,8 @@
 
 Each limit is one or more windows (``120/second;3000/minute``, parsed by the ``limits``
 library). A request counts against every window of both limits at once:
-- with Redis, in one pipelined round trip (an INCR and an EXPIRE per window key), so every
-  process of the deployment shares the counts;
+- with Redis, in one round trip (a short script that counts every window key and sets its
+  expiry on the first hit), so every process of the deployment shares the counts;
 - on the embedded default (no Redis), and for a few seconds after Redis fails, in this
   process's memory: a Redis outage never fails a request.
 
@@ -70,6 +70,18 @@ class MemoryCounts:
             return counts
 
 
+# Every window of a request in one command: count, and set the expiry on a window's first hit.
+_COUNT_SCRIPT = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('EXPIREAT', key, ARGV[i]) end
+  counts[i] = n
+end
+return counts
+"""
+
+
 class RateLimiter:
     def __init__(self, app):
         from config import ConfigError
@@ -83,6 +95,7 @@ class RateLimiter:
         self.limits = tuple(limits)
         self.memory = MemoryCounts()
         self._redis_down_until = 0.0
+        self._script = None
 
     def _redis(self):
         if time.monotonic() < self._redis_down_until:
@@ -94,12 +107,12 @@ class RateLimiter:
     def _count(self, keys: list[tuple[str, int]], now: float) -> list[int]:
         client = self._redis()
         if client is not None:
-            pipe = client.pipeline(transaction=False)
-            for key, ends in keys:
-                pipe.incr(key)
-                pipe.expireat(key, ends + 1)
             try:
-                return pipe.execute()[::2]
+                script = self._script
+                if script is None or script.registered_client is not client:
+                    script = self._script = client.register_script(_COUNT_SCRIPT)
+                return script(keys=[key for key, _ in keys],
+                              args=[int(ends) + 1 for _, ends in keys])
             except Exception as exc:  # redis.RedisError, OSError: count here for a while
                 self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
                 log.warning("rate limits counted in process memory: Redis unavailable (%s)",
