@@ -8,7 +8,9 @@ req/s and p99 shown for each route are from its median round.
 One gunicorn process by default: the load generator takes the other core, and with two
 processes keep-alive connections can all land on one of them, which makes runs bimodal.
 Uses PostgreSQL database ``bench_auth`` (created if missing) and the development token
-issuer: each request carries a real RS256 JWT whose signature the API checks.
+issuer: each request carries a real RS256 JWT whose signature the API checks. Rate limits
+count every request in Redis (db 13) as in production, with limits too high to refuse;
+``--rate-limits memory|off`` to compare.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import sys
 import tempfile
 
 import psycopg2
+import redis
 
 from bench.common import ROOT, Server, run_load
 
 PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/13")
 
 
 def ensure_database(name: str) -> str:
@@ -46,15 +50,26 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rate-limits", choices=("redis", "memory", "off"), default="redis",
+                        help="where requests are counted (redis: as in production)")
     args = parser.parse_args()
 
     instance = tempfile.mkdtemp(prefix="sonicus-bench-")
     env = {"SONICUS_ENV": "development", "DATABASE_URL": ensure_database("bench_auth"),
-           "DEV_TOKEN_ISSUER": "1", "SONICUS_INSTANCE_PATH": instance, "LOG_LEVEL": "WARNING",
-           "RATELIMIT_ENABLED": "0"}
-    env.pop("REDIS_URL", None)
+           "DEV_TOKEN_ISSUER": "1", "SONICUS_INSTANCE_PATH": instance, "LOG_LEVEL": "WARNING"}
+    if args.rate_limits == "off":
+        env["RATELIMIT_ENABLED"] = "0"
+    else:
+        # Every request is counted as in production; the limits are set high enough that
+        # this one token's load is never refused.
+        env.update(RATELIMIT_ENABLED="1", RATELIMIT_PER_USER="100000/second;10000000/minute",
+                   RATELIMIT_PER_IP="100000/second;10000000/minute")
+    if args.rate_limits == "redis":
+        env["REDIS_URL"] = REDIS
+        redis.Redis.from_url(REDIS).flushdb()
     full_env = {**os.environ, **env}
-    full_env.pop("REDIS_URL", None)
+    if args.rate_limits != "redis":
+        full_env.pop("REDIS_URL", None)
     flask = [sys.executable, "-m", "flask", "--app", "wsgi"]
     subprocess.run([*flask, "db", "upgrade"], cwd=ROOT, env=full_env, check=True,
                    capture_output=True)
@@ -93,7 +108,7 @@ def main() -> None:
     results["profile_vs_bare_per_round"] = [round(r, 3) for r in ratios]
     results["setup"] = {"gunicorn": f"{args.workers} workers x gthread {args.threads} threads",
                         "concurrency": args.concurrency, "duration_s": args.duration,
-                        "rounds": args.rounds}
+                        "rounds": args.rounds, "rate_limits": args.rate_limits}
     print(json.dumps(results, indent=2))
 
 

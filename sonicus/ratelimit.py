@@ -1,11 +1,11 @@
 """Rate limits per token and per client address, in fixed windows.
 
 Each limit is one or more windows (``120/second;3000/minute``, parsed by the ``limits``
-library). A request counts against every window of both limits at once:
-- with Redis, in one round trip (a short script that counts every window key and sets its
-  expiry on the first hit), so every process of the deployment shares the counts;
-- on the embedded default (no Redis), and for a few seconds after Redis fails, in this
-  process's memory: a Redis outage never fails a request.
+library). A request counts against every window of both limits. Counting happens in this
+process; with Redis, processes add their counts into shared per-window keys (see
+``RateLimiter`` for when), so the limits hold for the deployment as a whole. On the
+embedded default (no Redis), and for a few seconds after Redis fails, each process counts
+alone: a Redis outage never fails a request.
 
 Answers carry ``X-RateLimit-Limit``/``-Remaining``/``-Reset`` for the window closest to its
 limit; a request over any window gets 429 ``rate_limited`` with ``Retry-After``.
@@ -49,40 +49,43 @@ def parse_limits(text: str) -> tuple[Window, ...]:
     return tuple(Window(item.amount, item.get_expiry()) for item in items)
 
 
-class MemoryCounts:
-    """Fixed-window counters in this process; windows that ended are swept now and then."""
-
-    def __init__(self):
-        self._counts: dict[str, tuple[int, float]] = {}
-        self._lock = threading.Lock()
-        self._next_sweep = 0.0
-
-    def hit(self, keys: list[tuple[str, int]], now: float) -> list[int]:
-        with self._lock:
-            if now >= self._next_sweep:
-                self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
-                self._next_sweep = now + 10
-            counts = []
-            for key, ends in keys:
-                count = self._counts.get(key, (0, ends))[0] + 1
-                self._counts[key] = (count, ends)
-                counts.append(count)
-            return counts
-
-
-# Every window of a request in one command: count, and set the expiry on a window's first hit.
-_COUNT_SCRIPT = """
-local counts = {}
+# A process's pending hits of several windows, added in one command; a window's expiry is
+# set when it is created. Returns the deployment's totals.
+_ADD_SCRIPT = """
+local totals = {}
 for i, key in ipairs(KEYS) do
-  local n = redis.call('INCR', key)
-  if n == 1 then redis.call('EXPIREAT', key, ARGV[i]) end
-  counts[i] = n
+  local added = tonumber(ARGV[2 * i - 1])
+  local n = redis.call('INCRBY', key, added)
+  if n == added then redis.call('EXPIREAT', key, ARGV[2 * i]) end
+  totals[i] = n
 end
-return counts
+return totals
 """
 
 
+class _Count:
+    __slots__ = ("ends", "total", "pending", "synced_at", "syncing")
+
+    def __init__(self, ends: float, now: float):
+        self.ends = ends          # when the window closes
+        self.total = 0            # the deployment's count as best known here
+        self.pending = 0          # this process's hits not yet added in Redis
+        self.synced_at = now
+        self.syncing = False
+
+
 class RateLimiter:
+    """Counts in this process, reconciled with Redis when it matters.
+
+    A process adds its hits to a window's Redis count (and reads the deployment's total back)
+    when a second has passed since it last did, when it has counted an eighth of the window's
+    limit since, and on every hit once the known total is past half the limit. So a client
+    well inside its limits costs no Redis round trip per request, one near a limit is counted
+    exactly, and a window can be overrun by at most an eighth of its limit per process.
+    """
+
+    SYNC_SECONDS = 1.0
+
     def __init__(self, app):
         from config import ConfigError
 
@@ -93,7 +96,9 @@ class RateLimiter:
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc} (e.g. '120/second;3000/minute')") from exc
         self.limits = tuple(limits)
-        self.memory = MemoryCounts()
+        self._counts: dict[str, _Count] = {}
+        self._lock = threading.Lock()
+        self._next_sweep = 0.0
         self._redis_down_until = 0.0
         self._script = None
 
@@ -104,20 +109,53 @@ class RateLimiter:
 
         return get_redis()
 
-    def _count(self, keys: list[tuple[str, int]], now: float) -> list[int]:
+    def _count(self, hits: list[tuple[str, float, int]], now: float) -> list[int]:
+        """Count one hit per (key, window end, limit); the totals as known after it."""
         client = self._redis()
-        if client is not None:
-            try:
-                script = self._script
-                if script is None or script.registered_client is not client:
-                    script = self._script = client.register_script(_COUNT_SCRIPT)
-                return script(keys=[key for key, _ in keys],
-                              args=[int(ends) + 1 for _, ends in keys])
-            except Exception as exc:  # redis.RedisError, OSError: count here for a while
-                self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
-                log.warning("rate limits counted in process memory: Redis unavailable (%s)",
-                            type(exc).__name__)
-        return self.memory.hit(keys, now)
+        to_sync, counts = [], []
+        with self._lock:
+            if now >= self._next_sweep:
+                self._counts = {k: c for k, c in self._counts.items() if c.ends > now}
+                self._next_sweep = now + 10
+            for key, ends, amount in hits:
+                count = self._counts.get(key)
+                if count is None:
+                    count = self._counts[key] = _Count(ends, now)
+                count.total += 1
+                count.pending += 1
+                counts.append(count)
+                if client is not None and not count.syncing and (
+                        count.total * 2 > amount or count.pending * 8 >= amount
+                        or now - count.synced_at >= self.SYNC_SECONDS):
+                    count.syncing = True
+                    to_sync.append((key, count, count.pending))
+            if not to_sync:
+                return [count.total for count in counts]
+        self._sync(client, to_sync, now)
+        with self._lock:
+            return [count.total for count in counts]
+
+    def _sync(self, client, to_sync, now: float) -> None:
+        try:
+            script = self._script
+            if script is None or script.registered_client is not client:
+                script = self._script = client.register_script(_ADD_SCRIPT)
+            args = []
+            for _key, count, sent in to_sync:
+                args += [sent, int(count.ends) + 1]
+            totals = script(keys=[key for key, _, _ in to_sync], args=args)
+        except Exception as exc:  # redis.RedisError, OSError: keep counting here for a while
+            totals = None
+            self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+            log.warning("rate limits counted in this process alone: Redis unavailable (%s)",
+                        type(exc).__name__)
+        with self._lock:
+            for i, (_key, count, sent) in enumerate(to_sync):
+                count.syncing = False
+                if totals is not None:
+                    count.pending -= sent
+                    count.total = int(totals[i]) + count.pending
+                    count.synced_at = now
 
     def check(self) -> None:
         """Count this request; raise 429 when it is over a window."""
@@ -133,11 +171,12 @@ class RateLimiter:
             for window in scope_windows:
                 start = int(now // window.seconds) * window.seconds
                 ends = start + window.seconds
-                keys.append((f"sonicus:rl:{scope}:{ident}:{window.seconds}:{start}", ends))
+                keys.append((f"sonicus:rl:{scope}:{ident}:{window.seconds}:{start}", ends,
+                             window.amount))
                 windows.append(window)
         counts = self._count(keys, now)
         tightest, over = None, None
-        for (_key, ends), window, count in zip(keys, windows, counts, strict=True):
+        for (_key, ends, _amount), window, count in zip(keys, windows, counts, strict=True):
             remaining = window.amount - count
             if tightest is None or remaining < tightest[1]:
                 tightest = (window.amount, remaining, ends)

@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import time
 
 import pytest
 
@@ -197,3 +198,32 @@ def test_rate_limits_still_hold_while_redis_is_down(idp):
 def test_a_limit_that_does_not_parse_is_refused_at_start(idp):
     with pytest.raises(ConfigError, match="RATELIMIT_PER_IP"):
         create_app(make_config(idp, RATELIMIT_PER_IP="lots"))
+
+
+def test_near_its_limit_a_client_is_counted_exactly_across_processes(idp):
+    config = make_config(idp, RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="40/hour",
+                         RATELIMIT_PER_IP="100000/hour")
+    first, second = create_app(config).test_client(), create_app(config).test_client()
+    headers = {"Authorization": f"Bearer {idp.token(email='steady-stream@example.com')}"}
+    statuses = [(first if i % 2 else second).get("/api/user/profile", headers=headers)
+                .status_code for i in range(60)]
+    assert statuses.count(200) == 40 and statuses[:40] == [200] * 40
+
+
+def test_a_client_well_inside_its_limits_reaches_redis_within_a_second(idp, redis_client):
+    app = create_app(make_config(idp, RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="1000/hour",
+                                 RATELIMIT_PER_IP="100000/hour"))
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {idp.token(email='light@example.com')}"}
+
+    def shared_count():
+        keys = redis_client.keys("sonicus:rl:user:*:3600:*")
+        return sum(int(redis_client.get(key)) for key in keys)
+
+    for _ in range(10):
+        assert client.get("/api/user/profile", headers=headers).status_code == 200
+    assert shared_count() < 10  # counted here; no round trip per request
+    time.sleep(1.1)
+    res = client.get("/api/user/profile", headers=headers)
+    assert shared_count() == 11
+    assert res.headers["X-RateLimit-Remaining"] == "989"
