@@ -101,13 +101,16 @@ class RateLimiter:
         self._next_sweep = 0.0
         self._redis_down_until = 0.0
         self._script = None
+        self._client = None
 
     def _redis(self):
         if time.monotonic() < self._redis_down_until:
             return None
-        from .extensions import get_redis
+        if self._client is None:
+            from .extensions import get_redis
 
-        return get_redis()
+            self._client = get_redis() or False  # False: this app has no Redis
+        return self._client or None
 
     def _count(self, hits: list[tuple[str, float, int]], now: float) -> list[int]:
         """Count one hit per (key, window end, limit); the totals as known after it."""
@@ -159,27 +162,26 @@ class RateLimiter:
 
     def check(self) -> None:
         """Count this request; raise 429 when it is over a window."""
-        if request.path in EXEMPT_PATHS or request.method == "OPTIONS":
+        environ = request.environ
+        if environ.get("PATH_INFO") in EXEMPT_PATHS or environ["REQUEST_METHOD"] == "OPTIONS":
             return
         now = time.time()
-        idents = {"user": _token_key(), "ip": request.remote_addr or "unknown"}
-        keys, windows = [], []
+        idents = {"user": _token_key(environ), "ip": environ.get("REMOTE_ADDR") or "unknown"}
+        hits = []
         for scope, scope_windows in self.limits:
             ident = idents[scope]
             if ident is None:
                 continue
             for window in scope_windows:
                 start = int(now // window.seconds) * window.seconds
-                ends = start + window.seconds
-                keys.append((f"sonicus:rl:{scope}:{ident}:{window.seconds}:{start}", ends,
-                             window.amount))
-                windows.append(window)
-        counts = self._count(keys, now)
+                hits.append((f"sonicus:rl:{scope}:{ident}:{window.seconds}:{start}",
+                             start + window.seconds, window.amount))
+        counts = self._count(hits, now)
         tightest, over = None, None
-        for (_key, ends, _amount), window, count in zip(keys, windows, counts, strict=True):
-            remaining = window.amount - count
+        for (_key, ends, amount), count in zip(hits, counts, strict=True):
+            remaining = amount - count
             if tightest is None or remaining < tightest[1]:
-                tightest = (window.amount, remaining, ends)
+                tightest = (amount, remaining, ends)
             if remaining < 0 and (over is None or ends > over):
                 over = ends
         if tightest is not None:  # shown in X-RateLimit-* by web.py
@@ -190,8 +192,8 @@ class RateLimiter:
                            headers={"Retry-After": str(retry)})
 
 
-def _token_key() -> str | None:
-    header = request.headers.get("Authorization", "")
+def _token_key(environ) -> str | None:
+    header = environ.get("HTTP_AUTHORIZATION", "")
     token = header.split(None, 1)[1] if " " in header else ""
     if not token:
         token = request.args.get("access_token", "")
