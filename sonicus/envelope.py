@@ -110,6 +110,24 @@ class PageArgsSchema(ma.Schema):
     per_page = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=100))
 
 
+class Dumped:
+    """A view's result already in its response schema's output form (built once, reused)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+
+class ResponseSchema(ma.Schema):
+    """A response schema that passes a ``Dumped`` result through as it is."""
+
+    def dump(self, obj, *, many=None):
+        if isinstance(obj, Dumped):
+            return obj.data
+        return super().dump(obj, many=many)
+
+
 _envelopes: dict[tuple, type[ma.Schema]] = {}
 
 

@@ -71,7 +71,7 @@ def _columns(obj) -> dict:
 class IdentitySnapshot(Snapshot):
     """The user and their subscription as read at sign-in, for routes that only read them."""
 
-    __slots__ = ("orm_user", "orm_subscription")
+    __slots__ = ("orm_user", "orm_subscription", "_memo")
 
     def __init__(self, user: User, sub: UserSubscription):
         values = _columns(user)
@@ -81,6 +81,14 @@ class IdentitySnapshot(Snapshot):
         # Detached twins to attach to a request's session; never attached themselves.
         object.__setattr__(self, "orm_user", _detached_copy(user))
         object.__setattr__(self, "orm_subscription", _detached_copy(sub))
+        object.__setattr__(self, "_memo", {})
+
+    def remember(self, key: str, build):
+        """``build()``, once for this snapshot: for documents that depend on nothing else."""
+        value = self._memo.get(key)
+        if value is None:
+            value = self._memo[key] = build()
+        return value
 
 
 class IdentityCache:

@@ -100,3 +100,14 @@ def test_a_change_right_after_a_cached_read_is_saved(client, auth, db_session):
     assert stored.display_name == "Quick" and stored.preferences["goals"] == ["sleep"]
     data = client.get("/api/user/profile", headers=headers).json["data"]
     assert data["display_name"] == "Quick" and data["preferences"]["goals"] == ["sleep"]
+
+
+def test_the_profile_from_the_snapshot_is_the_profile_from_the_database(client, auth):
+    headers = auth("same@example.com", name="Same Person")
+    client.put("/api/user/profile", headers=headers,
+               json={"timezone": "Asia/Tokyo", "preferences": {"goals": ["focus", "sleep"]}})
+    # after the change: loaded from the database, then built from the snapshot, then reused
+    answers = [client.get("/api/user/profile", headers=headers).json for _ in range(3)]
+    assert answers[0]["data"]["timezone"] == "Asia/Tokyo"
+    assert answers[0]["data"]["preferences"]["goals"] == ["focus", "sleep"]
+    assert answers[0] == answers[1] == answers[2]

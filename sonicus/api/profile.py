@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask.views import MethodView
 
 from ..auth import current_identity, current_user, require_user
-from ..envelope import Blueprint, set_message
+from ..envelope import Blueprint, Dumped, set_message
+from ..identity_cache import IdentitySnapshot
 from ..schemas.common import EmptySchema
 from ..schemas.export import ExportSchema
 from ..schemas.profile import ProfileSchema, ProfileUpdateSchema
@@ -20,7 +21,11 @@ class Profile(MethodView):
     @blp.response(200, ProfileSchema)
     def get(self):
         """The caller's profile."""
-        return users.profile(current_identity())
+        caller = current_identity()
+        if isinstance(caller, IdentitySnapshot):  # built once per sign-in snapshot
+            return Dumped(caller.remember(
+                "profile", lambda: ProfileSchema().dump(users.profile(caller))))
+        return users.profile(caller)
 
     @require_user
     @blp.arguments(ProfileUpdateSchema)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
+from ..envelope import ResponseSchema
 from .common import StrictSchema, validate_timezone
 
 GOALS = ("sleep", "focus", "relaxation", "stress", "anxiety", "meditation", "energy", "mood")
@@ -29,7 +30,7 @@ class OnboardingSchema(ma.Schema):
     completed = ma.fields.Boolean(required=True)
 
 
-class ProfileSchema(ma.Schema):
+class ProfileSchema(ResponseSchema):
     id = ma.fields.Integer(required=True)
     email = ma.fields.String(required=True)
     display_name = ma.fields.String(allow_none=True, required=True)
