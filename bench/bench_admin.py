@@ -24,9 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg2  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL",
                               "postgresql://postgres@127.0.0.1:5432/bench_admin")
@@ -45,19 +43,6 @@ DOMAINS = ["example.com", "mail.test", "inbox.example", "post.test"]
 
 def _sql_array(values) -> str:
     return "ARRAY[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
-
-
-def ensure_database(url: str) -> None:
-    parsed = make_url(url)
-    conn = psycopg2.connect(host=parsed.host, port=parsed.port or 5432,
-                            user=parsed.username, password=parsed.password, dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (parsed.database,))
-        if cur.fetchone() is None:
-            cur.execute(f'CREATE DATABASE "{parsed.database}"')
-            print(f"created database {parsed.database}")
-    conn.close()
 
 
 def generate(db, users: int, sessions: int, days: int) -> None:
@@ -156,6 +141,7 @@ def main() -> int:
 
     from flask_migrate import upgrade
 
+    from bench.common import ensure_database
     from sonicus import create_app, devtokens
     from sonicus.extensions import db, get_redis
 

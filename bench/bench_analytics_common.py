@@ -24,18 +24,9 @@ def bench_env() -> dict:
 
 
 def ensure_database(url: str = BENCH_DATABASE_URL) -> None:
-    from sqlalchemy import create_engine, text
+    from bench.common import ensure_database as create_if_missing
 
-    from config import normalise_database_url
-
-    base, name = normalise_database_url(url).rsplit("/", 1)
-    engine = create_engine(base + "/postgres", isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
-                              {"n": name}).scalar()
-        if not exists:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
+    create_if_missing(url)
 
 
 def make_bench_app():

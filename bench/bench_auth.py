@@ -23,24 +23,12 @@ import subprocess
 import sys
 import tempfile
 
-import psycopg2
 import redis
 
-from bench.common import ROOT, Server, run_load
+from bench.common import ROOT, Server, ensure_database, run_load
 
 PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/13")
-
-
-def ensure_database(name: str) -> str:
-    conn = psycopg2.connect(PG + "/postgres")
-    conn.autocommit = True
-    cur = conn.cursor()
-    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-    if not cur.fetchone():
-        cur.execute(f"CREATE DATABASE {name}")
-    conn.close()
-    return f"{PG}/{name}"
 
 
 def main() -> None:
@@ -55,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     instance = tempfile.mkdtemp(prefix="sonicus-bench-")
-    env = {"SONICUS_ENV": "development", "DATABASE_URL": ensure_database("bench_auth"),
+    env = {"SONICUS_ENV": "development", "DATABASE_URL": ensure_database(f"{PG}/bench_auth"),
            "DEV_TOKEN_ISSUER": "1", "SONICUS_INSTANCE_PATH": instance, "LOG_LEVEL": "WARNING"}
     if args.rate_limits == "off":
         env["RATELIMIT_ENABLED"] = "0"

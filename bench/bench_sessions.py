@@ -60,20 +60,13 @@ def make_bench_app(database_url: str):
 
 def reset_database(app, database_url: str) -> None:
     """Create the database when missing, drop our schema and migrate from scratch."""
-    import psycopg2
     from flask_migrate import upgrade
     from sqlalchemy import text
 
+    from bench.common import ensure_database
     from sonicus.extensions import db
 
-    base, name = database_url.rsplit("/", 1)
-    conn = psycopg2.connect(base.replace("postgresql+psycopg2", "postgresql") + "/postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-        if cur.fetchone() is None:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
+    ensure_database(database_url)
     with app.app_context():
         with db.engine.begin() as c:
             c.execute(text("DROP SCHEMA IF EXISTS sonicus CASCADE"))

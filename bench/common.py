@@ -14,6 +14,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def ensure_database(url: str) -> str:
+    """Create the PostgreSQL database of ``url`` when it is missing; returns ``url``."""
+    from sqlalchemy import create_engine, text
+
+    from config import normalise_database_url
+
+    base, name = normalise_database_url(url).rsplit("/", 1)
+    engine = create_engine(base + "/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                              {"n": name}).scalar()
+        if not exists:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return url
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

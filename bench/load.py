@@ -114,8 +114,10 @@ def reset_database(env: dict) -> None:
     import redis
     from sqlalchemy import create_engine, text
 
+    from bench.common import ensure_database
     from config import normalise_database_url
 
+    ensure_database(DATABASE_URL)
     engine = create_engine(normalise_database_url(DATABASE_URL))
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA IF EXISTS sonicus CASCADE"))
