@@ -113,52 +113,56 @@ class RateLimiter:
         return self._client or None
 
     def _count(self, hits: list[tuple[str, float, int]], now: float) -> list[int]:
-        """Count one hit per (key, window end, limit); the totals as known after it."""
+        """Count one hit per (key, window end, limit); each window's total up to this hit."""
         client = self._redis()
-        to_sync, counts = [], []
+        to_sync, totals = [], []
         with self._lock:
             if now >= self._next_sweep:
                 self._counts = {k: c for k, c in self._counts.items() if c.ends > now}
                 self._next_sweep = now + 10
-            for key, ends, amount in hits:
+            for i, (key, ends, amount) in enumerate(hits):
                 count = self._counts.get(key)
                 if count is None:
                     count = self._counts[key] = _Count(ends, now)
                 count.total += 1
                 count.pending += 1
-                counts.append(count)
+                totals.append(count.total)
                 if client is not None and not count.syncing and (
                         count.total * 2 > amount or count.pending * 8 >= amount
                         or now - count.synced_at >= self.SYNC_SECONDS):
                     count.syncing = True
-                    to_sync.append((key, count, count.pending))
-            if not to_sync:
-                return [count.total for count in counts]
-        self._sync(client, to_sync, now)
-        with self._lock:
-            return [count.total for count in counts]
+                    to_sync.append((i, key, count, count.pending))
+        if to_sync:
+            # The deployment's totals up to this hit: what was sent ends with it.
+            for i, total in self._sync(client, to_sync, now):
+                totals[i] = total
+        return totals
 
-    def _sync(self, client, to_sync, now: float) -> None:
+    def _sync(self, client, to_sync, now: float) -> list[tuple[int, int]]:
         try:
             script = self._script
             if script is None or script.registered_client is not client:
                 script = self._script = client.register_script(_ADD_SCRIPT)
             args = []
-            for _key, count, sent in to_sync:
+            for _i, _key, count, sent in to_sync:
                 args += [sent, int(count.ends) + 1]
-            totals = script(keys=[key for key, _, _ in to_sync], args=args)
+            totals = [int(t) for t in script(keys=[key for _, key, _, _ in to_sync], args=args)]
         except Exception as exc:  # redis.RedisError, OSError: keep counting here for a while
             totals = None
             self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
             log.warning("rate limits counted in this process alone: Redis unavailable (%s)",
                         type(exc).__name__)
         with self._lock:
-            for i, (_key, count, sent) in enumerate(to_sync):
+            for _i, _key, count, _sent in to_sync:
                 count.syncing = False
-                if totals is not None:
-                    count.pending -= sent
-                    count.total = int(totals[i]) + count.pending
-                    count.synced_at = now
+            if totals is None:
+                return []
+            for (_i, _key, count, sent), total in zip(to_sync, totals, strict=True):
+                count.pending -= sent
+                count.total = total + count.pending
+                count.synced_at = now
+        return [(i, total) for (i, _key, _count, _sent), total in zip(to_sync, totals,
+                                                                       strict=True)]
 
     def check(self) -> None:
         """Count this request; raise 429 when it is over a window."""

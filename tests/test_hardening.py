@@ -227,3 +227,19 @@ def test_a_client_well_inside_its_limits_reaches_redis_within_a_second(idp, redi
     res = client.get("/api/user/profile", headers=headers)
     assert shared_count() == 11
     assert res.headers["X-RateLimit-Remaining"] == "989"
+
+
+def test_racing_requests_get_exactly_the_limit(idp):
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = create_app(make_config(idp, RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="40/hour",
+                                 RATELIMIT_PER_IP="100000/hour"))
+    headers = {"Authorization": f"Bearer {idp.token(email='racer@example.com')}"}
+    app.test_client().get("/api/tiers")  # warm the app up before the race
+
+    def one(_):
+        return app.test_client().get("/api/user/profile", headers=headers).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(one, range(64)))
+    assert statuses.count(200) == 40 and statuses.count(429) == 24, str(sorted(statuses))
