@@ -14,7 +14,6 @@ limit; a request over any window gets 429 ``rate_limited`` with ``Retry-After``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from flask import g, request
 from limits import parse_many
 
+from .auth import token_digest
 from .envelope import ApiError
 
 log = logging.getLogger(__name__)
@@ -152,17 +152,16 @@ class RateLimiter:
             self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
             log.warning("rate limits counted in this process alone: Redis unavailable (%s)",
                         type(exc).__name__)
+        synced = []
         with self._lock:
-            for _i, _key, count, _sent in to_sync:
+            for n, (i, _key, count, sent) in enumerate(to_sync):
                 count.syncing = False
-            if totals is None:
-                return []
-            for (_i, _key, count, sent), total in zip(to_sync, totals, strict=True):
-                count.pending -= sent
-                count.total = total + count.pending
-                count.synced_at = now
-        return [(i, total) for (i, _key, _count, _sent), total in zip(to_sync, totals,
-                                                                       strict=True)]
+                if totals is not None:
+                    count.pending -= sent
+                    count.total = totals[n] + count.pending
+                    count.synced_at = now
+                    synced.append((i, totals[n]))
+        return synced
 
     def check(self) -> None:
         """Count this request; raise 429 when it is over a window."""
@@ -203,7 +202,7 @@ def _token_key(environ) -> str | None:
         token = request.args.get("access_token", "")
     if not token:
         return None
-    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:32]
+    return token_digest(token)[:32]
 
 
 def init_rate_limits(app) -> None:
