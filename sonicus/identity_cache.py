@@ -36,11 +36,15 @@ _CLEAR_ALL = "sonicus_identity_clear_all"
 _caches: weakref.WeakSet[IdentityCache] = weakref.WeakSet()
 
 
+def _columns(obj) -> dict:
+    """A deep copy of a loaded row's column values, by attribute name."""
+    mapper = inspect(obj).mapper
+    return {attr.key: copy.deepcopy(getattr(obj, attr.key)) for attr in mapper.column_attrs}
+
+
 def _detached_copy(obj):
     """A detached twin of a loaded row: never attached to a session, never mutated."""
-    mapper = inspect(obj).mapper
-    clone = mapper.class_(**{attr.key: copy.deepcopy(getattr(obj, attr.key))
-                             for attr in mapper.column_attrs})
+    clone = type(obj)(**_columns(obj))
     make_transient_to_detached(clone)
     return clone
 
@@ -61,11 +65,6 @@ class Snapshot:
 
     def __setattr__(self, name, value):
         raise AttributeError("a sign-in snapshot is read-only: change the user via current_user")
-
-
-def _columns(obj) -> dict:
-    mapper = inspect(obj).mapper
-    return {attr.key: copy.deepcopy(getattr(obj, attr.key)) for attr in mapper.column_attrs}
 
 
 class IdentitySnapshot(Snapshot):
