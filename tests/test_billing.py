@@ -423,13 +423,18 @@ def test_production_with_stripe_needs_an_api_key():
     validate_config(config)
 
 
-def test_subscription_deleted_during_a_trial_ends_it_at_trial_end(client, auth, app):
-    headers = auth()
+def _trial_with_card_on_file(client, headers):
+    """A premium trial whose checkout (the card) is confirmed."""
     client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
                 headers=headers)
     ref = client.post("/api/user/subscription", json={"tier": "premium"},
                       headers=headers).get_json()["data"]["checkout"]["reference"]
     client.post(f"/api/billing/sandbox/{ref}/confirm")
+
+
+def test_subscription_deleted_during_a_trial_ends_it_at_trial_end(client, auth, app):
+    headers = auth()
+    _trial_with_card_on_file(client, headers)
     event = subscription_deleted("evt_d", subscription="sub_t")
     event["data"]["object"]["metadata"] = {"sonicus_user_id": str(user_id(app, EMAIL))}
     resp = post_webhook(client, event)
@@ -514,11 +519,7 @@ def test_failed_first_payment_keeps_it_incomplete(client, auth, app):
 
 def test_failed_card_during_a_trial_means_no_conversion(client, auth, app):
     headers = auth()
-    client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
-                headers=headers)
-    ref = client.post("/api/user/subscription", json={"tier": "premium"},
-                      headers=headers).get_json()["data"]["checkout"]["reference"]
-    client.post(f"/api/billing/sandbox/{ref}/confirm")
+    _trial_with_card_on_file(client, headers)
     assert subscription(client, headers)["payment_method_on_file"] is True
     event = invoice_event("evt_f", "invoice.payment_failed", user_id=user_id(app, EMAIL),
                           tier="premium", period_start=now(), period_end=now() + 30 * DAY)
