@@ -9,6 +9,7 @@ same envelope.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from http import HTTPStatus
 
 import flask_smorest
@@ -108,6 +109,23 @@ class PageArgsSchema(ma.Schema):
 
     page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1, max=100000))
     per_page = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=100))
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: what list services return; the Blueprint turns it into ``data``
+    (the items) and the envelope's ``pagination``."""
+
+    items: list
+    total: int
+    page: int
+    per_page: int
+
+    @property
+    def pagination(self) -> dict:
+        pages = math.ceil(self.total / self.per_page) if self.total else 0
+        return {"page": self.page, "per_page": self.per_page, "total": self.total,
+                "pages": pages}
 
 
 class Dumped:

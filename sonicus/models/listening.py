@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, SmallInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -35,6 +35,13 @@ class ListeningSession(Base):
 
     package = relationship("SoundPackage")
     track = relationship("Track")
+
+    @property
+    def ends_at(self) -> datetime | None:
+        """When the tier's maximum length is reached; None when unlimited."""
+        if self.max_duration_seconds is None:
+            return None
+        return self.started_at + timedelta(seconds=self.max_duration_seconds)
 
     __table_args__ = (
         Index("ix_user_sessions_user_id_started_at", "user_id", "started_at"),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String
@@ -10,6 +11,26 @@ from .base import Base, UTCDateTime, utcnow
 ACTIVE, TRIALING, INCOMPLETE, PAST_DUE, CANCELED = (
     "active", "trialing", "incomplete", "past_due", "canceled")
 STATUSES = (ACTIVE, TRIALING, INCOMPLETE, PAST_DUE, CANCELED)
+CANCEL_REASONS = ("too_expensive", "not_using", "missing_features", "other")
+
+
+@dataclass(frozen=True)
+class Onboarding:
+    """Where a new user stands: email verified, a tier chosen, no payment pending."""
+
+    email_verified: bool
+    tier_chosen: bool
+    payment_pending: bool
+
+    @property
+    def completed(self) -> bool:
+        return self.tier_chosen and self.email_verified and not self.payment_pending
+
+    @classmethod
+    def of(cls, email_verified: bool, sub: UserSubscription | None) -> Onboarding:
+        if sub is None:
+            return cls(bool(email_verified), False, False)
+        return cls(bool(email_verified), sub.tier_chosen_at is not None, sub.status == INCOMPLETE)
 
 
 class UserSubscription(Base):

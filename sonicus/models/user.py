@@ -8,6 +8,16 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from .base import Base, UTCDateTime, utcnow
 
 ROLE_USER, ROLE_ADMIN = "user", "admin"
+DEFAULT_PREFERENCES = {"goals": [], "favorite_categories": [], "daily_goal_minutes": None,
+                       "show_streaks": True}
+
+
+def merge_preferences(stored: dict | None, changes: dict | None = None) -> dict:
+    """The defaults, overlaid with what is stored, overlaid with ``changes``."""
+    merged = dict(DEFAULT_PREFERENCES)
+    merged.update(stored or {})
+    merged.update(changes or {})
+    return merged
 
 
 class User(Base):
@@ -40,3 +50,7 @@ class User(Base):
     @property
     def is_admin(self) -> bool:
         return self.role == ROLE_ADMIN
+
+    @property
+    def merged_preferences(self) -> dict:
+        return merge_preferences(self.preferences)

@@ -1,0 +1,95 @@
+"""A short-lived, per-process cache of callers by token digest.
+
+A single-page app fires bursts of requests with one token (the dashboard, its packages, the
+analytics). The first resolves the token to an immutable caller (``auth.Caller``); for the
+next ``AUTH_USER_CACHE_SECONDS`` (default 2) the same token is answered from here without a
+database session.
+
+Freshness is explicit: a service that changes a user or a subscription names the user in its
+unit of work (``services.transaction``), which calls ``forget_user`` after the commit. That is
+the one place a caller is invalidated. Every rule that enforces a limit or money re-reads and
+locks its rows; a cached caller only serves reads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from flask import current_app
+
+EXTENSION_KEY = "sonicus_caller_cache"
+
+
+class CallerCache:
+    """Callers (any object with an ``id``) by token digest, each kept for ``ttl`` seconds."""
+
+    def __init__(self, ttl_seconds: float, max_entries: int = 20000):
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, object]] = {}
+        self._by_user: dict[int, set[str]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl > 0
+
+    def get(self, digest: str):
+        """The caller for this token, if it is fresh; else None."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        expires, caller = entry
+        if expires < time.monotonic():
+            with self._lock:
+                self._drop(digest, caller.id)
+            return None
+        return caller
+
+    def put(self, digest: str, caller) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+                self._by_user.clear()
+            self._entries[digest] = (time.monotonic() + self.ttl, caller)
+            self._by_user.setdefault(caller.id, set()).add(digest)
+
+    def _drop(self, digest: str, user_id: int) -> None:
+        self._entries.pop(digest, None)
+        digests = self._by_user.get(user_id)
+        if digests is not None:
+            digests.discard(digest)
+            if not digests:
+                del self._by_user[user_id]
+
+    def forget(self, user_ids) -> None:
+        with self._lock:
+            for user_id in user_ids:
+                for digest in self._by_user.pop(user_id, ()):
+                    self._entries.pop(digest, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._by_user.clear()
+
+
+def init_caller_cache(app) -> CallerCache:
+    cache = CallerCache(app.config["AUTH_USER_CACHE_SECONDS"])
+    app.extensions[EXTENSION_KEY] = cache
+    return cache
+
+
+def get_caller_cache(app=None) -> CallerCache:
+    return (app or current_app).extensions[EXTENSION_KEY]
+
+
+def forget_users(user_ids) -> None:
+    """Drop these users' cached callers (after a committed change to them)."""
+    user_ids = [user_id for user_id in user_ids if user_id is not None]
+    cache = current_app.extensions.get(EXTENSION_KEY)
+    if user_ids and cache is not None:
+        cache.forget(user_ids)
