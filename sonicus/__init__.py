@@ -9,6 +9,16 @@ from flask import Flask
 
 from config import ConfigError, load_config, normalise_database_url, validate_config
 
+from . import models  # noqa: F401  (every table on the metadata)
+from .api import register_api
+from .auth import init_auth
+from .cli import sonicus_cli
+from .extensions import api, db, migrate, sock
+from .ratelimit import init_rate_limits
+from .realtime.routes import register_realtime
+from .services.analytics import analytics_for_user_id
+from .web import init_web, install_log_redaction
+
 __all__ = ["ConfigError", "create_app"]
 
 
@@ -79,13 +89,6 @@ def create_app(overrides: dict | None = None) -> Flask:
     _api_settings(app)
     validate_config(app.config)
 
-    from . import models  # noqa: F401  (register every table on the metadata)
-    from .api import register_api
-    from .auth import init_auth
-    from .extensions import api, db, migrate, sock
-    from .ratelimit import init_rate_limits
-    from .web import init_web
-
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
     api.init_app(app)
@@ -96,8 +99,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     init_web(app)
     init_rate_limits(app)  # after init_web: its hook starts each request
     register_api(app, api)
-
-    from .cli import sonicus_cli
-
+    register_realtime(app, snapshot=analytics_for_user_id)
+    install_log_redaction()
     app.cli.add_command(sonicus_cli)
     return app

@@ -8,6 +8,7 @@ The local user is synced from the claims, writing only when something changed.
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import hashlib
 import json
@@ -15,8 +16,12 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from copy import deepcopy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
 
+import flask_smorest
 import requests
 from authlib.integrations.flask_oauth2 import ResourceProtector
 from authlib.oauth2 import OAuth2Error
@@ -25,10 +30,15 @@ from flask import current_app, g, request
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from werkzeug.local import LocalProxy
 
+from . import devtokens
+from .caller_cache import get_caller_cache, init_caller_cache
 from .envelope import ApiError
-from .extensions import db
+from .models import User, UserSubscription
+from .models.subscription import ACTIVE, Onboarding
+from .models.user import ROLE_ADMIN
+from .services.users import sync_user_from_claims
+from .tiers import STARTER
 
 log = logging.getLogger(__name__)
 
@@ -238,15 +248,11 @@ def init_auth(app) -> None:
                          timeout=cfg["OIDC_HTTP_TIMEOUT_SECONDS"])
         issuer, audience = cfg["OIDC_ISSUER"], cfg.get("OIDC_AUDIENCE")
     elif cfg.get("DEV_TOKEN_ISSUER"):
-        from . import devtokens
-
         issuer, audience = devtokens.issuer(app), devtokens.AUDIENCE
         keys = JWKSCache(static_keys=lambda: devtokens.public_jwks(app))
     else:
         keys, issuer, audience = None, None, None
-    from .identity_cache import IdentityCache
-
-    app.extensions["sonicus_identity_cache"] = IdentityCache(cfg["AUTH_USER_CACHE_SECONDS"])
+    init_caller_cache(app)
     app.extensions["sonicus_token_verifier"] = (
         TokenVerifier(keys, issuer, audience, leeway=cfg["OIDC_LEEWAY_SECONDS"])
         if keys is not None else None)
@@ -259,10 +265,47 @@ def get_verifier() -> TokenVerifier:
     return verifier
 
 
-def user_from_token(token: str):
-    """Validate a raw token and return the synced, active local user (for sockets too)."""
-    from .services.users import sync_user_from_claims
+# ---- the caller ---------------------------------------------------------------------------
 
+@dataclass(frozen=True, eq=False)
+class Caller:
+    """Who is signed in, as read at sign-in: immutable, shared by the requests of one token
+    for a few seconds (``caller_cache``). For reading only: a service that changes the user
+    takes ``caller.id`` and locks what it changes."""
+
+    id: int
+    email: str
+    display_name: str | None
+    email_verified: bool
+    role: str
+    timezone: str
+    day_start_hour: int
+    preferences: Mapping
+    created_at: datetime
+    tier: str
+    status: str
+    onboarding: Onboarding
+    dump_memo: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ROLE_ADMIN
+
+    @classmethod
+    def of(cls, user: User, sub: UserSubscription | None) -> Caller:
+        tier = sub.tier if sub is not None else STARTER
+        status = sub.status if sub is not None else ACTIVE
+        return cls(
+            id=user.id, email=user.email, display_name=user.display_name,
+            email_verified=bool(user.email_verified), role=user.role, timezone=user.timezone,
+            day_start_hour=user.day_start_hour,
+            preferences=MappingProxyType(copy.deepcopy(user.merged_preferences)),
+            created_at=user.created_at, tier=tier, status=status,
+            onboarding=Onboarding.of(bool(user.email_verified), sub))
+
+
+def caller_from_token(token: str) -> Caller:
+    """Validate a raw token (a socket's) into the synced, active caller."""
     try:
         claims = get_verifier().verify(token)
     except TokenRejected as exc:
@@ -270,55 +313,30 @@ def user_from_token(token: str):
     except KeysUnavailable as exc:
         raise ApiError(503, "service_unavailable",
                        "Sign-in is unavailable right now; try again shortly.") from exc
-    return sync_user_from_claims(claims)
+    return Caller.of(*sync_user_from_claims(claims))
 
 
-def authenticate_request():
-    """Validate the request's Bearer token; the caller, for reading (see ``current_identity``).
+def authenticate_request() -> Caller:
+    """Validate the request's Bearer token into the caller.
 
-    A token seen moments ago is answered from the per-process snapshot without touching the
-    database; otherwise the user is synced from the claims and loaded into the session.
+    A token seen moments ago is answered from the per-process cache without touching the
+    database; otherwise the user is synced from the claims.
     """
-    caller = current_identity()
+    caller = g.get("caller")
     if caller is not None:
         return caller
-    from .services.users import sync_user_from_claims
-
     try:
         claims = protector.validate_request(None, _BearerRequest(request.headers))
     except OAuth2Error as error:
         protector.raise_error_response(error)
-    identities = current_app.extensions["sonicus_identity_cache"]
-    snapshot = identities.get(claims.digest) if identities.enabled else None
-    if snapshot is not None:
-        g.identity_snapshot = snapshot
-        g.current_user_id = snapshot.id
-        return snapshot
-    user = sync_user_from_claims(dict(claims))
-    if identities.enabled:
-        identities.put(claims.digest, user)
-    g.current_user = user
-    g.current_user_id = user.id  # for logs: readable even after the session is rolled back
-    return user
-
-
-def current_identity():
-    """The signed-in caller, for reading only: the request's ``User`` once it has one,
-    else the read-only sign-in snapshot. None before sign-in."""
-    state = g.__dict__
-    return state.get("current_user") or state.get("identity_snapshot")
-
-
-def _load_current_user():
-    """The caller as a ``User`` of this request's session (the snapshot attached on demand)."""
-    state = g.__dict__
-    user = state.get("current_user")
-    if user is None:
-        snapshot = state.get("identity_snapshot")
-        if snapshot is not None:
-            user = current_app.extensions["sonicus_identity_cache"].attach(db.session, snapshot)
-            g.current_user = user
-    return user
+    callers = get_caller_cache()
+    caller = callers.get(claims.digest)
+    if caller is None:
+        caller = Caller.of(*sync_user_from_claims(dict(claims)))
+        callers.put(claims.digest, caller)
+    g.caller = caller
+    g.current_user_id = caller.id  # for logs
+    return caller
 
 
 class _BearerRequest:
@@ -330,36 +348,27 @@ class _BearerRequest:
         self.headers = headers
 
 
-current_user = LocalProxy(_load_current_user)
-
-_SECURITY_DOC = {"security": [{"bearerAuth": []}]}
-
-
-def _document_security(wrapper, func):
-    wrapper._apidoc = deepcopy(getattr(func, "_apidoc", {}))
-    wrapper._apidoc.setdefault("manual_doc", {}).update(_SECURITY_DOC)
-    return wrapper
+_signed_in = flask_smorest.Blueprint.doc(security=[{"bearerAuth": []}])
 
 
 def require_user(func):
-    """Any signed-in, active user in the required group."""
+    """Any signed-in, active user in the required group; the view gets ``caller=``."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        authenticate_request()
-        return func(*args, **kwargs)
+        return func(*args, caller=authenticate_request(), **kwargs)
 
-    return _document_security(wrapper, func)
+    return _signed_in(wrapper)
 
 
 def require_super_admin(func):
-    """Holders of the admin group only; everyone else gets 403."""
+    """Holders of the admin group only (everyone else gets 403); the view gets ``caller=``."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        user = authenticate_request()
-        if not user.is_admin:
+        caller = authenticate_request()
+        if not caller.is_admin:
             raise ApiError(403, "forbidden", "Administrators only.")
-        return func(*args, **kwargs)
+        return func(*args, caller=caller, **kwargs)
 
-    return _document_security(wrapper, func)
+    return _signed_in(wrapper)

@@ -35,7 +35,11 @@ def day_start(day: date, tz_name: str, day_start_hour: int) -> datetime:
     return aware.astimezone(UTC)
 
 
+def day_start_after(day: date, tz_name: str, day_start_hour: int) -> datetime:
+    """When the user's ``day`` ends: the start of the next one."""
+    return day_start(day + timedelta(days=1), tz_name, day_start_hour)
+
+
 def next_day_start(moment: datetime, tz_name: str, day_start_hour: int) -> datetime:
     """When the user's current day ends (their quota resets)."""
-    today = local_day(moment, tz_name, day_start_hour)
-    return day_start(today + timedelta(days=1), tz_name, day_start_hour)
+    return day_start_after(local_day(moment, tz_name, day_start_hour), tz_name, day_start_hour)

@@ -8,6 +8,7 @@ same envelope.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -111,6 +112,22 @@ class PageArgsSchema(ma.Schema):
     per_page = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=100))
 
 
+class ResponseSchema(ma.Schema):
+    """An output schema. An immutable result (a frozen object with a ``dump_memo`` dict, such
+    as the signed-in caller, kept for seconds and shared by requests) is dumped once per
+    schema and reused; anything else is dumped every time."""
+
+    def dump(self, obj, *, many=None):
+        memo = getattr(obj, "dump_memo", None)
+        if memo is None:
+            return super().dump(obj, many=many)
+        key = (type(self), many)
+        dumped = memo.get(key)
+        if dumped is None:
+            dumped = memo[key] = super().dump(obj, many=many)
+        return dumped
+
+
 @dataclass(frozen=True)
 class Page:
     """One page of a list: what list services return; the Blueprint turns it into ``data``
@@ -126,24 +143,6 @@ class Page:
         pages = math.ceil(self.total / self.per_page) if self.total else 0
         return {"page": self.page, "per_page": self.per_page, "total": self.total,
                 "pages": pages}
-
-
-class Dumped:
-    """A view's result already in its response schema's output form (built once, reused)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data):
-        self.data = data
-
-
-class ResponseSchema(ma.Schema):
-    """A response schema that passes a ``Dumped`` result through as it is."""
-
-    def dump(self, obj, *, many=None):
-        if isinstance(obj, Dumped):
-            return obj.data
-        return super().dump(obj, many=many)
 
 
 _envelopes: dict[tuple, type[ma.Schema]] = {}
@@ -179,15 +178,57 @@ def set_message(message: str) -> None:
     g.envelope_message = message
 
 
+ERROR_DESCRIPTIONS = {
+    400: "`validation_error`: the request cannot be read.",
+    401: "`missing_token` or `invalid_token`: sign in again.",
+    402: "`payment_required`: the provider declined the charge.",
+    403: "`forbidden`, `account_suspended`, `package_locked` or `email_not_verified`.",
+    404: "`not_found`: no such resource of the caller's.",
+    409: "`conflict`: the resource is not in a state that allows this.",
+    422: "`validation_error`: a field is invalid; `errors` names it.",
+    429: "`daily_session_limit_reached` (with `resets_at`) or `rate_limited`.",
+    502: "`billing_unavailable`: the payment provider could not be reached.",
+    503: "`service_unavailable`: a dependency is unreachable; retry after `Retry-After`.",
+}
+
+
 class Blueprint(flask_smorest.Blueprint):
+    def errors(self, *statuses):
+        """Document the error statuses a route can answer, each with the error envelope.
+
+        A status is a number (its usual description) or ``(number, description)``.
+        """
+        def decorate(func):
+            for item in statuses:
+                status, description = item if isinstance(item, tuple) else (item, None)
+                func = self.alt_response(status, description=description)(func)
+            return func
+        return decorate
+
     def alt_response(self, status_code, response=None, *, schema=None, description=None,
                      **kwargs):
         """Error statuses are documented with the error envelope unless told otherwise."""
         if response is None and schema is None and int(status_code) >= 400:
             response = {"schema": ErrorEnvelopeSchema, "content_type": None,
-                        "description": description or HTTPStatus(int(status_code)).phrase}
+                        "description": description or ERROR_DESCRIPTIONS.get(int(status_code))
+                        or HTTPStatus(int(status_code)).phrase}
         return super().alt_response(status_code, response, schema=schema,
                                     description=description, **kwargs)
+
+    def response(self, status_code, schema=None, **kwargs):
+        """A view may return a ``Page``: its items become ``data``, the rest ``pagination``."""
+        documented = super().response(status_code, schema, **kwargs)
+
+        def decorator(func):
+            @functools.wraps(func)
+            def unpage(*args, **kw):
+                result = func(*args, **kw)
+                if isinstance(result, Page):
+                    g.pagination = result.pagination
+                    return result.items
+                return result
+            return documented(unpage)
+        return decorator
 
     @staticmethod
     def _make_doc_response_schema(schema):
@@ -199,20 +240,12 @@ class Blueprint(flask_smorest.Blueprint):
                         pagination=g.get("pagination"))
 
 
-def paginate(db, statement, args: dict):
-    """Run a paginated select; sets the envelope's pagination and returns the page's items."""
+def paginate(db, statement, args: dict) -> Page:
+    """Run one page of a select (``args``: the list route's ``page`` and ``per_page``)."""
     page, per_page = args["page"], args["per_page"]
     result = db.paginate(statement, page=page, per_page=per_page, error_out=False,
                          max_per_page=100)
-    total = result.total or 0
-    g.pagination = {"page": page, "per_page": per_page, "total": total,
-                    "pages": math.ceil(total / per_page) if total else 0}
-    return result.items
-
-
-def set_pagination(page: int, per_page: int, total: int) -> None:
-    g.pagination = {"page": page, "per_page": per_page, "total": total,
-                    "pages": math.ceil(total / per_page) if total else 0}
+    return Page(list(result.items), result.total or 0, page, per_page)
 
 
 def error_body(status: int, code: str, message: str, errors=None, extra=None) -> dict:
@@ -223,6 +256,23 @@ def error_body(status: int, code: str, message: str, errors=None, extra=None) ->
     return body
 
 
+def _error_parts(error, status: int, data: dict) -> tuple[str, list | None]:
+    """The message and ``errors`` of an error answer (500: nothing from the exception)."""
+    errors = data.get("errors")
+    if errors is None and "messages" in data:
+        errors = flatten_errors(data["messages"])
+    elif isinstance(errors, dict):
+        errors = flatten_errors(errors)
+    if status == 500:
+        return DEFAULT_MESSAGES[500], None
+    if status > 500:
+        return data.get("message") or DEFAULT_MESSAGES.get(status) or error.name, errors
+    message = data.get("message") or DEFAULT_MESSAGES.get(status) or error.description
+    if status in (400, 422) and not errors:
+        errors = [error.description] if error.description else []
+    return message, errors
+
+
 class Api(flask_smorest.Api):
     ERROR_SCHEMA = ErrorEnvelopeSchema
 
@@ -230,21 +280,9 @@ class Api(flask_smorest.Api):
         status = error.code or 500
         data = getattr(error, "data", None) or {}
         code = data.get("code") or DEFAULT_CODES.get(status, "error")
-        errors = data.get("errors")
-        if errors is None and "messages" in data:
-            errors = flatten_errors(data["messages"])
-        elif isinstance(errors, dict):
-            errors = flatten_errors(errors)
-        if status >= 500:
-            message = data.get("message") if status != 500 else None
-            message = message or DEFAULT_MESSAGES.get(status) or error.name
-            errors = errors if status != 500 else None
-        else:
-            message = data.get("message") or DEFAULT_MESSAGES.get(status) or error.description
-        if status in (400, 422) and not errors:
-            errors = [error.description] if error.description else []
+        message, errors = _error_parts(error, status, data)
         headers = dict(data.get("headers") or {})
-        if status == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+        if status == 405 and getattr(error, "valid_methods", None):
             headers.setdefault("Allow", ", ".join(error.valid_methods))
         body = error_body(status, code, message, errors, data.get("extra"))
         return body, status, headers

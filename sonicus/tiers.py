@@ -6,7 +6,10 @@ Prices are integer cents; ``None`` means unlimited.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+
+from .envelope import ApiError
 
 STARTER, PREMIUM, PRO = "starter", "premium", "pro"
 PUBLIC, PREMIUM_LEVEL, PRO_EXCLUSIVE = "public", "premium", "pro_exclusive"
@@ -65,6 +68,29 @@ def get_tier(name: str) -> Tier:
 
 def can_access_level(tier_name: str, package_level: str) -> bool:
     return package_level in TIERS[tier_name].package_levels
+
+
+def check_package_access(tier_name: str, package_level: str) -> None:
+    """THE access check: 403 ``package_locked`` when ``tier_name`` does not open the level."""
+    if not can_access_level(tier_name, package_level):
+        needed = LEVEL_MIN_TIER[package_level]
+        raise ApiError(403, "package_locked",
+                       f"This package needs the {TIERS[needed].title} tier or higher.",
+                       data={"required_tier": needed})
+
+
+def check_daily_quota(tier_name: str, used: int, resets_at: datetime, now: datetime) -> None:
+    """THE quota rule: 429 ``daily_session_limit_reached`` once the day's starts reach the
+    tier's limit, with ``resets_at`` (the start of the user's next day) and ``Retry-After``."""
+    tier = TIERS[tier_name]
+    if tier.daily_sessions is None or used < tier.daily_sessions:
+        return
+    retry_after = max(1, int((resets_at - now).total_seconds()))
+    raise ApiError(429, "daily_session_limit_reached",
+                   f"You have used today's {tier.daily_sessions} sessions of the "
+                   f"{tier.title} tier.",
+                   data={"resets_at": resets_at.isoformat()},
+                   headers={"Retry-After": str(retry_after)})
 
 
 def is_upgrade(from_tier: str, to_tier: str) -> bool:

@@ -131,8 +131,8 @@ def init_web(app) -> None:
     def _start_request():
         # g lives on the app context, which a caller may share across requests.
         state = g.__dict__
-        for name in ("current_user", "identity_snapshot", "current_user_id", "pagination",
-                     "envelope_message", "rate_limit"):
+        for name in ("caller", "current_user_id", "pagination", "envelope_message",
+                     "rate_limit"):
             state.pop(name, None)
         incoming = request.headers.get("X-Request-ID", "")
         # A correlation id, not a secret: no system call (uuid4 asks the kernel for entropy,
@@ -205,3 +205,28 @@ def init_web(app) -> None:
         if getattr(error, "connection_invalidated", False):
             return _database_unavailable(error)
         raise error
+
+
+class RedactTokensFilter(logging.Filter):
+    """Keeps ``?access_token=`` values out of access logs (werkzeug and gunicorn)."""
+
+    @staticmethod
+    def _redact(value):
+        return _TOKEN_PARAM.sub(r"\1[redacted]", value) if isinstance(value, str) else value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, dict):
+            record.args = {k: self._redact(v) for k, v in args.items()}
+        elif isinstance(args, tuple):
+            record.args = tuple(self._redact(v) for v in args)
+        if isinstance(record.msg, str) and "access_token=" in record.msg:
+            record.msg = self._redact(record.msg)
+        return True
+
+
+def install_log_redaction() -> None:
+    for name in ("werkzeug", "gunicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokensFilter) for f in logger.filters):
+            logger.addFilter(RedactTokensFilter())

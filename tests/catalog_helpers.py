@@ -48,7 +48,7 @@ def signup(client, auth, email: str, *, tier: str | None = None, timezone: str |
     if tier is not None:
         from sonicus.services.admin_users import grant_tier_from_cli
 
-        grant_tier_from_cli(get_user(email), tier)
+        grant_tier_from_cli(get_user(email).id, tier)
     return headers
 
 

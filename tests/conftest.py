@@ -22,7 +22,8 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from sqlalchemy import text
 
-from sonicus import create_app, identity_cache
+from sonicus import create_app
+from sonicus.caller_cache import get_caller_cache
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL",
                                    "postgresql://postgres@127.0.0.1:5432/test")
@@ -162,7 +163,7 @@ def clean_state(request, app, table_names):
             conn.execute(text(f"TRUNCATE {', '.join(table_names)} RESTART IDENTITY CASCADE"))
     redis_lib.Redis.from_url(TEST_REDIS_URL).flushdb()
     app.extensions.pop("sonicus_memory_cache", None)
-    identity_cache.clear_all()  # the tables were emptied behind the ORM's back
+    get_caller_cache(app).clear()  # the tables were emptied behind the ORM's back
     yield
     with app.app_context():
         db.session.remove()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -247,11 +248,15 @@ def test_admin_api_on_sqlite(idp, tmp_path, admin_auth):
         upgrade()
         add_user("ana.lopez@example.com", name="Ana Lopez", tier="premium")
         add_user("bob@sleepwell.io", name="Robert 50%")
-        assert [r["email"] for r in list_users(q="LOPEZ")[0]] == ["ana.lopez@example.com"]
-        assert [r["email"] for r in list_users(q="50%")[0]] == ["bob@sleepwell.io"]
-        assert list_users(q="sleepwell.io robert") == ([], 0)
-        assert list_users(tier="premium")[1] == 1
-        ana = list_users(q="ana")[0][0]
+        def search(**args):
+            return list_users({"page": 1, "per_page": 20, **args})
+
+        assert [r.email for r in search(q="LOPEZ").items] == ["ana.lopez@example.com"]
+        assert [r.email for r in search(q="50%").items] == ["bob@sleepwell.io"]
+        found = search(q="sleepwell.io robert")
+        assert (found.items, found.total) == ([], 0)
+        assert search(tier="premium").total == 1
+        ana = {"id": search(q="ana").items[0].id}
         add_session(db.session.get(User, ana["id"]), add_package(), clock.now())
         db.session.remove()
     client = app.test_client()
@@ -385,28 +390,33 @@ def test_suspend_and_reactivate(client, auth, admin_auth, db_session):
     assert entries[1]["after"] == {"is_active": False, "reason": "chargeback"}
 
 
-def test_suspension_closes_sockets_after_commit(app, client, admin_auth, monkeypatch,
-                                                db_session):
-    import sonicus.realtime as realtime
-    from sonicus.extensions import db
+def test_suspension_closes_the_users_sockets_on_every_process(app, client, admin_auth,
+                                                              redis_client, db_session):
+    import json
+
+    from sonicus.realtime.publish import user_events_channel
 
     user = add_user("ana@example.com")
-    seen = []
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(user_events_channel(app.config))
+    pubsub.get_message(timeout=1)
 
-    def disconnect_user(user_id):
-        # Runs after the commit: a separate connection already sees the suspension.
-        with db.engine.connect() as conn:
-            active = conn.execute(db.select(User.is_active).where(User.id == user_id)).scalar()
-        seen.append((user_id, active))
+    def published():
+        seen, deadline = [], time.time() + 2
+        while time.time() < deadline:
+            message = pubsub.get_message(timeout=0.2)
+            if message is not None:
+                seen.append(json.loads(message["data"]))
+        return seen
 
-    monkeypatch.setattr(realtime, "disconnect_user", disconnect_user, raising=False)
     headers = admin_auth()
     _patch(client, headers, user.id, {"tier": "premium"})
-    assert seen == []
+    assert published() == []  # a tier grant closes nothing
     _patch(client, headers, user.id, {"is_active": False})
-    assert seen == [(user.id, False)]
+    assert published() == [{"user_id": user.id, "close": 4403, "reason": "account suspended"}]
     _patch(client, headers, user.id, {"is_active": False})  # already suspended
-    assert seen == [(user.id, False)]
+    assert published() == []
+    pubsub.close()
 
 
 def test_admin_cannot_suspend_themselves(client, admin_auth, db_session):

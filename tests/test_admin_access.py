@@ -89,9 +89,10 @@ def test_suspended_admin_is_locked_out(client, admin_auth, db_session):
 
     headers = admin_auth("boss@example.com")
     assert client.get("/api/admin/users", headers=headers).status_code == 200
+    from sonicus.services.admin_users import update_user
+
     user = db_session.query(User).filter_by(email="boss@example.com").one()
-    user.is_active = False
-    db_session.commit()
+    update_user(None, user.id, {"is_active": False}, actor_label="test")
     res = client.get("/api/admin/users", headers=headers)
     assert res.status_code == 403
     assert res.json["code"] == "account_suspended"

@@ -184,10 +184,10 @@ def test_required_group_can_be_turned_off(idp):
 
 def test_suspended_user_is_403(client, auth, db_session):
     from sonicus.models import User
+    from sonicus.services.admin_users import update_user
 
     client.get("/api/user/profile", headers=auth())
-    db_session.query(User).update({"is_active": False})
-    db_session.commit()
+    update_user(None, db_session.query(User).one().id, {"is_active": False})
     res = client.get("/api/user/profile", headers=auth())
     assert res.status_code == 403
     assert res.json["code"] == "account_suspended"

@@ -92,17 +92,13 @@ def test_recommendations_rank_mood_then_favourites_then_popularity(client, auth,
 
 
 def test_paid_tier_sees_its_packages(app, client, auth, db_session):
-    from sonicus.models import UserSubscription
+    from sonicus.services.admin_users import grant_tier_from_cli
 
     me = sign_in(client, auth, "pro@example.com")
     add_package(db_session, "public-one", popularity=1)
     premium = add_package(db_session, "premium-one", minimum_tier="premium", popularity=5)
     exclusive = add_package(db_session, "pro-one", minimum_tier="pro_exclusive", popularity=9)
-    from sqlalchemy import update
-
-    db_session.execute(update(UserSubscription).where(UserSubscription.user_id == me)
-                       .values(tier="premium"))
-    db_session.commit()
+    grant_tier_from_cli(me, "premium")
     data = client.get("/api/user/dashboard", headers=auth("pro@example.com")).json["data"]
     ids = [p["id"] for p in data["recommended"]]
     assert premium in ids and exclusive not in ids

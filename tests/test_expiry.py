@@ -218,7 +218,7 @@ def test_cli_expire_trials(client, auth, app, runner):
 
 
 def test_job_runs_on_an_rq_worker(client, auth, app):
-    from sonicus.tasks.jobs import process_due_subscriptions
+    from sonicus.services.subscriptions import process_due_subscriptions
     from sonicus.tasks.queue import QUEUE_MAINTENANCE, enqueue
     from sonicus.tasks.worker import make_worker
 
@@ -229,5 +229,6 @@ def test_job_runs_on_an_rq_worker(client, auth, app):
     make_worker(app, simple=True).work(burst=True, with_scheduler=True)
     job.refresh()
     assert job.get_status() == "finished"
-    assert job.return_value() == {"processed": 3, "outcomes": {"trial_ended": 3}}
+    result = job.return_value()
+    assert (result["processed"], result["outcomes"]) == (3, {"trial_ended": 3})
     assert subscription(client, auth("user0@example.com"))["tier"] == "starter"

@@ -41,7 +41,7 @@ def test_last_session_of_the_day_is_granted_once(app, client, auth, db_session):
     headers = signup(client, auth, "race@example.com")  # starter: 3 sessions a day
     user = get_user("race@example.com")
     for _ in range(2):
-        listening.start_session(user, package_id, now=clock.now() - timedelta(seconds=1))
+        listening.start_session(user.id, package_id, now=clock.now() - timedelta(seconds=1))
 
     statuses = _race(app, [headers] * THREADS, package_id)
 

@@ -105,7 +105,7 @@ def test_heartbeat_is_clamped_and_monotonic(client, auth, pkgs, db_session):
     headers = signup(client, auth, "h@example.com")
     user = get_user("h@example.com")
     started = clock.now() - timedelta(minutes=10)
-    sid = listening.start_session(user, pkgs["rain"], track_ids(pkgs["rain"])[0],
+    sid = listening.start_session(user.id, pkgs["rain"], track_ids(pkgs["rain"])[0],
                                   now=started).id
 
     res = client.patch(f"/api/user/sessions/{sid}", json={"listened_seconds": 5000},
@@ -118,7 +118,7 @@ def test_heartbeat_is_clamped_and_monotonic(client, auth, pkgs, db_session):
                        headers=headers)
     assert res.json["data"]["listened_seconds"] == before  # never decreases
     # later, the tier's 15 minutes cap it (the track is 20 minutes)
-    session = listening.heartbeat(user, sid, 5000, now=started + timedelta(minutes=40))
+    session = listening.heartbeat(user.id, sid, 5000, now=started + timedelta(minutes=40))
     assert session.listened_seconds == 900
     for bad in ({"listened_seconds": -1}, {"listened": 3}, {}):
         assert client.patch(f"/api/user/sessions/{sid}", json=bad,
@@ -129,11 +129,11 @@ def test_content_length_caps_listening(client, auth, pkgs, db_session):
     signup(client, auth, "c@example.com", tier="pro")
     user = get_user("c@example.com")
     start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
-    whole = listening.start_session(user, pkgs["short"], now=start)  # package: 500 s
-    assert listening.heartbeat(user, whole.id, 9999, now=start + timedelta(hours=2)) \
+    whole = listening.start_session(user.id, pkgs["short"], now=start)  # package: 500 s
+    assert listening.heartbeat(user.id, whole.id, 9999, now=start + timedelta(hours=2)) \
         .listened_seconds == 500
-    one = listening.start_session(user, pkgs["short"], track_ids(pkgs["short"])[1], now=start)
-    done = listening.complete_session(user, one.id, 9999, True,
+    one = listening.start_session(user.id, pkgs["short"], track_ids(pkgs["short"])[1], now=start)
+    done = listening.complete_session(user.id, one.id, 9999, True,
                                       now=start + timedelta(hours=2))
     assert done.listened_seconds == 200
 
@@ -142,7 +142,7 @@ def test_complete_marks_analytics_and_popularity(client, auth, pkgs, db_session,
                                                  redis_client):
     headers = signup(client, auth, "done@example.com")
     user = get_user("done@example.com")
-    sid = listening.start_session(user, pkgs["rain"],
+    sid = listening.start_session(user.id, pkgs["rain"],
                                   now=clock.now() - timedelta(minutes=12)).id
     res = client.post(f"/api/user/sessions/{sid}/complete", headers=headers, json={
         "listened_seconds": 700, "completed": True, "mood_after": 8, "note": "calmer"})
@@ -205,7 +205,7 @@ def test_history_newest_first_with_day_filters(client, auth, pkgs, db_session):
     # 2026-06-01 05:00 UTC is May 31 in Los Angeles
     moments = [datetime(2026, 6, 1, 5, 0, tzinfo=UTC), datetime(2026, 6, 1, 18, 0, tzinfo=UTC),
                datetime(2026, 6, 2, 18, 0, tzinfo=UTC), datetime(2026, 6, 3, 18, 0, tzinfo=UTC)]
-    ids = [listening.start_session(user, pkgs["rain"], now=m).id for m in moments]
+    ids = [listening.start_session(user.id, pkgs["rain"], now=m).id for m in moments]
 
     res = client.get("/api/user/sessions", headers=headers)
     assert [s["id"] for s in res.json["data"]] == ids[::-1]
@@ -247,12 +247,13 @@ def open_sessions(client, auth, pkgs, db_session):
     signup(client, auth, "pro@example.com", tier="pro")
     starter, pro = get_user("st@example.com"), get_user("pro@example.com")
     rain_track = track_ids(pkgs["rain"])[0]
-    stale_starter = listening.start_session(starter, pkgs["rain"], rain_track,
+    stale_starter = listening.start_session(starter.id, pkgs["rain"], rain_track,
                                             now=NOW - timedelta(minutes=20))
-    listening.heartbeat(starter, stale_starter.id, 800, now=NOW - timedelta(minutes=6))
-    fresh_starter = listening.start_session(starter, pkgs["rain"], now=NOW - timedelta(minutes=5))
-    stale_pro = listening.start_session(pro, pkgs["gamma"], now=NOW - timedelta(hours=4))
-    fresh_pro = listening.start_session(pro, pkgs["gamma"], now=NOW - timedelta(hours=2))
+    listening.heartbeat(starter.id, stale_starter.id, 800, now=NOW - timedelta(minutes=6))
+    fresh_starter = listening.start_session(starter.id, pkgs["rain"],
+                                            now=NOW - timedelta(minutes=5))
+    stale_pro = listening.start_session(pro.id, pkgs["gamma"], now=NOW - timedelta(hours=4))
+    fresh_pro = listening.start_session(pro.id, pkgs["gamma"], now=NOW - timedelta(hours=2))
     return {"stale": [stale_starter.id, stale_pro.id], "fresh": [fresh_starter.id, fresh_pro.id],
             "now": NOW}
 
@@ -277,7 +278,7 @@ def test_close_stale_sessions_concurrently(app, db_session, client, auth, pkgs):
     signup(client, auth, "many@example.com", tier="pro")
     user = get_user("many@example.com")
     for i in range(40):
-        listening.start_session(user, pkgs["rain"], now=NOW - timedelta(hours=4, minutes=i))
+        listening.start_session(user.id, pkgs["rain"], now=NOW - timedelta(hours=4, minutes=i))
     results, barrier = [], threading.Barrier(4)
 
     def run():
@@ -299,9 +300,9 @@ def test_close_stale_sessions_concurrently(app, db_session, client, auth, pkgs):
 def test_close_stale_sessions_cli_and_job(app, runner, db_session, open_sessions):
     res = runner.invoke(args=["sonicus", "close-stale-sessions"])
     assert res.exit_code == 0 and "Closed 2 stale sessions." in res.output
-    from sonicus.tasks import jobs
+    from sonicus.services.listening import close_stale_sessions
 
-    enqueue(jobs.close_stale_sessions, queue=QUEUE_MAINTENANCE)
+    enqueue(close_stale_sessions, queue=QUEUE_MAINTENANCE)
     make_worker(app, simple=True).work(burst=True, with_scheduler=False)
     assert db_session.execute(select(func.count(ListeningSession.id))
                               .where(ListeningSession.status == "open")).scalar_one() == 2
@@ -310,6 +311,6 @@ def test_close_stale_sessions_cli_and_job(app, runner, db_session, open_sessions
 def test_start_counts_day_of_start(client, auth, pkgs, db_session):
     signup(client, auth, "d@example.com")
     user = get_user("d@example.com")
-    session = listening.start_session(user, pkgs["rain"],
+    session = listening.start_session(user.id, pkgs["rain"],
                                       now=datetime(2026, 3, 1, 23, 59, tzinfo=UTC))
     assert session.local_day == date(2026, 3, 1)

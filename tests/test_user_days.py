@@ -14,12 +14,12 @@ from sonicus.services import listening, quota
 
 def _use_up(user, package_id, now, count=3):
     for i in range(count):
-        listening.start_session(user, package_id, now=now - timedelta(minutes=count - i))
+        listening.start_session(user.id, package_id, now=now - timedelta(minutes=count - i))
 
 
 def _refused_until(user, package_id, now) -> datetime:
     with pytest.raises(ApiError) as caught:
-        listening.start_session(user, package_id, now=now)
+        listening.start_session(user.id, package_id, now=now)
     assert caught.value.code == 429
     assert caught.value.data["code"] == "daily_session_limit_reached"
     return datetime.fromisoformat(caught.value.data["extra"]["resets_at"])
@@ -41,14 +41,14 @@ def test_auckland_and_los_angeles_reset_at_their_own_midnight(client, auth, db_s
 
     # one second before: still refused; at the reset: a fresh quota
     _refused_until(kiwi, package_id, kiwi_reset - timedelta(seconds=1))
-    assert listening.start_session(kiwi, package_id, now=kiwi_reset).local_day == \
+    assert listening.start_session(kiwi.id, package_id, now=kiwi_reset).local_day == \
         date(2026, 11, 26)
     # the Angeleno is still on the same day then
     assert _refused_until(angeleno, package_id, kiwi_reset) == la_reset
-    assert listening.start_session(angeleno, package_id, now=la_reset).local_day == \
+    assert listening.start_session(angeleno.id, package_id, now=la_reset).local_day == \
         date(2026, 11, 26)
     usage = quota.usage_today(kiwi, "starter", now=kiwi_reset)
-    assert usage["sessions_today"] == 1 and usage["sessions_remaining"] == 2
+    assert usage.sessions_today == 1 and usage.sessions_remaining == 2
 
 
 def test_night_owl_keeps_half_past_one_on_the_previous_day(client, auth, db_session):
@@ -61,13 +61,13 @@ def test_night_owl_keeps_half_past_one_on_the_previous_day(client, auth, db_sess
     assert clock.local_day(late, "Europe/Berlin", 4) == date(2026, 6, 1)
     reset = _refused_until(owl, package_id, late)
     assert reset == datetime(2026, 6, 2, 2, 0, tzinfo=UTC)  # 04:00 CEST
-    session = listening.start_session(owl, package_id, now=reset)
+    session = listening.start_session(owl.id, package_id, now=reset)
     assert session.local_day == date(2026, 6, 2)
 
     # the same late moment for someone whose day starts at midnight is already June 2
     signup(client, auth, "lark@example.com", timezone="Europe/Berlin")
     lark = get_user("lark@example.com")
-    assert listening.start_session(lark, package_id, now=late).local_day == date(2026, 6, 2)
+    assert listening.start_session(lark.id, package_id, now=late).local_day == date(2026, 6, 2)
 
 
 @pytest.mark.parametrize("moment, expected_day, expected_reset", [

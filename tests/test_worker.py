@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from datetime import timedelta
@@ -59,7 +58,7 @@ def test_completion_refresh_runs_on_a_worker(app, client, auth, db_session, redi
 def test_refresh_is_idempotent(app, client, auth, db_session):
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
-    from sonicus.tasks.jobs import refresh_user_analytics
+    from sonicus.services.analytics import refresh_user_analytics
     from sonicus.tasks.queue import enqueue
 
     me = sign_in(client, auth, "i@example.com")
@@ -75,7 +74,7 @@ def test_refresh_is_idempotent(app, client, auth, db_session):
 
 
 def test_refresh_of_an_erased_user_is_a_no_op(app):
-    from sonicus.tasks.jobs import refresh_user_analytics
+    from sonicus.services.analytics import refresh_user_analytics
 
     with app.app_context():
         assert refresh_user_analytics(424242) is None
@@ -104,8 +103,7 @@ def test_sweep_re_enqueues_only_refreshes_left_stale(app, client, auth, redis_cl
 
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
-    from sonicus.services.analytics import STALE_GRACE_SECONDS, mark_stale
-    from sonicus.tasks.jobs import sweep_stale_analytics
+    from sonicus.services.analytics import STALE_GRACE_SECONDS, mark_stale, sweep_stale_analytics
 
     lost = sign_in(client, auth, "lost@example.com")
     recent = sign_in(client, auth, "recent@example.com")
@@ -167,21 +165,17 @@ def test_schedule_fires_each_job_once_per_slot_with_two_workers(app, idp, redis_
     assert f"periodic-close_stale_sessions-{slot}" in job_ids
 
 
-def test_periodic_jobs_run_and_missing_ones_are_skipped(app, caplog, redis_client):
-    from sonicus.tasks import jobs, schedule
+def test_every_periodic_job_runs_on_a_worker(app, redis_client):
+    from sonicus.tasks import schedule
 
+    now = 1_800_000_000.0
     with app.app_context():
-        schedule.tick(1_800_000_000.0)
-    with caplog.at_level(logging.INFO, logger="sonicus.tasks.schedule"):
-        work(app)
-    for queue_name in (QUEUE_ANALYTICS, QUEUE_MAINTENANCE):
-        queue = Queue(queue_name, connection=redis_client)
-        assert queue.failed_job_registry.count == 0
-        for job_id in queue.finished_job_registry.get_job_ids():
-            assert Job.fetch(job_id, connection=redis_client).get_status() == JobStatus.FINISHED
-    missing = [job.name for job in schedule.PERIODIC_JOBS if not hasattr(jobs, job.name)]
-    for name in missing:
-        assert f"periodic job {name} skipped" in caplog.text
+        fired = schedule.tick(now)
+    assert sorted(fired) == sorted(job.name for job in schedule.PERIODIC_JOBS)
+    work(app)
+    for job in schedule.PERIODIC_JOBS:
+        job_id = schedule.JOB_ID.format(name=job.name, slot=int(now // job.interval))
+        assert Job.fetch(job_id, connection=redis_client).get_status() == JobStatus.FINISHED
 
 
 def test_a_completion_during_a_refresh_leaves_the_row_stale(app, client, auth, db_session,
@@ -268,13 +262,15 @@ def test_concurrent_refreshes_of_one_user_store_the_newest_figures(app, client, 
             assert db.session.get(UserAnalytics, me).data["total_sessions"] == n + 1
 
 
-def test_every_periodic_job_exists():
-    """A typo in the schedule would silently skip a job: every name resolves to a function."""
-    from sonicus.tasks import jobs
+def test_every_periodic_job_is_enqueued_by_reference():
+    """The schedule lists the services' own functions; a worker imports each by its path."""
+    from rq.utils import import_attribute
+
     from sonicus.tasks.schedule import PERIODIC_JOBS
 
     assert {job.name for job in PERIODIC_JOBS} == {
         "process_due_subscriptions", "close_stale_sessions", "refresh_platform_stats",
         "sweep_stale_analytics"}
     for job in PERIODIC_JOBS:
-        assert callable(getattr(jobs, job.name))
+        assert job.func.__module__.startswith("sonicus.services.")
+        assert import_attribute(f"{job.func.__module__}.{job.func.__qualname__}") is job.func

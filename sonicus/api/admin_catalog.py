@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 from flask.views import MethodView
 
-from ..auth import current_user, require_super_admin
+from ..auth import require_super_admin
 from ..envelope import Blueprint, set_message
 from ..schemas.catalog import (
     AdminAssignSchema,
@@ -26,17 +26,18 @@ class AdminPackages(MethodView):
     @require_super_admin
     @blp.arguments(AdminPackageListArgsSchema, location="query", unknown=ma.RAISE)
     @blp.response(200, AdminPackageSchema(many=True))
-    def get(self, args):
+    @blp.errors(401, 403, 422)
+    def get(self, args, caller):
         """Every package, drafts included (archived ones with ``include_archived=true``)."""
         return catalog.admin_list_packages(args)
 
     @require_super_admin
     @blp.arguments(PackageCreateSchema)
     @blp.response(201, AdminPackageSchema)
-    @blp.alt_response(409, description="`conflict`: the slug is taken.")
-    def post(self, body):
+    @blp.errors(401, 403, (409, "`conflict`: the slug is taken."), 422)
+    def post(self, body, caller):
         """Create a package with its tracks."""
-        package = catalog.create_package(current_user._get_current_object(), body)
+        package = catalog.create_package(caller, body)
         set_message("Package created.")
         return package
 
@@ -45,25 +46,27 @@ class AdminPackages(MethodView):
 class AdminPackage(MethodView):
     @require_super_admin
     @blp.response(200, AdminPackageSchema)
-    def get(self, package_id):
+    @blp.errors(401, 403, 404)
+    def get(self, package_id, caller):
         """Any package, including unpublished and archived ones."""
         return catalog.admin_get_package(package_id)
 
     @require_super_admin
     @blp.arguments(PackageUpdateSchema)
     @blp.response(200, AdminPackageSchema)
-    @blp.alt_response(409, description="`conflict`: the slug is taken.")
-    def patch(self, body, package_id):
+    @blp.errors(401, 403, 404, (409, "`conflict`: the slug is taken."), 422)
+    def patch(self, body, package_id, caller):
         """Change a package; ``tracks``, when given, replaces the track list."""
-        package = catalog.update_package(current_user._get_current_object(), package_id, body)
+        package = catalog.update_package(caller, package_id, body)
         set_message("Package updated.")
         return package
 
     @require_super_admin
     @blp.response(200, AdminPackageSchema)
-    def delete(self, package_id):
+    @blp.errors(401, 403, 404)
+    def delete(self, package_id, caller):
         """Archive a package: gone from the catalog; past sessions keep it."""
-        package = catalog.archive_package(current_user._get_current_object(), package_id)
+        package = catalog.archive_package(caller, package_id)
         set_message("Package archived.")
         return package
 
@@ -74,9 +77,10 @@ class AdminUserPackages(MethodView):
     @blp.arguments(AdminAssignSchema)
     @blp.response(201, LibraryEntrySchema, description="Assigned.")
     @blp.alt_response(200, schema=LibraryEntrySchema, description="Already assigned.")
-    def post(self, body, user_id):
+    @blp.errors(401, 403, 404, 422)
+    def post(self, body, user_id, caller):
         """Put a catalog package into a user's library."""
-        entry, created = library.assign_package(current_user._get_current_object(), user_id,
+        entry, created = library.assign_package(caller, user_id,
                                                 body["package_id"], body.get("favorite"))
         set_message("Package assigned." if created else "The user already has this package.")
         return entry, 201 if created else 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
-from ..auth import current_user, require_user
+from ..auth import require_user
 from ..envelope import Blueprint, set_message
 from ..schemas.analytics import AnalyticsSchema, DashboardSchema, RefreshQueuedSchema
 from ..services import analytics, dashboard
@@ -19,18 +19,20 @@ blp = Blueprint("analytics", __name__, url_prefix="/api/user",
 class Analytics(MethodView):
     @require_user
     @blp.response(200, AnalyticsSchema)
-    def get(self):
+    @blp.errors(401, 403)
+    def get(self, caller):
         """The caller's listening analytics (cached; computed on a miss)."""
-        return analytics.get_user_analytics(current_user._get_current_object())
+        return analytics.get_user_analytics(caller)
 
 
 @blp.route("/analytics/refresh")
 class AnalyticsRefresh(MethodView):
     @require_user
     @blp.response(202, RefreshQueuedSchema)
-    def post(self):
+    @blp.errors(401, 403)
+    def post(self, caller):
         """Ask for a fresh computation; the result arrives as `analytics.updated` on the socket."""
-        analytics.queue_refresh(current_user._get_current_object())
+        analytics.queue_refresh(caller.id)
         set_message("Analytics refresh queued.")
         return {"status": "queued"}
 
@@ -39,6 +41,7 @@ class AnalyticsRefresh(MethodView):
 class Dashboard(MethodView):
     @require_user
     @blp.response(200, DashboardSchema)
-    def get(self):
+    @blp.errors(401, 403)
+    def get(self, caller):
         """The app's home in one call: profile, subscription, analytics, what next."""
-        return dashboard.get_dashboard(current_user._get_current_object())
+        return dashboard.get_dashboard(caller)

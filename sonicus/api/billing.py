@@ -26,13 +26,10 @@ class Webhook(MethodView):
         "in": "header", "name": "Stripe-Signature", "required": True,
         "schema": {"type": "string"}}])
     @blp.response(200, WebhookResultSchema)
-    @blp.alt_response(400, response="DEFAULT_ERROR")
+    @blp.errors((400, "`invalid_signature`: bad or missing signature, timestamp outside 5 "
+                      "minutes, or a body that is not an event; nothing is changed."))
     def post(self):
-        """Receive a billing event; a replayed event id answers 200 and changes nothing.
-
-        400 `invalid_signature`: bad or missing signature, timestamp outside 5 minutes,
-        or a body that is not an event; nothing is changed.
-        """
+        """Receive a billing event; a replayed event id answers 200 and changes nothing."""
         try:
             event, notice = notice_from_webhook(request.get_data(cache=False),
                                                 request.headers.get("Stripe-Signature"))
@@ -45,7 +42,7 @@ class Webhook(MethodView):
 @blp.route("/sandbox/<string:reference>/confirm")
 class SandboxConfirm(MethodView):
     @blp.response(200, SandboxConfirmResultSchema)
-    @blp.alt_response(404, response="DEFAULT_ERROR")
+    @blp.errors(404)
     def post(self, reference):
         """Sandbox provider only (development and testing): the checkout is paid.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app, jsonify
 
+from ..devtokens import public_jwks
 from ..envelope import Blueprint
 
 blp = Blueprint("dev", __name__, url_prefix="/api/dev",
@@ -13,6 +14,4 @@ blp = Blueprint("dev", __name__, url_prefix="/api/dev",
 @blp.route("/jwks/")
 @blp.doc(hide=True)
 def jwks():
-    from ..devtokens import public_jwks
-
     return jsonify(public_jwks(current_app))

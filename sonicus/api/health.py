@@ -57,7 +57,7 @@ def check_redis() -> str:
 @blp.route("/ready")
 class Ready(MethodView):
     @blp.response(200, ReadySchema)
-    @blp.alt_response(503, description="A dependency is unreachable.")
+    @blp.errors((503, "`service_unavailable`: a dependency is unreachable."))
     def get(self):
         """Readiness: the database and Redis (when configured) are reachable."""
         result = {"status": "ok", "database": check_database(), "redis": check_redis()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 from flask.views import MethodView
 
-from ..auth import current_user, require_user
+from ..auth import require_user
 from ..envelope import Blueprint, set_message
 from ..schemas.catalog import (
     LibraryAddSchema,
@@ -25,9 +25,10 @@ class Library(MethodView):
     @require_user
     @blp.arguments(LibraryListArgsSchema, location="query", unknown=ma.RAISE)
     @blp.response(200, LibraryEntrySchema(many=True))
-    def get(self, args):
+    @blp.errors(401, 403, 422)
+    def get(self, args, caller):
         """The caller's library, most recently added first (archived packages drop out)."""
-        return library.list_library(current_user._get_current_object(), args)
+        return library.list_library(caller, args)
 
 
 @blp.route("/packages/<int:package_id>")
@@ -37,25 +38,26 @@ class LibraryEntry(MethodView):
     @blp.response(201, LibraryEntrySchema, description="Added to the library.")
     @blp.alt_response(200, schema=LibraryEntrySchema,
                       description="Already in the library (favourite updated when given).")
-    def post(self, body, package_id):
+    @blp.errors(401, (403, "`package_locked`: the package is above the tier."), 404, 422)
+    def post(self, body, package_id, caller):
         """Add a package to the library; optional body ``{favorite}``. 403 above the tier."""
-        entry, created = library.add_to_library(current_user._get_current_object(), package_id,
-                                                body.get("favorite"))
+        item, created = library.add_to_library(caller, package_id, body.get("favorite"))
         set_message("Added to your library." if created else "Already in your library.")
-        return entry, 201 if created else 200
+        return item, 201 if created else 200
 
     @require_user
     @blp.arguments(LibraryUpdateSchema)
     @blp.response(200, LibraryEntrySchema)
-    def patch(self, body, package_id):
+    @blp.errors(401, 403, 404, 422)
+    def patch(self, body, package_id, caller):
         """Mark or unmark a library entry as a favourite."""
-        return library.set_favorite(current_user._get_current_object(), package_id,
-                                    body["favorite"])
+        return library.set_favorite(caller, package_id, body["favorite"])
 
     @require_user
     @blp.response(200, EmptySchema)
-    def delete(self, package_id):
+    @blp.errors(401, 403, 404)
+    def delete(self, package_id, caller):
         """Remove a package from the library."""
-        library.remove_from_library(current_user._get_current_object(), package_id)
+        library.remove_from_library(caller.id, package_id)
         set_message("Removed from your library.")
         return {}

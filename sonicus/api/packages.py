@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 from flask.views import MethodView
 
-from ..auth import current_user, require_user
+from ..auth import require_user
 from ..envelope import Blueprint
 from ..schemas.catalog import PackageDetailSchema, PackageListArgsSchema, PackageSchema
 from ..services import catalog
@@ -18,15 +18,17 @@ class Packages(MethodView):
     @require_user
     @blp.arguments(PackageListArgsSchema, location="query", unknown=ma.RAISE)
     @blp.response(200, PackageSchema(many=True))
-    def get(self, args):
+    @blp.errors(401, 403, 422)
+    def get(self, args, caller):
         """Published packages, most popular first; filter by category, text or access."""
-        return catalog.list_packages(current_user._get_current_object(), args)
+        return catalog.list_packages(caller, args)
 
 
 @blp.route("/packages/<int:package_id>")
 class PackageDetail(MethodView):
     @require_user
     @blp.response(200, PackageDetailSchema)
-    def get(self, package_id):
+    @blp.errors(401, 403, 404)
+    def get(self, package_id, caller):
         """A package with its tracks; stream URLs only when the caller's tier opens it."""
-        return catalog.package_detail(current_user._get_current_object(), package_id)
+        return catalog.package_detail(caller, package_id)

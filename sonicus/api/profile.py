@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
-from ..auth import current_identity, current_user, require_user
-from ..envelope import Blueprint, Dumped, set_message
-from ..identity_cache import IdentitySnapshot
+from ..auth import Caller, require_user
+from ..envelope import Blueprint, set_message
 from ..schemas.common import EmptySchema
 from ..schemas.export import ExportSchema
 from ..schemas.profile import ProfileSchema, ProfileUpdateSchema
@@ -19,28 +18,27 @@ blp = Blueprint("profile", __name__, url_prefix="/api/user", description="The ca
 class Profile(MethodView):
     @require_user
     @blp.response(200, ProfileSchema)
-    def get(self):
+    @blp.errors(401, 403)
+    def get(self, caller):
         """The caller's profile."""
-        caller = current_identity()
-        if isinstance(caller, IdentitySnapshot):  # built once per sign-in snapshot
-            return Dumped(caller.remember(
-                "profile", lambda: ProfileSchema().dump(users.profile(caller))))
-        return users.profile(caller)
+        return caller
 
     @require_user
     @blp.arguments(ProfileUpdateSchema)
     @blp.response(200, ProfileSchema)
-    def put(self, changes):
+    @blp.errors(401, 403, 422)
+    def put(self, changes, caller):
         """Change display name, time zone, day start hour or preferences."""
-        users.update_profile(current_user, changes)
+        user = users.update_profile(caller.id, changes)
         set_message("Profile updated.")
-        return users.profile(current_user)
+        return Caller.of(user, user.subscription)
 
     @require_user
     @blp.response(200, EmptySchema)
-    def delete(self):
+    @blp.errors(401, 403)
+    def delete(self, caller):
         """Erase the account and its personal data."""
-        users.erase_user(current_user._get_current_object())
+        users.erase_user(caller.id)
         set_message("Your account and personal data were erased.")
         return {}
 
@@ -49,6 +47,7 @@ class Profile(MethodView):
 class Export(MethodView):
     @require_user
     @blp.response(200, ExportSchema)
-    def get(self):
+    @blp.errors(401, 403)
+    def get(self, caller):
         """Everything stored about the caller, as one document."""
-        return users.export_user_data(current_user)
+        return users.export_user_data(caller.id)

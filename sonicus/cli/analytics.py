@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from . import fail, sonicus_cli
+from ..services.admin_users import find_users_by_email
+from ..services.analytics import all_user_ids, refresh_user_analytics
+from .base import fail, sonicus_cli
 
 
 @sonicus_cli.group("analytics")
@@ -17,17 +19,10 @@ def analytics_cli():
 @click.option("--all", "everyone", is_flag=True, help="Every user.")
 def refresh(email, everyone):
     """Recompute, store, cache and publish analytics now (for one user or all)."""
-    from sqlalchemy import func, select
-
-    from ..extensions import db
-    from ..models import User
-    from ..services.analytics import all_user_ids, refresh_user_analytics
-
     if bool(email) == bool(everyone):
         fail("give exactly one of --user EMAIL or --all")
     if email:
-        ids = list(db.session.execute(select(User.id).where(
-            func.lower(User.email) == email.strip().lower())).scalars())
+        ids = [user.id for user in find_users_by_email(email)]
         if not ids:
             fail(f"no user with email {email}")
     else:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from . import fail, sonicus_cli
+from ..services.subscriptions import process_due_subscriptions
+from .base import fail, sonicus_cli
 
 
 @sonicus_cli.command("expire-trials")
@@ -14,8 +15,6 @@ def expire_trials():
     Safe to run at any time, twice, or next to running workers. Exit code 0 when the run
     finished (whether or not anything was due), 1 when it failed.
     """
-    from ..services.subscriptions import process_due_subscriptions
-
     try:
         result = process_due_subscriptions()
     except Exception as exc:  # the message, not a traceback, for the operator

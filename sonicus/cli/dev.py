@@ -5,7 +5,11 @@ from __future__ import annotations
 import click
 from flask import current_app
 
-from . import fail, sonicus_cli
+from .. import devtokens
+from ..auth import caller_from_token
+from ..services.admin_users import grant_tier_from_cli
+from ..tiers import TIERS
+from .base import fail, sonicus_cli
 
 
 @sonicus_cli.command("dev-token")
@@ -16,10 +20,7 @@ from . import fail, sonicus_cli
 @click.option("--unverified", is_flag=True, help="Mark the email as not verified.")
 def dev_token(email, name, admin, tier, unverified):
     """Mint an access token the development server accepts (development only)."""
-    from .. import devtokens
-    from ..tiers import TIERS
-
-    app = current_app._get_current_object()
+    app = current_app
     if app.config["SONICUS_ENV"] == "production" or not app.config.get("DEV_TOKEN_ISSUER"):
         fail("the development token issuer is not enabled (development and testing only)")
     if tier is not None and tier not in TIERS:
@@ -27,9 +28,5 @@ def dev_token(email, name, admin, tier, unverified):
     token = devtokens.mint(app, email=email, name=name, admin=admin,
                            email_verified=not unverified)
     if tier is not None:
-        from ..auth import user_from_token
-        from ..services.admin_users import grant_tier_from_cli
-
-        user = user_from_token(token)
-        grant_tier_from_cli(user, tier)
+        grant_tier_from_cli(caller_from_token(token).id, tier)
     click.echo(token)

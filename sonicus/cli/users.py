@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import getpass
 import json
+from datetime import datetime
 
 import click
 
-from . import fail, sonicus_cli
-
-TIER_CHOICES_HINT = "starter, premium, pro"
+from ..schemas.admin import USER_STATUS_FILTERS, AdminUserDetailSchema, PlatformStatsSchema
+from ..services.admin_users import find_users_by_email, list_users, update_user, user_detail
+from ..services.stats import get_platform_stats
+from ..tiers import TIERS
+from .base import fail, sonicus_cli
 
 
 def _operator() -> str:
@@ -24,8 +27,6 @@ def _operator() -> str:
 
 
 def _resolve_user(email: str):
-    from ..services.admin_users import find_users_by_email
-
     users = find_users_by_email(email)
     if not users:
         fail(f"no user with email {email!r}")
@@ -36,14 +37,15 @@ def _resolve_user(email: str):
 
 
 def _check_tier(tier: str) -> None:
-    from ..tiers import TIERS
-
     if tier not in TIERS:
         fail(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
 
 
 def _when(value) -> str:
-    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "-"
+    """A dumped date-time (ISO 8601) as the operator reads it."""
+    if value is None:
+        return "-"
+    return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @sonicus_cli.group("users")
@@ -58,16 +60,15 @@ def users_cli():
               help="A subscription status (active, trialing, ...) or 'suspended'.")
 @click.option("--page", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--per-page", default=50, show_default=True, type=click.IntRange(1, 1000))
-def list_users(q, tier, status, page, per_page):
+def list_users_command(q, tier, status, page, per_page):
     """Users, newest first."""
-    from ..schemas.admin import USER_STATUS_FILTERS
-    from ..services.admin_users import list_users as service
-
     if tier is not None:
         _check_tier(tier)
     if status is not None and status not in USER_STATUS_FILTERS:
         fail(f"unknown status {status!r}; choose one of {', '.join(USER_STATUS_FILTERS)}")
-    rows, total = service(q=q, tier=tier, status=status, page=page, per_page=per_page)
+    found = list_users({"q": q, "tier": tier, "status": status, "page": page,
+                        "per_page": per_page})
+    rows, total = found.items, found.total
     if not rows:
         click.echo("No users found." if total == 0
                    else f"No users on page {page} ({total} in all).")
@@ -75,17 +76,18 @@ def list_users(q, tier, status, page, per_page):
     header = f"{'ID':>7}  {'EMAIL':<32}  {'NAME':<20}  {'TIER':<8}  {'STATUS':<10}  ACCOUNT"
     click.echo(header)
     for row in rows:
-        account = "active" if row["is_active"] else "SUSPENDED"
-        if row["role"] == "admin":
+        account = "active" if row.is_active else "SUSPENDED"
+        if row.role == "admin":
             account += " (admin)"
-        click.echo(f"{row['id']:>7}  {row['email'][:32]:<32}  "
-                   f"{(row['display_name'] or '-')[:20]:<20}  {row['tier']:<8}  "
-                   f"{row['subscription_status']:<10}  {account}")
+        click.echo(f"{row.id:>7}  {row.email[:32]:<32}  "
+                   f"{(row.display_name or '-')[:20]:<20}  {row.tier:<8}  "
+                   f"{row.subscription_status:<10}  {account}")
     first = (page - 1) * per_page + 1
     click.echo(f"{first}-{first + len(rows) - 1} of {total} users.")
 
 
 def _print_detail(detail: dict) -> None:
+    """``detail``: a user as ``AdminUserDetailSchema`` dumps it."""
     sub, usage = detail["subscription"], detail["usage"]
     remaining = "unlimited" if usage["sessions_remaining"] is None else usage["sessions_remaining"]
     verified = "verified" if detail["email_verified"] else "not verified"
@@ -113,9 +115,7 @@ def _print_detail(detail: dict) -> None:
 @click.argument("email")
 def show_user(email):
     """One user: subscription, usage today, last activity."""
-    from ..services.admin_users import user_detail
-
-    _print_detail(user_detail(_resolve_user(email).id))
+    _print_detail(AdminUserDetailSchema().dump(user_detail(_resolve_user(email).id)))
 
 
 @users_cli.command("set-tier")
@@ -124,8 +124,6 @@ def show_user(email):
 @click.option("--reason", default=None, help="Kept on the event and in the audit log.")
 def set_tier(email, tier, reason):
     """Grant TIER to the user now, free of charge (a complimentary grant)."""
-    from ..services.admin_users import update_user
-
     _check_tier(tier)
     user = _resolve_user(email)
     changes = {"tier": tier, **({"reason": reason} if reason else {})}
@@ -136,8 +134,6 @@ def set_tier(email, tier, reason):
 
 
 def _set_active(email: str, active: bool, reason: str | None) -> None:
-    from ..services.admin_users import update_user
-
     user = _resolve_user(email)
     changes = {"is_active": active, **({"reason": reason} if reason else {})}
     changed = update_user(None, user.id, changes, actor_label=_operator())
@@ -169,9 +165,6 @@ def activate(email, reason):
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def stats(refresh, as_json):
     """Platform figures: users, subscriptions, revenue, listening."""
-    from ..schemas.admin import PlatformStatsSchema
-    from ..services.stats import get_platform_stats
-
     data = PlatformStatsSchema().dump(get_platform_stats(refresh=refresh))
     if as_json:
         click.echo(json.dumps(data, indent=2))

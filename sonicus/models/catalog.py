@@ -5,6 +5,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from ..tiers import LEVEL_MIN_TIER
 from .base import Base, UTCDateTime, utcnow
 
 
@@ -27,6 +28,11 @@ class SoundPackage(Base):
 
     tracks: Mapped[list[Track]] = relationship(
         back_populates="package", order_by="Track.position", cascade="all, delete-orphan")
+
+    @property
+    def required_tier(self) -> str:
+        """The lowest tier that opens this package."""
+        return LEVEL_MIN_TIER[self.minimum_tier]
 
     __table_args__ = (
         Index("ix_sound_packages_listing", "published", "archived_at", "category"),

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
@@ -83,6 +84,11 @@ class SubscriptionEvent(Base):
     reference: Mapped[str | None] = mapped_column(String(255))
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    @property
+    def amount(self) -> Decimal | None:
+        """The amount in currency units (``amount_cents`` / 100)."""
+        return None if self.amount_cents is None else Decimal(self.amount_cents) / 100
 
     __table_args__ = (
         Index("ix_subscription_events_user_id_at", "user_id", "at"),

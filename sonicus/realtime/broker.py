@@ -1,7 +1,6 @@
 """Fan-out of per-user messages to open sockets, across every web process.
 
-- ``publish_to_user`` (web processes and workers alike): with REDIS_URL, one PUBLISH on the
-  app's namespaced channel; without it, straight to this process's sockets.
+- Messages are published by ``publish.py`` (web processes and workers alike).
 - Each web process runs ONE Redis subscriber thread, started lazily by the first socket
   (so after a fork), reconnecting with capped exponential backoff. It delivers each message
   to the sockets of that user registered in this process, and to no one else.
@@ -15,25 +14,19 @@ import json
 import logging
 import os
 import threading
-from urllib.parse import urlparse
+from collections.abc import Callable
 
+import redis
 from flask import current_app
+
+from ..caller_cache import get_caller_cache
+from .publish import LOCAL_DELIVERY_KEY, user_events_channel
 
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "sonicus_broker"
 BACKOFF_BASE_SECONDS = 0.25
 BACKOFF_CAP_SECONDS = 10.0
-
-
-def channel_prefix(config) -> str:
-    """``REDIS_CHANNEL_PREFIX``, else one derived from the Redis db number (``sonicus:db3:``)."""
-    prefix = config.get("REDIS_CHANNEL_PREFIX")
-    if prefix:
-        return prefix
-    url = config.get("REDIS_URL") or ""
-    path = urlparse(url).path.strip("/") if url else ""
-    return f"sonicus:db{path or '0'}:"
 
 
 class Connection:
@@ -68,18 +61,17 @@ class Connection:
 
 
 class Broker:
-    def __init__(self, app):
+    def __init__(self, app, snapshot: Callable[[int], dict | None]):
         self.app = app
+        self.snapshot = snapshot  # a user's current analytics, by id (None: no such user)
         self.redis_url = app.config.get("REDIS_URL")
-        self.channel = channel_prefix(app.config) + "user-events"
+        self.channel = user_events_channel(app.config)
         self._lock = threading.Lock()
         self._sockets: dict[int, set[Connection]] = {}
         self._listener: threading.Thread | None = None
         self._listener_pid: int | None = None
         self._ready = threading.Event()
         self._stop = threading.Event()
-        self._publisher = None
-        self._publisher_pid: int | None = None
         self.reconnects = 0
         self.listener_starts = 0
 
@@ -128,39 +120,6 @@ class Broker:
             conn.close(code, reason)
         return len(conns)
 
-    # ---- publishing ------------------------------------------------------------------------
-    def _publisher_client(self):
-        if self._publisher is None or self._publisher_pid != os.getpid():
-            import redis
-
-            self._publisher = redis.Redis.from_url(self.redis_url, socket_timeout=2,
-                                                   socket_connect_timeout=2)
-            self._publisher_pid = os.getpid()
-        return self._publisher
-
-    def publish(self, user_id: int, message: dict) -> bool:
-        text = json.dumps(message, separators=(",", ":"), default=str)
-        if not self.redis_url:
-            self.deliver_local(user_id, text)
-            return True
-        return self._publish_envelope({"user_id": user_id, "text": text})
-
-    def disconnect(self, user_id: int, code: int, reason: str) -> bool:
-        """Close the user's sockets on every process (a suspended account, say)."""
-        if not self.redis_url:
-            self.close_local(user_id, code, reason)
-            return True
-        return self._publish_envelope({"user_id": user_id, "close": code, "reason": reason})
-
-    def _publish_envelope(self, payload: dict) -> bool:
-        envelope = json.dumps(payload, separators=(",", ":"))
-        try:
-            self._publisher_client().publish(self.channel, envelope)
-            return True
-        except Exception as exc:
-            log.warning("live update publish failed: %s", type(exc).__name__)
-            return False
-
     # ---- the one subscriber per process ----------------------------------------------------
     def _ensure_listener(self) -> None:
         if not self.redis_url:
@@ -188,8 +147,6 @@ class Broker:
         self._stop.set()
 
     def _listen(self) -> None:
-        import redis
-
         failures = 0
         while not self._stop.is_set():
             client = pubsub = None
@@ -227,58 +184,43 @@ class Broker:
     def _resync(self) -> None:
         """After a gap in the subscription, send every local socket its current figures
         (anything published during the gap was missed)."""
-        from ..extensions import db
-        from ..models import User
-        from ..services.analytics import get_user_analytics
-
         with self._lock:
             user_ids = list(self._sockets)
         for user_id in user_ids:
             try:
                 with self.app.app_context():
-                    user = db.session.get(User, user_id)
-                    if user is not None:
-                        data = get_user_analytics(user)
-                        self.deliver_local(user_id, json.dumps(
-                            {"type": "analytics.updated", "data": data},
-                            separators=(",", ":"), default=str))
-                    db.session.remove()
+                    data = self.snapshot(user_id)
+                if data is not None:
+                    self.deliver_local(user_id, json.dumps(
+                        {"type": "analytics.updated", "data": data},
+                        separators=(",", ":"), default=str))
             except Exception as exc:
                 log.warning("live updates: resync of a socket failed: %s", type(exc).__name__)
 
     def _dispatch(self, raw) -> None:
         try:
-            payload = json.loads(raw)
-            user_id = int(payload["user_id"])
-            if "close" in payload:
-                from ..identity_cache import forget_user
-
-                forget_user(user_id)  # the account changed: no stale sign-in here either
-                self.close_local(user_id, int(payload["close"]), str(payload.get("reason", "")))
-                return
-            text = payload["text"]
+            self.deliver(json.loads(raw))
         except Exception:
             log.warning("live updates: ignored a malformed message")
+
+    def deliver(self, payload: dict) -> None:
+        """One published message, in this process: text to a user's sockets, or a close."""
+        user_id = int(payload["user_id"])
+        if "close" in payload:
+            # the account changed: no stale sign-in in this process either
+            get_caller_cache(self.app).forget([user_id])
+            self.close_local(user_id, int(payload["close"]), str(payload.get("reason", "")))
             return
-        self.deliver_local(user_id, text)
+        self.deliver_local(user_id, payload["text"])
 
 
-def get_broker(app=None) -> Broker:
-    app = app or current_app._get_current_object()
-    broker = app.extensions.get(EXTENSION_KEY)
-    if broker is None:
-        broker = app.extensions.setdefault(EXTENSION_KEY, Broker(app))
+def init_broker(app, snapshot: Callable[[int], dict | None]) -> Broker:
+    """The process's broker; without Redis, ``publish.py`` delivers straight to it."""
+    broker = Broker(app, snapshot)
+    app.extensions[EXTENSION_KEY] = broker
+    app.extensions[LOCAL_DELIVERY_KEY] = broker.deliver
     return broker
 
 
-def publish_to_user(user_id: int, message: dict) -> bool:
-    """Send ``message`` to every open socket of ``user_id``, on whichever process it is."""
-    return get_broker().publish(user_id, message)
-
-
-CLOSE_ACCOUNT_SUSPENDED = 4403
-
-
-def disconnect_user(user_id: int) -> bool:
-    """Close every open socket of ``user_id``, on whichever process it is (code 4403)."""
-    return get_broker().disconnect(user_id, CLOSE_ACCOUNT_SUSPENDED, "account suspended")
+def get_broker(app=None) -> Broker:
+    return (app or current_app).extensions[EXTENSION_KEY]

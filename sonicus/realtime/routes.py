@@ -18,16 +18,17 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import current_app, g, request
+from flask import Blueprint, current_app, g, request
 
+from ..auth import caller_from_token
 from ..envelope import ApiError
 from ..extensions import db, sock
-from .broker import Connection, get_broker
+from .broker import Connection, get_broker, init_broker
+from .publish import CLOSE_FORBIDDEN
 
 log = logging.getLogger(__name__)
 
 CLOSE_INVALID_TOKEN = 4401
-CLOSE_FORBIDDEN = 4403
 CLOSE_TRY_AGAIN_LATER = 1013
 SUBSCRIBE_WAIT_SECONDS = 2.0
 
@@ -70,15 +71,13 @@ def authenticate_socket() -> None:
     """Before the upgrade: resolve the user, or the close code the socket will get."""
     if request.endpoint != "realtime.analytics_socket":
         return
-    from ..auth import user_from_token
-
     g.ws_user = None
     g.ws_refusal = (CLOSE_INVALID_TOKEN, "invalid token")
     token = socket_token()
     if not token:
         return
     try:
-        g.ws_user = user_from_token(token)
+        g.ws_user = caller_from_token(token)
         g.ws_refusal = None
     except ApiError as exc:
         if exc.code == 403:
@@ -96,8 +95,6 @@ def analytics_socket(ws):
         code, reason = refusal or (CLOSE_INVALID_TOKEN, "invalid token")
         ws.close(reason=code, message=reason)
         return
-    from ..services.analytics import get_user_analytics
-
     user = g.ws_user
     broker = get_broker()
     conn = SnapshotFirstConnection(ws, user.id)
@@ -110,7 +107,7 @@ def analytics_socket(ws):
         return
     try:
         broker.wait_ready(SUBSCRIBE_WAIT_SECONDS)
-        data = get_user_analytics(user)
+        data = broker.snapshot(user.id) or {}
         db.session.remove()  # a waiting socket must not hold a pooled connection
         conn.start(json.dumps({"type": "analytics.snapshot", "data": data},
                               separators=(",", ":"), default=str))
@@ -123,6 +120,13 @@ def analytics_socket(ws):
         db.session.remove()
 
 
-def register_socket_routes(bp) -> None:
+def register_realtime(app, snapshot) -> None:
+    """The broker and the WebSocket routes; nothing connects until the first socket arrives.
+
+    ``snapshot(user_id)``: the user's current analytics (the broker never imports services).
+    """
+    init_broker(app, snapshot)
+    bp = Blueprint("realtime", __name__)
     bp.before_request(authenticate_socket)
     sock.route("/ws/analytics", bp=bp)(analytics_socket)
+    app.register_blueprint(bp)

@@ -7,7 +7,7 @@ import marshmallow as ma
 from ..envelope import PageArgsSchema
 from ..models.subscription import STATUSES
 from ..tiers import TIER_NAMES
-from .common import StrictSchema, TierName, UsageSchema
+from .common import StrictSchema, TierName, UsageSchema, UserBaseSchema
 from .subscription import SubscriptionSchema
 
 SUSPENDED = "suspended"
@@ -66,21 +66,13 @@ class AdminUserQuerySchema(PageArgsSchema):
         "description": "A subscription status, or `suspended` for suspended accounts."})
 
 
-class AdminUserSummarySchema(ma.Schema):
-    id = ma.fields.Integer(required=True)
-    email = ma.fields.String(required=True)
-    display_name = ma.fields.String(allow_none=True, required=True)
-    role = ma.fields.String(required=True)
+class AdminUserSummarySchema(UserBaseSchema):
     is_active = ma.fields.Boolean(required=True)
     tier = ma.fields.String(required=True)
     subscription_status = ma.fields.String(required=True)
-    created_at = ma.fields.DateTime(required=True)
 
 
 class AdminUserDetailSchema(AdminUserSummarySchema):
-    email_verified = ma.fields.Boolean(required=True)
-    timezone = ma.fields.String(required=True)
-    day_start_hour = ma.fields.Integer(required=True)
     updated_at = ma.fields.DateTime(required=True)
     subscription = ma.fields.Nested(SubscriptionSchema, required=True)
     usage = ma.fields.Nested(UsageSchema, required=True)

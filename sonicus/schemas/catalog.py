@@ -176,3 +176,19 @@ class AdminPackageSchema(PackageBaseSchema):
     updated_at = ma.fields.DateTime(required=True)
     tracks = ma.fields.List(ma.fields.Nested(AdminTrackSchema), required=True)
 
+
+
+def load_catalog_entries(entries: list) -> list[dict]:
+    """A catalog file's packages validated with the admin input schema (seeded packages are
+    published unless the file says otherwise); ``ValueError`` names the first bad entry."""
+    schema = PackageCreateSchema()
+    valid = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"package #{index + 1}: not a mapping")
+        try:
+            valid.append(schema.load({"published": True, **entry}))
+        except ma.ValidationError as exc:
+            raise ValueError(f"package {entry.get('slug', f'#{index + 1}')}: "
+                             f"{exc.messages}") from exc
+    return valid

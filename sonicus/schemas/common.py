@@ -3,6 +3,7 @@ from __future__ import annotations
 import marshmallow as ma
 
 from ..clock import is_valid_timezone
+from ..envelope import ResponseSchema
 from ..tiers import TIER_NAMES
 
 
@@ -54,3 +55,16 @@ class TierSchema(ma.Schema):
 
 
 TierName = ma.fields.String(validate=ma.validate.OneOf(TIER_NAMES))
+
+
+class UserBaseSchema(ResponseSchema):
+    """The user fields every view of a user shows (profile, export, admin)."""
+
+    id = ma.fields.Integer(required=True)
+    email = ma.fields.String(required=True)
+    display_name = ma.fields.String(allow_none=True, required=True)
+    email_verified = ma.fields.Boolean(required=True)
+    timezone = ma.fields.String(required=True)
+    day_start_hour = ma.fields.Integer(required=True)
+    role = ma.fields.String(required=True)
+    created_at = ma.fields.DateTime(required=True)

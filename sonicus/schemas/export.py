@@ -2,17 +2,11 @@ from __future__ import annotations
 
 import marshmallow as ma
 
+from .common import UserBaseSchema
 
-class _UserExport(ma.Schema):
-    id = ma.fields.Integer()
-    email = ma.fields.String()
-    email_verified = ma.fields.Boolean()
-    display_name = ma.fields.String(allow_none=True)
-    timezone = ma.fields.String()
-    day_start_hour = ma.fields.Integer()
-    role = ma.fields.String()
+
+class _UserExport(UserBaseSchema):
     is_active = ma.fields.Boolean()
-    created_at = ma.fields.DateTime()
     updated_at = ma.fields.DateTime()
 
 

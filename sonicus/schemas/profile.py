@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from ..envelope import ResponseSchema
-from .common import StrictSchema, validate_timezone
+from .common import StrictSchema, UserBaseSchema, validate_timezone
 
 GOALS = ("sleep", "focus", "relaxation", "stress", "anxiety", "meditation", "energy", "mood")
 
@@ -30,16 +29,8 @@ class OnboardingSchema(ma.Schema):
     completed = ma.fields.Boolean(required=True)
 
 
-class ProfileSchema(ResponseSchema):
-    id = ma.fields.Integer(required=True)
-    email = ma.fields.String(required=True)
-    display_name = ma.fields.String(allow_none=True, required=True)
-    timezone = ma.fields.String(required=True)
-    day_start_hour = ma.fields.Integer(required=True)
-    email_verified = ma.fields.Boolean(required=True)
-    role = ma.fields.String(required=True)
+class ProfileSchema(UserBaseSchema):
     tier = ma.fields.String(required=True)
-    created_at = ma.fields.DateTime(required=True)
     preferences = ma.fields.Nested(PreferencesSchema, required=True)
     onboarding = ma.fields.Nested(OnboardingSchema, required=True)
 

@@ -70,10 +70,8 @@ class SessionSchema(ma.Schema):
     tier = ma.fields.String(required=True)
     status = ma.fields.String(required=True, metadata={"enum": ["open", "ended"]})
     started_at = ma.fields.DateTime(required=True)
-    ends_at = ma.fields.Method("get_ends_at", allow_none=True, required=True,
-                               metadata={"type": "string", "format": "date-time",
-                                         "description": "When the tier's maximum length is "
-                                                        "reached; null when unlimited."})
+    ends_at = ma.fields.DateTime(allow_none=True, required=True, metadata={
+        "description": "When the tier's maximum length is reached; null when unlimited."})
     ended_at = ma.fields.DateTime(allow_none=True, required=True)
     local_day = ma.fields.Date(required=True)
     max_duration_seconds = ma.fields.Integer(allow_none=True, required=True)
@@ -87,9 +85,3 @@ class SessionSchema(ma.Schema):
                                   metadata={"enum": ["completed", "stopped", "expired"]})
     package = ma.fields.Nested(SessionPackageSchema, required=True)
     track = ma.fields.Nested(SessionTrackSchema, allow_none=True, required=True)
-
-    def get_ends_at(self, session):
-        from ..services.listening import ends_at
-
-        value = ends_at(session)
-        return None if value is None else ma.fields.DateTime().serialize("v", {"v": value})

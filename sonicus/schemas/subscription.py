@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 
 from ..envelope import PageArgsSchema
-from ..services.subscriptions import CANCEL_REASONS
+from ..models.subscription import CANCEL_REASONS
 from ..tiers import TIER_NAMES
 from .common import LimitsSchema, Money, StrictSchema, UsageSchema
 from .profile import OnboardingSchema

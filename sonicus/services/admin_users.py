@@ -6,20 +6,22 @@ same transaction and commits once. Suspension closes the user's live sockets aft
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
 
-from ..envelope import ApiError, not_found
+from ..envelope import ApiError, Page, not_found, paginate
 from ..extensions import db
-from ..models import ListeningSession, SubscriptionEvent, User, UserSubscription
+from ..models import AuditLog, ListeningSession, SubscriptionEvent, User, UserSubscription
 from ..models.base import utcnow
 from ..models.subscription import ACTIVE, TRIALING
+from ..realtime.publish import close_user_sockets
 from ..tiers import STARTER, TIERS
 from . import audit
 from .subscriptions import describe as describe_subscription
-
-log = logging.getLogger(__name__)
+from .subscriptions import get_subscription, lock_or_create_subscription
+from .transaction import unit_of_work
 
 COMPLIMENTARY_GRANT = "complimentary_grant"
 SUSPENDED = "suspended"
@@ -76,9 +78,33 @@ def _filtered(statement, q: str | None, tier: str | None, status: str | None):
     return statement
 
 
-def list_users(*, q: str | None = None, tier: str | None = None, status: str | None = None,
-               page: int = 1, per_page: int = 20) -> tuple[list[dict], int]:
-    """One page of users, newest first, with their tier and subscription status; and the total."""
+@dataclass(frozen=True)
+class AdminUserView:
+    """A user as an operator sees them (``AdminUserSummarySchema``, ``...DetailSchema``)."""
+
+    user: User
+    tier: str
+    subscription_status: str
+    subscription: object = None
+    usage: object = None
+    sessions_total: int = 0
+    last_activity_at: datetime | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.user, name)
+
+    @classmethod
+    def of(cls, user: User, sub: UserSubscription | None, **detail) -> AdminUserView:
+        return cls(user, sub.tier if sub is not None else STARTER,
+                   sub.status if sub is not None else ACTIVE, **detail)
+
+
+def list_users(args: dict) -> Page:
+    """One page of users, newest first, with their tier and subscription status.
+
+    ``args``: ``q`` (email or name), ``tier``, ``status``, ``page``, ``per_page``."""
+    q, tier, status = args.get("q"), args.get("tier"), args.get("status")
+    page, per_page = args["page"], args["per_page"]
     total = db.session.execute(
         _filtered(select(func.count(User.id)), q, tier, status)).scalar_one()
     users = db.session.execute(
@@ -89,17 +115,8 @@ def list_users(*, q: str | None = None, tier: str | None = None, status: str | N
     if users:
         subs = {s.user_id: s for s in db.session.execute(select(UserSubscription).where(
             UserSubscription.user_id.in_([u.id for u in users]))).scalars()}
-    return [_summary(user, subs.get(user.id)) for user in users], total
-
-
-def _summary(user: User, sub: UserSubscription | None) -> dict:
-    return {
-        "id": user.id, "email": user.email, "display_name": user.display_name,
-        "role": user.role, "is_active": user.is_active,
-        "tier": sub.tier if sub is not None else STARTER,
-        "subscription_status": sub.status if sub is not None else ACTIVE,
-        "created_at": user.created_at,
-    }
+    return Page([AdminUserView.of(user, subs.get(user.id)) for user in users], total,
+                page, per_page)
 
 
 def find_user(user_id: int) -> User:
@@ -115,33 +132,17 @@ def find_users_by_email(email: str) -> list[User]:
     ).scalars())
 
 
-def _subscription_row(user_id: int, *, lock: bool = False) -> UserSubscription | None:
-    statement = select(UserSubscription).where(UserSubscription.user_id == user_id)
-    if lock:
-        statement = statement.with_for_update().execution_options(populate_existing=True)
-    return db.session.execute(statement).scalar_one_or_none()
-
-
-def user_detail(user_id: int) -> dict:
+def user_detail(user_id: int) -> AdminUserView:
     """Everything an operator needs about one user: subscription, usage today, activity."""
     user = find_user(user_id)
-    sub = _subscription_row(user.id) or UserSubscription(
-        user_id=user.id, tier=STARTER, status=ACTIVE, complimentary=False, trial_used=False,
-        cancel_at_period_end=False, payment_method_on_file=False)
+    sub = get_subscription(user)
     sessions_total, last_activity = db.session.execute(
         select(func.count(ListeningSession.id), func.max(ListeningSession.started_at))
         .where(ListeningSession.user_id == user.id)).one()
-    detail = _summary(user, sub)
     subscription = describe_subscription(user, sub)  # what the user sees, usage included
-    detail.update({
-        "email_verified": user.email_verified, "timezone": user.timezone,
-        "day_start_hour": user.day_start_hour, "updated_at": user.updated_at,
-        "subscription": subscription,
-        "usage": subscription["usage"],
-        "sessions_total": sessions_total,
-        "last_activity_at": last_activity,
-    })
-    return detail
+    return AdminUserView.of(user, sub, subscription=subscription,
+                            usage=subscription["usage"], sessions_total=sessions_total,
+                            last_activity_at=last_activity)
 
 
 # ---- changing ----------------------------------------------------------------------------
@@ -150,17 +151,13 @@ def _subscription_state(sub: UserSubscription) -> dict:
     return {"tier": sub.tier, "status": sub.status, "complimentary": bool(sub.complimentary)}
 
 
-def _grant_tier(actor: User | None, actor_label: str | None, user: User, tier: str,
+def _grant_tier(actor, actor_label: str | None, user: User, tier: str,
                 reason: str | None) -> bool:
     """Put ``user`` on ``tier`` now, free of charge. False when already there (no change)."""
     if tier not in TIERS:
         raise ApiError(422, "validation_error", "The request is not valid.",
                        errors=[f"tier: Must be one of: {', '.join(TIERS)}."])
-    sub = _subscription_row(user.id, lock=True)
-    if sub is None:
-        sub = UserSubscription(user_id=user.id, tier=STARTER, status=ACTIVE)
-        db.session.add(sub)
-        db.session.flush()
+    sub = lock_or_create_subscription(user.id)
     if sub.tier == tier and sub.status == ACTIVE:
         return False
     before = _subscription_state(sub)
@@ -172,27 +169,21 @@ def _grant_tier(actor: User | None, actor_label: str | None, user: User, tier: s
     sub.tier_chosen_at = sub.tier_chosen_at or utcnow()
     sub.cancel_at_period_end, sub.pending_tier, sub.past_due_since = False, None, None
     label = actor_label or (actor.email if actor is not None else "system")
-    details = {"by": label}
-    if reason:
-        details["reason"] = reason
+    details = {"by": label, **({"reason": reason} if reason else {})}
     db.session.add(SubscriptionEvent(user_id=user.id, type=COMPLIMENTARY_GRANT,
                                      from_tier=from_tier, to_tier=tier, amount_cents=0,
                                      details=details))
-    after = _subscription_state(sub)
-    if reason:
-        after["reason"] = reason
+    after = {**_subscription_state(sub), **({"reason": reason} if reason else {})}
     audit.record(actor, "user.tier_grant", "user", user.id, before, after,
                  actor_label=actor_label)
     return True
 
 
-def _set_active(actor: User | None, actor_label: str | None, user: User, active: bool,
+def _set_active(actor, actor_label: str | None, user: User, active: bool,
                 reason: str | None) -> bool:
     if user.is_active == active:
         return False
-    after = {"is_active": active}
-    if reason:
-        after["reason"] = reason
+    after = {"is_active": active, **({"reason": reason} if reason else {})}
     before = {"is_active": user.is_active}
     user.is_active = active
     audit.record(actor, "user.activate" if active else "user.suspend", "user", user.id,
@@ -200,78 +191,47 @@ def _set_active(actor: User | None, actor_label: str | None, user: User, active:
     return True
 
 
-def update_user(actor: User | None, user_id: int, changes: dict, *,
-                actor_label: str | None = None) -> bool:
+def update_user(actor, user_id: int, changes: dict, *, actor_label: str | None = None) -> bool:
     """Apply ``tier`` and/or ``is_active`` in one transaction; True when anything changed.
 
     An administrator may not suspend their own account (409 ``conflict``): nobody would be
-    left to undo it through the API.
+    left to undo it through the API. A suspension closes the user's sockets after the commit.
     """
-    user = db.session.execute(
-        select(User).where(User.id == user_id).with_for_update()
-        .execution_options(populate_existing=True)).scalar_one_or_none()
-    if user is None:
-        db.session.rollback()
-        not_found("User")
-    if (actor is not None and actor.id == user.id and changes.get("is_active") is False):
-        db.session.rollback()
-        raise ApiError(409, "conflict", "You cannot suspend your own account.")
     reason = changes.get("reason")
-    changed = False
-    suspended = False
-    try:
-        if "is_active" in changes:
-            if _set_active(actor, actor_label, user, bool(changes["is_active"]), reason):
-                changed = True
-                suspended = not user.is_active
+    changed = suspended = False
+    with unit_of_work() as work:
+        user = db.session.execute(
+            select(User).where(User.id == user_id).with_for_update()
+            .execution_options(populate_existing=True)).scalar_one_or_none()
+        if user is None:
+            not_found("User")
+        if actor is not None and actor.id == user.id and changes.get("is_active") is False:
+            raise ApiError(409, "conflict", "You cannot suspend your own account.")
+        if "is_active" in changes and _set_active(
+                actor, actor_label, user, bool(changes["is_active"]), reason):
+            changed, suspended = True, not user.is_active
         if "tier" in changes:
             changed = _grant_tier(actor, actor_label, user, changes["tier"], reason) or changed
-        db.session.commit()
-    except Exception:
-        db.session.rollback()
-        raise
+        work.changed_user(user_id)
     if suspended:
-        close_user_sockets(user.id)
+        close_user_sockets(user_id)
     return changed
 
 
-def close_user_sockets(user_id: int) -> None:
-    """After a suspension: ask the live-updates layer to close the user's sockets, if present."""
-    try:
-        from .. import realtime
-    except ImportError:  # pragma: no cover
-        return
-    hook = getattr(realtime, "disconnect_user", None)
-    if hook is None:
-        return
-    try:
-        hook(user_id)
-    except Exception as exc:  # sockets are best effort; the suspension is committed
-        log.warning("closing sockets of user %s failed: %s", user_id, type(exc).__name__)
-
-
-def grant_tier_from_cli(user: User, tier: str, actor_label: str = "cli") -> None:
+def grant_tier_from_cli(user_id: int, tier: str, actor_label: str = "cli") -> None:
     """A complimentary tier from an operator tool (CLI, development tokens)."""
     if tier not in TIERS:
         raise ValueError(f"unknown tier {tier!r}")
-    update_user(None, user.id, {"tier": tier}, actor_label=actor_label)
+    update_user(None, user_id, {"tier": tier}, actor_label=actor_label)
 
 
 # ---- audit log ---------------------------------------------------------------------------
 
-def list_audit(*, action: str | None = None, target_type: str | None = None,
-               target_id: str | None = None, actor_id: int | None = None,
-               page: int = 1, per_page: int = 20):
-    from ..models import AuditLog
-
+def list_audit(args: dict) -> Page:
+    """The audit log, newest first; ``args`` filter by ``action``, ``target_type``,
+    ``target_id`` or ``actor_id`` and give ``page`` and ``per_page``."""
     statement = select(AuditLog)
-    count = select(func.count(AuditLog.id))
-    for column, value in ((AuditLog.action, action), (AuditLog.target_type, target_type),
-                          (AuditLog.target_id, target_id), (AuditLog.actor_id, actor_id)):
-        if value is not None:
-            statement, count = statement.where(column == value), count.where(column == value)
-    total = db.session.execute(count).scalar_one()
-    entries = db.session.execute(
-        statement.order_by(AuditLog.at.desc(), AuditLog.id.desc())
-        .limit(per_page).offset((page - 1) * per_page)).scalars().all()
-    return entries, total
+    for name in ("action", "target_type", "target_id", "actor_id"):
+        if args.get(name) is not None:
+            statement = statement.where(getattr(AuditLog, name) == args[name])
+    return paginate(db, statement.order_by(AuditLog.at.desc(), AuditLog.id.desc()), args)

@@ -22,6 +22,9 @@ from ..cache import cache_delete, cache_get, cache_set
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, User, UserAnalytics
 from ..models.listening import ENDED
+from ..realtime.publish import publish_to_user
+from ..tasks.queue import QUEUE_ANALYTICS, enqueue, job_is_pending
+from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ TOP_CATEGORIES = 5
 # by the sweep (its own enqueue was lost).
 STALE_GRACE_SECONDS = 30
 SWEEP_BATCH = 500
+REFRESH_JOB_ID = "analytics-refresh-{user_id}"
 
 
 def cache_key(user_id: int) -> str:
@@ -57,9 +61,6 @@ def mark_stale(user_id: int) -> None:
 
 def request_refresh(user_id: int) -> None:
     """Enqueue the refresh job (after the commit); inline on the embedded default."""
-    from ..tasks.jobs import refresh_user_analytics
-    from ..tasks.queue import QUEUE_ANALYTICS, enqueue
-
     try:
         enqueue(refresh_user_analytics, user_id, queue=QUEUE_ANALYTICS, best_effort=True)
     except Exception:  # inline run on the embedded default: the sweep retries it
@@ -190,7 +191,7 @@ def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
     }
 
 
-def _cache_ttl(user: User, now: datetime) -> int:
+def _cache_ttl(user, now: datetime) -> int:
     """The configured TTL, cut short at the user's next day start (today's figures roll)."""
     ttl = int(current_app.config["ANALYTICS_CACHE_TTL_SECONDS"])
     until_rollover = (clock.next_day_start(now, user.timezone, user.day_start_hour)
@@ -199,7 +200,8 @@ def _cache_ttl(user: User, now: datetime) -> int:
 
 
 def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None:
-    """Recompute, store, cache and (by default) publish one user's analytics. Idempotent.
+    """Recompute, store, cache and (by default) publish one user's analytics. Idempotent;
+    the refresh job itself (enqueued by reference).
 
     The user's analytics row is locked for the computation (PostgreSQL), so two refreshes of
     one user run one after the other and the later one stores the newer figures.
@@ -227,18 +229,26 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
     db.session.commit()
     cache_set(cache_key(user_id), data, ttl)
     if publish:
-        from ..realtime.broker import publish_to_user
-
         publish_to_user(user_id, {"type": "analytics.updated", "data": data})
     return data
 
 
-def get_user_analytics(user: User) -> dict:
-    """The caller's analytics: from the cache, else computed now (and stored, cached)."""
-    data = cache_get(cache_key(user.id))
+def get_user_analytics(person) -> dict:
+    """The caller's analytics: from the cache, else computed now and cached (not stored:
+    a read never commits). ``person``: anything with ``id``, ``timezone``, ``day_start_hour``."""
+    data = cache_get(cache_key(person.id))
     if data is not None:
         return data
-    return refresh_user_analytics(user.id, publish=False)
+    now = clock.now()
+    data = compute_user_analytics(person, now)
+    cache_set(cache_key(person.id), data, _cache_ttl(person, now))
+    return data
+
+
+def analytics_for_user_id(user_id: int) -> dict | None:
+    """The analytics of a user known by id (a socket's snapshot); None once erased."""
+    user = db.session.get(User, user_id)
+    return None if user is None else get_user_analytics(user)
 
 
 def stale_user_ids(limit: int = SWEEP_BATCH, grace_seconds: int | None = None):
@@ -257,8 +267,23 @@ def all_user_ids() -> list[int]:
     return list(db.session.execute(select(User.id).order_by(User.id)).scalars())
 
 
-def queue_refresh(user: User) -> None:
+def queue_refresh(user_id: int) -> None:
     """Mark the caller's analytics stale and enqueue a refresh (the sweep covers a lost one)."""
-    mark_stale(user.id)
-    db.session.commit()
-    request_refresh(user.id)
+    with unit_of_work():
+        mark_stale(user_id)
+    request_refresh(user_id)
+
+
+def sweep_stale_analytics() -> int:
+    """Periodic: re-enqueue refreshes still marked stale (their enqueue was lost, e.g. Redis
+    was down); a refresh already waiting for a worker is left alone."""
+    queued = 0
+    for user_id in stale_user_ids():
+        job_id = REFRESH_JOB_ID.format(user_id=user_id)
+        if job_is_pending(job_id):
+            continue
+        enqueue(refresh_user_analytics, user_id, queue=QUEUE_ANALYTICS, job_id=job_id)
+        queued += 1
+    if queued:
+        log.info("stale analytics sweep: %d refreshes enqueued", queued)
+    return queued

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -12,36 +13,45 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from .. import clock, media
-from ..envelope import ApiError, fail, not_found, paginate
+from ..envelope import ApiError, Page, fail, not_found, paginate
 from ..extensions import db
 from ..models import SoundPackage, Track, User
-from ..tiers import LEVEL_MIN_TIER, TIERS, can_access_level
+from ..tiers import TIERS, can_access_level
 from . import audit
-from .subscriptions import get_subscription
+from .transaction import unit_of_work
 
 PACKAGE_FIELDS = ("slug", "title", "description", "category", "minimum_tier", "published")
 
 
-# ---- access ----------------------------------------------------------------------------------
-
-def is_locked(tier_name: str, package: SoundPackage) -> bool:
-    return not can_access_level(tier_name, package.minimum_tier)
-
-
-def validate_package_access(user: User, package: SoundPackage, tier: str | None = None) -> None:
-    """THE access check: 403 ``package_locked`` when the user's tier does not open the package.
-
-    ``tier`` may be passed by callers that already hold the (locked) subscription row.
-    """
-    tier = tier or get_subscription(user).tier
-    if is_locked(tier, package):
-        needed = LEVEL_MIN_TIER[package.minimum_tier]
-        fail(403, "package_locked",
-             f"This package needs the {TIERS[needed].title} tier or higher.",
-             data={"required_tier": needed})
-
-
 # ---- reading ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrackView:
+    """A track as a caller sees it: a signed stream URL only where the package is open."""
+
+    track: Track
+    stream_url: str | None
+
+    def __getattr__(self, name):
+        return getattr(self.track, name)
+
+
+@dataclass(frozen=True)
+class PackageView:
+    """A package as a caller of some tier sees it (``PackageSchema``, ``PackageDetailSchema``)."""
+
+    package: SoundPackage
+    locked: bool
+    tracks: tuple[TrackView, ...] = ()
+    stream_urls_expire_at: datetime | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.package, name)
+
+    @classmethod
+    def of(cls, package: SoundPackage, tier_name: str) -> PackageView:
+        return cls(package, not can_access_level(tier_name, package.minimum_tier))
+
 
 def _like(text: str) -> str:
     """A LIKE pattern matching ``text`` literally anywhere (backslash escapes)."""
@@ -53,21 +63,8 @@ def _catalog_filter(stmt):
     return stmt.where(SoundPackage.published.is_(True), SoundPackage.archived_at.is_(None))
 
 
-def package_view(package: SoundPackage, tier: str) -> dict:
-    """The catalog's picture of a package for a caller of ``tier`` (fed to the schema)."""
-    return {
-        "id": package.id, "slug": package.slug, "title": package.title,
-        "description": package.description, "category": package.category,
-        "minimum_tier": package.minimum_tier,
-        "required_tier": LEVEL_MIN_TIER[package.minimum_tier],
-        "duration_seconds": package.duration_seconds, "track_count": package.track_count,
-        "popularity": package.popularity, "locked": is_locked(tier, package),
-    }
-
-
-def list_packages(user: User, args: dict) -> list[dict]:
+def list_packages(caller, args: dict) -> Page:
     """Published, non-archived packages, most popular first, with ``locked`` for the caller."""
-    tier = get_subscription(user).tier
     stmt = _catalog_filter(select(SoundPackage))
     if args.get("category"):
         stmt = stmt.where(SoundPackage.category == args["category"].lower())
@@ -76,12 +73,13 @@ def list_packages(user: User, args: dict) -> list[dict]:
         stmt = stmt.where(or_(SoundPackage.title.ilike(pattern, escape="\\"),
                               SoundPackage.description.ilike(pattern, escape="\\")))
     if args.get("accessible"):
-        stmt = stmt.where(SoundPackage.minimum_tier.in_(TIERS[tier].package_levels))
+        stmt = stmt.where(SoundPackage.minimum_tier.in_(TIERS[caller.tier].package_levels))
     stmt = stmt.order_by(SoundPackage.popularity.desc(), SoundPackage.id)
-    return [package_view(p, tier) for p in paginate(db, stmt, args)]
+    page = paginate(db, stmt, args)
+    return replace(page, items=[PackageView.of(p, caller.tier) for p in page.items])
 
 
-def get_catalog_package(package_id: int, *, lock: bool = False) -> SoundPackage:
+def get_catalog_package(package_id: int) -> SoundPackage:
     """A package visible in the catalog (published, not archived), else 404."""
     stmt = _catalog_filter(select(SoundPackage).where(SoundPackage.id == package_id))
     package = db.session.execute(stmt).scalar_one_or_none()
@@ -90,22 +88,17 @@ def get_catalog_package(package_id: int, *, lock: bool = False) -> SoundPackage:
     return package
 
 
-def package_detail(user: User, package_id: int, now: datetime | None = None) -> dict:
+def package_detail(caller, package_id: int, now: datetime | None = None) -> PackageView:
     """Detail with tracks; signed stream URLs only when the caller's tier opens it."""
-    tier = get_subscription(user).tier
-    package = get_catalog_package(package_id)
-    view = package_view(package, tier)
+    view = PackageView.of(get_catalog_package(package_id), caller.tier)
     now = now or clock.now()
     tracks, expires = [], None
-    for track in package.tracks:
+    for track in view.package.tracks:
         url = None
-        if not view["locked"]:
+        if not view.locked:
             url, expires = media.stream_url(track.media_path, now)
-        tracks.append({"id": track.id, "position": track.position, "title": track.title,
-                       "duration_seconds": track.duration_seconds, "stream_url": url})
-    view["tracks"] = tracks
-    view["stream_urls_expire_at"] = expires
-    return view
+        tracks.append(TrackView(track, url))
+    return replace(view, tracks=tuple(tracks), stream_urls_expire_at=expires)
 
 
 # ---- writing (admin, seed) -------------------------------------------------------------------
@@ -174,7 +167,7 @@ def create_package(actor: User, data: dict) -> SoundPackage:
     return package
 
 
-def admin_list_packages(args: dict) -> list[SoundPackage]:
+def admin_list_packages(args: dict) -> Page:
     """Every package for administrators, including drafts (and archived ones on request)."""
     stmt = select(SoundPackage).options(selectinload(SoundPackage.tracks))
     if not args.get("include_archived"):
@@ -237,49 +230,27 @@ def load_catalog_file(path: str | Path) -> list[dict]:
 
 
 def seed_catalog(entries: list[dict]) -> dict:
-    """Create or update packages by slug; running it twice changes nothing the second time.
-
-    Entries are validated with the admin input schema first; one bad entry loads nothing.
-    """
-    from marshmallow import ValidationError
-
-    from ..schemas.catalog import PackageCreateSchema
-
-    schema = PackageCreateSchema()
-    valid = []
-    for index, entry in enumerate(entries):
-        try:
-            if not isinstance(entry, dict):
-                raise ValueError(f"package #{index + 1}: not a mapping")
-            # seeded packages are published unless the file says otherwise
-            valid.append(schema.load({"published": True, **entry}))
-        except ValidationError as exc:
-            label = entry.get("slug", f"#{index + 1}") if isinstance(entry, dict) else index + 1
-            raise ValueError(f"package {label}: {exc.messages}") from exc
-    slugs = [e["slug"] for e in valid]
+    """Create or update packages by slug from validated entries (``PackageCreateSchema``);
+    running it twice changes nothing the second time. One transaction: all or nothing."""
+    slugs = [e["slug"] for e in entries]
     if len(set(slugs)) != len(slugs):
         raise ValueError("the file repeats a slug")
     existing = {p.slug: p for p in db.session.execute(
         select(SoundPackage).where(SoundPackage.slug.in_(slugs))).scalars()}
     counts = {"created": 0, "updated": 0, "unchanged": 0}
-    for entry in valid:
-        entry.setdefault("description", "")
-        entry.setdefault("minimum_tier", "public")
-        package = existing.get(entry["slug"])
-        if package is None:
-            package = SoundPackage(popularity=0)
-            db.session.add(package)
+    with unit_of_work():
+        for entry in entries:
+            entry = {"description": "", "minimum_tier": "public", **entry}
+            package = existing.get(entry["slug"])
+            if package is None:
+                package = SoundPackage(popularity=0)
+                db.session.add(package)
+                _apply(package, entry)
+                counts["created"] += 1
+                continue
+            before = snapshot(package)
             _apply(package, entry)
-            counts["created"] += 1
-            continue
-        before = snapshot(package)
-        _apply(package, entry)
-        after = snapshot(package)
-        if before == after:
-            counts["unchanged"] += 1
-        else:
-            counts["updated"] += 1
-    db.session.commit()
+            counts["unchanged" if snapshot(package) == before else "updated"] += 1
     return counts
 
 

@@ -2,37 +2,74 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import case, func, literal, select
 
 from ..extensions import db
-from ..models import ListeningSession, SoundPackage, User
+from ..models import ListeningSession, SoundPackage
 from ..models.listening import OPEN
 from ..tiers import PACKAGE_LEVELS, can_access_level
-from . import subscriptions, users
+from . import subscriptions
 from .analytics import get_user_analytics
 
 RECOMMENDED_COUNT = 6
 
 
-def continue_listening(user: User) -> dict | None:
+@dataclass(frozen=True)
+class ContinueListening:
+    """The latest unfinished session with its package (``ContinueListeningSchema``)."""
+
+    session: ListeningSession
+    package: SoundPackage
+
+    @property
+    def session_id(self) -> int:
+        return self.session.id
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A package worth playing next, and why (``RecommendedPackageSchema``)."""
+
+    package: SoundPackage
+    reason: str
+    avg_mood_change: float | None
+    locked: bool = False
+
+    def __getattr__(self, name):
+        return getattr(self.package, name)
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    profile: object
+    subscription: object
+    analytics: dict
+    continue_listening: ContinueListening | None
+    recommended: list[Recommendation]
+
+    @property
+    def onboarding(self):
+        return self.profile.onboarding
+
+
+def continue_listening(user_id: int) -> ContinueListening | None:
     """The caller's latest unfinished session, with its package (one query)."""
     row = db.session.execute(
         select(ListeningSession, SoundPackage)
         .join(SoundPackage, SoundPackage.id == ListeningSession.package_id)
-        .where(ListeningSession.user_id == user.id, ListeningSession.status == OPEN)
+        .where(ListeningSession.user_id == user_id, ListeningSession.status == OPEN)
         .order_by(ListeningSession.started_at.desc(), ListeningSession.id.desc())
         .limit(1)).first()
-    if row is None:
-        return None
-    session, package = row
-    return {"session_id": session.id, "started_at": session.started_at,
-            "listened_seconds": session.listened_seconds,
-            "max_duration_seconds": session.max_duration_seconds,
-            "track_id": session.track_id, "package": package}
+    return None if row is None else ContinueListening(*row)
 
 
-def recommended_packages(user: User, tier_name: str, favorite_categories,
-                         limit: int = RECOMMENDED_COUNT) -> list[dict]:
+def recommended_packages(user_id: int, tier_name: str, favorite_categories,
+                         limit: int = RECOMMENDED_COUNT) -> list[Recommendation]:
     """Accessible published packages, best first (one query).
 
     Order: packages that lifted the caller's mood (biggest lift first), then packages without
@@ -42,7 +79,7 @@ def recommended_packages(user: User, tier_name: str, favorite_categories,
     s, p = ListeningSession, SoundPackage
     mood = (select(s.package_id.label("package_id"),
                    func.avg(s.mood_after - s.mood_before).label("avg_change"))
-            .where(s.user_id == user.id, s.mood_before.is_not(None), s.mood_after.is_not(None))
+            .where(s.user_id == user_id, s.mood_before.is_not(None), s.mood_after.is_not(None))
             .group_by(s.package_id).subquery())
     levels = [level for level in PACKAGE_LEVELS if can_access_level(tier_name, level)]
     favorites = [c for c in (favorite_categories or []) if isinstance(c, str)]
@@ -62,28 +99,16 @@ def recommended_packages(user: User, tier_name: str, favorite_categories,
             reason = "favorite_category"
         else:
             reason = "popular"
-        out.append({
-            "id": package.id, "slug": package.slug, "title": package.title,
-            "description": package.description, "category": package.category,
-            "minimum_tier": package.minimum_tier, "duration_seconds": package.duration_seconds,
-            "track_count": package.track_count, "locked": False, "reason": reason,
-            "avg_mood_change": None if avg_change is None else round(float(avg_change), 2),
-        })
+        out.append(Recommendation(
+            package, reason, None if avg_change is None else round(float(avg_change), 2)))
     return out
 
 
-def get_dashboard(user: User) -> dict:
-    # First: on a cache miss it computes and commits, which would expire what is loaded.
-    analytics = get_user_analytics(user)
-    sub = subscriptions.get_subscription(user)
-    profile = users.profile(user, sub)
-    preferences = profile["preferences"]
-    return {
-        "profile": profile,
-        "subscription": subscriptions.describe(user, sub),
-        "analytics": analytics,
-        "continue_listening": continue_listening(user),
-        "recommended": recommended_packages(user, sub.tier,
-                                            preferences.get("favorite_categories")),
-        "onboarding": profile["onboarding"],
-    }
+def get_dashboard(caller) -> Dashboard:
+    return Dashboard(
+        profile=caller,
+        subscription=subscriptions.describe(caller, subscriptions.get_subscription(caller)),
+        analytics=get_user_analytics(caller),
+        continue_listening=continue_listening(caller.id),
+        recommended=recommended_packages(caller.id, caller.tier,
+                                         caller.preferences.get("favorite_categories")))

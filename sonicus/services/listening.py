@@ -22,15 +22,16 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
 from .. import clock
-from ..envelope import fail, not_found, paginate
+from ..envelope import Page, fail, not_found, paginate
 from ..extensions import db
-from ..models import ListeningSession, SoundPackage, Track, User, UserSubscription
+from ..models import ListeningSession, SoundPackage, Track, User
 from ..models.listening import ENDED, OPEN
-from ..tiers import TIERS, UNLIMITED_SESSION_CLOSE_SECONDS
+from ..tiers import TIERS, UNLIMITED_SESSION_CLOSE_SECONDS, check_package_access
 from . import analytics
-from .catalog import get_catalog_package, validate_package_access
-from .quota import sessions_on_day
-from .subscriptions import get_subscription
+from .catalog import get_catalog_package
+from .quota import enforce_daily_quota
+from .subscriptions import lock_or_create_subscription
+from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -40,60 +41,33 @@ GIVE_BACK_UNDER_LISTENED_SECONDS = 30
 STALE_BATCH = 500
 
 
-def _lock_subscription(user: User) -> UserSubscription:
-    """The user's subscription row, locked until this transaction ends."""
-    stmt = (select(UserSubscription).where(UserSubscription.user_id == user.id)
-            .with_for_update().execution_options(populate_existing=True))
-    sub = db.session.execute(stmt).scalar_one_or_none()
-    if sub is None:
-        get_subscription(user)  # creates the missing row (commits), then lock it
-        sub = db.session.execute(stmt).scalar_one()
-    return sub
-
-
-def start_session(user: User, package_id: int, track_id: int | None = None,
+def start_session(user_id: int, package_id: int, track_id: int | None = None,
                   mood_before: int | None = None, now: datetime | None = None
                   ) -> ListeningSession:
-    """Start a session: 404 unknown package/track, 403 above tier, 429 quota used today."""
+    """Start a session: 404 unknown package/track, 403 above tier, 429 quota used today.
+
+    The user's subscription row is locked for the whole transaction: two starts of one user
+    run one after the other, so the count and the insert cannot interleave."""
     now = now or clock.now()
-    try:
-        sub = _lock_subscription(user)
+    with unit_of_work():
+        sub = lock_or_create_subscription(user_id)
+        user = db.session.get(User, user_id)
         tier = TIERS[sub.tier]
         package = get_catalog_package(package_id)
-        validate_package_access(user, package, tier=tier.name)
+        check_package_access(tier.name, package.minimum_tier)
         track = None
         if track_id is not None:
             track = db.session.get(Track, track_id)
             if track is None or track.package_id != package.id:
                 not_found("Track")
-        today = clock.local_day(now, user.timezone, user.day_start_hour)
-        if tier.daily_sessions is not None:
-            used = sessions_on_day(user.id, today)
-            if used >= tier.daily_sessions:
-                resets_at = clock.next_day_start(now, user.timezone, user.day_start_hour)
-                retry_after = max(1, int((resets_at - now).total_seconds()))
-                fail(429, "daily_session_limit_reached",
-                     f"You have used today's {tier.daily_sessions} sessions of the "
-                     f"{tier.title} tier.",
-                     data={"resets_at": resets_at.isoformat()},
-                     headers={"Retry-After": str(retry_after)})
+        day = enforce_daily_quota(user, tier.name, now)
         session = ListeningSession(
-            user_id=user.id, package_id=package.id, track_id=track.id if track else None,
-            tier=tier.name, status=OPEN, started_at=now, local_day=today,
+            user_id=user_id, package_id=package.id, track_id=track.id if track else None,
+            tier=tier.name, status=OPEN, started_at=now, local_day=day,
             max_duration_seconds=tier.max_session_seconds, listened_seconds=0,
             completed=False, counts_toward_quota=True, mood_before=mood_before)
         db.session.add(session)
-        db.session.commit()
-    except BaseException:
-        db.session.rollback()  # releases the row lock on every failure path
-        raise
     return session
-
-
-def ends_at(session: ListeningSession) -> datetime | None:
-    if session.max_duration_seconds is None:
-        return None
-    return session.started_at + timedelta(seconds=session.max_duration_seconds)
 
 
 def content_seconds(session: ListeningSession) -> int | None:
@@ -117,10 +91,10 @@ def clamp_listened(session: ListeningSession, claimed: int, now: datetime) -> in
     return max(session.listened_seconds, min([max(0, int(claimed)), *caps]))
 
 
-def get_session(user: User, session_id: int, *, lock: bool = False) -> ListeningSession:
+def get_session(user_id: int, session_id: int, *, lock: bool = False) -> ListeningSession:
     """One of the caller's sessions; someone else's id is 404."""
     stmt = select(ListeningSession).where(ListeningSession.id == session_id,
-                                          ListeningSession.user_id == user.id)
+                                          ListeningSession.user_id == user_id)
     if lock:
         stmt = stmt.with_for_update().execution_options(populate_existing=True)
     session = db.session.execute(stmt).scalar_one_or_none()
@@ -131,29 +105,37 @@ def get_session(user: User, session_id: int, *, lock: bool = False) -> Listening
 
 def _ensure_open(session: ListeningSession) -> None:
     if session.status != OPEN:
-        db.session.rollback()
         fail(409, "conflict", "This session has already ended.")
 
 
-def heartbeat(user: User, session_id: int, listened_seconds: int,
+def heartbeat(user_id: int, session_id: int, listened_seconds: int,
               now: datetime | None = None) -> ListeningSession:
     now = now or clock.now()
-    session = get_session(user, session_id, lock=True)
-    _ensure_open(session)
-    session.listened_seconds = clamp_listened(session, listened_seconds, now)
-    db.session.commit()
+    with unit_of_work():
+        session = get_session(user_id, session_id, lock=True)
+        _ensure_open(session)
+        session.listened_seconds = clamp_listened(session, listened_seconds, now)
     return session
 
 
-def complete_session(user: User, session_id: int, listened_seconds: int, completed: bool,
+def complete_session(user_id: int, session_id: int, listened_seconds: int, completed: bool,
                      mood_after: int | None = None, note: str | None = None,
                      now: datetime | None = None) -> ListeningSession:
     """End a session. An accidental tap (ended within 60 s, under 30 s listened) gives the
     day's quota back; any other ending bumps the package's popularity. Analytics are marked
     stale in the same transaction and a refresh is requested after the commit."""
     now = now or clock.now()
-    session = get_session(user, session_id, lock=True)
-    _ensure_open(session)
+    with unit_of_work():
+        session = get_session(user_id, session_id, lock=True)
+        _ensure_open(session)
+        _end(session, listened_seconds, completed, mood_after, note, now)
+        analytics.mark_stale(user_id)
+    analytics.request_refresh(user_id)
+    return session
+
+
+def _end(session: ListeningSession, listened_seconds: int, completed: bool,
+         mood_after: int | None, note: str | None, now: datetime) -> None:
     session.listened_seconds = clamp_listened(session, listened_seconds, now)
     session.status = ENDED
     session.ended_at = now
@@ -170,17 +152,13 @@ def complete_session(user: User, session_id: int, listened_seconds: int, complet
     else:
         db.session.execute(update(SoundPackage).where(SoundPackage.id == session.package_id)
                            .values(popularity=SoundPackage.popularity + 1))
-    analytics.mark_stale(user.id)
-    db.session.commit()
-    analytics.request_refresh(user.id)
-    return session
 
 
-def list_history(user: User, args: dict) -> list[ListeningSession]:
+def list_history(user_id: int, args: dict) -> Page:
     """The caller's sessions, newest first; ``from``/``to`` are the user's days, inclusive."""
     stmt = (select(ListeningSession)
             .options(selectinload(ListeningSession.package), selectinload(ListeningSession.track))
-            .where(ListeningSession.user_id == user.id))
+            .where(ListeningSession.user_id == user_id))
     first: date | None = args.get("from")
     last: date | None = args.get("to")
     if first is not None:

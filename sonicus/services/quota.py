@@ -1,18 +1,28 @@
-"""Today's usage against the tier's daily sessions, in the user's own day."""
+"""The daily session quota in the user's own day: counted here, the rule in ``tiers``."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime
 
 from sqlalchemy import func, select
 
 from .. import clock
 from ..extensions import db
-from ..models import ListeningSession, User
-from ..tiers import TIERS
+from ..models import ListeningSession
+from ..tiers import TIERS, check_daily_quota
 
 
-def sessions_on_day(user_id: int, day) -> int:
+@dataclass(frozen=True)
+class Usage:
+    """Today's sessions against the tier's daily limit (``UsageSchema``)."""
+
+    sessions_today: int
+    sessions_remaining: int | None
+    resets_at: datetime
+
+
+def sessions_on_day(user_id: int, day: date) -> int:
     return db.session.execute(
         select(func.count(ListeningSession.id)).where(
             ListeningSession.user_id == user_id,
@@ -21,14 +31,27 @@ def sessions_on_day(user_id: int, day) -> int:
         )).scalar_one()
 
 
-def usage_today(user: User, tier_name: str, now: datetime | None = None) -> dict:
-    """``{sessions_today, sessions_remaining, resets_at}``; remaining is None when unlimited."""
+def _today(person, now: datetime) -> tuple[date, datetime]:
+    """The user's current day and when it ends (their quota resets)."""
+    day = clock.local_day(now, person.timezone, person.day_start_hour)
+    return day, clock.day_start_after(day, person.timezone, person.day_start_hour)
+
+
+def enforce_daily_quota(person, tier_name: str, now: datetime) -> date:
+    """Raise the 429 when today's quota is used up; else the user's day a start counts on.
+
+    Call it with the user's subscription row locked, so that starts of one user serialise.
+    """
+    day, resets_at = _today(person, now)
+    if TIERS[tier_name].daily_sessions is not None:
+        check_daily_quota(tier_name, sessions_on_day(person.id, day), resets_at, now)
+    return day
+
+
+def usage_today(person, tier_name: str, now: datetime | None = None) -> Usage:
+    """``person``: anything with ``id``, ``timezone`` and ``day_start_hour``."""
     now = now or clock.now()
-    today = clock.local_day(now, user.timezone, user.day_start_hour)
-    used = sessions_on_day(user.id, today)
+    day, resets_at = _today(person, now)
+    used = sessions_on_day(person.id, day)
     limit = TIERS[tier_name].daily_sessions
-    return {
-        "sessions_today": used,
-        "sessions_remaining": None if limit is None else max(0, limit - used),
-        "resets_at": clock.next_day_start(now, user.timezone, user.day_start_hour),
-    }
+    return Usage(used, None if limit is None else max(0, limit - used), resets_at)

@@ -21,6 +21,7 @@ from ..extensions import db, get_redis
 from ..models import ListeningSession, PlatformStats, User, UserSubscription
 from ..models.listening import ENDED
 from ..models.subscription import ACTIVE, PAST_DUE, TRIALING
+from ..tasks.queue import QUEUE_MAINTENANCE, enqueue
 from ..tiers import STARTER, TIERS
 
 log = logging.getLogger(__name__)
@@ -140,9 +141,6 @@ def refresh_platform_stats(now: datetime | None = None) -> dict:
 
 def request_refresh() -> None:
     """Enqueue one refresh (best effort); a Redis lock keeps concurrent requests to one job."""
-    from ..tasks.jobs import refresh_platform_stats as job
-    from ..tasks.queue import QUEUE_MAINTENANCE, enqueue
-
     client = get_redis()
     if client is not None:
         try:
@@ -151,7 +149,8 @@ def request_refresh() -> None:
         except Exception as exc:
             log.warning("stats refresh lock failed: %s", type(exc).__name__)
             return
-    enqueue(job, queue=QUEUE_MAINTENANCE, job_id=REFRESH_JOB_ID, best_effort=True)
+    enqueue(refresh_platform_stats, queue=QUEUE_MAINTENANCE, job_id=REFRESH_JOB_ID,
+            best_effort=True)
 
 
 def latest_stored() -> PlatformStats | None:

@@ -22,6 +22,7 @@ from decimal import Decimal
 
 from flask import current_app
 from sqlalchemy import and_, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from .. import clock
@@ -42,8 +43,9 @@ PAYMENT_EVENT_TYPES = ("activated", "renewed", "trial_converted", "upgraded")
 # ---- reading ---------------------------------------------------------------------------------
 
 def get_subscription(user: User) -> UserSubscription:
-    if user.subscription is not None:  # joined-loaded with the user
-        return user.subscription
+    joined = getattr(user, "subscription", None)
+    if joined is not None:  # joined-loaded with the user
+        return joined
     sub = db.session.execute(
         select(UserSubscription).where(UserSubscription.user_id == user.id)
     ).scalar_one_or_none()
@@ -57,6 +59,21 @@ def get_subscription(user: User) -> UserSubscription:
             sub = db.session.execute(
                 select(UserSubscription).where(UserSubscription.user_id == user.id)
             ).scalar_one()
+    return sub
+
+
+def lock_or_create_subscription(user_id: int) -> UserSubscription:
+    """The user's subscription row, locked until the transaction ends (created if missing)."""
+    stmt = (select(UserSubscription).where(UserSubscription.user_id == user_id)
+            .with_for_update().execution_options(populate_existing=True))
+    sub = db.session.execute(stmt).scalar_one_or_none()
+    if sub is None:
+        dialect = db.session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        db.session.execute(insert(UserSubscription).values(
+            user_id=user_id, tier=STARTER, status=ACTIVE).on_conflict_do_nothing(
+            index_elements=["user_id"]))
+        sub = db.session.execute(stmt).scalar_one()
     return sub
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flask import current_app
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
-from ..envelope import ApiError
+from ..envelope import ApiError, not_found
 from ..extensions import db
 from ..models import (
     AuditLog,
@@ -18,10 +20,21 @@ from ..models import (
     UserSoundPackage,
     UserSubscription,
 )
-from ..models.user import ROLE_ADMIN, ROLE_USER
+from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_preferences
+from .analytics import invalidate_user_analytics
+from .subscriptions import lock_or_create_subscription
+from .transaction import unit_of_work
 
-DEFAULT_PREFERENCES = {"goals": [], "favorite_categories": [], "daily_goal_minutes": None,
-                       "show_streaks": True}
+
+@dataclass(frozen=True)
+class UserExport:
+    user: User
+    preferences: dict
+    subscription: UserSubscription | None
+    subscription_events: list
+    library: list
+    sessions: list
+    analytics: dict | None
 
 
 def _claims_view(claims: dict) -> dict:
@@ -39,8 +52,9 @@ def _claims_view(claims: dict) -> dict:
     }
 
 
-def sync_user_from_claims(claims: dict) -> User:
-    """Find or create the user for these claims; write only when something changed."""
+def sync_user_from_claims(claims: dict) -> tuple[User, UserSubscription | None]:
+    """Find or create the user for these claims, writing only when something changed; the
+    user and their subscription row. 403 for a suspended account or a missing group."""
     cfg = current_app.config
     view = _claims_view(claims)
     admin_group, required_group = cfg["OIDC_ADMIN_GROUP"], cfg["OIDC_REQUIRED_GROUP"]
@@ -48,118 +62,107 @@ def sync_user_from_claims(claims: dict) -> User:
     if required_group and required_group not in view["groups"] and not is_admin:
         raise ApiError(403, "forbidden", "Your account is not allowed to use Sonicus.")
     role = ROLE_ADMIN if is_admin else ROLE_USER
-    sub = claims["sub"]
-
-    user = db.session.execute(
-        select(User).options(joinedload(User.subscription)).where(User.oidc_sub == sub)
-    ).scalar_one_or_none()
+    user = _find_by_subject(claims["sub"])
     if user is None:
-        user = User(oidc_sub=sub, email=view["email"], email_verified=view["email_verified"],
-                    display_name=view["name"], oidc_name=view["name"], role=role,
-                    preferences=dict(DEFAULT_PREFERENCES), timezone="UTC", day_start_hour=0,
-                    is_active=True)
-        try:
-            db.session.add(user)
-            db.session.flush()
-            db.session.add(UserSubscription(user_id=user.id, tier="starter", status="active"))
-            db.session.add(SubscriptionEvent(user_id=user.id, type="signed_up", from_tier=None,
-                                             to_tier="starter", amount_cents=0))
-            db.session.commit()
-        except IntegrityError:  # a concurrent first request created it
-            db.session.rollback()
-            user = db.session.execute(select(User).where(User.oidc_sub == sub)).scalar_one()
-    else:
-        changed = False
-        if user.email != view["email"]:
-            user.email, changed = view["email"], True
-        if user.email_verified != view["email_verified"]:
-            user.email_verified, changed = view["email_verified"], True
-        if view["name"] != user.oidc_name:
-            user.oidc_name = view["name"]
-            user.display_name = view["name"]
-            changed = True
-        if user.role != role:
-            user.role, changed = role, True
-        if changed:
-            db.session.commit()
+        user = _create_user(claims["sub"], view, role)
+    elif _differs(user, view, role):
+        with unit_of_work() as work:
+            user = _lock_user(user.id)
+            _apply_claims(user, view, role)
+            work.changed_user(user.id)
     if not user.is_active:
         raise ApiError(403, "account_suspended", "This account is suspended.")
-    return user
+    return user, user.subscription
 
 
-def update_profile(user: User, changes: dict) -> User:
-    for field in ("display_name", "timezone", "day_start_hour"):
-        if field in changes:
-            setattr(user, field, changes[field])
-    if "preferences" in changes:
-        merged = dict(DEFAULT_PREFERENCES)
-        merged.update(user.preferences or {})
-        merged.update(changes["preferences"])
-        user.preferences = merged
-    db.session.commit()
-    _invalidate_analytics(user.id)
-    return user
+def _find_by_subject(subject: str) -> User | None:
+    return db.session.execute(
+        select(User).options(joinedload(User.subscription)).where(User.oidc_sub == subject)
+    ).scalar_one_or_none()
 
 
-def _invalidate_analytics(user_id: int) -> None:
+def _create_user(subject: str, view: dict, role: str) -> User:
+    user = User(oidc_sub=subject, email=view["email"], email_verified=view["email_verified"],
+                display_name=view["name"], oidc_name=view["name"], role=role,
+                preferences=dict(DEFAULT_PREFERENCES), timezone="UTC", day_start_hour=0,
+                is_active=True)
     try:
-        from .analytics import invalidate_user_analytics
-    except ImportError:  # pragma: no cover - analytics not installed
-        return
+        with unit_of_work():
+            db.session.add(user)
+            db.session.flush()
+            lock_or_create_subscription(user.id)
+            db.session.add(SubscriptionEvent(user_id=user.id, type="signed_up", from_tier=None,
+                                             to_tier="starter", amount_cents=0))
+    except IntegrityError:  # a concurrent first request created it
+        pass
+    return _find_by_subject(subject)
+
+
+def _differs(user: User, view: dict, role: str) -> bool:
+    return (user.email != view["email"] or user.email_verified != view["email_verified"]
+            or user.oidc_name != view["name"] or user.role != role)
+
+
+def _apply_claims(user: User, view: dict, role: str) -> None:
+    user.email, user.email_verified, user.role = view["email"], view["email_verified"], role
+    if view["name"] != user.oidc_name:
+        # a new name in the token overwrites an edit made in the profile
+        user.oidc_name = user.display_name = view["name"]
+
+
+def _lock_user(user_id: int) -> User:
+    user = db.session.execute(
+        select(User).where(User.id == user_id).execution_options(populate_existing=True)
+        .with_for_update()).scalar_one_or_none()
+    if user is None:
+        not_found("User")
+    return user
+
+
+def update_profile(user_id: int, changes: dict) -> User:
+    """Change display name, time zone, day start hour or preferences (merged)."""
+    with unit_of_work() as work:
+        user = _lock_user(user_id)
+        for name in ("display_name", "timezone", "day_start_hour"):
+            if name in changes:
+                setattr(user, name, changes[name])
+        if "preferences" in changes:
+            user.preferences = merge_preferences(user.preferences, changes["preferences"])
+        work.changed_user(user.id)
     invalidate_user_analytics(user_id)
+    return user
 
 
-def profile(user: User, sub: UserSubscription | None = None) -> dict:
-    """The profile as the API shows it (``ProfileSchema``)."""
-    from .subscriptions import get_subscription, onboarding
+def export_user_data(user_id: int) -> UserExport:
+    """Everything stored about the user, as one document (``ExportSchema``)."""
+    def rows(model, order):
+        return list(db.session.execute(
+            select(model).where(model.user_id == user_id).order_by(order)).scalars())
 
-    sub = sub or get_subscription(user)
-    return {
-        "id": user.id, "email": user.email, "display_name": user.display_name,
-        "timezone": user.timezone, "day_start_hour": user.day_start_hour,
-        "email_verified": user.email_verified, "role": user.role, "tier": sub.tier,
-        "created_at": user.created_at, "preferences": profile_preferences(user),
-        "onboarding": onboarding(user, sub),
-    }
-
-
-def profile_preferences(user: User) -> dict:
-    merged = dict(DEFAULT_PREFERENCES)
-    merged.update(user.preferences or {})
-    return merged
-
-
-def export_user_data(user: User) -> dict:
-    """Everything stored about the user, as one JSON-ready document."""
-    subscription = db.session.execute(
-        select(UserSubscription).where(UserSubscription.user_id == user.id)).scalar_one_or_none()
-    events = db.session.execute(
-        select(SubscriptionEvent).where(SubscriptionEvent.user_id == user.id)
-        .order_by(SubscriptionEvent.at)).scalars().all()
-    library = db.session.execute(
-        select(UserSoundPackage).where(UserSoundPackage.user_id == user.id)
-        .order_by(UserSoundPackage.assigned_at)).scalars().all()
-    sessions = db.session.execute(
-        select(ListeningSession).where(ListeningSession.user_id == user.id)
-        .order_by(ListeningSession.started_at)).scalars().all()
-    analytics = db.session.get(UserAnalytics, user.id)
-    return {
-        "user": user, "preferences": profile_preferences(user), "subscription": subscription,
-        "subscription_events": events, "library": library, "sessions": sessions,
-        "analytics": analytics.data if analytics else None,
-    }
+    user = db.session.get(User, user_id)
+    if user is None:
+        not_found("User")
+    analytics = db.session.get(UserAnalytics, user_id)
+    return UserExport(
+        user=user, preferences=user.merged_preferences,
+        subscription=db.session.execute(select(UserSubscription).where(
+            UserSubscription.user_id == user_id)).scalar_one_or_none(),
+        subscription_events=rows(SubscriptionEvent, SubscriptionEvent.at),
+        library=rows(UserSoundPackage, UserSoundPackage.assigned_at),
+        sessions=rows(ListeningSession, ListeningSession.started_at),
+        analytics=analytics.data if analytics else None)
 
 
-def erase_user(user: User) -> None:
+def erase_user(user_id: int) -> None:
     """Erase the account and personal data; listening sessions are kept anonymised."""
-    user_id = user.id
-    db.session.execute(
-        update(ListeningSession).where(ListeningSession.user_id == user_id)
-        .values(user_id=None, note=None, mood_before=None, mood_after=None))
-    db.session.execute(update(AuditLog).where(AuditLog.actor_id == user_id)
-                       .values(actor_id=None, actor_label="erased user"))
-    for model in (UserSoundPackage, SubscriptionEvent, UserSubscription, UserAnalytics):
-        db.session.execute(delete(model).where(model.user_id == user_id))
-    db.session.execute(delete(User).where(User.id == user_id))
-    db.session.commit()
-    _invalidate_analytics(user_id)
+    with unit_of_work() as work:
+        db.session.execute(
+            update(ListeningSession).where(ListeningSession.user_id == user_id)
+            .values(user_id=None, note=None, mood_before=None, mood_after=None))
+        db.session.execute(update(AuditLog).where(AuditLog.actor_id == user_id)
+                           .values(actor_id=None, actor_label="erased user"))
+        for model in (UserSoundPackage, SubscriptionEvent, UserSubscription, UserAnalytics):
+            db.session.execute(delete(model).where(model.user_id == user_id))
+        db.session.execute(delete(User).where(User.id == user_id))
+        work.changed_user(user_id)
+    invalidate_user_analytics(user_id)

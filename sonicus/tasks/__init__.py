@@ -1,1 +1,2 @@
-"""Background jobs: queue names, the enqueue helper, job functions and the schedule."""
+"""Background work: queue names and the enqueue helper (``queue``), the worker and the
+periodic schedule. The jobs themselves are the services' own functions, enqueued by reference."""

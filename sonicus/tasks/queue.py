@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from rq import Queue, Retry
+from rq.job import Job
 
 from ..extensions import get_redis
 
@@ -20,6 +21,7 @@ QUEUE_DEFAULT = "sonicus-default"
 QUEUE_MAINTENANCE = "sonicus-maintenance"
 QUEUES = (QUEUE_ANALYTICS, QUEUE_DEFAULT, QUEUE_MAINTENANCE)
 
+_PENDING = ("queued", "scheduled", "deferred")
 DEFAULT_RETRY_INTERVALS = (1, 4, 16)  # seconds: exponential backoff
 JOB_TIMEOUT_SECONDS = 120
 RESULT_TTL_SECONDS = 300
@@ -52,3 +54,14 @@ def enqueue(func, *args, queue: str = QUEUE_DEFAULT, job_id: str | None = None,
         log.warning("enqueue of %s failed: %s", getattr(func, "__name__", func),
                     type(exc).__name__)
         return None
+
+
+def job_is_pending(job_id: str) -> bool:
+    """True when a job with this id waits for a worker (False without Redis, or unknown)."""
+    client = get_redis()
+    if client is None:
+        return False
+    try:
+        return Job.fetch(job_id, connection=client).get_status(refresh=False) in _PENDING
+    except Exception:  # no such job (or expired), or Redis unreachable: not pending
+        return False

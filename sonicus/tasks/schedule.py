@@ -2,26 +2,30 @@
 
 Each worker process runs a small scheduler thread (``run_scheduler``) that, every few
 seconds, tries ``SET sonicus:schedule:<name>:<slot> NX EX`` for each periodic job, where
-``slot = floor(unix time / interval)``. Only the process that wins the key enqueues, with
-the deterministic job id ``periodic-<name>-<slot>``. The job resolves
-``sonicus.tasks.jobs.<name>`` when it runs: a job whose function does not exist (yet) is
-skipped with a log line, never an error.
+``slot = floor(unix time / interval)``. Only the process that wins the key enqueues the job's
+function, by reference, with the deterministic job id ``periodic-<name>-<slot>``.
+
+The schedule is a list of the services' own functions: a job that does not exist cannot be
+scheduled (the import fails at start, not at run time).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..extensions import get_redis
+from ..services.analytics import sweep_stale_analytics
+from ..services.listening import close_stale_sessions
+from ..services.stats import refresh_platform_stats
+from ..services.subscriptions import process_due_subscriptions
 from .queue import QUEUE_ANALYTICS, QUEUE_MAINTENANCE, enqueue
 
 log = logging.getLogger(__name__)
 
-JOBS_MODULE = "sonicus.tasks.jobs"
 LOCK_KEY = "sonicus:schedule:{name}:{slot}"
 JOB_ID = "periodic-{name}-{slot}"
 POLL_SECONDS = 5.0
@@ -29,29 +33,21 @@ POLL_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class Periodic:
-    name: str          # a function of sonicus.tasks.jobs
-    interval: int      # seconds
+    func: Callable      # a service function taking no arguments
+    interval: int       # seconds
     queue: str
+
+    @property
+    def name(self) -> str:
+        return self.func.__name__
 
 
 PERIODIC_JOBS = (
-    Periodic("process_due_subscriptions", 60, QUEUE_MAINTENANCE),  # trials and periods
-    Periodic("close_stale_sessions", 60, QUEUE_MAINTENANCE),
-    Periodic("refresh_platform_stats", 300, QUEUE_MAINTENANCE),
-    Periodic("sweep_stale_analytics", 30, QUEUE_ANALYTICS),
+    Periodic(process_due_subscriptions, 60, QUEUE_MAINTENANCE),  # trials and periods
+    Periodic(close_stale_sessions, 60, QUEUE_MAINTENANCE),
+    Periodic(refresh_platform_stats, 300, QUEUE_MAINTENANCE),
+    Periodic(sweep_stale_analytics, 30, QUEUE_ANALYTICS),
 )
-PERIODIC_NAMES = frozenset(job.name for job in PERIODIC_JOBS)
-
-
-def run_periodic(name: str):
-    """The job body: call ``sonicus.tasks.jobs.<name>`` if it exists, else log and skip."""
-    if name not in PERIODIC_NAMES:
-        raise ValueError(f"not a periodic job: {name}")
-    func = getattr(importlib.import_module(JOBS_MODULE), name, None)
-    if not callable(func):
-        log.info("periodic job %s skipped: %s.%s is not available", name, JOBS_MODULE, name)
-        return "skipped"
-    return func()
 
 
 def tick(now: float | None = None, jobs=PERIODIC_JOBS) -> list[str]:
@@ -67,9 +63,8 @@ def tick(now: float | None = None, jobs=PERIODIC_JOBS) -> list[str]:
         if not client.set(key, "1", nx=True, ex=job.interval * 2):
             continue
         try:
-            enqueue(run_periodic, job.name, queue=job.queue,
-                    job_id=JOB_ID.format(name=job.name, slot=slot), retries=0,
-                    timeout=max(60, job.interval * 2))
+            enqueue(job.func, queue=job.queue, job_id=JOB_ID.format(name=job.name, slot=slot),
+                    retries=0, timeout=max(60, job.interval * 2))
         except Exception:
             client.delete(key)  # let the next tick (of any worker) try this slot again
             raise

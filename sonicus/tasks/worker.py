@@ -6,6 +6,7 @@ from rq import SimpleWorker, Worker
 
 from ..extensions import db, get_redis
 from .queue import QUEUES
+from .schedule import start_scheduler_thread
 
 
 class _AppContextMixin:
@@ -45,8 +46,6 @@ def make_worker(app, *, simple: bool = False, queues=QUEUES, name: str | None = 
 
 def run_worker(app, *, simple: bool = False, schedule: bool = True) -> int:
     """A worker with RQ's scheduler (retries) and the periodic schedule thread."""
-    from .schedule import start_scheduler_thread
-
     worker = make_worker(app, simple=simple)
     stop = None
     if schedule:
