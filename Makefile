@@ -30,7 +30,11 @@ dev: install
 # and Redis (TEST_REDIS_URL, default db 15 on 127.0.0.1:6379).
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	SONICUS_ENV=testing $(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/radon cc -s -n C sonicus
+	$(VENV)/bin/radon mi -s -n B sonicus

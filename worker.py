@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sonicus import create_app
+from sonicus.tasks.worker import run_worker
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Sonicus background worker")
@@ -20,10 +23,6 @@ def main(argv=None) -> int:
     parser.add_argument("--no-schedule", action="store_true",
                         help="do not run the periodic schedule in this worker")
     args = parser.parse_args(argv)
-
-    from sonicus import create_app
-    from sonicus.tasks.worker import run_worker
-
     app = create_app()
     return run_worker(app, simple=args.simple, schedule=not args.no_schedule)
 

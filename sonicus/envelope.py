@@ -256,21 +256,25 @@ def error_body(status: int, code: str, message: str, errors=None, extra=None) ->
     return body
 
 
-def _error_parts(error, status: int, data: dict) -> tuple[str, list | None]:
-    """The message and ``errors`` of an error answer (500: nothing from the exception)."""
+def _error_parts(error, status: int, data: dict) -> tuple[str, list]:
+    """The message and ``errors`` of an error answer: ``errors`` is never empty (at least the
+    message); a 500 says nothing of the exception."""
+    if status == 500:
+        return DEFAULT_MESSAGES[500], [DEFAULT_MESSAGES[500]]
     errors = data.get("errors")
     if errors is None and "messages" in data:
         errors = flatten_errors(data["messages"])
     elif isinstance(errors, dict):
         errors = flatten_errors(errors)
-    if status == 500:
-        return DEFAULT_MESSAGES[500], None
     if status > 500:
-        return data.get("message") or DEFAULT_MESSAGES.get(status) or error.name, errors
-    message = data.get("message") or DEFAULT_MESSAGES.get(status) or error.description
-    if status in (400, 422) and not errors:
-        errors = [error.description] if error.description else []
-    return message, errors
+        message = data.get("message") or DEFAULT_MESSAGES.get(status) or error.name
+    else:
+        message = data.get("message") or DEFAULT_MESSAGES.get(status) or error.description
+    if errors:
+        return message, list(errors)
+    if status in (400, 422) and error.description:
+        return message, [error.description]
+    return message, [message]
 
 
 class Api(flask_smorest.Api):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import redis
 from flask import current_app
 from flask_migrate import Migrate
 from flask_sock import Sock
@@ -18,13 +19,11 @@ sock = Sock()
 
 def get_redis():
     """The app's Redis client, or None on the embedded default (no REDIS_URL)."""
-    app = current_app._get_current_object()
+    app = current_app
     if not app.config.get("REDIS_URL"):
         return None
     client = app.extensions.get("sonicus_redis")
     if client is None:
-        import redis
-
         client = redis.Redis.from_url(app.config["REDIS_URL"], socket_timeout=2,
                                       socket_connect_timeout=2, health_check_interval=30)
         app.extensions["sonicus_redis"] = client

@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from flask import g, request
 from limits import parse_many
 
+from config import ConfigError
+
 from .auth import token_digest
 from .envelope import ApiError
+from .extensions import get_redis
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +90,6 @@ class RateLimiter:
     SYNC_SECONDS = 1.0
 
     def __init__(self, app):
-        from config import ConfigError
-
         limits = []
         for scope, name in (("user", "RATELIMIT_PER_USER"), ("ip", "RATELIMIT_PER_IP")):
             try:
@@ -107,8 +108,6 @@ class RateLimiter:
         if time.monotonic() < self._redis_down_until:
             return None
         if self._client is None:
-            from .extensions import get_redis
-
             self._client = get_redis() or False  # False: this app has no Redis
         return self._client or None
 

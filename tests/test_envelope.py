@@ -73,7 +73,7 @@ def test_500_is_generic_and_logged(idp, caplog):
     res = app.test_client().get("/api/boom/")
     body = assert_error(res, 500, "internal_error")
     assert "secret" not in res.get_data(as_text=True)
-    assert body["errors"] is None
+    assert body["errors"] == ["Something went wrong on our side."]
     assert "secret internal detail" in caplog.text
 
 

@@ -11,6 +11,8 @@ from flask import current_app
 
 from .base import BillingProvider, BillingUnavailable, Checkout
 from .events import BillingNotice, WebhookRejected, parse_event, verify_webhook
+from .sandbox import SandboxProvider
+from .stripe_provider import StripeProvider, price_ids
 
 __all__ = ["BillingNotice", "BillingProvider", "BillingUnavailable", "Checkout",
            "WebhookRejected", "get_provider", "notice_from_webhook", "parse_event",
@@ -19,15 +21,11 @@ __all__ = ["BillingNotice", "BillingProvider", "BillingUnavailable", "Checkout",
 
 def get_provider(name: str | None = None) -> BillingProvider:
     """The configured provider (or the one named), bound to the app's settings."""
-    app = current_app._get_current_object()
-    name = name or app.config["BILLING_PROVIDER"]
+    config = current_app.config
+    name = name or config["BILLING_PROVIDER"]
     if name == "stripe":
-        from .stripe_provider import StripeProvider
-
-        return StripeProvider(app.config)
-    from .sandbox import SandboxProvider
-
-    return SandboxProvider(app.config)
+        return StripeProvider(config)
+    return SandboxProvider(config)
 
 
 def sandbox_enabled() -> bool:
@@ -38,8 +36,6 @@ def sandbox_enabled() -> bool:
 
 def notice_from_webhook(payload: bytes, signature_header: str | None) -> tuple[dict, BillingNotice]:
     """Verify a webhook with the app's secret and read it; ``WebhookRejected`` if not genuine."""
-    from .stripe_provider import price_ids
-
     cfg = current_app.config
     event = verify_webhook(payload, signature_header, cfg.get("BILLING_WEBHOOK_SECRET"))
     price_to_tier = {price: tier for tier, price in price_ids(cfg).items()}
