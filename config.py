@@ -150,6 +150,17 @@ def validate_config(config: Mapping) -> None:
         raise ConfigError("Refusing to start in production: " + "; ".join(problems) + ".")
 
 
+def parse_price_ids(items) -> dict[str, str]:
+    """``STRIPE_PRICE_IDS`` items (``tier=price_id``) as a mapping tier → price id; an item
+    without a tier or a price is skipped."""
+    out = {}
+    for item in items or []:
+        tier, _, price = item.partition("=")
+        if tier.strip() and price.strip():
+            out[tier.strip()] = price.strip()
+    return out
+
+
 def _stripe_problems(config: Mapping) -> list[str]:
     """The stripe provider needs its API key and a price id per paid tier."""
     if config["BILLING_PROVIDER"] != "stripe":
@@ -157,8 +168,7 @@ def _stripe_problems(config: Mapping) -> list[str]:
     problems = []
     if not config.get("STRIPE_API_KEY"):
         problems.append("STRIPE_API_KEY is required with the stripe provider")
-    priced = {item.partition("=")[0].strip() for item in config.get("STRIPE_PRICE_IDS") or []
-              if item.partition("=")[2].strip()}
+    priced = parse_price_ids(config.get("STRIPE_PRICE_IDS"))
     missing = [tier for tier in ("premium", "pro") if tier not in priced]
     if missing:
         problems.append("STRIPE_PRICE_IDS needs tier=price_id for " + ", ".join(missing))

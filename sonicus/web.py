@@ -14,10 +14,12 @@ from flask import g, request
 from flask.json.provider import DefaultJSONProvider
 from flask.logging import default_handler
 from flask.sessions import SessionInterface
+from flask_cors import CORS
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from .envelope import ApiError
+from .extensions import api, db
 
 access_log = logging.getLogger("sonicus.access")
 log = logging.getLogger(__name__)
@@ -113,35 +115,32 @@ class NoCookieSessions(SessionInterface):
         return None
 
 
-def init_web(app) -> None:
-    configure_logging(app)
-    app.json = FastJSONProvider(app)
-    app.session_interface = NoCookieSessions()
-
+def _install_cors(app) -> None:
+    """CORS for ``/api/*``, only when ``CORS_ORIGINS`` lists origins."""
     if app.config.get("CORS_ORIGINS"):
-        from flask_cors import CORS
-
         CORS(app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
              allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
              expose_headers=["X-Request-ID", "Retry-After", "X-RateLimit-Limit",
                              "X-RateLimit-Remaining", "X-RateLimit-Reset"],
              max_age=600)
 
-    @app.before_request
-    def _start_request():
-        # g lives on the app context, which a caller may share across requests.
-        state = g.__dict__
-        for name in ("caller", "current_user_id", "pagination", "envelope_message",
-                     "rate_limit"):
-            state.pop(name, None)
-        incoming = request.headers.get("X-Request-ID", "")
-        # A correlation id, not a secret: no system call (uuid4 asks the kernel for entropy,
-        # which under load means handing the interpreter lock to another thread and waiting).
-        g.request_id = (incoming if _REQUEST_ID.match(incoming)
-                        else f"{random.getrandbits(128):032x}")
-        g.request_started = time.perf_counter()
 
-    # Built once: every response gets them (a route that set one of them keeps its own).
+def _start_request():
+    # g lives on the app context, which a caller may share across requests.
+    state = g.__dict__
+    for name in ("caller", "current_user_id", "pagination", "envelope_message", "rate_limit"):
+        state.pop(name, None)
+    incoming = request.headers.get("X-Request-ID", "")
+    # A correlation id, not a secret: no system call (uuid4 asks the kernel for entropy,
+    # which under load means handing the interpreter lock to another thread and waiting).
+    g.request_id = (incoming if _REQUEST_ID.match(incoming)
+                    else f"{random.getrandbits(128):032x}")
+    g.request_started = time.perf_counter()
+
+
+def _security_header_sets(app) -> dict[bool, list[tuple[str, str, str]]]:
+    """The security headers as (lowercased name, name, value), keyed by "is a docs page".
+    Built once: every response gets them (a route that set one of them keeps its own)."""
     production = app.config["SONICUS_ENV"] == "production"
     header_sets = {}
     for docs in (False, True):
@@ -150,8 +149,13 @@ def init_web(app) -> None:
         if production:
             headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
         header_sets[docs] = [(name.lower(), name, value) for name, value in headers.items()]
+    return header_sets
 
-    @app.after_request
+
+def _finish_request_hook(header_sets):
+    """The after-request hook: security headers from the prebuilt ``header_sets``, no-store
+    on private paths, the request id, rate-limit headers, and the access log line."""
+
     def _finish_request(response):
         headers = response.headers
         # One pass over the few headers already set (a miss in ``Headers`` costs an exception).
@@ -183,50 +187,39 @@ def init_web(app) -> None:
                     "user_id": g.get("current_user_id")})
         return response
 
-    @app.errorhandler(OperationalError)
-    @app.errorhandler(PoolTimeoutError)
-    def _database_unavailable(error):
-        from .extensions import db
-
-        try:
-            db.session.rollback()
-        except Exception:  # the connection may be gone
-            pass
-        log.error("database unavailable: %s", type(getattr(error, "orig", error)).__name__)
-        from .extensions import api
-
-        return api.handle_http_exception(
-            ApiError(503, "service_unavailable",
-                     "The service is briefly unavailable; try again shortly.",
-                     headers={"Retry-After": "2"}))
-
-    @app.errorhandler(DBAPIError)
-    def _dbapi_error(error):
-        if getattr(error, "connection_invalidated", False):
-            return _database_unavailable(error)
-        raise error
+    return _finish_request
 
 
-class RedactTokensFilter(logging.Filter):
-    """Keeps ``?access_token=`` values out of access logs (werkzeug and gunicorn)."""
-
-    @staticmethod
-    def _redact(value):
-        return _TOKEN_PARAM.sub(r"\1[redacted]", value) if isinstance(value, str) else value
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, dict):
-            record.args = {k: self._redact(v) for k, v in args.items()}
-        elif isinstance(args, tuple):
-            record.args = tuple(self._redact(v) for v in args)
-        if isinstance(record.msg, str) and "access_token=" in record.msg:
-            record.msg = self._redact(record.msg)
-        return True
+def _database_unavailable(error):
+    try:
+        db.session.rollback()
+    except Exception:  # the connection may be gone
+        pass
+    log.error("database unavailable: %s", type(getattr(error, "orig", error)).__name__)
+    return api.handle_http_exception(
+        ApiError(503, "service_unavailable",
+                 "The service is briefly unavailable; try again shortly.",
+                 headers={"Retry-After": "2"}))
 
 
-def install_log_redaction() -> None:
-    for name in ("werkzeug", "gunicorn.access"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactTokensFilter) for f in logger.filters):
-            logger.addFilter(RedactTokensFilter())
+def _dbapi_error(error):
+    if getattr(error, "connection_invalidated", False):
+        return _database_unavailable(error)
+    raise error
+
+
+def _install_database_error_handlers(app) -> None:
+    """A database outage (lost connection, pool exhausted) is answered as 503."""
+    app.register_error_handler(PoolTimeoutError, _database_unavailable)
+    app.register_error_handler(OperationalError, _database_unavailable)
+    app.register_error_handler(DBAPIError, _dbapi_error)
+
+
+def init_web(app) -> None:
+    configure_logging(app)
+    app.json = FastJSONProvider(app)
+    app.session_interface = NoCookieSessions()
+    _install_cors(app)
+    app.before_request(_start_request)
+    app.after_request(_finish_request_hook(_security_header_sets(app)))
+    _install_database_error_handlers(app)

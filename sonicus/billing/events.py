@@ -160,40 +160,54 @@ def _invoice_period(obj: dict) -> tuple[datetime | None, datetime | None]:
     return _when(obj.get("period_start")), _when(obj.get("period_end"))
 
 
-def parse_event(event: dict, price_to_tier: dict[str, str] | None = None) -> BillingNotice:
-    """Read a Stripe-format event into a ``BillingNotice`` (kind ``ignored`` if not ours)."""
-    price_to_tier = price_to_tier or {}
-    event_type = event["type"]
-    obj = _get(event, "data", "object")
-    obj = obj if isinstance(obj, dict) else {}
+def _event_kind(event_type: str, obj: dict) -> str:
     kind = KIND_BY_TYPE.get(event_type, IGNORED)
-    created = _when(event.get("created")) or datetime.now(UTC)
     if event_type == "checkout.session.completed" \
             and obj.get("payment_status") not in ("paid", "no_payment_required"):
         kind = IGNORED  # paid later: the invoice events carry the outcome
-    user_id = _from_metadata(obj, "sonicus_user_id")
+    return kind
+
+
+def _paid_tier(obj: dict, price_to_tier: dict[str, str]) -> str | None:
     tier = _from_metadata(obj, "sonicus_tier") or _tier_from_prices(obj, price_to_tier)
-    if tier not in PAID_TIERS:
-        tier = None
-    common = {
-        "event_id": event["id"], "event_type": event_type, "kind": kind, "created": created,
+    return tier if tier in PAID_TIERS else None
+
+
+def _common_fields(event: dict, obj: dict, kind: str, price_to_tier: dict[str, str]) -> dict:
+    """The ``BillingNotice`` fields every event type fills the same way."""
+    user_id = _from_metadata(obj, "sonicus_user_id")
+    return {
+        "event_id": event["id"], "event_type": event["type"], "kind": kind,
+        "created": _when(event.get("created")) or datetime.now(UTC),
         "user_id": int(user_id) if user_id and user_id.isdigit() else None,
         "reference": _from_metadata(obj, "sonicus_reference") or _str(
             obj.get("client_reference_id")),
-        "customer_id": _str(obj.get("customer")), "tier": tier,
+        "customer_id": _str(obj.get("customer")), "tier": _paid_tier(obj, price_to_tier),
         "document_id": _str(obj.get("id")),
     }
+
+
+def _invoice_notice(common: dict, obj: dict) -> BillingNotice:
+    start, end = _invoice_period(obj)
+    subscription_id = _str(obj.get("subscription")) or _str(
+        _get(obj, "parent", "subscription_details", "subscription"))
+    amount = _int(obj.get("amount_paid")) if common["kind"] == PAYMENT_SUCCEEDED \
+        else _int(obj.get("amount_due"))
+    return BillingNotice(**common, subscription_id=subscription_id, amount_cents=amount,
+                         period_start=start, period_end=end)
+
+
+def parse_event(event: dict, price_to_tier: dict[str, str] | None = None) -> BillingNotice:
+    """Read a Stripe-format event into a ``BillingNotice`` (kind ``ignored`` if not ours)."""
+    event_type = event["type"]
+    obj = _get(event, "data", "object")
+    obj = obj if isinstance(obj, dict) else {}
+    common = _common_fields(event, obj, _event_kind(event_type, obj), price_to_tier or {})
     if event_type == "checkout.session.completed":
         return BillingNotice(**common, subscription_id=_str(obj.get("subscription")),
                              amount_cents=_int(obj.get("amount_total")))
     if event_type.startswith("invoice."):
-        start, end = _invoice_period(obj)
-        subscription_id = _str(obj.get("subscription")) or _str(
-            _get(obj, "parent", "subscription_details", "subscription"))
-        amount = _int(obj.get("amount_paid")) if kind == PAYMENT_SUCCEEDED \
-            else _int(obj.get("amount_due"))
-        return BillingNotice(**common, subscription_id=subscription_id, amount_cents=amount,
-                             period_start=start, period_end=end)
+        return _invoice_notice(common, obj)
     if event_type.startswith("customer.subscription."):
         return BillingNotice(**{**common, "document_id": None},
                              subscription_id=_str(obj.get("id")),

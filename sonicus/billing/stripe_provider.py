@@ -17,6 +17,8 @@ from datetime import timedelta
 
 import stripe
 
+from config import parse_price_ids
+
 from .. import clock
 from ..envelope import ApiError
 from .base import BillingProvider, BillingUnavailable, Checkout
@@ -30,12 +32,7 @@ STRIPE_TIMEOUT_SECONDS = 10
 
 def price_ids(config) -> dict[str, str]:
     """``STRIPE_PRICE_IDS`` (``tier=price_id`` items) as a mapping tier → price id."""
-    out = {}
-    for item in config.get("STRIPE_PRICE_IDS") or []:
-        tier, _, price = item.partition("=")
-        if tier.strip() and price.strip():
-            out[tier.strip()] = price.strip()
-    return out
+    return parse_price_ids(config.get("STRIPE_PRICE_IDS"))
 
 
 class StripeProvider(BillingProvider):

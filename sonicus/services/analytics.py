@@ -113,18 +113,19 @@ def _streaks(user_id: int, today: date) -> tuple[int, int]:
     return int(row[1] or 0), int(row[0] or 0)
 
 
-def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
-    """Every figure of API.md "Analytics" for ``user``, from their own rows only."""
-    now = now or clock.now()
-    today = clock.local_day(now, user.timezone, user.day_start_hour)
-    week_start = today - timedelta(days=today.weekday())
-    first_daily = today - timedelta(days=DAILY_MINUTES_DAYS - 1)
-    s, p = ListeningSession, SoundPackage
-    mine = s.user_id == user.id
-    has_mood = s.mood_before.is_not(None) & s.mood_after.is_not(None)
-    mood_change = s.mood_after - s.mood_before
+def _mood_terms():
+    """(the session has both moods, mood after minus mood before) as SQL expressions."""
+    s = ListeningSession
+    return s.mood_before.is_not(None) & s.mood_after.is_not(None), s.mood_after - s.mood_before
 
-    totals = db.session.execute(select(
+
+def _totals(user_id: int, today: date):
+    """One row: (sessions, completed, ended, seconds, seconds this week, sessions today,
+    average mood change)."""
+    s = ListeningSession
+    has_mood, mood_change = _mood_terms()
+    week_start = today - timedelta(days=today.weekday())
+    return db.session.execute(select(
         func.count(s.id),
         func.coalesce(func.sum(case((s.completed.is_(True), 1), else_=0)), 0),
         func.coalesce(func.sum(case((s.status == ENDED, 1), else_=0)), 0),
@@ -133,43 +134,70 @@ def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
                                     else_=0)), 0),
         func.coalesce(func.sum(case((s.local_day == today, 1), else_=0)), 0),
         func.avg(case((has_mood, mood_change), else_=None)),
-    ).where(mine)).one()
-    total, completed, ended, seconds, week_seconds, today_count, avg_change = totals
+    ).where(s.user_id == user_id)).one()
 
-    current_streak, longest_streak = _streaks(user.id, today)
 
+def _daily_minutes(user_id: int, today: date) -> list[dict]:
+    """Minutes listened on each of the last ``DAILY_MINUTES_DAYS`` days, oldest first."""
+    s = ListeningSession
+    first_daily = today - timedelta(days=DAILY_MINUTES_DAYS - 1)
     daily_rows = db.session.execute(
         select(s.local_day, func.coalesce(func.sum(s.listened_seconds), 0))
-        .where(mine, s.local_day >= first_daily, s.local_day <= today)
+        .where(s.user_id == user_id, s.local_day >= first_daily, s.local_day <= today)
         .group_by(s.local_day)).all()
     by_day = {_as_date(day): secs for day, secs in daily_rows}
+    return [
+        {"date": (first_daily + timedelta(days=i)).isoformat(),
+         "minutes": _minutes(by_day.get(first_daily + timedelta(days=i), 0))}
+        for i in range(DAILY_MINUTES_DAYS)]
 
-    # One row per package the user listened to: categories and mood outcomes both come
-    # from it (the catalog is small; the sessions never leave the database).
-    package_rows = db.session.execute(
+
+def _package_rows(user_id: int) -> list:
+    """One row per package the user listened to: (id, title, category, sessions, seconds,
+    sessions with both moods, average mood change). Categories and mood outcomes both come
+    from it (the catalog is small; the sessions never leave the database)."""
+    s, p = ListeningSession, SoundPackage
+    has_mood, mood_change = _mood_terms()
+    return db.session.execute(
         select(p.id, p.title, p.category, func.count(s.id),
                func.coalesce(func.sum(s.listened_seconds), 0),
                func.sum(case((has_mood, 1), else_=0)),
                func.avg(case((has_mood, mood_change), else_=None)))
-        .join(p, p.id == s.package_id).where(mine).group_by(p.id, p.title, p.category)).all()
+        .join(p, p.id == s.package_id).where(s.user_id == user_id)
+        .group_by(p.id, p.title, p.category)).all()
 
+
+def _top_categories(package_rows) -> list[dict]:
     categories: dict[str, list] = {}
     for _pid, _title, category, count, secs, _mood_count, _avg in package_rows:
         entry = categories.setdefault(category, [0, 0])
         entry[0] += count
         entry[1] += secs or 0
-    top_categories = [
+    return [
         {"category": name, "sessions": count, "minutes": _minutes(secs)}
         for name, (count, secs) in sorted(categories.items(),
                                           key=lambda item: (-item[1][0], -item[1][1], item[0]))
     ][:TOP_CATEGORIES]
-    mood_by_package = sorted(
+
+
+def _mood_by_package(package_rows) -> list[dict]:
+    return sorted(
         ({"package_id": pid, "title": title, "sessions": int(mood_count),
           "avg_mood_change": _mood(avg)}
          for pid, title, _category, _count, _secs, mood_count, avg in package_rows
          if mood_count),
         key=lambda item: (-item["avg_mood_change"], -item["sessions"], item["package_id"]))
 
+
+def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
+    """Every figure of API.md "Analytics" for ``user``, from their own rows only."""
+    now = now or clock.now()
+    today = clock.local_day(now, user.timezone, user.day_start_hour)
+    total, completed, ended, seconds, week_seconds, today_count, avg_change = \
+        _totals(user.id, today)
+    current_streak, longest_streak = _streaks(user.id, today)
+    daily_minutes = _daily_minutes(user.id, today)
+    package_rows = _package_rows(user.id)
     return {
         "total_sessions": int(total),
         "completed_sessions": int(completed),
@@ -180,12 +208,9 @@ def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
         "current_streak_days": current_streak,
         "longest_streak_days": longest_streak,
         "avg_mood_change": _mood(avg_change),
-        "top_categories": top_categories,
-        "daily_minutes": [
-            {"date": (first_daily + timedelta(days=i)).isoformat(),
-             "minutes": _minutes(by_day.get(first_daily + timedelta(days=i), 0))}
-            for i in range(DAILY_MINUTES_DAYS)],
-        "mood_by_package": mood_by_package,
+        "top_categories": _top_categories(package_rows),
+        "daily_minutes": daily_minutes,
+        "mood_by_package": _mood_by_package(package_rows),
         "day": today.isoformat(),
         "computed_at": now.isoformat(),
     }

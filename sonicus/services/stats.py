@@ -40,34 +40,49 @@ def _ttl() -> int:
     return max(1, int(current_app.config["STATS_CACHE_TTL_SECONDS"]))
 
 
-def compute_platform_stats(now: datetime | None = None) -> dict:
-    """The figures, from SQL aggregates only (no row is loaded into Python)."""
-    now = now or clock.now()
-    today_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    since_7d, since_30d = now - timedelta(days=7), now - timedelta(days=30)
-
+def _user_counts() -> tuple[int, int]:
+    """(all users, suspended users)."""
     users_total, users_suspended = db.session.execute(
         select(func.count(User.id), func.count(User.id).filter(User.is_active.is_(False)))
     ).one()
+    return users_total, users_suspended
 
-    # One small grouped result over subscriptions; every subscription figure derives from it.
-    groups = db.session.execute(
+
+def _subscription_groups() -> list:
+    """One small grouped result over subscriptions; every subscription figure derives from it:
+    rows of (tier, status, complimentary, trial_used, count)."""
+    return db.session.execute(
         select(UserSubscription.tier, UserSubscription.status, UserSubscription.complimentary,
                UserSubscription.trial_used, func.count())
         .group_by(UserSubscription.tier, UserSubscription.status,
                   UserSubscription.complimentary, UserSubscription.trial_used)
     ).all()
 
+
+def _known_tier(tier: str) -> str:
+    return tier if tier in TIERS else STARTER
+
+
+def _paid_in_force(tier: str, status: str) -> bool:
+    """A paid tier the subscription currently keeps (``tier`` already one of ``TIERS``)."""
+    return TIERS[tier].is_paid and status in IN_FORCE
+
+
+def _mrr(paying_by_tier: dict[str, int]) -> str:
+    mrr_cents = sum(TIERS[tier].price_cents * count for tier, count in paying_by_tier.items())
+    return str((Decimal(mrr_cents) / 100).quantize(Decimal("0.01")))
+
+
+def _subscription_figures(groups, users_total: int) -> dict:
+    """Users by tier, subscriptions in force (paying or complimentary), trialing, MRR."""
     users_by_tier = dict.fromkeys(TIERS, 0)
     paying_by_tier = dict.fromkeys(TIERS, 0)
     with_subscription = active = complimentary = trialing = 0
-    trials_ended = trials_converted = 0
-    for tier, status, is_complimentary, trial_used, count in groups:
+    for tier, status, is_complimentary, _trial_used, count in groups:
         with_subscription += count
-        tier = tier if tier in TIERS else STARTER
+        tier = _known_tier(tier)
         users_by_tier[tier] += count
-        paid_in_force = TIERS[tier].is_paid and status in IN_FORCE
-        if paid_in_force:
+        if _paid_in_force(tier, status):
             active += count
             if is_complimentary:
                 complimentary += count
@@ -75,18 +90,39 @@ def compute_platform_stats(now: datetime | None = None) -> dict:
                 paying_by_tier[tier] += count
         if status == TRIALING:
             trialing += count
-        elif trial_used:
-            trials_ended += count
-            if paid_in_force and not is_complimentary:
-                trials_converted += count
     # A user whose subscription row is not created yet is on the free tier.
     users_by_tier[STARTER] += max(0, users_total - with_subscription)
+    return {
+        "users_by_tier": users_by_tier,
+        "active_subscriptions": active,
+        "paying_subscriptions": sum(paying_by_tier.values()),
+        "complimentary_subscriptions": complimentary,
+        "trialing": trialing,
+        "mrr": _mrr(paying_by_tier),
+        "currency": CURRENCY,
+    }
 
-    mrr_cents = sum(TIERS[tier].price_cents * count for tier, count in paying_by_tier.items())
-    mrr = (Decimal(mrr_cents) / 100).quantize(Decimal("0.01"))
 
+def _trial_counts(groups) -> tuple[int, int]:
+    """(trials ended, trials converted): a used trial no longer trialing, and of those the
+    ones now paying for a paid tier in force."""
+    trials_ended = trials_converted = 0
+    for tier, status, is_complimentary, trial_used, count in groups:
+        if status == TRIALING or not trial_used:
+            continue
+        trials_ended += count
+        if _paid_in_force(_known_tier(tier), status) and not is_complimentary:
+            trials_converted += count
+    return trials_ended, trials_converted
+
+
+def _listening_counts(now: datetime) -> tuple:
+    """(sessions today, sessions in 30 days, active users in 7 and in 30 days, average
+    seconds of an ended session), over the sessions started in the last 30 days."""
+    today_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    since_7d, since_30d = now - timedelta(days=7), now - timedelta(days=30)
     started = ListeningSession.started_at
-    sessions_today, sessions_30d, active_7d, active_30d, avg_seconds = db.session.execute(
+    return db.session.execute(
         select(
             func.count(ListeningSession.id).filter(started >= today_start),
             func.count(ListeningSession.id),
@@ -97,16 +133,18 @@ def compute_platform_stats(now: datetime | None = None) -> dict:
         ).where(started >= since_30d, started <= now)
     ).one()
 
+
+def compute_platform_stats(now: datetime | None = None) -> dict:
+    """The figures, from SQL aggregates only (no row is loaded into Python)."""
+    now = now or clock.now()
+    users_total, users_suspended = _user_counts()
+    groups = _subscription_groups()
+    sessions_today, sessions_30d, active_7d, active_30d, avg_seconds = _listening_counts(now)
+    trials_ended, trials_converted = _trial_counts(groups)
     return {
         "users_total": users_total,
         "users_suspended": users_suspended,
-        "users_by_tier": users_by_tier,
-        "active_subscriptions": active,
-        "paying_subscriptions": sum(paying_by_tier.values()),
-        "complimentary_subscriptions": complimentary,
-        "trialing": trialing,
-        "mrr": str(mrr),
-        "currency": CURRENCY,
+        **_subscription_figures(groups, users_total),
         "sessions_today": sessions_today,
         "sessions_30d": sessions_30d,
         "active_users_7d": active_7d,
