@@ -223,3 +223,28 @@ def init_web(app) -> None:
     app.before_request(_start_request)
     app.after_request(_finish_request_hook(_security_header_sets(app)))
     _install_database_error_handlers(app)
+
+
+class RedactTokensFilter(logging.Filter):
+    """Keeps ``?access_token=`` values out of access logs (werkzeug and gunicorn)."""
+
+    @staticmethod
+    def _redact(value):
+        return _TOKEN_PARAM.sub(r"\1[redacted]", value) if isinstance(value, str) else value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, dict):
+            record.args = {k: self._redact(v) for k, v in args.items()}
+        elif isinstance(args, tuple):
+            record.args = tuple(self._redact(v) for v in args)
+        if isinstance(record.msg, str) and "access_token=" in record.msg:
+            record.msg = self._redact(record.msg)
+        return True
+
+
+def install_log_redaction() -> None:
+    for name in ("werkzeug", "gunicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokensFilter) for f in logger.filters):
+            logger.addFilter(RedactTokensFilter())
