@@ -24,13 +24,13 @@ from sqlalchemy.orm import selectinload
 from .. import clock
 from ..envelope import fail, not_found, paginate
 from ..extensions import db
-from ..models import ListeningSession, SoundPackage, Track, User, UserSubscription
+from ..models import ListeningSession, SoundPackage, Track, User
 from ..models.listening import ENDED, OPEN
 from ..tiers import TIERS, UNLIMITED_SESSION_CLOSE_SECONDS
 from . import analytics
 from .catalog import get_catalog_package, validate_package_access
 from .quota import sessions_on_day
-from .subscriptions import get_subscription
+from .subscriptions import lock_or_create_subscription
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +40,13 @@ GIVE_BACK_UNDER_LISTENED_SECONDS = 30
 STALE_BATCH = 500
 
 
-def _lock_subscription(user: User) -> UserSubscription:
-    """The user's subscription row, locked until this transaction ends."""
-    stmt = (select(UserSubscription).where(UserSubscription.user_id == user.id)
-            .with_for_update().execution_options(populate_existing=True))
-    sub = db.session.execute(stmt).scalar_one_or_none()
-    if sub is None:
-        get_subscription(user)  # creates the missing row (commits), then lock it
-        sub = db.session.execute(stmt).scalar_one()
-    return sub
-
-
 def start_session(user: User, package_id: int, track_id: int | None = None,
                   mood_before: int | None = None, now: datetime | None = None
                   ) -> ListeningSession:
     """Start a session: 404 unknown package/track, 403 above tier, 429 quota used today."""
     now = now or clock.now()
     try:
-        sub = _lock_subscription(user)
+        sub = lock_or_create_subscription(user.id)
         tier = TIERS[sub.tier]
         package = get_catalog_package(package_id)
         validate_package_access(user, package, tier=tier.name)

@@ -22,6 +22,7 @@ from decimal import Decimal
 
 from flask import current_app
 from sqlalchemy import and_, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from .. import clock
@@ -42,31 +43,42 @@ PAYMENT_EVENT_TYPES = ("activated", "renewed", "trial_converted", "upgraded")
 # ---- reading ---------------------------------------------------------------------------------
 
 def get_subscription(user: User) -> UserSubscription:
+    """The user's subscription for reading; never writes. A user without a row (yet) is on
+    the starter tier: a transient default is returned, not added to the session."""
     if user.subscription is not None:  # joined-loaded with the user
         return user.subscription
     sub = db.session.execute(
         select(UserSubscription).where(UserSubscription.user_id == user.id)
     ).scalar_one_or_none()
+    return sub if sub is not None else _default_subscription(user.id)
+
+
+def _default_subscription(user_id: int) -> UserSubscription:
+    return UserSubscription(user_id=user_id, tier=STARTER, status=ACTIVE, trial_used=False,
+                            cancel_at_period_end=False, payment_method_on_file=False,
+                            complimentary=False)
+
+
+def lock_or_create_subscription(user_id: int) -> UserSubscription:
+    """The user's subscription row, locked until the transaction ends, freshly read.
+
+    A missing row is inserted first as the starter default (a concurrent insert of the same
+    row is a no-op), inside the caller's transaction: nothing is committed here.
+    """
+    stmt = (select(UserSubscription).where(UserSubscription.user_id == user_id)
+            .with_for_update().execution_options(populate_existing=True))
+    sub = db.session.execute(stmt).scalar_one_or_none()
     if sub is None:
-        sub = UserSubscription(user_id=user.id, tier="starter", status="active")
-        db.session.add(sub)
-        try:
-            db.session.commit()
-        except IntegrityError:  # a concurrent first request created it
-            db.session.rollback()
-            sub = db.session.execute(
-                select(UserSubscription).where(UserSubscription.user_id == user.id)
-            ).scalar_one()
+        _insert_default_row(user_id)
+        sub = db.session.execute(stmt).scalar_one()
     return sub
 
 
-def lock_subscription(user: User) -> UserSubscription:
-    """The caller's subscription row, locked until the transaction ends, freshly read."""
-    get_subscription(user)
-    return db.session.execute(
-        select(UserSubscription).where(UserSubscription.user_id == user.id)
-        .with_for_update().execution_options(populate_existing=True)
-    ).scalar_one()
+def _insert_default_row(user_id: int) -> None:
+    dialect = db.session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(UserSubscription).values(user_id=user_id, tier=STARTER, status=ACTIVE)
+    db.session.execute(stmt.on_conflict_do_nothing(index_elements=["user_id"]))
 
 
 def onboarding(user: User, sub: UserSubscription) -> dict:
@@ -212,7 +224,7 @@ def change_tier(user: User, tier: str, start_trial: bool = False,
     if target.is_paid:
         _require_verified(user)
     try:
-        sub = lock_subscription(user)
+        sub = lock_or_create_subscription(user.id)
         first_choice = sub.tier_chosen_at is None
         sub.tier_chosen_at = sub.tier_chosen_at or now
         if start_trial:
@@ -336,7 +348,7 @@ def cancel(user: User, reason: str | None = None, comment: str | None = None,
     """``DELETE /api/user/subscription``: cancel at the end of the period (or trial)."""
     now = now or clock.now()
     try:
-        sub = lock_subscription(user)
+        sub = lock_or_create_subscription(user.id)
         if sub.checkout_reference and sub.status == INCOMPLETE:
             _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier,
                     reference=sub.checkout_reference, at=now, reason=reason, comment=comment)
@@ -369,7 +381,7 @@ def resume(user: User, now: datetime | None = None) -> tuple[UserSubscription, s
     """``POST /api/user/subscription/resume``: undo a scheduled cancel or downgrade."""
     now = now or clock.now()
     try:
-        sub = lock_subscription(user)
+        sub = lock_or_create_subscription(user.id)
         if not (sub.cancel_at_period_end or sub.pending_tier):
             fail(409, "conflict", "There is no scheduled cancellation or downgrade to undo.")
         ends = sub.trial_ends_at if sub.status == TRIALING else sub.current_period_end
