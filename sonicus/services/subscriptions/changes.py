@@ -18,10 +18,10 @@ from ... import clock
 from ...billing import get_provider
 from ...billing.base import new_reference
 from ...envelope import fail
-from ...extensions import db
 from ...models import User, UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
 from ...tiers import STARTER, get_tier, is_upgrade, prorated_upgrade_cents
+from ..transaction import unit_of_work
 from .common import (
     _clear_checkout,
     _clear_scheduled_change,
@@ -69,8 +69,9 @@ def change_tier(user: User, tier: str, start_trial: bool = False,
              errors=["start_trial: Only a paid tier has a trial."])
     if target.is_paid:
         _require_verified(user)
-    try:
+    with unit_of_work() as work:
         sub = lock_or_create_subscription(user.id)
+        work.changed_user(sub.user_id)
         first_choice = sub.tier_chosen_at is None
         sub.tier_chosen_at = sub.tier_chosen_at or now
         if start_trial:
@@ -79,10 +80,6 @@ def change_tier(user: User, tier: str, start_trial: bool = False,
             message = _choose_starter(sub, now, first_choice)
         else:
             message = _choose_paid(user, sub, tier, now)
-        db.session.commit()
-    except BaseException:
-        db.session.rollback()
-        raise
     return sub, message
 
 
@@ -193,8 +190,9 @@ def cancel(user: User, reason: str | None = None, comment: str | None = None,
            now: datetime | None = None) -> tuple[UserSubscription, str]:
     """``DELETE /api/user/subscription``: cancel at the end of the period (or trial)."""
     now = now or clock.now()
-    try:
+    with unit_of_work() as work:
         sub = lock_or_create_subscription(user.id)
+        work.changed_user(sub.user_id)
         if sub.checkout_reference and sub.status == INCOMPLETE:
             _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier,
                     reference=sub.checkout_reference, at=now, reason=reason, comment=comment)
@@ -206,10 +204,6 @@ def cancel(user: User, reason: str | None = None, comment: str | None = None,
         else:
             _clear_checkout(sub)
             message = _schedule_cancel(sub, now, reason=reason, comment=comment, via="cancel")
-        db.session.commit()
-    except BaseException:
-        db.session.rollback()
-        raise
     return sub, message
 
 
@@ -226,16 +220,13 @@ def _resume(sub: UserSubscription, now: datetime) -> str:
 def resume(user: User, now: datetime | None = None) -> tuple[UserSubscription, str]:
     """``POST /api/user/subscription/resume``: undo a scheduled cancel or downgrade."""
     now = now or clock.now()
-    try:
+    with unit_of_work() as work:
         sub = lock_or_create_subscription(user.id)
+        work.changed_user(sub.user_id)
         if not (sub.cancel_at_period_end or sub.pending_tier):
             fail(409, "conflict", "There is no scheduled cancellation or downgrade to undo.")
         ends = sub.trial_ends_at if sub.status == TRIALING else sub.current_period_end
         if ends is not None and ends <= now:
             fail(409, "conflict", "The period has already ended.")
         message = _resume(sub, now)
-        db.session.commit()
-    except BaseException:
-        db.session.rollback()
-        raise
     return sub, message

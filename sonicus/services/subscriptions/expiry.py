@@ -11,6 +11,7 @@ from ...extensions import db
 from ...models import UserSubscription
 from ...models.subscription import ACTIVE, PAST_DUE, TRIALING
 from ...tiers import STARTER, TIERS, get_tier
+from ..transaction import unit_of_work
 from .common import (
     GRACE_PERIOD,
     _clear_checkout,
@@ -119,23 +120,25 @@ def process_due_subscriptions(now: datetime | None = None, batch_size: int = 100
     counts: dict[str, int] = {}
     processed, last_id = 0, 0
     while True:
-        try:
-            batch = db.session.execute(
-                select(UserSubscription)
-                .where(_due_condition(now), UserSubscription.id > last_id)
-                .order_by(UserSubscription.id).limit(batch_size)
-                .with_for_update(skip_locked=True)
-                .execution_options(populate_existing=True)).scalars().all()
+        with unit_of_work() as work:
+            batch = _lock_due_batch(now, last_id, batch_size)
             for sub in batch:
                 outcomes = _advance(sub, now)
+                if outcomes:
+                    work.changed_user(sub.user_id)
                 processed += bool(outcomes)
                 for outcome in outcomes:
                     counts[outcome] = counts.get(outcome, 0) + 1
-            db.session.commit()
-        except BaseException:
-            db.session.rollback()
-            raise
         if not batch:
             break
         last_id = batch[-1].id
     return {"processed": processed, "outcomes": counts, "ran_at": now}
+
+
+def _lock_due_batch(now: datetime, after_id: int, size: int) -> list[UserSubscription]:
+    return db.session.execute(
+        select(UserSubscription)
+        .where(_due_condition(now), UserSubscription.id > after_id)
+        .order_by(UserSubscription.id).limit(size)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)).scalars().all()

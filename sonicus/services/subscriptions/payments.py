@@ -17,6 +17,7 @@ from ...extensions import db
 from ...models import BillingEvent, SubscriptionEvent, UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
 from ...tiers import STARTER, get_tier
+from ..transaction import Work, unit_of_work
 from .common import (
     GRACE_PERIOD,
     PAYMENT_EVENT_TYPES,
@@ -226,39 +227,51 @@ def _claim_event(provider: str, event_id: str, type_: str, payload: dict) -> Bil
     return record
 
 
+class _Replay(Exception):
+    """The event was claimed before: this delivery changes nothing (and is rolled back)."""
+
+
+HANDLED_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_ENDED)
+
+
 def handle_billing_event(provider: str, event: dict, notice, now: datetime | None = None) -> dict:
     """Apply one verified webhook event exactly once; returns ``{event_id, type, outcome}``."""
     now = now or clock.now()
     result = {"event_id": notice.event_id, "type": notice.event_type, "duplicate": False}
     try:
-        record = _claim_event(provider, notice.event_id, notice.event_type, event)
-        if record is None:
-            db.session.rollback()
-            return {**result, "duplicate": True, "outcome": "duplicate"}
-        sub = _find_subscription_for(notice) \
-            if notice.kind in (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_ENDED) else None
-        if notice.kind not in (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_ENDED):
-            outcome = "ignored"
-        elif sub is None:
-            outcome = "unknown_customer"
-        elif notice.kind == PAYMENT_SUCCEEDED:
-            outcome = apply_payment_succeeded(sub, Payment(
-                provider=provider, created=notice.created, tier=notice.tier,
-                amount_cents=notice.amount_cents, reference=notice.reference,
-                period_start=notice.period_start, period_end=notice.period_end,
-                customer_id=notice.customer_id, subscription_id=notice.subscription_id,
-                event_id=notice.event_id), now)
-        elif notice.kind == PAYMENT_FAILED:
-            outcome = apply_payment_failed(sub, notice, now)
-        else:
-            outcome = apply_subscription_ended(sub, notice, now)
-        record.processed_at = now
-        record.payload = {**event, "sonicus_outcome": outcome}
-        db.session.commit()
-    except BaseException:
-        db.session.rollback()
-        raise
+        with unit_of_work() as work:
+            record = _claim_event(provider, notice.event_id, notice.event_type, event)
+            if record is None:
+                raise _Replay
+            outcome = _apply_notice(provider, notice, now, work)
+            record.processed_at = now
+            record.payload = {**event, "sonicus_outcome": outcome}
+    except _Replay:
+        return {**result, "duplicate": True, "outcome": "duplicate"}
     return {**result, "outcome": outcome}
+
+
+def _apply_notice(provider: str, notice, now: datetime, work: Work) -> str:
+    """The notice applied to the subscription it is about (locked); the outcome."""
+    if notice.kind not in HANDLED_KINDS:
+        return "ignored"
+    sub = _find_subscription_for(notice)
+    if sub is None:
+        return "unknown_customer"
+    work.changed_user(sub.user_id)
+    if notice.kind == PAYMENT_SUCCEEDED:
+        return apply_payment_succeeded(sub, _payment_of(provider, notice), now)
+    if notice.kind == PAYMENT_FAILED:
+        return apply_payment_failed(sub, notice, now)
+    return apply_subscription_ended(sub, notice, now)
+
+
+def _payment_of(provider: str, notice) -> Payment:
+    return Payment(provider=provider, created=notice.created, tier=notice.tier,
+                   amount_cents=notice.amount_cents, reference=notice.reference,
+                   period_start=notice.period_start, period_end=notice.period_end,
+                   customer_id=notice.customer_id, subscription_id=notice.subscription_id,
+                   event_id=notice.event_id)
 
 
 def confirm_sandbox_checkout(reference: str, now: datetime | None = None) -> dict:
@@ -266,25 +279,26 @@ def confirm_sandbox_checkout(reference: str, now: datetime | None = None) -> dic
     now = now or clock.now()
     event_id = f"sandbox_confirm_{reference}"
     try:
-        record = _claim_event("sandbox", event_id, "sandbox.checkout.confirmed",
-                              {"reference": reference})
-        if record is None:
-            db.session.rollback()
-            return {"reference": reference, "outcome": "duplicate", "duplicate": True}
-        sub = db.session.execute(
-            select(UserSubscription).where(UserSubscription.checkout_reference == reference)
-            .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
-        if sub is None or sub.provider != "sandbox":
-            db.session.rollback()
-            fail(404, "not_found", "Checkout not found.")
-        tier = sub.checkout_tier
-        amount = 0 if sub.status == TRIALING else get_tier(tier).price_cents
-        outcome = apply_payment_succeeded(sub, Payment(
-            provider="sandbox", created=now, tier=tier, amount_cents=amount,
-            reference=reference, event_id=event_id), now)
-        record.processed_at = now
-        db.session.commit()
-    except BaseException:
-        db.session.rollback()
-        raise
+        with unit_of_work() as work:
+            record = _claim_event("sandbox", event_id, "sandbox.checkout.confirmed",
+                                  {"reference": reference})
+            if record is None:
+                raise _Replay
+            sub = _lock_checkout(reference)
+            if sub is None or sub.provider != "sandbox":
+                fail(404, "not_found", "Checkout not found.")  # rolls back the claim
+            work.changed_user(sub.user_id)
+            amount = 0 if sub.status == TRIALING else get_tier(sub.checkout_tier).price_cents
+            outcome = apply_payment_succeeded(sub, Payment(
+                provider="sandbox", created=now, tier=sub.checkout_tier, amount_cents=amount,
+                reference=reference, event_id=event_id), now)
+            record.processed_at = now
+    except _Replay:
+        return {"reference": reference, "outcome": "duplicate", "duplicate": True}
     return {"reference": reference, "outcome": outcome, "duplicate": False}
+
+
+def _lock_checkout(reference: str) -> UserSubscription | None:
+    return db.session.execute(
+        select(UserSubscription).where(UserSubscription.checkout_reference == reference)
+        .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
