@@ -61,66 +61,108 @@ def _latest_payment_created(user_id: int) -> datetime | None:
 
 
 def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: datetime) -> str:
-    """Activate, renew or record a payment on a LOCKED subscription; returns the outcome."""
+    """Activate, renew or record a payment on a LOCKED subscription; returns the outcome.
+
+    The cases, in the order they are checked: no tier to pay for; a card added to a trial;
+    the tier already paid for (the same period, an older one or the next); a late payment
+    for a period that is over; a new paid tier.
+    """
+    _note_provider_ids(sub, payment)
+    tier = _paid_tier(sub, payment)
+    if tier is None:
+        return "ignored_unknown_tier"
+    had_payment_method = sub.payment_method_on_file
+    sub.payment_method_on_file = True
+    if payment.reference and payment.reference == sub.checkout_reference:
+        _clear_checkout(sub)
+    if sub.status == TRIALING and not payment.amount_cents:
+        return _trial_card_added(sub, payment, tier, had_payment_method, now)
+    if sub.tier == tier and _has_paid_period(sub):
+        return _current_tier_paid(sub, payment, now)
+    if payment.period_end is not None and payment.period_end <= now:
+        return "stale"  # a late payment for a period that is over: nothing to grant now
+    return _new_paid_tier(sub, payment, tier, now)
+
+
+def _note_provider_ids(sub: UserSubscription, payment: Payment) -> None:
+    """The provider's customer and subscription ids, whatever the payment turns out to be."""
     if payment.customer_id:
         sub.provider_customer_id = payment.customer_id
     if payment.subscription_id:
         sub.provider_subscription_id = payment.subscription_id
     sub.provider = payment.provider
-    tier = payment.tier or sub.checkout_tier or (sub.tier if sub.tier != STARTER else None)
-    if tier is None:
-        return "ignored_unknown_tier"
-    had_payment_method = sub.payment_method_on_file
-    sub.payment_method_on_file = True
-    reference = payment.reference or payment.event_id
-    if payment.reference and payment.reference == sub.checkout_reference:
+
+
+def _paid_tier(sub: UserSubscription, payment: Payment) -> str | None:
+    """The tier paid for: the payment's, else the checkout's, else the paid tier in force."""
+    return payment.tier or sub.checkout_tier or (sub.tier if sub.tier != STARTER else None)
+
+
+def _reference(payment: Payment) -> str | None:
+    """What the recorded event is referenced by: our checkout reference, else the event id."""
+    return payment.reference or payment.event_id
+
+
+def _stamp(payment: Payment) -> dict:
+    """The provider's marks on the recorded event (``provider_created`` orders payments)."""
+    return {"provider_created": payment.created.isoformat(), "provider": payment.provider,
+            "provider_event_id": payment.event_id}
+
+
+def _trial_card_added(sub: UserSubscription, payment: Payment, tier: str,
+                      had_payment_method: bool, now: datetime) -> str:
+    """A trial with a payment method added: it converts at the end of the trial."""
+    _clear_scheduled_change(sub)
+    if sub.checkout_tier == tier:
         _clear_checkout(sub)
-    stamp = {"provider_created": payment.created.isoformat(), "provider": payment.provider,
-             "provider_event_id": payment.event_id}
+    if tier != sub.tier:
+        _record(sub, "trial_changed", sub.tier, tier, amount_cents=0, at=now)
+        sub.tier = tier
+    elif had_payment_method:
+        return "already_recorded"
+    _record(sub, "payment_method_added", sub.tier, sub.tier, amount_cents=0,
+            reference=_reference(payment), at=now, **_stamp(payment))
+    return "payment_method_added"
 
-    # A trial with a payment method added: it converts at the end of the trial.
-    if sub.status == TRIALING and not payment.amount_cents:
-        _clear_scheduled_change(sub)
-        if sub.checkout_tier == tier:
-            _clear_checkout(sub)
-        if tier != sub.tier:
-            _record(sub, "trial_changed", sub.tier, tier, amount_cents=0, at=now)
-            sub.tier = tier
-        elif had_payment_method:
-            return "already_recorded"
-        _record(sub, "payment_method_added", sub.tier, sub.tier, amount_cents=0,
-                reference=reference, at=now, **stamp)
-        return "payment_method_added"
 
-    # Already paying for this tier: the same period again, an old one, or the next one.
-    if sub.tier == tier and _has_paid_period(sub):
-        if payment.period_start is None:
-            if sub.status == ACTIVE and sub.current_period_end > now:
-                return "already_active"
-        elif payment.period_start < sub.current_period_end - SAME_PERIOD_SLACK:
-            # not the next period: the current one again, or an older one
-            if sub.status == ACTIVE and payment.period_end \
-                    and payment.period_start <= now < payment.period_end \
-                    and payment.period_start <= sub.current_period_start + SAME_PERIOD_SLACK \
-                    and payment.period_end > sub.current_period_start + SAME_PERIOD_SLACK:
-                # the provider's exact dates for the period we activated on a checkout
-                sub.current_period_start = payment.period_start
-                sub.current_period_end = payment.period_end
-            return "already_recorded"
-        start = payment.period_start or max(now, sub.current_period_end)
-        end = payment.period_end or add_month(start)
-        from_status = sub.status
-        sub.current_period_start, sub.current_period_end = start, end
-        sub.status, sub.past_due_since = ACTIVE, None
-        _record(sub, "renewed", tier, tier, amount_cents=payment.amount_cents,
-                reference=reference, at=now, period_end=end.isoformat(),
-                recovered_from=from_status if from_status == PAST_DUE else None, **stamp)
-        return "renewed"
+def _current_tier_paid(sub: UserSubscription, payment: Payment, now: datetime) -> str:
+    """Already paying for this tier: the same period again, an older one, or the next one."""
+    if payment.period_start is None:
+        if sub.status == ACTIVE and sub.current_period_end > now:
+            return "already_active"
+    elif payment.period_start < sub.current_period_end - SAME_PERIOD_SLACK:
+        # not the next period: the current one again, or an older one
+        _provider_period_dates(sub, payment, now)
+        return "already_recorded"
+    return _renewal_of_current_tier(sub, payment, now)
 
-    if payment.period_end is not None and payment.period_end <= now:
-        return "stale"  # a late payment for a period that is over: nothing to grant now
 
-    # A new paid tier: it takes effect now.
+def _provider_period_dates(sub: UserSubscription, payment: Payment, now: datetime) -> None:
+    """The provider's exact dates for the period we activated on a checkout: taken when the
+    payment is for the running period in force."""
+    if sub.status == ACTIVE and payment.period_end \
+            and payment.period_start <= now < payment.period_end \
+            and payment.period_start <= sub.current_period_start + SAME_PERIOD_SLACK \
+            and payment.period_end > sub.current_period_start + SAME_PERIOD_SLACK:
+        sub.current_period_start = payment.period_start
+        sub.current_period_end = payment.period_end
+
+
+def _renewal_of_current_tier(sub: UserSubscription, payment: Payment, now: datetime) -> str:
+    """The next period of the tier in force; a past-due subscription recovers with it."""
+    tier, from_status = sub.tier, sub.status
+    start = payment.period_start or max(now, sub.current_period_end)
+    end = payment.period_end or add_month(start)
+    sub.current_period_start, sub.current_period_end = start, end
+    sub.status, sub.past_due_since = ACTIVE, None
+    _record(sub, "renewed", tier, tier, amount_cents=payment.amount_cents,
+            reference=_reference(payment), at=now, period_end=end.isoformat(),
+            recovered_from=from_status if from_status == PAST_DUE else None, **_stamp(payment))
+    return "renewed"
+
+
+def _new_paid_tier(sub: UserSubscription, payment: Payment, tier: str, now: datetime) -> str:
+    """A new paid tier: it takes effect now, for the provider's period while that runs."""
     from_tier = sub.tier
     start = payment.period_start or now
     end = payment.period_end if payment.period_end and payment.period_end > now \
@@ -133,9 +175,15 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
         _clear_checkout(sub)
     amount = payment.amount_cents if payment.amount_cents is not None \
         else get_tier(tier).price_cents
-    _record(sub, "activated", from_tier, tier, amount_cents=amount, reference=reference,
-            at=now, period_end=end.isoformat(), **stamp)
+    _record(sub, "activated", from_tier, tier, amount_cents=amount,
+            reference=_reference(payment), at=now, period_end=end.isoformat(), **_stamp(payment))
     return "activated"
+
+
+def _older_than_latest_payment(sub: UserSubscription, created: datetime) -> bool:
+    """The provider created this before the newest payment we applied (out of order)."""
+    latest = _latest_payment_created(sub.user_id)
+    return bool(latest and created < latest)
 
 
 def apply_payment_failed(sub: UserSubscription, failure, now: datetime) -> str:
@@ -143,29 +191,26 @@ def apply_payment_failed(sub: UserSubscription, failure, now: datetime) -> str:
     if failure.period_end and sub.current_period_end and sub.status == ACTIVE \
             and failure.period_end <= sub.current_period_end:
         return "stale"  # that period is paid already (the success arrived first)
-    latest = _latest_payment_created(sub.user_id)
-    if latest and failure.created < latest:
+    if _older_than_latest_payment(sub, failure.created):
         return "stale"
-    amount = failure.amount_cents
-    reference = failure.document_id or failure.event_id
-    stamp = {"provider_created": failure.created.isoformat(),
-             "provider_event_id": failure.event_id}
     if sub.tier == STARTER or sub.status == INCOMPLETE:
-        _record(sub, "payment_failed", sub.tier, sub.tier, amount_cents=amount,
-                reference=reference, at=now, **stamp)
+        _record_failure(sub, failure, now)
         return "recorded"
     if sub.status == TRIALING:
         sub.payment_method_on_file = False
-        _record(sub, "payment_failed", sub.tier, sub.tier, amount_cents=amount,
-                reference=reference, at=now, **stamp)
+        _record_failure(sub, failure, now)
         return "payment_method_removed"
     if sub.status == PAST_DUE:
         return "already_past_due"
     sub.status, sub.past_due_since = PAST_DUE, now
-    _record(sub, "payment_failed", sub.tier, sub.tier, amount_cents=amount,
-            reference=reference, at=now,
-            grace_ends_at=(now + GRACE_PERIOD).isoformat(), **stamp)
+    _record_failure(sub, failure, now, grace_ends_at=(now + GRACE_PERIOD).isoformat())
     return "past_due"
+
+
+def _record_failure(sub: UserSubscription, failure, now: datetime, **details) -> None:
+    _record(sub, "payment_failed", sub.tier, sub.tier, amount_cents=failure.amount_cents,
+            reference=failure.document_id or failure.event_id, at=now, **details,
+            provider_created=failure.created.isoformat(), provider_event_id=failure.event_id)
 
 
 def apply_subscription_ended(sub: UserSubscription, notice, now: datetime) -> str:
@@ -173,8 +218,7 @@ def apply_subscription_ended(sub: UserSubscription, notice, now: datetime) -> st
     if notice.subscription_id and sub.provider_subscription_id \
             and notice.subscription_id != sub.provider_subscription_id:
         return "stale"  # an older subscription of this user
-    latest = _latest_payment_created(sub.user_id)
-    if latest and notice.created < latest:
+    if _older_than_latest_payment(sub, notice.created):
         return "stale"
     if sub.status == TRIALING:
         # the card is gone with it: the trial runs out and falls back to starter
