@@ -48,65 +48,104 @@ def _advance(sub: UserSubscription, now: datetime) -> list[str]:
 
 
 def _advance_once(sub: UserSubscription, now: datetime) -> str | None:
+    """The earliest deadline that has passed, applied; its outcome (None: nothing is due)."""
     if sub.status == TRIALING and sub.trial_ends_at and sub.trial_ends_at <= now:
-        ends = sub.trial_ends_at
-        if sub.cancel_at_period_end or sub.pending_tier == STARTER \
-                or not sub.payment_method_on_file:
-            from_tier = sub.tier
-            _to_starter(sub)
-            _clear_checkout(sub)
-            _record(sub, "trial_ended", from_tier, STARTER, amount_cents=0, at=ends,
-                    reason="canceled" if sub.payment_method_on_file else "no_payment_method")
-            return "trial_ended"
-        tier = sub.pending_tier or sub.tier
-        price = get_tier(tier).price_cents
-        from_tier = sub.tier
-        sub.tier, sub.status = tier, ACTIVE
-        sub.current_period_start, sub.current_period_end = ends, add_month(ends)
-        _clear_scheduled_change(sub)
-        _record(sub, "trial_converted", from_tier, tier, amount_cents=price, at=ends,
-                period_end=sub.current_period_end.isoformat(),
-                provider_created=ends.isoformat())
-        return "trial_converted"
+        return _end_trial(sub)
     if sub.status == PAST_DUE and sub.past_due_since \
             and sub.past_due_since + GRACE_PERIOD <= now:
-        # the provider's own retries may still succeed later: that payment re-activates
-        from_tier, at = sub.tier, sub.past_due_since + GRACE_PERIOD
-        _to_starter(sub)
-        _record(sub, "grace_ended", from_tier, STARTER, amount_cents=0, at=at,
-                reason="payment_failed")
-        return "grace_ended"
+        return _end_grace(sub)
     if sub.status in (ACTIVE, PAST_DUE) and _has_paid_period(sub) \
             and sub.current_period_end <= now:
-        ends = sub.current_period_end
-        if sub.cancel_at_period_end or sub.pending_tier == STARTER:
-            from_tier = sub.tier
-            _to_starter(sub)
-            _record(sub, "canceled", from_tier, STARTER, amount_cents=0, at=ends,
-                    via="period_end")
-            return "canceled"
-        if sub.pending_tier and sub.pending_tier in TIERS:
-            from_tier, sub.tier, sub.pending_tier = sub.tier, sub.pending_tier, None
-            _record(sub, "downgraded", from_tier, sub.tier, amount_cents=0, at=ends)
-            return "downgraded"  # the next step renews (or lapses) the lower tier
-        if sub.status != ACTIVE:
-            return None  # past_due: the grace deadline decides
-        if sub.provider == "sandbox" and sub.payment_method_on_file:
-            # the sandbox charges the card on file itself, like a provider's renewal would
-            outcome = apply_payment_succeeded(sub, Payment(
-                provider="sandbox", created=ends, tier=sub.tier,
-                amount_cents=get_tier(sub.tier).price_cents,
-                reference=f"sandbox_renewal_{sub.user_id}_{int(ends.timestamp())}",
-                period_start=ends, period_end=add_month(ends)), now)
-            return outcome if outcome == "renewed" else None
-        if ends + GRACE_PERIOD <= now:
-            # no renewal arrived from the provider in the whole grace period
-            from_tier = sub.tier
-            _to_starter(sub)
-            _record(sub, "lapsed", from_tier, STARTER, amount_cents=0, at=ends + GRACE_PERIOD,
-                    reason="no_renewal")
-            return "lapsed"
+        return _end_period(sub, now)
     return None
+
+
+def _end_trial(sub: UserSubscription) -> str:
+    """The trial is over: starter when canceled or without a card, else the paid tier."""
+    if sub.cancel_at_period_end or sub.pending_tier == STARTER \
+            or not sub.payment_method_on_file:
+        return _trial_to_starter(sub)
+    return _convert_trial(sub)
+
+
+def _trial_to_starter(sub: UserSubscription) -> str:
+    ends, from_tier = sub.trial_ends_at, sub.tier
+    _to_starter(sub)
+    _clear_checkout(sub)
+    _record(sub, "trial_ended", from_tier, STARTER, amount_cents=0, at=ends,
+            reason="canceled" if sub.payment_method_on_file else "no_payment_method")
+    return "trial_ended"
+
+
+def _convert_trial(sub: UserSubscription) -> str:
+    ends, from_tier = sub.trial_ends_at, sub.tier
+    tier = sub.pending_tier or sub.tier
+    sub.tier, sub.status = tier, ACTIVE
+    sub.current_period_start, sub.current_period_end = ends, add_month(ends)
+    _clear_scheduled_change(sub)
+    _record(sub, "trial_converted", from_tier, tier, amount_cents=get_tier(tier).price_cents,
+            at=ends, period_end=sub.current_period_end.isoformat(),
+            provider_created=ends.isoformat())
+    return "trial_converted"
+
+
+def _end_grace(sub: UserSubscription) -> str:
+    """The grace period of a failed renewal is over: starter. The provider's own retries may
+    still succeed later: that payment re-activates."""
+    from_tier, at = sub.tier, sub.past_due_since + GRACE_PERIOD
+    _to_starter(sub)
+    _record(sub, "grace_ended", from_tier, STARTER, amount_cents=0, at=at,
+            reason="payment_failed")
+    return "grace_ended"
+
+
+def _end_period(sub: UserSubscription, now: datetime) -> str | None:
+    """The paid period is over: the scheduled cancel or downgrade, else a renewal or a lapse."""
+    if sub.cancel_at_period_end or sub.pending_tier == STARTER:
+        return _cancel_at_period_end(sub)
+    if sub.pending_tier and sub.pending_tier in TIERS:
+        return _downgrade_at_period_end(sub)
+    if sub.status != ACTIVE:
+        return None  # past_due: the grace deadline decides
+    if sub.provider == "sandbox" and sub.payment_method_on_file:
+        return _sandbox_renewal(sub, now)
+    if sub.current_period_end + GRACE_PERIOD <= now:
+        return _lapse(sub)
+    return None
+
+
+def _cancel_at_period_end(sub: UserSubscription) -> str:
+    ends, from_tier = sub.current_period_end, sub.tier
+    _to_starter(sub)
+    _record(sub, "canceled", from_tier, STARTER, amount_cents=0, at=ends, via="period_end")
+    return "canceled"
+
+
+def _downgrade_at_period_end(sub: UserSubscription) -> str:
+    ends = sub.current_period_end
+    from_tier, sub.tier, sub.pending_tier = sub.tier, sub.pending_tier, None
+    _record(sub, "downgraded", from_tier, sub.tier, amount_cents=0, at=ends)
+    return "downgraded"  # the next step renews (or lapses) the lower tier
+
+
+def _sandbox_renewal(sub: UserSubscription, now: datetime) -> str | None:
+    """The sandbox charges the card on file itself, like a provider's renewal would."""
+    ends = sub.current_period_end
+    outcome = apply_payment_succeeded(sub, Payment(
+        provider="sandbox", created=ends, tier=sub.tier,
+        amount_cents=get_tier(sub.tier).price_cents,
+        reference=f"sandbox_renewal_{sub.user_id}_{int(ends.timestamp())}",
+        period_start=ends, period_end=add_month(ends)), now)
+    return outcome if outcome == "renewed" else None
+
+
+def _lapse(sub: UserSubscription) -> str:
+    """No renewal arrived from the provider in the whole grace period: starter."""
+    ends, from_tier = sub.current_period_end, sub.tier
+    _to_starter(sub)
+    _record(sub, "lapsed", from_tier, STARTER, amount_cents=0, at=ends + GRACE_PERIOD,
+            reason="no_renewal")
+    return "lapsed"
 
 
 def process_due_subscriptions(now: datetime | None = None, batch_size: int = 100) -> dict:
