@@ -117,28 +117,40 @@ def _choose_starter(sub: UserSubscription, now: datetime, first_choice: bool) ->
 
 
 def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
-    title = get_tier(tier).title
     if sub.status == TRIALING:
-        if sub.cancel_at_period_end or sub.pending_tier:
-            _resume(sub, now)
-        if tier != sub.tier:
-            _record(sub, "trial_changed", sub.tier, tier, amount_cents=0, at=now)
-            sub.tier = tier
-        if sub.payment_method_on_file:
-            _clear_checkout(sub)
-            return f"Your trial continues and converts to {title} when it ends."
-        return _start_checkout(user, sub, tier, now)
+        return _change_trial(user, sub, tier, now)
     if sub.tier == tier and sub.status == ACTIVE and not sub.complimentary:
         if sub.cancel_at_period_end or sub.pending_tier:
             return _resume(sub, now)
-        return f"You are already on {title}."
-    if _has_paid_period(sub) and sub.status == ACTIVE and sub.payment_method_on_file:
+        return f"You are already on {get_tier(tier).title}."
+    return _change_paid_period(sub, tier, now) or _start_checkout(user, sub, tier, now)
+
+
+def _change_paid_period(sub: UserSubscription, tier: str, now: datetime) -> str | None:
+    """A change the provider makes to the running paid period: an upgrade now or a downgrade
+    at its end (only a downgrade while past due). None: the tier needs a new checkout."""
+    if not _has_paid_period(sub):
+        return None
+    if sub.status == ACTIVE and sub.payment_method_on_file:
         if is_upgrade(sub.tier, tier):
             return _upgrade_now(sub, tier, now)
         return _schedule_downgrade(sub, tier, now)
-    if _has_paid_period(sub) and sub.status == PAST_DUE and not is_upgrade(sub.tier, tier) \
-            and sub.tier != tier:
+    if sub.status == PAST_DUE and not is_upgrade(sub.tier, tier) and sub.tier != tier:
         return _schedule_downgrade(sub, tier, now)
+    return None
+
+
+def _change_trial(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
+    """A paid tier chosen during the trial: it continues (undoing a scheduled cancel) and
+    converts to that tier, once a payment method is on file."""
+    if sub.cancel_at_period_end or sub.pending_tier:
+        _resume(sub, now)
+    if tier != sub.tier:
+        _record(sub, "trial_changed", sub.tier, tier, amount_cents=0, at=now)
+        sub.tier = tier
+    if sub.payment_method_on_file:
+        _clear_checkout(sub)
+        return f"Your trial continues and converts to {get_tier(tier).title} when it ends."
     return _start_checkout(user, sub, tier, now)
 
 
