@@ -14,6 +14,7 @@ from subscription_helpers import (
     now,
     parse_time,
     subscription,
+    user_id,
 )
 
 from sonicus.tiers import TIERS, prorated_upgrade_cents
@@ -30,6 +31,36 @@ def test_new_user_is_on_starter_with_its_limits_and_usage(client, auth):
     assert data["usage"]["resets_at"]
     assert data["checkout"] is None
     assert data["price"] == "0.00"
+
+
+def test_a_missing_row_reads_as_starter_and_the_first_change_creates_it(client, auth, app):
+    from sqlalchemy import delete, func, select
+
+    from sonicus.extensions import db
+    from sonicus.models import UserSubscription
+
+    headers = auth()
+    subscription(client, headers)
+    uid = user_id(app, "listener@example.com")
+
+    def rows() -> int:
+        with app.app_context():
+            count = db.session.execute(select(func.count()).select_from(UserSubscription)
+                                       .where(UserSubscription.user_id == uid)).scalar_one()
+            db.session.remove()
+            return count
+
+    with app.app_context():
+        db.session.execute(delete(UserSubscription).where(UserSubscription.user_id == uid))
+        db.session.commit()
+        db.session.remove()
+    data = subscription(client, headers)
+    assert data["tier"] == "starter" and data["status"] == "active" and data["checkout"] is None
+    assert rows() == 0  # reading writes nothing
+    resp = client.post("/api/user/subscription", json={"tier": "starter"}, headers=headers)
+    assert resp.status_code == 200 and resp.get_json()["data"]["tier"] == "starter"
+    assert rows() == 1
+    assert events_of(app, "listener@example.com", "tier_chosen")
 
 
 def test_choosing_starter_marks_the_tier_chosen(client, auth):

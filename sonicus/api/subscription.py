@@ -5,8 +5,7 @@ from __future__ import annotations
 from flask.views import MethodView
 
 from ..auth import require_user
-from ..envelope import Blueprint, paginate, set_message
-from ..extensions import db
+from ..envelope import Blueprint, set_message
 from ..schemas.subscription import (
     CancelSchema,
     HistoryArgsSchema,
@@ -27,7 +26,7 @@ class Subscription(MethodView):
     @blp.errors(401, 403)
     def get(self, caller):
         """The tier in force, its status, limits and today's usage."""
-        return subscriptions.describe(caller)
+        return subscriptions.overview(caller)
 
     @require_user
     @blp.arguments(SubscriptionChangeSchema)
@@ -43,9 +42,9 @@ class Subscription(MethodView):
         the payment arrives. An upgrade from a paid tier is immediate and prorated; a
         downgrade (or starter) takes effect at the end of the period.
         """
-        sub, message = subscriptions.change_tier(caller, body["tier"], body["start_trial"])
+        sub, message = subscriptions.change_tier(caller.id, body["tier"], body["start_trial"])
         set_message(message)
-        return subscriptions.describe(caller, sub)
+        return subscriptions.overview(caller, sub)
 
     @require_user
     @blp.arguments(CancelSchema, required=False)
@@ -53,9 +52,9 @@ class Subscription(MethodView):
     @blp.errors(401, 403, (409, "`conflict`: there is nothing to cancel."), 422, 502)
     def delete(self, body, caller):
         """Cancel at the end of the period (or trial); a pending checkout is dropped."""
-        sub, message = subscriptions.cancel(caller, body.get("reason"), body.get("comment"))
+        sub, message = subscriptions.cancel(caller.id, body.get("reason"), body.get("comment"))
         set_message(message)
-        return subscriptions.describe(caller, sub)
+        return subscriptions.overview(caller, sub)
 
 
 @blp.route("/subscription/resume")
@@ -65,9 +64,9 @@ class Resume(MethodView):
     @blp.errors(401, 403, (409, "`conflict`: nothing is scheduled, or the period is over."), 502)
     def post(self, caller):
         """Undo a scheduled cancellation or downgrade before the period ends."""
-        sub, message = subscriptions.resume(caller)
+        sub, message = subscriptions.resume(caller.id)
         set_message(message)
-        return subscriptions.describe(caller, sub)
+        return subscriptions.overview(caller, sub)
 
 
 @blp.route("/subscription/history")
@@ -78,4 +77,4 @@ class History(MethodView):
     @blp.errors(401, 403, 422)
     def get(self, args, caller):
         """The subscription's events, newest first."""
-        return paginate(db, subscriptions.history_query(caller), args)
+        return subscriptions.history(caller.id, args)

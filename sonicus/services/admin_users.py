@@ -19,8 +19,7 @@ from ..models.subscription import ACTIVE, TRIALING
 from ..realtime.publish import close_user_sockets
 from ..tiers import STARTER, TIERS
 from . import audit
-from .subscriptions import describe as describe_subscription
-from .subscriptions import get_subscription, lock_or_create_subscription
+from .subscriptions import get_subscription, lock_or_create_subscription, overview
 from .transaction import unit_of_work
 
 COMPLIMENTARY_GRANT = "complimentary_grant"
@@ -139,9 +138,9 @@ def user_detail(user_id: int) -> AdminUserView:
     sessions_total, last_activity = db.session.execute(
         select(func.count(ListeningSession.id), func.max(ListeningSession.started_at))
         .where(ListeningSession.user_id == user.id)).one()
-    subscription = describe_subscription(user, sub)  # what the user sees, usage included
+    subscription = overview(user, sub)  # what the user sees, usage included
     return AdminUserView.of(user, sub, subscription=subscription,
-                            usage=subscription["usage"], sessions_total=sessions_total,
+                            usage=subscription.usage, sessions_total=sessions_total,
                             last_activity_at=last_activity)
 
 

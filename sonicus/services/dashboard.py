@@ -107,7 +107,7 @@ def recommended_packages(user_id: int, tier_name: str, favorite_categories,
 def get_dashboard(caller) -> Dashboard:
     return Dashboard(
         profile=caller,
-        subscription=subscriptions.describe(caller, subscriptions.get_subscription(caller)),
+        subscription=subscriptions.overview(caller),
         analytics=get_user_analytics(caller),
         continue_listening=continue_listening(caller.id),
         recommended=recommended_packages(caller.id, caller.tier,

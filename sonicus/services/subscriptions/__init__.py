@@ -1,0 +1,37 @@
+"""Subscriptions: the tier in force, its lifecycle, payments and onboarding.
+
+- ``row``: the subscription row (read, lock-or-create) and how the API shows it.
+- ``changes``: changes a user asks for (tier, cancel, resume).
+- ``payments``: payments and provider notices (webhooks, sandbox confirmation).
+- ``expiry``: the job that applies trial, grace and period ends.
+"""
+
+from __future__ import annotations
+
+from ...models.subscription import CANCEL_REASONS
+from .changes import cancel, change_tier, resume
+from .common import GRACE_PERIOD, SAME_PERIOD_SLACK, add_month, cents_to_decimal
+from .expiry import process_due_subscriptions
+from .payments import (
+    Payment,
+    apply_payment_failed,
+    apply_payment_succeeded,
+    apply_subscription_ended,
+    confirm_sandbox_checkout,
+    handle_billing_event,
+)
+from .row import (
+    SubscriptionOverview,
+    get_subscription,
+    history,
+    lock_or_create_subscription,
+    overview,
+)
+
+__all__ = [
+    "CANCEL_REASONS", "GRACE_PERIOD", "SAME_PERIOD_SLACK", "Payment", "add_month",
+    "apply_payment_failed", "apply_payment_succeeded", "apply_subscription_ended", "cancel",
+    "SubscriptionOverview", "cents_to_decimal", "change_tier", "confirm_sandbox_checkout",
+    "get_subscription", "handle_billing_event", "history", "lock_or_create_subscription",
+    "overview", "process_due_subscriptions", "resume",
+]

@@ -1,0 +1,246 @@
+"""Changes a user asks for: choose, buy, trial, upgrade or downgrade a tier; cancel; resume.
+
+- ``tier`` is ALWAYS the tier in force right now: access checks read nothing else.
+- ``status``: ``active``, ``trialing``, ``incomplete`` (starter, waiting for a first payment),
+  ``past_due`` (a renewal failed; the tier is kept for ``GRACE_PERIOD``), ``canceled``.
+- ``checkout_reference`` / ``checkout_tier`` / ``checkout_url``: a checkout waiting for payment.
+- ``pending_tier`` (with ``cancel_at_period_end`` when it is starter): the change due at
+  ``current_period_end`` (or at ``trial_ends_at`` during a trial).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from flask import current_app
+
+from ... import clock
+from ...billing import get_provider
+from ...billing.base import new_reference
+from ...envelope import fail
+from ...extensions import db
+from ...models import User, UserSubscription
+from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
+from ...tiers import STARTER, get_tier, is_upgrade, prorated_upgrade_cents
+from ..transaction import unit_of_work
+from .common import (
+    _clear_checkout,
+    _clear_scheduled_change,
+    _has_paid_period,
+    _record,
+    _to_starter,
+    cents_to_decimal,
+)
+from .row import lock_or_create_subscription
+
+
+def _require_verified(user: User) -> None:
+    if not user.email_verified:
+        fail(403, "email_not_verified",
+             "Verify your email address before starting a trial or paying for a tier.")
+
+
+def _start_checkout(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
+    provider = get_provider()
+    reference = new_reference()
+    trial_end = sub.trial_ends_at if sub.status == TRIALING else None
+    checkout = provider.create_checkout(user=user, sub=sub, tier=tier, reference=reference,
+                                        trial_end=trial_end)
+    sub.checkout_reference, sub.checkout_tier, sub.checkout_url = (
+        checkout.reference, tier, checkout.url)
+    sub.provider = provider.name
+    if sub.tier == STARTER and sub.status == ACTIVE:
+        sub.status = INCOMPLETE
+    amount = 0 if sub.status == TRIALING else get_tier(tier).price_cents
+    _record(sub, "checkout_started", sub.tier, tier, amount_cents=amount, reference=reference,
+            at=now, provider=provider.name)
+    if sub.status == TRIALING:
+        return (f"Add a payment method: your trial converts to {get_tier(tier).title} "
+                "when it ends.")
+    return f"Complete the payment to start {get_tier(tier).title}."
+
+
+def change_tier(user_id: int, tier: str, start_trial: bool = False,
+                now: datetime | None = None) -> tuple[UserSubscription, str]:
+    """``POST /api/user/subscription``: choose, buy, trial, upgrade or downgrade a tier."""
+    now = now or clock.now()
+    target = get_tier(tier)
+    if start_trial and not target.is_paid:
+        fail(422, "validation_error", "Only a paid tier has a trial.",
+             errors=["start_trial: Only a paid tier has a trial."])
+    with unit_of_work() as work:
+        sub = lock_or_create_subscription(user_id)
+        user = db.session.get(User, user_id)
+        if target.is_paid:
+            _require_verified(user)
+        work.changed_user(sub.user_id)
+        first_choice = sub.tier_chosen_at is None
+        sub.tier_chosen_at = sub.tier_chosen_at or now
+        if start_trial:
+            message = _start_trial(sub, tier, now)
+        elif not target.is_paid:
+            message = _choose_starter(sub, now, first_choice)
+        else:
+            message = _choose_paid(user, sub, tier, now)
+    return sub, message
+
+
+def _start_trial(sub: UserSubscription, tier: str, now: datetime) -> str:
+    if sub.trial_used:
+        fail(409, "trial_already_used", "The free trial has already been used on this account.")
+    if sub.tier != STARTER:
+        fail(409, "conflict", "A trial starts from the starter tier.")
+    days = current_app.config["TRIAL_DAYS"]
+    if days <= 0:
+        fail(409, "conflict", "Free trials are not offered.")
+    from_tier = sub.tier
+    _clear_checkout(sub)
+    _clear_scheduled_change(sub)
+    sub.tier, sub.status, sub.trial_used = tier, TRIALING, True
+    sub.trial_ends_at = now + timedelta(days=days)
+    sub.provider = sub.provider or current_app.config["BILLING_PROVIDER"]
+    _record(sub, "trial_started", from_tier, tier, amount_cents=0, at=now,
+            trial_ends_at=sub.trial_ends_at.isoformat())
+    return f"Your {days}-day {get_tier(tier).title} trial has started."
+
+
+def _choose_starter(sub: UserSubscription, now: datetime, first_choice: bool) -> str:
+    if sub.checkout_reference:
+        _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier,
+                reference=sub.checkout_reference, at=now)
+        _clear_checkout(sub)
+        if sub.status == INCOMPLETE:
+            sub.status = ACTIVE
+    if sub.tier == STARTER:
+        if first_choice:
+            _record(sub, "tier_chosen", None, STARTER, amount_cents=0, at=now)
+        return "You are on the starter tier."
+    return _schedule_cancel(sub, now, reason=None, comment=None, via="tier_change")
+
+
+def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
+    if sub.status == TRIALING:
+        return _change_trial(user, sub, tier, now)
+    if sub.tier == tier and sub.status == ACTIVE and not sub.complimentary:
+        if sub.cancel_at_period_end or sub.pending_tier:
+            return _resume(sub, now)
+        return f"You are already on {get_tier(tier).title}."
+    return _change_paid_period(sub, tier, now) or _start_checkout(user, sub, tier, now)
+
+
+def _change_paid_period(sub: UserSubscription, tier: str, now: datetime) -> str | None:
+    """A change the provider makes to the running paid period: an upgrade now or a downgrade
+    at its end (only a downgrade while past due). None: the tier needs a new checkout."""
+    if not _has_paid_period(sub):
+        return None
+    if sub.status == ACTIVE and sub.payment_method_on_file:
+        if is_upgrade(sub.tier, tier):
+            return _upgrade_now(sub, tier, now)
+        return _schedule_downgrade(sub, tier, now)
+    if sub.status == PAST_DUE and not is_upgrade(sub.tier, tier) and sub.tier != tier:
+        return _schedule_downgrade(sub, tier, now)
+    return None
+
+
+def _change_trial(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
+    """A paid tier chosen during the trial: it continues (undoing a scheduled cancel) and
+    converts to that tier, once a payment method is on file."""
+    if sub.cancel_at_period_end or sub.pending_tier:
+        _resume(sub, now)
+    if tier != sub.tier:
+        _record(sub, "trial_changed", sub.tier, tier, amount_cents=0, at=now)
+        sub.tier = tier
+    if sub.payment_method_on_file:
+        _clear_checkout(sub)
+        return f"Your trial continues and converts to {get_tier(tier).title} when it ends."
+    return _start_checkout(user, sub, tier, now)
+
+
+def _upgrade_now(sub: UserSubscription, tier: str, now: datetime) -> str:
+    start = sub.current_period_start or now
+    seconds_left = (sub.current_period_end - now).total_seconds()
+    period_seconds = (sub.current_period_end - start).total_seconds()
+    amount = prorated_upgrade_cents(sub.tier, tier, seconds_left, period_seconds)
+    get_provider(sub.provider).change_tier(sub, tier, prorate=True)
+    _record(sub, "upgraded", sub.tier, tier, amount_cents=amount, at=now, proration=True,
+            period_end=sub.current_period_end.isoformat())
+    sub.tier = tier
+    _clear_checkout(sub)
+    _clear_scheduled_change(sub)
+    return (f"Upgraded to {get_tier(tier).title} now; "
+            f"{cents_to_decimal(amount)} is charged for the rest of this period.")
+
+
+def _schedule_downgrade(sub: UserSubscription, tier: str, now: datetime) -> str:
+    get_provider(sub.provider).change_tier(sub, tier, prorate=False)
+    if sub.cancel_at_period_end:
+        get_provider(sub.provider).set_cancel_at_period_end(sub, False)
+    sub.pending_tier, sub.cancel_at_period_end = tier, False
+    _clear_checkout(sub)
+    _record(sub, "downgrade_scheduled", sub.tier, tier, at=now,
+            effective_at=sub.current_period_end.isoformat())
+    return f"You keep {get_tier(sub.tier).title} until the end of the period, then {tier}."
+
+
+def _schedule_cancel(sub: UserSubscription, now: datetime, *, reason, comment, via) -> str:
+    if sub.status != TRIALING and (sub.complimentary or sub.current_period_end is None):
+        # nothing paid for: a complimentary or unbilled paid tier ends at once
+        from_tier = sub.tier
+        _to_starter(sub)
+        _record(sub, "canceled", from_tier, STARTER, amount_cents=0, at=now, reason=reason,
+                comment=comment, via=via)
+        return "Your subscription is canceled; you are on the starter tier."
+    if not sub.cancel_at_period_end:
+        get_provider(sub.provider).set_cancel_at_period_end(sub, True)
+        sub.cancel_at_period_end, sub.pending_tier = True, STARTER
+        ends = sub.trial_ends_at if sub.status == TRIALING else sub.current_period_end
+        _record(sub, "cancel_scheduled", sub.tier, STARTER, at=now, reason=reason,
+                comment=comment, via=via, effective_at=ends.isoformat())
+    ends = sub.trial_ends_at if sub.status == TRIALING else sub.current_period_end
+    return f"Canceled: you keep {get_tier(sub.tier).title} until {ends:%Y-%m-%d %H:%M} UTC."
+
+
+def cancel(user_id: int, reason: str | None = None, comment: str | None = None,
+           now: datetime | None = None) -> tuple[UserSubscription, str]:
+    """``DELETE /api/user/subscription``: cancel at the end of the period (or trial)."""
+    now = now or clock.now()
+    with unit_of_work() as work:
+        sub = lock_or_create_subscription(user_id)
+        work.changed_user(sub.user_id)
+        if sub.checkout_reference and sub.status == INCOMPLETE:
+            _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier,
+                    reference=sub.checkout_reference, at=now, reason=reason, comment=comment)
+            _clear_checkout(sub)
+            sub.status = ACTIVE
+            message = "The pending checkout is canceled."
+        elif sub.tier == STARTER:
+            fail(409, "conflict", "There is no paid subscription to cancel.")
+        else:
+            _clear_checkout(sub)
+            message = _schedule_cancel(sub, now, reason=reason, comment=comment, via="cancel")
+    return sub, message
+
+
+def _resume(sub: UserSubscription, now: datetime) -> str:
+    if sub.cancel_at_period_end:
+        get_provider(sub.provider).set_cancel_at_period_end(sub, False)
+    if sub.pending_tier and sub.pending_tier != STARTER:
+        get_provider(sub.provider).change_tier(sub, sub.tier, prorate=False)
+    _record(sub, "resumed", sub.pending_tier, sub.tier, at=now)
+    _clear_scheduled_change(sub)
+    return f"Resumed: {get_tier(sub.tier).title} continues."
+
+
+def resume(user_id: int, now: datetime | None = None) -> tuple[UserSubscription, str]:
+    """``POST /api/user/subscription/resume``: undo a scheduled cancel or downgrade."""
+    now = now or clock.now()
+    with unit_of_work() as work:
+        sub = lock_or_create_subscription(user_id)
+        work.changed_user(sub.user_id)
+        if not (sub.cancel_at_period_end or sub.pending_tier):
+            fail(409, "conflict", "There is no scheduled cancellation or downgrade to undo.")
+        ends = sub.trial_ends_at if sub.status == TRIALING else sub.current_period_end
+        if ends is not None and ends <= now:
+            fail(409, "conflict", "The period has already ended.")
+        message = _resume(sub, now)
+    return sub, message

@@ -1,0 +1,64 @@
+"""What every part of the subscription lifecycle shares: deadlines, money, the event log and
+the small state transitions of a LOCKED row."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from ... import clock
+from ...extensions import db
+from ...models import SubscriptionEvent, UserSubscription
+from ...models.subscription import ACTIVE, PAST_DUE
+from ...tiers import STARTER
+
+GRACE_PERIOD = timedelta(days=3)
+# Two payments whose periods start within this much of each other are for the same period.
+SAME_PERIOD_SLACK = timedelta(hours=1)
+PAYMENT_EVENT_TYPES = ("activated", "renewed", "trial_converted", "upgraded")
+
+
+def cents_to_decimal(cents: int | None) -> Decimal | None:
+    return None if cents is None else Decimal(cents) / 100
+
+
+def add_month(moment: datetime) -> datetime:
+    """The same day and time next month (clamped to the month's last day)."""
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+def _record(sub: UserSubscription, type_: str, from_tier: str | None, to_tier: str | None, *,
+            amount_cents: int | None = None, reference: str | None = None,
+            at: datetime | None = None, **details) -> SubscriptionEvent:
+    event = SubscriptionEvent(user_id=sub.user_id, type=type_, from_tier=from_tier,
+                              to_tier=to_tier, amount_cents=amount_cents, reference=reference,
+                              at=at or clock.now(),
+                              details={k: v for k, v in details.items() if v is not None})
+    db.session.add(event)
+    return event
+
+
+def _clear_checkout(sub: UserSubscription) -> None:
+    sub.checkout_reference = sub.checkout_tier = sub.checkout_url = None
+
+
+def _clear_scheduled_change(sub: UserSubscription) -> None:
+    sub.cancel_at_period_end = False
+    sub.pending_tier = None
+
+
+def _to_starter(sub: UserSubscription) -> None:
+    sub.tier, sub.status = STARTER, ACTIVE
+    sub.current_period_start = sub.current_period_end = None
+    sub.past_due_since = None
+    sub.complimentary = False
+    sub.provider_subscription_id = None
+    _clear_scheduled_change(sub)
+
+
+def _has_paid_period(sub: UserSubscription) -> bool:
+    return (sub.tier != STARTER and not sub.complimentary
+            and sub.current_period_end is not None and sub.status in (ACTIVE, PAST_DUE))

@@ -1,0 +1,183 @@
+"""The expiry job: trial ends, grace ends and period ends that are due."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select
+
+from ... import clock
+from ...extensions import db
+from ...models import UserSubscription
+from ...models.subscription import ACTIVE, PAST_DUE, TRIALING
+from ...tiers import STARTER, TIERS, get_tier
+from ..transaction import unit_of_work
+from .common import (
+    GRACE_PERIOD,
+    _clear_checkout,
+    _clear_scheduled_change,
+    _has_paid_period,
+    _record,
+    _to_starter,
+    add_month,
+)
+from .payments import Payment, apply_payment_succeeded
+
+
+def _due_condition(now: datetime):
+    return or_(
+        and_(UserSubscription.status == TRIALING, UserSubscription.trial_ends_at <= now),
+        and_(UserSubscription.status == PAST_DUE,
+             UserSubscription.past_due_since <= now - GRACE_PERIOD),
+        and_(UserSubscription.status.in_((ACTIVE, PAST_DUE)),
+             UserSubscription.tier != STARTER,
+             UserSubscription.complimentary.is_(False),
+             UserSubscription.current_period_end <= now),
+    )
+
+
+def _advance(sub: UserSubscription, now: datetime) -> list[str]:
+    """Apply every deadline that has passed on a LOCKED subscription; the outcomes."""
+    outcomes: list[str] = []
+    for _ in range(24):  # at most this many missed periods in one go
+        step = _advance_once(sub, now)
+        if step is None:
+            break
+        outcomes.append(step)
+    return outcomes
+
+
+def _advance_once(sub: UserSubscription, now: datetime) -> str | None:
+    """The earliest deadline that has passed, applied; its outcome (None: nothing is due)."""
+    if sub.status == TRIALING and sub.trial_ends_at and sub.trial_ends_at <= now:
+        return _end_trial(sub)
+    if sub.status == PAST_DUE and sub.past_due_since \
+            and sub.past_due_since + GRACE_PERIOD <= now:
+        return _end_grace(sub)
+    if sub.status in (ACTIVE, PAST_DUE) and _has_paid_period(sub) \
+            and sub.current_period_end <= now:
+        return _end_period(sub, now)
+    return None
+
+
+def _end_trial(sub: UserSubscription) -> str:
+    """The trial is over: starter when canceled or without a card, else the paid tier."""
+    if sub.cancel_at_period_end or sub.pending_tier == STARTER \
+            or not sub.payment_method_on_file:
+        return _trial_to_starter(sub)
+    return _convert_trial(sub)
+
+
+def _trial_to_starter(sub: UserSubscription) -> str:
+    ends, from_tier = sub.trial_ends_at, sub.tier
+    _to_starter(sub)
+    _clear_checkout(sub)
+    _record(sub, "trial_ended", from_tier, STARTER, amount_cents=0, at=ends,
+            reason="canceled" if sub.payment_method_on_file else "no_payment_method")
+    return "trial_ended"
+
+
+def _convert_trial(sub: UserSubscription) -> str:
+    ends, from_tier = sub.trial_ends_at, sub.tier
+    tier = sub.pending_tier or sub.tier
+    sub.tier, sub.status = tier, ACTIVE
+    sub.current_period_start, sub.current_period_end = ends, add_month(ends)
+    _clear_scheduled_change(sub)
+    _record(sub, "trial_converted", from_tier, tier, amount_cents=get_tier(tier).price_cents,
+            at=ends, period_end=sub.current_period_end.isoformat(),
+            provider_created=ends.isoformat())
+    return "trial_converted"
+
+
+def _end_grace(sub: UserSubscription) -> str:
+    """The grace period of a failed renewal is over: starter. The provider's own retries may
+    still succeed later: that payment re-activates."""
+    from_tier, at = sub.tier, sub.past_due_since + GRACE_PERIOD
+    _to_starter(sub)
+    _record(sub, "grace_ended", from_tier, STARTER, amount_cents=0, at=at,
+            reason="payment_failed")
+    return "grace_ended"
+
+
+def _end_period(sub: UserSubscription, now: datetime) -> str | None:
+    """The paid period is over: the scheduled cancel or downgrade, else a renewal or a lapse."""
+    if sub.cancel_at_period_end or sub.pending_tier == STARTER:
+        return _cancel_at_period_end(sub)
+    if sub.pending_tier and sub.pending_tier in TIERS:
+        return _downgrade_at_period_end(sub)
+    if sub.status != ACTIVE:
+        return None  # past_due: the grace deadline decides
+    if sub.provider == "sandbox" and sub.payment_method_on_file:
+        return _sandbox_renewal(sub, now)
+    if sub.current_period_end + GRACE_PERIOD <= now:
+        return _lapse(sub)
+    return None
+
+
+def _cancel_at_period_end(sub: UserSubscription) -> str:
+    ends, from_tier = sub.current_period_end, sub.tier
+    _to_starter(sub)
+    _record(sub, "canceled", from_tier, STARTER, amount_cents=0, at=ends, via="period_end")
+    return "canceled"
+
+
+def _downgrade_at_period_end(sub: UserSubscription) -> str:
+    ends = sub.current_period_end
+    from_tier, sub.tier, sub.pending_tier = sub.tier, sub.pending_tier, None
+    _record(sub, "downgraded", from_tier, sub.tier, amount_cents=0, at=ends)
+    return "downgraded"  # the next step renews (or lapses) the lower tier
+
+
+def _sandbox_renewal(sub: UserSubscription, now: datetime) -> str | None:
+    """The sandbox charges the card on file itself, like a provider's renewal would."""
+    ends = sub.current_period_end
+    outcome = apply_payment_succeeded(sub, Payment(
+        provider="sandbox", created=ends, tier=sub.tier,
+        amount_cents=get_tier(sub.tier).price_cents,
+        reference=f"sandbox_renewal_{sub.user_id}_{int(ends.timestamp())}",
+        period_start=ends, period_end=add_month(ends)), now)
+    return outcome if outcome == "renewed" else None
+
+
+def _lapse(sub: UserSubscription) -> str:
+    """No renewal arrived from the provider in the whole grace period: starter."""
+    ends, from_tier = sub.current_period_end, sub.tier
+    _to_starter(sub)
+    _record(sub, "lapsed", from_tier, STARTER, amount_cents=0, at=ends + GRACE_PERIOD,
+            reason="no_renewal")
+    return "lapsed"
+
+
+def process_due_subscriptions(now: datetime | None = None, batch_size: int = 100) -> dict:
+    """Trial ends, grace ends and period ends that are due; safe to run twice or in parallel.
+
+    Due rows are taken in id order, a batch at a time, with ``FOR UPDATE SKIP LOCKED``: rows
+    another worker (or a request) holds are skipped, rows it already finished are no longer
+    due when the condition is re-checked under the lock. One transaction per batch.
+    """
+    now = now or clock.now()
+    counts: dict[str, int] = {}
+    processed, last_id = 0, 0
+    while True:
+        with unit_of_work() as work:
+            batch = _lock_due_batch(now, last_id, batch_size)
+            for sub in batch:
+                outcomes = _advance(sub, now)
+                if outcomes:
+                    work.changed_user(sub.user_id)
+                processed += bool(outcomes)
+                for outcome in outcomes:
+                    counts[outcome] = counts.get(outcome, 0) + 1
+        if not batch:
+            break
+        last_id = batch[-1].id
+    return {"processed": processed, "outcomes": counts, "ran_at": now}
+
+
+def _lock_due_batch(now: datetime, after_id: int, size: int) -> list[UserSubscription]:
+    return db.session.execute(
+        select(UserSubscription)
+        .where(_due_condition(now), UserSubscription.id > after_id)
+        .order_by(UserSubscription.id).limit(size)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)).scalars().all()

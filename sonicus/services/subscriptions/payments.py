@@ -1,0 +1,348 @@
+"""Payments and provider notices on a LOCKED subscription: webhooks (exactly once), the
+sandbox's checkout confirmation and the sandbox's own renewals. Every change adds a
+``SubscriptionEvent`` (money in integer cents)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from ... import clock
+from ...billing.events import PAYMENT_FAILED, PAYMENT_SUCCEEDED, SUBSCRIPTION_ENDED
+from ...envelope import fail
+from ...extensions import db
+from ...models import BillingEvent, SubscriptionEvent, UserSubscription
+from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
+from ...tiers import STARTER, get_tier
+from ..transaction import Work, unit_of_work
+from .common import (
+    GRACE_PERIOD,
+    PAYMENT_EVENT_TYPES,
+    SAME_PERIOD_SLACK,
+    _clear_checkout,
+    _clear_scheduled_change,
+    _has_paid_period,
+    _record,
+    _to_starter,
+    add_month,
+)
+
+
+@dataclass(frozen=True)
+class Payment:
+    """A successful payment, whichever way it arrived."""
+
+    provider: str
+    created: datetime
+    tier: str | None = None
+    amount_cents: int | None = None
+    reference: str | None = None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    customer_id: str | None = None
+    subscription_id: str | None = None
+    event_id: str | None = None
+
+
+def _latest_payment_created(user_id: int) -> datetime | None:
+    """When the provider created the newest payment we applied (for out-of-order events)."""
+    events = db.session.execute(
+        select(SubscriptionEvent).where(SubscriptionEvent.user_id == user_id,
+                                        SubscriptionEvent.type.in_(PAYMENT_EVENT_TYPES))
+        .order_by(SubscriptionEvent.id.desc()).limit(5)).scalars()
+    stamps = [e.details.get("provider_created") for e in events if e.details]
+    stamps = [s for s in stamps if isinstance(s, str)]
+    latest = max((datetime.fromisoformat(s) for s in stamps), default=None)
+    # providers stamp events in whole seconds
+    return None if latest is None else latest.replace(microsecond=0)
+
+
+def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: datetime) -> str:
+    """Activate, renew or record a payment on a LOCKED subscription; returns the outcome.
+
+    The cases, in the order they are checked: no tier to pay for; a card added to a trial;
+    the tier already paid for (the same period, an older one or the next); a late payment
+    for a period that is over; a new paid tier.
+    """
+    _note_provider_ids(sub, payment)
+    tier = _paid_tier(sub, payment)
+    if tier is None:
+        return "ignored_unknown_tier"
+    had_payment_method = sub.payment_method_on_file
+    sub.payment_method_on_file = True
+    if payment.reference and payment.reference == sub.checkout_reference:
+        _clear_checkout(sub)
+    if sub.status == TRIALING and not payment.amount_cents:
+        return _trial_card_added(sub, payment, tier, had_payment_method, now)
+    if sub.tier == tier and _has_paid_period(sub):
+        return _current_tier_paid(sub, payment, now)
+    if payment.period_end is not None and payment.period_end <= now:
+        return "stale"  # a late payment for a period that is over: nothing to grant now
+    return _new_paid_tier(sub, payment, tier, now)
+
+
+def _note_provider_ids(sub: UserSubscription, payment: Payment) -> None:
+    """The provider's customer and subscription ids, whatever the payment turns out to be."""
+    if payment.customer_id:
+        sub.provider_customer_id = payment.customer_id
+    if payment.subscription_id:
+        sub.provider_subscription_id = payment.subscription_id
+    sub.provider = payment.provider
+
+
+def _paid_tier(sub: UserSubscription, payment: Payment) -> str | None:
+    """The tier paid for: the payment's, else the checkout's, else the paid tier in force."""
+    return payment.tier or sub.checkout_tier or (sub.tier if sub.tier != STARTER else None)
+
+
+def _reference(payment: Payment) -> str | None:
+    """What the recorded event is referenced by: our checkout reference, else the event id."""
+    return payment.reference or payment.event_id
+
+
+def _stamp(payment: Payment) -> dict:
+    """The provider's marks on the recorded event (``provider_created`` orders payments)."""
+    return {"provider_created": payment.created.isoformat(), "provider": payment.provider,
+            "provider_event_id": payment.event_id}
+
+
+def _trial_card_added(sub: UserSubscription, payment: Payment, tier: str,
+                      had_payment_method: bool, now: datetime) -> str:
+    """A trial with a payment method added: it converts at the end of the trial."""
+    _clear_scheduled_change(sub)
+    if sub.checkout_tier == tier:
+        _clear_checkout(sub)
+    if tier != sub.tier:
+        _record(sub, "trial_changed", sub.tier, tier, amount_cents=0, at=now)
+        sub.tier = tier
+    elif had_payment_method:
+        return "already_recorded"
+    _record(sub, "payment_method_added", sub.tier, sub.tier, amount_cents=0,
+            reference=_reference(payment), at=now, **_stamp(payment))
+    return "payment_method_added"
+
+
+def _current_tier_paid(sub: UserSubscription, payment: Payment, now: datetime) -> str:
+    """Already paying for this tier: the same period again, an older one, or the next one."""
+    if payment.period_start is None:
+        if sub.status == ACTIVE and sub.current_period_end > now:
+            return "already_active"
+    elif payment.period_start < sub.current_period_end - SAME_PERIOD_SLACK:
+        # not the next period: the current one again, or an older one
+        _provider_period_dates(sub, payment, now)
+        return "already_recorded"
+    return _renewal_of_current_tier(sub, payment, now)
+
+
+def _provider_period_dates(sub: UserSubscription, payment: Payment, now: datetime) -> None:
+    """The provider's exact dates for the period we activated on a checkout: taken when the
+    payment is for the running period in force."""
+    if sub.status == ACTIVE and payment.period_end \
+            and payment.period_start <= now < payment.period_end \
+            and payment.period_start <= sub.current_period_start + SAME_PERIOD_SLACK \
+            and payment.period_end > sub.current_period_start + SAME_PERIOD_SLACK:
+        sub.current_period_start = payment.period_start
+        sub.current_period_end = payment.period_end
+
+
+def _renewal_of_current_tier(sub: UserSubscription, payment: Payment, now: datetime) -> str:
+    """The next period of the tier in force; a past-due subscription recovers with it."""
+    tier, from_status = sub.tier, sub.status
+    start = payment.period_start or max(now, sub.current_period_end)
+    end = payment.period_end or add_month(start)
+    sub.current_period_start, sub.current_period_end = start, end
+    sub.status, sub.past_due_since = ACTIVE, None
+    _record(sub, "renewed", tier, tier, amount_cents=payment.amount_cents,
+            reference=_reference(payment), at=now, period_end=end.isoformat(),
+            recovered_from=from_status if from_status == PAST_DUE else None, **_stamp(payment))
+    return "renewed"
+
+
+def _new_paid_tier(sub: UserSubscription, payment: Payment, tier: str, now: datetime) -> str:
+    """A new paid tier: it takes effect now, for the provider's period while that runs."""
+    from_tier = sub.tier
+    start = payment.period_start or now
+    end = payment.period_end if payment.period_end and payment.period_end > now \
+        else add_month(start)
+    sub.tier, sub.status = tier, ACTIVE
+    sub.current_period_start, sub.current_period_end = start, end
+    sub.past_due_since, sub.complimentary = None, False
+    _clear_scheduled_change(sub)
+    if sub.checkout_tier == tier:
+        _clear_checkout(sub)
+    amount = payment.amount_cents if payment.amount_cents is not None \
+        else get_tier(tier).price_cents
+    _record(sub, "activated", from_tier, tier, amount_cents=amount,
+            reference=_reference(payment), at=now, period_end=end.isoformat(), **_stamp(payment))
+    return "activated"
+
+
+def _older_than_latest_payment(sub: UserSubscription, created: datetime) -> bool:
+    """The provider created this before the newest payment we applied (out of order)."""
+    latest = _latest_payment_created(sub.user_id)
+    return bool(latest and created < latest)
+
+
+def apply_payment_failed(sub: UserSubscription, failure, now: datetime) -> str:
+    """A failed charge on a LOCKED subscription: ``past_due`` with a grace period."""
+    if failure.period_end and sub.current_period_end and sub.status == ACTIVE \
+            and failure.period_end <= sub.current_period_end:
+        return "stale"  # that period is paid already (the success arrived first)
+    if _older_than_latest_payment(sub, failure.created):
+        return "stale"
+    if sub.tier == STARTER or sub.status == INCOMPLETE:
+        _record_failure(sub, failure, now)
+        return "recorded"
+    if sub.status == TRIALING:
+        sub.payment_method_on_file = False
+        _record_failure(sub, failure, now)
+        return "payment_method_removed"
+    if sub.status == PAST_DUE:
+        return "already_past_due"
+    sub.status, sub.past_due_since = PAST_DUE, now
+    _record_failure(sub, failure, now, grace_ends_at=(now + GRACE_PERIOD).isoformat())
+    return "past_due"
+
+
+def _record_failure(sub: UserSubscription, failure, now: datetime, **details) -> None:
+    _record(sub, "payment_failed", sub.tier, sub.tier, amount_cents=failure.amount_cents,
+            reference=failure.document_id or failure.event_id, at=now, **details,
+            provider_created=failure.created.isoformat(), provider_event_id=failure.event_id)
+
+
+def apply_subscription_ended(sub: UserSubscription, notice, now: datetime) -> str:
+    """The provider ended the subscription: starter at once (it sends this only at the end)."""
+    if notice.subscription_id and sub.provider_subscription_id \
+            and notice.subscription_id != sub.provider_subscription_id:
+        return "stale"  # an older subscription of this user
+    if _older_than_latest_payment(sub, notice.created):
+        return "stale"
+    if sub.status == TRIALING:
+        # the card is gone with it: the trial runs out and falls back to starter
+        sub.payment_method_on_file = False
+        if not sub.cancel_at_period_end:
+            sub.cancel_at_period_end, sub.pending_tier = True, STARTER
+            _record(sub, "cancel_scheduled", sub.tier, STARTER, at=now, via="provider",
+                    effective_at=sub.trial_ends_at.isoformat(),
+                    provider_event_id=notice.event_id)
+        return "trial_cancel_scheduled"
+    if sub.tier == STARTER or sub.complimentary:
+        return "nothing_to_end"
+    from_tier = sub.tier
+    _to_starter(sub)
+    _record(sub, "canceled", from_tier, STARTER, amount_cents=0,
+            reference=notice.subscription_id, at=now, via="provider",
+            provider_created=notice.created.isoformat(), provider_event_id=notice.event_id)
+    return "canceled"
+
+
+def _find_subscription_for(notice) -> UserSubscription | None:
+    """The subscription a provider event is about, locked."""
+    conditions = []
+    if notice.user_id:
+        conditions.append(UserSubscription.user_id == notice.user_id)
+    if notice.reference:
+        conditions.append(UserSubscription.checkout_reference == notice.reference)
+    if notice.subscription_id:
+        conditions.append(UserSubscription.provider_subscription_id == notice.subscription_id)
+    if notice.customer_id:
+        conditions.append(UserSubscription.provider_customer_id == notice.customer_id)
+    for condition in conditions:  # most specific first
+        sub = db.session.execute(
+            select(UserSubscription).where(condition).order_by(UserSubscription.id).limit(1)
+            .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
+        if sub is not None:
+            return sub
+    return None
+
+
+def _claim_event(provider: str, event_id: str, type_: str, payload: dict) -> BillingEvent | None:
+    """Insert the event row first: the unique index decides who handles it (None: a replay)."""
+    record = BillingEvent(provider=provider, event_id=event_id, type=type_, payload=payload)
+    try:
+        with db.session.begin_nested():
+            db.session.add(record)
+            db.session.flush()
+    except IntegrityError:
+        return None
+    return record
+
+
+class _Replay(Exception):
+    """The event was claimed before: this delivery changes nothing (and is rolled back)."""
+
+
+HANDLED_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_ENDED)
+
+
+def handle_billing_event(provider: str, event: dict, notice, now: datetime | None = None) -> dict:
+    """Apply one verified webhook event exactly once; returns ``{event_id, type, outcome}``."""
+    now = now or clock.now()
+    result = {"event_id": notice.event_id, "type": notice.event_type, "duplicate": False}
+    try:
+        with unit_of_work() as work:
+            record = _claim_event(provider, notice.event_id, notice.event_type, event)
+            if record is None:
+                raise _Replay
+            outcome = _apply_notice(provider, notice, now, work)
+            record.processed_at = now
+            record.payload = {**event, "sonicus_outcome": outcome}
+    except _Replay:
+        return {**result, "duplicate": True, "outcome": "duplicate"}
+    return {**result, "outcome": outcome}
+
+
+def _apply_notice(provider: str, notice, now: datetime, work: Work) -> str:
+    """The notice applied to the subscription it is about (locked); the outcome."""
+    if notice.kind not in HANDLED_KINDS:
+        return "ignored"
+    sub = _find_subscription_for(notice)
+    if sub is None:
+        return "unknown_customer"
+    work.changed_user(sub.user_id)
+    if notice.kind == PAYMENT_SUCCEEDED:
+        return apply_payment_succeeded(sub, _payment_of(provider, notice), now)
+    if notice.kind == PAYMENT_FAILED:
+        return apply_payment_failed(sub, notice, now)
+    return apply_subscription_ended(sub, notice, now)
+
+
+def _payment_of(provider: str, notice) -> Payment:
+    return Payment(provider=provider, created=notice.created, tier=notice.tier,
+                   amount_cents=notice.amount_cents, reference=notice.reference,
+                   period_start=notice.period_start, period_end=notice.period_end,
+                   customer_id=notice.customer_id, subscription_id=notice.subscription_id,
+                   event_id=notice.event_id)
+
+
+def confirm_sandbox_checkout(reference: str, now: datetime | None = None) -> dict:
+    """The sandbox's payment page said yes: the same path as a payment-succeeded webhook."""
+    now = now or clock.now()
+    event_id = f"sandbox_confirm_{reference}"
+    try:
+        with unit_of_work() as work:
+            record = _claim_event("sandbox", event_id, "sandbox.checkout.confirmed",
+                                  {"reference": reference})
+            if record is None:
+                raise _Replay
+            sub = _lock_checkout(reference)
+            if sub is None or sub.provider != "sandbox":
+                fail(404, "not_found", "Checkout not found.")  # rolls back the claim
+            work.changed_user(sub.user_id)
+            amount = 0 if sub.status == TRIALING else get_tier(sub.checkout_tier).price_cents
+            outcome = apply_payment_succeeded(sub, Payment(
+                provider="sandbox", created=now, tier=sub.checkout_tier, amount_cents=amount,
+                reference=reference, event_id=event_id), now)
+            record.processed_at = now
+    except _Replay:
+        return {"reference": reference, "outcome": "duplicate", "duplicate": True}
+    return {"reference": reference, "outcome": outcome, "duplicate": False}
+
+
+def _lock_checkout(reference: str) -> UserSubscription | None:
+    return db.session.execute(
+        select(UserSubscription).where(UserSubscription.checkout_reference == reference)
+        .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
