@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from sqlalchemy.orm import selectinload
 from .. import clock, media
 from ..envelope import ApiError, Page, fail, not_found, paginate
 from ..extensions import db
-from ..models import SoundPackage, Track, User
+from ..models import SoundPackage, Track
 from ..tiers import TIERS, can_access_level
 from . import audit
 from .transaction import unit_of_work
@@ -140,30 +141,28 @@ def _replace_tracks(package: SoundPackage, tracks: list[dict]) -> None:
     package.duration_seconds = sum(int(t["duration_seconds"]) for t in tracks)
 
 
-def _commit_or_conflict(slug: str) -> None:
+@contextmanager
+def _package_change(slug: str | None):
+    """One unit of work for a package edit; a taken slug is 409 ``conflict``, nothing saved."""
     try:
-        db.session.commit()
+        with unit_of_work():
+            yield
     except IntegrityError as exc:
-        db.session.rollback()
         raise ApiError(409, "conflict", f"A package with slug {slug!r} already exists.",
                        errors=[f"slug: {slug!r} is already taken."]) from exc
 
 
-def create_package(actor: User, data: dict) -> SoundPackage:
-    package = SoundPackage(slug=data["slug"], title=data["title"],
-                           description=data.get("description", ""), category=data["category"],
-                           minimum_tier=data.get("minimum_tier", "public"),
-                           published=data.get("published", False))
-    _apply(package, {"tracks": data.get("tracks", [])})
-    db.session.add(package)
-    try:
+def create_package(actor, data: dict) -> SoundPackage:
+    with _package_change(data["slug"]):
+        package = SoundPackage(slug=data["slug"], title=data["title"],
+                               description=data.get("description", ""),
+                               category=data["category"],
+                               minimum_tier=data.get("minimum_tier", "public"),
+                               published=data.get("published", False))
+        _apply(package, {"tracks": data.get("tracks", [])})
+        db.session.add(package)
         db.session.flush()
-    except IntegrityError as exc:
-        db.session.rollback()
-        raise ApiError(409, "conflict", f"A package with slug {data['slug']!r} already exists.",
-                       errors=[f"slug: {data['slug']!r} is already taken."]) from exc
-    audit.record(actor, "package.create", "package", package.id, None, snapshot(package))
-    _commit_or_conflict(data["slug"])
+        audit.record(actor, "package.create", "package", package.id, None, snapshot(package))
     return package
 
 
@@ -187,33 +186,28 @@ def admin_get_package(package_id: int) -> SoundPackage:
     return package
 
 
-def update_package(actor: User, package_id: int, data: dict) -> SoundPackage:
-    package = admin_get_package(package_id)
-    before = snapshot(package)
-    _apply(package, data)
-    if package.published and not package.tracks:
-        db.session.rollback()
-        fail(422, "validation_error", "The request is not valid.",
-             errors=["tracks: A published package needs at least one track."])
-    try:
+def update_package(actor, package_id: int, data: dict) -> SoundPackage:
+    with _package_change(data.get("slug")):
+        package = admin_get_package(package_id)
+        before = snapshot(package)
+        _apply(package, data)
+        if package.published and not package.tracks:
+            fail(422, "validation_error", "The request is not valid.",
+                 errors=["tracks: A published package needs at least one track."])
         db.session.flush()
-    except IntegrityError as exc:
-        db.session.rollback()
-        raise ApiError(409, "conflict", "A package with this slug already exists.",
-                       errors=[f"slug: {data.get('slug')!r} is already taken."]) from exc
-    audit.record(actor, "package.update", "package", package.id, before, snapshot(package))
-    _commit_or_conflict(package.slug)
+        audit.record(actor, "package.update", "package", package.id, before, snapshot(package))
     return package
 
 
-def archive_package(actor: User, package_id: int, now: datetime | None = None) -> SoundPackage:
+def archive_package(actor, package_id: int, now: datetime | None = None) -> SoundPackage:
     """Archive (the catalog's delete): hidden from the catalog; sessions and history keep it."""
-    package = admin_get_package(package_id)
-    if package.archived_at is None:
-        before = snapshot(package)
-        package.archived_at = now or clock.now()
-        audit.record(actor, "package.archive", "package", package.id, before, snapshot(package))
-        db.session.commit()
+    with unit_of_work():
+        package = admin_get_package(package_id)
+        if package.archived_at is None:
+            before = snapshot(package)
+            package.archived_at = now or clock.now()
+            audit.record(actor, "package.archive", "package", package.id, before,
+                         snapshot(package))
     return package
 
 
