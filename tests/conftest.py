@@ -106,7 +106,8 @@ def idp():
     provider.server.shutdown()
 
 
-def make_config(idp, **extra) -> dict:
+def _config(idp, **extra) -> dict:
+    """The test app's settings, with ``extra`` changed."""
     config = {
         "SONICUS_ENV": "testing",
         "DATABASE_URL": TEST_DATABASE_URL,
@@ -138,8 +139,29 @@ def _reset_database(app) -> None:
 
 
 @pytest.fixture(scope="session")
+def make_config(idp):
+    """``make_config(**settings)`` → the test app's settings with these changed, for a second
+    app (``create_app(make_config(REDIS_URL=None))``)."""
+
+    def make(**extra) -> dict:
+        return _config(idp, **extra)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def test_database_url():
+    return TEST_DATABASE_URL
+
+
+@pytest.fixture(scope="session")
+def test_redis_url():
+    return TEST_REDIS_URL
+
+
+@pytest.fixture(scope="session")
 def app(idp):
-    app = create_app(make_config(idp))
+    app = create_app(_config(idp))
     _reset_database(app)
     return app
 

@@ -129,11 +129,10 @@ def test_stale_figures_are_served_while_a_worker_refreshes_them(app, client, adm
     assert db_session.query(PlatformStats).count() == 2
 
 
-def test_stats_without_redis_compute_inline(idp, admin_auth, db_session):
+def test_stats_without_redis_compute_inline(admin_auth, db_session, make_config):
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, REDIS_URL=None))
+    app = create_app(make_config(REDIS_URL=None))
     client = app.test_client()
     add_user("x@example.com", tier="pro")
     data = _stats(client, admin_auth())
@@ -232,16 +231,15 @@ def test_user_list_rejects_bad_query(client, admin_auth, query, field):
     assert any(e.startswith(f"{field}:") for e in res.json["errors"])
 
 
-def test_admin_api_on_sqlite(idp, tmp_path, admin_auth):
+def test_admin_api_on_sqlite(tmp_path, admin_auth, make_config):
     """The embedded default: migrations on SQLite (no trigram index), search, detail, stats."""
     from flask_migrate import upgrade
 
     from sonicus import create_app
     from sonicus.extensions import db
     from sonicus.services.admin_users import list_users
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, REDIS_URL=None,
+    app = create_app(make_config(REDIS_URL=None,
                                  DATABASE_URL=f"sqlite:///{tmp_path / 'sonicus.db'}"))
     with app.app_context():
         upgrade()
@@ -535,11 +533,10 @@ def test_jobs_show_depth_failures_and_workers(app, client, admin_auth, redis_cli
     assert set(seen["queues"]) == set(QUEUES)
 
 
-def test_jobs_without_redis(idp, admin_auth):
+def test_jobs_without_redis(admin_auth, make_config):
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, REDIS_URL=None))
+    app = create_app(make_config(REDIS_URL=None))
     res = app.test_client().get("/api/admin/jobs", headers=admin_auth())
     assert res.status_code == 200
     assert res.json["data"]["backend"] == "inline"
@@ -548,11 +545,10 @@ def test_jobs_without_redis(idp, admin_auth):
     assert "in-process" in res.json["message"]
 
 
-def test_jobs_with_redis_down_is_503(idp, admin_auth, db_session):
+def test_jobs_with_redis_down_is_503(admin_auth, db_session, make_config):
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, REDIS_URL="redis://127.0.0.1:1/0"))
+    app = create_app(make_config(REDIS_URL="redis://127.0.0.1:1/0"))
     res = app.test_client().get("/api/admin/jobs", headers=admin_auth())
     assert res.status_code == 503
     assert res.json["code"] == "service_unavailable"

@@ -206,7 +206,7 @@ def test_cli_refreshes_one_user_or_everyone(app, runner, client, auth, db_sessio
     assert bad.exit_code == 1 and "no user" in bad.output
 
 
-def test_sqlite_gives_the_same_figures(tmp_path, idp, app, client, auth, listening_history):
+def test_sqlite_gives_the_same_figures(tmp_path, app, client, auth, listening_history, make_config):
     """The embedded default (SQLite, no Redis) computes exactly what PostgreSQL does."""
     from flask_migrate import upgrade
     from sqlalchemy import select
@@ -215,7 +215,6 @@ def test_sqlite_gives_the_same_figures(tmp_path, idp, app, client, auth, listeni
     from sonicus.extensions import db
     from sonicus.models import ListeningSession, SoundPackage, User
     from sonicus.services.analytics import compute_user_analytics
-    from tests.conftest import make_config
 
     now = clock.now()
     with app.app_context():
@@ -229,7 +228,7 @@ def test_sqlite_gives_the_same_figures(tmp_path, idp, app, client, auth, listeni
                 for m, objs in ((User, users), (SoundPackage, packages),
                                 (ListeningSession, sessions))}
 
-    lite = create_app(make_config(idp, DATABASE_URL=f"sqlite:///{tmp_path}/lite.db",
+    lite = create_app(make_config(DATABASE_URL=f"sqlite:///{tmp_path}/lite.db",
                                   REDIS_URL=None))
     with lite.app_context():
         upgrade()

@@ -338,13 +338,11 @@ class FakeStripe:
 
 
 @pytest.fixture
-def stripe_app(idp):
-    from conftest import make_config
-
+def stripe_app(make_config):
     from sonicus import create_app
 
     fake = FakeStripe()
-    app = create_app(make_config(idp, BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_123",
+    app = create_app(make_config(BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_123",
                                  STRIPE_PRICE_IDS=["premium=price_prem", "pro=price_pro"],
                                  STRIPE_API_BASE=fake.base))
     yield app, fake
@@ -391,12 +389,10 @@ def test_stripe_checkout_session_is_created_with_our_reference(stripe_app, auth)
     assert form["metadata[sonicus_tier]"] == ["premium"]
 
 
-def test_stripe_unreachable_is_502_and_changes_nothing(idp, auth):
-    from conftest import make_config
-
+def test_stripe_unreachable_is_502_and_changes_nothing(auth, make_config):
     from sonicus import create_app
 
-    app = create_app(make_config(idp, BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_1",
+    app = create_app(make_config(BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_1",
                                  STRIPE_PRICE_IDS=["premium=price_prem", "pro=price_pro"],
                                  STRIPE_API_BASE="http://127.0.0.1:9"))
     client = app.test_client()

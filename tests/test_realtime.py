@@ -15,7 +15,6 @@ from werkzeug.serving import make_server
 
 from sonicus import clock
 from tests.analytics_helpers import add_package, add_session, sign_in
-from tests.conftest import make_config
 
 
 def _today():
@@ -194,11 +193,11 @@ def test_a_closed_socket_leaves_nothing_behind(app, token_for, client, auth):
         server.stop()
 
 
-def test_in_process_fan_out_without_redis(idp, token_for, client, auth, db_session):
+def test_in_process_fan_out_without_redis(token_for, client, auth, db_session, make_config):
     """The embedded default: no Redis, the refresh runs inline and reaches the socket."""
     from sonicus import create_app
 
-    lite = create_app(make_config(idp, REDIS_URL=None))
+    lite = create_app(make_config(REDIS_URL=None))
     user = sign_in(client, auth, "solo@example.com")
     pkg = add_package(db_session, "hearth")
     server = InProcessServer(lite)
@@ -218,10 +217,10 @@ def test_in_process_fan_out_without_redis(idp, token_for, client, auth, db_sessi
         server.stop()
 
 
-def test_keep_alive_pings(idp, token_for, client, auth):
+def test_keep_alive_pings(token_for, client, auth, make_config):
     from sonicus import create_app
 
-    pinging = create_app(make_config(idp))
+    pinging = create_app(make_config())
     pinging.config["SOCK_SERVER_OPTIONS"] = {**pinging.config["SOCK_SERVER_OPTIONS"],
                                              "ping_interval": 0.3}
     sign_in(client, auth, "ping@example.com")
@@ -260,12 +259,12 @@ def test_tokens_in_socket_query_strings_stay_out_of_logs(app, token_for, client,
         server.stop()
 
 
-def test_sockets_past_the_cap_are_refused_and_http_keeps_working(idp, token_for, client, auth):
+def test_sockets_past_the_cap_are_refused_and_http_keeps_working(token_for, client, auth,
+                                                                 make_config):
     """Each socket holds a server thread: past the cap a new one is told to come back later."""
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    capped = create_app(make_config(idp, WS_MAX_SOCKETS_PER_PROCESS=2))
+    capped = create_app(make_config(WS_MAX_SOCKETS_PER_PROCESS=2))
     sign_in(client, auth, "many@example.com")
     server = InProcessServer(capped)
     token = token_for("many@example.com")

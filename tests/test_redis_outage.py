@@ -17,7 +17,6 @@ from rq import Queue
 from sonicus import clock
 from sonicus.tasks.queue import QUEUE_ANALYTICS
 from tests.analytics_helpers import RedisServer, add_package, add_session
-from tests.conftest import make_config
 from tests.test_realtime import InProcessServer, connect, receive_json
 
 
@@ -28,7 +27,7 @@ def own_redis():
     server.stop()
 
 
-def test_api_survives_redis_outage_and_catches_up(idp, own_redis, token_for):
+def test_api_survives_redis_outage_and_catches_up(own_redis, token_for, make_config):
     from sonicus import create_app
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
@@ -37,7 +36,7 @@ def test_api_survives_redis_outage_and_catches_up(idp, own_redis, token_for):
     from sonicus.tasks.schedule import start_scheduler_thread
     from sonicus.tasks.worker import make_worker
 
-    app = create_app(make_config(idp, REDIS_URL=own_redis.url,
+    app = create_app(make_config(REDIS_URL=own_redis.url,
                                  ANALYTICS_STALE_GRACE_SECONDS=0))
     client = app.test_client()
     token = token_for("outage@example.com")

@@ -319,12 +319,10 @@ def test_history_is_newest_first_paginated_and_only_mine(client, auth):
                       headers=headers).status_code == 422
 
 
-def test_sandbox_confirm_is_404_outside_the_sandbox(idp, auth):
-    from conftest import make_config
-
+def test_sandbox_confirm_is_404_outside_the_sandbox(auth, make_config):
     from sonicus import create_app
 
-    app = create_app(make_config(idp, BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_x"))
+    app = create_app(make_config(BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_x"))
     client = app.test_client()
     resp = client.post("/api/billing/sandbox/chk_anything/confirm")
     assert resp.status_code == 404 and resp.get_json()["code"] == "not_found"
@@ -338,12 +336,10 @@ def test_openapi_documents_the_routes(client):
         assert path in paths, path
 
 
-def test_no_trials_when_trial_days_is_zero(idp, auth):
-    from conftest import make_config
-
+def test_no_trials_when_trial_days_is_zero(auth, make_config):
     from sonicus import create_app
 
-    app = create_app(make_config(idp, TRIAL_DAYS=0))
+    app = create_app(make_config(TRIAL_DAYS=0))
     client = app.test_client()
     resp = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
                        headers=auth())

@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 
 import redis as redis_lib
+from flask import current_app
 from rq import Queue
 from rq.job import Job, JobStatus
 
@@ -15,7 +16,6 @@ from sonicus import clock
 from sonicus.tasks.queue import QUEUE_ANALYTICS, QUEUE_MAINTENANCE
 from sonicus.tasks.worker import make_worker
 from tests.analytics_helpers import add_package, add_session, sign_in
-from tests.conftest import TEST_REDIS_URL
 
 
 def _today():
@@ -28,7 +28,7 @@ def work(app):
 
 def flaky_job(key: str) -> str:
     """Fails on its first two runs, succeeds on the third."""
-    attempts = redis_lib.Redis.from_url(TEST_REDIS_URL).incr(key)
+    attempts = redis_lib.Redis.from_url(current_app.config["REDIS_URL"]).incr(key)
     if attempts <= 2:
         raise RuntimeError(f"attempt {attempts} fails")
     return f"succeeded on attempt {attempts}"
@@ -130,13 +130,12 @@ def test_sweep_re_enqueues_only_refreshes_left_stale(app, client, auth, redis_cl
         assert sweep_stale_analytics() == 0
 
 
-def test_schedule_fires_each_job_once_per_slot_with_two_workers(app, idp, redis_client):
+def test_schedule_fires_each_job_once_per_slot_with_two_workers(app, redis_client, make_config):
     """Two worker processes' schedulers ticking at the same moment enqueue each job once."""
     from sonicus import create_app
     from sonicus.tasks import schedule
-    from tests.conftest import make_config
 
-    other = create_app(make_config(idp))
+    other = create_app(make_config())
     now = 1_800_000_000.0
     barrier = threading.Barrier(2)
     fired: list[list[str]] = []

@@ -12,8 +12,6 @@ from pathlib import Path
 from rq.job import Job
 
 from sonicus.tasks.queue import QUEUE_DEFAULT, enqueue
-from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.fault_jobs import slow_audited_write
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,13 +27,15 @@ def _wait_for(predicate, timeout):
 
 
 def test_killed_work_horse_leaves_nothing_half_written_and_is_retried(
-        app, redis_client, db_session):
+        app, redis_client, db_session, test_database_url, test_redis_url):
     from sonicus.models import AuditLog
 
     with app.app_context():
-        job = enqueue(slow_audited_write, "crash-1", 30, queue=QUEUE_DEFAULT)
-    env = {**os.environ, "SONICUS_ENV": "testing", "DATABASE_URL": TEST_DATABASE_URL,
-           "REDIS_URL": TEST_REDIS_URL, "DEV_TOKEN_ISSUER": "1", "LOG_LEVEL": "WARNING"}
+        # by import path: the worker process loads the job from tests/fault_jobs.py
+        job = enqueue("tests.fault_jobs.slow_audited_write", "crash-1", 30,
+                      queue=QUEUE_DEFAULT)
+    env = {**os.environ, "SONICUS_ENV": "testing", "DATABASE_URL": test_database_url,
+           "REDIS_URL": test_redis_url, "DEV_TOKEN_ISSUER": "1", "LOG_LEVEL": "WARNING"}
     worker = subprocess.Popen([sys.executable, "worker.py", "--no-schedule"], cwd=ROOT,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
