@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -28,6 +29,8 @@ TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL",
                                    "postgresql://postgres@127.0.0.1:5432/test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 AUDIENCE = "sonicus-test"
+USER_GROUPS = ("sonicus-user",)
+ADMIN_GROUPS = ("sonicus-user", "sonicus-super-admin")
 
 
 class IdentityProvider:
@@ -81,10 +84,8 @@ class IdentityProvider:
         self.keys = [new]
         return new
 
-    def token(self, *, sub=None, email="listener@example.com", name="Listener",
-              groups=("sonicus-user",), email_verified=True, key=None, header=None,
-              lifetime=3600, **overrides) -> str:
-        key = key or self.key
+    def claims(self, *, sub=None, email="listener@example.com", name="Listener",
+               groups=USER_GROUPS, email_verified=True, lifetime=3600, **overrides) -> dict:
         now = int(time.time())
         claims = {
             "iss": self.issuer, "aud": AUDIENCE, "sub": sub or f"sub-{email}",
@@ -93,10 +94,13 @@ class IdentityProvider:
             "preferred_username": email.split("@")[0], "groups": list(groups),
         }
         claims.update(overrides)
-        claims = {k: v for k, v in claims.items() if v is not None}
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def token(self, *, key=None, header=None, **claims) -> str:
+        key = key or self.key
         hdr = {"alg": "RS256", "typ": "JWT", "kid": key.kid}
         hdr.update(header or {})
-        return jwt.encode(hdr, claims, key)
+        return jwt.encode(hdr, self.claims(**claims), key)
 
 
 @pytest.fixture(scope="session")
@@ -209,7 +213,7 @@ def redis_client():
 def token_for(idp):
     """``token_for(email, groups=..., **claims)`` → a signed access token."""
 
-    def make(email="listener@example.com", groups=("sonicus-user",), **claims):
+    def make(email="listener@example.com", groups=USER_GROUPS, **claims):
         return idp.token(email=email, groups=groups, **claims)
 
     return make
@@ -228,7 +232,7 @@ def auth(token_for):
 @pytest.fixture
 def admin_auth(auth):
     def make(email="admin@example.com", **kwargs):
-        return auth(email, groups=("sonicus-user", "sonicus-super-admin"), **kwargs)
+        return auth(email, groups=ADMIN_GROUPS, **kwargs)
 
     return make
 
@@ -241,6 +245,114 @@ def db_session(app):
     with app.app_context():
         yield db.session
 
+
+# ---- factories: users, packages, listening sessions -----------------------------------------
+# Each writes through the session of whichever app context is current (the test app's, from
+# ``db_session``, or a second app's inside ``with other.app_context()``) and commits.
+
+@pytest.fixture
+def make_user(idp, db_session):
+    """``make_user(email, ...)`` → the ``User``, created as the app creates one on a first
+    request (``sync_user_from_claims``, from the claims ``auth(email)`` / ``admin_auth(email)``
+    send, so that request changes nothing), then given the state asked for:
+
+    - ``name``: the provider's name for them (default: the test provider's, "Listener");
+      ``sub``: their subject (default ``sub-<email>``, as the tokens have); ``admin``: in the
+      admin group.
+    - ``is_active``, ``timezone``, ``day_start_hour``: the profile columns.
+    - ``tier``, ``status`` and any other ``UserSubscription`` column (``trial_used=True``,
+      ``payment_method_on_file=True``, ...); ``with_subscription=False`` leaves the user
+      without a subscription row at all.
+    """
+    from sqlalchemy import select
+
+    from sonicus.extensions import db
+    from sonicus.models import UserSubscription
+    from sonicus.services.users import sync_user_from_claims
+
+    def make(email="listener@example.com", *, name=None, sub=None, admin=False,
+             is_active=True, timezone="UTC", day_start_hour=0, tier="starter",
+             status="active", with_subscription=True, **subscription):
+        claims = idp.claims(email=email, sub=sub, groups=ADMIN_GROUPS if admin else USER_GROUPS,
+                            **({"name": name} if name is not None else {}))
+        user = sync_user_from_claims(claims)
+        user.is_active, user.timezone, user.day_start_hour = is_active, timezone, day_start_hour
+        row = db.session.execute(
+            select(UserSubscription).where(UserSubscription.user_id == user.id)).scalar_one()
+        if with_subscription:
+            row.tier, row.status = tier, status
+            for column, value in subscription.items():
+                setattr(row, column, value)
+        else:
+            db.session.delete(row)
+        db.session.commit()
+        return user
+
+    return make
+
+
+@pytest.fixture
+def make_package(db_session):
+    """``make_package(slug, ...)`` → a published, public ``SoundPackage`` with one track per
+    length in ``tracks`` (seconds); any column can be given (``minimum_tier``, ``category``,
+    ``popularity``, ``published``, ``archived_at``, ``title``, ``description``)."""
+    from sonicus.extensions import db
+    from sonicus.models import SoundPackage, Track
+
+    def make(slug="rain", *, title=None, description="", category="sleep",
+             minimum_tier="public", published=True, archived_at=None, popularity=0,
+             tracks=(600,)):
+        package = SoundPackage(slug=slug, title=title or slug.replace("-", " ").title(),
+                               description=description, category=category,
+                               minimum_tier=minimum_tier, published=published,
+                               archived_at=archived_at, popularity=popularity,
+                               track_count=len(tracks), duration_seconds=sum(tracks))
+        for position, length in enumerate(tracks):
+            package.tracks.append(Track(position=position, title=f"Part {position + 1}",
+                                        duration_seconds=length,
+                                        media_path=f"{category}/{slug}/{position + 1:02d}.mp3"))
+        db.session.add(package)
+        db.session.commit()
+        return package
+
+    return make
+
+
+@pytest.fixture
+def make_session(db_session):
+    """``make_session(user, package, day, ...)`` → a ``ListeningSession`` row (a starter
+    one), written straight to the database.
+
+    ``user`` and ``package`` are rows or ids (``user=None``: an erased user's session). When
+    it happened: ``day`` (the user's day; it starts at 12:00 UTC that day) and/or
+    ``started_at`` (the day is then its UTC date). ``minutes`` listened; ``status`` "ended"
+    (it ended ``minutes`` after it started, completed unless ``completed=False``) or "open".
+    """
+    from sonicus.extensions import db
+    from sonicus.models import ListeningSession
+
+    def make(user, package, day=None, *, started_at=None, minutes=10, status="ended",
+             completed=None, counts_toward_quota=True, mood_before=None, mood_after=None,
+             note=None):
+        if started_at is None:
+            started_at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        session = ListeningSession(
+            user_id=getattr(user, "id", user), package_id=getattr(package, "id", package),
+            tier="starter", status=status, started_at=started_at,
+            local_day=day or started_at.astimezone(UTC).date(),
+            ended_at=None if status == "open" else started_at + timedelta(minutes=minutes),
+            listened_seconds=int(minutes * 60),
+            completed=status == "ended" if completed is None else completed,
+            counts_toward_quota=counts_toward_quota, mood_before=mood_before,
+            mood_after=mood_after, note=note)
+        db.session.add(session)
+        db.session.commit()
+        return session
+
+    return make
+
+
+# ---- live servers --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def two_web_processes(idp):
