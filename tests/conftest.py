@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import redis as redis_lib
+import websocket
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from sqlalchemy import text
+from werkzeug.serving import make_server
 
 from sonicus import create_app, identity_cache
 
@@ -29,6 +36,7 @@ TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL",
                                    "postgresql://postgres@127.0.0.1:5432/test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 AUDIENCE = "sonicus-test"
+ROOT = Path(__file__).resolve().parent.parent
 USER_GROUPS = ("sonicus-user",)
 ADMIN_GROUPS = ("sonicus-user", "sonicus-super-admin")
 
@@ -352,13 +360,65 @@ def make_session(db_session):
     return make
 
 
-# ---- live servers --------------------------------------------------------------------------
+# ---- waiting for asynchronous work -----------------------------------------------------------
+
+@pytest.fixture
+def wait_for():
+    """``wait_for(predicate, timeout=5)`` → the predicate's first truthy value, polled every
+    20 ms; fails the test if there is none within ``timeout`` seconds."""
+
+    def wait(predicate, timeout=5.0, interval=0.02):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+            time.sleep(interval)
+
+    return wait
+
+
+# ---- servers of our own ----------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """One web process (``python -m tests.live_server``) on a free port it picks itself."""
+
+    def __init__(self, env: dict):
+        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.live_server"], cwd=ROOT,
+                                     env=full_env, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.proc.kill()
+            raise RuntimeError(f"live server did not start: {line!r}")
+        self.port = int(line.split()[1])
+
+    def ws_url(self, path="/ws/analytics") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def http_url(self, path) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
 
 @pytest.fixture(scope="module")
 def two_web_processes(idp):
     """Two real web processes on free ports, on the test database and Redis."""
-    from tests.analytics_helpers import LiveServer
-
     env = {"SONICUS_ENV": "testing", "DATABASE_URL": TEST_DATABASE_URL,
            "REDIS_URL": TEST_REDIS_URL, "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": AUDIENCE,
            "OIDC_JWKS_MIN_REFRESH_SECONDS": "0", "RATELIMIT_ENABLED": "false",
@@ -367,3 +427,130 @@ def two_web_processes(idp):
     yield servers
     for server in servers:
         server.stop()
+
+
+class InProcessServer:
+    """A Flask app served on a thread of the test process (to look inside its registries)."""
+
+    def __init__(self, flask_app):
+        self.app = flask_app
+        self.server = make_server("127.0.0.1", 0, flask_app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path="/ws/analytics"):
+        return f"ws://127.0.0.1:{self.server.server_port}{path}"
+
+    def http_url(self, path):
+        return f"http://127.0.0.1:{self.server.server_port}{path}"
+
+    def stop(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def serve_in_process():
+    """``serve_in_process(flask_app)`` → an ``InProcessServer``; stopped after the test (or
+    earlier, by ``server.stop()``)."""
+    servers = []
+
+    def serve(flask_app):
+        server = InProcessServer(flask_app)
+        servers.append(server)
+        return server
+
+    yield serve
+    for server in servers:
+        server.stop()
+
+
+class RedisServer:
+    """A throwaway redis-server of our own, to stop and start at will."""
+
+    def __init__(self):
+        self.port = _free_port()
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                redis_lib.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return self
+            except redis_lib.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of the test's own (not the shared one), running; ``.stop()`` and
+    ``.start()`` it at will."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+# ---- WebSockets ------------------------------------------------------------------------------
+
+class Socket(websocket.WebSocket):
+    """A client WebSocket with the reads the realtime tests need."""
+
+    def receive_json(self):
+        opcode, data = self.recv_data(control_frame=False)
+        return json.loads(data)
+
+    def close_code(self) -> int:
+        """Read until the server's close frame; its status code."""
+        while True:
+            opcode, data = self.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return struct.unpack("!H", data[:2])[0]
+
+    def nothing_arrives(self, seconds=1.0) -> bool:
+        timeout = self.gettimeout()
+        self.settimeout(seconds)
+        try:
+            self.recv()
+        except websocket.WebSocketTimeoutException:
+            return True
+        finally:
+            self.settimeout(timeout)
+        return False
+
+
+@pytest.fixture
+def connect_ws():
+    """``connect_ws(url, token=None, subprotocol=False)`` → a connected ``Socket``; the token
+    goes in the query string, or as the ``bearer`` subprotocol. Closed after the test."""
+    sockets = []
+
+    def connect(url, token=None, *, subprotocol=False, timeout=10):
+        ws = Socket()
+        sockets.append(ws)
+        ws.settimeout(timeout)
+        if token and subprotocol:
+            ws.connect(url, subprotocols=["bearer", token])
+        elif token:
+            ws.connect(f"{url}?access_token={token}")
+        else:
+            ws.connect(url)
+        return ws
+
+    yield connect
+    for ws in sockets:
+        ws.shutdown()  # whatever the test left open; no closing handshake to wait for

@@ -31,7 +31,7 @@ def platform(db_session, make_user, make_package, make_session):
         "pro": make_user("pro@example.com", tier="pro"),
         "comp": make_user("comp@example.com", tier="pro", complimentary=True),
         "trial": make_user("trial@example.com", tier="premium", status="trialing",
-                          trial_used=True),
+                           trial_used=True),
         "lapsed": make_user("lapsed@example.com", trial_used=True),  # trial ended, not paying
         "gone": make_user("gone@example.com", status="canceled", is_active=False),
         "pending": make_user("pending@example.com", status="incomplete"),
@@ -356,7 +356,7 @@ def test_tier_grant_is_a_complimentary_event_and_audited(client, auth, admin_aut
 
 def test_tier_grant_ends_a_trial(client, admin_auth, db_session, make_user):
     user = make_user("t@example.com", tier="premium", status="trialing", trial_used=True,
-                    trial_ends_at=clock.now() + timedelta(days=3))
+                     trial_ends_at=clock.now() + timedelta(days=3))
     res = _patch(client, admin_auth(), user.id, {"tier": "pro"})
     sub = res.json["data"]["subscription"]
     assert (sub["tier"], sub["status"], sub["trial_ends_at"]) == ("pro", "active", None)

@@ -15,7 +15,6 @@ from rq.job import Job, JobStatus
 from sonicus import clock
 from sonicus.tasks.queue import QUEUE_ANALYTICS, QUEUE_MAINTENANCE
 from sonicus.tasks.worker import make_worker
-from tests.analytics_helpers import add_package, add_session, sign_in
 
 
 def _today():
@@ -34,14 +33,15 @@ def flaky_job(key: str) -> str:
     return f"succeeded on attempt {attempts}"
 
 
-def test_completion_refresh_runs_on_a_worker(app, client, auth, db_session, redis_client):
+def test_completion_refresh_runs_on_a_worker(app, client, auth, db_session, redis_client, make_user,
+                                             make_package, make_session):
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
     from sonicus.services.analytics import mark_stale, request_refresh
 
-    me = sign_in(client, auth, "w@example.com")
-    pkg = add_package(db_session, "hum")
-    add_session(db_session, me, pkg, _today(), minutes=9)
+    me = make_user("w@example.com").id
+    pkg = make_package("hum").id
+    make_session(me, pkg, _today(), minutes=9)
     with app.app_context():  # what completing a session does: mark in its commit, then ask
         mark_stale(me)
         db.session.commit()
@@ -56,15 +56,16 @@ def test_completion_refresh_runs_on_a_worker(app, client, auth, db_session, redi
     assert cached["computed_at"] == row.data["computed_at"]  # served from the job's cache entry
 
 
-def test_refresh_is_idempotent(app, client, auth, db_session):
+def test_refresh_is_idempotent(app, client, auth, db_session, make_user, make_package,
+                               make_session):
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
     from sonicus.tasks.jobs import refresh_user_analytics
     from sonicus.tasks.queue import enqueue
 
-    me = sign_in(client, auth, "i@example.com")
-    pkg = add_package(db_session, "hum")
-    add_session(db_session, me, pkg, _today(), minutes=5)
+    me = make_user("i@example.com").id
+    pkg = make_package("hum").id
+    make_session(me, pkg, _today(), minutes=5)
     with app.app_context():
         for _ in range(3):
             enqueue(refresh_user_analytics, me, queue=QUEUE_ANALYTICS)
@@ -99,7 +100,7 @@ def test_a_job_that_fails_twice_then_succeeds(app, redis_client):
     assert job.return_value() == "succeeded on attempt 3"
 
 
-def test_sweep_re_enqueues_only_refreshes_left_stale(app, client, auth, redis_client):
+def test_sweep_re_enqueues_only_refreshes_left_stale(app, client, auth, redis_client, make_user):
     from sqlalchemy import update
 
     from sonicus.extensions import db
@@ -107,9 +108,9 @@ def test_sweep_re_enqueues_only_refreshes_left_stale(app, client, auth, redis_cl
     from sonicus.services.analytics import STALE_GRACE_SECONDS, mark_stale
     from sonicus.tasks.jobs import sweep_stale_analytics
 
-    lost = sign_in(client, auth, "lost@example.com")
-    recent = sign_in(client, auth, "recent@example.com")
-    fine = sign_in(client, auth, "fine@example.com")
+    lost = make_user("lost@example.com").id
+    recent = make_user("recent@example.com").id
+    fine = make_user("fine@example.com").id
     with app.app_context():
         mark_stale(lost)
         mark_stale(recent)
@@ -184,7 +185,8 @@ def test_periodic_jobs_run_and_missing_ones_are_skipped(app, caplog, redis_clien
 
 
 def test_a_completion_during_a_refresh_leaves_the_row_stale(app, client, auth, db_session,
-                                                            monkeypatch):
+                                                            monkeypatch, make_user, make_package,
+                                                            make_session):
     """A session that completes while a refresh is computing is never silently dropped:
     the refresh stores what it saw, and the row stays stale for the next refresh."""
     from sonicus.extensions import db
@@ -192,9 +194,9 @@ def test_a_completion_during_a_refresh_leaves_the_row_stale(app, client, auth, d
     from sonicus.services import analytics
     from sonicus.services.analytics import mark_stale, refresh_user_analytics
 
-    me = sign_in(client, auth, "race@example.com")
-    pkg = add_package(db_session, "tide")
-    add_session(db_session, me, pkg, _today(), minutes=3)
+    me = make_user("race@example.com").id
+    pkg = make_package("tide").id
+    make_session(me, pkg, _today(), minutes=3)
     with app.app_context():
         mark_stale(me)
         db.session.commit()
@@ -204,8 +206,7 @@ def test_a_completion_during_a_refresh_leaves_the_row_stale(app, client, auth, d
 
     def complete_a_session():  # another request, its own app context and transaction
         with app.app_context():
-            add_session(db.session, me, pkg, _today(), minutes=4, status="open",
-                        completed=False)
+            make_session(me, pkg, _today(), minutes=4, status="open", completed=False)
             from sonicus.models import ListeningSession
 
             row = db.session.query(ListeningSession).filter_by(status="open").one()
@@ -238,14 +239,14 @@ def test_a_completion_during_a_refresh_leaves_the_row_stale(app, client, auth, d
         assert db.session.get(UserAnalytics, me).stale_since is None
 
 
-def test_concurrent_refreshes_of_one_user_store_the_newest_figures(app, client, auth,
-                                                                   db_session):
+def test_concurrent_refreshes_of_one_user_store_the_newest_figures(
+        app, client, auth, db_session, make_user, make_package, make_session):
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
     from sonicus.services.analytics import refresh_user_analytics
 
-    me = sign_in(client, auth, "many@example.com")
-    pkg = add_package(db_session, "tide")
+    me = make_user("many@example.com").id
+    pkg = make_package("tide").id
     errors = []
 
     def refresh():
@@ -256,7 +257,7 @@ def test_concurrent_refreshes_of_one_user_store_the_newest_figures(app, client, 
             errors.append(exc)
 
     for n in range(5):
-        add_session(db_session, me, pkg, _today(), minutes=1)
+        make_session(me, pkg, _today(), minutes=1)
         threads = [threading.Thread(target=refresh) for _ in range(4)]
         for t in threads:
             t.start()
