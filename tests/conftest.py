@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import socket
@@ -30,7 +32,7 @@ from joserfc.jwk import RSAKey
 from sqlalchemy import text
 from werkzeug.serving import make_server
 
-from sonicus import create_app, identity_cache
+from sonicus import clock, create_app, identity_cache
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL",
                                    "postgresql://postgres@127.0.0.1:5432/test")
@@ -39,6 +41,7 @@ AUDIENCE = "sonicus-test"
 ROOT = Path(__file__).resolve().parent.parent
 USER_GROUPS = ("sonicus-user",)
 ADMIN_GROUPS = ("sonicus-user", "sonicus-super-admin")
+WEBHOOK_SECRET = "whsec_test"
 
 
 class IdentityProvider:
@@ -131,7 +134,7 @@ def _config(idp, **extra) -> dict:
         "DEV_TOKEN_ISSUER": False,
         "MEDIA_BASE_URL": "https://media.example.com",
         "MEDIA_URL_SECRET": "test-media-secret",
-        "BILLING_WEBHOOK_SECRET": "whsec_test",
+        "BILLING_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "RATELIMIT_ENABLED": False,
     }
     config.update(extra)
@@ -358,6 +361,179 @@ def make_session(db_session):
         return session
 
     return make
+
+
+# ---- billing: Stripe-format webhooks and the subscriptions they change -----------------------
+
+def _stamp(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+class Billing:
+    """The billing provider's side (Stripe-format events, signed and delivered to the webhook
+    as Stripe would) and the subscription rows they change, for the test app's database."""
+
+    SECRET = WEBHOOK_SECRET
+
+    def __init__(self, app):
+        self.app = app
+
+    # ---- events and their delivery
+
+    @staticmethod
+    def sign(body: bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
+        """A ``Stripe-Signature`` header, computed by hand exactly as the scheme says."""
+        timestamp = int(time.time()) if timestamp is None else timestamp
+        mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+        return f"t={timestamp},v1={mac.hexdigest()}"
+
+    def stripe_header_matches_library(self, body: bytes) -> bool:
+        """Our hand-made header is what the stripe library itself would produce."""
+        import stripe
+
+        ts = int(time.time())
+        return self.sign(body, WEBHOOK_SECRET, ts) == \
+            stripe.WebhookSignature.generate_signature_header(body.decode(), WEBHOOK_SECRET, ts)
+
+    def post_webhook(self, client, event: dict, *, secret: str = WEBHOOK_SECRET,
+                     timestamp: int | None = None, header: str | None = None,
+                     body: bytes | None = None):
+        body = body if body is not None else json.dumps(event).encode()
+        header = header if header is not None else self.sign(body, secret, timestamp)
+        return client.post("/api/billing/webhook", data=body,
+                           headers={"Stripe-Signature": header,
+                                    "Content-Type": "application/json"})
+
+    @staticmethod
+    def checkout_completed(event_id: str, *, user_id: int, tier: str,
+                           reference: str | None = None, amount: int = 999,
+                           created: datetime | None = None, customer: str = "cus_1",
+                           subscription: str = "sub_1") -> dict:
+        meta = {"sonicus_user_id": str(user_id), "sonicus_tier": tier}
+        if reference:
+            meta["sonicus_reference"] = reference
+        return {"id": event_id, "object": "event", "type": "checkout.session.completed",
+                "created": _stamp(created or clock.now()),
+                "data": {"object": {"id": f"cs_{event_id}", "object": "checkout.session",
+                                    "mode": "subscription", "payment_status": "paid",
+                                    "client_reference_id": reference, "customer": customer,
+                                    "subscription": subscription, "amount_total": amount,
+                                    "metadata": meta}}}
+
+    @staticmethod
+    def invoice_event(event_id: str, type_: str, *, user_id: int | None, tier: str | None,
+                      period_start: datetime, period_end: datetime, amount: int = 999,
+                      created: datetime | None = None, customer: str = "cus_1",
+                      subscription: str = "sub_1", price: str | None = None) -> dict:
+        meta = {}
+        if user_id is not None:
+            meta["sonicus_user_id"] = str(user_id)
+        if tier is not None:
+            meta["sonicus_tier"] = tier
+        line = {"id": "il_1", "object": "line_item", "amount": amount,
+                "period": {"start": _stamp(period_start), "end": _stamp(period_end)},
+                "metadata": meta}
+        if price:
+            line["pricing"] = {"price_details": {"price": price}}
+        return {"id": event_id, "object": "event", "type": type_,
+                "created": _stamp(created or clock.now()),
+                "data": {"object": {
+                    "id": f"in_{event_id}", "object": "invoice", "customer": customer,
+                    "billing_reason": "subscription_cycle",
+                    "amount_paid": amount if type_ != "invoice.payment_failed" else 0,
+                    "amount_due": amount,
+                    "parent": {"subscription_details": {
+                        "subscription": subscription, "metadata": meta}},
+                    "lines": {"object": "list", "data": [line]}}}}
+
+    @staticmethod
+    def subscription_deleted(event_id: str, *, subscription: str = "sub_1",
+                             customer: str = "cus_1", created: datetime | None = None) -> dict:
+        return {"id": event_id, "object": "event", "type": "customer.subscription.deleted",
+                "created": _stamp(created or clock.now()),
+                "data": {"object": {"id": subscription, "object": "subscription",
+                                    "customer": customer, "status": "canceled",
+                                    "ended_at": _stamp(created or clock.now()),
+                                    "metadata": {}}}}
+
+    # ---- the subscription, through the API and in the database
+
+    @staticmethod
+    def subscription(client, headers) -> dict:
+        resp = client.get("/api/user/subscription", headers=headers)
+        assert resp.status_code == 200, resp.get_json()
+        return resp.get_json()["data"]
+
+    def buy(self, client, headers, tier: str = "premium") -> dict:
+        """Start a paid checkout and confirm it in the sandbox; the subscription afterwards."""
+        resp = client.post("/api/user/subscription", json={"tier": tier}, headers=headers)
+        assert resp.status_code == 200, resp.get_json()
+        reference = resp.get_json()["data"]["checkout"]["reference"]
+        confirm = client.post(f"/api/billing/sandbox/{reference}/confirm")
+        assert confirm.status_code == 200, confirm.get_json()
+        return self.subscription(client, headers)
+
+    def user_id(self, email: str) -> int:
+        from sqlalchemy import select
+
+        from sonicus.extensions import db
+        from sonicus.models import User
+
+        with self.app.app_context():
+            return db.session.execute(select(User.id).where(User.email == email)).scalar_one()
+
+    def arrange(self, email: str, **fields) -> None:
+        """Set subscription columns directly (e.g. move a deadline into the past)."""
+        from sqlalchemy import select
+
+        from sonicus.extensions import db
+        from sonicus.models import User, UserSubscription
+
+        with self.app.app_context():
+            sub = db.session.execute(
+                select(UserSubscription).join(User, User.id == UserSubscription.user_id)
+                .where(User.email == email)).scalar_one()
+            for name, value in fields.items():
+                setattr(sub, name, value)
+            db.session.commit()
+            db.session.remove()
+
+    def events_of(self, email: str, type_: str | None = None) -> list[dict]:
+        """The user's subscription events, oldest first (optionally of one type)."""
+        from sqlalchemy import select
+
+        from sonicus.extensions import db
+        from sonicus.models import SubscriptionEvent, User
+
+        with self.app.app_context():
+            q = (select(SubscriptionEvent).join(User, User.id == SubscriptionEvent.user_id)
+                 .where(User.email == email).order_by(SubscriptionEvent.id))
+            if type_:
+                q = q.where(SubscriptionEvent.type == type_)
+            out = [{"type": e.type, "from_tier": e.from_tier, "to_tier": e.to_tier,
+                    "amount_cents": e.amount_cents, "details": dict(e.details or {}),
+                    "at": e.at}
+                   for e in db.session.execute(q).scalars()]
+            db.session.remove()
+            return out
+
+    def count_billing_events(self) -> int:
+        from sqlalchemy import func, select
+
+        from sonicus.extensions import db
+        from sonicus.models import BillingEvent
+
+        with self.app.app_context():
+            n = db.session.execute(select(func.count(BillingEvent.id))).scalar_one()
+            db.session.remove()
+            return n
+
+
+@pytest.fixture
+def billing(app):
+    """Stripe-format events and webhook delivery, and the subscriptions they change
+    (``Billing``)."""
+    return Billing(app)
 
 
 # ---- waiting for asynchronous work -----------------------------------------------------------
