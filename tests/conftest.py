@@ -536,6 +536,20 @@ def billing(app):
     return Billing(app)
 
 
+# ---- time ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def set_clock(monkeypatch):
+    """``set_clock(moment)`` → ``moment``, which the app's one clock (``sonicus.clock.now``)
+    reads from then on; call again to move time. Undone after the test."""
+
+    def set_to(moment: datetime) -> datetime:
+        monkeypatch.setattr(clock, "now", lambda: moment)
+        return moment
+
+    return set_to
+
+
 # ---- waiting for asynchronous work -----------------------------------------------------------
 
 @pytest.fixture

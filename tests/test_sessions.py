@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 from rq import Queue
@@ -82,7 +82,9 @@ def test_start_refusals_change_nothing(client, auth, pkgs, db_session, body, sta
     assert db_session.execute(select(func.count(ListeningSession.id))).scalar_one() == 0
 
 
-def test_daily_quota_and_reset_time(client, auth, pkgs, make_user):
+def test_daily_quota_and_reset_time(client, auth, pkgs, make_user, set_clock):
+    # noon UTC today: the day cannot end while the test runs
+    noon = set_clock(datetime.combine(clock.now().date(), time(12), UTC))
     make_user("q@example.com")  # starter: 3 a day, UTC, day starts 00:00
     headers = auth("q@example.com")
     for _ in range(3):
@@ -90,10 +92,9 @@ def test_daily_quota_and_reset_time(client, auth, pkgs, make_user):
     res = _start(client, headers, pkgs["rain"])
     assert res.status_code == 429
     assert res.json["code"] == "daily_session_limit_reached"
-    now = datetime.now(UTC)
-    expected = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
-    assert datetime.fromisoformat(res.json["resets_at"]) == expected
-    assert 0 < int(res.headers["Retry-After"]) <= 86400
+    midnight = datetime.combine(noon.date() + timedelta(days=1), time(0), UTC)
+    assert datetime.fromisoformat(res.json["resets_at"]) == midnight
+    assert int(res.headers["Retry-After"]) == 12 * 3600
     usage = client.get("/api/user/subscription", headers=headers)
     assert usage.status_code == 200, usage.json
     assert usage.json["data"]["usage"]["sessions_remaining"] == 0
