@@ -50,6 +50,7 @@ class IdentityProvider:
     def __init__(self):
         self.keys = [RSAKey.generate_key(2048, parameters={"kid": "key-1"})]
         self.jwks_requests = 0
+        self.requests_received = 0  # counted on arrival, before ``delay``
         self.fail = False
         self.delay = 0.0
         provider = self
@@ -59,6 +60,7 @@ class IdentityProvider:
                 pass
 
             def do_GET(self):
+                provider.requests_received += 1
                 if provider.delay:
                     time.sleep(provider.delay)
                 if provider.fail:

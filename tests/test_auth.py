@@ -261,7 +261,7 @@ def test_concurrent_first_requests_create_one_user(app, idp, db_session):
     assert db_session.query(UserSubscription).count() == 1
 
 
-def test_slow_jwks_does_not_hang_known_keys(idp, make_config):
+def test_slow_jwks_does_not_hang_known_keys(idp, make_config, wait_for):
     import threading
 
     from sonicus import create_app
@@ -273,10 +273,12 @@ def test_slow_jwks_does_not_hang_known_keys(idp, make_config):
     stranger = RSAKey.generate_key(2048, parameters={"kid": "slow-stranger"})
     idp.delay = 3.0
     try:
+        before = idp.requests_received
         unknown = threading.Thread(target=lambda: app.test_client().get(
             "/api/user/profile", headers={"Authorization": f"Bearer {idp.token(key=stranger)}"}))
         unknown.start()
-        time.sleep(0.1)  # the unknown kid is now refetching from a slow provider
+        # the unknown kid is now refetching from a slow provider
+        wait_for(lambda: idp.requests_received > before)
         started = time.monotonic()
         res = client.get("/api/user/profile", headers={
             "Authorization": f"Bearer {idp.token(email='known@example.com')}"})

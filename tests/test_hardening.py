@@ -112,7 +112,7 @@ def test_logs_are_json_and_hold_no_tokens_or_emails(client, idp):
     assert access[0]["path"] == "/api/user/profile" and access[0]["status"] == 200
 
 
-def test_gunicorn_access_log_keeps_query_strings_out(tmp_path, test_database_url):
+def test_gunicorn_access_log_keeps_query_strings_out(tmp_path, test_database_url, wait_for):
     """Served the production way (gunicorn.conf.py), a token in a query string is not logged."""
     import os
     import socket
@@ -146,7 +146,7 @@ def test_gunicorn_access_log_keeps_query_strings_out(tmp_path, test_database_url
                     if time.time() > deadline:
                         raise
                     time.sleep(0.2)
-            time.sleep(0.3)
+            wait_for(lambda: '"GET /api/health' in log_file.read_text())  # written after it
         finally:
             proc.terminate()
             proc.wait(10)
