@@ -5,6 +5,13 @@
 - Redis: the db at TEST_REDIS_URL (default: db 15), flushed before each test.
 - Tokens: signed with a test RSA key whose JWKS is served over real HTTP by a local server,
   found through a real discovery document, exactly as the provider's would be.
+
+Tests take everything from fixtures, never by importing a module of the suite: the
+settings (``make_config``, ``test_database_url``, ``test_redis_url``), one factory per kind
+of row (``make_user``, ``make_package``, ``make_session``), billing events (``billing``),
+servers and sockets (``two_web_processes``, ``serve_in_process``, ``own_redis``,
+``connect_ws``), time (``set_clock``) and polling (``wait_for``). Only ``live_server.py``
+and ``fault_jobs.py`` are modules, for the processes that load them by import path.
 """
 
 from __future__ import annotations
