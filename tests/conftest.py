@@ -106,6 +106,8 @@ class IdentityProvider:
 
     def claims(self, *, sub=None, email="listener@example.com", name="Listener",
                groups=USER_GROUPS, email_verified=True, lifetime=3600, **overrides) -> dict:
+        """A token's claims (a claim given as None is left out); ``make_user`` creates users
+        from these too."""
         now = int(time.time())
         claims = {
             "iss": self.issuer, "aud": AUDIENCE, "sub": sub or f"sub-{email}",
@@ -381,8 +383,6 @@ def _stamp(moment: datetime) -> int:
 class Billing:
     """The billing provider's side (Stripe-format events, signed and delivered to the webhook
     as Stripe would) and the subscription rows they change, for the test app's database."""
-
-    SECRET = WEBHOOK_SECRET
 
     def __init__(self, app):
         self.app = app
