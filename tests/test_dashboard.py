@@ -91,18 +91,11 @@ def test_recommendations_rank_mood_then_favourites_then_popularity(
     assert all(p["locked"] is False for p in data["recommended"])
 
 
-def test_paid_tier_sees_its_packages(app, client, auth, db_session, make_user, make_package):
-    from sonicus.models import UserSubscription
-
-    me = make_user("pro@example.com").id
+def test_paid_tier_sees_its_packages(client, auth, make_user, make_package):
+    make_user("pro@example.com", tier="premium")
     make_package("public-one", popularity=1)
     premium = make_package("premium-one", minimum_tier="premium", popularity=5).id
     exclusive = make_package("pro-one", minimum_tier="pro_exclusive", popularity=9).id
-    from sqlalchemy import update
-
-    db_session.execute(update(UserSubscription).where(UserSubscription.user_id == me)
-                       .values(tier="premium"))
-    db_session.commit()
     data = client.get("/api/user/dashboard", headers=auth("pro@example.com")).json["data"]
     ids = [p["id"] for p in data["recommended"]]
     assert premium in ids and exclusive not in ids
