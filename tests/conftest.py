@@ -5,30 +5,51 @@
 - Redis: the db at TEST_REDIS_URL (default: db 15), flushed before each test.
 - Tokens: signed with a test RSA key whose JWKS is served over real HTTP by a local server,
   found through a real discovery document, exactly as the provider's would be.
+
+Tests take everything from fixtures, never by importing a module of the suite: the
+settings (``make_config``, ``test_database_url``, ``test_redis_url``), one factory per kind
+of row (``make_user``, ``make_package``, ``make_session``), billing events (``billing``),
+servers and sockets (``two_web_processes``, ``serve_in_process``, ``own_redis``,
+``connect_ws``), time (``set_clock``) and polling (``wait_for``). Only ``live_server.py``
+and ``fault_jobs.py`` are modules, for the processes that load them by import path.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import redis as redis_lib
+import websocket
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from sqlalchemy import text
+from werkzeug.serving import make_server
 
-from sonicus import create_app
+from sonicus import clock, create_app
 from sonicus.caller_cache import get_caller_cache
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL",
                                    "postgresql://postgres@127.0.0.1:5432/test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 AUDIENCE = "sonicus-test"
+ROOT = Path(__file__).resolve().parent.parent
+USER_GROUPS = ("sonicus-user",)
+ADMIN_GROUPS = ("sonicus-user", "sonicus-super-admin")
+WEBHOOK_SECRET = "whsec_test"
 
 
 class IdentityProvider:
@@ -37,6 +58,7 @@ class IdentityProvider:
     def __init__(self):
         self.keys = [RSAKey.generate_key(2048, parameters={"kid": "key-1"})]
         self.jwks_requests = 0
+        self.requests_received = 0  # counted on arrival, before ``delay``
         self.fail = False
         self.delay = 0.0
         provider = self
@@ -46,6 +68,7 @@ class IdentityProvider:
                 pass
 
             def do_GET(self):
+                provider.requests_received += 1
                 if provider.delay:
                     time.sleep(provider.delay)
                 if provider.fail:
@@ -82,10 +105,10 @@ class IdentityProvider:
         self.keys = [new]
         return new
 
-    def token(self, *, sub=None, email="listener@example.com", name="Listener",
-              groups=("sonicus-user",), email_verified=True, key=None, header=None,
-              lifetime=3600, **overrides) -> str:
-        key = key or self.key
+    def claims(self, *, sub=None, email="listener@example.com", name="Listener",
+               groups=USER_GROUPS, email_verified=True, lifetime=3600, **overrides) -> dict:
+        """A token's claims (a claim given as None is left out); ``make_user`` creates users
+        from these too."""
         now = int(time.time())
         claims = {
             "iss": self.issuer, "aud": AUDIENCE, "sub": sub or f"sub-{email}",
@@ -94,10 +117,13 @@ class IdentityProvider:
             "preferred_username": email.split("@")[0], "groups": list(groups),
         }
         claims.update(overrides)
-        claims = {k: v for k, v in claims.items() if v is not None}
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def token(self, *, key=None, header=None, **claims) -> str:
+        key = key or self.key
         hdr = {"alg": "RS256", "typ": "JWT", "kid": key.kid}
         hdr.update(header or {})
-        return jwt.encode(hdr, claims, key)
+        return jwt.encode(hdr, self.claims(**claims), key)
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +133,8 @@ def idp():
     provider.server.shutdown()
 
 
-def make_config(idp, **extra) -> dict:
+def _config(idp, **extra) -> dict:
+    """The test app's settings, with ``extra`` changed."""
     config = {
         "SONICUS_ENV": "testing",
         "DATABASE_URL": TEST_DATABASE_URL,
@@ -119,7 +146,7 @@ def make_config(idp, **extra) -> dict:
         "DEV_TOKEN_ISSUER": False,
         "MEDIA_BASE_URL": "https://media.example.com",
         "MEDIA_URL_SECRET": "test-media-secret",
-        "BILLING_WEBHOOK_SECRET": "whsec_test",
+        "BILLING_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "RATELIMIT_ENABLED": False,
     }
     config.update(extra)
@@ -139,8 +166,29 @@ def _reset_database(app) -> None:
 
 
 @pytest.fixture(scope="session")
+def make_config(idp):
+    """``make_config(**settings)`` → the test app's settings with these changed, for a second
+    app (``create_app(make_config(REDIS_URL=None))``)."""
+
+    def make(**extra) -> dict:
+        return _config(idp, **extra)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def test_database_url():
+    return TEST_DATABASE_URL
+
+
+@pytest.fixture(scope="session")
+def test_redis_url():
+    return TEST_REDIS_URL
+
+
+@pytest.fixture(scope="session")
 def app(idp):
-    app = create_app(make_config(idp))
+    app = create_app(_config(idp))
     _reset_database(app)
     return app
 
@@ -188,7 +236,7 @@ def redis_client():
 def token_for(idp):
     """``token_for(email, groups=..., **claims)`` → a signed access token."""
 
-    def make(email="listener@example.com", groups=("sonicus-user",), **claims):
+    def make(email="listener@example.com", groups=USER_GROUPS, **claims):
         return idp.token(email=email, groups=groups, **claims)
 
     return make
@@ -207,7 +255,7 @@ def auth(token_for):
 @pytest.fixture
 def admin_auth(auth):
     def make(email="admin@example.com", **kwargs):
-        return auth(email, groups=("sonicus-user", "sonicus-super-admin"), **kwargs)
+        return auth(email, groups=ADMIN_GROUPS, **kwargs)
 
     return make
 
@@ -221,11 +269,356 @@ def db_session(app):
         yield db.session
 
 
+# ---- factories: users, packages, listening sessions -----------------------------------------
+# Each writes through the session of whichever app context is current (the test app's, from
+# ``db_session``, or a second app's inside ``with other.app_context()``) and commits.
+
+@pytest.fixture
+def make_user(idp, db_session):
+    """``make_user(email, ...)`` → the ``User``, created as the app creates one on a first
+    request (``sync_user_from_claims``, from the claims ``auth(email)`` / ``admin_auth(email)``
+    send, so that request changes nothing), then given the state asked for:
+
+    - ``name``: the provider's name for them (default: the test provider's, "Listener");
+      ``sub``: their subject (default ``sub-<email>``, as the tokens have); ``admin``: in the
+      admin group.
+    - ``is_active``, ``timezone``, ``day_start_hour``: the profile columns.
+    - ``tier``, ``status`` and any other ``UserSubscription`` column (``trial_used=True``,
+      ``payment_method_on_file=True``, ...); ``with_subscription=False`` leaves the user
+      without a subscription row at all.
+    """
+    from sqlalchemy import select
+
+    from sonicus.extensions import db
+    from sonicus.models import UserSubscription
+    from sonicus.services.users import sync_user_from_claims
+
+    def make(email="listener@example.com", *, name=None, sub=None, admin=False,
+             is_active=True, timezone="UTC", day_start_hour=0, tier="starter",
+             status="active", with_subscription=True, **subscription):
+        claims = idp.claims(email=email, sub=sub, groups=ADMIN_GROUPS if admin else USER_GROUPS,
+                            **({"name": name} if name is not None else {}))
+        user, _subscription = sync_user_from_claims(claims)
+        user.is_active, user.timezone, user.day_start_hour = is_active, timezone, day_start_hour
+        row = db.session.execute(
+            select(UserSubscription).where(UserSubscription.user_id == user.id)).scalar_one()
+        if with_subscription:
+            row.tier, row.status = tier, status
+            for column, value in subscription.items():
+                setattr(row, column, value)
+        else:
+            db.session.delete(row)
+        db.session.commit()
+        return user
+
+    return make
+
+
+@pytest.fixture
+def make_package(db_session):
+    """``make_package(slug, ...)`` → a published, public ``SoundPackage`` with one track per
+    length in ``tracks`` (seconds); any column can be given (``minimum_tier``, ``category``,
+    ``popularity``, ``published``, ``archived_at``, ``title``, ``description``)."""
+    from sonicus.extensions import db
+    from sonicus.models import SoundPackage, Track
+
+    def make(slug="rain", *, title=None, description="", category="sleep",
+             minimum_tier="public", published=True, archived_at=None, popularity=0,
+             tracks=(600,)):
+        package = SoundPackage(slug=slug, title=title or slug.replace("-", " ").title(),
+                               description=description, category=category,
+                               minimum_tier=minimum_tier, published=published,
+                               archived_at=archived_at, popularity=popularity,
+                               track_count=len(tracks), duration_seconds=sum(tracks))
+        for position, length in enumerate(tracks):
+            package.tracks.append(Track(position=position, title=f"Part {position + 1}",
+                                        duration_seconds=length,
+                                        media_path=f"{category}/{slug}/{position + 1:02d}.mp3"))
+        db.session.add(package)
+        db.session.commit()
+        return package
+
+    return make
+
+
+@pytest.fixture
+def make_session(db_session):
+    """``make_session(user, package, day, ...)`` → a ``ListeningSession`` row (a starter
+    one), written straight to the database.
+
+    ``user`` and ``package`` are rows or ids (``user=None``: an erased user's session). When
+    it happened: ``day`` (the user's day; it starts at 12:00 UTC that day) and/or
+    ``started_at`` (the day is then its UTC date). ``minutes`` listened; ``status`` "ended"
+    (it ended ``minutes`` after it started, completed unless ``completed=False``) or "open".
+    """
+    from sonicus.extensions import db
+    from sonicus.models import ListeningSession
+
+    def make(user, package, day=None, *, started_at=None, minutes=10, status="ended",
+             completed=None, counts_toward_quota=True, mood_before=None, mood_after=None,
+             note=None):
+        if started_at is None:
+            started_at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        session = ListeningSession(
+            user_id=getattr(user, "id", user), package_id=getattr(package, "id", package),
+            tier="starter", status=status, started_at=started_at,
+            local_day=day or started_at.astimezone(UTC).date(),
+            ended_at=None if status == "open" else started_at + timedelta(minutes=minutes),
+            listened_seconds=int(minutes * 60),
+            completed=status == "ended" if completed is None else completed,
+            counts_toward_quota=counts_toward_quota, mood_before=mood_before,
+            mood_after=mood_after, note=note)
+        db.session.add(session)
+        db.session.commit()
+        return session
+
+    return make
+
+
+# ---- billing: Stripe-format webhooks and the subscriptions they change -----------------------
+
+def _stamp(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+class Billing:
+    """The billing provider's side (Stripe-format events, signed and delivered to the webhook
+    as Stripe would) and the subscription rows they change, for the test app's database."""
+
+    def __init__(self, app):
+        self.app = app
+
+    # ---- events and their delivery
+
+    @staticmethod
+    def sign(body: bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
+        """A ``Stripe-Signature`` header, computed by hand exactly as the scheme says."""
+        timestamp = int(time.time()) if timestamp is None else timestamp
+        mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+        return f"t={timestamp},v1={mac.hexdigest()}"
+
+    def stripe_header_matches_library(self, body: bytes) -> bool:
+        """Our hand-made header is what the stripe library itself would produce."""
+        import stripe
+
+        ts = int(time.time())
+        return self.sign(body, WEBHOOK_SECRET, ts) == \
+            stripe.WebhookSignature.generate_signature_header(body.decode(), WEBHOOK_SECRET, ts)
+
+    def post_webhook(self, client, event: dict, *, secret: str = WEBHOOK_SECRET,
+                     timestamp: int | None = None, header: str | None = None,
+                     body: bytes | None = None):
+        body = body if body is not None else json.dumps(event).encode()
+        header = header if header is not None else self.sign(body, secret, timestamp)
+        return client.post("/api/billing/webhook", data=body,
+                           headers={"Stripe-Signature": header,
+                                    "Content-Type": "application/json"})
+
+    @staticmethod
+    def checkout_completed(event_id: str, *, user_id: int, tier: str,
+                           reference: str | None = None, amount: int = 999,
+                           created: datetime | None = None, customer: str = "cus_1",
+                           subscription: str = "sub_1") -> dict:
+        meta = {"sonicus_user_id": str(user_id), "sonicus_tier": tier}
+        if reference:
+            meta["sonicus_reference"] = reference
+        return {"id": event_id, "object": "event", "type": "checkout.session.completed",
+                "created": _stamp(created or clock.now()),
+                "data": {"object": {"id": f"cs_{event_id}", "object": "checkout.session",
+                                    "mode": "subscription", "payment_status": "paid",
+                                    "client_reference_id": reference, "customer": customer,
+                                    "subscription": subscription, "amount_total": amount,
+                                    "metadata": meta}}}
+
+    @staticmethod
+    def invoice_event(event_id: str, type_: str, *, user_id: int | None, tier: str | None,
+                      period_start: datetime, period_end: datetime, amount: int = 999,
+                      created: datetime | None = None, customer: str = "cus_1",
+                      subscription: str = "sub_1", price: str | None = None) -> dict:
+        meta = {}
+        if user_id is not None:
+            meta["sonicus_user_id"] = str(user_id)
+        if tier is not None:
+            meta["sonicus_tier"] = tier
+        line = {"id": "il_1", "object": "line_item", "amount": amount,
+                "period": {"start": _stamp(period_start), "end": _stamp(period_end)},
+                "metadata": meta}
+        if price:
+            line["pricing"] = {"price_details": {"price": price}}
+        return {"id": event_id, "object": "event", "type": type_,
+                "created": _stamp(created or clock.now()),
+                "data": {"object": {
+                    "id": f"in_{event_id}", "object": "invoice", "customer": customer,
+                    "billing_reason": "subscription_cycle",
+                    "amount_paid": amount if type_ != "invoice.payment_failed" else 0,
+                    "amount_due": amount,
+                    "parent": {"subscription_details": {
+                        "subscription": subscription, "metadata": meta}},
+                    "lines": {"object": "list", "data": [line]}}}}
+
+    @staticmethod
+    def subscription_deleted(event_id: str, *, subscription: str = "sub_1",
+                             customer: str = "cus_1", created: datetime | None = None) -> dict:
+        return {"id": event_id, "object": "event", "type": "customer.subscription.deleted",
+                "created": _stamp(created or clock.now()),
+                "data": {"object": {"id": subscription, "object": "subscription",
+                                    "customer": customer, "status": "canceled",
+                                    "ended_at": _stamp(created or clock.now()),
+                                    "metadata": {}}}}
+
+    # ---- the subscription, through the API and in the database
+
+    @staticmethod
+    def subscription(client, headers) -> dict:
+        resp = client.get("/api/user/subscription", headers=headers)
+        assert resp.status_code == 200, resp.get_json()
+        return resp.get_json()["data"]
+
+    def buy(self, client, headers, tier: str = "premium") -> dict:
+        """Start a paid checkout and confirm it in the sandbox; the subscription afterwards."""
+        resp = client.post("/api/user/subscription", json={"tier": tier}, headers=headers)
+        assert resp.status_code == 200, resp.get_json()
+        reference = resp.get_json()["data"]["checkout"]["reference"]
+        confirm = client.post(f"/api/billing/sandbox/{reference}/confirm")
+        assert confirm.status_code == 200, confirm.get_json()
+        return self.subscription(client, headers)
+
+    def user_id(self, email: str) -> int:
+        from sqlalchemy import select
+
+        from sonicus.extensions import db
+        from sonicus.models import User
+
+        with self.app.app_context():
+            return db.session.execute(select(User.id).where(User.email == email)).scalar_one()
+
+    def arrange(self, email: str, **fields) -> None:
+        """Set subscription columns directly (e.g. move a deadline into the past)."""
+        from sqlalchemy import select
+
+        from sonicus.extensions import db
+        from sonicus.models import User, UserSubscription
+
+        with self.app.app_context():
+            sub = db.session.execute(
+                select(UserSubscription).join(User, User.id == UserSubscription.user_id)
+                .where(User.email == email)).scalar_one()
+            for name, value in fields.items():
+                setattr(sub, name, value)
+            db.session.commit()
+            db.session.remove()
+
+    def events_of(self, email: str, type_: str | None = None) -> list[dict]:
+        """The user's subscription events, oldest first (optionally of one type)."""
+        from sqlalchemy import select
+
+        from sonicus.extensions import db
+        from sonicus.models import SubscriptionEvent, User
+
+        with self.app.app_context():
+            q = (select(SubscriptionEvent).join(User, User.id == SubscriptionEvent.user_id)
+                 .where(User.email == email).order_by(SubscriptionEvent.id))
+            if type_:
+                q = q.where(SubscriptionEvent.type == type_)
+            out = [{"type": e.type, "from_tier": e.from_tier, "to_tier": e.to_tier,
+                    "amount_cents": e.amount_cents, "details": dict(e.details or {}),
+                    "at": e.at}
+                   for e in db.session.execute(q).scalars()]
+            db.session.remove()
+            return out
+
+    def count_billing_events(self) -> int:
+        from sqlalchemy import func, select
+
+        from sonicus.extensions import db
+        from sonicus.models import BillingEvent
+
+        with self.app.app_context():
+            n = db.session.execute(select(func.count(BillingEvent.id))).scalar_one()
+            db.session.remove()
+            return n
+
+
+@pytest.fixture
+def billing(app):
+    """Stripe-format events and webhook delivery, and the subscriptions they change
+    (``Billing``)."""
+    return Billing(app)
+
+
+# ---- time ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def set_clock(monkeypatch):
+    """``set_clock(moment)`` → ``moment``, which the app's one clock (``sonicus.clock.now``)
+    reads from then on; call again to move time. Undone after the test."""
+
+    def set_to(moment: datetime) -> datetime:
+        monkeypatch.setattr(clock, "now", lambda: moment)
+        return moment
+
+    return set_to
+
+
+# ---- waiting for asynchronous work -----------------------------------------------------------
+
+@pytest.fixture
+def wait_for():
+    """``wait_for(predicate, timeout=5)`` → the predicate's first truthy value, polled every
+    20 ms; fails the test if there is none within ``timeout`` seconds."""
+
+    def wait(predicate, timeout=5.0, interval=0.02):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+            time.sleep(interval)
+
+    return wait
+
+
+# ---- servers of our own ----------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """One web process (``python -m tests.live_server``) on a free port it picks itself."""
+
+    def __init__(self, env: dict):
+        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.live_server"], cwd=ROOT,
+                                     env=full_env, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.proc.kill()
+            raise RuntimeError(f"live server did not start: {line!r}")
+        self.port = int(line.split()[1])
+
+    def ws_url(self, path="/ws/analytics") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def http_url(self, path) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
 @pytest.fixture(scope="module")
 def two_web_processes(idp):
     """Two real web processes on free ports, on the test database and Redis."""
-    from tests.analytics_helpers import LiveServer
-
     env = {"SONICUS_ENV": "testing", "DATABASE_URL": TEST_DATABASE_URL,
            "REDIS_URL": TEST_REDIS_URL, "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": AUDIENCE,
            "OIDC_JWKS_MIN_REFRESH_SECONDS": "0", "RATELIMIT_ENABLED": "false",
@@ -234,3 +627,130 @@ def two_web_processes(idp):
     yield servers
     for server in servers:
         server.stop()
+
+
+class InProcessServer:
+    """A Flask app served on a thread of the test process (to look inside its registries)."""
+
+    def __init__(self, flask_app):
+        self.app = flask_app
+        self.server = make_server("127.0.0.1", 0, flask_app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path="/ws/analytics"):
+        return f"ws://127.0.0.1:{self.server.server_port}{path}"
+
+    def http_url(self, path):
+        return f"http://127.0.0.1:{self.server.server_port}{path}"
+
+    def stop(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def serve_in_process():
+    """``serve_in_process(flask_app)`` → an ``InProcessServer``; stopped after the test (or
+    earlier, by ``server.stop()``)."""
+    servers = []
+
+    def serve(flask_app):
+        server = InProcessServer(flask_app)
+        servers.append(server)
+        return server
+
+    yield serve
+    for server in servers:
+        server.stop()
+
+
+class RedisServer:
+    """A throwaway redis-server of our own, to stop and start at will."""
+
+    def __init__(self):
+        self.port = _free_port()
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                redis_lib.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return self
+            except redis_lib.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of the test's own (not the shared one), running; ``.stop()`` and
+    ``.start()`` it at will."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+# ---- WebSockets ------------------------------------------------------------------------------
+
+class Socket(websocket.WebSocket):
+    """A client WebSocket with the reads the realtime tests need."""
+
+    def receive_json(self):
+        opcode, data = self.recv_data(control_frame=False)
+        return json.loads(data)
+
+    def close_code(self) -> int:
+        """Read until the server's close frame; its status code."""
+        while True:
+            opcode, data = self.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return struct.unpack("!H", data[:2])[0]
+
+    def nothing_arrives(self, seconds=1.0) -> bool:
+        timeout = self.gettimeout()
+        self.settimeout(seconds)
+        try:
+            self.recv()
+        except websocket.WebSocketTimeoutException:
+            return True
+        finally:
+            self.settimeout(timeout)
+        return False
+
+
+@pytest.fixture
+def connect_ws():
+    """``connect_ws(url, token=None, subprotocol=False)`` → a connected ``Socket``; the token
+    goes in the query string, or as the ``bearer`` subprotocol. Closed after the test."""
+    sockets = []
+
+    def connect(url, token=None, *, subprotocol=False, timeout=10):
+        ws = Socket()
+        sockets.append(ws)
+        ws.settimeout(timeout)
+        if token and subprotocol:
+            ws.connect(url, subprotocols=["bearer", token])
+        elif token:
+            ws.connect(f"{url}?access_token={token}")
+        else:
+            ws.connect(url)
+        return ws
+
+    yield connect
+    for ws in sockets:
+        ws.shutdown()  # whatever the test left open; no closing handshake to wait for

@@ -7,7 +7,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from admin_helpers import add_package, add_session, add_user
 
 from sonicus import clock
 from sonicus.models import AuditLog, PlatformStats, SubscriptionEvent, User, UserSubscription
@@ -22,32 +21,32 @@ def _stats(client, headers, **query):
 # ---- platform stats ----------------------------------------------------------------------
 
 @pytest.fixture
-def platform(db_session):
+def platform(db_session, make_user, make_package, make_session):
     """A small platform with every subscription state and sessions at known times."""
     now = clock.now()
     users = {
-        "free": add_user("free@example.com"),
-        "p1": add_user("p1@example.com", tier="premium", payment_method_on_file=True),
-        "p2": add_user("p2@example.com", tier="premium", trial_used=True),  # converted trial
-        "p3": add_user("p3@example.com", tier="premium", status="past_due"),
-        "pro": add_user("pro@example.com", tier="pro"),
-        "comp": add_user("comp@example.com", tier="pro", complimentary=True),
-        "trial": add_user("trial@example.com", tier="premium", status="trialing",
-                          trial_used=True),
-        "lapsed": add_user("lapsed@example.com", trial_used=True),  # trial ended, not paying
-        "gone": add_user("gone@example.com", status="canceled", is_active=False),
-        "pending": add_user("pending@example.com", status="incomplete"),
+        "free": make_user("free@example.com"),
+        "p1": make_user("p1@example.com", tier="premium", payment_method_on_file=True),
+        "p2": make_user("p2@example.com", tier="premium", trial_used=True),  # converted trial
+        "p3": make_user("p3@example.com", tier="premium", status="past_due"),
+        "pro": make_user("pro@example.com", tier="pro"),
+        "comp": make_user("comp@example.com", tier="pro", complimentary=True),
+        "trial": make_user("trial@example.com", tier="premium", status="trialing",
+                           trial_used=True),
+        "lapsed": make_user("lapsed@example.com", trial_used=True),  # trial ended, not paying
+        "gone": make_user("gone@example.com", status="canceled", is_active=False),
+        "pending": make_user("pending@example.com", status="incomplete"),
     }
-    package = add_package()
+    package = make_package()
     today_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    add_session(users["free"], package, max(today_start, now - timedelta(minutes=5)),
-                listened_seconds=600)
-    add_session(users["p1"], package, now - timedelta(days=3), listened_seconds=1200)
-    add_session(users["p1"], package, now - timedelta(days=3, hours=1), status="open",
-                listened_seconds=0)
-    add_session(users["pro"], package, now - timedelta(days=20), listened_seconds=1800)
-    add_session(None, package, now - timedelta(days=10), listened_seconds=300)  # erased user
-    add_session(users["trial"], package, now - timedelta(days=40), listened_seconds=6000)
+    make_session(users["free"], package,
+                 started_at=max(today_start, now - timedelta(minutes=5)), minutes=10)
+    make_session(users["p1"], package, started_at=now - timedelta(days=3), minutes=20)
+    make_session(users["p1"], package, started_at=now - timedelta(days=3, hours=1),
+                 status="open", minutes=0)
+    make_session(users["pro"], package, started_at=now - timedelta(days=20), minutes=30)
+    make_session(None, package, started_at=now - timedelta(days=10), minutes=5)  # erased user
+    make_session(users["trial"], package, started_at=now - timedelta(days=40), minutes=100)
     return users
 
 
@@ -85,12 +84,13 @@ def test_stats_on_an_empty_platform(client, admin_auth):
     assert data["sessions_30d"] == 0
 
 
-def test_first_call_computes_and_stores_then_the_cache_serves(client, admin_auth, db_session):
+def test_first_call_computes_and_stores_then_the_cache_serves(client, admin_auth, db_session,
+                                                              make_user):
     headers = admin_auth()
     assert db_session.query(PlatformStats).count() == 0
     first = _stats(client, headers)
     assert db_session.query(PlatformStats).count() == 1
-    add_user("late@example.com")
+    make_user("late@example.com")
     second = _stats(client, headers)
     assert second == first  # served from the cache
     assert db_session.query(PlatformStats).count() == 1
@@ -100,8 +100,8 @@ def test_first_call_computes_and_stores_then_the_cache_serves(client, admin_auth
     assert _stats(client, headers) == fresh
 
 
-def test_stale_figures_are_served_while_a_worker_refreshes_them(app, client, admin_auth,
-                                                                db_session, redis_client):
+def test_stale_figures_are_served_while_a_worker_refreshes_them(app, client, admin_auth, db_session,
+                                                                redis_client, make_user):
     from sonicus.services.stats import compute_platform_stats
     from sonicus.tasks.queue import QUEUE_MAINTENANCE
     from sonicus.tasks.worker import make_worker
@@ -112,7 +112,7 @@ def test_stale_figures_are_served_while_a_worker_refreshes_them(app, client, adm
     old = compute_platform_stats(old_moment)
     db_session.add(PlatformStats(data=old, computed_at=old_moment))
     db_session.commit()
-    add_user("new@example.com")
+    make_user("new@example.com")
 
     first = _stats(client, headers)
     assert first["computed_at"] == old_moment.isoformat()
@@ -130,13 +130,12 @@ def test_stale_figures_are_served_while_a_worker_refreshes_them(app, client, adm
     assert db_session.query(PlatformStats).count() == 2
 
 
-def test_stats_without_redis_compute_inline(idp, admin_auth, db_session):
+def test_stats_without_redis_compute_inline(admin_auth, db_session, make_config, make_user):
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, REDIS_URL=None))
+    app = create_app(make_config(REDIS_URL=None))
     client = app.test_client()
-    add_user("x@example.com", tier="pro")
+    make_user("x@example.com", tier="pro")
     data = _stats(client, admin_auth())
     assert data["mrr"] == "19.99"
     assert _stats(client, admin_auth()) == data  # memory cache
@@ -145,13 +144,13 @@ def test_stats_without_redis_compute_inline(idp, admin_auth, db_session):
 # ---- users: list -------------------------------------------------------------------------
 
 @pytest.fixture
-def people(db_session):
+def people(db_session, make_user):
     return {
-        "ana": add_user("ana.lopez@example.com", name="Ana Lopez", tier="premium"),
-        "bob": add_user("bob@sleepwell.io", name="Robert Ng"),
-        "cy": add_user("cy@example.com", name="Cyrus 100%", tier="pro", status="trialing"),
-        "dee": add_user("DEE@Example.com", name="Dee", is_active=False),
-        "under": add_user("under_score@example.com", name="U"),
+        "ana": make_user("ana.lopez@example.com", name="Ana Lopez", tier="premium"),
+        "bob": make_user("bob@sleepwell.io", name="Robert Ng"),
+        "cy": make_user("cy@example.com", name="Cyrus 100%", tier="pro", status="trialing"),
+        "dee": make_user("DEE@Example.com", name="Dee", is_active=False),
+        "under": make_user("under_score@example.com", name="U"),
     }
 
 
@@ -206,11 +205,10 @@ def test_user_filters(client, admin_auth, people):
     assert body["data"] == [] and body["pagination"]["total"] == 0
 
 
-def test_user_without_subscription_row_counts_as_starter_active(client, admin_auth, db_session):
-    add_user("paid@example.com", tier="premium")
-    bare = User(oidc_sub="bare", email="bare@example.com", preferences={})
-    db_session.add(bare)
-    db_session.commit()
+def test_user_without_subscription_row_counts_as_starter_active(client, admin_auth, db_session,
+                                                                make_user):
+    make_user("paid@example.com", tier="premium")
+    make_user("bare@example.com", with_subscription=False)
     headers = admin_auth()
     client.get("/api/user/profile", headers=headers)
     assert _emails(_list(client, headers, q="bare")) == ["bare@example.com"]
@@ -233,21 +231,22 @@ def test_user_list_rejects_bad_query(client, admin_auth, query, field):
     assert any(e.startswith(f"{field}:") for e in res.json["errors"])
 
 
-def test_admin_api_on_sqlite(idp, tmp_path, admin_auth):
+def test_admin_api_on_sqlite(tmp_path, admin_auth, make_config, make_user, make_package,
+                             make_session):
     """The embedded default: migrations on SQLite (no trigram index), search, detail, stats."""
     from flask_migrate import upgrade
 
     from sonicus import create_app
     from sonicus.extensions import db
     from sonicus.services.admin_users import list_users
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, REDIS_URL=None,
+    app = create_app(make_config(REDIS_URL=None,
                                  DATABASE_URL=f"sqlite:///{tmp_path / 'sonicus.db'}"))
     with app.app_context():
         upgrade()
-        add_user("ana.lopez@example.com", name="Ana Lopez", tier="premium")
-        add_user("bob@sleepwell.io", name="Robert 50%")
+        make_user("ana.lopez@example.com", name="Ana Lopez", tier="premium")
+        make_user("bob@sleepwell.io", name="Robert 50%")
+
         def search(**args):
             return list_users({"page": 1, "per_page": 20, **args})
 
@@ -257,7 +256,7 @@ def test_admin_api_on_sqlite(idp, tmp_path, admin_auth):
         assert (found.items, found.total) == ([], 0)
         assert search(tier="premium").total == 1
         ana = {"id": search(q="ana").items[0].id}
-        add_session(db.session.get(User, ana["id"]), add_package(), clock.now())
+        make_session(ana["id"], make_package(), started_at=clock.now())
         db.session.remove()
     client = app.test_client()
     headers = admin_auth()
@@ -272,14 +271,16 @@ def test_admin_api_on_sqlite(idp, tmp_path, admin_auth):
 
 # ---- users: detail -----------------------------------------------------------------------
 
-def test_user_detail_with_subscription_usage_and_last_activity(client, admin_auth, db_session):
-    user = add_user("ana@example.com", name="Ana", tier="premium")
-    package = add_package()
+def test_user_detail_with_subscription_usage_and_last_activity(
+        client, admin_auth, db_session, make_user, make_package, make_session):
+    user = make_user("ana@example.com", name="Ana", tier="premium")
+    package = make_package()
     now = clock.now()
     latest = now - timedelta(minutes=2)
-    add_session(user, package, now - timedelta(days=2))
-    add_session(user, package, latest, status="open", listened_seconds=0)
-    add_session(user, package, latest - timedelta(minutes=1), counts_toward_quota=False)
+    make_session(user, package, started_at=now - timedelta(days=2))
+    make_session(user, package, started_at=latest, status="open", minutes=0)
+    make_session(user, package, started_at=latest - timedelta(minutes=1),
+                 counts_toward_quota=False)
     res = client.get(f"/api/admin/users/{user.id}", headers=admin_auth())
     assert res.status_code == 200, res.json
     data = res.json["data"]
@@ -295,8 +296,8 @@ def test_user_detail_with_subscription_usage_and_last_activity(client, admin_aut
     assert data["last_activity_at"].startswith(latest.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-def test_user_without_sessions_has_no_last_activity(client, admin_auth, db_session):
-    user = add_user("quiet@example.com")
+def test_user_without_sessions_has_no_last_activity(client, admin_auth, db_session, make_user):
+    user = make_user("quiet@example.com")
     data = client.get(f"/api/admin/users/{user.id}", headers=admin_auth()).json["data"]
     assert data["last_activity_at"] is None
     assert data["sessions_total"] == 0
@@ -359,9 +360,9 @@ def test_tier_grant_is_a_complimentary_event_and_audited(client, auth, admin_aut
     assert db_session.query(AuditLog).count() == 1
 
 
-def test_tier_grant_ends_a_trial(client, admin_auth, db_session):
-    user = add_user("t@example.com", tier="premium", status="trialing", trial_used=True,
-                    trial_ends_at=clock.now() + timedelta(days=3))
+def test_tier_grant_ends_a_trial(client, admin_auth, db_session, make_user):
+    user = make_user("t@example.com", tier="premium", status="trialing", trial_used=True,
+                     trial_ends_at=clock.now() + timedelta(days=3))
     res = _patch(client, admin_auth(), user.id, {"tier": "pro"})
     sub = res.json["data"]["subscription"]
     assert (sub["tier"], sub["status"], sub["trial_ends_at"]) == ("pro", "active", None)
@@ -391,12 +392,12 @@ def test_suspend_and_reactivate(client, auth, admin_auth, db_session):
 
 
 def test_suspension_closes_the_users_sockets_on_every_process(app, client, admin_auth,
-                                                              redis_client, db_session):
+                                                              redis_client, make_user):
     import json
 
     from sonicus.realtime.publish import user_events_channel
 
-    user = add_user("ana@example.com")
+    user = make_user("ana@example.com")
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(user_events_channel(app.config))
     pubsub.get_message(timeout=1)
@@ -442,8 +443,9 @@ def test_admin_cannot_suspend_themselves(client, admin_auth, db_session):
     ({"reason": "only a reason"}, "_schema"),
     ({}, "_schema"),
 ])
-def test_bad_changes_are_422_and_change_nothing(client, admin_auth, db_session, body, field):
-    user = add_user("ana@example.com")
+def test_bad_changes_are_422_and_change_nothing(client, admin_auth, db_session, body, field,
+                                                make_user):
+    user = make_user("ana@example.com")
     res = _patch(client, admin_auth(), user.id, body)
     assert res.status_code == 422
     assert res.json["code"] == "validation_error"
@@ -456,9 +458,9 @@ def test_bad_changes_are_422_and_change_nothing(client, admin_auth, db_session, 
     assert db_session.query(AuditLog).count() == 0
 
 
-def test_concurrent_grants_record_one_event(app, admin_auth, db_session):
+def test_concurrent_grants_record_one_event(app, admin_auth, db_session, make_user):
     """Two admins grant the same tier at once: the row lock lets one win, the other no-ops."""
-    user = add_user("ana@example.com")
+    user = make_user("ana@example.com")
     headers = [admin_auth("a1@example.com"), admin_auth("a2@example.com")]
     for h in headers:  # create both admins first
         app.test_client().get("/api/user/profile", headers=h)
@@ -484,9 +486,10 @@ def test_concurrent_grants_record_one_event(app, admin_auth, db_session):
 
 # ---- audit log ---------------------------------------------------------------------------
 
-def test_audit_log_is_paginated_newest_first_and_filterable(client, admin_auth, db_session):
+def test_audit_log_is_paginated_newest_first_and_filterable(client, admin_auth, db_session,
+                                                            make_user):
     headers = admin_auth()
-    users = [add_user(f"u{i}@example.com") for i in range(3)]
+    users = [make_user(f"u{i}@example.com") for i in range(3)]
     for user in users:
         _patch(client, headers, user.id, {"tier": "premium"})
         _patch(client, headers, user.id, {"is_active": False})
@@ -545,11 +548,10 @@ def test_jobs_show_depth_failures_and_workers(app, client, admin_auth, redis_cli
     assert set(seen["queues"]) == set(QUEUES)
 
 
-def test_jobs_without_redis(idp, admin_auth):
+def test_jobs_without_redis(admin_auth, make_config):
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, REDIS_URL=None))
+    app = create_app(make_config(REDIS_URL=None))
     res = app.test_client().get("/api/admin/jobs", headers=admin_auth())
     assert res.status_code == 200
     assert res.json["data"]["backend"] == "inline"
@@ -558,11 +560,10 @@ def test_jobs_without_redis(idp, admin_auth):
     assert "in-process" in res.json["message"]
 
 
-def test_jobs_with_redis_down_is_503(idp, admin_auth, db_session):
+def test_jobs_with_redis_down_is_503(admin_auth, db_session, make_config):
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, REDIS_URL="redis://127.0.0.1:1/0"))
+    app = create_app(make_config(REDIS_URL="redis://127.0.0.1:1/0"))
     res = app.test_client().get("/api/admin/jobs", headers=admin_auth())
     assert res.status_code == 503
     assert res.json["code"] == "service_unavailable"

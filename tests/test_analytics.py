@@ -8,7 +8,6 @@ import pytest
 from rq import Queue
 
 from sonicus import clock
-from tests.analytics_helpers import add_package, add_session, sign_in
 
 
 def _today(tz="UTC", hour=0):
@@ -16,22 +15,22 @@ def _today(tz="UTC", hour=0):
 
 
 @pytest.fixture
-def listening_history(client, auth, db_session):
+def listening_history(client, auth, db_session, make_user, make_package, make_session):
     """Listener A's history (and some of B's, which must never count for A)."""
-    a = sign_in(client, auth, "a@example.com")
-    b = sign_in(client, auth, "b@example.com")
-    calm = add_package(db_session, "calm-night", category="sleep")
-    deep = add_package(db_session, "deep-work", category="focus")
+    a = make_user("a@example.com").id
+    b = make_user("b@example.com").id
+    calm = make_package("calm-night", category="sleep").id
+    deep = make_package("deep-work", category="focus").id
     today = _today()
     day = lambda n: today - timedelta(days=n)  # noqa: E731
-    add_session(db_session, a, calm, day(0), minutes=10, mood_before=3, mood_after=7)
-    add_session(db_session, a, deep, day(1), minutes=20, mood_before=5, mood_after=6)
-    add_session(db_session, a, calm, day(2), minutes=5, completed=False)
+    make_session(a, calm, day(0), minutes=10, mood_before=3, mood_after=7)
+    make_session(a, deep, day(1), minutes=20, mood_before=5, mood_after=6)
+    make_session(a, calm, day(2), minutes=5, completed=False)
     for n in (5, 6, 7):
-        add_session(db_session, a, deep, day(n), minutes=10)
-    add_session(db_session, a, calm, day(0), minutes=2, completed=False, status="open")
+        make_session(a, deep, day(n), minutes=10)
+    make_session(a, calm, day(0), minutes=2, completed=False, status="open")
     for n in range(12):
-        add_session(db_session, b, deep, day(n), minutes=45, mood_before=9, mood_after=1)
+        make_session(b, deep, day(n), minutes=45, mood_before=9, mood_after=1)
     return {"a": a, "b": b, "calm": calm, "deep": deep, "today": today}
 
 
@@ -77,60 +76,64 @@ def test_a_new_listener_gets_zeroes(client, auth):
     assert [d["minutes"] for d in data["daily_minutes"]] == [0.0] * 30
 
 
-def test_today_without_a_session_does_not_break_the_streak(client, auth, db_session):
-    user = sign_in(client, auth, "s@example.com")
-    pkg = add_package(db_session, "rain")
+def test_today_without_a_session_does_not_break_the_streak(client, auth, db_session, make_user,
+                                                           make_package, make_session):
+    user = make_user("s@example.com").id
+    pkg = make_package("rain").id
     today = _today()
     for n in (1, 2, 3):
-        add_session(db_session, user, pkg, today - timedelta(days=n))
+        make_session(user, pkg, today - timedelta(days=n))
     data = client.get("/api/user/analytics", headers=auth("s@example.com")).json["data"]
     assert data["current_streak_days"] == 3
     assert data["longest_streak_days"] == 3
 
 
-def test_a_missed_day_ends_the_streak(client, auth, db_session):
-    user = sign_in(client, auth, "s@example.com")
-    pkg = add_package(db_session, "rain")
+def test_a_missed_day_ends_the_streak(client, auth, db_session, make_user, make_package,
+                                      make_session):
+    user = make_user("s@example.com").id
+    pkg = make_package("rain").id
     today = _today()
     for n in (2, 3, 4, 5, 9):
-        add_session(db_session, user, pkg, today - timedelta(days=n))
+        make_session(user, pkg, today - timedelta(days=n))
     # Two sessions on one day count once; an unfinished one does not count at all.
-    add_session(db_session, user, pkg, today - timedelta(days=3))
-    add_session(db_session, user, pkg, today - timedelta(days=1), completed=False)
+    make_session(user, pkg, today - timedelta(days=3))
+    make_session(user, pkg, today - timedelta(days=1), completed=False)
     data = client.get("/api/user/analytics", headers=auth("s@example.com")).json["data"]
     assert data["current_streak_days"] == 0
     assert data["longest_streak_days"] == 4
 
 
-def test_days_are_the_users_own_days(client, auth, db_session):
+def test_days_are_the_users_own_days(client, auth, db_session, make_user, make_package,
+                                     make_session):
     """Far east of UTC, the user's today is a date UTC has not reached yet (or not left)."""
-    user = sign_in(client, auth, "east@example.com")
+    user = make_user("east@example.com").id
     res = client.put("/api/user/profile", headers=auth("east@example.com"),
                      json={"timezone": "Pacific/Kiritimati"})
     assert res.status_code == 200
-    pkg = add_package(db_session, "waves")
+    pkg = make_package("waves").id
     users_today = _today("Pacific/Kiritimati")
-    add_session(db_session, user, pkg, users_today, minutes=7)
-    add_session(db_session, user, pkg, users_today - timedelta(days=1), minutes=3)
+    make_session(user, pkg, users_today, minutes=7)
+    make_session(user, pkg, users_today - timedelta(days=1), minutes=3)
     data = client.get("/api/user/analytics", headers=auth("east@example.com")).json["data"]
     assert data["sessions_today"] == 1
     assert data["daily_minutes"][-1] == {"date": users_today.isoformat(), "minutes": 7.0}
     assert data["current_streak_days"] == 2
 
 
-def test_served_from_the_cache_until_a_refresh(app, client, auth, db_session, redis_client):
+def test_served_from_the_cache_until_a_refresh(app, client, auth, db_session, redis_client,
+                                               make_user, make_package, make_session):
     from sonicus.services.analytics import cache_key, refresh_user_analytics
 
-    user = sign_in(client, auth, "c@example.com")
-    pkg = add_package(db_session, "forest")
-    add_session(db_session, user, pkg, _today())
+    user = make_user("c@example.com").id
+    pkg = make_package("forest").id
+    make_session(user, pkg, _today())
     first = client.get("/api/user/analytics", headers=auth("c@example.com")).json["data"]
     assert first["total_sessions"] == 1
     key = "sonicus:cache:" + cache_key(user)
     ttl = redis_client.ttl(key)
     assert 0 < ttl <= app.config["ANALYTICS_CACHE_TTL_SECONDS"]
 
-    add_session(db_session, user, pkg, _today())
+    make_session(user, pkg, _today())
     again = client.get("/api/user/analytics", headers=auth("c@example.com")).json["data"]
     assert again == first  # the cached figures
 
@@ -144,14 +147,15 @@ def test_served_from_the_cache_until_a_refresh(app, client, auth, db_session, re
                       headers=auth("c@example.com")).json["data"]["total_sessions"] == 2
 
 
-def test_refresh_stores_and_clears_the_stale_mark(app, client, auth, db_session):
+def test_refresh_stores_and_clears_the_stale_mark(app, client, auth, db_session, make_user,
+                                                  make_package, make_session):
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
     from sonicus.services.analytics import mark_stale, refresh_user_analytics
 
-    user = sign_in(client, auth, "m@example.com")
-    pkg = add_package(db_session, "stream")
-    add_session(db_session, user, pkg, _today(), minutes=4)
+    user = make_user("m@example.com").id
+    pkg = make_package("stream").id
+    make_session(user, pkg, _today(), minutes=4)
     with app.app_context():
         mark_stale(user)
         db.session.commit()
@@ -163,10 +167,10 @@ def test_refresh_stores_and_clears_the_stale_mark(app, client, auth, db_session)
         assert row.computed_at is not None
 
 
-def test_refresh_request_is_queued_for_a_worker(client, auth, redis_client):
+def test_refresh_request_is_queued_for_a_worker(client, auth, redis_client, make_user):
     from sonicus.tasks.queue import QUEUE_ANALYTICS
 
-    sign_in(client, auth, "q@example.com")
+    make_user("q@example.com")
     res = client.post("/api/user/analytics/refresh", headers=auth("q@example.com"))
     assert res.status_code == 202
     assert res.json["data"] == {"status": "queued"}
@@ -179,14 +183,15 @@ def test_analytics_needs_a_token(client):
     assert client.post("/api/user/analytics/refresh").status_code == 401
 
 
-def test_cli_refreshes_one_user_or_everyone(app, runner, client, auth, db_session, redis_client):
+def test_cli_refreshes_one_user_or_everyone(app, runner, client, auth, db_session, redis_client,
+                                            make_user, make_package, make_session):
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
 
-    one = sign_in(client, auth, "one@example.com")
-    two = sign_in(client, auth, "two@example.com")
-    pkg = add_package(db_session, "brook")
-    add_session(db_session, one, pkg, _today(), minutes=6)
+    one = make_user("one@example.com").id
+    two = make_user("two@example.com").id
+    pkg = make_package("brook").id
+    make_session(one, pkg, _today(), minutes=6)
 
     result = runner.invoke(args=["sonicus", "analytics", "refresh", "--user", "ONE@example.com"])
     assert result.exit_code == 0, result.output
@@ -206,7 +211,7 @@ def test_cli_refreshes_one_user_or_everyone(app, runner, client, auth, db_sessio
     assert bad.exit_code == 1 and "no user" in bad.output
 
 
-def test_sqlite_gives_the_same_figures(tmp_path, idp, app, client, auth, listening_history):
+def test_sqlite_gives_the_same_figures(tmp_path, app, client, auth, listening_history, make_config):
     """The embedded default (SQLite, no Redis) computes exactly what PostgreSQL does."""
     from flask_migrate import upgrade
     from sqlalchemy import select
@@ -215,7 +220,6 @@ def test_sqlite_gives_the_same_figures(tmp_path, idp, app, client, auth, listeni
     from sonicus.extensions import db
     from sonicus.models import ListeningSession, SoundPackage, User
     from sonicus.services.analytics import compute_user_analytics
-    from tests.conftest import make_config
 
     now = clock.now()
     with app.app_context():
@@ -229,7 +233,7 @@ def test_sqlite_gives_the_same_figures(tmp_path, idp, app, client, auth, listeni
                 for m, objs in ((User, users), (SoundPackage, packages),
                                 (ListeningSession, sessions))}
 
-    lite = create_app(make_config(idp, DATABASE_URL=f"sqlite:///{tmp_path}/lite.db",
+    lite = create_app(make_config(DATABASE_URL=f"sqlite:///{tmp_path}/lite.db",
                                   REDIS_URL=None))
     with lite.app_context():
         upgrade()

@@ -171,11 +171,10 @@ def test_required_group_missing_is_403(client, auth, db_session):
     assert db_session.query(User).count() == 0
 
 
-def test_required_group_can_be_turned_off(idp):
+def test_required_group_can_be_turned_off(idp, make_config):
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, OIDC_REQUIRED_GROUP=""))
+    app = create_app(make_config(OIDC_REQUIRED_GROUP=""))
     token = idp.token(groups=[])
     res = app.test_client().get("/api/user/profile",
                                 headers={"Authorization": f"Bearer {token}"})
@@ -193,11 +192,10 @@ def test_suspended_user_is_403(client, auth, db_session):
     assert res.json["code"] == "account_suspended"
 
 
-def test_jwks_outage_keeps_cached_keys_working(idp):
+def test_jwks_outage_keeps_cached_keys_working(idp, make_config):
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp))
+    app = create_app(make_config())
     client = app.test_client()
     assert client.get("/api/user/profile", headers={
         "Authorization": f"Bearer {idp.token(email='one@example.com')}"}).status_code == 200
@@ -210,11 +208,10 @@ def test_jwks_outage_keeps_cached_keys_working(idp):
         idp.fail = False
 
 
-def test_jwks_unreachable_with_no_keys_is_503_not_500(idp):
+def test_jwks_unreachable_with_no_keys_is_503_not_500(idp, make_config):
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp))
+    app = create_app(make_config())
     idp.fail = True
     try:
         res = app.test_client().get("/api/user/profile", headers={
@@ -225,11 +222,10 @@ def test_jwks_unreachable_with_no_keys_is_503_not_500(idp):
         idp.fail = False
 
 
-def test_unknown_kid_refetch_is_rate_limited(idp):
+def test_unknown_kid_refetch_is_rate_limited(idp, make_config):
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, OIDC_JWKS_MIN_REFRESH_SECONDS=60))
+    app = create_app(make_config(OIDC_JWKS_MIN_REFRESH_SECONDS=60))
     client = app.test_client()
     client.get("/api/user/profile", headers={"Authorization": f"Bearer {idp.token()}"})
     before = idp.jwks_requests
@@ -265,23 +261,24 @@ def test_concurrent_first_requests_create_one_user(app, idp, db_session):
     assert db_session.query(UserSubscription).count() == 1
 
 
-def test_slow_jwks_does_not_hang_known_keys(idp):
+def test_slow_jwks_does_not_hang_known_keys(idp, make_config, wait_for):
     import threading
 
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, OIDC_HTTP_TIMEOUT_SECONDS=1))
+    app = create_app(make_config(OIDC_HTTP_TIMEOUT_SECONDS=1))
     client = app.test_client()
     assert client.get("/api/user/profile", headers={
         "Authorization": f"Bearer {idp.token()}"}).status_code == 200
     stranger = RSAKey.generate_key(2048, parameters={"kid": "slow-stranger"})
     idp.delay = 3.0
     try:
+        before = idp.requests_received
         unknown = threading.Thread(target=lambda: app.test_client().get(
             "/api/user/profile", headers={"Authorization": f"Bearer {idp.token(key=stranger)}"}))
         unknown.start()
-        time.sleep(0.1)  # the unknown kid is now refetching from a slow provider
+        # the unknown kid is now refetching from a slow provider
+        wait_for(lambda: idp.requests_received > before)
         started = time.monotonic()
         res = client.get("/api/user/profile", headers={
             "Authorization": f"Bearer {idp.token(email='known@example.com')}"})

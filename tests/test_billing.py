@@ -5,29 +5,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
 import pytest
-from subscription_helpers import (
-    DAY,
-    buy,
-    checkout_completed,
-    count_billing_events,
-    events_of,
-    invoice_event,
-    now,
-    parse_time,
-    post_webhook,
-    sign,
-    stripe_header_matches_library,
-    subscription,
-    subscription_deleted,
-    user_id,
-)
+
+from sonicus import clock
 
 EMAIL = "listener@example.com"
+DAY = timedelta(days=1)
 
 
 def start_checkout(client, headers, tier="premium"):
@@ -35,245 +22,248 @@ def start_checkout(client, headers, tier="premium"):
                        headers=headers).get_json()["data"]["checkout"]["reference"]
 
 
-def test_our_signature_is_the_stripe_scheme():
-    assert stripe_header_matches_library(b'{"id": "evt_1"}')
+def test_our_signature_is_the_stripe_scheme(billing):
+    assert billing.stripe_header_matches_library(b'{"id": "evt_1"}')
 
 
-def test_checkout_completed_webhook_activates_the_tier(client, auth, app):
+def test_checkout_completed_webhook_activates_the_tier(client, auth, billing):
     headers = auth()
     reference = start_checkout(client, headers)
-    uid = user_id(app, EMAIL)
-    resp = post_webhook(client, checkout_completed("evt_1", user_id=uid, tier="premium",
-                                                   reference=reference))
+    uid = billing.user_id(EMAIL)
+    resp = billing.post_webhook(client, billing.checkout_completed(
+        "evt_1", user_id=uid, tier="premium", reference=reference))
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["data"] == {"event_id": "evt_1",
                                        "type": "checkout.session.completed",
                                        "duplicate": False, "outcome": "activated"}
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["tier"] == "premium" and data["status"] == "active" and data["checkout"] is None
     assert data["payment_method_on_file"] is True
 
 
-def test_replayed_webhook_changes_nothing(client, auth, app):
+def test_replayed_webhook_changes_nothing(client, auth, billing):
     headers = auth()
     reference = start_checkout(client, headers)
-    event = checkout_completed("evt_1", user_id=user_id(app, EMAIL), tier="premium",
-                               reference=reference)
-    assert post_webhook(client, event).status_code == 200
-    before = subscription(client, headers)
+    event = billing.checkout_completed("evt_1", user_id=billing.user_id(EMAIL), tier="premium",
+                                       reference=reference)
+    assert billing.post_webhook(client, event).status_code == 200
+    before = billing.subscription(client, headers)
     for _ in range(2):
-        resp = post_webhook(client, event)
+        resp = billing.post_webhook(client, event)
         assert resp.status_code == 200
         assert resp.get_json()["data"]["duplicate"] is True
-    assert subscription(client, headers) == before
-    assert len(events_of(app, EMAIL, "activated")) == 1
-    assert count_billing_events(app) == 1
+    assert billing.subscription(client, headers) == before
+    assert len(billing.events_of(EMAIL, "activated")) == 1
+    assert billing.count_billing_events() == 1
 
 
 @pytest.mark.parametrize("case", ["wrong_secret", "tampered", "stale", "future", "missing",
                                   "garbage", "no_v1"])
-def test_bad_signatures_are_400_and_change_nothing(client, auth, app, case):
+def test_bad_signatures_are_400_and_change_nothing(client, auth, case, billing):
     headers = auth()
     reference = start_checkout(client, headers)
-    event = checkout_completed("evt_forged", user_id=user_id(app, EMAIL), tier="pro",
-                               reference=reference)
+    event = billing.checkout_completed("evt_forged", user_id=billing.user_id(EMAIL), tier="pro",
+                                       reference=reference)
     body = json.dumps(event).encode()
     kwargs = {
         "wrong_secret": {"secret": "whsec_attacker"},
-        "tampered": {"header": sign(body.replace(b'"pro"', b'"premium"'))},
+        "tampered": {"header": billing.sign(body.replace(b'"pro"', b'"premium"'))},
         "stale": {"timestamp": int(time.time()) - 301},
         "future": {"timestamp": int(time.time()) + 301},
         "missing": {"header": ""},
         "garbage": {"header": "nonsense"},
         "no_v1": {"header": f"t={int(time.time())},v0=abc"},
     }[case]
-    resp = post_webhook(client, event, **kwargs)
+    resp = billing.post_webhook(client, event, **kwargs)
     assert resp.status_code == 400
     assert resp.get_json()["code"] == "invalid_signature"
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["tier"] == "starter" and data["status"] == "incomplete"
-    assert count_billing_events(app) == 0
+    assert billing.count_billing_events() == 0
     # the genuine event still works afterwards (the forged one did not burn its id)
-    assert post_webhook(client, event).get_json()["data"]["outcome"] == "activated"
+    assert billing.post_webhook(client, event).get_json()["data"]["outcome"] == "activated"
 
 
-def test_timestamp_within_tolerance_is_accepted(client, auth, app):
+def test_timestamp_within_tolerance_is_accepted(client, auth, billing):
     headers = auth()
     reference = start_checkout(client, headers)
-    event = checkout_completed("evt_1", user_id=user_id(app, EMAIL), tier="premium",
-                               reference=reference)
-    resp = post_webhook(client, event, timestamp=int(time.time()) - 240)
+    event = billing.checkout_completed("evt_1", user_id=billing.user_id(EMAIL), tier="premium",
+                                       reference=reference)
+    resp = billing.post_webhook(client, event, timestamp=int(time.time()) - 240)
     assert resp.status_code == 200
 
 
-def test_signed_non_event_is_400(client):
+def test_signed_non_event_is_400(client, billing):
     body = b'["not an event"]'
-    resp = post_webhook(client, {}, body=body)
+    resp = billing.post_webhook(client, {}, body=body)
     assert resp.status_code == 400
 
 
-def test_unhandled_event_type_is_acknowledged(client, app):
+def test_unhandled_event_type_is_acknowledged(client, billing):
     event = {"id": "evt_x", "type": "customer.created", "created": int(time.time()),
              "data": {"object": {"id": "cus_9"}}}
-    resp = post_webhook(client, event)
+    resp = billing.post_webhook(client, event)
     assert resp.status_code == 200 and resp.get_json()["data"]["outcome"] == "ignored"
-    assert count_billing_events(app) == 1
+    assert billing.count_billing_events() == 1
 
 
-def test_event_for_an_unknown_customer_is_acknowledged(client, app):
-    event = invoice_event("evt_u", "invoice.paid", user_id=None, tier="premium",
-                          period_start=now(), period_end=now() + 30 * DAY, customer="cus_zz",
-                          subscription="sub_zz")
-    resp = post_webhook(client, event)
+def test_event_for_an_unknown_customer_is_acknowledged(client, billing):
+    event = billing.invoice_event("evt_u", "invoice.paid", user_id=None, tier="premium",
+                                  period_start=clock.now(), period_end=clock.now() + 30 * DAY,
+                                  customer="cus_zz", subscription="sub_zz")
+    resp = billing.post_webhook(client, event)
     assert resp.status_code == 200 and resp.get_json()["data"]["outcome"] == "unknown_customer"
 
 
-def _active_via_webhooks(client, headers, app):
+def _active_via_webhooks(client, headers, billing):
     """Premium, paid through Stripe-format webhooks; returns (user id, period start, end)."""
     reference = start_checkout(client, headers)
-    uid = user_id(app, EMAIL)
-    start = now() - 2 * DAY
+    uid = billing.user_id(EMAIL)
+    start = clock.now() - 2 * DAY
     end = start + 30 * DAY
-    post_webhook(client, checkout_completed("evt_c", user_id=uid, tier="premium",
-                                            reference=reference, created=start))
-    resp = post_webhook(client, invoice_event("evt_i1", "invoice.paid", user_id=uid,
-                                              tier="premium", period_start=start,
-                                              period_end=end, created=start))
+    billing.post_webhook(client, billing.checkout_completed("evt_c", user_id=uid, tier="premium",
+                                                            reference=reference, created=start))
+    resp = billing.post_webhook(client, billing.invoice_event("evt_i1", "invoice.paid", user_id=uid,
+                                                              tier="premium", period_start=start,
+                                                              period_end=end, created=start))
     assert resp.get_json()["data"]["outcome"] == "already_recorded"
     return uid, start, end
 
 
-def test_first_invoice_after_checkout_is_the_same_period_not_a_renewal(client, auth, app):
+def test_first_invoice_after_checkout_is_the_same_period_not_a_renewal(client, auth, billing):
     headers = auth()
-    _, start, end = _active_via_webhooks(client, headers, app)
-    data = subscription(client, headers)
-    assert parse_time(data["current_period_end"]) == end.replace(microsecond=0)
-    assert [e["type"] for e in events_of(app, EMAIL) if e["type"] in
+    _, start, end = _active_via_webhooks(client, headers, billing)
+    data = billing.subscription(client, headers)
+    assert datetime.fromisoformat(data["current_period_end"]) == end.replace(microsecond=0)
+    assert [e["type"] for e in billing.events_of(EMAIL) if e["type"] in
             ("activated", "renewed")] == ["activated"]
 
 
-def test_renewal_moves_the_period_on(client, auth, app):
+def test_renewal_moves_the_period_on(client, auth, billing):
     headers = auth()
-    uid, _, end = _active_via_webhooks(client, headers, app)
+    uid, _, end = _active_via_webhooks(client, headers, billing)
     new_end = end + 30 * DAY
-    resp = post_webhook(client, invoice_event("evt_r", "invoice.paid", user_id=uid,
-                                              tier="premium", period_start=end,
-                                              period_end=new_end))
+    resp = billing.post_webhook(client, billing.invoice_event("evt_r", "invoice.paid", user_id=uid,
+                                                              tier="premium", period_start=end,
+                                                              period_end=new_end))
     assert resp.get_json()["data"]["outcome"] == "renewed"
-    data = subscription(client, headers)
-    assert parse_time(data["current_period_end"]) == new_end.replace(microsecond=0)
-    renewed = events_of(app, EMAIL, "renewed")
+    data = billing.subscription(client, headers)
+    assert datetime.fromisoformat(data["current_period_end"]) == new_end.replace(microsecond=0)
+    renewed = billing.events_of(EMAIL, "renewed")
     assert len(renewed) == 1 and renewed[0]["amount_cents"] == 999
     # Stripe sends invoice.payment_succeeded for the same invoice too: not a second renewal
-    post_webhook(client, invoice_event("evt_r2", "invoice.payment_succeeded", user_id=uid,
-                                       tier="premium", period_start=end, period_end=new_end))
-    assert len(events_of(app, EMAIL, "renewed")) == 1
+    billing.post_webhook(client, billing.invoice_event(
+        "evt_r2", "invoice.payment_succeeded", user_id=uid, tier="premium", period_start=end,
+        period_end=new_end))
+    assert len(billing.events_of(EMAIL, "renewed")) == 1
 
 
-def test_payment_failure_makes_it_past_due_with_grace_and_success_recovers(client, auth, app):
+def test_payment_failure_makes_it_past_due_with_grace_and_success_recovers(client, auth, billing):
     headers = auth()
-    uid, _, end = _active_via_webhooks(client, headers, app)
-    resp = post_webhook(client, invoice_event("evt_f", "invoice.payment_failed", user_id=uid,
-                                              tier="premium", period_start=end,
-                                              period_end=end + 30 * DAY))
+    uid, _, end = _active_via_webhooks(client, headers, billing)
+    resp = billing.post_webhook(client, billing.invoice_event(
+        "evt_f", "invoice.payment_failed", user_id=uid, tier="premium", period_start=end,
+        period_end=end + 30 * DAY))
     assert resp.get_json()["data"]["outcome"] == "past_due"
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["status"] == "past_due" and data["tier"] == "premium"  # grace keeps the tier
-    grace = parse_time(data["grace_ends_at"]) - now()
+    grace = datetime.fromisoformat(data["grace_ends_at"]) - clock.now()
     assert timedelta(days=2, hours=23) < grace <= timedelta(days=3)
     history = client.get("/api/user/subscription/history", headers=headers).get_json()["data"]
     assert history[0]["type"] == "payment_failed" and history[0]["amount"] == "9.99"
-    resp = post_webhook(client, invoice_event("evt_ok", "invoice.paid", user_id=uid,
-                                              tier="premium", period_start=end,
-                                              period_end=end + 30 * DAY))
+    resp = billing.post_webhook(client, billing.invoice_event("evt_ok", "invoice.paid", user_id=uid,
+                                                              tier="premium", period_start=end,
+                                                              period_end=end + 30 * DAY))
     assert resp.get_json()["data"]["outcome"] == "renewed"
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["status"] == "active" and data["past_due_since"] is None
 
 
-def test_late_failure_after_a_success_does_not_demote(client, auth, app):
+def test_late_failure_after_a_success_does_not_demote(client, auth, billing):
     headers = auth()
-    uid, _, end = _active_via_webhooks(client, headers, app)
+    uid, _, end = _active_via_webhooks(client, headers, billing)
     new_end = end + 30 * DAY
     # the retry succeeded and arrived first ...
-    post_webhook(client, invoice_event("evt_ok", "invoice.paid", user_id=uid, tier="premium",
-                                       period_start=end, period_end=new_end,
-                                       created=now()))
+    billing.post_webhook(client, billing.invoice_event(
+        "evt_ok", "invoice.paid", user_id=uid, tier="premium", period_start=end, period_end=new_end,
+        created=clock.now()))
     # ... then the earlier failed attempt for that same period arrives
-    resp = post_webhook(client, invoice_event("evt_fail", "invoice.payment_failed",
-                                              user_id=uid, tier="premium", period_start=end,
-                                              period_end=new_end,
-                                              created=now() - timedelta(hours=5)))
+    resp = billing.post_webhook(client, billing.invoice_event(
+        "evt_fail", "invoice.payment_failed", user_id=uid, tier="premium", period_start=end,
+        period_end=new_end, created=clock.now() - timedelta(hours=5)))
     assert resp.status_code == 200 and resp.get_json()["data"]["outcome"] == "stale"
     # and a failure for an even older period
-    resp = post_webhook(client, invoice_event("evt_old", "invoice.payment_failed",
-                                              user_id=uid, tier="premium",
-                                              period_start=end - 30 * DAY, period_end=end))
+    resp = billing.post_webhook(client, billing.invoice_event(
+        "evt_old", "invoice.payment_failed", user_id=uid, tier="premium",
+        period_start=end - 30 * DAY, period_end=end))
     assert resp.get_json()["data"]["outcome"] == "stale"
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["status"] == "active" and data["tier"] == "premium"
-    assert events_of(app, EMAIL, "payment_failed") == []
+    assert billing.events_of(EMAIL, "payment_failed") == []
 
 
-def test_late_success_for_an_old_period_changes_nothing(client, auth, app):
+def test_late_success_for_an_old_period_changes_nothing(client, auth, billing):
     headers = auth()
-    uid, start, end = _active_via_webhooks(client, headers, app)
-    post_webhook(client, invoice_event("evt_r", "invoice.paid", user_id=uid, tier="premium",
-                                       period_start=end, period_end=end + 30 * DAY))
-    before = subscription(client, headers)
-    post_webhook(client, invoice_event("evt_old", "invoice.paid", user_id=uid, tier="premium",
-                                       period_start=start, period_end=end))
-    assert subscription(client, headers) == before
-    assert len(events_of(app, EMAIL, "renewed")) == 1
+    uid, start, end = _active_via_webhooks(client, headers, billing)
+    billing.post_webhook(client, billing.invoice_event(
+        "evt_r", "invoice.paid", user_id=uid, tier="premium", period_start=end,
+        period_end=end + 30 * DAY))
+    before = billing.subscription(client, headers)
+    billing.post_webhook(client, billing.invoice_event(
+        "evt_old", "invoice.paid", user_id=uid, tier="premium", period_start=start, period_end=end))
+    assert billing.subscription(client, headers) == before
+    assert len(billing.events_of(EMAIL, "renewed")) == 1
 
 
-def test_subscription_deleted_drops_to_starter_at_once(client, auth, app):
+def test_subscription_deleted_drops_to_starter_at_once(client, auth, billing):
     headers = auth()
-    _active_via_webhooks(client, headers, app)
-    resp = post_webhook(client, subscription_deleted("evt_d"))
+    _active_via_webhooks(client, headers, billing)
+    resp = billing.post_webhook(client, billing.subscription_deleted("evt_d"))
     assert resp.get_json()["data"]["outcome"] == "canceled"
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["tier"] == "starter" and data["status"] == "active"
     assert data["current_period_end"] is None
-    event = events_of(app, EMAIL, "canceled")[0]
+    event = billing.events_of(EMAIL, "canceled")[0]
     assert (event["from_tier"], event["to_tier"]) == ("premium", "starter")
 
 
-def test_deleted_event_of_an_older_subscription_is_ignored(client, auth, app):
+def test_deleted_event_of_an_older_subscription_is_ignored(client, auth, billing):
     headers = auth()
-    _active_via_webhooks(client, headers, app)
-    resp = post_webhook(client, subscription_deleted("evt_d", subscription="sub_old"))
+    _active_via_webhooks(client, headers, billing)
+    resp = billing.post_webhook(client, billing.subscription_deleted(
+        "evt_d", subscription="sub_old"))
     assert resp.get_json()["data"]["outcome"] in ("stale", "unknown_customer")
-    assert subscription(client, headers)["tier"] == "premium"
+    assert billing.subscription(client, headers)["tier"] == "premium"
     # a deletion created before the latest payment is stale too
-    resp = post_webhook(client, subscription_deleted("evt_d2", created=now() - 10 * DAY))
+    resp = billing.post_webhook(client, billing.subscription_deleted(
+        "evt_d2", created=clock.now() - 10 * DAY))
     assert resp.get_json()["data"]["outcome"] == "stale"
-    assert subscription(client, headers)["tier"] == "premium"
+    assert billing.subscription(client, headers)["tier"] == "premium"
 
 
-def test_sandbox_confirm_and_webhook_share_one_path(client, auth, app):
+def test_sandbox_confirm_and_webhook_share_one_path(client, auth, billing):
     """A sandbox purchase, then a Stripe-format renewal webhook: the same state machine."""
     headers = auth()
-    data = buy(client, headers, "premium")
-    end = parse_time(data["current_period_end"])
-    resp = post_webhook(client, invoice_event("evt_r", "invoice.paid",
-                                              user_id=user_id(app, EMAIL), tier="premium",
-                                              period_start=end, period_end=end + 30 * DAY))
+    data = billing.buy(client, headers, "premium")
+    end = datetime.fromisoformat(data["current_period_end"])
+    resp = billing.post_webhook(client, billing.invoice_event(
+        "evt_r", "invoice.paid", user_id=billing.user_id(EMAIL), tier="premium", period_start=end,
+        period_end=end + 30 * DAY))
     assert resp.get_json()["data"]["outcome"] == "renewed"
 
 
-def test_concurrent_deliveries_of_one_event_apply_once(app, auth, client):
+def test_concurrent_deliveries_of_one_event_apply_once(app, auth, client, billing):
     headers = auth()
     reference = start_checkout(client, headers)
-    event = checkout_completed("evt_same", user_id=user_id(app, EMAIL), tier="premium",
-                               reference=reference)
+    event = billing.checkout_completed("evt_same", user_id=billing.user_id(EMAIL), tier="premium",
+                                       reference=reference)
     results, barrier = [], threading.Barrier(6)
 
     def deliver():
         with app.app_context():
             c = app.test_client()
             barrier.wait()
-            resp = post_webhook(c, event)
+            resp = billing.post_webhook(c, event)
             results.append((resp.status_code, resp.get_json()["data"]["duplicate"]))
 
     threads = [threading.Thread(target=deliver) for _ in range(6)]
@@ -282,8 +272,8 @@ def test_concurrent_deliveries_of_one_event_apply_once(app, auth, client):
     for t in threads:
         t.join()
     assert sorted(results) == [(200, False)] + [(200, True)] * 5
-    assert len(events_of(app, EMAIL, "activated")) == 1
-    assert count_billing_events(app) == 1
+    assert len(billing.events_of(EMAIL, "activated")) == 1
+    assert billing.count_billing_events() == 1
 
 
 # ---- the Stripe provider against a local stand-in for api.stripe.com --------------------------
@@ -338,20 +328,18 @@ class FakeStripe:
 
 
 @pytest.fixture
-def stripe_app(idp):
-    from conftest import make_config
-
+def stripe_app(make_config):
     from sonicus import create_app
 
     fake = FakeStripe()
-    app = create_app(make_config(idp, BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_123",
+    app = create_app(make_config(BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_123",
                                  STRIPE_PRICE_IDS=["premium=price_prem", "pro=price_pro"],
                                  STRIPE_API_BASE=fake.base))
     yield app, fake
     fake.server.shutdown()
 
 
-def test_stripe_checkout_session_is_created_with_our_reference(stripe_app, auth):
+def test_stripe_checkout_session_is_created_with_our_reference(stripe_app, auth, billing):
     app, fake = stripe_app
     client = app.test_client()
     headers = auth()
@@ -370,13 +358,14 @@ def test_stripe_checkout_session_is_created_with_our_reference(stripe_app, auth)
     assert form["customer_email"] == [EMAIL]
 
     # Stripe's invoice (tier known from the price only) activates it
-    uid = user_id(app, EMAIL)
-    event = invoice_event("evt_s1", "invoice.paid", user_id=uid, tier=None,
-                          period_start=now(), period_end=now() + 30 * DAY, amount=1999,
-                          price="price_pro", subscription="sub_s1", customer="cus_s1")
-    resp = post_webhook(client, event)
+    uid = billing.user_id(EMAIL)
+    event = billing.invoice_event("evt_s1", "invoice.paid", user_id=uid, tier=None,
+                                  period_start=clock.now(), period_end=clock.now() + 30 * DAY,
+                                  amount=1999, price="price_pro", subscription="sub_s1",
+                                  customer="cus_s1")
+    resp = billing.post_webhook(client, event)
     assert resp.get_json()["data"]["outcome"] == "activated"
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["tier"] == "pro" and data["status"] == "active"
 
     # cancel and downgrade are passed on to the Stripe subscription
@@ -391,19 +380,17 @@ def test_stripe_checkout_session_is_created_with_our_reference(stripe_app, auth)
     assert form["metadata[sonicus_tier]"] == ["premium"]
 
 
-def test_stripe_unreachable_is_502_and_changes_nothing(idp, auth):
-    from conftest import make_config
-
+def test_stripe_unreachable_is_502_and_changes_nothing(auth, make_config, billing):
     from sonicus import create_app
 
-    app = create_app(make_config(idp, BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_1",
+    app = create_app(make_config(BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_1",
                                  STRIPE_PRICE_IDS=["premium=price_prem", "pro=price_pro"],
                                  STRIPE_API_BASE="http://127.0.0.1:9"))
     client = app.test_client()
     headers = auth()
     resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
     assert resp.status_code == 502 and resp.get_json()["code"] == "billing_unavailable"
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["status"] == "active" and data["checkout"] is None
 
 
@@ -432,14 +419,14 @@ def _trial_with_card_on_file(client, headers):
     client.post(f"/api/billing/sandbox/{ref}/confirm")
 
 
-def test_subscription_deleted_during_a_trial_ends_it_at_trial_end(client, auth, app):
+def test_subscription_deleted_during_a_trial_ends_it_at_trial_end(client, auth, billing):
     headers = auth()
     _trial_with_card_on_file(client, headers)
-    event = subscription_deleted("evt_d", subscription="sub_t")
-    event["data"]["object"]["metadata"] = {"sonicus_user_id": str(user_id(app, EMAIL))}
-    resp = post_webhook(client, event)
+    event = billing.subscription_deleted("evt_d", subscription="sub_t")
+    event["data"]["object"]["metadata"] = {"sonicus_user_id": str(billing.user_id(EMAIL))}
+    resp = billing.post_webhook(client, event)
     assert resp.get_json()["data"]["outcome"] == "trial_cancel_scheduled"
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["status"] == "trialing" and data["cancel_at_period_end"] is True
     assert data["payment_method_on_file"] is False
 
@@ -452,37 +439,38 @@ def test_stripe_checkout_during_a_trial_charges_at_its_end(stripe_app, auth):
                        headers=headers).get_json()["data"]
     client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
     form = fake.requests[-1][2]
-    trial_end = int(parse_time(data["trial_ends_at"]).timestamp())
+    trial_end = int(datetime.fromisoformat(data["trial_ends_at"]).timestamp())
     assert form["subscription_data[trial_end]"] == [str(trial_end)]
     assert form["line_items[0][price]"] == ["price_prem"]
 
 
-def test_proration_invoice_after_an_upgrade_is_not_a_new_period(client, auth, app):
+def test_proration_invoice_after_an_upgrade_is_not_a_new_period(client, auth, billing):
     headers = auth()
-    uid, start, end = _active_via_webhooks(client, headers, app)
+    uid, start, end = _active_via_webhooks(client, headers, billing)
     client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
-    before = subscription(client, headers)
+    before = billing.subscription(client, headers)
     assert before["tier"] == "pro"
-    resp = post_webhook(client, invoice_event("evt_pr", "invoice.paid", user_id=uid,
-                                              tier="pro", period_start=now(), period_end=end,
-                                              amount=667))
+    resp = billing.post_webhook(client, billing.invoice_event(
+        "evt_pr", "invoice.paid", user_id=uid, tier="pro", period_start=clock.now(), period_end=end,
+        amount=667))
     assert resp.get_json()["data"]["outcome"] == "already_recorded"
-    assert subscription(client, headers) == before
+    assert billing.subscription(client, headers) == before
 
 
-def _stripe_premium(app, client, headers):
+def _stripe_premium(client, headers, billing):
     client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
-    event = invoice_event("evt_p1", "invoice.paid", user_id=user_id(app, EMAIL), tier=None,
-                          period_start=now() - 10 * DAY, period_end=now() + 20 * DAY,
-                          price="price_prem", subscription="sub_s1", customer="cus_s1")
-    assert post_webhook(client, event).get_json()["data"]["outcome"] == "activated"
+    event = billing.invoice_event("evt_p1", "invoice.paid", user_id=billing.user_id(EMAIL),
+                                  tier=None, period_start=clock.now() - 10 * DAY,
+                                  period_end=clock.now() + 20 * DAY, price="price_prem",
+                                  subscription="sub_s1", customer="cus_s1")
+    assert billing.post_webhook(client, event).get_json()["data"]["outcome"] == "activated"
 
 
-def test_stripe_upgrade_is_charged_now_with_proration(stripe_app, auth):
+def test_stripe_upgrade_is_charged_now_with_proration(stripe_app, auth, billing):
     app, fake = stripe_app
     client = app.test_client()
     headers = auth()
-    _stripe_premium(app, client, headers)
+    _stripe_premium(client, headers, billing)
     resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
     assert resp.status_code == 200 and resp.get_json()["data"]["tier"] == "pro"
     method, path, form, _ = fake.requests[-1]
@@ -492,38 +480,40 @@ def test_stripe_upgrade_is_charged_now_with_proration(stripe_app, auth):
     assert form["payment_behavior"] == ["error_if_incomplete"]
 
 
-def test_stripe_upgrade_declined_is_402_and_changes_nothing(stripe_app, auth):
+def test_stripe_upgrade_declined_is_402_and_changes_nothing(stripe_app, auth, billing):
     app, fake = stripe_app
     client = app.test_client()
     headers = auth()
-    _stripe_premium(app, client, headers)
-    before = subscription(client, headers)
+    _stripe_premium(client, headers, billing)
+    before = billing.subscription(client, headers)
     fake.decline_charges = True
     resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
     assert resp.status_code == 402 and resp.get_json()["code"] == "payment_required"
-    assert subscription(client, headers) == before
-    assert events_of(app, EMAIL, "upgraded") == []
+    assert billing.subscription(client, headers) == before
+    assert billing.events_of(EMAIL, "upgraded") == []
 
 
-def test_failed_first_payment_keeps_it_incomplete(client, auth, app):
+def test_failed_first_payment_keeps_it_incomplete(client, auth, billing):
     headers = auth()
     reference = start_checkout(client, headers)
-    event = invoice_event("evt_f", "invoice.payment_failed", user_id=user_id(app, EMAIL),
-                          tier="premium", period_start=now(), period_end=now() + 30 * DAY)
-    assert post_webhook(client, event).get_json()["data"]["outcome"] == "recorded"
-    data = subscription(client, headers)
+    event = billing.invoice_event("evt_f", "invoice.payment_failed", user_id=billing.user_id(EMAIL),
+                                  tier="premium", period_start=clock.now(),
+                                  period_end=clock.now() + 30 * DAY)
+    assert billing.post_webhook(client, event).get_json()["data"]["outcome"] == "recorded"
+    data = billing.subscription(client, headers)
     assert data["tier"] == "starter" and data["status"] == "incomplete"
     assert data["checkout"]["reference"] == reference  # they can try again
-    assert events_of(app, EMAIL, "payment_failed")[0]["amount_cents"] == 999
+    assert billing.events_of(EMAIL, "payment_failed")[0]["amount_cents"] == 999
 
 
-def test_failed_card_during_a_trial_means_no_conversion(client, auth, app):
+def test_failed_card_during_a_trial_means_no_conversion(client, auth, billing):
     headers = auth()
     _trial_with_card_on_file(client, headers)
-    assert subscription(client, headers)["payment_method_on_file"] is True
-    event = invoice_event("evt_f", "invoice.payment_failed", user_id=user_id(app, EMAIL),
-                          tier="premium", period_start=now(), period_end=now() + 30 * DAY)
-    assert post_webhook(client, event).get_json()["data"]["outcome"] == \
+    assert billing.subscription(client, headers)["payment_method_on_file"] is True
+    event = billing.invoice_event("evt_f", "invoice.payment_failed", user_id=billing.user_id(EMAIL),
+                                  tier="premium", period_start=clock.now(),
+                                  period_end=clock.now() + 30 * DAY)
+    assert billing.post_webhook(client, event).get_json()["data"]["outcome"] == \
         "payment_method_removed"
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["status"] == "trialing" and data["payment_method_on_file"] is False

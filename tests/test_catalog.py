@@ -8,7 +8,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from catalog_helpers import make_package, signup, track_ids
 from sqlalchemy import event, func, select
 
 from sonicus import media
@@ -18,16 +17,21 @@ from sonicus.models import AuditLog, SoundPackage, Track
 DEMO = Path(__file__).resolve().parent.parent / "sonicus" / "data" / "demo_catalog.yaml"
 
 
+def track_ids(package_id: int) -> list[int]:
+    return list(db.session.execute(select(Track.id).where(Track.package_id == package_id)
+                                   .order_by(Track.position)).scalars())
+
+
 @pytest.fixture
-def catalog(db_session):
+def catalog(db_session, make_package):
     return {
         "rain": make_package("rain", category="sleep", popularity=5,
-                             description="Soft RAIN on a roof"),
-        "delta": make_package("delta", minimum_tier="premium", category="sleep", popularity=3),
+                             description="Soft RAIN on a roof").id,
+        "delta": make_package("delta", minimum_tier="premium", category="sleep", popularity=3).id,
         "gamma": make_package("gamma", minimum_tier="pro_exclusive", category="focus",
-                              popularity=1),
-        "draft": make_package("draft", published=False),
-        "old": make_package("old", archived_at=datetime(2026, 1, 1, tzinfo=UTC)),
+                              popularity=1).id,
+        "draft": make_package("draft", published=False).id,
+        "old": make_package("old", archived_at=datetime(2026, 1, 1, tzinfo=UTC)).id,
     }
 
 
@@ -40,8 +44,9 @@ def _slugs(res):
     ("premium", {"rain": False, "delta": False, "gamma": True}),
     ("pro", {"rain": False, "delta": False, "gamma": False}),
 ])
-def test_list_shows_published_with_locked_for_tier(client, auth, catalog, tier, locked):
-    headers = signup(client, auth, f"{tier}@example.com", tier=tier)
+def test_list_shows_published_with_locked_for_tier(client, auth, catalog, tier, locked, make_user):
+    make_user(f"{tier}@example.com", tier=tier)
+    headers = auth(f"{tier}@example.com")
     res = client.get("/api/packages", headers=headers)
     assert res.status_code == 200
     assert _slugs(res) == ["rain", "delta", "gamma"]  # most popular first, no draft/archived
@@ -53,8 +58,9 @@ def test_list_shows_published_with_locked_for_tier(client, auth, catalog, tier, 
     assert res.json["pagination"] == {"page": 1, "per_page": 20, "total": 3, "pages": 1}
 
 
-def test_filters_search_and_accessible(client, auth, catalog):
-    headers = signup(client, auth, "f@example.com", tier="premium")
+def test_filters_search_and_accessible(client, auth, catalog, make_user):
+    make_user("f@example.com", tier="premium")
+    headers = auth("f@example.com")
     assert _slugs(client.get("/api/packages?category=focus", headers=headers)) == ["gamma"]
     assert _slugs(client.get("/api/packages?q=rain", headers=headers)) == ["rain"]
     # case-insensitive, in the description too; % is a literal, not a wildcard
@@ -64,8 +70,9 @@ def test_filters_search_and_accessible(client, auth, catalog):
         ["rain", "delta"]
 
 
-def test_pagination_and_bad_query(client, auth, catalog):
-    headers = signup(client, auth, "p@example.com")
+def test_pagination_and_bad_query(client, auth, catalog, make_user):
+    make_user("p@example.com")
+    headers = auth("p@example.com")
     res = client.get("/api/packages?per_page=2&page=2", headers=headers)
     assert _slugs(res) == ["gamma"]
     assert res.json["pagination"] == {"page": 2, "per_page": 2, "total": 3, "pages": 2}
@@ -76,10 +83,11 @@ def test_pagination_and_bad_query(client, auth, catalog):
     assert client.get("/api/packages").status_code == 401
 
 
-def test_list_does_not_query_per_package(client, auth, db_session):
+def test_list_does_not_query_per_package(client, auth, db_session, make_user, make_package):
     for i in range(30):
         make_package(f"pkg-{i:02d}", tracks=(60, 60, 60))
-    headers = signup(client, auth, "q@example.com")
+    make_user("q@example.com")
+    headers = auth("q@example.com")
     statements = []
 
     def count(*args):
@@ -95,9 +103,11 @@ def test_list_does_not_query_per_package(client, auth, db_session):
     assert len(statements) <= 5, statements  # user, subscription, count, page
 
 
-def test_detail_signed_urls_only_when_open(client, auth, catalog, app):
-    starter = signup(client, auth, "s@example.com")
-    premium = signup(client, auth, "pr@example.com", tier="premium")
+def test_detail_signed_urls_only_when_open(client, auth, catalog, app, make_user):
+    make_user("s@example.com")
+    starter = auth("s@example.com")
+    make_user("pr@example.com", tier="premium")
+    premium = auth("pr@example.com")
 
     locked = client.get(f"/api/packages/{catalog['delta']}", headers=starter)
     assert locked.status_code == 200
@@ -142,8 +152,9 @@ def test_dev_urls_without_media_settings(app):
             app.config["MEDIA_BASE_URL"], app.config["MEDIA_URL_SECRET"] = saved
 
 
-def test_unpublished_and_archived_are_404(client, auth, catalog):
-    headers = signup(client, auth, "n@example.com", tier="pro")
+def test_unpublished_and_archived_are_404(client, auth, catalog, make_user):
+    make_user("n@example.com", tier="pro")
+    headers = auth("n@example.com")
     for key in ("draft", "old"):
         res = client.get(f"/api/packages/{catalog[key]}", headers=headers)
         assert res.status_code == 404
@@ -159,15 +170,17 @@ NEW = {"slug": "evening-wind-down", "title": "Evening Wind-Down", "description":
                   {"title": "Two", "duration_seconds": 420, "media_path": "relax/ewd/2.mp3"}]}
 
 
-def test_admin_creates_edits_and_archives(client, auth, admin_auth, db_session):
-    admin = signup(client, auth, "admin@example.com", admin=True)
+def test_admin_creates_edits_and_archives(client, auth, admin_auth, db_session, make_user):
+    make_user("admin@example.com", admin=True)
+    admin = admin_auth("admin@example.com")
     res = client.post("/api/admin/packages", json=NEW, headers=admin)
     assert res.status_code == 201, res.json
     pkg = res.json["data"]
     assert pkg["duration_seconds"] == 720 and pkg["track_count"] == 2
     assert [t["title"] for t in pkg["tracks"]] == ["One", "Two"]
 
-    user = signup(client, auth, "u@example.com", tier="premium")
+    make_user("u@example.com", tier="premium")
+    user = auth("u@example.com")
     assert _slugs(client.get("/api/packages", headers=user)) == ["evening-wind-down"]
 
     original_ids = track_ids(pkg["id"])
@@ -206,8 +219,9 @@ def test_admin_creates_edits_and_archives(client, auth, admin_auth, db_session):
     ({**NEW, "tracks": []}, "tracks"),
     ({k: v for k, v in NEW.items() if k != "title"}, "title"),
 ])
-def test_admin_validation_changes_nothing(client, auth, db_session, body, field):
-    admin = signup(client, auth, "admin@example.com", admin=True)
+def test_admin_validation_changes_nothing(client, db_session, body, field, make_user, admin_auth):
+    make_user("admin@example.com", admin=True)
+    admin = admin_auth("admin@example.com")
     res = client.post("/api/admin/packages", json=body, headers=admin)
     assert res.status_code == 422, res.json
     assert res.json["code"] == "validation_error"
@@ -216,8 +230,9 @@ def test_admin_validation_changes_nothing(client, auth, db_session, body, field)
     assert db_session.execute(select(func.count(AuditLog.id))).scalar_one() == 0
 
 
-def test_admin_duplicate_slug_is_conflict(client, auth, db_session):
-    admin = signup(client, auth, "admin@example.com", admin=True)
+def test_admin_duplicate_slug_is_conflict(client, db_session, make_user, admin_auth):
+    make_user("admin@example.com", admin=True)
+    admin = admin_auth("admin@example.com")
     assert client.post("/api/admin/packages", json=NEW, headers=admin).status_code == 201
     res = client.post("/api/admin/packages", json=NEW, headers=admin)
     assert res.status_code == 409 and res.json["code"] == "conflict"
@@ -229,8 +244,9 @@ def test_admin_duplicate_slug_is_conflict(client, auth, db_session):
     assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == 2
 
 
-def test_admin_routes_refuse_users(client, auth, catalog):
-    user = signup(client, auth, "u@example.com", tier="pro")
+def test_admin_routes_refuse_users(client, auth, catalog, make_user):
+    make_user("u@example.com", tier="pro")
+    user = auth("u@example.com")
     assert client.post("/api/admin/packages", json=NEW, headers=user).status_code == 403
     assert client.patch(f"/api/admin/packages/{catalog['rain']}", json={"title": "x"},
                         headers=user).status_code == 403
@@ -241,7 +257,7 @@ def test_admin_routes_refuse_users(client, auth, catalog):
 
 # ---- seed --------------------------------------------------------------------------------
 
-def test_seed_demo_catalog_is_idempotent(runner, client, auth, db_session):
+def test_seed_demo_catalog_is_idempotent(runner, client, auth, db_session, make_user):
     res = runner.invoke(args=["sonicus", "seed", str(DEMO)])
     assert res.exit_code == 0, res.output
     total = db_session.execute(select(func.count(SoundPackage.id))).scalar_one()
@@ -258,7 +274,8 @@ def test_seed_demo_catalog_is_idempotent(runner, client, auth, db_session):
     categories = set(db_session.execute(select(SoundPackage.category)).scalars())
     assert levels == {"public", "premium", "pro_exclusive"}
     assert {"sleep", "focus", "relaxation", "meditation", "anxiety", "energy"} <= categories
-    headers = signup(client, auth, "demo@example.com")
+    make_user("demo@example.com")
+    headers = auth("demo@example.com")
     listing = client.get("/api/packages?per_page=100", headers=headers).json
     assert listing["pagination"]["total"] == total
 
@@ -279,8 +296,9 @@ def test_seed_json_updates_by_slug_and_rejects_bad_files(runner, db_session, tmp
     assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == 1
 
 
-def test_admin_lists_drafts_and_archived(client, auth, catalog):
-    admin = signup(client, auth, "admin@example.com", admin=True)
+def test_admin_lists_drafts_and_archived(client, auth, catalog, make_user, admin_auth):
+    make_user("admin@example.com", admin=True)
+    admin = admin_auth("admin@example.com")
     res = client.get("/api/admin/packages", headers=admin)
     assert res.status_code == 200
     assert [p["slug"] for p in res.json["data"]] == ["draft", "gamma", "delta", "rain"]
@@ -291,12 +309,14 @@ def test_admin_lists_drafts_and_archived(client, auth, catalog):
     assert [p["slug"] for p in drafts] == ["draft"]
     assert client.get("/api/admin/packages?q=DEL", headers=admin).json["data"][0]["slug"] == \
         "delta"
-    user = signup(client, auth, "u@example.com")
+    make_user("u@example.com")
+    user = auth("u@example.com")
     assert client.get("/api/admin/packages", headers=user).status_code == 403
 
 
-def test_publishing_needs_tracks(client, auth, db_session):
-    admin = signup(client, auth, "admin@example.com", admin=True)
+def test_publishing_needs_tracks(client, db_session, make_user, admin_auth):
+    make_user("admin@example.com", admin=True)
+    admin = admin_auth("admin@example.com")
     draft = client.post("/api/admin/packages", headers=admin, json={
         "slug": "empty", "title": "Empty", "category": "focus"})
     assert draft.status_code == 201 and draft.json["data"]["published"] is False

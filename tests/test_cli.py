@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from admin_helpers import add_user
 
-from sonicus.models import AuditLog, SubscriptionEvent, User, UserSubscription
+from sonicus.models import AuditLog, SubscriptionEvent, UserSubscription
 
 
 def _run(runner, *args):
@@ -23,11 +22,11 @@ def _one_line_error(result, text):
 
 
 @pytest.fixture
-def people(db_session):
+def people(db_session, make_user):
     return {
-        "ana": add_user("ana@example.com", name="Ana Lopez", tier="premium"),
-        "bob": add_user("bob@example.com", name="Bob", is_active=False),
-        "cy": add_user("cy@example.com", name="Cy", tier="pro", status="trialing"),
+        "ana": make_user("ana@example.com", name="Ana Lopez", tier="premium"),
+        "bob": make_user("bob@example.com", name="Bob", is_active=False),
+        "cy": make_user("cy@example.com", name="Cy", tier="pro", status="trialing"),
     }
 
 
@@ -74,11 +73,9 @@ def test_users_show_unknown_email(runner, people):
                     "no user with email 'nobody@example.com'")
 
 
-def test_users_show_ambiguous_email(runner, db_session):
-    add_user("twin@example.com")
-    user = User(oidc_sub="other-sub", email="TWIN@example.com", preferences={})
-    db_session.add(user)
-    db_session.commit()
+def test_users_show_ambiguous_email(runner, db_session, make_user):
+    make_user("twin@example.com")
+    make_user("TWIN@example.com", sub="other-sub")
     _one_line_error(_run(runner, "users", "show", "twin@example.com"), "several users")
 
 
@@ -148,10 +145,10 @@ def test_stats(runner, people):
     assert "Computed at:" in out
 
 
-def test_stats_json_and_refresh(runner, people, db_session):
+def test_stats_json_and_refresh(runner, people, db_session, make_user):
     first = json.loads(_run(runner, "stats", "--json").output)
     assert first["users_total"] == 3 and first["mrr"] == "9.99"
-    add_user("dan@example.com", tier="pro")
+    make_user("dan@example.com", tier="pro")
     cached = json.loads(_run(runner, "stats", "--json").output)
     assert cached == first
     fresh = json.loads(_run(runner, "stats", "--json", "--refresh").output)

@@ -7,19 +7,17 @@ from datetime import timedelta
 from sqlalchemy import event
 
 from sonicus import clock
-from tests.analytics_helpers import add_package, add_session, sign_in
 
 
 def _today():
     return clock.local_day(clock.now(), "UTC", 0)
 
 
-def test_dashboard_in_one_call(client, auth, db_session):
-    me = sign_in(client, auth, "home@example.com")
-    pkg = add_package(db_session, "ocean", category="sleep")
-    add_session(db_session, me, pkg, _today(), minutes=12, mood_before=4, mood_after=6)
-    open_id = add_session(db_session, me, pkg, _today(), minutes=3, completed=False,
-                          status="open")
+def test_dashboard_in_one_call(client, auth, db_session, make_user, make_package, make_session):
+    me = make_user("home@example.com").id
+    pkg = make_package("ocean", category="sleep").id
+    make_session(me, pkg, _today(), minutes=12, mood_before=4, mood_after=6)
+    open_id = make_session(me, pkg, _today(), minutes=3, completed=False, status="open").id
     res = client.get("/api/user/dashboard", headers=auth("home@example.com"))
     assert res.status_code == 200, res.json
     data = res.json["data"]
@@ -43,44 +41,46 @@ def test_dashboard_in_one_call(client, auth, db_session):
     assert [p["id"] for p in data["recommended"]] == [pkg]
 
 
-def test_no_open_session_means_nothing_to_continue(client, auth, db_session):
-    me = sign_in(client, auth, "done@example.com")
-    pkg = add_package(db_session, "ocean")
-    add_session(db_session, me, pkg, _today())
+def test_no_open_session_means_nothing_to_continue(client, auth, db_session, make_user,
+                                                   make_package, make_session):
+    me = make_user("done@example.com").id
+    pkg = make_package("ocean").id
+    make_session(me, pkg, _today())
     data = client.get("/api/user/dashboard", headers=auth("done@example.com")).json["data"]
     assert data["continue_listening"] is None
 
 
-def test_another_users_open_session_is_not_offered(client, auth, db_session):
-    other = sign_in(client, auth, "other@example.com")
-    sign_in(client, auth, "me@example.com")
-    pkg = add_package(db_session, "ocean")
-    add_session(db_session, other, pkg, _today(), status="open", completed=False)
+def test_another_users_open_session_is_not_offered(client, auth, db_session, make_user,
+                                                   make_package, make_session):
+    other = make_user("other@example.com").id
+    make_user("me@example.com")
+    pkg = make_package("ocean").id
+    make_session(other, pkg, _today(), status="open", completed=False)
     data = client.get("/api/user/dashboard", headers=auth("me@example.com")).json["data"]
     assert data["continue_listening"] is None
 
 
-def test_recommendations_rank_mood_then_favourites_then_popularity(client, auth, db_session):
-    me = sign_in(client, auth, "rank@example.com")
-    other = sign_in(client, auth, "someone@example.com")
+def test_recommendations_rank_mood_then_favourites_then_popularity(
+        client, auth, db_session, make_user, make_package, make_session):
+    me = make_user("rank@example.com").id
+    other = make_user("someone@example.com").id
     res = client.put("/api/user/profile", headers=auth("rank@example.com"),
                      json={"preferences": {"favorite_categories": ["nature"]}})
     assert res.status_code == 200
-    helped_a_lot = add_package(db_session, "helped-a-lot", category="focus", popularity=1)
-    helped = add_package(db_session, "helped", category="sleep", popularity=2)
-    worse = add_package(db_session, "made-it-worse", category="nature", popularity=900)
-    favourite = add_package(db_session, "favourite", category="nature", popularity=3)
-    popular = add_package(db_session, "popular", category="focus", popularity=500)
-    others_hit = add_package(db_session, "others-hit", category="focus", popularity=400)
-    add_package(db_session, "premium-only", category="nature", minimum_tier="premium",
-                popularity=10_000)
-    add_package(db_session, "draft", category="nature", published=False, popularity=10_000)
+    helped_a_lot = make_package("helped-a-lot", category="focus", popularity=1).id
+    helped = make_package("helped", category="sleep", popularity=2).id
+    worse = make_package("made-it-worse", category="nature", popularity=900).id
+    favourite = make_package("favourite", category="nature", popularity=3).id
+    popular = make_package("popular", category="focus", popularity=500).id
+    others_hit = make_package("others-hit", category="focus", popularity=400).id
+    make_package("premium-only", category="nature", minimum_tier="premium", popularity=10_000)
+    make_package("draft", category="nature", published=False, popularity=10_000)
     day = _today() - timedelta(days=1)
-    add_session(db_session, me, helped_a_lot, day, mood_before=2, mood_after=8)
-    add_session(db_session, me, helped, day, mood_before=5, mood_after=6)
-    add_session(db_session, me, worse, day, mood_before=6, mood_after=4)
+    make_session(me, helped_a_lot, day, mood_before=2, mood_after=8)
+    make_session(me, helped, day, mood_before=5, mood_after=6)
+    make_session(me, worse, day, mood_before=6, mood_after=4)
     # Someone else's outcomes do not rank my list.
-    add_session(db_session, other, others_hit, day, mood_before=1, mood_after=10)
+    make_session(other, others_hit, day, mood_before=1, mood_after=10)
 
     data = client.get("/api/user/dashboard", headers=auth("rank@example.com")).json["data"]
     ranked = [(p["id"], p["reason"]) for p in data["recommended"]]
@@ -91,14 +91,11 @@ def test_recommendations_rank_mood_then_favourites_then_popularity(client, auth,
     assert all(p["locked"] is False for p in data["recommended"])
 
 
-def test_paid_tier_sees_its_packages(app, client, auth, db_session):
-    from sonicus.services.admin_users import grant_tier_from_cli
-
-    me = sign_in(client, auth, "pro@example.com")
-    add_package(db_session, "public-one", popularity=1)
-    premium = add_package(db_session, "premium-one", minimum_tier="premium", popularity=5)
-    exclusive = add_package(db_session, "pro-one", minimum_tier="pro_exclusive", popularity=9)
-    grant_tier_from_cli(me, "premium")
+def test_paid_tier_sees_its_packages(client, auth, make_user, make_package):
+    make_user("pro@example.com", tier="premium")
+    make_package("public-one", popularity=1)
+    premium = make_package("premium-one", minimum_tier="premium", popularity=5).id
+    exclusive = make_package("pro-one", minimum_tier="pro_exclusive", popularity=9).id
     data = client.get("/api/user/dashboard", headers=auth("pro@example.com")).json["data"]
     ids = [p["id"] for p in data["recommended"]]
     assert premium in ids and exclusive not in ids
@@ -123,18 +120,25 @@ def _count_queries(app, func):
     return statements
 
 
-def test_query_count_does_not_grow_with_the_data(app, client, auth, db_session, redis_client):
-    small = sign_in(client, auth, "small@example.com")
-    big = sign_in(client, auth, "big@example.com")
-    first = add_package(db_session, "first")
-    add_session(db_session, small, first, _today(), mood_before=3, mood_after=5)
-    add_session(db_session, small, first, _today(), status="open", completed=False)
-    packages = [add_package(db_session, f"pkg-{i}", category=f"cat-{i % 7}", popularity=i)
+def test_query_count_does_not_grow_with_the_data(auth, redis_client, make_config, make_user,
+                                                 make_package, make_session):
+    from sonicus import create_app
+
+    # Identity snapshots that outlast the test: each warm request reuses its cold one's
+    # however slow the machine is, so only the data could change the counts.
+    app = create_app(make_config(AUTH_USER_CACHE_SECONDS=600))
+    client = app.test_client()
+    small = make_user("small@example.com").id
+    big = make_user("big@example.com").id
+    first = make_package("first").id
+    make_session(small, first, _today(), mood_before=3, mood_after=5)
+    make_session(small, first, _today(), status="open", completed=False)
+    packages = [make_package(f"pkg-{i}", category=f"cat-{i % 7}", popularity=i).id
                 for i in range(40)]
     for i in range(300):
-        add_session(db_session, big, packages[i % 40], _today() - timedelta(days=i % 60),
-                    mood_before=i % 10 + 1, mood_after=(i * 7) % 10 + 1)
-    add_session(db_session, big, packages[3], _today(), status="open", completed=False)
+        make_session(big, packages[i % 40], _today() - timedelta(days=i % 60),
+                     mood_before=i % 10 + 1, mood_after=(i * 7) % 10 + 1)
+    make_session(big, packages[3], _today(), status="open", completed=False)
 
     def fetch(email):
         def run():

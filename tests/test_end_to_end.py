@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import requests
 
-from tests.test_realtime import close_code, connect, receive_json
-
 
 def _seed_catalog(runner):
     result = runner.invoke(args=["sonicus", "seed", "sonicus/data/demo_catalog.yaml"])
     assert result.exit_code == 0, result.output
 
 
-def test_completed_session_reaches_the_listeners_socket(app, two_web_processes, runner, token_for):
+def test_completed_session_reaches_the_listeners_socket(app, two_web_processes, runner, token_for,
+                                                        connect_ws):
     from sonicus.tasks.worker import make_worker
 
     _seed_catalog(runner)
@@ -25,8 +24,8 @@ def test_completed_session_reaches_the_listeners_socket(app, two_web_processes, 
                             headers=headers, timeout=10).json()["data"]
     package_id = packages[0]["id"]
 
-    ws = connect(process_a.ws_url(), token)
-    snapshot = receive_json(ws)
+    ws = connect_ws(process_a.ws_url(), token)
+    snapshot = ws.receive_json()
     assert snapshot["type"] == "analytics.snapshot"
     assert snapshot["data"]["completed_sessions"] == 0
 
@@ -40,32 +39,32 @@ def test_completed_session_reaches_the_listeners_socket(app, two_web_processes, 
     assert done.status_code == 200, done.json()
     make_worker(app, simple=True).work(burst=True, with_scheduler=True)
 
-    update = receive_json(ws)
+    update = ws.receive_json()
     assert update["type"] == "analytics.updated"
     assert update["data"]["total_sessions"] == 1
     ws.close()
 
 
 def test_suspension_closes_the_listeners_sockets_everywhere(two_web_processes, token_for,
-                                                            db_session):
+                                                            db_session, connect_ws):
     from sonicus.models import User
 
     process_a, process_b = two_web_processes
     listener = token_for("listener@example.com")
     admin = token_for("admin@example.com", groups=("sonicus-user", "sonicus-super-admin"))
-    sockets = [connect(server.ws_url(), listener) for server in two_web_processes]
+    sockets = [connect_ws(server.ws_url(), listener) for server in two_web_processes]
     for ws in sockets:
-        assert receive_json(ws)["type"] == "analytics.snapshot"
+        assert ws.receive_json()["type"] == "analytics.snapshot"
     user_id = db_session.query(User).filter_by(email="listener@example.com").one().id
 
     res = requests.patch(process_b.http_url(f"/api/admin/users/{user_id}"),
                          headers={"Authorization": f"Bearer {admin}"},
                          json={"is_active": False}, timeout=10)
     assert res.status_code == 200, res.json()
-    assert [close_code(ws) for ws in sockets] == [4403, 4403]
+    assert [ws.close_code() for ws in sockets] == [4403, 4403]
 
-    refused = connect(process_a.ws_url(), listener)
-    assert close_code(refused) == 4403
+    refused = connect_ws(process_a.ws_url(), listener)
+    assert refused.close_code() == 4403
     profile = requests.get(process_a.http_url("/api/user/profile"),
                            headers={"Authorization": f"Bearer {listener}"}, timeout=10)
     assert profile.status_code == 403 and profile.json()["code"] == "account_suspended"

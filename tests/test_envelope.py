@@ -57,12 +57,11 @@ def test_nested_field_errors_are_flattened(client, auth):
     assert any(e.startswith("preferences.daily_goal_minutes: ") for e in body["errors"])
 
 
-def test_500_is_generic_and_logged(idp, caplog):
+def test_500_is_generic_and_logged(caplog, make_config):
     from sonicus import create_app
     from sonicus.envelope import Blueprint
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, PROPAGATE_EXCEPTIONS=False))
+    app = create_app(make_config(PROPAGATE_EXCEPTIONS=False))
     boom = Blueprint("boom", __name__, url_prefix="/api/boom")
 
     @boom.route("/")

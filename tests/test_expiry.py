@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from subscription_helpers import (
-    DAY,
-    arrange,
-    buy,
-    events_of,
-    invoice_event,
-    now,
-    parse_time,
-    post_webhook,
-    subscription,
-    user_id,
-)
+from sonicus import clock
 
 EMAIL = "listener@example.com"
+DAY = timedelta(days=1)
 
 
 def run_job(app):
@@ -39,147 +29,148 @@ def start_trial(client, headers, tier="premium"):
     assert resp.status_code == 200
 
 
-def test_trial_without_payment_method_falls_back_to_starter_once(client, auth, app):
+def test_trial_without_payment_method_falls_back_to_starter_once(client, auth, app, billing):
     headers = auth()
     start_trial(client, headers)
-    ended_at = now() - timedelta(minutes=5)
-    arrange(app, EMAIL, trial_ends_at=ended_at)
+    ended_at = clock.now() - timedelta(minutes=5)
+    billing.arrange(EMAIL, trial_ends_at=ended_at)
     first = run_job(app)
     assert first["outcomes"] == {"trial_ended": 1}
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["tier"] == "starter" and data["status"] == "active"
     assert data["limits"]["daily_sessions"] == 3
     second = run_job(app)
     assert second["outcomes"] == {} and second["processed"] == 0
-    events = events_of(app, EMAIL, "trial_ended")
+    events = billing.events_of(EMAIL, "trial_ended")
     assert len(events) == 1
     assert events[0]["details"]["reason"] == "no_payment_method"
     assert abs(events[0]["at"] - ended_at) < timedelta(seconds=1)
 
 
-def test_trial_not_yet_over_is_left_alone(client, auth, app):
+def test_trial_not_yet_over_is_left_alone(client, auth, app, billing):
     headers = auth()
     start_trial(client, headers)
     assert run_job(app)["outcomes"] == {}
-    assert subscription(client, headers)["status"] == "trialing"
+    assert billing.subscription(client, headers)["status"] == "trialing"
 
 
-def test_trial_with_payment_method_converts_to_paid(client, auth, app):
+def test_trial_with_payment_method_converts_to_paid(client, auth, app, billing):
     headers = auth()
     start_trial(client, headers)
     ref = client.post("/api/user/subscription", json={"tier": "premium"},
                       headers=headers).get_json()["data"]["checkout"]["reference"]
     client.post(f"/api/billing/sandbox/{ref}/confirm")
-    ended_at = now() - timedelta(hours=1)
-    arrange(app, EMAIL, trial_ends_at=ended_at)
+    ended_at = clock.now() - timedelta(hours=1)
+    billing.arrange(EMAIL, trial_ends_at=ended_at)
     assert run_job(app)["outcomes"] == {"trial_converted": 1}
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["tier"] == "premium" and data["status"] == "active"
-    assert parse_time(data["current_period_start"]) == ended_at.replace(microsecond=0) or \
-        abs(parse_time(data["current_period_start"]) - ended_at) < timedelta(seconds=1)
-    assert parse_time(data["current_period_end"]) > now() + 27 * DAY
+    period_start = datetime.fromisoformat(data["current_period_start"])
+    assert period_start == ended_at.replace(microsecond=0) or \
+        abs(period_start - ended_at) < timedelta(seconds=1)
+    assert datetime.fromisoformat(data["current_period_end"]) > clock.now() + 27 * DAY
     history = client.get("/api/user/subscription/history", headers=headers).get_json()["data"]
     converted = [e for e in history if e["type"] == "trial_converted"]
     assert len(converted) == 1 and converted[0]["amount"] == "9.99"
     assert run_job(app)["outcomes"] == {}
 
 
-def test_canceled_trial_ends_on_starter_even_with_a_card(client, auth, app):
+def test_canceled_trial_ends_on_starter_even_with_a_card(client, auth, app, billing):
     headers = auth()
     start_trial(client, headers, "pro")
     ref = client.post("/api/user/subscription", json={"tier": "pro"},
                       headers=headers).get_json()["data"]["checkout"]["reference"]
     client.post(f"/api/billing/sandbox/{ref}/confirm")
     client.delete("/api/user/subscription", json={"reason": "not_using"}, headers=headers)
-    arrange(app, EMAIL, trial_ends_at=now() - DAY)
+    billing.arrange(EMAIL, trial_ends_at=clock.now() - DAY)
     assert run_job(app)["outcomes"] == {"trial_ended": 1}
-    assert subscription(client, headers)["tier"] == "starter"
+    assert billing.subscription(client, headers)["tier"] == "starter"
 
 
-def test_past_due_keeps_the_tier_for_the_grace_period_then_starter(client, auth, app):
+def test_past_due_keeps_the_tier_for_the_grace_period_then_starter(client, auth, app, billing):
     headers = auth()
-    data = buy(client, headers, "premium")
-    end = parse_time(data["current_period_end"])
-    post_webhook(client, invoice_event("evt_f", "invoice.payment_failed",
-                                       user_id=user_id(app, EMAIL), tier="premium",
-                                       period_start=end, period_end=end + 30 * DAY))
-    arrange(app, EMAIL, past_due_since=now() - timedelta(days=2, hours=23))
+    data = billing.buy(client, headers, "premium")
+    end = datetime.fromisoformat(data["current_period_end"])
+    billing.post_webhook(client, billing.invoice_event(
+        "evt_f", "invoice.payment_failed", user_id=billing.user_id(EMAIL), tier="premium",
+        period_start=end, period_end=end + 30 * DAY))
+    billing.arrange(EMAIL, past_due_since=clock.now() - timedelta(days=2, hours=23))
     assert run_job(app)["outcomes"] == {}
-    assert subscription(client, headers)["tier"] == "premium"
-    arrange(app, EMAIL, past_due_since=now() - timedelta(days=3, minutes=1))
+    assert billing.subscription(client, headers)["tier"] == "premium"
+    billing.arrange(EMAIL, past_due_since=clock.now() - timedelta(days=3, minutes=1))
     assert run_job(app)["outcomes"] == {"grace_ended": 1}
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["tier"] == "starter" and data["status"] == "active"
     assert run_job(app)["outcomes"] == {}
-    assert len(events_of(app, EMAIL, "grace_ended")) == 1
+    assert len(billing.events_of(EMAIL, "grace_ended")) == 1
 
 
-def test_cancel_takes_effect_at_period_end(client, auth, app):
+def test_cancel_takes_effect_at_period_end(client, auth, app, billing):
     headers = auth()
-    buy(client, headers, "premium")
+    billing.buy(client, headers, "premium")
     client.delete("/api/user/subscription", json={}, headers=headers)
     assert run_job(app)["outcomes"] == {}
-    assert subscription(client, headers)["tier"] == "premium"
-    arrange(app, EMAIL, current_period_end=now() - timedelta(minutes=1))
+    assert billing.subscription(client, headers)["tier"] == "premium"
+    billing.arrange(EMAIL, current_period_end=clock.now() - timedelta(minutes=1))
     assert run_job(app)["outcomes"] == {"canceled": 1}
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["tier"] == "starter" and data["cancel_at_period_end"] is False
     assert run_job(app)["outcomes"] == {}
 
 
-def test_downgrade_takes_effect_at_period_end_and_the_lower_tier_renews(client, auth, app):
+def test_downgrade_takes_effect_at_period_end_and_the_lower_tier_renews(client, auth, app, billing):
     headers = auth()
-    buy(client, headers, "pro")
+    billing.buy(client, headers, "pro")
     client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
-    period_end = now() - timedelta(minutes=1)
-    arrange(app, EMAIL, current_period_end=period_end)
+    period_end = clock.now() - timedelta(minutes=1)
+    billing.arrange(EMAIL, current_period_end=period_end)
     assert run_job(app)["outcomes"] == {"downgraded": 1, "renewed": 1}
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["tier"] == "premium" and data["pending_tier"] is None
-    assert parse_time(data["current_period_end"]) > now() + 27 * DAY
-    renewed = events_of(app, EMAIL, "renewed")
+    assert datetime.fromisoformat(data["current_period_end"]) > clock.now() + 27 * DAY
+    renewed = billing.events_of(EMAIL, "renewed")
     assert len(renewed) == 1 and renewed[0]["amount_cents"] == 999
 
 
-def test_sandbox_renews_at_period_end(client, auth, app):
+def test_sandbox_renews_at_period_end(client, auth, app, billing):
     headers = auth()
-    buy(client, headers, "premium")
-    arrange(app, EMAIL, current_period_end=now() - timedelta(minutes=1))
+    billing.buy(client, headers, "premium")
+    billing.arrange(EMAIL, current_period_end=clock.now() - timedelta(minutes=1))
     assert run_job(app)["outcomes"] == {"renewed": 1}
-    assert subscription(client, headers)["status"] == "active"
+    assert billing.subscription(client, headers)["status"] == "active"
     assert run_job(app)["outcomes"] == {}
 
 
-def test_provider_subscription_without_renewal_lapses_after_grace(client, auth, app):
+def test_provider_subscription_without_renewal_lapses_after_grace(client, auth, app, billing):
     headers = auth()
-    buy(client, headers, "premium")
-    arrange(app, EMAIL, provider="stripe", current_period_end=now() - timedelta(days=1))
+    billing.buy(client, headers, "premium")
+    billing.arrange(EMAIL, provider="stripe", current_period_end=clock.now() - timedelta(days=1))
     assert run_job(app)["outcomes"] == {}  # the provider's renewal may still arrive
-    assert subscription(client, headers)["tier"] == "premium"
-    arrange(app, EMAIL, current_period_end=now() - timedelta(days=3, minutes=1))
+    assert billing.subscription(client, headers)["tier"] == "premium"
+    billing.arrange(EMAIL, current_period_end=clock.now() - timedelta(days=3, minutes=1))
     assert run_job(app)["outcomes"] == {"lapsed": 1}
-    assert subscription(client, headers)["tier"] == "starter"
+    assert billing.subscription(client, headers)["tier"] == "starter"
 
 
-def test_complimentary_tier_is_not_expired(client, auth, app):
+def test_complimentary_tier_is_not_expired(client, auth, app, billing):
     headers = auth()
     client.get("/api/user/subscription", headers=headers)
-    arrange(app, EMAIL, tier="pro", complimentary=True,
-            current_period_end=now() - 10 * DAY)
+    billing.arrange(EMAIL, tier="pro", complimentary=True,
+                    current_period_end=clock.now() - 10 * DAY)
     assert run_job(app)["outcomes"] == {}
-    assert subscription(client, headers)["tier"] == "pro"
+    assert billing.subscription(client, headers)["tier"] == "pro"
 
 
-def _many_due_trials(client, auth, app, n):
+def _many_due_trials(client, auth, billing, n):
     for i in range(n):
         email = f"user{i}@example.com"
         start_trial(client, auth(email))
-        arrange(app, email, trial_ends_at=now() - DAY)
+        billing.arrange(email, trial_ends_at=clock.now() - DAY)
 
 
-def test_two_workers_at_once_process_each_subscription_once(client, auth, app):
+def test_two_workers_at_once_process_each_subscription_once(client, auth, app, billing):
     n = 30
-    _many_due_trials(client, auth, app, n)
+    _many_due_trials(client, auth, billing, n)
     results, barrier = [], threading.Barrier(4)
 
     def worker():
@@ -205,10 +196,10 @@ def test_two_workers_at_once_process_each_subscription_once(client, auth, app):
     assert run_job(app)["outcomes"] == {}
 
 
-def test_cli_expire_trials(client, auth, app, runner):
+def test_cli_expire_trials(client, auth, runner, billing):
     result = runner.invoke(args=["sonicus", "expire-trials"])
     assert result.exit_code == 0 and "Nothing was due." in result.output
-    _many_due_trials(client, auth, app, 2)
+    _many_due_trials(client, auth, billing, 2)
     result = runner.invoke(args=["sonicus", "expire-trials"])
     assert result.exit_code == 0, result.output
     assert "Processed 2 subscription(s)" in result.output
@@ -217,12 +208,12 @@ def test_cli_expire_trials(client, auth, app, runner):
     assert "Nothing was due." in result.output
 
 
-def test_job_runs_on_an_rq_worker(client, auth, app):
+def test_job_runs_on_an_rq_worker(client, auth, app, billing):
     from sonicus.services.subscriptions import process_due_subscriptions
     from sonicus.tasks.queue import QUEUE_MAINTENANCE, enqueue
     from sonicus.tasks.worker import make_worker
 
-    _many_due_trials(client, auth, app, 3)
+    _many_due_trials(client, auth, billing, 3)
     with app.app_context():
         job = enqueue(process_due_subscriptions, queue=QUEUE_MAINTENANCE,
                       job_id="process-due-subscriptions")
@@ -231,4 +222,4 @@ def test_job_runs_on_an_rq_worker(client, auth, app):
     assert job.get_status() == "finished"
     result = job.return_value()
     assert (result["processed"], result["outcomes"]) == (3, {"trial_ended": 3})
-    assert subscription(client, auth("user0@example.com"))["tier"] == "starter"
+    assert billing.subscription(client, auth("user0@example.com"))["tier"] == "starter"

@@ -11,7 +11,6 @@ import time
 import pytest
 
 from sonicus import create_app
-from tests.conftest import make_config
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1:] or [None]
 PG_BIN = BIN[0]
@@ -62,10 +61,10 @@ def temp_postgres():
     pg.cleanup()
 
 
-def test_postgres_restart_gives_503_then_recovers(idp, temp_postgres):
+def test_postgres_restart_gives_503_then_recovers(idp, temp_postgres, make_config):
     from flask_migrate import upgrade
 
-    app = create_app(make_config(idp, DATABASE_URL=temp_postgres.url))
+    app = create_app(make_config(DATABASE_URL=temp_postgres.url))
     with app.app_context():
         upgrade()
     client = app.test_client()

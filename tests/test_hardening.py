@@ -8,12 +8,11 @@ import time
 import pytest
 
 from sonicus import ConfigError, create_app
-from tests.conftest import make_config
 
 
 @pytest.fixture
-def limited_app(idp):
-    return create_app(make_config(idp, RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="5/second",
+def limited_app(make_config):
+    return create_app(make_config(RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="5/second",
                                   RATELIMIT_PER_IP="1000/second"))
 
 
@@ -31,8 +30,8 @@ def test_rate_limit_answers_429_in_the_envelope(limited_app, idp):
     assert client.get("/api/user/profile", headers=other).status_code == 200
 
 
-def test_default_limits_let_a_burst_of_60_through(idp):
-    app = create_app(make_config(idp, RATELIMIT_ENABLED=True))
+def test_default_limits_let_a_burst_of_60_through(idp, make_config):
+    app = create_app(make_config(RATELIMIT_ENABLED=True))
     client = app.test_client()
     headers = {"Authorization": f"Bearer {idp.token(email='burst@example.com')}"}
     statuses = {client.get("/api/user/profile", headers=headers).status_code for _ in range(60)}
@@ -52,8 +51,8 @@ def test_oversized_body_is_413(client, auth):
     assert res.json["code"] == "payload_too_large"
 
 
-def test_cors_only_for_configured_origins(idp):
-    app = create_app(make_config(idp, CORS_ORIGINS=["https://app.sonicus.example"]))
+def test_cors_only_for_configured_origins(make_config):
+    app = create_app(make_config(CORS_ORIGINS=["https://app.sonicus.example"]))
     client = app.test_client()
     ok = client.options("/api/user/profile", headers={
         "Origin": "https://app.sonicus.example", "Access-Control-Request-Method": "GET",
@@ -113,7 +112,7 @@ def test_logs_are_json_and_hold_no_tokens_or_emails(client, idp):
     assert access[0]["path"] == "/api/user/profile" and access[0]["status"] == 200
 
 
-def test_gunicorn_access_log_keeps_query_strings_out(tmp_path):
+def test_gunicorn_access_log_keeps_query_strings_out(tmp_path, test_database_url, wait_for):
     """Served the production way (gunicorn.conf.py), a token in a query string is not logged."""
     import os
     import socket
@@ -123,14 +122,12 @@ def test_gunicorn_access_log_keeps_query_strings_out(tmp_path):
     import urllib.request
     from pathlib import Path
 
-    from tests.conftest import TEST_DATABASE_URL
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log_file = tmp_path / "access.log"
     env = {**os.environ, "SONICUS_ENV": "testing", "SONICUS_BIND": f"127.0.0.1:{port}",
-           "DATABASE_URL": TEST_DATABASE_URL, "WEB_CONCURRENCY": "1", "SONICUS_THREADS": "4",
+           "DATABASE_URL": test_database_url, "WEB_CONCURRENCY": "1", "SONICUS_THREADS": "4",
            "DEV_TOKEN_ISSUER": "1", "SONICUS_INSTANCE_PATH": str(tmp_path)}
     env.pop("REDIS_URL", None)
     with open(log_file, "w") as out:
@@ -149,7 +146,7 @@ def test_gunicorn_access_log_keeps_query_strings_out(tmp_path):
                     if time.time() > deadline:
                         raise
                     time.sleep(0.2)
-            time.sleep(0.3)
+            wait_for(lambda: '"GET /api/health' in log_file.read_text())  # written after it
         finally:
             proc.terminate()
             proc.wait(10)
@@ -158,8 +155,8 @@ def test_gunicorn_access_log_keeps_query_strings_out(tmp_path):
     assert "SECRET-TOKEN-123" not in text
 
 
-def test_rate_limits_do_not_fail_requests_while_redis_is_down(idp):
-    app = create_app(make_config(idp, RATELIMIT_ENABLED=True,
+def test_rate_limits_do_not_fail_requests_while_redis_is_down(idp, make_config):
+    app = create_app(make_config(RATELIMIT_ENABLED=True,
                                  REDIS_URL="redis://127.0.0.1:1/0"))
     client = app.test_client()
     headers = {"Authorization": f"Bearer {idp.token(email='steady@example.com')}"}
@@ -167,9 +164,9 @@ def test_rate_limits_do_not_fail_requests_while_redis_is_down(idp):
             for _ in range(3)} == {200}
 
 
-def test_rate_limits_are_shared_by_every_process(idp):
+def test_rate_limits_are_shared_by_every_process(idp, make_config):
     # two app instances on one Redis stand for two gunicorn processes
-    config = make_config(idp, RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="5/hour",
+    config = make_config(RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="5/hour",
                          RATELIMIT_PER_IP="1000/hour")
     first, second = create_app(config).test_client(), create_app(config).test_client()
     headers = {"Authorization": f"Bearer {idp.token(email='spread@example.com')}"}
@@ -185,8 +182,8 @@ def test_rate_limits_are_shared_by_every_process(idp):
     assert refused.json["code"] == "rate_limited"
 
 
-def test_rate_limits_still_hold_while_redis_is_down(idp):
-    app = create_app(make_config(idp, RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="5/hour",
+def test_rate_limits_still_hold_while_redis_is_down(idp, make_config):
+    app = create_app(make_config(RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="5/hour",
                                  REDIS_URL="redis://127.0.0.1:1/0"))
     client = app.test_client()
     headers = {"Authorization": f"Bearer {idp.token(email='offline@example.com')}"}
@@ -195,13 +192,13 @@ def test_rate_limits_still_hold_while_redis_is_down(idp):
     assert statuses == [200] * 5 + [429] * 3  # counted in this process meanwhile
 
 
-def test_a_limit_that_does_not_parse_is_refused_at_start(idp):
+def test_a_limit_that_does_not_parse_is_refused_at_start(make_config):
     with pytest.raises(ConfigError, match="RATELIMIT_PER_IP"):
-        create_app(make_config(idp, RATELIMIT_PER_IP="lots"))
+        create_app(make_config(RATELIMIT_PER_IP="lots"))
 
 
-def test_near_its_limit_a_client_is_counted_exactly_across_processes(idp):
-    config = make_config(idp, RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="40/hour",
+def test_near_its_limit_a_client_is_counted_exactly_across_processes(idp, make_config):
+    config = make_config(RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="40/hour",
                          RATELIMIT_PER_IP="100000/hour")
     first, second = create_app(config).test_client(), create_app(config).test_client()
     headers = {"Authorization": f"Bearer {idp.token(email='steady-stream@example.com')}"}
@@ -210,8 +207,9 @@ def test_near_its_limit_a_client_is_counted_exactly_across_processes(idp):
     assert statuses.count(200) == 40 and statuses[:40] == [200] * 40
 
 
-def test_a_client_well_inside_its_limits_reaches_redis_within_a_second(idp, redis_client):
-    app = create_app(make_config(idp, RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="1000/hour",
+def test_a_client_well_inside_its_limits_reaches_redis_within_a_second(idp, redis_client,
+                                                                       make_config):
+    app = create_app(make_config(RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="1000/hour",
                                  RATELIMIT_PER_IP="100000/hour"))
     client = app.test_client()
     headers = {"Authorization": f"Bearer {idp.token(email='light@example.com')}"}
@@ -229,10 +227,10 @@ def test_a_client_well_inside_its_limits_reaches_redis_within_a_second(idp, redi
     assert res.headers["X-RateLimit-Remaining"] == "989"
 
 
-def test_racing_requests_get_exactly_the_limit(idp):
+def test_racing_requests_get_exactly_the_limit(idp, make_config):
     from concurrent.futures import ThreadPoolExecutor
 
-    app = create_app(make_config(idp, RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="40/hour",
+    app = create_app(make_config(RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="40/hour",
                                  RATELIMIT_PER_IP="100000/hour"))
     headers = {"Authorization": f"Bearer {idp.token(email='racer@example.com')}"}
     app.test_client().get("/api/tiers")  # warm the app up before the race

@@ -11,11 +11,10 @@ def test_ready_reports_database_and_redis(client):
     assert res.json["data"] == {"status": "ok", "database": "ok", "redis": "ok"}
 
 
-def test_ready_is_503_when_redis_is_unreachable(idp):
+def test_ready_is_503_when_redis_is_unreachable(make_config):
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, REDIS_URL="redis://127.0.0.1:1/0"))
+    app = create_app(make_config(REDIS_URL="redis://127.0.0.1:1/0"))
     res = app.test_client().get("/api/ready")
     assert res.status_code == 503
     assert res.json["success"] is False
@@ -23,11 +22,10 @@ def test_ready_is_503_when_redis_is_unreachable(idp):
     assert "redis: unreachable" in res.json["errors"]
 
 
-def test_ready_is_503_when_database_is_unreachable(idp):
+def test_ready_is_503_when_database_is_unreachable(make_config):
     from sonicus import create_app
-    from tests.conftest import make_config
 
-    app = create_app(make_config(idp, DATABASE_URL="postgresql://postgres@127.0.0.1:1/test"))
+    app = create_app(make_config(DATABASE_URL="postgresql://postgres@127.0.0.1:1/test"))
     res = app.test_client().get("/api/ready")
     assert res.status_code == 503
     assert "database: unreachable" in res.json["errors"]

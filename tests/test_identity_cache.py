@@ -7,7 +7,6 @@ from sqlalchemy import event, text
 
 from sonicus import create_app
 from sonicus.extensions import db
-from tests.conftest import make_config
 
 
 def _count_statements(app, action):
@@ -52,8 +51,8 @@ def test_own_writes_are_never_stale(client, auth, admin_auth, db_session):
     assert client.get("/api/user/profile", headers=headers).status_code == 403
 
 
-def test_other_processes_writes_are_seen_within_the_window(idp):
-    app = create_app(make_config(idp, AUTH_USER_CACHE_SECONDS=0.5))
+def test_other_processes_writes_are_seen_within_the_window(idp, make_config):
+    app = create_app(make_config(AUTH_USER_CACHE_SECONDS=0.5))
     client = app.test_client()
     headers = {"Authorization": f"Bearer {idp.token(email='far@example.com', name='Far')}"}
     assert client.get("/api/user/profile", headers=headers).json["data"]["display_name"] == "Far"
@@ -66,8 +65,8 @@ def test_other_processes_writes_are_seen_within_the_window(idp):
                       headers=headers).json["data"]["display_name"] == "Changed"
 
 
-def test_the_cache_can_be_turned_off(idp):
-    app = create_app(make_config(idp, AUTH_USER_CACHE_SECONDS=0))
+def test_the_cache_can_be_turned_off(idp, make_config):
+    app = create_app(make_config(AUTH_USER_CACHE_SECONDS=0))
     client = app.test_client()
     headers = {"Authorization": f"Bearer {idp.token(email='off@example.com')}"}
     client.get("/api/user/profile", headers=headers)

@@ -5,20 +5,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from catalog_helpers import get_user, make_package, signup
 from sqlalchemy import func, select
 
 from sonicus.models import AuditLog, UserSoundPackage
 
 
 @pytest.fixture
-def packages(db_session):
-    return {"rain": make_package("rain"), "delta": make_package("delta", minimum_tier="premium"),
-            "draft": make_package("draft", published=False)}
+def packages(db_session, make_package):
+    return {"rain": make_package("rain").id,
+            "delta": make_package("delta", minimum_tier="premium").id,
+            "draft": make_package("draft", published=False).id}
 
 
-def test_add_list_favourite_remove(client, auth, packages):
-    headers = signup(client, auth, "l@example.com")
+def test_add_list_favourite_remove(client, auth, packages, make_user):
+    make_user("l@example.com")
+    headers = auth("l@example.com")
     assert client.get("/api/user/packages", headers=headers).json["data"] == []
 
     res = client.post(f"/api/user/packages/{packages['rain']}", headers=headers)
@@ -50,8 +51,9 @@ def test_add_list_favourite_remove(client, auth, packages):
                          headers=headers).status_code == 404
 
 
-def test_add_with_favourite_and_filter(client, auth, packages):
-    headers = signup(client, auth, "fav@example.com", tier="premium")
+def test_add_with_favourite_and_filter(client, auth, packages, make_user):
+    make_user("fav@example.com", tier="premium")
+    headers = auth("fav@example.com")
     client.post(f"/api/user/packages/{packages['rain']}", json={"favorite": True},
                 headers=headers)
     client.post(f"/api/user/packages/{packages['delta']}", headers=headers)
@@ -61,8 +63,9 @@ def test_add_with_favourite_and_filter(client, auth, packages):
     assert [e["package"]["slug"] for e in everything] == ["delta", "rain"]  # newest first
 
 
-def test_above_tier_is_locked_and_changes_nothing(client, auth, packages, db_session):
-    headers = signup(client, auth, "s@example.com")
+def test_above_tier_is_locked_and_changes_nothing(client, auth, packages, db_session, make_user):
+    make_user("s@example.com")
+    headers = auth("s@example.com")
     res = client.post(f"/api/user/packages/{packages['delta']}", headers=headers)
     assert res.status_code == 403
     assert res.json["code"] == "package_locked"
@@ -70,8 +73,9 @@ def test_above_tier_is_locked_and_changes_nothing(client, auth, packages, db_ses
     assert db_session.execute(select(func.count(UserSoundPackage.id))).scalar_one() == 0
 
 
-def test_unknown_unpublished_and_bad_bodies(client, auth, packages):
-    headers = signup(client, auth, "b@example.com", tier="pro")
+def test_unknown_unpublished_and_bad_bodies(client, auth, packages, make_user):
+    make_user("b@example.com", tier="pro")
+    headers = auth("b@example.com")
     assert client.post(f"/api/user/packages/{packages['draft']}",
                        headers=headers).status_code == 404
     assert client.post("/api/user/packages/99999", headers=headers).status_code == 404
@@ -83,9 +87,11 @@ def test_unknown_unpublished_and_bad_bodies(client, auth, packages):
     assert res.status_code == 404  # not in the library yet
 
 
-def test_libraries_are_private(client, auth, packages):
-    ana = signup(client, auth, "ana@example.com")
-    ben = signup(client, auth, "ben@example.com")
+def test_libraries_are_private(client, auth, packages, make_user):
+    make_user("ana@example.com")
+    ana = auth("ana@example.com")
+    make_user("ben@example.com")
+    ben = auth("ben@example.com")
     client.post(f"/api/user/packages/{packages['rain']}", headers=ana)
     assert client.get("/api/user/packages", headers=ben).json["data"] == []
     assert client.patch(f"/api/user/packages/{packages['rain']}", json={"favorite": True},
@@ -95,19 +101,22 @@ def test_libraries_are_private(client, auth, packages):
     assert len(client.get("/api/user/packages", headers=ana).json["data"]) == 1
 
 
-def test_archived_package_leaves_library(client, auth, packages):
-    admin = signup(client, auth, "admin@example.com", admin=True)
-    headers = signup(client, auth, "x@example.com")
+def test_archived_package_leaves_library(client, auth, packages, make_user, admin_auth):
+    make_user("admin@example.com", admin=True)
+    admin = admin_auth("admin@example.com")
+    make_user("x@example.com")
+    headers = auth("x@example.com")
     client.post(f"/api/user/packages/{packages['rain']}", headers=headers)
     assert client.delete(f"/api/admin/packages/{packages['rain']}",
                          headers=admin).status_code == 200
     assert client.get("/api/user/packages", headers=headers).json["data"] == []
 
 
-def test_admin_assigns_packages(client, auth, packages, db_session):
-    admin = signup(client, auth, "admin@example.com", admin=True)
-    headers = signup(client, auth, "member@example.com")
-    user_id = get_user("member@example.com").id
+def test_admin_assigns_packages(client, auth, packages, db_session, make_user, admin_auth):
+    make_user("admin@example.com", admin=True)
+    admin = admin_auth("admin@example.com")
+    user_id = make_user("member@example.com").id
+    headers = auth("member@example.com")
 
     res = client.post(f"/api/admin/users/{user_id}/packages",
                       json={"package_id": packages["delta"]}, headers=admin)

@@ -10,8 +10,6 @@ import psycopg2
 import pytest
 from sqlalchemy import create_engine, inspect
 
-from tests.conftest import TEST_DATABASE_URL
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,14 +19,14 @@ def _flask(*args, env):
 
 
 @pytest.fixture
-def empty_database():
+def empty_database(test_database_url):
     name = f"sonicus_mig_{uuid.uuid4().hex[:8]}"
-    admin_url = TEST_DATABASE_URL.rsplit("/", 1)[0] + "/postgres"
+    admin_url = test_database_url.rsplit("/", 1)[0] + "/postgres"
     conn = psycopg2.connect(admin_url)
     conn.autocommit = True
     conn.cursor().execute(f"CREATE DATABASE {name}")
     try:
-        yield TEST_DATABASE_URL.rsplit("/", 1)[0] + "/" + name
+        yield test_database_url.rsplit("/", 1)[0] + "/" + name
     finally:
         conn.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         conn.close()

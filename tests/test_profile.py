@@ -1,18 +1,9 @@
-def _seed_listening(db_session, user_id):
-    from datetime import date
+from datetime import date
 
-    from sonicus.models import ListeningSession, SoundPackage
 
-    package = SoundPackage(slug="rain", title="Rain", category="sleep", minimum_tier="public",
-                           published=True)
-    db_session.add(package)
-    db_session.flush()
-    db_session.add(ListeningSession(user_id=user_id, package_id=package.id, tier="starter",
-                                    local_day=date(2026, 11, 20), listened_seconds=300,
-                                    mood_before=3, mood_after=7, note="felt calmer",
-                                    status="ended", completed=True))
-    db_session.commit()
-    return package
+def _seed_listening(make_package, make_session, user_id):
+    make_session(user_id, make_package("rain"), date(2026, 11, 20), minutes=5, mood_before=3,
+                 mood_after=7, note="felt calmer")
 
 
 def test_update_profile_fields(client, auth):
@@ -47,7 +38,8 @@ def test_onboarding_reflects_state(client, auth):
                                   "payment_pending": False, "completed": False}
 
 
-def test_export_contains_everything_and_only_mine(client, auth, db_session):
+def test_export_contains_everything_and_only_mine(client, auth, db_session, make_package,
+                                                  make_session):
     from sonicus.models import User
 
     mine = auth("me@example.com")
@@ -55,7 +47,7 @@ def test_export_contains_everything_and_only_mine(client, auth, db_session):
     client.get("/api/user/profile", headers=auth("other@example.com"))
     me = db_session.query(User).filter_by(email="me@example.com").one()
     other = db_session.query(User).filter_by(email="other@example.com").one()
-    _seed_listening(db_session, me.id)
+    _seed_listening(make_package, make_session, me.id)
     res = client.get("/api/user/export", headers=mine)
     assert res.status_code == 200
     doc = res.json["data"]
@@ -66,13 +58,14 @@ def test_export_contains_everything_and_only_mine(client, auth, db_session):
     assert other.id != me.id
 
 
-def test_delete_erases_account_and_anonymises_sessions(client, auth, db_session):
+def test_delete_erases_account_and_anonymises_sessions(client, auth, db_session, make_package,
+                                                       make_session):
     from sonicus.models import ListeningSession, User, UserSubscription
 
     headers = auth("gone@example.com")
     client.get("/api/user/profile", headers=headers)
     user_id = db_session.query(User).one().id
-    _seed_listening(db_session, user_id)
+    _seed_listening(make_package, make_session, user_id)
     res = client.delete("/api/user/profile", headers=headers)
     assert res.status_code == 200
     assert res.json["success"] is True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from catalog_helpers import get_user, make_package, signup
 from sqlalchemy import func, select
 
 from sonicus import clock
@@ -36,10 +35,10 @@ def _race(app, headers_list, package_id):
     return statuses
 
 
-def test_last_session_of_the_day_is_granted_once(app, client, auth, db_session):
-    package_id = make_package("rain")
-    headers = signup(client, auth, "race@example.com")  # starter: 3 sessions a day
-    user = get_user("race@example.com")
+def test_last_session_of_the_day_is_granted_once(app, auth, db_session, make_user, make_package):
+    package_id = make_package("rain").id
+    user = make_user("race@example.com")  # starter: 3 sessions a day
+    headers = auth("race@example.com")
     for _ in range(2):
         listening.start_session(user.id, package_id, now=clock.now() - timedelta(seconds=1))
 
@@ -50,9 +49,9 @@ def test_last_session_of_the_day_is_granted_once(app, client, auth, db_session):
     assert db_session.execute(select(func.count(ListeningSession.id))).scalar_one() == 3
 
 
-def test_other_users_are_not_held_up(app, client, auth, db_session):
-    package_id = make_package("rain")
-    headers = [signup(client, auth, f"user{i}@example.com") for i in range(THREADS)]
+def test_other_users_are_not_held_up(app, auth, db_session, make_package, make_user):
+    package_id = make_package("rain").id
+    headers = [auth(make_user(f"user{i}@example.com").email) for i in range(THREADS)]
 
     statuses = _race(app, headers, package_id)
 
@@ -60,9 +59,10 @@ def test_other_users_are_not_held_up(app, client, auth, db_session):
     assert db_session.execute(select(func.count(ListeningSession.id))).scalar_one() == THREADS
 
 
-def test_whole_quota_raced_from_zero(app, client, auth, db_session):
-    package_id = make_package("rain")
-    headers = signup(client, auth, "burst@example.com")
+def test_whole_quota_raced_from_zero(app, auth, db_session, make_user, make_package):
+    package_id = make_package("rain").id
+    make_user("burst@example.com")
+    headers = auth("burst@example.com")
 
     statuses = _race(app, [headers] * THREADS, package_id)
 

@@ -10,25 +10,15 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import redis
 from rq import Queue
 
 from sonicus import clock
 from sonicus.tasks.queue import QUEUE_ANALYTICS
-from tests.analytics_helpers import RedisServer, add_package, add_session
-from tests.conftest import make_config
-from tests.test_realtime import InProcessServer, connect, receive_json
 
 
-@pytest.fixture
-def own_redis():
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-def test_api_survives_redis_outage_and_catches_up(idp, own_redis, token_for):
+def test_api_survives_redis_outage_and_catches_up(own_redis, token_for, make_config, make_package,
+                                                  make_session, connect_ws, serve_in_process):
     from sonicus import create_app
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
@@ -37,7 +27,7 @@ def test_api_survives_redis_outage_and_catches_up(idp, own_redis, token_for):
     from sonicus.tasks.schedule import start_scheduler_thread
     from sonicus.tasks.worker import make_worker
 
-    app = create_app(make_config(idp, REDIS_URL=own_redis.url,
+    app = create_app(make_config(REDIS_URL=own_redis.url,
                                  ANALYTICS_STALE_GRACE_SECONDS=0))
     client = app.test_client()
     token = token_for("outage@example.com")
@@ -48,14 +38,14 @@ def test_api_survives_redis_outage_and_catches_up(idp, own_redis, token_for):
     away = client.get("/api/user/profile", headers=away_headers).json["data"]["id"]
     today = clock.local_day(clock.now(), "UTC", 0)
     with app.app_context():
-        pkg = add_package(db.session, "storm")
-        add_session(db.session, me, pkg, today, minutes=5)
+        pkg = make_package("storm").id
+        make_session(me, pkg, today, minutes=5)
 
-    server = InProcessServer(app)
+    server = serve_in_process(app)
     scheduler = None
     try:
-        ws = connect(server.url(), token)
-        assert receive_json(ws)["data"]["total_minutes"] == 5.0
+        ws = connect_ws(server.url(), token)
+        assert ws.receive_json()["data"]["total_minutes"] == 5.0
 
         own_redis.stop()
         # The API keeps serving.
@@ -69,7 +59,7 @@ def test_api_survives_redis_outage_and_catches_up(idp, own_redis, token_for):
         # A session completes: it saves, and the refresh it needs is recorded in the database.
         with app.app_context():
             for user_id in (me, away):
-                add_session(db.session, user_id, pkg, today, minutes=7)
+                make_session(user_id, pkg, today, minutes=7)
                 mark_stale(user_id)
                 db.session.commit()
                 request_refresh(user_id)  # Redis is down: logged, not raised
@@ -92,7 +82,7 @@ def test_api_survives_redis_outage_and_catches_up(idp, own_redis, token_for):
         while time.time() < deadline and message is None:
             worker.work(burst=True, with_scheduler=True)
             try:
-                message = receive_json(ws)
+                message = ws.receive_json()
             except Exception:
                 message = None
         assert message is not None, "the refresh never reached the socket"

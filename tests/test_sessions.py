@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
-from catalog_helpers import get_user, make_package, signup, track_ids
 from rq import Queue
 from sqlalchemy import func, select
 
 from sonicus import clock
 from sonicus.extensions import db
-from sonicus.models import ListeningSession, SoundPackage, UserAnalytics
+from sonicus.models import ListeningSession, SoundPackage, Track, UserAnalytics
 from sonicus.services import listening
 from sonicus.tasks.queue import QUEUE_ANALYTICS, QUEUE_MAINTENANCE, enqueue
 from sonicus.tasks.worker import make_worker
 
 
+def track_ids(package_id: int) -> list[int]:
+    return list(db.session.execute(select(Track.id).where(Track.package_id == package_id)
+                                   .order_by(Track.position)).scalars())
+
+
 @pytest.fixture
-def pkgs(db_session):
-    return {"rain": make_package("rain", tracks=(1200, 600)),
-            "short": make_package("short", tracks=(300, 200)),
-            "delta": make_package("delta", minimum_tier="premium"),
-            "gamma": make_package("gamma", minimum_tier="pro_exclusive"),
-            "draft": make_package("draft", published=False)}
+def pkgs(db_session, make_package):
+    return {"rain": make_package("rain", tracks=(1200, 600)).id,
+            "short": make_package("short", tracks=(300, 200)).id,
+            "delta": make_package("delta", minimum_tier="premium").id,
+            "gamma": make_package("gamma", minimum_tier="pro_exclusive").id,
+            "draft": make_package("draft", published=False).id}
 
 
 def _start(client, headers, package_id, **body):
@@ -32,8 +36,9 @@ def _start(client, headers, package_id, **body):
                        headers=headers)
 
 
-def test_start_returns_limits_of_the_tier(client, auth, pkgs):
-    starter = signup(client, auth, "s@example.com")
+def test_start_returns_limits_of_the_tier(client, auth, pkgs, make_user):
+    make_user("s@example.com")
+    starter = auth("s@example.com")
     res = _start(client, starter, pkgs["rain"], mood_before=4)
     assert res.status_code == 201, res.json
     data = res.json["data"]
@@ -43,7 +48,8 @@ def test_start_returns_limits_of_the_tier(client, auth, pkgs):
     assert data["status"] == "open" and data["mood_before"] == 4
     assert data["package"]["slug"] == "rain"
 
-    pro = signup(client, auth, "p@example.com", tier="pro")
+    make_user("p@example.com", tier="pro")
+    pro = auth("p@example.com")
     res = _start(client, pro, pkgs["gamma"], track_id=track_ids(pkgs["gamma"])[0])
     assert res.status_code == 201
     assert res.json["data"]["max_duration_seconds"] is None
@@ -61,8 +67,10 @@ def test_start_returns_limits_of_the_tier(client, auth, pkgs):
     ({"package_id": "rain", "speed": 2}, 422, "validation_error"),
     ({}, 422, "validation_error"),
 ])
-def test_start_refusals_change_nothing(client, auth, pkgs, db_session, body, status, code):
-    headers = signup(client, auth, "r@example.com")
+def test_start_refusals_change_nothing(client, auth, pkgs, db_session, body, status, code,
+                                       make_user):
+    make_user("r@example.com")
+    headers = auth("r@example.com")
     body = dict(body)
     if isinstance(body.get("package_id"), str):
         body["package_id"] = pkgs[body["package_id"]]
@@ -74,24 +82,27 @@ def test_start_refusals_change_nothing(client, auth, pkgs, db_session, body, sta
     assert db_session.execute(select(func.count(ListeningSession.id))).scalar_one() == 0
 
 
-def test_daily_quota_and_reset_time(client, auth, pkgs):
-    headers = signup(client, auth, "q@example.com")  # starter: 3 a day, UTC, day starts 00:00
+def test_daily_quota_and_reset_time(client, auth, pkgs, make_user, set_clock):
+    # noon UTC today: the day cannot end while the test runs
+    noon = set_clock(datetime.combine(clock.now().date(), time(12), UTC))
+    make_user("q@example.com")  # starter: 3 a day, UTC, day starts 00:00
+    headers = auth("q@example.com")
     for _ in range(3):
         assert _start(client, headers, pkgs["rain"]).status_code == 201
     res = _start(client, headers, pkgs["rain"])
     assert res.status_code == 429
     assert res.json["code"] == "daily_session_limit_reached"
-    now = datetime.now(UTC)
-    expected = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
-    assert datetime.fromisoformat(res.json["resets_at"]) == expected
-    assert 0 < int(res.headers["Retry-After"]) <= 86400
+    midnight = datetime.combine(noon.date() + timedelta(days=1), time(0), UTC)
+    assert datetime.fromisoformat(res.json["resets_at"]) == midnight
+    assert int(res.headers["Retry-After"]) == 12 * 3600
     usage = client.get("/api/user/subscription", headers=headers)
-    if usage.status_code == 200:  # served by the subscription area when present
-        assert usage.json["data"]["usage"]["sessions_remaining"] == 0
+    assert usage.status_code == 200, usage.json
+    assert usage.json["data"]["usage"]["sessions_remaining"] == 0
 
 
-def test_accidental_tap_gives_quota_back(client, auth, pkgs):
-    headers = signup(client, auth, "tap@example.com")
+def test_accidental_tap_gives_quota_back(client, auth, pkgs, make_user):
+    make_user("tap@example.com")
+    headers = auth("tap@example.com")
     ids = [_start(client, headers, pkgs["rain"]).json["data"]["id"] for _ in range(3)]
     res = client.post(f"/api/user/sessions/{ids[0]}/complete", headers=headers,
                       json={"listened_seconds": 5, "completed": False})
@@ -101,9 +112,9 @@ def test_accidental_tap_gives_quota_back(client, auth, pkgs):
     assert _start(client, headers, pkgs["rain"]).status_code == 429
 
 
-def test_heartbeat_is_clamped_and_monotonic(client, auth, pkgs, db_session):
-    headers = signup(client, auth, "h@example.com")
-    user = get_user("h@example.com")
+def test_heartbeat_is_clamped_and_monotonic(client, auth, pkgs, db_session, make_user):
+    user = make_user("h@example.com")
+    headers = auth("h@example.com")
     started = clock.now() - timedelta(minutes=10)
     sid = listening.start_session(user.id, pkgs["rain"], track_ids(pkgs["rain"])[0],
                                   now=started).id
@@ -125,9 +136,8 @@ def test_heartbeat_is_clamped_and_monotonic(client, auth, pkgs, db_session):
                             headers=headers).status_code == 422
 
 
-def test_content_length_caps_listening(client, auth, pkgs, db_session):
-    signup(client, auth, "c@example.com", tier="pro")
-    user = get_user("c@example.com")
+def test_content_length_caps_listening(pkgs, db_session, make_user):
+    user = make_user("c@example.com", tier="pro")
     start = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
     whole = listening.start_session(user.id, pkgs["short"], now=start)  # package: 500 s
     assert listening.heartbeat(user.id, whole.id, 9999, now=start + timedelta(hours=2)) \
@@ -138,10 +148,10 @@ def test_content_length_caps_listening(client, auth, pkgs, db_session):
     assert done.listened_seconds == 200
 
 
-def test_complete_marks_analytics_and_popularity(client, auth, pkgs, db_session, app,
-                                                 redis_client):
-    headers = signup(client, auth, "done@example.com")
-    user = get_user("done@example.com")
+def test_complete_marks_analytics_and_popularity(client, auth, pkgs, db_session, app, redis_client,
+                                                 make_user):
+    user = make_user("done@example.com")
+    headers = auth("done@example.com")
     sid = listening.start_session(user.id, pkgs["rain"],
                                   now=clock.now() - timedelta(minutes=12)).id
     res = client.post(f"/api/user/sessions/{sid}/complete", headers=headers, json={
@@ -172,8 +182,9 @@ def test_complete_marks_analytics_and_popularity(client, auth, pkgs, db_session,
     assert db_session.get(SoundPackage, pkgs["rain"]).popularity == 1
 
 
-def test_complete_validation(client, auth, pkgs):
-    headers = signup(client, auth, "v@example.com")
+def test_complete_validation(client, auth, pkgs, make_user):
+    make_user("v@example.com")
+    headers = auth("v@example.com")
     sid = _start(client, headers, pkgs["rain"]).json["data"]["id"]
     for bad in ({"listened_seconds": 10}, {"listened_seconds": 10, "completed": True,
                                           "mood_after": 0},
@@ -184,9 +195,11 @@ def test_complete_validation(client, auth, pkgs):
         "open"
 
 
-def test_someone_elses_session_is_404(client, auth, pkgs):
-    ana = signup(client, auth, "ana@example.com")
-    ben = signup(client, auth, "ben@example.com")
+def test_someone_elses_session_is_404(client, auth, pkgs, make_user):
+    make_user("ana@example.com")
+    ana = auth("ana@example.com")
+    make_user("ben@example.com")
+    ben = auth("ben@example.com")
     sid = _start(client, ana, pkgs["rain"]).json["data"]["id"]
     assert client.get(f"/api/user/sessions/{sid}", headers=ben).status_code == 404
     assert client.patch(f"/api/user/sessions/{sid}", json={"listened_seconds": 1},
@@ -198,10 +211,12 @@ def test_someone_elses_session_is_404(client, auth, pkgs):
     assert client.get(f"/api/user/sessions/{sid}", headers=ana).json["data"]["status"] == "open"
 
 
-def test_history_newest_first_with_day_filters(client, auth, pkgs, db_session):
-    admin = signup(client, auth, "admin@example.com", admin=True)
-    headers = signup(client, auth, "hist@example.com", timezone="America/Los_Angeles")
-    user = get_user("hist@example.com")
+def test_history_newest_first_with_day_filters(client, auth, pkgs, db_session, make_user,
+                                               admin_auth):
+    make_user("admin@example.com", admin=True)
+    admin = admin_auth("admin@example.com")
+    user = make_user("hist@example.com", timezone="America/Los_Angeles")
+    headers = auth("hist@example.com")
     # 2026-06-01 05:00 UTC is May 31 in Los Angeles
     moments = [datetime(2026, 6, 1, 5, 0, tzinfo=UTC), datetime(2026, 6, 1, 18, 0, tzinfo=UTC),
                datetime(2026, 6, 2, 18, 0, tzinfo=UTC), datetime(2026, 6, 3, 18, 0, tzinfo=UTC)]
@@ -240,12 +255,11 @@ NOW = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def open_sessions(client, auth, pkgs, db_session):
+def open_sessions(pkgs, db_session, make_user):
     """Two sessions past their limit and two still within it, as of the real clock."""
     NOW = clock.now()  # noqa: N806  (the CLI and the job read the real clock)
-    signup(client, auth, "st@example.com")
-    signup(client, auth, "pro@example.com", tier="pro")
-    starter, pro = get_user("st@example.com"), get_user("pro@example.com")
+    starter = make_user("st@example.com")
+    pro = make_user("pro@example.com", tier="pro")
     rain_track = track_ids(pkgs["rain"])[0]
     stale_starter = listening.start_session(starter.id, pkgs["rain"], rain_track,
                                             now=NOW - timedelta(minutes=20))
@@ -274,9 +288,8 @@ def test_close_stale_sessions(app, db_session, open_sessions):
     assert listening.close_stale_sessions(now=NOW) == 0  # running it again changes nothing
 
 
-def test_close_stale_sessions_concurrently(app, db_session, client, auth, pkgs):
-    signup(client, auth, "many@example.com", tier="pro")
-    user = get_user("many@example.com")
+def test_close_stale_sessions_concurrently(app, db_session, pkgs, make_user):
+    user = make_user("many@example.com", tier="pro")
     for i in range(40):
         listening.start_session(user.id, pkgs["rain"], now=NOW - timedelta(hours=4, minutes=i))
     results, barrier = [], threading.Barrier(4)
@@ -308,9 +321,8 @@ def test_close_stale_sessions_cli_and_job(app, runner, db_session, open_sessions
                               .where(ListeningSession.status == "open")).scalar_one() == 2
 
 
-def test_start_counts_day_of_start(client, auth, pkgs, db_session):
-    signup(client, auth, "d@example.com")
-    user = get_user("d@example.com")
+def test_start_counts_day_of_start(pkgs, db_session, make_user):
+    user = make_user("d@example.com")
     session = listening.start_session(user.id, pkgs["rain"],
                                       now=datetime(2026, 3, 1, 23, 59, tzinfo=UTC))
     assert session.local_day == date(2026, 3, 1)

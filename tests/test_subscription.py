@@ -3,25 +3,17 @@ cancel, resume, history."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from subscription_helpers import (
-    DAY,
-    arrange,
-    buy,
-    events_of,
-    now,
-    parse_time,
-    subscription,
-    user_id,
-)
-
+from sonicus import clock
 from sonicus.tiers import TIERS, prorated_upgrade_cents
 
+DAY = timedelta(days=1)
 
-def test_new_user_is_on_starter_with_its_limits_and_usage(client, auth):
-    data = subscription(client, auth())
+
+def test_new_user_is_on_starter_with_its_limits_and_usage(client, auth, billing):
+    data = billing.subscription(client, auth())
     assert data["tier"] == "starter" and data["status"] == "active"
     assert data["trial_ends_at"] is None and data["current_period_end"] is None
     assert data["cancel_at_period_end"] is False
@@ -33,15 +25,16 @@ def test_new_user_is_on_starter_with_its_limits_and_usage(client, auth):
     assert data["price"] == "0.00"
 
 
-def test_a_missing_row_reads_as_starter_and_the_first_change_creates_it(client, auth, app):
+def test_a_missing_row_reads_as_starter_and_the_first_change_creates_it(client, auth, app,
+                                                                       billing):
     from sqlalchemy import delete, func, select
 
     from sonicus.extensions import db
     from sonicus.models import UserSubscription
 
     headers = auth()
-    subscription(client, headers)
-    uid = user_id(app, "listener@example.com")
+    billing.subscription(client, headers)
+    uid = billing.user_id("listener@example.com")
 
     def rows() -> int:
         with app.app_context():
@@ -54,13 +47,13 @@ def test_a_missing_row_reads_as_starter_and_the_first_change_creates_it(client, 
         db.session.execute(delete(UserSubscription).where(UserSubscription.user_id == uid))
         db.session.commit()
         db.session.remove()
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["tier"] == "starter" and data["status"] == "active" and data["checkout"] is None
     assert rows() == 0  # reading writes nothing
     resp = client.post("/api/user/subscription", json={"tier": "starter"}, headers=headers)
     assert resp.status_code == 200 and resp.get_json()["data"]["tier"] == "starter"
     assert rows() == 1
-    assert events_of(app, "listener@example.com", "tier_chosen")
+    assert billing.events_of("listener@example.com", "tier_chosen")
 
 
 def test_choosing_starter_marks_the_tier_chosen(client, auth):
@@ -77,18 +70,18 @@ def test_choosing_starter_marks_the_tier_chosen(client, auth):
     assert history[0]["type"] == "tier_chosen"
 
 
-def test_paid_tier_needs_a_verified_email(client, auth):
+def test_paid_tier_needs_a_verified_email(client, auth, billing):
     headers = auth(email_verified=False)
     for body in ({"tier": "premium"}, {"tier": "pro", "start_trial": True}):
         resp = client.post("/api/user/subscription", json=body, headers=headers)
         assert resp.status_code == 403
         assert resp.get_json()["code"] == "email_not_verified"
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["tier"] == "starter" and data["status"] == "active" and data["checkout"] is None
     assert data["trial_used"] is False
 
 
-def test_paid_tier_waits_for_payment_then_takes_effect(client, auth, app):
+def test_paid_tier_waits_for_payment_then_takes_effect(client, auth, billing):
     headers = auth()
     resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
     assert resp.status_code == 200
@@ -104,12 +97,12 @@ def test_paid_tier_waits_for_payment_then_takes_effect(client, auth, app):
 
     confirm = client.post(f"/api/billing/sandbox/{checkout['reference']}/confirm")
     assert confirm.status_code == 200 and confirm.get_json()["data"]["outcome"] == "activated"
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["tier"] == "premium" and data["status"] == "active" and data["checkout"] is None
     assert data["payment_method_on_file"] is True
     assert data["limits"] == TIERS["premium"].limits
-    end = parse_time(data["current_period_end"])
-    assert timedelta(days=27) < end - now() <= timedelta(days=31)
+    end = datetime.fromisoformat(data["current_period_end"])
+    assert timedelta(days=27) < end - clock.now() <= timedelta(days=31)
     profile = client.get("/api/user/profile", headers=headers).get_json()["data"]
     assert profile["tier"] == "premium" and profile["onboarding"]["completed"] is True
     history = client.get("/api/user/subscription/history", headers=headers).get_json()["data"]
@@ -117,10 +110,10 @@ def test_paid_tier_waits_for_payment_then_takes_effect(client, auth, app):
     assert history[0]["from_tier"] == "starter" and history[0]["to_tier"] == "premium"
     assert history[0]["amount"] == "9.99"
     assert history[0]["reference"] == checkout["reference"]
-    assert events_of(app, "listener@example.com", "activated")[0]["amount_cents"] == 999
+    assert billing.events_of("listener@example.com", "activated")[0]["amount_cents"] == 999
 
 
-def test_sandbox_confirm_twice_is_one_payment_and_unknown_reference_is_404(client, auth, app):
+def test_sandbox_confirm_twice_is_one_payment_and_unknown_reference_is_404(client, auth, billing):
     headers = auth()
     ref = client.post("/api/user/subscription", json={"tier": "pro"},
                       headers=headers).get_json()["data"]["checkout"]["reference"]
@@ -129,11 +122,11 @@ def test_sandbox_confirm_twice_is_one_payment_and_unknown_reference_is_404(clien
     second = client.post(f"/api/billing/sandbox/{ref}/confirm")
     assert first.status_code == second.status_code == 200
     assert second.get_json()["data"]["duplicate"] is True
-    assert len(events_of(app, "listener@example.com", "activated")) == 1
-    assert subscription(client, headers)["tier"] == "pro"
+    assert len(billing.events_of("listener@example.com", "activated")) == 1
+    assert billing.subscription(client, headers)["tier"] == "pro"
 
 
-def test_a_new_checkout_replaces_the_old_one(client, auth):
+def test_a_new_checkout_replaces_the_old_one(client, auth, billing):
     headers = auth()
     old = client.post("/api/user/subscription", json={"tier": "premium"},
                       headers=headers).get_json()["data"]["checkout"]["reference"]
@@ -141,10 +134,10 @@ def test_a_new_checkout_replaces_the_old_one(client, auth):
                       headers=headers).get_json()["data"]["checkout"]
     assert new["reference"] != old and new["tier"] == "pro"
     assert client.post(f"/api/billing/sandbox/{old}/confirm").status_code == 404
-    assert subscription(client, headers)["tier"] == "starter"
+    assert billing.subscription(client, headers)["tier"] == "starter"
 
 
-def test_choosing_starter_while_incomplete_drops_the_checkout(client, auth):
+def test_choosing_starter_while_incomplete_drops_the_checkout(client, auth, billing):
     headers = auth()
     ref = client.post("/api/user/subscription", json={"tier": "premium"},
                       headers=headers).get_json()["data"]["checkout"]["reference"]
@@ -154,16 +147,16 @@ def test_choosing_starter_while_incomplete_drops_the_checkout(client, auth):
     assert client.post(f"/api/billing/sandbox/{ref}/confirm").status_code == 404
 
 
-def test_trial_once_per_user(client, auth, app):
+def test_trial_once_per_user(client, auth, app, billing):
     headers = auth()
     resp = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
                        headers=headers)
     assert resp.status_code == 200, resp.get_json()
     data = resp.get_json()["data"]
     assert data["tier"] == "premium" and data["status"] == "trialing"
-    ends = parse_time(data["trial_ends_at"])
+    ends = datetime.fromisoformat(data["trial_ends_at"])
     days = app.config["TRIAL_DAYS"]
-    assert abs((ends - now()) - timedelta(days=days)) < timedelta(minutes=1)
+    assert abs((ends - clock.now()) - timedelta(days=days)) < timedelta(minutes=1)
     assert data["limits"] == TIERS["premium"].limits
 
     again = client.post("/api/user/subscription", json={"tier": "pro", "start_trial": True},
@@ -171,11 +164,11 @@ def test_trial_once_per_user(client, auth, app):
     assert again.status_code == 409 and again.get_json()["code"] == "trial_already_used"
     # even after falling back to starter, the trial stays used
     client.delete("/api/user/subscription", json={}, headers=headers)
-    arrange(app, "listener@example.com", trial_ends_at=now() - DAY)
+    billing.arrange("listener@example.com", trial_ends_at=clock.now() - DAY)
     from sonicus.services.subscriptions import process_due_subscriptions
     with app.app_context():
         process_due_subscriptions()
-    assert subscription(client, headers)["tier"] == "starter"
+    assert billing.subscription(client, headers)["tier"] == "starter"
     again = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
                         headers=headers)
     assert again.status_code == 409 and again.get_json()["code"] == "trial_already_used"
@@ -188,7 +181,7 @@ def test_trial_of_starter_is_invalid(client, auth):
     assert any(e.startswith("start_trial") for e in resp.get_json()["errors"])
 
 
-def test_payment_during_trial_puts_a_card_on_file_and_trial_continues(client, auth):
+def test_payment_during_trial_puts_a_card_on_file_and_trial_continues(client, auth, billing):
     headers = auth()
     client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
                 headers=headers)
@@ -197,12 +190,12 @@ def test_payment_during_trial_puts_a_card_on_file_and_trial_continues(client, au
     assert data["status"] == "trialing" and data["checkout"]["amount"] == "9.99"
     out = client.post(f"/api/billing/sandbox/{data['checkout']['reference']}/confirm")
     assert out.get_json()["data"]["outcome"] == "payment_method_added"
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["status"] == "trialing" and data["tier"] == "premium"
     assert data["payment_method_on_file"] is True and data["checkout"] is None
 
 
-def test_invalid_bodies_are_422_and_change_nothing(client, auth):
+def test_invalid_bodies_are_422_and_change_nothing(client, auth, billing):
     headers = auth()
     cases = [({"tier": "gold"}, "tier"), ({}, "tier"),
              ({"tier": "premium", "coupon": "x"}, "coupon"),
@@ -213,7 +206,7 @@ def test_invalid_bodies_are_422_and_change_nothing(client, auth):
         payload = resp.get_json()
         assert payload["code"] == "validation_error"
         assert any(e.startswith(field) for e in payload["errors"]), payload
-    data = subscription(client, headers)
+    data = billing.subscription(client, headers)
     assert data["status"] == "active" and data["checkout"] is None
     resp = client.delete("/api/user/subscription", json={"reason": "bored"}, headers=headers)
     assert resp.status_code == 422 and "reason" in resp.get_json()["errors"][0]
@@ -226,16 +219,17 @@ def test_requires_a_token(client):
     assert client.post("/api/user/subscription", json={"tier": "starter"}).status_code == 401
 
 
-def test_upgrade_premium_to_pro_is_immediate_and_prorated(client, auth, app):
+def test_upgrade_premium_to_pro_is_immediate_and_prorated(client, auth, billing):
     headers = auth()
-    buy(client, headers, "premium")
-    start, end = now() - timedelta(days=10), now() + timedelta(days=20)
-    arrange(app, "listener@example.com", current_period_start=start, current_period_end=end)
+    billing.buy(client, headers, "premium")
+    start, end = clock.now() - timedelta(days=10), clock.now() + timedelta(days=20)
+    billing.arrange("listener@example.com", current_period_start=start, current_period_end=end)
     resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
     assert resp.status_code == 200
     data = resp.get_json()["data"]
     assert data["tier"] == "pro" and data["status"] == "active" and data["checkout"] is None
-    assert parse_time(data["current_period_end"]) == end.replace(microsecond=end.microsecond)
+    assert datetime.fromisoformat(data["current_period_end"]) == \
+        end.replace(microsecond=end.microsecond)
     event = client.get("/api/user/subscription/history",
                        headers=headers).get_json()["data"][0]
     assert event["type"] == "upgraded"
@@ -247,9 +241,9 @@ def test_upgrade_premium_to_pro_is_immediate_and_prorated(client, auth, app):
     assert event["details"]["proration"] is True
 
 
-def test_downgrade_waits_for_period_end_and_resume_undoes_it(client, auth):
+def test_downgrade_waits_for_period_end_and_resume_undoes_it(client, auth, billing):
     headers = auth()
-    buy(client, headers, "pro")
+    billing.buy(client, headers, "pro")
     data = client.post("/api/user/subscription", json={"tier": "premium"},
                        headers=headers).get_json()["data"]
     assert data["tier"] == "pro" and data["pending_tier"] == "premium"
@@ -264,9 +258,9 @@ def test_downgrade_waits_for_period_end_and_resume_undoes_it(client, auth):
     assert again.status_code == 409 and again.get_json()["code"] == "conflict"
 
 
-def test_cancel_at_period_end_with_reason_and_resume(client, auth, app):
+def test_cancel_at_period_end_with_reason_and_resume(client, auth, billing):
     headers = auth()
-    buy(client, headers, "premium")
+    billing.buy(client, headers, "premium")
     resp = client.delete("/api/user/subscription",
                          json={"reason": "too_expensive", "comment": "maybe later"},
                          headers=headers)
@@ -274,30 +268,30 @@ def test_cancel_at_period_end_with_reason_and_resume(client, auth, app):
     data = resp.get_json()["data"]
     assert data["tier"] == "premium" and data["cancel_at_period_end"] is True
     assert data["pending_tier"] == "starter"
-    event = events_of(app, "listener@example.com", "cancel_scheduled")[0]
+    event = billing.events_of("listener@example.com", "cancel_scheduled")[0]
     assert event["details"]["reason"] == "too_expensive"
     assert event["details"]["comment"] == "maybe later"
     # cancelling again changes nothing
     assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
-    assert len(events_of(app, "listener@example.com", "cancel_scheduled")) == 1
+    assert len(billing.events_of("listener@example.com", "cancel_scheduled")) == 1
     data = client.post("/api/user/subscription/resume", headers=headers).get_json()["data"]
     assert data["cancel_at_period_end"] is False and data["tier"] == "premium"
     assert client.post("/api/user/subscription/resume", headers=headers).status_code == 409
 
 
-def test_resume_after_the_period_ended_is_a_conflict(client, auth, app):
+def test_resume_after_the_period_ended_is_a_conflict(client, auth, billing):
     headers = auth()
-    buy(client, headers, "premium")
+    billing.buy(client, headers, "premium")
     client.delete("/api/user/subscription", json={}, headers=headers)
-    arrange(app, "listener@example.com", current_period_end=now() - timedelta(minutes=1))
+    billing.arrange("listener@example.com", current_period_end=clock.now() - timedelta(minutes=1))
     resp = client.post("/api/user/subscription/resume", headers=headers)
     assert resp.status_code == 409
-    assert subscription(client, headers)["cancel_at_period_end"] is True
+    assert billing.subscription(client, headers)["cancel_at_period_end"] is True
 
 
-def test_choosing_starter_from_paid_is_a_cancel_at_period_end(client, auth):
+def test_choosing_starter_from_paid_is_a_cancel_at_period_end(client, auth, billing):
     headers = auth()
-    buy(client, headers, "premium")
+    billing.buy(client, headers, "premium")
     data = client.post("/api/user/subscription", json={"tier": "starter"},
                        headers=headers).get_json()["data"]
     assert data["tier"] == "premium" and data["cancel_at_period_end"] is True
@@ -308,27 +302,27 @@ def test_cancel_with_nothing_to_cancel_is_a_conflict(client, auth):
     assert resp.status_code == 409 and resp.get_json()["code"] == "conflict"
 
 
-def test_cancel_without_a_body_works(client, auth):
+def test_cancel_without_a_body_works(client, auth, billing):
     headers = auth()
-    buy(client, headers, "premium")
+    billing.buy(client, headers, "premium")
     resp = client.delete("/api/user/subscription", headers=headers)
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["data"]["cancel_at_period_end"] is True
 
 
-def test_choosing_the_current_tier_again_changes_nothing(client, auth, app):
+def test_choosing_the_current_tier_again_changes_nothing(client, auth, billing):
     headers = auth()
-    buy(client, headers, "premium")
-    before = len(events_of(app, "listener@example.com"))
+    billing.buy(client, headers, "premium")
+    before = len(billing.events_of("listener@example.com"))
     data = client.post("/api/user/subscription", json={"tier": "premium"},
                        headers=headers).get_json()["data"]
     assert data["tier"] == "premium" and data["checkout"] is None
-    assert len(events_of(app, "listener@example.com")) == before
+    assert len(billing.events_of("listener@example.com")) == before
 
 
-def test_history_is_newest_first_paginated_and_only_mine(client, auth):
+def test_history_is_newest_first_paginated_and_only_mine(client, auth, billing):
     headers = auth()
-    buy(client, headers, "premium")
+    billing.buy(client, headers, "premium")
     client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
     client.delete("/api/user/subscription", json={"reason": "other"}, headers=headers)
     other = auth("other@example.com")
@@ -350,18 +344,16 @@ def test_history_is_newest_first_paginated_and_only_mine(client, auth):
                       headers=headers).status_code == 422
 
 
-def test_sandbox_confirm_is_404_outside_the_sandbox(idp, auth):
-    from conftest import make_config
-
+def test_sandbox_confirm_is_404_outside_the_sandbox(auth, make_config, billing):
     from sonicus import create_app
 
-    app = create_app(make_config(idp, BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_x"))
+    app = create_app(make_config(BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_x"))
     client = app.test_client()
     resp = client.post("/api/billing/sandbox/chk_anything/confirm")
     assert resp.status_code == 404 and resp.get_json()["code"] == "not_found"
 
 
-def test_openapi_documents_the_routes(client):
+def test_openapi_documents_the_routes(client, billing):
     paths = client.get("/api/openapi.json").get_json()["paths"]
     for path in ("/api/user/subscription", "/api/user/subscription/resume",
                  "/api/user/subscription/history", "/api/billing/webhook",
@@ -369,12 +361,10 @@ def test_openapi_documents_the_routes(client):
         assert path in paths, path
 
 
-def test_no_trials_when_trial_days_is_zero(idp, auth):
-    from conftest import make_config
-
+def test_no_trials_when_trial_days_is_zero(auth, make_config):
     from sonicus import create_app
 
-    app = create_app(make_config(idp, TRIAL_DAYS=0))
+    app = create_app(make_config(TRIAL_DAYS=0))
     client = app.test_client()
     resp = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
                        headers=auth())

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 
-from subscription_helpers import events_of, subscription
-
 EMAIL = "listener@example.com"
 
 
@@ -28,7 +26,7 @@ def run_together(app, n, request):
     return results
 
 
-def test_trial_requested_concurrently_exactly_one_wins(app, client, auth):
+def test_trial_requested_concurrently_exactly_one_wins(app, client, auth, billing):
     headers = auth()
     client.get("/api/user/subscription", headers=headers)  # the user exists
 
@@ -40,12 +38,12 @@ def test_trial_requested_concurrently_exactly_one_wins(app, client, auth):
     results = run_together(app, 8, request)
     assert sorted(results, key=lambda r: r[0]) == \
         [(200, None)] + [(409, "trial_already_used")] * 7
-    assert len(events_of(app, EMAIL, "trial_started")) == 1
-    data = subscription(client, headers)
+    assert len(billing.events_of(EMAIL, "trial_started")) == 1
+    data = billing.subscription(client, headers)
     assert data["status"] == "trialing" and data["trial_used"] is True
 
 
-def test_concurrent_confirm_of_one_checkout_pays_once(app, client, auth):
+def test_concurrent_confirm_of_one_checkout_pays_once(app, client, auth, billing):
     headers = auth()
     reference = client.post("/api/user/subscription", json={"tier": "premium"},
                             headers=headers).get_json()["data"]["checkout"]["reference"]
@@ -56,23 +54,21 @@ def test_concurrent_confirm_of_one_checkout_pays_once(app, client, auth):
 
     results = run_together(app, 6, request)
     assert sorted(results) == [(200, False)] + [(200, True)] * 5
-    assert len(events_of(app, EMAIL, "activated")) == 1
+    assert len(billing.events_of(EMAIL, "activated")) == 1
 
 
-def test_concurrent_cancel_and_resume_leave_a_consistent_row(app, client, auth):
-    from subscription_helpers import buy
-
+def test_concurrent_cancel_and_resume_leave_a_consistent_row(app, client, auth, billing):
     headers = auth()
-    buy(client, headers, "premium")
+    billing.buy(client, headers, "premium")
 
     def request(c):
         c.delete("/api/user/subscription", json={}, headers=headers)
         return c.post("/api/user/subscription/resume", headers=headers).status_code
 
     run_together(app, 4, request)
-    data = subscription(client, headers)
-    scheduled = len(events_of(app, EMAIL, "cancel_scheduled"))
-    resumed = len(events_of(app, EMAIL, "resumed"))
+    data = billing.subscription(client, headers)
+    scheduled = len(billing.events_of(EMAIL, "cancel_scheduled"))
+    resumed = len(billing.events_of(EMAIL, "resumed"))
     # every schedule was undone by exactly one resume, or the last one is still in force
     assert scheduled - resumed == (1 if data["cancel_at_period_end"] else 0)
     assert data["tier"] == "premium"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from catalog_helpers import get_user, make_package, signup
 
 from sonicus import clock
 from sonicus.envelope import ApiError
@@ -25,11 +24,10 @@ def _refused_until(user, package_id, now) -> datetime:
     return datetime.fromisoformat(caught.value.data["extra"]["resets_at"])
 
 
-def test_auckland_and_los_angeles_reset_at_their_own_midnight(client, auth, db_session):
-    package_id = make_package("rain")
-    signup(client, auth, "kiwi@example.com", timezone="Pacific/Auckland")
-    signup(client, auth, "angeleno@example.com", timezone="America/Los_Angeles")
-    kiwi, angeleno = get_user("kiwi@example.com"), get_user("angeleno@example.com")
+def test_auckland_and_los_angeles_reset_at_their_own_midnight(db_session, make_user, make_package):
+    package_id = make_package("rain").id
+    kiwi = make_user("kiwi@example.com", timezone="Pacific/Auckland")
+    angeleno = make_user("angeleno@example.com", timezone="America/Los_Angeles")
     now = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)  # 23:00 in Auckland, 02:00 in LA
     _use_up(kiwi, package_id, now)
     _use_up(angeleno, package_id, now)
@@ -51,10 +49,9 @@ def test_auckland_and_los_angeles_reset_at_their_own_midnight(client, auth, db_s
     assert usage.sessions_today == 1 and usage.sessions_remaining == 2
 
 
-def test_night_owl_keeps_half_past_one_on_the_previous_day(client, auth, db_session):
-    package_id = make_package("rain")
-    signup(client, auth, "owl@example.com", timezone="Europe/Berlin", day_start_hour=4)
-    owl = get_user("owl@example.com")
+def test_night_owl_keeps_half_past_one_on_the_previous_day(db_session, make_user, make_package):
+    package_id = make_package("rain").id
+    owl = make_user("owl@example.com", timezone="Europe/Berlin", day_start_hour=4)
     evening = datetime(2026, 6, 1, 20, 0, tzinfo=UTC)  # 22:00 CEST on June 1
     _use_up(owl, package_id, evening)
     late = datetime(2026, 6, 1, 23, 30, tzinfo=UTC)  # 01:30 CEST on June 2
@@ -65,8 +62,7 @@ def test_night_owl_keeps_half_past_one_on_the_previous_day(client, auth, db_sess
     assert session.local_day == date(2026, 6, 2)
 
     # the same late moment for someone whose day starts at midnight is already June 2
-    signup(client, auth, "lark@example.com", timezone="Europe/Berlin")
-    lark = get_user("lark@example.com")
+    lark = make_user("lark@example.com", timezone="Europe/Berlin")
     assert listening.start_session(lark.id, package_id, now=late).local_day == date(2026, 6, 2)
 
 
@@ -124,10 +120,11 @@ def test_days_are_contiguous_across_dst(zone, start_hour):
             previous = day
 
 
-def test_429_resets_at_in_the_api_follows_the_profile(client, auth, db_session):
-    package_id = make_package("rain")
-    headers = signup(client, auth, "api@example.com", timezone="Pacific/Auckland",
-                     day_start_hour=3)
+def test_429_resets_at_in_the_api_follows_the_profile(client, auth, db_session, make_user,
+                                                      make_package):
+    package_id = make_package("rain").id
+    make_user("api@example.com", timezone="Pacific/Auckland", day_start_hour=3)
+    headers = auth("api@example.com")
     for _ in range(3):
         assert client.post("/api/user/sessions", json={"package_id": package_id},
                            headers=headers).status_code == 201

@@ -7,14 +7,13 @@ import time
 from datetime import timedelta
 
 import redis as redis_lib
+from flask import current_app
 from rq import Queue
 from rq.job import Job, JobStatus
 
 from sonicus import clock
 from sonicus.tasks.queue import QUEUE_ANALYTICS, QUEUE_MAINTENANCE
 from sonicus.tasks.worker import make_worker
-from tests.analytics_helpers import add_package, add_session, sign_in
-from tests.conftest import TEST_REDIS_URL
 
 
 def _today():
@@ -27,20 +26,21 @@ def work(app):
 
 def flaky_job(key: str) -> str:
     """Fails on its first two runs, succeeds on the third."""
-    attempts = redis_lib.Redis.from_url(TEST_REDIS_URL).incr(key)
+    attempts = redis_lib.Redis.from_url(current_app.config["REDIS_URL"]).incr(key)
     if attempts <= 2:
         raise RuntimeError(f"attempt {attempts} fails")
     return f"succeeded on attempt {attempts}"
 
 
-def test_completion_refresh_runs_on_a_worker(app, client, auth, db_session, redis_client):
+def test_completion_refresh_runs_on_a_worker(app, client, auth, db_session, redis_client, make_user,
+                                             make_package, make_session):
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
     from sonicus.services.analytics import mark_stale, request_refresh
 
-    me = sign_in(client, auth, "w@example.com")
-    pkg = add_package(db_session, "hum")
-    add_session(db_session, me, pkg, _today(), minutes=9)
+    me = make_user("w@example.com").id
+    pkg = make_package("hum").id
+    make_session(me, pkg, _today(), minutes=9)
     with app.app_context():  # what completing a session does: mark in its commit, then ask
         mark_stale(me)
         db.session.commit()
@@ -55,15 +55,16 @@ def test_completion_refresh_runs_on_a_worker(app, client, auth, db_session, redi
     assert cached["computed_at"] == row.data["computed_at"]  # served from the job's cache entry
 
 
-def test_refresh_is_idempotent(app, client, auth, db_session):
+def test_refresh_is_idempotent(app, client, auth, db_session, make_user, make_package,
+                               make_session):
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
     from sonicus.services.analytics import refresh_user_analytics
     from sonicus.tasks.queue import enqueue
 
-    me = sign_in(client, auth, "i@example.com")
-    pkg = add_package(db_session, "hum")
-    add_session(db_session, me, pkg, _today(), minutes=5)
+    me = make_user("i@example.com").id
+    pkg = make_package("hum").id
+    make_session(me, pkg, _today(), minutes=5)
     with app.app_context():
         for _ in range(3):
             enqueue(refresh_user_analytics, me, queue=QUEUE_ANALYTICS)
@@ -98,16 +99,16 @@ def test_a_job_that_fails_twice_then_succeeds(app, redis_client):
     assert job.return_value() == "succeeded on attempt 3"
 
 
-def test_sweep_re_enqueues_only_refreshes_left_stale(app, client, auth, redis_client):
+def test_sweep_re_enqueues_only_refreshes_left_stale(app, client, auth, redis_client, make_user):
     from sqlalchemy import update
 
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
     from sonicus.services.analytics import STALE_GRACE_SECONDS, mark_stale, sweep_stale_analytics
 
-    lost = sign_in(client, auth, "lost@example.com")
-    recent = sign_in(client, auth, "recent@example.com")
-    fine = sign_in(client, auth, "fine@example.com")
+    lost = make_user("lost@example.com").id
+    recent = make_user("recent@example.com").id
+    fine = make_user("fine@example.com").id
     with app.app_context():
         mark_stale(lost)
         mark_stale(recent)
@@ -128,13 +129,12 @@ def test_sweep_re_enqueues_only_refreshes_left_stale(app, client, auth, redis_cl
         assert sweep_stale_analytics() == 0
 
 
-def test_schedule_fires_each_job_once_per_slot_with_two_workers(app, idp, redis_client):
+def test_schedule_fires_each_job_once_per_slot_with_two_workers(app, redis_client, make_config):
     """Two worker processes' schedulers ticking at the same moment enqueue each job once."""
     from sonicus import create_app
     from sonicus.tasks import schedule
-    from tests.conftest import make_config
 
-    other = create_app(make_config(idp))
+    other = create_app(make_config())
     now = 1_800_000_000.0
     barrier = threading.Barrier(2)
     fired: list[list[str]] = []
@@ -165,21 +165,34 @@ def test_schedule_fires_each_job_once_per_slot_with_two_workers(app, idp, redis_
     assert f"periodic-close_stale_sessions-{slot}" in job_ids
 
 
-def test_every_periodic_job_runs_on_a_worker(app, redis_client):
+def test_every_periodic_job_runs_its_function_on_a_worker(app, redis_client):
+    """A tick enqueues every periodic job; a worker runs each one's function (none is skipped
+    for want of one) and each returns what that function gives on an empty platform."""
     from sonicus.tasks import schedule
 
     now = 1_800_000_000.0
     with app.app_context():
-        fired = schedule.tick(now)
-    assert sorted(fired) == sorted(job.name for job in schedule.PERIODIC_JOBS)
+        assert sorted(schedule.tick(now)) == sorted(job.name for job in schedule.PERIODIC_JOBS)
     work(app)
-    for job in schedule.PERIODIC_JOBS:
-        job_id = schedule.JOB_ID.format(name=job.name, slot=int(now // job.interval))
-        assert Job.fetch(job_id, connection=redis_client).get_status() == JobStatus.FINISHED
+    for queue_name in (QUEUE_ANALYTICS, QUEUE_MAINTENANCE):
+        assert Queue(queue_name, connection=redis_client).failed_job_registry.count == 0
+    results = {}
+    for periodic in schedule.PERIODIC_JOBS:
+        job_id = schedule.JOB_ID.format(name=periodic.name, slot=int(now // periodic.interval))
+        job = Job.fetch(job_id, connection=redis_client)
+        assert job.get_status() == JobStatus.FINISHED, periodic.name
+        results[periodic.name] = job.return_value()
+    due = results["process_due_subscriptions"]
+    assert (due["processed"], due["outcomes"]) == (0, {})
+    assert results["close_stale_sessions"] == 0
+    assert results["sweep_stale_analytics"] == 0
+    computed_at = results["refresh_platform_stats"]["computed_at"]
+    assert clock.now() - timedelta(minutes=1) < computed_at <= clock.now()
 
 
 def test_a_completion_during_a_refresh_leaves_the_row_stale(app, client, auth, db_session,
-                                                            monkeypatch):
+                                                            monkeypatch, make_user, make_package,
+                                                            make_session):
     """A session that completes while a refresh is computing is never silently dropped:
     the refresh stores what it saw, and the row stays stale for the next refresh."""
     from sonicus.extensions import db
@@ -187,9 +200,9 @@ def test_a_completion_during_a_refresh_leaves_the_row_stale(app, client, auth, d
     from sonicus.services import analytics
     from sonicus.services.analytics import mark_stale, refresh_user_analytics
 
-    me = sign_in(client, auth, "race@example.com")
-    pkg = add_package(db_session, "tide")
-    add_session(db_session, me, pkg, _today(), minutes=3)
+    me = make_user("race@example.com").id
+    pkg = make_package("tide").id
+    make_session(me, pkg, _today(), minutes=3)
     with app.app_context():
         mark_stale(me)
         db.session.commit()
@@ -199,8 +212,7 @@ def test_a_completion_during_a_refresh_leaves_the_row_stale(app, client, auth, d
 
     def complete_a_session():  # another request, its own app context and transaction
         with app.app_context():
-            add_session(db.session, me, pkg, _today(), minutes=4, status="open",
-                        completed=False)
+            make_session(me, pkg, _today(), minutes=4, status="open", completed=False)
             from sonicus.models import ListeningSession
 
             row = db.session.query(ListeningSession).filter_by(status="open").one()
@@ -233,14 +245,14 @@ def test_a_completion_during_a_refresh_leaves_the_row_stale(app, client, auth, d
         assert db.session.get(UserAnalytics, me).stale_since is None
 
 
-def test_concurrent_refreshes_of_one_user_store_the_newest_figures(app, client, auth,
-                                                                   db_session):
+def test_concurrent_refreshes_of_one_user_store_the_newest_figures(
+        app, client, auth, db_session, make_user, make_package, make_session):
     from sonicus.extensions import db
     from sonicus.models import UserAnalytics
     from sonicus.services.analytics import refresh_user_analytics
 
-    me = sign_in(client, auth, "many@example.com")
-    pkg = add_package(db_session, "tide")
+    me = make_user("many@example.com").id
+    pkg = make_package("tide").id
     errors = []
 
     def refresh():
@@ -251,7 +263,7 @@ def test_concurrent_refreshes_of_one_user_store_the_newest_figures(app, client, 
             errors.append(exc)
 
     for n in range(5):
-        add_session(db_session, me, pkg, _today(), minutes=1)
+        make_session(me, pkg, _today(), minutes=1)
         threads = [threading.Thread(target=refresh) for _ in range(4)]
         for t in threads:
             t.start()

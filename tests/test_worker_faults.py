@@ -6,42 +6,31 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from rq.job import Job
 
 from sonicus.tasks.queue import QUEUE_DEFAULT, enqueue
-from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.fault_jobs import slow_audited_write
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 def test_killed_work_horse_leaves_nothing_half_written_and_is_retried(
-        app, redis_client, db_session):
+        app, redis_client, db_session, test_database_url, test_redis_url, wait_for):
     from sonicus.models import AuditLog
 
     with app.app_context():
-        job = enqueue(slow_audited_write, "crash-1", 30, queue=QUEUE_DEFAULT)
-    env = {**os.environ, "SONICUS_ENV": "testing", "DATABASE_URL": TEST_DATABASE_URL,
-           "REDIS_URL": TEST_REDIS_URL, "DEV_TOKEN_ISSUER": "1", "LOG_LEVEL": "WARNING"}
+        # by import path: the worker process loads the job from tests/fault_jobs.py
+        job = enqueue("tests.fault_jobs.slow_audited_write", "crash-1", 30,
+                      queue=QUEUE_DEFAULT)
+    env = {**os.environ, "SONICUS_ENV": "testing", "DATABASE_URL": test_database_url,
+           "REDIS_URL": test_redis_url, "DEV_TOKEN_ISSUER": "1", "LOG_LEVEL": "WARNING"}
     worker = subprocess.Popen([sys.executable, "worker.py", "--no-schedule"], cwd=ROOT,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        pid = int(_wait_for(lambda: redis_client.get("fault-test:crash-1:pid"), 30))
+        # announced after the row is flushed, inside the transaction the job holds open
+        pid = int(wait_for(lambda: redis_client.get("fault-test:crash-1:pid"), 30))
         assert pid != worker.pid  # the work horse, forked for this job
-        time.sleep(0.2)  # the row is flushed inside the open transaction
         os.kill(pid, signal.SIGKILL)
 
         # Retried by the same worker (RQ's retry, through its scheduler), and finished.
@@ -49,7 +38,7 @@ def test_killed_work_horse_leaves_nothing_half_written_and_is_retried(
             status = Job.fetch(job.id, connection=redis_client).get_status(refresh=True)
             return status == "finished"
 
-        _wait_for(finished, 45)
+        wait_for(finished, 45)
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
