@@ -332,8 +332,9 @@ def authenticate_request() -> Caller:
     callers = get_caller_cache()
     caller = callers.get(claims.digest)
     if caller is None:
+        read_since = callers.generation
         caller = Caller.of(*sync_user_from_claims(dict(claims)))
-        callers.put(claims.digest, caller)
+        callers.put(claims.digest, caller, read_since)
     g.caller = caller
     g.current_user_id = caller.id  # for logs
     return caller

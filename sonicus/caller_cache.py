@@ -30,6 +30,11 @@ class CallerCache:
         self._entries: dict[str, tuple[float, object]] = {}
         self._by_user: dict[int, set[str]] = {}
         self._lock = threading.Lock()
+        # A caller read before a change commits must not be cached after the change forgot
+        # that user: ``put`` is told when its reading began and refuses a stale caller.
+        self._generation = 0
+        self._forgotten_at: dict[int, int] = {}
+        self._floor = 0  # callers read before this generation are never cached
 
     @property
     def enabled(self) -> bool:
@@ -47,10 +52,18 @@ class CallerCache:
             return None
         return caller
 
-    def put(self, digest: str, caller) -> None:
+    @property
+    def generation(self) -> int:
+        """Read it before loading a caller; pass it to ``put`` as ``read_since``."""
+        return self._generation
+
+    def put(self, digest: str, caller, read_since: int) -> None:
+        """Keep ``caller`` unless its user was forgotten since the reading began."""
         if not self.enabled:
             return
         with self._lock:
+            if read_since < self._floor or self._forgotten_at.get(caller.id, -1) > read_since:
+                return
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
                 self._by_user.clear()
@@ -67,12 +80,20 @@ class CallerCache:
 
     def forget(self, user_ids) -> None:
         with self._lock:
+            self._generation += 1
+            if len(self._forgotten_at) >= self.max_entries:
+                self._forgotten_at.clear()
+                self._floor = self._generation
             for user_id in user_ids:
+                self._forgotten_at[user_id] = self._generation
                 for digest in self._by_user.pop(user_id, ()):
                     self._entries.pop(digest, None)
 
     def clear(self) -> None:
         with self._lock:
+            self._generation += 1
+            self._floor = self._generation
+            self._forgotten_at.clear()
             self._entries.clear()
             self._by_user.clear()
 

@@ -1,5 +1,5 @@
-"""The per-process identity snapshot: no sign-in query for a token seen moments ago, never
-stale for this process's own writes, bounded staleness for other processes' writes."""
+"""The per-process caller cache: no sign-in query for a token seen moments ago, never stale
+for this process's own writes, bounded staleness for other processes' writes."""
 
 import time
 
@@ -110,3 +110,24 @@ def test_the_profile_from_the_snapshot_is_the_profile_from_the_database(client, 
     assert answers[0]["data"]["timezone"] == "Asia/Tokyo"
     assert answers[0]["data"]["preferences"]["goals"] == ["focus", "sleep"]
     assert answers[0] == answers[1] == answers[2]
+
+
+def test_a_caller_read_before_a_change_is_not_cached_after_it():
+    """A request that read the user before another request's change committed must not put
+    that stale caller into the cache after the change forgot the user."""
+    from types import SimpleNamespace
+
+    from sonicus.caller_cache import CallerCache
+
+    cache = CallerCache(ttl_seconds=60)
+    stale = SimpleNamespace(id=7, tier="premium")
+    read_since = cache.generation      # request A starts reading user 7
+    cache.forget([7])                  # request B commits a downgrade of user 7
+    cache.put("token-a", stale, read_since)
+    assert cache.get("token-a") is None
+    fresh = SimpleNamespace(id=7, tier="starter")
+    cache.put("token-a", fresh, cache.generation)  # a read that began after the change
+    assert cache.get("token-a") is fresh
+    other = SimpleNamespace(id=8, tier="pro")
+    cache.put("token-b", other, read_since)         # another user's change is no reason
+    assert cache.get("token-b") is other
