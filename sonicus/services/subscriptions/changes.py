@@ -6,6 +6,7 @@
 - ``checkout_reference`` / ``checkout_tier`` / ``checkout_url``: a checkout waiting for payment.
 - ``pending_tier`` (with ``cancel_at_period_end`` when it is starter): the change due at
   ``current_period_end`` (or at ``trial_ends_at`` during a trial).
+- One trial per person: an erased account's tombstone of the same subject or email counts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ...extensions import db
 from ...models import User, UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
 from ...tiers import STARTER, get_tier, is_upgrade, prorated_upgrade_cents
+from ..erasure import trial_used_before
 from ..transaction import unit_of_work
 from .common import (
     _clear_checkout,
@@ -77,7 +79,7 @@ def change_tier(user_id: int, tier: str, start_trial: bool = False,
         first_choice = sub.tier_chosen_at is None
         sub.tier_chosen_at = sub.tier_chosen_at or now
         if start_trial:
-            message = _start_trial(sub, tier, now)
+            message = _start_trial(user, sub, tier, now)
         elif not target.is_paid:
             message = _choose_starter(sub, now, first_choice)
         else:
@@ -85,9 +87,11 @@ def change_tier(user_id: int, tier: str, start_trial: bool = False,
     return sub, message
 
 
-def _start_trial(sub: UserSubscription, tier: str, now: datetime) -> str:
+def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
     if sub.trial_used:
         fail(409, "trial_already_used", "The free trial has already been used on this account.")
+    if trial_used_before(user.oidc_sub, user.email):
+        fail(409, "trial_already_used", "The free trial has already been used by you.")
     if sub.tier != STARTER:
         fail(409, "conflict", "A trial starts from the starter tier.")
     days = current_app.config["TRIAL_DAYS"]

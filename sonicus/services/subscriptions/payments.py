@@ -1,6 +1,7 @@
 """Payments and provider notices on a LOCKED subscription: webhooks (exactly once), the
 sandbox's checkout confirmation and the sandbox's own renewals. Every change adds a
-``SubscriptionEvent`` (money in integer cents)."""
+``SubscriptionEvent`` (money in integer cents). Notices about an erased account's customer or
+subscription change nothing (``erased_customer``) and are stored without their content."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ...extensions import db
 from ...models import BillingEvent, SubscriptionEvent, UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
 from ...tiers import STARTER, get_tier
+from ..erasure import attempt_owed_cancellation, is_erased_account, is_erased_billing, owe
 from ..transaction import Work, unit_of_work
 from .common import (
     GRACE_PERIOD,
@@ -29,6 +31,8 @@ from .common import (
     _to_starter,
     add_month,
 )
+
+ERASED_CUSTOMER = "erased_customer"
 
 
 @dataclass(frozen=True)
@@ -282,25 +286,42 @@ def handle_billing_event(provider: str, event: dict, notice, now: datetime | Non
     """Apply one verified webhook event exactly once; returns ``{event_id, type, outcome}``."""
     now = now or clock.now()
     result = {"event_id": notice.event_id, "type": notice.event_type, "duplicate": False}
+    owed: list[int] = []
     try:
         with unit_of_work() as work:
             record = _claim_event(provider, notice.event_id, notice.event_type, event)
             if record is None:
                 raise _Replay
-            outcome = _apply_notice(provider, notice, now, work)
+            outcome = _apply_notice(provider, notice, now, work, owed)
             record.processed_at = now
-            record.payload = {**event, "sonicus_outcome": outcome}
+            record.payload = {**event, "sonicus_outcome": outcome} \
+                if outcome != ERASED_CUSTOMER else _without_content(event, outcome)
     except _Replay:
         return {**result, "duplicate": True, "outcome": "duplicate"}
+    for owed_id in owed:
+        attempt_owed_cancellation(owed_id)
     return {**result, "outcome": outcome}
 
 
-def _apply_notice(provider: str, notice, now: datetime, work: Work) -> str:
-    """The notice applied to the subscription it is about (locked); the outcome."""
+# Notices that mean a provider subscription is running (and may charge).
+LIVE_SUBSCRIPTION_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED)
+
+
+def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[int]) -> str:
+    """The notice applied to the subscription it is about (locked); the outcome. A running
+    subscription of an erased account is owed a cancellation (its id added to ``owed``, to
+    try after the commit)."""
+    if is_erased_billing(notice.customer_id, notice.subscription_id):
+        return ERASED_CUSTOMER  # no account to change, nobody else's to touch
     if notice.kind not in HANDLED_KINDS:
         return "ignored"
     sub = _find_subscription_for(notice)
     if sub is None:
+        if notice.kind in LIVE_SUBSCRIPTION_KINDS and notice.subscription_id \
+                and is_erased_account(notice.user_id):
+            # e.g. a checkout left open and paid after the erasure
+            owed.append(owe(provider, notice.customer_id, notice.subscription_id, now).id)
+            return ERASED_CUSTOMER
         return "unknown_customer"
     work.changed_user(sub.user_id)
     if notice.kind == PAYMENT_SUCCEEDED:
@@ -308,6 +329,12 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work) -> str:
     if notice.kind == PAYMENT_FAILED:
         return apply_payment_failed(sub, notice, now)
     return apply_subscription_ended(sub, notice, now)
+
+
+def _without_content(event: dict, outcome: str) -> dict:
+    """What is kept of an erased account's event: that it came, not what it said."""
+    return {"id": event.get("id"), "type": event.get("type"), "created": event.get("created"),
+            "sonicus_outcome": outcome}
 
 
 def _payment_of(provider: str, notice) -> Payment:
