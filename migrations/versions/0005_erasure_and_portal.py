@@ -1,10 +1,12 @@
-"""erasure: tombstones and owed provider cancellations
+"""erasure and billing portal: tombstones, owed provider cancellations, provider state time
 
 - ``erasure_tombstones``: one row per erased identity, salted hashes only (HMAC-SHA256 of the
   OIDC subject and of the normalised email) with ``trial_used``: the trial stays one per
   person after an erasure.
 - ``owed_cancellations``: the outbox of provider subscriptions an erasure must cancel; inserted
   in the erasure's transaction, retried by a periodic job until the provider confirms.
+- ``user_subscriptions.provider_state_at``: how recent the provider's subscription state
+  mirrored in the row is (``customer.subscription.updated`` events older than it are stale).
 
 Revision ID: 0005_erasure_and_portal
 Revises: 0004_admin_short_search
@@ -16,6 +18,11 @@ revision = "0005_erasure_and_portal"
 down_revision = "0004_admin_short_search"
 branch_labels = None
 depends_on = None
+
+
+def _schema():
+    """ALTER TABLE is not schema-translated on SQLite (which has no schema ``sonicus``)."""
+    return "sonicus" if op.get_bind().dialect.name == "postgresql" else None
 
 
 def upgrade():
@@ -58,8 +65,15 @@ def upgrade():
         batch_op.create_index("ix_owed_cancellations_due", ["done_at", "next_attempt_at"],
                               unique=False)
 
+    op.add_column("user_subscriptions",
+                  sa.Column("provider_state_at", sa.DateTime(timezone=True), nullable=True),
+                  schema=_schema())
+
 
 def downgrade():
+    with op.batch_alter_table("user_subscriptions", schema=_schema()) as batch_op:
+        batch_op.drop_column("provider_state_at")
+
     with op.batch_alter_table("owed_cancellations", schema="sonicus") as batch_op:
         batch_op.drop_index("ix_owed_cancellations_due")
         batch_op.drop_index(batch_op.f("ix_owed_cancellations_subscription_id"))
