@@ -98,6 +98,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "BILLING_WEBHOOK_SECRET": _str(env, "BILLING_WEBHOOK_SECRET") or None,
         "STRIPE_API_KEY": _str(env, "STRIPE_API_KEY") or None,
         "STRIPE_PRICE_IDS": _list(env, "STRIPE_PRICE_IDS"),
+        # another address for Stripe's API (stripe-mock, a stand-in); honoured everywhere
+        "STRIPE_API_BASE": _str(env, "STRIPE_API_BASE") or None,
         "PUBLIC_BASE_URL": _str(env, "PUBLIC_BASE_URL", "http://127.0.0.1:18100"),
         "MEDIA_BASE_URL": _str(env, "MEDIA_BASE_URL") or None,
         "MEDIA_URL_SECRET": _str(env, "MEDIA_URL_SECRET") or None,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from inspect import iscoroutinefunction
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask
 
@@ -20,6 +22,8 @@ from .services.analytics import analytics_for_user_id
 from .web import init_web, install_log_redaction
 
 __all__ = ["ConfigError", "create_app"]
+
+log = logging.getLogger(__name__)
 
 
 def _database_settings(app: Flask) -> None:
@@ -102,4 +106,17 @@ def create_app(overrides: dict | None = None) -> Flask:
     register_realtime(app, snapshot=analytics_for_user_id)
     install_log_redaction()
     app.cli.add_command(sonicus_cli)
+    _log_stripe_api_base(app)
     return app
+
+
+def _log_stripe_api_base(app: Flask) -> None:
+    """Say once, at start, that Stripe's API is reached at another address (credentials in
+    the address are not written)."""
+    base = app.config.get("STRIPE_API_BASE")
+    if not base:
+        return
+    parts = urlsplit(base)
+    shown = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+    level = logging.WARNING if app.config["SONICUS_ENV"] == "production" else logging.INFO
+    log.log(level, "STRIPE_API_BASE is set: Stripe's API is reached at %s", shown)

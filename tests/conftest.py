@@ -8,10 +8,11 @@
 
 Tests take everything from fixtures, never by importing a module of the suite: the
 settings (``make_config``, ``test_database_url``, ``test_redis_url``), one factory per kind
-of row (``make_user``, ``make_package``, ``make_session``), billing events (``billing``),
-servers and sockets (``two_web_processes``, ``serve_in_process``, ``own_redis``,
-``connect_ws``), time (``set_clock``) and polling (``wait_for``). Only ``live_server.py``
-and ``fault_jobs.py`` are modules, for the processes that load them by import path.
+of row (``make_user``, ``make_package``, ``make_session``), billing events (``billing``), a
+local stand-in for Stripe's API (``stripe_stand_in``, ``stripe_app``), servers and sockets
+(``two_web_processes``, ``serve_in_process``, ``own_redis``, ``connect_ws``), time
+(``set_clock``) and polling (``wait_for``). Only ``live_server.py`` and ``fault_jobs.py`` are
+modules, for the processes that load them by import path.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 import redis as redis_lib
@@ -466,6 +468,27 @@ class Billing:
                                     "ended_at": _stamp(created or clock.now()),
                                     "metadata": {}}}}
 
+    @staticmethod
+    def subscription_updated(event_id: str, *, price: str, subscription: str = "sub_1",
+                             customer: str = "cus_1", cancel_at_period_end: bool = False,
+                             previous: dict | None = None, created: datetime | None = None,
+                             metadata: dict | None = None) -> dict:
+        """``customer.subscription.updated`` as the billing portal causes it: the item's
+        price now, ``cancel_at_period_end`` now, and ``previous`` (the changed fields' former
+        values: ``previous_attributes``; default: the plan changed)."""
+        if previous is None:
+            previous = {"items": {"object": "list", "data": []}}
+        return {"id": event_id, "object": "event", "type": "customer.subscription.updated",
+                "created": _stamp(created or clock.now()),
+                "data": {"object": {"id": subscription, "object": "subscription",
+                                    "customer": customer, "status": "active",
+                                    "cancel_at_period_end": cancel_at_period_end,
+                                    "items": {"object": "list", "data": [{
+                                        "id": "si_1", "object": "subscription_item",
+                                        "price": {"id": price, "object": "price"}}]},
+                                    "metadata": metadata or {}},
+                         "previous_attributes": previous}}
+
     # ---- the subscription, through the API and in the database
 
     @staticmethod
@@ -544,6 +567,139 @@ def billing(app):
     """Stripe-format events and webhook delivery, and the subscriptions they change
     (``Billing``)."""
     return Billing(app)
+
+
+# ---- a local stand-in for api.stripe.com -----------------------------------------------------
+
+class StripeStandIn:
+    """Stripe's API as the official client speaks it, over real HTTP on a free port
+    (``STRIPE_API_BASE``). ``requests``: every request received, as ``(method, path, form,
+    Authorization)``. ``down``: answer everything 503 (with ``Stripe-Should-Retry: false``, so
+    the client gives up at once). ``decline_charges``: an upgrade's charge is declined.
+    ``canceled``: the subscriptions canceled here (canceling one again is refused, as Stripe
+    does); ``missing``: subscription ids Stripe does not know."""
+
+    def __init__(self):
+        self.requests = []
+        self.decline_charges = False
+        self.down = False
+        self.canceled: set[str] = set()
+        self.missing: set[str] = set()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, body, status=200, headers=()):
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def _received(self, method) -> bool:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = parse_qs(self.rfile.read(length).decode()) if length else {}
+                fake.requests.append((method, self.path, form,
+                                      self.headers.get("Authorization")))
+                if fake.down:
+                    self._reply({"error": {"type": "api_error", "message": "unavailable"}}, 503,
+                                headers=[("Stripe-Should-Retry", "false")])
+                    return False
+                return True
+
+            def _missing(self, sid):
+                self._reply({"error": {"type": "invalid_request_error",
+                                       "code": "resource_missing",
+                                       "message": f"No such subscription: '{sid}'"}}, 404)
+
+            def _subscription(self, sid, **fields):
+                return {"id": sid, "object": "subscription",
+                        "status": "canceled" if sid in fake.canceled else "active",
+                        "items": {"object": "list", "data": [
+                            {"id": "si_1", "object": "subscription_item"}]}, **fields}
+
+            def do_GET(self):
+                if not self._received("GET"):
+                    return
+                if self.path.startswith("/v1/subscriptions/"):
+                    sid = self.path.rsplit("/", 1)[1]
+                    if sid in fake.missing:
+                        return self._missing(sid)
+                    return self._reply(self._subscription(sid))
+                self._reply({"error": {"message": "no"}}, 404)
+
+            def do_DELETE(self):
+                if not self._received("DELETE"):
+                    return
+                if self.path.startswith("/v1/subscriptions/"):
+                    sid = self.path.rsplit("/", 1)[1]
+                    if sid in fake.missing:
+                        return self._missing(sid)
+                    if sid in fake.canceled:
+                        return self._reply({"error": {
+                            "type": "invalid_request_error",
+                            "message": "A canceled subscription can only update its "
+                                       "cancellation_details and metadata."}}, 400)
+                    fake.canceled.add(sid)
+                    return self._reply(self._subscription(sid))
+                self._reply({"error": {"message": "no"}}, 404)
+
+            def do_POST(self):
+                if not self._received("POST"):
+                    return
+                form = fake.requests[-1][2]
+                if self.path == "/v1/checkout/sessions":
+                    return self._reply({"id": "cs_test_1", "object": "checkout.session",
+                                        "url": "https://checkout.stripe.test/c/cs_test_1"})
+                if self.path == "/v1/billing_portal/sessions":
+                    return self._reply({"id": "bps_1", "object": "billing_portal.session",
+                                        "customer": form.get("customer", [None])[0],
+                                        "return_url": form.get("return_url", [None])[0],
+                                        "url": "https://billing.stripe.test/p/session_1"})
+                if self.path.startswith("/v1/subscriptions/"):
+                    if fake.decline_charges and "payment_behavior" in form:
+                        return self._reply({"error": {
+                            "type": "card_error", "code": "card_declined",
+                            "message": "Your card was declined."}}, 402)
+                    return self._reply(self._subscription(self.path.rsplit("/", 1)[1]))
+                self._reply({"error": {"message": "no"}}, 404)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def received(self, method: str, path: str) -> list[dict]:
+        """The forms of the requests received with this method and path."""
+        return [form for m, p, form, _ in self.requests if (m, p) == (method, path)]
+
+
+@pytest.fixture
+def stripe_stand_in():
+    """A ``StripeStandIn`` on a free port; stopped after the test."""
+    fake = StripeStandIn()
+    yield fake
+    fake.server.shutdown()
+
+
+@pytest.fixture
+def stripe_app(make_config, stripe_stand_in):
+    """``(app, stand_in)``: an app with the stripe provider talking to the stand-in
+    (``STRIPE_API_BASE``), prices ``premium=price_prem`` and ``pro=price_pro``, on the test
+    database."""
+    from sonicus.extensions import db
+
+    app = create_app(make_config(BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_123",
+                                 STRIPE_PRICE_IDS=["premium=price_prem", "pro=price_pro"],
+                                 STRIPE_API_BASE=stripe_stand_in.base))
+    yield app, stripe_stand_in
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()  # its connections go now, not whenever the app is collected
 
 
 # ---- time ------------------------------------------------------------------------------------

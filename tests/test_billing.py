@@ -6,8 +6,6 @@ import json
 import threading
 import time
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs
 
 import pytest
 
@@ -276,68 +274,7 @@ def test_concurrent_deliveries_of_one_event_apply_once(app, auth, client, billin
     assert billing.count_billing_events() == 1
 
 
-# ---- the Stripe provider against a local stand-in for api.stripe.com --------------------------
-
-class FakeStripe:
-    def __init__(self):
-        self.requests = []
-        self.decline_charges = False
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, body, status=200):
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def do_GET(self):
-                fake.requests.append(("GET", self.path, {}, self.headers.get("Authorization")))
-                if self.path.startswith("/v1/subscriptions/"):
-                    sid = self.path.rsplit("/", 1)[1]
-                    return self._reply({"id": sid, "object": "subscription",
-                                        "items": {"object": "list", "data": [
-                                            {"id": "si_1", "object": "subscription_item"}]}})
-                self._reply({"error": {"message": "no"}}, 404)
-
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                form = parse_qs(self.rfile.read(length).decode())
-                fake.requests.append(("POST", self.path, form,
-                                      self.headers.get("Authorization")))
-                if self.path == "/v1/checkout/sessions":
-                    return self._reply({"id": "cs_test_1", "object": "checkout.session",
-                                        "url": "https://checkout.stripe.test/c/cs_test_1"})
-                if self.path.startswith("/v1/subscriptions/"):
-                    if fake.decline_charges and "payment_behavior" in form:
-                        return self._reply({"error": {
-                            "type": "card_error", "code": "card_declined",
-                            "message": "Your card was declined."}}, 402)
-                    return self._reply({"id": self.path.rsplit("/", 1)[1],
-                                        "object": "subscription"})
-                self._reply({"error": {"message": "no"}}, 404)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def stripe_app(make_config):
-    from sonicus import create_app
-
-    fake = FakeStripe()
-    app = create_app(make_config(BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_123",
-                                 STRIPE_PRICE_IDS=["premium=price_prem", "pro=price_pro"],
-                                 STRIPE_API_BASE=fake.base))
-    yield app, fake
-    fake.server.shutdown()
-
+# ---- the Stripe provider against a local stand-in for api.stripe.com (``stripe_app``) -----
 
 def test_stripe_checkout_session_is_created_with_our_reference(stripe_app, auth, billing):
     app, fake = stripe_app

@@ -1,11 +1,14 @@
-"""Billing: the provider's webhook and, in development and testing, the sandbox confirmation."""
+"""Billing: the provider's webhook and, in development and testing, the sandbox's pages
+(checkout confirmation, billing portal)."""
 
 from __future__ import annotations
 
-from flask import current_app, request
+from html import escape
+
+from flask import Response, current_app, request
 from flask.views import MethodView
 
-from ..billing import WebhookRejected, notice_from_webhook, sandbox_enabled
+from ..billing import WebhookRejected, notice_from_webhook, read_portal_token, sandbox_enabled
 from ..envelope import ApiError, Blueprint, not_found
 from ..schemas.subscription import SandboxConfirmResultSchema, WebhookResultSchema
 from ..services import subscriptions
@@ -52,3 +55,43 @@ class SandboxConfirm(MethodView):
         if not sandbox_enabled():
             not_found()
         return subscriptions.confirm_sandbox_checkout(reference)
+
+
+_PORTAL_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Billing portal (sandbox)</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;
+line-height:1.5}}code{{background:#eee;padding:0 .25rem}}</style></head>
+<body><h1>Billing portal (sandbox)</h1>
+<p>This page stands in for the payment provider's billing portal, where a customer updates the
+card, reads invoices, changes the plan or cancels. The sandbox keeps no cards and sends no
+invoices.</p>
+<p>Customer <code>{customer}</code></p>
+<p><a href="{return_url}">Back to Sonicus</a></p></body></html>
+"""
+# The page's own policy: its inline style, nothing else (no script, no external asset).
+_PORTAL_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+
+
+@blp.route("/sandbox/portal/<string:token>")
+class SandboxPortal(MethodView):
+    @blp.doc(responses={"200": {
+        "description": "A small HTML page standing in for the provider's billing portal.",
+        "content": {"text/html": {"schema": {"type": "string"}}}}})
+    @blp.errors(404)
+    def get(self, token):
+        """Sandbox provider only (development and testing): the billing portal's page.
+
+        The address comes from `POST /api/user/subscription/portal` (a signed token, valid
+        for an hour). 404 for a forged or expired token, and everywhere outside development
+        and testing.
+        """
+        if not sandbox_enabled():
+            not_found()
+        visit = read_portal_token(current_app.config, token)
+        if visit is None:
+            not_found()
+        page = _PORTAL_PAGE.format(customer=escape(visit.customer_id),
+                                   return_url=escape(visit.return_url, quote=True))
+        return Response(page, mimetype="text/html",
+                        headers={"Content-Security-Policy": _PORTAL_CSP})

@@ -9,6 +9,8 @@ from ..envelope import Blueprint, set_message
 from ..schemas.subscription import (
     CancelSchema,
     HistoryArgsSchema,
+    PortalRequestSchema,
+    PortalSchema,
     SubscriptionChangeSchema,
     SubscriptionEventSchema,
     SubscriptionSchema,
@@ -33,14 +35,18 @@ class Subscription(MethodView):
     @blp.response(200, SubscriptionSchema)
     @blp.errors(401, (402, "`payment_required`: the provider declined an upgrade's charge."),
                 (403, "`email_not_verified`: paid tiers and trials need a verified email."),
-                (409, "`trial_already_used`, or `conflict`: a trial starts from starter."),
+                (409, "`trial_already_used`; `conflict`: a trial starts from starter; "
+                      "`use_billing_portal` (with `portal_url`): a past-due subscription is "
+                      "fixed in the billing portal, not bought again."),
                 422, 502)
     def post(self, body, caller):
         """Choose a tier: starter, a checkout for a paid tier, a trial, an upgrade or a downgrade.
 
         Paid tier without a trial: `incomplete` with a `checkout`; the tier takes effect when
         the payment arrives. An upgrade from a paid tier is immediate and prorated; a
-        downgrade (or starter) takes effect at the end of the period.
+        downgrade (or starter) takes effect at the end of the period. A `past_due` user asking
+        for a paid tier gets 409 `use_billing_portal` with `portal_url`: never a second
+        subscription.
         """
         sub, message = subscriptions.change_tier(caller.id, body["tier"], body["start_trial"])
         set_message(message)
@@ -67,6 +73,23 @@ class Resume(MethodView):
         sub, message = subscriptions.resume(caller.id)
         set_message(message)
         return subscriptions.overview(caller, sub)
+
+
+@blp.route("/subscription/portal")
+class Portal(MethodView):
+    @require_user
+    @blp.arguments(PortalRequestSchema, required=False)
+    @blp.response(200, PortalSchema)
+    @blp.errors(401, 403, (409, "`conflict`: no billing account at the provider yet."), 422,
+                502)
+    def post(self, body, caller):
+        """The provider's billing portal: update the card, read invoices, change or cancel.
+
+        `return_url` (default `PUBLIC_BASE_URL`) must start with `PUBLIC_BASE_URL` or a
+        `CORS_ORIGINS` origin. Plan changes made there are applied when the provider reports
+        them.
+        """
+        return {"url": subscriptions.billing_portal_url(caller.id, body.get("return_url"))}
 
 
 @blp.route("/subscription/history")

@@ -11,12 +11,12 @@ from flask import current_app
 
 from .base import BillingProvider, BillingUnavailable, Checkout
 from .events import BillingNotice, WebhookRejected, parse_event, verify_webhook
-from .sandbox import SandboxProvider
+from .sandbox import PortalVisit, SandboxProvider, read_portal_token
 from .stripe_provider import StripeProvider, price_ids
 
-__all__ = ["BillingNotice", "BillingProvider", "BillingUnavailable", "Checkout",
+__all__ = ["BillingNotice", "BillingProvider", "BillingUnavailable", "Checkout", "PortalVisit",
            "WebhookRejected", "get_provider", "notice_from_webhook", "parse_event",
-           "sandbox_enabled", "verify_webhook"]
+           "read_portal_token", "sandbox_enabled", "verify_webhook"]
 
 
 def get_provider(name: str | None = None) -> BillingProvider:
@@ -29,7 +29,8 @@ def get_provider(name: str | None = None) -> BillingProvider:
 
 
 def sandbox_enabled() -> bool:
-    """Sandbox confirmation exists only in development and testing, with the sandbox provider."""
+    """Sandbox pages (checkout confirmation, billing portal) exist only in development and
+    testing, with the sandbox provider."""
     cfg = current_app.config
     return cfg["SONICUS_ENV"] in ("development", "testing") and cfg["BILLING_PROVIDER"] == "sandbox"
 

@@ -1,8 +1,10 @@
 """The billing-provider interface.
 
 A provider creates checkouts and keeps the provider's own subscription in step with the
-changes a user makes here (cancel at period end, resume, change of plan). Payments arrive
-as webhooks and are turned into ``BillingNotice`` objects (``events.py``).
+changes a user makes here (cancel at period end, resume, change of plan), cancels a
+subscription at once when its account is erased, and opens its billing portal for a
+customer. Payments arrive as webhooks and are turned into ``BillingNotice`` objects
+(``events.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ class BillingUnavailable(ApiError):
 
     def __init__(self, message: str = "The payment provider is unavailable; try again shortly."):
         super().__init__(502, "billing_unavailable", message)
+
+
+# What ``cancel_now`` answers when the provider confirms there is nothing left to charge.
+CANCELED = "canceled"                    # canceled by this call
+ALREADY_CANCELED = "already_canceled"    # it had ended before (or was never created there)
+NOTHING_TO_CANCEL = "nothing_to_cancel"  # no provider subscription is known
 
 
 @dataclass(frozen=True)
@@ -49,3 +57,16 @@ class BillingProvider:
 
     def change_tier(self, sub, tier: str, *, prorate: bool) -> None:
         """Switch the provider's plan: now with proration, or from the next renewal."""
+
+    def cancel_now(self, customer_id: str | None, subscription_id: str | None) -> str:
+        """End the provider's subscription at once: no further charge, no proration.
+
+        Returns ``CANCELED``, ``ALREADY_CANCELED`` or ``NOTHING_TO_CANCEL`` once the provider
+        confirms; ``BillingUnavailable`` when it cannot be reached or refuses (try again).
+        """
+        raise NotImplementedError
+
+    def portal_url(self, *, customer_id: str, return_url: str) -> str:
+        """Where the customer manages their billing (card, invoices, plan, cancel); the
+        browser comes back to ``return_url``. ``BillingUnavailable`` if it cannot be made."""
+        raise NotImplementedError

@@ -10,6 +10,12 @@ Handled event types (anything else is stored and acknowledged):
   invoice's period starts where ours ends)
 - ``invoice.payment_failed`` → payment failed
 - ``customer.subscription.deleted`` → subscription ended
+- ``customer.subscription.updated`` → subscription updated (a plan changed in the billing
+  portal, ``cancel_at_period_end`` set or cleared there)
+
+The tier paid for is read from the prices first (``STRIPE_PRICE_IDS``; a credit line of a
+proration is not the tier), then from our ``sonicus_tier`` metadata: a plan changed in the
+portal leaves the metadata behind.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ TOLERANCE_SECONDS = 300
 PAYMENT_SUCCEEDED = "payment_succeeded"
 PAYMENT_FAILED = "payment_failed"
 SUBSCRIPTION_ENDED = "subscription_ended"
+SUBSCRIPTION_UPDATED = "subscription_updated"
 IGNORED = "ignored"
 
 KIND_BY_TYPE = {
@@ -36,6 +43,7 @@ KIND_BY_TYPE = {
     "invoice.payment_succeeded": PAYMENT_SUCCEEDED,
     "invoice.payment_failed": PAYMENT_FAILED,
     "customer.subscription.deleted": SUBSCRIPTION_ENDED,
+    "customer.subscription.updated": SUBSCRIPTION_UPDATED,
 }
 
 
@@ -60,6 +68,10 @@ class BillingNotice:
     period_start: datetime | None = None
     period_end: datetime | None = None
     document_id: str | None = None  # the invoice or checkout session id
+    # customer.subscription.updated: the flag as it is now, and the fields the event changed
+    # (the keys of ``previous_attributes``; None when the event does not say)
+    cancel_at_period_end: bool | None = None
+    changed: frozenset[str] | None = None
 
 
 def verify_webhook(payload: bytes, signature_header: str | None, secret: str | None,
@@ -141,7 +153,11 @@ def _from_metadata(obj: dict, key: str) -> str | None:
 
 def _tier_from_prices(obj: dict, price_to_tier: dict[str, str]) -> str | None:
     for line in _get(obj, "lines", "data") or _get(obj, "items", "data") or []:
-        price = _str(_get(line, "price")) or _str(_get(line, "pricing", "price_details", "price"))
+        amount = _int(_get(line, "amount"))
+        if amount is not None and amount < 0:
+            continue  # the credit for the unused time of the plan left behind
+        price = (_str(_get(line, "price")) or _str(_get(line, "pricing", "price_details", "price"))
+                 or _str(_get(line, "plan")))
         if price and price in price_to_tier:
             return price_to_tier[price]
     return None
@@ -169,7 +185,7 @@ def _event_kind(event_type: str, obj: dict) -> str:
 
 
 def _paid_tier(obj: dict, price_to_tier: dict[str, str]) -> str | None:
-    tier = _from_metadata(obj, "sonicus_tier") or _tier_from_prices(obj, price_to_tier)
+    tier = _tier_from_prices(obj, price_to_tier) or _from_metadata(obj, "sonicus_tier")
     return tier if tier in PAID_TIERS else None
 
 
@@ -208,6 +224,13 @@ def parse_event(event: dict, price_to_tier: dict[str, str] | None = None) -> Bil
                              amount_cents=_int(obj.get("amount_total")))
     if event_type.startswith("invoice."):
         return _invoice_notice(common, obj)
+    if event_type == "customer.subscription.updated":
+        previous = _get(event, "data", "previous_attributes")
+        cancel = obj.get("cancel_at_period_end")
+        return BillingNotice(**{**common, "document_id": None},
+                             subscription_id=_str(obj.get("id")),
+                             cancel_at_period_end=cancel if isinstance(cancel, bool) else None,
+                             changed=frozenset(previous) if isinstance(previous, dict) else None)
     if event_type.startswith("customer.subscription."):
         return BillingNotice(**{**common, "document_id": None},
                              subscription_id=_str(obj.get("id")),

@@ -4,11 +4,42 @@ A checkout is a reference; ``POST /api/billing/sandbox/<reference>/confirm`` pla
 of the provider's payment page and goes through the same service function as a
 payment-succeeded webhook. At the end of a period the expiry job renews a sandbox
 subscription that has a payment method on file (a real provider would send a webhook).
+Cancelling at once always succeeds. The billing portal is a small page of this API
+(``GET /api/billing/sandbox/portal/<token>``), the token signed with the app's secret key.
 """
 
 from __future__ import annotations
 
-from .base import BillingProvider, Checkout
+from dataclasses import dataclass
+
+from itsdangerous import BadData, URLSafeTimedSerializer
+
+from .base import CANCELED, BillingProvider, Checkout
+
+PORTAL_TOKEN_SALT = "sonicus-sandbox-portal"
+PORTAL_TOKEN_SECONDS = 3600  # a portal link works for an hour, like a provider's session
+
+
+@dataclass(frozen=True)
+class PortalVisit:
+    customer_id: str
+    return_url: str
+
+
+def _portal_serializer(config) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(config["SECRET_KEY"], salt=PORTAL_TOKEN_SALT)
+
+
+def read_portal_token(config, token: str) -> PortalVisit | None:
+    """The visit a sandbox portal token stands for; None when forged, altered or expired."""
+    try:
+        data = _portal_serializer(config).loads(token, max_age=PORTAL_TOKEN_SECONDS)
+    except BadData:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("c"), str) \
+            or not isinstance(data.get("r"), str):
+        return None
+    return PortalVisit(data["c"], data["r"])
 
 
 class SandboxProvider(BillingProvider):
@@ -18,3 +49,11 @@ class SandboxProvider(BillingProvider):
         base = (self.config.get("PUBLIC_BASE_URL") or "").rstrip("/")
         return Checkout(provider=self.name, reference=reference,
                         url=f"{base}/api/billing/sandbox/{reference}/confirm")
+
+    def cancel_now(self, customer_id, subscription_id) -> str:
+        return CANCELED
+
+    def portal_url(self, *, customer_id, return_url) -> str:
+        base = (self.config.get("PUBLIC_BASE_URL") or "").rstrip("/")
+        token = _portal_serializer(self.config).dumps({"c": customer_id, "r": return_url})
+        return f"{base}/api/billing/sandbox/portal/{token}"

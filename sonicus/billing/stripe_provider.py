@@ -7,6 +7,9 @@
 - Cancel / resume: ``cancel_at_period_end`` on the Stripe subscription.
 - Change of plan: the subscription item's price; an upgrade is prorated and invoiced now, a
   downgrade takes effect from the next renewal (no proration).
+- Cancel at once (an erased account): ``DELETE /v1/subscriptions/<id>``; a subscription Stripe
+  no longer has, or has already canceled, counts as done.
+- Billing portal: a ``billing_portal.sessions`` session for the customer.
 - Webhooks: verified with ``stripe.Webhook.construct_event`` (``events.py``).
 """
 
@@ -21,10 +24,19 @@ from config import parse_price_ids
 
 from .. import clock
 from ..envelope import ApiError
-from .base import BillingProvider, BillingUnavailable, Checkout
+from .base import (
+    ALREADY_CANCELED,
+    CANCELED,
+    NOTHING_TO_CANCEL,
+    BillingProvider,
+    BillingUnavailable,
+    Checkout,
+)
 
 log = logging.getLogger(__name__)
 
+# Stripe's subscription states after which nothing is charged any more.
+ENDED_STATUSES = ("canceled", "incomplete_expired")
 # Checkout Sessions refuse a trial_end less than 48 hours away.
 MIN_STRIPE_TRIAL_LEFT = timedelta(hours=49)
 STRIPE_TIMEOUT_SECONDS = 10
@@ -41,7 +53,7 @@ class StripeProvider(BillingProvider):
     def __init__(self, config):
         super().__init__(config)
         options = {}
-        if config.get("STRIPE_API_BASE"):  # a local stand-in for api.stripe.com (tests only)
+        if config.get("STRIPE_API_BASE"):  # stripe-mock or a stand-in for api.stripe.com
             options["base_addresses"] = {"api": config["STRIPE_API_BASE"]}
         # calls run while the user's subscription row is locked: keep them short
         http_client = stripe.new_default_http_client(timeout=STRIPE_TIMEOUT_SECONDS)
@@ -118,3 +130,45 @@ class StripeProvider(BillingProvider):
         except stripe.StripeError as exc:
             log.warning("stripe plan change failed: %s", type(exc).__name__)
             raise BillingUnavailable() from exc
+
+    def cancel_now(self, customer_id, subscription_id) -> str:
+        if not subscription_id:
+            return NOTHING_TO_CANCEL
+        try:
+            self.client.v1.subscriptions.cancel(subscription_id)
+            return CANCELED
+        except stripe.InvalidRequestError as exc:
+            if exc.code == "resource_missing":
+                return ALREADY_CANCELED
+            if self._has_ended(subscription_id):  # e.g. canceled before: Stripe refuses again
+                return ALREADY_CANCELED
+            raise _unavailable("cancel", exc) from exc
+        except stripe.StripeError as exc:
+            raise _unavailable("cancel", exc) from exc
+
+    def _has_ended(self, subscription_id: str) -> bool:
+        try:
+            current = self.client.v1.subscriptions.retrieve(subscription_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.code == "resource_missing":
+                return True
+            raise _unavailable("subscription lookup", exc) from exc
+        except stripe.StripeError as exc:
+            raise _unavailable("subscription lookup", exc) from exc
+        return ("status" in current and current["status"] in ENDED_STATUSES)
+
+    def portal_url(self, *, customer_id, return_url) -> str:
+        try:
+            session = self.client.v1.billing_portal.sessions.create(
+                params={"customer": customer_id, "return_url": return_url})
+        except stripe.StripeError as exc:
+            raise _unavailable("billing portal", exc) from exc
+        return session.url
+
+
+def _unavailable(what: str, exc: stripe.StripeError) -> BillingUnavailable:
+    """``BillingUnavailable`` naming the Stripe error (its class and code, no customer data)."""
+    log.warning("stripe %s failed: %s", what, type(exc).__name__)
+    detail = type(exc).__name__ + (f" {exc.code}" if getattr(exc, "code", None) else "")
+    return BillingUnavailable(f"The payment provider is unavailable ({what}: {detail}); "
+                              "try again shortly.")

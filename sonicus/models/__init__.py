@@ -3,12 +3,13 @@
 from .analytics import AuditLog, PlatformStats, UserAnalytics
 from .base import SCHEMA, Base, utcnow
 from .catalog import SoundPackage, Track, UserSoundPackage
+from .erasure import ErasureTombstone, OwedCancellation
 from .listening import ListeningSession
 from .subscription import BillingEvent, SubscriptionEvent, UserSubscription
 from .user import User
 
 __all__ = [
-    "SCHEMA", "AuditLog", "Base", "BillingEvent", "ListeningSession", "PlatformStats",
-    "SoundPackage", "SubscriptionEvent", "Track", "User", "UserAnalytics",
-    "UserSoundPackage", "UserSubscription", "utcnow",
+    "SCHEMA", "AuditLog", "Base", "BillingEvent", "ErasureTombstone", "ListeningSession",
+    "OwedCancellation", "PlatformStats", "SoundPackage", "SubscriptionEvent", "Track", "User",
+    "UserAnalytics", "UserSoundPackage", "UserSubscription", "utcnow",
 ]

@@ -59,6 +59,10 @@ class UserSubscription(Base):
     checkout_reference: Mapped[str | None] = mapped_column(String(255), unique=True)
     checkout_tier: Mapped[str | None] = mapped_column(String(16))
     checkout_url: Mapped[str | None] = mapped_column(String(1024))
+    # How recent the provider's subscription state mirrored here is: the creation time of the
+    # newest provider subscription event applied, or of our own last change sent to the
+    # provider (whole seconds, as the provider stamps events). Older events are stale.
+    provider_state_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

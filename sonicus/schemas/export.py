@@ -54,6 +54,23 @@ class _SessionExport(ma.Schema):
     note = ma.fields.String(allow_none=True)
 
 
+class _KeptExport(ma.Schema):
+    what = ma.fields.String(required=True)
+    why = ma.fields.String(required=True)
+
+
+class _AfterErasureExport(ma.Schema):
+    statement = ma.fields.String(required=True)
+    kept = ma.fields.List(ma.fields.Nested(_KeptExport), required=True)
+
+
+class _EarlierErasureExport(ma.Schema):
+    erased_at = ma.fields.DateTime(required=True)
+    trial_used = ma.fields.Boolean(required=True)
+    matched_by = ma.fields.List(ma.fields.String(), required=True, metadata={
+        "description": "`subject` and/or `email`: what of yours matches the tombstone."})
+
+
 class ExportSchema(ma.Schema):
     user = ma.fields.Nested(_UserExport, required=True)
     preferences = ma.fields.Dict(required=True)
@@ -62,3 +79,7 @@ class ExportSchema(ma.Schema):
     library = ma.fields.List(ma.fields.Nested(_LibraryExport))
     sessions = ma.fields.List(ma.fields.Nested(_SessionExport))
     analytics = ma.fields.Dict(allow_none=True)
+    earlier_erasures = ma.fields.List(ma.fields.Nested(_EarlierErasureExport), metadata={
+        "description": "Tombstones of erased accounts of your sign-in subject or email."})
+    after_erasure = ma.fields.Nested(_AfterErasureExport, required=True, metadata={
+        "description": "What stays after `DELETE /api/user/profile`, and why."})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import marshmallow as ma
+from flask import current_app
 
 from ..envelope import PageArgsSchema
 from ..models.subscription import CANCEL_REASONS
@@ -82,3 +83,31 @@ class SandboxConfirmResultSchema(ma.Schema):
     reference = ma.fields.String(required=True)
     duplicate = ma.fields.Boolean(required=True)
     outcome = ma.fields.String(required=True)
+
+
+def _starts_with_base(url: str, base: str) -> bool:
+    base = base.rstrip("/")
+    return bool(base) and (url == base or url.startswith((base + "/", base + "?", base + "#")))
+
+
+def validate_return_url(value: str) -> None:
+    """A URL the browser is sent back to: under ``PUBLIC_BASE_URL`` or a ``CORS_ORIGINS``
+    origin (never somewhere else: an open redirect through the provider's page)."""
+    cfg = current_app.config
+    bases = [cfg.get("PUBLIC_BASE_URL") or "", *(cfg.get("CORS_ORIGINS") or [])]
+    if any(ch.isspace() or ord(ch) < 32 for ch in value) \
+            or not any(_starts_with_base(value, base) for base in bases):
+        raise ma.ValidationError("Must start with PUBLIC_BASE_URL or one of CORS_ORIGINS.")
+
+
+class PortalRequestSchema(StrictSchema):
+    return_url = ma.fields.String(
+        validate=[ma.validate.Length(min=1, max=2048), validate_return_url],
+        metadata={"description": "Where the portal sends the browser back to; default "
+                                 "`PUBLIC_BASE_URL`. Must start with `PUBLIC_BASE_URL` or a "
+                                 "`CORS_ORIGINS` origin."})
+
+
+class PortalSchema(ma.Schema):
+    url = ma.fields.String(required=True, metadata={
+        "description": "The provider's billing portal; send the browser there (a GET)."})

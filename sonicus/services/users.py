@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from flask import current_app
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
+from .. import clock
 from ..envelope import ApiError, not_found
 from ..extensions import db
 from ..models import (
@@ -21,9 +23,27 @@ from ..models import (
     UserSubscription,
 )
 from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_preferences
+from . import erasure
 from .analytics import invalidate_user_analytics
 from .subscriptions import lock_or_create_subscription
 from .transaction import unit_of_work
+
+
+@dataclass(frozen=True)
+class EarlierErasure:
+    """A tombstone of an earlier, erased account of the same subject or email."""
+
+    erased_at: datetime
+    trial_used: bool
+    matched_by: list
+
+
+@dataclass(frozen=True)
+class AfterErasure:
+    """What an erasure keeps, and why (a fixed statement)."""
+
+    statement: str
+    kept: tuple
 
 
 @dataclass(frozen=True)
@@ -35,6 +55,8 @@ class UserExport:
     library: list
     sessions: list
     analytics: dict | None
+    earlier_erasures: list = ()
+    after_erasure: AfterErasure | None = None
 
 
 def _claims_view(claims: dict) -> dict:
@@ -150,12 +172,41 @@ def export_user_data(user_id: int) -> UserExport:
         subscription_events=rows(SubscriptionEvent, SubscriptionEvent.at),
         library=rows(UserSoundPackage, UserSoundPackage.assigned_at),
         sessions=rows(ListeningSession, ListeningSession.started_at),
-        analytics=analytics.data if analytics else None)
+        analytics=analytics.data if analytics else None,
+        earlier_erasures=_earlier_erasures(user),
+        after_erasure=AfterErasure(erasure.ERASURE_STATEMENT, erasure.KEPT_AFTER_ERASURE))
+
+
+def _earlier_erasures(user: User) -> list[EarlierErasure]:
+    subject, email = erasure.subject_hash(user.oidc_sub), erasure.email_hash(user.email)
+    return [EarlierErasure(t.erased_at, t.trial_used,
+                           [name for name, mine, theirs in (("subject", subject, t.subject_hash),
+                                                            ("email", email, t.email_hash))
+                            if mine and mine == theirs])
+            for t in erasure.tombstones_of(user.oidc_sub, user.email)]
 
 
 def erase_user(user_id: int) -> None:
-    """Erase the account and personal data; listening sessions are kept anonymised."""
+    """Erase the account and personal data, in one transaction: listening sessions are kept
+    anonymised; a tombstone of the identity keeps the trial one per person; a provider
+    subscription is owed a cancellation (an outbox row), tried right after the commit and
+    retried by ``erasure.process_owed_cancellations`` until the provider confirms. The
+    subscription row is locked first, as every change of a user's money does."""
+    now = clock.now()
+    owed_id = None
     with unit_of_work() as work:
+        sub = db.session.execute(
+            select(UserSubscription).where(UserSubscription.user_id == user_id)
+            .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
+        user = db.session.execute(
+            select(User).where(User.id == user_id).with_for_update()
+            .execution_options(populate_existing=True)).scalar_one_or_none()
+        if user is None:
+            return  # erased already, by a concurrent request
+        erasure.add_tombstone(user, sub, now)
+        owed = erasure.owe_cancellation(sub, now)
+        if owed is not None:
+            owed_id = owed.id
         db.session.execute(
             update(ListeningSession).where(ListeningSession.user_id == user_id)
             .values(user_id=None, note=None, mood_before=None, mood_after=None))
@@ -166,3 +217,5 @@ def erase_user(user_id: int) -> None:
         db.session.execute(delete(User).where(User.id == user_id))
         work.changed_user(user_id)
     invalidate_user_analytics(user_id)
+    if owed_id is not None:
+        erasure.attempt_owed_cancellation(owed_id)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ..extensions import get_redis
 from ..services.analytics import sweep_stale_analytics
+from ..services.erasure import process_owed_cancellations
 from ..services.listening import close_stale_sessions
 from ..services.stats import refresh_platform_stats
 from ..services.subscriptions import process_due_subscriptions
@@ -44,6 +45,7 @@ class Periodic:
 
 PERIODIC_JOBS = (
     Periodic(process_due_subscriptions, 60, QUEUE_MAINTENANCE),  # trials and periods
+    Periodic(process_owed_cancellations, 60, QUEUE_MAINTENANCE),  # erased accounts' billing
     Periodic(close_stale_sessions, 60, QUEUE_MAINTENANCE),
     Periodic(refresh_platform_stats, 300, QUEUE_MAINTENANCE),
     Periodic(sweep_stale_analytics, 30, QUEUE_ANALYTICS),

@@ -3,6 +3,8 @@
 - ``row``: the subscription row (read, lock-or-create) and how the API shows it.
 - ``changes``: changes a user asks for (tier, cancel, resume).
 - ``payments``: payments and provider notices (webhooks, sandbox confirmation).
+- ``provider_updates``: changes made at the provider (``customer.subscription.updated``).
+- ``portal``: the provider's billing portal.
 - ``expiry``: the job that applies trial, grace and period ends.
 """
 
@@ -20,6 +22,7 @@ from .payments import (
     confirm_sandbox_checkout,
     handle_billing_event,
 )
+from .portal import billing_portal_url
 from .row import (
     SubscriptionOverview,
     get_subscription,
@@ -31,7 +34,8 @@ from .row import (
 __all__ = [
     "CANCEL_REASONS", "GRACE_PERIOD", "SAME_PERIOD_SLACK", "Payment", "add_month",
     "apply_payment_failed", "apply_payment_succeeded", "apply_subscription_ended", "cancel",
-    "SubscriptionOverview", "cents_to_decimal", "change_tier", "confirm_sandbox_checkout",
+    "SubscriptionOverview", "billing_portal_url", "cents_to_decimal", "change_tier",
+    "confirm_sandbox_checkout",
     "get_subscription", "handle_billing_event", "history", "lock_or_create_subscription",
     "overview", "process_due_subscriptions", "resume",
 ]

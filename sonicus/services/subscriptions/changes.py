@@ -6,6 +6,9 @@
 - ``checkout_reference`` / ``checkout_tier`` / ``checkout_url``: a checkout waiting for payment.
 - ``pending_tier`` (with ``cancel_at_period_end`` when it is starter): the change due at
   ``current_period_end`` (or at ``trial_ends_at`` during a trial).
+- A ``past_due`` user never buys a second subscription: 409 ``use_billing_portal`` with the
+  provider's billing portal, where the card is fixed.
+- One trial per person: an erased account's tombstone of the same subject or email counts.
 """
 
 from __future__ import annotations
@@ -22,15 +25,18 @@ from ...extensions import db
 from ...models import User, UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
 from ...tiers import STARTER, get_tier, is_upgrade, prorated_upgrade_cents
+from ..erasure import trial_used_before
 from ..transaction import unit_of_work
 from .common import (
     _clear_checkout,
     _clear_scheduled_change,
     _has_paid_period,
+    _provider_told,
     _record,
     _to_starter,
     cents_to_decimal,
 )
+from .portal import portal_for
 from .row import lock_or_create_subscription
 
 
@@ -77,7 +83,7 @@ def change_tier(user_id: int, tier: str, start_trial: bool = False,
         first_choice = sub.tier_chosen_at is None
         sub.tier_chosen_at = sub.tier_chosen_at or now
         if start_trial:
-            message = _start_trial(sub, tier, now)
+            message = _start_trial(user, sub, tier, now)
         elif not target.is_paid:
             message = _choose_starter(sub, now, first_choice)
         else:
@@ -85,9 +91,11 @@ def change_tier(user_id: int, tier: str, start_trial: bool = False,
     return sub, message
 
 
-def _start_trial(sub: UserSubscription, tier: str, now: datetime) -> str:
+def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
     if sub.trial_used:
         fail(409, "trial_already_used", "The free trial has already been used on this account.")
+    if trial_used_before(user.oidc_sub, user.email):
+        fail(409, "trial_already_used", "The free trial has already been used by you.")
     if sub.tier != STARTER:
         fail(409, "conflict", "A trial starts from the starter tier.")
     days = current_app.config["TRIAL_DAYS"]
@@ -119,6 +127,8 @@ def _choose_starter(sub: UserSubscription, now: datetime, first_choice: bool) ->
 
 
 def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
+    if sub.status == PAST_DUE:
+        _send_to_billing_portal(sub)
     if sub.status == TRIALING:
         return _change_trial(user, sub, tier, now)
     if sub.tier == tier and sub.status == ACTIVE and not sub.complimentary:
@@ -128,16 +138,23 @@ def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime) ->
     return _change_paid_period(sub, tier, now) or _start_checkout(user, sub, tier, now)
 
 
+def _send_to_billing_portal(sub: UserSubscription) -> None:
+    """A past-due subscription is still the provider's: buying again would start a second
+    one. 409 ``use_billing_portal``, with the portal (``portal_url``) to fix the card in."""
+    url = portal_for(sub) if sub.provider_customer_id else None
+    fail(409, "use_billing_portal",
+         "Your last payment failed: update your payment method in the billing portal "
+         "instead of buying again.", data={"portal_url": url})
+
+
 def _change_paid_period(sub: UserSubscription, tier: str, now: datetime) -> str | None:
     """A change the provider makes to the running paid period: an upgrade now or a downgrade
-    at its end (only a downgrade while past due). None: the tier needs a new checkout."""
+    at its end. None: the tier needs a new checkout."""
     if not _has_paid_period(sub):
         return None
     if sub.status == ACTIVE and sub.payment_method_on_file:
         if is_upgrade(sub.tier, tier):
             return _upgrade_now(sub, tier, now)
-        return _schedule_downgrade(sub, tier, now)
-    if sub.status == PAST_DUE and not is_upgrade(sub.tier, tier) and sub.tier != tier:
         return _schedule_downgrade(sub, tier, now)
     return None
 
@@ -162,6 +179,7 @@ def _upgrade_now(sub: UserSubscription, tier: str, now: datetime) -> str:
     period_seconds = (sub.current_period_end - start).total_seconds()
     amount = prorated_upgrade_cents(sub.tier, tier, seconds_left, period_seconds)
     get_provider(sub.provider).change_tier(sub, tier, prorate=True)
+    _provider_told(sub, now)
     _record(sub, "upgraded", sub.tier, tier, amount_cents=amount, at=now, proration=True,
             period_end=sub.current_period_end.isoformat())
     sub.tier = tier
@@ -175,6 +193,7 @@ def _schedule_downgrade(sub: UserSubscription, tier: str, now: datetime) -> str:
     get_provider(sub.provider).change_tier(sub, tier, prorate=False)
     if sub.cancel_at_period_end:
         get_provider(sub.provider).set_cancel_at_period_end(sub, False)
+    _provider_told(sub, now)
     sub.pending_tier, sub.cancel_at_period_end = tier, False
     _clear_checkout(sub)
     _record(sub, "downgrade_scheduled", sub.tier, tier, at=now,
@@ -192,6 +211,7 @@ def _schedule_cancel(sub: UserSubscription, now: datetime, *, reason, comment, v
         return "Your subscription is canceled; you are on the starter tier."
     if not sub.cancel_at_period_end:
         get_provider(sub.provider).set_cancel_at_period_end(sub, True)
+        _provider_told(sub, now)
         sub.cancel_at_period_end, sub.pending_tier = True, STARTER
         ends = sub.trial_ends_at if sub.status == TRIALING else sub.current_period_end
         _record(sub, "cancel_scheduled", sub.tier, STARTER, at=now, reason=reason,
@@ -226,6 +246,7 @@ def _resume(sub: UserSubscription, now: datetime) -> str:
         get_provider(sub.provider).set_cancel_at_period_end(sub, False)
     if sub.pending_tier and sub.pending_tier != STARTER:
         get_provider(sub.provider).change_tier(sub, sub.tier, prorate=False)
+    _provider_told(sub, now)
     _record(sub, "resumed", sub.pending_tier, sub.tier, at=now)
     _clear_scheduled_change(sub)
     return f"Resumed: {get_tier(sub.tier).title} continues."

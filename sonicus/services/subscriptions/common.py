@@ -7,6 +7,8 @@ import calendar
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from sqlalchemy import select
+
 from ... import clock
 from ...extensions import db
 from ...models import SubscriptionEvent, UserSubscription
@@ -39,6 +41,36 @@ def _record(sub: UserSubscription, type_: str, from_tier: str | None, to_tier: s
                               details={k: v for k, v in details.items() if v is not None})
     db.session.add(event)
     return event
+
+
+def _latest_payment_created(user_id: int) -> datetime | None:
+    """When the provider created the newest payment we applied (for out-of-order events)."""
+    events = db.session.execute(
+        select(SubscriptionEvent).where(SubscriptionEvent.user_id == user_id,
+                                        SubscriptionEvent.type.in_(PAYMENT_EVENT_TYPES))
+        .order_by(SubscriptionEvent.id.desc()).limit(5)).scalars()
+    stamps = [e.details.get("provider_created") for e in events if e.details]
+    stamps = [s for s in stamps if isinstance(s, str)]
+    latest = max((datetime.fromisoformat(s) for s in stamps), default=None)
+    # providers stamp events in whole seconds
+    return None if latest is None else latest.replace(microsecond=0)
+
+
+def _provider_told(sub: UserSubscription, now: datetime) -> None:
+    """We just changed the provider's subscription: provider events created before this
+    (whole seconds, as providers stamp them) are older than the state kept here."""
+    if sub.provider_subscription_id:
+        _note_provider_state(sub, now.replace(microsecond=0))
+
+
+def _note_provider_state(sub: UserSubscription, moment: datetime) -> None:
+    if sub.provider_state_at is None or moment > sub.provider_state_at:
+        sub.provider_state_at = moment
+
+
+def _older_than_provider_state(sub: UserSubscription, created: datetime) -> bool:
+    """The provider created this before the state kept here (out of order: stale)."""
+    return sub.provider_state_at is not None and created < sub.provider_state_at
 
 
 def _clear_checkout(sub: UserSubscription) -> None:

@@ -1,6 +1,7 @@
 """Payments and provider notices on a LOCKED subscription: webhooks (exactly once), the
 sandbox's checkout confirmation and the sandbox's own renewals. Every change adds a
-``SubscriptionEvent`` (money in integer cents)."""
+``SubscriptionEvent`` (money in integer cents). Notices about an erased account's customer or
+subscription change nothing (``erased_customer``) and are stored without their content."""
 
 from __future__ import annotations
 
@@ -11,24 +12,34 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ... import clock
-from ...billing.events import PAYMENT_FAILED, PAYMENT_SUCCEEDED, SUBSCRIPTION_ENDED
+from ...billing.events import (
+    PAYMENT_FAILED,
+    PAYMENT_SUCCEEDED,
+    SUBSCRIPTION_ENDED,
+    SUBSCRIPTION_UPDATED,
+)
 from ...envelope import fail
 from ...extensions import db
-from ...models import BillingEvent, SubscriptionEvent, UserSubscription
+from ...models import BillingEvent, UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
 from ...tiers import STARTER, get_tier
+from ..erasure import attempt_owed_cancellation, is_erased_account, is_erased_billing, owe
 from ..transaction import Work, unit_of_work
 from .common import (
     GRACE_PERIOD,
-    PAYMENT_EVENT_TYPES,
     SAME_PERIOD_SLACK,
     _clear_checkout,
     _clear_scheduled_change,
     _has_paid_period,
+    _latest_payment_created,
+    _older_than_provider_state,
     _record,
     _to_starter,
     add_month,
 )
+from .provider_updates import apply_subscription_updated
+
+ERASED_CUSTOMER = "erased_customer"
 
 
 @dataclass(frozen=True)
@@ -45,19 +56,6 @@ class Payment:
     customer_id: str | None = None
     subscription_id: str | None = None
     event_id: str | None = None
-
-
-def _latest_payment_created(user_id: int) -> datetime | None:
-    """When the provider created the newest payment we applied (for out-of-order events)."""
-    events = db.session.execute(
-        select(SubscriptionEvent).where(SubscriptionEvent.user_id == user_id,
-                                        SubscriptionEvent.type.in_(PAYMENT_EVENT_TYPES))
-        .order_by(SubscriptionEvent.id.desc()).limit(5)).scalars()
-    stamps = [e.details.get("provider_created") for e in events if e.details]
-    stamps = [s for s in stamps if isinstance(s, str)]
-    latest = max((datetime.fromisoformat(s) for s in stamps), default=None)
-    # providers stamp events in whole seconds
-    return None if latest is None else latest.replace(microsecond=0)
 
 
 def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: datetime) -> str:
@@ -79,9 +77,17 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
         return _trial_card_added(sub, payment, tier, had_payment_method, now)
     if sub.tier == tier and _has_paid_period(sub):
         return _current_tier_paid(sub, payment, now)
-    if payment.period_end is not None and payment.period_end <= now:
-        return "stale"  # a late payment for a period that is over: nothing to grant now
+    if _stale_for_a_new_tier(sub, payment, now):
+        return "stale"
     return _new_paid_tier(sub, payment, tier, now)
+
+
+def _stale_for_a_new_tier(sub: UserSubscription, payment: Payment, now: datetime) -> bool:
+    """A late payment for a period that is over (nothing to grant now), or one made before
+    the plan in force was changed at the provider."""
+    if payment.period_end is not None and payment.period_end <= now:
+        return True
+    return _has_paid_period(sub) and _older_than_provider_state(sub, payment.created)
 
 
 def _note_provider_ids(sub: UserSubscription, payment: Payment) -> None:
@@ -275,39 +281,64 @@ class _Replay(Exception):
     """The event was claimed before: this delivery changes nothing (and is rolled back)."""
 
 
-HANDLED_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_ENDED)
+HANDLED_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_ENDED, SUBSCRIPTION_UPDATED)
 
 
 def handle_billing_event(provider: str, event: dict, notice, now: datetime | None = None) -> dict:
     """Apply one verified webhook event exactly once; returns ``{event_id, type, outcome}``."""
     now = now or clock.now()
     result = {"event_id": notice.event_id, "type": notice.event_type, "duplicate": False}
+    owed: list[int] = []
     try:
         with unit_of_work() as work:
             record = _claim_event(provider, notice.event_id, notice.event_type, event)
             if record is None:
                 raise _Replay
-            outcome = _apply_notice(provider, notice, now, work)
+            outcome = _apply_notice(provider, notice, now, work, owed)
             record.processed_at = now
-            record.payload = {**event, "sonicus_outcome": outcome}
+            record.payload = {**event, "sonicus_outcome": outcome} \
+                if outcome != ERASED_CUSTOMER else _without_content(event, outcome)
     except _Replay:
         return {**result, "duplicate": True, "outcome": "duplicate"}
+    for owed_id in owed:
+        attempt_owed_cancellation(owed_id)
     return {**result, "outcome": outcome}
 
 
-def _apply_notice(provider: str, notice, now: datetime, work: Work) -> str:
-    """The notice applied to the subscription it is about (locked); the outcome."""
+# Notices that mean a provider subscription is running (and may charge).
+LIVE_SUBSCRIPTION_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_UPDATED)
+
+
+def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[int]) -> str:
+    """The notice applied to the subscription it is about (locked); the outcome. A running
+    subscription of an erased account is owed a cancellation (its id added to ``owed``, to
+    try after the commit)."""
+    if is_erased_billing(notice.customer_id, notice.subscription_id):
+        return ERASED_CUSTOMER  # no account to change, nobody else's to touch
     if notice.kind not in HANDLED_KINDS:
         return "ignored"
     sub = _find_subscription_for(notice)
     if sub is None:
+        if notice.kind in LIVE_SUBSCRIPTION_KINDS and notice.subscription_id \
+                and is_erased_account(notice.user_id):
+            # e.g. a checkout left open and paid after the erasure
+            owed.append(owe(provider, notice.customer_id, notice.subscription_id, now).id)
+            return ERASED_CUSTOMER
         return "unknown_customer"
     work.changed_user(sub.user_id)
     if notice.kind == PAYMENT_SUCCEEDED:
         return apply_payment_succeeded(sub, _payment_of(provider, notice), now)
     if notice.kind == PAYMENT_FAILED:
         return apply_payment_failed(sub, notice, now)
+    if notice.kind == SUBSCRIPTION_UPDATED:
+        return apply_subscription_updated(sub, notice, now)
     return apply_subscription_ended(sub, notice, now)
+
+
+def _without_content(event: dict, outcome: str) -> dict:
+    """What is kept of an erased account's event: that it came, not what it said."""
+    return {"id": event.get("id"), "type": event.get("type"), "created": event.get("created"),
+            "sonicus_outcome": outcome}
 
 
 def _payment_of(provider: str, notice) -> Payment:
@@ -333,9 +364,12 @@ def confirm_sandbox_checkout(reference: str, now: datetime | None = None) -> dic
                 fail(404, "not_found", "Checkout not found.")  # rolls back the claim
             work.changed_user(sub.user_id)
             amount = 0 if sub.status == TRIALING else get_tier(sub.checkout_tier).price_cents
+            # the sandbox's customer, as a provider's checkout creates one (the billing portal
+            # is for customers)
+            customer = sub.provider_customer_id or f"cus_sandbox_{sub.user_id}"
             outcome = apply_payment_succeeded(sub, Payment(
                 provider="sandbox", created=now, tier=sub.checkout_tier, amount_cents=amount,
-                reference=reference, event_id=event_id), now)
+                reference=reference, customer_id=customer, event_id=event_id), now)
             record.processed_at = now
     except _Replay:
         return {"reference": reference, "outcome": "duplicate", "duplicate": True}

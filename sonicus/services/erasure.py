@@ -1,0 +1,224 @@
+"""What an erasure leaves behind, and what it owes.
+
+- A tombstone per erased identity (``ErasureTombstone``): HMAC-SHA256 hashes, keyed with the
+  app's ``SECRET_KEY``, of the OIDC subject and of the normalised email (stripped,
+  lowercased), with ``trial_used``. A later account of the same subject or email gets no
+  second trial (``trial_used_before``). Nothing in it can be read back as a person.
+- An owed cancellation (``OwedCancellation``, an outbox row) for a provider subscription:
+  inserted in the erasure's own transaction (``owe_cancellation``), tried once right after
+  its commit (``attempt_owed_cancellation``), retried with backoff by the periodic job
+  ``process_owed_cancellations`` until the provider confirms. One row, one cancellation: the
+  row is locked while it is tried and done rows are never tried again.
+- Later provider notices about an erased customer or subscription change nothing
+  (``is_erased_billing``). A subscription the provider starts for an erased account afterwards
+  (a checkout left open in another tab, paid after the erasure) is owed a cancellation too.
+
+Changing ``SECRET_KEY`` makes earlier tombstones unmatchable (the trial becomes available
+again to those identities).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import or_, select
+
+from .. import clock
+from ..billing import BillingUnavailable, get_provider
+from ..extensions import db
+from ..models import ErasureTombstone, OwedCancellation, User, UserSubscription
+from .transaction import unit_of_work
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY = timedelta(minutes=1)
+LONGEST_RETRY = timedelta(hours=1)
+JOB_BATCH = 50
+
+
+@dataclass(frozen=True)
+class KeptItem:
+    what: str
+    why: str
+
+
+# What stays after an erasure, and why: the export says it, the README says the same.
+KEPT_AFTER_ERASURE = (
+    KeptItem("A tombstone: salted one-way hashes (HMAC-SHA256) of your sign-in subject and of "
+             "your email address, whether you used the free trial, and the date of the "
+             "erasure.",
+             "So that the free trial stays one per person; the hashes cannot be turned back "
+             "into your identity or email address."),
+    KeptItem("Your listening sessions, anonymised: no account, no notes, no moods.",
+             "Aggregate statistics of the platform (how packages are listened to)."),
+    KeptItem("The payment provider's customer and subscription ids of a paid subscription, "
+             "with the state of its cancellation.",
+             "To cancel the subscription at the provider at once and until it confirms, and to "
+             "recognise the provider's later notices so that nothing is charged again."),
+)
+ERASURE_STATEMENT = ("Erasing your account deletes everything in this export except what is "
+                     "listed under kept.")
+
+
+# ---- tombstones ---------------------------------------------------------------------------
+
+def _hash(kind: str, value: str) -> str:
+    key = current_app.config["SECRET_KEY"].encode()
+    return hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def subject_hash(subject: str) -> str:
+    return _hash("oidc-subject", subject)
+
+
+def email_hash(email: str | None) -> str | None:
+    normalised = (email or "").strip().lower()
+    return _hash("email", normalised) if normalised else None
+
+
+def _matching(subject: str, email: str | None):
+    conditions = [ErasureTombstone.subject_hash == subject_hash(subject)]
+    hashed_email = email_hash(email)
+    if hashed_email:
+        conditions.append(ErasureTombstone.email_hash == hashed_email)
+    return or_(*conditions)
+
+
+def trial_used_before(subject: str, email: str | None) -> bool:
+    """An erased account of this subject or this email had used its trial."""
+    return db.session.execute(
+        select(ErasureTombstone.id)
+        .where(_matching(subject, email), ErasureTombstone.trial_used.is_(True)).limit(1)
+    ).first() is not None
+
+
+def tombstones_of(subject: str, email: str | None) -> list[ErasureTombstone]:
+    """The tombstones of earlier erased accounts of this subject or email, oldest first."""
+    return list(db.session.execute(
+        select(ErasureTombstone).where(_matching(subject, email))
+        .order_by(ErasureTombstone.erased_at, ErasureTombstone.id)).scalars())
+
+
+def add_tombstone(user: User, sub: UserSubscription | None, now: datetime) -> ErasureTombstone:
+    """The tombstone of ``user``, in the caller's (the erasure's) transaction. The trial
+    counts as used when this account used it or an earlier erased one of the same subject or
+    email did (so an erase, sign in, erase again cycle cannot shake it off)."""
+    used = bool(sub is not None and sub.trial_used) or trial_used_before(user.oidc_sub,
+                                                                         user.email)
+    tombstone = ErasureTombstone(subject_hash=subject_hash(user.oidc_sub),
+                                 email_hash=email_hash(user.email), trial_used=used,
+                                 erased_at=now)
+    db.session.add(tombstone)
+    return tombstone
+
+
+# ---- owed cancellations -------------------------------------------------------------------
+
+def owe_cancellation(sub: UserSubscription | None, now: datetime) -> OwedCancellation | None:
+    """An owed cancellation for the provider subscription of a LOCKED row, in the caller's
+    (the erasure's) transaction; None when there is nothing at a provider to cancel (starter,
+    complimentary, a trial without a card: no provider subscription)."""
+    if sub is None or not sub.provider_subscription_id:
+        return None
+    return owe(sub.provider or current_app.config["BILLING_PROVIDER"],
+               sub.provider_customer_id, sub.provider_subscription_id, now)
+
+
+def owe(provider: str, customer_id: str | None, subscription_id: str,
+        now: datetime) -> OwedCancellation:
+    """An owed cancellation of this provider subscription, in the caller's transaction
+    (flushed: its id is known)."""
+    owed = OwedCancellation(provider=provider, customer_id=customer_id,
+                            subscription_id=subscription_id, attempts=0, next_attempt_at=now,
+                            created_at=now)
+    db.session.add(owed)
+    db.session.flush()
+    return owed
+
+
+def is_erased_account(user_id: int | None) -> bool:
+    """``user_id`` (from our metadata at the provider) named an account that is gone: user
+    ids are never reused, and erasure is the only way an account goes."""
+    return user_id is not None and db.session.get(User, user_id) is None
+
+
+def is_erased_billing(customer_id: str | None, subscription_id: str | None) -> bool:
+    """The provider customer or subscription belonged to an erased account."""
+    conditions = []
+    if subscription_id:
+        conditions.append(OwedCancellation.subscription_id == subscription_id)
+    if customer_id:
+        conditions.append(OwedCancellation.customer_id == customer_id)
+    if not conditions:
+        return False
+    return db.session.execute(
+        select(OwedCancellation.id).where(or_(*conditions)).limit(1)).first() is not None
+
+
+def _backoff(attempts: int) -> timedelta:
+    """1, 2, 4, ... minutes after the n-th failed attempt, at most an hour."""
+    return min(FIRST_RETRY * (2 ** max(attempts - 1, 0)), LONGEST_RETRY)
+
+
+def _try(owed: OwedCancellation, now: datetime) -> str:
+    """Ask the provider to cancel a LOCKED owed row; done when it confirms, else the next
+    attempt is scheduled. The outcome."""
+    owed.attempts += 1
+    try:
+        outcome = get_provider(owed.provider).cancel_now(owed.customer_id, owed.subscription_id)
+    except Exception as exc:  # BillingUnavailable, or anything unforeseen: try again later
+        if not isinstance(exc, BillingUnavailable):
+            log.exception("provider cancellation %s failed unexpectedly", owed.id)
+        owed.last_error = (str(exc.description) if isinstance(exc, BillingUnavailable)
+                           else type(exc).__name__)[:500]
+        owed.next_attempt_at = now + _backoff(owed.attempts)
+        log.warning("provider cancellation %s not confirmed (attempt %d); next at %s",
+                    owed.id, owed.attempts, owed.next_attempt_at.isoformat())
+        return "retry_later"
+    owed.done_at, owed.outcome, owed.last_error = now, outcome, None
+    return outcome
+
+
+def _lock_owed(condition) -> OwedCancellation | None:
+    return db.session.execute(
+        select(OwedCancellation).where(OwedCancellation.done_at.is_(None), condition)
+        .order_by(OwedCancellation.next_attempt_at, OwedCancellation.id).limit(1)
+        .with_for_update(skip_locked=True).execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+
+
+def attempt_owed_cancellation(owed_id: int, now: datetime | None = None) -> str | None:
+    """Try one owed cancellation now (right after the erasure committed). Never raises: the
+    erasure is done whatever happens here, and the job retries what is still owed."""
+    now = now or clock.now()
+    try:
+        with unit_of_work():
+            owed = _lock_owed(OwedCancellation.id == owed_id)
+            if owed is None:
+                return None  # done already, or being tried by the job right now
+            return _try(owed, now)
+    except Exception:
+        log.exception("provider cancellation %s could not be tried; the job will retry",
+                      owed_id)
+        return None
+
+
+def process_owed_cancellations(now: datetime | None = None, batch: int = JOB_BATCH) -> dict:
+    """The periodic job: every owed cancellation whose next attempt is due, one transaction
+    each (its row locked, ``SKIP LOCKED``: safe on several workers). A failed one is due again
+    after its backoff, so it is tried at most once per run."""
+    now = now or clock.now()
+    counts: dict[str, int] = {}
+    for _ in range(batch):
+        with unit_of_work():
+            owed = _lock_owed(OwedCancellation.next_attempt_at <= now)
+            if owed is None:
+                break
+            outcome = _try(owed, now)
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return {"attempted": sum(counts.values()), "outcomes": counts, "ran_at": now}

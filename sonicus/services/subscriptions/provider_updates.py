@@ -1,0 +1,106 @@
+"""Changes made at the provider (its billing portal), arriving as
+``customer.subscription.updated``, applied to a LOCKED subscription.
+
+- The plan: the subscription item's price (``STRIPE_PRICE_IDS``) is the tier in force now. A
+  price equal to the tier in force, or to a downgrade scheduled here (the provider switches the
+  price at once, without charge, and the tier changes at the period's end), is our own change
+  as the provider records it: nothing to do. Back to the tier in force while a downgrade is
+  scheduled: the downgrade was undone there (``resumed``). Anything else: ``plan_changed``.
+- ``cancel_at_period_end`` set or cleared there: ``cancel_scheduled`` / ``resumed``, as the API
+  records them.
+- Only what the event changed (its ``previous_attributes``) is looked at. An event the
+  provider created before the state kept here (``provider_state_at``: the newest event applied
+  or our own last change sent to the provider) or before the newest payment applied is stale
+  and changes nothing; a replayed event id never reaches here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ...models import UserSubscription
+from ...models.subscription import ACTIVE, PAST_DUE, TRIALING
+from ...tiers import STARTER
+from .common import (
+    _clear_scheduled_change,
+    _latest_payment_created,
+    _note_provider_state,
+    _older_than_provider_state,
+    _record,
+)
+
+PLAN_FIELDS = ("items", "plan")
+CANCEL_FIELDS = ("cancel_at_period_end",)
+
+
+def _stale(sub: UserSubscription, created: datetime) -> bool:
+    latest_payment = _latest_payment_created(sub.user_id)
+    return _older_than_provider_state(sub, created) or bool(
+        latest_payment and created < latest_payment)
+
+
+def _not_applicable(sub: UserSubscription, notice) -> str | None:
+    """Why the notice cannot change this subscription; None when it can."""
+    if not sub.provider_subscription_id or sub.complimentary or sub.tier == STARTER \
+            or sub.status not in (ACTIVE, TRIALING, PAST_DUE):
+        return "nothing_to_update"  # no running provider subscription of this account
+    if notice.subscription_id and notice.subscription_id != sub.provider_subscription_id:
+        return "stale"  # an older subscription of this user
+    if _stale(sub, notice.created):
+        return "stale"
+    return None
+
+
+def _changed(notice, fields) -> bool:
+    return notice.changed is None or any(field in notice.changed for field in fields)
+
+
+def _stamp(notice) -> dict:
+    return {"via": "provider", "provider_created": notice.created.isoformat(),
+            "provider_event_id": notice.event_id}
+
+
+def apply_subscription_updated(sub: UserSubscription, notice, now: datetime) -> str:
+    """The provider's subscription changed; the outcome (``plan_changed``,
+    ``cancel_scheduled``, ``resumed``, several joined by commas, or why nothing changed)."""
+    refused = _not_applicable(sub, notice)
+    if refused:
+        return refused
+    _note_provider_state(sub, notice.created)
+    outcomes = []
+    if notice.tier and _changed(notice, PLAN_FIELDS):
+        outcomes.append(_plan(sub, notice, now))
+    if notice.cancel_at_period_end is not None and _changed(notice, CANCEL_FIELDS):
+        outcomes.append(_cancel_flag(sub, notice, now))
+    return ",".join(o for o in outcomes if o) or "unchanged"
+
+
+def _plan(sub: UserSubscription, notice, now: datetime) -> str | None:
+    tier = notice.tier
+    if tier == sub.tier:
+        if sub.pending_tier and sub.pending_tier != STARTER:
+            _record(sub, "resumed", sub.pending_tier, sub.tier, at=now, **_stamp(notice))
+            sub.pending_tier = None
+            return "resumed"
+        return None
+    if tier == sub.pending_tier:
+        return None  # the downgrade scheduled here: it takes effect at the period's end
+    from_tier, sub.tier = sub.tier, tier
+    if sub.pending_tier != STARTER:
+        sub.pending_tier = None
+    _record(sub, "plan_changed", from_tier, tier, at=now, **_stamp(notice))
+    return "plan_changed"
+
+
+def _cancel_flag(sub: UserSubscription, notice, now: datetime) -> str | None:
+    if notice.cancel_at_period_end and not sub.cancel_at_period_end:
+        sub.cancel_at_period_end, sub.pending_tier = True, STARTER
+        ends = sub.trial_ends_at if sub.status == TRIALING else sub.current_period_end
+        _record(sub, "cancel_scheduled", sub.tier, STARTER, at=now,
+                effective_at=ends.isoformat() if ends else None, **_stamp(notice))
+        return "cancel_scheduled"
+    if not notice.cancel_at_period_end and sub.cancel_at_period_end:
+        _record(sub, "resumed", sub.pending_tier, sub.tier, at=now, **_stamp(notice))
+        _clear_scheduled_change(sub)
+        return "resumed"
+    return None
