@@ -223,6 +223,7 @@ def test_erasure_does_not_reset_trial_eligibility(client, auth):
     # the same token identity signs in again: a fresh starter account, no second trial
     data = client.get("/api/user/subscription", headers=first).get_json()["data"]
     assert data["tier"] == "starter" and data["status"] == "active"
+    assert data["trial_used"] is True  # the app does not offer what it would refuse
     resp = start_trial(first)
     assert resp.status_code == 409 and resp.get_json()["code"] == "trial_already_used"
 

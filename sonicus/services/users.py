@@ -112,7 +112,9 @@ def _create_user(subject: str, view: dict, role: str) -> User:
         with unit_of_work():
             db.session.add(user)
             db.session.flush()
-            lock_or_create_subscription(user.id)
+            sub = lock_or_create_subscription(user.id)
+            # A person who erased an earlier account after a trial is shown it as used.
+            sub.trial_used = erasure.trial_used_before(subject, view["email"])
             db.session.add(SubscriptionEvent(user_id=user.id, type="signed_up", from_tier=None,
                                              to_tier="starter", amount_cents=0))
     except IntegrityError:  # a concurrent first request created it
