@@ -85,12 +85,15 @@ def recommended_packages(user_id: int, tier_name: str, favorite_categories,
     favorites = [c for c in (favorite_categories or []) if isinstance(c, str)]
     outcome = case((mood.c.avg_change > 0, 0), (mood.c.avg_change.is_(None), 1), else_=2)
     favorite = case((p.category.in_(favorites), 0), else_=1) if favorites else literal(1)
+    # A constant in ORDER BY would be read as a column position: order by favourites only
+    # when there are some.
+    order = [outcome, mood.c.avg_change.desc(), *([favorite] if favorites else []),
+             p.popularity.desc(), p.id]
     rows = db.session.execute(
         select(p, mood.c.avg_change, favorite.label("favorite"))
         .outerjoin(mood, mood.c.package_id == p.id)
         .where(p.published.is_(True), p.archived_at.is_(None), p.minimum_tier.in_(levels))
-        .order_by(outcome, mood.c.avg_change.desc(), favorite, p.popularity.desc(), p.id)
-        .limit(limit)).all()
+        .order_by(*order).limit(limit)).all()
     out = []
     for package, avg_change, is_favorite in rows:
         if avg_change is not None and avg_change > 0:
