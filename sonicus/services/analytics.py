@@ -192,7 +192,7 @@ def _mood_by_package(package_rows) -> list[dict]:
 def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
     """Every figure of API.md "Analytics" for ``user``, from their own rows only."""
     now = now or clock.now()
-    today = clock.local_day(now, user.timezone, user.day_start_hour)
+    today = clock.user_day(user, now).day
     total, completed, ended, seconds, week_seconds, today_count, avg_change = \
         _totals(user.id, today)
     current_streak, longest_streak = _streaks(user.id, today)
@@ -219,8 +219,7 @@ def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
 def _cache_ttl(user, now: datetime) -> int:
     """The configured TTL, cut short at the user's next day start (today's figures roll)."""
     ttl = int(current_app.config["ANALYTICS_CACHE_TTL_SECONDS"])
-    until_rollover = (clock.next_day_start(now, user.timezone, user.day_start_hour)
-                      - now).total_seconds()
+    until_rollover = (clock.user_day(user, now).ends_at - now).total_seconds()
     return max(1, min(ttl, int(until_rollover) + 1))
 
 
@@ -260,7 +259,7 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
 
 def get_user_analytics(person) -> dict:
     """The caller's analytics: from the cache, else computed now and cached (not stored:
-    a read never commits). ``person``: anything with ``id``, ``timezone``, ``day_start_hour``."""
+    a read never commits). ``person``: a user or a caller (``id`` and the day settings)."""
     data = cache_get(cache_key(person.id))
     if data is not None:
         return data

@@ -47,11 +47,12 @@ def start_session(user_id: int, package_id: int, track_id: int | None = None,
     """Start a session: 404 unknown package/track, 403 above tier, 429 quota used today.
 
     The user's subscription row is locked for the whole transaction: two starts of one user
-    run one after the other, so the count and the insert cannot interleave."""
+    run one after the other, so the count and the insert cannot interleave. The user row (its
+    day settings) is read afresh after taking the lock."""
     now = now or clock.now()
     with unit_of_work():
         sub = lock_or_create_subscription(user_id)
-        user = db.session.get(User, user_id)
+        user = db.session.get(User, user_id, populate_existing=True)
         tier = TIERS[sub.tier]
         package = get_catalog_package(package_id)
         check_package_access(tier.name, package.minimum_tier)
