@@ -3,6 +3,11 @@
 - users: ``prior_timezone``, ``prior_day_start_hour`` and ``day_settings_effective_at``. A change
   of timezone or day start hour is shown at once and takes effect at the next boundary of the
   day in force; until then the prior settings stay in force. Existing users have none pending.
+- user_sessions: ``client_completed`` keeps what the client said. ``completed`` becomes the
+  server's word: ended sessions whose listened time is under 80% of their playable length (the
+  track's, else the package's length, capped by the session's maximum) are no longer completed.
+  What the client said before is copied into ``client_completed`` first (sessions closed by the
+  server said nothing: null); those the server closed are completed by their listened time.
 
 Revision ID: 0006_day_settings_completion_assignments
 Revises: 0004_admin_short_search
@@ -35,9 +40,54 @@ def upgrade():
         batch_op.add_column(sa.Column("day_settings_effective_at", sa.DateTime(timezone=True),
                                       nullable=True))
 
+    with op.batch_alter_table("user_sessions", schema=schema) as batch_op:
+        batch_op.add_column(sa.Column("client_completed", sa.Boolean(), nullable=True))
+
+    _backfill(schema)
+
+
+def _backfill(schema):
+    sessions = sa.table("user_sessions", sa.column("id"), sa.column("package_id"),
+                        sa.column("track_id"), sa.column("status"), sa.column("end_reason"),
+                        sa.column("listened_seconds"), sa.column("max_duration_seconds"),
+                        sa.column("completed"), sa.column("client_completed"), schema=schema)
+    tracks = sa.table("tracks", sa.column("id"), sa.column("duration_seconds"), schema=schema)
+    packages = sa.table("sound_packages", sa.column("id"), sa.column("duration_seconds"),
+                        schema=schema)
+
+    # What the client said: every session it ended (not those the server closed).
+    op.execute(sessions.update()
+               .where(sessions.c.status == "ended",
+                      sessions.c.end_reason.in_(["completed", "stopped"]))
+               .values(client_completed=sessions.c.completed))
+
+    # The server's word: 80% of the playable length, as services.listening.reaches_completion.
+    track_length = (sa.select(tracks.c.duration_seconds)
+                    .where(tracks.c.id == sessions.c.track_id).scalar_subquery())
+    package_length = (sa.select(sa.func.nullif(packages.c.duration_seconds, 0))
+                      .where(packages.c.id == sessions.c.package_id).scalar_subquery())
+    content = sa.case((sessions.c.track_id.is_not(None), track_length), else_=package_length)
+    cap = sessions.c.max_duration_seconds
+    playable = sa.case((content.is_(None), cap), (cap.is_(None), content),
+                       (content < cap, content), else_=cap)
+    reaches = sa.and_(playable.is_not(None), sessions.c.listened_seconds * 5 >= playable * 4)
+    op.execute(sessions.update()
+               .where(sessions.c.completed.is_(True), sa.not_(reaches))
+               .values(completed=False, end_reason=sa.case(
+                   (sessions.c.end_reason == "completed", "stopped"),
+                   else_=sessions.c.end_reason)))
+    # Sessions the server closed are completed by their listened time alone, as the sweep
+    # (services.listening.close_stale_sessions) now does.
+    op.execute(sessions.update()
+               .where(sessions.c.status == "ended", sessions.c.end_reason == "expired",
+                      sessions.c.completed.is_(False), reaches)
+               .values(completed=True))
+
 
 def downgrade():
     schema = _schema()
+    with op.batch_alter_table("user_sessions", schema=schema) as batch_op:
+        batch_op.drop_column("client_completed")
     with op.batch_alter_table("users", schema=schema) as batch_op:
         batch_op.drop_column("day_settings_effective_at")
         batch_op.drop_column("prior_day_start_hour")

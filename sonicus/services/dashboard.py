@@ -74,12 +74,14 @@ def recommended_packages(user_id: int, tier_name: str, favorite_categories,
 
     Order: packages that lifted the caller's mood (biggest lift first), then packages without
     mood data from the caller's favourite categories, then the rest by popularity; packages
-    whose sessions left the caller's mood unchanged or lower come last.
+    whose sessions left the caller's mood unchanged or lower come last. Only sessions that
+    count (``ListeningSession.counts_in_outcomes``) say anything about mood.
     """
     s, p = ListeningSession, SoundPackage
     mood = (select(s.package_id.label("package_id"),
                    func.avg(s.mood_after - s.mood_before).label("avg_change"))
-            .where(s.user_id == user_id, s.mood_before.is_not(None), s.mood_after.is_not(None))
+            .where(s.user_id == user_id, s.mood_before.is_not(None), s.mood_after.is_not(None),
+                   s.counts_in_outcomes)
             .group_by(s.package_id).subquery())
     levels = [level for level in PACKAGE_LEVELS if can_access_level(tier_name, level)]
     favorites = [c for c in (favorite_categories or []) if isinstance(c, str)]
