@@ -8,6 +8,10 @@
   track's, else the package's length, capped by the session's maximum) are no longer completed.
   What the client said before is copied into ``client_completed`` first (sessions closed by the
   server said nothing: null); those the server closed are completed by their listened time.
+- package_assignments: an administrator's grant of a package to a user, open whatever the tier
+  until ``expires_at`` or ``revoked_at``; rows stay as history. Every library entry an
+  administrator created so far becomes a live assignment without an end, from the moment it was
+  put in the library (they were meant to open the package).
 
 Revision ID: 0006_day_settings_completion_assignments
 Revises: 0004_admin_short_search
@@ -27,6 +31,10 @@ def _schema() -> str | None:
     return None if op.get_bind().dialect.name == "sqlite" else "sonicus"
 
 
+def _ref(schema: str | None, column: str) -> str:
+    return f"{schema}.{column}" if schema else column
+
+
 def upgrade():
     schema = _schema()
     if op.get_bind().dialect.name == "postgresql":
@@ -43,6 +51,35 @@ def upgrade():
     with op.batch_alter_table("user_sessions", schema=schema) as batch_op:
         batch_op.add_column(sa.Column("client_completed", sa.Boolean(), nullable=True))
 
+    op.create_table(
+        "package_assignments",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("package_id", sa.Integer(), nullable=False),
+        sa.Column("assigned_by_id", sa.Integer(), nullable=True),
+        sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revoked_by_id", sa.Integer(), nullable=True),
+        sa.ForeignKeyConstraint(["assigned_by_id"], [_ref(schema, "users.id")],
+                                name=op.f("fk_package_assignments_assigned_by_id_users"),
+                                ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(["package_id"], [_ref(schema, "sound_packages.id")],
+                                name=op.f("fk_package_assignments_package_id_sound_packages"),
+                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["revoked_by_id"], [_ref(schema, "users.id")],
+                                name=op.f("fk_package_assignments_revoked_by_id_users"),
+                                ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(["user_id"], [_ref(schema, "users.id")],
+                                name=op.f("fk_package_assignments_user_id_users"),
+                                ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_package_assignments")),
+        schema=schema,
+    )
+    with op.batch_alter_table("package_assignments", schema=schema) as batch_op:
+        batch_op.create_index("ix_package_assignments_user_id_package_id",
+                              ["user_id", "package_id"], unique=False)
+
     _backfill(schema)
 
 
@@ -54,6 +91,11 @@ def _backfill(schema):
     tracks = sa.table("tracks", sa.column("id"), sa.column("duration_seconds"), schema=schema)
     packages = sa.table("sound_packages", sa.column("id"), sa.column("duration_seconds"),
                         schema=schema)
+    library = sa.table("user_sound_packages", sa.column("user_id"), sa.column("package_id"),
+                       sa.column("assigned_at"), sa.column("assigned_by_id"), schema=schema)
+    assignments = sa.table("package_assignments", sa.column("user_id"),
+                           sa.column("package_id"), sa.column("assigned_by_id"),
+                           sa.column("assigned_at"), schema=schema)
 
     # What the client said: every session it ended (not those the server closed).
     op.execute(sessions.update()
@@ -83,9 +125,17 @@ def _backfill(schema):
                       sessions.c.completed.is_(False), reaches)
                .values(completed=True))
 
+    op.execute(assignments.insert().from_select(
+        ["user_id", "package_id", "assigned_by_id", "assigned_at"],
+        sa.select(library.c.user_id, library.c.package_id, library.c.assigned_by_id,
+                  library.c.assigned_at).where(library.c.assigned_by_id.is_not(None))))
+
 
 def downgrade():
     schema = _schema()
+    with op.batch_alter_table("package_assignments", schema=schema) as batch_op:
+        batch_op.drop_index("ix_package_assignments_user_id_package_id")
+    op.drop_table("package_assignments", schema=schema)
     with op.batch_alter_table("user_sessions", schema=schema) as batch_op:
         batch_op.drop_column("client_completed")
     with op.batch_alter_table("users", schema=schema) as batch_op:

@@ -2,13 +2,13 @@
 
 from .analytics import AuditLog, PlatformStats, UserAnalytics
 from .base import SCHEMA, Base, utcnow
-from .catalog import SoundPackage, Track, UserSoundPackage
+from .catalog import PackageAssignment, SoundPackage, Track, UserSoundPackage
 from .listening import ListeningSession
 from .subscription import BillingEvent, SubscriptionEvent, UserSubscription
 from .user import User
 
 __all__ = [
-    "SCHEMA", "AuditLog", "Base", "BillingEvent", "ListeningSession", "PlatformStats",
-    "SoundPackage", "SubscriptionEvent", "Track", "User", "UserAnalytics",
+    "SCHEMA", "AuditLog", "Base", "BillingEvent", "ListeningSession", "PackageAssignment",
+    "PlatformStats", "SoundPackage", "SubscriptionEvent", "Track", "User", "UserAnalytics",
     "UserSoundPackage", "UserSubscription", "utcnow",
 ]

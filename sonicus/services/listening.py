@@ -32,6 +32,7 @@ from ..models import ListeningSession, SoundPackage, Track, User
 from ..models.listening import ENDED, OPEN
 from ..tiers import TIERS, UNLIMITED_SESSION_CLOSE_SECONDS, check_package_access
 from . import analytics
+from .assignments import is_assigned
 from .catalog import get_catalog_package
 from .quota import enforce_daily_quota
 from .subscriptions import lock_or_create_subscription
@@ -48,7 +49,8 @@ STALE_BATCH = 500
 def start_session(user_id: int, package_id: int, track_id: int | None = None,
                   mood_before: int | None = None, now: datetime | None = None
                   ) -> ListeningSession:
-    """Start a session: 404 unknown package/track, 403 above tier, 429 quota used today.
+    """Start a session: 404 unknown package/track, 403 when neither the tier nor a live
+    assignment opens the package, 429 quota used today.
 
     The user's subscription row is locked for the whole transaction: two starts of one user
     run one after the other, so the count and the insert cannot interleave. The user row (its
@@ -59,7 +61,8 @@ def start_session(user_id: int, package_id: int, track_id: int | None = None,
         user = db.session.get(User, user_id, populate_existing=True)
         tier = TIERS[sub.tier]
         package = get_catalog_package(package_id)
-        check_package_access(tier.name, package.minimum_tier)
+        check_package_access(tier.name, package.minimum_tier,
+                             is_assigned(user_id, package.id, now))
         track = None
         if track_id is not None:
             track = db.session.get(Track, track_id)
