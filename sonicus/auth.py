@@ -31,7 +31,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from . import devtokens
+from . import clock, devtokens
 from .caller_cache import get_caller_cache, init_caller_cache
 from .envelope import ApiError
 from .models import User, UserSubscription
@@ -280,6 +280,10 @@ class Caller:
     role: str
     timezone: str
     day_start_hour: int
+    # The day settings in force before the shown ones, until this instant (clock.day_settings_at).
+    prior_timezone: str | None
+    prior_day_start_hour: int | None
+    day_settings_effective_at: datetime | None
     preferences: Mapping
     created_at: datetime
     tier: str
@@ -291,6 +295,11 @@ class Caller:
     def is_admin(self) -> bool:
         return self.role == ROLE_ADMIN
 
+    @property
+    def pending_day_settings_effective_at(self) -> datetime | None:
+        """When the shown day settings take effect; None when they are in force already."""
+        return clock.pending_day_settings_at(self, clock.now())
+
     @classmethod
     def of(cls, user: User, sub: UserSubscription | None) -> Caller:
         tier = sub.tier if sub is not None else STARTER
@@ -298,7 +307,9 @@ class Caller:
         return cls(
             id=user.id, email=user.email, display_name=user.display_name,
             email_verified=bool(user.email_verified), role=user.role, timezone=user.timezone,
-            day_start_hour=user.day_start_hour,
+            day_start_hour=user.day_start_hour, prior_timezone=user.prior_timezone,
+            prior_day_start_hour=user.prior_day_start_hour,
+            day_settings_effective_at=user.day_settings_effective_at,
             preferences=MappingProxyType(copy.deepcopy(user.merged_preferences)),
             created_at=user.created_at, tier=tier, status=status,
             onboarding=Onboarding.of(bool(user.email_verified), sub))

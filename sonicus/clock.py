@@ -1,7 +1,9 @@
-"""The one clock and the user's-day arithmetic (timezone + day_start_hour)."""
+"""The one clock and the user's-day arithmetic (timezone + day_start_hour, and which of a
+user's day settings are in force at a given instant)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -43,3 +45,66 @@ def day_start_after(day: date, tz_name: str, day_start_hour: int) -> datetime:
 def next_day_start(moment: datetime, tz_name: str, day_start_hour: int) -> datetime:
     """When the user's current day ends (their quota resets)."""
     return day_start_after(local_day(moment, tz_name, day_start_hour), tz_name, day_start_hour)
+
+
+# ---- a user's day settings over time -----------------------------------------------------------
+# A user (``models.User``) or a caller (``auth.Caller``) carries the day settings it shows
+# (``timezone``, ``day_start_hour``: the newest the user chose), the settings in force before
+# them (``prior_timezone``, ``prior_day_start_hour``) and the instant the shown ones take over
+# (``day_settings_effective_at``; None: the shown ones are in force). A change takes effect at
+# the next boundary of the user's day as it was before the change (``User.change_day_settings``).
+
+@dataclass(frozen=True)
+class DaySettings:
+    timezone: str
+    day_start_hour: int
+
+
+@dataclass(frozen=True)
+class UserDay:
+    """The user's day that a moment falls on, and when the next one begins (their quota
+    resets then)."""
+
+    day: date
+    ends_at: datetime
+
+
+def day_settings_at(person, moment: datetime) -> DaySettings:
+    """THE day settings of ``person`` in force at ``moment``: every computation of a user's
+    day (quota, the day stored on a session, analytics, the usage shown) goes through here."""
+    effective_at = person.day_settings_effective_at
+    if (effective_at is not None and moment < effective_at
+            and person.prior_timezone is not None and person.prior_day_start_hour is not None):
+        return DaySettings(person.prior_timezone, person.prior_day_start_hour)
+    return DaySettings(person.timezone, person.day_start_hour)
+
+
+def pending_day_settings_at(person, moment: datetime) -> datetime | None:
+    """When the shown day settings take effect, if that is still to come at ``moment``."""
+    effective_at = person.day_settings_effective_at
+    return effective_at if effective_at is not None and moment < effective_at else None
+
+
+def user_day(person, moment: datetime) -> UserDay:
+    """The user's day at ``moment`` under the settings then in force, and when it ends.
+
+    A day ends when a later day begins. Where a pending change takes over at the end of this
+    day and its settings put that instant on this same date (a move west), the day goes on
+    under the new settings until they reach a later date: a date never begins twice, so its
+    quota is never given again. (Only a move of more than a day, e.g. Pacific/Kiritimati to
+    Etc/GMT+12, lands on an earlier date; that date keeps what was left of its quota, and
+    ``ends_at`` is when a date after this one begins.)
+    """
+    settings = day_settings_at(person, moment)
+    day = local_day(moment, settings.timezone, settings.day_start_hour)
+    ends_at = day_start_after(day, settings.timezone, settings.day_start_hour)
+    pending = pending_day_settings_at(person, moment)
+    if pending is not None:
+        ends_at = min(ends_at, pending)
+    for _ in range(4):  # a move west by up to 26 hours and 6 start hours repeats <= 2 days
+        following = day_settings_at(person, ends_at)
+        next_day = local_day(ends_at, following.timezone, following.day_start_hour)
+        if next_day > day:
+            break
+        ends_at = day_start_after(next_day, following.timezone, following.day_start_hour)
+    return UserDay(day, ends_at)

@@ -54,6 +54,9 @@ TIERS: dict[str, Tier] = {
 TIER_NAMES = tuple(TIERS)
 PAID_TIERS = tuple(name for name, tier in TIERS.items() if tier.is_paid)
 PACKAGE_LEVELS = (PUBLIC, PREMIUM_LEVEL, PRO_EXCLUSIVE)
+# How a user reaches a package (``package_access``).
+ACCESS_TIER, ACCESS_ASSIGNED, ACCESS_LOCKED = "tier", "assigned", "locked"
+ACCESS_KINDS = (ACCESS_TIER, ACCESS_ASSIGNED, ACCESS_LOCKED)
 # The lowest tier that opens each package level.
 LEVEL_MIN_TIER = {level: min((t for t in TIERS.values() if level in t.package_levels),
                              key=lambda t: t.rank).name
@@ -70,13 +73,26 @@ def can_access_level(tier_name: str, package_level: str) -> bool:
     return package_level in TIERS[tier_name].package_levels
 
 
-def check_package_access(tier_name: str, package_level: str) -> None:
-    """THE access check: 403 ``package_locked`` when ``tier_name`` does not open the level."""
-    if not can_access_level(tier_name, package_level):
+def package_access(tier_name: str, package_level: str, assigned: bool = False) -> str:
+    """How a user reaches a package: ``assigned`` (a live assignment by an administrator opens
+    it whatever the tier), ``tier`` (the tier opens its level) or ``locked``."""
+    if assigned:
+        return ACCESS_ASSIGNED
+    if can_access_level(tier_name, package_level):
+        return ACCESS_TIER
+    return ACCESS_LOCKED
+
+
+def check_package_access(tier_name: str, package_level: str, assigned: bool = False) -> str:
+    """THE access check: 403 ``package_locked`` when neither the tier opens the level nor a
+    live assignment (``assigned``) opens the package; else how it is open."""
+    access = package_access(tier_name, package_level, assigned)
+    if access == ACCESS_LOCKED:
         needed = LEVEL_MIN_TIER[package_level]
         raise ApiError(403, "package_locked",
                        f"This package needs the {TIERS[needed].title} tier or higher.",
                        data={"required_tier": needed})
+    return access
 
 
 def check_daily_quota(tier_name: str, used: int, resets_at: datetime, now: datetime) -> None:

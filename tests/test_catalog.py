@@ -51,9 +51,11 @@ def test_list_shows_published_with_locked_for_tier(client, auth, catalog, tier, 
     assert res.status_code == 200
     assert _slugs(res) == ["rain", "delta", "gamma"]  # most popular first, no draft/archived
     assert {p["slug"]: p["locked"] for p in res.json["data"]} == locked
+    assert {p["slug"]: p["access"] for p in res.json["data"]} == {
+        slug: "locked" if is_locked else "tier" for slug, is_locked in locked.items()}
     first = res.json["data"][0]
     for field in ("id", "slug", "title", "description", "category", "minimum_tier",
-                  "duration_seconds", "track_count", "locked"):
+                  "duration_seconds", "track_count", "locked", "access"):
         assert field in first
     assert res.json["pagination"] == {"page": 1, "per_page": 20, "total": 3, "pages": 1}
 

@@ -91,6 +91,15 @@ def test_recommendations_rank_mood_then_favourites_then_popularity(
     assert all(p["locked"] is False for p in data["recommended"])
 
 
+def test_without_favourites_popularity_ranks(client, auth, make_user, make_package):
+    make_user("plain@example.com")
+    first = make_package("first-made", popularity=1).id
+    second = make_package("second-made", popularity=7).id
+    data = client.get("/api/user/dashboard", headers=auth("plain@example.com")).json["data"]
+    assert [(p["id"], p["reason"]) for p in data["recommended"]] == [(second, "popular"),
+                                                                     (first, "popular")]
+
+
 def test_paid_tier_sees_its_packages(client, auth, make_user, make_package):
     make_user("pro@example.com", tier="premium")
     make_package("public-one", popularity=1)
@@ -140,9 +149,11 @@ def test_query_count_does_not_grow_with_the_data(auth, redis_client, make_config
                      mood_before=i % 10 + 1, mood_after=(i * 7) % 10 + 1)
     make_session(big, packages[3], _today(), status="open", completed=False)
 
+    headers = {email: auth(email) for email in ("small@example.com", "big@example.com")}
+
     def fetch(email):
         def run():
-            res = client.get("/api/user/dashboard", headers=auth(email))
+            res = client.get("/api/user/dashboard", headers=headers[email])
             assert res.status_code == 200
             assert res.json["data"]["continue_listening"] is not None
         return run

@@ -153,13 +153,15 @@ def test_complete_marks_analytics_and_popularity(client, auth, pkgs, db_session,
     user = make_user("done@example.com")
     headers = auth("done@example.com")
     sid = listening.start_session(user.id, pkgs["rain"],
-                                  now=clock.now() - timedelta(minutes=12)).id
+                                  now=clock.now() - timedelta(minutes=13)).id
+    # 750 s of the 900 s a starter can play: over 80%, completed by the server's word
     res = client.post(f"/api/user/sessions/{sid}/complete", headers=headers, json={
-        "listened_seconds": 700, "completed": True, "mood_after": 8, "note": "calmer"})
+        "listened_seconds": 750, "completed": True, "mood_after": 8, "note": "calmer"})
     assert res.status_code == 200, res.json
     data = res.json["data"]
     assert data["status"] == "ended" and data["completed"] is True
-    assert data["listened_seconds"] == 700 and data["mood_after"] == 8
+    assert data["client_completed"] is True
+    assert data["listened_seconds"] == 750 and data["mood_after"] == 8
     assert data["note"] == "calmer" and data["counts_toward_quota"] is True
     assert data["end_reason"] == "completed" and data["ended_at"] is not None
     db_session.expire_all()
@@ -178,7 +180,7 @@ def test_complete_marks_analytics_and_popularity(client, auth, pkgs, db_session,
                         headers=headers)
     assert late.status_code == 409
     db_session.expire_all()
-    assert db_session.get(ListeningSession, sid).listened_seconds == 700
+    assert db_session.get(ListeningSession, sid).listened_seconds == 750
     assert db_session.get(SoundPackage, pkgs["rain"]).popularity == 1
 
 
@@ -280,8 +282,11 @@ def test_close_stale_sessions(app, db_session, open_sessions):
     assert starter_session.status == "ended" and starter_session.end_reason == "expired"
     assert starter_session.ended_at == starter_session.started_at + timedelta(minutes=15)
     assert starter_session.listened_seconds == 800
+    # 800 s of the 900 s the tier allows: completed by the server's count, the client said nothing
+    assert starter_session.completed is True and starter_session.client_completed is None
     pro_session = db_session.get(ListeningSession, open_sessions["stale"][1])
     assert pro_session.ended_at == pro_session.started_at + timedelta(hours=3)
+    assert pro_session.completed is False  # nothing listened
     for sid in open_sessions["fresh"]:
         assert db_session.get(ListeningSession, sid).status == "open"
     assert db_session.get(UserAnalytics, starter_session.user_id).stale_since is not None

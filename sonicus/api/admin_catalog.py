@@ -11,6 +11,7 @@ from ..schemas.catalog import (
     AdminAssignSchema,
     AdminPackageListArgsSchema,
     AdminPackageSchema,
+    AssignmentSchema,
     LibraryEntrySchema,
     PackageCreateSchema,
     PackageUpdateSchema,
@@ -77,10 +78,24 @@ class AdminUserPackages(MethodView):
     @blp.arguments(AdminAssignSchema)
     @blp.response(201, LibraryEntrySchema, description="Assigned.")
     @blp.alt_response(200, schema=LibraryEntrySchema, description="Already assigned.")
-    @blp.errors(401, 403, 404, 422)
+    @blp.errors(401, 403, 404, (422, "`validation_error`, e.g. `expires_at` not in the future."))
     def post(self, body, user_id, caller):
-        """Put a catalog package into a user's library."""
-        entry, created = library.assign_package(caller, user_id,
-                                                body["package_id"], body.get("favorite"))
-        set_message("Package assigned." if created else "The user already has this package.")
+        """Assign a catalog package to a user: playable whatever their tier until
+        ``expires_at`` (optional, in the future) or a revocation; it is put in their library.
+        A live assignment of the package is updated (its ``expires_at`` becomes the one given)."""
+        entry, created = library.assign_package(caller, user_id, body["package_id"],
+                                                body.get("favorite"), body.get("expires_at"))
+        set_message("Package assigned." if created else "The assignment was updated.")
         return entry, 201 if created else 200
+
+
+@blp.route("/users/<int:user_id>/packages/<int:package_id>")
+class AdminUserPackage(MethodView):
+    @require_super_admin
+    @blp.response(200, AssignmentSchema)
+    @blp.errors(401, 403, (404, "`not_found`: no such user, or no live assignment."))
+    def delete(self, user_id, package_id, caller):
+        """Revoke a live assignment. It stays as history; a running session may finish."""
+        assignment = library.revoke_assignment(caller, user_id, package_id)
+        set_message("Assignment revoked.")
+        return assignment

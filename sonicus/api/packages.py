@@ -30,5 +30,6 @@ class PackageDetail(MethodView):
     @blp.response(200, PackageDetailSchema)
     @blp.errors(401, 403, 404)
     def get(self, package_id, caller):
-        """A package with its tracks; stream URLs only when the caller's tier opens it."""
+        """A package with its tracks; stream URLs only when the caller's tier or an assignment
+        opens it."""
         return catalog.package_detail(caller, package_id)

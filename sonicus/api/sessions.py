@@ -35,7 +35,8 @@ class Sessions(MethodView):
     @require_user
     @blp.arguments(SessionStartSchema)
     @blp.response(201, SessionSchema)
-    @blp.errors(401, (403, "`package_locked`: the package is above the tier."), 404, 422,
+    @blp.errors(401, (403, "`package_locked`: neither the tier nor an assignment opens it."),
+                404, 422,
                 (429, "`daily_session_limit_reached`, with `resets_at`."))
     def post(self, body, caller):
         """Start a session (counts against today's quota)."""

@@ -2,7 +2,7 @@
 
 from .analytics import AuditLog, PlatformStats, UserAnalytics
 from .base import SCHEMA, Base, utcnow
-from .catalog import SoundPackage, Track, UserSoundPackage
+from .catalog import PackageAssignment, SoundPackage, Track, UserSoundPackage
 from .erasure import ErasureTombstone, OwedCancellation
 from .listening import ListeningSession
 from .subscription import BillingEvent, SubscriptionEvent, UserSubscription
@@ -10,6 +10,7 @@ from .user import User
 
 __all__ = [
     "SCHEMA", "AuditLog", "Base", "BillingEvent", "ErasureTombstone", "ListeningSession",
-    "OwedCancellation", "PlatformStats", "SoundPackage", "SubscriptionEvent", "Track", "User",
-    "UserAnalytics", "UserSoundPackage", "UserSubscription", "utcnow",
+    "OwedCancellation", "PackageAssignment", "PlatformStats", "SoundPackage",
+    "SubscriptionEvent", "Track", "User", "UserAnalytics", "UserSoundPackage",
+    "UserSubscription", "utcnow",
 ]

@@ -2,7 +2,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    and_,
+    or_,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..tiers import LEVEL_MIN_TIER
@@ -78,4 +88,43 @@ class UserSoundPackage(Base):
     __table_args__ = (
         UniqueConstraint("user_id", "package_id"),
         Index("ix_user_sound_packages_user_id_assigned_at", "user_id", "assigned_at"),
+    )
+
+
+class PackageAssignment(Base):
+    """An administrator's grant of a package to a user: it opens the package whatever the
+    user's tier from ``assigned_at`` until ``expires_at`` (optional) or ``revoked_at``.
+
+    Rows are never deleted while the user exists: they are the history that answers "was it
+    assigned at time t" (``live_at``). A user's library entry is a separate thing: adding a
+    package to one's own library grants nothing, and removing it there revokes nothing.
+    """
+
+    __tablename__ = "package_assignments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    package_id: Mapped[int] = mapped_column(ForeignKey("sound_packages.id", ondelete="CASCADE"))
+    assigned_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
+    assigned_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
+
+    def is_live(self, moment: datetime) -> bool:
+        return (self.assigned_at <= moment
+                and (self.expires_at is None or moment < self.expires_at)
+                and (self.revoked_at is None or moment < self.revoked_at))
+
+    @classmethod
+    def live_at(cls, moment: datetime):
+        """SQL: the assignment opens its package at ``moment``."""
+        return and_(cls.assigned_at <= moment,
+                    or_(cls.expires_at.is_(None), cls.expires_at > moment),
+                    or_(cls.revoked_at.is_(None), cls.revoked_at > moment))
+
+    __table_args__ = (
+        Index("ix_package_assignments_user_id_package_id", "user_id", "package_id"),
     )

@@ -2,12 +2,25 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, SmallInteger, String, Text
+from sqlalchemy import (
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    and_,
+)
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, UTCDateTime, utcnow
 
 OPEN, ENDED = "open", "ended"
+# A session with less listened than this never counts in outcomes (see ``counts_in_outcomes``).
+OUTCOME_MIN_LISTENED_SECONDS = 60
 
 
 class ListeningSession(Base):
@@ -26,7 +39,10 @@ class ListeningSession(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     max_duration_seconds: Mapped[int | None] = mapped_column(Integer)
     listened_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    # The server's word: the listened time reached 80% of the playable length
+    # (services.listening.reaches_completion). What the client said is ``client_completed``.
     completed: Mapped[bool] = mapped_column(Boolean, default=False)
+    client_completed: Mapped[bool | None] = mapped_column(Boolean)
     counts_toward_quota: Mapped[bool] = mapped_column(Boolean, default=True)
     mood_before: Mapped[int | None] = mapped_column(SmallInteger)
     mood_after: Mapped[int | None] = mapped_column(SmallInteger)
@@ -35,6 +51,19 @@ class ListeningSession(Base):
 
     package = relationship("SoundPackage")
     track = relationship("Track")
+
+    @hybrid_property
+    def counts_in_outcomes(self) -> bool:
+        """THE rule of which sessions count in streaks, completion rates, mood outcomes and
+        recommendations: not a refunded tap, and at least a minute listened."""
+        return bool(self.counts_toward_quota
+                    and self.listened_seconds >= OUTCOME_MIN_LISTENED_SECONDS)
+
+    @counts_in_outcomes.inplace.expression
+    @classmethod
+    def _counts_in_outcomes_expression(cls):
+        return and_(cls.counts_toward_quota.is_(True),
+                    cls.listened_seconds >= OUTCOME_MIN_LISTENED_SECONDS)
 
     @property
     def ends_at(self) -> datetime | None:

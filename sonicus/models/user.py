@@ -5,6 +5,8 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, Index, Integer, SmallInteger, String, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from .. import clock
+from ..clock import DaySettings
 from .base import Base, UTCDateTime, utcnow
 
 ROLE_USER, ROLE_ADMIN = "user", "admin"
@@ -33,6 +35,11 @@ class User(Base):
     oidc_name: Mapped[str | None] = mapped_column(String(120))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     day_start_hour: Mapped[int] = mapped_column(SmallInteger, default=0)
+    # ``timezone``/``day_start_hour`` are the settings the user chose last (shown at once);
+    # until ``day_settings_effective_at`` the prior ones stay in force (clock.day_settings_at).
+    prior_timezone: Mapped[str | None] = mapped_column(String(64))
+    prior_day_start_hour: Mapped[int | None] = mapped_column(SmallInteger)
+    day_settings_effective_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     preferences: Mapped[dict] = mapped_column(JSON, default=dict)
     role: Mapped[str] = mapped_column(String(16), default=ROLE_USER)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -54,3 +61,29 @@ class User(Base):
     @property
     def merged_preferences(self) -> dict:
         return merge_preferences(self.preferences)
+
+    @property
+    def pending_day_settings_effective_at(self) -> datetime | None:
+        """When the shown day settings take effect; None when they are in force already."""
+        return clock.pending_day_settings_at(self, clock.now())
+
+    def change_day_settings(self, timezone: str, day_start_hour: int, now: datetime) -> None:
+        """Show the new day settings at once; they take effect for quotas, streaks and
+        analytics at the next boundary of the user's day as it is under the settings in force
+        now. Until then the old day stands (changing the day never gives quota back).
+
+        A second change before that boundary keeps the boundary and the settings in force;
+        changing back to the settings in force cancels the pending change.
+        """
+        wanted = DaySettings(timezone, day_start_hour)
+        if wanted == DaySettings(self.timezone, self.day_start_hour):
+            return
+        in_force = clock.day_settings_at(self, now)
+        if wanted == in_force:
+            self.prior_timezone = self.prior_day_start_hour = None
+            self.day_settings_effective_at = None
+        elif clock.pending_day_settings_at(self, now) is None:
+            self.day_settings_effective_at = clock.user_day(self, now).ends_at
+            self.prior_timezone, self.prior_day_start_hour = (in_force.timezone,
+                                                              in_force.day_start_hour)
+        self.timezone, self.day_start_hour = timezone, day_start_hour

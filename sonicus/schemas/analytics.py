@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from .catalog import PackageBaseSchema
+from .catalog import AccessField, PackageBaseSchema
 from .profile import OnboardingSchema, ProfileSchema
 from .subscription import SubscriptionSchema
 
@@ -75,6 +75,7 @@ class ContinueListeningSchema(ma.Schema):
 
 class RecommendedPackageSchema(PackageBaseSchema):
     locked = ma.fields.Boolean(required=True)
+    access = AccessField()
     reason = ma.fields.String(required=True, metadata={
         "description": "Why it is here: `mood` (it helped you), `favorite_category`, `popular`."})
     avg_mood_change = ma.fields.Float(required=True, allow_none=True)

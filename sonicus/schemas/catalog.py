@@ -7,7 +7,7 @@ import re
 import marshmallow as ma
 
 from ..envelope import PageArgsSchema
-from ..tiers import PACKAGE_LEVELS
+from ..tiers import ACCESS_KINDS, PACKAGE_LEVELS
 from .common import StrictSchema
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -25,6 +25,13 @@ def validate_media_path(value: str) -> None:
 
 
 # ---- catalog output --------------------------------------------------------------------------
+
+def AccessField():  # noqa: N802  (a field factory)
+    return ma.fields.String(required=True, metadata={
+        "enum": list(ACCESS_KINDS),
+        "description": "How the caller reaches it: `tier` (their tier opens it), `assigned` (an "
+                       "administrator assigned it to them: open whatever the tier) or `locked`."})
+
 
 class PackageBaseSchema(ma.Schema):
     """What every view of a package shows."""
@@ -44,7 +51,9 @@ class PackageSchema(PackageBaseSchema):
         required=True, metadata={"description": "The lowest tier that opens this package."})
     popularity = ma.fields.Integer(required=True)
     locked = ma.fields.Boolean(
-        required=True, metadata={"description": "True when the caller's tier cannot open it."})
+        required=True, metadata={"description": "True when neither the caller's tier nor an "
+                                                "assignment opens it."})
+    access = AccessField()
 
 
 class TrackSchema(ma.Schema):
@@ -74,11 +83,26 @@ class PackageListArgsSchema(PageArgsSchema):
 
 # ---- library ---------------------------------------------------------------------------------
 
-class LibraryEntrySchema(ma.Schema):
+class AssignmentSchema(ma.Schema):
+    """An administrator's assignment of a package to a user."""
+
+    user_id = ma.fields.Integer(required=True)
     package_id = ma.fields.Integer(required=True)
     assigned_at = ma.fields.DateTime(required=True)
+    expires_at = ma.fields.DateTime(allow_none=True, required=True, metadata={
+        "description": "When it stops opening the package; null: until revoked."})
+    revoked_at = ma.fields.DateTime(allow_none=True, required=True)
+
+
+class LibraryEntrySchema(ma.Schema):
+    package_id = ma.fields.Integer(required=True)
+    assigned_at = ma.fields.DateTime(required=True, metadata={
+        "description": "When the package was put in the library."})
     favorite = ma.fields.Boolean(required=True)
     assigned_by_admin = ma.fields.Boolean(required=True)
+    assignment = ma.fields.Nested(AssignmentSchema, allow_none=True, required=True, metadata={
+        "description": "The live assignment that opens the package whatever the tier; null "
+                       "when there is none."})
     package = ma.fields.Nested(PackageSchema, required=True)
 
 
@@ -109,6 +133,9 @@ class AdminPackageListArgsSchema(PageArgsSchema):
 
 class AdminAssignSchema(StrictSchema):
     package_id = ma.fields.Integer(required=True, validate=ma.validate.Range(min=1))
+    expires_at = ma.fields.AwareDateTime(allow_none=True, metadata={
+        "description": "When the assignment ends (in the future); absent or null: until "
+                       "revoked."})
     favorite = ma.fields.Boolean()
 
 

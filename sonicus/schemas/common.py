@@ -66,5 +66,10 @@ class UserBaseSchema(ResponseSchema):
     email_verified = ma.fields.Boolean(required=True)
     timezone = ma.fields.String(required=True)
     day_start_hour = ma.fields.Integer(required=True)
+    day_settings_effective_at = ma.fields.DateTime(
+        attribute="pending_day_settings_effective_at", allow_none=True, required=True,
+        metadata={"description": "When the shown timezone and day_start_hour take effect for "
+                                 "quotas, streaks and analytics (the next boundary of the day "
+                                 "as it was before the change); null when nothing is pending."})
     role = ma.fields.String(required=True)
     created_at = ma.fields.DateTime(required=True)

@@ -22,7 +22,9 @@ class SessionHeartbeatSchema(StrictSchema):
 class SessionCompleteSchema(StrictSchema):
     listened_seconds = ma.fields.Integer(required=True,
                                          validate=ma.validate.Range(min=0, max=7 * 24 * 3600))
-    completed = ma.fields.Boolean(required=True)
+    completed = ma.fields.Boolean(required=True, metadata={
+        "description": "Whether the listener finished it; kept as `client_completed`. The "
+                       "session's `completed` is the server's word (80% of it listened)."})
     mood_after = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=10))
     note = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=2000))
 
@@ -76,7 +78,12 @@ class SessionSchema(ma.Schema):
     local_day = ma.fields.Date(required=True)
     max_duration_seconds = ma.fields.Integer(allow_none=True, required=True)
     listened_seconds = ma.fields.Integer(required=True)
-    completed = ma.fields.Boolean(required=True)
+    completed = ma.fields.Boolean(required=True, metadata={
+        "description": "The server's word: the listened time reached 80% of the playable "
+                       "length (content length capped by the tier's maximum)."})
+    client_completed = ma.fields.Boolean(allow_none=True, required=True, metadata={
+        "description": "What the client said when it ended the session; null when it did "
+                       "not say (open, or closed by the server)."})
     counts_toward_quota = ma.fields.Boolean(required=True)
     mood_before = ma.fields.Integer(allow_none=True, required=True)
     mood_after = ma.fields.Integer(allow_none=True, required=True)

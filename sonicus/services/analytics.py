@@ -6,6 +6,11 @@ re-enqueues anything still stale, so no refresh is lost while Redis is down.
 
 Every figure is computed in SQL from the user's own rows (aggregates only): the database
 returns a handful of rows per user however many sessions there are.
+
+Days are the user's days under the day settings in force (``clock.user_day``); a session
+belongs to the day stored with it when it started. Only sessions that count
+(``ListeningSession.counts_in_outcomes``: no refunded taps, at least a minute listened) feed
+streaks, completion figures and mood outcomes.
 """
 
 from __future__ import annotations
@@ -95,7 +100,8 @@ def _streaks(user_id: int, today: date) -> tuple[int, int]:
     """
     s = ListeningSession
     days = (select(s.local_day.label("day"))
-            .where(s.user_id == user_id, s.completed.is_(True), s.local_day <= today)
+            .where(s.user_id == user_id, s.completed.is_(True), s.counts_in_outcomes,
+                   s.local_day <= today)
             .distinct().subquery())
     position = func.row_number().over(order_by=days.c.day)
     if db.session.get_bind().dialect.name == "postgresql":
@@ -114,21 +120,24 @@ def _streaks(user_id: int, today: date) -> tuple[int, int]:
 
 
 def _mood_terms():
-    """(the session has both moods, mood after minus mood before) as SQL expressions."""
+    """(the session has both moods and counts, mood after minus mood before) as SQL
+    expressions."""
     s = ListeningSession
-    return s.mood_before.is_not(None) & s.mood_after.is_not(None), s.mood_after - s.mood_before
+    return (s.mood_before.is_not(None) & s.mood_after.is_not(None) & s.counts_in_outcomes,
+            s.mood_after - s.mood_before)
 
 
 def _totals(user_id: int, today: date):
     """One row: (sessions, completed, ended, seconds, seconds this week, sessions today,
-    average mood change)."""
+    average mood change); completed and ended count only sessions that count."""
     s = ListeningSession
     has_mood, mood_change = _mood_terms()
     week_start = today - timedelta(days=today.weekday())
+    counted = s.counts_in_outcomes
     return db.session.execute(select(
         func.count(s.id),
-        func.coalesce(func.sum(case((s.completed.is_(True), 1), else_=0)), 0),
-        func.coalesce(func.sum(case((s.status == ENDED, 1), else_=0)), 0),
+        func.coalesce(func.sum(case((counted & s.completed.is_(True), 1), else_=0)), 0),
+        func.coalesce(func.sum(case((counted & (s.status == ENDED), 1), else_=0)), 0),
         func.coalesce(func.sum(s.listened_seconds), 0),
         func.coalesce(func.sum(case((s.local_day >= week_start, s.listened_seconds),
                                     else_=0)), 0),
@@ -192,7 +201,7 @@ def _mood_by_package(package_rows) -> list[dict]:
 def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
     """Every figure of API.md "Analytics" for ``user``, from their own rows only."""
     now = now or clock.now()
-    today = clock.local_day(now, user.timezone, user.day_start_hour)
+    today = clock.user_day(user, now).day
     total, completed, ended, seconds, week_seconds, today_count, avg_change = \
         _totals(user.id, today)
     current_streak, longest_streak = _streaks(user.id, today)
@@ -219,8 +228,7 @@ def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
 def _cache_ttl(user, now: datetime) -> int:
     """The configured TTL, cut short at the user's next day start (today's figures roll)."""
     ttl = int(current_app.config["ANALYTICS_CACHE_TTL_SECONDS"])
-    until_rollover = (clock.next_day_start(now, user.timezone, user.day_start_hour)
-                      - now).total_seconds()
+    until_rollover = (clock.user_day(user, now).ends_at - now).total_seconds()
     return max(1, min(ttl, int(until_rollover) + 1))
 
 
@@ -260,7 +268,7 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
 
 def get_user_analytics(person) -> dict:
     """The caller's analytics: from the cache, else computed now and cached (not stored:
-    a read never commits). ``person``: anything with ``id``, ``timezone``, ``day_start_hour``."""
+    a read never commits). ``person``: a user or a caller (``id`` and the day settings)."""
     data = cache_get(cache_key(person.id))
     if data is not None:
         return data

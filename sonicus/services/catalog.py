@@ -17,8 +17,9 @@ from .. import clock, media
 from ..envelope import ApiError, Page, fail, not_found, paginate
 from ..extensions import db
 from ..models import SoundPackage, Track
-from ..tiers import TIERS, can_access_level
+from ..tiers import ACCESS_LOCKED, TIERS, package_access
 from . import audit
+from .assignments import is_assigned, live_assignments, live_package_ids
 from .transaction import unit_of_work
 
 PACKAGE_FIELDS = ("slug", "title", "description", "category", "minimum_tier", "published")
@@ -39,19 +40,24 @@ class TrackView:
 
 @dataclass(frozen=True)
 class PackageView:
-    """A package as a caller of some tier sees it (``PackageSchema``, ``PackageDetailSchema``)."""
+    """A package as one user sees it (``PackageSchema``, ``PackageDetailSchema``): ``access``
+    says how it is open to them (``tier``, ``assigned``) or that it is ``locked``."""
 
     package: SoundPackage
-    locked: bool
+    access: str
     tracks: tuple[TrackView, ...] = ()
     stream_urls_expire_at: datetime | None = None
 
     def __getattr__(self, name):
         return getattr(self.package, name)
 
+    @property
+    def locked(self) -> bool:
+        return self.access == ACCESS_LOCKED
+
     @classmethod
-    def of(cls, package: SoundPackage, tier_name: str) -> PackageView:
-        return cls(package, not can_access_level(tier_name, package.minimum_tier))
+    def of(cls, package: SoundPackage, tier_name: str, assigned: bool = False) -> PackageView:
+        return cls(package, package_access(tier_name, package.minimum_tier, assigned))
 
 
 def _like(text: str) -> str:
@@ -64,8 +70,10 @@ def _catalog_filter(stmt):
     return stmt.where(SoundPackage.published.is_(True), SoundPackage.archived_at.is_(None))
 
 
-def list_packages(caller, args: dict) -> Page:
-    """Published, non-archived packages, most popular first, with ``locked`` for the caller."""
+def list_packages(caller, args: dict, now: datetime | None = None) -> Page:
+    """Published, non-archived packages, most popular first, with ``access`` for the caller
+    (their tier and their live assignments, read in one query)."""
+    now = now or clock.now()
     stmt = _catalog_filter(select(SoundPackage))
     if args.get("category"):
         stmt = stmt.where(SoundPackage.category == args["category"].lower())
@@ -74,10 +82,14 @@ def list_packages(caller, args: dict) -> Page:
         stmt = stmt.where(or_(SoundPackage.title.ilike(pattern, escape="\\"),
                               SoundPackage.description.ilike(pattern, escape="\\")))
     if args.get("accessible"):
-        stmt = stmt.where(SoundPackage.minimum_tier.in_(TIERS[caller.tier].package_levels))
+        stmt = stmt.where(or_(SoundPackage.minimum_tier.in_(TIERS[caller.tier].package_levels),
+                              SoundPackage.id.in_(live_package_ids(caller.id, now))))
     stmt = stmt.order_by(SoundPackage.popularity.desc(), SoundPackage.id)
     page = paginate(db, stmt, args)
-    return replace(page, items=[PackageView.of(p, caller.tier) for p in page.items])
+    assigned = (live_assignments(caller.id, now, [p.id for p in page.items])
+                if page.items else {})
+    return replace(page, items=[PackageView.of(p, caller.tier, p.id in assigned)
+                                for p in page.items])
 
 
 def get_catalog_package(package_id: int) -> SoundPackage:
@@ -90,9 +102,11 @@ def get_catalog_package(package_id: int) -> SoundPackage:
 
 
 def package_detail(caller, package_id: int, now: datetime | None = None) -> PackageView:
-    """Detail with tracks; signed stream URLs only when the caller's tier opens it."""
-    view = PackageView.of(get_catalog_package(package_id), caller.tier)
+    """Detail with tracks; signed stream URLs only when the caller's tier or a live assignment
+    opens it."""
     now = now or clock.now()
+    package = get_catalog_package(package_id)
+    view = PackageView.of(package, caller.tier, is_assigned(caller.id, package.id, now))
     tracks, expires = [], None
     for track in view.package.tracks:
         url = None

@@ -1,30 +1,36 @@
-"""The user's personal library: packages they added or an admin assigned to them."""
+"""The user's personal library (packages they added or an admin assigned to them) and the
+administrators' assignments, which open a package whatever the user's tier."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import joinedload
 
-from ..envelope import Page, not_found, paginate
+from .. import clock
+from ..envelope import Page, fail, not_found, paginate
 from ..extensions import db
-from ..models import SoundPackage, User, UserSoundPackage
+from ..models import PackageAssignment, SoundPackage, User, UserSoundPackage
 from ..models.base import utcnow
 from ..tiers import check_package_access
 from . import audit
+from .assignments import live_assignment, live_assignments
 from .catalog import PackageView, get_catalog_package
-from .subscriptions import get_subscription
+from .subscriptions import lock_or_create_subscription
 from .transaction import unit_of_work
 
 
 @dataclass(frozen=True)
 class LibraryItem:
-    """A library entry with its package as the owner's tier sees it (``LibraryEntrySchema``)."""
+    """A library entry with its package as the owner sees it (``LibraryEntrySchema``) and the
+    live assignment that opens it, if any."""
 
     entry: UserSoundPackage
     package: PackageView
+    assignment: PackageAssignment | None = None
 
     def __getattr__(self, name):
         return getattr(self.entry, name)
@@ -34,8 +40,10 @@ class LibraryItem:
         return self.entry.assigned_by_id is not None
 
     @classmethod
-    def of(cls, entry: UserSoundPackage, tier_name: str) -> LibraryItem:
-        return cls(entry, PackageView.of(entry.package, tier_name))
+    def of(cls, entry: UserSoundPackage, tier_name: str,
+           assignment: PackageAssignment | None = None) -> LibraryItem:
+        return cls(entry, PackageView.of(entry.package, tier_name, assignment is not None),
+                   assignment)
 
 
 def _entry(user_id: int, package_id: int) -> UserSoundPackage | None:
@@ -45,8 +53,10 @@ def _entry(user_id: int, package_id: int) -> UserSoundPackage | None:
     ).scalar_one_or_none()
 
 
-def list_library(caller, args: dict) -> Page:
-    """The caller's library, newest first; archived packages drop out of it."""
+def list_library(caller, args: dict, now: datetime | None = None) -> Page:
+    """The caller's library, newest first; archived packages drop out of it. Each package
+    shows ``access`` (the caller's live assignments are read in one query)."""
+    now = now or clock.now()
     stmt = (select(UserSoundPackage).join(UserSoundPackage.package)
             .options(joinedload(UserSoundPackage.package))
             .where(UserSoundPackage.user_id == caller.id, SoundPackage.archived_at.is_(None)))
@@ -54,7 +64,10 @@ def list_library(caller, args: dict) -> Page:
         stmt = stmt.where(UserSoundPackage.favorite.is_(args["favorite"]))
     stmt = stmt.order_by(UserSoundPackage.assigned_at.desc(), UserSoundPackage.id.desc())
     page = paginate(db, stmt, args)
-    return replace(page, items=[LibraryItem.of(e, caller.tier) for e in page.items])
+    assigned = (live_assignments(caller.id, now, [e.package_id for e in page.items])
+                if page.items else {})
+    return replace(page, items=[LibraryItem.of(e, caller.tier, assigned.get(e.package_id))
+                                for e in page.items])
 
 
 def _insert_entry(user_id: int, package_id: int, assigned_by_id: int | None,
@@ -69,18 +82,22 @@ def _insert_entry(user_id: int, package_id: int, assigned_by_id: int | None,
     return db.session.execute(stmt).rowcount == 1
 
 
-def add_to_library(caller, package_id: int,
-                   favorite: bool | None = None) -> tuple[LibraryItem, bool]:
-    """Add a catalog package; 403 above the caller's tier. Re-adding returns the entry as is
-    (favourite updated when given). Returns ``(item, created)``."""
+def add_to_library(caller, package_id: int, favorite: bool | None = None,
+                   now: datetime | None = None) -> tuple[LibraryItem, bool]:
+    """Add a catalog package; 403 when neither the caller's tier nor a live assignment opens
+    it. The entry itself grants nothing: access stays the tier's and the assignments'.
+    Re-adding returns the entry as is (favourite updated when given). Returns
+    ``(item, created)``."""
+    now = now or clock.now()
     package = get_catalog_package(package_id)
-    check_package_access(caller.tier, package.minimum_tier)
+    assignment = live_assignment(caller.id, package.id, now)
+    check_package_access(caller.tier, package.minimum_tier, assignment is not None)
     with unit_of_work():
         created = _insert_entry(caller.id, package.id, None, favorite)
         entry = _entry(caller.id, package.id)
         if not created and favorite is not None:
             entry.favorite = favorite
-    return LibraryItem.of(entry, caller.tier), created
+    return LibraryItem.of(entry, caller.tier, assignment), created
 
 
 def set_favorite(caller, package_id: int, favorite: bool) -> LibraryItem:
@@ -89,10 +106,13 @@ def set_favorite(caller, package_id: int, favorite: bool) -> LibraryItem:
         if entry is None or entry.package.archived_at is not None:
             not_found("Library entry")
         entry.favorite = favorite
-    return LibraryItem.of(entry, caller.tier)
+    return LibraryItem.of(entry, caller.tier,
+                          live_assignment(caller.id, package_id, clock.now()))
 
 
 def remove_from_library(user_id: int, package_id: int) -> None:
+    """Remove an entry from the library. An assignment of the package is not touched: it is
+    the administrator's to revoke."""
     with unit_of_work():
         entry = _entry(user_id, package_id)
         if entry is None:
@@ -100,23 +120,76 @@ def remove_from_library(user_id: int, package_id: int) -> None:
         db.session.delete(entry)
 
 
-def assign_package(actor, user_id: int, package_id: int,
-                   favorite: bool | None = None) -> tuple[LibraryItem, bool]:
-    """An administrator puts a catalog package into a user's library (audit-logged).
+def _assignment_record(assignment: PackageAssignment, package: SoundPackage) -> dict:
+    def iso(moment):
+        return moment.isoformat() if moment is not None else None
 
-    The tier is not checked here: an assignment is an editorial grant. A package above the
-    user's tier shows as ``locked`` in their library, and starting it still needs the tier.
+    return {"package_id": package.id, "slug": package.slug,
+            "assigned_at": iso(assignment.assigned_at), "expires_at": iso(assignment.expires_at),
+            "revoked_at": iso(assignment.revoked_at)}
+
+
+def assign_package(actor, user_id: int, package_id: int, favorite: bool | None = None,
+                   expires_at: datetime | None = None,
+                   now: datetime | None = None) -> tuple[LibraryItem, bool]:
+    """An administrator assigns a catalog package to a user (audit-logged): it is playable by
+    them whatever their tier until ``expires_at`` (optional; must be in the future, else 422)
+    or a revocation, and it is put in their library.
+
+    A live assignment of the package is updated instead (its ``expires_at`` becomes the one
+    given, none meaning no end). Returns ``(item, created)``: created is False for an update.
+    The user's subscription row is locked, so that assignments and session starts of one user
+    serialise.
     """
+    now = now or clock.now()
+    if expires_at is not None and expires_at <= now:
+        fail(422, "validation_error", "The request is not valid.",
+             errors=["expires_at: Must be in the future."])
     with unit_of_work():
         user = db.session.get(User, user_id)
         if user is None:
             not_found("User")
         package = get_catalog_package(package_id)
-        created = _insert_entry(user.id, package.id, actor.id, favorite)
+        sub = lock_or_create_subscription(user.id)
+        assignment = live_assignment(user.id, package.id, now, lock=True)
+        created = assignment is None
+        before = None if created else _assignment_record(assignment, package)
+        if created:
+            assignment = PackageAssignment(user_id=user.id, package_id=package.id,
+                                           assigned_by_id=actor.id, assigned_at=now,
+                                           expires_at=expires_at)
+            db.session.add(assignment)
+        else:
+            assignment.expires_at = expires_at
+        _insert_entry(user.id, package.id, actor.id, favorite)
         entry = _entry(user.id, package.id)
-        if not created and favorite is not None:
+        if favorite is not None:
             entry.favorite = favorite
-        audit.record(actor, "library.assign", "user", user.id, None,
-                     {"package_id": package.id, "slug": package.slug, "created": created})
-        tier = get_subscription(user).tier
-    return LibraryItem.of(entry, tier), created
+        db.session.flush()
+        audit.record(actor, "library.assign", "user", user.id, before,
+                     {**_assignment_record(assignment, package), "created": created})
+        tier = sub.tier
+    return LibraryItem.of(entry, tier, assignment), created
+
+
+def revoke_assignment(actor, user_id: int, package_id: int,
+                      now: datetime | None = None) -> PackageAssignment:
+    """An administrator revokes a live assignment (audit-logged); 404 when there is none.
+    The row stays as history; the user's library entry stays (the package shows locked unless
+    the tier opens it). A session already running may finish; the next start needs the tier."""
+    now = now or clock.now()
+    with unit_of_work():
+        user = db.session.get(User, user_id)
+        if user is None:
+            not_found("User")
+        lock_or_create_subscription(user.id)
+        assignment = live_assignment(user.id, package_id, now, lock=True)
+        if assignment is None:
+            not_found("Assignment")
+        package = db.session.get(SoundPackage, package_id)
+        before = _assignment_record(assignment, package)
+        assignment.revoked_at = now
+        assignment.revoked_by_id = actor.id
+        audit.record(actor, "library.revoke", "user", user.id, before,
+                     _assignment_record(assignment, package))
+    return assignment

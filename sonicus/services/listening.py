@@ -11,6 +11,10 @@ SQLite's own database lock instead.
 Listened time is always the server's number: the client's claim is clamped by the wall time
 since the start, the track's length (the package's when no track was chosen) and the tier's
 maximum length, and never decreases.
+
+Completion is the server's word too: a session is ``completed`` only when its listened time
+reaches 80% of its playable length (``reaches_completion``); what the client said is kept as
+``client_completed`` and decides nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ..models import ListeningSession, SoundPackage, Track, User
 from ..models.listening import ENDED, OPEN
 from ..tiers import TIERS, UNLIMITED_SESSION_CLOSE_SECONDS, check_package_access
 from . import analytics
+from .assignments import is_assigned
 from .catalog import get_catalog_package
 from .quota import enforce_daily_quota
 from .subscriptions import lock_or_create_subscription
@@ -44,17 +49,20 @@ STALE_BATCH = 500
 def start_session(user_id: int, package_id: int, track_id: int | None = None,
                   mood_before: int | None = None, now: datetime | None = None
                   ) -> ListeningSession:
-    """Start a session: 404 unknown package/track, 403 above tier, 429 quota used today.
+    """Start a session: 404 unknown package/track, 403 when neither the tier nor a live
+    assignment opens the package, 429 quota used today.
 
     The user's subscription row is locked for the whole transaction: two starts of one user
-    run one after the other, so the count and the insert cannot interleave."""
+    run one after the other, so the count and the insert cannot interleave. The user row (its
+    day settings) is read afresh after taking the lock."""
     now = now or clock.now()
     with unit_of_work():
         sub = lock_or_create_subscription(user_id)
-        user = db.session.get(User, user_id)
+        user = db.session.get(User, user_id, populate_existing=True)
         tier = TIERS[sub.tier]
         package = get_catalog_package(package_id)
-        check_package_access(tier.name, package.minimum_tier)
+        check_package_access(tier.name, package.minimum_tier,
+                             is_assigned(user_id, package.id, now))
         track = None
         if track_id is not None:
             track = db.session.get(Track, track_id)
@@ -76,6 +84,19 @@ def content_seconds(session: ListeningSession) -> int | None:
         return session.track.duration_seconds
     length = session.package.duration_seconds if session.package is not None else 0
     return length or None
+
+
+def playable_seconds(session: ListeningSession) -> int | None:
+    """What the session can play: the smaller of the content's length and the tier's maximum
+    session length; None when neither is known."""
+    caps = [c for c in (content_seconds(session), session.max_duration_seconds) if c]
+    return min(caps) if caps else None
+
+
+def reaches_completion(session: ListeningSession) -> bool:
+    """THE completion rule: the server's listened time reaches 80% of the playable length."""
+    playable = playable_seconds(session)
+    return playable is not None and session.listened_seconds * 5 >= playable * 4
 
 
 def clamp_listened(session: ListeningSession, claimed: int, now: datetime) -> int:
@@ -121,9 +142,11 @@ def heartbeat(user_id: int, session_id: int, listened_seconds: int,
 def complete_session(user_id: int, session_id: int, listened_seconds: int, completed: bool,
                      mood_after: int | None = None, note: str | None = None,
                      now: datetime | None = None) -> ListeningSession:
-    """End a session. An accidental tap (ended within 60 s, under 30 s listened) gives the
-    day's quota back; any other ending bumps the package's popularity. Analytics are marked
-    stale in the same transaction and a refresh is requested after the commit."""
+    """End a session. ``completed`` is the client's word, kept as ``client_completed``; the
+    session is completed only when the server's listened time reaches 80% of what it can play.
+    An accidental tap (ended within 60 s, under 30 s listened) gives the day's quota back; any
+    other ending bumps the package's popularity. Analytics are marked stale in the same
+    transaction and a refresh is requested after the commit."""
     now = now or clock.now()
     with unit_of_work():
         session = get_session(user_id, session_id, lock=True)
@@ -139,8 +162,9 @@ def _end(session: ListeningSession, listened_seconds: int, completed: bool,
     session.listened_seconds = clamp_listened(session, listened_seconds, now)
     session.status = ENDED
     session.ended_at = now
-    session.completed = bool(completed)
-    session.end_reason = "completed" if completed else "stopped"
+    session.client_completed = bool(completed)
+    session.completed = reaches_completion(session)
+    session.end_reason = "completed" if session.completed else "stopped"
     if mood_after is not None:
         session.mood_after = mood_after
     if note is not None:
@@ -190,6 +214,8 @@ def _close_batch(max_seconds: int | None, now: datetime) -> tuple[int, set[int]]
         session.status = ENDED
         session.ended_at = end
         session.end_reason = "expired"
+        # the client said nothing: only the server's listened time can complete it
+        session.completed = reaches_completion(session)
         if session.user_id is not None:
             users.add(session.user_id)
     for user_id in users:
@@ -203,7 +229,9 @@ def close_stale_sessions(now: datetime | None = None) -> int:
 
     Safe to run twice or concurrently: rows are claimed with ``FOR UPDATE SKIP LOCKED`` and
     only ``open`` ones are touched. Listened time is clamped as for a completion; the session
-    is ended at ``started_at + limit``. Returns how many sessions were closed.
+    is ended at ``started_at + limit`` and is completed only by the server's listened time
+    (``reaches_completion``), never by anything the client said. Returns how many sessions
+    were closed.
     """
     now = now or clock.now()
     lengths = db.session.execute(

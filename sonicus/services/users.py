@@ -16,6 +16,7 @@ from ..extensions import db
 from ..models import (
     AuditLog,
     ListeningSession,
+    PackageAssignment,
     SubscriptionEvent,
     User,
     UserAnalytics,
@@ -143,13 +144,19 @@ def _lock_user(user_id: int) -> User:
     return user
 
 
-def update_profile(user_id: int, changes: dict) -> User:
-    """Change display name, time zone, day start hour or preferences (merged)."""
+def update_profile(user_id: int, changes: dict, now: datetime | None = None) -> User:
+    """Change display name, time zone, day start hour or preferences (merged).
+
+    New day settings show at once and take effect at the next boundary of the user's day as
+    it is now (``User.change_day_settings``): changing the day never gives quota back."""
+    now = now or clock.now()
     with unit_of_work() as work:
         user = _lock_user(user_id)
-        for name in ("display_name", "timezone", "day_start_hour"):
-            if name in changes:
-                setattr(user, name, changes[name])
+        if "display_name" in changes:
+            user.display_name = changes["display_name"]
+        if "timezone" in changes or "day_start_hour" in changes:
+            user.change_day_settings(changes.get("timezone", user.timezone),
+                                     changes.get("day_start_hour", user.day_start_hour), now)
         if "preferences" in changes:
             user.preferences = merge_preferences(user.preferences, changes["preferences"])
         work.changed_user(user.id)
@@ -214,7 +221,8 @@ def erase_user(user_id: int) -> None:
             .values(user_id=None, note=None, mood_before=None, mood_after=None))
         db.session.execute(update(AuditLog).where(AuditLog.actor_id == user_id)
                            .values(actor_id=None, actor_label="erased user"))
-        for model in (UserSoundPackage, SubscriptionEvent, UserSubscription, UserAnalytics):
+        for model in (UserSoundPackage, PackageAssignment, SubscriptionEvent, UserSubscription,
+                      UserAnalytics):
             db.session.execute(delete(model).where(model.user_id == user_id))
         db.session.execute(delete(User).where(User.id == user_id))
         work.changed_user(user_id)
