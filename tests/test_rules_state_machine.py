@@ -21,7 +21,14 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from rules_model import DaySettings, SessionRow, completion_violations, derive_from_events
+from rules_model import (
+    DAILY_SESSIONS,
+    LEVELS,
+    DaySettings,
+    SessionRow,
+    completion_violations,
+    derive_from_events,
+)
 from rules_model import quota_violations as quota_problems
 from sqlalchemy import select, text
 from sqlalchemy.orm import selectinload
@@ -41,10 +48,10 @@ from sonicus.models import (
 from sonicus.services.analytics import compute_user_analytics
 from sonicus.services.subscriptions import process_due_subscriptions
 
-IDENTITIES = ("ana", "ben", "cleo")
+IDENTITIES = ("ana", "ben")
 TIMEZONES = ("UTC", "Etc/GMT+12", "Etc/GMT-12", "Pacific/Auckland", "America/Los_Angeles")
-START = datetime(2026, 3, 6, 22, 30, tzinfo=UTC)  # US daylight saving starts two days later
-EXAMPLES = int(os.environ.get("RULES_EXAMPLES", "40"))
+START = datetime(2026, 3, 7, 3, 30, tzinfo=UTC)  # a new UTC date, still yesterday out west; US DST soon
+EXAMPLES = int(os.environ.get("RULES_EXAMPLES", "100"))
 STEPS = int(os.environ.get("RULES_STEPS", "30"))
 DERANDOMIZE = not os.environ.get("RULES_RANDOM")  # CI explores the same sequences every run
 
@@ -80,6 +87,7 @@ def build_machine(app, idp, table_names, billing):
             get_caller_cache(app).clear()  # the tables were emptied behind the app's back
             app.extensions.pop("sonicus_memory_cache", None)
             self.webhooks = 0
+            self.assignments = {}  # (user id, level) -> expires_at (None: no end)
             self.people = {name: Identity(name, idp.token(email=f"{name}@example.com"))
                            for name in IDENTITIES}
 
@@ -142,11 +150,54 @@ def build_machine(app, idp, table_names, billing):
               mood=st.none() | st.integers(1, 10))
         def start(self, name, level, mood):
             person = self.person(name)
+            tier, active = self.tier_of(person)
             status, body = self.call("POST", "/api/user/sessions", person.headers,
                                      json={"package_id": self.packages[level],
                                            "mood_before": mood})
             assert status in (201, 403, 429), body
+            if active:
+                opens = level in LEVELS[tier] or self.assigned(person, level)
+                assert (status == 403) == (not opens), (tier, level, status, body)
+                if status == 429:  # refused only when the model's day is really full
+                    used = sum(1 for r in self.rows(person) if r.counts_toward_quota
+                               and person.days.day_of(r.started_at)
+                               == person.days.day_of(self.now))
+                    assert used >= DAILY_SESSIONS[tier], (used, tier)
             return (name, body["data"]["id"]) if status == 201 else (name, None)
+
+        @rule(name=st.sampled_from(IDENTITIES), count=st.integers(2, 4))
+        def starts_in_a_row(self, name, count):
+            """Several starts at once: what a user racing the daily limit does."""
+            for _ in range(count):
+                self.start(name, "public", None)
+
+        @rule(name=st.sampled_from(IDENTITIES), tz=st.sampled_from(TIMEZONES),
+              hour=st.integers(0, 6))
+        def move_and_start(self, name, tz, hour):
+            """A new day setting, then as many starts as a day allows: the quota attack."""
+            self.change_day_settings(name, tz, hour)
+            self.starts_in_a_row(name, 3)
+
+        def tier_of(self, person):
+            with app.app_context():
+                user = db.session.get(User, person.user_id)
+                sub = db.session.execute(select(UserSubscription).where(
+                    UserSubscription.user_id == person.user_id)).scalar_one()
+                found = (sub.tier, user.is_active)
+                db.session.remove()
+            return found
+
+        def assigned(self, person, level):
+            expires = self.assignments.get((person.user_id, level), False)
+            return expires is None or (expires is not False and expires > self.now)
+
+        def rows(self, person) -> list[SessionRow]:
+            with app.app_context():
+                found = [_row(s) for s in db.session.execute(
+                    select(ListeningSession).where(ListeningSession.user_id == person.user_id)
+                ).scalars()]
+                db.session.remove()
+            return found
 
         @rule(session=sessions, claim=st.sampled_from(["honest", "inflated", "tap"]),
               mood=st.none() | st.integers(1, 10), finish=st.booleans())
@@ -268,6 +319,31 @@ def build_machine(app, idp, table_names, billing):
             status, body = self.call("PATCH", f"/api/admin/users/{person.user_id}", admin,
                                      json={"tier": tier})
             assert status == 200, body
+
+        @rule(name=st.sampled_from(IDENTITIES),
+              level=st.sampled_from(["premium", "pro_exclusive"]),
+              days=st.none() | st.integers(1, 40))
+        def admin_assigns(self, name, level, days):
+            person = self.person(name)
+            expires = None if days is None else self.now + timedelta(days=days)
+            payload = {"package_id": self.packages[level]}
+            if expires is not None:
+                payload["expires_at"] = expires.isoformat()
+            status, body = self.call("POST", f"/api/admin/users/{person.user_id}/packages",
+                                     admin, json=payload)
+            assert status in (200, 201), body
+            self.assignments[(person.user_id, level)] = expires
+
+        @rule(name=st.sampled_from(IDENTITIES),
+              level=st.sampled_from(["premium", "pro_exclusive"]))
+        def admin_revokes(self, name, level):
+            person = self.person(name)
+            status, body = self.call(
+                "DELETE", f"/api/admin/users/{person.user_id}/packages/{self.packages[level]}",
+                admin)
+            live = self.assigned(person, level)
+            assert status == (200 if live else 404), (status, body, live)
+            self.assignments.pop((person.user_id, level), None)
 
         @rule(name=st.sampled_from(IDENTITIES), active=st.booleans())
         def admin_suspends(self, name, active):
