@@ -112,6 +112,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "RATELIMIT_PER_USER": _str(env, "RATELIMIT_PER_USER", "120/second;3000/minute"),
         "RATELIMIT_PER_IP": _str(env, "RATELIMIT_PER_IP", "300/second;12000/minute"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
+        # Proxies in front (load balancer, nginx) whose X-Forwarded-For/-Proto are trusted.
+        "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),
         "LOG_LEVEL": (_str(env, "LOG_LEVEL", "INFO") or "INFO").upper(),
     }
 
@@ -125,6 +127,8 @@ def validate_config(config: Mapping) -> None:
         raise ConfigError("BILLING_PROVIDER must be 'sandbox' or 'stripe'")
     if config["TRIAL_DAYS"] < 0:
         raise ConfigError("TRIAL_DAYS must not be negative")
+    if config.get("TRUSTED_PROXY_COUNT", 0) < 0:
+        raise ConfigError("TRUSTED_PROXY_COUNT must not be negative")
     if env != "production":
         return
     problems = []

@@ -17,6 +17,7 @@ from flask.sessions import SessionInterface
 from flask_cors import CORS
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .envelope import ApiError
 from .extensions import api, db
@@ -44,6 +45,11 @@ DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.j
             "https://cdn.jsdelivr.net; connect-src 'self'; frame-ancestors 'none'")
 
 
+# Fields a log record may carry (``extra=``) that become fields of its JSON line.
+LOG_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "user_id", "client",
+              "job_id", "job", "queue")
+
+
 def scrub(text: str) -> str:
     """Remove tokens and email addresses from a log line."""
     text = _BEARER.sub("Bearer [redacted]", text)
@@ -62,7 +68,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": scrub(record.getMessage()),
         }
-        for key in ("request_id", "method", "path", "status", "duration_ms", "user_id"):
+        for key in LOG_FIELDS:
             value = getattr(record, key, None)
             if value is not None:
                 entry[key] = value
@@ -182,6 +188,7 @@ def _finish_request_hook(header_sets):
                 "request", extra={
                     "request_id": g.get("request_id"), "method": request.method,
                     "path": request.path, "status": response.status_code,
+                    "client": request.remote_addr,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2)
                     if started else None,
                     "user_id": g.get("current_user_id")})
@@ -215,8 +222,20 @@ def _install_database_error_handlers(app) -> None:
     app.register_error_handler(DBAPIError, _dbapi_error)
 
 
+def install_proxy_fix(app) -> None:
+    """Behind ``TRUSTED_PROXY_COUNT`` proxies, the client is the address the outermost trusted
+    proxy saw: ``REMOTE_ADDR`` (read by the rate limits and the access log) and the scheme come
+    from their ``X-Forwarded-For``/``-Proto`` entries; entries a client added itself (to the left
+    of those) are ignored. With 0 (the default) the headers are not read at all."""
+    count = app.config.get("TRUSTED_PROXY_COUNT") or 0
+    if count:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=0,
+                                x_port=0, x_prefix=0)
+
+
 def init_web(app) -> None:
     configure_logging(app)
+    install_proxy_fix(app)
     app.json = FastJSONProvider(app)
     app.session_interface = NoCookieSessions()
     _install_cors(app)
