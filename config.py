@@ -98,7 +98,9 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "BILLING_WEBHOOK_SECRET": _str(env, "BILLING_WEBHOOK_SECRET") or None,
         "STRIPE_API_KEY": _str(env, "STRIPE_API_KEY") or None,
         "STRIPE_PRICE_IDS": _list(env, "STRIPE_PRICE_IDS"),
-        "PUBLIC_BASE_URL": _str(env, "PUBLIC_BASE_URL", "http://127.0.0.1:18100"),
+        # No default in production: checkout return URLs and media links must not point here.
+        "PUBLIC_BASE_URL": _str(env, "PUBLIC_BASE_URL") or (
+            None if sonicus_env == "production" else "http://127.0.0.1:18100"),
         "MEDIA_BASE_URL": _str(env, "MEDIA_BASE_URL") or None,
         "MEDIA_URL_SECRET": _str(env, "MEDIA_URL_SECRET") or None,
         "MEDIA_URL_TTL_SECONDS": _int(env, "MEDIA_URL_TTL_SECONDS", 3600),
@@ -146,6 +148,10 @@ def validate_config(config: Mapping) -> None:
     problems.extend(_stripe_problems(config))
     if config.get("DEV_TOKEN_ISSUER"):
         problems.append("DEV_TOKEN_ISSUER cannot be enabled in production")
+    public = config.get("PUBLIC_BASE_URL") or ""
+    if not public.startswith(("https://", "http://")):
+        problems.append("PUBLIC_BASE_URL is required (where the API is reached from outside, "
+                        "e.g. https://api.example.com)")
     if config.get("SECRET_KEY") in (None, "", "dev-only-not-secret"):
         problems.append("SECRET_KEY must be set")
     if config.get("TESTING"):

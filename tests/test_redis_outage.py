@@ -1,9 +1,9 @@
 """Redis stops mid-test and comes back (our own throwaway redis-server, not the shared one).
 
 While it is down the API keeps serving, a finished session still saves and its refresh is
-recorded in the database; /api/ready says 200, degraded: redis. Once it is back, the periodic sweep finds the
-stale rows, a worker refreshes them, and the open socket gets the update (its process's
-subscriber also re-sends current figures after reconnecting): nothing is lost.
+recorded in the database; /api/ready says 200 with degraded: redis. Once it is back, the
+periodic sweep finds the stale rows, a worker refreshes them, and the open socket gets the
+update (its process's subscriber also re-sends current figures after reconnecting): nothing is lost.
 """
 
 from __future__ import annotations
