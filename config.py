@@ -116,6 +116,9 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
         # Proxies in front (load balancer, nginx) whose X-Forwarded-For/-Proto are trusted.
         "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),
+        # Who may read /metrics: callers with this bearer token, or a separate host:port.
+        "METRICS_TOKEN": _str(env, "METRICS_TOKEN") or None,
+        "METRICS_BIND": _str(env, "METRICS_BIND") or None,
         "LOG_LEVEL": (_str(env, "LOG_LEVEL", "INFO") or "INFO").upper(),
     }
 

@@ -2,9 +2,14 @@
 
 gthread: each open WebSocket holds a thread, so threads are plentiful; see the README figures.
 Access logs carry the path only: query strings (a socket's ?access_token=) never reach them.
+Metrics: every worker writes to PROMETHEUS_MULTIPROC_DIR (emptied when the master starts);
+a worker that exits is marked dead so its open-socket gauge stops counting.
 """
 
+import importlib
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get("SONICUS_BIND", "127.0.0.1:18100")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -18,3 +23,27 @@ keepalive = 5
 control_socket_disable = True
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%({x-request-id}o)s"'
+
+# Before anything imports prometheus_client (the app is loaded in each worker, after the fork).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
+                      os.path.join(tempfile.gettempdir(), "sonicus-metrics"))
+
+
+def on_starting(server):
+    # Counts of a previous run would be added to this one's.
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+
+
+def when_ready(server):
+    bind_metrics = os.environ.get("METRICS_BIND")
+    if bind_metrics:
+        # Imported here, not above: the environment must be set before prometheus_client loads.
+        metrics = importlib.import_module("sonicus.metrics")
+        metrics.serve_metrics(bind_metrics, os.environ.get("REDIS_URL"))
+        server.log.info("metrics on http://%s/metrics", bind_metrics)
+
+
+def child_exit(server, worker):
+    importlib.import_module("sonicus.metrics").mark_process_dead(worker.pid)

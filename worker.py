@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from sonicus import create_app
+from sonicus.metrics import serve_metrics
 from sonicus.tasks.worker import run_worker
 
 
@@ -24,6 +25,8 @@ def main(argv=None) -> int:
                         help="do not run the periodic schedule in this worker")
     args = parser.parse_args(argv)
     app = create_app()
+    if app.config.get("METRICS_BIND"):  # this worker's (and its host's) metrics for Prometheus
+        serve_metrics(app.config["METRICS_BIND"], app.config.get("REDIS_URL"))
     return run_worker(app, simple=args.simple, schedule=not args.no_schedule)
 
 

@@ -14,6 +14,7 @@ from .api import register_api
 from .auth import init_auth
 from .cli import sonicus_cli
 from .extensions import api, db, migrate, sock
+from .metrics import init_metrics
 from .ratelimit import init_rate_limits
 from .realtime.routes import register_realtime
 from .services.analytics import analytics_for_user_id
@@ -98,6 +99,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     init_auth(app)
     init_web(app)
     init_rate_limits(app)  # after init_web: its hook starts each request
+    init_metrics(app)
     register_api(app, api)
     register_realtime(app, snapshot=analytics_for_user_id)
     install_log_redaction()
