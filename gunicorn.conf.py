@@ -28,6 +28,14 @@ access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%({x-request
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
                       os.path.join(tempfile.gettempdir(), "sonicus-metrics"))
 
+# One log format: gunicorn's error and access logs and everything the app logs, as JSON lines
+# on stderr (sonicus/logs.py). The app writes one access line per request (with the client
+# behind the proxies, the user and the request id); gunicorn's own access line says less
+# (its client is the proxy) and is off unless SONICUS_GUNICORN_ACCESS_LOG=1.
+logconfig_dict = importlib.import_module("sonicus.logs").gunicorn_logconfig(
+    access=os.environ.get("SONICUS_GUNICORN_ACCESS_LOG", "").lower() in ("1", "true", "yes"),
+    level=os.environ.get("LOG_LEVEL", "INFO").upper())
+
 
 def on_starting(server):
     # Counts of a previous run would be added to this one's.

@@ -48,6 +48,7 @@ from .envelope import ApiError
 from .extensions import get_redis
 
 log = logging.getLogger(__name__)
+job_log = logging.getLogger("sonicus.jobs")
 
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
@@ -118,8 +119,9 @@ def socket_closed() -> None:
 
 
 class JobMetricsMixin:
-    """For RQ workers: each job attempt's outcome and duration, recorded by the worker
-    process itself once the attempt is over (a forked work horse records nothing)."""
+    """For RQ workers: each job attempt's outcome and duration, recorded (and logged, with
+    the request id that enqueued it) by the worker process itself once the attempt is over
+    (a forked work horse records nothing)."""
 
     def execute_job(self, job, queue):
         started = time.perf_counter()
@@ -127,10 +129,17 @@ class JobMetricsMixin:
             return super().execute_job(job, queue)
         finally:
             try:
+                seconds = time.perf_counter() - started
                 status = job.get_status(refresh=True)
                 status = getattr(status, "value", status)
                 outcome = {"finished": "succeeded", "failed": "failed"}.get(status, "retried")
-                record_job(job.func_name, outcome, time.perf_counter() - started)
+                record_job(job.func_name, outcome, seconds)
+                job_log.log(logging.WARNING if outcome == "failed" else logging.INFO,
+                            "job %s", outcome, extra={
+                                "job": job_name(job.func_name or "unknown"), "job_id": job.id,
+                                "queue": queue.name, "outcome": outcome,
+                                "duration_ms": round(seconds * 1000, 2),
+                                "request_id": (job.meta or {}).get("request_id")})
             except Exception as exc:  # metrics never fail a job
                 log.warning("job metrics not recorded: %s", type(exc).__name__)
 

@@ -47,7 +47,7 @@ DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.j
 
 # Fields a log record may carry (``extra=``) that become fields of its JSON line.
 LOG_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "user_id", "client",
-              "job_id", "job", "queue")
+              "job_id", "job", "queue", "outcome")
 
 
 def scrub(text: str) -> str:
@@ -71,7 +71,8 @@ class JsonFormatter(logging.Formatter):
         for key in LOG_FIELDS:
             value = getattr(record, key, None)
             if value is not None:
-                entry[key] = value
+                # a path can carry an email address (``/api/no/such/a@b.example``)
+                entry[key] = scrub(value) if key == "path" else value
         if record.exc_info:
             entry["exception"] = scrub(self.formatException(record.exc_info))
         try:
@@ -83,12 +84,35 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(app) -> None:
+    """JSON lines from the ``sonicus`` loggers. Where the process has configured logging
+    already (gunicorn's ``logconfig_dict``, a worker: ``logs.configure_process_logging``) the
+    lines go to its root handler; otherwise (``flask run``, scripts) to Flask's stream handler."""
     default_handler.setFormatter(JsonFormatter())
     logging.Formatter.converter = time.gmtime
     logger = logging.getLogger("sonicus")
     logger.setLevel(app.config["LOG_LEVEL"])
-    if default_handler not in logger.handlers:
+    root_configured = any(isinstance(h.formatter, JsonFormatter)
+                          for h in logging.getLogger().handlers)
+    if root_configured:
+        if default_handler in logger.handlers:
+            logger.removeHandler(default_handler)
+    elif default_handler not in logger.handlers:
         logger.addHandler(default_handler)
+    if app.config["SONICUS_ENV"] == "development" and not root_configured:
+        # The development server: its own lines in JSON too, minus its per-request line
+        # (the app's access line is the one: each request logged once).
+        werkzeug_log = logging.getLogger("werkzeug")
+        if default_handler not in werkzeug_log.handlers:
+            werkzeug_log.addHandler(default_handler)
+        if not any(isinstance(f, _DropRequestLines) for f in werkzeug_log.filters):
+            werkzeug_log.addFilter(_DropRequestLines())
+
+
+class _DropRequestLines(logging.Filter):
+    """werkzeug's ``"GET /path HTTP/1.1" 200 -`` line (the app logs each request already)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.rstrip().endswith('"%s" %s %s'))
 
 
 class FastJSONProvider(DefaultJSONProvider):

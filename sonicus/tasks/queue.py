@@ -13,6 +13,7 @@ from rq import Queue, Retry
 from rq.job import Job
 
 from ..extensions import get_redis
+from ..logs import job_meta
 from ..metrics import record_enqueued
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def enqueue(func, *args, queue: str = QUEUE_DEFAULT, job_id: str | None = None,
         if retries else None
     try:
         job = q.enqueue(func, args=args, job_id=job_id, retry=retry, job_timeout=timeout,
-                        result_ttl=RESULT_TTL_SECONDS, failure_ttl=FAILURE_TTL_SECONDS)
+                        result_ttl=RESULT_TTL_SECONDS, failure_ttl=FAILURE_TTL_SECONDS,
+                        meta=job_meta())  # the request id, for the job's log lines
         record_enqueued(func, queue)
         return job
     except Exception as exc:
