@@ -9,7 +9,9 @@ a worker that exits is marked dead so its open-socket gauge stops counting.
 import importlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 
 bind = os.environ.get("SONICUS_BIND", "127.0.0.1:18100")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -55,3 +57,24 @@ def when_ready(server):
 
 def child_exit(server, worker):
     importlib.import_module("sonicus.metrics").mark_process_dead(worker.pid)
+
+
+CLOSE_GOING_AWAY = 1001
+
+
+def post_worker_init(worker):
+    """On SIGTERM, close this worker's sockets with 1001 at once (clients reconnect to another
+    process) instead of holding them until the graceful timeout; then gunicorn's own handler
+    stops accepting and lets in-flight requests finish."""
+    stop = signal.getsignal(signal.SIGTERM)
+
+    def close_sockets_then_stop(signum, frame):
+        broker = getattr(worker.wsgi, "extensions", {}).get("sonicus_broker")
+        if broker is not None:
+            # off the signal handler: a close waits for each socket's send lock
+            threading.Thread(target=broker.close_all, name="sonicus-close-sockets", daemon=True,
+                             args=(CLOSE_GOING_AWAY, "server shutting down")).start()
+        if callable(stop):
+            stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, close_sockets_then_stop)
