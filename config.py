@@ -119,6 +119,9 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         # Who may read /metrics: callers with this bearer token, or a separate host:port.
         "METRICS_TOKEN": _str(env, "METRICS_TOKEN") or None,
         "METRICS_BIND": _str(env, "METRICS_BIND") or None,
+        # Optional error reporting (web and workers); events scrubbed like the logs.
+        "SENTRY_DSN": _str(env, "SENTRY_DSN") or None,
+        "SENTRY_RELEASE": _str(env, "SENTRY_RELEASE") or None,
         "LOG_LEVEL": (_str(env, "LOG_LEVEL", "INFO") or "INFO").upper(),
     }
 

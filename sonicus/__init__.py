@@ -13,6 +13,7 @@ from . import models  # noqa: F401  (every table on the metadata)
 from .api import register_api
 from .auth import init_auth
 from .cli import sonicus_cli
+from .errors import init_error_reporting
 from .extensions import api, db, migrate, sock
 from .metrics import init_metrics
 from .ratelimit import init_rate_limits
@@ -89,6 +90,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     _database_settings(app)
     _api_settings(app)
     validate_config(app.config)
+    init_error_reporting(app)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
