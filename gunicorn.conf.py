@@ -6,10 +6,11 @@ Metrics: every worker writes to PROMETHEUS_MULTIPROC_DIR (emptied when the maste
 a worker that exits is marked dead so its open-socket gauge stops counting.
 """
 
+import glob
 import importlib
 import os
-import shutil
 import signal
+import socket
 import tempfile
 import threading
 
@@ -40,10 +41,12 @@ logconfig_dict = importlib.import_module("sonicus.logs").gunicorn_logconfig(
 
 
 def on_starting(server):
-    # Counts of a previous run would be added to this one's.
+    # Counts of this host's previous run would be added to this one's; files of other hosts
+    # (workers sharing the directory in compose) are theirs.
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, f"*_{socket.gethostname()}-*.db")):
+        os.remove(stale)
 
 
 def when_ready(server):
