@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import time
@@ -98,9 +99,10 @@ def configure_logging(app) -> None:
             logger.removeHandler(default_handler)
     elif default_handler not in logger.handlers:
         logger.addHandler(default_handler)
-    if app.config["SONICUS_ENV"] == "development" and not root_configured:
-        # The development server: its own lines in JSON too, minus its per-request line
-        # (the app's access line is the one: each request logged once).
+    if (app.config["SONICUS_ENV"] == "development" and not root_configured
+            and os.environ.get("FLASK_RUN_FROM_CLI") == "true"):
+        # The development server (`flask run`): its own lines in JSON too, minus its
+        # per-request line (the app's access line is the one: each request logged once).
         werkzeug_log = logging.getLogger("werkzeug")
         if default_handler not in werkzeug_log.handlers:
             werkzeug_log.addHandler(default_handler)
