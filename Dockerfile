@@ -8,7 +8,8 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
-RUN useradd --create-home --uid 10001 sonicus && chown -R sonicus /app
+RUN useradd --create-home --uid 10001 sonicus && chown -R sonicus /app \
+    && mkdir -p /tmp/sonicus-metrics && chown sonicus /tmp/sonicus-metrics
 USER sonicus
 
 EXPOSE 18100

@@ -100,7 +100,9 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "STRIPE_PRICE_IDS": _list(env, "STRIPE_PRICE_IDS"),
         # another address for Stripe's API (stripe-mock, a stand-in); honoured everywhere
         "STRIPE_API_BASE": _str(env, "STRIPE_API_BASE") or None,
-        "PUBLIC_BASE_URL": _str(env, "PUBLIC_BASE_URL", "http://127.0.0.1:18100"),
+        # No default in production: checkout return URLs and media links must not point here.
+        "PUBLIC_BASE_URL": _str(env, "PUBLIC_BASE_URL") or (
+            None if sonicus_env == "production" else "http://127.0.0.1:18100"),
         "MEDIA_BASE_URL": _str(env, "MEDIA_BASE_URL") or None,
         "MEDIA_URL_SECRET": _str(env, "MEDIA_URL_SECRET") or None,
         "MEDIA_URL_TTL_SECONDS": _int(env, "MEDIA_URL_TTL_SECONDS", 3600),
@@ -114,6 +116,14 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "RATELIMIT_PER_USER": _str(env, "RATELIMIT_PER_USER", "120/second;3000/minute"),
         "RATELIMIT_PER_IP": _str(env, "RATELIMIT_PER_IP", "300/second;12000/minute"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
+        # Proxies in front (load balancer, nginx) whose X-Forwarded-For/-Proto are trusted.
+        "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),
+        # Who may read /metrics: callers with this bearer token, or a separate host:port.
+        "METRICS_TOKEN": _str(env, "METRICS_TOKEN") or None,
+        "METRICS_BIND": _str(env, "METRICS_BIND") or None,
+        # Optional error reporting (web and workers); events scrubbed like the logs.
+        "SENTRY_DSN": _str(env, "SENTRY_DSN") or None,
+        "SENTRY_RELEASE": _str(env, "SENTRY_RELEASE") or None,
         "LOG_LEVEL": (_str(env, "LOG_LEVEL", "INFO") or "INFO").upper(),
     }
 
@@ -127,6 +137,8 @@ def validate_config(config: Mapping) -> None:
         raise ConfigError("BILLING_PROVIDER must be 'sandbox' or 'stripe'")
     if config["TRIAL_DAYS"] < 0:
         raise ConfigError("TRIAL_DAYS must not be negative")
+    if config.get("TRUSTED_PROXY_COUNT", 0) < 0:
+        raise ConfigError("TRUSTED_PROXY_COUNT must not be negative")
     if env != "production":
         return
     problems = []
@@ -144,6 +156,10 @@ def validate_config(config: Mapping) -> None:
     problems.extend(_stripe_problems(config))
     if config.get("DEV_TOKEN_ISSUER"):
         problems.append("DEV_TOKEN_ISSUER cannot be enabled in production")
+    public = config.get("PUBLIC_BASE_URL") or ""
+    if not public.startswith(("https://", "http://")):
+        problems.append("PUBLIC_BASE_URL is required (where the API is reached from outside, "
+                        "e.g. https://api.example.com)")
     if config.get("SECRET_KEY") in (None, "", "dev-only-not-secret"):
         problems.append("SECRET_KEY must be set")
     if config.get("TESTING"):

@@ -2,9 +2,17 @@
 
 gthread: each open WebSocket holds a thread, so threads are plentiful; see the README figures.
 Access logs carry the path only: query strings (a socket's ?access_token=) never reach them.
+Metrics: every worker writes to PROMETHEUS_MULTIPROC_DIR (emptied when the master starts);
+a worker that exits is marked dead so its open-socket gauge stops counting.
 """
 
+import glob
+import importlib
 import os
+import signal
+import socket
+import tempfile
+import threading
 
 bind = os.environ.get("SONICUS_BIND", "127.0.0.1:18100")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -18,3 +26,58 @@ keepalive = 5
 control_socket_disable = True
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%({x-request-id}o)s"'
+
+# Before anything imports prometheus_client (the app is loaded in each worker, after the fork).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
+                      os.path.join(tempfile.gettempdir(), "sonicus-metrics"))
+
+# One log format: gunicorn's error and access logs and everything the app logs, as JSON lines
+# on stderr (sonicus/logs.py). The app writes one access line per request (with the client
+# behind the proxies, the user and the request id); gunicorn's own access line says less
+# (its client is the proxy) and is off unless SONICUS_GUNICORN_ACCESS_LOG=1.
+logconfig_dict = importlib.import_module("sonicus.logs").gunicorn_logconfig(
+    access=os.environ.get("SONICUS_GUNICORN_ACCESS_LOG", "").lower() in ("1", "true", "yes"),
+    level=os.environ.get("LOG_LEVEL", "INFO").upper())
+
+
+def on_starting(server):
+    # Counts of this host's previous run would be added to this one's; files of other hosts
+    # (workers sharing the directory in compose) are theirs.
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, f"*_{socket.gethostname()}-*.db")):
+        os.remove(stale)
+
+
+def when_ready(server):
+    bind_metrics = os.environ.get("METRICS_BIND")
+    if bind_metrics:
+        # Imported here, not above: the environment must be set before prometheus_client loads.
+        metrics = importlib.import_module("sonicus.metrics")
+        metrics.serve_metrics(bind_metrics, os.environ.get("REDIS_URL"))
+        server.log.info("metrics on http://%s/metrics", bind_metrics)
+
+
+def child_exit(server, worker):
+    importlib.import_module("sonicus.metrics").mark_process_dead(worker.pid)
+
+
+CLOSE_GOING_AWAY = 1001
+
+
+def post_worker_init(worker):
+    """On SIGTERM, close this worker's sockets with 1001 at once (clients reconnect to another
+    process) instead of holding them until the graceful timeout; then gunicorn's own handler
+    stops accepting and lets in-flight requests finish."""
+    stop = signal.getsignal(signal.SIGTERM)
+
+    def close_sockets_then_stop(signum, frame):
+        broker = getattr(worker.wsgi, "extensions", {}).get("sonicus_broker")
+        if broker is not None:
+            # off the signal handler: a close waits for each socket's send lock
+            threading.Thread(target=broker.close_all, name="sonicus-close-sockets", daemon=True,
+                             args=(CLOSE_GOING_AWAY, "server shutting down")).start()
+        if callable(stop):
+            stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, close_sockets_then_stop)

@@ -10,9 +10,12 @@ Any number of workers may run: each periodic job still fires once per period.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from sonicus import create_app
+from sonicus.logs import configure_process_logging
+from sonicus.metrics import serve_metrics
 from sonicus.tasks.worker import run_worker
 
 
@@ -23,7 +26,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-schedule", action="store_true",
                         help="do not run the periodic schedule in this worker")
     args = parser.parse_args(argv)
+    configure_process_logging(os.environ.get("LOG_LEVEL", "INFO").upper())  # JSON lines
     app = create_app()
+    if app.config.get("METRICS_BIND"):  # this worker's (and its host's) metrics for Prometheus
+        serve_metrics(app.config["METRICS_BIND"], app.config.get("REDIS_URL"))
     return run_worker(app, simple=args.simple, schedule=not args.no_schedule)
 
 

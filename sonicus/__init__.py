@@ -15,7 +15,9 @@ from . import models  # noqa: F401  (every table on the metadata)
 from .api import register_api
 from .auth import init_auth
 from .cli import sonicus_cli
+from .errors import init_error_reporting
 from .extensions import api, db, migrate, sock
+from .metrics import init_metrics
 from .ratelimit import init_rate_limits
 from .realtime.routes import register_realtime
 from .services.analytics import analytics_for_user_id
@@ -92,6 +94,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     _database_settings(app)
     _api_settings(app)
     validate_config(app.config)
+    init_error_reporting(app)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
@@ -102,6 +105,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     init_auth(app)
     init_web(app)
     init_rate_limits(app)  # after init_web: its hook starts each request
+    init_metrics(app)
     register_api(app, api)
     register_realtime(app, snapshot=analytics_for_user_id)
     install_log_redaction()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import time
@@ -17,6 +18,7 @@ from flask.sessions import SessionInterface
 from flask_cors import CORS
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .envelope import ApiError
 from .extensions import api, db
@@ -44,6 +46,11 @@ DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.j
             "https://cdn.jsdelivr.net; connect-src 'self'; frame-ancestors 'none'")
 
 
+# Fields a log record may carry (``extra=``) that become fields of its JSON line.
+LOG_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "user_id", "client",
+              "job_id", "job", "queue", "outcome")
+
+
 def scrub(text: str) -> str:
     """Remove tokens and email addresses from a log line."""
     text = _BEARER.sub("Bearer [redacted]", text)
@@ -62,10 +69,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": scrub(record.getMessage()),
         }
-        for key in ("request_id", "method", "path", "status", "duration_ms", "user_id"):
+        for key in LOG_FIELDS:
             value = getattr(record, key, None)
             if value is not None:
-                entry[key] = value
+                # a path can carry an email address (``/api/no/such/a@b.example``)
+                entry[key] = scrub(value) if key == "path" else value
         if record.exc_info:
             entry["exception"] = scrub(self.formatException(record.exc_info))
         try:
@@ -77,12 +85,36 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(app) -> None:
+    """JSON lines from the ``sonicus`` loggers. Where the process has configured logging
+    already (gunicorn's ``logconfig_dict``, a worker: ``logs.configure_process_logging``) the
+    lines go to its root handler; otherwise (``flask run``, scripts) to Flask's stream handler."""
     default_handler.setFormatter(JsonFormatter())
     logging.Formatter.converter = time.gmtime
     logger = logging.getLogger("sonicus")
     logger.setLevel(app.config["LOG_LEVEL"])
-    if default_handler not in logger.handlers:
+    root_configured = any(isinstance(h.formatter, JsonFormatter)
+                          for h in logging.getLogger().handlers)
+    if root_configured:
+        if default_handler in logger.handlers:
+            logger.removeHandler(default_handler)
+    elif default_handler not in logger.handlers:
         logger.addHandler(default_handler)
+    if (app.config["SONICUS_ENV"] == "development" and not root_configured
+            and os.environ.get("FLASK_RUN_FROM_CLI") == "true"):
+        # The development server (`flask run`): its own lines in JSON too, minus its
+        # per-request line (the app's access line is the one: each request logged once).
+        werkzeug_log = logging.getLogger("werkzeug")
+        if default_handler not in werkzeug_log.handlers:
+            werkzeug_log.addHandler(default_handler)
+        if not any(isinstance(f, _DropRequestLines) for f in werkzeug_log.filters):
+            werkzeug_log.addFilter(_DropRequestLines())
+
+
+class _DropRequestLines(logging.Filter):
+    """werkzeug's ``"GET /path HTTP/1.1" 200 -`` line (the app logs each request already)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.rstrip().endswith('"%s" %s %s'))
 
 
 class FastJSONProvider(DefaultJSONProvider):
@@ -182,6 +214,7 @@ def _finish_request_hook(header_sets):
                 "request", extra={
                     "request_id": g.get("request_id"), "method": request.method,
                     "path": request.path, "status": response.status_code,
+                    "client": request.remote_addr,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2)
                     if started else None,
                     "user_id": g.get("current_user_id")})
@@ -215,8 +248,20 @@ def _install_database_error_handlers(app) -> None:
     app.register_error_handler(DBAPIError, _dbapi_error)
 
 
+def install_proxy_fix(app) -> None:
+    """Behind ``TRUSTED_PROXY_COUNT`` proxies, the client is the address the outermost trusted
+    proxy saw: ``REMOTE_ADDR`` (read by the rate limits and the access log) and the scheme come
+    from their ``X-Forwarded-For``/``-Proto`` entries; entries a client added itself (to the left
+    of those) are ignored. With 0 (the default) the headers are not read at all."""
+    count = app.config.get("TRUSTED_PROXY_COUNT") or 0
+    if count:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=0,
+                                x_port=0, x_prefix=0)
+
+
 def init_web(app) -> None:
     configure_logging(app)
+    install_proxy_fix(app)
     app.json = FastJSONProvider(app)
     app.session_interface = NoCookieSessions()
     _install_cors(app)

@@ -337,7 +337,8 @@ def test_production_with_stripe_needs_an_api_key():
     config = load_config({"SONICUS_ENV": "production", "OIDC_ISSUER": "https://id/",
                           "OIDC_AUDIENCE": "a", "SECRET_KEY": "s",
                           "DATABASE_URL": "postgresql://db/x", "BILLING_PROVIDER": "stripe",
-                          "BILLING_WEBHOOK_SECRET": "whsec_1"})
+                          "BILLING_WEBHOOK_SECRET": "whsec_1",
+                          "PUBLIC_BASE_URL": "https://api.example.com"})
     with pytest.raises(ConfigError, match="STRIPE_API_KEY"):
         validate_config(config)
     config["STRIPE_API_KEY"] = "sk_live_1"

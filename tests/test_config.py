@@ -8,7 +8,7 @@ def _production(**env):
             "OIDC_AUDIENCE": "client", "DATABASE_URL": "postgresql://db/sonicus",
             "BILLING_PROVIDER": "stripe", "BILLING_WEBHOOK_SECRET": "whsec",
             "STRIPE_API_KEY": "sk_live_x", "STRIPE_PRICE_IDS": "premium=price_p,pro=price_x",
-            "SECRET_KEY": "s3cret"}
+            "SECRET_KEY": "s3cret", "PUBLIC_BASE_URL": "https://api.example.com"}
     base.update(env)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -24,6 +24,9 @@ def test_safe_production_settings_pass():
     ({"DATABASE_URL": "sqlite:///x.db"}, "PostgreSQL"),
     ({"BILLING_PROVIDER": "sandbox"}, "sandbox"),
     ({"DEV_TOKEN_ISSUER": "true"}, "DEV_TOKEN_ISSUER"),
+    ({"PUBLIC_BASE_URL": None}, "PUBLIC_BASE_URL"),
+    ({"PUBLIC_BASE_URL": "api.example.com"}, "PUBLIC_BASE_URL"),
+    ({"SECRET_KEY": None}, "SECRET_KEY"),
 ])
 def test_production_refuses_unsafe_settings(override, words):
     with pytest.raises(ConfigError) as exc:

@@ -8,18 +8,21 @@ def test_health_is_public_and_enveloped(client):
 def test_ready_reports_database_and_redis(client):
     res = client.get("/api/ready")
     assert res.status_code == 200
-    assert res.json["data"] == {"status": "ok", "database": "ok", "redis": "ok"}
+    assert res.json["data"] == {"status": "ok", "database": "ok", "redis": "ok",
+                                "degraded": []}
 
 
-def test_ready_is_503_when_redis_is_unreachable(make_config):
+def test_redis_down_only_degrades_readiness(make_config):
+    """A Redis blip must not take every pod out of rotation: the API keeps serving."""
     from sonicus import create_app
 
     app = create_app(make_config(REDIS_URL="redis://127.0.0.1:1/0"))
     res = app.test_client().get("/api/ready")
-    assert res.status_code == 503
-    assert res.json["success"] is False
-    assert res.json["code"] == "service_unavailable"
-    assert "redis: unreachable" in res.json["errors"]
+    assert res.status_code == 200
+    assert res.json["success"] is True
+    assert res.json["data"]["degraded"] == ["redis"]
+    assert res.json["data"]["redis"] == "unreachable"
+    assert res.json["data"]["database"] == "ok"
 
 
 def test_ready_is_503_when_database_is_unreachable(make_config):
@@ -28,6 +31,7 @@ def test_ready_is_503_when_database_is_unreachable(make_config):
     app = create_app(make_config(DATABASE_URL="postgresql://postgres@127.0.0.1:1/test"))
     res = app.test_client().get("/api/ready")
     assert res.status_code == 503
+    assert res.json["code"] == "service_unavailable"
     assert "database: unreachable" in res.json["errors"]
 
 

@@ -50,7 +50,8 @@ from sonicus.services.subscriptions import process_due_subscriptions
 
 IDENTITIES = ("ana", "ben")
 TIMEZONES = ("UTC", "Etc/GMT+12", "Etc/GMT-12", "Pacific/Auckland", "America/Los_Angeles")
-START = datetime(2026, 3, 7, 3, 30, tzinfo=UTC)  # a new UTC date, still yesterday out west; US DST soon
+# A new UTC date while it is still yesterday out west; US daylight saving starts a day later.
+START = datetime(2026, 3, 7, 3, 30, tzinfo=UTC)
 EXAMPLES = int(os.environ.get("RULES_EXAMPLES", "100"))
 STEPS = int(os.environ.get("RULES_STEPS", "30"))
 DERANDOMIZE = not os.environ.get("RULES_RANDOM")  # CI explores the same sequences every run

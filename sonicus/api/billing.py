@@ -10,6 +10,7 @@ from flask.views import MethodView
 
 from ..billing import WebhookRejected, notice_from_webhook, read_portal_token, sandbox_enabled
 from ..envelope import ApiError, Blueprint, not_found
+from ..metrics import record_webhook
 from ..schemas.subscription import SandboxConfirmResultSchema, WebhookResultSchema
 from ..services import subscriptions
 
@@ -37,9 +38,12 @@ class Webhook(MethodView):
             event, notice = notice_from_webhook(request.get_data(cache=False),
                                                 request.headers.get("Stripe-Signature"))
         except WebhookRejected as exc:
+            record_webhook("rejected")
             raise ApiError(400, "invalid_signature", str(exc)) from exc
-        return subscriptions.handle_billing_event(current_app.config["BILLING_PROVIDER"],
-                                                  event, notice)
+        result = subscriptions.handle_billing_event(current_app.config["BILLING_PROVIDER"],
+                                                    event, notice)
+        record_webhook(result.get("outcome") if isinstance(result, dict) else None)
+        return result
 
 
 @blp.route("/sandbox/<string:reference>/confirm")

@@ -22,6 +22,8 @@ class ReadySchema(ma.Schema):
     status = ma.fields.String(required=True)
     database = ma.fields.String(required=True)
     redis = ma.fields.String(required=True)
+    degraded = ma.fields.List(ma.fields.String(), metadata={
+        "description": "Dependencies that are down while the API keeps serving (`redis`)."})
 
 
 @blp.route("/health")
@@ -57,14 +59,18 @@ def check_redis() -> str:
 @blp.route("/ready")
 class Ready(MethodView):
     @blp.response(200, ReadySchema)
-    @blp.errors((503, "`service_unavailable`: a dependency is unreachable."))
+    @blp.errors((503, "`service_unavailable`: the database is unreachable."))
     def get(self):
-        """Readiness: the database and Redis (when configured) are reachable."""
-        result = {"status": "ok", "database": check_database(), "redis": check_redis()}
-        if "unreachable" in (result["database"], result["redis"]):
-            raise ApiError(503, "service_unavailable", "A dependency is unreachable.",
-                           errors=[f"{k}: unreachable" for k in ("database", "redis")
-                                   if result[k] == "unreachable"])
+        """Readiness: 503 only when the database is unreachable. Redis down answers 200 with
+        `degraded: ["redis"]`: the API keeps serving without it (jobs wait, caches miss)."""
+        result = {"status": "ok", "database": check_database(), "redis": check_redis(),
+                  "degraded": []}
+        if result["database"] == "unreachable":
+            raise ApiError(503, "service_unavailable", "The database is unreachable.",
+                           errors=["database: unreachable"], headers={"Retry-After": "2"})
+        if result["redis"] == "unreachable":
+            result["status"] = "degraded"
+            result["degraded"].append("redis")
         return result
 
 

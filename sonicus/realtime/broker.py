@@ -120,6 +120,16 @@ class Broker:
             conn.close(code, reason)
         return len(conns)
 
+    def close_all(self, code: int, reason: str) -> int:
+        """Close every socket this process holds (a shutdown: 1001, clients reconnect
+        elsewhere). Returns how many were closed."""
+        with self._lock:
+            conns = [conn for user_conns in self._sockets.values() for conn in user_conns]
+            self._sockets.clear()
+        for conn in conns:
+            conn.close(code, reason)
+        return len(conns)
+
     # ---- the one subscriber per process ----------------------------------------------------
     def _ensure_listener(self) -> None:
         if not self.redis_url:

@@ -23,6 +23,7 @@ from flask import Blueprint, current_app, g, request
 from ..auth import caller_from_token
 from ..envelope import ApiError
 from ..extensions import db, sock
+from ..metrics import socket_closed, socket_opened
 from .broker import Connection, get_broker, init_broker
 from .publish import CLOSE_FORBIDDEN
 
@@ -105,6 +106,7 @@ def analytics_socket(ws):
                     broker.local_socket_count())
         ws.close(reason=CLOSE_TRY_AGAIN_LATER, message="too many sockets; try again later")
         return
+    socket_opened()
     try:
         broker.wait_ready(SUBSCRIBE_WAIT_SECONDS)
         data = broker.snapshot(user.id) or {}
@@ -115,6 +117,7 @@ def analytics_socket(ws):
             # The client has nothing to say; reading notices the close (and answers pings).
             ws.receive(timeout=None)
     finally:
+        socket_closed()
         conn.closed = True
         broker.unregister(conn)
         db.session.remove()

@@ -13,6 +13,8 @@ from rq import Queue, Retry
 from rq.job import Job
 
 from ..extensions import get_redis
+from ..logs import job_meta
+from ..metrics import record_enqueued
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,11 @@ def enqueue(func, *args, queue: str = QUEUE_DEFAULT, job_id: str | None = None,
     retry = Retry(max=retries, interval=list(DEFAULT_RETRY_INTERVALS[:retries]) or [1]) \
         if retries else None
     try:
-        return q.enqueue(func, args=args, job_id=job_id, retry=retry, job_timeout=timeout,
-                         result_ttl=RESULT_TTL_SECONDS, failure_ttl=FAILURE_TTL_SECONDS)
+        job = q.enqueue(func, args=args, job_id=job_id, retry=retry, job_timeout=timeout,
+                        result_ttl=RESULT_TTL_SECONDS, failure_ttl=FAILURE_TTL_SECONDS,
+                        meta=job_meta())  # the request id, for the job's log lines
+        record_enqueued(func, queue)
+        return job
     except Exception as exc:
         if not best_effort:
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rq import SimpleWorker, Worker
 
 from ..extensions import db, get_redis
+from ..metrics import JobMetricsMixin
 from .queue import QUEUES
 from .schedule import start_scheduler_thread
 
@@ -20,7 +21,7 @@ class _AppContextMixin:
                 db.session.remove()
 
 
-class AppWorker(_AppContextMixin, Worker):
+class AppWorker(JobMetricsMixin, _AppContextMixin, Worker):
     """Forks a work horse per job; the horse drops inherited database connections."""
 
     def perform_job(self, job, queue):
@@ -29,7 +30,7 @@ class AppWorker(_AppContextMixin, Worker):
         return super().perform_job(job, queue)
 
 
-class AppSimpleWorker(_AppContextMixin, SimpleWorker):
+class AppSimpleWorker(JobMetricsMixin, _AppContextMixin, SimpleWorker):
     """Runs jobs in its own process (tests, benchmarks)."""
 
 
