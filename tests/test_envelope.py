@@ -104,3 +104,31 @@ def test_docs_ui_is_served(client):
     res = client.get("/api/docs")
     assert res.status_code == 200
     assert b"swagger" in res.data.lower()
+
+
+def test_every_failure_carries_a_non_empty_errors_list(client, auth, admin_auth, make_package):
+    """401, 403, 404, 405, 409, 422 and 429 alike: ``errors`` lists at least the message."""
+    headers = auth("errors@example.com")
+    locked = make_package("locked-one", minimum_tier="pro_exclusive").id
+    public = make_package("open-one").id
+    for _ in range(3):
+        assert client.post("/api/user/sessions", json={"package_id": public},
+                           headers=headers).status_code == 201
+    answers = {
+        401: client.get("/api/user/profile"),
+        403: client.get("/api/admin/users", headers=headers),
+        404: client.get("/api/user/sessions/999999", headers=headers),
+        405: client.patch("/api/tiers"),
+        409: client.delete("/api/user/subscription", headers=headers),
+        422: client.put("/api/user/profile", json={"timezone": "Mars/Olympus"},
+                        headers=headers),
+        429: client.post("/api/user/sessions", json={"package_id": public}, headers=headers),
+    }
+    answers[403.1] = client.post("/api/user/sessions", json={"package_id": locked},
+                                 headers=headers)
+    for status, res in answers.items():
+        body = res.get_json()
+        assert res.status_code == int(status), (status, body)
+        assert body["success"] is False and body["code"]
+        assert isinstance(body["errors"], list) and body["errors"], (status, body)
+        assert all(isinstance(e, str) and e for e in body["errors"])
