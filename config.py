@@ -81,6 +81,10 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "INSTANCE_PATH": _str(env, "SONICUS_INSTANCE_PATH") or None,
         "DATABASE_URL": normalise_database_url(database_url) if database_url else None,
         "REDIS_URL": _str(env, "REDIS_URL") or None,
+        # A Redis call waits at most this long; after a failure every Redis use of the
+        # process (cache, enqueue, rate limits, publishing) is skipped for RETRY seconds.
+        "REDIS_SOCKET_TIMEOUT_SECONDS": _float(env, "REDIS_SOCKET_TIMEOUT_SECONDS", 2.0),
+        "REDIS_RETRY_SECONDS": _float(env, "REDIS_RETRY_SECONDS", 5.0),
         # Pub/sub channels are namespaced (default: from the Redis URL's db number).
         "REDIS_CHANNEL_PREFIX": _str(env, "REDIS_CHANNEL_PREFIX") or None,
         "OIDC_ISSUER": _str(env, "OIDC_ISSUER") or None,

@@ -27,8 +27,8 @@ def test_api_survives_redis_outage_and_catches_up(own_redis, token_for, make_con
     from sonicus.tasks.schedule import start_scheduler_thread
     from sonicus.tasks.worker import make_worker
 
-    app = create_app(make_config(REDIS_URL=own_redis.url,
-                                 ANALYTICS_STALE_GRACE_SECONDS=0))
+    app = create_app(make_config(REDIS_URL=own_redis.url, ANALYTICS_STALE_GRACE_SECONDS=0,
+                                 REDIS_RETRY_SECONDS=0.2))
     client = app.test_client()
     token = token_for("outage@example.com")
     headers = {"Authorization": f"Bearer {token}"}
