@@ -18,3 +18,11 @@ keepalive = 5
 control_socket_disable = True
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%({x-request-id}o)s"'
+
+
+def post_worker_init(worker):
+    """Each web process subscribes to live updates and caller invalidations from its start
+    (after the fork: the subscriber thread belongs to this process)."""
+    broker = getattr(worker.wsgi, "extensions", {}).get("sonicus_broker")
+    if broker is not None:
+        broker.start()

@@ -23,7 +23,7 @@ from ..models import (
 from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_preferences
 from .analytics import invalidate_user_analytics
 from .subscriptions import lock_or_create_subscription
-from .transaction import unit_of_work
+from .transaction import account_gone, unit_of_work
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,8 @@ def export_user_data(user_id: int) -> UserExport:
 def erase_user(user_id: int) -> None:
     """Erase the account and personal data; listening sessions are kept anonymised."""
     with unit_of_work() as work:
+        if db.session.get(User, user_id) is None:
+            raise account_gone()  # erased already (a second request, or another process)
         db.session.execute(
             update(ListeningSession).where(ListeningSession.user_id == user_id)
             .values(user_id=None, note=None, mood_before=None, mood_after=None))
