@@ -17,7 +17,7 @@ from .extensions import api, db, migrate, sock
 from .ratelimit import init_rate_limits
 from .realtime.routes import register_realtime
 from .services.analytics import analytics_for_user_id
-from .web import init_web, install_log_redaction
+from .web import ApiRequest, IdConverter, init_web, install_log_redaction
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -57,10 +57,14 @@ def _api_settings(app: Flask) -> None:
 
 
 class Sonicus(Flask):
-    """Flask, remembering which handlers are coroutines instead of asking per request."""
+    """Flask, remembering which handlers are coroutines instead of asking per request; with
+    the API's request class and ``<int:...>`` converter (``web.py``)."""
+
+    request_class = ApiRequest
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.url_map.converters["int"] = IdConverter
         self._is_sync: dict = {}
 
     def ensure_sync(self, func):
