@@ -26,7 +26,9 @@ from .models.base import Base
 
 log = logging.getLogger(__name__)
 
-db = SQLAlchemy(model_class=Base)
+# A write's answer is built from what its transaction loaded (``services.transaction``):
+# objects keep their state after the commit instead of being re-read from the database.
+db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 migrate = Migrate()
 api = Api()
 sock = Sock()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from flask import current_app
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import joinedload, selectinload
 
 from ..envelope import ApiError, not_found
 from ..extensions import db
@@ -112,8 +112,8 @@ def _apply_claims(user: User, view: dict, role: str) -> None:
 
 def _lock_user(user_id: int) -> User:
     user = db.session.execute(
-        select(User).where(User.id == user_id).execution_options(populate_existing=True)
-        .with_for_update()).scalar_one_or_none()
+        select(User).where(User.id == user_id).options(selectinload(User.subscription))
+        .execution_options(populate_existing=True).with_for_update()).scalar_one_or_none()
     if user is None:
         not_found("User")
     return user
