@@ -111,6 +111,11 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         # A refresh still marked stale after this long is re-enqueued by the periodic sweep.
         "ANALYTICS_STALE_GRACE_SECONDS": _int(env, "ANALYTICS_STALE_GRACE_SECONDS", 30),
         "STATS_CACHE_TTL_SECONDS": _int(env, "STATS_CACHE_TTL_SECONDS", 300),
+        # Workers: a running job's registration is renewed every HEARTBEAT seconds and, left
+        # unrenewed for ABANDONED seconds (its worker died), retried by another worker.
+        "WORKER_HEARTBEAT_SECONDS": _int(env, "WORKER_HEARTBEAT_SECONDS", 10),
+        "WORKER_ABANDONED_JOB_SECONDS": _int(env, "WORKER_ABANDONED_JOB_SECONDS", 30),
+        "WORKER_RECONNECT_MAX_SECONDS": _float(env, "WORKER_RECONNECT_MAX_SECONDS", 10.0),
         "WS_MAX_SOCKETS_PER_PROCESS": _int(env, "WS_MAX_SOCKETS_PER_PROCESS", 192),
         "RATELIMIT_ENABLED": _bool(env, "RATELIMIT_ENABLED", True),
         "RATELIMIT_PER_USER": _str(env, "RATELIMIT_PER_USER", "120/second;3000/minute"),
@@ -129,6 +134,9 @@ def validate_config(config: Mapping) -> None:
         raise ConfigError("BILLING_PROVIDER must be 'sandbox' or 'stripe'")
     if config["TRIAL_DAYS"] < 0:
         raise ConfigError("TRIAL_DAYS must not be negative")
+    if not 0 < config["WORKER_HEARTBEAT_SECONDS"] < config["WORKER_ABANDONED_JOB_SECONDS"]:
+        raise ConfigError("WORKER_HEARTBEAT_SECONDS must be positive and below "
+                          "WORKER_ABANDONED_JOB_SECONDS")
     if env != "production":
         return
     problems = []
