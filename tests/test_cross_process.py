@@ -132,3 +132,54 @@ def test_an_erasure_is_seen_by_the_other_web_process_at_once(
     # the token still signs in: a fresh account, never the erased one
     profile = _get(a, "/api/user/profile", headers).json()["data"]
     assert profile["id"] != user_id and profile["tier"] == "starter"
+
+
+def test_requests_racing_an_erasure_never_answer_500(
+        two_web_processes, make_user, make_package, make_session, auth):
+    """Requests of every kind on both processes while the account is erased on one of them:
+    4xx for what names the gone account, never a 5xx."""
+    import threading
+    import time
+
+    user_id = make_user("racing@example.com", tier="premium").id
+    package = make_package("rain")
+    sessions = [make_session(user_id, package, started_at=clock.now(), status="open",
+                             minutes=0).id for _ in range(4)]
+    headers = auth("racing@example.com")
+    calls = [
+        ("post", f"/api/user/packages/{package.id}", None),
+        ("post", "/api/user/sessions", {"package_id": package.id}),
+        ("patch", f"/api/user/sessions/{sessions[0]}", {"listened_seconds": 5}),
+        ("post", f"/api/user/sessions/{sessions[1]}/complete",
+         {"listened_seconds": 5, "completed": False}),
+        ("put", "/api/user/profile", {"display_name": "Racer"}),
+        ("post", "/api/user/subscription", {"tier": "starter"}),
+        ("post", "/api/user/analytics/refresh", None),
+        ("get", "/api/user/dashboard", None),
+    ]
+    statuses, stop = [], threading.Event()
+
+    def hammer(index):
+        with requests.Session() as http:
+            n = index
+            while not stop.is_set():
+                method, path, body = calls[n % len(calls)]
+                server = two_web_processes[n % 2]
+                res = getattr(http, method)(server.http_url(path), json=body, headers=headers,
+                                            timeout=10)
+                statuses.append((res.status_code, method, path, res.text[:200]))
+                n += 1
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    res = requests.delete(two_web_processes[1].http_url("/api/user/profile"), headers=headers,
+                          timeout=10)
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(15)
+    assert res.status_code in (200, 404)
+    assert len(statuses) > 50
+    assert [s for s in statuses if s[0] >= 500] == []

@@ -59,6 +59,11 @@ def requeue_abandoned_jobs(queue) -> list[str]:
             job = Job.fetch(registry.parse_job_id(entry), connection=connection)
         except NoSuchJobError:
             continue
+        except redis.exceptions.RedisError:
+            raise
+        except Exception as exc:  # a job that cannot be read back: never requeued
+            log.error("abandoned job %r could not be read: %s", entry, type(exc).__name__)
+            continue
         if job.get_status() in _DONE:
             continue
         abandoned = int(job.meta.get("sonicus_abandoned", 0)) + 1
