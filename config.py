@@ -81,6 +81,10 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "INSTANCE_PATH": _str(env, "SONICUS_INSTANCE_PATH") or None,
         "DATABASE_URL": normalise_database_url(database_url) if database_url else None,
         "REDIS_URL": _str(env, "REDIS_URL") or None,
+        # A Redis call waits at most this long; after a failure every Redis use of the
+        # process (cache, enqueue, rate limits, publishing) is skipped for RETRY seconds.
+        "REDIS_SOCKET_TIMEOUT_SECONDS": _float(env, "REDIS_SOCKET_TIMEOUT_SECONDS", 2.0),
+        "REDIS_RETRY_SECONDS": _float(env, "REDIS_RETRY_SECONDS", 5.0),
         # Pub/sub channels are namespaced (default: from the Redis URL's db number).
         "REDIS_CHANNEL_PREFIX": _str(env, "REDIS_CHANNEL_PREFIX") or None,
         "OIDC_ISSUER": _str(env, "OIDC_ISSUER") or None,
@@ -111,6 +115,11 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         # A refresh still marked stale after this long is re-enqueued by the periodic sweep.
         "ANALYTICS_STALE_GRACE_SECONDS": _int(env, "ANALYTICS_STALE_GRACE_SECONDS", 30),
         "STATS_CACHE_TTL_SECONDS": _int(env, "STATS_CACHE_TTL_SECONDS", 300),
+        # Workers: a running job's registration is renewed every HEARTBEAT seconds and, left
+        # unrenewed for ABANDONED seconds (its worker died), retried by another worker.
+        "WORKER_HEARTBEAT_SECONDS": _int(env, "WORKER_HEARTBEAT_SECONDS", 10),
+        "WORKER_ABANDONED_JOB_SECONDS": _int(env, "WORKER_ABANDONED_JOB_SECONDS", 30),
+        "WORKER_RECONNECT_MAX_SECONDS": _float(env, "WORKER_RECONNECT_MAX_SECONDS", 10.0),
         "WS_MAX_SOCKETS_PER_PROCESS": _int(env, "WS_MAX_SOCKETS_PER_PROCESS", 192),
         "RATELIMIT_ENABLED": _bool(env, "RATELIMIT_ENABLED", True),
         "RATELIMIT_PER_USER": _str(env, "RATELIMIT_PER_USER", "120/second;3000/minute"),
@@ -139,6 +148,9 @@ def validate_config(config: Mapping) -> None:
         raise ConfigError("TRIAL_DAYS must not be negative")
     if config.get("TRUSTED_PROXY_COUNT", 0) < 0:
         raise ConfigError("TRUSTED_PROXY_COUNT must not be negative")
+    if not 0 < config["WORKER_HEARTBEAT_SECONDS"] < config["WORKER_ABANDONED_JOB_SECONDS"]:
+        raise ConfigError("WORKER_HEARTBEAT_SECONDS must be positive and below "
+                          "WORKER_ABANDONED_JOB_SECONDS")
     if env != "production":
         return
     problems = []

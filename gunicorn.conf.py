@@ -66,9 +66,14 @@ CLOSE_GOING_AWAY = 1001
 
 
 def post_worker_init(worker):
-    """On SIGTERM, close this worker's sockets with 1001 at once (clients reconnect to another
-    process) instead of holding them until the graceful timeout; then gunicorn's own handler
-    stops accepting and lets in-flight requests finish."""
+    """Each web process subscribes to live updates and caller invalidations from its start
+    (after the fork: the subscriber thread belongs to this process). On SIGTERM, it closes its
+    sockets with 1001 at once (clients reconnect to another process) instead of holding them
+    until the graceful timeout; then gunicorn's own handler stops accepting and lets in-flight
+    requests finish."""
+    broker = getattr(worker.wsgi, "extensions", {}).get("sonicus_broker")
+    if broker is not None:
+        broker.start()
     stop = signal.getsignal(signal.SIGTERM)
 
     def close_sockets_then_stop(signum, frame):

@@ -21,7 +21,7 @@ from .metrics import init_metrics
 from .ratelimit import init_rate_limits
 from .realtime.routes import register_realtime
 from .services.analytics import analytics_for_user_id
-from .web import init_web, install_log_redaction
+from .web import ApiRequest, IdConverter, init_web, install_log_redaction
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -63,10 +63,14 @@ def _api_settings(app: Flask) -> None:
 
 
 class Sonicus(Flask):
-    """Flask, remembering which handlers are coroutines instead of asking per request."""
+    """Flask, remembering which handlers are coroutines instead of asking per request; with
+    the API's request class and ``<int:...>`` converter (``web.py``)."""
+
+    request_class = ApiRequest
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.url_map.converters["int"] = IdConverter
         self._is_sync: dict = {}
 
     def ensure_sync(self, func):

@@ -39,9 +39,11 @@ from .models.subscription import ACTIVE, Onboarding
 from .models.user import ROLE_ADMIN
 from .services.users import sync_user_from_claims
 from .tiers import STARTER
+from .validation import is_hostile_text
 
 log = logging.getLogger(__name__)
 
+MAX_SUBJECT_LENGTH = 255  # users.oidc_sub
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                       "ES256", "ES384", "ES512", "EdDSA")
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
@@ -161,8 +163,7 @@ class TokenVerifier:
             registry.validate(claims)
         except JoseError as exc:
             raise TokenRejected(f"Token claims are not valid ({exc.error}).") from exc
-        if not isinstance(claims.get("sub"), str):
-            raise TokenRejected("Token subject is not valid.")
+        _check_identity_claims(claims)
         return claims
 
     def verify(self, token: str) -> dict:
@@ -188,6 +189,19 @@ class TokenVerifier:
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return claims, digest
+
+
+def _check_identity_claims(claims: dict) -> None:
+    """The claims stored on the user: a subject of 1..255 characters, and no NUL or unpaired
+    surrogate in it, the email or the names (an invalid token, never a failed write)."""
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_LENGTH \
+            or is_hostile_text(subject):
+        raise TokenRejected("Token subject is not valid.")
+    for name in ("email", "name", "preferred_username"):
+        value = claims.get(name)
+        if isinstance(value, str) and is_hostile_text(value):
+            raise TokenRejected(f"Token claim {name!r} is not valid.")
 
 
 def _unverified_header(token: str) -> dict:

@@ -1,20 +1,20 @@
 """A small JSON cache: Redis when REDIS_URL is set, process memory otherwise.
 
-Cache failures never fail a request: a Redis error reads as a miss and a write is dropped.
+Cache failures never fail a request: a Redis error reads as a miss and a write is dropped;
+a Redis that is down or hung is skipped for a while (the process's one back-off,
+``extensions.RedisGate``), so it costs one timeout every few seconds, not one per call.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 
 from flask import current_app
 
-from .extensions import get_redis
+from .extensions import get_redis, guarded_redis_call
 
-log = logging.getLogger(__name__)
 PREFIX = "sonicus:cache:"
 
 
@@ -48,33 +48,23 @@ def _memory() -> MemoryCache:
 
 
 def cache_get(key: str):
-    client = get_redis()
-    try:
-        raw = client.get(PREFIX + key) if client is not None else _memory().get(key)
-    except Exception as exc:
-        log.warning("cache read failed: %s", type(exc).__name__)
-        return None
+    if get_redis() is None:
+        raw = _memory().get(key)
+    else:
+        raw = guarded_redis_call("cache read", lambda client: client.get(PREFIX + key))
     return None if raw is None else json.loads(raw)
 
 
 def cache_set(key: str, value, ttl: int) -> None:
     raw = json.dumps(value, separators=(",", ":"), default=str)
-    client = get_redis()
-    try:
-        if client is not None:
-            client.set(PREFIX + key, raw, ex=ttl)
-        else:
-            _memory().set(key, raw, ttl)
-    except Exception as exc:
-        log.warning("cache write failed: %s", type(exc).__name__)
+    if get_redis() is None:
+        _memory().set(key, raw, ttl)
+    else:
+        guarded_redis_call("cache write", lambda client: client.set(PREFIX + key, raw, ex=ttl))
 
 
 def cache_delete(key: str) -> None:
-    client = get_redis()
-    try:
-        if client is not None:
-            client.delete(PREFIX + key)
-        else:
-            _memory().delete(key)
-    except Exception as exc:
-        log.warning("cache delete failed: %s", type(exc).__name__)
+    if get_redis() is None:
+        _memory().delete(key)
+    else:
+        guarded_redis_call("cache delete", lambda client: client.delete(PREFIX + key))

@@ -6,26 +6,41 @@ next ``AUTH_USER_CACHE_SECONDS`` (default 2) the same token is answered from her
 database session.
 
 Freshness is explicit: a service that changes a user or a subscription names the user in its
-unit of work (``services.transaction``), which calls ``forget_user`` after the commit. That is
-the one place a caller is invalidated. Every rule that enforces a limit or money re-reads and
-locks its rows; a cached caller only serves reads.
+unit of work (``services.transaction``), which calls ``forget_users`` after the commit. That is
+the one place a caller is invalidated, in every process: ``forget_users`` forgets the users
+here and publishes them on the app's ``callers`` channel (Redis), which every web process's
+listener (``realtime.broker``) hears and forgets too. With Redis, a process caches callers
+only while that listener is subscribed (``feed_restored`` / ``feed_lost``): a process that
+could miss another's invalidation keeps nothing. Every rule that enforces a limit or money
+re-reads and locks its rows; a cached caller only serves reads.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 from flask import current_app
 
+from .extensions import channel_prefix, get_redis, guarded_redis_call
+
 EXTENSION_KEY = "sonicus_caller_cache"
+
+
+def callers_channel(config) -> str:
+    """The pub/sub channel of caller invalidations: ``{"forget": [user ids]}``."""
+    return channel_prefix(config) + "callers"
 
 
 class CallerCache:
     """Callers (any object with an ``id``) by token digest, each kept for ``ttl`` seconds."""
 
-    def __init__(self, ttl_seconds: float, max_entries: int = 20000):
+    def __init__(self, ttl_seconds: float, max_entries: int = 20000, *,
+                 needs_feed: bool = False):
         self.ttl = ttl_seconds
+        # With other processes (Redis), keep callers only while their invalidations arrive.
+        self._feed_live = not needs_feed
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, object]] = {}
         self._by_user: dict[int, set[str]] = {}
@@ -38,10 +53,27 @@ class CallerCache:
 
     @property
     def enabled(self) -> bool:
-        return self.ttl > 0
+        return self.ttl > 0 and self._feed_live
+
+    @property
+    def feed_live(self) -> bool:
+        return self._feed_live
+
+    def feed_restored(self) -> None:
+        """Other processes' invalidations arrive (again): start caching afresh (anything
+        published while they did not arrive was missed)."""
+        self.clear()
+        self._feed_live = True
+
+    def feed_lost(self) -> None:
+        """Other processes' invalidations may be missed: keep nothing until restored."""
+        self._feed_live = False
+        self.clear()
 
     def get(self, digest: str):
         """The caller for this token, if it is fresh; else None."""
+        if not self._feed_live:
+            return None
         entry = self._entries.get(digest)
         if entry is None:
             return None
@@ -62,7 +94,8 @@ class CallerCache:
         if not self.enabled:
             return
         with self._lock:
-            if read_since < self._floor or self._forgotten_at.get(caller.id, -1) > read_since:
+            if not self._feed_live or read_since < self._floor \
+                    or self._forgotten_at.get(caller.id, -1) > read_since:
                 return
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
@@ -99,7 +132,8 @@ class CallerCache:
 
 
 def init_caller_cache(app) -> CallerCache:
-    cache = CallerCache(app.config["AUTH_USER_CACHE_SECONDS"])
+    cache = CallerCache(app.config["AUTH_USER_CACHE_SECONDS"],
+                        needs_feed=bool(app.config.get("REDIS_URL")))
     app.extensions[EXTENSION_KEY] = cache
     return cache
 
@@ -109,8 +143,16 @@ def get_caller_cache(app=None) -> CallerCache:
 
 
 def forget_users(user_ids) -> None:
-    """Drop these users' cached callers (after a committed change to them)."""
-    user_ids = [user_id for user_id in user_ids if user_id is not None]
-    cache = current_app.extensions.get(EXTENSION_KEY)
-    if user_ids and cache is not None:
+    """Drop these users' cached callers (after a committed change to them), here and, through
+    the ``callers`` channel, in every other process."""
+    user_ids = sorted({user_id for user_id in user_ids if user_id is not None})
+    if not user_ids:
+        return
+    app = current_app
+    cache = app.extensions.get(EXTENSION_KEY)
+    if cache is not None:
         cache.forget(user_ids)
+    if get_redis() is not None:
+        channel = callers_channel(app.config)
+        message = json.dumps({"forget": user_ids}, separators=(",", ":"))
+        guarded_redis_call("caller invalidation", lambda client: client.publish(channel, message))

@@ -18,6 +18,8 @@ import marshmallow as ma
 from flask import g
 from werkzeug.exceptions import HTTPException
 
+from .validation import QueryArgsSchema
+
 DEFAULT_CODES = {
     400: "validation_error",
     401: "invalid_token",
@@ -105,7 +107,7 @@ class ErrorEnvelopeSchema(ma.Schema):
     code = ma.fields.String(required=True, metadata={"example": "validation_error"})
 
 
-class PageArgsSchema(ma.Schema):
+class PageArgsSchema(QueryArgsSchema):
     """Query arguments of every list route; list routes' own query schemas extend it."""
 
     page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1, max=100000))

@@ -1,6 +1,19 @@
-"""Unbound extensions; ``create_app`` binds them. Nothing here connects at import time."""
+"""Unbound extensions; ``create_app`` binds them. Nothing here connects at import time.
+
+Redis is optional (``REDIS_URL``) and never fails a request: every use of the app's client in
+a process goes through ONE back-off (``RedisGate``). A call that finds Redis unreachable or
+hung trips it; for ``REDIS_RETRY_SECONDS`` the cache reads as a miss, enqueues and
+publishes are skipped (what they carried is recorded elsewhere and retried) and the rate
+limiter counts alone. Then one call probes again. A sick Redis therefore costs a process one
+timeout every few seconds, not one per call.
+"""
 
 from __future__ import annotations
+
+import logging
+import threading
+import time
+from urllib.parse import urlparse
 
 import redis
 from flask import current_app
@@ -11,10 +24,19 @@ from flask_sqlalchemy import SQLAlchemy
 from .envelope import Api
 from .models.base import Base
 
-db = SQLAlchemy(model_class=Base)
+log = logging.getLogger(__name__)
+
+# A write's answer is built from what its transaction loaded (``services.transaction``):
+# objects keep their state after the commit instead of being re-read from the database.
+db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 migrate = Migrate()
 api = Api()
 sock = Sock()
+
+REDIS_SOCKET_TIMEOUT_SECONDS = 2.0
+REDIS_RETRY_SECONDS = 5.0
+REDIS_KEY = "sonicus_redis"
+GATE_KEY = "sonicus_redis_gate"
 
 
 def get_redis():
@@ -22,9 +44,104 @@ def get_redis():
     app = current_app
     if not app.config.get("REDIS_URL"):
         return None
-    client = app.extensions.get("sonicus_redis")
+    client = app.extensions.get(REDIS_KEY)
     if client is None:
-        client = redis.Redis.from_url(app.config["REDIS_URL"], socket_timeout=2,
-                                      socket_connect_timeout=2, health_check_interval=30)
-        app.extensions["sonicus_redis"] = client
+        timeout = app.config.get("REDIS_SOCKET_TIMEOUT_SECONDS", REDIS_SOCKET_TIMEOUT_SECONDS)
+        client = redis.Redis.from_url(app.config["REDIS_URL"], socket_timeout=timeout,
+                                      socket_connect_timeout=timeout, health_check_interval=30)
+        app.extensions[REDIS_KEY] = client
     return client
+
+
+def channel_prefix(config) -> str:
+    """Pub/sub channel namespace: ``REDIS_CHANNEL_PREFIX``, else one derived from the Redis
+    db number (``sonicus:db3:``)."""
+    prefix = config.get("REDIS_CHANNEL_PREFIX")
+    if prefix:
+        return prefix
+    url = config.get("REDIS_URL") or ""
+    path = urlparse(url).path.strip("/") if url else ""
+    return f"sonicus:db{path or '0'}:"
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Redis unreachable or not answering (as opposed to a bad command)."""
+    return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                            OSError))
+
+
+class RedisGate:
+    """The one back-off of a process's Redis calls (cache, queue, rate limits, publishing).
+
+    ``allows()`` before a call, then ``succeeded()`` or ``failed(exc)``. After a failure every
+    call is refused for ``retry_seconds``; when that has passed, ONE call (the probe) is let
+    through and the others stay refused until it has succeeded.
+    """
+
+    def __init__(self, retry_seconds: float = REDIS_RETRY_SECONDS):
+        self.retry_seconds = retry_seconds
+        self._down_until = 0.0  # 0: healthy
+        self._lock = threading.Lock()
+        self.trips = 0
+
+    @property
+    def healthy(self) -> bool:
+        return not self._down_until
+
+    def allows(self) -> bool:
+        until = self._down_until
+        if not until:
+            return True
+        now = time.monotonic()
+        if now < until:
+            return False
+        with self._lock:
+            if self._down_until != until:  # another call took the probe (or succeeded)
+                return not self._down_until
+            self._down_until = now + self.retry_seconds  # the others wait for this probe
+            return True
+
+    def succeeded(self) -> None:
+        if self._down_until:
+            with self._lock:
+                self._down_until = 0.0
+            log.info("Redis reachable again")
+
+    def failed(self, exc: BaseException, what: str) -> None:
+        """A call failed; an outage trips the back-off (a bad command does not)."""
+        if not is_outage(exc):
+            log.warning("Redis %s failed: %s", what, type(exc).__name__)
+            return
+        with self._lock:
+            self._down_until = time.monotonic() + self.retry_seconds
+            self.trips += 1
+        log.warning("Redis unavailable (%s during %s): skipped for %.0f s", type(exc).__name__,
+                    what, self.retry_seconds)
+
+
+def redis_gate(app=None) -> RedisGate:
+    """This process's back-off for the app's Redis."""
+    app = app or current_app
+    gate = app.extensions.get(GATE_KEY)
+    if gate is None:
+        gate = app.extensions.setdefault(
+            GATE_KEY, RedisGate(app.config.get("REDIS_RETRY_SECONDS", REDIS_RETRY_SECONDS)))
+    return gate
+
+
+def guarded_redis_call(what: str, call, default=None):
+    """``call(client)`` through the back-off: ``default`` while backing off, when the call
+    fails (logged) or without Redis."""
+    client = get_redis()
+    if client is None:
+        return default
+    gate = redis_gate()
+    if not gate.allows():
+        return default
+    try:
+        result = call(client)
+    except Exception as exc:
+        gate.failed(exc, what)
+        return default
+    gate.succeeded()
+    return result

@@ -4,8 +4,9 @@ Each limit is one or more windows (``120/second;3000/minute``, parsed by the ``l
 library). A request counts against every window of both limits. Counting happens in this
 process; with Redis, processes add their counts into shared per-window keys (see
 ``RateLimiter`` for when), so the limits hold for the deployment as a whole. On the
-embedded default (no Redis), and for a few seconds after Redis fails, each process counts
-alone: a Redis outage never fails a request.
+embedded default (no Redis), and while Redis is down or hung (the process's one back-off,
+``extensions.RedisGate``, shared with the cache and the queue), each process counts alone: a
+Redis outage never fails a request.
 
 Answers carry ``X-RateLimit-Limit``/``-Remaining``/``-Reset`` for the window closest to its
 limit; a request over any window gets 429 ``rate_limited`` with ``Retry-After``.
@@ -14,7 +15,6 @@ limit; a request over any window gets 429 ``rate_limited`` with ``Retry-After``.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -27,12 +27,9 @@ from config import ConfigError
 
 from .auth import token_digest
 from .envelope import ApiError
-from .extensions import get_redis
-
-log = logging.getLogger(__name__)
+from .extensions import get_redis, redis_gate
 
 EXEMPT_PATHS = frozenset(("/api/health", "/api/ready"))
-REDIS_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -100,16 +97,17 @@ class RateLimiter:
         self._counts: dict[str, _Count] = {}
         self._lock = threading.Lock()
         self._next_sweep = 0.0
-        self._redis_down_until = 0.0
         self._script = None
         self._client = None
+        self._gate = None
 
     def _redis(self):
-        if time.monotonic() < self._redis_down_until:
-            return None
         if self._client is None:
             self._client = get_redis() or False  # False: this app has no Redis
-        return self._client or None
+            self._gate = redis_gate() if self._client else None
+        if not self._client or not self._gate.allows():
+            return None
+        return self._client
 
     def _count(self, hits: list[tuple[str, float, int]], now: float) -> list[int]:
         """Count one hit per (key, window end, limit); each window's total up to this hit."""
@@ -146,11 +144,10 @@ class RateLimiter:
             for _i, _key, count, sent in to_sync:
                 args += [sent, int(count.ends) + 1]
             totals = [int(t) for t in script(keys=[key for _, key, _, _ in to_sync], args=args)]
+            self._gate.succeeded()
         except Exception as exc:  # redis.RedisError, OSError: keep counting here for a while
             totals = None
-            self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
-            log.warning("rate limits counted in this process alone: Redis unavailable (%s)",
-                        type(exc).__name__)
+            self._gate.failed(exc, "rate limit sync")
         synced = []
         with self._lock:
             for n, (i, _key, count, sent) in enumerate(to_sync):

@@ -1,5 +1,7 @@
 """Cross-cutting HTTP concerns: request ids, structured logs, security headers, CORS, JSON
-encoding, and database outages answered as 503 (rate limits: ``ratelimit.py``)."""
+encoding, hostile input at the edge (JSON too deep, bytes that are not UTF-8 in a query,
+path ids that are not ASCII digits of an ``integer``), and database outages answered as 503
+(rate limits: ``ratelimit.py``)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ import os
 import random
 import re
 import time
+from urllib.parse import parse_qsl
 
 import orjson
-from flask import g, request
+from flask import Request, g, request
 from flask.json.provider import DefaultJSONProvider
 from flask.logging import default_handler
 from flask.sessions import SessionInterface
@@ -19,9 +22,12 @@ from flask_cors import CORS
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
+from werkzeug.utils import cached_property
 
 from .envelope import ApiError
 from .extensions import api, db
+from .validation import INT32_MAX, MAX_JSON_DEPTH, json_too_deep
 
 access_log = logging.getLogger("sonicus.access")
 log = logging.getLogger(__name__)
@@ -135,6 +141,39 @@ class FastJSONProvider(DefaultJSONProvider):
         except TypeError:  # orjson.JSONEncodeError: e.g. an integer past 64 bits
             return super().response(*args, **kwargs)
         return self._app.response_class(body + b"\n", mimetype=self.mimetype)
+
+
+class ApiRequest(Request):
+    """Query arguments decoded so that bytes that are not UTF-8 (raw or percent-encoded)
+    become unpaired surrogates, which the input schemas refuse by name, instead of failing
+    the request (raw) or reaching a query as literal percent signs (encoded)."""
+
+    @cached_property
+    def args(self):
+        text = self.query_string.decode("utf-8", "surrogateescape")
+        return self.parameter_storage_class(
+            parse_qsl(text, keep_blank_values=True, errors="surrogateescape"))
+
+
+class IdConverter(IntegerConverter):
+    """``<int:...>`` in routes: ASCII digits only (``\\d`` would take other scripts' digits)
+    and no larger than an ``integer`` column; anything else matches no route (404)."""
+
+    regex = r"[0-9]{1,10}"
+
+    def __init__(self, map, fixed_digits=0, min=None, max=INT32_MAX, signed=False):
+        super().__init__(map, fixed_digits=fixed_digits, min=min, max=max, signed=signed)
+
+
+def refuse_deep_json():
+    """A body nested deeper than ``MAX_JSON_DEPTH`` levels is refused before anything
+    parses it (parsers recurse: 10,000 levels would exhaust the stack)."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    body = request.get_data(cache=True)
+    if body and json_too_deep(body):
+        raise ApiError(400, "validation_error", "The request body is nested too deeply.",
+                       errors=[f"body: JSON may nest at most {MAX_JSON_DEPTH} levels."])
 
 
 class NoCookieSessions(SessionInterface):
@@ -266,6 +305,7 @@ def init_web(app) -> None:
     app.session_interface = NoCookieSessions()
     _install_cors(app)
     app.before_request(_start_request)
+    app.before_request(refuse_deep_json)
     app.after_request(_finish_request_hook(_security_header_sets(app)))
     _install_database_error_handlers(app)
 

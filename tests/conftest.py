@@ -778,7 +778,8 @@ def two_web_processes(idp):
     env = {"SONICUS_ENV": "testing", "DATABASE_URL": TEST_DATABASE_URL,
            "REDIS_URL": TEST_REDIS_URL, "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": AUDIENCE,
            "OIDC_JWKS_MIN_REFRESH_SECONDS": "0", "RATELIMIT_ENABLED": "false",
-           "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING"}
+           "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING",
+           "BILLING_WEBHOOK_SECRET": WEBHOOK_SECRET}
     servers = [LiveServer(env), LiveServer(env)]
     yield servers
     for server in servers:

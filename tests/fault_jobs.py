@@ -27,3 +27,11 @@ def slow_audited_write(marker: str, hold_seconds: float) -> str:
         time.sleep(hold_seconds)
     db.session.commit()
     return marker
+
+
+def announce_and_wait(marker: str, seconds: float) -> str:
+    """Announce this process id, then take ``seconds`` (a job running when Redis goes away)."""
+    client = redis.Redis.from_url(current_app.config["REDIS_URL"])
+    client.set(f"fault-test:{marker}:pid", os.getpid())
+    time.sleep(seconds)
+    return marker

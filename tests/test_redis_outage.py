@@ -27,8 +27,8 @@ def test_api_survives_redis_outage_and_catches_up(own_redis, token_for, make_con
     from sonicus.tasks.schedule import start_scheduler_thread
     from sonicus.tasks.worker import make_worker
 
-    app = create_app(make_config(REDIS_URL=own_redis.url,
-                                 ANALYTICS_STALE_GRACE_SECONDS=0))
+    app = create_app(make_config(REDIS_URL=own_redis.url, ANALYTICS_STALE_GRACE_SECONDS=0,
+                                 REDIS_RETRY_SECONDS=0.2))
     client = app.test_client()
     token = token_for("outage@example.com")
     headers = {"Authorization": f"Bearer {token}"}
@@ -111,3 +111,53 @@ def test_api_survives_redis_outage_and_catches_up(own_redis, token_for, make_con
     finally:
         server.stop()
         get_broker(app).stop()
+
+
+def test_a_hung_redis_costs_one_timeout_not_one_per_call(own_redis, make_config, auth,
+                                                        make_user, make_package):
+    """Redis stops answering (SIGSTOP: connections open, nothing read): completions still
+    save, and N of them cost about one Redis timeout in all, since the cache, the enqueue,
+    the rate limits and publishing share one back-off."""
+    import os
+    import signal
+
+    from sonicus import create_app
+    from sonicus.extensions import db, redis_gate
+    from sonicus.models import ListeningSession, UserAnalytics
+
+    timeout = 1.0
+    app = create_app(make_config(REDIS_URL=own_redis.url, RATELIMIT_ENABLED=True,
+                                 REDIS_SOCKET_TIMEOUT_SECONDS=timeout))
+    client = app.test_client()
+    user = make_user("patient@example.com")
+    package = make_package("drizzle")
+    headers = auth("patient@example.com")
+    started = [client.post("/api/user/sessions", json={"package_id": package.id},
+                           headers=headers).json["data"]["id"] for _ in range(2)]
+    count = 6
+    with app.app_context():  # earlier sessions of the day, opened elsewhere
+        for _ in range(count - len(started)):
+            db.session.add(ListeningSession(
+                user_id=user.id, package_id=package.id, tier="starter", status="open",
+                started_at=clock.now(), local_day=clock.now().date(), listened_seconds=0))
+        db.session.commit()
+        session_ids = started + [s.id for s in db.session.query(ListeningSession).filter(
+            ListeningSession.id.not_in(started)).all()]
+        db.session.remove()
+
+    os.kill(own_redis.proc.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        for session_id in session_ids:
+            res = client.post(f"/api/user/sessions/{session_id}/complete", headers=headers,
+                              json={"listened_seconds": 1, "completed": False})
+            assert res.status_code == 200, res.json
+        elapsed = time.monotonic() - began
+    finally:
+        os.kill(own_redis.proc.pid, signal.SIGCONT)
+
+    assert elapsed < 2 * timeout, f"{count} completions took {elapsed:.1f} s"
+    assert redis_gate(app).trips == 1
+    with app.app_context():  # every completion saved, and its refresh is owed (the sweep's)
+        assert db.session.query(ListeningSession).filter_by(status="ended").count() == count
+        assert db.session.get(UserAnalytics, user.id).stale_since is not None

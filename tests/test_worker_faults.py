@@ -1,4 +1,6 @@
-"""A worker process killed in the middle of a job: nothing half-written, the job retried."""
+"""Workers and their faults: a work horse or a whole worker killed in the middle of a job
+(nothing half-written, the job runs again elsewhere), Redis going away under a worker (the
+worker waits it out and carries on)."""
 
 from __future__ import annotations
 
@@ -6,13 +8,48 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+import redis
+from rq import Queue, Worker
 from rq.job import Job
 
 from sonicus.tasks.queue import QUEUE_DEFAULT, enqueue
 
 ROOT = Path(__file__).resolve().parent.parent
+# Fast heartbeats so that an abandoned job is noticed in seconds, not the default 40.
+FAST = {"WORKER_HEARTBEAT_SECONDS": "1", "WORKER_ABANDONED_JOB_SECONDS": "3",
+        "WORKER_RECONNECT_MAX_SECONDS": "1"}
+
+
+def _worker_process(database_url, redis_url, *args, **settings) -> subprocess.Popen:
+    """``python worker.py`` in a process group of its own (to kill it with its children)."""
+    env = {**os.environ, "SONICUS_ENV": "testing", "DATABASE_URL": database_url,
+           "REDIS_URL": redis_url, "DEV_TOKEN_ISSUER": "1", "LOG_LEVEL": "WARNING",
+           **settings}
+    return subprocess.Popen([sys.executable, "worker.py", "--no-schedule", *args], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _stop(worker: subprocess.Popen) -> int | None:
+    if worker.poll() is not None:
+        return worker.returncode
+    worker.send_signal(signal.SIGTERM)
+    try:
+        return worker.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        return None
+
+
+def _finished(job_id, connection):
+    def check():
+        return Job.fetch(job_id, connection=connection).get_status(refresh=True) == "finished"
+    return check
 
 
 def test_killed_work_horse_leaves_nothing_half_written_and_is_retried(
@@ -49,3 +86,69 @@ def test_killed_work_horse_leaves_nothing_half_written_and_is_retried(
     assert int(redis_client.get("fault-test:crash-1:attempts")) == 2
     rows = db_session.query(AuditLog).filter_by(action="fault.test").all()
     assert [row.after for row in rows] == [{"attempt": 2}]  # the killed attempt left nothing
+
+
+@pytest.mark.parametrize("simple", [False, True], ids=["forking", "simple"])
+def test_a_killed_workers_job_is_requeued(app, redis_client, db_session, test_database_url,
+                                         test_redis_url, wait_for, simple):
+    """The whole worker dies (SIGKILL to its processes: worker, work horse, scheduler, as when
+    its container or machine is lost): another worker runs the job it left started, within
+    seconds here (the heartbeat and the abandonment window are configurable; by default
+    within 40 s)."""
+    from sonicus.models import AuditLog
+
+    marker = f"killed-{'simple' if simple else 'forking'}"
+    with app.app_context():
+        job = enqueue("tests.fault_jobs.slow_audited_write", marker, 60, queue=QUEUE_DEFAULT)
+    first = _worker_process(test_database_url, test_redis_url,
+                            *(["--simple"] if simple else []), **FAST)
+    second = None
+    try:
+        running = int(wait_for(lambda: redis_client.get(f"fault-test:{marker}:pid"), 30))
+        os.killpg(first.pid, signal.SIGKILL)
+        if running != first.pid:  # the work horse, in a session of its own
+            os.kill(running, signal.SIGKILL)
+        first.wait(10)
+        killed_at = time.monotonic()
+        assert Job.fetch(job.id, connection=redis_client).get_status() == "started"
+
+        second = _worker_process(test_database_url, test_redis_url, **FAST)
+        wait_for(_finished(job.id, redis_client), 60)
+        assert time.monotonic() - killed_at < 60
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                _stop(worker)
+
+    assert int(redis_client.get(f"fault-test:{marker}:attempts")) == 2
+    rows = db_session.query(AuditLog).filter_by(action="fault.test").all()
+    assert [row.after for row in rows] == [{"attempt": 2}]  # the killed attempt left nothing
+    assert Job.fetch(job.id, connection=redis_client).retries_left == 3  # no retry used up
+
+
+def test_the_worker_survives_a_redis_outage(own_redis, test_database_url, wait_for):
+    """Redis goes away for a few seconds, with a job running and then idle: the same worker
+    process carries on once it is back and runs a job enqueued then."""
+    worker = _worker_process(test_database_url, own_redis.url, **FAST)
+    try:
+        client = redis.Redis.from_url(own_redis.url)
+        wait_for(lambda: Worker.all(connection=client), 30)
+        Queue(QUEUE_DEFAULT, connection=client).enqueue(
+            "tests.fault_jobs.announce_and_wait", "during", 2)
+        wait_for(lambda: client.get("fault-test:during:pid"), 30)
+
+        own_redis.stop()  # the job finishes while Redis is away; the worker idles without it
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert worker.poll() is None, "the worker process ended with Redis"
+            time.sleep(0.2)
+        own_redis.start()  # the same port, empty
+
+        client = redis.Redis.from_url(own_redis.url)
+        job = Queue(QUEUE_DEFAULT, connection=client).enqueue(
+            "tests.fault_jobs.announce_and_wait", "after", 0)
+        wait_for(_finished(job.id, client), 60)
+        assert worker.poll() is None
+        assert int(client.get("fault-test:after:pid")) != 0
+    finally:
+        assert _stop(worker) == 0  # and a shutdown signal still ends it cleanly

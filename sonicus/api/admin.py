@@ -65,9 +65,9 @@ class UserDetail(MethodView):
     @blp.errors(401, _ADMINS_ONLY, 404, (409, "`conflict`: you cannot suspend yourself."), 422)
     def patch(self, changes, user_id, caller):
         """Grant a tier (complimentary) or suspend/reactivate. 409 on suspending yourself."""
-        changed = admin_users.update_user(caller, user_id, changes)
+        changed, detail = admin_users.update_user_with_detail(caller, user_id, changes)
         set_message("User updated." if changed else "No change.")
-        return admin_users.user_detail(user_id)
+        return detail
 
 
 @blp.route("/admin/jobs")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from html import escape
 
 from flask import Response, current_app, request
@@ -13,6 +14,9 @@ from ..envelope import ApiError, Blueprint, not_found
 from ..metrics import record_webhook
 from ..schemas.subscription import SandboxConfirmResultSchema, WebhookResultSchema
 from ..services import subscriptions
+
+# Our checkout references (``billing.base.new_reference``): anything else is no checkout.
+SANDBOX_REFERENCE = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 blp = Blueprint("billing", __name__, url_prefix="/api/billing", description="Billing.")
 
@@ -31,7 +35,11 @@ class Webhook(MethodView):
         "schema": {"type": "string"}}])
     @blp.response(200, WebhookResultSchema)
     @blp.errors((400, "`invalid_signature`: bad or missing signature, timestamp outside 5 "
-                      "minutes, or a body that is not an event; nothing is changed."))
+                      "minutes, or a body that is not an event; `validation_error`: an "
+                      "authentic event with a value we cannot take (an id over 255 or a type "
+                      "over 96 characters, NUL or an unpaired surrogate, a timestamp past "
+                      "2100, an amount past an integer's range, a user id not in ASCII "
+                      "digits). Nothing is changed."))
     def post(self):
         """Receive a billing event; a replayed event id answers 200 and changes nothing."""
         try:
@@ -39,7 +47,7 @@ class Webhook(MethodView):
                                                 request.headers.get("Stripe-Signature"))
         except WebhookRejected as exc:
             record_webhook("rejected")
-            raise ApiError(400, "invalid_signature", str(exc)) from exc
+            raise ApiError(400, exc.code, str(exc)) from exc
         result = subscriptions.handle_billing_event(current_app.config["BILLING_PROVIDER"],
                                                     event, notice)
         record_webhook(result.get("outcome") if isinstance(result, dict) else None)
@@ -56,7 +64,7 @@ class SandboxConfirm(MethodView):
         Goes through the same service function as a payment-succeeded webhook. 404 for an
         unknown reference, and everywhere outside development and testing.
         """
-        if not sandbox_enabled():
+        if not sandbox_enabled() or not SANDBOX_REFERENCE.fullmatch(reference):
             not_found()
         return subscriptions.confirm_sandbox_checkout(reference)
 

@@ -16,11 +16,17 @@ Handled event types (anything else is stored and acknowledged):
 The tier paid for is read from the prices first (``STRIPE_PRICE_IDS``; a credit line of a
 proration is not the tier), then from our ``sonicus_tier`` metadata: a plan changed in the
 portal leaves the metadata behind.
+
+An authentic event that does not fit what we store is refused as a whole (400, nothing
+changed): an id over 255 characters, a type over 96, NUL or an unpaired surrogate in any
+string, a timestamp that is not a whole number of seconds before 2100, an amount that is not
+a whole number of cents within an ``integer`` column, a user id that is not ASCII digits.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,8 +34,13 @@ from datetime import UTC, datetime
 import stripe
 
 from ..tiers import PAID_TIERS
+from ..validation import INT32_MAX, hostile_text_errors
 
 TOLERANCE_SECONDS = 300
+MAX_ID_LENGTH = 255        # the columns a provider's id or our reference is stored in
+MAX_TYPE_LENGTH = 96       # billing_events.type
+MAX_TIMESTAMP = 4102444800  # 2100-01-01T00:00:00Z: no billing date lies beyond it
+_USER_ID = re.compile(r"[0-9]{1,10}")
 
 PAYMENT_SUCCEEDED = "payment_succeeded"
 PAYMENT_FAILED = "payment_failed"
@@ -49,6 +60,14 @@ KIND_BY_TYPE = {
 
 class WebhookRejected(Exception):
     """The webhook is not authentic, too old, or not an event at all."""
+
+    code = "invalid_signature"
+
+
+class WebhookInvalid(WebhookRejected):
+    """Authentic, but holding a value we cannot take (see the module docstring)."""
+
+    code = "validation_error"
 
 
 @dataclass(frozen=True)
@@ -96,7 +115,28 @@ def verify_webhook(payload: bytes, signature_header: str | None, secret: str | N
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) \
             or not isinstance(event.get("type"), str):
         raise WebhookRejected("The webhook body is not an event (id and type are required).")
+    _check_event(event)
     return event
+
+
+def _check_event(event: dict) -> None:
+    if not 0 < len(event["id"]) <= MAX_ID_LENGTH:
+        raise WebhookInvalid(f"id: must be 1 to {MAX_ID_LENGTH} characters.")
+    if not 0 < len(event["type"]) <= MAX_TYPE_LENGTH:
+        raise WebhookInvalid(f"type: must be 1 to {MAX_TYPE_LENGTH} characters.")
+    hostile = hostile_text_errors(event)
+    if hostile:
+        field, messages = next(iter(_flat(hostile)))
+        raise WebhookInvalid(f"{field}: {messages[0]}")
+
+
+def _flat(errors, prefix=""):
+    for key, value in errors.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            yield from _flat(value, path)
+        else:
+            yield path, value
 
 
 def _signature_timestamp(header: str) -> int:
@@ -110,10 +150,13 @@ def _signature_timestamp(header: str) -> int:
     return 0
 
 
-def _when(value) -> datetime | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return datetime.fromtimestamp(int(value), UTC)
-    return None
+def _when(value, field: str) -> datetime | None:
+    """A Unix timestamp (whole seconds, 0: none); anything else refuses the event."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMESTAMP:
+        raise WebhookInvalid(f"{field}: not a Unix timestamp in seconds before 2100.")
+    return datetime.fromtimestamp(value, UTC) if value else None
 
 
 def _get(mapping, *path):
@@ -124,14 +167,24 @@ def _get(mapping, *path):
     return mapping
 
 
-def _str(value) -> str | None:
+def _str(value, field: str) -> str | None:
     if isinstance(value, dict):  # an expanded object
         value = value.get("id")
-    return value if isinstance(value, str) and value else None
+    if not isinstance(value, str) or not value:
+        return None
+    if len(value) > MAX_ID_LENGTH:
+        raise WebhookInvalid(f"{field}: longer than {MAX_ID_LENGTH} characters.")
+    return value
 
 
-def _int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _int(value, field: str) -> int | None:
+    """An amount in cents: a JSON integer within an ``integer`` column, else the event is
+    refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT32_MAX:
+        raise WebhookInvalid(f"{field}: not an amount in cents.")
+    return value
 
 
 def _metadata_sources(obj: dict) -> list[dict]:
@@ -153,11 +206,12 @@ def _from_metadata(obj: dict, key: str) -> str | None:
 
 def _tier_from_prices(obj: dict, price_to_tier: dict[str, str]) -> str | None:
     for line in _get(obj, "lines", "data") or _get(obj, "items", "data") or []:
-        amount = _int(_get(line, "amount"))
+        amount = _int(_get(line, "amount"), "amount")
         if amount is not None and amount < 0:
             continue  # the credit for the unused time of the plan left behind
-        price = (_str(_get(line, "price")) or _str(_get(line, "pricing", "price_details", "price"))
-                 or _str(_get(line, "plan")))
+        price = (_str(_get(line, "price"), "price")
+                 or _str(_get(line, "pricing", "price_details", "price"), "price")
+                 or _str(_get(line, "plan"), "plan"))
         if price and price in price_to_tier:
             return price_to_tier[price]
     return None
@@ -167,13 +221,15 @@ def _invoice_period(obj: dict) -> tuple[datetime | None, datetime | None]:
     """The service period an invoice pays for: its lines' period, else the invoice's own."""
     starts, ends = [], []
     for line in _get(obj, "lines", "data") or []:
-        start, end = _when(_get(line, "period", "start")), _when(_get(line, "period", "end"))
+        start = _when(_get(line, "period", "start"), "lines.period.start")
+        end = _when(_get(line, "period", "end"), "lines.period.end")
         if start and end:
             starts.append(start)
             ends.append(end)
     if starts:
         return min(starts), max(ends)
-    return _when(obj.get("period_start")), _when(obj.get("period_end"))
+    return _when(obj.get("period_start"), "period_start"), _when(obj.get("period_end"),
+                                                                 "period_end")
 
 
 def _event_kind(event_type: str, obj: dict) -> str:
@@ -191,24 +247,34 @@ def _paid_tier(obj: dict, price_to_tier: dict[str, str]) -> str | None:
 
 def _common_fields(event: dict, obj: dict, kind: str, price_to_tier: dict[str, str]) -> dict:
     """The ``BillingNotice`` fields every event type fills the same way."""
-    user_id = _from_metadata(obj, "sonicus_user_id")
     return {
         "event_id": event["id"], "event_type": event["type"], "kind": kind,
-        "created": _when(event.get("created")) or datetime.now(UTC),
-        "user_id": int(user_id) if user_id and user_id.isdigit() else None,
-        "reference": _from_metadata(obj, "sonicus_reference") or _str(
-            obj.get("client_reference_id")),
-        "customer_id": _str(obj.get("customer")), "tier": _paid_tier(obj, price_to_tier),
-        "document_id": _str(obj.get("id")),
+        "created": _when(event.get("created"), "created") or datetime.now(UTC),
+        "user_id": _user_id(_from_metadata(obj, "sonicus_user_id")),
+        "reference": _str(_from_metadata(obj, "sonicus_reference"), "sonicus_reference")
+        or _str(obj.get("client_reference_id"), "client_reference_id"),
+        "customer_id": _str(obj.get("customer"), "customer"),
+        "tier": _paid_tier(obj, price_to_tier),
+        "document_id": _str(obj.get("id"), "data.object.id"),
     }
+
+
+def _user_id(value: str | None) -> int | None:
+    """Our user id from the metadata: ASCII digits of an ``integer``, else the event is
+    refused (``"١٢"`` is not user 12)."""
+    if value is None:
+        return None
+    if not _USER_ID.fullmatch(value) or int(value) > INT32_MAX:
+        raise WebhookInvalid("metadata.sonicus_user_id: not a user id.")
+    return int(value)
 
 
 def _invoice_notice(common: dict, obj: dict) -> BillingNotice:
     start, end = _invoice_period(obj)
-    subscription_id = _str(obj.get("subscription")) or _str(
-        _get(obj, "parent", "subscription_details", "subscription"))
-    amount = _int(obj.get("amount_paid")) if common["kind"] == PAYMENT_SUCCEEDED \
-        else _int(obj.get("amount_due"))
+    subscription_id = _str(obj.get("subscription"), "subscription") or _str(
+        _get(obj, "parent", "subscription_details", "subscription"), "subscription")
+    amount = _int(obj.get("amount_paid"), "amount_paid") \
+        if common["kind"] == PAYMENT_SUCCEEDED else _int(obj.get("amount_due"), "amount_due")
     return BillingNotice(**common, subscription_id=subscription_id, amount_cents=amount,
                          period_start=start, period_end=end)
 
@@ -220,19 +286,20 @@ def parse_event(event: dict, price_to_tier: dict[str, str] | None = None) -> Bil
     obj = obj if isinstance(obj, dict) else {}
     common = _common_fields(event, obj, _event_kind(event_type, obj), price_to_tier or {})
     if event_type == "checkout.session.completed":
-        return BillingNotice(**common, subscription_id=_str(obj.get("subscription")),
-                             amount_cents=_int(obj.get("amount_total")))
+        return BillingNotice(**common,
+                             subscription_id=_str(obj.get("subscription"), "subscription"),
+                             amount_cents=_int(obj.get("amount_total"), "amount_total"))
     if event_type.startswith("invoice."):
         return _invoice_notice(common, obj)
     if event_type == "customer.subscription.updated":
         previous = _get(event, "data", "previous_attributes")
         cancel = obj.get("cancel_at_period_end")
         return BillingNotice(**{**common, "document_id": None},
-                             subscription_id=_str(obj.get("id")),
+                             subscription_id=_str(obj.get("id"), "data.object.id"),
                              cancel_at_period_end=cancel if isinstance(cancel, bool) else None,
                              changed=frozenset(previous) if isinstance(previous, dict) else None)
     if event_type.startswith("customer.subscription."):
         return BillingNotice(**{**common, "document_id": None},
-                             subscription_id=_str(obj.get("id")),
-                             period_end=_when(obj.get("ended_at")))
+                             subscription_id=_str(obj.get("id"), "data.object.id"),
+                             period_end=_when(obj.get("ended_at"), "ended_at"))
     return BillingNotice(**common)

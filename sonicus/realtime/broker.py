@@ -1,9 +1,14 @@
-"""Fan-out of per-user messages to open sockets, across every web process.
+"""Fan-out of per-user messages to open sockets, and of caller invalidations, across every
+web process.
 
-- Messages are published by ``publish.py`` (web processes and workers alike).
-- Each web process runs ONE Redis subscriber thread, started lazily by the first socket
-  (so after a fork), reconnecting with capped exponential backoff. It delivers each message
-  to the sockets of that user registered in this process, and to no one else.
+- Messages are published by ``publish.py`` (web processes and workers alike); caller
+  invalidations by ``caller_cache.forget_users`` after every commit that names a user.
+- Each web process runs ONE Redis subscriber thread on both channels, started at process
+  start (gunicorn's ``post_worker_init``, else the process's first request; always after the
+  fork: a thread does not survive one), reconnecting with capped exponential backoff. It
+  delivers each message to the sockets of that user registered in this process, and to no
+  one else, and makes this process forget the callers another process changed. While it is
+  not subscribed, this process caches no callers (``CallerCache.feed_lost``).
 - The registry of local sockets is a dict of sets behind one lock; each connection has its
   own send lock (a socket is not safe to write from two threads at once).
 """
@@ -14,12 +19,13 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 import redis
 from flask import current_app
 
-from ..caller_cache import get_caller_cache
+from ..caller_cache import callers_channel, get_caller_cache
 from .publish import LOCAL_DELIVERY_KEY, user_events_channel
 
 log = logging.getLogger(__name__)
@@ -27,6 +33,8 @@ log = logging.getLogger(__name__)
 EXTENSION_KEY = "sonicus_broker"
 BACKOFF_BASE_SECONDS = 0.25
 BACKOFF_CAP_SECONDS = 10.0
+SUBSCRIBE_CONFIRM_SECONDS = 5.0
+FIRST_START_WAIT_SECONDS = 0.5  # the request that starts the subscriber waits this long
 
 
 class Connection:
@@ -66,6 +74,7 @@ class Broker:
         self.snapshot = snapshot  # a user's current analytics, by id (None: no such user)
         self.redis_url = app.config.get("REDIS_URL")
         self.channel = user_events_channel(app.config)
+        self.callers_channel = callers_channel(app.config)
         self._lock = threading.Lock()
         self._sockets: dict[int, set[Connection]] = {}
         self._listener: threading.Thread | None = None
@@ -131,15 +140,25 @@ class Broker:
         return len(conns)
 
     # ---- the one subscriber per process ----------------------------------------------------
-    def _ensure_listener(self) -> None:
+    def start(self, wait: float = 0.0) -> None:
+        """Make sure this process's subscriber runs (cheap when it does); a first start in
+        this process waits up to ``wait`` seconds for the subscription."""
+        listener = self._listener
+        if listener is not None and self._listener_pid == os.getpid() and listener.is_alive():
+            return
+        if self._ensure_listener() and wait > 0:
+            self.wait_ready(wait)
+
+    def _ensure_listener(self) -> bool:
+        """Start the subscriber unless it runs in this process; True when started here."""
         if not self.redis_url:
             self._ready.set()
-            return
+            return False
         with self._lock:
             pid = os.getpid()
             if (self._listener is not None and self._listener.is_alive()
                     and self._listener_pid == pid):
-                return
+                return False
             # A thread does not survive a fork: the child starts its own.
             self._ready = threading.Event()
             self._stop = threading.Event()
@@ -148,6 +167,7 @@ class Broker:
                                               daemon=True)
             self._listener.start()
             self.listener_starts += 1
+            return True
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until this process is subscribed (so nothing published after is missed)."""
@@ -156,15 +176,35 @@ class Broker:
     def stop(self) -> None:
         self._stop.set()
 
+    def _subscribe(self, pubsub) -> None:
+        """Subscribe to both channels and wait for Redis to confirm both: a message published
+        after this returns reaches this process."""
+        channels = {self.channel, self.callers_channel}
+        pubsub.subscribe(*channels)
+        confirmed: set[str] = set()
+        deadline = time.monotonic() + SUBSCRIBE_CONFIRM_SECONDS
+        while confirmed != channels:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no subscription confirmation")
+            message = pubsub.get_message(timeout=0.5)
+            if message is None:
+                continue
+            if message.get("type") == "subscribe":
+                confirmed.add(_text(message["channel"]))
+            else:
+                self._handle(message)
+
     def _listen(self) -> None:
+        callers = get_caller_cache(self.app)
         failures = 0
         while not self._stop.is_set():
             client = pubsub = None
             try:
                 client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2,
                                               socket_timeout=None, health_check_interval=15)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.channel)
+                pubsub = client.pubsub()
+                self._subscribe(pubsub)
+                callers.feed_restored()
                 self._ready.set()
                 if failures:
                     log.info("live updates: subscribed again after %d failed attempts",
@@ -173,10 +213,11 @@ class Broker:
                 failures = 0
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._dispatch(message["data"])
+                    if message is not None:
+                        self._handle(message)
             except Exception as exc:
                 self._ready.clear()
+                callers.feed_lost()
                 failures += 1
                 self.reconnects += 1
                 delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * (2 ** (failures - 1)))
@@ -190,6 +231,25 @@ class Broker:
                             closable.close()
                     except Exception:
                         pass
+        self._ready.clear()
+        callers.feed_lost()
+
+    def _handle(self, message: dict) -> None:
+        if message.get("type") != "message":
+            return
+        if _text(message.get("channel")) == self.callers_channel:
+            self._forget(message["data"])
+        else:
+            self._dispatch(message["data"])
+
+    def _forget(self, raw) -> None:
+        """Another process changed these users: their cached callers here are stale."""
+        try:
+            user_ids = [int(user_id) for user_id in json.loads(raw)["forget"]]
+        except Exception:
+            log.warning("caller invalidation: ignored a malformed message")
+            return
+        get_caller_cache(self.app).forget(user_ids)
 
     def _resync(self) -> None:
         """After a gap in the subscription, send every local socket its current figures
@@ -222,6 +282,10 @@ class Broker:
             self.close_local(user_id, int(payload["close"]), str(payload.get("reason", "")))
             return
         self.deliver_local(user_id, payload["text"])
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def init_broker(app, snapshot: Callable[[int], dict | None]) -> Broker:

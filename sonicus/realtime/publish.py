@@ -1,35 +1,24 @@
 """Publishing to a user's open sockets, from any process (web or worker).
 
 Low level on purpose: it depends on the app's settings and Redis only. With ``REDIS_URL``,
-one PUBLISH on the app's namespaced channel, which every web process's broker listens to;
-without it (the embedded default), straight to this process's broker, which registers its
-local delivery here at app creation.
+one PUBLISH on the app's namespaced channel, which every web process's broker listens to
+(through the process's one Redis back-off: a sick Redis is skipped, not waited for); without
+it (the embedded default), straight to this process's broker, which registers its local
+delivery here at app creation.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-from urllib.parse import urlparse
 
 from flask import current_app
 
-from ..extensions import get_redis
-
-log = logging.getLogger(__name__)
+from ..extensions import channel_prefix, get_redis, guarded_redis_call
 
 LOCAL_DELIVERY_KEY = "sonicus_local_delivery"
 CLOSE_FORBIDDEN = 4403  # a suspended (or no longer allowed) account
 
-
-def channel_prefix(config) -> str:
-    """``REDIS_CHANNEL_PREFIX``, else one derived from the Redis db number (``sonicus:db3:``)."""
-    prefix = config.get("REDIS_CHANNEL_PREFIX")
-    if prefix:
-        return prefix
-    url = config.get("REDIS_URL") or ""
-    path = urlparse(url).path.strip("/") if url else ""
-    return f"sonicus:db{path or '0'}:"
+__all__ = ["channel_prefix", "close_user_sockets", "publish_to_user", "user_events_channel"]
 
 
 def user_events_channel(config) -> str:
@@ -45,12 +34,9 @@ def _send(payload: dict) -> bool:
         if deliver is not None:
             deliver(payload)
         return True
-    try:
-        client.publish(user_events_channel(app.config), json.dumps(payload, separators=(",", ":")))
-        return True
-    except Exception as exc:
-        log.warning("live update publish failed: %s", type(exc).__name__)
-        return False
+    channel, text = user_events_channel(app.config), json.dumps(payload, separators=(",", ":"))
+    return guarded_redis_call("live update publish",
+                              lambda client: client.publish(channel, text) >= 0, False)
 
 
 def publish_to_user(user_id: int, message: dict) -> bool:

@@ -24,7 +24,7 @@ from ..auth import caller_from_token
 from ..envelope import ApiError
 from ..extensions import db, sock
 from ..metrics import socket_closed, socket_opened
-from .broker import Connection, get_broker, init_broker
+from .broker import FIRST_START_WAIT_SECONDS, Connection, get_broker, init_broker
 from .publish import CLOSE_FORBIDDEN
 
 log = logging.getLogger(__name__)
@@ -123,12 +123,20 @@ def analytics_socket(ws):
         db.session.remove()
 
 
+def start_subscriber() -> None:
+    """Before every request: this process's subscriber runs (started by the first request
+    of a process unless gunicorn's ``post_worker_init`` started it already)."""
+    get_broker().start(wait=FIRST_START_WAIT_SECONDS)
+
+
 def register_realtime(app, snapshot) -> None:
-    """The broker and the WebSocket routes; nothing connects until the first socket arrives.
+    """The broker and the WebSocket routes. Nothing connects at creation: the subscriber
+    starts in the serving process (``start_subscriber``), never in a worker or the CLI.
 
     ``snapshot(user_id)``: the user's current analytics (the broker never imports services).
     """
     init_broker(app, snapshot)
+    app.before_request(start_subscriber)
     bp = Blueprint("realtime", __name__)
     bp.before_request(authenticate_socket)
     sock.route("/ws/analytics", bp=bp)(analytics_socket)

@@ -7,7 +7,7 @@ import marshmallow as ma
 from ..envelope import PageArgsSchema
 from ..models.subscription import STATUSES
 from ..tiers import TIER_NAMES
-from .common import StrictSchema, TierName, UsageSchema, UserBaseSchema
+from .common import QueryArgsSchema, StrictSchema, TierName, UsageSchema, UserBaseSchema
 from .subscription import SubscriptionSchema
 
 SUSPENDED = "suspended"
@@ -16,7 +16,7 @@ USER_STATUS_FILTERS = (*STATUSES, SUSPENDED)
 
 # ---- platform stats ----------------------------------------------------------------------
 
-class PlatformStatsQuerySchema(StrictSchema):
+class PlatformStatsQuerySchema(QueryArgsSchema):
     refresh = ma.fields.Boolean(load_default=False, metadata={
         "description": "Compute now instead of serving the cached figures."})
 
@@ -95,7 +95,7 @@ class AdminUserUpdateSchema(StrictSchema):
 
 # ---- jobs --------------------------------------------------------------------------------
 
-class JobsQuerySchema(StrictSchema):
+class JobsQuerySchema(QueryArgsSchema):
     failed_limit = ma.fields.Integer(load_default=50, validate=ma.validate.Range(min=1, max=500),
                                      metadata={"description": "Newest failed jobs per queue."})
 

@@ -5,10 +5,14 @@ import marshmallow as ma
 from ..clock import is_valid_timezone
 from ..envelope import ResponseSchema
 from ..tiers import TIER_NAMES
+from ..validation import InputSchema, QueryArgsSchema
+
+__all__ = ["QueryArgsSchema", "StrictSchema"]
 
 
-class StrictSchema(ma.Schema):
-    """Input schema: unknown fields are errors."""
+class StrictSchema(InputSchema):
+    """A request body's schema: unknown fields are errors; text and integers as
+    ``validation.InputSchema`` accepts them (query arguments: ``QueryArgsSchema``)."""
 
     class Meta:
         unknown = ma.RAISE

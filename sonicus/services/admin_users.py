@@ -196,8 +196,20 @@ def update_user(actor, user_id: int, changes: dict, *, actor_label: str | None =
     An administrator may not suspend their own account (409 ``conflict``): nobody would be
     left to undo it through the API. A suspension closes the user's sockets after the commit.
     """
+    return _update_user(actor, user_id, changes, actor_label)[0]
+
+
+def update_user_with_detail(actor, user_id: int, changes: dict) -> tuple[bool, AdminUserView]:
+    """``update_user``, and the user's detail as the change left it, read inside the same
+    transaction: the answer needs nothing from the database after the commit."""
+    return _update_user(actor, user_id, changes, None, with_detail=True)
+
+
+def _update_user(actor, user_id: int, changes: dict, actor_label: str | None, *,
+                 with_detail: bool = False) -> tuple[bool, AdminUserView | None]:
     reason = changes.get("reason")
     changed = suspended = False
+    detail = None
     with unit_of_work() as work:
         user = db.session.execute(
             select(User).where(User.id == user_id).with_for_update()
@@ -212,9 +224,12 @@ def update_user(actor, user_id: int, changes: dict, *, actor_label: str | None =
         if "tier" in changes:
             changed = _grant_tier(actor, actor_label, user, changes["tier"], reason) or changed
         work.changed_user(user_id)
+        if with_detail:
+            db.session.flush()
+            detail = user_detail(user_id)
     if suspended:
         close_user_sockets(user_id)
-    return changed
+    return changed, detail
 
 
 def grant_tier_from_cli(user_id: int, tier: str, actor_label: str = "cli") -> None:

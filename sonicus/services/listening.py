@@ -70,7 +70,7 @@ def start_session(user_id: int, package_id: int, track_id: int | None = None,
                 not_found("Track")
         day = enforce_daily_quota(user, tier.name, now)
         session = ListeningSession(
-            user_id=user_id, package_id=package.id, track_id=track.id if track else None,
+            user_id=user_id, package=package, track=track,  # the answer shows both
             tier=tier.name, status=OPEN, started_at=now, local_day=day,
             max_duration_seconds=tier.max_session_seconds, listened_seconds=0,
             completed=False, counts_toward_quota=True, mood_before=mood_before)
@@ -114,8 +114,9 @@ def clamp_listened(session: ListeningSession, claimed: int, now: datetime) -> in
 
 def get_session(user_id: int, session_id: int, *, lock: bool = False) -> ListeningSession:
     """One of the caller's sessions; someone else's id is 404."""
-    stmt = select(ListeningSession).where(ListeningSession.id == session_id,
-                                          ListeningSession.user_id == user_id)
+    stmt = (select(ListeningSession)
+            .options(selectinload(ListeningSession.package), selectinload(ListeningSession.track))
+            .where(ListeningSession.id == session_id, ListeningSession.user_id == user_id))
     if lock:
         stmt = stmt.with_for_update().execution_options(populate_existing=True)
     session = db.session.execute(stmt).scalar_one_or_none()

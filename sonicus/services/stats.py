@@ -8,7 +8,6 @@ stored yet the first call computes.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -17,14 +16,12 @@ from sqlalchemy import delete, distinct, func, select
 
 from .. import clock
 from ..cache import cache_get, cache_set
-from ..extensions import db, get_redis
+from ..extensions import db, get_redis, guarded_redis_call
 from ..models import ListeningSession, PlatformStats, User, UserSubscription
 from ..models.listening import ENDED
 from ..models.subscription import ACTIVE, PAST_DUE, TRIALING
 from ..tasks.queue import QUEUE_MAINTENANCE, enqueue
 from ..tiers import STARTER, TIERS
-
-log = logging.getLogger(__name__)
 
 CACHE_KEY = "platform_stats"
 REFRESH_LOCK_KEY = "sonicus:lock:platform-stats-refresh"
@@ -179,14 +176,11 @@ def refresh_platform_stats(now: datetime | None = None) -> dict:
 
 def request_refresh() -> None:
     """Enqueue one refresh (best effort); a Redis lock keeps concurrent requests to one job."""
-    client = get_redis()
-    if client is not None:
-        try:
-            if not client.set(REFRESH_LOCK_KEY, "1", nx=True, ex=_ttl()):
-                return
-        except Exception as exc:
-            log.warning("stats refresh lock failed: %s", type(exc).__name__)
-            return
+    if get_redis() is not None:
+        ttl = _ttl()
+        if not guarded_redis_call("stats refresh lock", lambda client: client.set(
+                REFRESH_LOCK_KEY, "1", nx=True, ex=ttl)):
+            return  # another request holds it, or Redis is unavailable
     enqueue(refresh_platform_stats, queue=QUEUE_MAINTENANCE, job_id=REFRESH_JOB_ID,
             best_effort=True)
 

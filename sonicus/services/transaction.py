@@ -7,7 +7,16 @@
 
 Every failure (a 4xx raised by a rule, a database error) rolls back and releases the row
 locks taken inside. Users named with ``changed_user`` are forgotten by the caller cache only
-once the commit has succeeded: the one place where a caller is invalidated.
+once the commit has succeeded: the one place where a caller is invalidated (in every process:
+``caller_cache.forget_users``).
+
+A write that names a user who no longer exists (an account erased after the caller signed
+in) is answered 404 ``not_found``, whichever statement finds it out: the database refuses the
+row that references the missing user and this translates that refusal.
+
+The answer of a write is built from what the transaction loaded: the app's sessions keep
+objects loaded after the commit (``expire_on_commit`` off), so load what the answer shows
+inside the unit of work and nothing touches the database once it has committed.
 """
 
 from __future__ import annotations
@@ -15,8 +24,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sqlalchemy.exc import IntegrityError
+
 from ..caller_cache import forget_users
+from ..envelope import ApiError
 from ..extensions import db
+
+FOREIGN_KEY_VIOLATION = "23503"
 
 
 class Work:
@@ -31,12 +45,31 @@ class Work:
             self.changed_users.add(user_id)
 
 
+def account_gone() -> ApiError:
+    return ApiError(404, "not_found", "Account not found.",
+                    errors=["This account no longer exists."])
+
+
+def names_a_missing_user(exc: IntegrityError) -> bool:
+    """The database refused a row that references a user who is not there (any more)."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "pgcode", None) != FOREIGN_KEY_VIOLATION:
+        return False
+    constraint = getattr(getattr(orig, "diag", None), "constraint_name", None) or ""
+    return constraint.endswith("_users")
+
+
 @contextmanager
 def unit_of_work() -> Iterator[Work]:
     work = Work()
     try:
         yield work
         db.session.commit()
+    except IntegrityError as exc:
+        db.session.rollback()
+        if names_a_missing_user(exc):
+            raise account_gone() from exc
+        raise
     except BaseException:
         db.session.rollback()
         raise

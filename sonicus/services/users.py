@@ -8,7 +8,7 @@ from datetime import datetime
 from flask import current_app
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import joinedload, selectinload
 
 from .. import clock
 from ..envelope import ApiError, not_found
@@ -27,7 +27,7 @@ from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_pref
 from . import erasure
 from .analytics import invalidate_user_analytics
 from .subscriptions import lock_or_create_subscription
-from .transaction import unit_of_work
+from .transaction import account_gone, unit_of_work
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,8 @@ def _apply_claims(user: User, view: dict, role: str) -> None:
 
 def _lock_user(user_id: int) -> User:
     user = db.session.execute(
-        select(User).where(User.id == user_id).execution_options(populate_existing=True)
-        .with_for_update()).scalar_one_or_none()
+        select(User).where(User.id == user_id).options(selectinload(User.subscription))
+        .execution_options(populate_existing=True).with_for_update()).scalar_one_or_none()
     if user is None:
         not_found("User")
     return user
@@ -211,7 +211,7 @@ def erase_user(user_id: int) -> None:
             select(User).where(User.id == user_id).with_for_update()
             .execution_options(populate_existing=True)).scalar_one_or_none()
         if user is None:
-            return  # erased already, by a concurrent request
+            raise account_gone()  # erased already (a second request, or another process)
         erasure.add_tombstone(user, sub, now)
         owed = erasure.owe_cancellation(sub, now)
         if owed is not None:

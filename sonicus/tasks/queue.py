@@ -3,16 +3,21 @@
 With REDIS_URL the job goes to RQ (explicit connection, retries with backoff, timeouts set
 on purpose). Without it (the embedded default) the job runs inline, right now, in this
 app context. Jobs take ids and reload what they need, so both paths behave the same.
+
+Enqueues share the process's one Redis back-off (``extensions.RedisGate``): while Redis is
+down or hung an enqueue fails at once instead of waiting for a timeout.
 """
 
 from __future__ import annotations
 
 import logging
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from ..extensions import get_redis
+from ..extensions import get_redis, guarded_redis_call, redis_gate
 from ..logs import job_meta
 from ..metrics import record_enqueued
 
@@ -47,10 +52,18 @@ def enqueue(func, *args, queue: str = QUEUE_DEFAULT, job_id: str | None = None,
         return func(*args)
     retry = Retry(max=retries, interval=list(DEFAULT_RETRY_INTERVALS[:retries]) or [1]) \
         if retries else None
+    gate = redis_gate()
     try:
-        job = q.enqueue(func, args=args, job_id=job_id, retry=retry, job_timeout=timeout,
-                        result_ttl=RESULT_TTL_SECONDS, failure_ttl=FAILURE_TTL_SECONDS,
-                        meta=job_meta())  # the request id, for the job's log lines
+        if not gate.allows():
+            raise RedisConnectionError("Redis is unavailable (backing off)")
+        try:
+            job = q.enqueue(func, args=args, job_id=job_id, retry=retry, job_timeout=timeout,
+                            result_ttl=RESULT_TTL_SECONDS, failure_ttl=FAILURE_TTL_SECONDS,
+                            meta=job_meta())  # the request id, for the job's log lines
+        except Exception as exc:
+            gate.failed(exc, "enqueue")
+            raise
+        gate.succeeded()
         record_enqueued(func, queue)
         return job
     except Exception as exc:
@@ -63,10 +76,10 @@ def enqueue(func, *args, queue: str = QUEUE_DEFAULT, job_id: str | None = None,
 
 def job_is_pending(job_id: str) -> bool:
     """True when a job with this id waits for a worker (False without Redis, or unknown)."""
-    client = get_redis()
-    if client is None:
-        return False
-    try:
-        return Job.fetch(job_id, connection=client).get_status(refresh=False) in _PENDING
-    except Exception:  # no such job (or expired), or Redis unreachable: not pending
-        return False
+    def status(client):
+        try:
+            return Job.fetch(job_id, connection=client).get_status(refresh=False)
+        except NoSuchJobError:  # never enqueued, or expired
+            return None
+
+    return guarded_redis_call("job lookup", status) in _PENDING

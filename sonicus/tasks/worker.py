@@ -1,17 +1,88 @@
-"""RQ workers that run every job inside the app's context."""
+"""RQ workers that run every job inside the app's context, and outlive Redis outages.
+
+- ``run_worker`` keeps a worker process serving across Redis outages. RQ's work loop ends
+  (or raises) when Redis goes away under it; the process then waits, with capped exponential
+  backoff (``WORKER_RECONNECT_MAX_SECONDS``), and starts a fresh RQ worker. Only a shutdown
+  signal (SIGTERM, SIGINT) ends the process.
+- A job left ``started`` by a worker that died (SIGKILL, out of memory, a lost machine) is
+  requeued by the others: each running job's entry in RQ's StartedJobRegistry lives
+  ``WORKER_ABANDONED_JOB_SECONDS`` and is renewed every ``WORKER_HEARTBEAT_SECONDS`` while
+  the job runs (by the work horse's monitor, or by a heartbeat thread in a simple worker).
+  Every worker sweeps the registries every ``WORKER_HEARTBEAT_SECONDS``
+  (``requeue_abandoned_jobs``): an expired entry is claimed by removing it (one worker
+  wins) and its job goes back to the front of its queue at once, without using up a retry
+  (a job that takes its worker down ``ABANDONED_REQUEUES`` times is left to RQ's cleanup,
+  which fails it). A dead worker's job runs again within about abandoned + heartbeat seconds
+  (40 by default), even when the dead worker's RQ scheduler still holds its lock.
+- The worker talks to Redis on a connection of its own (RQ stretches its socket timeout to
+  cover a blocking dequeue); jobs keep the app's client with its short timeouts and back-off.
+"""
 
 from __future__ import annotations
 
-from rq import SimpleWorker, Worker
+import logging
+import signal
+import threading
+import time
 
-from ..extensions import db, get_redis
+import redis
+from rq import SimpleWorker, Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+from ..extensions import db
 from ..metrics import JobMetricsMixin
 from .queue import QUEUES
 from .schedule import start_scheduler_thread
 
+log = logging.getLogger(__name__)
 
-class _AppContextMixin:
+HEARTBEAT_SECONDS = 10
+ABANDONED_JOB_SECONDS = 30
+RECONNECT_BASE_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 10.0
+STEADY_SECONDS = 60  # a worker that served this long starts the backoff afresh when it ends
+ABANDONED_REQUEUES = 3
+_DONE = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)
+
+
+def requeue_abandoned_jobs(queue) -> list[str]:
+    """Jobs of ``queue`` whose worker stopped renewing their started entry: back to the front
+    of the queue; the ids requeued. Safe with any number of workers sweeping at once."""
+    connection = queue.connection
+    registry = StartedJobRegistry(queue.name, connection=connection)
+    requeued = []
+    for entry in connection.zrangebyscore(registry.key, 0, time.time()):
+        if not connection.zrem(registry.key, entry):
+            continue  # another worker claimed it
+        try:
+            job = Job.fetch(registry.parse_job_id(entry), connection=connection)
+        except NoSuchJobError:
+            continue
+        except redis.exceptions.RedisError:
+            raise
+        except Exception as exc:  # a job that cannot be read back: never requeued
+            log.error("abandoned job %r could not be read: %s", entry, type(exc).__name__)
+            continue
+        if job.get_status() in _DONE:
+            continue
+        abandoned = int(job.meta.get("sonicus_abandoned", 0)) + 1
+        if abandoned > ABANDONED_REQUEUES:
+            connection.zadd(registry.key, {entry: 0})  # RQ's cleanup fails it
+            continue
+        job.meta["sonicus_abandoned"] = abandoned
+        job.save_meta()
+        queue.enqueue_job(job, at_front=True)
+        requeued.append(job.id)
+        log.warning("job %s was left started by a worker that stopped; requeued", job.id)
+    return requeued
+
+
+class _AppWorkerMixin:
     flask_app = None
+    abandoned_after = ABANDONED_JOB_SECONDS
+    stop_event: threading.Event | None = None  # shared by the workers of one process
 
     def perform_job(self, job, queue):
         with self.flask_app.app_context():
@@ -20,8 +91,32 @@ class _AppContextMixin:
             finally:
                 db.session.remove()
 
+    def get_heartbeat_ttl(self, job) -> int:
+        """How long a running job's entry in the StartedJobRegistry lives unrenewed."""
+        return self.abandoned_after
 
-class AppWorker(JobMetricsMixin, _AppContextMixin, Worker):
+    def clean_registries(self):
+        for queue in self.queues:
+            requeue_abandoned_jobs(queue)
+        super().clean_registries()
+
+    @property
+    def dequeue_timeout(self) -> int:
+        # an idle worker wakes up for its heartbeat and the registry cleanup
+        return max(1, min(self.worker_ttl - 15, int(self.maintenance_interval)))
+
+    def request_stop(self, signum, frame):
+        if self.stop_event is not None:
+            self.stop_event.set()
+        return super().request_stop(signum, frame)
+
+    def _install_signal_handlers(self):
+        super()._install_signal_handlers()
+        if self.stop_event is not None and self.stop_event.is_set():
+            self._stop_requested = True  # a signal came while this worker was starting
+
+
+class AppWorker(JobMetricsMixin, _AppWorkerMixin, Worker):
     """Forks a work horse per job; the horse drops inherited database connections."""
 
     def perform_job(self, job, queue):
@@ -30,30 +125,102 @@ class AppWorker(JobMetricsMixin, _AppContextMixin, Worker):
         return super().perform_job(job, queue)
 
 
-class AppSimpleWorker(JobMetricsMixin, _AppContextMixin, SimpleWorker):
-    """Runs jobs in its own process (tests, benchmarks)."""
+class AppSimpleWorker(JobMetricsMixin, _AppWorkerMixin, SimpleWorker):
+    """Runs jobs in its own process; a thread renews the running job's registry entry (the
+    forking worker's monitor does it for the horse)."""
+
+    def perform_job(self, job, queue):
+        done = threading.Event()
+        beat = threading.Thread(target=self._renew_while_running, args=(job, done),
+                                name="sonicus-job-heartbeat", daemon=True)
+        beat.start()
+        try:
+            return super().perform_job(job, queue)
+        finally:
+            done.set()
+            beat.join(5)
+
+    def _renew_while_running(self, job, done: threading.Event) -> None:
+        while not done.wait(self.job_monitoring_interval):
+            try:
+                self.maintain_heartbeats(job)
+            except Exception as exc:  # Redis away: the entry may expire; the job goes on
+                log.warning("job heartbeat failed: %s", type(exc).__name__)
 
 
-def make_worker(app, *, simple: bool = False, queues=QUEUES, name: str | None = None):
-    with app.app_context():
-        connection = get_redis()
-    if connection is None:
+def _worker_connection(app) -> redis.Redis:
+    return redis.Redis.from_url(app.config["REDIS_URL"], socket_connect_timeout=5,
+                                health_check_interval=30)
+
+
+def make_worker(app, *, simple: bool = False, queues=QUEUES, name: str | None = None,
+                stop_event: threading.Event | None = None):
+    if not app.config.get("REDIS_URL"):
         raise RuntimeError("REDIS_URL is not set: jobs run inline, no worker is needed.")
+    heartbeat = int(app.config.get("WORKER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
+    abandoned = int(app.config.get("WORKER_ABANDONED_JOB_SECONDS", ABANDONED_JOB_SECONDS))
     cls = AppSimpleWorker if simple else AppWorker
-    worker = cls(list(queues), connection=connection, name=name)
+    worker = cls(list(queues), connection=_worker_connection(app), name=name,
+                 job_monitoring_interval=heartbeat, maintenance_interval=heartbeat)
     worker.flask_app = app
+    worker.abandoned_after = max(abandoned, heartbeat + 1)
+    # RQ's own wait between reconnection attempts inside its dequeue loop
+    worker.max_connection_wait_time = float(
+        app.config.get("WORKER_RECONNECT_MAX_SECONDS", RECONNECT_MAX_SECONDS))
+    worker.stop_event = stop_event
     return worker
 
 
-def run_worker(app, *, simple: bool = False, schedule: bool = True) -> int:
-    """A worker with RQ's scheduler (retries) and the periodic schedule thread."""
-    worker = make_worker(app, simple=simple)
-    stop = None
-    if schedule:
-        _thread, stop = start_scheduler_thread(app)
+def _discard(worker) -> None:
+    """What a worker that lost Redis may leave running: its scheduler and its pubsub thread."""
+    if worker is None:
+        return
     try:
-        worker.work(with_scheduler=True)
+        if worker.scheduler is not None:
+            worker.stop_scheduler()
+    except Exception:
+        pass
+    thread = getattr(worker, "pubsub_thread", None)
+    if thread is not None:
+        try:
+            thread.stop()
+            thread.join(timeout=1)
+            worker.pubsub.close()
+        except Exception:
+            pass
+
+
+def _on_signal(stop: threading.Event):
+    def handler(signum, frame):
+        stop.set()
+    return handler
+
+
+def run_worker(app, *, simple: bool = False, schedule: bool = True) -> int:
+    """Serve the queues with RQ's scheduler (retries) and the periodic schedule thread, until
+    a shutdown signal; Redis outages are waited out."""
+    stop = threading.Event()
+    cap = float(app.config.get("WORKER_RECONNECT_MAX_SECONDS", RECONNECT_MAX_SECONDS))
+    scheduler_stop = start_scheduler_thread(app)[1] if schedule else None
+    failures = 0
+    try:
+        while not stop.is_set():
+            worker, started = None, time.monotonic()
+            try:
+                worker = make_worker(app, simple=simple, stop_event=stop)
+                worker.work(with_scheduler=True)
+            except Exception as exc:  # Redis unreachable while starting or tearing down
+                log.warning("worker ended: %s: %s", type(exc).__name__, exc)
+            if stop.is_set():
+                break
+            _discard(worker)
+            failures = 1 if time.monotonic() - started > STEADY_SECONDS else failures + 1
+            delay = min(cap, RECONNECT_BASE_SECONDS * 2 ** (failures - 1))
+            log.warning("worker lost Redis; starting a new one in %.1f s", delay)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, _on_signal(stop))
+            stop.wait(delay)
     finally:
-        if stop is not None:
-            stop.set()
+        if scheduler_stop is not None:
+            scheduler_stop.set()
     return 0

@@ -1,0 +1,130 @@
+"""What input the API accepts, checked in one place for every route (API.md, Envelope).
+
+- Text: no string anywhere in an input (a body, a query argument, a token's identity
+  claims, a webhook) holds a NUL character or an unpaired surrogate. PostgreSQL cannot store
+  the first, UTF-8 cannot encode the second; both are refused with the field's name.
+- Integers are strict: a JSON body's integer is a JSON integer (not a float, a boolean or a
+  numeric string), a query argument's is ASCII digits; and it fits the database's
+  ``integer`` column.
+- JSON is nested at most ``MAX_JSON_DEPTH`` levels (checked on the raw body, before any
+  parser recurses into it).
+
+``InputSchema`` carries the first two for every input schema (bodies derive from it through
+``schemas.common.StrictSchema``, query arguments through ``QueryArgsSchema``); the depth is
+checked once per request in ``web.py``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import marshmallow as ma
+
+MAX_JSON_DEPTH = 32
+INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+HOSTILE_TEXT_MESSAGE = "Must not contain NUL characters or unpaired surrogates."
+NOT_AN_INTEGER = "Not a valid integer."
+
+# Any surrogate code point in a str is unpaired: a JSON pair decodes to one character.
+_HOSTILE_TEXT = re.compile("[\x00\ud800-\udfff]")
+_ASCII_INTEGER = re.compile(r"-?[0-9]{1,20}")
+_JSON_TOKENS = re.compile(rb'[\[\]{}"\\]')
+_INTEGER_COLUMN = ma.validate.Range(min=INT32_MIN, max=INT32_MAX)
+
+
+def is_hostile_text(value: str) -> bool:
+    """True when ``value`` holds a NUL character or an unpaired surrogate."""
+    return _HOSTILE_TEXT.search(value) is not None
+
+
+def hostile_text_errors(data):
+    """Where in ``data`` (JSON-like: mappings, lists, strings) a string or a key is hostile,
+    as marshmallow error messages (``{"field": {"0": [message]}}``); None when nowhere."""
+    if isinstance(data, str):
+        return [HOSTILE_TEXT_MESSAGE] if is_hostile_text(data) else None
+    if isinstance(data, dict) or hasattr(data, "items"):
+        errors = {}
+        for key, value in data.items():
+            if isinstance(key, str) and is_hostile_text(key):
+                errors.setdefault("_schema", []).append(f"A field name: {HOSTILE_TEXT_MESSAGE}")
+                continue
+            found = hostile_text_errors(value)
+            if found:
+                errors[key] = found
+        return errors or None
+    if isinstance(data, (list, tuple)):
+        errors = {index: found for index, item in enumerate(data)
+                  if (found := hostile_text_errors(item))}
+        return errors or None
+    return None
+
+
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when the JSON text ``body`` nests arrays/objects deeper than ``limit`` levels
+    (brackets inside strings do not count). Linear, without recursion or parsing."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth, in_string, skip_to = 0, False, -1
+    for match in _JSON_TOKENS.finditer(body):
+        position = match.start()
+        if position < skip_to:
+            continue  # the character after a backslash
+        token = body[position]
+        if in_string:
+            if token == 0x5C:  # backslash: the next character is escaped
+                skip_to = position + 2
+            elif token == 0x22:
+                in_string = False
+        elif token == 0x22:
+            in_string = True
+        elif token in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def _integers_of(field):
+    """The Integer fields in ``field`` (itself, or a List's items)."""
+    if isinstance(field, ma.fields.Integer):
+        yield field
+    elif isinstance(field, ma.fields.List):
+        yield from _integers_of(field.inner)
+
+
+class InputSchema(ma.Schema):
+    """The base of every schema that reads input: hostile text is refused wherever it is,
+    integers are strict and fit an ``integer`` column."""
+
+    # Query arguments arrive as text: their integers are ASCII digits instead of JSON numbers.
+    integers_from_text = False
+
+    @ma.pre_load
+    def refuse_hostile_input(self, data, **kwargs):
+        errors = hostile_text_errors(data) or {}
+        if self.integers_from_text and hasattr(data, "get"):
+            for name, field in self.load_fields.items():
+                key = field.data_key or name
+                value = data.get(key)
+                if isinstance(field, ma.fields.Integer) and isinstance(value, str) \
+                        and not _ASCII_INTEGER.fullmatch(value):
+                    errors.setdefault(key, [NOT_AN_INTEGER])
+        if errors:
+            raise ma.ValidationError(errors)
+        return data
+
+    def on_bind_field(self, field_name: str, field_obj) -> None:
+        super().on_bind_field(field_name, field_obj)
+        for integer in _integers_of(field_obj):
+            integer.strict = not self.integers_from_text
+            # A bound field is a shallow copy of the declared one: never mutate its list.
+            if not any(check is _INTEGER_COLUMN for check in integer.validators):
+                integer.validators = [*integer.validators, _INTEGER_COLUMN]
+
+
+class QueryArgsSchema(InputSchema):
+    """The base of every query-argument schema."""
+
+    integers_from_text = True
