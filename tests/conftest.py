@@ -716,6 +716,32 @@ def set_clock(monkeypatch):
     return set_to
 
 
+@pytest.fixture
+def sql_statements():
+    """``sql_statements(app, action)`` → the SQL statements ``action()`` sent through the
+    app's engine, in order."""
+    from sqlalchemy import event
+
+    from sonicus.extensions import db
+
+    def run(app, action) -> list[str]:
+        with app.app_context():
+            engine = db.engine
+        statements = []
+
+        def record(conn, cursor, statement, *args):
+            statements.append(statement)
+
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            action()
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        return statements
+
+    return run
+
+
 # ---- waiting for asynchronous work -----------------------------------------------------------
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from sonicus.models import AuditLog, PackageAssignment
 
@@ -179,26 +179,8 @@ def test_adding_to_ones_own_library_grants_nothing(client, auth, catalog, make_u
     assert _start(client, former, catalog["delta"]).status_code == 403
 
 
-def _count_queries(app, func) -> int:
-    from sonicus.extensions import db
-
-    with app.app_context():
-        engine = db.engine
-    statements = []
-
-    def count(conn, cursor, statement, *args):
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        func()
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-    return len(statements)
-
-
-def test_live_assignments_are_read_in_one_query(auth, make_config, make_user, make_package,
-                                                db_session):
+def test_live_assignments_are_read_in_one_query(sql_statements, auth, make_config, make_user,
+                                                make_package, db_session):
     from sonicus import create_app
     from sonicus.services.library import assign_package
 
@@ -222,10 +204,10 @@ def test_live_assignments_are_read_in_one_query(auth, make_config, make_user, ma
     for path in ("/api/packages", "/api/user/packages", "/api/user/dashboard"):
         for email in headers:  # warm: the callers are cached
             fetch(email, path)()
-        counts = {email: _count_queries(app, fetch(email, path)) for email in headers}
+        counts = {email: len(sql_statements(app, fetch(email, path))) for email in headers}
         assert counts["one@example.com"] == counts["many@example.com"], path
         if path != "/api/user/dashboard":  # a page of one package costs what a page of 8 does
-            assert _count_queries(app, fetch("many@example.com", f"{path}?per_page=1")) == \
+            assert len(sql_statements(app, fetch("many@example.com", f"{path}?per_page=1"))) == \
                 counts["many@example.com"], path
     listing = client.get("/api/packages", headers=headers["many@example.com"]).json["data"]
     assert all(p["access"] == "assigned" for p in listing)

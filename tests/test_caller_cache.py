@@ -3,32 +3,16 @@ for this process's own writes, bounded staleness for other processes' writes."""
 
 import time
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from sonicus import create_app
 from sonicus.extensions import db
 
 
-def _count_statements(app, action):
-    statements = []
-
-    def record(conn, cursor, statement, *args):
-        statements.append(statement)
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        action()
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    return statements
-
-
-def test_a_token_seen_moments_ago_needs_no_query(app, client, auth):
+def test_a_token_seen_moments_ago_needs_no_query(sql_statements, app, client, auth):
     headers = auth("burst@example.com")
     assert client.get("/api/user/profile", headers=headers).status_code == 200
-    statements = _count_statements(
+    statements = sql_statements(
         app, lambda: client.get("/api/user/profile", headers=headers))
     assert statements == []
 
@@ -65,23 +49,23 @@ def test_other_processes_writes_are_seen_within_the_window(idp, make_config):
                       headers=headers).json["data"]["display_name"] == "Changed"
 
 
-def test_the_cache_can_be_turned_off(idp, make_config):
+def test_the_cache_can_be_turned_off(sql_statements, idp, make_config):
     app = create_app(make_config(AUTH_USER_CACHE_SECONDS=0))
     client = app.test_client()
     headers = {"Authorization": f"Bearer {idp.token(email='off@example.com')}"}
     client.get("/api/user/profile", headers=headers)
-    statements = _count_statements(
+    statements = sql_statements(
         app, lambda: client.get("/api/user/profile", headers=headers))
     assert any("FROM sonicus.users" in s for s in statements)
 
 
-def test_a_caller_read_from_the_snapshot_is_still_held_to_the_admin_check(app, client, auth,
-                                                                          admin_auth):
+def test_a_caller_read_from_the_snapshot_is_still_held_to_the_admin_check(
+        sql_statements, app, client, auth, admin_auth):
     listener, admin = auth("curious@example.com"), admin_auth("boss@example.com")
     for _ in range(2):  # the second round is answered from the snapshot
         assert client.get("/api/admin/users", headers=listener).status_code == 403
         assert client.get("/api/admin/users", headers=admin).status_code == 200
-    statements = _count_statements(
+    statements = sql_statements(
         app, lambda: client.get("/api/admin/users", headers=listener))
     assert statements == []
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import event
-
 from sonicus import clock
 
 
@@ -111,26 +109,8 @@ def test_paid_tier_sees_its_packages(client, auth, make_user, make_package):
     assert data["subscription"]["usage"]["sessions_remaining"] == 10
 
 
-def _count_queries(app, func):
-    from sonicus.extensions import db
-
-    statements = []
-    with app.app_context():
-        engine = db.engine
-
-    def count(conn, cursor, statement, *args):
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        func()
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-    return statements
-
-
-def test_query_count_does_not_grow_with_the_data(auth, redis_client, make_config, make_user,
-                                                 make_package, make_session):
+def test_query_count_does_not_grow_with_the_data(sql_statements, auth, redis_client, make_config,
+                                                 make_user, make_package, make_session):
     from sonicus import create_app
 
     # Identity snapshots that outlast the test: each warm request reuses its cold one's
@@ -159,10 +139,10 @@ def test_query_count_does_not_grow_with_the_data(auth, redis_client, make_config
         return run
 
     redis_client.flushdb()
-    cold_small = _count_queries(app, fetch("small@example.com"))
-    cold_big = _count_queries(app, fetch("big@example.com"))
-    warm_small = _count_queries(app, fetch("small@example.com"))
-    warm_big = _count_queries(app, fetch("big@example.com"))
+    cold_small = sql_statements(app, fetch("small@example.com"))
+    cold_big = sql_statements(app, fetch("big@example.com"))
+    warm_small = sql_statements(app, fetch("small@example.com"))
+    warm_big = sql_statements(app, fetch("big@example.com"))
     assert len(cold_small) == len(cold_big) <= 15
     assert len(warm_small) == len(warm_big) <= 8
     assert len(warm_big) < len(cold_big)  # the analytics came from the cache
