@@ -55,10 +55,6 @@ class CallerCache:
     def enabled(self) -> bool:
         return self.ttl > 0 and self._feed_live
 
-    @property
-    def feed_live(self) -> bool:
-        return self._feed_live
-
     def feed_restored(self) -> None:
         """Other processes' invalidations arrive (again): start caching afresh (anything
         published while they did not arrive was missed)."""
