@@ -20,7 +20,7 @@ from ..schemas.subscription import (
     SubscriptionEventSchema,
     SubscriptionSchema,
 )
-from ..services import quota, subscriptions
+from ..services import subscriptions
 
 blp = Blueprint("subscription", __name__, url_prefix="/api/user",
                 description="The caller's subscription.")
@@ -53,10 +53,9 @@ class Subscription(MethodView):
         for a paid tier gets 409 `use_billing_portal` with `portal_url`: never a second
         subscription.
         """
-        used = quota.sessions_today(caller)
-        sub, message = subscriptions.change_tier(caller.id, body["tier"], body["start_trial"])
+        view, message = subscriptions.change_tier(caller.id, body["tier"], body["start_trial"])
         set_message(message)
-        return subscriptions.overview(caller, sub, used=used)
+        return view
 
     @require_user
     @blp.arguments(CancelSchema, required=False)
@@ -64,10 +63,9 @@ class Subscription(MethodView):
     @blp.errors(401, 403, (409, "`conflict`: there is nothing to cancel."), 422, 502)
     def delete(self, body, caller):
         """Cancel at the end of the period (or trial); a pending checkout is dropped."""
-        used = quota.sessions_today(caller)
-        sub, message = subscriptions.cancel(caller.id, body.get("reason"), body.get("comment"))
+        view, message = subscriptions.cancel(caller.id, body.get("reason"), body.get("comment"))
         set_message(message)
-        return subscriptions.overview(caller, sub, used=used)
+        return view
 
 
 @blp.route("/subscription/resume")
@@ -77,10 +75,9 @@ class Resume(MethodView):
     @blp.errors(401, 403, (409, "`conflict`: nothing is scheduled, or the period is over."), 502)
     def post(self, caller):
         """Undo a scheduled cancellation or downgrade before the period ends."""
-        used = quota.sessions_today(caller)
-        sub, message = subscriptions.resume(caller.id)
+        view, message = subscriptions.resume(caller.id)
         set_message(message)
-        return subscriptions.overview(caller, sub, used=used)
+        return view
 
 
 @blp.route("/subscription/portal")

@@ -62,18 +62,10 @@ def enforce_daily_quota(person, tier_name: str, now: datetime) -> date:
     return day
 
 
-def sessions_today(person, now: datetime | None = None) -> int:
-    """The quota-counted sessions of ``person``'s current day."""
-    return sessions_on_day(person.id, _today(person, now or clock.now())[0])
-
-
-def usage_today(person, tier_name: str, now: datetime | None = None, *,
-                used: int | None = None) -> Usage:
-    """``person``: a user or a caller (``id`` and the day settings); ``used``: the
-    day's count when it was read already (the answer of a write, built after its commit)."""
+def usage_today(person, tier_name: str, now: datetime | None = None) -> Usage:
+    """``person``: a user or a caller (``id`` and the day settings)."""
     now = now or clock.now()
     day, resets_at = _today(person, now)
-    if used is None:
-        used = sessions_on_day(person.id, day)
+    used = sessions_on_day(person.id, day)
     limit = TIERS[tier_name].daily_sessions
     return Usage(used, None if limit is None else max(0, limit - used), resets_at)

@@ -37,7 +37,7 @@ from .common import (
     cents_to_decimal,
 )
 from .portal import portal_for
-from .row import lock_or_create_subscription
+from .row import SubscriptionOverview, lock_or_create_subscription, overview
 
 
 def _require_verified(user: User) -> None:
@@ -67,8 +67,11 @@ def _start_checkout(user: User, sub: UserSubscription, tier: str, now: datetime)
 
 
 def change_tier(user_id: int, tier: str, start_trial: bool = False,
-                now: datetime | None = None) -> tuple[UserSubscription, str]:
-    """``POST /api/user/subscription``: choose, buy, trial, upgrade or downgrade a tier."""
+                now: datetime | None = None) -> tuple[SubscriptionOverview, str]:
+    """``POST /api/user/subscription``: choose, buy, trial, upgrade or downgrade a tier.
+
+    Returns the answer (built inside the transaction: nothing is read after the commit) and
+    the message."""
     now = now or clock.now()
     target = get_tier(tier)
     if start_trial and not target.is_paid:
@@ -88,7 +91,8 @@ def change_tier(user_id: int, tier: str, start_trial: bool = False,
             message = _choose_starter(sub, now, first_choice)
         else:
             message = _choose_paid(user, sub, tier, now)
-    return sub, message
+        view = overview(user, sub, now)
+    return view, message
 
 
 def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
@@ -221,7 +225,7 @@ def _schedule_cancel(sub: UserSubscription, now: datetime, *, reason, comment, v
 
 
 def cancel(user_id: int, reason: str | None = None, comment: str | None = None,
-           now: datetime | None = None) -> tuple[UserSubscription, str]:
+           now: datetime | None = None) -> tuple[SubscriptionOverview, str]:
     """``DELETE /api/user/subscription``: cancel at the end of the period (or trial)."""
     now = now or clock.now()
     with unit_of_work() as work:
@@ -238,7 +242,8 @@ def cancel(user_id: int, reason: str | None = None, comment: str | None = None,
         else:
             _clear_checkout(sub)
             message = _schedule_cancel(sub, now, reason=reason, comment=comment, via="cancel")
-    return sub, message
+        view = overview(db.session.get(User, user_id), sub, now)
+    return view, message
 
 
 def _resume(sub: UserSubscription, now: datetime) -> str:
@@ -252,7 +257,7 @@ def _resume(sub: UserSubscription, now: datetime) -> str:
     return f"Resumed: {get_tier(sub.tier).title} continues."
 
 
-def resume(user_id: int, now: datetime | None = None) -> tuple[UserSubscription, str]:
+def resume(user_id: int, now: datetime | None = None) -> tuple[SubscriptionOverview, str]:
     """``POST /api/user/subscription/resume``: undo a scheduled cancel or downgrade."""
     now = now or clock.now()
     with unit_of_work() as work:
@@ -264,4 +269,5 @@ def resume(user_id: int, now: datetime | None = None) -> tuple[UserSubscription,
         if ends is not None and ends <= now:
             fail(409, "conflict", "The period has already ended.")
         message = _resume(sub, now)
-    return sub, message
+        view = overview(db.session.get(User, user_id), sub, now)
+    return view, message

@@ -111,13 +111,12 @@ def _checkout(sub: UserSubscription) -> CheckoutView | None:
                         cents_to_decimal(get_tier(sub.checkout_tier).price_cents))
 
 
-def overview(person, sub: UserSubscription | None = None, now: datetime | None = None, *,
-             used: int | None = None) -> SubscriptionOverview:
-    """``person``: a user or a caller (``id``, ``email_verified`` and the day settings);
-    ``used``: today's session count, read before a change (then nothing here reads the
-    database)."""
+def overview(person, sub: UserSubscription | None = None,
+             now: datetime | None = None) -> SubscriptionOverview:
+    """``person``: a user or a caller (``id``, ``email_verified`` and the day settings). A
+    change builds it inside its transaction, so its answer reads nothing after the commit."""
     sub = sub if sub is not None else get_subscription(person)
-    return SubscriptionOverview(sub, quota.usage_today(person, sub.tier, now, used=used),
+    return SubscriptionOverview(sub, quota.usage_today(person, sub.tier, now),
                                 Onboarding.of(person.email_verified, sub), _checkout(sub))
 
 
