@@ -12,14 +12,19 @@ from sonicus import ConfigError, create_app
 
 @pytest.fixture
 def limited_app(make_config):
-    return create_app(make_config(RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="5/second",
+    return create_app(make_config(RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="5/minute",
                                   RATELIMIT_PER_IP="1000/second"))
 
 
 def test_rate_limit_answers_429_in_the_envelope(limited_app, idp):
     client = limited_app.test_client()
     headers = {"Authorization": f"Bearer {idp.token(email='fast@example.com')}"}
-    statuses = [client.get("/api/user/profile", headers=headers) for _ in range(8)]
+    # Twelve requests fall in at most two minute windows, so one of them holds six or more.
+    statuses = []
+    for _ in range(12):
+        statuses.append(client.get("/api/user/profile", headers=headers))
+        if statuses[-1].status_code == 429:
+            break
     limited = [r for r in statuses if r.status_code == 429]
     assert limited, [r.status_code for r in statuses]
     body = limited[0].json
