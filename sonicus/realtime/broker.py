@@ -15,11 +15,13 @@ web process.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import redis
@@ -35,6 +37,25 @@ BACKOFF_BASE_SECONDS = 0.25
 BACKOFF_CAP_SECONDS = 10.0
 SUBSCRIBE_CONFIRM_SECONDS = 5.0
 FIRST_START_WAIT_SECONDS = 0.5  # the request that starts the subscriber waits this long
+
+# Subscribers running in this process, stopped at interpreter exit so that none retries (and
+# logs) while logging is being shut down.
+_RUNNING: weakref.WeakSet = weakref.WeakSet()
+_exit_hook = threading.Lock()
+_exit_hook_registered = False
+
+
+def _stop_running_brokers() -> None:
+    for broker in list(_RUNNING):
+        broker.stop()
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+    with _exit_hook:
+        if not _exit_hook_registered:
+            atexit.register(_stop_running_brokers)
+            _exit_hook_registered = True
 
 
 class Connection:
@@ -167,6 +188,8 @@ class Broker:
                                               daemon=True)
             self._listener.start()
             self.listener_starts += 1
+            _RUNNING.add(self)
+            _register_exit_hook()
             return True
 
     def wait_ready(self, timeout: float) -> bool:
@@ -218,6 +241,8 @@ class Broker:
             except Exception as exc:
                 self._ready.clear()
                 callers.feed_lost()
+                if self._stop.is_set():
+                    break
                 failures += 1
                 self.reconnects += 1
                 delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * (2 ** (failures - 1)))
