@@ -276,3 +276,32 @@ def test_export_says_what_stays_after_erasure(client, auth):
     [earlier] = doc["earlier_erasures"]
     assert earlier["trial_used"] is True and earlier["matched_by"] == ["subject", "email"]
     assert doc["after_erasure"] == after  # a fixed statement
+
+
+def test_erasure_empties_the_provider_notices_received_before_it(client, auth, billing,
+                                                                   db_session):
+    from sonicus.models import BillingEvent
+
+    gone, other = auth(EMAIL), auth("other@example.com")
+    for headers, email, customer in ((gone, EMAIL, "cus_1"), (other, "other@example.com",
+                                                              "cus_12")):
+        reference = client.post("/api/user/subscription", json={"tier": "premium"},
+                                headers=headers).get_json()["data"]["checkout"]["reference"]
+        uid = billing.user_id(email)
+        event = billing.checkout_completed(f"evt_c_{customer[4:]}", user_id=uid, tier="premium",
+                                           reference=reference, customer=customer,
+                                           subscription=f"sub_{customer}")
+        event["data"]["object"]["customer_email"] = email
+        assert billing.post_webhook(client, event).status_code == 200
+
+    assert client.delete("/api/user/profile", headers=gone).status_code == 200
+
+    db_session.expire_all()
+    kept = {e.event_id: e.payload for e in db_session.query(BillingEvent)}
+    assert set(kept) == {"evt_c_1", "evt_c_12"}  # the rows stay: replays stay harmless
+    erased = kept["evt_c_1"]
+    assert set(erased) == {"id", "type", "created", "sonicus_outcome"}
+    assert EMAIL not in str(erased) and "cus_1" not in str(erased)
+    # another customer whose id merely starts the same is untouched
+    assert kept["evt_c_12"]["data"]["object"]["customer"] == "cus_12"
+    assert kept["evt_c_12"]["data"]["object"]["customer_email"] == "other@example.com"

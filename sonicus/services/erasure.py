@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import or_, select
+from sqlalchemy import Text, cast, or_, select
 
 from .. import clock
 from ..billing import BillingUnavailable, get_provider
 from ..extensions import db
-from ..models import ErasureTombstone, OwedCancellation, User, UserSubscription
+from ..models import BillingEvent, ErasureTombstone, OwedCancellation, User, UserSubscription
 from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,36 @@ def add_tombstone(user: User, sub: UserSubscription | None, now: datetime) -> Er
                                  erased_at=now)
     db.session.add(tombstone)
     return tombstone
+
+
+# ---- provider notices received before the erasure ------------------------------------------
+
+def without_content(event: dict, outcome: str | None) -> dict:
+    """What is kept of an erased account's provider notice: that it came, not what it said
+    (invoices carry the customer's email, name and address)."""
+    return {"id": event.get("id"), "type": event.get("type"), "created": event.get("created"),
+            "sonicus_outcome": outcome}
+
+
+def scrub_billing_events(sub: UserSubscription | None, email: str | None) -> int:
+    """Empty the stored provider notices of this account, in the erasure's transaction: the
+    rows stay (their event ids keep webhook replays harmless), their content goes. A notice is
+    the account's when its text names the account's provider customer, subscription or
+    checkout, or its email, as a whole JSON string (``"cus_1"`` is not ``"cus_12"``). Erasure
+    is rare, so a scan of the notices' text is acceptable."""
+    needles = [json.dumps(value) for value in (
+        sub.provider_customer_id if sub else None, sub.provider_subscription_id if sub else None,
+        sub.checkout_reference if sub else None, (email or "").strip() or None) if value]
+    if not needles:
+        return 0
+    text = cast(BillingEvent.payload, Text)
+    events = db.session.execute(
+        select(BillingEvent).where(or_(*(text.contains(n, autoescape=True) for n in needles)))
+    ).scalars().all()
+    for event in events:
+        payload = event.payload or {}
+        event.payload = without_content(payload, payload.get("sonicus_outcome"))
+    return len(events)
 
 
 # ---- owed cancellations -------------------------------------------------------------------

@@ -213,6 +213,7 @@ def erase_user(user_id: int) -> None:
         if user is None:
             raise account_gone()  # erased already (a second request, or another process)
         erasure.add_tombstone(user, sub, now)
+        erasure.scrub_billing_events(sub, user.email)
         owed = erasure.owe_cancellation(sub, now)
         if owed is not None:
             owed_id = owed.id

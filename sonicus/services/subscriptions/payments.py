@@ -23,7 +23,13 @@ from ...extensions import db
 from ...models import BillingEvent, UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
 from ...tiers import STARTER, get_tier
-from ..erasure import attempt_owed_cancellation, is_erased_account, is_erased_billing, owe
+from ..erasure import (
+    attempt_owed_cancellation,
+    is_erased_account,
+    is_erased_billing,
+    owe,
+    without_content,
+)
 from ..transaction import Work, unit_of_work
 from .common import (
     GRACE_PERIOD,
@@ -297,7 +303,7 @@ def handle_billing_event(provider: str, event: dict, notice, now: datetime | Non
             outcome = _apply_notice(provider, notice, now, work, owed)
             record.processed_at = now
             record.payload = {**event, "sonicus_outcome": outcome} \
-                if outcome != ERASED_CUSTOMER else _without_content(event, outcome)
+                if outcome != ERASED_CUSTOMER else without_content(event, outcome)
     except _Replay:
         return {**result, "duplicate": True, "outcome": "duplicate"}
     for owed_id in owed:
@@ -333,12 +339,6 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
     if notice.kind == SUBSCRIPTION_UPDATED:
         return apply_subscription_updated(sub, notice, now)
     return apply_subscription_ended(sub, notice, now)
-
-
-def _without_content(event: dict, outcome: str) -> dict:
-    """What is kept of an erased account's event: that it came, not what it said."""
-    return {"id": event.get("id"), "type": event.get("type"), "created": event.get("created"),
-            "sonicus_outcome": outcome}
 
 
 def _payment_of(provider: str, notice) -> Payment:
