@@ -17,6 +17,7 @@ from http import HTTPStatus
 
 import flask_smorest
 import marshmallow as ma
+from apispec import BasePlugin
 from flask import Response, g, request
 from werkzeug.exceptions import HTTPException
 
@@ -281,8 +282,36 @@ def _error_parts(error, status: int, data: dict) -> tuple[str, list]:
     return message, [message]
 
 
+class IdempotencyKeyDocs(BasePlugin):
+    """Documents ``Idempotency-Key`` once, as a parameter of every signed-in write."""
+
+    PARAMETER = {
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        "description": (
+            "Makes the write safe to retry (1..255 printable ASCII characters, scoped to the "
+            "caller, kept 24 h). The same key with the same method, path and body answers the "
+            "first answer again, with `Idempotent-Replayed: true`, and does nothing again; "
+            "with another method, path or body: 422 `idempotency_key_reused`; while the "
+            "first is still running: 409 `idempotency_key_in_use`. Answers of 500 and above "
+            "are not kept."),
+    }
+
+    def init_spec(self, spec):
+        spec.components.parameter("IdempotencyKey", "header", self.PARAMETER)
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        for method, operation in (operations or {}).items():
+            if method.upper() in WRITE_METHODS and operation.get("security"):
+                operation.setdefault("parameters", []).append("IdempotencyKey")
+
+
 class Api(flask_smorest.Api):
     ERROR_SCHEMA = ErrorEnvelopeSchema
+
+    def _init_spec(self, *, extra_plugins=None, **kwargs):
+        super()._init_spec(extra_plugins=[*(extra_plugins or ()), IdempotencyKeyDocs()],
+                           **kwargs)
 
     def handle_http_exception(self, error):
         status = error.code or 500

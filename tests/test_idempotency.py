@@ -294,3 +294,17 @@ def test_a_replay_is_served_by_another_process_after_the_first_is_gone(
     assert again.status_code == 201 and again.headers[REPLAYED] == "true"
     assert again.json() == first.json()
     assert _sessions(db_session) == 1
+
+
+def test_the_header_is_documented_on_every_signed_in_write(client):
+    spec = client.get("/api/openapi.json").get_json()
+    assert spec["components"]["parameters"]["IdempotencyKey"]["in"] == "header"
+    ref = {"$ref": "#/components/parameters/IdempotencyKey"}
+    writes = [(path, method, operation) for path, operations in spec["paths"].items()
+              for method, operation in operations.items()
+              if method in ("post", "put", "patch", "delete")]
+    for path, method, operation in writes:
+        documented = ref in operation.get("parameters", [])
+        assert documented == bool(operation.get("security")), (method, path)
+    assert ref in spec["paths"]["/api/user/sessions"]["post"]["parameters"]
+    assert ref not in spec["paths"]["/api/billing/webhook"]["post"].get("parameters", [])
