@@ -27,12 +27,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_sessions import (  # noqa: E402
-    Server,
-    make_bench_app,
-    mint_tokens,
-    reset_database,
-)
+from bench.bench_sessions import Server, make_bench_app, reset_database  # noqa: E402
 
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/bench_idem"
 
@@ -44,11 +39,26 @@ def seed(app) -> int:
 
     with app.app_context():
         seed_catalog([{"slug": "bench-rain", "title": "Bench Rain", "category": "sleep",
+                       "published": True,
                        "tracks": [{"title": "Rain", "duration_seconds": 1800,
                                    "media_path": "sleep/bench/rain.mp3"}]}])
         package_id = db.session.query(SoundPackage.id).scalar()
         db.session.remove()
     return package_id
+
+
+def mint_pro_token(app, email: str) -> str:
+    """A development token of a pro user (signed in once, then granted the tier)."""
+    from sonicus.auth import caller_from_token
+    from sonicus.devtokens import mint
+    from sonicus.extensions import db
+    from sonicus.services.admin_users import grant_tier_from_cli
+
+    with app.test_request_context():
+        token = mint(app, email=email)
+        grant_tier_from_cli(caller_from_token(token).id, "pro")
+        db.session.remove()
+    return token
 
 
 def run_round(url: str, token: str, body: dict, starts: int, clients: int,
@@ -92,7 +102,7 @@ def main() -> None:
     app = make_bench_app(args.database)
     reset_database(app, args.database)
     package_id = seed(app)
-    token = mint_tokens(app, ["bench-idem@example.com"], "pro")[0]
+    token = mint_pro_token(app, "bench-idem@example.com")
     server = Server(args.database, 1, args.threads)
     url, body = server.url + "/api/user/sessions", {"package_id": package_id}
     plain, keyed, ratios = [], [], []
