@@ -1,6 +1,6 @@
 """What an ``Idempotency-Key`` costs a session start, against a real gunicorn + PostgreSQL.
 
-    .venv/bin/python -m bench.bench_idempotency [--rounds 10] [--starts 200]
+    .venv/bin/python -m bench.bench_idempotency [--rounds 40] [--starts 25]
         [--database postgresql://postgres@127.0.0.1:5432/bench_idem] [--clients 1]
 
 What it does: migrates the bench database from scratch, seeds one package and one pro user
@@ -93,10 +93,11 @@ def run_round(url: str, token: str, body: dict, starts: int, clients: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--database", default=DEFAULT_DB)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--starts", type=int, default=200, help="starts per kind per round")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--starts", type=int, default=25, help="starts per kind per round")
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--verbose", action="store_true", help="print every round")
     args = parser.parse_args()
 
     app = make_bench_app(args.database)
@@ -117,18 +118,20 @@ def main() -> None:
                 (plain if prefix is None else keyed).extend(lat)
                 medians[prefix is not None] = statistics.median(lat)
             ratios.append(medians[True] / medians[False])
-            print(f"round {r + 1}: without {medians[False] * 1000:.2f} ms, "
-                  f"with key {medians[True] * 1000:.2f} ms per start "
-                  f"({(ratios[-1] - 1) * 100:+.1f}%)", flush=True)
+            if args.verbose:
+                print(f"round {r + 1}: without {medians[False] * 1000:.2f} ms, "
+                      f"with key {medians[True] * 1000:.2f} ms per start "
+                      f"({(ratios[-1] - 1) * 100:+.1f}%)", flush=True)
     finally:
         server.stop()
 
     without, with_key = statistics.median(plain), statistics.median(keyed)
+    quartiles = statistics.quantiles(ratios, n=4)
     print(f"median per start: without the header {without * 1000:.2f} ms, with "
-          f"Idempotency-Key {with_key * 1000:.2f} ms: overhead "
-          f"{(with_key / without - 1) * 100:+.1f}% (rounds: median "
-          f"{(statistics.median(ratios) - 1) * 100:+.1f}%, "
-          f"{(min(ratios) - 1) * 100:+.1f}% to {(max(ratios) - 1) * 100:+.1f}%)")
+          f"Idempotency-Key {with_key * 1000:.2f} ms: {(with_key - without) * 1000:+.2f} ms, "
+          f"overhead {(with_key / without - 1) * 100:+.1f}% (per round: median "
+          f"{(statistics.median(ratios) - 1) * 100:+.1f}%, middle half "
+          f"{(quartiles[0] - 1) * 100:+.1f}% to {(quartiles[2] - 1) * 100:+.1f}%)")
     print(f"{args.rounds} rounds x {args.starts} starts of each kind, {args.clients} client(s); "
           f"gunicorn -k gthread --workers 1 --threads {args.threads}; database "
           f"{args.database.rsplit('/', 1)[1]}; machine: {os.cpu_count()} CPUs")
