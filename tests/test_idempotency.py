@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from sonicus import clock, create_app
 from sonicus.envelope import request_fingerprint
+from sonicus.extensions import db
 from sonicus.models import IdempotencyKey, ListeningSession
 from sonicus.services import idempotency, listening
 
@@ -186,6 +187,9 @@ def test_a_failed_write_keeps_nothing_and_its_retry_runs(client, listener, db_se
     answered = other.test_client().post("/api/user/sessions", json=body, headers=headers)
     assert answered.status_code == 500 and answered.json["code"] == "internal_error"
     assert _keys(db_session) == []
+    with other.app_context():
+        db.engine.dispose()
+        other.extensions[idempotency.ENGINE_KEY].dispose()
 
     monkeypatch.setattr(listening, "start_session", real_start)
     retry = client.post("/api/user/sessions", json=body, headers=headers)
