@@ -13,7 +13,7 @@ from config import ConfigError, load_config, normalise_database_url, validate_co
 
 from . import models  # noqa: F401  (every table on the metadata)
 from .api import register_api
-from .auth import init_auth
+from .auth import init_auth, init_idempotency
 from .cli import sonicus_cli
 from .errors import init_error_reporting
 from .extensions import api, db, migrate, sock
@@ -108,6 +108,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     sock.init_app(app)
     init_auth(app)
     init_web(app)
+    init_idempotency(app)  # after init_web: a kept answer is kept before the access line
     init_rate_limits(app)  # after init_web: its hook starts each request
     init_metrics(app)
     register_api(app, api)

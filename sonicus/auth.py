@@ -33,10 +33,17 @@ from joserfc.jwk import KeySet
 
 from . import clock, devtokens
 from .caller_cache import get_caller_cache, init_caller_cache
-from .envelope import ApiError
+from .envelope import (
+    ApiError,
+    idempotency_key,
+    kept_headers,
+    replay_response,
+    request_fingerprint,
+)
 from .models import User, UserSubscription
 from .models.subscription import ACTIVE, Onboarding
 from .models.user import ROLE_ADMIN
+from .services import idempotency
 from .services.users import sync_user_from_claims
 from .tiers import STARTER
 from .validation import is_hostile_text
@@ -382,7 +389,11 @@ def require_user(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        return func(*args, caller=authenticate_request(), **kwargs)
+        caller = authenticate_request()
+        replay = _claim_idempotency_key(caller)
+        if replay is not None:
+            return replay
+        return func(*args, caller=caller, **kwargs)
 
     return _signed_in(wrapper)
 
@@ -395,6 +406,62 @@ def require_super_admin(func):
         caller = authenticate_request()
         if not caller.is_admin:
             raise ApiError(403, "forbidden", "Administrators only.")
+        replay = _claim_idempotency_key(caller)
+        if replay is not None:
+            return replay
         return func(*args, caller=caller, **kwargs)
 
     return _signed_in(wrapper)
+
+
+# ---- retry-safe writes (services/idempotency.py) --------------------------------------------
+# The key is claimed once the caller is known (a 401, a 403 of the admin check and a rate
+# limit's 429 come before and are never kept); the answer is kept by an after-request hook,
+# which sees the final answer whether the view returned or raised.
+
+def _claim_idempotency_key(caller: Caller):
+    """None when the view is to run (having claimed the request's key, if it sends one), or
+    the kept answer to replay."""
+    key = idempotency_key()
+    if key is None:
+        return None
+    outcome = idempotency.claim_key(caller.id, key, request_fingerprint())
+    if isinstance(outcome, idempotency.KeptAnswer):
+        return replay_response(outcome.status, outcome.body, outcome.headers)
+    g.idempotency_claim = outcome
+    return None
+
+
+def _keep_idempotent_answer(response):
+    """Keep the answer of a request that claimed a key (below 500), or give the key back.
+    Never fails the request: the write may have committed (API.md: a committed write never
+    answers 5xx); a key that could not be kept stays ``running`` until it is stale."""
+    claim = g.__dict__.pop("idempotency_claim", None)
+    if claim is None:
+        return response
+    try:
+        if response.status_code < 500 and not response.is_streamed:
+            idempotency.store_answer(claim, response.status_code,
+                                     response.get_data(as_text=True), kept_headers(response))
+        else:
+            idempotency.release_key(claim)
+    except Exception as exc:  # the database went away after the write: answer anyway
+        log.error("idempotency key %s not kept: %s", claim, type(exc).__name__)
+    return response
+
+
+def _release_unanswered_key(error=None):
+    """A request that ended in an exception no handler answered gives its key back."""
+    claim = g.__dict__.pop("idempotency_claim", None)
+    if claim is None:
+        return
+    try:
+        idempotency.release_key(claim)
+    except Exception as exc:
+        log.error("idempotency key %s not released: %s", claim, type(exc).__name__)
+
+
+def init_idempotency(app) -> None:
+    """After ``init_web``: the answer is kept before the access line is written."""
+    app.after_request(_keep_idempotent_answer)
+    app.teardown_request(_release_unanswered_key)

@@ -9,13 +9,16 @@ same envelope.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 
 import flask_smorest
 import marshmallow as ma
-from flask import g
+from apispec import BasePlugin
+from flask import Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from .validation import QueryArgsSchema
@@ -279,8 +282,36 @@ def _error_parts(error, status: int, data: dict) -> tuple[str, list]:
     return message, [message]
 
 
+class IdempotencyKeyDocs(BasePlugin):
+    """Documents ``Idempotency-Key`` once, as a parameter of every signed-in write."""
+
+    PARAMETER = {
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        "description": (
+            "Makes the write safe to retry (1..255 printable ASCII characters, scoped to the "
+            "caller, kept 24 h). The same key with the same method, path and body answers the "
+            "first answer again, with `Idempotent-Replayed: true`, and does nothing again; "
+            "with another method, path or body: 422 `idempotency_key_reused`; while the "
+            "first is still running: 409 `idempotency_key_in_use`. Answers of 500 and above "
+            "are not kept."),
+    }
+
+    def init_spec(self, spec):
+        spec.components.parameter("IdempotencyKey", "header", self.PARAMETER)
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        for method, operation in (operations or {}).items():
+            if method.upper() in WRITE_METHODS and operation.get("security"):
+                operation.setdefault("parameters", []).append("IdempotencyKey")
+
+
 class Api(flask_smorest.Api):
     ERROR_SCHEMA = ErrorEnvelopeSchema
+
+    def _init_spec(self, *, extra_plugins=None, **kwargs):
+        super()._init_spec(extra_plugins=[*(extra_plugins or ()), IdempotencyKeyDocs()],
+                           **kwargs)
 
     def handle_http_exception(self, error):
         status = error.code or 500
@@ -292,3 +323,54 @@ class Api(flask_smorest.Api):
             headers.setdefault("Allow", ", ".join(error.valid_methods))
         body = error_body(status, code, message, errors, data.get("extra"))
         return body, status, headers
+
+
+# ---- retry-safe writes: the HTTP side of ``services.idempotency`` ----------------------------
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+WRITE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+# The headers of an answer that a replay repeats (the rest are the replaying request's own).
+KEPT_HEADERS = ("Content-Type", "Location", "Retry-After")
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+def idempotency_key() -> str | None:
+    """The request's ``Idempotency-Key`` when it is a write that sends one; 422 naming the
+    header when the value is not 1..255 printable ASCII characters."""
+    if request.method not in WRITE_METHODS:
+        return None
+    value = request.headers.get(IDEMPOTENCY_HEADER)
+    if value is None:
+        return None
+    if _IDEMPOTENCY_KEY.fullmatch(value) is None:
+        raise ApiError(422, "validation_error", "The Idempotency-Key header is not valid.",
+                       errors=[f"{IDEMPOTENCY_HEADER}: must be 1 to 255 printable ASCII "
+                               "characters."])
+    return value
+
+
+def request_fingerprint() -> str:
+    """SHA-256 of the request's method, path with query string, and body (as sent)."""
+    environ = request.environ
+    digest = hashlib.sha256(request.method.encode("ascii"))
+    digest.update(b" ")
+    digest.update((environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
+                  .encode("latin-1", "replace"))
+    digest.update(b"?")
+    digest.update(request.query_string)
+    digest.update(b"\n")
+    digest.update(request.get_data(cache=True))
+    return digest.hexdigest()
+
+
+def kept_headers(response: Response) -> dict[str, str]:
+    headers = response.headers
+    return {name: headers[name] for name in KEPT_HEADERS if name in headers}
+
+
+def replay_response(status: int, body: str, headers: dict[str, str]) -> Response:
+    """The kept answer of a write, again, marked as a replay."""
+    response = Response(body, status=status, headers=headers)
+    response.headers[REPLAYED_HEADER] = "true"
+    return response

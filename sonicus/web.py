@@ -199,7 +199,8 @@ def _install_cors(app) -> None:
 def _start_request():
     # g lives on the app context, which a caller may share across requests.
     state = g.__dict__
-    for name in ("caller", "current_user_id", "pagination", "envelope_message", "rate_limit"):
+    for name in ("caller", "current_user_id", "pagination", "envelope_message", "rate_limit",
+                 "idempotency_claim"):
         state.pop(name, None)
     incoming = request.headers.get("X-Request-ID", "")
     # A correlation id, not a secret: no system call (uuid4 asks the kernel for entropy,

@@ -127,6 +127,37 @@ def completion_violations(rows: list[SessionRow]) -> list[str]:
 
 ACTIVE, TRIALING, INCOMPLETE, PAST_DUE = "active", "trialing", "incomplete", "past_due"
 # Events after which the tier in force is the event's to_tier.
+KEY_KEPT_FOR = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class KeyedWrite:
+    """A write sent with an ``Idempotency-Key``: when, by which account, and its answer."""
+
+    sent_at: datetime
+    user_id: int
+    status: int
+    body: bytes
+
+
+def retry_violations(first: KeyedWrite, now: datetime, user_id: int | None, status: int,
+                     body: bytes, replayed: bool, sessions_before: int,
+                     sessions_after: int) -> list[str]:
+    """A retry with the same key, method, path and body by the same account within 24 h
+    answers the first answer again, marked as a replay, and starts nothing. (Outside that
+    window, or for another account, it is a new write and nothing is asserted here.)"""
+    if user_id != first.user_id or now - first.sent_at >= KEY_KEPT_FOR or first.status >= 500:
+        return []
+    problems = []
+    if (status, body) != (first.status, first.body):
+        problems.append(f"retry answered {status}, not the first answer {first.status}")
+    if not replayed:
+        problems.append("retry not marked Idempotent-Replayed")
+    if sessions_after != sessions_before:
+        problems.append(f"retry changed the session count {sessions_before} -> {sessions_after}")
+    return problems
+
+
 TIER_SETTING = {"signed_up", "tier_chosen", "trial_started", "trial_changed", "trial_converted",
                 "trial_ended", "activated", "renewed", "upgraded", "downgraded", "canceled",
                 "grace_ended", "lapsed", "complimentary_grant", "plan_changed"}

@@ -25,9 +25,11 @@ from rules_model import (
     DAILY_SESSIONS,
     LEVELS,
     DaySettings,
+    KeyedWrite,
     SessionRow,
     completion_violations,
     derive_from_events,
+    retry_violations,
 )
 from rules_model import quota_violations as quota_problems
 from sqlalchemy import select, text
@@ -66,6 +68,7 @@ class Identity:
         self.user_id = None          # the current account (None before sign-in, after erasure)
         self.days = DaySettings()
         self.trials_started = 0      # ever, across erasures
+        self.keyed = None            # the last start sent with an Idempotency-Key
 
 
 def build_machine(app, idp, table_names, billing):
@@ -88,6 +91,7 @@ def build_machine(app, idp, table_names, billing):
             get_caller_cache(app).clear()  # the tables were emptied behind the app's back
             app.extensions.pop("sonicus_memory_cache", None)
             self.webhooks = 0
+            self.keys = 0
             self.assignments = {}  # (user id, level) -> expires_at (None: no end)
             self.people = {name: Identity(name, idp.token(email=f"{name}@example.com"))
                            for name in IDENTITIES}
@@ -178,6 +182,52 @@ def build_machine(app, idp, table_names, billing):
             """A new day setting, then as many starts as a day allows: the quota attack."""
             self.change_day_settings(name, tz, hour)
             self.starts_in_a_row(name, 3)
+
+        # ---- retry-safe writes ------------------------------------------------------------
+        @rule(name=st.sampled_from(IDENTITIES), level=st.sampled_from(["public", "premium"]))
+        def start_with_a_key(self, name, level):
+            """A start sent with an Idempotency-Key whose answer is lost: retried at once (and
+            maybe again later, by ``retry_keyed_start``)."""
+            person = self.person(name)
+            self.keys += 1
+            headers = {**person.headers, "Idempotency-Key": f"start-{self.keys}"}
+            payload = {"package_id": self.packages[level]}
+            self.send_keyed_start(person, headers, payload)
+            self.retry_keyed_start(name)
+
+        @rule(name=st.sampled_from(IDENTITIES))
+        def retry_keyed_start(self, name):
+            """The last keyed start again: within 24 h, by the same account, the first answer
+            is replayed and the quota count is unchanged (rules_model.retry_violations)."""
+            person = self.people[name]
+            if person.keyed is None:
+                return
+            headers, payload, first = person.keyed
+            person = self.person(name)
+            before = len(self.rows(person))
+            res = self.send_keyed_start(person, headers, payload, record=False)
+            if res is None:
+                return
+            problems = retry_violations(first, self.now, person.user_id, res.status_code,
+                                        res.get_data(), res.headers.get("Idempotent-Replayed")
+                                        == "true", before, len(self.rows(person)))
+            assert not problems, problems
+            if res.headers.get("Idempotent-Replayed") is None:  # a new write: its key now
+                person.keyed = (headers, payload, KeyedWrite(self.now, person.user_id,
+                                                             res.status_code, res.get_data()))
+
+        def send_keyed_start(self, person, headers, payload, *, record=True):
+            res = client.post("/api/user/sessions", headers=headers, json=payload)
+            body = res.get_json(silent=True)
+            assert res.status_code in (201, 403, 404, 429), (res.status_code, body)
+            if body.get("code") == "account_suspended":  # refused before the key is read
+                assert "Idempotent-Replayed" not in res.headers
+                return None
+            if record:
+                assert "Idempotent-Replayed" not in res.headers
+                person.keyed = (headers, payload, KeyedWrite(self.now, person.user_id,
+                                                             res.status_code, res.get_data()))
+            return res
 
         def tier_of(self, person):
             with app.app_context():

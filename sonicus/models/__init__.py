@@ -4,13 +4,14 @@ from .analytics import AuditLog, PlatformStats, UserAnalytics
 from .base import SCHEMA, Base, utcnow
 from .catalog import PackageAssignment, SoundPackage, Track, UserSoundPackage
 from .erasure import ErasureTombstone, OwedCancellation
+from .idempotency import IdempotencyKey
 from .listening import ListeningSession
 from .subscription import BillingEvent, SubscriptionEvent, UserSubscription
 from .user import User
 
 __all__ = [
-    "SCHEMA", "AuditLog", "Base", "BillingEvent", "ErasureTombstone", "ListeningSession",
-    "OwedCancellation", "PackageAssignment", "PlatformStats", "SoundPackage",
+    "SCHEMA", "AuditLog", "Base", "BillingEvent", "ErasureTombstone", "IdempotencyKey",
+    "ListeningSession", "OwedCancellation", "PackageAssignment", "PlatformStats", "SoundPackage",
     "SubscriptionEvent", "Track", "User", "UserAnalytics", "UserSoundPackage",
     "UserSubscription", "utcnow",
 ]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ..extensions import get_redis
 from ..services.analytics import sweep_stale_analytics
 from ..services.erasure import process_owed_cancellations
+from ..services.idempotency import sweep_expired_idempotency_keys
 from ..services.listening import close_stale_sessions
 from ..services.stats import refresh_platform_stats
 from ..services.subscriptions import process_due_subscriptions
@@ -49,6 +50,7 @@ PERIODIC_JOBS = (
     Periodic(close_stale_sessions, 60, QUEUE_MAINTENANCE),
     Periodic(refresh_platform_stats, 300, QUEUE_MAINTENANCE),
     Periodic(sweep_stale_analytics, 30, QUEUE_ANALYTICS),
+    Periodic(sweep_expired_idempotency_keys, 3600, QUEUE_MAINTENANCE),  # keys past 24 h
 )
 
 

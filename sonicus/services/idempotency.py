@@ -1,0 +1,180 @@
+"""Retry-safe writes (API.md "Retry-safe writes"): who runs a write sent with an
+``Idempotency-Key``, and the answer kept for its retries.
+
+The unique (user, key) pair decides: ``claim_key`` inserts a ``running`` row with ``INSERT ...
+ON CONFLICT DO NOTHING`` on a connection of its own engine, in autocommit (one round trip,
+committed before the write runs, visible to every process at once). The request whose row
+went in runs; it then keeps its answer (``store_answer``, one UPDATE) or, when it failed with
+a 5xx or an exception, gives the key back (``release_key``) so that a retry runs again. Any
+other request with the key finds the row: the same request (method, path with query, body:
+the fingerprint) done gets the kept answer, one still running gets 409
+``idempotency_key_in_use``, another request gets 422 ``idempotency_key_reused``.
+
+A key is kept ``KEEP_FOR`` (24 h); after that it is treated as absent and taken over by the
+next request that sends it, and ``sweep_expired_idempotency_keys`` (a periodic job) deletes
+it. A ``running`` row older than ``STALE_RUNNING`` was abandoned by a process that died
+mid-request (or lost the database before it could keep or release its answer): the next
+request with the key deletes it and claims the key anew, in the database, so of several such
+requests exactly one runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import and_, create_engine, delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from .. import clock
+from ..envelope import ApiError
+from ..extensions import db
+from ..models.idempotency import DONE, RUNNING, IdempotencyKey
+from .transaction import account_gone, names_a_missing_user
+
+log = logging.getLogger(__name__)
+
+KEEP_FOR = timedelta(hours=24)
+# A write runs for milliseconds; a process that stops is given gunicorn's graceful_timeout
+# (30 s) to finish its requests and is killed after its worker timeout (60 s) of silence. A
+# row still ``running`` after this long belongs to a request that will never answer.
+STALE_RUNNING = timedelta(seconds=60)
+SWEEP_BATCH = 1000
+ENGINE_KEY = "sonicus_idempotency_engine"
+CLAIM_ATTEMPTS = 3
+
+_engine_lock = threading.Lock()
+_table = IdempotencyKey.__table__
+_c = _table.c
+
+
+@dataclass(frozen=True)
+class KeptAnswer:
+    """The answer the first request with a key gave, to replay."""
+
+    status: int
+    body: str
+    headers: dict
+
+
+def _autocommit():
+    """A connection of the keys' own engine: autocommit, so that a claim or a kept answer
+    is one statement and one round trip; on PostgreSQL with ``synchronous_commit`` off, so
+    that neither waits for the WAL to reach the disk (see ``_keys_engine``)."""
+    engine = current_app.extensions.get(ENGINE_KEY)
+    if engine is None:
+        with _engine_lock:
+            engine = current_app.extensions.get(ENGINE_KEY)
+            if engine is None:
+                engine = current_app.extensions[ENGINE_KEY] = _keys_engine(db.engine)
+    return engine.connect()
+
+
+def _keys_engine(main):
+    """Made in the process that uses it (after a fork), from the app's engine.
+
+    Commits that do not wait for the disk: a claim is durable whenever the write it guards
+    is (the write's own commit flushes the WAL past the claim's commit record; a claim lost
+    in a crash guarded a write that did not happen). A kept answer lost in a crash of the
+    database within a fraction of a second after it leaves the key ``running``: its retries
+    get 409 until ``STALE_RUNNING``, then run again. That window against a disk flush (~5
+    ms here) on every keyed write."""
+    if main.dialect.name != "postgresql":
+        return main.execution_options(isolation_level="AUTOCOMMIT")
+    # Autocommit: nothing to roll back when a connection goes back to the pool.
+    return create_engine(main.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
+                         pool_size=5, max_overflow=15, pool_timeout=10, pool_recycle=1800,
+                         connect_args={"connect_timeout": 5,
+                                       "options": "-c synchronous_commit=off"})
+
+
+def _insert_running(conn, user_id: int, key: str, fingerprint: str, now: datetime):
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    statement = (insert(_table)
+                 .values(user_id=user_id, key=key, fingerprint=fingerprint, state=RUNNING,
+                         created_at=now, expires_at=now + KEEP_FOR)
+                 .on_conflict_do_nothing(index_elements=["user_id", "key"])
+                 .returning(_c.id))
+    try:
+        return conn.execute(statement).scalar()
+    except IntegrityError as exc:
+        if names_a_missing_user(exc):
+            raise account_gone() from exc
+        raise
+
+
+def claim_key(user_id: int, key: str, fingerprint: str) -> int | KeptAnswer:
+    """Claim ``key`` of this user for the request with ``fingerprint``: the claim's id when
+    this request is to run (then ``store_answer`` or ``release_key`` it), or the kept answer
+    of the same request done before. Raises 409 ``idempotency_key_in_use`` while another
+    request with the key runs and 422 ``idempotency_key_reused`` for another request."""
+    now = clock.now()
+    with _autocommit() as conn:
+        for _ in range(CLAIM_ATTEMPTS):
+            claim = _insert_running(conn, user_id, key, fingerprint, now)
+            if claim is not None:
+                return claim
+            row = conn.execute(
+                select(_c.id, _c.fingerprint, _c.state, _c.response_status, _c.response_body,
+                       _c.response_headers, _c.created_at, _c.expires_at)
+                .where(_c.user_id == user_id, _c.key == key)).one_or_none()
+            if row is None:  # released or swept meanwhile: try again
+                continue
+            if row.expires_at <= now or (row.state == RUNNING
+                                         and row.created_at <= now - STALE_RUNNING):
+                # Expired, or abandoned mid-request: whoever deletes it claims the key next.
+                conn.execute(delete(_table).where(_c.id == row.id, _takeable(now)))
+                continue
+            if row.fingerprint != fingerprint:
+                raise ApiError(
+                    422, "idempotency_key_reused",
+                    "This Idempotency-Key was used for another request.",
+                    errors=["Idempotency-Key: was sent before with another method, path or "
+                            "body; use a new key for a new request."])
+            if row.state == DONE:
+                return KeptAnswer(row.response_status, row.response_body,
+                                  dict(row.response_headers or {}))
+            break
+    raise ApiError(409, "idempotency_key_in_use",
+                   "A request with this Idempotency-Key is still running; retry shortly.",
+                   errors=["Idempotency-Key: the first request with it has not answered yet."],
+                   headers={"Retry-After": "1"})
+
+
+def _takeable(now: datetime):
+    return or_(_c.expires_at <= now,
+               and_(_c.state == RUNNING, _c.created_at <= now - STALE_RUNNING))
+
+
+def store_answer(claim: int, status: int, body: str, headers: dict) -> None:
+    """Keep the answer of the request that holds ``claim`` for its retries."""
+    with _autocommit() as conn:
+        conn.execute(update(_table).where(_c.id == claim, _c.state == RUNNING)
+                     .values(state=DONE, response_status=status, response_body=body,
+                             response_headers=headers or None))
+
+
+def release_key(claim: int) -> None:
+    """Give the key back (the request failed with a 5xx or an exception): a retry runs."""
+    with _autocommit() as conn:
+        conn.execute(delete(_table).where(_c.id == claim, _c.state == RUNNING))
+
+
+def sweep_expired_idempotency_keys(now: datetime | None = None) -> int:
+    """Delete keys past their 24 hours (periodic job); returns how many went."""
+    now = now or clock.now()
+    swept = 0
+    while True:
+        with _autocommit() as conn:
+            batch = select(_c.id).where(_c.expires_at <= now).limit(SWEEP_BATCH)
+            count = conn.execute(delete(_table).where(_c.id.in_(batch))).rowcount
+        swept += count
+        if count < SWEEP_BATCH:
+            break
+    if swept:
+        log.info("swept %d expired idempotency keys", swept)
+    return swept

@@ -1,0 +1,336 @@
+"""Retry-safe writes (API.md "Retry-safe writes"): a write sent again with the same
+``Idempotency-Key`` is answered with the first answer and does nothing again, whichever
+process or thread it reaches, as long as the first one's answer is kept (24 h)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+import requests
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Engine
+
+from sonicus import clock, create_app
+from sonicus.envelope import request_fingerprint
+from sonicus.extensions import db
+from sonicus.models import IdempotencyKey, ListeningSession
+from sonicus.services import idempotency, listening
+
+THREADS = 10
+REPLAYED = "Idempotent-Replayed"
+
+
+@pytest.fixture
+def listener(make_user, make_package, auth):
+    """A starter listener (3 sessions a day) and a package they may play."""
+    user = make_user("retry@example.com")
+    package = make_package("rain")
+    return {"id": user.id, "headers": auth("retry@example.com"), "package": package.id}
+
+
+def _keyed(headers, key):
+    return {**headers, "Idempotency-Key": key}
+
+
+def _sessions(db_session, user_id=None) -> int:
+    query = select(func.count(ListeningSession.id))
+    if user_id is not None:
+        query = query.where(ListeningSession.user_id == user_id)
+    count = db_session.execute(query).scalar_one()
+    db_session.commit()
+    return count
+
+
+def _keys(db_session) -> list[IdempotencyKey]:
+    rows = list(db_session.execute(select(IdempotencyKey).order_by(IdempotencyKey.id)).scalars())
+    db_session.commit()
+    return rows
+
+
+def test_one_key_sent_by_ten_threads_at_once_starts_one_session(app, listener, db_session):
+    barrier = threading.Barrier(THREADS)
+    answers = [None] * THREADS
+    headers = _keyed(listener["headers"], "start-once")
+
+    def run(index):
+        client = app.test_client()
+        barrier.wait()
+        res = client.post("/api/user/sessions", json={"package_id": listener["package"]},
+                          headers=headers)
+        answers[index] = (res.status_code, res.headers.get(REPLAYED), res.get_json())
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    ran = [a for a in answers if a[0] == 201 and a[1] is None]
+    assert len(ran) == 1, answers
+    first = ran[0][2]
+    for status, replayed, body in answers:
+        if status == 409:
+            assert body["code"] == "idempotency_key_in_use", body
+        elif replayed is not None:
+            assert (status, replayed, body) == (201, "true", first)
+    assert _sessions(db_session) == 1  # one quota slot used: two starts left today
+    for _ in range(2):
+        res = app.test_client().post("/api/user/sessions", headers=listener["headers"],
+                                     json={"package_id": listener["package"]})
+        assert res.status_code == 201
+    res = app.test_client().post("/api/user/sessions", headers=listener["headers"],
+                                 json={"package_id": listener["package"]})
+    assert res.json["code"] == "daily_session_limit_reached"
+
+
+def test_a_retry_replays_the_first_answer_and_only_it_carries_no_replay_mark(
+        client, listener, db_session):
+    headers = _keyed(listener["headers"], "k-1")
+    body = {"package_id": listener["package"], "mood_before": 3}
+    first = client.post("/api/user/sessions", json=body, headers=headers)
+    again = client.post("/api/user/sessions", json=body, headers=headers)
+
+    assert first.status_code == again.status_code == 201
+    assert REPLAYED not in first.headers
+    assert again.headers[REPLAYED] == "true"
+    assert again.get_json() == first.get_json()
+    assert again.content_type == first.content_type
+    assert again.headers["X-Request-ID"] != first.headers["X-Request-ID"]  # this request's own
+    assert _sessions(db_session) == 1
+
+
+def test_a_kept_refusal_is_replayed_too(client, listener, db_session):
+    headers = _keyed(listener["headers"], "k-404")
+    first = client.post("/api/user/sessions", json={"package_id": 99999}, headers=headers)
+    again = client.post("/api/user/sessions", json={"package_id": 99999}, headers=headers)
+    assert first.status_code == again.status_code == 404
+    assert again.headers[REPLAYED] == "true" and again.get_json() == first.get_json()
+
+
+def test_the_same_key_for_another_body_path_or_method_is_refused(client, listener, db_session):
+    headers = _keyed(listener["headers"], "k-2")
+    started = client.post("/api/user/sessions", json={"package_id": listener["package"]},
+                          headers=headers)
+    assert started.status_code == 201
+    session_id = started.json["data"]["id"]
+
+    other_body = client.post("/api/user/sessions",
+                             json={"package_id": listener["package"], "mood_before": 5},
+                             headers=headers)
+    other_path = client.post(f"/api/user/sessions/{session_id}/complete", headers=headers,
+                             json={"listened_seconds": 10, "completed": False})
+    other_query = client.post("/api/user/sessions?x=1", headers=headers,
+                              json={"package_id": listener["package"]})
+    other_method = client.patch(f"/api/user/sessions/{session_id}", headers=headers,
+                                json={"listened_seconds": 10})
+    for res in (other_body, other_path, other_query, other_method):
+        assert res.status_code == 422, res.get_json()
+        assert res.json["code"] == "idempotency_key_reused"
+        assert any("Idempotency-Key" in e for e in res.json["errors"])
+        assert REPLAYED not in res.headers
+    assert _sessions(db_session) == 1
+    session = client.get(f"/api/user/sessions/{session_id}", headers=listener["headers"])
+    assert session.json["data"]["status"] == "open"  # neither completed nor moved
+
+
+def test_another_user_with_the_same_key_is_independent(client, listener, make_user, auth,
+                                                       db_session):
+    make_user("other@example.com")
+    body = {"package_id": listener["package"]}
+    mine = client.post("/api/user/sessions", json=body,
+                       headers=_keyed(listener["headers"], "shared"))
+    theirs = client.post("/api/user/sessions", json=body,
+                         headers=_keyed(auth("other@example.com"), "shared"))
+    assert mine.status_code == theirs.status_code == 201
+    assert REPLAYED not in theirs.headers
+    assert theirs.json["data"]["id"] != mine.json["data"]["id"]
+    assert _sessions(db_session) == 2
+
+
+def test_an_administrators_keys_are_their_own(client, make_user, make_package, admin_auth,
+                                              db_session):
+    admin = make_user("boss@example.com", admin=True)
+    listener = make_user("held@example.com")
+    package = make_package("waves")
+    headers = _keyed(admin_auth("boss@example.com"), "assign-1")
+    path = f"/api/admin/users/{listener.id}/packages"
+    first = client.post(path, json={"package_id": package.id}, headers=headers)
+    again = client.post(path, json={"package_id": package.id}, headers=headers)
+    assert first.status_code == 201, first.get_json()
+    assert again.status_code == 201 and again.headers[REPLAYED] == "true"
+    assert [(k.user_id, k.key) for k in _keys(db_session)] == [(admin.id, "assign-1")]
+
+
+def test_a_failed_write_keeps_nothing_and_its_retry_runs(client, listener, db_session,
+                                                         monkeypatch, make_config):
+    """A 5xx answer, or an exception no handler answered, gives the key back."""
+    real_start = listening.start_session
+    failures = iter([RuntimeError("boom"), None])
+
+    def failing_start(*args, **kwargs):
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(listening, "start_session", failing_start)
+    headers = _keyed(listener["headers"], "k-500")
+    body = {"package_id": listener["package"]}
+    with pytest.raises(RuntimeError):  # testing: the exception reaches the client
+        client.post("/api/user/sessions", json=body, headers=headers)
+    assert _keys(db_session) == []
+
+    other = create_app(make_config(PROPAGATE_EXCEPTIONS=False))
+    monkeypatch.setattr(listening, "start_session", lambda *a, **k: 1 / 0)
+    answered = other.test_client().post("/api/user/sessions", json=body, headers=headers)
+    assert answered.status_code == 500 and answered.json["code"] == "internal_error"
+    assert _keys(db_session) == []
+    with other.app_context():
+        db.engine.dispose()
+        other.extensions[idempotency.ENGINE_KEY].dispose()
+
+    monkeypatch.setattr(listening, "start_session", real_start)
+    retry = client.post("/api/user/sessions", json=body, headers=headers)
+    assert retry.status_code == 201 and REPLAYED not in retry.headers
+    assert _sessions(db_session) == 1
+
+
+def test_a_key_still_running_is_409_until_it_is_stale(client, listener, db_session,
+                                                      set_clock):
+    now = set_clock(clock.now())
+    body = {"package_id": listener["package"]}
+    headers = _keyed(listener["headers"], "k-run")
+    with client.application.test_request_context("/api/user/sessions", method="POST",
+                                                 json=body, headers=headers):
+        fingerprint = request_fingerprint()
+        assert isinstance(idempotency.claim_key(listener["id"], "k-run", fingerprint), int)
+
+    busy = client.post("/api/user/sessions", json=body, headers=headers)
+    assert busy.status_code == 409 and busy.json["code"] == "idempotency_key_in_use"
+    assert busy.headers["Retry-After"] == "1"
+    assert _sessions(db_session) == 0
+
+    # The process running it died: after STALE_RUNNING the next retry takes the key over.
+    set_clock(now + idempotency.STALE_RUNNING + timedelta(seconds=1))
+    taken = client.post("/api/user/sessions", json=body, headers=headers)
+    assert taken.status_code == 201 and REPLAYED not in taken.headers
+    again = client.post("/api/user/sessions", json=body, headers=headers)
+    assert again.headers[REPLAYED] == "true"
+    assert _sessions(db_session) == 1
+
+
+def test_keys_expire_after_a_day_and_are_swept(app, client, listener, db_session, set_clock):
+    now = set_clock(clock.now())
+    body = {"package_id": listener["package"]}
+    first = client.post("/api/user/sessions", json=body,
+                        headers=_keyed(listener["headers"], "old"))
+    assert first.status_code == 201
+    set_clock(now + timedelta(hours=23))
+    client.post("/api/user/sessions", json=body, headers=_keyed(listener["headers"], "young"))
+
+    set_clock(now + timedelta(hours=24, seconds=1))
+    with app.app_context():
+        assert idempotency.sweep_expired_idempotency_keys() == 1
+    assert [k.key for k in _keys(db_session)] == ["young"]
+
+    # An expired key is absent: sent again, the write runs again.
+    rerun = client.post("/api/user/sessions", json=body,
+                        headers=_keyed(listener["headers"], "old"))
+    assert rerun.status_code == 201 and REPLAYED not in rerun.headers
+    assert rerun.json["data"]["id"] != first.json["data"]["id"]
+
+
+@pytest.mark.parametrize("value", ["", "x" * 256, "caf\xe9", "tab\there"],
+                         ids=["empty", "too-long", "not-ascii", "control"])
+def test_an_invalid_key_is_refused_naming_the_header(client, listener, db_session, value):
+    res = client.post("/api/user/sessions", json={"package_id": listener["package"]},
+                      headers=_keyed(listener["headers"], value))
+    assert res.status_code == 422 and res.json["code"] == "validation_error"
+    assert any(e.startswith("Idempotency-Key") for e in res.json["errors"])
+    assert _sessions(db_session) == 0
+
+
+def test_a_key_of_255_printable_characters_is_accepted(client, listener):
+    res = client.post("/api/user/sessions", json={"package_id": listener["package"]},
+                      headers=_keyed(listener["headers"], "~ " + "k" * 253))
+    assert res.status_code == 201
+
+
+@pytest.fixture
+def every_statement():
+    """``every_statement(action)`` → the SQL statements ``action()`` sent through any engine
+    (the keys have an engine of their own)."""
+
+    def run(action) -> list[str]:
+        statements = []
+
+        def record(conn, cursor, statement, *args):
+            statements.append(statement)
+
+        event.listen(Engine, "before_cursor_execute", record)
+        try:
+            action()
+        finally:
+            event.remove(Engine, "before_cursor_execute", record)
+        return statements
+
+    return run
+
+
+def test_writes_without_the_header_cost_nothing_and_with_it_two_statements(
+        app, listener, every_statement):
+    client = app.test_client()
+    body = {"package_id": listener["package"]}
+    client.get("/api/user/profile", headers=listener["headers"])  # the caller is cached
+
+    plain = every_statement(lambda: client.post("/api/user/sessions", json=body,
+                                                headers=listener["headers"]))
+    assert not [s for s in plain if "idempotency_keys" in s]
+    keyed = every_statement(lambda: client.post(
+        "/api/user/sessions", json=body, headers=_keyed(listener["headers"], "cheap")))
+    ours = [s.split()[0] for s in keyed if "idempotency_keys" in s]
+    assert ours == ["INSERT", "UPDATE"]
+    assert len(keyed) == len(plain) + 2
+    replay = every_statement(lambda: client.post(
+        "/api/user/sessions", json=body, headers=_keyed(listener["headers"], "cheap")))
+    assert [s.split()[0] for s in replay] == ["INSERT", "SELECT"]
+    # a read ignores the header
+    reads = every_statement(lambda: client.get(
+        "/api/user/sessions", headers=_keyed(listener["headers"], "cheap")))
+    assert not [s for s in reads if "idempotency_keys" in s]
+
+
+def test_a_replay_is_served_by_another_process_after_the_first_is_gone(
+        two_web_processes, make_package, token_for, db_session):
+    """The key and its answer live in PostgreSQL, not in the process that ran the write."""
+    first_process, second_process = two_web_processes
+    package = make_package("rain")
+    headers = {"Authorization": f"Bearer {token_for('restart@example.com')}",
+               "Idempotency-Key": "across-processes"}
+    body = {"package_id": package.id, "mood_before": 6}
+    first = requests.post(first_process.http_url("/api/user/sessions"), json=body,
+                          headers=headers, timeout=10)
+    assert first.status_code == 201, first.text
+    first_process.stop()
+
+    again = requests.post(second_process.http_url("/api/user/sessions"), json=body,
+                          headers=headers, timeout=10)
+    assert again.status_code == 201 and again.headers[REPLAYED] == "true"
+    assert again.json() == first.json()
+    assert _sessions(db_session) == 1
+
+
+def test_the_header_is_documented_on_every_signed_in_write(client):
+    spec = client.get("/api/openapi.json").get_json()
+    assert spec["components"]["parameters"]["IdempotencyKey"]["in"] == "header"
+    ref = {"$ref": "#/components/parameters/IdempotencyKey"}
+    writes = [(path, method, operation) for path, operations in spec["paths"].items()
+              for method, operation in operations.items()
+              if method in ("post", "put", "patch", "delete")]
+    for path, method, operation in writes:
+        documented = ref in operation.get("parameters", [])
+        assert documented == bool(operation.get("security")), (method, path)
+    assert ref in spec["paths"]["/api/user/sessions"]["post"]["parameters"]
+    assert ref not in spec["paths"]["/api/billing/webhook"]["post"].get("parameters", [])
