@@ -197,3 +197,37 @@ def test_cached_until_the_users_sessions_change(app, client, auth, set_clock, re
     assert done.status_code == 200, done.json
     assert _recap(client, auth, "me@example.com", period="week").json["data"]["sessions"] == 1
     assert len(redis_client.keys("sonicus:cache:recap:*month:2026-08-01")) == 1
+
+
+def test_year_recaps_are_computed_in_the_first_week_of_january(app, client, auth, set_clock,
+                                                                make_user, make_package,
+                                                                make_session):
+    """Each listener's last year is computed on their own 1..7 January, once; the answer is
+    then served from the cache."""
+    from sonicus.services.recaps import precompute_year_recaps
+
+    here = make_user("here@example.com").id
+    west = make_user("west@example.com", timezone=LA).id
+    idle = make_user("idle@example.com").id
+    rain = make_package("rain").id
+    make_session(here, rain, date(2026, 3, 1), minutes=30)
+    make_session(west, rain, date(2026, 12, 31), minutes=20)
+    make_session(idle, rain, date(2025, 6, 1), minutes=10)
+
+    def precompute(moment):
+        set_clock(moment)
+        with app.app_context():
+            return precompute_year_recaps()
+
+    assert precompute(datetime(2026, 12, 20, tzinfo=UTC)) == 0
+    # 1 January 05:00 UTC: still New Year's Eve in Los Angeles
+    assert precompute(datetime(2027, 1, 1, 5, tzinfo=UTC)) == 1
+    assert precompute(datetime(2027, 1, 1, 9, tzinfo=UTC)) == 1  # now Los Angeles too
+    assert precompute(datetime(2027, 1, 3, 9, tzinfo=UTC)) == 0  # already there
+    assert precompute(datetime(2027, 1, 9, 9, tzinfo=UTC)) == 0
+
+    make_session(here, rain, date(2026, 3, 2), minutes=30)  # behind the services' back
+    year = _recap(client, auth, "here@example.com", period="year", date="2026-05-05")
+    assert year.json["data"]["minutes"] == 30.0  # the precomputed recap
+    assert _recap(client, auth, "idle@example.com", period="year",
+                  date="2026-05-05").json["data"]["sessions"] == 0
