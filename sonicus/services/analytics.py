@@ -31,14 +31,13 @@ from ..models.user import merge_preferences
 from ..realtime.publish import publish_to_user
 from ..tasks.queue import QUEUE_ANALYTICS, enqueue, job_is_pending
 from .recaps import forget_recent_recaps, forget_user_recaps
-from .streaks import recent_freeze_days, user_streaks
+from .streaks import active_days, day_islands, recent_freeze_days, streaks_from_islands
 from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
 
 DAILY_MINUTES_DAYS = 30
 TOP_CATEGORIES = 5
-ACTIVE_DAYS_WINDOWS = (7, 30)  # active_days_last_7, active_days_last_30
 GOAL_DAYS = 7  # goal.days_met_last_7
 # Default of ANALYTICS_STALE_GRACE_SECONDS: a row stale for longer than this is re-enqueued
 # by the sweep (its own enqueue was lost).
@@ -110,8 +109,7 @@ def _mood_terms():
 
 def _totals(user_id: int, today: date):
     """One row: (sessions, completed, ended, seconds, seconds this week, sessions today,
-    average mood change, active days of the last 7 and of the last 30 days); completed, ended
-    and active days count only sessions that count."""
+    average mood change); completed and ended count only sessions that count."""
     s = ListeningSession
     has_mood, mood_change = _mood_terms()
     week_start = today - timedelta(days=today.weekday())
@@ -125,10 +123,6 @@ def _totals(user_id: int, today: date):
                                     else_=0)), 0),
         func.coalesce(func.sum(case((s.local_day == today, 1), else_=0)), 0),
         func.avg(case((has_mood, mood_change), else_=None)),
-        *(func.count(func.distinct(case(
-            (counted & (s.local_day > today - timedelta(days=days)) & (s.local_day <= today),
-             s.local_day), else_=None)))
-          for days in ACTIVE_DAYS_WINDOWS),
     ).where(s.user_id == user_id)).one()
 
 
@@ -202,8 +196,9 @@ def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
     now = now or clock.now()
     today = clock.user_day(user, now).day
     preferences = merge_preferences(dict(user.preferences or {}))
-    (total, completed, ended, seconds, week_seconds, today_count, avg_change,
-     active_7, active_30) = _totals(user.id, today)
+    total, completed, ended, seconds, week_seconds, today_count, avg_change = \
+        _totals(user.id, today)
+    islands = day_islands(user.id, today)
     daily_minutes = _daily_minutes(user.id, today)
     package_rows = _package_rows(user.id)
     data = {
@@ -219,8 +214,8 @@ def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
         "freeze_days": None,
         "avg_mood_change": _mood(avg_change),
         "goal": _goal(preferences.get("daily_goal_minutes"), daily_minutes),
-        "active_days_last_7": int(active_7),
-        "active_days_last_30": int(active_30),
+        "active_days_last_7": active_days(islands, today - timedelta(days=6), today),
+        "active_days_last_30": active_days(islands, today - timedelta(days=29), today),
         "top_categories": _top_categories(package_rows),
         "daily_minutes": daily_minutes,
         "mood_by_package": _mood_by_package(package_rows),
@@ -228,7 +223,7 @@ def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
         "computed_at": now.isoformat(),
     }
     if preferences.get("show_streaks") is not False:
-        streaks = user_streaks(user.id, today)
+        streaks = streaks_from_islands(islands, today)
         data.update(current_streak_days=streaks.current, longest_streak_days=streaks.longest,
                     freezes_available=streaks.freezes_available,
                     freeze_days=recent_freeze_days(streaks, today))

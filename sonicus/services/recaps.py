@@ -2,8 +2,8 @@
 
 Periods are made of the user's days (each session belongs to the user day it started on):
 a week runs Monday to Sunday, a month and a year are the calendar's. Every figure is an
-SQL aggregate over the user's own rows (four statements: the period and the previous one
-together, the packages, the hours, the streak islands); the sessions never leave the database.
+SQL aggregate over the user's own rows (two statements: the period and the previous one
+grouped by package and hour, and the day islands); the sessions never leave the database.
 
 Cached (``sonicus.cache``) under the user's recap generation: a period that is over is kept
 long (``PAST_TTL_SECONDS``), the current one briefly (``CURRENT_TTL_SECONDS``). A change to
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, case, cast, func, literal, select
+from sqlalchemy import BigInteger, Integer, case, cast, func, literal, select
 
 from .. import clock
 from ..cache import cache_delete, cache_get, cache_set
@@ -31,7 +31,7 @@ from ..envelope import ApiError
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, User
 from ..models.user import merge_preferences
-from .streaks import streak_islands, streaks_from_islands
+from .streaks import active_days, day_islands, streaks_from_islands
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ GENERATION_TTL_SECONDS = PAST_TTL_SECONDS
 # Sessions are stored on a user day of the last 14 days at most (offline sync); two days of
 # margin for time zones.
 RECENT_DAYS = 16
+PROBE_STEP = timedelta(hours=6)  # UTC offsets are probed this often (_offset_segments)
 PRECOMPUTE_UNTIL_DAY = 7  # year recaps are precomputed on January 1..7 (user days)
 
 
@@ -116,119 +117,154 @@ def _mood(value) -> float | None:
     return None if value is None else round(float(value), 2)
 
 
-def _totals(user_id: int, first: date, last: date, prev_first: date):
-    """One row: the period's and the previous period's totals (one scan of both)."""
+def _utc_offset(person, moment: datetime) -> int:
+    """Seconds east of UTC of the user's time zone in force at ``moment``."""
+    zone = ZoneInfo(clock.day_settings_at(person, moment).timezone)
+    return int(moment.astimezone(zone).utcoffset().total_seconds())
+
+
+def _offset_segments(person, start: datetime, end: datetime) -> list[tuple[datetime, int]]:
+    """The user's UTC offset from ``start`` to ``end``: ``[(from, seconds)]``, a new entry at
+    each change (a DST change, the day settings changing zone). Probed every 6 hours, each
+    change found to the second by bisection (zones change offset at most a few times a
+    year)."""
+    segments = [(start, _utc_offset(person, start))]
+    probe = start
+    while probe < end:
+        following = min(probe + PROBE_STEP, end)
+        if _utc_offset(person, following) != segments[-1][1]:
+            low, high = probe, following  # the offset changes in (low, high]
+            while high - low > timedelta(seconds=1):
+                middle = low + (high - low) / 2
+                if _utc_offset(person, middle) == segments[-1][1]:
+                    low = middle
+                else:
+                    high = middle
+            high = high.replace(microsecond=0)
+            segments.append((high, _utc_offset(person, high)))
+        probe = following
+    return segments
+
+
+def _local_hour(person, first: date, last: date):
+    """SQL for the local hour (0..23) at which a session started, in the time zone in force
+    then (``clock.day_settings_at``), the same on PostgreSQL and SQLite: the UTC offsets of
+    the period are worked out here (a handful of segments), so the database only adds the
+    segment's offset to the start's epoch seconds. No time zone lookups per row."""
     s = ListeningSession
-    now_ = s.local_day >= first
-    before = s.local_day < first
+    start = datetime.combine(first, time(), UTC) - timedelta(days=2)
+    end = datetime.combine(last, time(), UTC) + timedelta(days=3)
+    segments = _offset_segments(person, start, end)
+    if len(segments) == 1:
+        offset = literal(segments[0][1], Integer)
+    else:
+        offset = case(*((s.started_at < until, seconds)
+                        for (until, _), (_, seconds) in zip(segments[1:], segments, strict=False)),
+                      else_=segments[-1][1])
+    if db.session.get_bind().dialect.name == "postgresql":
+        epoch = cast(func.floor(func.date_part("epoch", s.started_at)), BigInteger)
+    else:
+        epoch = cast(func.strftime("%s", s.started_at), BigInteger)
+    return (epoch + offset) // 3600 % 24
+
+
+def _grouped_rows(person, first: date, last: date, prev_first: date):
+    """One scan of the period and the previous one, grouped by (in the period, package,
+    local hour it started at), with additive figures only, joined to the packages' titles:
+    ``(in_period, package_id, title, category, hour, sessions, seconds, completed, sessions
+    with moods, their moods before, their moods after)``. The previous period's rows carry no
+    hour (only its totals are wanted)."""
+    s, p = ListeningSession, SoundPackage
+    in_period = s.local_day >= first
     counted = s.counts_in_outcomes
     has_mood = s.mood_before.is_not(None) & s.mood_after.is_not(None) & counted
-    in_mood = now_ & has_mood
-    return db.session.execute(select(
-        func.coalesce(func.sum(case((now_, s.listened_seconds), else_=0)), 0),
-        func.coalesce(func.sum(case((now_, 1), else_=0)), 0),
-        func.coalesce(func.sum(case((now_ & counted & s.completed.is_(True), 1), else_=0)), 0),
-        func.count(func.distinct(case((now_ & counted, s.local_day), else_=None))),
-        func.avg(case((in_mood, s.mood_before), else_=None)),
-        func.avg(case((in_mood, s.mood_after), else_=None)),
-        func.avg(case((in_mood, s.mood_after - s.mood_before), else_=None)),
-        func.coalesce(func.sum(case((before, s.listened_seconds), else_=0)), 0),
-        func.coalesce(func.sum(case((before, 1), else_=0)), 0),
-        func.count(func.distinct(case((before & counted, s.local_day), else_=None))),
-    ).where(s.user_id == user_id, s.local_day >= prev_first, s.local_day <= last)).one()
-
-
-def _package_rows(user_id: int, first: date, last: date) -> list:
-    """One row per package listened to in the period: (id, title, category, sessions,
-    seconds, sessions with both moods that count, average mood change)."""
-    s, p = ListeningSession, SoundPackage
-    has_mood = s.mood_before.is_not(None) & s.mood_after.is_not(None) & s.counts_in_outcomes
+    hour = case((in_period, _local_hour(person, first, last)), else_=None)
+    grouped = (
+        select(in_period.label("in_period"), s.package_id.label("package_id"),
+               hour.label("hour"),
+               func.count(s.id).label("sessions"),
+               func.coalesce(func.sum(s.listened_seconds), 0).label("seconds"),
+               func.sum(case((counted & s.completed.is_(True), 1), else_=0)).label("completed"),
+               func.sum(case((has_mood, 1), else_=0)).label("moods"),
+               func.sum(case((has_mood, s.mood_before), else_=0)).label("before"),
+               func.sum(case((has_mood, s.mood_after), else_=0)).label("after"))
+        .where(s.user_id == person.id, s.local_day >= prev_first, s.local_day <= last)
+        .group_by(in_period, s.package_id, hour).subquery())
+    g = grouped.c
     return db.session.execute(
-        select(p.id, p.title, p.category, func.count(s.id),
-               func.coalesce(func.sum(s.listened_seconds), 0),
-               func.sum(case((has_mood, 1), else_=0)),
-               func.avg(case((has_mood, s.mood_after - s.mood_before), else_=None)))
-        .join(p, p.id == s.package_id)
-        .where(s.user_id == user_id, s.local_day >= first, s.local_day <= last)
-        .group_by(p.id, p.title, p.category)).all()
-
-
-def _zone_expression(person):
-    """The user's time zone in force when each session started (``clock.day_settings_at``),
-    as an SQL expression."""
-    s = ListeningSession
-    effective_at = person.day_settings_effective_at
-    if effective_at is not None and person.prior_timezone is not None \
-            and person.prior_day_start_hour is not None:
-        return case((s.started_at < effective_at, person.prior_timezone), else_=person.timezone)
-    return literal(person.timezone)
-
-
-def _listening_hours(person, first: date, last: date) -> list[float]:
-    """Minutes listened by the local hour at which the sessions started (24 numbers).
-
-    PostgreSQL converts each start to the zone in force then and groups by its hour. SQLite
-    knows no time zones: it groups by quarter hour of UTC (every zone's offset is a whole
-    number of quarter hours), and each quarter's few rows are placed on their local hour here.
-    """
-    s = ListeningSession
-    scope = (s.user_id == person.id, s.local_day >= first, s.local_day <= last)
-    seconds = [0] * 24
-    if db.session.get_bind().dialect.name == "postgresql":
-        hour = func.extract("hour", func.timezone(_zone_expression(person), s.started_at))
-        for value, total in db.session.execute(
-                select(hour, func.sum(s.listened_seconds)).where(*scope).group_by(hour)):
-            seconds[int(value)] += int(total or 0)
-    else:
-        hour = func.strftime("%Y-%m-%d %H", s.started_at)
-        quarter = cast(func.strftime("%M", s.started_at), Integer) // 15
-        for value, part, total in db.session.execute(
-                select(hour, quarter, func.sum(s.listened_seconds)).where(*scope)
-                .group_by(hour, quarter)):
-            moment = (datetime.strptime(value, "%Y-%m-%d %H").replace(tzinfo=UTC)
-                      + timedelta(minutes=15 * int(part)))
-            zone = clock.day_settings_at(person, moment).timezone
-            seconds[moment.astimezone(ZoneInfo(zone)).hour] += int(total or 0)
-    return [_minutes(value) for value in seconds]
+        select(g.in_period, g.package_id, p.title, p.category, g.hour, g.sessions,
+               g.seconds, g.completed, g.moods, g.before, g.after)
+        .join(p, p.id == g.package_id)).all()
 
 
 def recap_figures(person, period: str, on_date: date) -> dict:
     """The recap of the ``period`` containing ``on_date`` for ``person`` (a user or a caller:
-    its id and day settings), uncached, streaks shown whatever the preferences."""
+    its id and day settings), uncached, streaks shown whatever the preferences.
+
+    Two SQL statements: the grouped scan of the period and the previous one
+    (``_grouped_rows``: a few rows per package and hour) and the user's day islands
+    (``streaks.day_islands``: active days and streaks); what is left is adding up those rows.
+    """
     first, last = period_bounds(period, on_date)
     prev_first, _prev_last = period_bounds(period, first - timedelta(days=1))
-    (seconds, sessions, completed, active_days, avg_before, avg_after, avg_change,
-     prev_seconds, prev_sessions, prev_active_days) = _totals(person.id, first, last, prev_first)
-    packages = _package_rows(person.id, first, last)
-    top_packages = sorted(packages, key=lambda r: (-(r[4] or 0), -r[3], r[0]))[:TOP_PACKAGES]
+    totals = dict.fromkeys(("sessions", "seconds", "completed", "moods", "before", "after"), 0)
+    previous = {"sessions": 0, "seconds": 0}
+    packages: dict[int, dict] = {}
+    seconds_by_hour = [0] * 24
+    for (in_period, package_id, title, category, hour, sessions, seconds, completed,
+         moods, before, after) in _grouped_rows(person, first, last, prev_first):
+        if not in_period:
+            previous["sessions"] += sessions
+            previous["seconds"] += int(seconds)
+            continue
+        figures = (sessions, int(seconds), int(completed), int(moods), int(before), int(after))
+        package = packages.setdefault(package_id, {
+            "title": title, "category": category, **dict.fromkeys(totals, 0)})
+        for name, value in zip(totals, figures, strict=True):
+            totals[name] += value
+            package[name] += value
+        seconds_by_hour[int(hour)] += int(seconds)
+    islands = day_islands(person.id, last)
+    streaks = streaks_from_islands(islands, last)
+
+    def change(figures) -> float:
+        return (figures["after"] - figures["before"]) / figures["moods"]
+
+    top_packages = sorted(packages.items(),
+                          key=lambda item: (-item[1]["seconds"], -item[1]["sessions"], item[0]))
     categories: dict[str, list] = {}
-    for _pid, _title, category, count, secs, _moods, _avg in packages:
-        entry = categories.setdefault(category, [0, 0])
-        entry[0] += count
-        entry[1] += secs or 0
+    for package in packages.values():
+        entry = categories.setdefault(package["category"], [0, 0])
+        entry[0] += package["sessions"]
+        entry[1] += package["seconds"]
     top_categories = sorted(categories.items(), key=lambda c: (-c[1][0], -c[1][1], c[0]))
-    with_mood = [r for r in packages if r[5]]
-    best = min(with_mood, key=lambda r: (-float(r[6]), -r[5], r[0]), default=None)
-    streaks = streaks_from_islands(streak_islands(person.id, last), last)
+    best = min(((pid, p) for pid, p in packages.items() if p["moods"]),
+               key=lambda item: (-round(change(item[1]), 2), -item[1]["moods"], item[0]),
+               default=None)
+    moods = totals["moods"]
     return {
         "period": period,
         "from": first.isoformat(),
         "to": last.isoformat(),
-        "minutes": _minutes(seconds),
-        "sessions": int(sessions),
-        "completed_sessions": int(completed),
-        "active_days": int(active_days),
+        "minutes": _minutes(totals["seconds"]),
+        "sessions": totals["sessions"],
+        "completed_sessions": totals["completed"],
+        "active_days": active_days(islands, first, last),
         "longest_streak": streaks.longest_within(first, last),
-        "top_packages": [{"package_id": pid, "title": title, "minutes": _minutes(secs)}
-                         for pid, title, _c, _n, secs, _m, _a in top_packages],
+        "top_packages": [{"package_id": pid, "title": p["title"],
+                          "minutes": _minutes(p["seconds"])}
+                         for pid, p in top_packages[:TOP_PACKAGES]],
         "top_categories": [{"category": name, "sessions": count, "minutes": _minutes(secs)}
                            for name, (count, secs) in top_categories[:TOP_CATEGORIES]],
-        "mood": {"avg_before": _mood(avg_before), "avg_after": _mood(avg_after),
-                 "avg_change": _mood(avg_change),
+        "mood": {"avg_before": _mood(totals["before"] / moods) if moods else None,
+                 "avg_after": _mood(totals["after"] / moods) if moods else None,
+                 "avg_change": _mood(change(totals)) if moods else None,
                  "best_package_id": None if best is None else best[0]},
-        "listening_hours": _listening_hours(person, first, last),
-        "previous": {"minutes": _minutes(prev_seconds), "sessions": int(prev_sessions),
-                     "active_days": int(prev_active_days)},
+        "listening_hours": [_minutes(value) for value in seconds_by_hour],
+        "previous": {"minutes": _minutes(previous["seconds"]),
+                     "sessions": previous["sessions"],
+                     "active_days": active_days(islands, prev_first,
+                                                first - timedelta(days=1))},
     }
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import Integer, case, cast, func, select
 
 from ..extensions import db
 from ..models import ListeningSession
@@ -40,10 +40,12 @@ FREEZE_DAYS_SHOWN = 90  # freeze_days lists the covered dates of the last 90 day
 
 @dataclass(frozen=True)
 class Island:
-    """Consecutive streak days, ``first`` to ``last`` inclusive."""
+    """Consecutive active days of one kind, ``first`` to ``last`` inclusive: streak days
+    (``streak``) or days with sessions that count but none completed."""
 
     first: date
     last: date
+    streak: bool = True
 
     @property
     def days(self) -> int:
@@ -75,28 +77,37 @@ def _as_date(value) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
-def streak_islands(user_id: int, until: date) -> list[Island]:
-    """The user's streak days up to ``until``, as islands of consecutive days, oldest first
-    (one SQL statement; one row per island)."""
+def day_islands(user_id: int, until: date) -> list[Island]:
+    """The user's active days up to ``until`` (days with a session that counts), as islands
+    of consecutive days of one kind, oldest first: ``streak`` islands are streak days, the
+    others active days without a completed session. One SQL statement, one row per island."""
     s = ListeningSession
-    days = (select(s.local_day.label("day"))
-            .where(s.user_id == user_id, s.completed.is_(True), s.counts_in_outcomes,
-                   s.local_day <= until)
-            .distinct().subquery())
-    position = func.row_number().over(order_by=days.c.day)
+    days = (select(s.local_day.label("day"),
+                   func.max(case((s.completed.is_(True), 1), else_=0)).label("streak"))
+            .where(s.user_id == user_id, s.counts_in_outcomes, s.local_day <= until)
+            .group_by(s.local_day).subquery())
+    position = func.row_number().over(partition_by=days.c.streak, order_by=days.c.day)
     if db.session.get_bind().dialect.name == "postgresql":
         island = days.c.day - cast(position, Integer)
     else:
         island = func.julianday(days.c.day) - position
-    numbered = select(days.c.day, island.label("island")).subquery()
+    numbered = select(days.c.day, days.c.streak, island.label("island")).subquery()
     rows = db.session.execute(
-        select(func.min(numbered.c.day), func.max(numbered.c.day))
-        .group_by(numbered.c.island).order_by(func.min(numbered.c.day))).all()
-    return [Island(_as_date(first), _as_date(last)) for first, last in rows]
+        select(func.min(numbered.c.day), func.max(numbered.c.day), numbered.c.streak)
+        .group_by(numbered.c.streak, numbered.c.island)
+        .order_by(func.min(numbered.c.day))).all()
+    return [Island(_as_date(first), _as_date(last), bool(streak)) for first, last, streak in rows]
+
+
+def active_days(islands: list[Island], start: date, end: date) -> int:
+    """Active days between ``start`` and ``end`` inclusive (islands of both kinds)."""
+    return sum(i.days_within(start, end) for i in islands)
 
 
 def streaks_from_islands(islands: list[Island], today: date) -> Streaks:
-    """The freeze accounting over the islands (see the module's rule), at ``today``."""
+    """The freeze accounting over the streak islands (see the module's rule), at ``today``;
+    islands of active days without a streak day are passed over."""
+    islands = [i for i in islands if i.streak]
     runs: list[list[Island]] = []
     freeze_days: list[date] = []
     length = banked = 0
@@ -124,11 +135,6 @@ def streaks_from_islands(islands: list[Island], today: date) -> Streaks:
     longest = max((sum(i.days for i in run) for run in runs), default=0)
     return Streaks(current, longest, available, tuple(freeze_days),
                    tuple(tuple(run) for run in runs))
-
-
-def user_streaks(user_id: int, today: date) -> Streaks:
-    """The user's streaks, freezes included, at their day ``today``."""
-    return streaks_from_islands(streak_islands(user_id, today), today)
 
 
 def recent_freeze_days(streaks: Streaks, today: date) -> list[str]:
