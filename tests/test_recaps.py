@@ -231,3 +231,22 @@ def test_year_recaps_are_computed_in_the_first_week_of_january(app, client, auth
     assert year.json["data"]["minutes"] == 30.0  # the precomputed recap
     assert _recap(client, auth, "idle@example.com", period="year",
                   date="2026-05-05").json["data"]["sessions"] == 0
+
+
+def test_hours_stay_local_across_a_dst_change(app, set_clock, make_user, make_package,
+                                              make_session):
+    """Berlin moves to summer time on 29 March 2026 at 01:00 UTC: noon is 11:00 UTC before
+    and 10:00 UTC after; both are hour 12."""
+    from sonicus.services.recaps import compute_recap
+
+    set_clock(datetime(2026, 4, 2, 12, tzinfo=UTC))
+    me = make_user("berlin@example.com", timezone="Europe/Berlin").id
+    rain = make_package("rain").id
+    for started, minutes in ((datetime(2026, 3, 28, 11, 0, tzinfo=UTC), 10),
+                             (datetime(2026, 3, 29, 0, 59, 59, tzinfo=UTC), 3),  # 01:59 CET
+                             (datetime(2026, 3, 29, 1, 0, tzinfo=UTC), 4),  # 03:00 CEST
+                             (datetime(2026, 3, 30, 10, 0, tzinfo=UTC), 20)):
+        make_session(me, rain, started.date(), started_at=started, minutes=minutes)
+    with app.app_context():
+        hours = compute_recap(me, "month", date(2026, 3, 1), use_cache=False)["listening_hours"]
+    assert (hours[12], hours[1], hours[3]) == (30.0, 3.0, 4.0) and sum(hours) == 37.0
