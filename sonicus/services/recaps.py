@@ -45,7 +45,7 @@ GENERATION_TTL_SECONDS = PAST_TTL_SECONDS
 # Sessions are stored on a user day of the last 14 days at most (offline sync); two days of
 # margin for time zones.
 RECENT_DAYS = 16
-PROBE_STEP = timedelta(hours=6)  # UTC offsets are probed this often (_offset_segments)
+PROBE_STEP = timedelta(days=1)  # UTC offsets are probed this often (_offset_segments)
 PRECOMPUTE_UNTIL_DAY = 7  # year recaps are precomputed on January 1..7 (user days)
 
 
@@ -125,24 +125,26 @@ def _utc_offset(person, moment: datetime) -> int:
 
 def _offset_segments(person, start: datetime, end: datetime) -> list[tuple[datetime, int]]:
     """The user's UTC offset from ``start`` to ``end``: ``[(from, seconds)]``, a new entry at
-    each change (a DST change, the day settings changing zone). Probed every 6 hours, each
-    change found to the second by bisection (zones change offset at most a few times a
-    year)."""
+    each change (a DST change, the day settings changing zone). Probed once a day, each change
+    found to the second by bisection, and probing goes on from there (so two changes within a
+    day are both found, unless the second exactly undoes the first)."""
     segments = [(start, _utc_offset(person, start))]
     probe = start
     while probe < end:
         following = min(probe + PROBE_STEP, end)
-        if _utc_offset(person, following) != segments[-1][1]:
-            low, high = probe, following  # the offset changes in (low, high]
-            while high - low > timedelta(seconds=1):
-                middle = low + (high - low) / 2
-                if _utc_offset(person, middle) == segments[-1][1]:
-                    low = middle
-                else:
-                    high = middle
-            high = high.replace(microsecond=0)
-            segments.append((high, _utc_offset(person, high)))
-        probe = following
+        if _utc_offset(person, following) == segments[-1][1]:
+            probe = following
+            continue
+        low, high = probe, following  # the offset changes in (low, high]
+        while high - low > timedelta(seconds=1):
+            middle = low + (high - low) / 2
+            if _utc_offset(person, middle) == segments[-1][1]:
+                low = middle
+            else:
+                high = middle
+        high = high.replace(microsecond=0)
+        segments.append((high, _utc_offset(person, high)))
+        probe = high
     return segments
 
 
@@ -172,13 +174,13 @@ def _grouped_rows(person, first: date, last: date, prev_first: date):
     """One scan of the period and the previous one, grouped by (in the period, package,
     local hour it started at), with additive figures only, joined to the packages' titles:
     ``(in_period, package_id, title, category, hour, sessions, seconds, completed, sessions
-    with moods, their moods before, their moods after)``. The previous period's rows carry no
-    hour (only its totals are wanted)."""
+    with moods, their moods before, their moods after)``. (Only the totals of the previous
+    period's rows are used.)"""
     s, p = ListeningSession, SoundPackage
     in_period = s.local_day >= first
     counted = s.counts_in_outcomes
     has_mood = s.mood_before.is_not(None) & s.mood_after.is_not(None) & counted
-    hour = case((in_period, _local_hour(person, first, last)), else_=None)
+    hour = _local_hour(person, first, last)
     grouped = (
         select(in_period.label("in_period"), s.package_id.label("package_id"),
                hour.label("hour"),
