@@ -22,6 +22,7 @@ from ..services.analytics import sweep_stale_analytics
 from ..services.erasure import process_owed_cancellations
 from ..services.idempotency import sweep_expired_idempotency_keys
 from ..services.listening import close_stale_sessions
+from ..services.recaps import precompute_year_recaps
 from ..services.stats import refresh_platform_stats
 from ..services.subscriptions import process_due_subscriptions
 from .queue import QUEUE_ANALYTICS, QUEUE_MAINTENANCE, enqueue
@@ -51,6 +52,7 @@ PERIODIC_JOBS = (
     Periodic(refresh_platform_stats, 300, QUEUE_MAINTENANCE),
     Periodic(sweep_stale_analytics, 30, QUEUE_ANALYTICS),
     Periodic(sweep_expired_idempotency_keys, 3600, QUEUE_MAINTENANCE),  # keys past 24 h
+    Periodic(precompute_year_recaps, 3600, QUEUE_MAINTENANCE),  # January 1..7 only
 )
 
 
