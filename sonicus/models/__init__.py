@@ -5,12 +5,13 @@ from .base import SCHEMA, Base, utcnow
 from .catalog import PackageAssignment, SoundPackage, Track, UserSoundPackage
 from .erasure import ErasureTombstone, OwedCancellation
 from .listening import ListeningSession
+from .offline import OfflineLicence
 from .subscription import BillingEvent, SubscriptionEvent, UserSubscription
 from .user import User
 
 __all__ = [
     "SCHEMA", "AuditLog", "Base", "BillingEvent", "ErasureTombstone", "ListeningSession",
-    "OwedCancellation", "PackageAssignment", "PlatformStats", "SoundPackage",
+    "OfflineLicence", "OwedCancellation", "PackageAssignment", "PlatformStats", "SoundPackage",
     "SubscriptionEvent", "Track", "User", "UserAnalytics", "UserSoundPackage",
     "UserSubscription", "utcnow",
 ]
