@@ -6,6 +6,7 @@ import marshmallow as ma
 
 from .catalog import AccessField, PackageBaseSchema
 from .profile import OnboardingSchema, ProfileSchema
+from .sessions import SessionTrackSchema
 from .subscription import SubscriptionSchema
 
 
@@ -71,6 +72,9 @@ class ContinueListeningSchema(ma.Schema):
     max_duration_seconds = ma.fields.Integer(required=True, allow_none=True)
     track_id = ma.fields.Integer(required=True, allow_none=True)
     package = ma.fields.Nested(PackageBaseSchema, required=True)
+    track = ma.fields.Nested(SessionTrackSchema, required=True, allow_none=True)
+    position_seconds = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": "Where to resume in the track (seconds); null when none was reported."})
 
 
 class RecommendedPackageSchema(PackageBaseSchema):
