@@ -67,6 +67,8 @@ LEVEL_MIN_TIER = {level: min((t for t in TIERS.values() if level in t.package_le
                   for level in PACKAGE_LEVELS}
 # Open sessions of an unlimited tier are closed after this long.
 UNLIMITED_SESSION_CLOSE_SECONDS = 3 * 3600
+# An offline licence lasts this long from its grant (or renewal).
+OFFLINE_LICENCE_DAYS = 30
 # Subscription events after which the tier in force is the event's ``to_tier`` (the others
 # schedule, start a checkout or note a payment without changing the tier): the fold of these,
 # oldest first, is the tier at any instant (``tier_in_force_at``).

@@ -117,7 +117,8 @@ def _create_user(subject: str, view: dict, role: str) -> User:
             # A person who erased an earlier account after a trial is shown it as used.
             sub.trial_used = erasure.trial_used_before(subject, view["email"])
             db.session.add(SubscriptionEvent(user_id=user.id, type="signed_up", from_tier=None,
-                                             to_tier="starter", amount_cents=0))
+                                             to_tier="starter", amount_cents=0,
+                                             at=clock.now()))
     except IntegrityError:  # a concurrent first request created it
         pass
     return _find_by_subject(subject)
