@@ -89,6 +89,36 @@ class SyncAnswer:
     results: list[SyncResult]
 
 
+class _Intervals:
+    """The user's sessions near the batch as (start, end) in epoch seconds, sorted by start:
+    how much a new interval overlaps any of them, looking only at those that can reach it."""
+
+    # No stored session is longer than this (an upload's 24 h, an open one's 3 h, plus slack).
+    REACH = (MAX_INTERVAL + timedelta(hours=1)).total_seconds()
+
+    def __init__(self, spans):
+        self.spans = sorted((s.timestamp(), e.timestamp()) for s, e in spans)
+        self.starts = [start for start, _end in self.spans]
+
+    def overlaps(self, started: datetime, ended: datetime, tolerance: float) -> bool:
+        start, end = started.timestamp(), ended.timestamp()
+        index = bisect.bisect_left(self.starts, end)
+        while index > 0:
+            index -= 1
+            other_start, other_end = self.spans[index]
+            if other_start < start - self.REACH:
+                break
+            if min(end, other_end) - max(start, other_start) > tolerance:
+                return True
+        return False
+
+    def add(self, started: datetime, ended: datetime) -> None:
+        span = (started.timestamp(), ended.timestamp())
+        index = bisect.bisect_right(self.starts, span[0])
+        self.starts.insert(index, span[0])
+        self.spans.insert(index, span)
+
+
 class _Rejected(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -106,7 +136,8 @@ class _Context:
     assignments: dict[int, list[PackageAssignment]]
     packages: dict[int, SoundPackage]
     tracks: dict[int, Track]
-    intervals: list[tuple[datetime, datetime]]
+    intervals: _Intervals
+    days: dict[datetime, date]
     day_starts: dict[date, list[tuple[datetime, int | None]]]
 
 
@@ -176,9 +207,9 @@ def _moments(item: dict, now: datetime) -> tuple[datetime, datetime]:
 
 def _load_context(user: User, current_tier: str, items: list[dict],
                   now: datetime) -> _Context:
-    spans = [_moments(item, now) for item in items]
-    first = min(start for start, _end in spans)
-    last = max(end for _start, end in spans)
+    spans_of_items = [_moments(item, now) for item in items]
+    first = min(start for start, _end in spans_of_items)
+    last = max(end for _start, end in spans_of_items)
     package_ids = {item["package_id"] for item in items}
     track_ids = {item["track_id"] for item in items if item.get("track_id") is not None}
 
@@ -204,25 +235,26 @@ def _load_context(user: User, current_tier: str, items: list[dict],
         select(Track).where(Track.id.in_(track_ids))).scalars()} if track_ids else {}
 
     s = ListeningSession
-    intervals = []
+    spans = []
     for started, ended, listened, heartbeat in db.session.execute(
             select(s.started_at, s.ended_at, s.listened_seconds, s.last_heartbeat_at)
             .where(s.user_id == user.id, s.started_at < last,
                    s.started_at > first - MAX_INTERVAL - timedelta(hours=1),
                    or_(s.ended_at.is_(None), s.ended_at > first))).all():
-        intervals.append((started, ended or _known_end(started, listened, heartbeat)))
+        spans.append((started, ended or _known_end(started, listened, heartbeat)))
 
-    days = {clock.user_day(user, start).day for start, _end in spans}
-    day_starts: dict[date, list[tuple[datetime, int | None]]] = {day: [] for day in days}
+    days = {start: clock.user_day(user, start).day for start, _end in spans_of_items}
+    day_starts: dict[date, list[tuple[datetime, int | None]]] = {
+        day: [] for day in days.values()}
     for day, started, tier in db.session.execute(
             select(s.local_day, s.started_at, s.tier)
-            .where(s.user_id == user.id, s.local_day.in_(days),
+            .where(s.user_id == user.id, s.local_day.in_(set(days.values())),
                    s.counts_toward_quota.is_(True))
             .order_by(s.started_at, s.id)).all():
         day_starts.setdefault(_as_date(day), []).append(
             (started, TIERS[tier].daily_sessions if tier in TIERS else None))
     return _Context(now, user, current_tier, changes, assignments, packages, tracks,
-                    intervals, day_starts)
+                    _Intervals(spans), days, day_starts)
 
 
 def _as_date(value) -> date:
@@ -255,11 +287,9 @@ def _judge(context: _Context, client_id: str, item: dict) -> ListeningSession:
                         f"Neither the {TIERS[tier].title} tier in force then nor an "
                         "assignment opened this package.")
 
-    for other_start, other_end in context.intervals:
-        shared = (min(ended, other_end) - max(started, other_start)).total_seconds()
-        if shared > OVERLAP_TOLERANCE_SECONDS:
-            raise _Rejected("overlap", "It overlaps another of your sessions by more than "
-                                       f"{OVERLAP_TOLERANCE_SECONDS} s.")
+    if context.intervals.overlaps(started, ended, OVERLAP_TOLERANCE_SECONDS):
+        raise _Rejected("overlap", "It overlaps another of your sessions by more than "
+                                   f"{OVERLAP_TOLERANCE_SECONDS} s.")
 
     session = ListeningSession(
         user_id=context.user.id, package=package, track=track, tier=tier, status=ENDED,
@@ -281,22 +311,30 @@ def _judge(context: _Context, client_id: str, item: dict) -> ListeningSession:
         session.position_seconds = min(position, length) if length else position
         session.position_updated_at = ended
 
-    day = clock.user_day(context.user, started).day
+    day = context.days[started]
     session.local_day = day
     if is_accidental_tap(started, ended, session.listened_seconds):
         session.counts_toward_quota = False
     else:
-        starts = context.day_starts.setdefault(day, [])
-        entry = (started, TIERS[tier].daily_sessions)
-        position = bisect.bisect_right([start for start, _limit in starts], started)
-        trial = [*starts[:position], entry, *starts[position:]]
-        if any(limit is not None and k > limit for k, (_start, limit) in enumerate(trial, 1)):
+        _take_slot(context.day_starts.setdefault(day, []), started,
+                   TIERS[tier].daily_sessions, day)
+    context.intervals.add(started, ended)
+    return session
+
+
+def _take_slot(starts: list[tuple[datetime, int | None]], started: datetime,
+               limit: int | None, day: date) -> None:
+    """Count a start on its day: refused when, with it inserted in start order, the k-th
+    counted start of the day would exceed the daily limit of the tier it started on (this
+    one's, or a later one's pushed back by it)."""
+    position = bisect.bisect_right(starts, started, key=lambda entry: entry[0])
+    trial = [*starts[:position], (started, limit), *starts[position:]]
+    if limit is not None or any(lim is not None for _s, lim in starts[position:]):
+        if any(lim is not None and k > lim for k, (_s, lim) in enumerate(trial, 1)):
             raise _Rejected("daily_session_limit_reached",
                             f"The day it started on ({day.isoformat()}) has no session left "
                             f"in the quota.")
-        starts[:] = trial
-    context.intervals.append((started, ended))
-    return session
+    starts[:] = trial
 
 
 def _bump_popularity(sessions: list[ListeningSession]) -> None:
