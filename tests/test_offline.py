@@ -551,3 +551,37 @@ def test_sync_statements_do_not_grow_with_the_batch(app, auth, pkgs, make_user, 
     assert counts[0] == ["created"] * 10 and counts[2] == ["created"] * 100
     assert counts[1] == counts[3], counts[1::2]
     assert counts[3] <= 20
+
+
+def test_revoking_an_assignment_ends_its_licence(client, auth, admin_auth, pkgs, make_user,
+                                                 db_session):
+    user = make_user("lend@example.com")  # starter: no downloads of its own
+    headers = auth("lend@example.com")
+    make_user("admin@example.com", admin=True)
+    assert client.post(f"/api/admin/users/{user.id}/packages", headers=admin_auth(),
+                       json={"package_id": pkgs["delta"]}).status_code == 201
+    assert client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                       headers=headers).status_code == 201
+    assert len(client.get("/api/user/downloads", headers=headers).json["data"]) == 1
+    assert client.delete(f"/api/admin/users/{user.id}/packages/{pkgs['delta']}",
+                         headers=admin_auth()).status_code == 200
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
+    assert client.delete(f"/api/user/downloads/{pkgs['delta']}", headers=headers).status_code \
+        == 404
+
+
+def test_export_lists_licences_and_erasure_forgets_them(client, auth, pkgs, make_user,
+                                                        db_session):
+    user = make_user("gone@example.com", tier="premium")
+    headers = auth("gone@example.com")
+    assert client.post("/api/user/downloads", json={"package_id": pkgs["rain"]},
+                       headers=headers).status_code == 201
+    item = _item(pkgs["rain"], clock.now() - timedelta(minutes=30), minutes=10)
+    assert _sync(client, headers, [item]).json["data"]["results"][0]["status"] == "created"
+    export = client.get("/api/user/export", headers=headers).json["data"]
+    assert [d["package_id"] for d in export["downloads"]] == [pkgs["rain"]]
+    assert export["sessions"][0]["client_id"] == item["client_id"]
+    assert client.delete("/api/user/profile", headers=headers).status_code == 200
+    kept = db_session.execute(select(ListeningSession)).scalar_one()
+    assert kept.user_id is None and kept.client_id is None
+    assert _count_sessions(user.id) == 0
