@@ -110,6 +110,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "MEDIA_BASE_URL": _str(env, "MEDIA_BASE_URL") or None,
         "MEDIA_URL_SECRET": _str(env, "MEDIA_URL_SECRET") or None,
         "MEDIA_URL_TTL_SECONDS": _int(env, "MEDIA_URL_TTL_SECONDS", 3600),
+        "MEDIA_DOWNLOAD_URL_TTL_SECONDS": _int(env, "MEDIA_DOWNLOAD_URL_TTL_SECONDS", 86400),
         "TRIAL_DAYS": _int(env, "TRIAL_DAYS", 14),
         "ANALYTICS_CACHE_TTL_SECONDS": _int(env, "ANALYTICS_CACHE_TTL_SECONDS", 600),
         # A refresh still marked stale after this long is re-enqueued by the periodic sweep.
@@ -144,6 +145,9 @@ def validate_config(config: Mapping) -> None:
         raise ConfigError(f"SONICUS_ENV must be one of {', '.join(ENVIRONMENTS)}, got {env!r}")
     if config["BILLING_PROVIDER"] not in ("sandbox", "stripe"):
         raise ConfigError("BILLING_PROVIDER must be 'sandbox' or 'stripe'")
+    for name in ("MEDIA_URL_TTL_SECONDS", "MEDIA_DOWNLOAD_URL_TTL_SECONDS"):
+        if config.get(name, 1) < 1:
+            raise ConfigError(f"{name} must be at least 1")
     if config["TRIAL_DAYS"] < 0:
         raise ConfigError("TRIAL_DAYS must not be negative")
     if config.get("TRUSTED_PROXY_COUNT", 0) < 0:

@@ -58,11 +58,13 @@ def sign(secret: str, path: str, ts: int, lifetime: int) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def stream_url(media_path: str, now: datetime | None = None) -> tuple[str | None, datetime]:
-    """``(url, expires_at)`` for one media file; url is None in production without config."""
+def stream_url(media_path: str, now: datetime | None = None, *,
+               lifetime: int | None = None) -> tuple[str | None, datetime]:
+    """``(url, expires_at)`` for one media file; url is None in production without config.
+    ``lifetime`` in seconds, default ``MEDIA_URL_TTL_SECONDS``."""
     cfg = current_app.config
     now = now or clock.now()
-    lifetime = int(cfg.get("MEDIA_URL_TTL_SECONDS") or 3600)
+    lifetime = int(lifetime or cfg.get("MEDIA_URL_TTL_SECONDS") or 3600)
     ts = int(now.timestamp())
     expires_at = datetime.fromtimestamp(ts + lifetime, UTC)
     path = _path(media_path)
@@ -76,6 +78,13 @@ def stream_url(media_path: str, now: datetime | None = None) -> tuple[str | None
     public = (cfg.get("PUBLIC_BASE_URL") or "").rstrip("/")
     query = urlencode({"st": DEV_TOKEN, "ts": ts, "e": lifetime})
     return f"{public}{DEV_PREFIX}{path}?{query}", expires_at
+
+
+def download_url(media_path: str, now: datetime | None = None) -> tuple[str | None, datetime]:
+    """A URL to download one file for offline listening: the stream URL's scheme with the
+    longer ``MEDIA_DOWNLOAD_URL_TTL_SECONDS`` lifetime (default a day)."""
+    lifetime = int(current_app.config.get("MEDIA_DOWNLOAD_URL_TTL_SECONDS") or 86400)
+    return stream_url(media_path, now, lifetime=lifetime)
 
 
 def verify_stream_path(secret: str, path: str, st: str, ts: str, lifetime: str,

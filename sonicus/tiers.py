@@ -24,6 +24,7 @@ class Tier:
     max_session_minutes: int | None
     package_levels: tuple[str, ...]
     title: str
+    offline_downloads: bool = False
 
     @property
     def price(self) -> Decimal:
@@ -43,13 +44,16 @@ class Tier:
             "daily_sessions": self.daily_sessions,
             "max_session_minutes": self.max_session_minutes,
             "package_levels": list(self.package_levels),
+            "offline_downloads": self.offline_downloads,
         }
 
 
 TIERS: dict[str, Tier] = {
-    STARTER: Tier(STARTER, 0, 0, 3, 15, (PUBLIC,), "Starter"),
-    PREMIUM: Tier(PREMIUM, 1, 999, 10, 60, (PUBLIC, PREMIUM_LEVEL), "Premium"),
-    PRO: Tier(PRO, 2, 1999, None, None, (PUBLIC, PREMIUM_LEVEL, PRO_EXCLUSIVE), "Pro"),
+    STARTER: Tier(STARTER, 0, 0, 3, 15, (PUBLIC,), "Starter", offline_downloads=False),
+    PREMIUM: Tier(PREMIUM, 1, 999, 10, 60, (PUBLIC, PREMIUM_LEVEL), "Premium",
+                  offline_downloads=True),
+    PRO: Tier(PRO, 2, 1999, None, None, (PUBLIC, PREMIUM_LEVEL, PRO_EXCLUSIVE), "Pro",
+              offline_downloads=True),
 }
 TIER_NAMES = tuple(TIERS)
 PAID_TIERS = tuple(name for name, tier in TIERS.items() if tier.is_paid)
@@ -63,6 +67,15 @@ LEVEL_MIN_TIER = {level: min((t for t in TIERS.values() if level in t.package_le
                   for level in PACKAGE_LEVELS}
 # Open sessions of an unlimited tier are closed after this long.
 UNLIMITED_SESSION_CLOSE_SECONDS = 3 * 3600
+# An offline licence lasts this long from its grant (or renewal).
+OFFLINE_LICENCE_DAYS = 30
+# Subscription events after which the tier in force is the event's ``to_tier`` (the others
+# schedule, start a checkout or note a payment without changing the tier): the fold of these,
+# oldest first, is the tier at any instant (``tier_in_force_at``).
+TIER_SETTING_EVENTS = frozenset({
+    "signed_up", "tier_chosen", "trial_started", "trial_changed", "trial_converted",
+    "trial_ended", "activated", "renewed", "upgraded", "downgraded", "canceled", "grace_ended",
+    "lapsed", "complimentary_grant", "plan_changed"})
 
 
 def get_tier(name: str) -> Tier:
@@ -93,6 +106,31 @@ def check_package_access(tier_name: str, package_level: str, assigned: bool = Fa
                        f"This package needs the {TIERS[needed].title} tier or higher.",
                        data={"required_tier": needed})
     return access
+
+
+def tier_in_force_at(changes, moment: datetime, current: str) -> str:
+    """The tier in force at ``moment`` from the subscription's history: ``changes`` are the
+    tier-setting events as ``(at, to_tier)``, oldest first. Before the first one (before the
+    account existed) it is Starter; after the last one it is ``current`` (the row's tier)."""
+    tier = STARTER
+    for index, (at, to_tier) in enumerate(changes):
+        if at > moment:
+            return tier
+        if index == len(changes) - 1:
+            return current
+        tier = to_tier or tier
+    return current  # no history at all: the row is all there is
+
+
+def check_offline_downloads(tier_name: str, assigned: bool = False) -> None:
+    """THE download rule: a tier with ``offline_downloads``, or a package assigned to the
+    user, may be kept offline; else 403 ``feature_not_in_tier``."""
+    if assigned or TIERS[tier_name].offline_downloads:
+        return
+    needed = min((t for t in TIERS.values() if t.offline_downloads), key=lambda t: t.rank)
+    raise ApiError(403, "feature_not_in_tier",
+                   f"Offline downloads need the {needed.title} tier or higher.",
+                   data={"required_tier": needed.name})
 
 
 def check_daily_quota(tier_name: str, used: int, resets_at: datetime, now: datetime) -> None:

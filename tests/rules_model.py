@@ -83,6 +83,7 @@ class SessionRow:
     listened_seconds: int
     content_seconds: int | None
     local_day: date | None = None  # the user day the server stored it on
+    synced: bool = False   # uploaded after being played offline
 
 
 def quota_violations(rows: list[SessionRow], days: DaySettings) -> list[str]:
@@ -121,6 +122,34 @@ def completion_violations(rows: list[SessionRow]) -> list[str]:
             if row.listened_seconds > wall + 1:
                 problems.append(f"session {row.id}: {row.listened_seconds} s listened in "
                                 f"{wall:.0f} s")
+    return problems
+
+
+OFFLINE_WINDOW = timedelta(days=14)
+OVERLAP_TOLERANCE_SECONDS = 60
+
+
+def offline_violations(rows: list[SessionRow], uploaded_at: dict[int, datetime]) -> list[str]:
+    """Sessions uploaded after being played offline: each started within the 14 days before
+    its upload, ended after it started, and no two of a user's uploads overlap by more than a
+    minute. (They count against the quota of the day they started in: ``quota_violations``.)"""
+    problems = []
+    synced = sorted((r for r in rows if r.synced), key=lambda r: (r.started_at, r.id))
+    for row in synced:
+        if row.ended_at is None or row.ended_at <= row.started_at:
+            problems.append(f"uploaded session {row.id} has no interval")
+        uploaded = uploaded_at.get(row.id)
+        if uploaded is not None and not (
+                uploaded - OFFLINE_WINDOW <= row.started_at <= uploaded):
+            problems.append(f"uploaded session {row.id} started outside the 14 days")
+    for index, a in enumerate(synced):
+        for other in synced[index + 1:]:
+            if other.started_at >= a.ended_at:
+                break
+            shared = (min(a.ended_at, other.ended_at) - other.started_at).total_seconds()
+            if shared > OVERLAP_TOLERANCE_SECONDS:
+                problems.append(f"uploaded sessions {a.id} and {other.id} overlap by "
+                                f"{shared:.0f} s")
     return problems
 
 

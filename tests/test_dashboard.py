@@ -24,7 +24,7 @@ def test_dashboard_in_one_call(client, auth, db_session, make_user, make_package
     sub = data["subscription"]
     assert sub["tier"] == "starter" and sub["status"] == "active"
     assert sub["limits"] == {"daily_sessions": 3, "max_session_minutes": 15,
-                             "package_levels": ["public"]}
+                             "package_levels": ["public"], "offline_downloads": False}
     assert sub["usage"]["sessions_today"] == 2
     assert sub["usage"]["sessions_remaining"] == 1
     assert sub["usage"]["resets_at"]

@@ -43,6 +43,8 @@ def test_tiers_table(client):
     assert tiers["premium"]["price"] == "9.99"
     assert tiers["pro"]["price"] == "19.99"
     assert tiers["starter"]["limits"] == {"daily_sessions": 3, "max_session_minutes": 15,
-                                          "package_levels": ["public"]}
+                                          "package_levels": ["public"],
+                                          "offline_downloads": False}
+    assert tiers["premium"]["limits"]["offline_downloads"] is True
     assert tiers["pro"]["limits"]["daily_sessions"] is None
     assert tiers["pro"]["limits"]["package_levels"] == ["public", "premium", "pro_exclusive"]

@@ -166,7 +166,7 @@ def test_an_administrators_keys_are_their_own(client, make_user, make_package, a
 def test_a_failed_write_keeps_nothing_and_its_retry_runs(client, listener, db_session,
                                                          monkeypatch, make_config):
     """A 5xx answer, or an exception no handler answered, gives the key back."""
-    real_start = listening.start_session
+    real_start = listening.start_or_find_session
     failures = iter([RuntimeError("boom"), None])
 
     def failing_start(*args, **kwargs):
@@ -175,7 +175,7 @@ def test_a_failed_write_keeps_nothing_and_its_retry_runs(client, listener, db_se
             raise failure
         return real_start(*args, **kwargs)
 
-    monkeypatch.setattr(listening, "start_session", failing_start)
+    monkeypatch.setattr(listening, "start_or_find_session", failing_start)
     headers = _keyed(listener["headers"], "k-500")
     body = {"package_id": listener["package"]}
     with pytest.raises(RuntimeError):  # testing: the exception reaches the client
@@ -183,7 +183,7 @@ def test_a_failed_write_keeps_nothing_and_its_retry_runs(client, listener, db_se
     assert _keys(db_session) == []
 
     other = create_app(make_config(PROPAGATE_EXCEPTIONS=False))
-    monkeypatch.setattr(listening, "start_session", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(listening, "start_or_find_session", lambda *a, **k: 1 / 0)
     answered = other.test_client().post("/api/user/sessions", json=body, headers=headers)
     assert answered.status_code == 500 and answered.json["code"] == "internal_error"
     assert _keys(db_session) == []
@@ -191,7 +191,7 @@ def test_a_failed_write_keeps_nothing_and_its_retry_runs(client, listener, db_se
         db.engine.dispose()
         other.extensions[idempotency.ENGINE_KEY].dispose()
 
-    monkeypatch.setattr(listening, "start_session", real_start)
+    monkeypatch.setattr(listening, "start_or_find_session", real_start)
     retry = client.post("/api/user/sessions", json=body, headers=headers)
     assert retry.status_code == 201 and REPLAYED not in retry.headers
     assert _sessions(db_session) == 1

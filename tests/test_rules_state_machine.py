@@ -9,6 +9,7 @@ CI runs a fixed budget; ``python -m bench.rules_soak`` runs it for as long as on
 from __future__ import annotations
 
 import os
+import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -29,6 +30,7 @@ from rules_model import (
     SessionRow,
     completion_violations,
     derive_from_events,
+    offline_violations,
     retry_violations,
     streak_figures,
 )
@@ -93,6 +95,7 @@ def build_machine(app, idp, table_names, billing):
             app.extensions.pop("sonicus_memory_cache", None)
             self.webhooks = 0
             self.keys = 0
+            self.uploaded_at = {}  # session id -> when the batch that stored it was posted
             self.assignments = {}  # (user id, level) -> expires_at (None: no end)
             self.people = {name: Identity(name, idp.token(email=f"{name}@example.com"))
                            for name in IDENTITIES}
@@ -262,7 +265,8 @@ def build_machine(app, idp, table_names, billing):
             if row is None:
                 return
             elapsed = int((self.now - row.started_at).total_seconds())
-            listened = {"honest": elapsed, "inflated": 100000, "tap": 3}[claim]
+            listened = {"honest": min(elapsed, 7 * 24 * 3600), "inflated": 100000,
+                        "tap": 3}[claim]  # a claim is at most a week (the schema's bound)
             if finish:
                 status, body = self.call(
                     "POST", f"/api/user/sessions/{session_id}/complete", person.headers,
@@ -275,6 +279,48 @@ def build_machine(app, idp, table_names, billing):
                 status, body = self.call("PATCH", f"/api/user/sessions/{session_id}",
                                          person.headers, json={"listened_seconds": listened})
                 assert status in (200, 403, 404, 409), body
+
+        @rule(name=st.sampled_from(IDENTITIES),
+              level=st.sampled_from(["public", "premium"]),
+              ago=st.sampled_from([300, 3600, 5 * 3600, 86400, 3 * 86400, 20 * 86400]),
+              minutes=st.sampled_from([0.5, 5, 25]), count=st.integers(1, 4),
+              spacing=st.sampled_from([0.5, 1, 2]), retry=st.booleans())
+        def sync_offline(self, name, level, ago, minutes, count, spacing, retry):
+            """A batch of sessions played offline, uploaded later (perhaps twice)."""
+            person = self.person(name)
+            first = self.now - timedelta(seconds=ago)
+            items = []
+            for index in range(count):
+                started = first + timedelta(minutes=index * minutes * spacing)
+                items.append({"client_id": str(uuid.uuid4()),
+                              "package_id": self.packages[level],
+                              "started_at": started.isoformat(),
+                              "ended_at": (started + timedelta(minutes=minutes)).isoformat(),
+                              "listened_seconds": int(minutes * 60) + 30,
+                              "completed": True})
+            status, body = self.call("POST", "/api/user/sessions/sync", person.headers,
+                                     json={"sessions": items})
+            if status == 403:
+                return  # suspended
+            assert status == 200, body
+            results = body["data"]["results"]
+            assert [r["client_id"] for r in results] == [i["client_id"] for i in items]
+            for result in results:
+                assert result["status"] in ("created", "rejected"), result
+                if result["status"] == "created":
+                    self.uploaded_at[result["session_id"]] = self.now
+            if ago > 14 * 86400:
+                assert all(r.get("code") == "started_at_out_of_range" for r in results)
+            if retry:
+                status, again = self.call("POST", "/api/user/sessions/sync", person.headers,
+                                          json={"sessions": items})
+                assert status == 200, again
+                for before, after in zip(results, again["data"]["results"], strict=True):
+                    if before["status"] == "created":
+                        assert (after["status"], after["session_id"]) == \
+                            ("unchanged", before["session_id"])
+                    else:
+                        assert after["status"] == "rejected", (before, after)
 
         @rule(session=sessions, other=st.sampled_from(IDENTITIES))
         def someone_else_tries(self, session, other):
@@ -453,8 +499,9 @@ def build_machine(app, idp, table_names, billing):
 
         @invariant()
         def the_rules_hold(self):
-            """After every step: quota per user day, completion from the server's time, one
-            trial per identity, and the tier in force as the subscription's history tells it."""
+            """After every step: quota per user day (offline uploads included), completion from
+            the server's time, uploads within their window and never overlapping, one trial
+            per identity, and the tier in force as the subscription's history tells it."""
             accounts = {p.user_id: p for p in self.people.values() if p.user_id is not None}
             with app.app_context():
                 rows: dict[int, list[SessionRow]] = {uid: [] for uid in accounts}
@@ -476,6 +523,7 @@ def build_machine(app, idp, table_names, billing):
             for user_id, person in accounts.items():
                 problems = quota_problems(rows[user_id], person.days)
                 problems += completion_violations(rows[user_id])
+                problems += offline_violations(rows[user_id], self.uploaded_at)
                 assert not problems, (person.name, problems)
                 sub, derived = subs[user_id], derive_from_events(events[user_id])
                 assert (sub.tier, sub.status, sub.pending_tier) == \
@@ -492,7 +540,7 @@ def _row(session) -> SessionRow:
         else (session.package.duration_seconds or None)
     return SessionRow(session.id, session.started_at, session.ended_at, session.tier,
                       session.counts_toward_quota, session.completed, session.listened_seconds,
-                      content, session.local_day)
+                      content, session.local_day, synced=session.client_id is not None)
 
 
 def _seed_packages() -> dict[str, int]:

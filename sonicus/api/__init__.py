@@ -10,6 +10,7 @@ from . import (
     dev,
     health,
     library,
+    offline,
     packages,
     profile,
     sessions,
@@ -17,8 +18,8 @@ from . import (
 )
 
 # The order is the order of the OpenAPI document's tags.
-AREAS = (health, profile, subscription, packages, library, sessions, analytics, admin,
-         admin_catalog, billing)
+AREAS = (health, profile, subscription, packages, library, sessions, offline, analytics,
+         admin, admin_catalog, billing)
 
 
 def register_api(app, api) -> None:

@@ -6,11 +6,13 @@ import marshmallow as ma
 from flask.views import MethodView
 
 from ..auth import require_user
-from ..envelope import Blueprint, set_message
+from ..envelope import Blueprint, PageArgsSchema, set_message
 from ..schemas.sessions import (
+    PlaybackSchema,
     SessionCompleteSchema,
     SessionHeartbeatSchema,
     SessionHistoryArgsSchema,
+    SessionProgressSchema,
     SessionSchema,
     SessionStartSchema,
 )
@@ -35,13 +37,18 @@ class Sessions(MethodView):
     @require_user
     @blp.arguments(SessionStartSchema)
     @blp.response(201, SessionSchema)
+    @blp.alt_response(200, schema=SessionSchema, description=(
+        "A session with this `client_id` exists already: it is the answer, nothing counted."))
     @blp.errors(401, (403, "`package_locked`: neither the tier nor an assignment opens it."),
                 404, 422,
                 (429, "`daily_session_limit_reached`, with `resets_at`."))
     def post(self, body, caller):
-        """Start a session (counts against today's quota)."""
-        return listening.start_session(caller.id, body["package_id"], body.get("track_id"),
-                                       body.get("mood_before"))
+        """Start a session (counts against today's quota); retry-safe with `client_id`."""
+        client_id = body.get("client_id")
+        session, created = listening.start_or_find_session(
+            caller.id, body["package_id"], body.get("track_id"), body.get("mood_before"),
+            client_id=None if client_id is None else str(client_id))
+        return session if created else (session, 200)
 
 
 @blp.route("/sessions/<int:session_id>")
@@ -55,11 +62,15 @@ class SessionDetail(MethodView):
 
     @require_user
     @blp.arguments(SessionHeartbeatSchema)
-    @blp.response(200, SessionSchema)
+    @blp.response(200, SessionProgressSchema)
     @blp.errors(401, 403, 404, _ENDED, 422)
     def patch(self, body, session_id, caller):
-        """Progress heartbeat: listened seconds, clamped by the server and never decreasing."""
-        return listening.heartbeat(caller.id, session_id, body["listened_seconds"])
+        """Progress heartbeat: listened seconds, clamped by the server and never decreasing
+        (`clamped` when the claim was cut), and where the listener is (`track_id`,
+        `position_seconds`)."""
+        return listening.heartbeat(caller.id, session_id, body["listened_seconds"],
+                                   track_id=body.get("track_id"),
+                                   position_seconds=body.get("position_seconds"))
 
 
 @blp.route("/sessions/<int:session_id>/complete")
@@ -72,6 +83,19 @@ class SessionComplete(MethodView):
         """End the session with the listened time, whether it was finished, and mood."""
         session = listening.complete_session(
             caller.id, session_id, body["listened_seconds"], body["completed"],
-            body.get("mood_after"), body.get("note"))
+            body.get("mood_after"), body.get("note"), track_id=body.get("track_id"),
+            position_seconds=body.get("position_seconds"))
         set_message("Session completed." if session.completed else "Session ended.")
         return session
+
+
+@blp.route("/playback")
+class Playback(MethodView):
+    @require_user
+    @blp.arguments(PageArgsSchema, location="query")
+    @blp.response(200, PlaybackSchema(many=True))
+    @blp.errors(401, 403, 422)
+    def get(self, args, caller):
+        """Where to resume: per package, the last reported track and position (any device),
+        newest first."""
+        return listening.playback(caller.id, args)

@@ -6,12 +6,14 @@ from .catalog import PackageAssignment, SoundPackage, Track, UserSoundPackage
 from .erasure import ErasureTombstone, OwedCancellation
 from .idempotency import IdempotencyKey
 from .listening import ListeningSession
+from .offline import OfflineLicence
 from .subscription import BillingEvent, SubscriptionEvent, UserSubscription
 from .user import User
 
 __all__ = [
     "SCHEMA", "AuditLog", "Base", "BillingEvent", "ErasureTombstone", "IdempotencyKey",
-    "ListeningSession", "OwedCancellation", "PackageAssignment", "PlatformStats", "SoundPackage",
+    "ListeningSession", "OfflineLicence", "OwedCancellation", "PackageAssignment",
+    "PlatformStats", "SoundPackage",
     "SubscriptionEvent", "Track", "User", "UserAnalytics", "UserSoundPackage",
     "UserSubscription", "utcnow",
 ]

@@ -11,6 +11,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    UniqueConstraint,
     and_,
 )
 from sqlalchemy.ext.hybrid import hybrid_property
@@ -19,6 +20,9 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from .base import Base, UTCDateTime, utcnow
 
 OPEN, ENDED = "open", "ended"
+# end_reason of a session the stale sweep closed that never got a heartbeat: it was started and
+# left, so it counts against the day's quota but nowhere else (not a 0-minute listen).
+ABANDONED = "abandoned"
 # A session with less listened than this never counts in outcomes (see ``counts_in_outcomes``).
 OUTCOME_MIN_LISTENED_SECONDS = 60
 
@@ -48,6 +52,13 @@ class ListeningSession(Base):
     mood_after: Mapped[int | None] = mapped_column(SmallInteger)
     note: Mapped[str | None] = mapped_column(Text)
     end_reason: Mapped[str | None] = mapped_column(String(16))
+    # The client's own id for the session (a uuid): a start or an offline upload sent again
+    # with the same id finds the same session (unique per user).
+    client_id: Mapped[str | None] = mapped_column(String(36))
+    # Where to resume: the last position reported in the track (or package), and when.
+    position_seconds: Mapped[int | None] = mapped_column(Integer)
+    position_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     package = relationship("SoundPackage")
     track = relationship("Track")
@@ -65,6 +76,16 @@ class ListeningSession(Base):
         return and_(cls.counts_toward_quota.is_(True),
                     cls.listened_seconds >= OUTCOME_MIN_LISTENED_SECONDS)
 
+    @hybrid_property
+    def abandoned(self) -> bool:
+        """Closed by the server without a single heartbeat: excluded from analytics."""
+        return self.end_reason == ABANDONED
+
+    @abandoned.inplace.expression
+    @classmethod
+    def _abandoned_expression(cls):
+        return and_(cls.end_reason.is_not(None), cls.end_reason == ABANDONED)
+
     @property
     def ends_at(self) -> datetime | None:
         """When the tier's maximum length is reached; None when unlimited."""
@@ -78,4 +99,7 @@ class ListeningSession(Base):
         Index("ix_user_sessions_status_started_at", "status", "started_at"),
         Index("ix_user_sessions_started_at", "started_at"),
         Index("ix_user_sessions_package_id", "package_id"),
+        Index("ix_user_sessions_user_id_position_updated_at", "user_id",
+              "position_updated_at"),
+        UniqueConstraint("user_id", "client_id"),
     )

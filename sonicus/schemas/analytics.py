@@ -8,6 +8,7 @@ from ..services.recaps import FIRST_RECAP_DATE, LAST_RECAP_DATE, PERIODS
 from .catalog import AccessField, PackageBaseSchema
 from .common import QueryArgsSchema
 from .profile import OnboardingSchema, ProfileSchema
+from .sessions import SessionTrackSchema
 from .subscription import SubscriptionSchema
 
 
@@ -101,6 +102,9 @@ class ContinueListeningSchema(ma.Schema):
     max_duration_seconds = ma.fields.Integer(required=True, allow_none=True)
     track_id = ma.fields.Integer(required=True, allow_none=True)
     package = ma.fields.Nested(PackageBaseSchema, required=True)
+    track = ma.fields.Nested(SessionTrackSchema, required=True, allow_none=True)
+    position_seconds = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": "Where to resume in the track (seconds); null when none was reported."})
 
 
 class RecommendedPackageSchema(PackageBaseSchema):

@@ -47,6 +47,8 @@ class LimitsSchema(ma.Schema):
     daily_sessions = ma.fields.Integer(allow_none=True, required=True)
     max_session_minutes = ma.fields.Integer(allow_none=True, required=True)
     package_levels = ma.fields.List(ma.fields.String(), required=True)
+    offline_downloads = ma.fields.Boolean(required=True, metadata={
+        "description": "Whether the tier may keep packages on a device (`/api/user/downloads`)."})
 
 
 class TierSchema(ma.Schema):

@@ -52,6 +52,16 @@ class _SessionExport(ma.Schema):
     mood_before = ma.fields.Integer(allow_none=True)
     mood_after = ma.fields.Integer(allow_none=True)
     note = ma.fields.String(allow_none=True)
+    client_id = ma.fields.String(allow_none=True)
+    position_seconds = ma.fields.Integer(allow_none=True)
+    end_reason = ma.fields.String(allow_none=True)
+
+
+class _DownloadExport(ma.Schema):
+    package_id = ma.fields.Integer()
+    granted_at = ma.fields.DateTime()
+    expires_at = ma.fields.DateTime()
+    ended_at = ma.fields.DateTime(allow_none=True)
 
 
 class _KeptExport(ma.Schema):
@@ -78,6 +88,8 @@ class ExportSchema(ma.Schema):
     subscription_events = ma.fields.List(ma.fields.Nested(_EventExport))
     library = ma.fields.List(ma.fields.Nested(_LibraryExport))
     sessions = ma.fields.List(ma.fields.Nested(_SessionExport))
+    downloads = ma.fields.List(ma.fields.Nested(_DownloadExport), metadata={
+        "description": "Offline licences, ended ones included."})
     analytics = ma.fields.Dict(allow_none=True)
     earlier_erasures = ma.fields.List(ma.fields.Nested(_EarlierErasureExport), metadata={
         "description": "Tombstones of erased accounts of your sign-in subject or email."})

@@ -7,16 +7,34 @@ import marshmallow as ma
 from ..envelope import PageArgsSchema
 from .common import StrictSchema
 
+MAX_SECONDS = 7 * 24 * 3600
+
+
+def ClientId(**kwargs) -> ma.fields.UUID:  # noqa: N802  (a field factory)
+    """The client's own id of a session: a uuid, stored in its canonical text form."""
+    return ma.fields.UUID(metadata={"description": "The client's id of the session (a uuid): "
+                                    "sent again, it finds the same session."}, **kwargs)
+
+
+def Position(**kwargs) -> ma.fields.Integer:  # noqa: N802
+    return ma.fields.Integer(validate=ma.validate.Range(min=0, max=MAX_SECONDS), metadata={
+        "description": "Where the listener is in the track, in seconds (to resume)."},
+        **kwargs)
+
 
 class SessionStartSchema(StrictSchema):
     package_id = ma.fields.Integer(required=True, validate=ma.validate.Range(min=1))
     track_id = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1))
     mood_before = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=10))
+    client_id = ClientId(allow_none=True)
 
 
 class SessionHeartbeatSchema(StrictSchema):
     listened_seconds = ma.fields.Integer(required=True,
-                                         validate=ma.validate.Range(min=0, max=7 * 24 * 3600))
+                                         validate=ma.validate.Range(min=0, max=MAX_SECONDS))
+    track_id = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1), metadata={
+        "description": "The track now playing (one of the session's package)."})
+    position_seconds = Position(allow_none=True)
 
 
 class SessionCompleteSchema(StrictSchema):
@@ -27,6 +45,8 @@ class SessionCompleteSchema(StrictSchema):
                        "session's `completed` is the server's word (80% of it listened)."})
     mood_after = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=10))
     note = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=2000))
+    track_id = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1))
+    position_seconds = Position(allow_none=True)
 
 
 class SessionHistoryArgsSchema(PageArgsSchema):
@@ -88,7 +108,31 @@ class SessionSchema(ma.Schema):
     mood_before = ma.fields.Integer(allow_none=True, required=True)
     mood_after = ma.fields.Integer(allow_none=True, required=True)
     note = ma.fields.String(allow_none=True, required=True)
-    end_reason = ma.fields.String(allow_none=True, required=True,
-                                  metadata={"enum": ["completed", "stopped", "expired"]})
+    end_reason = ma.fields.String(allow_none=True, required=True, metadata={
+        "enum": ["completed", "stopped", "expired", "abandoned"],
+        "description": "`abandoned`: closed by the server without a single heartbeat (it "
+                       "counts against the day's quota and nowhere else)."})
+    client_id = ma.fields.String(allow_none=True, required=True)
+    position_seconds = ma.fields.Integer(allow_none=True, required=True, metadata={
+        "description": "The last position reported in the track (to resume)."})
+    position_updated_at = ma.fields.DateTime(allow_none=True, required=True)
     package = ma.fields.Nested(SessionPackageSchema, required=True)
     track = ma.fields.Nested(SessionTrackSchema, allow_none=True, required=True)
+
+
+class SessionProgressSchema(SessionSchema):
+    """A heartbeat's answer: the stored session, and whether the claim was cut."""
+
+    clamped = ma.fields.Boolean(required=True, metadata={
+        "description": "True when the claimed listened time was more than the server stores "
+                       "(`listened_seconds` is the stored figure)."})
+
+
+class PlaybackSchema(ma.Schema):
+    """Where to resume one package."""
+
+    package_id = ma.fields.Integer(required=True)
+    track_id = ma.fields.Integer(allow_none=True, required=True)
+    position_seconds = ma.fields.Integer(required=True)
+    updated_at = ma.fields.DateTime(required=True, attribute="position_updated_at")
+    session_id = ma.fields.Integer(required=True, attribute="id")

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
 
+from .. import clock
 from ..envelope import ApiError, Page, not_found, paginate
 from ..extensions import db
 from ..models import AuditLog, ListeningSession, SubscriptionEvent, User, UserSubscription
@@ -171,7 +172,7 @@ def _grant_tier(actor, actor_label: str | None, user: User, tier: str,
     details = {"by": label, **({"reason": reason} if reason else {})}
     db.session.add(SubscriptionEvent(user_id=user.id, type=COMPLIMENTARY_GRANT,
                                      from_tier=from_tier, to_tier=tier, amount_cents=0,
-                                     details=details))
+                                     details=details, at=clock.now()))
     after = {**_subscription_state(sub), **({"reason": reason} if reason else {})}
     audit.record(actor, "user.tier_grant", "user", user.id, before, after,
                  actor_label=actor_label)

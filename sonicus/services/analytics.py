@@ -115,7 +115,7 @@ def _totals(user_id: int, today: date):
     week_start = today - timedelta(days=today.weekday())
     counted = s.counts_in_outcomes
     return db.session.execute(select(
-        func.count(s.id),
+        func.coalesce(func.sum(case((s.abandoned, 0), else_=1)), 0),  # started and left
         func.coalesce(func.sum(case((counted & s.completed.is_(True), 1), else_=0)), 0),
         func.coalesce(func.sum(case((counted & (s.status == ENDED), 1), else_=0)), 0),
         func.coalesce(func.sum(s.listened_seconds), 0),

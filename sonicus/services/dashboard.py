@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import case, func, literal, or_, select
+from sqlalchemy import and_, case, func, literal, or_, select
 
 from .. import clock
 from ..extensions import db
-from ..models import ListeningSession, SoundPackage
-from ..models.listening import OPEN
+from ..models import ListeningSession, SoundPackage, Track
+from ..models.listening import ENDED, OPEN
 from ..tiers import ACCESS_TIER, PACKAGE_LEVELS, can_access_level, package_access
 from . import subscriptions
 from .analytics import get_user_analytics
@@ -21,10 +21,12 @@ RECOMMENDED_COUNT = 6
 
 @dataclass(frozen=True)
 class ContinueListening:
-    """The latest unfinished session with its package (``ContinueListeningSchema``)."""
+    """The latest unfinished session with its package, track and resume position
+    (``ContinueListeningSchema``)."""
 
     session: ListeningSession
     package: SoundPackage
+    track: Track | None = None
 
     @property
     def session_id(self) -> int:
@@ -65,12 +67,19 @@ class Dashboard:
 
 
 def continue_listening(user_id: int) -> ContinueListening | None:
-    """The caller's latest unfinished session, with its package (one query)."""
+    """The caller's latest unfinished session, with its package, track and resume position
+    (one query): an open one, or one that ended short of completion with a position to
+    resume from."""
+    s = ListeningSession
+    unfinished = or_(s.status == OPEN,
+                     and_(s.status == ENDED, s.completed.is_(False),
+                          s.position_seconds.is_not(None)))
     row = db.session.execute(
-        select(ListeningSession, SoundPackage)
-        .join(SoundPackage, SoundPackage.id == ListeningSession.package_id)
-        .where(ListeningSession.user_id == user_id, ListeningSession.status == OPEN)
-        .order_by(ListeningSession.started_at.desc(), ListeningSession.id.desc())
+        select(s, SoundPackage, Track)
+        .join(SoundPackage, SoundPackage.id == s.package_id)
+        .outerjoin(Track, Track.id == s.track_id)
+        .where(s.user_id == user_id, unfinished)
+        .order_by(func.coalesce(s.position_updated_at, s.started_at).desc(), s.id.desc())
         .limit(1)).first()
     return None if row is None else ContinueListening(*row)
 

@@ -20,16 +20,18 @@ reaches 80% of its playable length (``reaches_completion``); what the client sai
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import selectinload
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased, selectinload
 
 from .. import clock
 from ..envelope import Page, fail, not_found, paginate
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, Track, User
-from ..models.listening import ENDED, OPEN
+from ..models.listening import ABANDONED, ENDED, OPEN
 from ..tiers import TIERS, UNLIMITED_SESSION_CLOSE_SECONDS, check_package_access
 from . import analytics
 from .assignments import is_assigned
@@ -47,35 +49,70 @@ STALE_BATCH = 500
 
 
 def start_session(user_id: int, package_id: int, track_id: int | None = None,
-                  mood_before: int | None = None, now: datetime | None = None
-                  ) -> ListeningSession:
+                  mood_before: int | None = None, now: datetime | None = None,
+                  client_id: str | None = None) -> ListeningSession:
+    """Start a session (see ``start_or_find_session``); the session only."""
+    return start_or_find_session(user_id, package_id, track_id, mood_before, now,
+                                 client_id)[0]
+
+
+def start_or_find_session(user_id: int, package_id: int, track_id: int | None = None,
+                          mood_before: int | None = None, now: datetime | None = None,
+                          client_id: str | None = None) -> tuple[ListeningSession, bool]:
     """Start a session: 404 unknown package/track, 403 when neither the tier nor a live
-    assignment opens the package, 429 quota used today.
+    assignment opens the package, 429 quota used today. ``(session, created)``.
 
     The user's subscription row is locked for the whole transaction: two starts of one user
     run one after the other, so the count and the insert cannot interleave. The user row (its
-    day settings) is read afresh after taking the lock."""
+    day settings) is read afresh after taking the lock.
+
+    ``client_id`` (the client's uuid) makes a start retry-safe: when the user already has a
+    session with it, that session is the answer (``created`` False) and nothing is counted
+    again. Under the lock a concurrent start with the same id waits and then finds the first
+    one; the unique constraint on (user_id, client_id) is the last word."""
     now = now or clock.now()
-    with unit_of_work():
-        sub = lock_or_create_subscription(user_id)
-        user = db.session.get(User, user_id, populate_existing=True)
-        tier = TIERS[sub.tier]
-        package = get_catalog_package(package_id)
-        check_package_access(tier.name, package.minimum_tier,
-                             is_assigned(user_id, package.id, now))
-        track = None
-        if track_id is not None:
-            track = db.session.get(Track, track_id)
-            if track is None or track.package_id != package.id:
-                not_found("Track")
-        day = enforce_daily_quota(user, tier.name, now)
-        session = ListeningSession(
-            user_id=user_id, package=package, track=track,  # the answer shows both
-            tier=tier.name, status=OPEN, started_at=now, local_day=day,
-            max_duration_seconds=tier.max_session_seconds, listened_seconds=0,
-            completed=False, counts_toward_quota=True, mood_before=mood_before)
-        db.session.add(session)
-    return session
+    try:
+        with unit_of_work():
+            sub = lock_or_create_subscription(user_id)
+            if client_id is not None:
+                existing = _by_client_id(user_id, client_id)
+                if existing is not None:
+                    return existing, False
+            user = db.session.get(User, user_id, populate_existing=True)
+            tier = TIERS[sub.tier]
+            package = get_catalog_package(package_id)
+            check_package_access(tier.name, package.minimum_tier,
+                                 is_assigned(user_id, package.id, now))
+            track = None
+            if track_id is not None:
+                track = db.session.get(Track, track_id)
+                if track is None or track.package_id != package.id:
+                    not_found("Track")
+            day = enforce_daily_quota(user, tier.name, now)
+            session = ListeningSession(
+                user_id=user_id, package=package, track=track,  # the answer shows both
+                tier=tier.name, status=OPEN, started_at=now, local_day=day,
+                max_duration_seconds=tier.max_session_seconds, listened_seconds=0,
+                completed=False, counts_toward_quota=True, mood_before=mood_before,
+                client_id=client_id)
+            db.session.add(session)
+    except IntegrityError:
+        # Another start with this client id won (only possible without the row lock, as on
+        # SQLite): that one is the answer.
+        db.session.rollback()
+        existing = _by_client_id(user_id, client_id) if client_id is not None else None
+        if existing is None:
+            raise
+        return existing, False
+    return session, True
+
+
+def _by_client_id(user_id: int, client_id: str) -> ListeningSession | None:
+    return db.session.execute(
+        select(ListeningSession)
+        .options(selectinload(ListeningSession.package), selectinload(ListeningSession.track))
+        .where(ListeningSession.user_id == user_id, ListeningSession.client_id == client_id)
+        .execution_options(populate_existing=True)).scalar_one_or_none()
 
 
 def content_seconds(session: ListeningSession) -> int | None:
@@ -99,17 +136,56 @@ def reaches_completion(session: ListeningSession) -> bool:
     return playable is not None and session.listened_seconds * 5 >= playable * 4
 
 
-def clamp_listened(session: ListeningSession, claimed: int, now: datetime) -> int:
-    """The server's listened seconds: the claim capped by wall time, content and tier length,
-    and never below what was already recorded."""
-    wall = max(0, int((now - session.started_at).total_seconds()))
-    caps = [wall]
+def listened_caps(session: ListeningSession, now: datetime) -> list[int]:
+    """What listened time cannot exceed: the wall time since the start, the content's length
+    and the tier's maximum length."""
+    caps = [max(0, int((now - session.started_at).total_seconds()))]
     length = content_seconds(session)
     if length is not None:
         caps.append(length)
     if session.max_duration_seconds is not None:
         caps.append(session.max_duration_seconds)
-    return max(session.listened_seconds, min([max(0, int(claimed)), *caps]))
+    return caps
+
+
+def clamp_listened(session: ListeningSession, claimed: int, now: datetime) -> int:
+    """The server's listened seconds: the claim capped by wall time, content and tier length,
+    and never below what was already recorded."""
+    return max(session.listened_seconds,
+               min([max(0, int(claimed)), *listened_caps(session, now)]))
+
+
+def clamp_position(session: ListeningSession, position: int) -> int:
+    """A resume position within the content being played."""
+    length = content_seconds(session)
+    position = max(0, int(position))
+    return min(position, length) if length is not None else position
+
+
+def _note_progress(session: ListeningSession, track_id: int | None,
+                   position_seconds: int | None, now: datetime) -> None:
+    """Record where the listener is: the track (one of the session's package) and the
+    position in it."""
+    if track_id is not None and track_id != session.track_id:
+        track = db.session.get(Track, track_id)
+        if track is None or track.package_id != session.package_id:
+            not_found("Track")
+        session.track = track
+    if position_seconds is not None:
+        session.position_seconds = clamp_position(session, position_seconds)
+        session.position_updated_at = now
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A heartbeat's answer (``SessionProgressSchema``): the session as stored, and whether the
+    claim was cut to the server's figure."""
+
+    session: ListeningSession
+    clamped: bool
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
 
 
 def get_session(user_id: int, session_id: int, *, lock: bool = False) -> ListeningSession:
@@ -131,18 +207,24 @@ def _ensure_open(session: ListeningSession) -> None:
 
 
 def heartbeat(user_id: int, session_id: int, listened_seconds: int,
-              now: datetime | None = None) -> ListeningSession:
+              now: datetime | None = None, *, track_id: int | None = None,
+              position_seconds: int | None = None) -> Progress:
+    """Progress: the listened time (clamped, never decreasing) and where the listener is.
+    ``clamped`` when the claim was more than the server stores."""
     now = now or clock.now()
     with unit_of_work():
         session = get_session(user_id, session_id, lock=True)
         _ensure_open(session)
+        _note_progress(session, track_id, position_seconds, now)
         session.listened_seconds = clamp_listened(session, listened_seconds, now)
-    return session
+        session.last_heartbeat_at = now
+    return Progress(session, int(listened_seconds) > session.listened_seconds)
 
 
 def complete_session(user_id: int, session_id: int, listened_seconds: int, completed: bool,
                      mood_after: int | None = None, note: str | None = None,
-                     now: datetime | None = None) -> ListeningSession:
+                     now: datetime | None = None, *, track_id: int | None = None,
+                     position_seconds: int | None = None) -> ListeningSession:
     """End a session. ``completed`` is the client's word, kept as ``client_completed``; the
     session is completed only when the server's listened time reaches 80% of what it can play.
     An accidental tap (ended within 60 s, under 30 s listened) gives the day's quota back; any
@@ -152,6 +234,7 @@ def complete_session(user_id: int, session_id: int, listened_seconds: int, compl
     with unit_of_work():
         session = get_session(user_id, session_id, lock=True)
         _ensure_open(session)
+        _note_progress(session, track_id, position_seconds, now)
         _end(session, listened_seconds, completed, mood_after, note, now)
         analytics.mark_stale(user_id)
     analytics.request_refresh(user_id)
@@ -170,13 +253,17 @@ def _end(session: ListeningSession, listened_seconds: int, completed: bool,
         session.mood_after = mood_after
     if note is not None:
         session.note = note
-    elapsed = (now - session.started_at).total_seconds()
-    if (elapsed <= GIVE_BACK_WITHIN_SECONDS
-            and session.listened_seconds < GIVE_BACK_UNDER_LISTENED_SECONDS):
+    if is_accidental_tap(session.started_at, now, session.listened_seconds):
         session.counts_toward_quota = False
     else:
         db.session.execute(update(SoundPackage).where(SoundPackage.id == session.package_id)
                            .values(popularity=SoundPackage.popularity + 1))
+
+
+def is_accidental_tap(started_at: datetime, ended_at: datetime, listened_seconds: int) -> bool:
+    """THE give-back rule: ended within 60 s with under 30 s listened costs no quota."""
+    return ((ended_at - started_at).total_seconds() <= GIVE_BACK_WITHIN_SECONDS
+            and listened_seconds < GIVE_BACK_UNDER_LISTENED_SECONDS)
 
 
 def list_history(user_id: int, args: dict) -> Page:
@@ -191,6 +278,21 @@ def list_history(user_id: int, args: dict) -> Page:
     if last is not None:
         stmt = stmt.where(ListeningSession.local_day <= last)
     stmt = stmt.order_by(ListeningSession.started_at.desc(), ListeningSession.id.desc())
+    return paginate(db, stmt, args)
+
+
+def playback(user_id: int, args: dict) -> Page:
+    """Where to resume, one entry per package: the caller's session of that package whose
+    position was reported last (on any device), newest first."""
+    s = ListeningSession
+    newest = func.row_number().over(
+        partition_by=s.package_id,
+        order_by=(s.position_updated_at.desc(), s.id.desc())).label("newest")
+    ranked = (select(s, newest)
+              .where(s.user_id == user_id, s.position_updated_at.is_not(None)).subquery())
+    last = aliased(ListeningSession, ranked)
+    stmt = (select(last).where(ranked.c.newest == 1)
+            .order_by(last.position_updated_at.desc(), last.id.desc()))
     return paginate(db, stmt, args)
 
 
@@ -214,9 +316,14 @@ def _close_batch(max_seconds: int | None, now: datetime) -> tuple[int, set[int]]
         session.listened_seconds = clamp_listened(session, session.listened_seconds, end)
         session.status = ENDED
         session.ended_at = end
-        session.end_reason = "expired"
-        # the client said nothing: only the server's listened time can complete it
-        session.completed = reaches_completion(session)
+        if session.last_heartbeat_at is None and session.listened_seconds == 0:
+            # started and left without a heartbeat: not a 0-minute listen
+            session.end_reason = ABANDONED
+            session.completed = False
+        else:
+            session.end_reason = "expired"
+            # the client said nothing: only the server's listened time can complete it
+            session.completed = reaches_completion(session)
         if session.user_id is not None:
             users.add(session.user_id)
     for user_id in users:

@@ -16,6 +16,7 @@ from ..extensions import db
 from ..models import (
     AuditLog,
     ListeningSession,
+    OfflineLicence,
     PackageAssignment,
     SubscriptionEvent,
     User,
@@ -56,6 +57,7 @@ class UserExport:
     library: list
     sessions: list
     analytics: dict | None
+    downloads: list = ()
     earlier_erasures: list = ()
     after_erasure: AfterErasure | None = None
 
@@ -117,7 +119,8 @@ def _create_user(subject: str, view: dict, role: str) -> User:
             # A person who erased an earlier account after a trial is shown it as used.
             sub.trial_used = erasure.trial_used_before(subject, view["email"])
             db.session.add(SubscriptionEvent(user_id=user.id, type="signed_up", from_tier=None,
-                                             to_tier="starter", amount_cents=0))
+                                             to_tier="starter", amount_cents=0,
+                                             at=clock.now()))
     except IntegrityError:  # a concurrent first request created it
         pass
     return _find_by_subject(subject)
@@ -181,6 +184,7 @@ def export_user_data(user_id: int) -> UserExport:
         subscription_events=rows(SubscriptionEvent, SubscriptionEvent.at),
         library=rows(UserSoundPackage, UserSoundPackage.assigned_at),
         sessions=rows(ListeningSession, ListeningSession.started_at),
+        downloads=rows(OfflineLicence, OfflineLicence.granted_at),
         analytics=analytics.data if analytics else None,
         earlier_erasures=_earlier_erasures(user),
         after_erasure=AfterErasure(erasure.ERASURE_STATEMENT, erasure.KEPT_AFTER_ERASURE))
@@ -219,11 +223,12 @@ def erase_user(user_id: int) -> None:
             owed_id = owed.id
         db.session.execute(
             update(ListeningSession).where(ListeningSession.user_id == user_id)
-            .values(user_id=None, note=None, mood_before=None, mood_after=None))
+            .values(user_id=None, note=None, mood_before=None, mood_after=None,
+                    client_id=None))
         db.session.execute(update(AuditLog).where(AuditLog.actor_id == user_id)
                            .values(actor_id=None, actor_label="erased user"))
-        for model in (UserSoundPackage, PackageAssignment, SubscriptionEvent, UserSubscription,
-                      UserAnalytics):
+        for model in (UserSoundPackage, PackageAssignment, OfflineLicence, SubscriptionEvent,
+                      UserSubscription, UserAnalytics):
             db.session.execute(delete(model).where(model.user_id == user_id))
         db.session.execute(delete(User).where(User.id == user_id))
         work.changed_user(user_id)

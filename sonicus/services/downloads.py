@@ -1,0 +1,161 @@
+"""Offline downloads: a licence per user and package, and signed download URLs.
+
+A tier with ``offline_downloads`` (``tiers.check_offline_downloads``), or a live assignment of
+the package, may keep it on a device. ``POST`` grants or renews the licence for
+``OFFLINE_LICENCE_DAYS`` (one row per user and package: an upsert under the unique
+constraint) and answers a signed URL per track, the stream URLs' HMAC scheme with the longer
+``MEDIA_DOWNLOAD_URL_TTL_SECONDS`` lifetime.
+
+A licence is live while its own window holds (``granted_at <= t < expires_at``, not ended by
+``DELETE``) AND the package is open to the user now, by the tier in force or a live
+assignment: a downgrade at its period's end, an assignment's expiry or revocation end it with
+no write of their own. Its ``expires_at`` is set at the grant to the earliest end known then
+(30 days, the end of the period before a scheduled downgrade that would lock it, the
+assignment's ``expires_at`` when only the assignment opens it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import selectinload
+
+from .. import clock, media
+from ..envelope import Page, not_found
+from ..extensions import db
+from ..models import OfflineLicence, SoundPackage, UserSubscription
+from ..tiers import (
+    ACCESS_LOCKED,
+    OFFLINE_LICENCE_DAYS,
+    STARTER,
+    check_offline_downloads,
+    check_package_access,
+    package_access,
+)
+from .assignments import live_assignment, live_assignments
+from .catalog import get_catalog_package
+from .subscriptions import get_subscription, lock_or_create_subscription
+from .transaction import unit_of_work
+
+
+@dataclass(frozen=True)
+class DownloadTrack:
+    track_id: int
+    title: str
+    duration_seconds: int
+    download_url: str | None
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Download:
+    """A live licence and what to fetch (``DownloadSchema``)."""
+
+    package_id: int
+    package: SoundPackage
+    granted_at: datetime
+    licence_expires_at: datetime
+    tracks: tuple[DownloadTrack, ...]
+
+
+def _pending_tier(sub: UserSubscription) -> str | None:
+    """The tier due at the end of the period, if a change is scheduled."""
+    if sub.cancel_at_period_end:
+        return STARTER
+    return sub.pending_tier
+
+
+def _licence_end(sub: UserSubscription, package: SoundPackage, assignment, now: datetime
+                 ) -> datetime:
+    """The earliest end of a licence granted now that is known now."""
+    end = now + timedelta(days=OFFLINE_LICENCE_DAYS)
+    by_tier = package_access(sub.tier, package.minimum_tier) != ACCESS_LOCKED
+    if by_tier:
+        pending = _pending_tier(sub)
+        if (pending is not None and sub.current_period_end is not None
+                and package_access(pending, package.minimum_tier) == ACCESS_LOCKED):
+            if assignment is None:
+                end = min(end, sub.current_period_end)
+            elif assignment.expires_at is not None:
+                end = min(end, max(sub.current_period_end, assignment.expires_at))
+    elif assignment is not None and assignment.expires_at is not None:
+        end = min(end, assignment.expires_at)
+    return end
+
+
+def _tracks(package: SoundPackage, now: datetime) -> tuple[DownloadTrack, ...]:
+    out = []
+    for track in package.tracks:
+        url, expires_at = media.download_url(track.media_path, now)
+        out.append(DownloadTrack(track.id, track.title, track.duration_seconds, url,
+                                 expires_at))
+    return tuple(out)
+
+
+def grant_download(user_id: int, package_id: int, now: datetime | None = None) -> Download:
+    """Grant or renew the licence of one package: 404 unknown package, 403
+    ``feature_not_in_tier`` when neither the tier allows downloads nor an assignment opens the
+    package, 403 ``package_locked`` when the tier does not open it."""
+    now = now or clock.now()
+    with unit_of_work():
+        sub = lock_or_create_subscription(user_id)  # the tier, serialised with its changes
+        package = get_catalog_package(package_id)
+        assignment = live_assignment(user_id, package.id, now)
+        check_offline_downloads(sub.tier, assignment is not None)
+        check_package_access(sub.tier, package.minimum_tier, assignment is not None)
+        expires_at = _licence_end(sub, package, assignment, now)
+        dialect = db.session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = insert(OfflineLicence).values(user_id=user_id, package_id=package.id,
+                                             granted_at=now, expires_at=expires_at)
+        db.session.execute(stmt.on_conflict_do_update(
+            index_elements=["user_id", "package_id"],
+            set_={"granted_at": now, "expires_at": expires_at, "ended_at": None}))
+        tracks = _tracks(package, now)
+    return Download(package.id, package, now, expires_at, tracks)
+
+
+def _live_licences(user_id: int, tier: str, now: datetime,
+                   package_id: int | None = None) -> list[OfflineLicence]:
+    """The user's licences live now, newest grant first (two queries: licences, live
+    assignments)."""
+    stmt = (select(OfflineLicence)
+            .options(selectinload(OfflineLicence.package).selectinload(SoundPackage.tracks))
+            .where(OfflineLicence.user_id == user_id, OfflineLicence.granted_at <= now,
+                   OfflineLicence.expires_at > now, OfflineLicence.ended_at.is_(None))
+            .order_by(OfflineLicence.granted_at.desc(), OfflineLicence.id.desc()))
+    if package_id is not None:
+        stmt = stmt.where(OfflineLicence.package_id == package_id)
+    licences = list(db.session.execute(stmt).scalars())
+    if not licences:
+        return []
+    assigned = live_assignments(user_id, now, [lic.package_id for lic in licences])
+    return [lic for lic in licences
+            if package_access(tier, lic.package.minimum_tier,
+                              lic.package_id in assigned) != ACCESS_LOCKED]
+
+
+def list_downloads(person, args: dict, now: datetime | None = None) -> Page:
+    """The caller's live licences with fresh download URLs, newest first."""
+    now = now or clock.now()
+    tier = get_subscription(person).tier
+    live = _live_licences(person.id, tier, now)
+    page, per_page = args["page"], args["per_page"]
+    chosen = live[(page - 1) * per_page: page * per_page]
+    items = [Download(lic.package_id, lic.package, lic.granted_at, lic.expires_at,
+                      _tracks(lic.package, now)) for lic in chosen]
+    return Page(items, len(live), page, per_page)
+
+
+def end_download(user_id: int, package_id: int, now: datetime | None = None) -> None:
+    """End the caller's live licence of this package; 404 when there is none."""
+    now = now or clock.now()
+    with unit_of_work():
+        sub = lock_or_create_subscription(user_id)
+        live = _live_licences(user_id, sub.tier, now, package_id)
+        if not live:
+            not_found("Download")
+        live[0].ended_at = now

@@ -1,0 +1,587 @@
+"""Offline-first listening: retry-safe starts, resume anywhere, download licences, the upload of
+sessions played offline, and sessions abandoned without a heartbeat. Real PostgreSQL, Redis and
+threads."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, time, timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from sqlalchemy import func, select
+
+from sonicus import clock, media
+from sonicus.extensions import db
+from sonicus.models import ListeningSession, Track
+from sonicus.services import analytics, listening
+from sonicus.services.subscriptions import process_due_subscriptions
+
+SECRET = "test-media-secret"  # the test app's MEDIA_URL_SECRET
+
+
+def _tomorrow_noon() -> datetime:
+    """A moment after every event the fixtures write at the real time."""
+    return datetime.combine(datetime.now(UTC).date() + timedelta(days=1), time(12), UTC)
+
+
+def _cid() -> str:
+    return str(uuid.uuid4())
+
+
+def _item(package_id, started, minutes=10, listened=None, **extra) -> dict:
+    return {"client_id": _cid(), "package_id": package_id, "started_at": started.isoformat(),
+            "ended_at": (started + timedelta(minutes=minutes)).isoformat(),
+            "listened_seconds": int(minutes * 60) if listened is None else listened, **extra}
+
+
+def _sync(client, headers, items):
+    return client.post("/api/user/sessions/sync", json={"sessions": items}, headers=headers)
+
+
+def _tracks(package_id) -> list[int]:
+    return list(db.session.execute(select(Track.id).where(Track.package_id == package_id)
+                                   .order_by(Track.position)).scalars())
+
+
+def _count_sessions(user_id) -> int:
+    return db.session.execute(select(func.count(ListeningSession.id))
+                              .where(ListeningSession.user_id == user_id)).scalar_one()
+
+
+@pytest.fixture
+def pkgs(db_session, make_package):
+    return {"rain": make_package("rain", tracks=(1200, 600)).id,
+            "short": make_package("short", tracks=(300,)).id,
+            "delta": make_package("delta", minimum_tier="premium", tracks=(1800,)).id,
+            "gamma": make_package("gamma", minimum_tier="pro_exclusive", tracks=(900,)).id}
+
+
+@pytest.fixture
+def refreshes(monkeypatch):
+    """How many analytics refreshes were requested, per user (the real function still runs)."""
+    calls = []
+    real = analytics.request_refresh
+
+    def counting(user_id):
+        calls.append(user_id)
+        return real(user_id)
+
+    monkeypatch.setattr(analytics, "request_refresh", counting)
+    return calls
+
+
+# ---- retry-safe starts ---------------------------------------------------------------------
+
+def test_a_start_sent_again_with_its_client_id_is_the_same_session(client, auth, pkgs,
+                                                                     make_user, db_session):
+    user = make_user("again@example.com")
+    headers = auth("again@example.com")
+    body = {"package_id": pkgs["rain"], "client_id": _cid()}
+    first = client.post("/api/user/sessions", json=body, headers=headers)
+    second = client.post("/api/user/sessions", json=body, headers=headers)
+    assert first.status_code == 201 and second.status_code == 200, second.json
+    assert first.json["data"]["id"] == second.json["data"]["id"]
+    assert second.json["data"]["client_id"] == body["client_id"]
+    usage = client.get("/api/user/subscription", headers=headers).json["data"]["usage"]
+    assert usage["sessions_today"] == 1  # the retry cost no second slot
+    # another user may use the same client id for their own session
+    make_user("other@example.com")
+    other = client.post("/api/user/sessions", json=body, headers=auth("other@example.com"))
+    assert other.status_code == 201 and other.json["data"]["id"] != first.json["data"]["id"]
+    assert _count_sessions(user.id) == 1
+    bad = client.post("/api/user/sessions", json={**body, "client_id": "nope"},
+                      headers=headers)
+    assert bad.status_code == 422 and any(e.startswith("client_id") for e in bad.json["errors"])
+
+
+def test_concurrent_starts_with_one_client_id_create_one_session(app, auth, pkgs, make_user,
+                                                                 db_session):
+    user = make_user("twice@example.com")
+    headers = auth("twice@example.com")
+    body = {"package_id": pkgs["rain"], "client_id": _cid()}
+    barrier = threading.Barrier(8)
+    answers = [None] * 8
+
+    def run(index):
+        own = app.test_client()
+        barrier.wait()
+        res = own.post("/api/user/sessions", json=body, headers=headers)
+        answers[index] = (res.status_code, res.json["data"]["id"])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(s for s, _ in answers) == [200] * 7 + [201], answers
+    assert len({sid for _, sid in answers}) == 1
+    assert _count_sessions(user.id) == 1
+
+
+# ---- resume anywhere -----------------------------------------------------------------------
+
+def test_heartbeat_says_when_the_claim_was_clamped(client, auth, pkgs, make_user, db_session):
+    user = make_user("hb@example.com")
+    headers = auth("hb@example.com")
+    sid = listening.start_session(user.id, pkgs["rain"],
+                                  now=clock.now() - timedelta(minutes=5)).id
+    res = client.patch(f"/api/user/sessions/{sid}", headers=headers,
+                       json={"listened_seconds": 5000})
+    assert res.status_code == 200, res.json
+    assert res.json["data"]["clamped"] is True
+    assert 300 <= res.json["data"]["listened_seconds"] <= 305
+    res = client.patch(f"/api/user/sessions/{sid}", headers=headers,
+                       json={"listened_seconds": 200})
+    assert res.json["data"]["clamped"] is False  # under the stored figure: nothing cut
+
+
+def test_playback_follows_the_listener_across_devices(client, auth, pkgs, make_user,
+                                                      db_session, set_clock):
+    make_user("roam@example.com")
+    headers = auth("roam@example.com")  # the same account on a phone and a laptop
+    rain1, rain2 = _tracks(pkgs["rain"])
+    t0 = set_clock(_tomorrow_noon())
+    phone = client.post("/api/user/sessions", headers=headers,
+                        json={"package_id": pkgs["rain"], "track_id": rain1}).json["data"]["id"]
+    set_clock(t0 + timedelta(minutes=3))
+    client.patch(f"/api/user/sessions/{phone}", headers=headers,
+                 json={"listened_seconds": 180, "position_seconds": 180})
+    laptop = client.post("/api/user/sessions", headers=headers,
+                         json={"package_id": pkgs["short"]}).json["data"]["id"]
+    set_clock(t0 + timedelta(minutes=5))
+    client.patch(f"/api/user/sessions/{laptop}", headers=headers,
+                 json={"listened_seconds": 100, "position_seconds": 100})
+    # the laptop picks the rain package up where the phone left it, then moves on a track
+    assert client.get("/api/user/playback", headers=headers).json["data"][1]["position_seconds"] \
+        == 180
+    later = client.post("/api/user/sessions", headers=headers,
+                        json={"package_id": pkgs["rain"], "track_id": rain1}).json["data"]["id"]
+    set_clock(t0 + timedelta(minutes=9))
+    res = client.post(f"/api/user/sessions/{later}/complete", headers=headers,
+                      json={"listened_seconds": 240, "completed": False, "track_id": rain2,
+                            "position_seconds": 40})
+    assert res.status_code == 200, res.json
+
+    res = client.get("/api/user/playback", headers=headers)
+    assert res.status_code == 200, res.json
+    assert res.json["pagination"]["total"] == 2
+    first, second = res.json["data"]
+    assert (first["package_id"], first["track_id"], first["position_seconds"]) == \
+        (pkgs["rain"], rain2, 40)
+    assert datetime.fromisoformat(first["updated_at"]) == t0 + timedelta(minutes=9)
+    assert (second["package_id"], second["position_seconds"]) == (pkgs["short"], 100)
+
+    cont = client.get("/api/user/dashboard", headers=headers).json["data"]["continue_listening"]
+    assert cont["session_id"] == later and cont["position_seconds"] == 40
+    assert cont["track"]["id"] == rain2 and cont["package"]["id"] == pkgs["rain"]
+
+    # a track of another package is not a place to resume
+    res = client.patch(f"/api/user/sessions/{laptop}", headers=headers,
+                       json={"listened_seconds": 100, "track_id": rain1})
+    assert res.status_code == 404
+    make_user("nosy@example.com")
+    assert client.get("/api/user/playback", headers=auth("nosy@example.com")).json["data"] == []
+
+
+# ---- abandoned sessions ------------------------------------------------------------------------
+
+def test_a_session_never_heartbeated_is_abandoned_not_a_zero_minute_listen(
+        client, auth, pkgs, make_user, db_session):
+    user = make_user("left@example.com")
+    headers = auth("left@example.com")
+    started = clock.now() - timedelta(hours=2)
+    left = listening.start_session(user.id, pkgs["rain"], now=started).id
+    played = listening.start_session(user.id, pkgs["rain"], now=started).id
+    listening.heartbeat(user.id, played, 600, now=started + timedelta(minutes=10))
+
+    assert listening.close_stale_sessions() == 2
+    rows = {s.id: s for s in db_session.execute(select(ListeningSession)).scalars()}
+    assert rows[left].end_reason == "abandoned" and rows[left].completed is False
+    assert rows[left].counts_toward_quota is True  # a start still used the day's slot
+    assert rows[played].end_reason == "expired"
+    data = client.get("/api/user/analytics", headers=headers).json["data"]
+    assert data["total_sessions"] == 1
+    res = client.get(f"/api/user/sessions/{left}", headers=headers)
+    assert res.json["data"]["end_reason"] == "abandoned"
+
+
+# ---- downloads ---------------------------------------------------------------------------------
+
+def _check_signed(url: str, lifetime: int):
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    assert int(query["e"]) == lifetime
+    assert media.verify_stream_path(SECRET, parts.path, query["st"], query["ts"], query["e"])
+
+
+def test_downloads_need_the_feature_or_an_assignment(client, auth, admin_auth, pkgs, make_user,
+                                                     db_session, set_clock):
+    user = make_user("free@example.com")
+    headers = auth("free@example.com")
+    res = client.post("/api/user/downloads", json={"package_id": pkgs["rain"]}, headers=headers)
+    assert res.status_code == 403 and res.json["code"] == "feature_not_in_tier"
+
+    now = set_clock(_tomorrow_noon())
+    make_user("admin@example.com", admin=True)
+    until = now + timedelta(days=3)
+    assert client.post(f"/api/admin/users/{user.id}/packages", headers=admin_auth(),
+                       json={"package_id": pkgs["delta"],
+                             "expires_at": until.isoformat()}).status_code == 201
+    res = client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                      headers=headers)
+    assert res.status_code == 201, res.json
+    data = res.json["data"]
+    assert datetime.fromisoformat(data["licence_expires_at"]) == until  # the assignment's end
+    [track] = data["tracks"]
+    _check_signed(track["download_url"], 86400)
+    assert datetime.fromisoformat(track["expires_at"]) == now + timedelta(days=1)
+
+    listed = client.get("/api/user/downloads", headers=headers).json["data"]
+    assert [d["package_id"] for d in listed] == [pkgs["delta"]]
+    set_clock(until + timedelta(seconds=1))  # the assignment ended: so did the licence
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
+
+
+def test_licence_lifecycle_renew_end_and_privacy(client, auth, pkgs, make_user, db_session,
+                                                 set_clock):
+    make_user("prem@example.com", tier="premium")
+    headers = auth("prem@example.com")
+    now = set_clock(_tomorrow_noon())
+    res = client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                      headers=headers)
+    assert res.status_code == 201, res.json
+    assert datetime.fromisoformat(res.json["data"]["licence_expires_at"]) == \
+        now + timedelta(days=30)
+    locked = client.post("/api/user/downloads", json={"package_id": pkgs["gamma"]},
+                         headers=headers)
+    assert locked.status_code == 403 and locked.json["code"] == "package_locked"
+    assert client.post("/api/user/downloads", json={"package_id": 99999},
+                       headers=headers).status_code == 404
+
+    later = set_clock(now + timedelta(days=20))
+    renewed = client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                          headers=headers)
+    assert datetime.fromisoformat(renewed.json["data"]["licence_expires_at"]) == \
+        later + timedelta(days=30)
+
+    make_user("thief@example.com", tier="premium")
+    thief = auth("thief@example.com")
+    assert client.delete(f"/api/user/downloads/{pkgs['delta']}", headers=thief).status_code \
+        == 404
+    assert len(client.get("/api/user/downloads", headers=headers).json["data"]) == 1
+
+    assert client.delete(f"/api/user/downloads/{pkgs['delta']}", headers=headers).status_code \
+        == 200
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
+    assert client.delete(f"/api/user/downloads/{pkgs['delta']}", headers=headers).status_code \
+        == 404
+    set_clock(later + timedelta(days=31))
+    again = client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                        headers=headers)
+    assert again.status_code == 201
+    assert len(client.get("/api/user/downloads", headers=headers).json["data"]) == 1
+
+
+def test_a_downgrade_ends_the_licence_at_the_period_end(client, auth, billing, pkgs, make_user,
+                                                        db_session, set_clock):
+    make_user("down@example.com")
+    headers = auth("down@example.com")
+    set_clock(_tomorrow_noon())
+    period_end = datetime.fromisoformat(
+        billing.buy(client, headers, "pro")["current_period_end"])
+    assert client.post("/api/user/subscription", json={"tier": "premium"},
+                       headers=headers).status_code == 200  # at the end of the period
+    set_clock(period_end - timedelta(days=10))
+    res = client.post("/api/user/downloads", json={"package_id": pkgs["gamma"]},
+                      headers=headers)
+    assert res.status_code == 201, res.json
+    assert datetime.fromisoformat(res.json["data"]["licence_expires_at"]) == period_end
+    kept = client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                       headers=headers)  # premium opens it after the downgrade too
+    assert datetime.fromisoformat(kept.json["data"]["licence_expires_at"]) > period_end
+
+    set_clock(period_end + timedelta(minutes=1))
+    process_due_subscriptions(now=clock.now())
+    db.session.remove()
+    listed = client.get("/api/user/downloads", headers=headers).json["data"]
+    assert [d["package_id"] for d in listed] == [pkgs["delta"]]
+
+
+# ---- sync --------------------------------------------------------------------------------------
+
+def test_sync_stores_clamped_sessions_and_a_retry_changes_nothing(
+        client, auth, pkgs, make_user, db_session, set_clock, refreshes):
+    user = make_user("off@example.com")  # starter: 15 min sessions, 3 a day
+    headers = auth("off@example.com")
+    now = set_clock(_tomorrow_noon())
+    rain1 = _tracks(pkgs["rain"])[0]
+    items = [
+        _item(pkgs["rain"], now - timedelta(hours=3), minutes=60, listened=3600,
+              track_id=rain1, completed=True, mood_before=3, mood_after=7,
+              position_seconds=900),
+        _item(pkgs["short"], now - timedelta(hours=1), minutes=2, listened=600),
+    ]
+    res = _sync(client, headers, items)
+    assert res.status_code == 200, res.json
+    results = res.json["data"]["results"]
+    assert [r["status"] for r in results] == ["created", "created"]
+    assert [r["client_id"] for r in results] == [i["client_id"] for i in items]
+    first = client.get(f"/api/user/sessions/{results[0]['session_id']}", headers=headers)
+    data = first.json["data"]
+    assert data["listened_seconds"] == 900   # the tier's 15 minutes, not the claimed hour
+    assert data["completed"] is True and data["client_completed"] is True
+    assert data["tier"] == "starter" and data["status"] == "ended"
+    second = client.get(f"/api/user/sessions/{results[1]['session_id']}", headers=headers)
+    assert second.json["data"]["listened_seconds"] == 120  # two minutes of wall time
+    assert refreshes == [user.id]   # one refresh for the batch
+
+    retry = _sync(client, headers, items)
+    assert [r["status"] for r in retry.json["data"]["results"]] == ["unchanged"] * 2
+    assert [r["session_id"] for r in retry.json["data"]["results"]] == \
+        [r["session_id"] for r in results]
+    assert _count_sessions(user.id) == 2 and refreshes == [user.id]
+    playback = client.get("/api/user/playback", headers=headers).json["data"]
+    assert playback[0]["package_id"] == pkgs["rain"] and playback[0]["position_seconds"] == 900
+
+
+def test_every_rejection_has_its_code(client, auth, pkgs, make_user, db_session, set_clock,
+                                      make_session):
+    user = make_user("rules@example.com")  # starter, UTC
+    headers = auth("rules@example.com")
+    now = set_clock(_tomorrow_noon())
+    other = _tracks(pkgs["short"])[0]   # a track of another package
+    yesterday = now - timedelta(days=1)
+    for hour in (1, 2, 3):  # yesterday's quota is used
+        make_session(user, pkgs["rain"], started_at=yesterday.replace(hour=hour), minutes=10)
+    items = [
+        _item(pkgs["rain"], now - timedelta(days=15)),
+        _item(pkgs["rain"], now + timedelta(minutes=10)),
+        {**_item(pkgs["rain"], now - timedelta(hours=2)),
+         "ended_at": (now - timedelta(hours=3)).isoformat()},
+        _item(99999, now - timedelta(hours=2)),
+        _item(pkgs["rain"], now - timedelta(hours=2), track_id=other),
+        _item(pkgs["delta"], now - timedelta(hours=2)),
+        _item(pkgs["rain"], now - timedelta(hours=4), minutes=30),
+        _item(pkgs["rain"], now - timedelta(hours=4) + timedelta(minutes=10), minutes=30),
+        _item(pkgs["rain"], yesterday.replace(hour=5)),
+        _item(pkgs["rain"], now - timedelta(hours=4) + timedelta(minutes=29, seconds=30)),
+    ]
+    res = _sync(client, headers, items)
+    assert res.status_code == 200, res.json
+    got = [(r["status"], r.get("code")) for r in res.json["data"]["results"]]
+    assert got == [
+        ("rejected", "started_at_out_of_range"),
+        ("rejected", "started_at_out_of_range"),
+        ("rejected", "invalid_interval"),
+        ("rejected", "not_found"),
+        ("rejected", "not_found"),
+        ("rejected", "package_locked"),
+        ("created", None),
+        ("rejected", "overlap"),
+        ("rejected", "daily_session_limit_reached"),
+        ("created", None),   # 30 s of overlap is tolerated
+    ]
+    assert all(r["message"] for r in res.json["data"]["results"] if r["status"] == "rejected")
+    assert _count_sessions(user.id) == 5
+    again = _sync(client, headers, items)
+    assert [(r["status"], r.get("code")) for r in again.json["data"]["results"]] == \
+        [(s if s == "rejected" else "unchanged", c) for s, c in got]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"sessions": []}, "sessions"),
+    ({}, "sessions"),
+    ({"sessions": "x"}, "sessions"),
+    ("101", "sessions"),
+    ("missing", "sessions.3.started_at"),
+    ("naive", "sessions.0.started_at"),
+    ("twice", "sessions.1.client_id"),
+    ("extra", "sessions.0.speed"),
+])
+def test_a_malformed_batch_is_422_naming_the_field(client, auth, pkgs, make_user, db_session,
+                                                   body, field):
+    make_user("shape@example.com")
+    headers = auth("shape@example.com")
+    start = clock.now() - timedelta(hours=2)
+    good = [_item(pkgs["rain"], start + timedelta(minutes=11 * i)) for i in range(4)]
+    if body == "101":
+        body = {"sessions": [_item(pkgs["rain"], start) for _ in range(101)]}
+    elif body == "missing":
+        good[3].pop("started_at")
+        body = {"sessions": good}
+    elif body == "naive":
+        good[0]["started_at"] = start.replace(tzinfo=None).isoformat()
+        body = {"sessions": good}
+    elif body == "twice":
+        good[1]["client_id"] = good[0]["client_id"]
+        body = {"sessions": good}
+    elif body == "extra":
+        good[0]["speed"] = 2
+        body = {"sessions": good}
+    res = client.post("/api/user/sessions/sync", json=body, headers=headers)
+    assert res.status_code == 422, res.json
+    assert any(e.startswith(f"{field}:") for e in res.json["errors"]), res.json["errors"]
+    assert db_session.execute(select(func.count(ListeningSession.id))).scalar_one() == 0
+
+
+def test_sync_judges_each_item_by_the_tier_in_force_when_it_started(
+        client, auth, billing, pkgs, make_user, db_session, set_clock):
+    make_user("up@example.com")
+    headers = auth("up@example.com")
+    t0 = set_clock(_tomorrow_noon())
+    billing.buy(client, headers, "premium")   # premium from t0
+    set_clock(t0 + timedelta(hours=6))
+    items = [_item(pkgs["delta"], t0 - timedelta(hours=2)),       # starter then: locked
+             _item(pkgs["rain"], t0 - timedelta(hours=2), minutes=40),  # starter: 15 min
+             _item(pkgs["delta"], t0 + timedelta(hours=1), minutes=40)]  # premium
+    res = _sync(client, headers, items)
+    results = res.json["data"]["results"]
+    assert [(r["status"], r.get("code")) for r in results] == \
+        [("rejected", "package_locked"), ("created", None), ("created", None)]
+    rows = {r["session_id"]: client.get(f"/api/user/sessions/{r['session_id']}",
+                                        headers=headers).json["data"] for r in results[1:]}
+    starter, premium = (rows[results[1]["session_id"]], rows[results[2]["session_id"]])
+    assert (starter["tier"], starter["listened_seconds"]) == ("starter", 900)
+    assert (premium["tier"], premium["listened_seconds"]) == ("premium", 1800)  # its length
+
+
+def test_sync_judges_each_item_by_the_assignments_live_when_it_started(
+        client, auth, admin_auth, pkgs, make_user, db_session, set_clock):
+    user = make_user("lent@example.com")
+    headers = auth("lent@example.com")
+    make_user("admin@example.com", admin=True)
+    t0 = set_clock(_tomorrow_noon())
+    assert client.post(f"/api/admin/users/{user.id}/packages", headers=admin_auth(),
+                       json={"package_id": pkgs["delta"],
+                             "expires_at": (t0 + timedelta(hours=2)).isoformat()}
+                       ).status_code == 201
+    set_clock(t0 + timedelta(hours=5))
+    res = _sync(client, headers, [_item(pkgs["delta"], t0 + timedelta(hours=1)),
+                                  _item(pkgs["delta"], t0 + timedelta(hours=3))])
+    assert [(r["status"], r.get("code")) for r in res.json["data"]["results"]] == \
+        [("created", None), ("rejected", "package_locked")]
+
+
+def test_sync_counts_each_item_on_the_auckland_day_it_started(
+        client, auth, pkgs, make_user, db_session, set_clock, make_session):
+    user = make_user("kiwi@example.com", timezone="Pacific/Auckland")  # starter: 3 a day
+    headers = auth("kiwi@example.com")
+    now = set_clock(_tomorrow_noon() + timedelta(days=1))
+    today = clock.user_day(user, now).day
+    midnight = clock.day_start(today, "Pacific/Auckland", 0)   # today began here
+    yesterday = today - timedelta(days=1)
+    for minutes in (300, 200, 100):  # yesterday (Auckland) is full
+        make_session(user, pkgs["rain"], yesterday,
+                     started_at=midnight - timedelta(minutes=minutes), minutes=5)
+    items = [_item(pkgs["rain"], midnight - timedelta(minutes=30), minutes=20),
+             _item(pkgs["rain"], midnight + timedelta(minutes=5), minutes=20)]
+    res = _sync(client, headers, items)
+    results = res.json["data"]["results"]
+    assert [(r["status"], r.get("code")) for r in results] == \
+        [("rejected", "daily_session_limit_reached"), ("created", None)]
+    stored = client.get(f"/api/user/sessions/{results[1]['session_id']}",
+                        headers=headers).json["data"]
+    assert stored["local_day"] == today.isoformat()   # it started after midnight there
+
+
+def _race_live_start_and_batch(app, headers, package_id, item) -> dict:
+    barrier = threading.Barrier(2)
+    outcome = {}
+
+    def live():
+        own = app.test_client()
+        barrier.wait()
+        outcome["live"] = own.post("/api/user/sessions", json={"package_id": package_id},
+                                   headers=headers).status_code
+
+    def batch():
+        own = app.test_client()
+        barrier.wait()
+        res = own.post("/api/user/sessions/sync", json={"sessions": [item]}, headers=headers)
+        outcome["batch"] = res.json["data"]["results"][0]
+
+    threads = [threading.Thread(target=live), threading.Thread(target=batch)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return outcome
+
+
+def test_a_batch_and_a_live_start_race_for_the_last_slot(app, auth, pkgs, make_user,
+                                                         db_session):
+    for round_ in range(4):
+        email = f"racer{round_}@example.com"
+        user = make_user(email)
+        now = clock.now()
+        for minutes in (90, 80):  # two of the three starts of a starter's day
+            listening.start_session(user.id, pkgs["rain"], now=now - timedelta(minutes=minutes))
+        item = _item(pkgs["short"], now - timedelta(minutes=30), minutes=3)
+        outcome = _race_live_start_and_batch(app, auth(email), pkgs["rain"], item)
+        wins = [outcome["live"] == 201, outcome["batch"]["status"] == "created"]
+        assert wins.count(True) == 1, outcome
+        if outcome["live"] != 201:
+            assert outcome["live"] == 429
+        else:
+            assert outcome["batch"]["code"] == "daily_session_limit_reached"
+        assert _count_sessions(user.id) == 3
+
+
+def test_sync_statements_do_not_grow_with_the_batch(app, auth, pkgs, make_user, db_session,
+                                                    sql_statements, set_clock):
+    make_user("bulk@example.com", tier="pro")
+    headers = auth("bulk@example.com")
+    now = set_clock(_tomorrow_noon() + timedelta(days=3))  # pro for the last days
+    client = app.test_client()
+
+    def batch(count, offset):
+        start = now - timedelta(days=offset)
+        return [_item(pkgs["rain"], start + timedelta(minutes=3 * i), minutes=2,
+                      position_seconds=60) for i in range(count)]
+
+    small, large = batch(10, 2), batch(100, 1)
+    client.get("/api/user/profile", headers=headers)  # the caller is known and cached
+    counts = []
+    for items in (small, large):
+        statements = sql_statements(app, lambda items=items: counts.append(
+            [r["status"] for r in _sync(client, headers, items).json["data"]["results"]]))
+        counts.append(len(statements))
+    assert counts[0] == ["created"] * 10 and counts[2] == ["created"] * 100
+    assert counts[1] == counts[3], counts[1::2]
+    assert counts[3] <= 20
+
+
+def test_revoking_an_assignment_ends_its_licence(client, auth, admin_auth, pkgs, make_user,
+                                                 db_session):
+    user = make_user("lend@example.com")  # starter: no downloads of its own
+    headers = auth("lend@example.com")
+    make_user("admin@example.com", admin=True)
+    assert client.post(f"/api/admin/users/{user.id}/packages", headers=admin_auth(),
+                       json={"package_id": pkgs["delta"]}).status_code == 201
+    assert client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                       headers=headers).status_code == 201
+    assert len(client.get("/api/user/downloads", headers=headers).json["data"]) == 1
+    assert client.delete(f"/api/admin/users/{user.id}/packages/{pkgs['delta']}",
+                         headers=admin_auth()).status_code == 200
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
+    assert client.delete(f"/api/user/downloads/{pkgs['delta']}", headers=headers).status_code \
+        == 404
+
+
+def test_export_lists_licences_and_erasure_forgets_them(client, auth, pkgs, make_user,
+                                                        db_session):
+    user = make_user("gone@example.com", tier="premium")
+    headers = auth("gone@example.com")
+    assert client.post("/api/user/downloads", json={"package_id": pkgs["rain"]},
+                       headers=headers).status_code == 201
+    item = _item(pkgs["rain"], clock.now() - timedelta(minutes=30), minutes=10)
+    assert _sync(client, headers, [item]).json["data"]["results"][0]["status"] == "created"
+    export = client.get("/api/user/export", headers=headers).json["data"]
+    assert [d["package_id"] for d in export["downloads"]] == [pkgs["rain"]]
+    assert export["sessions"][0]["client_id"] == item["client_id"]
+    assert client.delete("/api/user/profile", headers=headers).status_code == 200
+    kept = db_session.execute(select(ListeningSession)).scalar_one()
+    assert kept.user_id is None and kept.client_id is None
+    assert _count_sessions(user.id) == 0
