@@ -937,3 +937,55 @@ def connect_ws():
     yield connect
     for ws in sockets:
         ws.shutdown()  # whatever the test left open; no closing handshake to wait for
+
+
+# ---- Web Push: a push service on 127.0.0.1 and browsers with real keys ----------------------
+
+PUSH_VAPID_KEY = "4txEB4kA7fNHdNPuFHb1lGUluwod-Ajz-qs3DC4oOD4"
+
+
+@pytest.fixture
+def push_service():
+    """A push service stand-in (``tests/push_service.py``) on a free port of 127.0.0.1: checks
+    each post's VAPID JWT, answers 201 or what ``answer(endpoint, 410, ...)`` queued;
+    ``posts_to(endpoint)`` → what it received. Stopped after the test."""
+    from tests.push_service import PushServiceStandIn
+
+    stand_in = PushServiceStandIn()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture
+def browser():
+    """``browser(endpoint)`` → a ``Browser``: a W3C PushSubscription with its own P-256 key
+    pair and auth secret (``subscription()``), that decrypts what it is sent
+    (``decrypt(body)``)."""
+    from tests.push_service import Browser
+
+    return Browser
+
+
+@pytest.fixture(scope="session")
+def push_app(app, idp):
+    """An app that may post to a push service on ``http://127.0.0.1:`` (besides the browsers'
+    own), with a fixed VAPID key and quick retries (0 s, then 1 s); the test database and
+    Redis db."""
+    from sonicus.extensions import db
+
+    push = create_app(_config(idp, VAPID_PRIVATE_KEY=PUSH_VAPID_KEY,
+                              WEBPUSH_ALLOWED_ENDPOINTS=["https://fcm.googleapis.com/",
+                                                         "http://127.0.0.1:"],
+                              WEBPUSH_RETRY_SECONDS=[0, 1]))
+    yield push
+    with push.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def push_client(push_app):
+    """A test client of ``push_app``, with its caches emptied (the tables were emptied)."""
+    push_app.extensions.pop("sonicus_memory_cache", None)
+    get_caller_cache(push_app).clear()
+    return push_app.test_client()

@@ -12,13 +12,14 @@ from . import (
     library,
     packages,
     profile,
+    reminders,
     sessions,
     subscription,
 )
 
 # The order is the order of the OpenAPI document's tags.
-AREAS = (health, profile, subscription, packages, library, sessions, analytics, admin,
-         admin_catalog, billing)
+AREAS = (health, profile, subscription, packages, library, sessions, analytics, reminders,
+         admin, admin_catalog, billing)
 
 
 def register_api(app, api) -> None:

@@ -5,12 +5,14 @@ from .base import SCHEMA, Base, utcnow
 from .catalog import PackageAssignment, SoundPackage, Track, UserSoundPackage
 from .erasure import ErasureTombstone, OwedCancellation
 from .listening import ListeningSession
+from .reminders import PushSubscription, ReminderDelivery, ReminderPreferences
 from .subscription import BillingEvent, SubscriptionEvent, UserSubscription
 from .user import User
 
 __all__ = [
     "SCHEMA", "AuditLog", "Base", "BillingEvent", "ErasureTombstone", "ListeningSession",
-    "OwedCancellation", "PackageAssignment", "PlatformStats", "SoundPackage",
+    "OwedCancellation", "PackageAssignment", "PlatformStats", "PushSubscription",
+    "ReminderDelivery", "ReminderPreferences", "SoundPackage",
     "SubscriptionEvent", "Track", "User", "UserAnalytics", "UserSoundPackage",
     "UserSubscription", "utcnow",
 ]
