@@ -172,6 +172,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "WEBPUSH_ALLOWED_ENDPOINTS": (_list(env, "WEBPUSH_ALLOWED_ENDPOINTS")
                                       or list(DEFAULT_WEBPUSH_ALLOWED_ENDPOINTS)),
         "WEBPUSH_TIMEOUT_SECONDS": _float(env, "WEBPUSH_TIMEOUT_SECONDS", 10.0),
+        # Pushes one worker has in flight at once (threads, each with a keep-alive session).
+        "WEBPUSH_CONCURRENCY": _int(env, "WEBPUSH_CONCURRENCY", 8),
         # A push the push service answered 429 or 5xx is tried again after these delays
         # (Retry-After, when longer, wins up to WEBPUSH_RETRY_MAX_SECONDS); then given up.
         "WEBPUSH_RETRY_SECONDS": _seconds_list(env, "WEBPUSH_RETRY_SECONDS", (30, 120, 600)),
@@ -289,6 +291,8 @@ def _validate_webpush(config: Mapping) -> None:
         if not _PREFIX.match(prefix) or not parts.hostname or "@" in parts.netloc:
             raise ConfigError(f"WEBPUSH_ALLOWED_ENDPOINTS: {prefix!r} must be an http(s) URL "
                               "prefix with a host, e.g. https://fcm.googleapis.com/")
+    if not 1 <= int(config.get("WEBPUSH_CONCURRENCY", 8)) <= 64:
+        raise ConfigError("WEBPUSH_CONCURRENCY must be between 1 and 64")
     delays = config.get("WEBPUSH_RETRY_SECONDS") or []
     if len(delays) > 10 or any(d < 0 for d in delays):
         raise ConfigError("WEBPUSH_RETRY_SECONDS: at most 10 delays, none negative")

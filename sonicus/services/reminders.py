@@ -28,11 +28,12 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo, available_timezones
 
 from flask import current_app
-from sqlalchemy import delete, exists, select, text, update
+from sqlalchemy import bindparam, delete, exists, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import clock
@@ -50,7 +51,6 @@ from ..models.reminders import (
 )
 from ..tasks.queue import QUEUE_DEFAULT, enqueue, get_queue
 from . import webpush
-from .analytics import get_user_analytics
 from .transaction import unit_of_work
 
 try:  # the recap service (services/recaps.py) comes with the recaps feature
@@ -210,53 +210,54 @@ def in_quiet_hours(wall_minute: int, quiet_start: int | None, quiet_end: int | N
     return wall_minute >= quiet_start or wall_minute < quiet_end
 
 
-_SETTINGS_IN_FORCE = """
-    CASE WHEN u.day_settings_effective_at > :now AND u.prior_timezone IS NOT NULL
-              AND u.prior_day_start_hour IS NOT NULL
-         THEN u.prior_timezone ELSE u.timezone END AS tz,
-    CASE WHEN u.day_settings_effective_at > :now AND u.prior_timezone IS NOT NULL
-              AND u.prior_day_start_hour IS NOT NULL
-         THEN u.prior_day_start_hour ELSE u.day_start_hour END AS dsh"""
-
-# One statement finds the due users and claims their day (API.md, Reminders). Mirrors
-# ``reminder_due``; the time filters run first, the per-user lookups (a subscription, a
-# delivery or a session on that day) go through their indexes for the few that remain.
-CLAIM_DUE_SQL = f"""
-WITH settings AS (
+# One statement finds the due users and claims their day (API.md, Reminders); it mirrors
+# ``reminder_due``. The local clock is computed once per time zone (``zones``, given by
+# ``zone_clocks``: the same tz database as every other user-day computation of the app,
+# ``clock.local_day``), not once per user; per user only integer arithmetic remains
+# (``timed``: whose time has come, a few dozen per minute). Only for those are the
+# subscription, the day's delivery and the day's sessions looked up, each by its index.
+CLAIM_DUE_SQL = """
+WITH zones AS MATERIALIZED (
+    SELECT * FROM unnest(CAST(:zone_names AS text[]), CAST(:zone_dates AS date[]),
+                         CAST(:zone_minutes AS int[])) AS z (tz, local_date, wall_minute)
+), placed AS (
     SELECT p.user_id, p.days_mask, p.weekly_recap, p.quiet_start_minute AS qs,
            p.quiet_end_minute AS qe,
            COALESCE(p.remind_minute, p.smart_minute, :default_minute) AS at_minute,
-           {_SETTINGS_IN_FORCE}
+           CASE WHEN f.prior THEN zp.wall_minute ELSE z.wall_minute END AS wall_minute,
+           CASE WHEN f.prior THEN zp.local_date ELSE z.local_date END AS local_date,
+           CASE WHEN f.prior THEN u.prior_day_start_hour ELSE u.day_start_hour END AS dsh
     FROM sonicus.reminder_preferences p
     JOIN sonicus.users u ON u.id = p.user_id
+    JOIN zones z ON z.tz = u.timezone
+    LEFT JOIN zones zp ON zp.tz = u.prior_timezone
+    CROSS JOIN LATERAL (
+        -- the settings in force (clock.day_settings_at): the prior ones until the change
+        SELECT u.day_settings_effective_at > :now AND zp.tz IS NOT NULL
+               AND u.prior_day_start_hour IS NOT NULL AS prior) AS f
     WHERE p.enabled IS TRUE AND u.is_active IS TRUE
-), wall AS (
-    SELECT s.*, (:now AT TIME ZONE s.tz) AS local_ts FROM settings s
-), placed AS (
-    SELECT w.user_id, w.days_mask, w.weekly_recap, w.qs, w.qe, w.at_minute, w.dsh,
-           (w.local_ts - make_interval(hours => w.dsh))::date AS user_day,
-           (extract(hour FROM w.local_ts) * 60 + extract(minute FROM w.local_ts))::int
-               AS wall_minute
-    FROM wall w
-), due AS (
-    SELECT p.user_id, p.user_day, p.weekly_recap
-    FROM placed p
-    WHERE (((p.wall_minute - p.dsh * 60) % 1440 + 1440) % 1440)
-          - (((p.at_minute - p.dsh * 60) % 1440 + 1440) % 1440) BETWEEN 0 AND :catch_up - 1
+), timed AS MATERIALIZED (
+    SELECT user_id, user_day, weekly_recap
+    FROM (SELECT q.*, q.local_date - CASE WHEN q.wall_minute < q.dsh * 60 THEN 1 ELSE 0 END
+                        AS user_day,
+                 (((q.wall_minute - q.dsh * 60) % 1440 + 1440) % 1440)
+                   - (((q.at_minute - q.dsh * 60) % 1440 + 1440) % 1440) AS minutes_late
+          FROM placed q) AS p
+    WHERE p.minutes_late BETWEEN 0 AND :catch_up - 1
       AND (p.days_mask & (1 << (extract(isodow FROM p.user_day)::int - 1))) <> 0
       AND NOT (p.qs IS NOT NULL AND p.qe IS NOT NULL AND p.qs <> p.qe AND (
             (p.qs < p.qe AND p.wall_minute >= p.qs AND p.wall_minute < p.qe)
          OR (p.qs > p.qe AND (p.wall_minute >= p.qs OR p.wall_minute < p.qe))))
-      AND EXISTS (SELECT 1 FROM sonicus.push_subscriptions ps WHERE ps.user_id = p.user_id)
-      AND NOT EXISTS (SELECT 1 FROM sonicus.reminder_deliveries d
-                      WHERE d.user_id = p.user_id AND d.local_day = p.user_day)
-      AND NOT EXISTS (SELECT 1 FROM sonicus.user_sessions us
-                      WHERE us.user_id = p.user_id AND us.local_day = p.user_day
-                        AND us.counts_toward_quota IS TRUE)
 )
 INSERT INTO sonicus.reminder_deliveries (user_id, local_day, recap, created_at, pushes_sent)
-SELECT user_id, user_day, weekly_recap AND extract(isodow FROM user_day) = 1, :now, 0
-FROM due
+SELECT t.user_id, t.user_day, t.weekly_recap AND extract(isodow FROM t.user_day) = 1, :now, 0
+FROM timed t
+WHERE EXISTS (SELECT 1 FROM sonicus.push_subscriptions ps WHERE ps.user_id = t.user_id)
+  AND NOT EXISTS (SELECT 1 FROM sonicus.reminder_deliveries d
+                  WHERE d.user_id = t.user_id AND d.local_day = t.user_day)
+  AND NOT EXISTS (SELECT 1 FROM sonicus.user_sessions us
+                  WHERE us.user_id = t.user_id AND us.local_day = t.user_day
+                    AND us.counts_toward_quota IS TRUE)
 ON CONFLICT (user_id, local_day) DO NOTHING
 RETURNING id
 """
@@ -322,15 +323,35 @@ def _refresh_smart_times_python(now, since, stale_before, batch) -> int:
     return len(rows)
 
 
+@lru_cache(maxsize=1)
+def _zone_names() -> tuple[str, ...]:
+    """The names a user's ``timezone`` may take (``clock.is_valid_timezone``)."""
+    return tuple(sorted(available_timezones()))
+
+
+def zone_clocks(now: datetime) -> dict:
+    """Every IANA time zone's local date and wall-clock minute at ``now`` (the parameters of
+    ``CLAIM_DUE_SQL``): about 600 conversions, a millisecond or two."""
+    names, dates, minutes = [], [], []
+    for name in _zone_names():
+        local = now.astimezone(ZoneInfo(name))
+        names.append(name)
+        dates.append(local.date())
+        minutes.append(local.hour * 60 + local.minute)
+    return {"zone_names": names, "zone_dates": dates, "zone_minutes": minutes}
+
+
 def claim_due_reminders(now: datetime | None = None) -> list[int]:
     """Find the users due a reminder now and claim their user day; the new deliveries' ids
     (a user day already claimed, by this run or another worker's, is not returned)."""
     now = now or clock.now()
     with unit_of_work():
         if _is_postgresql():
+            # a small result from a big estimate: compiling it (JIT) costs seconds
+            db.session.execute(text("SET LOCAL jit = off"))
             return list(db.session.execute(text(CLAIM_DUE_SQL), {
                 "now": now, "default_minute": DEFAULT_SMART_MINUTE,
-                "catch_up": CATCH_UP_MINUTES}).scalars())
+                "catch_up": CATCH_UP_MINUTES, **zone_clocks(now)}).scalars())
         return _claim_due_python(now)
 
 
@@ -387,13 +408,42 @@ def send_due_reminders() -> int:
 
 # ---- sending ------------------------------------------------------------------------------------
 
-def reminder_payload(user: User, delivery: ReminderDelivery) -> dict:
+def current_streaks(user_days: dict[int, date]) -> dict[int, int]:
+    """The current streak of each user (consecutive user days with a completed session that
+    counts, ending on their ``day`` or the day before), for a batch of users in one query:
+    the same rule as the analytics' ``current_streak_days``."""
+    if not user_days:
+        return {}
+    s = ListeningSession
+    rows = db.session.execute(
+        select(s.user_id, s.local_day)
+        .where(s.user_id.in_(list(user_days)), s.completed.is_(True), s.counts_in_outcomes)
+        .distinct().order_by(s.user_id, s.local_day.desc())).all()
+    streaks = dict.fromkeys(user_days, 0)
+    expected: dict[int, date] = {}
+    for user_id, day in rows:
+        today = user_days[user_id]
+        if day > today:
+            continue
+        if user_id not in expected:
+            if day < today - timedelta(days=1):
+                expected[user_id] = date.min  # the streak is broken
+                continue
+            streaks[user_id], expected[user_id] = 1, day - timedelta(days=1)
+        elif day == expected[user_id]:
+            streaks[user_id] += 1
+            expected[user_id] = day - timedelta(days=1)
+        else:
+            expected[user_id] = date.min
+    return streaks
+
+
+def reminder_payload(user: User, delivery: ReminderDelivery, streak: int | None) -> dict:
     """What the service worker shows: ``{title, body, url, tag}`` (+ ``kind``, ``day``). A
-    streak only when the user shows streaks; on a recap Monday, last week's figures."""
-    streak = 0
-    if user.merged_preferences.get("show_streaks", True):
-        streak = int(get_user_analytics(user).get("current_streak_days") or 0)
+    streak only when given (the user shows streaks); on a recap Monday, last week's figures
+    (``services.recaps.compute_recap``)."""
     day = delivery.local_day
+    streak = streak or 0
     if delivery.recap and compute_recap is not None:
         last_week = day - timedelta(days=7)
         recap = compute_recap(user.id, "week", last_week)
@@ -414,58 +464,72 @@ def reminder_payload(user: User, delivery: ReminderDelivery) -> dict:
 def deliver_reminders(delivery_ids: list[int]) -> int:
     """Job: send the claimed reminders (each to every subscription of its user). The number
     of pushes the push services accepted."""
-    sent = 0
-    for delivery_id in delivery_ids:
-        sent += _deliver(delivery_id, None, attempt=0)
-    return sent
+    return _deliver({delivery_id: None for delivery_id in delivery_ids}, attempt=0)
 
 
 def retry_reminder_pushes(delivery_id: int, subscription_ids: list[int], attempt: int) -> int:
     """Job: the pushes of one reminder that a push service asked to retry later."""
-    return _deliver(delivery_id, subscription_ids, attempt=attempt)
+    return _deliver({delivery_id: set(subscription_ids)}, attempt=attempt)
 
 
-def _deliver(delivery_id: int, only: list[int] | None, attempt: int) -> int:
+def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
+    """Send a batch of reminders: the reads in a few queries, the pushes outside any
+    transaction, the outcome (devices gone, pushes counted) in one."""
     found = db.session.execute(
         select(ReminderDelivery, User).join(User, User.id == ReminderDelivery.user_id)
-        .where(ReminderDelivery.id == delivery_id)).first()
-    if found is None:
-        return 0  # the account was erased meanwhile
-    delivery, user = found
-    query = select(PushSubscription).where(PushSubscription.user_id == user.id)
-    if only is not None:
-        query = query.where(PushSubscription.id.in_(only))
-    subscriptions = list(db.session.execute(query).scalars())
-    if not subscriptions or not user.is_active:
-        return 0
-    payload = json.dumps(reminder_payload(user, delivery), separators=(",", ":")).encode()
+        .where(ReminderDelivery.id.in_(list(wanted)), User.is_active.is_(True))).all()
+    by_user = {user.id: (delivery, user) for delivery, user in found}
+    subscriptions = db.session.execute(
+        select(PushSubscription).where(PushSubscription.user_id.in_(list(by_user)))
+        .order_by(PushSubscription.id)).scalars().all()
+    streaks = current_streaks({
+        user.id: delivery.local_day for delivery, user in by_user.values()
+        if user.merged_preferences.get("show_streaks", True)})
+    payloads = {
+        user.id: json.dumps(reminder_payload(user, delivery, streaks.get(user.id)),
+                            separators=(",", ":")).encode()
+        for delivery, user in by_user.values()}
+    db.session.commit()  # no transaction stays open across the network (rows stay loaded)
     now = clock.now()
-    sent, gone, again, retry_after = 0, [], [], None
+    sent: Counter = Counter()
+    gone, again, retry_after = [], {}, {}
+    pushes = []
     for subscription in subscriptions:
+        delivery, _user = by_user[subscription.user_id]
+        only = wanted[delivery.id]
+        if only is not None and subscription.id not in only:
+            continue
         if subscription.expires_at is not None and subscription.expires_at <= now:
             gone.append(subscription.id)
             continue
-        result = webpush.send_push(subscription, payload, topic="reminder")
+        pushes.append((subscription, payloads[subscription.user_id]))
+    results = webpush.send_many(pushes, topic="reminder")
+    for (subscription, _payload), result in zip(pushes, results, strict=True):
+        delivery, _user = by_user[subscription.user_id]
         if result.outcome == webpush.SENT:
-            sent += 1
+            sent[delivery.id] += 1
         elif result.outcome == webpush.GONE:
             gone.append(subscription.id)
         elif result.outcome == webpush.RETRY:
-            again.append(subscription.id)
+            again.setdefault(delivery.id, []).append(subscription.id)
             if result.retry_after is not None:
-                retry_after = max(retry_after or 0.0, result.retry_after)
-    db.session.rollback()  # end the read transaction before writing
-    with unit_of_work():
-        if gone:
-            db.session.execute(delete(PushSubscription).where(
-                PushSubscription.id.in_(gone), PushSubscription.user_id == user.id))
-        if sent:
-            db.session.execute(update(ReminderDelivery).where(
-                ReminderDelivery.id == delivery_id).values(
-                    pushes_sent=ReminderDelivery.pushes_sent + sent, sent_at=now))
-    if again:
-        _schedule_retry(delivery_id, again, attempt, retry_after)
-    return sent
+                retry_after[delivery.id] = max(retry_after.get(delivery.id, 0.0),
+                                               result.retry_after)
+    if gone or sent:
+        with unit_of_work():
+            if gone:
+                db.session.execute(delete(PushSubscription).where(
+                    PushSubscription.id.in_(gone)))
+            if sent:
+                table = ReminderDelivery.__table__
+                db.session.execute(
+                    update(table).where(table.c.id == bindparam("delivery"))
+                    .values(pushes_sent=table.c.pushes_sent + bindparam("count"),
+                            sent_at=now),
+                    [{"delivery": d, "count": n} for d, n in sent.items()])
+    for delivery_id, subscription_ids in again.items():
+        _schedule_retry(delivery_id, subscription_ids, attempt, retry_after.get(delivery_id))
+    return sum(sent.values())
 
 
 def _schedule_retry(delivery_id: int, subscription_ids: list[int], attempt: int,

@@ -20,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -259,3 +260,32 @@ def send_push(subscription, payload: bytes, *, topic: str | None = None,
     log.warning("push refused by the push service (subscription %s): HTTP %s", subscription.id,
                 status)
     return PushResult(FAILED, status)
+
+
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor(size: int) -> ThreadPoolExecutor:
+    """This process's sending threads (made again after a fork); each keeps its own
+    keep-alive session."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] != size:
+            _pool = (os.getpid(), size, ThreadPoolExecutor(size, "sonicus-webpush"))
+        return _pool[2]
+
+
+def send_many(pushes: list[tuple], *, topic: str | None = None) -> list[PushResult]:
+    """``send_push`` for each ``(subscription, payload)``, ``WEBPUSH_CONCURRENCY`` at a time
+    (waiting on push services, not on the CPU, is what bounds one worker); results in order."""
+    app = current_app._get_current_object()
+    size = int(app.config.get("WEBPUSH_CONCURRENCY", 8))
+    if size <= 1 or len(pushes) <= 1:
+        return [send_push(subscription, payload, topic=topic) for subscription, payload in pushes]
+
+    def one(push):
+        with app.app_context():
+            return send_push(push[0], push[1], topic=topic)
+
+    return list(_executor(size).map(one, pushes))
