@@ -82,6 +82,7 @@ class SessionRow:
     completed: bool
     listened_seconds: int
     content_seconds: int | None
+    local_day: date | None = None  # the user day the server stored it on
 
 
 def quota_violations(rows: list[SessionRow], days: DaySettings) -> list[str]:
@@ -170,3 +171,51 @@ def derive_from_events(events: list[dict]) -> Derived:
         elif kind == "downgrade_scheduled":
             state.pending_tier = to_tier
     return state
+
+
+# ---- streaks and freezes -----------------------------------------------------------------------
+FREEZE_EVERY_DAYS = 7
+MAX_FREEZES = 2
+
+
+@dataclass(frozen=True)
+class StreakFigures:
+    current: int
+    longest: int
+    freezes_available: int
+    freeze_days: list[date]
+
+
+def streak_figures(rows: list[SessionRow], today: date) -> StreakFigures:
+    """Streaks with freezes, walking the calendar one day at a time (API.md "Streak freezes").
+
+    A streak day has a completed session that counts. Each 7th streak day of a streak earns a
+    freeze (at most 2 banked); one missed day between two streak days spends one and keeps the
+    streak, without adding to it; two missed days end it, and its freezes with it. Today
+    without a session breaks nothing yet: yesterday missed spends a freeze now."""
+    streak_days = {r.local_day for r in rows if r.completed and r.counts_toward_quota
+                   and r.listened_seconds >= COUNTS_FROM_SECONDS and r.local_day <= today}
+    length = banked = longest = missed = 0
+    freeze_days: list[date] = []
+    day = min(streak_days, default=today)
+    while day < today or (day == today and day in streak_days):
+        if day in streak_days:
+            if missed == 1 and banked and length:
+                banked -= 1
+                freeze_days.append(day - timedelta(days=1))
+            elif missed:
+                length = banked = 0
+            missed = 0
+            length += 1
+            if length % FREEZE_EVERY_DAYS == 0:
+                banked = min(MAX_FREEZES, banked + 1)
+            longest = max(longest, length)
+        else:
+            missed += 1
+        day += timedelta(days=1)
+    if missed == 0:
+        return StreakFigures(length, longest, banked, freeze_days)
+    if missed == 1 and banked:
+        return StreakFigures(length, longest, banked - 1,
+                             [*freeze_days, today - timedelta(days=1)])
+    return StreakFigures(0, longest, 0, freeze_days)

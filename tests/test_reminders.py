@@ -468,3 +468,37 @@ def test_the_server_posts_only_to_allowed_addresses_at_send_time_and_follows_no_
     assert [p.status for p in push_service.posts_to(redirected.endpoint)] == [307]
     assert push_service.posts_to(push_service.endpoint("elsewhere")) == []
     assert len(push_service.posts_to(device.endpoint)) == 1
+
+
+def test_mondays_first_push_carries_last_weeks_recap(
+        push_client, auth, push_service, browser, set_clock, make_package, make_session):
+    app = push_client.application
+    _, weekly = _listener(push_client, auth, push_service, browser, "weekly@example.com",
+                          time="18:00")
+    plain_headers, plain = _listener(push_client, auth, push_service, browser,
+                                     "plain@example.com", time="18:00")
+    _set_reminders(push_client, plain_headers, weekly_recap=False)
+    package = make_package()
+    with app.app_context():
+        users = sorted(db.session.execute(select(ReminderPreferences.user_id)).scalars())
+    for user in users:  # Monday 5, Tuesday 6 and Thursday 8 January 2026
+        for day, minutes in ((5, 10), (6, 20), (8, 15)):
+            make_session(user, package, date(2026, 1, day), minutes=minutes)
+    set_clock(datetime(2026, 1, 12, 18, 0, tzinfo=UTC))  # Monday
+    with app.app_context():
+        assert reminders.send_due_reminders() == 2
+    _run_jobs(app)
+    recap = weekly.decrypt(push_service.posts_to(weekly.endpoint)[0].body)
+    assert recap["tag"] == "sonicus-weekly-recap"
+    assert recap["body"].startswith("Last week: 45 min in 3 sessions over 3 days.")
+    assert recap["url"] == "/recap?period=week&date=2026-01-05"
+    assert recap["recap"]["from"] == "2026-01-05" and recap["recap"]["minutes"] == 45
+    assert plain.decrypt(push_service.posts_to(plain.endpoint)[0].body)["tag"] == \
+        "sonicus-reminder"
+    # Tuesday: the plain reminder for everyone
+    set_clock(datetime(2026, 1, 13, 18, 0, tzinfo=UTC))
+    with app.app_context():
+        assert reminders.send_due_reminders() == 2
+    _run_jobs(app)
+    assert weekly.decrypt(push_service.posts_to(weekly.endpoint)[1].body)["tag"] == \
+        "sonicus-reminder"

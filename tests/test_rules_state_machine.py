@@ -9,7 +9,7 @@ CI runs a fixed budget; ``python -m bench.rules_soak`` runs it for as long as on
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -28,6 +28,7 @@ from rules_model import (
     SessionRow,
     completion_violations,
     derive_from_events,
+    streak_figures,
 )
 from rules_model import quota_violations as quota_problems
 from sqlalchemy import select, text
@@ -376,6 +377,16 @@ def build_machine(app, idp, table_names, billing):
             assert stored is not None and stored.stale_since is None
             assert {k: v for k, v in stored.data.items() if k != "computed_at"} == \
                 {k: v for k, v in fresh.items() if k != "computed_at"}
+            # Streaks and freezes as the model walks the calendar.
+            today = date.fromisoformat(fresh["day"])
+            model = streak_figures(self.rows(person), today)
+            assert 0 <= fresh["freezes_available"] <= 2
+            assert fresh["current_streak_days"] <= fresh["longest_streak_days"]
+            since = today - timedelta(days=89)
+            assert (fresh["current_streak_days"], fresh["longest_streak_days"],
+                    fresh["freezes_available"], fresh["freeze_days"]) == \
+                (model.current, model.longest, model.freezes_available,
+                 [d.isoformat() for d in model.freeze_days if since <= d])
 
         def check_no_deadline_left_behind(self):
             with app.app_context():
@@ -431,7 +442,7 @@ def _row(session) -> SessionRow:
         else (session.package.duration_seconds or None)
     return SessionRow(session.id, session.started_at, session.ended_at, session.tier,
                       session.counts_toward_quota, session.completed, session.listened_seconds,
-                      content)
+                      content, session.local_day)
 
 
 def _seed_packages() -> dict[str, int]:

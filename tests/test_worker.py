@@ -152,7 +152,7 @@ def test_schedule_fires_each_job_once_per_slot_with_two_workers(app, redis_clien
     names = sorted(name for batch in fired for name in batch)
     assert names == sorted(job.name for job in schedule.PERIODIC_JOBS)
     maintenance = Queue(QUEUE_MAINTENANCE, connection=redis_client)
-    assert maintenance.count == 4
+    assert maintenance.count == 5
     assert Queue(QUEUE_ANALYTICS, connection=redis_client).count == 1
 
     with app.app_context():
@@ -187,6 +187,7 @@ def test_every_periodic_job_runs_its_function_on_a_worker(app, redis_client):
     assert (due["processed"], due["outcomes"]) == (0, {})
     assert results["close_stale_sessions"] == 0
     assert results["sweep_stale_analytics"] == 0
+    assert results["precompute_year_recaps"] == 0  # 15 January: not the week of year recaps
     assert results["process_owed_cancellations"]["attempted"] == 0
     computed_at = results["refresh_platform_stats"]["computed_at"]
     assert clock.now() - timedelta(minutes=1) < computed_at <= clock.now()
@@ -284,7 +285,8 @@ def test_every_periodic_job_is_enqueued_by_reference():
 
     assert {job.name for job in PERIODIC_JOBS} == {
         "process_due_subscriptions", "process_owed_cancellations", "close_stale_sessions",
-        "refresh_platform_stats", "sweep_stale_analytics", "send_due_reminders"}
+        "refresh_platform_stats", "sweep_stale_analytics", "send_due_reminders",
+        "precompute_year_recaps"}
     for job in PERIODIC_JOBS:
         assert job.func.__module__.startswith("sonicus.services.")
         assert import_attribute(f"{job.func.__module__}.{job.func.__qualname__}") is job.func

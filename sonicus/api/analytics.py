@@ -6,8 +6,14 @@ from flask.views import MethodView
 
 from ..auth import require_user
 from ..envelope import Blueprint, set_message
-from ..schemas.analytics import AnalyticsSchema, DashboardSchema, RefreshQueuedSchema
-from ..services import analytics, dashboard
+from ..schemas.analytics import (
+    AnalyticsSchema,
+    DashboardSchema,
+    RecapArgsSchema,
+    RecapSchema,
+    RefreshQueuedSchema,
+)
+from ..services import analytics, dashboard, recaps
 
 blp = Blueprint("analytics", __name__, url_prefix="/api/user",
                 description="Personal analytics and the dashboard. Live updates: WebSocket "
@@ -45,3 +51,15 @@ class Dashboard(MethodView):
     def get(self, caller):
         """The app's home in one call: profile, subscription, analytics, what next."""
         return dashboard.get_dashboard(caller)
+
+
+@blp.route("/recap")
+class Recap(MethodView):
+    @require_user
+    @blp.arguments(RecapArgsSchema, location="query")
+    @blp.response(200, RecapSchema)
+    @blp.errors(401, 403, 422)
+    def get(self, args, caller):
+        """A week, month or year of the caller's listening, with the previous one's totals
+        (the period containing `date`, default today, in the caller's days; cached)."""
+        return recaps.get_recap(caller, args["period"], args.get("date"))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import marshmallow as ma
 
+from ..services.recaps import FIRST_RECAP_DATE, LAST_RECAP_DATE, PERIODS
 from .catalog import AccessField, PackageBaseSchema
+from .common import QueryArgsSchema
 from .profile import OnboardingSchema, ProfileSchema
 from .subscription import SubscriptionSchema
 
@@ -36,6 +38,18 @@ class PackageMoodSchema(ma.Schema):
     avg_mood_change = ma.fields.Float(required=True)
 
 
+_STREAK_NOTE = "Null when `preferences.show_streaks` is false. "
+
+
+class GoalSchema(ma.Schema):
+    minutes_today = ma.fields.Float(required=True)
+    goal_minutes = ma.fields.Integer(required=True)
+    met_today = ma.fields.Boolean(required=True)
+    days_met_last_7 = ma.fields.Integer(required=True, metadata={
+        "description": "Of the last 7 user days (today included), those on which the goal "
+                       "was met."})
+
+
 class AnalyticsSummarySchema(ma.Schema):
     total_sessions = ma.fields.Integer(required=True)
     completed_sessions = ma.fields.Integer(required=True)
@@ -45,9 +59,25 @@ class AnalyticsSummarySchema(ma.Schema):
     minutes_this_week = ma.fields.Float(required=True, metadata={
         "description": "Listened minutes since Monday of the user's current week."})
     sessions_today = ma.fields.Integer(required=True)
-    current_streak_days = ma.fields.Integer(required=True)
-    longest_streak_days = ma.fields.Integer(required=True)
+    current_streak_days = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": _STREAK_NOTE + "Consecutive user days with a completed session, up to "
+                       "today or yesterday; a day covered by a freeze keeps it alive without "
+                       "adding to it."})
+    longest_streak_days = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": _STREAK_NOTE})
+    freezes_available = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": _STREAK_NOTE + "Banked streak freezes, 0..2: one per 7 streak days; "
+                       "a single missed day spends one automatically."})
+    freeze_days = ma.fields.List(_date_string(), required=True, allow_none=True, metadata={
+        "description": _STREAK_NOTE + "The days a freeze covered in the last 90 days."})
     avg_mood_change = ma.fields.Float(required=True, allow_none=True)
+    goal = ma.fields.Nested(GoalSchema, required=True, allow_none=True, metadata={
+        "description": "Progress toward `preferences.daily_goal_minutes`; null without a goal."})
+    active_days_last_7 = ma.fields.Integer(required=True, metadata={
+        "description": "User days with a session that counts, of the last 7 (today included)."})
+    active_days_last_30 = ma.fields.Integer(required=True, metadata={
+        "description": "User days with a session that counts, of the last 30 (today "
+                       "included)."})
     computed_at = _datetime_string(required=True)
 
 
@@ -89,3 +119,53 @@ class DashboardSchema(ma.Schema):
                                           allow_none=True)
     recommended = ma.fields.List(ma.fields.Nested(RecommendedPackageSchema), required=True)
     onboarding = ma.fields.Nested(OnboardingSchema, required=True)
+
+
+# ---- recaps ----------------------------------------------------------------------------------
+
+class RecapArgsSchema(QueryArgsSchema):
+    period = ma.fields.String(required=True, validate=ma.validate.OneOf(PERIODS), metadata={
+        "description": "`week` (Monday to Sunday), `month` or `year`, of the user's days."})
+    date = ma.fields.Date(validate=ma.validate.Range(min=FIRST_RECAP_DATE, max=LAST_RECAP_DATE),
+                          metadata={"description": "A day in the period (default: the "
+                                                   "user's today)."})
+
+
+class RecapPackageSchema(ma.Schema):
+    package_id = ma.fields.Integer(required=True)
+    title = ma.fields.String(required=True)
+    minutes = ma.fields.Float(required=True)
+
+
+class RecapMoodSchema(ma.Schema):
+    avg_before = ma.fields.Float(required=True, allow_none=True)
+    avg_after = ma.fields.Float(required=True, allow_none=True)
+    avg_change = ma.fields.Float(required=True, allow_none=True)
+    best_package_id = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": "The package with the best average mood change in the period."})
+
+
+class RecapPreviousSchema(ma.Schema):
+    minutes = ma.fields.Float(required=True)
+    sessions = ma.fields.Integer(required=True)
+    active_days = ma.fields.Integer(required=True)
+
+
+class RecapSchema(ma.Schema):
+    period = ma.fields.String(required=True)
+    from_ = _date_string(required=True, data_key="from", attribute="from")
+    to = _date_string(required=True)
+    minutes = ma.fields.Float(required=True)
+    sessions = ma.fields.Integer(required=True)
+    completed_sessions = ma.fields.Integer(required=True)
+    active_days = ma.fields.Integer(required=True, metadata={
+        "description": "Days with a session that counts."})
+    longest_streak = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": "The most streak days of one streak within the period; null when "
+                       "`preferences.show_streaks` is false."})
+    top_packages = ma.fields.List(ma.fields.Nested(RecapPackageSchema), required=True)
+    top_categories = ma.fields.List(ma.fields.Nested(CategoryUsageSchema), required=True)
+    mood = ma.fields.Nested(RecapMoodSchema, required=True)
+    listening_hours = ma.fields.List(ma.fields.Float(), required=True, metadata={
+        "description": "24 numbers: minutes listened by the local hour the sessions started."})
+    previous = ma.fields.Nested(RecapPreviousSchema, required=True)

@@ -19,7 +19,7 @@ import logging
 from datetime import date, datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import Integer, case, cast, func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import clock
@@ -27,14 +27,18 @@ from ..cache import cache_delete, cache_get, cache_set
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, User, UserAnalytics
 from ..models.listening import ENDED
+from ..models.user import merge_preferences
 from ..realtime.publish import publish_to_user
 from ..tasks.queue import QUEUE_ANALYTICS, enqueue, job_is_pending
+from .recaps import forget_recent_recaps, forget_user_recaps
+from .streaks import active_days, day_islands, recent_freeze_days, streaks_from_islands
 from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
 
 DAILY_MINUTES_DAYS = 30
 TOP_CATEGORIES = 5
+GOAL_DAYS = 7  # goal.days_met_last_7
 # Default of ANALYTICS_STALE_GRACE_SECONDS: a row stale for longer than this is re-enqueued
 # by the sweep (its own enqueue was lost).
 STALE_GRACE_SECONDS = 30
@@ -65,7 +69,9 @@ def mark_stale(user_id: int) -> None:
 
 
 def request_refresh(user_id: int) -> None:
-    """Enqueue the refresh job (after the commit); inline on the embedded default."""
+    """Enqueue the refresh job (after the commit); inline on the embedded default. The
+    recaps the change can touch are forgotten at once."""
+    forget_recent_recaps(user_id)
     try:
         enqueue(refresh_user_analytics, user_id, queue=QUEUE_ANALYTICS, best_effort=True)
     except Exception:  # inline run on the embedded default: the sweep retries it
@@ -74,7 +80,9 @@ def request_refresh(user_id: int) -> None:
 
 
 def invalidate_user_analytics(user_id: int) -> None:
+    """Forget the user's cached analytics and recaps (profile changed, account erased)."""
     cache_delete(cache_key(user_id))
+    forget_user_recaps(user_id)
 
 
 # ---- computation ---------------------------------------------------------------------------
@@ -89,34 +97,6 @@ def _mood(value) -> float | None:
 
 def _as_date(value) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value))
-
-
-def _streaks(user_id: int, today: date) -> tuple[int, int]:
-    """(current, longest) runs of consecutive user-days with a completed session.
-
-    Gaps and islands: numbering the distinct days in order, ``day - row_number`` is constant
-    within a run of consecutive days. The current run is the one that ends today or
-    yesterday (today without a session yet does not break it).
-    """
-    s = ListeningSession
-    days = (select(s.local_day.label("day"))
-            .where(s.user_id == user_id, s.completed.is_(True), s.counts_in_outcomes,
-                   s.local_day <= today)
-            .distinct().subquery())
-    position = func.row_number().over(order_by=days.c.day)
-    if db.session.get_bind().dialect.name == "postgresql":
-        island = days.c.day - cast(position, Integer)
-    else:
-        island = func.julianday(days.c.day) - position
-    numbered = select(days.c.day, island.label("island")).subquery()
-    islands = (select(func.count().label("length"), func.max(numbered.c.day).label("last_day"))
-               .group_by(numbered.c.island).subquery())
-    yesterday = today - timedelta(days=1)
-    row = db.session.execute(select(
-        func.max(islands.c.length),
-        func.max(case((islands.c.last_day >= yesterday, islands.c.length), else_=None)),
-    )).one()
-    return int(row[1] or 0), int(row[0] or 0)
 
 
 def _mood_terms():
@@ -198,31 +178,56 @@ def _mood_by_package(package_rows) -> list[dict]:
         key=lambda item: (-item["avg_mood_change"], -item["sessions"], item["package_id"]))
 
 
+def _goal(goal_minutes, daily_minutes: list[dict]) -> dict | None:
+    """How the user does against ``preferences.daily_goal_minutes`` (None: no goal)."""
+    if not goal_minutes:
+        return None
+    recent = [day["minutes"] for day in daily_minutes[-GOAL_DAYS:]]
+    return {"minutes_today": recent[-1], "goal_minutes": int(goal_minutes),
+            "met_today": recent[-1] >= goal_minutes,
+            "days_met_last_7": sum(1 for minutes in recent if minutes >= goal_minutes)}
+
+
 def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
-    """Every figure of API.md "Analytics" for ``user``, from their own rows only."""
+    """Every figure of API.md "Analytics" for ``user``, from their own rows only.
+
+    With ``preferences.show_streaks`` false the streak figures (current and longest streak,
+    freezes) are None: the analytics, the dashboard and the socket never show them."""
     now = now or clock.now()
     today = clock.user_day(user, now).day
+    preferences = merge_preferences(dict(user.preferences or {}))
     total, completed, ended, seconds, week_seconds, today_count, avg_change = \
         _totals(user.id, today)
-    current_streak, longest_streak = _streaks(user.id, today)
+    islands = day_islands(user.id, today)
     daily_minutes = _daily_minutes(user.id, today)
     package_rows = _package_rows(user.id)
-    return {
+    data = {
         "total_sessions": int(total),
         "completed_sessions": int(completed),
         "completion_rate": round(int(completed) / int(ended), 3) if ended else 0.0,
         "total_minutes": _minutes(seconds),
         "minutes_this_week": _minutes(week_seconds),
         "sessions_today": int(today_count),
-        "current_streak_days": current_streak,
-        "longest_streak_days": longest_streak,
+        "current_streak_days": None,
+        "longest_streak_days": None,
+        "freezes_available": None,
+        "freeze_days": None,
         "avg_mood_change": _mood(avg_change),
+        "goal": _goal(preferences.get("daily_goal_minutes"), daily_minutes),
+        "active_days_last_7": active_days(islands, today - timedelta(days=6), today),
+        "active_days_last_30": active_days(islands, today - timedelta(days=29), today),
         "top_categories": _top_categories(package_rows),
         "daily_minutes": daily_minutes,
         "mood_by_package": _mood_by_package(package_rows),
         "day": today.isoformat(),
         "computed_at": now.isoformat(),
     }
+    if preferences.get("show_streaks") is not False:
+        streaks = streaks_from_islands(islands, today)
+        data.update(current_streak_days=streaks.current, longest_streak_days=streaks.longest,
+                    freezes_available=streaks.freezes_available,
+                    freeze_days=recent_freeze_days(streaks, today))
+    return data
 
 
 def _cache_ttl(user, now: datetime) -> int:
@@ -261,6 +266,7 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
     ttl = _cache_ttl(user, now)
     db.session.commit()
     cache_set(cache_key(user_id), data, ttl)
+    forget_recent_recaps(user_id)  # again: a recap computed while the change committed
     if publish:
         publish_to_user(user_id, {"type": "analytics.updated", "data": data})
     return data

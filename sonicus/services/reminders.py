@@ -51,12 +51,9 @@ from ..models.reminders import (
 )
 from ..tasks.queue import QUEUE_DEFAULT, enqueue, get_queue
 from . import webpush
+from .recaps import compute_recap
+from .streaks import Island, streaks_from_islands
 from .transaction import unit_of_work
-
-try:  # the recap service (services/recaps.py) comes with the recaps feature
-    from .recaps import compute_recap
-except ImportError:  # pragma: no cover - until it lands, Mondays get the plain reminder
-    compute_recap = None
 
 log = logging.getLogger(__name__)
 
@@ -409,33 +406,26 @@ def send_due_reminders() -> int:
 # ---- sending ------------------------------------------------------------------------------------
 
 def current_streaks(user_days: dict[int, date]) -> dict[int, int]:
-    """The current streak of each user (consecutive user days with a completed session that
-    counts, ending on their ``day`` or the day before), for a batch of users in one query:
-    the same rule as the analytics' ``current_streak_days``."""
+    """The current streak of each user at their ``day`` (the analytics' figure, freezes
+    included: ``streaks.streaks_from_islands``), for a batch of users in one query."""
     if not user_days:
         return {}
     s = ListeningSession
     rows = db.session.execute(
         select(s.user_id, s.local_day)
         .where(s.user_id.in_(list(user_days)), s.completed.is_(True), s.counts_in_outcomes)
-        .distinct().order_by(s.user_id, s.local_day.desc())).all()
-    streaks = dict.fromkeys(user_days, 0)
-    expected: dict[int, date] = {}
+        .distinct().order_by(s.user_id, s.local_day)).all()
+    islands: dict[int, list[Island]] = {user_id: [] for user_id in user_days}
     for user_id, day in rows:
-        today = user_days[user_id]
-        if day > today:
+        if day > user_days[user_id]:
             continue
-        if user_id not in expected:
-            if day < today - timedelta(days=1):
-                expected[user_id] = date.min  # the streak is broken
-                continue
-            streaks[user_id], expected[user_id] = 1, day - timedelta(days=1)
-        elif day == expected[user_id]:
-            streaks[user_id] += 1
-            expected[user_id] = day - timedelta(days=1)
+        runs = islands[user_id]
+        if runs and runs[-1].last == day - timedelta(days=1):
+            runs[-1] = Island(runs[-1].first, day)
         else:
-            expected[user_id] = date.min
-    return streaks
+            runs.append(Island(day, day))
+    return {user_id: streaks_from_islands(runs, user_days[user_id]).current
+            for user_id, runs in islands.items()}
 
 
 def reminder_payload(user: User, delivery: ReminderDelivery, streak: int | None) -> dict:
@@ -444,16 +434,19 @@ def reminder_payload(user: User, delivery: ReminderDelivery, streak: int | None)
     (``services.recaps.compute_recap``)."""
     day = delivery.local_day
     streak = streak or 0
-    if delivery.recap and compute_recap is not None:
+    recap = compute_recap(user.id, "week", day - timedelta(days=7)) if delivery.recap else None
+    if recap is not None:
         last_week = day - timedelta(days=7)
-        recap = compute_recap(user.id, "week", last_week)
         body = (f"Last week: {round(recap['minutes'])} min in {recap['sessions']} "
                 f"sessions over {recap['active_days']} days.")
         if streak >= 2:
             body += f" Your streak: {streak} days."
         return {"title": "Your week in sound", "body": body,
                 "url": f"/recap?period=week&date={last_week.isoformat()}",
-                "tag": "sonicus-weekly-recap", "kind": "weekly_recap", "day": day.isoformat()}
+                "tag": "sonicus-weekly-recap", "kind": "weekly_recap", "day": day.isoformat(),
+                "recap": {"from": recap["from"], "to": recap["to"],
+                          "minutes": recap["minutes"], "sessions": recap["sessions"],
+                          "active_days": recap["active_days"]}}
     body = "A few minutes of sound for yourself today."
     if streak >= 2:
         body = f"Keep your {streak}-day streak going: a few minutes of sound today."

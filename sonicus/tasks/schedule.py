@@ -21,6 +21,7 @@ from ..extensions import get_redis
 from ..services.analytics import sweep_stale_analytics
 from ..services.erasure import process_owed_cancellations
 from ..services.listening import close_stale_sessions
+from ..services.recaps import precompute_year_recaps
 from ..services.reminders import send_due_reminders
 from ..services.stats import refresh_platform_stats
 from ..services.subscriptions import process_due_subscriptions
@@ -51,6 +52,7 @@ PERIODIC_JOBS = (
     Periodic(refresh_platform_stats, 300, QUEUE_MAINTENANCE),
     Periodic(sweep_stale_analytics, 30, QUEUE_ANALYTICS),
     Periodic(send_due_reminders, 60, QUEUE_DEFAULT),  # Web Push reminders, due users in SQL
+    Periodic(precompute_year_recaps, 3600, QUEUE_MAINTENANCE),  # January 1..7 only
 )
 
 
