@@ -502,3 +502,15 @@ def test_mondays_first_push_carries_last_weeks_recap(
     _run_jobs(app)
     assert weekly.decrypt(push_service.posts_to(weekly.endpoint)[1].body)["tag"] == \
         "sonicus-reminder"
+
+
+def test_the_export_shows_reminders_and_erasure_forgets_the_devices(push_client, auth,
+                                                                    push_service, browser):
+    headers, device = _listener(push_client, auth, push_service, browser, time="07:15")
+    export = push_client.get("/api/user/export", headers=headers).get_json()["data"]
+    assert export["reminder_preferences"]["time"] == "07:15"
+    assert [s["endpoint"] for s in export["push_subscriptions"]] == [device.endpoint]
+    assert push_client.delete("/api/user/profile", headers=headers).status_code == 200
+    with push_client.application.app_context():
+        for model in (PushSubscription, ReminderPreferences, ReminderDelivery):
+            assert db.session.execute(select(func.count()).select_from(model)).scalar() == 0

@@ -8,10 +8,13 @@ CI runs a fixed budget; ``python -m bench.rules_soak`` runs it for as long as on
 
 from __future__ import annotations
 
+import base64
 import os
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -25,9 +28,11 @@ from rules_model import (
     DAILY_SESSIONS,
     LEVELS,
     DaySettings,
+    ReminderRow,
     SessionRow,
     completion_violations,
     derive_from_events,
+    reminder_violations,
     streak_figures,
 )
 from rules_model import quota_violations as quota_problems
@@ -39,6 +44,7 @@ from sonicus.caller_cache import get_caller_cache
 from sonicus.extensions import db
 from sonicus.models import (
     ListeningSession,
+    ReminderDelivery,
     SoundPackage,
     SubscriptionEvent,
     Track,
@@ -46,6 +52,7 @@ from sonicus.models import (
     UserAnalytics,
     UserSubscription,
 )
+from sonicus.services import reminders
 from sonicus.services.analytics import compute_user_analytics
 from sonicus.services.subscriptions import process_due_subscriptions
 
@@ -67,6 +74,7 @@ class Identity:
         self.user_id = None          # the current account (None before sign-in, after erasure)
         self.days = DaySettings()
         self.trials_started = 0      # ever, across erasures
+        self.remind_minute = None    # the reminder time asked for (None: no reminders)
 
 
 def build_machine(app, idp, table_names, billing):
@@ -137,6 +145,26 @@ def build_machine(app, idp, table_names, billing):
             assert (data["timezone"], data["day_start_hour"]) == (tz, hour)
             assert (data["timezone"], data["day_start_hour"]) == person.days.shown()
 
+        # ---- reminders -------------------------------------------------------------------
+        @rule(name=st.sampled_from(IDENTITIES), hour=st.integers(0, 23))
+        def wants_reminders(self, name, hour):
+            person = self.person(name)
+            status, body = self.call("POST", "/api/user/push-subscriptions", person.headers,
+                                     json=_subscription(name))
+            if status == 403:
+                return  # suspended
+            assert status in (200, 201), body
+            status, body = self.call("PUT", "/api/user/reminders", person.headers,
+                                     json={"enabled": True, "time": f"{hour:02d}:00"})
+            assert status == 200, body
+            person.remind_minute = hour * 60
+
+        @rule()
+        def reminder_scan_runs(self):
+            with app.app_context():
+                reminders.claim_due_reminders(self.now)
+                db.session.remove()
+
         @rule(name=st.sampled_from(IDENTITIES))
         def erase(self, name):
             person = self.person(name)
@@ -144,7 +172,7 @@ def build_machine(app, idp, table_names, billing):
             if status == 403:
                 return
             assert status == 200, body
-            person.user_id = None
+            person.user_id, person.remind_minute = None, None
 
         # ---- listening -------------------------------------------------------------------
         @rule(target=sessions, name=st.sampled_from(IDENTITIES),
@@ -422,6 +450,12 @@ def build_machine(app, idp, table_names, billing):
                         .order_by(SubscriptionEvent.id)).scalars():
                     events[e.user_id].append({"type": e.type, "to_tier": e.to_tier,
                                               "details": e.details})
+                claims: dict[int, list] = {}
+                for user_id, day, at in db.session.execute(
+                        select(ReminderDelivery.user_id, ReminderDelivery.local_day,
+                               ReminderDelivery.created_at)
+                        .where(ReminderDelivery.user_id.in_(accounts))):
+                    claims.setdefault(user_id, []).append((day, at))
                 db.session.remove()
             for user_id, person in accounts.items():
                 problems = quota_problems(rows[user_id], person.days)
@@ -433,8 +467,22 @@ def build_machine(app, idp, table_names, billing):
                     (person.name, [e["type"] for e in events[user_id]])
             for person in self.people.values():
                 assert person.trials_started <= 1, person.name
+            for user_id, person in accounts.items():
+                claimed = [ReminderRow(day, at) for day, at in claims.get(user_id, [])]
+                problems = reminder_violations(claimed, rows[user_id], person.days,
+                                               person.remind_minute)
+                assert not problems, (person.name, problems)
 
     return RulesMachine
+
+
+def _subscription(name: str) -> dict:
+    """A browser's PushSubscription (a real P-256 point) at a push service's address."""
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return {"endpoint": f"https://fcm.googleapis.com/fcm/send/{name}", "expirationTime": None,
+            "keys": {"p256dh": base64.urlsafe_b64encode(point).rstrip(b"=").decode(),
+                     "auth": base64.urlsafe_b64encode(bytes(16)).rstrip(b"=").decode()}}
 
 
 def _row(session) -> SessionRow:
