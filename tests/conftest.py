@@ -976,7 +976,8 @@ def push_app(app, idp):
     push = create_app(_config(idp, VAPID_PRIVATE_KEY=PUSH_VAPID_KEY,
                               WEBPUSH_ALLOWED_ENDPOINTS=["https://fcm.googleapis.com/",
                                                          "http://127.0.0.1:"],
-                              WEBPUSH_RETRY_SECONDS=[0, 1]))
+                              WEBPUSH_RETRY_SECONDS=[0, 1],
+                              SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 2, "max_overflow": 8}))
     yield push
     with push.app_context():
         db.session.remove()
