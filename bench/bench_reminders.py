@@ -206,20 +206,28 @@ def measure(app, db, reminders, args, port) -> None:
     print(f"smart times refreshed: {refreshed} users in {refresh * 1000:.0f} ms "
           f"({time.perf_counter() - started:.2f} s with the reset)")
 
-    # 3. Sending: one worker, batches of reminders.SEND_BATCH, through the stand-in; first
-    #    one push at a time, then WEBPUSH_CONCURRENCY in flight (the default, 8).
+    # 3. Sending: one worker, batches of reminders.SEND_BATCH, through the stand-in: one push
+    #    at a time, then WEBPUSH_CONCURRENCY in flight (the default, 8); a weekday's reminder,
+    #    then Monday's, which computes each user's recap of last week (no Redis: not cached).
     ids = claimed[:args.pushes]
-    for concurrency, subset in ((1, ids[:len(ids) // 4]), (8, ids[len(ids) // 4:])):
+    n = len(ids)
+    runs = (("weekday", 1, ids[:n // 6]), ("weekday", 8, ids[n // 6:n // 2]),
+            ("Monday recap", 8, ids[n // 2:]))
+    for kind, concurrency, subset in runs:
+        db.session.execute(text("UPDATE sonicus.reminder_deliveries SET recap = :r "
+                                "WHERE id = ANY(:ids)"),
+                           {"r": kind != "weekday", "ids": subset})
+        db.session.commit()
         app.config["WEBPUSH_CONCURRENCY"] = concurrency
         started = time.perf_counter()
         sent = 0
         for i in range(0, len(subset), reminders.SEND_BATCH):
             sent += reminders.deliver_reminders(subset[i:i + reminders.SEND_BATCH])
         elapsed = time.perf_counter() - started
-        print(f"sending, {concurrency} in flight: {sent} of {len(subset)} pushes accepted in "
-              f"{elapsed:.2f} s = {sent / elapsed:.0f} pushes/s on one worker (VAPID, "
-              f"aes128gcm per push, streaks in one query per batch, keep-alive sessions)")
-    print(f"(stand-in on port {port}, its own process, checks every VAPID signature; "
+        print(f"sending, {kind}, {concurrency} in flight: {sent} of {len(subset)} pushes in "
+              f"{elapsed:.2f} s = {sent / elapsed:.0f} pushes/s on one worker")
+    print(f"(VAPID and aes128gcm per push, streaks in one query per batch, keep-alive "
+          f"sessions; stand-in on port {port}, its own process, checks every VAPID signature; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
 
