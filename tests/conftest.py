@@ -11,8 +11,10 @@ settings (``make_config``, ``test_database_url``, ``test_redis_url``), one facto
 of row (``make_user``, ``make_package``, ``make_session``), billing events (``billing``), a
 local stand-in for Stripe's API (``stripe_stand_in``, ``stripe_app``), servers and sockets
 (``two_web_processes``, ``serve_in_process``, ``own_redis``, ``connect_ws``), time
-(``set_clock``) and polling (``wait_for``). Only ``live_server.py`` and ``fault_jobs.py`` are
-modules, for the processes that load them by import path.
+(``set_clock``) and polling (``wait_for``), Web Push (``push_service``, ``browser``,
+``push_app``, ``push_client``). Only ``live_server.py`` and ``fault_jobs.py`` are modules, for
+the processes that load them by import path, and ``push_service.py``, which the reminder bench
+loads too.
 """
 
 from __future__ import annotations

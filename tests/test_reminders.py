@@ -514,3 +514,29 @@ def test_the_export_shows_reminders_and_erasure_forgets_the_devices(push_client,
     with push_client.application.app_context():
         for model in (PushSubscription, ReminderPreferences, ReminderDelivery):
             assert db.session.execute(select(func.count()).select_from(model)).scalar() == 0
+
+
+def test_development_on_sqlite_finds_the_due_users_too(make_config, tmp_path, auth, browser):
+    """``make dev`` runs on SQLite: the same rule, in Python."""
+    from flask_migrate import upgrade
+
+    dev = create_app(make_config(DATABASE_URL=f"sqlite:///{tmp_path / 'dev.db'}",
+                                 REDIS_URL=None, VAPID_PRIVATE_KEY=None,
+                                 INSTANCE_PATH=str(tmp_path)))
+    with dev.app_context():
+        upgrade()
+    client, headers = dev.test_client(), auth("dev@example.com")
+    device = browser("https://fcm.googleapis.com/fcm/send/dev")
+    assert client.post("/api/user/push-subscriptions", json=device.subscription(),
+                       headers=headers).status_code == 201
+    assert client.post("/api/user/push-subscriptions", json=device.subscription(),
+                       headers=headers).status_code == 200
+    _set_reminders(client, headers, enabled=True, time="smart", quiet_start="23:00",
+                   quiet_end="06:00")
+    with dev.app_context():
+        assert reminders.refresh_smart_times(datetime(2026, 1, 14, 20, 0, tzinfo=UTC)) == 1
+        assert reminders.claim_due_reminders(datetime(2026, 1, 14, 20, 59, tzinfo=UTC)) == []
+        assert len(reminders.claim_due_reminders(datetime(2026, 1, 14, 21, 0, tzinfo=UTC))) == 1
+        assert reminders.claim_due_reminders(datetime(2026, 1, 14, 21, 5, tzinfo=UTC)) == []
+        db.session.remove()
+        db.engine.dispose()
