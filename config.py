@@ -7,8 +7,14 @@ combinations before the app serves anything.
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 ENVIRONMENTS = ("development", "testing", "production")
 
@@ -58,6 +64,30 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 def _list(env: Mapping[str, str], name: str) -> list[str]:
     raw = env.get(name) or ""
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+# The browsers' push services (API.md, Reminders). ``*.`` before a host: any host under it.
+DEFAULT_WEBPUSH_ALLOWED_ENDPOINTS = (
+    "https://fcm.googleapis.com/",
+    "https://updates.push.services.mozilla.com/",
+    "https://web.push.apple.com/",
+    "https://*.notify.windows.com/",
+)
+DEVELOPMENT_VAPID_SUBJECT = "mailto:reminders@sonicus.invalid"
+# A prefix ends its host with ":" (a port follows) or "/": "https://fcm.googleapis.com" alone
+# would also match https://fcm.googleapis.com.example.net/.
+_PREFIX = re.compile(r"^https?://(\*\.)?[A-Za-z0-9.\-\[\]]+(:[0-9]*(/.*)?|/.*)$")
+
+
+def _seconds_list(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> list[float]:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return list(default)
+    try:
+        values = [float(item) for item in raw.split(",") if item.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be comma-separated seconds, got {raw!r}") from exc
+    return values
 
 
 def normalise_database_url(url: str) -> str:
@@ -135,6 +165,22 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "SENTRY_DSN": _str(env, "SENTRY_DSN") or None,
         "SENTRY_RELEASE": _str(env, "SENTRY_RELEASE") or None,
         "LOG_LEVEL": (_str(env, "LOG_LEVEL", "INFO") or "INFO").upper(),
+        # Web Push (reminders). Without a private key, development and testing generate one
+        # in the instance folder on first use; production requires both.
+        "VAPID_PRIVATE_KEY": _str(env, "VAPID_PRIVATE_KEY") or None,
+        "VAPID_SUBJECT": _str(env, "VAPID_SUBJECT") or (
+            None if sonicus_env == "production" else DEVELOPMENT_VAPID_SUBJECT),
+        "WEBPUSH_ALLOWED_ENDPOINTS": (_list(env, "WEBPUSH_ALLOWED_ENDPOINTS")
+                                      or list(DEFAULT_WEBPUSH_ALLOWED_ENDPOINTS)),
+        "WEBPUSH_TIMEOUT_SECONDS": _float(env, "WEBPUSH_TIMEOUT_SECONDS", 10.0),
+        # Pushes one worker has in flight at once (threads, each with a keep-alive session).
+        "WEBPUSH_CONCURRENCY": _int(env, "WEBPUSH_CONCURRENCY", 8),
+        # A push the push service answered 429 or 5xx is tried again after these delays
+        # (Retry-After, when longer, wins up to WEBPUSH_RETRY_MAX_SECONDS); then given up.
+        "WEBPUSH_RETRY_SECONDS": _seconds_list(env, "WEBPUSH_RETRY_SECONDS", (30, 120, 600)),
+        "WEBPUSH_RETRY_MAX_SECONDS": _float(env, "WEBPUSH_RETRY_MAX_SECONDS", 3600.0),
+        # How long a push service keeps an undelivered reminder (the TTL header).
+        "WEBPUSH_TTL_SECONDS": _int(env, "WEBPUSH_TTL_SECONDS", 4 * 3600),
     }
 
 
@@ -155,6 +201,7 @@ def validate_config(config: Mapping) -> None:
     if not 0 < config["WORKER_HEARTBEAT_SECONDS"] < config["WORKER_ABANDONED_JOB_SECONDS"]:
         raise ConfigError("WORKER_HEARTBEAT_SECONDS must be positive and below "
                           "WORKER_ABANDONED_JOB_SECONDS")
+    _validate_webpush(config)
     if env != "production":
         return
     problems = []
@@ -180,6 +227,12 @@ def validate_config(config: Mapping) -> None:
         problems.append("SECRET_KEY must be set")
     if config.get("TESTING"):
         problems.append("TESTING cannot be on in production")
+    if not config.get("VAPID_PRIVATE_KEY"):
+        problems.append("VAPID_PRIVATE_KEY is required (Web Push reminders; e.g. "
+                        "`vapid --gen` or any P-256 key, base64url raw or PEM)")
+    if not config.get("VAPID_SUBJECT"):
+        problems.append("VAPID_SUBJECT is required (mailto: or https: contact for push "
+                        "services)")
     if problems:
         raise ConfigError("Refusing to start in production: " + "; ".join(problems) + ".")
 
@@ -207,3 +260,43 @@ def _stripe_problems(config: Mapping) -> list[str]:
     if missing:
         problems.append("STRIPE_PRICE_IDS needs tier=price_id for " + ", ".join(missing))
     return problems
+
+
+def parse_vapid_private_key(value: str) -> ec.EllipticCurvePrivateKey:
+    """A VAPID private key as the setting gives it: the raw 32-byte scalar in base64url (what
+    ``web-push generate-vapid-keys`` prints), or a PEM/DER (base64) P-256 private key."""
+    text = value.strip()
+    try:
+        if text.startswith("-----BEGIN"):
+            key = serialization.load_pem_private_key(text.encode(), password=None)
+        else:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            if len(raw) == 32:
+                key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+            else:
+                key = serialization.load_der_private_key(raw, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("VAPID_PRIVATE_KEY is not a P-256 private key (base64url raw "
+                          "32 bytes, or PEM)") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ConfigError("VAPID_PRIVATE_KEY must be a P-256 (prime256v1) key")
+    return key
+
+
+def _validate_webpush(config: Mapping) -> None:
+    if config.get("VAPID_PRIVATE_KEY"):
+        parse_vapid_private_key(config["VAPID_PRIVATE_KEY"])
+    subject = config.get("VAPID_SUBJECT")
+    if subject and not (subject.startswith("mailto:") or subject.startswith("https://")):
+        raise ConfigError("VAPID_SUBJECT must be a mailto: or https: URL")
+    prefixes = config.get("WEBPUSH_ALLOWED_ENDPOINTS") or []
+    for prefix in prefixes:
+        parts = urlsplit(prefix)
+        if not _PREFIX.match(prefix) or not parts.hostname or "@" in parts.netloc:
+            raise ConfigError(f"WEBPUSH_ALLOWED_ENDPOINTS: {prefix!r} must be an http(s) URL "
+                              "prefix with a host, e.g. https://fcm.googleapis.com/")
+    if not 1 <= int(config.get("WEBPUSH_CONCURRENCY", 8)) <= 64:
+        raise ConfigError("WEBPUSH_CONCURRENCY must be between 1 and 64")
+    delays = config.get("WEBPUSH_RETRY_SECONDS") or []
+    if len(delays) > 10 or any(d < 0 for d in delays):
+        raise ConfigError("WEBPUSH_RETRY_SECONDS: at most 10 delays, none negative")

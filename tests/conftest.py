@@ -11,8 +11,10 @@ settings (``make_config``, ``test_database_url``, ``test_redis_url``), one facto
 of row (``make_user``, ``make_package``, ``make_session``), billing events (``billing``), a
 local stand-in for Stripe's API (``stripe_stand_in``, ``stripe_app``), servers and sockets
 (``two_web_processes``, ``serve_in_process``, ``own_redis``, ``connect_ws``), time
-(``set_clock``) and polling (``wait_for``). Only ``live_server.py`` and ``fault_jobs.py`` are
-modules, for the processes that load them by import path.
+(``set_clock``) and polling (``wait_for``), Web Push (``push_service``, ``browser``,
+``push_app``, ``push_client``). Only ``live_server.py`` and ``fault_jobs.py`` are modules, for
+the processes that load them by import path, and ``push_service.py``, which the reminder bench
+loads too.
 """
 
 from __future__ import annotations
@@ -937,3 +939,56 @@ def connect_ws():
     yield connect
     for ws in sockets:
         ws.shutdown()  # whatever the test left open; no closing handshake to wait for
+
+
+# ---- Web Push: a push service on 127.0.0.1 and browsers with real keys ----------------------
+
+PUSH_VAPID_KEY = "4txEB4kA7fNHdNPuFHb1lGUluwod-Ajz-qs3DC4oOD4"
+
+
+@pytest.fixture
+def push_service():
+    """A push service stand-in (``tests/push_service.py``) on a free port of 127.0.0.1: checks
+    each post's VAPID JWT, answers 201 or what ``answer(endpoint, 410, ...)`` queued;
+    ``posts_to(endpoint)`` → what it received. Stopped after the test."""
+    from tests.push_service import PushServiceStandIn
+
+    stand_in = PushServiceStandIn()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture
+def browser():
+    """``browser(endpoint)`` → a ``Browser``: a W3C PushSubscription with its own P-256 key
+    pair and auth secret (``subscription()``), that decrypts what it is sent
+    (``decrypt(body)``)."""
+    from tests.push_service import Browser
+
+    return Browser
+
+
+@pytest.fixture(scope="session")
+def push_app(app, idp):
+    """An app that may post to a push service on ``http://127.0.0.1:`` (besides the browsers'
+    own), with a fixed VAPID key and quick retries (0 s, then 1 s); the test database and
+    Redis db."""
+    from sonicus.extensions import db
+
+    push = create_app(_config(idp, VAPID_PRIVATE_KEY=PUSH_VAPID_KEY,
+                              WEBPUSH_ALLOWED_ENDPOINTS=["https://fcm.googleapis.com/",
+                                                         "http://127.0.0.1:"],
+                              WEBPUSH_RETRY_SECONDS=[0, 1],
+                              SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 2, "max_overflow": 8}))
+    yield push
+    with push.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def push_client(push_app):
+    """A test client of ``push_app``, with its caches emptied (the tables were emptied)."""
+    push_app.extensions.pop("sonicus_memory_cache", None)
+    get_caller_cache(push_app).clear()
+    return push_app.test_client()

@@ -279,3 +279,40 @@ def streak_figures(rows: list[SessionRow], today: date) -> StreakFigures:
         return StreakFigures(length, longest, banked - 1,
                              [*freeze_days, today - timedelta(days=1)])
     return StreakFigures(0, longest, 0, freeze_days)
+
+
+# ---- reminders ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReminderRow:
+    """A claimed reminder: the user day it is for and when it was claimed."""
+
+    local_day: date
+    claimed_at: datetime
+
+
+def reminder_violations(reminders: list[ReminderRow], rows: list[SessionRow],
+                        days: DaySettings, remind_minute: int | None,
+                        catch_up_minutes: int = 60) -> list[str]:
+    """At most one reminder per user day, for the user day in force when it was claimed, at
+    the reminder time by the user's wall clock (or within the catch-up hour after it), and
+    never once a session that counts had started that day."""
+    problems = []
+    claimed = [r.local_day for r in reminders]
+    if len(claimed) != len(set(claimed)):
+        problems.append(f"two reminders on one day: {sorted(claimed)}")
+    for reminder in reminders:
+        if reminder.local_day != days.day_of(reminder.claimed_at):
+            problems.append(f"reminder for {reminder.local_day} claimed on another day")
+        tz, hour = days.at(reminder.claimed_at)
+        wall = reminder.claimed_at.astimezone(ZoneInfo(tz))
+        if remind_minute is not None:
+            since_day_start = (wall.hour * 60 + wall.minute - hour * 60) % 1440
+            late = since_day_start - (remind_minute - hour * 60) % 1440
+            if not 0 <= late < catch_up_minutes:
+                problems.append(f"reminder at {wall:%H:%M} for {remind_minute // 60:02d}:00")
+        for row in rows:
+            if (row.counts_toward_quota and row.local_day == reminder.local_day
+                    and row.started_at < reminder.claimed_at):
+                problems.append(f"reminder on {reminder.local_day} after listening")
+    return problems

@@ -338,7 +338,9 @@ def test_production_with_stripe_needs_an_api_key():
                           "OIDC_AUDIENCE": "a", "SECRET_KEY": "s",
                           "DATABASE_URL": "postgresql://db/x", "BILLING_PROVIDER": "stripe",
                           "BILLING_WEBHOOK_SECRET": "whsec_1",
-                          "PUBLIC_BASE_URL": "https://api.example.com"})
+                          "PUBLIC_BASE_URL": "https://api.example.com",
+                          "VAPID_PRIVATE_KEY": "4txEB4kA7fNHdNPuFHb1lGUluwod-Ajz-qs3DC4oOD4",
+                          "VAPID_SUBJECT": "mailto:ops@example.com"})
     with pytest.raises(ConfigError, match="STRIPE_API_KEY"):
         validate_config(config)
     config["STRIPE_API_KEY"] = "sk_live_1"

@@ -8,7 +8,9 @@ def _production(**env):
             "OIDC_AUDIENCE": "client", "DATABASE_URL": "postgresql://db/sonicus",
             "BILLING_PROVIDER": "stripe", "BILLING_WEBHOOK_SECRET": "whsec",
             "STRIPE_API_KEY": "sk_live_x", "STRIPE_PRICE_IDS": "premium=price_p,pro=price_x",
-            "SECRET_KEY": "s3cret", "PUBLIC_BASE_URL": "https://api.example.com"}
+            "SECRET_KEY": "s3cret", "PUBLIC_BASE_URL": "https://api.example.com",
+            "VAPID_PRIVATE_KEY": "4txEB4kA7fNHdNPuFHb1lGUluwod-Ajz-qs3DC4oOD4",
+            "VAPID_SUBJECT": "mailto:ops@example.com"}
     base.update(env)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -27,6 +29,12 @@ def test_safe_production_settings_pass():
     ({"PUBLIC_BASE_URL": None}, "PUBLIC_BASE_URL"),
     ({"PUBLIC_BASE_URL": "api.example.com"}, "PUBLIC_BASE_URL"),
     ({"SECRET_KEY": None}, "SECRET_KEY"),
+    ({"VAPID_PRIVATE_KEY": None}, "VAPID_PRIVATE_KEY"),
+    ({"VAPID_SUBJECT": None}, "VAPID_SUBJECT"),
+    ({"VAPID_PRIVATE_KEY": "not-a-key"}, "VAPID_PRIVATE_KEY"),
+    ({"VAPID_SUBJECT": "ops@example.com"}, "VAPID_SUBJECT"),
+    ({"WEBPUSH_ALLOWED_ENDPOINTS": "https://"}, "WEBPUSH_ALLOWED_ENDPOINTS"),
+    ({"WEBPUSH_ALLOWED_ENDPOINTS": "https://fcm.googleapis.com"}, "WEBPUSH_ALLOWED_ENDPOINTS"),
 ])
 def test_production_refuses_unsafe_settings(override, words):
     with pytest.raises(ConfigError) as exc:

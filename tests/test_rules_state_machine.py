@@ -8,11 +8,14 @@ CI runs a fixed budget; ``python -m bench.rules_soak`` runs it for as long as on
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -27,10 +30,12 @@ from rules_model import (
     LEVELS,
     DaySettings,
     KeyedWrite,
+    ReminderRow,
     SessionRow,
     completion_violations,
     derive_from_events,
     offline_violations,
+    reminder_violations,
     retry_violations,
     streak_figures,
 )
@@ -43,6 +48,7 @@ from sonicus.caller_cache import get_caller_cache
 from sonicus.extensions import db
 from sonicus.models import (
     ListeningSession,
+    ReminderDelivery,
     SoundPackage,
     SubscriptionEvent,
     Track,
@@ -50,6 +56,7 @@ from sonicus.models import (
     UserAnalytics,
     UserSubscription,
 )
+from sonicus.services import reminders
 from sonicus.services.analytics import compute_user_analytics
 from sonicus.services.subscriptions import process_due_subscriptions
 
@@ -72,6 +79,7 @@ class Identity:
         self.days = DaySettings()
         self.trials_started = 0      # ever, across erasures
         self.keyed = None            # the last start sent with an Idempotency-Key
+        self.remind_minute = None    # the reminder time asked for (None: no reminders)
 
 
 def build_machine(app, idp, table_names, billing):
@@ -144,6 +152,26 @@ def build_machine(app, idp, table_names, billing):
             assert (data["timezone"], data["day_start_hour"]) == (tz, hour)
             assert (data["timezone"], data["day_start_hour"]) == person.days.shown()
 
+        # ---- reminders -------------------------------------------------------------------
+        @rule(name=st.sampled_from(IDENTITIES), hour=st.integers(0, 23))
+        def wants_reminders(self, name, hour):
+            person = self.person(name)
+            status, body = self.call("POST", "/api/user/push-subscriptions", person.headers,
+                                     json=_subscription(name))
+            if status == 403:
+                return  # suspended
+            assert status in (200, 201), body
+            status, body = self.call("PUT", "/api/user/reminders", person.headers,
+                                     json={"enabled": True, "time": f"{hour:02d}:00"})
+            assert status == 200, body
+            person.remind_minute = hour * 60
+
+        @rule()
+        def reminder_scan_runs(self):
+            with app.app_context():
+                reminders.claim_due_reminders(self.now)
+                db.session.remove()
+
         @rule(name=st.sampled_from(IDENTITIES))
         def erase(self, name):
             person = self.person(name)
@@ -151,7 +179,7 @@ def build_machine(app, idp, table_names, billing):
             if status == 403:
                 return
             assert status == 200, body
-            person.user_id = None
+            person.user_id, person.remind_minute = None, None
 
         # ---- listening -------------------------------------------------------------------
         @rule(target=sessions, name=st.sampled_from(IDENTITIES),
@@ -519,6 +547,12 @@ def build_machine(app, idp, table_names, billing):
                         .order_by(SubscriptionEvent.id)).scalars():
                     events[e.user_id].append({"type": e.type, "to_tier": e.to_tier,
                                               "details": e.details})
+                claims: dict[int, list] = {}
+                for user_id, day, at in db.session.execute(
+                        select(ReminderDelivery.user_id, ReminderDelivery.local_day,
+                               ReminderDelivery.created_at)
+                        .where(ReminderDelivery.user_id.in_(accounts))):
+                    claims.setdefault(user_id, []).append((day, at))
                 db.session.remove()
             for user_id, person in accounts.items():
                 problems = quota_problems(rows[user_id], person.days)
@@ -531,8 +565,22 @@ def build_machine(app, idp, table_names, billing):
                     (person.name, [e["type"] for e in events[user_id]])
             for person in self.people.values():
                 assert person.trials_started <= 1, person.name
+            for user_id, person in accounts.items():
+                claimed = [ReminderRow(day, at) for day, at in claims.get(user_id, [])]
+                problems = reminder_violations(claimed, rows[user_id], person.days,
+                                               person.remind_minute)
+                assert not problems, (person.name, problems)
 
     return RulesMachine
+
+
+def _subscription(name: str) -> dict:
+    """A browser's PushSubscription (a real P-256 point) at a push service's address."""
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return {"endpoint": f"https://fcm.googleapis.com/fcm/send/{name}", "expirationTime": None,
+            "keys": {"p256dh": base64.urlsafe_b64encode(point).rstrip(b"=").decode(),
+                     "auth": base64.urlsafe_b64encode(bytes(16)).rstrip(b"=").decode()}}
 
 
 def _row(session) -> SessionRow:

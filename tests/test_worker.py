@@ -159,7 +159,8 @@ def test_schedule_fires_each_job_once_per_slot_with_two_workers(app, redis_clien
         assert schedule.tick(now + 1) == []  # same slots: nothing
         later = schedule.tick(now + 60)  # the next slot of the 30 s and 60 s jobs
     assert sorted(later) == ["close_stale_sessions", "process_due_subscriptions",
-                             "process_owed_cancellations", "sweep_stale_analytics"]
+                             "process_owed_cancellations", "send_due_reminders",
+                             "sweep_stale_analytics"]
     job_ids = set(maintenance.job_ids)
     slot = int(now // 60)
     assert f"periodic-close_stale_sessions-{slot}" in job_ids
@@ -286,6 +287,7 @@ def test_every_periodic_job_is_enqueued_by_reference():
     assert {job.name for job in PERIODIC_JOBS} == {
         "process_due_subscriptions", "process_owed_cancellations", "close_stale_sessions",
         "refresh_platform_stats", "sweep_stale_analytics", "sweep_expired_idempotency_keys",
+        "send_due_reminders",
         "precompute_year_recaps"}
     for job in PERIODIC_JOBS:
         assert job.func.__module__.startswith("sonicus.services.")

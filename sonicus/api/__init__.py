@@ -13,13 +13,14 @@ from . import (
     offline,
     packages,
     profile,
+    reminders,
     sessions,
     subscription,
 )
 
 # The order is the order of the OpenAPI document's tags.
 AREAS = (health, profile, subscription, packages, library, sessions, offline, analytics,
-         admin, admin_catalog, billing)
+         reminders, admin, admin_catalog, billing)
 
 
 def register_api(app, api) -> None:

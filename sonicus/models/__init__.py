@@ -7,13 +7,15 @@ from .erasure import ErasureTombstone, OwedCancellation
 from .idempotency import IdempotencyKey
 from .listening import ListeningSession
 from .offline import OfflineLicence
+from .reminders import PushSubscription, ReminderDelivery, ReminderPreferences
 from .subscription import BillingEvent, SubscriptionEvent, UserSubscription
 from .user import User
 
 __all__ = [
     "SCHEMA", "AuditLog", "Base", "BillingEvent", "ErasureTombstone", "IdempotencyKey",
     "ListeningSession", "OfflineLicence", "OwedCancellation", "PackageAssignment",
-    "PlatformStats", "SoundPackage",
+    "PlatformStats", "PushSubscription", "ReminderDelivery", "ReminderPreferences",
+    "SoundPackage",
     "SubscriptionEvent", "Track", "User", "UserAnalytics", "UserSoundPackage",
     "UserSubscription", "utcnow",
 ]

@@ -81,6 +81,20 @@ class _EarlierErasureExport(ma.Schema):
         "description": "`subject` and/or `email`: what of yours matches the tombstone."})
 
 
+class _PushSubscriptionExport(ma.Schema):
+    id = ma.fields.Integer()
+    endpoint = ma.fields.String()
+    created_at = ma.fields.DateTime()
+    updated_at = ma.fields.DateTime()
+    expires_at = ma.fields.DateTime(allow_none=True)
+
+
+class _ReminderExport(ma.Schema):
+    local_day = ma.fields.Date()
+    sent_at = ma.fields.DateTime(allow_none=True)
+    pushes_sent = ma.fields.Integer()
+
+
 class ExportSchema(ma.Schema):
     user = ma.fields.Nested(_UserExport, required=True)
     preferences = ma.fields.Dict(required=True)
@@ -91,6 +105,10 @@ class ExportSchema(ma.Schema):
     downloads = ma.fields.List(ma.fields.Nested(_DownloadExport), metadata={
         "description": "Offline licences, ended ones included."})
     analytics = ma.fields.Dict(allow_none=True)
+    reminder_preferences = ma.fields.Dict(metadata={
+        "description": "As `GET /api/user/reminders` shows them."})
+    push_subscriptions = ma.fields.List(ma.fields.Nested(_PushSubscriptionExport))
+    reminders_sent = ma.fields.List(ma.fields.Nested(_ReminderExport))
     earlier_erasures = ma.fields.List(ma.fields.Nested(_EarlierErasureExport), metadata={
         "description": "Tombstones of erased accounts of your sign-in subject or email."})
     after_erasure = ma.fields.Nested(_AfterErasureExport, required=True, metadata={

@@ -18,6 +18,9 @@ from ..models import (
     ListeningSession,
     OfflineLicence,
     PackageAssignment,
+    PushSubscription,
+    ReminderDelivery,
+    ReminderPreferences,
     SubscriptionEvent,
     User,
     UserAnalytics,
@@ -27,6 +30,7 @@ from ..models import (
 from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_preferences
 from . import erasure
 from .analytics import invalidate_user_analytics
+from .reminders import get_reminder_preferences
 from .subscriptions import lock_or_create_subscription
 from .transaction import account_gone, unit_of_work
 
@@ -58,6 +62,9 @@ class UserExport:
     sessions: list
     analytics: dict | None
     downloads: list = ()
+    reminder_preferences: dict | None = None
+    push_subscriptions: list = ()
+    reminders_sent: list = ()
     earlier_erasures: list = ()
     after_erasure: AfterErasure | None = None
 
@@ -186,6 +193,9 @@ def export_user_data(user_id: int) -> UserExport:
         sessions=rows(ListeningSession, ListeningSession.started_at),
         downloads=rows(OfflineLicence, OfflineLicence.granted_at),
         analytics=analytics.data if analytics else None,
+        reminder_preferences=get_reminder_preferences(user_id),
+        push_subscriptions=rows(PushSubscription, PushSubscription.id),
+        reminders_sent=rows(ReminderDelivery, ReminderDelivery.local_day),
         earlier_erasures=_earlier_erasures(user),
         after_erasure=AfterErasure(erasure.ERASURE_STATEMENT, erasure.KEPT_AFTER_ERASURE))
 
@@ -228,7 +238,8 @@ def erase_user(user_id: int) -> None:
         db.session.execute(update(AuditLog).where(AuditLog.actor_id == user_id)
                            .values(actor_id=None, actor_label="erased user"))
         for model in (UserSoundPackage, PackageAssignment, OfflineLicence, SubscriptionEvent,
-                      UserSubscription, UserAnalytics):
+                      UserSubscription, UserAnalytics, PushSubscription, ReminderDelivery,
+                      ReminderPreferences):
             db.session.execute(delete(model).where(model.user_id == user_id))
         db.session.execute(delete(User).where(User.id == user_id))
         work.changed_user(user_id)

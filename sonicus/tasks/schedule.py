@@ -23,9 +23,10 @@ from ..services.erasure import process_owed_cancellations
 from ..services.idempotency import sweep_expired_idempotency_keys
 from ..services.listening import close_stale_sessions
 from ..services.recaps import precompute_year_recaps
+from ..services.reminders import send_due_reminders
 from ..services.stats import refresh_platform_stats
 from ..services.subscriptions import process_due_subscriptions
-from .queue import QUEUE_ANALYTICS, QUEUE_MAINTENANCE, enqueue
+from .queue import QUEUE_ANALYTICS, QUEUE_DEFAULT, QUEUE_MAINTENANCE, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ PERIODIC_JOBS = (
     Periodic(refresh_platform_stats, 300, QUEUE_MAINTENANCE),
     Periodic(sweep_stale_analytics, 30, QUEUE_ANALYTICS),
     Periodic(sweep_expired_idempotency_keys, 3600, QUEUE_MAINTENANCE),  # keys past 24 h
+    Periodic(send_due_reminders, 60, QUEUE_DEFAULT),  # Web Push reminders, due users in SQL
     Periodic(precompute_year_recaps, 3600, QUEUE_MAINTENANCE),  # January 1..7 only
 )
 

@@ -1,0 +1,542 @@
+"""Reminders by Web Push (API.md, Reminders): subscriptions, preferences, the periodic job
+that finds due users in SQL, and sending through a push service stand-in that checks VAPID,
+with a browser's own keys decrypting what arrives (no mock of pywebpush or of cryptography)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import threading
+from datetime import UTC, date, datetime
+
+import pytest
+from sqlalchemy import func, select
+
+from sonicus import create_app
+from sonicus.extensions import db
+from sonicus.models import PushSubscription, ReminderDelivery, ReminderPreferences
+from sonicus.services import reminders
+from sonicus.tasks.worker import make_worker
+
+
+def _subscribe(client, headers, browser) -> int:
+    response = client.post("/api/user/push-subscriptions", json=browser.subscription(),
+                           headers=headers)
+    assert response.status_code in (200, 201), response.get_json()
+    return response.get_json()["data"]["id"]
+
+
+def _set_reminders(client, headers, **body):
+    response = client.put("/api/user/reminders", json=body, headers=headers)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["data"]
+
+
+def _listener(client, auth, push_service, browser, email="listener@example.com", *,
+              timezone="UTC", make_user=None, **preferences):
+    """A user (in ``timezone`` from the start: a change would wait for the day's end) with one
+    browser subscribed and reminders set as given."""
+    headers = auth(email)
+    if make_user is not None:
+        make_user(email, timezone=timezone)
+    else:
+        assert timezone == "UTC"
+    device = browser(push_service.endpoint(email.replace("@", "-at-")))
+    _subscribe(client, headers, device)
+    _set_reminders(client, headers, enabled=True, **preferences)
+    return headers, device
+
+
+def _claimed(push_app, moment) -> list[tuple[int, date]]:
+    with push_app.app_context():
+        ids = reminders.claim_due_reminders(moment)
+        rows = db.session.execute(select(ReminderDelivery.user_id, ReminderDelivery.local_day)
+                                  .where(ReminderDelivery.id.in_(ids))).all()
+        db.session.remove()
+    return [tuple(row) for row in rows]
+
+
+def _run_jobs(push_app):
+    make_worker(push_app, simple=True).work(burst=True, with_scheduler=True)
+
+
+# ---- the application server key ---------------------------------------------------------------
+
+def test_vapid_public_key_is_public_and_is_the_signing_key(push_client):
+    response = push_client.get("/api/push/vapid-public-key")
+    assert response.status_code == 200
+    key = response.get_json()["data"]["public_key"]
+    raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
+    assert len(raw) == 65 and raw[0] == 4
+    assert "=" not in key
+
+
+def test_development_generates_one_vapid_key_in_the_instance_folder(make_config, tmp_path):
+    settings = make_config(SONICUS_ENV="development", INSTANCE_PATH=str(tmp_path),
+                           VAPID_PRIVATE_KEY=None)
+    first = create_app(settings).test_client().get("/api/push/vapid-public-key")
+    again = create_app(settings).test_client().get("/api/push/vapid-public-key")
+    assert first.get_json()["data"]["public_key"] == again.get_json()["data"]["public_key"]
+    key_file = tmp_path / "vapid_private_key.txt"
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["vapid_private_key.txt"]
+
+
+# ---- push subscriptions -----------------------------------------------------------------------
+
+def test_the_same_endpoint_again_updates_it_and_only_its_owner_deletes_it(
+        push_client, auth, push_service, browser):
+    me, other = auth("me@example.com"), auth("other@example.com")
+    device = browser(push_service.endpoint("phone"))
+    created = push_client.post("/api/user/push-subscriptions", json=device.subscription(),
+                               headers=me)
+    assert created.status_code == 201
+    sid = created.get_json()["data"]["id"]
+    renewed = browser(device.endpoint)  # the browser renewed its keys
+    again = push_client.post("/api/user/push-subscriptions", json=renewed.subscription(),
+                             headers=me)
+    assert again.status_code == 200 and again.get_json()["data"]["id"] == sid
+    laptop = push_client.post("/api/user/push-subscriptions",
+                              json=browser(push_service.endpoint("laptop")).subscription(),
+                              headers=me)
+    assert laptop.status_code == 201 and laptop.get_json()["data"]["id"] != sid
+    with push_client.application.app_context():
+        stored = db.session.execute(select(PushSubscription).where(
+            PushSubscription.id == sid)).scalar_one()
+        assert stored.p256dh == renewed.p256dh
+    gone = push_client.delete(f"/api/user/push-subscriptions/{sid}", headers=other)
+    assert gone.status_code == 404 and gone.get_json()["code"] == "not_found"
+    assert push_client.delete(f"/api/user/push-subscriptions/{sid}", headers=me).status_code == 200
+    assert push_client.delete(f"/api/user/push-subscriptions/{sid}", headers=me).status_code == 404
+
+
+@pytest.mark.parametrize("endpoint", [
+    "http://169.254.169.254/latest/meta-data/",
+    "http://localhost/push/1",
+    "https://fcm.googleapis.com.evil.example/fcm/send/x",
+    "https://fcm.googleapis.com@evil.example/fcm/send/x",
+    "http://127.0.0.1:80@evil.example/push",
+    "http://127.0.0.1:8o/push",
+    "https://evil.example/https://fcm.googleapis.com/",
+    "file:///etc/passwd",
+    "https://fcm.googleapis.com/fcm/send/x y",
+])
+def test_an_endpoint_outside_the_push_services_is_422_naming_endpoint(
+        push_client, auth, browser, endpoint):
+    response = push_client.post("/api/user/push-subscriptions",
+                                json=browser(endpoint).subscription(), headers=auth())
+    assert response.status_code == 422
+    assert any(e.startswith("endpoint:") for e in response.get_json()["errors"])
+
+
+def test_a_local_address_is_refused_where_it_is_not_allowed(client, auth, browser):
+    """The default settings allow only the browsers' push services over https."""
+    for endpoint in ("http://127.0.0.1:8000/push/1", "http://localhost/",
+                     "http://fcm.googleapis.com/fcm/send/x"):
+        response = client.post("/api/user/push-subscriptions",
+                               json=browser(endpoint).subscription(), headers=auth())
+        assert response.status_code == 422, endpoint
+        assert response.get_json()["errors"][0].startswith("endpoint:")
+    ok = client.post("/api/user/push-subscriptions", headers=auth(),
+                     json=browser("https://fcm.googleapis.com/fcm/send/abc").subscription())
+    assert ok.status_code == 201
+    windows = client.post("/api/user/push-subscriptions", headers=auth(), json=browser(
+        "https://db5p.notify.windows.com/w/?token=abc").subscription())
+    assert windows.status_code == 201
+
+
+def test_keys_must_be_a_p256_point_and_a_16_byte_secret(push_client, auth, browser,
+                                                        push_service):
+    good = browser(push_service.endpoint("k")).subscription()
+    not_on_curve = base64.urlsafe_b64encode(b"\x04" + b"\x01" * 64).rstrip(b"=").decode()
+    cases = [
+        ({"p256dh": good["keys"]["p256dh"][:-4]}, "keys.p256dh:"),
+        ({"p256dh": not_on_curve}, "keys.p256dh:"),
+        ({"p256dh": "%%% not base64 %%%"}, "keys.p256dh:"),
+        ({"auth": base64.urlsafe_b64encode(os.urandom(15)).decode()}, "keys.auth:"),
+        ({"auth": None}, "keys.auth:"),
+    ]
+    for change, field in cases:
+        body = {**good, "keys": {**good["keys"], **change}}
+        response = push_client.post("/api/user/push-subscriptions", json=body, headers=auth())
+        assert response.status_code == 422, change
+        assert any(e.startswith(field) for e in response.get_json()["errors"]), \
+            response.get_json()["errors"]
+
+
+# ---- preferences --------------------------------------------------------------------------------
+
+def test_reminders_are_off_until_set_and_change_field_by_field(client, auth):
+    headers = auth()
+    data = client.get("/api/user/reminders", headers=headers).get_json()["data"]
+    assert data == {"enabled": False, "time": "smart", "smart_time": "21:00",
+                    "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                    "quiet_start": None, "quiet_end": None, "weekly_recap": True}
+    data = _set_reminders(client, headers, enabled=True, time="07:30", days=["sat", "mon"],
+                          quiet_start="22:00", quiet_end="06:30")
+    assert (data["enabled"], data["time"], data["days"]) == (True, "07:30", ["mon", "sat"])
+    assert (data["quiet_start"], data["quiet_end"]) == ("22:00", "06:30")
+    data = _set_reminders(client, headers, weekly_recap=False)
+    assert data["time"] == "07:30" and data["weekly_recap"] is False
+    data = _set_reminders(client, headers, quiet_start=None, quiet_end=None)
+    assert data["quiet_start"] is None and data["time"] == "07:30"
+    assert client.get("/api/user/reminders", headers=headers).get_json()["data"] == data
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"time": "24:00"}, "time"),
+    ({"time": "7:30"}, "time"),
+    ({"time": "later"}, "time"),
+    ({"days": ["monday"]}, "days"),
+    ({"days": ["mon", "mon"]}, "days"),
+    ({"quiet_start": "22:00"}, "quiet_end"),
+    ({"quiet_start": "22:00", "quiet_end": "22:00"}, "quiet_end"),
+    ({"quiet_start": "22:00", "quiet_end": None}, "quiet_end"),
+    ({"enabled": "yes please"}, "enabled"),
+    ({"colour": "blue"}, "colour"),
+])
+def test_bad_preferences_are_422_naming_the_field(client, auth, body, field):
+    response = client.put("/api/user/reminders", json=body, headers=auth())
+    assert response.status_code == 422
+    assert any(e.startswith(f"{field}") for e in response.get_json()["errors"]), \
+        response.get_json()["errors"]
+
+
+# ---- who is due, in each user's own time ------------------------------------------------
+
+def test_due_at_the_users_local_time_in_auckland_and_los_angeles(
+        push_client, auth, push_service, browser, make_user):
+    _listener(push_client, auth, push_service, browser, "kiwi@example.com",
+              make_user=make_user, timezone="Pacific/Auckland", time="08:00")
+    _listener(push_client, auth, push_service, browser, "angeleno@example.com",
+              make_user=make_user, timezone="America/Los_Angeles", time="21:00")
+    app = push_client.application
+    # 2026-01-14 18:59 UTC is 07:59 on the 15th in Auckland (NZDT, +13): nobody yet.
+    assert _claimed(app, datetime(2026, 1, 14, 18, 59, tzinfo=UTC)) == []
+    kiwi = _claimed(app, datetime(2026, 1, 14, 19, 0, tzinfo=UTC))
+    assert [day for _, day in kiwi] == [date(2026, 1, 15)]
+    # 2026-01-15 05:00 UTC is 21:00 on the 14th in Los Angeles (PST, -8).
+    angeleno = _claimed(app, datetime(2026, 1, 15, 5, 0, tzinfo=UTC))
+    assert [day for _, day in angeleno] == [date(2026, 1, 14)]
+    # Within the hour after, nobody twice; the next day, again.
+    assert _claimed(app, datetime(2026, 1, 15, 5, 30, tzinfo=UTC)) == []
+    assert _claimed(app, datetime(2026, 1, 14, 19, 40, tzinfo=UTC)) == []
+    assert [d for _, d in _claimed(app, datetime(2026, 1, 15, 19, 1, tzinfo=UTC))] == \
+        [date(2026, 1, 16)]
+
+
+def test_the_local_time_holds_across_a_dst_change(push_client, auth, push_service, browser,
+                                                  make_user):
+    """Los Angeles springs forward on 2026-03-08: 09:00 is 17:00 UTC before, 16:00 after; a
+    time the jump skips (02:30) is sent at the first minute after it."""
+    _listener(push_client, auth, push_service, browser, "morning@example.com",
+              make_user=make_user, timezone="America/Los_Angeles", time="09:00")
+    _listener(push_client, auth, push_service, browser, "skipped@example.com",
+              make_user=make_user, timezone="America/Los_Angeles", time="02:30")
+    app = push_client.application
+    assert _claimed(app, datetime(2026, 3, 7, 16, 0, tzinfo=UTC)) == []  # 08:00 PST
+    assert [d for _, d in _claimed(app, datetime(2026, 3, 7, 17, 0, tzinfo=UTC))] == \
+        [date(2026, 3, 7)]
+    # 2026-03-08 10:00 UTC is 03:00 PDT: 02:30 never happened that night.
+    assert [d for _, d in _claimed(app, datetime(2026, 3, 8, 10, 0, tzinfo=UTC))] == \
+        [date(2026, 3, 8)]
+    assert _claimed(app, datetime(2026, 3, 9, 15, 59, tzinfo=UTC)) == []
+    assert [d for _, d in _claimed(app, datetime(2026, 3, 9, 16, 0, tzinfo=UTC))] == \
+        [date(2026, 3, 9)]
+
+
+def test_never_in_quiet_hours_nor_on_days_off(push_client, auth, push_service, browser):
+    _listener(push_client, auth, push_service, browser, "late@example.com", time="22:15",
+              quiet_start="22:00", quiet_end="07:00")
+    _listener(push_client, auth, push_service, browser, "early@example.com", time="06:45",
+              quiet_start="22:00", quiet_end="07:00")
+    _listener(push_client, auth, push_service, browser, "weekdays@example.com", time="12:00",
+              days=["mon", "tue", "wed", "thu", "fri"])
+    app = push_client.application
+    assert _claimed(app, datetime(2026, 1, 14, 22, 15, tzinfo=UTC)) == []  # quiet
+    assert _claimed(app, datetime(2026, 1, 14, 23, 0, tzinfo=UTC)) == []
+    assert _claimed(app, datetime(2026, 1, 15, 6, 45, tzinfo=UTC)) == []  # quiet
+    early = _claimed(app, datetime(2026, 1, 15, 7, 0, tzinfo=UTC))  # quiet hours over
+    assert len(early) == 1
+    assert _claimed(app, datetime(2026, 1, 17, 12, 0, tzinfo=UTC)) == []  # a Saturday
+    assert len(_claimed(app, datetime(2026, 1, 19, 12, 0, tzinfo=UTC))) == 1  # a Monday
+
+
+def test_not_after_listening_that_day_but_a_refunded_tap_is_no_listening(
+        push_client, auth, push_service, browser, make_package, make_session):
+    app = push_client.application
+    _listener(push_client, auth, push_service, browser, "done@example.com", time="18:00")
+    _listener(push_client, auth, push_service, browser, "tapped@example.com", time="18:00")
+    with app.app_context():
+        ids = dict(db.session.execute(select(ReminderPreferences.user_id,
+                                             ReminderPreferences.user_id)).all())
+    done, tapped = sorted(ids)
+    package = make_package()
+    make_session(done, package, date(2026, 1, 14), minutes=3)
+    make_session(tapped, package, date(2026, 1, 14), minutes=0.2, counts_toward_quota=False)
+    claimed = _claimed(app, datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    assert claimed == [(tapped, date(2026, 1, 14))]
+
+
+def test_nobody_without_a_subscription_or_with_reminders_off(push_client, auth, push_service,
+                                                             browser):
+    headers, _ = _listener(push_client, auth, push_service, browser, "off@example.com",
+                           time="18:00")
+    _set_reminders(push_client, headers, enabled=False)
+    other = auth("nodevice@example.com")
+    _set_reminders(push_client, other, enabled=True, time="18:00")
+    assert _claimed(push_client.application, datetime(2026, 1, 14, 18, 0, tzinfo=UTC)) == []
+
+
+def test_smart_time_is_the_hour_they_usually_start_sessions_they_complete(
+        push_client, auth, push_service, browser, make_package, make_session, set_clock,
+        make_user):
+    app = push_client.application
+    headers, _ = _listener(push_client, auth, push_service, browser, "habit@example.com",
+                           make_user=make_user, timezone="America/Los_Angeles", time="smart")
+    _listener(push_client, auth, push_service, browser, "new@example.com", time="smart")
+    with app.app_context():
+        habit = db.session.execute(select(func.min(ReminderPreferences.user_id))).scalar()
+    package = make_package()
+    for day in (5, 6, 7):  # 07:10 PST = 15:10 UTC
+        make_session(habit, package, started_at=datetime(2026, 1, day, 15, 10, tzinfo=UTC),
+                     minutes=9)
+    make_session(habit, package, started_at=datetime(2026, 1, 8, 5, 0, tzinfo=UTC))  # 21:00
+    make_session(habit, package, started_at=datetime(2026, 1, 9, 4, 0, tzinfo=UTC),
+                 completed=False)  # 20:00, not completed: does not count
+    make_session(habit, package, started_at=datetime(2026, 1, 10, 4, 0, tzinfo=UTC),
+                 completed=False)
+    set_clock(datetime(2026, 1, 14, 15, 0, tzinfo=UTC))  # 07:00 in Los Angeles
+    with app.app_context():
+        assert reminders.send_due_reminders() == 1
+        rows = db.session.execute(select(ReminderDelivery.user_id)).scalars().all()
+        assert rows == [habit]
+        db.session.remove()
+    data = push_client.get("/api/user/reminders", headers=headers).get_json()["data"]
+    assert (data["time"], data["smart_time"]) == ("smart", "07:00")
+    # the one without data: 21:00
+    assert len(_claimed(app, datetime(2026, 1, 14, 21, 0, tzinfo=UTC))) == 1
+
+
+# ---- sending ------------------------------------------------------------------------------------
+
+def test_the_reminder_arrives_encrypted_and_signed_and_a_gone_device_is_removed(
+        push_client, auth, push_service, browser, set_clock):
+    app = push_client.application
+    headers, phone = _listener(push_client, auth, push_service, browser, time="18:00")
+    laptop = browser(push_service.endpoint("old-laptop"))
+    _subscribe(push_client, headers, laptop)
+    push_service.answer(laptop.endpoint, 410)
+    key = push_client.get("/api/push/vapid-public-key").get_json()["data"]["public_key"]
+
+    set_clock(datetime(2026, 1, 14, 18, 2, tzinfo=UTC))
+    with app.app_context():
+        assert reminders.send_due_reminders() == 1
+    _run_jobs(app)
+
+    [post] = push_service.posts_to(phone.endpoint)
+    assert post.vapid_error is None and post.status == 201
+    assert post.vapid_key == key
+    assert post.claims["aud"] == push_service.base
+    assert post.headers["content-encoding"] == "aes128gcm"
+    assert int(post.headers["ttl"]) > 0
+    message = phone.decrypt(post.body)
+    assert message["title"] and message["body"]
+    assert (message["url"], message["tag"], message["day"]) == \
+        ("/?from=reminder", "sonicus-reminder", "2026-01-14")
+    assert "streak" not in message["body"]
+    [gone] = push_service.posts_to(laptop.endpoint)
+    assert gone.status == 410
+    with app.app_context():
+        endpoints = db.session.execute(select(PushSubscription.endpoint)).scalars().all()
+        assert endpoints == [phone.endpoint]
+        delivery = db.session.execute(select(ReminderDelivery)).scalar_one()
+        assert delivery.pushes_sent == 1 and delivery.local_day == date(2026, 1, 14)
+        # the same day again: nothing more
+        set_clock(datetime(2026, 1, 14, 18, 30, tzinfo=UTC))
+        assert reminders.send_due_reminders() == 0
+    _run_jobs(app)
+    assert len(push_service.posts_to(phone.endpoint)) == 1
+
+
+def test_the_streak_shows_only_when_the_user_shows_streaks(
+        push_client, auth, push_service, browser, set_clock, make_package, make_session):
+    app = push_client.application
+    shown_headers, shown = _listener(push_client, auth, push_service, browser,
+                                     "shown@example.com", time="18:00")
+    hidden_headers, hidden = _listener(push_client, auth, push_service, browser,
+                                       "hidden@example.com", time="18:00")
+    assert push_client.put("/api/user/profile", json={"preferences": {"show_streaks": False}},
+                           headers=hidden_headers).status_code == 200
+    package = make_package()
+    with app.app_context():
+        users = sorted(db.session.execute(select(ReminderPreferences.user_id)).scalars())
+    for user in users:
+        for day in (11, 12, 13):
+            make_session(user, package, date(2026, 1, day), minutes=10)
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    with app.app_context():
+        assert reminders.send_due_reminders() == 2
+    _run_jobs(app)
+    shown_body = shown.decrypt(push_service.posts_to(shown.endpoint)[0].body)["body"]
+    hidden_body = hidden.decrypt(push_service.posts_to(hidden.endpoint)[0].body)["body"]
+    assert "3-day streak" in shown_body
+    assert "streak" not in hidden_body and "3" not in hidden_body
+
+
+def test_a_busy_push_service_is_retried_then_given_up(push_client, auth, push_service, browser,
+                                                      set_clock, wait_for):
+    """503 → retried at once (first delay 0 s); 429 with Retry-After: 1 → retried a second
+    later through RQ's scheduler; after the configured delays (2) the push is given up."""
+    app = push_client.application
+    _, busy = _listener(push_client, auth, push_service, browser, "busy@example.com",
+                        time="18:00")
+    _, limited = _listener(push_client, auth, push_service, browser, "limited@example.com",
+                           time="18:00")
+    _, down = _listener(push_client, auth, push_service, browser, "down@example.com",
+                        time="18:00")
+    push_service.answer(busy.endpoint, 503)
+    push_service.answer(limited.endpoint, 429, headers={"Retry-After": "1"})
+    push_service.answer(down.endpoint, 503, 503, 503, 503)
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    with app.app_context():
+        assert reminders.send_due_reminders() == 3
+
+    def settled():
+        _run_jobs(app)
+        return (len(push_service.posts_to(limited.endpoint)) == 2
+                and len(push_service.posts_to(down.endpoint)) == 3)
+
+    wait_for(settled, timeout=15, interval=0.2)
+    assert [p.status for p in push_service.posts_to(busy.endpoint)] == [503, 201]
+    assert [p.status for p in push_service.posts_to(limited.endpoint)] == [429, 201]
+    assert [p.status for p in push_service.posts_to(down.endpoint)] == [503, 503, 503]
+    assert busy.decrypt(push_service.posts_to(busy.endpoint)[1].body)["tag"] == \
+        "sonicus-reminder"
+    _run_jobs(app)
+    assert len(push_service.posts_to(down.endpoint)) == 3  # bounded
+    with app.app_context():  # a busy service is no reason to forget the device
+        assert db.session.execute(select(func.count(PushSubscription.id))).scalar() == 3
+
+
+def test_two_workers_racing_send_one_push(push_client, auth, push_service, browser, set_clock):
+    app = push_client.application
+    _, device = _listener(push_client, auth, push_service, browser, time="18:00")
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    start, counts, errors = threading.Barrier(4), [], []
+
+    def scan():
+        try:
+            with app.app_context():
+                start.wait(5)
+                counts.append(reminders.send_due_reminders())
+                db.session.remove()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=scan) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert errors == [] and sorted(counts) == [0, 0, 0, 1]
+    _run_jobs(app)
+    _run_jobs(app)
+    assert len(push_service.posts_to(device.endpoint)) == 1
+
+
+def test_the_server_posts_only_to_allowed_addresses_at_send_time_and_follows_no_redirect(
+        app, push_client, auth, push_service, browser, set_clock):
+    """A subscription stored while its address was allowed is not posted to once the
+    settings no longer allow it; a push service's redirect is not followed."""
+    _, device = _listener(push_client, auth, push_service, browser, "moved@example.com",
+                          time="18:00")
+    _, redirected = _listener(push_client, auth, push_service, browser, "hop@example.com",
+                              time="18:00")
+    push_service.answer(redirected.endpoint, 307,
+                        headers={"Location": push_service.endpoint("elsewhere")})
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    with push_client.application.app_context():
+        ids = reminders.claim_due_reminders()
+        db.session.remove()
+    with app.app_context():  # the default settings: only the browsers' push services
+        assert reminders.deliver_reminders(ids) == 0
+    assert push_service.received == []
+    with push_client.application.app_context():
+        assert reminders.deliver_reminders(ids) == 1
+    assert [p.status for p in push_service.posts_to(redirected.endpoint)] == [307]
+    assert push_service.posts_to(push_service.endpoint("elsewhere")) == []
+    assert len(push_service.posts_to(device.endpoint)) == 1
+
+
+def test_mondays_first_push_carries_last_weeks_recap(
+        push_client, auth, push_service, browser, set_clock, make_package, make_session):
+    app = push_client.application
+    _, weekly = _listener(push_client, auth, push_service, browser, "weekly@example.com",
+                          time="18:00")
+    plain_headers, plain = _listener(push_client, auth, push_service, browser,
+                                     "plain@example.com", time="18:00")
+    _set_reminders(push_client, plain_headers, weekly_recap=False)
+    package = make_package()
+    with app.app_context():
+        users = sorted(db.session.execute(select(ReminderPreferences.user_id)).scalars())
+    for user in users:  # Monday 5, Tuesday 6 and Thursday 8 January 2026
+        for day, minutes in ((5, 10), (6, 20), (8, 15)):
+            make_session(user, package, date(2026, 1, day), minutes=minutes)
+    set_clock(datetime(2026, 1, 12, 18, 0, tzinfo=UTC))  # Monday
+    with app.app_context():
+        assert reminders.send_due_reminders() == 2
+    _run_jobs(app)
+    recap = weekly.decrypt(push_service.posts_to(weekly.endpoint)[0].body)
+    assert recap["tag"] == "sonicus-weekly-recap"
+    assert recap["body"].startswith("Last week: 45 min in 3 sessions over 3 days.")
+    assert recap["url"] == "/recap?period=week&date=2026-01-05"
+    assert recap["recap"]["from"] == "2026-01-05" and recap["recap"]["minutes"] == 45
+    assert plain.decrypt(push_service.posts_to(plain.endpoint)[0].body)["tag"] == \
+        "sonicus-reminder"
+    # Tuesday: the plain reminder for everyone
+    set_clock(datetime(2026, 1, 13, 18, 0, tzinfo=UTC))
+    with app.app_context():
+        assert reminders.send_due_reminders() == 2
+    _run_jobs(app)
+    assert weekly.decrypt(push_service.posts_to(weekly.endpoint)[1].body)["tag"] == \
+        "sonicus-reminder"
+
+
+def test_the_export_shows_reminders_and_erasure_forgets_the_devices(push_client, auth,
+                                                                    push_service, browser):
+    headers, device = _listener(push_client, auth, push_service, browser, time="07:15")
+    export = push_client.get("/api/user/export", headers=headers).get_json()["data"]
+    assert export["reminder_preferences"]["time"] == "07:15"
+    assert [s["endpoint"] for s in export["push_subscriptions"]] == [device.endpoint]
+    assert push_client.delete("/api/user/profile", headers=headers).status_code == 200
+    with push_client.application.app_context():
+        for model in (PushSubscription, ReminderPreferences, ReminderDelivery):
+            assert db.session.execute(select(func.count()).select_from(model)).scalar() == 0
+
+
+def test_development_on_sqlite_finds_the_due_users_too(make_config, tmp_path, auth, browser):
+    """``make dev`` runs on SQLite: the same rule, in Python."""
+    from flask_migrate import upgrade
+
+    dev = create_app(make_config(DATABASE_URL=f"sqlite:///{tmp_path / 'dev.db'}",
+                                 REDIS_URL=None, VAPID_PRIVATE_KEY=None,
+                                 INSTANCE_PATH=str(tmp_path)))
+    with dev.app_context():
+        upgrade()
+    client, headers = dev.test_client(), auth("dev@example.com")
+    device = browser("https://fcm.googleapis.com/fcm/send/dev")
+    assert client.post("/api/user/push-subscriptions", json=device.subscription(),
+                       headers=headers).status_code == 201
+    assert client.post("/api/user/push-subscriptions", json=device.subscription(),
+                       headers=headers).status_code == 200
+    _set_reminders(client, headers, enabled=True, time="smart", quiet_start="23:00",
+                   quiet_end="06:00")
+    with dev.app_context():
+        assert reminders.refresh_smart_times(datetime(2026, 1, 14, 20, 0, tzinfo=UTC)) == 1
+        assert reminders.claim_due_reminders(datetime(2026, 1, 14, 20, 59, tzinfo=UTC)) == []
+        assert len(reminders.claim_due_reminders(datetime(2026, 1, 14, 21, 0, tzinfo=UTC))) == 1
+        assert reminders.claim_due_reminders(datetime(2026, 1, 14, 21, 5, tzinfo=UTC)) == []
+        db.session.remove()
+        db.engine.dispose()
