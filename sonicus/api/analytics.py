@@ -7,7 +7,8 @@ from flask.views import MethodView
 from ..auth import require_user
 from ..envelope import Blueprint, set_message
 from ..schemas.analytics import AnalyticsSchema, DashboardSchema, RefreshQueuedSchema
-from ..services import analytics, dashboard
+from ..schemas.recommendations import RecommendationArgsSchema, RecommendationSchema
+from ..services import analytics, dashboard, recommendations
 
 blp = Blueprint("analytics", __name__, url_prefix="/api/user",
                 description="Personal analytics and the dashboard. Live updates: WebSocket "
@@ -45,3 +46,16 @@ class Dashboard(MethodView):
     def get(self, caller):
         """The app's home in one call: profile, subscription, analytics, what next."""
         return dashboard.get_dashboard(caller)
+
+
+@blp.route("/recommendations")
+class Recommendations(MethodView):
+    @require_user
+    @blp.arguments(RecommendationArgsSchema, location="query")
+    @blp.response(200, RecommendationSchema(many=True))
+    @blp.errors(401, 403, 422)
+    def get(self, args, caller):
+        """Packages the caller can play, best first, by measured mood outcomes: their own,
+        those of people with their goals and a similar starting mood, the population's."""
+        return recommendations.recommendations_for(caller.id, caller.tier, caller.preferences,
+                                                   args["limit"])

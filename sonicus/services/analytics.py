@@ -29,6 +29,7 @@ from ..models import ListeningSession, SoundPackage, User, UserAnalytics
 from ..models.listening import ENDED
 from ..realtime.publish import publish_to_user
 from ..tasks.queue import QUEUE_ANALYTICS, enqueue, job_is_pending
+from .recommendations import refresh_user_outcomes
 from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -258,6 +259,7 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
                                      else_=UserAnalytics.stale_since)
     db.session.execute(update(UserAnalytics).where(UserAnalytics.user_id == user_id)
                        .values(**values))
+    refresh_user_outcomes(user_id)  # the user's own figures behind their recommendations
     ttl = _cache_ttl(user, now)
     db.session.commit()
     cache_set(cache_key(user_id), data, ttl)

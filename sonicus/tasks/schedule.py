@@ -21,6 +21,7 @@ from ..extensions import get_redis
 from ..services.analytics import sweep_stale_analytics
 from ..services.erasure import process_owed_cancellations
 from ..services.listening import close_stale_sessions
+from ..services.recommendations import rebuild_recommendation_model
 from ..services.stats import refresh_platform_stats
 from ..services.subscriptions import process_due_subscriptions
 from .queue import QUEUE_ANALYTICS, QUEUE_MAINTENANCE, enqueue
@@ -49,6 +50,7 @@ PERIODIC_JOBS = (
     Periodic(close_stale_sessions, 60, QUEUE_MAINTENANCE),
     Periodic(refresh_platform_stats, 300, QUEUE_MAINTENANCE),
     Periodic(sweep_stale_analytics, 30, QUEUE_ANALYTICS),
+    Periodic(rebuild_recommendation_model, 3600, QUEUE_MAINTENANCE),  # mood-outcome model
 )
 
 

@@ -1,0 +1,462 @@
+"""Recommendations from measured mood outcomes (API.md "Recommendations").
+
+The model (``models.recommendations``), built in SQL from the sessions that count
+(``ListeningSession.counts_in_outcomes``: no refunded taps, at least a minute listened) with a
+mood before and after; a session's lift is ``mood_after - mood_before``:
+
+- A user's rating bias: how far their lifts sit from each package's mean, averaged and shrunk
+  (``BIAS_PRIOR_SESSIONS``). Adjusted lifts have it taken out; every estimate uses them.
+- A package's population lift: its adjusted mean shrunk toward no effect,
+  ``sum / (n + k_package)``: a package earns its lift with evidence.
+- A cohort ("people like you": one goal from ``preferences.goals`` and the starting-mood band
+  of the user's mean ``mood_before``, or the goal alone) lift per package: shrunk toward the
+  package's population lift with ``k_cohort``. A group figure (package or cohort) is used only
+  when at least ``MIN_GROUP_USERS`` other users stand behind it: one user's outcomes never
+  move, nor show in, another user's list.
+- A user's own expected lift (empirical Bayes): ``(n * own_mean + k_user * prior) / (n + k_user)``
+  where the prior is the cohort's lift (else the population's), with the user's own sessions
+  taken out of the group figures first. ``k_user = noise variance / between-user variance``,
+  estimated from the variance components of the adjusted lifts (one-way random effects over
+  (user, package) groups), kept within ``K_MIN..K_MAX``; ``DEFAULT_K`` while there is too
+  little data to estimate it. With ``k >= 4`` one +8 session cannot outrank thirty +2 sessions.
+- Confidence in 0..1: ``1 - w * (1 - r / 2)`` with ``w = k_user / (n + k_user)`` (the prior's
+  share of the posterior mean) and ``r`` the reliability of the group figure the prior came
+  from (``n' / (n' + k)``): no evidence at all is 0, much own evidence tends to 1, a large
+  cohort alone gives 0.5.
+- Score = expected lift + exploration + favourite bonus. Exploration (deterministic): a package
+  with cohort evidence that it helps gets ``EXPLORATION * r * w * sqrt(between-user variance)``,
+  largest when the user has not tried it. A package whose two latest counting sessions by this
+  user both lowered the mood goes to the end of the list, whatever its score.
+
+The platform job (``rebuild_recommendation_model``) rebuilds every table with INSERT ... SELECT
+and GROUP BY; a user's own rows are rebuilt with their analytics refresh
+(``refresh_user_outcomes``). ``recommendations_for`` answers from the stored rows in a fixed
+number of queries.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import (
+    and_,
+    case,
+    delete,
+    distinct,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+)
+
+from .. import clock
+from ..extensions import db
+from ..models import ListeningSession, SoundPackage, User
+from ..models.recommendations import (
+    BAND_ANY,
+    BAND_HIGH,
+    BAND_LOW,
+    BAND_MID,
+    CohortOutcome,
+    PackageOutcome,
+    RecommendationParams,
+    UserOutcomeProfile,
+    UserPackageOutcome,
+)
+from ..tiers import PACKAGE_LEVELS, can_access_level
+from .assignments import live_package_ids
+from .catalog import PackageView
+from .transaction import unit_of_work
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 50
+PARAMS_ID = 1
+BIAS_PRIOR_SESSIONS = 3.0
+DEFAULT_K = 5.0
+K_MIN, K_MAX = 4.0, 50.0
+K_COHORT = 20.0
+# Fewer (user, package) groups than this: k is not estimated (DEFAULT_K).
+MIN_GROUPS_FOR_ESTIMATE = 50
+MIN_GROUP_USERS = 5
+EXPLORATION = 0.5
+FAVORITE_BONUS = 0.15
+# Mean mood_before bands: below 4.5 low, below 7 mid, else high.
+BAND_LOW_BELOW, BAND_MID_BELOW = 4.5, 7.0
+
+KIND_OWN, KIND_SIMILAR, KIND_FAVORITE, KIND_POPULAR = (
+    "own_outcome", "similar_users", "favorite_category", "popular")
+REASON_KINDS = (KIND_OWN, KIND_SIMILAR, KIND_FAVORITE, KIND_POPULAR)
+
+
+# ---- the model, in SQL -----------------------------------------------------------------------
+
+def _counting(user_id: int | None = None):
+    """The sessions that feed the model: they count, with both moods, of a known user."""
+    s = ListeningSession
+    stmt = (select(s.id, s.user_id, s.package_id, s.started_at, s.mood_before,
+                   (s.mood_after - s.mood_before).label("lift"))
+            .where(s.user_id.is_not(None), s.mood_before.is_not(None),
+                   s.mood_after.is_not(None), s.counts_in_outcomes))
+    if user_id is not None:
+        stmt = stmt.where(s.user_id == user_id)
+    return stmt.subquery("counting")
+
+
+def _band(mean_mood_before):
+    return case((mean_mood_before < BAND_LOW_BELOW, BAND_LOW),
+                (mean_mood_before < BAND_MID_BELOW, BAND_MID), else_=BAND_HIGH)
+
+
+def _insert_profiles(counting, package_means, now: datetime) -> None:
+    """Each user's bias against ``package_means`` (package_id, mean) and band."""
+    c, m = counting, package_means
+    residual = c.c.lift - func.coalesce(m.c.mean, 0.0)
+    db.session.execute(UserOutcomeProfile.__table__.insert().from_select(
+        ["user_id", "sessions", "bias", "band", "computed_at"],
+        select(c.c.user_id, func.count(),
+               func.sum(residual) / (func.count() + BIAS_PRIOR_SESSIONS),
+               _band(func.avg(c.c.mood_before)), literal(now, UserOutcomeProfile.computed_at.type))
+        .select_from(c).outerjoin(m, m.c.package_id == c.c.package_id)
+        .group_by(c.c.user_id)))
+
+
+def _insert_user_packages(counting) -> None:
+    """Each user's sums per package, and whether their two latest sessions of it both lowered
+    the mood."""
+    c, pr = counting, UserOutcomeProfile
+    ranked = (select(c.c.user_id, c.c.package_id, c.c.lift,
+                     (c.c.lift - pr.bias).label("adjusted"),
+                     func.row_number().over(partition_by=(c.c.user_id, c.c.package_id),
+                                            order_by=(c.c.started_at.desc(), c.c.id.desc()))
+                     .label("recency"))
+              .join(pr, pr.user_id == c.c.user_id).subquery())
+    recent_lowered = func.sum(case((and_(ranked.c.recency <= 2, ranked.c.lift < 0), 1),
+                                   else_=0))
+    db.session.execute(UserPackageOutcome.__table__.insert().from_select(
+        ["user_id", "package_id", "sessions", "lift_sum", "adjusted_sum", "recent_negative"],
+        select(ranked.c.user_id, ranked.c.package_id, func.count(),
+               func.sum(ranked.c.lift), func.sum(ranked.c.adjusted), recent_lowered >= 2)
+        .group_by(ranked.c.user_id, ranked.c.package_id)))
+
+
+def _user_goals():
+    """(user_id, goal) for each distinct goal in a user's preferences, lowercased."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        goals = (select(User.id.label("user_id"),
+                        func.json_array_elements_text(User.preferences["goals"]).label("goal"))
+                 .where(func.json_typeof(User.preferences["goals"]) == "array").subquery())
+    else:
+        each = func.json_each(User.preferences, "$.goals").table_valued("value")
+        goals = (select(User.id.label("user_id"), each.c.value.label("goal"))
+                 .select_from(User).join(each, true())
+                 .where(func.json_type(User.preferences, "$.goals") == "array").subquery())
+    return (select(goals.c.user_id, func.lower(goals.c.goal).label("goal"))
+            .where(func.length(goals.c.goal).between(1, 40)).distinct().subquery("goals"))
+
+
+def _insert_cohorts(counting) -> None:
+    c, pr = counting, UserOutcomeProfile
+    goals = _user_goals()
+    for band in (pr.band, literal(BAND_ANY)):
+        # A constant in GROUP BY is refused (PostgreSQL): group by the goal alone for "any".
+        group = (goals.c.goal, *([band] if band is pr.band else []), c.c.package_id)
+        db.session.execute(CohortOutcome.__table__.insert().from_select(
+            ["goal", "band", "package_id", "sessions", "users", "lift_sum", "adjusted_sum"],
+            select(goals.c.goal, band, c.c.package_id, func.count(),
+                   func.count(distinct(c.c.user_id)), func.sum(c.c.lift),
+                   func.sum(c.c.lift - pr.bias))
+            .select_from(c).join(pr, pr.user_id == c.c.user_id)
+            .join(goals, goals.c.user_id == c.c.user_id)
+            .group_by(*group)
+            .having(func.count(distinct(c.c.user_id)) >= MIN_GROUP_USERS)))
+
+
+def _variance_components(counting) -> dict:
+    """Noise and between-user variance of adjusted lifts around each package's mean, and
+    between-package variance of the package means, by one-way ANOVA (method of moments)."""
+    c, pr, po = counting, UserOutcomeProfile, PackageOutcome
+    deviation = c.c.lift - pr.bias - po.adjusted_sum / po.sessions
+    groups = (select(func.count().label("n"), func.sum(deviation).label("s"),
+                     func.sum(deviation * deviation).label("ss"))
+              .select_from(c).join(pr, pr.user_id == c.c.user_id)
+              .join(po, po.package_id == c.c.package_id)
+              .group_by(c.c.user_id, c.c.package_id).subquery())
+    n_total, n_groups, ss, sb, nsq = db.session.execute(select(
+        func.coalesce(func.sum(groups.c.n), 0), func.count(),
+        func.coalesce(func.sum(groups.c.ss), 0.0),
+        func.coalesce(func.sum(groups.c.s * groups.c.s / groups.c.n), 0.0),
+        func.coalesce(func.sum(groups.c.n * groups.c.n), 0))).one()
+    packages = db.session.execute(select(
+        func.count(), func.coalesce(func.sum(po.sessions), 0),
+        func.coalesce(func.sum(po.adjusted_sum * po.adjusted_sum / po.sessions), 0.0),
+        func.coalesce(func.sum(po.adjusted_sum), 0.0),
+        func.coalesce(func.sum(po.sessions * po.sessions), 0)).where(po.sessions > 0)).one()
+    n_total, n_groups, nsq = int(n_total), int(n_groups), int(nsq)
+    ss, sb = float(ss), float(sb)
+    out = {"sessions": n_total, "noise": 0.0, "between_users": 0.0,
+           "k_user": DEFAULT_K, "k_package": DEFAULT_K}
+    if n_groups < MIN_GROUPS_FOR_ESTIMATE or n_total - n_groups < MIN_GROUPS_FOR_ESTIMATE:
+        return out
+    noise = max((ss - sb) / (n_total - n_groups), 1e-6)
+    grand = 0.0  # deviations from each package's mean: their overall mean is zero
+    msb = (sb - n_total * grand * grand) / (n_groups - 1)
+    n0 = (n_total - nsq / n_total) / (n_groups - 1)
+    between = max((msb - noise) / n0, 1e-6)
+    out.update(noise=noise, between_users=between,
+               k_user=min(K_MAX, max(K_MIN, noise / between)))
+    p_count, p_n, p_sb, p_s, p_nsq = packages
+    p_count, p_n, p_nsq, p_sb, p_s = int(p_count), int(p_n), int(p_nsq), float(p_sb), float(p_s)
+    if p_count >= 3 and p_n > p_count:
+        within = noise + between  # one session's variance around its package's mean
+        mean = p_s / p_n
+        msb_p = (p_sb - p_n * mean * mean) / (p_count - 1)
+        n0_p = (p_n - p_nsq / p_n) / (p_count - 1)
+        between_p = max((msb_p - within) / n0_p, 1e-6)
+        out["k_package"] = min(K_MAX, max(K_MIN, within / between_p))
+    return out
+
+
+def rebuild_recommendation_model() -> dict:
+    """Periodic platform job: rebuild every recommendation table from the sessions that count
+    (one transaction; readers see the previous tables until it commits)."""
+    now = clock.now()
+    with unit_of_work():
+        for model in (CohortOutcome, UserPackageOutcome, UserOutcomeProfile, PackageOutcome,
+                      RecommendationParams):
+            db.session.execute(delete(model))
+        counting = _counting()
+        raw_means = (select(counting.c.package_id, func.avg(counting.c.lift).label("mean"))
+                     .group_by(counting.c.package_id).subquery("package_means"))
+        _insert_profiles(counting, raw_means, now)
+        pr = UserOutcomeProfile
+        db.session.execute(PackageOutcome.__table__.insert().from_select(
+            ["package_id", "sessions", "users", "lift_sum", "adjusted_sum"],
+            select(counting.c.package_id, func.count(), func.count(distinct(counting.c.user_id)),
+                   func.sum(counting.c.lift), func.sum(counting.c.lift - pr.bias))
+            .select_from(counting).join(pr, pr.user_id == counting.c.user_id)
+            .group_by(counting.c.package_id)))
+        _insert_user_packages(counting)
+        _insert_cohorts(counting)
+        figures = _variance_components(counting)
+        mean_lift = db.session.execute(select(
+            func.coalesce(func.sum(PackageOutcome.lift_sum) / func.nullif(
+                func.sum(PackageOutcome.sessions), 0), 0.0))).scalar_one()
+        db.session.add(RecommendationParams(
+            id=PARAMS_ID, sessions=figures["sessions"], mean_lift=float(mean_lift),
+            noise_variance=figures["noise"], user_variance=figures["between_users"],
+            k_user=figures["k_user"], k_cohort=K_COHORT, k_package=figures["k_package"],
+            computed_at=now))
+    log.info("recommendation model rebuilt: %d sessions, k_user %.2f, k_package %.2f",
+             figures["sessions"], figures["k_user"], figures["k_package"])
+    return figures
+
+
+def refresh_user_outcomes(user_id: int) -> None:
+    """Rebuild one user's own rows (bias, band, per-package sums) against the stored package
+    figures, in the caller's transaction (the analytics refresh)."""
+    for model in (UserPackageOutcome, UserOutcomeProfile):
+        db.session.execute(delete(model).where(model.user_id == user_id))
+    counting = _counting(user_id)
+    po = PackageOutcome
+    means = (select(po.package_id, (po.lift_sum / po.sessions).label("mean"))
+             .where(po.sessions > 0).subquery("package_means"))
+    _insert_profiles(counting, means, clock.now())
+    _insert_user_packages(counting)
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reason:
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended package (``RecommendationSchema``): ``package`` is the catalog view."""
+
+    package: object
+    score: float
+    expected_mood_change: float
+    confidence: float
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    package_id: int
+    category: str
+    popularity: int
+    minimum_tier: str
+    assigned: bool
+    pop_n: int
+    pop_users: int
+    pop_lift_sum: float
+    pop_adjusted: float
+    own_n: int
+    own_lift_sum: float
+    own_adjusted: float
+    recent_negative: bool
+
+
+def _points(value: float) -> str:
+    return f"{abs(value):.1f} point" + ("" if round(abs(value), 1) == 1.0 else "s")
+
+
+def _sessions(n: int) -> str:
+    return f"{n:,} session" + ("" if n == 1 else "s")
+
+
+def _params() -> tuple[float, float, float, float]:
+    """(k_user, k_cohort, k_package, between-user variance) of the stored model, or defaults."""
+    row = db.session.execute(
+        select(RecommendationParams.k_user, RecommendationParams.k_cohort,
+               RecommendationParams.k_package, RecommendationParams.user_variance)
+        .where(RecommendationParams.id == PARAMS_ID)).first()
+    if row is None:
+        return DEFAULT_K, K_COHORT, DEFAULT_K, 1.0
+    return float(row[0]), float(row[1]), float(row[2]), float(row[3] or 1.0)
+
+
+def _candidates(user_id: int, tier_name: str, now: datetime) -> list[_Candidate]:
+    """Published packages the user can play (tier or live assignment), with the population's
+    and the user's own stored figures (one query)."""
+    p, po, own = SoundPackage, PackageOutcome, UserPackageOutcome
+    levels = [level for level in PACKAGE_LEVELS if can_access_level(tier_name, level)]
+    assigned = p.id.in_(live_package_ids(user_id, now))
+    rows = db.session.execute(
+        select(p.id, p.category, p.popularity, p.minimum_tier, assigned,
+               po.sessions, po.users, po.lift_sum, po.adjusted_sum,
+               own.sessions, own.lift_sum, own.adjusted_sum, own.recent_negative)
+        .outerjoin(po, po.package_id == p.id)
+        .outerjoin(own, and_(own.package_id == p.id, own.user_id == user_id))
+        .where(p.published.is_(True), p.archived_at.is_(None),
+               or_(p.minimum_tier.in_(levels), assigned))).all()
+    return [_Candidate(r[0], r[1], int(r[2] or 0), r[3], bool(r[4]), int(r[5] or 0),
+                       int(r[6] or 0), float(r[7] or 0.0), float(r[8] or 0.0), int(r[9] or 0),
+                       float(r[10] or 0.0), float(r[11] or 0.0), bool(r[12]))
+            for r in rows]
+
+
+def _cohorts(user_id: int, goals: list[str]) -> dict:
+    """{package_id: (goal, band, sessions, users, lift_sum, adjusted_sum)}: for each package,
+    the best-evidenced row of the user's cohorts (one of their goals, with their starting-mood
+    band or any band), in one query (none without goals)."""
+    if not goals:
+        return {}
+    pr, co = UserOutcomeProfile, CohortOutcome
+    band = select(pr.band).where(pr.user_id == user_id).scalar_subquery()
+    rows = db.session.execute(
+        select(co.goal, co.band, co.package_id, co.sessions, co.users, co.lift_sum,
+               co.adjusted_sum)
+        .where(co.goal.in_(goals), or_(co.band == BAND_ANY, co.band == band))).all()
+    best: dict = {}
+    for goal, cohort_band, package_id, n, users, lift_sum, adjusted in rows:
+        # Prefer the user's own band (more alike), then the most sessions.
+        key = (cohort_band != BAND_ANY, n)
+        if package_id not in best or key > best[package_id][0]:
+            best[package_id] = (key, (goal, cohort_band, int(n), int(users), float(lift_sum),
+                                      float(adjusted)))
+    return {pid: value for pid, (_key, value) in best.items()}
+
+
+def _goals_of(preferences) -> list[str]:
+    goals = (preferences or {}).get("goals") or []
+    return sorted({g.lower() for g in goals if isinstance(g, str) and 1 <= len(g) <= 40})
+
+
+def _score(c: _Candidate, cohort, favorites: set[str], params) -> tuple:
+    k_user, k_cohort, k_package, user_variance = params
+    # The group figures without this user's own sessions in them, and only when enough
+    # other users stand behind them.
+    pop_others = c.pop_users - (1 if c.own_n else 0)
+    pop_n = max(0, c.pop_n - c.own_n) if pop_others >= MIN_GROUP_USERS else 0
+    pop_adjusted = c.pop_adjusted - c.own_adjusted if pop_n else 0.0
+    pop_lift = pop_adjusted / (pop_n + k_package)
+    prior, reliability = pop_lift, pop_n / (pop_n + k_package)
+    cohort_view = None
+    if cohort is not None:
+        # The user is in every cohort row read for them (their goals, their band or any).
+        goal, band, n, users, lift_sum, adjusted = cohort
+        n_other = max(0, n - c.own_n) if users - (1 if c.own_n else 0) >= MIN_GROUP_USERS \
+            else 0
+        adjusted_other = adjusted - c.own_adjusted if n_other else 0.0
+        lift_other = lift_sum - c.own_lift_sum if n_other else 0.0
+        if n_other > 0:
+            prior = (adjusted_other + k_cohort * pop_lift) / (n_other + k_cohort)
+            reliability = n_other / (n_other + k_cohort)
+            cohort_view = (goal, band, n_other, lift_other / n_other)
+    expected = (c.own_adjusted + k_user * prior) / (c.own_n + k_user)
+    prior_share = k_user / (c.own_n + k_user)
+    confidence = 1.0 - prior_share * (1.0 - reliability / 2.0)
+    exploration = 0.0
+    if cohort_view is not None and prior > 0:
+        exploration = EXPLORATION * reliability * prior_share * math.sqrt(user_variance)
+    favorite = c.category in favorites
+    score = expected + exploration + (FAVORITE_BONUS if favorite else 0.0)
+    return score, expected, confidence, cohort_view, pop_n, pop_lift, favorite
+
+
+def _reason(c: _Candidate, expected, cohort_view, pop_n, favorite) -> Reason:
+    if c.own_n and c.own_lift_sum > 0 and expected > 0:
+        mean = c.own_lift_sum / c.own_n
+        return Reason(KIND_OWN, f"Lifted your mood by {_points(mean)} on average over "
+                                f"{_sessions(c.own_n)}.")
+    if cohort_view is not None and cohort_view[3] > 0:
+        goal, band, n, mean = cohort_view
+        alike = "" if band == BAND_ANY else " and a similar starting mood"
+        return Reason(KIND_SIMILAR, f"People with your {goal} goal{alike} felt "
+                                    f"{_points(mean)} better after it ({_sessions(n)}).")
+    pop_mean = (c.pop_lift_sum - c.own_lift_sum) / pop_n if pop_n else 0.0
+    if favorite:
+        return Reason(KIND_FAVORITE, f"From {c.category}, one of your favourite categories; "
+                                     f"played {c.popularity:,} times.")
+    if pop_n and pop_mean > 0:
+        return Reason(KIND_POPULAR, f"Listeners felt {_points(pop_mean)} better after it on "
+                                    f"average ({_sessions(pop_n)}).")
+    return Reason(KIND_POPULAR, f"Popular with listeners: played {c.popularity:,} times.")
+
+
+def rank_packages(user_id: int, tier_name: str, preferences,
+                  now: datetime | None = None) -> list[tuple]:
+    """Every package the user can play, best first, as (package_id, score, expected,
+    confidence, reason, assigned), from the stored model (three queries)."""
+    now = now or clock.now()
+    params = _params()
+    candidates = _candidates(user_id, tier_name, now)
+    cohorts = _cohorts(user_id, _goals_of(preferences))
+    favorites = {c.lower() for c in (preferences or {}).get("favorite_categories") or []
+                 if isinstance(c, str)}
+    ranked = []
+    for c in candidates:
+        score, expected, confidence, cohort_view, pop_n, _pop_lift, favorite = _score(
+            c, cohorts.get(c.package_id), favorites, params)
+        reason = _reason(c, expected, cohort_view, pop_n, favorite)
+        order = (c.recent_negative, -round(score, 6), -c.popularity, c.package_id)
+        ranked.append((order, (c.package_id, round(score, 3), round(expected, 2),
+                               round(min(1.0, max(0.0, confidence)), 3), reason,
+                               c.assigned)))
+    ranked.sort(key=lambda item: item[0])
+    return [item for _order, item in ranked]
+
+
+def recommendations_for(user_id: int, tier_name: str, preferences,
+                        limit: int = DEFAULT_LIMIT,
+                        now: datetime | None = None) -> list[Recommendation]:
+    """The user's recommendations, best first, each with its catalog item (four queries at
+    most, whatever the data size)."""
+    top = rank_packages(user_id, tier_name, preferences, now)[:limit]
+    if not top:
+        return []
+    packages = {p.id: p for p in db.session.execute(
+        select(SoundPackage).where(SoundPackage.id.in_([t[0] for t in top]))).scalars()}
+    return [Recommendation(PackageView.of(packages[package_id], tier_name, assigned), score,
+                           expected, confidence, reason)
+            for package_id, score, expected, confidence, reason, assigned in top]
