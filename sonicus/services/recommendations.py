@@ -84,7 +84,7 @@ K_COHORT = 20.0
 # Fewer (user, package) groups than this: k is not estimated (DEFAULT_K).
 MIN_GROUPS_FOR_ESTIMATE = 50
 MIN_GROUP_USERS = 5
-EXPLORATION = 0.5
+EXPLORATION = 0.15
 FAVORITE_BONUS = 0.15
 # Mean mood_before bands: below 4.5 low, below 7 mid, else high.
 BAND_LOW_BELOW, BAND_MID_BELOW = 4.5, 7.0
@@ -304,6 +304,7 @@ class _Candidate:
     own_lift_sum: float
     own_adjusted: float
     recent_negative: bool
+    columns: dict  # the catalog item's columns
 
 
 def _points(value: float) -> str:
@@ -314,35 +315,44 @@ def _sessions(n: int) -> str:
     return f"{n:,} session" + ("" if n == 1 else "s")
 
 
-def _params() -> tuple[float, float, float, float]:
-    """(k_user, k_cohort, k_package, between-user variance) of the stored model, or defaults."""
-    row = db.session.execute(
-        select(RecommendationParams.k_user, RecommendationParams.k_cohort,
-               RecommendationParams.k_package, RecommendationParams.user_variance)
-        .where(RecommendationParams.id == PARAMS_ID)).first()
-    if row is None:
-        return DEFAULT_K, K_COHORT, DEFAULT_K, 1.0
-    return float(row[0]), float(row[1]), float(row[2]), float(row[3] or 1.0)
+_PACKAGE_COLUMNS = ("id", "slug", "title", "description", "category", "minimum_tier",
+                    "duration_seconds", "track_count", "popularity")
 
 
-def _candidates(user_id: int, tier_name: str, now: datetime) -> list[_Candidate]:
-    """Published packages the user can play (tier or live assignment), with the population's
-    and the user's own stored figures (one query)."""
-    p, po, own = SoundPackage, PackageOutcome, UserPackageOutcome
+def _candidates(user_id: int, tier_name: str, now: datetime):
+    """(the model's (k_user, k_cohort, k_package, between-user variance), the published
+    packages the user can play (tier or live assignment) with the population's and the user's
+    own stored figures), in one query."""
+    p, po, own, rp = SoundPackage, PackageOutcome, UserPackageOutcome, RecommendationParams
     levels = [level for level in PACKAGE_LEVELS if can_access_level(tier_name, level)]
     assigned = p.id.in_(live_package_ids(user_id, now))
     rows = db.session.execute(
-        select(p.id, p.category, p.popularity, p.minimum_tier, assigned,
+        select(*(getattr(p, name) for name in _PACKAGE_COLUMNS), assigned,
                po.sessions, po.users, po.lift_sum, po.adjusted_sum,
-               own.sessions, own.lift_sum, own.adjusted_sum, own.recent_negative)
+               own.sessions, own.lift_sum, own.adjusted_sum, own.recent_negative,
+               rp.k_user, rp.k_cohort, rp.k_package, rp.user_variance)
         .outerjoin(po, po.package_id == p.id)
         .outerjoin(own, and_(own.package_id == p.id, own.user_id == user_id))
+        .outerjoin(rp, rp.id == PARAMS_ID)
         .where(p.published.is_(True), p.archived_at.is_(None),
                or_(p.minimum_tier.in_(levels), assigned))).all()
-    return [_Candidate(r[0], r[1], int(r[2] or 0), r[3], bool(r[4]), int(r[5] or 0),
-                       int(r[6] or 0), float(r[7] or 0.0), float(r[8] or 0.0), int(r[9] or 0),
-                       float(r[10] or 0.0), float(r[11] or 0.0), bool(r[12]))
-            for r in rows]
+    params = (DEFAULT_K, K_COHORT, DEFAULT_K, 1.0)
+    candidates = []
+    width = len(_PACKAGE_COLUMNS)
+    for row in rows:
+        columns = dict(zip(_PACKAGE_COLUMNS, row[:width], strict=True))
+        (is_assigned, pop_n, pop_users, pop_sum, pop_adjusted, own_n, own_sum, own_adjusted,
+         recent_negative, k_user, k_cohort, k_package, user_variance) = row[width:]
+        if k_user is not None:
+            params = (float(k_user), float(k_cohort), float(k_package),
+                      float(user_variance or 1.0))
+        candidates.append(_Candidate(
+            columns["id"], columns["category"], int(columns["popularity"] or 0),
+            columns["minimum_tier"], bool(is_assigned), int(pop_n or 0), int(pop_users or 0),
+            float(pop_sum or 0.0), float(pop_adjusted or 0.0), int(own_n or 0),
+            float(own_sum or 0.0), float(own_adjusted or 0.0), bool(recent_negative),
+            columns))
+    return params, candidates
 
 
 def _cohorts(user_id: int, goals: list[str]) -> dict:
@@ -426,11 +436,10 @@ def _reason(c: _Candidate, expected, cohort_view, pop_n, favorite) -> Reason:
 
 def rank_packages(user_id: int, tier_name: str, preferences,
                   now: datetime | None = None) -> list[tuple]:
-    """Every package the user can play, best first, as (package_id, score, expected,
-    confidence, reason, assigned), from the stored model (three queries)."""
+    """Every package the user can play, best first, as (candidate, score, expected,
+    confidence, reason, assigned), from the stored model (two queries; one without goals)."""
     now = now or clock.now()
-    params = _params()
-    candidates = _candidates(user_id, tier_name, now)
+    params, candidates = _candidates(user_id, tier_name, now)
     cohorts = _cohorts(user_id, _goals_of(preferences))
     favorites = {c.lower() for c in (preferences or {}).get("favorite_categories") or []
                  if isinstance(c, str)}
@@ -440,7 +449,7 @@ def rank_packages(user_id: int, tier_name: str, preferences,
             c, cohorts.get(c.package_id), favorites, params)
         reason = _reason(c, expected, cohort_view, pop_n, favorite)
         order = (c.recent_negative, -round(score, 6), -c.popularity, c.package_id)
-        ranked.append((order, (c.package_id, round(score, 3), round(expected, 2),
+        ranked.append((order, (c, round(score, 3), round(expected, 2),
                                round(min(1.0, max(0.0, confidence)), 3), reason,
                                c.assigned)))
     ranked.sort(key=lambda item: item[0])
@@ -450,13 +459,10 @@ def rank_packages(user_id: int, tier_name: str, preferences,
 def recommendations_for(user_id: int, tier_name: str, preferences,
                         limit: int = DEFAULT_LIMIT,
                         now: datetime | None = None) -> list[Recommendation]:
-    """The user's recommendations, best first, each with its catalog item (four queries at
+    """The user's recommendations, best first, each with its catalog item (two queries at
     most, whatever the data size)."""
     top = rank_packages(user_id, tier_name, preferences, now)[:limit]
-    if not top:
-        return []
-    packages = {p.id: p for p in db.session.execute(
-        select(SoundPackage).where(SoundPackage.id.in_([t[0] for t in top]))).scalars()}
-    return [Recommendation(PackageView.of(packages[package_id], tier_name, assigned), score,
-                           expected, confidence, reason)
-            for package_id, score, expected, confidence, reason, assigned in top]
+    # The catalog item from the columns read (a transient package: nothing more to load).
+    return [Recommendation(PackageView.of(SoundPackage(**c.columns), tier_name, assigned),
+                           score, expected, confidence, reason)
+            for c, score, expected, confidence, reason, assigned in top]
