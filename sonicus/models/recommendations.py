@@ -85,8 +85,8 @@ class UserOutcomeProfile(Base):
 
 
 class UserPackageOutcome(Base):
-    """One user's counting sessions of one package; ``recent_negative``: the two latest of
-    them both lowered the mood."""
+    """One user's counting sessions of one package (sums of lifts, squared lifts and moods
+    before); ``recent_negative``: the two latest of them both lowered the mood."""
 
     __tablename__ = "user_package_outcomes"
 
@@ -96,7 +96,8 @@ class UserPackageOutcome(Base):
         ForeignKey("sound_packages.id", ondelete="CASCADE"), primary_key=True)
     sessions: Mapped[int] = mapped_column(Integer)
     lift_sum: Mapped[float] = mapped_column(Float)
-    adjusted_sum: Mapped[float] = mapped_column(Float)
+    lift_squares: Mapped[float] = mapped_column(Float)
+    mood_before_sum: Mapped[float] = mapped_column(Float)
     recent_negative: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (Index("ix_user_package_outcomes_package_id", "package_id"),)

@@ -45,7 +45,6 @@ from sqlalchemy import (
     and_,
     case,
     delete,
-    distinct,
     func,
     literal,
     or_,
@@ -108,41 +107,51 @@ def _counting(user_id: int | None = None):
     return stmt.subquery("counting")
 
 
+def _insert_user_packages(user_id: int | None = None) -> None:
+    """Each user's sums per package (the one pass over the sessions; every other figure is
+    derived from these rows), and whether their two latest sessions of it both lowered the
+    mood."""
+    c = _counting(user_id)
+    ranked = (select(c.c.user_id, c.c.package_id, c.c.lift, c.c.mood_before,
+                     func.row_number().over(partition_by=(c.c.user_id, c.c.package_id),
+                                            order_by=(c.c.started_at.desc(), c.c.id.desc()))
+                     .label("recency")).subquery())
+    recent_lowered = func.sum(case((and_(ranked.c.recency <= 2, ranked.c.lift < 0), 1),
+                                   else_=0))
+    db.session.execute(UserPackageOutcome.__table__.insert().from_select(
+        ["user_id", "package_id", "sessions", "lift_sum", "lift_squares", "mood_before_sum",
+         "recent_negative"],
+        select(ranked.c.user_id, ranked.c.package_id, func.count(), func.sum(ranked.c.lift),
+               func.sum(ranked.c.lift * ranked.c.lift), func.sum(ranked.c.mood_before),
+               recent_lowered >= 2)
+        .group_by(ranked.c.user_id, ranked.c.package_id)))
+
+
 def _band(mean_mood_before):
     return case((mean_mood_before < BAND_LOW_BELOW, BAND_LOW),
                 (mean_mood_before < BAND_MID_BELOW, BAND_MID), else_=BAND_HIGH)
 
 
-def _insert_profiles(counting, package_means, now: datetime) -> None:
-    """Each user's bias against ``package_means`` (package_id, mean) and band."""
-    c, m = counting, package_means
-    residual = c.c.lift - func.coalesce(m.c.mean, 0.0)
+def _insert_profiles(package_means, now: datetime, user_id: int | None = None) -> None:
+    """Each user's bias (their lifts beyond each package's mean in ``package_means``
+    (package_id, mean), shrunk) and band, from their per-package rows."""
+    up, m = UserPackageOutcome, package_means
+    residual = up.lift_sum - up.sessions * func.coalesce(m.c.mean, 0.0)
+    stmt = (select(up.user_id, func.sum(up.sessions),
+                   func.sum(residual) / (func.sum(up.sessions) + BIAS_PRIOR_SESSIONS),
+                   _band(func.sum(up.mood_before_sum) * 1.0 / func.sum(up.sessions)),
+                   literal(now, UserOutcomeProfile.computed_at.type))
+            .select_from(up).outerjoin(m, m.c.package_id == up.package_id)
+            .group_by(up.user_id))
+    if user_id is not None:
+        stmt = stmt.where(up.user_id == user_id)
     db.session.execute(UserOutcomeProfile.__table__.insert().from_select(
-        ["user_id", "sessions", "bias", "band", "computed_at"],
-        select(c.c.user_id, func.count(),
-               func.sum(residual) / (func.count() + BIAS_PRIOR_SESSIONS),
-               _band(func.avg(c.c.mood_before)), literal(now, UserOutcomeProfile.computed_at.type))
-        .select_from(c).outerjoin(m, m.c.package_id == c.c.package_id)
-        .group_by(c.c.user_id)))
+        ["user_id", "sessions", "bias", "band", "computed_at"], stmt))
 
 
-def _insert_user_packages(counting) -> None:
-    """Each user's sums per package, and whether their two latest sessions of it both lowered
-    the mood."""
-    c, pr = counting, UserOutcomeProfile
-    ranked = (select(c.c.user_id, c.c.package_id, c.c.lift,
-                     (c.c.lift - pr.bias).label("adjusted"),
-                     func.row_number().over(partition_by=(c.c.user_id, c.c.package_id),
-                                            order_by=(c.c.started_at.desc(), c.c.id.desc()))
-                     .label("recency"))
-              .join(pr, pr.user_id == c.c.user_id).subquery())
-    recent_lowered = func.sum(case((and_(ranked.c.recency <= 2, ranked.c.lift < 0), 1),
-                                   else_=0))
-    db.session.execute(UserPackageOutcome.__table__.insert().from_select(
-        ["user_id", "package_id", "sessions", "lift_sum", "adjusted_sum", "recent_negative"],
-        select(ranked.c.user_id, ranked.c.package_id, func.count(),
-               func.sum(ranked.c.lift), func.sum(ranked.c.adjusted), recent_lowered >= 2)
-        .group_by(ranked.c.user_id, ranked.c.package_id)))
+def _adjusted_sum():
+    """A user's lift sum for a package with their bias taken out (SQL)."""
+    return UserPackageOutcome.lift_sum - UserPackageOutcome.sessions * UserOutcomeProfile.bias
 
 
 def _user_goals():
@@ -160,52 +169,51 @@ def _user_goals():
             .where(func.length(goals.c.goal).between(1, 40)).distinct().subquery("goals"))
 
 
-def _insert_cohorts(counting) -> None:
-    c, pr = counting, UserOutcomeProfile
+def _insert_cohorts() -> None:
+    up, pr = UserPackageOutcome, UserOutcomeProfile
     goals = _user_goals()
     for band in (pr.band, literal(BAND_ANY)):
         # A constant in GROUP BY is refused (PostgreSQL): group by the goal alone for "any".
-        group = (goals.c.goal, *([band] if band is pr.band else []), c.c.package_id)
+        group = (goals.c.goal, *([band] if band is pr.band else []), up.package_id)
         db.session.execute(CohortOutcome.__table__.insert().from_select(
             ["goal", "band", "package_id", "sessions", "users", "lift_sum", "adjusted_sum"],
-            select(goals.c.goal, band, c.c.package_id, func.count(),
-                   func.count(distinct(c.c.user_id)), func.sum(c.c.lift),
-                   func.sum(c.c.lift - pr.bias))
-            .select_from(c).join(pr, pr.user_id == c.c.user_id)
-            .join(goals, goals.c.user_id == c.c.user_id)
+            select(goals.c.goal, band, up.package_id, func.sum(up.sessions), func.count(),
+                   func.sum(up.lift_sum), func.sum(_adjusted_sum()))
+            .select_from(up).join(pr, pr.user_id == up.user_id)
+            .join(goals, goals.c.user_id == up.user_id)
             .group_by(*group)
-            .having(func.count(distinct(c.c.user_id)) >= MIN_GROUP_USERS)))
+            .having(func.count() >= MIN_GROUP_USERS)))
 
 
-def _variance_components(counting) -> dict:
+def _variance_components() -> dict:
     """Noise and between-user variance of adjusted lifts around each package's mean, and
-    between-package variance of the package means, by one-way ANOVA (method of moments)."""
-    c, pr, po = counting, UserOutcomeProfile, PackageOutcome
-    deviation = c.c.lift - pr.bias - po.adjusted_sum / po.sessions
-    groups = (select(func.count().label("n"), func.sum(deviation).label("s"),
-                     func.sum(deviation * deviation).label("ss"))
-              .select_from(c).join(pr, pr.user_id == c.c.user_id)
-              .join(po, po.package_id == c.c.package_id)
-              .group_by(c.c.user_id, c.c.package_id).subquery())
-    n_total, n_groups, ss, sb, nsq = db.session.execute(select(
-        func.coalesce(func.sum(groups.c.n), 0), func.count(),
-        func.coalesce(func.sum(groups.c.ss), 0.0),
-        func.coalesce(func.sum(groups.c.s * groups.c.s / groups.c.n), 0.0),
-        func.coalesce(func.sum(groups.c.n * groups.c.n), 0))).one()
+    between-package variance of the package means, by one-way ANOVA (method of moments) over
+    the (user, package) groups."""
+    up, pr, po = UserPackageOutcome, UserOutcomeProfile, PackageOutcome
+    # A group's mean deviation from its package's adjusted mean; within a group the bias is
+    # a constant, so the within-group sum of squares is the raw lifts'.
+    deviation = _adjusted_sum() / up.sessions - po.adjusted_sum / po.sessions
+    n_total, n_groups, within_ss, between_ss, nsq = db.session.execute(
+        select(func.coalesce(func.sum(up.sessions), 0), func.count(),
+               func.coalesce(func.sum(up.lift_squares - up.lift_sum * up.lift_sum
+                                      / up.sessions), 0.0),
+               func.coalesce(func.sum(up.sessions * deviation * deviation), 0.0),
+               func.coalesce(func.sum(up.sessions * up.sessions), 0))
+        .select_from(up).join(pr, pr.user_id == up.user_id)
+        .join(po, po.package_id == up.package_id)).one()
     packages = db.session.execute(select(
         func.count(), func.coalesce(func.sum(po.sessions), 0),
         func.coalesce(func.sum(po.adjusted_sum * po.adjusted_sum / po.sessions), 0.0),
         func.coalesce(func.sum(po.adjusted_sum), 0.0),
         func.coalesce(func.sum(po.sessions * po.sessions), 0)).where(po.sessions > 0)).one()
     n_total, n_groups, nsq = int(n_total), int(n_groups), int(nsq)
-    ss, sb = float(ss), float(sb)
+    within_ss, between_ss = float(within_ss), float(between_ss)
     out = {"sessions": n_total, "noise": 0.0, "between_users": 0.0,
            "k_user": DEFAULT_K, "k_package": DEFAULT_K}
     if n_groups < MIN_GROUPS_FOR_ESTIMATE or n_total - n_groups < MIN_GROUPS_FOR_ESTIMATE:
         return out
-    noise = max((ss - sb) / (n_total - n_groups), 1e-6)
-    grand = 0.0  # deviations from each package's mean: their overall mean is zero
-    msb = (sb - n_total * grand * grand) / (n_groups - 1)
+    noise = max(within_ss / (n_total - n_groups), 1e-6)
+    msb = between_ss / (n_groups - 1)
     n0 = (n_total - nsq / n_total) / (n_groups - 1)
     between = max((msb - noise) / n0, 1e-6)
     out.update(noise=noise, between_users=between,
@@ -224,26 +232,26 @@ def _variance_components(counting) -> dict:
 
 def rebuild_recommendation_model() -> dict:
     """Periodic platform job: rebuild every recommendation table from the sessions that count
-    (one transaction; readers see the previous tables until it commits)."""
+    (one transaction; readers see the previous tables until it commits). One pass over the
+    sessions builds each user's per-package rows; the rest is derived from those."""
     now = clock.now()
+    up, pr = UserPackageOutcome, UserOutcomeProfile
     with unit_of_work():
         for model in (CohortOutcome, UserPackageOutcome, UserOutcomeProfile, PackageOutcome,
                       RecommendationParams):
             db.session.execute(delete(model))
-        counting = _counting()
-        raw_means = (select(counting.c.package_id, func.avg(counting.c.lift).label("mean"))
-                     .group_by(counting.c.package_id).subquery("package_means"))
-        _insert_profiles(counting, raw_means, now)
-        pr = UserOutcomeProfile
+        _insert_user_packages()
+        raw_means = (select(up.package_id,
+                            (func.sum(up.lift_sum) * 1.0 / func.sum(up.sessions)).label("mean"))
+                     .group_by(up.package_id).subquery("package_means"))
+        _insert_profiles(raw_means, now)
         db.session.execute(PackageOutcome.__table__.insert().from_select(
             ["package_id", "sessions", "users", "lift_sum", "adjusted_sum"],
-            select(counting.c.package_id, func.count(), func.count(distinct(counting.c.user_id)),
-                   func.sum(counting.c.lift), func.sum(counting.c.lift - pr.bias))
-            .select_from(counting).join(pr, pr.user_id == counting.c.user_id)
-            .group_by(counting.c.package_id)))
-        _insert_user_packages(counting)
-        _insert_cohorts(counting)
-        figures = _variance_components(counting)
+            select(up.package_id, func.sum(up.sessions), func.count(), func.sum(up.lift_sum),
+                   func.sum(_adjusted_sum()))
+            .select_from(up).join(pr, pr.user_id == up.user_id).group_by(up.package_id)))
+        _insert_cohorts()
+        figures = _variance_components()
         mean_lift = db.session.execute(select(
             func.coalesce(func.sum(PackageOutcome.lift_sum) / func.nullif(
                 func.sum(PackageOutcome.sessions), 0), 0.0))).scalar_one()
@@ -258,16 +266,15 @@ def rebuild_recommendation_model() -> dict:
 
 
 def refresh_user_outcomes(user_id: int) -> None:
-    """Rebuild one user's own rows (bias, band, per-package sums) against the stored package
+    """Rebuild one user's own rows (per-package sums, bias, band) against the stored package
     figures, in the caller's transaction (the analytics refresh)."""
     for model in (UserPackageOutcome, UserOutcomeProfile):
         db.session.execute(delete(model).where(model.user_id == user_id))
-    counting = _counting(user_id)
+    _insert_user_packages(user_id)
     po = PackageOutcome
     means = (select(po.package_id, (po.lift_sum / po.sessions).label("mean"))
              .where(po.sessions > 0).subquery("package_means"))
-    _insert_profiles(counting, means, clock.now())
-    _insert_user_packages(counting)
+    _insert_profiles(means, clock.now(), user_id)
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -324,15 +331,17 @@ def _candidates(user_id: int, tier_name: str, now: datetime):
     packages the user can play (tier or live assignment) with the population's and the user's
     own stored figures), in one query."""
     p, po, own, rp = SoundPackage, PackageOutcome, UserPackageOutcome, RecommendationParams
+    pr = UserOutcomeProfile
     levels = [level for level in PACKAGE_LEVELS if can_access_level(tier_name, level)]
     assigned = p.id.in_(live_package_ids(user_id, now))
     rows = db.session.execute(
         select(*(getattr(p, name) for name in _PACKAGE_COLUMNS), assigned,
                po.sessions, po.users, po.lift_sum, po.adjusted_sum,
-               own.sessions, own.lift_sum, own.adjusted_sum, own.recent_negative,
-               rp.k_user, rp.k_cohort, rp.k_package, rp.user_variance)
+               own.sessions, own.lift_sum, own.lift_sum - own.sessions * pr.bias,
+               own.recent_negative, rp.k_user, rp.k_cohort, rp.k_package, rp.user_variance)
         .outerjoin(po, po.package_id == p.id)
         .outerjoin(own, and_(own.package_id == p.id, own.user_id == user_id))
+        .outerjoin(pr, pr.user_id == own.user_id)
         .outerjoin(rp, rp.id == PARAMS_ID)
         .where(p.published.is_(True), p.archived_at.is_(None),
                or_(p.minimum_tier.in_(levels), assigned))).all()
