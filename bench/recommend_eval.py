@@ -320,7 +320,7 @@ def quality(args) -> None:
             t1 = time.perf_counter()
             ranked = rank_packages(user_ids[u], "starter",
                                    {"goals": user["goals"], "favorite_categories":
-                                    user["favorites"]})
+                                    user["favorites"]}, TOP)
             latencies.append(time.perf_counter() - t1)
             db.session.remove()
             rankings = {"new": [index_of[r[0].package_id] for r in ranked[:TOP]],

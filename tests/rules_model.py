@@ -82,6 +82,9 @@ class SessionRow:
     completed: bool
     listened_seconds: int
     content_seconds: int | None
+    package_id: int | None = None
+    mood_before: int | None = None
+    mood_after: int | None = None
 
 
 def quota_violations(rows: list[SessionRow], days: DaySettings) -> list[str]:
@@ -170,3 +173,19 @@ def derive_from_events(events: list[dict]) -> Derived:
         elif kind == "downgrade_scheduled":
             state.pending_tier = to_tier
     return state
+
+
+OUTCOME_MIN_LISTENED_SECONDS = 60
+
+
+def mood_outcomes(rows: list[SessionRow]) -> dict[int, tuple[int, int]]:
+    """{package_id: (sessions, sum of mood_after - mood_before)} over the sessions that count
+    in mood outcomes and recommendations: not a refunded tap, at least a minute listened, both
+    moods given."""
+    sums: dict[int, tuple[int, int]] = {}
+    for row in rows:
+        if (row.counts_toward_quota and row.listened_seconds >= OUTCOME_MIN_LISTENED_SECONDS
+                and row.mood_before is not None and row.mood_after is not None):
+            n, total = sums.get(row.package_id, (0, 0))
+            sums[row.package_id] = (n + 1, total + row.mood_after - row.mood_before)
+    return sums

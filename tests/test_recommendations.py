@@ -284,3 +284,27 @@ def test_before_any_model_the_list_is_by_popularity(client, auth, make_user, mak
     assert items[0]["reason"]["text"] == \
         "From focus, one of your favourite categories; played 0 times."
     assert {i["confidence"] for i in items} == {0.0}
+
+
+def test_erasure_removes_a_users_own_figures(app, client, auth, db_session, make_user,
+                                             make_package, make_session):
+    from sqlalchemy import func, select
+
+    from sonicus.models import UserOutcomeProfile, UserPackageOutcome
+
+    package = make_package("calm").id
+    me = make_user("gone@example.com").id
+    _sessions(make_session, me, package, [2, 3])
+    _build(app)
+
+    def rows(model):
+        count = db_session.execute(select(func.count()).select_from(model)
+                                   .where(model.user_id == me)).scalar_one()
+        db_session.rollback()
+        return count
+
+    assert rows(UserPackageOutcome) == 1 and rows(UserOutcomeProfile) == 1
+    assert client.delete("/api/user/profile", headers=auth("gone@example.com")).status_code == 200
+    assert rows(UserPackageOutcome) == 0 and rows(UserOutcomeProfile) == 0
+    _build(app)  # the anonymised sessions feed nothing any more
+    assert rows(UserPackageOutcome) == 0 and rows(UserOutcomeProfile) == 0

@@ -28,6 +28,7 @@ from rules_model import (
     SessionRow,
     completion_violations,
     derive_from_events,
+    mood_outcomes,
 )
 from rules_model import quota_violations as quota_problems
 from sqlalchemy import select, text
@@ -43,6 +44,7 @@ from sonicus.models import (
     Track,
     User,
     UserAnalytics,
+    UserPackageOutcome,
     UserSubscription,
 )
 from sonicus.services.analytics import compute_user_analytics
@@ -367,15 +369,20 @@ def build_machine(app, idp, table_names, billing):
 
         def check_stored_analytics(self, person):
             """Right after a completion refreshed them, the stored analytics equal a fresh
-            computation from the rows."""
+            computation from the rows, and the user's own figures behind their
+            recommendations hold only the sessions that count (the model's rule)."""
             with app.app_context():
                 stored = db.session.get(UserAnalytics, person.user_id)
                 user = db.session.get(User, person.user_id)
                 fresh = compute_user_analytics(user, self.now)
+                outcomes = {o.package_id: (o.sessions, round(o.lift_sum))
+                            for o in db.session.execute(select(UserPackageOutcome).where(
+                                UserPackageOutcome.user_id == person.user_id)).scalars()}
                 db.session.remove()
             assert stored is not None and stored.stale_since is None
             assert {k: v for k, v in stored.data.items() if k != "computed_at"} == \
                 {k: v for k, v in fresh.items() if k != "computed_at"}
+            assert outcomes == mood_outcomes(self.rows(person)), person.name
 
         def check_no_deadline_left_behind(self):
             with app.app_context():
@@ -431,7 +438,7 @@ def _row(session) -> SessionRow:
         else (session.package.duration_seconds or None)
     return SessionRow(session.id, session.started_at, session.ended_at, session.tier,
                       session.counts_toward_quota, session.completed, session.listened_seconds,
-                      content)
+                      content, session.package_id, session.mood_before, session.mood_after)
 
 
 def _seed_packages() -> dict[str, int]:

@@ -3,6 +3,8 @@
 The tables of the recommendation model (sonicus/models/recommendations.py), rebuilt by a
 periodic job from the sessions that count: platform parameters, per-package and per-cohort
 sums, each user's bias and band, and each user's sums per package. Empty until the job runs.
+The per-user tables have no foreign keys (derived rows rewritten in bulk; erasure deletes a
+user's rows itself).
 
 Revision ID: 0011_recommendations
 Revises: 0006_day_rules
@@ -28,11 +30,6 @@ def _package_fk(schema, table):
     return sa.ForeignKeyConstraint(["package_id"], [_ref(schema, "sound_packages.id")],
                                    name=op.f(f"fk_{table}_package_id_sound_packages"),
                                    ondelete="CASCADE")
-
-
-def _user_fk(schema, table):
-    return sa.ForeignKeyConstraint(["user_id"], [_ref(schema, "users.id")],
-                                   name=op.f(f"fk_{table}_user_id_users"), ondelete="CASCADE")
 
 
 def upgrade():
@@ -82,7 +79,6 @@ def upgrade():
         sa.Column("bias", sa.Float(), nullable=False),
         sa.Column("band", sa.String(length=8), nullable=False),
         sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
-        _user_fk(schema, "user_outcome_profiles"),
         sa.PrimaryKeyConstraint("user_id", name=op.f("pk_user_outcome_profiles")),
         schema=schema,
     )
@@ -95,8 +91,6 @@ def upgrade():
         sa.Column("lift_squares", sa.Float(), nullable=False),
         sa.Column("mood_before_sum", sa.Float(), nullable=False),
         sa.Column("recent_negative", sa.Boolean(), nullable=False),
-        _package_fk(schema, "user_package_outcomes"),
-        _user_fk(schema, "user_package_outcomes"),
         sa.PrimaryKeyConstraint("user_id", "package_id", name=op.f("pk_user_package_outcomes")),
         schema=schema,
     )

@@ -45,12 +45,15 @@ from sqlalchemy import (
     and_,
     case,
     delete,
+    exists,
     func,
     literal,
     or_,
     select,
+    text,
     true,
 )
+from sqlalchemy.dialects import postgresql
 
 from .. import clock
 from ..extensions import db
@@ -107,10 +110,14 @@ def _counting(user_id: int | None = None):
     return stmt.subquery("counting")
 
 
-def _insert_user_packages(user_id: int | None = None) -> None:
-    """Each user's sums per package (the one pass over the sessions; every other figure is
-    derived from these rows), and whether their two latest sessions of it both lowered the
-    mood."""
+_USER_PACKAGE_SUMS = ("sessions", "lift_sum", "lift_squares", "mood_before_sum",
+                      "recent_negative")
+
+
+def _user_package_sums(user_id: int | None = None):
+    """SELECT of each user's sums per package (the one pass over the sessions; every other
+    figure derives from these rows), and whether their two latest sessions of it both lowered
+    the mood."""
     c = _counting(user_id)
     ranked = (select(c.c.user_id, c.c.package_id, c.c.lift, c.c.mood_before,
                      func.row_number().over(partition_by=(c.c.user_id, c.c.package_id),
@@ -118,13 +125,34 @@ def _insert_user_packages(user_id: int | None = None) -> None:
                      .label("recency")).subquery())
     recent_lowered = func.sum(case((and_(ranked.c.recency <= 2, ranked.c.lift < 0), 1),
                                    else_=0))
+    return (select(ranked.c.user_id, ranked.c.package_id, func.count(), func.sum(ranked.c.lift),
+                   func.sum(ranked.c.lift * ranked.c.lift), func.sum(ranked.c.mood_before),
+                   recent_lowered >= 2)
+            .group_by(ranked.c.user_id, ranked.c.package_id))
+
+
+def _insert_user_packages(user_id: int | None = None) -> None:
     db.session.execute(UserPackageOutcome.__table__.insert().from_select(
-        ["user_id", "package_id", "sessions", "lift_sum", "lift_squares", "mood_before_sum",
-         "recent_negative"],
-        select(ranked.c.user_id, ranked.c.package_id, func.count(), func.sum(ranked.c.lift),
-               func.sum(ranked.c.lift * ranked.c.lift), func.sum(ranked.c.mood_before),
-               recent_lowered >= 2)
-        .group_by(ranked.c.user_id, ranked.c.package_id)))
+        ["user_id", "package_id", *_USER_PACKAGE_SUMS], _user_package_sums(user_id)))
+
+
+def _sync_user_packages() -> None:
+    """Bring every user's per-package rows in line with the sessions (PostgreSQL): rows whose
+    sums changed are updated, new ones inserted, unchanged ones left alone (most of them, as
+    each user's analytics refresh keeps their own rows current), and rows without a counting
+    session any more deleted."""
+    up = UserPackageOutcome
+    stmt = postgresql.insert(up).from_select(["user_id", "package_id", *_USER_PACKAGE_SUMS],
+                                             _user_package_sums())
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[up.user_id, up.package_id],
+        set_={name: stmt.excluded[name] for name in _USER_PACKAGE_SUMS},
+        where=or_(*(getattr(up, name).is_distinct_from(stmt.excluded[name])
+                    for name in _USER_PACKAGE_SUMS)))
+    db.session.execute(stmt)
+    c = _counting()
+    db.session.execute(delete(up).where(~exists().where(
+        c.c.user_id == up.user_id, c.c.package_id == up.package_id)))
 
 
 def _band(mean_mood_before):
@@ -170,19 +198,24 @@ def _user_goals():
 
 
 def _insert_cohorts() -> None:
-    up, pr = UserPackageOutcome, UserOutcomeProfile
+    """Cohort rows: one pass over the per-user rows (and the users' goals) makes the
+    (goal, band, package) rows, the (goal, any band, package) rows are summed from those, then
+    groups of fewer than ``MIN_GROUP_USERS`` users go."""
+    up, pr, co = UserPackageOutcome, UserOutcomeProfile, CohortOutcome
     goals = _user_goals()
-    for band in (pr.band, literal(BAND_ANY)):
-        # A constant in GROUP BY is refused (PostgreSQL): group by the goal alone for "any".
-        group = (goals.c.goal, *([band] if band is pr.band else []), up.package_id)
-        db.session.execute(CohortOutcome.__table__.insert().from_select(
-            ["goal", "band", "package_id", "sessions", "users", "lift_sum", "adjusted_sum"],
-            select(goals.c.goal, band, up.package_id, func.sum(up.sessions), func.count(),
-                   func.sum(up.lift_sum), func.sum(_adjusted_sum()))
-            .select_from(up).join(pr, pr.user_id == up.user_id)
-            .join(goals, goals.c.user_id == up.user_id)
-            .group_by(*group)
-            .having(func.count() >= MIN_GROUP_USERS)))
+    columns = ["goal", "band", "package_id", "sessions", "users", "lift_sum", "adjusted_sum"]
+    db.session.execute(co.__table__.insert().from_select(columns, (
+        select(goals.c.goal, pr.band, up.package_id, func.sum(up.sessions), func.count(),
+               func.sum(up.lift_sum), func.sum(_adjusted_sum()))
+        .select_from(up).join(pr, pr.user_id == up.user_id)
+        .join(goals, goals.c.user_id == up.user_id)
+        .group_by(goals.c.goal, pr.band, up.package_id))))
+    # A user has one band: the users of the bands add up to the goal's.
+    db.session.execute(co.__table__.insert().from_select(columns, (
+        select(co.goal, literal(BAND_ANY), co.package_id, func.sum(co.sessions),
+               func.sum(co.users), func.sum(co.lift_sum), func.sum(co.adjusted_sum))
+        .where(co.band != BAND_ANY).group_by(co.goal, co.package_id))))
+    db.session.execute(delete(co).where(co.users < MIN_GROUP_USERS))
 
 
 def _variance_components() -> dict:
@@ -237,10 +270,16 @@ def rebuild_recommendation_model() -> dict:
     now = clock.now()
     up, pr = UserPackageOutcome, UserOutcomeProfile
     with unit_of_work():
-        for model in (CohortOutcome, UserPackageOutcome, UserOutcomeProfile, PackageOutcome,
-                      RecommendationParams):
+        postgres = db.session.get_bind().dialect.name == "postgresql"
+        if postgres:
+            db.session.execute(text("SET LOCAL work_mem = '64MB'"))  # sorts in memory
+        for model in (CohortOutcome, UserOutcomeProfile, PackageOutcome, RecommendationParams,
+                      *(() if postgres else (UserPackageOutcome,))):
             db.session.execute(delete(model))
-        _insert_user_packages()
+        if postgres:
+            _sync_user_packages()
+        else:
+            _insert_user_packages()
         raw_means = (select(up.package_id,
                             (func.sum(up.lift_sum) * 1.0 / func.sum(up.sessions)).label("mean"))
                      .group_by(up.package_id).subquery("package_means"))
@@ -443,26 +482,29 @@ def _reason(c: _Candidate, expected, cohort_view, pop_n, favorite) -> Reason:
     return Reason(KIND_POPULAR, f"Popular with listeners: played {c.popularity:,} times.")
 
 
-def rank_packages(user_id: int, tier_name: str, preferences,
+def rank_packages(user_id: int, tier_name: str, preferences, limit: int | None = None,
                   now: datetime | None = None) -> list[tuple]:
-    """Every package the user can play, best first, as (candidate, score, expected,
-    confidence, reason, assigned), from the stored model (two queries; one without goals)."""
+    """The packages the user can play, best first (the first ``limit``, default all), as
+    (candidate, score, expected, confidence, reason, assigned), from the stored model (two
+    queries; one without goals)."""
     now = now or clock.now()
     params, candidates = _candidates(user_id, tier_name, now)
     cohorts = _cohorts(user_id, _goals_of(preferences))
     favorites = {c.lower() for c in (preferences or {}).get("favorite_categories") or []
                  if isinstance(c, str)}
-    ranked = []
+    scored = []
     for c in candidates:
-        score, expected, confidence, cohort_view, pop_n, _pop_lift, favorite = _score(
-            c, cohorts.get(c.package_id), favorites, params)
-        reason = _reason(c, expected, cohort_view, pop_n, favorite)
-        order = (c.recent_negative, -round(score, 6), -c.popularity, c.package_id)
-        ranked.append((order, (c, round(score, 3), round(expected, 2),
-                               round(min(1.0, max(0.0, confidence)), 3), reason,
-                               c.assigned)))
-    ranked.sort(key=lambda item: item[0])
-    return [item for _order, item in ranked]
+        figures = _score(c, cohorts.get(c.package_id), favorites, params)
+        scored.append(((c.recent_negative, -round(figures[0], 6), -c.popularity, c.package_id),
+                       c, figures))
+    scored.sort(key=lambda item: item[0])
+    out = []
+    for _order, c, (score, expected, confidence, cohort_view, pop_n, _lift, favorite) in \
+            scored[:limit]:
+        out.append((c, round(score, 3), round(expected, 2),
+                    round(min(1.0, max(0.0, confidence)), 3),
+                    _reason(c, expected, cohort_view, pop_n, favorite), c.assigned))
+    return out
 
 
 def recommendations_for(user_id: int, tier_name: str, preferences,
@@ -470,7 +512,7 @@ def recommendations_for(user_id: int, tier_name: str, preferences,
                         now: datetime | None = None) -> list[Recommendation]:
     """The user's recommendations, best first, each with its catalog item (two queries at
     most, whatever the data size)."""
-    top = rank_packages(user_id, tier_name, preferences, now)[:limit]
+    top = rank_packages(user_id, tier_name, preferences, limit, now)
     # The catalog item from the columns read (a transient package: nothing more to load).
     return [Recommendation(PackageView.of(SoundPackage(**c.columns), tier_name, assigned),
                            score, expected, confidence, reason)

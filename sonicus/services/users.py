@@ -20,6 +20,8 @@ from ..models import (
     SubscriptionEvent,
     User,
     UserAnalytics,
+    UserOutcomeProfile,
+    UserPackageOutcome,
     UserSoundPackage,
     UserSubscription,
 )
@@ -222,7 +224,7 @@ def erase_user(user_id: int) -> None:
         db.session.execute(update(AuditLog).where(AuditLog.actor_id == user_id)
                            .values(actor_id=None, actor_label="erased user"))
         for model in (UserSoundPackage, PackageAssignment, SubscriptionEvent, UserSubscription,
-                      UserAnalytics):
+                      UserAnalytics, UserPackageOutcome, UserOutcomeProfile):
             db.session.execute(delete(model).where(model.user_id == user_id))
         db.session.execute(delete(User).where(User.id == user_id))
         work.changed_user(user_id)
