@@ -350,7 +350,7 @@ class _Candidate:
     own_lift_sum: float
     own_adjusted: float
     recent_negative: bool
-    columns: dict  # the catalog item's columns
+    columns: tuple  # the catalog item's columns (``_PACKAGE_COLUMNS``)
 
 
 def _points(value: float) -> str:
@@ -388,18 +388,17 @@ def _candidates(user_id: int, tier_name: str, now: datetime):
     candidates = []
     width = len(_PACKAGE_COLUMNS)
     for row in rows:
-        columns = dict(zip(_PACKAGE_COLUMNS, row[:width], strict=True))
+        package_id, category, popularity, minimum_tier = row[0], row[4], row[8], row[5]
         (is_assigned, pop_n, pop_users, pop_sum, pop_adjusted, own_n, own_sum, own_adjusted,
          recent_negative, k_user, k_cohort, k_package, user_variance) = row[width:]
         if k_user is not None:
             params = (float(k_user), float(k_cohort), float(k_package),
                       float(user_variance or 1.0))
         candidates.append(_Candidate(
-            columns["id"], columns["category"], int(columns["popularity"] or 0),
-            columns["minimum_tier"], bool(is_assigned), int(pop_n or 0), int(pop_users or 0),
-            float(pop_sum or 0.0), float(pop_adjusted or 0.0), int(own_n or 0),
-            float(own_sum or 0.0), float(own_adjusted or 0.0), bool(recent_negative),
-            columns))
+            package_id, category, int(popularity or 0), minimum_tier, bool(is_assigned),
+            int(pop_n or 0), int(pop_users or 0), float(pop_sum or 0.0),
+            float(pop_adjusted or 0.0), int(own_n or 0), float(own_sum or 0.0),
+            float(own_adjusted or 0.0), bool(recent_negative), row[:width]))
     return params, candidates
 
 
@@ -514,6 +513,8 @@ def recommendations_for(user_id: int, tier_name: str, preferences,
     most, whatever the data size)."""
     top = rank_packages(user_id, tier_name, preferences, limit, now)
     # The catalog item from the columns read (a transient package: nothing more to load).
-    return [Recommendation(PackageView.of(SoundPackage(**c.columns), tier_name, assigned),
+    return [Recommendation(PackageView.of(SoundPackage(**dict(zip(_PACKAGE_COLUMNS, c.columns,
+                                                                  strict=True))),
+                                          tier_name, assigned),
                            score, expected, confidence, reason)
             for c, score, expected, confidence, reason, assigned in top]
