@@ -63,7 +63,7 @@ def test_five_one_second_sessions_of_plus_eight_count_for_nothing(app, client, a
     assert first["reason"]["kind"] == "popular" and first["expected_mood_change"] > 0
     assert trap["reason"]["kind"] == "popular"
     assert trap["expected_mood_change"] == 0.0 and trap["confidence"] == 0.0
-    assert trap["reason"]["text"] == "Popular with listeners: played 1 times."
+    assert trap["reason"]["text"] == "Popular with listeners: played 1 time."
 
 
 def test_one_plus_eight_session_does_not_outrank_thirty_plus_two(app, client, auth, make_user,

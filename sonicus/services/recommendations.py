@@ -361,6 +361,10 @@ def _sessions(n: int) -> str:
     return f"{n:,} session" + ("" if n == 1 else "s")
 
 
+def _times(n: int) -> str:
+    return f"{n:,} time" + ("" if n == 1 else "s")
+
+
 _PACKAGE_COLUMNS = ("id", "slug", "title", "description", "category", "minimum_tier",
                     "duration_seconds", "track_count", "popularity")
 
@@ -474,11 +478,11 @@ def _reason(c: _Candidate, expected, cohort_view, pop_n, favorite) -> Reason:
     pop_mean = (c.pop_lift_sum - c.own_lift_sum) / pop_n if pop_n else 0.0
     if favorite:
         return Reason(KIND_FAVORITE, f"From {c.category}, one of your favourite categories; "
-                                     f"played {c.popularity:,} times.")
+                                     f"played {_times(c.popularity)}.")
     if pop_n and pop_mean > 0:
         return Reason(KIND_POPULAR, f"Listeners felt {_points(pop_mean)} better after it on "
                                     f"average ({_sessions(pop_n)}).")
-    return Reason(KIND_POPULAR, f"Popular with listeners: played {c.popularity:,} times.")
+    return Reason(KIND_POPULAR, f"Popular with listeners: played {_times(c.popularity)}.")
 
 
 def rank_packages(user_id: int, tier_name: str, preferences, limit: int | None = None,
