@@ -84,6 +84,9 @@ class SessionRow:
     content_seconds: int | None
     local_day: date | None = None  # the user day the server stored it on
     synced: bool = False   # uploaded after being played offline
+    package_id: int | None = None
+    mood_before: int | None = None
+    mood_after: int | None = None
 
 
 def quota_violations(rows: list[SessionRow], days: DaySettings) -> list[str]:
@@ -316,3 +319,17 @@ def reminder_violations(reminders: list[ReminderRow], rows: list[SessionRow],
                     and row.started_at < reminder.claimed_at):
                 problems.append(f"reminder on {reminder.local_day} after listening")
     return problems
+OUTCOME_MIN_LISTENED_SECONDS = 60
+
+
+def mood_outcomes(rows: list[SessionRow]) -> dict[int, tuple[int, int]]:
+    """{package_id: (sessions, sum of mood_after - mood_before)} over the sessions that count
+    in mood outcomes and recommendations: not a refunded tap, at least a minute listened, both
+    moods given."""
+    sums: dict[int, tuple[int, int]] = {}
+    for row in rows:
+        if (row.counts_toward_quota and row.listened_seconds >= OUTCOME_MIN_LISTENED_SECONDS
+                and row.mood_before is not None and row.mood_after is not None):
+            n, total = sums.get(row.package_id, (0, 0))
+            sums[row.package_id] = (n + 1, total + row.mood_after - row.mood_before)
+    return sums

@@ -60,7 +60,8 @@ def test_assigned_packages_open_regardless_of_tier(client, auth, admin, catalog,
     assert [(e["package"]["slug"], e["package"]["access"]) for e in library] == \
         [("delta", "assigned")]
     recommended = client.get("/api/user/dashboard", headers=headers).json["data"]["recommended"]
-    assert {p["slug"]: p["access"] for p in recommended} == {"delta": "assigned", "rain": "tier"}
+    assert {p["package"]["slug"]: p["package"]["access"] for p in recommended} == \
+        {"delta": "assigned", "rain": "tier"}
 
     start = _start(client, headers, catalog["delta"])
     assert start.status_code == 201, start.json

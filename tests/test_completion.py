@@ -39,8 +39,9 @@ def test_completion_is_the_servers_word(client, auth, redis_client, make_user, m
     assert stats["current_streak_days"] == 0 and stats["longest_streak_days"] == 0
     assert stats["avg_mood_change"] is None and stats["mood_by_package"] == []
     recommended = client.get("/api/user/dashboard", headers=headers).json["data"]["recommended"]
-    assert recommended[0]["id"] == popular, recommended
-    assert all(p["reason"] != "mood" and p["avg_mood_change"] is None for p in recommended)
+    assert recommended[0]["package"]["id"] == popular, recommended
+    assert all(p["reason"]["kind"] != "own_outcome" and p["expected_mood_change"] == 0
+               for p in recommended)
 
     # Listening for real: 8 of the 10 minutes is 80%; the claim alone decides nothing.
     set_clock(start + timedelta(hours=1))
@@ -80,8 +81,10 @@ def test_completion_needs_80_percent_of_what_can_be_played(db_session, make_user
     assert ended(pro, 960, track_id=second_track).completed is True
 
 
-def test_short_and_refunded_sessions_count_nowhere(client, auth, make_user, make_package,
-                                                   make_session):
+def test_short_and_refunded_sessions_count_nowhere(client, auth, db_session, make_user,
+                                                   make_package, make_session):
+    from sonicus.services.recommendations import rebuild_recommendation_model
+
     tiny = make_package("tiny", tracks=(40,), popularity=900).id
     real = make_package("real").id
     user = make_user("short@example.com")
@@ -102,10 +105,11 @@ def test_short_and_refunded_sessions_count_nowhere(client, auth, make_user, make
     assert stats["avg_mood_change"] == 1.0
     assert stats["mood_by_package"] == [
         {"package_id": real, "title": "Real", "sessions": 1, "avg_mood_change": 1.0}]
+    rebuild_recommendation_model()
     recommended = client.get("/api/user/dashboard", headers=headers).json["data"]["recommended"]
-    assert [(p["id"], p["reason"]) for p in recommended][:2] == [(real, "mood"),
-                                                                (tiny, "popular")]
-    assert recommended[1]["avg_mood_change"] is None
+    assert [(p["package"]["id"], p["reason"]["kind"]) for p in recommended][:2] == [
+        (real, "own_outcome"), (tiny, "popular")]
+    assert recommended[1]["expected_mood_change"] == 0
 
 
 def test_the_stale_sweep_completes_by_listened_time_only(db_session, make_user, make_package):

@@ -36,7 +36,7 @@ def test_dashboard_in_one_call(client, auth, db_session, make_user, make_package
     assert cont["listened_seconds"] == 180
     assert cont["package"]["id"] == pkg and cont["package"]["title"] == "Ocean"
     assert data["onboarding"] == data["profile"]["onboarding"]
-    assert [p["id"] for p in data["recommended"]] == [pkg]
+    assert [p["package"]["id"] for p in data["recommended"]] == [pkg]
 
 
 def test_no_open_session_means_nothing_to_continue(client, auth, db_session, make_user,
@@ -58,11 +58,14 @@ def test_another_users_open_session_is_not_offered(client, auth, db_session, mak
     assert data["continue_listening"] is None
 
 
-def test_recommendations_rank_mood_then_favourites_then_popularity(
-        client, auth, db_session, make_user, make_package, make_session):
+def test_recommended_is_the_first_items_of_the_recommendations(
+        app, client, auth, db_session, make_user, make_package, make_session):
+    from sonicus.services.recommendations import rebuild_recommendation_model
+
     me = make_user("rank@example.com").id
     other = make_user("someone@example.com").id
-    res = client.put("/api/user/profile", headers=auth("rank@example.com"),
+    headers = auth("rank@example.com")
+    res = client.put("/api/user/profile", headers=headers,
                      json={"preferences": {"favorite_categories": ["nature"]}})
     assert res.status_code == 200
     helped_a_lot = make_package("helped-a-lot", category="focus", popularity=1).id
@@ -74,19 +77,26 @@ def test_recommendations_rank_mood_then_favourites_then_popularity(
     make_package("premium-only", category="nature", minimum_tier="premium", popularity=10_000)
     make_package("draft", category="nature", published=False, popularity=10_000)
     day = _today() - timedelta(days=1)
-    make_session(me, helped_a_lot, day, mood_before=2, mood_after=8)
-    make_session(me, helped, day, mood_before=5, mood_after=6)
-    make_session(me, worse, day, mood_before=6, mood_after=4)
-    # Someone else's outcomes do not rank my list.
+    for _ in range(3):
+        make_session(me, helped_a_lot, day, mood_before=2, mood_after=8)
+        make_session(me, helped, day, mood_before=5, mood_after=6)
+        make_session(me, worse, day, mood_before=6, mood_after=4)
+    # Someone else's outcomes are not mine.
     make_session(other, others_hit, day, mood_before=1, mood_after=10)
+    rebuild_recommendation_model()
 
-    data = client.get("/api/user/dashboard", headers=auth("rank@example.com")).json["data"]
-    ranked = [(p["id"], p["reason"]) for p in data["recommended"]]
-    assert ranked == [(helped_a_lot, "mood"), (helped, "mood"),
-                      (favourite, "favorite_category"), (popular, "popular"),
-                      (others_hit, "popular"), (worse, "favorite_category")]
-    assert data["recommended"][0]["avg_mood_change"] == 6.0
-    assert all(p["locked"] is False for p in data["recommended"])
+    data = client.get("/api/user/dashboard", headers=headers).json["data"]
+    ranked = [(p["package"]["id"], p["reason"]["kind"]) for p in data["recommended"]]
+    assert ranked[:3] == [(helped_a_lot, "own_outcome"), (helped, "own_outcome"),
+                          (favourite, "favorite_category")]
+    assert {popular, others_hit} <= {pid for pid, _kind in ranked}
+    assert (others_hit, "own_outcome") not in ranked
+    assert ranked[-1][0] == worse  # rated poorly twice recently: last
+    assert data["recommended"][0]["reason"]["text"] == \
+        "Lifted your mood by 6.0 points on average over 3 sessions."
+    assert all(p["package"]["locked"] is False for p in data["recommended"])
+    listed = client.get("/api/user/recommendations?limit=6", headers=headers).json["data"]
+    assert data["recommended"] == listed
 
 
 def test_without_favourites_popularity_ranks(client, auth, make_user, make_package):
@@ -94,8 +104,8 @@ def test_without_favourites_popularity_ranks(client, auth, make_user, make_packa
     first = make_package("first-made", popularity=1).id
     second = make_package("second-made", popularity=7).id
     data = client.get("/api/user/dashboard", headers=auth("plain@example.com")).json["data"]
-    assert [(p["id"], p["reason"]) for p in data["recommended"]] == [(second, "popular"),
-                                                                     (first, "popular")]
+    assert [(p["package"]["id"], p["reason"]["kind"]) for p in data["recommended"]] == [
+        (second, "popular"), (first, "popular")]
 
 
 def test_paid_tier_sees_its_packages(client, auth, make_user, make_package):
@@ -104,7 +114,7 @@ def test_paid_tier_sees_its_packages(client, auth, make_user, make_package):
     premium = make_package("premium-one", minimum_tier="premium", popularity=5).id
     exclusive = make_package("pro-one", minimum_tier="pro_exclusive", popularity=9).id
     data = client.get("/api/user/dashboard", headers=auth("pro@example.com")).json["data"]
-    ids = [p["id"] for p in data["recommended"]]
+    ids = [p["package"]["id"] for p in data["recommended"]]
     assert premium in ids and exclusive not in ids
     assert data["subscription"]["usage"]["sessions_remaining"] == 10
 

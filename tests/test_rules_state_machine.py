@@ -34,6 +34,7 @@ from rules_model import (
     SessionRow,
     completion_violations,
     derive_from_events,
+    mood_outcomes,
     offline_violations,
     reminder_violations,
     retry_violations,
@@ -54,6 +55,7 @@ from sonicus.models import (
     Track,
     User,
     UserAnalytics,
+    UserPackageOutcome,
     UserSubscription,
 )
 from sonicus.services import reminders
@@ -492,11 +494,15 @@ def build_machine(app, idp, table_names, billing):
 
         def check_stored_analytics(self, person):
             """Right after a completion refreshed them, the stored analytics equal a fresh
-            computation from the rows."""
+            computation from the rows, and the user's own figures behind their
+            recommendations hold only the sessions that count (the model's rule)."""
             with app.app_context():
                 stored = db.session.get(UserAnalytics, person.user_id)
                 user = db.session.get(User, person.user_id)
                 fresh = compute_user_analytics(user, self.now)
+                outcomes = {o.package_id: (o.sessions, round(o.lift_sum))
+                            for o in db.session.execute(select(UserPackageOutcome).where(
+                                UserPackageOutcome.user_id == person.user_id)).scalars()}
                 db.session.remove()
             assert stored is not None and stored.stale_since is None
             assert {k: v for k, v in stored.data.items() if k != "computed_at"} == \
@@ -511,6 +517,7 @@ def build_machine(app, idp, table_names, billing):
                     fresh["freezes_available"], fresh["freeze_days"]) == \
                 (model.current, model.longest, model.freezes_available,
                  [d.isoformat() for d in model.freeze_days if since <= d])
+            assert outcomes == mood_outcomes(self.rows(person)), person.name
 
         def check_no_deadline_left_behind(self):
             with app.app_context():
@@ -588,7 +595,9 @@ def _row(session) -> SessionRow:
         else (session.package.duration_seconds or None)
     return SessionRow(session.id, session.started_at, session.ended_at, session.tier,
                       session.counts_toward_quota, session.completed, session.listened_seconds,
-                      content, session.local_day, synced=session.client_id is not None)
+                      content, session.local_day, synced=session.client_id is not None,
+                      package_id=session.package_id, mood_before=session.mood_before,
+                      mood_after=session.mood_after)
 
 
 def _seed_packages() -> dict[str, int]:

@@ -152,7 +152,7 @@ def test_schedule_fires_each_job_once_per_slot_with_two_workers(app, redis_clien
     names = sorted(name for batch in fired for name in batch)
     assert names == sorted(job.name for job in schedule.PERIODIC_JOBS)
     maintenance = Queue(QUEUE_MAINTENANCE, connection=redis_client)
-    assert maintenance.count == 6
+    assert maintenance.count == 7
     assert Queue(QUEUE_ANALYTICS, connection=redis_client).count == 1
 
     with app.app_context():
@@ -287,8 +287,7 @@ def test_every_periodic_job_is_enqueued_by_reference():
     assert {job.name for job in PERIODIC_JOBS} == {
         "process_due_subscriptions", "process_owed_cancellations", "close_stale_sessions",
         "refresh_platform_stats", "sweep_stale_analytics", "sweep_expired_idempotency_keys",
-        "send_due_reminders",
-        "precompute_year_recaps"}
+        "send_due_reminders", "precompute_year_recaps", "rebuild_recommendation_model"}
     for job in PERIODIC_JOBS:
         assert job.func.__module__.startswith("sonicus.services.")
         assert import_attribute(f"{job.func.__module__}.{job.func.__qualname__}") is job.func

@@ -13,7 +13,8 @@ from ..schemas.analytics import (
     RecapSchema,
     RefreshQueuedSchema,
 )
-from ..services import analytics, dashboard, recaps
+from ..schemas.recommendations import RecommendationArgsSchema, RecommendationSchema
+from ..services import analytics, dashboard, recaps, recommendations
 
 blp = Blueprint("analytics", __name__, url_prefix="/api/user",
                 description="Personal analytics and the dashboard. Live updates: WebSocket "
@@ -63,3 +64,16 @@ class Recap(MethodView):
         """A week, month or year of the caller's listening, with the previous one's totals
         (the period containing `date`, default today, in the caller's days; cached)."""
         return recaps.get_recap(caller, args["period"], args.get("date"))
+
+
+@blp.route("/recommendations")
+class Recommendations(MethodView):
+    @require_user
+    @blp.arguments(RecommendationArgsSchema, location="query")
+    @blp.response(200, RecommendationSchema(many=True))
+    @blp.errors(401, 403, 422)
+    def get(self, args, caller):
+        """Packages the caller can play, best first, by measured mood outcomes: their own,
+        those of people with their goals and a similar starting mood, the population's."""
+        return recommendations.recommendations_for(caller.id, caller.tier, caller.preferences,
+                                                   args["limit"])

@@ -7,15 +7,23 @@ from .erasure import ErasureTombstone, OwedCancellation
 from .idempotency import IdempotencyKey
 from .listening import ListeningSession
 from .offline import OfflineLicence
+from .recommendations import (
+    CohortOutcome,
+    PackageOutcome,
+    RecommendationParams,
+    UserOutcomeProfile,
+    UserPackageOutcome,
+)
 from .reminders import PushSubscription, ReminderDelivery, ReminderPreferences
 from .subscription import BillingEvent, SubscriptionEvent, UserSubscription
 from .user import User
 
 __all__ = [
-    "SCHEMA", "AuditLog", "Base", "BillingEvent", "ErasureTombstone", "IdempotencyKey",
-    "ListeningSession", "OfflineLicence", "OwedCancellation", "PackageAssignment",
-    "PlatformStats", "PushSubscription", "ReminderDelivery", "ReminderPreferences",
-    "SoundPackage",
-    "SubscriptionEvent", "Track", "User", "UserAnalytics", "UserSoundPackage",
+    "SCHEMA", "AuditLog", "Base", "BillingEvent", "CohortOutcome", "ErasureTombstone",
+    "IdempotencyKey", "ListeningSession", "OfflineLicence", "OwedCancellation",
+    "PackageAssignment", "PackageOutcome", "PlatformStats", "PushSubscription",
+    "RecommendationParams", "ReminderDelivery", "ReminderPreferences", "SoundPackage",
+    "SubscriptionEvent", "Track", "User", "UserAnalytics", "UserOutcomeProfile",
+    "UserPackageOutcome", "UserSoundPackage",
     "UserSubscription", "utcnow",
 ]

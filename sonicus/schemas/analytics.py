@@ -5,9 +5,10 @@ from __future__ import annotations
 import marshmallow as ma
 
 from ..services.recaps import FIRST_RECAP_DATE, LAST_RECAP_DATE, PERIODS
-from .catalog import AccessField, PackageBaseSchema
+from .catalog import PackageBaseSchema
 from .common import QueryArgsSchema
 from .profile import OnboardingSchema, ProfileSchema
+from .recommendations import RecommendationSchema
 from .sessions import SessionTrackSchema
 from .subscription import SubscriptionSchema
 
@@ -107,21 +108,14 @@ class ContinueListeningSchema(ma.Schema):
         "description": "Where to resume in the track (seconds); null when none was reported."})
 
 
-class RecommendedPackageSchema(PackageBaseSchema):
-    locked = ma.fields.Boolean(required=True)
-    access = AccessField()
-    reason = ma.fields.String(required=True, metadata={
-        "description": "Why it is here: `mood` (it helped you), `favorite_category`, `popular`."})
-    avg_mood_change = ma.fields.Float(required=True, allow_none=True)
-
-
 class DashboardSchema(ma.Schema):
     profile = ma.fields.Nested(ProfileSchema, required=True)
     subscription = ma.fields.Nested(SubscriptionSchema, required=True)
     analytics = ma.fields.Nested(AnalyticsSummarySchema, required=True)
     continue_listening = ma.fields.Nested(ContinueListeningSchema, required=True,
                                           allow_none=True)
-    recommended = ma.fields.List(ma.fields.Nested(RecommendedPackageSchema), required=True)
+    recommended = ma.fields.List(ma.fields.Nested(RecommendationSchema), required=True, metadata={
+        "description": "The first items of GET /api/user/recommendations."})
     onboarding = ma.fields.Nested(OnboardingSchema, required=True)
 
 

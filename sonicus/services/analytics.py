@@ -31,6 +31,7 @@ from ..models.user import merge_preferences
 from ..realtime.publish import publish_to_user
 from ..tasks.queue import QUEUE_ANALYTICS, enqueue, job_is_pending
 from .recaps import forget_recent_recaps, forget_user_recaps
+from .recommendations import refresh_user_outcomes
 from .streaks import active_days, day_islands, recent_freeze_days, streaks_from_islands
 from .transaction import unit_of_work
 
@@ -263,6 +264,7 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
                                      else_=UserAnalytics.stale_since)
     db.session.execute(update(UserAnalytics).where(UserAnalytics.user_id == user_id)
                        .values(**values))
+    refresh_user_outcomes(user_id)  # the user's own figures behind their recommendations
     ttl = _cache_ttl(user, now)
     db.session.commit()
     cache_set(cache_key(user_id), data, ttl)

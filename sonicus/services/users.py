@@ -24,6 +24,8 @@ from ..models import (
     SubscriptionEvent,
     User,
     UserAnalytics,
+    UserOutcomeProfile,
+    UserPackageOutcome,
     UserSoundPackage,
     UserSubscription,
 )
@@ -239,7 +241,7 @@ def erase_user(user_id: int) -> None:
                            .values(actor_id=None, actor_label="erased user"))
         for model in (UserSoundPackage, PackageAssignment, OfflineLicence, SubscriptionEvent,
                       UserSubscription, UserAnalytics, PushSubscription, ReminderDelivery,
-                      ReminderPreferences):
+                      ReminderPreferences, UserPackageOutcome, UserOutcomeProfile):
             db.session.execute(delete(model).where(model.user_id == user_id))
         db.session.execute(delete(User).where(User.id == user_id))
         work.changed_user(user_id)

@@ -23,6 +23,7 @@ from ..services.erasure import process_owed_cancellations
 from ..services.idempotency import sweep_expired_idempotency_keys
 from ..services.listening import close_stale_sessions
 from ..services.recaps import precompute_year_recaps
+from ..services.recommendations import rebuild_recommendation_model
 from ..services.reminders import send_due_reminders
 from ..services.stats import refresh_platform_stats
 from ..services.subscriptions import process_due_subscriptions
@@ -55,6 +56,7 @@ PERIODIC_JOBS = (
     Periodic(sweep_expired_idempotency_keys, 3600, QUEUE_MAINTENANCE),  # keys past 24 h
     Periodic(send_due_reminders, 60, QUEUE_DEFAULT),  # Web Push reminders, due users in SQL
     Periodic(precompute_year_recaps, 3600, QUEUE_MAINTENANCE),  # January 1..7 only
+    Periodic(rebuild_recommendation_model, 3600, QUEUE_MAINTENANCE),  # mood-outcome model
 )
 
 
