@@ -205,6 +205,29 @@ def cors_origins(config) -> list:
     return origins
 
 
+def _under(url: str, base: str) -> bool:
+    base = base.rstrip("/")
+    return bool(base) and (url == base or url.startswith((base + "/", base + "?", base + "#")))
+
+
+def is_app_url(config, url: str) -> bool:
+    """Whether the browser may be sent to ``url`` (checkout and portal return addresses): it
+    starts with ``PUBLIC_BASE_URL`` or an origin of ``cors_origins`` (in development also a
+    local dev server). Never anywhere else: that would be an open redirect."""
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        return False
+    for origin in [config.get("PUBLIC_BASE_URL") or "", *cors_origins(config)]:
+        if isinstance(origin, str):
+            if _under(url, origin):
+                return True
+            continue
+        scheme, sep, rest = url.partition("://")
+        host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        if sep and "@" not in host and origin.match(f"{scheme}://{host}"):
+            return True
+    return False
+
+
 def _install_cors(app) -> None:
     """CORS for ``/api/*`` (and the development media files) from ``cors_origins``: the
     headers an SPA sends (tokens, idempotency keys, tracing) and reads (request id, rate
