@@ -17,6 +17,7 @@ install: $(VENV)/.installed
 dev: install
 	$(PY) -m flask --app wsgi db upgrade
 	$(PY) -m flask --app wsgi sonicus seed sonicus/data/demo_catalog.yaml
+	$(PY) -m flask --app wsgi sonicus dev-media   # the demo's audio loops, once (instance/media)
 	@echo
 	@echo "Sonicus API on http://127.0.0.1:$(PORT)  (docs: http://127.0.0.1:$(PORT)/api/docs)"
 	@echo "Get a development token in another terminal:"

@@ -6,8 +6,9 @@ import re
 
 import marshmallow as ma
 
+from .. import media
 from ..envelope import PageArgsSchema
-from ..tiers import ACCESS_KINDS, PACKAGE_LEVELS
+from ..tiers import ACCESS_KINDS, PACKAGE_LEVELS, TIER_NAMES
 from .common import StrictSchema
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -44,11 +45,17 @@ class PackageBaseSchema(ma.Schema):
     minimum_tier = ma.fields.String(required=True, metadata={"enum": list(PACKAGE_LEVELS)})
     duration_seconds = ma.fields.Integer(required=True)
     track_count = ma.fields.Integer(required=True)
+    required_tier = ma.fields.String(
+        required=True, metadata={"enum": list(TIER_NAMES),
+                                 "description": "The lowest tier that opens this package."})
+    image_url = ma.fields.Function(
+        lambda package: media.public_url(package.image_path), required=True, allow_none=True,
+        metadata={"type": "string", "nullable": True,
+                  "description": "The package's artwork (a lasting, public address); null "
+                                 "when it has none."})
 
 
 class PackageSchema(PackageBaseSchema):
-    required_tier = ma.fields.String(
-        required=True, metadata={"description": "The lowest tier that opens this package."})
     popularity = ma.fields.Integer(required=True)
     locked = ma.fields.Boolean(
         required=True, metadata={"description": "True when neither the caller's tier nor an "
@@ -162,6 +169,10 @@ class PackageUpdateSchema(StrictSchema):
     category = ma.fields.String(validate=CATEGORY_RULES)
     minimum_tier = ma.fields.String(validate=ma.validate.OneOf(PACKAGE_LEVELS))
     published = ma.fields.Boolean()
+    image_path = ma.fields.String(
+        allow_none=True, validate=[ma.validate.Length(min=1, max=512), validate_media_path],
+        metadata={"description": "Artwork, relative to the media root like a track's "
+                                 "`media_path` (shown as `image_url`); null: none."})
     tracks = ma.fields.List(ma.fields.Nested(TrackInputSchema),
                             validate=ma.validate.Length(max=200))
 
@@ -197,6 +208,7 @@ class AdminTrackSchema(ma.Schema):
 
 class AdminPackageSchema(PackageBaseSchema):
     published = ma.fields.Boolean(required=True)
+    image_path = ma.fields.String(allow_none=True, required=True)
     archived_at = ma.fields.DateTime(allow_none=True, required=True)
     popularity = ma.fields.Integer(required=True)
     created_at = ma.fields.DateTime(required=True)
@@ -205,14 +217,25 @@ class AdminPackageSchema(PackageBaseSchema):
 
 
 
+def _without_sound(entry: dict) -> dict:
+    """A catalog entry without its ``sound`` recipes (development media, ``dev_media.py``)."""
+    entry = {k: v for k, v in entry.items() if k != "sound"}
+    if isinstance(entry.get("tracks"), list):
+        entry["tracks"] = [{k: v for k, v in t.items() if k != "sound"}
+                           if isinstance(t, dict) else t for t in entry["tracks"]]
+    return entry
+
+
 def load_catalog_entries(entries: list) -> list[dict]:
     """A catalog file's packages validated with the admin input schema (seeded packages are
-    published unless the file says otherwise); ``ValueError`` names the first bad entry."""
+    published unless the file says otherwise; ``sound`` recipes are for development media and
+    are left out); ``ValueError`` names the first bad entry."""
     schema = PackageCreateSchema()
     valid = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ValueError(f"package #{index + 1}: not a mapping")
+        entry = _without_sound(entry)
         try:
             valid.append(schema.load({"published": True, **entry}))
         except ma.ValidationError as exc:

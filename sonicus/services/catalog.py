@@ -22,7 +22,8 @@ from . import audit
 from .assignments import is_assigned, live_assignments, live_package_ids
 from .transaction import unit_of_work
 
-PACKAGE_FIELDS = ("slug", "title", "description", "category", "minimum_tier", "published")
+PACKAGE_FIELDS = ("slug", "title", "description", "category", "minimum_tier", "published",
+                  "image_path")
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -172,7 +173,8 @@ def create_package(actor, data: dict) -> SoundPackage:
                                description=data.get("description", ""),
                                category=data["category"],
                                minimum_tier=data.get("minimum_tier", "public"),
-                               published=data.get("published", False))
+                               published=data.get("published", False),
+                               image_path=data.get("image_path"))
         _apply(package, {"tracks": data.get("tracks", [])})
         db.session.add(package)
         db.session.flush()
