@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import marshmallow as ma
 from flask.views import MethodView
 
 from ..auth import require_user
@@ -11,6 +10,7 @@ from ..schemas.sessions import (
     SessionCompleteSchema,
     SessionHeartbeatSchema,
     SessionHistoryArgsSchema,
+    SessionProgressSchema,
     SessionSchema,
     SessionStartSchema,
 )
@@ -25,7 +25,7 @@ _ENDED = (409, "`conflict`: the session has already ended.")
 @blp.route("/sessions")
 class Sessions(MethodView):
     @require_user
-    @blp.arguments(SessionHistoryArgsSchema, location="query", unknown=ma.RAISE)
+    @blp.arguments(SessionHistoryArgsSchema, location="query")
     @blp.response(200, SessionSchema(many=True))
     @blp.errors(401, 403, 422)
     def get(self, args, caller):
@@ -55,10 +55,11 @@ class SessionDetail(MethodView):
 
     @require_user
     @blp.arguments(SessionHeartbeatSchema)
-    @blp.response(200, SessionSchema)
+    @blp.response(200, SessionProgressSchema)
     @blp.errors(401, 403, 404, _ENDED, 422)
     def patch(self, body, session_id, caller):
-        """Progress heartbeat: listened seconds, clamped by the server and never decreasing."""
+        """Progress heartbeat: listened seconds, clamped by the server and never decreasing;
+        `clamped: true` when the claim was cut."""
         return listening.heartbeat(caller.id, session_id, body["listened_seconds"])
 
 

@@ -34,6 +34,19 @@ def AccessField():  # noqa: N802  (a field factory)
                        "administrator assigned it to them: open whatever the tier) or `locked`."})
 
 
+def RequiredTierField():  # noqa: N802  (a field factory)
+    return ma.fields.String(required=True, metadata={
+        "enum": list(TIER_NAMES), "description": "The lowest tier that opens this package."})
+
+
+def ImageUrlField():  # noqa: N802  (a field factory)
+    return ma.fields.Function(
+        lambda package: media.public_url(package.image_path), required=True, allow_none=True,
+        metadata={"type": "string", "nullable": True,
+                  "description": "The package's artwork (a lasting, public address); null "
+                                 "when it has none."})
+
+
 class PackageBaseSchema(ma.Schema):
     """What every view of a package shows."""
 
@@ -45,14 +58,8 @@ class PackageBaseSchema(ma.Schema):
     minimum_tier = ma.fields.String(required=True, metadata={"enum": list(PACKAGE_LEVELS)})
     duration_seconds = ma.fields.Integer(required=True)
     track_count = ma.fields.Integer(required=True)
-    required_tier = ma.fields.String(
-        required=True, metadata={"enum": list(TIER_NAMES),
-                                 "description": "The lowest tier that opens this package."})
-    image_url = ma.fields.Function(
-        lambda package: media.public_url(package.image_path), required=True, allow_none=True,
-        metadata={"type": "string", "nullable": True,
-                  "description": "The package's artwork (a lasting, public address); null "
-                                 "when it has none."})
+    required_tier = RequiredTierField()
+    image_url = ImageUrlField()
 
 
 class PackageSchema(PackageBaseSchema):
@@ -61,6 +68,15 @@ class PackageSchema(PackageBaseSchema):
         required=True, metadata={"description": "True when neither the caller's tier nor an "
                                                 "assignment opens it."})
     access = AccessField()
+    in_library = ma.fields.Boolean(
+        required=True, metadata={"description": "True when it is in the caller's library."})
+
+
+class CategorySchema(ma.Schema):
+    slug = ma.fields.String(required=True, metadata={"example": "sleep"})
+    title = ma.fields.String(required=True, metadata={"example": "Sleep"})
+    package_count = ma.fields.Integer(required=True, metadata={
+        "description": "Published packages in this category."})
 
 
 class TrackSchema(ma.Schema):
@@ -78,14 +94,19 @@ class PackageDetailSchema(PackageSchema):
     stream_urls_expire_at = ma.fields.DateTime(allow_none=True, required=True)
 
 
-class PackageListArgsSchema(PageArgsSchema):
-    class Meta:
-        unknown = ma.RAISE
+SORTS = ("popular", "newest", "title", "duration")
 
+
+class PackageListArgsSchema(PageArgsSchema):
     category = ma.fields.String(validate=ma.validate.Length(min=1, max=40))
     q = ma.fields.String(validate=ma.validate.Length(min=1, max=100))
     accessible = ma.fields.Boolean(
-        metadata={"description": "true: only packages the caller's tier opens."})
+        metadata={"description": "true: only packages the caller can play (tier or "
+                                 "assignment)."})
+    sort = ma.fields.String(
+        load_default="popular", validate=ma.validate.OneOf(SORTS),
+        metadata={"description": "`popular` (most played first, the default), `newest`, "
+                                 "`title` (A to Z) or `duration` (shortest first)."})
 
 
 # ---- library ---------------------------------------------------------------------------------
@@ -122,16 +143,10 @@ class LibraryUpdateSchema(StrictSchema):
 
 
 class LibraryListArgsSchema(PageArgsSchema):
-    class Meta:
-        unknown = ma.RAISE
-
     favorite = ma.fields.Boolean(metadata={"description": "true: favourites only."})
 
 
 class AdminPackageListArgsSchema(PageArgsSchema):
-    class Meta:
-        unknown = ma.RAISE
-
     q = ma.fields.String(validate=ma.validate.Length(min=1, max=100),
                          metadata={"description": "Title or slug contains."})
     published = ma.fields.Boolean()

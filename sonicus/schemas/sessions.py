@@ -5,6 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 
 from ..envelope import PageArgsSchema
+from .catalog import ImageUrlField, RequiredTierField
 from .common import StrictSchema
 
 
@@ -30,9 +31,6 @@ class SessionCompleteSchema(StrictSchema):
 
 
 class SessionHistoryArgsSchema(PageArgsSchema):
-    class Meta:
-        unknown = ma.RAISE
-
     from_ = ma.fields.Date(data_key="from", metadata={"description": "First day (inclusive)."})
     to = ma.fields.Date(metadata={"description": "Last day (inclusive)."})
 
@@ -53,6 +51,8 @@ class SessionPackageSchema(ma.Schema):
     slug = ma.fields.String(required=True)
     title = ma.fields.String(required=True)
     category = ma.fields.String(required=True)
+    required_tier = RequiredTierField()
+    image_url = ImageUrlField()
     archived = ma.fields.Method("get_archived", required=True)
 
     def get_archived(self, package) -> bool:
@@ -92,3 +92,10 @@ class SessionSchema(ma.Schema):
                                   metadata={"enum": ["completed", "stopped", "expired"]})
     package = ma.fields.Nested(SessionPackageSchema, required=True)
     track = ma.fields.Nested(SessionTrackSchema, allow_none=True, required=True)
+
+
+class SessionProgressSchema(SessionSchema):
+    clamped = ma.fields.Boolean(required=True, metadata={
+        "description": "True when the claimed `listened_seconds` was cut: the stored figure "
+                     "is capped by wall time since the start, the content's and the tier's "
+                     "length."})

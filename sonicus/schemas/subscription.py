@@ -89,8 +89,7 @@ class SubscriptionEventSchema(ma.Schema):
 
 
 class HistoryArgsSchema(PageArgsSchema):
-    class Meta:
-        unknown = ma.RAISE
+    """Only the page."""
 
 
 class WebhookResultSchema(ma.Schema):

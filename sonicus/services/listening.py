@@ -20,6 +20,7 @@ reaches 80% of its playable length (``reaches_completion``); what the client sai
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import select, update
@@ -130,14 +131,26 @@ def _ensure_open(session: ListeningSession) -> None:
         fail(409, "conflict", "This session has already ended.")
 
 
+@dataclass(frozen=True)
+class Progress:
+    """A heartbeat's answer: the session with the stored figure, and whether the claim was
+    cut (``clamped``: more was claimed than the server stores)."""
+
+    session: ListeningSession
+    clamped: bool
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
 def heartbeat(user_id: int, session_id: int, listened_seconds: int,
-              now: datetime | None = None) -> ListeningSession:
+              now: datetime | None = None) -> Progress:
     now = now or clock.now()
     with unit_of_work():
         session = get_session(user_id, session_id, lock=True)
         _ensure_open(session)
         session.listened_seconds = clamp_listened(session, listened_seconds, now)
-    return session
+    return Progress(session, clamped=listened_seconds > session.listened_seconds)
 
 
 def complete_session(user_id: int, session_id: int, listened_seconds: int, completed: bool,
