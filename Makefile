@@ -6,9 +6,11 @@ export SONICUS_ENV ?= development
 
 .PHONY: install dev test lint bench
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The pinned requirements, then this checkout itself (editable): the `sonicus` command.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed

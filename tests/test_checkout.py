@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from sonicus import create_app
+from sonicus.extensions import db
 
 PUBLIC = "http://127.0.0.1:18100"
 SUCCESS = f"{PUBLIC}/app/welcome?session={{CHECKOUT_SESSION_ID}}"
@@ -119,6 +120,9 @@ def test_development_accepts_a_local_dev_server_and_configured_origins(make_conf
         res = client.post("/api/user/subscription", headers=auth("b@example.com"),
                           json={"tier": "premium", "success_url": bad})
         assert res.status_code == 422, bad
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()  # its connections go now, not whenever the app is collected
 
 
 def test_stripe_checkout_gets_the_same_return_urls(stripe_app, auth):
