@@ -73,8 +73,8 @@ def test_dev_token_cli(idp, tmp_path):
     assert res.json["data"]["email"] == "dev@example.com"
     bad = runner.invoke(args=["sonicus", "dev-token", "--email", "x@example.com",
                               "--tier", "gold"])
-    assert bad.exit_code == 1
-    assert "unknown tier" in bad.output
+    assert bad.exit_code == 2  # a usage error: the tier is a choice
+    assert "'gold' is not one of 'starter', 'premium', 'pro'" in bad.output
 
 
 def test_dev_issuer_jwks_is_published_only_when_enabled(idp, app, tmp_path):
