@@ -66,7 +66,7 @@ def test_dev_token_cli(idp, tmp_path):
     runner = app.test_cli_runner()
     result = runner.invoke(args=["sonicus", "dev-token", "--email", "dev@example.com"])
     assert result.exit_code == 0, result.output
-    token = result.output.strip()
+    token = result.stdout.strip()  # stderr may carry log lines of other apps
     res = app.test_client().get("/api/user/profile",
                                 headers={"Authorization": f"Bearer {token}"})
     assert res.status_code == 200
