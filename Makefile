@@ -6,9 +6,11 @@ export SONICUS_ENV ?= development
 
 .PHONY: install dev test lint bench
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The pinned requirements, then this checkout itself (editable): the `sonicus` command.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -17,6 +19,7 @@ install: $(VENV)/.installed
 dev: install
 	$(PY) -m flask --app wsgi db upgrade
 	$(PY) -m flask --app wsgi sonicus seed sonicus/data/demo_catalog.yaml
+	$(PY) -m flask --app wsgi sonicus dev-media   # the demo's audio loops, once (instance/media)
 	@echo
 	@echo "Sonicus API on http://127.0.0.1:$(PORT)  (docs: http://127.0.0.1:$(PORT)/api/docs)"
 	@echo "Get a development token in another terminal:"

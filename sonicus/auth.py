@@ -25,6 +25,7 @@ import flask_smorest
 import requests
 from authlib.integrations.flask_oauth2 import ResourceProtector
 from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749.errors import MissingAuthorizationError
 from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
 from flask import current_app, g, request
 from joserfc import jwt
@@ -54,6 +55,7 @@ MAX_SUBJECT_LENGTH = 255  # users.oidc_sub
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                       "ES256", "ES384", "ES512", "EdDSA")
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+WWW_AUTHENTICATE_MISSING = {"WWW-Authenticate": "Bearer"}
 
 
 class TokenRejected(Exception):
@@ -252,8 +254,19 @@ class SonicusTokenValidator(BearerTokenValidator):
 
 class SonicusResourceProtector(ResourceProtector):
     def raise_error_response(self, error):
+        if isinstance(error, MissingAuthorizationError) or _no_bearer_token():
+            # RFC 6750 3.1: no credentials at all: the challenge carries no error code
+            raise ApiError(401, "missing_token", "Sign in: an access token is required.",
+                           headers=dict(WWW_AUTHENTICATE_MISSING))
         description = getattr(error, "description", None) or "A valid access token is required."
         raise ApiError(401, "invalid_token", description, headers=dict(WWW_AUTHENTICATE))
+
+
+def _no_bearer_token() -> bool:
+    """The request sent no token: no Authorization header, an empty one, or ``Bearer`` with
+    nothing after it (a client whose token variable was empty). Anything else is a bad token."""
+    value = (request.headers.get("Authorization") or "").strip()
+    return value == "" or value.lower() == "bearer"
 
 
 protector = SonicusResourceProtector()

@@ -23,10 +23,15 @@ A CDN function does the same: recompute the HMAC over ``uri|ts|e``, compare in c
 time, and refuse when ``now > ts + e``. ``verify_stream_path`` is the reference
 implementation (used by the tests).
 
-Without MEDIA_BASE_URL or MEDIA_URL_SECRET (development), URLs point at
-``<PUBLIC_BASE_URL>/dev-media-unsigned/<path>`` with ``st=development-only-unsigned``: nothing
-serves or trusts them, they only show where the file would be. In production no URL is
-produced at all (``stream_url`` is null) until both settings are present.
+Without MEDIA_BASE_URL (development and testing), URLs point at the API itself,
+``<PUBLIC_BASE_URL>/dev-media/<path>``, signed by the same scheme with ``MEDIA_URL_SECRET`` or,
+without it, a secret derived from ``SECRET_KEY`` (``dev_secret``); the API serves the files
+generated in the instance folder's ``media/`` there (``api/dev_media.py``, checked with
+``verify_stream_path``). In production no URL is produced at all (``stream_url`` is null)
+until both settings are present, and the API never serves media.
+
+Artwork (a package's ``image_path``) is not paid content: ``public_url`` gives an unsigned,
+lasting address under the same base.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import hashlib
 import hmac
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from flask import current_app
@@ -44,8 +50,35 @@ from . import clock
 
 log = logging.getLogger(__name__)
 
-DEV_PREFIX = "/dev-media-unsigned"
-DEV_TOKEN = "development-only-unsigned"
+DEV_PREFIX = "/dev-media"
+# Served without a signature by the development media route: artwork, not paid content.
+PUBLIC_SUFFIXES = (".svg", ".png", ".jpg", ".jpeg", ".webp")
+
+
+def dev_media_enabled(cfg) -> bool:
+    """The API serves media itself: development and testing, without ``MEDIA_BASE_URL`` and
+    ``MEDIA_URL_SECRET`` (a media server of their own)."""
+    return cfg.get("SONICUS_ENV") in ("development", "testing") and not (
+        cfg.get("MEDIA_BASE_URL") and cfg.get("MEDIA_URL_SECRET"))
+
+
+def dev_secret(cfg) -> str:
+    """What development stream URLs are signed with: ``MEDIA_URL_SECRET``, else a key derived
+    from ``SECRET_KEY``."""
+    if cfg.get("MEDIA_URL_SECRET"):
+        return cfg["MEDIA_URL_SECRET"]
+    key = (cfg.get("SECRET_KEY") or "").encode()
+    return hmac.new(key, b"sonicus-dev-media", hashlib.sha256).hexdigest()
+
+
+def media_root(app) -> Path:
+    """Where development media files live: the instance folder's ``media/``."""
+    return Path(app.instance_path) / "media"
+
+
+def stream_path(media_path: str) -> str:
+    """The signed path of a media file: ``/`` and its percent-encoded ``media_path``."""
+    return _path(media_path)
 
 
 def _path(media_path: str) -> str:
@@ -72,11 +105,11 @@ def stream_url(media_path: str, now: datetime | None = None, *,
     if base and secret:
         query = urlencode({"st": sign(secret, path, ts, lifetime), "ts": ts, "e": lifetime})
         return f"{base.rstrip('/')}{path}?{query}", expires_at
-    if cfg.get("SONICUS_ENV") == "production":
+    if not dev_media_enabled(cfg):
         log.warning("MEDIA_BASE_URL/MEDIA_URL_SECRET unset: no stream URLs in production")
         return None, expires_at
     public = (cfg.get("PUBLIC_BASE_URL") or "").rstrip("/")
-    query = urlencode({"st": DEV_TOKEN, "ts": ts, "e": lifetime})
+    query = urlencode({"st": sign(dev_secret(cfg), path, ts, lifetime), "ts": ts, "e": lifetime})
     return f"{public}{DEV_PREFIX}{path}?{query}", expires_at
 
 
@@ -85,6 +118,19 @@ def download_url(media_path: str, now: datetime | None = None) -> tuple[str | No
     longer ``MEDIA_DOWNLOAD_URL_TTL_SECONDS`` lifetime (default a day)."""
     lifetime = int(current_app.config.get("MEDIA_DOWNLOAD_URL_TTL_SECONDS") or 86400)
     return stream_url(media_path, now, lifetime=lifetime)
+
+
+def public_url(media_path: str | None) -> str | None:
+    """A lasting, unsigned address of a public media file (artwork): under ``MEDIA_BASE_URL``,
+    else the API's development media route; None without a path or a place to serve it."""
+    if not media_path:
+        return None
+    cfg = current_app.config
+    if dev_media_enabled(cfg):
+        return f"{(cfg.get('PUBLIC_BASE_URL') or '').rstrip('/')}{DEV_PREFIX}{_path(media_path)}"
+    if cfg.get("MEDIA_BASE_URL"):
+        return f"{cfg['MEDIA_BASE_URL'].rstrip('/')}{_path(media_path)}"
+    return None
 
 
 def verify_stream_path(secret: str, path: str, st: str, ts: str, lifetime: str,

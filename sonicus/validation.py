@@ -103,7 +103,7 @@ class InputSchema(ma.Schema):
 
     @ma.pre_load
     def refuse_hostile_input(self, data, **kwargs):
-        errors = hostile_text_errors(data) or {}
+        errors = hostile_text_errors(self._checked_part(data)) or {}
         if self.integers_from_text and hasattr(data, "get"):
             for name, field in self.load_fields.items():
                 key = field.data_key or name
@@ -115,6 +115,14 @@ class InputSchema(ma.Schema):
             raise ma.ValidationError(errors)
         return data
 
+    def _checked_part(self, data):
+        """What of ``data`` is input: everything (a body's unknown fields are refused by
+        name anyway); query arguments: only the known ones (the rest is ignored)."""
+        if self.unknown != ma.EXCLUDE or not hasattr(data, "items"):
+            return data
+        known = {field.data_key or name for name, field in self.load_fields.items()}
+        return {key: value for key, value in data.items() if key in known}
+
     def on_bind_field(self, field_name: str, field_obj) -> None:
         super().on_bind_field(field_name, field_obj)
         for integer in _integers_of(field_obj):
@@ -125,6 +133,10 @@ class InputSchema(ma.Schema):
 
 
 class QueryArgsSchema(InputSchema):
-    """The base of every query-argument schema."""
+    """The base of every query-argument schema. Unknown query arguments are ignored (an SPA
+    adds cache-busters such as ``?_=1700000000``); bodies stay strict (``StrictSchema``)."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
 
     integers_from_text = True

@@ -186,14 +186,58 @@ class NoCookieSessions(SessionInterface):
         return None
 
 
+# What a browser app may send and read across origins (API.md: CORS).
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID",
+                      "traceparent", "tracestate", "baggage", "sentry-trace"]
+CORS_EXPOSE_HEADERS = ["X-Request-ID", "Retry-After", "X-RateLimit-Limit",
+                       "X-RateLimit-Remaining", "X-RateLimit-Reset", "Idempotent-Replayed"]
+# Development: a dev server of the SPA on this machine, on any port (Vite: 5173).
+DEVELOPMENT_ORIGINS = [re.compile(r"^http://localhost(:[0-9]{1,5})?$"),
+                       re.compile(r"^http://127\.0\.0\.1(:[0-9]{1,5})?$")]
+
+
+def cors_origins(config) -> list:
+    """The origins a browser app may call the API from: ``CORS_ORIGINS``, and in
+    development also ``http://localhost`` and ``http://127.0.0.1`` on any port."""
+    origins = list(config.get("CORS_ORIGINS") or [])
+    if config.get("SONICUS_ENV") == "development":
+        origins += DEVELOPMENT_ORIGINS
+    return origins
+
+
+def _under(url: str, base: str) -> bool:
+    base = base.rstrip("/")
+    return bool(base) and (url == base or url.startswith((base + "/", base + "?", base + "#")))
+
+
+def is_app_url(config, url: str) -> bool:
+    """Whether the browser may be sent to ``url`` (checkout and portal return addresses): it
+    starts with ``PUBLIC_BASE_URL`` or an origin of ``cors_origins`` (in development also a
+    local dev server). Never anywhere else: that would be an open redirect."""
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        return False
+    for origin in [config.get("PUBLIC_BASE_URL") or "", *cors_origins(config)]:
+        if isinstance(origin, str):
+            if _under(url, origin):
+                return True
+            continue
+        scheme, sep, rest = url.partition("://")
+        host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        if sep and "@" not in host and origin.match(f"{scheme}://{host}"):
+            return True
+    return False
+
+
 def _install_cors(app) -> None:
-    """CORS for ``/api/*``, only when ``CORS_ORIGINS`` lists origins."""
-    if app.config.get("CORS_ORIGINS"):
-        CORS(app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
-             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-             expose_headers=["X-Request-ID", "Retry-After", "X-RateLimit-Limit",
-                             "X-RateLimit-Remaining", "X-RateLimit-Reset"],
-             max_age=600)
+    """CORS for ``/api/*`` (and the development media files) from ``cors_origins``: the
+    headers an SPA sends (tokens, idempotency keys, tracing) and reads (request id, rate
+    limits, ``Retry-After``, ``Idempotent-Replayed``). No cookies: tokens are Bearer."""
+    origins = cors_origins(app.config)
+    if origins:
+        CORS(app, resources={r"/api/*": {"origins": origins},
+                             r"/dev-media/*": {"origins": origins}},
+             allow_headers=CORS_ALLOW_HEADERS, expose_headers=CORS_EXPOSE_HEADERS,
+             supports_credentials=False, max_age=600)
 
 
 def _start_request():

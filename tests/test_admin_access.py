@@ -61,7 +61,7 @@ def test_anonymous_gets_401_on_every_admin_route(app, client):
     failures = []
     for method, path in admin_endpoints(app):
         res = _call(client, method, path)
-        if res.status_code != 401 or res.json.get("code") != "invalid_token" \
+        if res.status_code != 401 or res.json.get("code") != "missing_token" \
                 or "WWW-Authenticate" not in res.headers:
             failures.append((method, path, res.status_code))
     assert failures == []

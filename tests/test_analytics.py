@@ -204,7 +204,7 @@ def test_cli_refreshes_one_user_or_everyone(app, runner, client, auth, db_sessio
     with app.app_context():
         assert db.session.get(UserAnalytics, two).data["total_sessions"] == 0
 
-    assert runner.invoke(args=["sonicus", "analytics", "refresh"]).exit_code == 1
+    assert runner.invoke(args=["sonicus", "analytics", "refresh"]).exit_code == 2  # usage
     bad = runner.invoke(args=["sonicus", "analytics", "refresh", "--user", "nobody@example.com"])
     assert bad.exit_code == 1 and "no user" in bad.output
 

@@ -31,12 +31,19 @@ def test_valid_token_reads_profile(client, auth):
     assert data["timezone"] == "UTC"
 
 
-def test_missing_header(client):
-    _assert_invalid_token(client.get("/api/user/profile"))
+@pytest.mark.parametrize("headers", [{}, {"Authorization": ""}, {"Authorization": "Bearer"},
+                                     {"Authorization": "Bearer  "}])
+def test_no_token_is_missing_token(client, headers):
+    """No token sent at all: ``missing_token`` and a challenge without an error code (RFC 6750
+    3.1), so an SPA tells "sign in" from "your token went bad"."""
+    res = client.get("/api/user/profile", headers=headers)
+    assert res.status_code == 401, res.json
+    assert res.json["code"] == "missing_token" and res.json["errors"]
+    assert res.headers["WWW-Authenticate"] == "Bearer"
 
 
-@pytest.mark.parametrize("value", ["Bearer", "Basic abc", "Bearer not.a.jwt", "Bearer a b c",
-                                   "Token xyz", "Bearer ..."])
+@pytest.mark.parametrize("value", ["Basic abc", "Bearer not.a.jwt", "Bearer a b c",
+                                   "Token xyz", "Bearer ...", "Bearer undefined"])
 def test_malformed_header(client, value):
     _assert_invalid_token(client.get("/api/user/profile", headers={"Authorization": value}))
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from sonicus.models import AuditLog, SubscriptionEvent, UserSubscription
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(runner, *args):
@@ -54,9 +60,37 @@ def test_users_list_filters_and_pages(runner, people):
     assert result.exit_code == 0 and result.output.strip() == "No users found."
 
 
-def test_users_list_bad_filters(runner, people):
-    _one_line_error(_run(runner, "users", "list", "--tier", "gold"), "unknown tier 'gold'")
-    _one_line_error(_run(runner, "users", "list", "--status", "asleep"), "unknown status")
+def _usage_error(result, text):
+    assert result.exit_code == 2, result.output
+    assert "Usage:" in result.output and text in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_users_list_bad_filters_are_usage_errors(runner, people):
+    _usage_error(_run(runner, "users", "list", "--tier", "gold"),
+                 "'gold' is not one of 'starter', 'premium', 'pro'")
+    _usage_error(_run(runner, "users", "list", "--status", "asleep"), "'asleep' is not one of")
+    _usage_error(_run(runner, "users", "list", "--bogus"), "No such option")
+    _usage_error(_run(runner, "users", "show"), "Missing argument")
+    _usage_error(_run(runner, "analytics", "refresh"), "exactly one of --user EMAIL or --all")
+    helped = _run(runner, "users", "list", "--help").output
+    assert "[starter|premium|pro]" in helped and "suspended" in helped
+    assert "{starter|premium|pro}" in _run(runner, "users", "set-tier", "--help").output
+    assert "[starter|premium|pro]" in _run(runner, "dev-token", "--help").output
+
+
+def test_users_list_and_show_as_json(runner, people):
+    listed = _run(runner, "users", "list", "--json", "--tier", "premium")
+    assert listed.exit_code == 0, listed.output
+    data = json.loads(listed.output)
+    assert [u["email"] for u in data["users"]] == ["ana@example.com"]
+    assert data["users"][0]["tier"] == "premium"
+    assert data["pagination"] == {"page": 1, "per_page": 50, "total": 1, "pages": 1}
+    shown = json.loads(_run(runner, "users", "show", "ana@example.com", "--json").output)
+    assert shown["id"] == people["ana"].id and shown["subscription"]["tier"] == "premium"
+    assert shown["usage"]["sessions_remaining"] == 10
+    assert json.loads(_run(runner, "users", "list", "--json", "--q", "nobody").output) == {
+        "users": [], "pagination": {"page": 1, "per_page": 50, "total": 0, "pages": 0}}
 
 
 def test_users_show(runner, people):
@@ -100,8 +134,8 @@ def test_users_set_tier(runner, people, db_session):
 
 
 def test_users_set_tier_errors(runner, people, db_session):
-    _one_line_error(_run(runner, "users", "set-tier", "ana@example.com", "gold"),
-                    "unknown tier 'gold'; choose one of starter, premium, pro")
+    _usage_error(_run(runner, "users", "set-tier", "ana@example.com", "gold"),
+                 "'gold' is not one of 'starter', 'premium', 'pro'")
     _one_line_error(_run(runner, "users", "set-tier", "nobody@example.com", "pro"),
                     "no user with email")
     db_session.expire_all()
@@ -153,3 +187,37 @@ def test_stats_json_and_refresh(runner, people, db_session, make_user):
     assert cached == first
     fresh = json.loads(_run(runner, "stats", "--json", "--refresh").output)
     assert fresh["users_total"] == 4 and fresh["mrr"] == "29.98"
+
+
+def _env(test_database_url, test_redis_url) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "SONICUS_"))}
+    env.update(SONICUS_ENV="testing", DATABASE_URL=test_database_url, REDIS_URL=test_redis_url,
+               OIDC_ISSUER="", PYTHONPATH=str(ROOT))
+    return env
+
+
+def test_flask_sonicus_works_in_the_checkout(people, test_database_url, test_redis_url):
+    """``.flaskenv`` names the app: ``flask sonicus ...`` without ``--app``."""
+    done = subprocess.run([sys.executable, "-m", "flask", "sonicus", "users", "list", "--json"],
+                          cwd=ROOT, env=_env(test_database_url, test_redis_url),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["users"]) == 3
+
+
+def test_the_installed_console_command(people, test_database_url, test_redis_url):
+    """``pip install -e .`` (``make install``) puts a ``sonicus`` command next to Python."""
+    command = Path(sys.executable).parent / "sonicus"
+    if not command.exists():
+        pytest.skip("the checkout is not installed in this environment (make install)")
+    env = _env(test_database_url, test_redis_url)
+    done = subprocess.run([str(command), "users", "show", "ana@example.com", "--json"],
+                          cwd="/", env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["email"] == "ana@example.com"
+    usage = subprocess.run([str(command), "users", "list", "--tier", "gold"], cwd="/", env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "is not one of" in usage.stderr
+    failed = subprocess.run([str(command), "users", "show", "ghost@example.com"], cwd="/",
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1 and failed.stderr.startswith("Error: no user with email")

@@ -77,7 +77,9 @@ def test_500_is_generic_and_logged(caplog, make_config):
 
 
 def test_401_is_enveloped(client):
-    assert_error(client.get("/api/user/export"), 401, "invalid_token")
+    assert_error(client.get("/api/user/export"), 401, "missing_token")
+    assert_error(client.get("/api/user/export", headers={"Authorization": "Bearer x"}), 401,
+                 "invalid_token")
 
 
 @pytest.mark.parametrize("path", ["/api/health", "/api/tiers"])

@@ -237,7 +237,7 @@ def test_history_newest_first_with_day_filters(client, auth, pkgs, db_session, m
     page = client.get("/api/user/sessions?per_page=3&page=2", headers=headers)
     assert [s["id"] for s in page.json["data"]] == [ids[0]]
 
-    for query in ("from=2026-06-03&to=2026-06-01", "from=yesterday", "day=2026-06-01"):
+    for query in ("from=2026-06-03&to=2026-06-01", "from=yesterday", "to=2026-06-01x"):
         bad = client.get(f"/api/user/sessions?{query}", headers=headers)
         assert bad.status_code == 422, query
 
@@ -247,6 +247,7 @@ def test_history_newest_first_with_day_filters(client, auth, pkgs, db_session, m
     assert len(res.json["data"]) == 4
     assert res.json["data"][0]["package"] == {"id": pkgs["rain"], "slug": "rain",
                                               "title": "Rain", "category": "sleep",
+                                              "required_tier": "starter", "image_url": None,
                                               "archived": True}
     assert _start(client, headers, pkgs["rain"]).status_code == 404
 

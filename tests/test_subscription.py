@@ -90,7 +90,7 @@ def test_paid_tier_waits_for_payment_then_takes_effect(client, auth, billing):
     assert data["status"] == "incomplete"
     checkout = data["checkout"]
     assert checkout["provider"] == "sandbox" and checkout["reference"].startswith("chk_")
-    assert checkout["url"].endswith(f"/api/billing/sandbox/{checkout['reference']}/confirm")
+    assert checkout["url"].endswith(f"/api/billing/sandbox/{checkout['reference']}")  # a page
     assert checkout["amount"] == "9.99"
     profile = client.get("/api/user/profile", headers=headers).get_json()["data"]
     assert profile["tier"] == "starter" and profile["onboarding"]["payment_pending"] is True

@@ -8,6 +8,7 @@ from . import (
     analytics,
     billing,
     dev,
+    dev_media,
     health,
     library,
     offline,
@@ -28,3 +29,4 @@ def register_api(app, api) -> None:
         api.register_blueprint(area.blp)
     if app.config.get("DEV_TOKEN_ISSUER") and app.config["SONICUS_ENV"] != "production":
         api.register_blueprint(dev.blp)
+    dev_media.register_dev_media(app)  # development and testing only; not in the document

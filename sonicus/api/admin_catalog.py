@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import marshmallow as ma
 from flask.views import MethodView
 
 from ..auth import require_super_admin
@@ -25,7 +24,7 @@ blp = Blueprint("admin_catalog", __name__, url_prefix="/api/admin",
 @blp.route("/packages")
 class AdminPackages(MethodView):
     @require_super_admin
-    @blp.arguments(AdminPackageListArgsSchema, location="query", unknown=ma.RAISE)
+    @blp.arguments(AdminPackageListArgsSchema, location="query")
     @blp.response(200, AdminPackageSchema(many=True))
     @blp.errors(401, 403, 422)
     def get(self, args, caller):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from html import escape
 
-from flask import Response, current_app, request
+from flask import Response, current_app, redirect, request, url_for
 from flask.views import MethodView
 
 from ..billing import WebhookRejected, notice_from_webhook, read_portal_token, sandbox_enabled
@@ -14,6 +14,8 @@ from ..envelope import ApiError, Blueprint, not_found
 from ..metrics import record_webhook
 from ..schemas.subscription import SandboxConfirmResultSchema, WebhookResultSchema
 from ..services import subscriptions
+from ..services.subscriptions import cents_to_decimal
+from ..tiers import get_tier
 
 # Our checkout references (``billing.base.new_reference``): anything else is no checkout.
 SANDBOX_REFERENCE = re.compile(r"[A-Za-z0-9_-]{1,200}")
@@ -64,9 +66,122 @@ class SandboxConfirm(MethodView):
         Goes through the same service function as a payment-succeeded webhook. 404 for an
         unknown reference, and everywhere outside development and testing.
         """
-        if not sandbox_enabled() or not SANDBOX_REFERENCE.fullmatch(reference):
-            not_found()
+        _sandbox_reference(reference)
         return subscriptions.confirm_sandbox_checkout(reference)
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;
+line-height:1.5}}code{{background:#eee;padding:0 .25rem}}form{{display:inline}}
+button{{font:inherit;padding:.5rem 1.25rem;margin-right:.75rem;cursor:pointer}}</style></head>
+<body><h1>{title}</h1>
+{body}</body></html>
+"""
+_CHECKOUT_BODY = """<p>This page stands in for the payment provider's checkout (development and
+testing only: no card, no money).</p>
+<p><strong>{tier}</strong>: {price}</p>
+<p>Reference <code>{reference}</code></p>
+<form method="post" action="{pay}"><button type="submit">Pay</button></form>
+<form method="post" action="{cancel}"><button type="submit">Cancel</button></form>
+"""
+_DONE_BODY = {
+    "paid": "<p>Payment confirmed: the tier is yours. You can close this page.</p>",
+    "canceled": "<p>The checkout was canceled; nothing was charged. You can close this page.</p>",
+}
+# The pages' own policy: their inline style, nothing else (no script, no external asset).
+_PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+_HTML_PAGE = {"description": "A small HTML page (no script, no external asset).",
+              "content": {"text/html": {"schema": {"type": "string"}}}}
+_REDIRECT = {"description": "To the checkout's `success_url` / `cancel_url`, or to the "
+                            "sandbox's page saying what happened.",
+             "headers": {"Location": {"schema": {"type": "string"}}}}
+
+
+def _page(title: str, body: str, status: int = 200) -> Response:
+    return Response(_PAGE.format(title=escape(title), body=body), status=status,
+                    mimetype="text/html", headers={"Content-Security-Policy": _PAGE_CSP})
+
+
+def _return_to(url: str | None, reference: str, outcome: str) -> Response:
+    """303 to the checkout's return address (``{CHECKOUT_SESSION_ID}`` filled in with the
+    reference, as Stripe fills in its session id), else to the sandbox's own result page."""
+    target = (url.replace("{CHECKOUT_SESSION_ID}", reference) if url
+              else url_for("billing.SandboxCheckoutDone", reference=reference, outcome=outcome))
+    return redirect(target, 303)
+
+
+def _sandbox_reference(reference: str) -> None:
+    if not sandbox_enabled() or not SANDBOX_REFERENCE.fullmatch(reference):
+        not_found()
+
+
+@blp.route("/sandbox/<string:reference>")
+class SandboxCheckoutPage(MethodView):
+    @blp.doc(responses={"200": _HTML_PAGE})
+    @blp.errors(404)
+    def get(self, reference):
+        """Sandbox provider only (development and testing): the checkout page, `checkout.url`.
+
+        Pay confirms the checkout (as the provider's payment webhook would) and sends the
+        browser on to the checkout's `success_url`; Cancel abandons it and sends the browser to
+        `cancel_url` (both 303; without them, a sandbox page saying what happened). 404 for a
+        checkout that is not pending, and everywhere outside development and testing.
+        """
+        _sandbox_reference(reference)
+        checkout = subscriptions.sandbox_checkout(reference)
+        if checkout is None:
+            not_found("Checkout")
+        tier = get_tier(checkout.tier)
+        price = (f"free until {checkout.trial_ends_at:%Y-%m-%d} (end of the trial), then "
+                 f"{tier.price} USD a month" if checkout.trial_ends_at is not None
+                 else f"{cents_to_decimal(checkout.amount_cents)} USD a month")
+        body = _CHECKOUT_BODY.format(
+            tier=escape(tier.title), price=escape(price), reference=escape(reference),
+            pay=escape(url_for("billing.SandboxCheckoutPay", reference=reference), quote=True),
+            cancel=escape(url_for("billing.SandboxCheckoutCancel", reference=reference),
+                          quote=True))
+        return _page("Checkout (sandbox)", body)
+
+
+@blp.route("/sandbox/<string:reference>/pay")
+class SandboxCheckoutPay(MethodView):
+    @blp.doc(responses={"303": _REDIRECT})
+    @blp.errors(404)
+    def post(self, reference):
+        """Sandbox only: the checkout page's Pay button. Confirms (a second press changes
+        nothing) and redirects (303) to the checkout's `success_url`."""
+        _sandbox_reference(reference)
+        checkout = subscriptions.sandbox_checkout(reference)
+        subscriptions.confirm_sandbox_checkout(reference)  # 404 unless pending or paid
+        return _return_to(checkout.success_url if checkout else None, reference, "paid")
+
+
+@blp.route("/sandbox/<string:reference>/cancel")
+class SandboxCheckoutCancel(MethodView):
+    @blp.doc(responses={"303": _REDIRECT})
+    @blp.errors(404)
+    def post(self, reference):
+        """Sandbox only: the checkout page's Cancel button. Abandons the checkout (nothing is
+        charged; the tier stays as it was) and redirects (303) to its `cancel_url`."""
+        _sandbox_reference(reference)
+        return _return_to(subscriptions.abandon_sandbox_checkout(reference), reference,
+                          "canceled")
+
+
+@blp.route("/sandbox/<string:reference>/done")
+class SandboxCheckoutDone(MethodView):
+    @blp.doc(responses={"200": _HTML_PAGE})
+    @blp.errors(404)
+    def get(self, reference):
+        """Sandbox only: where Pay and Cancel end when the checkout has no return address."""
+        _sandbox_reference(reference)
+        outcome = request.args.get("outcome")
+        if outcome not in _DONE_BODY:
+            not_found()
+        return _page("Payment confirmed" if outcome == "paid" else "Checkout canceled",
+                     _DONE_BODY[outcome])
 
 
 _PORTAL_PAGE = """<!doctype html>
@@ -81,8 +196,6 @@ invoices.</p>
 <p>Customer <code>{customer}</code></p>
 <p><a href="{return_url}">Back to Sonicus</a></p></body></html>
 """
-# The page's own policy: its inline style, nothing else (no script, no external asset).
-_PORTAL_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
 
 
 @blp.route("/sandbox/portal/<string:token>")
@@ -106,4 +219,4 @@ class SandboxPortal(MethodView):
         page = _PORTAL_PAGE.format(customer=escape(visit.customer_id),
                                    return_url=escape(visit.return_url, quote=True))
         return Response(page, mimetype="text/html",
-                        headers={"Content-Security-Policy": _PORTAL_CSP})
+                        headers={"Content-Security-Policy": _PAGE_CSP})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import marshmallow as ma
 from flask.views import MethodView
 
 from ..auth import require_user
@@ -23,7 +22,7 @@ blp = Blueprint("library", __name__, url_prefix="/api/user",
 @blp.route("/packages")
 class Library(MethodView):
     @require_user
-    @blp.arguments(LibraryListArgsSchema, location="query", unknown=ma.RAISE)
+    @blp.arguments(LibraryListArgsSchema, location="query")
     @blp.response(200, LibraryEntrySchema(many=True))
     @blp.errors(401, 403, 422)
     def get(self, args, caller):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import marshmallow as ma
 from flask.views import MethodView
 
 from ..auth import require_user
@@ -27,7 +26,7 @@ _ENDED = (409, "`conflict`: the session has already ended.")
 @blp.route("/sessions")
 class Sessions(MethodView):
     @require_user
-    @blp.arguments(SessionHistoryArgsSchema, location="query", unknown=ma.RAISE)
+    @blp.arguments(SessionHistoryArgsSchema, location="query")
     @blp.response(200, SessionSchema(many=True))
     @blp.errors(401, 403, 422)
     def get(self, args, caller):

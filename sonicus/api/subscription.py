@@ -48,12 +48,16 @@ class Subscription(MethodView):
         """Choose a tier: starter, a checkout for a paid tier, a trial, an upgrade or a downgrade.
 
         Paid tier without a trial: `incomplete` with a `checkout`; the tier takes effect when
-        the payment arrives. An upgrade from a paid tier is immediate and prorated; a
-        downgrade (or starter) takes effect at the end of the period. A `past_due` user asking
-        for a paid tier gets 409 `use_billing_portal` with `portal_url`: never a second
-        subscription.
+        the payment arrives. Send the browser to `checkout.url` (a GET, as with Stripe
+        Checkout); it comes back to `success_url` or `cancel_url` (422 naming the field unless
+        each starts with `PUBLIC_BASE_URL` or a `CORS_ORIGINS` origin). An upgrade from a paid
+        tier is immediate and prorated; a downgrade (or starter) takes effect at the end of the
+        period. A `past_due` user asking for a paid tier gets 409 `use_billing_portal` with
+        `portal_url`: never a second subscription.
         """
-        view, message = subscriptions.change_tier(caller.id, body["tier"], body["start_trial"])
+        view, message = subscriptions.change_tier(
+            caller.id, body["tier"], body["start_trial"], success_url=body.get("success_url"),
+            cancel_url=body.get("cancel_url"))
         set_message(message)
         return view
 

@@ -48,8 +48,11 @@ class BillingProvider:
         self.config = config
 
     def create_checkout(self, *, user, sub, tier: str, reference: str,
-                        trial_end: datetime | None = None) -> Checkout:
-        """A checkout for ``tier``; with ``trial_end`` the first charge is due then."""
+                        trial_end: datetime | None = None, success_url: str | None = None,
+                        cancel_url: str | None = None) -> Checkout:
+        """A checkout for ``tier``; with ``trial_end`` the first charge is due then. Its
+        ``url`` is a page the browser is sent to (a GET); after paying it goes on to
+        ``success_url``, after abandoning to ``cancel_url`` (None: the provider's default)."""
         raise NotImplementedError
 
     def set_cancel_at_period_end(self, sub, cancel: bool) -> None:

@@ -1,7 +1,10 @@
 """The sandbox provider (development and testing): no network, no money.
 
-A checkout is a reference; ``POST /api/billing/sandbox/<reference>/confirm`` plays the part
-of the provider's payment page and goes through the same service function as a
+A checkout is a reference and a page of this API, ``GET /api/billing/sandbox/<reference>``,
+standing in for the provider's payment page: Pay confirms and sends the browser to the
+checkout's ``success_url``, Cancel abandons it and sends it to ``cancel_url`` (303; without
+them, a small page saying what happened). ``POST /api/billing/sandbox/<reference>/confirm``
+confirms without a browser. Confirming goes through the same service function as a
 payment-succeeded webhook. At the end of a period the expiry job renews a sandbox
 subscription that has a payment method on file (a real provider would send a webhook).
 Cancelling at once always succeeds. The billing portal is a small page of this API
@@ -45,10 +48,13 @@ def read_portal_token(config, token: str) -> PortalVisit | None:
 class SandboxProvider(BillingProvider):
     name = "sandbox"
 
-    def create_checkout(self, *, user, sub, tier, reference, trial_end=None) -> Checkout:
+    def create_checkout(self, *, user, sub, tier, reference, trial_end=None, success_url=None,
+                        cancel_url=None) -> Checkout:
+        # The checkout page (GET, ``api/billing.py``) reads the return addresses from the
+        # subscription row, where the service keeps them.
         base = (self.config.get("PUBLIC_BASE_URL") or "").rstrip("/")
         return Checkout(provider=self.name, reference=reference,
-                        url=f"{base}/api/billing/sandbox/{reference}/confirm")
+                        url=f"{base}/api/billing/sandbox/{reference}")
 
     def cancel_now(self, customer_id, subscription_id) -> str:
         return CANCELED

@@ -3,7 +3,8 @@
 - Checkout: a Checkout Session in ``subscription`` mode for the tier's price
   (``STRIPE_PRICE_IDS=premium=price_...,pro=price_...``); our reference travels as
   ``client_reference_id`` and in the metadata of the session and of the subscription, so every
-  later webhook can be matched to the user.
+  later webhook can be matched to the user. The browser returns to the ``success_url`` and
+  ``cancel_url`` the SPA gave (else pages under ``PUBLIC_BASE_URL``).
 - Cancel / resume: ``cancel_at_period_end`` on the Stripe subscription.
 - Change of plan: the subscription item's price; an upgrade is prorated and invoiced now, a
   downgrade takes effect from the next renewal (no proration).
@@ -69,7 +70,8 @@ class StripeProvider(BillingProvider):
             raise BillingUnavailable(f"No Stripe price is configured for the {tier} tier.") \
                 from None
 
-    def create_checkout(self, *, user, sub, tier, reference, trial_end=None) -> Checkout:
+    def create_checkout(self, *, user, sub, tier, reference, trial_end=None, success_url=None,
+                        cancel_url=None) -> Checkout:
         base = (self.config.get("PUBLIC_BASE_URL") or "").rstrip("/")
         metadata = {"sonicus_reference": reference, "sonicus_user_id": str(user.id),
                     "sonicus_tier": tier}
@@ -84,8 +86,11 @@ class StripeProvider(BillingProvider):
             "client_reference_id": reference,
             "metadata": metadata,
             "subscription_data": subscription_data,
-            "success_url": f"{base}/subscription?checkout=success&reference={reference}",
-            "cancel_url": f"{base}/subscription?checkout=canceled&reference={reference}",
+            # the SPA's own addresses when it gave them, else pages under PUBLIC_BASE_URL
+            "success_url": success_url
+            or f"{base}/subscription?checkout=success&reference={reference}",
+            "cancel_url": cancel_url
+            or f"{base}/subscription?checkout=canceled&reference={reference}",
         }
         if sub.provider_customer_id:
             params["customer"] = sub.provider_customer_id

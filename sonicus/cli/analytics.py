@@ -20,7 +20,7 @@ def analytics_cli():
 def refresh(email, everyone):
     """Recompute, store, cache and publish analytics now (for one user or all)."""
     if bool(email) == bool(everyone):
-        fail("give exactly one of --user EMAIL or --all")
+        raise click.UsageError("give exactly one of --user EMAIL or --all")
     if email:
         ids = [user.id for user in find_users_by_email(email)]
         if not ids:

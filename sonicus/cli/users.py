@@ -1,22 +1,28 @@
 """Commands of the users domain: ``users list|show|set-tier|suspend|activate`` and ``stats``.
 
-Thin: each command calls the same services as the admin API. A wrong email or tier is a
-one-line error on stderr and exit code 1. Changes are audited with the operator's login name.
+Thin: each command calls the same services as the admin API. A tier or status that is not
+one of the choices is a usage error (exit code 2, the choices shown in ``--help``); an unknown
+email is a one-line error on stderr and exit code 1. ``--json`` prints what the admin API
+answers. Changes are audited with the operator's login name.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 from datetime import datetime
 
 import click
 
-from ..schemas.admin import USER_STATUS_FILTERS, AdminUserDetailSchema, PlatformStatsSchema
+from ..schemas.admin import (
+    USER_STATUS_FILTERS,
+    AdminUserDetailSchema,
+    AdminUserSummarySchema,
+    PlatformStatsSchema,
+)
 from ..services.admin_users import find_users_by_email, list_users, update_user, user_detail
 from ..services.stats import get_platform_stats
-from ..tiers import TIERS
-from .base import fail, sonicus_cli
+from ..tiers import TIER_NAMES
+from .base import echo_json, fail, json_option, sonicus_cli
 
 
 def _operator() -> str:
@@ -36,11 +42,6 @@ def _resolve_user(email: str):
     return users[0]
 
 
-def _check_tier(tier: str) -> None:
-    if tier not in TIERS:
-        fail(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
-
-
 def _when(value) -> str:
     """A dumped date-time (ISO 8601) as the operator reads it."""
     if value is None:
@@ -55,20 +56,21 @@ def users_cli():
 
 @users_cli.command("list")
 @click.option("--q", "q", default=None, help="Part of the email or display name.")
-@click.option("--tier", default=None, help="Only this tier (starter, premium, pro).")
-@click.option("--status", default=None,
-              help="A subscription status (active, trialing, ...) or 'suspended'.")
+@click.option("--tier", default=None, type=click.Choice(TIER_NAMES), help="Only this tier.")
+@click.option("--status", default=None, type=click.Choice(USER_STATUS_FILTERS),
+              help="A subscription status, or suspended accounts.")
 @click.option("--page", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--per-page", default=50, show_default=True, type=click.IntRange(1, 1000))
-def list_users_command(q, tier, status, page, per_page):
+@json_option
+def list_users_command(q, tier, status, page, per_page, as_json):
     """Users, newest first."""
-    if tier is not None:
-        _check_tier(tier)
-    if status is not None and status not in USER_STATUS_FILTERS:
-        fail(f"unknown status {status!r}; choose one of {', '.join(USER_STATUS_FILTERS)}")
     found = list_users({"q": q, "tier": tier, "status": status, "page": page,
                         "per_page": per_page})
     rows, total = found.items, found.total
+    if as_json:
+        echo_json({"users": AdminUserSummarySchema(many=True).dump(rows),
+                   "pagination": found.pagination})
+        return
     if not rows:
         click.echo("No users found." if total == 0
                    else f"No users on page {page} ({total} in all).")
@@ -113,18 +115,22 @@ def _print_detail(detail: dict) -> None:
 
 @users_cli.command("show")
 @click.argument("email")
-def show_user(email):
+@json_option
+def show_user(email, as_json):
     """One user: subscription, usage today, last activity."""
-    _print_detail(AdminUserDetailSchema().dump(user_detail(_resolve_user(email).id)))
+    detail = AdminUserDetailSchema().dump(user_detail(_resolve_user(email).id))
+    if as_json:
+        echo_json(detail)
+        return
+    _print_detail(detail)
 
 
 @users_cli.command("set-tier")
 @click.argument("email")
-@click.argument("tier")
+@click.argument("tier", type=click.Choice(TIER_NAMES))
 @click.option("--reason", default=None, help="Kept on the event and in the audit log.")
 def set_tier(email, tier, reason):
     """Grant TIER to the user now, free of charge (a complimentary grant)."""
-    _check_tier(tier)
     user = _resolve_user(email)
     changes = {"tier": tier, **({"reason": reason} if reason else {})}
     if update_user(None, user.id, changes, actor_label=_operator()):
@@ -162,12 +168,12 @@ def activate(email, reason):
 
 @sonicus_cli.command("stats")
 @click.option("--refresh", is_flag=True, help="Compute now instead of using the cached figures.")
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@json_option
 def stats(refresh, as_json):
     """Platform figures: users, subscriptions, revenue, listening."""
     data = PlatformStatsSchema().dump(get_platform_stats(refresh=refresh))
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        echo_json(data)
         return
     rate = data["trial_conversion_rate"]
     tiers = ", ".join(f"{name} {count}" for name, count in data["users_by_tier"].items())

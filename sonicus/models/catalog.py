@@ -33,6 +33,8 @@ class SoundPackage(Base):
     duration_seconds: Mapped[int] = mapped_column(Integer, default=0)
     track_count: Mapped[int] = mapped_column(Integer, default=0)
     popularity: Mapped[int] = mapped_column(Integer, default=0)
+    # Artwork, relative to the media root like a track's media_path (``image_url`` in the API).
+    image_path: Mapped[str | None] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

@@ -59,6 +59,10 @@ class UserSubscription(Base):
     checkout_reference: Mapped[str | None] = mapped_column(String(255), unique=True)
     checkout_tier: Mapped[str | None] = mapped_column(String(16))
     checkout_url: Mapped[str | None] = mapped_column(String(1024))
+    # Where the browser goes after paying or abandoning the pending checkout (None: a page
+    # of the provider's, or the sandbox's own).
+    checkout_success_url: Mapped[str | None] = mapped_column(String(2048))
+    checkout_cancel_url: Mapped[str | None] = mapped_column(String(2048))
     # How recent the provider's subscription state mirrored here is: the creation time of the
     # newest provider subscription event applied, or of our own last change sent to the
     # provider (whole seconds, as the provider stamps events). Older events are stale.

@@ -6,8 +6,9 @@ import re
 
 import marshmallow as ma
 
+from .. import media
 from ..envelope import PageArgsSchema
-from ..tiers import ACCESS_KINDS, PACKAGE_LEVELS
+from ..tiers import ACCESS_KINDS, PACKAGE_LEVELS, TIER_NAMES
 from .common import StrictSchema
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -33,6 +34,19 @@ def AccessField():  # noqa: N802  (a field factory)
                        "administrator assigned it to them: open whatever the tier) or `locked`."})
 
 
+def RequiredTierField():  # noqa: N802  (a field factory)
+    return ma.fields.String(required=True, metadata={
+        "enum": list(TIER_NAMES), "description": "The lowest tier that opens this package."})
+
+
+def ImageUrlField():  # noqa: N802  (a field factory)
+    return ma.fields.Function(
+        lambda package: media.public_url(package.image_path), required=True, allow_none=True,
+        metadata={"type": "string", "nullable": True,
+                  "description": "The package's artwork (a lasting, public address); null "
+                                 "when it has none."})
+
+
 class PackageBaseSchema(ma.Schema):
     """What every view of a package shows."""
 
@@ -44,16 +58,25 @@ class PackageBaseSchema(ma.Schema):
     minimum_tier = ma.fields.String(required=True, metadata={"enum": list(PACKAGE_LEVELS)})
     duration_seconds = ma.fields.Integer(required=True)
     track_count = ma.fields.Integer(required=True)
+    required_tier = RequiredTierField()
+    image_url = ImageUrlField()
 
 
 class PackageSchema(PackageBaseSchema):
-    required_tier = ma.fields.String(
-        required=True, metadata={"description": "The lowest tier that opens this package."})
     popularity = ma.fields.Integer(required=True)
     locked = ma.fields.Boolean(
         required=True, metadata={"description": "True when neither the caller's tier nor an "
                                                 "assignment opens it."})
     access = AccessField()
+    in_library = ma.fields.Boolean(
+        required=True, metadata={"description": "True when it is in the caller's library."})
+
+
+class CategorySchema(ma.Schema):
+    slug = ma.fields.String(required=True, metadata={"example": "sleep"})
+    title = ma.fields.String(required=True, metadata={"example": "Sleep"})
+    package_count = ma.fields.Integer(required=True, metadata={
+        "description": "Published packages in this category."})
 
 
 class TrackSchema(ma.Schema):
@@ -71,14 +94,19 @@ class PackageDetailSchema(PackageSchema):
     stream_urls_expire_at = ma.fields.DateTime(allow_none=True, required=True)
 
 
-class PackageListArgsSchema(PageArgsSchema):
-    class Meta:
-        unknown = ma.RAISE
+SORTS = ("popular", "newest", "title", "duration")
 
+
+class PackageListArgsSchema(PageArgsSchema):
     category = ma.fields.String(validate=ma.validate.Length(min=1, max=40))
     q = ma.fields.String(validate=ma.validate.Length(min=1, max=100))
     accessible = ma.fields.Boolean(
-        metadata={"description": "true: only packages the caller's tier opens."})
+        metadata={"description": "true: only packages the caller can play (tier or "
+                                 "assignment)."})
+    sort = ma.fields.String(
+        load_default="popular", validate=ma.validate.OneOf(SORTS),
+        metadata={"description": "`popular` (most played first, the default), `newest`, "
+                                 "`title` (A to Z) or `duration` (shortest first)."})
 
 
 # ---- library ---------------------------------------------------------------------------------
@@ -115,16 +143,10 @@ class LibraryUpdateSchema(StrictSchema):
 
 
 class LibraryListArgsSchema(PageArgsSchema):
-    class Meta:
-        unknown = ma.RAISE
-
     favorite = ma.fields.Boolean(metadata={"description": "true: favourites only."})
 
 
 class AdminPackageListArgsSchema(PageArgsSchema):
-    class Meta:
-        unknown = ma.RAISE
-
     q = ma.fields.String(validate=ma.validate.Length(min=1, max=100),
                          metadata={"description": "Title or slug contains."})
     published = ma.fields.Boolean()
@@ -162,6 +184,10 @@ class PackageUpdateSchema(StrictSchema):
     category = ma.fields.String(validate=CATEGORY_RULES)
     minimum_tier = ma.fields.String(validate=ma.validate.OneOf(PACKAGE_LEVELS))
     published = ma.fields.Boolean()
+    image_path = ma.fields.String(
+        allow_none=True, validate=[ma.validate.Length(min=1, max=512), validate_media_path],
+        metadata={"description": "Artwork, relative to the media root like a track's "
+                                 "`media_path` (shown as `image_url`); null: none."})
     tracks = ma.fields.List(ma.fields.Nested(TrackInputSchema),
                             validate=ma.validate.Length(max=200))
 
@@ -197,6 +223,7 @@ class AdminTrackSchema(ma.Schema):
 
 class AdminPackageSchema(PackageBaseSchema):
     published = ma.fields.Boolean(required=True)
+    image_path = ma.fields.String(allow_none=True, required=True)
     archived_at = ma.fields.DateTime(allow_none=True, required=True)
     popularity = ma.fields.Integer(required=True)
     created_at = ma.fields.DateTime(required=True)
@@ -205,14 +232,25 @@ class AdminPackageSchema(PackageBaseSchema):
 
 
 
+def _without_sound(entry: dict) -> dict:
+    """A catalog entry without its ``sound`` recipes (development media, ``dev_media.py``)."""
+    entry = {k: v for k, v in entry.items() if k != "sound"}
+    if isinstance(entry.get("tracks"), list):
+        entry["tracks"] = [{k: v for k, v in t.items() if k != "sound"}
+                           if isinstance(t, dict) else t for t in entry["tracks"]]
+    return entry
+
+
 def load_catalog_entries(entries: list) -> list[dict]:
     """A catalog file's packages validated with the admin input schema (seeded packages are
-    published unless the file says otherwise); ``ValueError`` names the first bad entry."""
+    published unless the file says otherwise; ``sound`` recipes are for development media and
+    are left out); ``ValueError`` names the first bad entry."""
     schema = PackageCreateSchema()
     valid = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ValueError(f"package #{index + 1}: not a mapping")
+        entry = _without_sound(entry)
         try:
             valid.append(schema.load({"published": True, **entry}))
         except ma.ValidationError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 
 from ..envelope import PageArgsSchema
+from .catalog import ImageUrlField, RequiredTierField
 from .common import StrictSchema
 
 MAX_SECONDS = 7 * 24 * 3600
@@ -50,9 +51,6 @@ class SessionCompleteSchema(StrictSchema):
 
 
 class SessionHistoryArgsSchema(PageArgsSchema):
-    class Meta:
-        unknown = ma.RAISE
-
     from_ = ma.fields.Date(data_key="from", metadata={"description": "First day (inclusive)."})
     to = ma.fields.Date(metadata={"description": "Last day (inclusive)."})
 
@@ -73,6 +71,8 @@ class SessionPackageSchema(ma.Schema):
     slug = ma.fields.String(required=True)
     title = ma.fields.String(required=True)
     category = ma.fields.String(required=True)
+    required_tier = RequiredTierField()
+    image_url = ImageUrlField()
     archived = ma.fields.Method("get_archived", required=True)
 
     def get_archived(self, package) -> bool:

@@ -3,19 +3,21 @@ the user's tier (``tiers.check_package_access(..., assigned=True)``).
 
 Every reader asks here, with one query per request however many packages it shows:
 ``live_assignments`` (a user's live assignments by package), ``live_package_ids`` (the same
-as a subquery, for filters inside a larger statement) and ``is_assigned`` (one package, at any
-instant: "was it assigned at time t"). Assigning and revoking are in ``services.library``.
+as a subquery, for filters inside a larger statement), ``is_assigned`` (one package, at any
+instant: "was it assigned at time t") and ``personal_marks`` (for a page of the catalog: which
+packages are assigned and which are in the user's library, in one query). Assigning and
+revoking are in ``services.library``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, literal, select, union_all
 
 from .. import clock
 from ..extensions import db
-from ..models import PackageAssignment
+from ..models import PackageAssignment, UserSoundPackage
 
 
 def live_package_ids(user_id: int, at: datetime):
@@ -54,3 +56,21 @@ def live_assignment(user_id: int, package_id: int, at: datetime,
     if lock:
         stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return db.session.execute(stmt).scalar_one_or_none()
+
+
+def personal_marks(user_id: int, at: datetime, package_ids) -> tuple[set[int], set[int]]:
+    """Of ``package_ids``: those the user's live assignments open at ``at``, and those in the
+    user's library, as ``(assigned, in_library)``, read in one query."""
+    ids = list(package_ids)
+    if not ids:
+        return set(), set()
+    assigned = (select(PackageAssignment.package_id, literal("a").label("mark"))
+                .where(PackageAssignment.user_id == user_id, PackageAssignment.live_at(at),
+                       PackageAssignment.package_id.in_(ids)))
+    library = (select(UserSoundPackage.package_id, literal("l").label("mark"))
+               .where(UserSoundPackage.user_id == user_id,
+                      UserSoundPackage.package_id.in_(ids)))
+    marks: tuple[set[int], set[int]] = (set(), set())
+    for package_id, mark in db.session.execute(union_all(assigned, library)):
+        marks[0 if mark == "a" else 1].add(package_id)
+    return marks

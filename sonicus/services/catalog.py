@@ -19,10 +19,11 @@ from ..extensions import db
 from ..models import SoundPackage, Track
 from ..tiers import ACCESS_LOCKED, TIERS, package_access
 from . import audit
-from .assignments import is_assigned, live_assignments, live_package_ids
+from .assignments import live_package_ids, personal_marks
 from .transaction import unit_of_work
 
-PACKAGE_FIELDS = ("slug", "title", "description", "category", "minimum_tier", "published")
+PACKAGE_FIELDS = ("slug", "title", "description", "category", "minimum_tier", "published",
+                  "image_path")
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -47,6 +48,7 @@ class PackageView:
     access: str
     tracks: tuple[TrackView, ...] = ()
     stream_urls_expire_at: datetime | None = None
+    in_library: bool = False
 
     def __getattr__(self, name):
         return getattr(self.package, name)
@@ -56,8 +58,19 @@ class PackageView:
         return self.access == ACCESS_LOCKED
 
     @classmethod
-    def of(cls, package: SoundPackage, tier_name: str, assigned: bool = False) -> PackageView:
-        return cls(package, package_access(tier_name, package.minimum_tier, assigned))
+    def of(cls, package: SoundPackage, tier_name: str, assigned: bool = False,
+           in_library: bool = False) -> PackageView:
+        return cls(package, package_access(tier_name, package.minimum_tier, assigned),
+                   in_library=in_library)
+
+
+# ``?sort=``: the catalog's orders (ties broken by id, so pages never overlap).
+SORTS = {
+    "popular": (SoundPackage.popularity.desc(),),
+    "newest": (SoundPackage.created_at.desc(),),
+    "title": (func.lower(SoundPackage.title), SoundPackage.title),
+    "duration": (SoundPackage.duration_seconds,),
+}
 
 
 def _like(text: str) -> str:
@@ -71,8 +84,10 @@ def _catalog_filter(stmt):
 
 
 def list_packages(caller, args: dict, now: datetime | None = None) -> Page:
-    """Published, non-archived packages, most popular first, with ``access`` for the caller
-    (their tier and their live assignments, read in one query)."""
+    """Published, non-archived packages in the order of ``sort`` (default ``popular``: most
+    played first; ``newest``, ``title``, ``duration``: shortest first), each with ``access``
+    and ``in_library`` for the caller (their live assignments and library entries among the
+    page's packages are read in one query)."""
     now = now or clock.now()
     stmt = _catalog_filter(select(SoundPackage))
     if args.get("category"):
@@ -84,12 +99,22 @@ def list_packages(caller, args: dict, now: datetime | None = None) -> Page:
     if args.get("accessible"):
         stmt = stmt.where(or_(SoundPackage.minimum_tier.in_(TIERS[caller.tier].package_levels),
                               SoundPackage.id.in_(live_package_ids(caller.id, now))))
-    stmt = stmt.order_by(SoundPackage.popularity.desc(), SoundPackage.id)
+    stmt = stmt.order_by(*SORTS[args.get("sort") or "popular"], SoundPackage.id)
     page = paginate(db, stmt, args)
-    assigned = (live_assignments(caller.id, now, [p.id for p in page.items])
-                if page.items else {})
-    return replace(page, items=[PackageView.of(p, caller.tier, p.id in assigned)
-                                for p in page.items])
+    assigned, in_library = personal_marks(caller.id, now, [p.id for p in page.items])
+    return replace(page, items=[PackageView.of(p, caller.tier, p.id in assigned,
+                                               p.id in in_library) for p in page.items])
+
+
+def list_categories() -> list[dict]:
+    """The categories of the catalog's published packages, with how many each has, largest
+    first (``{slug, title, package_count}``)."""
+    count = func.count(SoundPackage.id)
+    rows = db.session.execute(
+        _catalog_filter(select(SoundPackage.category, count))
+        .group_by(SoundPackage.category).order_by(count.desc(), SoundPackage.category)).all()
+    return [{"slug": slug, "title": slug.replace("-", " ").capitalize(), "package_count": n}
+            for slug, n in rows]
 
 
 def get_catalog_package(package_id: int) -> SoundPackage:
@@ -101,12 +126,26 @@ def get_catalog_package(package_id: int) -> SoundPackage:
     return package
 
 
-def package_detail(caller, package_id: int, now: datetime | None = None) -> PackageView:
-    """Detail with tracks; signed stream URLs only when the caller's tier or a live assignment
-    opens it."""
+def get_catalog_package_by_slug(slug: str) -> SoundPackage:
+    """A package visible in the catalog by its slug, else 404."""
+    package = db.session.execute(
+        _catalog_filter(select(SoundPackage).where(SoundPackage.slug == slug))
+    ).scalar_one_or_none()
+    if package is None:
+        not_found("Package")
+    return package
+
+
+def package_detail(caller, package_id: int | None = None, now: datetime | None = None, *,
+                   slug: str | None = None) -> PackageView:
+    """Detail (by id, or by ``slug``) with tracks; signed stream URLs only when the caller's
+    tier or a live assignment opens it."""
     now = now or clock.now()
-    package = get_catalog_package(package_id)
-    view = PackageView.of(package, caller.tier, is_assigned(caller.id, package.id, now))
+    package = (get_catalog_package_by_slug(slug) if slug is not None
+               else get_catalog_package(package_id))
+    assigned, in_library = personal_marks(caller.id, now, [package.id])
+    view = PackageView.of(package, caller.tier, package.id in assigned,
+                          package.id in in_library)
     tracks, expires = [], None
     for track in view.package.tracks:
         url = None
@@ -172,7 +211,8 @@ def create_package(actor, data: dict) -> SoundPackage:
                                description=data.get("description", ""),
                                category=data["category"],
                                minimum_tier=data.get("minimum_tier", "public"),
-                               published=data.get("published", False))
+                               published=data.get("published", False),
+                               image_path=data.get("image_path"))
         _apply(package, {"tracks": data.get("tracks", [])})
         db.session.add(package)
         db.session.flush()

@@ -42,8 +42,8 @@ class LibraryItem:
     @classmethod
     def of(cls, entry: UserSoundPackage, tier_name: str,
            assignment: PackageAssignment | None = None) -> LibraryItem:
-        return cls(entry, PackageView.of(entry.package, tier_name, assignment is not None),
-                   assignment)
+        return cls(entry, PackageView.of(entry.package, tier_name, assignment is not None,
+                                         in_library=True), assignment)
 
 
 def _entry(user_id: int, package_id: int) -> UserSoundPackage | None:

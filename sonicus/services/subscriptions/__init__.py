@@ -16,11 +16,14 @@ from .common import GRACE_PERIOD, SAME_PERIOD_SLACK, add_month, cents_to_decimal
 from .expiry import process_due_subscriptions
 from .payments import (
     Payment,
+    SandboxCheckout,
+    abandon_sandbox_checkout,
     apply_payment_failed,
     apply_payment_succeeded,
     apply_subscription_ended,
     confirm_sandbox_checkout,
     handle_billing_event,
+    sandbox_checkout,
 )
 from .portal import billing_portal_url
 from .row import (
@@ -35,7 +38,8 @@ __all__ = [
     "CANCEL_REASONS", "GRACE_PERIOD", "SAME_PERIOD_SLACK", "Payment", "add_month",
     "apply_payment_failed", "apply_payment_succeeded", "apply_subscription_ended", "cancel",
     "SubscriptionOverview", "billing_portal_url", "cents_to_decimal", "change_tier",
-    "confirm_sandbox_checkout",
+    "confirm_sandbox_checkout", "SandboxCheckout", "abandon_sandbox_checkout",
+    "sandbox_checkout",
     "get_subscription", "handle_billing_event", "history", "lock_or_create_subscription",
     "overview", "process_due_subscriptions", "resume",
 ]

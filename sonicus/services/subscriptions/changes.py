@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
@@ -40,20 +41,32 @@ from .portal import portal_for
 from .row import SubscriptionOverview, lock_or_create_subscription, overview
 
 
+@dataclass(frozen=True)
+class ReturnTo:
+    """Where a checkout sends the browser back to (None: the provider's default page)."""
+
+    success_url: str | None = None
+    cancel_url: str | None = None
+
+
 def _require_verified(user: User) -> None:
     if not user.email_verified:
         fail(403, "email_not_verified",
              "Verify your email address before starting a trial or paying for a tier.")
 
 
-def _start_checkout(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
+def _start_checkout(user: User, sub: UserSubscription, tier: str, now: datetime,
+                    return_to: ReturnTo) -> str:
     provider = get_provider()
     reference = new_reference()
     trial_end = sub.trial_ends_at if sub.status == TRIALING else None
     checkout = provider.create_checkout(user=user, sub=sub, tier=tier, reference=reference,
-                                        trial_end=trial_end)
+                                        trial_end=trial_end, success_url=return_to.success_url,
+                                        cancel_url=return_to.cancel_url)
     sub.checkout_reference, sub.checkout_tier, sub.checkout_url = (
         checkout.reference, tier, checkout.url)
+    sub.checkout_success_url, sub.checkout_cancel_url = (return_to.success_url,
+                                                         return_to.cancel_url)
     sub.provider = provider.name
     if sub.tier == STARTER and sub.status == ACTIVE:
         sub.status = INCOMPLETE
@@ -67,11 +80,13 @@ def _start_checkout(user: User, sub: UserSubscription, tier: str, now: datetime)
 
 
 def change_tier(user_id: int, tier: str, start_trial: bool = False,
-                now: datetime | None = None) -> tuple[SubscriptionOverview, str]:
+                now: datetime | None = None, *, success_url: str | None = None,
+                cancel_url: str | None = None) -> tuple[SubscriptionOverview, str]:
     """``POST /api/user/subscription``: choose, buy, trial, upgrade or downgrade a tier.
 
-    Returns the answer (built inside the transaction: nothing is read after the commit) and
-    the message."""
+    A checkout sends the browser to ``success_url`` after paying and to ``cancel_url`` when
+    it is abandoned (checked by the caller: addresses of the app). Returns the answer (built
+    inside the transaction: nothing is read after the commit) and the message."""
     now = now or clock.now()
     target = get_tier(tier)
     if start_trial and not target.is_paid:
@@ -90,7 +105,7 @@ def change_tier(user_id: int, tier: str, start_trial: bool = False,
         elif not target.is_paid:
             message = _choose_starter(sub, now, first_choice)
         else:
-            message = _choose_paid(user, sub, tier, now)
+            message = _choose_paid(user, sub, tier, now, ReturnTo(success_url, cancel_url))
         view = overview(user, sub, now)
     return view, message
 
@@ -130,16 +145,18 @@ def _choose_starter(sub: UserSubscription, now: datetime, first_choice: bool) ->
     return _schedule_cancel(sub, now, reason=None, comment=None, via="tier_change")
 
 
-def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
+def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime,
+                 return_to: ReturnTo) -> str:
     if sub.status == PAST_DUE:
         _send_to_billing_portal(sub)
     if sub.status == TRIALING:
-        return _change_trial(user, sub, tier, now)
+        return _change_trial(user, sub, tier, now, return_to)
     if sub.tier == tier and sub.status == ACTIVE and not sub.complimentary:
         if sub.cancel_at_period_end or sub.pending_tier:
             return _resume(sub, now)
         return f"You are already on {get_tier(tier).title}."
-    return _change_paid_period(sub, tier, now) or _start_checkout(user, sub, tier, now)
+    return (_change_paid_period(sub, tier, now)
+            or _start_checkout(user, sub, tier, now, return_to))
 
 
 def _send_to_billing_portal(sub: UserSubscription) -> None:
@@ -163,7 +180,8 @@ def _change_paid_period(sub: UserSubscription, tier: str, now: datetime) -> str 
     return None
 
 
-def _change_trial(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
+def _change_trial(user: User, sub: UserSubscription, tier: str, now: datetime,
+                  return_to: ReturnTo) -> str:
     """A paid tier chosen during the trial: it continues (undoing a scheduled cancel) and
     converts to that tier, once a payment method is on file."""
     if sub.cancel_at_period_end or sub.pending_tier:
@@ -174,7 +192,7 @@ def _change_trial(user: User, sub: UserSubscription, tier: str, now: datetime) -
     if sub.payment_method_on_file:
         _clear_checkout(sub)
         return f"Your trial continues and converts to {get_tier(tier).title} when it ends."
-    return _start_checkout(user, sub, tier, now)
+    return _start_checkout(user, sub, tier, now, return_to)
 
 
 def _upgrade_now(sub: UserSubscription, tier: str, now: datetime) -> str:

@@ -75,6 +75,7 @@ def _older_than_provider_state(sub: UserSubscription, created: datetime) -> bool
 
 def _clear_checkout(sub: UserSubscription) -> None:
     sub.checkout_reference = sub.checkout_tier = sub.checkout_url = None
+    sub.checkout_success_url = sub.checkout_cancel_url = None
 
 
 def _clear_scheduled_change(sub: UserSubscription) -> None:

@@ -380,3 +380,50 @@ def _lock_checkout(reference: str) -> UserSubscription | None:
     return db.session.execute(
         select(UserSubscription).where(UserSubscription.checkout_reference == reference)
         .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class SandboxCheckout:
+    """A pending sandbox checkout as its payment page shows it."""
+
+    reference: str
+    tier: str
+    amount_cents: int
+    trial_ends_at: datetime | None
+    success_url: str | None
+    cancel_url: str | None
+
+
+def sandbox_checkout(reference: str) -> SandboxCheckout | None:
+    """The sandbox checkout waiting for payment under ``reference``; None when there is none
+    (never created, paid, abandoned or replaced)."""
+    sub = db.session.execute(
+        select(UserSubscription).where(UserSubscription.checkout_reference == reference)
+    ).scalar_one_or_none()
+    if sub is None or sub.provider != "sandbox" or not sub.checkout_tier:
+        return None
+    trial = sub.status == TRIALING
+    return SandboxCheckout(reference, sub.checkout_tier,
+                           0 if trial else get_tier(sub.checkout_tier).price_cents,
+                           sub.trial_ends_at if trial else None,
+                           sub.checkout_success_url, sub.checkout_cancel_url)
+
+
+def abandon_sandbox_checkout(reference: str, now: datetime | None = None) -> str | None:
+    """The sandbox's payment page said no: the checkout is dropped (an ``incomplete`` starter
+    is ``active`` again; a trial goes on without a payment method), as abandoning it through
+    ``DELETE /api/user/subscription`` does. Returns the checkout's ``cancel_url``; 404 when
+    no such checkout is pending."""
+    now = now or clock.now()
+    with unit_of_work() as work:
+        sub = _lock_checkout(reference)
+        if sub is None or sub.provider != "sandbox":
+            fail(404, "not_found", "Checkout not found.")
+        work.changed_user(sub.user_id)
+        cancel_url = sub.checkout_cancel_url
+        _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier, reference=reference,
+                at=now, via="checkout_page")
+        _clear_checkout(sub)
+        if sub.status == INCOMPLETE:
+            sub.status = ACTIVE
+    return cancel_url

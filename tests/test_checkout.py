@@ -1,0 +1,137 @@
+"""Checkout as with Stripe Checkout: the SPA gives ``success_url``/``cancel_url`` (addresses of
+the app only), sends the browser to ``checkout.url`` (a GET), and the browser comes back.
+The sandbox's checkout page (development and testing) pays or abandons, then redirects."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import pytest
+
+from sonicus import create_app
+from sonicus.extensions import db
+
+PUBLIC = "http://127.0.0.1:18100"
+SUCCESS = f"{PUBLIC}/app/welcome?session={{CHECKOUT_SESSION_ID}}"
+CANCEL = f"{PUBLIC}/app/plans"
+
+
+def _buy(client, headers, **urls):
+    res = client.post("/api/user/subscription", json={"tier": "premium", **urls},
+                      headers=headers)
+    assert res.status_code == 200, res.get_json()
+    return res.get_json()["data"]["checkout"]
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def test_sandbox_checkout_page_pays_and_returns_to_success_url(client, auth, billing):
+    headers = auth()
+    checkout = _buy(client, headers, success_url=SUCCESS, cancel_url=CANCEL)
+    assert checkout["url"].startswith(f"{PUBLIC}/api/billing/sandbox/")
+
+    page = client.get(_path(checkout["url"]))
+    assert page.status_code == 200
+    assert page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert "Premium" in html and "9.99" in html and checkout["reference"] in html
+    # a plain form page: no script at all, nothing fetched from elsewhere
+    assert "<script" not in html.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?https?:""", html)
+    csp = page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src" not in csp
+    actions = re.findall(r'<form method="post" action="([^"]+)"', html)
+    assert actions == [f"/api/billing/sandbox/{checkout['reference']}/pay",
+                       f"/api/billing/sandbox/{checkout['reference']}/cancel"]
+
+    paid = client.post(actions[0])
+    assert paid.status_code == 303
+    assert paid.headers["Location"] == SUCCESS.replace("{CHECKOUT_SESSION_ID}",
+                                                       checkout["reference"])
+    sub = billing.subscription(client, headers)
+    assert (sub["tier"], sub["status"], sub["checkout"]) == ("premium", "active", None)
+    # pressing Pay again changes nothing; the page of a paid checkout is gone
+    again = client.post(actions[0])
+    assert again.status_code == 303 and billing.subscription(client, headers) == sub
+    assert len(billing.events_of("listener@example.com", "activated")) == 1
+    assert client.get(_path(checkout["url"])).status_code == 404
+
+
+def test_sandbox_checkout_page_cancel_abandons_and_returns_to_cancel_url(client, auth,
+                                                                         billing):
+    headers = auth()
+    checkout = _buy(client, headers, success_url=SUCCESS, cancel_url=CANCEL)
+    assert billing.subscription(client, headers)["status"] == "incomplete"
+    res = client.post(f"/api/billing/sandbox/{checkout['reference']}/cancel")
+    assert res.status_code == 303 and res.headers["Location"] == CANCEL
+    sub = billing.subscription(client, headers)
+    assert (sub["tier"], sub["status"], sub["checkout"]) == ("starter", "active", None)
+    assert [e["type"] for e in billing.events_of("listener@example.com")][-1] == \
+        "checkout_abandoned"
+    assert client.get(_path(checkout["url"])).status_code == 404
+    assert client.post(f"/api/billing/sandbox/{checkout['reference']}/pay").status_code == 404
+
+
+def test_without_return_urls_the_sandbox_says_what_happened(client, auth, billing):
+    headers = auth()
+    checkout = _buy(client, headers)
+    res = client.post(f"/api/billing/sandbox/{checkout['reference']}/pay")
+    assert res.status_code == 303
+    done = client.get(res.headers["Location"])
+    assert done.status_code == 200 and done.mimetype == "text/html"
+    assert "Payment confirmed" in done.get_data(as_text=True)
+    # the JSON confirmation for scripts keeps working
+    other = _buy(client, auth("second@example.com"))
+    confirm = client.post(f"/api/billing/sandbox/{other['reference']}/confirm")
+    assert confirm.status_code == 200 and confirm.get_json()["data"]["outcome"] == "activated"
+
+
+@pytest.mark.parametrize(("field", "url"), [
+    ("success_url", "https://evil.example/paid"),
+    ("cancel_url", f"{PUBLIC}.evil.example/"),
+    ("success_url", "http://localhost:5173/paid"),  # local dev servers: development only
+    ("cancel_url", "javascript:alert(1)"),
+])
+def test_return_urls_outside_the_app_are_422_naming_the_field(client, auth, billing, field,
+                                                               url):
+    headers = auth()
+    res = client.post("/api/user/subscription", headers=headers,
+                      json={"tier": "premium", field: url})
+    assert res.status_code == 422, res.get_json()
+    assert res.get_json()["errors"][0].startswith(f"{field}:")
+    assert billing.subscription(client, headers)["status"] == "active"  # nothing changed
+
+
+def test_development_accepts_a_local_dev_server_and_configured_origins(make_config, auth,
+                                                                       billing):
+    app = create_app(make_config(SONICUS_ENV="development",
+                                 CORS_ORIGINS=["https://app.sonicus.example"]))
+    client = app.test_client()
+    headers = auth()
+    checkout = _buy(client, headers, success_url="http://localhost:5173/paid",
+                    cancel_url="https://app.sonicus.example/plans")
+    assert client.post(f"/api/billing/sandbox/{checkout['reference']}/pay").headers[
+        "Location"] == "http://localhost:5173/paid"
+    for bad in ("http://localhost:5173@evil.example/", "http://localhost.evil.example/"):
+        res = client.post("/api/user/subscription", headers=auth("b@example.com"),
+                          json={"tier": "premium", "success_url": bad})
+        assert res.status_code == 422, bad
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()  # its connections go now, not whenever the app is collected
+
+
+def test_stripe_checkout_gets_the_same_return_urls(stripe_app, auth):
+    app, stripe = stripe_app
+    client = app.test_client()
+    checkout = _buy(client, auth(), success_url=SUCCESS, cancel_url=CANCEL)
+    assert checkout["url"] == "https://checkout.stripe.test/c/cs_test_1"
+    form = stripe.received("POST", "/v1/checkout/sessions")[-1]
+    assert form["success_url"] == [SUCCESS] and form["cancel_url"] == [CANCEL]
+    _buy(client, auth("other@example.com"))  # without them: pages under PUBLIC_BASE_URL
+    form = stripe.received("POST", "/v1/checkout/sessions")[-1]
+    assert form["success_url"][0].startswith(f"{PUBLIC}/subscription?checkout=success")
