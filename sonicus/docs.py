@@ -126,11 +126,11 @@ MESSAGES = {
 }
 
 
-def _json_schema(node):
+def json_schema(node):
     """An OpenAPI 3.0 schema as JSON Schema draft 7 (what AsyncAPI's default format is):
     ``nullable`` becomes a ``null`` alternative, ``example`` becomes ``examples``."""
     if isinstance(node, list):
-        return [_json_schema(item) for item in node]
+        return [json_schema(item) for item in node]
     if not isinstance(node, dict):
         return node
     out = {}
@@ -138,7 +138,7 @@ def _json_schema(node):
         if key == "example":
             out["examples"] = [value]
         elif key != "nullable":
-            out[key] = _json_schema(value)
+            out[key] = json_schema(value)
     if node.get("nullable"):
         if isinstance(node.get("type"), str):
             out["type"] = [node["type"], "null"]
@@ -156,7 +156,7 @@ def _schema_closure(schemas: dict, roots: list[str]) -> dict:
         name = todo.pop()
         if name in wanted:
             continue
-        wanted[name] = schema = _json_schema(copy.deepcopy(schemas[name]))
+        wanted[name] = schema = json_schema(copy.deepcopy(schemas[name]))
         todo.extend(_refs(schema))
     return dict(sorted(wanted.items()))
 

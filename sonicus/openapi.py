@@ -154,7 +154,7 @@ def _document_errors(method: str, path: str, operation: dict) -> None:
             continue
         said = response.get("description") or ""
         codes = re.findall(r"`([a-z_]+)`", description)
-        if codes and not any(f"`{code}`" in said for code in codes):
+        if codes and not all(f"`{code}`" in said for code in codes):
             response["description"] = f"{said} Also {description}" if said else description
 
 
@@ -209,6 +209,30 @@ def _drop_unused_schemas(doc: dict) -> None:
     for name in list(schemas):
         if name not in reached:
             del schemas[name]
+
+
+# ---- nullable references ---------------------------------------------------------------
+
+def nullable_refs(node):
+    """apispec writes a nullable nested schema as ``anyOf: [{type: object, nullable: true},
+    {$ref}]``, which generators read as "any object, or null, or the schema"; written as
+    ``allOf: [{$ref}]`` with ``nullable: true`` it is "the schema, or null"."""
+    if isinstance(node, list):
+        for item in node:
+            nullable_refs(item)
+        return
+    if not isinstance(node, dict):
+        return
+    alternatives = node.get("anyOf")
+    if isinstance(alternatives, list) and len(alternatives) == 2:
+        loose = [a for a in alternatives if a == {"type": "object", "nullable": True}]
+        refs = [a for a in alternatives if set(a) == {"$ref"}]
+        if len(loose) == 1 and len(refs) == 1:
+            del node["anyOf"]
+            node["allOf"] = refs
+            node["nullable"] = True
+    for value in node.values():
+        nullable_refs(value)
 
 
 # ---- examples ----------------------------------------------------------------------------
@@ -267,7 +291,7 @@ def example_for(name: str | None, prop: dict):
         item = example_for(None, prop.get("items", {}))
         return [] if item is None else [item]
     if kind == "object" or (kind is None and "properties" in prop):
-        return None
+        return {} if "properties" not in prop else None
     if name in NAMED_EXAMPLES and (kind is None or isinstance(NAMED_EXAMPLES[name],
                                                               _PYTHON_TYPES.get(kind, object))):
         return NAMED_EXAMPLES[name]
@@ -338,6 +362,7 @@ def finish_document(spec: dict) -> dict:
                     if value is not None:
                         parameter["example"] = value
     _drop_unused_schemas(doc)
+    nullable_refs(schemas)
     for schema in schemas.values():
         _add_examples(schema)
         for prop in schema.get("properties", {}).values():
@@ -349,11 +374,21 @@ def finish_document(spec: dict) -> dict:
     return doc
 
 
-class DocumentedApi(Api):
-    """The app's ``Api``: serves the finished document."""
+SPEC_KEY = "sonicus_openapi_spec"
 
-    def openapi_document(self) -> dict:
-        return finish_document(self.spec.to_dict())
+
+class DocumentedApi(Api):
+    """The app's ``Api``: serves the finished document, each app its own (the one ``Api``
+    object keeps only the latest app's spec: a test that builds a second app would
+    otherwise change the first one's document)."""
+
+    def init_app(self, app, *, spec_kwargs=None):
+        super().init_app(app, spec_kwargs=spec_kwargs)
+        app.extensions[SPEC_KEY] = self.spec
+
+    def openapi_document(self, app=None) -> dict:
+        app = app or flask.current_app
+        return finish_document(app.extensions.get(SPEC_KEY, self.spec).to_dict())
 
     def _openapi_json(self):
         return flask.current_app.response_class(

@@ -19,6 +19,10 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from .base import Base, UTCDateTime, utcnow
 
 OPEN, ENDED = "open", "ended"
+SESSION_STATUSES = (OPEN, ENDED)
+# Why a session ended (``end_reason``): the listener completed or stopped it, or the server
+# closed it after its maximum length.
+END_REASONS = ("completed", "stopped", "expired")
 # A session with less listened than this never counts in outcomes (see ``counts_in_outcomes``).
 OUTCOME_MIN_LISTENED_SECONDS = 60
 

@@ -8,7 +8,7 @@ import marshmallow as ma
 
 from ..envelope import PageArgsSchema
 from ..tiers import ACCESS_KINDS, PACKAGE_LEVELS
-from .common import StrictSchema
+from .common import OneOf, StrictSchema, TierField
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 CATEGORY_RE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -27,8 +27,7 @@ def validate_media_path(value: str) -> None:
 # ---- catalog output --------------------------------------------------------------------------
 
 def AccessField():  # noqa: N802  (a field factory)
-    return ma.fields.String(required=True, metadata={
-        "enum": list(ACCESS_KINDS),
+    return OneOf(ACCESS_KINDS, required=True, metadata={
         "description": "How the caller reaches it: `tier` (their tier opens it), `assigned` (an "
                        "administrator assigned it to them: open whatever the tier) or `locked`."})
 
@@ -41,13 +40,13 @@ class PackageBaseSchema(ma.Schema):
     title = ma.fields.String(required=True)
     description = ma.fields.String(required=True)
     category = ma.fields.String(required=True)
-    minimum_tier = ma.fields.String(required=True, metadata={"enum": list(PACKAGE_LEVELS)})
+    minimum_tier = OneOf(PACKAGE_LEVELS, required=True)
     duration_seconds = ma.fields.Integer(required=True)
     track_count = ma.fields.Integer(required=True)
 
 
 class PackageSchema(PackageBaseSchema):
-    required_tier = ma.fields.String(
+    required_tier = TierField(
         required=True, metadata={"description": "The lowest tier that opens this package."})
     popularity = ma.fields.Integer(required=True)
     locked = ma.fields.Boolean(

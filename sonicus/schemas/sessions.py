@@ -5,7 +5,8 @@ from __future__ import annotations
 import marshmallow as ma
 
 from ..envelope import PageArgsSchema
-from .common import StrictSchema
+from ..models.listening import END_REASONS, SESSION_STATUSES
+from .common import OneOf, StrictSchema, TierField
 
 
 class SessionStartSchema(StrictSchema):
@@ -53,7 +54,7 @@ class SessionPackageSchema(ma.Schema):
     slug = ma.fields.String(required=True)
     title = ma.fields.String(required=True)
     category = ma.fields.String(required=True)
-    archived = ma.fields.Method("get_archived", required=True)
+    archived = ma.fields.Method("get_archived", required=True, metadata={"type": "boolean"})
 
     def get_archived(self, package) -> bool:
         return package.archived_at is not None
@@ -69,8 +70,8 @@ class SessionSchema(ma.Schema):
     id = ma.fields.Integer(required=True)
     package_id = ma.fields.Integer(required=True)
     track_id = ma.fields.Integer(allow_none=True, required=True)
-    tier = ma.fields.String(required=True)
-    status = ma.fields.String(required=True, metadata={"enum": ["open", "ended"]})
+    tier = TierField(required=True)
+    status = OneOf(SESSION_STATUSES, required=True)
     started_at = ma.fields.DateTime(required=True)
     ends_at = ma.fields.DateTime(allow_none=True, required=True, metadata={
         "description": "When the tier's maximum length is reached; null when unlimited."})
@@ -88,7 +89,6 @@ class SessionSchema(ma.Schema):
     mood_before = ma.fields.Integer(allow_none=True, required=True)
     mood_after = ma.fields.Integer(allow_none=True, required=True)
     note = ma.fields.String(allow_none=True, required=True)
-    end_reason = ma.fields.String(allow_none=True, required=True,
-                                  metadata={"enum": ["completed", "stopped", "expired"]})
+    end_reason = OneOf(END_REASONS, allow_none=True, required=True)
     package = ma.fields.Nested(SessionPackageSchema, required=True)
     track = ma.fields.Nested(SessionTrackSchema, allow_none=True, required=True)
