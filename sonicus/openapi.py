@@ -8,8 +8,9 @@ is documented completely without doing more than an ordinary flask-smorest route
   name in ``OPERATION_IDS`` (keyed by method and path), else one made from the method and
   path (``getUserDownloads``); camelCase and unique;
 - documents the error statuses every route of a kind can answer, with the error envelope:
-  401/403/503 on every signed-in operation, 404 on every path with an id, 400/413/422 on
-  every request body, 422 on every query argument, 429 wherever the rate limits count;
+  401/403 on every signed-in operation, 503 on all but liveness, 404 on every path with an
+  id, 400/413/422 on every request body, 422 on every query argument, 429 wherever the rate
+  limits count;
 - documents a paginated list (``page`` and ``per_page`` arguments) with a
   ``<Item>PageEnvelope`` whose ``pagination`` is required, and drops the unused
   ``PaginationMetadata`` of flask-smorest's own pagination;
@@ -90,6 +91,9 @@ OPERATION_IDS = {
     "GET /api/billing/sandbox/portal/{}": "getSandboxPortal",
 }
 
+# Answered by the process alone: never a 503 (liveness).
+ALWAYS_AVAILABLE_PATHS = frozenset(("/api/health",))
+
 _PARAM = re.compile(r"\{[^}]*\}")
 _DOUBLE_TICKS = re.compile(r"``(.+?)``", re.S)
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorEnvelope"}
@@ -130,6 +134,8 @@ def _generic_errors(method: str, path: str, operation: dict) -> dict[int, str]:
         statuses[403] = ERROR_DESCRIPTIONS[403]
         statuses[503] = "`service_unavailable`: the database or the sign-in keys are " \
                         "unreachable; retry after `Retry-After`."
+    elif path not in ALWAYS_AVAILABLE_PATHS:
+        statuses[503] = ERROR_DESCRIPTIONS[503]
     if "{" in path:
         statuses[404] = ERROR_DESCRIPTIONS[404]
     if "requestBody" in operation:
