@@ -154,7 +154,7 @@ class ErrorEnvelopeSchema(ma.Schema):
 
     success = ma.fields.Boolean(required=True, metadata={"enum": [False], "example": False})
     data = Null()
-    message = ma.fields.String(required=True, metadata={"example": "today is used up"})
+    message = ma.fields.String(required=True, metadata={"example": "The request is not valid."})
     errors = ma.fields.List(ma.fields.String(), required=True,
                             validate=ma.validate.Length(min=1),
                             metadata={"example": ["timezone: Not a valid IANA time zone."]})
