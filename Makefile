@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 18100
 export SONICUS_ENV ?= development
 
-.PHONY: install dev test lint bench
+.PHONY: install dev test lint bench ts-client
 
 # The pinned requirements, then this checkout itself (editable): the `sonicus` command.
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -14,6 +14,17 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The SPA's typed client (clients/typescript): openapi-typescript and tsc, pinned in its
+# package-lock.json; tests/test_typescript_client.py uses them (skipped without Node).
+TS_CLIENT := clients/typescript
+$(TS_CLIENT)/node_modules/.installed: $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
+	touch $@
+
+ts-client:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(TS_CLIENT)/node_modules/.installed; \
+	else echo "npm not found: the TypeScript client check will be skipped"; fi
 
 # Embedded default: SQLite in instance/, jobs inline, no Redis needed.
 dev: install
@@ -31,7 +42,7 @@ dev: install
 
 # Needs PostgreSQL (TEST_DATABASE_URL, default database `test` on 127.0.0.1:5432)
 # and Redis (TEST_REDIS_URL, default db 15 on 127.0.0.1:6379).
-test: install
+test: install ts-client
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	SONICUS_ENV=testing $(PY) -m pytest

@@ -15,6 +15,7 @@ from . import models  # noqa: F401  (every table on the metadata)
 from .api import register_api
 from .auth import init_auth, init_idempotency
 from .cli import sonicus_cli
+from .docs import blp as docs_blueprint
 from .errors import init_error_reporting
 from .extensions import api, db, migrate, sock
 from .metrics import init_metrics
@@ -54,8 +55,7 @@ def _api_settings(app: Flask) -> None:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        # Swagger UI and ReDoc are served by ``docs.py`` from local assets (strict CSP).
         SOCK_SERVER_OPTIONS={"ping_interval": 25, "max_message_size": 64 * 1024,
                              "subprotocols": ["bearer"]},
         JSON_SORT_KEYS=False,
@@ -112,6 +112,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     init_rate_limits(app)  # after init_web: its hook starts each request
     init_metrics(app)
     register_api(app, api)
+    app.register_blueprint(docs_blueprint)
     register_realtime(app, snapshot=analytics_for_user_id)
     install_log_redaction()
     app.cli.add_command(sonicus_cli)

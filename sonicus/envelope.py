@@ -23,6 +23,50 @@ from werkzeug.exceptions import HTTPException
 
 from .validation import QueryArgsSchema
 
+# Every machine-readable ``code`` an error answer can carry: THE list (the OpenAPI document's
+# enum of ``ErrorEnvelope.code``; a test checks every code the code base raises is here).
+ERROR_CODES = {
+    "validation_error": "The request or a field is not valid; `errors` names the field.",
+    "missing_token": "No access token was sent.",
+    "invalid_token": "The access token is invalid, expired or for another audience.",
+    "payment_required": "The payment provider declined the charge.",
+    "forbidden": "Not allowed: not an administrator, or not in the group the API requires.",
+    "account_suspended": "The account is suspended.",
+    "package_locked": "The package is above the caller's tier (see `required_tier`).",
+    "email_not_verified": "Paid tiers and trials need a verified email.",
+    "feature_not_in_tier": "The caller's tier does not include this feature.",
+    "not_found": "No such resource of the caller's.",
+    "method_not_allowed": "This method is not allowed here.",
+    "conflict": "The resource is not in a state that allows this.",
+    "trial_already_used": "The free trial was used before (one per person, ever).",
+    "use_billing_portal": "A past-due subscription is fixed in the billing portal "
+                          "(see `portal_url`).",
+    "idempotency_key_in_use": "A request with this Idempotency-Key is still running.",
+    "idempotency_key_reused": "This Idempotency-Key was used for another request.",
+    "payload_too_large": "The request body is too large.",
+    "unsupported_media_type": "The request body is not JSON.",
+    "invalid_signature": "The webhook's signature, timestamp or body is not acceptable.",
+    "daily_session_limit_reached": "Today's sessions of the tier are used up "
+                                   "(see `resets_at`).",
+    "rate_limited": "Too many requests; retry after `Retry-After` seconds.",
+    "internal_error": "Something went wrong on the server.",
+    "billing_unavailable": "The payment provider could not be reached.",
+    "service_unavailable": "A dependency is unreachable; retry after `Retry-After`.",
+    "range_not_satisfiable": "The requested byte range lies outside the file (development "
+                             "media).",
+    "error": "Any other HTTP error (its status says which).",
+}
+
+# Fields some error answers add beside ``code`` (documented on ``ErrorEnvelope``).
+ERROR_EXTRAS = {
+    "required_tier": ("package_locked", "The lowest tier that opens the package."),
+    "resets_at": ("daily_session_limit_reached", "When the next user day starts."),
+    "portal_url": ("use_billing_portal", "The provider's billing portal for this customer."),
+}
+
+# Paths the rate limits do not count (``ratelimit.py``); every other answer may be a 429.
+RATE_LIMIT_EXEMPT_PATHS = frozenset(("/api/health", "/api/ready"))
+
 DEFAULT_CODES = {
     400: "validation_error",
     401: "invalid_token",
@@ -96,18 +140,35 @@ class PaginationSchema(ma.Schema):
     pages = ma.fields.Integer(required=True)
 
 
+def Null(**kwargs) -> ma.fields.Constant:  # noqa: N802  (a field factory)
+    """A field that is always ``null`` (documented as such, not as "anything")."""
+    return ma.fields.Constant(None, allow_none=True, required=True,
+                              metadata={"enum": [None], **kwargs.pop("metadata", {})},
+                              **kwargs)
+
+
+def _error_extra(name: str) -> ma.fields.Field:
+    code, description = ERROR_EXTRAS[name]
+    if name == "resets_at":
+        return ma.fields.DateTime(metadata={"description": f"With `{code}`: {description}"})
+    return ma.fields.String(metadata={"description": f"With `{code}`: {description}"})
+
+
 class ErrorEnvelopeSchema(ma.Schema):
-    """Every error answer; some add fields (``resets_at``, ``required_tier``, ...)."""
+    """Every error answer; some add one of the ``ERROR_EXTRAS`` beside ``code``."""
 
-    class Meta:
-        unknown = ma.INCLUDE
-
-    success = ma.fields.Boolean(required=True, metadata={"example": False})
-    data = ma.fields.Raw(allow_none=True, metadata={"nullable": True})
-    message = ma.fields.String(allow_none=True)
-    errors = ma.fields.List(ma.fields.String(), allow_none=True)
-    pagination = ma.fields.Raw(allow_none=True)
-    code = ma.fields.String(required=True, metadata={"example": "validation_error"})
+    success = ma.fields.Boolean(required=True, metadata={"enum": [False], "example": False})
+    data = Null()
+    message = ma.fields.String(required=True, metadata={"example": "The request is not valid."})
+    errors = ma.fields.List(ma.fields.String(), required=True,
+                            validate=ma.validate.Length(min=1),
+                            metadata={"example": ["timezone: Not a valid IANA time zone."]})
+    pagination = Null()
+    code = ma.fields.String(required=True, validate=ma.validate.OneOf(tuple(ERROR_CODES)),
+                            metadata={"example": "validation_error"})
+    required_tier = _error_extra("required_tier")
+    resets_at = _error_extra("resets_at")
+    portal_url = _error_extra("portal_url")
 
 
 class PageArgsSchema(QueryArgsSchema):
@@ -156,19 +217,21 @@ _envelopes: dict[tuple, type[ma.Schema]] = {}
 def envelope_schema(schema: ma.Schema | None) -> type[ma.Schema]:
     """The documented envelope around ``schema`` (cached: one class per name)."""
     if schema is None:
-        name, data_field = "EmptyEnvelope", ma.fields.Raw(allow_none=True)
+        name, data_field = "EmptyEnvelope", Null()
     else:
         many = bool(getattr(schema, "many", False))
         base = type(schema).__name__.removesuffix("Schema")
         name = f"{base}{'List' if many else ''}Envelope"
         data_field = ma.fields.Nested(type(schema), many=many, required=True)
     if name not in _envelopes:
+        # ``pagination`` is null here; a paginated list route's answer is documented with
+        # the ``...PageEnvelope`` that ``openapi.py`` derives (``pagination`` required).
         _envelopes[name] = type(name, (ma.Schema,), {
-            "success": ma.fields.Boolean(required=True),
+            "success": ma.fields.Boolean(required=True, metadata={"enum": [True]}),
             "data": data_field,
-            "message": ma.fields.String(allow_none=True),
-            "errors": ma.fields.List(ma.fields.String(), allow_none=True),
-            "pagination": ma.fields.Nested(PaginationSchema, allow_none=True),
+            "message": ma.fields.String(allow_none=True, required=True),
+            "errors": Null(),
+            "pagination": Null(),
         })
     return _envelopes[name]
 
@@ -184,14 +247,15 @@ def set_message(message: str) -> None:
 
 
 ERROR_DESCRIPTIONS = {
-    400: "`validation_error`: the request cannot be read.",
+    400: "`validation_error`: the body is not JSON, or nests too deeply.",
     401: "`missing_token` or `invalid_token`: sign in again.",
     402: "`payment_required`: the provider declined the charge.",
-    403: "`forbidden`, `account_suspended`, `package_locked` or `email_not_verified`.",
+    403: "`account_suspended`, or `forbidden`: not in the group the API requires.",
     404: "`not_found`: no such resource of the caller's.",
     409: "`conflict`: the resource is not in a state that allows this.",
+    413: "`payload_too_large`: the body is over `MAX_CONTENT_LENGTH`.",
     422: "`validation_error`: a field is invalid; `errors` names it.",
-    429: "`daily_session_limit_reached` (with `resets_at`) or `rate_limited`.",
+    429: "`rate_limited`: too many requests; retry after `Retry-After` seconds.",
     502: "`billing_unavailable`: the payment provider could not be reached.",
     503: "`service_unavailable`: a dependency is unreachable; retry after `Retry-After`.",
 }
@@ -288,6 +352,7 @@ class IdempotencyKeyDocs(BasePlugin):
     PARAMETER = {
         "name": "Idempotency-Key", "in": "header", "required": False,
         "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        "example": "5f0c9a5e-7b1d-4c2e-9f53-0c2f4b6f2a10",
         "description": (
             "Makes the write safe to retry (1..255 printable ASCII characters, scoped to the "
             "caller, kept 24 h). The same key with the same method, path and body answers the "

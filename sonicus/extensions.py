@@ -21,8 +21,8 @@ from flask_migrate import Migrate
 from flask_sock import Sock
 from flask_sqlalchemy import SQLAlchemy
 
-from .envelope import Api
 from .models.base import Base
+from .openapi import DocumentedApi
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # objects keep their state after the commit instead of being re-read from the database.
 db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 migrate = Migrate()
-api = Api()
+api = DocumentedApi()
 sock = Sock()
 
 REDIS_SOCKET_TIMEOUT_SECONDS = 2.0

@@ -26,10 +26,10 @@ from limits import parse_many
 from config import ConfigError
 
 from .auth import token_digest
-from .envelope import ApiError
+from .envelope import RATE_LIMIT_EXEMPT_PATHS, ApiError
 from .extensions import get_redis, redis_gate
 
-EXEMPT_PATHS = frozenset(("/api/health", "/api/ready"))
+EXEMPT_PATHS = RATE_LIMIT_EXEMPT_PATHS
 
 
 @dataclass(frozen=True)

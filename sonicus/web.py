@@ -47,9 +47,12 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
-DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: "
-            "https://cdn.jsdelivr.net; connect-src 'self'; frame-ancestors 'none'")
+# The docs pages (``docs.py``): everything from this origin. Scripts are files only (no inline
+# script, no eval); the renderers set inline styles, ReDoc searches in a blob: worker.
+DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; font-src 'self'; connect-src 'self'; worker-src 'self' blob:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+DOCS_PATHS = ("/api/docs", "/api/redoc")
 
 
 # Fields a log record may carry (``extra=``) that become fields of its JSON line.
@@ -277,7 +280,7 @@ def _finish_request_hook(header_sets):
         # One pass over the few headers already set (a miss in ``Headers`` costs an exception).
         present = {name.lower() for name, _ in headers}
         path = request.path
-        extra = [(name, value) for key, name, value in header_sets[path.startswith("/api/docs")]
+        extra = [(name, value) for key, name, value in header_sets[path.startswith(DOCS_PATHS)]
                  if key not in present]
         if "cache-control" not in present \
                 and path.startswith(("/api/user", "/api/admin", "/api/billing")):

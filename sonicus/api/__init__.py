@@ -28,5 +28,5 @@ def register_api(app, api) -> None:
     for area in AREAS:
         api.register_blueprint(area.blp)
     if app.config.get("DEV_TOKEN_ISSUER") and app.config["SONICUS_ENV"] != "production":
-        api.register_blueprint(dev.blp)
+        app.register_blueprint(dev.blp)  # not an API route: outside the document
     dev_media.register_dev_media(app)  # development and testing only; not in the document

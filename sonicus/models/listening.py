@@ -23,6 +23,10 @@ OPEN, ENDED = "open", "ended"
 # end_reason of a session the stale sweep closed that never got a heartbeat: it was started and
 # left, so it counts against the day's quota but nowhere else (not a 0-minute listen).
 ABANDONED = "abandoned"
+SESSION_STATUSES = (OPEN, ENDED)
+# Why a session ended (``end_reason``): the listener completed or stopped it, or the server
+# closed it after its maximum length, or closed it without a heartbeat (abandoned).
+END_REASONS = ("completed", "stopped", "expired", ABANDONED)
 # A session with less listened than this never counts in outcomes (see ``counts_in_outcomes``).
 OUTCOME_MIN_LISTENED_SECONDS = 60
 

@@ -5,7 +5,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from .base import Base, UTCDateTime, utcnow
 
@@ -13,6 +13,15 @@ ACTIVE, TRIALING, INCOMPLETE, PAST_DUE, CANCELED = (
     "active", "trialing", "incomplete", "past_due", "canceled")
 STATUSES = (ACTIVE, TRIALING, INCOMPLETE, PAST_DUE, CANCELED)
 CANCEL_REASONS = ("too_expensive", "not_using", "missing_features", "other")
+# Every kind of subscription event (``SubscriptionEvent.type``): THE list; a row of another
+# type is refused before it is written.
+EVENT_TYPES = (
+    "signed_up", "tier_chosen", "checkout_started", "checkout_abandoned", "activated",
+    "renewed", "upgraded", "downgrade_scheduled", "downgraded", "cancel_scheduled", "canceled",
+    "resumed", "trial_started", "trial_changed", "trial_ended", "trial_converted",
+    "payment_method_added", "payment_failed", "grace_ended", "lapsed", "plan_changed",
+    "complimentary_grant",
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,12 @@ class SubscriptionEvent(Base):
     def amount(self) -> Decimal | None:
         """The amount in currency units (``amount_cents`` / 100)."""
         return None if self.amount_cents is None else Decimal(self.amount_cents) / 100
+
+    @validates("type")
+    def _known_type(self, _key, value: str) -> str:
+        if value not in EVENT_TYPES:
+            raise ValueError(f"unknown subscription event type {value!r} (see EVENT_TYPES)")
+        return value
 
     __table_args__ = (
         Index("ix_subscription_events_user_id_at", "user_id", "at"),

@@ -10,6 +10,7 @@ from ..clock import DaySettings
 from .base import Base, UTCDateTime, utcnow
 
 ROLE_USER, ROLE_ADMIN = "user", "admin"
+ROLES = (ROLE_USER, ROLE_ADMIN)
 DEFAULT_PREFERENCES = {"goals": [], "favorite_categories": [], "daily_goal_minutes": None,
                        "show_streaks": True}
 

@@ -7,7 +7,15 @@ import marshmallow as ma
 from ..envelope import PageArgsSchema
 from ..models.subscription import STATUSES
 from ..tiers import TIER_NAMES
-from .common import QueryArgsSchema, StrictSchema, TierName, UsageSchema, UserBaseSchema
+from .common import (
+    OneOf,
+    QueryArgsSchema,
+    StrictSchema,
+    TierField,
+    TierName,
+    UsageSchema,
+    UserBaseSchema,
+)
 from .subscription import SubscriptionSchema
 
 SUSPENDED = "suspended"
@@ -68,8 +76,8 @@ class AdminUserQuerySchema(PageArgsSchema):
 
 class AdminUserSummarySchema(UserBaseSchema):
     is_active = ma.fields.Boolean(required=True)
-    tier = ma.fields.String(required=True)
-    subscription_status = ma.fields.String(required=True)
+    tier = TierField(required=True)
+    subscription_status = OneOf(STATUSES, required=True)
 
 
 class AdminUserDetailSchema(AdminUserSummarySchema):

@@ -8,8 +8,8 @@ import marshmallow as ma
 
 from .. import media
 from ..envelope import PageArgsSchema
-from ..tiers import ACCESS_KINDS, PACKAGE_LEVELS, TIER_NAMES
-from .common import StrictSchema
+from ..tiers import ACCESS_KINDS, PACKAGE_LEVELS
+from .common import OneOf, StrictSchema, TierField
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 CATEGORY_RE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -28,15 +28,14 @@ def validate_media_path(value: str) -> None:
 # ---- catalog output --------------------------------------------------------------------------
 
 def AccessField():  # noqa: N802  (a field factory)
-    return ma.fields.String(required=True, metadata={
-        "enum": list(ACCESS_KINDS),
+    return OneOf(ACCESS_KINDS, required=True, metadata={
         "description": "How the caller reaches it: `tier` (their tier opens it), `assigned` (an "
                        "administrator assigned it to them: open whatever the tier) or `locked`."})
 
 
 def RequiredTierField():  # noqa: N802  (a field factory)
-    return ma.fields.String(required=True, metadata={
-        "enum": list(TIER_NAMES), "description": "The lowest tier that opens this package."})
+    return TierField(required=True,
+                     metadata={"description": "The lowest tier that opens this package."})
 
 
 def ImageUrlField():  # noqa: N802  (a field factory)
@@ -55,7 +54,7 @@ class PackageBaseSchema(ma.Schema):
     title = ma.fields.String(required=True)
     description = ma.fields.String(required=True)
     category = ma.fields.String(required=True)
-    minimum_tier = ma.fields.String(required=True, metadata={"enum": list(PACKAGE_LEVELS)})
+    minimum_tier = OneOf(PACKAGE_LEVELS, required=True)
     duration_seconds = ma.fields.Integer(required=True)
     track_count = ma.fields.Integer(required=True)
     required_tier = RequiredTierField()

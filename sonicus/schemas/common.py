@@ -4,7 +4,8 @@ import marshmallow as ma
 
 from ..clock import is_valid_timezone
 from ..envelope import ResponseSchema
-from ..tiers import TIER_NAMES
+from ..models.user import ROLES
+from ..tiers import PACKAGE_LEVELS, TIER_NAMES
 from ..validation import InputSchema, QueryArgsSchema
 
 __all__ = ["QueryArgsSchema", "StrictSchema"]
@@ -43,16 +44,26 @@ class UsageSchema(ma.Schema):
     resets_at = ma.fields.DateTime(required=True)
 
 
+def OneOf(values, **kwargs) -> ma.fields.String:  # noqa: N802  (a field factory)
+    """A string out of a fixed set, documented as an enum (the set comes from its one
+    source in code: ``tiers.py``, the models)."""
+    return ma.fields.String(validate=ma.validate.OneOf(tuple(values)), **kwargs)
+
+
+def TierField(**kwargs) -> ma.fields.String:  # noqa: N802  (a field factory)
+    return OneOf(TIER_NAMES, **kwargs)
+
+
 class LimitsSchema(ma.Schema):
     daily_sessions = ma.fields.Integer(allow_none=True, required=True)
     max_session_minutes = ma.fields.Integer(allow_none=True, required=True)
-    package_levels = ma.fields.List(ma.fields.String(), required=True)
+    package_levels = ma.fields.List(OneOf(PACKAGE_LEVELS), required=True)
     offline_downloads = ma.fields.Boolean(required=True, metadata={
         "description": "Whether the tier may keep packages on a device (`/api/user/downloads`)."})
 
 
 class TierSchema(ma.Schema):
-    name = ma.fields.String(required=True)
+    name = TierField(required=True)
     title = ma.fields.String(required=True)
     price = Money(required=True)
     price_cents = ma.fields.Integer(required=True)
@@ -77,5 +88,5 @@ class UserBaseSchema(ResponseSchema):
         metadata={"description": "When the shown timezone and day_start_hour take effect for "
                                  "quotas, streaks and analytics (the next boundary of the day "
                                  "as it was before the change); null when nothing is pending."})
-    role = ma.fields.String(required=True)
+    role = OneOf(ROLES, required=True)
     created_at = ma.fields.DateTime(required=True)

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from .common import UserBaseSchema
+from ..models.listening import SESSION_STATUSES
+from ..models.subscription import EVENT_TYPES, STATUSES
+from .common import OneOf, TierField, UserBaseSchema
 
 
 class _UserExport(UserBaseSchema):
@@ -11,21 +13,21 @@ class _UserExport(UserBaseSchema):
 
 
 class _SubscriptionExport(ma.Schema):
-    tier = ma.fields.String()
-    status = ma.fields.String()
+    tier = TierField()
+    status = OneOf(STATUSES)
     trial_used = ma.fields.Boolean()
     trial_ends_at = ma.fields.DateTime(allow_none=True)
     current_period_start = ma.fields.DateTime(allow_none=True)
     current_period_end = ma.fields.DateTime(allow_none=True)
     cancel_at_period_end = ma.fields.Boolean()
-    pending_tier = ma.fields.String(allow_none=True)
+    pending_tier = TierField(allow_none=True)
     created_at = ma.fields.DateTime()
 
 
 class _EventExport(ma.Schema):
-    type = ma.fields.String()
-    from_tier = ma.fields.String(allow_none=True)
-    to_tier = ma.fields.String(allow_none=True)
+    type = OneOf(EVENT_TYPES)
+    from_tier = TierField(allow_none=True)
+    to_tier = TierField(allow_none=True)
     amount_cents = ma.fields.Integer(allow_none=True)
     currency = ma.fields.String()
     reference = ma.fields.String(allow_none=True)
@@ -43,8 +45,8 @@ class _SessionExport(ma.Schema):
     id = ma.fields.Integer()
     package_id = ma.fields.Integer()
     track_id = ma.fields.Integer(allow_none=True)
-    tier = ma.fields.String()
-    status = ma.fields.String()
+    tier = TierField()
+    status = OneOf(SESSION_STATUSES)
     started_at = ma.fields.DateTime()
     ended_at = ma.fields.DateTime(allow_none=True)
     listened_seconds = ma.fields.Integer()

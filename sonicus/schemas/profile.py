@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from .common import StrictSchema, UserBaseSchema, validate_timezone
+from .common import StrictSchema, TierField, UserBaseSchema, validate_timezone
 
 GOALS = ("sleep", "focus", "relaxation", "stress", "anxiety", "meditation", "energy", "mood")
 
@@ -30,7 +30,7 @@ class OnboardingSchema(ma.Schema):
 
 
 class ProfileSchema(UserBaseSchema):
-    tier = ma.fields.String(required=True)
+    tier = TierField(required=True)
     preferences = ma.fields.Nested(PreferencesSchema, required=True)
     onboarding = ma.fields.Nested(OnboardingSchema, required=True)
 

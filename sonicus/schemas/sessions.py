@@ -5,8 +5,9 @@ from __future__ import annotations
 import marshmallow as ma
 
 from ..envelope import PageArgsSchema
+from ..models.listening import END_REASONS, SESSION_STATUSES
 from .catalog import ImageUrlField, RequiredTierField
-from .common import StrictSchema
+from .common import OneOf, StrictSchema, TierField
 
 MAX_SECONDS = 7 * 24 * 3600
 
@@ -73,7 +74,7 @@ class SessionPackageSchema(ma.Schema):
     category = ma.fields.String(required=True)
     required_tier = RequiredTierField()
     image_url = ImageUrlField()
-    archived = ma.fields.Method("get_archived", required=True)
+    archived = ma.fields.Method("get_archived", required=True, metadata={"type": "boolean"})
 
     def get_archived(self, package) -> bool:
         return package.archived_at is not None
@@ -89,8 +90,8 @@ class SessionSchema(ma.Schema):
     id = ma.fields.Integer(required=True)
     package_id = ma.fields.Integer(required=True)
     track_id = ma.fields.Integer(allow_none=True, required=True)
-    tier = ma.fields.String(required=True)
-    status = ma.fields.String(required=True, metadata={"enum": ["open", "ended"]})
+    tier = TierField(required=True)
+    status = OneOf(SESSION_STATUSES, required=True)
     started_at = ma.fields.DateTime(required=True)
     ends_at = ma.fields.DateTime(allow_none=True, required=True, metadata={
         "description": "When the tier's maximum length is reached; null when unlimited."})
@@ -108,8 +109,7 @@ class SessionSchema(ma.Schema):
     mood_before = ma.fields.Integer(allow_none=True, required=True)
     mood_after = ma.fields.Integer(allow_none=True, required=True)
     note = ma.fields.String(allow_none=True, required=True)
-    end_reason = ma.fields.String(allow_none=True, required=True, metadata={
-        "enum": ["completed", "stopped", "expired", "abandoned"],
+    end_reason = OneOf(END_REASONS, allow_none=True, required=True, metadata={
         "description": "`abandoned`: closed by the server without a single heartbeat (it "
                        "counts against the day's quota and nowhere else)."})
     client_id = ma.fields.String(allow_none=True, required=True)

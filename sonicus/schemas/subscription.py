@@ -6,10 +6,10 @@ import marshmallow as ma
 from flask import current_app
 
 from ..envelope import PageArgsSchema
-from ..models.subscription import CANCEL_REASONS
+from ..models.subscription import CANCEL_REASONS, EVENT_TYPES, STATUSES
 from ..tiers import TIER_NAMES
 from ..web import is_app_url
-from .common import LimitsSchema, Money, StrictSchema, UsageSchema
+from .common import LimitsSchema, Money, OneOf, StrictSchema, TierField, UsageSchema
 from .profile import OnboardingSchema
 
 
@@ -17,21 +17,20 @@ class CheckoutSchema(ma.Schema):
     provider = ma.fields.String(required=True, metadata={"example": "sandbox"})
     reference = ma.fields.String(required=True)
     url = ma.fields.String(allow_none=True, required=True)
-    tier = ma.fields.String(required=True)
+    tier = TierField(required=True)
     amount = Money(allow_none=True)
 
 
 class SubscriptionSchema(ma.Schema):
-    tier = ma.fields.String(required=True, metadata={"description": "The tier in force now."})
-    status = ma.fields.String(required=True, metadata={
-        "enum": ["active", "trialing", "incomplete", "past_due", "canceled"]})
+    tier = TierField(required=True, metadata={"description": "The tier in force now."})
+    status = OneOf(STATUSES, required=True)
     price = Money(allow_none=True)
     trial_ends_at = ma.fields.DateTime(allow_none=True, required=True)
     trial_used = ma.fields.Boolean(required=True)
     current_period_start = ma.fields.DateTime(allow_none=True)
     current_period_end = ma.fields.DateTime(allow_none=True, required=True)
     cancel_at_period_end = ma.fields.Boolean(required=True)
-    pending_tier = ma.fields.String(allow_none=True, metadata={
+    pending_tier = TierField(allow_none=True, metadata={
         "description": "The tier that takes over at the end of the period, if any."})
     past_due_since = ma.fields.DateTime(allow_none=True)
     grace_ends_at = ma.fields.DateTime(allow_none=True, metadata={
@@ -78,9 +77,9 @@ class CancelSchema(StrictSchema):
 
 class SubscriptionEventSchema(ma.Schema):
     id = ma.fields.Integer(required=True)
-    type = ma.fields.String(required=True, metadata={"example": "activated"})
-    from_tier = ma.fields.String(allow_none=True, required=True)
-    to_tier = ma.fields.String(allow_none=True, required=True)
+    type = OneOf(EVENT_TYPES, required=True, metadata={"example": "activated"})
+    from_tier = TierField(allow_none=True, required=True)
+    to_tier = TierField(allow_none=True, required=True)
     at = ma.fields.DateTime(required=True)
     amount = Money(allow_none=True)
     currency = ma.fields.String()
