@@ -61,7 +61,8 @@ async def main() -> None:
         if line == "updates":
             stamps = await asyncio.gather(*(next_message(ws) for ws in sockets))
             got = [s for s in stamps if s is not None]
-            print(f"DELIVERED {len(got)} {max(got) if got else 0:.6f}", flush=True)
+            print(f"DELIVERED {len(got)} {max(got) if got else 0:.6f} "
+                  f"{min(got) if got else 0:.6f}", flush=True)
         else:
             break
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
