@@ -72,7 +72,8 @@ def start_ws_process(extra_env: dict) -> tuple[subprocess.Popen, int]:
     if port is None:
         proc.kill()
         raise RuntimeError("gunicorn did not start")
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    log = open(os.environ.get("BENCH_WS_LOG", os.devnull), "w")  # noqa: SIM115
+    threading.Thread(target=lambda: [log.write(line) for line in proc.stderr], daemon=True).start()
     return proc, port
 
 
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=10000)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--probes", type=int, default=400)
+    parser.add_argument("--clients", type=int, default=4, help="client processes")
     args = parser.parse_args()
     per_user = max(1, args.sockets // args.users)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -140,7 +142,7 @@ def main() -> None:
     token_file.write_text("\n".join(tokens))
     web, port = start_ws_process({"WS_MAX_SOCKETS_PER_PROCESS": str(args.sockets + 100),
                                   "WS_MAX_SOCKETS_PER_USER": str(per_user)})
-    client = None
+    clients = []
     try:
         wait_http(f"http://127.0.0.1:{port}/api/health")
         pid = worker_pid(web.pid)
@@ -149,12 +151,25 @@ def main() -> None:
         idle = probe.run(args.probes)
         rss_idle = rss_kib(pid)
 
-        client = subprocess.Popen(
+        # several client processes: one asyncio loop reading 10,000 sockets is slower than
+        # the server writing them
+        shares = [tokens[n::args.clients] for n in range(args.clients)]
+        files = []
+        for n, share in enumerate(shares):
+            path = token_file.with_name(f"{token_file.name}.{n}")
+            path.write_text("\n".join(share))
+            files.append(path)
+        clients = [subprocess.Popen(
             [sys.executable, str(ROOT / "bench/ws_client.py"),
-             f"ws://127.0.0.1:{port}/ws/analytics", str(token_file), str(per_user)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = client.stdout.readline().split()
-        opened, open_seconds, failed = int(line[1]), float(line[2]), int(line[3])
+             f"ws://127.0.0.1:{port}/ws/analytics", str(path), str(per_user)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for path in files]
+        opened = failed = 0
+        open_seconds = 0.0
+        for client in clients:
+            line = client.stdout.readline().split()
+            opened += int(line[1])
+            open_seconds = max(open_seconds, float(line[2]))
+            failed += int(line[3])
         time.sleep(3)
         rss_open = rss_kib(pid)
         loaded = probe.run(args.probes)
@@ -165,8 +180,9 @@ def main() -> None:
             stop = threading.Event()
             side = HealthProbe(port)
             prober = threading.Thread(target=side.until, args=(stop, during))
-            client.stdin.write("updates\n")
-            client.stdin.flush()
+            for client in clients:
+                client.stdin.write("updates\n")
+                client.stdin.flush()
             time.sleep(0.5)  # the client is reading
             prober.start()
             # what publish_to_user sends, one PUBLISH per listener, in one pipeline (the
@@ -181,23 +197,30 @@ def main() -> None:
             started = time.monotonic()
             pipe.execute()
             published = time.monotonic() - started
-            line = client.stdout.readline().split()
+            lines = [client.stdout.readline().split() for client in clients]
             cpu_fan_out = cpu_ms(pid) - cpu_before
             stop.set()
             prober.join()
-        delivered, last, first = int(line[1]), float(line[2]), float(line[3])
+        delivered = sum(int(line[1]) for line in lines)
+        last = max(float(line[2]) for line in lines)
+        first = min(float(line[3]) for line in lines)
         fan_out = last - started
         rss_after = rss_kib(pid)
     finally:
-        if client is not None and client.poll() is None:
+        for client in clients:
             try:
                 client.stdin.write("close\n")
                 client.stdin.flush()
+            except Exception:
+                pass
+        for client in clients:
+            try:
                 client.wait(30)
             except Exception:
                 client.kill()
         stop_process(web)
-        token_file.unlink(missing_ok=True)
+        for path in token_file.parent.glob(token_file.name + "*"):
+            path.unlink(missing_ok=True)
 
     per_socket = (rss_open - rss_idle) / max(1, opened)
     print(f"one socket process (gunicorn -c gunicorn.conf.py, SONICUS_PROCESS=ws, gevent), "

@@ -97,8 +97,9 @@ def authenticate_socket() -> None:
         elif exc.code >= 500:
             g.ws_refusal = (CLOSE_TRY_AGAIN_LATER, "sign-in unavailable")
     finally:
-        if g.ws_refusal is not None:
-            db.session.remove()
+        # The caller is immutable: no database connection is held through the handshake
+        # (under gevent, thousands of handshakes would queue for the pool).
+        db.session.remove()
 
 
 def analytics_socket(ws):
