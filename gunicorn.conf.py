@@ -100,6 +100,7 @@ def post_worker_init(worker):
     if process_type == "ws":
         # psycopg2 waits for the database through gevent (before any connection is made)
         importlib.import_module("psycogreen.gevent").patch_psycopg()
+        worker.log.info("socket process: gevent worker, psycopg2 waits through gevent")
     broker = getattr(worker.wsgi, "extensions", {}).get("sonicus_broker")
     if broker is not None:
         broker.start()
