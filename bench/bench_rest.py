@@ -71,7 +71,8 @@ def load(port: int, path: str, token: str | None, duration: float, connections: 
                              text=True, check=True).stdout
         failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
         if failed:
-            print(f"  ({failed.group(1)} non-2xx answers on port {port})", file=sys.stderr)
+            print(f"  ({failed.group(1)} non-2xx answers on {path} at port {port})",
+                  file=sys.stderr)
         return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     result = run_load(port, "GET", path, headers=headers, concurrency=connections,
                       duration=duration)

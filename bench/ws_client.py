@@ -1,7 +1,7 @@
 """Many idle analytics sockets from one asyncio process (the client side of
 ``bench_ws_scale.py``; cheap per socket, so the server is what is measured).
 
-    python bench/ws_client.py URL TOKENS_FILE SOCKETS_PER_TOKEN [--concurrency 10]
+    python bench/ws_client.py URL TOKENS_FILE SOCKETS_PER_TOKEN [--concurrency 25]
 
 Opens SOCKETS_PER_TOKEN sockets for each token (one per line), reads each one's snapshot,
 prints ``OPEN <n> <seconds> <failures>``, then waits: on a line ``updates`` on stdin it reads
@@ -45,7 +45,7 @@ async def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     url, tokens_file, per_token = sys.argv[1], sys.argv[2], int(sys.argv[3])
     concurrency = int(sys.argv[sys.argv.index("--concurrency") + 1]) \
-        if "--concurrency" in sys.argv else 10
+        if "--concurrency" in sys.argv else 25
     tokens = [line.strip() for line in open(tokens_file) if line.strip()]
     gate = asyncio.Semaphore(concurrency)
     started = time.perf_counter()

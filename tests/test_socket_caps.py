@@ -72,3 +72,24 @@ def test_without_redis_a_users_sockets_are_counted_in_the_process(
     held[0].close()
     assert wait_for(lambda: get_broker(lite).local_socket_count() == 2)
     assert connect_ws(server.url(), token).receive_json()["type"] == "analytics.snapshot"
+
+
+def test_a_snapshot_that_fails_closes_the_socket_with_1013(
+        token_for, make_config, make_user, connect_ws, serve_in_process, wait_for):
+    """After the upgrade, an error (the database pool timing out, say) is a close code, not
+    an HTTP answer written onto the socket; the socket's place is given back."""
+    from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
+
+    failing = create_app(make_config())
+    broker = get_broker(failing)
+
+    def snapshot(user_id):
+        raise TimeoutError("pool exhausted")
+
+    broker.snapshot = snapshot
+    make_user("frank@example.com")
+    server = serve_in_process(failing)
+    ws = connect_ws(server.url(), token_for("frank@example.com"))
+    assert ws.close_code() == 1013
+    assert wait_for(lambda: broker.local_socket_count() == 0)

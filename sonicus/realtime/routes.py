@@ -127,8 +127,17 @@ def analytics_socket(ws):
     socket_opened()
     try:
         broker.wait_ready(SUBSCRIBE_WAIT_SECONDS)
-        data = broker.snapshot(user.id) or {}
-        db.session.remove()  # a waiting socket must not hold a pooled connection
+        try:
+            data = broker.snapshot(user.id) or {}
+        except Exception as exc:
+            # After the upgrade an error must not become an HTTP answer written onto the
+            # socket (under gevent the server would then read it alongside the socket's
+            # reader): the client is told to come back later.
+            log.warning("live updates: snapshot failed: %s", type(exc).__name__)
+            ws.close(reason=CLOSE_TRY_AGAIN_LATER, message="try again later")
+            return
+        finally:
+            db.session.remove()  # a waiting socket must not hold a pooled connection
         conn.start(json.dumps({"type": "analytics.snapshot", "data": data},
                               separators=(",", ":"), default=str))
         while ws.connected:
