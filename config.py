@@ -152,6 +152,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "WORKER_ABANDONED_JOB_SECONDS": _int(env, "WORKER_ABANDONED_JOB_SECONDS", 30),
         "WORKER_RECONNECT_MAX_SECONDS": _float(env, "WORKER_RECONNECT_MAX_SECONDS", 10.0),
         "WS_MAX_SOCKETS_PER_PROCESS": _int(env, "WS_MAX_SOCKETS_PER_PROCESS", 192),
+        # Open sockets of one user across every process (Redis; without it, per process).
+        "WS_MAX_SOCKETS_PER_USER": _int(env, "WS_MAX_SOCKETS_PER_USER", 10),
         "RATELIMIT_ENABLED": _bool(env, "RATELIMIT_ENABLED", True),
         "RATELIMIT_PER_USER": _str(env, "RATELIMIT_PER_USER", "120/second;3000/minute"),
         "RATELIMIT_PER_IP": _str(env, "RATELIMIT_PER_IP", "300/second;12000/minute"),
@@ -202,6 +204,9 @@ def validate_config(config: Mapping) -> None:
         raise ConfigError("WORKER_HEARTBEAT_SECONDS must be positive and below "
                           "WORKER_ABANDONED_JOB_SECONDS")
     _validate_webpush(config)
+    for name in ("WS_MAX_SOCKETS_PER_PROCESS", "WS_MAX_SOCKETS_PER_USER"):
+        if config.get(name, 1) < 1:
+            raise ConfigError(f"{name} must be at least 1")
     if env != "production":
         return
     problems = []

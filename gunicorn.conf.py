@@ -1,6 +1,12 @@
 """gunicorn settings for the API (read by `gunicorn wsgi:app` from this folder).
 
-gthread: each open WebSocket holds a thread, so threads are plentiful; see the README figures.
+Two process types from the same code and settings:
+- web (the default): gthread, for the REST API. A socket that reaches it still works but
+  holds a thread, so it keeps a small cap (WS_MAX_SOCKETS_PER_PROCESS, default 192 here).
+- ws (`SONICUS_PROCESS=ws`): gevent, for `/ws/` (the front proxy routes it there). A socket
+  costs a pair of greenlets, not a thread; one process holds ten thousand. The app is the
+  same create_app; psycopg2 waits cooperatively (psycogreen) and the file descriptor limit is
+  raised to the hard limit. See the README figures.
 Access logs carry the path only: query strings (a socket's ?access_token=) never reach them.
 Metrics: every worker writes to PROMETHEUS_MULTIPROC_DIR (emptied when the master starts);
 a worker that exits is marked dead so its open-socket gauge stops counting.
@@ -9,17 +15,37 @@ a worker that exits is marked dead so its open-socket gauge stops counting.
 import glob
 import importlib
 import os
+import resource
 import signal
 import socket
 import tempfile
 import threading
 
-bind = os.environ.get("SONICUS_BIND", "127.0.0.1:18100")
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
-# Each open socket holds a thread: keep SONICUS_THREADS above WS_MAX_SOCKETS_PER_PROCESS
-# (default 192) so HTTP requests always find a free thread.
-threads = int(os.environ.get("SONICUS_THREADS", "256"))
+process_type = os.environ.get("SONICUS_PROCESS", "web").strip().lower()
+if process_type not in ("web", "ws"):
+    raise SystemExit(f"SONICUS_PROCESS must be web or ws, got {process_type!r}")
+
+if process_type == "ws":
+    bind = os.environ.get("SONICUS_WS_BIND", "127.0.0.1:18101")
+    workers = int(os.environ.get("WS_CONCURRENCY", "1"))
+    worker_class = "gevent"
+    os.environ.setdefault("WS_MAX_SOCKETS_PER_PROCESS", "10000")
+    # every socket, plus room for health probes and handshakes refused with 1013
+    worker_connections = int(os.environ["WS_MAX_SOCKETS_PER_PROCESS"]) + 1000
+    _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _wanted = worker_connections + 1000
+    if _hard == resource.RLIM_INFINITY or _hard >= _wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(_soft, _wanted), _hard))
+    else:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+else:
+    bind = os.environ.get("SONICUS_BIND", "127.0.0.1:18100")
+    workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+    worker_class = "gthread"
+    # A socket that reaches a web process holds a thread: keep SONICUS_THREADS above
+    # WS_MAX_SOCKETS_PER_PROCESS so HTTP requests always find a free thread.
+    os.environ.setdefault("WS_MAX_SOCKETS_PER_PROCESS", "192")
+    threads = int(os.environ.get("SONICUS_THREADS", "256"))
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
@@ -71,6 +97,10 @@ def post_worker_init(worker):
     sockets with 1001 at once (clients reconnect to another process) instead of holding them
     until the graceful timeout; then gunicorn's own handler stops accepting and lets in-flight
     requests finish."""
+    if process_type == "ws":
+        # psycopg2 waits for the database through gevent (before any connection is made)
+        importlib.import_module("psycogreen.gevent").patch_psycopg()
+        worker.log.info("socket process: gevent worker, psycopg2 waits through gevent")
     broker = getattr(worker.wsgi, "extensions", {}).get("sonicus_broker")
     if broker is not None:
         broker.start()

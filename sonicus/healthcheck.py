@@ -1,6 +1,7 @@
-"""Container health checks: ``python -m sonicus.healthcheck web|worker``; exit 0 when healthy.
+"""Container health checks: ``python -m sonicus.healthcheck web|ws|worker``; exit 0 when healthy.
 
-- ``web``: ``GET /api/health`` on ``SONICUS_BIND`` answers 200 (the process serves).
+- ``web``: ``GET /api/health`` on ``SONICUS_BIND`` answers 200 (the process serves); ``ws``:
+  the same on ``SONICUS_WS_BIND`` (the socket process, ``SONICUS_PROCESS=ws``).
 - ``worker``: an RQ worker of this host (container or pod) has refreshed its heartbeat in
   Redis recently. RQ refreshes it while waiting for jobs and while running one; a worker that
   hangs or died stops refreshing and the check fails.
@@ -59,10 +60,12 @@ def main(argv=None) -> int:
     what = argv[0] if argv else "web"
     if what == "web":
         return 0 if web_is_healthy() else 1
+    if what == "ws":
+        return 0 if web_is_healthy(os.environ.get("SONICUS_WS_BIND", "127.0.0.1:18101")) else 1
     if what == "worker":
         url = load_config().get("REDIS_URL")
         return 0 if url and worker_is_healthy(url) else 1
-    print("usage: python -m sonicus.healthcheck web|worker", file=sys.stderr)
+    print("usage: python -m sonicus.healthcheck web|ws|worker", file=sys.stderr)
     return 2
 
 

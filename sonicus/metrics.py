@@ -146,14 +146,31 @@ class JobMetricsMixin:
 
 # ---- the web hooks -------------------------------------------------------------------------
 
+# The labelled children by (route, method, status): ``labels()`` checks and joins its
+# arguments on every call. Routes, methods and statuses are few, so this stays small.
+_children: dict[tuple, tuple] = {}
+
+
+def _request_metrics(route: str, method: str, status: int) -> tuple:
+    key = (route, method, status)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = (
+            REQUESTS.labels(route, method, str(status)),
+            None if route.startswith("/ws/") else REQUEST_SECONDS.labels(route, method))
+    return found
+
+
 def _after_request(response):
-    rule = request.url_rule
+    req = request._get_current_object()
+    rule = req.url_rule
     route = rule.rule if rule is not None else "unmatched"
     status = response.status_code
-    REQUESTS.labels(route, request.method, str(status)).inc()
+    count, seconds = _request_metrics(route, req.method, status)
+    count.inc()
     started = g.get("request_started")
-    if started is not None and not route.startswith("/ws/"):
-        REQUEST_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+    if started is not None and seconds is not None:
+        seconds.observe(time.perf_counter() - started)
     if status in (403, 429) and response.is_json:
         code = (response.get_json(silent=True) or {}).get("code")
         if code in QUOTA_CODES:

@@ -14,7 +14,7 @@ import yaml
 from config import load_config, validate_config
 
 ROOT = Path(__file__).resolve().parent.parent
-LONG_RUNNING = ("postgres", "redis", "web", "worker", "nginx")
+LONG_RUNNING = ("postgres", "redis", "web", "ws", "worker", "nginx")
 
 
 def _env_file(path) -> dict[str, str]:
@@ -34,7 +34,7 @@ def compose() -> dict:
 
 def test_env_example_passes_the_production_check_as_compose_starts_it(compose):
     """`cp .env.example .env && docker compose up` must not be refused by the settings check."""
-    for service in ("migrate", "web", "worker"):
+    for service in ("migrate", "web", "ws", "worker"):
         env = {**_env_file(ROOT / ".env.example"),
                **{k: str(v) for k, v in compose["services"][service]["environment"].items()}}
         config = load_config(env)
@@ -49,6 +49,8 @@ def test_compose_restarts_and_health_checks_what_runs(compose):
     assert services["migrate"]["restart"] == "on-failure"  # runs once; again if it failed
     assert services["web"]["healthcheck"]["test"][-1] == "web"
     assert services["worker"]["healthcheck"]["test"][-1] == "worker"
+    assert services["ws"]["healthcheck"]["test"][-1] == "ws"
+    assert services["ws"]["environment"]["SONICUS_PROCESS"] == "ws"
 
 
 def test_compose_publishes_only_on_loopback_through_nginx(compose):
@@ -71,6 +73,8 @@ def test_nginx_config_buffers_and_passes_websockets():
                       "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for",
                       "client_header_timeout"):
         assert directive in conf, directive
+    sockets = conf[conf.index("location /ws/"):]
+    assert sockets[:sockets.index("}")].count("proxy_pass http://sonicus_ws;") == 1
     assert "$request " not in conf and "$request_uri" not in conf  # no query strings logged
 
 
@@ -78,7 +82,8 @@ def test_nginx_config_buffers_and_passes_websockets():
 def test_nginx_accepts_the_config(tmp_path):
     site = (ROOT / "deploy/nginx/sonicus.conf").read_text()
     # The compose service name does not resolve here: point the upstream at loopback.
-    site = site.replace("server web:18100", "server 127.0.0.1:18100")
+    site = site.replace("server web:18100", "server 127.0.0.1:18100").replace(
+        "server ws:18101", "server 127.0.0.1:18101")
     (tmp_path / "site.conf").write_text(site)
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"

@@ -83,6 +83,21 @@ def test_probes_and_shutdown_fit_the_operations_contract():
     assert int(ingress["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
 
 
+def test_sockets_go_to_the_socket_process_type():
+    kinds = _by_kind(_base_resources())
+    ws = kinds[("Deployment", "sonicus-ws")]
+    container = _container(ws)
+    assert {e["name"]: e["value"] for e in container["env"]}["SONICUS_PROCESS"] == "ws"
+    assert container["command"] == _container(kinds[("Deployment", "sonicus-web")])["command"]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop + 30 < ws["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    paths = {p["path"]: p["backend"]["service"]["name"]
+             for p in kinds[("Ingress", "sonicus")]["spec"]["rules"][0]["http"]["paths"]}
+    assert paths == {"/ws/": "sonicus-ws", "/": "sonicus-web"}
+    assert kinds[("Service", "sonicus-ws")]["spec"]["selector"]["app.kubernetes.io/component"] \
+        == "ws"
+
+
 def test_every_setting_comes_from_the_configmap_or_the_secret():
     docs = _base_resources()
     for doc in docs:
@@ -92,6 +107,7 @@ def test_every_setting_comes_from_the_configmap_or_the_secret():
             sources = [next(iter(s)) for s in container["envFrom"]]
             assert sources == ["configMapRef", "secretRef"], doc["metadata"]["name"]
             names = {e["name"] for e in container.get("env", [])}
-            assert names <= {"SONICUS_BIND"}, names  # only where this container listens
+            # only which process type this is and where it listens
+            assert names <= {"SONICUS_BIND", "SONICUS_PROCESS", "SONICUS_WS_BIND"}, names
     config = _by_kind(docs)[("ConfigMap", "sonicus-config")]["data"]
     assert not {"SECRET_KEY", "DATABASE_URL", "STRIPE_API_KEY", "METRICS_TOKEN"} & set(config)

@@ -11,14 +11,24 @@ web process.
   not subscribed, this process caches no callers (``CallerCache.feed_lost``).
 - The registry of local sockets is a dict of sets behind one lock; each connection has its
   own send lock (a socket is not safe to write from two threads at once).
+- Caps: this process's sockets (``WS_MAX_SOCKETS_PER_PROCESS``, counted here) and one
+  user's sockets across every process (``WS_MAX_SOCKETS_PER_USER``). With Redis, each
+  socket holds a lease in its user's sorted set (member: the socket's id, score: when the
+  lease runs out); a script drops run-out leases, counts and adds in one step; the
+  subscriber thread renews this process's leases every ``LEASE_RENEW_SECONDS``, so the
+  sockets of a process that died stop counting after ``LEASE_SECONDS``. Without Redis (or
+  while it is unreachable) a user's sockets are counted in this process only.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import logging
 import os
+import secrets
+import struct
 import threading
 import time
 import weakref
@@ -28,6 +38,7 @@ import redis
 from flask import current_app
 
 from ..caller_cache import callers_channel, get_caller_cache
+from ..extensions import channel_prefix, get_redis, redis_gate
 from .publish import LOCAL_DELIVERY_KEY, user_events_channel
 
 log = logging.getLogger(__name__)
@@ -37,6 +48,37 @@ BACKOFF_BASE_SECONDS = 0.25
 BACKOFF_CAP_SECONDS = 10.0
 SUBSCRIBE_CONFIRM_SECONDS = 5.0
 FIRST_START_WAIT_SECONDS = 0.5  # the request that starts the subscriber waits this long
+LEASE_SECONDS = 90  # a socket's lease on its user's cap, renewed every LEASE_RENEW_SECONDS
+LEASE_RENEW_SECONDS = 30
+LEASE_RENEW_BATCH = 1000
+
+# KEYS[1]: a user's leases; ARGV: now, the new lease's end, its member, the cap
+ADMIT_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 1)
+return 1
+"""
+
+ADMITTED, TOO_MANY_IN_PROCESS, TOO_MANY_FOR_USER = "admitted", "process", "user"
+
+
+def text_frame(text: str) -> bytes:
+    """A server's unmasked, unfragmented, uncompressed text frame (RFC 6455, 5.2).
+
+    Built once per message for all of a user's sockets and written straight to each socket:
+    going through wsproto for every socket cost more than the system call (sockets here never
+    negotiate permessage-deflate, so a plain frame is what wsproto would write too)."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
 
 # Subscribers running in this process, stopped at interpreter exit so that none retries (and
 # logs) while logging is being shut down.
@@ -66,13 +108,17 @@ class Connection:
         self.user_id = user_id
         self.send_lock = threading.Lock()
         self.closed = False
+        self.lease: str | None = None  # its member in the user's leases (Redis)
 
     def send(self, text: str) -> bool:
+        return self.send_frame(text_frame(text))
+
+    def send_frame(self, frame: bytes) -> bool:
         with self.send_lock:
-            if self.closed:
+            if self.closed or not self.ws.connected:
                 return False
             try:
-                self.ws.send(text)
+                self.ws.sock.sendall(frame)
                 return True
             except Exception:
                 self.closed = True
@@ -104,28 +150,118 @@ class Broker:
         self._stop = threading.Event()
         self.reconnects = 0
         self.listener_starts = 0
+        self._count = 0  # local sockets
+        self.leases_prefix = channel_prefix(app.config) + "ws-sockets:"
+        self._lease_ids = itertools.count(1)
+        self._lease_owner = ""
+        self._admit_script = None
+        self._next_renewal = 0.0
 
     # ---- the local registry ----------------------------------------------------------------
-    def register(self, conn: Connection, limit: int | None = None) -> bool:
-        """Add a local socket; False (and nothing added) when ``limit`` sockets are open."""
+    def admit(self, conn: Connection, per_process: int, per_user: int) -> str:
+        """Register ``conn`` within both caps: ``ADMITTED``, else which cap refused it (and
+        nothing is kept)."""
         with self._lock:
-            if limit is not None and sum(map(len, self._sockets.values())) >= limit:
-                return False
+            if self._count >= per_process:
+                return TOO_MANY_IN_PROCESS
+            local = self._sockets.get(conn.user_id, ())
+            if len(local) >= per_user:
+                return TOO_MANY_FOR_USER
             self._sockets.setdefault(conn.user_id, set()).add(conn)
+            self._count += 1
         self._ensure_listener()
-        return True
+        if self._take_lease(conn, per_user) is False:
+            self.unregister(conn)
+            return TOO_MANY_FOR_USER
+        return ADMITTED
 
-    def unregister(self, conn: Connection) -> None:
+    def unregister(self, conn: Connection, release: bool = True) -> None:
+        """Drop a local socket, and its lease unless ``release`` is False (the caller
+        releases leases in bulk)."""
         with self._lock:
             conns = self._sockets.get(conn.user_id)
-            if conns is not None:
+            if conns is not None and conn in conns:
                 conns.discard(conn)
+                self._count -= 1
                 if not conns:
                     del self._sockets[conn.user_id]
+        if conn.lease is not None and release:
+            lease, conn.lease = conn.lease, None
+            self._redis_call("socket lease release",
+                             lambda client: client.zrem(self._leases_key(conn.user_id), lease))
+
+    # ---- the per-user cap across processes (Redis leases) -------------------------------------
+    def _leases_key(self, user_id: int) -> str:
+        return f"{self.leases_prefix}{user_id}"
+
+    def _redis_call(self, what: str, call, default=None):
+        """``call(client)`` through the process's Redis back-off (None without Redis)."""
+        if not self.redis_url:
+            return default
+        with self.app.app_context():
+            client = get_redis()
+            gate = redis_gate(self.app)
+            if client is None or not gate.allows():
+                return default
+            try:
+                result = call(client)
+            except Exception as exc:
+                gate.failed(exc, what)
+                return default
+            gate.succeeded()
+            return result
+
+    def _take_lease(self, conn: Connection, per_user: int) -> bool | None:
+        """Count ``conn`` against its user's cap in every process: True (leased), False
+        (the user is at the cap), None (no Redis: the local count decided)."""
+        pid = os.getpid()
+        if not self._lease_owner.startswith(f"{pid}-"):
+            self._lease_owner = f"{pid}-{secrets.token_hex(4)}"
+        member = f"{self._lease_owner}-{next(self._lease_ids)}"
+
+        def admit(client):
+            if self._admit_script is None:
+                self._admit_script = client.register_script(ADMIT_SCRIPT)
+            now = time.time()
+            return bool(self._admit_script(keys=[self._leases_key(conn.user_id)],
+                                           args=[now, now + LEASE_SECONDS, member, per_user],
+                                           client=client))
+
+        admitted = self._redis_call("socket lease", admit)
+        if admitted:
+            conn.lease = member
+        return admitted
+
+    def renew_leases(self) -> int:
+        """Push this process's leases forward (the subscriber thread calls it every
+        ``LEASE_RENEW_SECONDS``); how many were renewed."""
+        with self._lock:
+            leased = [(conn.user_id, conn.lease) for conns in self._sockets.values()
+                      for conn in conns if conn.lease is not None]
+        if not leased:
+            return 0
+
+        def renew(client):
+            until = time.time() + LEASE_SECONDS
+            for start in range(0, len(leased), LEASE_RENEW_BATCH):
+                pipe = client.pipeline(transaction=False)
+                for user_id, member in leased[start:start + LEASE_RENEW_BATCH]:
+                    key = self._leases_key(user_id)
+                    pipe.zadd(key, {member: until}, xx=True)
+                    pipe.expire(key, LEASE_SECONDS + 1)
+                pipe.execute()
+            return len(leased)
+
+        return self._redis_call("socket lease renewal", renew, 0)
+
+    def _renew_when_due(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_renewal:
+            self._next_renewal = now + LEASE_RENEW_SECONDS
+            self.renew_leases()
 
     def local_socket_count(self) -> int:
-        with self._lock:
-            return sum(len(conns) for conns in self._sockets.values())
+        return self._count
 
     def local_user_count(self) -> int:
         with self._lock:
@@ -134,9 +270,12 @@ class Broker:
     def deliver_local(self, user_id: int, text: str) -> int:
         with self._lock:
             conns = list(self._sockets.get(user_id, ()))
+        if not conns:
+            return 0
+        frame = text_frame(text)
         sent = 0
         for conn in conns:
-            if conn.send(text):
+            if conn.send_frame(frame):
                 sent += 1
             else:
                 self.unregister(conn)
@@ -145,9 +284,10 @@ class Broker:
     def close_local(self, user_id: int, code: int, reason: str) -> int:
         """Close every socket of ``user_id`` held by this process."""
         with self._lock:
-            conns = list(self._sockets.pop(user_id, ()))
+            conns = list(self._sockets.get(user_id, ()))
         for conn in conns:
             conn.close(code, reason)
+            self.unregister(conn)
         return len(conns)
 
     def close_all(self, code: int, reason: str) -> int:
@@ -155,9 +295,21 @@ class Broker:
         elsewhere). Returns how many were closed."""
         with self._lock:
             conns = [conn for user_conns in self._sockets.values() for conn in user_conns]
-            self._sockets.clear()
+        leases = [(conn.user_id, conn.lease) for conn in conns if conn.lease is not None]
         for conn in conns:
             conn.close(code, reason)
+            self.unregister(conn, release=False)
+            conn.lease = None
+
+        def release(client):
+            for start in range(0, len(leases), LEASE_RENEW_BATCH):
+                pipe = client.pipeline(transaction=False)
+                for user_id, member in leases[start:start + LEASE_RENEW_BATCH]:
+                    pipe.zrem(self._leases_key(user_id), member)
+                pipe.execute()
+
+        if leases:
+            self._redis_call("socket lease release", release)
         return len(conns)
 
     # ---- the one subscriber per process ----------------------------------------------------
@@ -238,6 +390,10 @@ class Broker:
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._handle(message)
+                        # Under gevent, let requests and other sockets run between
+                        # messages of a fan-out (under threads, a no-op).
+                        time.sleep(0)
+                    self._renew_when_due()
             except Exception as exc:
                 self._ready.clear()
                 callers.feed_lost()

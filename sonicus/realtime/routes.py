@@ -24,13 +24,21 @@ from ..auth import caller_from_token
 from ..envelope import ApiError
 from ..extensions import db, sock
 from ..metrics import socket_closed, socket_opened
-from .broker import FIRST_START_WAIT_SECONDS, Connection, get_broker, init_broker
+from .broker import (
+    ADMITTED,
+    FIRST_START_WAIT_SECONDS,
+    TOO_MANY_IN_PROCESS,
+    Connection,
+    get_broker,
+    init_broker,
+)
 from .publish import CLOSE_FORBIDDEN
 
 log = logging.getLogger(__name__)
 
 CLOSE_INVALID_TOKEN = 4401
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_TOO_MANY_SOCKETS = 4429  # this user has WS_MAX_SOCKETS_PER_USER open already
 SUBSCRIBE_WAIT_SECONDS = 2.0
 
 
@@ -40,20 +48,20 @@ class SnapshotFirstConnection(Connection):
     def __init__(self, ws, user_id):
         super().__init__(ws, user_id)
         self.started = False
-        self.pending: list[str] = []
+        self.pending: list[bytes] = []
 
-    def send(self, text: str) -> bool:
+    def send_frame(self, frame: bytes) -> bool:
         with self.send_lock:
             if not self.started:
-                self.pending.append(text)
+                self.pending.append(frame)
                 return True
-        return super().send(text)
+        return super().send_frame(frame)
 
     def start(self, first: str) -> None:
         with self.send_lock:
             self.ws.send(first)
-            for text in self.pending:
-                self.ws.send(text)
+            for frame in self.pending:
+                self.ws.sock.sendall(frame)
             self.pending = []
             self.started = True
 
@@ -72,6 +80,9 @@ def authenticate_socket() -> None:
     """Before the upgrade: resolve the user, or the close code the socket will get."""
     if request.endpoint != "realtime.analytics_socket":
         return
+    # No permessage-deflate: its zlib state is ~2x the rest of an idle socket, and the
+    # messages are small JSON (the handshake reads the offer from the environ).
+    request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     g.ws_user = None
     g.ws_refusal = (CLOSE_INVALID_TOKEN, "invalid token")
     token = socket_token()
@@ -86,8 +97,9 @@ def authenticate_socket() -> None:
         elif exc.code >= 500:
             g.ws_refusal = (CLOSE_TRY_AGAIN_LATER, "sign-in unavailable")
     finally:
-        if g.ws_refusal is not None:
-            db.session.remove()
+        # The caller is immutable: no database connection is held through the handshake
+        # (under gevent, thousands of handshakes would queue for the pool).
+        db.session.remove()
 
 
 def analytics_socket(ws):
@@ -99,18 +111,33 @@ def analytics_socket(ws):
     user = g.ws_user
     broker = get_broker()
     conn = SnapshotFirstConnection(ws, user.id)
-    # Each socket holds a server thread: past the cap, refuse rather than starve HTTP.
-    if not broker.register(conn, current_app.config["WS_MAX_SOCKETS_PER_PROCESS"]):
+    # Past this process's cap, refuse (1013) rather than starve HTTP; past the user's cap
+    # across every process, refuse with 4429.
+    admitted = broker.admit(conn, current_app.config["WS_MAX_SOCKETS_PER_PROCESS"],
+                            current_app.config["WS_MAX_SOCKETS_PER_USER"])
+    if admitted != ADMITTED:
         db.session.remove()
-        log.warning("live updates: socket refused, %s open in this process",
-                    broker.local_socket_count())
-        ws.close(reason=CLOSE_TRY_AGAIN_LATER, message="too many sockets; try again later")
+        if admitted == TOO_MANY_IN_PROCESS:
+            log.warning("live updates: socket refused, %s open in this process",
+                        broker.local_socket_count())
+            ws.close(reason=CLOSE_TRY_AGAIN_LATER, message="too many sockets; try again later")
+        else:
+            ws.close(reason=CLOSE_TOO_MANY_SOCKETS, message="too many sockets for this user")
         return
     socket_opened()
     try:
         broker.wait_ready(SUBSCRIBE_WAIT_SECONDS)
-        data = broker.snapshot(user.id) or {}
-        db.session.remove()  # a waiting socket must not hold a pooled connection
+        try:
+            data = broker.snapshot(user.id) or {}
+        except Exception as exc:
+            # After the upgrade an error must not become an HTTP answer written onto the
+            # socket (under gevent the server would then read it alongside the socket's
+            # reader): the client is told to come back later.
+            log.warning("live updates: snapshot failed: %s", type(exc).__name__)
+            ws.close(reason=CLOSE_TRY_AGAIN_LATER, message="try again later")
+            return
+        finally:
+            db.session.remove()  # a waiting socket must not hold a pooled connection
         conn.start(json.dumps({"type": "analytics.snapshot", "data": data},
                               separators=(",", ":"), default=str))
         while ws.connected:

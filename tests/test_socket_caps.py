@@ -1,0 +1,95 @@
+"""Caps on open analytics sockets: per user across every web process (4429), per process
+(1013), and what happens when a process dies holding sockets."""
+
+from __future__ import annotations
+
+import time
+
+import redis as redis_lib
+
+from sonicus.extensions import channel_prefix
+
+
+def _leases_key(app, user_id: int) -> str:
+    return f"{channel_prefix(app.config)}ws-sockets:{user_id}"
+
+
+def test_the_eleventh_socket_of_a_user_is_refused_across_two_processes(
+        app, two_web_processes, token_for, make_user, connect_ws, wait_for, test_redis_url):
+    a, b = two_web_processes
+    alice = make_user("alice@example.com").id
+    make_user("bob@example.com")
+    token = token_for("alice@example.com")
+    held = [connect_ws((a if n % 2 else b).ws_url(), token) for n in range(10)]
+    for ws in held:
+        assert ws.receive_json()["type"] == "analytics.snapshot"
+
+    for server in (a, b):  # the eleventh, wherever it lands
+        refused = connect_ws(server.ws_url(), token)
+        assert refused.close_code() == 4429
+
+    other = connect_ws(a.ws_url(), token_for("bob@example.com"))  # other users unaffected
+    assert other.receive_json()["type"] == "analytics.snapshot"
+
+    # A socket freed on one process lets a new one in on the other.
+    leases = redis_lib.Redis.from_url(test_redis_url)
+    held[0].close()  # it was on process B
+    assert wait_for(lambda: leases.zcard(_leases_key(app, alice)) == 9)
+    again = connect_ws(a.ws_url(), token)
+    assert again.receive_json()["type"] == "analytics.snapshot"
+    assert connect_ws(b.ws_url(), token).close_code() == 4429
+
+
+def test_leases_of_a_process_that_died_stop_counting(
+        app, two_web_processes, token_for, make_user, connect_ws, test_redis_url):
+    """A process that crashed never released its sockets' leases; they ran out unrenewed,
+    so they no longer count against the user."""
+    carol = make_user("carol@example.com").id
+    leases = redis_lib.Redis.from_url(test_redis_url)
+    ran_out = time.time() - 1
+    leases.zadd(_leases_key(app, carol), {f"dead-process-{n}": ran_out for n in range(10)})
+    ws = connect_ws(two_web_processes[0].ws_url(), token_for("carol@example.com"))
+    assert ws.receive_json()["type"] == "analytics.snapshot"
+    assert leases.zcard(_leases_key(app, carol)) == 1
+
+
+def test_without_redis_a_users_sockets_are_counted_in_the_process(
+        token_for, make_config, make_user, connect_ws, serve_in_process, wait_for):
+    from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
+
+    lite = create_app(make_config(REDIS_URL=None, WS_MAX_SOCKETS_PER_USER=2))
+    make_user("dana@example.com")
+    make_user("erin@example.com")
+    server = serve_in_process(lite)
+    token = token_for("dana@example.com")
+    held = [connect_ws(server.url(), token) for _ in range(2)]
+    for ws in held:
+        assert ws.receive_json()["type"] == "analytics.snapshot"
+    assert connect_ws(server.url(), token).close_code() == 4429
+    other = connect_ws(server.url(), token_for("erin@example.com"))
+    assert other.receive_json()["type"] == "analytics.snapshot"
+    held[0].close()
+    assert wait_for(lambda: get_broker(lite).local_socket_count() == 2)
+    assert connect_ws(server.url(), token).receive_json()["type"] == "analytics.snapshot"
+
+
+def test_a_snapshot_that_fails_closes_the_socket_with_1013(
+        token_for, make_config, make_user, connect_ws, serve_in_process, wait_for):
+    """After the upgrade, an error (the database pool timing out, say) is a close code, not
+    an HTTP answer written onto the socket; the socket's place is given back."""
+    from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
+
+    failing = create_app(make_config())
+    broker = get_broker(failing)
+
+    def snapshot(user_id):
+        raise TimeoutError("pool exhausted")
+
+    broker.snapshot = snapshot
+    make_user("frank@example.com")
+    server = serve_in_process(failing)
+    ws = connect_ws(server.url(), token_for("frank@example.com"))
+    assert ws.close_code() == 1013
+    assert wait_for(lambda: broker.local_socket_count() == 0)

@@ -1,0 +1,89 @@
+"""The socket process type (``SONICUS_PROCESS=ws``): the same app under gunicorn's gevent
+worker, started the production way. Sockets get their snapshot (the database through
+psycogreen) and their updates; unfinished requests hold nothing; SIGTERM closes with 1001."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_socket_process_serves_sockets_under_gevent(
+        app, idp, test_database_url, test_redis_url, tmp_path, token_for, make_user,
+        connect_ws, wait_for):
+    from sonicus.realtime.publish import publish_to_user
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SONICUS_ENV": "testing",
+           "SONICUS_PROCESS": "ws", "SONICUS_WS_BIND": f"127.0.0.1:{port}",
+           "DATABASE_URL": test_database_url, "REDIS_URL": test_redis_url,
+           "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": "sonicus-test",
+           "RATELIMIT_ENABLED": "false", "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "wsgi:app", "-c", "gunicorn.conf.py"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    slow = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/api/health", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
+            time.sleep(0.1)
+        user = make_user("gevent@example.com").id
+        token = token_for("gevent@example.com")
+        sockets = [connect_ws(f"ws://127.0.0.1:{port}/ws/analytics", token) for _ in range(2)]
+        for ws in sockets:
+            assert ws.receive_json()["type"] == "analytics.snapshot"
+
+        with app.app_context():
+            publish_to_user(user, {"type": "analytics.updated", "data": {"n": "x" * 300}})
+        for ws in sockets:
+            message = ws.receive_json()
+            assert message == {"type": "analytics.updated", "data": {"n": "x" * 300}}
+
+        # Clients that never finish their headers hold a greenlet each, nothing more.
+        for _ in range(100):
+            conn = socket.create_connection(("127.0.0.1", port))
+            conn.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")
+            slow.append(conn)
+        started = time.monotonic()
+        assert requests.get(f"http://127.0.0.1:{port}/api/health", timeout=5).ok
+        assert time.monotonic() - started < 1
+
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        for ws in sockets:
+            ws.settimeout(2)
+            assert ws.close_code() == 1001
+        assert time.monotonic() - sent < 2
+        for ws in sockets:
+            ws.shutdown()
+        for conn in slow:
+            conn.close()
+        assert proc.wait(20) == 0
+    finally:
+        for conn in slow:
+            conn.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
