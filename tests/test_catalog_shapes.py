@@ -85,9 +85,9 @@ def test_package_shapes_everywhere(client, auth, catalog, make_user, make_sessio
     assert session["package"]["image_url"] is None
     dashboard = client.get("/api/user/dashboard", headers=headers).json["data"]
     assert dashboard["continue_listening"]["package"]["required_tier"] == "starter"
-    assert [(p["slug"], p["required_tier"]) for p in dashboard["recommended"]] == [
-        ("rain", "starter")]
-    assert "image_url" in dashboard["recommended"][0]
+    assert [(r["package"]["slug"], r["package"]["required_tier"])
+            for r in dashboard["recommended"]] == [("rain", "starter")]
+    assert "image_url" in dashboard["recommended"][0]["package"]
 
 
 @pytest.mark.parametrize(("sort", "order"), [
@@ -135,8 +135,11 @@ def test_unknown_query_parameters_are_ignored_everywhere(app, client, auth, cata
     for path in routes:
         plain = client.get(path, headers=headers)
         busted = client.get(f"{path}?_=1700000000&colour=red&x=%00", headers=headers)
-        if busted.status_code != plain.status_code or busted.status_code in (400, 422):
+        if busted.status_code != plain.status_code:
             failures.append((path, plain.status_code, busted.status_code))
+        elif busted.status_code in (400, 422):  # a required argument is missing: name it only
+            if any(e.split(":")[0] in ("_", "colour", "x") for e in busted.json["errors"]):
+                failures.append((path, plain.status_code, busted.status_code))
     assert failures == []
     # known parameters are still checked, and bodies stay strict
     assert client.get("/api/packages?per_page=0&_=1", headers=headers).status_code == 422
