@@ -45,6 +45,14 @@ from werkzeug.serving import make_server
 
 from sonicus import clock, create_app
 from sonicus.caller_cache import get_caller_cache
+from sonicus.realtime.broker import stop_running_brokers
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the live-update subscribers of every app the run made before pytest closes its
+    output: one retrying against a Redis a test stopped would log into a closed stream."""
+    stop_running_brokers(wait=1.5)
+
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL",
                                    "postgresql://postgres@127.0.0.1:5432/test")

@@ -87,16 +87,23 @@ _exit_hook = threading.Lock()
 _exit_hook_registered = False
 
 
-def _stop_running_brokers() -> None:
-    for broker in list(_RUNNING):
+def stop_running_brokers(wait: float = 0.0) -> None:
+    """Stop every subscriber of this process (at interpreter exit, or a test run's end), each
+    given up to ``wait`` seconds to finish."""
+    brokers = list(_RUNNING)
+    for broker in brokers:
         broker.stop()
+    for broker in brokers:
+        listener = broker._listener
+        if wait > 0 and listener is not None and listener.is_alive():
+            listener.join(wait)
 
 
 def _register_exit_hook() -> None:
     global _exit_hook_registered
     with _exit_hook:
         if not _exit_hook_registered:
-            atexit.register(_stop_running_brokers)
+            atexit.register(stop_running_brokers)
             _exit_hook_registered = True
 
 
