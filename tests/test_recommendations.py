@@ -308,3 +308,36 @@ def test_erasure_removes_a_users_own_figures(app, client, auth, db_session, make
     assert rows(UserPackageOutcome) == 0 and rows(UserOutcomeProfile) == 0
     _build(app)  # the anonymised sessions feed nothing any more
     assert rows(UserPackageOutcome) == 0 and rows(UserOutcomeProfile) == 0
+
+
+def test_a_rebuild_is_seen_at_once_by_every_process_even_at_the_same_moment(
+        app, client, auth, make_user, make_package, make_session, set_clock,
+        two_web_processes):
+    import requests
+
+    set_clock(clock.now().replace(microsecond=0))  # both builds stamped with the same time
+    calm = make_package("calm", popularity=3).id
+    others = [make_user(f"o{i}@example.com") for i in range(6)]
+    for person in others:
+        _sessions(make_session, person, calm, [2])
+    make_user("me@example.com")
+    headers = auth("me@example.com")
+    web = two_web_processes[0]
+
+    def reasons():
+        here = _recommendations(client, headers)
+        res = requests.get(web.http_url("/api/user/recommendations"), headers=headers,
+                           timeout=10)
+        assert res.status_code == 200, res.text
+        there = res.json()["data"]
+        assert here == there
+        return [item["reason"]["text"] for item in here]
+
+    _build(app)
+    assert reasons() == ["Listeners felt 2.0 points better after it on average (6 sessions)."]
+    for person in others:
+        _sessions(make_session, person, calm, [4], start_day=_today())
+    assert reasons() == ["Listeners felt 2.0 points better after it on average (6 sessions)."]
+    _build(app)  # both processes read the previous build's figures just before
+    assert reasons() == ["Listeners felt 3.0 points better after it on average (12 "
+                         "sessions)."]

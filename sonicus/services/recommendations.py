@@ -42,12 +42,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
+    String,
     and_,
     case,
     delete,
     exists,
     func,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -340,7 +342,6 @@ class _Candidate:
     package_id: int
     category: str
     popularity: int
-    minimum_tier: str
     assigned: bool
     pop_n: int
     pop_users: int
@@ -350,7 +351,6 @@ class _Candidate:
     own_lift_sum: float
     own_adjusted: float
     recent_negative: bool
-    columns: tuple  # the catalog item's columns (``_PACKAGE_COLUMNS``)
 
 
 def _points(value: float) -> str:
@@ -367,65 +367,125 @@ def _times(n: int) -> str:
 
 _PACKAGE_COLUMNS = ("id", "slug", "title", "description", "category", "minimum_tier",
                     "duration_seconds", "track_count", "popularity")
+_NO_POPULATION = (0, 0, 0.0, 0.0)
+
+
+class _SharedModel:
+    """The part of the model every user reads alike: the platform figures, each package's
+    population row and the cohort rows, as read at one build of the model (``stamp``)."""
+
+    MAX_COHORT_KEYS = 1024
+
+    def __init__(self, stamp, params: tuple, population: dict, cohorts: dict):
+        self.stamp = stamp
+        self.params = params  # (k_user, k_cohort, k_package, between-user variance)
+        self.population = population  # {package_id: (sessions, users, lift_sum, adjusted)}
+        self.cohorts = cohorts  # {goal: [(band, package_id, sessions, users, lift, adj)]}
+        self._best: dict = {}
+
+    def best_cohorts(self, goals: list[str], band) -> dict:
+        """{package_id: (goal, band, sessions, users, lift_sum, adjusted_sum)}: for each
+        package, the best-evidenced row of the user's cohorts (one of their goals, with their
+        starting-mood band or any band); ties go to the first goal in alphabetical order."""
+        goals = tuple(g for g in goals if g in self.cohorts)
+        key = (goals, band)
+        found = self._best.get(key)
+        if found is not None:
+            return found
+        best: dict = {}
+        for goal in goals:  # sorted (``_goals_of``)
+            for cohort_band, package_id, n, users, lift_sum, adjusted in self.cohorts[goal]:
+                if cohort_band != BAND_ANY and cohort_band != band:
+                    continue
+                # Prefer the user's own band (more alike), then the most sessions.
+                rank = (cohort_band != BAND_ANY, n)
+                if package_id not in best or rank > best[package_id][0]:
+                    best[package_id] = (rank, (goal, cohort_band, n, users, lift_sum, adjusted))
+        found = {pid: value for pid, (_rank, value) in best.items()}
+        if len(self._best) >= self.MAX_COHORT_KEYS:
+            self._best.clear()
+        self._best[key] = found
+        return found
+
+
+# This process's copy of the shared part, replaced when the stored model's stamp changes
+# (read with every request, so a rebuild by the job is seen by every process at once).
+_shared: _SharedModel | None = None
+
+
+def _model_stamp():
+    """SQL of the stored model's build stamp: the transaction id that wrote the parameters
+    row (the job rewrites it with every build) on PostgreSQL; none elsewhere (no caching)."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return literal(None, String)
+    rp = RecommendationParams
+    return (select(literal_column("xmin::text || '/' || computed_at::text"))
+            .where(rp.id == PARAMS_ID).scalar_subquery())
+
+
+def _load_shared(stamp) -> _SharedModel:
+    """The shared part of the model, from the stored rows; kept for the next requests when
+    the model was not rebuilt while it was read (the stamp read after it is ``stamp``)."""
+    global _shared
+    po, co, rp = PackageOutcome, CohortOutcome, RecommendationParams
+    population = {row[0]: (int(row[1]), int(row[2]), float(row[3]), float(row[4]))
+                  for row in db.session.execute(
+                      select(po.package_id, po.sessions, po.users, po.lift_sum,
+                             po.adjusted_sum))}
+    cohorts: dict = {}
+    for goal, band, package_id, n, users, lift_sum, adjusted in db.session.execute(
+            select(co.goal, co.band, co.package_id, co.sessions, co.users, co.lift_sum,
+                   co.adjusted_sum).order_by(co.goal, co.band, co.package_id)):
+        cohorts.setdefault(goal, []).append((band, package_id, int(n), int(users),
+                                             float(lift_sum), float(adjusted)))
+    row = db.session.execute(select(rp.k_user, rp.k_cohort, rp.k_package, rp.user_variance,
+                                    _model_stamp()).where(rp.id == PARAMS_ID)).first()
+    params = (DEFAULT_K, K_COHORT, DEFAULT_K, 1.0)
+    after = None
+    if row is not None:
+        params = (float(row[0]), float(row[1]), float(row[2]), float(row[3] or 1.0))
+        after = row[4]
+    model = _SharedModel(stamp, params, population, cohorts)
+    if stamp is not None and after == stamp:
+        _shared = model
+    return model
+
+
+def _shared_model(stamp) -> _SharedModel:
+    model = _shared
+    if stamp is not None and model is not None and model.stamp == stamp:
+        return model
+    return _load_shared(stamp)
 
 
 def _candidates(user_id: int, tier_name: str, now: datetime):
-    """(the model's (k_user, k_cohort, k_package, between-user variance), the published
-    packages the user can play (tier or live assignment) with the population's and the user's
-    own stored figures), in one query."""
-    p, po, own, rp = SoundPackage, PackageOutcome, UserPackageOutcome, RecommendationParams
-    pr = UserOutcomeProfile
+    """(the shared model, the user's starting-mood band, the published packages the user can
+    play (tier or live assignment) with the population's and the user's own stored figures),
+    in one query (three more when the model changed since this process last read it)."""
+    p, own, pr = SoundPackage, UserPackageOutcome, UserOutcomeProfile
     levels = [level for level in PACKAGE_LEVELS if can_access_level(tier_name, level)]
     assigned = p.id.in_(live_package_ids(user_id, now))
     rows = db.session.execute(
-        select(*(getattr(p, name) for name in _PACKAGE_COLUMNS), assigned,
-               po.sessions, po.users, po.lift_sum, po.adjusted_sum,
+        select(p.id, p.category, p.popularity, assigned,
                own.sessions, own.lift_sum, own.lift_sum - own.sessions * pr.bias,
-               own.recent_negative, rp.k_user, rp.k_cohort, rp.k_package, rp.user_variance)
-        .outerjoin(po, po.package_id == p.id)
+               own.recent_negative, pr.band, _model_stamp())
         .outerjoin(own, and_(own.package_id == p.id, own.user_id == user_id))
-        .outerjoin(pr, pr.user_id == own.user_id)
-        .outerjoin(rp, rp.id == PARAMS_ID)
+        .outerjoin(pr, pr.user_id == user_id)
         .where(p.published.is_(True), p.archived_at.is_(None),
                or_(p.minimum_tier.in_(levels), assigned))).all()
-    params = (DEFAULT_K, K_COHORT, DEFAULT_K, 1.0)
+    stamp = rows[0][9] if rows else None
+    band = rows[0][8] if rows else None
+    model = _shared_model(stamp)
+    population = model.population
     candidates = []
-    width = len(_PACKAGE_COLUMNS)
-    for row in rows:
-        package_id, category, popularity, minimum_tier = row[0], row[4], row[8], row[5]
-        (is_assigned, pop_n, pop_users, pop_sum, pop_adjusted, own_n, own_sum, own_adjusted,
-         recent_negative, k_user, k_cohort, k_package, user_variance) = row[width:]
-        if k_user is not None:
-            params = (float(k_user), float(k_cohort), float(k_package),
-                      float(user_variance or 1.0))
+    for (package_id, category, popularity, is_assigned, own_n, own_sum, own_adjusted,
+         recent_negative, _band, _stamp) in rows:
+        pop_n, pop_users, pop_sum, pop_adjusted = population.get(package_id, _NO_POPULATION)
         candidates.append(_Candidate(
-            package_id, category, int(popularity or 0), minimum_tier, bool(is_assigned),
-            int(pop_n or 0), int(pop_users or 0), float(pop_sum or 0.0),
-            float(pop_adjusted or 0.0), int(own_n or 0), float(own_sum or 0.0),
-            float(own_adjusted or 0.0), bool(recent_negative), row[:width]))
-    return params, candidates
-
-
-def _cohorts(user_id: int, goals: list[str]) -> dict:
-    """{package_id: (goal, band, sessions, users, lift_sum, adjusted_sum)}: for each package,
-    the best-evidenced row of the user's cohorts (one of their goals, with their starting-mood
-    band or any band), in one query (none without goals)."""
-    if not goals:
-        return {}
-    pr, co = UserOutcomeProfile, CohortOutcome
-    band = select(pr.band).where(pr.user_id == user_id).scalar_subquery()
-    rows = db.session.execute(
-        select(co.goal, co.band, co.package_id, co.sessions, co.users, co.lift_sum,
-               co.adjusted_sum)
-        .where(co.goal.in_(goals), or_(co.band == BAND_ANY, co.band == band))).all()
-    best: dict = {}
-    for goal, cohort_band, package_id, n, users, lift_sum, adjusted in rows:
-        # Prefer the user's own band (more alike), then the most sessions.
-        key = (cohort_band != BAND_ANY, n)
-        if package_id not in best or key > best[package_id][0]:
-            best[package_id] = (key, (goal, cohort_band, int(n), int(users), float(lift_sum),
-                                      float(adjusted)))
-    return {pid: value for pid, (_key, value) in best.items()}
+            package_id, category, int(popularity or 0), bool(is_assigned),
+            pop_n, pop_users, pop_sum, pop_adjusted, int(own_n or 0), float(own_sum or 0.0),
+            float(own_adjusted or 0.0), bool(recent_negative)))
+    return model, band, candidates
 
 
 def _goals_of(preferences) -> list[str]:
@@ -488,11 +548,13 @@ def _reason(c: _Candidate, expected, cohort_view, pop_n, favorite) -> Reason:
 def rank_packages(user_id: int, tier_name: str, preferences, limit: int | None = None,
                   now: datetime | None = None) -> list[tuple]:
     """The packages the user can play, best first (the first ``limit``, default all), as
-    (candidate, score, expected, confidence, reason, assigned), from the stored model (two
-    queries; one without goals)."""
+    (candidate, score, expected, confidence, reason, assigned), from the stored model (one
+    query while this process holds the current model's shared part)."""
     now = now or clock.now()
-    params, candidates = _candidates(user_id, tier_name, now)
-    cohorts = _cohorts(user_id, _goals_of(preferences))
+    model, band, candidates = _candidates(user_id, tier_name, now)
+    params = model.params
+    goals = _goals_of(preferences)
+    cohorts = model.best_cohorts(goals, band) if goals else {}
     favorites = {c.lower() for c in (preferences or {}).get("favorite_categories") or []
                  if isinstance(c, str)}
     scored = []
@@ -513,12 +575,17 @@ def rank_packages(user_id: int, tier_name: str, preferences, limit: int | None =
 def recommendations_for(user_id: int, tier_name: str, preferences,
                         limit: int = DEFAULT_LIMIT,
                         now: datetime | None = None) -> list[Recommendation]:
-    """The user's recommendations, best first, each with its catalog item (two queries at
-    most, whatever the data size)."""
+    """The user's recommendations, best first, each with its catalog item (two queries while
+    this process holds the current model's shared part, whatever the data size)."""
     top = rank_packages(user_id, tier_name, preferences, limit, now)
+    if not top:
+        return []
+    p = SoundPackage
+    columns = {row[0]: row for row in db.session.execute(
+        select(*(getattr(p, name) for name in _PACKAGE_COLUMNS))
+        .where(p.id.in_([c.package_id for c, *_rest in top])))}
     # The catalog item from the columns read (a transient package: nothing more to load).
-    return [Recommendation(PackageView.of(SoundPackage(**dict(zip(_PACKAGE_COLUMNS, c.columns,
-                                                                  strict=True))),
-                                          tier_name, assigned),
+    return [Recommendation(PackageView.of(SoundPackage(**dict(zip(
+        _PACKAGE_COLUMNS, columns[c.package_id], strict=True))), tier_name, assigned),
                            score, expected, confidence, reason)
             for c, score, expected, confidence, reason, assigned in top]
