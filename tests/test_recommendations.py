@@ -341,3 +341,21 @@ def test_a_rebuild_is_seen_at_once_by_every_process_even_at_the_same_moment(
     _build(app)  # both processes read the previous build's figures just before
     assert reasons() == ["Listeners felt 3.0 points better after it on average (12 "
                          "sessions)."]
+
+
+def test_recommended_packages_carry_their_artwork(app, client, auth, make_user, make_package,
+                                                  db_session):
+    drawn = make_package("drawn", popularity=2)
+    make_package("plain", popularity=1)
+    drawn.image_path = "art/drawn.svg"
+    db_session.commit()
+    make_user("art@example.com")
+    headers = auth("art@example.com")
+    _build(app)
+
+    items = {i["package"]["slug"]: i["package"] for i in _recommendations(client, headers)}
+    assert items["drawn"]["image_url"].endswith("/art/drawn.svg")
+    assert items["plain"]["image_url"] is None
+    dashboard = client.get("/api/user/dashboard", headers=headers).json["data"]
+    assert [r["package"]["image_url"] for r in dashboard["recommended"]] == [
+        items["drawn"]["image_url"], None]

@@ -366,7 +366,7 @@ def _times(n: int) -> str:
 
 
 _PACKAGE_COLUMNS = ("id", "slug", "title", "description", "category", "minimum_tier",
-                    "duration_seconds", "track_count", "popularity")
+                    "duration_seconds", "track_count", "popularity", "image_path")
 _NO_POPULATION = (0, 0, 0.0, 0.0)
 
 
