@@ -24,14 +24,20 @@ FAST = {"WORKER_HEARTBEAT_SECONDS": "1", "WORKER_ABANDONED_JOB_SECONDS": "3",
         "WORKER_RECONNECT_MAX_SECONDS": "1"}
 
 
-def _worker_process(database_url, redis_url, *args, **settings) -> subprocess.Popen:
-    """``python worker.py`` in a process group of its own (to kill it with its children)."""
+def _worker_process(database_url, redis_url, *args, log=None, **settings) -> subprocess.Popen:
+    """``python worker.py`` in a process group of its own (to kill it with its children);
+    its output goes to ``log`` (a path) when given, so that a failing test can show it."""
     env = {**os.environ, "SONICUS_ENV": "testing", "DATABASE_URL": database_url,
            "REDIS_URL": redis_url, "DEV_TOKEN_ISSUER": "1", "LOG_LEVEL": "WARNING",
            **settings}
-    return subprocess.Popen([sys.executable, "worker.py", "--no-schedule", *args], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115  (the child keeps it)
+    try:
+        return subprocess.Popen([sys.executable, "worker.py", "--no-schedule", *args],
+                                cwd=ROOT, env=env, stdout=out, stderr=out,
+                                start_new_session=True)
+    finally:
+        if log:
+            out.close()
 
 
 def _stop(worker: subprocess.Popen) -> int | None:
@@ -90,7 +96,7 @@ def test_killed_work_horse_leaves_nothing_half_written_and_is_retried(
 
 @pytest.mark.parametrize("simple", [False, True], ids=["forking", "simple"])
 def test_a_killed_workers_job_is_requeued(app, redis_client, db_session, test_database_url,
-                                         test_redis_url, wait_for, simple):
+                                         test_redis_url, wait_for, simple, tmp_path):
     """The whole worker dies (SIGKILL to its processes: worker, work horse, scheduler, as when
     its container or machine is lost): another worker runs the job it left started, within
     seconds here (the heartbeat and the abandonment window are configurable; by default
@@ -100,11 +106,15 @@ def test_a_killed_workers_job_is_requeued(app, redis_client, db_session, test_da
     marker = f"killed-{'simple' if simple else 'forking'}"
     with app.app_context():
         job = enqueue("tests.fault_jobs.slow_audited_write", marker, 60, queue=QUEUE_DEFAULT)
+    log = tmp_path / "first-worker.log"
     first = _worker_process(test_database_url, test_redis_url,
-                            *(["--simple"] if simple else []), **FAST)
+                            *(["--simple"] if simple else []), log=log, **FAST)
     second = None
     try:
-        running = int(wait_for(lambda: redis_client.get(f"fault-test:{marker}:pid"), 30))
+        try:
+            running = int(wait_for(lambda: redis_client.get(f"fault-test:{marker}:pid"), 60))
+        except AssertionError as exc:  # say what the worker said
+            raise AssertionError(f"{exc}\nworker output:\n{log.read_text()[-4000:]}") from exc
         os.killpg(first.pid, signal.SIGKILL)
         if running != first.pid:  # the work horse, in a session of its own
             os.kill(running, signal.SIGKILL)
