@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from processes import wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,20 +23,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait_until_up(url: str, proc, timeout=30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}")
-        try:
-            if requests.get(url, timeout=1).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} never answered")
 
 
 def _json_lines(path: Path) -> list[dict]:
@@ -88,7 +75,7 @@ def test_gunicorn_and_worker_write_only_json_and_the_request_id_reaches_the_job(
                                       stderr=subprocess.STDOUT))
         try:
             base = f"http://127.0.0.1:{port}"
-            _wait_until_up(base + "/api/health", procs[0])
+            wait_until_up(base + "/api/health", procs[0])
             make_user("logged@example.com")
             package = make_package("logs").id
             token = token_for("logged@example.com")
@@ -137,7 +124,7 @@ def test_the_development_server_logs_each_request_once(run_env, tmp_path):
             [sys.executable, "-m", "flask", "--app", "wsgi", "run", "--port", str(port)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
         try:
-            _wait_until_up(f"http://127.0.0.1:{port}/api/health", proc)
+            wait_until_up(f"http://127.0.0.1:{port}/api/health", proc)
             requests.get(f"http://127.0.0.1:{port}/api/tiers", timeout=10)
             time.sleep(0.3)
         finally:

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-import requests
+from processes import wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,15 +36,7 @@ def test_sigterm_closes_open_sockets_with_1001_at_once(idp, test_database_url, t
          "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/api/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
-            time.sleep(0.1)
+        wait_until_up(f"http://127.0.0.1:{port}/api/health", proc)
         make_user("closing@example.com")
         sockets = [connect_ws(f"ws://127.0.0.1:{port}/ws/analytics",
                               token_for("closing@example.com")) for _ in range(2)]

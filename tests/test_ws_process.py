@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import requests
+from processes import wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,15 +41,7 @@ def test_the_socket_process_serves_sockets_under_gevent(
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     slow = []
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/api/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
-            time.sleep(0.1)
+        wait_until_up(f"http://127.0.0.1:{port}/api/health", proc)
         user = make_user("gevent@example.com").id
         token = token_for("gevent@example.com")
         sockets = [connect_ws(f"ws://127.0.0.1:{port}/ws/analytics", token) for _ in range(2)]
