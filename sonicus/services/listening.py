@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased, make_transient_to_detached, selectinload
 
@@ -83,19 +83,18 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
     now = now or clock.now()
     try:
         with unit_of_work():
-            sub, user, package, track, assigned = _lock_for_start(user_id, package_id,
-                                                                  track_id, now)
+            context, package, track = _lock_for_start(user_id, package_id, track_id, now)
             if client_id is not None:
                 existing = _by_client_id(user_id, client_id)
                 if existing is not None:
                     return existing, False
-            tier = TIERS[sub.tier]
+            tier = TIERS[context.tier]
             if package is None:
                 not_found("Package")
-            check_package_access(tier.name, package.minimum_tier, assigned)
+            check_package_access(tier.name, package.minimum_tier, context.assigned)
             if track_id is not None and (track is None or track.package_id != package.id):
                 not_found("Track")
-            day, resets_at = today_of(user, now)
+            day, resets_at = today_of(context, now)
             values = {
                 "user_id": user_id, "package_id": package.id,
                 "track_id": None if track is None else track.id, "tier": tier.name,
@@ -118,26 +117,41 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
     return session, True
 
 
-def _lock_for_start(user_id: int, package_id: int, track_id: int | None, now: datetime):
-    """One statement: the user's subscription row, locked until the transaction ends
-    (``FOR UPDATE OF user_subscriptions``; created as the starter default when missing), with
-    the user row, the package when the catalog shows it (else None), the track asked for
-    (else None) and whether a live assignment opens the package to the user."""
-    stmt = (select(UserSubscription, User, SoundPackage,
-                   assigned_clause(user_id, package_id, now).label("assigned"))
+def _start_context_statement(with_track: bool):
+    """The first statement of a start, built once (a start binds ``user_id``, ``package_id``,
+    ``at`` and, ``with_track``, ``track_id``): the user's subscription row locked until the
+    transaction ends (``FOR UPDATE OF user_subscriptions``: its tier), the user's day settings,
+    the package when the catalog shows it (else NULLs), the track (else NULLs) and whether a
+    live assignment opens the package to the user."""
+    user_id, package_id = bindparam("user_id"), bindparam("package_id")
+    stmt = (select(UserSubscription.tier, User.timezone, User.day_start_hour,
+                   User.prior_timezone, User.prior_day_start_hour,
+                   User.day_settings_effective_at,
+                   assigned_clause(user_id, package_id, bindparam("at")).label("assigned"),
+                   SoundPackage)
             .select_from(UserSubscription)
             .join(User, User.id == UserSubscription.user_id)
             .outerjoin(SoundPackage, and_(SoundPackage.id == package_id, in_catalog())))
-    if track_id is not None:
-        stmt = stmt.add_columns(Track).outerjoin(Track, Track.id == track_id)
-    stmt = (stmt.where(UserSubscription.user_id == user_id)
+    if with_track:
+        stmt = stmt.add_columns(Track).outerjoin(Track, Track.id == bindparam("track_id"))
+    return (stmt.where(UserSubscription.user_id == user_id)
             .with_for_update(of=UserSubscription).execution_options(populate_existing=True))
-    row = db.session.execute(stmt).first()
+
+
+_START_CONTEXT = {False: _start_context_statement(False), True: _start_context_statement(True)}
+
+
+def _lock_for_start(user_id: int, package_id: int, track_id: int | None, now: datetime):
+    """Run the start's first statement (``_start_context_statement``), creating the missing
+    subscription row first when there is none. ``(row, package, track)``: ``row`` carries the
+    tier, the day settings and ``assigned``."""
+    stmt = _START_CONTEXT[track_id is not None]
+    params = {"user_id": user_id, "package_id": package_id, "at": now, "track_id": track_id}
+    row = db.session.execute(stmt, params).first()
     if row is None:
         insert_default_subscription(user_id)
-        row = db.session.execute(stmt).one()
-    sub, user, package, assigned = row[0], row[1], row[2], row[3]
-    return sub, user, package, (row[4] if track_id is not None else None), bool(assigned)
+        row = db.session.execute(stmt, params).one()
+    return row, row.SoundPackage, (row.Track if track_id is not None else None)
 
 
 def _as_loaded(session_id: int, values: dict, package: SoundPackage,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import func, insert, literal, select
+from sqlalchemy import bindparam, func, insert, select
 
 from .. import clock
 from ..extensions import db
@@ -53,11 +53,36 @@ def today_of(person, now: datetime) -> tuple[date, datetime]:
 
 
 
+# The columns a start writes (``insert_within_quota``), in this order.
+START_COLUMNS = ("user_id", "package_id", "track_id", "tier", "status", "started_at",
+                 "local_day", "max_duration_seconds", "listened_seconds", "completed",
+                 "counts_toward_quota", "mood_before", "client_id")
+
+
+def _insert_statement(limited: bool):
+    """``INSERT INTO user_sessions (START_COLUMNS) SELECT :user_id, ... [WHERE (SELECT
+    count(*) FROM user_sessions WHERE <counted on :local_day>) < :daily_limit] RETURNING id``,
+    built once: every start only binds its values."""
+    table = ListeningSession.__table__
+    source = select(*[bindparam(name, type_=table.c[name].type) for name in START_COLUMNS])
+    if limited:
+        used = (select(func.count()).select_from(table)
+                .where(table.c.user_id == bindparam("user_id"),
+                       table.c.local_day == bindparam("local_day"),
+                       table.c.counts_toward_quota.is_(True))
+                .scalar_subquery())
+        source = source.where(used < bindparam("daily_limit"))
+    return insert(table).from_select(list(START_COLUMNS), source).returning(table.c.id)
+
+
+_INSERT_COUNTED = _insert_statement(limited=True)
+_INSERT_UNLIMITED = _insert_statement(limited=False)
+
+
 def insert_within_quota(values: dict, tier_name: str) -> int | None:
-    """Insert one quota-counted session (``values``: its columns, ``user_id`` and
-    ``local_day`` among them) unless that day's counted sessions already reach the tier's
-    daily limit; the new id, or None when the limit is reached (the caller answers the 429
-    with ``check_daily_quota``).
+    """Insert one quota-counted session (``values``: its ``START_COLUMNS``) unless that day's
+    counted sessions already reach the tier's daily limit; the new id, or None when the limit
+    is reached (the caller answers the 429 with ``check_daily_quota``).
 
     The count and the insert are one statement (``INSERT ... SELECT ... WHERE (SELECT
     count(*) ...) < limit RETURNING id``). Call it with the user's subscription row locked by
@@ -65,17 +90,11 @@ def insert_within_quota(values: dict, tier_name: str) -> int | None:
     held, so its count sees every start committed by the previous holder (READ COMMITTED). A
     count inside the locking statement itself would not: its snapshot predates the wait.
     """
-    table = ListeningSession.__table__
-    names = list(values)
-    source = select(*[literal(values[name], type_=table.c[name].type) for name in names])
     limit = TIERS[tier_name].daily_sessions
-    if limit is not None:
-        used = (select(func.count()).select_from(table)
-                .where(*_counted_on_day(values["user_id"], values["local_day"]))
-                .scalar_subquery())
-        source = source.where(used < limit)
-    return db.session.execute(
-        insert(table).from_select(names, source).returning(table.c.id)).scalar_one_or_none()
+    if limit is None:
+        return db.session.execute(_INSERT_UNLIMITED, values).scalar_one()
+    return db.session.execute(_INSERT_COUNTED,
+                              {**values, "daily_limit": limit}).scalar_one_or_none()
 
 
 def enforce_daily_quota(person, tier_name: str, now: datetime) -> date:
