@@ -154,14 +154,19 @@ def _lock_for_start(user_id: int, package_id: int, track_id: int | None, now: da
     return row, row.SoundPackage, (row.Track if track_id is not None else None)
 
 
+_SESSION_COLUMNS = tuple(ListeningSession.__table__.columns.keys())
+
+
 def _as_loaded(session_id: int, values: dict, package: SoundPackage,
                track: Track | None) -> ListeningSession:
-    """The session just inserted as the session holds a loaded row: every column known (no
-    later load), its package and track attached, nothing left to flush."""
-    fields = dict.fromkeys(ListeningSession.__table__.columns.keys())
-    fields.update(values, id=session_id)
-    session = ListeningSession(**fields)
-    session.package, session.track = package, track  # the answer shows both
+    """The session just inserted, as the session holds a row it loaded: every column known
+    (nothing loads later), its package and track attached (the answer shows both), nothing
+    left to flush. Built the way the ORM builds a loaded row (the values straight into the
+    instance's state), not through the constructor's change tracking."""
+    session = ListeningSession.__mapper__.class_manager.new_instance()
+    state = session.__dict__
+    state.update(dict.fromkeys(_SESSION_COLUMNS))
+    state.update(values, id=session_id, package=package, track=track)
     make_transient_to_detached(session)
     db.session.add(session)
     return session
