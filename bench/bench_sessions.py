@@ -176,7 +176,8 @@ def main() -> None:
     with app.app_context():
         from sonicus.services.catalog import seed_catalog
 
-        seed_catalog([{"slug": "bench-rain", "title": "Bench Rain", "category": "sleep", "published": True,
+        seed_catalog([{"slug": "bench-rain", "title": "Bench Rain", "category": "sleep",
+                       "published": True,
                        "tracks": [{"title": "Rain", "duration_seconds": 1800,
                                    "media_path": "sleep/bench/rain.mp3"}]}])
         from sonicus.extensions import db
