@@ -2,8 +2,9 @@
 psycopg2 (the API's driver) on a pooled connection, served the same way as the API.
 
 ``POST /bare-insert`` with ``{"user_id": .., "package_id": ..}`` inserts one row shaped like a
-started listening session into ``bench_bare.sessions`` (the columns and indexes of
-``user_sessions``, no foreign keys) and answers 201 with its id in the envelope.
+started listening session into ``bench_bare.sessions`` (the columns of ``user_sessions``, with
+its indexes or its primary key only, no foreign keys) and answers 201 with its id in the
+envelope.
 ``BARE_INSERT_DSN`` (default: ``DATABASE_URL``) names the database; ``bench_start_vs_insert``
 creates the table.
 """

@@ -16,8 +16,8 @@ with limits the run never reaches, PostgreSQL database ``bench_start`` migrated 
   sessions table is emptied between rounds. ``--tier pro`` (unlimited: no count) is the
   comparison.
 - bare: ``bench/bare_insert_app.py``, ``POST /bare-insert``: one INSERT of a row shaped like a
-  started session (the same columns and indexes, no foreign keys) and a COMMIT, through
-  psycopg2 on a pooled connection.
+  started session (the same columns and indexes, no foreign keys; ``--bare-indexes
+  primary-key``: the primary key only) and a COMMIT, through psycopg2 on a pooled connection.
 
 Load: ``wrk -t<clients> -c<clients>`` (one connection per thread: a client) with a Lua script
 that gives each client its own users. Each round runs both, in an order that alternates.
@@ -49,7 +49,7 @@ STARTS_PER_USER = 9  # below Premium's 10 a day: never refused
 BARE_TABLE = """
 DROP SCHEMA IF EXISTS bench_bare CASCADE;
 CREATE SCHEMA bench_bare;
-CREATE TABLE bench_bare.sessions (LIKE sonicus.user_sessions INCLUDING INDEXES);
+CREATE TABLE bench_bare.sessions (LIKE sonicus.user_sessions %s);
 CREATE SEQUENCE bench_bare.sessions_id_seq OWNED BY bench_bare.sessions.id;
 ALTER TABLE bench_bare.sessions ALTER id SET DEFAULT nextval('bench_bare.sessions_id_seq');
 """
@@ -155,6 +155,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--tier", default="premium", choices=("premium", "pro"))
     parser.add_argument("--users-per-client", type=int, default=25)
+    parser.add_argument("--bare-indexes", default="same", choices=("same", "primary-key"),
+                        help="the bare table's indexes: those of user_sessions, or its "
+                             "primary key only")
     parser.add_argument("--log-level", default="INFO",
                         help="the app's LOG_LEVEL (production: INFO)")
     args = parser.parse_args()
@@ -176,7 +179,9 @@ def main() -> None:
                    "DROP SCHEMA IF EXISTS bench_bare CASCADE")
     subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT,
                    env={**os.environ, **env}, check=True, capture_output=True)
-    psql(database, BARE_TABLE)
+    psql(database, BARE_TABLE % ("INCLUDING INDEXES" if args.bare_indexes == "same" else ""))
+    if args.bare_indexes == "primary-key":
+        psql(database, "ALTER TABLE bench_bare.sessions ADD PRIMARY KEY (id)")
     n_users = args.clients * args.users_per_client
     print(f"seeding {n_users} {args.tier} users...", file=sys.stderr, flush=True)
     package_id, users = seed(env, n_users, args.tier)
@@ -228,7 +233,8 @@ def main() -> None:
 
     ratios = [s["rps"] / b["rps"] for s, b in zip(runs["sonicus"], runs["bare"], strict=True)]
     print(f"POST /api/user/sessions ({args.tier} users, {args.clients} clients each its own "
-          f"users) vs one INSERT+COMMIT; production configuration (gunicorn.conf.py: 2 "
+          f"users) vs one INSERT+COMMIT (bare table indexes: {args.bare_indexes}); "
+          f"production configuration (gunicorn.conf.py: 2 "
           f"processes x gthread, LOG_LEVEL={args.log_level}, rate limits in Redis); "
           f"wrk -t{args.clients} -c{args.clients}, {args.rounds} rounds of "
           f"{args.duration:.0f} s; load average {os.getloadavg()[0]:.1f}:")
