@@ -23,7 +23,7 @@ from sqlalchemy import bindparam, func, insert, select
 from .. import clock
 from ..extensions import db
 from ..models import ListeningSession
-from ..tiers import TIERS, check_daily_quota
+from ..tiers import TIERS
 
 
 @dataclass(frozen=True)
@@ -95,18 +95,6 @@ def insert_within_quota(values: dict, tier_name: str) -> int | None:
         return db.session.execute(_INSERT_UNLIMITED, values).scalar_one()
     return db.session.execute(_INSERT_COUNTED,
                               {**values, "daily_limit": limit}).scalar_one_or_none()
-
-
-def enforce_daily_quota(person, tier_name: str, now: datetime) -> date:
-    """Raise the 429 when today's quota is used up; else the user's day a start counts on.
-
-    Call it with the user's subscription row locked, so that starts of one user serialise,
-    and ``person`` the user row read after taking that lock.
-    """
-    day, resets_at = today_of(person, now)
-    if TIERS[tier_name].daily_sessions is not None:
-        check_daily_quota(tier_name, sessions_on_day(person.id, day), resets_at, now)
-    return day
 
 
 def usage_today(person, tier_name: str, now: datetime | None = None) -> Usage:
