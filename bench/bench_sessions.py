@@ -177,6 +177,7 @@ def main() -> None:
         from sonicus.services.catalog import seed_catalog
 
         seed_catalog([{"slug": "bench-rain", "title": "Bench Rain", "category": "sleep",
+                       "published": True,
                        "tracks": [{"title": "Rain", "duration_seconds": 1800,
                                    "media_path": "sleep/bench/rain.mp3"}]}])
         from sonicus.extensions import db

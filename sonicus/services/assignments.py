@@ -39,11 +39,17 @@ def live_assignments(user_id: int, at: datetime | None = None,
     return {a.package_id: a for a in db.session.execute(stmt).scalars()}
 
 
+def assigned_clause(user_id: int, package_id: int, at: datetime):
+    """SQL: an assignment opened this package to this user at ``at`` (for one statement that
+    reads it along with other things)."""
+    return exists().where(
+        PackageAssignment.user_id == user_id, PackageAssignment.package_id == package_id,
+        PackageAssignment.live_at(at))
+
+
 def is_assigned(user_id: int, package_id: int, at: datetime) -> bool:
     """Whether an assignment opened this package to this user at ``at``."""
-    return db.session.execute(select(exists().where(
-        PackageAssignment.user_id == user_id, PackageAssignment.package_id == package_id,
-        PackageAssignment.live_at(at)))).scalar_one()
+    return db.session.execute(select(assigned_clause(user_id, package_id, at))).scalar_one()
 
 
 def live_assignment(user_id: int, package_id: int, at: datetime,

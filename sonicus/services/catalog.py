@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
@@ -79,8 +79,13 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
+def in_catalog():
+    """SQL: the package is visible in the catalog (published, not archived)."""
+    return and_(SoundPackage.published.is_(True), SoundPackage.archived_at.is_(None))
+
+
 def _catalog_filter(stmt):
-    return stmt.where(SoundPackage.published.is_(True), SoundPackage.archived_at.is_(None))
+    return stmt.where(in_catalog())
 
 
 def list_packages(caller, args: dict, now: datetime | None = None) -> Page:

@@ -2,11 +2,11 @@
 and closing sessions left open.
 
 Quota (race-free on PostgreSQL): ``start_session`` locks the user's ``user_subscriptions`` row
-(``SELECT ... FOR UPDATE``) for the whole transaction, counts today's counted sessions, inserts
-and commits. Two starts for the same user therefore run one after the other; other users are
-not blocked. Tier changes write the same row, so a start never sees a half-changed tier.
-On SQLite (the embedded development default) FOR UPDATE is ignored; writes are serialised by
-SQLite's own database lock instead.
+(``SELECT ... FOR UPDATE``) for the whole transaction, then counts today's counted sessions and
+inserts in one statement, and commits. Two starts for the same user therefore run one after
+the other; other users are not blocked. Tier changes write the same row, so a start never
+sees a half-changed tier. On SQLite (the embedded development default) FOR UPDATE is ignored;
+writes are serialised by SQLite's own database lock instead.
 
 Listened time is always the server's number: the client's claim is clamped by the wall time
 since the start, the track's length (the package's when no track was chosen) and the tier's
@@ -23,21 +23,26 @@ import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import aliased, selectinload
+from sqlalchemy.orm import aliased, make_transient_to_detached, selectinload
 
 from .. import clock
 from ..envelope import Page, fail, not_found, paginate
 from ..extensions import db
-from ..models import ListeningSession, SoundPackage, Track, User
+from ..models import ListeningSession, SoundPackage, Track, User, UserSubscription
 from ..models.listening import ABANDONED, ENDED, OPEN
-from ..tiers import TIERS, UNLIMITED_SESSION_CLOSE_SECONDS, check_package_access
+from ..tiers import (
+    TIERS,
+    UNLIMITED_SESSION_CLOSE_SECONDS,
+    check_daily_quota,
+    check_package_access,
+)
 from . import analytics
-from .assignments import is_assigned
-from .catalog import get_catalog_package
-from .quota import enforce_daily_quota
-from .subscriptions import lock_or_create_subscription
+from .assignments import assigned_clause
+from .catalog import in_catalog
+from .quota import insert_within_quota, today_of
+from .subscriptions import insert_default_subscription
 from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -62,9 +67,14 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
     """Start a session: 404 unknown package/track, 403 when neither the tier nor a live
     assignment opens the package, 429 quota used today. ``(session, created)``.
 
-    The user's subscription row is locked for the whole transaction: two starts of one user
-    run one after the other, so the count and the insert cannot interleave. The user row (its
-    day settings) is read afresh after taking the lock.
+    Two statements (and one more with ``client_id``): the first locks the user's subscription
+    row for the whole transaction and reads, with it, the user's day settings, the package,
+    the track and whether an assignment opens the package; the second counts the day's
+    sessions and inserts, only when the count is below the limit (``insert_within_quota``).
+    Two starts of one user run one after the other, and the second's count, a statement that
+    begins once it holds the lock, sees the first's session. The day settings need no fresher
+    read than the lock's: a change of them takes effect only at the next boundary of the day
+    (``User.change_day_settings``), so the day a start counts on is the same either way.
 
     ``client_id`` (the client's uuid) makes a start retry-safe: when the user already has a
     session with it, that session is the answer (``created`` False) and nothing is counted
@@ -73,29 +83,29 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
     now = now or clock.now()
     try:
         with unit_of_work():
-            sub = lock_or_create_subscription(user_id)
+            context, package, track = _lock_for_start(user_id, package_id, track_id, now)
             if client_id is not None:
                 existing = _by_client_id(user_id, client_id)
                 if existing is not None:
                     return existing, False
-            user = db.session.get(User, user_id, populate_existing=True)
-            tier = TIERS[sub.tier]
-            package = get_catalog_package(package_id)
-            check_package_access(tier.name, package.minimum_tier,
-                                 is_assigned(user_id, package.id, now))
-            track = None
-            if track_id is not None:
-                track = db.session.get(Track, track_id)
-                if track is None or track.package_id != package.id:
-                    not_found("Track")
-            day = enforce_daily_quota(user, tier.name, now)
-            session = ListeningSession(
-                user_id=user_id, package=package, track=track,  # the answer shows both
-                tier=tier.name, status=OPEN, started_at=now, local_day=day,
-                max_duration_seconds=tier.max_session_seconds, listened_seconds=0,
-                completed=False, counts_toward_quota=True, mood_before=mood_before,
-                client_id=client_id)
-            db.session.add(session)
+            tier = TIERS[context.tier]
+            if package is None:
+                not_found("Package")
+            check_package_access(tier.name, package.minimum_tier, context.assigned)
+            if track_id is not None and (track is None or track.package_id != package.id):
+                not_found("Track")
+            day, resets_at = today_of(context, now)
+            values = {
+                "user_id": user_id, "package_id": package.id,
+                "track_id": None if track is None else track.id, "tier": tier.name,
+                "status": OPEN, "started_at": now, "local_day": day,
+                "max_duration_seconds": tier.max_session_seconds, "listened_seconds": 0,
+                "completed": False, "counts_toward_quota": True, "mood_before": mood_before,
+                "client_id": client_id}
+            session_id = insert_within_quota(values, tier.name)
+            if session_id is None:
+                check_daily_quota(tier.name, tier.daily_sessions, resets_at, now)
+            session = _as_loaded(session_id, values, package, track)
     except IntegrityError:
         # Another start with this client id won (only possible without the row lock, as on
         # SQLite): that one is the answer.
@@ -105,6 +115,61 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
             raise
         return existing, False
     return session, True
+
+
+def _start_context_statement(with_track: bool):
+    """The first statement of a start, built once (a start binds ``user_id``, ``package_id``,
+    ``at`` and, ``with_track``, ``track_id``): the user's subscription row locked until the
+    transaction ends (``FOR UPDATE OF user_subscriptions``: its tier), the user's day settings,
+    the package when the catalog shows it (else NULLs), the track (else NULLs) and whether a
+    live assignment opens the package to the user."""
+    user_id, package_id = bindparam("user_id"), bindparam("package_id")
+    stmt = (select(UserSubscription.tier, User.timezone, User.day_start_hour,
+                   User.prior_timezone, User.prior_day_start_hour,
+                   User.day_settings_effective_at,
+                   assigned_clause(user_id, package_id, bindparam("at")).label("assigned"),
+                   SoundPackage)
+            .select_from(UserSubscription)
+            .join(User, User.id == UserSubscription.user_id)
+            .outerjoin(SoundPackage, and_(SoundPackage.id == package_id, in_catalog())))
+    if with_track:
+        stmt = stmt.add_columns(Track).outerjoin(Track, Track.id == bindparam("track_id"))
+    return (stmt.where(UserSubscription.user_id == user_id)
+            .with_for_update(of=UserSubscription).execution_options(populate_existing=True))
+
+
+_START_CONTEXT = {False: _start_context_statement(False), True: _start_context_statement(True)}
+
+
+def _lock_for_start(user_id: int, package_id: int, track_id: int | None, now: datetime):
+    """Run the start's first statement (``_start_context_statement``), creating the missing
+    subscription row first when there is none. ``(row, package, track)``: ``row`` carries the
+    tier, the day settings and ``assigned``."""
+    stmt = _START_CONTEXT[track_id is not None]
+    params = {"user_id": user_id, "package_id": package_id, "at": now, "track_id": track_id}
+    row = db.session.execute(stmt, params).first()
+    if row is None:
+        insert_default_subscription(user_id)
+        row = db.session.execute(stmt, params).one()
+    return row, row.SoundPackage, (row.Track if track_id is not None else None)
+
+
+_SESSION_COLUMNS = tuple(ListeningSession.__table__.columns.keys())
+
+
+def _as_loaded(session_id: int, values: dict, package: SoundPackage,
+               track: Track | None) -> ListeningSession:
+    """The session just inserted, as the session holds a row it loaded: every column known
+    (nothing loads later), its package and track attached (the answer shows both), nothing
+    left to flush. Built the way the ORM builds a loaded row (the values straight into the
+    instance's state), not through the constructor's change tracking."""
+    session = ListeningSession.__mapper__.class_manager.new_instance()
+    state = session.__dict__
+    state.update(dict.fromkeys(_SESSION_COLUMNS))
+    state.update(values, id=session_id, package=package, track=track)
+    make_transient_to_detached(session)
+    db.session.add(session)
+    return session
 
 
 def _by_client_id(user_id: int, client_id: str) -> ListeningSession | None:

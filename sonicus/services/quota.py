@@ -10,7 +10,7 @@ boundary of the day in force when it was made (``User.change_day_settings``), so
 that began a day stay in force until it ends; (2) a day is known by its date, and a start is
 refused once the counted starts with that date reach the limit, so a day that a move west
 makes begin again (the same date) shares the quota already used; (3) the count and the insert
-run under the user's subscription row lock, with the user row read fresh inside it.
+run under the user's subscription row lock, in a statement that begins once the lock is held.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
 
 from .. import clock
 from ..extensions import db
 from ..models import ListeningSession
-from ..tiers import TIERS, check_daily_quota
+from ..tiers import TIERS
 
 
 @dataclass(frozen=True)
@@ -35,37 +35,72 @@ class Usage:
     resets_at: datetime
 
 
+def _counted_on_day(user_id: int, day: date) -> tuple:
+    return (ListeningSession.user_id == user_id, ListeningSession.local_day == day,
+            ListeningSession.counts_toward_quota.is_(True))
+
+
 def sessions_on_day(user_id: int, day: date) -> int:
     return db.session.execute(
-        select(func.count(ListeningSession.id)).where(
-            ListeningSession.user_id == user_id,
-            ListeningSession.local_day == day,
-            ListeningSession.counts_toward_quota.is_(True),
-        )).scalar_one()
+        select(func.count(ListeningSession.id)).where(*_counted_on_day(user_id, day))
+    ).scalar_one()
 
 
-def _today(person, now: datetime) -> tuple[date, datetime]:
+def today_of(person, now: datetime) -> tuple[date, datetime]:
     """The user's current day and when it ends (their quota resets)."""
     today = clock.user_day(person, now)
     return today.day, today.ends_at
 
 
-def enforce_daily_quota(person, tier_name: str, now: datetime) -> date:
-    """Raise the 429 when today's quota is used up; else the user's day a start counts on.
 
-    Call it with the user's subscription row locked, so that starts of one user serialise,
-    and ``person`` the user row read after taking that lock.
+# The columns a start writes (``insert_within_quota``), in this order.
+START_COLUMNS = ("user_id", "package_id", "track_id", "tier", "status", "started_at",
+                 "local_day", "max_duration_seconds", "listened_seconds", "completed",
+                 "counts_toward_quota", "mood_before", "client_id")
+
+
+def _insert_statement(limited: bool):
+    """``INSERT INTO user_sessions (START_COLUMNS) SELECT :user_id, ... [WHERE (SELECT
+    count(*) FROM user_sessions WHERE <counted on :local_day>) < :daily_limit] RETURNING id``,
+    built once: every start only binds its values."""
+    table = ListeningSession.__table__
+    source = select(*[bindparam(name, type_=table.c[name].type) for name in START_COLUMNS])
+    if limited:
+        used = (select(func.count()).select_from(table)
+                .where(table.c.user_id == bindparam("user_id"),
+                       table.c.local_day == bindparam("local_day"),
+                       table.c.counts_toward_quota.is_(True))
+                .scalar_subquery())
+        source = source.where(used < bindparam("daily_limit"))
+    return insert(table).from_select(list(START_COLUMNS), source).returning(table.c.id)
+
+
+_INSERT_COUNTED = _insert_statement(limited=True)
+_INSERT_UNLIMITED = _insert_statement(limited=False)
+
+
+def insert_within_quota(values: dict, tier_name: str) -> int | None:
+    """Insert one quota-counted session (``values``: its ``START_COLUMNS``) unless that day's
+    counted sessions already reach the tier's daily limit; the new id, or None when the limit
+    is reached (the caller answers the 429 with ``check_daily_quota``).
+
+    The count and the insert are one statement (``INSERT ... SELECT ... WHERE (SELECT
+    count(*) ...) < limit RETURNING id``). Call it with the user's subscription row locked by
+    an EARLIER statement of the transaction: this statement's snapshot begins once the lock is
+    held, so its count sees every start committed by the previous holder (READ COMMITTED). A
+    count inside the locking statement itself would not: its snapshot predates the wait.
     """
-    day, resets_at = _today(person, now)
-    if TIERS[tier_name].daily_sessions is not None:
-        check_daily_quota(tier_name, sessions_on_day(person.id, day), resets_at, now)
-    return day
+    limit = TIERS[tier_name].daily_sessions
+    if limit is None:
+        return db.session.execute(_INSERT_UNLIMITED, values).scalar_one()
+    return db.session.execute(_INSERT_COUNTED,
+                              {**values, "daily_limit": limit}).scalar_one_or_none()
 
 
 def usage_today(person, tier_name: str, now: datetime | None = None) -> Usage:
     """``person``: a user or a caller (``id`` and the day settings)."""
     now = now or clock.now()
-    day, resets_at = _today(person, now)
+    day, resets_at = today_of(person, now)
     used = sessions_on_day(person.id, day)
     limit = TIERS[tier_name].daily_sessions
     return Usage(used, None if limit is None else max(0, limit - used), resets_at)

@@ -30,6 +30,7 @@ from .row import (
     SubscriptionOverview,
     get_subscription,
     history,
+    insert_default_subscription,
     lock_or_create_subscription,
     overview,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "SubscriptionOverview", "billing_portal_url", "cents_to_decimal", "change_tier",
     "confirm_sandbox_checkout", "SandboxCheckout", "abandon_sandbox_checkout",
     "sandbox_checkout",
-    "get_subscription", "handle_billing_event", "history", "lock_or_create_subscription",
+    "get_subscription", "handle_billing_event", "history", "insert_default_subscription",
+    "lock_or_create_subscription",
     "overview", "process_due_subscriptions", "resume",
 ]

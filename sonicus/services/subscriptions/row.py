@@ -53,12 +53,16 @@ def lock_or_create_subscription(user_id: int) -> UserSubscription:
             .with_for_update().execution_options(populate_existing=True))
     sub = db.session.execute(stmt).scalar_one_or_none()
     if sub is None:
-        _insert_default_row(user_id)
+        insert_default_subscription(user_id)
         sub = db.session.execute(stmt).scalar_one()
     return sub
 
 
-def _insert_default_row(user_id: int) -> None:
+def insert_default_subscription(user_id: int) -> None:
+    """Insert the user's missing subscription row as the starter default, in the caller's
+    transaction (a concurrent insert of the same row is a no-op). Callers that lock the row
+    in a statement of their own (``SELECT ... FOR UPDATE OF user_subscriptions``) run it when
+    that statement finds nothing, then run theirs again."""
     dialect = db.session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(UserSubscription).values(user_id=user_id, tier=STARTER, status=ACTIVE)
