@@ -22,7 +22,7 @@ from .metrics import init_metrics
 from .ratelimit import init_rate_limits
 from .realtime.routes import register_realtime
 from .services.analytics import analytics_for_user_id
-from .web import ApiRequest, IdConverter, init_web, install_log_redaction
+from .web import ApiRequest, ApiResponse, IdConverter, init_web, install_log_redaction
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -64,9 +64,10 @@ def _api_settings(app: Flask) -> None:
 
 class Sonicus(Flask):
     """Flask, remembering which handlers are coroutines instead of asking per request; with
-    the API's request class and ``<int:...>`` converter (``web.py``)."""
+    the API's request and response classes and ``<int:...>`` converter (``web.py``)."""
 
     request_class = ApiRequest
+    response_class = ApiResponse
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -74,13 +75,18 @@ class Sonicus(Flask):
         self._is_sync: dict = {}
 
     def ensure_sync(self, func):
-        key = getattr(func, "__func__", func)  # a bound method: its function
+        # Flask asks for every hook and view of every request: most are the same objects
+        # each time, answered by one lookup.
         try:
-            is_sync = self._is_sync.get(key)
+            is_sync = self._is_sync.get(func)
         except TypeError:  # not hashable: ask every time
             return super().ensure_sync(func)
         if is_sync is None:
-            is_sync = self._is_sync[key] = not iscoroutinefunction(func)
+            # a bound method (a new object per request for a MethodView): its function
+            key = getattr(func, "__func__", func)
+            is_sync = self._is_sync.get(key)
+            if is_sync is None:
+                is_sync = self._is_sync[key] = not iscoroutinefunction(func)
         return func if is_sync else self.async_to_sync(func)
 
 

@@ -14,6 +14,7 @@ import math
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
+from inspect import iscoroutinefunction
 
 import flask_smorest
 import marshmallow as ma
@@ -261,6 +262,26 @@ ERROR_DESCRIPTIONS = {
 }
 
 
+def doc_only(decorator):
+    """A flask-smorest decorator that only documents (``doc``, ``alt_response``), with the
+    same documentation but a plain call through: flask-smorest's own layer asks
+    ``current_app.ensure_sync`` again on every call of the view."""
+
+    def decorate(func):
+        documented = decorator(func)
+        if iscoroutinefunction(func):
+            return documented
+
+        @functools.wraps(func)
+        def view(*args, **kwargs):
+            return func(*args, **kwargs)
+
+        view._apidoc = documented._apidoc
+        return view
+
+    return decorate
+
+
 class Blueprint(flask_smorest.Blueprint):
     def errors(self, *statuses):
         """Document the error statuses a route can answer, each with the error envelope.
@@ -281,8 +302,8 @@ class Blueprint(flask_smorest.Blueprint):
             response = {"schema": ErrorEnvelopeSchema, "content_type": None,
                         "description": description or ERROR_DESCRIPTIONS.get(int(status_code))
                         or HTTPStatus(int(status_code)).phrase}
-        return super().alt_response(status_code, response, schema=schema,
-                                    description=description, **kwargs)
+        return doc_only(super().alt_response(status_code, response, schema=schema,
+                                             description=description, **kwargs))
 
     def response(self, status_code, schema=None, **kwargs):
         """A view may return a ``Page``: its items become ``data``, the rest ``pagination``."""
@@ -305,8 +326,9 @@ class Blueprint(flask_smorest.Blueprint):
 
     @staticmethod
     def _prepare_response_content(data):
-        return envelope(data, message=g.get("envelope_message"),
-                        pagination=g.get("pagination"))
+        state = g.__dict__
+        return envelope(data, message=state.get("envelope_message"),
+                        pagination=state.get("pagination"))
 
 
 def paginate(db, statement, args: dict) -> Page:

@@ -53,9 +53,21 @@ job_log = logging.getLogger("sonicus.jobs")
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 
+_HOST = socket.gethostname()
+_identity: tuple[int, str] = (-1, "")
+
+
 def process_identifier() -> str:
-    """Unique among every process writing to a shared directory: host name and pid."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """Unique among every process writing to a shared directory: host name and pid.
+
+    prometheus_client asks on every increment (to notice a fork); the host name is read once
+    (``gethostname`` is a system call, three per request otherwise) and the text is rebuilt
+    only when the pid changes."""
+    global _identity
+    pid = os.getpid()
+    if _identity[0] != pid:
+        _identity = (pid, f"{_HOST}-{pid}")
+    return _identity[1]
 
 
 if MULTIPROC_DIR:
@@ -168,7 +180,7 @@ def _after_request(response):
     status = response.status_code
     count, seconds = _request_metrics(route, req.method, status)
     count.inc()
-    started = g.get("request_started")
+    started = g.__dict__.get("request_started")
     if started is not None and seconds is not None:
         seconds.observe(time.perf_counter() - started)
     if status in (403, 429) and response.is_json:

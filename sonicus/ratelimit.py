@@ -25,7 +25,7 @@ from limits import parse_many
 
 from config import ConfigError
 
-from .auth import token_digest
+from .auth import request_token_digest
 from .envelope import RATE_LIMIT_EXEMPT_PATHS, ApiError
 from .extensions import get_redis, redis_gate
 
@@ -198,7 +198,7 @@ def _token_key(environ) -> str | None:
         token = request.args.get("access_token", "")
     if not token:
         return None
-    return token_digest(token)[:32]
+    return request_token_digest(environ, token)[:32]
 
 
 def init_rate_limits(app) -> None:

@@ -10,11 +10,13 @@ import logging
 import os
 import random
 import re
+import sys
+import threading
 import time
 from urllib.parse import parse_qsl
 
 import orjson
-from flask import Request, g, request
+from flask import Request, Response, g, request
 from flask.json.provider import DefaultJSONProvider
 from flask.logging import default_handler
 from flask.sessions import SessionInterface
@@ -91,8 +93,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": scrub(record.getMessage()),
         }
+        attrs = record.__dict__
         for key in LOG_FIELDS:
-            value = getattr(record, key, None)
+            value = attrs.get(key)
             if value is not None:
                 # a path can carry an email address (``/api/no/such/a@b.example``)
                 entry[key] = scrub(value) if key == "path" else value
@@ -160,6 +163,28 @@ class FastJSONProvider(DefaultJSONProvider):
         except TypeError:  # orjson.JSONEncodeError: e.g. an integer past 64 bits
             return super().response(*args, **kwargs)
         return self._app.response_class(body + b"\n", mimetype=self.mimetype)
+
+
+class ApiResponse(Response):
+    """Flask's response, handed to the server without copying its headers when nothing in
+    them needs fixing (no ``Location``/``Content-Location`` to make absolute, a status that
+    carries a body, ``Content-Length`` already set): werkzeug's copy re-validates every header
+    of every answer, the security headers included."""
+
+    def get_wsgi_headers(self, environ):
+        status = self.status_code
+        if status >= 200 and status not in (204, 304):
+            has_length = False
+            for name, _value in self.headers._list:
+                lowered = name.lower()
+                if lowered == "content-length":
+                    has_length = True
+                elif lowered in ("location", "content-location"):
+                    has_length = False
+                    break
+            if has_length:
+                return self.headers  # to_wsgi_list() makes the server's own list of it
+        return super().get_wsgi_headers(environ)
 
 
 class ApiRequest(Request):
@@ -253,24 +278,43 @@ def _install_cors(app) -> None:
     limits, ``Retry-After``, ``Idempotent-Replayed``). No cookies: tokens are Bearer."""
     origins = cors_origins(app.config)
     if origins:
+        hooks = app.after_request_funcs.setdefault(None, [])
+        before = list(hooks)
         CORS(app, resources={r"/api/*": {"origins": origins},
                              r"/dev-media/*": {"origins": origins}},
              allow_headers=CORS_ALLOW_HEADERS, expose_headers=CORS_EXPOSE_HEADERS,
              supports_credentials=False, max_age=600)
+        # flask-cors answers a request without ``Origin`` (any request but a browser's
+        # cross-origin one) with its literal origins, or nothing at all when they are all
+        # patterns: then its per-request work is skipped for such requests.
+        if not any(isinstance(origin, str) for origin in origins):
+            added = [hook for hook in hooks if hook not in before]
+            for hook in added:
+                hooks[hooks.index(hook)] = _only_with_origin(hook)
+
+
+def _only_with_origin(cors_hook):
+    def cors_after_request(response):
+        if "HTTP_ORIGIN" not in request.environ:
+            return response
+        return cors_hook(response)
+
+    return cors_after_request
 
 
 def _start_request():
     # g lives on the app context, which a caller may share across requests.
     state = g.__dict__
-    for name in ("caller", "current_user_id", "pagination", "envelope_message", "rate_limit",
-                 "idempotency_claim"):
-        state.pop(name, None)
-    incoming = request.headers.get("X-Request-ID", "")
+    if state:
+        for name in ("caller", "current_user_id", "pagination", "envelope_message",
+                     "rate_limit", "idempotency_claim"):
+            state.pop(name, None)
+    incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
     # A correlation id, not a secret: no system call (uuid4 asks the kernel for entropy,
     # which under load means handing the interpreter lock to another thread and waiting).
-    g.request_id = (incoming if _REQUEST_ID.fullmatch(incoming)
-                    else f"{random.getrandbits(128):032x}")
-    g.request_started = time.perf_counter()
+    state["request_id"] = (incoming if _REQUEST_ID.fullmatch(incoming)
+                           else f"{random.getrandbits(128):032x}")
+    state["request_started"] = time.perf_counter()
 
 
 def _security_header_sets(app) -> dict[bool, list[tuple[str, str, str]]]:
@@ -287,6 +331,42 @@ def _security_header_sets(app) -> dict[bool, list[tuple[str, str, str]]]:
     return header_sets
 
 
+# What every access record holds the same: the rest of a LogRecord's attributes, set once.
+_ACCESS_RECORD = {"name": access_log.name, "msg": "request", "args": None,
+                  "levelname": logging.getLevelName(logging.INFO), "levelno": logging.INFO,
+                  "pathname": __file__, "filename": os.path.basename(__file__),
+                  "module": os.path.splitext(os.path.basename(__file__))[0],
+                  "exc_info": None, "exc_text": None, "stack_info": None, "lineno": 0,
+                  "funcName": None}
+
+
+def _access_record(request_id, method, path, status, client, duration_ms, user_id):
+    """The access line's record: what ``Logger.makeRecord`` builds, without re-deriving the
+    constant parts per request (and without walking the stack, as ``Logger.info`` would, for
+    a file and line the JSON lines never show)."""
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    attrs = record.__dict__
+    attrs.update(_ACCESS_RECORD)
+    now = time.time()
+    attrs["created"] = now
+    attrs["msecs"] = int((now - int(now)) * 1000) + 0.0
+    attrs["relativeCreated"] = (now - logging._startTime) * 1000
+    attrs["thread"] = threading.get_ident()
+    attrs["threadName"] = threading.current_thread().name
+    multiprocessing = sys.modules.get("multiprocessing")
+    attrs["processName"] = (multiprocessing.current_process().name if multiprocessing
+                            else "MainProcess")
+    attrs["process"] = os.getpid()
+    attrs["request_id"] = request_id
+    attrs["method"] = method
+    attrs["path"] = path
+    attrs["status"] = status
+    attrs["client"] = client
+    attrs["duration_ms"] = duration_ms
+    attrs["user_id"] = user_id
+    return record
+
+
 def _finish_request_hook(header_sets):
     """The after-request hook: security headers from the prebuilt ``header_sets``, no-store
     on private paths, the request id, rate-limit headers, and the access log line."""
@@ -295,7 +375,8 @@ def _finish_request_hook(header_sets):
         headers = response.headers
         # One pass over the few headers already set (a miss in ``Headers`` costs an exception).
         present = {name.lower() for name, _ in headers}
-        path = request.path
+        req = request._get_current_object()
+        path = req.path
         extra = [(name, value) for key, name, value in header_sets[path.startswith(DOCS_PATHS)]
                  if key not in present]
         if "cache-control" not in present \
@@ -316,17 +397,12 @@ def _finish_request_hook(header_sets):
         headers._list.extend(extra)
         if access_log.isEnabledFor(logging.INFO):
             started = state.get("request_started")
-            environ = request.environ
-            # makeRecord + handle: Logger.info would also walk the stack for the caller's
-            # file and line, which the JSON lines never show.
-            access_log.handle(access_log.makeRecord(
-                access_log.name, logging.INFO, __file__, 0, "request", None, None,
-                extra={"request_id": state.get("request_id"), "method": environ["REQUEST_METHOD"],
-                       "path": path, "status": response.status_code,
-                       "client": environ.get("REMOTE_ADDR"),
-                       "duration_ms": round((time.perf_counter() - started) * 1000, 2)
-                       if started else None,
-                       "user_id": state.get("current_user_id")}))
+            environ = req.environ
+            access_log.handle(_access_record(
+                state.get("request_id"), environ["REQUEST_METHOD"], path, response.status_code,
+                environ.get("REMOTE_ADDR"),
+                round((time.perf_counter() - started) * 1000, 2) if started else None,
+                state.get("current_user_id")))
         return response
 
     return _finish_request

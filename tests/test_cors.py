@@ -74,3 +74,19 @@ def test_outside_development_only_the_configured_origins(make_config):
         ok = _preflight(client, "https://app.sonicus.example")
         assert ok.headers["Access-Control-Allow-Origin"] == "https://app.sonicus.example"
         assert _names(ok.headers["Access-Control-Allow-Headers"]) >= {h.lower() for h in SENT}
+
+
+def test_development_without_configured_origins_still_answers_local_dev_servers(make_config):
+    """With only the local dev-server patterns allowed, a request without ``Origin`` gets no
+    CORS headers and one from a local dev server gets them (flask-cors runs only then)."""
+    client = create_app(make_config(SONICUS_ENV="development", CORS_ORIGINS=[])).test_client()
+    plain = client.get("/api/health")
+    assert "Access-Control-Allow-Origin" not in plain.headers
+    assert "Vary" not in plain.headers
+    local = client.get("/api/health", headers={"Origin": "http://localhost:5173"})
+    assert local.headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
+    assert _names(local.headers["Access-Control-Expose-Headers"]) >= {h.lower() for h in READ}
+    assert "origin" in _names(local.headers["Vary"])
+    preflight = _preflight(client, "http://127.0.0.1:5173")
+    assert preflight.headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:5173"
+    assert "Access-Control-Allow-Origin" not in _preflight(client, "http://evil.example").headers
