@@ -131,6 +131,19 @@ class Connection:
                 self.closed = True
                 return False
 
+    def send_event(self, event) -> bool:
+        """A control frame built by the socket's wsproto connection (a ping, a pong, the
+        answer to the client's close)."""
+        with self.send_lock:
+            if self.closed or not self.ws.connected:
+                return False
+            try:
+                self.ws.sock.sendall(self.ws.ws.send(event))
+                return True
+            except Exception:
+                self.closed = True
+                return False
+
     def close(self, code: int, reason: str) -> None:
         with self.send_lock:
             if self.closed:
