@@ -107,6 +107,11 @@ def probe(port: int, query: str) -> dict:
 
 def measure(name: str, start, python: str, tokens: Path, per_token: int,
             query: str | None = None) -> dict:
+    # the previous server's socket leases (per-user cap, 90 s) must not refuse this one's
+    import redis
+    from bench_analytics_common import BENCH_REDIS_URL
+
+    redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
     proc, port, pid = start()
     client = None
     try:

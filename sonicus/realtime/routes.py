@@ -200,6 +200,10 @@ def analytics_socket(ws):
         else:
             ws.close(reason=CLOSE_TOO_MANY_SOCKETS, message="too many sockets for this user")
         return
+    # wsproto's handshake (an h11 connection, the request and its headers) is done with: the
+    # socket keeps the websocket connection only, which answers the same send/receive calls
+    if getattr(ws.ws, "connection", None) is not None:
+        ws.ws = ws.ws.connection
     socket_opened()
     try:
         broker.wait_ready(SUBSCRIBE_WAIT_SECONDS)
