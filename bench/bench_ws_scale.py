@@ -123,6 +123,16 @@ def summary(values: list[float]) -> str:
             f"({len(values)} requests)")
 
 
+def leases_left(app) -> int:
+    """Sockets still counted against their users' caps (in Redis)."""
+    from sonicus.extensions import channel_prefix, get_redis
+
+    with app.app_context():
+        client = get_redis()
+        return sum(client.zcard(key) for key in
+                   client.scan_iter(match=channel_prefix(app.config) + "ws-sockets:*"))
+
+
 def wait_quiet(pid: int, limit: float = 60.0) -> None:
     """Until the process spends under 5% of a core (its sockets' ends are handled)."""
     deadline = time.monotonic() + limit
@@ -266,6 +276,7 @@ def main() -> None:
             close_clients(clients)
             clients = []
             wait_quiet(pid)
+            cycles[-1]["leases_left"] = leases_left(app)
         idle.append(probe.run(args.probes))
         rss_end = rss_kib(pid)
     finally:
@@ -279,7 +290,8 @@ def main() -> None:
     for n, c in enumerate(cycles):
         print(f"  cycle {n + 1}: opened {c['opened']} sockets in {c['seconds']:.1f} s "
               f"({c['failed']} failed), each got its snapshot; RSS {c['rss_idle'] / 1024:.0f} -> "
-              f"{c['rss_open'] / 1024:.0f} MiB: {c['per_socket']:.1f} KiB per socket")
+              f"{c['rss_open'] / 1024:.0f} MiB: {c['per_socket']:.1f} KiB per socket; "
+              f"closed: {c.get('leases_left')} still counted against their users")
     print(f"  RSS after the last cycle's sockets closed: {rss_end / 1024:.0f} MiB")
     for n, f in enumerate(fan_outs):
         print(f"  fan-out {n + 1}: {len(ids)} publishes (one per listener, one pipeline, "
