@@ -4,7 +4,7 @@ Two process types from the same code and settings:
 - web (the default): gthread, for the REST API. A socket that reaches it still works but
   holds a thread, so it keeps a small cap (WS_MAX_SOCKETS_PER_PROCESS, default 192 here).
 - ws (`SONICUS_PROCESS=ws`): gevent, for `/ws/` (the front proxy routes it there). A socket
-  costs a pair of greenlets, not a thread; one process holds ten thousand. The app is the
+  costs one greenlet, not a thread; one process holds ten thousand. The app is the
   same create_app; psycopg2 waits cooperatively (psycogreen) and the file descriptor limit is
   raised to the hard limit. See the README figures.
 Access logs carry the path only: query strings (a socket's ?access_token=) never reach them.
