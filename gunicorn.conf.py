@@ -108,7 +108,14 @@ def post_worker_init(worker):
 
     def close_sockets_then_stop(signum, frame):
         broker = getattr(worker.wsgi, "extensions", {}).get("sonicus_broker")
-        if broker is not None:
+        if broker is None:
+            pass
+        elif process_type == "ws":
+            # Under gevent the handler may run inside the event loop, where nothing may block
+            # (starting a thread waits for it to start): a greenlet of its own.
+            importlib.import_module("gevent").spawn(broker.close_all, CLOSE_GOING_AWAY,
+                                                    "server shutting down")
+        else:
             # off the signal handler: a close waits for each socket's send lock
             threading.Thread(target=broker.close_all, name="sonicus-close-sockets", daemon=True,
                              args=(CLOSE_GOING_AWAY, "server shutting down")).start()
