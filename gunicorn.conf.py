@@ -4,7 +4,7 @@ Two process types from the same code and settings:
 - web (the default): gthread, for the REST API. A socket that reaches it still works but
   holds a thread, so it keeps a small cap (WS_MAX_SOCKETS_PER_PROCESS, default 192 here).
 - ws (`SONICUS_PROCESS=ws`): gevent, for `/ws/` (the front proxy routes it there). A socket
-  costs a pair of greenlets, not a thread; one process holds ten thousand. The app is the
+  costs one greenlet, not a thread; one process holds ten thousand. The app is the
   same create_app; psycopg2 waits cooperatively (psycogreen) and the file descriptor limit is
   raised to the hard limit. See the README figures.
 Access logs carry the path only: query strings (a socket's ?access_token=) never reach them.
@@ -108,7 +108,14 @@ def post_worker_init(worker):
 
     def close_sockets_then_stop(signum, frame):
         broker = getattr(worker.wsgi, "extensions", {}).get("sonicus_broker")
-        if broker is not None:
+        if broker is None:
+            pass
+        elif process_type == "ws":
+            # Under gevent the handler may run inside the event loop, where nothing may block
+            # (starting a thread waits for it to start): a greenlet of its own.
+            importlib.import_module("gevent").spawn(broker.close_all, CLOSE_GOING_AWAY,
+                                                    "server shutting down")
+        else:
             # off the signal handler: a close waits for each socket's send lock
             threading.Thread(target=broker.close_all, name="sonicus-close-sockets", daemon=True,
                              args=(CLOSE_GOING_AWAY, "server shutting down")).start()

@@ -3,10 +3,11 @@
     .venv/bin/python bench/bench_analytics_sockets.py [--sockets 1000] [--threads 1100]
 
 Starts one gunicorn web process, ``-k gthread --threads N --worker-connections M`` (each
-open socket holds one gthread thread plus simple-websocket's reader thread), opens
+open socket holds one gthread thread, which also reads the socket), opens
 ``--sockets`` sockets for as many distinct listeners (each gets its snapshot), then sends
-every listener one update through Redis pub/sub and checks that each socket receives its
-own. Reports the web process's resident memory and thread count before and after.
+every listener one update through Redis pub/sub (``publish_to_user``, as a refresh job
+does) and checks that each socket receives its own. Reports the web process's resident
+memory and thread count before and after.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main() -> None:
     from sonicus import devtokens
     from sonicus.extensions import db
     from sonicus.models import User
-    from sonicus.realtime.broker import get_broker
+    from sonicus.realtime.publish import publish_to_user
 
     web, port = start_gunicorn(threads=args.threads, connections=args.sockets + 100)
     sockets = []
@@ -72,11 +73,10 @@ def main() -> None:
 
         with app.app_context():
             ids = {u.email: u.id for u in db.session.query(User).all()}
-            broker = get_broker(app)
             started = time.perf_counter()
             for i in range(args.sockets):
                 uid = ids[f"socket-{i}@example.com"]
-                broker.publish(uid, {"type": "analytics.updated", "data": {"user_id": uid}})
+                publish_to_user(uid, {"type": "analytics.updated", "data": {"user_id": uid}})
         delivered = 0
         for i, ws in enumerate(sockets):
             message = json.loads(ws.recv())

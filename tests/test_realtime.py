@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import struct
+import time
 
 import pytest
 import requests
@@ -161,6 +163,42 @@ def test_keep_alive_pings(token_for, make_config, make_user, connect_ws, serve_i
     opcode, _ = ws.recv_data(control_frame=True)
     assert opcode == websocket.ABNF.OPCODE_PING
     ws.close()
+
+
+def test_a_peer_that_stops_answering_pings_is_closed(token_for, make_config, make_user,
+                                                     connect_ws, serve_in_process):
+    from sonicus import create_app
+
+    pinging = create_app(make_config())
+    pinging.config["SOCK_SERVER_OPTIONS"] = {**pinging.config["SOCK_SERVER_OPTIONS"],
+                                             "ping_interval": 0.3}
+    make_user("mute@example.com")
+    server = serve_in_process(pinging)
+    ws = connect_ws(server.url(), token_for("mute@example.com"))
+    assert ws.receive_json()["type"] == "analytics.snapshot"
+    time.sleep(1.2)  # read nothing: the ping goes unanswered
+    opcodes = []
+    while not opcodes or opcodes[-1] != websocket.ABNF.OPCODE_CLOSE:
+        frame = ws.recv_frame()  # no automatic pong
+        opcodes.append(frame.opcode)
+    assert opcodes == [websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_CLOSE]
+    assert struct.unpack("!H", frame.data[:2])[0] == 1008
+
+
+def test_client_pings_are_answered_and_its_close_echoed(app, token_for, make_user, connect_ws,
+                                                        serve_in_process):
+    make_user("chatty@example.com")
+    server = serve_in_process(app)
+    ws = connect_ws(server.url(), token_for("chatty@example.com"))
+    assert ws.receive_json()["type"] == "analytics.snapshot"
+    ws.ping(b"are you there")
+    frame = ws.recv_frame()
+    assert (frame.opcode, frame.data) == (websocket.ABNF.OPCODE_PONG, b"are you there")
+    ws.send("ignored")  # the client has nothing to say: messages are read and dropped
+    ws.send_close(1000, b"bye")
+    frame = ws.recv_frame()
+    assert frame.opcode == websocket.ABNF.OPCODE_CLOSE
+    assert struct.unpack("!H", frame.data[:2])[0] == 1000
 
 
 def test_tokens_in_socket_query_strings_stay_out_of_logs(app, token_for, caplog, monkeypatch,

@@ -131,6 +131,19 @@ class Connection:
                 self.closed = True
                 return False
 
+    def send_event(self, event) -> bool:
+        """A control frame built by the socket's wsproto connection (a ping, a pong, the
+        answer to the client's close)."""
+        with self.send_lock:
+            if self.closed or not self.ws.connected:
+                return False
+            try:
+                self.ws.sock.sendall(self.ws.ws.send(event))
+                return True
+            except Exception:
+                self.closed = True
+                return False
+
     def close(self, code: int, reason: str) -> None:
         with self.send_lock:
             if self.closed:
@@ -163,6 +176,8 @@ class Broker:
         self._lease_owner = ""
         self._admit_script = None
         self._next_renewal = 0.0
+        self._releases: list[tuple[int, str, float]] = []  # leases to give back
+        self._releasing = False
 
     # ---- the local registry ----------------------------------------------------------------
     def admit(self, conn: Connection, per_process: int, per_user: int) -> str:
@@ -194,8 +209,54 @@ class Broker:
                     del self._sockets[conn.user_id]
         if conn.lease is not None and release:
             lease, conn.lease = conn.lease, None
-            self._redis_call("socket lease release",
-                             lambda client: client.zrem(self._leases_key(conn.user_id), lease))
+            self._release_leases([(conn.user_id, lease)])
+
+    def _release_leases(self, leases: list[tuple[int, str]]) -> None:
+        """Give leases back, in batches, one caller at a time: when thousands of sockets close
+        at once (a client network drop), the closing sockets queue their leases and whichever
+        is releasing takes the others along, instead of one Redis call (and connection) each
+        (that exhausted the client's pool and tripped the process's Redis back-off, and the
+        leases it skipped refused their users' new sockets until they ran out). What cannot
+        be released now is retried by the subscriber within a second."""
+        with self._lock:
+            now = time.monotonic()
+            self._releases.extend((user_id, lease, now) for user_id, lease in leases)
+            if self._releasing:
+                return
+            self._releasing = True
+        try:
+            while True:
+                with self._lock:
+                    # a lease older than its term has run out in Redis already
+                    fresh = time.monotonic() - LEASE_SECONDS
+                    batch = [item for item in self._releases[:LEASE_RENEW_BATCH]
+                             if item[2] > fresh]
+                    del self._releases[:LEASE_RENEW_BATCH]
+                    if not batch and not self._releases:
+                        self._releasing = False
+                        return
+                if batch and not self._redis_call("socket lease release", self._zrem(batch),
+                                                  False):
+                    with self._lock:
+                        self._releases[:0] = batch
+                        self._releasing = False
+                    return
+        except BaseException:
+            with self._lock:
+                self._releasing = False
+            raise
+
+    def _zrem(self, batch):
+        def release(client):
+            pipe = client.pipeline(transaction=False)
+            for user_id, member, _queued in batch:
+                pipe.zrem(self._leases_key(user_id), member)
+            pipe.execute()
+            return True
+        return release
+
+    def pending_releases(self) -> int:
+        return len(self._releases)
 
     # ---- the per-user cap across processes (Redis leases) -------------------------------------
     def _leases_key(self, user_id: int) -> str:
@@ -307,16 +368,8 @@ class Broker:
             conn.close(code, reason)
             self.unregister(conn, release=False)
             conn.lease = None
-
-        def release(client):
-            for start in range(0, len(leases), LEASE_RENEW_BATCH):
-                pipe = client.pipeline(transaction=False)
-                for user_id, member in leases[start:start + LEASE_RENEW_BATCH]:
-                    pipe.zrem(self._leases_key(user_id), member)
-                pipe.execute()
-
         if leases:
-            self._redis_call("socket lease release", release)
+            self._release_leases(leases)
         return len(conns)
 
     # ---- the one subscriber per process ----------------------------------------------------
@@ -401,6 +454,8 @@ class Broker:
                         # messages of a fan-out (under threads, a no-op).
                         time.sleep(0)
                     self._renew_when_due()
+                    if self._releases and not self._releasing:
+                        self._release_leases([])
             except Exception as exc:
                 self._ready.clear()
                 callers.feed_lost()

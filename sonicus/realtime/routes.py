@@ -19,6 +19,9 @@ import json
 import logging
 
 from flask import Blueprint, current_app, g, request
+from wsproto.connection import ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.utilities import LocalProtocolError
 
 from ..auth import caller_from_token
 from ..envelope import ApiError
@@ -39,7 +42,24 @@ log = logging.getLogger(__name__)
 CLOSE_INVALID_TOKEN = 4401
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TOO_MANY_SOCKETS = 4429  # this user has WS_MAX_SOCKETS_PER_USER open already
+CLOSE_POLICY_VIOLATION = 1008  # no pong within a ping interval
+CLOSE_TOO_BIG = 1009
 SUBSCRIBE_WAIT_SECONDS = 2.0
+RECEIVE_BYTES = 4096
+
+
+class HandlerReads:
+    """simple-websocket's ``thread_class`` (``SOCK_SERVER_OPTIONS``): its reader thread is
+    never started, the socket's handler reads instead (``read_until_closed``). One greenlet per
+    socket instead of two, no selector, no thread object and its locks."""
+
+    name = "sonicus-socket"
+
+    def __init__(self, target=None, **_kwargs):
+        pass
+
+    def start(self) -> None:
+        pass
 
 
 class SnapshotFirstConnection(Connection):
@@ -64,6 +84,61 @@ class SnapshotFirstConnection(Connection):
                 self.ws.sock.sendall(frame)
             self.pending = []
             self.started = True
+
+
+def read_until_closed(ws, conn: Connection) -> None:
+    """Read ``ws`` in its own handler until it closes: answer the client's pings and its close,
+    ping a peer that was silent for ``ping_interval`` seconds and close one that lets a ping go
+    unanswered for as long (1008), ignore messages (the client has nothing to say; past
+    ``max_message_size`` a message closes the socket with 1009). Every write takes the
+    connection's send lock: the broker writes to the same socket."""
+    sock, protocol = ws.sock, ws.ws
+    sock.settimeout(ws.ping_interval or None)
+    awaiting_pong = False
+    message_size = 0
+    try:
+        while ws.connected:
+            try:
+                data = sock.recv(RECEIVE_BYTES)
+            except TimeoutError:
+                if awaiting_pong:
+                    conn.close(CLOSE_POLICY_VIOLATION, "Ping/Pong timeout")
+                    return
+                awaiting_pong = True
+                conn.send_event(Ping())
+                continue
+            if not data:
+                return
+            awaiting_pong = False  # the peer is alive, whatever it sent
+            with conn.send_lock:
+                protocol.receive_data(data)
+                events = list(protocol.events())
+            for event in events:
+                if isinstance(event, CloseConnection):
+                    if protocol.state == ConnectionState.REMOTE_CLOSING:
+                        conn.send_event(event.response())
+                    ws.close_reason, ws.close_message = event.code, event.reason
+                    return
+                if isinstance(event, Ping):
+                    conn.send_event(event.response())
+                elif isinstance(event, (TextMessage, BytesMessage)):
+                    message_size += len(event.data)
+                    if ws.max_message_size and message_size > ws.max_message_size:
+                        conn.close(CLOSE_TOO_BIG, "Message is too big")
+                        return
+                    if event.message_finished:
+                        message_size = 0
+                elif isinstance(event, Pong):
+                    pass
+    except (OSError, LocalProtocolError):
+        return
+    finally:
+        ws.connected = False
+        conn.closed = True
+        try:
+            sock.close()
+        except OSError:
+            pass
 
 
 def socket_token() -> str | None:
@@ -108,9 +183,10 @@ def analytics_socket(ws):
         code, reason = refusal or (CLOSE_INVALID_TOKEN, "invalid token")
         ws.close(reason=code, message=reason)
         return
-    user = g.ws_user
+    user_id = g.ws_user.id
+    g.pop("ws_user")  # the caller (with its onboarding and preferences) is not kept per socket
     broker = get_broker()
-    conn = SnapshotFirstConnection(ws, user.id)
+    conn = SnapshotFirstConnection(ws, user_id)
     # Past this process's cap, refuse (1013) rather than starve HTTP; past the user's cap
     # across every process, refuse with 4429.
     admitted = broker.admit(conn, current_app.config["WS_MAX_SOCKETS_PER_PROCESS"],
@@ -124,11 +200,15 @@ def analytics_socket(ws):
         else:
             ws.close(reason=CLOSE_TOO_MANY_SOCKETS, message="too many sockets for this user")
         return
+    # wsproto's handshake (an h11 connection, the request and its headers) is done with: the
+    # socket keeps the websocket connection only, which answers the same send/receive calls
+    if getattr(ws.ws, "connection", None) is not None:
+        ws.ws = ws.ws.connection
     socket_opened()
     try:
         broker.wait_ready(SUBSCRIBE_WAIT_SECONDS)
         try:
-            data = broker.snapshot(user.id) or {}
+            first = snapshot_message(broker, user_id)
         except Exception as exc:
             # After the upgrade an error must not become an HTTP answer written onto the
             # socket (under gevent the server would then read it alongside the socket's
@@ -138,16 +218,25 @@ def analytics_socket(ws):
             return
         finally:
             db.session.remove()  # a waiting socket must not hold a pooled connection
-        conn.start(json.dumps({"type": "analytics.snapshot", "data": data},
-                              separators=(",", ":"), default=str))
-        while ws.connected:
-            # The client has nothing to say; reading notices the close (and answers pings).
-            ws.receive(timeout=None)
+        conn.start(first)
+        del first  # not kept while the socket waits
+        if isinstance(getattr(ws, "thread", None), HandlerReads):
+            read_until_closed(ws, conn)
+        else:  # simple-websocket's own reader runs (other SOCK_SERVER_OPTIONS)
+            while ws.connected:
+                # The client has nothing to say; reading notices the close.
+                ws.receive(timeout=None)
     finally:
         socket_closed()
         conn.closed = True
         broker.unregister(conn)
         db.session.remove()
+
+
+def snapshot_message(broker, user_id: int) -> str:
+    """The ``analytics.snapshot`` message, as text (the figures are not kept as objects)."""
+    return json.dumps({"type": "analytics.snapshot", "data": broker.snapshot(user_id) or {}},
+                      separators=(",", ":"), default=str)
 
 
 def start_subscriber() -> None:
@@ -163,6 +252,8 @@ def register_realtime(app, snapshot) -> None:
     ``snapshot(user_id)``: the user's current analytics (the broker never imports services).
     """
     init_broker(app, snapshot)
+    app.config["SOCK_SERVER_OPTIONS"] = {**app.config.get("SOCK_SERVER_OPTIONS", {}),
+                                         "thread_class": HandlerReads}
     app.before_request(start_subscriber)
     bp = Blueprint("realtime", __name__)
     bp.before_request(authenticate_socket)
