@@ -4,13 +4,22 @@ process or thread it reaches, as long as the first one's answer is kept (24 h)."
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 
+import psycopg2.extensions
 import pytest
 import requests
+from processes import wait_until_up
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
 
 from sonicus import clock, create_app
 from sonicus.envelope import request_fingerprint
@@ -18,6 +27,7 @@ from sonicus.extensions import db
 from sonicus.models import IdempotencyKey, ListeningSession
 from sonicus.services import idempotency, listening
 
+ROOT = Path(__file__).resolve().parent.parent
 THREADS = 10
 REPLAYED = "Idempotent-Replayed"
 
@@ -260,23 +270,47 @@ def test_a_key_of_255_printable_characters_is_accepted(client, listener):
 
 @pytest.fixture
 def every_statement():
-    """``every_statement(action)`` → the SQL statements ``action()`` sent through any engine
-    (the keys have an engine of their own)."""
+    """``every_statement(action)`` → the SQL statements ``action()`` sent to PostgreSQL,
+    through SQLAlchemy or, as the keys' claim and kept answer are, through the driver alone:
+    the cursors of every connection checked out meanwhile record what they execute, and
+    SQLAlchemy's events what runs on a connection held from before."""
 
     def run(action) -> list[str]:
         statements = []
 
-        def record(conn, cursor, statement, *args):
-            statements.append(statement)
+        class Recording(psycopg2.extensions.cursor):
+            def execute(self, query, vars=None):
+                statements.append(query.decode() if isinstance(query, bytes) else query)
+                return super().execute(query, vars)
 
-        event.listen(Engine, "before_cursor_execute", record)
+        def checkout(dbapi_connection, record, proxy):
+            dbapi_connection.cursor_factory = Recording
+
+        def checkin(dbapi_connection, record):
+            if dbapi_connection is not None:
+                dbapi_connection.cursor_factory = None
+
+        def before_execute(conn, cursor, statement, *args):
+            if not isinstance(cursor, Recording):
+                statements.append(statement)
+
+        listeners = [(Pool, "checkout", checkout), (Pool, "checkin", checkin),
+                     (Engine, "before_cursor_execute", before_execute)]
+        for target, name, listener in listeners:
+            event.listen(target, name, listener)
         try:
             action()
         finally:
-            event.remove(Engine, "before_cursor_execute", record)
+            for target, name, listener in listeners:
+                event.remove(target, name, listener)
         return statements
 
     return run
+
+
+def _ours(statements) -> list[str]:
+    """The statements on the keys (their table, or their prepared statements), by verb."""
+    return [s.split()[0] for s in statements if "idempotency" in s]
 
 
 def test_writes_without_the_header_cost_nothing_and_with_it_two_statements(
@@ -287,19 +321,18 @@ def test_writes_without_the_header_cost_nothing_and_with_it_two_statements(
 
     plain = every_statement(lambda: client.post("/api/user/sessions", json=body,
                                                 headers=listener["headers"]))
-    assert not [s for s in plain if "idempotency_keys" in s]
+    assert plain and not _ours(plain)
     keyed = every_statement(lambda: client.post(
         "/api/user/sessions", json=body, headers=_keyed(listener["headers"], "cheap")))
-    ours = [s.split()[0] for s in keyed if "idempotency_keys" in s]
-    assert ours == ["INSERT", "UPDATE"]
+    assert _ours(keyed) == ["EXECUTE", "EXECUTE"]  # the claim, the kept answer: prepared
     assert len(keyed) == len(plain) + 2
     replay = every_statement(lambda: client.post(
         "/api/user/sessions", json=body, headers=_keyed(listener["headers"], "cheap")))
-    assert [s.split()[0] for s in replay] == ["INSERT", "SELECT"]
+    assert _ours(replay) == ["EXECUTE", "SELECT"] and len(replay) == 2  # claim, kept answer
     # a read ignores the header
     reads = every_statement(lambda: client.get(
         "/api/user/sessions", headers=_keyed(listener["headers"], "cheap")))
-    assert not [s for s in reads if "idempotency_keys" in s]
+    assert not _ours(reads)
 
 
 def test_a_replay_is_served_by_another_process_after_the_first_is_gone(
@@ -319,6 +352,65 @@ def test_a_replay_is_served_by_another_process_after_the_first_is_gone(
                           headers=headers, timeout=10)
     assert again.status_code == 201 and again.headers[REPLAYED] == "true"
     assert again.json() == first.json()
+    assert _sessions(db_session) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_replay_survives_a_restart_of_the_web_server(idp, test_database_url, test_redis_url,
+                                                       tmp_path, token_for, make_package,
+                                                       db_session):
+    """gunicorn stopped as a deploy stops it (SIGTERM) and started again on the same database
+    and port: the retry of a write the previous run answered is replayed, not run again."""
+    package = make_package("rain")
+    headers = {"Authorization": f"Bearer {token_for('restarted@example.com')}",
+               "Idempotency-Key": "across-a-restart"}
+    body = {"package_id": package.id, "mood_before": 4}
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SONICUS_ENV": "testing",
+           "DATABASE_URL": test_database_url, "REDIS_URL": test_redis_url,
+           "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": "sonicus-test",
+           "RATELIMIT_ENABLED": "false", "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+
+    def start_gunicorn():
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "wsgi:app", "-c", "gunicorn.conf.py",
+             "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until_up(url + "/api/health", proc)
+        return proc
+
+    proc = start_gunicorn()
+    try:
+        first = requests.post(url + "/api/user/sessions", json=body, headers=headers,
+                              timeout=10)
+        assert first.status_code == 201 and REPLAYED not in first.headers, first.text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        with pytest.raises(requests.ConnectionError):  # nothing serves the port now
+            requests.post(url + "/api/user/sessions", json=body, headers=headers, timeout=10)
+
+        proc = start_gunicorn()
+        again = requests.post(url + "/api/user/sessions", json=body, headers=headers,
+                              timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    assert again.status_code == 201, again.text
+    assert again.headers[REPLAYED] == "true"
+    assert again.json() == first.json()
+    assert again.headers["Content-Type"] == first.headers["Content-Type"]
     assert _sessions(db_session) == 1
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, create_engine, delete, or_, select, update
+from sqlalchemy import and_, create_engine, delete, event, or_, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -91,21 +91,39 @@ def _keys_engine(main):
     if main.dialect.name != "postgresql":
         return main.execution_options(isolation_level="AUTOCOMMIT")
     # Autocommit: nothing to roll back when a connection goes back to the pool.
-    return create_engine(main.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
-                         pool_size=5, max_overflow=15, pool_timeout=10, pool_recycle=1800,
-                         connect_args={"connect_timeout": 5,
-                                       "options": "-c synchronous_commit=off"})
+    engine = create_engine(main.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
+                           pool_size=5, max_overflow=15, pool_timeout=10, pool_recycle=1800,
+                           connect_args={"connect_timeout": 5,
+                                         "options": "-c synchronous_commit=off"})
+    event.listen(engine, "connect", _prepare_statements)
+    return engine
 
 
-# The two statements every keyed write sends, on PostgreSQL: fixed SQL text on the pooled
-# psycopg2 connection, with no statement built, compiled or cached per call (that costs several
-# times the round trip itself). Anything rarer (a replay, a 409, a release, the sweep) and
-# SQLite go through SQLAlchemy.
-_CLAIM_SQL = (f"INSERT INTO {_table.fullname} (user_id, key, fingerprint, state, created_at, "
-              f"expires_at) VALUES (%s, %s, %s, '{RUNNING}', %s, %s) "
-              "ON CONFLICT (user_id, key) DO NOTHING RETURNING id")
-_STORE_SQL = (f"UPDATE {_table.fullname} SET state = '{DONE}', response_status = %s, "
-              f"response_body = %s, response_headers = %s WHERE id = %s AND state = '{RUNNING}'")
+# The two statements every keyed write sends, on PostgreSQL: prepared once per connection of
+# the keys' engine (parsed and planned once, not per request) and executed on the pooled
+# psycopg2 connection, with no SQLAlchemy statement built, compiled or looked up per call (that
+# cost several times the round trip). A replay, a 409, a release, the sweep, and SQLite go
+# through SQLAlchemy.
+_CLAIM = "sonicus_idempotency_claim"
+_STORE = "sonicus_idempotency_store"
+_PREPARE = (
+    f"PREPARE {_CLAIM} (integer, varchar, varchar, timestamptz, timestamptz) AS "
+    f"INSERT INTO {_table.fullname} (user_id, key, fingerprint, state, created_at, expires_at) "
+    f"VALUES ($1, $2, $3, '{RUNNING}', $4, $5) ON CONFLICT (user_id, key) DO NOTHING "
+    "RETURNING id; "
+    f"PREPARE {_STORE} (smallint, text, json, integer) AS "
+    f"UPDATE {_table.fullname} SET state = '{DONE}', response_status = $1, response_body = $2, "
+    f"response_headers = $3 WHERE id = $4 AND state = '{RUNNING}'")
+_CLAIM_SQL = f"EXECUTE {_CLAIM} (%s, %s, %s, %s, %s)"
+_STORE_SQL = f"EXECUTE {_STORE} (%s, %s, %s, %s)"
+
+
+def _prepare_statements(dbapi_connection, connection_record) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(_PREPARE)
+    finally:
+        cursor.close()
 
 
 def _execute_raw(engine, sql: str, params: tuple, fetch: bool):
