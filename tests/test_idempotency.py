@@ -207,6 +207,35 @@ def test_a_failed_write_keeps_nothing_and_its_retry_runs(client, listener, db_se
     assert _sessions(db_session) == 1
 
 
+def test_a_lost_connection_of_the_keys_is_a_503_and_the_retry_runs(listener, db_session,
+                                                                      make_config):
+    """The keys' connection dropped by the server (a restart of PostgreSQL, a proxy's
+    timeout): the request is answered 503, runs nothing, and the next one reconnects."""
+    fresh = create_app(make_config())
+    client = fresh.test_client()
+    body = {"package_id": listener["package"]}
+    first = client.post("/api/user/sessions", json=body,
+                        headers=_keyed(listener["headers"], "k-before"))
+    assert first.status_code == 201
+    engine = fresh.extensions[idempotency.ENGINE_KEY]
+    with engine.connect() as conn:  # the one connection its pool holds
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    db_session.execute(select(func.pg_terminate_backend(pid)))
+    db_session.commit()
+
+    headers = _keyed(listener["headers"], "k-lost")
+    lost = client.post("/api/user/sessions", json=body, headers=headers)
+    assert lost.status_code == 503 and lost.json["code"] == "service_unavailable"
+    assert _sessions(db_session) == 1
+    retry = client.post("/api/user/sessions", json=body, headers=headers)
+    assert retry.status_code == 201 and REPLAYED not in retry.headers
+    assert client.post("/api/user/sessions", json=body, headers=headers).headers[REPLAYED]
+    assert _sessions(db_session) == 2
+    with fresh.app_context():
+        db.engine.dispose()
+    engine.dispose()
+
+
 def test_a_key_still_running_is_409_until_it_is_stale(client, listener, db_session,
                                                       set_clock):
     now = set_clock(clock.now())
