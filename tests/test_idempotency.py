@@ -297,6 +297,34 @@ def test_a_key_of_255_printable_characters_is_accepted(client, listener):
     assert res.status_code == 201
 
 
+def test_keys_on_the_embedded_sqlite_default(tmp_path, make_config, make_user, make_package,
+                                             auth):
+    """SQLite (no prepared statements there): a retry replays, another body is refused."""
+    from flask_migrate import upgrade
+
+    lite = create_app(make_config(REDIS_URL=None,
+                                  DATABASE_URL=f"sqlite:///{tmp_path / 'lite.db'}"))
+    with lite.app_context():
+        upgrade()
+        make_user("lite@example.com")
+        package = make_package("rain").id
+        db.session.remove()
+    client = lite.test_client()
+    headers = _keyed(auth("lite@example.com"), "lite-1")
+    first = client.post("/api/user/sessions", json={"package_id": package}, headers=headers)
+    again = client.post("/api/user/sessions", json={"package_id": package}, headers=headers)
+    other = client.post("/api/user/sessions", json={"package_id": package, "mood_before": 2},
+                        headers=headers)
+    assert first.status_code == 201 and REPLAYED not in first.headers, first.get_json()
+    assert again.status_code == 201 and again.headers[REPLAYED] == "true"
+    assert again.get_json() == first.get_json()
+    assert other.status_code == 422 and other.json["code"] == "idempotency_key_reused"
+    with lite.app_context():
+        assert db.session.execute(select(func.count(ListeningSession.id))).scalar_one() == 1
+        db.session.remove()
+        db.engine.dispose()
+
+
 @pytest.fixture
 def every_statement():
     """``every_statement(action)`` → the SQL statements ``action()`` sent to PostgreSQL,
