@@ -4,13 +4,22 @@ process or thread it reaches, as long as the first one's answer is kept (24 h)."
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 
+import psycopg2.extensions
 import pytest
 import requests
+from processes import wait_until_up
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
 
 from sonicus import clock, create_app
 from sonicus.envelope import request_fingerprint
@@ -18,6 +27,7 @@ from sonicus.extensions import db
 from sonicus.models import IdempotencyKey, ListeningSession
 from sonicus.services import idempotency, listening
 
+ROOT = Path(__file__).resolve().parent.parent
 THREADS = 10
 REPLAYED = "Idempotent-Replayed"
 
@@ -197,6 +207,35 @@ def test_a_failed_write_keeps_nothing_and_its_retry_runs(client, listener, db_se
     assert _sessions(db_session) == 1
 
 
+def test_a_lost_connection_of_the_keys_is_a_503_and_the_retry_runs(listener, db_session,
+                                                                      make_config):
+    """The keys' connection dropped by the server (a restart of PostgreSQL, a proxy's
+    timeout): the request is answered 503, runs nothing, and the next one reconnects."""
+    fresh = create_app(make_config())
+    client = fresh.test_client()
+    body = {"package_id": listener["package"]}
+    first = client.post("/api/user/sessions", json=body,
+                        headers=_keyed(listener["headers"], "k-before"))
+    assert first.status_code == 201
+    engine = fresh.extensions[idempotency.ENGINE_KEY]
+    with engine.connect() as conn:  # the one connection its pool holds
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    db_session.execute(select(func.pg_terminate_backend(pid)))
+    db_session.commit()
+
+    headers = _keyed(listener["headers"], "k-lost")
+    lost = client.post("/api/user/sessions", json=body, headers=headers)
+    assert lost.status_code == 503 and lost.json["code"] == "service_unavailable"
+    assert _sessions(db_session) == 1
+    retry = client.post("/api/user/sessions", json=body, headers=headers)
+    assert retry.status_code == 201 and REPLAYED not in retry.headers
+    assert client.post("/api/user/sessions", json=body, headers=headers).headers[REPLAYED]
+    assert _sessions(db_session) == 2
+    with fresh.app_context():
+        db.engine.dispose()
+    engine.dispose()
+
+
 def test_a_key_still_running_is_409_until_it_is_stale(client, listener, db_session,
                                                       set_clock):
     now = set_clock(clock.now())
@@ -258,25 +297,77 @@ def test_a_key_of_255_printable_characters_is_accepted(client, listener):
     assert res.status_code == 201
 
 
+def test_keys_on_the_embedded_sqlite_default(tmp_path, make_config, make_user, make_package,
+                                             auth):
+    """SQLite (no prepared statements there): a retry replays, another body is refused."""
+    from flask_migrate import upgrade
+
+    lite = create_app(make_config(REDIS_URL=None,
+                                  DATABASE_URL=f"sqlite:///{tmp_path / 'lite.db'}"))
+    with lite.app_context():
+        upgrade()
+        make_user("lite@example.com")
+        package = make_package("rain").id
+        db.session.remove()
+    client = lite.test_client()
+    headers = _keyed(auth("lite@example.com"), "lite-1")
+    first = client.post("/api/user/sessions", json={"package_id": package}, headers=headers)
+    again = client.post("/api/user/sessions", json={"package_id": package}, headers=headers)
+    other = client.post("/api/user/sessions", json={"package_id": package, "mood_before": 2},
+                        headers=headers)
+    assert first.status_code == 201 and REPLAYED not in first.headers, first.get_json()
+    assert again.status_code == 201 and again.headers[REPLAYED] == "true"
+    assert again.get_json() == first.get_json()
+    assert other.status_code == 422 and other.json["code"] == "idempotency_key_reused"
+    with lite.app_context():
+        assert db.session.execute(select(func.count(ListeningSession.id))).scalar_one() == 1
+        db.session.remove()
+        db.engine.dispose()
+
+
 @pytest.fixture
 def every_statement():
-    """``every_statement(action)`` → the SQL statements ``action()`` sent through any engine
-    (the keys have an engine of their own)."""
+    """``every_statement(action)`` → the SQL statements ``action()`` sent to PostgreSQL,
+    through SQLAlchemy or, as the keys' claim and kept answer are, through the driver alone:
+    the cursors of every connection checked out meanwhile record what they execute, and
+    SQLAlchemy's events what runs on a connection held from before."""
 
     def run(action) -> list[str]:
         statements = []
 
-        def record(conn, cursor, statement, *args):
-            statements.append(statement)
+        class Recording(psycopg2.extensions.cursor):
+            def execute(self, query, vars=None):
+                statements.append(query.decode() if isinstance(query, bytes) else query)
+                return super().execute(query, vars)
 
-        event.listen(Engine, "before_cursor_execute", record)
+        def checkout(dbapi_connection, record, proxy):
+            dbapi_connection.cursor_factory = Recording
+
+        def checkin(dbapi_connection, record):
+            if dbapi_connection is not None:
+                dbapi_connection.cursor_factory = None
+
+        def before_execute(conn, cursor, statement, *args):
+            if not isinstance(cursor, Recording):
+                statements.append(statement)
+
+        listeners = [(Pool, "checkout", checkout), (Pool, "checkin", checkin),
+                     (Engine, "before_cursor_execute", before_execute)]
+        for target, name, listener in listeners:
+            event.listen(target, name, listener)
         try:
             action()
         finally:
-            event.remove(Engine, "before_cursor_execute", record)
+            for target, name, listener in listeners:
+                event.remove(target, name, listener)
         return statements
 
     return run
+
+
+def _ours(statements) -> list[str]:
+    """The statements on the keys (their table, or their prepared statements), by verb."""
+    return [s.split()[0] for s in statements if "idempotency" in s]
 
 
 def test_writes_without_the_header_cost_nothing_and_with_it_two_statements(
@@ -287,19 +378,18 @@ def test_writes_without_the_header_cost_nothing_and_with_it_two_statements(
 
     plain = every_statement(lambda: client.post("/api/user/sessions", json=body,
                                                 headers=listener["headers"]))
-    assert not [s for s in plain if "idempotency_keys" in s]
+    assert plain and not _ours(plain)
     keyed = every_statement(lambda: client.post(
         "/api/user/sessions", json=body, headers=_keyed(listener["headers"], "cheap")))
-    ours = [s.split()[0] for s in keyed if "idempotency_keys" in s]
-    assert ours == ["INSERT", "UPDATE"]
+    assert _ours(keyed) == ["EXECUTE", "EXECUTE"]  # the claim, the kept answer: prepared
     assert len(keyed) == len(plain) + 2
     replay = every_statement(lambda: client.post(
         "/api/user/sessions", json=body, headers=_keyed(listener["headers"], "cheap")))
-    assert [s.split()[0] for s in replay] == ["INSERT", "SELECT"]
+    assert _ours(replay) == ["EXECUTE", "SELECT"] and len(replay) == 2  # claim, kept answer
     # a read ignores the header
     reads = every_statement(lambda: client.get(
         "/api/user/sessions", headers=_keyed(listener["headers"], "cheap")))
-    assert not [s for s in reads if "idempotency_keys" in s]
+    assert not _ours(reads)
 
 
 def test_a_replay_is_served_by_another_process_after_the_first_is_gone(
@@ -319,6 +409,65 @@ def test_a_replay_is_served_by_another_process_after_the_first_is_gone(
                           headers=headers, timeout=10)
     assert again.status_code == 201 and again.headers[REPLAYED] == "true"
     assert again.json() == first.json()
+    assert _sessions(db_session) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_replay_survives_a_restart_of_the_web_server(idp, test_database_url, test_redis_url,
+                                                       tmp_path, token_for, make_package,
+                                                       db_session):
+    """gunicorn stopped as a deploy stops it (SIGTERM) and started again on the same database
+    and port: the retry of a write the previous run answered is replayed, not run again."""
+    package = make_package("rain")
+    headers = {"Authorization": f"Bearer {token_for('restarted@example.com')}",
+               "Idempotency-Key": "across-a-restart"}
+    body = {"package_id": package.id, "mood_before": 4}
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SONICUS_ENV": "testing",
+           "DATABASE_URL": test_database_url, "REDIS_URL": test_redis_url,
+           "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": "sonicus-test",
+           "RATELIMIT_ENABLED": "false", "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+
+    def start_gunicorn():
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "wsgi:app", "-c", "gunicorn.conf.py",
+             "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until_up(url + "/api/health", proc)
+        return proc
+
+    proc = start_gunicorn()
+    try:
+        first = requests.post(url + "/api/user/sessions", json=body, headers=headers,
+                              timeout=10)
+        assert first.status_code == 201 and REPLAYED not in first.headers, first.text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        with pytest.raises(requests.ConnectionError):  # nothing serves the port now
+            requests.post(url + "/api/user/sessions", json=body, headers=headers, timeout=10)
+
+        proc = start_gunicorn()
+        again = requests.post(url + "/api/user/sessions", json=body, headers=headers,
+                              timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    assert again.status_code == 201, again.text
+    assert again.headers[REPLAYED] == "true"
+    assert again.json() == first.json()
+    assert again.headers["Content-Type"] == first.headers["Content-Type"]
     assert _sessions(db_session) == 1
 
 
