@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -51,6 +52,10 @@ FIRST_START_WAIT_SECONDS = 0.5  # the request that starts the subscriber waits t
 LEASE_SECONDS = 90  # a socket's lease on its user's cap, renewed every LEASE_RENEW_SECONDS
 LEASE_RENEW_SECONDS = 30
 LEASE_RENEW_BATCH = 1000
+# Under gevent, delivery gives the event loop a turn (it polls sockets: a health probe, a
+# handshake) after this long writing to sockets; a fan-out to thousands of sockets never
+# holds the process for longer.
+DELIVERY_SLICE_SECONDS = 0.001
 
 # KEYS[1]: a user's leases; ARGV: now, the new lease's end, its member, the cap
 ADMIT_SCRIPT = """
@@ -79,6 +84,25 @@ def text_frame(text: str) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x81, 127, size)
     return header + payload
+
+
+def under_gevent() -> bool:
+    """True in a process whose sockets gevent patched (the socket process type)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("socket")
+
+
+def yield_to_loop() -> None:
+    """Under gevent, wait until the event loop has polled its sockets and run every greenlet
+    they woke (``gevent.idle``); ``gevent.sleep(0)`` would only let greenlets that are ready
+    already run, and the loop polls sockets only once its run of those is over (up to the
+    switch interval, 5 ms, on every yield). Elsewhere (threads, the dev server) nothing."""
+    if not under_gevent():
+        return
+    gevent = sys.modules["gevent"]
+    if gevent.getcurrent() is not gevent.get_hub():
+        gevent.idle()
+
 
 # Subscribers running in this process, stopped at interpreter exit so that none retries (and
 # logs) while logging is being shut down.
@@ -178,6 +202,16 @@ class Broker:
         self._next_renewal = 0.0
         self._releases: list[tuple[int, str, float]] = []  # leases to give back
         self._releasing = False
+        self._slice_ends = 0.0  # under gevent: when delivery gives the event loop a turn
+
+    def _pace(self) -> None:
+        """Between two writes of a fan-out: under gevent, give the event loop a turn once
+        delivery has run for ``DELIVERY_SLICE_SECONDS`` (requests and handshakes wait at most
+        that long behind a fan-out); under threads, nothing."""
+        if time.perf_counter() < self._slice_ends or not under_gevent():
+            return
+        yield_to_loop()
+        self._slice_ends = time.perf_counter() + DELIVERY_SLICE_SECONDS
 
     # ---- the local registry ----------------------------------------------------------------
     def admit(self, conn: Connection, per_process: int, per_user: int) -> str:
@@ -347,6 +381,7 @@ class Broker:
                 sent += 1
             else:
                 self.unregister(conn)
+            self._pace()
         return sent
 
     def close_local(self, user_id: int, code: int, reason: str) -> int:
@@ -368,6 +403,7 @@ class Broker:
             conn.close(code, reason)
             self.unregister(conn, release=False)
             conn.lease = None
+            self._pace()
         if leases:
             self._release_leases(leases)
         return len(conns)
@@ -450,9 +486,10 @@ class Broker:
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._handle(message)
-                        # Under gevent, let requests and other sockets run between
-                        # messages of a fan-out (under threads, a no-op).
-                        time.sleep(0)
+                        # under gevent, delivery gives the loop its turns (_pace); under
+                        # threads, let the others run between messages of a fan-out
+                        if not under_gevent():
+                            time.sleep(0)
                     self._renew_when_due()
                     if self._releases and not self._releasing:
                         self._release_leases([])

@@ -86,6 +86,31 @@ class SnapshotFirstConnection(Connection):
             self.started = True
 
 
+SOCKET_ENDED = "sonicus.socket_ended"  # in the environ of a request a socket handler served
+
+
+class EndSocketRequests:
+    """WSGI middleware: under gunicorn, a request that became a socket ends with no HTTP
+    answer (gunicorn is told the connection is dealt with).
+
+    flask-sock's own response does that, but Flask turns any response of another class than
+    the app's ``response_class`` into one (``force_type``), which drops it: gunicorn then
+    wrote an HTTP answer onto the socket after its close (``Bad file descriptor``, an error
+    and its traceback logged for every socket that closed)."""
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        answer = self.wsgi_app(environ, start_response)
+        if environ.get(SOCKET_ENDED) and "gunicorn.socket" in environ:
+            close = getattr(answer, "close", None)
+            if close is not None:
+                close()
+            raise StopIteration  # gunicorn: the connection is closed, write nothing
+        return answer
+
+
 def read_until_closed(ws, conn: Connection) -> None:
     """Read ``ws`` in its own handler until it closes: answer the client's pings and its close,
     ping a peer that was silent for ``ping_interval`` seconds and close one that lets a ping go
@@ -178,6 +203,7 @@ def authenticate_socket() -> None:
 
 
 def analytics_socket(ws):
+    request.environ[SOCKET_ENDED] = True  # upgraded: nothing may be written after the socket
     refusal = g.get("ws_refusal")
     if refusal is not None or g.get("ws_user") is None:
         code, reason = refusal or (CLOSE_INVALID_TOKEN, "invalid token")
@@ -252,6 +278,7 @@ def register_realtime(app, snapshot) -> None:
     ``snapshot(user_id)``: the user's current analytics (the broker never imports services).
     """
     init_broker(app, snapshot)
+    app.wsgi_app = EndSocketRequests(app.wsgi_app)
     app.config["SOCK_SERVER_OPTIONS"] = {**app.config.get("SOCK_SERVER_OPTIONS", {}),
                                          "thread_class": HandlerReads}
     app.before_request(start_subscriber)
