@@ -469,6 +469,22 @@ def _install_database_error_handlers(app) -> None:
     app.register_error_handler(DBAPIError, _dbapi_error)
 
 
+def _remove_session_if_used(error=None) -> None:
+    """flask-sqlalchemy's teardown, for a request that opened a session only: most reads are
+    answered without one (cached callers), and removing a session that was never made still
+    walks the scoped registry and raises and catches a ``KeyError``."""
+    if db.session.registry.has():
+        db.session.remove()
+
+
+def _install_session_teardown(app) -> None:
+    funcs = app.teardown_appcontext_funcs
+    for i, func in enumerate(funcs):
+        if getattr(func, "__self__", None) is db \
+                and getattr(func, "__name__", "") == "_teardown_session":
+            funcs[i] = _remove_session_if_used
+
+
 def install_proxy_fix(app) -> None:
     """Behind ``TRUSTED_PROXY_COUNT`` proxies, the client is the address the outermost trusted
     proxy saw: ``REMOTE_ADDR`` (read by the rate limits and the access log) and the scheme come
@@ -490,6 +506,7 @@ def init_web(app) -> None:
     app.before_request(refuse_deep_json)
     app.after_request(_finish_request_hook(_security_header_sets(app)))
     _install_database_error_handlers(app)
+    _install_session_teardown(app)
 
 
 class RedactTokensFilter(logging.Filter):
