@@ -259,7 +259,8 @@ class SonicusTokenValidator(BearerTokenValidator):
     def authenticate_token(self, token_string):
         try:
             claims, digest = get_verifier().verify_with_digest(
-                token_string, request_token_digest(request.environ, token_string))
+                token_string,
+                request_token_digest(request._get_current_object().environ, token_string))
         except TokenRejected as exc:
             raise InvalidTokenError(description=str(exc)) from exc
         except KeysUnavailable as exc:
@@ -311,7 +312,7 @@ def init_auth(app) -> None:
 
 
 def get_verifier() -> TokenVerifier:
-    verifier = current_app.extensions.get("sonicus_token_verifier")
+    verifier = current_app._get_current_object().extensions.get("sonicus_token_verifier")
     if verifier is None:
         raise KeysUnavailable()
     return verifier
@@ -385,12 +386,13 @@ def authenticate_request() -> Caller:
     A token seen moments ago is answered from the per-process cache without touching the
     database; otherwise the user is synced from the claims.
     """
-    state = g.__dict__
+    state = g._get_current_object().__dict__
     caller = state.get("caller")
     if caller is not None:
         return caller
     try:
-        claims = protector.validate_request(None, _BearerRequest(request.headers))
+        claims = protector.validate_request(
+            None, _BearerRequest(request._get_current_object().headers))
     except OAuth2Error as error:
         protector.raise_error_response(error)
     callers = get_caller_cache()
@@ -468,7 +470,7 @@ def _keep_idempotent_answer(response):
     """Keep the answer of a request that claimed a key (below 500), or give the key back.
     Never fails the request: the write may have committed (API.md: a committed write never
     answers 5xx); a key that could not be kept stays ``running`` until it is stale."""
-    claim = g.__dict__.pop("idempotency_claim", None)
+    claim = g._get_current_object().__dict__.pop("idempotency_claim", None)
     if claim is None:
         return response
     try:
@@ -484,7 +486,7 @@ def _keep_idempotent_answer(response):
 
 def _release_unanswered_key(error=None):
     """A request that ended in an exception no handler answered gives its key back."""
-    claim = g.__dict__.pop("idempotency_claim", None)
+    claim = g._get_current_object().__dict__.pop("idempotency_claim", None)
     if claim is None:
         return
     try:

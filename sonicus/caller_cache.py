@@ -135,7 +135,7 @@ def init_caller_cache(app) -> CallerCache:
 
 
 def get_caller_cache(app=None) -> CallerCache:
-    return (app or current_app).extensions[EXTENSION_KEY]
+    return (app or current_app._get_current_object()).extensions[EXTENSION_KEY]
 
 
 def forget_users(user_ids) -> None:

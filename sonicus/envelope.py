@@ -326,7 +326,7 @@ class Blueprint(flask_smorest.Blueprint):
 
     @staticmethod
     def _prepare_response_content(data):
-        state = g.__dict__
+        state = g._get_current_object().__dict__
         return envelope(data, message=state.get("envelope_message"),
                         pagination=state.get("pagination"))
 
@@ -425,9 +425,10 @@ _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 def idempotency_key() -> str | None:
     """The request's ``Idempotency-Key`` when it is a write that sends one; 422 naming the
     header when the value is not 1..255 printable ASCII characters."""
-    if request.method not in WRITE_METHODS:
+    req = request._get_current_object()
+    if req.method not in WRITE_METHODS:
         return None
-    value = request.headers.get(IDEMPOTENCY_HEADER)
+    value = req.headers.get(IDEMPOTENCY_HEADER)
     if value is None:
         return None
     if _IDEMPOTENCY_KEY.fullmatch(value) is None:

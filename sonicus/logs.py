@@ -18,11 +18,20 @@ import logging
 import sys
 
 from flask import g, has_request_context
+from rq import job as rq_job
 from rq.job import get_current_job
 
 from .web import JsonFormatter
 
 REQUEST_ID_META = "request_id"
+
+# RQ's per-thread stack of running jobs keeps an entry per thread that runs one: when it is
+# empty no job runs in this process (a web process, always), and the lookup of the current
+# job, which raises and catches three exceptions to answer None, is skipped.
+_RUNNING_JOBS = getattr(getattr(getattr(rq_job, "_job_stack", None), "_local", None),
+                        "__storage__", None)
+if not isinstance(_RUNNING_JOBS, dict):
+    _RUNNING_JOBS = None
 
 
 def current_request_id() -> str | None:
@@ -42,6 +51,8 @@ class JobContextFilter(logging.Filter):
     """Adds the running job (name, id, the enqueuing request's id) to a worker's lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if _RUNNING_JOBS is not None and not _RUNNING_JOBS:
+            return True
         try:
             job = get_current_job()
         except Exception:  # outside a worker, or a job that cannot be read

@@ -180,7 +180,7 @@ def _after_request(response):
     status = response.status_code
     count, seconds = _request_metrics(route, req.method, status)
     count.inc()
-    started = g.__dict__.get("request_started")
+    started = g._get_current_object().__dict__.get("request_started")
     if started is not None and seconds is not None:
         seconds.observe(time.perf_counter() - started)
     if status in (403, 429) and response.is_json:

@@ -161,7 +161,7 @@ class RateLimiter:
 
     def check(self) -> None:
         """Count this request; raise 429 when it is over a window."""
-        environ = request.environ
+        environ = request._get_current_object().environ
         if environ.get("PATH_INFO") in EXEMPT_PATHS or environ["REQUEST_METHOD"] == "OPTIONS":
             return
         now = time.time()

@@ -23,6 +23,7 @@ from flask.sessions import SessionInterface
 from flask_cors import CORS
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.local import LocalProxy
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 from werkzeug.utils import cached_property
@@ -209,12 +210,47 @@ class IdConverter(IntegerConverter):
         super().__init__(map, fixed_digits=fixed_digits, min=min, max=max, signed=signed)
 
 
+class _ProxiedAttribute:
+    """``proxy.name``, read from the object behind a context proxy (``request``, ``g``,
+    ``current_app``), found on the proxy's class. werkzeug's ``LocalProxy`` serves an attribute
+    through ``__getattr__``, which Python calls only after the ordinary lookup failed: every
+    such read formats and raises an ``AttributeError`` first (several thousand instructions,
+    some twenty times a request between Flask, flask-smorest and the app). The result is the
+    same object ``__getattr__`` would return; writes and deletes still go through the proxy."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        return getattr(instance._get_current_object(), self.name)
+
+
+# What every request reads through the context proxies (Flask's dispatch and hooks,
+# flask-smorest's response wrapper, the app's own hooks).
+PROXIED_ATTRIBUTES = ("environ", "headers", "method", "blueprints", "request", "ensure_sync",
+                      "extensions", "json", "setdefault")
+
+
+def _install_proxied_attributes() -> None:
+    for name in PROXIED_ATTRIBUTES:
+        if not hasattr(LocalProxy, name):
+            setattr(LocalProxy, name, _ProxiedAttribute(name))
+
+
+_install_proxied_attributes()
+
+
 def refuse_deep_json():
     """A body nested deeper than ``MAX_JSON_DEPTH`` levels is refused before anything
     parses it (parsers recurse: 10,000 levels would exhaust the stack)."""
-    if request.method in ("GET", "HEAD", "OPTIONS"):
+    req = request._get_current_object()
+    if req.method in ("GET", "HEAD", "OPTIONS"):
         return
-    body = request.get_data(cache=True)
+    body = req.get_data(cache=True)
     if body and json_too_deep(body):
         raise ApiError(400, "validation_error", "The request body is nested too deeply.",
                        errors=[f"body: JSON may nest at most {MAX_JSON_DEPTH} levels."])
@@ -295,7 +331,7 @@ def _install_cors(app) -> None:
 
 def _only_with_origin(cors_hook):
     def cors_after_request(response):
-        if "HTTP_ORIGIN" not in request.environ:
+        if "HTTP_ORIGIN" not in request._get_current_object().environ:
             return response
         return cors_hook(response)
 
@@ -304,12 +340,12 @@ def _only_with_origin(cors_hook):
 
 def _start_request():
     # g lives on the app context, which a caller may share across requests.
-    state = g.__dict__
+    state = g._get_current_object().__dict__
     if state:
         for name in ("caller", "current_user_id", "pagination", "envelope_message",
                      "rate_limit", "idempotency_claim"):
             state.pop(name, None)
-    incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
+    incoming = request._get_current_object().environ.get("HTTP_X_REQUEST_ID", "")
     # A correlation id, not a secret: no system call (uuid4 asks the kernel for entropy,
     # which under load means handing the interpreter lock to another thread and waiting).
     state["request_id"] = (incoming if _REQUEST_ID.fullmatch(incoming)
@@ -384,7 +420,7 @@ def _finish_request_hook(header_sets):
             extra.append(("Cache-Control", "no-store"))
         if "x-request-id" in present:
             del headers["X-Request-ID"]
-        state = g.__dict__
+        state = g._get_current_object().__dict__
         extra.append(("X-Request-ID", state.get("request_id", "")))
         rate_limit = state.get("rate_limit")
         if rate_limit is not None:
@@ -433,6 +469,22 @@ def _install_database_error_handlers(app) -> None:
     app.register_error_handler(DBAPIError, _dbapi_error)
 
 
+def _remove_session_if_used(error=None) -> None:
+    """flask-sqlalchemy's teardown, for a request that opened a session only: most reads are
+    answered without one (cached callers), and removing a session that was never made still
+    walks the scoped registry and raises and catches a ``KeyError``."""
+    if db.session.registry.has():
+        db.session.remove()
+
+
+def _install_session_teardown(app) -> None:
+    funcs = app.teardown_appcontext_funcs
+    for i, func in enumerate(funcs):
+        if getattr(func, "__self__", None) is db \
+                and getattr(func, "__name__", "") == "_teardown_session":
+            funcs[i] = _remove_session_if_used
+
+
 def install_proxy_fix(app) -> None:
     """Behind ``TRUSTED_PROXY_COUNT`` proxies, the client is the address the outermost trusted
     proxy saw: ``REMOTE_ADDR`` (read by the rate limits and the access log) and the scheme come
@@ -454,6 +506,7 @@ def init_web(app) -> None:
     app.before_request(refuse_deep_json)
     app.after_request(_finish_request_hook(_security_header_sets(app)))
     _install_database_error_handlers(app)
+    _install_session_teardown(app)
 
 
 class RedactTokensFilter(logging.Filter):
