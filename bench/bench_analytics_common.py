@@ -120,18 +120,18 @@ def percentile(values, pct: float) -> float:
     return ordered[index]
 
 
-def start_gunicorn(*, threads: int = 64, connections: int = 1000, extra=()):
-    """One gunicorn web process (gthread) on a free port; returns (process, port)."""
+def spawn_gunicorn(argv, env: dict, log=None):
+    """``gunicorn *argv`` bound to a free port (``127.0.0.1:0``), from the checkout, with
+    ``env`` on top of this environment; returns (process, port) once its worker boots. The
+    rest of its stderr goes to ``log`` (a file), or nowhere."""
     import re
     import subprocess
+    import threading
 
-    cmd = [str(ROOT / ".venv/bin/gunicorn"), "-w", "1", "-k", "gthread", "--threads",
-           str(threads), "--worker-connections", str(connections), "-b", "127.0.0.1:0",
-           "--no-control-socket", "--log-level", "info", "--timeout", "120",
-           "--graceful-timeout", "3", *extra,
-           "wsgi:app"]
-    env = {**os.environ, **bench_env(), "WS_MAX_SOCKETS_PER_PROCESS": str(connections)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv/bin/gunicorn"), *argv, "--bind", "127.0.0.1:0",
+         "--no-control-socket", "--graceful-timeout", "3"],
+        cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
     port = None
     for line in proc.stderr:
         found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", line)
@@ -142,10 +142,16 @@ def start_gunicorn(*, threads: int = 64, connections: int = 1000, extra=()):
     if port is None:
         proc.kill()
         raise RuntimeError("gunicorn did not start")
-    import threading
-
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    write = log.write if log is not None else (lambda line: None)
+    threading.Thread(target=lambda: [write(line) for line in proc.stderr], daemon=True).start()
     return proc, port
+
+
+def start_gunicorn(*, threads: int = 64, connections: int = 1000, extra=()):
+    """One gunicorn web process (gthread) on a free port; returns (process, port)."""
+    argv = ["-w", "1", "-k", "gthread", "--threads", str(threads), "--worker-connections",
+            str(connections), "--log-level", "info", "--timeout", "120", *extra, "wsgi:app"]
+    return spawn_gunicorn(argv, {**bench_env(), "WS_MAX_SOCKETS_PER_PROCESS": str(connections)})
 
 
 def start_worker(*args: str):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from bench_analytics_common import (
     ensure_database,
     make_bench_app,
     reset_schema,
+    spawn_gunicorn,
     stop_process,
     wait_http,
 )
@@ -49,23 +49,7 @@ PER_USER = 10
 
 
 def start_gunicorn(argv: list[str], env: dict) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([str(ROOT / ".venv/bin/gunicorn"), *argv, "--bind", "127.0.0.1:0",
-                             "--no-control-socket", "--graceful-timeout", "3"],
-                            cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.PIPE,
-                            text=True)
-    port = None
-    for line in proc.stderr:
-        found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-        if "Booting worker" in line:
-            break
-    if port is None:
-        proc.kill()
-        raise RuntimeError("gunicorn did not start")
-    import threading
-
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    proc, port = spawn_gunicorn(argv, env)
     wait_http(f"http://127.0.0.1:{port}/api/health")
     return proc, port
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from bench_analytics_common import (
     make_bench_app,
     percentile,
     reset_schema,
+    spawn_gunicorn,
     stop_process,
     wait_http,
 )
@@ -62,24 +62,9 @@ def worker_pid(master_pid: int) -> int:
 
 
 def start_ws_process(extra_env: dict) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, **bench_env(), "SONICUS_PROCESS": "ws", **extra_env}
-    proc = subprocess.Popen(
-        [str(ROOT / ".venv/bin/gunicorn"), "-c", "gunicorn.conf.py", "--bind", "127.0.0.1:0",
-         "--no-control-socket", "--graceful-timeout", "3", "wsgi:app"],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    port = None
-    for line in proc.stderr:
-        found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-        if "Booting worker" in line:
-            break
-    if port is None:
-        proc.kill()
-        raise RuntimeError("gunicorn did not start")
     log = open(os.environ.get("BENCH_WS_LOG", os.devnull), "w")  # noqa: SIM115
-    threading.Thread(target=lambda: [log.write(line) for line in proc.stderr], daemon=True).start()
-    return proc, port
+    return spawn_gunicorn(["-c", "gunicorn.conf.py", "wsgi:app"],
+                          {**bench_env(), "SONICUS_PROCESS": "ws", **extra_env}, log=log)
 
 
 class HealthProbe:
@@ -116,7 +101,6 @@ class HealthProbe:
         while not stop.is_set():
             out.append(self.once())
             time.sleep(0.002)
-
 
 def summary(values: list[float]) -> str:
     return (f"p50 {percentile(values, 50):.2f} ms, p99 {percentile(values, 99):.2f} ms "
