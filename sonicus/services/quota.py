@@ -35,7 +35,9 @@ class Usage:
     resets_at: datetime
 
 
-def _counted_on_day(user_id: int, day: date) -> tuple:
+def _counted_on_day(user_id, day) -> tuple:
+    """The sessions that count toward the quota of ``user_id`` on ``day`` (values or bound
+    parameters)."""
     return (ListeningSession.user_id == user_id, ListeningSession.local_day == day,
             ListeningSession.counts_toward_quota.is_(True))
 
@@ -67,9 +69,7 @@ def _insert_statement(limited: bool):
     source = select(*[bindparam(name, type_=table.c[name].type) for name in START_COLUMNS])
     if limited:
         used = (select(func.count()).select_from(table)
-                .where(table.c.user_id == bindparam("user_id"),
-                       table.c.local_day == bindparam("local_day"),
-                       table.c.counts_toward_quota.is_(True))
+                .where(*_counted_on_day(bindparam("user_id"), bindparam("local_day")))
                 .scalar_subquery())
         source = source.where(used < bindparam("daily_limit"))
     return insert(table).from_select(list(START_COLUMNS), source).returning(table.c.id)
