@@ -4,6 +4,7 @@ process or thread it reaches, as long as the first one's answer is kept (24 h)."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import psycopg2.extensions
 import pytest
 import requests
 from processes import wait_until_up
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
@@ -26,6 +27,7 @@ from sonicus.envelope import request_fingerprint
 from sonicus.extensions import db
 from sonicus.models import IdempotencyKey, ListeningSession
 from sonicus.services import idempotency, listening
+from sonicus.services.answer_writer import APPLICATION_NAME, AnswerWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 10
@@ -260,6 +262,57 @@ def test_a_key_still_running_is_409_until_it_is_stale(client, listener, db_sessi
     assert _sessions(db_session) == 1
 
 
+def test_a_retry_that_finds_the_key_running_waits_for_the_answer_on_its_way(
+        app, client, listener, db_session):
+    """The first request's answer is sent to the database without waiting for it: a retry
+    that gets there before it finds the key running, waits a moment and replays the answer
+    instead of answering 409."""
+    body = {"package_id": listener["package"]}
+    headers = _keyed(listener["headers"], "k-late")
+    with app.test_request_context("/api/user/sessions", method="POST", json=body,
+                                  headers=headers):
+        claim = idempotency.claim_key(listener["id"], "k-late", request_fingerprint())
+    answer = {"data": {"id": 77, "status": "active"}, "message": "Session started."}
+
+    def keep():
+        with app.app_context():
+            idempotency.store_answer(claim, 201, json.dumps(answer),
+                                     {"Content-Type": "application/json"})
+            idempotency.settle_answers()
+
+    timer = threading.Timer(0.015, keep)
+    timer.start()
+    retry = client.post("/api/user/sessions", json=body, headers=headers)
+    timer.join()
+    assert retry.status_code == 201 and retry.headers[REPLAYED] == "true"
+    assert retry.get_json() == answer
+    assert _sessions(db_session) == 0  # replayed, not run
+
+
+def test_answers_are_kept_after_the_writers_connections_are_dropped(
+        app, client, listener, db_session):
+    """The connections that write answers, dropped by the server (a restart of PostgreSQL,
+    a proxy's timeout): the next write reconnects and its answer is kept."""
+    body = {"package_id": listener["package"]}
+    first = client.post("/api/user/sessions", json=body,
+                        headers=_keyed(listener["headers"], "k-w1"))
+    assert first.status_code == 201
+    with app.app_context():
+        idempotency.settle_answers()
+    dropped = db_session.execute(
+        select(func.pg_terminate_backend(text("pid"))).select_from(text("pg_stat_activity"))
+        .where(text("application_name = :name")), {"name": APPLICATION_NAME}).scalars().all()
+    db_session.commit()
+    assert dropped and all(dropped)
+
+    headers = _keyed(listener["headers"], "k-w2")
+    second = client.post("/api/user/sessions", json=body, headers=headers)
+    assert second.status_code == 201
+    again = client.post("/api/user/sessions", json=body, headers=headers)
+    assert again.headers[REPLAYED] == "true" and again.get_json() == second.get_json()
+    assert _sessions(db_session) == 2
+
+
 def test_keys_expire_after_a_day_and_are_swept(app, client, listener, db_session, set_clock):
     now = set_clock(clock.now())
     body = {"package_id": listener["package"]}
@@ -329,8 +382,9 @@ def test_keys_on_the_embedded_sqlite_default(tmp_path, make_config, make_user, m
 def every_statement():
     """``every_statement(action)`` → the SQL statements ``action()`` sent to PostgreSQL,
     through SQLAlchemy or, as the keys' claim and kept answer are, through the driver alone:
-    the cursors of every connection checked out meanwhile record what they execute, and
-    SQLAlchemy's events what runs on a connection held from before."""
+    the cursors of every connection checked out meanwhile record what they execute,
+    SQLAlchemy's events what runs on a connection held from before, and the answer writer
+    what it sends on its own connections."""
 
     def run(action) -> list[str]:
         statements = []
@@ -351,13 +405,21 @@ def every_statement():
             if not isinstance(cursor, Recording):
                 statements.append(statement)
 
+        real_send = AnswerWriter.send
+
+        def send(writer, sql, params, what):  # sent without waiting, on its own connections
+            statements.append(sql)
+            return real_send(writer, sql, params, what)
+
         listeners = [(Pool, "checkout", checkout), (Pool, "checkin", checkin),
                      (Engine, "before_cursor_execute", before_execute)]
         for target, name, listener in listeners:
             event.listen(target, name, listener)
+        AnswerWriter.send = send
         try:
             action()
         finally:
+            AnswerWriter.send = real_send
             for target, name, listener in listeners:
                 event.remove(target, name, listener)
         return statements
