@@ -27,7 +27,7 @@ from sonicus.envelope import request_fingerprint
 from sonicus.extensions import db
 from sonicus.models import IdempotencyKey, ListeningSession
 from sonicus.services import idempotency, listening
-from sonicus.services.answer_writer import APPLICATION_NAME, AnswerWriter
+from sonicus.services.keys_connections import APPLICATION_NAME, KeysConnections
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 10
@@ -209,24 +209,45 @@ def test_a_failed_write_keeps_nothing_and_its_retry_runs(client, listener, db_se
     assert _sessions(db_session) == 1
 
 
-def test_a_lost_connection_of_the_keys_is_a_503_and_the_retry_runs(listener, db_session,
-                                                                      make_config):
-    """The keys' connection dropped by the server (a restart of PostgreSQL, a proxy's
-    timeout): the request is answered 503, runs nothing, and the next one reconnects."""
+def test_a_claim_cut_off_by_the_database_is_a_503_and_the_retry_runs(listener, db_session,
+                                                                       make_config):
+    """The keys' connection dropped by the server while a claim waits on it (a restart of
+    PostgreSQL, a proxy's timeout): the request is answered 503, runs nothing, and the retry
+    reconnects and runs."""
     fresh = create_app(make_config())
     client = fresh.test_client()
     body = {"package_id": listener["package"]}
     first = client.post("/api/user/sessions", json=body,
                         headers=_keyed(listener["headers"], "k-before"))
     assert first.status_code == 201
-    engine = fresh.extensions[idempotency.ENGINE_KEY]
-    with engine.connect() as conn:  # the one connection its pool holds
-        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-    db_session.execute(select(func.pg_terminate_backend(pid)))
-    db_session.commit()
 
+    # The claim's reference to the user waits behind this lock, on the keys' connection.
+    holder = psycopg2.connect(db_session.get_bind().url.set(drivername="postgresql")
+                              .render_as_string(hide_password=False))
+    holder.cursor().execute("SELECT 1 FROM sonicus.users WHERE id = %s FOR UPDATE",
+                            (listener["id"],))
+    answers = []
     headers = _keyed(listener["headers"], "k-lost")
-    lost = client.post("/api/user/sessions", json=body, headers=headers)
+    waiting = threading.Thread(target=lambda: answers.append(
+        client.post("/api/user/sessions", json=body, headers=headers)))
+    waiting.start()
+    try:
+        for _ in range(200):
+            dropped = db_session.execute(
+                select(func.pg_terminate_backend(text("pid"))).select_from(
+                    text("pg_stat_activity"))
+                .where(text("application_name = :name AND wait_event_type = 'Lock'")),
+                {"name": APPLICATION_NAME}).scalars().all()
+            db_session.commit()
+            if dropped:
+                break
+            threading.Event().wait(0.01)
+        assert dropped
+        waiting.join(timeout=10)
+    finally:
+        holder.rollback()
+        holder.close()
+    lost = answers[0]
     assert lost.status_code == 503 and lost.json["code"] == "service_unavailable"
     assert _sessions(db_session) == 1
     retry = client.post("/api/user/sessions", json=body, headers=headers)
@@ -234,8 +255,9 @@ def test_a_lost_connection_of_the_keys_is_a_503_and_the_retry_runs(listener, db_
     assert client.post("/api/user/sessions", json=body, headers=headers).headers[REPLAYED]
     assert _sessions(db_session) == 2
     with fresh.app_context():
+        idempotency.settle_answers()
         db.engine.dispose()
-    engine.dispose()
+        fresh.extensions[idempotency.ENGINE_KEY].dispose()
 
 
 def test_a_key_still_running_is_409_until_it_is_stale(client, listener, db_session,
@@ -289,10 +311,11 @@ def test_a_retry_that_finds_the_key_running_waits_for_the_answer_on_its_way(
     assert _sessions(db_session) == 0  # replayed, not run
 
 
-def test_answers_are_kept_after_the_writers_connections_are_dropped(
+def test_keyed_writes_work_on_after_the_keys_connections_are_dropped(
         app, client, listener, db_session):
-    """The connections that write answers, dropped by the server (a restart of PostgreSQL,
-    a proxy's timeout): the next write reconnects and its answer is kept."""
+    """The keys' connections, dropped by the server while idle (a restart of PostgreSQL, a
+    proxy's timeout): the next keyed write notices before using one, reconnects, runs once
+    and keeps its answer."""
     body = {"package_id": listener["package"]}
     first = client.post("/api/user/sessions", json=body,
                         headers=_keyed(listener["headers"], "k-w1"))
@@ -383,8 +406,8 @@ def every_statement():
     """``every_statement(action)`` → the SQL statements ``action()`` sent to PostgreSQL,
     through SQLAlchemy or, as the keys' claim and kept answer are, through the driver alone:
     the cursors of every connection checked out meanwhile record what they execute,
-    SQLAlchemy's events what runs on a connection held from before, and the answer writer
-    what it sends on its own connections."""
+    SQLAlchemy's events what runs on a connection held from before, and the keys' own
+    connections what they run."""
 
     def run(action) -> list[str]:
         statements = []
@@ -405,21 +428,25 @@ def every_statement():
             if not isinstance(cursor, Recording):
                 statements.append(statement)
 
-        real_send = AnswerWriter.send
+        real_send, real_fetch = KeysConnections.send, KeysConnections.fetch
 
-        def send(writer, sql, params, what):  # sent without waiting, on its own connections
+        def send(connections, sql, params, what):  # the keys' own connections
             statements.append(sql)
-            return real_send(writer, sql, params, what)
+            return real_send(connections, sql, params, what)
+
+        def fetch(connections, sql, params):
+            statements.append(sql)
+            return real_fetch(connections, sql, params)
 
         listeners = [(Pool, "checkout", checkout), (Pool, "checkin", checkin),
                      (Engine, "before_cursor_execute", before_execute)]
         for target, name, listener in listeners:
             event.listen(target, name, listener)
-        AnswerWriter.send = send
+        KeysConnections.send, KeysConnections.fetch = send, fetch
         try:
             action()
         finally:
-            AnswerWriter.send = real_send
+            KeysConnections.send, KeysConnections.fetch = real_send, real_fetch
             for target, name, listener in listeners:
                 event.remove(target, name, listener)
         return statements

@@ -11,7 +11,7 @@ the fingerprint) done gets the kept answer, one still running gets 409
 ``idempotency_key_in_use``, another request gets 422 ``idempotency_key_reused``.
 
 On PostgreSQL the kept answer's UPDATE is sent before the answer leaves and not waited for
-(``answer_writer.AnswerWriter``): the write has committed and its answer does not depend on
+(``keys_connections.KeysConnections``): the write has committed and its answer does not depend on
 it. A retry that reaches the database before that UPDATE has run finds its key ``running``
 and reads it again for up to ``ANSWER_WAIT`` before answering 409, so a retry sent as soon
 as the answer arrives is replayed.
@@ -43,7 +43,7 @@ from .. import clock
 from ..envelope import ApiError
 from ..extensions import db
 from ..models.idempotency import DONE, RUNNING, IdempotencyKey
-from .answer_writer import AnswerWriter
+from .keys_connections import KeysConnections
 from .transaction import account_gone, names_a_missing_user
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ CLAIM_ATTEMPTS = 3
 # lands within a millisecond or so of the answer leaving.
 ANSWER_WAIT = timedelta(milliseconds=50)
 ANSWER_POLL = 0.002
-WRITER_KEY = "sonicus_idempotency_writer"
+CONNECTIONS_KEY = "sonicus_idempotency_connections"
 
 _engine_lock = threading.Lock()
 _table = IdempotencyKey.__table__
@@ -179,8 +179,15 @@ def _insert_running(engine, user_id: int, key: str, fingerprint: str, now: datet
     """The ``running`` row's id, or None when the key is there already."""
     try:
         if engine.dialect.name == "postgresql":
-            return _execute_raw(engine, _CLAIM_SQL,
-                                (user_id, key, fingerprint, now, now + KEEP_FOR), fetch=True)
+            params = (user_id, key, fingerprint, now, now + KEEP_FOR)
+            connections = _connections(engine)
+            if connections is None:
+                return _execute_raw(engine, _CLAIM_SQL, params, fetch=True)
+            try:
+                return connections.fetch(_CLAIM_SQL, params)
+            except psycopg2.Error as exc:
+                lost = isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+                raise _wrapped(engine, _CLAIM_SQL, params, exc, lost) from exc
         statement = (sqlite.insert(_table)
                      .values(user_id=user_id, key=key, fingerprint=fingerprint, state=RUNNING,
                              created_at=now, expires_at=now + KEEP_FOR)
@@ -268,18 +275,18 @@ def _takeable(now: datetime):
 
 def store_answer(claim: int, status: int, body: str, headers: dict) -> None:
     """Keep the answer of the request that holds ``claim`` for its retries. On PostgreSQL
-    the UPDATE is sent and not waited for (``AnswerWriter``); its failure is logged there."""
+    the UPDATE is sent and not waited for (``KeysConnections``), its failure logged there."""
     engine = _engine()
     if engine.dialect.name == "postgresql":
         params = (status, body, json.dumps(headers) if headers else None, claim)
-        writer = _writer(engine)
-        if writer is not None:
-            try:
-                writer.send(_STORE_SQL, params, f"the answer of idempotency key {claim}")
-                return
-            except psycopg2.Error as exc:  # could not connect: keep it the waiting way
-                log.warning("idempotency answer writer unavailable: %s", type(exc).__name__)
-        _execute_raw(engine, _STORE_SQL, params, fetch=False)
+        connections = _connections(engine)
+        if connections is None:
+            _execute_raw(engine, _STORE_SQL, params, fetch=False)
+            return
+        try:
+            connections.send(_STORE_SQL, params, f"the answer of idempotency key {claim}")
+        except psycopg2.Error as exc:  # not even sent (no connection): raised as any other
+            raise _wrapped(engine, _STORE_SQL, params, exc, lost=True) from exc
         return
     with engine.connect() as conn:
         conn.execute(update(_table).where(_c.id == claim, _c.state == RUNNING)
@@ -287,27 +294,27 @@ def store_answer(claim: int, status: int, body: str, headers: dict) -> None:
                              response_headers=headers or None))
 
 
-def _writer(engine) -> AnswerWriter | None:
-    """This app's answer writer (PostgreSQL with blocking psycopg2; None under gevent's
+def _connections(engine) -> KeysConnections | None:
+    """This app's keys connections (PostgreSQL with blocking psycopg2; None under gevent's
     cooperative psycopg2, whose connections are not to be driven by hand)."""
-    writer = current_app.extensions.get(WRITER_KEY)
-    if writer is None:
+    connections = current_app.extensions.get(CONNECTIONS_KEY)
+    if connections is None:
         if psycopg2.extensions.get_wait_callback() is not None:
             return None
         with _engine_lock:
-            writer = current_app.extensions.get(WRITER_KEY)
-            if writer is None:
+            connections = current_app.extensions.get(CONNECTIONS_KEY)
+            if connections is None:
                 url = engine.url.set(drivername="postgresql")
-                writer = current_app.extensions[WRITER_KEY] = AnswerWriter(
-                    url.render_as_string(hide_password=False), _PREPARE_STORE)
-    return writer
+                connections = current_app.extensions[CONNECTIONS_KEY] = KeysConnections(
+                    url.render_as_string(hide_password=False), _PREPARE)
+    return connections
 
 
 def settle_answers() -> None:
     """Wait until every answer this process has sent is written (tests, shutdown)."""
-    writer = current_app.extensions.get(WRITER_KEY)
-    if writer is not None:
-        writer.settle()
+    connections = current_app.extensions.get(CONNECTIONS_KEY)
+    if connections is not None:
+        connections.settle()
 
 
 def release_key(claim: int) -> None:

@@ -1,24 +1,23 @@
-"""Kept answers sent to PostgreSQL without waiting for them (services/idempotency.py).
+"""The idempotency keys' own PostgreSQL connections (services/idempotency.py): the claim
+waited for, the kept answer sent without waiting.
 
 A keyed write's answer is kept by one UPDATE after the write has committed. The request
 has nothing to learn from that UPDATE: whether it lands or not, the client gets the answer
 the view gave (API.md: a committed write never answers 5xx). So the UPDATE is *sent* before
 the answer leaves and its result is read later, when the connection is next taken, instead
-of holding the answer for a round trip to the database.
-
-Sending is what matters for retries: PostgreSQL executes a statement it has received even
-if this process dies right after, and it has received it before the client can have the
-answer. A retry that reaches the database before the UPDATE has run finds the key still
-``running``; ``claim_key`` waits up to ``ANSWER_WAIT`` for such a key before it answers 409,
-so a retry sent at once is replayed as before.
+of holding the answer for a round trip to the database. Sending is what matters for retries:
+PostgreSQL runs a statement it has received even if this process dies right after, and the
+statement is on its way before the answer is. A retry that reaches the database before the
+UPDATE has run finds the key ``running``; ``claim_key`` waits up to ``ANSWER_WAIT`` for such
+a key before it answers 409, so a retry sent at once is replayed.
 
 The connections are psycopg2's asynchronous ones (``async_=True``: ``execute`` sends and
-returns), autocommit by nature, with ``synchronous_commit`` off like the keys' engine (see
+returns), autocommit by nature, with ``synchronous_commit`` off (see
 ``idempotency._keys_engine``). Each is used by one thread at a time: taken from the idle
-list, its previous statement's result read (and a failure logged: that answer was not
-kept, so its key stays ``running`` until ``STALE_RUNNING``), the new statement sent, and
-given back. Not used under gevent's cooperative psycopg2 (the socket process), where the
-keys' engine writes the answer and waits.
+list, its previous statement's result read, checked for a close by the server while it was
+idle, used, and given back. A statement found lost with its connection is sent again once on
+a new one, so what is sent without waiting must be safe to run twice. Not used under gevent's
+cooperative psycopg2 (the socket process), where the keys' engine runs both and waits.
 
 No library does this: SQLAlchemy's pools and psycopg2's pool hand out connections whose
 statements are waited for; psycopg 3's pipeline mode batches statements of one connection
@@ -38,7 +37,7 @@ import psycopg2.extensions
 log = logging.getLogger(__name__)
 
 KEEP_IDLE = 16  # connections kept open between requests (one per thread that keeps answers)
-APPLICATION_NAME = "sonicus-answers"  # how its connections show in pg_stat_activity
+APPLICATION_NAME = "sonicus-keys"  # how its connections show in pg_stat_activity
 
 
 def _wait(connection, timeout: float | None = None) -> bool:
@@ -72,13 +71,9 @@ class _Connection:
         self.pending: _Statement | None = None  # sent, result not read yet
 
 
-class AnswerWriter:
-    """Sends statements on PostgreSQL connections of its own without waiting for them.
-
-    A statement whose connection turns out lost when its result is read (the server
-    restarted, a proxy dropped it) is sent again once on a new connection: the statements
-    given to it must be safe to run twice (the kept answer's UPDATE only changes a
-    ``running`` row)."""
+class KeysConnections:
+    """A few PostgreSQL connections of its own: ``fetch`` waits for its statement, ``send``
+    does not (what it sends must be safe to run twice: see the module's doc)."""
 
     def __init__(self, dsn: str, prepare: str, *, connect_timeout: int = 5,
                  options: str = "-c synchronous_commit=off"):
@@ -90,6 +85,24 @@ class AnswerWriter:
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+
+    def fetch(self, sql: str, params: tuple):
+        """Run ``sql`` and return the first column of its first row (None: no row). Raises
+        psycopg2's error; the connection is dropped when it was lost."""
+        connection = self._take()
+        try:
+            connection.cursor.execute(sql, params)
+            if not _wait(connection.raw, self._timeout):
+                raise psycopg2.OperationalError(f"no result in {self._timeout} s")
+            row = connection.cursor.fetchone()
+        except psycopg2.Error as exc:
+            if _lost(connection, exc):
+                self._discard(connection)
+            else:
+                self._give_back(connection)
+            raise
+        self._give_back(connection)
+        return row[0] if row else None
 
     def send(self, sql: str, params: tuple, what: object) -> None:
         """Send ``sql`` and return at once. Raises psycopg2's error when it could not even
@@ -153,9 +166,7 @@ class AnswerWriter:
             if _readable(connection.raw):  # idle, yet the server spoke: it closed it
                 raise psycopg2.OperationalError("closed by the server")
         except psycopg2.Error as exc:
-            lost = connection.raw.closed or isinstance(
-                exc, psycopg2.OperationalError | psycopg2.InterfaceError)
-            if not lost:  # the statement failed; the connection is fine
+            if not _lost(connection, exc):  # the statement failed; the connection is fine
                 log.error("%s not kept: %s", statement.what, type(exc).__name__)
                 return True
             self._discard(connection)
@@ -193,6 +204,11 @@ class AnswerWriter:
             connection.raw.close()
         except Exception:  # already gone
             pass
+
+
+def _lost(connection: _Connection, exc: Exception) -> bool:
+    return bool(connection.raw.closed) or isinstance(
+        exc, psycopg2.OperationalError | psycopg2.InterfaceError)
 
 
 def _readable(connection) -> bool:
