@@ -121,6 +121,29 @@ def test_a_kept_refusal_is_replayed_too(client, listener, db_session):
     assert again.headers[REPLAYED] == "true" and again.get_json() == first.get_json()
 
 
+def test_a_body_refused_before_the_view_keeps_its_answer_under_the_key(
+        client, listener, db_session):
+    """The claim is read just before the view runs; a request refused before that (its body
+    does not validate) still keeps that answer for its key, and another body sent with the
+    key is 422 ``idempotency_key_reused``, not a validation error of its own."""
+    headers = _keyed(listener["headers"], "k-bad-body")
+    bad = {"package_id": "not-a-number"}
+    first = client.post("/api/user/sessions", json=bad, headers=headers)
+    again = client.post("/api/user/sessions", json=bad, headers=headers)
+    assert first.status_code == 422 and first.json["code"] == "validation_error"
+    assert again.status_code == 422 and again.headers[REPLAYED] == "true"
+    assert again.get_json() == first.get_json()
+
+    ran = client.post("/api/user/sessions", json={"package_id": listener["package"]},
+                      headers=_keyed(listener["headers"], "k-good-body"))
+    assert ran.status_code == 201
+    reused = client.post("/api/user/sessions", json=bad,
+                         headers=_keyed(listener["headers"], "k-good-body"))
+    assert reused.status_code == 422 and reused.json["code"] == "idempotency_key_reused"
+    assert REPLAYED not in reused.headers
+    assert _sessions(db_session) == 1
+
+
 def test_the_same_key_for_another_body_path_or_method_is_refused(client, listener, db_session):
     headers = _keyed(listener["headers"], "k-2")
     started = client.post("/api/user/sessions", json={"package_id": listener["package"]},
@@ -327,6 +350,14 @@ def test_keyed_writes_work_on_after_the_keys_connections_are_dropped(
         .where(text("application_name = :name")), {"name": APPLICATION_NAME}).scalars().all()
     db_session.commit()
     assert dropped and all(dropped)
+    for _ in range(500):  # until the server has closed them
+        left = db_session.execute(
+            select(func.count()).select_from(text("pg_stat_activity"))
+            .where(text("application_name = :name")), {"name": APPLICATION_NAME}).scalar()
+        db_session.commit()
+        if not left:
+            break
+        threading.Event().wait(0.01)
 
     headers = _keyed(listener["headers"], "k-w2")
     second = client.post("/api/user/sessions", json=body, headers=headers)
@@ -428,25 +459,25 @@ def every_statement():
             if not isinstance(cursor, Recording):
                 statements.append(statement)
 
-        real_send, real_fetch = KeysConnections.send, KeysConnections.fetch
+        real_send, real_start = KeysConnections.send, KeysConnections.start
 
         def send(connections, sql, params, what):  # the keys' own connections
             statements.append(sql)
             return real_send(connections, sql, params, what)
 
-        def fetch(connections, sql, params):
+        def start(connections, sql, params):
             statements.append(sql)
-            return real_fetch(connections, sql, params)
+            return real_start(connections, sql, params)
 
         listeners = [(Pool, "checkout", checkout), (Pool, "checkin", checkin),
                      (Engine, "before_cursor_execute", before_execute)]
         for target, name, listener in listeners:
             event.listen(target, name, listener)
-        KeysConnections.send, KeysConnections.fetch = send, fetch
+        KeysConnections.send, KeysConnections.start = send, start
         try:
             action()
         finally:
-            KeysConnections.send, KeysConnections.fetch = real_send, real_fetch
+            KeysConnections.send, KeysConnections.start = real_send, real_start
             for target, name, listener in listeners:
                 event.remove(target, name, listener)
         return statements

@@ -177,28 +177,85 @@ def _wrapped(engine, sql: str, params: tuple, exc: Exception, lost: bool) -> DBA
 
 def _insert_running(engine, user_id: int, key: str, fingerprint: str, now: datetime):
     """The ``running`` row's id, or None when the key is there already."""
-    try:
-        if engine.dialect.name == "postgresql":
-            params = (user_id, key, fingerprint, now, now + KEEP_FOR)
-            connections = _connections(engine)
+    if engine.dialect.name == "postgresql":
+        params = (user_id, key, fingerprint, now, now + KEEP_FOR)
+        connections = _connections(engine)
+        try:
             if connections is None:
                 return _execute_raw(engine, _CLAIM_SQL, params, fetch=True)
-            try:
-                return connections.fetch(_CLAIM_SQL, params)
-            except psycopg2.Error as exc:
-                lost = isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
-                raise _wrapped(engine, _CLAIM_SQL, params, exc, lost) from exc
-        statement = (sqlite.insert(_table)
-                     .values(user_id=user_id, key=key, fingerprint=fingerprint, state=RUNNING,
-                             created_at=now, expires_at=now + KEEP_FOR)
-                     .on_conflict_do_nothing(index_elements=["user_id", "key"])
-                     .returning(_c.id))
+            return connections.fetch(_CLAIM_SQL, params)
+        except psycopg2.Error as exc:
+            raise _claim_error(engine, params, exc) from exc
+        except IntegrityError as exc:
+            raise _claim_error(engine, params, exc) from exc
+    statement = (sqlite.insert(_table)
+                 .values(user_id=user_id, key=key, fingerprint=fingerprint, state=RUNNING,
+                         created_at=now, expires_at=now + KEEP_FOR)
+                 .on_conflict_do_nothing(index_elements=["user_id", "key"])
+                 .returning(_c.id))
+    try:
         with engine.connect() as conn:
             return conn.execute(statement).scalar()
     except IntegrityError as exc:
-        if names_a_missing_user(exc):
-            raise account_gone() from exc
-        raise
+        raise _claim_error(engine, (), exc) from exc
+
+
+def _claim_error(engine, params: tuple, exc: Exception) -> Exception:
+    """What a failed claim raises: 404 when the user is gone, else the database's error as
+    SQLAlchemy raises it (a lost connection: 503)."""
+    if isinstance(exc, psycopg2.Error):
+        lost = isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+        exc = _wrapped(engine, _CLAIM_SQL, params, exc, lost)
+    if isinstance(exc, IntegrityError) and names_a_missing_user(exc):
+        return account_gone()
+    return exc
+
+
+class PendingClaim:
+    """A claim sent to the database and not read yet (``send_claim``): the request goes on
+    (its body is parsed meanwhile) and reads it with ``outcome`` before its view runs."""
+
+    __slots__ = ("_fetch", "_engine", "_user_id", "_key", "_fingerprint", "_now", "_params")
+
+    def __init__(self, fetch, engine, user_id, key, fingerprint, now, params):
+        self._fetch, self._engine, self._params = fetch, engine, params
+        self._user_id, self._key, self._fingerprint, self._now = user_id, key, fingerprint, now
+
+    def outcome(self) -> int | KeptAnswer:
+        """As ``claim_key``."""
+        try:
+            claim = self._fetch.result()
+        except psycopg2.Error as exc:
+            raise _claim_error(self._engine, self._params, exc) from exc
+        return _decide(self._engine, self._user_id, self._key, self._fingerprint, self._now,
+                       claim)
+
+    def abandon(self) -> None:
+        """The request ended before reading it: read it now, and give the key back if it
+        was this request's."""
+        try:
+            claim = self._fetch.result()
+        except psycopg2.Error:
+            return  # not claimed, or the connection is gone with it
+        if claim is not None:
+            release_key(claim)
+
+
+def send_claim(user_id: int, key: str, fingerprint: str) -> int | KeptAnswer | PendingClaim:
+    """``claim_key``, without waiting for the database where it can: on PostgreSQL (blocking
+    psycopg2) the claim is sent and a ``PendingClaim`` returned."""
+    now = clock.now().astimezone(UTC)
+    engine = _engine()
+    connections = _connections(engine) if engine.dialect.name == "postgresql" else None
+    if connections is None:
+        return _decide(engine, user_id, key, fingerprint, now,
+                       _insert_running(engine, user_id, key, fingerprint, now))
+    params = (user_id, key, fingerprint, now, now + KEEP_FOR)
+    try:
+        fetch = connections.start(_CLAIM_SQL, params)
+    except psycopg2.Error as exc:
+        raise _claim_error(engine, params, exc) from exc
+    return PendingClaim(fetch, engine, user_id, key, fingerprint, now, params)
 
 
 def claim_key(user_id: int, key: str, fingerprint: str) -> int | KeptAnswer:
@@ -209,10 +266,16 @@ def claim_key(user_id: int, key: str, fingerprint: str) -> int | KeptAnswer:
 
     A key found ``running`` is read again for up to ``ANSWER_WAIT`` before the 409: its
     request may have answered already, with the answer on its way (``store_answer``)."""
-    now = clock.now().astimezone(UTC)
-    engine = _engine()
-    for _ in range(CLAIM_ATTEMPTS):
-        claim = _insert_running(engine, user_id, key, fingerprint, now)
+    outcome = send_claim(user_id, key, fingerprint)
+    return outcome.outcome() if isinstance(outcome, PendingClaim) else outcome
+
+
+def _decide(engine, user_id: int, key: str, fingerprint: str, now: datetime,
+            claim: int | None) -> int | KeptAnswer:
+    """From the first attempt's ``claim`` (None: the key was there): see ``claim_key``."""
+    for attempt in range(CLAIM_ATTEMPTS):
+        if attempt:
+            claim = _insert_running(engine, user_id, key, fingerprint, now)
         if claim is not None:
             return claim
         row = _read_key(engine, user_id, key)

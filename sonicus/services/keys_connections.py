@@ -89,20 +89,24 @@ class KeysConnections:
     def fetch(self, sql: str, params: tuple):
         """Run ``sql`` and return the first column of its first row (None: no row). Raises
         psycopg2's error; the connection is dropped when it was lost."""
+        return self.start(sql, params).result()
+
+    def start(self, sql: str, params: tuple) -> Fetch:
+        """Send ``sql``; its ``Fetch`` reads the first column of its first row when asked
+        (the connection is held until then)."""
         connection = self._take()
         try:
             connection.cursor.execute(sql, params)
-            if not _wait(connection.raw, self._timeout):
-                raise psycopg2.OperationalError(f"no result in {self._timeout} s")
-            row = connection.cursor.fetchone()
         except psycopg2.Error as exc:
-            if _lost(connection, exc):
-                self._discard(connection)
-            else:
-                self._give_back(connection)
+            self._after_error(connection, exc)
             raise
-        self._give_back(connection)
-        return row[0] if row else None
+        return Fetch(self, connection)
+
+    def _after_error(self, connection: _Connection, exc: Exception) -> None:
+        if _lost(connection, exc):
+            self._discard(connection)
+        else:
+            self._give_back(connection)
 
     def send(self, sql: str, params: tuple, what: object) -> None:
         """Send ``sql`` and return at once. Raises psycopg2's error when it could not even
@@ -204,6 +208,29 @@ class KeysConnections:
             connection.raw.close()
         except Exception:  # already gone
             pass
+
+
+class Fetch:
+    """A statement sent by ``KeysConnections.start``, its result not read yet."""
+
+    __slots__ = ("_owner", "_connection")
+
+    def __init__(self, owner: KeysConnections, connection: _Connection):
+        self._owner, self._connection = owner, connection
+
+    def result(self):
+        """The first column of the first row (None: no row); once."""
+        owner, connection = self._owner, self._connection
+        self._connection = None
+        try:
+            if not _wait(connection.raw, owner._timeout):
+                raise psycopg2.OperationalError(f"no result in {owner._timeout} s")
+            row = connection.cursor.fetchone()
+        except psycopg2.Error as exc:
+            owner._after_error(connection, exc)
+            raise
+        owner._give_back(connection)
+        return row[0] if row else None
 
 
 def _lost(connection: _Connection, exc: Exception) -> bool:
