@@ -282,6 +282,10 @@ def doc_only(decorator):
     return decorate
 
 
+# Set on a view wrapped by ``Blueprint.response``: it calls ``g.before_view`` itself.
+SETTLES_CLAIM = "sonicus_settles_claim"
+
+
 class Blueprint(flask_smorest.Blueprint):
     def errors(self, *statuses):
         """Document the error statuses a route can answer, each with the error envelope.
@@ -306,17 +310,27 @@ class Blueprint(flask_smorest.Blueprint):
                                              description=description, **kwargs))
 
     def response(self, status_code, schema=None, **kwargs):
-        """A view may return a ``Page``: its items become ``data``, the rest ``pagination``."""
+        """A view may return a ``Page``: its items become ``data``, the rest ``pagination``.
+
+        Right before the view function runs (its arguments parsed), ``g.before_view`` is
+        called when a sign-in decorator left one (a claim of an ``Idempotency-Key`` still
+        on its way: auth.py); what it returns is answered instead of running the view."""
         documented = super().response(status_code, schema, **kwargs)
 
         def decorator(func):
             @functools.wraps(func)
             def unpage(*args, **kw):
+                before_view = g._get_current_object().__dict__.pop("before_view", None)
+                if before_view is not None:
+                    instead = before_view()
+                    if instead is not None:
+                        return instead
                 result = func(*args, **kw)
                 if isinstance(result, Page):
                     g.pagination = result.pagination
                     return result.items
                 return result
+            setattr(unpage, SETTLES_CLAIM, True)
             return documented(unpage)
         return decorator
 

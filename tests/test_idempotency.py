@@ -4,6 +4,7 @@ process or thread it reaches, as long as the first one's answer is kept (24 h)."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import psycopg2.extensions
 import pytest
 import requests
 from processes import wait_until_up
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
@@ -26,6 +27,7 @@ from sonicus.envelope import request_fingerprint
 from sonicus.extensions import db
 from sonicus.models import IdempotencyKey, ListeningSession
 from sonicus.services import idempotency, listening
+from sonicus.services.keys_connections import APPLICATION_NAME, KeysConnections
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 10
@@ -119,6 +121,29 @@ def test_a_kept_refusal_is_replayed_too(client, listener, db_session):
     assert again.headers[REPLAYED] == "true" and again.get_json() == first.get_json()
 
 
+def test_a_body_refused_before_the_view_keeps_its_answer_under_the_key(
+        client, listener, db_session):
+    """The claim is read just before the view runs; a request refused before that (its body
+    does not validate) still keeps that answer for its key, and another body sent with the
+    key is 422 ``idempotency_key_reused``, not a validation error of its own."""
+    headers = _keyed(listener["headers"], "k-bad-body")
+    bad = {"package_id": "not-a-number"}
+    first = client.post("/api/user/sessions", json=bad, headers=headers)
+    again = client.post("/api/user/sessions", json=bad, headers=headers)
+    assert first.status_code == 422 and first.json["code"] == "validation_error"
+    assert again.status_code == 422 and again.headers[REPLAYED] == "true"
+    assert again.get_json() == first.get_json()
+
+    ran = client.post("/api/user/sessions", json={"package_id": listener["package"]},
+                      headers=_keyed(listener["headers"], "k-good-body"))
+    assert ran.status_code == 201
+    reused = client.post("/api/user/sessions", json=bad,
+                         headers=_keyed(listener["headers"], "k-good-body"))
+    assert reused.status_code == 422 and reused.json["code"] == "idempotency_key_reused"
+    assert REPLAYED not in reused.headers
+    assert _sessions(db_session) == 1
+
+
 def test_the_same_key_for_another_body_path_or_method_is_refused(client, listener, db_session):
     headers = _keyed(listener["headers"], "k-2")
     started = client.post("/api/user/sessions", json={"package_id": listener["package"]},
@@ -207,24 +232,45 @@ def test_a_failed_write_keeps_nothing_and_its_retry_runs(client, listener, db_se
     assert _sessions(db_session) == 1
 
 
-def test_a_lost_connection_of_the_keys_is_a_503_and_the_retry_runs(listener, db_session,
-                                                                      make_config):
-    """The keys' connection dropped by the server (a restart of PostgreSQL, a proxy's
-    timeout): the request is answered 503, runs nothing, and the next one reconnects."""
+def test_a_claim_cut_off_by_the_database_is_a_503_and_the_retry_runs(listener, db_session,
+                                                                       make_config):
+    """The keys' connection dropped by the server while a claim waits on it (a restart of
+    PostgreSQL, a proxy's timeout): the request is answered 503, runs nothing, and the retry
+    reconnects and runs."""
     fresh = create_app(make_config())
     client = fresh.test_client()
     body = {"package_id": listener["package"]}
     first = client.post("/api/user/sessions", json=body,
                         headers=_keyed(listener["headers"], "k-before"))
     assert first.status_code == 201
-    engine = fresh.extensions[idempotency.ENGINE_KEY]
-    with engine.connect() as conn:  # the one connection its pool holds
-        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-    db_session.execute(select(func.pg_terminate_backend(pid)))
-    db_session.commit()
 
+    # The claim's reference to the user waits behind this lock, on the keys' connection.
+    holder = psycopg2.connect(db_session.get_bind().url.set(drivername="postgresql")
+                              .render_as_string(hide_password=False))
+    holder.cursor().execute("SELECT 1 FROM sonicus.users WHERE id = %s FOR UPDATE",
+                            (listener["id"],))
+    answers = []
     headers = _keyed(listener["headers"], "k-lost")
-    lost = client.post("/api/user/sessions", json=body, headers=headers)
+    waiting = threading.Thread(target=lambda: answers.append(
+        client.post("/api/user/sessions", json=body, headers=headers)))
+    waiting.start()
+    try:
+        for _ in range(200):
+            dropped = db_session.execute(
+                select(func.pg_terminate_backend(text("pid"))).select_from(
+                    text("pg_stat_activity"))
+                .where(text("application_name = :name AND wait_event_type = 'Lock'")),
+                {"name": APPLICATION_NAME}).scalars().all()
+            db_session.commit()
+            if dropped:
+                break
+            threading.Event().wait(0.01)
+        assert dropped
+        waiting.join(timeout=10)
+    finally:
+        holder.rollback()
+        holder.close()
+    lost = answers[0]
     assert lost.status_code == 503 and lost.json["code"] == "service_unavailable"
     assert _sessions(db_session) == 1
     retry = client.post("/api/user/sessions", json=body, headers=headers)
@@ -232,8 +278,9 @@ def test_a_lost_connection_of_the_keys_is_a_503_and_the_retry_runs(listener, db_
     assert client.post("/api/user/sessions", json=body, headers=headers).headers[REPLAYED]
     assert _sessions(db_session) == 2
     with fresh.app_context():
+        idempotency.settle_answers()
         db.engine.dispose()
-    engine.dispose()
+        fresh.extensions[idempotency.ENGINE_KEY].dispose()
 
 
 def test_a_key_still_running_is_409_until_it_is_stale(client, listener, db_session,
@@ -258,6 +305,66 @@ def test_a_key_still_running_is_409_until_it_is_stale(client, listener, db_sessi
     again = client.post("/api/user/sessions", json=body, headers=headers)
     assert again.headers[REPLAYED] == "true"
     assert _sessions(db_session) == 1
+
+
+def test_a_retry_that_finds_the_key_running_waits_for_the_answer_on_its_way(
+        app, client, listener, db_session):
+    """The first request's answer is sent to the database without waiting for it: a retry
+    that gets there before it finds the key running, waits a moment and replays the answer
+    instead of answering 409."""
+    body = {"package_id": listener["package"]}
+    headers = _keyed(listener["headers"], "k-late")
+    with app.test_request_context("/api/user/sessions", method="POST", json=body,
+                                  headers=headers):
+        claim = idempotency.claim_key(listener["id"], "k-late", request_fingerprint())
+    answer = {"data": {"id": 77, "status": "active"}, "message": "Session started."}
+
+    def keep():
+        with app.app_context():
+            idempotency.store_answer(claim, 201, json.dumps(answer),
+                                     {"Content-Type": "application/json"})
+            idempotency.settle_answers()
+
+    timer = threading.Timer(0.015, keep)
+    timer.start()
+    retry = client.post("/api/user/sessions", json=body, headers=headers)
+    timer.join()
+    assert retry.status_code == 201 and retry.headers[REPLAYED] == "true"
+    assert retry.get_json() == answer
+    assert _sessions(db_session) == 0  # replayed, not run
+
+
+def test_keyed_writes_work_on_after_the_keys_connections_are_dropped(
+        app, client, listener, db_session):
+    """The keys' connections, dropped by the server while idle (a restart of PostgreSQL, a
+    proxy's timeout): the next keyed write notices before using one, reconnects, runs once
+    and keeps its answer."""
+    body = {"package_id": listener["package"]}
+    first = client.post("/api/user/sessions", json=body,
+                        headers=_keyed(listener["headers"], "k-w1"))
+    assert first.status_code == 201
+    with app.app_context():
+        idempotency.settle_answers()
+    dropped = db_session.execute(
+        select(func.pg_terminate_backend(text("pid"))).select_from(text("pg_stat_activity"))
+        .where(text("application_name = :name")), {"name": APPLICATION_NAME}).scalars().all()
+    db_session.commit()
+    assert dropped and all(dropped)
+    for _ in range(500):  # until the server has closed them
+        left = db_session.execute(
+            select(func.count()).select_from(text("pg_stat_activity"))
+            .where(text("application_name = :name")), {"name": APPLICATION_NAME}).scalar()
+        db_session.commit()
+        if not left:
+            break
+        threading.Event().wait(0.01)
+
+    headers = _keyed(listener["headers"], "k-w2")
+    second = client.post("/api/user/sessions", json=body, headers=headers)
+    assert second.status_code == 201
+    again = client.post("/api/user/sessions", json=body, headers=headers)
+    assert again.headers[REPLAYED] == "true" and again.get_json() == second.get_json()
+    assert _sessions(db_session) == 2
 
 
 def test_keys_expire_after_a_day_and_are_swept(app, client, listener, db_session, set_clock):
@@ -329,8 +436,9 @@ def test_keys_on_the_embedded_sqlite_default(tmp_path, make_config, make_user, m
 def every_statement():
     """``every_statement(action)`` → the SQL statements ``action()`` sent to PostgreSQL,
     through SQLAlchemy or, as the keys' claim and kept answer are, through the driver alone:
-    the cursors of every connection checked out meanwhile record what they execute, and
-    SQLAlchemy's events what runs on a connection held from before."""
+    the cursors of every connection checked out meanwhile record what they execute,
+    SQLAlchemy's events what runs on a connection held from before, and the keys' own
+    connections what they run."""
 
     def run(action) -> list[str]:
         statements = []
@@ -351,13 +459,25 @@ def every_statement():
             if not isinstance(cursor, Recording):
                 statements.append(statement)
 
+        real_send, real_start = KeysConnections.send, KeysConnections.start
+
+        def send(connections, sql, params, what):  # the keys' own connections
+            statements.append(sql)
+            return real_send(connections, sql, params, what)
+
+        def start(connections, sql, params):
+            statements.append(sql)
+            return real_start(connections, sql, params)
+
         listeners = [(Pool, "checkout", checkout), (Pool, "checkin", checkin),
                      (Engine, "before_cursor_execute", before_execute)]
         for target, name, listener in listeners:
             event.listen(target, name, listener)
+        KeysConnections.send, KeysConnections.start = send, start
         try:
             action()
         finally:
+            KeysConnections.send, KeysConnections.start = real_send, real_start
             for target, name, listener in listeners:
                 event.remove(target, name, listener)
         return statements

@@ -10,22 +10,30 @@ other request with the key finds the row: the same request (method, path with qu
 the fingerprint) done gets the kept answer, one still running gets 409
 ``idempotency_key_in_use``, another request gets 422 ``idempotency_key_reused``.
 
+On PostgreSQL the kept answer's UPDATE is sent before the answer leaves and not waited for
+(``keys_connections.KeysConnections``): the write has committed and its answer does not depend on
+it. A retry that reaches the database before that UPDATE has run finds its key ``running``
+and reads it again for up to ``ANSWER_WAIT`` before answering 409, so a retry sent as soon
+as the answer arrives is replayed.
+
 A key is kept ``KEEP_FOR`` (24 h); after that it is treated as absent and taken over by the
 next request that sends it, and ``sweep_expired_idempotency_keys`` (a periodic job) deletes
 it. A ``running`` row older than ``STALE_RUNNING`` was abandoned by a process that died
 mid-request (or lost the database before it could keep or release its answer): the next
 request with the key deletes it and claims the key anew, in the database, so of several such
-requests exactly one runs.
-"""
+requests exactly one runs."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import psycopg2
+import psycopg2.extensions
 from flask import current_app
 from sqlalchemy import and_, create_engine, delete, event, or_, select, update
 from sqlalchemy.dialects import sqlite
@@ -35,6 +43,7 @@ from .. import clock
 from ..envelope import ApiError
 from ..extensions import db
 from ..models.idempotency import DONE, RUNNING, IdempotencyKey
+from .keys_connections import KeysConnections
 from .transaction import account_gone, names_a_missing_user
 
 log = logging.getLogger(__name__)
@@ -47,6 +56,12 @@ STALE_RUNNING = timedelta(seconds=60)
 SWEEP_BATCH = 1000
 ENGINE_KEY = "sonicus_idempotency_engine"
 CLAIM_ATTEMPTS = 3
+# How long a retry that finds its key running waits for the answer before its 409, and how
+# often it looks: the first request's answer is sent without waiting (``store_answer``) and
+# lands within a millisecond or so of the answer leaving.
+ANSWER_WAIT = timedelta(milliseconds=50)
+ANSWER_POLL = 0.002
+CONNECTIONS_KEY = "sonicus_idempotency_connections"
 
 _engine_lock = threading.Lock()
 _table = IdempotencyKey.__table__
@@ -106,14 +121,16 @@ def _keys_engine(main):
 # through SQLAlchemy.
 _CLAIM = "sonicus_idempotency_claim"
 _STORE = "sonicus_idempotency_store"
-_PREPARE = (
+_PREPARE_CLAIM = (
     f"PREPARE {_CLAIM} (integer, varchar, varchar, timestamptz, timestamptz) AS "
     f"INSERT INTO {_table.fullname} (user_id, key, fingerprint, state, created_at, expires_at) "
     f"VALUES ($1, $2, $3, '{RUNNING}', $4, $5) ON CONFLICT (user_id, key) DO NOTHING "
-    "RETURNING id; "
+    "RETURNING id")
+_PREPARE_STORE = (
     f"PREPARE {_STORE} (smallint, text, json, integer) AS "
     f"UPDATE {_table.fullname} SET state = '{DONE}', response_status = $1, response_body = $2, "
     f"response_headers = $3 WHERE id = $4 AND state = '{RUNNING}'")
+_PREPARE = f"{_PREPARE_CLAIM}; {_PREPARE_STORE}"
 _CLAIM_SQL = f"EXECUTE {_CLAIM} (%s, %s, %s, %s, %s)"
 _STORE_SQL = f"EXECUTE {_STORE} (%s, %s, %s, %s)"
 
@@ -160,46 +177,118 @@ def _wrapped(engine, sql: str, params: tuple, exc: Exception, lost: bool) -> DBA
 
 def _insert_running(engine, user_id: int, key: str, fingerprint: str, now: datetime):
     """The ``running`` row's id, or None when the key is there already."""
+    if engine.dialect.name == "postgresql":
+        params = (user_id, key, fingerprint, now, now + KEEP_FOR)
+        connections = _connections(engine)
+        try:
+            if connections is None:
+                return _execute_raw(engine, _CLAIM_SQL, params, fetch=True)
+            return connections.fetch(_CLAIM_SQL, params)
+        except psycopg2.Error as exc:
+            raise _claim_error(engine, params, exc) from exc
+        except IntegrityError as exc:
+            raise _claim_error(engine, params, exc) from exc
+    statement = (sqlite.insert(_table)
+                 .values(user_id=user_id, key=key, fingerprint=fingerprint, state=RUNNING,
+                         created_at=now, expires_at=now + KEEP_FOR)
+                 .on_conflict_do_nothing(index_elements=["user_id", "key"])
+                 .returning(_c.id))
     try:
-        if engine.dialect.name == "postgresql":
-            return _execute_raw(engine, _CLAIM_SQL,
-                                (user_id, key, fingerprint, now, now + KEEP_FOR), fetch=True)
-        statement = (sqlite.insert(_table)
-                     .values(user_id=user_id, key=key, fingerprint=fingerprint, state=RUNNING,
-                             created_at=now, expires_at=now + KEEP_FOR)
-                     .on_conflict_do_nothing(index_elements=["user_id", "key"])
-                     .returning(_c.id))
         with engine.connect() as conn:
             return conn.execute(statement).scalar()
     except IntegrityError as exc:
-        if names_a_missing_user(exc):
-            raise account_gone() from exc
-        raise
+        raise _claim_error(engine, (), exc) from exc
+
+
+def _claim_error(engine, params: tuple, exc: Exception) -> Exception:
+    """What a failed claim raises: 404 when the user is gone, else the database's error as
+    SQLAlchemy raises it (a lost connection: 503)."""
+    if isinstance(exc, psycopg2.Error):
+        lost = isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+        exc = _wrapped(engine, _CLAIM_SQL, params, exc, lost)
+    if isinstance(exc, IntegrityError) and names_a_missing_user(exc):
+        return account_gone()
+    return exc
+
+
+class PendingClaim:
+    """A claim sent to the database and not read yet (``send_claim``): the request goes on
+    (its body is parsed meanwhile) and reads it with ``outcome`` before its view runs."""
+
+    __slots__ = ("_fetch", "_engine", "_user_id", "_key", "_fingerprint", "_now", "_params")
+
+    def __init__(self, fetch, engine, user_id, key, fingerprint, now, params):
+        self._fetch, self._engine, self._params = fetch, engine, params
+        self._user_id, self._key, self._fingerprint, self._now = user_id, key, fingerprint, now
+
+    def outcome(self) -> int | KeptAnswer:
+        """As ``claim_key``."""
+        try:
+            claim = self._fetch.result()
+        except psycopg2.Error as exc:
+            raise _claim_error(self._engine, self._params, exc) from exc
+        return _decide(self._engine, self._user_id, self._key, self._fingerprint, self._now,
+                       claim)
+
+    def abandon(self) -> None:
+        """The request ended before reading it: read it now, and give the key back if it
+        was this request's."""
+        try:
+            claim = self._fetch.result()
+        except psycopg2.Error:
+            return  # not claimed, or the connection is gone with it
+        if claim is not None:
+            release_key(claim)
+
+
+def send_claim(user_id: int, key: str, fingerprint: str) -> int | KeptAnswer | PendingClaim:
+    """``claim_key``, without waiting for the database where it can: on PostgreSQL (blocking
+    psycopg2) the claim is sent and a ``PendingClaim`` returned."""
+    now = clock.now().astimezone(UTC)
+    engine = _engine()
+    connections = _connections(engine) if engine.dialect.name == "postgresql" else None
+    if connections is None:
+        return _decide(engine, user_id, key, fingerprint, now,
+                       _insert_running(engine, user_id, key, fingerprint, now))
+    params = (user_id, key, fingerprint, now, now + KEEP_FOR)
+    try:
+        fetch = connections.start(_CLAIM_SQL, params)
+    except psycopg2.Error as exc:
+        raise _claim_error(engine, params, exc) from exc
+    return PendingClaim(fetch, engine, user_id, key, fingerprint, now, params)
 
 
 def claim_key(user_id: int, key: str, fingerprint: str) -> int | KeptAnswer:
     """Claim ``key`` of this user for the request with ``fingerprint``: the claim's id when
     this request is to run (then ``store_answer`` or ``release_key`` it), or the kept answer
     of the same request done before. Raises 409 ``idempotency_key_in_use`` while another
-    request with the key runs and 422 ``idempotency_key_reused`` for another request."""
-    now = clock.now().astimezone(UTC)
-    engine = _engine()
-    for _ in range(CLAIM_ATTEMPTS):
-        claim = _insert_running(engine, user_id, key, fingerprint, now)
+    request with the key runs and 422 ``idempotency_key_reused`` for another request.
+
+    A key found ``running`` is read again for up to ``ANSWER_WAIT`` before the 409: its
+    request may have answered already, with the answer on its way (``store_answer``)."""
+    outcome = send_claim(user_id, key, fingerprint)
+    return outcome.outcome() if isinstance(outcome, PendingClaim) else outcome
+
+
+def _decide(engine, user_id: int, key: str, fingerprint: str, now: datetime,
+            claim: int | None) -> int | KeptAnswer:
+    """From the first attempt's ``claim`` (None: the key was there): see ``claim_key``."""
+    for attempt in range(CLAIM_ATTEMPTS):
+        if attempt:
+            claim = _insert_running(engine, user_id, key, fingerprint, now)
         if claim is not None:
             return claim
-        with engine.connect() as conn:
-            row = conn.execute(
-                select(_c.id, _c.fingerprint, _c.state, _c.response_status, _c.response_body,
-                       _c.response_headers, _c.created_at, _c.expires_at)
-                .where(_c.user_id == user_id, _c.key == key)).one_or_none()
-            if row is None:  # released or swept meanwhile: try again
-                continue
-            if row.expires_at <= now or (row.state == RUNNING
-                                         and row.created_at <= now - STALE_RUNNING):
-                # Expired, or abandoned mid-request: whoever deletes it claims the key next.
+        row = _read_key(engine, user_id, key)
+        if (row is not None and row.state == RUNNING and row.fingerprint == fingerprint
+                and not _is_takeable(row, now)):
+            row = _await_answer(engine, user_id, key)
+        if row is None:  # released or swept meanwhile: try again
+            continue
+        if _is_takeable(row, now):
+            # Expired, or abandoned mid-request: whoever deletes it claims the key next.
+            with engine.connect() as conn:
                 conn.execute(delete(_table).where(_c.id == row.id, _takeable(now)))
-                continue
+            continue
         if row.fingerprint != fingerprint:
             raise ApiError(
                 422, "idempotency_key_reused",
@@ -216,23 +305,79 @@ def claim_key(user_id: int, key: str, fingerprint: str) -> int | KeptAnswer:
                    headers={"Retry-After": "1"})
 
 
+def _read_key(engine, user_id: int, key: str):
+    with engine.connect() as conn:
+        return conn.execute(
+            select(_c.id, _c.fingerprint, _c.state, _c.response_status, _c.response_body,
+                   _c.response_headers, _c.created_at, _c.expires_at)
+            .where(_c.user_id == user_id, _c.key == key)).one_or_none()
+
+
+def _await_answer(engine, user_id: int, key: str):
+    """The key's row once it is no longer ``running`` (or gone: None), or as it is after
+    ``ANSWER_WAIT`` (another request with the key is refused with 422 at once instead)."""
+    deadline = time.monotonic() + ANSWER_WAIT.total_seconds()
+    row = None
+    while time.monotonic() < deadline:
+        time.sleep(ANSWER_POLL)
+        row = _read_key(engine, user_id, key)
+        if row is None or row.state != RUNNING:
+            return row
+    return row
+
+
+def _is_takeable(row, now: datetime) -> bool:
+    return row.expires_at <= now or (row.state == RUNNING
+                                     and row.created_at <= now - STALE_RUNNING)
+
+
 def _takeable(now: datetime):
     return or_(_c.expires_at <= now,
                and_(_c.state == RUNNING, _c.created_at <= now - STALE_RUNNING))
 
 
 def store_answer(claim: int, status: int, body: str, headers: dict) -> None:
-    """Keep the answer of the request that holds ``claim`` for its retries."""
+    """Keep the answer of the request that holds ``claim`` for its retries. On PostgreSQL
+    the UPDATE is sent and not waited for (``KeysConnections``), its failure logged there."""
     engine = _engine()
     if engine.dialect.name == "postgresql":
-        _execute_raw(engine, _STORE_SQL,
-                     (status, body, json.dumps(headers) if headers else None, claim),
-                     fetch=False)
+        params = (status, body, json.dumps(headers) if headers else None, claim)
+        connections = _connections(engine)
+        if connections is None:
+            _execute_raw(engine, _STORE_SQL, params, fetch=False)
+            return
+        try:
+            connections.send(_STORE_SQL, params, f"the answer of idempotency key {claim}")
+        except psycopg2.Error as exc:  # not even sent (no connection): raised as any other
+            raise _wrapped(engine, _STORE_SQL, params, exc, lost=True) from exc
         return
     with engine.connect() as conn:
         conn.execute(update(_table).where(_c.id == claim, _c.state == RUNNING)
                      .values(state=DONE, response_status=status, response_body=body,
                              response_headers=headers or None))
+
+
+def _connections(engine) -> KeysConnections | None:
+    """This app's keys connections (PostgreSQL with blocking psycopg2; None under gevent's
+    cooperative psycopg2, whose connections are not to be driven by hand)."""
+    connections = current_app.extensions.get(CONNECTIONS_KEY)
+    if connections is None:
+        if psycopg2.extensions.get_wait_callback() is not None:
+            return None
+        with _engine_lock:
+            connections = current_app.extensions.get(CONNECTIONS_KEY)
+            if connections is None:
+                url = engine.url.set(drivername="postgresql")
+                connections = current_app.extensions[CONNECTIONS_KEY] = KeysConnections(
+                    url.render_as_string(hide_password=False), _PREPARE)
+    return connections
+
+
+def settle_answers() -> None:
+    """Wait until every answer this process has sent is written (tests, shutdown)."""
+    connections = current_app.extensions.get(CONNECTIONS_KEY)
+    if connections is not None:
+        connections.settle()
 
 
 def release_key(claim: int) -> None:

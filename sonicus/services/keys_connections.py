@@ -1,0 +1,244 @@
+"""The idempotency keys' own PostgreSQL connections (services/idempotency.py): the claim
+waited for, the kept answer sent without waiting.
+
+A keyed write's answer is kept by one UPDATE after the write has committed. The request
+has nothing to learn from that UPDATE: whether it lands or not, the client gets the answer
+the view gave (API.md: a committed write never answers 5xx). So the UPDATE is *sent* before
+the answer leaves and its result is read later, when the connection is next taken, instead
+of holding the answer for a round trip to the database. Sending is what matters for retries:
+PostgreSQL runs a statement it has received even if this process dies right after, and the
+statement is on its way before the answer is. A retry that reaches the database before the
+UPDATE has run finds the key ``running``; ``claim_key`` waits up to ``ANSWER_WAIT`` for such
+a key before it answers 409, so a retry sent at once is replayed.
+
+The connections are psycopg2's asynchronous ones (``async_=True``: ``execute`` sends and
+returns), autocommit by nature, with ``synchronous_commit`` off (see
+``idempotency._keys_engine``). Each is used by one thread at a time: taken from the idle
+list, its previous statement's result read, checked for a close by the server while it was
+idle, used, and given back. A statement found lost with its connection is sent again once on
+a new one, so what is sent without waiting must be safe to run twice. Not used under gevent's
+cooperative psycopg2 (the socket process), where the keys' engine runs both and waits.
+
+No library does this: SQLAlchemy's pools and psycopg2's pool hand out connections whose
+statements are waited for; psycopg 3's pipeline mode batches statements of one connection
+but still waits for the batch before the connection is given back.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+from typing import NamedTuple
+
+import psycopg2
+import psycopg2.extensions
+
+log = logging.getLogger(__name__)
+
+KEEP_IDLE = 16  # connections kept open between requests (one per thread that keeps answers)
+APPLICATION_NAME = "sonicus-keys"  # how its connections show in pg_stat_activity
+
+
+def _wait(connection, timeout: float | None = None) -> bool:
+    """Drive ``connection`` until its current operation is done (False: timed out). A
+    result that has arrived already costs one ``poll`` and no system call to wait."""
+    while True:
+        state = connection.poll()
+        if state == psycopg2.extensions.POLL_OK:
+            return True
+        poller = select.poll()
+        poller.register(connection.fileno(), select.POLLIN if state == psycopg2.extensions.POLL_READ
+                        else select.POLLOUT)
+        if not poller.poll(None if timeout is None else timeout * 1000):
+            return False
+
+
+class _Statement(NamedTuple):
+    sql: str
+    params: tuple
+    what: object  # names it in the log
+    attempt: int = 1
+
+
+class _Connection:
+    __slots__ = ("raw", "cursor", "pending")
+
+    def __init__(self, raw, cursor):
+        self.raw = raw
+        # psycopg2 reads an asynchronous result through the cursor that sent it: kept.
+        self.cursor = cursor
+        self.pending: _Statement | None = None  # sent, result not read yet
+
+
+class KeysConnections:
+    """A few PostgreSQL connections of its own: ``fetch`` waits for its statement, ``send``
+    does not (what it sends must be safe to run twice: see the module's doc)."""
+
+    def __init__(self, dsn: str, prepare: str, *, connect_timeout: int = 5,
+                 options: str = "-c synchronous_commit=off"):
+        self._dsn = dsn
+        self._prepare = prepare
+        self._timeout = connect_timeout
+        self._connect_args = {"connect_timeout": connect_timeout, "options": options,
+                              "application_name": APPLICATION_NAME}
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def fetch(self, sql: str, params: tuple):
+        """Run ``sql`` and return the first column of its first row (None: no row). Raises
+        psycopg2's error; the connection is dropped when it was lost."""
+        return self.start(sql, params).result()
+
+    def start(self, sql: str, params: tuple) -> Fetch:
+        """Send ``sql``; its ``Fetch`` reads the first column of its first row when asked
+        (the connection is held until then)."""
+        connection = self._take()
+        try:
+            connection.cursor.execute(sql, params)
+        except psycopg2.Error as exc:
+            self._after_error(connection, exc)
+            raise
+        return Fetch(self, connection)
+
+    def _after_error(self, connection: _Connection, exc: Exception) -> None:
+        if _lost(connection, exc):
+            self._discard(connection)
+        else:
+            self._give_back(connection)
+
+    def send(self, sql: str, params: tuple, what: object) -> None:
+        """Send ``sql`` and return at once. Raises psycopg2's error when it could not even
+        be sent (no connection could be made)."""
+        self._send(_Statement(sql, params, what))
+
+    def settle(self) -> None:
+        """Wait until every statement sent so far has run (tests, shutdown)."""
+        for _ in range(3):
+            with self._lock:
+                connections, self._idle = self._idle, []
+            if not connections:
+                return
+            for connection in connections:
+                if self._finish(connection):
+                    self._give_back(connection)
+
+    def close(self) -> None:
+        self.settle()
+        self._closed = True
+        with self._lock:
+            connections, self._idle = self._idle, []
+        for connection in connections:
+            self._discard(connection)
+
+    def _send(self, statement: _Statement) -> None:
+        connection = self._take()
+        try:
+            connection.cursor.execute(statement.sql, statement.params)
+        except psycopg2.Error:
+            self._discard(connection)
+            raise
+        connection.pending = statement
+        self._give_back(connection)
+
+    def _take(self) -> _Connection:
+        """A live connection with nothing pending."""
+        while True:
+            with self._lock:
+                connection = self._idle.pop() if self._idle else None
+            if connection is None:
+                return self._connect()
+            if self._finish(connection):
+                return connection
+
+    def _give_back(self, connection: _Connection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < KEEP_IDLE:
+                self._idle.append(connection)
+                return
+        if self._finish(connection):
+            self._discard(connection)
+
+    def _finish(self, connection: _Connection) -> bool:
+        """Read the result of what ``connection`` sent last, and tell whether it is still
+        usable (False: it was closed; a statement it lost was sent again)."""
+        statement, connection.pending = connection.pending, None
+        try:
+            if statement is not None and not _wait(connection.raw, self._timeout):
+                raise psycopg2.OperationalError(f"no result in {self._timeout} s")
+            if _readable(connection.raw):  # idle, yet the server spoke: it closed it
+                raise psycopg2.OperationalError("closed by the server")
+        except psycopg2.Error as exc:
+            if not _lost(connection, exc):  # the statement failed; the connection is fine
+                log.error("%s not kept: %s", statement.what, type(exc).__name__)
+                return True
+            self._discard(connection)
+            if statement is not None:
+                self._send_again(statement, exc)
+            return False
+        return True
+
+    def _send_again(self, statement: _Statement, exc: Exception) -> None:
+        if statement.attempt > 1:
+            log.error("%s not kept: %s", statement.what, type(exc).__name__)
+            return
+        try:
+            self._send(statement._replace(attempt=statement.attempt + 1))
+        except psycopg2.Error as again:
+            log.error("%s not kept: %s", statement.what, type(again).__name__)
+
+    def _connect(self) -> _Connection:
+        raw = psycopg2.connect(self._dsn, async_=True, **self._connect_args)
+        try:
+            if not _wait(raw, self._timeout):
+                raise psycopg2.OperationalError("timed out connecting to the database")
+            cursor = raw.cursor()
+            cursor.execute(self._prepare)
+            if not _wait(raw, self._timeout):
+                raise psycopg2.OperationalError("timed out preparing statements")
+        except Exception:
+            raw.close()
+            raise
+        return _Connection(raw, cursor)
+
+    @staticmethod
+    def _discard(connection: _Connection) -> None:
+        try:
+            connection.raw.close()
+        except Exception:  # already gone
+            pass
+
+
+class Fetch:
+    """A statement sent by ``KeysConnections.start``, its result not read yet."""
+
+    __slots__ = ("_owner", "_connection")
+
+    def __init__(self, owner: KeysConnections, connection: _Connection):
+        self._owner, self._connection = owner, connection
+
+    def result(self):
+        """The first column of the first row (None: no row); once."""
+        owner, connection = self._owner, self._connection
+        self._connection = None
+        try:
+            if not _wait(connection.raw, owner._timeout):
+                raise psycopg2.OperationalError(f"no result in {owner._timeout} s")
+            row = connection.cursor.fetchone()
+        except psycopg2.Error as exc:
+            owner._after_error(connection, exc)
+            raise
+        owner._give_back(connection)
+        return row[0] if row else None
+
+
+def _lost(connection: _Connection, exc: Exception) -> bool:
+    return bool(connection.raw.closed) or isinstance(
+        exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+
+
+def _readable(connection) -> bool:
+    poller = select.poll()
+    poller.register(connection.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
