@@ -380,6 +380,7 @@ def main() -> None:
                     fan_outs.append(fan_out(app, ids, clients, pid, port, round_no,
                                             modes[round_no % len(modes)]))
                 fan_outs[-1]["opened"] = opened
+            cycles[-1]["held"] = (opening[1], time.monotonic())
             close_clients(clients)
             clients = []
             wait_quiet(pid)
@@ -406,6 +407,9 @@ def main() -> None:
         for n, c in enumerate(cycles):
             print(f"  cycle {n + 1}, collections while the sockets opened: "
                   + gc_summary(collections, *c["opening"]))
+            held = c["held"]
+            print(f"  cycle {n + 1}, collections while they were open ({held[1] - held[0]:.0f} s, "
+                  f"probes and fan-outs): " + gc_summary(collections, *held))
     for n, f in enumerate(fan_outs):
         health = f["health"]
         print(f"  fan-out {n + 1} (clients {f['mode']}): {len(ids)} publishes (one per "
