@@ -166,8 +166,9 @@ def test_keep_alive_pings(token_for, make_config, make_user, connect_ws, serve_i
 
 
 def test_a_peer_that_stops_answering_pings_is_closed(token_for, make_config, make_user,
-                                                     connect_ws, serve_in_process):
+                                                     connect_ws, serve_in_process, wait_for):
     from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
 
     pinging = create_app(make_config())
     pinging.config["SOCK_SERVER_OPTIONS"] = {**pinging.config["SOCK_SERVER_OPTIONS"],
@@ -183,6 +184,43 @@ def test_a_peer_that_stops_answering_pings_is_closed(token_for, make_config, mak
         opcodes.append(frame.opcode)
     assert opcodes == [websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_CLOSE]
     assert struct.unpack("!H", frame.data[:2])[0] == 1008
+    # the process's keep-alive sweep closed it: its reader ended and nothing is left counted
+    assert wait_for(lambda: get_broker(pinging).local_socket_count() == 0)
+    assert get_broker(pinging)._sockets == {}
+
+
+def test_a_peer_that_answers_pings_stays_open(token_for, make_config, make_user, connect_ws,
+                                              serve_in_process):
+    """Pinged every interval it stays silent, a peer that answers is kept and still gets its
+    updates; a silent one next to it is closed."""
+    from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
+
+    pinging = create_app(make_config())
+    pinging.config["SOCK_SERVER_OPTIONS"] = {**pinging.config["SOCK_SERVER_OPTIONS"],
+                                             "ping_interval": 0.3}
+    user = make_user("lively@example.com").id
+    server = serve_in_process(pinging)
+    lively = connect_ws(server.url(), token_for("lively@example.com"))
+    mute = connect_ws(server.url(), token_for("lively@example.com"))
+    for ws in (lively, mute):
+        assert ws.receive_json()["type"] == "analytics.snapshot"
+    lively.settimeout(0.1)
+    pings = 0
+    until = time.monotonic() + 1.5
+    while time.monotonic() < until:
+        try:
+            opcode, _ = lively.recv_data(control_frame=True)
+        except websocket.WebSocketTimeoutException:
+            continue
+        if opcode == websocket.ABNF.OPCODE_PING:
+            pings += 1
+            lively.pong(b"")
+    assert pings >= 2
+    assert get_broker(pinging).local_socket_count() == 1  # the mute one was closed
+    assert get_broker(pinging).deliver_local(user, '{"type":"analytics.updated"}') == 1
+    lively.settimeout(5)
+    assert lively.receive_json() == {"type": "analytics.updated"}
 
 
 def test_client_pings_are_answered_and_its_close_echoed(app, token_for, make_user, connect_ws,
