@@ -2,7 +2,8 @@
 memory, one update to every socket, and /api/health meanwhile.
 
     .venv/bin/python bench/bench_ws_scale.py [--sockets 10000] [--users 1000] [--cycles 2]
-        [--fan-outs 2] [--client-python PY] [--client-modes plain,nice] [--gc-report]
+        [--fan-outs 2] [--client-python PY] [--client-modes plain,nice]
+        [--gc-report [--gc-inspect] [--switch-trace]]
 
 Starts one process the production way (``gunicorn -c gunicorn.conf.py``, ``SONICUS_PROCESS=ws``,
 one worker) and runs ``--cycles`` cycles of: /api/health alone; asyncio client processes
@@ -27,7 +28,10 @@ after it (setting a lower niceness back needs root or CAP_SYS_NICE); the sockets
 
 ``--gc-report`` serves ``bench.ws_gc_probe:app`` (the same app behind a ``gc.callbacks`` hook)
 and reports the worker's collections: while the sockets opened, and during each fan-out (wall
-and CPU time of each: a wall time well above the CPU time is the scheduler).
+and CPU time of each: a wall time well above the CPU time is the scheduler), and for the
+slowest health probes of each fan-out the collections and, with ``--switch-trace``, the
+greenlet runs over 2 ms that overlapped them; ``--gc-inspect`` adds what each generation
+holds once the sockets are open (it collects them: a full collection, counted in the opening).
 """
 
 from __future__ import annotations
@@ -312,6 +316,10 @@ def main() -> None:
                              "processes run meanwhile (" + ", ".join(CLIENT_MODES) + ")")
     parser.add_argument("--gc-report", action="store_true",
                         help="record the worker's garbage collections (bench/ws_gc_probe.py)")
+    parser.add_argument("--gc-inspect", action="store_true",
+                        help="with --gc-report: once the sockets are open, what each generation "
+                             "holds and what collecting it costs (it collects: counted in the "
+                             "opening)")
     parser.add_argument("--switch-trace", action="store_true",
                         help="with --gc-report: also the greenlet runs longer than 2 ms")
     args = parser.parse_args()
@@ -363,9 +371,9 @@ def main() -> None:
                                                             shares, per_user)
             wait_quiet(pid)
             rss_open = rss_kib(pid)
-            opening = (opening, time.monotonic())
-            if args.gc_report:
+            if args.gc_inspect:
                 inspect_gc(port)
+            opening = (opening, time.monotonic())
             if not ids:  # the listeners' rows exist once they have signed in
                 with app.app_context():
                     ids = [uid for (uid,) in db.session.query(User.id).all()]
