@@ -12,9 +12,9 @@ its snapshot; ``WS_MAX_SOCKETS_PER_USER`` is that number); the worker's RSS; the
 ``--fan-outs`` times /api/health with the sockets open, and one update to every socket: the
 product has no broadcast, so one ``analytics.updated`` per listener, published through Redis
 at once (one pipeline), timed from the first publish until the last socket has its own, with
-/api/health probed meanwhile; the sockets close. A last round of /api/health alone ends the
-run: the rounds alone and with the sockets alternate. The clients need the ``websockets``
-package (bench/requirements.txt), in ``--client-python``'s environment.
+/api/health probed meanwhile (by a process of its own); the sockets close. A last round of
+/api/health alone ends the run: the rounds alone and with the sockets alternate. The clients
+need the ``websockets`` package (bench/requirements.txt), in ``--client-python``'s environment.
 
 The client processes stand for 10,000 browsers on other machines, but here they read their
 10,000 messages on the same 2 cores as the socket process, Redis and the health prober.
@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from http.client import HTTPConnection, HTTPException
 from pathlib import Path
@@ -191,7 +191,7 @@ class HealthProbe:
             time.sleep(pause)
         return out
 
-    def until(self, stop: threading.Event, out: list[float],
+    def until(self, stop, out: list[float],
               starts: list[float] | None = None) -> None:
         while not stop.is_set():
             if starts is not None:
@@ -254,6 +254,16 @@ def close_clients(clients) -> None:
             client.kill()
 
 
+def probe_process(port: int, go, stop, sender) -> None:
+    """A fan-out's health prober, in a process of its own (``fan_out``)."""
+    out: list[float] = []
+    starts: list[float] = []
+    side = HealthProbe(port)
+    go.wait()
+    side.until(stop, out, starts)
+    sender.send((out, starts))
+
+
 def fan_out(app, ids: list[int], clients, pid: int, port: int, round_no: int,
             mode: str = "plain") -> dict:
     """One update per listener, published at once; when the last socket had its own. The
@@ -261,18 +271,20 @@ def fan_out(app, ids: list[int], clients, pid: int, port: int, round_no: int,
     from sonicus.extensions import get_redis
     from sonicus.realtime.publish import user_events_channel
 
-    during: list[float] = []
-    starts: list[float] = []
-    stop = threading.Event()
-    side = HealthProbe(port)
-    prober = threading.Thread(target=side.until, args=(stop, during, starts))
+    # The prober runs in a process of its own: as a thread of this one it waited for the GIL
+    # while this process published (its first probe took 10-20 ms for that alone).
+    forked = multiprocessing.get_context("fork")
+    go, stop = forked.Event(), forked.Event()
+    receiver, sender = forked.Pipe(duplex=False)
+    prober = forked.Process(target=probe_process, args=(port, go, stop, sender), daemon=True)
+    prober.start()
     set_client_mode(clients, mode)
     for client in clients:
         client.stdin.write("updates\n")
         client.stdin.flush()
     time.sleep(0.5)  # the clients are reading
     window_start = time.monotonic()
-    prober.start()
+    go.set()
     # what publish_to_user sends, one PUBLISH per listener, in one pipeline (the fan-out in
     # the socket process is measured, not this process's round trips)
     channel, pipe = user_events_channel(app.config), get_redis().pipeline(False)
@@ -287,6 +299,7 @@ def fan_out(app, ids: list[int], clients, pid: int, port: int, round_no: int,
     lines = [client.stdout.readline().split() for client in clients]
     cpu = cpu_ms(pid) - cpu_before
     stop.set()
+    during, starts = receiver.recv()
     prober.join()
     window_end = time.monotonic()
     set_client_mode(clients, "plain")
