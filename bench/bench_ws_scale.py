@@ -444,7 +444,7 @@ def main() -> None:
             print("    collections during it: " + gc_summary(collections, *f["window"]))
             for line in slowest_probes(f, collections, long_runs):
                 print("    " + line)
-    for mode in modes:
+    for mode in dict.fromkeys(modes):
         during = [v for f in fan_outs if f["mode"] == mode for v in f["health"]]
         if during and len(modes) > 1:
             print(f"  /api/health during the fan-outs, clients {mode}: {summary(during)}")
