@@ -290,3 +290,59 @@ def _count(flask_app):
     from sonicus.realtime.broker import get_broker
 
     return get_broker(flask_app).local_socket_count()
+
+
+def test_the_keepalive_sweep_never_waits_for_a_stuck_socket(app):
+    """A socket whose write is stuck (its peer reads nothing: the send lock stays held) does not
+    hold up the sweep: the others are pinged, and it is hung up once an interval has passed
+    without an answer."""
+    import threading
+
+    from sonicus.realtime.broker import Connection, get_broker
+
+    class FakeSocket:
+        def __init__(self):
+            self.sent, self.shut = [], False
+
+        def sendall(self, data):
+            self.sent.append(data)
+
+        def shutdown(self, how):
+            self.shut = True
+
+    class FakeWs:
+        def __init__(self):
+            from wsproto import ConnectionType
+            from wsproto.connection import Connection as Protocol
+
+            self.sock, self.connected = FakeSocket(), True
+            self.ws = Protocol(ConnectionType.SERVER)
+
+        def close(self, reason=None, message=None):
+            self.connected = False
+
+    broker = get_broker(app)
+    stuck, quiet = Connection(FakeWs(), 900101), Connection(FakeWs(), 900102)
+    with broker._lock:
+        for conn in (stuck, quiet):
+            broker._sockets.setdefault(conn.user_id, set()).add(conn)
+    try:
+        broker._keepalive_interval = 10.0
+        for conn in (stuck, quiet):
+            conn.heard_from()
+            conn.kept_alive = True
+        stuck.send_lock.acquire()  # a write to it that never ends
+        sweeps = []
+        start = time.monotonic()
+        sweep = threading.Thread(target=lambda: sweeps.append(
+            [broker.sweep_keepalive(now=start + 11), broker.sweep_keepalive(now=start + 22)]))
+        sweep.start()
+        sweep.join(5)
+        assert not sweep.is_alive()
+        assert sweeps == [[(1, 0), (0, 2)]]  # the quiet one pinged; both hung up at last
+        assert quiet.ws.sock.sent and not stuck.ws.sock.sent
+        assert stuck.ws.sock.shut and stuck.closed
+    finally:
+        stuck.send_lock.release()
+        for conn in (stuck, quiet):
+            broker.unregister(conn)

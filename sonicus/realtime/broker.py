@@ -527,14 +527,21 @@ class Broker:
         for conn in conns:
             if conn.closed:
                 continue
+            # A send lock held means a write to the socket is under way, or stuck because the
+            # peer does not read: the sweep never waits for it (one such socket would hold up
+            # every other's pings); that peer counts as pinged, and is hung up an interval on.
             if conn.pinged:
                 if now - conn.pinged >= interval:
-                    conn.close(CLOSE_POLICY_VIOLATION, "Ping/Pong timeout")
+                    if not conn.send_lock.locked():
+                        conn.close(CLOSE_POLICY_VIOLATION, "Ping/Pong timeout")
+                    conn.closed = True
                     conn.hang_up()
                     closed += 1
             elif now - conn.heard >= interval:
                 conn.pinged = now
-                if conn.send_event(Ping()):
+                if conn.send_lock.locked():
+                    pass
+                elif conn.send_event(Ping()):
                     pinged += 1
                 else:
                     conn.hang_up()
