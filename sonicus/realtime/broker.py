@@ -67,11 +67,6 @@ LEASE_RENEW_USERS = 50  # users whose leases are renewed per pipeline (a ZADD an
 DELIVERY_SLICE_SECONDS = 0.001
 CLOSE_POLICY_VIOLATION = 1008  # no pong within a ping interval
 KEEPALIVE_SWEEPS_PER_INTERVAL = 4  # a silent socket is pinged within 1.25 ping intervals
-# A sweep goes through the sockets in steps (50, none shorter than 10 ms apart), so that each
-# socket is pinged at its own moment: pinging every due socket at once synchronised them (each
-# pong sets when the next ping is due), and thousands of pongs woke their readers together.
-KEEPALIVE_STEPS = 50
-KEEPALIVE_STEP_SECONDS = 0.01
 
 # KEYS[1]: a user's leases; ARGV: now, the new lease's end, its member, the cap
 ADMIT_SCRIPT = """
@@ -514,35 +509,19 @@ class Broker:
 
     def _keep_alive_loop(self) -> None:
         stop = self._keepalive_stop
-        conns: list[Connection] = []
-        position = steps = 0
-        while True:
-            sweep_seconds = self._keepalive_interval / KEEPALIVE_SWEEPS_PER_INTERVAL
-            if position >= len(conns):  # a new sweep, over the sockets open now
-                conns, position = self.kept_alive_connections(), 0
-                steps = max(1, min(KEEPALIVE_STEPS, int(sweep_seconds / KEEPALIVE_STEP_SECONDS)))
-            if stop.wait(sweep_seconds / steps):
-                return
-            step = max(1, -(-len(conns) // steps))
+        while not stop.wait(self._keepalive_interval / KEEPALIVE_SWEEPS_PER_INTERVAL):
             try:
-                self.sweep_keepalive(conns[position:position + step])
+                self.sweep_keepalive()
             except Exception as exc:  # never let one bad socket end the sweep
                 log.warning("live updates: keep-alive sweep failed: %s", type(exc).__name__)
-            position += step
 
-    def kept_alive_connections(self) -> list[Connection]:
-        with self._lock:
-            return [conn for user_conns in self._sockets.values() for conn in user_conns
-                    if conn.kept_alive]
-
-    def sweep_keepalive(self, conns: list[Connection] | None = None,
-                        now: float | None = None) -> tuple[int, int]:
-        """Ping those of ``conns`` (default: every socket kept alive) that were silent for an
-        interval, close those that did not answer a ping; (pinged, closed). Under gevent it
-        gives the event loop its turns like a fan-out."""
+    def sweep_keepalive(self, now: float | None = None) -> tuple[int, int]:
+        """One pass: ping the silent sockets, close those that did not answer; (pinged,
+        closed). Under gevent it gives the event loop its turns like a fan-out."""
         interval = self._keepalive_interval
-        if conns is None:
-            conns = self.kept_alive_connections()
+        with self._lock:
+            conns = [conn for user_conns in self._sockets.values() for conn in user_conns
+                     if conn.kept_alive]
         now = time.monotonic() if now is None else now
         pinged = closed = 0
         for conn in conns:
