@@ -2,7 +2,8 @@
 memory, one update to every socket, and /api/health meanwhile.
 
     .venv/bin/python bench/bench_ws_scale.py [--sockets 10000] [--users 1000] [--cycles 2]
-        [--client-python PY]
+        [--fan-outs 2] [--client-python PY] [--client-modes plain,nice]
+        [--gc-report [--gc-inspect] [--switch-trace]]
 
 Starts one process the production way (``gunicorn -c gunicorn.conf.py``, ``SONICUS_PROCESS=ws``,
 one worker) and runs ``--cycles`` cycles of: /api/health alone; asyncio client processes
@@ -11,21 +12,38 @@ its snapshot; ``WS_MAX_SOCKETS_PER_USER`` is that number); the worker's RSS; the
 ``--fan-outs`` times /api/health with the sockets open, and one update to every socket: the
 product has no broadcast, so one ``analytics.updated`` per listener, published through Redis
 at once (one pipeline), timed from the first publish until the last socket has its own, with
-/api/health probed meanwhile; the sockets close. A last round of /api/health alone ends the
-run: the rounds alone and with the sockets alternate. The clients need the ``websockets``
-package (bench/requirements.txt), in ``--client-python``'s environment.
+/api/health probed meanwhile (by a process of its own); the sockets close. A last round of
+/api/health alone ends the run: the rounds alone and with the sockets alternate. The clients
+need the ``websockets`` package (bench/requirements.txt), in ``--client-python``'s environment.
+
+The client processes stand for 10,000 browsers on other machines, but here they read their
+10,000 messages on the same 2 cores as the socket process, Redis and the health prober.
+``--client-modes`` says how they run during each fan-out, in turn (fan-out n uses mode
+n mod their number, so the modes alternate within one run): ``plain`` (as they are, the
+default), ``nice`` (niceness 19: the server, Redis and the prober, at 0, take a core whenever
+they are ready), ``pinned`` (on the last core only, ``sched_setaffinity``), ``nice-pinned``
+(both). A mode is set on the running client processes just before the fan-out and undone
+after it (setting a lower niceness back needs root or CAP_SYS_NICE); the sockets open in
+``plain``. Benchmark only: the product never changes its own priority.
+
+``--gc-report`` serves ``bench.ws_gc_probe:app`` (the same app behind a ``gc.callbacks`` hook)
+and reports the worker's collections: while the sockets opened, and during each fan-out (wall
+and CPU time of each: a wall time well above the CPU time is the scheduler), and for the
+slowest health probes of each fan-out the collections and, with ``--switch-trace``, the
+greenlet runs over 2 ms that overlapped them; ``--gc-inspect`` adds what each generation
+holds once the sockets are open (it collects them: a full collection, counted in the opening).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from http.client import HTTPConnection, HTTPException
 from pathlib import Path
@@ -61,10 +79,86 @@ def worker_pid(master_pid: int) -> int:
     return int(Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()[0])
 
 
-def start_ws_process(extra_env: dict) -> tuple[subprocess.Popen, int]:
+def start_ws_process(extra_env: dict, app_name: str = "wsgi:app"
+                     ) -> tuple[subprocess.Popen, int]:
     log = open(os.environ.get("BENCH_WS_LOG", os.devnull), "w")  # noqa: SIM115
-    return spawn_gunicorn(["-c", "gunicorn.conf.py", "wsgi:app"],
+    return spawn_gunicorn(["-c", "gunicorn.conf.py", app_name],
                           {**bench_env(), "SONICUS_PROCESS": "ws", **extra_env}, log=log)
+
+
+CLIENT_MODES = ("plain", "nice", "pinned", "nice-pinned")
+
+
+def set_client_mode(clients, mode: str) -> None:
+    """How the client processes run (``--client-modes``): niceness 19 or 0, the last core
+    only or every core."""
+    cores = sorted(os.sched_getaffinity(0))
+    for client in clients:
+        os.setpriority(os.PRIO_PROCESS, client.pid, 19 if "nice" in mode else 0)
+        os.sched_setaffinity(client.pid, cores[-1:] if "pinned" in mode else cores)
+
+
+def gc_collections(port: int) -> tuple[list, list]:
+    """The worker's collections so far (``bench/ws_gc_probe.py``): (monotonic start, wall ms,
+    CPU ms, generation, freed); and its greenlets' long runs (``--switch-trace``)."""
+    conn = HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/__bench/gc")
+        answer = json.loads(conn.getresponse().read())
+        return ([tuple(item) for item in answer["collections"]],
+                [tuple(item) for item in answer["long_runs"]])
+    finally:
+        conn.close()
+
+
+def inspect_gc(port: int) -> None:
+    """Print what the worker's generations hold and what a collection of each costs."""
+    conn = HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", "/__bench/gc?inspect")
+        answer = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    print(f"  gc now: frozen {answer['frozen']}, threshold {answer['threshold']}, "
+          f"callbacks {answer['callbacks']}")
+    for generation, held in answer["held"].items():
+        print(f"    gen {generation}: {held['objects']} objects, "
+              f"collect {answer['collect_ms'][generation]:.1f} ms; {held['types']}")
+
+
+def slowest_probes(f: dict, collections, runs, top: int = 3) -> list[str]:
+    """The slowest health probes of a fan-out, each with the collections and greenlet runs
+    of the socket process that overlapped it."""
+    out = []
+    probes = sorted(zip(f["health_starts"], f["health"], strict=True), key=lambda p: -p[1])
+    for start, ms in probes[:top]:
+        end = start + ms / 1000
+        out.append(f"probe of {ms:.1f} ms at +{(start - f['window'][0]) * 1000:.0f} ms")
+        for c in collections:
+            if c[0] <= end and c[0] + c[1] / 1000 >= start:
+                out.append(f"  gc gen {c[3]}: {c[1]:.1f} ms ({c[2]:.1f} ms CPU) "
+                           f"at +{(c[0] - start) * 1000:.1f} ms")
+        for r in runs:
+            if r[0] <= end and r[0] + r[1] / 1000 >= start:
+                out.append(f"  run {r[1]:.1f} ms ({r[2]:.1f} ms CPU) at "
+                           f"+{(r[0] - start) * 1000:.1f} ms: {r[3]} in {r[4]}")
+    return out
+
+
+def gc_summary(collections, start: float, end: float) -> str:
+    """The collections that started within [start, end]: how many of each generation, the
+    longest of each (wall / CPU ms)."""
+    inside = [c for c in collections if start <= c[0] <= end]
+    if not inside:
+        return "no collection"
+    parts = []
+    for generation in (0, 1, 2):
+        of = [c for c in inside if c[3] == generation]
+        if of:
+            longest = max(of, key=lambda c: c[1])
+            parts.append(f"gen {generation}: {len(of)}, longest {longest[1]:.1f} ms "
+                         f"({longest[2]:.1f} ms CPU), total {sum(c[1] for c in of):.1f} ms")
+    return "; ".join(parts)
 
 
 class HealthProbe:
@@ -97,8 +191,11 @@ class HealthProbe:
             time.sleep(pause)
         return out
 
-    def until(self, stop: threading.Event, out: list[float]) -> None:
+    def until(self, stop, out: list[float],
+              starts: list[float] | None = None) -> None:
         while not stop.is_set():
+            if starts is not None:
+                starts.append(time.monotonic())
             out.append(self.once())
             time.sleep(0.002)
 
@@ -157,20 +254,37 @@ def close_clients(clients) -> None:
             client.kill()
 
 
-def fan_out(app, ids: list[int], clients, pid: int, port: int, round_no: int) -> dict:
-    """One update per listener, published at once; when the last socket had its own."""
+def probe_process(port: int, go, stop, sender) -> None:
+    """A fan-out's health prober, in a process of its own (``fan_out``)."""
+    out: list[float] = []
+    starts: list[float] = []
+    side = HealthProbe(port)
+    go.wait()
+    side.until(stop, out, starts)
+    sender.send((out, starts))
+
+
+def fan_out(app, ids: list[int], clients, pid: int, port: int, round_no: int,
+            mode: str = "plain") -> dict:
+    """One update per listener, published at once; when the last socket had its own. The
+    client processes run in ``mode`` meanwhile."""
     from sonicus.extensions import get_redis
     from sonicus.realtime.publish import user_events_channel
 
-    during: list[float] = []
-    stop = threading.Event()
-    side = HealthProbe(port)
-    prober = threading.Thread(target=side.until, args=(stop, during))
+    # The prober runs in a process of its own: as a thread of this one it waited for the GIL
+    # while this process published (its first probe took 10-20 ms for that alone).
+    forked = multiprocessing.get_context("fork")
+    go, stop = forked.Event(), forked.Event()
+    receiver, sender = forked.Pipe(duplex=False)
+    prober = forked.Process(target=probe_process, args=(port, go, stop, sender), daemon=True)
+    prober.start()
+    set_client_mode(clients, mode)
     for client in clients:
         client.stdin.write("updates\n")
         client.stdin.flush()
     time.sleep(0.5)  # the clients are reading
-    prober.start()
+    window_start = time.monotonic()
+    go.set()
     # what publish_to_user sends, one PUBLISH per listener, in one pipeline (the fan-out in
     # the socket process is measured, not this process's round trips)
     channel, pipe = user_events_channel(app.config), get_redis().pipeline(False)
@@ -185,11 +299,16 @@ def fan_out(app, ids: list[int], clients, pid: int, port: int, round_no: int) ->
     lines = [client.stdout.readline().split() for client in clients]
     cpu = cpu_ms(pid) - cpu_before
     stop.set()
+    during, starts = receiver.recv()
     prober.join()
-    return {"delivered": sum(int(line[1]) for line in lines),
+    window_end = time.monotonic()
+    set_client_mode(clients, "plain")
+    return {"delivered": sum(int(line[1]) for line in lines), "mode": mode,
+            "window": (window_start, window_end),
             "last_ms": (max(float(line[2]) for line in lines) - started) * 1000,
             "first_ms": (min(float(line[3]) for line in lines) - started) * 1000,
-            "published_ms": published * 1000, "cpu_ms": cpu, "health": during}
+            "published_ms": published * 1000, "cpu_ms": cpu, "health": during,
+            "health_starts": starts}
 
 
 def main() -> None:
@@ -205,7 +324,22 @@ def main() -> None:
     parser.add_argument("--client-python", default=os.environ.get("BENCH_WS_CLIENT_PYTHON",
                                                                   sys.executable),
                         help="an interpreter with the websockets package (bench/requirements.txt)")
+    parser.add_argument("--client-modes", default="plain",
+                        help="comma-separated, taken in turn by the fan-outs: how the client "
+                             "processes run meanwhile (" + ", ".join(CLIENT_MODES) + ")")
+    parser.add_argument("--gc-report", action="store_true",
+                        help="record the worker's garbage collections (bench/ws_gc_probe.py)")
+    parser.add_argument("--gc-inspect", action="store_true",
+                        help="with --gc-report: once the sockets are open, what each generation "
+                             "holds and what collecting it costs (it collects: counted in the "
+                             "opening)")
+    parser.add_argument("--switch-trace", action="store_true",
+                        help="with --gc-report: also the greenlet runs longer than 2 ms")
     args = parser.parse_args()
+    modes = [mode.strip() for mode in args.client_modes.split(",") if mode.strip()]
+    unknown = set(modes) - set(CLIENT_MODES)
+    if unknown or not modes:
+        parser.error(f"--client-modes: unknown {sorted(unknown)} (known: {CLIENT_MODES})")
     per_user = max(1, args.sockets // args.users)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -227,11 +361,15 @@ def main() -> None:
         path.write_text("\n".join(tokens[n::args.clients]))
         shares.append(path)
     web, port = start_ws_process({"WS_MAX_SOCKETS_PER_PROCESS": str(args.sockets + 100),
-                                  "WS_MAX_SOCKETS_PER_USER": str(per_user)})
+                                  "WS_MAX_SOCKETS_PER_USER": str(per_user),
+                                  **({"BENCH_WS_SWITCH_TRACE": "1"} if args.switch_trace
+                                     else {})},
+                                 "bench.ws_gc_probe:app" if args.gc_report else "wsgi:app")
     idle: list[list[float]] = []
     loaded: list[list[float]] = []
     cycles, fan_outs = [], []
     clients = []
+    collections, long_runs = [], []
     try:
         wait_http(f"http://127.0.0.1:{port}/api/health")
         pid = worker_pid(web.pid)
@@ -241,28 +379,37 @@ def main() -> None:
         for cycle in range(args.cycles):
             idle.append(probe.run(args.probes))
             rss_idle = rss_kib(pid)
+            opening = time.monotonic()
             clients, opened, seconds, failed = open_clients(args, args.client_python, port,
                                                             shares, per_user)
             wait_quiet(pid)
             rss_open = rss_kib(pid)
+            if args.gc_inspect:
+                inspect_gc(port)
+            opening = (opening, time.monotonic())
             if not ids:  # the listeners' rows exist once they have signed in
                 with app.app_context():
                     ids = [uid for (uid,) in db.session.query(User.id).all()]
             cycles.append({"opened": opened, "seconds": seconds, "failed": failed,
+                           "opening": opening,
                            "rss_idle": rss_idle, "rss_open": rss_open,
                            "per_socket": (rss_open - rss_idle) / max(1, opened)})
             for n in range(args.fan_outs):
                 loaded.append(probe.run(args.probes))
                 with app.app_context():
-                    fan_outs.append(fan_out(app, ids, clients, pid, port,
-                                            cycle * args.fan_outs + n))
+                    round_no = cycle * args.fan_outs + n
+                    fan_outs.append(fan_out(app, ids, clients, pid, port, round_no,
+                                            modes[round_no % len(modes)]))
                 fan_outs[-1]["opened"] = opened
+            cycles[-1]["held"] = (opening[1], time.monotonic())
             close_clients(clients)
             clients = []
             wait_quiet(pid)
             cycles[-1]["leases_left"] = leases_left(app)
         idle.append(probe.run(args.probes))
         rss_end = rss_kib(pid)
+        if args.gc_report:
+            collections, long_runs = gc_collections(port)
     finally:
         close_clients(clients)
         stop_process(web)
@@ -277,12 +424,30 @@ def main() -> None:
               f"{c['rss_open'] / 1024:.0f} MiB: {c['per_socket']:.1f} KiB per socket; "
               f"closed: {c.get('leases_left')} still counted against their users")
     print(f"  RSS after the last cycle's sockets closed: {rss_end / 1024:.0f} MiB")
+    if args.gc_report:
+        for n, c in enumerate(cycles):
+            print(f"  cycle {n + 1}, collections while the sockets opened: "
+                  + gc_summary(collections, *c["opening"]))
+            held = c["held"]
+            print(f"  cycle {n + 1}, collections while they were open ({held[1] - held[0]:.0f} s, "
+                  f"probes and fan-outs): " + gc_summary(collections, *held))
     for n, f in enumerate(fan_outs):
-        print(f"  fan-out {n + 1}: {len(ids)} publishes (one per listener, one pipeline, "
-              f"{f['published_ms']:.0f} ms): {f['delivered']}/{f['opened']} sockets had their "
+        health = f["health"]
+        print(f"  fan-out {n + 1} (clients {f['mode']}): {len(ids)} publishes (one per "
+              f"listener, one pipeline, {f['published_ms']:.0f} ms): "
+              f"{f['delivered']}/{f['opened']} sockets had their "
               f"update {f['last_ms']:.0f} ms after the first publish (first after "
               f"{f['first_ms']:.0f} ms); the socket process's CPU: {f['cpu_ms']:.0f} ms; "
-              f"/api/health meanwhile: " + (summary(f["health"]) if f["health"] else "none done"))
+              f"/api/health meanwhile: " + (f"{summary(health)}, max {max(health):.2f} ms"
+                                            if health else "none done"))
+        if args.gc_report:
+            print("    collections during it: " + gc_summary(collections, *f["window"]))
+            for line in slowest_probes(f, collections, long_runs):
+                print("    " + line)
+    for mode in dict.fromkeys(modes):
+        during = [v for f in fan_outs if f["mode"] == mode for v in f["health"]]
+        if during and len(modes) > 1:
+            print(f"  /api/health during the fan-outs, clients {mode}: {summary(during)}")
     all_idle = [v for r in idle for v in r]
     all_loaded = [v for r in loaded for v in r]
     print("  /api/health p99 by round, alternating (alone | sockets open): "

@@ -166,8 +166,9 @@ def test_keep_alive_pings(token_for, make_config, make_user, connect_ws, serve_i
 
 
 def test_a_peer_that_stops_answering_pings_is_closed(token_for, make_config, make_user,
-                                                     connect_ws, serve_in_process):
+                                                     connect_ws, serve_in_process, wait_for):
     from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
 
     pinging = create_app(make_config())
     pinging.config["SOCK_SERVER_OPTIONS"] = {**pinging.config["SOCK_SERVER_OPTIONS"],
@@ -183,6 +184,43 @@ def test_a_peer_that_stops_answering_pings_is_closed(token_for, make_config, mak
         opcodes.append(frame.opcode)
     assert opcodes == [websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_CLOSE]
     assert struct.unpack("!H", frame.data[:2])[0] == 1008
+    # the process's keep-alive sweep closed it: its reader ended and nothing is left counted
+    assert wait_for(lambda: get_broker(pinging).local_socket_count() == 0)
+    assert get_broker(pinging)._sockets == {}
+
+
+def test_a_peer_that_answers_pings_stays_open(token_for, make_config, make_user, connect_ws,
+                                              serve_in_process):
+    """Pinged every interval it stays silent, a peer that answers is kept and still gets its
+    updates; a silent one next to it is closed."""
+    from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
+
+    pinging = create_app(make_config())
+    pinging.config["SOCK_SERVER_OPTIONS"] = {**pinging.config["SOCK_SERVER_OPTIONS"],
+                                             "ping_interval": 0.3}
+    user = make_user("lively@example.com").id
+    server = serve_in_process(pinging)
+    lively = connect_ws(server.url(), token_for("lively@example.com"))
+    mute = connect_ws(server.url(), token_for("lively@example.com"))
+    for ws in (lively, mute):
+        assert ws.receive_json()["type"] == "analytics.snapshot"
+    lively.settimeout(0.1)
+    pings = 0
+    until = time.monotonic() + 1.5
+    while time.monotonic() < until:
+        try:
+            opcode, _ = lively.recv_data(control_frame=True)
+        except websocket.WebSocketTimeoutException:
+            continue
+        if opcode == websocket.ABNF.OPCODE_PING:
+            pings += 1
+            lively.pong(b"")
+    assert pings >= 2
+    assert get_broker(pinging).local_socket_count() == 1  # the mute one was closed
+    assert get_broker(pinging).deliver_local(user, '{"type":"analytics.updated"}') == 1
+    lively.settimeout(5)
+    assert lively.receive_json() == {"type": "analytics.updated"}
 
 
 def test_client_pings_are_answered_and_its_close_echoed(app, token_for, make_user, connect_ws,
@@ -252,3 +290,59 @@ def _count(flask_app):
     from sonicus.realtime.broker import get_broker
 
     return get_broker(flask_app).local_socket_count()
+
+
+def test_the_keepalive_sweep_never_waits_for_a_stuck_socket(app):
+    """A socket whose write is stuck (its peer reads nothing: the send lock stays held) does not
+    hold up the sweep: the others are pinged, and it is hung up once an interval has passed
+    without an answer."""
+    import threading
+
+    from sonicus.realtime.broker import Connection, get_broker
+
+    class FakeSocket:
+        def __init__(self):
+            self.sent, self.shut = [], False
+
+        def sendall(self, data):
+            self.sent.append(data)
+
+        def shutdown(self, how):
+            self.shut = True
+
+    class FakeWs:
+        def __init__(self):
+            from wsproto import ConnectionType
+            from wsproto.connection import Connection as Protocol
+
+            self.sock, self.connected = FakeSocket(), True
+            self.ws = Protocol(ConnectionType.SERVER)
+
+        def close(self, reason=None, message=None):
+            self.connected = False
+
+    broker = get_broker(app)
+    stuck, quiet = Connection(FakeWs(), 900101), Connection(FakeWs(), 900102)
+    with broker._lock:
+        for conn in (stuck, quiet):
+            broker._sockets.setdefault(conn.user_id, set()).add(conn)
+    try:
+        broker._keepalive_interval = 10.0
+        for conn in (stuck, quiet):
+            conn.heard_from()
+            conn.kept_alive = True
+        stuck.send_lock.acquire()  # a write to it that never ends
+        sweeps = []
+        start = time.monotonic()
+        sweep = threading.Thread(target=lambda: sweeps.append(
+            [broker.sweep_keepalive(now=start + 11), broker.sweep_keepalive(now=start + 22)]))
+        sweep.start()
+        sweep.join(5)
+        assert not sweep.is_alive()
+        assert sweeps == [[(1, 0), (0, 2)]]  # the quiet one pinged; both hung up at last
+        assert quiet.ws.sock.sent and not stuck.ws.sock.sent
+        assert stuck.ws.sock.shut and stuck.closed
+    finally:
+        stuck.send_lock.release()
+        for conn in (stuck, quiet):
+            broker.unregister(conn)

@@ -93,3 +93,32 @@ def test_a_snapshot_that_fails_closes_the_socket_with_1013(
     ws = connect_ws(server.url(), token_for("frank@example.com"))
     assert ws.close_code() == 1013
     assert wait_for(lambda: broker.local_socket_count() == 0)
+
+
+def test_renewal_pushes_every_sockets_lease_forward(app, test_redis_url):
+    """The subscriber renews a process's leases (one ZADD per user, in several pipelines): each
+    socket's lease, of every user, runs out later than before, and none of another process's is
+    touched."""
+    from sonicus.realtime import broker as broker_module
+    from sonicus.realtime.broker import ADMITTED, Connection, get_broker
+
+    broker = get_broker(app)
+    leases = redis_lib.Redis.from_url(test_redis_url)
+    users = range(900001, 900001 + 2 * broker_module.LEASE_RENEW_USERS + 3)  # three pipelines
+    foreign_until = time.time() + 5
+    leases.zadd(_leases_key(app, users[0]), {"another-process-1": foreign_until})
+    conns = [Connection(None, user_id) for user_id in users for _ in range(3)]
+    try:
+        for conn in conns:
+            assert broker.admit(conn, per_process=10_000, per_user=10) == ADMITTED
+        before = {conn.lease: leases.zscore(_leases_key(app, conn.user_id), conn.lease)
+                  for conn in conns}
+        time.sleep(0.05)
+        assert broker.renew_leases() == len(conns)
+        for conn in conns:
+            assert leases.zscore(_leases_key(app, conn.user_id), conn.lease) > before[conn.lease]
+        assert leases.zscore(_leases_key(app, users[0]), "another-process-1") == foreign_until
+        assert leases.ttl(_leases_key(app, users[1])) > broker_module.LEASE_SECONDS - 5
+    finally:
+        for conn in conns:
+            broker.unregister(conn)

@@ -18,6 +18,12 @@ web process.
   subscriber thread renews this process's leases every ``LEASE_RENEW_SECONDS``, so the
   sockets of a process that died stop counting after ``LEASE_SECONDS``. Without Redis (or
   while it is unreachable) a user's sockets are counted in this process only.
+- Keep-alive: one sweep per process (``keep_alive``) pings the sockets that were silent for
+  ``ping_interval`` and closes (1008) those that left a ping unanswered as long. A socket's
+  reader then waits without a timeout: under gevent a timed wait built a timeout, its timer
+  and its exception for every wait of every socket (two per ping), which lived until the next
+  ping and filled the collector's older generations (at 10,000 sockets most of what the
+  collector scanned during a fan-out).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import struct
 import sys
 import threading
@@ -37,6 +44,7 @@ from collections.abc import Callable
 
 import redis
 from flask import current_app
+from wsproto.events import Ping
 
 from ..caller_cache import callers_channel, get_caller_cache
 from ..extensions import channel_prefix, get_redis, redis_gate
@@ -51,11 +59,14 @@ SUBSCRIBE_CONFIRM_SECONDS = 5.0
 FIRST_START_WAIT_SECONDS = 0.5  # the request that starts the subscriber waits this long
 LEASE_SECONDS = 90  # a socket's lease on its user's cap, renewed every LEASE_RENEW_SECONDS
 LEASE_RENEW_SECONDS = 30
-LEASE_RENEW_BATCH = 1000
+LEASE_RENEW_BATCH = 1000  # leases given back per pipeline
+LEASE_RENEW_USERS = 50  # users whose leases are renewed per pipeline (a ZADD and an EXPIRE each)
 # Under gevent, delivery gives the event loop a turn (it polls sockets: a health probe, a
 # handshake) after this long writing to sockets; a fan-out to thousands of sockets never
 # holds the process for longer.
 DELIVERY_SLICE_SECONDS = 0.001
+CLOSE_POLICY_VIOLATION = 1008  # no pong within a ping interval
+KEEPALIVE_SWEEPS_PER_INTERVAL = 4  # a silent socket is pinged within 1.25 ping intervals
 
 # KEYS[1]: a user's leases; ARGV: now, the new lease's end, its member, the cap
 ADMIT_SCRIPT = """
@@ -140,6 +151,14 @@ class Connection:
         self.send_lock = threading.Lock()
         self.closed = False
         self.lease: str | None = None  # its member in the user's leases (Redis)
+        self.heard = time.monotonic()  # when the peer last sent anything
+        self.pinged = 0.0  # when the ping it has not answered yet went out (0: none)
+        self.kept_alive = False  # the broker's keep-alive sweep pings it
+
+    def heard_from(self) -> None:
+        """The peer sent something (whatever it is, it is alive)."""
+        self.heard = time.monotonic()
+        self.pinged = 0.0
 
     def send(self, text: str) -> bool:
         return self.send_frame(text_frame(text))
@@ -178,6 +197,14 @@ class Connection:
             except Exception:  # already gone
                 pass
 
+    def hang_up(self) -> None:
+        """Wake the socket's reader, waiting without a timeout, with an end of stream (after a
+        close frame already queued: a shutdown sends what was written first)."""
+        try:
+            self.ws.sock.shutdown(socket.SHUT_RDWR)
+        except Exception:  # closed already
+            pass
+
 
 class Broker:
     def __init__(self, app, snapshot: Callable[[int], dict | None]):
@@ -203,6 +230,10 @@ class Broker:
         self._releases: list[tuple[int, str, float]] = []  # leases to give back
         self._releasing = False
         self._slice_ends = 0.0  # under gevent: when delivery gives the event loop a turn
+        self._keepalive: threading.Thread | None = None
+        self._keepalive_interval = 0.0
+        self._keepalive_pid: int | None = None
+        self._keepalive_stop = threading.Event()
 
     def _pace(self) -> None:
         """Between two writes of a fan-out: under gevent, give the event loop a turn once
@@ -336,23 +367,31 @@ class Broker:
 
     def renew_leases(self) -> int:
         """Push this process's leases forward (the subscriber thread calls it every
-        ``LEASE_RENEW_SECONDS``); how many were renewed."""
+        ``LEASE_RENEW_SECONDS``); how many were renewed. One ZADD (and EXPIRE) per user for all
+        its sockets, in pipelines of ``LEASE_RENEW_USERS`` users; under gevent the event loop
+        gets its turn between two (one pipeline for 10,000 sockets held the process for
+        15-30 ms at a time: health probes waited behind it)."""
         with self._lock:
-            leased = [(conn.user_id, conn.lease) for conns in self._sockets.values()
-                      for conn in conns if conn.lease is not None]
-        if not leased:
+            by_user = [(user_id, [conn.lease for conn in conns if conn.lease is not None])
+                       for user_id, conns in self._sockets.items()]
+        by_user = [(user_id, members) for user_id, members in by_user if members]
+        if not by_user:
             return 0
 
         def renew(client):
-            until = time.time() + LEASE_SECONDS
-            for start in range(0, len(leased), LEASE_RENEW_BATCH):
+            renewed = 0
+            for start in range(0, len(by_user), LEASE_RENEW_USERS):
+                if start:
+                    yield_to_loop()
+                until = time.time() + LEASE_SECONDS
                 pipe = client.pipeline(transaction=False)
-                for user_id, member in leased[start:start + LEASE_RENEW_BATCH]:
+                for user_id, members in by_user[start:start + LEASE_RENEW_USERS]:
                     key = self._leases_key(user_id)
-                    pipe.zadd(key, {member: until}, xx=True)
+                    pipe.zadd(key, dict.fromkeys(members, until), xx=True)
                     pipe.expire(key, LEASE_SECONDS + 1)
+                    renewed += len(members)
                 pipe.execute()
-            return len(leased)
+            return renewed
 
         return self._redis_call("socket lease renewal", renew, 0)
 
@@ -446,6 +485,68 @@ class Broker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._keepalive_stop.set()
+
+    # ---- keep-alive: one sweep for every socket of the process -------------------------------
+    def keep_alive(self, conn: Connection, interval: float) -> None:
+        """Let this process's sweep ping ``conn`` when it was silent for ``interval`` seconds
+        and close it (1008) when a ping stays unanswered as long; the sweep starts with the
+        first such socket of the process."""
+        conn.heard_from()
+        conn.kept_alive = True
+        with self._lock:
+            sweep = self._keepalive
+            if (sweep is not None and self._keepalive_pid == os.getpid()
+                    and not self._keepalive_stop.is_set() and sweep.is_alive()):
+                self._keepalive_interval = min(self._keepalive_interval, interval)
+                return
+            self._keepalive_interval = interval
+            self._keepalive_pid = os.getpid()
+            self._keepalive_stop = threading.Event()
+            self._keepalive = threading.Thread(target=self._keep_alive_loop,
+                                               name="sonicus-socket-keepalive", daemon=True)
+            self._keepalive.start()
+
+    def _keep_alive_loop(self) -> None:
+        stop = self._keepalive_stop
+        while not stop.wait(self._keepalive_interval / KEEPALIVE_SWEEPS_PER_INTERVAL):
+            try:
+                self.sweep_keepalive()
+            except Exception as exc:  # never let one bad socket end the sweep
+                log.warning("live updates: keep-alive sweep failed: %s", type(exc).__name__)
+
+    def sweep_keepalive(self, now: float | None = None) -> tuple[int, int]:
+        """One pass: ping the silent sockets, close those that did not answer; (pinged,
+        closed). Under gevent it gives the event loop its turns like a fan-out."""
+        interval = self._keepalive_interval
+        with self._lock:
+            conns = [conn for user_conns in self._sockets.values() for conn in user_conns
+                     if conn.kept_alive]
+        now = time.monotonic() if now is None else now
+        pinged = closed = 0
+        for conn in conns:
+            if conn.closed:
+                continue
+            # A send lock held means a write to the socket is under way, or stuck because the
+            # peer does not read: the sweep never waits for it (one such socket would hold up
+            # every other's pings); that peer counts as pinged, and is hung up an interval on.
+            if conn.pinged:
+                if now - conn.pinged >= interval:
+                    if not conn.send_lock.locked():
+                        conn.close(CLOSE_POLICY_VIOLATION, "Ping/Pong timeout")
+                    conn.closed = True
+                    conn.hang_up()
+                    closed += 1
+            elif now - conn.heard >= interval:
+                conn.pinged = now
+                if conn.send_lock.locked():
+                    pass
+                elif conn.send_event(Ping()):
+                    pinged += 1
+                else:
+                    conn.hang_up()
+            self._pace()
+        return pinged, closed
 
     def _subscribe(self, pubsub) -> None:
         """Subscribe to both channels and wait for Redis to confirm both: a message published

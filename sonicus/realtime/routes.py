@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 CLOSE_INVALID_TOKEN = 4401
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TOO_MANY_SOCKETS = 4429  # this user has WS_MAX_SOCKETS_PER_USER open already
-CLOSE_POLICY_VIOLATION = 1008  # no pong within a ping interval
 CLOSE_TOO_BIG = 1009
 SUBSCRIBE_WAIT_SECONDS = 2.0
 RECEIVE_BYTES = 4096
@@ -111,30 +110,25 @@ class EndSocketRequests:
         return answer
 
 
-def read_until_closed(ws, conn: Connection) -> None:
+def read_until_closed(ws, conn: Connection, broker) -> None:
     """Read ``ws`` in its own handler until it closes: answer the client's pings and its close,
-    ping a peer that was silent for ``ping_interval`` seconds and close one that lets a ping go
-    unanswered for as long (1008), ignore messages (the client has nothing to say; past
-    ``max_message_size`` a message closes the socket with 1009). Every write takes the
-    connection's send lock: the broker writes to the same socket."""
+    ignore messages (the client has nothing to say; past ``max_message_size`` a message closes
+    the socket with 1009). The process's keep-alive sweep (``Broker.keep_alive``) pings a peer
+    that was silent for ``ping_interval`` seconds and closes one that lets a ping go unanswered
+    for as long (1008): the read waits without a timeout (under gevent a timed wait costs a
+    timeout, its timer and its exception, kept until the next ping, for every socket). Every
+    write takes the connection's send lock: the broker writes to the same socket."""
     sock, protocol = ws.sock, ws.ws
-    sock.settimeout(ws.ping_interval or None)
-    awaiting_pong = False
+    sock.settimeout(None)
+    if ws.ping_interval:
+        broker.keep_alive(conn, ws.ping_interval)
     message_size = 0
     try:
         while ws.connected:
-            try:
-                data = sock.recv(RECEIVE_BYTES)
-            except TimeoutError:
-                if awaiting_pong:
-                    conn.close(CLOSE_POLICY_VIOLATION, "Ping/Pong timeout")
-                    return
-                awaiting_pong = True
-                conn.send_event(Ping())
-                continue
+            data = sock.recv(RECEIVE_BYTES)
             if not data:
                 return
-            awaiting_pong = False  # the peer is alive, whatever it sent
+            conn.heard_from()  # the peer is alive, whatever it sent
             with conn.send_lock:
                 protocol.receive_data(data)
                 events = list(protocol.events())
@@ -155,6 +149,8 @@ def read_until_closed(ws, conn: Connection) -> None:
                         message_size = 0
                 elif isinstance(event, Pong):
                     pass
+            # not kept while the socket waits for its next message
+            data = events = event = None
     except (OSError, LocalProtocolError):
         return
     finally:
@@ -247,7 +243,7 @@ def analytics_socket(ws):
         conn.start(first)
         del first  # not kept while the socket waits
         if isinstance(getattr(ws, "thread", None), HandlerReads):
-            read_until_closed(ws, conn)
+            read_until_closed(ws, conn, broker)
         else:  # simple-websocket's own reader runs (other SOCK_SERVER_OPTIONS)
             while ws.connected:
                 # The client has nothing to say; reading notices the close.
