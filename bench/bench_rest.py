@@ -2,6 +2,7 @@
 bare Flask JSON route and the FastAPI peer, in alternating rounds of one run.
 
     .venv/bin/python -m bench.bench_rest [--rounds 3] [--duration 8] [--peer-venv PATH]
+        [--database NAME] [--peer-database NAME]   (BENCH_PG: the server, BENCH_REDIS: Redis)
 
 Sonicus and the bare route both run as production runs them: ``gunicorn -c gunicorn.conf.py``
 (2 gthread processes, 256 threads, JSON logs at INFO, sent to /dev/null), rate limits on and
@@ -87,6 +88,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--peer-venv", default=os.environ.get("PEER_VENV", "/tmp/peervenv"))
+    parser.add_argument("--database", default="bench_auth",
+                        help="PostgreSQL database of Sonicus (created when missing)")
+    parser.add_argument("--peer-database", default="peer_bench",
+                        help="PostgreSQL database of the peer (created when missing)")
     parser.add_argument("--log-level", default="INFO",
                         help="the app's LOG_LEVEL (production: INFO)")
     args = parser.parse_args()
@@ -94,7 +99,7 @@ def main() -> None:
     port_api, port_bare, port_peer = free_port(), free_port(), free_port()
     base_url = f"http://127.0.0.1:{port_api}"
     instance = tempfile.mkdtemp(prefix="sonicus-bench-")
-    env = {"SONICUS_ENV": "development", "DATABASE_URL": ensure_database(f"{PG}/bench_auth"),
+    env = {"SONICUS_ENV": "development", "DATABASE_URL": ensure_database(f"{PG}/{args.database}"),
            "REDIS_URL": REDIS, "DEV_TOKEN_ISSUER": "1", "SONICUS_INSTANCE_PATH": instance,
            "PUBLIC_BASE_URL": base_url, "LOG_LEVEL": args.log_level,
            "RATELIMIT_ENABLED": "1", "RATELIMIT_PER_USER": "100000/second;10000000/minute",
@@ -118,7 +123,7 @@ def main() -> None:
         wait_up(port_api, "/api/health")
         wait_up(port_bare, "/bare")
         if peer_python.exists():
-            peer_db = ensure_database(f"{PG}/peer_bench")
+            peer_db = ensure_database(f"{PG}/{args.peer_database}")
             subprocess.run(["psql", peer_db, "-qc",
                             "CREATE TABLE IF NOT EXISTS peer_users (id serial primary key, "
                             "sub text unique not null, email text, display_name text, "

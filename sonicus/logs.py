@@ -15,7 +15,11 @@ addresses scrubbed.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
+import time
+import weakref
 
 from flask import g, has_request_context
 from rq import job as rq_job
@@ -91,6 +95,101 @@ def _int(value):
         return None
 
 
+class BatchedStreamHandler(logging.StreamHandler):
+    """A stream handler that writes its lines in batches: a line below WARNING is kept in
+    memory and written with the others by a thread of the handler every ``FLUSH_SECONDS`` (or
+    as soon as ``FLUSH_BYTES`` are waiting); a WARNING or above is written at once, after
+    every line before it, so the lines keep their order. Pending lines are written at exit
+    (``logging.shutdown``, which gunicorn's workers reach) and before a fork (a child never
+    repeats its parent's lines). A process killed outright loses at most the last
+    ``FLUSH_SECONDS`` of lines below WARNING.
+
+    For gunicorn's threaded web processes: one ``write`` per access line meant one system call
+    per request holding the handler's lock, during which the thread gave up the interpreter
+    lock; the other request threads then queued on both locks behind it."""
+
+    FLUSH_SECONDS = 0.1
+    FLUSH_BYTES = 64 * 1024
+
+    def __init__(self, stream=None):
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+        self._flusher: threading.Thread | None = None
+        _batched_handlers.add(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # called with the handler's lock held (Handler.handle)
+        try:
+            line = self.format(record) + self.terminator
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        self._pending_bytes += len(line)
+        if record.levelno >= logging.WARNING or self._pending_bytes >= self.FLUSH_BYTES:
+            self._write_pending()
+        elif self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_every, daemon=True,
+                                             name="sonicus-log-flush")
+            self._flusher.start()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:  # the stream is gone (closed at exit): nothing to tell it to
+            pass
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._write_pending()
+        finally:
+            self.release()
+        super().flush()
+
+    def _flush_every(self) -> None:
+        me = threading.current_thread()
+        while self._flusher is me:  # another after a fork or a close
+            time.sleep(self.FLUSH_SECONDS)
+            if self._pending:
+                self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._flusher = None
+        super().close()
+
+
+_batched_handlers: weakref.WeakSet = weakref.WeakSet()
+
+
+def _flush_before_fork() -> None:
+    for handler in list(_batched_handlers):
+        handler.flush()
+
+
+def _forget_in_child() -> None:
+    # the parent writes what it still holds; the child starts its own flusher when it logs
+    for handler in list(_batched_handlers):
+        handler._pending.clear()
+        handler._pending_bytes = 0
+        handler._flusher = None
+
+
+os.register_at_fork(before=_flush_before_fork, after_in_child=_forget_in_child)
+
+
 def json_handler(stream=None) -> logging.Handler:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -106,9 +205,14 @@ def configure_process_logging(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
-def gunicorn_logconfig(*, access: bool = False, level: str = "INFO") -> dict:
-    """``logconfig_dict`` for gunicorn; its access line only when ``access``."""
+def gunicorn_logconfig(*, access: bool = False, level: str = "INFO",
+                       batched: bool = False) -> dict:
+    """``logconfig_dict`` for gunicorn; its access line only when ``access``; lines written
+    in batches (``BatchedStreamHandler``) when ``batched``."""
     config = {**GUNICORN_LOGCONFIG, "root": {"level": level, "handlers": ["stderr"]}}
+    if batched:
+        config["handlers"] = {name: {**handler, "class": "sonicus.logs.BatchedStreamHandler"}
+                              for name, handler in GUNICORN_LOGCONFIG["handlers"].items()}
     config["loggers"] = {**GUNICORN_LOGCONFIG["loggers"], "gunicorn.access": {
         "level": "INFO" if access else "CRITICAL", "handlers": ["access"],
         "propagate": False}}

@@ -54,20 +54,18 @@ MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 
 _HOST = socket.gethostname()
-_identity: tuple[int, str] = (-1, "")
+_identity = [f"{_HOST}-{os.getpid()}"]
+# a forked child (gunicorn's workers) names itself by its own pid from its first increment
+os.register_at_fork(after_in_child=lambda: _identity.__setitem__(0, f"{_HOST}-{os.getpid()}"))
 
 
 def process_identifier() -> str:
     """Unique among every process writing to a shared directory: host name and pid.
 
-    prometheus_client asks on every increment (to notice a fork); the host name is read once
-    (``gethostname`` is a system call, three per request otherwise) and the text is rebuilt
-    only when the pid changes."""
-    global _identity
-    pid = os.getpid()
-    if _identity[0] != pid:
-        _identity = (pid, f"{_HOST}-{pid}")
-    return _identity[1]
+    prometheus_client asks on every increment (to notice a fork): the answer is kept and
+    renewed in a child after a fork, so neither the host name nor the pid is a system call
+    per increment (three per request otherwise)."""
+    return _identity[0]
 
 
 if MULTIPROC_DIR:

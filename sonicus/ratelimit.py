@@ -64,9 +64,10 @@ return totals
 
 
 class _Count:
-    __slots__ = ("ends", "total", "pending", "synced_at", "syncing")
+    __slots__ = ("key", "ends", "total", "pending", "synced_at", "syncing")
 
-    def __init__(self, ends: float, now: float):
+    def __init__(self, key: str, ends: float, now: float):
+        self.key = key            # the window's Redis key
         self.ends = ends          # when the window closes
         self.total = 0            # the deployment's count as best known here
         self.pending = 0          # this process's hits not yet added in Redis
@@ -82,6 +83,9 @@ class RateLimiter:
     limit since, and on every hit once the known total is past half the limit. So a client
     well inside its limits costs no Redis round trip per request, one near a limit is counted
     exactly, and a window can be overrun by at most an eighth of its limit per process.
+
+    A client's count of a window is found by (scope, client, window length) and replaced when
+    its window has closed: the window's Redis key is made once per window, not per request.
     """
 
     SYNC_SECONDS = 1.0
@@ -94,7 +98,10 @@ class RateLimiter:
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc} (e.g. '120/second;3000/minute')") from exc
         self.limits = tuple(limits)
-        self._counts: dict[str, _Count] = {}
+        # every window of both scopes, in order: (scope, seconds, amount)
+        self._windows = tuple((scope, window.seconds, window.amount)
+                              for scope, windows in self.limits for window in windows)
+        self._counts: dict[tuple, _Count] = {}
         self._lock = threading.Lock()
         self._next_sweep = 0.0
         self._script = None
@@ -109,31 +116,39 @@ class RateLimiter:
             return None
         return self._client
 
-    def _count(self, hits: list[tuple[str, float, int]], now: float) -> list[int]:
-        """Count one hit per (key, window end, limit); each window's total up to this hit."""
+    def _count(self, user: str | None, ip: str, now: float) -> list[list]:
+        """Count one hit in every window of the client's limits: [count, amount, total up to
+        this hit] per window (the deployment's total where it was synced)."""
         client = self._redis()
-        to_sync, totals = [], []
+        hits, to_sync = [], []
         with self._lock:
             if now >= self._next_sweep:
                 self._counts = {k: c for k, c in self._counts.items() if c.ends > now}
                 self._next_sweep = now + 10
-            for i, (key, ends, amount) in enumerate(hits):
-                count = self._counts.get(key)
-                if count is None:
-                    count = self._counts[key] = _Count(ends, now)
+            counts = self._counts
+            for scope, seconds, amount in self._windows:
+                ident = ip if scope == "ip" else user
+                if ident is None:
+                    continue
+                slot = (scope, ident, seconds)
+                count = counts.get(slot)
+                if count is None or count.ends <= now:
+                    start = int(now // seconds) * seconds
+                    count = counts[slot] = _Count(
+                        f"sonicus:rl:{scope}:{ident}:{seconds}:{start}", start + seconds, now)
                 count.total += 1
                 count.pending += 1
-                totals.append(count.total)
                 if client is not None and not count.syncing and (
                         count.total * 2 > amount or count.pending * 8 >= amount
                         or now - count.synced_at >= self.SYNC_SECONDS):
                     count.syncing = True
-                    to_sync.append((i, key, count, count.pending))
+                    to_sync.append((len(hits), count, count.pending))
+                hits.append([count, amount, count.total])
         if to_sync:
             # The deployment's totals up to this hit: what was sent ends with it.
             for i, total in self._sync(client, to_sync, now):
-                totals[i] = total
-        return totals
+                hits[i][2] = total
+        return hits
 
     def _sync(self, client, to_sync, now: float) -> list[tuple[int, int]]:
         try:
@@ -141,16 +156,17 @@ class RateLimiter:
             if script is None or script.registered_client is not client:
                 script = self._script = client.register_script(_ADD_SCRIPT)
             args = []
-            for _i, _key, count, sent in to_sync:
+            for _i, count, sent in to_sync:
                 args += [sent, int(count.ends) + 1]
-            totals = [int(t) for t in script(keys=[key for _, key, _, _ in to_sync], args=args)]
+            totals = [int(t) for t in script(keys=[count.key for _, count, _ in to_sync],
+                                             args=args)]
             self._gate.succeeded()
         except Exception as exc:  # redis.RedisError, OSError: keep counting here for a while
             totals = None
             self._gate.failed(exc, "rate limit sync")
         synced = []
         with self._lock:
-            for n, (i, _key, count, sent) in enumerate(to_sync):
+            for n, (i, count, sent) in enumerate(to_sync):
                 count.syncing = False
                 if totals is not None:
                     count.pending -= sent
@@ -165,26 +181,17 @@ class RateLimiter:
         if environ.get("PATH_INFO") in EXEMPT_PATHS or environ["REQUEST_METHOD"] == "OPTIONS":
             return
         now = time.time()
-        idents = {"user": _token_key(environ), "ip": environ.get("REMOTE_ADDR") or "unknown"}
-        hits = []
-        for scope, scope_windows in self.limits:
-            ident = idents[scope]
-            if ident is None:
-                continue
-            for window in scope_windows:
-                start = int(now // window.seconds) * window.seconds
-                hits.append((f"sonicus:rl:{scope}:{ident}:{window.seconds}:{start}",
-                             start + window.seconds, window.amount))
-        counts = self._count(hits, now)
+        hits = self._count(_token_key(environ), environ.get("REMOTE_ADDR") or "unknown", now)
         tightest, over = None, None
-        for (_key, ends, amount), count in zip(hits, counts, strict=True):
-            remaining = amount - count
+        for count, amount, total in hits:
+            remaining = amount - total
             if tightest is None or remaining < tightest[1]:
-                tightest = (amount, remaining, ends)
-            if remaining < 0 and (over is None or ends > over):
-                over = ends
+                tightest = (amount, remaining, count.ends)
+            if remaining < 0 and (over is None or count.ends > over):
+                over = count.ends
         if tightest is not None:  # shown in X-RateLimit-* by web.py
-            g.rate_limit = (tightest[0], max(tightest[1], 0), tightest[2])
+            g._get_current_object().__dict__["rate_limit"] = (
+                tightest[0], max(tightest[1], 0), tightest[2])
         if over is not None:
             retry = max(1, math.ceil(over - now))
             raise ApiError(429, "rate_limited", "Too many requests; slow down and try again.",

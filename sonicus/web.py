@@ -376,6 +376,10 @@ _ACCESS_RECORD = {"name": access_log.name, "msg": "request", "args": None,
                   "funcName": None}
 
 
+_pid = [os.getpid()]  # this process's id, kept current across forks (no system call per line)
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
 def _access_record(request_id, method, path, status, client, duration_ms, user_id):
     """The access line's record: what ``Logger.makeRecord`` builds, without re-deriving the
     constant parts per request (and without walking the stack, as ``Logger.info`` would, for
@@ -392,7 +396,7 @@ def _access_record(request_id, method, path, status, client, duration_ms, user_i
     multiprocessing = sys.modules.get("multiprocessing")
     attrs["processName"] = (multiprocessing.current_process().name if multiprocessing
                             else "MainProcess")
-    attrs["process"] = os.getpid()
+    attrs["process"] = _pid[0]
     attrs["request_id"] = request_id
     attrs["method"] = method
     attrs["path"] = path
@@ -403,34 +407,48 @@ def _access_record(request_id, method, path, status, client, duration_ms, user_i
     return record
 
 
+PRIVATE_PATHS = ("/api/user", "/api/admin", "/api/billing")  # answered with no-store
+
+
 def _finish_request_hook(header_sets):
     """The after-request hook: security headers from the prebuilt ``header_sets``, no-store
     on private paths, the request id, rate-limit headers, and the access log line."""
+    # The constant headers to add, by (docs page, private path, the names a response set
+    # already): few combinations (most answers set Content-Type and Content-Length only), so
+    # each list is made once and reused.
+    constant_headers: dict[tuple, list] = {}
 
     def _finish_request(response):
         headers = response.headers
-        # One pass over the few headers already set (a miss in ``Headers`` costs an exception).
-        present = {name.lower() for name, _ in headers}
+        listed = headers._list
+        names = tuple([name.lower() for name, _ in listed])
         req = request._get_current_object()
         path = req.path
-        extra = [(name, value) for key, name, value in header_sets[path.startswith(DOCS_PATHS)]
-                 if key not in present]
-        if "cache-control" not in present \
-                and path.startswith(("/api/user", "/api/admin", "/api/billing")):
-            extra.append(("Cache-Control", "no-store"))
-        if "x-request-id" in present:
+        key = (path.startswith(DOCS_PATHS), path.startswith(PRIVATE_PATHS), names)
+        extra = constant_headers.get(key)
+        if extra is None:
+            present = set(names)
+            extra = [(name, value) for lowered, name, value in header_sets[key[0]]
+                     if lowered not in present]
+            if key[1] and "cache-control" not in present:
+                extra.append(("Cache-Control", "no-store"))
+            if len(constant_headers) < 256:
+                constant_headers[key] = extra
+        if "x-request-id" in names:
             del headers["X-Request-ID"]
+            listed = headers._list
         state = g._get_current_object().__dict__
-        extra.append(("X-Request-ID", state.get("request_id", "")))
-        rate_limit = state.get("rate_limit")
-        if rate_limit is not None:
-            limit, remaining, resets = rate_limit
-            extra += [("X-RateLimit-Limit", str(limit)), ("X-RateLimit-Remaining", str(remaining)),
-                      ("X-RateLimit-Reset", str(resets))]
         # Appended as they are: every value here is a constant, digits, or a request id
         # that matched _REQUEST_ID (``Headers.extend`` re-validates each of them, which cost
         # more than the rest of this hook).
-        headers._list.extend(extra)
+        listed.extend(extra)
+        listed.append(("X-Request-ID", state.get("request_id", "")))
+        rate_limit = state.get("rate_limit")
+        if rate_limit is not None:
+            limit, remaining, resets = rate_limit
+            listed += [("X-RateLimit-Limit", str(limit)),
+                       ("X-RateLimit-Remaining", str(remaining)),
+                       ("X-RateLimit-Reset", str(resets))]
         if access_log.isEnabledFor(logging.INFO):
             started = state.get("request_started")
             environ = req.environ
