@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import select
 import threading
+from collections import deque
 from typing import NamedTuple
 
 import psycopg2
@@ -36,7 +37,8 @@ import psycopg2.extensions
 
 log = logging.getLogger(__name__)
 
-KEEP_IDLE = 16  # connections kept open between requests (one per thread that keeps answers)
+KEEP_IDLE = 16  # connections kept open between requests
+MAX_OPEN = 32  # past this, a connection still running its statement is waited for
 APPLICATION_NAME = "sonicus-keys"  # how its connections show in pg_stat_activity
 
 
@@ -82,7 +84,11 @@ class KeysConnections:
         self._timeout = connect_timeout
         self._connect_args = {"connect_timeout": connect_timeout, "options": options,
                               "application_name": APPLICATION_NAME}
-        self._idle: list[_Connection] = []
+        # First in, first out: the connection taken is the one given back longest ago, so
+        # an answer just sent is not waited for by the next claim (it had a whole request's
+        # time to run).
+        self._idle: deque[_Connection] = deque()
+        self._open = 0  # connections made and not discarded
         self._lock = threading.Lock()
         self._closed = False
 
@@ -117,7 +123,7 @@ class KeysConnections:
         """Wait until every statement sent so far has run (tests, shutdown)."""
         for _ in range(3):
             with self._lock:
-                connections, self._idle = self._idle, []
+                connections, self._idle = self._idle, deque()
             if not connections:
                 return
             for connection in connections:
@@ -128,7 +134,7 @@ class KeysConnections:
         self.settle()
         self._closed = True
         with self._lock:
-            connections, self._idle = self._idle, []
+            connections, self._idle = self._idle, deque()
         for connection in connections:
             self._discard(connection)
 
@@ -143,12 +149,25 @@ class KeysConnections:
         self._give_back(connection)
 
     def _take(self) -> _Connection:
-        """A live connection with nothing pending."""
+        """A live connection with nothing pending: one whose last statement has run, or a
+        new one while fewer than ``MAX_OPEN`` are open (an answer just sent is not waited
+        for by the next claim), else the oldest, once its statement has run."""
         while True:
             with self._lock:
-                connection = self._idle.pop() if self._idle else None
+                connection = next((c for c in self._idle if _done(c)), None)
+                if connection is not None:
+                    self._idle.remove(connection)
+                elif self._idle and self._open >= MAX_OPEN:
+                    connection = self._idle.popleft()
+                else:
+                    self._open += 1
             if connection is None:
-                return self._connect()
+                try:
+                    return self._connect()
+                except BaseException:
+                    with self._lock:
+                        self._open -= 1
+                    raise
             if self._finish(connection):
                 return connection
 
@@ -202,8 +221,9 @@ class KeysConnections:
             raise
         return _Connection(raw, cursor)
 
-    @staticmethod
-    def _discard(connection: _Connection) -> None:
+    def _discard(self, connection: _Connection) -> None:
+        with self._lock:
+            self._open -= 1
         try:
             connection.raw.close()
         except Exception:  # already gone
@@ -231,6 +251,16 @@ class Fetch:
             raise
         owner._give_back(connection)
         return row[0] if row else None
+
+
+def _done(connection: _Connection) -> bool:
+    """Nothing pending on ``connection``, or its result is in (read without waiting)."""
+    if connection.pending is None:
+        return True
+    try:
+        return connection.raw.poll() == psycopg2.extensions.POLL_OK
+    except psycopg2.Error:  # its result is an error: ``_finish`` deals with it
+        return True
 
 
 def _lost(connection: _Connection, exc: Exception) -> bool:
