@@ -65,6 +65,11 @@ LEASE_RENEW_USERS = 50  # users whose leases are renewed per pipeline (a ZADD an
 # handshake) after this long writing to sockets; a fan-out to thousands of sockets never
 # holds the process for longer.
 DELIVERY_SLICE_SECONDS = 0.001
+# This process's id, renewed in a forked child (asked of the kernel before every request
+# otherwise).
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
 CLOSE_POLICY_VIOLATION = 1008  # no pong within a ping interval
 KEEPALIVE_SWEEPS_PER_INTERVAL = 4  # a silent socket is pinged within 1.25 ping intervals
 
@@ -230,6 +235,9 @@ class Broker:
         self._releases: list[tuple[int, str, float]] = []  # leases to give back
         self._releasing = False
         self._slice_ends = 0.0  # under gevent: when delivery gives the event loop a turn
+        # The process whose subscriber thread runs, or that needs none (no Redis); None when
+        # it stopped. A forked child's pid differs, so the child starts its own.
+        self._started_in: int | None = None
         self._keepalive: threading.Thread | None = None
         self._keepalive_interval = 0.0
         self._keepalive_pid: int | None = None
@@ -451,8 +459,7 @@ class Broker:
     def start(self, wait: float = 0.0) -> None:
         """Make sure this process's subscriber runs (cheap when it does); a first start in
         this process waits up to ``wait`` seconds for the subscription."""
-        listener = self._listener
-        if listener is not None and self._listener_pid == os.getpid() and listener.is_alive():
+        if self._started_in == _pid[0]:  # cheap: before every request
             return
         if self._ensure_listener() and wait > 0:
             self.wait_ready(wait)
@@ -461,6 +468,7 @@ class Broker:
         """Start the subscriber unless it runs in this process; True when started here."""
         if not self.redis_url:
             self._ready.set()
+            self._started_in = _pid[0]
             return False
         with self._lock:
             pid = os.getpid()
@@ -471,8 +479,9 @@ class Broker:
             self._ready = threading.Event()
             self._stop = threading.Event()
             self._listener_pid = pid
-            self._listener = threading.Thread(target=self._listen, name="sonicus-live-updates",
-                                              daemon=True)
+            self._listener = threading.Thread(target=self._run_listener,
+                                              name="sonicus-live-updates", daemon=True)
+            self._started_in = pid
             self._listener.start()
             self.listener_starts += 1
             _RUNNING.add(self)
@@ -565,6 +574,14 @@ class Broker:
                 confirmed.add(_text(message["channel"]))
             else:
                 self._handle(message)
+
+    def _run_listener(self) -> None:
+        try:
+            self._listen()
+        finally:
+            with self._lock:
+                if self._started_in == os.getpid():
+                    self._started_in = None
 
     def _listen(self) -> None:
         callers = get_caller_cache(self.app)
