@@ -131,3 +131,49 @@ def test_the_development_server_logs_each_request_once(run_env, tmp_path):
             _stop([proc])
     entries = _json_lines(out)  # werkzeug's own lines are JSON as well
     assert [e.get("path") for e in entries if "/api/tiers" in json.dumps(e)] == ["/api/tiers"]
+
+
+_BATCHED_SCRIPT = r"""
+import logging, sys, time
+from sonicus.logs import BatchedStreamHandler
+handler = BatchedStreamHandler(sys.stderr)
+handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+log = logging.getLogger("batched")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+log.propagate = False
+log.info("first")
+log.warning("second")
+print("after-warning", flush=True)
+sys.stdin.readline()
+log.info("third")
+print("after-third", flush=True)
+sys.stdin.readline()
+log.info("at exit")
+"""
+
+
+def test_web_process_log_lines_keep_their_order_and_arrive_within_a_tenth_of_a_second():
+    """The web processes write log lines in batches: a WARNING goes out at once with every
+    line before it, in order; an INFO line within 0.1 s; pending lines at exit."""
+    proc = subprocess.Popen([sys.executable, "-c", _BATCHED_SCRIPT], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=1,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline().strip() == "after-warning"
+        assert proc.stderr.readline().strip() == "INFO first"  # written with the WARNING
+        assert proc.stderr.readline().strip() == "WARNING second"
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "after-third"
+        started = time.monotonic()
+        assert proc.stderr.readline().strip() == "INFO third"  # by the flusher
+        assert time.monotonic() - started < 1.0
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stderr.readline().strip() == "INFO at exit"
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
