@@ -21,7 +21,8 @@ The client processes stand for 10,000 browsers on other machines, but here they 
 ``--client-modes`` says how they run during each fan-out, in turn (fan-out n uses mode
 n mod their number, so the modes alternate within one run): ``plain`` (as they are, the
 default), ``nice`` (niceness 19: the server, Redis and the prober, at 0, take a core whenever
-they are ready), ``pinned`` (on the last core only, ``sched_setaffinity``), ``nice-pinned``
+they are ready), ``idle`` (Linux's ``SCHED_IDLE`` class: they run only on a core nothing else
+wants), ``pinned`` (on the last core only, ``sched_setaffinity``), ``nice-pinned``
 (both). A mode is set on the running client processes just before the fan-out and undone
 after it (setting a lower niceness back needs root or CAP_SYS_NICE); the sockets open in
 ``plain``. Benchmark only: the product never changes its own priority.
@@ -86,14 +87,17 @@ def start_ws_process(extra_env: dict, app_name: str = "wsgi:app"
                           {**bench_env(), "SONICUS_PROCESS": "ws", **extra_env}, log=log)
 
 
-CLIENT_MODES = ("plain", "nice", "pinned", "nice-pinned")
+CLIENT_MODES = ("plain", "nice", "idle", "pinned", "nice-pinned")
 
 
 def set_client_mode(clients, mode: str) -> None:
-    """How the client processes run (``--client-modes``): niceness 19 or 0, the last core
-    only or every core."""
+    """How the client processes run (``--client-modes``): niceness 19 or 0, Linux's idle
+    scheduling class (``SCHED_IDLE``: a core only when nothing else wants it) or the normal
+    one, the last core only or every core."""
     cores = sorted(os.sched_getaffinity(0))
     for client in clients:
+        policy = os.SCHED_IDLE if mode == "idle" else os.SCHED_OTHER
+        os.sched_setscheduler(client.pid, policy, os.sched_param(0))
         os.setpriority(os.PRIO_PROCESS, client.pid, 19 if "nice" in mode else 0)
         os.sched_setaffinity(client.pid, cores[-1:] if "pinned" in mode else cores)
 
