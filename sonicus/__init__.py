@@ -13,7 +13,7 @@ from config import ConfigError, load_config, normalise_database_url, validate_co
 
 from . import models  # noqa: F401  (every table on the metadata)
 from .api import register_api
-from .auth import init_auth, init_idempotency
+from .auth import init_auth
 from .cli import sonicus_cli
 from .docs import blp as docs_blueprint
 from .errors import init_error_reporting
@@ -21,6 +21,7 @@ from .extensions import api, db, migrate, sock
 from .metrics import init_metrics
 from .ratelimit import init_rate_limits
 from .realtime.routes import register_realtime
+from .retry_safe import init_idempotency
 from .services.analytics import analytics_for_user_id
 from .web import ApiRequest, ApiResponse, IdConverter, init_web, install_log_redaction
 
