@@ -34,7 +34,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,17 +52,13 @@ DATABASE_URL = os.environ.get("LOAD_DATABASE_URL",
 REDIS_URL = os.environ.get("LOAD_REDIS_URL", "redis://127.0.0.1:6379/10")
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port  # noqa: E402
+
 TIER_MIX = (("starter", 0.5), ("premium", 0.3), ("pro", 0.2))
 
 
 def log(message: str) -> None:
     print(f"[load {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stack:

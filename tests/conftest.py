@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import redis as redis_lib
 import websocket
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from processes import free_port
 from sqlalchemy import text
 from werkzeug.serving import make_server
 
@@ -774,12 +774,6 @@ def wait_for():
 
 # ---- servers of our own ----------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LiveServer:
     """One web process (``python -m tests.live_server``) on a free port it picks itself."""
 
@@ -861,7 +855,7 @@ class RedisServer:
     """A throwaway redis-server of our own, to stop and start at will."""
 
     def __init__(self):
-        self.port = _free_port()
+        self.port = free_port()
         self.proc = None
 
     @property

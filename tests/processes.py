@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import requests
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until_up(url: str, proc, timeout: float = 30.0) -> None:

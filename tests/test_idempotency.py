@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 import psycopg2.extensions
 import pytest
 import requests
-from processes import wait_until_up
+from processes import free_port, wait_until_up
 from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
@@ -532,12 +531,6 @@ def test_a_replay_is_served_by_another_process_after_the_first_is_gone(
     assert _sessions(db_session) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_replay_survives_a_restart_of_the_web_server(idp, test_database_url, test_redis_url,
                                                        tmp_path, token_for, make_package,
                                                        db_session):
@@ -547,7 +540,7 @@ def test_a_replay_survives_a_restart_of_the_web_server(idp, test_database_url, t
     headers = {"Authorization": f"Bearer {token_for('restarted@example.com')}",
                "Idempotency-Key": "across-a-restart"}
     body = {"package_id": package.id, "mood_before": 4}
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SONICUS_ENV": "testing",
            "DATABASE_URL": test_database_url, "REDIS_URL": test_redis_url,

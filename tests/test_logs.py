@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from processes import wait_until_up
+from processes import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _json_lines(path: Path) -> list[dict]:
@@ -61,7 +54,7 @@ def _stop(procs):
 
 def test_gunicorn_and_worker_write_only_json_and_the_request_id_reaches_the_job(
         run_env, tmp_path, token_for, make_user, make_package):
-    port = _free_port()
+    port = free_port()
     env = {**run_env, "SONICUS_GUNICORN_ACCESS_LOG": "1"}
     web_log, worker_log = tmp_path / "web.log", tmp_path / "worker.log"
     procs = []
@@ -116,7 +109,7 @@ def test_gunicorn_and_worker_write_only_json_and_the_request_id_reaches_the_job(
 
 
 def test_the_development_server_logs_each_request_once(run_env, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**run_env, "SONICUS_ENV": "development", "REDIS_URL": ""}
     out = tmp_path / "dev.log"
     with out.open("w") as log_file:

@@ -5,27 +5,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from processes import wait_until_up
+from processes import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sigterm_closes_open_sockets_with_1001_at_once(idp, test_database_url, test_redis_url,
                                                       tmp_path, token_for, make_user,
                                                       connect_ws):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SONICUS_ENV": "testing",
            "DATABASE_URL": test_database_url, "REDIS_URL": test_redis_url,
            "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": "sonicus-test",

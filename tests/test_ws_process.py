@@ -13,15 +13,9 @@ import time
 from pathlib import Path
 
 import requests
-from processes import wait_until_up
+from processes import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_socket_process_serves_sockets_under_gevent(
@@ -29,7 +23,7 @@ def test_the_socket_process_serves_sockets_under_gevent(
         connect_ws, wait_for):
     from sonicus.realtime.publish import publish_to_user
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SONICUS_ENV": "testing",
            "SONICUS_PROCESS": "ws", "SONICUS_WS_BIND": f"127.0.0.1:{port}",
            "DATABASE_URL": test_database_url, "REDIS_URL": test_redis_url,

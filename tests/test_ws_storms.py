@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,19 +14,13 @@ from pathlib import Path
 
 import pytest
 import redis as redis_lib
-from processes import wait_until_up
+from processes import free_port, wait_until_up
 
 from sonicus.extensions import channel_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS = 10
 PER_USER = 10  # each user at the cap
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -37,7 +30,7 @@ def ws_process(idp, test_database_url, test_redis_url, tmp_path):
     started = []
 
     def start():
-        port = _free_port()
+        port = free_port()
         output = tmp_path / f"ws-{port}.log"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "SONICUS_ENV": "testing",
                "SONICUS_PROCESS": "ws", "SONICUS_WS_BIND": f"127.0.0.1:{port}",
