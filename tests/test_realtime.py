@@ -150,12 +150,23 @@ def test_in_process_fan_out_without_redis(token_for, db_session, make_config, ma
     ws.close()
 
 
-def test_keep_alive_pings(token_for, make_config, make_user, connect_ws, serve_in_process):
-    from sonicus import create_app
+@pytest.fixture
+def pinging_app(make_config):
+    """``pinging_app()``: an app whose sockets are pinged after 0.3 s of silence."""
 
-    pinging = create_app(make_config())
-    pinging.config["SOCK_SERVER_OPTIONS"] = {**pinging.config["SOCK_SERVER_OPTIONS"],
+    def make():
+        from sonicus import create_app
+
+        app = create_app(make_config())
+        app.config["SOCK_SERVER_OPTIONS"] = {**app.config["SOCK_SERVER_OPTIONS"],
                                              "ping_interval": 0.3}
+        return app
+
+    return make
+
+
+def test_keep_alive_pings(token_for, pinging_app, make_user, connect_ws, serve_in_process):
+    pinging = pinging_app()
     make_user("ping@example.com")
     server = serve_in_process(pinging)
     ws = connect_ws(server.url(), token_for("ping@example.com"))
@@ -165,14 +176,11 @@ def test_keep_alive_pings(token_for, make_config, make_user, connect_ws, serve_i
     ws.close()
 
 
-def test_a_peer_that_stops_answering_pings_is_closed(token_for, make_config, make_user,
+def test_a_peer_that_stops_answering_pings_is_closed(token_for, pinging_app, make_user,
                                                      connect_ws, serve_in_process, wait_for):
-    from sonicus import create_app
     from sonicus.realtime.broker import get_broker
 
-    pinging = create_app(make_config())
-    pinging.config["SOCK_SERVER_OPTIONS"] = {**pinging.config["SOCK_SERVER_OPTIONS"],
-                                             "ping_interval": 0.3}
+    pinging = pinging_app()
     make_user("mute@example.com")
     server = serve_in_process(pinging)
     ws = connect_ws(server.url(), token_for("mute@example.com"))
@@ -189,16 +197,13 @@ def test_a_peer_that_stops_answering_pings_is_closed(token_for, make_config, mak
     assert get_broker(pinging)._sockets == {}
 
 
-def test_a_peer_that_answers_pings_stays_open(token_for, make_config, make_user, connect_ws,
+def test_a_peer_that_answers_pings_stays_open(token_for, pinging_app, make_user, connect_ws,
                                               serve_in_process):
     """Pinged every interval it stays silent, a peer that answers is kept and still gets its
     updates; a silent one next to it is closed."""
-    from sonicus import create_app
     from sonicus.realtime.broker import get_broker
 
-    pinging = create_app(make_config())
-    pinging.config["SOCK_SERVER_OPTIONS"] = {**pinging.config["SOCK_SERVER_OPTIONS"],
-                                             "ping_interval": 0.3}
+    pinging = pinging_app()
     user = make_user("lively@example.com").id
     server = serve_in_process(pinging)
     lively = connect_ws(server.url(), token_for("lively@example.com"))
