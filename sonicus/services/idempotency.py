@@ -184,9 +184,7 @@ def _insert_running(engine, user_id: int, key: str, fingerprint: str, now: datet
             if connections is None:
                 return _execute_raw(engine, _CLAIM_SQL, params, fetch=True)
             return connections.fetch(_CLAIM_SQL, params)
-        except psycopg2.Error as exc:
-            raise _claim_error(engine, params, exc) from exc
-        except IntegrityError as exc:
+        except (psycopg2.Error, IntegrityError) as exc:  # the driver's, or _execute_raw's
             raise _claim_error(engine, params, exc) from exc
     statement = (sqlite.insert(_table)
                  .values(user_id=user_id, key=key, fingerprint=fingerprint, state=RUNNING,
@@ -374,7 +372,7 @@ def _connections(engine) -> KeysConnections | None:
 
 
 def settle_answers() -> None:
-    """Wait until every answer this process has sent is written (tests, shutdown)."""
+    """Wait until every answer this process has sent is written (tests)."""
     connections = current_app.extensions.get(CONNECTIONS_KEY)
     if connections is not None:
         connections.settle()

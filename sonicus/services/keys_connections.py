@@ -90,7 +90,6 @@ class KeysConnections:
         self._idle: deque[_Connection] = deque()
         self._open = 0  # connections made and not discarded
         self._lock = threading.Lock()
-        self._closed = False
 
     def fetch(self, sql: str, params: tuple):
         """Run ``sql`` and return the first column of its first row (None: no row). Raises
@@ -120,23 +119,16 @@ class KeysConnections:
         self._send(_Statement(sql, params, what))
 
     def settle(self) -> None:
-        """Wait until every statement sent so far has run (tests, shutdown)."""
-        for _ in range(3):
+        """Wait until every statement sent so far has run (tests)."""
+        for _ in range(2):  # a statement lost with its connection is sent again, once
             with self._lock:
                 connections, self._idle = self._idle, deque()
-            if not connections:
-                return
+            pending = any(connection.pending is not None for connection in connections)
             for connection in connections:
                 if self._finish(connection):
                     self._give_back(connection)
-
-    def close(self) -> None:
-        self.settle()
-        self._closed = True
-        with self._lock:
-            connections, self._idle = self._idle, deque()
-        for connection in connections:
-            self._discard(connection)
+            if not pending:
+                return
 
     def _send(self, statement: _Statement) -> None:
         connection = self._take()
@@ -173,7 +165,7 @@ class KeysConnections:
 
     def _give_back(self, connection: _Connection) -> None:
         with self._lock:
-            if not self._closed and len(self._idle) < KEEP_IDLE:
+            if len(self._idle) < KEEP_IDLE:
                 self._idle.append(connection)
                 return
         if self._finish(connection):
