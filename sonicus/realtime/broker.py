@@ -221,7 +221,6 @@ class Broker:
         self._lock = threading.Lock()
         self._sockets: dict[int, set[Connection]] = {}
         self._listener: threading.Thread | None = None
-        self._listener_pid: int | None = None
         self._ready = threading.Event()
         self._stop = threading.Event()
         self.reconnects = 0
@@ -471,14 +470,12 @@ class Broker:
             self._started_in = _pid[0]
             return False
         with self._lock:
-            pid = os.getpid()
-            if (self._listener is not None and self._listener.is_alive()
-                    and self._listener_pid == pid):
+            pid = _pid[0]
+            if self._started_in == pid:
                 return False
             # A thread does not survive a fork: the child starts its own.
             self._ready = threading.Event()
             self._stop = threading.Event()
-            self._listener_pid = pid
             self._listener = threading.Thread(target=self._run_listener,
                                               name="sonicus-live-updates", daemon=True)
             self._started_in = pid
@@ -505,12 +502,12 @@ class Broker:
         conn.kept_alive = True
         with self._lock:
             sweep = self._keepalive
-            if (sweep is not None and self._keepalive_pid == os.getpid()
+            if (sweep is not None and self._keepalive_pid == _pid[0]
                     and not self._keepalive_stop.is_set() and sweep.is_alive()):
                 self._keepalive_interval = min(self._keepalive_interval, interval)
                 return
             self._keepalive_interval = interval
-            self._keepalive_pid = os.getpid()
+            self._keepalive_pid = _pid[0]
             self._keepalive_stop = threading.Event()
             self._keepalive = threading.Thread(target=self._keep_alive_loop,
                                                name="sonicus-socket-keepalive", daemon=True)
@@ -580,7 +577,7 @@ class Broker:
             self._listen()
         finally:
             with self._lock:
-                if self._started_in == os.getpid():
+                if self._started_in == _pid[0]:
                     self._started_in = None
 
     def _listen(self) -> None:
