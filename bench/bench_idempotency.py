@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.bench_idempotency [--rounds 40] [--starts 25]
         [--database postgresql://postgres@127.0.0.1:5432/bench_idem] [--clients 1]
+        [--production]
 
 What it does: migrates the bench database from scratch, seeds one package and one pro user
 (no daily limit, so every start runs the whole start: row lock, count, insert), starts one
@@ -10,6 +11,11 @@ clients, in alternating rounds: ``--starts`` starts without the header, then as 
 fresh ``Idempotency-Key`` each (the claim's INSERT and the answer's UPDATE), the order swapped
 every round so that a drift of the machine or the growing table weighs on both alike. Prints
 each round and the median time per start of each kind, and the overhead of the header.
+
+``--production`` serves the starts as production does instead: ``gunicorn -c gunicorn.conf.py``
+(2 gthread processes of 256 threads, the JSON access log at INFO, sent to /dev/null), Redis
+(``BENCH_REDIS``, default db 13, flushed) with rate limits on and counted there, with limits
+the benchmark never reaches.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,9 +35,52 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_sessions import Server, make_bench_app, reset_database  # noqa: E402
+from bench.bench_sessions import (  # noqa: E402
+    Server,
+    bench_env,
+    make_bench_app,
+    reset_database,
+)
+from bench.common import free_port  # noqa: E402
 
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/bench_idem"
+REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/13")
+
+
+class ProductionServer:
+    """``gunicorn -c gunicorn.conf.py`` (as shipped) on a free port, with Redis and rate
+    limits on; stopped by its own pid."""
+
+    def __init__(self, database_url: str):
+        import redis
+
+        redis.Redis.from_url(REDIS).flushdb()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**bench_env(database_url), "REDIS_URL": REDIS, "LOG_LEVEL": "INFO",
+               "RATELIMIT_ENABLED": "1", "RATELIMIT_PER_USER": "100000/second;10000000/minute",
+               "RATELIMIT_PER_IP": "100000/second;10000000/minute",
+               "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="sonicus-bench-metrics-")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind",
+             f"127.0.0.1:{self.port}", "--no-control-socket", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/api/health", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("gunicorn did not come up")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 def seed(app) -> int:
@@ -98,13 +149,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--verbose", action="store_true", help="print every round")
+    parser.add_argument("--production", action="store_true",
+                        help="gunicorn.conf.py as shipped, Redis, rate limits (see above)")
     args = parser.parse_args()
 
     app = make_bench_app(args.database)
     reset_database(app, args.database)
     package_id = seed(app)
     token = mint_pro_token(app, "bench-idem@example.com")
-    server = Server(args.database, 1, args.threads)
+    server = (ProductionServer(args.database) if args.production
+              else Server(args.database, 1, args.threads))
     url, body = server.url + "/api/user/sessions", {"package_id": package_id}
     plain, keyed, ratios = [], [], []
     try:
@@ -132,8 +186,10 @@ def main() -> None:
           f"overhead {(with_key / without - 1) * 100:+.1f}% (per round: median "
           f"{(statistics.median(ratios) - 1) * 100:+.1f}%, middle half "
           f"{(quartiles[0] - 1) * 100:+.1f}% to {(quartiles[2] - 1) * 100:+.1f}%)")
+    served = ("gunicorn -c gunicorn.conf.py, Redis, rate limits" if args.production
+              else f"gunicorn -k gthread --workers 1 --threads {args.threads}")
     print(f"{args.rounds} rounds x {args.starts} starts of each kind, {args.clients} client(s); "
-          f"gunicorn -k gthread --workers 1 --threads {args.threads}; database "
+          f"{served}; database "
           f"{args.database.rsplit('/', 1)[1]}; machine: {os.cpu_count()} CPUs")
 
 
