@@ -306,6 +306,41 @@ def test_a_key_still_running_is_409_until_it_is_stale(client, listener, db_sessi
     assert _sessions(db_session) == 1
 
 
+def test_a_stale_key_whose_answer_lands_while_it_is_taken_over_is_replayed(
+        app, client, listener, db_session, set_clock, monkeypatch):
+    """A retry finds the key running past STALE_RUNNING and goes to take it over; the first
+    request's answer lands between that read and the delete: the key keeps that answer and
+    the retry replays it instead of running the write a second time."""
+    now = set_clock(clock.now())
+    body = {"package_id": listener["package"]}
+    headers = _keyed(listener["headers"], "k-slow")
+    with app.test_request_context("/api/user/sessions", method="POST", json=body,
+                                  headers=headers):
+        claim = idempotency.claim_key(listener["id"], "k-slow", request_fingerprint())
+    answer = {"data": {"id": 78, "status": "active"}, "message": "Session started."}
+    set_clock(now + idempotency.STALE_RUNNING + timedelta(seconds=1))
+
+    read_key = idempotency._read_key
+    reads = []
+
+    def read_then_answer(engine, user_id, key):
+        row = read_key(engine, user_id, key)
+        if not reads:  # the first request answers right after the retry's first read
+            idempotency.store_answer(claim, 201, json.dumps(answer),
+                                     {"Content-Type": "application/json"})
+            idempotency.settle_answers()
+        reads.append(row.state if row is not None else None)
+        return row
+
+    monkeypatch.setattr(idempotency, "_read_key", read_then_answer)
+    retry = client.post("/api/user/sessions", json=body, headers=headers)
+    assert reads[0] == "running"
+    assert retry.status_code == 201 and retry.headers[REPLAYED] == "true"
+    assert retry.get_json() == answer
+    assert _sessions(db_session) == 0  # replayed, not run
+    assert [key.state for key in _keys(db_session)] == ["done"]
+
+
 def test_a_retry_that_finds_the_key_running_waits_for_the_answer_on_its_way(
         app, client, listener, db_session):
     """The first request's answer is sent to the database without waiting for it: a retry

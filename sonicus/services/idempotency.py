@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg2
 import psycopg2.extensions
 from flask import current_app
-from sqlalchemy import and_, create_engine, delete, event, or_, select, update
+from sqlalchemy import create_engine, delete, event, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -283,9 +283,11 @@ def _decide(engine, user_id: int, key: str, fingerprint: str, now: datetime,
         if row is None:  # released or swept meanwhile: try again
             continue
         if _is_takeable(row, now):
-            # Expired, or abandoned mid-request: whoever deletes it claims the key next.
+            # Expired, or abandoned mid-request: whoever deletes it claims the key next. It
+            # is deleted only as it was read: a running row that has kept its answer since
+            # stays.
             with engine.connect() as conn:
-                conn.execute(delete(_table).where(_c.id == row.id, _takeable(now)))
+                conn.execute(delete(_table).where(_c.id == row.id, _c.state == row.state))
             continue
         if row.fingerprint != fingerprint:
             raise ApiError(
@@ -327,11 +329,6 @@ def _await_answer(engine, user_id: int, key: str):
 def _is_takeable(row, now: datetime) -> bool:
     return row.expires_at <= now or (row.state == RUNNING
                                      and row.created_at <= now - STALE_RUNNING)
-
-
-def _takeable(now: datetime):
-    return or_(_c.expires_at <= now,
-               and_(_c.state == RUNNING, _c.created_at <= now - STALE_RUNNING))
 
 
 def store_answer(claim: int, status: int, body: str, headers: dict) -> None:
