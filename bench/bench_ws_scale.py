@@ -107,10 +107,11 @@ def set_client_mode(clients, mode: str) -> None:
         os.sched_setaffinity(client.pid, cores[-1:] if "pinned" in mode else cores)
 
 
-def gc_collections(port: int) -> tuple[list, list, list, list]:
+def gc_collections(port: int) -> tuple[list, list, list, list, list]:
     """The worker's collections so far (``bench/ws_gc_probe.py``): (monotonic start, wall ms,
     CPU ms, generation, freed); its greenlets' long runs, their runs over 0.1 ms and its
-    health requests (woken, began, ended; ``--switch-trace``)."""
+    health requests (woken, began, ended; ``--switch-trace``); its lease renewals (began,
+    ended)."""
     conn = HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request("GET", "/__bench/gc")
@@ -118,7 +119,8 @@ def gc_collections(port: int) -> tuple[list, list, list, list]:
         return ([tuple(item) for item in answer["collections"]],
                 [tuple(item) for item in answer["long_runs"]],
                 [tuple(item) for item in answer["short_runs"]],
-                [tuple(item) for item in answer["requests"]])
+                [tuple(item) for item in answer["requests"]],
+                [tuple(item) for item in answer.get("renewals", [])])
     finally:
         conn.close()
 
@@ -213,6 +215,13 @@ def runs_summary(short_runs, f: dict) -> str:
         out.append(label + ": " + ", ".join(
             f"{name} {n} x, {wall:.0f}/{cpu:.0f} ms, longest {longest:.1f}"
             for name, (n, wall, cpu, longest) in sorted(by.items(), key=lambda i: -i[1][1])))
+    delivering = [r for r in short_runs if start <= r[0] <= f["window"][1]
+                  and r[3].endswith("_run_listener")]
+    if delivering:
+        first_run = (delivering[0][0] - f["published_at"]) * 1000
+        last_end = (delivering[-1][0] + delivering[-1][1] / 1000 - f["published_at"]) * 1000
+        out.append(f"the subscriber's runs from +{first_run:.0f} to +{last_end:.0f} ms after "
+                   "the first publish")
     return "; ".join(out)
 
 
@@ -441,7 +450,7 @@ def main() -> None:
     loaded: list[list[float]] = []
     cycles, fan_outs = [], []
     clients = []
-    collections, long_runs, short_runs, requests = [], [], [], []
+    collections, long_runs, short_runs, requests, renewals = [], [], [], [], []
     try:
         wait_http(f"http://127.0.0.1:{port}/api/health")
         pid = worker_pid(web.pid)
@@ -481,7 +490,7 @@ def main() -> None:
         idle.append(probe.run(args.probes))
         rss_end = rss_kib(pid)
         if args.gc_report:
-            collections, long_runs, short_runs, requests = gc_collections(port)
+            collections, long_runs, short_runs, requests, renewals = gc_collections(port)
     finally:
         close_clients(clients)
         stop_process(web)
@@ -516,6 +525,10 @@ def main() -> None:
             print("    collections during it: " + gc_summary(collections, *f["window"]))
             if short_runs:
                 print("    runs over 0.1 ms during it: " + runs_summary(short_runs, f))
+            for began, ended in renewals:
+                if began <= f["window"][1] and ended >= f["window"][0]:
+                    print(f"    lease renewal from +{(began - f['published_at']) * 1000:.0f} to "
+                          f"+{(ended - f['published_at']) * 1000:.0f} ms after the first publish")
             for line in slowest_probes(f, collections, long_runs, 3, short_runs, requests):
                 print("    " + line)
     for mode in dict.fromkeys(modes):

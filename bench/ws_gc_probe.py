@@ -155,6 +155,7 @@ class GcProbe:
             return [body]
         body = json.dumps({"collections": _collections, "long_runs": _long_runs,
                            "short_runs": list(_short_runs), "requests": list(_requests),
+                           "renewals": _renewals,
                            "count": gc.get_count(),
                            "threshold": gc.get_threshold(),
                            "frozen": gc.get_freeze_count()}).encode()
@@ -178,5 +179,20 @@ if os.environ.get("BENCH_WS_SCHED_YIELD"):  # try: the OS may run another proces
         _yield()
 
     _broker.yield_to_loop = _yield_to_loop_and_os
+
+_renewals: list[tuple[float, float]] = []  # the lease renewals: when each began and ended
+_broker_class = __import__("sonicus.realtime.broker", fromlist=["Broker"]).Broker
+_renew = _broker_class.renew_leases
+
+
+def _timed_renewal(self):
+    began = time.monotonic()
+    try:
+        return _renew(self)
+    finally:
+        _renewals.append((began, time.monotonic()))
+
+
+_broker_class.renew_leases = _timed_renewal
 
 app = GcProbe(flask_app)
