@@ -37,7 +37,8 @@ With ``--switch-trace`` it also gives, per fan-out, the greenlet runs over 0.1 m
 (the sockets' readers apart), for the slowest probes when the server's handler got the process
 and ran the request, and per client mode where the probes' time went: until the handler got
 the process, the handler's run until the app answered, from then until the prober had it.
-``BENCH_WS_SLICE_SECONDS`` in the environment tries another delivery slice (``--gc-report``).
+``--gc-report`` also gives the lease renewals and keep-alive passes near each fan-out, and
+``BENCH_WS_SLICE_SECONDS`` in the environment tries another delivery slice with it.
 """
 
 from __future__ import annotations
@@ -107,11 +108,11 @@ def set_client_mode(clients, mode: str) -> None:
         os.sched_setaffinity(client.pid, cores[-1:] if "pinned" in mode else cores)
 
 
-def gc_collections(port: int) -> tuple[list, list, list, list, list]:
+def gc_collections(port: int) -> tuple[list, list, list, list, list, list]:
     """The worker's collections so far (``bench/ws_gc_probe.py``): (monotonic start, wall ms,
     CPU ms, generation, freed); its greenlets' long runs, their runs over 0.1 ms and its
     health requests (woken, began, ended; ``--switch-trace``); its lease renewals (began,
-    ended)."""
+    ended) and keep-alive passes (began, ended, pinged, closed)."""
     conn = HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request("GET", "/__bench/gc")
@@ -120,7 +121,8 @@ def gc_collections(port: int) -> tuple[list, list, list, list, list]:
                 [tuple(item) for item in answer["long_runs"]],
                 [tuple(item) for item in answer["short_runs"]],
                 [tuple(item) for item in answer["requests"]],
-                [tuple(item) for item in answer.get("renewals", [])])
+                [tuple(item) for item in answer.get("renewals", [])],
+                [tuple(item) for item in answer.get("sweeps", [])])
     finally:
         conn.close()
 
@@ -152,8 +154,10 @@ def slowest_probes(f: dict, collections, runs, top: int = 3, short_runs=(),
         out.append(f"probe of {ms:.1f} ms at +{(start - f['window'][0]) * 1000:.0f} ms")
         for woke, began, ended in requests:
             if start <= began <= end:
-                out.append(f"  server: woken +{(woke - start) * 1000:.2f}, app "
-                           f"+{(began - start) * 1000:.2f} to +{(ended - start) * 1000:.2f} ms")
+                woken = (f"woken +{(woke - start) * 1000:.2f}, " if start <= woke <= began
+                         else "")  # (known with --switch-trace)
+                out.append(f"  server: {woken}app +{(began - start) * 1000:.2f} to "
+                           f"+{(ended - start) * 1000:.2f} ms")
         inside = [r for r in short_runs if r[0] <= end and r[0] + r[1] / 1000 >= start]
         if inside:
             out.append("  runs > 0.1 ms: " + ", ".join(
@@ -450,7 +454,7 @@ def main() -> None:
     loaded: list[list[float]] = []
     cycles, fan_outs = [], []
     clients = []
-    collections, long_runs, short_runs, requests, renewals = [], [], [], [], []
+    collections, long_runs, short_runs, requests, renewals, sweeps = [], [], [], [], [], []
     try:
         wait_http(f"http://127.0.0.1:{port}/api/health")
         pid = worker_pid(web.pid)
@@ -490,7 +494,8 @@ def main() -> None:
         idle.append(probe.run(args.probes))
         rss_end = rss_kib(pid)
         if args.gc_report:
-            collections, long_runs, short_runs, requests, renewals = gc_collections(port)
+            (collections, long_runs, short_runs, requests, renewals,
+             sweeps) = gc_collections(port)
     finally:
         close_clients(clients)
         stop_process(web)
@@ -525,6 +530,11 @@ def main() -> None:
             print("    collections during it: " + gc_summary(collections, *f["window"]))
             if short_runs:
                 print("    runs over 0.1 ms during it: " + runs_summary(short_runs, f))
+            for began, ended, pinged, closed in sweeps:  # its pongs may come in during it
+                if began <= f["window"][1] and ended >= f["window"][0] - 2:
+                    print(f"    keep-alive pass from +{(began - f['published_at']) * 1000:.0f} to "
+                          f"+{(ended - f['published_at']) * 1000:.0f} ms after the first publish:"
+                          f" {pinged} pinged, {closed} closed")
             for began, ended in renewals:
                 if began <= f["window"][1] and ended >= f["window"][0]:
                     print(f"    lease renewal from +{(began - f['published_at']) * 1000:.0f} to "

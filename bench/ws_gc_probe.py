@@ -155,7 +155,7 @@ class GcProbe:
             return [body]
         body = json.dumps({"collections": _collections, "long_runs": _long_runs,
                            "short_runs": list(_short_runs), "requests": list(_requests),
-                           "renewals": _renewals,
+                           "renewals": _renewals, "sweeps": _sweeps,
                            "count": gc.get_count(),
                            "threshold": gc.get_threshold(),
                            "frozen": gc.get_freeze_count()}).encode()
@@ -194,5 +194,17 @@ def _timed_renewal(self):
 
 
 _broker_class.renew_leases = _timed_renewal
+_sweeps: list[tuple[float, float, int, int]] = []  # keep-alive passes: began, ended, pinged, closed
+_sweep = _broker_class.sweep_keepalive
+
+
+def _timed_sweep(self, now=None):
+    began = time.monotonic()
+    done = _sweep(self, now)
+    _sweeps.append((began, time.monotonic(), *done))
+    return done
+
+
+_broker_class.sweep_keepalive = _timed_sweep
 
 app = GcProbe(flask_app)
