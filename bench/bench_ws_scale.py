@@ -33,6 +33,12 @@ and CPU time of each: a wall time well above the CPU time is the scheduler), and
 slowest health probes of each fan-out the collections and, with ``--switch-trace``, the
 greenlet runs over 2 ms that overlapped them; ``--gc-inspect`` adds what each generation
 holds once the sockets are open (it collects them: a full collection, counted in the opening).
+With ``--switch-trace`` it also gives, per fan-out, the greenlet runs over 0.1 ms by greenlet
+(the sockets' readers apart), for the slowest probes when the server's handler got the process
+and ran the request, and per client mode where the probes' time went: until the handler got
+the process, the handler's run until the app answered, from then until the prober had it.
+``--gc-report`` also gives the lease renewals and keep-alive passes near each fan-out, and
+``BENCH_WS_SLICE_SECONDS`` in the environment tries another delivery slice with it.
 """
 
 from __future__ import annotations
@@ -102,15 +108,21 @@ def set_client_mode(clients, mode: str) -> None:
         os.sched_setaffinity(client.pid, cores[-1:] if "pinned" in mode else cores)
 
 
-def gc_collections(port: int) -> tuple[list, list]:
+def gc_collections(port: int) -> tuple[list, list, list, list, list, list]:
     """The worker's collections so far (``bench/ws_gc_probe.py``): (monotonic start, wall ms,
-    CPU ms, generation, freed); and its greenlets' long runs (``--switch-trace``)."""
+    CPU ms, generation, freed); its greenlets' long runs, their runs over 0.1 ms and its
+    health requests (woken, began, ended; ``--switch-trace``); its lease renewals (began,
+    ended) and keep-alive passes (began, ended, pinged, closed)."""
     conn = HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request("GET", "/__bench/gc")
         answer = json.loads(conn.getresponse().read())
         return ([tuple(item) for item in answer["collections"]],
-                [tuple(item) for item in answer["long_runs"]])
+                [tuple(item) for item in answer["long_runs"]],
+                [tuple(item) for item in answer["short_runs"]],
+                [tuple(item) for item in answer["requests"]],
+                [tuple(item) for item in answer.get("renewals", [])],
+                [tuple(item) for item in answer.get("sweeps", [])])
     finally:
         conn.close()
 
@@ -130,23 +142,91 @@ def inspect_gc(port: int) -> None:
               f"collect {answer['collect_ms'][generation]:.1f} ms; {held['types']}")
 
 
-def slowest_probes(f: dict, collections, runs, top: int = 3) -> list[str]:
+def slowest_probes(f: dict, collections, runs, top: int = 3, short_runs=(),
+                   requests=()) -> list[str]:
     """The slowest health probes of a fan-out, each with the collections and greenlet runs
-    of the socket process that overlapped it."""
+    of the socket process that overlapped it; with ``--switch-trace``, when the server's
+    handler got the process and ran the request, and the runs over 0.1 ms meanwhile."""
     out = []
     probes = sorted(zip(f["health_starts"], f["health"], strict=True), key=lambda p: -p[1])
     for start, ms in probes[:top]:
         end = start + ms / 1000
         out.append(f"probe of {ms:.1f} ms at +{(start - f['window'][0]) * 1000:.0f} ms")
+        for woke, began, ended in requests:
+            if start <= began <= end:
+                woken = (f"woken +{(woke - start) * 1000:.2f}, " if start <= woke <= began
+                         else "")  # (known with --switch-trace)
+                out.append(f"  server: {woken}app +{(began - start) * 1000:.2f} to "
+                           f"+{(ended - start) * 1000:.2f} ms")
+        inside = [r for r in short_runs if r[0] <= end and r[0] + r[1] / 1000 >= start]
+        if inside:
+            out.append("  runs > 0.1 ms: " + ", ".join(
+                f"+{(r[0] - start) * 1000:.2f} {r[3]} {r[1]:.2f}/{r[2]:.2f}" for r in inside))
         for c in collections:
             if c[0] <= end and c[0] + c[1] / 1000 >= start:
-                out.append(f"  gc gen {c[3]}: {c[1]:.1f} ms ({c[2]:.1f} ms CPU) "
+                out.append(f"  gc gen {c[3]}: {c[1]:.1f} ms ({c[2]:.1f} ms CPU, {c[4]} freed) "
                            f"at +{(c[0] - start) * 1000:.1f} ms")
         for r in runs:
             if r[0] <= end and r[0] + r[1] / 1000 >= start:
                 out.append(f"  run {r[1]:.1f} ms ({r[2]:.1f} ms CPU) at "
                            f"+{(r[0] - start) * 1000:.1f} ms: {r[3]} in {r[4]}")
     return out
+
+
+def probe_split(fan_outs: list[dict], requests) -> str:
+    """Each probe's time in three parts, by the socket process's record of its request
+    (``--gc-report``; the first needs ``--switch-trace``): until the server's handler got the
+    process (the prober's send, the kernel, the server's loop: the delivery slice waited for),
+    the server's run until the app had answered, and from then until the prober had the
+    answer (gunicorn's write, the prober getting a core); p50 / p99 / max of each, in ms."""
+    parts: list[list[float]] = [[], [], []]
+    for f in fan_outs:
+        for start, ms in zip(f["health_starts"], f["health"], strict=True):
+            end = start + ms / 1000
+            mine = [r for r in requests if start <= r[1] <= end]
+            if len(mine) != 1:
+                continue
+            woke, began, ended = mine[0]
+            woke = woke if start <= woke <= began else began
+            for part, value in zip(parts, (woke - start, ended - woke, end - ended),
+                                   strict=True):
+                part.append(value * 1000)
+    if not parts[0]:
+        return "no request matched"
+    return "; ".join(f"{name} p50 {percentile(part, 50):.2f} / p99 {percentile(part, 99):.2f}"
+                     f" / max {max(part):.2f}"
+                     for name, part in zip(("until woken", "server", "after the answer"),
+                                           parts, strict=True)) + f" ({len(parts[0])} probes)"
+
+
+def runs_summary(short_runs, f: dict) -> str:
+    """The socket process's greenlet runs over 0.1 ms within a fan-out's window (from its
+    first publish), by greenlet: how many, wall / CPU ms in all, the longest; and the same
+    before the first socket had its update."""
+    start = f["window"][0]  # the prober's start
+    first = f["published_at"] + f["first_ms"] / 1000
+    out = []
+    for label, lo, hi in (("all", start, f["window"][1]), ("before the first update", start,
+                                                           first)):
+        by: dict[str, list[float]] = {}
+        for r in short_runs:
+            if lo <= r[0] <= hi:
+                item = by.setdefault(r[3], [0, 0.0, 0.0, 0.0])
+                item[0] += 1
+                item[1] += r[1]
+                item[2] += r[2]
+                item[3] = max(item[3], r[1])
+        out.append(label + ": " + ", ".join(
+            f"{name} {n} x, {wall:.0f}/{cpu:.0f} ms, longest {longest:.1f}"
+            for name, (n, wall, cpu, longest) in sorted(by.items(), key=lambda i: -i[1][1])))
+    delivering = [r for r in short_runs if start <= r[0] <= f["window"][1]
+                  and r[3].endswith("_run_listener")]
+    if delivering:
+        first_run = (delivering[0][0] - f["published_at"]) * 1000
+        last_end = (delivering[-1][0] + delivering[-1][1] / 1000 - f["published_at"]) * 1000
+        out.append(f"the subscriber's runs from +{first_run:.0f} to +{last_end:.0f} ms after "
+                   "the first publish")
+    return "; ".join(out)
 
 
 def gc_summary(collections, start: float, end: float) -> str:
@@ -312,6 +392,7 @@ def fan_out(app, ids: list[int], clients, pid: int, port: int, round_no: int,
             "last_ms": (max(float(line[2]) for line in lines) - started) * 1000,
             "first_ms": (min(float(line[3]) for line in lines) - started) * 1000,
             "published_ms": published * 1000, "cpu_ms": cpu, "health": during,
+            "published_at": started,
             "health_starts": starts}
 
 
@@ -373,7 +454,7 @@ def main() -> None:
     loaded: list[list[float]] = []
     cycles, fan_outs = [], []
     clients = []
-    collections, long_runs = [], []
+    collections, long_runs, short_runs, requests, renewals, sweeps = [], [], [], [], [], []
     try:
         wait_http(f"http://127.0.0.1:{port}/api/health")
         pid = worker_pid(web.pid)
@@ -413,7 +494,8 @@ def main() -> None:
         idle.append(probe.run(args.probes))
         rss_end = rss_kib(pid)
         if args.gc_report:
-            collections, long_runs = gc_collections(port)
+            (collections, long_runs, short_runs, requests, renewals,
+             sweeps) = gc_collections(port)
     finally:
         close_clients(clients)
         stop_process(web)
@@ -446,12 +528,26 @@ def main() -> None:
                                             if health else "none done"))
         if args.gc_report:
             print("    collections during it: " + gc_summary(collections, *f["window"]))
-            for line in slowest_probes(f, collections, long_runs):
+            if short_runs:
+                print("    runs over 0.1 ms during it: " + runs_summary(short_runs, f))
+            for began, ended, pinged, closed in sweeps:  # its pongs may come in during it
+                if began <= f["window"][1] and ended >= f["window"][0] - 2:
+                    print(f"    keep-alive pass from +{(began - f['published_at']) * 1000:.0f} to "
+                          f"+{(ended - f['published_at']) * 1000:.0f} ms after the first publish:"
+                          f" {pinged} pinged, {closed} closed")
+            for began, ended in renewals:
+                if began <= f["window"][1] and ended >= f["window"][0]:
+                    print(f"    lease renewal from +{(began - f['published_at']) * 1000:.0f} to "
+                          f"+{(ended - f['published_at']) * 1000:.0f} ms after the first publish")
+            for line in slowest_probes(f, collections, long_runs, 3, short_runs, requests):
                 print("    " + line)
     for mode in dict.fromkeys(modes):
         during = [v for f in fan_outs if f["mode"] == mode for v in f["health"]]
         if during and len(modes) > 1:
             print(f"  /api/health during the fan-outs, clients {mode}: {summary(during)}")
+        if requests and during:
+            print(f"    where the time went (clients {mode}): "
+                  + probe_split([f for f in fan_outs if f["mode"] == mode], requests))
     all_idle = [v for r in idle for v in r]
     all_loaded = [v for r in loaded for v in r]
     print("  /api/health p99 by round, alternating (alone | sockets open): "

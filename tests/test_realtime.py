@@ -351,3 +351,87 @@ def test_the_keepalive_sweep_never_waits_for_a_stuck_socket(app):
         stuck.send_lock.release()
         for conn in (stuck, quiet):
             broker.unregister(conn)
+
+
+CHATTY_PEERS_FAN_OUT = '''
+from gevent import monkey
+
+monkey.patch_all()
+
+import socket, sys, time, types
+
+import flask, gevent
+from wsproto import ConnectionType
+from wsproto.connection import Connection as Protocol
+from wsproto.events import Ping
+
+from sonicus.realtime import broker as broker_module
+from sonicus.realtime.broker import ADMITTED, Broker, Connection, read_after_the_rest
+from sonicus.realtime.routes import read_until_closed
+
+broker_module.DELIVERY_SLICE_SECONDS = 0  # the loop gets a turn after every write
+broker = Broker(flask.Flask("fan-out"), lambda user_id: None)
+
+
+def register(sock, user_id):
+    ws = types.SimpleNamespace(sock=sock, ws=Protocol(ConnectionType.SERVER), connected=True,
+                               ping_interval=0, max_message_size=0)
+    conn = Connection(ws, user_id)
+    assert broker.admit(conn, 10_000, 10_000) == ADMITTED
+    return ws, conn
+
+
+def keep_pinging(sock):
+    # a peer that pings again as soon as its pong is in (it stands for a browser elsewhere:
+    # read after the rest, like the process's own sockets)
+    read_after_the_rest(sock)
+    protocol = Protocol(ConnectionType.CLIENT)
+    while True:
+        sock.sendall(protocol.send(Ping(b"p")))
+        if not sock.recv(64):
+            return
+
+
+for _ in range(4):
+    mine, theirs = socket.socketpair()
+    gevent.spawn(read_until_closed, *register(mine, 2), broker)
+    gevent.spawn(keep_pinging, theirs)
+receivers = []
+for _ in range(300):
+    mine, theirs = socket.socketpair()
+    register(mine, 1)
+    receivers.append(theirs)
+gevent.sleep(0.05)  # the pings and pongs go on
+started = time.monotonic()
+delivery = gevent.spawn(broker.deliver_local, 1, "update")
+delivery.join(timeout=5)
+took = time.monotonic() - started
+got = 0
+for sock in receivers:
+    sock.setblocking(False)
+    try:
+        got += sock.recv(64).endswith(b"update")
+    except BlockingIOError:  # nothing came
+        pass
+print(delivery.value, got, round(took, 3), flush=True)
+'''
+
+
+def test_a_fan_out_goes_on_while_other_sockets_keep_talking():
+    """Under gevent (the socket process), a fan-out gives the event loop a turn between its
+    writes and goes on once the loop is idle: sockets whose peers keep sending (the pongs of a
+    keep-alive pass, a chatty client) must not hold it back. Their readers were woken at the
+    loop's default priority, so a turn with one of them ready was never idle: the update
+    stopped after its first write for as long as the others talked (here: for ever)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", CHATTY_PEERS_FAN_OUT], cwd=root,
+                          env={"PYTHONPATH": str(root), "PATH": ""}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sent, got, took = done.stdout.split()
+    assert (int(sent), int(got)) == (300, 300)
+    assert float(took) < 1.0

@@ -24,6 +24,9 @@ web process.
   and its exception for every wait of every socket (two per ping), which lived until the next
   ping and filled the collector's older generations (at 10,000 sockets most of what the
   collector scanned during a fan-out).
+- Under gevent, delivery (and the sweep, and the lease renewal) gives the event loop a turn
+  every ``DELIVERY_SLICE_SECONDS``; the sockets' readers are woken after everything else that
+  is ready (``read_after_the_rest``), so neither requests nor a fan-out wait behind them.
 """
 
 from __future__ import annotations
@@ -60,11 +63,12 @@ FIRST_START_WAIT_SECONDS = 0.5  # the request that starts the subscriber waits t
 LEASE_SECONDS = 90  # a socket's lease on its user's cap, renewed every LEASE_RENEW_SECONDS
 LEASE_RENEW_SECONDS = 30
 LEASE_RENEW_BATCH = 1000  # leases given back per pipeline
-LEASE_RENEW_USERS = 50  # users whose leases are renewed per pipeline (a ZADD and an EXPIRE each)
+LEASE_RENEW_USERS = 10  # users whose leases are renewed per pipeline (a ZADD and an EXPIRE each)
 # Under gevent, delivery gives the event loop a turn (it polls sockets: a health probe, a
 # handshake) after this long writing to sockets; a fan-out to thousands of sockets never
-# holds the process for longer.
-DELIVERY_SLICE_SECONDS = 0.001
+# holds the process for longer. A turn costs ~2.5 us (gevent.idle, 5,000 sockets waiting):
+# 1% of a slice this short (it was 1 ms: a request waited up to that long).
+DELIVERY_SLICE_SECONDS = 0.00025
 # This process's id, renewed in a forked child (asked of the kernel before every request
 # otherwise).
 _pid = [os.getpid()]
@@ -110,14 +114,39 @@ def under_gevent() -> bool:
 
 def yield_to_loop() -> None:
     """Under gevent, wait until the event loop has polled its sockets and run every greenlet
-    they woke (``gevent.idle``); ``gevent.sleep(0)`` would only let greenlets that are ready
-    already run, and the loop polls sockets only once its run of those is over (up to the
-    switch interval, 5 ms, on every yield). Elsewhere (threads, the dev server) nothing."""
+    they woke at the default priority (``gevent.idle``: HTTP requests, handshakes; the
+    sockets' readers come after, ``read_after_the_rest``); ``gevent.sleep(0)`` would only let
+    greenlets that are ready already run, and the loop polls sockets only once its run of
+    those is over (up to the switch interval, 5 ms, on every yield). Elsewhere (threads, the
+    dev server) nothing."""
     if not under_gevent():
         return
     gevent = sys.modules["gevent"]
     if gevent.getcurrent() is not gevent.get_hub():
         gevent.idle()
+
+
+# libev's priority for the watchers of the sockets' readers, below the default (0) of
+# everything else: HTTP requests, handshakes, Redis, and the idle turns delivery waits for.
+READER_PRIORITY = -1
+
+
+def read_after_the_rest(sock) -> None:
+    """Under gevent, have the event loop wake this socket's reader after whatever else is ready
+    in the same turn (an HTTP request, a fan-out's next slice), never before. libev runs an
+    idle watcher only in a turn with nothing of its priority or above ready: with the readers
+    at the default priority, a fan-out waited in ``yield_to_loop`` for as long as some socket
+    had something to read in every turn (peers that keep pinging, the pongs of a keep-alive
+    pass: in a test, 1 write of 300 in 5 s while four peers pinged). Readers still run in
+    every turn they are ready, after the rest. Elsewhere (threads, the dev server)
+    nothing."""
+    event = getattr(sock, "_read_event", None)  # gevent's socket: the watcher recv waits on
+    if event is None or not under_gevent():
+        return
+    try:
+        event.priority = READER_PRIORITY
+    except AttributeError:  # a watcher that is active cannot change priority
+        pass
 
 
 # Subscribers running in this process, stopped at interpreter exit so that none retries (and
@@ -375,24 +404,31 @@ class Broker:
     def renew_leases(self) -> int:
         """Push this process's leases forward (the subscriber thread calls it every
         ``LEASE_RENEW_SECONDS``); how many were renewed. One ZADD (and EXPIRE) per user for all
-        its sockets, in pipelines of ``LEASE_RENEW_USERS`` users; under gevent the event loop
-        gets its turn between two (one pipeline for 10,000 sockets held the process for
-        15-30 ms at a time: health probes waited behind it)."""
+        its sockets, in pipelines of ``LEASE_RENEW_USERS`` users, each user's leases read when
+        its pipeline is built; under gevent the event loop gets its turn between two (one
+        pipeline for 10,000 sockets held the process for 15-30 ms at a time; reading all
+        10,000 leases and sending a first pipeline of 50 users was still one run of 9 ms of
+        CPU, a pipeline of 50 users 2 ms: health probes waited behind them)."""
         with self._lock:
-            by_user = [(user_id, [conn.lease for conn in conns if conn.lease is not None])
-                       for user_id, conns in self._sockets.items()]
-        by_user = [(user_id, members) for user_id, members in by_user if members]
-        if not by_user:
+            user_ids = list(self._sockets)
+        if not user_ids:
             return 0
 
         def renew(client):
             renewed = 0
-            for start in range(0, len(by_user), LEASE_RENEW_USERS):
+            for start in range(0, len(user_ids), LEASE_RENEW_USERS):
                 if start:
                     yield_to_loop()
+                with self._lock:
+                    batch = [(user_id, [conn.lease for conn in self._sockets.get(user_id, ())
+                                        if conn.lease is not None])
+                             for user_id in user_ids[start:start + LEASE_RENEW_USERS]]
+                batch = [(user_id, members) for user_id, members in batch if members]
+                if not batch:
+                    continue
                 until = time.time() + LEASE_SECONDS
                 pipe = client.pipeline(transaction=False)
-                for user_id, members in by_user[start:start + LEASE_RENEW_USERS]:
+                for user_id, members in batch:
                     key = self._leases_key(user_id)
                     pipe.zadd(key, dict.fromkeys(members, until), xx=True)
                     pipe.expire(key, LEASE_SECONDS + 1)
@@ -526,12 +562,11 @@ class Broker:
         closed). Under gevent it gives the event loop its turns like a fan-out."""
         interval = self._keepalive_interval
         with self._lock:
-            conns = [conn for user_conns in self._sockets.values() for conn in user_conns
-                     if conn.kept_alive]
+            groups = list(self._sockets.values())
         now = time.monotonic() if now is None else now
         pinged = closed = 0
-        for conn in conns:
-            if conn.closed:
+        for conn in self._each_socket(groups):
+            if not conn.kept_alive or conn.closed:
                 continue
             # A send lock held means a write to the socket is under way, or stuck because the
             # peer does not read: the sweep never waits for it (one such socket would hold up
@@ -553,6 +588,15 @@ class Broker:
                     conn.hang_up()
             self._pace()
         return pinged, closed
+
+    def _each_socket(self, groups: list[set[Connection]]):
+        """The sockets of ``groups`` (users' sets of the registry), one user's read at a time,
+        so that the event loop gets its turns from the first (reading all 10,000 at once was
+        one run without any, like the lease renewal's)."""
+        for group in groups:
+            with self._lock:
+                conns = list(group)
+            yield from conns
 
     def _subscribe(self, pubsub) -> None:
         """Subscribe to both channels and wait for Redis to confirm both: a message published

@@ -34,6 +34,7 @@ from .broker import (
     Connection,
     get_broker,
     init_broker,
+    read_after_the_rest,
 )
 from .publish import CLOSE_FORBIDDEN
 
@@ -116,10 +117,12 @@ def read_until_closed(ws, conn: Connection, broker) -> None:
     the socket with 1009). The process's keep-alive sweep (``Broker.keep_alive``) pings a peer
     that was silent for ``ping_interval`` seconds and closes one that lets a ping go unanswered
     for as long (1008): the read waits without a timeout (under gevent a timed wait costs a
-    timeout, its timer and its exception, kept until the next ping, for every socket). Every
+    timeout, its timer and its exception, kept until the next ping, for every socket). Under
+    gevent the reader is woken after whatever else is ready (``read_after_the_rest``). Every
     write takes the connection's send lock: the broker writes to the same socket."""
     sock, protocol = ws.sock, ws.ws
     sock.settimeout(None)
+    read_after_the_rest(sock)
     if ws.ping_interval:
         broker.keep_alive(conn, ws.ping_interval)
     message_size = 0
