@@ -303,7 +303,8 @@ def test_the_keepalive_sweep_never_waits_for_a_stuck_socket(app):
     without an answer."""
     import threading
 
-    from sonicus.realtime.broker import Connection, get_broker
+    from sonicus.realtime.broker import get_broker
+    from sonicus.realtime.connection import Connection
 
     class FakeSocket:
         def __init__(self):
@@ -366,7 +367,9 @@ from wsproto.connection import Connection as Protocol
 from wsproto.events import Ping
 
 from sonicus.realtime import broker as broker_module
-from sonicus.realtime.broker import ADMITTED, Broker, Connection, read_after_the_rest
+from sonicus.realtime.broker import ADMITTED, Broker
+from sonicus.realtime.connection import Connection
+from sonicus.realtime.loop import read_after_the_rest
 from sonicus.realtime.routes import read_until_closed
 
 broker_module.DELIVERY_SLICE_SECONDS = 0  # the loop gets a turn after every write

@@ -100,7 +100,8 @@ def test_renewal_pushes_every_sockets_lease_forward(app, test_redis_url):
     socket's lease, of every user, runs out later than before, and none of another process's is
     touched."""
     from sonicus.realtime import broker as broker_module
-    from sonicus.realtime.broker import ADMITTED, Connection, get_broker
+    from sonicus.realtime.broker import ADMITTED, get_broker
+    from sonicus.realtime.connection import Connection
 
     broker = get_broker(app)
     leases = redis_lib.Redis.from_url(test_redis_url)

@@ -37,9 +37,6 @@ import json
 import logging
 import os
 import secrets
-import socket
-import struct
-import sys
 import threading
 import time
 import weakref
@@ -51,6 +48,8 @@ from wsproto.events import Ping
 
 from ..caller_cache import callers_channel, get_caller_cache
 from ..extensions import channel_prefix, get_redis, redis_gate
+from .connection import Connection, text_frame
+from .loop import under_gevent, yield_to_loop
 from .publish import LOCAL_DELIVERY_KEY, user_events_channel
 
 log = logging.getLogger(__name__)
@@ -89,66 +88,6 @@ return 1
 ADMITTED, TOO_MANY_IN_PROCESS, TOO_MANY_FOR_USER = "admitted", "process", "user"
 
 
-def text_frame(text: str) -> bytes:
-    """A server's unmasked, unfragmented, uncompressed text frame (RFC 6455, 5.2).
-
-    Built once per message for all of a user's sockets and written straight to each socket:
-    going through wsproto for every socket cost more than the system call (sockets here never
-    negotiate permessage-deflate, so a plain frame is what wsproto would write too)."""
-    payload = text.encode()
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x81, size))
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + payload
-
-
-def under_gevent() -> bool:
-    """True in a process whose sockets gevent patched (the socket process type)."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and monkey.is_module_patched("socket")
-
-
-def yield_to_loop() -> None:
-    """Under gevent, wait until the event loop has polled its sockets and run every greenlet
-    they woke at the default priority (``gevent.idle``: HTTP requests, handshakes; the
-    sockets' readers come after, ``read_after_the_rest``); ``gevent.sleep(0)`` would only let
-    greenlets that are ready already run, and the loop polls sockets only once its run of
-    those is over (up to the switch interval, 5 ms, on every yield). Elsewhere (threads, the
-    dev server) nothing."""
-    if not under_gevent():
-        return
-    gevent = sys.modules["gevent"]
-    if gevent.getcurrent() is not gevent.get_hub():
-        gevent.idle()
-
-
-# libev's priority for the watchers of the sockets' readers, below the default (0) of
-# everything else: HTTP requests, handshakes, Redis, and the idle turns delivery waits for.
-READER_PRIORITY = -1
-
-
-def read_after_the_rest(sock) -> None:
-    """Under gevent, have the event loop wake this socket's reader after whatever else is ready
-    in the same turn (an HTTP request, a fan-out's next slice), never before. libev runs an
-    idle watcher only in a turn with nothing of its priority or above ready: with the readers
-    at the default priority, a fan-out waited in ``yield_to_loop`` for as long as some socket
-    had something to read in every turn (peers that keep pinging, the pongs of a keep-alive
-    pass: in a test, 1 write of 300 in 5 s while four peers pinged). Readers still run in
-    every turn they are ready, after the rest. Elsewhere (threads, the dev server)
-    nothing."""
-    event = getattr(sock, "_read_event", None)  # gevent's socket: the watcher recv waits on
-    if event is None or not under_gevent():
-        return
-    try:
-        event.priority = READER_PRIORITY
-    except AttributeError:  # a watcher that is active cannot change priority
-        pass
-
-
 # Subscribers running in this process, stopped at interpreter exit so that none retries (and
 # logs) while logging is being shut down.
 _RUNNING: weakref.WeakSet = weakref.WeakSet()
@@ -174,70 +113,6 @@ def _register_exit_hook() -> None:
         if not _exit_hook_registered:
             atexit.register(stop_running_brokers)
             _exit_hook_registered = True
-
-
-class Connection:
-    """One open socket of one user, with its own send lock."""
-
-    def __init__(self, ws, user_id: int):
-        self.ws = ws
-        self.user_id = user_id
-        self.send_lock = threading.Lock()
-        self.closed = False
-        self.lease: str | None = None  # its member in the user's leases (Redis)
-        self.heard = time.monotonic()  # when the peer last sent anything
-        self.pinged = 0.0  # when the ping it has not answered yet went out (0: none)
-        self.kept_alive = False  # the broker's keep-alive sweep pings it
-
-    def heard_from(self) -> None:
-        """The peer sent something (whatever it is, it is alive)."""
-        self.heard = time.monotonic()
-        self.pinged = 0.0
-
-    def send(self, text: str) -> bool:
-        return self.send_frame(text_frame(text))
-
-    def send_frame(self, frame: bytes) -> bool:
-        with self.send_lock:
-            if self.closed or not self.ws.connected:
-                return False
-            try:
-                self.ws.sock.sendall(frame)
-                return True
-            except Exception:
-                self.closed = True
-                return False
-
-    def send_event(self, event) -> bool:
-        """A control frame built by the socket's wsproto connection (a ping, a pong, the
-        answer to the client's close)."""
-        with self.send_lock:
-            if self.closed or not self.ws.connected:
-                return False
-            try:
-                self.ws.sock.sendall(self.ws.ws.send(event))
-                return True
-            except Exception:
-                self.closed = True
-                return False
-
-    def close(self, code: int, reason: str) -> None:
-        with self.send_lock:
-            if self.closed:
-                return
-            self.closed = True
-            try:
-                self.ws.close(reason=code, message=reason)
-            except Exception:  # already gone
-                pass
-
-    def hang_up(self) -> None:
-        """Wake the socket's reader, waiting without a timeout, with an end of stream (after a
-        close frame already queued: a shutdown sends what was written first)."""
-        try:
-            self.ws.sock.shutdown(socket.SHUT_RDWR)
-        except Exception:  # closed already
-            pass
 
 
 class Broker:

@@ -31,11 +31,11 @@ from .broker import (
     ADMITTED,
     FIRST_START_WAIT_SECONDS,
     TOO_MANY_IN_PROCESS,
-    Connection,
     get_broker,
     init_broker,
-    read_after_the_rest,
 )
+from .connection import Connection
+from .loop import read_after_the_rest
 from .publish import CLOSE_FORBIDDEN
 
 log = logging.getLogger(__name__)
