@@ -240,7 +240,7 @@ def load(app, world: World, train: list[dict]) -> tuple[list[int], list[int]]:
 
 
 def run_job(app) -> tuple[float, dict]:
-    from sonicus.services.recommendations import rebuild_recommendation_model
+    from sonicus.services.recommendation_model import rebuild_recommendation_model
 
     with app.app_context():
         t0 = time.perf_counter()

@@ -83,7 +83,7 @@ def test_completion_needs_80_percent_of_what_can_be_played(db_session, make_user
 
 def test_short_and_refunded_sessions_count_nowhere(client, auth, db_session, make_user,
                                                    make_package, make_session):
-    from sonicus.services.recommendations import rebuild_recommendation_model
+    from sonicus.services.recommendation_model import rebuild_recommendation_model
 
     tiny = make_package("tiny", tracks=(40,), popularity=900).id
     real = make_package("real").id

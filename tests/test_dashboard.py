@@ -60,7 +60,7 @@ def test_another_users_open_session_is_not_offered(client, auth, db_session, mak
 
 def test_recommended_is_the_first_items_of_the_recommendations(
         app, client, auth, db_session, make_user, make_package, make_session):
-    from sonicus.services.recommendations import rebuild_recommendation_model
+    from sonicus.services.recommendation_model import rebuild_recommendation_model
 
     me = make_user("rank@example.com").id
     other = make_user("someone@example.com").id

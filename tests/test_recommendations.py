@@ -18,7 +18,7 @@ def _today():
 
 def _build(app):
     """The platform job, inline (its SQL on PostgreSQL)."""
-    from sonicus.services.recommendations import rebuild_recommendation_model
+    from sonicus.services.recommendation_model import rebuild_recommendation_model
 
     with app.app_context():
         return rebuild_recommendation_model()

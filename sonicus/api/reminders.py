@@ -14,7 +14,7 @@ from ..schemas.reminders import (
     ReminderPreferencesUpdateSchema,
     VapidPublicKeySchema,
 )
-from ..services import reminders, webpush
+from ..services import reminder_settings, webpush
 
 blp = Blueprint("reminders", __name__, url_prefix="/api",
                 description="Reminders by Web Push.")
@@ -35,7 +35,7 @@ class ReminderPreferences(MethodView):
     @blp.errors(401, 403)
     def get(self, caller):
         """The caller's reminder preferences (disabled until set)."""
-        return reminders.get_reminder_preferences(caller.id)
+        return reminder_settings.get_reminder_preferences(caller.id)
 
     @require_user
     @blp.arguments(ReminderPreferencesUpdateSchema)
@@ -43,7 +43,7 @@ class ReminderPreferences(MethodView):
     @blp.errors(401, 403, 422)
     def put(self, body, caller):
         """Change the caller's reminder preferences; fields not given keep their value."""
-        return reminders.update_reminder_preferences(caller.id, body)
+        return reminder_settings.update_reminder_preferences(caller.id, body)
 
 
 @blp.route("/user/push-subscriptions")
@@ -57,7 +57,7 @@ class PushSubscriptions(MethodView):
     def post(self, body, caller):
         """Store a browser's PushSubscription (one per device). An endpoint must start with
         one of WEBPUSH_ALLOWED_ENDPOINTS."""
-        new_id, created = reminders.save_push_subscription(
+        new_id, created = reminder_settings.save_push_subscription(
             caller.id, body["endpoint"], body["keys"]["p256dh"], body["keys"]["auth"],
             body["expires_at"])
         set_message("Subscribed to reminders." if created else "Subscription updated.")
@@ -71,6 +71,6 @@ class PushSubscriptionItem(MethodView):
     @blp.errors(401, 403, 404)
     def delete(self, subscription_id, caller):
         """Forget one of the caller's push subscriptions (this device gets no reminders)."""
-        reminders.delete_push_subscription(caller.id, subscription_id)
+        reminder_settings.delete_push_subscription(caller.id, subscription_id)
         set_message("Unsubscribed.")
         return {}

@@ -1,4 +1,5 @@
-"""The mood-outcome model behind recommendations (services.recommendations).
+"""The mood-outcome model behind recommendations (built by services.recommendation_model,
+read by services.recommendations).
 
 Built in SQL by a periodic platform job from the sessions that count
 (``ListeningSession.counts_in_outcomes``) with a mood before and after; a user's own rows are

@@ -31,7 +31,7 @@ from ..models.user import merge_preferences
 from ..realtime.publish import publish_to_user
 from ..tasks.queue import QUEUE_ANALYTICS, enqueue, job_is_pending
 from .recaps import forget_recent_recaps, forget_user_recaps
-from .recommendations import refresh_user_outcomes
+from .recommendation_model import refresh_user_outcomes
 from .streaks import active_days, day_islands, recent_freeze_days, streaks_from_islands
 from .transaction import unit_of_work
 

@@ -1,24 +1,16 @@
-"""Recommendations from measured mood outcomes (API.md "Recommendations").
+"""Recommendations for a user (API.md "Recommendations"): the packages they can play, ranked
+from the stored mood-outcome model (``services.recommendation_model`` builds it: the sessions
+that count, lifts, the rating bias and adjusted lifts, cohorts, ``k_user``, ``k_cohort`` and
+``k_package``).
 
-The model (``models.recommendations``), built in SQL from the sessions that count
-(``ListeningSession.counts_in_outcomes``: no refunded taps, at least a minute listened) with a
-mood before and after; a session's lift is ``mood_after - mood_before``:
-
-- A user's rating bias: how far their lifts sit from each package's mean, averaged and shrunk
-  (``BIAS_PRIOR_SESSIONS``). Adjusted lifts have it taken out; every estimate uses them.
 - A package's population lift: its adjusted mean shrunk toward no effect,
   ``sum / (n + k_package)``: a package earns its lift with evidence.
-- A cohort ("people like you": one goal from ``preferences.goals`` and the starting-mood band
-  of the user's mean ``mood_before``, or the goal alone) lift per package: shrunk toward the
-  package's population lift with ``k_cohort``. A group figure (package or cohort) is used only
-  when at least ``MIN_GROUP_USERS`` other users stand behind it: one user's outcomes never
-  move, nor show in, another user's list.
+- A cohort's lift per package: shrunk toward the package's population lift with ``k_cohort``.
+  A group figure (package or cohort) is used only when at least ``MIN_GROUP_USERS`` other
+  users stand behind it: one user's outcomes never move, nor show in, another user's list.
 - A user's own expected lift (empirical Bayes): ``(n * own_mean + k_user * prior) / (n + k_user)``
   where the prior is the cohort's lift (else the population's), with the user's own sessions
-  taken out of the group figures first. ``k_user = noise variance / between-user variance``,
-  estimated from the variance components of the adjusted lifts (one-way random effects over
-  (user, package) groups), kept within ``K_MIN..K_MAX``; ``DEFAULT_K`` while there is too
-  little data to estimate it. With ``k >= 4`` one +8 session cannot outrank thirty +2 sessions.
+  taken out of the group figures first.
 - Confidence in 0..1: ``1 - w * (1 - r / 2)`` with ``w = k_user / (n + k_user)`` (the prior's
   share of the posterior mean) and ``r`` the reliability of the group figure the prior came
   from (``n' / (n' + k)``): no evidence at all is 0, much own evidence tends to 1, a large
@@ -28,43 +20,22 @@ mood before and after; a session's lift is ``mood_after - mood_before``:
   largest when the user has not tried it. A package whose two latest counting sessions by this
   user both lowered the mood goes to the end of the list, whatever its score.
 
-The platform job (``rebuild_recommendation_model``) rebuilds every table with INSERT ... SELECT
-and GROUP BY; a user's own rows are rebuilt with their analytics refresh
-(``refresh_user_outcomes``). ``recommendations_for`` answers from the stored rows in a fixed
-number of queries.
+``recommendations_for`` answers from the stored rows in a fixed number of queries.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import (
-    String,
-    and_,
-    case,
-    delete,
-    exists,
-    func,
-    literal,
-    literal_column,
-    or_,
-    select,
-    text,
-    true,
-)
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import String, and_, literal, literal_column, or_, select
 
 from .. import clock
 from ..extensions import db
-from ..models import ListeningSession, SoundPackage, User
+from ..models import SoundPackage
 from ..models.recommendations import (
     BAND_ANY,
-    BAND_HIGH,
-    BAND_LOW,
-    BAND_MID,
     CohortOutcome,
     PackageOutcome,
     RecommendationParams,
@@ -74,251 +45,17 @@ from ..models.recommendations import (
 from ..tiers import PACKAGE_LEVELS, can_access_level
 from .assignments import live_package_ids
 from .catalog import PackageView
-from .transaction import unit_of_work
-
-log = logging.getLogger(__name__)
+from .recommendation_model import DEFAULT_K, K_COHORT, MIN_GROUP_USERS, PARAMS_ID
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 50
-PARAMS_ID = 1
-BIAS_PRIOR_SESSIONS = 3.0
-DEFAULT_K = 5.0
-K_MIN, K_MAX = 4.0, 50.0
-K_COHORT = 20.0
-# Fewer (user, package) groups than this: k is not estimated (DEFAULT_K).
-MIN_GROUPS_FOR_ESTIMATE = 50
-MIN_GROUP_USERS = 5
 EXPLORATION = 0.15
 FAVORITE_BONUS = 0.15
-# Mean mood_before bands: below 4.5 low, below 7 mid, else high.
-BAND_LOW_BELOW, BAND_MID_BELOW = 4.5, 7.0
 
 KIND_OWN, KIND_SIMILAR, KIND_FAVORITE, KIND_POPULAR = (
     "own_outcome", "similar_users", "favorite_category", "popular")
 REASON_KINDS = (KIND_OWN, KIND_SIMILAR, KIND_FAVORITE, KIND_POPULAR)
 
-
-# ---- the model, in SQL -----------------------------------------------------------------------
-
-def _counting(user_id: int | None = None):
-    """The sessions that feed the model: they count, with both moods, of a known user."""
-    s = ListeningSession
-    stmt = (select(s.id, s.user_id, s.package_id, s.started_at, s.mood_before,
-                   (s.mood_after - s.mood_before).label("lift"))
-            .where(s.user_id.is_not(None), s.mood_before.is_not(None),
-                   s.mood_after.is_not(None), s.counts_in_outcomes))
-    if user_id is not None:
-        stmt = stmt.where(s.user_id == user_id)
-    return stmt.subquery("counting")
-
-
-_USER_PACKAGE_SUMS = ("sessions", "lift_sum", "lift_squares", "mood_before_sum",
-                      "recent_negative")
-
-
-def _user_package_sums(user_id: int | None = None):
-    """SELECT of each user's sums per package (the one pass over the sessions; every other
-    figure derives from these rows), and whether their two latest sessions of it both lowered
-    the mood."""
-    c = _counting(user_id)
-    ranked = (select(c.c.user_id, c.c.package_id, c.c.lift, c.c.mood_before,
-                     func.row_number().over(partition_by=(c.c.user_id, c.c.package_id),
-                                            order_by=(c.c.started_at.desc(), c.c.id.desc()))
-                     .label("recency")).subquery())
-    recent_lowered = func.sum(case((and_(ranked.c.recency <= 2, ranked.c.lift < 0), 1),
-                                   else_=0))
-    return (select(ranked.c.user_id, ranked.c.package_id, func.count(), func.sum(ranked.c.lift),
-                   func.sum(ranked.c.lift * ranked.c.lift), func.sum(ranked.c.mood_before),
-                   recent_lowered >= 2)
-            .group_by(ranked.c.user_id, ranked.c.package_id))
-
-
-def _insert_user_packages(user_id: int | None = None) -> None:
-    db.session.execute(UserPackageOutcome.__table__.insert().from_select(
-        ["user_id", "package_id", *_USER_PACKAGE_SUMS], _user_package_sums(user_id)))
-
-
-def _sync_user_packages() -> None:
-    """Bring every user's per-package rows in line with the sessions (PostgreSQL): rows whose
-    sums changed are updated, new ones inserted, unchanged ones left alone (most of them, as
-    each user's analytics refresh keeps their own rows current), and rows without a counting
-    session any more deleted."""
-    up = UserPackageOutcome
-    stmt = postgresql.insert(up).from_select(["user_id", "package_id", *_USER_PACKAGE_SUMS],
-                                             _user_package_sums())
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[up.user_id, up.package_id],
-        set_={name: stmt.excluded[name] for name in _USER_PACKAGE_SUMS},
-        where=or_(*(getattr(up, name).is_distinct_from(stmt.excluded[name])
-                    for name in _USER_PACKAGE_SUMS)))
-    db.session.execute(stmt)
-    c = _counting()
-    db.session.execute(delete(up).where(~exists().where(
-        c.c.user_id == up.user_id, c.c.package_id == up.package_id)))
-
-
-def _band(mean_mood_before):
-    return case((mean_mood_before < BAND_LOW_BELOW, BAND_LOW),
-                (mean_mood_before < BAND_MID_BELOW, BAND_MID), else_=BAND_HIGH)
-
-
-def _insert_profiles(package_means, now: datetime, user_id: int | None = None) -> None:
-    """Each user's bias (their lifts beyond each package's mean in ``package_means``
-    (package_id, mean), shrunk) and band, from their per-package rows."""
-    up, m = UserPackageOutcome, package_means
-    residual = up.lift_sum - up.sessions * func.coalesce(m.c.mean, 0.0)
-    stmt = (select(up.user_id, func.sum(up.sessions),
-                   func.sum(residual) / (func.sum(up.sessions) + BIAS_PRIOR_SESSIONS),
-                   _band(func.sum(up.mood_before_sum) * 1.0 / func.sum(up.sessions)),
-                   literal(now, UserOutcomeProfile.computed_at.type))
-            .select_from(up).outerjoin(m, m.c.package_id == up.package_id)
-            .group_by(up.user_id))
-    if user_id is not None:
-        stmt = stmt.where(up.user_id == user_id)
-    db.session.execute(UserOutcomeProfile.__table__.insert().from_select(
-        ["user_id", "sessions", "bias", "band", "computed_at"], stmt))
-
-
-def _adjusted_sum():
-    """A user's lift sum for a package with their bias taken out (SQL)."""
-    return UserPackageOutcome.lift_sum - UserPackageOutcome.sessions * UserOutcomeProfile.bias
-
-
-def _user_goals():
-    """(user_id, goal) for each distinct goal in a user's preferences, lowercased."""
-    if db.session.get_bind().dialect.name == "postgresql":
-        goals = (select(User.id.label("user_id"),
-                        func.json_array_elements_text(User.preferences["goals"]).label("goal"))
-                 .where(func.json_typeof(User.preferences["goals"]) == "array").subquery())
-    else:
-        each = func.json_each(User.preferences, "$.goals").table_valued("value")
-        goals = (select(User.id.label("user_id"), each.c.value.label("goal"))
-                 .select_from(User).join(each, true())
-                 .where(func.json_type(User.preferences, "$.goals") == "array").subquery())
-    return (select(goals.c.user_id, func.lower(goals.c.goal).label("goal"))
-            .where(func.length(goals.c.goal).between(1, 40)).distinct().subquery("goals"))
-
-
-def _insert_cohorts() -> None:
-    """Cohort rows: one pass over the per-user rows (and the users' goals) makes the
-    (goal, band, package) rows, the (goal, any band, package) rows are summed from those, then
-    groups of fewer than ``MIN_GROUP_USERS`` users go."""
-    up, pr, co = UserPackageOutcome, UserOutcomeProfile, CohortOutcome
-    goals = _user_goals()
-    columns = ["goal", "band", "package_id", "sessions", "users", "lift_sum", "adjusted_sum"]
-    db.session.execute(co.__table__.insert().from_select(columns, (
-        select(goals.c.goal, pr.band, up.package_id, func.sum(up.sessions), func.count(),
-               func.sum(up.lift_sum), func.sum(_adjusted_sum()))
-        .select_from(up).join(pr, pr.user_id == up.user_id)
-        .join(goals, goals.c.user_id == up.user_id)
-        .group_by(goals.c.goal, pr.band, up.package_id))))
-    # A user has one band: the users of the bands add up to the goal's.
-    db.session.execute(co.__table__.insert().from_select(columns, (
-        select(co.goal, literal(BAND_ANY), co.package_id, func.sum(co.sessions),
-               func.sum(co.users), func.sum(co.lift_sum), func.sum(co.adjusted_sum))
-        .where(co.band != BAND_ANY).group_by(co.goal, co.package_id))))
-    db.session.execute(delete(co).where(co.users < MIN_GROUP_USERS))
-
-
-def _variance_components() -> dict:
-    """Noise and between-user variance of adjusted lifts around each package's mean, and
-    between-package variance of the package means, by one-way ANOVA (method of moments) over
-    the (user, package) groups."""
-    up, pr, po = UserPackageOutcome, UserOutcomeProfile, PackageOutcome
-    # A group's mean deviation from its package's adjusted mean; within a group the bias is
-    # a constant, so the within-group sum of squares is the raw lifts'.
-    deviation = _adjusted_sum() / up.sessions - po.adjusted_sum / po.sessions
-    n_total, n_groups, within_ss, between_ss, nsq = db.session.execute(
-        select(func.coalesce(func.sum(up.sessions), 0), func.count(),
-               func.coalesce(func.sum(up.lift_squares - up.lift_sum * up.lift_sum
-                                      / up.sessions), 0.0),
-               func.coalesce(func.sum(up.sessions * deviation * deviation), 0.0),
-               func.coalesce(func.sum(up.sessions * up.sessions), 0))
-        .select_from(up).join(pr, pr.user_id == up.user_id)
-        .join(po, po.package_id == up.package_id)).one()
-    packages = db.session.execute(select(
-        func.count(), func.coalesce(func.sum(po.sessions), 0),
-        func.coalesce(func.sum(po.adjusted_sum * po.adjusted_sum / po.sessions), 0.0),
-        func.coalesce(func.sum(po.adjusted_sum), 0.0),
-        func.coalesce(func.sum(po.sessions * po.sessions), 0)).where(po.sessions > 0)).one()
-    n_total, n_groups, nsq = int(n_total), int(n_groups), int(nsq)
-    within_ss, between_ss = float(within_ss), float(between_ss)
-    out = {"sessions": n_total, "noise": 0.0, "between_users": 0.0,
-           "k_user": DEFAULT_K, "k_package": DEFAULT_K}
-    if n_groups < MIN_GROUPS_FOR_ESTIMATE or n_total - n_groups < MIN_GROUPS_FOR_ESTIMATE:
-        return out
-    noise = max(within_ss / (n_total - n_groups), 1e-6)
-    msb = between_ss / (n_groups - 1)
-    n0 = (n_total - nsq / n_total) / (n_groups - 1)
-    between = max((msb - noise) / n0, 1e-6)
-    out.update(noise=noise, between_users=between,
-               k_user=min(K_MAX, max(K_MIN, noise / between)))
-    p_count, p_n, p_sb, p_s, p_nsq = packages
-    p_count, p_n, p_nsq, p_sb, p_s = int(p_count), int(p_n), int(p_nsq), float(p_sb), float(p_s)
-    if p_count >= 3 and p_n > p_count:
-        within = noise + between  # one session's variance around its package's mean
-        mean = p_s / p_n
-        msb_p = (p_sb - p_n * mean * mean) / (p_count - 1)
-        n0_p = (p_n - p_nsq / p_n) / (p_count - 1)
-        between_p = max((msb_p - within) / n0_p, 1e-6)
-        out["k_package"] = min(K_MAX, max(K_MIN, within / between_p))
-    return out
-
-
-def rebuild_recommendation_model() -> dict:
-    """Periodic platform job: rebuild every recommendation table from the sessions that count
-    (one transaction; readers see the previous tables until it commits). One pass over the
-    sessions builds each user's per-package rows; the rest is derived from those."""
-    now = clock.now()
-    up, pr = UserPackageOutcome, UserOutcomeProfile
-    with unit_of_work():
-        postgres = db.session.get_bind().dialect.name == "postgresql"
-        if postgres:
-            db.session.execute(text("SET LOCAL work_mem = '64MB'"))  # sorts in memory
-        for model in (CohortOutcome, UserOutcomeProfile, PackageOutcome, RecommendationParams,
-                      *(() if postgres else (UserPackageOutcome,))):
-            db.session.execute(delete(model))
-        if postgres:
-            _sync_user_packages()
-        else:
-            _insert_user_packages()
-        raw_means = (select(up.package_id,
-                            (func.sum(up.lift_sum) * 1.0 / func.sum(up.sessions)).label("mean"))
-                     .group_by(up.package_id).subquery("package_means"))
-        _insert_profiles(raw_means, now)
-        db.session.execute(PackageOutcome.__table__.insert().from_select(
-            ["package_id", "sessions", "users", "lift_sum", "adjusted_sum"],
-            select(up.package_id, func.sum(up.sessions), func.count(), func.sum(up.lift_sum),
-                   func.sum(_adjusted_sum()))
-            .select_from(up).join(pr, pr.user_id == up.user_id).group_by(up.package_id)))
-        _insert_cohorts()
-        figures = _variance_components()
-        mean_lift = db.session.execute(select(
-            func.coalesce(func.sum(PackageOutcome.lift_sum) / func.nullif(
-                func.sum(PackageOutcome.sessions), 0), 0.0))).scalar_one()
-        db.session.add(RecommendationParams(
-            id=PARAMS_ID, sessions=figures["sessions"], mean_lift=float(mean_lift),
-            noise_variance=figures["noise"], user_variance=figures["between_users"],
-            k_user=figures["k_user"], k_cohort=K_COHORT, k_package=figures["k_package"],
-            computed_at=now))
-    log.info("recommendation model rebuilt: %d sessions, k_user %.2f, k_package %.2f",
-             figures["sessions"], figures["k_user"], figures["k_package"])
-    return figures
-
-
-def refresh_user_outcomes(user_id: int) -> None:
-    """Rebuild one user's own rows (per-package sums, bias, band) against the stored package
-    figures, in the caller's transaction (the analytics refresh)."""
-    for model in (UserPackageOutcome, UserOutcomeProfile):
-        db.session.execute(delete(model).where(model.user_id == user_id))
-    _insert_user_packages(user_id)
-    po = PackageOutcome
-    means = (select(po.package_id, (po.lift_sum / po.sessions).label("mean"))
-             .where(po.sessions > 0).subquery("package_means"))
-    _insert_profiles(means, clock.now(), user_id)
-
-
-# ---- reading ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Reason:

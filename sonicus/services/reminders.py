@@ -1,5 +1,5 @@
-"""Reminders: the caller's preferences and push subscriptions, and the periodic job that
-sends at most one reminder per user day (API.md, Reminders).
+"""Reminders: the periodic job that sends at most one reminder per user day (API.md,
+Reminders), from the caller's preferences and push subscriptions (``services.reminder_settings``).
 
 The rules of a reminder on the user's day D (their time zone and ``day_start_hour`` in force,
 ``clock.day_settings_at``):
@@ -34,153 +34,31 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from flask import current_app
 from sqlalchemy import bindparam, delete, exists, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 from .. import clock
-from ..envelope import ApiError
 from ..extensions import db
 from ..models import ListeningSession, User
-from ..models.reminders import (
-    ALL_DAYS_MASK,
-    WEEKDAYS,
-    PushSubscription,
-    ReminderDelivery,
-    ReminderPreferences,
-    days_to_mask,
-    mask_to_days,
-)
+from ..models.reminders import PushSubscription, ReminderDelivery, ReminderPreferences
 from ..tasks.queue import QUEUE_DEFAULT, enqueue, get_queue
 from . import webpush
 from .recaps import compute_recap
+from .reminder_settings import DEFAULT_SMART_MINUTE
 from .streaks import Island, streaks_from_islands
 from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SMART_MINUTE = 21 * 60
 CATCH_UP_MINUTES = 60  # a reminder missed (worker down, quiet hours) is sent this long after
 SMART_LOOKBACK_DAYS = 90
 SMART_REFRESH_SECONDS = 24 * 3600
 SMART_BATCH = 5000
 SEND_BATCH = 50  # reminders per sending job
-MAX_SUBSCRIPTIONS_PER_USER = 10  # devices; the least recently subscribed goes first
 KEEP_DELIVERIES_DAYS = 14
-DEFAULTS = {"enabled": False, "time": "smart", "days": list(WEEKDAYS), "quiet_start": None,
-            "quiet_end": None, "weekly_recap": True}
-
-
-def _insert():
-    return (postgresql.insert if db.session.get_bind().dialect.name == "postgresql"
-            else sqlite.insert)
 
 
 def _is_postgresql() -> bool:
     return db.session.get_bind().dialect.name == "postgresql"
-
-
-def minute_to_text(minute: int | None) -> str | None:
-    return None if minute is None else f"{minute // 60:02d}:{minute % 60:02d}"
-
-
-def text_to_minute(value: str | None) -> int | None:
-    if value is None:
-        return None
-    hours, minutes = value.split(":")
-    return int(hours) * 60 + int(minutes)
-
-
-# ---- preferences ------------------------------------------------------------------------------
-
-def _preferences_view(row: ReminderPreferences | None) -> dict:
-    if row is None:
-        return {**DEFAULTS, "smart_time": minute_to_text(DEFAULT_SMART_MINUTE)}
-    return {
-        "enabled": row.enabled,
-        "time": "smart" if row.remind_minute is None else minute_to_text(row.remind_minute),
-        "days": mask_to_days(row.days_mask),
-        "quiet_start": minute_to_text(row.quiet_start_minute),
-        "quiet_end": minute_to_text(row.quiet_end_minute),
-        "weekly_recap": row.weekly_recap,
-        "smart_time": minute_to_text(row.smart_minute if row.smart_minute is not None
-                                     else DEFAULT_SMART_MINUTE),
-    }
-
-
-def get_reminder_preferences(user_id: int) -> dict:
-    return _preferences_view(db.session.get(ReminderPreferences, user_id))
-
-
-def update_reminder_preferences(user_id: int, changes: dict) -> dict:
-    """Change the caller's reminder preferences (fields not given keep their value)."""
-    with unit_of_work():
-        db.session.execute(_insert()(ReminderPreferences).values(
-            user_id=user_id, enabled=False, days_mask=ALL_DAYS_MASK, weekly_recap=True,
-            updated_at=clock.now()).on_conflict_do_nothing())
-        row = db.session.execute(
-            select(ReminderPreferences).where(ReminderPreferences.user_id == user_id)
-            .with_for_update().execution_options(populate_existing=True)).scalar_one()
-        if "enabled" in changes:
-            row.enabled = changes["enabled"]
-        if "time" in changes:
-            smart = changes["time"] == "smart"
-            if smart and row.remind_minute is not None:
-                row.smart_computed_at = None  # computed by the next run of the job
-            row.remind_minute = None if smart else text_to_minute(changes["time"])
-        if "days" in changes:
-            row.days_mask = days_to_mask(changes["days"])
-        if "quiet_start" in changes:
-            row.quiet_start_minute = text_to_minute(changes["quiet_start"])
-            row.quiet_end_minute = text_to_minute(changes["quiet_end"])
-        if "weekly_recap" in changes:
-            row.weekly_recap = changes["weekly_recap"]
-        row.updated_at = clock.now()
-        return _preferences_view(row)
-
-
-# ---- push subscriptions -----------------------------------------------------------------------
-
-def save_push_subscription(user_id: int, endpoint: str, p256dh: str, auth: str,
-                           expires_at: datetime | None = None) -> tuple[int, bool]:
-    """Store the caller's browser subscription; ``(id, created)``. The same endpoint again
-    updates its keys (``created`` False when it was already the caller's); an endpoint another
-    account subscribed on the same browser moves to the caller (the browser's last sign-in)."""
-    now = clock.now()
-    values = {"user_id": user_id, "p256dh": p256dh, "auth": auth, "expires_at": expires_at,
-              "updated_at": now}
-    with unit_of_work():
-        row = db.session.execute(
-            select(PushSubscription).where(PushSubscription.endpoint == endpoint)
-            .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
-        if row is None:
-            new_id = db.session.execute(
-                _insert()(PushSubscription).values(endpoint=endpoint, created_at=now, **values)
-                .on_conflict_do_nothing().returning(PushSubscription.id)).scalar()
-            if new_id is None:  # another request stored it a moment ago: update that one
-                row = db.session.execute(
-                    select(PushSubscription).where(PushSubscription.endpoint == endpoint)
-                    .with_for_update()
-                    .execution_options(populate_existing=True)).scalar_one()
-        created = row is None or row.user_id != user_id
-        if row is not None:
-            for name, value in values.items():
-                setattr(row, name, value)
-            new_id = row.id
-        db.session.flush()
-        keep = (select(PushSubscription.id).where(PushSubscription.user_id == user_id)
-                .order_by(PushSubscription.updated_at.desc(), PushSubscription.id.desc())
-                .limit(MAX_SUBSCRIPTIONS_PER_USER))
-        db.session.execute(delete(PushSubscription).where(
-            PushSubscription.user_id == user_id, PushSubscription.id.not_in(keep)))
-        return new_id, created
-
-
-def delete_push_subscription(user_id: int, subscription_id: int) -> None:
-    """Forget one of the caller's subscriptions; another user's id is 404."""
-    with unit_of_work():
-        gone = db.session.execute(delete(PushSubscription).where(
-            PushSubscription.id == subscription_id, PushSubscription.user_id == user_id))
-        if gone.rowcount == 0:
-            raise ApiError(404, "not_found", "Push subscription not found.")
 
 
 # ---- who is due: the rule in Python (SQLite, development) and in SQL (PostgreSQL) -----------
@@ -376,7 +254,7 @@ def _claim_due_python(now: datetime) -> list[int]:
         if listened:
             continue
         new_id = db.session.execute(
-            _insert()(ReminderDelivery).values(
+            sqlite.insert(ReminderDelivery).values(
                 user_id=user.id, local_day=day, created_at=now, pushes_sent=0,
                 recap=prefs.weekly_recap and day.isoweekday() == 1)
             .on_conflict_do_nothing().returning(ReminderDelivery.id)).scalar()
@@ -551,4 +429,3 @@ def _schedule_retry(delivery_id: int, subscription_ids: list[int], attempt: int,
             enqueue(retry_reminder_pushes, *args, queue=QUEUE_DEFAULT, retries=0)
     except Exception as exc:  # Redis away: the push is lost, the reminder day stays claimed
         log.warning("reminder %s: retry not scheduled: %s", delivery_id, type(exc).__name__)
-

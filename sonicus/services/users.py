@@ -32,7 +32,7 @@ from ..models import (
 from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_preferences
 from . import erasure
 from .analytics import invalidate_user_analytics
-from .reminders import get_reminder_preferences
+from .reminder_settings import get_reminder_preferences
 from .subscriptions import lock_or_create_subscription
 from .transaction import account_gone, unit_of_work
 

@@ -23,7 +23,7 @@ from ..services.erasure import process_owed_cancellations
 from ..services.idempotency import sweep_expired_idempotency_keys
 from ..services.listening import close_stale_sessions
 from ..services.recaps import precompute_year_recaps
-from ..services.recommendations import rebuild_recommendation_model
+from ..services.recommendation_model import rebuild_recommendation_model
 from ..services.reminders import send_due_reminders
 from ..services.stats import refresh_platform_stats
 from ..services.subscriptions import process_due_subscriptions
