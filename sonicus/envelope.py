@@ -263,21 +263,17 @@ ERROR_DESCRIPTIONS = {
 
 
 def doc_only(decorator):
-    """A flask-smorest decorator that only documents (``doc``, ``alt_response``), with the
-    same documentation but a plain call through: flask-smorest's own layer asks
-    ``current_app.ensure_sync`` again on every call of the view."""
+    """A flask-smorest decorator that only documents (``doc``, ``alt_response``): the
+    function itself, given the documentation flask-smorest's layer would carry, instead of
+    that layer (which asks ``current_app.ensure_sync`` again on every call of the view) or
+    any other call through."""
 
     def decorate(func):
         documented = decorator(func)
         if iscoroutinefunction(func):
             return documented
-
-        @functools.wraps(func)
-        def view(*args, **kwargs):
-            return func(*args, **kwargs)
-
-        view._apidoc = documented._apidoc
-        return view
+        func._apidoc = documented._apidoc  # a copy: flask-smorest never changes func's own
+        return func
 
     return decorate
 

@@ -118,10 +118,21 @@ class BatchedStreamHandler(logging.StreamHandler):
         self._flusher: threading.Thread | None = None
         _batched_handlers.add(self)
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        """``Handler.handle``: the record through the filters (when there are any) and
+        emitted with the handler's lock held, without a call for each of those steps."""
+        if self.filters and not self.filter(record):
+            return False
+        with self.lock:
+            self.emit(record)
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:
-        # called with the handler's lock held (Handler.handle)
+        # called with the handler's lock held (handle)
         try:
-            line = self.format(record) + self.terminator
+            formatter = self.formatter
+            line = (formatter.format(record) if formatter is not None
+                    else self.format(record)) + self.terminator
         except RecursionError:
             raise
         except Exception:

@@ -27,6 +27,7 @@ import os
 import socket
 import threading
 import time
+from bisect import bisect_left
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
@@ -156,16 +157,32 @@ class JobMetricsMixin:
 
 # ---- the web hooks -------------------------------------------------------------------------
 
-# The labelled children by (route, method, status): ``labels()`` checks and joins its
+# What a request adds to, by (route, method, status): ``labels()`` checks and joins its
 # arguments on every call. Routes, methods and statuses are few, so this stays small.
 _children: dict[tuple, tuple] = {}
+
+
+def _direct(count, seconds) -> tuple:
+    """(the counter's value, (the histogram's sum, upper bounds, buckets) or None): what
+    ``Counter.inc`` and ``Histogram.observe`` add to, added to without their checks (they
+    check that a metric with labels is not used without them, and take exemplars; neither
+    applies to a labelled child). The public methods where the client's internals differ."""
+    value = getattr(count, "_value", None)
+    count_inc = value.inc if value is not None and hasattr(value, "inc") else count.inc
+    if seconds is None:
+        return count_inc, None
+    parts = (getattr(seconds, "_sum", None), getattr(seconds, "_upper_bounds", None),
+             getattr(seconds, "_buckets", None))
+    if None in parts or len(parts[1]) != len(parts[2]) or parts[1][-1] != float("inf"):
+        return count_inc, seconds.observe
+    return count_inc, parts
 
 
 def _request_metrics(route: str, method: str, status: int) -> tuple:
     key = (route, method, status)
     found = _children.get(key)
     if found is None:
-        found = _children[key] = (
+        found = _children[key] = _direct(
             REQUESTS.labels(route, method, str(status)),
             None if route.startswith("/ws/") else REQUEST_SECONDS.labels(route, method))
     return found
@@ -176,11 +193,17 @@ def _after_request(response):
     rule = req.url_rule
     route = rule.rule if rule is not None else "unmatched"
     status = response.status_code
-    count, seconds = _request_metrics(route, req.method, status)
-    count.inc()
+    count_inc, seconds = _request_metrics(route, req.method, status)
+    count_inc(1)
     started = g._get_current_object().__dict__.get("request_started")
     if started is not None and seconds is not None:
-        seconds.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        if type(seconds) is tuple:
+            total, bounds, buckets = seconds
+            total.inc(took)
+            buckets[bisect_left(bounds, took)].inc(1)  # the first bucket it is within
+        else:
+            seconds(took)
     if status in (403, 429) and response.is_json:
         code = (response.get_json(silent=True) or {}).get("code")
         if code in QUOTA_CODES:

@@ -64,11 +64,12 @@ return totals
 
 
 class _Count:
-    __slots__ = ("key", "ends", "total", "pending", "synced_at", "syncing")
+    __slots__ = ("key", "ends", "reset_text", "total", "pending", "synced_at", "syncing")
 
-    def __init__(self, key: str, ends: float, now: float):
+    def __init__(self, key: str, ends: int, now: float):
         self.key = key            # the window's Redis key
         self.ends = ends          # when the window closes
+        self.reset_text = str(ends)  # X-RateLimit-Reset of this window
         self.total = 0            # the deployment's count as best known here
         self.pending = 0          # this process's hits not yet added in Redis
         self.synced_at = now
@@ -84,8 +85,9 @@ class RateLimiter:
     well inside its limits costs no Redis round trip per request, one near a limit is counted
     exactly, and a window can be overrun by at most an eighth of its limit per process.
 
-    A client's count of a window is found by (scope, client, window length) and replaced when
-    its window has closed: the window's Redis key is made once per window, not per request.
+    A client's counts are found by scope and client (one list, a count per window of the
+    scope) and a count is replaced when its window has closed: the window's Redis key is made
+    once per window, not per request.
     """
 
     SYNC_SECONDS = 1.0
@@ -98,10 +100,12 @@ class RateLimiter:
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc} (e.g. '120/second;3000/minute')") from exc
         self.limits = tuple(limits)
-        # every window of both scopes, in order: (scope, seconds, amount)
-        self._windows = tuple((scope, window.seconds, window.amount)
-                              for scope, windows in self.limits for window in windows)
-        self._counts: dict[tuple, _Count] = {}
+        # per scope, in order: its windows as (seconds, amount, amount as text), and its
+        # clients' counts by client
+        self._scopes = tuple(
+            (scope, tuple((window.seconds, window.amount, str(window.amount))
+                          for window in windows), {})
+            for scope, windows in self.limits)
         self._lock = threading.Lock()
         self._next_sweep = 0.0
         self._script = None
@@ -116,34 +120,48 @@ class RateLimiter:
             return None
         return self._client
 
+    def _sweep(self, now: float) -> None:
+        """Forget the clients whose every window has closed (with the lock held)."""
+        for _scope, _windows, clients in self._scopes:
+            ended = [ident for ident, counts in clients.items()
+                     if all(count is None or count.ends <= now for count in counts)]
+            for ident in ended:
+                del clients[ident]
+        self._next_sweep = now + 10
+
     def _count(self, user: str | None, ip: str, now: float) -> list[list]:
         """Count one hit in every window of the client's limits: [count, amount, total up to
-        this hit] per window (the deployment's total where it was synced)."""
+        this hit, amount as text] per window (the deployment's total where it was synced)."""
         client = self._redis()
         hits, to_sync = [], []
+        sync_before = now - self.SYNC_SECONDS
         with self._lock:
             if now >= self._next_sweep:
-                self._counts = {k: c for k, c in self._counts.items() if c.ends > now}
-                self._next_sweep = now + 10
-            counts = self._counts
-            for scope, seconds, amount in self._windows:
+                self._sweep(now)
+            for scope, windows, clients in self._scopes:
                 ident = ip if scope == "ip" else user
                 if ident is None:
                     continue
-                slot = (scope, ident, seconds)
-                count = counts.get(slot)
-                if count is None or count.ends <= now:
-                    start = int(now // seconds) * seconds
-                    count = counts[slot] = _Count(
-                        f"sonicus:rl:{scope}:{ident}:{seconds}:{start}", start + seconds, now)
-                count.total += 1
-                count.pending += 1
-                if client is not None and not count.syncing and (
-                        count.total * 2 > amount or count.pending * 8 >= amount
-                        or now - count.synced_at >= self.SYNC_SECONDS):
-                    count.syncing = True
-                    to_sync.append((len(hits), count, count.pending))
-                hits.append([count, amount, count.total])
+                counts = clients.get(ident)
+                if counts is None:
+                    counts = clients[ident] = [None] * len(windows)
+                n = 0
+                for seconds, amount, amount_text in windows:
+                    count = counts[n]
+                    if count is None or count.ends <= now:
+                        start = int(now // seconds) * seconds
+                        count = counts[n] = _Count(
+                            f"sonicus:rl:{scope}:{ident}:{seconds}:{start}", start + seconds,
+                            now)
+                    n += 1
+                    count.total += 1
+                    count.pending += 1
+                    if client is not None and not count.syncing and (
+                            count.total * 2 > amount or count.pending * 8 >= amount
+                            or count.synced_at <= sync_before):
+                        count.syncing = True
+                        to_sync.append((len(hits), count, count.pending))
+                    hits.append([count, amount, count.total, amount_text])
         if to_sync:
             # The deployment's totals up to this hit: what was sent ends with it.
             for i, total in self._sync(client, to_sync, now):
@@ -182,16 +200,17 @@ class RateLimiter:
             return
         now = time.time()
         hits = self._count(_token_key(environ), environ.get("REMOTE_ADDR") or "unknown", now)
-        tightest, over = None, None
-        for count, amount, total in hits:
+        tightest, least, over = None, 0, None
+        for hit in hits:
+            count, amount, total, _ = hit
             remaining = amount - total
-            if tightest is None or remaining < tightest[1]:
-                tightest = (amount, remaining, count.ends)
+            if tightest is None or remaining < least:
+                tightest, least = hit, remaining
             if remaining < 0 and (over is None or count.ends > over):
                 over = count.ends
-        if tightest is not None:  # shown in X-RateLimit-* by web.py
+        if tightest is not None:  # shown in X-RateLimit-* by web.py, as text
             g._get_current_object().__dict__["rate_limit"] = (
-                tightest[0], max(tightest[1], 0), tightest[2])
+                tightest[3], str(least) if least > 0 else "0", tightest[0].reset_text)
         if over is not None:
             retry = max(1, math.ceil(over - now))
             raise ApiError(429, "rate_limited", "Too many requests; slow down and try again.",

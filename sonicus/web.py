@@ -74,6 +74,9 @@ def scrub(text: str) -> str:
     return _EMAIL.sub("[redacted-email]", text)
 
 
+_scrubbed_constants: dict[str, str] = {}  # log messages without arguments, scrubbed
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; tokens and emails scrubbed from every message."""
 
@@ -88,11 +91,21 @@ class JsonFormatter(logging.Formatter):
         return f"{cached[1]}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
+        msg = record.msg
+        if not record.args and type(msg) is str:
+            # a message without arguments (the access line's, most lines): scrubbed once
+            message = _scrubbed_constants.get(msg)
+            if message is None:
+                message = scrub(msg)
+                if len(_scrubbed_constants) < 1024:
+                    _scrubbed_constants[msg] = message
+        else:
+            message = scrub(record.getMessage())
         entry = {
             "ts": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
-            "message": scrub(record.getMessage()),
+            "message": message,
         }
         attrs = record.__dict__
         for key in LOG_FIELDS:
@@ -308,34 +321,32 @@ def is_app_url(config, url: str) -> bool:
     return False
 
 
-def _install_cors(app) -> None:
+def _install_cors(app) -> list:
     """CORS for ``/api/*`` (and the development media files) from ``cors_origins``: the
     headers an SPA sends (tokens, idempotency keys, tracing) and reads (request id, rate
-    limits, ``Retry-After``, ``Idempotent-Replayed``). No cookies: tokens are Bearer."""
+    limits, ``Retry-After``, ``Idempotent-Replayed``). No cookies: tokens are Bearer.
+
+    Returns flask-cors's after-request hooks when they are only for requests that send
+    ``Origin`` (see below), in the order they run: the finishing hook runs them (they ran
+    right after it anyway), so other requests do not go through a hook of theirs at all."""
     origins = cors_origins(app.config)
-    if origins:
-        hooks = app.after_request_funcs.setdefault(None, [])
-        before = list(hooks)
-        CORS(app, resources={r"/api/*": {"origins": origins},
-                             r"/dev-media/*": {"origins": origins}},
-             allow_headers=CORS_ALLOW_HEADERS, expose_headers=CORS_EXPOSE_HEADERS,
-             supports_credentials=False, max_age=600)
-        # flask-cors answers a request without ``Origin`` (any request but a browser's
-        # cross-origin one) with its literal origins, or nothing at all when they are all
-        # patterns: then its per-request work is skipped for such requests.
-        if not any(isinstance(origin, str) for origin in origins):
-            added = [hook for hook in hooks if hook not in before]
-            for hook in added:
-                hooks[hooks.index(hook)] = _only_with_origin(hook)
-
-
-def _only_with_origin(cors_hook):
-    def cors_after_request(response):
-        if "HTTP_ORIGIN" not in request._get_current_object().environ:
-            return response
-        return cors_hook(response)
-
-    return cors_after_request
+    if not origins:
+        return []
+    hooks = app.after_request_funcs.setdefault(None, [])
+    before = list(hooks)
+    CORS(app, resources={r"/api/*": {"origins": origins},
+                         r"/dev-media/*": {"origins": origins}},
+         allow_headers=CORS_ALLOW_HEADERS, expose_headers=CORS_EXPOSE_HEADERS,
+         supports_credentials=False, max_age=600)
+    # flask-cors answers a request without ``Origin`` (any request but a browser's
+    # cross-origin one) with its literal origins, or nothing at all when they are all
+    # patterns: then its per-request work is skipped for such requests.
+    if any(isinstance(origin, str) for origin in origins):
+        return []
+    added = [hook for hook in hooks if hook not in before]
+    for hook in added:
+        hooks.remove(hook)
+    return added[::-1]  # Flask runs after-request hooks last registered first
 
 
 def _start_request():
@@ -345,12 +356,15 @@ def _start_request():
         for name in ("caller", "current_user_id", "pagination", "envelope_message",
                      "rate_limit", "idempotency_claim"):
             state.pop(name, None)
-    incoming = request._get_current_object().environ.get("HTTP_X_REQUEST_ID", "")
+    req = request._get_current_object()
+    incoming = req.environ.get("HTTP_X_REQUEST_ID", "")
     # A correlation id, not a secret: no system call (uuid4 asks the kernel for entropy,
     # which under load means handing the interpreter lock to another thread and waiting).
     state["request_id"] = (incoming if _REQUEST_ID.fullmatch(incoming)
                            else f"{random.getrandbits(128):032x}")
     state["request_started"] = time.perf_counter()
+    if req.method not in ("GET", "HEAD", "OPTIONS"):
+        refuse_deep_json()
 
 
 def _security_header_sets(app) -> dict[bool, list[tuple[str, str, str]]]:
@@ -410,9 +424,10 @@ def _access_record(request_id, method, path, status, client, duration_ms, user_i
 PRIVATE_PATHS = ("/api/user", "/api/admin", "/api/billing")  # answered with no-store
 
 
-def _finish_request_hook(header_sets):
+def _finish_request_hook(header_sets, cors_hooks=()):
     """The after-request hook: security headers from the prebuilt ``header_sets``, no-store
-    on private paths, the request id, rate-limit headers, and the access log line."""
+    on private paths, the request id, rate-limit headers, and the access log line; then, for
+    a request that sends ``Origin``, the ``cors_hooks`` (``_install_cors``)."""
     # The constant headers to add, by (docs page, private path, the names a response set
     # already): few combinations (most answers set Content-Type and Content-Length only), so
     # each list is made once and reused.
@@ -443,20 +458,25 @@ def _finish_request_hook(header_sets):
         # more than the rest of this hook).
         listed.extend(extra)
         listed.append(("X-Request-ID", state.get("request_id", "")))
-        rate_limit = state.get("rate_limit")
+        rate_limit = state.get("rate_limit")  # (limit, remaining, reset) as text
         if rate_limit is not None:
-            limit, remaining, resets = rate_limit
-            listed += [("X-RateLimit-Limit", str(limit)),
-                       ("X-RateLimit-Remaining", str(remaining)),
-                       ("X-RateLimit-Reset", str(resets))]
+            listed += [("X-RateLimit-Limit", rate_limit[0]),
+                       ("X-RateLimit-Remaining", rate_limit[1]),
+                       ("X-RateLimit-Reset", rate_limit[2])]
         if access_log.isEnabledFor(logging.INFO):
             started = state.get("request_started")
             environ = req.environ
-            access_log.handle(_access_record(
+            # Logger.handle, minus its call of an empty filter list
+            handle = access_log.handle if access_log.filters or access_log.disabled \
+                else access_log.callHandlers
+            handle(_access_record(
                 state.get("request_id"), environ["REQUEST_METHOD"], path, response.status_code,
                 environ.get("REMOTE_ADDR"),
                 round((time.perf_counter() - started) * 1000, 2) if started else None,
                 state.get("current_user_id")))
+        if cors_hooks and "HTTP_ORIGIN" in req.environ:
+            for hook in cors_hooks:
+                response = hook(response)
         return response
 
     return _finish_request
@@ -519,10 +539,9 @@ def init_web(app) -> None:
     install_proxy_fix(app)
     app.json = FastJSONProvider(app)
     app.session_interface = NoCookieSessions()
-    _install_cors(app)
+    cors_hooks = _install_cors(app)
     app.before_request(_start_request)
-    app.before_request(refuse_deep_json)
-    app.after_request(_finish_request_hook(_security_header_sets(app)))
+    app.after_request(_finish_request_hook(_security_header_sets(app), cors_hooks))
     _install_database_error_handlers(app)
     _install_session_teardown(app)
 

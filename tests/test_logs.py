@@ -170,3 +170,32 @@ def test_web_process_log_lines_keep_their_order_and_arrive_within_a_tenth_of_a_s
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_batched_handler_still_applies_its_filters_and_scrubs_constant_messages():
+    """``BatchedStreamHandler.handle`` skips the filter call only when there are no filters;
+    the JSON formatter scrubs a message without arguments once and reuses it."""
+    import io
+    import logging
+
+    from sonicus.logs import BatchedStreamHandler
+    from sonicus.web import JsonFormatter
+
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("sonicus.test-batched-filters")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        log.warning("sent by someone@example.com")
+        log.warning("sent by someone@example.com")
+        handler.addFilter(lambda record: "drop" not in record.getMessage())
+        log.warning("drop this one")
+        log.warning("keep %s", "this one")
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [e["message"] for e in lines] == ["sent by [redacted-email]"] * 2 + ["keep this one"]

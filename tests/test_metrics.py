@@ -133,3 +133,34 @@ def test_two_web_processes_and_a_worker_add_up_in_one_scrape(tmp_path, idp, test
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def test_a_request_adds_to_the_same_samples_as_the_public_methods_would():
+    """The request hook adds to a labelled child's values directly (``metrics._direct``):
+    the same samples as ``Counter.inc`` and ``Histogram.observe``, bucket edges included."""
+    from bisect import bisect_left
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from sonicus.metrics import LATENCY_BUCKETS, _direct
+
+    registry = CollectorRegistry()
+    counter = Counter("probe_requests", "", ("route",), registry=registry)
+    histogram = Histogram("probe_seconds", "", ("route",), buckets=LATENCY_BUCKETS,
+                          registry=registry)
+    count_inc, seconds = _direct(counter.labels("direct"), histogram.labels("direct"))
+    assert isinstance(seconds, tuple)  # the internals this client version has
+    for took in (0.0, 0.001, 0.005, 0.0050001, 0.1, 0.3, 10.0, 11.0):
+        counter.labels("public").inc()
+        histogram.labels("public").observe(took)
+        count_inc(1)
+        total, bounds, buckets = seconds
+        total.inc(took)
+        buckets[bisect_left(bounds, took)].inc(1)
+
+    def samples(route):
+        return sorted((s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "route")),
+                       s.value) for metric in registry.collect() for s in metric.samples
+                      if s.labels.get("route") == route and not s.name.endswith("_created"))
+
+    assert samples("direct") == samples("public")

@@ -264,23 +264,26 @@ def snapshot_message(broker, user_id: int) -> str:
                       separators=(",", ":"), default=str)
 
 
-def start_subscriber() -> None:
-    """Before every request: this process's subscriber runs (started by the first request
-    of a process unless gunicorn's ``post_worker_init`` started it already)."""
-    get_broker().start(wait=FIRST_START_WAIT_SECONDS)
+def _start_subscriber_hook(broker):
+    def start_subscriber() -> None:
+        """Before every request: this process's subscriber runs (started by the first
+        request of a process unless gunicorn's ``post_worker_init`` started it already)."""
+        broker.start(wait=FIRST_START_WAIT_SECONDS)
+
+    return start_subscriber
 
 
 def register_realtime(app, snapshot) -> None:
     """The broker and the WebSocket routes. Nothing connects at creation: the subscriber
-    starts in the serving process (``start_subscriber``), never in a worker or the CLI.
+    starts in the serving process (``_start_subscriber_hook``), never in a worker or the CLI.
 
     ``snapshot(user_id)``: the user's current analytics (the broker never imports services).
     """
-    init_broker(app, snapshot)
+    broker = init_broker(app, snapshot)
     app.wsgi_app = EndSocketRequests(app.wsgi_app)
     app.config["SOCK_SERVER_OPTIONS"] = {**app.config.get("SOCK_SERVER_OPTIONS", {}),
                                          "thread_class": HandlerReads}
-    app.before_request(start_subscriber)
+    app.before_request(_start_subscriber_hook(broker))
     bp = Blueprint("realtime", __name__)
     bp.before_request(authenticate_socket)
     sock.route("/ws/analytics", bp=bp)(analytics_socket)
