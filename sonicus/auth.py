@@ -130,29 +130,15 @@ def token_digest(token: str) -> str:
 
 
 REQUEST_DIGEST_KEY = "sonicus.token_digest"
-# The digests of tokens that verified, by token: a client sends the same token with every
-# request for as long as it is valid, and its digest is the same each time. Only tokens that
-# verified are kept (a client cannot fill this with made-up ones); bounded, emptied when full.
-KNOWN_DIGESTS_MAX = 4096
-_known_digests: dict[str, str] = {}
-
-
-def _remember_digest(token: str, digest: str) -> None:
-    if token not in _known_digests:
-        if len(_known_digests) >= KNOWN_DIGESTS_MAX:
-            _known_digests.clear()
-        _known_digests[token] = digest
 
 
 def request_token_digest(environ, token: str) -> str:
     """``token_digest`` of a request's token, computed once per request (the rate limits and
-    the sign-in both key on it), and not again for a token that verified before."""
+    the sign-in both key on it)."""
     known = environ.get(REQUEST_DIGEST_KEY)
     if known is not None and known[0] == token:
         return known[1]
-    digest = _known_digests.get(token)
-    if digest is None:
-        digest = token_digest(token)
+    digest = token_digest(token)
     environ[REQUEST_DIGEST_KEY] = (token, digest)
     return digest
 
@@ -211,7 +197,6 @@ class TokenVerifier:
             if hit is not None:
                 claims, expires = hit
                 if now < expires + self.leeway:
-                    _remember_digest(token, digest)
                     return claims, digest
                 del self._cache[digest]
         claims = self._decode(token)
@@ -222,7 +207,6 @@ class TokenVerifier:
             self._cache[digest] = (claims, float(claims["exp"]))
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        _remember_digest(token, digest)
         return claims, digest
 
 
