@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import time
 
 import requests
@@ -28,3 +31,25 @@ def wait_until_up(url: str, proc, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} never answered")
+
+
+def stop_group(proc, timeout: float = 20.0) -> int | None:
+    """Stop ``proc``, started with ``start_new_session=True``: SIGTERM, up to ``timeout``
+    seconds to exit, then SIGKILL to its whole process group, also after a clean exit. What
+    it forked goes with it even when it would outlive it: an RQ worker's scheduler process
+    keeps running when its parent is killed, and a stray one took the next tests' retries
+    over. Returns the exit code, or None when it had to be killed."""
+    code = proc.poll()
+    if code is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # the group is gone already
+        pass
+    if code is None:
+        proc.wait(10)
+    return code

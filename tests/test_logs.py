@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from processes import free_port, wait_until_up
+from processes import free_port, stop_group, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,11 +45,7 @@ def _stop(procs):
         if proc.poll() is None:
             proc.terminate()
     for proc in procs:
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_group(proc)
 
 
 def test_gunicorn_and_worker_write_only_json_and_the_request_id_reaches_the_job(
@@ -65,7 +61,7 @@ def test_gunicorn_and_worker_write_only_json_and_the_request_id_reaches_the_job(
             cwd=ROOT, env=env, stdout=web_out, stderr=subprocess.STDOUT))
         procs.append(subprocess.Popen([sys.executable, "worker.py", "--simple", "--no-schedule"],
                                       cwd=ROOT, env=env, stdout=worker_out,
-                                      stderr=subprocess.STDOUT))
+                                      stderr=subprocess.STDOUT, start_new_session=True))
         try:
             base = f"http://127.0.0.1:{port}"
             wait_until_up(base + "/api/health", procs[0])

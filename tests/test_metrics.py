@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from processes import stop_group
 from rq import Queue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +86,8 @@ def test_quota_denials_and_webhook_outcomes_are_counted(metrics_app, billing, ma
 
 def _start(args, env):
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
 
 
 def test_two_web_processes_and_a_worker_add_up_in_one_scrape(tmp_path, idp, test_database_url,
@@ -129,10 +131,7 @@ def test_two_web_processes_and_a_worker_add_up_in_one_scrape(tmp_path, idp, test
         for proc in procs:
             proc.terminate()
         for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_group(proc, 15)
 
 
 def test_a_request_adds_to_the_same_samples_as_the_public_methods_would():

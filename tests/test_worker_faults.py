@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from processes import stop_group
 from rq import Queue, Worker
 from rq.job import Job
 
@@ -41,15 +42,7 @@ def _worker_process(database_url, redis_url, *args, log=None, **settings) -> sub
 
 
 def _stop(worker: subprocess.Popen) -> int | None:
-    if worker.poll() is not None:
-        return worker.returncode
-    worker.send_signal(signal.SIGTERM)
-    try:
-        return worker.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(10)
-        return None
+    return stop_group(worker)
 
 
 def _finished(job_id, connection):
@@ -66,10 +59,7 @@ def test_killed_work_horse_leaves_nothing_half_written_and_is_retried(
         # by import path: the worker process loads the job from tests/fault_jobs.py
         job = enqueue("tests.fault_jobs.slow_audited_write", "crash-1", 30,
                       queue=QUEUE_DEFAULT)
-    env = {**os.environ, "SONICUS_ENV": "testing", "DATABASE_URL": test_database_url,
-           "REDIS_URL": test_redis_url, "DEV_TOKEN_ISSUER": "1", "LOG_LEVEL": "WARNING"}
-    worker = subprocess.Popen([sys.executable, "worker.py", "--no-schedule"], cwd=ROOT,
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = _worker_process(test_database_url, test_redis_url)
     try:
         # announced after the row is flushed, inside the transaction the job holds open
         pid = int(wait_for(lambda: redis_client.get("fault-test:crash-1:pid"), 30))
@@ -83,11 +73,7 @@ def test_killed_work_horse_leaves_nothing_half_written_and_is_retried(
 
         wait_for(finished, 45)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        _stop(worker)
 
     assert int(redis_client.get("fault-test:crash-1:attempts")) == 2
     rows = db_session.query(AuditLog).filter_by(action="fault.test").all()
