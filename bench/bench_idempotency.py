@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,52 +33,9 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_sessions import (  # noqa: E402
-    Server,
-    bench_env,
-    make_bench_app,
-    reset_database,
-)
-from bench.common import free_port  # noqa: E402
+from bench.bench_sessions import Server, make_bench_app, reset_database  # noqa: E402
 
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/bench_idem"
-REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/13")
-
-
-class ProductionServer:
-    """``gunicorn -c gunicorn.conf.py`` (as shipped) on a free port, with Redis and rate
-    limits on; stopped by its own pid."""
-
-    def __init__(self, database_url: str):
-        import redis
-
-        redis.Redis.from_url(REDIS).flushdb()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**bench_env(database_url), "REDIS_URL": REDIS, "LOG_LEVEL": "INFO",
-               "RATELIMIT_ENABLED": "1", "RATELIMIT_PER_USER": "100000/second;10000000/minute",
-               "RATELIMIT_PER_IP": "100000/second;10000000/minute",
-               "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="sonicus-bench-metrics-")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind",
-             f"127.0.0.1:{self.port}", "--no-control-socket", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/api/health", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("gunicorn did not come up")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def seed(app) -> int:
@@ -157,8 +112,7 @@ def main() -> None:
     reset_database(app, args.database)
     package_id = seed(app)
     token = mint_pro_token(app, "bench-idem@example.com")
-    server = (ProductionServer(args.database) if args.production
-              else Server(args.database, 1, args.threads))
+    server = Server(args.database, 1, args.threads, production=args.production)
     url, body = server.url + "/api/user/sessions", {"package_id": package_id}
     plain, keyed, ratios = [], [], []
     try:
