@@ -282,15 +282,28 @@ def test_a_claim_cut_off_by_the_database_is_a_503_and_the_retry_runs(listener, d
         fresh.extensions[idempotency.ENGINE_KEY].dispose()
 
 
+def _claimed_by_a_first_request(app, listener, key):
+    """(body, headers, claim id): ``key`` claimed as the first session start sent with it
+    claims it, that start not having answered yet."""
+    body = {"package_id": listener["package"]}
+    headers = _keyed(listener["headers"], key)
+    with app.test_request_context("/api/user/sessions", method="POST", json=body,
+                                  headers=headers):
+        claim = idempotency.claim_key(listener["id"], key, request_fingerprint())
+    return body, headers, claim
+
+
+def _keep_answer(claim, answer: dict) -> None:
+    """The first request's answer kept, as its after-request hook keeps it."""
+    idempotency.store_answer(claim, 201, json.dumps(answer), {"Content-Type": "application/json"})
+    idempotency.settle_answers()
+
+
 def test_a_key_still_running_is_409_until_it_is_stale(client, listener, db_session,
                                                       set_clock):
     now = set_clock(clock.now())
-    body = {"package_id": listener["package"]}
-    headers = _keyed(listener["headers"], "k-run")
-    with client.application.test_request_context("/api/user/sessions", method="POST",
-                                                 json=body, headers=headers):
-        fingerprint = request_fingerprint()
-        assert isinstance(idempotency.claim_key(listener["id"], "k-run", fingerprint), int)
+    body, headers, claim = _claimed_by_a_first_request(client.application, listener, "k-run")
+    assert isinstance(claim, int)
 
     busy = client.post("/api/user/sessions", json=body, headers=headers)
     assert busy.status_code == 409 and busy.json["code"] == "idempotency_key_in_use"
@@ -312,11 +325,7 @@ def test_a_stale_key_whose_answer_lands_while_it_is_taken_over_is_replayed(
     request's answer lands between that read and the delete: the key keeps that answer and
     the retry replays it instead of running the write a second time."""
     now = set_clock(clock.now())
-    body = {"package_id": listener["package"]}
-    headers = _keyed(listener["headers"], "k-slow")
-    with app.test_request_context("/api/user/sessions", method="POST", json=body,
-                                  headers=headers):
-        claim = idempotency.claim_key(listener["id"], "k-slow", request_fingerprint())
+    body, headers, claim = _claimed_by_a_first_request(app, listener, "k-slow")
     answer = {"data": {"id": 78, "status": "active"}, "message": "Session started."}
     set_clock(now + idempotency.STALE_RUNNING + timedelta(seconds=1))
 
@@ -326,9 +335,7 @@ def test_a_stale_key_whose_answer_lands_while_it_is_taken_over_is_replayed(
     def read_then_answer(engine, user_id, key):
         row = read_key(engine, user_id, key)
         if not reads:  # the first request answers right after the retry's first read
-            idempotency.store_answer(claim, 201, json.dumps(answer),
-                                     {"Content-Type": "application/json"})
-            idempotency.settle_answers()
+            _keep_answer(claim, answer)
         reads.append(row.state if row is not None else None)
         return row
 
@@ -346,18 +353,12 @@ def test_a_retry_that_finds_the_key_running_waits_for_the_answer_on_its_way(
     """The first request's answer is sent to the database without waiting for it: a retry
     that gets there before it finds the key running, waits a moment and replays the answer
     instead of answering 409."""
-    body = {"package_id": listener["package"]}
-    headers = _keyed(listener["headers"], "k-late")
-    with app.test_request_context("/api/user/sessions", method="POST", json=body,
-                                  headers=headers):
-        claim = idempotency.claim_key(listener["id"], "k-late", request_fingerprint())
+    body, headers, claim = _claimed_by_a_first_request(app, listener, "k-late")
     answer = {"data": {"id": 77, "status": "active"}, "message": "Session started."}
 
     def keep():
         with app.app_context():
-            idempotency.store_answer(claim, 201, json.dumps(answer),
-                                     {"Content-Type": "application/json"})
-            idempotency.settle_answers()
+            _keep_answer(claim, answer)
 
     timer = threading.Timer(0.015, keep)
     timer.start()
