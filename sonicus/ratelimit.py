@@ -145,15 +145,13 @@ class RateLimiter:
                 counts = clients.get(ident)
                 if counts is None:
                     counts = clients[ident] = [None] * len(windows)
-                n = 0
-                for seconds, amount, amount_text in windows:
+                for n, (seconds, amount, amount_text) in enumerate(windows):
                     count = counts[n]
                     if count is None or count.ends <= now:
                         start = int(now // seconds) * seconds
                         count = counts[n] = _Count(
                             f"sonicus:rl:{scope}:{ident}:{seconds}:{start}", start + seconds,
                             now)
-                    n += 1
                     count.total += 1
                     count.pending += 1
                     if client is not None and not count.syncing and (

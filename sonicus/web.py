@@ -257,12 +257,10 @@ def _install_proxied_attributes() -> None:
 _install_proxied_attributes()
 
 
-def refuse_deep_json():
+def refuse_deep_json(req):
     """A body nested deeper than ``MAX_JSON_DEPTH`` levels is refused before anything
-    parses it (parsers recurse: 10,000 levels would exhaust the stack)."""
-    req = request._get_current_object()
-    if req.method in ("GET", "HEAD", "OPTIONS"):
-        return
+    parses it (parsers recurse: 10,000 levels would exhaust the stack). Called by
+    ``_start_request`` for the methods that carry a body."""
     body = req.get_data(cache=True)
     if body and json_too_deep(body):
         raise ApiError(400, "validation_error", "The request body is nested too deeply.",
@@ -363,8 +361,8 @@ def _start_request():
     state["request_id"] = (incoming if _REQUEST_ID.fullmatch(incoming)
                            else f"{random.getrandbits(128):032x}")
     state["request_started"] = time.perf_counter()
-    if req.method not in ("GET", "HEAD", "OPTIONS"):
-        refuse_deep_json()
+    if req.method not in ("GET", "HEAD", "OPTIONS"):  # the methods that carry a body
+        refuse_deep_json(req)
 
 
 def _security_header_sets(app) -> dict[bool, list[tuple[str, str, str]]]:
