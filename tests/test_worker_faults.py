@@ -122,10 +122,11 @@ def test_a_killed_workers_job_is_requeued(app, redis_client, db_session, test_da
     assert Job.fetch(job.id, connection=redis_client).retries_left == 3  # no retry used up
 
 
-def test_the_worker_survives_a_redis_outage(own_redis, test_database_url, wait_for):
+def test_the_worker_survives_a_redis_outage(own_redis, test_database_url, wait_for, tmp_path):
     """Redis goes away for a few seconds, with a job running and then idle: the same worker
     process carries on once it is back and runs a job enqueued then."""
-    worker = _worker_process(test_database_url, own_redis.url, **FAST)
+    log = tmp_path / "worker.log"
+    worker = _worker_process(test_database_url, own_redis.url, log=log, **FAST)
     try:
         client = redis.Redis.from_url(own_redis.url)
         wait_for(lambda: Worker.all(connection=client), 30)
@@ -147,4 +148,5 @@ def test_the_worker_survives_a_redis_outage(own_redis, test_database_url, wait_f
         assert worker.poll() is None
         assert int(client.get("fault-test:after:pid")) != 0
     finally:
-        assert _stop(worker) == 0  # and a shutdown signal still ends it cleanly
+        code = _stop(worker)  # and a shutdown signal still ends it cleanly
+        assert code == 0, f"worker output:\n{log.read_text()[-4000:]}"
