@@ -171,6 +171,7 @@ if os.environ.get("BENCH_WS_SLICE_SECONDS"):  # try another delivery slice
 
 if os.environ.get("BENCH_WS_SCHED_YIELD"):  # try: the OS may run another process too
     from sonicus.realtime import broker as _broker
+    from sonicus.realtime import leases as _leases
 
     _yield = _broker.yield_to_loop
 
@@ -179,10 +180,11 @@ if os.environ.get("BENCH_WS_SCHED_YIELD"):  # try: the OS may run another proces
         _yield()
 
     _broker.yield_to_loop = _yield_to_loop_and_os
+    _leases.yield_to_loop = _yield_to_loop_and_os
 
 _renewals: list[tuple[float, float]] = []  # the lease renewals: when each began and ended
-_broker_class = __import__("sonicus.realtime.broker", fromlist=["Broker"]).Broker
-_renew = _broker_class.renew_leases
+_leases_class = __import__("sonicus.realtime.leases", fromlist=["Leases"]).Leases
+_renew = _leases_class.renew
 
 
 def _timed_renewal(self):
@@ -193,9 +195,10 @@ def _timed_renewal(self):
         _renewals.append((began, time.monotonic()))
 
 
-_broker_class.renew_leases = _timed_renewal
+_leases_class.renew = _timed_renewal
 _sweeps: list[tuple[float, float, int, int]] = []  # keep-alive passes: began, ended, pinged, closed
-_sweep = _broker_class.sweep_keepalive
+_keepalive_class = __import__("sonicus.realtime.keepalive", fromlist=["KeepAlive"]).KeepAlive
+_sweep = _keepalive_class.sweep
 
 
 def _timed_sweep(self, now=None):
@@ -205,6 +208,6 @@ def _timed_sweep(self, now=None):
     return done
 
 
-_broker_class.sweep_keepalive = _timed_sweep
+_keepalive_class.sweep = _timed_sweep
 
 app = GcProbe(flask_app)

@@ -333,7 +333,7 @@ def test_the_keepalive_sweep_never_waits_for_a_stuck_socket(app):
         for conn in (stuck, quiet):
             broker._sockets.setdefault(conn.user_id, set()).add(conn)
     try:
-        broker._keepalive_interval = 10.0
+        broker.keepalive.interval = 10.0
         for conn in (stuck, quiet):
             conn.heard_from()
             conn.kept_alive = True
@@ -341,7 +341,7 @@ def test_the_keepalive_sweep_never_waits_for_a_stuck_socket(app):
         sweeps = []
         start = time.monotonic()
         sweep = threading.Thread(target=lambda: sweeps.append(
-            [broker.sweep_keepalive(now=start + 11), broker.sweep_keepalive(now=start + 22)]))
+            [broker.keepalive.sweep(now=start + 11), broker.keepalive.sweep(now=start + 22)]))
         sweep.start()
         sweep.join(5)
         assert not sweep.is_alive()

@@ -99,13 +99,13 @@ def test_renewal_pushes_every_sockets_lease_forward(app, test_redis_url):
     """The subscriber renews a process's leases (one ZADD per user, in several pipelines): each
     socket's lease, of every user, runs out later than before, and none of another process's is
     touched."""
-    from sonicus.realtime import broker as broker_module
     from sonicus.realtime.broker import ADMITTED, get_broker
     from sonicus.realtime.connection import Connection
+    from sonicus.realtime.leases import LEASE_RENEW_USERS, LEASE_SECONDS
 
     broker = get_broker(app)
     leases = redis_lib.Redis.from_url(test_redis_url)
-    users = range(900001, 900001 + 2 * broker_module.LEASE_RENEW_USERS + 3)  # three pipelines
+    users = range(900001, 900001 + 2 * LEASE_RENEW_USERS + 3)  # three pipelines
     foreign_until = time.time() + 5
     leases.zadd(_leases_key(app, users[0]), {"another-process-1": foreign_until})
     conns = [Connection(None, user_id) for user_id in users for _ in range(3)]
@@ -115,11 +115,11 @@ def test_renewal_pushes_every_sockets_lease_forward(app, test_redis_url):
         before = {conn.lease: leases.zscore(_leases_key(app, conn.user_id), conn.lease)
                   for conn in conns}
         time.sleep(0.05)
-        assert broker.renew_leases() == len(conns)
+        assert broker.leases.renew() == len(conns)
         for conn in conns:
             assert leases.zscore(_leases_key(app, conn.user_id), conn.lease) > before[conn.lease]
         assert leases.zscore(_leases_key(app, users[0]), "another-process-1") == foreign_until
-        assert leases.ttl(_leases_key(app, users[1])) > broker_module.LEASE_SECONDS - 5
+        assert leases.ttl(_leases_key(app, users[1])) > LEASE_SECONDS - 5
     finally:
         for conn in conns:
             broker.unregister(conn)

@@ -114,7 +114,7 @@ class EndSocketRequests:
 def read_until_closed(ws, conn: Connection, broker) -> None:
     """Read ``ws`` in its own handler until it closes: answer the client's pings and its close,
     ignore messages (the client has nothing to say; past ``max_message_size`` a message closes
-    the socket with 1009). The process's keep-alive sweep (``Broker.keep_alive``) pings a peer
+    the socket with 1009). The process's keep-alive sweep (``KeepAlive.watch``) pings a peer
     that was silent for ``ping_interval`` seconds and closes one that lets a ping go unanswered
     for as long (1008): the read waits without a timeout (under gevent a timed wait costs a
     timeout, its timer and its exception, kept until the next ping, for every socket). Under
@@ -124,7 +124,7 @@ def read_until_closed(ws, conn: Connection, broker) -> None:
     sock.settimeout(None)
     read_after_the_rest(sock)
     if ws.ping_interval:
-        broker.keep_alive(conn, ws.ping_interval)
+        broker.keepalive.watch(conn, ws.ping_interval)
     message_size = 0
     try:
         while ws.connected:
