@@ -18,12 +18,14 @@ from .cli import sonicus_cli
 from .docs import blp as docs_blueprint
 from .errors import init_error_reporting
 from .extensions import api, db, migrate, sock
+from .flask_classes import ApiRequest, ApiResponse, IdConverter
+from .logs import install_log_redaction
 from .metrics import init_metrics
 from .ratelimit import init_rate_limits
 from .realtime.routes import register_realtime
 from .retry_safe import init_idempotency
 from .services.analytics import analytics_for_user_id
-from .web import ApiRequest, ApiResponse, IdConverter, init_web, install_log_redaction
+from .web import init_web
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -65,7 +67,7 @@ def _api_settings(app: Flask) -> None:
 
 class Sonicus(Flask):
     """Flask, remembering which handlers are coroutines instead of asking per request; with
-    the API's request and response classes and ``<int:...>`` converter (``web.py``)."""
+    the API's request and response classes and ``<int:...>`` converter (``flask_classes.py``)."""
 
     request_class = ApiRequest
     response_class = ApiResponse

@@ -15,7 +15,7 @@ from sentry_sdk.integrations.flask import FlaskIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.integrations.rq import RqIntegration
 
-from .web import scrub
+from .log_format import scrub
 
 log = logging.getLogger(__name__)
 

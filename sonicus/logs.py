@@ -1,14 +1,16 @@
-"""One log format for every process: JSON lines (``web.JsonFormatter``), tokens and email
-addresses scrubbed.
+"""One log format for every process: JSON lines (``log_format.JsonFormatter``), tokens and
+email addresses scrubbed.
 
-- The app (any server): ``web.configure_logging`` puts its lines on the ``sonicus`` logger.
+- The app (any server): ``configure_logging`` puts its lines on the ``sonicus`` logger;
+  ``install_log_redaction`` keeps ``access_token=`` values out of werkzeug's and gunicorn's
+  access lines.
 - gunicorn: ``gunicorn.conf.py`` hands ``gunicorn_logconfig()`` to ``logconfig_dict``: the error
   log, the access log (``AccessJsonFormatter``: fields, not a text line) and the root logger
   (the app, rq, werkzeug, SQLAlchemy) all write JSON to stderr.
 - RQ workers: ``configure_process_logging()`` before the app is created; RQ then adds no text
   handlers of its own. Lines written while a job runs carry ``job``, ``job_id`` and the
   ``request_id`` of the request that enqueued it (``job_meta()``, kept in the job's meta).
-- The development server (``web.configure_logging``): werkzeug's own per-request line is
+- The development server (``configure_logging``): werkzeug's own per-request line is
   dropped (the app's access line is the one), so each request is logged once.
 """
 
@@ -22,10 +24,11 @@ import time
 import weakref
 
 from flask import g, has_request_context
+from flask.logging import default_handler
 from rq import job as rq_job
 from rq.job import get_current_job
 
-from .web import JsonFormatter
+from .log_format import JsonFormatter, RedactTokensFilter
 
 REQUEST_ID_META = "request_id"
 
@@ -216,6 +219,46 @@ def configure_process_logging(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
+def configure_logging(app) -> None:
+    """JSON lines from the ``sonicus`` loggers. Where the process has configured logging
+    already (gunicorn's ``logconfig_dict``, a worker: ``configure_process_logging``) the
+    lines go to its root handler; otherwise (``flask run``, scripts) to Flask's stream handler."""
+    default_handler.setFormatter(JsonFormatter())
+    logging.Formatter.converter = time.gmtime
+    logger = logging.getLogger("sonicus")
+    logger.setLevel(app.config["LOG_LEVEL"])
+    root_configured = any(isinstance(h.formatter, JsonFormatter)
+                          for h in logging.getLogger().handlers)
+    if root_configured:
+        if default_handler in logger.handlers:
+            logger.removeHandler(default_handler)
+    elif default_handler not in logger.handlers:
+        logger.addHandler(default_handler)
+    if (app.config["SONICUS_ENV"] == "development" and not root_configured
+            and os.environ.get("FLASK_RUN_FROM_CLI") == "true"):
+        # The development server (`flask run`): its own lines in JSON too, minus its
+        # per-request line (the app's access line is the one: each request logged once).
+        werkzeug_log = logging.getLogger("werkzeug")
+        if default_handler not in werkzeug_log.handlers:
+            werkzeug_log.addHandler(default_handler)
+        if not any(isinstance(f, _DropRequestLines) for f in werkzeug_log.filters):
+            werkzeug_log.addFilter(_DropRequestLines())
+
+
+class _DropRequestLines(logging.Filter):
+    """werkzeug's ``"GET /path HTTP/1.1" 200 -`` line (the app logs each request already)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.rstrip().endswith('"%s" %s %s'))
+
+
+def install_log_redaction() -> None:
+    for name in ("werkzeug", "gunicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokensFilter) for f in logger.filters):
+            logger.addFilter(RedactTokensFilter())
+
+
 def gunicorn_logconfig(*, access: bool = False, level: str = "INFO",
                        batched: bool = False) -> dict:
     """``logconfig_dict`` for gunicorn; its access line only when ``access``; lines written
@@ -234,7 +277,7 @@ GUNICORN_LOGCONFIG = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "json": {"()": "sonicus.web.JsonFormatter"},
+        "json": {"()": "sonicus.log_format.JsonFormatter"},
         "access": {"()": "sonicus.logs.AccessJsonFormatter"},
     },
     "handlers": {

@@ -94,7 +94,7 @@ def test_request_id_is_echoed_or_generated(client):
 
 
 def test_logs_are_json_and_hold_no_tokens_or_emails(client, idp):
-    from sonicus.web import JsonFormatter
+    from sonicus.log_format import JsonFormatter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

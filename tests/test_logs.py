@@ -174,8 +174,8 @@ def test_a_batched_handler_still_applies_its_filters_and_scrubs_constant_message
     import io
     import logging
 
+    from sonicus.log_format import JsonFormatter
     from sonicus.logs import BatchedStreamHandler
-    from sonicus.web import JsonFormatter
 
     stream = io.StringIO()
     handler = BatchedStreamHandler(stream)

@@ -7,8 +7,8 @@ from flask import current_app
 
 from ..envelope import PageArgsSchema
 from ..models.subscription import CANCEL_REASONS, EVENT_TYPES, STATUSES
+from ..origins import is_app_url
 from ..tiers import TIER_NAMES
-from ..web import is_app_url
 from .common import LimitsSchema, Money, OneOf, StrictSchema, TierField, UsageSchema
 from .profile import OnboardingSchema
 
