@@ -33,8 +33,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from . import clock, devtokens
+from .api_errors import ApiError
 from .caller_cache import get_caller_cache, init_caller_cache
-from .envelope import SETTLES_CLAIM, ApiError, doc_only
+from .envelope import SETTLES_CLAIM, doc_only
 from .models import User, UserSubscription
 from .models.subscription import ACTIVE, Onboarding
 from .models.user import ROLE_ADMIN

@@ -45,7 +45,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from .envelope import ApiError
+from .api_errors import ApiError
 from .extensions import get_redis
 
 log = logging.getLogger(__name__)

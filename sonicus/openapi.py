@@ -26,7 +26,9 @@ import re
 
 import flask
 
-from .envelope import ERROR_DESCRIPTIONS, RATE_LIMIT_EXEMPT_PATHS, Api, PaginationSchema
+from .api_errors import ERROR_DESCRIPTIONS, RATE_LIMIT_EXEMPT_PATHS
+from .envelope import Api
+from .pagination import PaginationSchema
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 

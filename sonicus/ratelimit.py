@@ -25,8 +25,8 @@ from limits import parse_many
 
 from config import ConfigError
 
+from .api_errors import RATE_LIMIT_EXEMPT_PATHS, ApiError
 from .auth import request_token_digest
-from .envelope import RATE_LIMIT_EXEMPT_PATHS, ApiError
 from .extensions import get_redis, redis_gate
 
 EXEMPT_PATHS = RATE_LIMIT_EXEMPT_PATHS

@@ -18,14 +18,9 @@ import logging
 
 from flask import current_app, g
 
-from .envelope import (
-    ApiError,
-    idempotency_key,
-    kept_headers,
-    replay_response,
-    request_fingerprint,
-)
+from .api_errors import ApiError
 from .extensions import api
+from .idempotency_http import idempotency_key, kept_headers, replay_response, request_fingerprint
 from .services import idempotency
 
 log = logging.getLogger(__name__)

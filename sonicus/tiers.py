@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from .envelope import ApiError
+from .api_errors import ApiError
 
 STARTER, PREMIUM, PRO = "starter", "premium", "pro"
 PUBLIC, PREMIUM_LEVEL, PRO_EXCLUSIVE = "public", "premium", "pro_exclusive"

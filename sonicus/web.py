@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .envelope import ApiError
+from .api_errors import ApiError
 from .extensions import api, db
 from .flask_classes import FastJSONProvider, NoCookieSessions
 from .logs import configure_logging

@@ -12,8 +12,8 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 
 from sonicus import create_app
+from sonicus.api_errors import DEFAULT_CODES, ERROR_CODES, ERROR_EXTRAS
 from sonicus.docs import json_schema
-from sonicus.envelope import DEFAULT_CODES, ERROR_CODES, ERROR_EXTRAS
 from sonicus.extensions import api
 from sonicus.models.listening import END_REASONS, SESSION_STATUSES
 from sonicus.models.subscription import EVENT_TYPES, STATUSES, SubscriptionEvent

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from sonicus import clock
+from sonicus.api_errors import ApiError
 from sonicus.caller_cache import get_caller_cache
-from sonicus.envelope import ApiError
 from sonicus.models import ListeningSession
 from sonicus.services import listening, users
 

@@ -22,8 +22,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
 from sonicus import clock, create_app
-from sonicus.envelope import request_fingerprint
 from sonicus.extensions import db
+from sonicus.idempotency_http import request_fingerprint
 from sonicus.models import IdempotencyKey, ListeningSession
 from sonicus.services import idempotency, listening
 from sonicus.services.keys_connections import APPLICATION_NAME, KeysConnections

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from sonicus import clock
-from sonicus.envelope import ApiError
+from sonicus.api_errors import ApiError
 from sonicus.services import listening, quota
 
 

@@ -9,8 +9,9 @@ from html import escape
 from flask import Response, current_app, redirect, request, url_for
 from flask.views import MethodView
 
+from ..api_errors import ApiError, not_found
 from ..billing import WebhookRejected, notice_from_webhook, read_portal_token, sandbox_enabled
-from ..envelope import ApiError, Blueprint, not_found
+from ..envelope import Blueprint
 from ..metrics import record_webhook
 from ..schemas.subscription import SandboxConfirmResultSchema, WebhookResultSchema
 from ..services import subscriptions

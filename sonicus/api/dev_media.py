@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, request, send_from_directory
 from werkzeug.exceptions import NotFound, RequestedRangeNotSatisfiable
 
 from .. import media
-from ..envelope import ApiError, not_found
+from ..api_errors import ApiError, not_found
 
 blp = Blueprint("dev_media", __name__)
 

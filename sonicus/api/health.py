@@ -6,7 +6,8 @@ import marshmallow as ma
 from flask.views import MethodView
 from sqlalchemy import text
 
-from ..envelope import ApiError, Blueprint
+from ..api_errors import ApiError
+from ..envelope import Blueprint
 from ..extensions import db, get_redis
 from ..schemas.common import TierSchema
 from ..tiers import TIERS

@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask.views import MethodView
 
 from ..auth import require_user
-from ..envelope import Blueprint, PageArgsSchema, set_message
+from ..envelope import Blueprint, set_message
+from ..pagination import PageArgsSchema
 from ..schemas.common import EmptySchema
 from ..schemas.offline import (
     DownloadRequestSchema,

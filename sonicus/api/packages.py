@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
+from ..api_errors import not_found
 from ..auth import require_user
-from ..envelope import Blueprint, not_found
+from ..envelope import Blueprint
 from ..schemas.catalog import (
     SLUG_RE,
     CategorySchema,

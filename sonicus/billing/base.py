@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..envelope import ApiError
+from ..api_errors import ApiError
 
 
 class BillingUnavailable(ApiError):

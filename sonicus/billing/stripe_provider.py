@@ -24,7 +24,7 @@ import stripe
 from config import parse_price_ids
 
 from .. import clock
-from ..envelope import ApiError
+from ..api_errors import ApiError
 from .base import (
     ALREADY_CANCELED,
     CANCELED,

@@ -23,8 +23,8 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
+from ..api_errors import ApiError
 from ..auth import caller_from_token
-from ..envelope import ApiError
 from ..extensions import db, sock
 from ..metrics import socket_closed, socket_opened
 from .broker import (

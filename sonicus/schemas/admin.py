@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from ..envelope import PageArgsSchema
 from ..models.subscription import STATUSES
+from ..pagination import PageArgsSchema
 from ..tiers import TIER_NAMES
 from .common import (
     OneOf,

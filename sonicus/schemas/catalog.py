@@ -7,7 +7,7 @@ import re
 import marshmallow as ma
 
 from .. import media
-from ..envelope import PageArgsSchema
+from ..pagination import PageArgsSchema
 from ..tiers import ACCESS_KINDS, PACKAGE_LEVELS
 from .common import OneOf, StrictSchema, TierField
 

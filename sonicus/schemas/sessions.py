@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from ..envelope import PageArgsSchema
 from ..models.listening import END_REASONS, SESSION_STATUSES
+from ..pagination import PageArgsSchema
 from .catalog import ImageUrlField, RequiredTierField
 from .common import OneOf, StrictSchema, TierField
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import marshmallow as ma
 from flask import current_app
 
-from ..envelope import PageArgsSchema
 from ..models.subscription import CANCEL_REASONS, EVENT_TYPES, STATUSES
 from ..origins import is_app_url
+from ..pagination import PageArgsSchema
 from ..tiers import TIER_NAMES
 from .common import LimitsSchema, Money, OneOf, StrictSchema, TierField, UsageSchema
 from .profile import OnboardingSchema

@@ -12,11 +12,12 @@ from datetime import datetime
 from sqlalchemy import and_, func, or_, select
 
 from .. import clock
-from ..envelope import ApiError, Page, not_found, paginate
+from ..api_errors import ApiError, not_found
 from ..extensions import db
 from ..models import AuditLog, ListeningSession, SubscriptionEvent, User, UserSubscription
 from ..models.base import utcnow
 from ..models.subscription import ACTIVE, TRIALING
+from ..pagination import Page, paginate
 from ..realtime.publish import close_user_sockets
 from ..tiers import STARTER, TIERS
 from . import audit

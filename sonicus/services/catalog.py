@@ -14,9 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from .. import clock, media
-from ..envelope import ApiError, Page, fail, not_found, paginate
+from ..api_errors import ApiError, fail, not_found
 from ..extensions import db
 from ..models import SoundPackage, Track
+from ..pagination import Page, paginate
 from ..tiers import ACCESS_LOCKED, TIERS, package_access
 from . import audit
 from .assignments import live_package_ids, personal_marks

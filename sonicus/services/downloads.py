@@ -24,9 +24,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import selectinload
 
 from .. import clock, media
-from ..envelope import Page, not_found
+from ..api_errors import not_found
 from ..extensions import db
 from ..models import OfflineLicence, SoundPackage, UserSubscription
+from ..pagination import Page
 from ..tiers import (
     ACCESS_LOCKED,
     OFFLINE_LICENCE_DAYS,

@@ -40,7 +40,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .. import clock
-from ..envelope import ApiError
+from ..api_errors import ApiError
 from ..extensions import db
 from ..models.idempotency import DONE, RUNNING, IdempotencyKey
 from .keys_connections import KeysConnections

@@ -19,7 +19,7 @@ from rq.registry import (
 )
 from rq.results import Result
 
-from ..envelope import ApiError
+from ..api_errors import ApiError
 from ..extensions import get_redis
 from ..tasks.queue import QUEUES
 

@@ -11,10 +11,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import joinedload
 
 from .. import clock
-from ..envelope import Page, fail, not_found, paginate
+from ..api_errors import fail, not_found
 from ..extensions import db
 from ..models import PackageAssignment, SoundPackage, User, UserSoundPackage
 from ..models.base import utcnow
+from ..pagination import Page, paginate
 from ..tiers import check_package_access
 from . import audit
 from .assignments import live_assignment, live_assignments

@@ -28,10 +28,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased, make_transient_to_detached, selectinload
 
 from .. import clock
-from ..envelope import Page, fail, not_found, paginate
+from ..api_errors import fail, not_found
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, Track, User, UserSubscription
 from ..models.listening import ABANDONED, ENDED, OPEN
+from ..pagination import Page, paginate
 from ..tiers import (
     TIERS,
     UNLIMITED_SESSION_CLOSE_SECONDS,

@@ -26,8 +26,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import BigInteger, Integer, case, cast, func, literal, select
 
 from .. import clock
+from ..api_errors import ApiError
 from ..cache import cache_delete, cache_get, cache_set
-from ..envelope import ApiError
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, User
 from ..models.user import merge_preferences

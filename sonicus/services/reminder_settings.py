@@ -15,7 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import clock
-from ..envelope import ApiError
+from ..api_errors import ApiError
 from ..extensions import db
 from ..models.reminders import (
     ALL_DAYS_MASK,

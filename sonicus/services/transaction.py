@@ -26,8 +26,8 @@ from contextlib import contextmanager
 
 from sqlalchemy.exc import IntegrityError
 
+from ..api_errors import ApiError
 from ..caller_cache import forget_users
-from ..envelope import ApiError
 from ..extensions import db
 
 FOREIGN_KEY_VIOLATION = "23503"

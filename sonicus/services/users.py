@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload, selectinload
 
 from .. import clock
-from ..envelope import ApiError, not_found
+from ..api_errors import ApiError, not_found
 from ..extensions import db
 from ..models import (
     AuditLog,

@@ -19,9 +19,9 @@ from datetime import datetime, timedelta
 from flask import current_app
 
 from ... import clock
+from ...api_errors import fail
 from ...billing import get_provider
 from ...billing.base import new_reference
-from ...envelope import fail
 from ...extensions import db
 from ...models import User, UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING

@@ -12,13 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ... import clock
+from ...api_errors import fail
 from ...billing.events import (
     PAYMENT_FAILED,
     PAYMENT_SUCCEEDED,
     SUBSCRIPTION_ENDED,
     SUBSCRIPTION_UPDATED,
 )
-from ...envelope import fail
 from ...extensions import db
 from ...models import BillingEvent, UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING

@@ -7,8 +7,8 @@ from __future__ import annotations
 from flask import current_app
 from sqlalchemy import select
 
+from ...api_errors import fail
 from ...billing import get_provider
-from ...envelope import fail
 from ...extensions import db
 from ...models import UserSubscription
 

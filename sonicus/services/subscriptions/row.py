@@ -15,10 +15,10 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ...envelope import Page, paginate
 from ...extensions import db
 from ...models import SubscriptionEvent, UserSubscription
 from ...models.subscription import ACTIVE, Onboarding
+from ...pagination import Page, paginate
 from ...tiers import STARTER, get_tier
 from .. import quota
 from ..quota import Usage

@@ -1,0 +1,91 @@
+"""Retry-safe writes as HTTP sees them: which requests may send an ``Idempotency-Key``
+(``WRITE_METHODS``) and the values it accepts (``idempotency_key``), the request's fingerprint
+(method, path with query string, body), the headers a kept answer keeps, the replay of a kept
+answer (``Idempotent-Replayed: true``), and the header as the OpenAPI document describes it
+(``IdempotencyKeyDocs``). The claim in the request: ``retry_safe.py``; the rules and the table:
+``services/idempotency.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from apispec import BasePlugin
+from flask import Response, request
+
+from .api_errors import ApiError
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+WRITE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+# The headers of an answer that a replay repeats (the rest are the replaying request's own).
+KEPT_HEADERS = ("Content-Type", "Location", "Retry-After")
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+class IdempotencyKeyDocs(BasePlugin):
+    """Documents ``Idempotency-Key`` once, as a parameter of every signed-in write."""
+
+    PARAMETER = {
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        "example": "5f0c9a5e-7b1d-4c2e-9f53-0c2f4b6f2a10",
+        "description": (
+            "Makes the write safe to retry (1..255 printable ASCII characters, scoped to the "
+            "caller, kept 24 h). The same key with the same method, path and body answers the "
+            "first answer again, with `Idempotent-Replayed: true`, and does nothing again; "
+            "with another method, path or body: 422 `idempotency_key_reused`; while the "
+            "first is still running: 409 `idempotency_key_in_use`. Answers of 500 and above "
+            "are not kept."),
+    }
+
+    def init_spec(self, spec):
+        spec.components.parameter("IdempotencyKey", "header", self.PARAMETER)
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        for method, operation in (operations or {}).items():
+            if method.upper() in WRITE_METHODS and operation.get("security"):
+                operation.setdefault("parameters", []).append("IdempotencyKey")
+
+
+def idempotency_key() -> str | None:
+    """The request's ``Idempotency-Key`` when it is a write that sends one; 422 naming the
+    header when the value is not 1..255 printable ASCII characters."""
+    req = request._get_current_object()
+    if req.method not in WRITE_METHODS:
+        return None
+    value = req.headers.get(IDEMPOTENCY_HEADER)
+    if value is None:
+        return None
+    if _IDEMPOTENCY_KEY.fullmatch(value) is None:
+        raise ApiError(422, "validation_error", "The Idempotency-Key header is not valid.",
+                       errors=[f"{IDEMPOTENCY_HEADER}: must be 1 to 255 printable ASCII "
+                               "characters."])
+    return value
+
+
+def request_fingerprint() -> str:
+    """SHA-256 of the request's method, path with query string, and body (as sent)."""
+    environ = request.environ
+    digest = hashlib.sha256(request.method.encode("ascii"))
+    digest.update(b" ")
+    digest.update((environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
+                  .encode("latin-1", "replace"))
+    digest.update(b"?")
+    digest.update(request.query_string)
+    digest.update(b"\n")
+    digest.update(request.get_data(cache=True))
+    return digest.hexdigest()
+
+
+def kept_headers(response: Response) -> dict[str, str]:
+    headers = response.headers
+    return {name: headers[name] for name in KEPT_HEADERS if name in headers}
+
+
+def replay_response(status: int, body: str, headers: dict[str, str]) -> Response:
+    """The kept answer of a write, again, marked as a replay."""
+    response = Response(body, status=status, headers=headers)
+    response.headers[REPLAYED_HEADER] = "true"
+    return response
