@@ -1,7 +1,7 @@
 """A short-lived, per-process cache of callers by token digest.
 
 A single-page app fires bursts of requests with one token (the dashboard, its packages, the
-analytics). The first resolves the token to an immutable caller (``auth.Caller``); for the
+analytics). The first resolves the token to an immutable caller (``caller.Caller``); for the
 next ``AUTH_USER_CACHE_SECONDS`` (default 2) the same token is answered from here without a
 database session.
 

@@ -48,7 +48,7 @@ def next_day_start(moment: datetime, tz_name: str, day_start_hour: int) -> datet
 
 
 # ---- a user's day settings over time -----------------------------------------------------------
-# A user (``models.User``) or a caller (``auth.Caller``) carries the day settings it shows
+# A user (``models.User``) or a caller (``caller.Caller``) carries the day settings it shows
 # (``timezone``, ``day_start_hour``: the newest the user chose), the settings in force before
 # them (``prior_timezone``, ``prior_day_start_hour``) and the instant the shown ones take over
 # (``day_settings_effective_at``; None: the shown ones are in force). A change takes effect at

@@ -26,8 +26,8 @@ from limits import parse_many
 from config import ConfigError
 
 from .api_errors import RATE_LIMIT_EXEMPT_PATHS, ApiError
-from .auth import request_token_digest
 from .extensions import get_redis, redis_gate
+from .tokens import request_token_digest
 
 EXEMPT_PATHS = RATE_LIMIT_EXEMPT_PATHS
 

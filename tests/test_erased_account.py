@@ -55,8 +55,8 @@ def erased(signed_in_elsewhere, eraser, make_user, make_package, make_session, a
     """A premium listener with a package in their library and an open session, signed in on
     ``signed_in_elsewhere``, then erased by ``eraser``; the request's placeholders."""
     from sonicus import clock
-    from sonicus.auth import token_digest
     from sonicus.services.users import erase_user
+    from sonicus.tokens import token_digest
 
     get_caller_cache(signed_in_elsewhere).clear()
     user = make_user("gone@example.com", tier="premium", status="active",

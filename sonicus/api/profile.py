@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
-from ..auth import Caller, require_user
+from ..auth import require_user
+from ..caller import Caller
 from ..envelope import Blueprint, set_message
 from ..schemas.common import EmptySchema
 from ..schemas.export import ExportSchema
