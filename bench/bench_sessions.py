@@ -129,7 +129,7 @@ class Server:
 
 
 def mint_tokens(app, emails, tier: str | None) -> list[str]:
-    from sonicus.auth import user_from_token
+    from sonicus.auth import caller_from_token
     from sonicus.devtokens import mint
     from sonicus.extensions import db
     from sonicus.services.admin_users import grant_tier_from_cli
@@ -139,7 +139,7 @@ def mint_tokens(app, emails, tier: str | None) -> list[str]:
         for email in emails:
             token = mint(app, email=email)
             if tier is not None:
-                grant_tier_from_cli(user_from_token(token), tier)
+                grant_tier_from_cli(caller_from_token(token).id, tier)
             tokens.append(token)
         db.session.remove()
     return tokens

@@ -128,7 +128,7 @@ def mint_tokens(env: dict, users: int, seed: int) -> list[dict]:
     ``sonicus dev-token --tier`` command does (same services, same instance folder)."""
     os.environ.update(env)
     from sonicus import create_app, devtokens
-    from sonicus.auth import user_from_token
+    from sonicus.auth import caller_from_token
     from sonicus.extensions import db
     from sonicus.services.admin_users import grant_tier_from_cli
 
@@ -144,7 +144,7 @@ def mint_tokens(env: dict, users: int, seed: int) -> list[dict]:
         for i, tier in enumerate(tiers):
             email = f"listener-{i:03d}@load.example.com"
             token = devtokens.mint(app, email=email, lifetime_seconds=6 * 3600)
-            user = user_from_token(token)
+            user = caller_from_token(token).id
             if tier != "starter":
                 grant_tier_from_cli(user, tier, actor_label="cli:load")
             listeners.append({"email": email, "tier": tier, "token": token})
