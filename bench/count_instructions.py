@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.count_instructions [--app wsgi:app] [--path /api/user/profile]
         [--requests 200] [--database NAME]      (runs itself under valgrind --tool=callgrind)
+    ... --start [--idempotency-key]   a session start (POST /api/user/sessions by a pro user,
+                                      the demo catalog's first package), with a new key each
     ... --calls          the Python functions called per request (no valgrind)
     ... --cprofile FILE  a cProfile of the requests (no valgrind)
 
@@ -26,6 +28,8 @@ from __future__ import annotations
 import argparse
 import ctypes
 import glob
+import itertools
+import json
 import os
 import runpy
 import socket
@@ -67,6 +71,15 @@ def _settings(database: str) -> dict:
             "RATELIMIT_PER_IP": "100000/second;10000000/minute",
             "AUTH_USER_CACHE_SECONDS": PERIODIC_SECONDS,
             "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="sonicus-cg-metrics-")}
+
+
+def _first_package_id() -> int:
+    """The first package of the seeded catalog (a start's package)."""
+    import psycopg2
+
+    with psycopg2.connect(os.environ["DATABASE_URL"]) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT min(id) FROM sonicus.sound_packages WHERE published")
+        return cursor.fetchone()[0]
 
 
 def _gunicorn(app_spec: str):
@@ -129,6 +142,10 @@ def main() -> None:
                         help="write a cProfile of the measured requests to FILE instead")
     parser.add_argument("--native", action="store_true",
                         help="time the requests natively instead (best of 5 runs of --requests)")
+    parser.add_argument("--start", action="store_true",
+                        help="count session starts (POST /api/user/sessions) instead")
+    parser.add_argument("--idempotency-key", action="store_true",
+                        help="with --start: each start sends a new Idempotency-Key")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not (args.measure or args.calls or args.cprofile or args.native):
@@ -142,9 +159,14 @@ def main() -> None:
     if args.app.startswith("wsgi:"):
         flask = [sys.executable, "-m", "flask", "--app", "wsgi"]
         subprocess.run([*flask, "db", "upgrade"], check=True, capture_output=True)
+        tier = ["--tier", "pro"] if args.start else []  # pro: no daily limit
         token = subprocess.run([*flask, "sonicus", "dev-token", "--email",
-                                "bench@example.com"], check=True, capture_output=True,
+                                "bench@example.com", *tier], check=True, capture_output=True,
                                text=True).stdout.strip()
+        if args.start:
+            subprocess.run([*flask, "sonicus", "seed", str(ROOT / "sonicus" / "data" /
+                                                          "demo_catalog.yaml")],
+                           check=True, capture_output=True)
     out = os.fdopen(os.dup(1), "w")
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)  # the JSON log lines, as the benchmark sends them
@@ -155,14 +177,21 @@ def main() -> None:
     server, client = socket.socketpair()
     conn = TConn(cfg, server, ("127.0.0.1", 40000), ("127.0.0.1", 18100))
     # what wrk sends
-    request = f"GET {args.path} HTTP/1.1\r\nHost: 127.0.0.1:18100\r\n"
+    head = f"GET {args.path} HTTP/1.1\r\nHost: 127.0.0.1:18100\r\n"
+    body = b""
+    if args.start:
+        body = json.dumps({"package_id": _first_package_id()}).encode()
+        head = (f"POST /api/user/sessions HTTP/1.1\r\nHost: 127.0.0.1:18100\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n")
     if token:
-        request += f"Authorization: Bearer {token}\r\n"
-    request = (request + "\r\n").encode()
+        head += f"Authorization: Bearer {token}\r\n"
+    keys = itertools.count()
     client.setblocking(False)
 
     def one() -> bytes:
-        client.sendall(request)
+        key = (f"Idempotency-Key: bench-{os.getpid()}-{next(keys)}\r\n"
+               if args.idempotency_key else "")
+        client.sendall((head + key + "\r\n").encode() + body)
         if not worker.handle(conn):
             raise SystemExit("the connection was not kept alive")
         answer = b""
@@ -173,7 +202,7 @@ def main() -> None:
                 return answer
 
     first = one()
-    if first.split(b" ", 2)[1] != b"200":
+    if first.split(b" ", 2)[1] != (b"201" if args.start else b"200"):
         raise SystemExit(f"{args.path} answered {first!r}")
     for _ in range(args.warm):
         one()
