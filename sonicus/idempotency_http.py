@@ -21,6 +21,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 WRITE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 # The headers of an answer that a replay repeats (the rest are the replaying request's own).
 KEPT_HEADERS = ("Content-Type", "Location", "Retry-After")
+_KEPT_BY_LOWER = {name.lower(): name for name in KEPT_HEADERS}
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
@@ -80,8 +81,14 @@ def request_fingerprint() -> str:
 
 
 def kept_headers(response: Response) -> dict[str, str]:
-    headers = response.headers
-    return {name: headers[name] for name in KEPT_HEADERS if name in headers}
+    """The answer's ``KEPT_HEADERS`` (the first of each), from one pass over its headers:
+    werkzeug answers a lookup of a header that is not there by building an exception."""
+    kept: dict[str, str] = {}
+    for name, value in response.headers.items():
+        canonical = _KEPT_BY_LOWER.get(name.lower())
+        if canonical is not None and canonical not in kept:
+            kept[canonical] = value
+    return kept
 
 
 def replay_response(status: int, body: str, headers: dict[str, str]) -> Response:

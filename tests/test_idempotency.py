@@ -112,6 +112,24 @@ def test_a_retry_replays_the_first_answer_and_only_it_carries_no_replay_mark(
     assert _sessions(db_session) == 1
 
 
+def test_a_replayed_quota_refusal_repeats_its_retry_after(client, listener):
+    """The headers a client acts on come back with the replay: the quota refusal's
+    Retry-After and Content-Type, as the first answer had them."""
+    for _ in range(3):  # the starter's day
+        assert client.post("/api/user/sessions", headers=listener["headers"],
+                           json={"package_id": listener["package"]}).status_code == 201
+    headers = _keyed(listener["headers"], "k-429")
+    first = client.post("/api/user/sessions", json={"package_id": listener["package"]},
+                        headers=headers)
+    again = client.post("/api/user/sessions", json={"package_id": listener["package"]},
+                        headers=headers)
+    assert first.status_code == again.status_code == 429
+    assert again.headers[REPLAYED] == "true"
+    assert first.headers["Retry-After"]
+    assert again.headers["Retry-After"] == first.headers["Retry-After"]
+    assert again.headers["Content-Type"] == first.headers["Content-Type"]
+
+
 def test_a_kept_refusal_is_replayed_too(client, listener, db_session):
     headers = _keyed(listener["headers"], "k-404")
     first = client.post("/api/user/sessions", json={"package_id": 99999}, headers=headers)
