@@ -185,6 +185,30 @@ def test_playback_follows_the_listener_across_devices(client, auth, pkgs, make_u
     assert client.get("/api/user/playback", headers=auth("nosy@example.com")).json["data"] == []
 
 
+def test_moving_to_another_track_without_a_position_resumes_at_its_start(
+        client, auth, pkgs, make_user, db_session, set_clock):
+    make_user("skip@example.com")
+    headers = auth("skip@example.com")
+    rain1, rain2 = _tracks(pkgs["rain"])  # 1200 s, then 600 s
+    t0 = set_clock(_tomorrow_noon())
+    sid = client.post("/api/user/sessions", headers=headers,
+                      json={"package_id": pkgs["rain"], "track_id": rain1}).json["data"]["id"]
+    set_clock(t0 + timedelta(minutes=17))
+    client.patch(f"/api/user/sessions/{sid}", headers=headers,
+                 json={"listened_seconds": 1000, "position_seconds": 1000})
+    set_clock(t0 + timedelta(minutes=18))
+    res = client.patch(f"/api/user/sessions/{sid}", headers=headers,
+                       json={"listened_seconds": 1060, "track_id": rain2})
+    assert res.status_code == 200, res.json
+
+    resume = client.get("/api/user/playback", headers=headers).json["data"][0]
+    # 1000 s into the first track says nothing of the second, which is only 600 s long
+    assert (resume["track_id"], resume["position_seconds"]) == (rain2, 0)
+    assert datetime.fromisoformat(resume["updated_at"]) == t0 + timedelta(minutes=18)
+    cont = client.get("/api/user/dashboard", headers=headers).json["data"]["continue_listening"]
+    assert cont["track"]["id"] == rain2 and cont["position_seconds"] == 0
+
+
 # ---- abandoned sessions ------------------------------------------------------------------------
 
 def test_a_session_never_heartbeated_is_abandoned_not_a_zero_minute_listen(

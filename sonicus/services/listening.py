@@ -231,12 +231,15 @@ def clamp_position(session: ListeningSession, position: int) -> int:
 def _note_progress(session: ListeningSession, track_id: int | None,
                    position_seconds: int | None, now: datetime) -> None:
     """Record where the listener is: the track (one of the session's package) and the
-    position in it."""
+    position in it. Another track without a position starts at its beginning: a position in
+    the track left behind says nothing of this one."""
     if track_id is not None and track_id != session.track_id:
         track = db.session.get(Track, track_id)
         if track is None or track.package_id != session.package_id:
             not_found("Track")
         session.track = track
+        if position_seconds is None and session.position_seconds is not None:
+            position_seconds = 0
     if position_seconds is not None:
         session.position_seconds = clamp_position(session, position_seconds)
         session.position_updated_at = now
