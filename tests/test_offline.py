@@ -333,6 +333,31 @@ def test_a_downgrade_ends_the_licence_at_the_period_end(client, auth, billing, p
     assert [d["package_id"] for d in listed] == [pkgs["delta"]]
 
 
+def test_a_trial_without_a_card_gives_licences_that_end_with_the_trial(
+        client, auth, pkgs, make_user, db_session, set_clock):
+    make_user("trial@example.com")
+    headers = auth("trial@example.com")
+    set_clock(_tomorrow_noon())
+    trial = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                        headers=headers)
+    assert trial.status_code == 200 and trial.json["data"]["status"] == "trialing", trial.json
+    trial_ends_at = datetime.fromisoformat(trial.json["data"]["trial_ends_at"])
+    set_clock(trial_ends_at - timedelta(days=2))
+    res = client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                      headers=headers)
+    assert res.status_code == 201, res.json
+    # without a card the trial falls back to Starter, which does not open the package
+    assert datetime.fromisoformat(res.json["data"]["licence_expires_at"]) == trial_ends_at
+
+    set_clock(trial_ends_at + timedelta(minutes=1))
+    process_due_subscriptions(now=clock.now())
+    db.session.remove()
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
+    played = _item(pkgs["delta"], trial_ends_at + timedelta(seconds=30), minutes=0.5)
+    assert _sync(client, headers, [played]).json["data"]["results"][0]["code"] == \
+        "package_locked"  # what the licence promised is what a later upload is judged by
+
+
 # ---- sync --------------------------------------------------------------------------------------
 
 def test_sync_stores_clamped_sessions_and_a_retry_changes_nothing(

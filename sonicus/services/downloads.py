@@ -10,8 +10,9 @@ A licence is live while its own window holds (``granted_at <= t < expires_at``, 
 ``DELETE``) AND the package is open to the user now, by the tier in force or a live
 assignment: a downgrade at its period's end, an assignment's expiry or revocation end it with
 no write of their own. Its ``expires_at`` is set at the grant to the earliest end known then
-(30 days, the end of the period before a scheduled downgrade that would lock it, the
-assignment's ``expires_at`` when only the assignment opens it).
+(30 days, the end of the period before a scheduled downgrade that would lock it, the end
+of a trial that falls back to a tier that does not open it, the assignment's ``expires_at``
+when only the assignment opens it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .. import clock, media
 from ..api_errors import not_found
 from ..extensions import db
 from ..models import OfflineLicence, SoundPackage, UserSubscription
+from ..models.subscription import TRIALING
 from ..pagination import Page
 from ..tiers import (
     ACCESS_LOCKED,
@@ -38,7 +40,7 @@ from ..tiers import (
 )
 from .assignments import live_assignment, live_assignments
 from .catalog import get_catalog_package
-from .subscriptions import get_subscription, lock_or_create_subscription
+from .subscriptions import get_subscription, lock_or_create_subscription, tier_after_trial
 from .transaction import unit_of_work
 
 
@@ -62,11 +64,14 @@ class Download:
     tracks: tuple[DownloadTrack, ...]
 
 
-def _pending_tier(sub: UserSubscription) -> str | None:
-    """The tier due at the end of the period, if a change is scheduled."""
-    if sub.cancel_at_period_end:
-        return STARTER
-    return sub.pending_tier
+def _scheduled_change(sub: UserSubscription) -> tuple[datetime, str] | None:
+    """The tier due when the trial or the period ends, and when, if it is known now."""
+    if sub.status == TRIALING and sub.trial_ends_at is not None:
+        return sub.trial_ends_at, tier_after_trial(sub)
+    pending = STARTER if sub.cancel_at_period_end else sub.pending_tier
+    if pending is None or sub.current_period_end is None:
+        return None
+    return sub.current_period_end, pending
 
 
 def _licence_end(sub: UserSubscription, package: SoundPackage, assignment, now: datetime
@@ -75,13 +80,14 @@ def _licence_end(sub: UserSubscription, package: SoundPackage, assignment, now: 
     end = now + timedelta(days=OFFLINE_LICENCE_DAYS)
     by_tier = package_access(sub.tier, package.minimum_tier) != ACCESS_LOCKED
     if by_tier:
-        pending = _pending_tier(sub)
-        if (pending is not None and sub.current_period_end is not None
-                and package_access(pending, package.minimum_tier) == ACCESS_LOCKED):
+        change = _scheduled_change(sub)
+        if change is not None and package_access(change[1], package.minimum_tier) \
+                == ACCESS_LOCKED:
+            changes_at = change[0]
             if assignment is None:
-                end = min(end, sub.current_period_end)
+                end = min(end, changes_at)
             elif assignment.expires_at is not None:
-                end = min(end, max(sub.current_period_end, assignment.expires_at))
+                end = min(end, max(changes_at, assignment.expires_at))
     elif assignment is not None and assignment.expires_at is not None:
         end = min(end, assignment.expires_at)
     return end

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ...models.subscription import CANCEL_REASONS
 from .changes import cancel, change_tier, resume
 from .common import GRACE_PERIOD, SAME_PERIOD_SLACK, add_month, cents_to_decimal
-from .expiry import process_due_subscriptions
+from .expiry import process_due_subscriptions, tier_after_trial
 from .payments import (
     Payment,
     SandboxCheckout,
@@ -43,5 +43,5 @@ __all__ = [
     "sandbox_checkout",
     "get_subscription", "handle_billing_event", "history", "insert_default_subscription",
     "lock_or_create_subscription",
-    "overview", "process_due_subscriptions", "resume",
+    "overview", "process_due_subscriptions", "resume", "tier_after_trial",
 ]

@@ -60,10 +60,18 @@ def _advance_once(sub: UserSubscription, now: datetime) -> str | None:
     return None
 
 
-def _end_trial(sub: UserSubscription) -> str:
-    """The trial is over: starter when canceled or without a card, else the paid tier."""
+def tier_after_trial(sub: UserSubscription) -> str:
+    """THE trial's end: starter when canceled or without a card, else the paid tier (the
+    scheduled one, if a change was asked for)."""
     if sub.cancel_at_period_end or sub.pending_tier == STARTER \
             or not sub.payment_method_on_file:
+        return STARTER
+    return sub.pending_tier or sub.tier
+
+
+def _end_trial(sub: UserSubscription) -> str:
+    """The trial is over: starter when canceled or without a card, else the paid tier."""
+    if tier_after_trial(sub) == STARTER:
         return _trial_to_starter(sub)
     return _convert_trial(sub)
 
@@ -79,7 +87,7 @@ def _trial_to_starter(sub: UserSubscription) -> str:
 
 def _convert_trial(sub: UserSubscription) -> str:
     ends, from_tier = sub.trial_ends_at, sub.tier
-    tier = sub.pending_tier or sub.tier
+    tier = tier_after_trial(sub)
     sub.tier, sub.status = tier, ACTIVE
     sub.current_period_start, sub.current_period_end = ends, add_month(ends)
     _clear_scheduled_change(sub)
