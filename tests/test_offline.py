@@ -475,6 +475,19 @@ def test_a_malformed_batch_is_422_naming_the_field(client, auth, pkgs, make_user
     assert db_session.execute(select(func.count(ListeningSession.id))).scalar_one() == 0
 
 
+def test_a_batch_over_the_limit_is_refused_by_its_size_alone(client, auth, pkgs, make_user,
+                                                            db_session):
+    user = make_user("flood@example.com")
+    headers = auth("flood@example.com")
+    res = _sync(client, headers, [{}] * 5000)  # under the body limit, far over the batch's
+    assert res.status_code == 422, res.json
+    assert res.json["errors"] == ["sessions: Length must be between 1 and 100."]
+    start = clock.now() - timedelta(hours=2)
+    res = _sync(client, headers, [_item(pkgs["rain"], start)] * 101)  # also one id twice
+    assert res.json["errors"] == ["sessions: Length must be between 1 and 100."]
+    assert _count_sessions(user.id) == 0
+
+
 def test_sync_judges_each_item_by_the_tier_in_force_when_it_started(
         client, auth, billing, pkgs, make_user, db_session, set_clock):
     make_user("up@example.com")

@@ -8,6 +8,7 @@ from .common import StrictSchema
 from .sessions import MAX_SECONDS, ClientId, Position, SessionPackageSchema
 
 MAX_SYNC_ITEMS = 100
+BATCH_SIZE = ma.validate.Length(min=1, max=MAX_SYNC_ITEMS)
 SYNC_STATUSES = ("created", "unchanged", "rejected")
 SYNC_CODES = ("started_at_out_of_range", "invalid_interval", "not_found", "package_locked",
               "overlap", "daily_session_limit_reached")
@@ -56,7 +57,19 @@ class SyncItemSchema(StrictSchema):
 
 class SyncRequestSchema(StrictSchema):
     sessions = ma.fields.List(ma.fields.Nested(SyncItemSchema), required=True,
-                              validate=ma.validate.Length(min=1, max=MAX_SYNC_ITEMS))
+                              validate=BATCH_SIZE)
+
+    @ma.pre_load
+    def size_first(self, data, **kwargs):
+        """A batch over the limit is refused by its size alone, before its items are read (an
+        error per field of each of thousands of items says nothing of what is wrong)."""
+        sessions = data.get("sessions") if isinstance(data, dict) else None
+        if isinstance(sessions, list) and len(sessions) > MAX_SYNC_ITEMS:
+            try:
+                BATCH_SIZE(sessions)
+            except ma.ValidationError as error:
+                raise ma.ValidationError({"sessions": error.messages}) from None
+        return data
 
     @ma.validates_schema
     def distinct_client_ids(self, data, **kwargs):
