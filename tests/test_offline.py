@@ -16,7 +16,7 @@ from sonicus import clock, media
 from sonicus.extensions import db
 from sonicus.models import ListeningSession, Track
 from sonicus.services import analytics, listening
-from sonicus.services.subscriptions import process_due_subscriptions
+from sonicus.services.subscriptions import GRACE_PERIOD, process_due_subscriptions
 
 SECRET = "test-media-secret"  # the test app's MEDIA_URL_SECRET
 
@@ -356,6 +356,32 @@ def test_a_trial_without_a_card_gives_licences_that_end_with_the_trial(
     played = _item(pkgs["delta"], trial_ends_at + timedelta(seconds=30), minutes=0.5)
     assert _sync(client, headers, [played]).json["data"]["results"][0]["code"] == \
         "package_locked"  # what the licence promised is what a later upload is judged by
+
+
+def test_a_failed_renewal_gives_licences_that_end_with_the_grace(
+        client, auth, billing, pkgs, make_user, db_session, set_clock):
+    make_user("late@example.com")
+    headers = auth("late@example.com")
+    set_clock(_tomorrow_noon())
+    period_end = datetime.fromisoformat(
+        billing.buy(client, headers, "premium")["current_period_end"])
+    billing.arrange("late@example.com", status="past_due", past_due_since=period_end)
+    set_clock(period_end + timedelta(days=1))
+    res = client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                      headers=headers)
+    assert res.status_code == 201, res.json
+    grace_ends = period_end + GRACE_PERIOD  # then Starter, unless a payment arrives first
+    assert datetime.fromisoformat(res.json["data"]["licence_expires_at"]) == grace_ends
+    public = client.post("/api/user/downloads", json={"package_id": pkgs["rain"]},
+                         headers=headers)  # Starter opens it too
+    assert datetime.fromisoformat(public.json["data"]["licence_expires_at"]) == \
+        clock.now() + timedelta(days=30)
+
+    set_clock(grace_ends + timedelta(minutes=1))
+    process_due_subscriptions(now=clock.now())
+    db.session.remove()
+    listed = client.get("/api/user/downloads", headers=headers).json["data"]
+    assert [d["package_id"] for d in listed] == [pkgs["rain"]]
 
 
 # ---- sync --------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ A licence is live while its own window holds (``granted_at <= t < expires_at``, 
 assignment: a downgrade at its period's end, an assignment's expiry or revocation end it with
 no write of their own. Its ``expires_at`` is set at the grant to the earliest end known then
 (30 days, the end of the period before a scheduled downgrade that would lock it, the end
-of a trial that falls back to a tier that does not open it, the assignment's ``expires_at``
-when only the assignment opens it).
+of a trial, or of a failed renewal's grace, that falls back to a tier that does not open it,
+the assignment's ``expires_at`` when only the assignment opens it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .. import clock, media
 from ..api_errors import not_found
 from ..extensions import db
 from ..models import OfflineLicence, SoundPackage, UserSubscription
-from ..models.subscription import TRIALING
+from ..models.subscription import PAST_DUE, TRIALING
 from ..pagination import Page
 from ..tiers import (
     ACCESS_LOCKED,
@@ -40,7 +40,12 @@ from ..tiers import (
 )
 from .assignments import live_assignment, live_assignments
 from .catalog import get_catalog_package
-from .subscriptions import get_subscription, lock_or_create_subscription, tier_after_trial
+from .subscriptions import (
+    GRACE_PERIOD,
+    get_subscription,
+    lock_or_create_subscription,
+    tier_after_trial,
+)
 from .transaction import unit_of_work
 
 
@@ -65,9 +70,12 @@ class Download:
 
 
 def _scheduled_change(sub: UserSubscription) -> tuple[datetime, str] | None:
-    """The tier due when the trial or the period ends, and when, if it is known now."""
+    """The tier due when the trial, the grace of a failed renewal or the period ends, and
+    when, if it is known now."""
     if sub.status == TRIALING and sub.trial_ends_at is not None:
         return sub.trial_ends_at, tier_after_trial(sub)
+    if sub.status == PAST_DUE and sub.past_due_since is not None:
+        return sub.past_due_since + GRACE_PERIOD, STARTER
     pending = STARTER if sub.cancel_at_period_end else sub.pending_tier
     if pending is None or sub.current_period_end is None:
         return None
