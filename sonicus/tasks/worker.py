@@ -16,18 +16,26 @@
   (40 by default), even when the dead worker's RQ scheduler still holds its lock.
 - The worker talks to Redis on a connection of its own (RQ stretches its socket timeout to
   cover a blocking dequeue); jobs keep the app's client with its short timeouts and back-off.
+- A shutdown signal always ends the process within seconds: RQ tells an idle worker to stop
+  by raising ``StopRequested`` from the signal handler into whatever runs at that moment, so
+  the request is also kept as a flag here (an ``except Exception`` that caught it lost it: the
+  worker served on); a stopping worker does not start its RQ scheduler again (RQ's
+  maintenance restarted it, then signalled the new process before it had its own handlers and
+  waited for it without limit); the scheduler is signalled until it ends, killed after
+  ``SCHEDULER_STOP_SECONDS``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 
 import redis
 from rq import SimpleWorker, Worker
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
@@ -44,6 +52,7 @@ RECONNECT_BASE_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 10.0
 STEADY_SECONDS = 60  # a worker that served this long starts the backoff afresh when it ends
 ABANDONED_REQUEUES = 3
+SCHEDULER_STOP_SECONDS = 10.0  # past this, a scheduler that did not stop is killed
 _DONE = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)
 
 
@@ -60,7 +69,7 @@ def requeue_abandoned_jobs(queue) -> list[str]:
             job = Job.fetch(registry.parse_job_id(entry), connection=connection)
         except NoSuchJobError:
             continue
-        except redis.exceptions.RedisError:
+        except (redis.exceptions.RedisError, StopRequested):  # StopRequested: a shutdown signal
             raise
         except Exception as exc:  # a job that cannot be read back: never requeued
             log.error("abandoned job %r could not be read: %s", entry, type(exc).__name__)
@@ -106,9 +115,56 @@ class _AppWorkerMixin:
         return max(1, min(self.worker_ttl - 15, int(self.maintenance_interval)))
 
     def request_stop(self, signum, frame):
+        if self._forked_child():
+            return
         if self.stop_event is not None:
             self.stop_event.set()
+        # RQ raises StopRequested into whatever an idle worker is running, and keeps no other
+        # trace of the request: an ``except Exception`` on the way would lose it
+        self._stop_requested = True
         return super().request_stop(signum, frame)
+
+    def request_force_stop(self, signum, frame):
+        if self._forked_child():
+            return
+        return super().request_force_stop(signum, frame)
+
+    def _forked_child(self) -> bool:
+        """True in a process forked from the worker (RQ's scheduler, a work horse) that still
+        has the worker's signal handlers: a signal then is for that process, not the worker.
+        A scheduler stops as it would with its own handler (they come a moment later)."""
+        if os.getpid() == self.pid:
+            return False
+        if self.scheduler is not None:
+            self.scheduler.request_stop()
+        return True
+
+    def run_maintenance_tasks(self):
+        # RQ's maintenance starts the scheduler again when its process is not running, which
+        # is the case once a warm shutdown stopped it
+        if not self._stop_requested:
+            super().run_maintenance_tasks()
+
+    def stop_scheduler(self):
+        """RQ's stop, bounded: SIGTERM until the scheduler process ends (the handler a process
+        forked a moment ago still has may not end it; its own comes within milliseconds), and
+        SIGKILL after ``SCHEDULER_STOP_SECONDS`` (its locks then expire by themselves)."""
+        process = self.scheduler._process if self.scheduler is not None else None
+        if process is None or not process.pid:
+            return
+        deadline = time.monotonic() + SCHEDULER_STOP_SECONDS
+        while process.exitcode is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("the RQ scheduler (pid %s) did not stop; killing it", process.pid)
+                process.kill()
+                process.join(5)
+                return
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            process.join(min(0.5, left))
 
     def _install_signal_handlers(self):
         super()._install_signal_handlers()
@@ -190,10 +246,12 @@ def _discard(worker) -> None:
             pass
 
 
-def _on_signal(stop: threading.Event):
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (between workers; a worker installs RQ's handlers)."""
     def handler(signum, frame):
         stop.set()
-    return handler
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
 
 
 def run_worker(app, *, simple: bool = False, schedule: bool = True) -> int:
@@ -203,6 +261,7 @@ def run_worker(app, *, simple: bool = False, schedule: bool = True) -> int:
     cap = float(app.config.get("WORKER_RECONNECT_MAX_SECONDS", RECONNECT_MAX_SECONDS))
     scheduler_stop = start_scheduler_thread(app)[1] if schedule else None
     failures = 0
+    _stop_on_signals(stop)
     try:
         while not stop.is_set():
             worker, started = None, time.monotonic()
@@ -211,14 +270,13 @@ def run_worker(app, *, simple: bool = False, schedule: bool = True) -> int:
                 worker.work(with_scheduler=True)
             except Exception as exc:  # Redis unreachable while starting or tearing down
                 log.warning("worker ended: %s: %s", type(exc).__name__, exc)
+            _stop_on_signals(stop)  # the ended worker's would raise StopRequested into what follows
             if stop.is_set():
                 break
             _discard(worker)
             failures = 1 if time.monotonic() - started > STEADY_SECONDS else failures + 1
             delay = min(cap, RECONNECT_BASE_SECONDS * 2 ** (failures - 1))
             log.warning("worker lost Redis; starting a new one in %.1f s", delay)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, _on_signal(stop))
             stop.wait(delay)
     finally:
         if scheduler_stop is not None:
