@@ -16,6 +16,7 @@ import redis
 from processes import stop_group
 from rq import Queue, Worker
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 
 from sonicus.tasks.queue import QUEUE_DEFAULT, enqueue
 
@@ -150,3 +151,26 @@ def test_the_worker_survives_a_redis_outage(own_redis, test_database_url, wait_f
     finally:
         code = _stop(worker)  # and a shutdown signal still ends it cleanly
         assert code == 0, f"worker output:\n{log.read_text()[-4000:]}"
+
+
+def test_a_worker_stopped_while_it_sweeps_abandoned_entries_ends_promptly(
+        own_redis, test_database_url, wait_for, tmp_path):
+    """SIGTERM while a worker sweeps expired started entries whose jobs are gone (a long
+    sweep, so that the signal lands in it): the worker ends cleanly within 10 s (Docker's
+    default grace). Three workers in turn."""
+    client = redis.Redis.from_url(own_redis.url)
+    registry = StartedJobRegistry(QUEUE_DEFAULT, connection=client)
+    for attempt in range(3):
+        client.zadd(registry.key, {f"gone-{attempt}-{n}:run": 1 for n in range(20000)})
+        log = tmp_path / f"worker-{attempt}.log"
+        worker = _worker_process(test_database_url, own_redis.url, log=log, **FAST)
+        try:
+            wait_for(lambda: client.zcard(registry.key) < 19000, 30)  # sweeping
+        finally:
+            signalled = time.monotonic()
+            code = stop_group(worker, timeout=10)
+        took = time.monotonic() - signalled
+        assert code == 0 and took < 10, (
+            f"exit code {code} after {took:.1f} s; worker output:\n{log.read_text()[-4000:]}")
+        assert client.zcard(registry.key) > 0  # stopped in the middle of it
+        client.delete(registry.key)
