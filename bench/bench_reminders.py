@@ -124,7 +124,7 @@ def main() -> int:
     from bench.common import ensure_database
     from sonicus import create_app
     from sonicus.extensions import db
-    from sonicus.services import reminders
+    from sonicus.services import reminder_claims, reminders
     from sonicus.services.webpush import b64url
     from tests.push_service import Browser
 
@@ -160,13 +160,13 @@ def main() -> int:
             with db.engine.connect() as conn:
                 conn.execution_options(isolation_level="AUTOCOMMIT").execute(
                     text("VACUUM ANALYZE sonicus.push_subscriptions"))
-            measure(app, db, reminders, args, port)
+            measure(app, db, reminder_claims, reminders, args, port)
     finally:
         stand_in.terminate()
     return 0
 
 
-def measure(app, db, reminders, args, port) -> None:
+def measure(app, db, reminder_claims, reminders, args, port) -> None:
     today = datetime.now(UTC).replace(second=0, microsecond=0)
     print(f"\nPostgreSQL {DATABASE_URL.rsplit('/', 1)[-1]}: {args.users:,} users with "
           f"reminders on and a push subscription")
@@ -177,7 +177,7 @@ def measure(app, db, reminders, args, port) -> None:
     for i in range(args.scans):
         moment = today + timedelta(minutes=97 * i)
         started = time.perf_counter()
-        claimed = reminders.claim_due_reminders(moment)
+        claimed = reminder_claims.claim_due_reminders(moment)
         first.append(time.perf_counter() - started)
         print(f"  scan at {moment:%H:%M} UTC: {len(claimed):>5} due, "
               f"{first[-1] * 1000:7.1f} ms")
@@ -189,7 +189,7 @@ def measure(app, db, reminders, args, port) -> None:
     moment = today + timedelta(minutes=97 * (args.scans - 1))
     for minute in range(1, args.scans + 1):
         started = time.perf_counter()
-        more = reminders.claim_due_reminders(moment + timedelta(minutes=minute))
+        more = reminder_claims.claim_due_reminders(moment + timedelta(minutes=minute))
         steady.append(time.perf_counter() - started)
         print(f"  next minute +{minute}: {len(more):>5} due, {steady[-1] * 1000:7.1f} ms")
     started = time.perf_counter()
@@ -197,7 +197,7 @@ def measure(app, db, reminders, args, port) -> None:
                             "WHERE remind_minute IS NULL AND user_id <= 25000"))
     db.session.commit()
     refresh_start = time.perf_counter()
-    refreshed = reminders.refresh_smart_times(batch=reminders.SMART_BATCH)
+    refreshed = reminder_claims.refresh_smart_times(batch=reminder_claims.SMART_BATCH)
     refresh = time.perf_counter() - refresh_start
     print(f"scan, an hour due at once: p50 {statistics.median(first) * 1000:.1f} ms, "
           f"max {max(first) * 1000:.1f} ms over {len(first)} instants")

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sonicus import create_app
 from sonicus.extensions import db
 from sonicus.models import PushSubscription, ReminderDelivery, ReminderPreferences
-from sonicus.services import reminders
+from sonicus.services import reminder_claims, reminders
 from sonicus.tasks.worker import make_worker
 
 
@@ -50,7 +50,7 @@ def _listener(client, auth, push_service, browser, email="listener@example.com",
 
 def _claimed(push_app, moment) -> list[tuple[int, date]]:
     with push_app.app_context():
-        ids = reminders.claim_due_reminders(moment)
+        ids = reminder_claims.claim_due_reminders(moment)
         rows = db.session.execute(select(ReminderDelivery.user_id, ReminderDelivery.local_day)
                                   .where(ReminderDelivery.id.in_(ids))).all()
         db.session.remove()
@@ -458,7 +458,7 @@ def test_the_server_posts_only_to_allowed_addresses_at_send_time_and_follows_no_
                         headers={"Location": push_service.endpoint("elsewhere")})
     set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
     with push_client.application.app_context():
-        ids = reminders.claim_due_reminders()
+        ids = reminder_claims.claim_due_reminders()
         db.session.remove()
     with app.app_context():  # the default settings: only the browsers' push services
         assert reminders.deliver_reminders(ids) == 0
@@ -534,9 +534,10 @@ def test_development_on_sqlite_finds_the_due_users_too(make_config, tmp_path, au
     _set_reminders(client, headers, enabled=True, time="smart", quiet_start="23:00",
                    quiet_end="06:00")
     with dev.app_context():
-        assert reminders.refresh_smart_times(datetime(2026, 1, 14, 20, 0, tzinfo=UTC)) == 1
-        assert reminders.claim_due_reminders(datetime(2026, 1, 14, 20, 59, tzinfo=UTC)) == []
-        assert len(reminders.claim_due_reminders(datetime(2026, 1, 14, 21, 0, tzinfo=UTC))) == 1
-        assert reminders.claim_due_reminders(datetime(2026, 1, 14, 21, 5, tzinfo=UTC)) == []
+        assert reminder_claims.refresh_smart_times(datetime(2026, 1, 14, 20, 0, tzinfo=UTC)) == 1
+        assert reminder_claims.claim_due_reminders(datetime(2026, 1, 14, 20, 59, tzinfo=UTC)) == []
+        claimed = reminder_claims.claim_due_reminders(datetime(2026, 1, 14, 21, 0, tzinfo=UTC))
+        assert len(claimed) == 1
+        assert reminder_claims.claim_due_reminders(datetime(2026, 1, 14, 21, 5, tzinfo=UTC)) == []
         db.session.remove()
         db.engine.dispose()

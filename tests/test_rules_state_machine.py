@@ -58,7 +58,7 @@ from sonicus.models import (
     UserPackageOutcome,
     UserSubscription,
 )
-from sonicus.services import reminders
+from sonicus.services import reminder_claims
 from sonicus.services.analytics import compute_user_analytics
 from sonicus.services.subscriptions import process_due_subscriptions
 
@@ -171,7 +171,7 @@ def build_machine(app, idp, table_names, billing):
         @rule()
         def reminder_scan_runs(self):
             with app.app_context():
-                reminders.claim_due_reminders(self.now)
+                reminder_claims.claim_due_reminders(self.now)
                 db.session.remove()
 
         @rule(name=st.sampled_from(IDENTITIES))

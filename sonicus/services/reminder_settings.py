@@ -1,6 +1,6 @@
 """Reminder settings: the caller's reminder preferences and the push subscriptions of their
-browsers (API.md, Reminders). The periodic job that reads them, finds who is due and sends the
-reminders is ``services.reminders``.
+browsers (API.md, Reminders). Who is due a reminder is ``services.reminder_claims``; the
+periodic job that sends the reminders is ``services.reminders``.
 
 A reminder time is ``HH:MM`` or "smart" (the local hour at which the user most often starts
 sessions they complete, ``DEFAULT_SMART_MINUTE`` without data); a user keeps at most

@@ -1,0 +1,252 @@
+"""Who is due a reminder (API.md, Reminders): the timing rule, the "smart" reminder times, and
+the scan that finds the users due one now and claims their user day. The periodic job that
+calls them and sends the reminders is ``services.reminders``; the preferences read here are
+set through ``services.reminder_settings``.
+
+The rules of a reminder on the user's day D (their time zone and ``day_start_hour`` in force,
+``clock.day_settings_at``):
+
+- due from the reminder time (``HH:MM``, or "smart": the local hour at which the user most
+  often starts sessions they complete, 21:00 without data) for ``CATCH_UP_MINUTES``; times
+  are wall-clock times of the user's time zone (PostgreSQL ``AT TIME ZONE``: DST included;
+  a time skipped by a spring-forward is sent at the first minute after it);
+- only on the days chosen (D's weekday), never inside quiet hours (``quiet_start`` to
+  ``quiet_end``, wrapping midnight when the end is earlier), only to a user with a push
+  subscription, and not when the user already listened on D (a session that counts towards
+  the quota: a refunded tap does not), which also covers a goal met;
+- at most one per user day: a ``reminder_deliveries`` row (unique (user, day)) is inserted
+  before anything is sent, by the very statement that finds who is due
+  (``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``): two workers scanning at once
+  claim disjoint sets.
+
+The rule is written twice, in SQL for PostgreSQL (``CLAIM_DUE_SQL``) and in Python for SQLite
+(``reminder_due``, development); the two must say the same.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo, available_timezones
+
+from sqlalchemy import exists, select, text
+from sqlalchemy.dialects import sqlite
+
+from .. import clock
+from ..extensions import db
+from ..models import ListeningSession, User
+from ..models.reminders import PushSubscription, ReminderDelivery, ReminderPreferences
+from .reminder_settings import DEFAULT_SMART_MINUTE
+from .transaction import unit_of_work
+
+CATCH_UP_MINUTES = 60  # a reminder missed (worker down, quiet hours) is sent this long after
+SMART_LOOKBACK_DAYS = 90
+SMART_REFRESH_SECONDS = 24 * 3600
+SMART_BATCH = 5000
+
+
+def _is_postgresql() -> bool:
+    return db.session.get_bind().dialect.name == "postgresql"
+
+
+# ---- who is due: the rule in Python (SQLite, development) and in SQL (PostgreSQL) -----------
+
+def reminder_due(wall_minute: int, day_start_hour: int, at_minute: int, days_mask: int,
+                 weekday: int, quiet_start: int | None, quiet_end: int | None) -> bool:
+    """THE timing rule. ``wall_minute``: the user's local time (minutes after midnight);
+    ``weekday``: ISO weekday (1 = Monday) of the user's day."""
+    shift = day_start_hour * 60
+    since_day_start = (wall_minute - shift) % 1440
+    reminder_offset = (at_minute - shift) % 1440
+    if not 0 <= since_day_start - reminder_offset < CATCH_UP_MINUTES:
+        return False
+    if not days_mask & (1 << (weekday - 1)):
+        return False
+    return not in_quiet_hours(wall_minute, quiet_start, quiet_end)
+
+
+def in_quiet_hours(wall_minute: int, quiet_start: int | None, quiet_end: int | None) -> bool:
+    if quiet_start is None or quiet_end is None or quiet_start == quiet_end:
+        return False
+    if quiet_start < quiet_end:
+        return quiet_start <= wall_minute < quiet_end
+    return wall_minute >= quiet_start or wall_minute < quiet_end
+
+
+# One statement finds the due users and claims their day (API.md, Reminders); it mirrors
+# ``reminder_due``. The local clock is computed once per time zone (``zones``, given by
+# ``zone_clocks``: the same tz database as every other user-day computation of the app,
+# ``clock.local_day``), not once per user; per user only integer arithmetic remains
+# (``timed``: whose time has come, a few dozen per minute). Only for those are the
+# subscription, the day's delivery and the day's sessions looked up, each by its index.
+CLAIM_DUE_SQL = """
+WITH zones AS MATERIALIZED (
+    SELECT * FROM unnest(CAST(:zone_names AS text[]), CAST(:zone_dates AS date[]),
+                         CAST(:zone_minutes AS int[])) AS z (tz, local_date, wall_minute)
+), placed AS (
+    SELECT p.user_id, p.days_mask, p.weekly_recap, p.quiet_start_minute AS qs,
+           p.quiet_end_minute AS qe,
+           COALESCE(p.remind_minute, p.smart_minute, :default_minute) AS at_minute,
+           CASE WHEN f.prior THEN zp.wall_minute ELSE z.wall_minute END AS wall_minute,
+           CASE WHEN f.prior THEN zp.local_date ELSE z.local_date END AS local_date,
+           CASE WHEN f.prior THEN u.prior_day_start_hour ELSE u.day_start_hour END AS dsh
+    FROM sonicus.reminder_preferences p
+    JOIN sonicus.users u ON u.id = p.user_id
+    JOIN zones z ON z.tz = u.timezone
+    LEFT JOIN zones zp ON zp.tz = u.prior_timezone
+    CROSS JOIN LATERAL (
+        -- the settings in force (clock.day_settings_at): the prior ones until the change
+        SELECT u.day_settings_effective_at > :now AND zp.tz IS NOT NULL
+               AND u.prior_day_start_hour IS NOT NULL AS prior) AS f
+    WHERE p.enabled IS TRUE AND u.is_active IS TRUE
+), timed AS MATERIALIZED (
+    SELECT user_id, user_day, weekly_recap
+    FROM (SELECT q.*, q.local_date - CASE WHEN q.wall_minute < q.dsh * 60 THEN 1 ELSE 0 END
+                        AS user_day,
+                 (((q.wall_minute - q.dsh * 60) % 1440 + 1440) % 1440)
+                   - (((q.at_minute - q.dsh * 60) % 1440 + 1440) % 1440) AS minutes_late
+          FROM placed q) AS p
+    WHERE p.minutes_late BETWEEN 0 AND :catch_up - 1
+      AND (p.days_mask & (1 << (extract(isodow FROM p.user_day)::int - 1))) <> 0
+      AND NOT (p.qs IS NOT NULL AND p.qe IS NOT NULL AND p.qs <> p.qe AND (
+            (p.qs < p.qe AND p.wall_minute >= p.qs AND p.wall_minute < p.qe)
+         OR (p.qs > p.qe AND (p.wall_minute >= p.qs OR p.wall_minute < p.qe))))
+)
+INSERT INTO sonicus.reminder_deliveries (user_id, local_day, recap, created_at, pushes_sent)
+SELECT t.user_id, t.user_day, t.weekly_recap AND extract(isodow FROM t.user_day) = 1, :now, 0
+FROM timed t
+WHERE EXISTS (SELECT 1 FROM sonicus.push_subscriptions ps WHERE ps.user_id = t.user_id)
+  AND NOT EXISTS (SELECT 1 FROM sonicus.reminder_deliveries d
+                  WHERE d.user_id = t.user_id AND d.local_day = t.user_day)
+  AND NOT EXISTS (SELECT 1 FROM sonicus.user_sessions us
+                  WHERE us.user_id = t.user_id AND us.local_day = t.user_day
+                    AND us.counts_toward_quota IS TRUE)
+ON CONFLICT (user_id, local_day) DO NOTHING
+RETURNING id
+"""
+
+# "smart": the local hour (user's time zone) at which the user most often started sessions
+# they completed in the last SMART_LOOKBACK_DAYS days (ties: the later hour); none: null
+# (21:00 applies). Refreshed daily per user, a bounded batch per run, stalest first.
+REFRESH_SMART_SQL = f"""
+WITH stale AS (
+    SELECT p.user_id, u.timezone
+    FROM sonicus.reminder_preferences p JOIN sonicus.users u ON u.id = p.user_id
+    WHERE p.enabled IS TRUE AND p.remind_minute IS NULL
+      AND (p.smart_computed_at IS NULL OR p.smart_computed_at < :stale_before)
+    ORDER BY p.smart_computed_at NULLS FIRST
+    LIMIT :batch
+    FOR UPDATE OF p SKIP LOCKED
+), hours AS (
+    SELECT s.user_id, extract(hour FROM us.started_at AT TIME ZONE s.timezone)::int AS hour,
+           count(*) AS n
+    FROM stale s JOIN sonicus.user_sessions us ON us.user_id = s.user_id
+    WHERE us.started_at >= :since AND us.completed IS TRUE
+      AND us.counts_toward_quota IS TRUE AND us.listened_seconds >= {60}
+    GROUP BY 1, 2
+), best AS (
+    SELECT DISTINCT ON (user_id) user_id, hour FROM hours ORDER BY user_id, n DESC, hour DESC
+)
+UPDATE sonicus.reminder_preferences p
+SET smart_minute = best.hour * 60, smart_computed_at = :now
+FROM stale LEFT JOIN best ON best.user_id = stale.user_id
+WHERE p.user_id = stale.user_id
+"""
+
+
+def refresh_smart_times(now: datetime | None = None, batch: int = SMART_BATCH) -> int:
+    """Compute the "smart" time of users whose figure is missing or a day old."""
+    now = now or clock.now()
+    since = now - timedelta(days=SMART_LOOKBACK_DAYS)
+    stale_before = now - timedelta(seconds=SMART_REFRESH_SECONDS)
+    with unit_of_work():
+        if _is_postgresql():
+            return db.session.execute(text(REFRESH_SMART_SQL), {
+                "now": now, "since": since, "stale_before": stale_before,
+                "batch": batch}).rowcount
+        return _refresh_smart_times_python(now, since, stale_before, batch)
+
+
+def _refresh_smart_times_python(now, since, stale_before, batch) -> int:
+    p = ReminderPreferences
+    rows = db.session.execute(
+        select(p, User.timezone).join(User, User.id == p.user_id)
+        .where(p.enabled.is_(True), p.remind_minute.is_(None),
+               (p.smart_computed_at.is_(None)) | (p.smart_computed_at < stale_before))
+        .limit(batch)).all()
+    s = ListeningSession
+    for prefs, tz in rows:
+        starts = db.session.execute(select(s.started_at).where(
+            s.user_id == prefs.user_id, s.started_at >= since, s.completed.is_(True),
+            s.counts_in_outcomes)).scalars()
+        hours = Counter(moment.astimezone(ZoneInfo(tz)).hour for moment in starts)
+        best = max(hours.items(), key=lambda item: (item[1], item[0]), default=None)
+        prefs.smart_minute = None if best is None else best[0] * 60
+        prefs.smart_computed_at = now
+    return len(rows)
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> tuple[str, ...]:
+    """The names a user's ``timezone`` may take (``clock.is_valid_timezone``)."""
+    return tuple(sorted(available_timezones()))
+
+
+def zone_clocks(now: datetime) -> dict:
+    """Every IANA time zone's local date and wall-clock minute at ``now`` (the parameters of
+    ``CLAIM_DUE_SQL``): about 600 conversions, a millisecond or two."""
+    names, dates, minutes = [], [], []
+    for name in _zone_names():
+        local = now.astimezone(ZoneInfo(name))
+        names.append(name)
+        dates.append(local.date())
+        minutes.append(local.hour * 60 + local.minute)
+    return {"zone_names": names, "zone_dates": dates, "zone_minutes": minutes}
+
+
+def claim_due_reminders(now: datetime | None = None) -> list[int]:
+    """Find the users due a reminder now and claim their user day; the new deliveries' ids
+    (a user day already claimed, by this run or another worker's, is not returned)."""
+    now = now or clock.now()
+    with unit_of_work():
+        if _is_postgresql():
+            # a small result from a big estimate: compiling it (JIT) costs seconds
+            db.session.execute(text("SET LOCAL jit = off"))
+            return list(db.session.execute(text(CLAIM_DUE_SQL), {
+                "now": now, "default_minute": DEFAULT_SMART_MINUTE,
+                "catch_up": CATCH_UP_MINUTES, **zone_clocks(now)}).scalars())
+        return _claim_due_python(now)
+
+
+def _claim_due_python(now: datetime) -> list[int]:
+    """The same rule for SQLite (development): few users, read into Python."""
+    p = ReminderPreferences
+    rows = db.session.execute(
+        select(p, User).join(User, User.id == p.user_id)
+        .where(p.enabled.is_(True), User.is_active.is_(True),
+               exists().where(PushSubscription.user_id == p.user_id))).all()
+    claimed = []
+    for prefs, user in rows:
+        settings = clock.day_settings_at(user, now)
+        wall = now.astimezone(ZoneInfo(settings.timezone))
+        day = (wall - timedelta(hours=settings.day_start_hour)).date()
+        at_minute = next(m for m in (prefs.remind_minute, prefs.smart_minute,
+                                     DEFAULT_SMART_MINUTE) if m is not None)
+        if not reminder_due(wall.hour * 60 + wall.minute, settings.day_start_hour, at_minute,
+                            prefs.days_mask, day.isoweekday(), prefs.quiet_start_minute,
+                            prefs.quiet_end_minute):
+            continue
+        listened = db.session.execute(select(exists().where(
+            ListeningSession.user_id == user.id, ListeningSession.local_day == day,
+            ListeningSession.counts_toward_quota.is_(True)))).scalar()
+        if listened:
+            continue
+        new_id = db.session.execute(
+            sqlite.insert(ReminderDelivery).values(
+                user_id=user.id, local_day=day, created_at=now, pushes_sent=0,
+                recap=prefs.weekly_recap and day.isoweekday() == 1)
+            .on_conflict_do_nothing().returning(ReminderDelivery.id)).scalar()
+        if new_id is not None:
+            claimed.append(new_id)
+    return claimed
