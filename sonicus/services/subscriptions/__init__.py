@@ -2,7 +2,9 @@
 
 - ``row``: the subscription row (read, lock-or-create) and how the API shows it.
 - ``changes``: changes a user asks for (tier, cancel, resume).
-- ``payments``: payments and provider notices (webhooks, sandbox confirmation).
+- ``payments``: payments and provider notices applied to a locked subscription.
+- ``webhooks``: provider events, each applied exactly once.
+- ``sandbox``: the sandbox provider's payment page (its checkout, pay and cancel).
 - ``provider_updates``: changes made at the provider (``customer.subscription.updated``).
 - ``portal``: the provider's billing portal.
 - ``expiry``: the job that applies trial, grace and period ends.
@@ -16,14 +18,9 @@ from .common import GRACE_PERIOD, SAME_PERIOD_SLACK, add_month, cents_to_decimal
 from .expiry import process_due_subscriptions, tier_after_trial
 from .payments import (
     Payment,
-    SandboxCheckout,
-    abandon_sandbox_checkout,
     apply_payment_failed,
     apply_payment_succeeded,
     apply_subscription_ended,
-    confirm_sandbox_checkout,
-    handle_billing_event,
-    sandbox_checkout,
 )
 from .portal import billing_portal_url
 from .row import (
@@ -34,6 +31,13 @@ from .row import (
     lock_or_create_subscription,
     overview,
 )
+from .sandbox import (
+    SandboxCheckout,
+    abandon_sandbox_checkout,
+    confirm_sandbox_checkout,
+    sandbox_checkout,
+)
+from .webhooks import handle_billing_event
 
 __all__ = [
     "CANCEL_REASONS", "GRACE_PERIOD", "SAME_PERIOD_SLACK", "Payment", "add_month",

@@ -1,36 +1,20 @@
-"""Payments and provider notices on a LOCKED subscription: webhooks (exactly once), the
-sandbox's checkout confirmation and the sandbox's own renewals. Every change adds a
-``SubscriptionEvent`` (money in integer cents). Notices about an erased account's customer or
-subscription change nothing (``erased_customer``) and are stored without their content."""
+"""Payments and provider notices applied to a LOCKED subscription: a successful payment
+(``Payment``, whichever way it arrived: a webhook, the sandbox's checkout confirmation, the
+sandbox's own renewals), a failed charge and the provider's end of a subscription. Every change
+adds a ``SubscriptionEvent`` (money in integer cents).
+
+Finding and locking the subscription, and handling each notice exactly once, is the caller's:
+``webhooks`` (provider events), ``sandbox`` (the sandbox's payment page), ``expiry`` (the
+sandbox's renewals)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-
-from ... import clock
-from ...api_errors import fail
-from ...billing.events import (
-    PAYMENT_FAILED,
-    PAYMENT_SUCCEEDED,
-    SUBSCRIPTION_ENDED,
-    SUBSCRIPTION_UPDATED,
-)
-from ...extensions import db
-from ...models import BillingEvent, UserSubscription
+from ...models import UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
 from ...tiers import STARTER, get_tier
-from ..erasure import (
-    attempt_owed_cancellation,
-    is_erased_account,
-    is_erased_billing,
-    owe,
-    without_content,
-)
-from ..transaction import Work, unit_of_work
 from .common import (
     GRACE_PERIOD,
     SAME_PERIOD_SLACK,
@@ -43,9 +27,6 @@ from .common import (
     _to_starter,
     add_month,
 )
-from .provider_updates import apply_subscription_updated
-
-ERASED_CUSTOMER = "erased_customer"
 
 
 @dataclass(frozen=True)
@@ -249,181 +230,3 @@ def apply_subscription_ended(sub: UserSubscription, notice, now: datetime) -> st
             reference=notice.subscription_id, at=now, via="provider",
             provider_created=notice.created.isoformat(), provider_event_id=notice.event_id)
     return "canceled"
-
-
-def _find_subscription_for(notice) -> UserSubscription | None:
-    """The subscription a provider event is about, locked."""
-    conditions = []
-    if notice.user_id:
-        conditions.append(UserSubscription.user_id == notice.user_id)
-    if notice.reference:
-        conditions.append(UserSubscription.checkout_reference == notice.reference)
-    if notice.subscription_id:
-        conditions.append(UserSubscription.provider_subscription_id == notice.subscription_id)
-    if notice.customer_id:
-        conditions.append(UserSubscription.provider_customer_id == notice.customer_id)
-    for condition in conditions:  # most specific first
-        sub = db.session.execute(
-            select(UserSubscription).where(condition).order_by(UserSubscription.id).limit(1)
-            .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
-        if sub is not None:
-            return sub
-    return None
-
-
-def _claim_event(provider: str, event_id: str, type_: str, payload: dict) -> BillingEvent | None:
-    """Insert the event row first: the unique index decides who handles it (None: a replay)."""
-    record = BillingEvent(provider=provider, event_id=event_id, type=type_, payload=payload)
-    try:
-        with db.session.begin_nested():
-            db.session.add(record)
-            db.session.flush()
-    except IntegrityError:
-        return None
-    return record
-
-
-class _Replay(Exception):
-    """The event was claimed before: this delivery changes nothing (and is rolled back)."""
-
-
-HANDLED_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_ENDED, SUBSCRIPTION_UPDATED)
-
-
-def handle_billing_event(provider: str, event: dict, notice, now: datetime | None = None) -> dict:
-    """Apply one verified webhook event exactly once; returns ``{event_id, type, outcome}``."""
-    now = now or clock.now()
-    result = {"event_id": notice.event_id, "type": notice.event_type, "duplicate": False}
-    owed: list[int] = []
-    try:
-        with unit_of_work() as work:
-            record = _claim_event(provider, notice.event_id, notice.event_type, event)
-            if record is None:
-                raise _Replay
-            outcome = _apply_notice(provider, notice, now, work, owed)
-            record.processed_at = now
-            record.payload = {**event, "sonicus_outcome": outcome} \
-                if outcome != ERASED_CUSTOMER else without_content(event, outcome)
-    except _Replay:
-        return {**result, "duplicate": True, "outcome": "duplicate"}
-    for owed_id in owed:
-        attempt_owed_cancellation(owed_id)
-    return {**result, "outcome": outcome}
-
-
-# Notices that mean a provider subscription is running (and may charge).
-LIVE_SUBSCRIPTION_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_UPDATED)
-
-
-def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[int]) -> str:
-    """The notice applied to the subscription it is about (locked); the outcome. A running
-    subscription of an erased account is owed a cancellation (its id added to ``owed``, to
-    try after the commit)."""
-    if is_erased_billing(notice.customer_id, notice.subscription_id):
-        return ERASED_CUSTOMER  # no account to change, nobody else's to touch
-    if notice.kind not in HANDLED_KINDS:
-        return "ignored"
-    sub = _find_subscription_for(notice)
-    if sub is None:
-        if notice.kind in LIVE_SUBSCRIPTION_KINDS and notice.subscription_id \
-                and is_erased_account(notice.user_id):
-            # e.g. a checkout left open and paid after the erasure
-            owed.append(owe(provider, notice.customer_id, notice.subscription_id, now).id)
-            return ERASED_CUSTOMER
-        return "unknown_customer"
-    work.changed_user(sub.user_id)
-    if notice.kind == PAYMENT_SUCCEEDED:
-        return apply_payment_succeeded(sub, _payment_of(provider, notice), now)
-    if notice.kind == PAYMENT_FAILED:
-        return apply_payment_failed(sub, notice, now)
-    if notice.kind == SUBSCRIPTION_UPDATED:
-        return apply_subscription_updated(sub, notice, now)
-    return apply_subscription_ended(sub, notice, now)
-
-
-def _payment_of(provider: str, notice) -> Payment:
-    return Payment(provider=provider, created=notice.created, tier=notice.tier,
-                   amount_cents=notice.amount_cents, reference=notice.reference,
-                   period_start=notice.period_start, period_end=notice.period_end,
-                   customer_id=notice.customer_id, subscription_id=notice.subscription_id,
-                   event_id=notice.event_id)
-
-
-def confirm_sandbox_checkout(reference: str, now: datetime | None = None) -> dict:
-    """The sandbox's payment page said yes: the same path as a payment-succeeded webhook."""
-    now = now or clock.now()
-    event_id = f"sandbox_confirm_{reference}"
-    try:
-        with unit_of_work() as work:
-            record = _claim_event("sandbox", event_id, "sandbox.checkout.confirmed",
-                                  {"reference": reference})
-            if record is None:
-                raise _Replay
-            sub = _lock_checkout(reference)
-            if sub is None or sub.provider != "sandbox":
-                fail(404, "not_found", "Checkout not found.")  # rolls back the claim
-            work.changed_user(sub.user_id)
-            amount = 0 if sub.status == TRIALING else get_tier(sub.checkout_tier).price_cents
-            # the sandbox's customer, as a provider's checkout creates one (the billing portal
-            # is for customers)
-            customer = sub.provider_customer_id or f"cus_sandbox_{sub.user_id}"
-            outcome = apply_payment_succeeded(sub, Payment(
-                provider="sandbox", created=now, tier=sub.checkout_tier, amount_cents=amount,
-                reference=reference, customer_id=customer, event_id=event_id), now)
-            record.processed_at = now
-    except _Replay:
-        return {"reference": reference, "outcome": "duplicate", "duplicate": True}
-    return {"reference": reference, "outcome": outcome, "duplicate": False}
-
-
-def _lock_checkout(reference: str) -> UserSubscription | None:
-    return db.session.execute(
-        select(UserSubscription).where(UserSubscription.checkout_reference == reference)
-        .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
-
-
-@dataclass(frozen=True)
-class SandboxCheckout:
-    """A pending sandbox checkout as its payment page shows it."""
-
-    reference: str
-    tier: str
-    amount_cents: int
-    trial_ends_at: datetime | None
-    success_url: str | None
-    cancel_url: str | None
-
-
-def sandbox_checkout(reference: str) -> SandboxCheckout | None:
-    """The sandbox checkout waiting for payment under ``reference``; None when there is none
-    (never created, paid, abandoned or replaced)."""
-    sub = db.session.execute(
-        select(UserSubscription).where(UserSubscription.checkout_reference == reference)
-    ).scalar_one_or_none()
-    if sub is None or sub.provider != "sandbox" or not sub.checkout_tier:
-        return None
-    trial = sub.status == TRIALING
-    return SandboxCheckout(reference, sub.checkout_tier,
-                           0 if trial else get_tier(sub.checkout_tier).price_cents,
-                           sub.trial_ends_at if trial else None,
-                           sub.checkout_success_url, sub.checkout_cancel_url)
-
-
-def abandon_sandbox_checkout(reference: str, now: datetime | None = None) -> str | None:
-    """The sandbox's payment page said no: the checkout is dropped (an ``incomplete`` starter
-    is ``active`` again; a trial goes on without a payment method), as abandoning it through
-    ``DELETE /api/user/subscription`` does. Returns the checkout's ``cancel_url``; 404 when
-    no such checkout is pending."""
-    now = now or clock.now()
-    with unit_of_work() as work:
-        sub = _lock_checkout(reference)
-        if sub is None or sub.provider != "sandbox":
-            fail(404, "not_found", "Checkout not found.")
-        work.changed_user(sub.user_id)
-        cancel_url = sub.checkout_cancel_url
-        _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier, reference=reference,
-                at=now, via="checkout_page")
-        _clear_checkout(sub)
-        if sub.status == INCOMPLETE:
-            sub.status = ACTIVE
-    return cancel_url

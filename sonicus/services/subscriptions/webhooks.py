@@ -1,0 +1,138 @@
+"""Provider events (verified webhooks), applied exactly once: the event row is inserted first
+and its unique index decides who handles it (a replay changes nothing); the notice is then
+applied to the subscription it is about, locked (``payments``, ``provider_updates``). Notices
+about an erased account's customer or subscription change nothing (``ERASED_CUSTOMER``) and are
+stored without their content; a running subscription of an erased account is owed a
+cancellation."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from ... import clock
+from ...billing.events import (
+    PAYMENT_FAILED,
+    PAYMENT_SUCCEEDED,
+    SUBSCRIPTION_ENDED,
+    SUBSCRIPTION_UPDATED,
+)
+from ...extensions import db
+from ...models import BillingEvent, UserSubscription
+from ..erasure import (
+    attempt_owed_cancellation,
+    is_erased_account,
+    is_erased_billing,
+    owe,
+    without_content,
+)
+from ..transaction import Work, unit_of_work
+from .payments import (
+    Payment,
+    apply_payment_failed,
+    apply_payment_succeeded,
+    apply_subscription_ended,
+)
+from .provider_updates import apply_subscription_updated
+
+ERASED_CUSTOMER = "erased_customer"
+
+
+def _find_subscription_for(notice) -> UserSubscription | None:
+    """The subscription a provider event is about, locked."""
+    conditions = []
+    if notice.user_id:
+        conditions.append(UserSubscription.user_id == notice.user_id)
+    if notice.reference:
+        conditions.append(UserSubscription.checkout_reference == notice.reference)
+    if notice.subscription_id:
+        conditions.append(UserSubscription.provider_subscription_id == notice.subscription_id)
+    if notice.customer_id:
+        conditions.append(UserSubscription.provider_customer_id == notice.customer_id)
+    for condition in conditions:  # most specific first
+        sub = db.session.execute(
+            select(UserSubscription).where(condition).order_by(UserSubscription.id).limit(1)
+            .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
+        if sub is not None:
+            return sub
+    return None
+
+
+def _claim_event(provider: str, event_id: str, type_: str, payload: dict) -> BillingEvent | None:
+    """Insert the event row first: the unique index decides who handles it (None: a replay)."""
+    record = BillingEvent(provider=provider, event_id=event_id, type=type_, payload=payload)
+    try:
+        with db.session.begin_nested():
+            db.session.add(record)
+            db.session.flush()
+    except IntegrityError:
+        return None
+    return record
+
+
+class _Replay(Exception):
+    """The event was claimed before: this delivery changes nothing (and is rolled back)."""
+
+
+HANDLED_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_ENDED, SUBSCRIPTION_UPDATED)
+
+
+def handle_billing_event(provider: str, event: dict, notice, now: datetime | None = None) -> dict:
+    """Apply one verified webhook event exactly once; returns ``{event_id, type, outcome}``."""
+    now = now or clock.now()
+    result = {"event_id": notice.event_id, "type": notice.event_type, "duplicate": False}
+    owed: list[int] = []
+    try:
+        with unit_of_work() as work:
+            record = _claim_event(provider, notice.event_id, notice.event_type, event)
+            if record is None:
+                raise _Replay
+            outcome = _apply_notice(provider, notice, now, work, owed)
+            record.processed_at = now
+            record.payload = {**event, "sonicus_outcome": outcome} \
+                if outcome != ERASED_CUSTOMER else without_content(event, outcome)
+    except _Replay:
+        return {**result, "duplicate": True, "outcome": "duplicate"}
+    for owed_id in owed:
+        attempt_owed_cancellation(owed_id)
+    return {**result, "outcome": outcome}
+
+
+# Notices that mean a provider subscription is running (and may charge).
+LIVE_SUBSCRIPTION_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_UPDATED)
+
+
+def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[int]) -> str:
+    """The notice applied to the subscription it is about (locked); the outcome. A running
+    subscription of an erased account is owed a cancellation (its id added to ``owed``, to
+    try after the commit)."""
+    if is_erased_billing(notice.customer_id, notice.subscription_id):
+        return ERASED_CUSTOMER  # no account to change, nobody else's to touch
+    if notice.kind not in HANDLED_KINDS:
+        return "ignored"
+    sub = _find_subscription_for(notice)
+    if sub is None:
+        if notice.kind in LIVE_SUBSCRIPTION_KINDS and notice.subscription_id \
+                and is_erased_account(notice.user_id):
+            # e.g. a checkout left open and paid after the erasure
+            owed.append(owe(provider, notice.customer_id, notice.subscription_id, now).id)
+            return ERASED_CUSTOMER
+        return "unknown_customer"
+    work.changed_user(sub.user_id)
+    if notice.kind == PAYMENT_SUCCEEDED:
+        return apply_payment_succeeded(sub, _payment_of(provider, notice), now)
+    if notice.kind == PAYMENT_FAILED:
+        return apply_payment_failed(sub, notice, now)
+    if notice.kind == SUBSCRIPTION_UPDATED:
+        return apply_subscription_updated(sub, notice, now)
+    return apply_subscription_ended(sub, notice, now)
+
+
+def _payment_of(provider: str, notice) -> Payment:
+    return Payment(provider=provider, created=notice.created, tier=notice.tier,
+                   amount_cents=notice.amount_cents, reference=notice.reference,
+                   period_start=notice.period_start, period_end=notice.period_end,
+                   customer_id=notice.customer_id, subscription_id=notice.subscription_id,
+                   event_id=notice.event_id)
