@@ -16,7 +16,8 @@ is documented completely without doing more than an ordinary flask-smorest route
   ``PaginationMetadata`` of flask-smorest's own pagination;
 - makes summaries plain text and descriptions CommonMark (no reST double backticks);
 - gives every property of every schema an ``example`` (its own, else one made from its name,
-  format, enum, bounds or type), so every request body and response has an example.
+  format, enum, bounds or type: ``openapi_examples``), so every request body and response has
+  an example.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import flask
 
 from .api_errors import ERROR_DESCRIPTIONS, RATE_LIMIT_EXEMPT_PATHS
 from .envelope import Api
+from .openapi_examples import add_examples, example_for
 from .pagination import PaginationSchema
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -243,106 +245,6 @@ def nullable_refs(node):
         nullable_refs(value)
 
 
-# ---- examples ----------------------------------------------------------------------------
-
-# Examples by property name, for properties that give none (checked against each schema).
-NAMED_EXAMPLES = {
-    "email": "listener@example.com",
-    "display_name": "Alex Listener",
-    "timezone": "Europe/Berlin",
-    "slug": "deep-sleep-waves",
-    "title": "Deep sleep waves",
-    "description": "Slow waves for falling asleep.",
-    "category": "sleep",
-    "media_path": "sleep/deep-sleep-01.mp3",
-    "note": "Felt calmer afterwards.",
-    "message": "Done.",
-    "reference": "chk_3f9a1c2b",
-    "currency": "USD",
-    "comment": "Not using it enough right now.",
-    "reason": "Too expensive for me.",
-    "day_start_hour": 0,
-    "mood_before": 4,
-    "mood_after": 7,
-    "listened_seconds": 600,
-    "duration_seconds": 900,
-    "daily_goal_minutes": 20,
-    "page": 1,
-    "per_page": 20,
-    "total": 57,
-    "pages": 3,
-}
-FORMAT_EXAMPLES = {
-    "date-time": "2026-11-30T07:30:00+00:00",
-    "date": "2026-11-30",
-    "decimal": "9.99",
-    "uuid": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
-    "email": "listener@example.com",
-    "uri": "https://app.example.com/",
-    "url": "https://app.example.com/",
-}
-
-
-def example_for(name: str | None, prop: dict):
-    """An example value for one property schema (``None`` when it is a reference)."""
-    if "example" in prop:
-        return prop["example"]
-    if "$ref" in prop or "allOf" in prop or "anyOf" in prop or "oneOf" in prop:
-        return None
-    enum = [value for value in prop.get("enum", ()) if value is not None]
-    if enum:
-        return enum[0]
-    if "enum" in prop:  # only null
-        return None
-    kind = prop.get("type")
-    if kind == "array":
-        item = example_for(None, prop.get("items", {}))
-        return [] if item is None else [item]
-    if kind == "object" or (kind is None and "properties" in prop):
-        return {} if "properties" not in prop else None
-    if name in NAMED_EXAMPLES and (kind is None or isinstance(NAMED_EXAMPLES[name],
-                                                              _PYTHON_TYPES.get(kind, object))):
-        return NAMED_EXAMPLES[name]
-    if name and (name.endswith("_url") or name == "url"):
-        return "https://app.example.com/"
-    if prop.get("format") in FORMAT_EXAMPLES and kind in (None, "string"):
-        return FORMAT_EXAMPLES[prop["format"]]
-    if kind in ("integer", "number"):
-        low = prop.get("minimum", 1)
-        high = prop.get("maximum")
-        value = max(low, 1) if high is None else min(max(low, 1), high)
-        return value if kind == "integer" else float(value)
-    if kind == "boolean":
-        return True
-    if kind == "string":
-        length = prop.get("minLength", 0)
-        text = "text"
-        return text if len(text) >= length else text + "x" * (length - len(text))
-    return None
-
-
-_PYTHON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool}
-
-
-def _add_examples(node, name: str | None = None) -> None:
-    """Walk a schema, giving each property (and array item) without one an example."""
-    if not isinstance(node, dict):
-        return
-    for prop_name, prop in node.get("properties", {}).items():
-        _add_examples(prop, prop_name)
-        if "example" not in prop and "$ref" not in prop:
-            value = example_for(prop_name, prop)
-            if value is not None or "enum" in prop:
-                prop["example"] = value
-    if isinstance(node.get("items"), dict):
-        _add_examples(node["items"], name)
-    for key in ("allOf", "anyOf", "oneOf"):
-        for sub in node.get(key, ()):
-            _add_examples(sub, name)
-    if isinstance(node.get("additionalProperties"), dict):
-        _add_examples(node["additionalProperties"], name)
-
-
 # ---- the whole document ------------------------------------------------------------------
 
 def finish_document(spec: dict) -> dict:
@@ -372,7 +274,7 @@ def finish_document(spec: dict) -> dict:
     _drop_unused_schemas(doc)
     nullable_refs(schemas)
     for schema in schemas.values():
-        _add_examples(schema)
+        add_examples(schema)
         for prop in schema.get("properties", {}).values():
             if prop.get("description"):
                 prop["description"] = commonmark(prop["description"])
