@@ -174,3 +174,34 @@ def test_a_worker_stopped_while_it_sweeps_abandoned_entries_ends_promptly(
             f"exit code {code} after {took:.1f} s; worker output:\n{log.read_text()[-4000:]}")
         assert client.zcard(registry.key) > 0  # stopped in the middle of it
         client.delete(registry.key)
+
+
+def test_a_shutdown_signal_just_after_a_dequeue_took_a_job_loses_no_job(app, redis_client):
+    """SIGTERM the instant the worker's dequeue has taken a job off its queue, before the job
+    is registered as started (a deploy stopping a busy worker can land there): the job runs,
+    then the worker ends. Raised into the worker at that point, RQ's StopRequested left the job
+    in no queue and no registry."""
+    from sonicus.tasks.worker import make_worker
+
+    class SignalledAfterTheDequeue(Queue):
+        @classmethod
+        def dequeue_any(cls, *args, **kwargs):
+            result = super().dequeue_any(*args, **kwargs)
+            if result is not None:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled before this returns
+            return result
+
+    job = Queue(QUEUE_DEFAULT, connection=redis_client).enqueue(
+        "tests.fault_jobs.announce_and_wait", "taken", 0)
+    worker = make_worker(app, simple=True)
+    worker.queue_class = SignalledAfterTheDequeue
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    started = time.monotonic()
+    try:
+        worker.work(with_scheduler=False)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert job.get_status(refresh=True) == "finished"
+    assert redis_client.get("fault-test:taken:pid") is not None
+    assert time.monotonic() - started < 10  # and the worker ended on the signal

@@ -16,13 +16,15 @@
   (40 by default), even when the dead worker's RQ scheduler still holds its lock.
 - The worker talks to Redis on a connection of its own (RQ stretches its socket timeout to
   cover a blocking dequeue); jobs keep the app's client with its short timeouts and back-off.
-- A shutdown signal always ends the process within seconds: RQ tells an idle worker to stop
-  by raising ``StopRequested`` from the signal handler into whatever runs at that moment, so
-  the request is also kept as a flag here (an ``except Exception`` that caught it lost it: the
-  worker served on); a stopping worker does not start its RQ scheduler again (RQ's
-  maintenance restarted it, then signalled the new process before it had its own handlers and
-  waited for it without limit); the scheduler is signalled until it ends, killed after
-  ``SCHEDULER_STOP_SECONDS``.
+- A shutdown signal ends the process within seconds and loses no job. A running job ends
+  first (RQ's warm shutdown). An idle worker is not interrupted: RQ raises ``StopRequested``
+  from the signal handler into whatever runs at that moment, which lost a job the dequeue had
+  just taken (in no queue and no registry), and an ``except Exception`` on the way swallowed
+  the request (the worker served on). The request is a flag: the dequeue waits at most
+  ``STOP_CHECK_SECONDS`` at a time and the registry sweep stops between two entries. A
+  stopping worker does not start its RQ scheduler again (RQ's maintenance restarted it, then
+  signalled the new process before it had its own handlers and waited for it without limit);
+  the scheduler is signalled until it ends, killed after ``SCHEDULER_STOP_SECONDS``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from rq import SimpleWorker, Worker
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from rq.utils import now as rq_now
+from rq.worker import WorkerStatus
 
 from ..extensions import db
 from ..metrics import JobMetricsMixin
@@ -53,16 +57,20 @@ RECONNECT_MAX_SECONDS = 10.0
 STEADY_SECONDS = 60  # a worker that served this long starts the backoff afresh when it ends
 ABANDONED_REQUEUES = 3
 SCHEDULER_STOP_SECONDS = 10.0  # past this, a scheduler that did not stop is killed
+STOP_CHECK_SECONDS = 1  # an idle worker looks for a shutdown request this often
 _DONE = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)
 
 
-def requeue_abandoned_jobs(queue) -> list[str]:
+def requeue_abandoned_jobs(queue, stopping=lambda: False) -> list[str]:
     """Jobs of ``queue`` whose worker stopped renewing their started entry: back to the front
-    of the queue; the ids requeued. Safe with any number of workers sweeping at once."""
+    of the queue; the ids requeued. Safe with any number of workers sweeping at once. Ends
+    early once ``stopping()`` (the rest is left to the next sweep, by any worker)."""
     connection = queue.connection
     registry = StartedJobRegistry(queue.name, connection=connection)
     requeued = []
     for entry in connection.zrangebyscore(registry.key, 0, time.time()):
+        if stopping():
+            break
         if not connection.zrem(registry.key, entry):
             continue  # another worker claimed it
         try:
@@ -106,8 +114,9 @@ class _AppWorkerMixin:
 
     def clean_registries(self):
         for queue in self.queues:
-            requeue_abandoned_jobs(queue)
-        super().clean_registries()
+            requeue_abandoned_jobs(queue, stopping=lambda: self._stop_requested)
+        if not self._stop_requested:
+            super().clean_registries()
 
     @property
     def dequeue_timeout(self) -> int:
@@ -115,14 +124,38 @@ class _AppWorkerMixin:
         return max(1, min(self.worker_ttl - 15, int(self.maintenance_interval)))
 
     def request_stop(self, signum, frame):
+        """Warm shutdown. A running job ends first (RQ's own). An idle worker is not
+        interrupted: RQ raises ``StopRequested`` into whatever it runs at that moment, and
+        raised just after a dequeue took a job off its queue (and before the job is
+        registered as started) it lost that job, in no queue and no registry. The request is
+        a flag instead: the dequeue waits at most ``STOP_CHECK_SECONDS`` at a time, and a job
+        it took runs before the worker ends."""
         if self._forked_child():
             return
         if self.stop_event is not None:
             self.stop_event.set()
-        # RQ raises StopRequested into whatever an idle worker is running, and keeps no other
-        # trace of the request: an ``except Exception`` on the way would lose it
         self._stop_requested = True
-        return super().request_stop(signum, frame)
+        if self.get_state() == WorkerStatus.BUSY:
+            return super().request_stop(signum, frame)
+        self._shutdown_requested_date = rq_now()
+        signal.signal(signal.SIGINT, self.request_force_stop)  # a second signal: cold
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        self.handle_warm_shutdown_request()
+        if self.scheduler:
+            self.stop_scheduler()
+        return None
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """RQ's blocking dequeue, in waits of at most ``STOP_CHECK_SECONDS``, so that a
+        shutdown request (a flag, see ``request_stop``) ends an idle worker within that. A
+        burst (no timeout: nothing is waited for) is RQ's own."""
+        if timeout is None or max_idle_time is not None:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        while True:
+            wait = min(timeout, STOP_CHECK_SECONDS)
+            result = super().dequeue_job_and_maintain_ttl(wait, max_idle_time=wait)
+            if result is not None or self._stop_requested:
+                return result
 
     def request_force_stop(self, signum, frame):
         if self._forked_child():
