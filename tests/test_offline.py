@@ -358,6 +358,23 @@ def test_a_trial_without_a_card_gives_licences_that_end_with_the_trial(
         "package_locked"  # what the licence promised is what a later upload is judged by
 
 
+def test_a_download_once_the_trial_has_ended_is_judged_by_the_tier_after_it(
+        client, auth, pkgs, make_user, db_session, set_clock):
+    """In the minute before the expiry job writes the end of a trial without a card, a
+    download is refused as Starter would be (no licence that has ended as it is granted)."""
+    make_user("lapsed@example.com")
+    headers = auth("lapsed@example.com")
+    set_clock(_tomorrow_noon())
+    trial = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                        headers=headers)
+    trial_ends_at = datetime.fromisoformat(trial.json["data"]["trial_ends_at"])
+    set_clock(trial_ends_at + timedelta(seconds=20))  # the job has not run yet
+    res = client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                      headers=headers)
+    assert res.status_code == 403 and res.json["code"] == "feature_not_in_tier", res.json
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
+
+
 def test_a_failed_renewal_gives_licences_that_end_with_the_grace(
         client, auth, billing, pkgs, make_user, db_session, set_clock):
     make_user("late@example.com")

@@ -82,6 +82,14 @@ def _scheduled_change(sub: UserSubscription) -> tuple[datetime, str] | None:
     return sub.current_period_end, pending
 
 
+def _tier_in_force(sub: UserSubscription, now: datetime) -> str:
+    """The subscription's tier at ``now``: the tier a trial, a failed renewal's grace or the
+    period falls to once its end has passed, before the expiry job (every minute) has written
+    it."""
+    change = _scheduled_change(sub)
+    return change[1] if change is not None and change[0] <= now else sub.tier
+
+
 def _licence_end(sub: UserSubscription, package: SoundPackage, assignment, now: datetime
                  ) -> datetime:
     """The earliest end of a licence granted now that is known now."""
@@ -119,8 +127,9 @@ def grant_download(user_id: int, package_id: int, now: datetime | None = None) -
         sub = lock_or_create_subscription(user_id)  # the tier, serialised with its changes
         package = get_catalog_package(package_id)
         assignment = live_assignment(user_id, package.id, now)
-        check_offline_downloads(sub.tier, assignment is not None)
-        check_package_access(sub.tier, package.minimum_tier, assignment is not None)
+        tier = _tier_in_force(sub, now)
+        check_offline_downloads(tier, assignment is not None)
+        check_package_access(tier, package.minimum_tier, assignment is not None)
         expires_at = _licence_end(sub, package, assignment, now)
         dialect = db.session.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
