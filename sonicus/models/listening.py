@@ -48,7 +48,7 @@ class ListeningSession(Base):
     max_duration_seconds: Mapped[int | None] = mapped_column(Integer)
     listened_seconds: Mapped[int] = mapped_column(Integer, default=0)
     # The server's word: the listened time reached 80% of the playable length
-    # (services.listening.reaches_completion). What the client said is ``client_completed``.
+    # (services.listened.reaches_completion). What the client said is ``client_completed``.
     completed: Mapped[bool] = mapped_column(Boolean, default=False)
     client_completed: Mapped[bool | None] = mapped_column(Boolean)
     counts_toward_quota: Mapped[bool] = mapped_column(Boolean, default=True)

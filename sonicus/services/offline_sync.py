@@ -62,7 +62,7 @@ from ..tiers import (
     tier_in_force_at,
 )
 from . import analytics
-from .listening import is_accidental_tap, reaches_completion
+from .listened import is_accidental_tap, reaches_completion
 from .subscriptions import lock_or_create_subscription
 from .transaction import unit_of_work
 
