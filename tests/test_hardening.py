@@ -1,9 +1,16 @@
 """Abuse limits, body size, CORS, security headers, request ids and log hygiene."""
 
+import contextlib
 import io
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -117,22 +124,16 @@ def test_logs_are_json_and_hold_no_tokens_or_emails(client, idp):
     assert access[0]["path"] == "/api/user/profile" and access[0]["status"] == 200
 
 
-def test_gunicorn_access_log_keeps_query_strings_out(tmp_path, test_database_url, wait_for):
-    """Served the production way (gunicorn.conf.py), a token in a query string is not logged."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
-
+@contextlib.contextmanager
+def _gunicorn(tmp_path, database_url):
+    """``gunicorn wsgi:app`` with gunicorn.conf.py, one process: (its address, its log file)
+    once it answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log_file = tmp_path / "access.log"
+    log_file = tmp_path / "gunicorn.log"
     env = {**os.environ, "SONICUS_ENV": "testing", "SONICUS_BIND": f"127.0.0.1:{port}",
-           "DATABASE_URL": test_database_url, "WEB_CONCURRENCY": "1", "SONICUS_THREADS": "4",
+           "DATABASE_URL": database_url, "WEB_CONCURRENCY": "1", "SONICUS_THREADS": "4",
            "DEV_TOKEN_ISSUER": "1", "SONICUS_INSTANCE_PATH": str(tmp_path)}
     env.pop("REDIS_URL", None)
     with open(log_file, "w") as out:
@@ -143,21 +144,48 @@ def test_gunicorn_access_log_keeps_query_strings_out(tmp_path, test_database_url
             deadline = time.time() + 20
             while True:
                 try:
-                    urllib.request.urlopen(
-                        f"http://127.0.0.1:{port}/api/health?access_token=SECRET-TOKEN-123",
-                        timeout=2)
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
                     break
                 except OSError:
                     if time.time() > deadline:
                         raise
                     time.sleep(0.2)
-            wait_for(lambda: '"path":"/api/health"' in log_file.read_text())  # written after it
+            yield f"http://127.0.0.1:{port}", log_file
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def test_gunicorn_access_log_keeps_query_strings_out(tmp_path, test_database_url, wait_for):
+    """Served the production way (gunicorn.conf.py), a token in a query string is not logged."""
+    with _gunicorn(tmp_path, test_database_url) as (url, log_file):
+        urllib.request.urlopen(f"{url}/api/health?access_token=SECRET-TOKEN-123", timeout=5)
+        # the readiness probe's line, then this one's (written after the answer)
+        wait_for(lambda: log_file.read_text().count('"path":"/api/health"') >= 2)
     text = log_file.read_text()
     assert '"method":"GET","path":"/api/health","status":200' in text
     assert "SECRET-TOKEN-123" not in text
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_a_parse_error(tmp_path, test_database_url):
+    """A body sent without a length (chunked) is refused by its size as a declared length
+    would be, not cut at the limit and then refused as invalid JSON; under the limit it is
+    read whole."""
+    import requests
+
+    def chunks(size):
+        body = json.dumps({"display_name": "x" * size}).encode()
+        for i in range(0, len(body), 8192):
+            yield body[i:i + 8192]
+
+    with _gunicorn(tmp_path, test_database_url) as (url, _):
+        big = requests.put(f"{url}/api/user/profile", data=chunks(70000), timeout=10,
+                           headers={"Content-Type": "application/json"})
+        small = requests.put(f"{url}/api/user/profile", data=chunks(10), timeout=10,
+                             headers={"Content-Type": "application/json"})
+    assert "Content-Length" not in big.request.headers  # sent chunked
+    assert big.status_code == 413 and big.json()["code"] == "payload_too_large", big.text
+    assert small.status_code == 401  # read whole, then refused for the missing token
 
 
 def test_rate_limits_do_not_fail_requests_while_redis_is_down(idp, make_config):
