@@ -6,6 +6,8 @@
 - Integers are strict: a JSON body's integer is a JSON integer (not a float, a boolean or a
   numeric string), a query argument's is ASCII digits; and it fits the database's
   ``integer`` column.
+- Booleans in a JSON body are JSON ``true`` or ``false`` (not ``"yes"``, ``1`` or ``"false"``);
+  a query argument's are marshmallow's words (``true``, ``1``, ``false``, ``0``, ...).
 - JSON is nested at most ``MAX_JSON_DEPTH`` levels (checked on the raw body, before any
   parser recurses into it).
 
@@ -24,6 +26,7 @@ MAX_JSON_DEPTH = 32
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 HOSTILE_TEXT_MESSAGE = "Must not contain NUL characters or unpaired surrogates."
 NOT_AN_INTEGER = "Not a valid integer."
+NOT_A_BOOLEAN = "Not a valid boolean."
 
 # Any surrogate code point in a str is unpaired: a JSON pair decodes to one character.
 _HOSTILE_TEXT = re.compile("[\x00\ud800-\udfff]")
@@ -104,13 +107,17 @@ class InputSchema(ma.Schema):
     @ma.pre_load
     def refuse_hostile_input(self, data, **kwargs):
         errors = hostile_text_errors(self._checked_part(data)) or {}
-        if self.integers_from_text and hasattr(data, "get"):
+        if hasattr(data, "get"):
             for name, field in self.load_fields.items():
                 key = field.data_key or name
                 value = data.get(key)
-                if isinstance(field, ma.fields.Integer) and isinstance(value, str) \
-                        and not _ASCII_INTEGER.fullmatch(value):
-                    errors.setdefault(key, [NOT_AN_INTEGER])
+                if self.integers_from_text:
+                    if isinstance(field, ma.fields.Integer) and isinstance(value, str) \
+                            and not _ASCII_INTEGER.fullmatch(value):
+                        errors.setdefault(key, [NOT_AN_INTEGER])
+                elif isinstance(field, ma.fields.Boolean) and value is not None \
+                        and not isinstance(value, bool):
+                    errors.setdefault(key, [NOT_A_BOOLEAN])
         if errors:
             raise ma.ValidationError(errors)
         return data

@@ -291,6 +291,37 @@ def test_path_ids_are_ascii_digits_of_an_integer(client, world, path):
     assert res.status_code == 404 and res.get_json()["code"] == "not_found"
 
 
+# ---- strict booleans -----------------------------------------------------------------------
+
+BOOLEAN_FIELDS = [
+    ("user", "POST", "/api/user/sessions/{session}/complete", "completed",
+     lambda v: {"listened_seconds": 5, "completed": v}),
+    ("user", "PATCH", "/api/user/packages/{package}", "favorite", lambda v: {"favorite": v}),
+    ("admin", "PATCH", "/api/admin/users/{user}", "is_active", lambda v: {"is_active": v}),
+    ("admin", "PATCH", "/api/admin/packages/{package}", "published",
+     lambda v: {"published": v}),
+]
+NOT_BOOLEANS = {"word": "yes", "string_false": "false", "one": 1, "zero": 0}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_BOOLEANS))
+@pytest.mark.parametrize(("who", "method", "path", "field", "make_body"), BOOLEAN_FIELDS,
+                         ids=[f"{m} {p} {f}" for _, m, p, f, _ in BOOLEAN_FIELDS])
+def test_a_body_boolean_is_json_true_or_false(client, world, db_session, who, method, path,
+                                              field, make_body, kind):
+    """``"yes"`` read as true, or ``"false"`` as false, is a guess made for the client: a
+    body's boolean is JSON ``true`` or ``false``, anything else a 422 naming the field."""
+    before = _state(db_session)
+    res = _send(client, world, who, method, path, make_body(NOT_BOOLEANS[kind]))
+    _refused(res, 422, field, "Not a valid boolean.")
+    assert _state(db_session) == before
+
+
+def test_query_booleans_are_still_words(client, world):
+    res = _send(client, world, "user", "GET", "/api/user/packages", query="favorite=true")
+    assert res.status_code == 200, res.get_json()
+
+
 # ---- tokens --------------------------------------------------------------------------------
 
 def _token(idp, **overrides) -> str:
