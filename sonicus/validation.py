@@ -89,6 +89,11 @@ def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
+class WideInteger(ma.fields.Integer):
+    """An integer that is never stored in an ``integer`` column (its own range says what it
+    may be): strict like the others, without the column's range."""
+
+
 def _integers_of(field):
     """The Integer fields in ``field`` (itself, or a List's items)."""
     if isinstance(field, ma.fields.Integer):
@@ -135,7 +140,8 @@ class InputSchema(ma.Schema):
         for integer in _integers_of(field_obj):
             integer.strict = not self.integers_from_text
             # A bound field is a shallow copy of the declared one: never mutate its list.
-            if not any(check is _INTEGER_COLUMN for check in integer.validators):
+            if not isinstance(integer, WideInteger) and not any(
+                    check is _INTEGER_COLUMN for check in integer.validators):
                 integer.validators = [*integer.validators, _INTEGER_COLUMN]
 
 

@@ -541,3 +541,24 @@ def test_development_on_sqlite_finds_the_due_users_too(make_config, tmp_path, au
         assert reminder_claims.claim_due_reminders(datetime(2026, 1, 14, 21, 5, tzinfo=UTC)) == []
         db.session.remove()
         db.engine.dispose()
+
+
+def test_a_browsers_expiration_time_in_milliseconds_is_accepted(push_client, auth, push_service,
+                                                                 browser):
+    """``PushSubscription.toJSON()`` gives ``expirationTime`` in milliseconds since the epoch:
+    a real one is past 2**31 and is kept, not refused by an integer column's range."""
+    sub = browser(push_service.endpoint("expiring")).subscription()
+    sub["expirationTime"] = 1_796_083_200_000  # 2026-12-01T00:00:00Z
+    res = push_client.post("/api/user/push-subscriptions", json=sub, headers=auth())
+    assert res.status_code == 201, res.get_json()
+
+
+@pytest.mark.parametrize("body", [{"time": "09:00\n"},
+                                  {"quiet_start": "22:00\n", "quiet_end": "22:00"}])
+def test_a_time_with_a_trailing_newline_is_422(client, auth, body):
+    """"09:00\n" is not a time (a regex's ``$`` let it through, stored as 09:00; equal quiet
+    hours slipped past their own check that way)."""
+    res = client.put("/api/user/reminders", json=body, headers=auth())
+    assert res.status_code == 422, res.get_json()
+    assert client.get("/api/user/reminders", headers=auth()).get_json()["data"]["quiet_start"] \
+        is None

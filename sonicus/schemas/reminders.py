@@ -9,19 +9,20 @@ import marshmallow as ma
 
 from ..models.reminders import WEEKDAYS
 from ..services import webpush
+from ..validation import WideInteger
 from .common import StrictSchema
 
-_CLOCK_TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+_CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")  # fullmatch: no "\n" after it
 CLOCK_TIME_MESSAGE = "Must be a time HH:MM (00:00 to 23:59)."
 
 
 def validate_clock_time(value: str) -> None:
-    if not _CLOCK_TIME.match(value):
+    if not _CLOCK_TIME.fullmatch(value):
         raise ma.ValidationError(CLOCK_TIME_MESSAGE)
 
 
 def validate_reminder_time(value: str) -> None:
-    if value != "smart" and not _CLOCK_TIME.match(value):
+    if value != "smart" and not _CLOCK_TIME.fullmatch(value):
         raise ma.ValidationError('Must be "smart" or a time HH:MM (00:00 to 23:59).')
 
 
@@ -97,7 +98,7 @@ class PushSubscriptionInputSchema(StrictSchema):
     endpoint = ma.fields.String(required=True, metadata={
         "description": "The push service's address; must start with one of "
                        "WEBPUSH_ALLOWED_ENDPOINTS."})
-    expirationTime = ma.fields.Integer(  # noqa: N815  (the W3C name)
+    expirationTime = WideInteger(  # noqa: N815  (the W3C name; milliseconds pass 2**31)
         allow_none=True, strict=True, validate=ma.validate.Range(min=0, max=2 ** 53),
         metadata={"description": "Milliseconds since the epoch, as the browser gives it."})
     keys = ma.fields.Nested(PushKeysSchema, required=True)
