@@ -44,7 +44,6 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import GaugeMetricFamily
-from rq.exceptions import StopRequested
 
 from .api_errors import ApiError
 from .extensions import get_redis
@@ -152,8 +151,6 @@ class JobMetricsMixin:
                                 "queue": queue.name, "outcome": outcome,
                                 "duration_ms": round(seconds * 1000, 2),
                                 "request_id": (job.meta or {}).get("request_id")})
-            except StopRequested:  # a shutdown signal (RQ raises it into an idle worker)
-                raise
             except Exception as exc:  # metrics never fail a job
                 log.warning("job metrics not recorded: %s", type(exc).__name__)
 

@@ -37,7 +37,7 @@ import time
 
 import redis
 from rq import SimpleWorker, Worker
-from rq.exceptions import NoSuchJobError, StopRequested
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.utils import now as rq_now
@@ -77,7 +77,7 @@ def requeue_abandoned_jobs(queue, stopping=lambda: False) -> list[str]:
             job = Job.fetch(registry.parse_job_id(entry), connection=connection)
         except NoSuchJobError:
             continue
-        except (redis.exceptions.RedisError, StopRequested):  # StopRequested: a shutdown signal
+        except redis.exceptions.RedisError:
             raise
         except Exception as exc:  # a job that cannot be read back: never requeued
             log.error("abandoned job %r could not be read: %s", entry, type(exc).__name__)
@@ -303,7 +303,7 @@ def run_worker(app, *, simple: bool = False, schedule: bool = True) -> int:
                 worker.work(with_scheduler=True)
             except Exception as exc:  # Redis unreachable while starting or tearing down
                 log.warning("worker ended: %s: %s", type(exc).__name__, exc)
-            _stop_on_signals(stop)  # the ended worker's would raise StopRequested into what follows
+            _stop_on_signals(stop)  # the ended worker's handlers are its own, not the wait's
             if stop.is_set():
                 break
             _discard(worker)
