@@ -82,21 +82,21 @@ def _scheduled_change(sub: UserSubscription) -> tuple[datetime, str] | None:
     return sub.current_period_end, pending
 
 
-def _tier_in_force(sub: UserSubscription, now: datetime) -> str:
+def _tier_in_force(sub: UserSubscription, change: tuple[datetime, str] | None,
+                   now: datetime) -> str:
     """The subscription's tier at ``now``: the tier a trial, a failed renewal's grace or the
-    period falls to once its end has passed, before the expiry job (every minute) has written
-    it."""
-    change = _scheduled_change(sub)
+    period falls to (``change``) once its end has passed, before the expiry job (every
+    minute) has written it."""
     return change[1] if change is not None and change[0] <= now else sub.tier
 
 
-def _licence_end(sub: UserSubscription, package: SoundPackage, assignment, now: datetime
+def _licence_end(sub: UserSubscription, change: tuple[datetime, str] | None,
+                 package: SoundPackage, assignment, now: datetime
                  ) -> datetime:
     """The earliest end of a licence granted now that is known now."""
     end = now + timedelta(days=OFFLINE_LICENCE_DAYS)
     by_tier = package_access(sub.tier, package.minimum_tier) != ACCESS_LOCKED
     if by_tier:
-        change = _scheduled_change(sub)
         if change is not None and package_access(change[1], package.minimum_tier) \
                 == ACCESS_LOCKED:
             changes_at = change[0]
@@ -127,10 +127,11 @@ def grant_download(user_id: int, package_id: int, now: datetime | None = None) -
         sub = lock_or_create_subscription(user_id)  # the tier, serialised with its changes
         package = get_catalog_package(package_id)
         assignment = live_assignment(user_id, package.id, now)
-        tier = _tier_in_force(sub, now)
+        change = _scheduled_change(sub)
+        tier = _tier_in_force(sub, change, now)
         check_offline_downloads(tier, assignment is not None)
         check_package_access(tier, package.minimum_tier, assignment is not None)
-        expires_at = _licence_end(sub, package, assignment, now)
+        expires_at = _licence_end(sub, change, package, assignment, now)
         dialect = db.session.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         stmt = insert(OfflineLicence).values(user_id=user_id, package_id=package.id,
