@@ -56,20 +56,20 @@ def refuse_deep_json(req):
     parses it (parsers recurse: 10,000 levels would exhaust the stack). Called by
     ``_start_request`` for the methods that carry a body."""
     body = req.get_data(cache=True)
-    if req.content_length is None:
-        refuse_unsized_overflow(req, body)
     if body and json_too_deep(body):
         raise ApiError(400, "validation_error", "The request body is nested too deeply.",
                        errors=[f"body: JSON may nest at most {MAX_JSON_DEPTH} levels."])
 
 
-def refuse_unsized_overflow(req, body: bytes) -> None:
+def refuse_unsized_overflow(req) -> None:
     """A body sent without a length (chunked) is read up to ``MAX_CONTENT_LENGTH`` and cut
     there without a word (werkzeug refuses only a declared length over it): one byte more
     waiting in the input makes it 413, as a declared length would, instead of a parser's 400
-    on the cut body."""
+    on the cut body. Called by ``_start_request`` for the methods that carry a body."""
     limit = req.max_content_length
-    if limit is not None and len(body) >= limit and req.environ["wsgi.input"].read(1):
+    if req.content_length is not None or limit is None:
+        return
+    if len(req.get_data(cache=True)) >= limit and req.environ["wsgi.input"].read(1):
         raise ApiError(413, "payload_too_large", "The request body is too large.",
                        errors=[f"body: at most {limit} bytes."])
 
@@ -89,6 +89,7 @@ def _start_request():
                            else f"{random.getrandbits(128):032x}")
     state["request_started"] = time.perf_counter()
     if req.method not in ("GET", "HEAD", "OPTIONS"):  # the methods that carry a body
+        refuse_unsized_overflow(req)
         refuse_deep_json(req)
 
 
