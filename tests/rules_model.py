@@ -236,6 +236,35 @@ def derive_from_events(events: list[dict]) -> Derived:
     return state
 
 
+GRACE = timedelta(days=3)
+
+
+def tier_at(sub, now: datetime) -> str:
+    """The tier a start at ``now`` is judged by: the row's, unless a deadline has passed that
+    the expiry job has not written yet. A trial's end gives Starter without a card or when
+    canceled, else the tier it converts to; a failed renewal's grace gives Starter; a paid
+    period's end gives Starter after a cancel and the lower tier after a downgrade, and its
+    grace gives Starter when no renewal came (a card on file renews in the sandbox)."""
+    due = []
+    if sub.status == TRIALING and sub.trial_ends_at is not None:
+        paid = sub.payment_method_on_file and not sub.cancel_at_period_end \
+            and sub.pending_tier != "starter"
+        due.append((sub.trial_ends_at, (sub.pending_tier or sub.tier) if paid else "starter"))
+    if sub.status == PAST_DUE and sub.past_due_since is not None:
+        due.append((sub.past_due_since + GRACE, "starter"))
+    if sub.status in (ACTIVE, PAST_DUE) and sub.tier != "starter" and not sub.complimentary \
+            and sub.current_period_end is not None:
+        if sub.cancel_at_period_end or sub.pending_tier == "starter":
+            due.append((sub.current_period_end, "starter"))
+        elif sub.pending_tier is not None:
+            due.append((sub.current_period_end, sub.pending_tier))
+        elif sub.status == ACTIVE and not (sub.provider == "sandbox"
+                                           and sub.payment_method_on_file):
+            due.append((sub.current_period_end + GRACE, "starter"))  # no renewal came
+    passed = sorted(change for change in due if change[0] <= now)
+    return passed[0][1] if passed else sub.tier
+
+
 # ---- streaks and freezes -----------------------------------------------------------------------
 FREEZE_EVERY_DAYS = 7
 MAX_FREEZES = 2

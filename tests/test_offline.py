@@ -375,6 +375,23 @@ def test_a_download_once_the_trial_has_ended_is_judged_by_the_tier_after_it(
     assert client.get("/api/user/downloads", headers=headers).json["data"] == []
 
 
+def test_a_sync_once_the_trial_has_ended_judges_later_items_by_the_tier_after_it(
+        client, auth, pkgs, make_user, db_session, set_clock):
+    """Before the expiry job writes the end of a trial without a card, an item played after
+    it is judged by Starter and one played before it by the trial's tier."""
+    make_user("synclapse@example.com")
+    headers = auth("synclapse@example.com")
+    set_clock(_tomorrow_noon())
+    trial = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                        headers=headers)
+    trial_ends_at = datetime.fromisoformat(trial.json["data"]["trial_ends_at"])
+    set_clock(trial_ends_at + timedelta(minutes=40))  # the job has not run yet
+    res = _sync(client, headers, [_item(pkgs["delta"], trial_ends_at - timedelta(minutes=20)),
+                                  _item(pkgs["delta"], trial_ends_at + timedelta(minutes=5))])
+    assert [(r["status"], r.get("code")) for r in res.json["data"]["results"]] == [
+        ("created", None), ("rejected", "package_locked")], res.json
+
+
 def test_a_failed_renewal_gives_licences_that_end_with_the_grace(
         client, auth, billing, pkgs, make_user, db_session, set_clock):
     make_user("late@example.com")

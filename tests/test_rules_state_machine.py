@@ -39,6 +39,7 @@ from rules_model import (
     reminder_violations,
     retry_violations,
     streak_figures,
+    tier_at,
 )
 from rules_model import quota_violations as quota_problems
 from sqlalchemy import select, text
@@ -202,6 +203,8 @@ def build_machine(app, idp, table_names, billing):
                                and person.days.day_of(r.started_at)
                                == person.days.day_of(self.now))
                     assert used >= DAILY_SESSIONS[tier], (used, tier)
+                if status == 201:  # judged, and recorded, by the tier in force
+                    assert body["data"]["tier"] == tier, (tier, body)
             return (name, body["data"]["id"]) if status == 201 else (name, None)
 
         @rule(name=st.sampled_from(IDENTITIES), count=st.integers(2, 4))
@@ -268,7 +271,7 @@ def build_machine(app, idp, table_names, billing):
                 user = db.session.get(User, person.user_id)
                 sub = db.session.execute(select(UserSubscription).where(
                     UserSubscription.user_id == person.user_id)).scalar_one()
-                found = (sub.tier, user.is_active)
+                found = (tier_at(sub, self.now), user.is_active)
                 db.session.remove()
             return found
 

@@ -82,6 +82,43 @@ def test_start_refusals_change_nothing(client, auth, pkgs, db_session, body, sta
     assert db_session.execute(select(func.count(ListeningSession.id))).scalar_one() == 0
 
 
+def test_a_start_once_the_trial_has_ended_is_judged_by_the_tier_after_it(
+        client, auth, pkgs, make_user, set_clock):
+    """In the minute before the expiry job writes the end of a trial without a card, a start
+    is judged as Starter would be: its packages and its limits."""
+    make_user("trialend@example.com")
+    headers = auth("trialend@example.com")
+    set_clock(datetime.combine(clock.now().date() + timedelta(days=1), time(12), UTC))
+    trial = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                        headers=headers)
+    trial_ends_at = datetime.fromisoformat(trial.json["data"]["trial_ends_at"])
+    set_clock(trial_ends_at - timedelta(seconds=30))
+    assert _start(client, headers, pkgs["delta"]).status_code == 201
+    set_clock(trial_ends_at + timedelta(seconds=20))  # the job has not run yet
+    locked = _start(client, headers, pkgs["delta"])
+    assert locked.status_code == 403 and locked.json["code"] == "package_locked", locked.json
+    started = _start(client, headers, pkgs["rain"])
+    assert started.status_code == 201 and started.json["data"]["tier"] == "starter", \
+        started.json
+
+
+def test_a_start_after_a_downgrades_period_end_is_judged_by_the_lower_tier(
+        client, auth, billing, pkgs, make_user, set_clock):
+    make_user("periodend@example.com")
+    headers = auth("periodend@example.com")
+    set_clock(datetime.combine(clock.now().date() + timedelta(days=1), time(12), UTC))
+    period_end = datetime.fromisoformat(
+        billing.buy(client, headers, "pro")["current_period_end"])
+    assert client.post("/api/user/subscription", json={"tier": "premium"},
+                       headers=headers).status_code == 200  # at the end of the period
+    set_clock(period_end - timedelta(minutes=1))
+    assert _start(client, headers, pkgs["gamma"]).status_code == 201
+    set_clock(period_end + timedelta(seconds=20))  # the job has not run yet
+    locked = _start(client, headers, pkgs["gamma"])
+    assert locked.status_code == 403 and locked.json["code"] == "package_locked", locked.json
+    assert _start(client, headers, pkgs["delta"]).json["data"]["tier"] == "premium"
+
+
 def test_daily_quota_and_reset_time(client, auth, pkgs, make_user, set_clock):
     # noon UTC today: the day cannot end while the test runs
     noon = set_clock(datetime.combine(clock.now().date(), time(12), UTC))

@@ -28,12 +28,10 @@ from .. import clock, media
 from ..api_errors import not_found
 from ..extensions import db
 from ..models import OfflineLicence, SoundPackage, UserSubscription
-from ..models.subscription import PAST_DUE, TRIALING
 from ..pagination import Page
 from ..tiers import (
     ACCESS_LOCKED,
     OFFLINE_LICENCE_DAYS,
-    STARTER,
     check_offline_downloads,
     check_package_access,
     package_access,
@@ -41,10 +39,10 @@ from ..tiers import (
 from .assignments import live_assignment, live_assignments
 from .catalog import get_catalog_package
 from .subscriptions import (
-    GRACE_PERIOD,
     get_subscription,
     lock_or_create_subscription,
-    tier_after_trial,
+    scheduled_change,
+    tier_in_force,
 )
 from .transaction import unit_of_work
 
@@ -67,27 +65,6 @@ class Download:
     granted_at: datetime
     licence_expires_at: datetime
     tracks: tuple[DownloadTrack, ...]
-
-
-def _scheduled_change(sub: UserSubscription) -> tuple[datetime, str] | None:
-    """The tier due when the trial, the grace of a failed renewal or the period ends, and
-    when, if it is known now."""
-    if sub.status == TRIALING and sub.trial_ends_at is not None:
-        return sub.trial_ends_at, tier_after_trial(sub)
-    if sub.status == PAST_DUE and sub.past_due_since is not None:
-        return sub.past_due_since + GRACE_PERIOD, STARTER
-    pending = STARTER if sub.cancel_at_period_end else sub.pending_tier
-    if pending is None or sub.current_period_end is None:
-        return None
-    return sub.current_period_end, pending
-
-
-def _tier_in_force(sub: UserSubscription, change: tuple[datetime, str] | None,
-                   now: datetime) -> str:
-    """The subscription's tier at ``now``: the tier a trial, a failed renewal's grace or the
-    period falls to (``change``) once its end has passed, before the expiry job (every
-    minute) has written it."""
-    return change[1] if change is not None and change[0] <= now else sub.tier
 
 
 def _licence_end(sub: UserSubscription, change: tuple[datetime, str] | None,
@@ -127,8 +104,8 @@ def grant_download(user_id: int, package_id: int, now: datetime | None = None) -
         sub = lock_or_create_subscription(user_id)  # the tier, serialised with its changes
         package = get_catalog_package(package_id)
         assignment = live_assignment(user_id, package.id, now)
-        change = _scheduled_change(sub)
-        tier = _tier_in_force(sub, change, now)
+        change = scheduled_change(sub)
+        tier = tier_in_force(sub, now)
         check_offline_downloads(tier, assignment is not None)
         check_package_access(tier, package.minimum_tier, assignment is not None)
         expires_at = _licence_end(sub, change, package, assignment, now)

@@ -39,7 +39,7 @@ from .assignments import assigned_clause
 from .catalog import in_catalog
 from .listened import clamp_listened, clamp_position, is_accidental_tap, reaches_completion
 from .quota import insert_within_quota, today_of
-from .subscriptions import insert_default_subscription
+from .subscriptions import insert_default_subscription, tier_in_force
 from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
                 existing = _by_client_id(user_id, client_id)
                 if existing is not None:
                     return existing, False
-            tier = TIERS[context.tier]
+            tier = TIERS[tier_in_force(context, now)]
             if package is None:
                 not_found("Package")
             check_package_access(tier.name, package.minimum_tier, context.assigned)
@@ -111,14 +111,23 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
     return session, True
 
 
+# What ``subscriptions.tier_in_force`` reads: a start is judged by the tier in force, which a
+# trial's, a grace's or a period's end has changed before the expiry job writes it.
+_DEADLINE_COLUMNS = (UserSubscription.tier, UserSubscription.status,
+                     UserSubscription.trial_ends_at, UserSubscription.past_due_since,
+                     UserSubscription.current_period_end, UserSubscription.pending_tier,
+                     UserSubscription.cancel_at_period_end, UserSubscription.complimentary,
+                     UserSubscription.provider, UserSubscription.payment_method_on_file)
+
+
 def _start_context_statement(with_track: bool):
     """The first statement of a start, built once (a start binds ``user_id``, ``package_id``,
     ``at`` and, ``with_track``, ``track_id``): the user's subscription row locked until the
-    transaction ends (``FOR UPDATE OF user_subscriptions``: its tier), the user's day settings,
-    the package when the catalog shows it (else NULLs), the track (else NULLs) and whether a
-    live assignment opens the package to the user."""
+    transaction ends (``FOR UPDATE OF user_subscriptions``: its tier and the deadlines that
+    change it), the user's day settings, the package when the catalog shows it (else NULLs),
+    the track (else NULLs) and whether a live assignment opens the package to the user."""
     user_id, package_id = bindparam("user_id"), bindparam("package_id")
-    stmt = (select(UserSubscription.tier, User.timezone, User.day_start_hour,
+    stmt = (select(*_DEADLINE_COLUMNS, User.timezone, User.day_start_hour,
                    User.prior_timezone, User.prior_day_start_hour,
                    User.day_settings_effective_at,
                    assigned_clause(user_id, package_id, bindparam("at")).label("assigned"),

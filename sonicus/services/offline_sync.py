@@ -39,7 +39,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import case, or_, select, update
 
@@ -52,6 +52,7 @@ from ..models import (
     SubscriptionEvent,
     Track,
     User,
+    UserSubscription,
 )
 from ..models.listening import ENDED
 from ..tiers import (
@@ -63,7 +64,7 @@ from ..tiers import (
 )
 from . import analytics
 from .listened import is_accidental_tap, reaches_completion
-from .subscriptions import lock_or_create_subscription
+from .subscriptions import due_change, lock_or_create_subscription
 from .transaction import unit_of_work
 
 SYNC_WINDOW = timedelta(days=14)
@@ -147,7 +148,7 @@ def sync_sessions(user_id: int, items: list[dict], now: datetime | None = None) 
     results: list[SyncResult | None] = [None] * len(items)
     created: list[tuple[int, ListeningSession]] = []
     with unit_of_work():
-        sub_tier = lock_or_create_subscription(user_id).tier
+        sub = lock_or_create_subscription(user_id)
         user = db.session.get(User, user_id, populate_existing=True)
         ids = [str(item["client_id"]) for item in items]
         stored = dict(db.session.execute(
@@ -167,7 +168,7 @@ def sync_sessions(user_id: int, items: list[dict], now: datetime | None = None) 
                 continue
             pending.append(index)
         if pending:
-            context = _load_context(user, sub_tier, [items[i] for i in pending], now)
+            context = _load_context(user, sub, [items[i] for i in pending], now)
             for index in pending:
                 try:
                     session = _judge(context, ids[index], items[index])
@@ -205,7 +206,7 @@ def _moments(item: dict, now: datetime) -> tuple[datetime, datetime]:
     return min(item["started_at"], now), min(item["ended_at"], now)
 
 
-def _load_context(user: User, current_tier: str, items: list[dict],
+def _load_context(user: User, sub: UserSubscription, items: list[dict],
                   now: datetime) -> _Context:
     spans_of_items = [_moments(item, now) for item in items]
     first = min(start for start, _end in spans_of_items)
@@ -218,6 +219,13 @@ def _load_context(user: User, current_tier: str, items: list[dict],
         .where(SubscriptionEvent.user_id == user.id,
                SubscriptionEvent.type.in_(sorted(TIER_SETTING_EVENTS)))
         .order_by(SubscriptionEvent.at, SubscriptionEvent.id)).all()]
+    current_tier = sub.tier
+    change = due_change(sub, now)
+    if change is not None:
+        # A trial's, a grace's or a period's end that has passed and that the expiry job has
+        # not written yet: a change of its own (after the row's tier, which held until then).
+        changes = (changes or [(datetime.min.replace(tzinfo=UTC), current_tier)]) + [change]
+        current_tier = change[1]
 
     assignments: dict[int, list[PackageAssignment]] = {}
     a = PackageAssignment

@@ -15,7 +15,13 @@ from __future__ import annotations
 from ...models.subscription import CANCEL_REASONS
 from .changes import cancel, change_tier, resume
 from .common import GRACE_PERIOD, SAME_PERIOD_SLACK, add_month, cents_to_decimal
-from .expiry import process_due_subscriptions, tier_after_trial
+from .expiry import (
+    due_change,
+    process_due_subscriptions,
+    scheduled_change,
+    tier_after_trial,
+    tier_in_force,
+)
 from .payments import (
     Payment,
     apply_payment_failed,
@@ -42,10 +48,11 @@ from .webhooks import handle_billing_event
 __all__ = [
     "CANCEL_REASONS", "GRACE_PERIOD", "SAME_PERIOD_SLACK", "Payment", "add_month",
     "apply_payment_failed", "apply_payment_succeeded", "apply_subscription_ended", "cancel",
-    "SubscriptionOverview", "billing_portal_url", "cents_to_decimal", "change_tier",
+    "SubscriptionOverview", "billing_portal_url", "cents_to_decimal", "change_tier", "due_change",
     "confirm_sandbox_checkout", "SandboxCheckout", "abandon_sandbox_checkout",
     "sandbox_checkout",
     "get_subscription", "handle_billing_event", "history", "insert_default_subscription",
     "lock_or_create_subscription",
-    "overview", "process_due_subscriptions", "resume", "tier_after_trial",
+    "overview", "process_due_subscriptions", "resume", "scheduled_change", "tier_after_trial",
+    "tier_in_force",
 ]

@@ -69,6 +69,44 @@ def tier_after_trial(sub: UserSubscription) -> str:
     return sub.pending_tier or sub.tier
 
 
+def scheduled_change(sub) -> tuple[datetime, str] | None:
+    """The next change of tier that this job writes and that is known ahead, as (when, tier):
+    the end of a trial, of a failed renewal's grace, or of a paid period with a cancel or a
+    downgrade asked for; the earliest of them, as ``_advance`` would apply it. A renewal or a
+    lapse changes nothing known before it. ``sub`` is the row, or a result row with its
+    columns."""
+    if sub.status == TRIALING:
+        return (sub.trial_ends_at, tier_after_trial(sub)) if sub.trial_ends_at else None
+    changes = []
+    if sub.status == PAST_DUE and sub.past_due_since is not None:
+        changes.append((sub.past_due_since + GRACE_PERIOD, STARTER))
+    pending = STARTER if sub.cancel_at_period_end else sub.pending_tier
+    if pending in TIERS and _has_paid_period(sub):
+        changes.append((sub.current_period_end, pending))
+    return min(changes, key=lambda change: change[0]) if changes else None
+
+
+def due_change(sub, now: datetime) -> tuple[datetime, str] | None:
+    """The change of tier that has passed at ``now`` and that this job (every minute) may not
+    have written yet, as (when, tier): the ``scheduled_change``, or the lapse of a paid period
+    that no renewal followed within its grace (``_end_period``)."""
+    change = scheduled_change(sub)
+    if change is not None:
+        return change if change[0] <= now else None
+    if sub.status == ACTIVE and _has_paid_period(sub) \
+            and not (sub.provider == "sandbox" and sub.payment_method_on_file) \
+            and sub.current_period_end + GRACE_PERIOD <= now:
+        return sub.current_period_end + GRACE_PERIOD, STARTER
+    return None
+
+
+def tier_in_force(sub, now: datetime) -> str:
+    """THE subscription's tier at ``now``: where a deadline has passed (``due_change``), the
+    tier it falls to, before this job has written it; else the row's."""
+    change = due_change(sub, now)
+    return sub.tier if change is None else change[1]
+
+
 def _end_trial(sub: UserSubscription) -> str:
     """The trial is over: starter when canceled or without a card, else the paid tier."""
     if tier_after_trial(sub) == STARTER:
