@@ -47,15 +47,27 @@ def _advance(sub: UserSubscription, now: datetime) -> list[str]:
     return outcomes
 
 
-def _advance_once(sub: UserSubscription, now: datetime) -> str | None:
-    """The earliest deadline that has passed, applied; its outcome (None: nothing is due)."""
+def _passed_deadline(sub, now: datetime) -> str | None:
+    """THE deadline this job applies next, once it has passed: ``"trial"``, ``"grace"`` (of a
+    failed renewal) or ``"period"``, in that order; None when none has."""
     if sub.status == TRIALING and sub.trial_ends_at and sub.trial_ends_at <= now:
-        return _end_trial(sub)
+        return "trial"
     if sub.status == PAST_DUE and sub.past_due_since \
             and sub.past_due_since + GRACE_PERIOD <= now:
+        return "grace"
+    if _has_paid_period(sub) and sub.current_period_end <= now:
+        return "period"
+    return None
+
+
+def _advance_once(sub: UserSubscription, now: datetime) -> str | None:
+    """The next deadline that has passed, applied; its outcome (None: nothing is due)."""
+    deadline = _passed_deadline(sub, now)
+    if deadline == "trial":
+        return _end_trial(sub)
+    if deadline == "grace":
         return _end_grace(sub)
-    if sub.status in (ACTIVE, PAST_DUE) and _has_paid_period(sub) \
-            and sub.current_period_end <= now:
+    if deadline == "period":
         return _end_period(sub, now)
     return None
 
@@ -69,34 +81,52 @@ def tier_after_trial(sub: UserSubscription) -> str:
     return sub.pending_tier or sub.tier
 
 
+def _tier_after_period(sub) -> str | None:
+    """THE period's end, when a change was asked for: starter after a cancel, the lower tier
+    after a downgrade; None when none was (a renewal or a lapse decides)."""
+    if sub.cancel_at_period_end or sub.pending_tier == STARTER:
+        return STARTER
+    return sub.pending_tier if sub.pending_tier in TIERS else None
+
+
+def _renews_itself(sub) -> bool:
+    """The sandbox charges the card on file itself at the period's end; a provider's renewal
+    arrives as a notice, and without one the period lapses after its grace."""
+    return sub.provider == "sandbox" and bool(sub.payment_method_on_file)
+
+
 def scheduled_change(sub) -> tuple[datetime, str] | None:
-    """The next change of tier that this job writes and that is known ahead, as (when, tier):
-    the end of a trial, of a failed renewal's grace, or of a paid period with a cancel or a
-    downgrade asked for; the earliest of them, as ``_advance`` would apply it. A renewal or a
-    lapse changes nothing known before it. ``sub`` is the row, or a result row with its
-    columns."""
+    """The next change of tier this job writes that is known ahead, as (when, tier): the end of
+    a trial, of a failed renewal's grace, or of a paid period with a change asked for. A
+    renewal or a lapse is known only when it happens (``due_change``). ``sub`` is the row, or
+    a result row with its columns."""
     if sub.status == TRIALING:
         return (sub.trial_ends_at, tier_after_trial(sub)) if sub.trial_ends_at else None
     changes = []
     if sub.status == PAST_DUE and sub.past_due_since is not None:
         changes.append((sub.past_due_since + GRACE_PERIOD, STARTER))
-    pending = STARTER if sub.cancel_at_period_end else sub.pending_tier
-    if pending in TIERS and _has_paid_period(sub):
-        changes.append((sub.current_period_end, pending))
+    after = _tier_after_period(sub) if _has_paid_period(sub) else None
+    if after is not None:
+        changes.append((sub.current_period_end, after))
     return min(changes, key=lambda change: change[0]) if changes else None
 
 
 def due_change(sub, now: datetime) -> tuple[datetime, str] | None:
-    """The change of tier that has passed at ``now`` and that this job (every minute) may not
-    have written yet, as (when, tier): the ``scheduled_change``, or the lapse of a paid period
-    that no renewal followed within its grace (``_end_period``)."""
-    change = scheduled_change(sub)
-    if change is not None:
-        return change if change[0] <= now else None
-    if sub.status == ACTIVE and _has_paid_period(sub) \
-            and not (sub.provider == "sandbox" and sub.payment_method_on_file) \
-            and sub.current_period_end + GRACE_PERIOD <= now:
-        return sub.current_period_end + GRACE_PERIOD, STARTER
+    """The change of tier of the deadline that has passed at ``now`` (``_passed_deadline``)
+    and that this job (every minute) may not have written yet, as (when, tier); None when
+    the tier stays."""
+    deadline = _passed_deadline(sub, now)
+    if deadline == "trial":
+        return sub.trial_ends_at, tier_after_trial(sub)
+    if deadline == "grace":
+        return sub.past_due_since + GRACE_PERIOD, STARTER
+    if deadline == "period":
+        after = _tier_after_period(sub)
+        if after is not None:
+            return sub.current_period_end, after
+        lapses_at = sub.current_period_end + GRACE_PERIOD
+        if sub.status == ACTIVE and not _renews_itself(sub) and lapses_at <= now:
+            return lapses_at, STARTER
     return None
 
 
@@ -147,13 +177,14 @@ def _end_grace(sub: UserSubscription) -> str:
 
 def _end_period(sub: UserSubscription, now: datetime) -> str | None:
     """The paid period is over: the scheduled cancel or downgrade, else a renewal or a lapse."""
-    if sub.cancel_at_period_end or sub.pending_tier == STARTER:
+    after = _tier_after_period(sub)
+    if after == STARTER:
         return _cancel_at_period_end(sub)
-    if sub.pending_tier and sub.pending_tier in TIERS:
+    if after is not None:
         return _downgrade_at_period_end(sub)
     if sub.status != ACTIVE:
         return None  # past_due: the grace deadline decides
-    if sub.provider == "sandbox" and sub.payment_method_on_file:
+    if _renews_itself(sub):
         return _sandbox_renewal(sub, now)
     if sub.current_period_end + GRACE_PERIOD <= now:
         return _lapse(sub)
