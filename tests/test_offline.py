@@ -45,6 +45,15 @@ def _tracks(package_id) -> list[int]:
                                    .order_by(Track.position)).scalars())
 
 
+def _premium_trial_without_a_card(client, headers, set_clock) -> datetime:
+    """A Premium trial started tomorrow at noon, with no card on file; when it ends."""
+    set_clock(_tomorrow_noon())
+    trial = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                        headers=headers)
+    assert trial.status_code == 200 and trial.json["data"]["status"] == "trialing", trial.json
+    return datetime.fromisoformat(trial.json["data"]["trial_ends_at"])
+
+
 def _count_sessions(user_id) -> int:
     return db.session.execute(select(func.count(ListeningSession.id))
                               .where(ListeningSession.user_id == user_id)).scalar_one()
@@ -337,11 +346,7 @@ def test_a_trial_without_a_card_gives_licences_that_end_with_the_trial(
         client, auth, pkgs, make_user, db_session, set_clock):
     make_user("trial@example.com")
     headers = auth("trial@example.com")
-    set_clock(_tomorrow_noon())
-    trial = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
-                        headers=headers)
-    assert trial.status_code == 200 and trial.json["data"]["status"] == "trialing", trial.json
-    trial_ends_at = datetime.fromisoformat(trial.json["data"]["trial_ends_at"])
+    trial_ends_at = _premium_trial_without_a_card(client, headers, set_clock)
     set_clock(trial_ends_at - timedelta(days=2))
     res = client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
                       headers=headers)
@@ -364,10 +369,7 @@ def test_a_download_once_the_trial_has_ended_is_judged_by_the_tier_after_it(
     download is refused as Starter would be (no licence that has ended as it is granted)."""
     make_user("lapsed@example.com")
     headers = auth("lapsed@example.com")
-    set_clock(_tomorrow_noon())
-    trial = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
-                        headers=headers)
-    trial_ends_at = datetime.fromisoformat(trial.json["data"]["trial_ends_at"])
+    trial_ends_at = _premium_trial_without_a_card(client, headers, set_clock)
     set_clock(trial_ends_at + timedelta(seconds=20))  # the job has not run yet
     res = client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
                       headers=headers)
@@ -381,10 +383,7 @@ def test_a_sync_once_the_trial_has_ended_judges_later_items_by_the_tier_after_it
     it is judged by Starter and one played before it by the trial's tier."""
     make_user("synclapse@example.com")
     headers = auth("synclapse@example.com")
-    set_clock(_tomorrow_noon())
-    trial = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
-                        headers=headers)
-    trial_ends_at = datetime.fromisoformat(trial.json["data"]["trial_ends_at"])
+    trial_ends_at = _premium_trial_without_a_card(client, headers, set_clock)
     set_clock(trial_ends_at + timedelta(minutes=40))  # the job has not run yet
     res = _sync(client, headers, [_item(pkgs["delta"], trial_ends_at - timedelta(minutes=20)),
                                   _item(pkgs["delta"], trial_ends_at + timedelta(minutes=5))])
