@@ -562,3 +562,17 @@ def test_a_time_with_a_trailing_newline_is_422(client, auth, body):
     assert res.status_code == 422, res.get_json()
     assert client.get("/api/user/reminders", headers=auth()).get_json()["data"]["quiet_start"] \
         is None
+
+
+@pytest.mark.parametrize("millis", [2 ** 53, 253_402_300_800_000])
+def test_an_expiration_time_past_any_date_is_422_naming_it(push_client, auth, push_service,
+                                                             browser, millis):
+    """An ``expirationTime`` no date can hold (past the year 9999) is refused naming the
+    field, and nothing is stored (it was a 500)."""
+    sub = browser(push_service.endpoint("far-future")).subscription()
+    sub["expirationTime"] = millis
+    res = push_client.post("/api/user/push-subscriptions", json=sub, headers=auth())
+    assert res.status_code == 422, res.get_json()
+    assert any(e.startswith("expirationTime") for e in res.get_json()["errors"])
+    with push_client.application.app_context():
+        assert db.session.execute(select(func.count(PushSubscription.id))).scalar() == 0
