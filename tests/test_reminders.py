@@ -246,6 +246,28 @@ def test_the_local_time_holds_across_a_dst_change(push_client, auth, push_servic
         [date(2026, 3, 9)]
 
 
+def test_a_reminder_time_the_spring_forward_skips_is_sent_at_the_first_minute_after_it(
+        push_client, auth, push_service, browser, make_user):
+    """Los Angeles springs forward from 01:59 to 03:00 on 2026-03-08: a reminder at 02:00 is
+    sent at 03:00 (it was never sent that day), and one at 01:30 missed by a worker that was
+    down is still caught up within the real hour after it (03:00 is 30 minutes later)."""
+    app = push_client.application
+    _listener(push_client, auth, push_service, browser, "two@example.com",
+              make_user=make_user, timezone="America/Los_Angeles", time="02:00")
+    assert _claimed(app, datetime(2026, 3, 8, 9, 59, tzinfo=UTC)) == []  # 01:59 PST
+    assert [d for _, d in _claimed(app, datetime(2026, 3, 8, 10, 0, tzinfo=UTC))] == \
+        [date(2026, 3, 8)]  # 03:00 PDT
+    _listener(push_client, auth, push_service, browser, "half@example.com",
+              make_user=make_user, timezone="America/Los_Angeles", time="01:30")
+    assert [d for _, d in _claimed(app, datetime(2026, 3, 8, 10, 0, tzinfo=UTC))] == \
+        [date(2026, 3, 8)]
+    # the catch-up is an hour of real time, the spring-forward is not more of it
+    _listener(push_client, auth, push_service, browser, "late@example.com",
+              make_user=make_user, timezone="America/Los_Angeles", time="01:00")
+    assert _claimed(app, datetime(2026, 3, 8, 10, 0, tzinfo=UTC)) == []
+    assert reminder_claims.reminder_due(180, 0, 120, 127, 7, None, None, 60)  # SQLite's rule
+
+
 def test_never_in_quiet_hours_nor_on_days_off(push_client, auth, push_service, browser):
     _listener(push_client, auth, push_service, browser, "late@example.com", time="22:15",
               quiet_start="22:00", quiet_end="07:00")

@@ -53,17 +53,28 @@ def _is_postgresql() -> bool:
 # ---- who is due: the rule in Python (SQLite, development) and in SQL (PostgreSQL) -----------
 
 def reminder_due(wall_minute: int, day_start_hour: int, at_minute: int, days_mask: int,
-                 weekday: int, quiet_start: int | None, quiet_end: int | None) -> bool:
+                 weekday: int, quiet_start: int | None, quiet_end: int | None,
+                 skipped_minutes: int = 0) -> bool:
     """THE timing rule. ``wall_minute``: the user's local time (minutes after midnight);
-    ``weekday``: ISO weekday (1 = Monday) of the user's day."""
+    ``weekday``: ISO weekday (1 = Monday) of the user's day; ``skipped_minutes``: how far the
+    zone's clock jumped forward within the last ``CATCH_UP_MINUTES`` (the function below)."""
     shift = day_start_hour * 60
     since_day_start = (wall_minute - shift) % 1440
     reminder_offset = (at_minute - shift) % 1440
-    if not 0 <= since_day_start - reminder_offset < CATCH_UP_MINUTES:
+    if not 0 <= since_day_start - reminder_offset < CATCH_UP_MINUTES + skipped_minutes:
         return False
     if not days_mask & (1 << (weekday - 1)):
         return False
     return not in_quiet_hours(wall_minute, quiet_start, quiet_end)
+
+
+def skipped_minutes(zone: ZoneInfo, now: datetime) -> int:
+    """How many wall-clock minutes the zone's clock jumped forward (a spring-forward) within
+    the last ``CATCH_UP_MINUTES``: the catch-up lasts that much longer in wall-clock minutes,
+    so a reminder time the jump skipped is still sent at the first minute after it."""
+    before = (now - timedelta(minutes=CATCH_UP_MINUTES)).astimezone(zone).utcoffset()
+    jump = now.astimezone(zone).utcoffset() - before
+    return max(0, int(jump.total_seconds()) // 60)
 
 
 def in_quiet_hours(wall_minute: int, quiet_start: int | None, quiet_end: int | None) -> bool:
@@ -83,12 +94,14 @@ def in_quiet_hours(wall_minute: int, quiet_start: int | None, quiet_end: int | N
 CLAIM_DUE_SQL = """
 WITH zones AS MATERIALIZED (
     SELECT * FROM unnest(CAST(:zone_names AS text[]), CAST(:zone_dates AS date[]),
-                         CAST(:zone_minutes AS int[])) AS z (tz, local_date, wall_minute)
+                         CAST(:zone_minutes AS int[]), CAST(:zone_skips AS int[]))
+                  AS z (tz, local_date, wall_minute, skipped)
 ), placed AS (
     SELECT p.user_id, p.days_mask, p.weekly_recap, p.quiet_start_minute AS qs,
            p.quiet_end_minute AS qe,
            COALESCE(p.remind_minute, p.smart_minute, :default_minute) AS at_minute,
            CASE WHEN f.prior THEN zp.wall_minute ELSE z.wall_minute END AS wall_minute,
+           CASE WHEN f.prior THEN zp.skipped ELSE z.skipped END AS skipped,
            CASE WHEN f.prior THEN zp.local_date ELSE z.local_date END AS local_date,
            CASE WHEN f.prior THEN u.prior_day_start_hour ELSE u.day_start_hour END AS dsh
     FROM sonicus.reminder_preferences p
@@ -107,7 +120,7 @@ WITH zones AS MATERIALIZED (
                  (((q.wall_minute - q.dsh * 60) % 1440 + 1440) % 1440)
                    - (((q.at_minute - q.dsh * 60) % 1440 + 1440) % 1440) AS minutes_late
           FROM placed q) AS p
-    WHERE p.minutes_late BETWEEN 0 AND :catch_up - 1
+    WHERE p.minutes_late BETWEEN 0 AND :catch_up - 1 + p.skipped
       AND (p.days_mask & (1 << (extract(isodow FROM p.user_day)::int - 1))) <> 0
       AND NOT (p.qs IS NOT NULL AND p.qe IS NOT NULL AND p.qs <> p.qe AND (
             (p.qs < p.qe AND p.wall_minute >= p.qs AND p.wall_minute < p.qe)
@@ -194,15 +207,18 @@ def _zone_names() -> tuple[str, ...]:
 
 
 def zone_clocks(now: datetime) -> dict:
-    """Every IANA time zone's local date and wall-clock minute at ``now`` (the parameters of
-    ``CLAIM_DUE_SQL``): about 600 conversions, a millisecond or two."""
-    names, dates, minutes = [], [], []
+    """Every IANA time zone's local date, wall-clock minute and ``skipped_minutes`` at ``now``
+    (the parameters of ``CLAIM_DUE_SQL``): about 1,800 conversions, a few milliseconds."""
+    names, dates, minutes, skips = [], [], [], []
     for name in _zone_names():
-        local = now.astimezone(ZoneInfo(name))
+        zone = ZoneInfo(name)
+        local = now.astimezone(zone)
         names.append(name)
         dates.append(local.date())
         minutes.append(local.hour * 60 + local.minute)
-    return {"zone_names": names, "zone_dates": dates, "zone_minutes": minutes}
+        skips.append(skipped_minutes(zone, now))
+    return {"zone_names": names, "zone_dates": dates, "zone_minutes": minutes,
+            "zone_skips": skips}
 
 
 def claim_due_reminders(now: datetime | None = None) -> list[int]:
@@ -229,13 +245,14 @@ def _claim_due_python(now: datetime) -> list[int]:
     claimed = []
     for prefs, user in rows:
         settings = clock.day_settings_at(user, now)
-        wall = now.astimezone(ZoneInfo(settings.timezone))
+        zone = ZoneInfo(settings.timezone)
+        wall = now.astimezone(zone)
         day = (wall - timedelta(hours=settings.day_start_hour)).date()
         at_minute = next(m for m in (prefs.remind_minute, prefs.smart_minute,
                                      DEFAULT_SMART_MINUTE) if m is not None)
         if not reminder_due(wall.hour * 60 + wall.minute, settings.day_start_hour, at_minute,
                             prefs.days_mask, day.isoweekday(), prefs.quiet_start_minute,
-                            prefs.quiet_end_minute):
+                            prefs.quiet_end_minute, skipped_minutes(zone, now)):
             continue
         listened = db.session.execute(select(exists().where(
             ListeningSession.user_id == user.id, ListeningSession.local_day == day,
