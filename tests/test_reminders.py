@@ -442,6 +442,35 @@ def test_a_busy_push_service_is_retried_then_given_up(push_client, auth, push_se
         assert db.session.execute(select(func.count(PushSubscription.id))).scalar() == 3
 
 
+def test_a_reminder_is_not_sent_after_the_user_listened_or_turned_reminders_off(
+        push_client, auth, push_service, browser, set_clock, make_package, make_session):
+    """Claimed at 18:00, sent later (a busy queue, a retry up to an hour on): the user who
+    listened since, and the one who turned reminders off, get nothing."""
+    app = push_client.application
+    _, listener = _listener(push_client, auth, push_service, browser, "did@example.com",
+                            time="18:00")
+    off_headers, off = _listener(push_client, auth, push_service, browser,
+                                 "off@example.com", time="18:00")
+    _, waiting = _listener(push_client, auth, push_service, browser, "wait@example.com",
+                           time="18:00")
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    claimed = _claimed(app, datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    assert len(claimed) == 3
+    with app.app_context():
+        ids = list(db.session.execute(select(ReminderDelivery.id)
+                                      .order_by(ReminderDelivery.user_id)).scalars())
+        db.session.remove()
+    make_session(min(user for user, _ in claimed), make_package(), date(2026, 1, 14),
+                 minutes=5)
+    _set_reminders(push_client, off_headers, enabled=False)
+    set_clock(datetime(2026, 1, 14, 18, 10, tzinfo=UTC))
+    with app.app_context():
+        assert reminders.deliver_reminders(ids) == 1
+    assert push_service.posts_to(listener.endpoint) == []
+    assert push_service.posts_to(off.endpoint) == []
+    assert len(push_service.posts_to(waiting.endpoint)) == 1
+
+
 def test_two_workers_racing_send_one_push(push_client, auth, push_service, browser, set_clock):
     app = push_client.application
     _, device = _listener(push_client, auth, push_service, browser, time="18:00")

@@ -77,6 +77,14 @@ def skipped_minutes(zone: ZoneInfo, now: datetime) -> int:
     return max(0, int(jump.total_seconds()) // 60)
 
 
+def listened_on(user_id, day):
+    """Whether the user listened on their ``day`` (a session that counts towards the quota: a
+    refunded tap does not), as an SQL ``EXISTS`` over columns or values."""
+    s = ListeningSession
+    return exists().where(s.user_id == user_id, s.local_day == day,
+                          s.counts_toward_quota.is_(True))
+
+
 def in_quiet_hours(wall_minute: int, quiet_start: int | None, quiet_end: int | None) -> bool:
     if quiet_start is None or quiet_end is None or quiet_start == quiet_end:
         return False
@@ -254,10 +262,7 @@ def _claim_due_python(now: datetime) -> list[int]:
                             prefs.days_mask, day.isoweekday(), prefs.quiet_start_minute,
                             prefs.quiet_end_minute, skipped_minutes(zone, now)):
             continue
-        listened = db.session.execute(select(exists().where(
-            ListeningSession.user_id == user.id, ListeningSession.local_day == day,
-            ListeningSession.counts_toward_quota.is_(True)))).scalar()
-        if listened:
+        if db.session.execute(select(listened_on(user.id, day))).scalar():
             continue
         new_id = db.session.execute(
             sqlite.insert(ReminderDelivery).values(

@@ -24,11 +24,11 @@ from sqlalchemy import bindparam, delete, select, update
 from .. import clock
 from ..extensions import db
 from ..models import ListeningSession, User
-from ..models.reminders import PushSubscription, ReminderDelivery
+from ..models.reminders import PushSubscription, ReminderDelivery, ReminderPreferences
 from ..tasks.queue import QUEUE_DEFAULT, enqueue, get_queue
 from . import webpush
 from .recaps import compute_recap
-from .reminder_claims import claim_due_reminders, refresh_smart_times
+from .reminder_claims import claim_due_reminders, listened_on, refresh_smart_times
 from .streaks import Island, streaks_from_islands
 from .transaction import unit_of_work
 
@@ -120,10 +120,15 @@ def retry_reminder_pushes(delivery_id: int, subscription_ids: list[int], attempt
 
 def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
     """Send a batch of reminders: the reads in a few queries, the pushes outside any
-    transaction, the outcome (devices gone, pushes counted) in one."""
-    found = db.session.execute(
+    transaction, the outcome (devices gone, pushes counted) in one. A reminder whose user
+    turned reminders off or listened since it was claimed (a retry comes up to an hour
+    later) is not sent."""
+    found = db.session.execute(  # still wanted: reminders on, and not listened since
         select(ReminderDelivery, User).join(User, User.id == ReminderDelivery.user_id)
-        .where(ReminderDelivery.id.in_(list(wanted)), User.is_active.is_(True))).all()
+        .join(ReminderPreferences, ReminderPreferences.user_id == User.id)
+        .where(ReminderDelivery.id.in_(list(wanted)), User.is_active.is_(True),
+               ReminderPreferences.enabled.is_(True),
+               ~listened_on(ReminderDelivery.user_id, ReminderDelivery.local_day))).all()
     by_user = {user.id: (delivery, user) for delivery, user in found}
     subscriptions = db.session.execute(
         select(PushSubscription).where(PushSubscription.user_id.in_(list(by_user)))
