@@ -8,6 +8,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, available_timezones
 
 _VALID_ZONES: frozenset[str] | None = None
+# Names in the tz database folder that are not zones but the host's own setting: the day they
+# give would depend on the machine that computes it.
+HOST_ZONE_NAMES = frozenset({"localtime"})
 
 
 def now() -> datetime:
@@ -17,7 +20,7 @@ def now() -> datetime:
 def is_valid_timezone(name: str) -> bool:
     global _VALID_ZONES
     if _VALID_ZONES is None:
-        _VALID_ZONES = frozenset(available_timezones())
+        _VALID_ZONES = frozenset(available_timezones()) - HOST_ZONE_NAMES
     return name in _VALID_ZONES
 
 
