@@ -341,6 +341,33 @@ def test_smart_time_is_the_hour_they_usually_start_sessions_they_complete(
     assert len(_claimed(app, datetime(2026, 1, 14, 21, 0, tzinfo=UTC))) == 1
 
 
+def test_smart_time_after_a_move_is_the_hour_they_listened_at_where_they_were(
+        push_client, auth, push_service, browser, make_package, make_session, set_clock,
+        make_user):
+    """Three evenings at 21:00 in Los Angeles, then a move to Auckland: the habit is 21:00
+    local, as the recap's listening hours say, not 18:00 (21:00 PST read in Auckland)."""
+    app = push_client.application
+    headers, _ = _listener(push_client, auth, push_service, browser, "mover@example.com",
+                           make_user=make_user, timezone="America/Los_Angeles", time="smart")
+    with app.app_context():
+        mover = db.session.execute(select(ReminderPreferences.user_id)).scalar_one()
+    package = make_package()
+    for day in (6, 7, 8):  # 05:00 UTC: 21:00 PST the evening before
+        make_session(mover, package, started_at=datetime(2026, 1, day, 5, 0, tzinfo=UTC))
+    set_clock(datetime(2026, 1, 10, 12, 0, tzinfo=UTC))
+    res = push_client.put("/api/user/profile", json={"timezone": "Pacific/Auckland"},
+                          headers=headers)
+    assert res.status_code == 200, res.get_json()
+    with app.app_context():  # after the move took effect (08:00 UTC on the 11th)
+        assert reminder_claims.refresh_smart_times(datetime(2026, 1, 12, 0, 0, tzinfo=UTC)) == 1
+        db.session.remove()
+    data = push_client.get("/api/user/reminders", headers=headers).get_json()["data"]
+    assert data["smart_time"] == "21:00"
+    recap = push_client.get("/api/user/recap?period=week&date=2026-01-05",
+                            headers=headers).get_json()["data"]
+    assert recap["listening_hours"][21] == 30
+
+
 # ---- sending ------------------------------------------------------------------------------------
 
 def test_the_reminder_arrives_encrypted_and_signed_and_a_gone_device_is_removed(

@@ -147,12 +147,15 @@ ON CONFLICT (user_id, local_day) DO NOTHING
 RETURNING id
 """
 
-# "smart": the local hour (user's time zone) at which the user most often started sessions
-# they completed in the last SMART_LOOKBACK_DAYS days (ties: the later hour); none: null
-# (21:00 applies). Refreshed daily per user, a bounded batch per run, stalest first.
+# "smart": the local hour (the user's time zone in force when each session started,
+# ``clock.day_settings_at``, as in the recaps' listening hours) at which the user most often
+# started sessions they completed in the last SMART_LOOKBACK_DAYS days (ties: the later
+# hour); none: null (21:00 applies). Refreshed daily per user, a bounded batch per run,
+# stalest first.
 REFRESH_SMART_SQL = f"""
 WITH stale AS (
-    SELECT p.user_id, u.timezone
+    SELECT p.user_id, u.timezone, u.prior_timezone, u.prior_day_start_hour,
+           u.day_settings_effective_at
     FROM sonicus.reminder_preferences p JOIN sonicus.users u ON u.id = p.user_id
     WHERE p.enabled IS TRUE AND p.remind_minute IS NULL
       AND (p.smart_computed_at IS NULL OR p.smart_computed_at < :stale_before)
@@ -160,7 +163,11 @@ WITH stale AS (
     LIMIT :batch
     FOR UPDATE OF p SKIP LOCKED
 ), hours AS (
-    SELECT s.user_id, extract(hour FROM us.started_at AT TIME ZONE s.timezone)::int AS hour,
+    SELECT s.user_id, extract(hour FROM us.started_at AT TIME ZONE (
+               CASE WHEN us.started_at < s.day_settings_effective_at
+                         AND s.prior_timezone IS NOT NULL
+                         AND s.prior_day_start_hour IS NOT NULL
+                    THEN s.prior_timezone ELSE s.timezone END))::int AS hour,
            count(*) AS n
     FROM stale s JOIN sonicus.user_sessions us ON us.user_id = s.user_id
     WHERE us.started_at >= :since AND us.completed IS TRUE
@@ -192,16 +199,18 @@ def refresh_smart_times(now: datetime | None = None, batch: int = SMART_BATCH) -
 def _refresh_smart_times_python(now, since, stale_before, batch) -> int:
     p = ReminderPreferences
     rows = db.session.execute(
-        select(p, User.timezone).join(User, User.id == p.user_id)
+        select(p, User).join(User, User.id == p.user_id)
         .where(p.enabled.is_(True), p.remind_minute.is_(None),
                (p.smart_computed_at.is_(None)) | (p.smart_computed_at < stale_before))
         .limit(batch)).all()
     s = ListeningSession
-    for prefs, tz in rows:
+    for prefs, user in rows:
         starts = db.session.execute(select(s.started_at).where(
             s.user_id == prefs.user_id, s.started_at >= since, s.completed.is_(True),
             s.counts_in_outcomes)).scalars()
-        hours = Counter(moment.astimezone(ZoneInfo(tz)).hour for moment in starts)
+        hours = Counter(
+            moment.astimezone(ZoneInfo(clock.day_settings_at(user, moment).timezone)).hour
+            for moment in starts)
         best = max(hours.items(), key=lambda item: (item[1], item[0]), default=None)
         prefs.smart_minute = None if best is None else best[0] * 60
         prefs.smart_computed_at = now
