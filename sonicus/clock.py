@@ -88,6 +88,22 @@ def pending_day_settings_at(person, moment: datetime) -> datetime | None:
     return effective_at if effective_at is not None and moment < effective_at else None
 
 
+def dates_never_begun(person) -> frozenset[date]:
+    """The dates a change of day settings skipped: a move east can end the user's day where
+    the new settings are already a date or more later (Pacific/Honolulu to Pacific/Kiritimati:
+    1 June ends when it is 3 June there), so the dates between were never the user's day
+    (streaks do not count them as missed). Of the latest change only (the one remembered)."""
+    effective_at = person.day_settings_effective_at
+    if (effective_at is None or person.prior_timezone is None
+            or person.prior_day_start_hour is None):
+        return frozenset()
+    last_before = local_day(effective_at - timedelta(microseconds=1), person.prior_timezone,
+                            person.prior_day_start_hour)
+    first_after = local_day(effective_at, person.timezone, person.day_start_hour)
+    return frozenset(last_before + timedelta(days=n)
+                     for n in range(1, (first_after - last_before).days))
+
+
 def user_day(person, moment: datetime) -> UserDay:
     """The user's day at ``moment`` under the settings then in force, and when it ends.
 

@@ -58,9 +58,12 @@ def send_due_reminders() -> int:
 
 # ---- sending ------------------------------------------------------------------------------------
 
-def current_streaks(user_days: dict[int, date]) -> dict[int, int]:
+def current_streaks(user_days: dict[int, date],
+                    never_begun: dict[int, frozenset[date]] | None = None) -> dict[int, int]:
     """The current streak of each user at their ``day`` (the analytics' figure, freezes
-    included: ``streaks.streaks_from_islands``), for a batch of users in one query."""
+    included: ``streaks.streaks_from_islands``; ``never_begun``: each user's
+    ``clock.dates_never_begun``), for a batch of users in one query."""
+    never_begun = never_begun or {}
     if not user_days:
         return {}
     s = ListeningSession
@@ -77,7 +80,8 @@ def current_streaks(user_days: dict[int, date]) -> dict[int, int]:
             runs[-1] = Island(runs[-1].first, day)
         else:
             runs.append(Island(day, day))
-    return {user_id: streaks_from_islands(runs, user_days[user_id]).current
+    return {user_id: streaks_from_islands(runs, user_days[user_id],
+                                          never_begun.get(user_id, frozenset())).current
             for user_id, runs in islands.items()}
 
 
@@ -133,9 +137,10 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
     subscriptions = db.session.execute(
         select(PushSubscription).where(PushSubscription.user_id.in_(list(by_user)))
         .order_by(PushSubscription.id)).scalars().all()
-    streaks = current_streaks({
-        user.id: delivery.local_day for delivery, user in by_user.values()
-        if user.merged_preferences.get("show_streaks", True)})
+    shown = [(delivery, user) for delivery, user in by_user.values()
+             if user.merged_preferences.get("show_streaks", True)]
+    streaks = current_streaks({user.id: delivery.local_day for delivery, user in shown},
+                              {user.id: clock.dates_never_begun(user) for _, user in shown})
     payloads = {
         user.id: json.dumps(reminder_payload(user, delivery, streaks.get(user.id)),
                             separators=(",", ":")).encode()
