@@ -11,7 +11,7 @@ import threading
 from datetime import UTC, date, datetime
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from sonicus import create_app
 from sonicus.extensions import db
@@ -498,6 +498,25 @@ def test_a_reminder_is_not_sent_after_the_user_listened_or_turned_reminders_off(
     assert len(push_service.posts_to(waiting.endpoint)) == 1
 
 
+def test_a_sending_job_run_again_sends_no_reminder_twice(push_client, auth, push_service,
+                                                         browser, set_clock):
+    """A worker that died after posting has its job run again by another worker: the user
+    still gets one push that day (at most one reminder per user day)."""
+    app = push_client.application
+    _, device = _listener(push_client, auth, push_service, browser, time="18:00")
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    with app.app_context():
+        ids = reminder_claims.claim_due_reminders()
+        db.session.remove()
+    with app.app_context():
+        assert reminders.deliver_reminders(ids) == 1
+        db.session.remove()
+    with app.app_context():
+        assert reminders.deliver_reminders(ids) == 0
+        db.session.remove()
+    assert len(push_service.posts_to(device.endpoint)) == 1
+
+
 def test_two_workers_racing_send_one_push(push_client, auth, push_service, browser, set_clock):
     app = push_client.application
     _, device = _listener(push_client, auth, push_service, browser, time="18:00")
@@ -541,7 +560,9 @@ def test_the_server_posts_only_to_allowed_addresses_at_send_time_and_follows_no_
     with app.app_context():  # the default settings: only the browsers' push services
         assert reminders.deliver_reminders(ids) == 0
     assert push_service.received == []
-    with push_client.application.app_context():
+    with push_client.application.app_context():  # the same reminders, not yet taken
+        db.session.execute(update(ReminderDelivery).values(sent_at=None))
+        db.session.commit()
         assert reminders.deliver_reminders(ids) == 1
     assert [p.status for p in push_service.posts_to(redirected.endpoint)] == [307]
     assert push_service.posts_to(push_service.endpoint("elsewhere")) == []

@@ -126,13 +126,22 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
     """Send a batch of reminders: the reads in a few queries, the pushes outside any
     transaction, the outcome (devices gone, pushes counted) in one. A reminder whose user
     turned reminders off or listened since it was claimed (a retry comes up to an hour
-    later) is not sent."""
+    later) is not sent; a reminder's first sending takes it (``sent_at``), so a job run again
+    after its worker died sends it no second time (at most one per user day)."""
     found = db.session.execute(  # still wanted: reminders on, and not listened since
         select(ReminderDelivery, User).join(User, User.id == ReminderDelivery.user_id)
         .join(ReminderPreferences, ReminderPreferences.user_id == User.id)
         .where(ReminderDelivery.id.in_(list(wanted)), User.is_active.is_(True),
                ReminderPreferences.enabled.is_(True),
                ~listened_on(ReminderDelivery.user_id, ReminderDelivery.local_day))).all()
+    firsts = [delivery.id for delivery, _user in found if wanted[delivery.id] is None]
+    if firsts:  # taken once: the job run again (its worker died) sends no reminder twice
+        table = ReminderDelivery.__table__
+        taken = set(db.session.execute(
+            update(table).where(table.c.id.in_(firsts), table.c.sent_at.is_(None))
+            .values(sent_at=clock.now()).returning(table.c.id)).scalars())
+        found = [(delivery, user) for delivery, user in found
+                 if wanted[delivery.id] is not None or delivery.id in taken]
     by_user = {user.id: (delivery, user) for delivery, user in found}
     subscriptions = db.session.execute(
         select(PushSubscription).where(PushSubscription.user_id.in_(list(by_user)))
