@@ -8,6 +8,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, available_timezones
 
 _VALID_ZONES: frozenset[str] | None = None
+# Names in the tz database folder that are not zones but the host's own setting: the day they
+# give would depend on the machine that computes it.
+HOST_ZONE_NAMES = frozenset({"localtime"})
 
 
 def now() -> datetime:
@@ -17,7 +20,7 @@ def now() -> datetime:
 def is_valid_timezone(name: str) -> bool:
     global _VALID_ZONES
     if _VALID_ZONES is None:
-        _VALID_ZONES = frozenset(available_timezones())
+        _VALID_ZONES = frozenset(available_timezones()) - HOST_ZONE_NAMES
     return name in _VALID_ZONES
 
 
@@ -83,6 +86,22 @@ def pending_day_settings_at(person, moment: datetime) -> datetime | None:
     """When the shown day settings take effect, if that is still to come at ``moment``."""
     effective_at = person.day_settings_effective_at
     return effective_at if effective_at is not None and moment < effective_at else None
+
+
+def dates_never_begun(person) -> frozenset[date]:
+    """The dates a change of day settings skipped: a move east can end the user's day where
+    the new settings are already a date or more later (Pacific/Honolulu to Pacific/Kiritimati:
+    1 June ends when it is 3 June there), so the dates between were never the user's day
+    (streaks do not count them as missed). Of the latest change only (the one remembered)."""
+    effective_at = person.day_settings_effective_at
+    if (effective_at is None or person.prior_timezone is None
+            or person.prior_day_start_hour is None):
+        return frozenset()
+    last_before = local_day(effective_at - timedelta(microseconds=1), person.prior_timezone,
+                            person.prior_day_start_hour)
+    first_after = local_day(effective_at, person.timezone, person.day_start_hour)
+    return frozenset(last_before + timedelta(days=n)
+                     for n in range(1, (first_after - last_before).days))
 
 
 def user_day(person, moment: datetime) -> UserDay:

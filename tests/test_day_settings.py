@@ -256,3 +256,14 @@ def test_no_sequence_of_changes_gives_a_day_more_than_its_quota(db_session, make
     counted = Counter(s.local_day for s in sessions if s.counts_toward_quota)
     assert max(counted.values()) <= 3
     assert granted >= 3 * 5  # the quota came back on later days: the check is not vacuous
+
+
+def test_the_hosts_localtime_is_not_a_time_zone_a_user_can_choose(client, auth):
+    """"localtime" is the server's own setting, not an IANA zone: each machine (web, worker,
+    database) could give the user another day. A 422 naming the field, nothing changed."""
+    headers = auth("host@example.com")
+    res = client.put("/api/user/profile", json={"timezone": "localtime"}, headers=headers)
+    assert res.status_code == 422, res.get_json()
+    assert res.get_json()["errors"] == ["timezone: Not a valid IANA time zone."]
+    assert client.get("/api/user/profile", headers=headers).get_json()["data"]["timezone"] \
+        == "UTC"

@@ -11,7 +11,7 @@ import threading
 from datetime import UTC, date, datetime
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from sonicus import create_app
 from sonicus.extensions import db
@@ -246,6 +246,28 @@ def test_the_local_time_holds_across_a_dst_change(push_client, auth, push_servic
         [date(2026, 3, 9)]
 
 
+def test_a_reminder_time_the_spring_forward_skips_is_sent_at_the_first_minute_after_it(
+        push_client, auth, push_service, browser, make_user):
+    """Los Angeles springs forward from 01:59 to 03:00 on 2026-03-08: a reminder at 02:00 is
+    sent at 03:00 (it was never sent that day), and one at 01:30 missed by a worker that was
+    down is still caught up within the real hour after it (03:00 is 30 minutes later)."""
+    app = push_client.application
+    _listener(push_client, auth, push_service, browser, "two@example.com",
+              make_user=make_user, timezone="America/Los_Angeles", time="02:00")
+    assert _claimed(app, datetime(2026, 3, 8, 9, 59, tzinfo=UTC)) == []  # 01:59 PST
+    assert [d for _, d in _claimed(app, datetime(2026, 3, 8, 10, 0, tzinfo=UTC))] == \
+        [date(2026, 3, 8)]  # 03:00 PDT
+    _listener(push_client, auth, push_service, browser, "half@example.com",
+              make_user=make_user, timezone="America/Los_Angeles", time="01:30")
+    assert [d for _, d in _claimed(app, datetime(2026, 3, 8, 10, 0, tzinfo=UTC))] == \
+        [date(2026, 3, 8)]
+    # the catch-up is an hour of real time, the spring-forward is not more of it
+    _listener(push_client, auth, push_service, browser, "late@example.com",
+              make_user=make_user, timezone="America/Los_Angeles", time="01:00")
+    assert _claimed(app, datetime(2026, 3, 8, 10, 0, tzinfo=UTC)) == []
+    assert reminder_claims.reminder_due(180, 0, 120, 127, 7, None, None, 60)  # SQLite's rule
+
+
 def test_never_in_quiet_hours_nor_on_days_off(push_client, auth, push_service, browser):
     _listener(push_client, auth, push_service, browser, "late@example.com", time="22:15",
               quiet_start="22:00", quiet_end="07:00")
@@ -317,6 +339,33 @@ def test_smart_time_is_the_hour_they_usually_start_sessions_they_complete(
     assert (data["time"], data["smart_time"]) == ("smart", "07:00")
     # the one without data: 21:00
     assert len(_claimed(app, datetime(2026, 1, 14, 21, 0, tzinfo=UTC))) == 1
+
+
+def test_smart_time_after_a_move_is_the_hour_they_listened_at_where_they_were(
+        push_client, auth, push_service, browser, make_package, make_session, set_clock,
+        make_user):
+    """Three evenings at 21:00 in Los Angeles, then a move to Auckland: the habit is 21:00
+    local, as the recap's listening hours say, not 18:00 (21:00 PST read in Auckland)."""
+    app = push_client.application
+    headers, _ = _listener(push_client, auth, push_service, browser, "mover@example.com",
+                           make_user=make_user, timezone="America/Los_Angeles", time="smart")
+    with app.app_context():
+        mover = db.session.execute(select(ReminderPreferences.user_id)).scalar_one()
+    package = make_package()
+    for day in (6, 7, 8):  # 05:00 UTC: 21:00 PST the evening before
+        make_session(mover, package, started_at=datetime(2026, 1, day, 5, 0, tzinfo=UTC))
+    set_clock(datetime(2026, 1, 10, 12, 0, tzinfo=UTC))
+    res = push_client.put("/api/user/profile", json={"timezone": "Pacific/Auckland"},
+                          headers=headers)
+    assert res.status_code == 200, res.get_json()
+    with app.app_context():  # after the move took effect (08:00 UTC on the 11th)
+        assert reminder_claims.refresh_smart_times(datetime(2026, 1, 12, 0, 0, tzinfo=UTC)) == 1
+        db.session.remove()
+    data = push_client.get("/api/user/reminders", headers=headers).get_json()["data"]
+    assert data["smart_time"] == "21:00"
+    recap = push_client.get("/api/user/recap?period=week&date=2026-01-05",
+                            headers=headers).get_json()["data"]
+    assert recap["listening_hours"][21] == 30
 
 
 # ---- sending ------------------------------------------------------------------------------------
@@ -420,6 +469,54 @@ def test_a_busy_push_service_is_retried_then_given_up(push_client, auth, push_se
         assert db.session.execute(select(func.count(PushSubscription.id))).scalar() == 3
 
 
+def test_a_reminder_is_not_sent_after_the_user_listened_or_turned_reminders_off(
+        push_client, auth, push_service, browser, set_clock, make_package, make_session):
+    """Claimed at 18:00, sent later (a busy queue, a retry up to an hour on): the user who
+    listened since, and the one who turned reminders off, get nothing."""
+    app = push_client.application
+    _, listener = _listener(push_client, auth, push_service, browser, "did@example.com",
+                            time="18:00")
+    off_headers, off = _listener(push_client, auth, push_service, browser,
+                                 "off@example.com", time="18:00")
+    _, waiting = _listener(push_client, auth, push_service, browser, "wait@example.com",
+                           time="18:00")
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    claimed = _claimed(app, datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    assert len(claimed) == 3
+    with app.app_context():
+        ids = list(db.session.execute(select(ReminderDelivery.id)
+                                      .order_by(ReminderDelivery.user_id)).scalars())
+        db.session.remove()
+    make_session(min(user for user, _ in claimed), make_package(), date(2026, 1, 14),
+                 minutes=5)
+    _set_reminders(push_client, off_headers, enabled=False)
+    set_clock(datetime(2026, 1, 14, 18, 10, tzinfo=UTC))
+    with app.app_context():
+        assert reminders.deliver_reminders(ids) == 1
+    assert push_service.posts_to(listener.endpoint) == []
+    assert push_service.posts_to(off.endpoint) == []
+    assert len(push_service.posts_to(waiting.endpoint)) == 1
+
+
+def test_a_sending_job_run_again_sends_no_reminder_twice(push_client, auth, push_service,
+                                                         browser, set_clock):
+    """A worker that died after posting has its job run again by another worker: the user
+    still gets one push that day (at most one reminder per user day)."""
+    app = push_client.application
+    _, device = _listener(push_client, auth, push_service, browser, time="18:00")
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    with app.app_context():
+        ids = reminder_claims.claim_due_reminders()
+        db.session.remove()
+    with app.app_context():
+        assert reminders.deliver_reminders(ids) == 1
+        db.session.remove()
+    with app.app_context():
+        assert reminders.deliver_reminders(ids) == 0
+        db.session.remove()
+    assert len(push_service.posts_to(device.endpoint)) == 1
+
+
 def test_two_workers_racing_send_one_push(push_client, auth, push_service, browser, set_clock):
     app = push_client.application
     _, device = _listener(push_client, auth, push_service, browser, time="18:00")
@@ -463,7 +560,9 @@ def test_the_server_posts_only_to_allowed_addresses_at_send_time_and_follows_no_
     with app.app_context():  # the default settings: only the browsers' push services
         assert reminders.deliver_reminders(ids) == 0
     assert push_service.received == []
-    with push_client.application.app_context():
+    with push_client.application.app_context():  # the same reminders, not yet taken
+        db.session.execute(update(ReminderDelivery).values(sent_at=None))
+        db.session.commit()
         assert reminders.deliver_reminders(ids) == 1
     assert [p.status for p in push_service.posts_to(redirected.endpoint)] == [307]
     assert push_service.posts_to(push_service.endpoint("elsewhere")) == []
@@ -562,3 +661,17 @@ def test_a_time_with_a_trailing_newline_is_422(client, auth, body):
     assert res.status_code == 422, res.get_json()
     assert client.get("/api/user/reminders", headers=auth()).get_json()["data"]["quiet_start"] \
         is None
+
+
+@pytest.mark.parametrize("millis", [2 ** 53, 253_402_300_800_000])
+def test_an_expiration_time_past_any_date_is_422_naming_it(push_client, auth, push_service,
+                                                             browser, millis):
+    """An ``expirationTime`` no date can hold (past the year 9999) is refused naming the
+    field, and nothing is stored (it was a 500)."""
+    sub = browser(push_service.endpoint("far-future")).subscription()
+    sub["expirationTime"] = millis
+    res = push_client.post("/api/user/push-subscriptions", json=sub, headers=auth())
+    assert res.status_code == 422, res.get_json()
+    assert any(e.startswith("expirationTime") for e in res.get_json()["errors"])
+    with push_client.application.app_context():
+        assert db.session.execute(select(func.count(PushSubscription.id))).scalar() == 0

@@ -229,3 +229,29 @@ def test_sqlite_gives_the_same_streaks_freezes_and_recaps(tmp_path, app, set_clo
         db.session.commit()
         got = figures()
     assert got == expected
+
+
+def test_a_date_a_move_east_skipped_does_not_break_the_streak(set_clock, make_user, make_package,
+                                                              make_session, client, auth,
+                                                              redis_client):
+    """Honolulu (-10) to Kiritimati (+14): 1 June ends at midnight in Honolulu, which is
+    already 3 June in Kiritimati. 2 June never was the user's day: it cannot be missed."""
+    user_id = make_user("east@example.com", timezone="Pacific/Honolulu").id
+    headers = auth("east@example.com")
+    package = make_package("east").id
+    for day in _days(date(2026, 5, 30), date(2026, 6, 1)):
+        make_session(user_id, package, day, minutes=12)
+    set_clock(datetime(2026, 6, 1, 22, 0, tzinfo=UTC))  # 12:00 on 1 June in Honolulu
+    res = client.put("/api/user/profile", json={"timezone": "Pacific/Kiritimati"},
+                     headers=headers)
+    assert res.json["data"]["day_settings_effective_at"] == "2026-06-02T10:00:00+00:00"
+    set_clock(datetime(2026, 6, 2, 20, 0, tzinfo=UTC))  # 10:00 on 3 June in Kiritimati
+    data = client.get("/api/user/analytics", headers=headers).json["data"]
+    assert data["day"] == "2026-06-03"
+    assert _streak(data) == (3, 3, 0, [])
+    make_session(user_id, package, date(2026, 6, 3), minutes=12)
+    redis_client.flushdb()  # the analytics cached above
+    data = client.get("/api/user/analytics", headers=headers).json["data"]
+    assert _streak(data) == (4, 4, 0, [])
+    recap = client.get("/api/user/recap?period=week&date=2026-06-01", headers=headers).json
+    assert recap["data"]["longest_streak"] == 2  # 1 and 3 June

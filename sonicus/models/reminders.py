@@ -89,7 +89,7 @@ class ReminderDelivery(Base):
     local_day: Mapped[date] = mapped_column(Date)
     recap: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # its sending began
     pushes_sent: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (

@@ -14,6 +14,9 @@ from .common import StrictSchema
 
 _CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")  # fullmatch: no "\n" after it
 CLOCK_TIME_MESSAGE = "Must be a time HH:MM (00:00 to 23:59)."
+# The latest expirationTime a date can hold: 9999-12-31T23:59:59.999Z in milliseconds.
+LATEST_EXPIRATION_MILLIS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, UTC).timestamp()
+                               * 1000)
 
 
 def validate_clock_time(value: str) -> None:
@@ -99,7 +102,8 @@ class PushSubscriptionInputSchema(StrictSchema):
         "description": "The push service's address; must start with one of "
                        "WEBPUSH_ALLOWED_ENDPOINTS."})
     expirationTime = WideInteger(  # noqa: N815  (the W3C name; milliseconds pass 2**31)
-        allow_none=True, strict=True, validate=ma.validate.Range(min=0, max=2 ** 53),
+        allow_none=True, strict=True,
+        validate=ma.validate.Range(min=0, max=LATEST_EXPIRATION_MILLIS),
         metadata={"description": "Milliseconds since the epoch, as the browser gives it."})
     keys = ma.fields.Nested(PushKeysSchema, required=True)
 

@@ -224,7 +224,7 @@ def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
         "computed_at": now.isoformat(),
     }
     if preferences.get("show_streaks") is not False:
-        streaks = streaks_from_islands(islands, today)
+        streaks = streaks_from_islands(islands, today, clock.dates_never_begun(user))
         data.update(current_streak_days=streaks.current, longest_streak_days=streaks.longest,
                     freezes_available=streaks.freezes_available,
                     freeze_days=recent_freeze_days(streaks, today))

@@ -227,7 +227,7 @@ def recap_figures(person, period: str, on_date: date) -> dict:
             package[name] += value
         seconds_by_hour[int(hour)] += int(seconds)
     islands = day_islands(person.id, last)
-    streaks = streaks_from_islands(islands, last)
+    streaks = streaks_from_islands(islands, last, clock.dates_never_begun(person))
 
     def change(figures) -> float:
         return (figures["after"] - figures["before"]) / figures["moods"]

@@ -53,17 +53,36 @@ def _is_postgresql() -> bool:
 # ---- who is due: the rule in Python (SQLite, development) and in SQL (PostgreSQL) -----------
 
 def reminder_due(wall_minute: int, day_start_hour: int, at_minute: int, days_mask: int,
-                 weekday: int, quiet_start: int | None, quiet_end: int | None) -> bool:
+                 weekday: int, quiet_start: int | None, quiet_end: int | None,
+                 skipped_minutes: int = 0) -> bool:
     """THE timing rule. ``wall_minute``: the user's local time (minutes after midnight);
-    ``weekday``: ISO weekday (1 = Monday) of the user's day."""
+    ``weekday``: ISO weekday (1 = Monday) of the user's day; ``skipped_minutes``: how far the
+    zone's clock jumped forward within the last ``CATCH_UP_MINUTES`` (the function below)."""
     shift = day_start_hour * 60
     since_day_start = (wall_minute - shift) % 1440
     reminder_offset = (at_minute - shift) % 1440
-    if not 0 <= since_day_start - reminder_offset < CATCH_UP_MINUTES:
+    if not 0 <= since_day_start - reminder_offset < CATCH_UP_MINUTES + skipped_minutes:
         return False
     if not days_mask & (1 << (weekday - 1)):
         return False
     return not in_quiet_hours(wall_minute, quiet_start, quiet_end)
+
+
+def skipped_minutes(zone: ZoneInfo, now: datetime) -> int:
+    """How many wall-clock minutes the zone's clock jumped forward (a spring-forward) within
+    the last ``CATCH_UP_MINUTES``: the catch-up lasts that much longer in wall-clock minutes,
+    so a reminder time the jump skipped is still sent at the first minute after it."""
+    before = (now - timedelta(minutes=CATCH_UP_MINUTES)).astimezone(zone).utcoffset()
+    jump = now.astimezone(zone).utcoffset() - before
+    return max(0, int(jump.total_seconds()) // 60)
+
+
+def listened_on(user_id, day):
+    """Whether the user listened on their ``day`` (a session that counts towards the quota: a
+    refunded tap does not), as an SQL ``EXISTS`` over columns or values."""
+    s = ListeningSession
+    return exists().where(s.user_id == user_id, s.local_day == day,
+                          s.counts_toward_quota.is_(True))
 
 
 def in_quiet_hours(wall_minute: int, quiet_start: int | None, quiet_end: int | None) -> bool:
@@ -83,12 +102,14 @@ def in_quiet_hours(wall_minute: int, quiet_start: int | None, quiet_end: int | N
 CLAIM_DUE_SQL = """
 WITH zones AS MATERIALIZED (
     SELECT * FROM unnest(CAST(:zone_names AS text[]), CAST(:zone_dates AS date[]),
-                         CAST(:zone_minutes AS int[])) AS z (tz, local_date, wall_minute)
+                         CAST(:zone_minutes AS int[]), CAST(:zone_skips AS int[]))
+                  AS z (tz, local_date, wall_minute, skipped)
 ), placed AS (
     SELECT p.user_id, p.days_mask, p.weekly_recap, p.quiet_start_minute AS qs,
            p.quiet_end_minute AS qe,
            COALESCE(p.remind_minute, p.smart_minute, :default_minute) AS at_minute,
            CASE WHEN f.prior THEN zp.wall_minute ELSE z.wall_minute END AS wall_minute,
+           CASE WHEN f.prior THEN zp.skipped ELSE z.skipped END AS skipped,
            CASE WHEN f.prior THEN zp.local_date ELSE z.local_date END AS local_date,
            CASE WHEN f.prior THEN u.prior_day_start_hour ELSE u.day_start_hour END AS dsh
     FROM sonicus.reminder_preferences p
@@ -107,7 +128,7 @@ WITH zones AS MATERIALIZED (
                  (((q.wall_minute - q.dsh * 60) % 1440 + 1440) % 1440)
                    - (((q.at_minute - q.dsh * 60) % 1440 + 1440) % 1440) AS minutes_late
           FROM placed q) AS p
-    WHERE p.minutes_late BETWEEN 0 AND :catch_up - 1
+    WHERE p.minutes_late BETWEEN 0 AND :catch_up - 1 + p.skipped
       AND (p.days_mask & (1 << (extract(isodow FROM p.user_day)::int - 1))) <> 0
       AND NOT (p.qs IS NOT NULL AND p.qe IS NOT NULL AND p.qs <> p.qe AND (
             (p.qs < p.qe AND p.wall_minute >= p.qs AND p.wall_minute < p.qe)
@@ -126,12 +147,15 @@ ON CONFLICT (user_id, local_day) DO NOTHING
 RETURNING id
 """
 
-# "smart": the local hour (user's time zone) at which the user most often started sessions
-# they completed in the last SMART_LOOKBACK_DAYS days (ties: the later hour); none: null
-# (21:00 applies). Refreshed daily per user, a bounded batch per run, stalest first.
+# "smart": the local hour (the user's time zone in force when each session started,
+# ``clock.day_settings_at``, as in the recaps' listening hours) at which the user most often
+# started sessions they completed in the last SMART_LOOKBACK_DAYS days (ties: the later
+# hour); none: null (21:00 applies). Refreshed daily per user, a bounded batch per run,
+# stalest first.
 REFRESH_SMART_SQL = f"""
 WITH stale AS (
-    SELECT p.user_id, u.timezone
+    SELECT p.user_id, u.timezone, u.prior_timezone, u.prior_day_start_hour,
+           u.day_settings_effective_at
     FROM sonicus.reminder_preferences p JOIN sonicus.users u ON u.id = p.user_id
     WHERE p.enabled IS TRUE AND p.remind_minute IS NULL
       AND (p.smart_computed_at IS NULL OR p.smart_computed_at < :stale_before)
@@ -139,7 +163,11 @@ WITH stale AS (
     LIMIT :batch
     FOR UPDATE OF p SKIP LOCKED
 ), hours AS (
-    SELECT s.user_id, extract(hour FROM us.started_at AT TIME ZONE s.timezone)::int AS hour,
+    SELECT s.user_id, extract(hour FROM us.started_at AT TIME ZONE (
+               CASE WHEN us.started_at < s.day_settings_effective_at
+                         AND s.prior_timezone IS NOT NULL
+                         AND s.prior_day_start_hour IS NOT NULL
+                    THEN s.prior_timezone ELSE s.timezone END))::int AS hour,
            count(*) AS n
     FROM stale s JOIN sonicus.user_sessions us ON us.user_id = s.user_id
     WHERE us.started_at >= :since AND us.completed IS TRUE
@@ -171,16 +199,18 @@ def refresh_smart_times(now: datetime | None = None, batch: int = SMART_BATCH) -
 def _refresh_smart_times_python(now, since, stale_before, batch) -> int:
     p = ReminderPreferences
     rows = db.session.execute(
-        select(p, User.timezone).join(User, User.id == p.user_id)
+        select(p, User).join(User, User.id == p.user_id)
         .where(p.enabled.is_(True), p.remind_minute.is_(None),
                (p.smart_computed_at.is_(None)) | (p.smart_computed_at < stale_before))
         .limit(batch)).all()
     s = ListeningSession
-    for prefs, tz in rows:
+    for prefs, user in rows:
         starts = db.session.execute(select(s.started_at).where(
             s.user_id == prefs.user_id, s.started_at >= since, s.completed.is_(True),
             s.counts_in_outcomes)).scalars()
-        hours = Counter(moment.astimezone(ZoneInfo(tz)).hour for moment in starts)
+        hours = Counter(
+            moment.astimezone(ZoneInfo(clock.day_settings_at(user, moment).timezone)).hour
+            for moment in starts)
         best = max(hours.items(), key=lambda item: (item[1], item[0]), default=None)
         prefs.smart_minute = None if best is None else best[0] * 60
         prefs.smart_computed_at = now
@@ -194,15 +224,18 @@ def _zone_names() -> tuple[str, ...]:
 
 
 def zone_clocks(now: datetime) -> dict:
-    """Every IANA time zone's local date and wall-clock minute at ``now`` (the parameters of
-    ``CLAIM_DUE_SQL``): about 600 conversions, a millisecond or two."""
-    names, dates, minutes = [], [], []
+    """Every IANA time zone's local date, wall-clock minute and ``skipped_minutes`` at ``now``
+    (the parameters of ``CLAIM_DUE_SQL``): about 1,800 conversions, a few milliseconds."""
+    names, dates, minutes, skips = [], [], [], []
     for name in _zone_names():
-        local = now.astimezone(ZoneInfo(name))
+        zone = ZoneInfo(name)
+        local = now.astimezone(zone)
         names.append(name)
         dates.append(local.date())
         minutes.append(local.hour * 60 + local.minute)
-    return {"zone_names": names, "zone_dates": dates, "zone_minutes": minutes}
+        skips.append(skipped_minutes(zone, now))
+    return {"zone_names": names, "zone_dates": dates, "zone_minutes": minutes,
+            "zone_skips": skips}
 
 
 def claim_due_reminders(now: datetime | None = None) -> list[int]:
@@ -229,18 +262,16 @@ def _claim_due_python(now: datetime) -> list[int]:
     claimed = []
     for prefs, user in rows:
         settings = clock.day_settings_at(user, now)
-        wall = now.astimezone(ZoneInfo(settings.timezone))
+        zone = ZoneInfo(settings.timezone)
+        wall = now.astimezone(zone)
         day = (wall - timedelta(hours=settings.day_start_hour)).date()
         at_minute = next(m for m in (prefs.remind_minute, prefs.smart_minute,
                                      DEFAULT_SMART_MINUTE) if m is not None)
         if not reminder_due(wall.hour * 60 + wall.minute, settings.day_start_hour, at_minute,
                             prefs.days_mask, day.isoweekday(), prefs.quiet_start_minute,
-                            prefs.quiet_end_minute):
+                            prefs.quiet_end_minute, skipped_minutes(zone, now)):
             continue
-        listened = db.session.execute(select(exists().where(
-            ListeningSession.user_id == user.id, ListeningSession.local_day == day,
-            ListeningSession.counts_toward_quota.is_(True)))).scalar()
-        if listened:
+        if db.session.execute(select(listened_on(user.id, day))).scalar():
             continue
         new_id = db.session.execute(
             sqlite.insert(ReminderDelivery).values(

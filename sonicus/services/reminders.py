@@ -24,11 +24,11 @@ from sqlalchemy import bindparam, delete, select, update
 from .. import clock
 from ..extensions import db
 from ..models import ListeningSession, User
-from ..models.reminders import PushSubscription, ReminderDelivery
+from ..models.reminders import PushSubscription, ReminderDelivery, ReminderPreferences
 from ..tasks.queue import QUEUE_DEFAULT, enqueue, get_queue
 from . import webpush
 from .recaps import compute_recap
-from .reminder_claims import claim_due_reminders, refresh_smart_times
+from .reminder_claims import claim_due_reminders, listened_on, refresh_smart_times
 from .streaks import Island, streaks_from_islands
 from .transaction import unit_of_work
 
@@ -58,9 +58,12 @@ def send_due_reminders() -> int:
 
 # ---- sending ------------------------------------------------------------------------------------
 
-def current_streaks(user_days: dict[int, date]) -> dict[int, int]:
+def current_streaks(user_days: dict[int, date],
+                    never_begun: dict[int, frozenset[date]] | None = None) -> dict[int, int]:
     """The current streak of each user at their ``day`` (the analytics' figure, freezes
-    included: ``streaks.streaks_from_islands``), for a batch of users in one query."""
+    included: ``streaks.streaks_from_islands``; ``never_begun``: each user's
+    ``clock.dates_never_begun``), for a batch of users in one query."""
+    never_begun = never_begun or {}
     if not user_days:
         return {}
     s = ListeningSession
@@ -77,7 +80,8 @@ def current_streaks(user_days: dict[int, date]) -> dict[int, int]:
             runs[-1] = Island(runs[-1].first, day)
         else:
             runs.append(Island(day, day))
-    return {user_id: streaks_from_islands(runs, user_days[user_id]).current
+    return {user_id: streaks_from_islands(runs, user_days[user_id],
+                                          never_begun.get(user_id, frozenset())).current
             for user_id, runs in islands.items()}
 
 
@@ -120,17 +124,32 @@ def retry_reminder_pushes(delivery_id: int, subscription_ids: list[int], attempt
 
 def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
     """Send a batch of reminders: the reads in a few queries, the pushes outside any
-    transaction, the outcome (devices gone, pushes counted) in one."""
-    found = db.session.execute(
+    transaction, the outcome (devices gone, pushes counted) in one. A reminder whose user
+    turned reminders off or listened since it was claimed (a retry comes up to an hour
+    later) is not sent; a reminder's first sending takes it (``sent_at``), so a job run again
+    after its worker died sends it no second time (at most one per user day)."""
+    found = db.session.execute(  # still wanted: reminders on, and not listened since
         select(ReminderDelivery, User).join(User, User.id == ReminderDelivery.user_id)
-        .where(ReminderDelivery.id.in_(list(wanted)), User.is_active.is_(True))).all()
+        .join(ReminderPreferences, ReminderPreferences.user_id == User.id)
+        .where(ReminderDelivery.id.in_(list(wanted)), User.is_active.is_(True),
+               ReminderPreferences.enabled.is_(True),
+               ~listened_on(ReminderDelivery.user_id, ReminderDelivery.local_day))).all()
+    firsts = [delivery.id for delivery, _user in found if wanted[delivery.id] is None]
+    if firsts:  # taken once: the job run again (its worker died) sends no reminder twice
+        table = ReminderDelivery.__table__
+        taken = set(db.session.execute(
+            update(table).where(table.c.id.in_(firsts), table.c.sent_at.is_(None))
+            .values(sent_at=clock.now()).returning(table.c.id)).scalars())
+        found = [(delivery, user) for delivery, user in found
+                 if wanted[delivery.id] is not None or delivery.id in taken]
     by_user = {user.id: (delivery, user) for delivery, user in found}
     subscriptions = db.session.execute(
         select(PushSubscription).where(PushSubscription.user_id.in_(list(by_user)))
         .order_by(PushSubscription.id)).scalars().all()
-    streaks = current_streaks({
-        user.id: delivery.local_day for delivery, user in by_user.values()
-        if user.merged_preferences.get("show_streaks", True)})
+    shown = [(delivery, user) for delivery, user in by_user.values()
+             if user.merged_preferences.get("show_streaks", True)]
+    streaks = current_streaks({user.id: delivery.local_day for delivery, user in shown},
+                              {user.id: clock.dates_never_begun(user) for _, user in shown})
     payloads = {
         user.id: json.dumps(reminder_payload(user, delivery, streaks.get(user.id)),
                             separators=(",", ":")).encode()

@@ -17,6 +17,8 @@ The freeze rule, exactly:
   spent: the run goes on, and the frozen day does not add to its length. Two or more missed
   days in a row end the run, whatever is banked (a freeze covers one day).
 - When a run ends, its banked freezes go with it: a new run starts with none.
+- A date that never was the user's day (skipped by a move east, ``clock.dates_never_begun``)
+  is not a missed day: the days either side of it are consecutive.
 - Today without a streak day does not break anything until it is over. If yesterday was
   missed (the last streak day was the day before yesterday), a banked freeze covers
   yesterday now and the run stays current; should today be missed too, the run ends and that
@@ -104,19 +106,37 @@ def active_days(islands: list[Island], start: date, end: date) -> int:
     return sum(i.days_within(start, end) for i in islands)
 
 
-def streaks_from_islands(islands: list[Island], today: date) -> Streaks:
+def _missed_days(after: date, before: date, never_begun: frozenset[date]) -> int:
+    """The user's days strictly between ``after`` and ``before`` (dates never begun left out)."""
+    between = (before - after).days - 1
+    return between - sum(1 for day in never_begun if after < day < before)
+
+
+def _first_missed(after: date, never_begun: frozenset[date]) -> date:
+    day = after + timedelta(days=1)
+    while day in never_begun:
+        day += timedelta(days=1)
+    return day
+
+
+def streaks_from_islands(islands: list[Island], today: date,
+                         never_begun: frozenset[date] = frozenset()) -> Streaks:
     """The freeze accounting over the streak islands (see the module's rule), at ``today``;
-    islands of active days without a streak day are passed over."""
+    islands of active days without a streak day are passed over; ``never_begun``: the dates
+    that were never the user's day (``clock.dates_never_begun``)."""
     islands = [i for i in islands if i.streak]
     runs: list[list[Island]] = []
     freeze_days: list[date] = []
     length = banked = 0
     previous: Island | None = None
     for island in islands:
-        missed = None if previous is None else (island.first - previous.last).days - 1
-        if missed == 1 and banked > 0:
+        missed = (None if previous is None
+                  else _missed_days(previous.last, island.first, never_begun))
+        if missed == 0:
+            runs[-1].append(island)
+        elif missed == 1 and banked > 0:
             banked -= 1
-            freeze_days.append(previous.last + timedelta(days=1))
+            freeze_days.append(_first_missed(previous.last, never_begun))
             runs[-1].append(island)
         else:
             length = banked = 0
@@ -126,12 +146,12 @@ def streaks_from_islands(islands: list[Island], today: date) -> Streaks:
         previous = island
     current = available = 0
     if previous is not None:
-        missed = (today - previous.last).days - 1  # days missed before today
+        missed = _missed_days(previous.last, today, never_begun)  # missed before today
         if missed <= 0:
             current, available = length, banked
         elif missed == 1 and banked > 0:
             current, available = length, banked - 1
-            freeze_days.append(today - timedelta(days=1))
+            freeze_days.append(_first_missed(previous.last, never_begun))
     longest = max((sum(i.days for i in run) for run in runs), default=0)
     return Streaks(current, longest, available, tuple(freeze_days),
                    tuple(tuple(run) for run in runs))
