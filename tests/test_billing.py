@@ -457,3 +457,61 @@ def test_failed_card_during_a_trial_means_no_conversion(client, auth, billing):
         "payment_method_removed"
     data = billing.subscription(client, headers)
     assert data["status"] == "trialing" and data["payment_method_on_file"] is False
+
+
+def _stripe_trial_with_card_converted(app, client, headers, billing) -> datetime:
+    """A Stripe premium trial with a card on file, converted by the expiry job at its end;
+    the trial's end."""
+    from sonicus.extensions import db
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                headers=headers)
+    client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    card = billing.checkout_completed("evt_card", user_id=billing.user_id(EMAIL),
+                                      tier="premium", amount=0, customer="cus_s1",
+                                      subscription="sub_s1")
+    assert billing.post_webhook(client, card).get_json()["data"]["outcome"] == \
+        "payment_method_added"
+    ended = (clock.now() - timedelta(minutes=5)).replace(microsecond=0)
+    billing.arrange(EMAIL, trial_ends_at=ended)
+    with app.app_context():
+        assert process_due_subscriptions()["outcomes"] == {"trial_converted": 1}
+        db.session.remove()
+    return ended
+
+
+def test_a_declined_first_charge_after_a_trial_makes_it_past_due(stripe_app, auth, billing):
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    ended = _stripe_trial_with_card_converted(app, client, headers, billing)
+    failed = billing.invoice_event("evt_first_fail", "invoice.payment_failed",
+                                   user_id=billing.user_id(EMAIL), tier=None,
+                                   price="price_prem", period_start=ended,
+                                   period_end=ended + 30 * DAY, subscription="sub_s1",
+                                   customer="cus_s1")
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    data = billing.subscription(client, headers)
+    assert data["status"] == "past_due" and data["grace_ends_at"] is not None
+    # nothing was charged: the history claims no money for the converted trial
+    assert sum(e["amount_cents"] or 0 for e in billing.events_of(EMAIL)
+               if e["type"] in ("trial_converted", "renewed", "activated")) == 0
+
+
+def test_the_first_charge_after_a_trial_is_recorded_once_with_its_month(stripe_app, auth,
+                                                                        billing):
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    ended = _stripe_trial_with_card_converted(app, client, headers, billing)
+    paid = billing.invoice_event("evt_first_paid", "invoice.paid",
+                                 user_id=billing.user_id(EMAIL), tier=None,
+                                 price="price_prem", period_start=ended,
+                                 period_end=ended + 30 * DAY, subscription="sub_s1",
+                                 customer="cus_s1")
+    assert billing.post_webhook(client, paid).get_json()["data"]["outcome"] == "renewed"
+    data = billing.subscription(client, headers)
+    assert data["status"] == "active" and data["tier"] == "premium"
+    assert datetime.fromisoformat(data["current_period_end"]) == ended + 30 * DAY
+    assert sum(e["amount_cents"] or 0 for e in billing.events_of(EMAIL)
+               if e["type"] in ("trial_converted", "renewed", "activated")) == 999
+

@@ -154,12 +154,19 @@ def _trial_to_starter(sub: UserSubscription) -> str:
 
 
 def _convert_trial(sub: UserSubscription) -> str:
+    """The trial is over with a card on file: the paid tier. The sandbox charges the card
+    itself, so the first month is paid; a provider charges it at the trial's end, and its
+    invoice arrives as the renewal of a period that ended with the trial (a failed charge
+    makes it ``past_due``; no notice at all lapses it after the grace)."""
     ends, from_tier = sub.trial_ends_at, sub.tier
     tier = tier_after_trial(sub)
+    charged = _renews_itself(sub)
     sub.tier, sub.status = tier, ACTIVE
-    sub.current_period_start, sub.current_period_end = ends, add_month(ends)
+    sub.current_period_start = ends
+    sub.current_period_end = add_month(ends) if charged else ends
     _clear_scheduled_change(sub)
-    _record(sub, "trial_converted", from_tier, tier, amount_cents=get_tier(tier).price_cents,
+    _record(sub, "trial_converted", from_tier, tier,
+            amount_cents=get_tier(tier).price_cents if charged else 0,
             at=ends, period_end=sub.current_period_end.isoformat(),
             provider_created=ends.isoformat())
     return "trial_converted"
