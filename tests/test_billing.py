@@ -515,3 +515,27 @@ def test_the_first_charge_after_a_trial_is_recorded_once_with_its_month(stripe_a
     assert sum(e["amount_cents"] or 0 for e in billing.events_of(EMAIL)
                if e["type"] in ("trial_converted", "renewed", "activated")) == 999
 
+
+def test_a_late_invoice_of_an_older_subscription_does_not_redirect_the_cancel(stripe_app, auth,
+                                                                              billing):
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    current = billing.invoice_event("evt_new", "invoice.paid", user_id=billing.user_id(EMAIL),
+                                    tier=None, period_start=clock.now() - 10 * DAY,
+                                    period_end=clock.now() + 20 * DAY, price="price_prem",
+                                    subscription="sub_new", customer="cus_s1")
+    assert billing.post_webhook(client, current).get_json()["data"]["outcome"] == "activated"
+    late = billing.invoice_event("evt_late", "invoice.paid", user_id=billing.user_id(EMAIL),
+                                 tier=None, period_start=clock.now() - 40 * DAY,
+                                 period_end=clock.now() - 10 * DAY, price="price_prem",
+                                 subscription="sub_old", customer="cus_s1",
+                                 created=clock.now() - 40 * DAY)
+    assert billing.post_webhook(client, late).get_json()["data"]["outcome"] == \
+        "already_recorded"
+
+    assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
+    # the running subscription stops renewing; the older one is left alone
+    assert fake.received("POST", "/v1/subscriptions/sub_new")[-1]["cancel_at_period_end"] == \
+        ["true"]
+    assert fake.received("POST", "/v1/subscriptions/sub_old") == []

@@ -78,12 +78,21 @@ def _stale_for_a_new_tier(sub: UserSubscription, payment: Payment, now: datetime
 
 
 def _note_provider_ids(sub: UserSubscription, payment: Payment) -> None:
-    """The provider's customer and subscription ids, whatever the payment turns out to be."""
+    """The provider's customer id, whatever the payment turns out to be; its subscription id
+    when none is known yet (``_now_running`` when the payment takes effect)."""
     if payment.customer_id:
         sub.provider_customer_id = payment.customer_id
-    if payment.subscription_id:
+    if not sub.provider_subscription_id:
         sub.provider_subscription_id = payment.subscription_id
     sub.provider = payment.provider
+
+
+def _now_running(sub: UserSubscription, payment: Payment) -> None:
+    """The payment took effect: its provider subscription is the one running, which cancels
+    and plan changes go to. A payment that changes nothing (a late one of an older
+    subscription) never takes its place."""
+    if payment.subscription_id:
+        sub.provider_subscription_id = payment.subscription_id
 
 
 def _paid_tier(sub: UserSubscription, payment: Payment) -> str | None:
@@ -113,6 +122,7 @@ def _trial_card_added(sub: UserSubscription, payment: Payment, tier: str,
         sub.tier = tier
     elif had_payment_method:
         return "already_recorded"
+    _now_running(sub, payment)
     _record(sub, "payment_method_added", sub.tier, sub.tier, amount_cents=0,
             reference=_reference(payment), at=now, **_stamp(payment))
     return "payment_method_added"
@@ -148,6 +158,7 @@ def _renewal_of_current_tier(sub: UserSubscription, payment: Payment, now: datet
     end = payment.period_end or add_month(start)
     sub.current_period_start, sub.current_period_end = start, end
     sub.status, sub.past_due_since = ACTIVE, None
+    _now_running(sub, payment)
     _record(sub, "renewed", tier, tier, amount_cents=payment.amount_cents,
             reference=_reference(payment), at=now, period_end=end.isoformat(),
             recovered_from=from_status if from_status == PAST_DUE else None, **_stamp(payment))
@@ -163,6 +174,7 @@ def _new_paid_tier(sub: UserSubscription, payment: Payment, tier: str, now: date
     sub.tier, sub.status = tier, ACTIVE
     sub.current_period_start, sub.current_period_end = start, end
     sub.past_due_since, sub.complimentary = None, False
+    _now_running(sub, payment)
     _clear_scheduled_change(sub)
     if sub.checkout_tier == tier:
         _clear_checkout(sub)
