@@ -539,3 +539,17 @@ def test_a_late_invoice_of_an_older_subscription_does_not_redirect_the_cancel(st
     assert fake.received("POST", "/v1/subscriptions/sub_new")[-1]["cancel_at_period_end"] == \
         ["true"]
     assert fake.received("POST", "/v1/subscriptions/sub_old") == []
+
+
+def test_an_upgrade_after_a_cancel_keeps_renewing_at_the_provider(stripe_app, auth, billing):
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
+    resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    assert resp.status_code == 200
+    assert resp.get_json()["data"]["cancel_at_period_end"] is False
+    # what the user sees is what the provider does: it renews, it does not end the upgrade
+    flags = [form["cancel_at_period_end"] for form in
+             fake.received("POST", "/v1/subscriptions/sub_s1") if "cancel_at_period_end" in form]
+    assert flags[-1] == ["false"]

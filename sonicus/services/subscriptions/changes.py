@@ -201,6 +201,8 @@ def _upgrade_now(sub: UserSubscription, tier: str, now: datetime) -> str:
     period_seconds = (sub.current_period_end - start).total_seconds()
     amount = prorated_upgrade_cents(sub.tier, tier, seconds_left, period_seconds)
     get_provider(sub.provider).change_tier(sub, tier, prorate=True)
+    if sub.cancel_at_period_end:  # the upgraded tier goes on: the provider renews it too
+        get_provider(sub.provider).set_cancel_at_period_end(sub, False)
     _provider_told(sub, now)
     _record(sub, "upgraded", sub.tier, tier, amount_cents=amount, at=now, proration=True,
             period_end=sub.current_period_end.isoformat())
