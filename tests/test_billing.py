@@ -553,3 +553,23 @@ def test_an_upgrade_after_a_cancel_keeps_renewing_at_the_provider(stripe_app, au
     flags = [form["cancel_at_period_end"] for form in
              fake.received("POST", "/v1/subscriptions/sub_s1") if "cancel_at_period_end" in form]
     assert flags[-1] == ["false"]
+
+
+def test_resuming_after_a_downgrade_and_a_cancel_renews_the_tier_kept(stripe_app, auth,
+                                                                       billing):
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    paid = billing.invoice_event("evt_pro", "invoice.paid", user_id=billing.user_id(EMAIL),
+                                 tier=None, period_start=clock.now() - 10 * DAY,
+                                 period_end=clock.now() + 20 * DAY, price="price_pro",
+                                 subscription="sub_s1", customer="cus_s1")
+    assert billing.post_webhook(client, paid).get_json()["data"]["outcome"] == "activated"
+    client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    client.delete("/api/user/subscription", json={}, headers=headers)
+    data = client.post("/api/user/subscription/resume", headers=headers).get_json()["data"]
+    assert data["tier"] == "pro" and data["pending_tier"] is None
+    # the provider renews what the user sees: Pro at Pro's price, not the undone downgrade's
+    prices = [form["items[0][price]"] for form in
+              fake.received("POST", "/v1/subscriptions/sub_s1") if "items[0][price]" in form]
+    assert prices[-1] == ["price_pro"]

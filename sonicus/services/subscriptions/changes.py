@@ -234,6 +234,10 @@ def _schedule_cancel(sub: UserSubscription, now: datetime, *, reason, comment, v
                 comment=comment, via=via)
         return "Your subscription is canceled; you are on the starter tier."
     if not sub.cancel_at_period_end:
+        if sub.pending_tier and sub.pending_tier != STARTER:
+            # the cancel replaces a downgrade that switched the provider's price: back to the
+            # tier in force, which a resume renews
+            get_provider(sub.provider).change_tier(sub, sub.tier, prorate=False)
         get_provider(sub.provider).set_cancel_at_period_end(sub, True)
         _provider_told(sub, now)
         sub.cancel_at_period_end, sub.pending_tier = True, STARTER
