@@ -37,6 +37,7 @@ from .common import (
     _to_starter,
     cents_to_decimal,
 )
+from .expiry import apply_due_deadlines
 from .portal import portal_for
 from .row import SubscriptionOverview, lock_or_create_subscription, overview
 
@@ -94,6 +95,7 @@ def change_tier(user_id: int, tier: str, start_trial: bool = False,
              errors=["start_trial: Only a paid tier has a trial."])
     with unit_of_work() as work:
         sub = lock_or_create_subscription(user_id)
+        apply_due_deadlines(sub, now)
         user = db.session.get(User, user_id)
         if target.is_paid:
             _require_verified(user)
@@ -254,6 +256,7 @@ def cancel(user_id: int, reason: str | None = None, comment: str | None = None,
     now = now or clock.now()
     with unit_of_work() as work:
         sub = lock_or_create_subscription(user_id)
+        apply_due_deadlines(sub, now)
         work.changed_user(sub.user_id)
         if sub.checkout_reference and sub.status == INCOMPLETE:
             _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier,
@@ -286,12 +289,10 @@ def resume(user_id: int, now: datetime | None = None) -> tuple[SubscriptionOverv
     now = now or clock.now()
     with unit_of_work() as work:
         sub = lock_or_create_subscription(user_id)
+        apply_due_deadlines(sub, now)
         work.changed_user(sub.user_id)
         if not (sub.cancel_at_period_end or sub.pending_tier):
             fail(409, "conflict", "There is no scheduled cancellation or downgrade to undo.")
-        ends = sub.trial_ends_at if sub.status == TRIALING else sub.current_period_end
-        if ends is not None and ends <= now:
-            fail(409, "conflict", "The period has already ended.")
         message = _resume(sub, now)
         view = overview(db.session.get(User, user_id), sub, now)
     return view, message

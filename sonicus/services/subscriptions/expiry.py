@@ -36,8 +36,11 @@ def _due_condition(now: datetime):
     )
 
 
-def _advance(sub: UserSubscription, now: datetime) -> list[str]:
-    """Apply every deadline that has passed on a LOCKED subscription; the outcomes."""
+def apply_due_deadlines(sub: UserSubscription, now: datetime) -> list[str]:
+    """Apply every deadline that has passed on a LOCKED subscription; the outcomes. The job
+    runs it, and so does every change a user asks for, before judging it: a change asked
+    after a deadline starts from what the deadline gave, not from the row the job has not
+    written yet."""
     outcomes: list[str] = []
     for _ in range(24):  # at most this many missed periods in one go
         step = _advance_once(sub, now)
@@ -246,7 +249,7 @@ def process_due_subscriptions(now: datetime | None = None, batch_size: int = 100
         with unit_of_work() as work:
             batch = _lock_due_batch(now, last_id, batch_size)
             for sub in batch:
-                outcomes = _advance(sub, now)
+                outcomes = apply_due_deadlines(sub, now)
                 if outcomes:
                     work.changed_user(sub.user_id)
                 processed += bool(outcomes)
