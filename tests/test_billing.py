@@ -573,3 +573,23 @@ def test_resuming_after_a_downgrade_and_a_cancel_renews_the_tier_kept(stripe_app
     prices = [form["items[0][price]"] for form in
               fake.received("POST", "/v1/subscriptions/sub_s1") if "items[0][price]" in form]
     assert prices[-1] == ["price_pro"]
+
+
+def test_a_tier_chosen_during_a_trial_with_a_card_is_the_one_the_provider_charges(
+        stripe_app, auth, billing):
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                headers=headers)
+    client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    card = billing.checkout_completed("evt_card", user_id=billing.user_id(EMAIL),
+                                      tier="premium", amount=0, customer="cus_s1",
+                                      subscription="sub_s1")
+    assert billing.post_webhook(client, card).get_json()["data"]["outcome"] == \
+        "payment_method_added"
+    data = client.post("/api/user/subscription", json={"tier": "pro"},
+                       headers=headers).get_json()["data"]
+    assert data["tier"] == "pro" and data["status"] == "trialing"
+    # the trial converts to Pro: the provider charges Pro's price at its end, nothing now
+    form = fake.received("POST", "/v1/subscriptions/sub_s1")[-1]
+    assert form["items[0][price]"] == ["price_pro"] and form["proration_behavior"] == ["none"]

@@ -189,6 +189,9 @@ def _change_trial(user: User, sub: UserSubscription, tier: str, now: datetime,
     if sub.cancel_at_period_end or sub.pending_tier:
         _resume(sub, now)
     if tier != sub.tier:
+        # with a card on file the provider's subscription charges this tier at the trial's end
+        get_provider(sub.provider).change_tier(sub, tier, prorate=False)
+        _provider_told(sub, now)
         _record(sub, "trial_changed", sub.tier, tier, amount_cents=0, at=now)
         sub.tier = tier
     if sub.payment_method_on_file:
