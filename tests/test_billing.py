@@ -593,3 +593,19 @@ def test_a_tier_chosen_during_a_trial_with_a_card_is_the_one_the_provider_charge
     # the trial converts to Pro: the provider charges Pro's price at its end, nothing now
     form = fake.received("POST", "/v1/subscriptions/sub_s1")[-1]
     assert form["items[0][price]"] == ["price_pro"] and form["proration_behavior"] == ["none"]
+
+
+def test_a_failed_charge_of_an_older_subscription_leaves_the_paid_one_active(stripe_app, auth,
+                                                                             billing):
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)  # sub_s1, paid until 20 days from now
+    failed = billing.invoice_event("evt_old_fail", "invoice.payment_failed",
+                                   user_id=billing.user_id(EMAIL), tier=None,
+                                   price="price_prem", period_start=clock.now() + 1 * DAY,
+                                   period_end=clock.now() + 31 * DAY, subscription="sub_old",
+                                   customer="cus_s1")
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "stale"
+    data = billing.subscription(client, headers)
+    assert data["status"] == "active" and data["past_due_since"] is None
+    assert billing.events_of(EMAIL, "payment_failed") == []

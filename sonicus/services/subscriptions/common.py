@@ -73,6 +73,13 @@ def _older_than_provider_state(sub: UserSubscription, created: datetime) -> bool
     return sub.provider_state_at is not None and created < sub.provider_state_at
 
 
+def _of_another_subscription(sub: UserSubscription, notice) -> bool:
+    """The provider's notice is about another (older) provider subscription of this user than
+    the one running: it changes nothing here."""
+    return bool(notice.subscription_id and sub.provider_subscription_id
+                and notice.subscription_id != sub.provider_subscription_id)
+
+
 def _clear_checkout(sub: UserSubscription) -> None:
     sub.checkout_reference = sub.checkout_tier = sub.checkout_url = None
     sub.checkout_success_url = sub.checkout_cancel_url = None

@@ -22,6 +22,7 @@ from .common import (
     _clear_scheduled_change,
     _has_paid_period,
     _latest_payment_created,
+    _of_another_subscription,
     _older_than_provider_state,
     _record,
     _to_starter,
@@ -193,6 +194,8 @@ def _older_than_latest_payment(sub: UserSubscription, created: datetime) -> bool
 
 def apply_payment_failed(sub: UserSubscription, failure, now: datetime) -> str:
     """A failed charge on a LOCKED subscription: ``past_due`` with a grace period."""
+    if _of_another_subscription(sub, failure):
+        return "stale"  # a charge of an older subscription of this user
     if failure.period_end and sub.current_period_end and sub.status == ACTIVE \
             and failure.period_end <= sub.current_period_end:
         return "stale"  # that period is paid already (the success arrived first)
@@ -220,8 +223,7 @@ def _record_failure(sub: UserSubscription, failure, now: datetime, **details) ->
 
 def apply_subscription_ended(sub: UserSubscription, notice, now: datetime) -> str:
     """The provider ended the subscription: starter at once (it sends this only at the end)."""
-    if notice.subscription_id and sub.provider_subscription_id \
-            and notice.subscription_id != sub.provider_subscription_id:
+    if _of_another_subscription(sub, notice):
         return "stale"  # an older subscription of this user
     if _older_than_latest_payment(sub, notice.created):
         return "stale"
