@@ -179,7 +179,7 @@ def _end_grace(sub: UserSubscription) -> str:
     """The grace period of a failed renewal is over: starter. The provider's own retries may
     still succeed later: that payment re-activates."""
     from_tier, at = sub.tier, sub.past_due_since + GRACE_PERIOD
-    _to_starter(sub)
+    _to_starter(sub, provider_may_charge=True)
     _record(sub, "grace_ended", from_tier, STARTER, amount_cents=0, at=at,
             reason="payment_failed")
     return "grace_ended"
@@ -229,7 +229,7 @@ def _sandbox_renewal(sub: UserSubscription, now: datetime) -> str | None:
 def _lapse(sub: UserSubscription) -> str:
     """No renewal arrived from the provider in the whole grace period: starter."""
     ends, from_tier = sub.current_period_end, sub.tier
-    _to_starter(sub)
+    _to_starter(sub, provider_may_charge=True)
     _record(sub, "lapsed", from_tier, STARTER, amount_cents=0, at=ends + GRACE_PERIOD,
             reason="no_renewal")
     return "lapsed"
