@@ -457,3 +457,155 @@ def test_failed_card_during_a_trial_means_no_conversion(client, auth, billing):
         "payment_method_removed"
     data = billing.subscription(client, headers)
     assert data["status"] == "trialing" and data["payment_method_on_file"] is False
+
+
+def _stripe_trial_with_card_converted(app, client, headers, billing) -> datetime:
+    """A Stripe premium trial with a card on file, converted by the expiry job at its end;
+    the trial's end."""
+    from sonicus.extensions import db
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                headers=headers)
+    client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    card = billing.checkout_completed("evt_card", user_id=billing.user_id(EMAIL),
+                                      tier="premium", amount=0, customer="cus_s1",
+                                      subscription="sub_s1")
+    assert billing.post_webhook(client, card).get_json()["data"]["outcome"] == \
+        "payment_method_added"
+    ended = (clock.now() - timedelta(minutes=5)).replace(microsecond=0)
+    billing.arrange(EMAIL, trial_ends_at=ended)
+    with app.app_context():
+        assert process_due_subscriptions()["outcomes"] == {"trial_converted": 1}
+        db.session.remove()
+    return ended
+
+
+def test_a_declined_first_charge_after_a_trial_makes_it_past_due(stripe_app, auth, billing):
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    ended = _stripe_trial_with_card_converted(app, client, headers, billing)
+    failed = billing.invoice_event("evt_first_fail", "invoice.payment_failed",
+                                   user_id=billing.user_id(EMAIL), tier=None,
+                                   price="price_prem", period_start=ended,
+                                   period_end=ended + 30 * DAY, subscription="sub_s1",
+                                   customer="cus_s1")
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    data = billing.subscription(client, headers)
+    assert data["status"] == "past_due" and data["grace_ends_at"] is not None
+    # nothing was charged: the history claims no money for the converted trial
+    assert sum(e["amount_cents"] or 0 for e in billing.events_of(EMAIL)
+               if e["type"] in ("trial_converted", "renewed", "activated")) == 0
+
+
+def test_the_first_charge_after_a_trial_is_recorded_once_with_its_month(stripe_app, auth,
+                                                                        billing):
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    ended = _stripe_trial_with_card_converted(app, client, headers, billing)
+    paid = billing.invoice_event("evt_first_paid", "invoice.paid",
+                                 user_id=billing.user_id(EMAIL), tier=None,
+                                 price="price_prem", period_start=ended,
+                                 period_end=ended + 30 * DAY, subscription="sub_s1",
+                                 customer="cus_s1")
+    assert billing.post_webhook(client, paid).get_json()["data"]["outcome"] == "renewed"
+    data = billing.subscription(client, headers)
+    assert data["status"] == "active" and data["tier"] == "premium"
+    assert datetime.fromisoformat(data["current_period_end"]) == ended + 30 * DAY
+    assert sum(e["amount_cents"] or 0 for e in billing.events_of(EMAIL)
+               if e["type"] in ("trial_converted", "renewed", "activated")) == 999
+
+
+def test_a_late_invoice_of_an_older_subscription_does_not_redirect_the_cancel(stripe_app, auth,
+                                                                              billing):
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    current = billing.invoice_event("evt_new", "invoice.paid", user_id=billing.user_id(EMAIL),
+                                    tier=None, period_start=clock.now() - 10 * DAY,
+                                    period_end=clock.now() + 20 * DAY, price="price_prem",
+                                    subscription="sub_new", customer="cus_s1")
+    assert billing.post_webhook(client, current).get_json()["data"]["outcome"] == "activated"
+    late = billing.invoice_event("evt_late", "invoice.paid", user_id=billing.user_id(EMAIL),
+                                 tier=None, period_start=clock.now() - 40 * DAY,
+                                 period_end=clock.now() - 10 * DAY, price="price_prem",
+                                 subscription="sub_old", customer="cus_s1",
+                                 created=clock.now() - 40 * DAY)
+    assert billing.post_webhook(client, late).get_json()["data"]["outcome"] == \
+        "already_recorded"
+
+    assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
+    # the running subscription stops renewing; the older one is left alone
+    assert fake.received("POST", "/v1/subscriptions/sub_new")[-1]["cancel_at_period_end"] == \
+        ["true"]
+    assert fake.received("POST", "/v1/subscriptions/sub_old") == []
+
+
+def test_an_upgrade_after_a_cancel_keeps_renewing_at_the_provider(stripe_app, auth, billing):
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
+    resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    assert resp.status_code == 200
+    assert resp.get_json()["data"]["cancel_at_period_end"] is False
+    # what the user sees is what the provider does: it renews, it does not end the upgrade
+    flags = [form["cancel_at_period_end"] for form in
+             fake.received("POST", "/v1/subscriptions/sub_s1") if "cancel_at_period_end" in form]
+    assert flags[-1] == ["false"]
+
+
+def test_resuming_after_a_downgrade_and_a_cancel_renews_the_tier_kept(stripe_app, auth,
+                                                                       billing):
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    paid = billing.invoice_event("evt_pro", "invoice.paid", user_id=billing.user_id(EMAIL),
+                                 tier=None, period_start=clock.now() - 10 * DAY,
+                                 period_end=clock.now() + 20 * DAY, price="price_pro",
+                                 subscription="sub_s1", customer="cus_s1")
+    assert billing.post_webhook(client, paid).get_json()["data"]["outcome"] == "activated"
+    client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    client.delete("/api/user/subscription", json={}, headers=headers)
+    data = client.post("/api/user/subscription/resume", headers=headers).get_json()["data"]
+    assert data["tier"] == "pro" and data["pending_tier"] is None
+    # the provider renews what the user sees: Pro at Pro's price, not the undone downgrade's
+    prices = [form["items[0][price]"] for form in
+              fake.received("POST", "/v1/subscriptions/sub_s1") if "items[0][price]" in form]
+    assert prices[-1] == ["price_pro"]
+
+
+def test_a_tier_chosen_during_a_trial_with_a_card_is_the_one_the_provider_charges(
+        stripe_app, auth, billing):
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                headers=headers)
+    client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    card = billing.checkout_completed("evt_card", user_id=billing.user_id(EMAIL),
+                                      tier="premium", amount=0, customer="cus_s1",
+                                      subscription="sub_s1")
+    assert billing.post_webhook(client, card).get_json()["data"]["outcome"] == \
+        "payment_method_added"
+    data = client.post("/api/user/subscription", json={"tier": "pro"},
+                       headers=headers).get_json()["data"]
+    assert data["tier"] == "pro" and data["status"] == "trialing"
+    # the trial converts to Pro: the provider charges Pro's price at its end, nothing now
+    form = fake.received("POST", "/v1/subscriptions/sub_s1")[-1]
+    assert form["items[0][price]"] == ["price_pro"] and form["proration_behavior"] == ["none"]
+
+
+def test_a_failed_charge_of_an_older_subscription_leaves_the_paid_one_active(stripe_app, auth,
+                                                                             billing):
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)  # sub_s1, paid until 20 days from now
+    failed = billing.invoice_event("evt_old_fail", "invoice.payment_failed",
+                                   user_id=billing.user_id(EMAIL), tier=None,
+                                   price="price_prem", period_start=clock.now() + 1 * DAY,
+                                   period_end=clock.now() + 31 * DAY, subscription="sub_old",
+                                   customer="cus_s1")
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "stale"
+    data = billing.subscription(client, headers)
+    assert data["status"] == "active" and data["past_due_since"] is None
+    assert billing.events_of(EMAIL, "payment_failed") == []

@@ -305,3 +305,30 @@ def test_erasure_empties_the_provider_notices_received_before_it(client, auth, b
     # another customer whose id merely starts the same is untouched
     assert kept["evt_c_12"]["data"]["object"]["customer"] == "cus_12"
     assert kept["evt_c_12"]["data"]["object"]["customer_email"] == "other@example.com"
+
+
+def test_erasure_after_a_failed_renewal_ran_out_still_stops_the_provider_charging(
+        stripe_app, auth, billing):
+    """The grace of a failed renewal is over (starter here), but the provider's subscription
+    lives on and retries the card: erasing the account cancels it."""
+    from sonicus.extensions import db
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    failed = billing.invoice_event("evt_f", "invoice.payment_failed",
+                                   user_id=billing.user_id(EMAIL), tier=None,
+                                   price="price_prem", period_start=clock.now() + 20 * DAY,
+                                   period_end=clock.now() + 50 * DAY, subscription="sub_s1",
+                                   customer="cus_s1")
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    billing.arrange(EMAIL, past_due_since=clock.now() - 4 * DAY)
+    with app.app_context():
+        assert process_due_subscriptions()["outcomes"] == {"grace_ended": 1}
+        db.session.remove()
+    assert billing.subscription(client, headers)["tier"] == "starter"
+
+    assert client.delete("/api/user/profile", headers=headers).status_code == 200
+    cancels = [p for m, p, _, _ in stripe.requests if m == "DELETE"]
+    assert cancels == ["/v1/subscriptions/sub_s1"]

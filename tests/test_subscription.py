@@ -371,3 +371,23 @@ def test_no_trials_when_trial_days_is_zero(auth, make_config):
     assert resp.status_code == 409
     assert client.get("/api/user/subscription", headers=auth()).get_json()[
         "data"]["trial_used"] is False
+
+
+def test_a_change_asked_after_the_period_ended_starts_from_what_the_period_fell_to(
+        client, auth, billing):
+    """A canceled period is over, the expiry job has not run yet: the user is on starter
+    (the tier in force), so buying again is a new checkout, not a free upgrade or a resume."""
+    headers = auth()
+    billing.buy(client, headers, "premium")
+    client.delete("/api/user/subscription", json={}, headers=headers)
+    billing.arrange("listener@example.com",
+                    current_period_end=clock.now() - timedelta(minutes=1))
+    for tier in ("pro", "premium"):
+        resp = client.post("/api/user/subscription", json={"tier": tier}, headers=headers)
+        assert resp.status_code == 200, resp.get_json()
+        data = resp.get_json()["data"]
+        assert data["tier"] == "starter" and data["status"] == "incomplete"
+        assert data["checkout"]["tier"] == tier
+    types = [e["type"] for e in billing.events_of("listener@example.com")]
+    assert "upgraded" not in types and "resumed" not in types
+    assert types.count("canceled") == 1

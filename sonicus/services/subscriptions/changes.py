@@ -37,6 +37,7 @@ from .common import (
     _to_starter,
     cents_to_decimal,
 )
+from .expiry import apply_due_deadlines
 from .portal import portal_for
 from .row import SubscriptionOverview, lock_or_create_subscription, overview
 
@@ -94,6 +95,7 @@ def change_tier(user_id: int, tier: str, start_trial: bool = False,
              errors=["start_trial: Only a paid tier has a trial."])
     with unit_of_work() as work:
         sub = lock_or_create_subscription(user_id)
+        apply_due_deadlines(sub, now)
         user = db.session.get(User, user_id)
         if target.is_paid:
             _require_verified(user)
@@ -187,6 +189,9 @@ def _change_trial(user: User, sub: UserSubscription, tier: str, now: datetime,
     if sub.cancel_at_period_end or sub.pending_tier:
         _resume(sub, now)
     if tier != sub.tier:
+        # with a card on file the provider's subscription charges this tier at the trial's end
+        get_provider(sub.provider).change_tier(sub, tier, prorate=False)
+        _provider_told(sub, now)
         _record(sub, "trial_changed", sub.tier, tier, amount_cents=0, at=now)
         sub.tier = tier
     if sub.payment_method_on_file:
@@ -201,6 +206,8 @@ def _upgrade_now(sub: UserSubscription, tier: str, now: datetime) -> str:
     period_seconds = (sub.current_period_end - start).total_seconds()
     amount = prorated_upgrade_cents(sub.tier, tier, seconds_left, period_seconds)
     get_provider(sub.provider).change_tier(sub, tier, prorate=True)
+    if sub.cancel_at_period_end:  # the upgraded tier goes on: the provider renews it too
+        get_provider(sub.provider).set_cancel_at_period_end(sub, False)
     _provider_told(sub, now)
     _record(sub, "upgraded", sub.tier, tier, amount_cents=amount, at=now, proration=True,
             period_end=sub.current_period_end.isoformat())
@@ -232,6 +239,10 @@ def _schedule_cancel(sub: UserSubscription, now: datetime, *, reason, comment, v
                 comment=comment, via=via)
         return "Your subscription is canceled; you are on the starter tier."
     if not sub.cancel_at_period_end:
+        if sub.pending_tier and sub.pending_tier != STARTER:
+            # the cancel replaces a downgrade that switched the provider's price: back to the
+            # tier in force, which a resume renews
+            get_provider(sub.provider).change_tier(sub, sub.tier, prorate=False)
         get_provider(sub.provider).set_cancel_at_period_end(sub, True)
         _provider_told(sub, now)
         sub.cancel_at_period_end, sub.pending_tier = True, STARTER
@@ -248,6 +259,7 @@ def cancel(user_id: int, reason: str | None = None, comment: str | None = None,
     now = now or clock.now()
     with unit_of_work() as work:
         sub = lock_or_create_subscription(user_id)
+        apply_due_deadlines(sub, now)
         work.changed_user(sub.user_id)
         if sub.checkout_reference and sub.status == INCOMPLETE:
             _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier,
@@ -280,12 +292,10 @@ def resume(user_id: int, now: datetime | None = None) -> tuple[SubscriptionOverv
     now = now or clock.now()
     with unit_of_work() as work:
         sub = lock_or_create_subscription(user_id)
+        apply_due_deadlines(sub, now)
         work.changed_user(sub.user_id)
         if not (sub.cancel_at_period_end or sub.pending_tier):
             fail(409, "conflict", "There is no scheduled cancellation or downgrade to undo.")
-        ends = sub.trial_ends_at if sub.status == TRIALING else sub.current_period_end
-        if ends is not None and ends <= now:
-            fail(409, "conflict", "The period has already ended.")
         message = _resume(sub, now)
         view = overview(db.session.get(User, user_id), sub, now)
     return view, message

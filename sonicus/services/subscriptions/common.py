@@ -73,6 +73,13 @@ def _older_than_provider_state(sub: UserSubscription, created: datetime) -> bool
     return sub.provider_state_at is not None and created < sub.provider_state_at
 
 
+def _of_another_subscription(sub: UserSubscription, notice) -> bool:
+    """The provider's notice is about another (older) provider subscription of this user than
+    the one running: it changes nothing here."""
+    return bool(sub.tier != STARTER and notice.subscription_id and sub.provider_subscription_id
+                and notice.subscription_id != sub.provider_subscription_id)
+
+
 def _clear_checkout(sub: UserSubscription) -> None:
     sub.checkout_reference = sub.checkout_tier = sub.checkout_url = None
     sub.checkout_success_url = sub.checkout_cancel_url = None
@@ -83,12 +90,16 @@ def _clear_scheduled_change(sub: UserSubscription) -> None:
     sub.pending_tier = None
 
 
-def _to_starter(sub: UserSubscription) -> None:
+def _to_starter(sub: UserSubscription, *, provider_may_charge: bool = False) -> None:
+    """Starter now. ``provider_may_charge``: the provider's subscription did not end with
+    it (a grace or a wait for a renewal ran out while it may still retry or renew), so its id
+    is kept: an erasure cancels it, a later payment of it is recognised."""
     sub.tier, sub.status = STARTER, ACTIVE
     sub.current_period_start = sub.current_period_end = None
     sub.past_due_since = None
     sub.complimentary = False
-    sub.provider_subscription_id = None
+    if not provider_may_charge:
+        sub.provider_subscription_id = None
     _clear_scheduled_change(sub)
 
 

@@ -36,8 +36,11 @@ def _due_condition(now: datetime):
     )
 
 
-def _advance(sub: UserSubscription, now: datetime) -> list[str]:
-    """Apply every deadline that has passed on a LOCKED subscription; the outcomes."""
+def apply_due_deadlines(sub: UserSubscription, now: datetime) -> list[str]:
+    """Apply every deadline that has passed on a LOCKED subscription; the outcomes. The job
+    runs it, and so does every change a user asks for, before judging it: a change asked
+    after a deadline starts from what the deadline gave, not from the row the job has not
+    written yet."""
     outcomes: list[str] = []
     for _ in range(24):  # at most this many missed periods in one go
         step = _advance_once(sub, now)
@@ -154,12 +157,19 @@ def _trial_to_starter(sub: UserSubscription) -> str:
 
 
 def _convert_trial(sub: UserSubscription) -> str:
+    """The trial is over with a card on file: the paid tier. The sandbox charges the card
+    itself, so the first month is paid; a provider charges it at the trial's end, and its
+    invoice arrives as the renewal of a period that ended with the trial (a failed charge
+    makes it ``past_due``; no notice at all lapses it after the grace)."""
     ends, from_tier = sub.trial_ends_at, sub.tier
     tier = tier_after_trial(sub)
+    charged = _renews_itself(sub)
     sub.tier, sub.status = tier, ACTIVE
-    sub.current_period_start, sub.current_period_end = ends, add_month(ends)
+    sub.current_period_start = ends
+    sub.current_period_end = add_month(ends) if charged else ends
     _clear_scheduled_change(sub)
-    _record(sub, "trial_converted", from_tier, tier, amount_cents=get_tier(tier).price_cents,
+    _record(sub, "trial_converted", from_tier, tier,
+            amount_cents=get_tier(tier).price_cents if charged else 0,
             at=ends, period_end=sub.current_period_end.isoformat(),
             provider_created=ends.isoformat())
     return "trial_converted"
@@ -169,7 +179,7 @@ def _end_grace(sub: UserSubscription) -> str:
     """The grace period of a failed renewal is over: starter. The provider's own retries may
     still succeed later: that payment re-activates."""
     from_tier, at = sub.tier, sub.past_due_since + GRACE_PERIOD
-    _to_starter(sub)
+    _to_starter(sub, provider_may_charge=True)
     _record(sub, "grace_ended", from_tier, STARTER, amount_cents=0, at=at,
             reason="payment_failed")
     return "grace_ended"
@@ -219,7 +229,7 @@ def _sandbox_renewal(sub: UserSubscription, now: datetime) -> str | None:
 def _lapse(sub: UserSubscription) -> str:
     """No renewal arrived from the provider in the whole grace period: starter."""
     ends, from_tier = sub.current_period_end, sub.tier
-    _to_starter(sub)
+    _to_starter(sub, provider_may_charge=True)
     _record(sub, "lapsed", from_tier, STARTER, amount_cents=0, at=ends + GRACE_PERIOD,
             reason="no_renewal")
     return "lapsed"
@@ -239,7 +249,7 @@ def process_due_subscriptions(now: datetime | None = None, batch_size: int = 100
         with unit_of_work() as work:
             batch = _lock_due_batch(now, last_id, batch_size)
             for sub in batch:
-                outcomes = _advance(sub, now)
+                outcomes = apply_due_deadlines(sub, now)
                 if outcomes:
                     work.changed_user(sub.user_id)
                 processed += bool(outcomes)

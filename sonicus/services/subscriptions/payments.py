@@ -22,6 +22,7 @@ from .common import (
     _clear_scheduled_change,
     _has_paid_period,
     _latest_payment_created,
+    _of_another_subscription,
     _older_than_provider_state,
     _record,
     _to_starter,
@@ -78,12 +79,21 @@ def _stale_for_a_new_tier(sub: UserSubscription, payment: Payment, now: datetime
 
 
 def _note_provider_ids(sub: UserSubscription, payment: Payment) -> None:
-    """The provider's customer and subscription ids, whatever the payment turns out to be."""
+    """The provider's customer id, whatever the payment turns out to be; its subscription id
+    when none is known yet (``_now_running`` when the payment takes effect)."""
     if payment.customer_id:
         sub.provider_customer_id = payment.customer_id
-    if payment.subscription_id:
+    if not sub.provider_subscription_id:
         sub.provider_subscription_id = payment.subscription_id
     sub.provider = payment.provider
+
+
+def _now_running(sub: UserSubscription, payment: Payment) -> None:
+    """The payment took effect: its provider subscription is the one running, which cancels
+    and plan changes go to. A payment that changes nothing (a late one of an older
+    subscription) never takes its place."""
+    if payment.subscription_id:
+        sub.provider_subscription_id = payment.subscription_id
 
 
 def _paid_tier(sub: UserSubscription, payment: Payment) -> str | None:
@@ -113,6 +123,7 @@ def _trial_card_added(sub: UserSubscription, payment: Payment, tier: str,
         sub.tier = tier
     elif had_payment_method:
         return "already_recorded"
+    _now_running(sub, payment)
     _record(sub, "payment_method_added", sub.tier, sub.tier, amount_cents=0,
             reference=_reference(payment), at=now, **_stamp(payment))
     return "payment_method_added"
@@ -148,6 +159,7 @@ def _renewal_of_current_tier(sub: UserSubscription, payment: Payment, now: datet
     end = payment.period_end or add_month(start)
     sub.current_period_start, sub.current_period_end = start, end
     sub.status, sub.past_due_since = ACTIVE, None
+    _now_running(sub, payment)
     _record(sub, "renewed", tier, tier, amount_cents=payment.amount_cents,
             reference=_reference(payment), at=now, period_end=end.isoformat(),
             recovered_from=from_status if from_status == PAST_DUE else None, **_stamp(payment))
@@ -163,6 +175,7 @@ def _new_paid_tier(sub: UserSubscription, payment: Payment, tier: str, now: date
     sub.tier, sub.status = tier, ACTIVE
     sub.current_period_start, sub.current_period_end = start, end
     sub.past_due_since, sub.complimentary = None, False
+    _now_running(sub, payment)
     _clear_scheduled_change(sub)
     if sub.checkout_tier == tier:
         _clear_checkout(sub)
@@ -181,6 +194,8 @@ def _older_than_latest_payment(sub: UserSubscription, created: datetime) -> bool
 
 def apply_payment_failed(sub: UserSubscription, failure, now: datetime) -> str:
     """A failed charge on a LOCKED subscription: ``past_due`` with a grace period."""
+    if _of_another_subscription(sub, failure):
+        return "stale"  # a charge of an older subscription of this user
     if failure.period_end and sub.current_period_end and sub.status == ACTIVE \
             and failure.period_end <= sub.current_period_end:
         return "stale"  # that period is paid already (the success arrived first)
@@ -208,8 +223,7 @@ def _record_failure(sub: UserSubscription, failure, now: datetime, **details) ->
 
 def apply_subscription_ended(sub: UserSubscription, notice, now: datetime) -> str:
     """The provider ended the subscription: starter at once (it sends this only at the end)."""
-    if notice.subscription_id and sub.provider_subscription_id \
-            and notice.subscription_id != sub.provider_subscription_id:
+    if _of_another_subscription(sub, notice):
         return "stale"  # an older subscription of this user
     if _older_than_latest_payment(sub, notice.created):
         return "stale"

@@ -25,6 +25,7 @@ from .common import (
     _clear_scheduled_change,
     _latest_payment_created,
     _note_provider_state,
+    _of_another_subscription,
     _older_than_provider_state,
     _record,
 )
@@ -44,7 +45,7 @@ def _not_applicable(sub: UserSubscription, notice) -> str | None:
     if not sub.provider_subscription_id or sub.complimentary or sub.tier == STARTER \
             or sub.status not in (ACTIVE, TRIALING, PAST_DUE):
         return "nothing_to_update"  # no running provider subscription of this account
-    if notice.subscription_id and notice.subscription_id != sub.provider_subscription_id:
+    if _of_another_subscription(sub, notice):
         return "stale"  # an older subscription of this user
     if _stale(sub, notice.created):
         return "stale"
