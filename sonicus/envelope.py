@@ -17,6 +17,8 @@ from inspect import iscoroutinefunction
 import flask_smorest
 import marshmallow as ma
 from flask import g
+from webargs import core as webargs_core
+from webargs.flaskparser import FlaskParser, is_json_request
 
 from .api_errors import (
     DEFAULT_CODES,
@@ -28,6 +30,7 @@ from .api_errors import (
 )
 from .idempotency_http import IdempotencyKeyDocs
 from .pagination import Page
+from .validation import load_json_body
 
 
 def Null(**kwargs) -> ma.fields.Constant:  # noqa: N802  (a field factory)
@@ -132,7 +135,18 @@ def doc_only(decorator):
 SETTLES_CLAIM = "sonicus_settles_claim"
 
 
+class BodyParser(FlaskParser):
+    """webargs' parser, reading a JSON body with ``validation.load_json_body``."""
+
+    def _raw_load_json(self, req):
+        if not is_json_request(req):
+            return webargs_core.missing
+        return load_json_body(req.get_data(cache=True))
+
+
 class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = BodyParser()
+
     def errors(self, *statuses):
         """Document the error statuses a route can answer, each with the error envelope.
 

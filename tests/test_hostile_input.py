@@ -258,6 +258,20 @@ def test_integers_past_the_columns_range_are_422(client, world, db_session, who,
     assert _state(db_session) == before
 
 
+@pytest.mark.parametrize(("who", "method", "path", "field", "make_body"), INTEGER_FIELDS,
+                         ids=[f"{m} {p} {f}" for _, m, p, f, _ in INTEGER_FIELDS])
+def test_an_integer_of_thousands_of_digits_is_422_naming_its_field(client, world, db_session,
+                                                                     who, method, path, field,
+                                                                     make_body):
+    """Past Python's 4,300 digits a literal cannot even become an int: still the field's 422."""
+    before = _state(db_session)
+    for digits in ("9" * 5000, "-" + "9" * 5000):
+        raw = json.dumps(_with_ids(make_body("HUGE"), world)).replace('"HUGE"', digits)
+        res = _send(client, world, who, method, path, raw=raw)
+        _refused(res, 422, field, "Not a valid integer.")
+    assert _state(db_session) == before
+
+
 def test_day_start_hour_5_9_is_not_stored_as_5(client, world, db_session):
     from sonicus.models import User
 
