@@ -8,6 +8,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, available_timezones
 
 _VALID_ZONES: frozenset[str] | None = None
+# Files of the system's zone directory that ``available_timezones`` lists but that are no IANA
+# zone: ``localtime`` is the machine's own zone (another server, another meaning).
+_NOT_IANA_ZONES = frozenset({"localtime"})
 
 
 def now() -> datetime:
@@ -17,7 +20,7 @@ def now() -> datetime:
 def is_valid_timezone(name: str) -> bool:
     global _VALID_ZONES
     if _VALID_ZONES is None:
-        _VALID_ZONES = frozenset(available_timezones())
+        _VALID_ZONES = frozenset(available_timezones()) - _NOT_IANA_ZONES
     return name in _VALID_ZONES
 
 

@@ -31,6 +31,16 @@ def test_empty_update_is_rejected(client, auth):
     assert res.status_code == 422
 
 
+def test_the_servers_own_local_zone_is_not_a_time_zone_a_user_can_pick(client, auth):
+    """``localtime`` is the machine's zone (a file beside the IANA ones), not an IANA name:
+    what it means would change with the server the API runs on."""
+    headers = auth()
+    res = client.put("/api/user/profile", headers=headers, json={"timezone": "localtime"})
+    assert res.status_code == 422
+    assert res.json["errors"] == ["timezone: Not a valid IANA time zone."]
+    assert client.get("/api/user/profile", headers=headers).json["data"]["timezone"] == "UTC"
+
+
 def test_onboarding_reflects_state(client, auth):
     data = client.get("/api/user/profile", headers=auth(email_verified=False)).json["data"]
     assert data["email_verified"] is False
