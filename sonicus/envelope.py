@@ -22,9 +22,11 @@ from webargs.flaskparser import FlaskParser, is_json_request
 
 from .api_errors import (
     DEFAULT_CODES,
+    DEFAULT_MESSAGES,
     ERROR_CODES,
     ERROR_DESCRIPTIONS,
     ERROR_EXTRAS,
+    ApiError,
     error_body,
     error_parts,
 )
@@ -136,12 +138,17 @@ SETTLES_CLAIM = "sonicus_settles_claim"
 
 
 class BodyParser(FlaskParser):
-    """webargs' parser, reading a JSON body with ``validation.load_json_body``."""
+    """webargs' parser, reading a JSON body with ``validation.load_json_body``. A body of
+    another type is refused (400) instead of being read as no body at all, which would let a
+    write go ahead with what it asked for dropped; an empty one is no body, whatever its type."""
 
     def _raw_load_json(self, req):
-        if not is_json_request(req):
-            return webargs_core.missing
-        return load_json_body(req.get_data(cache=True))
+        if is_json_request(req):
+            return load_json_body(req.get_data(cache=True))
+        if req.get_data(cache=True).strip():
+            raise ApiError(400, "validation_error", DEFAULT_MESSAGES[400], errors=[
+                "body: Must be JSON, sent with Content-Type: application/json."])
+        return webargs_core.missing
 
 
 class Blueprint(flask_smorest.Blueprint):

@@ -200,6 +200,33 @@ def test_deep_json_is_400_on_every_json_route(app, client, world, db_session):
     assert _state(db_session) == before
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain;charset=UTF-8",
+                                          "application/x-www-form-urlencoded"])
+def test_a_json_body_without_its_content_type_is_400_and_changes_nothing(
+        client, world, db_session, content_type):
+    """A body the route would read as JSON, sent as another type (``fetch`` with a string and
+    no header sends text/plain), is refused; it is never taken for an empty body whose write
+    then goes ahead with what was asked dropped."""
+    from sonicus.models import UserSoundPackage
+
+    before = _state(db_session)
+    for method, path, body in (
+            ("POST", f"/api/user/packages/{world['package']}", {"favorite": True}),
+            ("PUT", "/api/user/profile", {"display_name": "Calm"}),
+            ("POST", "/api/user/sessions", {"package_id": world["package"]})):
+        headers = dict(world["as"]["user"])
+        if content_type:
+            headers["Content-Type"] = content_type
+        res = client.open(path, method=method, data=json.dumps(body), headers=headers)
+        _refused(res, 400, "body", "Must be JSON, sent with Content-Type: application/json.")
+    assert _state(db_session) == before
+    assert db_session.execute(select(func.count()).select_from(UserSoundPackage)).scalar_one() == 0
+    # without a body, a route whose body is optional does not care what type is named
+    headers = {**world["as"]["user"], "Content-Type": content_type or "text/plain"}
+    assert client.post(f"/api/user/packages/{world['package']}",
+                       headers=headers).status_code == 201
+
+
 def test_json_32_levels_deep_is_read_as_usual(client, world):
     nested = "[" * 30 + "]" * 30  # inside two objects: 32 levels
     res = _send(client, world, "user", "PUT", "/api/user/profile",
