@@ -113,6 +113,13 @@ class WideInteger(ma.fields.Integer):
     may be): strict like the others, without the column's range."""
 
 
+def _within_the_column(check) -> bool:
+    """True for a range of the field's own that fits an ``integer`` column: the column's range
+    would only add a second, wider message."""
+    return (isinstance(check, ma.validate.Range) and check.min is not None
+            and check.max is not None and check.min >= INT32_MIN and check.max <= INT32_MAX)
+
+
 def _integers_of(field):
     """The Integer fields in ``field`` (itself, or a List's items)."""
     if isinstance(field, ma.fields.Integer):
@@ -160,7 +167,8 @@ class InputSchema(ma.Schema):
             integer.strict = not self.integers_from_text
             # A bound field is a shallow copy of the declared one: never mutate its list.
             if not isinstance(integer, WideInteger) and not any(
-                    check is _INTEGER_COLUMN for check in integer.validators):
+                    check is _INTEGER_COLUMN or _within_the_column(check)
+                    for check in integer.validators):
                 integer.validators = [*integer.validators, _INTEGER_COLUMN]
 
 

@@ -309,6 +309,25 @@ def test_day_start_hour_5_9_is_not_stored_as_5(client, world, db_session):
                  {"day_start_hour": 5}).status_code == 200
 
 
+@pytest.mark.parametrize(("who", "method", "path", "field", "body", "query"), [
+    ("user", "GET", "/api/packages", "page", None, "page=99999999999"),
+    ("user", "GET", "/api/user/recommendations", "limit", None, "limit=99999999999"),
+    ("user", "PUT", "/api/user/profile", "day_start_hour", {"day_start_hour": 2 ** 40}, ""),
+    ("user", "POST", "/api/user/sessions/{session}/complete", "mood_after",
+     {"listened_seconds": 5, "completed": False, "mood_after": 2 ** 40}, ""),
+])
+def test_a_number_past_a_fields_own_range_gets_that_range_alone(client, world, who, method,
+                                                                 path, field, body, query):
+    """A field with bounds of its own says them, not also the column's wider ones (which
+    read as if negative numbers were welcome)."""
+    res = _send(client, world, who, method, path, body, query=query)
+    assert res.status_code == 422
+    errors = res.get_json()["errors"]
+    assert len(errors) == 1 and errors[0].startswith(f"{field}: Must be greater than or "
+                                                     "equal to "), errors
+    assert "2147483647" not in errors[0]
+
+
 @pytest.mark.parametrize("value", ["1.5", "1e1", " 2", "%D9%A1", "%EF%BC%92", "2147483648",
                                    "99999999999999999999999"])
 @pytest.mark.parametrize(("who", "path", "name"), [
