@@ -17,17 +17,22 @@ from inspect import iscoroutinefunction
 import flask_smorest
 import marshmallow as ma
 from flask import g
+from webargs import core as webargs_core
+from webargs.flaskparser import FlaskParser, is_json_request
 
 from .api_errors import (
     DEFAULT_CODES,
+    DEFAULT_MESSAGES,
     ERROR_CODES,
     ERROR_DESCRIPTIONS,
     ERROR_EXTRAS,
+    ApiError,
     error_body,
     error_parts,
 )
 from .idempotency_http import IdempotencyKeyDocs
 from .pagination import Page
+from .validation import load_json_body
 
 
 def Null(**kwargs) -> ma.fields.Constant:  # noqa: N802  (a field factory)
@@ -132,7 +137,23 @@ def doc_only(decorator):
 SETTLES_CLAIM = "sonicus_settles_claim"
 
 
+class BodyParser(FlaskParser):
+    """webargs' parser, reading a JSON body with ``validation.load_json_body``. A body of
+    another type is refused (400) instead of being read as no body at all, which would let a
+    write go ahead with what it asked for dropped; an empty one is no body, whatever its type."""
+
+    def _raw_load_json(self, req):
+        if is_json_request(req):
+            return load_json_body(req.get_data(cache=True))
+        if req.get_data(cache=True).strip():
+            raise ApiError(400, "validation_error", DEFAULT_MESSAGES[400], errors=[
+                "body: Must be JSON, sent with Content-Type: application/json."])
+        return webargs_core.missing
+
+
 class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = BodyParser()
+
     def errors(self, *statuses):
         """Document the error statuses a route can answer, each with the error envelope.
 

@@ -9,7 +9,9 @@
 - Booleans in a JSON body are JSON ``true`` or ``false`` (not ``"yes"``, ``1`` or ``"false"``);
   a query argument's are marshmallow's words (``true``, ``1``, ``false``, ``0``, ...).
 - JSON is nested at most ``MAX_JSON_DEPTH`` levels (checked on the raw body, before any
-  parser recurses into it).
+  parser recurses into it). A JSON body is read by ``load_json_body``: an integer literal
+  too long for Python to convert is refused by the field it is given to, like any other
+  integer out of range, instead of failing the parse.
 
 ``InputSchema`` carries the first two for every input schema (bodies derive from it through
 ``schemas.common.StrictSchema``, query arguments through ``QueryArgsSchema``); the depth is
@@ -18,6 +20,7 @@ checked once per request in ``web.py``.
 
 from __future__ import annotations
 
+import json
 import re
 
 import marshmallow as ma
@@ -89,9 +92,32 @@ def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
+def _json_integer(literal: str):
+    """A JSON integer literal as an int; one past the interpreter's digit limit (4,300: a
+    guard against quadratic conversion) as an infinite float, which no integer field takes
+    (strict: "Not a valid integer.", naming the field) and no other field mistakes for text."""
+    try:
+        return int(literal)
+    except ValueError:
+        return float(literal)
+
+
+def load_json_body(body: bytes):
+    """A request body as JSON (UTF-8). Malformed: ``json.JSONDecodeError`` or
+    ``UnicodeDecodeError``, as ``json.loads`` raises them."""
+    return json.loads(body.decode("utf-8"), parse_int=_json_integer)
+
+
 class WideInteger(ma.fields.Integer):
     """An integer that is never stored in an ``integer`` column (its own range says what it
     may be): strict like the others, without the column's range."""
+
+
+def _within_the_column(check) -> bool:
+    """True for a range of the field's own that fits an ``integer`` column: the column's range
+    would only add a second, wider message."""
+    return (isinstance(check, ma.validate.Range) and check.min is not None
+            and check.max is not None and check.min >= INT32_MIN and check.max <= INT32_MAX)
 
 
 def _integers_of(field):
@@ -141,7 +167,8 @@ class InputSchema(ma.Schema):
             integer.strict = not self.integers_from_text
             # A bound field is a shallow copy of the declared one: never mutate its list.
             if not isinstance(integer, WideInteger) and not any(
-                    check is _INTEGER_COLUMN for check in integer.validators):
+                    check is _INTEGER_COLUMN or _within_the_column(check)
+                    for check in integer.validators):
                 integer.validators = [*integer.validators, _INTEGER_COLUMN]
 
 

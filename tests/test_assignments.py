@@ -160,6 +160,19 @@ def test_assignment_input_is_checked(client, admin, catalog, make_user, set_cloc
         now + timedelta(days=7)
 
 
+def test_an_end_past_the_last_representable_instant_is_422_and_assigns_nothing(
+        client, admin, catalog, make_user, db_session):
+    """9999-12-31T23:59:59-12:00 is a valid timestamp whose UTC instant is in the year 10000."""
+    user_id = make_user("edge@example.com").id
+    for edge in ("9999-12-31T23:59:59-12:00", "9999-12-31T20:00:00-05:00"):
+        res = _assign(client, admin, user_id, catalog["delta"], expires_at=edge)
+        assert res.status_code == 422, res.json
+        assert res.json["errors"][0].startswith("expires_at: ")
+    assert db_session.execute(select(PackageAssignment)).scalars().all() == []
+    last = _assign(client, admin, user_id, catalog["delta"], expires_at="9999-12-31T23:59:59Z")
+    assert last.status_code == 201
+
+
 def test_adding_to_ones_own_library_grants_nothing(client, auth, catalog, make_user, billing):
     make_user("self@example.com")  # starter
     headers = auth("self@example.com")

@@ -200,6 +200,33 @@ def test_deep_json_is_400_on_every_json_route(app, client, world, db_session):
     assert _state(db_session) == before
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain;charset=UTF-8",
+                                          "application/x-www-form-urlencoded"])
+def test_a_json_body_without_its_content_type_is_400_and_changes_nothing(
+        client, world, db_session, content_type):
+    """A body the route would read as JSON, sent as another type (``fetch`` with a string and
+    no header sends text/plain), is refused; it is never taken for an empty body whose write
+    then goes ahead with what was asked dropped."""
+    from sonicus.models import UserSoundPackage
+
+    before = _state(db_session)
+    for method, path, body in (
+            ("POST", f"/api/user/packages/{world['package']}", {"favorite": True}),
+            ("PUT", "/api/user/profile", {"display_name": "Calm"}),
+            ("POST", "/api/user/sessions", {"package_id": world["package"]})):
+        headers = dict(world["as"]["user"])
+        if content_type:
+            headers["Content-Type"] = content_type
+        res = client.open(path, method=method, data=json.dumps(body), headers=headers)
+        _refused(res, 400, "body", "Must be JSON, sent with Content-Type: application/json.")
+    assert _state(db_session) == before
+    assert db_session.execute(select(func.count()).select_from(UserSoundPackage)).scalar_one() == 0
+    # without a body, a route whose body is optional does not care what type is named
+    headers = {**world["as"]["user"], "Content-Type": content_type or "text/plain"}
+    assert client.post(f"/api/user/packages/{world['package']}",
+                       headers=headers).status_code == 201
+
+
 def test_json_32_levels_deep_is_read_as_usual(client, world):
     nested = "[" * 30 + "]" * 30  # inside two objects: 32 levels
     res = _send(client, world, "user", "PUT", "/api/user/profile",
@@ -258,6 +285,20 @@ def test_integers_past_the_columns_range_are_422(client, world, db_session, who,
     assert _state(db_session) == before
 
 
+@pytest.mark.parametrize(("who", "method", "path", "field", "make_body"), INTEGER_FIELDS,
+                         ids=[f"{m} {p} {f}" for _, m, p, f, _ in INTEGER_FIELDS])
+def test_an_integer_of_thousands_of_digits_is_422_naming_its_field(client, world, db_session,
+                                                                     who, method, path, field,
+                                                                     make_body):
+    """Past Python's 4,300 digits a literal cannot even become an int: still the field's 422."""
+    before = _state(db_session)
+    for digits in ("9" * 5000, "-" + "9" * 5000):
+        raw = json.dumps(_with_ids(make_body("HUGE"), world)).replace('"HUGE"', digits)
+        res = _send(client, world, who, method, path, raw=raw)
+        _refused(res, 422, field, "Not a valid integer.")
+    assert _state(db_session) == before
+
+
 def test_day_start_hour_5_9_is_not_stored_as_5(client, world, db_session):
     from sonicus.models import User
 
@@ -266,6 +307,25 @@ def test_day_start_hour_5_9_is_not_stored_as_5(client, world, db_session):
     assert db_session.get(User, world["user"]).day_start_hour == 0
     assert _send(client, world, "user", "PUT", "/api/user/profile",
                  {"day_start_hour": 5}).status_code == 200
+
+
+@pytest.mark.parametrize(("who", "method", "path", "field", "body", "query"), [
+    ("user", "GET", "/api/packages", "page", None, "page=99999999999"),
+    ("user", "GET", "/api/user/recommendations", "limit", None, "limit=99999999999"),
+    ("user", "PUT", "/api/user/profile", "day_start_hour", {"day_start_hour": 2 ** 40}, ""),
+    ("user", "POST", "/api/user/sessions/{session}/complete", "mood_after",
+     {"listened_seconds": 5, "completed": False, "mood_after": 2 ** 40}, ""),
+])
+def test_a_number_past_a_fields_own_range_gets_that_range_alone(client, world, who, method,
+                                                                 path, field, body, query):
+    """A field with bounds of its own says them, not also the column's wider ones (which
+    read as if negative numbers were welcome)."""
+    res = _send(client, world, who, method, path, body, query=query)
+    assert res.status_code == 422
+    errors = res.get_json()["errors"]
+    assert len(errors) == 1 and errors[0].startswith(f"{field}: Must be greater than or "
+                                                     "equal to "), errors
+    assert "2147483647" not in errors[0]
 
 
 @pytest.mark.parametrize("value", ["1.5", "1e1", " 2", "%D9%A1", "%EF%BC%92", "2147483648",

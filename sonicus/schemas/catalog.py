@@ -9,7 +9,7 @@ import marshmallow as ma
 from .. import media
 from ..pagination import PageArgsSchema
 from ..tiers import ACCESS_KINDS, PACKAGE_LEVELS
-from .common import OneOf, StrictSchema, TierField
+from .common import OneOf, StrictSchema, TierField, UtcDateTime
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 CATEGORY_RE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -154,7 +154,7 @@ class AdminPackageListArgsSchema(PageArgsSchema):
 
 class AdminAssignSchema(StrictSchema):
     package_id = ma.fields.Integer(required=True, validate=ma.validate.Range(min=1))
-    expires_at = ma.fields.AwareDateTime(allow_none=True, metadata={
+    expires_at = UtcDateTime(allow_none=True, metadata={
         "description": "When the assignment ends (in the future); absent or null: until "
                        "revoked."})
     favorite = ma.fields.Boolean()

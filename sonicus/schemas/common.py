@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC
+
 import marshmallow as ma
 
 from ..clock import is_valid_timezone
@@ -22,6 +24,20 @@ class StrictSchema(InputSchema):
 def validate_timezone(value: str) -> None:
     if not is_valid_timezone(value):
         raise ma.ValidationError("Not a valid IANA time zone.")
+
+
+class UtcDateTime(ma.fields.AwareDateTime):
+    """An instant with its UTC offset, read as UTC. One whose UTC time is outside the years 1
+    to 9999 (an offset at either end of the range) is refused by the field."""
+
+    default_error_messages = {"out_of_range": "Not a representable instant in UTC."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            raise self.make_error("out_of_range") from None
 
 
 def Money(**kwargs) -> ma.fields.Decimal:  # noqa: N802  (a field factory)
