@@ -17,11 +17,16 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def is_valid_timezone(name: str) -> bool:
+def valid_timezones() -> frozenset[str]:
+    """THE names a user's ``timezone`` may take: the IANA zones this machine knows."""
     global _VALID_ZONES
     if _VALID_ZONES is None:
         _VALID_ZONES = frozenset(available_timezones()) - HOST_ZONE_NAMES
-    return name in _VALID_ZONES
+    return _VALID_ZONES
+
+
+def is_valid_timezone(name: str) -> bool:
+    return name in valid_timezones()
 
 
 def local_day(moment: datetime, tz_name: str, day_start_hour: int) -> date:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timedelta
 from functools import lru_cache
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import exists, select, text
 from sqlalchemy.dialects import sqlite
@@ -219,8 +219,8 @@ def _refresh_smart_times_python(now, since, stale_before, batch) -> int:
 
 @lru_cache(maxsize=1)
 def _zone_names() -> tuple[str, ...]:
-    """The names a user's ``timezone`` may take (``clock.is_valid_timezone``)."""
-    return tuple(sorted(available_timezones()))
+    """The names a user's ``timezone`` may take, in order."""
+    return tuple(sorted(clock.valid_timezones()))
 
 
 def zone_clocks(now: datetime) -> dict:
