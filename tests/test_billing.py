@@ -481,15 +481,19 @@ def _stripe_trial_with_card_converted(app, client, headers, billing) -> datetime
     return ended
 
 
+def _first_invoice(billing, event_id: str, kind: str, trial_ended):
+    """The provider's first invoice after the trial: its month, at Premium's price."""
+    return billing.invoice_event(event_id, kind, user_id=billing.user_id(EMAIL), tier=None,
+                                 price="price_prem", period_start=trial_ended,
+                                 period_end=trial_ended + 30 * DAY, subscription="sub_s1",
+                                 customer="cus_s1")
+
+
 def test_a_declined_first_charge_after_a_trial_makes_it_past_due(stripe_app, auth, billing):
     app, _ = stripe_app
     client, headers = app.test_client(), auth()
     ended = _stripe_trial_with_card_converted(app, client, headers, billing)
-    failed = billing.invoice_event("evt_first_fail", "invoice.payment_failed",
-                                   user_id=billing.user_id(EMAIL), tier=None,
-                                   price="price_prem", period_start=ended,
-                                   period_end=ended + 30 * DAY, subscription="sub_s1",
-                                   customer="cus_s1")
+    failed = _first_invoice(billing, "evt_first_fail", "invoice.payment_failed", ended)
     assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
     data = billing.subscription(client, headers)
     assert data["status"] == "past_due" and data["grace_ends_at"] is not None
@@ -503,11 +507,7 @@ def test_the_first_charge_after_a_trial_is_recorded_once_with_its_month(stripe_a
     app, _ = stripe_app
     client, headers = app.test_client(), auth()
     ended = _stripe_trial_with_card_converted(app, client, headers, billing)
-    paid = billing.invoice_event("evt_first_paid", "invoice.paid",
-                                 user_id=billing.user_id(EMAIL), tier=None,
-                                 price="price_prem", period_start=ended,
-                                 period_end=ended + 30 * DAY, subscription="sub_s1",
-                                 customer="cus_s1")
+    paid = _first_invoice(billing, "evt_first_paid", "invoice.paid", ended)
     assert billing.post_webhook(client, paid).get_json()["data"]["outcome"] == "renewed"
     data = billing.subscription(client, headers)
     assert data["status"] == "active" and data["tier"] == "premium"
