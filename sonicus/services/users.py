@@ -33,7 +33,7 @@ from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_pref
 from . import erasure
 from .analytics import invalidate_user_analytics
 from .reminder_settings import get_reminder_preferences
-from .subscriptions import lock_or_create_subscription
+from .subscriptions import lock_or_create_subscription, settle_due_change
 from .transaction import account_gone, unit_of_work
 
 
@@ -106,7 +106,8 @@ def sync_user_from_claims(claims: dict) -> tuple[User, UserSubscription | None]:
             work.changed_user(user.id)
     if not user.is_active:
         raise ApiError(403, "account_suspended", "This account is suspended.")
-    return user, user.subscription
+    # A deadline passed that the expiry job has not written yet: shown as it is in force.
+    return user, settle_due_change(user.subscription)
 
 
 def _find_by_subject(subject: str) -> User | None:
