@@ -30,6 +30,7 @@ from ..models import (
     UserSubscription,
 )
 from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_preferences
+from ..realtime.publish import CLOSE_INVALID_TOKEN, close_user_sockets
 from . import erasure
 from .analytics import invalidate_user_analytics
 from .reminder_settings import get_reminder_preferences
@@ -247,5 +248,7 @@ def erase_user(user_id: int) -> None:
         db.session.execute(delete(User).where(User.id == user_id))
         work.changed_user(user_id)
     invalidate_user_analytics(user_id)
+    # Its open sockets belong to no account now: closed everywhere, as a sign-in that ended.
+    close_user_sockets(user_id, CLOSE_INVALID_TOKEN, "account erased")
     if owed_id is not None:
         erasure.attempt_owed_cancellation(owed_id)
