@@ -342,6 +342,29 @@ def test_a_downgrade_ends_the_licence_at_the_period_end(client, auth, billing, p
     assert [d["package_id"] for d in listed] == [pkgs["delta"]]
 
 
+def test_a_downgrade_scheduled_after_the_grant_ends_the_licence_before_the_job_runs(
+        client, auth, billing, pkgs, make_user, db_session, set_clock):
+    """A licence granted for 30 days, then a downgrade scheduled: once the period has ended
+    the licence is over (not listed, nothing to end), even before the expiry job writes the
+    downgrade."""
+    make_user("later@example.com")
+    headers = auth("later@example.com")
+    t0 = set_clock(_tomorrow_noon())
+    period_end = datetime.fromisoformat(
+        billing.buy(client, headers, "pro")["current_period_end"])
+    set_clock(t0 + timedelta(days=20))
+    res = client.post("/api/user/downloads", json={"package_id": pkgs["gamma"]},
+                      headers=headers)
+    assert res.status_code == 201, res.json
+    assert datetime.fromisoformat(res.json["data"]["licence_expires_at"]) > period_end
+    assert client.post("/api/user/subscription", json={"tier": "premium"},
+                       headers=headers).status_code == 200  # at the end of the period
+    set_clock(period_end + timedelta(seconds=30))  # the job has not run yet
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
+    res = client.delete(f"/api/user/downloads/{pkgs['gamma']}", headers=headers)
+    assert res.status_code == 404, res.json
+
+
 def test_a_trial_without_a_card_gives_licences_that_end_with_the_trial(
         client, auth, pkgs, make_user, db_session, set_clock):
     make_user("trial@example.com")

@@ -120,10 +120,13 @@ def grant_download(user_id: int, package_id: int, now: datetime | None = None) -
     return Download(package.id, package, now, expires_at, tracks)
 
 
-def _live_licences(user_id: int, tier: str, now: datetime,
+def _live_licences(user_id: int, sub: UserSubscription, now: datetime,
                    package_id: int | None = None) -> list[OfflineLicence]:
     """The user's licences live now, newest grant first (two queries: licences, live
-    assignments)."""
+    assignments): their window holds and the tier in force now (``tier_in_force``: a
+    period's, trial's or grace's end that has passed counts before the expiry job writes
+    it) or a live assignment opens the package."""
+    tier = tier_in_force(sub, now)
     stmt = (select(OfflineLicence)
             .options(selectinload(OfflineLicence.package).selectinload(SoundPackage.tracks))
             .where(OfflineLicence.user_id == user_id, OfflineLicence.granted_at <= now,
@@ -143,8 +146,7 @@ def _live_licences(user_id: int, tier: str, now: datetime,
 def list_downloads(person, args: dict, now: datetime | None = None) -> Page:
     """The caller's live licences with fresh download URLs, newest first."""
     now = now or clock.now()
-    tier = get_subscription(person).tier
-    live = _live_licences(person.id, tier, now)
+    live = _live_licences(person.id, get_subscription(person), now)
     page, per_page = args["page"], args["per_page"]
     chosen = live[(page - 1) * per_page: page * per_page]
     items = [Download(lic.package_id, lic.package, lic.granted_at, lic.expires_at,
@@ -157,7 +159,7 @@ def end_download(user_id: int, package_id: int, now: datetime | None = None) -> 
     now = now or clock.now()
     with unit_of_work():
         sub = lock_or_create_subscription(user_id)
-        live = _live_licences(user_id, sub.tier, now, package_id)
+        live = _live_licences(user_id, sub, now, package_id)
         if not live:
             not_found("Download")
         live[0].ended_at = now
