@@ -521,6 +521,24 @@ def test_every_rejection_has_its_code(client, auth, pkgs, make_user, db_session,
         [(s if s == "rejected" else "unchanged", c) for s, c in got]
 
 
+def test_an_item_from_a_clock_ahead_within_the_skew_keeps_its_length(
+        client, auth, pkgs, make_user, db_session, set_clock):
+    """A device whose clock runs a minute ahead uploads a session that just ended: it is
+    stored as having ended by now, with its minute of listening, not as an empty interval."""
+    make_user("ahead@example.com")
+    headers = auth("ahead@example.com")
+    now = set_clock(_tomorrow_noon())
+    item = _item(pkgs["rain"], now + timedelta(seconds=30), minutes=1, listened=60)
+    [result] = _sync(client, headers, [item]).json["data"]["results"]
+    assert result["status"] == "created", result
+    stored = client.get(f"/api/user/sessions/{result['session_id']}",
+                        headers=headers).json["data"]
+    started, ended = (datetime.fromisoformat(stored["started_at"]),
+                      datetime.fromisoformat(stored["ended_at"]))
+    assert ended <= now and ended - started == timedelta(minutes=1), stored
+    assert stored["listened_seconds"] == 60 and stored["counts_toward_quota"] is True
+
+
 @pytest.mark.parametrize("body, field", [
     ({"sessions": []}, "sessions"),
     ({}, "sessions"),

@@ -202,8 +202,11 @@ def _check_interval(item: dict, now: datetime) -> None:
 
 
 def _moments(item: dict, now: datetime) -> tuple[datetime, datetime]:
-    """started_at and ended_at as stored: within the allowed skew, never after now."""
-    return min(item["started_at"], now), min(item["ended_at"], now)
+    """started_at and ended_at as stored, never after now: an interval that ends within the
+    allowed skew ahead of now (a device whose clock runs ahead) is moved back to end now,
+    keeping its length (cut at now, it would lose what was listened, down to nothing)."""
+    ahead = max(item["ended_at"] - now, timedelta(0))
+    return item["started_at"] - ahead, item["ended_at"] - ahead
 
 
 def _load_context(user: User, sub: UserSubscription, items: list[dict],
