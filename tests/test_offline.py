@@ -277,6 +277,31 @@ def test_downloads_need_the_feature_or_an_assignment(client, auth, admin_auth, p
     assert client.get("/api/user/downloads", headers=headers).json["data"] == []
 
 
+def test_a_download_url_stops_working_when_its_licence_ends(client, auth, admin_auth, pkgs,
+                                                           make_user, db_session, set_clock):
+    """A licence that ends within the hour (its assignment's end) gives download URLs that
+    stop working then, not a day later."""
+    user = make_user("brief@example.com")
+    headers = auth("brief@example.com")
+    make_user("admin@example.com", admin=True)
+    now = set_clock(_tomorrow_noon())
+    until = now + timedelta(hours=1)
+    assert client.post(f"/api/admin/users/{user.id}/packages", headers=admin_auth(),
+                       json={"package_id": pkgs["delta"],
+                             "expires_at": until.isoformat()}).status_code == 201
+    for answer in (client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                               headers=headers).json["data"],
+                   client.get("/api/user/downloads", headers=headers).json["data"][0]):
+        assert datetime.fromisoformat(answer["licence_expires_at"]) == until
+        [track] = answer["tracks"]
+        assert datetime.fromisoformat(track["expires_at"]) == until
+        _check_signed(track["download_url"], 3600)
+        parts = urlsplit(track["download_url"])
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        assert not media.verify_stream_path(SECRET, parts.path, query["st"], query["ts"],
+                                            query["e"], now=until + timedelta(seconds=1))
+
+
 def test_licence_lifecycle_renew_end_and_privacy(client, auth, pkgs, make_user, db_session,
                                                  set_clock):
     make_user("prem@example.com", tier="premium")

@@ -86,10 +86,12 @@ def _licence_end(sub: UserSubscription, change: tuple[datetime, str] | None,
     return end
 
 
-def _tracks(package: SoundPackage, now: datetime) -> tuple[DownloadTrack, ...]:
+def _tracks(package: SoundPackage, now: datetime,
+            licence_expires_at: datetime) -> tuple[DownloadTrack, ...]:
+    """A download URL per track, none valid past the licence's end."""
     out = []
     for track in package.tracks:
-        url, expires_at = media.download_url(track.media_path, now)
+        url, expires_at = media.download_url(track.media_path, now, licence_expires_at)
         out.append(DownloadTrack(track.id, track.title, track.duration_seconds, url,
                                  expires_at))
     return tuple(out)
@@ -116,7 +118,7 @@ def grant_download(user_id: int, package_id: int, now: datetime | None = None) -
         db.session.execute(stmt.on_conflict_do_update(
             index_elements=["user_id", "package_id"],
             set_={"granted_at": now, "expires_at": expires_at, "ended_at": None}))
-        tracks = _tracks(package, now)
+        tracks = _tracks(package, now, expires_at)
     return Download(package.id, package, now, expires_at, tracks)
 
 
@@ -150,7 +152,7 @@ def list_downloads(person, args: dict, now: datetime | None = None) -> Page:
     page, per_page = args["page"], args["per_page"]
     chosen = live[(page - 1) * per_page: page * per_page]
     items = [Download(lic.package_id, lic.package, lic.granted_at, lic.expires_at,
-                      _tracks(lic.package, now)) for lic in chosen]
+                      _tracks(lic.package, now, lic.expires_at)) for lic in chosen]
     return Page(items, len(live), page, per_page)
 
 
