@@ -651,6 +651,28 @@ def test_sync_judges_each_item_by_the_assignments_live_when_it_started(
         [("created", None), ("rejected", "package_locked")]
 
 
+def test_an_archived_package_opens_to_no_one_from_its_archive(
+        client, auth, admin_auth, pkgs, make_user, db_session, set_clock):
+    """Archiving a package takes it out of the catalog: listening uploaded from before the
+    archive is kept, listening after it is `not_found`, and its licences end with it."""
+    make_user("keep@example.com", tier="premium")
+    headers = auth("keep@example.com")
+    make_user("admin@example.com", admin=True)
+    t0 = set_clock(_tomorrow_noon())
+    assert client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                       headers=headers).status_code == 201
+    assert client.delete(f"/api/admin/packages/{pkgs['delta']}",
+                         headers=admin_auth()).status_code == 200
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
+    assert client.delete(f"/api/user/downloads/{pkgs['delta']}",
+                         headers=headers).status_code == 404
+    set_clock(t0 + timedelta(hours=3))
+    res = _sync(client, headers, [_item(pkgs["delta"], t0 - timedelta(hours=1)),
+                                  _item(pkgs["delta"], t0 + timedelta(hours=1))])
+    assert [(r["status"], r.get("code")) for r in res.json["data"]["results"]] == \
+        [("created", None), ("rejected", "not_found")], res.json
+
+
 def test_sync_counts_each_item_on_the_auckland_day_it_started(
         client, auth, pkgs, make_user, db_session, set_clock, make_session):
     user = make_user("kiwi@example.com", timezone="Pacific/Auckland")  # starter: 3 a day

@@ -8,11 +8,12 @@ constraint) and answers a signed URL per track, the stream URLs' HMAC scheme wit
 
 A licence is live while its own window holds (``granted_at <= t < expires_at``, not ended by
 ``DELETE``) AND the package is open to the user now, by the tier in force or a live
-assignment: a downgrade at its period's end, an assignment's expiry or revocation end it with
-no write of their own. Its ``expires_at`` is set at the grant to the earliest end known then
-(30 days, the end of the period before a scheduled downgrade that would lock it, the end
-of a trial, or of a failed renewal's grace, that falls back to a tier that does not open it,
-the assignment's ``expires_at`` when only the assignment opens it).
+assignment: a downgrade at its period's end, an assignment's expiry or revocation, the
+package's archive end it with no write of their own. Its ``expires_at`` is set at the
+grant to the earliest end known then (30 days, the end of the period before a scheduled
+downgrade that would lock it, the end of a trial, or of a failed renewal's grace, that falls
+back to a tier that does not open it, the assignment's ``expires_at`` when only the
+assignment opens it).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ..tiers import (
     package_access,
 )
 from .assignments import live_assignment, live_assignments
-from .catalog import get_catalog_package
+from .catalog import get_catalog_package, in_catalog
 from .subscriptions import (
     get_subscription,
     lock_or_create_subscription,
@@ -127,11 +128,13 @@ def _live_licences(user_id: int, sub: UserSubscription, now: datetime,
     """The user's licences live now, newest grant first (two queries: licences, live
     assignments): their window holds and the tier in force now (``tier_in_force``: a
     period's, trial's or grace's end that has passed counts before the expiry job writes
-    it) or a live assignment opens the package."""
+    it) or a live assignment opens the package, and the catalog still offers it."""
     tier = tier_in_force(sub, now)
     stmt = (select(OfflineLicence)
             .options(selectinload(OfflineLicence.package).selectinload(SoundPackage.tracks))
-            .where(OfflineLicence.user_id == user_id, OfflineLicence.granted_at <= now,
+            .join(OfflineLicence.package)
+            .where(in_catalog(),  # archived or unpublished: over
+                   OfflineLicence.user_id == user_id, OfflineLicence.granted_at <= now,
                    OfflineLicence.expires_at > now, OfflineLicence.ended_at.is_(None))
             .order_by(OfflineLicence.granted_at.desc(), OfflineLicence.id.desc()))
     if package_id is not None:
