@@ -738,6 +738,34 @@ def test_a_batch_and_a_live_start_race_for_the_last_slot(app, auth, pkgs, make_u
         assert _count_sessions(user.id) == 3
 
 
+def test_one_batch_sent_twice_at_once_is_stored_once(app, auth, pkgs, make_user, db_session):
+    """Two identical uploads racing (a client retrying before the first answer): one stores
+    the sessions, the other finds them (`unchanged`), nothing twice."""
+    user = make_user("twin@example.com")
+    headers = auth("twin@example.com")
+    now = clock.now()
+    items = [_item(pkgs["rain"], now - timedelta(hours=5, minutes=-20 * i)) for i in range(3)]
+    barrier = threading.Barrier(2)
+    answers = [None, None]
+
+    def upload(index):
+        own = app.test_client()
+        barrier.wait()
+        res = own.post("/api/user/sessions/sync", json={"sessions": items}, headers=headers)
+        answers[index] = [(r["status"], r["session_id"]) for r in res.json["data"]["results"]]
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    statuses = sorted([status for status, _ in answer][0] for answer in answers)
+    assert statuses == ["created", "unchanged"], answers
+    assert all(len({status for status, _ in answer}) == 1 for answer in answers), answers
+    assert [sid for _, sid in answers[0]] == [sid for _, sid in answers[1]]
+    assert _count_sessions(user.id) == 3
+
+
 def test_sync_statements_do_not_grow_with_the_batch(app, auth, pkgs, make_user, db_session,
                                                     sql_statements, set_clock):
     make_user("bulk@example.com", tier="pro")
