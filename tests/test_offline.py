@@ -390,6 +390,28 @@ def test_a_downgrade_scheduled_after_the_grant_ends_the_licence_before_the_job_r
     assert res.status_code == 404, res.json
 
 
+def test_a_licence_of_a_public_package_ends_when_the_tier_loses_downloads(
+        client, auth, billing, pkgs, make_user, db_session, set_clock):
+    """Starter opens a public package but keeps nothing offline: a Premium licence of it ends
+    at the period's end of a cancel, as one of a Premium package does."""
+    make_user("leaving@example.com")
+    headers = auth("leaving@example.com")
+    t0 = set_clock(_tomorrow_noon())
+    period_end = datetime.fromisoformat(
+        billing.buy(client, headers, "premium")["current_period_end"])
+    set_clock(t0 + timedelta(days=1))
+    assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
+    res = client.post("/api/user/downloads", json={"package_id": pkgs["rain"]},
+                      headers=headers)
+    assert res.status_code == 201, res.json
+    assert datetime.fromisoformat(res.json["data"]["licence_expires_at"]) == period_end
+    set_clock(period_end - timedelta(minutes=1))
+    assert [d["package_id"] for d in
+            client.get("/api/user/downloads", headers=headers).json["data"]] == [pkgs["rain"]]
+    set_clock(period_end + timedelta(seconds=30))
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
+
+
 def test_a_trial_without_a_card_gives_licences_that_end_with_the_trial(
         client, auth, pkgs, make_user, db_session, set_clock):
     make_user("trial@example.com")
@@ -454,15 +476,13 @@ def test_a_failed_renewal_gives_licences_that_end_with_the_grace(
     grace_ends = period_end + GRACE_PERIOD  # then Starter, unless a payment arrives first
     assert datetime.fromisoformat(res.json["data"]["licence_expires_at"]) == grace_ends
     public = client.post("/api/user/downloads", json={"package_id": pkgs["rain"]},
-                         headers=headers)  # Starter opens it too
-    assert datetime.fromisoformat(public.json["data"]["licence_expires_at"]) == \
-        clock.now() + timedelta(days=30)
+                         headers=headers)  # Starter opens it, but keeps nothing offline
+    assert datetime.fromisoformat(public.json["data"]["licence_expires_at"]) == grace_ends
 
     set_clock(grace_ends + timedelta(minutes=1))
     process_due_subscriptions(now=clock.now())
     db.session.remove()
-    listed = client.get("/api/user/downloads", headers=headers).json["data"]
-    assert [d["package_id"] for d in listed] == [pkgs["rain"]]
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
 
 
 # ---- sync --------------------------------------------------------------------------------------
