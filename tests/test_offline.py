@@ -399,7 +399,7 @@ def test_a_licence_of_a_public_package_ends_when_the_tier_loses_downloads(
     t0 = set_clock(_tomorrow_noon())
     period_end = datetime.fromisoformat(
         billing.buy(client, headers, "premium")["current_period_end"])
-    set_clock(t0 + timedelta(days=1))
+    set_clock(t0 + timedelta(days=5))  # 30 days from now are past the period's end
     assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
     res = client.post("/api/user/downloads", json={"package_id": pkgs["rain"]},
                       headers=headers)
