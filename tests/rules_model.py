@@ -106,6 +106,13 @@ def quota_violations(rows: list[SessionRow], days: DaySettings) -> list[str]:
     return problems
 
 
+def sessions_of_day(rows: list[SessionRow], days: DaySettings, day: date) -> int:
+    """A user's sessions of ``day``, as the usage and the analytics both show them: the
+    quota-counted starts of that user day (a tap given back is none)."""
+    return sum(1 for row in rows
+               if row.counts_toward_quota and days.day_of(row.started_at) == day)
+
+
 def playable_seconds(row: SessionRow) -> int | None:
     caps = [c for c in (row.content_seconds, MAX_SESSION_SECONDS[row.tier]) if c is not None]
     return min(caps) if caps else None

@@ -38,6 +38,7 @@ from rules_model import (
     offline_violations,
     reminder_violations,
     retry_violations,
+    sessions_of_day,
     streak_figures,
     tier_at,
 )
@@ -497,8 +498,9 @@ def build_machine(app, idp, table_names, billing):
 
         def check_stored_analytics(self, person):
             """Right after a completion refreshed them, the stored analytics equal a fresh
-            computation from the rows, and the user's own figures behind their
-            recommendations hold only the sessions that count (the model's rule)."""
+            computation from the rows, the user's own figures behind their recommendations
+            hold only the sessions that count (the model's rule), and today's sessions are
+            the quota's (the usage's)."""
             with app.app_context():
                 stored = db.session.get(UserAnalytics, person.user_id)
                 user = db.session.get(User, person.user_id)
@@ -521,6 +523,12 @@ def build_machine(app, idp, table_names, billing):
                 (model.current, model.longest, model.freezes_available,
                  [d.isoformat() for d in model.freeze_days if since <= d])
             assert outcomes == mood_outcomes(self.rows(person)), person.name
+            # Sessions of the day: the quota's count, in the analytics as in the usage.
+            assert fresh["sessions_today"] == \
+                sessions_of_day(self.rows(person), person.days, today), person.name
+            status, body = self.call("GET", "/api/user/subscription", person.headers)
+            assert status == 200, body
+            assert body["data"]["usage"]["sessions_today"] == fresh["sessions_today"]
 
         def check_no_deadline_left_behind(self):
             with app.app_context():
