@@ -220,7 +220,8 @@ class Blueprint(flask_smorest.Blueprint):
             @functools.wraps(func)
             def unpage(*args, **kw):
                 req = request._get_current_object()
-                if req.method in WRITE_METHODS and not _route_takes_a_body(req):
+                if req.method in WRITE_METHODS and req.get_data(cache=True) \
+                        and not _route_takes_a_body(req):
                     parser.parse(_NO_BODY, req, location="json")
                 before_view = g._get_current_object().__dict__.pop("before_view", None)
                 if before_view is not None:
