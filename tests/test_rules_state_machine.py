@@ -84,6 +84,7 @@ class Identity:
         self.trials_started = 0      # ever, across erasures
         self.keyed = None            # the last start sent with an Idempotency-Key
         self.remind_minute = None    # the reminder time asked for (None: no reminders)
+        self.claimed_for = {}        # (user id, user day) claimed -> remind_minute at the claim
 
 
 def build_machine(app, idp, table_names, billing):
@@ -172,9 +173,16 @@ def build_machine(app, idp, table_names, billing):
 
         @rule()
         def reminder_scan_runs(self):
+            accounts = {p.user_id: p for p in self.people.values() if p.user_id is not None}
             with app.app_context():
                 reminder_claims.claim_due_reminders(self.now)
+                claimed = db.session.execute(
+                    select(ReminderDelivery.user_id, ReminderDelivery.local_day)
+                    .where(ReminderDelivery.user_id.in_(accounts))).all()
                 db.session.remove()
+            for user_id, day in claimed:  # the time asked for when the scan claimed it
+                person = accounts[user_id]
+                person.claimed_for.setdefault((user_id, day), person.remind_minute)
 
         @rule(name=st.sampled_from(IDENTITIES))
         def erase(self, name):
@@ -584,9 +592,9 @@ def build_machine(app, idp, table_names, billing):
             for person in self.people.values():
                 assert person.trials_started <= 1, person.name
             for user_id, person in accounts.items():
-                claimed = [ReminderRow(day, at) for day, at in claims.get(user_id, [])]
-                problems = reminder_violations(claimed, rows[user_id], person.days,
-                                               person.remind_minute)
+                claimed = [ReminderRow(day, at, person.claimed_for.get((user_id, day)))
+                           for day, at in claims.get(user_id, [])]
+                problems = reminder_violations(claimed, rows[user_id], person.days)
                 assert not problems, (person.name, problems)
 
     return RulesMachine
