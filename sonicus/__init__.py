@@ -8,6 +8,9 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask
+from flask.globals import request_ctx
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import RequestRedirect
 
 from config import ConfigError, load_config, normalise_database_url, validate_config
 
@@ -16,6 +19,7 @@ from .api import register_api
 from .auth import init_auth
 from .cli import sonicus_cli
 from .docs import blp as docs_blueprint
+from .envelope import envelope
 from .errors import init_error_reporting
 from .extensions import api, db, migrate, sock
 from .flask_classes import ApiRequest, ApiResponse, IdConverter
@@ -67,7 +71,8 @@ def _api_settings(app: Flask) -> None:
 
 class Sonicus(Flask):
     """Flask, remembering which handlers are coroutines instead of asking per request; with
-    the API's request and response classes and ``<int:...>`` converter (``flask_classes.py``)."""
+    the API's request and response classes and ``<int:...>`` converter (``flask_classes.py``).
+    Every answer it makes itself is an envelope: no routing redirects, a JSON ``OPTIONS``."""
 
     request_class = ApiRequest
     response_class = ApiResponse
@@ -76,6 +81,21 @@ class Sonicus(Flask):
         super().__init__(*args, **kwargs)
         self.url_map.converters["int"] = IdConverter
         self._is_sync: dict = {}
+
+    def raise_routing_exception(self, request):
+        """A path is answered at its one spelling: werkzeug's routing redirects (doubled
+        slashes merged, a trailing slash added) are a 404 ``not_found`` envelope instead of a
+        308 with an HTML page, which would send a client and its Authorization header on to
+        another address (and a write's body with it)."""
+        if isinstance(request.routing_exception, RequestRedirect):
+            raise NotFound()
+        raise request.routing_exception
+
+    def make_default_options_response(self):
+        """``OPTIONS`` (a CORS preflight among others): an empty envelope, with ``Allow``."""
+        response = self.json.response(envelope())
+        response.allow.update(request_ctx.url_adapter.allowed_methods())
+        return response
 
     def ensure_sync(self, func):
         # Flask asks for every hook and view of every request: most are the same objects

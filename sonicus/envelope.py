@@ -16,7 +16,7 @@ from inspect import iscoroutinefunction
 
 import flask_smorest
 import marshmallow as ma
-from flask import g
+from flask import current_app, g, request
 from webargs import core as webargs_core
 from webargs.flaskparser import FlaskParser, is_json_request
 
@@ -32,7 +32,7 @@ from .api_errors import (
 )
 from .idempotency_http import IdempotencyKeyDocs
 from .pagination import Page
-from .validation import load_json_body
+from .validation import NoBodySchema, load_json_body
 
 
 def Null(**kwargs) -> ma.fields.Constant:  # noqa: N802  (a field factory)
@@ -136,6 +136,33 @@ def doc_only(decorator):
 # Set on a view wrapped by ``Blueprint.response``: it calls ``g.before_view`` itself.
 SETTLES_CLAIM = "sonicus_settles_claim"
 
+# The methods whose requests carry a body (writes).
+WRITE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+
+
+def documents_a_body(operation_doc: dict) -> bool:
+    """Whether a view method's documentation (flask-smorest's ``_apidoc``) has a request body:
+    a body schema (``blp.arguments`` in ``json``), or one described by hand (``blp.doc``,
+    the billing webhook, which reads its signed body itself)."""
+    parameters = operation_doc.get("arguments", {}).get("parameters", ())
+    return (any(p.get("in") == "json" for p in parameters)
+            or "requestBody" in operation_doc.get("manual_doc", {}))
+
+
+# view method -> documents_a_body(its documentation); the methods are module-level objects.
+_takes_a_body: dict = {}
+_NO_BODY = NoBodySchema()
+
+
+def _route_takes_a_body(req) -> bool:
+    view = current_app.view_functions[req.url_rule.endpoint]
+    view_class = getattr(view, "view_class", None)
+    method = getattr(view_class, req.method.lower(), None) if view_class else view
+    takes = _takes_a_body.get(method)
+    if takes is None:
+        takes = _takes_a_body[method] = documents_a_body(getattr(method, "_apidoc", {}))
+    return takes
+
 
 class BodyParser(FlaskParser):
     """webargs' parser, reading a JSON body with ``validation.load_json_body``. A body of
@@ -179,14 +206,23 @@ class Blueprint(flask_smorest.Blueprint):
     def response(self, status_code, schema=None, **kwargs):
         """A view may return a ``Page``: its items become ``data``, the rest ``pagination``.
 
+        A write whose route documents no request body takes none: what it is sent is read
+        as ``NoBodySchema`` (nothing or ``{}``; a field is a 422 naming it, a body that is not
+        JSON a 400), like any body, before the view.
+
         Right before the view function runs (its arguments parsed), ``g.before_view`` is
         called when a sign-in decorator left one (a claim of an ``Idempotency-Key`` still
         on its way: auth.py); what it returns is answered instead of running the view."""
         documented = super().response(status_code, schema, **kwargs)
+        parser = self.ARGUMENTS_PARSER
 
         def decorator(func):
             @functools.wraps(func)
             def unpage(*args, **kw):
+                req = request._get_current_object()
+                if req.method in WRITE_METHODS and req.get_data(cache=True) \
+                        and not _route_takes_a_body(req):
+                    parser.parse(_NO_BODY, req, location="json")
                 before_view = g._get_current_object().__dict__.pop("before_view", None)
                 if before_view is not None:
                     instead = before_view()

@@ -9,7 +9,8 @@ is documented completely without doing more than an ordinary flask-smorest route
   path (``getUserDownloads``); camelCase and unique;
 - documents the error statuses every route of a kind can answer, with the error envelope:
   401/403 on every signed-in operation, 503 on all but liveness, 404 on every path with an
-  id, 400/413/422 on every request body, 422 on every query argument, 429 wherever the rate
+  id, 400/413/422 on every write (a body of its own, or fields refused), 422 on
+  every query argument, 429 wherever the rate
   limits count;
 - documents a paginated list (``page`` and ``per_page`` arguments) with a
   ``<Item>PageEnvelope`` whose ``pagination`` is required, and drops the unused
@@ -28,7 +29,7 @@ import re
 import flask
 
 from .api_errors import ERROR_DESCRIPTIONS, RATE_LIMIT_EXEMPT_PATHS
-from .envelope import Api
+from .envelope import WRITE_METHODS, Api
 from .openapi_examples import add_examples, example_for
 from .pagination import PaginationSchema
 
@@ -142,7 +143,8 @@ def _generic_errors(method: str, path: str, operation: dict) -> dict[int, str]:
         statuses[503] = ERROR_DESCRIPTIONS[503]
     if "{" in path:
         statuses[404] = ERROR_DESCRIPTIONS[404]
-    if "requestBody" in operation:
+    if "requestBody" in operation or method.upper() in WRITE_METHODS:
+        # a write without a body of its own refuses any field sent (``envelope.Blueprint``)
         statuses[400] = ERROR_DESCRIPTIONS[400]
         statuses[413] = ERROR_DESCRIPTIONS[413]
         statuses[422] = ERROR_DESCRIPTIONS[422]

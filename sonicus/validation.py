@@ -180,3 +180,11 @@ class QueryArgsSchema(InputSchema):
         unknown = ma.EXCLUDE
 
     integers_from_text = True
+
+
+class NoBodySchema(InputSchema):
+    """The body of a write whose route takes none: nothing, or ``{}``. Any field is unknown
+    and refused by name, as in every body (a typo is never silently dropped)."""
+
+    class Meta:
+        unknown = ma.RAISE

@@ -106,6 +106,13 @@ def quota_violations(rows: list[SessionRow], days: DaySettings) -> list[str]:
     return problems
 
 
+def sessions_of_day(rows: list[SessionRow], days: DaySettings, day: date) -> int:
+    """A user's sessions of ``day``, as the usage and the analytics both show them: the
+    quota-counted starts of that user day (a tap given back is none)."""
+    return sum(1 for row in rows
+               if row.counts_toward_quota and days.day_of(row.started_at) == day)
+
+
 def playable_seconds(row: SessionRow) -> int | None:
     caps = [c for c in (row.content_seconds, MAX_SESSION_SECONDS[row.tier]) if c is not None]
     return min(caps) if caps else None
@@ -317,15 +324,16 @@ def streak_figures(rows: list[SessionRow], today: date) -> StreakFigures:
 
 @dataclass(frozen=True)
 class ReminderRow:
-    """A claimed reminder: the user day it is for and when it was claimed."""
+    """A claimed reminder: the user day it is for, when it was claimed, and the reminder time
+    the user had asked for then (minutes after midnight; None: not known)."""
 
     local_day: date
     claimed_at: datetime
+    remind_minute: int | None = None
 
 
 def reminder_violations(reminders: list[ReminderRow], rows: list[SessionRow],
-                        days: DaySettings, remind_minute: int | None,
-                        catch_up_minutes: int = 60) -> list[str]:
+                        days: DaySettings, catch_up_minutes: int = 60) -> list[str]:
     """At most one reminder per user day, for the user day in force when it was claimed, at
     the reminder time by the user's wall clock (or within the catch-up hour after it), and
     never once a session that counts had started that day."""
@@ -338,6 +346,7 @@ def reminder_violations(reminders: list[ReminderRow], rows: list[SessionRow],
             problems.append(f"reminder for {reminder.local_day} claimed on another day")
         tz, hour = days.at(reminder.claimed_at)
         wall = reminder.claimed_at.astimezone(ZoneInfo(tz))
+        remind_minute = reminder.remind_minute  # a later change of time does not move it
         if remind_minute is not None:
             since_day_start = (wall.hour * 60 + wall.minute - hour * 60) % 1440
             late = since_day_start - (remind_minute - hour * 60) % 1440

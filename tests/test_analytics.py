@@ -245,3 +245,27 @@ def test_sqlite_gives_the_same_figures(tmp_path, app, client, auth, listening_hi
         res = client_lite.get("/api/user/analytics", headers=auth("fresh@example.com"))
         assert res.status_code == 200 and res.json["data"]["total_sessions"] == 0
     assert got == expected
+
+
+def test_sessions_today_agrees_with_the_quota_usage(client, auth, make_user, make_package):
+    """A tap given back (ended within 60 s, under 30 s listened) is no session of the day:
+    ``analytics.sessions_today`` counts what ``usage.sessions_today`` counts, on the
+    analytics route and on the dashboard alike."""
+    make_user("tap@example.com")
+    headers = auth("tap@example.com")
+    package = make_package("tap-rain").id
+    ids = []
+    for _ in range(2):
+        res = client.post("/api/user/sessions", json={"package_id": package}, headers=headers)
+        assert res.status_code == 201, res.json
+        ids.append(res.json["data"]["id"])
+    tap = client.post(f"/api/user/sessions/{ids[0]}/complete", headers=headers,
+                      json={"listened_seconds": 5, "completed": False})
+    assert tap.status_code == 200 and tap.json["data"]["counts_toward_quota"] is False
+    usage = client.get("/api/user/subscription", headers=headers).json["data"]["usage"]
+    assert usage["sessions_today"] == 1
+    analytics = client.get("/api/user/analytics", headers=headers).json["data"]
+    assert analytics["sessions_today"] == usage["sessions_today"]
+    dashboard = client.get("/api/user/dashboard", headers=headers).json["data"]
+    assert dashboard["analytics"]["sessions_today"] == \
+        dashboard["subscription"]["usage"]["sessions_today"] == 1

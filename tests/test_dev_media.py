@@ -139,3 +139,52 @@ def test_never_served_with_a_media_server_or_in_production(app, make_config):
         VAPID_PRIVATE_KEY="4txEB4kA7fNHdNPuFHb1lGUluwod-Ajz-qs3DC4oOD4"))
     assert "dev-media" not in {r.rule.split("/")[1] for r in production.url_map.iter_rules()}
     assert production.test_client().get("/dev-media/art/beats.svg").status_code == 404
+
+
+@pytest.mark.parametrize("header", [
+    "bytes=abc", "bytes=5-2", "bytes=", "bytes", "bytes=-", "bytes=0-0x", "bytes=--3",
+    "bytes=0-1,4-5", "bytes=0-1,100000000-", "items=0-3", "seconds=0-3",
+])
+def test_a_range_the_server_may_ignore_answers_the_whole_file(beats, header):
+    """RFC 9110, 14.2: a range unit other than bytes MUST be ignored, an invalid
+    ranges-specifier or several ranges MAY be: the whole file, 200, not 416."""
+    client, package = beats
+    path = _local(package["tracks"][0]["stream_url"])
+    whole = client.get(path).data
+    res = client.get(path, headers={"Range": header})
+    assert res.status_code == 200, (header, res.get_json())
+    assert res.data == whole and "Content-Range" not in res.headers
+    assert res.headers["Accept-Ranges"] == "bytes"
+
+
+def test_byte_ranges_by_rfc_9110(beats):
+    """A suffix longer than the file is the whole file (206); a last position past the end is
+    cut there; empty list elements are skipped; a 0-byte suffix or a first position past the
+    end is 416; a position of thousands of digits is past the end, not a 500."""
+    client, package = beats
+    path = _local(package["tracks"][0]["stream_url"])
+    whole = client.get(path).data
+    size = len(whole)
+    longer = client.get(path, headers={"Range": f"bytes=-{size + 100}"})
+    assert longer.status_code == 206 and longer.data == whole
+    assert longer.headers["Content-Range"] == f"bytes 0-{size - 1}/{size}"
+    cut = client.get(path, headers={"Range": f"bytes={size - 5}-{size + 10 ** 30}"})
+    assert cut.status_code == 206 and cut.data == whole[-5:]
+    listed = client.get(path, headers={"Range": "Bytes= 4-7 ,"})
+    assert listed.status_code == 206 and listed.data == whole[4:8]
+    for header in ("bytes=-0", f"bytes={size}-", f"bytes={'9' * 5000}-"):
+        res = client.get(path, headers={"Range": header})
+        assert res.status_code == 416, header
+        assert res.headers["Content-Range"] == f"bytes */{size}"
+        assert res.get_json()["code"] == "range_not_satisfiable"
+
+
+def test_an_empty_file_ignores_a_range(beats, dev_app):
+    """Nothing of an empty file can be sent as a part: ``bytes=0-`` answers it whole (200)."""
+    from sonicus import media
+
+    client, _ = beats
+    (media.media_root(dev_app) / "art" / "empty.svg").write_bytes(b"")
+    for header in ("bytes=0-", "bytes=-5", "bytes=0-0"):
+        res = client.get("/dev-media/art/empty.svg", headers={"Range": header})
+        assert res.status_code == 200 and res.data == b"", header

@@ -134,3 +134,77 @@ def test_every_failure_carries_a_non_empty_errors_list(client, auth, admin_auth,
         assert body["success"] is False and body["code"]
         assert isinstance(body["errors"], list) and body["errors"], (status, body)
         assert all(isinstance(e, str) and e for e in body["errors"])
+
+
+def _raw_request(app, method, path_info, headers=None):
+    """``method path_info`` handed to the app as a server such as gunicorn hands it (the
+    test client would read ``//api/...`` as a host name)."""
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    environ = EnvironBuilder(method=method, path="/", headers=headers or {}).get_environ()
+    environ["PATH_INFO"] = path_info
+    body, status, response_headers = run_wsgi_app(app, environ, buffered=True)
+    return int(status.split()[0]), response_headers, b"".join(body)
+
+
+@pytest.mark.parametrize("method,path_info", [
+    ("GET", "/api//user/profile"), ("GET", "/api/user//profile"), ("GET", "//api//health"),
+    ("POST", "/api//user/subscription/resume"), ("HEAD", "/api//tiers"),
+])
+def test_a_path_with_doubled_slashes_is_a_json_404_not_a_redirect(app, auth, method, path_info):
+    """werkzeug would answer 308 with an HTML page sending the client (and its Authorization
+    header, and a write's body) on to the merged path; the API answers each route at one
+    spelling only."""
+    import json
+
+    status, headers, body = _raw_request(app, method, path_info, auth("slashes@example.com"))
+    assert status == 404
+    assert "Location" not in headers
+    assert headers["Content-Type"] == "application/json"
+    if method != "HEAD":
+        assert json.loads(body)["code"] == "not_found"
+
+
+def test_leading_slashes_are_the_path_itself_never_a_redirect(app):
+    """werkzeug reads ``//api/health`` as ``/api/health`` (before any route is matched): the
+    route answers, in its envelope."""
+    import json
+
+    status, headers, body = _raw_request(app, "GET", "//api/health")
+    assert status == 200 and "Location" not in headers
+    assert json.loads(body)["data"] == {"status": "ok"}
+
+
+def test_a_missing_trailing_slash_is_a_json_404_not_a_redirect(tmp_path):
+    """A route declared with a trailing slash (the development JWKS) is not redirected to."""
+    from sonicus import create_app
+
+    dev = create_app({"SONICUS_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path}/s.db",
+                      "OIDC_ISSUER": None, "DEV_TOKEN_ISSUER": True, "REDIS_URL": None})
+    client = dev.test_client()
+    assert client.get("/api/dev/jwks/").status_code == 200
+    res = client.get("/api/dev/jwks")
+    assert_error(res, 404, "not_found")
+    assert "Location" not in res.headers
+
+
+@pytest.mark.parametrize("path", ["/api/health", "/api/user/profile", "/api/nothing-here"])
+def test_options_answers_an_envelope_with_the_allowed_methods(client, path):
+    res = client.options(path)
+    if path == "/api/nothing-here":
+        assert_error(res, 404, "not_found")
+        return
+    assert res.status_code == 200
+    assert res.mimetype == "application/json"
+    assert res.json == {"success": True, "data": None, "message": None, "errors": None,
+                        "pagination": None}
+    assert "GET" in res.headers["Allow"]
+
+
+def test_head_answers_json_headers_without_a_body(client):
+    res = client.head("/api/health")
+    assert res.status_code == 200
+    assert res.mimetype == "application/json"
+    assert res.data == b""
+    missing = client.head("/api/nothing-here")
+    assert missing.status_code == 404 and missing.mimetype == "application/json"

@@ -147,3 +147,21 @@ def test_admin_assigns_packages(client, auth, packages, db_session, make_user, a
                        headers=admin).status_code == 422
     assert client.post(f"/api/admin/users/{user_id}/packages",
                        json={"package_id": packages["rain"]}, headers=headers).status_code == 403
+
+
+def test_removing_a_package_refuses_a_body_field_and_keeps_it(client, auth, packages, make_user):
+    """A DELETE takes no body: ``{"favorite": true}`` sent with one is a 422 naming the field,
+    and the package stays in the library."""
+    make_user("l@example.com")
+    headers = auth("l@example.com")
+    assert client.post(f"/api/user/packages/{packages['rain']}",
+                       headers=headers).status_code == 201
+    res = client.delete(f"/api/user/packages/{packages['rain']}", json={"favorite": True},
+                        headers=headers)
+    assert res.status_code == 422
+    assert res.json["code"] == "validation_error"
+    assert res.json["errors"] == ["favorite: Unknown field."]
+    listing = client.get("/api/user/packages", headers=headers).json["data"]
+    assert [e["package"]["slug"] for e in listing] == ["rain"]
+    assert client.delete(f"/api/user/packages/{packages['rain']}", json={},
+                         headers=headers).status_code == 200

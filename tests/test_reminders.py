@@ -691,3 +691,34 @@ def test_an_expiration_time_past_any_date_is_422_naming_it(push_client, auth, pu
     assert any(e.startswith("expirationTime") for e in res.get_json()["errors"])
     with push_client.application.app_context():
         assert db.session.execute(select(func.count(PushSubscription.id))).scalar() == 0
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://DB5P.notify.windows.com/w/?token=abc",
+    "https://db5p.Notify.Windows.COM/w/?token=abc",
+    "HTTPS://db5p.notify.windows.com/w/?token=abc",
+    "https://FCM.googleapis.com/fcm/send/abc",
+    "https://Updates.Push.Services.Mozilla.com/wpush/v2/abc",
+    "Https://web.push.APPLE.com/QGx",
+])
+def test_a_push_host_in_capitals_is_the_same_push_service(client, auth, browser, endpoint):
+    """Host names (and the scheme) are case-insensitive: a Windows endpoint written
+    ``DB5P.notify.windows.com`` is stored, and the check before a post passes it too."""
+    from sonicus.services import webpush
+
+    response = client.post("/api/user/push-subscriptions", headers=auth(),
+                           json=browser(endpoint).subscription())
+    assert response.status_code == 201, response.get_json()
+    with client.application.app_context():
+        assert webpush.endpoint_problem(endpoint, webpush.allowed_endpoints()) is None
+
+
+def test_a_capitalised_host_still_needs_an_allowed_domain_and_path(client, auth, browser):
+    """Only the scheme and host fold: a host merely ending in the letters of an allowed one,
+    or with an allowed one in front of another domain, is still refused."""
+    for endpoint in ("https://DB5P.NOTIFY.WINDOWS.COM.evil.example/w/",
+                     "https://EVILnotify.windows.com/w/",
+                     "https://FCM.GOOGLEAPIS.COM.evil.example/fcm/send/abc"):
+        response = client.post("/api/user/push-subscriptions", headers=auth(),
+                               json=browser(endpoint).subscription())
+        assert response.status_code == 422, endpoint

@@ -38,6 +38,7 @@ from rules_model import (
     offline_violations,
     reminder_violations,
     retry_violations,
+    sessions_of_day,
     streak_figures,
     tier_at,
 )
@@ -83,6 +84,7 @@ class Identity:
         self.trials_started = 0      # ever, across erasures
         self.keyed = None            # the last start sent with an Idempotency-Key
         self.remind_minute = None    # the reminder time asked for (None: no reminders)
+        self.claimed_for = {}        # (user id, user day) claimed -> remind_minute at the claim
 
 
 def build_machine(app, idp, table_names, billing):
@@ -176,9 +178,16 @@ def build_machine(app, idp, table_names, billing):
 
         @rule()
         def reminder_scan_runs(self):
+            accounts = {p.user_id: p for p in self.people.values() if p.user_id is not None}
             with app.app_context():
                 reminder_claims.claim_due_reminders(self.now)
+                claimed = db.session.execute(
+                    select(ReminderDelivery.user_id, ReminderDelivery.local_day)
+                    .where(ReminderDelivery.user_id.in_(accounts))).all()
                 db.session.remove()
+            for user_id, day in claimed:  # the time asked for when the scan claimed it
+                person = accounts[user_id]
+                person.claimed_for.setdefault((user_id, day), person.remind_minute)
 
         @rule(name=st.sampled_from(IDENTITIES))
         def erase(self, name):
@@ -502,8 +511,9 @@ def build_machine(app, idp, table_names, billing):
 
         def check_stored_analytics(self, person):
             """Right after a completion refreshed them, the stored analytics equal a fresh
-            computation from the rows, and the user's own figures behind their
-            recommendations hold only the sessions that count (the model's rule)."""
+            computation from the rows, the user's own figures behind their recommendations
+            hold only the sessions that count (the model's rule), and today's sessions are
+            the quota's (the usage's)."""
             with app.app_context():
                 stored = db.session.get(UserAnalytics, person.user_id)
                 user = db.session.get(User, person.user_id)
@@ -526,6 +536,12 @@ def build_machine(app, idp, table_names, billing):
                 (model.current, model.longest, model.freezes_available,
                  [d.isoformat() for d in model.freeze_days if since <= d])
             assert outcomes == mood_outcomes(self.rows(person)), person.name
+            # Sessions of the day: the quota's count, in the analytics as in the usage.
+            assert fresh["sessions_today"] == \
+                sessions_of_day(self.rows(person), person.days, today), person.name
+            status, body = self.call("GET", "/api/user/subscription", person.headers)
+            assert status == 200, body
+            assert body["data"]["usage"]["sessions_today"] == fresh["sessions_today"]
 
         def check_no_deadline_left_behind(self):
             with app.app_context():
@@ -581,9 +597,9 @@ def build_machine(app, idp, table_names, billing):
             for person in self.people.values():
                 assert person.trials_started <= 1, person.name
             for user_id, person in accounts.items():
-                claimed = [ReminderRow(day, at) for day, at in claims.get(user_id, [])]
-                problems = reminder_violations(claimed, rows[user_id], person.days,
-                                               person.remind_minute)
+                claimed = [ReminderRow(day, at, person.claimed_for.get((user_id, day)))
+                           for day, at in claims.get(user_id, [])]
+                problems = reminder_violations(claimed, rows[user_id], person.days)
                 assert not problems, (person.name, problems)
 
     return RulesMachine

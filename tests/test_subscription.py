@@ -417,3 +417,26 @@ def test_the_subscription_shown_once_the_trial_has_ended_is_the_tier_after_it(
         assert process_due_subscriptions(ends + timedelta(seconds=30))["processed"] == 0
     events = client.get("/api/user/subscription/history", headers=headers).json["data"]
     assert [e["type"] for e in events].count("trial_ended") == 1, events
+
+
+def test_resume_refuses_an_unknown_body_field_and_changes_nothing(client, auth, billing):
+    """``resume`` takes no body: a field sent to it (a typo, a misplaced ``reason``) is a 422
+    naming it, the cancellation stays scheduled; nothing, ``{}`` or an empty JSON body resume."""
+    headers = auth()
+    billing.buy(client, headers, "premium")
+    assert client.delete("/api/user/subscription", headers=headers).status_code == 200
+    for body in ({"foo": 1}, {"reason": "other"}):
+        res = client.post("/api/user/subscription/resume", json=body, headers=headers)
+        assert res.status_code == 422, res.get_json()
+        assert res.get_json()["code"] == "validation_error"
+        assert res.get_json()["errors"] == [f"{next(iter(body))}: Unknown field."]
+        data = client.get("/api/user/subscription", headers=headers).get_json()["data"]
+        assert data["cancel_at_period_end"] is True
+    for send in ({"json": {}}, {}, {"data": "", "content_type": "application/json"}):
+        res = client.post("/api/user/subscription/resume", headers=headers, **send)
+        assert res.status_code == 200, (send, res.get_json())
+        assert res.get_json()["data"]["cancel_at_period_end"] is False
+        assert client.delete("/api/user/subscription", headers=headers).status_code == 200
+    res = client.post("/api/user/subscription/resume", data="{not json", headers=headers,
+                      content_type="application/json")
+    assert res.status_code == 400 and res.get_json()["code"] == "validation_error"

@@ -60,7 +60,9 @@ class AnalyticsSummarySchema(ma.Schema):
     total_minutes = ma.fields.Float(required=True)
     minutes_this_week = ma.fields.Float(required=True, metadata={
         "description": "Listened minutes since Monday of the user's current week."})
-    sessions_today = ma.fields.Integer(required=True)
+    sessions_today = ma.fields.Integer(required=True, metadata={
+        "description": "The subscription's `usage.sessions_today`: sessions started in the "
+                       "user's day that count toward the quota (a tap given back does not)."})
     current_streak_days = ma.fields.Integer(required=True, allow_none=True, metadata={
         "description": _STREAK_NOTE + "Consecutive user days with a completed session, up to "
                        "today or yesterday; a day covered by a freeze keeps it alive without "

@@ -54,7 +54,9 @@ class EmptySchema(ma.Schema):
 class UsageSchema(ma.Schema):
     """Today's sessions against the tier's daily limit, in the user's own day."""
 
-    sessions_today = ma.fields.Integer(required=True)
+    sessions_today = ma.fields.Integer(required=True, metadata={
+        "description": "Sessions started in the user's day that count toward the quota (a tap "
+                       "given back does not)."})
     sessions_remaining = ma.fields.Integer(allow_none=True, required=True,
                                            metadata={"description": "null: unlimited"})
     resets_at = ma.fields.DateTime(required=True)

@@ -19,7 +19,7 @@ import logging
 from datetime import date, datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import case, func, select, update
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import clock
@@ -30,6 +30,7 @@ from ..models.listening import ENDED
 from ..models.user import merge_preferences
 from ..realtime.publish import publish_to_user
 from ..tasks.queue import QUEUE_ANALYTICS, enqueue, job_is_pending
+from .quota import counted_on_day
 from .recaps import forget_recent_recaps, forget_user_recaps
 from .recommendation_model import refresh_user_outcomes
 from .streaks import active_days, day_islands, recent_freeze_days, streaks_from_islands
@@ -110,7 +111,8 @@ def _mood_terms():
 
 def _totals(user_id: int, today: date):
     """One row: (sessions, completed, ended, seconds, seconds this week, sessions today,
-    average mood change); completed and ended count only sessions that count."""
+    average mood change); completed and ended count only sessions that count; sessions today
+    are the quota's (``quota.counted_on_day``: a tap given back is none)."""
     s = ListeningSession
     has_mood, mood_change = _mood_terms()
     week_start = today - timedelta(days=today.weekday())
@@ -122,7 +124,7 @@ def _totals(user_id: int, today: date):
         func.coalesce(func.sum(s.listened_seconds), 0),
         func.coalesce(func.sum(case((s.local_day >= week_start, s.listened_seconds),
                                     else_=0)), 0),
-        func.coalesce(func.sum(case((s.local_day == today, 1), else_=0)), 0),
+        func.coalesce(func.sum(case((and_(*counted_on_day(user_id, today)), 1), else_=0)), 0),
         func.avg(case((has_mood, mood_change), else_=None)),
     ).where(s.user_id == user_id)).one()
 

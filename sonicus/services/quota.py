@@ -35,16 +35,17 @@ class Usage:
     resets_at: datetime
 
 
-def _counted_on_day(user_id, day) -> tuple:
-    """The sessions that count toward the quota of ``user_id`` on ``day`` (values or bound
-    parameters)."""
+def counted_on_day(user_id, day) -> tuple:
+    """THE rule of a user's sessions of the day: those that count toward the quota of
+    ``user_id`` on ``day`` (values or bound parameters), so not a tap given back. The usage
+    (``usage_today``), the start's count and the analytics' ``sessions_today`` all read it."""
     return (ListeningSession.user_id == user_id, ListeningSession.local_day == day,
             ListeningSession.counts_toward_quota.is_(True))
 
 
 def sessions_on_day(user_id: int, day: date) -> int:
     return db.session.execute(
-        select(func.count(ListeningSession.id)).where(*_counted_on_day(user_id, day))
+        select(func.count(ListeningSession.id)).where(*counted_on_day(user_id, day))
     ).scalar_one()
 
 
@@ -69,7 +70,7 @@ def _insert_statement(limited: bool):
     source = select(*[bindparam(name, type_=table.c[name].type) for name in START_COLUMNS])
     if limited:
         used = (select(func.count()).select_from(table)
-                .where(*_counted_on_day(bindparam("user_id"), bindparam("local_day")))
+                .where(*counted_on_day(bindparam("user_id"), bindparam("local_day")))
                 .scalar_subquery())
         source = source.where(used < bindparam("daily_limit"))
     return insert(table).from_select(list(START_COLUMNS), source).returning(table.c.id)

@@ -61,14 +61,28 @@ def b64url_decode(text: str) -> bytes:
 
 # ---- where we may post ------------------------------------------------------------------------
 
+def _origin_folded(url: str) -> str:
+    """``url`` with its scheme and authority in lower case (both are case-insensitive, RFC
+    3986 sections 3.1 and 3.2.2: ``https://DB5P.notify.windows.com`` is a Windows push host),
+    the path and query as written (they are not)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    ends = [index for index in (rest.find("/"), rest.find("?")) if index >= 0]
+    end = min(ends, default=len(rest))
+    return f"{scheme.lower()}://{rest[:end].lower()}{rest[end:]}"
+
+
 def _matches(endpoint: str, host: str, prefix: str) -> bool:
+    """Whether ``endpoint`` (its scheme and host folded, ``host`` its host[:port]) starts with
+    ``prefix`` (folded alike), where ``https://*.<domain>/`` is any host under the domain."""
     scheme, sep, rest = prefix.partition("://*.")
     if not sep:
         return endpoint.startswith(prefix)
     domain, _, path = rest.partition("/")
     parts = urlsplit(endpoint)
     return (parts.scheme == scheme and parts.netloc == host
-            and host.endswith("." + domain.lower()) and parts.path.startswith("/" + path))
+            and host.endswith("." + domain) and parts.path.startswith("/" + path))
 
 
 def endpoint_problem(endpoint: str, allowed) -> str | None:
@@ -87,7 +101,8 @@ def endpoint_problem(endpoint: str, allowed) -> str | None:
     host = parts.hostname
     if parts.port is not None:
         host = f"{host}:{parts.port}"
-    if not any(_matches(endpoint, host, prefix) for prefix in allowed):
+    folded = _origin_folded(endpoint)
+    if not any(_matches(folded, host, _origin_folded(prefix)) for prefix in allowed):
         return "Not a push service this server sends to (WEBPUSH_ALLOWED_ENDPOINTS)."
     return None
 
