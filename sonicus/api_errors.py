@@ -113,16 +113,23 @@ def not_found(what: str = "Resource"):
     raise ApiError(404, "not_found", f"{what} not found.")
 
 
-def flatten_errors(messages, prefix: str = "") -> list[str]:
-    """Turn marshmallow/webargs error structures into ``"field: message"`` strings."""
+# What an error about a whole location (a schema's own, not one field's) names.
+_WHOLE = {"json": "body", "form": "body", "files": "body", "query": "query",
+          "path": "path", "headers": "headers"}
+
+
+def flatten_errors(messages, prefix: str = "", whole: str = "") -> list[str]:
+    """Turn marshmallow/webargs error structures into ``"field: message"`` strings; an error
+    of a whole location names it (``body: Invalid input type.`` for a body that is not a JSON
+    object)."""
     out: list[str] = []
     if isinstance(messages, dict):
         for key, value in messages.items():
             key = str(key)
-            if not prefix and key in ("json", "query", "form", "path", "headers", "files"):
-                out.extend(flatten_errors(value, ""))
+            if not prefix and key in _WHOLE:
+                out.extend(flatten_errors(value, "", _WHOLE[key]))
             elif key == "_schema":
-                out.extend(flatten_errors(value, prefix))
+                out.extend(flatten_errors(value, prefix or whole))
             else:
                 out.extend(flatten_errors(value, f"{prefix}.{key}" if prefix else key))
     elif isinstance(messages, (list, tuple)):

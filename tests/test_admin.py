@@ -452,7 +452,7 @@ def test_bad_changes_are_422_and_change_nothing(client, admin_auth, db_session, 
     if field != "_schema":
         assert any(e.startswith(f"{field}:") for e in res.json["errors"]), res.json["errors"]
     else:
-        assert res.json["errors"] == ["Give tier or is_active."]
+        assert res.json["errors"] == ["body: Give tier or is_active."]
     db_session.expire_all()
     assert db_session.query(UserSubscription).filter_by(user_id=user.id).one().tier == "starter"
     assert db_session.query(AuditLog).count() == 0

@@ -50,6 +50,15 @@ def test_invalid_fields_are_named_and_change_nothing(client, auth):
     assert profile["timezone"] == "UTC" and profile["day_start_hour"] == 0
 
 
+@pytest.mark.parametrize("body", [[1], "x", 5, True, None])
+def test_a_body_that_is_not_a_json_object_is_named(client, auth, body):
+    headers = auth()
+    res = client.put("/api/user/profile", json=body, headers=headers)
+    assert res.status_code in (400, 422)
+    errors = assert_error(res, res.status_code, "validation_error")["errors"]
+    assert errors and all(e.startswith("body: ") for e in errors), errors
+
+
 def test_nested_field_errors_are_flattened(client, auth):
     res = client.put("/api/user/profile", json={"preferences": {"daily_goal_minutes": 0}},
                      headers=auth())
