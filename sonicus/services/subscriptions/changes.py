@@ -29,8 +29,8 @@ from ...tiers import STARTER, get_tier, is_upgrade, prorated_upgrade_cents
 from ..erasure import trial_used_before
 from ..transaction import unit_of_work
 from .common import (
-    _clear_checkout,
     _clear_scheduled_change,
+    _drop_checkout,
     _has_paid_period,
     _provider_told,
     _record,
@@ -58,6 +58,7 @@ def _require_verified(user: User) -> None:
 
 def _start_checkout(user: User, sub: UserSubscription, tier: str, now: datetime,
                     return_to: ReturnTo) -> str:
+    _drop_checkout(sub, now, via="replaced")  # its page can no longer be paid
     provider = get_provider()
     reference = new_reference()
     trial_end = sub.trial_ends_at if sub.status == TRIALING else None
@@ -66,6 +67,7 @@ def _start_checkout(user: User, sub: UserSubscription, tier: str, now: datetime,
                                         cancel_url=return_to.cancel_url)
     sub.checkout_reference, sub.checkout_tier, sub.checkout_url = (
         checkout.reference, tier, checkout.url)
+    sub.checkout_session_id = checkout.session_id
     sub.checkout_success_url, sub.checkout_cancel_url = (return_to.success_url,
                                                          return_to.cancel_url)
     sub.provider = provider.name
@@ -123,7 +125,7 @@ def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) ->
     if days <= 0:
         fail(409, "conflict", "Free trials are not offered.")
     from_tier = sub.tier
-    _clear_checkout(sub)
+    _drop_checkout(sub, now, via="trial_started")
     _clear_scheduled_change(sub)
     sub.tier, sub.status, sub.trial_used = tier, TRIALING, True
     sub.trial_ends_at = now + timedelta(days=days)
@@ -134,12 +136,7 @@ def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) ->
 
 
 def _choose_starter(sub: UserSubscription, now: datetime, first_choice: bool) -> str:
-    if sub.checkout_reference:
-        _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier,
-                reference=sub.checkout_reference, at=now)
-        _clear_checkout(sub)
-        if sub.status == INCOMPLETE:
-            sub.status = ACTIVE
+    _drop_checkout(sub, now)
     if sub.tier == STARTER:
         if first_choice:
             _record(sub, "tier_chosen", None, STARTER, amount_cents=0, at=now)
@@ -195,7 +192,7 @@ def _change_trial(user: User, sub: UserSubscription, tier: str, now: datetime,
         _record(sub, "trial_changed", sub.tier, tier, amount_cents=0, at=now)
         sub.tier = tier
     if sub.payment_method_on_file:
-        _clear_checkout(sub)
+        _drop_checkout(sub, now, via="tier_change")
         return f"Your trial continues and converts to {get_tier(tier).title} when it ends."
     return _start_checkout(user, sub, tier, now, return_to)
 
@@ -212,7 +209,7 @@ def _upgrade_now(sub: UserSubscription, tier: str, now: datetime) -> str:
     _record(sub, "upgraded", sub.tier, tier, amount_cents=amount, at=now, proration=True,
             period_end=sub.current_period_end.isoformat())
     sub.tier = tier
-    _clear_checkout(sub)
+    _drop_checkout(sub, now, via="tier_change")
     _clear_scheduled_change(sub)
     return (f"Upgraded to {get_tier(tier).title} now; "
             f"{cents_to_decimal(amount)} is charged for the rest of this period.")
@@ -224,7 +221,7 @@ def _schedule_downgrade(sub: UserSubscription, tier: str, now: datetime) -> str:
         get_provider(sub.provider).set_cancel_at_period_end(sub, False)
     _provider_told(sub, now)
     sub.pending_tier, sub.cancel_at_period_end = tier, False
-    _clear_checkout(sub)
+    _drop_checkout(sub, now, via="tier_change")
     _record(sub, "downgrade_scheduled", sub.tier, tier, at=now,
             effective_at=sub.current_period_end.isoformat())
     return f"You keep {get_tier(sub.tier).title} until the end of the period, then {tier}."
@@ -262,15 +259,12 @@ def cancel(user_id: int, reason: str | None = None, comment: str | None = None,
         apply_due_deadlines(sub, now)
         work.changed_user(sub.user_id)
         if sub.checkout_reference and sub.status == INCOMPLETE:
-            _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier,
-                    reference=sub.checkout_reference, at=now, reason=reason, comment=comment)
-            _clear_checkout(sub)
-            sub.status = ACTIVE
+            _drop_checkout(sub, now, reason=reason, comment=comment)
             message = "The pending checkout is canceled."
         elif sub.tier == STARTER:
             fail(409, "conflict", "There is no paid subscription to cancel.")
         else:
-            _clear_checkout(sub)
+            _drop_checkout(sub, now, reason=reason, comment=comment)
             message = _schedule_cancel(sub, now, reason=reason, comment=comment, via="cancel")
         view = overview(db.session.get(User, user_id), sub, now)
     return view, message
