@@ -609,3 +609,66 @@ def test_a_failed_charge_of_an_older_subscription_leaves_the_paid_one_active(str
     data = billing.subscription(client, headers)
     assert data["status"] == "active" and data["past_due_since"] is None
     assert billing.events_of(EMAIL, "payment_failed") == []
+
+
+# ---- an administrator's grant to a user who pays through the provider -----------------------
+
+def _grant(client, admin_auth, uid, tier):
+    return client.patch(f"/api/admin/users/{uid}", json={"tier": tier},
+                        headers=admin_auth("boss@example.com"))
+
+
+def test_a_grant_above_a_paid_stripe_period_stops_its_renewal(stripe_app, auth, admin_auth,
+                                                             billing):
+    """Premium paid through Stripe, then Pro granted: Pro now, free; the paid month runs out
+    and Stripe renews nothing (no charge for a tier the user has for free)."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    resp = _grant(client, admin_auth, billing.user_id(EMAIL), "pro")
+    assert resp.status_code == 200, resp.get_json()
+    assert fake.received("POST", "/v1/subscriptions/sub_s1")[-1]["cancel_at_period_end"] == \
+        ["true"]
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["complimentary"]) == ("pro", "active", True)
+    # the paid period's end at Stripe leaves the grant as it is
+    ended = billing.subscription_deleted("evt_end", subscription="sub_s1", customer="cus_s1",
+                                         created=clock.now() + 21 * DAY)
+    assert billing.post_webhook(client, ended).get_json()["data"]["outcome"] == "nothing_to_end"
+    assert billing.subscription(client, headers)["tier"] == "pro"
+
+
+def test_a_grant_to_a_past_due_stripe_payer_cancels_the_failing_subscription(
+        stripe_app, auth, admin_auth, billing):
+    """A failed renewal is being retried by Stripe; the grant gives the tier free, so the
+    retries must not charge for it: the Stripe subscription is canceled at once."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    failed = billing.invoice_event("evt_fail", "invoice.payment_failed", user_id=uid, tier=None,
+                                   price="price_prem", period_start=clock.now() + 20 * DAY,
+                                   period_end=clock.now() + 50 * DAY, subscription="sub_s1",
+                                   customer="cus_s1")
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    assert _grant(client, admin_auth, uid, "premium").status_code == 200
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["complimentary"]) == ("premium", "active", True)
+
+
+def test_a_grant_below_a_paid_stripe_period_is_409_and_changes_nothing(stripe_app, auth,
+                                                                      admin_auth, billing):
+    """Taking away part of a period the user paid for is not a grant: 409, nothing changed,
+    nothing sent to Stripe (the user's own cancel or downgrade ends it at the period's end)."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    before, sent = billing.subscription(client, headers), len(fake.requests)
+    for tier in ("starter",):
+        resp = _grant(client, admin_auth, billing.user_id(EMAIL), tier)
+        assert resp.status_code == 409 and resp.get_json()["code"] == "conflict", resp.get_json()
+        assert resp.get_json()["errors"]
+    assert billing.subscription(client, headers) == before
+    assert len(fake.requests) == sent
+    assert billing.events_of(EMAIL, "complimentary_grant") == []

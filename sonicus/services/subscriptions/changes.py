@@ -50,6 +50,57 @@ class ReturnTo:
     cancel_url: str | None = None
 
 
+def grant_tier(sub: UserSubscription, tier: str, now: datetime, **details) -> bool:
+    """An administrator's grant on a LOCKED row: ``tier`` now, free of charge (a
+    ``complimentary_grant``); False when the user is already there (nothing changes).
+
+    THE rule of a grant over the user's own billing: nothing is charged again for what is
+    given free, and nothing paid for is taken away.
+    - A paid period running, of a tier the grant does not go below: the period runs out as
+      paid (the grant covers it) and the provider renews nothing (cancel at period end).
+    - Any other provider subscription (a trial with a card, a failed renewal being retried,
+      a period over and waiting for its renewal): canceled at the provider at once.
+    - A grant below the tier of a paid period running: 409 ``conflict``, nothing changed
+      (the user's own cancel or downgrade takes effect at the period's end).
+    - An open checkout is dropped (it can no longer be paid)."""
+    apply_due_deadlines(sub, now)
+    if sub.tier == tier and sub.status == ACTIVE:
+        return False
+    paid_period = (_has_paid_period(sub) and sub.status == ACTIVE
+                   and sub.current_period_end > now)
+    if paid_period and is_upgrade(tier, sub.tier):
+        fail(409, "conflict",
+             f"The user has paid for {get_tier(sub.tier).title} until "
+             f"{sub.current_period_end:%Y-%m-%d %H:%M} UTC; a lower tier cannot be granted "
+             "over a paid period.")
+    _drop_checkout(sub, now, via="complimentary_grant")
+    _end_own_billing(sub, now, keep_paid_period=paid_period)
+    from_tier = sub.tier
+    if sub.status == TRIALING:
+        sub.trial_ends_at = None
+    sub.tier, sub.status = tier, ACTIVE
+    sub.complimentary = get_tier(tier).is_paid
+    sub.tier_chosen_at = sub.tier_chosen_at or now
+    sub.past_due_since = None
+    _clear_scheduled_change(sub)
+    _record(sub, "complimentary_grant", from_tier, tier, amount_cents=0, at=now, **details)
+    return True
+
+
+def _end_own_billing(sub: UserSubscription, now: datetime, *, keep_paid_period: bool) -> None:
+    """The provider charges nothing more: a paid period running ends without renewal, any
+    other provider subscription ends at once."""
+    if not sub.provider_subscription_id:
+        return
+    provider = get_provider(sub.provider)
+    if keep_paid_period:
+        if not sub.cancel_at_period_end:
+            provider.set_cancel_at_period_end(sub, True)
+    else:
+        provider.cancel_now(sub.provider_customer_id, sub.provider_subscription_id)
+    _provider_told(sub, now)
+
+
 def _require_verified(user: User) -> None:
     if not user.email_verified:
         fail(403, "email_not_verified",

@@ -224,8 +224,8 @@ def apply_payment_failed(sub: UserSubscription, failure, now: datetime) -> str:
         return "stale"  # that period is paid already (the success arrived first)
     if _older_than_latest_payment(sub, failure.created):
         return "stale"
-    if sub.tier == STARTER or sub.status == INCOMPLETE:
-        _record_failure(sub, failure, now)
+    if sub.tier == STARTER or sub.status == INCOMPLETE or sub.complimentary:
+        _record_failure(sub, failure, now)  # nothing in force depends on this charge
         return "recorded"
     if sub.status == TRIALING:
         sub.payment_method_on_file = False
