@@ -672,3 +672,48 @@ def test_a_grant_below_a_paid_stripe_period_is_409_and_changes_nothing(stripe_ap
     assert billing.subscription(client, headers) == before
     assert len(fake.requests) == sent
     assert billing.events_of(EMAIL, "complimentary_grant") == []
+
+
+# ---- a cancel while a renewal is past due ----------------------------------------------------
+
+def test_cancel_while_past_due_ends_now_and_its_history_reads_in_order(stripe_app, auth,
+                                                                      billing, set_clock):
+    """The renewal failed (past due, the grace keeps the tier) and the user cancels: nothing
+    paid for is left, so the cancel ends it now: Stripe stops retrying the charge, the user
+    is on starter, and the history tells what happened in the order it happened (no event
+    dated before the ones that led to it)."""
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)  # paid until 20 days from now
+    start = clock.now()
+    period_end = billing.subscription(client, headers)["current_period_end"]
+    failed_at = set_clock(start + 20 * DAY + timedelta(hours=1))
+    failed = billing.invoice_event("evt_fail", "invoice.payment_failed",
+                                   user_id=billing.user_id(EMAIL), tier=None,
+                                   price="price_prem", period_start=start + 20 * DAY,
+                                   period_end=start + 50 * DAY, subscription="sub_s1",
+                                   customer="cus_s1", created=failed_at)
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+
+    canceled_at = set_clock(failed_at + timedelta(hours=5))
+    resp = client.delete("/api/user/subscription", json={"reason": "too_expensive"},
+                         headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
+    with app.app_context():
+        process_due_subscriptions(now=canceled_at + timedelta(minutes=1))
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("starter", "active")
+
+    events = billing.events_of(EMAIL)
+    stamps = [e["at"] for e in events]
+    assert stamps == sorted(stamps), [(e["type"], e["at"]) for e in events]
+    last = events[-1]
+    assert (last["type"], last["to_tier"], last["at"]) == ("canceled", "starter", canceled_at)
+    assert last["details"]["reason"] == "too_expensive"
+    for event in events:
+        effective = event["details"].get("effective_at")
+        assert effective is None or datetime.fromisoformat(effective) >= event["at"], event
+    assert period_end  # the period that was paid for ended before the failure

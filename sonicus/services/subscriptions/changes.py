@@ -279,8 +279,16 @@ def _schedule_downgrade(sub: UserSubscription, tier: str, now: datetime) -> str:
 
 
 def _schedule_cancel(sub: UserSubscription, now: datetime, *, reason, comment, via) -> str:
-    if sub.status != TRIALING and (sub.complimentary or sub.current_period_end is None):
-        # nothing paid for: a complimentary or unbilled paid tier ends at once
+    # a failed renewal's grace: the paid period is over and its renewal was never paid
+    unpaid_renewal = sub.status == PAST_DUE and sub.current_period_end is not None \
+        and sub.current_period_end <= now
+    if sub.status != TRIALING and (sub.complimentary or sub.current_period_end is None
+                                   or unpaid_renewal):
+        # nothing paid for: a complimentary, unbilled or unpaid paid tier ends at once (and
+        # the provider stops retrying the charge that failed)
+        if unpaid_renewal:
+            get_provider(sub.provider).cancel_now(sub.provider_customer_id,
+                                                  sub.provider_subscription_id)
         from_tier = sub.tier
         _to_starter(sub)
         _record(sub, "canceled", from_tier, STARTER, amount_cents=0, at=now, reason=reason,
