@@ -459,12 +459,8 @@ def test_failed_card_during_a_trial_means_no_conversion(client, auth, billing):
     assert data["status"] == "trialing" and data["payment_method_on_file"] is False
 
 
-def _stripe_trial_with_card_converted(app, client, headers, billing) -> datetime:
-    """A Stripe premium trial with a card on file, converted by the expiry job at its end;
-    the trial's end."""
-    from sonicus.extensions import db
-    from sonicus.services.subscriptions import process_due_subscriptions
-
+def _stripe_trial_with_card(client, headers, billing) -> None:
+    """A Stripe premium trial with a card on file (``sub_s1``)."""
     client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
                 headers=headers)
     client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
@@ -473,12 +469,47 @@ def _stripe_trial_with_card_converted(app, client, headers, billing) -> datetime
                                       subscription="sub_s1")
     assert billing.post_webhook(client, card).get_json()["data"]["outcome"] == \
         "payment_method_added"
+
+
+def _stripe_trial_with_card_converted(app, client, headers, billing) -> datetime:
+    """A Stripe premium trial with a card on file, converted by the expiry job at its end;
+    the trial's end."""
+    from sonicus.extensions import db
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    _stripe_trial_with_card(client, headers, billing)
     ended = (clock.now() - timedelta(minutes=5)).replace(microsecond=0)
     billing.arrange(EMAIL, trial_ends_at=ended)
     with app.app_context():
         assert process_due_subscriptions()["outcomes"] == {"trial_converted": 1}
         db.session.remove()
     return ended
+
+
+def test_a_declined_first_charge_before_the_expiry_job_keeps_the_grace(stripe_app, auth,
+                                                                       billing):
+    """The trial ended a moment ago and the expiry job (every minute) has not run yet when
+    Stripe's declined first charge arrives: the webhook acts on the subscription in force
+    (converted at the trial's end), so the user gets the failed renewal's 3-day grace to fix
+    the card, as after the job, not a card marked removed and starter at the next job."""
+    from sonicus.extensions import db
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_trial_with_card(client, headers, billing)
+    ended = (clock.now() - timedelta(seconds=20)).replace(microsecond=0)
+    billing.arrange(EMAIL, trial_ends_at=ended)
+    failed = _first_invoice(billing, "evt_first_fail", "invoice.payment_failed", ended)
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    with app.app_context():
+        process_due_subscriptions()
+        db.session.remove()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("premium", "past_due")
+    assert data["grace_ends_at"] is not None and data["payment_method_on_file"] is True
+    types = [e["type"] for e in billing.events_of(EMAIL)]
+    assert types[-2:] == ["trial_converted", "payment_failed"]
 
 
 def _first_invoice(billing, event_id: str, kind: str, trial_ended):
