@@ -19,11 +19,13 @@ from authlib.oauth2.rfc6749.errors import MissingAuthorizationError
 from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
 from flask import g, request
 
+from . import clock
 from .api_errors import ApiError
 from .caller import Caller
 from .caller_cache import get_caller_cache, init_caller_cache
 from .envelope import SETTLES_CLAIM, doc_only
 from .retry_safe import claim_idempotency_key
+from .services.subscriptions import next_change_at
 from .services.users import sync_user_from_claims
 from .tokens import (
     KeysUnavailable,
@@ -104,7 +106,13 @@ def caller_from_token(token: str) -> Caller:
     except KeysUnavailable as exc:
         raise ApiError(503, "service_unavailable",
                        "Sign-in is unavailable right now; try again shortly.") from exc
-    return Caller.of(*sync_user_from_claims(claims))
+    return _caller_of(claims)
+
+
+def _caller_of(claims: dict) -> Caller:
+    """The caller these claims sign in (the user synced, the subscription as in force)."""
+    user, sub = sync_user_from_claims(claims)
+    return Caller.of(user, sub, settles_at=next_change_at(sub))
 
 
 def authenticate_request() -> Caller:
@@ -133,9 +141,9 @@ def authenticate_request() -> Caller:
         protector.raise_error_response(error)
     callers = get_caller_cache()
     caller = callers.get(claims.digest)
-    if caller is None:
+    if caller is None or (caller.settles_at is not None and caller.settles_at <= clock.now()):
         read_since = callers.generation
-        caller = Caller.of(*sync_user_from_claims(dict(claims)))
+        caller = _caller_of(dict(claims))
         callers.put(claims.digest, caller, read_since)
     state["caller"] = caller
     state["current_user_id"] = caller.id  # for logs

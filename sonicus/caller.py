@@ -41,6 +41,9 @@ class Caller:
     tier: str
     status: str
     onboarding: Onboarding
+    # When a deadline of the subscription may change the tier shown (None: none is ahead): a
+    # cached caller is read again from then on.
+    settles_at: datetime | None = None
     dump_memo: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -53,7 +56,8 @@ class Caller:
         return clock.pending_day_settings_at(self, clock.now())
 
     @classmethod
-    def of(cls, user: User, sub: UserSubscription | None) -> Caller:
+    def of(cls, user: User, sub: UserSubscription | None,
+           settles_at: datetime | None = None) -> Caller:
         tier = sub.tier if sub is not None else STARTER
         status = sub.status if sub is not None else ACTIVE
         return cls(
@@ -64,4 +68,4 @@ class Caller:
             day_settings_effective_at=user.day_settings_effective_at,
             preferences=MappingProxyType(copy.deepcopy(user.merged_preferences)),
             created_at=user.created_at, tier=tier, status=status,
-            onboarding=Onboarding.of(bool(user.email_verified), sub))
+            onboarding=Onboarding.of(bool(user.email_verified), sub), settles_at=settles_at)

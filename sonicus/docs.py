@@ -106,7 +106,8 @@ def asyncapi_json():
 # ---- AsyncAPI ----------------------------------------------------------------------------
 
 CLOSE_CODES = {
-    "4401": "The token is missing, invalid or expired: sign in again, then reconnect.",
+    "4401": "The token is missing, invalid or expired, or the account was erased: sign in "
+            "again, then reconnect.",
     "4403": "The account is suspended or no longer allowed: do not reconnect.",
     "4429": "Too many open sockets for this user (`WS_MAX_SOCKETS_PER_USER`): close another "
             "tab's socket first.",

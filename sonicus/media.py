@@ -113,10 +113,15 @@ def stream_url(media_path: str, now: datetime | None = None, *,
     return f"{public}{DEV_PREFIX}{path}?{query}", expires_at
 
 
-def download_url(media_path: str, now: datetime | None = None) -> tuple[str | None, datetime]:
+def download_url(media_path: str, now: datetime | None = None,
+                 until: datetime | None = None) -> tuple[str | None, datetime]:
     """A URL to download one file for offline listening: the stream URL's scheme with the
-    longer ``MEDIA_DOWNLOAD_URL_TTL_SECONDS`` lifetime (default a day)."""
+    longer ``MEDIA_DOWNLOAD_URL_TTL_SECONDS`` lifetime (default a day), and never valid past
+    ``until`` (the end of the licence it is given with)."""
+    now = now or clock.now()
     lifetime = int(current_app.config.get("MEDIA_DOWNLOAD_URL_TTL_SECONDS") or 86400)
+    if until is not None:
+        lifetime = max(1, min(lifetime, int((until - now).total_seconds())))
     return stream_url(media_path, now, lifetime=lifetime)
 
 

@@ -133,6 +133,12 @@ def check_offline_downloads(tier_name: str, assigned: bool = False) -> None:
                    data={"required_tier": needed.name})
 
 
+def keeps_offline(tier_name: str, package_level: str) -> bool:
+    """THE tier's part of a licence: the tier allows ``offline_downloads`` and opens the
+    package's level (a live assignment keeps a package offline whatever the tier)."""
+    return TIERS[tier_name].offline_downloads and can_access_level(tier_name, package_level)
+
+
 def check_daily_quota(tier_name: str, used: int, resets_at: datetime, now: datetime) -> None:
     """THE quota rule: 429 ``daily_session_limit_reached`` once the day's starts reach the
     tier's limit, with ``resets_at`` (the start of the user's next day) and ``Retry-After``."""

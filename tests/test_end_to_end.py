@@ -68,3 +68,22 @@ def test_suspension_closes_the_listeners_sockets_everywhere(two_web_processes, t
     profile = requests.get(process_a.http_url("/api/user/profile"),
                            headers={"Authorization": f"Bearer {listener}"}, timeout=10)
     assert profile.status_code == 403 and profile.json()["code"] == "account_suspended"
+
+
+def test_erasure_closes_the_accounts_sockets_everywhere(two_web_processes, token_for,
+                                                         connect_ws):
+    """An erased account's open sockets belong to no account: each process closes them with
+    4401 (sign in again), and the same token then signs in a fresh account."""
+    process_a, process_b = two_web_processes
+    listener = token_for("leaving@example.com")
+    headers = {"Authorization": f"Bearer {listener}"}
+    sockets = [connect_ws(server.ws_url(), listener) for server in two_web_processes]
+    for ws in sockets:
+        assert ws.receive_json()["type"] == "analytics.snapshot"
+    erased = requests.delete(process_b.http_url("/api/user/profile"), headers=headers,
+                             timeout=10)
+    assert erased.status_code == 200, erased.json()
+    assert [ws.close_code() for ws in sockets] == [4401, 4401]
+    again = connect_ws(process_a.ws_url(), listener)
+    assert again.receive_json()["type"] == "analytics.snapshot"
+    again.close()

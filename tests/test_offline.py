@@ -277,6 +277,31 @@ def test_downloads_need_the_feature_or_an_assignment(client, auth, admin_auth, p
     assert client.get("/api/user/downloads", headers=headers).json["data"] == []
 
 
+def test_a_download_url_stops_working_when_its_licence_ends(client, auth, admin_auth, pkgs,
+                                                           make_user, db_session, set_clock):
+    """A licence that ends within the hour (its assignment's end) gives download URLs that
+    stop working then, not a day later."""
+    user = make_user("brief@example.com")
+    headers = auth("brief@example.com")
+    make_user("admin@example.com", admin=True)
+    now = set_clock(_tomorrow_noon())
+    until = now + timedelta(hours=1)
+    assert client.post(f"/api/admin/users/{user.id}/packages", headers=admin_auth(),
+                       json={"package_id": pkgs["delta"],
+                             "expires_at": until.isoformat()}).status_code == 201
+    for answer in (client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                               headers=headers).json["data"],
+                   client.get("/api/user/downloads", headers=headers).json["data"][0]):
+        assert datetime.fromisoformat(answer["licence_expires_at"]) == until
+        [track] = answer["tracks"]
+        assert datetime.fromisoformat(track["expires_at"]) == until
+        _check_signed(track["download_url"], 3600)
+        parts = urlsplit(track["download_url"])
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        assert not media.verify_stream_path(SECRET, parts.path, query["st"], query["ts"],
+                                            query["e"], now=until + timedelta(seconds=1))
+
+
 def test_licence_lifecycle_renew_end_and_privacy(client, auth, pkgs, make_user, db_session,
                                                  set_clock):
     make_user("prem@example.com", tier="premium")
@@ -340,6 +365,51 @@ def test_a_downgrade_ends_the_licence_at_the_period_end(client, auth, billing, p
     db.session.remove()
     listed = client.get("/api/user/downloads", headers=headers).json["data"]
     assert [d["package_id"] for d in listed] == [pkgs["delta"]]
+
+
+def test_a_downgrade_scheduled_after_the_grant_ends_the_licence_before_the_job_runs(
+        client, auth, billing, pkgs, make_user, db_session, set_clock):
+    """A licence granted for 30 days, then a downgrade scheduled: once the period has ended
+    the licence is over (not listed, nothing to end), even before the expiry job writes the
+    downgrade."""
+    make_user("later@example.com")
+    headers = auth("later@example.com")
+    t0 = set_clock(_tomorrow_noon())
+    period_end = datetime.fromisoformat(
+        billing.buy(client, headers, "pro")["current_period_end"])
+    set_clock(t0 + timedelta(days=20))
+    res = client.post("/api/user/downloads", json={"package_id": pkgs["gamma"]},
+                      headers=headers)
+    assert res.status_code == 201, res.json
+    assert datetime.fromisoformat(res.json["data"]["licence_expires_at"]) > period_end
+    assert client.post("/api/user/subscription", json={"tier": "premium"},
+                       headers=headers).status_code == 200  # at the end of the period
+    set_clock(period_end + timedelta(seconds=30))  # the job has not run yet
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
+    res = client.delete(f"/api/user/downloads/{pkgs['gamma']}", headers=headers)
+    assert res.status_code == 404, res.json
+
+
+def test_a_licence_of_a_public_package_ends_when_the_tier_loses_downloads(
+        client, auth, billing, pkgs, make_user, db_session, set_clock):
+    """Starter opens a public package but keeps nothing offline: a Premium licence of it ends
+    at the period's end of a cancel, as one of a Premium package does."""
+    make_user("leaving@example.com")
+    headers = auth("leaving@example.com")
+    t0 = set_clock(_tomorrow_noon())
+    period_end = datetime.fromisoformat(
+        billing.buy(client, headers, "premium")["current_period_end"])
+    set_clock(t0 + timedelta(days=5))  # 30 days from now are past the period's end
+    assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
+    res = client.post("/api/user/downloads", json={"package_id": pkgs["rain"]},
+                      headers=headers)
+    assert res.status_code == 201, res.json
+    assert datetime.fromisoformat(res.json["data"]["licence_expires_at"]) == period_end
+    set_clock(period_end - timedelta(minutes=1))
+    assert [d["package_id"] for d in
+            client.get("/api/user/downloads", headers=headers).json["data"]] == [pkgs["rain"]]
+    set_clock(period_end + timedelta(seconds=30))
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
 
 
 def test_a_trial_without_a_card_gives_licences_that_end_with_the_trial(
@@ -406,15 +476,13 @@ def test_a_failed_renewal_gives_licences_that_end_with_the_grace(
     grace_ends = period_end + GRACE_PERIOD  # then Starter, unless a payment arrives first
     assert datetime.fromisoformat(res.json["data"]["licence_expires_at"]) == grace_ends
     public = client.post("/api/user/downloads", json={"package_id": pkgs["rain"]},
-                         headers=headers)  # Starter opens it too
-    assert datetime.fromisoformat(public.json["data"]["licence_expires_at"]) == \
-        clock.now() + timedelta(days=30)
+                         headers=headers)  # Starter opens it, but keeps nothing offline
+    assert datetime.fromisoformat(public.json["data"]["licence_expires_at"]) == grace_ends
 
     set_clock(grace_ends + timedelta(minutes=1))
     process_due_subscriptions(now=clock.now())
     db.session.remove()
-    listed = client.get("/api/user/downloads", headers=headers).json["data"]
-    assert [d["package_id"] for d in listed] == [pkgs["rain"]]
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
 
 
 # ---- sync --------------------------------------------------------------------------------------
@@ -496,6 +564,24 @@ def test_every_rejection_has_its_code(client, auth, pkgs, make_user, db_session,
     again = _sync(client, headers, items)
     assert [(r["status"], r.get("code")) for r in again.json["data"]["results"]] == \
         [(s if s == "rejected" else "unchanged", c) for s, c in got]
+
+
+def test_an_item_from_a_clock_ahead_within_the_skew_keeps_its_length(
+        client, auth, pkgs, make_user, db_session, set_clock):
+    """A device whose clock runs a minute ahead uploads a session that just ended: it is
+    stored as having ended by now, with its minute of listening, not as an empty interval."""
+    make_user("ahead@example.com")
+    headers = auth("ahead@example.com")
+    now = set_clock(_tomorrow_noon())
+    item = _item(pkgs["rain"], now + timedelta(seconds=30), minutes=1, listened=60)
+    [result] = _sync(client, headers, [item]).json["data"]["results"]
+    assert result["status"] == "created", result
+    stored = client.get(f"/api/user/sessions/{result['session_id']}",
+                        headers=headers).json["data"]
+    started, ended = (datetime.fromisoformat(stored["started_at"]),
+                      datetime.fromisoformat(stored["ended_at"]))
+    assert ended <= now and ended - started == timedelta(minutes=1), stored
+    assert stored["listened_seconds"] == 60 and stored["counts_toward_quota"] is True
 
 
 @pytest.mark.parametrize("body, field", [
@@ -585,6 +671,28 @@ def test_sync_judges_each_item_by_the_assignments_live_when_it_started(
         [("created", None), ("rejected", "package_locked")]
 
 
+def test_an_archived_package_opens_to_no_one_from_its_archive(
+        client, auth, admin_auth, pkgs, make_user, db_session, set_clock):
+    """Archiving a package takes it out of the catalog: listening uploaded from before the
+    archive is kept, listening after it is `not_found`, and its licences end with it."""
+    make_user("keep@example.com", tier="premium")
+    headers = auth("keep@example.com")
+    make_user("admin@example.com", admin=True)
+    t0 = set_clock(_tomorrow_noon())
+    assert client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                       headers=headers).status_code == 201
+    assert client.delete(f"/api/admin/packages/{pkgs['delta']}",
+                         headers=admin_auth()).status_code == 200
+    assert client.get("/api/user/downloads", headers=headers).json["data"] == []
+    assert client.delete(f"/api/user/downloads/{pkgs['delta']}",
+                         headers=headers).status_code == 404
+    set_clock(t0 + timedelta(hours=3))
+    res = _sync(client, headers, [_item(pkgs["delta"], t0 - timedelta(hours=1)),
+                                  _item(pkgs["delta"], t0 + timedelta(hours=1))])
+    assert [(r["status"], r.get("code")) for r in res.json["data"]["results"]] == \
+        [("created", None), ("rejected", "not_found")], res.json
+
+
 def test_sync_counts_each_item_on_the_auckland_day_it_started(
         client, auth, pkgs, make_user, db_session, set_clock, make_session):
     user = make_user("kiwi@example.com", timezone="Pacific/Auckland")  # starter: 3 a day
@@ -648,6 +756,34 @@ def test_a_batch_and_a_live_start_race_for_the_last_slot(app, auth, pkgs, make_u
         else:
             assert outcome["batch"]["code"] == "daily_session_limit_reached"
         assert _count_sessions(user.id) == 3
+
+
+def test_one_batch_sent_twice_at_once_is_stored_once(app, auth, pkgs, make_user, db_session):
+    """Two identical uploads racing (a client retrying before the first answer): one stores
+    the sessions, the other finds them (`unchanged`), nothing twice."""
+    user = make_user("twin@example.com")
+    headers = auth("twin@example.com")
+    now = clock.now()
+    items = [_item(pkgs["rain"], now - timedelta(hours=5, minutes=-20 * i)) for i in range(3)]
+    barrier = threading.Barrier(2)
+    answers = [None, None]
+
+    def upload(index):
+        own = app.test_client()
+        barrier.wait()
+        res = own.post("/api/user/sessions/sync", json={"sessions": items}, headers=headers)
+        answers[index] = [(r["status"], r["session_id"]) for r in res.json["data"]["results"]]
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    statuses = sorted([status for status, _ in answer][0] for answer in answers)
+    assert statuses == ["created", "unchanged"], answers
+    assert all(len({status for status, _ in answer}) == 1 for answer in answers), answers
+    assert [sid for _, sid in answers[0]] == [sid for _, sid in answers[1]]
+    assert _count_sessions(user.id) == 3
 
 
 def test_sync_statements_do_not_grow_with_the_batch(app, auth, pkgs, make_user, db_session,

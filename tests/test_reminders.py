@@ -603,6 +603,22 @@ def test_mondays_first_push_carries_last_weeks_recap(
         "sonicus-reminder"
 
 
+def test_a_monday_after_an_empty_week_gets_the_plain_reminder_not_a_recap_of_nothing(
+        push_client, auth, push_service, browser, set_clock, make_package, make_session):
+    app = push_client.application
+    _, weekly = _listener(push_client, auth, push_service, browser, "quiet@example.com",
+                          time="18:00")
+    with app.app_context():
+        user = db.session.execute(select(ReminderPreferences.user_id)).scalar_one()
+    make_session(user, make_package(), date(2025, 12, 30), minutes=10)  # the week before
+    set_clock(datetime(2026, 1, 12, 18, 0, tzinfo=UTC))  # Monday after an empty week
+    with app.app_context():
+        assert reminders.send_due_reminders() == 1
+    _run_jobs(app)
+    push = weekly.decrypt(push_service.posts_to(weekly.endpoint)[0].body)
+    assert push["tag"] == "sonicus-reminder" and "recap" not in push, push
+
+
 def test_the_export_shows_reminders_and_erasure_forgets_the_devices(push_client, auth,
                                                                     push_service, browser):
     headers, device = _listener(push_client, auth, push_service, browser, time="07:15")

@@ -140,7 +140,12 @@ def build_machine(app, idp, table_names, billing):
         # ---- profile ---------------------------------------------------------------------
         @rule(name=st.sampled_from(IDENTITIES))
         def sign_in(self, name):
-            self.person(name)
+            """What a user is shown is the tier in force, before the expiry job has run."""
+            person = self.person(name)
+            expected, active = self.tier_of(person)
+            status, body = self.call("GET", "/api/user/subscription", person.headers)
+            if active:
+                assert status == 200 and body["data"]["tier"] == expected, (expected, body)
 
         @rule(name=st.sampled_from(IDENTITIES), tz=st.sampled_from(TIMEZONES),
               hour=st.integers(0, 6))

@@ -3,7 +3,7 @@ cancel, resume, history."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
 from sonicus import clock
@@ -286,7 +286,8 @@ def test_resume_after_the_period_ended_is_a_conflict(client, auth, billing):
     billing.arrange("listener@example.com", current_period_end=clock.now() - timedelta(minutes=1))
     resp = client.post("/api/user/subscription/resume", headers=headers)
     assert resp.status_code == 409
-    assert billing.subscription(client, headers)["cancel_at_period_end"] is True
+    shown = billing.subscription(client, headers)  # canceled at the period's end
+    assert (shown["tier"], shown["cancel_at_period_end"]) == ("starter", False), shown
 
 
 def test_choosing_starter_from_paid_is_a_cancel_at_period_end(client, auth, billing):
@@ -391,3 +392,28 @@ def test_a_change_asked_after_the_period_ended_starts_from_what_the_period_fell_
     types = [e["type"] for e in billing.events_of("listener@example.com")]
     assert "upgraded" not in types and "resumed" not in types
     assert types.count("canceled") == 1
+
+
+def test_the_subscription_shown_once_the_trial_has_ended_is_the_tier_after_it(
+        client, auth, app, make_user, set_clock):
+    """In the minute before the expiry job writes the end of a trial without a card, the
+    subscription, the profile and the dashboard show Starter, as a start is judged, and the
+    trial's end is in the history once, when the job runs too."""
+    make_user("shown@example.com")
+    headers = auth("shown@example.com")
+    set_clock(datetime.combine(clock.now().date() + timedelta(days=1), time(12), UTC))
+    trial = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                        headers=headers)
+    ends = datetime.fromisoformat(trial.json["data"]["trial_ends_at"])
+    set_clock(ends + timedelta(seconds=20))  # the job has not run yet
+    shown = client.get("/api/user/subscription", headers=headers).json["data"]
+    assert (shown["tier"], shown["status"]) == ("starter", "active"), shown
+    assert shown["limits"] == TIERS["starter"].limits
+    assert client.get("/api/user/profile", headers=headers).json["data"]["tier"] == "starter"
+    dashboard = client.get("/api/user/dashboard", headers=headers).json["data"]
+    assert dashboard["subscription"]["tier"] == "starter", dashboard["subscription"]
+    from sonicus.services.subscriptions import process_due_subscriptions
+    with app.app_context():
+        assert process_due_subscriptions(ends + timedelta(seconds=30))["processed"] == 0
+    events = client.get("/api/user/subscription/history", headers=headers).json["data"]
+    assert [e["type"] for e in events].count("trial_ended") == 1, events

@@ -46,6 +46,12 @@ class SoundPackage(Base):
         """The lowest tier that opens this package."""
         return LEVEL_MIN_TIER[self.minimum_tier]
 
+    def in_catalog_at(self, moment: datetime) -> bool:
+        """Whether the catalog offered it at ``moment`` (``services.catalog.in_catalog`` is
+        the same now, in SQL): published, and not archived by then. An archived package
+        opens to no one from its archive; what was played before keeps it."""
+        return self.published and (self.archived_at is None or moment < self.archived_at)
+
     __table_args__ = (
         Index("ix_sound_packages_listing", "published", "archived_at", "category"),
         Index("ix_sound_packages_popularity", "popularity"),

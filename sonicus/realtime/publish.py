@@ -17,6 +17,7 @@ from ..extensions import channel_prefix, get_redis, guarded_redis_call
 
 LOCAL_DELIVERY_KEY = "sonicus_local_delivery"
 CLOSE_FORBIDDEN = 4403  # a suspended (or no longer allowed) account
+CLOSE_INVALID_TOKEN = 4401  # a bad token, or an account erased since: sign in again
 
 __all__ = ["channel_prefix", "close_user_sockets", "publish_to_user", "user_events_channel"]
 

@@ -36,11 +36,10 @@ from .broker import (
 )
 from .connection import Connection
 from .loop import read_after_the_rest
-from .publish import CLOSE_FORBIDDEN
+from .publish import CLOSE_FORBIDDEN, CLOSE_INVALID_TOKEN
 
 log = logging.getLogger(__name__)
 
-CLOSE_INVALID_TOKEN = 4401
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TOO_MANY_SOCKETS = 4429  # this user has WS_MAX_SOCKETS_PER_USER open already
 CLOSE_TOO_BIG = 1009

@@ -26,7 +26,8 @@ class DownloadTrackSchema(ma.Schema):
         "description": "Signed like a stream URL, with a longer lifetime; null in production "
                        "without media settings."})
     expires_at = ma.fields.DateTime(required=True, metadata={
-        "description": "When the download URL stops working (not the licence)."})
+        "description": "When the download URL stops working (a day at most, and never "
+                       "after the licence's end)."})
 
 
 class DownloadSchema(ma.Schema):

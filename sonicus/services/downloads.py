@@ -7,12 +7,13 @@ constraint) and answers a signed URL per track, the stream URLs' HMAC scheme wit
 ``MEDIA_DOWNLOAD_URL_TTL_SECONDS`` lifetime.
 
 A licence is live while its own window holds (``granted_at <= t < expires_at``, not ended by
-``DELETE``) AND the package is open to the user now, by the tier in force or a live
-assignment: a downgrade at its period's end, an assignment's expiry or revocation end it with
-no write of their own. Its ``expires_at`` is set at the grant to the earliest end known then
-(30 days, the end of the period before a scheduled downgrade that would lock it, the end
-of a trial, or of a failed renewal's grace, that falls back to a tier that does not open it,
-the assignment's ``expires_at`` when only the assignment opens it).
+``DELETE``) AND the package is kept offline now, by the tier in force (it has downloads and
+opens the package: ``tiers.keeps_offline``) or a live assignment: a downgrade at its period's
+end, an assignment's expiry or revocation, the package's archive end it with no write of
+their own. Its ``expires_at`` is set at the grant to the earliest end known then (30 days,
+the end of the period before a scheduled downgrade or cancel, the end of a trial, or of a
+failed renewal's grace, that falls back to a tier that does not keep it, the assignment's
+``expires_at`` when only the assignment keeps it).
 """
 
 from __future__ import annotations
@@ -30,14 +31,13 @@ from ..extensions import db
 from ..models import OfflineLicence, SoundPackage, UserSubscription
 from ..pagination import Page
 from ..tiers import (
-    ACCESS_LOCKED,
     OFFLINE_LICENCE_DAYS,
     check_offline_downloads,
     check_package_access,
-    package_access,
+    keeps_offline,
 )
 from .assignments import live_assignment, live_assignments
-from .catalog import get_catalog_package
+from .catalog import get_catalog_package, in_catalog
 from .subscriptions import (
     get_subscription,
     lock_or_create_subscription,
@@ -67,15 +67,12 @@ class Download:
     tracks: tuple[DownloadTrack, ...]
 
 
-def _licence_end(sub: UserSubscription, change: tuple[datetime, str] | None,
-                 package: SoundPackage, assignment, now: datetime
-                 ) -> datetime:
+def _licence_end(tier: str, change: tuple[datetime, str] | None,
+                 package: SoundPackage, assignment, now: datetime) -> datetime:
     """The earliest end of a licence granted now that is known now."""
     end = now + timedelta(days=OFFLINE_LICENCE_DAYS)
-    by_tier = package_access(sub.tier, package.minimum_tier) != ACCESS_LOCKED
-    if by_tier:
-        if change is not None and package_access(change[1], package.minimum_tier) \
-                == ACCESS_LOCKED:
+    if keeps_offline(tier, package.minimum_tier):
+        if change is not None and not keeps_offline(change[1], package.minimum_tier):
             changes_at = change[0]
             if assignment is None:
                 end = min(end, changes_at)
@@ -86,10 +83,12 @@ def _licence_end(sub: UserSubscription, change: tuple[datetime, str] | None,
     return end
 
 
-def _tracks(package: SoundPackage, now: datetime) -> tuple[DownloadTrack, ...]:
+def _tracks(package: SoundPackage, now: datetime,
+            licence_expires_at: datetime) -> tuple[DownloadTrack, ...]:
+    """A download URL per track, none valid past the licence's end."""
     out = []
     for track in package.tracks:
-        url, expires_at = media.download_url(track.media_path, now)
+        url, expires_at = media.download_url(track.media_path, now, licence_expires_at)
         out.append(DownloadTrack(track.id, track.title, track.duration_seconds, url,
                                  expires_at))
     return tuple(out)
@@ -108,7 +107,7 @@ def grant_download(user_id: int, package_id: int, now: datetime | None = None) -
         tier = tier_in_force(sub, now)
         check_offline_downloads(tier, assignment is not None)
         check_package_access(tier, package.minimum_tier, assignment is not None)
-        expires_at = _licence_end(sub, change, package, assignment, now)
+        expires_at = _licence_end(tier, change, package, assignment, now)
         dialect = db.session.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         stmt = insert(OfflineLicence).values(user_id=user_id, package_id=package.id,
@@ -116,17 +115,23 @@ def grant_download(user_id: int, package_id: int, now: datetime | None = None) -
         db.session.execute(stmt.on_conflict_do_update(
             index_elements=["user_id", "package_id"],
             set_={"granted_at": now, "expires_at": expires_at, "ended_at": None}))
-        tracks = _tracks(package, now)
+        tracks = _tracks(package, now, expires_at)
     return Download(package.id, package, now, expires_at, tracks)
 
 
-def _live_licences(user_id: int, tier: str, now: datetime,
+def _live_licences(user_id: int, sub: UserSubscription, now: datetime,
                    package_id: int | None = None) -> list[OfflineLicence]:
     """The user's licences live now, newest grant first (two queries: licences, live
-    assignments)."""
+    assignments): their window holds and the tier in force now (``tier_in_force``: a
+    period's, trial's or grace's end that has passed counts before the expiry job writes
+    it) keeps the package offline (``keeps_offline``) or a live assignment opens it, and the
+    catalog still offers it."""
+    tier = tier_in_force(sub, now)
     stmt = (select(OfflineLicence)
             .options(selectinload(OfflineLicence.package).selectinload(SoundPackage.tracks))
-            .where(OfflineLicence.user_id == user_id, OfflineLicence.granted_at <= now,
+            .join(OfflineLicence.package)
+            .where(in_catalog(),  # archived or unpublished: over
+                   OfflineLicence.user_id == user_id, OfflineLicence.granted_at <= now,
                    OfflineLicence.expires_at > now, OfflineLicence.ended_at.is_(None))
             .order_by(OfflineLicence.granted_at.desc(), OfflineLicence.id.desc()))
     if package_id is not None:
@@ -136,19 +141,17 @@ def _live_licences(user_id: int, tier: str, now: datetime,
         return []
     assigned = live_assignments(user_id, now, [lic.package_id for lic in licences])
     return [lic for lic in licences
-            if package_access(tier, lic.package.minimum_tier,
-                              lic.package_id in assigned) != ACCESS_LOCKED]
+            if lic.package_id in assigned or keeps_offline(tier, lic.package.minimum_tier)]
 
 
 def list_downloads(person, args: dict, now: datetime | None = None) -> Page:
     """The caller's live licences with fresh download URLs, newest first."""
     now = now or clock.now()
-    tier = get_subscription(person).tier
-    live = _live_licences(person.id, tier, now)
+    live = _live_licences(person.id, get_subscription(person), now)
     page, per_page = args["page"], args["per_page"]
     chosen = live[(page - 1) * per_page: page * per_page]
     items = [Download(lic.package_id, lic.package, lic.granted_at, lic.expires_at,
-                      _tracks(lic.package, now)) for lic in chosen]
+                      _tracks(lic.package, now, lic.expires_at)) for lic in chosen]
     return Page(items, len(live), page, per_page)
 
 
@@ -157,7 +160,7 @@ def end_download(user_id: int, package_id: int, now: datetime | None = None) -> 
     now = now or clock.now()
     with unit_of_work():
         sub = lock_or_create_subscription(user_id)
-        live = _live_licences(user_id, sub.tier, now, package_id)
+        live = _live_licences(user_id, sub, now, package_id)
         if not live:
             not_found("Download")
         live[0].ended_at = now

@@ -88,11 +88,11 @@ def current_streaks(user_days: dict[int, date],
 def reminder_payload(user: User, delivery: ReminderDelivery, streak: int | None) -> dict:
     """What the service worker shows: ``{title, body, url, tag}`` (+ ``kind``, ``day``). A
     streak only when given (the user shows streaks); on a recap Monday, last week's figures
-    (``services.recaps.compute_recap``)."""
+    (``services.recaps.compute_recap``) when there are any."""
     day = delivery.local_day
     streak = streak or 0
     recap = compute_recap(user.id, "week", day - timedelta(days=7)) if delivery.recap else None
-    if recap is not None:
+    if recap is not None and recap["sessions"]:  # an empty week: the plain reminder
         last_week = day - timedelta(days=7)
         body = (f"Last week: {round(recap['minutes'])} min in {recap['sessions']} "
                 f"sessions over {recap['active_days']} days.")

@@ -30,10 +30,11 @@ from ..models import (
     UserSubscription,
 )
 from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_preferences
+from ..realtime.publish import CLOSE_INVALID_TOKEN, close_user_sockets
 from . import erasure
 from .analytics import invalidate_user_analytics
 from .reminder_settings import get_reminder_preferences
-from .subscriptions import lock_or_create_subscription
+from .subscriptions import lock_or_create_subscription, settle_due_change
 from .transaction import account_gone, unit_of_work
 
 
@@ -106,7 +107,8 @@ def sync_user_from_claims(claims: dict) -> tuple[User, UserSubscription | None]:
             work.changed_user(user.id)
     if not user.is_active:
         raise ApiError(403, "account_suspended", "This account is suspended.")
-    return user, user.subscription
+    # A deadline passed that the expiry job has not written yet: shown as it is in force.
+    return user, settle_due_change(user.subscription)
 
 
 def _find_by_subject(subject: str) -> User | None:
@@ -246,5 +248,7 @@ def erase_user(user_id: int) -> None:
         db.session.execute(delete(User).where(User.id == user_id))
         work.changed_user(user_id)
     invalidate_user_analytics(user_id)
+    # Its open sockets belong to no account now: closed everywhere, as a sign-in that ended.
+    close_user_sockets(user_id, CLOSE_INVALID_TOKEN, "account erased")
     if owed_id is not None:
         erasure.attempt_owed_cancellation(owed_id)

@@ -17,8 +17,10 @@ from .changes import cancel, change_tier, grant_tier, resume
 from .common import GRACE_PERIOD, SAME_PERIOD_SLACK, add_month, cents_to_decimal
 from .expiry import (
     due_change,
+    next_change_at,
     process_due_subscriptions,
     scheduled_change,
+    settle_due_change,
     tier_after_trial,
     tier_in_force,
 )
@@ -52,8 +54,8 @@ __all__ = [
     "confirm_sandbox_checkout", "SandboxCheckout", "abandon_sandbox_checkout",
     "sandbox_checkout",
     "get_subscription", "grant_tier", "handle_billing_event", "history",
-    "insert_default_subscription",
-    "lock_or_create_subscription",
-    "overview", "process_due_subscriptions", "resume", "scheduled_change", "tier_after_trial",
+    "insert_default_subscription", "lock_or_create_subscription", "next_change_at",
+    "overview", "process_due_subscriptions", "resume", "scheduled_change", "settle_due_change",
+    "tier_after_trial",
     "tier_in_force",
 ]

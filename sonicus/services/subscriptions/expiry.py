@@ -22,6 +22,7 @@ from .common import (
     add_month,
 )
 from .payments import Payment, apply_payment_succeeded
+from .row import lock_or_create_subscription
 
 
 def _due_condition(now: datetime):
@@ -133,11 +134,42 @@ def due_change(sub, now: datetime) -> tuple[datetime, str] | None:
     return None
 
 
+def next_change_at(sub) -> datetime | None:
+    """The instant from which ``due_change`` may give a change of tier (None: no deadline is
+    ahead): a change known ahead (``scheduled_change``), or the lapse of a provider's period
+    that no renewal has extended yet. What is shown of a subscription is read again then."""
+    if sub is None:
+        return None
+    change = scheduled_change(sub)
+    times = [change[0]] if change is not None else []
+    if sub.status == ACTIVE and _has_paid_period(sub) and _tier_after_period(sub) is None \
+            and not _renews_itself(sub):
+        times.append(sub.current_period_end + GRACE_PERIOD)
+    return min(times, default=None)
+
+
 def tier_in_force(sub, now: datetime) -> str:
     """THE subscription's tier at ``now``: where a deadline has passed (``due_change``), the
     tier it falls to, before this job has written it; else the row's."""
     change = due_change(sub, now)
     return sub.tier if change is None else change[1]
+
+
+def settle_due_change(sub: UserSubscription | None,
+                      now: datetime | None = None) -> UserSubscription | None:
+    """The subscription as it is in force, for showing it: where a deadline has passed that
+    changes its tier (``due_change``) and this job has not written it yet, it is applied now,
+    as the job would, under the row lock, and the row returned fresh; else ``sub`` as it is.
+    Sign-in runs it, so that what a user is shown (profile, subscription, dashboard, catalog)
+    never lags behind what is enforced."""
+    now = now or clock.now()
+    if sub is None or sub.user_id is None or due_change(sub, now) is None:
+        return sub
+    with unit_of_work() as work:
+        locked = lock_or_create_subscription(sub.user_id)
+        if apply_due_deadlines(locked, now):
+            work.changed_user(locked.user_id)
+    return locked
 
 
 def _end_trial(sub: UserSubscription) -> str:
