@@ -5,6 +5,7 @@ The sandbox's checkout page (development and testing) pays or abandons, then red
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest
@@ -209,3 +210,55 @@ def test_a_replaced_checkout_paid_anyway_is_canceled_and_refunded(stripe_app, au
     ended["data"]["object"]["metadata"] = {"sonicus_user_id": str(uid)}
     assert billing.post_webhook(client, ended).get_json()["data"]["outcome"] == "stale"
     assert billing.subscription(client, headers) == data
+
+
+def test_a_checkout_left_open_when_another_subscription_pays_is_expired(stripe_app, auth,
+                                                                        billing, set_clock):
+    """A failed renewal's grace ran out (starter) and the user opened a new checkout; then
+    Stripe's retry of the old subscription succeeds and gives the tier back. The open
+    checkout can no longer be paid, so it cannot start a second subscription charging."""
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    first = client.post("/api/user/subscription", json={"tier": "premium"},
+                        headers=headers).get_json()["data"]["checkout"]
+    uid = billing.user_id("listener@example.com")
+    paid = _session_paid(billing, fake, "cs_test_1", uid, "premium", first["reference"],
+                         "sub_old")
+    assert billing.post_webhook(client, paid).get_json()["data"]["outcome"] == "activated"
+    period_end = datetime.fromisoformat(billing.subscription(client, headers)
+                                        ["current_period_end"])
+    renewal = {"user_id": uid, "tier": None, "price": "price_prem", "subscription": "sub_old",
+               "customer": "cus_sub_old", "period_start": period_end,
+               "period_end": period_end + timedelta(days=30)}
+    failed_at = set_clock(period_end + timedelta(hours=1))
+    failed = billing.invoice_event("evt_fail", "invoice.payment_failed", created=failed_at,
+                                   **renewal)
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    later = set_clock(failed_at + timedelta(days=4))
+    with app.app_context():
+        assert process_due_subscriptions(now=later)["outcomes"] == {"grace_ended": 1}
+    again = client.post("/api/user/subscription", json={"tier": "premium"},
+                        headers=headers).get_json()["data"]["checkout"]
+    assert fake.sessions["cs_test_2"]["status"] == "open"
+
+    retried = billing.invoice_event("evt_retry", "invoice.paid", created=later, **renewal)
+    retried["data"]["object"]["parent"]["subscription_details"]["metadata"][
+        "sonicus_reference"] = first["reference"]
+    assert billing.post_webhook(client, retried).get_json()["data"]["outcome"] == "activated"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["checkout"]) == ("premium", "active", None)
+    assert fake.sessions["cs_test_2"]["status"] == "expired"
+    assert fake.complete("cs_test_2", "sub_second") is False
+    assert again["reference"] in _abandoned_references(billing)
+
+
+def _abandoned_references(billing) -> list[str]:
+    from sonicus.models import SubscriptionEvent
+
+    with billing.app.app_context():
+        rows = db.session.query(SubscriptionEvent).filter_by(type="checkout_abandoned").all()
+        out = [r.reference for r in rows]
+        db.session.remove()
+    return out

@@ -22,6 +22,7 @@ from .common import (
     SAME_PERIOD_SLACK,
     _clear_checkout,
     _clear_scheduled_change,
+    _drop_checkout,
     _dropped_checkout,
     _has_paid_period,
     _latest_payment_created,
@@ -200,7 +201,11 @@ def _new_paid_tier(sub: UserSubscription, payment: Payment, tier: str, now: date
     sub.past_due_since, sub.complimentary = None, False
     _now_running(sub, payment)
     _clear_scheduled_change(sub)
-    if sub.checkout_tier == tier:
+    if payment.reference and sub.checkout_reference:
+        # another checkout's subscription pays (e.g. an old one's retry succeeded): the one
+        # still open can no longer be paid, so it cannot start a second subscription
+        _drop_checkout(sub, now, via="paid_otherwise")
+    elif sub.checkout_tier == tier:
         _clear_checkout(sub)
     amount = payment.amount_cents if payment.amount_cents is not None \
         else get_tier(tier).price_cents
