@@ -748,3 +748,16 @@ def test_cancel_while_past_due_ends_now_and_its_history_reads_in_order(stripe_ap
         effective = event["details"].get("effective_at")
         assert effective is None or datetime.fromisoformat(effective) >= event["at"], event
     assert period_end  # the period that was paid for ended before the failure
+
+
+def test_a_grant_during_a_stripe_trial_with_a_card_cancels_the_charge_to_come(
+        stripe_app, auth, admin_auth, billing):
+    """Stripe would charge the card at the trial's end; the grant gives the tier free, so the
+    Stripe subscription is canceled at once and nothing is charged."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_trial_with_card(client, headers, billing)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "premium").status_code == 200
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["trial_ends_at"]) == ("premium", "active", None)
