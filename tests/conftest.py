@@ -32,7 +32,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import redis as redis_lib
@@ -587,7 +587,15 @@ class StripeStandIn:
     Authorization)``. ``down``: answer everything 503 (with ``Stripe-Should-Retry: false``, so
     the client gives up at once). ``decline_charges``: an upgrade's charge is declined.
     ``canceled``: the subscriptions canceled here (canceling one again is refused, as Stripe
-    does); ``missing``: subscription ids Stripe does not know."""
+    does); ``missing``: subscription ids Stripe does not know.
+
+    Checkout Sessions are kept (``sessions``, by id): each created one is ``open`` with its own
+    id; ``POST /v1/checkout/sessions/<id>/expire`` expires an open one and refuses any other,
+    as Stripe does. ``complete(session_id, subscription)`` is the customer paying one (only an
+    open one can be): it makes the subscription, its paid invoice and that invoice's payment,
+    which ``GET /v1/invoices?subscription=`` and ``GET /v1/invoice_payments?invoice=`` list;
+    ``POST /v1/refunds {payment_intent}`` refunds it once (``refunds``: the payment intents
+    refunded)."""
 
     def __init__(self):
         self.requests = []
@@ -595,6 +603,10 @@ class StripeStandIn:
         self.down = False
         self.canceled: set[str] = set()
         self.missing: set[str] = set()
+        self.sessions: dict[str, dict] = {}
+        self.invoices: list[dict] = []
+        self.invoice_payments: list[dict] = []
+        self.refunds: list[str] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -633,9 +645,25 @@ class StripeStandIn:
                         "items": {"object": "list", "data": [
                             {"id": "si_1", "object": "subscription_item"}]}, **fields}
 
+            def _list(self, url, data):
+                return self._reply({"object": "list", "url": url, "has_more": False,
+                                    "data": data})
+
             def do_GET(self):
                 if not self._received("GET"):
                     return
+                url = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                if url.path == "/v1/invoices":
+                    return self._list(url.path, [
+                        i for i in fake.invoices
+                        if i["parent"]["subscription_details"]["subscription"]
+                        == query.get("subscription")
+                        and query.get("status") in (None, i["status"])])
+                if url.path == "/v1/invoice_payments":
+                    return self._list(url.path, [
+                        p for p in fake.invoice_payments if p["invoice"] == query.get("invoice")
+                        and query.get("status") in (None, p["status"])])
                 if self.path.startswith("/v1/subscriptions/"):
                     sid = self.path.rsplit("/", 1)[1]
                     if sid in fake.missing:
@@ -664,8 +692,37 @@ class StripeStandIn:
                     return
                 form = fake.requests[-1][2]
                 if self.path == "/v1/checkout/sessions":
-                    return self._reply({"id": "cs_test_1", "object": "checkout.session",
-                                        "url": "https://checkout.stripe.test/c/cs_test_1"})
+                    sid = f"cs_test_{len(fake.sessions) + 1}"
+                    fake.sessions[sid] = {
+                        "id": sid, "object": "checkout.session", "status": "open",
+                        "mode": "subscription",
+                        "client_reference_id": form.get("client_reference_id", [None])[0],
+                        "url": f"https://checkout.stripe.test/c/{sid}"}
+                    return self._reply(fake.sessions[sid])
+                if self.path.startswith("/v1/checkout/sessions/") \
+                        and self.path.endswith("/expire"):
+                    sid = self.path.split("/")[-2]
+                    session = fake.sessions.get(sid)
+                    if session is None:
+                        return self._reply({"error": {
+                            "type": "invalid_request_error", "code": "resource_missing",
+                            "message": f"No such checkout.session: '{sid}'"}}, 404)
+                    if session["status"] != "open":
+                        return self._reply({"error": {
+                            "type": "invalid_request_error",
+                            "message": "Only Checkout Sessions with a status in [\"open\"] "
+                                       "can be expired."}}, 400)
+                    session.update(status="expired", url=None)
+                    return self._reply(session)
+                if self.path == "/v1/refunds":
+                    intent = form.get("payment_intent", [None])[0]
+                    if intent in fake.refunds:
+                        return self._reply({"error": {
+                            "type": "invalid_request_error", "code": "charge_already_refunded",
+                            "message": "Charge has already been refunded."}}, 400)
+                    fake.refunds.append(intent)
+                    return self._reply({"id": f"re_{len(fake.refunds)}", "object": "refund",
+                                        "payment_intent": intent, "status": "succeeded"})
                 if self.path == "/v1/billing_portal/sessions":
                     return self._reply({"id": "bps_1", "object": "billing_portal.session",
                                         "customer": form.get("customer", [None])[0],
@@ -682,6 +739,24 @@ class StripeStandIn:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def complete(self, session_id: str, subscription: str, amount: int = 999) -> bool:
+        """The customer pays the session (only an open one can be paid): its subscription,
+        paid invoice and payment now exist. False when the session was not open."""
+        session = self.sessions[session_id]
+        if session["status"] != "open":
+            return False
+        session.update(status="complete", payment_status="paid", subscription=subscription)
+        invoice = f"in_{subscription}"
+        self.invoices.append({
+            "id": invoice, "object": "invoice", "status": "paid", "amount_paid": amount,
+            "parent": {"type": "subscription_details",
+                       "subscription_details": {"subscription": subscription}}})
+        self.invoice_payments.append({
+            "id": f"inpay_{subscription}", "object": "invoice_payment", "invoice": invoice,
+            "status": "paid", "is_default": True, "amount_paid": amount,
+            "payment": {"type": "payment_intent", "payment_intent": f"pi_{subscription}"}})
+        return True
 
     def received(self, method: str, path: str) -> list[dict]:
         """The forms of the requests received with this method and path."""

@@ -459,12 +459,8 @@ def test_failed_card_during_a_trial_means_no_conversion(client, auth, billing):
     assert data["status"] == "trialing" and data["payment_method_on_file"] is False
 
 
-def _stripe_trial_with_card_converted(app, client, headers, billing) -> datetime:
-    """A Stripe premium trial with a card on file, converted by the expiry job at its end;
-    the trial's end."""
-    from sonicus.extensions import db
-    from sonicus.services.subscriptions import process_due_subscriptions
-
+def _stripe_trial_with_card(client, headers, billing) -> None:
+    """A Stripe premium trial with a card on file (``sub_s1``)."""
     client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
                 headers=headers)
     client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
@@ -473,12 +469,47 @@ def _stripe_trial_with_card_converted(app, client, headers, billing) -> datetime
                                       subscription="sub_s1")
     assert billing.post_webhook(client, card).get_json()["data"]["outcome"] == \
         "payment_method_added"
+
+
+def _stripe_trial_with_card_converted(app, client, headers, billing) -> datetime:
+    """A Stripe premium trial with a card on file, converted by the expiry job at its end;
+    the trial's end."""
+    from sonicus.extensions import db
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    _stripe_trial_with_card(client, headers, billing)
     ended = (clock.now() - timedelta(minutes=5)).replace(microsecond=0)
     billing.arrange(EMAIL, trial_ends_at=ended)
     with app.app_context():
         assert process_due_subscriptions()["outcomes"] == {"trial_converted": 1}
         db.session.remove()
     return ended
+
+
+def test_a_declined_first_charge_before_the_expiry_job_keeps_the_grace(stripe_app, auth,
+                                                                       billing):
+    """The trial ended a moment ago and the expiry job (every minute) has not run yet when
+    Stripe's declined first charge arrives: the webhook acts on the subscription in force
+    (converted at the trial's end), so the user gets the failed renewal's 3-day grace to fix
+    the card, as after the job, not a card marked removed and starter at the next job."""
+    from sonicus.extensions import db
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_trial_with_card(client, headers, billing)
+    ended = (clock.now() - timedelta(seconds=20)).replace(microsecond=0)
+    billing.arrange(EMAIL, trial_ends_at=ended)
+    failed = _first_invoice(billing, "evt_first_fail", "invoice.payment_failed", ended)
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    with app.app_context():
+        process_due_subscriptions()
+        db.session.remove()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("premium", "past_due")
+    assert data["grace_ends_at"] is not None and data["payment_method_on_file"] is True
+    types = [e["type"] for e in billing.events_of(EMAIL)]
+    assert types[-2:] == ["trial_converted", "payment_failed"]
 
 
 def _first_invoice(billing, event_id: str, kind: str, trial_ended):
@@ -609,3 +640,124 @@ def test_a_failed_charge_of_an_older_subscription_leaves_the_paid_one_active(str
     data = billing.subscription(client, headers)
     assert data["status"] == "active" and data["past_due_since"] is None
     assert billing.events_of(EMAIL, "payment_failed") == []
+
+
+# ---- an administrator's grant to a user who pays through the provider -----------------------
+
+def _grant(client, admin_auth, uid, tier):
+    return client.patch(f"/api/admin/users/{uid}", json={"tier": tier},
+                        headers=admin_auth("boss@example.com"))
+
+
+def test_a_grant_above_a_paid_stripe_period_stops_its_renewal(stripe_app, auth, admin_auth,
+                                                             billing):
+    """Premium paid through Stripe, then Pro granted: Pro now, free; the paid month runs out
+    and Stripe renews nothing (no charge for a tier the user has for free)."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    resp = _grant(client, admin_auth, billing.user_id(EMAIL), "pro")
+    assert resp.status_code == 200, resp.get_json()
+    assert fake.received("POST", "/v1/subscriptions/sub_s1")[-1]["cancel_at_period_end"] == \
+        ["true"]
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["complimentary"]) == ("pro", "active", True)
+    # the paid period's end at Stripe leaves the grant as it is
+    ended = billing.subscription_deleted("evt_end", subscription="sub_s1", customer="cus_s1",
+                                         created=clock.now() + 21 * DAY)
+    assert billing.post_webhook(client, ended).get_json()["data"]["outcome"] == "nothing_to_end"
+    assert billing.subscription(client, headers)["tier"] == "pro"
+
+
+def test_a_grant_to_a_past_due_stripe_payer_cancels_the_failing_subscription(
+        stripe_app, auth, admin_auth, billing):
+    """A failed renewal is being retried by Stripe; the grant gives the tier free, so the
+    retries must not charge for it: the Stripe subscription is canceled at once."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    failed = billing.invoice_event("evt_fail", "invoice.payment_failed", user_id=uid, tier=None,
+                                   price="price_prem", period_start=clock.now() + 20 * DAY,
+                                   period_end=clock.now() + 50 * DAY, subscription="sub_s1",
+                                   customer="cus_s1")
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    assert _grant(client, admin_auth, uid, "premium").status_code == 200
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["complimentary"]) == ("premium", "active", True)
+
+
+def test_a_grant_below_a_paid_stripe_period_is_409_and_changes_nothing(stripe_app, auth,
+                                                                      admin_auth, billing):
+    """Taking away part of a period the user paid for is not a grant: 409, nothing changed,
+    nothing sent to Stripe (the user's own cancel or downgrade ends it at the period's end)."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    before, sent = billing.subscription(client, headers), len(fake.requests)
+    for tier in ("starter",):
+        resp = _grant(client, admin_auth, billing.user_id(EMAIL), tier)
+        assert resp.status_code == 409 and resp.get_json()["code"] == "conflict", resp.get_json()
+        assert resp.get_json()["errors"]
+    assert billing.subscription(client, headers) == before
+    assert len(fake.requests) == sent
+    assert billing.events_of(EMAIL, "complimentary_grant") == []
+
+
+# ---- a cancel while a renewal is past due ----------------------------------------------------
+
+def test_cancel_while_past_due_ends_now_and_its_history_reads_in_order(stripe_app, auth,
+                                                                      billing, set_clock):
+    """The renewal failed (past due, the grace keeps the tier) and the user cancels: nothing
+    paid for is left, so the cancel ends it now: Stripe stops retrying the charge, the user
+    is on starter, and the history tells what happened in the order it happened (no event
+    dated before the ones that led to it)."""
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)  # paid until 20 days from now
+    start = clock.now()
+    period_end = billing.subscription(client, headers)["current_period_end"]
+    failed_at = set_clock(start + 20 * DAY + timedelta(hours=1))
+    failed = billing.invoice_event("evt_fail", "invoice.payment_failed",
+                                   user_id=billing.user_id(EMAIL), tier=None,
+                                   price="price_prem", period_start=start + 20 * DAY,
+                                   period_end=start + 50 * DAY, subscription="sub_s1",
+                                   customer="cus_s1", created=failed_at)
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+
+    canceled_at = set_clock(failed_at + timedelta(hours=5))
+    resp = client.delete("/api/user/subscription", json={"reason": "too_expensive"},
+                         headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
+    with app.app_context():
+        process_due_subscriptions(now=canceled_at + timedelta(minutes=1))
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("starter", "active")
+
+    events = billing.events_of(EMAIL)
+    stamps = [e["at"] for e in events]
+    assert stamps == sorted(stamps), [(e["type"], e["at"]) for e in events]
+    last = events[-1]
+    assert (last["type"], last["to_tier"], last["at"]) == ("canceled", "starter", canceled_at)
+    assert last["details"]["reason"] == "too_expensive"
+    for event in events:
+        effective = event["details"].get("effective_at")
+        assert effective is None or datetime.fromisoformat(effective) >= event["at"], event
+    assert period_end  # the period that was paid for ended before the failure
+
+
+def test_a_grant_during_a_stripe_trial_with_a_card_cancels_the_charge_to_come(
+        stripe_app, auth, admin_auth, billing):
+    """Stripe would charge the card at the trial's end; the grant gives the tier free, so the
+    Stripe subscription is canceled at once and nothing is charged."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_trial_with_card(client, headers, billing)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "premium").status_code == 200
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["trial_ends_at"]) == ("premium", "active", None)

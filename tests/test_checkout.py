@@ -5,6 +5,7 @@ The sandbox's checkout page (development and testing) pays or abandons, then red
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest
@@ -135,3 +136,129 @@ def test_stripe_checkout_gets_the_same_return_urls(stripe_app, auth):
     _buy(client, auth("other@example.com"))  # without them: pages under PUBLIC_BASE_URL
     form = stripe.received("POST", "/v1/checkout/sessions")[-1]
     assert form["success_url"][0].startswith(f"{PUBLIC}/subscription?checkout=success")
+
+
+# ---- a checkout replaced by another can no longer charge ------------------------------------
+
+def _session_paid(billing, fake, session_id, user_id, tier, reference, subscription):
+    """The customer pays a Stripe Checkout Session (if Stripe still lets them) and Stripe sends
+    its ``checkout.session.completed``: the event (None: Stripe refused the payment, the
+    session was no longer open)."""
+    if not fake.complete(session_id, subscription):
+        return None
+    event = billing.checkout_completed(f"evt_{session_id}", user_id=user_id, tier=tier,
+                                       reference=reference, subscription=subscription,
+                                       customer=f"cus_{subscription}")
+    return event
+
+
+@pytest.mark.parametrize("second", ["pro", "premium"])
+def test_a_replaced_stripe_checkout_is_expired_and_cannot_be_paid(stripe_app, auth, billing,
+                                                                  second):
+    app, fake = stripe_app
+    client = app.test_client()
+    headers = auth()
+    first = client.post("/api/user/subscription", json={"tier": "premium"},
+                        headers=headers).get_json()["data"]["checkout"]
+    again = client.post("/api/user/subscription", json={"tier": second},
+                        headers=headers).get_json()["data"]["checkout"]
+    assert again["reference"] != first["reference"]
+    # the first session is expired at Stripe: its page no longer takes a payment
+    assert fake.received("POST", "/v1/checkout/sessions/cs_test_1/expire") == [{}]
+    assert fake.sessions["cs_test_1"]["status"] == "expired"
+    assert fake.sessions["cs_test_2"]["status"] == "open"
+    assert fake.complete("cs_test_1", "sub_first") is False
+
+    uid = billing.user_id("listener@example.com")
+    event = _session_paid(billing, fake, "cs_test_2", uid, second, again["reference"], "sub_2")
+    assert billing.post_webhook(client, event).get_json()["data"]["outcome"] == "activated"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == (second, "active")
+    types = [e["type"] for e in billing.events_of("listener@example.com")]
+    assert types[-3:] == ["checkout_abandoned", "checkout_started", "activated"]
+
+
+def test_a_replaced_checkout_paid_anyway_is_canceled_and_refunded(stripe_app, auth, billing):
+    """The first session was paid in another tab just before it was replaced (Stripe no longer
+    lets it be expired): its subscription is canceled and its payment refunded, and only the
+    current checkout's subscription charges."""
+    app, fake = stripe_app
+    client = app.test_client()
+    headers = auth()
+    first = client.post("/api/user/subscription", json={"tier": "premium"},
+                        headers=headers).get_json()["data"]["checkout"]
+    uid = billing.user_id("listener@example.com")
+    raced = _session_paid(billing, fake, "cs_test_1", uid, "premium", first["reference"],
+                          "sub_first")
+    again = client.post("/api/user/subscription", json={"tier": "pro"},
+                        headers=headers).get_json()["data"]["checkout"]
+    current = _session_paid(billing, fake, "cs_test_2", uid, "pro", again["reference"],
+                            "sub_current")
+    assert billing.post_webhook(client, current).get_json()["data"]["outcome"] == "activated"
+    late = billing.post_webhook(client, raced).get_json()["data"]
+    assert late["outcome"] == "replaced_checkout_refunded"
+
+    assert "sub_first" in fake.canceled and "sub_current" not in fake.canceled
+    assert fake.refunds == ["pi_sub_first"]
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("pro", "active")
+    [refunded] = billing.events_of("listener@example.com", "checkout_refunded")
+    assert refunded["amount_cents"] == 999
+    # Stripe's later notices of the canceled subscription change nothing
+    ended = billing.subscription_deleted("evt_end", subscription="sub_first",
+                                         customer="cus_sub_first")
+    ended["data"]["object"]["metadata"] = {"sonicus_user_id": str(uid)}
+    assert billing.post_webhook(client, ended).get_json()["data"]["outcome"] == "stale"
+    assert billing.subscription(client, headers) == data
+
+
+def test_a_checkout_left_open_when_another_subscription_pays_is_expired(stripe_app, auth,
+                                                                        billing, set_clock):
+    """A failed renewal's grace ran out (starter) and the user opened a new checkout; then
+    Stripe's retry of the old subscription succeeds and gives the tier back. The open
+    checkout can no longer be paid, so it cannot start a second subscription charging."""
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    first = client.post("/api/user/subscription", json={"tier": "premium"},
+                        headers=headers).get_json()["data"]["checkout"]
+    uid = billing.user_id("listener@example.com")
+    paid = _session_paid(billing, fake, "cs_test_1", uid, "premium", first["reference"],
+                         "sub_old")
+    assert billing.post_webhook(client, paid).get_json()["data"]["outcome"] == "activated"
+    period_end = datetime.fromisoformat(billing.subscription(client, headers)
+                                        ["current_period_end"])
+    renewal = {"user_id": uid, "tier": None, "price": "price_prem", "subscription": "sub_old",
+               "customer": "cus_sub_old", "period_start": period_end,
+               "period_end": period_end + timedelta(days=30)}
+    failed_at = set_clock(period_end + timedelta(hours=1))
+    failed = billing.invoice_event("evt_fail", "invoice.payment_failed", created=failed_at,
+                                   **renewal)
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    later = set_clock(failed_at + timedelta(days=4))
+    with app.app_context():
+        assert process_due_subscriptions(now=later)["outcomes"] == {"grace_ended": 1}
+    again = client.post("/api/user/subscription", json={"tier": "premium"},
+                        headers=headers).get_json()["data"]["checkout"]
+    assert fake.sessions["cs_test_2"]["status"] == "open"
+
+    retried = billing.invoice_event("evt_retry", "invoice.paid", created=later, **renewal)
+    retried["data"]["object"]["parent"]["subscription_details"]["metadata"][
+        "sonicus_reference"] = first["reference"]
+    assert billing.post_webhook(client, retried).get_json()["data"]["outcome"] == "activated"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["checkout"]) == ("premium", "active", None)
+    assert fake.sessions["cs_test_2"]["status"] == "expired"
+    assert fake.complete("cs_test_2", "sub_second") is False
+    assert again["reference"] in _abandoned_references(billing)
+
+
+def _abandoned_references(billing) -> list[str]:
+    from sonicus.models import SubscriptionEvent
+
+    with billing.app.app_context():
+        rows = db.session.query(SubscriptionEvent).filter_by(type="checkout_abandoned").all()
+        out = [r.reference for r in rows]
+        db.session.remove()
+    return out

@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from sonicus import clock
 from sonicus.models import AuditLog, SubscriptionEvent, UserSubscription
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,3 +223,15 @@ def test_the_installed_console_command(people, test_database_url, test_redis_url
     failed = subprocess.run([str(command), "users", "show", "ghost@example.com"], cwd="/",
                             env=env, capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1 and failed.stderr.startswith("Error: no user with email")
+
+
+def test_users_set_tier_below_a_paid_period_is_a_one_line_error(runner, make_user, db_session):
+    user = make_user("payer@example.com", tier="pro", provider="sandbox",
+                     current_period_start=clock.now() - timedelta(days=1),
+                     current_period_end=clock.now() + timedelta(days=29),
+                     payment_method_on_file=True)
+    _one_line_error(_run(runner, "users", "set-tier", "payer@example.com", "starter"),
+                    "a lower tier cannot be granted over a paid period")
+    db_session.expire_all()
+    assert db_session.query(UserSubscription).filter_by(user_id=user.id).one().tier == "pro"
+    assert db_session.query(AuditLog).count() == 0

@@ -63,6 +63,7 @@ from sonicus.models import (
 from sonicus.services import reminder_claims
 from sonicus.services.analytics import compute_user_analytics
 from sonicus.services.subscriptions import process_due_subscriptions
+from sonicus.tiers import TIERS
 
 IDENTITIES = ("ana", "ben")
 TIMEZONES = ("UTC", "Etc/GMT+12", "Etc/GMT-12", "Pacific/Auckland", "America/Los_Angeles")
@@ -460,10 +461,20 @@ def build_machine(app, idp, table_names, billing):
         @rule(name=st.sampled_from(IDENTITIES), tier=st.sampled_from(["starter", "premium",
                                                                      "pro"]))
         def admin_grants(self, name, tier):
+            """A grant never takes away part of a period the user paid for: one below the
+            tier of a paid period running is 409."""
             person = self.person(name)
+            with app.app_context():
+                sub = db.session.execute(select(UserSubscription).where(
+                    UserSubscription.user_id == person.user_id)).scalar_one_or_none()
+                paid_above = sub is not None and sub.status == "active" \
+                    and not sub.complimentary and sub.current_period_end is not None \
+                    and sub.current_period_end > self.now \
+                    and TIERS[sub.tier].rank > TIERS[tier].rank
+                db.session.remove()
             status, body = self.call("PATCH", f"/api/admin/users/{person.user_id}", admin,
                                      json={"tier": tier})
-            assert status == 200, body
+            assert status == (409 if paid_above else 200), body
 
         @rule(name=st.sampled_from(IDENTITIES),
               level=st.sampled_from(["premium", "pro_exclusive"]),

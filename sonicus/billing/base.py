@@ -34,6 +34,7 @@ class Checkout:
     provider: str
     reference: str
     url: str
+    session_id: str | None = None  # the provider's id of its checkout page, if it has one
 
 
 def new_reference() -> str:
@@ -54,6 +55,18 @@ class BillingProvider:
         ``url`` is a page the browser is sent to (a GET); after paying it goes on to
         ``success_url``, after abandoning to ``cancel_url`` (None: the provider's default)."""
         raise NotImplementedError
+
+    def expire_checkout(self, session_id: str | None) -> None:
+        """The checkout page can no longer be paid (a checkout replaced or given up). One that
+        is no longer open (paid meanwhile, or expired) counts as done: a payment of it that
+        arrives is refused then (``refund_and_cancel``). ``BillingUnavailable`` if the
+        provider cannot be reached."""
+
+    def refund_and_cancel(self, customer_id: str | None, subscription_id: str | None) -> str:
+        """A provider subscription nobody here asked for any more (a checkout replaced or
+        given up, paid anyway): end it at once and refund what it charged. What
+        ``cancel_now`` answers; ``BillingUnavailable`` when the provider cannot be reached."""
+        return self.cancel_now(customer_id, subscription_id)
 
     def set_cancel_at_period_end(self, sub, cancel: bool) -> None:
         """Tell the provider to stop (or keep) renewing at the end of the period."""

@@ -10,6 +10,10 @@
   downgrade takes effect from the next renewal (no proration).
 - Cancel at once (an erased account): ``DELETE /v1/subscriptions/<id>``; a subscription Stripe
   no longer has, or has already canceled, counts as done.
+- A checkout replaced or given up: its Checkout Session is expired
+  (``POST /v1/checkout/sessions/<id>/expire``); one paid anyway is canceled at once and its
+  paid invoices' payments refunded (``GET /v1/invoices``, ``GET /v1/invoice_payments``,
+  ``POST /v1/refunds``).
 - Billing portal: a ``billing_portal.sessions`` session for the customer.
 - Webhooks: verified with ``stripe.Webhook.construct_event`` (``events.py``).
 """
@@ -101,7 +105,49 @@ class StripeProvider(BillingProvider):
         except stripe.StripeError as exc:
             log.warning("stripe checkout creation failed: %s", type(exc).__name__)
             raise BillingUnavailable() from exc
-        return Checkout(provider=self.name, reference=reference, url=session.url)
+        return Checkout(provider=self.name, reference=reference, url=session.url,
+                        session_id=session.id)
+
+    def expire_checkout(self, session_id) -> None:
+        if not session_id:
+            return
+        try:
+            self.client.v1.checkout.sessions.expire(session_id)
+        except stripe.InvalidRequestError as exc:
+            # not open any more (paid meanwhile, or expired) or unknown: nothing to expire;
+            # a payment of it is refused when it arrives
+            log.info("stripe checkout session not expired: %s", type(exc).__name__)
+        except stripe.StripeError as exc:
+            raise _unavailable("checkout expiry", exc) from exc
+
+    def refund_and_cancel(self, customer_id, subscription_id) -> str:
+        outcome = self.cancel_now(customer_id, subscription_id)
+        if not subscription_id:
+            return outcome
+        try:
+            invoices = self.client.v1.invoices.list(
+                params={"subscription": subscription_id, "status": "paid"})
+            for invoice in invoices.auto_paging_iter():
+                payments = self.client.v1.invoice_payments.list(
+                    params={"invoice": invoice.id, "status": "paid"})
+                for payment in payments.auto_paging_iter():
+                    self._refund(payment["payment"])
+        except stripe.StripeError as exc:
+            raise _unavailable("refund", exc) from exc
+        return outcome
+
+    def _refund(self, paid_by) -> None:
+        """Refund one payment of an invoice in full (once: a refunded one counts as done)."""
+        intent = paid_by["payment_intent"] if paid_by and "payment_intent" in paid_by else None
+        if not intent:
+            return  # paid otherwise (out of band, a charge of an older API): nothing to refund
+        intent = intent if isinstance(intent, str) else intent["id"]
+        try:
+            self.client.v1.refunds.create(params={"payment_intent": intent},
+                                          options={"idempotency_key": f"refund_{intent}"})
+        except stripe.InvalidRequestError as exc:
+            if exc.code != "charge_already_refunded":
+                raise
 
     def set_cancel_at_period_end(self, sub, cancel: bool) -> None:
         if not sub.provider_subscription_id:

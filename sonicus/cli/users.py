@@ -13,6 +13,7 @@ from datetime import datetime
 
 import click
 
+from ..api_errors import ApiError
 from ..schemas.admin import (
     USER_STATUS_FILTERS,
     AdminUserDetailSchema,
@@ -133,7 +134,11 @@ def set_tier(email, tier, reason):
     """Grant TIER to the user now, free of charge (a complimentary grant)."""
     user = _resolve_user(email)
     changes = {"tier": tier, **({"reason": reason} if reason else {})}
-    if update_user(None, user.id, changes, actor_label=_operator()):
+    try:
+        changed = update_user(None, user.id, changes, actor_label=_operator())
+    except ApiError as exc:  # refused (a paid period running), or the provider unreachable
+        fail(exc.description)
+    if changed:
         click.echo(f"{user.email} is now on {tier} (complimentary grant recorded).")
     else:
         click.echo(f"{user.email} is already on {tier}; nothing changed.")

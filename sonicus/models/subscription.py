@@ -20,7 +20,7 @@ EVENT_TYPES = (
     "renewed", "upgraded", "downgrade_scheduled", "downgraded", "cancel_scheduled", "canceled",
     "resumed", "trial_started", "trial_changed", "trial_ended", "trial_converted",
     "payment_method_added", "payment_failed", "grace_ended", "lapsed", "plan_changed",
-    "complimentary_grant",
+    "complimentary_grant", "checkout_refunded",
 )
 
 
@@ -68,6 +68,9 @@ class UserSubscription(Base):
     checkout_reference: Mapped[str | None] = mapped_column(String(255), unique=True)
     checkout_tier: Mapped[str | None] = mapped_column(String(16))
     checkout_url: Mapped[str | None] = mapped_column(String(1024))
+    # The provider's own id of the pending checkout (a Stripe Checkout Session), to expire it
+    # when the checkout is replaced or given up: it can then no longer be paid.
+    checkout_session_id: Mapped[str | None] = mapped_column(String(255))
     # Where the browser goes after paying or abandoning the pending checkout (None: a page
     # of the provider's, or the sandbox's own).
     checkout_success_url: Mapped[str | None] = mapped_column(String(2048))

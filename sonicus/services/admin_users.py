@@ -14,17 +14,20 @@ from sqlalchemy import and_, func, or_, select
 from .. import clock
 from ..api_errors import ApiError, not_found
 from ..extensions import db
-from ..models import AuditLog, ListeningSession, SubscriptionEvent, User, UserSubscription
-from ..models.base import utcnow
-from ..models.subscription import ACTIVE, TRIALING
+from ..models import AuditLog, ListeningSession, User, UserSubscription
+from ..models.subscription import ACTIVE
 from ..pagination import Page, paginate
 from ..realtime.publish import close_user_sockets
 from ..tiers import STARTER, TIERS
 from . import audit
-from .subscriptions import get_subscription, lock_or_create_subscription, overview
+from .subscriptions import (
+    get_subscription,
+    grant_tier,
+    lock_or_create_subscription,
+    overview,
+)
 from .transaction import unit_of_work
 
-COMPLIMENTARY_GRANT = "complimentary_grant"
 SUSPENDED = "suspended"
 SEARCH_SEPARATOR = "\n"
 
@@ -154,26 +157,16 @@ def _subscription_state(sub: UserSubscription) -> dict:
 
 def _grant_tier(actor, actor_label: str | None, user: User, tier: str,
                 reason: str | None) -> bool:
-    """Put ``user`` on ``tier`` now, free of charge. False when already there (no change)."""
+    """Put ``user`` on ``tier`` now, free of charge (``subscriptions.grant_tier``: what it does
+    to the user's own billing). False when already there (no change)."""
     if tier not in TIERS:
         raise ApiError(422, "validation_error", "The request is not valid.",
                        errors=[f"tier: Must be one of: {', '.join(TIERS)}."])
     sub = lock_or_create_subscription(user.id)
-    if sub.tier == tier and sub.status == ACTIVE:
-        return False
     before = _subscription_state(sub)
-    from_tier = sub.tier
-    if sub.status == TRIALING:
-        sub.trial_ends_at = None
-    sub.tier, sub.status = tier, ACTIVE
-    sub.complimentary = TIERS[tier].is_paid
-    sub.tier_chosen_at = sub.tier_chosen_at or utcnow()
-    sub.cancel_at_period_end, sub.pending_tier, sub.past_due_since = False, None, None
     label = actor_label or (actor.email if actor is not None else "system")
-    details = {"by": label, **({"reason": reason} if reason else {})}
-    db.session.add(SubscriptionEvent(user_id=user.id, type=COMPLIMENTARY_GRANT,
-                                     from_tier=from_tier, to_tier=tier, amount_cents=0,
-                                     details=details, at=clock.now()))
+    if not grant_tier(sub, tier, clock.now(), by=label, reason=reason):
+        return False
     after = {**_subscription_state(sub), **({"reason": reason} if reason else {})}
     audit.record(actor, "user.tier_grant", "user", user.id, before, after,
                  actor_label=actor_label)

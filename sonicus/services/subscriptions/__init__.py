@@ -1,7 +1,7 @@
 """Subscriptions: the tier in force, its lifecycle, payments and onboarding.
 
 - ``row``: the subscription row (read, lock-or-create) and how the API shows it.
-- ``changes``: changes a user asks for (tier, cancel, resume).
+- ``changes``: changes a user asks for (tier, cancel, resume), and an administrator's grant.
 - ``payments``: payments and provider notices applied to a locked subscription.
 - ``webhooks``: provider events, each applied exactly once.
 - ``sandbox``: the sandbox provider's payment page (its checkout, pay and cancel).
@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from ...models.subscription import CANCEL_REASONS
-from .changes import cancel, change_tier, resume
+from .changes import cancel, change_tier, grant_tier, resume
 from .common import GRACE_PERIOD, SAME_PERIOD_SLACK, add_month, cents_to_decimal
 from .expiry import (
     due_change,
@@ -53,8 +53,8 @@ __all__ = [
     "SubscriptionOverview", "billing_portal_url", "cents_to_decimal", "change_tier", "due_change",
     "confirm_sandbox_checkout", "SandboxCheckout", "abandon_sandbox_checkout",
     "sandbox_checkout",
-    "get_subscription", "handle_billing_event", "history", "insert_default_subscription",
-    "lock_or_create_subscription", "next_change_at",
+    "get_subscription", "grant_tier", "handle_billing_event", "history",
+    "insert_default_subscription", "lock_or_create_subscription", "next_change_at",
     "overview", "process_due_subscriptions", "resume", "scheduled_change", "settle_due_change",
     "tier_after_trial",
     "tier_in_force",

@@ -29,8 +29,8 @@ from ...tiers import STARTER, get_tier, is_upgrade, prorated_upgrade_cents
 from ..erasure import trial_used_before
 from ..transaction import unit_of_work
 from .common import (
-    _clear_checkout,
     _clear_scheduled_change,
+    _drop_checkout,
     _has_paid_period,
     _provider_told,
     _record,
@@ -50,6 +50,57 @@ class ReturnTo:
     cancel_url: str | None = None
 
 
+def grant_tier(sub: UserSubscription, tier: str, now: datetime, **details) -> bool:
+    """An administrator's grant on a LOCKED row: ``tier`` now, free of charge (a
+    ``complimentary_grant``); False when the user is already there (nothing changes).
+
+    THE rule of a grant over the user's own billing: nothing is charged again for what is
+    given free, and nothing paid for is taken away.
+    - A paid period running, of a tier the grant does not go below: the period runs out as
+      paid (the grant covers it) and the provider renews nothing (cancel at period end).
+    - Any other provider subscription (a trial with a card, a failed renewal being retried,
+      a period over and waiting for its renewal): canceled at the provider at once.
+    - A grant below the tier of a paid period running: 409 ``conflict``, nothing changed
+      (the user's own cancel or downgrade takes effect at the period's end).
+    - An open checkout is dropped (it can no longer be paid)."""
+    apply_due_deadlines(sub, now)
+    if sub.tier == tier and sub.status == ACTIVE:
+        return False
+    paid_period = (_has_paid_period(sub) and sub.status == ACTIVE
+                   and sub.current_period_end > now)
+    if paid_period and is_upgrade(tier, sub.tier):
+        fail(409, "conflict",
+             f"The user has paid for {get_tier(sub.tier).title} until "
+             f"{sub.current_period_end:%Y-%m-%d %H:%M} UTC; a lower tier cannot be granted "
+             "over a paid period.")
+    _drop_checkout(sub, now, via="complimentary_grant")
+    _end_own_billing(sub, now, keep_paid_period=paid_period)
+    from_tier = sub.tier
+    if sub.status == TRIALING:
+        sub.trial_ends_at = None
+    sub.tier, sub.status = tier, ACTIVE
+    sub.complimentary = get_tier(tier).is_paid
+    sub.tier_chosen_at = sub.tier_chosen_at or now
+    sub.past_due_since = None
+    _clear_scheduled_change(sub)
+    _record(sub, "complimentary_grant", from_tier, tier, amount_cents=0, at=now, **details)
+    return True
+
+
+def _end_own_billing(sub: UserSubscription, now: datetime, *, keep_paid_period: bool) -> None:
+    """The provider charges nothing more: a paid period running ends without renewal, any
+    other provider subscription ends at once."""
+    if not sub.provider_subscription_id:
+        return
+    provider = get_provider(sub.provider)
+    if keep_paid_period:
+        if not sub.cancel_at_period_end:
+            provider.set_cancel_at_period_end(sub, True)
+    else:
+        provider.cancel_now(sub.provider_customer_id, sub.provider_subscription_id)
+    _provider_told(sub, now)
+
+
 def _require_verified(user: User) -> None:
     if not user.email_verified:
         fail(403, "email_not_verified",
@@ -58,6 +109,7 @@ def _require_verified(user: User) -> None:
 
 def _start_checkout(user: User, sub: UserSubscription, tier: str, now: datetime,
                     return_to: ReturnTo) -> str:
+    _drop_checkout(sub, now, via="replaced")  # its page can no longer be paid
     provider = get_provider()
     reference = new_reference()
     trial_end = sub.trial_ends_at if sub.status == TRIALING else None
@@ -66,6 +118,7 @@ def _start_checkout(user: User, sub: UserSubscription, tier: str, now: datetime,
                                         cancel_url=return_to.cancel_url)
     sub.checkout_reference, sub.checkout_tier, sub.checkout_url = (
         checkout.reference, tier, checkout.url)
+    sub.checkout_session_id = checkout.session_id
     sub.checkout_success_url, sub.checkout_cancel_url = (return_to.success_url,
                                                          return_to.cancel_url)
     sub.provider = provider.name
@@ -123,7 +176,7 @@ def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) ->
     if days <= 0:
         fail(409, "conflict", "Free trials are not offered.")
     from_tier = sub.tier
-    _clear_checkout(sub)
+    _drop_checkout(sub, now, via="trial_started")
     _clear_scheduled_change(sub)
     sub.tier, sub.status, sub.trial_used = tier, TRIALING, True
     sub.trial_ends_at = now + timedelta(days=days)
@@ -134,12 +187,7 @@ def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) ->
 
 
 def _choose_starter(sub: UserSubscription, now: datetime, first_choice: bool) -> str:
-    if sub.checkout_reference:
-        _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier,
-                reference=sub.checkout_reference, at=now)
-        _clear_checkout(sub)
-        if sub.status == INCOMPLETE:
-            sub.status = ACTIVE
+    _drop_checkout(sub, now)
     if sub.tier == STARTER:
         if first_choice:
             _record(sub, "tier_chosen", None, STARTER, amount_cents=0, at=now)
@@ -195,7 +243,7 @@ def _change_trial(user: User, sub: UserSubscription, tier: str, now: datetime,
         _record(sub, "trial_changed", sub.tier, tier, amount_cents=0, at=now)
         sub.tier = tier
     if sub.payment_method_on_file:
-        _clear_checkout(sub)
+        _drop_checkout(sub, now, via="tier_change")
         return f"Your trial continues and converts to {get_tier(tier).title} when it ends."
     return _start_checkout(user, sub, tier, now, return_to)
 
@@ -212,7 +260,7 @@ def _upgrade_now(sub: UserSubscription, tier: str, now: datetime) -> str:
     _record(sub, "upgraded", sub.tier, tier, amount_cents=amount, at=now, proration=True,
             period_end=sub.current_period_end.isoformat())
     sub.tier = tier
-    _clear_checkout(sub)
+    _drop_checkout(sub, now, via="tier_change")
     _clear_scheduled_change(sub)
     return (f"Upgraded to {get_tier(tier).title} now; "
             f"{cents_to_decimal(amount)} is charged for the rest of this period.")
@@ -224,15 +272,23 @@ def _schedule_downgrade(sub: UserSubscription, tier: str, now: datetime) -> str:
         get_provider(sub.provider).set_cancel_at_period_end(sub, False)
     _provider_told(sub, now)
     sub.pending_tier, sub.cancel_at_period_end = tier, False
-    _clear_checkout(sub)
+    _drop_checkout(sub, now, via="tier_change")
     _record(sub, "downgrade_scheduled", sub.tier, tier, at=now,
             effective_at=sub.current_period_end.isoformat())
     return f"You keep {get_tier(sub.tier).title} until the end of the period, then {tier}."
 
 
 def _schedule_cancel(sub: UserSubscription, now: datetime, *, reason, comment, via) -> str:
-    if sub.status != TRIALING and (sub.complimentary or sub.current_period_end is None):
-        # nothing paid for: a complimentary or unbilled paid tier ends at once
+    # a failed renewal's grace: the paid period is over and its renewal was never paid
+    unpaid_renewal = sub.status == PAST_DUE and sub.current_period_end is not None \
+        and sub.current_period_end <= now
+    if sub.status != TRIALING and (sub.complimentary or sub.current_period_end is None
+                                   or unpaid_renewal):
+        # nothing paid for: a complimentary, unbilled or unpaid paid tier ends at once (and
+        # the provider stops retrying the charge that failed)
+        if unpaid_renewal:
+            get_provider(sub.provider).cancel_now(sub.provider_customer_id,
+                                                  sub.provider_subscription_id)
         from_tier = sub.tier
         _to_starter(sub)
         _record(sub, "canceled", from_tier, STARTER, amount_cents=0, at=now, reason=reason,
@@ -262,15 +318,12 @@ def cancel(user_id: int, reason: str | None = None, comment: str | None = None,
         apply_due_deadlines(sub, now)
         work.changed_user(sub.user_id)
         if sub.checkout_reference and sub.status == INCOMPLETE:
-            _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier,
-                    reference=sub.checkout_reference, at=now, reason=reason, comment=comment)
-            _clear_checkout(sub)
-            sub.status = ACTIVE
+            _drop_checkout(sub, now, reason=reason, comment=comment)
             message = "The pending checkout is canceled."
         elif sub.tier == STARTER:
             fail(409, "conflict", "There is no paid subscription to cancel.")
         else:
-            _clear_checkout(sub)
+            _drop_checkout(sub, now, reason=reason, comment=comment)
             message = _schedule_cancel(sub, now, reason=reason, comment=comment, via="cancel")
         view = overview(db.session.get(User, user_id), sub, now)
     return view, message

@@ -10,15 +10,18 @@ from decimal import Decimal
 from sqlalchemy import select
 
 from ... import clock
+from ...billing import get_provider
 from ...extensions import db
 from ...models import SubscriptionEvent, UserSubscription
-from ...models.subscription import ACTIVE, PAST_DUE
+from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE
 from ...tiers import STARTER
 
 GRACE_PERIOD = timedelta(days=3)
 # Two payments whose periods start within this much of each other are for the same period.
 SAME_PERIOD_SLACK = timedelta(hours=1)
 PAYMENT_EVENT_TYPES = ("activated", "renewed", "trial_converted", "upgraded")
+# A payment of a checkout dropped here, refunded and its provider subscription canceled.
+CHECKOUT_REFUNDED = "checkout_refunded"
 
 
 def cents_to_decimal(cents: int | None) -> Decimal | None:
@@ -74,15 +77,54 @@ def _older_than_provider_state(sub: UserSubscription, created: datetime) -> bool
 
 
 def _of_another_subscription(sub: UserSubscription, notice) -> bool:
-    """The provider's notice is about another (older) provider subscription of this user than
-    the one running: it changes nothing here."""
-    return bool(sub.tier != STARTER and notice.subscription_id and sub.provider_subscription_id
-                and notice.subscription_id != sub.provider_subscription_id)
+    """The provider's notice is about another provider subscription of this user than the one
+    running (an older one, or one of a checkout given up and refunded): it changes nothing
+    here."""
+    if not notice.subscription_id or notice.subscription_id == sub.provider_subscription_id:
+        return False
+    if sub.tier != STARTER and sub.provider_subscription_id:
+        return True
+    return _refunded_here(sub.user_id, notice.subscription_id)
+
+
+def _refunded_here(user_id: int, subscription_id: str) -> bool:
+    """The provider subscription was a given-up checkout's, canceled and refunded here."""
+    return db.session.execute(
+        select(SubscriptionEvent.id).where(SubscriptionEvent.user_id == user_id,
+                                           SubscriptionEvent.type == CHECKOUT_REFUNDED,
+                                           SubscriptionEvent.reference == subscription_id)
+        .limit(1)).first() is not None
 
 
 def _clear_checkout(sub: UserSubscription) -> None:
+    """The pending checkout is done with (paid, or dropped by ``_drop_checkout``)."""
     sub.checkout_reference = sub.checkout_tier = sub.checkout_url = None
+    sub.checkout_session_id = None
     sub.checkout_success_url = sub.checkout_cancel_url = None
+
+
+def _drop_checkout(sub: UserSubscription, now: datetime, **details) -> None:
+    """THE end of a pending checkout nobody paid (replaced by another, abandoned, or made
+    needless by a change): the provider's checkout page is expired, so it can no longer be
+    paid; the history says so (``checkout_abandoned``, by which a payment of it that raced
+    the expiry is recognised and refunded); an ``incomplete`` starter is ``active`` again."""
+    if not sub.checkout_reference:
+        return
+    get_provider(sub.provider).expire_checkout(sub.checkout_session_id)
+    _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier,
+            reference=sub.checkout_reference, at=now, **details)
+    _clear_checkout(sub)
+    if sub.status == INCOMPLETE:
+        sub.status = ACTIVE
+
+
+def _dropped_checkout(sub: UserSubscription, reference: str | None) -> bool:
+    """``reference`` is of a checkout dropped here (``_drop_checkout``)."""
+    return bool(reference) and reference != sub.checkout_reference and db.session.execute(
+        select(SubscriptionEvent.id).where(SubscriptionEvent.user_id == sub.user_id,
+                                           SubscriptionEvent.type == "checkout_abandoned",
+                                           SubscriptionEvent.reference == reference)
+        .limit(1)).first() is not None
 
 
 def _clear_scheduled_change(sub: UserSubscription) -> None:

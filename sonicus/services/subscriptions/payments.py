@@ -12,19 +12,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from ...billing import get_provider
 from ...models import UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
 from ...tiers import STARTER, get_tier
 from .common import (
+    CHECKOUT_REFUNDED,
     GRACE_PERIOD,
     SAME_PERIOD_SLACK,
     _clear_checkout,
     _clear_scheduled_change,
+    _drop_checkout,
+    _dropped_checkout,
     _has_paid_period,
     _latest_payment_created,
     _of_another_subscription,
     _older_than_provider_state,
     _record,
+    _refunded_here,
     _to_starter,
     add_month,
 )
@@ -49,10 +54,14 @@ class Payment:
 def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: datetime) -> str:
     """Activate, renew or record a payment on a LOCKED subscription; returns the outcome.
 
-    The cases, in the order they are checked: no tier to pay for; a card added to a trial;
-    the tier already paid for (the same period, an older one or the next); a late payment
-    for a period that is over; a new paid tier.
+    The cases, in the order they are checked: a checkout dropped here (replaced or given
+    up) paid anyway; no tier to pay for; a card added to a trial; the tier already paid for
+    (the same period, an older one or the next); a late payment for a period that is over;
+    a new paid tier.
     """
+    if _dropped_checkout(sub, payment.reference) \
+            and payment.subscription_id != sub.provider_subscription_id:
+        return _refund_dropped_checkout(sub, payment, now)
     _note_provider_ids(sub, payment)
     tier = _paid_tier(sub, payment)
     if tier is None:
@@ -68,6 +77,21 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
     if _stale_for_a_new_tier(sub, payment, now):
         return "stale"
     return _new_paid_tier(sub, payment, tier, now)
+
+
+def _refund_dropped_checkout(sub: UserSubscription, payment: Payment, now: datetime) -> str:
+    """A checkout replaced or given up here was paid before its page expired (in another
+    tab, a moment before): nobody wants its subscription any more. It is canceled at the
+    provider at once and what it charged refunded (both safe to repeat: each notice of it
+    asks again); the subscription here is unchanged. The provider unreachable: 502 and
+    nothing kept, so the provider sends the notice again."""
+    get_provider(payment.provider).refund_and_cancel(payment.customer_id,
+                                                     payment.subscription_id)
+    if payment.subscription_id and not _refunded_here(sub.user_id, payment.subscription_id):
+        _record(sub, CHECKOUT_REFUNDED, sub.tier, sub.tier, amount_cents=payment.amount_cents,
+                reference=payment.subscription_id, at=now,
+                checkout_reference=payment.reference, **_stamp(payment))
+    return "replaced_checkout_refunded"
 
 
 def _stale_for_a_new_tier(sub: UserSubscription, payment: Payment, now: datetime) -> bool:
@@ -177,7 +201,11 @@ def _new_paid_tier(sub: UserSubscription, payment: Payment, tier: str, now: date
     sub.past_due_since, sub.complimentary = None, False
     _now_running(sub, payment)
     _clear_scheduled_change(sub)
-    if sub.checkout_tier == tier:
+    if payment.reference and sub.checkout_reference:
+        # another checkout's subscription pays (e.g. an old one's retry succeeded): the one
+        # still open can no longer be paid, so it cannot start a second subscription
+        _drop_checkout(sub, now, via="paid_otherwise")
+    elif sub.checkout_tier == tier:
         _clear_checkout(sub)
     amount = payment.amount_cents if payment.amount_cents is not None \
         else get_tier(tier).price_cents
@@ -201,8 +229,8 @@ def apply_payment_failed(sub: UserSubscription, failure, now: datetime) -> str:
         return "stale"  # that period is paid already (the success arrived first)
     if _older_than_latest_payment(sub, failure.created):
         return "stale"
-    if sub.tier == STARTER or sub.status == INCOMPLETE:
-        _record_failure(sub, failure, now)
+    if sub.tier == STARTER or sub.status == INCOMPLETE or sub.complimentary:
+        _record_failure(sub, failure, now)  # nothing in force depends on this charge
         return "recorded"
     if sub.status == TRIALING:
         sub.payment_method_on_file = False

@@ -13,10 +13,10 @@ from ... import clock
 from ...api_errors import fail
 from ...extensions import db
 from ...models import UserSubscription
-from ...models.subscription import ACTIVE, INCOMPLETE, TRIALING
+from ...models.subscription import TRIALING
 from ...tiers import get_tier
 from ..transaction import unit_of_work
-from .common import _clear_checkout, _record
+from .common import _drop_checkout
 from .payments import Payment, apply_payment_succeeded
 from .webhooks import _claim_event, _Replay
 
@@ -93,9 +93,5 @@ def abandon_sandbox_checkout(reference: str, now: datetime | None = None) -> str
             fail(404, "not_found", "Checkout not found.")
         work.changed_user(sub.user_id)
         cancel_url = sub.checkout_cancel_url
-        _record(sub, "checkout_abandoned", sub.tier, sub.checkout_tier, reference=reference,
-                at=now, via="checkout_page")
-        _clear_checkout(sub)
-        if sub.status == INCOMPLETE:
-            sub.status = ACTIVE
+        _drop_checkout(sub, now, via="checkout_page")
     return cancel_url

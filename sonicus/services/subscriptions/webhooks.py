@@ -1,9 +1,10 @@
 """Provider events (verified webhooks), applied exactly once: the event row is inserted first
 and its unique index decides who handles it (a replay changes nothing); the notice is then
-applied to the subscription it is about, locked (``payments``, ``provider_updates``). Notices
-about an erased account's customer or subscription change nothing (``ERASED_CUSTOMER``) and are
-stored without their content; a running subscription of an erased account is owed a
-cancellation."""
+applied to the subscription it is about, locked, once the deadlines that have passed are
+(``expiry.apply_due_deadlines``, as for every change a user asks for), by ``payments`` and
+``provider_updates``. Notices about an erased account's customer or subscription change
+nothing (``ERASED_CUSTOMER``) and are stored without their content; a running subscription of
+an erased account is owed a cancellation."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ..erasure import (
     without_content,
 )
 from ..transaction import Work, unit_of_work
+from .expiry import apply_due_deadlines
 from .payments import (
     Payment,
     apply_payment_failed,
@@ -120,6 +122,9 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
             owed.append(owe(provider, notice.customer_id, notice.subscription_id, now).id)
             return ERASED_CUSTOMER
         return "unknown_customer"
+    # a notice arriving after a trial's, grace's or period's end, before the expiry job wrote
+    # it, acts on the subscription in force: that end first, under the same lock
+    apply_due_deadlines(sub, now)
     work.changed_user(sub.user_id)
     if notice.kind == PAYMENT_SUCCEEDED:
         return apply_payment_succeeded(sub, _payment_of(provider, notice), now)
