@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014_day_settings_history"
-down_revision = "0012_catalog_shapes"
+down_revision = "0013_checkout_session"
 branch_labels = None
 depends_on = None
 
