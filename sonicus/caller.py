@@ -36,6 +36,7 @@ class Caller:
     prior_timezone: str | None
     prior_day_start_hour: int | None
     day_settings_effective_at: datetime | None
+    earlier_day_settings: tuple  # before the prior ones (clock.day_settings_at)
     preferences: Mapping
     created_at: datetime
     tier: str
@@ -66,6 +67,7 @@ class Caller:
             day_start_hour=user.day_start_hour, prior_timezone=user.prior_timezone,
             prior_day_start_hour=user.prior_day_start_hour,
             day_settings_effective_at=user.day_settings_effective_at,
+            earlier_day_settings=tuple(user.earlier_day_settings or ()),
             preferences=MappingProxyType(copy.deepcopy(user.merged_preferences)),
             created_at=user.created_at, tier=tier, status=status,
             onboarding=Onboarding.of(bool(user.email_verified), sub), settles_at=settles_at)

@@ -77,14 +77,38 @@ class UserDay:
     ends_at: datetime
 
 
+# How long day settings that were replaced are remembered (``earlier_day_settings``): longer
+# than offline listening may wait to be uploaded (14 days), whose day they decide.
+DAY_SETTINGS_REMEMBERED = timedelta(days=15)
+
+
 def day_settings_at(person, moment: datetime) -> DaySettings:
     """THE day settings of ``person`` in force at ``moment``: every computation of a user's
-    day (quota, the day stored on a session, analytics, the usage shown) goes through here."""
+    day (quota, the day stored on a session, analytics, the usage shown) goes through here.
+    Before the prior settings, the earlier ones remembered (``earlier_day_settings``)."""
+    for earlier in person.earlier_day_settings or ():
+        if moment < datetime.fromisoformat(earlier["until"]):
+            return DaySettings(earlier["timezone"], earlier["day_start_hour"])
     effective_at = person.day_settings_effective_at
     if (effective_at is not None and moment < effective_at
             and person.prior_timezone is not None and person.prior_day_start_hour is not None):
         return DaySettings(person.prior_timezone, person.prior_day_start_hour)
     return DaySettings(person.timezone, person.day_start_hour)
+
+
+def remembered_day_settings(person, now: datetime) -> list[dict]:
+    """``earlier_day_settings`` as a new change (none pending) replaces the prior settings:
+    the prior ones, which ended at ``day_settings_effective_at``, join the earlier ones;
+    those that ended more than ``DAY_SETTINGS_REMEMBERED`` ago are forgotten."""
+    kept = [dict(earlier) for earlier in person.earlier_day_settings or ()
+            if datetime.fromisoformat(earlier["until"]) > now - DAY_SETTINGS_REMEMBERED]
+    ended = person.day_settings_effective_at
+    if (ended is not None and ended > now - DAY_SETTINGS_REMEMBERED
+            and person.prior_timezone is not None and person.prior_day_start_hour is not None):
+        kept.append({"until": ended.astimezone(UTC).isoformat(),
+                     "timezone": person.prior_timezone,
+                     "day_start_hour": person.prior_day_start_hour})
+    return kept
 
 
 def pending_day_settings_at(person, moment: datetime) -> datetime | None:

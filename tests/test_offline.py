@@ -842,3 +842,25 @@ def test_export_lists_licences_and_erasure_forgets_them(client, auth, pkgs, make
     kept = db_session.execute(select(ListeningSession)).scalar_one()
     assert kept.user_id is None and kept.client_id is None
     assert _count_sessions(user.id) == 0
+
+
+def test_listening_from_before_two_changes_of_time_zone_counts_on_the_day_it_was_listened_on(
+        client, auth, pkgs, make_user, db_session, set_clock):
+    """A Starter's full day, then a move to Kiritimati and back: listening from that day
+    uploaded afterwards is judged by the settings in force then (UTC), not by the prior ones
+    (Kiritimati, a day later there), so the day gets no fourth session."""
+    make_user("traveller@example.com")  # starter: 3 sessions a day, UTC
+    headers = auth("traveller@example.com")
+    t0 = set_clock(_tomorrow_noon())
+    day = t0.replace(hour=0)
+    full = _sync(client, headers, [_item(pkgs["rain"], day + timedelta(hours=h))
+                                   for h in (8, 9, 10)])
+    assert [r["status"] for r in full.json["data"]["results"]] == ["created"] * 3, full.json
+    for days_later, zone in ((1, "Pacific/Kiritimati"), (3, "UTC")):
+        set_clock(t0 + timedelta(days=days_later))
+        res = client.put("/api/user/profile", json={"timezone": zone}, headers=headers)
+        assert res.status_code == 200, res.json
+    set_clock(t0 + timedelta(days=5))
+    late = _sync(client, headers, [_item(pkgs["rain"], day + timedelta(hours=11))])
+    assert [(r["status"], r.get("code")) for r in late.json["data"]["results"]] == [
+        ("rejected", "daily_session_limit_reached")], late.json

@@ -129,7 +129,7 @@ def _start_context_statement(with_track: bool):
     user_id, package_id = bindparam("user_id"), bindparam("package_id")
     stmt = (select(*_DEADLINE_COLUMNS, User.timezone, User.day_start_hour,
                    User.prior_timezone, User.prior_day_start_hour,
-                   User.day_settings_effective_at,
+                   User.day_settings_effective_at, User.earlier_day_settings,
                    assigned_clause(user_id, package_id, bindparam("at")).label("assigned"),
                    SoundPackage)
             .select_from(UserSubscription)
