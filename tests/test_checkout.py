@@ -262,3 +262,28 @@ def _abandoned_references(billing) -> list[str]:
         out = [r.reference for r in rows]
         db.session.remove()
     return out
+
+
+def test_erasure_expires_an_open_checkout_and_one_paid_anyway_is_refunded(stripe_app, auth,
+                                                                          billing):
+    """An account erased with a Stripe checkout open: the page can no longer be paid. One paid
+    in another tab just before the erasure reached Stripe has its subscription canceled and
+    its payment refunded: nobody is charged for an account that is gone."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    open_one = client.post("/api/user/subscription", json={"tier": "premium"},
+                           headers=headers).get_json()["data"]["checkout"]
+    assert client.delete("/api/user/profile", headers=headers).status_code == 200
+    assert fake.sessions["cs_test_1"]["status"] == "expired"
+    assert fake.complete("cs_test_1", "sub_gone") is False
+
+    headers = auth()  # the same person again: a fresh account
+    raced = client.post("/api/user/subscription", json={"tier": "premium"},
+                        headers=headers).get_json()["data"]["checkout"]
+    assert raced["reference"] != open_one["reference"]
+    paid = _session_paid(billing, fake, "cs_test_2", billing.user_id("listener@example.com"),
+                         "premium", raced["reference"], "sub_raced")
+    assert client.delete("/api/user/profile", headers=headers).status_code == 200
+    late = billing.post_webhook(client, paid).get_json()["data"]
+    assert late["outcome"] == "erased_customer"
+    assert "sub_raced" in fake.canceled and fake.refunds == ["pi_sub_raced"]

@@ -161,15 +161,31 @@ def owe_cancellation(sub: UserSubscription | None, now: datetime) -> OwedCancell
 
 
 def owe(provider: str, customer_id: str | None, subscription_id: str,
-        now: datetime) -> OwedCancellation:
+        now: datetime, settled: str | None = None) -> OwedCancellation:
     """An owed cancellation of this provider subscription, in the caller's transaction
-    (flushed: its id is known)."""
+    (flushed: its id is known); ``settled``: the outcome of a cancellation done already (the
+    row only remembers the subscription as an erased account's)."""
     owed = OwedCancellation(provider=provider, customer_id=customer_id,
-                            subscription_id=subscription_id, attempts=0, next_attempt_at=now,
-                            created_at=now)
+                            subscription_id=subscription_id, attempts=1 if settled else 0,
+                            next_attempt_at=now, created_at=now, outcome=settled,
+                            done_at=now if settled else None)
     db.session.add(owed)
     db.session.flush()
     return owed
+
+
+def expire_open_checkout(provider: str | None, session_id: str | None) -> None:
+    """After an erasure: the account's open checkout page can no longer be paid. Never
+    raises: a payment that races this (or arrives while the provider cannot be reached) is
+    refunded when its notice comes (``webhooks``: an erased account's payment)."""
+    if not session_id:
+        return
+    try:
+        get_provider(provider or current_app.config["BILLING_PROVIDER"]) \
+            .expire_checkout(session_id)
+    except BillingUnavailable:
+        log.warning("the erased account's checkout was not expired; a payment of it will be "
+                    "refunded")
 
 
 def is_erased_account(user_id: int | None) -> bool:

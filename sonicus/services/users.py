@@ -230,6 +230,7 @@ def erase_user(user_id: int) -> None:
             .execution_options(populate_existing=True)).scalar_one_or_none()
         if user is None:
             raise account_gone()  # erased already (a second request, or another process)
+        checkout = (sub.provider, sub.checkout_session_id) if sub is not None else (None, None)
         erasure.add_tombstone(user, sub, now)
         erasure.scrub_billing_events(sub, user.email)
         owed = erasure.owe_cancellation(sub, now)
@@ -250,5 +251,6 @@ def erase_user(user_id: int) -> None:
     invalidate_user_analytics(user_id)
     # Its open sockets belong to no account now: closed everywhere, as a sign-in that ended.
     close_user_sockets(user_id, CLOSE_INVALID_TOKEN, "account erased")
+    erasure.expire_open_checkout(*checkout)
     if owed_id is not None:
         erasure.attempt_owed_cancellation(owed_id)

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ... import clock
+from ...billing import get_provider
 from ...billing.events import (
     PAYMENT_FAILED,
     PAYMENT_SUCCEEDED,
@@ -118,7 +119,13 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
     if sub is None:
         if notice.kind in LIVE_SUBSCRIPTION_KINDS and notice.subscription_id \
                 and is_erased_account(notice.user_id):
-            # e.g. a checkout left open and paid after the erasure
+            if notice.kind == PAYMENT_SUCCEEDED:
+                # a checkout paid as (or after) the account was erased: nobody is charged for
+                # an account that is gone; the provider unreachable: 502, sent again
+                done = get_provider(provider).refund_and_cancel(notice.customer_id,
+                                                                notice.subscription_id)
+                owe(provider, notice.customer_id, notice.subscription_id, now, settled=done)
+                return ERASED_CUSTOMER
             owed.append(owe(provider, notice.customer_id, notice.subscription_id, now).id)
             return ERASED_CUSTOMER
         return "unknown_customer"
