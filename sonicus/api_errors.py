@@ -9,6 +9,7 @@ error envelope's schema and the handler that answers: ``envelope.py``.
 from __future__ import annotations
 
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import WebsocketMismatch
 
 # Every machine-readable ``code`` an error answer can carry: THE list (the OpenAPI document's
 # enum of ``ErrorEnvelope.code``; a test checks every code the code base raises is here).
@@ -153,6 +154,9 @@ def error_parts(error, status: int, data: dict) -> tuple[str, list]:
     message); a 500 says nothing of the exception."""
     if status == 500:
         return DEFAULT_MESSAGES[500], [DEFAULT_MESSAGES[500]]
+    if isinstance(error, WebsocketMismatch):  # a socket's address asked without a handshake
+        return ("This address takes a WebSocket connection.",
+                ["Upgrade: must be websocket (a WebSocket handshake)."])
     errors = data.get("errors")
     if errors is None and "messages" in data:
         errors = flatten_errors(data["messages"])

@@ -100,6 +100,13 @@ def test_a_bad_token_closes_with_4401(two_web_processes, idp, kind, connect_ws):
     ws.close()
 
 
+def test_the_socket_address_asked_without_a_handshake_names_the_upgrade(client):
+    res = client.get("/ws/analytics")
+    body = res.get_json()
+    assert res.status_code == 400 and body["success"] is False, body
+    assert body["errors"] == ["Upgrade: must be websocket (a WebSocket handshake)."], body
+
+
 def test_a_listener_outside_the_required_group_is_refused(two_web_processes, token_for, connect_ws):
     ws = connect_ws(two_web_processes[0].ws_url(), token_for("outsider@example.com", groups=()))
     assert ws.close_code() == 4403
