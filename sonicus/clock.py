@@ -117,20 +117,33 @@ def pending_day_settings_at(person, moment: datetime) -> datetime | None:
     return effective_at if effective_at is not None and moment < effective_at else None
 
 
+def _settings_changes(person) -> list[tuple[datetime, DaySettings]]:
+    """Each remembered change of day settings: (its instant, the settings it ended), oldest
+    first (the earlier ones, then the prior ones)."""
+    changes = [(datetime.fromisoformat(earlier["until"]),
+                DaySettings(earlier["timezone"], earlier["day_start_hour"]))
+               for earlier in person.earlier_day_settings or ()]
+    if (person.day_settings_effective_at is not None and person.prior_timezone is not None
+            and person.prior_day_start_hour is not None):
+        changes.append((person.day_settings_effective_at,
+                        DaySettings(person.prior_timezone, person.prior_day_start_hour)))
+    return changes
+
+
 def dates_never_begun(person) -> frozenset[date]:
     """The dates a change of day settings skipped: a move east can end the user's day where
     the new settings are already a date or more later (Pacific/Honolulu to Pacific/Kiritimati:
     1 June ends when it is 3 June there), so the dates between were never the user's day
-    (streaks do not count them as missed). Of the latest change only (the one remembered)."""
-    effective_at = person.day_settings_effective_at
-    if (effective_at is None or person.prior_timezone is None
-            or person.prior_day_start_hour is None):
-        return frozenset()
-    last_before = local_day(effective_at - timedelta(microseconds=1), person.prior_timezone,
-                            person.prior_day_start_hour)
-    first_after = local_day(effective_at, person.timezone, person.day_start_hour)
-    return frozenset(last_before + timedelta(days=n)
-                     for n in range(1, (first_after - last_before).days))
+    (streaks do not count them as missed). Of every change remembered."""
+    skipped: set[date] = set()
+    for at, before in _settings_changes(person):
+        after = day_settings_at(person, at)
+        last_before = local_day(at - timedelta(microseconds=1), before.timezone,
+                                before.day_start_hour)
+        first_after = local_day(at, after.timezone, after.day_start_hour)
+        skipped.update(last_before + timedelta(days=n)
+                       for n in range(1, (first_after - last_before).days))
+    return frozenset(skipped)
 
 
 def user_day(person, moment: datetime) -> UserDay:

@@ -255,3 +255,28 @@ def test_a_date_a_move_east_skipped_does_not_break_the_streak(set_clock, make_us
     assert _streak(data) == (4, 4, 0, [])
     recap = client.get("/api/user/recap?period=week&date=2026-06-01", headers=headers).json
     assert recap["data"]["longest_streak"] == 2  # 1 and 3 June
+
+
+def test_dates_two_moves_east_skipped_do_not_break_the_streak(set_clock, make_user,
+                                                              make_package, make_session,
+                                                              client, auth):
+    """Honolulu to Kiritimati (2 June never begins), back to Honolulu (3 June goes on), and to
+    Kiritimati again (5 June never begins): neither skipped date is missed, though only the
+    latest change is the profile's prior one."""
+    user_id = make_user("east2@example.com", timezone="Pacific/Honolulu").id
+    headers = auth("east2@example.com")
+    package = make_package("east2").id
+    moves = ((datetime(2026, 6, 1, 22, 0, tzinfo=UTC), "Pacific/Kiritimati"),  # 1 June 12:00
+             (datetime(2026, 6, 3, 2, 0, tzinfo=UTC), "Pacific/Honolulu"),  # 3 June 16:00
+             (datetime(2026, 6, 4, 22, 0, tzinfo=UTC), "Pacific/Kiritimati"))  # 4 June 12:00
+    for day in _days(date(2026, 5, 30), date(2026, 6, 6), skip=(date(2026, 6, 2),
+                                                                date(2026, 6, 5))):
+        make_session(user_id, package, day, minutes=12)
+    for at, zone in moves:
+        set_clock(at)
+        res = client.put("/api/user/profile", json={"timezone": zone}, headers=headers)
+        assert res.status_code == 200, res.json
+    set_clock(datetime(2026, 6, 5, 20, 0, tzinfo=UTC))  # 10:00 on 6 June in Kiritimati
+    data = client.get("/api/user/analytics", headers=headers).json["data"]
+    assert data["day"] == "2026-06-06"
+    assert _streak(data) == (6, 6, 0, [])
