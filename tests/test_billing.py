@@ -705,6 +705,29 @@ def test_a_grant_below_a_paid_stripe_period_is_409_and_changes_nothing(stripe_ap
     assert billing.events_of(EMAIL, "complimentary_grant") == []
 
 
+def test_revoking_a_grant_over_a_paid_stripe_period_is_409_and_keeps_the_paid_month(
+        stripe_app, auth, admin_auth, billing):
+    """Premium paid through Stripe until 20 days from now, Pro granted over it, then the
+    grant revoked (starter granted): the month the user paid for is not taken away (409,
+    nothing changed, Stripe's subscription not canceled); once it is over, the revoke goes
+    through."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    assert _grant(client, admin_auth, uid, "pro").status_code == 200
+    before = billing.subscription(client, headers)
+    resp = _grant(client, admin_auth, uid, "starter")
+    assert resp.status_code == 409 and resp.get_json()["code"] == "conflict", resp.get_json()
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == []
+    assert billing.subscription(client, headers) == before
+    assert billing.events_of(EMAIL, "canceled") == []
+
+    billing.arrange(EMAIL, current_period_end=clock.now() - DAY)  # the paid month is over
+    assert _grant(client, admin_auth, uid, "starter").status_code == 200
+    assert billing.subscription(client, headers)["tier"] == "starter"
+
+
 # ---- a cancel while a renewal is past due ----------------------------------------------------
 
 def test_cancel_while_past_due_ends_now_and_its_history_reads_in_order(stripe_app, auth,
