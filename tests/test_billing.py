@@ -728,6 +728,35 @@ def test_revoking_a_grant_over_a_paid_stripe_period_is_409_and_keeps_the_paid_mo
     assert billing.subscription(client, headers)["tier"] == "starter"
 
 
+@pytest.mark.parametrize("late", ["checkout", "invoice"])
+def test_a_late_notice_of_the_paid_period_under_a_grant_keeps_the_grant(stripe_app, auth,
+                                                                        admin_auth, billing,
+                                                                        late):
+    """Premium paid through Stripe, Pro granted over it; then Stripe's other notice of that
+    same first payment arrives (its checkout's completion, or the invoice again under another
+    event): nothing new was paid, so the user keeps the free Pro and no second payment shows
+    in the history."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    assert _grant(client, admin_auth, uid, "pro").status_code == 200
+    if late == "checkout":
+        event = billing.checkout_completed("evt_cs", user_id=uid, tier="premium",
+                                           customer="cus_s1", subscription="sub_s1")
+    else:
+        event = billing.invoice_event("evt_p1_again", "invoice.payment_succeeded",
+                                      user_id=uid, tier=None,
+                                      period_start=clock.now() - 10 * DAY,
+                                      period_end=clock.now() + 20 * DAY, price="price_prem",
+                                      subscription="sub_s1", customer="cus_s1")
+    resp = billing.post_webhook(client, event)
+    assert resp.status_code == 200, resp.get_json()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"]) == ("pro", True)
+    assert len(billing.events_of(EMAIL, "activated")) == 1
+
+
 # ---- a cancel while a renewal is past due ----------------------------------------------------
 
 def test_cancel_while_past_due_ends_now_and_its_history_reads_in_order(stripe_app, auth,
