@@ -757,6 +757,24 @@ def test_a_late_notice_of_the_paid_period_under_a_grant_keeps_the_grant(stripe_a
     assert len(billing.events_of(EMAIL, "activated")) == 1
 
 
+def test_a_grant_of_the_tier_a_stripe_payer_pays_for_stops_its_renewal(stripe_app, auth,
+                                                                      admin_auth, billing):
+    """Premium paid through Stripe, then Premium granted: it is free from now on, so the paid
+    month runs out and Stripe renews nothing (the grant is not a no-op that leaves the user
+    paying for what was given)."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    resp = _grant(client, admin_auth, billing.user_id(EMAIL), "premium")
+    assert resp.status_code == 200, resp.get_json()
+    assert fake.received("POST", "/v1/subscriptions/sub_s1")[-1]["cancel_at_period_end"] == \
+        ["true"]
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["complimentary"]) == ("premium", "active", True)
+    [grant] = billing.events_of(EMAIL, "complimentary_grant")
+    assert grant["amount_cents"] == 0
+
+
 # ---- a cancel while a renewal is past due ----------------------------------------------------
 
 def test_cancel_while_past_due_ends_now_and_its_history_reads_in_order(stripe_app, auth,

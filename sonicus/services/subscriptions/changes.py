@@ -55,7 +55,8 @@ def grant_tier(sub: UserSubscription, tier: str, now: datetime, **details) -> bo
     ``complimentary_grant``); False when the user is already there (nothing changes).
 
     THE rule of a grant over the user's own billing: nothing is charged again for what is
-    given free, and nothing paid for is taken away.
+    given free, and nothing paid for is taken away. The tier the user pays for is granted
+    too (free from now on), not left as it is.
     - A paid period running, of a tier the grant does not go below: the period runs out as
       paid (the grant covers it) and the provider renews nothing (cancel at period end).
     - Any other provider subscription (a trial with a card, a failed renewal being retried,
@@ -66,8 +67,9 @@ def grant_tier(sub: UserSubscription, tier: str, now: datetime, **details) -> bo
       not below the one paid for), a revoke to starter included, is 409 until it is over.
     - An open checkout is dropped (it can no longer be paid)."""
     apply_due_deadlines(sub, now)
-    if sub.tier == tier and sub.status == ACTIVE:
-        return False
+    if sub.tier == tier and sub.status == ACTIVE \
+            and (sub.complimentary or not get_tier(tier).is_paid):
+        return False  # given already (the tier the user pays for is given free from now)
     paid_period = _paid_period_running(sub, now)
     if paid_period and is_upgrade(tier, sub.tier):
         fail(409, "conflict",
