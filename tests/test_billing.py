@@ -775,6 +775,24 @@ def test_a_grant_of_the_tier_a_stripe_payer_pays_for_stops_its_renewal(stripe_ap
     assert grant["amount_cents"] == 0
 
 
+def test_choosing_the_tier_granted_free_opens_no_checkout(stripe_app, auth, admin_auth,
+                                                          billing):
+    """Premium granted free; the user then picks Premium on the plans page: they already
+    have it, so no checkout is opened that would charge for what is given."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    client.get("/api/user/subscription", headers=headers)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "premium").status_code == 200
+    sent = len(fake.requests)
+    resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    data = resp.get_json()["data"]
+    assert data["checkout"] is None
+    assert (data["tier"], data["status"], data["complimentary"]) == ("premium", "active", True)
+    assert len(fake.requests) == sent
+    assert billing.events_of(EMAIL, "checkout_started") == []
+
+
 # ---- a cancel while a renewal is past due ----------------------------------------------------
 
 def test_cancel_while_past_due_ends_now_and_its_history_reads_in_order(stripe_app, auth,

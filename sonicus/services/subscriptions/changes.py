@@ -213,7 +213,9 @@ def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime,
         _send_to_billing_portal(sub)
     if sub.status == TRIALING:
         return _change_trial(user, sub, tier, now, return_to)
-    if sub.tier == tier and sub.status == ACTIVE and not sub.complimentary:
+    if sub.tier == tier and sub.status == ACTIVE:
+        if sub.complimentary:  # given free: nothing to pay for
+            return f"You already have {get_tier(tier).title}, free of charge."
         if sub.cancel_at_period_end or sub.pending_tier:
             return _resume(sub, now)
         return f"You are already on {get_tier(tier).title}."
