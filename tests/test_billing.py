@@ -793,6 +793,28 @@ def test_choosing_the_tier_granted_free_opens_no_checkout(stripe_app, auth, admi
     assert billing.events_of(EMAIL, "checkout_started") == []
 
 
+def test_the_trial_invoice_arriving_after_a_grant_keeps_the_grant(stripe_app, auth,
+                                                                   admin_auth, billing):
+    """A Stripe trial with a card, then Premium granted (Stripe's subscription canceled);
+    the trial's $0 invoice arrives late: nothing was paid, so the free Premium stays (it is
+    not turned into a paid month that lapses when Stripe renews nothing)."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_trial_with_card(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    assert _grant(client, admin_auth, uid, "premium").status_code == 200
+    trial_invoice = billing.invoice_event("evt_trial_inv", "invoice.paid", user_id=uid,
+                                          tier=None, amount=0, price="price_prem",
+                                          period_start=clock.now() - DAY,
+                                          period_end=clock.now() + 13 * DAY,
+                                          subscription="sub_s1", customer="cus_s1")
+    resp = billing.post_webhook(client, trial_invoice)
+    assert resp.status_code == 200, resp.get_json()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"]) == ("premium", True)
+    assert billing.events_of(EMAIL, "activated") == []
+
+
 # ---- a cancel while a renewal is past due ----------------------------------------------------
 
 def test_cancel_while_past_due_ends_now_and_its_history_reads_in_order(stripe_app, auth,

@@ -98,13 +98,17 @@ def _refund_dropped_checkout(sub: UserSubscription, payment: Payment, now: datet
 
 
 def _paid_before_the_grant(sub: UserSubscription, payment: Payment) -> bool:
-    """Another notice of the period paid before a grant was made over it (a checkout's
-    completion, the invoice again): nothing new is paid, the grant stays."""
-    return bool(sub.complimentary and payment.subscription_id
-                and payment.subscription_id == sub.provider_subscription_id
-                and sub.current_period_end is not None
-                and (payment.period_start is None
-                     or payment.period_start < sub.current_period_end - SAME_PERIOD_SLACK))
+    """A notice of the provider subscription a grant stopped that pays nothing new: another
+    notice of the period paid before the grant (a checkout's completion, the invoice again),
+    or one charging nothing (a trial's invoice); the grant stays."""
+    if not (sub.complimentary and payment.subscription_id
+            and payment.subscription_id == sub.provider_subscription_id):
+        return False
+    if payment.amount_cents == 0:
+        return True
+    return sub.current_period_end is not None and (
+        payment.period_start is None
+        or payment.period_start < sub.current_period_end - SAME_PERIOD_SLACK)
 
 
 def _stale_for_a_new_tier(sub: UserSubscription, payment: Payment, now: datetime) -> bool:
