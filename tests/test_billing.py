@@ -705,6 +705,116 @@ def test_a_grant_below_a_paid_stripe_period_is_409_and_changes_nothing(stripe_ap
     assert billing.events_of(EMAIL, "complimentary_grant") == []
 
 
+def test_revoking_a_grant_over_a_paid_stripe_period_is_409_and_keeps_the_paid_month(
+        stripe_app, auth, admin_auth, billing):
+    """Premium paid through Stripe until 20 days from now, Pro granted over it, then the
+    grant revoked (starter granted): the month the user paid for is not taken away (409,
+    nothing changed, Stripe's subscription not canceled); once it is over, the revoke goes
+    through."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    assert _grant(client, admin_auth, uid, "pro").status_code == 200
+    before = billing.subscription(client, headers)
+    resp = _grant(client, admin_auth, uid, "starter")
+    assert resp.status_code == 409 and resp.get_json()["code"] == "conflict", resp.get_json()
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == []
+    assert billing.subscription(client, headers) == before
+    assert billing.events_of(EMAIL, "canceled") == []
+
+    billing.arrange(EMAIL, current_period_end=clock.now() - DAY)  # the paid month is over
+    assert _grant(client, admin_auth, uid, "starter").status_code == 200
+    assert billing.subscription(client, headers)["tier"] == "starter"
+
+
+@pytest.mark.parametrize("late", ["checkout", "invoice"])
+def test_a_late_notice_of_the_paid_period_under_a_grant_keeps_the_grant(stripe_app, auth,
+                                                                        admin_auth, billing,
+                                                                        late):
+    """Premium paid through Stripe, Pro granted over it; then Stripe's other notice of that
+    same first payment arrives (its checkout's completion, or the invoice again under another
+    event): nothing new was paid, so the user keeps the free Pro and no second payment shows
+    in the history."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    assert _grant(client, admin_auth, uid, "pro").status_code == 200
+    if late == "checkout":
+        event = billing.checkout_completed("evt_cs", user_id=uid, tier="premium",
+                                           customer="cus_s1", subscription="sub_s1")
+    else:
+        event = billing.invoice_event("evt_p1_again", "invoice.payment_succeeded",
+                                      user_id=uid, tier=None,
+                                      period_start=clock.now() - 10 * DAY,
+                                      period_end=clock.now() + 20 * DAY, price="price_prem",
+                                      subscription="sub_s1", customer="cus_s1")
+    resp = billing.post_webhook(client, event)
+    assert resp.status_code == 200, resp.get_json()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"]) == ("pro", True)
+    assert len(billing.events_of(EMAIL, "activated")) == 1
+
+
+def test_a_grant_of_the_tier_a_stripe_payer_pays_for_stops_its_renewal(stripe_app, auth,
+                                                                      admin_auth, billing):
+    """Premium paid through Stripe, then Premium granted: it is free from now on, so the paid
+    month runs out and Stripe renews nothing (the grant is not a no-op that leaves the user
+    paying for what was given)."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    resp = _grant(client, admin_auth, billing.user_id(EMAIL), "premium")
+    assert resp.status_code == 200, resp.get_json()
+    assert fake.received("POST", "/v1/subscriptions/sub_s1")[-1]["cancel_at_period_end"] == \
+        ["true"]
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["complimentary"]) == ("premium", "active", True)
+    [grant] = billing.events_of(EMAIL, "complimentary_grant")
+    assert grant["amount_cents"] == 0
+
+
+def test_choosing_the_tier_granted_free_opens_no_checkout(stripe_app, auth, admin_auth,
+                                                          billing):
+    """Premium granted free; the user then picks Premium on the plans page: they already
+    have it, so no checkout is opened that would charge for what is given."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    client.get("/api/user/subscription", headers=headers)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "premium").status_code == 200
+    sent = len(fake.requests)
+    resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    data = resp.get_json()["data"]
+    assert data["checkout"] is None
+    assert (data["tier"], data["status"], data["complimentary"]) == ("premium", "active", True)
+    assert len(fake.requests) == sent
+    assert billing.events_of(EMAIL, "checkout_started") == []
+
+
+def test_the_trial_invoice_arriving_after_a_grant_keeps_the_grant(stripe_app, auth,
+                                                                   admin_auth, billing):
+    """A Stripe trial with a card, then Premium granted (Stripe's subscription canceled);
+    the trial's $0 invoice arrives late: nothing was paid, so the free Premium stays (it is
+    not turned into a paid month that lapses when Stripe renews nothing)."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_trial_with_card(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    assert _grant(client, admin_auth, uid, "premium").status_code == 200
+    trial_invoice = billing.invoice_event("evt_trial_inv", "invoice.paid", user_id=uid,
+                                          tier=None, amount=0, price="price_prem",
+                                          period_start=clock.now() - DAY,
+                                          period_end=clock.now() + 13 * DAY,
+                                          subscription="sub_s1", customer="cus_s1")
+    resp = billing.post_webhook(client, trial_invoice)
+    assert resp.status_code == 200, resp.get_json()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"]) == ("premium", True)
+    assert billing.events_of(EMAIL, "activated") == []
+
+
 # ---- a cancel while a renewal is past due ----------------------------------------------------
 
 def test_cancel_while_past_due_ends_now_and_its_history_reads_in_order(stripe_app, auth,

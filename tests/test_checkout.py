@@ -287,3 +287,26 @@ def test_erasure_expires_an_open_checkout_and_one_paid_anyway_is_refunded(stripe
     late = billing.post_webhook(client, paid).get_json()["data"]
     assert late["outcome"] == "erased_customer"
     assert "sub_raced" in fake.canceled and fake.refunds == ["pi_sub_raced"]
+
+
+def test_a_checkout_paid_as_the_account_is_erased_is_refunded_when_its_customer_had_paid_before(
+        stripe_app, auth, billing):
+    """The user's earlier Stripe subscription lapsed (its customer is kept), they opened a new
+    checkout, paid it in another tab just before erasing the account: the erasure owes the
+    old subscription a cancellation, and the new one is canceled and refunded too, not left
+    charging an account that is gone because its customer is the same."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    checkout = client.post("/api/user/subscription", json={"tier": "premium"},
+                           headers=headers).get_json()["data"]["checkout"]
+    billing.arrange("listener@example.com", provider_customer_id="cus_again",
+                    provider_subscription_id="sub_lapsed")
+    uid = billing.user_id("listener@example.com")
+    assert fake.complete("cs_test_1", "sub_raced")
+    assert client.delete("/api/user/profile", headers=headers).status_code == 200
+    paid = billing.checkout_completed("evt_raced", user_id=uid, tier="premium",
+                                      reference=checkout["reference"], customer="cus_again",
+                                      subscription="sub_raced")
+    late = billing.post_webhook(client, paid).get_json()["data"]
+    assert late["outcome"] == "erased_customer"
+    assert "sub_raced" in fake.canceled and fake.refunds == ["pi_sub_raced"]

@@ -223,3 +223,46 @@ def test_job_runs_on_an_rq_worker(client, auth, app, billing):
     result = job.return_value()
     assert (result["processed"], result["outcomes"]) == (3, {"trial_ended": 3})
     assert billing.subscription(client, auth("user0@example.com"))["tier"] == "starter"
+
+
+def test_settling_at_sign_in_racing_the_job_applies_the_trial_end_once(client, auth, app,
+                                                                        billing):
+    """A trial ended a moment ago: sign-ins settling it and expiry workers running at once
+    (real threads, real row locks) end it once, with one event."""
+    from sqlalchemy import select
+
+    from sonicus.extensions import db
+    from sonicus.models import User
+    from sonicus.services.subscriptions import settle_due_change
+
+    headers = auth()
+    start_trial(client, headers)
+    billing.arrange(EMAIL, trial_ends_at=clock.now() - timedelta(seconds=1))
+    barrier, errors = threading.Barrier(6), []
+
+    def sign_in():
+        with app.app_context():
+            try:
+                user = db.session.execute(select(User).where(User.email == EMAIL)).scalar_one()
+                sub = user.subscription
+                barrier.wait()
+                settled = settle_due_change(sub)
+                assert settled.tier == "starter"
+            except Exception as exc:  # reported below
+                errors.append(exc)
+            finally:
+                db.session.remove()
+
+    def job():
+        barrier.wait()
+        run_job(app)
+
+    threads = [threading.Thread(target=sign_in) for _ in range(3)] + \
+        [threading.Thread(target=job) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(billing.events_of(EMAIL, "trial_ended")) == 1
+    assert billing.subscription(client, headers)["tier"] == "starter"

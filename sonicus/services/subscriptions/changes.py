@@ -55,19 +55,22 @@ def grant_tier(sub: UserSubscription, tier: str, now: datetime, **details) -> bo
     ``complimentary_grant``); False when the user is already there (nothing changes).
 
     THE rule of a grant over the user's own billing: nothing is charged again for what is
-    given free, and nothing paid for is taken away.
+    given free, and nothing paid for is taken away. The tier the user pays for is granted
+    too (free from now on), not left as it is.
     - A paid period running, of a tier the grant does not go below: the period runs out as
       paid (the grant covers it) and the provider renews nothing (cancel at period end).
     - Any other provider subscription (a trial with a card, a failed renewal being retried,
       a period over and waiting for its renewal): canceled at the provider at once.
     - A grant below the tier of a paid period running: 409 ``conflict``, nothing changed
-      (the user's own cancel or downgrade takes effect at the period's end).
+      (the user's own cancel or downgrade takes effect at the period's end). A period paid
+      before an earlier grant still runs under it: a grant below the tier granted (which is
+      not below the one paid for), a revoke to starter included, is 409 until it is over.
     - An open checkout is dropped (it can no longer be paid)."""
     apply_due_deadlines(sub, now)
-    if sub.tier == tier and sub.status == ACTIVE:
-        return False
-    paid_period = (_has_paid_period(sub) and sub.status == ACTIVE
-                   and sub.current_period_end > now)
+    if sub.tier == tier and sub.status == ACTIVE \
+            and (sub.complimentary or not get_tier(tier).is_paid):
+        return False  # given already (the tier the user pays for is given free from now)
+    paid_period = _paid_period_running(sub, now)
     if paid_period and is_upgrade(tier, sub.tier):
         fail(409, "conflict",
              f"The user has paid for {get_tier(sub.tier).title} until "
@@ -85,6 +88,15 @@ def grant_tier(sub: UserSubscription, tier: str, now: datetime, **details) -> bo
     _clear_scheduled_change(sub)
     _record(sub, "complimentary_grant", from_tier, tier, amount_cents=0, at=now, **details)
     return True
+
+
+def _paid_period_running(sub: UserSubscription, now: datetime) -> bool:
+    """A period the user paid for runs now: their own, or one paid before a grant (kept
+    when the grant was made: it runs out under the grant, without renewal)."""
+    if sub.status != ACTIVE or sub.current_period_end is None \
+            or sub.current_period_end <= now:
+        return False
+    return _has_paid_period(sub) or (sub.complimentary and bool(sub.provider_subscription_id))
 
 
 def _end_own_billing(sub: UserSubscription, now: datetime, *, keep_paid_period: bool) -> None:
@@ -201,7 +213,9 @@ def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime,
         _send_to_billing_portal(sub)
     if sub.status == TRIALING:
         return _change_trial(user, sub, tier, now, return_to)
-    if sub.tier == tier and sub.status == ACTIVE and not sub.complimentary:
+    if sub.tier == tier and sub.status == ACTIVE:
+        if sub.complimentary:  # given free: nothing to pay for
+            return f"You already have {get_tier(tier).title}, free of charge."
         if sub.cancel_at_period_end or sub.pending_tier:
             return _resume(sub, now)
         return f"You are already on {get_tier(tier).title}."

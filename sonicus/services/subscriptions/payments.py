@@ -56,7 +56,8 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
 
     The cases, in the order they are checked: a checkout dropped here (replaced or given
     up) paid anyway; no tier to pay for; a card added to a trial; the tier already paid for
-    (the same period, an older one or the next); a late payment for a period that is over;
+    (the same period, an older one or the next); the period paid before a grant over it,
+    notified again; a late payment for a period that is over;
     a new paid tier.
     """
     if _dropped_checkout(sub, payment.reference) \
@@ -74,6 +75,8 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
         return _trial_card_added(sub, payment, tier, had_payment_method, now)
     if sub.tier == tier and _has_paid_period(sub):
         return _current_tier_paid(sub, payment, now)
+    if _paid_before_the_grant(sub, payment):
+        return "already_recorded"
     if _stale_for_a_new_tier(sub, payment, now):
         return "stale"
     return _new_paid_tier(sub, payment, tier, now)
@@ -92,6 +95,20 @@ def _refund_dropped_checkout(sub: UserSubscription, payment: Payment, now: datet
                 reference=payment.subscription_id, at=now,
                 checkout_reference=payment.reference, **_stamp(payment))
     return "replaced_checkout_refunded"
+
+
+def _paid_before_the_grant(sub: UserSubscription, payment: Payment) -> bool:
+    """A notice of the provider subscription a grant stopped that pays nothing new: another
+    notice of the period paid before the grant (a checkout's completion, the invoice again),
+    or one charging nothing (a trial's invoice); the grant stays."""
+    if not (sub.complimentary and payment.subscription_id
+            and payment.subscription_id == sub.provider_subscription_id):
+        return False
+    if payment.amount_cents == 0:
+        return True
+    return sub.current_period_end is not None and (
+        payment.period_start is None
+        or payment.period_start < sub.current_period_end - SAME_PERIOD_SLACK)
 
 
 def _stale_for_a_new_tier(sub: UserSubscription, payment: Payment, now: datetime) -> bool:

@@ -112,22 +112,15 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
     subscription of an erased account is owed a cancellation (its id added to ``owed``, to
     try after the commit)."""
     if is_erased_billing(notice.customer_id, notice.subscription_id):
-        return ERASED_CUSTOMER  # no account to change, nobody else's to touch
+        # no account to change, nobody else's to touch; a subscription of the erased
+        # customer that the erasure did not know of (a checkout paid as it happened) ends
+        return _of_an_erased_account(provider, notice, now, owed)
     if notice.kind not in HANDLED_KINDS:
         return "ignored"
     sub = _find_subscription_for(notice)
     if sub is None:
-        if notice.kind in LIVE_SUBSCRIPTION_KINDS and notice.subscription_id \
-                and is_erased_account(notice.user_id):
-            if notice.kind == PAYMENT_SUCCEEDED:
-                # a checkout paid as (or after) the account was erased: nobody is charged for
-                # an account that is gone; the provider unreachable: 502, sent again
-                done = get_provider(provider).refund_and_cancel(notice.customer_id,
-                                                                notice.subscription_id)
-                owe(provider, notice.customer_id, notice.subscription_id, now, settled=done)
-                return ERASED_CUSTOMER
-            owed.append(owe(provider, notice.customer_id, notice.subscription_id, now).id)
-            return ERASED_CUSTOMER
+        if is_erased_account(notice.user_id):
+            return _of_an_erased_account(provider, notice, now, owed)
         return "unknown_customer"
     # a notice arriving after a trial's, grace's or period's end, before the expiry job wrote
     # it, acts on the subscription in force: that end first, under the same lock
@@ -140,6 +133,24 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
     if notice.kind == SUBSCRIPTION_UPDATED:
         return apply_subscription_updated(sub, notice, now)
     return apply_subscription_ended(sub, notice, now)
+
+
+def _of_an_erased_account(provider: str, notice, now: datetime, owed: list[int]) -> str:
+    """A notice about an erased account's provider customer or subscription. A running
+    subscription not owed a cancellation yet is: a payment of it (a checkout paid as or
+    after the account was erased) is refunded and the subscription canceled at once, nobody
+    being charged for an account that is gone (the provider unreachable: 502, sent again);
+    any other notice of it owes it a cancellation (in ``owed``, tried after the commit)."""
+    if notice.kind not in LIVE_SUBSCRIPTION_KINDS or not notice.subscription_id \
+            or is_erased_billing(None, notice.subscription_id):
+        return ERASED_CUSTOMER
+    if notice.kind == PAYMENT_SUCCEEDED:
+        done = get_provider(provider).refund_and_cancel(notice.customer_id,
+                                                        notice.subscription_id)
+        owe(provider, notice.customer_id, notice.subscription_id, now, settled=done)
+        return ERASED_CUSTOMER
+    owed.append(owe(provider, notice.customer_id, notice.subscription_id, now).id)
+    return ERASED_CUSTOMER
 
 
 def _payment_of(provider: str, notice) -> Payment:
