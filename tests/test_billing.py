@@ -871,3 +871,25 @@ def test_a_grant_during_a_stripe_trial_with_a_card_cancels_the_charge_to_come(
     assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
     data = billing.subscription(client, headers)
     assert (data["tier"], data["status"], data["trial_ends_at"]) == ("premium", "active", None)
+
+
+def test_undoing_the_cancel_in_the_portal_under_a_grant_is_canceled_again(stripe_app, auth,
+                                                                          admin_auth, billing):
+    """Premium paid through Stripe, then Pro granted (Stripe renews nothing). The user undoes
+    the cancel in Stripe's billing portal: Stripe is told again to renew nothing, so the free
+    tier is never charged for, and the grant stays."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "pro").status_code == 200
+    undone = billing.subscription_updated(
+        "evt_undo", price="price_prem", subscription="sub_s1", customer="cus_s1",
+        cancel_at_period_end=False, previous={"cancel_at_period_end": True},
+        created=clock.now() + timedelta(minutes=1))
+    assert billing.post_webhook(client, undone).get_json()["data"]["outcome"] == \
+        "kept_canceled"
+    assert [p["cancel_at_period_end"] for p in
+            fake.received("POST", "/v1/subscriptions/sub_s1")][-1:] == [["true"]]
+    assert len(fake.received("POST", "/v1/subscriptions/sub_s1")) == 2
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"]) == ("pro", True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from ...billing import get_provider
 from ...models import UserSubscription
 from ...models.subscription import ACTIVE, PAST_DUE, TRIALING
 from ...tiers import STARTER
@@ -52,6 +53,14 @@ def _not_applicable(sub: UserSubscription, notice) -> str | None:
     return None
 
 
+def _renewal_asked_under_a_grant(sub: UserSubscription, notice) -> bool:
+    """The provider subscription a grant stopped renewing (kept while its paid period runs)
+    says it renews again."""
+    return bool(sub.complimentary and sub.provider_subscription_id
+                and notice.subscription_id == sub.provider_subscription_id
+                and notice.cancel_at_period_end is False and _changed(notice, CANCEL_FIELDS))
+
+
 def _changed(notice, fields) -> bool:
     return notice.changed is None or any(field in notice.changed for field in fields)
 
@@ -64,6 +73,11 @@ def _stamp(notice) -> dict:
 def apply_subscription_updated(sub: UserSubscription, notice, now: datetime) -> str:
     """The provider's subscription changed; the outcome (``plan_changed``,
     ``cancel_scheduled``, ``resumed``, several joined by commas, or why nothing changed)."""
+    if _renewal_asked_under_a_grant(sub, notice):
+        # the paid period under a grant renews nothing (``changes.grant_tier``): the cancel
+        # undone at the provider (its billing portal) is asked for again
+        get_provider(sub.provider).set_cancel_at_period_end(sub, True)
+        return "kept_canceled"
     refused = _not_applicable(sub, notice)
     if refused:
         return refused
