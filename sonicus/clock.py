@@ -100,15 +100,10 @@ def remembered_day_settings(person, now: datetime) -> list[dict]:
     """``earlier_day_settings`` as a new change (none pending) replaces the prior settings:
     the prior ones, which ended at ``day_settings_effective_at``, join the earlier ones;
     those that ended more than ``DAY_SETTINGS_REMEMBERED`` ago are forgotten."""
-    kept = [dict(earlier) for earlier in person.earlier_day_settings or ()
-            if datetime.fromisoformat(earlier["until"]) > now - DAY_SETTINGS_REMEMBERED]
-    ended = person.day_settings_effective_at
-    if (ended is not None and ended > now - DAY_SETTINGS_REMEMBERED
-            and person.prior_timezone is not None and person.prior_day_start_hour is not None):
-        kept.append({"until": ended.astimezone(UTC).isoformat(),
-                     "timezone": person.prior_timezone,
-                     "day_start_hour": person.prior_day_start_hour})
-    return kept
+    return [{"until": ended.astimezone(UTC).isoformat(), "timezone": settings.timezone,
+             "day_start_hour": settings.day_start_hour}
+            for ended, settings in _settings_changes(person)
+            if ended > now - DAY_SETTINGS_REMEMBERED]
 
 
 def pending_day_settings_at(person, moment: datetime) -> datetime | None:
