@@ -368,6 +368,50 @@ def test_smart_time_after_a_move_is_the_hour_they_listened_at_where_they_were(
     assert recap["listening_hours"][21] == 30
 
 
+def test_smart_time_after_two_moves_reads_the_oldest_evenings_where_they_were_then(
+        push_client, auth, push_service, browser, make_package, make_session, set_clock,
+        make_user):
+    """Los Angeles, then London, then Auckland within a fortnight, always listening at 21:00
+    local: the smart time is 21:00. The evenings in Los Angeles (before the first move) count
+    at 21:00 too, not at 05:00 (21:00 PST read in London, the zone before the last move)."""
+    app = push_client.application
+    headers, _ = _listener(push_client, auth, push_service, browser, "nomad@example.com",
+                           make_user=make_user, timezone="America/Los_Angeles", time="smart")
+    with app.app_context():
+        nomad = db.session.execute(select(ReminderPreferences.user_id)).scalar_one()
+    package = make_package()
+    for day in (6, 7, 8):  # 05:00 UTC: 21:00 PST the evening before
+        make_session(nomad, package, started_at=datetime(2026, 1, day, 5, 0, tzinfo=UTC))
+    set_clock(datetime(2026, 1, 10, 12, 0, tzinfo=UTC))  # to London from 08:00 UTC on the 11th
+    res = push_client.put("/api/user/profile", json={"timezone": "Europe/London"},
+                          headers=headers)
+    assert res.status_code == 200, res.get_json()
+    make_session(nomad, package, started_at=datetime(2026, 1, 11, 21, 0, tzinfo=UTC))
+    set_clock(datetime(2026, 1, 12, 12, 0, tzinfo=UTC))  # to Auckland from 00:00 UTC the 13th
+    res = push_client.put("/api/user/profile", json={"timezone": "Pacific/Auckland"},
+                          headers=headers)
+    assert res.status_code == 200, res.get_json()
+    make_session(nomad, package, started_at=datetime(2026, 1, 13, 8, 0, tzinfo=UTC))  # 21:00
+    with app.app_context():
+        from sonicus.models import User
+
+        user = db.session.get(User, nomad)  # both moves remembered
+        assert [e["timezone"] for e in user.earlier_day_settings] == ["America/Los_Angeles"]
+        assert user.prior_timezone == "Europe/London"
+        assert reminder_claims.refresh_smart_times(datetime(2026, 1, 14, 0, 0, tzinfo=UTC)) == 1
+        db.session.remove()
+    data = push_client.get("/api/user/reminders", headers=headers).get_json()["data"]
+    assert data["smart_time"] == "21:00"
+    with app.app_context():  # the rule written for SQLite says the same
+        db.session.execute(update(ReminderPreferences).values(smart_minute=None,
+                                                              smart_computed_at=None))
+        moment = datetime(2026, 1, 14, 0, 0, tzinfo=UTC)
+        reminder_claims._refresh_smart_times_python(
+            moment, datetime(2025, 10, 1, tzinfo=UTC), moment, 10)
+        assert db.session.get(ReminderPreferences, nomad).smart_minute == 21 * 60
+        db.session.rollback()
+
+
 # ---- sending ------------------------------------------------------------------------------------
 
 def test_the_reminder_arrives_encrypted_and_signed_and_a_gone_device_is_removed(
