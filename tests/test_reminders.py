@@ -766,3 +766,73 @@ def test_a_capitalised_host_still_needs_an_allowed_domain_and_path(client, auth,
         response = client.post("/api/user/push-subscriptions", headers=auth(),
                                json=browser(endpoint).subscription())
         assert response.status_code == 422, endpoint
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://fcm.googleapis.com./fcm/send/abc",
+    "https://fcm.googleapis.com:443/fcm/send/abc",
+    "https://FCM.googleapis.com.:443/fcm/send/abc",
+    "https://db5p.notify.windows.com.:443/w/?token=abc",
+    "https://web.push.apple.com./QGx",
+])
+def test_a_push_host_with_a_trailing_dot_or_port_443_is_the_same_push_service(
+        client, auth, browser, endpoint):
+    """A client library may name the push service fully qualified (``fcm.googleapis.com.``) or
+    with https's own port: the same service, so the subscription is stored, as the very URL
+    given (the one posted to), and the check before each post passes it too."""
+    from sonicus.services import webpush
+
+    response = client.post("/api/user/push-subscriptions", headers=auth(),
+                           json=browser(endpoint).subscription())
+    assert response.status_code == 201, response.get_json()
+    with client.application.app_context():
+        assert db.session.execute(select(PushSubscription.endpoint)).scalar_one() == endpoint
+        assert webpush.endpoint_problem(endpoint, webpush.allowed_endpoints()) is None
+        db.session.remove()
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://fcm.googleapis.com.evil.test/fcm/send/abc",
+    "https://fcm.googleapis.com.evil.test./fcm/send/abc",
+    "https://fcm.googleapis.com.evil.test:443/fcm/send/abc",
+    "https://evil.test#fcm.googleapis.com/fcm/send/abc",
+    "https://evil.test./#https://fcm.googleapis.com/",
+    "https://fcm.googleapis.com@evil.test/fcm/send/abc",
+    "https://fcm.googleapis.com.@evil.test:443/fcm/send/abc",
+    "https://evil.test@fcm.googleapis.com/fcm/send/abc",
+    "https://fcm.googleapis.com:8443/fcm/send/abc",
+    "https://fcm.googleapis.com.:8443/fcm/send/abc",
+    "https://fcm.googleapis.com:80/fcm/send/abc",
+    "https://fcm.googleapis.com:0443/fcm/send/abc",
+    "https://fcm.googleapis.com:/fcm/send/abc",
+    "https://fcm.googleapis.com../fcm/send/abc",
+    "http://fcm.googleapis.com:443/fcm/send/abc",
+    "https://notify.windows.com./w/",
+    "https://evilnotify.windows.com.:443/w/",
+    "https://db5p.notify.windows.com.evil.test./w/",
+])
+def test_a_host_that_only_resembles_a_push_service_after_folding_is_still_422(
+        client, auth, browser, endpoint):
+    """Only one trailing dot and https's :443 fold away: a host that merely ends with (or
+    starts with) an allowed name, credentials, a fragment or another port are refused."""
+    response = client.post("/api/user/push-subscriptions", headers=auth(),
+                           json=browser(endpoint).subscription())
+    assert response.status_code == 422, endpoint
+    assert response.get_json()["errors"][0].startswith("endpoint:")
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://fcm.googleapis.com./fcm/send/abc",
+    "https://fcm.googleapis.com:443/fcm/send/abc",
+    "https://FCM.GoogleAPIs.com.:443/fcm/send/abc",
+])
+def test_the_vapid_audience_is_the_push_services_plain_origin(push_app, endpoint):
+    """The push service checks ``aud`` against its own origin (RFC 8292): lower case, no
+    trailing dot, no default port, whatever spelling the endpoint has."""
+    from sonicus.services import webpush
+    from tests.push_service import check_vapid
+
+    with push_app.app_context():
+        headers = webpush.vapid_signer().headers_for(endpoint)
+    claims, _key = check_vapid(headers["Authorization"], "https://fcm.googleapis.com")
+    assert claims["aud"] == "https://fcm.googleapis.com"
