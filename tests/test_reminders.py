@@ -542,6 +542,34 @@ def test_a_reminder_is_not_sent_after_the_user_listened_or_turned_reminders_off(
     assert len(push_service.posts_to(waiting.endpoint)) == 1
 
 
+def test_a_reminder_whose_user_day_is_over_is_not_sent_the_next_day(
+        push_client, auth, push_service, browser, set_clock, make_user):
+    """Claimed at 03:30 near the end of a user day that starts at 04:00, its sending delayed
+    (a busy queue, a retry up to an hour on) past 04:00: the day it was for is over, so it is
+    not sent during the next one (which has its own reminder)."""
+    app = push_client.application
+    headers = auth("late@example.com")
+    make_user("late@example.com", timezone="Europe/Berlin", day_start_hour=4)
+    device = browser(push_service.endpoint("late"))
+    _subscribe(push_client, headers, device)
+    _set_reminders(push_client, headers, enabled=True, time="03:30")
+    claim_at = set_clock(datetime(2026, 1, 14, 2, 30, tzinfo=UTC))  # 03:30 in Berlin
+    assert [day for _user, day in _claimed(app, claim_at)] == [date(2026, 1, 13)]
+    with app.app_context():
+        ids = list(db.session.execute(select(ReminderDelivery.id)).scalars())
+        db.session.remove()
+    set_clock(datetime(2026, 1, 14, 3, 5, tzinfo=UTC))  # 04:05: the 14th has begun
+    with app.app_context():
+        assert reminders.deliver_reminders(ids) == 0
+        db.session.remove()
+    assert push_service.posts_to(device.endpoint) == []
+    set_clock(datetime(2026, 1, 14, 2, 55, tzinfo=UTC))  # still the 13th (03:55): sent
+    with app.app_context():
+        assert reminders.deliver_reminders(ids) == 1
+        db.session.remove()
+    assert len(push_service.posts_to(device.endpoint)) == 1
+
+
 def test_a_sending_job_run_again_sends_no_reminder_twice(push_client, auth, push_service,
                                                          browser, set_clock):
     """A worker that died after posting has its job run again by another worker: the user
