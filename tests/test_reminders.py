@@ -368,6 +368,50 @@ def test_smart_time_after_a_move_is_the_hour_they_listened_at_where_they_were(
     assert recap["listening_hours"][21] == 30
 
 
+def test_smart_time_after_two_moves_reads_the_oldest_evenings_where_they_were_then(
+        push_client, auth, push_service, browser, make_package, make_session, set_clock,
+        make_user):
+    """Los Angeles, then London, then Auckland within a fortnight, always listening at 21:00
+    local: the smart time is 21:00. The evenings in Los Angeles (before the first move) count
+    at 21:00 too, not at 05:00 (21:00 PST read in London, the zone before the last move)."""
+    app = push_client.application
+    headers, _ = _listener(push_client, auth, push_service, browser, "nomad@example.com",
+                           make_user=make_user, timezone="America/Los_Angeles", time="smart")
+    with app.app_context():
+        nomad = db.session.execute(select(ReminderPreferences.user_id)).scalar_one()
+    package = make_package()
+    for day in (6, 7, 8):  # 05:00 UTC: 21:00 PST the evening before
+        make_session(nomad, package, started_at=datetime(2026, 1, day, 5, 0, tzinfo=UTC))
+    set_clock(datetime(2026, 1, 10, 12, 0, tzinfo=UTC))  # to London from 08:00 UTC on the 11th
+    res = push_client.put("/api/user/profile", json={"timezone": "Europe/London"},
+                          headers=headers)
+    assert res.status_code == 200, res.get_json()
+    make_session(nomad, package, started_at=datetime(2026, 1, 11, 21, 0, tzinfo=UTC))
+    set_clock(datetime(2026, 1, 12, 12, 0, tzinfo=UTC))  # to Auckland from 00:00 UTC the 13th
+    res = push_client.put("/api/user/profile", json={"timezone": "Pacific/Auckland"},
+                          headers=headers)
+    assert res.status_code == 200, res.get_json()
+    make_session(nomad, package, started_at=datetime(2026, 1, 13, 8, 0, tzinfo=UTC))  # 21:00
+    with app.app_context():
+        from sonicus.models import User
+
+        user = db.session.get(User, nomad)  # both moves remembered
+        assert [e["timezone"] for e in user.earlier_day_settings] == ["America/Los_Angeles"]
+        assert user.prior_timezone == "Europe/London"
+        assert reminder_claims.refresh_smart_times(datetime(2026, 1, 14, 0, 0, tzinfo=UTC)) == 1
+        db.session.remove()
+    data = push_client.get("/api/user/reminders", headers=headers).get_json()["data"]
+    assert data["smart_time"] == "21:00"
+    with app.app_context():  # the rule written for SQLite says the same
+        db.session.execute(update(ReminderPreferences).values(smart_minute=None,
+                                                              smart_computed_at=None))
+        moment = datetime(2026, 1, 14, 0, 0, tzinfo=UTC)
+        reminder_claims._refresh_smart_times_python(
+            moment, datetime(2025, 10, 1, tzinfo=UTC), moment, 10)
+        assert db.session.get(ReminderPreferences, nomad).smart_minute == 21 * 60
+        db.session.rollback()
+
+
 # ---- sending ------------------------------------------------------------------------------------
 
 def test_the_reminder_arrives_encrypted_and_signed_and_a_gone_device_is_removed(
@@ -496,6 +540,34 @@ def test_a_reminder_is_not_sent_after_the_user_listened_or_turned_reminders_off(
     assert push_service.posts_to(listener.endpoint) == []
     assert push_service.posts_to(off.endpoint) == []
     assert len(push_service.posts_to(waiting.endpoint)) == 1
+
+
+def test_a_reminder_whose_user_day_is_over_is_not_sent_the_next_day(
+        push_client, auth, push_service, browser, set_clock, make_user):
+    """Claimed at 03:30 near the end of a user day that starts at 04:00, its sending delayed
+    (a busy queue, a retry up to an hour on) past 04:00: the day it was for is over, so it is
+    not sent during the next one (which has its own reminder)."""
+    app = push_client.application
+    headers = auth("late@example.com")
+    make_user("late@example.com", timezone="Europe/Berlin", day_start_hour=4)
+    device = browser(push_service.endpoint("late"))
+    _subscribe(push_client, headers, device)
+    _set_reminders(push_client, headers, enabled=True, time="03:30")
+    claim_at = set_clock(datetime(2026, 1, 14, 2, 30, tzinfo=UTC))  # 03:30 in Berlin
+    assert [day for _user, day in _claimed(app, claim_at)] == [date(2026, 1, 13)]
+    with app.app_context():
+        ids = list(db.session.execute(select(ReminderDelivery.id)).scalars())
+        db.session.remove()
+    set_clock(datetime(2026, 1, 14, 3, 5, tzinfo=UTC))  # 04:05: the 14th has begun
+    with app.app_context():
+        assert reminders.deliver_reminders(ids) == 0
+        db.session.remove()
+    assert push_service.posts_to(device.endpoint) == []
+    set_clock(datetime(2026, 1, 14, 2, 55, tzinfo=UTC))  # still the 13th (03:55): sent
+    with app.app_context():
+        assert reminders.deliver_reminders(ids) == 1
+        db.session.remove()
+    assert len(push_service.posts_to(device.endpoint)) == 1
 
 
 def test_a_sending_job_run_again_sends_no_reminder_twice(push_client, auth, push_service,
@@ -722,3 +794,73 @@ def test_a_capitalised_host_still_needs_an_allowed_domain_and_path(client, auth,
         response = client.post("/api/user/push-subscriptions", headers=auth(),
                                json=browser(endpoint).subscription())
         assert response.status_code == 422, endpoint
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://fcm.googleapis.com./fcm/send/abc",
+    "https://fcm.googleapis.com:443/fcm/send/abc",
+    "https://FCM.googleapis.com.:443/fcm/send/abc",
+    "https://db5p.notify.windows.com.:443/w/?token=abc",
+    "https://web.push.apple.com./QGx",
+])
+def test_a_push_host_with_a_trailing_dot_or_port_443_is_the_same_push_service(
+        client, auth, browser, endpoint):
+    """A client library may name the push service fully qualified (``fcm.googleapis.com.``) or
+    with https's own port: the same service, so the subscription is stored, as the very URL
+    given (the one posted to), and the check before each post passes it too."""
+    from sonicus.services import webpush
+
+    response = client.post("/api/user/push-subscriptions", headers=auth(),
+                           json=browser(endpoint).subscription())
+    assert response.status_code == 201, response.get_json()
+    with client.application.app_context():
+        assert db.session.execute(select(PushSubscription.endpoint)).scalar_one() == endpoint
+        assert webpush.endpoint_problem(endpoint, webpush.allowed_endpoints()) is None
+        db.session.remove()
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://fcm.googleapis.com.evil.test/fcm/send/abc",
+    "https://fcm.googleapis.com.evil.test./fcm/send/abc",
+    "https://fcm.googleapis.com.evil.test:443/fcm/send/abc",
+    "https://evil.test#fcm.googleapis.com/fcm/send/abc",
+    "https://evil.test./#https://fcm.googleapis.com/",
+    "https://fcm.googleapis.com@evil.test/fcm/send/abc",
+    "https://fcm.googleapis.com.@evil.test:443/fcm/send/abc",
+    "https://evil.test@fcm.googleapis.com/fcm/send/abc",
+    "https://fcm.googleapis.com:8443/fcm/send/abc",
+    "https://fcm.googleapis.com.:8443/fcm/send/abc",
+    "https://fcm.googleapis.com:80/fcm/send/abc",
+    "https://fcm.googleapis.com:0443/fcm/send/abc",
+    "https://fcm.googleapis.com:/fcm/send/abc",
+    "https://fcm.googleapis.com../fcm/send/abc",
+    "http://fcm.googleapis.com:443/fcm/send/abc",
+    "https://notify.windows.com./w/",
+    "https://evilnotify.windows.com.:443/w/",
+    "https://db5p.notify.windows.com.evil.test./w/",
+])
+def test_a_host_that_only_resembles_a_push_service_after_folding_is_still_422(
+        client, auth, browser, endpoint):
+    """Only one trailing dot and https's :443 fold away: a host that merely ends with (or
+    starts with) an allowed name, credentials, a fragment or another port are refused."""
+    response = client.post("/api/user/push-subscriptions", headers=auth(),
+                           json=browser(endpoint).subscription())
+    assert response.status_code == 422, endpoint
+    assert response.get_json()["errors"][0].startswith("endpoint:")
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://fcm.googleapis.com./fcm/send/abc",
+    "https://fcm.googleapis.com:443/fcm/send/abc",
+    "https://FCM.GoogleAPIs.com.:443/fcm/send/abc",
+])
+def test_the_vapid_audience_is_the_push_services_plain_origin(push_app, endpoint):
+    """The push service checks ``aud`` against its own origin (RFC 8292): lower case, no
+    trailing dot, no default port, whatever spelling the endpoint has."""
+    from sonicus.services import webpush
+    from tests.push_service import check_vapid
+
+    with push_app.app_context():
+        headers = webpush.vapid_signer().headers_for(endpoint)
+    claims, _key = check_vapid(headers["Authorization"], "https://fcm.googleapis.com")
+    assert claims["aud"] == "https://fcm.googleapis.com"

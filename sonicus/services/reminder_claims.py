@@ -36,6 +36,7 @@ from sqlalchemy.dialects import sqlite
 from .. import clock
 from ..extensions import db
 from ..models import ListeningSession, User
+from ..models.listening import OUTCOME_MIN_LISTENED_SECONDS
 from ..models.reminders import PushSubscription, ReminderDelivery, ReminderPreferences
 from .reminder_settings import DEFAULT_SMART_MINUTE
 from .transaction import unit_of_work
@@ -151,27 +152,54 @@ RETURNING id
 # ``clock.day_settings_at``, as in the recaps' listening hours) at which the user most often
 # started sessions they completed in the last SMART_LOOKBACK_DAYS days (ties: the later
 # hour); none: null (21:00 applies). Refreshed daily per user, a bounded batch per run,
-# stalest first.
+# stalest first. ``spans``: the time zones a stale user had over time, every remembered
+# change included (``earlier_day_settings``, ``clock._settings_changes``): each earlier zone
+# from the end of those before it until its own end, then the prior zone until the change
+# takes effect, then the current one; each session is read in the one span it started in.
 REFRESH_SMART_SQL = f"""
 WITH stale AS (
-    SELECT p.user_id, u.timezone, u.prior_timezone, u.prior_day_start_hour,
-           u.day_settings_effective_at
+    SELECT p.user_id, u.timezone, u.earlier_day_settings,
+           CASE WHEN u.prior_timezone IS NOT NULL AND u.prior_day_start_hour IS NOT NULL
+                THEN u.day_settings_effective_at END AS prior_until,
+           u.prior_timezone
     FROM sonicus.reminder_preferences p JOIN sonicus.users u ON u.id = p.user_id
     WHERE p.enabled IS TRUE AND p.remind_minute IS NULL
       AND (p.smart_computed_at IS NULL OR p.smart_computed_at < :stale_before)
     ORDER BY p.smart_computed_at NULLS FIRST
     LIMIT :batch
     FOR UPDATE OF p SKIP LOCKED
+), earlier AS (
+    SELECT s.user_id, e.item ->> 'timezone' AS tz,
+           CAST(e.item ->> 'until' AS timestamptz) AS until,
+           max(CAST(e.item ->> 'until' AS timestamptz)) OVER (
+               PARTITION BY s.user_id ORDER BY e.n
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS since
+    FROM stale s
+    CROSS JOIN LATERAL json_array_elements(
+        CASE WHEN json_typeof(CAST(s.earlier_day_settings AS json)) = 'array'
+             THEN CAST(s.earlier_day_settings AS json) ELSE CAST('[]' AS json) END)
+        WITH ORDINALITY AS e (item, n)
+), earlier_end AS (
+    SELECT user_id, max(until) AS until FROM earlier GROUP BY user_id
+), spans AS (
+    SELECT user_id, tz, since, until FROM earlier
+    UNION ALL
+    SELECT s.user_id, s.prior_timezone, ee.until, s.prior_until
+    FROM stale s LEFT JOIN earlier_end ee ON ee.user_id = s.user_id
+    WHERE s.prior_until IS NOT NULL
+    UNION ALL
+    SELECT s.user_id, s.timezone, greatest(ee.until, s.prior_until), NULL
+    FROM stale s LEFT JOIN earlier_end ee ON ee.user_id = s.user_id
 ), hours AS (
-    SELECT s.user_id, extract(hour FROM us.started_at AT TIME ZONE (
-               CASE WHEN us.started_at < s.day_settings_effective_at
-                         AND s.prior_timezone IS NOT NULL
-                         AND s.prior_day_start_hour IS NOT NULL
-                    THEN s.prior_timezone ELSE s.timezone END))::int AS hour,
+    SELECT us.user_id, extract(hour FROM us.started_at AT TIME ZONE sp.tz)::int AS hour,
            count(*) AS n
-    FROM stale s JOIN sonicus.user_sessions us ON us.user_id = s.user_id
+    FROM stale s
+    JOIN sonicus.user_sessions us ON us.user_id = s.user_id
+    JOIN spans sp ON sp.user_id = us.user_id
+                 AND (sp.since IS NULL OR us.started_at >= sp.since)
+                 AND (sp.until IS NULL OR us.started_at < sp.until)
     WHERE us.started_at >= :since AND us.completed IS TRUE
-      AND us.counts_toward_quota IS TRUE AND us.listened_seconds >= {60}
+      AND us.counts_toward_quota IS TRUE AND us.listened_seconds >= {OUTCOME_MIN_LISTENED_SECONDS}
     GROUP BY 1, 2
 ), best AS (
     SELECT DISTINCT ON (user_id) user_id, hour FROM hours ORDER BY user_id, n DESC, hour DESC

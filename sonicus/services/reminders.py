@@ -126,7 +126,8 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
     """Send a batch of reminders: the reads in a few queries, the pushes outside any
     transaction, the outcome (devices gone, pushes counted) in one. A reminder whose user
     turned reminders off or listened since it was claimed (a retry comes up to an hour
-    later) is not sent; a reminder's first sending takes it (``sent_at``), so a job run again
+    later), or whose user day is over by now (its own reminder belongs to the next), is not
+    sent; a reminder's first sending takes it (``sent_at``), so a job run again
     after its worker died sends it no second time (at most one per user day)."""
     found = db.session.execute(  # still wanted: reminders on, and not listened since
         select(ReminderDelivery, User).join(User, User.id == ReminderDelivery.user_id)
@@ -134,6 +135,9 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
         .where(ReminderDelivery.id.in_(list(wanted)), User.is_active.is_(True),
                ReminderPreferences.enabled.is_(True),
                ~listened_on(ReminderDelivery.user_id, ReminderDelivery.local_day))).all()
+    moment = clock.now()  # and the user day it was claimed for not over (ended or moved)
+    found = [(delivery, user) for delivery, user in found
+             if clock.user_day(user, moment).day <= delivery.local_day]
     firsts = [delivery.id for delivery, _user in found if wanted[delivery.id] is None]
     if firsts:  # taken once: the job run again (its worker died) sends no reminder twice
         table = ReminderDelivery.__table__

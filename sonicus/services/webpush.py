@@ -61,16 +61,44 @@ def b64url_decode(text: str) -> bytes:
 
 # ---- where we may post ------------------------------------------------------------------------
 
+def _authority_normalised(scheme: str, authority: str) -> str:
+    """``authority`` (``host[:port]``, in lower case) as the plain name of the same server:
+    one trailing dot of the host dropped (``fcm.googleapis.com.`` is the fully qualified
+    spelling of ``fcm.googleapis.com``) and an explicit ``:443`` dropped under https (its
+    default port). Any other port stays, so it never matches a prefix without it."""
+    host, port = authority, None
+    if authority.startswith("["):  # an IPv6 literal: its colons are not the port's
+        end = authority.find("]")
+        if end >= 0 and authority[end + 1:end + 2] == ":":
+            host, port = authority[:end + 1], authority[end + 2:]
+    elif ":" in authority:
+        host, _, port = authority.partition(":")
+    if host.endswith("."):
+        host = host[:-1]
+    if scheme == "https" and port == "443":
+        port = None
+    return host if port is None else f"{host}:{port}"
+
+
 def _origin_folded(url: str) -> str:
     """``url`` with its scheme and authority in lower case (both are case-insensitive, RFC
-    3986 sections 3.1 and 3.2.2: ``https://DB5P.notify.windows.com`` is a Windows push host),
-    the path and query as written (they are not)."""
+    3986 sections 3.1 and 3.2.2: ``https://DB5P.notify.windows.com`` is a Windows push host)
+    and the authority's plain name (``_authority_normalised``: no trailing dot, no ``:443``
+    under https); the path and query as written (they are not)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
     ends = [index for index in (rest.find("/"), rest.find("?")) if index >= 0]
     end = min(ends, default=len(rest))
-    return f"{scheme.lower()}://{rest[:end].lower()}{rest[end:]}"
+    scheme = scheme.lower()
+    return f"{scheme}://{_authority_normalised(scheme, rest[:end].lower())}{rest[end:]}"
+
+
+def push_origin(endpoint: str) -> str:
+    """The origin of the push service at ``endpoint`` as it names itself (RFC 6454: lower
+    case, no default port; no trailing dot): the VAPID ``aud`` (RFC 8292)."""
+    parts = urlsplit(_origin_folded(endpoint))
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _matches(endpoint: str, host: str, prefix: str) -> bool:
@@ -86,7 +114,9 @@ def _matches(endpoint: str, host: str, prefix: str) -> bool:
 
 
 def endpoint_problem(endpoint: str, allowed) -> str | None:
-    """Why the server must not post to ``endpoint`` (a message), or None when it may."""
+    """Why the server must not post to ``endpoint`` (a message), or None when it may. The
+    scheme and host are matched folded (``_origin_folded``: lower case, one trailing dot and
+    a default ``:443`` dropped); the endpoint itself is stored and posted to as given."""
     if len(endpoint) > MAX_ENDPOINT_LENGTH:
         return f"Longer than {MAX_ENDPOINT_LENGTH} characters."
     if any(c in _FORBIDDEN_CHARACTERS for c in endpoint) or not endpoint.isascii():
@@ -98,10 +128,13 @@ def endpoint_problem(endpoint: str, allowed) -> str | None:
         return "Not a valid URL."
     if parts.scheme not in ("https", "http") or not parts.hostname:
         return "Not a valid URL."
-    host = parts.hostname
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
     folded = _origin_folded(endpoint)
+    plain = urlsplit(folded)
+    if not plain.hostname:
+        return "Not a valid URL."
+    host = plain.hostname
+    if plain.port is not None:
+        host = f"{host}:{plain.port}"
     if not any(_matches(folded, host, _origin_folded(prefix)) for prefix in allowed):
         return "Not a push service this server sends to (WEBPUSH_ALLOWED_ENDPOINTS)."
     return None
@@ -149,8 +182,7 @@ class VapidSigner:
         self._lock = threading.Lock()
 
     def headers_for(self, endpoint: str) -> dict:
-        parts = urlsplit(endpoint)
-        audience = f"{parts.scheme}://{parts.netloc}"
+        audience = push_origin(endpoint)
         now = time.time()  # the push service checks exp against real time, not our clock
         with self._lock:
             cached = self._headers.get(audience)
