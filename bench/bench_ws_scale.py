@@ -39,6 +39,11 @@ and ran the request, and per client mode where the probes' time went: until the 
 the process, the handler's run until the app answered, from then until the prober had it.
 ``--gc-report`` also gives the lease renewals and keep-alive passes near each fan-out, and
 ``BENCH_WS_SLICE_SECONDS`` in the environment tries another delivery slice with it.
+
+``--split-cores`` puts the socket process on the first core and the health prober (its rounds
+alone and during fan-outs) on the last, for the whole run: a prober on another machine, as a
+load balancer's or kubelet's is, instead of one woken on the core the server holds. The
+clients (and Redis, PostgreSQL) keep every core.
 """
 
 from __future__ import annotations
@@ -94,13 +99,14 @@ def start_ws_process(extra_env: dict, app_name: str = "wsgi:app"
 
 
 CLIENT_MODES = ("plain", "nice", "idle", "pinned", "nice-pinned")
+ALL_CORES = sorted(os.sched_getaffinity(0))  # before --split-cores pins this process
 
 
 def set_client_mode(clients, mode: str) -> None:
     """How the client processes run (``--client-modes``): niceness 19 or 0, Linux's idle
     scheduling class (``SCHED_IDLE``: a core only when nothing else wants it) or the normal
     one, the last core only or every core."""
-    cores = sorted(os.sched_getaffinity(0))
+    cores = ALL_CORES
     for client in clients:
         policy = os.SCHED_IDLE if mode == "idle" else os.SCHED_OTHER
         os.sched_setscheduler(client.pid, policy, os.sched_param(0))
@@ -314,6 +320,8 @@ def open_clients(args, python: str, port: int, shares: list[Path], per_user: int
         [python, str(ROOT / "bench/ws_client.py"), f"ws://127.0.0.1:{port}/ws/analytics",
          str(path), str(per_user)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for path in shares]
+    for client in clients:  # every core, whatever --split-cores gave this process
+        os.sched_setaffinity(client.pid, ALL_CORES)
     opened = failed = 0
     seconds = 0.0
     for client in clients:
@@ -420,6 +428,10 @@ def main() -> None:
                              "opening)")
     parser.add_argument("--switch-trace", action="store_true",
                         help="with --gc-report: also the greenlet runs longer than 2 ms")
+    parser.add_argument("--split-cores", action="store_true",
+                        help="the socket process on the first core, the health prober (alone "
+                             "and during fan-outs) on the last, as a prober on another machine "
+                             "would be; the clients keep every core")
     args = parser.parse_args()
     modes = [mode.strip() for mode in args.client_modes.split(",") if mode.strip()]
     unknown = set(modes) - set(CLIENT_MODES)
@@ -458,6 +470,9 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{port}/api/health")
         pid = worker_pid(web.pid)
+        if args.split_cores and len(ALL_CORES) > 1:
+            os.sched_setaffinity(pid, ALL_CORES[:1])
+            os.sched_setaffinity(0, ALL_CORES[-1:])  # the probers (forked from here) too
         probe = HealthProbe(port)
         probe.run(50)  # warm
         ids: list[int] = []
