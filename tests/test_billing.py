@@ -728,6 +728,30 @@ def test_revoking_a_grant_over_a_paid_stripe_period_is_409_and_keeps_the_paid_mo
     assert billing.subscription(client, headers)["tier"] == "starter"
 
 
+def test_revoking_a_grant_made_while_past_due_goes_through_at_once(stripe_app, auth,
+                                                                   admin_auth, billing):
+    """A renewal failed (past due) and Premium was granted: Stripe's subscription was
+    canceled then, so no paid period runs under the grant and a revoke (starter granted) is
+    not held back until the old period's end."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    failed = billing.invoice_event("evt_fail", "invoice.payment_failed", user_id=uid, tier=None,
+                                   price="price_prem", period_start=clock.now() + 20 * DAY,
+                                   period_end=clock.now() + 50 * DAY, subscription="sub_s1",
+                                   customer="cus_s1")
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    assert _grant(client, admin_auth, uid, "premium").status_code == 200
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
+    resp = _grant(client, admin_auth, uid, "starter")
+    assert resp.status_code == 200, resp.get_json()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["complimentary"]) == ("starter", "active", False)
+    # Stripe is never asked to renew anything
+    assert fake.received("POST", "/v1/subscriptions/sub_s1") == []
+
+
 @pytest.mark.parametrize("late", ["checkout", "invoice"])
 def test_a_late_notice_of_the_paid_period_under_a_grant_keeps_the_grant(stripe_app, auth,
                                                                         admin_auth, billing,

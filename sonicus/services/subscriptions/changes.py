@@ -65,6 +65,8 @@ def grant_tier(sub: UserSubscription, tier: str, now: datetime, **details) -> bo
       (the user's own cancel or downgrade takes effect at the period's end). A period paid
       before an earlier grant still runs under it: a grant below the tier granted (which is
       not below the one paid for), a revoke to starter included, is 409 until it is over.
+      A grant that cancels the provider's subscription at once ends the period it billed
+      then: nothing paid runs under it, so a revoke is not held back.
     - An open checkout is dropped (it can no longer be paid)."""
     apply_due_deadlines(sub, now)
     if sub.tier == tier and sub.status == ACTIVE \
@@ -78,6 +80,9 @@ def grant_tier(sub: UserSubscription, tier: str, now: datetime, **details) -> bo
              "over a paid period.")
     _drop_checkout(sub, now, via="complimentary_grant")
     _end_own_billing(sub, now, keep_paid_period=paid_period)
+    if not paid_period and sub.current_period_end is not None and sub.current_period_end > now:
+        # the provider's subscription ended here (a failed renewal): so did what it billed
+        sub.current_period_end = now
     from_tier = sub.tier
     if sub.status == TRIALING:
         sub.trial_ends_at = None
