@@ -219,6 +219,36 @@ def test_paying_a_trial_checkout_after_the_trial_ended_is_404_as_once_the_expiry
     assert "trial_ended" in types
 
 
+def test_a_grant_over_a_sandbox_paid_period_keeps_that_period_to_its_end(app, client, auth,
+                                                                         admin_auth, billing):
+    """Premium paid in the sandbox, Pro granted over it: as with a provider, the month paid
+    for is not taken away (a revoke is 409 while it runs), the user's cancel keeps Pro until
+    its end, and the sandbox renews nothing (no charge for a tier given free)."""
+    from sonicus.extensions import db
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    headers = auth()
+    period_end = datetime.fromisoformat(billing.buy(client, headers)["current_period_end"])
+    uid, admin = billing.user_id("listener@example.com"), admin_auth("boss@example.com")
+    assert client.patch(f"/api/admin/users/{uid}", json={"tier": "pro"},
+                        headers=admin).status_code == 200
+    revoke = client.patch(f"/api/admin/users/{uid}", json={"tier": "starter"}, headers=admin)
+    assert revoke.status_code == 409 and revoke.get_json()["code"] == "conflict"
+    data = client.delete("/api/user/subscription", json={}, headers=headers).get_json()["data"]
+    assert (data["tier"], data["complimentary"], data["cancel_at_period_end"]) == \
+        ("pro", True, True)
+    assert datetime.fromisoformat(data["current_period_end"]) == period_end
+
+    billing.arrange("listener@example.com", current_period_end=clock.now() - DAY)
+    with app.app_context():
+        process_due_subscriptions()
+        db.session.remove()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"]) == ("starter", False)
+    types = [e["type"] for e in billing.events_of("listener@example.com")]
+    assert types[-1] == "canceled" and "renewed" not in types
+
+
 def test_invalid_bodies_are_422_and_change_nothing(client, auth, billing):
     headers = auth()
     cases = [({"tier": "gold"}, "tier"), ({}, "tier"),
