@@ -818,6 +818,33 @@ def test_resuming_a_cancel_under_a_grant_keeps_the_grant_and_stripe_still_renews
     assert billing.subscription(client, headers)["tier"] == "pro"
 
 
+@pytest.mark.parametrize("undo", ["user_chooses_it", "admin_grants_it"])
+def test_the_granted_tier_chosen_or_granted_again_after_a_cancel_keeps_the_grant(
+        stripe_app, auth, admin_auth, billing, undo):
+    """The user canceled under a grant over a paid period (the grant would end with that
+    period); then the user picks the granted tier on the plans page, or the admin grants it
+    again: the grant goes on without an end, no checkout is opened and Stripe is still not
+    asked to renew."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    assert _grant(client, admin_auth, uid, "pro").status_code == 200
+    assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
+    if undo == "user_chooses_it":
+        resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    else:
+        resp = _grant(client, admin_auth, uid, "pro")
+    assert resp.status_code == 200, resp.get_json()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"], data["cancel_at_period_end"],
+            data["checkout"]) == ("pro", True, False, None)
+    assert billing.events_of(EMAIL, "checkout_started")[1:] == []
+    flags = [f["cancel_at_period_end"] for f in fake.received("POST", "/v1/subscriptions/sub_s1")
+             if "cancel_at_period_end" in f]
+    assert ["false"] not in flags
+
+
 @pytest.mark.parametrize("late", ["checkout", "invoice"])
 def test_a_late_notice_of_the_paid_period_under_a_grant_keeps_the_grant(stripe_app, auth,
                                                                         admin_auth, billing,
