@@ -251,7 +251,8 @@ def tier_at(sub, now: datetime) -> str:
     the expiry job has not written yet. A trial's end gives Starter without a card or when
     canceled, else the tier it converts to; a failed renewal's grace gives Starter; a paid
     period's end gives Starter after a cancel and the lower tier after a downgrade, and its
-    grace gives Starter when no renewal came (a card on file renews in the sandbox)."""
+    grace gives Starter when no renewal came (a card on file renews in the sandbox); a grant
+    over a period paid for that the user canceled gives Starter at that period's end."""
     due = []
     if sub.status == TRIALING and sub.trial_ends_at is not None:
         paid = sub.payment_method_on_file and not sub.cancel_at_period_end \
@@ -268,6 +269,10 @@ def tier_at(sub, now: datetime) -> str:
         elif sub.status == ACTIVE and not (sub.provider == "sandbox"
                                            and sub.payment_method_on_file):
             due.append((sub.current_period_end + GRACE, "starter"))  # no renewal came
+    if sub.status == ACTIVE and sub.complimentary and sub.cancel_at_period_end \
+            and sub.current_period_end is not None:
+        # the user canceled a grant over a period paid for: it ends with that period
+        due.append((sub.current_period_end, "starter"))
     passed = sorted(change for change in due if change[0] <= now)
     return passed[0][1] if passed else sub.tier
 

@@ -728,6 +728,123 @@ def test_revoking_a_grant_over_a_paid_stripe_period_is_409_and_keeps_the_paid_mo
     assert billing.subscription(client, headers)["tier"] == "starter"
 
 
+def test_revoking_a_grant_made_while_past_due_goes_through_at_once(stripe_app, auth,
+                                                                   admin_auth, billing):
+    """A renewal failed (past due) and Premium was granted: Stripe's subscription was
+    canceled then, so no paid period runs under the grant and a revoke (starter granted) is
+    not held back until the old period's end."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    failed = billing.invoice_event("evt_fail", "invoice.payment_failed", user_id=uid, tier=None,
+                                   price="price_prem", period_start=clock.now() + 20 * DAY,
+                                   period_end=clock.now() + 50 * DAY, subscription="sub_s1",
+                                   customer="cus_s1")
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    assert _grant(client, admin_auth, uid, "premium").status_code == 200
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
+    resp = _grant(client, admin_auth, uid, "starter")
+    assert resp.status_code == 200, resp.get_json()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["complimentary"]) == ("starter", "active", False)
+    # Stripe is never asked to renew anything
+    assert fake.received("POST", "/v1/subscriptions/sub_s1") == []
+
+
+def test_a_users_cancel_under_a_grant_keeps_the_granted_tier_until_the_paid_period_ends(
+        stripe_app, auth, admin_auth, billing, set_clock):
+    """Premium paid through Stripe until 20 days from now, Pro granted over it, then the user
+    cancels: like any cancel it takes effect at the end of the period paid for (the granted
+    Pro is kept until then, so no paid day is lost), Stripe renews nothing, and at the
+    period's end the user is on starter."""
+    from sonicus.extensions import db
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    period_end = datetime.fromisoformat(billing.subscription(client, headers)["current_period_end"])
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "pro").status_code == 200
+    resp = client.delete("/api/user/subscription", json={"reason": "not_using"},
+                         headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    data = resp.get_json()["data"]
+    assert (data["tier"], data["status"], data["cancel_at_period_end"]) == ("pro", "active", True)
+    assert datetime.fromisoformat(data["current_period_end"]) == period_end
+    assert billing.events_of(EMAIL, "canceled") == []
+    [scheduled] = billing.events_of(EMAIL, "cancel_scheduled")
+    assert datetime.fromisoformat(scheduled["details"]["effective_at"]) == period_end
+    # Stripe renews nothing and ends nothing early
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == []
+    assert [f["cancel_at_period_end"] for f in fake.received("POST", "/v1/subscriptions/sub_s1")
+            if "cancel_at_period_end" in f][-1] == ["true"]
+    assert billing.subscription(client, headers)["tier"] == "pro"
+
+    # the period's end, before the expiry job: what the user is shown is already starter
+    set_clock(period_end + timedelta(seconds=30))
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["complimentary"]) == ("starter", "active", False)
+    with app.app_context():
+        process_due_subscriptions()
+        db.session.remove()
+    [canceled] = billing.events_of(EMAIL, "canceled")
+    assert (canceled["from_tier"], canceled["to_tier"]) == ("pro", "starter")
+    assert canceled["at"] == period_end
+    assert billing.subscription(client, headers)["tier"] == "starter"
+
+
+def test_resuming_a_cancel_under_a_grant_keeps_the_grant_and_stripe_still_renews_nothing(
+        stripe_app, auth, admin_auth, billing):
+    """The user cancels under a grant over a paid period, then resumes: the grant goes on
+    (free, with no end), and Stripe is not asked to renew the paid tier."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "pro").status_code == 200
+    assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
+    resp = client.post("/api/user/subscription/resume", headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    data = resp.get_json()["data"]
+    assert (data["tier"], data["complimentary"], data["cancel_at_period_end"]) == \
+        ("pro", True, False)
+    flags = [f["cancel_at_period_end"] for f in fake.received("POST", "/v1/subscriptions/sub_s1")
+             if "cancel_at_period_end" in f]
+    assert ["false"] not in flags
+    # the paid period's end at Stripe leaves the grant as it is
+    ended = billing.subscription_deleted("evt_end", subscription="sub_s1", customer="cus_s1",
+                                         created=clock.now() + 21 * DAY)
+    billing.post_webhook(client, ended)
+    assert billing.subscription(client, headers)["tier"] == "pro"
+
+
+@pytest.mark.parametrize("undo", ["user_chooses_it", "admin_grants_it"])
+def test_the_granted_tier_chosen_or_granted_again_after_a_cancel_keeps_the_grant(
+        stripe_app, auth, admin_auth, billing, undo):
+    """The user canceled under a grant over a paid period (the grant would end with that
+    period); then the user picks the granted tier on the plans page, or the admin grants it
+    again: the grant goes on without an end, no checkout is opened and Stripe is still not
+    asked to renew."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_premium(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    assert _grant(client, admin_auth, uid, "pro").status_code == 200
+    assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
+    if undo == "user_chooses_it":
+        resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    else:
+        resp = _grant(client, admin_auth, uid, "pro")
+    assert resp.status_code == 200, resp.get_json()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"], data["cancel_at_period_end"],
+            data["checkout"]) == ("pro", True, False, None)
+    assert billing.events_of(EMAIL, "checkout_started")[1:] == []
+    flags = [f["cancel_at_period_end"] for f in fake.received("POST", "/v1/subscriptions/sub_s1")
+             if "cancel_at_period_end" in f]
+    assert ["false"] not in flags
+
+
 @pytest.mark.parametrize("late", ["checkout", "invoice"])
 def test_a_late_notice_of_the_paid_period_under_a_grant_keeps_the_grant(stripe_app, auth,
                                                                         admin_auth, billing,

@@ -413,9 +413,32 @@ def build_machine(app, idp, table_names, billing):
 
         @rule(name=st.sampled_from(IDENTITIES))
         def cancel(self, name):
+            """A cancel never takes away a day paid for: under a grant over a period the user
+            paid for, the granted tier stays until that period's end."""
             person = self.person(name)
+            before = self.paid_period_under_grant(person)
             status, body = self.call("DELETE", "/api/user/subscription", person.headers)
             assert status in (200, 403, 409), body
+            if before is not None and status == 200:
+                data = body["data"]
+                assert (data["tier"], data["complimentary"], data["cancel_at_period_end"]) \
+                    == (before[0], True, True), (person.name, data)
+                shown = datetime.fromisoformat(data["current_period_end"])
+                assert abs(shown - before[1]) < timedelta(seconds=1), (person.name, data)
+
+        def paid_period_under_grant(self, person):
+            """(tier, end) of a grant over a period paid for that runs now; else None."""
+            if person.user_id is None:
+                return None
+            with app.app_context():
+                sub = db.session.execute(select(UserSubscription).where(
+                    UserSubscription.user_id == person.user_id)).scalar_one_or_none()
+                under = sub is not None and sub.complimentary and sub.status == "active" \
+                    and sub.current_period_end is not None \
+                    and sub.current_period_end > self.now
+                result = (sub.tier, sub.current_period_end) if under else None
+                db.session.remove()
+            return result
 
         @rule(name=st.sampled_from(IDENTITIES))
         def resume(self, name):
@@ -462,13 +485,14 @@ def build_machine(app, idp, table_names, billing):
                                                                      "pro"]))
         def admin_grants(self, name, tier):
             """A grant never takes away part of a period the user paid for: one below the
-            tier of a paid period running is 409."""
+            tier of a paid period running (the user's own, or one kept under an earlier
+            grant) is 409."""
             person = self.person(name)
             with app.app_context():
                 sub = db.session.execute(select(UserSubscription).where(
                     UserSubscription.user_id == person.user_id)).scalar_one_or_none()
                 paid_above = sub is not None and sub.status == "active" \
-                    and not sub.complimentary and sub.current_period_end is not None \
+                    and sub.current_period_end is not None \
                     and sub.current_period_end > self.now \
                     and TIERS[sub.tier].rank > TIERS[tier].rank
                 db.session.remove()
@@ -562,6 +586,8 @@ def build_machine(app, idp, table_names, billing):
                         assert sub.trial_ends_at > self.now, sub.user_id
                     elif sub.status == "past_due":
                         assert sub.past_due_since + timedelta(days=3) > self.now
+                    elif sub.complimentary and sub.cancel_at_period_end:
+                        assert sub.current_period_end > self.now, sub.user_id
                     elif sub.tier != "starter" and not sub.complimentary:
                         assert sub.current_period_end is not None
                         assert sub.current_period_end > self.now - timedelta(days=3)

@@ -195,6 +195,60 @@ def test_payment_during_trial_puts_a_card_on_file_and_trial_continues(client, au
     assert data["payment_method_on_file"] is True and data["checkout"] is None
 
 
+def test_paying_a_trial_checkout_after_the_trial_ended_is_404_as_once_the_expiry_job_ran(
+        client, auth, billing):
+    """A trial without a card, its checkout (to add one) opened; the trial ends and the
+    sandbox's Pay is pressed before the expiry job (every minute) has run: the trial's end
+    acts first, as it does for a webhook, so the checkout is gone (404, as after the job)
+    and the user is on starter, not given a card that converts a trial already over into a
+    charged month that started in the past."""
+    headers = auth()
+    client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                headers=headers)
+    data = client.post("/api/user/subscription", json={"tier": "premium"},
+                       headers=headers).get_json()["data"]
+    reference = data["checkout"]["reference"]
+    billing.arrange("listener@example.com", trial_ends_at=clock.now() - timedelta(seconds=30))
+    resp = client.post(f"/api/billing/sandbox/{reference}/confirm")
+    assert resp.status_code == 404, resp.get_json()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["checkout"]) == ("starter", "active", None)
+    assert data["payment_method_on_file"] is False
+    types = [e["type"] for e in billing.events_of("listener@example.com")]
+    assert "payment_method_added" not in types and "trial_converted" not in types
+    assert "trial_ended" in types
+
+
+def test_a_grant_over_a_sandbox_paid_period_keeps_that_period_to_its_end(app, client, auth,
+                                                                         admin_auth, billing):
+    """Premium paid in the sandbox, Pro granted over it: as with a provider, the month paid
+    for is not taken away (a revoke is 409 while it runs), the user's cancel keeps Pro until
+    its end, and the sandbox renews nothing (no charge for a tier given free)."""
+    from sonicus.extensions import db
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    headers = auth()
+    period_end = datetime.fromisoformat(billing.buy(client, headers)["current_period_end"])
+    uid, admin = billing.user_id("listener@example.com"), admin_auth("boss@example.com")
+    assert client.patch(f"/api/admin/users/{uid}", json={"tier": "pro"},
+                        headers=admin).status_code == 200
+    revoke = client.patch(f"/api/admin/users/{uid}", json={"tier": "starter"}, headers=admin)
+    assert revoke.status_code == 409 and revoke.get_json()["code"] == "conflict"
+    data = client.delete("/api/user/subscription", json={}, headers=headers).get_json()["data"]
+    assert (data["tier"], data["complimentary"], data["cancel_at_period_end"]) == \
+        ("pro", True, True)
+    assert datetime.fromisoformat(data["current_period_end"]) == period_end
+
+    billing.arrange("listener@example.com", current_period_end=clock.now() - DAY)
+    with app.app_context():
+        process_due_subscriptions()
+        db.session.remove()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"]) == ("starter", False)
+    types = [e["type"] for e in billing.events_of("listener@example.com")]
+    assert types[-1] == "canceled" and "renewed" not in types
+
+
 def test_invalid_bodies_are_422_and_change_nothing(client, auth, billing):
     headers = auth()
     cases = [({"tier": "gold"}, "tier"), ({}, "tier"),

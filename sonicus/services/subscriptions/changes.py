@@ -32,6 +32,7 @@ from .common import (
     _clear_scheduled_change,
     _drop_checkout,
     _has_paid_period,
+    _paid_period_under_grant,
     _provider_told,
     _record,
     _to_starter,
@@ -65,9 +66,13 @@ def grant_tier(sub: UserSubscription, tier: str, now: datetime, **details) -> bo
       (the user's own cancel or downgrade takes effect at the period's end). A period paid
       before an earlier grant still runs under it: a grant below the tier granted (which is
       not below the one paid for), a revoke to starter included, is 409 until it is over.
+      A grant that cancels the provider's subscription at once ends the period it billed
+      then: nothing paid runs under it, so a revoke is not held back.
+    - A grant again of the tier granted undoes the user's cancel of it (which would end it
+      with the paid period under it).
     - An open checkout is dropped (it can no longer be paid)."""
     apply_due_deadlines(sub, now)
-    if sub.tier == tier and sub.status == ACTIVE \
+    if sub.tier == tier and sub.status == ACTIVE and not sub.cancel_at_period_end \
             and (sub.complimentary or not get_tier(tier).is_paid):
         return False  # given already (the tier the user pays for is given free from now)
     paid_period = _paid_period_running(sub, now)
@@ -78,6 +83,9 @@ def grant_tier(sub: UserSubscription, tier: str, now: datetime, **details) -> bo
              "over a paid period.")
     _drop_checkout(sub, now, via="complimentary_grant")
     _end_own_billing(sub, now, keep_paid_period=paid_period)
+    if not paid_period and sub.current_period_end is not None and sub.current_period_end > now:
+        # the provider's subscription ended here (a failed renewal): so did what it billed
+        sub.current_period_end = now
     from_tier = sub.tier
     if sub.status == TRIALING:
         sub.trial_ends_at = None
@@ -96,7 +104,7 @@ def _paid_period_running(sub: UserSubscription, now: datetime) -> bool:
     if sub.status != ACTIVE or sub.current_period_end is None \
             or sub.current_period_end <= now:
         return False
-    return _has_paid_period(sub) or (sub.complimentary and bool(sub.provider_subscription_id))
+    return _has_paid_period(sub) or _paid_period_under_grant(sub)
 
 
 def _end_own_billing(sub: UserSubscription, now: datetime, *, keep_paid_period: bool) -> None:
@@ -215,6 +223,8 @@ def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime,
         return _change_trial(user, sub, tier, now, return_to)
     if sub.tier == tier and sub.status == ACTIVE:
         if sub.complimentary:  # given free: nothing to pay for
+            if sub.cancel_at_period_end:
+                return _resume(sub, now)
             return f"You already have {get_tier(tier).title}, free of charge."
         if sub.cancel_at_period_end or sub.pending_tier:
             return _resume(sub, now)
@@ -296,7 +306,10 @@ def _schedule_cancel(sub: UserSubscription, now: datetime, *, reason, comment, v
     # a failed renewal's grace: the paid period is over and its renewal was never paid
     unpaid_renewal = sub.status == PAST_DUE and sub.current_period_end is not None \
         and sub.current_period_end <= now
-    if sub.status != TRIALING and (sub.complimentary or sub.current_period_end is None
+    # a grant over a period paid for: the granted tier is kept until that period's end, as
+    # any cancel keeps the tier in force until the end of the period (so no paid day is lost)
+    granted_free = sub.complimentary and not _paid_period_running(sub, now)
+    if sub.status != TRIALING and (granted_free or sub.current_period_end is None
                                    or unpaid_renewal):
         # nothing paid for: a complimentary, unbilled or unpaid paid tier ends at once (and
         # the provider stops retrying the charge that failed)
@@ -344,7 +357,8 @@ def cancel(user_id: int, reason: str | None = None, comment: str | None = None,
 
 
 def _resume(sub: UserSubscription, now: datetime) -> str:
-    if sub.cancel_at_period_end:
+    # under a grant the provider renews nothing (the grant is free): it is not told to
+    if sub.cancel_at_period_end and not sub.complimentary:
         get_provider(sub.provider).set_cancel_at_period_end(sub, False)
     if sub.pending_tier and sub.pending_tier != STARTER:
         get_provider(sub.provider).change_tier(sub, sub.tier, prorate=False)

@@ -148,3 +148,25 @@ def _to_starter(sub: UserSubscription, *, provider_may_charge: bool = False) -> 
 def _has_paid_period(sub: UserSubscription) -> bool:
     return (sub.tier != STARTER and not sub.complimentary
             and sub.current_period_end is not None and sub.status in (ACTIVE, PAST_DUE))
+
+
+def _paid_period_under_grant(sub) -> bool:
+    """A period paid for before a grant, kept when the grant was made (``changes.grant_tier``:
+    it runs out under the grant, renewed by nothing). A grant that ended the provider's
+    subscription at once (a trial with a card, a failed renewal) ends the period it billed
+    with it, so a complimentary row whose period is not over has one paid for. ``sub``: the
+    row, or a result row with its columns."""
+    return bool(sub.complimentary and sub.status == ACTIVE and sub.current_period_end is not None)
+
+
+def _grant_ends_with_the_paid_period(sub) -> bool:
+    """The user canceled under a grant over a period they paid for: the granted tier is kept
+    until that period's end, then starter (``changes._schedule_cancel``)."""
+    return bool(_paid_period_under_grant(sub) and sub.cancel_at_period_end)
+
+
+def _period_deadline(sub) -> bool:
+    """The row's ``current_period_end`` is a deadline the expiry job applies: a paid period's
+    end (a change asked for, a renewal or a lapse), or the end of a grant canceled by the user
+    at the end of the period paid for under it."""
+    return _has_paid_period(sub) or _grant_ends_with_the_paid_period(sub)

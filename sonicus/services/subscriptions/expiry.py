@@ -17,6 +17,7 @@ from .common import (
     _clear_checkout,
     _clear_scheduled_change,
     _has_paid_period,
+    _period_deadline,
     _record,
     _to_starter,
     add_month,
@@ -33,6 +34,11 @@ def _due_condition(now: datetime):
         and_(UserSubscription.status.in_((ACTIVE, PAST_DUE)),
              UserSubscription.tier != STARTER,
              UserSubscription.complimentary.is_(False),
+             UserSubscription.current_period_end <= now),
+        # a grant canceled by the user at the end of the period paid for under it
+        and_(UserSubscription.status == ACTIVE,
+             UserSubscription.complimentary.is_(True),
+             UserSubscription.cancel_at_period_end.is_(True),
              UserSubscription.current_period_end <= now),
     )
 
@@ -59,7 +65,7 @@ def _passed_deadline(sub, now: datetime) -> str | None:
     if sub.status == PAST_DUE and sub.past_due_since \
             and sub.past_due_since + GRACE_PERIOD <= now:
         return "grace"
-    if _has_paid_period(sub) and sub.current_period_end <= now:
+    if _period_deadline(sub) and sub.current_period_end <= now:
         return "period"
     return None
 
@@ -109,7 +115,7 @@ def scheduled_change(sub) -> tuple[datetime, str] | None:
     changes = []
     if sub.status == PAST_DUE and sub.past_due_since is not None:
         changes.append((sub.past_due_since + GRACE_PERIOD, STARTER))
-    after = _tier_after_period(sub) if _has_paid_period(sub) else None
+    after = _tier_after_period(sub) if _period_deadline(sub) else None
     if after is not None:
         changes.append((sub.current_period_end, after))
     return min(changes, key=lambda change: change[0]) if changes else None

@@ -17,12 +17,16 @@ from ...models.subscription import TRIALING
 from ...tiers import get_tier
 from ..transaction import unit_of_work
 from .common import _drop_checkout
+from .expiry import apply_due_deadlines
 from .payments import Payment, apply_payment_succeeded
 from .webhooks import _claim_event, _Replay
 
 
 def confirm_sandbox_checkout(reference: str, now: datetime | None = None) -> dict:
-    """The sandbox's payment page said yes: the same path as a payment-succeeded webhook."""
+    """The sandbox's payment page said yes: the same path as a payment-succeeded webhook,
+    which acts on the subscription in force: a trial's, a grace's or a period's end that has
+    passed is applied first, under the same lock, as the expiry job would (one that ended
+    the checkout, as a trial's end does, leaves nothing to pay: 404, as after the job)."""
     now = now or clock.now()
     event_id = f"sandbox_confirm_{reference}"
     try:
@@ -34,6 +38,9 @@ def confirm_sandbox_checkout(reference: str, now: datetime | None = None) -> dic
             sub = _lock_checkout(reference)
             if sub is None or sub.provider != "sandbox":
                 fail(404, "not_found", "Checkout not found.")  # rolls back the claim
+            apply_due_deadlines(sub, now)
+            if sub.checkout_reference != reference:
+                fail(404, "not_found", "Checkout not found.")  # ended by the deadline
             work.changed_user(sub.user_id)
             amount = 0 if sub.status == TRIALING else get_tier(sub.checkout_tier).price_cents
             # the sandbox's customer, as a provider's checkout creates one (the billing portal
