@@ -27,6 +27,10 @@ ts-client:
 	else echo "npm not found: the TypeScript client check will be skipped"; fi
 
 # Embedded default: SQLite in instance/, jobs inline, no Redis needed.
+# On another port (`make dev PORT=18110`), PUBLIC_BASE_URL follows it unless set: stream and
+# checkout URLs point at this server, and the token command printed below names the same
+# address (the development issuer is PUBLIC_BASE_URL + /api/dev/: server and token must agree).
+DEV_ENV = $(if $(PUBLIC_BASE_URL)$(filter 18100,$(PORT)),,PUBLIC_BASE_URL=http://127.0.0.1:$(PORT) )
 dev: install
 	$(PY) -m flask --app wsgi db upgrade
 	$(PY) -m flask --app wsgi sonicus seed sonicus/data/demo_catalog.yaml
@@ -34,11 +38,11 @@ dev: install
 	@echo
 	@echo "Sonicus API on http://127.0.0.1:$(PORT)  (docs: http://127.0.0.1:$(PORT)/api/docs)"
 	@echo "Get a development token in another terminal:"
-	@echo "  TOKEN=\$$($(PY) -m flask --app wsgi sonicus dev-token --email you@example.com)"
+	@echo "  TOKEN=\$$($(DEV_ENV)$(PY) -m flask --app wsgi sonicus dev-token --email you@example.com)"
 	@echo "  curl -H \"Authorization: Bearer \$$TOKEN\" http://127.0.0.1:$(PORT)/api/user/profile"
 	@echo "(add --admin for an administrator, --tier premium|pro for a paid tier)"
 	@echo
-	$(PY) -m flask --app wsgi run --host 127.0.0.1 --port $(PORT) --with-threads
+	$(DEV_ENV)$(PY) -m flask --app wsgi run --host 127.0.0.1 --port $(PORT) --with-threads
 
 # Needs PostgreSQL (TEST_DATABASE_URL, default database `test` on 127.0.0.1:5432)
 # and Redis (TEST_REDIS_URL, default db 15 on 127.0.0.1:6379).
