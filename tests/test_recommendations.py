@@ -359,3 +359,26 @@ def test_recommended_packages_carry_their_artwork(app, client, auth, make_user, 
     dashboard = client.get("/api/user/dashboard", headers=headers).json["data"]
     assert [r["package"]["image_url"] for r in dashboard["recommended"]] == [
         items["drawn"]["image_url"], None]
+
+
+def test_an_erased_listeners_moods_stop_feeding_other_peoples_recommendations(
+        app, client, auth, redis_client, make_user, make_package, make_session):
+    from sonicus.tasks.worker import make_worker
+
+    calm = make_package("calm", popularity=3).id
+    leaving = make_user("leaving@example.com")
+    _sessions(make_session, leaving, calm, [8])
+    for i in range(5):
+        _sessions(make_session, make_user(f"o{i}@example.com"), calm, [2])
+    make_user("me@example.com")
+    _build(app)
+    headers = auth("me@example.com")
+    assert _recommendations(client, headers)[0]["reason"]["text"] == \
+        "Listeners felt 3.0 points better after it on average (6 sessions)."
+
+    assert client.delete("/api/user/profile",
+                         headers=auth("leaving@example.com")).status_code == 200
+    make_worker(app, simple=True).work(burst=True)
+    assert Queue(QUEUE_MAINTENANCE, connection=redis_client).failed_job_registry.count == 0
+    assert _recommendations(client, headers)[0]["reason"]["text"] == \
+        "Listeners felt 2.0 points better after it on average (5 sessions)."

@@ -46,6 +46,7 @@ from ..models.recommendations import (
     UserOutcomeProfile,
     UserPackageOutcome,
 )
+from ..tasks.queue import QUEUE_MAINTENANCE, enqueue, job_is_pending
 from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ K_COHORT = 20.0
 # Fewer (user, package) groups than this: k is not estimated (DEFAULT_K).
 MIN_GROUPS_FOR_ESTIMATE = 50
 MIN_GROUP_USERS = 5
+# The rebuild an erasure asks for (one waiting at a time; the hourly slots have their own ids).
+REBUILD_AFTER_ERASURE_JOB_ID = "rebuild-recommendation-model-after-erasure"
 # Mean mood_before bands: below 4.5 low, below 7 mid, else high.
 BAND_LOW_BELOW, BAND_MID_BELOW = 4.5, 7.0
 
@@ -278,3 +281,13 @@ def refresh_user_outcomes(user_id: int) -> None:
     means = (select(po.package_id, (po.lift_sum / po.sessions).label("mean"))
              .where(po.sessions > 0).subquery("package_means"))
     _insert_profiles(means, clock.now(), user_id)
+
+
+def request_rebuild_after_erasure() -> None:
+    """An erased account's moods are in the group figures (population, cohorts) that everyone
+    else's recommendations read: rebuild them now rather than at the next hourly slot (after
+    the erasure's commit; best effort, the hourly rebuild is the fallback)."""
+    if job_is_pending(REBUILD_AFTER_ERASURE_JOB_ID):
+        return
+    enqueue(rebuild_recommendation_model, queue=QUEUE_MAINTENANCE,
+            job_id=REBUILD_AFTER_ERASURE_JOB_ID, best_effort=True)
