@@ -382,3 +382,26 @@ def test_an_erased_listeners_moods_stop_feeding_other_peoples_recommendations(
     assert Queue(QUEUE_MAINTENANCE, connection=redis_client).failed_job_registry.count == 0
     assert _recommendations(client, headers)[0]["reason"]["text"] == \
         "Listeners felt 2.0 points better after it on average (5 sessions)."
+
+
+def test_one_listener_outside_a_goal_cannot_be_worked_out_from_two_figures(
+        app, client, auth, make_user, make_package, make_session):
+    """Five sleepers and one other listener played a package. The sleepers' figure and the
+    population's, each of enough people, would give the sixth listener's own outcome by
+    difference: the cohort figure is not shown while so few stand outside it."""
+    calm = make_package("calm", popularity=3).id
+    for i in range(5):
+        make_user(f"s{i}@example.com")
+        _set_preferences(client, auth(f"s{i}@example.com"), goals=["sleep"])
+    for i in range(5):
+        _sessions(make_session, make_user(f"s{i}@example.com"), calm, [2])
+    _sessions(make_session, make_user("alone@example.com"), calm, [8])
+    make_user("me@example.com")
+    headers = auth("me@example.com")
+    _build(app)
+
+    figures = set()
+    for goals in (["sleep"], []):
+        _set_preferences(client, headers, goals=goals)
+        figures.add(_recommendations(client, headers)[0]["reason"]["text"])
+    assert figures == {"Listeners felt 3.0 points better after it on average (6 sessions)."}
