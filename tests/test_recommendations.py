@@ -405,3 +405,20 @@ def test_one_listener_outside_a_goal_cannot_be_worked_out_from_two_figures(
         _set_preferences(client, headers, goals=goals)
         figures.add(_recommendations(client, headers)[0]["reason"]["text"])
     assert figures == {"Listeners felt 3.0 points better after it on average (6 sessions)."}
+
+
+def test_a_recommended_package_in_the_library_says_so(app, client, auth, make_user,
+                                                      make_package):
+    kept = make_package("kept", popularity=2).id
+    make_package("other", popularity=1)
+    make_user("lib@example.com")
+    headers = auth("lib@example.com")
+    assert client.post(f"/api/user/packages/{kept}", headers=headers).status_code == 201
+    _build(app)
+
+    marks = {i["package"]["slug"]: i["package"]["in_library"]
+             for i in _recommendations(client, headers)}
+    assert marks == {"kept": True, "other": False}
+    dashboard = client.get("/api/user/dashboard", headers=headers).json["data"]
+    assert {r["package"]["slug"]: r["package"]["in_library"]
+            for r in dashboard["recommended"]} == marks
