@@ -312,5 +312,8 @@ def request_rebuild_after_erasure() -> None:
     the erasure's commit; best effort, the hourly rebuild is the fallback)."""
     if job_is_pending(REBUILD_AFTER_ERASURE_JOB_ID):
         return
-    enqueue(rebuild_recommendation_model, queue=QUEUE_MAINTENANCE,
-            job_id=REBUILD_AFTER_ERASURE_JOB_ID, best_effort=True)
+    try:
+        enqueue(rebuild_recommendation_model, queue=QUEUE_MAINTENANCE,
+                job_id=REBUILD_AFTER_ERASURE_JOB_ID, best_effort=True)
+    except Exception:  # run inline (no Redis) and failed: the erasure stands all the same
+        log.exception("recommendation model rebuild after an erasure failed")
