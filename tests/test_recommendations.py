@@ -422,3 +422,23 @@ def test_a_recommended_package_in_the_library_says_so(app, client, auth, make_us
     dashboard = client.get("/api/user/dashboard", headers=headers).json["data"]
     assert {r["package"]["slug"]: r["package"]["in_library"]
             for r in dashboard["recommended"]} == marks
+
+
+def test_without_redis_an_erasure_answers_200_even_if_the_rebuild_after_it_fails(
+        app, auth, db_session, make_config, make_user, make_package, make_session,
+        monkeypatch):
+    from sonicus import create_app
+    from sonicus.services import recommendation_model
+
+    inline = create_app(make_config(REDIS_URL=None))
+    calm = make_package("calm").id
+    leaving = make_user("inline@example.com")
+    _sessions(make_session, leaving, calm, [2])
+    _build(app)
+
+    def broken():
+        raise RuntimeError("the model could not be rebuilt")
+
+    monkeypatch.setattr(recommendation_model, "rebuild_recommendation_model", broken)
+    res = inline.test_client().delete("/api/user/profile", headers=auth("inline@example.com"))
+    assert res.status_code == 200, res.json
