@@ -575,3 +575,23 @@ def test_openapi_documents_the_admin_routes(client):
                  "/api/admin/jobs", "/api/admin/audit"):
         assert path in paths
     assert "patch" in paths["/api/admin/users/{user_id}"]
+
+
+def test_sessions_abandoned_without_listening_do_not_shorten_the_average_session(
+        client, admin_auth, db_session, make_user, make_package, make_session):
+    from sonicus.models.listening import ABANDONED
+
+    listener = make_user("avg@example.com")
+    package = make_package()
+    now = clock.now()
+    make_session(listener, package, started_at=now - timedelta(days=1), minutes=10)
+    make_session(listener, package, started_at=now - timedelta(days=2), minutes=20)
+    # Started and left without a heartbeat; the server closed it: not a 0-minute listen.
+    left = make_session(listener, package, started_at=now - timedelta(days=3), minutes=0,
+                        completed=False)
+    left.end_reason = ABANDONED
+    db_session.commit()
+
+    data = _stats(client, admin_auth(), refresh="true")
+    assert data["sessions_30d"] == 3  # it was started all the same
+    assert data["avg_session_minutes"] == 15.0

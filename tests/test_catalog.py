@@ -329,3 +329,15 @@ def test_publishing_needs_tracks(client, db_session, make_user, admin_auth):
     assert res.status_code == 422
     assert res.json["errors"] == ["tracks: A published package needs at least one track."]
     assert db_session.execute(select(SoundPackage.published)).scalar_one() is False
+
+
+def test_seed_a_malformed_yaml_file_is_a_one_line_error_and_changes_nothing(
+        runner, db_session, tmp_path):
+    path = tmp_path / "catalog.yaml"
+    path.write_text("packages: [\n  - slug: one\n   title: One\n")
+    res = runner.invoke(args=["sonicus", "seed", str(path)])
+    assert res.exit_code == 1
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert res.output.startswith("Error: ") and "catalog.yaml" in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == 0

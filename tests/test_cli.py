@@ -235,3 +235,17 @@ def test_users_set_tier_below_a_paid_period_is_a_one_line_error(runner, make_use
     db_session.expire_all()
     assert db_session.query(UserSubscription).filter_by(user_id=user.id).one().tier == "pro"
     assert db_session.query(AuditLog).count() == 0
+
+
+@pytest.mark.parametrize("command", [("set-tier", "ana@example.com", "pro"),
+                                     ("suspend", "ana@example.com")])
+@pytest.mark.parametrize("reason", ["", "x" * 501])
+def test_a_reason_the_admin_api_refuses_is_a_usage_error_and_changes_nothing(
+        runner, people, db_session, command, reason):
+    result = _run(runner, "users", *command, "--reason", reason)
+    assert result.exit_code == 2, result.output
+    assert "--reason" in result.output and "Traceback" not in result.output
+    db_session.expire_all()
+    sub = db_session.query(UserSubscription).filter_by(user_id=people["ana"].id).one()
+    assert sub.tier == "premium" and people["ana"].is_active
+    assert db_session.query(AuditLog).count() == 0

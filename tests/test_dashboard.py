@@ -156,3 +156,23 @@ def test_query_count_does_not_grow_with_the_data(sql_statements, auth, redis_cli
     assert len(cold_small) == len(cold_big) <= 15
     assert len(warm_small) == len(warm_big) <= 8
     assert len(warm_big) < len(cold_big)  # the analytics came from the cache
+
+
+def test_an_archived_package_is_not_offered_to_continue_listening(
+        client, auth, admin_auth, db_session, make_user, make_package, make_session):
+    me = make_user("resume@example.com").id
+    make_user("admin@example.com", admin=True)
+    kept = make_package("kept").id
+    gone = make_package("gone").id
+    older = make_session(me, kept, _today() - timedelta(days=2), minutes=3, completed=False)
+    newer = make_session(me, gone, _today() - timedelta(days=1), minutes=3, completed=False)
+    older.position_seconds, newer.position_seconds = 90, 120
+    db_session.commit()
+    headers = auth("resume@example.com")
+    data = client.get("/api/user/dashboard", headers=headers).json["data"]
+    assert data["continue_listening"]["package"]["id"] == gone
+
+    assert client.delete(f"/api/admin/packages/{gone}", headers=admin_auth()).status_code == 200
+    data = client.get("/api/user/dashboard", headers=headers).json["data"]
+    assert data["continue_listening"]["package"]["id"] == kept  # the one that still plays
+    assert data["continue_listening"]["position_seconds"] == 90

@@ -165,3 +165,25 @@ def test_removing_a_package_refuses_a_body_field_and_keeps_it(client, auth, pack
     assert [e["package"]["slug"] for e in listing] == ["rain"]
     assert client.delete(f"/api/user/packages/{packages['rain']}", json={},
                          headers=headers).status_code == 200
+
+
+def test_unpublished_package_leaves_library_until_published_again(
+        client, auth, packages, make_user, admin_auth):
+    make_user("admin@example.com", admin=True)
+    admin = admin_auth("admin@example.com")
+    make_user("x@example.com")
+    headers = auth("x@example.com")
+    client.post(f"/api/user/packages/{packages['rain']}", headers=headers)
+    res = client.patch(f"/api/admin/packages/{packages['rain']}", headers=admin,
+                       json={"published": False})
+    assert res.status_code == 200, res.json
+    assert client.get(f"/api/packages/{packages['rain']}", headers=headers).status_code == 404
+    assert client.get("/api/user/packages", headers=headers).json["data"] == []
+    assert client.patch(f"/api/user/packages/{packages['rain']}", headers=headers,
+                      json={"favorite": True}).status_code == 404
+
+    res = client.patch(f"/api/admin/packages/{packages['rain']}", headers=admin,
+                       json={"published": True})
+    assert res.status_code == 200, res.json
+    listed = client.get("/api/user/packages", headers=headers).json["data"]
+    assert [e["package_id"] for e in listed] == [packages["rain"]]

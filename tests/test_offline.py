@@ -864,3 +864,27 @@ def test_listening_from_before_two_changes_of_time_zone_counts_on_the_day_it_was
     late = _sync(client, headers, [_item(pkgs["rain"], day + timedelta(hours=11))])
     assert [(r["status"], r.get("code")) for r in late.json["data"]["results"]] == [
         ("rejected", "daily_session_limit_reached")], late.json
+
+
+def test_an_archived_package_is_no_longer_a_place_to_resume(client, auth, admin_auth, pkgs,
+                                                            make_user, set_clock):
+    make_user("admin@example.com", admin=True)
+    make_user("resume@example.com")
+    headers = auth("resume@example.com")
+    t0 = set_clock(_tomorrow_noon())
+    for minutes, package in ((0, pkgs["short"]), (5, pkgs["rain"])):
+        set_clock(t0 + timedelta(minutes=minutes))
+        sid = client.post("/api/user/sessions", headers=headers,
+                          json={"package_id": package}).json["data"]["id"]
+        set_clock(t0 + timedelta(minutes=minutes + 2))
+        res = client.patch(f"/api/user/sessions/{sid}", headers=headers,
+                           json={"listened_seconds": 100, "position_seconds": 100})
+        assert res.status_code == 200, res.json
+    resume = client.get("/api/user/playback", headers=headers).json
+    assert [p["package_id"] for p in resume["data"]] == [pkgs["rain"], pkgs["short"]]
+
+    assert client.delete(f"/api/admin/packages/{pkgs['rain']}",
+                         headers=admin_auth()).status_code == 200
+    resume = client.get("/api/user/playback", headers=headers).json
+    assert [p["package_id"] for p in resume["data"]] == [pkgs["short"]]
+    assert resume["pagination"]["total"] == 1

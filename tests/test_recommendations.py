@@ -359,3 +359,86 @@ def test_recommended_packages_carry_their_artwork(app, client, auth, make_user, 
     dashboard = client.get("/api/user/dashboard", headers=headers).json["data"]
     assert [r["package"]["image_url"] for r in dashboard["recommended"]] == [
         items["drawn"]["image_url"], None]
+
+
+def test_an_erased_listeners_moods_stop_feeding_other_peoples_recommendations(
+        app, client, auth, redis_client, make_user, make_package, make_session):
+    from sonicus.tasks.worker import make_worker
+
+    calm = make_package("calm", popularity=3).id
+    leaving = make_user("leaving@example.com")
+    _sessions(make_session, leaving, calm, [8])
+    for i in range(5):
+        _sessions(make_session, make_user(f"o{i}@example.com"), calm, [2])
+    make_user("me@example.com")
+    _build(app)
+    headers = auth("me@example.com")
+    assert _recommendations(client, headers)[0]["reason"]["text"] == \
+        "Listeners felt 3.0 points better after it on average (6 sessions)."
+
+    assert client.delete("/api/user/profile",
+                         headers=auth("leaving@example.com")).status_code == 200
+    make_worker(app, simple=True).work(burst=True)
+    assert Queue(QUEUE_MAINTENANCE, connection=redis_client).failed_job_registry.count == 0
+    assert _recommendations(client, headers)[0]["reason"]["text"] == \
+        "Listeners felt 2.0 points better after it on average (5 sessions)."
+
+
+def test_one_listener_outside_a_goal_cannot_be_worked_out_from_two_figures(
+        app, client, auth, make_user, make_package, make_session):
+    """Five sleepers and one other listener played a package. The sleepers' figure and the
+    population's, each of enough people, would give the sixth listener's own outcome by
+    difference: the cohort figure is not shown while so few stand outside it."""
+    calm = make_package("calm", popularity=3).id
+    for i in range(5):
+        make_user(f"s{i}@example.com")
+        _set_preferences(client, auth(f"s{i}@example.com"), goals=["sleep"])
+    for i in range(5):
+        _sessions(make_session, make_user(f"s{i}@example.com"), calm, [2])
+    _sessions(make_session, make_user("alone@example.com"), calm, [8])
+    make_user("me@example.com")
+    headers = auth("me@example.com")
+    _build(app)
+
+    figures = set()
+    for goals in (["sleep"], []):
+        _set_preferences(client, headers, goals=goals)
+        figures.add(_recommendations(client, headers)[0]["reason"]["text"])
+    assert figures == {"Listeners felt 3.0 points better after it on average (6 sessions)."}
+
+
+def test_a_recommended_package_in_the_library_says_so(app, client, auth, make_user,
+                                                      make_package):
+    kept = make_package("kept", popularity=2).id
+    make_package("other", popularity=1)
+    make_user("lib@example.com")
+    headers = auth("lib@example.com")
+    assert client.post(f"/api/user/packages/{kept}", headers=headers).status_code == 201
+    _build(app)
+
+    marks = {i["package"]["slug"]: i["package"]["in_library"]
+             for i in _recommendations(client, headers)}
+    assert marks == {"kept": True, "other": False}
+    dashboard = client.get("/api/user/dashboard", headers=headers).json["data"]
+    assert {r["package"]["slug"]: r["package"]["in_library"]
+            for r in dashboard["recommended"]} == marks
+
+
+def test_without_redis_an_erasure_answers_200_even_if_the_rebuild_after_it_fails(
+        app, auth, db_session, make_config, make_user, make_package, make_session,
+        monkeypatch):
+    from sonicus import create_app
+    from sonicus.services import recommendation_model
+
+    inline = create_app(make_config(REDIS_URL=None))
+    calm = make_package("calm").id
+    leaving = make_user("inline@example.com")
+    _sessions(make_session, leaving, calm, [2])
+    _build(app)
+
+    def broken():
+        raise RuntimeError("the model could not be rebuilt")
+
+    monkeypatch.setattr(recommendation_model, "rebuild_recommendation_model", broken)
+    res = inline.test_client().delete("/api/user/profile", headers=auth("inline@example.com"))
+    assert res.status_code == 200, res.json

@@ -18,6 +18,7 @@ from ..schemas.admin import (
     USER_STATUS_FILTERS,
     AdminUserDetailSchema,
     AdminUserSummarySchema,
+    AdminUserUpdateSchema,
     PlatformStatsSchema,
 )
 from ..services.admin_users import find_users_by_email, list_users, update_user, user_detail
@@ -41,6 +42,21 @@ def _resolve_user(email: str):
         ids = ", ".join(str(u.id) for u in users)
         fail(f"several users have email {email!r} (ids {ids}); this is ambiguous")
     return users[0]
+
+
+def _reason(ctx, param, value):
+    """``--reason`` as the admin API takes it (``AdminUserUpdateSchema``): else a usage error."""
+    if value is None:
+        return None
+    errors = AdminUserUpdateSchema().validate({"is_active": True, "reason": value})
+    if "reason" in errors:
+        raise click.BadParameter(" ".join(errors["reason"]))
+    return value
+
+
+reason_option = click.option("--reason", default=None, callback=_reason,
+                             help="Why, 1..500 characters: kept in the audit log (and on a "
+                                  "tier grant's event).")
 
 
 def _when(value) -> str:
@@ -129,11 +145,11 @@ def show_user(email, as_json):
 @users_cli.command("set-tier")
 @click.argument("email")
 @click.argument("tier", type=click.Choice(TIER_NAMES))
-@click.option("--reason", default=None, help="Kept on the event and in the audit log.")
+@reason_option
 def set_tier(email, tier, reason):
     """Grant TIER to the user now, free of charge (a complimentary grant)."""
     user = _resolve_user(email)
-    changes = {"tier": tier, **({"reason": reason} if reason else {})}
+    changes = {"tier": tier, **({"reason": reason} if reason is not None else {})}
     try:
         changed = update_user(None, user.id, changes, actor_label=_operator())
     except ApiError as exc:  # refused (a paid period running), or the provider unreachable
@@ -146,7 +162,7 @@ def set_tier(email, tier, reason):
 
 def _set_active(email: str, active: bool, reason: str | None) -> None:
     user = _resolve_user(email)
-    changes = {"is_active": active, **({"reason": reason} if reason else {})}
+    changes = {"is_active": active, **({"reason": reason} if reason is not None else {})}
     changed = update_user(None, user.id, changes, actor_label=_operator())
     state = "active" if active else "suspended"
     if changed:
@@ -157,7 +173,7 @@ def _set_active(email: str, active: bool, reason: str | None) -> None:
 
 @users_cli.command("suspend")
 @click.argument("email")
-@click.option("--reason", default=None, help="Kept in the audit log.")
+@reason_option
 def suspend(email, reason):
     """Suspend the account: every request gets 403 account_suspended, sockets close."""
     _set_active(email, False, reason)
@@ -165,7 +181,7 @@ def suspend(email, reason):
 
 @users_cli.command("activate")
 @click.argument("email")
-@click.option("--reason", default=None, help="Kept in the audit log.")
+@reason_option
 def activate(email, reason):
     """Reactivate a suspended account."""
     _set_active(email, True, reason)

@@ -272,10 +272,17 @@ def archive_package(actor, package_id: int, now: datetime | None = None) -> Soun
 
 
 def load_catalog_file(path: str | Path) -> list[dict]:
-    """Read a catalog file (YAML or JSON): a list of packages or ``{packages: [...]}``."""
+    """Read a catalog file (YAML or JSON): a list of packages or ``{packages: [...]}``;
+    ``ValueError`` when it is not one (malformed YAML or JSON included)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # one line naming the place, as a bad JSON file gets
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ValueError(f"{path.name}: {problem}{where}") from None
     if isinstance(data, dict):
         data = data.get("packages")
     if not isinstance(data, list):

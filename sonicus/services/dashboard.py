@@ -11,6 +11,7 @@ from ..models import ListeningSession, SoundPackage, Track
 from ..models.listening import ENDED, OPEN
 from . import subscriptions
 from .analytics import get_user_analytics
+from .catalog import in_catalog
 from .recommendations import Recommendation, recommendations_for
 
 RECOMMENDED_COUNT = 6
@@ -49,14 +50,15 @@ class Dashboard:
 def continue_listening(user_id: int) -> ContinueListening | None:
     """The caller's latest unfinished session, with its package, track and resume position
     (one query): an open one, or one that ended short of completion with a position to
-    resume from."""
+    resume from. Only a package still in the catalog is offered (an archived or unpublished
+    one no longer plays)."""
     s = ListeningSession
     unfinished = or_(s.status == OPEN,
                      and_(s.status == ENDED, s.completed.is_(False),
                           s.position_seconds.is_not(None)))
     row = db.session.execute(
         select(s, SoundPackage, Track)
-        .join(SoundPackage, SoundPackage.id == s.package_id)
+        .join(SoundPackage, and_(SoundPackage.id == s.package_id, in_catalog()))
         .outerjoin(Track, Track.id == s.track_id)
         .where(s.user_id == user_id, unfinished)
         .order_by(func.coalesce(s.position_updated_at, s.started_at).desc(), s.id.desc())

@@ -19,7 +19,7 @@ from ..pagination import Page, paginate
 from ..tiers import check_package_access
 from . import audit
 from .assignments import live_assignment, live_assignments
-from .catalog import PackageView, get_catalog_package
+from .catalog import PackageView, get_catalog_package, in_catalog
 from .subscriptions import lock_or_create_subscription
 from .transaction import unit_of_work
 
@@ -55,12 +55,13 @@ def _entry(user_id: int, package_id: int) -> UserSoundPackage | None:
 
 
 def list_library(caller, args: dict, now: datetime | None = None) -> Page:
-    """The caller's library, newest first; archived packages drop out of it. Each package
+    """The caller's library, newest first; packages out of the catalog (archived, or
+    unpublished until they are published again) drop out of it. Each package
     shows ``access`` (the caller's live assignments are read in one query)."""
     now = now or clock.now()
     stmt = (select(UserSoundPackage).join(UserSoundPackage.package)
             .options(joinedload(UserSoundPackage.package))
-            .where(UserSoundPackage.user_id == caller.id, SoundPackage.archived_at.is_(None)))
+            .where(UserSoundPackage.user_id == caller.id, in_catalog()))
     if args.get("favorite") is not None:
         stmt = stmt.where(UserSoundPackage.favorite.is_(args["favorite"]))
     stmt = stmt.order_by(UserSoundPackage.assigned_at.desc(), UserSoundPackage.id.desc())
@@ -104,7 +105,7 @@ def add_to_library(caller, package_id: int, favorite: bool | None = None,
 def set_favorite(caller, package_id: int, favorite: bool) -> LibraryItem:
     with unit_of_work():
         entry = _entry(caller.id, package_id)
-        if entry is None or entry.package.archived_at is not None:
+        if entry is None or not entry.package.in_catalog_at(clock.now()):
             not_found("Library entry")
         entry.favorite = favorite
     return LibraryItem.of(entry, caller.tier,

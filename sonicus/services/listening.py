@@ -300,13 +300,15 @@ def list_history(user_id: int, args: dict) -> Page:
 
 
 def playback(user_id: int, args: dict) -> Page:
-    """Where to resume, one entry per package: the caller's session of that package whose
-    position was reported last (on any device), newest first."""
+    """Where to resume, one entry per package still in the catalog (an archived one no
+    longer plays): the caller's session of that package whose position was reported last (on
+    any device), newest first."""
     s = ListeningSession
     newest = func.row_number().over(
         partition_by=s.package_id,
         order_by=(s.position_updated_at.desc(), s.id.desc())).label("newest")
     ranked = (select(s, newest)
+              .join(SoundPackage, and_(SoundPackage.id == s.package_id, in_catalog()))
               .where(s.user_id == user_id, s.position_updated_at.is_not(None)).subquery())
     last = aliased(ListeningSession, ranked)
     stmt = (select(last).where(ranked.c.newest == 1)

@@ -12,7 +12,8 @@ at least a minute listened) with a mood before and after; a session's lift is
   mood), each package's population sums, and per cohort ("people like you": one goal from
   ``preferences.goals`` and the starting-mood band of the user's mean ``mood_before``, or the
   goal alone) each package's sums. A cohort row is kept only when at least
-  ``MIN_GROUP_USERS`` users stand behind it.
+  ``MIN_GROUP_USERS`` users stand behind it and no group smaller than that can be worked out
+  from it by difference with the package's other figures (``_insert_cohorts``).
 - ``k_user = noise variance / between-user variance``, estimated from the variance components
   of the adjusted lifts (one-way random effects over (user, package) groups), kept within
   ``K_MIN..K_MAX``; ``DEFAULT_K`` while there is too little data to estimate it. With
@@ -31,6 +32,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, case, delete, exists, func, literal, or_, select, text, true
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import aliased
 
 from .. import clock
 from ..extensions import db
@@ -46,6 +48,7 @@ from ..models.recommendations import (
     UserOutcomeProfile,
     UserPackageOutcome,
 )
+from ..tasks.queue import QUEUE_MAINTENANCE, enqueue, job_is_pending
 from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,8 @@ K_COHORT = 20.0
 # Fewer (user, package) groups than this: k is not estimated (DEFAULT_K).
 MIN_GROUPS_FOR_ESTIMATE = 50
 MIN_GROUP_USERS = 5
+# The rebuild an erasure asks for (one waiting at a time; the hourly slots have their own ids).
+REBUILD_AFTER_ERASURE_JOB_ID = "rebuild-recommendation-model-after-erasure"
 # Mean mood_before bands: below 4.5 low, below 7 mid, else high.
 BAND_LOW_BELOW, BAND_MID_BELOW = 4.5, 7.0
 
@@ -161,10 +166,22 @@ def _user_goals():
             .where(func.length(goals.c.goal).between(1, 40)).distinct().subquery("goals"))
 
 
+def _too_few(users):
+    """SQL: a group of people that would be shown with fewer than ``MIN_GROUP_USERS`` of them
+    (none at all is no one's figure)."""
+    return and_(users > 0, users < MIN_GROUP_USERS)
+
+
 def _insert_cohorts() -> None:
     """Cohort rows: one pass over the per-user rows (and the users' goals) makes the
     (goal, band, package) rows, the (goal, any band, package) rows are summed from those, then
-    groups of fewer than ``MIN_GROUP_USERS`` users go."""
+    the rows that would show too few people go, directly or by difference with another figure
+    of the same package:
+
+    - a (goal, any band) row with fewer than ``MIN_GROUP_USERS`` users, or with fewer than that
+      (but some) of the package's listeners outside the goal (population minus cohort);
+    - every band row of a goal whose any-band row goes (the bands add up to it), and of a goal
+      with any band of too few users (the other bands and the whole would give it away)."""
     up, pr, co = UserPackageOutcome, UserOutcomeProfile, CohortOutcome
     goals = _user_goals()
     columns = ["goal", "band", "package_id", "sessions", "users", "lift_sum", "adjusted_sum"]
@@ -179,6 +196,15 @@ def _insert_cohorts() -> None:
         select(co.goal, literal(BAND_ANY), co.package_id, func.sum(co.sessions),
                func.sum(co.users), func.sum(co.lift_sum), func.sum(co.adjusted_sum))
         .where(co.band != BAND_ANY).group_by(co.goal, co.package_id))))
+    po, whole, band = PackageOutcome, aliased(CohortOutcome), aliased(CohortOutcome)
+    whole_hidden = exists().where(
+        whole.goal == co.goal, whole.package_id == co.package_id, whole.band == BAND_ANY,
+        po.package_id == whole.package_id,
+        or_(_too_few(whole.users), _too_few(po.users - whole.users)))
+    small_band = exists().where(band.goal == co.goal, band.package_id == co.package_id,
+                                band.band != BAND_ANY, _too_few(band.users))
+    db.session.execute(delete(co).where(co.band != BAND_ANY, or_(whole_hidden, small_band)))
+    db.session.execute(delete(co).where(co.band == BAND_ANY, whole_hidden))
     db.session.execute(delete(co).where(co.users < MIN_GROUP_USERS))
 
 
@@ -278,3 +304,16 @@ def refresh_user_outcomes(user_id: int) -> None:
     means = (select(po.package_id, (po.lift_sum / po.sessions).label("mean"))
              .where(po.sessions > 0).subquery("package_means"))
     _insert_profiles(means, clock.now(), user_id)
+
+
+def request_rebuild_after_erasure() -> None:
+    """An erased account's moods are in the group figures (population, cohorts) that everyone
+    else's recommendations read: rebuild them now rather than at the next hourly slot (after
+    the erasure's commit; best effort, the hourly rebuild is the fallback)."""
+    if job_is_pending(REBUILD_AFTER_ERASURE_JOB_ID):
+        return
+    try:
+        enqueue(rebuild_recommendation_model, queue=QUEUE_MAINTENANCE,
+                job_id=REBUILD_AFTER_ERASURE_JOB_ID, best_effort=True)
+    except Exception:  # run inline (no Redis) and failed: the erasure stands all the same
+        log.exception("recommendation model rebuild after an erasure failed")

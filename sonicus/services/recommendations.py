@@ -29,11 +29,11 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import String, and_, literal, literal_column, or_, select
+from sqlalchemy import String, and_, exists, literal, literal_column, or_, select
 
 from .. import clock
 from ..extensions import db
-from ..models import SoundPackage
+from ..models import SoundPackage, UserSoundPackage
 from ..models.recommendations import (
     BAND_ANY,
     CohortOutcome,
@@ -317,12 +317,14 @@ def recommendations_for(user_id: int, tier_name: str, preferences,
     top = rank_packages(user_id, tier_name, preferences, limit, now)
     if not top:
         return []
-    p = SoundPackage
+    p, lib = SoundPackage, UserSoundPackage
+    in_library = exists().where(lib.user_id == user_id, lib.package_id == p.id)
     columns = {row[0]: row for row in db.session.execute(
-        select(*(getattr(p, name) for name in _PACKAGE_COLUMNS))
+        select(*(getattr(p, name) for name in _PACKAGE_COLUMNS), in_library)
         .where(p.id.in_([c.package_id for c, *_rest in top])))}
     # The catalog item from the columns read (a transient package: nothing more to load).
     return [Recommendation(PackageView.of(SoundPackage(**dict(zip(
-        _PACKAGE_COLUMNS, columns[c.package_id], strict=True))), tier_name, assigned),
+        _PACKAGE_COLUMNS, columns[c.package_id][:-1], strict=True))), tier_name, assigned,
+                                          bool(columns[c.package_id][-1])),
                            score, expected, confidence, reason)
             for c, score, expected, confidence, reason, assigned in top]

@@ -115,7 +115,8 @@ def _trial_counts(groups) -> tuple[int, int]:
 
 def _listening_counts(now: datetime) -> tuple:
     """(sessions today, sessions in 30 days, active users in 7 and in 30 days, average
-    seconds of an ended session), over the sessions started in the last 30 days."""
+    seconds of an ended session), over the sessions started in the last 30 days. A session
+    abandoned without a heartbeat is no 0-second listen: it is left out of the average."""
     today_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     since_7d, since_30d = now - timedelta(days=7), now - timedelta(days=30)
     started = ListeningSession.started_at
@@ -126,7 +127,7 @@ def _listening_counts(now: datetime) -> tuple:
             func.count(distinct(ListeningSession.user_id)).filter(started >= since_7d),
             func.count(distinct(ListeningSession.user_id)),
             func.avg(ListeningSession.listened_seconds).filter(
-                ListeningSession.status == ENDED),
+                ListeningSession.status == ENDED, ~ListeningSession.abandoned),
         ).where(started >= since_30d, started <= now)
     ).one()
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload, selectinload
 
@@ -33,6 +33,7 @@ from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_pref
 from ..realtime.publish import CLOSE_INVALID_TOKEN, close_user_sockets
 from . import erasure
 from .analytics import invalidate_user_analytics
+from .recommendation_model import request_rebuild_after_erasure
 from .reminder_settings import get_reminder_preferences
 from .subscriptions import lock_or_create_subscription, settle_due_change
 from .transaction import account_gone, unit_of_work
@@ -242,6 +243,9 @@ def erase_user(user_id: int) -> None:
                     client_id=None))
         db.session.execute(update(AuditLog).where(AuditLog.actor_id == user_id)
                            .values(actor_id=None, actor_label="erased user"))
+        # Their per-package rows are what the model's group figures were built from.
+        in_outcomes = db.session.execute(select(exists().where(
+            UserPackageOutcome.user_id == user_id))).scalar_one()
         for model in (UserSoundPackage, PackageAssignment, OfflineLicence, SubscriptionEvent,
                       UserSubscription, UserAnalytics, PushSubscription, ReminderDelivery,
                       ReminderPreferences, UserPackageOutcome, UserOutcomeProfile):
@@ -249,6 +253,8 @@ def erase_user(user_id: int) -> None:
         db.session.execute(delete(User).where(User.id == user_id))
         work.changed_user(user_id)
     invalidate_user_analytics(user_id)
+    if in_outcomes:  # their moods leave everyone else's recommendations too
+        request_rebuild_after_erasure()
     # Its open sockets belong to no account now: closed everywhere, as a sign-in that ended.
     close_user_sockets(user_id, CLOSE_INVALID_TOKEN, "account erased")
     erasure.expire_open_checkout(*checkout)
