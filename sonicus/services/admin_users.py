@@ -206,8 +206,11 @@ def _update_user(actor, user_id: int, changes: dict, actor_label: str | None, *,
     changed = suspended = False
     detail = None
     with unit_of_work() as work:
+        # FOR NO KEY UPDATE: locked against other changes of the user, not against rows that
+        # name the user (a session start holding the subscription row inserts one, and would
+        # wait for this transaction while this one waits for its subscription row below).
         user = db.session.execute(
-            select(User).where(User.id == user_id).with_for_update()
+            select(User).where(User.id == user_id).with_for_update(key_share=True)
             .execution_options(populate_existing=True)).scalar_one_or_none()
         if user is None:
             not_found("User")
