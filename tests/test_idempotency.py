@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
 from sonicus import clock, create_app
+from sonicus.api_errors import ApiError
 from sonicus.extensions import db
 from sonicus.idempotency_http import request_fingerprint
 from sonicus.models import IdempotencyKey, ListeningSession, User
@@ -922,3 +923,41 @@ def test_other_keyed_writes_still_read_their_claim_before_their_view(
     replay = every_statement(lambda: client.patch(path, json={"listened_seconds": 0},
                                                   headers=headers))
     assert _ours(replay) == ["EXECUTE", "SELECT"] and len(replay) == 2
+
+
+def test_a_start_that_catches_its_refused_commit_still_commits_nothing_and_answers_the_replay(
+        app, client, listener, db_session, monkeypatch):
+    """Should a start catch the refusal of its commit and go on (another write, its own
+    error), every later commit of the request is refused too and the answer is still the
+    one the key decided."""
+    body = {"package_id": listener["package"]}
+    headers = _keyed(listener["headers"], "k-caught")
+    first = client.post("/api/user/sessions", json=body, headers=headers)
+    assert first.status_code == 201
+    with app.app_context():
+        idempotency.settle_answers()
+
+    real_start = listening.start_or_find_session
+    caught = []
+
+    def catching(user_id, *args, **kwargs):
+        try:
+            return real_start(user_id, *args, **kwargs)
+        except Exception as exc:
+            caught.append(type(exc).__name__)
+        try:
+            with unit_of_work():
+                db.session.execute(update(User).where(User.id == user_id)
+                                   .values(display_name="went on"))
+        except Exception as exc:
+            caught.append(type(exc).__name__)
+        raise ApiError(409, "conflict", "Gave up.")
+
+    monkeypatch.setattr(listening, "start_or_find_session", catching)
+    again = client.post("/api/user/sessions", json=body, headers=headers)
+    assert caught == ["ClaimRefused", "ClaimRefused"]
+    assert again.status_code == 201 and again.headers[REPLAYED] == "true"
+    assert again.get_json() == first.get_json()
+    assert db_session.get(User, listener["id"]).display_name != "went on"
+    db_session.commit()
+    assert _sessions(db_session) == 1
