@@ -20,8 +20,9 @@ other work:
   (``ClaimRefused``), the transaction rolled back, and the answer is the one the key decided.
   Every later commit of that request is refused too. A view that commits several times has
   the claim read before the first. Its row locks must not be waited for by a transaction
-  that holds the user's row ``FOR UPDATE`` (the claim's reference to the user waits behind
-  such a lock, and the view would wait for the claim while holding its own): see the README.
+  that holds the caller's row of ``users`` ``FOR UPDATE`` (the claim's reference to the
+  caller waits behind such a lock, and the view would wait for the claim while holding its
+  own): see the README.
 
 A request that ends before the claim is read (its body refused, or a marked view that raised
 or answered without committing) reads it in the after-request hook: its answer is kept if the
@@ -66,8 +67,9 @@ def no_effect_before_commit(view):
     just before its first commit instead of before it runs (see the module's doc); a commit
     refused for the key is answered with what the key decided.
 
-    The view's own row locks must not be waited for by a transaction that holds the user's
-    row ``FOR UPDATE`` (see the README's "Retry-safe writes"): check before marking a view."""
+    The view's own row locks must not be waited for by a transaction that holds the caller's
+    row of ``users`` ``FOR UPDATE`` (see the README's "Retry-safe writes"): check before
+    marking a view."""
 
     @functools.wraps(view)
     def at_commit(*args, **kwargs):

@@ -1,7 +1,8 @@
 """Operator actions on users, shared by the admin API and the CLI.
 
-Every change locks the user's rows (``SELECT ... FOR UPDATE``), writes its audit entry in the
-same transaction and commits once. Suspension closes the user's live sockets after the commit.
+Every change locks the user's rows (``SELECT ... FOR UPDATE``; the user's own row ``FOR NO KEY
+UPDATE``, which rows naming the user do not wait for), writes its audit entry in the same
+transaction and commits once. Suspension closes the user's live sockets after the commit.
 """
 
 from __future__ import annotations
