@@ -27,7 +27,7 @@ from sonicus.api_errors import ApiError
 from sonicus.extensions import db
 from sonicus.idempotency_http import request_fingerprint
 from sonicus.models import IdempotencyKey, ListeningSession, User
-from sonicus.services import admin_users, idempotency, listening
+from sonicus.services import admin_users, erasure, idempotency, listening, users
 from sonicus.services.keys_connections import APPLICATION_NAME, KeysConnections
 from sonicus.services.transaction import unit_of_work
 
@@ -961,3 +961,48 @@ def test_a_start_that_catches_its_refused_commit_still_commits_nothing_and_answe
     assert db_session.get(User, listener["id"]).display_name != "went on"
     db_session.commit()
     assert _sessions(db_session) == 1
+
+
+def test_a_keyed_start_during_the_erasure_of_its_account_is_a_prompt_404(
+        app, listener, db_session, monkeypatch):
+    """The erasure is the one transaction that holds the user's row ``FOR UPDATE`` (which the
+    start's claim waits behind); it takes the subscription row first. A keyed start sent
+    while the erasure holds both waits for the subscription row, holding nothing the erasure
+    needs: once the erasure commits, the start is answered 404 at once, not after the wait
+    for its claim runs out."""
+    paused = _Paused(monkeypatch, erasure, "add_tombstone")  # both rows locked by then
+
+    def erase():
+        with app.app_context():
+            try:
+                users.erase_user(listener["id"])
+            finally:
+                db.session.remove()
+
+    eraser, _ = _in_thread(erase)
+    starter = None
+    try:
+        assert paused.reached.wait(WAIT)
+        starter, answer = _in_thread(lambda: app.test_client().post(
+            "/api/user/sessions", json={"package_id": listener["package"]},
+            headers=_keyed(listener["headers"], "k-erased")))
+        for _ in range(1000):  # the start's view waits on the subscription row
+            waiting = db_session.execute(
+                select(func.count()).select_from(text("pg_stat_activity"))
+                .where(text("wait_event_type = 'Lock' AND datname = current_database() "
+                            "AND application_name <> :keys")),
+                {"keys": APPLICATION_NAME}).scalar()
+            db_session.commit()
+            if waiting:
+                break
+            threading.Event().wait(0.01)
+        assert waiting == 1
+    finally:
+        paused.go.set()
+        released = time.monotonic()
+        eraser.join(WAIT)
+        if starter is not None:
+            starter.join(WAIT)
+    assert time.monotonic() - released < 3
+    assert answer[0].status_code == 404, answer[0].get_json()
+    assert _sessions(db_session) == 0
