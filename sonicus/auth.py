@@ -24,7 +24,7 @@ from .api_errors import ApiError
 from .caller import Caller
 from .caller_cache import get_caller_cache, init_caller_cache
 from .envelope import SETTLES_CLAIM, doc_only
-from .retry_safe import claim_idempotency_key
+from .retry_safe import CLAIM_AT_COMMIT, claim_idempotency_key
 from .services.subscriptions import next_change_at
 from .services.users import sync_user_from_claims
 from .tokens import (
@@ -166,11 +166,12 @@ def require_user(func):
     """Any signed-in, active user in the required group; the view gets ``caller=``."""
 
     settles_later = getattr(func, SETTLES_CLAIM, False)
+    at_commit = getattr(func, CLAIM_AT_COMMIT, False)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         caller = authenticate_request()
-        replay = claim_idempotency_key(caller.id, settles_later)
+        replay = claim_idempotency_key(caller.id, settles_later, at_commit)
         if replay is not None:
             return replay
         return func(*args, caller=caller, **kwargs)
@@ -181,13 +182,14 @@ def require_user(func):
 def require_super_admin(func):
     """Holders of the admin group only (everyone else gets 403); the view gets ``caller=``."""
     settles_later = getattr(func, SETTLES_CLAIM, False)
+    at_commit = getattr(func, CLAIM_AT_COMMIT, False)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         caller = authenticate_request()
         if not caller.is_admin:
             raise ApiError(403, "forbidden", "Administrators only.")
-        replay = claim_idempotency_key(caller.id, settles_later)
+        replay = claim_idempotency_key(caller.id, settles_later, at_commit)
         if replay is not None:
             return replay
         return func(*args, caller=caller, **kwargs)

@@ -212,7 +212,9 @@ class Blueprint(flask_smorest.Blueprint):
 
         Right before the view function runs (its arguments parsed), ``g.before_view`` is
         called when a sign-in decorator left one (a claim of an ``Idempotency-Key`` still
-        on its way: auth.py); what it returns is answered instead of running the view."""
+        on its way: auth.py); what it returns is answered instead of running the view. None
+        is left for a view marked ``retry_safe.no_effect_before_commit``: its claim is read
+        before its first commit instead."""
         documented = super().response(status_code, schema, **kwargs)
         parser = self.ARGUMENTS_PARSER
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,16 +18,18 @@ import psycopg2.extensions
 import pytest
 import requests
 from processes import free_port, wait_until_up
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
 from sonicus import clock, create_app
+from sonicus.api_errors import ApiError
 from sonicus.extensions import db
 from sonicus.idempotency_http import request_fingerprint
-from sonicus.models import IdempotencyKey, ListeningSession
-from sonicus.services import idempotency, listening
+from sonicus.models import IdempotencyKey, ListeningSession, User
+from sonicus.services import admin_users, erasure, idempotency, listening, users
 from sonicus.services.keys_connections import APPLICATION_NAME, KeysConnections
+from sonicus.services.transaction import unit_of_work
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 10
@@ -283,6 +286,9 @@ def test_a_claim_cut_off_by_the_database_is_a_503_and_the_retry_runs(listener, d
                 break
             threading.Event().wait(0.01)
         assert dropped
+        # A start's view waits behind the same lock (its session names the user) and reads
+        # its claim only before its commit: let it go on to find the claim lost.
+        holder.rollback()
         waiting.join(timeout=10)
     finally:
         holder.rollback()
@@ -560,7 +566,9 @@ def test_writes_without_the_header_cost_nothing_and_with_it_two_statements(
         idempotency.settle_answers()
     replay = every_statement(lambda: client.post(
         "/api/user/sessions", json=body, headers=_keyed(listener["headers"], "cheap")))
-    assert _ours(replay) == ["EXECUTE", "SELECT"] and len(replay) == 2  # claim, kept answer
+    # claim, kept answer; a start reads its claim only at its commit: its own statements up
+    # to there ran (and were rolled back)
+    assert _ours(replay) == ["EXECUTE", "SELECT"] and len(replay) == 2 + len(plain)
     # a read ignores the header
     reads = every_statement(lambda: client.get(
         "/api/user/sessions", headers=_keyed(listener["headers"], "cheap")))
@@ -652,3 +660,349 @@ def test_the_header_is_documented_on_every_signed_in_write(client):
         assert documented == bool(operation.get("security")), (method, path)
     assert ref in spec["paths"]["/api/user/sessions"]["post"]["parameters"]
     assert ref not in spec["paths"]["/api/billing/webhook"]["post"].get("parameters", [])
+
+
+# ---- a session start reads its claim just before its commit ----------------------------------
+# (``retry_safe.no_effect_before_commit``): the claim travels while the start does its own
+# database work; a start whose key is not its own commits nothing and answers what the key
+# decided. Every other keyed write reads its claim before its view runs.
+
+WAIT = 30  # seconds: anything still waiting after this is stuck
+
+
+class _Paused:
+    """Wraps ``module.name`` so that its first call (the first request's) signals ``reached``
+    and waits for ``go`` before going on; later calls go straight through. ``calls`` counts
+    them all (how many views got that far)."""
+
+    def __init__(self, monkeypatch, module, name):
+        self.reached, self.go = threading.Event(), threading.Event()
+        self.calls = 0
+        real = getattr(module, name)
+
+        def paused(*args, **kwargs):
+            self.calls += 1
+            if self.calls == 1:
+                self.reached.set()
+                assert self.go.wait(WAIT)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, paused)
+
+
+def _in_thread(action) -> tuple[threading.Thread, list]:
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(action()))
+    thread.start()
+    return thread, result
+
+
+def _claims_landed(db_session, count: int) -> None:
+    for _ in range(500):
+        if len(_keys(db_session)) >= count:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the claim never landed")
+
+
+def test_a_duplicate_start_sent_while_the_first_is_mid_view_runs_its_view_and_commits_nothing(
+        app, listener, db_session, monkeypatch):
+    """The first start with a key is held inside its view (after its claim went in, before
+    its transaction locks anything). The same start sent again meanwhile runs its own view
+    (the claim is read only at its commit) up to its commit, finds the key running and is
+    answered 409: its session is rolled back. The first then finishes: one session."""
+    paused = _Paused(monkeypatch, listening, "_lock_for_start")
+    body = {"package_id": listener["package"]}
+    headers = _keyed(listener["headers"], "k-mid-view")
+    first, first_answer = _in_thread(
+        lambda: app.test_client().post("/api/user/sessions", json=body, headers=headers))
+    try:
+        assert paused.reached.wait(WAIT)
+        _claims_landed(db_session, 1)
+        inserted = []
+        insert = listening.insert_within_quota
+        monkeypatch.setattr(listening, "insert_within_quota",
+                            lambda *a: inserted.append(insert(*a)) or inserted[-1])
+        duplicate = app.test_client().post("/api/user/sessions", json=body, headers=headers)
+        ran = list(inserted)
+    finally:
+        paused.go.set()
+        first.join(WAIT)
+    assert paused.calls == 2 and len(ran) == 1 and ran[0] is not None  # it ran, inserted
+    assert duplicate.status_code == 409, duplicate.get_json()
+    assert duplicate.json["code"] == "idempotency_key_in_use"
+    assert first_answer[0].status_code == 201 and REPLAYED not in first_answer[0].headers
+    assert _sessions(db_session) == 1
+    with app.app_context():
+        idempotency.settle_answers()
+    again = app.test_client().post("/api/user/sessions", json=body, headers=headers)
+    assert again.headers[REPLAYED] == "true" and again.get_json() == first_answer[0].get_json()
+    assert _sessions(db_session) == 1
+
+
+def test_a_duplicate_start_refused_by_its_view_before_any_commit_answers_what_the_key_decided(
+        app, listener, db_session, monkeypatch):
+    """A start that never commits (its package is unknown: 404) still has its claim read
+    after it: sent while the first with its key is running, it is answered 409, not its own
+    404; the first's 404 is the key's answer from then on."""
+    paused = _Paused(monkeypatch, listening, "_lock_for_start")
+    body = {"package_id": 99999}
+    headers = _keyed(listener["headers"], "k-mid-404")
+    first, first_answer = _in_thread(
+        lambda: app.test_client().post("/api/user/sessions", json=body, headers=headers))
+    try:
+        assert paused.reached.wait(WAIT)
+        _claims_landed(db_session, 1)
+        duplicate = app.test_client().post("/api/user/sessions", json=body, headers=headers)
+    finally:
+        paused.go.set()
+        first.join(WAIT)
+    assert paused.calls == 2
+    assert duplicate.status_code == 409 and duplicate.json["code"] == "idempotency_key_in_use"
+    assert first_answer[0].status_code == 404
+    with app.app_context():
+        idempotency.settle_answers()
+    again = app.test_client().post("/api/user/sessions", json=body, headers=headers)
+    assert again.status_code == 404 and again.headers[REPLAYED] == "true"
+
+
+def test_a_keyed_start_whose_view_commits_twice_reads_its_claim_before_the_first_commit(
+        app, client, listener, db_session, monkeypatch):
+    """A start that commits a first write of its own before the start itself: its claim is
+    read before that first commit. The first request with the key does both; the same
+    request again is refused at its first commit, so not even its first write lands."""
+    order = []
+    real_outcome = idempotency.PendingClaim.outcome
+    monkeypatch.setattr(idempotency.PendingClaim, "outcome",
+                        lambda pending: order.append("claim read") or real_outcome(pending))
+    real_start = listening.start_or_find_session
+    calls = []
+
+    def commits_first(user_id, *args, **kwargs):
+        calls.append(user_id)
+        with unit_of_work():
+            db.session.execute(update(User).where(User.id == user_id)
+                               .values(display_name=f"write {len(calls)}"))
+        order.append("first commit")
+        return real_start(user_id, *args, **kwargs)
+
+    def committed(session):
+        order.append("committed")
+
+    monkeypatch.setattr(listening, "start_or_find_session", commits_first)
+    event.listen(db.session, "after_commit", committed)
+    try:
+        body = {"package_id": listener["package"]}
+        headers = _keyed(listener["headers"], "k-twice")
+        first = client.post("/api/user/sessions", json=body, headers=headers)
+        assert first.status_code == 201
+        assert order == ["claim read", "committed", "first commit", "committed"]
+        with app.app_context():
+            idempotency.settle_answers()
+        order.clear()
+        again = client.post("/api/user/sessions", json=body, headers=headers)
+    finally:
+        event.remove(db.session, "after_commit", committed)
+    assert len(calls) == 2  # the retry's view ran ...
+    assert order == ["claim read"]  # ... and committed nothing
+    assert again.status_code == 201 and again.headers[REPLAYED] == "true"
+    assert again.get_json() == first.get_json()
+    assert db_session.get(User, listener["id"]).display_name == "write 1"
+    db_session.commit()
+    assert _sessions(db_session) == 1
+
+
+def test_duplicate_starts_waiting_on_the_first_starts_row_lock_replay_it_without_deadlock(
+        app, listener, db_session, monkeypatch):
+    """The first start with a key is held after it has locked the user's subscription row;
+    more of the same start arrive and their views wait on that lock (their claims were
+    sent). Let go, the first commits (its claim is its own) and answers; each of the others
+    then gets the lock, reaches its commit, finds the key the first's and replays its answer
+    (or 409 while that answer is on its way), rolled back: one session, no one stuck."""
+    duplicates = 4
+    paused = _Paused(monkeypatch, listening, "insert_within_quota")
+    body = {"package_id": listener["package"]}
+    headers = _keyed(listener["headers"], "k-locked")
+
+    def start():
+        return app.test_client().post("/api/user/sessions", json=body, headers=headers)
+
+    first, first_answer = _in_thread(start)
+    others = []
+    try:
+        assert paused.reached.wait(WAIT)
+        others = [_in_thread(start) for _ in range(duplicates)]
+        for _ in range(1000):  # every duplicate waits on the first's row lock
+            waiting = db_session.execute(
+                select(func.count()).select_from(text("pg_stat_activity"))
+                .where(text("wait_event_type = 'Lock' AND datname = current_database() "
+                            "AND application_name <> :keys")),
+                {"keys": APPLICATION_NAME}).scalar()
+            db_session.commit()
+            if waiting == duplicates:
+                break
+            threading.Event().wait(0.01)
+        assert waiting == duplicates
+    finally:
+        paused.go.set()
+        first.join(WAIT)
+        for thread, _ in others:
+            thread.join(WAIT)
+    assert not first.is_alive() and not any(thread.is_alive() for thread, _ in others)
+    assert first_answer[0].status_code == 201 and REPLAYED not in first_answer[0].headers
+    for _, answer in others:
+        res = answer[0]
+        if res.status_code == 409:
+            assert res.json["code"] == "idempotency_key_in_use"
+        else:
+            assert res.status_code == 201 and res.headers[REPLAYED] == "true"
+            assert res.get_json() == first_answer[0].get_json()
+    assert paused.calls == 1 + duplicates  # every duplicate ran its view to the insert
+    assert _sessions(db_session) == 1
+
+
+def test_a_keyed_start_and_an_admin_tier_change_of_the_same_user_at_once_both_finish(
+        app, listener, db_session, monkeypatch):
+    """An administrator's change of a user locks the user's row and then the subscription
+    row; a start locks the subscription row and then inserts a session naming the user (and
+    reads its claim, whose key row names the user too, only at its commit). Interleaved so
+    that each holds its first lock when the other asks for it, both finish at once: the
+    administrator's lock on the user's row does not hold back rows that merely name the
+    user."""
+    admin_holds_user = threading.Event()
+    start_holds_subscription = threading.Event()
+    real_lock = admin_users.lock_or_create_subscription
+
+    def admin_lock(user_id):
+        admin_holds_user.set()
+        start_holds_subscription.wait(WAIT)
+        return real_lock(user_id)
+
+    monkeypatch.setattr(admin_users, "lock_or_create_subscription", admin_lock)
+    insert = listening.insert_within_quota
+
+    def start_insert(*args):
+        start_holds_subscription.set()
+        threading.Event().wait(0.2)  # the administrator now asks for the subscription row
+        return insert(*args)
+
+    monkeypatch.setattr(listening, "insert_within_quota", start_insert)
+
+    def grant():
+        with app.app_context():
+            try:
+                return admin_users.update_user(None, listener["id"], {"tier": "premium"},
+                                               actor_label="cli")
+            finally:
+                db.session.remove()
+
+    admin, admin_answer = _in_thread(grant)
+    assert admin_holds_user.wait(WAIT)
+    started = time.monotonic()
+    res = app.test_client().post("/api/user/sessions", json={"package_id": listener["package"]},
+                                 headers=_keyed(listener["headers"], "k-admin"))
+    admin.join(WAIT)
+    assert res.status_code == 201, res.get_json()
+    assert admin_answer == [True]
+    assert time.monotonic() - started < 3  # neither waited for a deadlock to be broken
+    assert _sessions(db_session) == 1
+
+
+def test_other_keyed_writes_still_read_their_claim_before_their_view(
+        app, client, listener, every_statement):
+    """A heartbeat is not marked ``no_effect_before_commit``: its retry reads the claim
+    before the view and sends nothing else (the claim, the kept answer)."""
+    started = client.post("/api/user/sessions", json={"package_id": listener["package"]},
+                          headers=listener["headers"])
+    path = f"/api/user/sessions/{started.json['data']['id']}"
+    headers = _keyed(listener["headers"], "k-beat")
+    first = client.patch(path, json={"listened_seconds": 0}, headers=headers)
+    assert first.status_code == 200
+    with app.app_context():
+        idempotency.settle_answers()
+    replay = every_statement(lambda: client.patch(path, json={"listened_seconds": 0},
+                                                  headers=headers))
+    assert _ours(replay) == ["EXECUTE", "SELECT"] and len(replay) == 2
+
+
+def test_a_start_that_catches_its_refused_commit_still_commits_nothing_and_answers_the_replay(
+        app, client, listener, db_session, monkeypatch):
+    """Should a start catch the refusal of its commit and go on (another write, its own
+    error), every later commit of the request is refused too and the answer is still the
+    one the key decided."""
+    body = {"package_id": listener["package"]}
+    headers = _keyed(listener["headers"], "k-caught")
+    first = client.post("/api/user/sessions", json=body, headers=headers)
+    assert first.status_code == 201
+    with app.app_context():
+        idempotency.settle_answers()
+
+    real_start = listening.start_or_find_session
+    caught = []
+
+    def catching(user_id, *args, **kwargs):
+        try:
+            return real_start(user_id, *args, **kwargs)
+        except Exception as exc:
+            caught.append(type(exc).__name__)
+        try:
+            with unit_of_work():
+                db.session.execute(update(User).where(User.id == user_id)
+                                   .values(display_name="went on"))
+        except Exception as exc:
+            caught.append(type(exc).__name__)
+        raise ApiError(409, "conflict", "Gave up.")
+
+    monkeypatch.setattr(listening, "start_or_find_session", catching)
+    again = client.post("/api/user/sessions", json=body, headers=headers)
+    assert caught == ["ClaimRefused", "ClaimRefused"]
+    assert again.status_code == 201 and again.headers[REPLAYED] == "true"
+    assert again.get_json() == first.get_json()
+    assert db_session.get(User, listener["id"]).display_name != "went on"
+    db_session.commit()
+    assert _sessions(db_session) == 1
+
+
+def test_a_keyed_start_during_the_erasure_of_its_account_is_a_prompt_404(
+        app, listener, db_session, monkeypatch):
+    """The erasure is the one transaction that holds the user's row ``FOR UPDATE`` (which the
+    start's claim waits behind); it takes the subscription row first. A keyed start sent
+    while the erasure holds both waits for the subscription row, holding nothing the erasure
+    needs: once the erasure commits, the start is answered 404 at once, not after the wait
+    for its claim runs out."""
+    paused = _Paused(monkeypatch, erasure, "add_tombstone")  # both rows locked by then
+
+    def erase():
+        with app.app_context():
+            try:
+                users.erase_user(listener["id"])
+            finally:
+                db.session.remove()
+
+    eraser, _ = _in_thread(erase)
+    starter = None
+    try:
+        assert paused.reached.wait(WAIT)
+        starter, answer = _in_thread(lambda: app.test_client().post(
+            "/api/user/sessions", json={"package_id": listener["package"]},
+            headers=_keyed(listener["headers"], "k-erased")))
+        for _ in range(1000):  # the start's view waits on the subscription row
+            waiting = db_session.execute(
+                select(func.count()).select_from(text("pg_stat_activity"))
+                .where(text("wait_event_type = 'Lock' AND datname = current_database() "
+                            "AND application_name <> :keys")),
+                {"keys": APPLICATION_NAME}).scalar()
+            db_session.commit()
+            if waiting:
+                break
+            threading.Event().wait(0.01)
+        assert waiting == 1
+    finally:
+        paused.go.set()
+        released = time.monotonic()
+        eraser.join(WAIT)
+        if starter is not None:
+            starter.join(WAIT)
+    assert time.monotonic() - released < 3
+    assert answer[0].status_code == 404, answer[0].get_json()
+    assert _sessions(db_session) == 0

@@ -7,6 +7,7 @@ from flask.views import MethodView
 from ..auth import require_user
 from ..envelope import Blueprint, set_message
 from ..pagination import PageArgsSchema
+from ..retry_safe import no_effect_before_commit
 from ..schemas.sessions import (
     PlaybackSchema,
     SessionCompleteSchema,
@@ -42,6 +43,8 @@ class Sessions(MethodView):
     @blp.errors(401, (403, "`package_locked`: neither the tier nor an assignment opens it."),
                 404, 422,
                 (429, "`daily_session_limit_reached`, with `resets_at`."))
+    @no_effect_before_commit  # one transaction on the app's session; locks only the user's
+    # subscription row (never waited for by a holder of the user's row: README)
     def post(self, body, caller):
         """Start a session (counts against today's quota); retry-safe with `client_id`."""
         client_id = body.get("client_id")

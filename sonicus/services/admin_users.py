@@ -1,7 +1,8 @@
 """Operator actions on users, shared by the admin API and the CLI.
 
-Every change locks the user's rows (``SELECT ... FOR UPDATE``), writes its audit entry in the
-same transaction and commits once. Suspension closes the user's live sockets after the commit.
+Every change locks the user's rows (``SELECT ... FOR UPDATE``; the user's own row ``FOR NO KEY
+UPDATE``, which rows naming the user do not wait for), writes its audit entry in the same
+transaction and commits once. Suspension closes the user's live sockets after the commit.
 """
 
 from __future__ import annotations
@@ -206,8 +207,11 @@ def _update_user(actor, user_id: int, changes: dict, actor_label: str | None, *,
     changed = suspended = False
     detail = None
     with unit_of_work() as work:
+        # FOR NO KEY UPDATE: locked against other changes of the user, not against rows that
+        # name the user (a session start holding the subscription row inserts one, and would
+        # wait for this transaction while this one waits for its subscription row below).
         user = db.session.execute(
-            select(User).where(User.id == user_id).with_for_update()
+            select(User).where(User.id == user_id).with_for_update(key_share=True)
             .execution_options(populate_existing=True)).scalar_one_or_none()
         if user is None:
             not_found("User")

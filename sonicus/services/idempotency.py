@@ -3,11 +3,13 @@
 
 The unique (user, key) pair decides: ``claim_key`` inserts a ``running`` row with ``INSERT ...
 ON CONFLICT DO NOTHING`` on a connection of its own engine, in autocommit (one round trip,
-committed before the write runs, visible to every process at once). The request whose row
-went in runs; it then keeps its answer (``store_answer``, one UPDATE) or, when it failed with
-a 5xx or an exception, gives the key back (``release_key``) so that a retry runs again. Any
-other request with the key finds the row: the same request (method, path with query, body:
-the fingerprint) done gets the kept answer, one still running gets 409
+committed on its own, visible to every process at once). It is sent before the write runs
+and read before the write commits (before its view runs, or, for a view with nothing outside
+its transaction, before that transaction's first commit: ``retry_safe.py``). The request
+whose row went in runs (commits); it then keeps its answer (``store_answer``, one UPDATE)
+or, when it failed with a 5xx or an exception, gives the key back (``release_key``) so that a
+retry runs again. Any other request with the key finds the row: the same request (method,
+path with query, body: the fingerprint) done gets the kept answer, one still running gets 409
 ``idempotency_key_in_use``, another request gets 422 ``idempotency_key_reused``.
 
 On PostgreSQL the kept answer's UPDATE is sent before the answer leaves and not waited for
@@ -211,7 +213,8 @@ def _claim_error(engine, params: tuple, exc: Exception) -> Exception:
 
 class PendingClaim:
     """A claim sent to the database and not read yet (``send_claim``): the request goes on
-    (its body is parsed meanwhile) and reads it with ``outcome`` before its view runs."""
+    (its body is parsed, or its view does its database work, meanwhile) and reads it with
+    ``outcome`` before its view runs or before the view's transaction first commits."""
 
     __slots__ = ("_fetch", "_engine", "_user_id", "_key", "_fingerprint", "_now", "_params")
 

@@ -151,9 +151,14 @@ def _apply_claims(user: User, view: dict, role: str) -> None:
 
 
 def _lock_user(user_id: int) -> User:
+    """The user's row, locked against other changes of it until the transaction ends. ``FOR
+    NO KEY UPDATE``, as the change (no delete, no new id) needs: rows that merely name the user
+    (a session, a subscription, an idempotency key's claim) are inserted meanwhile instead of
+    waiting behind it (README: "Retry-safe writes")."""
     user = db.session.execute(
         select(User).where(User.id == user_id).options(selectinload(User.subscription))
-        .execution_options(populate_existing=True).with_for_update()).scalar_one_or_none()
+        .execution_options(populate_existing=True)
+        .with_for_update(key_share=True)).scalar_one_or_none()
     if user is None:
         not_found("User")
     return user
