@@ -445,3 +445,32 @@ def test_a_fan_out_goes_on_while_other_sockets_keep_talking():
     sent, got, took = done.stdout.split()
     assert (int(sent), int(got)) == (300, 300)
     assert float(took) < 1.0
+
+
+def test_a_session_start_reaches_the_users_live_analytics(app, two_web_processes, token_for,
+                                                          db_session, make_user, make_package,
+                                                          connect_ws):
+    """A dashboard left open sees today's sessions go up when a session starts (on another
+    process), not only once it ends: the start asks for a refresh after its commit."""
+    from sonicus.tasks.worker import make_worker
+
+    make_user("starter@example.com")
+    package = make_package("first-light").id
+    token = token_for("starter@example.com")
+    ws = connect_ws(two_web_processes[0].ws_url(), token)
+    snapshot = ws.receive_json()
+    assert snapshot["type"] == "analytics.snapshot"
+    assert snapshot["data"]["sessions_today"] == 0
+    res = requests.post(two_web_processes[1].http_url("/api/user/sessions"),
+                        json={"package_id": package},
+                        headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert res.status_code == 201, res.text
+    make_worker(app, simple=True).work(burst=True, with_scheduler=True)
+    update = ws.receive_json()
+    assert update["type"] == "analytics.updated"
+    assert update["data"]["sessions_today"] == 1
+    usage = requests.get(two_web_processes[1].http_url("/api/user/subscription"),
+                         headers={"Authorization": f"Bearer {token}"},
+                         timeout=10).json()["data"]["usage"]
+    assert usage["sessions_today"] == update["data"]["sessions_today"]
+    ws.close()

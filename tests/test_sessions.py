@@ -191,6 +191,9 @@ def test_complete_marks_analytics_and_popularity(client, auth, pkgs, db_session,
     headers = auth("done@example.com")
     sid = listening.start_session(user.id, pkgs["rain"],
                                   now=clock.now() - timedelta(minutes=13)).id
+    queued = Queue(QUEUE_ANALYTICS, connection=redis_client)
+    assert queued.count == 1  # the start's own refresh (today's sessions went up)
+    queued.empty()
     # 750 s of the 900 s a starter can play: over 80%, completed by the server's word
     res = client.post(f"/api/user/sessions/{sid}/complete", headers=headers, json={
         "listened_seconds": 750, "completed": True, "mood_after": 8, "note": "calmer"})

@@ -70,6 +70,9 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
     read than the lock's: a change of them takes effect only at the next boundary of the day
     (``User.change_day_settings``), so the day a start counts on is the same either way.
 
+    A session started asks for the user's analytics to be refreshed once it has committed
+    (``sessions_today`` went up; a live dashboard gets ``analytics.updated``).
+
     ``client_id`` (the client's uuid) makes a start retry-safe: when the user already has a
     session with it, that session is the answer (``created`` False) and nothing is counted
     again. Under the lock a concurrent start with the same id waits and then finds the first
@@ -108,6 +111,9 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
         if existing is None:
             raise
         return existing, False
+    # today's sessions went up: a dashboard left open hears of it (best effort, after the
+    # commit; the start's next refresh, at its end at the latest, catches a lost one)
+    analytics.request_refresh(user_id)
     return session, True
 
 
