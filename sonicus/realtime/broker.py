@@ -284,6 +284,7 @@ class Broker:
                 if failures:
                     log.info("live updates: subscribed again after %d failed attempts",
                              failures)
+                    self.leases.restore()  # Redis may be back without them
                     self._resync()
                 failures = 0
                 while not self._stop.is_set():
