@@ -8,8 +8,9 @@ Two process types from the same code and settings:
   same create_app; psycopg2 waits cooperatively (psycogreen) and the file descriptor limit is
   raised to the hard limit. See the README figures.
 Access logs carry the path only: query strings (a socket's ?access_token=) never reach them.
-Metrics: every worker writes to PROMETHEUS_MULTIPROC_DIR (emptied when the master starts);
-a worker that exits is marked dead so its open-socket gauge stops counting.
+Metrics: every worker writes to PROMETHEUS_MULTIPROC_DIR (a master starting drops what this
+host's dead processes left there); a worker that exits is marked dead so its open-socket
+gauge stops counting.
 """
 
 import glob
