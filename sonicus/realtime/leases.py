@@ -86,7 +86,10 @@ class Leases:
 
         admitted = self._redis_call("socket lease", admit)
         if admitted:
-            conn.lease = member
+            with self._lock:  # ``restore`` may have leased it meanwhile: one lease per socket
+                restored, conn.lease = conn.lease, member
+            if restored is not None:
+                self.release([(conn.user_id, restored)])
         return admitted
 
     def _member(self) -> str:
