@@ -8,8 +8,9 @@ Two process types from the same code and settings:
   same create_app; psycopg2 waits cooperatively (psycogreen) and the file descriptor limit is
   raised to the hard limit. See the README figures.
 Access logs carry the path only: query strings (a socket's ?access_token=) never reach them.
-Metrics: every worker writes to PROMETHEUS_MULTIPROC_DIR (emptied when the master starts);
-a worker that exits is marked dead so its open-socket gauge stops counting.
+Metrics: every worker writes to PROMETHEUS_MULTIPROC_DIR (a master starting drops what this
+host's dead processes left there); a worker that exits is marked dead so its open-socket
+gauge stops counting.
 """
 
 import glob
@@ -84,12 +85,26 @@ class AccessLineWhenLogged(importlib.import_module("gunicorn.glogging").Logger):
 logger_class = AccessLineWhenLogged
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def on_starting(server):
     # Counts of this host's previous run would be added to this one's; files of other hosts
-    # (workers sharing the directory in compose) are theirs.
+    # (workers sharing the directory in compose) are theirs, and so are those of this host's
+    # processes still running (the other process type, an RQ worker: one directory per host).
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(path, exist_ok=True)
     for stale in glob.glob(os.path.join(path, f"*_{socket.gethostname()}-*.db")):
+        pid = stale[:-len(".db")].rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+            continue
         os.remove(stale)
 
 

@@ -64,16 +64,19 @@ return totals
 
 
 class _Count:
-    __slots__ = ("key", "ends", "reset_text", "total", "pending", "synced_at", "syncing")
+    __slots__ = ("key", "ends", "reset_text", "total", "shared", "pending", "unsent",
+                 "synced_at", "syncing")
 
     def __init__(self, key: str, ends: int, now: float):
         self.key = key            # the window's Redis key
         self.ends = ends          # when the window closes
         self.reset_text = str(ends)  # X-RateLimit-Reset of this window
         self.total = 0            # the deployment's count as best known here
-        self.pending = 0          # this process's hits not yet added in Redis
+        self.shared = 0           # the highest count Redis answered
+        self.pending = 0          # this process's hits not yet added in Redis (as far as known)
+        self.unsent = 0           # of those, the hits no sync in flight carries
         self.synced_at = now
-        self.syncing = False
+        self.syncing = 0          # syncs in flight
 
 
 class RateLimiter:
@@ -81,9 +84,11 @@ class RateLimiter:
 
     A process adds its hits to a window's Redis count (and reads the deployment's total back)
     when a second has passed since it last did, when it has counted an eighth of the window's
-    limit since, and on every hit once the known total is past half the limit. So a client
-    well inside its limits costs no Redis round trip per request, one near a limit is counted
-    exactly, and a window can be overrun by at most an eighth of its limit per process.
+    limit since, and on every hit once the known total is past half the limit (also while an
+    earlier hit's addition is still on its way: a burst on two processes is not judged on
+    each process's own count meanwhile). So a client well inside its limits costs no Redis
+    round trip per request, one near a limit is counted exactly, and a window can be overrun
+    by at most an eighth of its limit per process.
 
     A client's counts are found by scope and client (one list, a count per window of the
     scope) and a count is replaced when its window has closed: the window's Redis key is made
@@ -154,11 +159,15 @@ class RateLimiter:
                             now)
                     count.total += 1
                     count.pending += 1
-                    if client is not None and not count.syncing and (
+                    count.unsent += 1
+                    # Near the limit every hit is added, also while another sync is on its
+                    # way (else the hits meanwhile would be judged on this process's count).
+                    if client is not None and (
                             count.total * 2 > amount or count.pending * 8 >= amount
-                            or count.synced_at <= sync_before):
-                        count.syncing = True
-                        to_sync.append((len(hits), count, count.pending))
+                            or (not count.syncing and count.synced_at <= sync_before)):
+                        count.syncing += 1
+                        to_sync.append((len(hits), count, count.unsent))
+                        count.unsent = 0
                     hits.append([count, amount, count.total, amount_text])
         if to_sync:
             # The deployment's totals up to this hit: what was sent ends with it.
@@ -183,12 +192,16 @@ class RateLimiter:
         synced = []
         with self._lock:
             for n, (i, count, sent) in enumerate(to_sync):
-                count.syncing = False
+                count.syncing -= 1
                 if totals is not None:
+                    # syncs may answer out of order: an earlier answer never lowers the count
                     count.pending -= sent
-                    count.total = totals[n] + count.pending
+                    count.shared = max(count.shared, totals[n])
+                    count.total = count.shared + count.pending
                     count.synced_at = now
                     synced.append((i, totals[n]))
+                else:
+                    count.unsent += sent  # sent with a later hit
         return synced
 
     def check(self) -> None:

@@ -274,3 +274,26 @@ def test_racing_requests_get_exactly_the_limit(idp, make_config):
     with ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(one, range(64)))
     assert statuses.count(200) == 40 and statuses.count(429) == 24, str(sorted(statuses))
+
+
+def test_racing_requests_on_two_processes_get_no_more_than_the_limit(idp, make_config):
+    """A burst of one client's requests spread over two processes: while one process's count
+    is on its way to Redis, its other requests near the limit are still counted there, so the
+    deployment lets the limit through and refuses the rest."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = make_config(RATELIMIT_ENABLED=True, RATELIMIT_PER_USER="40/hour",
+                         RATELIMIT_PER_IP="100000/hour")
+    apps = [create_app(config), create_app(config)]
+    headers = {"Authorization": f"Bearer {idp.token(email='two-racers@example.com')}"}
+    for app in apps:
+        app.test_client().get("/api/tiers")  # warm the apps up before the race
+
+    def one(i):
+        return apps[i % 2].test_client().get("/api/user/profile", headers=headers).status_code
+
+    for _ in range(3):
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(one, range(96)))
+        assert statuses.count(200) <= 40, str(sorted(statuses))
+        headers = {"Authorization": f"Bearer {idp.token(email=f'two-racers-{_}@example.com')}"}

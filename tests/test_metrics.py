@@ -163,3 +163,56 @@ def test_a_request_adds_to_the_same_samples_as_the_public_methods_would():
                       if s.labels.get("route") == route and not s.name.endswith("_created"))
 
     assert samples("direct") == samples("public")
+
+
+def test_starting_a_gunicorn_keeps_the_metrics_of_the_hosts_other_running_processes(
+        tmp_path, idp, test_database_url, test_redis_url, redis_client, wait_for):
+    """One directory per host: a web (or socket) process type started or restarted there
+    drops what this host's dead processes left, never the files of a worker (or of the other
+    process type) still running, whose counts would vanish from every scrape until it
+    restarts."""
+    import shutil
+    import socket
+
+    from processes import free_port, wait_until_up
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SONICUS_ENV": "testing",
+           "DATABASE_URL": test_database_url, "REDIS_URL": test_redis_url,
+           "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": "sonicus-test",
+           "RATELIMIT_ENABLED": "false", "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "METRICS_TOKEN": "scrape-secret"}
+    worker = _start(["worker.py", "--simple", "--no-schedule"], env)
+    procs = [worker]
+    try:
+        Queue("sonicus-default", connection=redis_client).enqueue("os.getpid")
+        host = socket.gethostname()
+        counts = tmp_path / f"counter_{host}-{worker.pid}.db"
+        wait_for(lambda: counts.exists() and not redis_client.llen("rq:queue:sonicus-default"),
+                 timeout=20)
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+        # what a process of an earlier run left: its counts must not be added to this run's
+        shutil.copy(counts, tmp_path / f"counter_{host}-{int(dead.stdout)}.db")
+
+        port = free_port()
+        web = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "wsgi:app", "-c", "gunicorn.conf.py",
+             "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        procs.append(web)
+        wait_until_up(f"http://127.0.0.1:{port}/api/health", web)
+
+        def jobs_done():
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5,
+                                headers={"Authorization": "Bearer scrape-secret"}).text
+            return _sample(text, "sonicus_jobs_succeeded_total", job="getpid")
+
+        assert wait_for(lambda: jobs_done() is not None, timeout=10) == 1.0
+        Queue("sonicus-default", connection=redis_client).enqueue("os.getpid")
+        assert wait_for(lambda: jobs_done() == 2.0, timeout=20)  # the worker still counts
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            stop_group(proc, 15)

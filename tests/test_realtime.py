@@ -107,6 +107,44 @@ def test_the_socket_address_asked_without_a_handshake_names_the_upgrade(client):
     assert body["errors"] == ["Upgrade: must be websocket (a WebSocket handshake)."], body
 
 
+@pytest.mark.parametrize("header, value", [
+    ("Sec-WebSocket-Version", None), ("Sec-WebSocket-Version", "8"),
+    ("Sec-WebSocket-Key", None), ("Host", None)])
+def test_a_handshake_with_a_missing_or_unsupported_header_is_a_400_naming_it(
+        app, token_for, make_user, serve_in_process, header, value):
+    """A malformed upgrade request is the client's error (400 in the envelope, naming the
+    header), never a 500 on a real server."""
+    import http.client
+    import json
+
+    make_user("handshake@example.com")
+    server = serve_in_process(app)
+    headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+               "Authorization": f"Bearer {token_for('handshake@example.com')}"}
+    if value is not None:
+        headers[header] = value
+    conn = http.client.HTTPConnection("127.0.0.1", server.server.server_port, timeout=10)
+    try:
+        conn.putrequest("GET", "/ws/analytics", skip_host=True)
+        if header != "Host":
+            conn.putheader("Host", f"127.0.0.1:{server.server.server_port}")
+        for name, text in headers.items():
+            if not (name == header and value is None):
+                conn.putheader(name, text)
+        conn.endheaders()
+        res = conn.getresponse()
+        raw = res.read()
+    finally:
+        conn.close()
+    assert res.status == 400, raw
+    body = json.loads(raw)
+    assert body["success"] is False and body["code"] == "validation_error"
+    assert body["errors"][0].startswith(f"{header}: "), body
+    if header == "Sec-WebSocket-Version":
+        assert res.getheader("Sec-WebSocket-Version") == "13"
+
+
 def test_a_listener_outside_the_required_group_is_refused(two_web_processes, token_for, connect_ws):
     ws = connect_ws(two_web_processes[0].ws_url(), token_for("outsider@example.com", groups=()))
     assert ws.close_code() == 4403

@@ -161,3 +161,46 @@ def test_a_hung_redis_costs_one_timeout_not_one_per_call(own_redis, make_config,
     with app.app_context():  # every completion saved, and its refresh is owed (the sweep's)
         assert db.session.query(ListeningSession).filter_by(status="ended").count() == count
         assert db.session.get(UserAnalytics, user.id).stale_since is not None
+
+
+def test_sockets_of_accounts_suspended_or_erased_while_redis_was_down_close_when_it_is_back(
+        own_redis, token_for, admin_auth, make_config, make_user, connect_ws, serve_in_process):
+    """The close another process publishes never arrives while Redis is down: once this
+    process's subscriber is back, it closes the sockets of accounts suspended (4403) or
+    erased (4401) meanwhile, and sends no figures to them."""
+    from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
+
+    config = make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=0.2)
+    sockets_app, other = create_app(config), create_app(config).test_client()
+    suspended = make_user("suspended-meanwhile@example.com").id
+    make_user("erased-meanwhile@example.com")
+    make_user("staying@example.com")
+    server = serve_in_process(sockets_app)
+    try:
+        sockets = {email: connect_ws(server.url(), token_for(email)) for email in (
+            "suspended-meanwhile@example.com", "erased-meanwhile@example.com",
+            "staying@example.com")}
+        for ws in sockets.values():
+            assert ws.receive_json()["type"] == "analytics.snapshot"
+
+        own_redis.stop()
+        res = other.patch(f"/api/admin/users/{suspended}", json={"is_active": False},
+                          headers=admin_auth("moderator@example.com"))
+        assert res.status_code == 200
+        res = other.delete("/api/user/profile", headers={
+            "Authorization": f"Bearer {token_for('erased-meanwhile@example.com')}"})
+        assert res.status_code == 200
+
+        own_redis.start()
+        assert get_broker(sockets_app).wait_ready(20), "the subscriber did not reconnect"
+        for email, code in (("suspended-meanwhile@example.com", 4403),
+                            ("erased-meanwhile@example.com", 4401)):
+            sockets[email].settimeout(10)
+            assert sockets[email].close_code() == code, email
+        staying = sockets["staying@example.com"]
+        staying.settimeout(10)
+        assert staying.receive_json()["type"] == "analytics.updated"  # figures re-sent
+    finally:
+        server.stop()
+        get_broker(sockets_app).stop()

@@ -123,3 +123,39 @@ def test_renewal_pushes_every_sockets_lease_forward(app, test_redis_url):
     finally:
         for conn in conns:
             broker.unregister(conn)
+
+
+def test_the_cap_still_holds_after_redis_restarts_empty(
+        own_redis, token_for, make_config, make_user, connect_ws, serve_in_process):
+    """Redis comes back without the leases (restarted empty, or a socket was admitted while it
+    was down, on the process's own count): once the subscriber is back, the process's open
+    sockets are leased again, so another process refuses the user's socket past the cap."""
+    from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
+
+    config = make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=0.2,
+                         WS_MAX_SOCKETS_PER_USER=3)
+    holding, other = create_app(config), create_app(config)
+    gina = make_user("gina@example.com").id
+    token = token_for("gina@example.com")
+    server, other_server = serve_in_process(holding), serve_in_process(other)
+    try:
+        held = [connect_ws(server.url(), token) for _ in range(2)]
+        for ws in held:
+            assert ws.receive_json()["type"] == "analytics.snapshot"
+
+        own_redis.stop()
+        time.sleep(0.3)
+        during = connect_ws(server.url(), token)  # counted in this process alone meanwhile
+        assert during.receive_json()["type"] == "analytics.snapshot"
+        own_redis.start()  # empty: the leases of before are gone
+        assert get_broker(holding).wait_ready(20), "the subscriber did not reconnect"
+        leases, deadline = redis_lib.Redis.from_url(own_redis.url), time.time() + 5
+        while time.time() < deadline and leases.zcard(_leases_key(holding, gina)) < 3:
+            time.sleep(0.05)
+        time.sleep(0.5)  # past the other process's back-off, too
+        refused = connect_ws(other_server.url(), token)
+        assert refused.close_code() == 4429
+    finally:
+        for app in (holding, other):
+            get_broker(app).stop()

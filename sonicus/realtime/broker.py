@@ -93,9 +93,12 @@ class Broker:
     """This process's sockets (the registry), admitted within their caps, and everything
     delivered to them; it holds their ``leases`` and their ``keepalive`` sweep."""
 
-    def __init__(self, app, snapshot: Callable[[int], dict | None]):
+    def __init__(self, app, snapshot: Callable[[int], dict | None],
+                 close_code: Callable[[int], int | None] | None = None):
         self.app = app
         self.snapshot = snapshot  # a user's current analytics, by id (None: no such user)
+        # why a user's sockets must close now (suspended, erased), by id; None: they stay
+        self.close_code = close_code
         self.redis_url = app.config.get("REDIS_URL")
         self.channel = user_events_channel(app.config)
         self.callers_channel = callers_channel(app.config)
@@ -281,6 +284,7 @@ class Broker:
                 if failures:
                     log.info("live updates: subscribed again after %d failed attempts",
                              failures)
+                    self.leases.restore()  # Redis may be back without them
                     self._resync()
                 failures = 0
                 while not self._stop.is_set():
@@ -333,12 +337,18 @@ class Broker:
 
     def _resync(self) -> None:
         """After a gap in the subscription, send every local socket its current figures
-        (anything published during the gap was missed)."""
+        (anything published during the gap was missed), and close the sockets of accounts
+        suspended or erased meanwhile (their close was published during the gap too)."""
         with self._lock:
             user_ids = list(self._sockets)
         for user_id in user_ids:
             try:
                 with self.app.app_context():
+                    code = self.close_code(user_id) if self.close_code else None
+                    if code is not None:
+                        get_caller_cache(self.app).forget([user_id])
+                        self.close_local(user_id, code, "account changed")
+                        continue
                     data = self.snapshot(user_id)
                 if data is not None:
                     self.deliver_local(user_id, json.dumps(
@@ -368,9 +378,10 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def init_broker(app, snapshot: Callable[[int], dict | None]) -> Broker:
+def init_broker(app, snapshot: Callable[[int], dict | None],
+                close_code: Callable[[int], int | None] | None = None) -> Broker:
     """The process's broker; without Redis, ``publish.py`` delivers straight to it."""
-    broker = Broker(app, snapshot)
+    broker = Broker(app, snapshot, close_code)
     app.extensions[EXTENSION_KEY] = broker
     app.extensions[LOCAL_DELIVERY_KEY] = broker.deliver
     return broker

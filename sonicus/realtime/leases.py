@@ -74,10 +74,7 @@ class Leases:
     def take(self, conn: Connection, per_user: int) -> bool | None:
         """Count ``conn`` against its user's cap in every process: True (leased), False
         (the user is at the cap), None (no Redis: the local count decided)."""
-        pid = os.getpid()
-        if not self._owner.startswith(f"{pid}-"):
-            self._owner = f"{pid}-{secrets.token_hex(4)}"
-        member = f"{self._owner}-{next(self._ids)}"
+        member = self._member()
 
         def admit(client):
             if self._admit_script is None:
@@ -89,8 +86,42 @@ class Leases:
 
         admitted = self._redis_call("socket lease", admit)
         if admitted:
-            conn.lease = member
+            with self._lock:  # ``restore`` may have leased it meanwhile: one lease per socket
+                restored, conn.lease = conn.lease, member
+            if restored is not None:
+                self.release([(conn.user_id, restored)])
         return admitted
+
+    def _member(self) -> str:
+        pid = os.getpid()
+        if not self._owner.startswith(f"{pid}-"):
+            self._owner = f"{pid}-{secrets.token_hex(4)}"
+        return f"{self._owner}-{next(self._ids)}"
+
+    def restore(self) -> int:
+        """After a gap in Redis (the subscriber reconnected): lease every open socket of this
+        process again, those admitted meanwhile on the local count included, since Redis may
+        have come back without them (restarted empty). How many were leased."""
+        with self._lock:
+            for conns in self._sockets.values():
+                for conn in conns:
+                    if conn.lease is None:
+                        conn.lease = self._member()
+            owned = [(user_id, [conn.lease for conn in conns])
+                     for user_id, conns in self._sockets.items() if conns]
+        if not owned:
+            return 0
+
+        def lease(client):
+            until = time.time() + LEASE_SECONDS
+            pipe = client.pipeline(transaction=False)
+            for user_id, members in owned:
+                pipe.zadd(self.key(user_id), dict.fromkeys(members, until))
+                pipe.expire(self.key(user_id), LEASE_SECONDS + 1)
+            pipe.execute()
+            return sum(len(members) for _, members in owned)
+
+        return self._redis_call("socket lease restore", lease, 0)
 
     # ---- renewal ------------------------------------------------------------------------------
     def renew(self) -> int:

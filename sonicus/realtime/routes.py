@@ -174,10 +174,26 @@ def socket_token() -> str | None:
     return None
 
 
+def _check_handshake(headers) -> None:
+    """What the WebSocket handshake needs beyond the upgrade itself (routing checks that): a
+    client's malformed request is its 400 naming the header, not an error of ours later."""
+    if headers.get("Sec-WebSocket-Version", "").strip() != "13":
+        raise ApiError(400, "validation_error", "Unsupported WebSocket version.",
+                       errors=["Sec-WebSocket-Version: must be 13."],
+                       headers={"Sec-WebSocket-Version": "13"})
+    if not headers.get("Host", "").strip():  # the handshake is an HTTP/1.1 request
+        raise ApiError(400, "validation_error", "Missing Host header.",
+                       errors=["Host: required for a WebSocket handshake."])
+    if not headers.get("Sec-WebSocket-Key", "").strip():
+        raise ApiError(400, "validation_error", "Missing WebSocket key.",
+                       errors=["Sec-WebSocket-Key: required for a WebSocket handshake."])
+
+
 def authenticate_socket() -> None:
     """Before the upgrade: resolve the user, or the close code the socket will get."""
     if request.endpoint != "realtime.analytics_socket":
         return
+    _check_handshake(request.headers)
     # No permessage-deflate: its zlib state is ~2x the rest of an idle socket, and the
     # messages are small JSON (the handshake reads the offer from the environ).
     request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
@@ -272,13 +288,14 @@ def _start_subscriber_hook(broker):
     return start_subscriber
 
 
-def register_realtime(app, snapshot) -> None:
+def register_realtime(app, snapshot, close_code=None) -> None:
     """The broker and the WebSocket routes. Nothing connects at creation: the subscriber
     starts in the serving process (``_start_subscriber_hook``), never in a worker or the CLI.
 
-    ``snapshot(user_id)``: the user's current analytics (the broker never imports services).
+    ``snapshot(user_id)``: the user's current analytics (the broker never imports services);
+    ``close_code(user_id)``: the close code of a user whose sockets must close now, else None.
     """
-    broker = init_broker(app, snapshot)
+    broker = init_broker(app, snapshot, close_code)
     app.wsgi_app = EndSocketRequests(app.wsgi_app)
     app.config["SOCK_SERVER_OPTIONS"] = {**app.config.get("SOCK_SERVER_OPTIONS", {}),
                                          "thread_class": HandlerReads}

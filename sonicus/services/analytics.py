@@ -28,7 +28,7 @@ from ..extensions import db
 from ..models import ListeningSession, SoundPackage, User, UserAnalytics
 from ..models.listening import ENDED
 from ..models.user import merge_preferences
-from ..realtime.publish import publish_to_user
+from ..realtime.publish import CLOSE_FORBIDDEN, CLOSE_INVALID_TOKEN, publish_to_user
 from ..tasks.queue import QUEUE_ANALYTICS, enqueue, job_is_pending
 from .quota import counted_on_day
 from .recaps import forget_recent_recaps, forget_user_recaps
@@ -292,6 +292,16 @@ def analytics_for_user_id(user_id: int) -> dict | None:
     """The analytics of a user known by id (a socket's snapshot); None once erased."""
     user = db.session.get(User, user_id)
     return None if user is None else get_user_analytics(user)
+
+
+def socket_close_code(user_id: int) -> int | None:
+    """Why a user's open sockets must close now: 4401 once erased, 4403 while suspended;
+    None while the account stands (a socket process checks its sockets after a gap in the
+    closes other processes publish)."""
+    active = db.session.execute(select(User.is_active).where(User.id == user_id)).scalar()
+    if active is None:
+        return CLOSE_INVALID_TOKEN
+    return None if active else CLOSE_FORBIDDEN
 
 
 def stale_user_ids(limit: int = SWEEP_BATCH, grace_seconds: int | None = None):
