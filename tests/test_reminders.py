@@ -589,6 +589,126 @@ def test_a_sending_job_run_again_sends_no_reminder_twice(push_client, auth, push
     assert len(push_service.posts_to(device.endpoint)) == 1
 
 
+def _lose_sending_jobs(push_app, redis_client, monkeypatch, how):
+    """Run the periodic scan with its sending jobs lost: the enqueue failed right after the
+    claim (Redis refused it), or Redis restarted empty with the jobs still queued."""
+    from sonicus.extensions import redis_gate
+
+    with push_app.app_context():
+        if how == "enqueue_failed":
+            with monkeypatch.context() as patched:
+                patched.setattr(redis_gate(), "allows", lambda: False)
+                claimed = reminders.send_due_reminders()
+        else:
+            claimed = reminders.send_due_reminders()
+            redis_client.flushdb()
+        db.session.remove()
+    return claimed
+
+
+def _scan_and_work(push_app):
+    with push_app.app_context():
+        reminders.send_due_reminders()
+        db.session.remove()
+    _run_jobs(push_app)
+
+
+@pytest.mark.parametrize("how", ["enqueue_failed", "redis_restarted_empty"])
+def test_a_claimed_reminder_whose_job_was_lost_is_sent_by_the_next_scan_within_the_hour(
+        push_client, auth, push_service, browser, set_clock, redis_client, monkeypatch, how):
+    """The scan claimed the user's day at 18:00 but its sending job never reached a worker:
+    a scan after a short grace (a job just queued is not doubled) queues it again, and the
+    user gets their reminder, once."""
+    app = push_client.application
+    _, device = _listener(push_client, auth, push_service, browser, time="18:00")
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    assert _lose_sending_jobs(app, redis_client, monkeypatch, how) == 1
+    _run_jobs(app)
+    assert push_service.posts_to(device.endpoint) == []
+    set_clock(datetime(2026, 1, 14, 18, 1, tzinfo=UTC))  # within the grace: not yet
+    _scan_and_work(app)
+    assert push_service.posts_to(device.endpoint) == []
+    set_clock(datetime(2026, 1, 14, 18, 3, tzinfo=UTC))
+    _scan_and_work(app)
+    [post] = push_service.posts_to(device.endpoint)
+    assert device.decrypt(post.body)["day"] == "2026-01-14"
+    for minute in (4, 30):  # sent: never again that day
+        set_clock(datetime(2026, 1, 14, 18, minute, tzinfo=UTC))
+        _scan_and_work(app)
+    assert len(push_service.posts_to(device.endpoint)) == 1
+    with app.app_context():
+        delivery = db.session.execute(select(ReminderDelivery)).scalar_one()
+        assert delivery.pushes_sent == 1 and delivery.sent_at is not None
+
+
+def test_a_lost_reminder_is_not_sent_past_its_catch_up_hour_nor_in_quiet_hours(
+        push_client, auth, push_service, browser, set_clock, redis_client, monkeypatch):
+    """Workers down until 18:40 claim three reminders late and their jobs are lost. At 19:00
+    the 18:00 one is past its catch-up hour (an hour after its time, however recent its
+    claim) and the one whose quiet hours began at 18:50 is inside them: only the 18:30 one,
+    still due, is sent."""
+    app = push_client.application
+    _, early = _listener(push_client, auth, push_service, browser, "early@example.com",
+                         time="18:00")
+    _, late = _listener(push_client, auth, push_service, browser, "late@example.com",
+                        time="18:30")
+    _, quiet = _listener(push_client, auth, push_service, browser, "quiet@example.com",
+                         time="18:30", quiet_start="18:50", quiet_end="23:00")
+    set_clock(datetime(2026, 1, 14, 18, 40, tzinfo=UTC))
+    assert _lose_sending_jobs(app, redis_client, monkeypatch, "redis_restarted_empty") == 3
+    for moment in (datetime(2026, 1, 14, 19, 0, tzinfo=UTC),
+                   datetime(2026, 1, 14, 19, 20, tzinfo=UTC)):
+        set_clock(moment)
+        _scan_and_work(app)
+    assert push_service.posts_to(early.endpoint) == []
+    assert push_service.posts_to(quiet.endpoint) == []
+    assert len(push_service.posts_to(late.endpoint)) == 1
+
+
+def test_a_reminder_queued_again_and_its_late_original_running_at_once_send_one_push(
+        push_client, auth, push_service, browser, set_clock):
+    """The original sending job was only late (a queue backlog past the grace): the scan
+    queues the reminder again, and two workers run both jobs at the same moment. The first
+    to take the reminder sends it; the user gets one push."""
+    from sonicus.tasks.queue import QUEUE_DEFAULT, get_queue
+
+    app = push_client.application
+    _, device = _listener(push_client, auth, push_service, browser, time="18:00")
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    with app.app_context():
+        assert reminders.send_due_reminders() == 1
+        db.session.remove()
+    set_clock(datetime(2026, 1, 14, 18, 3, tzinfo=UTC))
+    with app.app_context():
+        assert reminders.send_due_reminders() == 0
+        jobs = get_queue(QUEUE_DEFAULT).jobs
+        delivery_id = db.session.execute(select(ReminderDelivery.id)).scalar_one()
+        db.session.remove()
+    sending = [job for job in jobs if job.func is reminders.deliver_reminders]
+    assert [job.args for job in sending] == [([delivery_id],), ([delivery_id],)]
+    start, sent, errors = threading.Barrier(len(sending)), [], []
+
+    def work(job):
+        try:
+            with app.app_context():
+                start.wait(5)
+                sent.append(job.func(*job.args))
+                db.session.remove()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(job,)) for job in sending]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert errors == [] and sorted(sent) == [0, 1]
+    _run_jobs(app)  # the queued jobs themselves: nothing more
+    assert len(push_service.posts_to(device.endpoint)) == 1
+    with app.app_context():
+        assert db.session.execute(select(ReminderDelivery.pushes_sent)).scalar_one() == 1
+
+
 def test_two_workers_racing_send_one_push(push_client, auth, push_service, browser, set_clock):
     app = push_client.application
     _, device = _listener(push_client, auth, push_service, browser, time="18:00")
@@ -726,6 +846,11 @@ def test_development_on_sqlite_finds_the_due_users_too(make_config, tmp_path, au
         claimed = reminder_claims.claim_due_reminders(datetime(2026, 1, 14, 21, 0, tzinfo=UTC))
         assert len(claimed) == 1
         assert reminder_claims.claim_due_reminders(datetime(2026, 1, 14, 21, 5, tzinfo=UTC)) == []
+        # claimed, never sent: found again after the grace, while still due (the SQL's rule)
+        again = reminder_claims.scan_due_reminders
+        assert again(datetime(2026, 1, 14, 21, 1, tzinfo=UTC)).unsent == []
+        assert again(datetime(2026, 1, 14, 21, 2, tzinfo=UTC)).unsent == claimed
+        assert again(datetime(2026, 1, 14, 22, 0, tzinfo=UTC)).unsent == []
         db.session.remove()
         db.engine.dispose()
 

@@ -18,6 +18,13 @@ The rules of a reminder on the user's day D (their time zone and ``day_start_hou
   before anything is sent, by the very statement that finds who is due
   (``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``): two workers scanning at once
   claim disjoint sets.
+- a claimed reminder never sent (``sent_at`` still null: its sending job was lost, as when
+  the enqueue failed after the claim, Redis restarted empty, or a worker died before taking
+  it) is found again by the same statement while its user is still due by the rule above
+  (inside the catch-up hour, outside quiet hours, not listened since...) and the claim is
+  older than ``UNSENT_GRACE_SECONDS`` (a job just queued is not doubled): the job queues it
+  again. Its sending takes it (``sent_at``) first, so a late original and the job queued
+  again send it once.
 
 The rule is written twice, in SQL for PostgreSQL (``CLAIM_DUE_SQL``) and in Python for SQLite
 (``reminder_due``, development); the two must say the same.
@@ -26,6 +33,7 @@ The rule is written twice, in SQL for PostgreSQL (``CLAIM_DUE_SQL``) and in Pyth
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -42,6 +50,8 @@ from .reminder_settings import DEFAULT_SMART_MINUTE
 from .transaction import unit_of_work
 
 CATCH_UP_MINUTES = 60  # a reminder missed (worker down, quiet hours) is sent this long after
+UNSENT_GRACE_SECONDS = 120  # a claim still unsent this long after is queued again
+UNSENT_BATCH = 5000  # claims queued again per scan at most (the oldest first)
 SMART_LOOKBACK_DAYS = 90
 SMART_REFRESH_SECONDS = 24 * 3600
 SMART_BATCH = 5000
@@ -100,6 +110,10 @@ def in_quiet_hours(wall_minute: int, quiet_start: int | None, quiet_end: int | N
 # ``clock.local_day``), not once per user; per user only integer arithmetic remains
 # (``timed``: whose time has come, a few dozen per minute). Only for those are the
 # subscription, the day's delivery and the day's sessions looked up, each by its index.
+# The same statement returns the users still due (``wanted``) whose day was claimed earlier
+# but never sent (``unsent``): a lost sending job is queued again only while the rule says
+# the user is due (inside the catch-up hour of their reminder time, outside quiet hours),
+# found by the unique (user, day) index, and bounded by ``:unsent_limit``.
 CLAIM_DUE_SQL = """
 WITH zones AS MATERIALIZED (
     SELECT * FROM unnest(CAST(:zone_names AS text[]), CAST(:zone_dates AS date[]),
@@ -134,18 +148,30 @@ WITH zones AS MATERIALIZED (
       AND NOT (p.qs IS NOT NULL AND p.qe IS NOT NULL AND p.qs <> p.qe AND (
             (p.qs < p.qe AND p.wall_minute >= p.qs AND p.wall_minute < p.qe)
          OR (p.qs > p.qe AND (p.wall_minute >= p.qs OR p.wall_minute < p.qe))))
+), wanted AS (
+    SELECT t.* FROM timed t
+    WHERE EXISTS (SELECT 1 FROM sonicus.push_subscriptions ps WHERE ps.user_id = t.user_id)
+      AND NOT EXISTS (SELECT 1 FROM sonicus.user_sessions us
+                      WHERE us.user_id = t.user_id AND us.local_day = t.user_day
+                        AND us.counts_toward_quota IS TRUE)
+), claimed AS (
+    INSERT INTO sonicus.reminder_deliveries (user_id, local_day, recap, created_at, pushes_sent)
+    SELECT w.user_id, w.user_day, w.weekly_recap AND extract(isodow FROM w.user_day) = 1, :now, 0
+    FROM wanted w
+    WHERE NOT EXISTS (SELECT 1 FROM sonicus.reminder_deliveries d
+                      WHERE d.user_id = w.user_id AND d.local_day = w.user_day)
+    ON CONFLICT (user_id, local_day) DO NOTHING
+    RETURNING id
+), unsent AS (
+    SELECT d.id FROM wanted w
+    JOIN sonicus.reminder_deliveries d ON d.user_id = w.user_id AND d.local_day = w.user_day
+    WHERE d.sent_at IS NULL AND d.created_at <= :unsent_before
+    ORDER BY d.created_at, d.id
+    LIMIT :unsent_limit
 )
-INSERT INTO sonicus.reminder_deliveries (user_id, local_day, recap, created_at, pushes_sent)
-SELECT t.user_id, t.user_day, t.weekly_recap AND extract(isodow FROM t.user_day) = 1, :now, 0
-FROM timed t
-WHERE EXISTS (SELECT 1 FROM sonicus.push_subscriptions ps WHERE ps.user_id = t.user_id)
-  AND NOT EXISTS (SELECT 1 FROM sonicus.reminder_deliveries d
-                  WHERE d.user_id = t.user_id AND d.local_day = t.user_day)
-  AND NOT EXISTS (SELECT 1 FROM sonicus.user_sessions us
-                  WHERE us.user_id = t.user_id AND us.local_day = t.user_day
-                    AND us.counts_toward_quota IS TRUE)
-ON CONFLICT (user_id, local_day) DO NOTHING
-RETURNING id
+SELECT id, FALSE AS unsent FROM claimed
+UNION ALL
+SELECT id, TRUE FROM unsent
 """
 
 # "smart": the local hour (the user's time zone in force when each session started,
@@ -266,28 +292,50 @@ def zone_clocks(now: datetime) -> dict:
             "zone_skips": skips}
 
 
+@dataclass(frozen=True)
+class DueReminders:
+    """What one scan found: the user days it claimed, and those claimed earlier that were
+    never sent and are still due (their sending job was lost: queue them again)."""
+
+    claimed: list[int] = field(default_factory=list)
+    unsent: list[int] = field(default_factory=list)
+
+
 def claim_due_reminders(now: datetime | None = None) -> list[int]:
     """Find the users due a reminder now and claim their user day; the new deliveries' ids
     (a user day already claimed, by this run or another worker's, is not returned)."""
+    return scan_due_reminders(now).claimed
+
+
+def scan_due_reminders(now: datetime | None = None) -> DueReminders:
+    """Claim the user days due now (``claim_due_reminders``) and, in the same statement,
+    find the reminders claimed more than ``UNSENT_GRACE_SECONDS`` ago whose sending never
+    began (``sent_at`` null) and whose user is still due by the same rule: inside the
+    catch-up hour of their reminder time, a subscription, not listened since (at most
+    ``UNSENT_BATCH``, the oldest first)."""
     now = now or clock.now()
+    unsent_before = now - timedelta(seconds=UNSENT_GRACE_SECONDS)
     with unit_of_work():
         if _is_postgresql():
             # a small result from a big estimate: compiling it (JIT) costs seconds
             db.session.execute(text("SET LOCAL jit = off"))
-            return list(db.session.execute(text(CLAIM_DUE_SQL), {
+            rows = db.session.execute(text(CLAIM_DUE_SQL), {
                 "now": now, "default_minute": DEFAULT_SMART_MINUTE,
-                "catch_up": CATCH_UP_MINUTES, **zone_clocks(now)}).scalars())
-        return _claim_due_python(now)
+                "catch_up": CATCH_UP_MINUTES, "unsent_before": unsent_before,
+                "unsent_limit": UNSENT_BATCH, **zone_clocks(now)}).all()
+            return DueReminders(claimed=[row.id for row in rows if not row.unsent],
+                                unsent=[row.id for row in rows if row.unsent])
+        return _claim_due_python(now, unsent_before)
 
 
-def _claim_due_python(now: datetime) -> list[int]:
+def _claim_due_python(now: datetime, unsent_before: datetime) -> DueReminders:
     """The same rule for SQLite (development): few users, read into Python."""
     p = ReminderPreferences
     rows = db.session.execute(
         select(p, User).join(User, User.id == p.user_id)
         .where(p.enabled.is_(True), User.is_active.is_(True),
                exists().where(PushSubscription.user_id == p.user_id))).all()
-    claimed = []
+    claimed, unsent = [], []
     for prefs, user in rows:
         settings = clock.day_settings_at(user, now)
         zone = ZoneInfo(settings.timezone)
@@ -301,11 +349,19 @@ def _claim_due_python(now: datetime) -> list[int]:
             continue
         if db.session.execute(select(listened_on(user.id, day))).scalar():
             continue
+        d = ReminderDelivery
+        earlier = db.session.execute(select(d).where(d.user_id == user.id,
+                                                     d.local_day == day)).scalar()
+        if earlier is not None:
+            if earlier.sent_at is None and earlier.created_at <= unsent_before:
+                unsent.append((earlier.created_at, earlier.id))
+            continue
         new_id = db.session.execute(
-            sqlite.insert(ReminderDelivery).values(
+            sqlite.insert(d).values(
                 user_id=user.id, local_day=day, created_at=now, pushes_sent=0,
                 recap=prefs.weekly_recap and day.isoweekday() == 1)
-            .on_conflict_do_nothing().returning(ReminderDelivery.id)).scalar()
+            .on_conflict_do_nothing().returning(d.id)).scalar()
         if new_id is not None:
             claimed.append(new_id)
-    return claimed
+    return DueReminders(claimed=claimed,
+                        unsent=[delivery_id for _, delivery_id in sorted(unsent)[:UNSENT_BATCH]])

@@ -28,7 +28,7 @@ from ..models.reminders import PushSubscription, ReminderDelivery, ReminderPrefe
 from ..tasks.queue import QUEUE_DEFAULT, enqueue, get_queue
 from . import webpush
 from .recaps import compute_recap
-from .reminder_claims import claim_due_reminders, listened_on, refresh_smart_times
+from .reminder_claims import listened_on, refresh_smart_times, scan_due_reminders
 from .streaks import Island, streaks_from_islands
 from .transaction import unit_of_work
 
@@ -40,20 +40,33 @@ KEEP_DELIVERIES_DAYS = 14
 
 def send_due_reminders() -> int:
     """The periodic job: refresh stale smart times, claim who is due, and enqueue the sending
-    in batches (inline without Redis); old deliveries are pruned. The number claimed."""
+    in batches (inline without Redis); a reminder claimed earlier whose sending job was lost
+    (never sent, still due: ``reminder_claims.scan_due_reminders``) is queued again; old
+    deliveries are pruned. The number claimed."""
     now = clock.now()
     refresh_smart_times(now)
-    claimed = claim_due_reminders(now)
-    for start in range(0, len(claimed), SEND_BATCH):
-        batch = claimed[start:start + SEND_BATCH]
-        enqueue(deliver_reminders, batch, queue=QUEUE_DEFAULT,
-                job_id=f"reminders-{batch[0]}", retries=0)
+    due = scan_due_reminders(now)
+    _enqueue_sending(due.claimed, "reminders-")
+    # another job for reminders whose job was lost; should the original still run (late),
+    # whichever runs first takes them (``_deliver``), the other sends nothing
+    _enqueue_sending(due.unsent, f"reminders-again-{int(now.timestamp()) // 60}-")
     with unit_of_work():
         db.session.execute(delete(ReminderDelivery).where(
             ReminderDelivery.local_day < now.date() - timedelta(days=KEEP_DELIVERIES_DAYS)))
-    if claimed:
-        log.info("reminders claimed: %d", len(claimed))
-    return len(claimed)
+    if due.claimed:
+        log.info("reminders claimed: %d", len(due.claimed))
+    if due.unsent:
+        log.warning("reminders claimed but never sent, queued again: %d", len(due.unsent))
+    return len(due.claimed)
+
+
+def _enqueue_sending(delivery_ids: list[int], job_prefix: str) -> None:
+    """Queue the sending of these reminders in batches. A batch that cannot be queued (Redis
+    away) stays claimed and unsent: a later scan queues it again while it is still due."""
+    for start in range(0, len(delivery_ids), SEND_BATCH):
+        batch = delivery_ids[start:start + SEND_BATCH]
+        enqueue(deliver_reminders, batch, queue=QUEUE_DEFAULT,
+                job_id=f"{job_prefix}{batch[0]}", retries=0, best_effort=True)
 
 
 # ---- sending ------------------------------------------------------------------------------------
