@@ -76,8 +76,20 @@ def reset_database(app, database_url: str) -> None:
         db.engine.dispose()
 
 
+def _queue_redis() -> str:
+    """The server's Redis (``BENCH_REDIS``, default db 13), flushed: jobs a request enqueues
+    (a start's analytics refresh) wait there, as in a deployment, instead of running inside
+    the request as on the embedded default without Redis."""
+    import redis
+
+    redis_url = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/13")
+    redis.Redis.from_url(redis_url).flushdb()
+    return redis_url
+
+
 class Server:
-    """gunicorn (gthread) serving wsgi:app on a free port, stopped by its own pid.
+    """gunicorn (gthread) serving wsgi:app on a free port, stopped by its own pid, with a Redis
+    for its job queue (rate limits off).
 
     ``production``: as shipped instead (``gunicorn -c gunicorn.conf.py``: 2 gthread processes
     of 256 threads, the access log at INFO, sent to /dev/null), with Redis (``BENCH_REDIS``,
@@ -95,7 +107,7 @@ class Server:
                 [str(ROOT / ".venv" / "bin" / "gunicorn"), "-k", "gthread",
                  "--workers", str(workers), "--threads", str(threads), "--no-control-socket",
                  "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning", "wsgi:app"],
-                cwd=ROOT, env=bench_env(database_url))
+                cwd=ROOT, env={**bench_env(database_url), "REDIS_URL": _queue_redis()})
         deadline = time.monotonic() + (60 if production else 30)
         while time.monotonic() < deadline:
             try:
@@ -107,11 +119,7 @@ class Server:
         raise RuntimeError("gunicorn did not come up")
 
     def _production(self, database_url: str) -> subprocess.Popen:
-        import redis
-
-        redis_url = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/13")
-        redis.Redis.from_url(redis_url).flushdb()
-        env = {**bench_env(database_url), "REDIS_URL": redis_url, "LOG_LEVEL": "INFO",
+        env = {**bench_env(database_url), "REDIS_URL": _queue_redis(), "LOG_LEVEL": "INFO",
                "RATELIMIT_ENABLED": "1", "RATELIMIT_PER_USER": "100000/second;10000000/minute",
                "RATELIMIT_PER_IP": "100000/second;10000000/minute",
                "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="sonicus-bench-metrics-")}
