@@ -294,14 +294,30 @@ def analytics_for_user_id(user_id: int) -> dict | None:
     return None if user is None else get_user_analytics(user)
 
 
+def socket_close_codes(user_ids) -> dict[int, int]:
+    """Which of these users' open sockets must close now, and why: 4401 once erased, 4403
+    while suspended; a user whose account stands is left out. One query for all of them (a
+    socket process checks the accounts it holds sockets for after a gap in the closes other
+    processes publish, and every ``WS_ACCOUNT_CHECK_SECONDS``)."""
+    user_ids = list(user_ids)
+    if not user_ids:
+        return {}
+    active = dict(db.session.execute(
+        select(User.id, User.is_active).where(User.id.in_(user_ids))).all())
+    codes = {}
+    for user_id in user_ids:
+        standing = active.get(user_id)
+        if standing is None:
+            codes[user_id] = CLOSE_INVALID_TOKEN
+        elif not standing:
+            codes[user_id] = CLOSE_FORBIDDEN
+    return codes
+
+
 def socket_close_code(user_id: int) -> int | None:
-    """Why a user's open sockets must close now: 4401 once erased, 4403 while suspended;
-    None while the account stands (a socket process checks its sockets after a gap in the
-    closes other processes publish)."""
-    active = db.session.execute(select(User.is_active).where(User.id == user_id)).scalar()
-    if active is None:
-        return CLOSE_INVALID_TOKEN
-    return None if active else CLOSE_FORBIDDEN
+    """Why one user's open sockets must close now (``socket_close_codes``); None while the
+    account stands."""
+    return socket_close_codes([user_id]).get(user_id)
 
 
 def stale_user_ids(limit: int = SWEEP_BATCH, grace_seconds: int | None = None):
