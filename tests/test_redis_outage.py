@@ -249,6 +249,83 @@ def _stop_apps(*apps) -> None:
             db.engine.dispose()
 
 
+def _goal_minutes(client, headers):
+    res = client.get("/api/user/analytics", headers=headers)
+    assert res.status_code == 200, res.json
+    goal = res.json["data"]["goal"]
+    return None if goal is None else goal["goal_minutes"]
+
+
+def test_a_goal_changed_through_a_process_backing_off_from_redis_shows_on_every_process_soon(
+        own_redis, token_for, make_config, make_user):
+    """A daily goal changed through a process that skips Redis (its own call failed a moment
+    ago) while the other processes have it back: their cached analytics, with the old goal,
+    are deleted once that process reaches Redis again (the delete was owed), not served for
+    the cache's 10 minutes."""
+    from sonicus import create_app
+
+    retry = 5.0  # the default REDIS_RETRY_SECONDS
+    config = make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=retry)
+    backing_off_app, other_app = create_app(config), create_app(config)
+    backing_off, other = backing_off_app.test_client(), other_app.test_client()
+    make_user("goal-setter@example.com")
+    headers = {"Authorization": f"Bearer {token_for('goal-setter@example.com')}"}
+    try:
+        res = other.put("/api/user/profile", json={"preferences": {"daily_goal_minutes": 10}},
+                        headers=headers)
+        assert res.status_code == 200, res.json
+        assert backing_off.get("/api/user/profile", headers=headers).status_code == 200
+
+        _trip_backoff_while_redis_is_down(own_redis, backing_off_app, other_app)
+        assert _goal_minutes(other, headers) == 10  # cached by the other process
+        changed = time.monotonic()
+        res = backing_off.put("/api/user/profile",
+                              json={"preferences": {"daily_goal_minutes": 25}}, headers=headers)
+        assert res.status_code == 200, res.json
+
+        while _goal_minutes(other, headers) != 25:
+            assert time.monotonic() - changed < retry + 10, \
+                "the other process still serves the old goal from its cache"
+            time.sleep(0.2)
+    finally:
+        _stop_apps(backing_off_app, other_app)
+
+
+def test_a_suspension_through_a_process_backing_off_from_redis_ends_cached_sign_ins_elsewhere(
+        own_redis, token_for, admin_auth, make_config, make_user):
+    """A suspension made through a process that skips Redis while the others have it back:
+    the caller invalidation it could not publish then is published once it reaches Redis
+    again, so another process stops answering the suspended account from its caller cache
+    (kept for a minute here) a few seconds later."""
+    from sonicus import create_app
+
+    retry = 5.0
+    backing_off_app = create_app(make_config(REDIS_URL=own_redis.url,
+                                             REDIS_RETRY_SECONDS=retry))
+    other_app = create_app(make_config(REDIS_URL=own_redis.url, AUTH_USER_CACHE_SECONDS=60))
+    backing_off, other = backing_off_app.test_client(), other_app.test_client()
+    suspended = make_user("suspended-elsewhere@example.com").id
+    headers = {"Authorization": f"Bearer {token_for('suspended-elsewhere@example.com')}"}
+    admin = admin_auth("moderator@example.com")
+    try:
+        assert backing_off.get("/api/user/profile", headers=admin).status_code == 200
+        assert other.get("/api/user/profile", headers=headers).status_code == 200
+
+        _trip_backoff_while_redis_is_down(own_redis, backing_off_app, other_app)
+        assert other.get("/api/user/profile", headers=headers).status_code == 200  # cached
+        suspended_at = time.monotonic()
+        res = backing_off.patch(f"/api/admin/users/{suspended}", json={"is_active": False},
+                                headers=admin)
+        assert res.status_code == 200, res.json
+
+        while other.get("/api/user/profile", headers=headers).status_code != 403:
+            assert time.monotonic() - suspended_at < retry + 10, \
+                "the other process still signs the suspended account in from its cache"
+            time.sleep(0.2)
+    finally:
+        _stop_apps(backing_off_app, other_app)
+
+
 def test_sockets_of_accounts_suspended_or_erased_through_a_process_backing_off_from_redis_close(
         own_redis, token_for, admin_auth, make_config, make_user, connect_ws, serve_in_process):
     """An account suspended, another erased, through a process that skips Redis (for a minute

@@ -43,6 +43,7 @@ import redis
 from flask import current_app
 
 from ..caller_cache import callers_channel, get_caller_cache
+from ..extensions import pay_owed_redis_calls
 from .connection import Connection, text_frame
 from .keepalive import KeepAlive
 from .leases import Leases
@@ -311,6 +312,7 @@ class Broker:
                     self.leases.renew_when_due()
                     self.leases.retry_releases()
                     self.check_accounts_when_due()
+                    pay_owed_redis_calls(self.app)  # what this process skipped meanwhile
             except Exception as exc:
                 self._ready.clear()
                 callers.feed_lost()

@@ -82,8 +82,9 @@ def request_refresh(user_id: int) -> None:
 
 
 def invalidate_user_analytics(user_id: int) -> None:
-    """Forget the user's cached analytics and recaps (profile changed, account erased)."""
-    cache_delete(cache_key(user_id))
+    """Forget the user's cached analytics and recaps (profile changed, account erased), in
+    every process: while this process skips Redis the deletes are owed, not lost."""
+    cache_delete(cache_key(user_id), critical=True)
     forget_user_recaps(user_id)
 
 
