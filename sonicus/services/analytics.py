@@ -19,8 +19,9 @@ import logging
 from datetime import date, datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import Integer, and_, any_, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from .. import clock
 from ..cache import cache_delete, cache_get, cache_set
@@ -303,8 +304,13 @@ def socket_close_codes(user_ids) -> dict[int, int]:
     user_ids = list(user_ids)
     if not user_ids:
         return {}
-    active = dict(db.session.execute(
-        select(User.id, User.is_active).where(User.id.in_(user_ids))).all())
+    if db.session.get_bind().dialect.name == "postgresql":
+        # one array parameter: half the CPU of an IN list of 1,000 (~2 ms), which a socket
+        # process's event loop waits behind
+        among = User.id == any_(bindparam("user_ids", user_ids, type_=ARRAY(Integer)))
+    else:
+        among = User.id.in_(user_ids)
+    active = dict(db.session.execute(select(User.id, User.is_active).where(among)).all())
     codes = {}
     for user_id in user_ids:
         standing = active.get(user_id)
