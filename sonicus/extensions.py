@@ -222,17 +222,20 @@ def guarded_redis_call(what: str, call, default=None, *, owed=None):
     return result
 
 
-def pay_owed_redis_calls(app) -> bool:
+def pay_owed_redis_calls(app, *, last_chance: bool = False) -> bool:
     """Send what this process owes Redis (``owed`` commands skipped while it backed off), if
     anything and once the back-off lets a call through: the probe is the owed commands
     themselves. Cheap when nothing is owed (a subscriber thread calls it every second). True
-    when what was owed has been sent."""
+    when what was owed has been sent.
+
+    ``last_chance``: the process ends now (a forked work horse after its job), so it tries
+    once whatever the back-off says (one timeout at most, and only when something is owed)."""
     gate = app.extensions.get(GATE_KEY)
     if gate is None or not gate.owes:
         return False
     with app.app_context():
         client = get_redis()
-        if client is None or not gate.allows():
+        if client is None or not (gate.allows() or last_chance):
             return False
         if not gate.pay_owed(client):
             return False

@@ -446,3 +446,38 @@ def test_the_account_check_of_ten_thousand_sockets_is_one_query(
         for conn in conns:
             broker.unregister(conn)
         _stop_apps(local)
+
+
+def test_a_tier_granted_by_a_forked_job_backing_off_from_redis_still_ends_cached_sign_ins(
+        own_redis, make_config, make_user):
+    """A job run in a forked work horse that backs off from Redis (the worker's own call failed
+    a moment ago, Redis is back for everyone else) changes a user: the caller invalidation it
+    owes is sent before the horse ends, not lost with it."""
+    import json
+
+    from sonicus import create_app
+    from sonicus.caller_cache import callers_channel
+    from sonicus.services.admin_users import grant_tier_from_cli
+    from sonicus.tasks.queue import QUEUE_DEFAULT
+    from sonicus.tasks.worker import make_worker
+
+    worker_app = create_app(make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=60))
+    user = make_user("granted-by-a-job@example.com").id
+    try:
+        _trip_backoff_while_redis_is_down(own_redis, worker_app)
+        listener = redis.Redis.from_url(own_redis.url).pubsub(ignore_subscribe_messages=True)
+        listener.subscribe(callers_channel(worker_app.config))
+        assert listener.get_message(timeout=2) is None  # subscribed
+        Queue(QUEUE_DEFAULT, connection=redis.Redis.from_url(own_redis.url)).enqueue(
+            grant_tier_from_cli, user, "premium")
+
+        make_worker(worker_app).work(burst=True)  # forks a work horse for the job
+
+        deadline = time.monotonic() + 5
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = listener.get_message(timeout=0.5)
+        assert message is not None, "the job's caller invalidation was lost with its horse"
+        assert json.loads(message["data"]) == {"forget": [user]}
+    finally:
+        _stop_apps(worker_app)
