@@ -321,12 +321,6 @@ def socket_close_codes(user_ids) -> dict[int, int]:
     return codes
 
 
-def socket_close_code(user_id: int) -> int | None:
-    """Why one user's open sockets must close now (``socket_close_codes``); None while the
-    account stands."""
-    return socket_close_codes([user_id]).get(user_id)
-
-
 def stale_user_ids(limit: int = SWEEP_BATCH, grace_seconds: int | None = None):
     """Users whose analytics were marked stale more than ``grace_seconds`` ago."""
     if grace_seconds is None:
