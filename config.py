@@ -154,6 +154,10 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "WS_MAX_SOCKETS_PER_PROCESS": _int(env, "WS_MAX_SOCKETS_PER_PROCESS", 192),
         # Open sockets of one user across every process (Redis; without it, per process).
         "WS_MAX_SOCKETS_PER_USER": _int(env, "WS_MAX_SOCKETS_PER_USER", 10),
+        # How often a process checks that the accounts it holds sockets for still stand (one
+        # query per pass) and closes those of suspended or erased accounts whose close it
+        # missed.
+        "WS_ACCOUNT_CHECK_SECONDS": _float(env, "WS_ACCOUNT_CHECK_SECONDS", 30.0),
         "RATELIMIT_ENABLED": _bool(env, "RATELIMIT_ENABLED", True),
         "RATELIMIT_PER_USER": _str(env, "RATELIMIT_PER_USER", "120/second;3000/minute"),
         "RATELIMIT_PER_IP": _str(env, "RATELIMIT_PER_IP", "300/second;12000/minute"),
@@ -207,6 +211,8 @@ def validate_config(config: Mapping) -> None:
     for name in ("WS_MAX_SOCKETS_PER_PROCESS", "WS_MAX_SOCKETS_PER_USER"):
         if config.get(name, 1) < 1:
             raise ConfigError(f"{name} must be at least 1")
+    if not config.get("WS_ACCOUNT_CHECK_SECONDS", 30.0) > 0:
+        raise ConfigError("WS_ACCOUNT_CHECK_SECONDS must be positive")
     if env != "production":
         return
     problems = []

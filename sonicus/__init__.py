@@ -28,7 +28,7 @@ from .metrics import init_metrics
 from .ratelimit import init_rate_limits
 from .realtime.routes import register_realtime
 from .retry_safe import init_idempotency
-from .services.analytics import analytics_for_user_id, socket_close_code
+from .services.analytics import analytics_for_user_id, socket_close_codes
 from .web import init_web
 
 __all__ = ["ConfigError", "create_app"]
@@ -142,7 +142,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     init_metrics(app)
     register_api(app, api)
     app.register_blueprint(docs_blueprint)
-    register_realtime(app, snapshot=analytics_for_user_id, close_code=socket_close_code)
+    register_realtime(app, snapshot=analytics_for_user_id, close_codes=socket_close_codes)
     install_log_redaction()
     app.cli.add_command(sonicus_cli)
     _log_stripe_api_base(app)

@@ -2,7 +2,9 @@
 
 Cache failures never fail a request: a Redis error reads as a miss and a write is dropped;
 a Redis that is down or hung is skipped for a while (the process's one back-off,
-``extensions.RedisGate``), so it costs one timeout every few seconds, not one per call.
+``extensions.RedisGate``), so it costs one timeout every few seconds, not one per call. A
+``critical`` delete (an entry a committed change made wrong) skipped that way is owed and sent
+once this process reaches Redis again (``extensions``: owed commands).
 """
 
 from __future__ import annotations
@@ -63,8 +65,11 @@ def cache_set(key: str, value, ttl: int) -> None:
         guarded_redis_call("cache write", lambda client: client.set(PREFIX + key, raw, ex=ttl))
 
 
-def cache_delete(key: str) -> None:
+def cache_delete(key: str, *, critical: bool = False) -> None:
+    """Drop ``key``. ``critical``: other processes must not keep serving it (a committed change
+    made it wrong), so while Redis is skipped the delete is owed, not lost."""
     if get_redis() is None:
         _memory().delete(key)
     else:
-        guarded_redis_call("cache delete", lambda client: client.delete(PREFIX + key))
+        guarded_redis_call("cache delete", lambda client: client.delete(PREFIX + key),
+                           owed=[("DEL", PREFIX + key)] if critical else None)

@@ -9,10 +9,12 @@ Freshness is explicit: a service that changes a user or a subscription names the
 unit of work (``services.transaction``), which calls ``forget_users`` after the commit. That is
 the one place a caller is invalidated, in every process: ``forget_users`` forgets the users
 here and publishes them on the app's ``callers`` channel (Redis), which every web process's
-listener (``realtime.broker``) hears and forgets too. With Redis, a process caches callers
-only while that listener is subscribed (``feed_restored`` / ``feed_lost``): a process that
-could miss another's invalidation keeps nothing. Every rule that enforces a limit or money
-re-reads and locks its rows; a cached caller only serves reads.
+listener (``realtime.broker``) hears and forgets too (a publish this process skips while it
+backs off from Redis is owed and sent once it reaches Redis again: ``extensions``, owed
+commands). With Redis, a process caches callers only while that listener is subscribed
+(``feed_restored`` / ``feed_lost``): a process that could miss another's invalidation keeps
+nothing. Every rule that enforces a limit or money re-reads and locks its rows; a cached
+caller only serves reads.
 """
 
 from __future__ import annotations
@@ -151,4 +153,7 @@ def forget_users(user_ids) -> None:
     if get_redis() is not None:
         channel = callers_channel(app.config)
         message = json.dumps({"forget": user_ids}, separators=(",", ":"))
-        guarded_redis_call("caller invalidation", lambda client: client.publish(channel, message))
+        # Owed while this process skips Redis: sent once it reaches Redis again (the others may
+        # well be subscribed meanwhile, and keep the user's callers until they expire).
+        guarded_redis_call("caller invalidation", lambda client: client.publish(channel, message),
+                           owed=[("PUBLISH", channel, message)])

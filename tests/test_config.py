@@ -93,3 +93,9 @@ def test_dev_issuer_jwks_is_published_only_when_enabled(idp, app, tmp_path):
     dev.instance_path = str(tmp_path)
     assert dev.test_client().get("/api/dev/jwks/").json["keys"][0]["kty"] == "RSA"
     assert app.test_client().get("/api/dev/jwks/").status_code == 404
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_an_account_check_interval_that_is_not_positive_stops_the_start(value):
+    with pytest.raises(ConfigError, match="WS_ACCOUNT_CHECK_SECONDS"):
+        validate_config(load_config({"WS_ACCOUNT_CHECK_SECONDS": value}))

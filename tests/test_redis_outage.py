@@ -204,3 +204,280 @@ def test_sockets_of_accounts_suspended_or_erased_while_redis_was_down_close_when
     finally:
         server.stop()
         get_broker(sockets_app).stop()
+
+
+# ---- a process backing off from a Redis the others have back ---------------------------------
+# After its own failed call a process skips Redis for REDIS_RETRY_SECONDS, though Redis may be
+# back (and the other processes subscribed again) at once: what it should have told them then
+# (a cache delete, a caller invalidation, a socket close) must still reach them, late.
+
+def _trip_backoff_while_redis_is_down(own_redis, app, *subscribers) -> None:
+    """Stop Redis, have ``app`` fail one real call (its back-off closes), start Redis again
+    and wait until the ``subscribers`` (apps) are subscribed again."""
+    from sonicus.cache import cache_get
+    from sonicus.extensions import redis_gate
+    from sonicus.realtime.broker import get_broker
+
+    before = [get_broker(other).reconnects for other in subscribers]
+    own_redis.stop()
+    with app.app_context():
+        assert cache_get("anything") is None
+    assert not redis_gate(app).healthy, "the failed call did not close the back-off"
+    deadline = time.monotonic() + 10  # the subscribers noticed the gap
+    while any(get_broker(other).reconnects == count
+              for other, count in zip(subscribers, before, strict=True)):
+        assert time.monotonic() < deadline, "a subscriber did not notice Redis was gone"
+        time.sleep(0.02)
+    own_redis.start()
+    for other in subscribers:
+        assert get_broker(other).wait_ready(20), "a subscriber did not reconnect"
+
+
+def _stop_apps(*apps) -> None:
+    """Stop the apps' subscribers and close their database connections (the server's
+    connections are shared with every other test run on the machine)."""
+    from sonicus.extensions import db
+    from sonicus.realtime.broker import get_broker
+
+    for app in apps:
+        broker = get_broker(app)
+        broker.stop()
+        if broker._listener is not None:  # no account check after the pool is closed
+            broker._listener.join(5)
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def _goal_minutes(client, headers):
+    res = client.get("/api/user/analytics", headers=headers)
+    assert res.status_code == 200, res.json
+    goal = res.json["data"]["goal"]
+    return None if goal is None else goal["goal_minutes"]
+
+
+def test_a_goal_changed_through_a_process_backing_off_from_redis_shows_on_every_process_soon(
+        own_redis, token_for, make_config, make_user):
+    """A daily goal changed through a process that skips Redis (its own call failed a moment
+    ago) while the other processes have it back: their cached analytics, with the old goal,
+    are deleted once that process reaches Redis again (the delete was owed), not served for
+    the cache's 10 minutes."""
+    from sonicus import create_app
+
+    retry = 5.0  # the default REDIS_RETRY_SECONDS
+    config = make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=retry)
+    backing_off_app, other_app = create_app(config), create_app(config)
+    backing_off, other = backing_off_app.test_client(), other_app.test_client()
+    make_user("goal-setter@example.com")
+    headers = {"Authorization": f"Bearer {token_for('goal-setter@example.com')}"}
+    try:
+        res = other.put("/api/user/profile", json={"preferences": {"daily_goal_minutes": 10}},
+                        headers=headers)
+        assert res.status_code == 200, res.json
+        assert backing_off.get("/api/user/profile", headers=headers).status_code == 200
+
+        _trip_backoff_while_redis_is_down(own_redis, backing_off_app, other_app)
+        assert _goal_minutes(other, headers) == 10  # cached by the other process
+        changed = time.monotonic()
+        res = backing_off.put("/api/user/profile",
+                              json={"preferences": {"daily_goal_minutes": 25}}, headers=headers)
+        assert res.status_code == 200, res.json
+
+        while _goal_minutes(other, headers) != 25:
+            assert time.monotonic() - changed < retry + 10, \
+                "the other process still serves the old goal from its cache"
+            time.sleep(0.2)
+    finally:
+        _stop_apps(backing_off_app, other_app)
+
+
+def test_a_suspension_through_a_process_backing_off_from_redis_ends_cached_sign_ins_elsewhere(
+        own_redis, token_for, admin_auth, make_config, make_user):
+    """A suspension made through a process that skips Redis while the others have it back:
+    the caller invalidation it could not publish then is published once it reaches Redis
+    again, so another process stops answering the suspended account from its caller cache
+    (kept for a minute here) a few seconds later."""
+    from sonicus import create_app
+
+    retry = 5.0
+    backing_off_app = create_app(make_config(REDIS_URL=own_redis.url,
+                                             REDIS_RETRY_SECONDS=retry))
+    other_app = create_app(make_config(REDIS_URL=own_redis.url, AUTH_USER_CACHE_SECONDS=60))
+    backing_off, other = backing_off_app.test_client(), other_app.test_client()
+    suspended = make_user("suspended-elsewhere@example.com").id
+    headers = {"Authorization": f"Bearer {token_for('suspended-elsewhere@example.com')}"}
+    admin = admin_auth("moderator@example.com")
+    try:
+        assert backing_off.get("/api/user/profile", headers=admin).status_code == 200
+        assert other.get("/api/user/profile", headers=headers).status_code == 200
+
+        _trip_backoff_while_redis_is_down(own_redis, backing_off_app, other_app)
+        assert other.get("/api/user/profile", headers=headers).status_code == 200  # cached
+        suspended_at = time.monotonic()
+        res = backing_off.patch(f"/api/admin/users/{suspended}", json={"is_active": False},
+                                headers=admin)
+        assert res.status_code == 200, res.json
+
+        while other.get("/api/user/profile", headers=headers).status_code != 403:
+            assert time.monotonic() - suspended_at < retry + 10, \
+                "the other process still signs the suspended account in from its cache"
+            time.sleep(0.2)
+    finally:
+        _stop_apps(backing_off_app, other_app)
+
+
+def test_sockets_of_accounts_suspended_or_erased_through_a_process_backing_off_from_redis_close(
+        own_redis, token_for, admin_auth, make_config, make_user, connect_ws, serve_in_process,
+        wait_for):
+    """An account suspended, another erased, through a process that skips Redis (for a minute
+    here) while the socket process has it back: that process never publishes their close,
+    yet the socket process closes their sockets (4403, 4401) within its account check
+    (WS_ACCOUNT_CHECK_SECONDS), and keeps the others'."""
+    from sonicus import create_app
+    from sonicus.extensions import redis_gate
+    from sonicus.realtime.broker import get_broker
+
+    sockets_app = create_app(make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=0.2,
+                                         WS_ACCOUNT_CHECK_SECONDS=1))
+    backing_off_app = create_app(make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=60))
+    backing_off = backing_off_app.test_client()
+    suspended = make_user("suspended-by-a-quiet-process@example.com").id
+    make_user("erased-by-a-quiet-process@example.com")
+    make_user("staying-on@example.com")
+    admin = admin_auth("moderator@example.com")
+    server = serve_in_process(sockets_app)
+    try:
+        assert backing_off.get("/api/user/profile", headers=admin).status_code == 200
+        sockets = {email: connect_ws(server.url(), token_for(email)) for email in (
+            "suspended-by-a-quiet-process@example.com", "erased-by-a-quiet-process@example.com",
+            "staying-on@example.com")}
+        for ws in sockets.values():
+            assert ws.receive_json()["type"] == "analytics.snapshot"
+
+        _trip_backoff_while_redis_is_down(own_redis, backing_off_app, sockets_app)
+        res = backing_off.patch(f"/api/admin/users/{suspended}", json={"is_active": False},
+                                headers=admin)
+        assert res.status_code == 200, res.json
+        res = backing_off.delete("/api/user/profile", headers={
+            "Authorization": f"Bearer {token_for('erased-by-a-quiet-process@example.com')}"})
+        assert res.status_code == 200, res.json
+        assert not redis_gate(backing_off_app).healthy  # it published nothing: still backing off
+
+        for email, code in (("suspended-by-a-quiet-process@example.com", 4403),
+                            ("erased-by-a-quiet-process@example.com", 4401)):
+            sockets[email].settimeout(10)
+            assert sockets[email].close_code() == code, email
+        broker = get_broker(sockets_app)  # the staying account's socket is kept
+        assert wait_for(lambda: broker.local_user_count() == 1)
+        assert broker.local_socket_count() == 1
+    finally:
+        server.stop()
+        _stop_apps(sockets_app, backing_off_app)
+
+
+def test_sockets_of_an_account_suspended_while_redis_is_down_close_before_it_is_back(
+        own_redis, token_for, admin_auth, make_config, make_user, connect_ws, serve_in_process,
+        wait_for):
+    """Redis is down and stays down: no close can be published, yet the socket process's
+    account check closes the suspended account's socket (4403) instead of waiting for
+    Redis."""
+    from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
+
+    sockets_app = create_app(make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=0.2,
+                                         WS_ACCOUNT_CHECK_SECONDS=1))
+    other_app = create_app(make_config(REDIS_URL=own_redis.url))
+    other = other_app.test_client()
+    suspended = make_user("suspended-in-the-dark@example.com").id
+    make_user("staying-in-the-dark@example.com")
+    server = serve_in_process(sockets_app)
+    try:
+        ws = connect_ws(server.url(), token_for("suspended-in-the-dark@example.com"))
+        staying = connect_ws(server.url(), token_for("staying-in-the-dark@example.com"))
+        for socket in (ws, staying):
+            assert socket.receive_json()["type"] == "analytics.snapshot"
+
+        own_redis.stop()
+        res = other.patch(f"/api/admin/users/{suspended}", json={"is_active": False},
+                          headers=admin_auth("moderator@example.com"))
+        assert res.status_code == 200, res.json
+        ws.settimeout(15)
+        assert ws.close_code() == 4403
+        assert wait_for(lambda: get_broker(sockets_app).local_socket_count() == 1)
+    finally:
+        server.stop()
+        _stop_apps(sockets_app, other_app)
+
+
+def test_the_account_check_of_ten_thousand_sockets_is_one_query(
+        app, make_config, sql_statements):
+    """A socket process holding 10,000 sockets of 1,000 users checks their accounts in one
+    query, and closes exactly the sockets of the suspended and erased ones."""
+    from sqlalchemy import insert, update
+
+    from sonicus import create_app
+    from sonicus.extensions import db
+    from sonicus.models import User
+    from sonicus.realtime.broker import ADMITTED, get_broker
+    from sonicus.realtime.connection import Connection
+
+    local = create_app(make_config(REDIS_URL=None))  # no leases: the local count decides
+    with local.app_context():
+        ids = list(db.session.execute(insert(User).returning(User.id), [
+            {"oidc_sub": f"sub-many-{n}", "email": f"many-{n}@example.com"}
+            for n in range(998)]).scalars())
+        suspended = ids[:7]
+        db.session.execute(update(User).where(User.id.in_(suspended)).values(is_active=False))
+        db.session.commit()
+        db.session.remove()
+    erased = [max(ids) + 1, max(ids) + 2]  # never were, or erased since
+    broker = get_broker(local)
+    conns = [Connection(None, user_id) for user_id in ids + erased for _ in range(10)]
+    for conn in conns:
+        assert broker.admit(conn, per_process=20_000, per_user=10) == ADMITTED
+    try:
+        closed = []
+        statements = sql_statements(local, lambda: closed.append(broker.check_accounts()))
+        assert len(statements) == 1, statements
+        assert closed == [10 * (len(suspended) + len(erased))]
+        assert broker.local_user_count() == len(ids) - len(suspended)
+        assert {conn.user_id for conn in conns if conn.closed} == {*suspended, *erased}
+    finally:
+        for conn in conns:
+            broker.unregister(conn)
+        _stop_apps(local)
+
+
+def test_a_tier_granted_by_a_forked_job_backing_off_from_redis_still_ends_cached_sign_ins(
+        own_redis, make_config, make_user):
+    """A job run in a forked work horse that backs off from Redis (the worker's own call failed
+    a moment ago, Redis is back for everyone else) changes a user: the caller invalidation it
+    owes is sent before the horse ends, not lost with it."""
+    import json
+
+    from sonicus import create_app
+    from sonicus.caller_cache import callers_channel
+    from sonicus.services.admin_users import grant_tier_from_cli
+    from sonicus.tasks.queue import QUEUE_DEFAULT
+    from sonicus.tasks.worker import make_worker
+
+    worker_app = create_app(make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=60))
+    user = make_user("granted-by-a-job@example.com").id
+    try:
+        _trip_backoff_while_redis_is_down(own_redis, worker_app)
+        listener = redis.Redis.from_url(own_redis.url).pubsub(ignore_subscribe_messages=True)
+        listener.subscribe(callers_channel(worker_app.config))
+        assert listener.get_message(timeout=2) is None  # subscribed
+        Queue(QUEUE_DEFAULT, connection=redis.Redis.from_url(own_redis.url)).enqueue(
+            grant_tier_from_cli, user, "premium")
+
+        make_worker(worker_app).work(burst=True)  # forks a work horse for the job
+
+        deadline = time.monotonic() + 5
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = listener.get_message(timeout=0.5)
+        assert message is not None, "the job's caller invalidation was lost with its horse"
+        assert json.loads(message["data"]) == {"forget": [user]}
+    finally:
+        _stop_apps(worker_app)

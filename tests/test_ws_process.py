@@ -74,3 +74,53 @@ def test_the_socket_process_serves_sockets_under_gevent(
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_the_socket_process_closes_sockets_of_an_account_suspended_without_telling_it(
+        app, idp, test_database_url, test_redis_url, tmp_path, token_for, make_user,
+        connect_ws):
+    """Under gevent, the socket process's account check (every WS_ACCOUNT_CHECK_SECONDS, the
+    database through psycogreen) closes the socket of an account suspended with no close
+    published (4403), and the other sockets go on receiving their updates."""
+    from sqlalchemy import update
+
+    from sonicus.extensions import db
+    from sonicus.models import User
+    from sonicus.realtime.publish import publish_to_user
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SONICUS_ENV": "testing",
+           "SONICUS_PROCESS": "ws", "SONICUS_WS_BIND": f"127.0.0.1:{port}",
+           "DATABASE_URL": test_database_url, "REDIS_URL": test_redis_url,
+           "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": "sonicus-test",
+           "RATELIMIT_ENABLED": "false", "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING",
+           "WS_ACCOUNT_CHECK_SECONDS": "1", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "wsgi:app", "-c", "gunicorn.conf.py"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/api/health", proc)
+        suspended = make_user("suspended-quietly@example.com").id
+        staying = make_user("still-listening@example.com").id
+        url = f"ws://127.0.0.1:{port}/ws/analytics"
+        closing = connect_ws(url, token_for("suspended-quietly@example.com"))
+        kept = connect_ws(url, token_for("still-listening@example.com"))
+        for ws in (closing, kept):
+            assert ws.receive_json()["type"] == "analytics.snapshot"
+
+        with app.app_context():  # suspended behind the socket process's back: no close sent
+            db.session.execute(update(User).where(User.id == suspended).values(is_active=False))
+            db.session.commit()
+        closing.settimeout(10)
+        assert closing.close_code() == 4403
+
+        with app.app_context():
+            publish_to_user(staying, {"type": "analytics.updated", "data": {"still": True}})
+        assert kept.receive_json() == {"type": "analytics.updated", "data": {"still": True}}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

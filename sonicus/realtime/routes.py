@@ -288,14 +288,15 @@ def _start_subscriber_hook(broker):
     return start_subscriber
 
 
-def register_realtime(app, snapshot, close_code=None) -> None:
+def register_realtime(app, snapshot, close_codes=None) -> None:
     """The broker and the WebSocket routes. Nothing connects at creation: the subscriber
     starts in the serving process (``_start_subscriber_hook``), never in a worker or the CLI.
 
     ``snapshot(user_id)``: the user's current analytics (the broker never imports services);
-    ``close_code(user_id)``: the close code of a user whose sockets must close now, else None.
+    ``close_codes(user_ids)``: the close codes of those of these users whose sockets must
+    close now (suspended, erased), by id; one query for all of them.
     """
-    broker = init_broker(app, snapshot, close_code)
+    broker = init_broker(app, snapshot, close_codes)
     app.wsgi_app = EndSocketRequests(app.wsgi_app)
     app.config["SOCK_SERVER_OPTIONS"] = {**app.config.get("SOCK_SERVER_OPTIONS", {}),
                                          "thread_class": HandlerReads}

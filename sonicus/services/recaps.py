@@ -87,8 +87,9 @@ def _generation(user_id: int) -> str:
 
 
 def forget_user_recaps(user_id: int) -> None:
-    """Forget every cached recap of the user (profile changed, account erased)."""
-    cache_delete(_generation_key(user_id))
+    """Forget every cached recap of the user (profile changed, account erased); owed while
+    this process skips Redis."""
+    cache_delete(_generation_key(user_id), critical=True)
 
 
 def forget_recent_recaps(user_id: int, now: datetime | None = None) -> None:

@@ -56,6 +56,9 @@ def enqueue(func, *args, queue: str = QUEUE_DEFAULT, job_id: str | None = None,
     try:
         if not gate.allows():
             raise RedisConnectionError("Redis is unavailable (backing off)")
+        # what was skipped while backing off goes first (``extensions``: owed commands)
+        if gate.owes and not gate.pay_owed(q.connection):
+            raise RedisConnectionError("Redis is unavailable (backing off)")
         try:
             job = q.enqueue(func, args=args, job_id=job_id, retry=retry, job_timeout=timeout,
                             result_ttl=RESULT_TTL_SECONDS, failure_ttl=FAILURE_TTL_SECONDS,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..extensions import get_redis
+from ..extensions import get_redis, pay_owed_redis_calls
 from ..services.analytics import sweep_stale_analytics
 from ..services.erasure import process_owed_cancellations
 from ..services.idempotency import sweep_expired_idempotency_keys
@@ -92,6 +92,9 @@ def run_scheduler(app, stop: threading.Event, poll: float = POLL_SECONDS) -> Non
                 log.info("periodic jobs enqueued: %s", ", ".join(fired))
         except Exception as exc:
             log.warning("periodic schedule tick failed: %s", type(exc).__name__)
+        # what a job of this process could not send while it skipped Redis (cache deletes,
+        # caller invalidations): sent once the back-off lets a call through
+        pay_owed_redis_calls(app)
         stop.wait(poll)
 
 

@@ -43,7 +43,7 @@ from rq.registry import StartedJobRegistry
 from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
 
-from ..extensions import db
+from ..extensions import db, pay_owed_redis_calls
 from ..metrics import JobMetricsMixin
 from .queue import QUEUES
 from .schedule import start_scheduler_thread
@@ -211,7 +211,12 @@ class AppWorker(JobMetricsMixin, _AppWorkerMixin, Worker):
     def perform_job(self, job, queue):
         with self.flask_app.app_context():
             db.engine.dispose(close=False)
-        return super().perform_job(job, queue)
+        try:
+            return super().perform_job(job, queue)
+        finally:
+            # The horse ends with this job: what it owes Redis (a caller invalidation, a cache
+            # delete skipped while it backed off, ``extensions``) would end with it.
+            pay_owed_redis_calls(self.flask_app, last_chance=True)
 
 
 class AppSimpleWorker(JobMetricsMixin, _AppWorkerMixin, SimpleWorker):
