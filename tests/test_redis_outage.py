@@ -437,7 +437,7 @@ def test_the_account_check_of_ten_thousand_sockets_is_one_query(
         assert broker.admit(conn, per_process=20_000, per_user=10) == ADMITTED
     try:
         closed = []
-        statements = sql_statements(local, lambda: closed.append(broker.check_accounts()))
+        statements = sql_statements(local, lambda: closed.append(broker.accounts.run()))
         assert len(statements) == 1, statements
         assert closed == [10 * (len(suspended) + len(erased))]
         assert broker.local_user_count() == len(ids) - len(suspended)

@@ -16,13 +16,8 @@ web process.
   holds a lease (``leases.py``), which the subscriber thread renews and retries releasing.
   Without Redis (or while it is unreachable) a user's sockets are counted in this process only.
 - Keep-alive: one sweep per process over the registry (``keepalive.py``).
-- Accounts: a suspension or an erasure closes the user's sockets everywhere by a message, which
-  a process misses while its subscriber is down, or when the process that made the change
-  skipped Redis (its back-off, ``extensions.RedisGate``) though the others had it. So the
-  subscriber thread also checks, every ``WS_ACCOUNT_CHECK_SECONDS`` (and after every gap), that
-  the accounts it holds sockets for still stand: one query per ``ACCOUNT_CHECK_BATCH`` users,
-  the event loop given a turn between two, and closes the sockets of a suspended (4403) or
-  erased (4401) account.
+- Accounts: the subscriber thread checks every ``WS_ACCOUNT_CHECK_SECONDS`` (and after every
+  gap) that the accounts it holds sockets for still stand (``accounts.py``).
 - Under gevent, delivery (and the sweep, and the lease renewal) gives the event loop a turn
   every ``DELIVERY_SLICE_SECONDS``; the sockets' readers are woken after everything else that
   is ready (``read_after_the_rest``), so neither requests nor a fan-out wait behind them.
@@ -44,11 +39,12 @@ from flask import current_app
 
 from ..caller_cache import callers_channel, get_caller_cache
 from ..extensions import pay_owed_redis_calls
+from .accounts import AccountCheck
 from .connection import Connection, text_frame
 from .keepalive import KeepAlive
 from .leases import Leases
 from .loop import under_gevent, yield_to_loop
-from .publish import CLOSE_FORBIDDEN, LOCAL_DELIVERY_KEY, user_events_channel
+from .publish import LOCAL_DELIVERY_KEY, user_events_channel
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +58,6 @@ FIRST_START_WAIT_SECONDS = 0.5  # the request that starts the subscriber waits t
 # holds the process for longer. A turn costs ~2.5 us (gevent.idle, 5,000 sockets waiting):
 # 1% of a slice this short (it was 1 ms: a request waited up to that long).
 DELIVERY_SLICE_SECONDS = 0.00025
-ACCOUNT_CHECK_SECONDS = 30.0  # default of WS_ACCOUNT_CHECK_SECONDS
-ACCOUNT_CHECK_BATCH = 1000  # users whose accounts one query checks
 # This process's id, renewed in a forked child (asked of the kernel before every request
 # otherwise).
 _pid = [os.getpid()]
@@ -107,12 +101,7 @@ class Broker:
                  close_codes: Callable[[list[int]], dict[int, int]] | None = None):
         self.app = app
         self.snapshot = snapshot  # a user's current analytics, by id (None: no such user)
-        # of these users, those whose sockets must close now (suspended, erased): {id: code}
-        self.close_codes = close_codes
-        self.account_check_seconds = float(app.config.get("WS_ACCOUNT_CHECK_SECONDS",
-                                                          ACCOUNT_CHECK_SECONDS))
-        self._next_account_check = time.monotonic() + self.account_check_seconds
-        self.account_checks = 0  # passes made
+        self.accounts = AccountCheck(self, close_codes)  # suspended or erased meanwhile
         self.redis_url = app.config.get("REDIS_URL")
         self.channel = user_events_channel(app.config)
         self.callers_channel = callers_channel(app.config)
@@ -311,7 +300,7 @@ class Broker:
                             time.sleep(0)
                     self.leases.renew_when_due()
                     self.leases.retry_releases()
-                    self.check_accounts_when_due()
+                    self.accounts.when_due()
                     pay_owed_redis_calls(self.app)  # what this process skipped meanwhile
             except Exception as exc:
                 self._ready.clear()
@@ -324,7 +313,7 @@ class Broker:
                 log.warning("live updates: subscriber lost Redis (%s); retrying in %.2fs",
                             type(exc).__name__, delay)
                 self._stop.wait(delay)
-                self.check_accounts_when_due()  # no close arrives while Redis is away
+                self.accounts.when_due()  # no close arrives while Redis is away
             finally:
                 for closable in (pubsub, client):
                     try:
@@ -356,7 +345,7 @@ class Broker:
         """After a gap in the subscription, close the sockets of accounts suspended or erased
         meanwhile (their close was published during the gap), and send every other local
         socket its current figures (anything published during the gap was missed)."""
-        self.check_accounts()
+        self.accounts.run()
         with self._lock:
             user_ids = list(self._sockets)
         for user_id in user_ids:
@@ -369,44 +358,6 @@ class Broker:
                         separators=(",", ":"), default=str))
             except Exception as exc:
                 log.warning("live updates: resync of a socket failed: %s", type(exc).__name__)
-
-    # ---- accounts that no longer stand -----------------------------------------------------
-    def check_accounts_when_due(self) -> None:
-        """``check_accounts`` every ``account_check_seconds`` (the subscriber thread)."""
-        now = time.monotonic()
-        if now < self._next_account_check:
-            return
-        self._next_account_check = now + self.account_check_seconds
-        self.check_accounts()
-
-    def check_accounts(self) -> int:
-        """Close this process's sockets of accounts suspended (4403) or erased (4401), whose
-        close this process may have missed (module doc); how many sockets were closed. One
-        query per ``ACCOUNT_CHECK_BATCH`` users, the event loop given a turn between two;
-        a failed query is logged and waits for the next pass."""
-        if self.close_codes is None:
-            return 0
-        with self._lock:
-            user_ids = list(self._sockets)
-        self.account_checks += 1
-        closed = 0
-        for start in range(0, len(user_ids), ACCOUNT_CHECK_BATCH):
-            if start:
-                yield_to_loop()
-            try:
-                with self.app.app_context():
-                    codes = self.close_codes(user_ids[start:start + ACCOUNT_CHECK_BATCH])
-            except Exception as exc:
-                log.warning("live updates: account check failed: %s", type(exc).__name__)
-                return closed
-            if codes:
-                get_caller_cache(self.app).forget(list(codes))  # no stale sign-in here either
-            for user_id, code in codes.items():
-                reason = "account suspended" if code == CLOSE_FORBIDDEN else "account erased"
-                closed += self.close_local(user_id, code, reason)
-        if closed:
-            log.info("live updates: closed %d sockets of accounts suspended or erased", closed)
-        return closed
 
     def _dispatch(self, raw) -> None:
         try:
