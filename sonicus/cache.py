@@ -4,7 +4,8 @@ Cache failures never fail a request: a Redis error reads as a miss and a write i
 a Redis that is down or hung is skipped for a while (the process's one back-off,
 ``extensions.RedisGate``), so it costs one timeout every few seconds, not one per call. A
 ``critical`` delete (an entry a committed change made wrong) skipped that way is owed and sent
-once this process reaches Redis again (``extensions``: owed commands).
+once this process reaches Redis again (``extensions``: owed commands), and so is every
+``cache_delete_generation``.
 """
 
 from __future__ import annotations
@@ -73,3 +74,36 @@ def cache_delete(key: str, *, critical: bool = False) -> None:
     else:
         guarded_redis_call("cache delete", lambda client: client.delete(PREFIX + key),
                            owed=[("DEL", PREFIX + key)] if critical else None)
+
+
+# Deletes the entries ``ARGV[1] .. generation .. ARGV[i]`` (i >= 2), where the generation is
+# the JSON string stored under ``KEYS[1]``; nothing without one. One command, so that it can be
+# owed while the generation cannot be read.
+_DELETE_GENERATION_SCRIPT = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local generation = cjson.decode(raw)
+if type(generation) ~= 'string' then return 0 end
+local keys = {}
+for i = 2, #ARGV do keys[#keys + 1] = ARGV[1] .. generation .. ARGV[i] end
+if #keys == 0 then return 0 end
+return redis.call('DEL', unpack(keys))
+"""
+
+
+def cache_delete_generation(generation_key: str, prefix: str, suffixes) -> None:
+    """Drop the entries ``prefix + generation + suffix`` of the generation stored under
+    ``generation_key`` (none stored: nothing to drop). A committed change made them wrong: on
+    Redis it is one command, owed while this process skips Redis (the generation cannot be
+    read then either), so it runs once Redis answers again."""
+    suffixes = tuple(suffixes)
+    if get_redis() is None:
+        generation = cache_get(generation_key)
+        if generation is not None:
+            for suffix in suffixes:
+                _memory().delete(prefix + generation + suffix)
+        return
+    command = ("EVAL", _DELETE_GENERATION_SCRIPT, 1, PREFIX + generation_key, PREFIX + prefix,
+               *suffixes)
+    guarded_redis_call("cache delete", lambda client: client.execute_command(*command),
+                       owed=[command])

@@ -8,8 +8,9 @@ limiter counts alone. Then one call probes again. A sick Redis therefore costs a
 timeout every few seconds, not one per call.
 
 A few writes must not be lost that way (``guarded_redis_call(..., owed=command)``): the
-delete of a cache entry a change made wrong (the analytics of a user whose goal changed) and
-the publish of a caller invalidation. Skipped, or failed on an outage, such a command is
+delete of a cache entry a change made wrong (the analytics of a user whose goal changed, the
+recent recaps of a user whose sessions changed: one script that reads the recaps' generation
+and deletes them, ``cache.cache_delete_generation``) and the publish of a caller invalidation. Skipped, or failed on an outage, such a command is
 *owed*: kept by the gate (deduplicated, at most ``MAX_OWED_CALLS``) and sent, in pipelines,
 before the process's next Redis call that the back-off lets through; every web process's
 subscriber thread makes one within a second once the back-off is over

@@ -291,6 +291,44 @@ def test_a_goal_changed_through_a_process_backing_off_from_redis_shows_on_every_
         _stop_apps(backing_off_app, other_app)
 
 
+def test_a_session_saved_through_a_process_backing_off_from_redis_shows_in_the_recap_soon(
+        own_redis, token_for, make_config, make_user, make_package, make_session):
+    """A session saved through a process that skips Redis while the others have it back: the
+    week's recap another process cached before it is forgotten once that process reaches
+    Redis again (forgetting the recent recaps was owed), not served for its 5 minutes."""
+    from sonicus import create_app
+    from sonicus.services.analytics import request_refresh
+
+    retry = 5.0
+    config = make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=retry)
+    backing_off_app, other_app = create_app(config), create_app(config)
+    other = other_app.test_client()
+    listener = make_user("recap-listener@example.com").id
+    rain = make_package("rain").id
+    headers = {"Authorization": f"Bearer {token_for('recap-listener@example.com')}"}
+
+    def week_sessions():
+        res = other.get("/api/user/recap", query_string={"period": "week"}, headers=headers)
+        assert res.status_code == 200, res.json
+        return res.json["data"]["sessions"]
+
+    try:
+        for app in (backing_off_app, other_app):
+            assert app.test_client().get("/api/user/profile", headers=headers).status_code == 200
+        _trip_backoff_while_redis_is_down(own_redis, backing_off_app, other_app)
+        assert week_sessions() == 0  # cached by the other process (Redis came back empty)
+        with backing_off_app.app_context():
+            make_session(listener, rain, clock.local_day(clock.now(), "UTC", 0), minutes=5)
+            request_refresh(listener)  # the enqueue is skipped too: the sweep's, not this
+        saved = time.monotonic()
+        while week_sessions() != 1:
+            assert time.monotonic() - saved < retry + 10, \
+                "the other process still serves the week's recap from before the session"
+            time.sleep(0.2)
+    finally:
+        _stop_apps(backing_off_app, other_app)
+
+
 def test_a_suspension_through_a_process_backing_off_from_redis_ends_cached_sign_ins_elsewhere(
         own_redis, token_for, admin_auth, make_config, make_user):
     """A suspension made through a process that skips Redis while the others have it back:

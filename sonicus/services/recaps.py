@@ -27,7 +27,7 @@ from sqlalchemy import BigInteger, Integer, case, cast, func, literal, select
 
 from .. import clock
 from ..api_errors import ApiError
-from ..cache import cache_delete, cache_get, cache_set
+from ..cache import cache_delete, cache_delete_generation, cache_get, cache_set
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, User
 from ..models.user import merge_preferences
@@ -94,18 +94,18 @@ def forget_user_recaps(user_id: int) -> None:
 
 def forget_recent_recaps(user_id: int, now: datetime | None = None) -> None:
     """Forget the cached recaps of periods that a change to the user's sessions can touch:
-    those overlapping the last ``RECENT_DAYS`` days (whatever the user's time zone)."""
-    generation = cache_get(_generation_key(user_id))
-    if generation is None:
-        return
+    those overlapping the last ``RECENT_DAYS`` days (whatever the user's time zone); owed
+    while this process skips Redis, like ``forget_user_recaps``."""
     today = (now or clock.now()).astimezone(UTC).date() + timedelta(days=1)
+    suffixes = []
     for period in PERIODS:
         seen = set()
         for back in range(RECENT_DAYS + 2):
             first, _last = period_bounds(period, today - timedelta(days=back))
             if first not in seen:
                 seen.add(first)
-                cache_delete(_recap_key(user_id, generation, period, first))
+                suffixes.append(f":{period}:{first.isoformat()}")
+    cache_delete_generation(_generation_key(user_id), f"recap:{user_id}:", suffixes)
 
 
 # ---- the figures -----------------------------------------------------------------------------
