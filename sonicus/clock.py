@@ -77,9 +77,12 @@ class UserDay:
     ends_at: datetime
 
 
-# How long day settings that were replaced are remembered (``earlier_day_settings``): longer
-# than offline listening may wait to be uploaded (14 days), whose day they decide.
-DAY_SETTINGS_REMEMBERED = timedelta(days=15)
+# How long day settings that were replaced are remembered (``earlier_day_settings``): as long
+# as anything reads the user's local time of past sessions back: the "smart" reminder time
+# looks back 90 days (``services.reminder_claims.SMART_LOOKBACK_DAYS`` is this), the freeze
+# days shown cover 90 days, offline listening may wait 14 days to be uploaded. At most one
+# change a user day is remembered (a second one before it takes effect replaces it).
+DAY_SETTINGS_REMEMBERED = timedelta(days=90)
 
 
 def day_settings_at(person, moment: datetime) -> DaySettings:

@@ -8,7 +8,7 @@ import base64
 import os
 import stat
 import threading
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, update
@@ -409,6 +409,45 @@ def test_smart_time_after_two_moves_reads_the_oldest_evenings_where_they_were_th
         reminder_claims._refresh_smart_times_python(
             moment, datetime(2025, 10, 1, tzinfo=UTC), moment, 10)
         assert db.session.get(ReminderPreferences, nomad).smart_minute == 21 * 60
+        db.session.rollback()
+
+
+def test_smart_time_reads_evenings_before_a_move_of_more_than_fifteen_days_ago(
+        push_client, auth, push_service, browser, make_package, make_session, set_clock,
+        make_user):
+    """Three evenings at 21:00 in Los Angeles, a move to London, two evenings at 21:00 there,
+    and 26 days after the move a later day start: the smart time stays 21:00. The Los Angeles
+    zone is remembered as long as the smart time looks back (90 days): forgotten after 15,
+    those evenings read at 05:00 (London) and outnumbered the London ones."""
+    app = push_client.application
+    headers, _ = _listener(push_client, auth, push_service, browser, "mover@example.com",
+                           make_user=make_user, timezone="America/Los_Angeles", time="smart")
+    with app.app_context():
+        mover = db.session.execute(select(ReminderPreferences.user_id)).scalar_one()
+    package = make_package()
+    for day in (6, 7, 8):  # 05:00 UTC: 21:00 PST the evening before
+        make_session(mover, package, started_at=datetime(2026, 1, day, 5, 0, tzinfo=UTC))
+    set_clock(datetime(2026, 1, 10, 12, 0, tzinfo=UTC))  # to London from 08:00 UTC on the 11th
+    res = push_client.put("/api/user/profile", json={"timezone": "Europe/London"},
+                          headers=headers)
+    assert res.status_code == 200, res.get_json()
+    for day in (12, 13):
+        make_session(mover, package, started_at=datetime(2026, 1, day, 21, 0, tzinfo=UTC))
+    set_clock(datetime(2026, 2, 6, 12, 0, tzinfo=UTC))
+    res = push_client.put("/api/user/profile", json={"day_start_hour": 2}, headers=headers)
+    assert res.status_code == 200, res.get_json()
+    moment = datetime(2026, 2, 8, 0, 0, tzinfo=UTC)
+    with app.app_context():
+        assert reminder_claims.refresh_smart_times(moment) == 1
+        db.session.remove()
+    data = push_client.get("/api/user/reminders", headers=headers).get_json()["data"]
+    assert data["smart_time"] == "21:00"
+    with app.app_context():  # the rule written for SQLite says the same
+        db.session.execute(update(ReminderPreferences).values(smart_minute=None,
+                                                              smart_computed_at=None))
+        reminder_claims._refresh_smart_times_python(
+            moment, moment - timedelta(days=reminder_claims.SMART_LOOKBACK_DAYS), moment, 10)
+        assert db.session.get(ReminderPreferences, mover).smart_minute == 21 * 60
         db.session.rollback()
 
 

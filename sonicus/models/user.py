@@ -43,8 +43,8 @@ class User(Base):
     day_settings_effective_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The settings in force before the prior ones, oldest first, each with the instant it
     # ended: ``[{"until": ISO 8601, "timezone", "day_start_hour"}]``, kept while they can
-    # still decide a day (``clock.DAY_SETTINGS_REMEMBERED``: offline listening is uploaded up
-    # to 14 days later).
+    # still decide a day or a session's local hour (``clock.DAY_SETTINGS_REMEMBERED``: 90 days,
+    # the smart reminder time's look-back; offline listening is uploaded up to 14 days later).
     earlier_day_settings: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     preferences: Mapped[dict] = mapped_column(JSON, default=dict)
     role: Mapped[str] = mapped_column(String(16), default=ROLE_USER)
