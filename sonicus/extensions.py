@@ -10,10 +10,11 @@ timeout every few seconds, not one per call.
 A few writes must not be lost that way (``guarded_redis_call(..., owed=command)``): the
 delete of a cache entry a change made wrong (the analytics of a user whose goal changed, the
 recent recaps of a user whose sessions changed: one script that reads the recaps' generation
-and deletes them, ``cache.cache_delete_generation``) and the publish of a caller invalidation. Skipped, or failed on an outage, such a command is
-*owed*: kept by the gate (deduplicated, at most ``MAX_OWED_CALLS``) and sent, in pipelines,
-before the process's next Redis call that the back-off lets through; every web process's
-subscriber thread makes one within a second once the back-off is over
+and deletes them, ``cache.cache_delete_generation``) and the publish of a caller
+invalidation. Skipped, or failed on an outage, such a command is *owed*: kept by the gate
+(deduplicated, at most ``MAX_OWED_CALLS``) and sent, in pipelines, before the process's next
+Redis call that the back-off lets through; every web process's subscriber thread makes one
+within a second once the back-off is over
 (``pay_owed_redis_calls``), a worker's scheduler thread within its tick. Redis may well be
 back for the other processes meanwhile (this process's own failure, a call that timed out
 once, made it back off); they then see the change about ``REDIS_RETRY_SECONDS`` late,

@@ -16,6 +16,7 @@ from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, UTCDateTime, utcnow
+from .user import GOAL_KEY_MAX_LENGTH
 
 # Starting-mood bands of "people like you": the mean mood_before of a user's counting sessions.
 BAND_LOW, BAND_MID, BAND_HIGH, BAND_ANY = "low", "mid", "high", "any"
@@ -56,12 +57,12 @@ class PackageOutcome(Base):
 
 
 class CohortOutcome(Base):
-    """The counting sessions of one package by the users with one goal and one starting-mood
-    band (``any``: every band)."""
+    """The counting sessions of one package by the users with one goal (by its key,
+    ``models.user.goal_key``) and one starting-mood band (``any``: every band)."""
 
     __tablename__ = "cohort_outcomes"
 
-    goal: Mapped[str] = mapped_column(String(40), primary_key=True)
+    goal: Mapped[str] = mapped_column(String(GOAL_KEY_MAX_LENGTH), primary_key=True)
     band: Mapped[str] = mapped_column(String(8), primary_key=True)
     package_id: Mapped[int] = mapped_column(
         ForeignKey("sound_packages.id", ondelete="CASCADE"), primary_key=True)

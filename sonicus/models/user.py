@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 
 from sqlalchemy import JSON, Boolean, Index, Integer, SmallInteger, String, func
@@ -13,6 +14,35 @@ ROLE_USER, ROLE_ADMIN = "user", "admin"
 ROLES = (ROLE_USER, ROLE_ADMIN)
 DEFAULT_PREFERENCES = {"goals": [], "favorite_categories": [], "daily_goal_minutes": None,
                        "show_streaks": True}
+
+
+GOAL_MAX_LENGTH = 40  # a goal as typed (``schemas.profile.PreferencesSchema``)
+GOAL_KEY_MAX_LENGTH = 160  # longer keys (only from compatibility characters) group no one
+
+
+def goal_key(goal) -> str | None:
+    """THE form in which goals are compared, grouped into cohorts and matched (recommendations):
+    NFKC, then full case folding (the Turkic fold of U+0130 "İ" to "i" first, which the default
+    fold turns into an "i" with a combining dot), then NFKC again. "ΎΠΝΟΣ" and "ύπνος" (final
+    sigma), "İYİ UYKU" and "iyi uyku", "Straße" and "STRASSE" are one goal. None for what is
+    not a goal (not a string of 1..40 characters) or too long a key. The preferences keep the
+    goal as typed."""
+    if not isinstance(goal, str) or not 1 <= len(goal) <= GOAL_MAX_LENGTH:
+        return None
+    folded = unicodedata.normalize("NFKC", goal).replace("\u0130", "i").casefold()
+    key = unicodedata.normalize("NFKC", folded)
+    return key if 1 <= len(key) <= GOAL_KEY_MAX_LENGTH else None
+
+
+def goal_names(goals) -> dict[str, str]:
+    """{key: how to name it to the user}: each of their goals by ``goal_key``, named by the
+    first goal typed with that key, in lower case (the final sigma kept, "İ" as "i")."""
+    names: dict[str, str] = {}
+    for goal in goals if isinstance(goals, list) else ():
+        key = goal_key(goal)
+        if key is not None and key not in names:
+            names[key] = goal.replace("\u0130", "i").lower()
+    return names
 
 
 def merge_preferences(stored: dict | None, changes: dict | None = None) -> dict:

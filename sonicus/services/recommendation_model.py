@@ -11,9 +11,10 @@ at least a minute listened) with a mood before and after; a session's lift is
 - Each user's sums per package (and whether their two latest sessions of it both lowered the
   mood), each package's population sums, and per cohort ("people like you": one goal from
   ``preferences.goals`` and the starting-mood band of the user's mean ``mood_before``, or the
-  goal alone) each package's sums. A cohort row is kept only when at least
-  ``MIN_GROUP_USERS`` users stand behind it and no group smaller than that can be worked out
-  from it by difference with the package's other figures (``_insert_cohorts``).
+  goal alone) each package's sums. Goals are grouped by key (``models.user.goal_key``). A
+  cohort row is kept only when no group of fewer than ``MIN_GROUP_USERS`` listeners (besides
+  the asker) can be worked out from it by combining it with the package's other figures
+  (``services.recommendation_cohorts``).
 - ``k_user = noise variance / between-user variance``, estimated from the variance components
   of the adjusted lifts (one-way random effects over (user, package) groups), kept within
   ``K_MIN..K_MAX``; ``DEFAULT_K`` while there is too little data to estimate it. With
@@ -30,13 +31,12 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import and_, case, delete, exists, func, literal, or_, select, text, true
+from sqlalchemy import and_, case, delete, exists, func, literal, or_, select, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import aliased
 
 from .. import clock
 from ..extensions import db
-from ..models import ListeningSession, User
+from ..models import ListeningSession
 from ..models.recommendations import (
     BAND_ANY,
     BAND_HIGH,
@@ -49,6 +49,11 @@ from ..models.recommendations import (
     UserPackageOutcome,
 )
 from ..tasks.queue import QUEUE_MAINTENANCE, enqueue, job_is_pending
+from .recommendation_cohorts import (
+    USER_GOALS,
+    hide_disclosing_cohorts,
+    load_user_goals,
+)
 from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -60,7 +65,6 @@ K_MIN, K_MAX = 4.0, 50.0
 K_COHORT = 20.0
 # Fewer (user, package) groups than this: k is not estimated (DEFAULT_K).
 MIN_GROUPS_FOR_ESTIMATE = 50
-MIN_GROUP_USERS = 5
 # The rebuild an erasure asks for (one waiting at a time; the hourly slots have their own ids).
 REBUILD_AFTER_ERASURE_JOB_ID = "rebuild-recommendation-model-after-erasure"
 # Mean mood_before bands: below 4.5 low, below 7 mid, else high.
@@ -151,39 +155,15 @@ def _adjusted_sum():
     return UserPackageOutcome.lift_sum - UserPackageOutcome.sessions * UserOutcomeProfile.bias
 
 
-def _user_goals():
-    """(user_id, goal) for each distinct goal in a user's preferences, lowercased."""
-    if db.session.get_bind().dialect.name == "postgresql":
-        goals = (select(User.id.label("user_id"),
-                        func.json_array_elements_text(User.preferences["goals"]).label("goal"))
-                 .where(func.json_typeof(User.preferences["goals"]) == "array").subquery())
-    else:
-        each = func.json_each(User.preferences, "$.goals").table_valued("value")
-        goals = (select(User.id.label("user_id"), each.c.value.label("goal"))
-                 .select_from(User).join(each, true())
-                 .where(func.json_type(User.preferences, "$.goals") == "array").subquery())
-    return (select(goals.c.user_id, func.lower(goals.c.goal).label("goal"))
-            .where(func.length(goals.c.goal).between(1, 40)).distinct().subquery("goals"))
-
-
-def _too_few(users):
-    """SQL: a group of people that would be shown with fewer than ``MIN_GROUP_USERS`` of them
-    (none at all is no one's figure)."""
-    return and_(users > 0, users < MIN_GROUP_USERS)
-
-
 def _insert_cohorts() -> None:
-    """Cohort rows: one pass over the per-user rows (and the users' goals) makes the
-    (goal, band, package) rows, the (goal, any band, package) rows are summed from those, then
-    the rows that would show too few people go, directly or by difference with another figure
-    of the same package:
-
-    - a (goal, any band) row with fewer than ``MIN_GROUP_USERS`` users, or with fewer than that
-      (but some) of the package's listeners outside the goal (population minus cohort);
-    - every band row of a goal whose any-band row goes (the bands add up to it), and of a goal
-      with any band of too few users (the other bands and the whole would give it away)."""
+    """Cohort rows: one pass over the per-user rows (and the users' goals by key, loaded by
+    ``recommendation_cohorts.load_user_goals``) makes the (goal, band, package) rows, the
+    (goal, any band, package) rows are summed from those, then the rows whose figures, with
+    the others shown, would single out fewer than ``MIN_GROUP_USERS`` listeners go
+    (``recommendation_cohorts.hide_disclosing_cohorts``)."""
     up, pr, co = UserPackageOutcome, UserOutcomeProfile, CohortOutcome
-    goals = _user_goals()
+    goal_sets = load_user_goals()
+    goals = USER_GOALS
     columns = ["goal", "band", "package_id", "sessions", "users", "lift_sum", "adjusted_sum"]
     db.session.execute(co.__table__.insert().from_select(columns, (
         select(goals.c.goal, pr.band, up.package_id, func.sum(up.sessions), func.count(),
@@ -196,16 +176,7 @@ def _insert_cohorts() -> None:
         select(co.goal, literal(BAND_ANY), co.package_id, func.sum(co.sessions),
                func.sum(co.users), func.sum(co.lift_sum), func.sum(co.adjusted_sum))
         .where(co.band != BAND_ANY).group_by(co.goal, co.package_id))))
-    po, whole, band = PackageOutcome, aliased(CohortOutcome), aliased(CohortOutcome)
-    whole_hidden = exists().where(
-        whole.goal == co.goal, whole.package_id == co.package_id, whole.band == BAND_ANY,
-        po.package_id == whole.package_id,
-        or_(_too_few(whole.users), _too_few(po.users - whole.users)))
-    small_band = exists().where(band.goal == co.goal, band.package_id == co.package_id,
-                                band.band != BAND_ANY, _too_few(band.users))
-    db.session.execute(delete(co).where(co.band != BAND_ANY, or_(whole_hidden, small_band)))
-    db.session.execute(delete(co).where(co.band == BAND_ANY, whole_hidden))
-    db.session.execute(delete(co).where(co.users < MIN_GROUP_USERS))
+    hide_disclosing_cohorts(goal_sets)
 
 
 def _variance_components() -> dict:

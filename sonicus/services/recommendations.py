@@ -42,10 +42,12 @@ from ..models.recommendations import (
     UserOutcomeProfile,
     UserPackageOutcome,
 )
+from ..models.user import goal_names
 from ..tiers import PACKAGE_LEVELS, can_access_level
 from .assignments import live_package_ids
 from .catalog import PackageView
-from .recommendation_model import DEFAULT_K, K_COHORT, MIN_GROUP_USERS, PARAMS_ID
+from .recommendation_cohorts import MIN_GROUP_USERS
+from .recommendation_model import DEFAULT_K, K_COHORT, PARAMS_ID
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 50
@@ -130,7 +132,7 @@ class _SharedModel:
         if found is not None:
             return found
         best: dict = {}
-        for goal in goals:  # sorted (``_goals_of``)
+        for goal in goals:  # sorted keys (``rank_packages``)
             for cohort_band, package_id, n, users, lift_sum, adjusted in self.cohorts[goal]:
                 if cohort_band != BAND_ANY and cohort_band != band:
                     continue
@@ -225,9 +227,10 @@ def _candidates(user_id: int, tier_name: str, now: datetime):
     return model, band, candidates
 
 
-def _goals_of(preferences) -> list[str]:
-    goals = (preferences or {}).get("goals") or []
-    return sorted({g.lower() for g in goals if isinstance(g, str) and 1 <= len(g) <= 40})
+def _goals_of(preferences) -> dict[str, str]:
+    """The user's goals by key (``models.user.goal_key``, as the cohorts are grouped), each
+    with the name the reasons give it."""
+    return goal_names((preferences or {}).get("goals") or [])
 
 
 def _score(c: _Candidate, cohort, favorites: set[str], params) -> tuple:
@@ -262,7 +265,8 @@ def _score(c: _Candidate, cohort, favorites: set[str], params) -> tuple:
     return score, expected, confidence, cohort_view, pop_n, pop_lift, favorite
 
 
-def _reason(c: _Candidate, expected, cohort_view, pop_n, favorite) -> Reason:
+def _reason(c: _Candidate, expected, cohort_view, pop_n, favorite,
+            names: dict[str, str]) -> Reason:
     if c.own_n and c.own_lift_sum > 0 and expected > 0:
         mean = c.own_lift_sum / c.own_n
         return Reason(KIND_OWN, f"Lifted your mood by {_points(mean)} on average over "
@@ -270,8 +274,8 @@ def _reason(c: _Candidate, expected, cohort_view, pop_n, favorite) -> Reason:
     if cohort_view is not None and cohort_view[3] > 0:
         goal, band, n, mean = cohort_view
         alike = "" if band == BAND_ANY else " and a similar starting mood"
-        return Reason(KIND_SIMILAR, f"People with your {goal} goal{alike} felt "
-                                    f"{_points(mean)} better after it ({_sessions(n)}).")
+        return Reason(KIND_SIMILAR, f"People with your {names.get(goal, goal)} goal{alike} "
+                                    f"felt {_points(mean)} better after it ({_sessions(n)}).")
     pop_mean = (c.pop_lift_sum - c.own_lift_sum) / pop_n if pop_n else 0.0
     if favorite:
         return Reason(KIND_FAVORITE, f"From {c.category}, one of your favourite categories; "
@@ -291,7 +295,7 @@ def rank_packages(user_id: int, tier_name: str, preferences, limit: int | None =
     model, band, candidates = _candidates(user_id, tier_name, now)
     params = model.params
     goals = _goals_of(preferences)
-    cohorts = model.best_cohorts(goals, band) if goals else {}
+    cohorts = model.best_cohorts(sorted(goals), band) if goals else {}
     favorites = {c.lower() for c in (preferences or {}).get("favorite_categories") or []
                  if isinstance(c, str)}
     scored = []
@@ -305,7 +309,7 @@ def rank_packages(user_id: int, tier_name: str, preferences, limit: int | None =
             scored[:limit]:
         out.append((c, round(score, 3), round(expected, 2),
                     round(min(1.0, max(0.0, confidence)), 3),
-                    _reason(c, expected, cohort_view, pop_n, favorite), c.assigned))
+                    _reason(c, expected, cohort_view, pop_n, favorite, goals), c.assigned))
     return out
 
 
