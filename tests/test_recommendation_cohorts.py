@@ -4,10 +4,14 @@ be shown, however the cohorts nest or overlap."""
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections import Counter
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sonicus import clock
 
@@ -153,3 +157,42 @@ def test_one_listener_in_two_cohorts_cannot_be_worked_out_from_four_figures(
         total = {goals: n * mean for goals, (n, mean) in shown.items()}
         recovered = (total[("sleep",)] + total[("focus",)] + total[("calm",)] - total[()])
         pytest.fail(f"one listener worked out from four figures: {recovered:.1f}")
+
+
+_BANDS = ("low", "mid", "high")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_BANDS),
+                          st.frozensets(st.sampled_from(("a", "b", "c")))),
+                min_size=1, max_size=40))
+def test_no_sum_or_difference_of_the_figures_shown_singles_out_a_few_listeners(people):
+    """Any package's listeners (a band and a set of goals each): of the cohort rows, those
+    kept, with the population's figure, never add up or difference (up to four figures) to
+    the sum of one to five listeners, unless every figure is the population's."""
+    from sonicus.services.recommendation_cohorts import MIN_GROUP_USERS, shown_rows
+
+    numbers = {goals: i for i, goals in enumerate({g for _b, g in people if g}, start=1)}
+    listeners = Counter((band, numbers.get(goals)) for band, goals in people)
+    goal_sets = {i: goals for goals, i in numbers.items()}
+
+    def members(goal, band):
+        return frozenset(i for i, (own_band, goals) in enumerate(people)
+                         if goal in goals and band in ("any", own_band))
+
+    rows = [(goal, band, len(members(goal, band))) for goal in "abc"
+            for band in ("any", *_BANDS)]
+    rows = [row for row in rows if row[2] >= MIN_GROUP_USERS]  # the job drops the others first
+    shown = shown_rows(rows, listeners, goal_sets)
+    everyone = frozenset(range(len(people)))
+    figures = list({everyone, *(members(goal, band) for goal, band in shown)})
+    for size in range(1, min(4, len(figures)) + 1):
+        for chosen in itertools.combinations(figures, size):
+            for signs in itertools.product((1, -1), repeat=size):
+                weights = Counter()
+                for sign, figure in zip(signs, chosen, strict=True):
+                    for person in figure:
+                        weights[person] += sign
+                singled = {person for person, weight in weights.items() if weight}
+                assert not 0 < len(singled) <= MIN_GROUP_USERS or len(figures) == 1, \
+                    (shown, sorted(singled))
