@@ -88,6 +88,7 @@ def _create_and_fill(name: str, columns: str, second_type: str, rows: list[tuple
                 f"INSERT INTO {name} ({first}, {second}) SELECT * FROM "
                 f"unnest(CAST(:firsts AS integer[]), CAST(:seconds AS {second_type}[]))"),
                 {"firsts": [r[0] for r in rows], "seconds": [r[1] for r in rows]})
+        db.session.execute(text(f"ANALYZE {name}"))  # the planner's row counts for the joins
         return
     db.session.execute(text(f"DROP TABLE IF EXISTS temp.{name}"))
     db.session.execute(text(f"CREATE TEMPORARY TABLE {name} ({columns})"))
