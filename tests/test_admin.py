@@ -435,6 +435,100 @@ def test_admin_cannot_suspend_themselves(client, admin_auth, db_session):
     assert _patch(client, headers, me.id, {"tier": "pro"}).status_code == 200
 
 
+def _admins(app, *emails):
+    """Admins signed in once (their rows exist, role admin), as ``(email, headers, id)``."""
+    from sonicus.extensions import db
+
+    found = []
+    for email, headers in emails:
+        assert app.test_client().get("/api/user/profile", headers=headers).status_code == 200
+        with app.app_context():
+            user_id = db.session.execute(
+                db.select(User.id).where(User.email == email)).scalar_one()
+            db.session.remove()
+        found.append((email, headers, user_id))
+    return found
+
+
+def _active_admins(db_session) -> list[str]:
+    db_session.expire_all()
+    return sorted(u.email for u in db_session.query(User).filter_by(role="admin",
+                                                                   is_active=True))
+
+
+def test_two_admins_suspending_each_other_at_once_leave_both_active(app, admin_auth,
+                                                                    db_session):
+    """Two administrators (the only two) suspend each other at the same moment, from two
+    threads against PostgreSQL: neither may, the platform keeps its administrators and
+    nothing is recorded. An administrator's account is the operator's (CLI)."""
+    (a_email, a, a_id), (b_email, b, b_id) = _admins(
+        app, ("a1@example.com", admin_auth("a1@example.com")),
+        ("a2@example.com", admin_auth("a2@example.com")))
+    barrier = threading.Barrier(2)
+    results, errors = [], []
+
+    def suspend(headers, target):
+        try:
+            client = app.test_client()
+            barrier.wait(5)
+            res = client.patch(f"/api/admin/users/{target}", headers=headers,
+                               json={"is_active": False})
+            results.append((res.status_code, res.json.get("code")))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=suspend, args=(a, b_id)),
+               threading.Thread(target=suspend, args=(b, a_id))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert errors == []
+    assert results == [(409, "conflict"), (409, "conflict")]
+    assert _active_admins(db_session) == [a_email, b_email]
+    assert db_session.query(AuditLog).count() == 0
+    for headers in (a, b):
+        assert app.test_client().get("/api/admin/users", headers=headers).status_code == 200
+
+
+def test_an_admin_cannot_suspend_or_reactivate_another_admin_through_the_api(
+        app, client, admin_auth, auth, db_session, runner):
+    """Even with a third administrator left active, the API refuses to change another
+    administrator's status (409 naming the CLI); a listener's is still the admin's to change,
+    another admin's tier too. The operator suspends and reactivates administrators with
+    ``sonicus users suspend|activate``, the way back when none is left."""
+    (_, boss, _), (_, _, other_id), (_, _, third_id) = _admins(
+        app, ("boss@example.com", admin_auth("boss@example.com")),
+        ("other@example.com", admin_auth("other@example.com")),
+        ("third@example.com", admin_auth("third@example.com")))
+    refused = _patch(client, boss, other_id, {"is_active": False, "tier": "pro"})
+    assert refused.status_code == 409 and refused.json["code"] == "conflict"
+    assert "sonicus users suspend" in refused.json["message"]
+    assert _active_admins(db_session) == ["boss@example.com", "other@example.com",
+                                          "third@example.com"]
+    assert db_session.query(UserSubscription).filter_by(user_id=other_id).one().tier == "starter"
+    assert _patch(client, boss, other_id, {"tier": "pro"}).status_code == 200
+    listener = auth("ana@example.com")
+    client.get("/api/user/profile", headers=listener)
+    ana = db_session.query(User).filter_by(email="ana@example.com").one().id
+    assert _patch(client, boss, ana, {"is_active": False}).status_code == 200
+
+    # The operator suspends an administrator; the API cannot bring them back either.
+    out = runner.invoke(args=["sonicus", "users", "suspend", "third@example.com"])
+    assert out.exit_code == 0, out.output
+    again = _patch(client, boss, third_id, {"is_active": True})
+    assert again.status_code == 409 and again.json["code"] == "conflict"
+    assert _active_admins(db_session) == ["boss@example.com", "other@example.com"]
+    # Every administrator suspended by the operator: `users activate` is the way back.
+    for email in ("boss@example.com", "other@example.com"):
+        assert runner.invoke(args=["sonicus", "users", "suspend", email]).exit_code == 0
+    assert _active_admins(db_session) == []
+    assert client.get("/api/admin/users", headers=boss).json["code"] == "account_suspended"
+    out = runner.invoke(args=["sonicus", "users", "activate", "boss@example.com"])
+    assert out.exit_code == 0 and out.output.strip() == "boss@example.com is now active."
+    assert client.get("/api/admin/users", headers=boss).status_code == 200
+
+
 @pytest.mark.parametrize("body, field", [
     ({"role": "user"}, "role"),  # roles come from the identity provider's groups
     ({"tier": "gold"}, "tier"),

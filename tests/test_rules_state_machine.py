@@ -92,6 +92,9 @@ def build_machine(app, idp, table_names, billing):
     client = app.test_client()
     admin = {"Authorization": "Bearer " + idp.token(
         email="admin@example.com", groups=("sonicus-user", "sonicus-super-admin"))}
+    admins = {email: {"Authorization": "Bearer " + idp.token(
+        email=email, groups=("sonicus-user", "sonicus-super-admin"))}
+        for email in ("admin@example.com", "second-admin@example.com")}
 
     class RulesMachine(RuleBasedStateMachine):
         sessions = Bundle("sessions")
@@ -535,6 +538,33 @@ def build_machine(app, idp, table_names, billing):
             if not active:
                 status, body = self.call("GET", "/api/user/profile", person.headers)
                 assert status == 403 and body["code"] == "account_suspended", body
+
+        @rule(by=st.sampled_from(sorted(admins)), whom=st.sampled_from(sorted(admins)),
+              active=st.booleans())
+        def admin_changes_an_admins_status(self, by, whom, active):
+            """An administrator's account is the operator's: through the API an admin
+            suspends neither themselves nor another admin (nor reactivates one): 409."""
+            for email in (by, whom):
+                status, body = self.call("GET", "/api/user/profile", admins[email])
+                assert status == 200, body
+            with app.app_context():
+                target = db.session.execute(
+                    select(User.id).where(User.email == whom)).scalar_one()
+                db.session.remove()
+            status, body = self.call("PATCH", f"/api/admin/users/{target}", admins[by],
+                                     json={"is_active": active})
+            if active:
+                assert status == 200, body  # every admin is active: nothing to change
+            else:
+                assert status == 409 and body["code"] == "conflict", body
+
+        @invariant()
+        def no_admin_is_suspended_through_the_api(self):
+            with app.app_context():
+                suspended = db.session.execute(select(User.email).where(
+                    User.role == "admin", User.is_active.is_(False))).scalars().all()
+                db.session.remove()
+            assert suspended == [], suspended
 
         # ---- what is stored ----------------------------------------------------------------
         def session_row(self, session_id) -> SessionRow | None:

@@ -62,9 +62,12 @@ class UserDetail(MethodView):
     @require_super_admin
     @blp.arguments(AdminUserUpdateSchema)
     @blp.response(200, AdminUserDetailSchema)
-    @blp.errors(401, _ADMINS_ONLY, 404, (409, "`conflict`: you cannot suspend yourself."), 422)
+    @blp.errors(401, _ADMINS_ONLY, 404,
+                (409, "`conflict`: you cannot suspend yourself, nor suspend or reactivate "
+                      "another administrator (the operator's CLI does)."), 422)
     def patch(self, changes, user_id, caller):
-        """Grant a tier (complimentary) or suspend/reactivate. 409 on suspending yourself."""
+        """Grant a tier (complimentary) or suspend/reactivate. 409 on suspending yourself or
+        changing another administrator's status (``sonicus users suspend|activate`` does)."""
         changed, detail = admin_users.update_user_with_detail(caller, user_id, changes)
         set_message("User updated." if changed else "No change.")
         return detail

@@ -186,11 +186,32 @@ def _set_active(actor, actor_label: str | None, user: User, active: bool,
     return True
 
 
+def _check_status_change(actor, user: User, changes: dict) -> None:
+    """Refuse (409 ``conflict``) what the admin API (``actor`` given) may not do to an account's
+    status: suspend the caller's own account, or suspend or reactivate another
+    administrator's. Administrators' accounts are the operator's (``sonicus users
+    suspend|activate``): otherwise two administrators could suspend each other and leave the
+    platform with none, and one taken over could lock every other one out. ``user`` is locked
+    (its role read under the lock, so a concurrent sign-in changing it waits)."""
+    if actor is None or "is_active" not in changes:
+        return
+    if actor.id == user.id:
+        if changes["is_active"] is False:
+            raise ApiError(409, "conflict", "You cannot suspend your own account.")
+        return
+    if user.is_admin and bool(changes["is_active"]) != user.is_active:
+        raise ApiError(409, "conflict",
+                       "An administrator's account is suspended or reactivated by an operator "
+                       "(sonicus users suspend|activate), not through the admin API.")
+
+
 def update_user(actor, user_id: int, changes: dict, *, actor_label: str | None = None) -> bool:
     """Apply ``tier`` and/or ``is_active`` in one transaction; True when anything changed.
 
-    An administrator may not suspend their own account (409 ``conflict``): nobody would be
-    left to undo it through the API. A suspension closes the user's sockets after the commit.
+    Through the admin API (``actor`` given) an administrator may not suspend their own account
+    nor suspend or reactivate another administrator's (409 ``conflict``,
+    ``_check_status_change``): the operator's CLI (``actor`` None) does. A suspension closes
+    the user's sockets after the commit.
     """
     return _update_user(actor, user_id, changes, actor_label)[0]
 
@@ -215,8 +236,7 @@ def _update_user(actor, user_id: int, changes: dict, actor_label: str | None, *,
             .execution_options(populate_existing=True)).scalar_one_or_none()
         if user is None:
             not_found("User")
-        if actor is not None and actor.id == user.id and changes.get("is_active") is False:
-            raise ApiError(409, "conflict", "You cannot suspend your own account.")
+        _check_status_change(actor, user, changes)
         if "is_active" in changes and _set_active(
                 actor, actor_label, user, bool(changes["is_active"]), reason):
             changed, suspended = True, not user.is_active
