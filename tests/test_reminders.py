@@ -970,17 +970,91 @@ def test_a_capitalised_host_still_needs_an_allowed_domain_and_path(client, auth,
 def test_a_push_host_with_a_trailing_dot_or_port_443_is_the_same_push_service(
         client, auth, browser, endpoint):
     """A client library may name the push service fully qualified (``fcm.googleapis.com.``) or
-    with https's own port: the same service, so the subscription is stored, as the very URL
-    given (the one posted to), and the check before each post passes it too."""
+    with https's own port: the same service, so the subscription is stored, in its plain
+    spelling (the one posted to), and the check before each post passes both."""
     from sonicus.services import webpush
 
     response = client.post("/api/user/push-subscriptions", headers=auth(),
                            json=browser(endpoint).subscription())
     assert response.status_code == 201, response.get_json()
     with client.application.app_context():
-        assert db.session.execute(select(PushSubscription.endpoint)).scalar_one() == endpoint
-        assert webpush.endpoint_problem(endpoint, webpush.allowed_endpoints()) is None
+        stored = db.session.execute(select(PushSubscription.endpoint)).scalar_one()
+        assert stored == webpush.normalized_endpoint(endpoint)
+        path = endpoint.split("/", 3)[3]  # byte for byte
+        assert stored == f"{webpush.push_origin(endpoint)}/{path}"
+        assert ".:" not in stored and "./" not in stored and ":443" not in stored
+        for spelling in (endpoint, stored):
+            assert webpush.endpoint_problem(spelling, webpush.allowed_endpoints()) is None
         db.session.remove()
+
+
+FCM_ABC = "https://fcm.googleapis.com/fcm/send/abc"
+WNS_ABC = "https://db5p.notify.windows.com/w/?token=abc"
+
+
+@pytest.mark.parametrize("first, second, plain", [
+    (FCM_ABC, "https://fcm.googleapis.com.:443/fcm/send/abc", FCM_ABC),
+    ("https://fcm.googleapis.com.:443/fcm/send/abc", FCM_ABC, FCM_ABC),
+    ("https://fcm.googleapis.com./fcm/send/abc", "https://fcm.googleapis.com:443/fcm/send/abc",
+     FCM_ABC),
+    (FCM_ABC, "https://FCM.GoogleAPIs.com/fcm/send/abc", FCM_ABC),
+    (WNS_ABC, "HTTPS://DB5P.Notify.Windows.com.:443/w/?token=abc", WNS_ABC),
+])
+def test_one_device_in_two_spellings_of_its_endpoint_is_one_subscription(
+        client, auth, browser, first, second, plain):
+    """The same device posted again with its push service's host in capitals, fully
+    qualified or with :443 (a client library's spelling) is the same subscription: 200 with
+    the same id and its keys renewed, one row in the plain spelling; the path keeps its
+    letters (``/fcm/send/ABC`` is another device)."""
+    me = auth()
+    created = client.post("/api/user/push-subscriptions", headers=me,
+                          json=browser(first).subscription())
+    assert created.status_code == 201, created.get_json()
+    renewed = browser(second)
+    again = client.post("/api/user/push-subscriptions", headers=me, json=renewed.subscription())
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json()["data"]["id"] == created.get_json()["data"]["id"]
+    with client.application.app_context():
+        rows = db.session.execute(select(PushSubscription)).scalars().all()
+        assert [(r.endpoint, r.p256dh) for r in rows] == [(plain, renewed.p256dh)]
+        db.session.remove()
+    other_device = second.replace("/abc", "/ABC").replace("=abc", "=ABC")
+    third = client.post("/api/user/push-subscriptions", headers=me,
+                        json=browser(other_device).subscription())
+    assert third.status_code == 201
+    with client.application.app_context():
+        assert db.session.execute(select(func.count(PushSubscription.id))).scalar() == 2
+        db.session.remove()
+
+
+def test_a_device_posted_in_two_spellings_gets_one_reminder_signed_for_its_origin(
+        push_client, auth, push_service, browser, set_clock):
+    """A device subscribed once as ``http://127.0.0.1:<port>/push/phone`` and again as
+    ``HTTP://127.0.0.1:<port>/push/phone`` (another account's sign-in on the same browser in
+    between) is one device: the reminder reaches it once, posted to the path as given and
+    signed for the push service's plain origin."""
+    app = push_client.application
+    headers, phone = _listener(push_client, auth, push_service, browser, time="18:00")
+    shouted = browser("HTTP" + phone.endpoint[len("http"):])
+    other = auth("other@example.com")
+    assert push_client.post("/api/user/push-subscriptions", json=shouted.subscription(),
+                            headers=other).status_code == 201  # moved to the other account
+    assert push_client.post("/api/user/push-subscriptions", json=phone.subscription(),
+                            headers=headers).status_code == 201  # and back
+    _subscribe(push_client, headers, shouted)  # the keys renewed, in capitals
+    with app.app_context():
+        assert db.session.execute(select(PushSubscription.endpoint)).scalars().all() == [
+            phone.endpoint]
+        db.session.remove()
+    set_clock(datetime(2026, 1, 14, 18, 2, tzinfo=UTC))
+    with app.app_context():
+        assert reminders.send_due_reminders() == 1
+        db.session.remove()
+    _run_jobs(app)
+    [post] = push_service.posts_to(phone.endpoint)
+    assert post.vapid_error is None and post.status == 201
+    assert post.claims["aud"] == push_service.base
+    assert shouted.decrypt(post.body)["day"] == "2026-01-14"  # the keys posted last
 
 
 @pytest.mark.parametrize("endpoint", [

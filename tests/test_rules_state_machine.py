@@ -51,6 +51,7 @@ from sonicus.caller_cache import get_caller_cache
 from sonicus.extensions import db
 from sonicus.models import (
     ListeningSession,
+    PushSubscription,
     ReminderDelivery,
     SoundPackage,
     SubscriptionEvent,
@@ -167,11 +168,12 @@ def build_machine(app, idp, table_names, billing):
             assert (data["timezone"], data["day_start_hour"]) == person.days.shown()
 
         # ---- reminders -------------------------------------------------------------------
-        @rule(name=st.sampled_from(IDENTITIES), hour=st.integers(0, 23))
-        def wants_reminders(self, name, hour):
+        @rule(name=st.sampled_from(IDENTITIES), hour=st.integers(0, 23),
+              origin=st.sampled_from(PUSH_ORIGIN_SPELLINGS))
+        def wants_reminders(self, name, hour, origin):
             person = self.person(name)
             status, body = self.call("POST", "/api/user/push-subscriptions", person.headers,
-                                     json=_subscription(name))
+                                     json=_subscription(name, origin))
             if status == 403:
                 return  # suspended
             assert status in (200, 201), body
@@ -559,6 +561,17 @@ def build_machine(app, idp, table_names, billing):
                 assert status == 409 and body["code"] == "conflict", body
 
         @invariant()
+        def one_device_is_one_subscription(self):
+            """Each identity has one browser: however its endpoint was spelt, one row, in the
+            plain spelling (one push per reminder)."""
+            with app.app_context():
+                stored = db.session.execute(select(PushSubscription.endpoint)).scalars().all()
+                db.session.remove()
+            assert len(stored) == len(set(stored)) <= len(IDENTITIES), stored
+            assert all(e.startswith("https://fcm.googleapis.com/fcm/send/") for e in stored), \
+                stored
+
+        @invariant()
         def no_admin_is_suspended_through_the_api(self):
             with app.app_context():
                 suspended = db.session.execute(select(User.email).where(
@@ -672,11 +685,18 @@ def build_machine(app, idp, table_names, billing):
     return RulesMachine
 
 
-def _subscription(name: str) -> dict:
-    """A browser's PushSubscription (a real P-256 point) at a push service's address."""
+# One push service in the spellings a client library may give it: one device each way.
+PUSH_ORIGIN_SPELLINGS = ("https://fcm.googleapis.com", "https://FCM.googleapis.com",
+                         "https://fcm.googleapis.com.", "https://fcm.googleapis.com:443",
+                         "HTTPS://Fcm.GoogleAPIs.com.:443")
+
+
+def _subscription(name: str, origin: str = PUSH_ORIGIN_SPELLINGS[0]) -> dict:
+    """A browser's PushSubscription (a real P-256 point) at a push service's address, the
+    push service's origin spelt ``origin`` (the device is ``name``'s browser whatever it is)."""
     point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    return {"endpoint": f"https://fcm.googleapis.com/fcm/send/{name}", "expirationTime": None,
+    return {"endpoint": f"{origin}/fcm/send/{name}", "expirationTime": None,
             "keys": {"p256dh": base64.urlsafe_b64encode(point).rstrip(b"=").decode(),
                      "auth": base64.urlsafe_b64encode(bytes(16)).rstrip(b"=").decode()}}
 

@@ -25,6 +25,7 @@ from ..models.reminders import (
     days_to_mask,
     mask_to_days,
 )
+from . import webpush
 from .transaction import unit_of_work
 
 DEFAULT_SMART_MINUTE = 21 * 60
@@ -103,7 +104,10 @@ def save_push_subscription(user_id: int, endpoint: str, p256dh: str, auth: str,
                            expires_at: datetime | None = None) -> tuple[int, bool]:
     """Store the caller's browser subscription; ``(id, created)``. The same endpoint again
     updates its keys (``created`` False when it was already the caller's); an endpoint another
-    account subscribed on the same browser moves to the caller (the browser's last sign-in)."""
+    account subscribed on the same browser moves to the caller (the browser's last sign-in).
+    The endpoint is stored and looked up in its one spelling (``webpush.normalized_endpoint``:
+    ``https://FCM.googleapis.com.:443/x`` is the device of ``https://fcm.googleapis.com/x``)."""
+    endpoint = webpush.normalized_endpoint(endpoint)
     now = clock.now()
     values = {"user_id": user_id, "p256dh": p256dh, "auth": auth, "expires_at": expires_at,
               "updated_at": now}

@@ -94,6 +94,17 @@ def _origin_folded(url: str) -> str:
     return f"{scheme}://{_authority_normalised(scheme, rest[:end].lower())}{rest[end:]}"
 
 
+def normalized_endpoint(endpoint: str) -> str:
+    """The one spelling of a push subscription's endpoint, stored, looked up and posted to:
+    scheme and host in lower case, one trailing dot of the host and https's default ``:443``
+    dropped (``_origin_folded``: the spellings ``endpoint_problem`` takes for the same push
+    service); the path and query byte for byte (they are the push service's, case-sensitive).
+    ``https://FCM.googleapis.com.:443/fcm/send/abc`` is ``https://fcm.googleapis.com/fcm/send/abc``:
+    one device, one row, one push. Migration 0015_push_endpoint_spelling brought the rows
+    stored before to it (keep the two identical)."""
+    return _origin_folded(endpoint)
+
+
 def push_origin(endpoint: str) -> str:
     """The origin of the push service at ``endpoint`` as it names itself (RFC 6454: lower
     case, no default port; no trailing dot): the VAPID ``aud`` (RFC 8292)."""
@@ -116,7 +127,8 @@ def _matches(endpoint: str, host: str, prefix: str) -> bool:
 def endpoint_problem(endpoint: str, allowed) -> str | None:
     """Why the server must not post to ``endpoint`` (a message), or None when it may. The
     scheme and host are matched folded (``_origin_folded``: lower case, one trailing dot and
-    a default ``:443`` dropped); the endpoint itself is stored and posted to as given."""
+    a default ``:443`` dropped); the endpoint is stored and posted to in that spelling
+    (``normalized_endpoint``)."""
     if len(endpoint) > MAX_ENDPOINT_LENGTH:
         return f"Longer than {MAX_ENDPOINT_LENGTH} characters."
     if any(c in _FORBIDDEN_CHARACTERS for c in endpoint) or not endpoint.isascii():
@@ -282,11 +294,12 @@ def send_push(subscription, payload: bytes, *, topic: str | None = None,
         log.warning("push to a disallowed endpoint refused (subscription %s): %s",
                     subscription.id, problem)
         return PushResult(REFUSED)
-    headers = dict(vapid_signer().headers_for(subscription.endpoint))
+    endpoint = normalized_endpoint(subscription.endpoint)  # as stored (the plain name)
+    headers = dict(vapid_signer().headers_for(endpoint))
     headers["Urgency"] = urgency
     if topic:
         headers["Topic"] = topic
-    info = {"endpoint": subscription.endpoint,
+    info = {"endpoint": endpoint,
             "keys": {"p256dh": subscription.p256dh, "auth": subscription.auth}}
     try:
         response = WebPusher(info, requests_session=http_session()).send(
