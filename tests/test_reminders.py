@@ -704,6 +704,57 @@ def test_a_lost_reminder_is_not_sent_past_its_catch_up_hour_nor_in_quiet_hours(
     assert len(push_service.posts_to(late.endpoint)) == 1
 
 
+@pytest.mark.parametrize("before", ["sent", "job_lost"])
+def test_reminders_turned_off_and_on_again_within_the_hour_send_no_second_reminder(
+        push_client, auth, push_service, browser, set_clock, redis_client, monkeypatch,
+        before):
+    """The day's reminder was sent at 18:00 (or claimed with its job lost); the user turns
+    reminders off and on again inside the catch-up hour, even twice, even with a later time
+    that day: the user day stays claimed, so it is sent once that day (the lost one once
+    turned back on while still due), never a second time."""
+    app = push_client.application
+    headers, device = _listener(push_client, auth, push_service, browser, time="18:00")
+
+    def at(minute):
+        set_clock(datetime(2026, 1, 14, 18, minute, tzinfo=UTC))
+
+    at(0)
+    if before == "sent":
+        _scan_and_work(app)
+        assert len(push_service.posts_to(device.endpoint)) == 1
+    else:
+        assert _lose_sending_jobs(app, redis_client, monkeypatch,
+                                  "redis_restarted_empty") == 1
+        _run_jobs(app)
+        assert push_service.posts_to(device.endpoint) == []
+    at(1)
+    _set_reminders(push_client, headers, enabled=False)
+    at(3)
+    _scan_and_work(app)  # off: nothing, whatever is claimed
+    at(5)
+    _set_reminders(push_client, headers, enabled=True)
+    for minute in (6, 10):
+        at(minute)
+        _scan_and_work(app)
+    assert len(push_service.posts_to(device.endpoint)) == 1  # the lost one: sent now
+    at(12)
+    _set_reminders(push_client, headers, enabled=False)
+    at(13)
+    _set_reminders(push_client, headers, enabled=True, time="18:45")
+    for minute in (14, 40, 45, 50):
+        at(minute)
+        _scan_and_work(app)
+    assert len(push_service.posts_to(device.endpoint)) == 1
+    with app.app_context():
+        delivery = db.session.execute(select(ReminderDelivery)).scalar_one()
+        assert delivery.local_day == date(2026, 1, 14)
+        assert delivery.pushes_sent == 1 and delivery.sent_at is not None
+        db.session.remove()
+    set_clock(datetime(2026, 1, 15, 18, 46, tzinfo=UTC))  # the next day: its own reminder
+    _scan_and_work(app)
+    assert len(push_service.posts_to(device.endpoint)) == 2
+
+
 def test_a_reminder_queued_again_and_its_late_original_running_at_once_send_one_push(
         push_client, auth, push_service, browser, set_clock):
     """The original sending job was only late (a queue backlog past the grace): the scan

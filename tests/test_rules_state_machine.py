@@ -87,6 +87,7 @@ class Identity:
         self.keyed = None            # the last start sent with an Idempotency-Key
         self.remind_minute = None    # the reminder time asked for (None: no reminders)
         self.claimed_for = {}        # (user id, user day) claimed -> remind_minute at the claim
+        self.claim_ids = {}          # (user id, user day) claimed -> the delivery's id
 
 
 def build_machine(app, idp, table_names, billing):
@@ -182,18 +183,33 @@ def build_machine(app, idp, table_names, billing):
             assert status == 200, body
             person.remind_minute = hour * 60
 
+        @rule(name=st.sampled_from(IDENTITIES))
+        def turns_reminders_off(self, name):
+            """Off (and on again by ``wants_reminders``, maybe within the hour): the day
+            claimed stays claimed, one reminder per user day whatever the toggling."""
+            person = self.person(name)
+            status, body = self.call("PUT", "/api/user/reminders", person.headers,
+                                     json={"enabled": False})
+            if status == 403:
+                return  # suspended
+            assert status == 200, body
+
         @rule()
         def reminder_scan_runs(self):
             accounts = {p.user_id: p for p in self.people.values() if p.user_id is not None}
             with app.app_context():
                 reminder_claims.claim_due_reminders(self.now)
                 claimed = db.session.execute(
-                    select(ReminderDelivery.user_id, ReminderDelivery.local_day)
+                    select(ReminderDelivery.user_id, ReminderDelivery.local_day,
+                           ReminderDelivery.id)
                     .where(ReminderDelivery.user_id.in_(accounts))).all()
                 db.session.remove()
-            for user_id, day in claimed:  # the time asked for when the scan claimed it
+            for user_id, day, delivery_id in claimed:  # the time asked for at the claim
                 person = accounts[user_id]
                 person.claimed_for.setdefault((user_id, day), person.remind_minute)
+                # a user day is claimed once: never forgotten and claimed again (off, on)
+                first = person.claim_ids.setdefault((user_id, day), delivery_id)
+                assert first == delivery_id, ("claimed again", person.name, day)
 
         @rule(name=st.sampled_from(IDENTITIES))
         def erase(self, name):
