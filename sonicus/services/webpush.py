@@ -100,7 +100,7 @@ def normalized_endpoint(endpoint: str) -> str:
     dropped (``_origin_folded``: the spellings ``endpoint_problem`` takes for the same push
     service); the path and query byte for byte (they are the push service's, case-sensitive).
     ``https://FCM.googleapis.com.:443/fcm/send/abc`` is ``https://fcm.googleapis.com/fcm/send/abc``:
-    one device, one row, one push. Migration 0015_push_endpoint_spelling brought the rows
+    one device, one row, one push. Migration 0016_push_endpoint_spelling brought the rows
     stored before to it (keep the two identical)."""
     return _origin_folded(endpoint)
 

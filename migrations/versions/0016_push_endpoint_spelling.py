@@ -11,14 +11,14 @@ browser's current ones, its account the browser's last sign-in), the others are 
 
 No schema change. The downgrade leaves the rows as they are (the spellings given are gone).
 
-Revision ID: 0015_push_endpoint_spelling
-Revises: 0014_day_settings_history
+Revision ID: 0016_push_endpoint_spelling
+Revises: 0015_goal_keys
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015_push_endpoint_spelling"
-down_revision = "0014_day_settings_history"
+revision = "0016_push_endpoint_spelling"
+down_revision = "0015_goal_keys"
 branch_labels = None
 depends_on = None
 
