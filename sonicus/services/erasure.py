@@ -31,6 +31,7 @@ from sqlalchemy import Text, cast, or_, select
 
 from .. import clock
 from ..billing import BillingUnavailable, get_provider
+from ..billing.base import ALREADY_CANCELED
 from ..extensions import db
 from ..models import BillingEvent, ErasureTombstone, OwedCancellation, User, UserSubscription
 from .transaction import unit_of_work
@@ -150,14 +151,18 @@ def scrub_billing_events(sub: UserSubscription | None, email: str | None) -> int
 
 # ---- owed cancellations -------------------------------------------------------------------
 
-def owe_cancellation(sub: UserSubscription | None, now: datetime) -> OwedCancellation | None:
+def owe_cancellation(sub: UserSubscription | None, now: datetime, *,
+                     ended: bool = False) -> OwedCancellation | None:
     """An owed cancellation for the provider subscription of a LOCKED row, in the caller's
     (the erasure's) transaction; None when there is nothing at a provider to cancel (starter,
-    complimentary, a trial without a card: no provider subscription)."""
+    complimentary, a trial without a card: no provider subscription). ``ended``: the
+    provider confirmed its end already (a grant canceled it): the row is written settled,
+    remembering the subscription as an erased account's, and nothing is asked again."""
     if sub is None or not sub.provider_subscription_id:
         return None
     return owe(sub.provider or current_app.config["BILLING_PROVIDER"],
-               sub.provider_customer_id, sub.provider_subscription_id, now)
+               sub.provider_customer_id, sub.provider_subscription_id, now,
+               settled=ALREADY_CANCELED if ended else None)
 
 
 def owe(provider: str, customer_id: str | None, subscription_id: str,

@@ -35,7 +35,7 @@ from . import erasure
 from .analytics import invalidate_user_analytics
 from .recommendation_model import request_rebuild_after_erasure
 from .reminder_settings import get_reminder_preferences
-from .subscriptions import lock_or_create_subscription, settle_due_change
+from .subscriptions import ended_by_a_grant, lock_or_create_subscription, settle_due_change
 from .transaction import account_gone, unit_of_work
 
 
@@ -239,7 +239,8 @@ def erase_user(user_id: int) -> None:
         checkout = (sub.provider, sub.checkout_session_id) if sub is not None else (None, None)
         erasure.add_tombstone(user, sub, now)
         erasure.scrub_billing_events(sub, user.email)
-        owed = erasure.owe_cancellation(sub, now)
+        owed = erasure.owe_cancellation(sub, now,
+                                        ended=sub is not None and ended_by_a_grant(sub))
         if owed is not None:
             owed_id = owed.id
         db.session.execute(

@@ -1,7 +1,8 @@
 """Subscriptions: the tier in force, its lifecycle, payments and onboarding.
 
 - ``row``: the subscription row (read, lock-or-create) and how the API shows it.
-- ``changes``: changes a user asks for (tier, cancel, resume), and an administrator's grant.
+- ``changes``: changes a user asks for (tier, cancel, resume).
+- ``grants``: an administrator's grant over the user's own billing.
 - ``payments``: payments and provider notices applied to a locked subscription.
 - ``webhooks``: provider events, each applied exactly once.
 - ``sandbox``: the sandbox provider's payment page (its checkout, pay and cancel).
@@ -13,8 +14,14 @@
 from __future__ import annotations
 
 from ...models.subscription import CANCEL_REASONS
-from .changes import cancel, change_tier, grant_tier, resume
-from .common import GRACE_PERIOD, SAME_PERIOD_SLACK, add_month, cents_to_decimal
+from .changes import cancel, change_tier, resume
+from .common import (
+    GRACE_PERIOD,
+    SAME_PERIOD_SLACK,
+    add_month,
+    cents_to_decimal,
+    ended_by_a_grant,
+)
 from .expiry import (
     due_change,
     next_change_at,
@@ -24,6 +31,7 @@ from .expiry import (
     tier_after_trial,
     tier_in_force,
 )
+from .grants import grant_tier
 from .payments import (
     Payment,
     apply_payment_failed,
@@ -51,7 +59,7 @@ __all__ = [
     "CANCEL_REASONS", "GRACE_PERIOD", "SAME_PERIOD_SLACK", "Payment", "add_month",
     "apply_payment_failed", "apply_payment_succeeded", "apply_subscription_ended", "cancel",
     "SubscriptionOverview", "billing_portal_url", "cents_to_decimal", "change_tier", "due_change",
-    "confirm_sandbox_checkout", "SandboxCheckout", "abandon_sandbox_checkout",
+    "confirm_sandbox_checkout", "ended_by_a_grant", "SandboxCheckout", "abandon_sandbox_checkout",
     "sandbox_checkout",
     "get_subscription", "grant_tier", "handle_billing_event", "history",
     "insert_default_subscription", "lock_or_create_subscription", "next_change_at",

@@ -96,6 +96,19 @@ def _refunded_here(user_id: int, subscription_id: str) -> bool:
         .limit(1)).first() is not None
 
 
+def ended_by_a_grant(sub: UserSubscription) -> bool:
+    """The row's provider subscription was canceled at once by a grant, and the provider
+    confirmed it (``grants.grant_tier``: that grant's event is referenced by the provider
+    subscription's id). It charges nothing any more: it is never asked to cancel again (by
+    a later grant, or an erasure)."""
+    return bool(sub.provider_subscription_id) and db.session.execute(
+        select(SubscriptionEvent.id).where(SubscriptionEvent.user_id == sub.user_id,
+                                           SubscriptionEvent.type == "complimentary_grant",
+                                           SubscriptionEvent.reference
+                                           == sub.provider_subscription_id)
+        .limit(1)).first() is not None
+
+
 def _clear_checkout(sub: UserSubscription) -> None:
     """The pending checkout is done with (paid, or dropped by ``_drop_checkout``)."""
     sub.checkout_reference = sub.checkout_tier = sub.checkout_url = None

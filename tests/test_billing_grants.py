@@ -1,0 +1,153 @@
+"""An administrator's grant over the user's own Stripe billing: cancellations Stripe already
+confirmed (never asked for again, so nothing waits on Stripe being reachable)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from sonicus import clock
+
+EMAIL = "listener@example.com"
+DAY = timedelta(days=1)
+
+
+def _stripe_paid(client, headers, billing, tier="premium"):
+    """``tier`` paid through Stripe (``sub_s1`` of ``cus_s1``) until 20 days from now."""
+    client.post("/api/user/subscription", json={"tier": tier}, headers=headers)
+    price = {"premium": "price_prem", "pro": "price_pro"}[tier]
+    event = billing.invoice_event("evt_p1", "invoice.paid", user_id=billing.user_id(EMAIL),
+                                  tier=None, period_start=clock.now() - 10 * DAY,
+                                  period_end=clock.now() + 20 * DAY, price=price,
+                                  subscription="sub_s1", customer="cus_s1",
+                                  created=clock.now() - 10 * DAY)
+    assert billing.post_webhook(client, event).get_json()["data"]["outcome"] == "activated"
+    return datetime.fromisoformat(billing.subscription(client, headers)["current_period_end"])
+
+
+def _past_due(client, billing):
+    failed = billing.invoice_event("evt_fail", "invoice.payment_failed",
+                                   user_id=billing.user_id(EMAIL), tier=None,
+                                   price="price_prem", period_start=clock.now() + 20 * DAY,
+                                   period_end=clock.now() + 50 * DAY, subscription="sub_s1",
+                                   customer="cus_s1")
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+
+
+def _grant(client, admin_auth, uid, tier):
+    return client.patch(f"/api/admin/users/{uid}", json={"tier": tier},
+                        headers=admin_auth("boss@example.com"))
+
+
+def _portal(billing, event_id, *, cancel, price="price_prem", minutes=1):
+    """``customer.subscription.updated`` for ``sub_s1`` as Stripe's billing portal sends it
+    when the customer cancels (``cancel``) or undoes the cancel there."""
+    return billing.subscription_updated(
+        event_id, price=price, subscription="sub_s1", customer="cus_s1",
+        cancel_at_period_end=cancel, previous={"cancel_at_period_end": not cancel},
+        created=clock.now() + timedelta(minutes=minutes))
+
+
+def _cancel_flags(fake):
+    return [form["cancel_at_period_end"]
+            for form in fake.received("POST", "/v1/subscriptions/sub_s1")
+            if "cancel_at_period_end" in form]
+
+
+# ---- cancellations Stripe already confirmed are not asked for again ---------------------------
+
+@pytest.mark.parametrize("then", ["starter", "pro"])
+def test_a_grant_after_a_past_due_grant_does_not_ask_stripe_to_cancel_again(
+        stripe_app, auth, admin_auth, billing, then):
+    """A renewal failed, Premium was granted and Stripe confirmed the cancel of the failing
+    subscription. The grant revoked (or Pro granted) later needs nothing from Stripe: it goes
+    through while Stripe is unreachable, and Stripe is not asked again."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_paid(client, headers, billing)
+    _past_due(client, billing)
+    uid = billing.user_id(EMAIL)
+    assert _grant(client, admin_auth, uid, "premium").status_code == 200
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
+    sent = len(fake.requests)
+    fake.down = True
+    resp = _grant(client, admin_auth, uid, then)
+    assert resp.status_code == 200, resp.get_json()
+    assert billing.subscription(client, headers)["tier"] == then
+    assert len(fake.requests) == sent
+    fake.down = False
+    if then == "starter":  # granted again after the revoke: still nothing to ask
+        assert _grant(client, admin_auth, uid, "premium").status_code == 200
+        assert len(fake.requests) == sent
+
+
+def test_a_grant_after_a_grant_over_a_paid_month_does_not_ask_stripe_again(
+        stripe_app, auth, admin_auth, billing):
+    """Premium paid through Stripe, Premium granted (Stripe confirmed it renews nothing), then
+    Pro granted and the user cancels under it: Stripe was told already, so both go through
+    while it is unreachable."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_paid(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    assert _grant(client, admin_auth, uid, "premium").status_code == 200
+    assert _cancel_flags(fake) == [["true"]]
+    fake.down = True
+    resp = _grant(client, admin_auth, uid, "pro")
+    assert resp.status_code == 200, resp.get_json()
+    resp = client.delete("/api/user/subscription", json={}, headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    data = resp.get_json()["data"]
+    assert (data["tier"], data["complimentary"], data["cancel_at_period_end"]) == \
+        ("pro", True, True)
+    fake.down = False
+    assert _cancel_flags(fake) == [["true"]]
+
+
+def test_revoking_a_grant_after_the_paid_month_under_it_ran_out_needs_no_stripe(
+        stripe_app, auth, admin_auth, billing, set_clock):
+    """Premium paid through Stripe, Pro granted over it (Stripe confirmed it renews nothing);
+    the paid month has run out, so Stripe's subscription ended by itself. Revoking the grant
+    asks Stripe for nothing: it goes through while Stripe is unreachable."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    period_end = _stripe_paid(client, headers, billing)
+    uid = billing.user_id(EMAIL)
+    assert _grant(client, admin_auth, uid, "pro").status_code == 200
+    set_clock(period_end + 3 * DAY)
+    sent = len(fake.requests)
+    fake.down = True
+    resp = _grant(client, admin_auth, uid, "starter")
+    assert resp.status_code == 200, resp.get_json()
+    assert billing.subscription(client, headers)["tier"] == "starter"
+    assert len(fake.requests) == sent
+
+
+def test_erasing_an_account_after_a_past_due_grant_does_not_ask_stripe_to_cancel_again(
+        stripe_app, auth, admin_auth, billing):
+    """The grant canceled the failing Stripe subscription (confirmed); the account is then
+    erased: Stripe is not asked again, and a later notice of that subscription is still
+    recognised as the erased account's (it changes nothing)."""
+    from sqlalchemy import select
+
+    from sonicus.extensions import db
+    from sonicus.models import OwedCancellation
+
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_paid(client, headers, billing)
+    _past_due(client, billing)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "premium").status_code == 200
+    fake.down = True
+    assert client.delete("/api/user/profile", headers=headers).status_code == 200
+    fake.down = False
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
+    with app.app_context():
+        [owed] = db.session.execute(select(OwedCancellation)).scalars().all()
+        assert (owed.subscription_id, owed.done_at is not None) == ("sub_s1", True)
+        db.session.remove()
+    late = billing.subscription_deleted("evt_gone", subscription="sub_s1", customer="cus_s1")
+    assert billing.post_webhook(client, late).get_json()["data"]["outcome"] == \
+        "erased_customer"
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
