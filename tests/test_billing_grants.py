@@ -1,5 +1,6 @@
-"""An administrator's grant over the user's own Stripe billing: cancellations Stripe already
-confirmed (never asked for again, so nothing waits on Stripe being reachable)."""
+"""An administrator's grant over the user's own Stripe billing: what the user may buy under
+it, and cancellations Stripe already confirmed (never asked for again, so nothing waits on
+Stripe being reachable)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,70 @@ def _cancel_flags(fake):
     return [form["cancel_at_period_end"]
             for form in fake.received("POST", "/v1/subscriptions/sub_s1")
             if "cancel_at_period_end" in form]
+
+
+# ---- what the user may buy under a grant -------------------------------------------------------
+
+@pytest.mark.parametrize("canceled", [False, True])
+def test_choosing_the_tier_paid_for_under_a_higher_grant_is_409_and_opens_no_checkout(
+        stripe_app, auth, admin_auth, billing, canceled):
+    """Premium paid through Stripe for a month, Pro granted over it; the user picks Premium
+    on the plans page (perhaps after canceling under the grant): the days are paid for
+    already and Pro includes them, so no second, full-price checkout is opened: 409
+    ``conflict``, nothing changed, nothing sent to Stripe."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_paid(client, headers, billing)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "pro").status_code == 200
+    if canceled:
+        assert client.delete("/api/user/subscription", json={},
+                             headers=headers).status_code == 200
+    before, sent = billing.subscription(client, headers), len(fake.requests)
+    resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    assert resp.status_code == 409, resp.get_json()
+    assert resp.get_json()["code"] == "conflict" and resp.get_json()["errors"]
+    assert billing.subscription(client, headers) == before
+    assert before["checkout"] is None and (before["tier"], before["complimentary"]) == \
+        ("pro", True)
+    assert len(fake.requests) == sent
+    assert fake.received("POST", "/v1/checkout/sessions")[1:] == []
+    assert billing.events_of(EMAIL, "checkout_started")[1:] == []
+
+
+@pytest.mark.parametrize("paid", [None, "premium", "pro"])
+def test_choosing_a_tier_below_the_one_granted_is_409_and_opens_no_checkout(
+        stripe_app, auth, admin_auth, billing, paid):
+    """Pro granted (free; over a month paid for through Stripe, or not): Premium is part of
+    what the user has for free, so choosing it opens no checkout that would charge for it."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    if paid:
+        _stripe_paid(client, headers, billing, paid)
+    else:
+        client.get("/api/user/subscription", headers=headers)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "pro").status_code == 200
+    before, sent = billing.subscription(client, headers), len(fake.requests)
+    resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    assert resp.status_code == 409 and resp.get_json()["code"] == "conflict", resp.get_json()
+    assert billing.subscription(client, headers) == before
+    assert len(fake.requests) == sent
+
+
+def test_under_a_grant_over_a_paid_month_the_granted_tier_and_a_higher_one_behave_as_before(
+        stripe_app, auth, admin_auth, billing):
+    """The other choices under a grant are unchanged: the granted tier itself opens nothing
+    (200, free of charge); a tier above it is bought with a checkout."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_paid(client, headers, billing)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "premium").status_code == 200
+    sent = len(fake.requests)
+    resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    assert resp.status_code == 200 and resp.get_json()["data"]["checkout"] is None
+    assert len(fake.requests) == sent
+    resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["data"]["checkout"]["tier"] == "pro"
 
 
 # ---- cancellations Stripe already confirmed are not asked for again ---------------------------

@@ -40,9 +40,11 @@ class Subscription(MethodView):
     @blp.response(200, SubscriptionSchema)
     @blp.errors(401, (402, "`payment_required`: the provider declined an upgrade's charge."),
                 (403, "`email_not_verified`: paid tiers and trials need a verified email."),
-                (409, "`trial_already_used`; `conflict`: a trial starts from starter; "
-                      "`use_billing_portal` (with `portal_url`): a past-due subscription is "
-                      "fixed in the billing portal, not bought again."),
+                (409, "`trial_already_used`; `conflict`: a trial starts from starter, or a "
+                      "paid tier below the one granted free (the one paid for under the "
+                      "grant included) is not sold; `use_billing_portal` (with "
+                      "`portal_url`): a past-due subscription is fixed in the billing "
+                      "portal, not bought again."),
                 422, 502)
     def post(self, body, caller):
         """Choose a tier: starter, a checkout for a paid tier, a trial, an upgrade or a downgrade.
@@ -53,7 +55,9 @@ class Subscription(MethodView):
         each starts with `PUBLIC_BASE_URL` or a `CORS_ORIGINS` origin). An upgrade from a paid
         tier is immediate and prorated; a downgrade (or starter) takes effect at the end of the
         period. A `past_due` user asking for a paid tier gets 409 `use_billing_portal` with
-        `portal_url`: never a second subscription.
+        `portal_url`: never a second subscription. Under a complimentary grant the tier
+        granted opens nothing (free of charge) and a paid tier below it is 409 `conflict`:
+        nothing is charged again for days given or already paid for.
         """
         view, message = subscriptions.change_tier(
             caller.id, body["tier"], body["start_trial"], success_url=body.get("success_url"),

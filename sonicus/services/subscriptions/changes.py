@@ -151,6 +151,8 @@ def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime,
         _send_to_billing_portal(sub)
     if sub.status == TRIALING:
         return _change_trial(user, sub, tier, now, return_to)
+    if sub.complimentary and sub.status == ACTIVE and is_upgrade(tier, sub.tier):
+        _refuse_below_the_grant(sub, tier, now)
     if sub.tier == tier and sub.status == ACTIVE:
         if sub.complimentary:  # given free: nothing to pay for
             if sub.cancel_at_period_end:
@@ -161,6 +163,18 @@ def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime,
         return f"You are already on {get_tier(tier).title}."
     return (_change_paid_period(sub, tier, now)
             or _start_checkout(user, sub, tier, now, return_to))
+
+
+def _refuse_below_the_grant(sub: UserSubscription, tier: str, now: datetime) -> None:
+    """A paid tier below the one granted is part of what the user has free (the tier of a
+    period they paid for before the grant included: a grant never goes below it). Nothing is
+    sold for it, a second full-price subscription over days already paid for least of all:
+    409 ``conflict``, nothing changed."""
+    granted, chosen = get_tier(sub.tier).title, get_tier(tier).title
+    paid = (f", over the period paid for until {sub.current_period_end:%Y-%m-%d %H:%M} UTC"
+            if _paid_period_running(sub, now) else "")
+    fail(409, "conflict", f"You have {granted} free of charge{paid}; it includes {chosen}, "
+                          "so there is nothing to pay for.")
 
 
 def _send_to_billing_portal(sub: UserSubscription) -> None:
