@@ -1,6 +1,6 @@
 """An administrator's grant over the user's own Stripe billing: what the user may buy under
-it, and cancellations Stripe already confirmed (never asked for again, so nothing waits on
-Stripe being reachable)."""
+it, a cancel undone in Stripe's billing portal, and cancellations Stripe already confirmed
+(never asked for again, so nothing waits on Stripe being reachable)."""
 
 from __future__ import annotations
 
@@ -118,6 +118,88 @@ def test_under_a_grant_over_a_paid_month_the_granted_tier_and_a_higher_one_behav
     resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["data"]["checkout"]["tier"] == "pro"
+
+
+# ---- a cancel undone in Stripe's billing portal ------------------------------------------------
+
+def test_undoing_in_the_portal_a_cancel_made_under_a_grant_keeps_the_grant_going(
+        stripe_app, auth, admin_auth, billing, set_clock):
+    """Premium paid through Stripe, Pro granted over it, then the user cancels (the grant
+    would end with the paid month). In Stripe's billing portal the user undoes the cancel:
+    the app agrees that it goes on (no end shown, Pro past the month's end) while Stripe is
+    still asked to renew nothing, the grant being free."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    period_end = _stripe_paid(client, headers, billing)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "pro").status_code == 200
+    assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
+    assert billing.subscription(client, headers)["cancel_at_period_end"] is True
+
+    resp = billing.post_webhook(client, _portal(billing, "evt_undo", cancel=False))
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["data"]["outcome"] == "resumed,kept_canceled"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"], data["cancel_at_period_end"],
+            data["pending_tier"]) == ("pro", True, False, None)
+    assert _cancel_flags(fake)[-1] == ["true"]  # the free tier is never charged for
+    assert billing.events_of(EMAIL)[-1]["type"] == "resumed"
+
+    set_clock(period_end + timedelta(minutes=5))
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"]) == ("pro", True)
+
+
+def test_a_portal_undo_older_than_the_cancel_under_a_grant_does_not_undo_it(
+        stripe_app, auth, admin_auth, billing, set_clock):
+    """The undo made in the portal before the user canceled here, arriving late, does not
+    undo that later cancel (Stripe is still asked to renew nothing)."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    start = clock.now()
+    _stripe_paid(client, headers, billing)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "pro").status_code == 200
+    set_clock(start + timedelta(hours=1))
+    assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
+    late = billing.subscription_updated(
+        "evt_undo_old", price="price_prem", subscription="sub_s1", customer="cus_s1",
+        cancel_at_period_end=False, previous={"cancel_at_period_end": True},
+        created=start + timedelta(minutes=30))
+    assert billing.post_webhook(client, late).get_json()["data"]["outcome"] == "kept_canceled"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["cancel_at_period_end"]) == ("pro", True)
+    assert _cancel_flags(fake)[-1] == ["true"]
+
+
+def test_undoing_in_the_portal_a_cancel_after_a_downgrade_keeps_the_downgrade(
+        stripe_app, auth, billing, set_clock):
+    """Pro paid through Stripe; the user asks here for Premium from the next period (Stripe's
+    price becomes Premium's), then cancels in the portal and undoes that there: Stripe renews
+    Premium, so the app says so too (Premium from the period's end, not Pro, not starter)."""
+    from sonicus.extensions import db
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    period_end = _stripe_paid(client, headers, billing, "pro")
+    resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    assert resp.get_json()["data"]["pending_tier"] == "premium"
+    canceled = billing.post_webhook(client, _portal(billing, "evt_c", cancel=True))
+    assert canceled.get_json()["data"]["outcome"] == "cancel_scheduled"
+    assert billing.subscription(client, headers)["pending_tier"] == "starter"
+
+    undone = billing.post_webhook(client, _portal(billing, "evt_u", cancel=False, minutes=2))
+    assert undone.get_json()["data"]["outcome"] == "resumed"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["cancel_at_period_end"], data["pending_tier"]) == \
+        ("pro", False, "premium")
+    [_, scheduled] = billing.events_of(EMAIL, "downgrade_scheduled")
+    assert (scheduled["from_tier"], scheduled["to_tier"]) == ("pro", "premium")
+
+    set_clock(period_end + timedelta(minutes=1))
+    with app.app_context():
+        process_due_subscriptions()
+        db.session.remove()
+    assert billing.subscription(client, headers)["tier"] == "premium"
 
 
 # ---- cancellations Stripe already confirmed are not asked for again ---------------------------

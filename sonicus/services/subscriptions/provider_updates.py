@@ -7,7 +7,11 @@
   as the provider records it: nothing to do. Back to the tier in force while a downgrade is
   scheduled: the downgrade was undone there (``resumed``). Anything else: ``plan_changed``.
 - ``cancel_at_period_end`` set or cleared there: ``cancel_scheduled`` / ``resumed``, as the API
-  records them.
+  records them. Cleared while the price is a lower tier's (a downgrade asked here, then a
+  cancel made there): that downgrade is due again at the period's end, as the provider bills.
+- Under a grant over a period paid before it, the provider renews nothing: a cancel undone
+  there is asked for again (``kept_canceled``), and the user's cancel of the grant is undone
+  here (``resumed``): the granted tier goes on.
 - Only what the event changed (its ``previous_attributes``) is looked at. An event the
   provider created before the state kept here (``provider_state_at``: the newest event applied
   or our own last change sent to the provider) or before the newest payment applied is stale
@@ -21,13 +25,14 @@ from datetime import datetime
 from ...billing import get_provider
 from ...models import UserSubscription
 from ...models.subscription import ACTIVE, PAST_DUE, TRIALING
-from ...tiers import STARTER
+from ...tiers import STARTER, is_upgrade
 from .common import (
     _clear_scheduled_change,
     _latest_payment_created,
     _note_provider_state,
     _of_another_subscription,
     _older_than_provider_state,
+    _provider_told,
     _record,
 )
 
@@ -74,10 +79,7 @@ def apply_subscription_updated(sub: UserSubscription, notice, now: datetime) -> 
     """The provider's subscription changed; the outcome (``plan_changed``,
     ``cancel_scheduled``, ``resumed``, several joined by commas, or why nothing changed)."""
     if _renewal_asked_under_a_grant(sub, notice):
-        # the paid period under a grant renews nothing (``changes.grant_tier``): the cancel
-        # undone at the provider (its billing portal) is asked for again
-        get_provider(sub.provider).set_cancel_at_period_end(sub, True)
-        return "kept_canceled"
+        return _renewal_under_a_grant(sub, notice, now)
     refused = _not_applicable(sub, notice)
     if refused:
         return refused
@@ -88,6 +90,24 @@ def apply_subscription_updated(sub: UserSubscription, notice, now: datetime) -> 
     if notice.cancel_at_period_end is not None and _changed(notice, CANCEL_FIELDS):
         outcomes.append(_cancel_flag(sub, notice, now))
     return ",".join(o for o in outcomes if o) or "unchanged"
+
+
+def _renewal_under_a_grant(sub: UserSubscription, notice, now: datetime) -> str:
+    """The cancel undone at the provider (its billing portal) under a grant over the period
+    paid before it. The paid period renews nothing under a grant (``grants.grant_tier``: the
+    tier is free), so the cancel is asked for again there (``kept_canceled``). What the user
+    meant, the tier going on, holds here: the user's own cancel of the grant, which would end
+    it with that period, is undone (``resumed``), as ``POST .../resume`` does; unless the
+    provider made this before that cancel (stale)."""
+    outcomes = []
+    if sub.cancel_at_period_end and not _older_than_provider_state(sub, notice.created):
+        _note_provider_state(sub, notice.created)
+        _record(sub, "resumed", sub.pending_tier, sub.tier, at=now, **_stamp(notice))
+        _clear_scheduled_change(sub)
+        outcomes.append("resumed")
+    get_provider(sub.provider).set_cancel_at_period_end(sub, True)
+    _provider_told(sub, now)
+    return ",".join([*outcomes, "kept_canceled"])
 
 
 def _plan(sub: UserSubscription, notice, now: datetime) -> str | None:
@@ -117,5 +137,18 @@ def _cancel_flag(sub: UserSubscription, notice, now: datetime) -> str | None:
     if not notice.cancel_at_period_end and sub.cancel_at_period_end:
         _record(sub, "resumed", sub.pending_tier, sub.tier, at=now, **_stamp(notice))
         _clear_scheduled_change(sub)
+        _downgrade_kept(sub, notice, now)
         return "resumed"
     return None
+
+
+def _downgrade_kept(sub: UserSubscription, notice, now: datetime) -> None:
+    """The provider renews again, at the price of a tier below the one in force: a downgrade
+    asked for here before the cancel (it switched the provider's price; a cancel made in the
+    portal leaves it). That tier is what renews, so it is the change due at the period's end
+    again, as the provider will bill it."""
+    if notice.tier and is_upgrade(notice.tier, sub.tier) \
+            and sub.status != TRIALING and sub.current_period_end is not None:
+        sub.pending_tier = notice.tier
+        _record(sub, "downgrade_scheduled", sub.tier, notice.tier, at=now,
+                effective_at=sub.current_period_end.isoformat(), **_stamp(notice))
