@@ -163,10 +163,8 @@ def offline_violations(rows: list[SessionRow], uploaded_at: dict[int, datetime])
     return problems
 
 
-# ---- the subscription, as its history tells it --------------------------------------------
+# ---- retry-safe writes ----------------------------------------------------------------------
 
-ACTIVE, TRIALING, INCOMPLETE, PAST_DUE = "active", "trialing", "incomplete", "past_due"
-# Events after which the tier in force is the event's to_tier.
 KEY_KEPT_FOR = timedelta(hours=24)
 
 
@@ -196,85 +194,6 @@ def retry_violations(first: KeyedWrite, now: datetime, user_id: int | None, stat
     if sessions_after != sessions_before:
         problems.append(f"retry changed the session count {sessions_before} -> {sessions_after}")
     return problems
-
-
-TIER_SETTING = {"signed_up", "tier_chosen", "trial_started", "trial_changed", "trial_converted",
-                "trial_ended", "activated", "renewed", "upgraded", "downgraded", "canceled",
-                "grace_ended", "lapsed", "complimentary_grant", "plan_changed"}
-STATUS_AFTER = {"trial_started": TRIALING, "trial_changed": TRIALING,
-                "trial_converted": ACTIVE, "trial_ended": ACTIVE, "activated": ACTIVE,
-                "renewed": ACTIVE, "upgraded": ACTIVE, "downgraded": ACTIVE, "canceled": ACTIVE,
-                "grace_ended": ACTIVE, "lapsed": ACTIVE, "complimentary_grant": ACTIVE,
-                "checkout_abandoned": None}
-PENDING_CLEARED = {"resumed", "trial_started", "trial_converted", "trial_ended", "activated",
-                   "upgraded", "downgraded", "canceled", "grace_ended", "lapsed",
-                   "complimentary_grant", "plan_changed"}
-
-
-@dataclass
-class Derived:
-    tier: str = "starter"
-    status: str = ACTIVE
-    pending_tier: str | None = None
-
-
-def derive_from_events(events: list[dict]) -> Derived:
-    """Fold the subscription's history (oldest first) into the tier in force, its status and
-    the change pending at the end of the period."""
-    state = Derived()
-    for event in events:
-        kind, to_tier = event["type"], event["to_tier"]
-        if kind in TIER_SETTING and to_tier is not None:
-            state.tier = to_tier
-        if kind in STATUS_AFTER and STATUS_AFTER[kind] is not None:
-            state.status = STATUS_AFTER[kind]
-        elif kind == "checkout_started" and state.tier == "starter" and state.status == ACTIVE:
-            state.status = INCOMPLETE
-        elif kind == "checkout_abandoned" and state.status == INCOMPLETE:
-            state.status = ACTIVE
-        elif kind == "payment_failed" and (event.get("details") or {}).get("grace_ends_at"):
-            state.status = PAST_DUE
-        if kind in PENDING_CLEARED:
-            state.pending_tier = None
-        elif kind == "cancel_scheduled":
-            state.pending_tier = "starter"
-        elif kind == "downgrade_scheduled":
-            state.pending_tier = to_tier
-    return state
-
-
-GRACE = timedelta(days=3)
-
-
-def tier_at(sub, now: datetime) -> str:
-    """The tier a start at ``now`` is judged by: the row's, unless a deadline has passed that
-    the expiry job has not written yet. A trial's end gives Starter without a card or when
-    canceled, else the tier it converts to; a failed renewal's grace gives Starter; a paid
-    period's end gives Starter after a cancel and the lower tier after a downgrade, and its
-    grace gives Starter when no renewal came (a card on file renews in the sandbox); a grant
-    over a period paid for that the user canceled gives Starter at that period's end."""
-    due = []
-    if sub.status == TRIALING and sub.trial_ends_at is not None:
-        paid = sub.payment_method_on_file and not sub.cancel_at_period_end \
-            and sub.pending_tier != "starter"
-        due.append((sub.trial_ends_at, (sub.pending_tier or sub.tier) if paid else "starter"))
-    if sub.status == PAST_DUE and sub.past_due_since is not None:
-        due.append((sub.past_due_since + GRACE, "starter"))
-    if sub.status in (ACTIVE, PAST_DUE) and sub.tier != "starter" and not sub.complimentary \
-            and sub.current_period_end is not None:
-        if sub.cancel_at_period_end or sub.pending_tier == "starter":
-            due.append((sub.current_period_end, "starter"))
-        elif sub.pending_tier is not None:
-            due.append((sub.current_period_end, sub.pending_tier))
-        elif sub.status == ACTIVE and not (sub.provider == "sandbox"
-                                           and sub.payment_method_on_file):
-            due.append((sub.current_period_end + GRACE, "starter"))  # no renewal came
-    if sub.status == ACTIVE and sub.complimentary and sub.cancel_at_period_end \
-            and sub.current_period_end is not None:
-        # the user canceled a grant over a period paid for: it ends with that period
-        due.append((sub.current_period_end, "starter"))
-    passed = sorted(change for change in due if change[0] <= now)
-    return passed[0][1] if passed else sub.tier
 
 
 # ---- streaks and freezes -----------------------------------------------------------------------

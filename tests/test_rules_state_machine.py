@@ -1,6 +1,6 @@
 """The rules under any sequence of actions: a Hypothesis state machine drives the API (the test
 client, PostgreSQL, an injected clock) for several users at once and, after every step, holds the
-stored state against the pure model in rules_model.py.
+stored state against the pure model in rules_model.py and rules_subscription.py.
 
 CI runs a fixed budget; ``python -m bench.rules_soak`` runs it for as long as one likes
 (``RULES_EXAMPLES`` and ``RULES_STEPS`` set the budget here too).
@@ -33,20 +33,26 @@ from rules_model import (
     ReminderRow,
     SessionRow,
     completion_violations,
-    derive_from_events,
     mood_outcomes,
     offline_violations,
     reminder_violations,
     retry_violations,
     sessions_of_day,
     streak_figures,
-    tier_at,
 )
 from rules_model import quota_violations as quota_problems
+from rules_subscription import (
+    derive_from_events,
+    purchase_violations,
+    renewal_violations,
+    repeated_cancellations,
+    tier_at,
+)
 from sqlalchemy import select, text
 from sqlalchemy.orm import selectinload
 
 from sonicus import clock
+from sonicus.billing.sandbox import SandboxProvider
 from sonicus.caller_cache import get_caller_cache
 from sonicus.extensions import db
 from sonicus.models import (
@@ -90,7 +96,9 @@ class Identity:
         self.claim_ids = {}          # (user id, user day) claimed -> the delivery's id
 
 
-def build_machine(app, idp, table_names, billing):
+def build_machine(app, idp, table_names, billing, cancels):
+    """``cancels``: every provider subscription id the provider is asked to cancel at once
+    (filled by ``recording_cancels``)."""
     client = app.test_client()
     admin = {"Authorization": "Bearer " + idp.token(
         email="admin@example.com", groups=("sonicus-user", "sonicus-super-admin"))}
@@ -113,6 +121,8 @@ def build_machine(app, idp, table_names, billing):
             get_caller_cache(app).clear()  # the tables were emptied behind the app's back
             app.extensions.pop("sonicus_memory_cache", None)
             self.webhooks = 0
+            self.provider_ids = 0
+            cancels.clear()
             self.keys = 0
             self.uploaded_at = {}  # session id -> when the batch that stored it was posted
             self.assignments = {}  # (user id, level) -> expires_at (None: no end)
@@ -422,11 +432,19 @@ def build_machine(app, idp, table_names, billing):
                                                                      "pro"]),
               pay=st.booleans())
         def choose_tier(self, name, tier, pay):
+            """Nothing is charged again for a tier the user has, pays for or is given
+            (rules_subscription.purchase_violations)."""
             person = self.person(name)
+            before = self.subscription_row(person)
+            in_force, active = self.tier_of(person)
             status, body = self.call("POST", "/api/user/subscription", person.headers,
                                      json={"tier": tier})
             assert status in (200, 402, 403, 409), body
             checkout = (body["data"] or {}).get("checkout") if status == 200 else None
+            if active and in_force == before.tier:  # no deadline passed unwritten
+                problems = purchase_violations(in_force, before.status, before.complimentary,
+                                               tier, status, checkout and checkout["tier"])
+                assert not problems, (person.name, problems, body)
             if pay and checkout:
                 status, body = self.call("POST",
                                          f"/api/billing/sandbox/{checkout['reference']}/confirm")
@@ -446,6 +464,14 @@ def build_machine(app, idp, table_names, billing):
                     == (before[0], True, True), (person.name, data)
                 shown = datetime.fromisoformat(data["current_period_end"])
                 assert abs(shown - before[1]) < timedelta(seconds=1), (person.name, data)
+
+        def subscription_row(self, person) -> UserSubscription:
+            with app.app_context():
+                sub = db.session.execute(select(UserSubscription).where(
+                    UserSubscription.user_id == person.user_id)).scalar_one()
+                db.session.expunge(sub)
+                db.session.remove()
+            return sub
 
         def paid_period_under_grant(self, person):
             """(tier, end) of a grant over a period paid for that runs now; else None."""
@@ -473,20 +499,52 @@ def build_machine(app, idp, table_names, billing):
             person = self.people[name]
             if person.user_id is None:
                 return
-            with app.app_context():
-                sub = db.session.execute(select(UserSubscription).where(
-                    UserSubscription.user_id == person.user_id)).scalar_one()
-                start, tier = sub.current_period_end, sub.tier
-                db.session.remove()
+            sub = self.subscription_row(person)
+            start, tier = sub.current_period_end, sub.tier
             if start is None or tier == "starter":
                 return
             self.webhooks += 1
+            subscription, customer = self.provider_subscription_of(sub)
             event = billing.invoice_event(
                 f"evt_{self.webhooks}", "invoice.paid" if paid else "invoice.payment_failed",
                 user_id=person.user_id, tier=tier, period_start=start,
-                period_end=start + timedelta(days=30), created=self.now)
+                period_end=start + timedelta(days=30), created=self.now,
+                subscription=subscription, customer=customer)
             status, body = self.call_webhook(event)
             assert status == 200, body
+
+        def provider_subscription_of(self, sub):
+            """The provider subscription running for this row (ids never shared between
+            accounts), or a new one."""
+            if sub.provider_subscription_id:
+                return sub.provider_subscription_id, sub.provider_customer_id or "cus_x"
+            self.provider_ids += 1
+            return f"sub_{sub.user_id}_{self.provider_ids}", f"cus_{sub.user_id}"
+
+        @rule(name=st.sampled_from(IDENTITIES), cancel=st.booleans())
+        def portal_changes_the_cancel(self, name, cancel):
+            """The user cancels in the provider's billing portal, or undoes the cancel there:
+            once the provider says it renews, the subscription shown says so too
+            (rules_subscription.renewal_violations)."""
+            person = self.people[name]
+            if person.user_id is None:
+                return
+            sub = self.subscription_row(person)
+            if not sub.provider_subscription_id or sub.tier == "starter":
+                return
+            self.webhooks += 1
+            event = billing.subscription_updated(
+                f"evt_{self.webhooks}", price="price_unknown",
+                subscription=sub.provider_subscription_id,
+                customer=sub.provider_customer_id or "cus_x", cancel_at_period_end=cancel,
+                previous={"cancel_at_period_end": not cancel}, created=self.now)
+            status, body = self.call_webhook(event)
+            assert status == 200, body
+            if not cancel:
+                after = self.subscription_row(person)
+                problems = renewal_violations(body["data"]["outcome"],
+                                              after.cancel_at_period_end, after.pending_tier)
+                assert not problems, (person.name, problems)
 
         def call_webhook(self, event):
             res = billing.post_webhook(client, event)
@@ -656,7 +714,9 @@ def build_machine(app, idp, table_names, billing):
         def the_rules_hold(self):
             """After every step: quota per user day (offline uploads included), completion from
             the server's time, uploads within their window and never overlapping, one trial
-            per identity, and the tier in force as the subscription's history tells it."""
+            per identity, the tier in force as the subscription's history tells it, and no
+            provider subscription asked to cancel again once the provider confirmed it."""
+            assert not repeated_cancellations(cancels), cancels
             accounts = {p.user_id: p for p in self.people.values() if p.user_id is not None}
             with app.app_context():
                 rows: dict[int, list[SessionRow]] = {uid: [] for uid in accounts}
@@ -701,6 +761,18 @@ def build_machine(app, idp, table_names, billing):
     return RulesMachine
 
 
+def recording_cancels(cancel_now, cancels: list[str]):
+    """The provider's ``cancel_now``, unchanged, noting each subscription id it confirms."""
+
+    def recorded(provider, customer_id, subscription_id):
+        outcome = cancel_now(provider, customer_id, subscription_id)
+        if subscription_id:
+            cancels.append(subscription_id)
+        return outcome
+
+    return recorded
+
+
 # One push service in the spellings a client library may give it: one device each way.
 PUSH_ORIGIN_SPELLINGS = ("https://fcm.googleapis.com", "https://FCM.googleapis.com",
                          "https://fcm.googleapis.com.", "https://fcm.googleapis.com:443",
@@ -742,13 +814,57 @@ def _seed_packages() -> dict[str, int]:
     return ids
 
 
-def test_the_rules_hold_under_any_sequence_of_actions(idp, make_config, table_names, billing,
-                                                      monkeypatch):
+def _rules_machine(idp, make_config, table_names, billing, monkeypatch):
     from sonicus import create_app
 
     app = create_app(make_config(REDIS_URL=None, LOG_LEVEL="WARNING"))  # jobs inline
     monkeypatch.setattr(clock, "now", clock.now)   # whatever the machine sets is undone
-    machine = build_machine(app, idp, table_names, billing)
+    cancels: list[str] = []
+    monkeypatch.setattr(SandboxProvider, "cancel_now",
+                        recording_cancels(SandboxProvider.cancel_now, cancels))
+    return build_machine(app, idp, table_names, billing, cancels)
+
+
+# Sequences through a grant over the user's own billing, each step followed by the invariants
+# (random exploration reaches them rarely): a tier paid for chosen again under a higher grant;
+# a cancel under a grant undone in the billing portal; a revoke after a grant that canceled a
+# failing renewal's subscription.
+GRANT_SEQUENCES = {
+    "tier_paid_for_chosen_under_a_grant": [
+        ("choose_tier", {"tier": "premium", "pay": True}), ("admin_grants", {"tier": "pro"}),
+        ("choose_tier", {"tier": "premium", "pay": True})],
+    "tier_below_a_grant_chosen": [
+        ("admin_grants", {"tier": "pro"}), ("choose_tier", {"tier": "premium", "pay": True})],
+    "cancel_under_a_grant_undone_in_the_portal": [
+        ("choose_tier", {"tier": "premium", "pay": True}),
+        ("renewal_webhook", {"paid": True}), ("admin_grants", {"tier": "pro"}),
+        ("cancel", {}), ("portal_changes_the_cancel", {"cancel": False}),
+        ("time_passes", {"seconds": 32 * 86400}), ("sign_in", {})],
+    "revoke_after_a_past_due_grant": [
+        ("choose_tier", {"tier": "premium", "pay": True}),
+        ("renewal_webhook", {"paid": True}), ("renewal_webhook", {"paid": False}),
+        ("admin_grants", {"tier": "premium"}), ("admin_grants", {"tier": "starter"}),
+        ("admin_grants", {"tier": "pro"}), ("erase", {})],
+}
+
+
+@pytest.mark.parametrize("sequence", sorted(GRANT_SEQUENCES))
+def test_the_rules_hold_through_grants_over_the_users_billing(idp, make_config, table_names,
+                                                             billing, monkeypatch, sequence):
+    machine = _rules_machine(idp, make_config, table_names, billing, monkeypatch)()
+    try:
+        machine.the_rules_hold()
+        for step, arguments in GRANT_SEQUENCES[sequence]:
+            getattr(machine, step)(**({} if step == "time_passes" else {"name": "ana"}),
+                                   **arguments)
+            machine.the_rules_hold()
+    finally:
+        machine.teardown()
+
+
+def test_the_rules_hold_under_any_sequence_of_actions(idp, make_config, table_names, billing,
+                                                      monkeypatch):
+    machine = _rules_machine(idp, make_config, table_names, billing, monkeypatch)
     run_state_machine_as_test(machine, settings=settings(
         max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, derandomize=DERANDOMIZE,
         report_multiple_bugs=False,

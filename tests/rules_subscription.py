@@ -1,0 +1,133 @@
+"""The subscription part of the pure model of Sonicus's rules (rules_model.py has the rest),
+written from the contract (API.md) and not from the code: the tier in force as the history
+tells it, and what money may change hands.
+
+Nothing here imports the app. Times are aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+# ---- the subscription, as its history tells it --------------------------------------------
+
+ACTIVE, TRIALING, INCOMPLETE, PAST_DUE = "active", "trialing", "incomplete", "past_due"
+# Events after which the tier in force is the event's to_tier.
+TIER_SETTING = {"signed_up", "tier_chosen", "trial_started", "trial_changed", "trial_converted",
+                "trial_ended", "activated", "renewed", "upgraded", "downgraded", "canceled",
+                "grace_ended", "lapsed", "complimentary_grant", "plan_changed"}
+STATUS_AFTER = {"trial_started": TRIALING, "trial_changed": TRIALING,
+                "trial_converted": ACTIVE, "trial_ended": ACTIVE, "activated": ACTIVE,
+                "renewed": ACTIVE, "upgraded": ACTIVE, "downgraded": ACTIVE, "canceled": ACTIVE,
+                "grace_ended": ACTIVE, "lapsed": ACTIVE, "complimentary_grant": ACTIVE,
+                "checkout_abandoned": None}
+PENDING_CLEARED = {"resumed", "trial_started", "trial_converted", "trial_ended", "activated",
+                   "upgraded", "downgraded", "canceled", "grace_ended", "lapsed",
+                   "complimentary_grant", "plan_changed"}
+
+
+@dataclass
+class Derived:
+    tier: str = "starter"
+    status: str = ACTIVE
+    pending_tier: str | None = None
+
+
+def derive_from_events(events: list[dict]) -> Derived:
+    """Fold the subscription's history (oldest first) into the tier in force, its status and
+    the change pending at the end of the period."""
+    state = Derived()
+    for event in events:
+        kind, to_tier = event["type"], event["to_tier"]
+        if kind in TIER_SETTING and to_tier is not None:
+            state.tier = to_tier
+        if kind in STATUS_AFTER and STATUS_AFTER[kind] is not None:
+            state.status = STATUS_AFTER[kind]
+        elif kind == "checkout_started" and state.tier == "starter" and state.status == ACTIVE:
+            state.status = INCOMPLETE
+        elif kind == "checkout_abandoned" and state.status == INCOMPLETE:
+            state.status = ACTIVE
+        elif kind == "payment_failed" and (event.get("details") or {}).get("grace_ends_at"):
+            state.status = PAST_DUE
+        if kind in PENDING_CLEARED:
+            state.pending_tier = None
+        elif kind == "cancel_scheduled":
+            state.pending_tier = "starter"
+        elif kind == "downgrade_scheduled":
+            state.pending_tier = to_tier
+    return state
+
+
+GRACE = timedelta(days=3)
+
+
+def tier_at(sub, now: datetime) -> str:
+    """The tier a start at ``now`` is judged by: the row's, unless a deadline has passed that
+    the expiry job has not written yet. A trial's end gives Starter without a card or when
+    canceled, else the tier it converts to; a failed renewal's grace gives Starter; a paid
+    period's end gives Starter after a cancel and the lower tier after a downgrade, and its
+    grace gives Starter when no renewal came (a card on file renews in the sandbox); a grant
+    over a period paid for that the user canceled gives Starter at that period's end."""
+    due = []
+    if sub.status == TRIALING and sub.trial_ends_at is not None:
+        paid = sub.payment_method_on_file and not sub.cancel_at_period_end \
+            and sub.pending_tier != "starter"
+        due.append((sub.trial_ends_at, (sub.pending_tier or sub.tier) if paid else "starter"))
+    if sub.status == PAST_DUE and sub.past_due_since is not None:
+        due.append((sub.past_due_since + GRACE, "starter"))
+    if sub.status in (ACTIVE, PAST_DUE) and sub.tier != "starter" and not sub.complimentary \
+            and sub.current_period_end is not None:
+        if sub.cancel_at_period_end or sub.pending_tier == "starter":
+            due.append((sub.current_period_end, "starter"))
+        elif sub.pending_tier is not None:
+            due.append((sub.current_period_end, sub.pending_tier))
+        elif sub.status == ACTIVE and not (sub.provider == "sandbox"
+                                           and sub.payment_method_on_file):
+            due.append((sub.current_period_end + GRACE, "starter"))  # no renewal came
+    if sub.status == ACTIVE and sub.complimentary and sub.cancel_at_period_end \
+            and sub.current_period_end is not None:
+        # the user canceled a grant over a period paid for: it ends with that period
+        due.append((sub.current_period_end, "starter"))
+    passed = sorted(change for change in due if change[0] <= now)
+    return passed[0][1] if passed else sub.tier
+
+
+# ---- what money may change hands -----------------------------------------------------------
+
+RANK = {"starter": 0, "premium": 1, "pro": 2}
+# Outcomes of a provider notice that changed nothing here.
+UNAPPLIED = ("stale", "nothing_to_update", "unknown_customer", "erased_customer")
+
+
+def purchase_violations(tier: str, status: str, complimentary: bool, chosen: str,
+                        answer: int, checkout_tier: str | None) -> list[str]:
+    """What choosing a tier may buy, from the subscription in force before (``tier`` as
+    ``tier_at`` gives it). A checkout that charges (not a trial's card) is opened only for a
+    tier above the one in force: never for one the user has, pays for or is given, which
+    would charge again for days paid or given. Under a grant, a paid tier below the one
+    granted (the tier of a period paid for before it included) is 409 ``conflict``."""
+    problems = []
+    if checkout_tier is not None and status != TRIALING and RANK[checkout_tier] <= RANK[tier]:
+        problems.append(f"a checkout for {checkout_tier} opened on {tier} ({status})")
+    if complimentary and status == ACTIVE and 0 < RANK[chosen] < RANK[tier] and answer != 409:
+        problems.append(f"{chosen} chosen under a grant of {tier} answered {answer}")
+    return problems
+
+
+def renewal_violations(outcome: str, cancel_at_period_end: bool,
+                       pending_tier: str | None) -> list[str]:
+    """The provider says the subscription renews (``cancel_at_period_end`` cleared in its
+    billing portal): unless the notice changed nothing here, the subscription shown has no
+    end scheduled (under a grant the granted tier goes on, the provider asked again to renew
+    nothing)."""
+    if outcome in UNAPPLIED or not (cancel_at_period_end or pending_tier == "starter"):
+        return []
+    return [f"the provider renews ({outcome}) but the end is still scheduled"]
+
+
+def repeated_cancellations(asked: list[str]) -> list[str]:
+    """A provider subscription whose cancellation the provider confirmed is never asked to
+    cancel again (by a later grant, a revoke or an erasure). ``asked``: every provider
+    subscription id asked to cancel, in order (each confirmed)."""
+    return sorted({sid for sid in asked if asked.count(sid) > 1})
