@@ -888,3 +888,45 @@ def test_an_archived_package_is_no_longer_a_place_to_resume(client, auth, admin_
     resume = client.get("/api/user/playback", headers=headers).json
     assert [p["package_id"] for p in resume["data"]] == [pkgs["short"]]
     assert resume["pagination"]["total"] == 1
+
+
+def test_a_removed_or_shortened_track_is_no_place_to_resume_past_its_end(
+        client, auth, admin_auth, pkgs, make_user, db_session, set_clock):
+    """An admin edits a package's tracks: a resume position in a track that was removed goes
+    back to the package's start (not to the same second of another track), and one past the
+    end of a track that got shorter is at its end."""
+    make_user("admin@example.com", admin=True)
+    make_user("edited@example.com", tier="premium")
+    headers = auth("edited@example.com")
+    _rain1, rain2 = _tracks(pkgs["rain"])
+    [short1] = _tracks(pkgs["short"])
+    t0 = set_clock(_tomorrow_noon())
+    for minutes, package, track, position in ((0, pkgs["rain"], rain2, 500),
+                                              (10, pkgs["delta"], None, 1500),
+                                              (20, pkgs["short"], short1, 250)):
+        set_clock(t0 + timedelta(minutes=minutes))
+        sid = client.post("/api/user/sessions", headers=headers,
+                          json={"package_id": package, "track_id": track}).json["data"]["id"]
+        set_clock(t0 + timedelta(minutes=minutes + 9))
+        res = client.patch(f"/api/user/sessions/{sid}", headers=headers,
+                           json={"listened_seconds": 500, "position_seconds": position})
+        assert res.status_code == 200 and res.json["data"]["position_seconds"] == position
+
+    def resume() -> dict:
+        listed = client.get("/api/user/playback", headers=headers).json["data"]
+        return {p["package_id"]: (p["track_id"], p["position_seconds"]) for p in listed}
+
+    assert resume() == {pkgs["rain"]: (rain2, 500), pkgs["delta"]: (None, 1500),
+                        pkgs["short"]: (short1, 250)}
+    # rain loses its second track; delta's (played without a track) and short's get shorter
+    for package, tracks in ((pkgs["rain"], [1200]), (pkgs["delta"], [1200]),
+                            (pkgs["short"], [100])):
+        res = client.patch(f"/api/admin/packages/{package}", headers=admin_auth(), json={
+            "tracks": [{"title": f"T{i}", "duration_seconds": length,
+                        "media_path": f"x/{package}/{i}.mp3"}
+                       for i, length in enumerate(tracks)]})
+        assert res.status_code == 200, res.json
+    assert resume() == {pkgs["rain"]: (None, 0), pkgs["delta"]: (None, 1200),
+                        pkgs["short"]: (short1, 100)}
+    cont = client.get("/api/user/dashboard", headers=headers).json["data"]["continue_listening"]
+    assert cont["package"]["id"] == pkgs["short"] and cont["position_seconds"] == 100

@@ -9,14 +9,14 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from .. import clock, media
 from ..api_errors import ApiError, fail, not_found
 from ..extensions import db
-from ..models import SoundPackage, Track
+from ..models import ListeningSession, SoundPackage, Track
 from ..pagination import Page, paginate
 from ..tiers import ACCESS_LOCKED, TIERS, package_access
 from . import audit
@@ -194,10 +194,35 @@ def _replace_tracks(package: SoundPackage, tracks: list[dict]) -> None:
         track.title = item["title"]
         track.duration_seconds = int(item["duration_seconds"])
         track.media_path = item["media_path"]
-    for track in existing[len(tracks):]:
-        package.tracks.remove(track)
     package.track_count = len(tracks)
     package.duration_seconds = sum(int(t["duration_seconds"]) for t in tracks)
+    if package.id is not None:
+        _fit_resume_positions(package, existing[:len(tracks)], existing[len(tracks):])
+    for track in existing[len(tracks):]:
+        package.tracks.remove(track)
+
+
+def _fit_resume_positions(package: SoundPackage, kept: list[Track],
+                          removed: list[Track]) -> None:
+    """Keep every resume position of the package's sessions inside what it now plays: a
+    position in a track that is removed goes back to the start (the session's track is
+    forgotten with it, and a position without a track is one in the package); one past the
+    end of a track (or of a package without a track) that got shorter is at its end."""
+    s = ListeningSession
+    if removed:
+        db.session.execute(update(s).where(
+            s.track_id.in_([t.id for t in removed]), s.position_seconds.is_not(None))
+            .values(position_seconds=0).execution_options(synchronize_session=False))
+    if kept:
+        length = case({t.id: t.duration_seconds for t in kept}, value=s.track_id)
+        db.session.execute(update(s).where(
+            s.track_id.in_([t.id for t in kept]), s.position_seconds > length)
+            .values(position_seconds=length).execution_options(synchronize_session=False))
+    db.session.execute(update(s).where(
+        s.package_id == package.id, s.track_id.is_(None),
+        s.position_seconds > package.duration_seconds)
+        .values(position_seconds=package.duration_seconds)
+        .execution_options(synchronize_session=False))
 
 
 @contextmanager
