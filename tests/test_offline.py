@@ -930,3 +930,33 @@ def test_a_removed_or_shortened_track_is_no_place_to_resume_past_its_end(
                         pkgs["short"]: (short1, 100)}
     cont = client.get("/api/user/dashboard", headers=headers).json["data"]["continue_listening"]
     assert cont["package"]["id"] == pkgs["short"] and cont["position_seconds"] == 100
+
+
+def test_a_downgrade_scheduled_after_the_grant_shortens_the_listed_licence_and_its_urls(
+        client, auth, billing, pkgs, make_user, db_session, set_clock):
+    """The list of downloads shows when a licence really ends: once a downgrade is scheduled
+    after the grant, the end of the period, and no download URL it hands out works past it."""
+    make_user("shorter@example.com")
+    headers = auth("shorter@example.com")
+    t0 = set_clock(_tomorrow_noon())
+    period_end = datetime.fromisoformat(
+        billing.buy(client, headers, "pro")["current_period_end"])
+    set_clock(t0 + timedelta(days=20))
+    for package in (pkgs["gamma"], pkgs["delta"]):
+        res = client.post("/api/user/downloads", json={"package_id": package}, headers=headers)
+        assert res.status_code == 201, res.json
+        assert datetime.fromisoformat(res.json["data"]["licence_expires_at"]) > period_end
+    assert client.post("/api/user/subscription", json={"tier": "premium"},
+                       headers=headers).status_code == 200  # at the end of the period
+    set_clock(period_end - timedelta(hours=2))
+    listed = {d["package_id"]: d for d in
+              client.get("/api/user/downloads", headers=headers).json["data"]}
+    gamma = listed[pkgs["gamma"]]   # pro only: ends with the period
+    assert datetime.fromisoformat(gamma["licence_expires_at"]) == period_end
+    for track in gamma["tracks"]:
+        assert datetime.fromisoformat(track["expires_at"]) <= period_end
+        query = parse_qs(urlsplit(track["download_url"]).query)
+        assert int(query["ts"][0]) + int(query["e"][0]) <= period_end.timestamp()
+    delta = listed[pkgs["delta"]]   # premium keeps it after the downgrade
+    assert datetime.fromisoformat(delta["licence_expires_at"]) > period_end
+    assert all(datetime.fromisoformat(t["expires_at"]) > period_end for t in delta["tracks"])

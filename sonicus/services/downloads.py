@@ -28,7 +28,7 @@ from sqlalchemy.orm import selectinload
 from .. import clock, media
 from ..api_errors import not_found
 from ..extensions import db
-from ..models import OfflineLicence, SoundPackage, UserSubscription
+from ..models import OfflineLicence, PackageAssignment, SoundPackage, UserSubscription
 from ..pagination import Page
 from ..tiers import (
     OFFLINE_LICENCE_DAYS,
@@ -120,12 +120,13 @@ def grant_download(user_id: int, package_id: int, now: datetime | None = None) -
 
 
 def _live_licences(user_id: int, sub: UserSubscription, now: datetime,
-                   package_id: int | None = None) -> list[OfflineLicence]:
-    """The user's licences live now, newest grant first (two queries: licences, live
-    assignments): their window holds and the tier in force now (``tier_in_force``: a
-    period's, trial's or grace's end that has passed counts before the expiry job writes
-    it) keeps the package offline (``keeps_offline``) or a live assignment opens it, and the
-    catalog still offers it."""
+                   package_id: int | None = None
+                   ) -> list[tuple[OfflineLicence, PackageAssignment | None]]:
+    """The user's licences live now, newest grant first, each with the live assignment of
+    its package (or None) (two queries: licences, live assignments): their window holds and
+    the tier in force now (``tier_in_force``: a period's, trial's or grace's end that has
+    passed counts before the expiry job writes it) keeps the package offline
+    (``keeps_offline``) or a live assignment opens it, and the catalog still offers it."""
     tier = tier_in_force(sub, now)
     stmt = (select(OfflineLicence)
             .options(selectinload(OfflineLicence.package).selectinload(SoundPackage.tracks))
@@ -140,18 +141,24 @@ def _live_licences(user_id: int, sub: UserSubscription, now: datetime,
     if not licences:
         return []
     assigned = live_assignments(user_id, now, [lic.package_id for lic in licences])
-    return [lic for lic in licences
+    return [(lic, assigned.get(lic.package_id)) for lic in licences
             if lic.package_id in assigned or keeps_offline(tier, lic.package.minimum_tier)]
 
 
 def list_downloads(person, args: dict, now: datetime | None = None) -> Page:
-    """The caller's live licences with fresh download URLs, newest first."""
+    """The caller's live licences with fresh download URLs, newest first. Each ends at the
+    earliest end known now (``_licence_end``): a downgrade or cancel scheduled after the
+    grant ends it at the period's end, and no download URL outlives that."""
     now = now or clock.now()
-    live = _live_licences(person.id, get_subscription(person), now)
+    sub = get_subscription(person)
+    live = _live_licences(person.id, sub, now)
+    tier, change = tier_in_force(sub, now), scheduled_change(sub)
     page, per_page = args["page"], args["per_page"]
-    chosen = live[(page - 1) * per_page: page * per_page]
-    items = [Download(lic.package_id, lic.package, lic.granted_at, lic.expires_at,
-                      _tracks(lic.package, now, lic.expires_at)) for lic in chosen]
+    items = []
+    for lic, assignment in live[(page - 1) * per_page: page * per_page]:
+        ends = min(lic.expires_at, _licence_end(tier, change, lic.package, assignment, now))
+        items.append(Download(lic.package_id, lic.package, lic.granted_at, ends,
+                              _tracks(lic.package, now, ends)))
     return Page(items, len(live), page, per_page)
 
 
@@ -163,4 +170,4 @@ def end_download(user_id: int, package_id: int, now: datetime | None = None) -> 
         live = _live_licences(user_id, sub, now, package_id)
         if not live:
             not_found("Download")
-        live[0].ended_at = now
+        live[0][0].ended_at = now
