@@ -63,7 +63,7 @@ def _seed(app, client, headers) -> int:
         db.session.execute(update(UserSubscription).values(tier="pro"))
         package = SoundPackage(slug="bench-offline", title="Bench", category="sleep",
                                minimum_tier="public", published=True, duration_seconds=1800,
-                               track_count=1)
+                               track_count=1, created_at=clock.now() - timedelta(days=30))
         package.tracks.append(Track(position=0, title="One", duration_seconds=1800,
                                     media_path="sleep/bench/01.mp3"))
         db.session.add(package)

@@ -10,11 +10,11 @@ from datetime import UTC, datetime, time, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from sonicus import clock, media
 from sonicus.extensions import db
-from sonicus.models import ListeningSession, Track
+from sonicus.models import ListeningSession, SoundPackage, Track
 from sonicus.services import analytics, listening
 from sonicus.services.subscriptions import GRACE_PERIOD, process_due_subscriptions
 
@@ -61,10 +61,15 @@ def _count_sessions(user_id) -> int:
 
 @pytest.fixture
 def pkgs(db_session, make_package):
-    return {"rain": make_package("rain", tracks=(1200, 600)).id,
+    made = {"rain": make_package("rain", tracks=(1200, 600)).id,
             "short": make_package("short", tracks=(300,)).id,
             "delta": make_package("delta", minimum_tier="premium", tracks=(1800,)).id,
             "gamma": make_package("gamma", minimum_tier="pro_exclusive", tracks=(900,)).id}
+    # in the catalog since long before any listening these tests upload
+    db_session.execute(update(SoundPackage).values(
+        created_at=datetime.now(UTC) - timedelta(days=60)))
+    db_session.commit()
+    return made
 
 
 @pytest.fixture
@@ -960,3 +965,19 @@ def test_a_downgrade_scheduled_after_the_grant_shortens_the_listed_licence_and_i
     delta = listed[pkgs["delta"]]   # premium keeps it after the downgrade
     assert datetime.fromisoformat(delta["licence_expires_at"]) > period_end
     assert all(datetime.fromisoformat(t["expires_at"]) > period_end for t in delta["tracks"])
+
+
+def test_listening_from_before_a_package_existed_is_not_found(
+        client, auth, make_user, make_package, db_session, set_clock):
+    """A package added to the catalog today was never played last week: an upload that says
+    so is `not_found`, while listening since it was added is stored."""
+    make_user("early@example.com")
+    headers = auth("early@example.com")
+    fresh = make_package("fresh", tracks=(600,))
+    added = fresh.created_at
+    set_clock(added + timedelta(hours=3))
+    res = _sync(client, headers, [_item(fresh.id, added - timedelta(days=3)),
+                                  _item(fresh.id, added - timedelta(minutes=5)),
+                                  _item(fresh.id, added + timedelta(hours=1))])
+    assert [(r["status"], r.get("code")) for r in res.json["data"]["results"]] == \
+        [("rejected", "not_found"), ("rejected", "not_found"), ("created", None)], res.json

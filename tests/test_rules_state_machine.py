@@ -804,7 +804,8 @@ def _seed_packages() -> dict[str, int]:
     for level, minutes in (("public", 10), ("premium", 20), ("pro_exclusive", 30)):
         package = SoundPackage(slug=f"{level.replace('_', '-')}-pkg", title=level,
                                category="sleep", minimum_tier=level, published=True,
-                               duration_seconds=minutes * 60, track_count=1, popularity=0)
+                               duration_seconds=minutes * 60, track_count=1, popularity=0,
+                               created_at=START - timedelta(days=30))  # before all listening
         package.tracks.append(Track(position=0, title=level, duration_seconds=minutes * 60,
                                     media_path=f"{level}/one.mp3"))
         db.session.add(package)

@@ -12,8 +12,8 @@ Rules, in order; the first that fails rejects the item with its code:
 - ``started_at_out_of_range``: ``started_at`` older than 14 days or in the future (2 min skew);
 - ``invalid_interval``: ``ended_at`` not after ``started_at``, in the future (2 min skew), or
   more than 24 h after it;
-- ``not_found``: no such published package, one archived by ``started_at``, or a track not
-  of that package;
+- ``not_found``: no such published package, one created after ``started_at`` or archived by
+  then, or a track not of that package;
 - ``package_locked``: neither the tier nor an assignment opened the package at ``started_at``;
 - ``overlap``: it overlaps another of the user's sessions (stored, or earlier in the batch) by
   more than 60 s;
@@ -284,7 +284,7 @@ def _judge(context: _Context, client_id: str, item: dict) -> ListeningSession:
     later items of the batch see it."""
     started, ended = _moments(item, context.now)
     package = context.packages.get(item["package_id"])
-    if package is None or not package.in_catalog_at(started):
+    if package is None or started < package.created_at or not package.in_catalog_at(started):
         raise _Rejected("not_found", "Package not found.")
     track = None
     if item.get("track_id") is not None:
