@@ -146,7 +146,8 @@ def verify_stream_path(secret: str, path: str, st: str, ts: str, lifetime: str,
     except (TypeError, ValueError):
         return False
     expected = sign(secret, path, ts_i, life_i)
-    if not hmac.compare_digest(expected, st or ""):
+    # bytes: a str with a character outside ASCII cannot be compared (TypeError)
+    if not hmac.compare_digest(expected.encode(), (st or "").encode("utf-8", "replace")):
         return False
     now = now or clock.now()
     return now <= datetime.fromtimestamp(ts_i, UTC) + timedelta(seconds=life_i)

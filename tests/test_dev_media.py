@@ -118,6 +118,16 @@ def test_audio_needs_a_valid_unexpired_signature(beats, set_clock):
     assert res.status_code == 403 and res.get_json()["code"] == "forbidden"
 
 
+def test_a_signature_tampered_with_characters_outside_ascii_is_403_not_500(beats):
+    """A link whose signature was swapped for non-ASCII characters (percent-encoded UTF-8,
+    or a lone byte) is refused as any other bad signature, never an internal error."""
+    client, package = beats
+    path = _local(package["tracks"][0]["stream_url"])
+    for forged in ("%C3%A9", "%E2%82%AC", "%FF"):
+        res = client.get(path.replace("st=", f"st={forged}"))
+        assert res.status_code == 403 and res.get_json()["code"] == "forbidden", forged
+
+
 def test_artwork_is_public_and_missing_files_are_404(beats):
     client, package = beats
     assert package["image_url"] == "http://127.0.0.1:18100/dev-media/art/beats.svg"
