@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from flask import g, request
+from flask import current_app, g, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -61,6 +61,33 @@ def refuse_deep_json(req):
                        errors=[f"body: JSON may nest at most {MAX_JSON_DEPTH} levels."])
 
 
+# Set on a view method (``takes_bodies_up_to``) whose valid bodies can outgrow
+# ``MAX_CONTENT_LENGTH``: the limit for its requests instead (never a lower one).
+BODY_LIMIT = "sonicus_body_limit"
+
+
+def takes_bodies_up_to(limit: int):
+    """Mark a view method (outermost decorator) that accepts bodies up to ``limit`` bytes:
+    what its schema allows (an offline sync of 100 items with notes) must not be a 413."""
+
+    def mark(view):
+        setattr(view, BODY_LIMIT, limit)
+        return view
+
+    return mark
+
+
+def _raise_body_limit(req) -> None:
+    """Before the body is read: a marked view's own limit, when above the app's."""
+    view = current_app.view_functions.get(req.endpoint) if req.endpoint else None
+    view_class = getattr(view, "view_class", None)
+    method = getattr(view_class, req.method.lower(), None) if view_class else view
+    limit = getattr(method, BODY_LIMIT, None)
+    if limit is not None and req.max_content_length is not None \
+            and limit > req.max_content_length:
+        req.max_content_length = limit
+
+
 def refuse_unsized_overflow(req) -> None:
     """A body sent without a length (chunked) is read up to ``MAX_CONTENT_LENGTH`` and cut
     there without a word (werkzeug refuses only a declared length over it): one byte more
@@ -89,6 +116,7 @@ def _start_request():
                            else f"{random.getrandbits(128):032x}")
     state["request_started"] = time.perf_counter()
     if req.method not in ("GET", "HEAD", "OPTIONS"):  # the methods that carry a body
+        _raise_body_limit(req)
         refuse_unsized_overflow(req)
         refuse_deep_json(req)
 

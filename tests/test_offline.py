@@ -981,3 +981,28 @@ def test_listening_from_before_a_package_existed_is_not_found(
                                   _item(fresh.id, added + timedelta(hours=1))])
     assert [(r["status"], r.get("code")) for r in res.json["data"]["results"]] == \
         [("rejected", "not_found"), ("rejected", "not_found"), ("created", None)], res.json
+
+
+def test_a_full_batch_with_long_notes_is_not_too_large(client, auth, pkgs, make_user,
+                                                       db_session, set_clock):
+    """100 items (the most a batch holds), each with a note of 2000 characters (the most a
+    note holds): a body several times MAX_CONTENT_LENGTH that the contract allows, stored;
+    a body past what any valid batch needs is still 413."""
+    user = make_user("diary@example.com", tier="pro")
+    headers = auth("diary@example.com")
+    now = set_clock(_tomorrow_noon())
+    first = now - timedelta(hours=19)
+    items = [_item(pkgs["rain"], first + timedelta(minutes=11 * i), note="é" * 2000)
+             for i in range(100)]
+    res = _sync(client, headers, items)
+    assert res.status_code == 200, res.json
+    assert [r["status"] for r in res.json["data"]["results"]] == ["created"] * 100
+    assert _count_sessions(user.id) == 100
+    huge = client.post("/api/user/sessions/sync", headers=headers,
+                       data=b'{"sessions": [' + b" " * 1_700_000 + b"]}",
+                       content_type="application/json")
+    assert huge.status_code == 413 and huge.json["code"] == "payload_too_large", huge.json
+    elsewhere = client.put("/api/user/profile", headers=headers,
+                           data=b'{"display_name": "' + b"x" * 70_000 + b'"}',
+                           content_type="application/json")
+    assert elsewhere.status_code == 413   # other routes keep MAX_CONTENT_LENGTH

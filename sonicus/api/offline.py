@@ -9,12 +9,14 @@ from ..envelope import Blueprint, set_message
 from ..pagination import PageArgsSchema
 from ..schemas.common import EmptySchema
 from ..schemas.offline import (
+    SYNC_BODY_BYTES,
     DownloadRequestSchema,
     DownloadSchema,
     SyncAnswerSchema,
     SyncRequestSchema,
 )
 from ..services import downloads, offline_sync
+from ..web import takes_bodies_up_to
 
 blp = Blueprint("offline", __name__, url_prefix="/api/user",
                 description="Offline listening: downloads and the upload of offline sessions.")
@@ -55,6 +57,7 @@ class Download(MethodView):
 
 @blp.route("/sessions/sync")
 class SessionSync(MethodView):
+    @takes_bodies_up_to(SYNC_BODY_BYTES)  # 100 items with notes outgrow MAX_CONTENT_LENGTH
     @require_user
     @blp.arguments(SyncRequestSchema)
     @blp.response(200, SyncAnswerSchema)

@@ -8,6 +8,11 @@ from .common import StrictSchema
 from .sessions import MAX_SECONDS, ClientId, Position, SessionPackageSchema
 
 MAX_SYNC_ITEMS = 100
+MAX_NOTE_LENGTH = 2000
+# The largest body a valid batch needs: per item its fields (~600 bytes) and a note of
+# MAX_NOTE_LENGTH characters, each up to 4 bytes in UTF-8 or 6 as a JSON escape (\u00e9, as
+# json.dumps writes them by default), with room to spare.
+SYNC_BODY_BYTES = MAX_SYNC_ITEMS * 16 * 1024
 BATCH_SIZE = ma.validate.Length(min=1, max=MAX_SYNC_ITEMS)
 SYNC_STATUSES = ("created", "unchanged", "rejected")
 SYNC_CODES = ("started_at_out_of_range", "invalid_interval", "not_found", "package_locked",
@@ -52,7 +57,7 @@ class SyncItemSchema(StrictSchema):
         "description": "What the client says; kept as `client_completed`."})
     mood_before = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=10))
     mood_after = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=10))
-    note = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=2000))
+    note = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=MAX_NOTE_LENGTH))
     position_seconds = Position(allow_none=True)
 
 
