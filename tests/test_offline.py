@@ -1006,3 +1006,27 @@ def test_a_full_batch_with_long_notes_is_not_too_large(client, auth, pkgs, make_
                            data=b'{"display_name": "' + b"x" * 70_000 + b'"}',
                            content_type="application/json")
     assert elsewhere.status_code == 413   # other routes keep MAX_CONTENT_LENGTH
+
+
+def test_an_upload_after_the_stale_sweep_is_judged_as_before_it(
+        client, auth, pkgs, make_user, db_session, set_clock):
+    """A live session is left open after 5 minutes (the app killed), then the listener goes
+    on offline. The stale sweep closes the live one at its start plus 3 hours; listening
+    uploaded after that overlaps only the 5 minutes it is known to have played, as it would
+    have before the sweep, and is stored. Listening within those 5 minutes still overlaps."""
+    make_user("killed@example.com", tier="pro")
+    headers = auth("killed@example.com")
+    t0 = set_clock(_tomorrow_noon())
+    sid = client.post("/api/user/sessions", headers=headers,
+                      json={"package_id": pkgs["rain"]}).json["data"]["id"]
+    set_clock(t0 + timedelta(minutes=5))
+    assert client.patch(f"/api/user/sessions/{sid}", headers=headers,
+                        json={"listened_seconds": 300}).status_code == 200
+    set_clock(t0 + timedelta(hours=3, minutes=5))
+    assert listening.close_stale_sessions(now=clock.now()) == 1
+    swept = client.get(f"/api/user/sessions/{sid}", headers=headers).json["data"]
+    assert swept["end_reason"] == "expired"
+    res = _sync(client, headers, [_item(pkgs["rain"], t0 + timedelta(minutes=6), minutes=60),
+                                  _item(pkgs["short"], t0 + timedelta(minutes=1), minutes=4)])
+    assert [(r["status"], r.get("code")) for r in res.json["data"]["results"]] == \
+        [("created", None), ("rejected", "overlap")], res.json

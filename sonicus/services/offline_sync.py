@@ -16,7 +16,8 @@ Rules, in order; the first that fails rejects the item with its code:
   then, or a track not of that package;
 - ``package_locked``: neither the tier nor an assignment opened the package at ``started_at``;
 - ``overlap``: it overlaps another of the user's sessions (stored, or earlier in the batch) by
-  more than 60 s;
+  more than 60 s (an open one, or one the stale sweep closed, spans what it is known to have
+  played: up to its last heartbeat or its listened time);
 - ``daily_session_limit_reached``: the user day it started in was full: within a day, the
   k-th quota-counted start (by start time) never exceeds the daily limit of the tier it
   started on, with this item inserted where it belongs.
@@ -55,7 +56,7 @@ from ..models import (
     User,
     UserSubscription,
 )
-from ..models.listening import ENDED
+from ..models.listening import ABANDONED, ENDED
 from ..tiers import (
     ACCESS_LOCKED,
     TIER_SETTING_EVENTS,
@@ -72,6 +73,10 @@ SYNC_WINDOW = timedelta(days=14)
 CLOCK_SKEW = timedelta(minutes=2)
 MAX_INTERVAL = timedelta(hours=24)
 OVERLAP_TOLERANCE_SECONDS = 60
+# A session the stale sweep closed ends, as stored, at its start plus its maximum length,
+# whatever was played: for overlaps it spans only what it is known to have played (as while
+# it was open), so an upload is judged alike before and after the sweep.
+SERVER_CLOSED = frozenset({"expired", ABANDONED})
 CREATED, UNCHANGED, REJECTED = "created", "unchanged", "rejected"
 
 
@@ -248,12 +253,16 @@ def _load_context(user: User, sub: UserSubscription, items: list[dict],
 
     s = ListeningSession
     spans = []
-    for started, ended, listened, heartbeat in db.session.execute(
-            select(s.started_at, s.ended_at, s.listened_seconds, s.last_heartbeat_at)
+    for started, ended, reason, listened, heartbeat in db.session.execute(
+            select(s.started_at, s.ended_at, s.end_reason, s.listened_seconds,
+                   s.last_heartbeat_at)
             .where(s.user_id == user.id, s.started_at < last,
                    s.started_at > first - MAX_INTERVAL - timedelta(hours=1),
                    or_(s.ended_at.is_(None), s.ended_at > first))).all():
-        spans.append((started, ended or _known_end(started, listened, heartbeat)))
+        if ended is None or reason in SERVER_CLOSED:  # what it is known to have played
+            known = _known_end(started, listened, heartbeat)
+            ended = known if ended is None else min(ended, known)
+        spans.append((started, ended))
 
     days = {start: clock.user_day(user, start).day for start, _end in spans_of_items}
     day_starts: dict[date, list[tuple[datetime, int | None]]] = {
