@@ -358,6 +358,10 @@ def test_the_keepalive_sweep_never_waits_for_a_stuck_socket(app):
         def sendall(self, data):
             self.sent.append(data)
 
+        def send(self, data, flags=0):
+            self.sent.append(bytes(data))
+            return len(data)
+
         def shutdown(self, how):
             self.shut = True
 

@@ -1,13 +1,27 @@
 """One open socket of one user (``Connection``): its send lock, its keep-alive state, and the
 frames written to it (``text_frame``: one per message, for all of a user's sockets).
+
+Every write to a socket is bounded (``write_within``): a peer that takes nothing for
+``SEND_WAIT_SECONDS`` (it stopped reading, its buffers are full) is hung up. Writes happen on
+the process's subscriber (a fan-out), its keep-alive sweep and its shutdown: a write waiting
+without end on one such peer held up every other socket's updates until the keep-alive gave
+up on it (two ping intervals, 50 s).
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
+import sys
 import threading
 import time
+
+from wsproto.events import CloseConnection
+
+from .loop import under_gevent
+
+SEND_WAIT_SECONDS = 1.0  # longest wait for a peer to take one write; then it is hung up
 
 
 def text_frame(text: str) -> bytes:
@@ -25,6 +39,33 @@ def text_frame(text: str) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x81, 127, size)
     return header + payload
+
+
+def write_within(sock, data: bytes, seconds: float = SEND_WAIT_SECONDS) -> None:
+    """Write all of ``data`` to ``sock`` within ``seconds``, else raise ``TimeoutError`` (with
+    part of it maybe written: the socket must be hung up). The socket's own timeout stays as
+    it is (its reader waits without one)."""
+    if under_gevent():
+        gevent = sys.modules["gevent"]
+        with gevent.Timeout(seconds, TimeoutError):
+            sock.sendall(data)
+        return
+    view = memoryview(data)
+    deadline = time.monotonic() + seconds
+    poller = None
+    while view:
+        try:
+            view = view[sock.send(view, socket.MSG_DONTWAIT):]
+            continue
+        except BlockingIOError:
+            pass
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the peer takes nothing")
+        if poller is None:
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+        poller.poll(left * 1000)
 
 
 class Connection:
@@ -53,10 +94,10 @@ class Connection:
             if self.closed or not self.ws.connected:
                 return False
             try:
-                self.ws.sock.sendall(frame)
+                write_within(self.ws.sock, frame)
                 return True
             except Exception:
-                self.closed = True
+                self._lost()
                 return False
 
     def send_event(self, event) -> bool:
@@ -66,21 +107,32 @@ class Connection:
             if self.closed or not self.ws.connected:
                 return False
             try:
-                self.ws.sock.sendall(self.ws.ws.send(event))
+                write_within(self.ws.sock, self.ws.ws.send(event))
                 return True
             except Exception:
-                self.closed = True
+                self._lost()
                 return False
 
+    def _lost(self) -> None:
+        """A write failed or timed out (a frame may be cut short): the socket is over, and
+        its reader is woken to end it."""
+        self.closed = True
+        self.hang_up()
+
     def close(self, code: int, reason: str) -> None:
+        """Send the close frame (``code``, ``reason``); the socket's reader reads the peer's
+        answer. A peer that takes nothing is hung up."""
         with self.send_lock:
             if self.closed:
                 return
             self.closed = True
+            if not self.ws.connected:
+                return
+            self.ws.connected = False
             try:
-                self.ws.close(reason=code, message=reason)
-            except Exception:  # already gone
-                pass
+                write_within(self.ws.sock, self.ws.ws.send(CloseConnection(code, reason)))
+            except Exception:  # already gone, or takes nothing
+                self.hang_up()
 
     def hang_up(self) -> None:
         """Wake the socket's reader, waiting without a timeout, with an end of stream (after a

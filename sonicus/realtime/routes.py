@@ -34,7 +34,7 @@ from .broker import (
     get_broker,
     init_broker,
 )
-from .connection import Connection
+from .connection import Connection, text_frame, write_within
 from .loop import read_after_the_rest
 from .publish import CLOSE_FORBIDDEN, CLOSE_INVALID_TOKEN
 
@@ -78,11 +78,14 @@ class SnapshotFirstConnection(Connection):
 
     def start(self, first: str) -> None:
         with self.send_lock:
-            self.ws.send(first)
-            for frame in self.pending:
-                self.ws.sock.sendall(frame)
-            self.pending = []
+            frames, self.pending = [text_frame(first), *self.pending], []
             self.started = True
+            if self.closed or not self.ws.connected:  # closed meanwhile (a suspension)
+                return
+            try:
+                write_within(self.ws.sock, b"".join(frames))
+            except Exception:  # gone, or takes nothing: the reader ends the socket
+                self._lost()
 
 
 SOCKET_ENDED = "sonicus.socket_ended"  # in the environ of a request a socket handler served
