@@ -5,6 +5,7 @@ every socket's lease on its user's cap is given back."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -138,3 +139,127 @@ def test_sigterm_closes_with_1001_and_gives_back_every_lease_despite_a_client_th
     assert proc.wait(20) == 0
     assert [_leases(app, test_redis_url, uid) for uid in [stuck_user, *users]] == [0] * 4
     assert "Traceback" not in output.read_text()
+
+
+def _handshakes_at_once(urls: list[str], token: str, count: int) -> list:
+    """``count`` handshakes of one token on real threads released together, spread over
+    ``urls``: each one's first message type, or its close code (an int)."""
+    import threading
+
+    import websocket
+
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+    held = []
+
+    def one(n: int) -> None:
+        ws = websocket.WebSocket()
+        ws.settimeout(20)
+        barrier.wait()
+        try:
+            ws.connect(f"{urls[n % len(urls)]}?access_token={token}")
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                results[n] = int.from_bytes(data[:2], "big")
+            else:
+                results[n] = json.loads(data)["type"]
+                held.append(ws)
+        except Exception as exc:  # reported, not raised in the thread
+            results[n] = repr(exc)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results, held
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["known-user", "first-sign-in"])
+def test_thirty_handshakes_at_once_across_two_socket_processes_admit_exactly_ten(
+        app, ws_process, make_user, token_for, idp, test_redis_url, known):
+    """One user, 30 handshakes released together over two socket processes (the user known
+    already, or signing in for the first time with them): exactly 10 get their snapshot, the
+    other 20 are closed with 4429, and none fails otherwise."""
+    from sqlalchemy import func, select
+
+    from sonicus.extensions import db
+    from sonicus.models import User
+
+    urls = [f"ws://127.0.0.1:{port}/ws/analytics"
+            for _proc, port, _out in (ws_process(), ws_process())]
+    email = "thirty-at-once@example.com"
+    if known:
+        make_user(email)
+    results, held = _handshakes_at_once(urls, token_for(email), 30)
+    try:
+        assert sorted(results, key=str) == [4429] * 20 + ["analytics.snapshot"] * 10, results
+        with app.app_context():
+            user_id = db.session.execute(select(User.id).where(User.email == email)).scalar_one()
+            assert db.session.execute(select(func.count()).select_from(User)).scalar() == 1
+        assert _leases(app, test_redis_url, user_id) == 10
+    finally:
+        for ws in held:
+            ws.shutdown()
+
+
+def _hostile_tokens(idp) -> dict[str, str]:
+    import base64
+    import hashlib
+    import hmac
+
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    claims = idp.claims(email="forger@example.com")
+    unsigned = b64(json.dumps({"alg": "none", "typ": "JWT"}).encode()) + "." + \
+        b64(json.dumps(claims).encode()) + "."
+    impostor = RSAKey.generate_key(2048, parameters={"kid": idp.key.kid})  # same kid
+    stranger = RSAKey.generate_key(2048, parameters={"kid": "not-known"})
+    signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": idp.key.kid}).encode()) \
+        + "." + b64(json.dumps(claims).encode())
+    hmac_signed = signing_input + "." + b64(hmac.new(
+        idp.key.as_pem(private=False), signing_input.encode(), hashlib.sha256).digest())
+    return {
+        "garbage": "abc.def.ghi",
+        "two-parts": "abc.def",
+        "long": "eyJ" + "A" * 3000,
+        "alg-none": unsigned,
+        "wrong-key-same-kid": jwt.encode({"alg": "RS256", "kid": idp.key.kid}, claims, impostor),
+        "wrong-key-unknown-kid": jwt.encode({"alg": "RS256", "kid": "not-known"}, claims,
+                                            stranger),
+        "hmac-with-public-key": hmac_signed,
+        "expired": idp.token(email="late@example.com", lifetime=-3600),
+        "header-not-json": b64(b"{not json") + "." + b64(b"{}") + ".sig",
+        "header-a-list": b64(b"[1, 2]") + "." + b64(b"{}") + ".sig",
+    }
+
+
+def test_hostile_tokens_close_with_4401_in_the_query_or_the_subprotocol_and_stay_out_of_logs(
+        app, ws_process, idp, connect_ws):
+    """Every malformed, forged (another key, ``alg: none``, HMAC keyed with the public key)
+    or expired token, in the query string or as the ``bearer`` subprotocol, is refused with
+    4401 on the socket process (never a 500, never an HTTP error page), and none of them is
+    written to its log, even at INFO."""
+    import requests
+
+    _proc, port, output = ws_process(LOG_LEVEL="INFO")
+    url = f"ws://127.0.0.1:{port}/ws/analytics"
+    tokens = _hostile_tokens(idp)
+    codes = {}
+    for kind, token in tokens.items():
+        for subprotocol in (False, True):
+            ws = connect_ws(url, token, subprotocol=subprotocol)
+            codes[kind, subprotocol] = ws.close_code()
+            ws.shutdown()
+    assert codes == dict.fromkeys(codes, 4401), codes
+    assert requests.get(f"http://127.0.0.1:{port}/api/health", timeout=5).ok
+    time.sleep(0.5)
+    log = output.read_text()
+    assert '"status": 500' not in log and "Traceback" not in log
+    for kind, token in tokens.items():
+        for part in {token, *[p for p in token.split(".") if len(p) > 12]}:
+            assert part not in log, kind
