@@ -263,3 +263,117 @@ def test_hostile_tokens_close_with_4401_in_the_query_or_the_subprotocol_and_stay
     for kind, token in tokens.items():
         for part in {token, *[p for p in token.split(".") if len(p) > 12]}:
             assert part not in log, kind
+
+
+def _frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True,
+           length: int | None = None) -> bytes:
+    """A client frame, as raw bytes (``length``: the length its header claims)."""
+    import struct
+
+    size = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | opcode])
+    bit = 0x80 if mask else 0
+    if size < 126:
+        head += bytes([bit | size])
+    elif size < 1 << 16:
+        head += bytes([bit | 126]) + struct.pack("!H", size)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", size)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[n % 4] for n, b in enumerate(payload))
+
+
+HOSTILE_FRAMES = {
+    # what the client sends -> the close code it gets (None: the socket stays open)
+    "binary": ([_frame(0x2, b"\x00\xff" * 50)], None),
+    "malformed-json": ([_frame(0x1, b'{"type": "analytics.subscribe", "user_id": 1')], None),
+    "another-users-id": ([_frame(0x1, b'{"user_id": 1, "type": "subscribe"}')], None),
+    "too-big": ([_frame(0x1, b"x" * 70_000)], 1009),
+    "too-big-in-fragments": ([_frame(0x1, b"x" * 30_000, fin=False),
+                              _frame(0x0, b"x" * 30_000, fin=False),
+                              _frame(0x0, b"x" * 30_000)], 1009),
+    "huge-length-claimed": ([_frame(0x2, b"x" * 70_000, length=1 << 62)], 1009),
+    "unmasked": ([_frame(0x1, b"hello", mask=False)], 1002),
+    "bad-utf8": ([_frame(0x1, b"\xff\xfe\xfd")], 1007),
+    "reserved-opcode": ([_frame(0x3, b"?")], 1002),
+    "ping-too-long": ([_frame(0x9, b"p" * 200)], 1002),
+    "fragmented-ping": ([_frame(0x9, b"p", fin=False)], 1002),
+    "continuation-first": ([_frame(0x0, b"orphan")], 1002),
+}
+
+
+def _close_code_or_dropped(ws):
+    import websocket
+
+    try:
+        return ws.close_code()
+    except (OSError, websocket.WebSocketConnectionClosedException):
+        return "dropped"
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_FRAMES))
+def test_hostile_frames_never_crash_the_socket_process_nor_keep_a_place(
+        app, ws_process, make_user, token_for, connect_ws, wait_for, test_redis_url, kind):
+    """What a client sends: ignored (binary, JSON of any shape, asking for another user's
+    figures), or the socket closed with the protocol's code (too big 1009, not masked or not
+    a frame 1002, not UTF-8 1007). Either way the process goes on serving another user, and a
+    closed socket gives its place back."""
+    from sonicus.realtime.publish import publish_to_user
+
+    _proc, port, output = ws_process()
+    url = f"ws://127.0.0.1:{port}/ws/analytics"
+    sender = make_user("sends-things@example.com").id
+    victim = make_user("minds-own-business@example.com").id
+    bystander = connect_ws(url, token_for("minds-own-business@example.com"))
+    assert bystander.receive_json()["type"] == "analytics.snapshot"
+    ws = connect_ws(url, token_for("sends-things@example.com"))
+    assert ws.receive_json()["type"] == "analytics.snapshot"
+    frames, code = HOSTILE_FRAMES[kind]
+    for frame in frames:
+        ws.sock.sendall(frame)
+
+    with app.app_context():
+        publish_to_user(victim, {"type": "analytics.updated", "data": {"mine": True}})
+        publish_to_user(sender, {"type": "analytics.updated", "data": {"yours": True}})
+    assert bystander.receive_json() == {"type": "analytics.updated", "data": {"mine": True}}
+    if code is None:
+        assert ws.receive_json() == {"type": "analytics.updated", "data": {"yours": True}}
+        assert _leases(app, test_redis_url, sender) == 1
+    else:  # the close frame, unless the server's close of the connection overtook it
+        assert _close_code_or_dropped(ws) in (code, "dropped")
+        assert wait_for(lambda: _leases(app, test_redis_url, sender) == 0)
+    assert bystander.nothing_arrives(0.3)
+    assert "Traceback" not in output.read_text()
+
+
+def test_a_ping_flood_from_a_client_that_never_reads_is_hung_up(
+        app, ws_process, make_user, token_for, connect_ws, wait_for, test_redis_url):
+    """A client that sends pings as fast as it can and reads none of the pongs: the process
+    hangs it up once its pongs have nowhere to go (and gives its place back), and another
+    user's update on the same process arrives meanwhile."""
+    from sonicus.realtime.publish import publish_to_user
+
+    _proc, port, output = ws_process()
+    url = f"ws://127.0.0.1:{port}/ws/analytics"
+    flooder = make_user("pings-forever@example.com").id
+    other_user = make_user("next-door@example.com").id
+    other = connect_ws(url, token_for("next-door@example.com"))
+    assert other.receive_json()["type"] == "analytics.snapshot"
+    ws = _never_reading(connect_ws, url, token_for("pings-forever@example.com"))
+    ping = _frame(0x9, b"p" * 125)
+    ws.sock.settimeout(1)
+    started, dropped = time.monotonic(), False
+    while time.monotonic() - started < 20:
+        try:
+            ws.sock.sendall(ping * 64)
+        except OSError:  # hung up (or the server stopped reading: its buffers full)
+            dropped = True
+            break
+    assert dropped
+    with app.app_context():
+        publish_to_user(other_user, {"type": "analytics.updated", "data": {"n": 2}})
+    assert other.receive_json() == {"type": "analytics.updated", "data": {"n": 2}}
+    assert wait_for(lambda: _leases(app, test_redis_url, flooder) == 0, timeout=5)
+    assert "Traceback" not in output.read_text()
