@@ -19,8 +19,6 @@ import time
 
 from wsproto.events import CloseConnection
 
-from .loop import under_gevent
-
 SEND_WAIT_SECONDS = 1.0  # longest wait for a peer to take one write; then it is hung up
 
 
@@ -45,7 +43,7 @@ def write_within(sock, data: bytes, seconds: float = SEND_WAIT_SECONDS) -> None:
     """Write all of ``data`` to ``sock`` within ``seconds``, else raise ``TimeoutError`` (with
     part of it maybe written: the socket must be hung up). The socket's own timeout stays as
     it is (its reader waits without one)."""
-    if under_gevent():
+    if type(sock).__module__.startswith("gevent."):  # waits through gevent's event loop
         gevent = sys.modules["gevent"]
         with gevent.Timeout(seconds, TimeoutError):
             sock.sendall(data)
