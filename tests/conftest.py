@@ -10,7 +10,8 @@ Tests take everything from fixtures, never by importing a module of the suite: t
 settings (``make_config``, ``test_database_url``, ``test_redis_url``), one factory per kind
 of row (``make_user``, ``make_package``, ``make_session``), billing events (``billing``), a
 local stand-in for Stripe's API (``stripe_stand_in``, ``stripe_app``), servers and sockets
-(``two_web_processes``, ``serve_in_process``, ``own_redis``, ``connect_ws``), time
+(``two_web_processes``, ``socket_process``, ``serve_in_process``, ``own_redis``,
+``connect_ws``), time
 (``set_clock``) and polling (``wait_for``), Web Push (``push_service``, ``browser``,
 ``push_app``, ``push_client``). Only ``live_server.py`` and ``fault_jobs.py`` are modules, for
 the processes that load them by import path, and ``push_service.py``, which the reminder bench
@@ -39,7 +40,7 @@ import redis as redis_lib
 import websocket
 from joserfc import jwt
 from joserfc.jwk import RSAKey
-from processes import free_port
+from processes import free_port, wait_until_up
 from sqlalchemy import text
 from werkzeug.serving import make_server
 
@@ -889,6 +890,38 @@ def two_web_processes(idp):
     yield servers
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def socket_process(idp, tmp_path):
+    """``socket_process(**env)`` → (process, port, path of its output): one socket process
+    (``SONICUS_PROCESS=ws``: gunicorn's gevent worker, started the production way) on the test
+    database and Redis db, ``env`` added to its environment; killed after the test."""
+    started = []
+
+    def start(**extra):
+        port = free_port()
+        output = tmp_path / f"ws-{port}.log"
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "SONICUS_ENV": "testing",
+               "SONICUS_PROCESS": "ws", "SONICUS_WS_BIND": f"127.0.0.1:{port}",
+               "DATABASE_URL": TEST_DATABASE_URL, "REDIS_URL": TEST_REDIS_URL,
+               "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": "sonicus-test",
+               "RATELIMIT_ENABLED": "false", "DEV_TOKEN_ISSUER": "false",
+               "LOG_LEVEL": "WARNING", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+               **extra}
+        with open(output, "w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "wsgi:app", "-c", "gunicorn.conf.py"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        started.append(proc)
+        wait_until_up(f"http://127.0.0.1:{port}/api/health", proc)
+        return proc, port, output
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
 
 
 class InProcessServer:
