@@ -99,14 +99,21 @@ def init_auth(app) -> None:
 
 def caller_from_token(token: str) -> Caller:
     """Validate a raw token (a socket's) into the synced, active caller."""
+    return caller_until_from_token(token)[0]
+
+
+def caller_until_from_token(token: str) -> tuple[Caller, float]:
+    """``caller_from_token``, and until when (Unix time) the token is accepted: its ``exp``
+    and the verifier's leeway (an open socket closes then)."""
+    verifier = get_verifier()
     try:
-        claims = get_verifier().verify(token)
+        claims = verifier.verify(token)
     except TokenRejected as exc:
         raise ApiError(401, "invalid_token", str(exc), headers=dict(WWW_AUTHENTICATE)) from exc
     except KeysUnavailable as exc:
         raise ApiError(503, "service_unavailable",
                        "Sign-in is unavailable right now; try again shortly.") from exc
-    return _caller_of(claims)
+    return _caller_of(claims), float(claims["exp"]) + verifier.leeway
 
 
 def _caller_of(claims: dict) -> Caller:

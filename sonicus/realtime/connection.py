@@ -78,6 +78,7 @@ class Connection:
         self.heard = time.monotonic()  # when the peer last sent anything
         self.pinged = 0.0  # when the ping it has not answered yet went out (0: none)
         self.kept_alive = False  # the broker's keep-alive sweep pings it
+        self.token_until: float | None = None  # Unix time its token runs out (then 4401)
 
     def heard_from(self) -> None:
         """The peer sent something (whatever it is, it is alive)."""

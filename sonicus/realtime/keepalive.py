@@ -1,6 +1,7 @@
 """Keep-alive of the process's sockets: ONE sweep thread per process, started with the first
 socket that asks for it (``KeepAlive.watch``), pings the sockets that were silent for
-``ping_interval`` and closes (1008) those that left a ping unanswered as long.
+``ping_interval`` and closes (1008) those that left a ping unanswered as long, and (4401) those
+whose token ran out (``Connection.token_until``: its ``exp`` and the verifier's leeway).
 
 - A socket's reader then waits without a timeout: under gevent a timed wait built a timeout,
   its timer and its exception for every wait of every socket (two per ping), which lived until
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator
 from wsproto.events import Ping
 
 from .connection import Connection
+from .publish import CLOSE_INVALID_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,19 @@ class KeepAlive:
         interval = self.interval
         with self._lock:
             groups = list(self._sockets.values())
+        wall = time.time() if now is None else now - time.monotonic() + time.time()
         now = time.monotonic() if now is None else now
         pinged = closed = 0
         for conn in self._each_socket(groups):
             if not conn.kept_alive or conn.closed:
+                continue
+            if conn.token_until is not None and wall >= conn.token_until:
+                # its token ran out: sign in again (4401), as a new socket's handshake would
+                if not conn.send_lock.locked():
+                    conn.close(CLOSE_INVALID_TOKEN, "token expired")
+                conn.closed = True
+                conn.hang_up()
+                closed += 1
                 continue
             # A send lock held means a write to the socket is under way, or stuck because the
             # peer does not read: the sweep never waits for it (one such socket would hold up

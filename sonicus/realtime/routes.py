@@ -24,7 +24,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.utilities import LocalProtocolError
 
 from ..api_errors import ApiError
-from ..auth import caller_from_token
+from ..auth import caller_until_from_token
 from ..extensions import db, sock
 from ..metrics import socket_closed, socket_opened
 from .broker import (
@@ -206,7 +206,7 @@ def authenticate_socket() -> None:
     if not token:
         return
     try:
-        g.ws_user = caller_from_token(token)
+        g.ws_user, g.ws_until = caller_until_from_token(token)
         g.ws_refusal = None
     except ApiError as exc:
         if exc.code == 403:
@@ -230,6 +230,7 @@ def analytics_socket(ws):
     g.pop("ws_user")  # the caller (with its onboarding and preferences) is not kept per socket
     broker = get_broker()
     conn = SnapshotFirstConnection(ws, user_id)
+    conn.token_until = g.pop("ws_until", None)  # the sweep closes it then (4401)
     # Past this process's cap, refuse (1013) rather than starve HTTP; past the user's cap
     # across every process, refuse with 4429.
     admitted = broker.admit(conn, current_app.config["WS_MAX_SOCKETS_PER_PROCESS"],
