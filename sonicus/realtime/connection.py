@@ -125,10 +125,10 @@ class Connection:
             if self.closed:
                 return
             self.closed = True
-            if not self.ws.connected:
-                return
-            self.ws.connected = False
             try:
+                if not self.ws.connected:
+                    return
+                self.ws.connected = False
                 write_within(self.ws.sock, self.ws.ws.send(CloseConnection(code, reason)))
             except Exception:  # already gone, or takes nothing
                 self.hang_up()
