@@ -159,3 +159,41 @@ def test_the_cap_still_holds_after_redis_restarts_empty(
     finally:
         for app in (holding, other):
             get_broker(app).stop()
+
+
+def test_sockets_admitted_while_a_process_skips_redis_count_against_the_cap_once_it_answers(
+        own_redis, token_for, make_config, make_user, connect_ws, serve_in_process):
+    """Redis pauses (a failover's CLIENT PAUSE) without dropping the process's subscription:
+    the process's lease call times out and its back-off skips Redis for a while, so the user's
+    next sockets there are admitted on its own count, without a lease. Once Redis answers
+    again they are leased (the one whose script ran late keeps its one lease), so another
+    process refuses the user's socket past the cap. Before, they were leased only after the
+    subscriber itself reconnected, which a pause never makes it do: they never counted, and
+    the user held the cap's sockets again elsewhere."""
+    from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
+
+    config = make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=0.5,
+                         REDIS_SOCKET_TIMEOUT_SECONDS=0.3, WS_MAX_SOCKETS_PER_USER=3)
+    holding, other = create_app(config), create_app(config)
+    hana = make_user("hana@example.com").id
+    token = token_for("hana@example.com")
+    server, other_server = serve_in_process(holding), serve_in_process(other)
+    leases = redis_lib.Redis.from_url(own_redis.url)
+    try:
+        first = connect_ws(server.url(), token)
+        assert first.receive_json()["type"] == "analytics.snapshot"
+        leases.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        during = [connect_ws(server.url(), token) for _ in range(2)]
+        for ws in during:
+            assert ws.receive_json()["type"] == "analytics.snapshot"
+        assert get_broker(holding).local_socket_count() == 3
+        time.sleep(2.5)  # the pause is over, and the back-off
+        deadline = time.time() + 5
+        while time.time() < deadline and leases.zcard(_leases_key(holding, hana)) < 3:
+            time.sleep(0.05)
+        assert leases.zcard(_leases_key(holding, hana)) == 3
+        assert connect_ws(other_server.url(), token).close_code() == 4429
+    finally:
+        for app in (holding, other):
+            get_broker(app).stop()

@@ -299,6 +299,7 @@ class Broker:
                         if not under_gevent():
                             time.sleep(0)
                     self.leases.renew_when_due()
+                    self.leases.restore_when_owed()
                     self.leases.retry_releases()
                     self.accounts.when_due()
                     pay_owed_redis_calls(self.app)  # what this process skipped meanwhile

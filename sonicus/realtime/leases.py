@@ -10,7 +10,9 @@ score: when the lease runs out).
 - Release: a closed socket's lease is given back, in batches (``release``); what Redis does
   not take now is retried by the subscriber within a second, until its term is over.
 - Without Redis (or while it is unreachable, behind the process's back-off) nothing is leased:
-  the broker's local count of a user's sockets decides alone.
+  the broker's local count of a user's sockets decides alone; once Redis answers again the
+  subscriber leases the sockets admitted meanwhile (``restore_when_owed``), and after a gap in
+  its subscription every socket of the process (``restore``).
 
 The registry of sockets is the broker's: ``Leases`` reads it (which leases to renew) under the
 broker's lock, which also guards the queue of leases to give back.
@@ -59,6 +61,7 @@ class Leases:
         self._next_renewal = 0.0
         self._releases: list[tuple[int, str, float]] = []  # leases to give back
         self._releasing = False
+        self._restore_owed = False  # sockets were admitted without Redis: ``restore`` them
 
     def key(self, user_id: int) -> str:
         return f"{self.prefix}{user_id}"
@@ -90,6 +93,14 @@ class Leases:
                 restored, conn.lease = conn.lease, member
             if restored is not None:
                 self.release([(conn.user_id, restored)])
+        elif admitted is None and self.redis_url:
+            # Redis skipped (the back-off) or failed: admitted on the local count, and leased
+            # by the subscriber once Redis answers (``restore_when_owed``) under this member
+            # (a script that timed out may have run: still one lease for the socket)
+            with self._lock:
+                if conn.lease is None:
+                    conn.lease = member
+                self._restore_owed = True
         return admitted
 
     def _member(self) -> str:
@@ -121,7 +132,17 @@ class Leases:
             pipe.execute()
             return sum(len(members) for _, members in owned)
 
-        return self._redis_call("socket lease restore", lease, 0)
+        return self._redis_call("socket lease restore", lease)  # None: Redis skipped
+
+    def restore_when_owed(self) -> None:
+        """Lease the sockets admitted while Redis was skipped (the subscriber calls it): a
+        pause of Redis, or one call that timed out, trips the process's back-off without the
+        subscription dropping, so no reconnection would ``restore`` them."""
+        if not self._restore_owed:
+            return
+        self._restore_owed = False
+        if self.restore() is None:
+            self._restore_owed = True
 
     # ---- renewal ------------------------------------------------------------------------------
     def renew(self) -> int:
