@@ -218,3 +218,32 @@ def test_a_ping_flood_from_a_client_that_never_reads_is_hung_up(
     assert other.receive_json() == {"type": "analytics.updated", "data": {"n": 2}}
     assert wait_for(lambda: _leases(app, test_redis_url, flooder) == 0, timeout=5)
     assert "Traceback" not in output.read_text()
+
+
+def test_a_client_that_never_answers_the_servers_close_is_hung_up(
+        app, socket_process, make_user, token_for, connect_ws):
+    """An account suspended (or erased) while its sockets are open: each gets its close (4403),
+    and a client that never answers it (nor hangs up) is hung up within seconds. Before, the
+    server waited for its answer for ever: a connection, its greenlet and its place in the
+    process's pool of connections held for good, by a client that erased its account and
+    signed in again as often as it liked."""
+    from sonicus.realtime.publish import close_user_sockets
+
+    _proc, port, output = socket_process()
+    url = f"ws://127.0.0.1:{port}/ws/analytics"
+    user_id = make_user("never-answers@example.com").id
+    ws = connect_ws(url, token_for("never-answers@example.com"))
+    assert ws.receive_json()["type"] == "analytics.snapshot"
+    with app.app_context():
+        close_user_sockets(user_id)
+    ws.sock.settimeout(20)
+    # read as raw bytes: the client library would answer the close
+    assert ws.sock.recv(2 + 2 + len("account suspended"))[:4] == b"\x88\x13\x11\x33"
+    started = time.monotonic()
+    try:
+        rest = ws.sock.recv(64)
+    except ConnectionResetError:
+        rest = b""
+    assert rest == b""  # the server hung up
+    assert time.monotonic() - started < 15
+    assert "Traceback" not in output.read_text()

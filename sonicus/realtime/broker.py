@@ -190,6 +190,7 @@ class Broker:
         for conn in conns:
             conn.close(code, reason)
             self.unregister(conn)
+            self.keepalive.closing(conn)  # hung up unless its peer answers the close
         return len(conns)
 
     def close_all(self, code: int, reason: str) -> int:

@@ -79,6 +79,7 @@ class Connection:
         self.pinged = 0.0  # when the ping it has not answered yet went out (0: none)
         self.kept_alive = False  # the broker's keep-alive sweep pings it
         self.token_until: float | None = None  # Unix time its token runs out (then 4401)
+        self.ended = False  # its handler is done with it
 
     def heard_from(self) -> None:
         """The peer sent something (whatever it is, it is alive)."""

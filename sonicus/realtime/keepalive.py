@@ -1,7 +1,8 @@
 """Keep-alive of the process's sockets: ONE sweep thread per process, started with the first
 socket that asks for it (``KeepAlive.watch``), pings the sockets that were silent for
 ``ping_interval`` and closes (1008) those that left a ping unanswered as long, and (4401) those
-whose token ran out (``Connection.token_until``: its ``exp`` and the verifier's leeway).
+whose token ran out (``Connection.token_until``: its ``exp`` and the verifier's leeway); it hangs
+up those that did not answer a close of the server's (``closing``).
 
 - A socket's reader then waits without a timeout: under gevent a timed wait built a timeout,
   its timer and its exception for every wait of every socket (two per ping), which lived until
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_POLICY_VIOLATION = 1008  # no pong within a ping interval
 KEEPALIVE_SWEEPS_PER_INTERVAL = 4  # a silent socket is pinged within 1.25 ping intervals
+CLOSE_ANSWER_SECONDS = 5.0  # a peer that has not answered the server's close by then is hung up
 
 
 class KeepAlive:
@@ -47,6 +49,7 @@ class KeepAlive:
         self._pid: int | None = None  # the process the sweep thread runs in
         self._stop = threading.Event()
         self.interval = 0.0  # the shortest ping interval of the sockets it watches
+        self._closing: dict[Connection, float] = {}  # sent their close, not answered yet
 
     def watch(self, conn: Connection, interval: float) -> None:
         """Let this process's sweep ping ``conn`` when it was silent for ``interval`` seconds
@@ -71,6 +74,15 @@ class KeepAlive:
     def stop(self) -> None:
         self._stop.set()
 
+    def closing(self, conn: Connection) -> None:
+        """``conn`` was sent its close and left the registry (its account suspended, say): the
+        sweep hangs it up unless its peer answered within ``CLOSE_ANSWER_SECONDS`` (its reader
+        waits for that answer without a timeout: a peer that never answers held the
+        connection, its greenlet and its place in the server's pool for good)."""
+        if conn.kept_alive:  # the sweep runs
+            with self._lock:
+                self._closing[conn] = time.monotonic()
+
     def _loop(self) -> None:
         stop = self._stop
         while not stop.wait(self.interval / KEEPALIVE_SWEEPS_PER_INTERVAL):
@@ -85,8 +97,15 @@ class KeepAlive:
         interval = self.interval
         with self._lock:
             groups = list(self._sockets.values())
+            closing = list(self._closing.items())
         wall = time.time() if now is None else now - time.monotonic() + time.time()
         now = time.monotonic() if now is None else now
+        for conn, since in closing:
+            if conn.ended or now - since >= CLOSE_ANSWER_SECONDS:
+                if not conn.ended:
+                    conn.hang_up()
+                with self._lock:
+                    self._closing.pop(conn, None)
         pinged = closed = 0
         for conn in self._each_socket(groups):
             if not conn.kept_alive or conn.closed:

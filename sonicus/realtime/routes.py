@@ -272,7 +272,7 @@ def analytics_socket(ws):
                 ws.receive(timeout=None)
     finally:
         socket_closed()
-        conn.closed = True
+        conn.closed = conn.ended = True
         broker.unregister(conn)
         db.session.remove()
 
