@@ -247,3 +247,31 @@ def test_a_client_that_never_answers_the_servers_close_is_hung_up(
     assert rest == b""  # the server hung up
     assert time.monotonic() - started < 15
     assert "Traceback" not in output.read_text()
+
+
+def test_a_client_that_never_reads_does_not_hold_up_updates_in_a_threaded_process(
+        app, make_user, token_for, connect_ws, serve_in_process, wait_for, test_redis_url):
+    """The same in a threaded web process (sockets on threads, blocking writes): the stuck
+    socket is hung up after its write has waited its second, and the next update of another
+    user arrives at once."""
+    from sonicus.realtime.broker import get_broker
+    from sonicus.realtime.publish import publish_to_user
+
+    server = serve_in_process(app)
+    url = server.url()
+    stuck_user = make_user("never-reads-threads@example.com").id
+    other_user = make_user("reads-threads@example.com").id
+    _never_reading(connect_ws, url, token_for("never-reads-threads@example.com"))
+    other = connect_ws(url, token_for("reads-threads@example.com"))
+    assert other.receive_json()["type"] == "analytics.snapshot"
+
+    _flood(app, stuck_user)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    with app.app_context():
+        publish_to_user(other_user, {"type": "analytics.updated", "data": {"n": 3}})
+    other.settimeout(15)
+    assert other.receive_json() == {"type": "analytics.updated", "data": {"n": 3}}
+    assert time.monotonic() - sent < 5
+    assert wait_for(lambda: _leases(app, test_redis_url, stuck_user) == 0, timeout=5)
+    assert wait_for(lambda: get_broker(app).local_socket_count() == 1)
