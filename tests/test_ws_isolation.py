@@ -1,0 +1,66 @@
+"""Two socket processes (``SONICUS_PROCESS=ws``, started the production way), one killed with
+SIGKILL while it holds sockets: updates reach their own user's sockets only, wherever they
+(re)connect, and a killed process's leases run out within their term."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import redis as redis_lib
+
+from sonicus.extensions import channel_prefix
+
+
+def test_updates_reach_only_their_users_sockets_across_processes_kills_and_reconnects(
+        app, socket_process, make_user, token_for, connect_ws):
+    from sonicus.realtime.leases import LEASE_SECONDS
+    from sonicus.realtime.publish import publish_to_user
+
+    (doomed, doomed_port, _), (_, port, output) = socket_process(), socket_process()
+    urls = [f"ws://127.0.0.1:{p}/ws/analytics" for p in (doomed_port, port)]
+    emails = ["ana@example.com", "ben@example.com", "cy@example.com"]
+    ids = {email: make_user(email).id for email in emails}
+    tokens = {email: token_for(email) for email in emails}
+    leases = redis_lib.Redis.from_url(app.config["REDIS_URL"])
+    key = f"{channel_prefix(app.config)}ws-sockets:{ids['ana@example.com']}"
+
+    def open_sockets(where):
+        sockets = {email: [connect_ws(url, tokens[email]) for url in where] for email in emails}
+        for own in sockets.values():
+            for ws in own:
+                assert ws.receive_json()["type"] == "analytics.snapshot"
+        return sockets
+
+    def each_gets_only_its_own(sockets, round_):
+        with app.app_context():
+            for email in emails:
+                publish_to_user(ids[email], {"type": "analytics.updated",
+                                             "data": {"for": email, "round": round_}})
+        for email, own in sockets.items():
+            for ws in own:
+                assert ws.receive_json()["data"] == {"for": email, "round": round_}
+                assert ws.nothing_arrives(0.1)
+
+    sockets = open_sockets(urls)
+    each_gets_only_its_own(sockets, 1)
+    doomed.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    doomed.wait(10)
+    # its sockets' leases were never given back: they run out within their term
+    assert leases.zcard(key) == 2
+    assert max(score for _m, score in leases.zrange(key, 0, -1, withscores=True)) \
+        <= killed_at + LEASE_SECONDS
+    assert leases.ttl(key) <= LEASE_SECONDS + 1
+
+    for own in sockets.values():  # the clients reconnect, all to the process left
+        own[0].shutdown()
+    again = open_sockets([urls[1], urls[1]])
+    live = {email: [sockets[email][1], *again[email]] for email in emails}
+    for round_ in (2, 3):
+        each_gets_only_its_own(live, round_)
+    for ws in again["ben@example.com"]:  # one user's sockets close: the others go on
+        ws.close()
+    live["ben@example.com"] = live["ben@example.com"][:1]
+    each_gets_only_its_own(live, 4)
+    assert "Traceback" not in output.read_text()
