@@ -43,12 +43,16 @@ def write_within(sock, data: bytes, seconds: float = SEND_WAIT_SECONDS) -> None:
     """Write all of ``data`` to ``sock`` within ``seconds``, else raise ``TimeoutError`` (with
     part of it maybe written: the socket must be hung up). The socket's own timeout stays as
     it is (its reader waits without one)."""
-    if type(sock).__module__.startswith("gevent."):  # waits through gevent's event loop
-        gevent = sys.modules["gevent"]
-        with gevent.Timeout(seconds, TimeoutError):
-            sock.sendall(data)
-        return
     view = memoryview(data)
+    if type(sock).__module__.startswith("gevent."):  # waits through gevent's event loop
+        try:  # what the kernel takes at once (all of it, but for a peer behind) needs no timer
+            view = view[sock.send(view, 0, timeout=0.0):]
+        except BlockingIOError:
+            pass
+        if view:
+            with sys.modules["gevent"].Timeout(seconds, TimeoutError):
+                sock.sendall(view)
+        return
     deadline = time.monotonic() + seconds
     poller = None
     while view:
