@@ -64,3 +64,44 @@ def test_updates_reach_only_their_users_sockets_across_processes_kills_and_recon
     live["ben@example.com"] = live["ben@example.com"][:1]
     each_gets_only_its_own(live, 4)
     assert "Traceback" not in output.read_text()
+
+
+def test_the_cap_holds_across_two_socket_processes_after_redis_restarts_empty(
+        app, own_redis, socket_process, make_config, make_user, token_for, connect_ws, wait_for):
+    """A user at the cap (10) over two socket processes; Redis restarts empty (every lease
+    lost) while the sockets stay open. Once the processes have subscribed again, their open
+    sockets are leased again: an eleventh socket is refused on either process, and one freed
+    lets one in; every socket gets its updates again."""
+    from sonicus import create_app
+    from sonicus.realtime.publish import publish_to_user
+
+    env = {"REDIS_URL": own_redis.url, "REDIS_RETRY_SECONDS": "0.5"}
+    (_, port_a, out_a), (_, port_b, out_b) = socket_process(**env), socket_process(**env)
+    url_a, url_b = (f"ws://127.0.0.1:{p}/ws/analytics" for p in (port_a, port_b))
+    user_id = make_user("restarted@example.com").id
+    token = token_for("restarted@example.com")
+    held = [connect_ws(url_a if n < 6 else url_b, token) for n in range(10)]
+    for ws in held:
+        assert ws.receive_json()["type"] == "analytics.snapshot"
+    assert connect_ws(url_b, token).close_code() == 4429
+
+    own_redis.stop()
+    time.sleep(0.5)
+    own_redis.start()  # empty
+    leases = redis_lib.Redis.from_url(own_redis.url)
+    key = f"{channel_prefix(env)}ws-sockets:{user_id}"
+    assert wait_for(lambda: leases.zcard(key) == 10, timeout=20)
+    time.sleep(1)  # past both processes' back-off
+    for url in (url_a, url_b):
+        assert connect_ws(url, token).close_code() == 4429
+    held[0].close()  # on process A
+    assert wait_for(lambda: leases.zcard(key) == 9)
+    again = connect_ws(url_b, token)
+    assert again.receive_json()["type"] == "analytics.snapshot"
+    for ws in held[1:]:  # after the gap every socket was sent its figures again
+        assert ws.receive_json()["type"] == "analytics.updated"
+    with create_app(make_config(REDIS_URL=own_redis.url)).app_context():  # that Redis
+        publish_to_user(user_id, {"type": "analytics.updated", "data": {"after": "restart"}})
+    for ws in [*held[1:], again]:
+        assert ws.receive_json() == {"type": "analytics.updated", "data": {"after": "restart"}}
+    assert "Traceback" not in out_a.read_text() + out_b.read_text()
