@@ -1,5 +1,6 @@
 """Graceful shutdown: SIGTERM to a real gunicorn closes every open socket with 1001 (clients
-reconnect elsewhere) within a second, and the process exits well inside Kubernetes' 30 s."""
+reconnect elsewhere) within a second, gives back their leases on the user's cap, and the
+process exits well inside Kubernetes' 30 s."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import redis as redis_lib
 from processes import free_port, wait_until_up
+
+from sonicus.extensions import channel_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +34,7 @@ def test_sigterm_closes_open_sockets_with_1001_at_once(idp, test_database_url, t
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/api/health", proc)
-        make_user("closing@example.com")
+        user_id = make_user("closing@example.com").id
         sockets = [connect_ws(f"ws://127.0.0.1:{port}/ws/analytics",
                               token_for("closing@example.com")) for _ in range(2)]
         for ws in sockets:
@@ -45,6 +49,10 @@ def test_sigterm_closes_open_sockets_with_1001_at_once(idp, test_database_url, t
         for ws in sockets:
             ws.shutdown()
         assert proc.wait(20) == 0  # exits well inside the 30 s grace period
+        # and every socket's lease was given back: the user reconnects elsewhere at once
+        leases = redis_lib.Redis.from_url(test_redis_url)
+        assert leases.zcard(f"{channel_prefix({'REDIS_URL': test_redis_url})}ws-sockets:"
+                            f"{user_id}") == 0
     finally:
         if proc.poll() is None:
             proc.kill()
