@@ -141,6 +141,10 @@ def read_until_closed(ws, conn: Connection, broker) -> None:
                 if isinstance(event, CloseConnection):
                     if protocol.state == ConnectionState.REMOTE_CLOSING:
                         conn.send_event(event.response())
+                    elif protocol.state == ConnectionState.OPEN:
+                        # a frame wsproto refused (1002 not masked or not a frame, 1007 not
+                        # UTF-8): the peer is told why, not just hung up on
+                        conn.close(event.code, event.reason)
                     ws.close_reason, ws.close_message = event.code, event.reason
                     return
                 if isinstance(event, Ping):
