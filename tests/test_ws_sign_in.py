@@ -165,3 +165,44 @@ def test_a_socket_closes_with_4401_once_its_token_runs_out(
     again = connect_ws(url, token_for("short-lived@example.com"), subprotocol=subprotocol)
     assert again.receive_json()["type"] == "analytics.snapshot"
     assert "Traceback" not in output.read_text()
+
+
+def test_a_socket_signing_in_while_its_account_is_suspended_is_closed_with_4403(
+        make_config, make_user, token_for, connect_ws, serve_in_process):
+    """The account is suspended (and its close published to every process) after the socket's
+    handshake read it as active, but before the socket was registered: the close found nothing
+    to close there. The socket is still refused with 4403, and gets no snapshot; before, it
+    stayed open with the suspended account's figures until the next account check (30 s)."""
+    from sqlalchemy import update
+
+    from sonicus import create_app
+    from sonicus.extensions import db
+    from sonicus.models import User
+    from sonicus.realtime.broker import get_broker
+    from sonicus.realtime.publish import close_user_sockets
+
+    racing = create_app(make_config())
+    broker = get_broker(racing)
+    user_id = make_user("suspended-mid-handshake@example.com").id
+    admit = broker.admit
+
+    def suspended_just_before(conn, per_process, per_user):  # the race, made certain
+        with racing.app_context():
+            db.session.execute(update(User).where(User.id == user_id).values(is_active=False))
+            db.session.commit()
+            close_user_sockets(user_id)  # through Redis, to this process's subscriber
+        deadline = time.monotonic() + 5
+        while broker.accounts.closed_since(user_id, 0.0) is None:
+            assert time.monotonic() < deadline, "the close never came"
+            time.sleep(0.01)
+        return admit(conn, per_process, per_user)
+
+    broker.admit = suspended_just_before
+    try:
+        server = serve_in_process(racing)
+        ws = connect_ws(server.url(), token_for("suspended-mid-handshake@example.com"))
+        ws.settimeout(5)
+        assert ws.close_code() == 4403
+        assert broker.local_socket_count() == 0
+    finally:
+        broker.stop()

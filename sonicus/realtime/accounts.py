@@ -6,6 +6,10 @@ after every gap), that the accounts this process holds sockets for still stand: 
 ``ACCOUNT_CHECK_BATCH`` users, the event loop given a turn between two, and closes the
 sockets of a suspended (4403) or erased (4401) account.
 
+A published close also reaches no socket whose handshake signed in before the change and
+registered after the close came: the process remembers recent closes (``closed``) and such a
+handshake is refused with the close's code (``closed_since``).
+
 The registry of sockets is the broker's: the check reads it under the broker's lock and
 closes through ``Broker.close_local``.
 """
@@ -13,6 +17,7 @@ closes through ``Broker.close_local``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -23,6 +28,7 @@ from .publish import CLOSE_FORBIDDEN
 log = logging.getLogger(__name__)
 
 ACCOUNT_CHECK_SECONDS = 30.0  # default of WS_ACCOUNT_CHECK_SECONDS
+RECENT_CLOSE_SECONDS = 60.0  # how long a published close is remembered for handshakes under way
 ACCOUNT_CHECK_BATCH = 1000  # users whose accounts one query checks
 
 
@@ -37,6 +43,26 @@ class AccountCheck:
                                                    ACCOUNT_CHECK_SECONDS))
         self._next = time.monotonic() + self.seconds
         self.passes = 0
+        self._closes: dict[int, tuple[float, int, str]] = {}  # user -> (when, code, reason)
+        self._closes_lock = threading.Lock()  # without Redis, publishing threads deliver
+
+    def closed(self, user_id: int, code: int, reason: str) -> None:
+        """A close of ``user_id``'s sockets was published (suspension, erasure): remembered a
+        while, for the handshakes that signed in before it and register after it."""
+        now = time.monotonic()
+        with self._closes_lock:
+            self._closes.pop(user_id, None)
+            self._closes[user_id] = (now, code, reason)
+            while now - next(iter(self._closes.values()))[0] >= RECENT_CLOSE_SECONDS:
+                del self._closes[next(iter(self._closes))]
+
+    def closed_since(self, user_id: int, since: float) -> tuple[int, str] | None:
+        """(code, reason) of a close of ``user_id``'s sockets that came at or after ``since``
+        (``time.monotonic()``), else None: a handshake that signed in meanwhile missed it."""
+        close = self._closes.get(user_id)
+        if close is None or close[0] < since:
+            return None
+        return close[1], close[2]
 
     def when_due(self) -> None:
         """``run`` every ``seconds`` (the subscriber thread)."""

@@ -373,7 +373,9 @@ class Broker:
         if "close" in payload:
             # the account changed: no stale sign-in in this process either
             get_caller_cache(self.app).forget([user_id])
-            self.close_local(user_id, int(payload["close"]), str(payload.get("reason", "")))
+            code, reason = int(payload["close"]), str(payload.get("reason", ""))
+            self.accounts.closed(user_id, code, reason)  # for handshakes under way
+            self.close_local(user_id, code, reason)
             return
         self.deliver_local(user_id, payload["text"])
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from flask import Blueprint, current_app, g, request
 from wsproto.connection import ConnectionState
@@ -206,6 +207,7 @@ def authenticate_socket() -> None:
     request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     g.ws_user = None
     g.ws_refusal = (CLOSE_INVALID_TOKEN, "invalid token")
+    g.ws_since = time.monotonic()  # a close of the account published from now on concerns it
     token = socket_token()
     if not token:
         return
@@ -239,9 +241,17 @@ def analytics_socket(ws):
     # across every process, refuse with 4429.
     admitted = broker.admit(conn, current_app.config["WS_MAX_SOCKETS_PER_PROCESS"],
                             current_app.config["WS_MAX_SOCKETS_PER_USER"])
+    # the account suspended or erased while this handshake signed in: its close, published
+    # before the socket was registered, found nothing to close
+    late = broker.accounts.closed_since(user_id, g.pop("ws_since", 0.0))
+    if admitted == ADMITTED and late is not None:
+        broker.unregister(conn)
+        admitted = late
     if admitted != ADMITTED:
         db.session.remove()
-        if admitted == TOO_MANY_IN_PROCESS:
+        if isinstance(admitted, tuple):
+            ws.close(reason=admitted[0], message=admitted[1])
+        elif admitted == TOO_MANY_IN_PROCESS:
             log.warning("live updates: socket refused, %s open in this process",
                         broker.local_socket_count())
             ws.close(reason=CLOSE_TRY_AGAIN_LATER, message="too many sockets; try again later")
