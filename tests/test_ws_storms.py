@@ -5,53 +5,23 @@ socket closes with 1001 and the process exits cleanly)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import redis as redis_lib
-from processes import free_port, wait_until_up
 
 from sonicus.extensions import channel_prefix
 
-ROOT = Path(__file__).resolve().parent.parent
 USERS = 10
 PER_USER = 10  # each user at the cap
 
 
 @pytest.fixture
-def ws_process(idp, test_database_url, test_redis_url, tmp_path):
+def ws_process(socket_process):
     """``ws_process()`` → (process, port, path of its output): one socket process, each user
     capped at ``PER_USER`` sockets."""
-    started = []
-
-    def start():
-        port = free_port()
-        output = tmp_path / f"ws-{port}.log"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "SONICUS_ENV": "testing",
-               "SONICUS_PROCESS": "ws", "SONICUS_WS_BIND": f"127.0.0.1:{port}",
-               "DATABASE_URL": test_database_url, "REDIS_URL": test_redis_url,
-               "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": "sonicus-test",
-               "RATELIMIT_ENABLED": "false", "DEV_TOKEN_ISSUER": "false",
-               "LOG_LEVEL": "WARNING", "WS_MAX_SOCKETS_PER_USER": str(PER_USER),
-               "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
-        with open(output, "w") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "wsgi:app", "-c", "gunicorn.conf.py"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        started.append(proc)
-        wait_until_up(f"http://127.0.0.1:{port}/api/health", proc)
-        return proc, port, output
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+    return lambda: socket_process(WS_MAX_SOCKETS_PER_USER=str(PER_USER))
 
 
 def _listeners(make_user, token_for, tag: str) -> list[tuple[int, str]]:
