@@ -264,8 +264,16 @@ def admin_list_packages(args: dict) -> Page:
     return paginate(db, stmt.order_by(SoundPackage.id.desc()), args)
 
 
-def admin_get_package(package_id: int) -> SoundPackage:
-    package = db.session.get(SoundPackage, package_id)
+def admin_get_package(package_id: int, *, lock: bool = False) -> SoundPackage:
+    """Any package, drafts and archived ones included, else 404. ``lock``: its row is locked
+    until the transaction ends (``SELECT ... FOR UPDATE``), so that two edits of one package
+    (its tracks, counted and positioned from what is read) run one after the other."""
+    if not lock:
+        package = db.session.get(SoundPackage, package_id)
+    else:
+        package = db.session.execute(
+            select(SoundPackage).where(SoundPackage.id == package_id).with_for_update()
+            .execution_options(populate_existing=True)).scalar_one_or_none()
     if package is None:
         not_found("Package")
     return package
@@ -273,7 +281,7 @@ def admin_get_package(package_id: int) -> SoundPackage:
 
 def update_package(actor, package_id: int, data: dict) -> SoundPackage:
     with _package_change(data.get("slug")):
-        package = admin_get_package(package_id)
+        package = admin_get_package(package_id, lock=True)
         before = snapshot(package)
         _apply(package, data)
         if package.published and not package.tracks:
@@ -287,7 +295,7 @@ def update_package(actor, package_id: int, data: dict) -> SoundPackage:
 def archive_package(actor, package_id: int, now: datetime | None = None) -> SoundPackage:
     """Archive (the catalog's delete): hidden from the catalog; sessions and history keep it."""
     with unit_of_work():
-        package = admin_get_package(package_id)
+        package = admin_get_package(package_id, lock=True)
         if package.archived_at is None:
             before = snapshot(package)
             package.archived_at = now or clock.now()
@@ -321,10 +329,13 @@ def seed_catalog(entries: list[dict]) -> dict:
     slugs = [e["slug"] for e in entries]
     if len(set(slugs)) != len(slugs):
         raise ValueError("the file repeats a slug")
-    existing = {p.slug: p for p in db.session.execute(
-        select(SoundPackage).where(SoundPackage.slug.in_(slugs))).scalars()}
     counts = {"created": 0, "updated": 0, "unchanged": 0}
     with unit_of_work():
+        # locked like an admin edit: a seed and an edit of one package run one after the other
+        existing = {p.slug: p for p in db.session.execute(
+            select(SoundPackage).where(SoundPackage.slug.in_(slugs))
+            .order_by(SoundPackage.id).with_for_update()
+            .execution_options(populate_existing=True)).scalars()}
         for entry in entries:
             entry = {"description": "", "minimum_tier": "public", **entry}
             package = existing.get(entry["slug"])
