@@ -175,7 +175,9 @@ def _access_record(request_id, method, path, status, client, duration_ms, user_i
     return record
 
 
-PRIVATE_PATHS = ("/api/user", "/api/admin", "/api/billing")  # answered with no-store
+# Answered with no-store: personal data, and the catalog, whose answers are the caller's
+# (access, in_library, signed stream URLs that only an open package gets).
+PRIVATE_PATHS = ("/api/user", "/api/admin", "/api/billing", "/api/packages", "/api/categories")
 
 
 def _finish_request_hook(header_sets, cors_hooks=()):
