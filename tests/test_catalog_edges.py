@@ -3,7 +3,11 @@ from someone else's request."""
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, unquote, urlsplit
+
 import pytest
+
+from sonicus import media
 
 
 @pytest.mark.parametrize("path", ["/api/packages", "/api/packages/{id}",
@@ -17,3 +21,40 @@ def test_catalog_answers_are_not_kept_by_caches(client, auth, make_user, make_pa
     res = client.get(path.format(id=package.id), headers=auth())
     assert res.status_code == 200
     assert res.headers["Cache-Control"] == "no-store"
+
+
+def _package_body(media_path: str) -> dict:
+    return {"slug": "night-rain", "title": "Night Rain", "category": "sleep",
+            "published": True,
+            "tracks": [{"title": "One", "duration_seconds": 300, "media_path": media_path}]}
+
+
+@pytest.mark.parametrize("media_path", ["sleep/night rain.mp3", "sleep/café.mp3",
+                                        "sleep/a?b.mp3", "sleep/a#b.mp3", "sleep/100%.mp3",
+                                        "sleep/a+b.mp3", "sleep/x.mp3\n"])
+def test_a_media_path_a_media_server_would_read_otherwise_is_refused(
+        client, admin_auth, make_user, db_session, media_path):
+    # a stream URL is signed over the percent-encoded path, and nginx checks the path it has
+    # decoded ($uri): for this file the two differ, so every stream URL of it would be refused
+    make_user("admin@example.com", admin=True)
+    res = client.post("/api/admin/packages", json=_package_body(media_path),
+                      headers=admin_auth())
+    assert res.status_code == 422
+    assert res.json["code"] == "validation_error"
+    assert any(e.startswith("tracks.0.media_path:") for e in res.json["errors"])
+    assert client.get("/api/admin/packages", headers=admin_auth()).json["data"] == []
+
+
+def test_a_stream_url_is_signed_over_the_path_the_media_server_decodes(
+        client, auth, admin_auth, make_user):
+    make_user("admin@example.com", admin=True)
+    make_user()
+    res = client.post("/api/admin/packages",
+                      json=_package_body("sleep/Night_Rain-01.v2~final.mp3"),
+                      headers=admin_auth())
+    assert res.status_code == 201
+    detail = client.get(f"/api/packages/{res.json['data']['id']}", headers=auth()).json["data"]
+    parts = urlsplit(detail["tracks"][0]["stream_url"])
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    assert media.verify_stream_path("test-media-secret", unquote(parts.path), query["st"],
+                                    query["ts"], query["e"])

@@ -17,12 +17,20 @@ CATEGORY_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 KNOWN_CATEGORIES = ("sleep", "focus", "relaxation", "meditation", "anxiety", "energy")
 
 
+# Segments of characters that percent-encoding leaves as they are (RFC 3986 "unreserved"):
+# the path a stream URL is signed over is then the very path a media server decodes and
+# checks (nginx's ``$uri``), so a media path with a space or an accent cannot make every
+# one of its URLs refused there.
+MEDIA_PATH_RE = re.compile(r"[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*")
+
+
 def validate_media_path(value: str) -> None:
-    """A relative path under the media root: no scheme, no '..', no backslashes."""
-    if (not value or value.startswith("/") or "://" in value or "\\" in value
-            or any(part in ("", ".", "..") for part in value.split("/"))
-            or any(ord(c) < 33 for c in value)):
-        raise ma.ValidationError("Must be a relative path like 'sleep/rain-01.mp3'.")
+    """A relative path under the media root: segments of letters, digits, '-', '_', '.' and
+    '~' joined by '/' (no scheme, no '..', no backslashes, nothing to percent-encode)."""
+    if (not MEDIA_PATH_RE.fullmatch(value or "")
+            or any(part in (".", "..") for part in value.split("/"))):
+        raise ma.ValidationError("Must be a relative path like 'sleep/rain-01.mp3' (letters, "
+                                 "digits, '-', '_', '.' and '~' between slashes).")
 
 
 # ---- catalog output --------------------------------------------------------------------------
