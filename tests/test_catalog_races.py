@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import threading
+import uuid
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
 
+from sonicus import clock
 from sonicus.extensions import db
 from sonicus.models import SoundPackage, Track
+from sonicus.services import listening
 
 
 def _tracks(prefix: str, count: int) -> list[dict]:
@@ -65,3 +69,92 @@ def test_two_admins_replacing_a_packages_tracks_at_once_leave_one_of_the_two_lis
         # back to one track for the next round
         client.patch(path, json={"tracks": _tracks("reset", 1)},
                      headers=admin_auth("admin@example.com"))
+
+
+
+
+def _edit_held_at_a_track_then(app, database_url, wait_for, held_track_id, edit, other):
+    """Run the admin's ``edit`` (a ``(method, path, body, headers)``) until it waits at a
+    lock this test holds on ``held_track_id`` (the edit has its package's row in hand by
+    then), then ``other`` until it waits too, then let go; the two statuses."""
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    waiting = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                   " AND cardinality(pg_blocking_pids(pid)) > 0")  # waiting for a lock
+    statuses = [None, None]
+
+    def call(index, method, path, body, headers):
+        statuses[index] = app.test_client().open(path, method=method, json=body,
+                                                 headers=headers).status_code
+
+    threads = [threading.Thread(target=call, args=(i, *r)) for i, r in enumerate((edit, other))]
+    try:
+        with engine.connect() as holder, engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT") as observer:  # a fresh view at each look
+            holder.execute(text("SELECT id FROM sonicus.tracks WHERE id = :id FOR UPDATE"),
+                           {"id": held_track_id})
+            for count, thread in enumerate(threads, start=1):
+                thread.start()
+                wait_for(lambda n=count: observer.execute(waiting).scalar_one() == n,
+                         timeout=10)
+            holder.rollback()
+            for thread in threads:
+                thread.join(timeout=30)
+    finally:
+        engine.dispose()
+    return statuses
+
+
+def test_a_session_ending_while_an_admin_shortens_its_track_is_not_refused(
+        app, auth, admin_auth, make_user, make_package, test_database_url, wait_for):
+    # The edit moves the resume positions of the package's sessions within the new length;
+    # the completion bumps the package's popularity. Each waits for the other's row; the
+    # database must never find the two waiting on each other (a deadlock: one answered 503).
+    make_user("admin@example.com", admin=True)
+    user = make_user(tier="pro")
+    package_id = make_package("rain", tracks=(600, 600)).id
+    second = db.session.execute(
+        select(Track.id).where(Track.package_id == package_id, Track.position == 1)
+    ).scalar_one()
+    session = listening.start_session(user.id, package_id, second,
+                                      now=clock.now() - timedelta(seconds=300))
+    listening.heartbeat(user.id, session.id, 200, position_seconds=500)
+    db.session.remove()
+
+    # the session's track is held: the edit, shortening it, waits there
+    statuses = _edit_held_at_a_track_then(
+        app, test_database_url, wait_for, second,
+        ("PATCH", f"/api/admin/packages/{package_id}",
+         {"tracks": _tracks("rain", 1) + [{"title": "Two", "duration_seconds": 100,
+                                           "media_path": "sleep/rain/02.mp3"}]},
+         admin_auth("admin@example.com")),
+        ("POST", f"/api/user/sessions/{session.id}/complete",
+         {"listened_seconds": 250, "completed": False}, auth()))
+    assert statuses == [200, 200]
+
+
+def test_listening_uploaded_while_an_admin_removes_its_track_is_not_refused(
+        app, auth, admin_auth, make_user, make_package, test_database_url, wait_for,
+        set_clock):
+    # The upload stores a session of the track and bumps the package's popularity; the edit
+    # removes the track. Neither may wait for the other while holding what the other needs.
+    make_user("admin@example.com", admin=True)
+    make_user(tier="premium")
+    package_id = make_package("rain", tracks=(600, 600)).id
+    first, second = db.session.execute(
+        select(Track.id).where(Track.package_id == package_id).order_by(Track.position)
+    ).scalars().all()
+    db.session.remove()
+    now = set_clock(clock.now() + timedelta(hours=1))  # listened after the package came
+    started = now - timedelta(minutes=30)
+    item = {"client_id": str(uuid.uuid4()), "package_id": package_id, "track_id": second,
+            "started_at": started.isoformat(),
+            "ended_at": (started + timedelta(minutes=8)).isoformat(),
+            "listened_seconds": 480}
+
+    # the first track is held: the edit, renaming it, waits there before removing the second
+    statuses = _edit_held_at_a_track_then(
+        app, test_database_url, wait_for, first,
+        ("PATCH", f"/api/admin/packages/{package_id}", {"tracks": _tracks("rain", 1)},
+         admin_auth("admin@example.com")),
+        ("POST", "/api/user/sessions/sync", {"sessions": [item]}, auth()))
+    assert statuses == [200, 200]

@@ -266,13 +266,16 @@ def admin_list_packages(args: dict) -> Page:
 
 def admin_get_package(package_id: int, *, lock: bool = False) -> SoundPackage:
     """Any package, drafts and archived ones included, else 404. ``lock``: its row is locked
-    until the transaction ends (``SELECT ... FOR UPDATE``), so that two edits of one package
-    (its tracks, counted and positioned from what is read) run one after the other."""
+    until the transaction ends (``FOR NO KEY UPDATE``: rows that reference it may still be
+    inserted), so that two edits of one package (its tracks, counted and positioned from what
+    is read) run one after the other. Lock order: a package's row before its sessions' rows
+    (``listening.complete_session`` and the offline sync take it first too)."""
     if not lock:
         package = db.session.get(SoundPackage, package_id)
     else:
         package = db.session.execute(
-            select(SoundPackage).where(SoundPackage.id == package_id).with_for_update()
+            select(SoundPackage).where(SoundPackage.id == package_id)
+            .with_for_update(key_share=True)
             .execution_options(populate_existing=True)).scalar_one_or_none()
     if package is None:
         not_found("Package")
@@ -334,7 +337,7 @@ def seed_catalog(entries: list[dict]) -> dict:
         # locked like an admin edit: a seed and an edit of one package run one after the other
         existing = {p.slug: p for p in db.session.execute(
             select(SoundPackage).where(SoundPackage.slug.in_(slugs))
-            .order_by(SoundPackage.id).with_for_update()
+            .order_by(SoundPackage.id).with_for_update(key_share=True)
             .execution_options(populate_existing=True)).scalars()}
         for entry in entries:
             entry = {"description": "", "minimum_tier": "public", **entry}

@@ -262,6 +262,13 @@ def complete_session(user_id: int, session_id: int, listened_seconds: int, compl
     transaction and a refresh is requested after the commit."""
     now = now or clock.now()
     with unit_of_work():
+        # the package's row before the session's (its popularity is bumped below): an admin's
+        # edit of its tracks locks the package, then moves its sessions' positions
+        db.session.execute(
+            select(SoundPackage.id).join(ListeningSession,
+                                         ListeningSession.package_id == SoundPackage.id)
+            .where(ListeningSession.id == session_id, ListeningSession.user_id == user_id)
+            .with_for_update(of=SoundPackage, key_share=True))
         session = get_session(user_id, session_id, lock=True)
         _ensure_open(session)
         _note_progress(session, track_id, position_seconds, now)

@@ -245,9 +245,12 @@ def _load_context(user: User, sub: UserSubscription, items: list[dict],
                             or_(a.revoked_at.is_(None), a.revoked_at > first))).scalars():
         assignments.setdefault(row.package_id, []).append(row)
 
+    # locked (in id order, before any session or track is written) for the popularity bump:
+    # a package's row before its sessions', as an admin's edit of its tracks takes them
     packages = {p.id: p for p in db.session.execute(
         select(SoundPackage).where(SoundPackage.id.in_(package_ids),
-                                   SoundPackage.published.is_(True))).scalars()}
+                                   SoundPackage.published.is_(True))
+        .order_by(SoundPackage.id).with_for_update(key_share=True)).scalars()}
     tracks = {t.id: t for t in db.session.execute(
         select(Track).where(Track.id.in_(track_ids))).scalars()} if track_ids else {}
 
