@@ -58,3 +58,38 @@ def test_a_stream_url_is_signed_over_the_path_the_media_server_decodes(
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
     assert media.verify_stream_path("test-media-secret", unquote(parts.path), query["st"],
                                     query["ts"], query["e"])
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"title": "   "}, "title"),
+    ({"title": "\t\n"}, "title"),
+    ({"tracks": [{"title": "  ", "duration_seconds": 300, "media_path": "sleep/a.mp3"}]},
+     "tracks.0.title"),
+    ({"category": "sleep-"}, "category"),
+    ({"category": "deep--sleep"}, "category"),
+])
+def test_a_blank_title_or_a_stray_hyphen_in_a_category_is_refused(
+        client, admin_auth, make_user, make_package, change, field):
+    # a blank title shows nothing in the catalog; "sleep-" would be a second category beside
+    # "sleep", listed as "Sleep " in /api/categories
+    make_user("admin@example.com", admin=True)
+    package = make_package("rain", title="Rain", category="sleep")
+    created = client.post("/api/admin/packages", json={**_package_body("sleep/a.mp3"), **change},
+                          headers=admin_auth())
+    edited = client.patch(f"/api/admin/packages/{package.id}", json=change,
+                          headers=admin_auth())
+    for res in (created, edited):
+        assert res.status_code == 422
+        assert any(e.startswith(f"{field}:") for e in res.json["errors"]), res.json["errors"]
+    listed = client.get("/api/admin/packages", headers=admin_auth()).json["data"]
+    assert [(p["slug"], p["title"], p["category"], len(p["tracks"])) for p in listed] == [
+        ("rain", "Rain", "sleep", 1)]
+
+
+def test_a_category_of_hyphenated_words_is_accepted(client, admin_auth, make_user):
+    make_user("admin@example.com", admin=True)
+    res = client.post("/api/admin/packages",
+                      json={**_package_body("sleep/a.mp3"), "category": "deep-sleep2"},
+                      headers=admin_auth())
+    assert res.status_code == 201
+    assert res.json["data"]["category"] == "deep-sleep2"

@@ -12,7 +12,7 @@ from ..tiers import ACCESS_KINDS, PACKAGE_LEVELS
 from .common import OneOf, StrictSchema, TierField, UtcDateTime
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-CATEGORY_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+CATEGORY_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 # Categories of the demo catalog; the catalog may add more (lowercase words).
 KNOWN_CATEGORIES = ("sleep", "focus", "relaxation", "meditation", "anxiety", "energy")
 
@@ -22,6 +22,12 @@ KNOWN_CATEGORIES = ("sleep", "focus", "relaxation", "meditation", "anxiety", "en
 # checks (nginx's ``$uri``), so a media path with a space or an accent cannot make every
 # one of its URLs refused there.
 MEDIA_PATH_RE = re.compile(r"[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*")
+
+
+def not_blank(value: str) -> None:
+    """A title shows something: not only spaces (or other blanks)."""
+    if not value.strip():
+        raise ma.ValidationError("Must not be blank.")
 
 
 def validate_media_path(value: str) -> None:
@@ -171,7 +177,8 @@ class AdminAssignSchema(StrictSchema):
 # ---- admin input / output --------------------------------------------------------------------
 
 class TrackInputSchema(StrictSchema):
-    title = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+    title = ma.fields.String(required=True,
+                             validate=[ma.validate.Length(min=1, max=200), not_blank])
     duration_seconds = ma.fields.Integer(required=True,
                                          validate=ma.validate.Range(min=1, max=24 * 3600))
     media_path = ma.fields.String(required=True, validate=[ma.validate.Length(min=1, max=512),
@@ -181,12 +188,13 @@ class TrackInputSchema(StrictSchema):
 SLUG_RULES = [ma.validate.Length(min=2, max=120),
               ma.validate.Regexp(SLUG_RE, error="Use lowercase words joined by hyphens.")]
 CATEGORY_RULES = [ma.validate.Length(min=2, max=40),
-                  ma.validate.Regexp(CATEGORY_RE, error="Use a lowercase word, e.g. sleep.")]
+                  ma.validate.Regexp(CATEGORY_RE, error="Use lowercase words joined by "
+                                                        "hyphens, e.g. sleep or deep-sleep.")]
 
 
 class PackageUpdateSchema(StrictSchema):
     slug = ma.fields.String(validate=SLUG_RULES)
-    title = ma.fields.String(validate=ma.validate.Length(min=1, max=200))
+    title = ma.fields.String(validate=[ma.validate.Length(min=1, max=200), not_blank])
     description = ma.fields.String(validate=ma.validate.Length(max=5000))
     category = ma.fields.String(validate=CATEGORY_RULES)
     minimum_tier = ma.fields.String(validate=ma.validate.OneOf(PACKAGE_LEVELS))
@@ -211,7 +219,8 @@ class PackageUpdateSchema(StrictSchema):
 
 class PackageCreateSchema(PackageUpdateSchema):
     slug = ma.fields.String(required=True, validate=SLUG_RULES)
-    title = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+    title = ma.fields.String(required=True,
+                             validate=[ma.validate.Length(min=1, max=200), not_blank])
     category = ma.fields.String(required=True, validate=CATEGORY_RULES)
 
     @ma.validates_schema
