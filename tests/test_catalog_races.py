@@ -158,3 +158,51 @@ def test_listening_uploaded_while_an_admin_removes_its_track_is_not_refused(
          admin_auth("admin@example.com")),
         ("POST", "/api/user/sessions/sync", {"sessions": [item]}, auth()))
     assert statuses == [200, 200]
+
+
+def test_moving_to_a_track_an_admin_is_removing_is_not_found_not_an_error(
+        app, auth, admin_auth, make_user, make_package, test_database_url, wait_for):
+    admin = make_user("admin@example.com", admin=True)
+    user = make_user(tier="pro")
+    package_id = make_package("rain", tracks=(600, 600)).id
+    first, second = db.session.execute(
+        select(Track.id).where(Track.package_id == package_id).order_by(Track.position)
+    ).scalars().all()
+    session = listening.start_session(user.id, package_id, first,
+                                      now=clock.now() - timedelta(seconds=300))
+    admin_id = admin.id
+    db.session.remove()
+
+    engine = create_engine(test_database_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    waiting = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                   " AND cardinality(pg_blocking_pids(pid)) > 0")
+    statuses = [None, None]
+
+    def call(index, method, path, body, headers):
+        statuses[index] = app.test_client().open(path, method=method, json=body,
+                                                 headers=headers).status_code
+
+    threads = [
+        threading.Thread(target=call, args=(
+            0, "PATCH", f"/api/admin/packages/{package_id}", {"tracks": _tracks("rain", 1)},
+            admin_auth("admin@example.com"))),
+        threading.Thread(target=call, args=(
+            1, "PATCH", f"/api/user/sessions/{session.id}",
+            {"listened_seconds": 120, "track_id": second, "position_seconds": 5}, auth()))]
+    try:
+        with engine.connect() as holder, engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT") as observer:
+            # the admin's row is held: the edit, its second track deleted, waits to write
+            # its audit entry, not yet committed
+            holder.execute(text("SELECT id FROM sonicus.users WHERE id = :id FOR UPDATE"),
+                           {"id": admin_id})
+            for count, thread in enumerate(threads, start=1):
+                thread.start()
+                wait_for(lambda n=count: observer.execute(waiting).scalar_one() == n,
+                         timeout=10)
+            holder.rollback()
+            for thread in threads:
+                thread.join(timeout=30)
+    finally:
+        engine.dispose()
+    assert statuses == [200, 404]

@@ -195,7 +195,11 @@ def _note_progress(session: ListeningSession, track_id: int | None,
     position in it. Another track without a position starts at its beginning: a position in
     the track left behind says nothing of this one."""
     if track_id is not None and track_id != session.track_id:
-        track = db.session.get(Track, track_id)
+        # FOR KEY SHARE: a track an admin is removing at this moment is waited for and then
+        # not found, never referenced by a write the database refuses once it is gone
+        track = db.session.execute(
+            select(Track).where(Track.id == track_id)
+            .with_for_update(read=True, key_share=True)).scalar_one_or_none()
         if track is None or track.package_id != session.package_id:
             not_found("Track")
         session.track = track
