@@ -6,11 +6,11 @@ import threading
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, func, select, text
 
 from sonicus import clock
 from sonicus.extensions import db
-from sonicus.models import SoundPackage, Track
+from sonicus.models import ListeningSession, SoundPackage, Track
 from sonicus.services import listening
 
 
@@ -160,6 +160,41 @@ def test_listening_uploaded_while_an_admin_removes_its_track_is_not_refused(
     assert statuses == [200, 200]
 
 
+
+def _removing_the_second_track_then(app, admin_auth, database_url, wait_for, admin_id,
+                                    package_id, other):
+    """The admin's edit removing the package's second track, held after its delete (this
+    test holds the admin's row, which its audit entry references) until ``other`` (a
+    ``(method, path, body, headers)``) waits too; the two statuses."""
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    waiting = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                   " AND cardinality(pg_blocking_pids(pid)) > 0")
+    statuses = [None, None]
+
+    def call(index, method, path, body, headers):
+        statuses[index] = app.test_client().open(path, method=method, json=body,
+                                                 headers=headers).status_code
+
+    edit = ("PATCH", f"/api/admin/packages/{package_id}", {"tracks": _tracks("rain", 1)},
+            admin_auth("admin@example.com"))
+    threads = [threading.Thread(target=call, args=(i, *r)) for i, r in enumerate((edit, other))]
+    try:
+        with engine.connect() as holder, engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT") as observer:
+            holder.execute(text("SELECT id FROM sonicus.users WHERE id = :id FOR UPDATE"),
+                           {"id": admin_id})
+            for count, thread in enumerate(threads, start=1):
+                thread.start()
+                wait_for(lambda n=count: observer.execute(waiting).scalar_one() == n,
+                         timeout=10)
+            holder.rollback()
+            for thread in threads:
+                thread.join(timeout=30)
+    finally:
+        engine.dispose()
+    return statuses
+
+
 def test_moving_to_a_track_an_admin_is_removing_is_not_found_not_an_error(
         app, auth, admin_auth, make_user, make_package, test_database_url, wait_for):
     admin = make_user("admin@example.com", admin=True)
@@ -173,36 +208,27 @@ def test_moving_to_a_track_an_admin_is_removing_is_not_found_not_an_error(
     admin_id = admin.id
     db.session.remove()
 
-    engine = create_engine(test_database_url.replace("postgresql://", "postgresql+psycopg2://", 1))
-    waiting = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                   " AND cardinality(pg_blocking_pids(pid)) > 0")
-    statuses = [None, None]
-
-    def call(index, method, path, body, headers):
-        statuses[index] = app.test_client().open(path, method=method, json=body,
-                                                 headers=headers).status_code
-
-    threads = [
-        threading.Thread(target=call, args=(
-            0, "PATCH", f"/api/admin/packages/{package_id}", {"tracks": _tracks("rain", 1)},
-            admin_auth("admin@example.com"))),
-        threading.Thread(target=call, args=(
-            1, "PATCH", f"/api/user/sessions/{session.id}",
-            {"listened_seconds": 120, "track_id": second, "position_seconds": 5}, auth()))]
-    try:
-        with engine.connect() as holder, engine.connect().execution_options(
-                isolation_level="AUTOCOMMIT") as observer:
-            # the admin's row is held: the edit, its second track deleted, waits to write
-            # its audit entry, not yet committed
-            holder.execute(text("SELECT id FROM sonicus.users WHERE id = :id FOR UPDATE"),
-                           {"id": admin_id})
-            for count, thread in enumerate(threads, start=1):
-                thread.start()
-                wait_for(lambda n=count: observer.execute(waiting).scalar_one() == n,
-                         timeout=10)
-            holder.rollback()
-            for thread in threads:
-                thread.join(timeout=30)
-    finally:
-        engine.dispose()
+    statuses = _removing_the_second_track_then(
+        app, admin_auth, test_database_url, wait_for, admin_id, package_id,
+        ("PATCH", f"/api/user/sessions/{session.id}",
+         {"listened_seconds": 120, "track_id": second, "position_seconds": 5}, auth()))
     assert statuses == [200, 404]
+
+
+def test_starting_on_a_track_an_admin_is_removing_is_not_found_and_costs_nothing(
+        app, auth, admin_auth, make_user, make_package, test_database_url, wait_for):
+    admin = make_user("admin@example.com", admin=True)
+    make_user()
+    package_id = make_package("rain", tracks=(600, 600)).id
+    second = db.session.execute(
+        select(Track.id).where(Track.package_id == package_id, Track.position == 1)
+    ).scalar_one()
+    admin_id = admin.id
+    db.session.remove()
+
+    statuses = _removing_the_second_track_then(
+        app, admin_auth, test_database_url, wait_for, admin_id, package_id,
+        ("POST", "/api/user/sessions", {"package_id": package_id, "track_id": second},
+         auth()))
+    assert statuses == [200, 404]
+    assert db.session.execute(select(func.count(ListeningSession.id))).scalar_one() == 0

@@ -40,7 +40,7 @@ from .catalog import in_catalog
 from .listened import clamp_listened, clamp_position, is_accidental_tap, reaches_completion
 from .quota import insert_within_quota, today_of
 from .subscriptions import insert_default_subscription, tier_in_force
-from .transaction import unit_of_work
+from .transaction import names_a_missing, unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,12 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
             if session_id is None:
                 check_daily_quota(tier.name, tier.daily_sessions, resets_at, now)
             session = _as_loaded(session_id, values, package, track)
-    except IntegrityError:
+    except IntegrityError as exc:
+        db.session.rollback()
+        if names_a_missing(exc, "tracks"):  # an admin removed it since the lock's read
+            not_found("Track")
         # Another start with this client id won (only possible without the row lock, as on
         # SQLite): that one is the answer.
-        db.session.rollback()
         existing = _by_client_id(user_id, client_id) if client_id is not None else None
         if existing is None:
             raise

@@ -50,13 +50,19 @@ def account_gone() -> ApiError:
                     errors=["This account no longer exists."])
 
 
-def names_a_missing_user(exc: IntegrityError) -> bool:
-    """The database refused a row that references a user who is not there (any more)."""
+def names_a_missing(exc: IntegrityError, table: str) -> bool:
+    """The database refused a row that references a row of ``table`` that is not there (any
+    more): a foreign key named ``fk_<table>_<column>_<table referenced>``."""
     orig = getattr(exc, "orig", None)
     if getattr(orig, "pgcode", None) != FOREIGN_KEY_VIOLATION:
         return False
     constraint = getattr(getattr(orig, "diag", None), "constraint_name", None) or ""
-    return constraint.endswith("_users")
+    return constraint.endswith(f"_{table}")
+
+
+def names_a_missing_user(exc: IntegrityError) -> bool:
+    """The database refused a row that references a user who is not there (any more)."""
+    return names_a_missing(exc, "users")
 
 
 @contextmanager
