@@ -24,7 +24,7 @@ from .api_errors import ApiError
 from .caller import Caller
 from .caller_cache import get_caller_cache, init_caller_cache
 from .envelope import SETTLES_CLAIM, doc_only
-from .retry_safe import CLAIM_AT_COMMIT, claim_idempotency_key
+from .retry_safe import CLAIM_AT_COMMIT, claim_idempotency_key, replay_before_sign_up
 from .services.subscriptions import next_change_at
 from .services.users import sync_user_from_claims
 from .tokens import (
@@ -116,9 +116,9 @@ def caller_until_from_token(token: str) -> tuple[Caller, float]:
     return _caller_of(claims), float(claims["exp"]) + verifier.leeway
 
 
-def _caller_of(claims: dict) -> Caller:
+def _caller_of(claims: dict, before_sign_up=None) -> Caller:
     """The caller these claims sign in (the user synced, the subscription as in force)."""
-    user, sub = sync_user_from_claims(claims)
+    user, sub = sync_user_from_claims(claims, before_sign_up)
     return Caller.of(user, sub, settles_at=next_change_at(sub))
 
 
@@ -150,7 +150,8 @@ def authenticate_request() -> Caller:
     caller = callers.get(claims.digest)
     if caller is None or (caller.settles_at is not None and caller.settles_at <= clock.now()):
         read_since = callers.generation
-        caller = _caller_of(dict(claims))
+        # A retry of an erasure is its replay, not a new account (``replay_before_sign_up``).
+        caller = _caller_of(dict(claims), replay_before_sign_up)
         callers.put(claims.digest, caller, read_since)
     state["caller"] = caller
     state["current_user_id"] = caller.id  # for logs

@@ -34,13 +34,13 @@ from __future__ import annotations
 import functools
 import logging
 
-from flask import current_app, g, has_app_context
+from flask import abort, current_app, g, has_app_context
 from sqlalchemy import event
 
 from .api_errors import ApiError
 from .extensions import api, db
 from .idempotency_http import idempotency_key, kept_headers, replay_response, request_fingerprint
-from .services import idempotency
+from .services import erasure_keys, idempotency
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,23 @@ def claim_idempotency_key(user_id: int, settles_later: bool = False,
             return None
         outcome = outcome.outcome()
     return _claimed(outcome)
+
+
+def replay_before_sign_up(subject: str) -> None:
+    """Before an account is created for ``subject`` in a request (``auth``): a keyed write
+    whose key an erasure of that subject kept is answered as that key decides (its answer
+    replayed, 409, 422), and no account is created (``services.erasure_keys``)."""
+    key = idempotency_key()
+    if key is None:
+        return
+    kept = erasure_keys.answer_before_sign_up(subject, key, request_fingerprint())
+    if kept is not None:
+        abort(replay_response(kept.status, kept.body, kept.headers))
+
+
+def request_claim() -> int | None:
+    """The id of the key this request claimed (its row), once the view runs; else None."""
+    return g._get_current_object().__dict__.get("idempotency_claim")
 
 
 def _claimed(outcome):

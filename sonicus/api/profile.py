@@ -7,6 +7,7 @@ from flask.views import MethodView
 from ..auth import require_user
 from ..caller import Caller
 from ..envelope import Blueprint, set_message
+from ..retry_safe import request_claim
 from ..schemas.common import EmptySchema
 from ..schemas.export import ExportSchema
 from ..schemas.profile import ProfileSchema, ProfileUpdateSchema
@@ -39,7 +40,7 @@ class Profile(MethodView):
     @blp.errors(401, 403)
     def delete(self, caller):
         """Erase the account and its personal data."""
-        users.erase_user(caller.id)
+        users.erase_user(caller.id, claim=request_claim())
         set_message("Your account and personal data were erased.")
         return {}
 

@@ -58,6 +58,10 @@ KEPT_AFTER_ERASURE = (
              "into your identity or email address."),
     KeptItem("Your listening sessions, anonymised: no account, no notes, no moods.",
              "Aggregate statistics of the platform (how packages are listened to)."),
+    KeptItem("For 24 hours, the Idempotency-Key the erasure was sent with and its answer, "
+             "under the same salted hash of your sign-in subject.",
+             "So that a retry of the erasure repeats its answer instead of creating and "
+             "erasing a new account."),
     KeptItem("The payment provider's customer and subscription ids of a paid subscription, "
              "with the state of its cancellation.",
              "To cancel the subscription at the provider at once and until it confirms, and to "

@@ -31,7 +31,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
@@ -42,9 +41,9 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .. import clock
-from ..api_errors import ApiError
 from ..extensions import db
 from ..models.idempotency import DONE, RUNNING, IdempotencyKey
+from .idempotency_answers import KeptAnswer, kept_answer, key_in_use, key_reused
 from .keys_connections import KeysConnections
 from .transaction import account_gone, names_a_missing_user
 
@@ -68,15 +67,6 @@ CONNECTIONS_KEY = "sonicus_idempotency_connections"
 _engine_lock = threading.Lock()
 _table = IdempotencyKey.__table__
 _c = _table.c
-
-
-@dataclass(frozen=True)
-class KeptAnswer:
-    """The answer the first request with a key gave, to replay."""
-
-    status: int
-    body: str
-    headers: dict
 
 
 def _engine():
@@ -293,19 +283,12 @@ def _decide(engine, user_id: int, key: str, fingerprint: str, now: datetime,
                 conn.execute(delete(_table).where(_c.id == row.id, _c.state == row.state))
             continue
         if row.fingerprint != fingerprint:
-            raise ApiError(
-                422, "idempotency_key_reused",
-                "This Idempotency-Key was used for another request.",
-                errors=["Idempotency-Key: was sent before with another method, path or "
-                        "body; use a new key for a new request."])
+            raise key_reused()
         if row.state == DONE:
-            return KeptAnswer(row.response_status, row.response_body,
-                              dict(row.response_headers or {}))
+            return kept_answer(row)
         break
-    raise ApiError(409, "idempotency_key_in_use",
-                   "A request with this Idempotency-Key is still running; retry shortly.",
-                   errors=["Idempotency-Key: the first request with it has not answered yet."],
-                   headers={"Retry-After": "1"})
+    raise key_in_use()
+
 
 
 def _read_key(engine, user_id: int, key: str):

@@ -31,7 +31,7 @@ from ..models import (
 )
 from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_preferences
 from ..realtime.publish import CLOSE_INVALID_TOKEN, close_user_sockets
-from . import erasure
+from . import erasure, erasure_keys
 from .analytics import invalidate_user_analytics
 from .recommendation_model import request_rebuild_after_erasure
 from .reminder_settings import get_reminder_preferences
@@ -88,9 +88,11 @@ def _claims_view(claims: dict) -> dict:
     }
 
 
-def sync_user_from_claims(claims: dict) -> tuple[User, UserSubscription | None]:
+def sync_user_from_claims(claims: dict, before_sign_up=None
+                          ) -> tuple[User, UserSubscription | None]:
     """Find or create the user for these claims, writing only when something changed; the
-    user and their subscription row. 403 for a suspended account or a missing group."""
+    user and their subscription row. 403 for a suspended account or a missing group.
+    ``before_sign_up(subject)`` is called before an account is created (it may raise)."""
     cfg = current_app.config
     view = _claims_view(claims)
     admin_group, required_group = cfg["OIDC_ADMIN_GROUP"], cfg["OIDC_REQUIRED_GROUP"]
@@ -100,6 +102,8 @@ def sync_user_from_claims(claims: dict) -> tuple[User, UserSubscription | None]:
     role = ROLE_ADMIN if is_admin else ROLE_USER
     user = _find_by_subject(claims["sub"])
     if user is None:
+        if before_sign_up is not None:
+            before_sign_up(claims["sub"])
         user = _create_user(claims["sub"], view, role)
     elif _differs(user, view, role):
         with unit_of_work() as work:
@@ -130,6 +134,7 @@ def _create_user(subject: str, view: dict, role: str) -> User:
             sub = lock_or_create_subscription(user.id)
             # A person who erased an earlier account after a trial is shown it as used.
             sub.trial_used = erasure.trial_used_before(subject, view["email"])
+            erasure_keys.adopt_erasure_keys(user.id, subject)
             db.session.add(SubscriptionEvent(user_id=user.id, type="signed_up", from_tier=None,
                                              to_tier="starter", amount_cents=0,
                                              at=clock.now()))
@@ -219,12 +224,14 @@ def _earlier_erasures(user: User) -> list[EarlierErasure]:
             for t in erasure.tombstones_of(user.oidc_sub, user.email)]
 
 
-def erase_user(user_id: int) -> None:
+def erase_user(user_id: int, claim: int | None = None) -> None:
     """Erase the account and personal data, in one transaction: listening sessions are kept
     anonymised; a tombstone of the identity keeps the trial one per person; a provider
     subscription is owed a cancellation (an outbox row), tried right after the commit and
     retried by ``erasure.process_owed_cancellations`` until the provider confirms. The
-    subscription row is locked first, as every change of a user's money does."""
+    subscription row is locked first, as every change of a user's money does. ``claim``: the
+    request's ``Idempotency-Key`` row, kept past the account for its retries
+    (``erasure_keys``)."""
     now = clock.now()
     owed_id = None
     with unit_of_work() as work:
@@ -256,6 +263,7 @@ def erase_user(user_id: int) -> None:
                       UserSubscription, UserAnalytics, PushSubscription, ReminderDelivery,
                       ReminderPreferences, UserPackageOutcome, UserOutcomeProfile):
             db.session.execute(delete(model).where(model.user_id == user_id))
+        erasure_keys.keep_past_erasure(user_id, claim, user.oidc_sub)
         db.session.execute(delete(User).where(User.id == user_id))
         work.changed_user(user_id)
     invalidate_user_analytics(user_id)
