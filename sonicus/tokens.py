@@ -30,6 +30,9 @@ from .validation import is_hostile_text
 log = logging.getLogger("sonicus.auth")  # the sign-in's log lines keep one logger name
 
 MAX_SUBJECT_LENGTH = 255  # users.oidc_sub
+# With no keys at all, a failed fetch is tried again at most this often: meanwhile sign-in
+# answers 503 at once instead of every request asking the provider (and queueing behind it).
+COLD_RETRY_SECONDS = 5
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                       "ES256", "ES384", "ES512", "EdDSA")
 
@@ -45,7 +48,10 @@ class KeysUnavailable(Exception):
 class JWKSCache:
     """The provider's signing keys, fetched lazily and refetched on an unknown ``kid``.
 
-    Refetches are rate-limited; a failed fetch keeps the keys already cached.
+    Refetches are rate-limited; a failed fetch keeps the keys already cached. With no keys
+    yet, a failed fetch is tried again at most every ``COLD_RETRY_SECONDS`` (capped by
+    ``min_refresh_seconds``), and requests that waited for a fetch that failed do not fetch
+    again: until then they are answered ``KeysUnavailable`` at once.
     """
 
     def __init__(self, jwks_url=None, issuer=None, *, min_refresh_seconds=60, timeout=5,
@@ -60,6 +66,7 @@ class JWKSCache:
         self._static = static_keys is not None
         self._keys: KeySet | None = None
         self._last_fetch = 0.0
+        self._failed_at: float | None = None  # the last fetch failed with nothing cached
 
     def _resolve_jwks_url(self) -> str:
         if self.jwks_url:
@@ -79,7 +86,9 @@ class JWKSCache:
         except Exception as exc:  # network, HTTP or parse errors: keep what we have
             log.warning("JWKS fetch failed: %s", type(exc).__name__)
             if self._keys is None:
+                self._failed_at = time.monotonic()
                 raise KeysUnavailable() from exc
+        self._failed_at = None
 
     def key_for(self, kid: str | None):
         keys = self._keys
@@ -88,11 +97,14 @@ class JWKSCache:
                 return keys.get_by_kid(kid)
             except (JoseError, ValueError):
                 pass
+        arrived = time.monotonic()
+        self._refuse_while_cold(arrived)
         with self._lock:
             if self._keys is None:
                 if self._static:
                     self._keys = KeySet.import_key_set(self._static_loader())
                 else:
+                    self._refuse_while_cold(arrived)
                     self._fetch()
             try:
                 return self._keys.get_by_kid(kid)
@@ -105,6 +117,15 @@ class JWKSCache:
                 return self._keys.get_by_kid(kid)
             except (JoseError, ValueError) as exc:
                 raise TokenRejected("Unknown signing key.") from exc
+
+    def _refuse_while_cold(self, arrived: float) -> None:
+        """No keys, and a fetch failed since this request arrived or too recently to try
+        again: ``KeysUnavailable`` without asking the provider."""
+        failed_at = self._failed_at
+        if self._keys is None and failed_at is not None and (
+                failed_at >= arrived
+                or arrived - failed_at < min(COLD_RETRY_SECONDS, self.min_refresh_seconds)):
+            raise KeysUnavailable()
 
 
 def token_digest(token: str) -> str:
