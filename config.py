@@ -124,6 +124,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "OIDC_ADMIN_GROUP": _str(env, "OIDC_ADMIN_GROUP", "sonicus-super-admin"),
         "OIDC_LEEWAY_SECONDS": _int(env, "OIDC_LEEWAY_SECONDS", 30),
         "OIDC_JWKS_MIN_REFRESH_SECONDS": _int(env, "OIDC_JWKS_MIN_REFRESH_SECONDS", 60),
+        "OIDC_JWKS_MAX_AGE_SECONDS": _int(env, "OIDC_JWKS_MAX_AGE_SECONDS", 600),
         "OIDC_HTTP_TIMEOUT_SECONDS": _int(env, "OIDC_HTTP_TIMEOUT_SECONDS", 5),
         "AUTH_USER_CACHE_SECONDS": _float(env, "AUTH_USER_CACHE_SECONDS", 2.0),
         "DEV_TOKEN_ISSUER": _bool(env, "DEV_TOKEN_ISSUER", dev_issuer_default),

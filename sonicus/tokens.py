@@ -55,10 +55,11 @@ class JWKSCache:
     """
 
     def __init__(self, jwks_url=None, issuer=None, *, min_refresh_seconds=60, timeout=5,
-                 static_keys=None):
+                 static_keys=None, max_age_seconds=600):
         self.jwks_url = jwks_url
         self.issuer = issuer
         self.min_refresh_seconds = min_refresh_seconds
+        self.max_age_seconds = max_age_seconds
         self.timeout = timeout
         self._lock = threading.Lock()
         # static_keys: a callable returning a JWKS dict, loaded on first use (no I/O before).
@@ -67,6 +68,10 @@ class JWKSCache:
         self._keys: KeySet | None = None
         self._last_fetch = 0.0
         self._failed_at: float | None = None  # the last fetch failed with nothing cached
+        self._fetched_at = 0.0  # the last fetch that succeeded
+        self._raw = None  # the key set as last fetched
+        # Counts the key sets seen: a token validated under an earlier one is checked again.
+        self.generation = 0
 
     def _resolve_jwks_url(self) -> str:
         if self.jwks_url:
@@ -82,7 +87,11 @@ class JWKSCache:
         try:
             response = requests.get(self._resolve_jwks_url(), timeout=self.timeout)
             response.raise_for_status()
-            self._keys = KeySet.import_key_set(response.json())
+            raw = response.json()
+            keys = KeySet.import_key_set(raw)
+            if raw != self._raw:
+                self._raw, self.generation = raw, self.generation + 1
+            self._keys, self._fetched_at = keys, time.monotonic()
         except Exception as exc:  # network, HTTP or parse errors: keep what we have
             log.warning("JWKS fetch failed: %s", type(exc).__name__)
             if self._keys is None:
@@ -93,6 +102,7 @@ class JWKSCache:
     def key_for(self, kid: str | None):
         keys = self._keys
         if keys is not None:  # known kids never wait behind a refetch
+            self._refresh_when_old()
             try:
                 return keys.get_by_kid(kid)
             except (JoseError, ValueError):
@@ -117,6 +127,32 @@ class JWKSCache:
                 return self._keys.get_by_kid(kid)
             except (JoseError, ValueError) as exc:
                 raise TokenRejected("Unknown signing key.") from exc
+
+    def _refresh_when_old(self) -> None:
+        """Keys older than ``max_age_seconds`` are fetched again in the background (one fetch
+        at a time; the cached keys serve meanwhile), so that a key the provider removed stops
+        working within that time even when no unknown ``kid`` comes to refetch them."""
+        now = time.monotonic()
+        if self._static or now - self._fetched_at < self.max_age_seconds \
+                or now - self._last_fetch < self.min_refresh_seconds:
+            return
+        if not self._lock.acquire(blocking=False):
+            return  # a fetch is running
+        try:
+            threading.Thread(target=self._refresh_then_release, name="jwks-refresh",
+                             daemon=True).start()
+        except Exception:
+            self._lock.release()
+            raise
+
+    def _refresh_then_release(self) -> None:
+        try:
+            if time.monotonic() - self._fetched_at >= self.max_age_seconds:
+                self._fetch()
+        except Exception as exc:  # pragma: no cover (_fetch keeps the keys it has)
+            log.warning("JWKS refresh failed: %s", type(exc).__name__)
+        finally:
+            self._lock.release()
 
     def _refuse_while_cold(self, arrived: float) -> None:
         """No keys, and a fetch failed since this request arrived or too recently to try
@@ -156,7 +192,7 @@ class TokenVerifier:
         self.audience = audience
         self.leeway = leeway
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[dict, float]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[dict, float, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _decode(self, token: str) -> dict:
@@ -195,11 +231,13 @@ class TokenVerifier:
         if digest is None:
             digest = token_digest(token)
         now = time.time()
+        generation = self.keys.generation
         with self._lock:
             hit = self._cache.get(digest)
             if hit is not None:
-                claims, expires = hit
-                if now < expires + self.leeway:
+                claims, expires, checked_under = hit
+                # Checked again under a new key set: its key may have been removed.
+                if now < expires + self.leeway and checked_under == generation:
                     return claims, digest
                 del self._cache[digest]
         claims = self._decode(token)
@@ -207,7 +245,7 @@ class TokenVerifier:
         if isinstance(nbf, (int, float)) and nbf > now + self.leeway:
             raise TokenRejected("Token is not valid yet.")
         with self._lock:
-            self._cache[digest] = (claims, float(claims["exp"]))
+            self._cache[digest] = (claims, float(claims["exp"]), generation)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return claims, digest
@@ -244,7 +282,8 @@ def init_verifier(app) -> None:
     if cfg.get("OIDC_ISSUER"):
         keys = JWKSCache(cfg.get("OIDC_JWKS_URL"), cfg["OIDC_ISSUER"],
                          min_refresh_seconds=cfg["OIDC_JWKS_MIN_REFRESH_SECONDS"],
-                         timeout=cfg["OIDC_HTTP_TIMEOUT_SECONDS"])
+                         timeout=cfg["OIDC_HTTP_TIMEOUT_SECONDS"],
+                         max_age_seconds=cfg["OIDC_JWKS_MAX_AGE_SECONDS"])
         issuer, audience = cfg["OIDC_ISSUER"], cfg.get("OIDC_AUDIENCE")
     elif cfg.get("DEV_TOKEN_ISSUER"):
         issuer, audience = devtokens.issuer(app), devtokens.AUDIENCE

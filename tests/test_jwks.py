@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from sonicus import create_app
 
 
@@ -67,3 +69,61 @@ def test_sign_in_works_once_the_provider_is_back(idp, make_config, monkeypatch):
     assert _profile(app, idp).status_code == 503  # tried again too soon: not asked
     time.sleep(0.3)
     assert _profile(app, idp).status_code == 200
+
+
+@pytest.fixture
+def restore_keys(idp):
+    keys = list(idp.keys)
+    yield
+    idp.keys = keys
+
+
+def _bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_key_the_provider_removed_stops_working_within_the_keys_max_age(
+        idp, make_config, restore_keys, wait_for):
+    """No token with a new ``kid`` comes to refetch the keys: once they are older than
+    ``OIDC_JWKS_MAX_AGE_SECONDS`` they are fetched again, and the removed key is refused."""
+    app = create_app(make_config(OIDC_JWKS_MAX_AGE_SECONDS=1))
+    client = app.test_client()
+    old = idp.key
+    assert client.get("/api/user/profile", headers=_bearer(idp.token())).status_code == 200
+    idp.rotate()  # the old key is gone from the provider's JWKS
+    before = idp.jwks_requests
+    time.sleep(1.1)
+    client.get("/api/user/profile", headers=_bearer(idp.token(key=old, email="a@example.com")))
+    wait_for(lambda: idp.jwks_requests > before)
+    wait_for(lambda: app.extensions["sonicus_token_verifier"].keys.generation > 1)
+    res = client.get("/api/user/profile",
+                     headers=_bearer(idp.token(key=old, email="b@example.com")))
+    assert res.status_code == 401 and res.get_json()["code"] == "invalid_token"
+    assert client.get("/api/user/profile", headers=_bearer(idp.token())).status_code == 200
+
+
+def test_a_token_validated_before_its_key_was_removed_is_refused_after(idp, make_config,
+                                                                       restore_keys):
+    """A token checked once is remembered until it expires; not past the removal of its key
+    (a token forged with a leaked key would otherwise live as long as the exp it claims)."""
+    app = create_app(make_config())
+    client = app.test_client()
+    old = idp.key
+    forged = idp.token(key=old, lifetime=10 * 365 * 24 * 3600)
+    assert client.get("/api/user/profile", headers=_bearer(forged)).status_code == 200
+    idp.rotate()
+    # a token of the new key: unknown kid, the keys are fetched again
+    assert client.get("/api/user/profile", headers=_bearer(idp.token())).status_code == 200
+    res = client.get("/api/user/profile", headers=_bearer(forged))
+    assert res.status_code == 401 and res.get_json()["code"] == "invalid_token"
+
+
+def test_keys_are_not_fetched_again_before_their_max_age(idp, make_config):
+    app = create_app(make_config(OIDC_JWKS_MAX_AGE_SECONDS=600))
+    client = app.test_client()
+    assert client.get("/api/user/profile", headers=_bearer(idp.token())).status_code == 200
+    before = idp.jwks_requests
+    for n in range(5):
+        token = idp.token(email=f"n{n}@example.com")
+        assert client.get("/api/user/profile", headers=_bearer(token)).status_code == 200
+    assert idp.jwks_requests == before
