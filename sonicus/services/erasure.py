@@ -116,8 +116,11 @@ def add_tombstone(user: User, sub: UserSubscription | None, now: datetime) -> Er
     email did (so an erase, sign in, erase again cycle cannot shake it off)."""
     used = bool(sub is not None and sub.trial_used) or trial_used_before(user.oidc_sub,
                                                                          user.email)
+    # An address the provider has not verified is not this person's to speak for: no hash
+    # of it, or its owner's trial would be burned by whoever claimed it.
     tombstone = ErasureTombstone(subject_hash=subject_hash(user.oidc_sub),
-                                 email_hash=email_hash(user.email), trial_used=used,
+                                 email_hash=email_hash(user.email) if user.email_verified
+                                 else None, trial_used=used,
                                  erased_at=now)
     db.session.add(tombstone)
     return tombstone
@@ -136,7 +139,8 @@ def scrub_billing_events(sub: UserSubscription | None, email: str | None) -> int
     """Empty the stored provider notices of this account, in the erasure's transaction: the
     rows stay (their event ids keep webhook replays harmless), their content goes. A notice is
     the account's when its text names the account's provider customer, subscription or
-    checkout, or its email, as a whole JSON string (``"cus_1"`` is not ``"cus_12"``). Erasure
+    checkout, or its email (pass it only when verified: another person's otherwise), as a
+    whole JSON string (``"cus_1"`` is not ``"cus_12"``). Erasure
     is rare, so a scan of the notices' text is acceptable."""
     needles = [json.dumps(value) for value in (
         sub.provider_customer_id if sub else None, sub.provider_subscription_id if sub else None,

@@ -245,7 +245,7 @@ def erase_user(user_id: int, claim: int | None = None) -> None:
             raise account_gone()  # erased already (a second request, or another process)
         checkout = (sub.provider, sub.checkout_session_id) if sub is not None else (None, None)
         erasure.add_tombstone(user, sub, now)
-        erasure.scrub_billing_events(sub, user.email)
+        erasure.scrub_billing_events(sub, user.email if user.email_verified else None)
         owed = erasure.owe_cancellation(sub, now,
                                         ended=sub is not None and ended_by_a_grant(sub))
         if owed is not None:
