@@ -78,6 +78,9 @@ class User(Base):
     earlier_day_settings: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     preferences: Mapped[dict] = mapped_column(JSON, default=dict)
     role: Mapped[str] = mapped_column(String(16), default=ROLE_USER)
+    # ``iat`` of the token whose claims (email, name, role) were applied last: an older token
+    # does not write its claims back (a demoted admin's earlier token grants nothing).
+    claims_issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

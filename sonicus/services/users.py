@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from flask import current_app
 from sqlalchemy import delete, exists, select, update
@@ -85,7 +85,25 @@ def _claims_view(claims: dict) -> dict:
         "email_verified": claims.get("email_verified") is True,
         "name": name.strip()[:120] if isinstance(name, str) and name.strip() else None,
         "groups": groups,
+        "issued_at": _issued_at(claims.get("iat")),
     }
+
+
+def _issued_at(iat) -> datetime | None:
+    """The token's ``iat`` as an instant (None when absent or not a sane number)."""
+    if isinstance(iat, bool) or not isinstance(iat, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(iat, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _older_than_applied(user: User, view: dict) -> bool:
+    """The token was issued before the one whose claims the account holds: its claims (an
+    admin group since removed, an old email) are not written back."""
+    issued_at, applied = view["issued_at"], user.claims_issued_at
+    return issued_at is not None and applied is not None and issued_at < applied
 
 
 def sync_user_from_claims(claims: dict, before_sign_up=None
@@ -105,11 +123,12 @@ def sync_user_from_claims(claims: dict, before_sign_up=None
         if before_sign_up is not None:
             before_sign_up(claims["sub"])
         user = _create_user(claims["sub"], view, role)
-    elif _differs(user, view, role):
+    elif _differs(user, view, role) and not _older_than_applied(user, view):
         with unit_of_work() as work:
             user = _lock_user(user.id)
-            _apply_claims(user, view, role)
-            work.changed_user(user.id)
+            if not _older_than_applied(user, view):  # a newer token's may have come since
+                _apply_claims(user, view, role)
+                work.changed_user(user.id)
     if not user.is_active:
         raise ApiError(403, "account_suspended", "This account is suspended.")
     # A deadline passed that the expiry job has not written yet: shown as it is in force.
@@ -125,6 +144,7 @@ def _find_by_subject(subject: str) -> User | None:
 def _create_user(subject: str, view: dict, role: str) -> User:
     user = User(oidc_sub=subject, email=view["email"], email_verified=view["email_verified"],
                 display_name=view["name"], oidc_name=view["name"], role=role,
+                claims_issued_at=view["issued_at"],
                 preferences=dict(DEFAULT_PREFERENCES), timezone="UTC", day_start_hour=0,
                 is_active=True)
     try:
@@ -150,6 +170,8 @@ def _differs(user: User, view: dict, role: str) -> bool:
 
 def _apply_claims(user: User, view: dict, role: str) -> None:
     user.email, user.email_verified, user.role = view["email"], view["email_verified"], role
+    if view["issued_at"] is not None:
+        user.claims_issued_at = view["issued_at"]
     if view["name"] != user.oidc_name:
         # a new name in the token overwrites an edit made in the profile
         user.oidc_name = user.display_name = view["name"]
