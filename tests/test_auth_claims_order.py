@@ -49,3 +49,12 @@ def test_tokens_without_iat_still_sync(client, idp):
     second = idp.token(email="noiat@example.com", groups=USER_GROUPS, iat=None, name="B")
     data = client.get("/api/user/profile", headers=_bearer(second)).get_json()["data"]
     assert data["display_name"] == "B"
+
+
+def test_a_token_issued_in_the_future_does_not_freeze_the_claims(client, idp):
+    """The provider's clock a little ahead (within the leeway): its later tokens still sync."""
+    ahead = idp.token(email="skew@example.com", iat=int(time.time()) + 20, name="Ahead")
+    assert client.get("/api/user/profile", headers=_bearer(ahead)).status_code == 200
+    later = idp.token(email="skew@example.com", name="Later")
+    data = client.get("/api/user/profile", headers=_bearer(later)).get_json()["data"]
+    assert data["display_name"] == "Later"

@@ -90,11 +90,12 @@ def _claims_view(claims: dict) -> dict:
 
 
 def _issued_at(iat) -> datetime | None:
-    """The token's ``iat`` as an instant (None when absent or not a sane number)."""
+    """The token's ``iat`` as an instant, never later than now (a provider's clock ahead must
+    not freeze the claims); None when absent or not a sane number."""
     if isinstance(iat, bool) or not isinstance(iat, int | float):
         return None
     try:
-        return datetime.fromtimestamp(iat, UTC)
+        return min(datetime.fromtimestamp(int(iat), UTC), clock.now().replace(microsecond=0))
     except (OverflowError, OSError, ValueError):
         return None
 
