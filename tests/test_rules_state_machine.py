@@ -67,7 +67,7 @@ from sonicus.models import (
     UserPackageOutcome,
     UserSubscription,
 )
-from sonicus.services import reminder_claims
+from sonicus.services import idempotency, reminder_claims
 from sonicus.services.analytics import compute_user_analytics
 from sonicus.services.subscriptions import process_due_subscriptions
 from sonicus.tiers import TIERS
@@ -224,11 +224,24 @@ def build_machine(app, idp, table_names, billing, cancels):
         @rule(name=st.sampled_from(IDENTITIES))
         def erase(self, name):
             person = self.person(name)
-            status, body = self.call("DELETE", "/api/user/profile", person.headers)
+            self.keys += 1
+            headers = {**person.headers, "Idempotency-Key": f"erase-{self.keys}"}
+            status, body = self.call("DELETE", "/api/user/profile", headers)
             if status == 403:
                 return
             assert status == 200, body
             person.user_id, person.remind_minute = None, None
+            # Its answer lost: the retry is that answer again, and signs nobody up.
+            with app.app_context():
+                idempotency.settle_answers()
+            res = client.delete("/api/user/profile", headers=headers)
+            assert res.status_code == 200 and res.get_json() == body, res.get_json()
+            assert res.headers.get("Idempotent-Replayed") == "true"
+            with app.app_context():
+                account = db.session.execute(select(User.id).where(
+                    User.oidc_sub == f"sub-{name}@example.com")).scalar_one_or_none()
+                db.session.remove()
+            assert account is None, ("an erasure's retry signed up", name)
 
         # ---- listening -------------------------------------------------------------------
         @rule(target=sessions, name=st.sampled_from(IDENTITIES),
