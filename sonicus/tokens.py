@@ -33,6 +33,8 @@ MAX_SUBJECT_LENGTH = 255  # users.oidc_sub
 # With no keys at all, a failed fetch is tried again at most this often: meanwhile sign-in
 # answers 503 at once instead of every request asking the provider (and queueing behind it).
 COLD_RETRY_SECONDS = 5
+# A discovery document or key set larger than this is refused (they are a few kilobytes).
+MAX_DOCUMENT_BYTES = 1 << 20
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                       "ES256", "ES384", "ES512", "EdDSA")
 
@@ -77,17 +79,31 @@ class JWKSCache:
         if self.jwks_url:
             return self.jwks_url
         discovery = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        response = requests.get(discovery, timeout=self.timeout)
-        response.raise_for_status()
-        self.jwks_url = response.json()["jwks_uri"]
+        self.jwks_url = self._get_json(discovery)["jwks_uri"]
         return self.jwks_url
+
+    def _get_json(self, url: str):
+        """The JSON document at ``url``, read within ``timeout`` seconds in all: ``requests``'
+        timeout bounds each wait for bytes, not the whole answer, so a provider that trickles
+        its answer out would otherwise hold the fetch (and every sign-in waiting for it)
+        for as long as it likes. Checked between reads: done or given up within two
+        ``timeout``s."""
+        deadline = time.monotonic() + self.timeout
+        with requests.get(url, timeout=self.timeout, stream=True) as response:
+            response.raise_for_status()
+            body = bytearray()
+            while chunk := response.raw.read1(65536, decode_content=True):
+                body += chunk
+                if len(body) > MAX_DOCUMENT_BYTES:
+                    raise ValueError("document too large")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("document not received in time")
+        return json.loads(body)
 
     def _fetch(self) -> None:
         self._last_fetch = time.monotonic()
         try:
-            response = requests.get(self._resolve_jwks_url(), timeout=self.timeout)
-            response.raise_for_status()
-            raw = response.json()
+            raw = self._get_json(self._resolve_jwks_url())
             keys = KeySet.import_key_set(raw)
             if raw != self._raw:
                 self._raw, self.generation = raw, self.generation + 1

@@ -127,3 +127,54 @@ def test_keys_are_not_fetched_again_before_their_max_age(idp, make_config):
         token = idp.token(email=f"n{n}@example.com")
         assert client.get("/api/user/profile", headers=_bearer(token)).status_code == 200
     assert idp.jwks_requests == before
+
+
+@pytest.fixture
+def trickling_jwks():
+    """A JWKS address whose answer trickles in, one byte every half second: every wait for
+    bytes is short, the whole answer would take hours."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    stop = threading.Event()
+
+    class Trickle(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                while not stop.wait(0.5):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+            except OSError:
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/jwks/"
+    stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_jwks_answer_that_trickles_in_is_given_up_at_the_timeout(idp, make_config,
+                                                                   trickling_jwks):
+    app = create_app(make_config(OIDC_JWKS_URL=trickling_jwks, OIDC_HTTP_TIMEOUT_SECONDS=1))
+    answer = {}
+
+    def sign_in():
+        answer["res"] = _profile(app, idp)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=sign_in, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive(), "the sign-in still waits for the provider"
+    assert time.monotonic() - started < 2.5
+    assert answer["res"].status_code == 503
+    assert answer["res"].get_json()["code"] == "service_unavailable"
