@@ -176,3 +176,36 @@ def test_an_archived_package_is_not_offered_to_continue_listening(
     data = client.get("/api/user/dashboard", headers=headers).json["data"]
     assert data["continue_listening"]["package"]["id"] == kept  # the one that still plays
     assert data["continue_listening"]["position_seconds"] == 90
+
+
+def test_a_package_the_tier_no_longer_opens_is_not_offered_to_continue_listening(
+        client, auth, admin_auth, db_session, make_user, make_package, make_session):
+    """A premium listener half-way through a premium package is downgraded: the dashboard
+    offers what still plays (starting the premium one would be 403 package_locked) until an
+    assignment opens that package again."""
+    me = make_user("downgraded@example.com", tier="premium").id
+    make_user("admin@example.com", admin=True)
+    public = make_package("public-rain").id
+    premium = make_package("deep-premium", minimum_tier="premium").id
+    older = make_session(me, public, _today() - timedelta(days=2), minutes=3, completed=False)
+    newer = make_session(me, premium, _today() - timedelta(days=1), minutes=3, completed=False)
+    older.position_seconds, newer.position_seconds = 90, 120
+    db_session.commit()
+    headers = auth("downgraded@example.com")
+    data = client.get("/api/user/dashboard", headers=headers).json["data"]
+    assert data["continue_listening"]["package"]["id"] == premium
+
+    res = client.patch(f"/api/admin/users/{me}", headers=admin_auth(), json={"tier": "starter"})
+    assert res.status_code == 200, res.json
+    data = client.get("/api/user/dashboard", headers=headers).json["data"]
+    assert data["subscription"]["tier"] == "starter"
+    assert data["continue_listening"]["package"]["id"] == public  # the one that still plays
+    assert data["continue_listening"]["position_seconds"] == 90
+    res = client.post("/api/user/sessions", headers=headers, json={"package_id": premium})
+    assert res.status_code == 403  # what the dashboard no longer offers
+
+    res = client.post(f"/api/admin/users/{me}/packages", headers=admin_auth(),
+                      json={"package_id": premium})
+    assert res.status_code in (200, 201), res.json
+    data = client.get("/api/user/dashboard", headers=headers).json["data"]
+    assert data["continue_listening"]["package"]["id"] == premium  # assigned: it plays again

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
 
+from .. import clock
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, Track
 from ..models.listening import ENDED, OPEN
+from ..tiers import PACKAGE_LEVELS, can_access_level
 from . import subscriptions
 from .analytics import get_user_analytics
+from .assignments import live_package_ids
 from .catalog import in_catalog
 from .recommendations import Recommendation, recommendations_for
 
@@ -47,20 +51,26 @@ class Dashboard:
         return self.profile.onboarding
 
 
-def continue_listening(user_id: int) -> ContinueListening | None:
+def continue_listening(user_id: int, tier_name: str,
+                       now: datetime | None = None) -> ContinueListening | None:
     """The caller's latest unfinished session, with its package, track and resume position
     (one query): an open one, or one that ended short of completion with a position to
-    resume from. Only a package still in the catalog is offered (an archived or unpublished
-    one no longer plays)."""
+    resume from. Only a package the caller can play now is offered: still in the catalog
+    (an archived or unpublished one no longer plays) and opened by the tier in force
+    (``tier_name``) or a live assignment (after a downgrade, a premium package would only
+    answer 403 ``package_locked``)."""
     s = ListeningSession
     unfinished = or_(s.status == OPEN,
                      and_(s.status == ENDED, s.completed.is_(False),
                           s.position_seconds.is_not(None)))
+    levels = [level for level in PACKAGE_LEVELS if can_access_level(tier_name, level)]
+    playable = or_(SoundPackage.minimum_tier.in_(levels),
+                   SoundPackage.id.in_(live_package_ids(user_id, now or clock.now())))
     row = db.session.execute(
-        select(s, SoundPackage, Track)
+        select(s, SoundPackage, Track).select_from(s)
         .join(SoundPackage, and_(SoundPackage.id == s.package_id, in_catalog()))
         .outerjoin(Track, Track.id == s.track_id)
-        .where(s.user_id == user_id, unfinished)
+        .where(s.user_id == user_id, unfinished, playable)
         .order_by(func.coalesce(s.position_updated_at, s.started_at).desc(), s.id.desc())
         .limit(1)).first()
     return None if row is None else ContinueListening(*row)
@@ -71,6 +81,6 @@ def get_dashboard(caller) -> Dashboard:
         profile=caller,
         subscription=subscriptions.overview(caller),
         analytics=get_user_analytics(caller),
-        continue_listening=continue_listening(caller.id),
+        continue_listening=continue_listening(caller.id, caller.tier),
         recommended=recommendations_for(caller.id, caller.tier, caller.preferences,
                                         RECOMMENDED_COUNT))
