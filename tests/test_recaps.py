@@ -250,3 +250,37 @@ def test_hours_stay_local_across_a_dst_change(app, set_clock, make_user, make_pa
     with app.app_context():
         hours = compute_recap(me, "month", date(2026, 3, 1), use_cache=False)["listening_hours"]
     assert (hours[12], hours[1], hours[3]) == (30.0, 3.0, 4.0) and sum(hours) == 37.0
+
+
+def test_a_session_started_and_left_unheard_is_no_session_of_the_recap(
+        app, client, auth, set_clock, make_user, make_package):
+    """A session the stale sweep closed without a heartbeat (abandoned: nothing was heard) is
+    left out of the recap's sessions as of the analytics' total_sessions: a week of one such
+    tap is an empty week, not "0 min in 1 sessions", and a week with a real listen says 1."""
+    from sonicus.services import listening
+
+    set_clock(datetime(2026, 11, 23, 9, tzinfo=UTC))  # a Monday
+    make_user("left@example.com")
+    headers = auth("left@example.com")
+    rain = make_package("rain").id
+    started = client.post("/api/user/sessions", json={"package_id": rain}, headers=headers)
+    assert started.status_code == 201, started.json
+    with app.app_context():
+        assert listening.close_stale_sessions(now=datetime(2026, 11, 23, 12, tzinfo=UTC)) == 1
+    set_clock(datetime(2026, 11, 24, 9, tzinfo=UTC))
+    week = _recap(client, auth, "left@example.com", period="week").json["data"]
+    analytics = client.get("/api/user/analytics", headers=headers).json["data"]
+    assert analytics["total_sessions"] == 0
+    assert (week["sessions"], week["minutes"], week["top_packages"]) == (0, 0.0, [])
+    assert week["top_categories"] == []
+
+    heard = client.post("/api/user/sessions", json={"package_id": rain}, headers=headers)
+    set_clock(datetime(2026, 11, 24, 9, 10, tzinfo=UTC))
+    done = client.post(f"/api/user/sessions/{heard.json['data']['id']}/complete",
+                       json={"listened_seconds": 600, "completed": True}, headers=headers)
+    assert done.status_code == 200, done.json
+    week = _recap(client, auth, "left@example.com", period="week").json["data"]
+    assert week["sessions"] == 1 and week["top_categories"][0]["sessions"] == 1
+    following = _recap(client, auth, "left@example.com", period="week",
+                       date="2026-12-01").json["data"]
+    assert following["previous"]["sessions"] == 1

@@ -201,7 +201,8 @@ def _grouped_rows(person, first: date, last: date, prev_first: date):
                func.sum(case((has_mood, 1), else_=0)).label("moods"),
                func.sum(case((has_mood, s.mood_before), else_=0)).label("before"),
                func.sum(case((has_mood, s.mood_after), else_=0)).label("after"))
-        .where(s.user_id == person.id, s.local_day >= prev_first, s.local_day <= last)
+        .where(s.user_id == person.id, s.local_day >= prev_first, s.local_day <= last,
+               ~s.abandoned)  # started and left unheard: no session (as total_sessions)
         .group_by(in_period, s.package_id, hour).subquery())
     g = grouped.c
     return db.session.execute(
