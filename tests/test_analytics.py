@@ -269,3 +269,48 @@ def test_sessions_today_agrees_with_the_quota_usage(client, auth, make_user, mak
     dashboard = client.get("/api/user/dashboard", headers=headers).json["data"]
     assert dashboard["analytics"]["sessions_today"] == \
         dashboard["subscription"]["usage"]["sessions_today"] == 1
+
+
+def test_hiding_streaks_while_a_refresh_runs_is_not_undone_by_its_figures(
+        app, client, auth, make_user, make_package, make_session, monkeypatch):
+    """The user turns streaks off (and sets a goal) while a refresh job is computing their
+    figures with the preferences it read before: the job stores those figures in the cache
+    after the profile change forgot it. The analytics and the dashboard show the user's new
+    preferences all the same: no streak, the new goal."""
+    import threading
+
+    from sonicus.services import analytics
+
+    me = make_user("hide@example.com").id
+    rain = make_package("rain").id
+    today = _today()
+    for n in range(3):
+        make_session(me, rain, today - timedelta(days=n), minutes=12)
+    headers = auth("hide@example.com")
+    with app.app_context():
+        analytics.refresh_user_analytics(me)  # the row exists; the cache holds a streak of 3
+
+    compute = analytics.compute_user_analytics
+
+    def profile_changes_meanwhile(user, now=None):
+        data = compute(user, now)  # with the preferences read before the change
+        changed = []
+        thread = threading.Thread(target=lambda: changed.append(client.put(
+            "/api/user/profile", headers=headers,
+            json={"preferences": {"show_streaks": False, "daily_goal_minutes": 30}})))
+        thread.start()
+        thread.join(10)
+        assert changed and changed[0].status_code == 200
+        return data
+
+    monkeypatch.setattr(analytics, "compute_user_analytics", profile_changes_meanwhile)
+    with app.app_context():
+        assert analytics.refresh_user_analytics(me)["current_streak_days"] == 3
+    monkeypatch.setattr(analytics, "compute_user_analytics", compute)
+
+    data = client.get("/api/user/analytics", headers=headers).json["data"]
+    assert data["current_streak_days"] is None and data["longest_streak_days"] is None
+    assert data["freezes_available"] is None and data["freeze_days"] is None
+    assert data["goal"]["goal_minutes"] == 30
+    summary = client.get("/api/user/dashboard", headers=headers).json["data"]["analytics"]
+    assert summary["current_streak_days"] is None and summary["goal"]["goal_minutes"] == 30

@@ -15,6 +15,7 @@ streaks, completion figures and mood outcomes.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import date, datetime, timedelta
 
@@ -51,6 +52,37 @@ REFRESH_JOB_ID = "analytics-refresh-{user_id}"
 
 def cache_key(user_id: int) -> str:
     return f"analytics:{user_id}"
+
+
+def settings_stamp(person) -> str:
+    """The user's settings that their figures depend on (the goal, ``show_streaks``, the day
+    settings over time), as one string. The cache keeps it beside the figures and serves them
+    only to a reader with the same settings: a refresh that read the user before a profile
+    change stores its figures after that change forgot the cache, and they must not show a
+    streak the user just hid, or the goal they replaced."""
+    preferences = merge_preferences(dict(person.preferences or {}))
+    effective_at = person.day_settings_effective_at
+    return json.dumps([preferences.get("daily_goal_minutes"),
+                       preferences.get("show_streaks") is not False,
+                       person.timezone, person.day_start_hour, person.prior_timezone,
+                       person.prior_day_start_hour,
+                       None if effective_at is None else effective_at.isoformat(),
+                       list(person.earlier_day_settings or ())],
+                      sort_keys=True, default=str)
+
+
+def _cache_figures(user_id: int, settings: str, data: dict, ttl: int) -> None:
+    """Cache ``data``, computed under ``settings`` (``settings_stamp`` of the user as read
+    for the computation: taken before any commit reloads the row)."""
+    cache_set(cache_key(user_id), {"settings": settings, "figures": data}, ttl)
+
+
+def _cached_figures(person) -> dict | None:
+    """The cached figures of ``person``, if computed under the settings it has now."""
+    cached = cache_get(cache_key(person.id))
+    if not isinstance(cached, dict) or cached.get("settings") != settings_stamp(person):
+        return None
+    return cached.get("figures")
 
 
 def _insert():
@@ -262,6 +294,7 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
         .with_for_update()).scalar_one()
     now = clock.now()
     data = compute_user_analytics(user, now)
+    settings = settings_stamp(user)  # as read for the computation, before the commit
     values = {"data": data, "computed_at": now}
     if marked is not None:
         values["stale_since"] = case((UserAnalytics.stale_since <= marked, None),
@@ -271,7 +304,7 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
     refresh_user_outcomes(user_id)  # the user's own figures behind their recommendations
     ttl = _cache_ttl(user, now)
     db.session.commit()
-    cache_set(cache_key(user_id), data, ttl)
+    _cache_figures(user_id, settings, data, ttl)
     forget_recent_recaps(user_id)  # again: a recap computed while the change committed
     if publish:
         publish_to_user(user_id, {"type": "analytics.updated", "data": data})
@@ -281,12 +314,12 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
 def get_user_analytics(person) -> dict:
     """The caller's analytics: from the cache, else computed now and cached (not stored:
     a read never commits). ``person``: a user or a caller (``id`` and the day settings)."""
-    data = cache_get(cache_key(person.id))
+    data = _cached_figures(person)
     if data is not None:
         return data
     now = clock.now()
     data = compute_user_analytics(person, now)
-    cache_set(cache_key(person.id), data, _cache_ttl(person, now))
+    _cache_figures(person.id, settings_stamp(person), data, _cache_ttl(person, now))
     return data
 
 
