@@ -280,3 +280,32 @@ def test_dates_two_moves_east_skipped_do_not_break_the_streak(set_clock, make_us
     data = client.get("/api/user/analytics", headers=headers).json["data"]
     assert data["day"] == "2026-06-06"
     assert _streak(data) == (6, 6, 0, [])
+
+
+def test_a_goal_is_met_by_its_minutes_not_by_their_rounding(set_clock, client, auth, db_session,
+                                                             make_user, make_package,
+                                                             make_session):
+    """9 min 59 s against a 10-minute goal shows as 10.0 minutes (rounded to a tenth) but the
+    goal is not met until the tenth minute is full, today and in the last 7 days."""
+    today = date(2026, 6, 10)
+    set_clock(_noon(today) + timedelta(hours=1))
+    me = make_user("almost@example.com").id
+    rain = make_package("rain").id
+    for day in (today - timedelta(days=1), today):
+        short = make_session(me, rain, day, minutes=10)
+        short.listened_seconds = 599
+    db_session.commit()
+    headers = auth("almost@example.com")
+    res = client.put("/api/user/profile", json={"preferences": {"daily_goal_minutes": 10}},
+                     headers=headers)
+    assert res.status_code == 200, res.json
+    goal = client.get("/api/user/analytics", headers=headers).json["data"]["goal"]
+    assert goal == {"minutes_today": 10.0, "goal_minutes": 10, "met_today": False,
+                    "days_met_last_7": 0}
+
+    make_session(me, rain, today, started_at=_noon(today) + timedelta(minutes=30), minutes=1)
+    again = client.put(
+        "/api/user/profile", json={"preferences": {"daily_goal_minutes": 10}}, headers=headers)
+    assert again.status_code == 200  # forgets the cached figures
+    goal = client.get("/api/user/analytics", headers=headers).json["data"]["goal"]
+    assert goal["met_today"] is True and goal["days_met_last_7"] == 1

@@ -163,19 +163,17 @@ def _totals(user_id: int, today: date):
     ).where(s.user_id == user_id)).one()
 
 
-def _daily_minutes(user_id: int, today: date) -> list[dict]:
-    """Minutes listened on each of the last ``DAILY_MINUTES_DAYS`` days, oldest first."""
+def _daily_seconds(user_id: int, today: date) -> list[tuple[date, int]]:
+    """Seconds listened on each of the last ``DAILY_MINUTES_DAYS`` days, oldest first."""
     s = ListeningSession
     first_daily = today - timedelta(days=DAILY_MINUTES_DAYS - 1)
     daily_rows = db.session.execute(
         select(s.local_day, func.coalesce(func.sum(s.listened_seconds), 0))
         .where(s.user_id == user_id, s.local_day >= first_daily, s.local_day <= today)
         .group_by(s.local_day)).all()
-    by_day = {_as_date(day): secs for day, secs in daily_rows}
-    return [
-        {"date": (first_daily + timedelta(days=i)).isoformat(),
-         "minutes": _minutes(by_day.get(first_daily + timedelta(days=i), 0))}
-        for i in range(DAILY_MINUTES_DAYS)]
+    by_day = {_as_date(day): int(secs) for day, secs in daily_rows}
+    days = (first_daily + timedelta(days=i) for i in range(DAILY_MINUTES_DAYS))
+    return [(day, by_day.get(day, 0)) for day in days]
 
 
 def _package_rows(user_id: int) -> list:
@@ -215,14 +213,15 @@ def _mood_by_package(package_rows) -> list[dict]:
         key=lambda item: (-item["avg_mood_change"], -item["sessions"], item["package_id"]))
 
 
-def _goal(goal_minutes, daily_minutes: list[dict]) -> dict | None:
-    """How the user does against ``preferences.daily_goal_minutes`` (None: no goal)."""
+def _goal(goal_minutes, daily_seconds: list[tuple[date, int]]) -> dict | None:
+    """How the user does against ``preferences.daily_goal_minutes`` (None: no goal). A day
+    meets it with the goal's seconds listened (9 min 59 s shown rounded as 10.0 does not)."""
     if not goal_minutes:
         return None
-    recent = [day["minutes"] for day in daily_minutes[-GOAL_DAYS:]]
-    return {"minutes_today": recent[-1], "goal_minutes": int(goal_minutes),
-            "met_today": recent[-1] >= goal_minutes,
-            "days_met_last_7": sum(1 for minutes in recent if minutes >= goal_minutes)}
+    recent = [seconds for _day, seconds in daily_seconds[-GOAL_DAYS:]]
+    return {"minutes_today": _minutes(recent[-1]), "goal_minutes": int(goal_minutes),
+            "met_today": recent[-1] >= goal_minutes * 60,
+            "days_met_last_7": sum(1 for seconds in recent if seconds >= goal_minutes * 60)}
 
 
 def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
@@ -236,7 +235,7 @@ def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
     total, completed, ended, seconds, week_seconds, today_count, avg_change = \
         _totals(user.id, today)
     islands = day_islands(user.id, today)
-    daily_minutes = _daily_minutes(user.id, today)
+    daily_seconds = _daily_seconds(user.id, today)
     package_rows = _package_rows(user.id)
     data = {
         "total_sessions": int(total),
@@ -250,11 +249,12 @@ def compute_user_analytics(user: User, now: datetime | None = None) -> dict:
         "freezes_available": None,
         "freeze_days": None,
         "avg_mood_change": _mood(avg_change),
-        "goal": _goal(preferences.get("daily_goal_minutes"), daily_minutes),
+        "goal": _goal(preferences.get("daily_goal_minutes"), daily_seconds),
         "active_days_last_7": active_days(islands, today - timedelta(days=6), today),
         "active_days_last_30": active_days(islands, today - timedelta(days=29), today),
         "top_categories": _top_categories(package_rows),
-        "daily_minutes": daily_minutes,
+        "daily_minutes": [{"date": day.isoformat(), "minutes": _minutes(seconds)}
+                          for day, seconds in daily_seconds],
         "mood_by_package": _mood_by_package(package_rows),
         "day": today.isoformat(),
         "computed_at": now.isoformat(),
