@@ -257,10 +257,14 @@ class ReminderRow:
 
 
 def reminder_violations(reminders: list[ReminderRow], rows: list[SessionRow],
-                        days: DaySettings, catch_up_minutes: int = 60) -> list[str]:
+                        days: DaySettings, catch_up_minutes: int = 60,
+                        uploaded_at: dict[int, datetime] | None = None) -> list[str]:
     """At most one reminder per user day, for the user day in force when it was claimed, at
     the reminder time by the user's wall clock (or within the catch-up hour after it), and
-    never once a session that counts had started that day."""
+    never once a session that counts had started that day and was known to the server: one
+    played offline is known from its upload (``uploaded_at``; one uploaded at the claim's
+    instant is taken as after it)."""
+    uploaded_at = uploaded_at or {}
     problems = []
     claimed = [r.local_day for r in reminders]
     if len(claimed) != len(set(claimed)):
@@ -277,8 +281,11 @@ def reminder_violations(reminders: list[ReminderRow], rows: list[SessionRow],
             if not 0 <= late < catch_up_minutes:
                 problems.append(f"reminder at {wall:%H:%M} for {remind_minute // 60:02d}:00")
         for row in rows:
+            known_from = uploaded_at.get(row.id, row.started_at) if row.synced \
+                else row.started_at
             if (row.counts_toward_quota and row.local_day == reminder.local_day
-                    and row.started_at < reminder.claimed_at):
+                    and row.started_at < reminder.claimed_at
+                    and known_from < reminder.claimed_at):
                 problems.append(f"reminder on {reminder.local_day} after listening")
     return problems
 OUTCOME_MIN_LISTENED_SECONDS = 60

@@ -70,7 +70,7 @@ from sonicus.models import (
 from sonicus.services import idempotency, reminder_claims
 from sonicus.services.analytics import compute_user_analytics
 from sonicus.services.subscriptions import process_due_subscriptions
-from sonicus.tiers import TIERS
+from sonicus.tiers import TIERS, can_access_level
 
 IDENTITIES = ("ana", "ben")
 TIMEZONES = ("UTC", "Etc/GMT+12", "Etc/GMT-12", "Pacific/Auckland", "America/Los_Angeles")
@@ -659,6 +659,25 @@ def build_machine(app, idp, table_names, billing, cancels):
                 stored
 
         @invariant()
+        def the_dashboard_offers_to_continue_only_what_plays(self):
+            """The dashboard's continue_listening is a package the caller can start now: its
+            level opened by the tier in force, or a live assignment (never one a downgrade,
+            an ended trial or a revoked assignment locked)."""
+            for person in self.people.values():
+                if person.user_id is None:
+                    continue
+                tier, active = self.tier_of(person)
+                if not active:
+                    continue
+                status, body = self.call("GET", "/api/user/dashboard", person.headers)
+                assert status == 200, body
+                offered = body["data"]["continue_listening"]
+                if offered is not None:
+                    level = offered["package"]["minimum_tier"]
+                    assert can_access_level(tier, level) or self.assigned(person, level), \
+                        (person.name, tier, level)
+
+        @invariant()
         def no_admin_is_suspended_through_the_api(self):
             with app.app_context():
                 suspended = db.session.execute(select(User.email).where(
@@ -768,7 +787,8 @@ def build_machine(app, idp, table_names, billing, cancels):
             for user_id, person in accounts.items():
                 claimed = [ReminderRow(day, at, person.claimed_for.get((user_id, day)))
                            for day, at in claims.get(user_id, [])]
-                problems = reminder_violations(claimed, rows[user_id], person.days)
+                problems = reminder_violations(claimed, rows[user_id], person.days,
+                                               uploaded_at=self.uploaded_at)
                 assert not problems, (person.name, problems)
 
     return RulesMachine
@@ -871,6 +891,34 @@ def test_the_rules_hold_through_grants_over_the_users_billing(idp, make_config, 
         for step, arguments in GRANT_SEQUENCES[sequence]:
             getattr(machine, step)(**({} if step == "time_passes" else {"name": "ana"}),
                                    **arguments)
+            machine.the_rules_hold()
+    finally:
+        machine.teardown()
+
+
+# A session left open on a package the user then loses (a downgrade, an assignment running
+# out): the dashboard must not offer to continue it (``the_dashboard_offers_to_continue_only_
+# what_plays``).
+OPEN_SESSION_SEQUENCES = {
+    "downgraded_by_an_admin": [
+        ("admin_grants", {"tier": "premium"}), ("start", {"level": "premium", "mood": None}),
+        ("admin_grants", {"tier": "starter"})],
+    "assignment_ran_out": [
+        ("admin_assigns", {"level": "pro_exclusive", "days": 1}),
+        ("start", {"level": "pro_exclusive", "mood": 5}),
+        ("time_passes", {"seconds": 3 * 86400}), ("sign_in", {})],
+}
+
+
+@pytest.mark.parametrize("sequence", sorted(OPEN_SESSION_SEQUENCES))
+def test_the_rules_hold_when_an_open_sessions_package_is_lost(idp, make_config, table_names,
+                                                              billing, monkeypatch, sequence):
+    machine = _rules_machine(idp, make_config, table_names, billing, monkeypatch)()
+    try:
+        for step, arguments in OPEN_SESSION_SEQUENCES[sequence]:
+            getattr(machine, step)(**({} if step == "time_passes" else {"name": "ana"}),
+                                   **arguments)
+            machine.the_dashboard_offers_to_continue_only_what_plays()
             machine.the_rules_hold()
     finally:
         machine.teardown()
