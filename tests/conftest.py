@@ -206,6 +206,30 @@ def app(idp):
     return app
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _database_connections_given_back():
+    """When a test module ends, every app still alive closes its idle database connections
+    (its pool, the idempotency keys' engine and connections). An app a test made keeps them
+    until it is collected, and over the whole suite those pools outgrew PostgreSQL's
+    ``max_connections`` ("too many clients" in later modules)."""
+    yield
+    import gc
+
+    from sonicus.extensions import db
+    from sonicus.services.idempotency import CONNECTIONS_KEY, ENGINE_KEY
+
+    gc.collect()
+    for flask_app, engines in list(db._app_engines.items()):
+        for engine in list(engines.values()):
+            engine.dispose()
+        keys_engine = flask_app.extensions.get(ENGINE_KEY)
+        if keys_engine is not None:
+            keys_engine.dispose()
+        connections = flask_app.extensions.get(CONNECTIONS_KEY)
+        if connections is not None:
+            connections.close_idle()
+
+
 @pytest.fixture(scope="session")
 def table_names(app):
     from sonicus.extensions import db

@@ -130,6 +130,15 @@ class KeysConnections:
             if not pending:
                 return
 
+    def close_idle(self) -> None:
+        """Close the connections kept idle, once what they sent has run (a process that
+        stops, a test module that ends)."""
+        self.settle()
+        with self._lock:
+            idle, self._idle = list(self._idle), deque()
+        for connection in idle:
+            self._discard(connection)
+
     def _send(self, statement: _Statement) -> None:
         connection = self._take()
         try:
