@@ -203,7 +203,11 @@ def test_redis_url():
 def app(idp):
     app = create_app(_config(idp))
     _reset_database(app)
+    _SESSION_APPS.append(app)
     return app
+
+
+_SESSION_APPS: list = []  # the suite's shared app, whose subscriber runs all along
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -211,14 +215,19 @@ def _database_connections_given_back():
     """When a test module ends, every app still alive closes its idle database connections
     (its pool, the idempotency keys' engine and connections). An app a test made keeps them
     until it is collected, and over the whole suite those pools outgrew PostgreSQL's
-    ``max_connections`` ("too many clients" in later modules)."""
+    ``max_connections`` ("too many clients" in later modules). Their subscribers stop too:
+    one whose Redis a test took away retried (and logged into later tests' output) for ever."""
     yield
     import gc
 
     from sonicus.extensions import db
+    from sonicus.realtime.broker import _RUNNING
     from sonicus.services.idempotency import CONNECTIONS_KEY, ENGINE_KEY
 
     gc.collect()
+    for broker in list(_RUNNING):
+        if not any(broker.app is shared for shared in _SESSION_APPS):
+            broker.stop()
     for flask_app, engines in list(db._app_engines.items()):
         for engine in list(engines.values()):
             engine.dispose()
@@ -1114,6 +1123,7 @@ def push_app(app, idp):
                                                          "http://127.0.0.1:"],
                               WEBPUSH_RETRY_SECONDS=[0, 1],
                               SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 2, "max_overflow": 8}))
+    _SESSION_APPS.append(push)
     yield push
     with push.app_context():
         db.session.remove()
