@@ -9,7 +9,9 @@ answer (``Idempotent-Replayed: true``), and the header as the OpenAPI document d
 from __future__ import annotations
 
 import hashlib
+import math
 import re
+from datetime import datetime, timedelta
 
 from apispec import BasePlugin
 from flask import Response, request
@@ -22,6 +24,9 @@ WRITE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 # The headers of an answer that a replay repeats (the rest are the replaying request's own).
 KEPT_HEADERS = ("Content-Type", "Location", "Retry-After")
 _KEPT_BY_LOWER = {name.lower(): name for name in KEPT_HEADERS}
+# Kept beside a Retry-After of delta-seconds: the moment it points at (ISO 8601, UTC). A replay
+# answers Retry-After counted from the replay to that moment, never sends this one.
+RETRY_AT = "Retry-After-At"
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
@@ -80,19 +85,41 @@ def request_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def kept_headers(response: Response) -> dict[str, str]:
+def kept_headers(response: Response, now: datetime) -> dict[str, str]:
     """The answer's ``KEPT_HEADERS`` (the first of each), from one pass over its headers:
-    werkzeug answers a lookup of a header that is not there by building an exception."""
+    werkzeug answers a lookup of a header that is not there by building an exception. A
+    Retry-After of delta-seconds is kept with the moment it points at (``RETRY_AT``)."""
     kept: dict[str, str] = {}
     for name, value in response.headers.items():
         canonical = _KEPT_BY_LOWER.get(name.lower())
         if canonical is not None and canonical not in kept:
             kept[canonical] = value
+    wait = kept.get("Retry-After")
+    if wait is not None and wait.isdigit():
+        kept[RETRY_AT] = (now + timedelta(seconds=int(wait))).isoformat()
     return kept
 
 
-def replay_response(status: int, body: str, headers: dict[str, str]) -> Response:
-    """The kept answer of a write, again, marked as a replay."""
-    response = Response(body, status=status, headers=headers)
+def _retry_after_now(headers: dict[str, str], now: datetime) -> dict[str, str]:
+    """The kept headers as a replay sends them: a Retry-After kept with its moment
+    (``RETRY_AT``) is the seconds from now to that moment (0 once it has passed), so a
+    replay never tells a client to wait for a time already past or longer than is left."""
+    if RETRY_AT not in headers:
+        return headers
+    headers = dict(headers)
+    try:
+        moment = datetime.fromisoformat(headers.pop(RETRY_AT))
+    except (TypeError, ValueError):
+        return headers
+    left = (moment - now).total_seconds()
+    headers["Retry-After"] = str(max(0, math.ceil(left)))
+    return headers
+
+
+def replay_response(status: int, body: str, headers: dict[str, str],
+                    now: datetime) -> Response:
+    """The kept answer of a write, again, marked as a replay; its Retry-After, if any,
+    counted from ``now``."""
+    response = Response(body, status=status, headers=_retry_after_now(headers, now))
     response.headers[REPLAYED_HEADER] = "true"
     return response

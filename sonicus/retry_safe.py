@@ -37,6 +37,7 @@ import logging
 from flask import abort, current_app, g, has_app_context
 from sqlalchemy import event
 
+from . import clock
 from .api_errors import ApiError
 from .extensions import api, db
 from .idempotency_http import idempotency_key, kept_headers, replay_response, request_fingerprint
@@ -123,7 +124,7 @@ def replay_before_sign_up(subject: str) -> None:
         return
     kept = erasure_keys.answer_before_sign_up(subject, key, request_fingerprint())
     if kept is not None:
-        abort(replay_response(kept.status, kept.body, kept.headers))
+        abort(replay_response(kept.status, kept.body, kept.headers, clock.now()))
 
 
 def request_claim() -> int | None:
@@ -133,7 +134,7 @@ def request_claim() -> int | None:
 
 def _claimed(outcome):
     if isinstance(outcome, idempotency.KeptAnswer):
-        return replay_response(outcome.status, outcome.body, outcome.headers)
+        return replay_response(outcome.status, outcome.body, outcome.headers, clock.now())
     g.idempotency_claim = outcome
     return None
 
@@ -204,7 +205,8 @@ def _keep_idempotent_answer(response):
     try:
         if response.status_code < 500 and not response.is_streamed:
             idempotency.store_answer(claim, response.status_code,
-                                     response.get_data(as_text=True), kept_headers(response))
+                                     response.get_data(as_text=True),
+                                     kept_headers(response, clock.now()))
         else:
             idempotency.release_key(claim)
     except Exception as exc:  # the database went away after the write: answer anyway

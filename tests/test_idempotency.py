@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg2.extensions
@@ -131,6 +131,36 @@ def test_a_replayed_quota_refusal_repeats_its_retry_after(client, listener):
     assert first.headers["Retry-After"]
     assert again.headers["Retry-After"] == first.headers["Retry-After"]
     assert again.headers["Content-Type"] == first.headers["Content-Type"]
+
+
+def test_a_replayed_quota_refusal_counts_its_retry_after_from_the_replay(
+        client, listener, set_clock):
+    """A client that retries a refused start with its key an hour later is told to wait
+    an hour less (the time left until the day's quota resets), not the first answer's wait
+    again; once that moment has passed, it is told it may retry now (with a new key)."""
+    now = set_clock(clock.now())
+    for _ in range(3):  # the starter's day
+        assert client.post("/api/user/sessions", headers=listener["headers"],
+                           json={"package_id": listener["package"]}).status_code == 201
+    headers = _keyed(listener["headers"], "k-429-later")
+    body = {"package_id": listener["package"]}
+    first = client.post("/api/user/sessions", json=body, headers=headers)
+    assert first.status_code == 429
+    wait = int(first.headers["Retry-After"])
+    resets_at = datetime.fromisoformat(first.json["resets_at"])
+    assert abs((now + timedelta(seconds=wait)) - resets_at) <= timedelta(seconds=1)
+
+    set_clock(now + timedelta(seconds=wait // 2))
+    later = client.post("/api/user/sessions", json=body, headers=headers)
+    assert later.status_code == 429 and later.headers[REPLAYED] == "true"
+    assert later.get_json() == first.get_json()
+    assert int(later.headers["Retry-After"]) == wait - wait // 2
+
+    set_clock(now + timedelta(seconds=wait + 60))
+    past = client.post("/api/user/sessions", json=body, headers=headers)
+    assert past.status_code == 429 and past.headers[REPLAYED] == "true"
+    assert past.headers["Retry-After"] == "0"
+    assert "Retry-After-At" not in past.headers
 
 
 def test_a_kept_refusal_is_replayed_too(client, listener, db_session):
