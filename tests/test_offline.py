@@ -967,6 +967,33 @@ def test_a_downgrade_scheduled_after_the_grant_shortens_the_listed_licence_and_i
     assert all(datetime.fromisoformat(t["expires_at"]) > period_end for t in delta["tracks"])
 
 
+def test_listening_before_a_package_was_unpublished_is_kept(
+        client, auth, admin_auth, pkgs, make_user, db_session, set_clock):
+    """A listener who played a package offline and uploads after an admin took it out of the
+    catalog (unpublished, not archived) keeps that listening; listening after the unpublish
+    is `not_found`; published again, listening from then on is stored, and what the upload
+    says was played while it was out of the catalog is still `not_found`."""
+    make_user("played@example.com", tier="premium")
+    headers = auth("played@example.com")
+    make_user("admin@example.com", admin=True)
+    t0 = set_clock(_tomorrow_noon())
+    assert client.patch(f"/api/admin/packages/{pkgs['delta']}", json={"published": False},
+                        headers=admin_auth()).status_code == 200
+    set_clock(t0 + timedelta(hours=3))
+    res = _sync(client, headers, [_item(pkgs["delta"], t0 - timedelta(hours=2)),
+                                  _item(pkgs["delta"], t0 + timedelta(hours=1))])
+    assert [(r["status"], r.get("code")) for r in res.json["data"]["results"]] == \
+        [("created", None), ("rejected", "not_found")], res.json
+
+    assert client.patch(f"/api/admin/packages/{pkgs['delta']}", json={"published": True},
+                        headers=admin_auth()).status_code == 200
+    set_clock(t0 + timedelta(hours=5))
+    res = _sync(client, headers, [_item(pkgs["delta"], t0 + timedelta(hours=3, minutes=30)),
+                                  _item(pkgs["delta"], t0 + timedelta(hours=2))])
+    assert [(r["status"], r.get("code")) for r in res.json["data"]["results"]] == \
+        [("created", None), ("rejected", "not_found")], res.json
+
+
 def test_listening_from_before_a_package_existed_is_not_found(
         client, auth, make_user, make_package, db_session, set_clock):
     """A package added to the catalog today was never played last week: an upload that says

@@ -30,6 +30,10 @@ class SoundPackage(Base):
     minimum_tier: Mapped[str] = mapped_column(String(16), default="public")
     published: Mapped[bool] = mapped_column(Boolean, default=False)
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When it last went into (published_at) and out of (unpublished_at) the catalog by its
+    # ``published`` flag; null: never since it was made (``in_catalog_at``).
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    unpublished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     duration_seconds: Mapped[int] = mapped_column(Integer, default=0)
     track_count: Mapped[int] = mapped_column(Integer, default=0)
     popularity: Mapped[int] = mapped_column(Integer, default=0)
@@ -48,9 +52,25 @@ class SoundPackage(Base):
 
     def in_catalog_at(self, moment: datetime) -> bool:
         """Whether the catalog offered it at ``moment`` (``services.catalog.in_catalog`` is
-        the same now, in SQL): published, and not archived by then. An archived package
-        opens to no one from its archive; what was played before keeps it."""
-        return self.published and (self.archived_at is None or moment < self.archived_at)
+        the same now, in SQL): published then, and not archived by then. An archived or
+        unpublished package opens to no one from that moment; what was played before keeps
+        it. Published then: since its last publication (or since it was made), or before
+        its last unpublication (earlier spells out of the catalog are not told apart)."""
+        if self.archived_at is not None and moment >= self.archived_at:
+            return False
+        before_unpublished = self.unpublished_at is not None and moment < self.unpublished_at
+        if not self.published:
+            return before_unpublished
+        return (self.published_at is None or moment >= self.published_at
+                or before_unpublished)
+
+    def set_published(self, published: bool, now: datetime) -> None:
+        """Publish or unpublish at ``now``, keeping when (``in_catalog_at``)."""
+        if published and not self.published:
+            self.published_at = now
+        elif not published and self.published:
+            self.unpublished_at = now
+        self.published = published
 
     __table_args__ = (
         Index("ix_sound_packages_listing", "published", "archived_at", "category"),

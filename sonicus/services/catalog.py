@@ -175,7 +175,10 @@ def snapshot(package: SoundPackage) -> dict:
 
 def _apply(package: SoundPackage, data: dict) -> None:
     for field in PACKAGE_FIELDS:
-        if field in data:
+        if field == "published":
+            if field in data:  # when, too: offline listening is judged by it
+                package.set_published(bool(data[field]), clock.now())
+        elif field in data:
             setattr(package, field, data[field])
     if "tracks" in data:
         _replace_tracks(package, data["tracks"])
@@ -242,9 +245,9 @@ def create_package(actor, data: dict) -> SoundPackage:
                                description=data.get("description", ""),
                                category=data["category"],
                                minimum_tier=data.get("minimum_tier", "public"),
-                               published=data.get("published", False),
                                image_path=data.get("image_path"))
-        _apply(package, {"tracks": data.get("tracks", [])})
+        _apply(package, {"published": data.get("published", False),
+                         "tracks": data.get("tracks", [])})
         db.session.add(package)
         db.session.flush()
         audit.record(actor, "package.create", "package", package.id, None, snapshot(package))

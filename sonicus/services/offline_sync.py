@@ -12,8 +12,9 @@ Rules, in order; the first that fails rejects the item with its code:
 - ``started_at_out_of_range``: ``started_at`` older than 14 days or in the future (2 min skew);
 - ``invalid_interval``: ``ended_at`` not after ``started_at``, in the future (2 min skew), or
   more than 24 h after it;
-- ``not_found``: no such published package, one created after ``started_at`` or archived by
-  then, or a track not of that package;
+- ``not_found``: no such package in the catalog at ``started_at`` (created after it,
+  unpublished or archived by then: ``SoundPackage.in_catalog_at``), or a track not of that
+  package;
 - ``package_locked``: neither the tier nor an assignment opened the package at ``started_at``;
 - ``overlap``: it overlaps another of the user's sessions (stored, or earlier in the batch) by
   more than 60 s (an open one, or one the stale sweep closed, spans what it is known to have
@@ -249,7 +250,8 @@ def _load_context(user: User, sub: UserSubscription, items: list[dict],
     # a package's row before its sessions', as an admin's edit of its tracks takes them
     packages = {p.id: p for p in db.session.execute(
         select(SoundPackage).where(SoundPackage.id.in_(package_ids),
-                                   SoundPackage.published.is_(True))
+                                   or_(SoundPackage.published.is_(True),
+                                       SoundPackage.unpublished_at.is_not(None)))
         .order_by(SoundPackage.id).with_for_update(key_share=True)).scalars()}
     tracks = {t.id: t for t in db.session.execute(
         select(Track).where(Track.id.in_(track_ids))).scalars()} if track_ids else {}
