@@ -967,6 +967,43 @@ def test_a_downgrade_scheduled_after_the_grant_shortens_the_listed_licence_and_i
     assert all(datetime.fromisoformat(t["expires_at"]) > period_end for t in delta["tracks"])
 
 
+@pytest.mark.parametrize("complete_first", [True, False], ids=["complete-first", "sync-first"])
+def test_an_upload_overlaps_a_live_session_alike_before_and_after_its_completion(
+        client, auth, pkgs, make_user, db_session, set_clock, complete_first):
+    """A live session is heard of for 5 minutes, then the phone goes offline and plays other
+    listening; back online 2 hours later, the app completes the live session and uploads
+    the offline listening, in either order. The upload is judged the same both ways: what
+    played after the live session's last heartbeat is stored, what overlaps its 5 known
+    minutes is `overlap`; the live session ends as the listener said either way."""
+    make_user("order@example.com", tier="premium")
+    headers = auth("order@example.com")
+    t0 = set_clock(_tomorrow_noon())
+    sid = client.post("/api/user/sessions", headers=headers,
+                      json={"package_id": pkgs["rain"]}).json["data"]["id"]
+    set_clock(t0 + timedelta(minutes=5))
+    assert client.patch(f"/api/user/sessions/{sid}", headers=headers,
+                        json={"listened_seconds": 300}).status_code == 200
+    set_clock(t0 + timedelta(hours=2))
+    items = [_item(pkgs["short"], t0 + timedelta(minutes=10), minutes=5),
+             _item(pkgs["short"], t0 + timedelta(minutes=1), minutes=3)]
+
+    def complete():
+        res = client.post(f"/api/user/sessions/{sid}/complete", headers=headers,
+                          json={"listened_seconds": 1200, "completed": False})
+        assert res.status_code == 200, res.json
+        return res.json["data"]["listened_seconds"]
+
+    if complete_first:
+        listened = complete()
+        res = _sync(client, headers, items)
+    else:
+        res = _sync(client, headers, items)
+        listened = complete()
+    assert [(r["status"], r.get("code")) for r in res.json["data"]["results"]] == \
+        [("created", None), ("rejected", "overlap")], res.json
+    assert listened == 1200
+
+
 def test_listening_before_a_package_was_unpublished_is_kept(
         client, auth, admin_auth, pkgs, make_user, db_session, set_clock):
     """A listener who played a package offline and uploads after an admin took it out of the

@@ -17,8 +17,9 @@ Rules, in order; the first that fails rejects the item with its code:
   package;
 - ``package_locked``: neither the tier nor an assignment opened the package at ``started_at``;
 - ``overlap``: it overlaps another of the user's sessions (stored, or earlier in the batch) by
-  more than 60 s (an open one, or one the stale sweep closed, spans what it is known to have
-  played: up to its last heartbeat or its listened time);
+  more than 60 s (an upload spans its interval; a live one, open or ended, what it is known
+  to have played: up to its last heartbeat, so the order in which the app completes it and
+  uploads does not matter, ``_known_end``);
 - ``daily_session_limit_reached``: the user day it started in was full: within a day, the
   k-th quota-counted start (by start time) never exceeds the daily limit of the tier it
   started on, with this item inserted where it belongs.
@@ -57,7 +58,7 @@ from ..models import (
     User,
     UserSubscription,
 )
-from ..models.listening import ABANDONED, ENDED
+from ..models.listening import ENDED
 from ..tiers import (
     ACCESS_LOCKED,
     TIER_SETTING_EVENTS,
@@ -74,10 +75,6 @@ SYNC_WINDOW = timedelta(days=14)
 CLOCK_SKEW = timedelta(minutes=2)
 MAX_INTERVAL = timedelta(hours=24)
 OVERLAP_TOLERANCE_SECONDS = 60
-# A session the stale sweep closed ends, as stored, at its start plus its maximum length,
-# whatever was played: for overlaps it spans only what it is known to have played (as while
-# it was open), so an upload is judged alike before and after the sweep.
-SERVER_CLOSED = frozenset({"expired", ABANDONED})
 CREATED, UNCHANGED, REJECTED = "created", "unchanged", "rejected"
 
 
@@ -258,16 +255,13 @@ def _load_context(user: User, sub: UserSubscription, items: list[dict],
 
     s = ListeningSession
     spans = []
-    for started, ended, reason, listened, heartbeat in db.session.execute(
-            select(s.started_at, s.ended_at, s.end_reason, s.listened_seconds,
-                   s.last_heartbeat_at)
+    for started, ended, heartbeat in db.session.execute(
+            select(s.started_at, s.ended_at, s.last_heartbeat_at)
             .where(s.user_id == user.id, s.started_at < last,
                    s.started_at > first - MAX_INTERVAL - timedelta(hours=1),
                    or_(s.ended_at.is_(None), s.ended_at > first))).all():
-        if ended is None or reason in SERVER_CLOSED:  # what it is known to have played
-            known = _known_end(started, listened, heartbeat)
-            ended = known if ended is None else min(ended, known)
-        spans.append((started, ended))
+        known = _known_end(started, heartbeat)
+        spans.append((started, known if ended is None else min(ended, known)))
 
     days = {start: clock.user_day(user, start).day for start, _end in spans_of_items}
     day_starts: dict[date, list[tuple[datetime, int | None]]] = {
@@ -287,10 +281,14 @@ def _as_date(value) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
-def _known_end(started: datetime, listened: int, heartbeat: datetime | None) -> datetime:
-    """How far an open session is known to have played."""
-    end = started + timedelta(seconds=listened or 0)
-    return max(end, heartbeat) if heartbeat is not None else end
+def _known_end(started: datetime, heartbeat: datetime | None) -> datetime:
+    """How far a session is known to have played, for overlaps: to its last heartbeat (an
+    upload's is its end). A live session's heartbeats are what the server heard as it
+    played; what its completion (or the stale sweep) adds after the last one has no known
+    place between that heartbeat and the end, which comes whenever the app is back online.
+    So an upload is judged alike whether the live session it meets is still open, swept or
+    completed, whichever the app sends first."""
+    return max(started, heartbeat) if heartbeat is not None else started
 
 
 def _judge(context: _Context, client_id: str, item: dict) -> ListeningSession:
@@ -319,7 +317,8 @@ def _judge(context: _Context, client_id: str, item: dict) -> ListeningSession:
 
     session = ListeningSession(
         user_id=context.user.id, package=package, track=track, tier=tier, status=ENDED,
-        started_at=started, ended_at=ended, max_duration_seconds=TIERS[tier].max_session_seconds,
+        started_at=started, ended_at=ended, last_heartbeat_at=ended,  # played to its end
+        max_duration_seconds=TIERS[tier].max_session_seconds,
         listened_seconds=0, client_id=client_id, mood_before=item.get("mood_before"),
         mood_after=item.get("mood_after"), note=item.get("note"),
         client_completed=bool(item.get("completed")), counts_toward_quota=True)
