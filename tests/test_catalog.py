@@ -72,6 +72,22 @@ def test_filters_search_and_accessible(client, auth, catalog, make_user):
         ["rain", "delta"]
 
 
+def test_search_matches_however_the_accents_were_typed(client, auth, make_user, make_package):
+    """A listener who types "café" on a keyboard that sends "e" and a combining accent (NFD)
+    finds the package titled "Café" (stored as one "é", NFC), and the other way round; case
+    and compatibility forms fold too ("STRASSE" finds "Straße", "ﬁre" finds "fire")."""
+    make_user("accents@example.com")
+    headers = auth("accents@example.com")
+    make_package("cafe", title="Caf\u00e9 Murmurs", description="Cups and chatter.")
+    make_package("night", title="Night Street",
+                 description="A sleepy strasse at ne\u0301ant, with fire crackle.")
+    for typed, found in [("cafe\u0301", ["cafe"]), ("CAFE\u0301", ["cafe"]),
+                         ("caf\u00e9", ["cafe"]), ("n\u00e9ant", ["night"]),
+                         ("STRA\u00dfE", ["night"]), ("\ufb01re", ["night"])]:
+        res = client.get("/api/packages", query_string={"q": typed}, headers=headers)
+        assert _slugs(res) == found, typed
+
+
 def test_pagination_and_bad_query(client, auth, catalog, make_user):
     make_user("p@example.com")
     headers = auth("p@example.com")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, MetaData, TypeDecorator
@@ -20,6 +21,16 @@ NAMING_CONVENTION = {
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def unicode_key(text: str) -> str:
+    """THE form in which text typed by people is compared (goals, catalog search): NFKC,
+    then full case folding (the Turkic fold of U+0130 "İ" to "i" first, which the default
+    fold turns into an "i" with a combining dot), then NFKC again. "café" typed as "e" and
+    a combining accent (NFD) and as one "é" (NFC), "ΎΠΝΟΣ" and "ύπνος", "Straße" and
+    "STRASSE" have one key."""
+    folded = unicodedata.normalize("NFKC", text).replace("\u0130", "i").casefold()
+    return unicodedata.normalize("NFKC", folded)
 
 
 class UTCDateTime(TypeDecorator):

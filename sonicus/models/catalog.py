@@ -13,10 +13,10 @@ from sqlalchemy import (
     and_,
     or_,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from ..tiers import LEVEL_MIN_TIER
-from .base import Base, UTCDateTime, utcnow
+from .base import Base, UTCDateTime, unicode_key, utcnow
 
 
 class SoundPackage(Base):
@@ -41,9 +41,18 @@ class SoundPackage(Base):
     image_path: Mapped[str | None] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # What ``?q=`` searches: title and description in their ``unicode_key`` (NFKC and case
+    # folded), kept by ``_keep_search_keys`` on every change; the query is folded alike.
+    title_key: Mapped[str] = mapped_column(Text, default="")
+    description_key: Mapped[str] = mapped_column(Text, default="")
 
     tracks: Mapped[list[Track]] = relationship(
         back_populates="package", order_by="Track.position", cascade="all, delete-orphan")
+
+    @validates("title", "description")
+    def _keep_search_keys(self, field: str, value):
+        setattr(self, f"{field}_key", unicode_key(value or ""))
+        return value
 
     @property
     def required_tier(self) -> str:
@@ -80,6 +89,11 @@ class SoundPackage(Base):
               postgresql_ops={"title": "gin_trgm_ops"}),
         Index("ix_sound_packages_description_trgm", "description", postgresql_using="gin",
               postgresql_ops={"description": "gin_trgm_ops"}),
+        # GET /api/packages?q= (LIKE '%key%' on the folded keys); migration 0021.
+        Index("ix_sound_packages_title_key_trgm", "title_key", postgresql_using="gin",
+              postgresql_ops={"title_key": "gin_trgm_ops"}),
+        Index("ix_sound_packages_description_key_trgm", "description_key",
+              postgresql_using="gin", postgresql_ops={"description_key": "gin_trgm_ops"}),
     )
 
 

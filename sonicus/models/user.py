@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import unicodedata
 from datetime import datetime
 
 from sqlalchemy import JSON, Boolean, Index, Integer, SmallInteger, String, func
@@ -8,7 +7,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .. import clock
 from ..clock import DaySettings
-from .base import Base, UTCDateTime, utcnow
+from .base import Base, UTCDateTime, unicode_key, utcnow
 
 ROLE_USER, ROLE_ADMIN = "user", "admin"
 ROLES = (ROLE_USER, ROLE_ADMIN)
@@ -22,15 +21,14 @@ GOAL_KEY_MAX_LENGTH = 160  # longer keys (only from compatibility characters) gr
 
 def goal_key(goal) -> str | None:
     """THE form in which goals are compared, grouped into cohorts and matched (recommendations):
-    NFKC, then full case folding (the Turkic fold of U+0130 "İ" to "i" first, which the default
-    fold turns into an "i" with a combining dot), then NFKC again. "ΎΠΝΟΣ" and "ύπνος" (final
+    ``base.unicode_key`` (NFKC, then full case folding, the Turkic fold of U+0130 "İ" to "i"
+    first, then NFKC again). "ΎΠΝΟΣ" and "ύπνος" (final
     sigma), "İYİ UYKU" and "iyi uyku", "Straße" and "STRASSE" are one goal. None for what is
     not a goal (not a string of 1..40 characters) or too long a key. The preferences keep the
     goal as typed."""
     if not isinstance(goal, str) or not 1 <= len(goal) <= GOAL_MAX_LENGTH:
         return None
-    folded = unicodedata.normalize("NFKC", goal).replace("\u0130", "i").casefold()
-    key = unicodedata.normalize("NFKC", folded)
+    key = unicode_key(goal)
     return key if 1 <= len(key) <= GOAL_KEY_MAX_LENGTH else None
 
 

@@ -17,6 +17,7 @@ from .. import clock, media
 from ..api_errors import ApiError, fail, not_found
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, Track
+from ..models.base import unicode_key
 from ..pagination import Page, paginate
 from ..tiers import ACCESS_LOCKED, TIERS, package_access
 from . import audit
@@ -98,10 +99,10 @@ def list_packages(caller, args: dict, now: datetime | None = None) -> Page:
     stmt = _catalog_filter(select(SoundPackage))
     if args.get("category"):
         stmt = stmt.where(SoundPackage.category == args["category"].lower())
-    if args.get("q"):
-        pattern = _like(args["q"])
-        stmt = stmt.where(or_(SoundPackage.title.ilike(pattern, escape="\\"),
-                              SoundPackage.description.ilike(pattern, escape="\\")))
+    if args.get("q"):  # both sides in one Unicode form: NFD "café" finds NFC "Café"
+        pattern = _like(unicode_key(args["q"]))
+        stmt = stmt.where(or_(SoundPackage.title_key.like(pattern, escape="\\"),
+                              SoundPackage.description_key.like(pattern, escape="\\")))
     if args.get("accessible"):
         stmt = stmt.where(or_(SoundPackage.minimum_tier.in_(TIERS[caller.tier].package_levels),
                               SoundPackage.id.in_(live_package_ids(caller.id, now))))
@@ -262,7 +263,8 @@ def admin_list_packages(args: dict) -> Page:
     if args.get("published") is not None:
         stmt = stmt.where(SoundPackage.published.is_(args["published"]))
     if args.get("q"):
-        stmt = stmt.where(or_(SoundPackage.title.ilike(_like(args["q"]), escape="\\"),
+        stmt = stmt.where(or_(SoundPackage.title_key.like(_like(unicode_key(args["q"])),
+                                                          escape="\\"),
                               SoundPackage.slug.ilike(_like(args["q"]), escape="\\")))
     return paginate(db, stmt.order_by(SoundPackage.id.desc()), args)
 
