@@ -191,6 +191,25 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
     }
 
 
+_MEDIA_FOLDER = re.compile(r"(/[A-Za-z0-9._~-]+)*/?")
+
+
+def _validate_media_base(base: str | None) -> None:
+    """``MEDIA_BASE_URL``: an http(s) origin, optionally with a folder (``/media``) made of
+    the characters a media_path is, so that the path signed (``sonicus.media``) is the path
+    the media server decodes and checks; no query or fragment."""
+    if not base:
+        return
+    parts = urlsplit(base)
+    if (parts.scheme not in ("http", "https") or not parts.netloc or parts.query
+            or parts.fragment or "?" in base or "#" in base
+            or not _MEDIA_FOLDER.fullmatch(parts.path)
+            or any(segment in (".", "..") for segment in parts.path.split("/"))):
+        raise ConfigError("MEDIA_BASE_URL must be an http(s) address, optionally with a path "
+                          "of letters, digits, '-', '_', '.' and '~' between slashes (e.g. "
+                          "https://cdn.example.com/media), without a query or fragment")
+
+
 def validate_config(config: Mapping) -> None:
     """Refuse settings that are unsafe or contradictory, with a clear message."""
     env = config["SONICUS_ENV"]
@@ -209,6 +228,7 @@ def validate_config(config: Mapping) -> None:
         raise ConfigError("WORKER_HEARTBEAT_SECONDS must be positive and below "
                           "WORKER_ABANDONED_JOB_SECONDS")
     _validate_webpush(config)
+    _validate_media_base(config.get("MEDIA_BASE_URL"))
     for name in ("WS_MAX_SOCKETS_PER_PROCESS", "WS_MAX_SOCKETS_PER_USER"):
         if config.get(name, 1) < 1:
             raise ConfigError(f"{name} must be at least 1")

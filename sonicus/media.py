@@ -2,8 +2,9 @@
 
 Scheme (HMAC-SHA256, verifiable by nginx ``secure_link_hmac`` or any CDN edge function)::
 
-    url     = MEDIA_BASE_URL + path + "?st=" + token + "&ts=" + ts + "&e=" + lifetime
-    path    = "/" + the track's media_path (percent-encoded, "/" kept)
+    url     = origin of MEDIA_BASE_URL + path + "?st=" + token + "&ts=" + ts + "&e=" + lifetime
+    path    = the base's own path (a folder such as "/media", or none) + "/" + the track's
+              media_path (percent-encoded, "/" kept): the whole path the media server sees
     ts      = the signing time, Unix seconds (UTC)
     e       = lifetime in seconds (MEDIA_URL_TTL_SECONDS, default 3600); valid until ts + e
     message = path + "|" + ts + "|" + e
@@ -19,8 +20,12 @@ nginx with the ``ngx_http_secure_link_hmac_module``::
         if ($secure_link_hmac != "1") { return 403; }
     }
 
-A CDN function does the same: recompute the HMAC over ``uri|ts|e``, compare in constant
-time, and refuse when ``now > ts + e``. ``verify_stream_path`` is the reference
+``$uri`` is the URL's whole path, the base's folder included: it is what is signed, so a
+``MEDIA_BASE_URL`` of ``https://cdn.example.com/media`` (``location /media/``) verifies as one
+at the host's root does. The folder is made of the characters a media_path is
+(``config.validate_config``), so its decoded form is itself. A CDN function does the same:
+recompute the HMAC over ``uri|ts|e``, compare in constant time, and refuse when
+``now > ts + e``. ``verify_stream_path`` is the reference
 implementation (used by the tests).
 
 Without MEDIA_BASE_URL (development and testing), URLs point at the API itself,
@@ -42,7 +47,7 @@ import hmac
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from flask import current_app
 
@@ -85,6 +90,13 @@ def _path(media_path: str) -> str:
     return "/" + quote(media_path.lstrip("/"), safe="/-_.~")
 
 
+def _base(base_url: str) -> tuple[str, str]:
+    """``MEDIA_BASE_URL`` as (origin, folder): ``https://cdn.example.com/media/`` is
+    (``https://cdn.example.com``, ``/media``); the folder is part of every signed path."""
+    parts = urlsplit(base_url)
+    return f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
+
+
 def sign(secret: str, path: str, ts: int, lifetime: int) -> str:
     message = f"{path}|{ts}|{lifetime}".encode()
     digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
@@ -103,8 +115,10 @@ def stream_url(media_path: str, now: datetime | None = None, *,
     path = _path(media_path)
     base, secret = cfg.get("MEDIA_BASE_URL"), cfg.get("MEDIA_URL_SECRET")
     if base and secret:
+        origin, folder = _base(base)
+        path = folder + path  # the path the media server checks ($uri)
         query = urlencode({"st": sign(secret, path, ts, lifetime), "ts": ts, "e": lifetime})
-        return f"{base.rstrip('/')}{path}?{query}", expires_at
+        return f"{origin}{path}?{query}", expires_at
     if not dev_media_enabled(cfg):
         log.warning("MEDIA_BASE_URL/MEDIA_URL_SECRET unset: no stream URLs in production")
         return None, expires_at
@@ -134,7 +148,8 @@ def public_url(media_path: str | None) -> str | None:
     if dev_media_enabled(cfg):
         return f"{(cfg.get('PUBLIC_BASE_URL') or '').rstrip('/')}{DEV_PREFIX}{_path(media_path)}"
     if cfg.get("MEDIA_BASE_URL"):
-        return f"{cfg['MEDIA_BASE_URL'].rstrip('/')}{_path(media_path)}"
+        origin, folder = _base(cfg["MEDIA_BASE_URL"])
+        return f"{origin}{folder}{_path(media_path)}"
     return None
 
 

@@ -155,6 +155,36 @@ def test_detail_signed_urls_only_when_open(client, auth, catalog, app, make_user
     assert timedelta(minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=1)
 
 
+@pytest.mark.parametrize("base", ["https://cdn.example.com/media",
+                                  "https://cdn.example.com/media/",
+                                  "https://cdn.example.com/sonicus/audio-v2"])
+def test_signed_urls_under_a_media_base_url_with_a_path_pass_the_media_servers_check(
+        app, base):
+    """With MEDIA_BASE_URL pointing at a folder of the media host (a CDN path such as
+    https://cdn.example.com/media), the stream, download and artwork URLs land in that folder
+    and the signature covers the path the media server sees ($uri, with the folder): the
+    listener's audio plays instead of a 403."""
+    with app.test_request_context():
+        saved = app.config["MEDIA_BASE_URL"]
+        app.config["MEDIA_BASE_URL"] = base
+        try:
+            folder = urlsplit(base).path.rstrip("/")
+            for url in (media.stream_url("sleep/rain/01.mp3")[0],
+                        media.download_url("sleep/rain/01.mp3")[0]):
+                parts = urlsplit(url)
+                assert f"{parts.scheme}://{parts.netloc}{parts.path}" == \
+                    f"https://cdn.example.com{folder}/sleep/rain/01.mp3"
+                q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                assert media.verify_stream_path("test-media-secret", parts.path, q["st"],
+                                                q["ts"], q["e"])
+                assert not media.verify_stream_path("test-media-secret", "/sleep/rain/01.mp3",
+                                                    q["st"], q["ts"], q["e"])
+            assert media.public_url("sleep/rain/cover.svg") == \
+                f"https://cdn.example.com{folder}/sleep/rain/cover.svg"
+        finally:
+            app.config["MEDIA_BASE_URL"] = saved
+
+
 def test_dev_urls_without_media_settings(app):
     with app.test_request_context():
         saved = app.config["MEDIA_BASE_URL"], app.config["MEDIA_URL_SECRET"]

@@ -99,3 +99,25 @@ def test_dev_issuer_jwks_is_published_only_when_enabled(idp, app, tmp_path):
 def test_an_account_check_interval_that_is_not_positive_stops_the_start(value):
     with pytest.raises(ConfigError, match="WS_ACCOUNT_CHECK_SECONDS"):
         validate_config(load_config({"WS_ACCOUNT_CHECK_SECONDS": value}))
+
+
+@pytest.mark.parametrize("value", ["https://cdn.example.com", "https://cdn.example.com/",
+                                   "https://cdn.example.com/media",
+                                   "http://127.0.0.1:8080/a/b-c_d.e~f/"])
+def test_a_media_base_url_may_have_a_folder(value):
+    validate_config(load_config({"MEDIA_BASE_URL": value}))
+
+
+@pytest.mark.parametrize("value", ["cdn.example.com/media", "ftp://cdn.example.com/media",
+                                   "https://cdn.example.com/my%20media",
+                                   "https://cdn.example.com/média", "https://cdn.example.com/a b",
+                                   "https://cdn.example.com/media?x=1",
+                                   "https://cdn.example.com/media#x",
+                                   "https://cdn.example.com/media/../x"])
+def test_a_media_base_url_whose_path_the_media_server_would_read_otherwise_stops_the_start(
+        value):
+    """A media folder whose decoded path differs from its spelling (or a query) would sign
+    paths the media server never sees: every stream would be a 403. The start refuses it,
+    naming the setting."""
+    with pytest.raises(ConfigError, match="MEDIA_BASE_URL"):
+        validate_config(load_config({"MEDIA_BASE_URL": value}))
