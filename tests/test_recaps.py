@@ -199,6 +199,31 @@ def test_cached_until_the_users_sessions_change(app, client, auth, set_clock, re
     assert len(redis_client.keys("sonicus:cache:recap:*month:2026-08-01")) == 1
 
 
+def test_a_renamed_package_shows_its_new_title_in_cached_recaps(
+        app, client, auth, admin_auth, set_clock, make_user, make_package, make_session):
+    """An admin renames a package; a listener's recaps already cached (a past month kept for
+    a year, the current week) show its new title at once, not the old one until they are
+    computed again."""
+    set_clock(datetime(2026, 11, 25, 12, tzinfo=UTC))
+    user = make_user("renamed@example.com")
+    make_user("admin@example.com", admin=True)
+    rain = make_package("rain", title="Gentle Rain")
+    make_session(user, rain, started_at=datetime(2026, 8, 3, 12, tzinfo=UTC), minutes=20)
+    make_session(user, rain, started_at=datetime(2026, 11, 24, 12, tzinfo=UTC), minutes=20)
+    queries = [{"period": "month", "date": "2026-08-01"}, {"period": "week"}]
+    for query in queries:
+        before = _recap(client, auth, "renamed@example.com", **query).json["data"]
+        assert [p["title"] for p in before["top_packages"]] == ["Gentle Rain"]
+
+    res = client.patch(f"/api/admin/packages/{rain.id}", json={"title": "Soft Rain at Night"},
+                       headers=admin_auth())
+    assert res.status_code == 200, res.json
+    for query in queries:
+        after = _recap(client, auth, "renamed@example.com", **query).json["data"]
+        assert [(p["package_id"], p["title"], p["minutes"]) for p in after["top_packages"]] \
+            == [(rain.id, "Soft Rain at Night", 20.0)], query
+
+
 def test_year_recaps_are_computed_in_the_first_week_of_january(app, client, auth, set_clock,
                                                                 make_user, make_package,
                                                                 make_session):

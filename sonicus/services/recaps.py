@@ -13,7 +13,8 @@ erasure forgets them all (``forget_user_recaps``, a new generation). Year recaps
 ahead by ``precompute_year_recaps`` (a periodic job, January 1 to 7) and on demand.
 
 ``preferences.show_streaks`` false: ``longest_streak`` is null (applied when served, never
-cached).
+cached). The top packages' titles are read when served too (``_current_titles``): a package
+renamed by an admin shows its new title in every cached recap at once.
 """
 
 from __future__ import annotations
@@ -283,10 +284,27 @@ def recap_figures(person, period: str, on_date: date) -> dict:
 
 
 def _present(figures: dict, preferences) -> dict:
-    """The figures as the user sees them: no streak when they asked not to see streaks."""
+    """The figures as the user sees them: the packages' titles as they are now (a rename
+    shows at once in recaps cached before it), and no streak when they asked not to see
+    streaks."""
+    figures = _current_titles(figures)
     if merge_preferences(dict(preferences or {})).get("show_streaks") is False:
         return {**figures, "longest_streak": None}
     return figures
+
+
+def _current_titles(figures: dict) -> dict:
+    """``top_packages`` with each package's title read now (one lookup by id of at most
+    ``TOP_PACKAGES`` rows): the cached figures keep ids and minutes, never what an admin
+    may rename."""
+    top = figures.get("top_packages") or []
+    if not top:
+        return figures
+    titles = dict(db.session.execute(
+        select(SoundPackage.id, SoundPackage.title)
+        .where(SoundPackage.id.in_([p["package_id"] for p in top]))).all())
+    return {**figures, "top_packages": [
+        {**p, "title": titles.get(p["package_id"], p["title"])} for p in top]}
 
 
 def _cached_figures(person, period: str, on_date: date, today: date) -> dict:
