@@ -6,6 +6,8 @@ Nothing here imports the app. Times are aware UTC datetimes.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -180,10 +182,12 @@ class KeyedWrite:
 
 def retry_violations(first: KeyedWrite, now: datetime, user_id: int | None, status: int,
                      body: bytes, replayed: bool, sessions_before: int,
-                     sessions_after: int) -> list[str]:
+                     sessions_after: int, retry_after: str | None = None) -> list[str]:
     """A retry with the same key, method, path and body by the same account within 24 h
-    answers the first answer again, marked as a replay, and starts nothing. (Outside that
-    window, or for another account, it is a new write and nothing is asserted here.)"""
+    answers the first answer again, marked as a replay, and starts nothing; a replayed quota
+    refusal's Retry-After is the time left from the replay to ``resets_at`` (0 once passed),
+    never the first answer's figure again. (Outside that window, or for another account, it
+    is a new write and nothing is asserted here.)"""
     if user_id != first.user_id or now - first.sent_at >= KEY_KEPT_FOR or first.status >= 500:
         return []
     problems = []
@@ -193,6 +197,13 @@ def retry_violations(first: KeyedWrite, now: datetime, user_id: int | None, stat
         problems.append("retry not marked Idempotent-Replayed")
     if sessions_after != sessions_before:
         problems.append(f"retry changed the session count {sessions_before} -> {sessions_after}")
+    resets_at = json.loads(first.body).get("resets_at") if first.status == 429 else None
+    if resets_at is not None:
+        left = max(0, math.ceil((datetime.fromisoformat(resets_at) - now).total_seconds()))
+        # the first answer's figure is whole seconds (at least 1): a second either way
+        if retry_after is None or not retry_after.isdigit() \
+                or abs(int(retry_after) - left) > 1:
+            problems.append(f"replayed Retry-After {retry_after!r}, {left} s left to {resets_at}")
     return problems
 
 

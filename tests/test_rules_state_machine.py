@@ -306,7 +306,8 @@ def build_machine(app, idp, table_names, billing, cancels):
                 return
             problems = retry_violations(first, self.now, person.user_id, res.status_code,
                                         res.get_data(), res.headers.get("Idempotent-Replayed")
-                                        == "true", before, len(self.rows(person)))
+                                        == "true", before, len(self.rows(person)),
+                                        res.headers.get("Retry-After"))
             assert not problems, problems
             if res.headers.get("Idempotent-Replayed") is None:  # a new write: its key now
                 person.keyed = (headers, payload, KeyedWrite(self.now, person.user_id,
@@ -919,6 +920,30 @@ def test_the_rules_hold_when_an_open_sessions_package_is_lost(idp, make_config, 
             getattr(machine, step)(**({} if step == "time_passes" else {"name": "ana"}),
                                    **arguments)
             machine.the_dashboard_offers_to_continue_only_what_plays()
+            machine.the_rules_hold()
+    finally:
+        machine.teardown()
+
+
+# A keyed start refused for the day's quota, retried with its key later in the day and after
+# the day rolled over: the replay's Retry-After is the time left then (``retry_violations``).
+KEYED_REFUSAL_SEQUENCES = {
+    "quota_refusal_replayed_later": [
+        ("starts_in_a_row", {"count": 3}), ("start_with_a_key", {"level": "public"}),
+        ("time_passes", {"seconds": 3600}), ("retry_keyed_start", {}),
+        ("time_passes", {"seconds": 5 * 3600}), ("retry_keyed_start", {}),
+        ("time_passes", {"seconds": 86400}), ("retry_keyed_start", {})],
+}
+
+
+@pytest.mark.parametrize("sequence", sorted(KEYED_REFUSAL_SEQUENCES))
+def test_the_rules_hold_when_a_keyed_refusal_is_replayed_later(idp, make_config, table_names,
+                                                               billing, monkeypatch, sequence):
+    machine = _rules_machine(idp, make_config, table_names, billing, monkeypatch)()
+    try:
+        for step, arguments in KEYED_REFUSAL_SEQUENCES[sequence]:
+            getattr(machine, step)(**({} if step == "time_passes" else {"name": "ana"}),
+                                   **arguments)
             machine.the_rules_hold()
     finally:
         machine.teardown()
