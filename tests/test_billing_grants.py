@@ -103,10 +103,10 @@ def test_choosing_a_tier_below_the_one_granted_is_409_and_opens_no_checkout(
     assert len(fake.requests) == sent
 
 
-def test_under_a_grant_over_a_paid_month_the_granted_tier_and_a_higher_one_behave_as_before(
+def test_under_a_grant_over_a_paid_month_the_granted_tier_opens_nothing(
         stripe_app, auth, admin_auth, billing):
-    """The other choices under a grant are unchanged: the granted tier itself opens nothing
-    (200, free of charge); a tier above it is bought with a checkout."""
+    """The granted tier itself, chosen again under the grant, opens nothing (200, free of
+    charge) and asks nothing of Stripe."""
     app, fake = stripe_app
     client, headers = app.test_client(), auth()
     _stripe_paid(client, headers, billing)
@@ -115,9 +115,43 @@ def test_under_a_grant_over_a_paid_month_the_granted_tier_and_a_higher_one_behav
     resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
     assert resp.status_code == 200 and resp.get_json()["data"]["checkout"] is None
     assert len(fake.requests) == sent
+
+
+@pytest.mark.parametrize("canceled", [False, True])
+def test_upgrading_above_a_grant_over_a_paid_month_is_prorated_not_a_full_price_checkout(
+        stripe_app, auth, admin_auth, billing, canceled):
+    """Premium paid through Stripe for a month (20 of its 30 days left), Premium granted over
+    it; the user then asks for Pro (perhaps after canceling under the grant). As for any
+    paid upgrade, the running Stripe subscription is switched to Pro now with proration:
+    the unused Premium days are credited, so only the difference for the 20 days left is
+    charged (6.67, not a second full-price checkout of 19.99), and Pro renews at Stripe from
+    the period's end, paid for by the user (the grant is superseded)."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    period_end = _stripe_paid(client, headers, billing)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "premium").status_code == 200
+    if canceled:
+        assert client.delete("/api/user/subscription", json={},
+                             headers=headers).status_code == 200
     resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
     assert resp.status_code == 200, resp.get_json()
-    assert resp.get_json()["data"]["checkout"]["tier"] == "pro"
+    data = resp.get_json()["data"]
+    assert data["checkout"] is None
+    assert (data["tier"], data["status"], data["complimentary"], data["cancel_at_period_end"],
+            data["pending_tier"]) == ("pro", "active", False, False, None)
+    assert datetime.fromisoformat(data["current_period_end"]) == period_end
+    assert fake.received("POST", "/v1/checkout/sessions")[1:] == []
+    [upgraded] = billing.events_of(EMAIL, "upgraded")
+    assert (upgraded["from_tier"], upgraded["to_tier"], upgraded["amount_cents"]) == \
+        ("premium", "pro", 667)
+    plan = [form for form in fake.received("POST", "/v1/subscriptions/sub_s1")
+            if "proration_behavior" in form]
+    assert plan == [{"items[0][id]": ["si_1"], "items[0][price]": ["price_pro"],
+                     "proration_behavior": ["always_invoice"],
+                     "metadata[sonicus_tier]": ["pro"],
+                     "payment_behavior": ["error_if_incomplete"]}]
+    assert _cancel_flags(fake)[-1] == ["false"]  # Pro is the user's own: Stripe renews it
+    assert billing.subscription(client, headers)["tier"] == "pro"
 
 
 # ---- a cancel undone in Stripe's billing portal ------------------------------------------------

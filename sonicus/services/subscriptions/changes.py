@@ -188,7 +188,14 @@ def _send_to_billing_portal(sub: UserSubscription) -> None:
 
 def _change_paid_period(sub: UserSubscription, tier: str, now: datetime) -> str | None:
     """A change the provider makes to the running paid period: an upgrade now or a downgrade
-    at its end. None: the tier needs a new checkout."""
+    at its end. None: the tier needs a new checkout.
+
+    A period paid for before a grant, still running under it, is such a period too: a tier
+    above the one granted is an upgrade of it, prorated like any other (the unused paid days
+    credited), never a second, full-price subscription over days already paid for."""
+    if sub.complimentary and _paid_period_running(sub, now) and sub.payment_method_on_file \
+            and is_upgrade(sub.tier, tier):
+        return _upgrade_now(sub, tier, now)
     if not _has_paid_period(sub):
         return None
     if sub.status == ACTIVE and sub.payment_method_on_file:
@@ -217,17 +224,24 @@ def _change_trial(user: User, sub: UserSubscription, tier: str, now: datetime,
 
 
 def _upgrade_now(sub: UserSubscription, tier: str, now: datetime) -> str:
+    """The running paid period switched to ``tier`` now, the rest of it charged at the
+    difference (the provider prorates: the unused days of the tier paid for are credited).
+    Over a period paid before a grant the tier paid for is the one granted (a grant never
+    goes below it, and no tier lies above a grant higher than it): the upgrade ends the
+    grant, the user paying for the higher tier from now on, as a checkout would have."""
     start = sub.current_period_start or now
     seconds_left = (sub.current_period_end - now).total_seconds()
     period_seconds = (sub.current_period_end - start).total_seconds()
     amount = prorated_upgrade_cents(sub.tier, tier, seconds_left, period_seconds)
     get_provider(sub.provider).change_tier(sub, tier, prorate=True)
-    if sub.cancel_at_period_end:  # the upgraded tier goes on: the provider renews it too
+    if sub.cancel_at_period_end or sub.complimentary:
+        # the upgraded tier goes on: the provider renews it too (a grant had stopped that)
         get_provider(sub.provider).set_cancel_at_period_end(sub, False)
     _provider_told(sub, now)
     _record(sub, "upgraded", sub.tier, tier, amount_cents=amount, at=now, proration=True,
-            period_end=sub.current_period_end.isoformat())
-    sub.tier = tier
+            period_end=sub.current_period_end.isoformat(),
+            over_grant=True if sub.complimentary else None)
+    sub.tier, sub.complimentary = tier, False
     _drop_checkout(sub, now, via="tier_change")
     _clear_scheduled_change(sub)
     return (f"Upgraded to {get_tier(tier).title} now; "
