@@ -236,6 +236,58 @@ def test_undoing_in_the_portal_a_cancel_after_a_downgrade_keeps_the_downgrade(
     assert billing.subscription(client, headers)["tier"] == "premium"
 
 
+@pytest.mark.parametrize("granted", ["premium", "pro"])
+def test_a_renewal_after_a_lost_portal_undo_keeps_the_grant(
+        stripe_app, auth, admin_auth, billing, set_clock, granted):
+    """Premium paid through Stripe, then granted (Premium or Pro) by an administrator, so
+    Stripe was told to renew nothing. The user undoes that cancel in Stripe's billing portal
+    and the notice of it is lost: Stripe renews Premium at the period's end. The renewal
+    does not take the grant away (the user keeps the granted tier, free, with no end): the
+    month Stripe charged runs under the grant, as the month paid before it did, and Stripe is
+    told again to renew nothing. The same invoice notified again changes nothing more."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    period_end = _stripe_paid(client, headers, billing)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), granted).status_code == 200
+    assert _cancel_flags(fake) == [["true"]]
+
+    set_clock(period_end + timedelta(minutes=2))
+    renewal = dict(user_id=billing.user_id(EMAIL), tier=None, period_start=period_end,
+                   period_end=period_end + 30 * DAY, price="price_prem",
+                   subscription="sub_s1", customer="cus_s1",
+                   created=period_end + timedelta(minutes=1))
+    before = billing.subscription(client, headers)
+    fake.down = True  # Stripe cannot be told: nothing is kept, Stripe sends it again
+    resp = billing.post_webhook(client, billing.invoice_event("evt_renew", "invoice.paid",
+                                                              **renewal))
+    assert resp.status_code == 502, resp.get_json()
+    assert billing.subscription(client, headers) == before
+    fake.down = False
+    resp = billing.post_webhook(client, billing.invoice_event("evt_renew", "invoice.paid",
+                                                              **renewal))
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["data"]["outcome"] == "renewed_under_grant"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["complimentary"], data["cancel_at_period_end"],
+            data["pending_tier"]) == (granted, "active", True, False, None)
+    assert datetime.fromisoformat(data["current_period_end"]) == period_end + 30 * DAY
+    assert _cancel_flags(fake) == [["true"], ["true"], ["true"]]  # asked again: it is free
+    [renewed] = billing.events_of(EMAIL, "renewed")
+    assert (renewed["from_tier"], renewed["to_tier"], renewed["amount_cents"]) == \
+        (granted, granted, 999)
+    assert renewed["details"]["paid_tier"] == "premium"
+
+    again = billing.invoice_event("evt_renew_again", "invoice.payment_succeeded", **renewal)
+    resp = billing.post_webhook(client, again)
+    assert resp.get_json()["data"]["outcome"] == "already_recorded"
+    assert len(billing.events_of(EMAIL, "renewed")) == 1
+    assert billing.subscription(client, headers) == data
+
+    set_clock(period_end + 40 * DAY)  # the month Stripe charged is over: the grant goes on
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"]) == (granted, True)
+
+
 # ---- cancellations Stripe already confirmed are not asked for again ---------------------------
 
 @pytest.mark.parametrize("then", ["starter", "pro"])

@@ -15,7 +15,7 @@ from datetime import datetime
 from ...billing import get_provider
 from ...models import UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
-from ...tiers import STARTER, get_tier
+from ...tiers import STARTER, get_tier, is_upgrade
 from .common import (
     CHECKOUT_REFUNDED,
     GRACE_PERIOD,
@@ -28,10 +28,12 @@ from .common import (
     _latest_payment_created,
     _of_another_subscription,
     _older_than_provider_state,
+    _provider_told,
     _record,
     _refunded_here,
     _to_starter,
     add_month,
+    ended_by_a_grant,
 )
 
 
@@ -57,7 +59,8 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
     The cases, in the order they are checked: a checkout dropped here (replaced or given
     up) paid anyway; no tier to pay for; a card added to a trial; the tier already paid for
     (the same period, an older one or the next); the period paid before a grant over it,
-    notified again; a late payment for a period that is over;
+    notified again; a renewal under a grant in force (it never ends the grant); a late
+    payment for a period that is over;
     a new paid tier.
     """
     if _dropped_checkout(sub, payment.reference) \
@@ -77,6 +80,8 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
         return _current_tier_paid(sub, payment, now)
     if _paid_before_the_grant(sub, payment):
         return "already_recorded"
+    if _renewal_under_the_grant(sub, payment, tier):
+        return _renewed_under_the_grant(sub, payment, tier, now)
     if _stale_for_a_new_tier(sub, payment, now):
         return "stale"
     return _new_paid_tier(sub, payment, tier, now)
@@ -109,6 +114,37 @@ def _paid_before_the_grant(sub: UserSubscription, payment: Payment) -> bool:
     return sub.current_period_end is not None and (
         payment.period_start is None
         or payment.period_start < sub.current_period_end - SAME_PERIOD_SLACK)
+
+
+def _renewal_under_the_grant(sub: UserSubscription, payment: Payment, tier: str) -> bool:
+    """The provider subscription a grant stopped renewing renewed all the same (a cancel
+    undone in the billing portal whose notice was lost), for a tier the grant in force
+    includes: a payment of the next period, not a new tier."""
+    return bool(sub.complimentary and sub.status == ACTIVE and payment.subscription_id
+                and payment.subscription_id == sub.provider_subscription_id
+                and not is_upgrade(sub.tier, tier))
+
+
+def _renewed_under_the_grant(sub: UserSubscription, payment: Payment, tier: str,
+                             now: datetime) -> str:
+    """A renewal never ends a grant in force (``grants.grant_tier``: nothing paid for is
+    taken away, nothing given free is charged again). The period it paid runs under the
+    grant, as the one paid before the grant did (kept to its end, protected from a grant
+    below it), and the provider is asked again to renew nothing (502 when it cannot be
+    reached: nothing kept, the notice comes again). One for a period already over only
+    stays in the history of the provider's notices."""
+    if payment.period_end is not None and payment.period_end <= now:
+        return "stale"
+    start = payment.period_start or max(now, sub.current_period_end or now)
+    end = payment.period_end or add_month(start)
+    if not ended_by_a_grant(sub):  # one the grant canceled at once renews nothing
+        get_provider(sub.provider).set_cancel_at_period_end(sub, True)
+        _provider_told(sub, now)
+    sub.current_period_start, sub.current_period_end = start, end
+    _record(sub, "renewed", sub.tier, sub.tier, amount_cents=payment.amount_cents,
+            reference=_reference(payment), at=now, period_end=end.isoformat(),
+            paid_tier=tier, complimentary=True, **_stamp(payment))
+    return "renewed_under_grant"
 
 
 def _stale_for_a_new_tier(sub: UserSubscription, payment: Payment, now: datetime) -> bool:
