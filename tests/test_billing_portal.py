@@ -4,7 +4,9 @@ changes made there are applied (once, in order), and STRIPE_API_BASE from the en
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+import pytest
 
 from sonicus import clock
 
@@ -241,3 +243,63 @@ def test_stripe_api_base_is_read_from_the_environment(monkeypatch, make_config, 
                                              "Bearer sk_test_env")
     with app.app_context():
         db.engine.dispose()
+
+
+def _plan_forms(fake):
+    return [form for form in fake.received("POST", "/v1/subscriptions/sub_s1")
+            if "items[0][price]" in form]
+
+
+@pytest.mark.parametrize("how", ["resume", "choose_pro"])
+def test_a_cancel_made_in_the_portal_after_a_downgrade_and_undone_here_shows_what_is_billed(
+        stripe_app, auth, billing, set_clock, how):
+    """Pro paid through Stripe; the user asks here for Premium from the next period (Stripe's
+    price becomes Premium's), cancels in Stripe's billing portal, then undoes the cancel here.
+    ``resume`` undoes the cancel: Stripe renews Premium, so the app shows Pro until the
+    period's end and Premium from then on, before Premium's invoice arrives (it used to show
+    Pro, which nobody pays for). Choosing Pro again instead keeps Pro: Stripe is switched
+    back to Pro's price, so it renews what the app shows."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_paid(client, headers, billing, "pro")
+    period_end = datetime.fromisoformat(billing.subscription(client, headers)
+                                        ["current_period_end"])
+    resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    assert resp.get_json()["data"]["pending_tier"] == "premium"
+    assert [f["items[0][price]"] for f in _plan_forms(fake)] == [["price_prem"]]
+    canceled = billing.subscription_updated(
+        "evt_portal_cancel", price="price_prem", subscription="sub_s1", customer="cus_s1",
+        cancel_at_period_end=True, previous={"cancel_at_period_end": False},
+        created=clock.now() + timedelta(minutes=1))
+    assert billing.post_webhook(client, canceled).get_json()["data"]["outcome"] == \
+        "cancel_scheduled"
+    assert billing.subscription(client, headers)["pending_tier"] == "starter"
+
+    if how == "resume":
+        resp = client.post("/api/user/subscription/resume", headers=headers)
+    else:
+        resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    data = resp.get_json()["data"]
+    renews = "premium" if how == "resume" else "pro"
+    assert (data["tier"], data["cancel_at_period_end"], data["checkout"]) == \
+        ("pro", False, None)
+    assert data["pending_tier"] == (None if renews == "pro" else "premium")
+    cancel_flags = [form["cancel_at_period_end"]
+                    for form in fake.received("POST", "/v1/subscriptions/sub_s1")
+                    if "cancel_at_period_end" in form]
+    assert cancel_flags[-1] == ["false"]
+    assert _plan_forms(fake)[-1]["items[0][price]"] == \
+        [{"premium": "price_prem", "pro": "price_pro"}[renews]]
+    assert billing.subscription(client, headers) == data
+
+    set_clock(period_end + timedelta(minutes=5))  # Stripe's invoice has not arrived yet
+    assert billing.subscription(client, headers)["tier"] == renews
+    invoice = billing.invoice_event(
+        "evt_next", "invoice.paid", user_id=billing.user_id(EMAIL), tier=None,
+        period_start=period_end, period_end=period_end + 30 * DAY,
+        price={"premium": "price_prem", "pro": "price_pro"}[renews],
+        subscription="sub_s1", customer="cus_s1", created=period_end + timedelta(minutes=1))
+    assert billing.post_webhook(client, invoice).get_json()["data"]["outcome"] == "renewed"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["pending_tier"]) == (renews, None)

@@ -32,6 +32,7 @@ from .common import (
     _clear_scheduled_change,
     _drop_checkout,
     _has_paid_period,
+    _provider_renews_below,
     _provider_told,
     _record,
     _to_starter,
@@ -159,7 +160,7 @@ def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime,
                 return _resume(sub, now)
             return f"You already have {get_tier(tier).title}, free of charge."
         if sub.cancel_at_period_end or sub.pending_tier:
-            return _resume(sub, now)
+            return _resume(sub, now, keep_tier=True)
         return f"You are already on {get_tier(tier).title}."
     return (_change_paid_period(sub, tier, now)
             or _start_checkout(user, sub, tier, now, return_to))
@@ -316,15 +317,28 @@ def cancel(user_id: int, reason: str | None = None, comment: str | None = None,
     return view, message
 
 
-def _resume(sub: UserSubscription, now: datetime) -> str:
+def _resume(sub: UserSubscription, now: datetime, *, keep_tier: bool = False) -> str:
+    """Undo the scheduled cancel or downgrade. A cancel made in the billing portal after a
+    downgrade asked here left the provider on the lower tier's price: undoing the cancel
+    brings that downgrade back, due at the period's end, as the provider renews it; unless
+    the user chose the tier in force again (``keep_tier``): then the provider is put back on
+    its price. Either way what is shown is what the provider bills."""
+    below = _provider_renews_below(sub)
     # under a grant the provider renews nothing (the grant is free): it is not told to
     if sub.cancel_at_period_end and not sub.complimentary:
         get_provider(sub.provider).set_cancel_at_period_end(sub, False)
-    if sub.pending_tier and sub.pending_tier != STARTER:
+    if (sub.pending_tier and sub.pending_tier != STARTER) or (below and keep_tier):
         get_provider(sub.provider).change_tier(sub, sub.tier, prorate=False)
     _provider_told(sub, now)
     _record(sub, "resumed", sub.pending_tier, sub.tier, at=now)
     _clear_scheduled_change(sub)
+    if below and not keep_tier:
+        sub.pending_tier = below
+        _record(sub, "downgrade_scheduled", sub.tier, below, at=now, via="resume",
+                effective_at=sub.current_period_end.isoformat())
+        return (f"Resumed: you keep {get_tier(sub.tier).title} until "
+                f"{sub.current_period_end:%Y-%m-%d %H:%M} UTC, then "
+                f"{get_tier(below).title}, the tier your subscription renews at.")
     return f"Resumed: {get_tier(sub.tier).title} continues."
 
 

@@ -13,8 +13,8 @@ from ... import clock
 from ...billing import get_provider
 from ...extensions import db
 from ...models import SubscriptionEvent, UserSubscription
-from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE
-from ...tiers import STARTER
+from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
+from ...tiers import STARTER, TIERS, is_upgrade
 
 GRACE_PERIOD = timedelta(days=3)
 # Two payments whose periods start within this much of each other are for the same period.
@@ -107,6 +107,23 @@ def ended_by_a_grant(sub: UserSubscription) -> bool:
                                            SubscriptionEvent.reference
                                            == sub.provider_subscription_id)
         .limit(1)).first() is not None
+
+
+def _provider_renews_below(sub: UserSubscription) -> str | None:
+    """The tier below the one in force that the provider's subscription renews at once the
+    cancel in force is undone: a cancel made in the billing portal after a downgrade asked
+    here leaves the provider on the lower tier's price (the ``provider_tier`` of its
+    ``cancel_scheduled``, ``provider_updates``). None otherwise (a cancel made here puts the
+    provider back on the tier in force first; a trial or a grant renews nothing here)."""
+    if not sub.cancel_at_period_end or sub.complimentary or sub.status == TRIALING \
+            or sub.current_period_end is None:
+        return None
+    event = db.session.execute(
+        select(SubscriptionEvent).where(SubscriptionEvent.user_id == sub.user_id,
+                                        SubscriptionEvent.type == "cancel_scheduled")
+        .order_by(SubscriptionEvent.id.desc()).limit(1)).scalar_one_or_none()
+    tier = (event.details or {}).get("provider_tier") if event is not None else None
+    return tier if tier in TIERS and is_upgrade(tier, sub.tier) else None
 
 
 def _clear_checkout(sub: UserSubscription) -> None:

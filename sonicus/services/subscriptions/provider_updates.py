@@ -129,10 +129,14 @@ def _plan(sub: UserSubscription, notice, now: datetime) -> str | None:
 
 def _cancel_flag(sub: UserSubscription, notice, now: datetime) -> str | None:
     if notice.cancel_at_period_end and not sub.cancel_at_period_end:
+        below = _price_below(sub, notice)
         sub.cancel_at_period_end, sub.pending_tier = True, STARTER
         ends = sub.trial_ends_at if sub.status == TRIALING else sub.current_period_end
+        # the price it stays on, below the tier in force: what renews if the cancel is
+        # undone (``changes._resume``; ``_downgrade_kept`` when undone in the portal)
         _record(sub, "cancel_scheduled", sub.tier, STARTER, at=now,
-                effective_at=ends.isoformat() if ends else None, **_stamp(notice))
+                effective_at=ends.isoformat() if ends else None, provider_tier=below,
+                **_stamp(notice))
         return "cancel_scheduled"
     if not notice.cancel_at_period_end and sub.cancel_at_period_end:
         _record(sub, "resumed", sub.pending_tier, sub.tier, at=now, **_stamp(notice))
@@ -140,6 +144,14 @@ def _cancel_flag(sub: UserSubscription, notice, now: datetime) -> str | None:
         _downgrade_kept(sub, notice, now)
         return "resumed"
     return None
+
+
+def _price_below(sub: UserSubscription, notice) -> str | None:
+    """The tier below the one in force whose price the provider's subscription is on: the
+    notice's price, else a downgrade scheduled here (it switched the price; a cancel made in
+    the portal leaves it). None when it is on the tier in force's price."""
+    tier = notice.tier or (sub.pending_tier if sub.pending_tier != STARTER else None)
+    return tier if tier and is_upgrade(tier, sub.tier) else None
 
 
 def _downgrade_kept(sub: UserSubscription, notice, now: datetime) -> None:
