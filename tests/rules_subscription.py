@@ -101,18 +101,51 @@ UNAPPLIED = ("stale", "nothing_to_update", "unknown_customer", "erased_customer"
 
 
 def purchase_violations(tier: str, status: str, complimentary: bool, chosen: str,
-                        answer: int, checkout_tier: str | None) -> list[str]:
+                        answer: int, checkout_tier: str | None,
+                        paid_period: bool = False) -> list[str]:
     """What choosing a tier may buy, from the subscription in force before (``tier`` as
     ``tier_at`` gives it). A checkout that charges (not a trial's card) is opened only for a
     tier above the one in force: never for one the user has, pays for or is given, which
     would charge again for days paid or given. Under a grant, a paid tier below the one
-    granted (the tier of a period paid for before it included) is 409 ``conflict``."""
+    granted (the tier of a period paid for before it included) is 409 ``conflict``. A tier
+    above the one in force while a period the user paid for runs with a card on file
+    (``paid_period``: their own, or one paid before a grant over it) is an upgrade of that
+    period, prorated (its unused days credited), never a second, full-price checkout."""
     problems = []
     if checkout_tier is not None and status != TRIALING and RANK[checkout_tier] <= RANK[tier]:
         problems.append(f"a checkout for {checkout_tier} opened on {tier} ({status})")
     if complimentary and status == ACTIVE and 0 < RANK[chosen] < RANK[tier] and answer != 409:
         problems.append(f"{chosen} chosen under a grant of {tier} answered {answer}")
+    if paid_period and status == ACTIVE and RANK[chosen] > RANK[tier] \
+            and checkout_tier is not None:
+        problems.append(f"a full-price checkout for {chosen} over a period paid for on {tier}")
     return problems
+
+
+def grant_renewal_violations(granted: str | None, tier: str,
+                             complimentary: bool) -> list[str]:
+    """A grant in force (``granted``: its tier, nothing passed that ends it) is not ended
+    by a notice of the provider's subscription it stopped renewing: not by a renewal (a
+    cancel undone in the billing portal whose notice was lost), nor a failed charge. The
+    tier stays the one granted, free."""
+    if granted is None or (tier, complimentary) == (granted, True):
+        return []
+    return [f"a renewal notice ended a grant of {granted}: now {tier}"
+            f"{' (free)' if complimentary else ' (paid)'}"]
+
+
+def renewal_price_violations(tier: str, status: str, complimentary: bool,
+                             cancel_at_period_end: bool, pending_tier: str | None,
+                             price: str | None) -> list[str]:
+    """What a paid subscription is shown to renew at (the tier after a downgrade scheduled,
+    else the tier in force) is the price the provider renews at (``price``: the last plan
+    change sent to it, else the tier paid for; None: not known). A cancel scheduled, a
+    trial or a grant renews nothing here."""
+    if price is None or status != ACTIVE or complimentary or tier == "starter" \
+            or cancel_at_period_end or pending_tier == "starter":
+        return []
+    renews = pending_tier or tier
+    return [] if renews == price else [f"shown renewing {renews}; the provider bills {price}"]
 
 
 def renewal_violations(outcome: str, cancel_at_period_end: bool,

@@ -43,7 +43,9 @@ from rules_model import (
 from rules_model import quota_violations as quota_problems
 from rules_subscription import (
     derive_from_events,
+    grant_renewal_violations,
     purchase_violations,
+    renewal_price_violations,
     renewal_violations,
     repeated_cancellations,
     tier_at,
@@ -69,6 +71,8 @@ from sonicus.models import (
 )
 from sonicus.services import idempotency, reminder_claims
 from sonicus.services.analytics import compute_user_analytics
+from sonicus.services.subscriptions import changes as subscription_changes
+from sonicus.services.subscriptions import payments as subscription_payments
 from sonicus.services.subscriptions import process_due_subscriptions
 from sonicus.tiers import TIERS, can_access_level
 
@@ -96,9 +100,10 @@ class Identity:
         self.claim_ids = {}          # (user id, user day) claimed -> the delivery's id
 
 
-def build_machine(app, idp, table_names, billing, cancels):
+def build_machine(app, idp, table_names, billing, cancels, prices):
     """``cancels``: every provider subscription id the provider is asked to cancel at once
-    (filled by ``recording_cancels``)."""
+    (filled by ``recording_cancels``); ``prices``: the tier each user's provider
+    subscription renews at, where known (filled by ``recording_prices``)."""
     client = app.test_client()
     admin = {"Authorization": "Bearer " + idp.token(
         email="admin@example.com", groups=("sonicus-user", "sonicus-super-admin"))}
@@ -123,6 +128,7 @@ def build_machine(app, idp, table_names, billing, cancels):
             self.webhooks = 0
             self.provider_ids = 0
             cancels.clear()
+            prices.clear()
             self.keys = 0
             self.uploaded_at = {}  # session id -> when the batch that stored it was posted
             self.assignments = {}  # (user id, level) -> expires_at (None: no end)
@@ -456,8 +462,13 @@ def build_machine(app, idp, table_names, billing, cancels):
             assert status in (200, 402, 403, 409), body
             checkout = (body["data"] or {}).get("checkout") if status == 200 else None
             if active and in_force == before.tier:  # no deadline passed unwritten
+                paid_period = before.status == "active" and before.tier != "starter" \
+                    and before.payment_method_on_file \
+                    and before.current_period_end is not None \
+                    and before.current_period_end > self.now
                 problems = purchase_violations(in_force, before.status, before.complimentary,
-                                               tier, status, checkout and checkout["tier"])
+                                               tier, status, checkout and checkout["tier"],
+                                               paid_period)
                 assert not problems, (person.name, problems, body)
             if pay and checkout:
                 status, body = self.call("POST",
@@ -509,7 +520,10 @@ def build_machine(app, idp, table_names, billing, cancels):
 
         @rule(name=st.sampled_from(IDENTITIES), paid=st.booleans())
         def renewal_webhook(self, name, paid):
-            """The provider's invoice for the period that follows the current one."""
+            """The provider's invoice for the period that follows the current one. It never
+            ends a grant in force (rules_subscription.grant_renewal_violations): the provider
+            renews what a grant stopped renewing when the cancel undone in its billing portal
+            was never notified, which this machine's provider is free to do."""
             person = self.people[name]
             if person.user_id is None:
                 return
@@ -517,6 +531,8 @@ def build_machine(app, idp, table_names, billing, cancels):
             start, tier = sub.current_period_end, sub.tier
             if start is None or tier == "starter":
                 return
+            granted = tier if sub.complimentary and sub.status == "active" \
+                and tier_at(sub, self.now) == tier else None
             self.webhooks += 1
             subscription, customer = self.provider_subscription_of(sub)
             event = billing.invoice_event(
@@ -526,6 +542,9 @@ def build_machine(app, idp, table_names, billing, cancels):
                 subscription=subscription, customer=customer)
             status, body = self.call_webhook(event)
             assert status == 200, body
+            after = self.subscription_row(person)
+            problems = grant_renewal_violations(granted, after.tier, after.complimentary)
+            assert not problems, (person.name, problems, body)
 
         def provider_subscription_of(self, sub):
             """The provider subscription running for this row (ids never shared between
@@ -547,11 +566,14 @@ def build_machine(app, idp, table_names, billing, cancels):
             if not sub.provider_subscription_id or sub.tier == "starter":
                 return
             self.webhooks += 1
+            # the provider's subscription as it is: the price it renews at, where known
+            price = prices.get(person.user_id)
             event = billing.subscription_updated(
                 f"evt_{self.webhooks}", price="price_unknown",
                 subscription=sub.provider_subscription_id,
                 customer=sub.provider_customer_id or "cus_x", cancel_at_period_end=cancel,
-                previous={"cancel_at_period_end": not cancel}, created=self.now)
+                previous={"cancel_at_period_end": not cancel}, created=self.now,
+                metadata={"sonicus_tier": price} if price else None)
             status, body = self.call_webhook(event)
             assert status == 200, body
             if not cancel:
@@ -679,6 +701,19 @@ def build_machine(app, idp, table_names, billing, cancels):
                         (person.name, tier, level)
 
         @invariant()
+        def the_provider_renews_what_is_shown(self):
+            """A paid subscription shown renewing (its tier, or the one a downgrade falls
+            to) renews at that tier's price at the provider, whatever was changed here or in
+            the billing portal (rules_subscription.renewal_price_violations)."""
+            accounts = [p for p in self.people.values() if p.user_id is not None]
+            for person in accounts:
+                sub = self.subscription_row(person)
+                problems = renewal_price_violations(
+                    sub.tier, sub.status, sub.complimentary, sub.cancel_at_period_end,
+                    sub.pending_tier, prices.get(person.user_id))
+                assert not problems, (person.name, problems)
+
+        @invariant()
         def no_admin_is_suspended_through_the_api(self):
             with app.app_context():
                 suspended = db.session.execute(select(User.email).where(
@@ -795,6 +830,30 @@ def build_machine(app, idp, table_names, billing, cancels):
     return RulesMachine
 
 
+def recording_prices(prices: dict[int, str]):
+    """Wrappers noting, per user, the tier the provider's subscription renews at: the plan
+    the provider is switched to (``change_tier``), the tier a payment starts (a new paid
+    tier, a trial's card); a trial starts a subscription whose price is not known yet."""
+
+    def plan_changed(provider, sub, tier, *, prorate):
+        prices[sub.user_id] = tier
+
+    def paying(apply):
+        def applied(sub, payment, *args):
+            outcome = apply(sub, payment, *args)
+            prices[sub.user_id] = sub.tier
+            return outcome
+        return applied
+
+    def trial_started(start):
+        def started(user, sub, *args):
+            prices.pop(sub.user_id, None)
+            return start(user, sub, *args)
+        return started
+
+    return plan_changed, paying, trial_started
+
+
 def recording_cancels(cancel_now, cancels: list[str]):
     """The provider's ``cancel_now``, unchanged, noting each subscription id it confirms."""
 
@@ -857,14 +916,32 @@ def _rules_machine(idp, make_config, table_names, billing, monkeypatch):
     cancels: list[str] = []
     monkeypatch.setattr(SandboxProvider, "cancel_now",
                         recording_cancels(SandboxProvider.cancel_now, cancels))
-    return build_machine(app, idp, table_names, billing, cancels)
+    prices: dict[int, str] = {}
+    plan_changed, paying, trial_started = recording_prices(prices)
+    monkeypatch.setattr(SandboxProvider, "change_tier", plan_changed)
+    for name in ("_new_paid_tier", "_trial_card_added"):
+        monkeypatch.setattr(subscription_payments, name,
+                            paying(getattr(subscription_payments, name)))
+    monkeypatch.setattr(subscription_changes, "_start_trial",
+                        trial_started(subscription_changes._start_trial))
+    return build_machine(app, idp, table_names, billing, cancels, prices)
 
 
 # Sequences through a grant over the user's own billing, each step followed by the invariants
 # (random exploration reaches them rarely): a tier paid for chosen again under a higher grant;
-# a cancel under a grant undone in the billing portal; a revoke after a grant that canceled a
-# failing renewal's subscription.
+# a tier above a grant over a month paid for (prorated, no checkout); a cancel under a grant
+# undone in the billing portal; the provider renewing under a grant (the portal's undo never
+# notified); a revoke after a grant that canceled a failing renewal's subscription.
 GRANT_SEQUENCES = {
+    "tier_above_a_grant_over_a_paid_month": [
+        ("choose_tier", {"tier": "premium", "pay": True}),
+        ("admin_grants", {"tier": "premium"}), ("choose_tier", {"tier": "pro", "pay": True})],
+    "renewal_under_a_grant": [
+        ("choose_tier", {"tier": "premium", "pay": True}),
+        ("renewal_webhook", {"paid": True}), ("admin_grants", {"tier": "premium"}),
+        ("renewal_webhook", {"paid": True}), ("admin_grants", {"tier": "pro"}),
+        ("renewal_webhook", {"paid": True}), ("time_passes", {"seconds": 32 * 86400}),
+        ("sign_in", {})],
     "tier_paid_for_chosen_under_a_grant": [
         ("choose_tier", {"tier": "premium", "pay": True}), ("admin_grants", {"tier": "pro"}),
         ("choose_tier", {"tier": "premium", "pay": True})],
@@ -893,6 +970,36 @@ def test_the_rules_hold_through_grants_over_the_users_billing(idp, make_config, 
             getattr(machine, step)(**({} if step == "time_passes" else {"name": "ana"}),
                                    **arguments)
             machine.the_rules_hold()
+            machine.the_provider_renews_what_is_shown()
+    finally:
+        machine.teardown()
+
+
+# A downgrade asked here, a cancel made in the billing portal (the provider stays on the lower
+# tier's price), then the cancel undone here: what is shown renews at the provider's price
+# (``the_provider_renews_what_is_shown``), by a resume or by choosing the tier in force again.
+PORTAL_SEQUENCES = {
+    f"portal_cancel_after_a_downgrade_undone_by_{how}": [
+        ("choose_tier", {"tier": "pro", "pay": True}), ("renewal_webhook", {"paid": True}),
+        ("choose_tier", {"tier": "premium", "pay": False}),
+        ("portal_changes_the_cancel", {"cancel": True}), undo,
+        ("time_passes", {"seconds": 32 * 86400}), ("expiry_job_runs", {}),
+        ("renewal_webhook", {"paid": True}), ("sign_in", {})]
+    for how, undo in (("resume", ("resume", {})),
+                      ("choosing_the_tier", ("choose_tier", {"tier": "pro", "pay": False})))
+}
+
+
+@pytest.mark.parametrize("sequence", sorted(PORTAL_SEQUENCES))
+def test_the_rules_hold_when_a_cancel_made_in_the_portal_is_undone_here(
+        idp, make_config, table_names, billing, monkeypatch, sequence):
+    machine = _rules_machine(idp, make_config, table_names, billing, monkeypatch)()
+    try:
+        for step, arguments in PORTAL_SEQUENCES[sequence]:
+            getattr(machine, step)(**({} if step in ("time_passes", "expiry_job_runs")
+                                      else {"name": "ana"}), **arguments)
+            machine.the_rules_hold()
+            machine.the_provider_renews_what_is_shown()
     finally:
         machine.teardown()
 
