@@ -197,3 +197,63 @@ def test_sockets_admitted_while_a_process_skips_redis_count_against_the_cap_once
     finally:
         for app in (holding, other):
             get_broker(app).stop()
+
+
+def _open_or_close_code(ws, seconds: float = 3.0):
+    """The close code ``ws`` gets within ``seconds`` (messages skipped), else "open"."""
+    import websocket
+
+    ws.settimeout(seconds)
+    try:
+        return ws.close_code()
+    except websocket.WebSocketTimeoutException:
+        return "open"
+
+
+def test_restoring_leases_after_a_redis_outage_keeps_the_user_under_the_cap(
+        own_redis, token_for, make_config, make_user, connect_ws, serve_in_process):
+    """While Redis is down each process admits a user's sockets on its own count, so between
+    two processes the user holds more than the cap. Once Redis is back, the leases restored
+    keep to the cap: the sockets past it are closed with 4429, and the user holds no more live
+    sockets than the cap allows (before, every socket was leased again and stayed open)."""
+    from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
+
+    config = make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=0.2,
+                         WS_MAX_SOCKETS_PER_USER=3)
+    first, second = create_app(config), create_app(config)
+    ivy = make_user("ivy@example.com").id
+    token = token_for("ivy@example.com")
+    server_a, server_b = serve_in_process(first), serve_in_process(second)
+    try:
+        before = [connect_ws(server_a.url(), token), connect_ws(server_a.url(), token),
+                  connect_ws(server_b.url(), token)]
+        for ws in before:
+            assert ws.receive_json()["type"] == "analytics.snapshot"
+
+        own_redis.stop()
+        time.sleep(0.3)
+        # each process counts only its own sockets meanwhile: 3 + 2 for a cap of 3
+        during = [connect_ws(server_a.url(), token), connect_ws(server_b.url(), token),
+                  connect_ws(server_b.url(), token)]
+        for ws in during:
+            assert ws.receive_json()["type"] == "analytics.snapshot"
+        assert get_broker(first).local_socket_count() + get_broker(second).local_socket_count() \
+            == 6
+        own_redis.start()  # empty: every lease is restored by its process
+        for app in (first, second):
+            assert get_broker(app).wait_ready(20), "the subscriber did not reconnect"
+        leases, deadline = redis_lib.Redis.from_url(own_redis.url), time.time() + 10
+        counts = lambda: (get_broker(first).local_socket_count()  # noqa: E731
+                          + get_broker(second).local_socket_count())
+        while time.time() < deadline and (counts() > 3
+                                          or leases.zcard(_leases_key(first, ivy)) < 3):
+            time.sleep(0.05)
+        assert counts() == 3
+        assert leases.zcard(_leases_key(first, ivy)) == 3
+        sockets = [*before, *during]
+        codes = [_open_or_close_code(ws) for ws in sockets]
+        assert sorted(codes, key=str) == sorted([4429] * 3 + ["open"] * 3, key=str), codes
+    finally:
+        for app in (first, second):
+            get_broker(app).stop()

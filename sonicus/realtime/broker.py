@@ -25,13 +25,11 @@ web process.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 
 import redis
@@ -42,9 +40,12 @@ from ..extensions import pay_owed_redis_calls
 from .accounts import AccountCheck
 from .connection import Connection, text_frame
 from .keepalive import KeepAlive
-from .leases import Leases
+from .leases import CLOSE_TOO_MANY_SOCKETS, Leases
 from .loop import under_gevent, yield_to_loop
 from .publish import LOCAL_DELIVERY_KEY, user_events_channel
+from .running import _RUNNING as _RUNNING  # the tests stop them
+from .running import running
+from .running import stop_running_brokers as stop_running_brokers
 
 log = logging.getLogger(__name__)
 
@@ -64,33 +65,6 @@ _pid = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 ADMITTED, TOO_MANY_IN_PROCESS, TOO_MANY_FOR_USER = "admitted", "process", "user"
-
-
-# Subscribers running in this process, stopped at interpreter exit so that none retries (and
-# logs) while logging is being shut down.
-_RUNNING: weakref.WeakSet = weakref.WeakSet()
-_exit_hook = threading.Lock()
-_exit_hook_registered = False
-
-
-def stop_running_brokers(wait: float = 0.0) -> None:
-    """Stop every subscriber of this process (at interpreter exit, or a test run's end), each
-    given up to ``wait`` seconds to finish."""
-    brokers = list(_RUNNING)
-    for broker in brokers:
-        broker.stop()
-    for broker in brokers:
-        listener = broker._listener
-        if wait > 0 and listener is not None and listener.is_alive():
-            listener.join(wait)
-
-
-def _register_exit_hook() -> None:
-    global _exit_hook_registered
-    with _exit_hook:
-        if not _exit_hook_registered:
-            atexit.register(stop_running_brokers)
-            _exit_hook_registered = True
 
 
 class Broker:
@@ -117,7 +91,7 @@ class Broker:
         # The process whose subscriber thread runs, or that needs none (no Redis); None when
         # it stopped. A forked child's pid differs, so the child starts its own.
         self._started_in: int | None = None
-        self.leases = Leases(app, self._lock, self._sockets)
+        self.leases = Leases(app, self._lock, self._sockets, self.close_over_cap)
         self.keepalive = KeepAlive(self._lock, self._sockets, self._pace)
 
     def _pace(self) -> None:
@@ -193,6 +167,17 @@ class Broker:
             self.keepalive.closing(conn)  # hung up unless its peer answers the close
         return len(conns)
 
+    def close_over_cap(self, conns: list[Connection]) -> None:
+        """Close sockets found past their user's cap when leases were restored after a gap in
+        Redis (admitted meanwhile on each process's own count): 4429, as a new socket past the
+        cap gets; they hold no lease."""
+        for conn in conns:
+            conn.close(CLOSE_TOO_MANY_SOCKETS, "too many sockets for this user")
+            self.unregister(conn, release=False)
+            self.keepalive.closing(conn)  # hung up unless its peer answers the close
+        log.info("live updates: closed %d sockets past their users' cap after a gap in Redis",
+                 len(conns))
+
     def close_all(self, code: int, reason: str) -> int:
         """Close every socket this process holds (a shutdown: 1001, clients reconnect
         elsewhere). Returns how many were closed."""
@@ -235,8 +220,7 @@ class Broker:
             self._started_in = pid
             self._listener.start()
             self.listener_starts += 1
-            _RUNNING.add(self)
-            _register_exit_hook()
+            running(self)
             return True
 
     def wait_ready(self, timeout: float) -> bool:

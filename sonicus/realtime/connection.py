@@ -84,6 +84,7 @@ class Connection:
         self.kept_alive = False  # the broker's keep-alive sweep pings it
         self.token_until: float | None = None  # Unix time its token runs out (then 4401)
         self.ended = False  # its handler is done with it
+        self.opened = time.monotonic()  # the older of a user's sockets are kept past the cap
 
     def heard_from(self) -> None:
         """The peer sent something (whatever it is, it is alive)."""

@@ -12,7 +12,10 @@ score: when the lease runs out).
 - Without Redis (or while it is unreachable, behind the process's back-off) nothing is leased:
   the broker's local count of a user's sockets decides alone; once Redis answers again the
   subscriber leases the sockets admitted meanwhile (``restore_when_owed``), and after a gap in
-  its subscription every socket of the process (``restore``).
+  its subscription every socket of the process (``restore``). Restoring keeps to the cap: a
+  script per user keeps the leases Redis still holds and adds the others, oldest socket
+  first, while the user is under the cap; the sockets left over (admitted elsewhere too while
+  Redis was away) are handed to ``over_cap``, which closes them with 4429.
 
 The registry of sockets is the broker's: ``Leases`` reads it (which leases to renew) under the
 broker's lock, which also guards the queue of leases to give back.
@@ -25,6 +28,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
 from ..extensions import channel_prefix, guarded_redis_call
 from .connection import Connection
@@ -34,6 +38,8 @@ LEASE_SECONDS = 90  # a socket's lease on its user's cap, renewed every LEASE_RE
 LEASE_RENEW_SECONDS = 30
 LEASE_RENEW_BATCH = 1000  # leases given back per pipeline
 LEASE_RENEW_USERS = 10  # users whose leases are renewed per pipeline (a ZADD and an EXPIRE each)
+CLOSE_TOO_MANY_SOCKETS = 4429  # the user has WS_MAX_SOCKETS_PER_USER open already
+DEFAULT_PER_USER = 10  # WS_MAX_SOCKETS_PER_USER's default
 
 # KEYS[1]: a user's leases; ARGV: now, the new lease's end, its member, the cap
 ADMIT_SCRIPT = """
@@ -44,13 +50,35 @@ redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) +
 return 1
 """
 
+# KEYS[1]: a user's leases; ARGV: now, the leases' end, the cap, then this process's members of
+# the user, oldest socket first. A member Redis holds is renewed; another is added while the
+# user is under the cap. Returns the members that did not fit.
+RESTORE_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local cap = tonumber(ARGV[3])
+local refused = {}
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) or redis.call('ZCARD', KEYS[1]) < cap then
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
+  else
+    refused[#refused + 1] = ARGV[i]
+  end
+end
+if redis.call('ZCARD', KEYS[1]) > 0 then
+  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 1)
+end
+return refused
+"""
+
 
 class Leases:
     """This process's leases on its users' caps, for the sockets of the broker's registry
     (``sockets``: a user's id -> that user's connections, guarded by ``lock``)."""
 
-    def __init__(self, app, lock: threading.Lock, sockets: dict[int, set[Connection]]):
+    def __init__(self, app, lock: threading.Lock, sockets: dict[int, set[Connection]],
+                 over_cap: Callable[[list[Connection]], None] | None = None):
         self.app = app
+        self.over_cap = over_cap  # closes the sockets a restore found past their user's cap
         self.redis_url = app.config.get("REDIS_URL")
         self.prefix = channel_prefix(app.config) + "ws-sockets:"
         self._lock = lock
@@ -58,6 +86,7 @@ class Leases:
         self._ids = itertools.count(1)
         self._owner = ""
         self._admit_script = None
+        self._restore_script = None
         self._next_renewal = 0.0
         self._releases: list[tuple[int, str, float]] = []  # leases to give back
         self._releasing = False
@@ -109,30 +138,53 @@ class Leases:
             self._owner = f"{pid}-{secrets.token_hex(4)}"
         return f"{self._owner}-{next(self._ids)}"
 
-    def restore(self) -> int:
+    def restore(self) -> int | None:
         """After a gap in Redis (the subscriber reconnected): lease every open socket of this
         process again, those admitted meanwhile on the local count included, since Redis may
-        have come back without them (restarted empty). How many were leased."""
+        have come back without them (restarted empty). Within the cap: a user's sockets
+        admitted meanwhile here and elsewhere past it are not leased and go to ``over_cap``
+        (closed with 4429), the newest first. How many were leased (None: Redis skipped)."""
+        per_user = int(self.app.config.get("WS_MAX_SOCKETS_PER_USER", DEFAULT_PER_USER))
         with self._lock:
             for conns in self._sockets.values():
                 for conn in conns:
                     if conn.lease is None:
                         conn.lease = self._member()
-            owned = [(user_id, [conn.lease for conn in conns])
+            owned = [(user_id, sorted(conns, key=lambda conn: conn.opened))
                      for user_id, conns in self._sockets.items() if conns]
         if not owned:
             return 0
 
         def lease(client):
-            until = time.time() + LEASE_SECONDS
+            if self._restore_script is None:
+                self._restore_script = client.register_script(RESTORE_SCRIPT)
+            now = time.time()
             pipe = client.pipeline(transaction=False)
-            for user_id, members in owned:
-                pipe.zadd(self.key(user_id), dict.fromkeys(members, until))
-                pipe.expire(self.key(user_id), LEASE_SECONDS + 1)
-            pipe.execute()
-            return sum(len(members) for _, members in owned)
+            for user_id, conns in owned:
+                self._restore_script(keys=[self.key(user_id)],
+                                     args=[now, now + LEASE_SECONDS, per_user,
+                                           *[conn.lease for conn in conns]],
+                                     client=pipe)
+            return pipe.execute()
 
-        return self._redis_call("socket lease restore", lease)  # None: Redis skipped
+        refused_by_user = self._redis_call("socket lease restore", lease)
+        if refused_by_user is None:
+            return None  # Redis skipped
+        over, leased = [], 0
+        for (_user_id, conns), refused in zip(owned, refused_by_user, strict=True):
+            refused = {_text(member) for member in refused or ()}
+            for conn in conns:
+                if conn.lease in refused:
+                    over.append(conn)
+                else:
+                    leased += 1
+        if over:
+            with self._lock:
+                for conn in over:
+                    conn.lease = None  # not held in Redis: nothing to give back
+            if self.over_cap is not None:
+                self.over_cap(over)
+        return leased
 
     def restore_when_owed(self) -> None:
         """Lease the sockets admitted while Redis was skipped (the subscriber calls it): a
@@ -240,3 +292,7 @@ class Leases:
 
     def pending(self) -> int:
         return len(self._releases)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

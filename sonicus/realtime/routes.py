@@ -36,13 +36,13 @@ from .broker import (
     init_broker,
 )
 from .connection import Connection, text_frame, write_within
+from .leases import CLOSE_TOO_MANY_SOCKETS
 from .loop import read_after_the_rest
 from .publish import CLOSE_FORBIDDEN, CLOSE_INVALID_TOKEN
 
 log = logging.getLogger(__name__)
 
 CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_TOO_MANY_SOCKETS = 4429  # this user has WS_MAX_SOCKETS_PER_USER open already
 CLOSE_TOO_BIG = 1009
 SUBSCRIBE_WAIT_SECONDS = 2.0
 RECEIVE_BYTES = 4096
