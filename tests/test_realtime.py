@@ -516,3 +516,43 @@ def test_a_session_start_reaches_the_users_live_analytics(app, two_web_processes
                          timeout=10).json()["data"]["usage"]
     assert usage["sessions_today"] == update["data"]["sessions_today"]
     ws.close()
+
+
+def test_figures_computed_before_a_settings_change_never_reach_the_socket_after_it(
+        app, two_web_processes, token_for, make_user, make_package, make_session, connect_ws,
+        monkeypatch):
+    """A refresh reads the user (streaks shown), the user hides streaks on another process,
+    then the refresh publishes: the open dashboard must not show the streak just hidden (before,
+    that update arrived after the change and contradicted it). The next refresh, under the new
+    settings, does arrive."""
+    from sonicus.services import analytics
+
+    server_a, server_b = two_web_processes
+    user = make_user("kim@example.com").id
+    make_session(user, make_package("tide").id, _today(), minutes=12)
+    token = token_for("kim@example.com")
+    ws = connect_ws(server_a.ws_url(), token)
+    assert ws.receive_json()["type"] == "analytics.snapshot"
+
+    publish = analytics.publish_to_user
+
+    def publish_after_a_settings_change(user_id, message, **kwargs):
+        answer = requests.put(server_b.http_url("/api/user/profile"),
+                              json={"preferences": {"show_streaks": False}},
+                              headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert answer.status_code == 200
+        return publish(user_id, message, **kwargs)
+
+    monkeypatch.setattr(analytics, "publish_to_user", publish_after_a_settings_change)
+    with app.app_context():
+        stale = analytics.refresh_user_analytics(user)
+    assert stale["current_streak_days"] is not None  # computed with streaks shown
+    monkeypatch.setattr(analytics, "publish_to_user", publish)
+    assert ws.nothing_arrives(1.0)
+
+    with app.app_context():
+        analytics.refresh_user_analytics(user)
+    fresh = ws.receive_json()
+    assert fresh["type"] == "analytics.updated"
+    assert fresh["data"]["current_streak_days"] is None
+    assert fresh["data"]["total_minutes"] == 12.0

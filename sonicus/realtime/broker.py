@@ -46,6 +46,7 @@ from .publish import LOCAL_DELIVERY_KEY, user_events_channel
 from .running import _RUNNING as _RUNNING  # the tests stop them
 from .running import running
 from .running import stop_running_brokers as stop_running_brokers
+from .versions import SettingsVersions
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class Broker:
         # The process whose subscriber thread runs, or that needs none (no Redis); None when
         # it stopped. A forked child's pid differs, so the child starts its own.
         self._started_in: int | None = None
+        self.settings = SettingsVersions()  # updates computed under older settings are dropped
         self.leases = Leases(app, self._lock, self._sockets, self.close_over_cap)
         self.keepalive = KeepAlive(self._lock, self._sockets, self._pace)
 
@@ -361,6 +363,13 @@ class Broker:
             self.accounts.closed(user_id, code, reason)  # for handshakes under way
             self.close_local(user_id, code, reason)
             return
+        if "settings" in payload:
+            version = int(payload["settings"])
+            if "text" not in payload:  # a settings change: what was computed before is stale
+                self.settings.changed(user_id, version)
+                return
+            if self.settings.stale(user_id, version):
+                return
         self.deliver_local(user_id, payload["text"])
 
 

@@ -19,7 +19,8 @@ LOCAL_DELIVERY_KEY = "sonicus_local_delivery"
 CLOSE_FORBIDDEN = 4403  # a suspended (or no longer allowed) account
 CLOSE_INVALID_TOKEN = 4401  # a bad token, or an account erased since: sign in again
 
-__all__ = ["channel_prefix", "close_user_sockets", "publish_to_user", "user_events_channel"]
+__all__ = ["channel_prefix", "close_user_sockets", "publish_settings_change", "publish_to_user",
+           "user_events_channel"]
 
 
 def user_events_channel(config) -> str:
@@ -40,10 +41,23 @@ def _send(payload: dict) -> bool:
                               lambda client: client.publish(channel, text) >= 0, False)
 
 
-def publish_to_user(user_id: int, message: dict) -> bool:
-    """Send ``message`` to every open socket of ``user_id``, on whichever process it is."""
+def publish_to_user(user_id: int, message: dict, settings_version: int | None = None) -> bool:
+    """Send ``message`` to every open socket of ``user_id``, on whichever process it is.
+    ``settings_version``: the version of the user's settings it was computed under; a process
+    that saw a later settings change (``publish_settings_change``) drops it."""
     text = json.dumps(message, separators=(",", ":"), default=str)
-    return _send({"user_id": user_id, "text": text})
+    payload = {"user_id": user_id, "text": text}
+    if settings_version is not None:
+        payload["settings"] = settings_version
+    return _send(payload)
+
+
+def publish_settings_change(user_id: int, settings_version: int) -> bool:
+    """The user's settings changed (committed) to ``settings_version``: every process drops
+    the messages computed under an earlier version that reach it after this (a refresh that
+    read the user before the change must not show a streak just hidden). Published on the
+    same channel as the messages, so every process sees it in the same order."""
+    return _send({"user_id": user_id, "settings": settings_version})
 
 
 def close_user_sockets(user_id: int, code: int = CLOSE_FORBIDDEN,

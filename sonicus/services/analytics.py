@@ -71,6 +71,12 @@ def settings_stamp(person) -> str:
                       sort_keys=True, default=str)
 
 
+def settings_version(user) -> int:
+    """The version of the user's settings (``updated_at`` in microseconds, moved forward by a
+    settings change): processes that saw a later one drop figures computed under this."""
+    return int(user.updated_at.timestamp() * 1_000_000)
+
+
 def _cache_figures(user_id: int, settings: str, data: dict, ttl: int) -> None:
     """Cache ``data``, computed under ``settings`` (``settings_stamp`` of the user as read
     for the computation: taken before any commit reloads the row)."""
@@ -295,6 +301,7 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
     now = clock.now()
     data = compute_user_analytics(user, now)
     settings = settings_stamp(user)  # as read for the computation, before the commit
+    version = settings_version(user)
     values = {"data": data, "computed_at": now}
     if marked is not None:
         values["stale_since"] = case((UserAnalytics.stale_since <= marked, None),
@@ -307,7 +314,8 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
     _cache_figures(user_id, settings, data, ttl)
     forget_recent_recaps(user_id)  # again: a recap computed while the change committed
     if publish:
-        publish_to_user(user_id, {"type": "analytics.updated", "data": data})
+        publish_to_user(user_id, {"type": "analytics.updated", "data": data},
+                        settings_version=version)
     return data
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import delete, exists, select, update
@@ -31,9 +31,9 @@ from ..models import (
     UserSubscription,
 )
 from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_preferences
-from ..realtime.publish import CLOSE_INVALID_TOKEN, close_user_sockets
+from ..realtime.publish import CLOSE_INVALID_TOKEN, close_user_sockets, publish_settings_change
 from . import erasure, erasure_keys
-from .analytics import invalidate_user_analytics
+from .analytics import invalidate_user_analytics, settings_stamp, settings_version
 from .recommendation_model import request_rebuild_after_erasure
 from .reminder_settings import get_reminder_preferences
 from .subscriptions import ended_by_a_grant, lock_or_create_subscription, settle_due_change
@@ -200,8 +200,10 @@ def update_profile(user_id: int, changes: dict, now: datetime | None = None) -> 
     New day settings show at once and take effect at the next boundary of the user's day as
     it is now (``User.change_day_settings``): changing the day never gives quota back."""
     now = now or clock.now()
+    version = None
     with unit_of_work() as work:
         user = _lock_user(user_id)
+        before = settings_stamp(user)
         if "display_name" in changes:
             user.display_name = changes["display_name"]
         if "timezone" in changes or "day_start_hour" in changes:
@@ -209,8 +211,15 @@ def update_profile(user_id: int, changes: dict, now: datetime | None = None) -> 
                                      changes.get("day_start_hour", user.day_start_hour), now)
         if "preferences" in changes:
             user.preferences = merge_preferences(user.preferences, changes["preferences"])
+        if settings_stamp(user) != before:
+            # a new settings version, later than any before even if clocks differ
+            user.updated_at = max(datetime.now(UTC),
+                                  user.updated_at + timedelta(microseconds=1))
+            version = settings_version(user)
         work.changed_user(user.id)
     invalidate_user_analytics(user_id)
+    if version is not None:  # live figures computed under the old settings are dropped
+        publish_settings_change(user_id, version)
     return user
 
 
