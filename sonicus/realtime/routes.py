@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 
 from flask import Blueprint, current_app, g, request
@@ -46,6 +47,9 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TOO_BIG = 1009
 SUBSCRIBE_WAIT_SECONDS = 2.0
 RECEIVE_BYTES = 4096
+# After the server's close, what the peer still sends is read (and dropped) this long at most
+# before the connection closes: a close with unread data answers it with a TCP reset
+CLOSE_LINGER_SECONDS = 2.0
 
 
 class HandlerReads:
@@ -146,6 +150,8 @@ def read_until_closed(ws, conn: Connection, broker) -> None:
                         # a frame wsproto refused (1002 not masked or not a frame, 1007 not
                         # UTF-8): the peer is told why, not just hung up on
                         conn.close(event.code, event.reason)
+                        broker.unregister(conn)
+                        linger_after_close(sock, None)
                     ws.close_reason, ws.close_message = event.code, event.reason
                     return
                 if isinstance(event, Ping):
@@ -154,6 +160,8 @@ def read_until_closed(ws, conn: Connection, broker) -> None:
                     message_size += len(event.data)
                     if ws.max_message_size and message_size > ws.max_message_size:
                         conn.close(CLOSE_TOO_BIG, "Message is too big")
+                        broker.unregister(conn)  # its place is free while it lingers
+                        linger_after_close(sock, protocol)
                         return
                     if event.message_finished:
                         message_size = 0
@@ -170,6 +178,37 @@ def read_until_closed(ws, conn: Connection, broker) -> None:
             sock.close()
         except OSError:
             pass
+
+
+def linger_after_close(sock, protocol) -> None:
+    """After the server's close frame, with the peer still sending (the rest of a message too
+    big): closing the connection now would answer what it sends with a TCP reset, which can
+    reach the client before it reads the close frame (its data is then lost with the reset,
+    and the client never learns the code: 1009 seen as a dropped connection). So the server
+    stops writing (a FIN after the close frame) and reads and drops what comes until the peer
+    answers the close (parsed by ``protocol`` when given) or hangs up, for at most
+    ``CLOSE_LINGER_SECONDS``."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    deadline = time.monotonic() + CLOSE_LINGER_SECONDS
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            sock.settimeout(left)
+            data = sock.recv(RECEIVE_BYTES * 16)
+        except OSError:  # the wait is over (a timeout is one), or the peer is gone
+            return
+        if not data:
+            return
+        if protocol is None:
+            continue
+        try:
+            protocol.receive_data(data)
+            if any(isinstance(event, CloseConnection) for event in protocol.events()):
+                return  # the peer answered the close: nothing more comes
+        except Exception:  # not frames any more: just drain
+            protocol = None
 
 
 def socket_token() -> str | None:
