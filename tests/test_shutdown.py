@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -57,3 +59,58 @@ def test_sigterm_closes_open_sockets_with_1001_at_once(idp, test_database_url, t
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+class _ServerSide:
+    """What a ``Connection`` needs of a flask-sock socket: the server's end of a socket pair,
+    and close frames as wsproto writes them."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.connected = True
+        self.ws = self
+
+    def send(self, event) -> bytes:
+        reason = event.reason.encode()
+        return struct.pack("!BBH", 0x88, 2 + len(reason), event.code) + reason
+
+
+def test_a_shutdown_closes_every_socket_within_a_second_however_many_peers_read_nothing(
+        make_config):
+    """Shutting down with many clients that stopped reading (their buffers full): the clients
+    that read get their 1001 and the whole close is over within about a second. Before, the
+    closes were written one after the other, each stuck peer waited for a second: 8 of them
+    held the shutdown 8 s (a thousand, minutes) and the readers' 1001 behind them."""
+    from sonicus import create_app
+    from sonicus.realtime.broker import ADMITTED, get_broker
+    from sonicus.realtime.connection import Connection
+
+    broker = get_broker(create_app(make_config(REDIS_URL=None)))
+    pairs, conns = [], []
+    for n in range(10):
+        server, client = socket.socketpair()
+        pairs.append((server, client))
+        if n < 8:  # a peer that reads nothing: what the server writes has nowhere to go
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            try:
+                while True:
+                    server.send(b"\x81\x7e\xff\xff" + b"x" * 65535, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+        conn = Connection(_ServerSide(server), 4200 + n)
+        assert broker.admit(conn, per_process=100, per_user=10) == ADMITTED
+        conns.append(conn)
+    try:
+        started = time.monotonic()
+        assert broker.close_all(1001, "server shutting down") == 10
+        took = time.monotonic() - started
+        for _server, client in pairs[8:]:  # the peers that read get their close
+            client.settimeout(2)
+            assert client.recv(64)[:4] == b"\x88\x16\x03\xe9"
+        assert took < 3, f"the closes took {took:.1f} s"
+        assert broker.local_socket_count() == 0
+        assert all(conn.closed for conn in conns)
+    finally:
+        for server, client in pairs:
+            server.close()
+            client.close()

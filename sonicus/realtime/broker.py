@@ -38,7 +38,7 @@ from flask import current_app
 from ..caller_cache import callers_channel, get_caller_cache
 from ..extensions import pay_owed_redis_calls
 from .accounts import AccountCheck
-from .connection import Connection, text_frame
+from .connection import Connection, finish_writes, text_frame
 from .keepalive import KeepAlive
 from .leases import CLOSE_TOO_MANY_SOCKETS, Leases
 from .loop import under_gevent, yield_to_loop
@@ -60,8 +60,8 @@ FIRST_START_WAIT_SECONDS = 0.5  # the request that starts the subscriber waits t
 # holds the process for longer. A turn costs ~2.5 us (gevent.idle, 5,000 sockets waiting):
 # 1% of a slice this short (it was 1 ms: a request waited up to that long).
 DELIVERY_SLICE_SECONDS = 0.00025
-# This process's id, renewed in a forked child (asked of the kernel before every request
-# otherwise).
+SHUTDOWN_CLOSE_SECONDS = 1.0  # every socket's 1001 is written within this, all at once
+# This process's id, renewed in a forked child (else asked of the kernel before every request)
 _pid = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
@@ -180,17 +180,27 @@ class Broker:
         log.info("live updates: closed %d sockets past their users' cap after a gap in Redis",
                  len(conns))
 
-    def close_all(self, code: int, reason: str) -> int:
+    def close_all(self, code: int, reason: str,
+                  seconds: float = SHUTDOWN_CLOSE_SECONDS) -> int:
         """Close every socket this process holds (a shutdown: 1001, clients reconnect
-        elsewhere). Returns how many were closed."""
+        elsewhere), all within ``seconds`` (one after the other, each peer that read nothing
+        cost a second): the rest of every close frame its socket did not take at once is
+        written at the same time; sockets still full then are hung up. How many closed."""
+        until = time.monotonic() + seconds
         with self._lock:
             conns = [conn for user_conns in self._sockets.values() for conn in user_conns]
         leases = [(conn.user_id, conn.lease) for conn in conns if conn.lease is not None]
+        pending = {}
         for conn in conns:
-            conn.close(code, reason)
+            rest = conn.close_without_waiting(code, reason, until)
+            if rest:
+                pending[conn.ws.sock] = (conn, rest)
             self.unregister(conn, release=False)
             conn.lease = None
             self._pace()
+        for sock in finish_writes([(sock, rest) for sock, (_conn, rest) in pending.items()],
+                                  max(0.0, until - time.monotonic())):
+            pending[sock][0].hang_up()
         if leases:
             self.leases.release(leases)
         return len(conns)

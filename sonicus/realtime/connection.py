@@ -70,6 +70,63 @@ def write_within(sock, data: bytes, seconds: float = SEND_WAIT_SECONDS) -> None:
         poller.poll(left * 1000)
 
 
+def send_now(sock, view) -> int:
+    """Write to ``sock`` what its kernel buffer takes at once, without waiting: how many bytes
+    (0 when it takes nothing now)."""
+    try:
+        if type(sock).__module__.startswith("gevent."):
+            return sock.send(view, 0, timeout=0.0)
+        return sock.send(view, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return 0
+
+
+def finish_writes(pending: list[tuple[object, memoryview]], seconds: float) -> list:
+    """Write what is left to each of several sockets (``(sock, rest)``) at once, all within
+    ``seconds`` in total (never one after the other); the sockets that did not take all of
+    theirs (the peer reads nothing, or is gone)."""
+    if not pending:
+        return []
+    deadline = time.monotonic() + seconds
+    if type(pending[0][0]).__module__.startswith("gevent."):
+        gevent = sys.modules["gevent"]
+        writes = [(sock, gevent.spawn(write_within, sock, rest, seconds))
+                  for sock, rest in pending]
+        gevent.joinall([write for _sock, write in writes],
+                       timeout=max(0.0, deadline - time.monotonic()) + 0.1)
+        failed = []
+        for sock, write in writes:
+            if not write.successful():
+                write.kill(block=False)
+                failed.append(sock)
+        return failed
+    rests = {sock.fileno(): (sock, rest) for sock, rest in pending}
+    failed = [sock for fd, (sock, _rest) in rests.items() if fd < 0]
+    rests = {fd: entry for fd, entry in rests.items() if fd >= 0}
+    while rests:
+        poller = select.poll()
+        for fd in rests:
+            poller.register(fd, select.POLLOUT)
+        left = deadline - time.monotonic()
+        ready = poller.poll(max(0.0, left) * 1000) if left > 0 else []
+        for fd, _events in ready:
+            sock, rest = rests[fd]
+            try:
+                rest = rest[send_now(sock, rest):]
+            except OSError:
+                failed.append(sock)
+                del rests[fd]
+                continue
+            if rest:
+                rests[fd] = (sock, rest)
+            else:
+                del rests[fd]
+        if left <= 0:
+            failed.extend(sock for sock, _rest in rests.values())
+            break
+    return failed
+
+
 class Connection:
     """One open socket of one user, with its own send lock."""
 
@@ -138,6 +195,31 @@ class Connection:
                 write_within(self.ws.sock, self.ws.ws.send(CloseConnection(code, reason)))
             except Exception:  # already gone, or takes nothing
                 self.hang_up()
+
+    def close_without_waiting(self, code: int, reason: str, until: float) -> memoryview | None:
+        """``close``, but writing only what the kernel takes at once: what is left of the close
+        frame (empty: all sent), for the caller to finish with others' (``finish_writes``)
+        or hang up; None when there is nothing to finish. A write under way holds the send
+        lock: it is waited for until ``until`` (``time.monotonic()``) at most, then the socket
+        is hung up (a shutdown's closes never wait on one socket after another)."""
+        if not self.send_lock.acquire(timeout=max(0.0, until - time.monotonic())):
+            self.closed = True
+            self.hang_up()
+            return None
+        try:
+            if self.closed:
+                return None
+            self.closed = True
+            if not self.ws.connected:
+                return None
+            self.ws.connected = False
+            frame = memoryview(self.ws.ws.send(CloseConnection(code, reason)))
+            return frame[send_now(self.ws.sock, frame):]
+        except Exception:  # already gone
+            self.hang_up()
+            return None
+        finally:
+            self.send_lock.release()
 
     def hang_up(self) -> None:
         """Wake the socket's reader, waiting without a timeout, with an end of stream (after a
