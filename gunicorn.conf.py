@@ -49,6 +49,11 @@ else:
     os.environ.setdefault("WS_MAX_SOCKETS_PER_PROCESS", "192")
     threads = int(os.environ.get("SONICUS_THREADS", "256"))
 timeout = 60
+# A header field may be twice the API's longest token (sonicus.auth.MAX_TOKEN_BYTES, 16 KiB):
+# tokens over gunicorn's default 8 KiB sign in, and a longer one gets the API's 431 envelope
+# naming the Authorization header instead of gunicorn's own plain-text error. (The request
+# line stays at 8 KiB: a socket's token that long goes in the bearer subprotocol header.)
+limit_request_field_size = 32 * 1024
 graceful_timeout = 30
 keepalive = 5
 control_socket_disable = True

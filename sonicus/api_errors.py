@@ -32,6 +32,7 @@ ERROR_CODES = {
     "idempotency_key_in_use": "A request with this Idempotency-Key is still running.",
     "idempotency_key_reused": "This Idempotency-Key was used for another request.",
     "payload_too_large": "The request body is too large.",
+    "token_too_large": "The access token is longer than the API reads (16 KiB): 431.",
     "unsupported_media_type": "The request body is not JSON.",
     "invalid_signature": "The webhook's signature, timestamp or body is not acceptable.",
     "daily_session_limit_reached": "Today's sessions of the tier are used up "
@@ -65,6 +66,7 @@ DEFAULT_CODES = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    431: "token_too_large",
     422: "validation_error",
     429: "rate_limited",
     500: "internal_error",

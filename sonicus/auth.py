@@ -35,6 +35,10 @@ from .tokens import (
     request_token_digest,
 )
 
+# Longest Authorization header (and socket token) read: tokens with many groups or long claims
+# pass 8 KB; gunicorn.conf.py lets header fields of twice this through, so that a longer one
+# gets the API's 431, not the server's own plain-text error.
+MAX_TOKEN_BYTES = 16 * 1024
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 WWW_AUTHENTICATE_MISSING = {"WWW-Authenticate": "Bearer"}
 
@@ -102,9 +106,17 @@ def caller_from_token(token: str) -> Caller:
     return caller_until_from_token(token)[0]
 
 
+def token_too_large() -> ApiError:
+    return ApiError(431, "token_too_large", "The access token is too large.",
+                    errors=[f"Authorization: longer than {MAX_TOKEN_BYTES} bytes."])
+
+
 def caller_until_from_token(token: str) -> tuple[Caller, float]:
     """``caller_from_token``, and until when (Unix time) the token is accepted: its ``exp``
     and the verifier's leeway (an open socket closes then)."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ApiError(401, "invalid_token", "The access token is too large.",
+                       headers=dict(WWW_AUTHENTICATE))
     verifier = get_verifier()
     try:
         claims = verifier.verify(token)
@@ -134,6 +146,8 @@ def authenticate_request() -> Caller:
         return caller
     req = request._get_current_object()
     header = req.environ.get("HTTP_AUTHORIZATION")
+    if header and len(header) > MAX_TOKEN_BYTES:
+        raise token_too_large()
     parts = header.split(None, 1) if header else ()
     try:
         if len(parts) == 2 and parts[0].lower() == _bearer_validator.TOKEN_TYPE:
