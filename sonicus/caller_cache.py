@@ -11,7 +11,11 @@ the one place a caller is invalidated, in every process: ``forget_users`` forget
 here and publishes them on the app's ``callers`` channel (Redis), which every web process's
 listener (``realtime.broker``) hears and forgets too (a publish this process skips while it
 backs off from Redis is owed and sent once it reaches Redis again: ``extensions``, owed
-commands). With Redis, a process caches callers only while that listener is subscribed
+commands). Each listener acknowledges what it forgot, and ``forget_users`` waits for every
+one of them (``FORGET_ACK_SECONDS`` at most) before the change answers: a published message
+may still sit unread in another process's subscription (its listener busy, or not given the
+CPU yet), and a request there right after the change's answer got the old caller. With
+Redis, a process caches callers only while that listener is subscribed
 (``feed_restored`` / ``feed_lost``): a process that could miss another's invalidation keeps
 nothing. Every rule that enforces a limit or money re-reads and locks its rows; a cached
 caller only serves reads.
@@ -20,6 +24,8 @@ caller only serves reads.
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 import threading
 import time
 
@@ -27,7 +33,14 @@ from flask import current_app
 
 from .extensions import channel_prefix, get_redis, guarded_redis_call
 
+log = logging.getLogger(__name__)
+
 EXTENSION_KEY = "sonicus_caller_cache"
+# How long a change waits for every process to acknowledge that it forgot the change's users
+# (a listener busy or stuck for longer: the change answers anyway, as it did before acks).
+FORGET_ACK_SECONDS = 0.5
+FORGET_ACK_POLL_SECONDS = 0.002
+FORGET_ACK_KEEP_SECONDS = 30  # an acknowledgement nobody waits for any more is dropped then
 
 
 def callers_channel(config) -> str:
@@ -152,8 +165,48 @@ def forget_users(user_ids) -> None:
         cache.forget(user_ids)
     if get_redis() is not None:
         channel = callers_channel(app.config)
-        message = json.dumps({"forget": user_ids}, separators=(",", ":"))
+        acks = f"{channel}-acks:{secrets.token_hex(8)}"
+        message = json.dumps({"forget": user_ids, "ack": acks}, separators=(",", ":"))
         # Owed while this process skips Redis: sent once it reaches Redis again (the others may
         # well be subscribed meanwhile, and keep the user's callers until they expire).
-        guarded_redis_call("caller invalidation", lambda client: client.publish(channel, message),
-                           owed=[("PUBLISH", channel, message)])
+        listeners = guarded_redis_call(
+            "caller invalidation", lambda client: client.publish(channel, message),
+            owed=[("PUBLISH", channel, message)])
+        if listeners:
+            _wait_for_acks(acks, int(listeners))
+
+
+def _wait_for_acks(key: str, listeners: int) -> int:
+    """Wait until ``listeners`` processes acknowledged the invalidation (``key``: its list of
+    acknowledgements), ``FORGET_ACK_SECONDS`` at most; how many did."""
+    deadline = time.monotonic() + FORGET_ACK_SECONDS
+
+    def wait(client) -> int:
+        while True:
+            heard = int(client.llen(key))
+            if heard >= listeners or time.monotonic() >= deadline:
+                return heard
+            time.sleep(FORGET_ACK_POLL_SECONDS)
+
+    return guarded_redis_call("caller invalidation acknowledgement", wait, 0)
+
+
+def heard_invalidation(app, raw) -> None:
+    """A listener (``realtime.broker``) heard another process's (or this one's) invalidation:
+    forget its users here, then acknowledge it (the change waits for that to answer)."""
+    try:
+        payload = json.loads(raw)
+        user_ids = [int(user_id) for user_id in payload["forget"]]
+        ack = payload.get("ack")
+    except Exception:
+        log.warning("caller invalidation: ignored a malformed message")
+        return
+    get_caller_cache(app).forget(user_ids)
+    if isinstance(ack, str) and ack.startswith(callers_channel(app.config) + "-acks:"):
+        def acknowledge(client):
+            client.pipeline(transaction=False).rpush(ack, 1) \
+                .expire(ack, FORGET_ACK_KEEP_SECONDS).execute()
+            return True
+
+        with app.app_context():
+            guarded_redis_call("caller invalidation acknowledgement", acknowledge)

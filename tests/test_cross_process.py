@@ -183,3 +183,47 @@ def test_requests_racing_an_erasure_never_answer_500(
     assert res.status_code in (200, 404)
     assert len(statuses) > 50
     assert [s for s in statuses if s[0] >= 500] == []
+
+
+def test_a_change_answers_only_once_a_busy_process_has_forgotten_the_caller(
+        make_config, serve_in_process, make_user, make_package, auth, admin_auth, db_session,
+        wait_for):
+    """The other process's listener is slow to get to the invalidation (busy, or not given the
+    CPU under load): the change's answer waits until it has forgotten the user, so a request
+    there right after the answer sees the downgrade. Before, the answer went out once the
+    invalidation was published, and the next request on the busy process still opened the
+    package with the old tier (the downgrade test above failed now and then under load)."""
+    import time
+
+    from sonicus import create_app
+    from sonicus.caller_cache import get_caller_cache
+    from sonicus.realtime.broker import get_broker
+
+    busy, changing = create_app(make_config()), create_app(make_config())
+    a, b = serve_in_process(busy), serve_in_process(changing)
+    try:
+        for app in (busy, changing):
+            get_broker(app).start()
+            assert get_broker(app).wait_ready(10)
+        user = make_user("slow-listener@example.com", tier="pro", complimentary=True)
+        package = make_package("far-focus", minimum_tier="pro_exclusive", tracks=(600,))
+        headers, admin = auth("slow-listener@example.com"), admin_auth("slow@example.com")
+        _hold_the_caller(a, headers, user.id, db_session, wait_for)
+        assert _package(a, package.id, headers)["locked"] is False
+
+        cache = get_caller_cache(busy)
+        forget = cache.forget
+
+        def forget_late(user_ids):
+            time.sleep(0.3)  # the listener gets to the message late
+            forget(user_ids)
+
+        cache.forget = forget_late
+        res = requests.patch(b.http_url(f"/api/admin/users/{user.id}"), headers=admin,
+                             json={"tier": "starter"}, timeout=10)
+        assert res.status_code == 200
+        assert _package(a, package.id, headers)["locked"] is True  # at once
+        assert _get(a, "/api/user/profile", headers).json()["data"]["tier"] == "starter"
+    finally:
+        for app in (busy, changing):
+            get_broker(app).stop()

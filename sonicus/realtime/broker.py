@@ -35,7 +35,7 @@ from collections.abc import Callable
 import redis
 from flask import current_app
 
-from ..caller_cache import callers_channel, get_caller_cache
+from ..caller_cache import callers_channel, get_caller_cache, heard_invalidation
 from ..extensions import pay_owed_redis_calls
 from .accounts import AccountCheck
 from .connection import Connection, finish_writes, text_frame
@@ -326,18 +326,9 @@ class Broker:
         if message.get("type") != "message":
             return
         if _text(message.get("channel")) == self.callers_channel:
-            self._forget(message["data"])
+            heard_invalidation(self.app, message["data"])
         else:
             self._dispatch(message["data"])
-
-    def _forget(self, raw) -> None:
-        """Another process changed these users: their cached callers here are stale."""
-        try:
-            user_ids = [int(user_id) for user_id in json.loads(raw)["forget"]]
-        except Exception:
-            log.warning("caller invalidation: ignored a malformed message")
-            return
-        get_caller_cache(self.app).forget(user_ids)
 
     def _resync(self) -> None:
         """After a gap in the subscription, close the sockets of accounts suspended or erased
