@@ -77,12 +77,14 @@ class UserDay:
     ends_at: datetime
 
 
-# How long day settings that were replaced are remembered (``earlier_day_settings``): as long
-# as anything reads the user's local time of past sessions back: the "smart" reminder time
-# looks back 90 days (``services.reminder_claims.SMART_LOOKBACK_DAYS`` is this), the freeze
-# days shown cover 90 days, offline listening may wait 14 days to be uploaded. At most one
-# change a user day is remembered (a second one before it takes effect replaces it).
-DAY_SETTINGS_REMEMBERED = timedelta(days=90)
+# Day settings that were replaced are remembered (``earlier_day_settings``) for good, not for a
+# while: a past session's local hour is read in the zone in force when it started (the recaps'
+# ``listening_hours``, a year recap read in January included; the smart reminder time) and a
+# date a move east skipped stays no missed day in every past streak. Forgetting the zone after 90
+# days put a traveller's spring mornings in the year recap at the hours of the zone they moved to
+# later. At most one change a user day is kept (a second one before it takes effect replaces
+# it), and the newest ``DAY_SETTINGS_KEPT`` at most: over two years of daily moves.
+DAY_SETTINGS_KEPT = 800
 
 
 def day_settings_at(person, moment: datetime) -> DaySettings:
@@ -99,14 +101,13 @@ def day_settings_at(person, moment: datetime) -> DaySettings:
     return DaySettings(person.timezone, person.day_start_hour)
 
 
-def remembered_day_settings(person, now: datetime) -> list[dict]:
+def remembered_day_settings(person) -> list[dict]:
     """``earlier_day_settings`` as a new change (none pending) replaces the prior settings:
-    the prior ones, which ended at ``day_settings_effective_at``, join the earlier ones;
-    those that ended more than ``DAY_SETTINGS_REMEMBERED`` ago are forgotten."""
+    the prior ones, which ended at ``day_settings_effective_at``, join the earlier ones; only
+    the newest ``DAY_SETTINGS_KEPT`` are kept."""
     return [{"until": ended.astimezone(UTC).isoformat(), "timezone": settings.timezone,
              "day_start_hour": settings.day_start_hour}
-            for ended, settings in _settings_changes(person)
-            if ended > now - DAY_SETTINGS_REMEMBERED]
+            for ended, settings in _settings_changes(person)][-DAY_SETTINGS_KEPT:]
 
 
 def pending_day_settings_at(person, moment: datetime) -> datetime | None:

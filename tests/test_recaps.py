@@ -309,3 +309,31 @@ def test_a_session_started_and_left_unheard_is_no_session_of_the_recap(
     following = _recap(client, auth, "left@example.com", period="week",
                        date="2026-12-01").json["data"]
     assert following["previous"]["sessions"] == 1
+
+
+def test_last_years_hours_stay_in_the_zone_of_the_day_after_two_moves(
+        app, set_clock, make_user, make_package, make_session):
+    """A listener in Tokyo all spring moves to New York in the summer and to London in
+    December; in January their year recap shows the spring's morning sessions at 09:00 (Tokyo),
+    not at 19:00 (New York) because the Tokyo zone was forgotten 90 days after the move."""
+    from sonicus.extensions import db
+    from sonicus.models import User
+    from sonicus.services.recaps import compute_recap
+
+    set_clock(datetime(2026, 3, 1, 12, tzinfo=UTC))
+    user = make_user("traveller@example.com", timezone="Asia/Tokyo")
+    rain = make_package("rain").id
+    for day in (2, 3, 4):  # 00:00 UTC: 09:00 in Tokyo
+        make_session(user.id, rain, date(2026, 3, day),
+                     started_at=datetime(2026, 3, day, 0, tzinfo=UTC), minutes=10)
+    with app.app_context():
+        for moment, zone in ((datetime(2026, 8, 1, 12, tzinfo=UTC), "America/New_York"),
+                             (datetime(2026, 12, 1, 12, tzinfo=UTC), "Europe/London")):
+            set_clock(moment)
+            person = db.session.get(User, user.id)
+            person.change_day_settings(zone, 0, moment)
+            db.session.commit()
+        set_clock(datetime(2027, 1, 3, 12, tzinfo=UTC))
+        hours = compute_recap(user.id, "year", date(2026, 6, 1),
+                              use_cache=False)["listening_hours"]
+    assert hours[9] == 30.0 and sum(hours) == 30.0

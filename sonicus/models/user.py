@@ -70,9 +70,8 @@ class User(Base):
     prior_day_start_hour: Mapped[int | None] = mapped_column(SmallInteger)
     day_settings_effective_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The settings in force before the prior ones, oldest first, each with the instant it
-    # ended: ``[{"until": ISO 8601, "timezone", "day_start_hour"}]``, kept while they can
-    # still decide a day or a session's local hour (``clock.DAY_SETTINGS_REMEMBERED``: 90 days,
-    # the smart reminder time's look-back; offline listening is uploaded up to 14 days later).
+    # ended: ``[{"until": ISO 8601, "timezone", "day_start_hour"}]``, kept as long as they can
+    # still decide a day or a session's local hour: for good (``clock.DAY_SETTINGS_KEPT``).
     earlier_day_settings: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     preferences: Mapped[dict] = mapped_column(JSON, default=dict)
     role: Mapped[str] = mapped_column(String(16), default=ROLE_USER)
@@ -120,7 +119,7 @@ class User(Base):
             self.prior_timezone = self.prior_day_start_hour = None
             self.day_settings_effective_at = None
         elif clock.pending_day_settings_at(self, now) is None:
-            self.earlier_day_settings = clock.remembered_day_settings(self, now)
+            self.earlier_day_settings = clock.remembered_day_settings(self)
             self.day_settings_effective_at = clock.user_day(self, now).ends_at
             self.prior_timezone, self.prior_day_start_hour = (in_force.timezone,
                                                               in_force.day_start_hour)

@@ -52,9 +52,9 @@ from .transaction import unit_of_work
 CATCH_UP_MINUTES = 60  # a reminder missed (worker down, quiet hours) is sent this long after
 UNSENT_GRACE_SECONDS = 120  # a claim still unsent this long after is queued again
 UNSENT_BATCH = 5000  # claims queued again per scan at most (the oldest first)
-# The zones of that long are remembered (``clock.DAY_SETTINGS_REMEMBERED``): every session read
-# is placed in the zone in force when it started.
-SMART_LOOKBACK_DAYS = clock.DAY_SETTINGS_REMEMBERED.days
+# Every session read is placed in the zone in force when it started (the zones replaced are
+# remembered, ``clock.DAY_SETTINGS_KEPT``).
+SMART_LOOKBACK_DAYS = 90
 SMART_REFRESH_SECONDS = 24 * 3600
 SMART_BATCH = 5000
 
