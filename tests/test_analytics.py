@@ -314,3 +314,24 @@ def test_hiding_streaks_while_a_refresh_runs_is_not_undone_by_its_figures(
     assert data["goal"]["goal_minutes"] == 30
     summary = client.get("/api/user/dashboard", headers=headers).json["data"]["analytics"]
     assert summary["current_streak_days"] is None and summary["goal"]["goal_minutes"] == 30
+
+
+def test_a_renamed_or_recategorised_package_shows_as_it_is_now_in_cached_analytics(
+        client, auth, admin_auth, make_user, listening_history):
+    """An admin renames a package and moves another to a new category; the listener's
+    analytics, cached for ten minutes, show the new title in ``mood_by_package`` and the new
+    category in ``top_categories`` at once, not the old ones until the cache runs out."""
+    h = listening_history
+    make_user("admin@example.com", admin=True)
+    before = client.get("/api/user/analytics", headers=auth("a@example.com")).json["data"]
+    assert {p["title"] for p in before["mood_by_package"]} == {"Calm Night", "Deep Work"}
+    assert {c["category"] for c in before["top_categories"]} == {"sleep", "focus"}
+    for package, change in ((h["calm"], {"title": "Quiet Night"}),
+                            (h["deep"], {"category": "study"})):
+        res = client.patch(f"/api/admin/packages/{package}", json=change,
+                           headers=admin_auth())
+        assert res.status_code == 200, res.json
+    after = client.get("/api/user/analytics", headers=auth("a@example.com")).json["data"]
+    assert {p["package_id"]: p["title"] for p in after["mood_by_package"]} == {
+        h["calm"]: "Quiet Night", h["deep"]: "Deep Work"}
+    assert {c["category"] for c in after["top_categories"]} == {"sleep", "study"}

@@ -154,7 +154,8 @@ def test_query_count_does_not_grow_with_the_data(sql_statements, auth, redis_cli
     warm_small = sql_statements(app, fetch("small@example.com"))
     warm_big = sql_statements(app, fetch("big@example.com"))
     assert len(cold_small) == len(cold_big) <= 15
-    assert len(warm_small) == len(warm_big) <= 8
+    # warm: 9 with the lookup by id of the cached analytics' package titles and categories
+    assert len(warm_small) == len(warm_big) <= 9
     assert len(warm_big) < len(cold_big)  # the analytics came from the cache
 
 

@@ -337,3 +337,30 @@ def test_last_years_hours_stay_in_the_zone_of_the_day_after_two_moves(
         hours = compute_recap(user.id, "year", date(2026, 6, 1),
                               use_cache=False)["listening_hours"]
     assert hours[9] == 30.0 and sum(hours) == 30.0
+
+
+def test_a_package_moved_to_another_category_shows_under_it_in_cached_recaps(
+        app, client, auth, admin_auth, set_clock, make_user, make_package, make_session):
+    """An admin moves a package from "sleep" to "focus"; a listener's recaps already cached
+    (a past month kept for a year, the current week) count its minutes under "focus" at once,
+    not under "sleep" until they are computed again."""
+    set_clock(datetime(2026, 11, 25, 12, tzinfo=UTC))
+    make_user("moved@example.com")
+    user = make_user("listener@example.com")
+    make_user("admin@example.com", admin=True)
+    rain = make_package("rain", category="sleep")
+    make_session(user, rain, started_at=datetime(2026, 8, 3, 12, tzinfo=UTC), minutes=20)
+    make_session(user, rain, started_at=datetime(2026, 11, 24, 12, tzinfo=UTC), minutes=20)
+    queries = [{"period": "month", "date": "2026-08-01"}, {"period": "week"}]
+    for query in queries:
+        before = _recap(client, auth, "listener@example.com", **query).json["data"]
+        assert [c["category"] for c in before["top_categories"]] == ["sleep"]
+
+    res = client.patch(f"/api/admin/packages/{rain.id}", json={"category": "focus"},
+                       headers=admin_auth())
+    assert res.status_code == 200, res.json
+    for query in queries:
+        after = _recap(client, auth, "listener@example.com", **query).json["data"]
+        assert after["top_categories"] == [
+            {"category": "focus", "sessions": 1, "minutes": 20.0}], query
+        assert "labels" not in after

@@ -32,6 +32,7 @@ from ..models.listening import ENDED
 from ..models.user import merge_preferences
 from ..realtime.publish import CLOSE_FORBIDDEN, CLOSE_INVALID_TOKEN, publish_to_user
 from ..tasks.queue import QUEUE_ANALYTICS, enqueue, job_is_pending
+from .package_labels import labels_unchanged, listened_labels
 from .quota import counted_on_day
 from .recaps import forget_recent_recaps, forget_user_recaps
 from .recommendation_model import refresh_user_outcomes
@@ -77,16 +78,20 @@ def settings_version(user) -> int:
     return int(user.updated_at.timestamp() * 1_000_000)
 
 
-def _cache_figures(user_id: int, settings: str, data: dict, ttl: int) -> None:
+def _cache_figures(user_id: int, settings: str, data: dict, ttl: int, labels: dict) -> None:
     """Cache ``data``, computed under ``settings`` (``settings_stamp`` of the user as read
-    for the computation: taken before any commit reloads the row)."""
-    cache_set(cache_key(user_id), {"settings": settings, "figures": data}, ttl)
+    for the computation: taken before any commit reloads the row) with the catalog's
+    ``labels`` of the user's packages as read before it (``package_labels``)."""
+    cache_set(cache_key(user_id), {"settings": settings, "figures": data, "labels": labels}, ttl)
 
 
 def _cached_figures(person) -> dict | None:
-    """The cached figures of ``person``, if computed under the settings it has now."""
+    """The cached figures of ``person``, if computed under the settings it has now and the
+    titles and categories its packages have now (a renamed package is not shown by its old
+    title in ``mood_by_package``, nor a package moved under its old category)."""
     cached = cache_get(cache_key(person.id))
-    if not isinstance(cached, dict) or cached.get("settings") != settings_stamp(person):
+    if not isinstance(cached, dict) or cached.get("settings") != settings_stamp(person) \
+            or not labels_unchanged(cached.get("labels")):
         return None
     return cached.get("figures")
 
@@ -98,10 +103,8 @@ def _insert():
 
 def mark_stale(user_id: int) -> None:
     """Record, in the current transaction, that this user's analytics need a refresh.
-
     ``stale_since`` holds the latest mark: a refresh clears it only when nothing marked the
-    row again after the refresh read it.
-    """
+    row again after the refresh read it."""
     now = clock.now()
     stmt = _insert()(UserAnalytics).values(user_id=user_id, data={}, stale_since=now)
     stmt = stmt.on_conflict_do_update(index_elements=[UserAnalytics.user_id],
@@ -142,8 +145,7 @@ def _as_date(value) -> date:
 
 
 def _mood_terms():
-    """(the session has both moods and counts, mood after minus mood before) as SQL
-    expressions."""
+    """(the session has both moods and counts, mood after minus mood before) in SQL."""
     s = ListeningSession
     return (s.mood_before.is_not(None) & s.mood_after.is_not(None) & s.counts_in_outcomes,
             s.mood_after - s.mood_before)
@@ -299,6 +301,7 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
         select(UserAnalytics.stale_since).where(UserAnalytics.user_id == user_id)
         .with_for_update()).scalar_one()
     now = clock.now()
+    labels = listened_labels(user_id)
     data = compute_user_analytics(user, now)
     settings = settings_stamp(user)  # as read for the computation, before the commit
     version = settings_version(user)
@@ -311,7 +314,7 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
     refresh_user_outcomes(user_id)  # the user's own figures behind their recommendations
     ttl = _cache_ttl(user, now)
     db.session.commit()
-    _cache_figures(user_id, settings, data, ttl)
+    _cache_figures(user_id, settings, data, ttl, labels)
     forget_recent_recaps(user_id)  # again: a recap computed while the change committed
     if publish:
         publish_to_user(user_id, {"type": "analytics.updated", "data": data},
@@ -325,16 +328,15 @@ def get_user_analytics(person) -> dict:
     data = _cached_figures(person)
     if data is not None:
         return data
-    now = clock.now()
+    now, labels = clock.now(), listened_labels(person.id)
     data = compute_user_analytics(person, now)
-    _cache_figures(person.id, settings_stamp(person), data, _cache_ttl(person, now))
+    _cache_figures(person.id, settings_stamp(person), data, _cache_ttl(person, now), labels)
     return data
 
 
 def analytics_for_user_id(user_id: int) -> dict | None:
     """The analytics of a user known by id (a socket's snapshot); None once erased."""
-    user = db.session.get(User, user_id)
-    return None if user is None else get_user_analytics(user)
+    return None if (user := db.session.get(User, user_id)) is None else get_user_analytics(user)
 
 
 def socket_close_codes(user_ids) -> dict[int, int]:
@@ -364,9 +366,8 @@ def socket_close_codes(user_ids) -> dict[int, int]:
 
 def stale_user_ids(limit: int = SWEEP_BATCH, grace_seconds: int | None = None):
     """Users whose analytics were marked stale more than ``grace_seconds`` ago."""
-    if grace_seconds is None:
-        grace_seconds = int(current_app.config.get("ANALYTICS_STALE_GRACE_SECONDS",
-                                                   STALE_GRACE_SECONDS))
+    grace_seconds = grace_seconds if grace_seconds is not None else int(
+        current_app.config.get("ANALYTICS_STALE_GRACE_SECONDS", STALE_GRACE_SECONDS))
     cutoff = clock.now() - timedelta(seconds=grace_seconds)
     return list(db.session.execute(
         select(UserAnalytics.user_id)
@@ -376,7 +377,6 @@ def stale_user_ids(limit: int = SWEEP_BATCH, grace_seconds: int | None = None):
 
 def all_user_ids() -> list[int]:
     return list(db.session.execute(select(User.id).order_by(User.id)).scalars())
-
 
 def queue_refresh(user_id: int) -> None:
     """Mark the caller's analytics stale and enqueue a refresh (the sweep covers a lost one)."""

@@ -13,8 +13,9 @@ erasure forgets them all (``forget_user_recaps``, a new generation). Year recaps
 ahead by ``precompute_year_recaps`` (a periodic job, January 1 to 7) and on demand.
 
 ``preferences.show_streaks`` false: ``longest_streak`` is null (applied when served, never
-cached). The top packages' titles are read when served too (``_current_titles``): a package
-renamed by an admin shows its new title in every cached recap at once.
+cached). A cached recap keeps what the catalog called its packages (``labels``) and is computed
+again once an admin renames one or moves it to another category (``package_labels``): titles
+and categories show as they are now in every recap cached before.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..cache import cache_delete, cache_delete_generation, cache_get, cache_set
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, User
 from ..models.user import merge_preferences
+from .package_labels import labels_unchanged
 from .streaks import active_days, day_islands, streaks_from_islands
 
 log = logging.getLogger(__name__)
@@ -276,6 +278,8 @@ def recap_figures(person, period: str, on_date: date) -> dict:
                  "avg_change": _mood(change(totals)) if moods else None,
                  "best_package_id": None if best is None else best[0]},
         "listening_hours": [_minutes(value) for value in seconds_by_hour],
+        # what the catalog called the period's packages (stripped when served, _present)
+        "labels": {str(pid): [p["title"], p["category"]] for pid, p in packages.items()},
         "previous": {"minutes": _minutes(previous["seconds"]),
                      "sessions": previous["sessions"],
                      "active_days": active_days(islands, prev_first,
@@ -284,27 +288,12 @@ def recap_figures(person, period: str, on_date: date) -> dict:
 
 
 def _present(figures: dict, preferences) -> dict:
-    """The figures as the user sees them: the packages' titles as they are now (a rename
-    shows at once in recaps cached before it), and no streak when they asked not to see
-    streaks."""
-    figures = _current_titles(figures)
+    """The figures as the user sees them: without the labels kept to check them, and no
+    streak when they asked not to see streaks."""
+    figures = {name: value for name, value in figures.items() if name != "labels"}
     if merge_preferences(dict(preferences or {})).get("show_streaks") is False:
         return {**figures, "longest_streak": None}
     return figures
-
-
-def _current_titles(figures: dict) -> dict:
-    """``top_packages`` with each package's title read now (one lookup by id of at most
-    ``TOP_PACKAGES`` rows): the cached figures keep ids and minutes, never what an admin
-    may rename."""
-    top = figures.get("top_packages") or []
-    if not top:
-        return figures
-    titles = dict(db.session.execute(
-        select(SoundPackage.id, SoundPackage.title)
-        .where(SoundPackage.id.in_([p["package_id"] for p in top]))).all())
-    return {**figures, "top_packages": [
-        {**p, "title": titles.get(p["package_id"], p["title"])} for p in top]}
 
 
 def _cached_figures(person, period: str, on_date: date, today: date) -> dict:
@@ -312,7 +301,9 @@ def _cached_figures(person, period: str, on_date: date, today: date) -> dict:
     generation = _generation(person.id)
     key = _recap_key(person.id, generation, period, first)
     figures = cache_get(key)
-    if figures is None:
+    # computed again when an admin renamed one of the period's packages or moved it to another
+    # category since (one lookup by id): titles and categories as they are now, cached for a year
+    if figures is None or not labels_unchanged(figures.get("labels")):
         figures = recap_figures(person, period, on_date)
         cache_set(key, figures, PAST_TTL_SECONDS if last < today else CURRENT_TTL_SECONDS)
     return figures
