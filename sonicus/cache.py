@@ -45,17 +45,51 @@ class MemoryCache:
         with self._lock:
             self._data.pop(key, None)
 
+    def replace(self, key, value, ttl, seen) -> bool:
+        with self._lock:
+            item = self._data.get(key)
+            current = None if item is None or item[0] < time.monotonic() else item[1]
+            if current != seen:
+                return False
+            self._data[key] = (time.monotonic() + ttl, value)
+            return True
+
 
 def _memory() -> MemoryCache:
     return current_app.extensions.setdefault("sonicus_memory_cache", MemoryCache())
 
 
 def cache_get(key: str):
-    if get_redis() is None:
-        raw = _memory().get(key)
-    else:
-        raw = guarded_redis_call("cache read", lambda client: client.get(PREFIX + key))
+    raw = cache_get_raw(key)
     return None if raw is None else json.loads(raw)
+
+
+def cache_get_raw(key: str) -> str | None:
+    """The entry as stored (JSON text), for ``cache_replace``."""
+    if get_redis() is None:
+        return _memory().get(key)
+    raw = guarded_redis_call("cache read", lambda client: client.get(PREFIX + key))
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+# Sets KEYS[1] to ARGV[2] for ARGV[3] seconds only if it holds ARGV[1] ('' : nothing) now.
+_REPLACE_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
+def cache_replace(key: str, value, ttl: int, seen: str | None) -> bool:
+    """Cache ``value`` only if the entry is still what was read (``seen``, from
+    ``cache_get_raw``; None: nothing): a reader that computed from older data never writes
+    over what a writer cached meanwhile. Whether it was written."""
+    raw = json.dumps(value, separators=(",", ":"), default=str)
+    if get_redis() is None:
+        return _memory().replace(key, raw, ttl, seen)
+    return bool(guarded_redis_call("cache write", lambda client: client.eval(
+        _REPLACE_SCRIPT, 1, PREFIX + key, seen or "", raw, max(1, int(ttl)))))
 
 
 def cache_set(key: str, value, ttl: int) -> None:

@@ -335,3 +335,41 @@ def test_a_renamed_or_recategorised_package_shows_as_it_is_now_in_cached_analyti
     assert {p["package_id"]: p["title"] for p in after["mood_by_package"]} == {
         h["calm"]: "Quiet Night", h["deep"]: "Deep Work"}
     assert {c["category"] for c in after["top_categories"]} == {"sleep", "study"}
+
+
+def test_a_read_that_computed_before_a_refresh_does_not_cache_over_it(
+        app, client, auth, monkeypatch, make_user, make_package, make_session):
+    """The dashboard reads the analytics on a cold cache while a session completes and the
+    worker's refresh caches the new figures; the read, which computed before them, does not
+    put its older figures back in the cache: the next read shows the completed session, not
+    the figures without it for the next ten minutes."""
+    import threading
+
+    from sonicus.services import analytics
+
+    me = make_user("racer@example.com").id
+    rain = make_package("rain").id
+    make_session(me, rain, _today(), minutes=3)
+    headers = auth("racer@example.com")
+    compute = analytics.compute_user_analytics
+    raced = []
+
+    def a_session_completes_meanwhile():  # another request and the worker's refresh
+        with app.app_context():
+            make_session(me, rain, _today(), minutes=4)
+            assert analytics.refresh_user_analytics(me)["total_minutes"] == 7.0
+
+    def compute_then_race(user, now=None):
+        data = compute(user, now)
+        if not raced:
+            raced.append(True)
+            thread = threading.Thread(target=a_session_completes_meanwhile)
+            thread.start()
+            thread.join(10)
+        return data
+
+    monkeypatch.setattr(analytics, "compute_user_analytics", compute_then_race)
+    first = client.get("/api/user/analytics", headers=headers).json["data"]
+    assert first["total_minutes"] == 3.0 and raced
+    again = client.get("/api/user/analytics", headers=headers).json["data"]
+    assert again["total_minutes"] == 7.0

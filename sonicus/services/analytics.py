@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from .. import clock
-from ..cache import cache_delete, cache_get, cache_set
+from ..cache import cache_delete, cache_get_raw, cache_replace, cache_set
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, User, UserAnalytics
 from ..models.listening import ENDED
@@ -85,11 +85,10 @@ def _cache_figures(user_id: int, settings: str, data: dict, ttl: int, labels: di
     cache_set(cache_key(user_id), {"settings": settings, "figures": data, "labels": labels}, ttl)
 
 
-def _cached_figures(person) -> dict | None:
-    """The cached figures of ``person``, if computed under the settings it has now and the
-    titles and categories its packages have now (a renamed package is not shown by its old
-    title in ``mood_by_package``, nor a package moved under its old category)."""
-    cached = cache_get(cache_key(person.id))
+def _cached_figures(person, raw: str | None) -> dict | None:
+    """The cached figures of ``person`` (``raw``: the entry read), if computed under the
+    settings it has now and its packages' titles and categories as they are now."""
+    cached = None if raw is None else json.loads(raw)
     if not isinstance(cached, dict) or cached.get("settings") != settings_stamp(person) \
             or not labels_unchanged(cached.get("labels")):
         return None
@@ -323,14 +322,15 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
 
 
 def get_user_analytics(person) -> dict:
-    """The caller's analytics: from the cache, else computed now and cached (not stored:
-    a read never commits). ``person``: a user or a caller (``id`` and the day settings)."""
-    data = _cached_figures(person)
-    if data is not None:
+    """The caller's analytics (``person``: a user or a caller): from the cache, else computed
+    now and cached (not stored: a read never commits) unless a refresh cached newer meanwhile."""
+    raw = cache_get_raw(cache_key(person.id))
+    if (data := _cached_figures(person, raw)) is not None:
         return data
     now, labels = clock.now(), listened_labels(person.id)
     data = compute_user_analytics(person, now)
-    _cache_figures(person.id, settings_stamp(person), data, _cache_ttl(person, now), labels)
+    cache_replace(cache_key(person.id), {"settings": settings_stamp(person), "figures": data,
+                                         "labels": labels}, _cache_ttl(person, now), raw)
     return data
 
 
