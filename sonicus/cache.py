@@ -45,9 +45,9 @@ class MemoryCache:
         with self._lock:
             self._data.pop(key, None)
 
-    def replace(self, key, value, ttl, seen) -> bool:
+    def set_if(self, key, value, ttl, watched, seen) -> bool:
         with self._lock:
-            item = self._data.get(key)
+            item = self._data.get(watched)
             current = None if item is None or item[0] < time.monotonic() else item[1]
             if current != seen:
                 return False
@@ -72,32 +72,35 @@ def cache_get_raw(key: str) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-# Sets KEYS[1] to ARGV[2] for ARGV[3] seconds only if it holds ARGV[1] ('' : nothing) now.
-_REPLACE_SCRIPT = """
-local current = redis.call('GET', KEYS[1])
-if (current or '') ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return 1
-"""
-
-
-def cache_replace(key: str, value, ttl: int, seen: str | None) -> bool:
-    """Cache ``value`` only if the entry is still what was read (``seen``, from
-    ``cache_get_raw``; None: nothing): a reader that computed from older data never writes
-    over what a writer cached meanwhile. Whether it was written."""
-    raw = json.dumps(value, separators=(",", ":"), default=str)
-    if get_redis() is None:
-        return _memory().replace(key, raw, ttl, seen)
-    return bool(guarded_redis_call("cache write", lambda client: client.eval(
-        _REPLACE_SCRIPT, 1, PREFIX + key, seen or "", raw, max(1, int(ttl)))))
-
-
 def cache_set(key: str, value, ttl: int) -> None:
     raw = json.dumps(value, separators=(",", ":"), default=str)
     if get_redis() is None:
         _memory().set(key, raw, ttl)
     else:
         guarded_redis_call("cache write", lambda client: client.set(PREFIX + key, raw, ex=ttl))
+
+
+# Sets KEYS[1] to ARGV[2] for ARGV[3] seconds only if KEYS[2] holds ARGV[1] ('' : nothing) now.
+_SET_IF_SCRIPT = """
+local current = redis.call('GET', KEYS[2])
+if (current or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
+def cache_replace(key: str, value, ttl: int, seen: str | None, *,
+                  watched: str | None = None) -> bool:
+    """Cache ``value`` only if the entry ``watched`` (default: ``key`` itself) still holds what
+    was read before the value was computed (``seen``, from ``cache_get_raw``; None: nothing): a
+    reader that computed from older data never writes over what a writer cached meanwhile, nor
+    after a change forgot it. Whether it was written."""
+    raw = json.dumps(value, separators=(",", ":"), default=str)
+    watched = key if watched is None else watched
+    if get_redis() is None:
+        return _memory().set_if(key, raw, ttl, watched, seen)
+    return bool(guarded_redis_call("cache write", lambda client: client.eval(
+        _SET_IF_SCRIPT, 2, PREFIX + key, PREFIX + watched, seen or "", raw, max(1, int(ttl)))))
 
 
 def cache_delete(key: str, *, critical: bool = False) -> None:
@@ -111,9 +114,14 @@ def cache_delete(key: str, *, critical: bool = False) -> None:
 
 
 # Deletes the entries ``ARGV[1] .. generation .. ARGV[i]`` (i >= 2), where the generation is
-# the JSON string stored under ``KEYS[1]``; nothing without one. One command, so that it can be
-# owed while the generation cannot be read.
+# the JSON string stored under ``KEYS[1]``; nothing without one. With ``KEYS[2]``, counts one
+# more change there first (a day long). One command, so that it can be owed while the
+# generation cannot be read.
 _DELETE_GENERATION_SCRIPT = """
+if #KEYS > 1 then
+  redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], 86400)
+end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local generation = cjson.decode(raw)
@@ -125,19 +133,24 @@ return redis.call('DEL', unpack(keys))
 """
 
 
-def cache_delete_generation(generation_key: str, prefix: str, suffixes) -> None:
+def cache_delete_generation(generation_key: str, prefix: str, suffixes, *,
+                            changes_key: str | None = None) -> None:
     """Drop the entries ``prefix + generation + suffix`` of the generation stored under
     ``generation_key`` (none stored: nothing to drop). A committed change made them wrong: on
     Redis it is one command, owed while this process skips Redis (the generation cannot be
-    read then either), so it runs once Redis answers again."""
+    read then either), so it runs once Redis answers again. ``changes_key``: a counter of
+    such changes, moved on in the same command (``cache_replace(..., watched=changes_key)``
+    then refuses what was computed before it)."""
     suffixes = tuple(suffixes)
     if get_redis() is None:
+        if changes_key is not None:
+            cache_set(changes_key, str(int(cache_get(changes_key) or 0) + 1), 86400)
         generation = cache_get(generation_key)
         if generation is not None:
             for suffix in suffixes:
                 _memory().delete(prefix + generation + suffix)
         return
-    command = ("EVAL", _DELETE_GENERATION_SCRIPT, 1, PREFIX + generation_key, PREFIX + prefix,
-               *suffixes)
+    keys = (PREFIX + generation_key,) + (() if changes_key is None else (PREFIX + changes_key,))
+    command = ("EVAL", _DELETE_GENERATION_SCRIPT, len(keys), *keys, PREFIX + prefix, *suffixes)
     guarded_redis_call("cache delete", lambda client: client.execute_command(*command),
                        owed=[command])

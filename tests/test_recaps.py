@@ -364,3 +364,42 @@ def test_a_package_moved_to_another_category_shows_under_it_in_cached_recaps(
         assert after["top_categories"] == [
             {"category": "focus", "sessions": 1, "minutes": 20.0}], query
         assert "labels" not in after
+
+
+def test_a_recap_computed_while_a_session_changes_is_not_cached_without_it(
+        app, client, auth, monkeypatch, set_clock, make_user, make_package, make_session):
+    """Monday morning a listener reads last week's recap while last Sunday's session is
+    uploaded and the worker's refresh forgets the recent recaps; the read computed before the
+    upload and wrote after that forget: last week then showed without the session, cached for
+    a year. Now the read caches nothing then, and the next read shows the session."""
+    import threading
+
+    from sonicus.services import recaps
+    from sonicus.services.recaps import forget_recent_recaps
+
+    set_clock(datetime(2026, 11, 30, 9, tzinfo=UTC))  # Monday
+    me = make_user("monday@example.com")
+    rain = make_package("rain").id
+    make_session(me.id, rain, date(2026, 11, 28), minutes=20)
+    compute = recaps.recap_figures
+    raced = []
+
+    def uploaded_meanwhile():  # the upload's commit and the refresh job's forget
+        with app.app_context():
+            make_session(me.id, rain, date(2026, 11, 29), minutes=15)
+            forget_recent_recaps(me.id)
+
+    def compute_then_race(person, period, on_date):
+        figures = compute(person, period, on_date)
+        if not raced:
+            raced.append(True)
+            thread = threading.Thread(target=uploaded_meanwhile)
+            thread.start()
+            thread.join(10)
+        return figures
+
+    monkeypatch.setattr(recaps, "recap_figures", compute_then_race)
+    first = _recap(client, auth, "monday@example.com", period="week", date="2026-11-29")
+    assert first.json["data"]["minutes"] == 20.0 and raced
+    again = _recap(client, auth, "monday@example.com", period="week", date="2026-11-29")
+    assert again.json["data"]["minutes"] == 35.0 and again.json["data"]["sessions"] == 2

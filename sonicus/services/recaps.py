@@ -30,7 +30,14 @@ from sqlalchemy import BigInteger, Integer, case, cast, func, literal, select
 
 from .. import clock
 from ..api_errors import ApiError
-from ..cache import cache_delete, cache_delete_generation, cache_get, cache_set
+from ..cache import (
+    cache_delete,
+    cache_delete_generation,
+    cache_get,
+    cache_get_raw,
+    cache_replace,
+    cache_set,
+)
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, User
 from ..models.user import merge_preferences
@@ -76,6 +83,11 @@ def _generation_key(user_id: int) -> str:
     return f"recap-generation:{user_id}"
 
 
+def _changes_key(user_id: int) -> str:
+    """Counts the changes to the user's sessions (``forget_recent_recaps``)."""
+    return f"recap-changes:{user_id}"
+
+
 def _recap_key(user_id: int, generation: str, period: str, first: date) -> str:
     return f"recap:{user_id}:{generation}:{period}:{first.isoformat()}"
 
@@ -102,7 +114,7 @@ def forget_recent_recaps(user_id: int, now: datetime | None = None) -> None:
     while this process skips Redis, like ``forget_user_recaps``."""
     today = (now or clock.now()).astimezone(UTC).date() + timedelta(days=1)
     cache_delete_generation(_generation_key(user_id), f"recap:{user_id}:",
-                            _recent_period_suffixes(today))
+                            _recent_period_suffixes(today), changes_key=_changes_key(user_id))
 
 
 @lru_cache(maxsize=4)
@@ -298,6 +310,7 @@ def _present(figures: dict, preferences) -> dict:
 
 def _cached_figures(person, period: str, on_date: date, today: date) -> dict:
     first, last = period_bounds(period, on_date)
+    changes = cache_get_raw(_changes_key(person.id))  # before computing: see the write below
     generation = _generation(person.id)
     key = _recap_key(person.id, generation, period, first)
     figures = cache_get(key)
@@ -305,7 +318,10 @@ def _cached_figures(person, period: str, on_date: date, today: date) -> dict:
     # category since (one lookup by id): titles and categories as they are now, cached for a year
     if figures is None or not labels_unchanged(figures.get("labels")):
         figures = recap_figures(person, period, on_date)
-        cache_set(key, figures, PAST_TTL_SECONDS if last < today else CURRENT_TTL_SECONDS)
+        # not cached when the user's sessions changed meanwhile (their forget may have run
+        # before this write: the figures would miss the change for a year)
+        cache_replace(key, figures, PAST_TTL_SECONDS if last < today else CURRENT_TTL_SECONDS,
+                      changes, watched=_changes_key(person.id))
     return figures
 
 
