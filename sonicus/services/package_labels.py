@@ -6,7 +6,7 @@ in ``mood_by_package``, ``top_packages`` and ``top_categories``, not after the c
 
 from __future__ import annotations
 
-from sqlalchemy import exists, select
+from sqlalchemy import select
 
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage
@@ -26,9 +26,10 @@ def listened_labels(user_id: int) -> dict[str, list]:
     """``labels_of`` every package the user has a session of (read BEFORE the figures: a change
     committed meanwhile then shows as a difference, never as labels newer than the figures)."""
     p, s = SoundPackage, ListeningSession
+    # driven by the user's sessions (their user_id index), as the figures' own scan is
     return {str(pid): [title, category] for pid, title, category in db.session.execute(
-        select(p.id, p.title, p.category)
-        .where(exists().where(s.user_id == user_id, s.package_id == p.id))).all()}
+        select(p.id, p.title, p.category).distinct().join(s, s.package_id == p.id)
+        .where(s.user_id == user_id)).all()}
 
 
 def labels_unchanged(labels) -> bool:
