@@ -91,9 +91,12 @@ def day_settings_at(person, moment: datetime) -> DaySettings:
     """THE day settings of ``person`` in force at ``moment``: every computation of a user's
     day (quota, the day stored on a session, analytics, the usage shown) goes through here.
     Before the prior settings, the earlier ones remembered (``earlier_day_settings``)."""
-    for earlier in person.earlier_day_settings or ():
-        if moment < datetime.fromisoformat(earlier["until"]):
-            return DaySettings(earlier["timezone"], earlier["day_start_hour"])
+    earlier_ones = person.earlier_day_settings or ()
+    # (most moments are after the last of them: one look, not one per change remembered)
+    if earlier_ones and moment < datetime.fromisoformat(earlier_ones[-1]["until"]):
+        for earlier in earlier_ones:
+            if moment < datetime.fromisoformat(earlier["until"]):
+                return DaySettings(earlier["timezone"], earlier["day_start_hour"])
     effective_at = person.day_settings_effective_at
     if (effective_at is not None and moment < effective_at
             and person.prior_timezone is not None and person.prior_day_start_hour is not None):
