@@ -893,27 +893,18 @@ def test_duplicate_starts_waiting_on_the_first_starts_row_lock_replay_it_without
 
 def test_a_keyed_start_and_an_admin_tier_change_of_the_same_user_at_once_both_finish(
         app, listener, db_session, monkeypatch):
-    """An administrator's change of a user locks the user's row and then the subscription
-    row; a start locks the subscription row and then inserts a session naming the user (and
-    reads its claim, whose key row names the user too, only at its commit). Interleaved so
-    that each holds its first lock when the other asks for it, both finish at once: the
-    administrator's lock on the user's row does not hold back rows that merely name the
-    user."""
-    admin_holds_user = threading.Event()
-    start_holds_subscription = threading.Event()
-    real_lock = admin_users.lock_or_create_subscription
-
-    def admin_lock(user_id):
-        admin_holds_user.set()
-        start_holds_subscription.wait(WAIT)
-        return real_lock(user_id)
-
-    monkeypatch.setattr(admin_users, "lock_or_create_subscription", admin_lock)
+    """An administrator's change of a user locks the subscription row and then the user's
+    row (the erasure's order); a start locks the subscription row and then inserts a session
+    naming the user (and reads its claim, whose key row names the user too, only at its
+    commit). The grant sent while the start holds the subscription row waits for it without
+    holding anything the start needs: both finish at once. (Before, the grant took the user's
+    row first, and had it ``FOR UPDATE``, the start's insert would have waited on it.)"""
+    start_holds_subscription, go = threading.Event(), threading.Event()
     insert = listening.insert_within_quota
 
     def start_insert(*args):
         start_holds_subscription.set()
-        threading.Event().wait(0.2)  # the administrator now asks for the subscription row
+        assert go.wait(WAIT)
         return insert(*args)
 
     monkeypatch.setattr(listening, "insert_within_quota", start_insert)
@@ -926,15 +917,32 @@ def test_a_keyed_start_and_an_admin_tier_change_of_the_same_user_at_once_both_fi
             finally:
                 db.session.remove()
 
-    admin, admin_answer = _in_thread(grant)
-    assert admin_holds_user.wait(WAIT)
-    started = time.monotonic()
-    res = app.test_client().post("/api/user/sessions", json={"package_id": listener["package"]},
-                                 headers=_keyed(listener["headers"], "k-admin"))
-    admin.join(WAIT)
-    assert res.status_code == 201, res.get_json()
+    start, start_answer = _in_thread(lambda: app.test_client().post(
+        "/api/user/sessions", json={"package_id": listener["package"]},
+        headers=_keyed(listener["headers"], "k-admin")))
+    admin = None
+    try:
+        assert start_holds_subscription.wait(WAIT)
+        admin, admin_answer = _in_thread(grant)
+        for _ in range(1000):  # the grant waits on the start's subscription row
+            waiting = db_session.execute(
+                select(func.count()).select_from(text("pg_stat_activity"))
+                .where(text("wait_event_type = 'Lock' AND datname = current_database()"))
+            ).scalar()
+            db_session.commit()
+            if waiting:
+                break
+            threading.Event().wait(0.01)
+        assert waiting == 1
+        started = time.monotonic()
+    finally:
+        go.set()
+        start.join(WAIT)
+        if admin is not None:
+            admin.join(WAIT)
+    assert start_answer[0].status_code == 201, start_answer[0].get_json()
     assert admin_answer == [True]
-    assert time.monotonic() - started < 3  # neither waited for a deadlock to be broken
+    assert time.monotonic() - started < 0.9  # neither waited for a deadlock to be broken
     assert _sessions(db_session) == 1
 
 

@@ -1,7 +1,8 @@
 """Operator actions on users, shared by the admin API and the CLI.
 
 Every change locks the user's rows (``SELECT ... FOR UPDATE``; the user's own row ``FOR NO KEY
-UPDATE``, which rows naming the user do not wait for), writes its audit entry in the same
+UPDATE``, which rows naming the user do not wait for; the subscription row, when a tier is
+granted, before the user's, as the erasure does), writes its audit entry in the same
 transaction and commits once. Suspension closes the user's live sockets after the commit.
 """
 
@@ -163,7 +164,7 @@ def _grant_tier(actor, actor_label: str | None, user: User, tier: str,
     if tier not in TIERS:
         raise ApiError(422, "validation_error", "The request is not valid.",
                        errors=[f"tier: Must be one of: {', '.join(TIERS)}."])
-    sub = lock_or_create_subscription(user.id)
+    sub = lock_or_create_subscription(user.id)  # locked already, unless it was missing
     before = _subscription_state(sub)
     label = actor_label or (actor.email if actor is not None else "system")
     if not grant_tier(sub, tier, clock.now(), by=label, reason=reason):
@@ -228,9 +229,14 @@ def _update_user(actor, user_id: int, changes: dict, actor_label: str | None, *,
     changed = suspended = False
     detail = None
     with unit_of_work() as work:
+        if "tier" in changes:
+            # The subscription row before the user's, as the erasure takes them (the other
+            # way round, a grant and an erasure at once deadlocked and one failed).
+            db.session.execute(select(UserSubscription.id)
+                               .where(UserSubscription.user_id == user_id).with_for_update())
         # FOR NO KEY UPDATE: locked against other changes of the user, not against rows that
         # name the user (a session start holding the subscription row inserts one, and would
-        # wait for this transaction while this one waits for its subscription row below).
+        # wait for this transaction while this one waits for its subscription row).
         user = db.session.execute(
             select(User).where(User.id == user_id).with_for_update(key_share=True)
             .execution_options(populate_existing=True)).scalar_one_or_none()
