@@ -272,8 +272,13 @@ def erase_user(user_id: int, claim: int | None = None) -> None:
         sub = db.session.execute(
             select(UserSubscription).where(UserSubscription.user_id == user_id)
             .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
+        # FOR NO KEY UPDATE, as every change of a user: a request holding one of the rows
+        # erased below (a session ending) may still insert a row naming the user (its first
+        # analytics row) and commit, instead of waiting for this transaction while it waits
+        # for that request (a deadlock, one of them failed). The delete at the end waits for
+        # such inserts, and takes their rows with the account.
         user = db.session.execute(
-            select(User).where(User.id == user_id).with_for_update()
+            select(User).where(User.id == user_id).with_for_update(key_share=True)
             .execution_options(populate_existing=True)).scalar_one_or_none()
         if user is None:
             raise account_gone()  # erased already (a second request, or another process)

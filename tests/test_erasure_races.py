@@ -1,0 +1,84 @@
+"""An erasure racing the account's own requests at the same moment: each finishes at once,
+neither waits for the database to break a deadlock, and no 5xx is answered."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import func, select, text
+
+from sonicus import clock
+from sonicus.models import ListeningSession, User
+from sonicus.services import analytics
+
+WAIT = 10
+
+
+def _in_thread(action) -> tuple[threading.Thread, list]:
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(action()))
+    thread.start()
+    return thread, result
+
+
+def _lock_waiters(db_session) -> int:
+    waiting = db_session.execute(
+        select(func.count()).select_from(text("pg_stat_activity"))
+        .where(text("wait_event_type = 'Lock' AND datname = current_database()"))).scalar()
+    db_session.commit()
+    return waiting
+
+
+def _wait_for_a_lock_waiter(db_session) -> None:
+    for _ in range(500):
+        if _lock_waiters(db_session) >= 1:
+            return
+        time.sleep(0.01)
+    raise AssertionError("nothing waited on a lock")
+
+
+def test_a_first_completion_while_the_account_is_erased_finishes_without_a_deadlock(
+        app, make_user, make_package, make_session, auth, db_session, monkeypatch):
+    """A new listener ends their first session in one tab while erasing the account in
+    another: the completion answers 200 (it came first) and the erasure 200, at once.
+    Before, the completion held its session's row and then wrote the account's first
+    analytics row (which waits on the erasure's lock of the account), while the erasure held
+    the account and waited on that session to anonymise it: a deadlock, broken after a
+    second by failing one of them with a 503."""
+    user_id = make_user("leaving@example.com").id
+    package = make_package("rain")
+    session_id = make_session(db_session.get(User, user_id), package,
+                              started_at=clock.now(), status="open", minutes=0).id
+    headers = auth("leaving@example.com")
+    holds_session, go = threading.Event(), threading.Event()
+    real_mark = analytics.mark_stale
+
+    def paused_mark(*args):
+        holds_session.set()
+        assert go.wait(WAIT)
+        return real_mark(*args)
+
+    monkeypatch.setattr(analytics, "mark_stale", paused_mark)
+    complete, complete_answer = _in_thread(lambda: app.test_client().post(
+        f"/api/user/sessions/{session_id}/complete",
+        json={"listened_seconds": 0, "completed": False}, headers=headers))
+    erasure = None
+    try:
+        assert holds_session.wait(WAIT)
+        erasure, erasure_answer = _in_thread(lambda: app.test_client().delete(
+            "/api/user/profile", headers=headers))
+        _wait_for_a_lock_waiter(db_session)
+        started = time.monotonic()
+    finally:
+        go.set()
+        complete.join(WAIT)
+        if erasure is not None:
+            erasure.join(WAIT)
+    assert time.monotonic() - started < 0.9  # no deadlock waited out (deadlock_timeout: 1 s)
+    assert complete_answer[0].status_code == 200, complete_answer[0].get_json()
+    assert erasure_answer[0].status_code == 200, erasure_answer[0].get_json()
+    assert db_session.execute(select(func.count()).select_from(User)
+                              .where(User.id == user_id)).scalar_one() == 0
+    assert db_session.execute(select(ListeningSession.user_id)
+                              .where(ListeningSession.id == session_id)).scalar_one() is None
