@@ -66,6 +66,19 @@ class _DownloadExport(ma.Schema):
     ended_at = ma.fields.DateTime(allow_none=True)
 
 
+class _AssignmentExport(ma.Schema):
+    package_id = ma.fields.Integer()
+    assigned_at = ma.fields.DateTime()
+    expires_at = ma.fields.DateTime(allow_none=True)
+    revoked_at = ma.fields.DateTime(allow_none=True)
+
+
+class _EarlierDaySettingsExport(ma.Schema):
+    until = ma.fields.String(metadata={"description": "When these settings stopped counting."})
+    timezone = ma.fields.String()
+    day_start_hour = ma.fields.Integer()
+
+
 class _KeptExport(ma.Schema):
     what = ma.fields.String(required=True)
     why = ma.fields.String(required=True)
@@ -106,6 +119,11 @@ class ExportSchema(ma.Schema):
     sessions = ma.fields.List(ma.fields.Nested(_SessionExport))
     downloads = ma.fields.List(ma.fields.Nested(_DownloadExport), metadata={
         "description": "Offline licences, ended ones included."})
+    assignments = ma.fields.List(ma.fields.Nested(_AssignmentExport), metadata={
+        "description": "Packages an administrator gave you, ended and revoked ones included."})
+    earlier_day_settings = ma.fields.List(ma.fields.Nested(_EarlierDaySettingsExport),
+                                          metadata={
+        "description": "Time zones and day start hours you replaced (remembered 90 days)."})
     analytics = ma.fields.Dict(allow_none=True)
     reminder_preferences = ma.fields.Dict(metadata={
         "description": "As `GET /api/user/reminders` shows them."})

@@ -67,6 +67,8 @@ class UserExport:
     sessions: list
     analytics: dict | None
     downloads: list = ()
+    assignments: list = ()
+    earlier_day_settings: list = ()
     reminder_preferences: dict | None = None
     push_subscriptions: list = ()
     reminders_sent: list = ()
@@ -241,6 +243,8 @@ def export_user_data(user_id: int) -> UserExport:
         library=rows(UserSoundPackage, UserSoundPackage.assigned_at),
         sessions=rows(ListeningSession, ListeningSession.started_at),
         downloads=rows(OfflineLicence, OfflineLicence.granted_at),
+        assignments=rows(PackageAssignment, PackageAssignment.assigned_at),
+        earlier_day_settings=clock.remembered_day_settings(user, clock.now()),
         analytics=analytics.data if analytics else None,
         reminder_preferences=get_reminder_preferences(user_id),
         push_subscriptions=rows(PushSubscription, PushSubscription.id),
