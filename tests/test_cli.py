@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from sonicus import clock
 from sonicus.models import AuditLog, SubscriptionEvent, UserSubscription
@@ -249,3 +250,43 @@ def test_a_reason_the_admin_api_refuses_is_a_usage_error_and_changes_nothing(
     sub = db_session.query(UserSubscription).filter_by(user_id=people["ana"].id).one()
     assert sub.tier == "premium" and people["ana"].is_active
     assert db_session.query(AuditLog).count() == 0
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["users", "list", "--page", "99999999999999999999"], "--page"),
+    (["users", "list", "--page", "100001"], "--page"),
+    (["users", "list", "--q", "jos\udce9"], "--q"),
+    (["users", "list", "--q", "x" * 101], "--q"),
+    (["users", "show", "jos\udce9@example.com"], "EMAIL"),
+    (["users", "suspend", "jos\udce9@example.com"], "EMAIL"),
+    (["users", "activate", "jos\udce9@example.com"], "EMAIL"),
+    (["users", "set-tier", "jos\udce9@example.com", "premium"], "EMAIL"),
+])
+def test_what_the_database_cannot_take_is_a_usage_error_naming_it(runner, people, db_session,
+                                                                    args, named):
+    """An operator typing an email in a terminal that is not UTF-8 (its bytes reach Python as
+    lone surrogates), a search longer than the admin API takes, or a page number past any
+    page, gets a usage error (exit code 2) naming the parameter, and nothing changes.
+    Before, the database refused them and the command died with a Python traceback."""
+    before = db_session.execute(select(func.count()).select_from(AuditLog)).scalar_one()
+    result = _run(runner, *args)
+    _usage_error(result, named)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert db_session.execute(select(func.count()).select_from(AuditLog)).scalar_one() == before
+
+
+def test_suspending_an_account_erased_after_it_was_found_is_a_one_line_error(
+        runner, people, monkeypatch):
+    """The account an operator names is erased between the command finding it and changing
+    it: a one-line error, exit code 1, instead of a traceback."""
+    from sonicus.cli import users as users_cli
+    from sonicus.services.users import erase_user
+
+    real_update = users_cli.update_user
+
+    def erased_first(actor, user_id, *args, **kwargs):
+        erase_user(user_id)
+        return real_update(actor, user_id, *args, **kwargs)
+
+    monkeypatch.setattr(users_cli, "update_user", erased_first)
+    _one_line_error(_run(runner, "users", "suspend", "ana@example.com"), "not found")

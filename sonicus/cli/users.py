@@ -17,6 +17,7 @@ from ..api_errors import ApiError
 from ..schemas.admin import (
     USER_STATUS_FILTERS,
     AdminUserDetailSchema,
+    AdminUserQuerySchema,
     AdminUserSummarySchema,
     AdminUserUpdateSchema,
     PlatformStatsSchema,
@@ -24,7 +25,11 @@ from ..schemas.admin import (
 from ..services.admin_users import find_users_by_email, list_users, update_user, user_detail
 from ..services.stats import get_platform_stats
 from ..tiers import TIER_NAMES
+from ..validation import HOSTILE_TEXT_MESSAGE, is_hostile_text
 from .base import echo_json, fail, json_option, sonicus_cli
+
+# As the admin API pages (``PageArgsSchema``): a page past it is an offset no database takes.
+MAX_PAGE = 100000
 
 
 def _operator() -> str:
@@ -42,6 +47,24 @@ def _resolve_user(email: str):
         ids = ", ".join(str(u.id) for u in users)
         fail(f"several users have email {email!r} (ids {ids}); this is ambiguous")
     return users[0]
+
+
+def _text(ctx, param, value):
+    """An email or search text as typed: one with a NUL or bytes that are not UTF-8 (read as
+    lone surrogates) is a usage error naming it, as the API refuses them."""
+    if value is not None and is_hostile_text(value):
+        raise click.BadParameter(HOSTILE_TEXT_MESSAGE)
+    return value
+
+
+def _search(ctx, param, value):
+    """``--q`` as the admin API takes it (``AdminUserQuerySchema``): else a usage error."""
+    if value is None:
+        return None
+    errors = AdminUserQuerySchema().validate({"q": value})
+    if "q" in errors:
+        raise click.BadParameter(" ".join(errors["q"]))
+    return value
 
 
 def _reason(ctx, param, value):
@@ -72,11 +95,12 @@ def users_cli():
 
 
 @users_cli.command("list")
-@click.option("--q", "q", default=None, help="Part of the email or display name.")
+@click.option("--q", "q", default=None, callback=_search,
+              help="Part of the email or display name (1..100 characters).")
 @click.option("--tier", default=None, type=click.Choice(TIER_NAMES), help="Only this tier.")
 @click.option("--status", default=None, type=click.Choice(USER_STATUS_FILTERS),
               help="A subscription status, or suspended accounts.")
-@click.option("--page", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--page", default=1, show_default=True, type=click.IntRange(1, MAX_PAGE))
 @click.option("--per-page", default=50, show_default=True, type=click.IntRange(1, 1000))
 @json_option
 def list_users_command(q, tier, status, page, per_page, as_json):
@@ -131,7 +155,7 @@ def _print_detail(detail: dict) -> None:
 
 
 @users_cli.command("show")
-@click.argument("email")
+@click.argument("email", callback=_text)
 @json_option
 def show_user(email, as_json):
     """One user: subscription, usage today, last activity."""
@@ -143,7 +167,7 @@ def show_user(email, as_json):
 
 
 @users_cli.command("set-tier")
-@click.argument("email")
+@click.argument("email", callback=_text)
 @click.argument("tier", type=click.Choice(TIER_NAMES))
 @reason_option
 def set_tier(email, tier, reason):
@@ -163,7 +187,10 @@ def set_tier(email, tier, reason):
 def _set_active(email: str, active: bool, reason: str | None) -> None:
     user = _resolve_user(email)
     changes = {"is_active": active, **({"reason": reason} if reason is not None else {})}
-    changed = update_user(None, user.id, changes, actor_label=_operator())
+    try:
+        changed = update_user(None, user.id, changes, actor_label=_operator())
+    except ApiError as exc:  # the account was erased since it was found
+        fail(exc.description)
     state = "active" if active else "suspended"
     if changed:
         click.echo(f"{user.email} is now {state}.")
@@ -172,7 +199,7 @@ def _set_active(email: str, active: bool, reason: str | None) -> None:
 
 
 @users_cli.command("suspend")
-@click.argument("email")
+@click.argument("email", callback=_text)
 @reason_option
 def suspend(email, reason):
     """Suspend the account: every request gets 403 account_suspended, sockets close."""
@@ -180,7 +207,7 @@ def suspend(email, reason):
 
 
 @users_cli.command("activate")
-@click.argument("email")
+@click.argument("email", callback=_text)
 @reason_option
 def activate(email, reason):
     """Reactivate a suspended account."""
