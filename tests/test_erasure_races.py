@@ -82,3 +82,49 @@ def test_a_first_completion_while_the_account_is_erased_finishes_without_a_deadl
                               .where(User.id == user_id)).scalar_one() == 0
     assert db_session.execute(select(ListeningSession.user_id)
                               .where(ListeningSession.id == session_id)).scalar_one() is None
+
+
+def test_an_admin_change_made_as_the_admin_erases_their_account_keeps_no_email(
+        app, make_user, make_package, admin_auth, db_session, monkeypatch):
+    """An administrator erases their account while an edit of theirs is sent from another
+    tab: the audit log keeps no trace of their email (the edit is refused with 404, or
+    anonymised as their earlier entries are). Before, an edit committed while the erasure
+    ran kept the administrator's email as its author once the account was gone."""
+    from sonicus.models import AuditLog
+    from sonicus.services import users
+
+    make_user("boss@example.com", admin=True)
+    package_id = make_package("rain").id
+    headers = admin_auth("boss@example.com")
+    client = app.test_client()
+    assert client.patch(f"/api/admin/packages/{package_id}", json={"title": "Rain I"},
+                        headers=headers).status_code == 200
+    erasure_at_its_end, go = threading.Event(), threading.Event()
+    real_keep = users.erasure_keys.keep_past_erasure
+
+    def paused_keep(*args):
+        erasure_at_its_end.set()
+        assert go.wait(WAIT)
+        return real_keep(*args)
+
+    monkeypatch.setattr(users.erasure_keys, "keep_past_erasure", paused_keep)
+    erasure, erasure_answer = _in_thread(lambda: app.test_client().delete(
+        "/api/user/profile", headers=headers))
+    edit = None
+    try:
+        assert erasure_at_its_end.wait(WAIT)
+        edit, edit_answer = _in_thread(lambda: app.test_client().patch(
+            f"/api/admin/packages/{package_id}", json={"title": "Rain II"}, headers=headers))
+        for _ in range(300):  # the edit commits, or waits on the erasure
+            if not edit.is_alive() or _lock_waiters(db_session):
+                break
+            time.sleep(0.01)
+    finally:
+        go.set()
+        erasure.join(WAIT)
+        if edit is not None:
+            edit.join(WAIT)
+    assert erasure_answer[0].status_code == 200, erasure_answer[0].get_json()
+    assert edit_answer[0].status_code in (200, 404), edit_answer[0].get_json()
+    labels = db_session.execute(select(AuditLog.actor_label, AuditLog.actor_id)).all()
+    assert labels and all(row == ("erased user", None) for row in labels), labels

@@ -276,11 +276,10 @@ def erase_user(user_id: int, claim: int | None = None) -> None:
         sub = db.session.execute(
             select(UserSubscription).where(UserSubscription.user_id == user_id)
             .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
-        # FOR NO KEY UPDATE, as every change of a user: a request holding one of the rows
-        # erased below (a session ending) may still insert a row naming the user (its first
-        # analytics row) and commit, instead of waiting for this transaction while it waits
-        # for that request (a deadlock, one of them failed). The delete at the end waits for
-        # such inserts, and takes their rows with the account.
+        # FOR NO KEY UPDATE, as every change of a user: a request holding one of the
+        # sessions anonymised below (a session ending) may still insert a row naming the
+        # user (its first analytics row) and commit, instead of waiting for this transaction
+        # while it waits for that request (a deadlock, one of them failed).
         user = db.session.execute(
             select(User).where(User.id == user_id).with_for_update(key_share=True)
             .execution_options(populate_existing=True)).scalar_one_or_none()
@@ -297,6 +296,10 @@ def erase_user(user_id: int, claim: int | None = None) -> None:
             update(ListeningSession).where(ListeningSession.user_id == user_id)
             .values(user_id=None, note=None, mood_before=None, mood_after=None,
                     client_id=None))
+        # Now FOR UPDATE: what named the user meanwhile has committed, and nothing more will
+        # (an admin's audit entry made from another tab is anonymised below, not left with
+        # the email once the account is gone).
+        db.session.execute(select(User.id).where(User.id == user_id).with_for_update())
         db.session.execute(update(AuditLog).where(AuditLog.actor_id == user_id)
                            .values(actor_id=None, actor_label="erased user"))
         # Their per-package rows are what the model's group figures were built from.
