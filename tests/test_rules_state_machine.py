@@ -230,6 +230,12 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
         @rule(name=st.sampled_from(IDENTITIES))
         def erase(self, name):
             person = self.person(name)
+            status, body = self.call("GET", "/api/user/export", person.headers)
+            if status == 200:  # what is erased was in the export: the assignments too
+                exported = {a["package_id"] for a in body["data"]["assignments"]}
+                given = {self.packages[level] for (user_id, level) in self.assignments
+                         if user_id == person.user_id}
+                assert given <= exported, (given, exported)
             self.keys += 1
             headers = {**person.headers, "Idempotency-Key": f"erase-{self.keys}"}
             status, body = self.call("DELETE", "/api/user/profile", headers)
