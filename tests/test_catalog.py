@@ -387,3 +387,28 @@ def test_seed_a_malformed_yaml_file_is_a_one_line_error_and_changes_nothing(
     assert res.output.startswith("Error: ") and "catalog.yaml" in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
     assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == 0
+
+
+def test_what_a_seed_creates_or_changes_is_in_the_audit_log(runner, db_session, tmp_path):
+    """An operator who raises a package's tier with a seed file finds it in the audit log
+    (created, then changed, by the operator's login name; an unchanged run adds nothing), as
+    an admin's edit is. Before, a seed changed the catalog without a trace."""
+    from sonicus.models import AuditLog
+
+    entry = {"slug": "one", "title": "One", "category": "focus",
+             "tracks": [{"title": "t", "duration_seconds": 60, "media_path": "f/one.mp3"}]}
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps([entry]))
+    assert runner.invoke(args=["sonicus", "seed", str(path)]).exit_code == 0
+    path.write_text(json.dumps([{**entry, "minimum_tier": "premium"}]))
+    assert "1 updated" in runner.invoke(args=["sonicus", "seed", str(path)]).output
+    assert "1 unchanged" in runner.invoke(args=["sonicus", "seed", str(path)]).output
+    package_id = db_session.execute(select(SoundPackage.id)).scalar_one()
+    entries = db_session.execute(select(AuditLog).order_by(AuditLog.id)).scalars().all()
+    assert [(e.action, e.target_type, e.target_id) for e in entries] == [
+        ("package.create", "package", str(package_id)),
+        ("package.update", "package", str(package_id))]
+    assert all(e.actor_id is None and e.actor_label.startswith("cli") for e in entries)
+    assert entries[0].before is None and entries[0].after["minimum_tier"] == "public"
+    assert (entries[1].before["minimum_tier"], entries[1].after["minimum_tier"]) == (
+        "public", "premium")

@@ -7,6 +7,7 @@ error (click's own: an unknown option, a missing argument, a value outside a ``C
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 
@@ -28,3 +29,11 @@ def fail(message: str) -> None:
 def echo_json(data) -> None:
     """``data`` (dumped by a response schema) as indented JSON on stdout."""
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def operator_label() -> str:
+    """Who ran the command, as the audit log names them (``cli:<login name>``)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name in some containers
+        return "cli"

@@ -12,15 +12,17 @@ from .. import dev_media, media
 from ..schemas.catalog import load_catalog_entries
 from ..services.catalog import load_catalog_file, seed_catalog
 from ..services.listening import close_stale_sessions as close_stale
-from .base import fail, sonicus_cli
+from .base import fail, operator_label, sonicus_cli
 
 
 @sonicus_cli.command("seed")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def seed(file):
-    """Load a catalog file (YAML or JSON); packages are matched by slug (idempotent)."""
+    """Load a catalog file (YAML or JSON); packages are matched by slug (idempotent). What it
+    creates or changes is in the audit log under the operator's login name."""
     try:
-        counts = seed_catalog(load_catalog_entries(load_catalog_file(file)))
+        counts = seed_catalog(load_catalog_entries(load_catalog_file(file)),
+                              actor_label=operator_label())
     except (ValueError, OSError) as exc:
         fail(str(exc))
     click.echo(f"Catalog loaded: {counts['created']} created, {counts['updated']} updated, "

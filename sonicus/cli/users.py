@@ -8,7 +8,6 @@ answers. Changes are audited with the operator's login name.
 
 from __future__ import annotations
 
-import getpass
 from datetime import datetime
 
 import click
@@ -26,17 +25,10 @@ from ..services.admin_users import find_users_by_email, list_users, update_user,
 from ..services.stats import get_platform_stats
 from ..tiers import TIER_NAMES
 from ..validation import HOSTILE_TEXT_MESSAGE, is_hostile_text
-from .base import echo_json, fail, json_option, sonicus_cli
+from .base import echo_json, fail, json_option, operator_label, sonicus_cli
 
 # As the admin API pages (``PageArgsSchema``): a page past it is an offset no database takes.
 MAX_PAGE = 100000
-
-
-def _operator() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # no login name in some containers
-        return "cli"
 
 
 def _resolve_user(email: str):
@@ -175,7 +167,7 @@ def set_tier(email, tier, reason):
     user = _resolve_user(email)
     changes = {"tier": tier, **({"reason": reason} if reason is not None else {})}
     try:
-        changed = update_user(None, user.id, changes, actor_label=_operator())
+        changed = update_user(None, user.id, changes, actor_label=operator_label())
     except ApiError as exc:  # refused (a paid period running), or the provider unreachable
         fail(exc.description)
     if changed:
@@ -188,7 +180,7 @@ def _set_active(email: str, active: bool, reason: str | None) -> None:
     user = _resolve_user(email)
     changes = {"is_active": active, **({"reason": reason} if reason is not None else {})}
     try:
-        changed = update_user(None, user.id, changes, actor_label=_operator())
+        changed = update_user(None, user.id, changes, actor_label=operator_label())
     except ApiError as exc:  # the account was erased since it was found
         fail(exc.description)
     state = "active" if active else "suspended"

@@ -331,9 +331,10 @@ def load_catalog_file(path: str | Path) -> list[dict]:
     return data
 
 
-def seed_catalog(entries: list[dict]) -> dict:
+def seed_catalog(entries: list[dict], actor_label: str = "seed") -> dict:
     """Create or update packages by slug from validated entries (``PackageCreateSchema``);
-    running it twice changes nothing the second time. One transaction: all or nothing."""
+    running it twice changes nothing the second time. One transaction: all or nothing. Each
+    package created or changed is in the audit log, as an admin's edit, by ``actor_label``."""
     slugs = [e["slug"] for e in entries]
     if len(set(slugs)) != len(slugs):
         raise ValueError("the file repeats a slug")
@@ -351,11 +352,20 @@ def seed_catalog(entries: list[dict]) -> dict:
                 package = SoundPackage(popularity=0)
                 db.session.add(package)
                 _apply(package, entry)
+                db.session.flush()
+                audit.record(None, "package.create", "package", package.id, None,
+                             snapshot(package), actor_label=actor_label)
                 counts["created"] += 1
                 continue
             before = snapshot(package)
             _apply(package, entry)
-            counts["unchanged" if snapshot(package) == before else "updated"] += 1
+            after = snapshot(package)
+            if after == before:
+                counts["unchanged"] += 1
+                continue
+            audit.record(None, "package.update", "package", package.id, before, after,
+                         actor_label=actor_label)
+            counts["updated"] += 1
     return counts
 
 
