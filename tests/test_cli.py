@@ -290,3 +290,44 @@ def test_suspending_an_account_erased_after_it_was_found_is_a_one_line_error(
 
     monkeypatch.setattr(users_cli, "update_user", erased_first)
     _one_line_error(_run(runner, "users", "suspend", "ana@example.com"), "not found")
+
+
+HOSTILE_NAME = "Eve\x1b]52;c;ZXZpbA==\x07\x1b[2J\n      1  root@example.com  Root \x9b31m\u202e"
+
+
+def test_a_name_with_escape_sequences_cannot_write_to_the_operators_terminal(
+        runner, db_session, make_user):
+    """A user whose name (as their provider sends it) holds terminal escape sequences, a
+    newline and a direction override: ``users list`` and ``users show`` print them as
+    escapes, so the operator's terminal is not cleared, their clipboard not written and no
+    row is forged in the table; ``--json`` escapes them too. Before, they were printed as
+    they are."""
+    make_user("eve@example.com", name=HOSTILE_NAME)
+    listed = _run(runner, "users", "list")
+    shown_detail = _run(runner, "users", "show", "eve@example.com")
+    as_json = _run(runner, "users", "show", "eve@example.com", "--json")
+    for result in (listed, shown_detail, as_json):
+        assert result.exit_code == 0, result.output
+        assert not any(ch in result.output for ch in "\x1b\x07\x9b\u202e"), result.output
+    assert len(listed.output.strip().splitlines()) == 3  # header, Eve, the count
+    assert "root@example.com" not in listed.output.splitlines()[2]
+    assert "Eve\\x1b]52" in listed.output and "Eve\\x1b]52" in shown_detail.output
+    assert json.loads(as_json.output)["display_name"] == HOSTILE_NAME
+
+
+@pytest.mark.parametrize("name", ["Eve\x1b[2J", "Eve\nRoot", "Eve\x9b31m", "Eve\x7f"])
+def test_a_display_name_with_control_characters_is_422_naming_it(client, auth, make_user,
+                                                                  db_session, name):
+    """Changing one's display name to one holding control characters (escape sequences,
+    a newline) is 422 naming display_name and keeps the old name; before, it was stored,
+    and every operator listing users printed it to their terminal."""
+    from sonicus.models import User
+
+    make_user("eve@example.com")
+    headers = auth("eve@example.com")
+    before = client.get("/api/user/profile", headers=headers).get_json()["data"]["display_name"]
+    res = client.put("/api/user/profile", json={"display_name": name}, headers=headers)
+    assert res.status_code == 422, res.get_json()
+    assert res.get_json()["errors"] == ["display_name: Must not contain control characters."]
+    db_session.expire_all()
+    assert db_session.execute(select(User.display_name)).scalar_one() == before

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import sys
 
 import click
@@ -26,9 +27,15 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+_UNESCAPED_CONTROLS = re.compile("[\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def echo_json(data) -> None:
-    """``data`` (dumped by a response schema) as indented JSON on stdout."""
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """``data`` (dumped by a response schema) as indented JSON on stdout; the control
+    characters JSON would let through as they are (DEL and C1, such as the one-byte CSI, and
+    the direction marks and overrides) escaped as the C0 ones always are."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    click.echo(_UNESCAPED_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
 
 
 def operator_label() -> str:
@@ -37,3 +44,14 @@ def operator_label() -> str:
         return f"cli:{getpass.getuser()}"
     except Exception:  # no login name in some containers
         return "cli"
+
+
+def shown(text: str | None) -> str | None:
+    """A stored text (an email, a name: the user's or their provider's words) as a terminal
+    may print it: characters that are not printable (newlines, escape sequences, direction
+    overrides) written as their escapes, so no text moves the cursor, recolours the screen or
+    forges a line of the table."""
+    if text is None or text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)

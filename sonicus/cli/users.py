@@ -25,7 +25,7 @@ from ..services.admin_users import find_users_by_email, list_users, update_user,
 from ..services.stats import get_platform_stats
 from ..tiers import TIER_NAMES
 from ..validation import HOSTILE_TEXT_MESSAGE, is_hostile_text
-from .base import echo_json, fail, json_option, operator_label, sonicus_cli
+from .base import echo_json, fail, json_option, operator_label, shown, sonicus_cli
 
 # As the admin API pages (``PageArgsSchema``): a page past it is an offset no database takes.
 MAX_PAGE = 100000
@@ -114,8 +114,8 @@ def list_users_command(q, tier, status, page, per_page, as_json):
         account = "active" if row.is_active else "SUSPENDED"
         if row.role == "admin":
             account += " (admin)"
-        click.echo(f"{row.id:>7}  {row.email[:32]:<32}  "
-                   f"{(row.display_name or '-')[:20]:<20}  {row.tier:<8}  "
+        click.echo(f"{row.id:>7}  {shown(row.email)[:32]:<32}  "
+                   f"{shown(row.display_name or '-')[:20]:<20}  {row.tier:<8}  "
                    f"{row.subscription_status:<10}  {account}")
     first = (page - 1) * per_page + 1
     click.echo(f"{first}-{first + len(rows) - 1} of {total} users.")
@@ -127,7 +127,8 @@ def _print_detail(detail: dict) -> None:
     remaining = "unlimited" if usage["sessions_remaining"] is None else usage["sessions_remaining"]
     verified = "verified" if detail["email_verified"] else "not verified"
     lines = [
-        ("User", f"#{detail['id']} {detail['email']} ({detail['display_name'] or 'no name'})"),
+        ("User", f"#{detail['id']} {shown(detail['email'])} "
+                 f"({shown(detail['display_name']) or 'no name'})"),
         ("Account", ("active" if detail["is_active"] else "SUSPENDED")
          + f", role {detail['role']}, email {verified}"),
         ("Tier", f"{sub['tier']} ({sub['status']}"
@@ -171,9 +172,9 @@ def set_tier(email, tier, reason):
     except ApiError as exc:  # refused (a paid period running), or the provider unreachable
         fail(exc.description)
     if changed:
-        click.echo(f"{user.email} is now on {tier} (complimentary grant recorded).")
+        click.echo(f"{shown(user.email)} is now on {tier} (complimentary grant recorded).")
     else:
-        click.echo(f"{user.email} is already on {tier}; nothing changed.")
+        click.echo(f"{shown(user.email)} is already on {tier}; nothing changed.")
 
 
 def _set_active(email: str, active: bool, reason: str | None) -> None:
@@ -185,9 +186,9 @@ def _set_active(email: str, active: bool, reason: str | None) -> None:
         fail(exc.description)
     state = "active" if active else "suspended"
     if changed:
-        click.echo(f"{user.email} is now {state}.")
+        click.echo(f"{shown(user.email)} is now {state}.")
     else:
-        click.echo(f"{user.email} is already {state}; nothing changed.")
+        click.echo(f"{shown(user.email)} is already {state}; nothing changed.")
 
 
 @users_cli.command("suspend")

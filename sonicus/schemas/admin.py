@@ -15,6 +15,7 @@ from .common import (
     TierName,
     UsageSchema,
     UserBaseSchema,
+    no_control_characters,
 )
 from .subscription import SubscriptionSchema
 
@@ -60,13 +61,8 @@ class PlatformStatsSchema(ma.Schema):
 
 # ---- users -------------------------------------------------------------------------------
 
-def _no_control_characters(value: str) -> None:
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise ma.ValidationError("Must not contain control characters.")
-
-
 class AdminUserQuerySchema(PageArgsSchema):
-    q = ma.fields.String(validate=[ma.validate.Length(min=1, max=100), _no_control_characters],
+    q = ma.fields.String(validate=[ma.validate.Length(min=1, max=100), no_control_characters],
                          metadata={
         "description": "Part of the email or display name (case-insensitive)."})
     tier = ma.fields.String(validate=ma.validate.OneOf(TIER_NAMES))

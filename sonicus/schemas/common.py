@@ -21,6 +21,12 @@ class StrictSchema(InputSchema):
         unknown = ma.RAISE
 
 
+def no_control_characters(value: str) -> None:
+    """Refuse C0/C1 control characters (newlines, escape sequences) in a one-line text."""
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in value):
+        raise ma.ValidationError("Must not contain control characters.")
+
+
 def validate_timezone(value: str) -> None:
     if not is_valid_timezone(value):
         raise ma.ValidationError("Not a valid IANA time zone.")

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from .common import StrictSchema, TierField, UserBaseSchema, validate_timezone
+from .common import (
+    StrictSchema,
+    TierField,
+    UserBaseSchema,
+    no_control_characters,
+    validate_timezone,
+)
 
 GOALS = ("sleep", "focus", "relaxation", "stress", "anxiety", "meditation", "energy", "mood")
 
@@ -36,7 +42,8 @@ class ProfileSchema(UserBaseSchema):
 
 
 class ProfileUpdateSchema(StrictSchema):
-    display_name = ma.fields.String(validate=ma.validate.Length(min=1, max=120))
+    display_name = ma.fields.String(validate=[ma.validate.Length(min=1, max=120),
+                                              no_control_characters])
     timezone = ma.fields.String(validate=validate_timezone)
     day_start_hour = ma.fields.Integer(validate=ma.validate.Range(min=0, max=6))
     preferences = ma.fields.Nested(PreferencesInputSchema)
