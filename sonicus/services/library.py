@@ -47,11 +47,29 @@ class LibraryItem:
                                          in_library=True), assignment)
 
 
-def _entry(user_id: int, package_id: int) -> UserSoundPackage | None:
-    return db.session.execute(
-        select(UserSoundPackage).options(joinedload(UserSoundPackage.package))
-        .where(UserSoundPackage.user_id == user_id, UserSoundPackage.package_id == package_id)
-    ).scalar_one_or_none()
+def _entry(user_id: int, package_id: int, *, lock: bool = False) -> UserSoundPackage | None:
+    """The library entry, if any; ``lock``: its row locked until the transaction ends (a
+    removal at the same moment waits, or has happened and it is None: never a write to a
+    row that is gone)."""
+    stmt = (select(UserSoundPackage).options(joinedload(UserSoundPackage.package))
+            .where(UserSoundPackage.user_id == user_id,
+                   UserSoundPackage.package_id == package_id))
+    if lock:
+        stmt = (stmt.with_for_update(of=UserSoundPackage)
+                .execution_options(populate_existing=True))
+    return db.session.execute(stmt).scalar_one_or_none()
+
+
+def _insert_and_lock(user_id: int, package_id: int, assigned_by_id: int | None,
+                     favorite: bool | None) -> tuple[UserSoundPackage, bool]:
+    """The entry, inserted when missing (``_insert_entry``) and locked; one removed between
+    the insert that found it there and the lock is inserted again. ``(entry, created)``."""
+    created = _insert_entry(user_id, package_id, assigned_by_id, favorite)
+    entry = _entry(user_id, package_id, lock=True)
+    if entry is None:  # removed at this moment (another tab)
+        created = _insert_entry(user_id, package_id, assigned_by_id, favorite) or created
+        entry = _entry(user_id, package_id, lock=True)
+    return entry, created
 
 
 def list_library(caller, args: dict, now: datetime | None = None) -> Page:
@@ -95,8 +113,7 @@ def add_to_library(caller, package_id: int, favorite: bool | None = None,
     assignment = live_assignment(caller.id, package.id, now)
     check_package_access(caller.tier, package.minimum_tier, assignment is not None)
     with unit_of_work():
-        created = _insert_entry(caller.id, package.id, None, favorite)
-        entry = _entry(caller.id, package.id)
+        entry, created = _insert_and_lock(caller.id, package.id, None, favorite)
         if not created and favorite is not None:
             entry.favorite = favorite
     return LibraryItem.of(entry, caller.tier, assignment), created
@@ -104,7 +121,7 @@ def add_to_library(caller, package_id: int, favorite: bool | None = None,
 
 def set_favorite(caller, package_id: int, favorite: bool) -> LibraryItem:
     with unit_of_work():
-        entry = _entry(caller.id, package_id)
+        entry = _entry(caller.id, package_id, lock=True)
         if entry is None or not entry.package.in_catalog_at(clock.now()):
             not_found("Library entry")
         entry.favorite = favorite
@@ -116,8 +133,8 @@ def remove_from_library(user_id: int, package_id: int) -> None:
     """Remove an entry from the library. An assignment of the package is not touched: it is
     the administrator's to revoke."""
     with unit_of_work():
-        entry = _entry(user_id, package_id)
-        if entry is None:
+        entry = _entry(user_id, package_id, lock=True)
+        if entry is None:  # never there, or removed a moment ago (another tab)
             not_found("Library entry")
         db.session.delete(entry)
 
@@ -163,8 +180,7 @@ def assign_package(actor, user_id: int, package_id: int, favorite: bool | None =
             db.session.add(assignment)
         else:
             assignment.expires_at = expires_at
-        _insert_entry(user.id, package.id, actor.id, favorite)
-        entry = _entry(user.id, package.id)
+        entry, _ = _insert_and_lock(user.id, package.id, actor.id, favorite)
         if favorite is not None:
             entry.favorite = favorite
         db.session.flush()
