@@ -67,6 +67,10 @@ def world(other_app, make_user, make_package, make_session, auth, admin_auth):
     for who in headers.values():  # signed in and cached: the writes below need no sign-in
         for _ in range(2):
             assert client.get("/api/user/profile", headers=who).status_code == 200
+    # in the library, and assigned: for the library's writes and the revocation
+    assert client.post(f"/api/admin/users/{listener.id}/packages",
+                       json={"package_id": package.id},
+                       headers=headers["admin"]).status_code == 201
     return {"client": client, "headers": headers, "user": listener.id, "package": package.id,
             "other": other.id, "session": session.id, "closing": closing.id}
 
@@ -86,7 +90,11 @@ WRITES = [
     ("user", "POST", "/api/user/subscription", {"tier": "starter"}, 200),
     ("user", "DELETE", "/api/user/subscription", {"reason": "other"}, 200),
     ("user", "POST", "/api/user/analytics/refresh", None, 202),
+    ("user", "PATCH", "/api/user/packages/{package}", {"favorite": True}, 200),
+    ("user", "DELETE", "/api/user/packages/{package}", None, 200),
     ("admin", "PATCH", "/api/admin/users/{user}", {"tier": "pro", "reason": "thanks"}, 200),
+    ("admin", "PATCH", "/api/admin/users/{user}", {"is_active": False}, 200),
+    ("admin", "DELETE", "/api/admin/users/{user}/packages/{package}", None, 200),
     ("admin", "POST", "/api/admin/users/{user}/packages", {"package_id": "{other}"}, 201),
     ("admin", "POST", "/api/admin/packages",
      {"slug": "new-one", "title": "New", "category": "sleep", "tracks": [TRACK]}, 201),
@@ -109,6 +117,8 @@ def _fill(value, world):
                          ids=[f"{m} {p} {b}" for _, m, p, b, _ in WRITES])
 def test_a_committed_write_builds_its_answer_without_the_database(other_app, world, who,
                                                                   method, path, body, status):
+    """(Among them a favourite marked in the library, which read the package's assignment
+    after its commit: a database gone at that moment answered 503 for a stored change.)"""
     from sonicus.extensions import db
 
     with other_app.app_context():

@@ -120,13 +120,15 @@ def add_to_library(caller, package_id: int, favorite: bool | None = None,
 
 
 def set_favorite(caller, package_id: int, favorite: bool) -> LibraryItem:
+    now = clock.now()
     with unit_of_work():
         entry = _entry(caller.id, package_id, lock=True)
-        if entry is None or not entry.package.in_catalog_at(clock.now()):
+        if entry is None or not entry.package.in_catalog_at(now):
             not_found("Library entry")
         entry.favorite = favorite
-    return LibraryItem.of(entry, caller.tier,
-                          live_assignment(caller.id, package_id, clock.now()))
+        # read before the commit: a committed change answers without the database
+        assignment = live_assignment(caller.id, package_id, now)
+    return LibraryItem.of(entry, caller.tier, assignment)
 
 
 def remove_from_library(user_id: int, package_id: int) -> None:
