@@ -332,3 +332,30 @@ def test_erasure_after_a_failed_renewal_ran_out_still_stops_the_provider_chargin
     assert client.delete("/api/user/profile", headers=headers).status_code == 200
     cancels = [p for m, p, _, _ in stripe.requests if m == "DELETE"]
     assert cancels == ["/v1/subscriptions/sub_s1"]
+
+
+def test_an_erased_administrators_email_leaves_the_grants_they_made(client, auth, admin_auth,
+                                                                    make_user):
+    """An administrator granted a listener a tier, then erased their own account: the
+    listener's history and export name the grant's author ``erased user``, as the audit log
+    does. Before, the erased administrator's email stayed in every grant they had made, shown
+    to those listeners for good. A listener who claimed the same address without having acted
+    as an administrator renames nothing when erased."""
+    make_user("boss@example.com", admin=True)
+    listener = make_user(EMAIL)
+    headers = auth(EMAIL)
+    assert client.patch(f"/api/admin/users/{listener.id}", json={"tier": "premium"},
+                        headers=admin_auth("boss@example.com")).status_code == 200
+    make_user("boss@example.com", sub="sub-lookalike")  # the same address, another person
+    assert client.delete("/api/user/profile",
+                         headers=auth("boss@example.com", sub="sub-lookalike")).status_code == 200
+    history = client.get("/api/user/subscription/history", headers=headers).get_json()["data"]
+    assert history[0]["details"]["by"] == "boss@example.com"
+
+    assert client.delete("/api/user/profile",
+                         headers=admin_auth("boss@example.com")).status_code == 200
+    history = client.get("/api/user/subscription/history", headers=headers).get_json()["data"]
+    assert history[0]["type"] == "complimentary_grant"
+    assert history[0]["details"]["by"] == "erased user"
+    export = client.get("/api/user/export", headers=headers).get_json()
+    assert "boss@example.com" not in str(export)

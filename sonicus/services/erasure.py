@@ -33,7 +33,14 @@ from .. import clock
 from ..billing import BillingUnavailable, get_provider
 from ..billing.base import ALREADY_CANCELED
 from ..extensions import db
-from ..models import BillingEvent, ErasureTombstone, OwedCancellation, User, UserSubscription
+from ..models import (
+    BillingEvent,
+    ErasureTombstone,
+    OwedCancellation,
+    SubscriptionEvent,
+    User,
+    UserSubscription,
+)
 from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -124,6 +131,26 @@ def add_tombstone(user: User, sub: UserSubscription | None, now: datetime) -> Er
                                  erased_at=now)
     db.session.add(tombstone)
     return tombstone
+
+
+# ---- what the account did as an administrator ----------------------------------------------
+
+ERASED_ACTOR = "erased user"
+
+
+def forget_grants_by(email: str | None) -> int:
+    """Other users' tier grants name the administrator who made them by email (their
+    subscription event's ``details.by``, in those users' history and export): an erased
+    administrator's are renamed ``erased user``, as their audit entries are. In the erasure's
+    transaction; pass the email only for an account that acted as an administrator (an
+    address another account claimed must not rename a real administrator's grants)."""
+    if not email:
+        return 0
+    events = db.session.execute(select(SubscriptionEvent).where(
+        SubscriptionEvent.details["by"].as_string() == email)).scalars().all()
+    for event in events:
+        event.details = {**event.details, "by": ERASED_ACTOR}
+    return len(events)
 
 
 # ---- provider notices received before the erasure ------------------------------------------
