@@ -123,7 +123,8 @@ class ExportSchema(ma.Schema):
         "description": "Packages an administrator gave you, ended and revoked ones included."})
     earlier_day_settings = ma.fields.List(ma.fields.Nested(_EarlierDaySettingsExport),
                                           metadata={
-        "description": "Time zones and day start hours you replaced (remembered 90 days)."})
+        "description": "Time zones and day start hours you replaced, as long as they are "
+                       "remembered."})
     analytics = ma.fields.Dict(allow_none=True)
     reminder_preferences = ma.fields.Dict(metadata={
         "description": "As `GET /api/user/reminders` shows them."})

@@ -244,13 +244,25 @@ def export_user_data(user_id: int) -> UserExport:
         sessions=rows(ListeningSession, ListeningSession.started_at),
         downloads=rows(OfflineLicence, OfflineLicence.granted_at),
         assignments=rows(PackageAssignment, PackageAssignment.assigned_at),
-        earlier_day_settings=clock.remembered_day_settings(user, clock.now()),
+        earlier_day_settings=_replaced_day_settings(user),
         analytics=analytics.data if analytics else None,
         reminder_preferences=get_reminder_preferences(user_id),
         push_subscriptions=rows(PushSubscription, PushSubscription.id),
         reminders_sent=rows(ReminderDelivery, ReminderDelivery.local_day),
         earlier_erasures=_earlier_erasures(user),
         after_erasure=AfterErasure(erasure.ERASURE_STATEMENT, erasure.KEPT_AFTER_ERASURE))
+
+
+def _replaced_day_settings(user: User) -> list[dict]:
+    """The day settings the user replaced, as remembered (``earlier_day_settings``), oldest
+    first, then the prior ones (``until``: when they stop or stopped counting)."""
+    replaced = [dict(earlier) for earlier in user.earlier_day_settings or ()]
+    if (user.day_settings_effective_at is not None and user.prior_timezone is not None
+            and user.prior_day_start_hour is not None):
+        replaced.append({"until": user.day_settings_effective_at.astimezone(UTC).isoformat(),
+                         "timezone": user.prior_timezone,
+                         "day_start_hour": user.prior_day_start_hour})
+    return replaced
 
 
 def _earlier_erasures(user: User) -> list[EarlierErasure]:
