@@ -310,3 +310,66 @@ def test_a_checkout_paid_as_the_account_is_erased_is_refunded_when_its_customer_
     late = billing.post_webhook(client, paid).get_json()["data"]
     assert late["outcome"] == "erased_customer"
     assert "sub_raced" in fake.canceled and fake.refunds == ["pi_sub_raced"]
+
+
+# ---- a new subscription ends the older one the provider may still charge --------------------
+
+def _old_subscription_stopped(app, client, headers, billing, fake, set_clock, how):
+    """Premium paid through ``sub_old``; then its renewal failed and the grace ran out, or no
+    renewal came at all and the period lapsed: starter, ``sub_old`` kept (Stripe may still
+    retry or renew it). Returns the old renewal's invoice fields and the moment now."""
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    first = client.post("/api/user/subscription", json={"tier": "premium"},
+                        headers=headers).get_json()["data"]["checkout"]
+    uid = billing.user_id("listener@example.com")
+    paid = _session_paid(billing, fake, "cs_test_1", uid, "premium", first["reference"],
+                         "sub_old")
+    assert billing.post_webhook(client, paid).get_json()["data"]["outcome"] == "activated"
+    period_end = datetime.fromisoformat(billing.subscription(client, headers)
+                                        ["current_period_end"])
+    renewal = {"user_id": uid, "tier": None, "price": "price_prem", "subscription": "sub_old",
+               "customer": "cus_sub_old", "period_start": period_end,
+               "period_end": period_end + timedelta(days=30)}
+    if how == "grace_ended":
+        failed_at = set_clock(period_end + timedelta(hours=1))
+        failed = billing.invoice_event("evt_fail", "invoice.payment_failed", created=failed_at,
+                                       **renewal)
+        assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    later = set_clock(period_end + timedelta(days=4))
+    with app.app_context():
+        assert process_due_subscriptions(now=later)["outcomes"] == {how: 1}
+    assert billing.subscription(client, headers)["tier"] == "starter"
+    return renewal, later
+
+
+@pytest.mark.parametrize("how", ["grace_ended", "lapsed"])
+def test_buying_again_after_a_failed_renewal_ends_the_old_subscription_at_the_provider(
+        stripe_app, auth, billing, set_clock, how):
+    """A renewal failed and the grace ran out (or no renewal came): starter, while Stripe
+    may still retry the old subscription. The user buys Premium again with a new card: the
+    old subscription is canceled at Stripe then, so its retry can no longer charge the
+    user a second time for the same month (and every month after), a subscription the app
+    no longer knows of and the user's cancel here never reaches."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    renewal, later = _old_subscription_stopped(app, client, headers, billing, fake, set_clock,
+                                               how)
+    again = client.post("/api/user/subscription", json={"tier": "premium"},
+                        headers=headers).get_json()["data"]["checkout"]
+    new = _session_paid(billing, fake, "cs_test_2", billing.user_id("listener@example.com"),
+                        "premium", again["reference"], "sub_new")
+    assert billing.post_webhook(client, new).get_json()["data"]["outcome"] == "activated"
+    assert "sub_old" in fake.canceled and "sub_new" not in fake.canceled
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("premium", "active")
+
+    # a retry Stripe made a moment before the cancel reached it changes nothing here
+    retried = billing.invoice_event("evt_retry", "invoice.paid", created=later, **renewal)
+    assert billing.post_webhook(client, retried).get_json()["data"]["outcome"] in (
+        "stale", "already_recorded")
+    assert billing.subscription(client, headers) == data
+    # the user's cancel reaches the subscription that charges
+    assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
+    assert fake.received("POST", "/v1/subscriptions/sub_new")[-1]["cancel_at_period_end"] == \
+        ["true"]

@@ -101,11 +101,16 @@ def ended_by_a_grant(sub: UserSubscription) -> bool:
     confirmed it (``grants.grant_tier``: that grant's event is referenced by the provider
     subscription's id). It charges nothing any more: it is never asked to cancel again (by
     a later grant, or an erasure)."""
-    return bool(sub.provider_subscription_id) and db.session.execute(
-        select(SubscriptionEvent.id).where(SubscriptionEvent.user_id == sub.user_id,
+    return ended_by_a_grant_id(sub.user_id, sub.provider_subscription_id)
+
+
+def ended_by_a_grant_id(user_id: int, subscription_id: str | None) -> bool:
+    """The provider subscription ``subscription_id`` of the user was canceled at once by a
+    grant, and the provider confirmed it (``ended_by_a_grant``)."""
+    return bool(subscription_id) and db.session.execute(
+        select(SubscriptionEvent.id).where(SubscriptionEvent.user_id == user_id,
                                            SubscriptionEvent.type == "complimentary_grant",
-                                           SubscriptionEvent.reference
-                                           == sub.provider_subscription_id)
+                                           SubscriptionEvent.reference == subscription_id)
         .limit(1)).first() is not None
 
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select
+
 from ...billing import get_provider
-from ...models import UserSubscription
+from ...extensions import db
+from ...models import SubscriptionEvent, UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
 from ...tiers import STARTER, get_tier, is_upgrade
 from .common import (
@@ -34,6 +37,7 @@ from .common import (
     _to_starter,
     add_month,
     ended_by_a_grant,
+    ended_by_a_grant_id,
 )
 
 
@@ -66,6 +70,8 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
     if _dropped_checkout(sub, payment.reference) \
             and payment.subscription_id != sub.provider_subscription_id:
         return _refund_dropped_checkout(sub, payment, now)
+    if _replaced_here(sub, payment.subscription_id):
+        return "stale"  # a charge of a subscription canceled when another one took its place
     _note_provider_ids(sub, payment)
     tier = _paid_tier(sub, payment)
     if tier is None:
@@ -165,12 +171,37 @@ def _note_provider_ids(sub: UserSubscription, payment: Payment) -> None:
     sub.provider = payment.provider
 
 
-def _now_running(sub: UserSubscription, payment: Payment) -> None:
+def _now_running(sub: UserSubscription, payment: Payment) -> str | None:
     """The payment took effect: its provider subscription is the one running, which cancels
     and plan changes go to. A payment that changes nothing (a late one of an older
-    subscription) never takes its place."""
-    if payment.subscription_id:
-        sub.provider_subscription_id = payment.subscription_id
+    subscription) never takes its place.
+
+    The provider subscription it takes the place of (one kept after a failed renewal's grace
+    or a lapse, which the provider may still retry or renew; a trial's with a card) is
+    canceled at the provider at once, so the user never has two subscriptions charging: its
+    id is returned, for the event to name (``_replaced_here``). The provider unreachable:
+    502 and nothing kept, the notice comes again."""
+    old = sub.provider_subscription_id
+    if not payment.subscription_id or old == payment.subscription_id:
+        return None
+    sub.provider_subscription_id = payment.subscription_id
+    if not old or ended_by_a_grant_id(sub.user_id, old) or _refunded_here(sub.user_id, old):
+        return None  # nothing, or one ended already
+    get_provider(sub.provider).cancel_now(sub.provider_customer_id, old)
+    return old
+
+
+def _replaced_here(sub: UserSubscription, subscription_id: str | None) -> bool:
+    """``subscription_id`` is of a provider subscription canceled here when another one's
+    payment took its place (``_now_running``): a late charge of it changes nothing."""
+    if not subscription_id or subscription_id == sub.provider_subscription_id:
+        return False
+    return db.session.execute(
+        select(SubscriptionEvent.id).where(
+            SubscriptionEvent.user_id == sub.user_id,
+            SubscriptionEvent.type.in_(("activated", "renewed", "payment_method_added")),
+            SubscriptionEvent.details["replaced_subscription"].as_string()
+            == subscription_id).limit(1)).first() is not None
 
 
 def _paid_tier(sub: UserSubscription, payment: Payment) -> str | None:
@@ -200,9 +231,10 @@ def _trial_card_added(sub: UserSubscription, payment: Payment, tier: str,
         sub.tier = tier
     elif had_payment_method:
         return "already_recorded"
-    _now_running(sub, payment)
+    replaced = _now_running(sub, payment)
     _record(sub, "payment_method_added", sub.tier, sub.tier, amount_cents=0,
-            reference=_reference(payment), at=now, **_stamp(payment))
+            reference=_reference(payment), at=now, replaced_subscription=replaced,
+            **_stamp(payment))
     return "payment_method_added"
 
 
@@ -236,10 +268,11 @@ def _renewal_of_current_tier(sub: UserSubscription, payment: Payment, now: datet
     end = payment.period_end or add_month(start)
     sub.current_period_start, sub.current_period_end = start, end
     sub.status, sub.past_due_since = ACTIVE, None
-    _now_running(sub, payment)
+    replaced = _now_running(sub, payment)
     _record(sub, "renewed", tier, tier, amount_cents=payment.amount_cents,
             reference=_reference(payment), at=now, period_end=end.isoformat(),
-            recovered_from=from_status if from_status == PAST_DUE else None, **_stamp(payment))
+            recovered_from=from_status if from_status == PAST_DUE else None,
+            replaced_subscription=replaced, **_stamp(payment))
     return "renewed"
 
 
@@ -252,7 +285,7 @@ def _new_paid_tier(sub: UserSubscription, payment: Payment, tier: str, now: date
     sub.tier, sub.status = tier, ACTIVE
     sub.current_period_start, sub.current_period_end = start, end
     sub.past_due_since, sub.complimentary = None, False
-    _now_running(sub, payment)
+    replaced = _now_running(sub, payment)
     _clear_scheduled_change(sub)
     if payment.reference and sub.checkout_reference:
         # another checkout's subscription pays (e.g. an old one's retry succeeded): the one
@@ -263,7 +296,8 @@ def _new_paid_tier(sub: UserSubscription, payment: Payment, tier: str, now: date
     amount = payment.amount_cents if payment.amount_cents is not None \
         else get_tier(tier).price_cents
     _record(sub, "activated", from_tier, tier, amount_cents=amount,
-            reference=_reference(payment), at=now, period_end=end.isoformat(), **_stamp(payment))
+            reference=_reference(payment), at=now, period_end=end.isoformat(),
+            replaced_subscription=replaced, **_stamp(payment))
     return "activated"
 
 
