@@ -72,3 +72,41 @@ def test_concurrent_cancel_and_resume_leave_a_consistent_row(app, client, auth, 
     # every schedule was undone by exactly one resume, or the last one is still in force
     assert scheduled - resumed == (1 if data["cancel_at_period_end"] else 0)
     assert data["tier"] == "premium"
+
+
+def test_accounts_sharing_a_verified_email_get_one_trial_between_them(app, client, auth,
+                                                                      billing):
+    """One person signed in through several identities of the provider (say Google and a
+    password) that share one verified email: each is its own account here, but the free
+    trial is one per person. Asked at the same instant from six such accounts, one trial
+    starts and the others are 409 ``trial_already_used``, instead of six free trials
+    taken one after another or all at once."""
+    accounts = [auth(EMAIL if i % 2 == 0 else "  Listener@Example.COM ", sub=f"identity-{i}")
+                for i in range(6)]
+    for headers in accounts:
+        client.get("/api/user/subscription", headers=headers)  # the accounts exist
+
+    def request(c, headers):
+        resp = c.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                      headers=headers)
+        return resp.status_code, resp.get_json().get("code")
+
+    barrier = threading.Barrier(len(accounts))
+    results = [None] * len(accounts)
+
+    def worker(i):
+        with app.app_context():
+            c = app.test_client()
+            barrier.wait()
+            results[i] = request(c, accounts[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(accounts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results, key=lambda r: r[0]) == \
+        [(200, None)] + [(409, "trial_already_used")] * 5
+    # one after another too, and someone else still gets theirs
+    assert request(client, auth(EMAIL, sub="identity-late")) == (409, "trial_already_used")
+    assert request(client, auth("someone.else@example.com")) == (200, None)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
+from sqlalchemy import func, select
 
 from ... import clock
 from ...api_errors import fail
@@ -119,7 +120,7 @@ def change_tier(user_id: int, tier: str, start_trial: bool = False,
 def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
     if sub.trial_used:
         fail(409, "trial_already_used", "The free trial has already been used on this account.")
-    if trial_used_before(user.oidc_sub, user.email):
+    if trial_used_before(user.oidc_sub, user.email) or _trial_used_by_another_account(user):
         fail(409, "trial_already_used", "The free trial has already been used by you.")
     if sub.tier != STARTER:
         fail(409, "conflict", "A trial starts from the starter tier.")
@@ -135,6 +136,26 @@ def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) ->
     _record(sub, "trial_started", from_tier, tier, amount_cents=0, at=now,
             trial_ends_at=sub.trial_ends_at.isoformat())
     return f"Your {days}-day {get_tier(tier).title} trial has started."
+
+
+def _trial_used_by_another_account(user: User) -> bool:
+    """Another account of the same person, one whose verified email is this one's (the
+    provider's identities of one person: a social sign-in and a password, say), used the
+    trial: it is one per person, not per account. An address not verified there is not that
+    account's to speak for, so it burns nothing. Trials of one email are serialised (a
+    transaction-scoped advisory lock on PostgreSQL), so two of its accounts asking at once
+    cannot both start one."""
+    email = (user.email or "").strip().lower()
+    if not email:
+        return False
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(select(func.pg_advisory_xact_lock(
+            func.hashtextextended(f"sonicus-trial:{email}", 0))))
+    return db.session.execute(
+        select(User.id).join(UserSubscription, UserSubscription.user_id == User.id)
+        .where(func.lower(User.email) == email, User.email_verified.is_(True),
+               User.id != user.id, UserSubscription.trial_used.is_(True)).limit(1)
+    ).first() is not None
 
 
 def _choose_starter(sub: UserSubscription, now: datetime, first_choice: bool) -> str:
