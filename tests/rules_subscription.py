@@ -164,3 +164,19 @@ def repeated_cancellations(asked: list[str]) -> list[str]:
     cancel again (by a later grant, a revoke or an erasure). ``asked``: every provider
     subscription id asked to cancel, in order (each confirmed)."""
     return sorted({sid for sid in asked if asked.count(sid) > 1})
+
+
+def replaced_subscriptions_charging(replaced: list[tuple[str, str]],
+                                    asked: list[str]) -> list[str]:
+    """A provider subscription that another one took the place of (a checkout paid after a
+    failed renewal's grace or a lapse, a trial's card) is asked to cancel then: the user
+    never has two provider subscriptions charging, one of them unknown here. ``replaced``:
+    (older, newer) provider subscription ids as the row went from one to the other;
+    ``asked``: every provider subscription id asked to cancel (each confirmed)."""
+    return [f"{old} left charging beside {new}" for old, new in replaced if old not in asked]
+
+
+def trials_per_person(trials_by_email: dict[str, int]) -> list[str]:
+    """One trial per person: the accounts of one verified email (several identities of one
+    person at the provider) start one trial between them, ever."""
+    return [f"{email}: {count} trials" for email, count in trials_by_email.items() if count > 1]

@@ -48,7 +48,9 @@ from rules_subscription import (
     renewal_price_violations,
     renewal_violations,
     repeated_cancellations,
+    replaced_subscriptions_charging,
     tier_at,
+    trials_per_person,
 )
 from sqlalchemy import select, text
 from sqlalchemy.orm import selectinload
@@ -77,6 +79,8 @@ from sonicus.services.subscriptions import process_due_subscriptions
 from sonicus.tiers import TIERS, can_access_level
 
 IDENTITIES = ("ana", "ben")
+# ana's second identity at the identity provider (same email): used by fixed sequences
+SECOND_IDENTITY = "ana_second"
 TIMEZONES = ("UTC", "Etc/GMT+12", "Etc/GMT-12", "Pacific/Auckland", "America/Los_Angeles")
 # A new UTC date while it is still yesterday out west; US daylight saving starts a day later.
 START = datetime(2026, 3, 7, 3, 30, tzinfo=UTC)
@@ -88,8 +92,9 @@ DERANDOMIZE = not os.environ.get("RULES_RANDOM")  # CI explores the same sequenc
 class Identity:
     """One person at the identity provider: a token, and what the model knows of them."""
 
-    def __init__(self, name, token):
+    def __init__(self, name, token, email=None):
         self.name, self.token = name, token
+        self.email = email or f"{name}@example.com"
         self.headers = {"Authorization": f"Bearer {token}"}
         self.user_id = None          # the current account (None before sign-in, after erasure)
         self.days = DaySettings()
@@ -134,6 +139,12 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             self.assignments = {}  # (user id, level) -> expires_at (None: no end)
             self.people = {name: Identity(name, idp.token(email=f"{name}@example.com"))
                            for name in IDENTITIES}
+            # a second identity of ana at the provider (its own account here), same email
+            self.people[SECOND_IDENTITY] = Identity(
+                SECOND_IDENTITY, idp.token(email="ana@example.com", sub="sub-ana-second"),
+                email="ana@example.com")
+            self.running = {}   # user id -> the provider subscription id last seen on the row
+            self.replaced = []  # (older, newer) provider subscription ids, as the row changed
 
         # ---- the API, always enveloped, never 5xx ------------------------------------------
         def call(self, method, path, headers=None, **kwargs):
@@ -552,6 +563,29 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             problems = grant_renewal_violations(granted, after.tier, after.complimentary)
             assert not problems, (person.name, problems, body)
 
+        @rule(name=st.sampled_from(IDENTITIES))
+        def provider_checkout_paid(self, name):
+            """The checkout open is paid at the provider, which starts a new provider
+            subscription of its own: once it takes effect, an older one the provider may still
+            charge (kept after a failed renewal's grace or a lapse) is asked to cancel
+            (rules_subscription.replaced_subscriptions_charging, in ``the_rules_hold``)."""
+            person = self.people[name]
+            if person.user_id is None:
+                return
+            sub = self.subscription_row(person)
+            if not sub.checkout_reference:
+                return
+            self.webhooks += 1
+            self.provider_ids += 1
+            event = billing.checkout_completed(
+                f"evt_{self.webhooks}", user_id=person.user_id, tier=sub.checkout_tier,
+                reference=sub.checkout_reference, created=self.now,
+                amount=0 if sub.status == "trialing" else TIERS[sub.checkout_tier].price_cents,
+                customer=f"cus_{sub.user_id}",
+                subscription=f"sub_{sub.user_id}_{self.provider_ids}")
+            status, body = self.call_webhook(event)
+            assert status == 200, body
+
         def provider_subscription_of(self, sub):
             """The provider subscription running for this row (ids never shared between
             accounts), or a new one."""
@@ -824,8 +858,17 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 assert (sub.tier, sub.status, sub.pending_tier) == \
                     (derived.tier, derived.status, derived.pending_tier), \
                     (person.name, [e["type"] for e in events[user_id]])
+            trials: dict[str, int] = {}
             for person in self.people.values():
-                assert person.trials_started <= 1, person.name
+                trials[person.email] = trials.get(person.email, 0) + person.trials_started
+            assert not trials_per_person(trials), trials
+            for user_id, sub in subs.items():
+                before, now = self.running.get(user_id), sub.provider_subscription_id
+                if before and now and before != now:
+                    self.replaced.append((before, now))
+                self.running[user_id] = now
+            assert not replaced_subscriptions_charging(self.replaced, cancels), \
+                (self.replaced, cancels)
             for user_id, person in accounts.items():
                 claimed = [ReminderRow(day, at, person.claimed_for.get((user_id, day)))
                            for day, at in claims.get(user_id, [])]
@@ -1006,6 +1049,44 @@ def test_the_rules_hold_when_a_cancel_made_in_the_portal_is_undone_here(
                                       else {"name": "ana"}), **arguments)
             machine.the_rules_hold()
             machine.the_provider_renews_what_is_shown()
+    finally:
+        machine.teardown()
+
+
+# A new provider subscription after a failed renewal's grace ran out (the older one kept: the
+# provider may still retry it), and a trial asked from a second identity of the same person:
+# the older subscription is asked to cancel (``replaced_subscriptions_charging``), one trial
+# between the accounts (``trials_per_person``).
+BILLING_SEQUENCES = {
+    "buying_again_after_a_failed_renewals_grace": [
+        ("choose_tier", {"tier": "premium", "pay": False}), ("provider_checkout_paid", {}),
+        ("renewal_webhook", {"paid": False}), ("time_passes", {"seconds": 3 * 86400}),
+        ("expiry_job_runs", {}), ("choose_tier", {"tier": "premium", "pay": False}),
+        ("provider_checkout_paid", {}), ("renewal_webhook", {"paid": True}), ("erase", {})],
+    "buying_another_tier_after_a_failed_renewals_grace": [
+        ("choose_tier", {"tier": "pro", "pay": False}), ("provider_checkout_paid", {}),
+        ("renewal_webhook", {"paid": False}), ("time_passes", {"seconds": 3 * 86400}),
+        ("sign_in", {}),
+        ("choose_tier", {"tier": "premium", "pay": False}), ("provider_checkout_paid", {}),
+        ("time_passes", {"seconds": 15 * 86400}), ("expiry_job_runs", {})],
+    "a_trial_from_a_second_identity": [
+        ("start_trial", {"tier": "premium"}),
+        ("start_trial", {"tier": "pro", "name": SECOND_IDENTITY}),
+        ("time_passes", {"seconds": 15 * 86400}), ("erase", {}),
+        ("start_trial", {"tier": "pro", "name": SECOND_IDENTITY})],
+}
+
+
+@pytest.mark.parametrize("sequence", sorted(BILLING_SEQUENCES))
+def test_the_rules_hold_when_the_provider_starts_another_subscription(
+        idp, make_config, table_names, billing, monkeypatch, sequence):
+    machine = _rules_machine(idp, make_config, table_names, billing, monkeypatch)()
+    try:
+        for step, arguments in BILLING_SEQUENCES[sequence]:
+            if step not in ("time_passes", "expiry_job_runs"):
+                arguments = {"name": "ana", **arguments}
+            getattr(machine, step)(**arguments)
+            machine.the_rules_hold()
     finally:
         machine.teardown()
 
