@@ -221,10 +221,26 @@ def _change_paid_period(sub: UserSubscription, tier: str, now: datetime) -> str 
     if not _has_paid_period(sub):
         return None
     if sub.status == ACTIVE and sub.payment_method_on_file:
+        if sub.current_period_end <= now:
+            _refuse_until_renewed(sub)
         if is_upgrade(sub.tier, tier):
             return _upgrade_now(sub, tier, now)
         return _schedule_downgrade(sub, tier, now)
     return None
+
+
+def _refuse_until_renewed(sub: UserSubscription) -> None:
+    """The paid period is over and the provider's renewal has not arrived yet (a provider
+    charges about an hour after the period's end; a trial's first charge likewise): the
+    provider is already in the next period, billing the tier in force for it. A change now
+    has no period here to act on: a downgrade "at the period's end" would take effect at
+    once, the user losing the tier the provider charges for; an upgrade would be shown as
+    costing nothing while the provider charges the difference for the whole new period.
+    409 ``conflict``, nothing changed; the same request once the renewal is known acts on
+    the new period."""
+    fail(409, "conflict", f"Your {get_tier(sub.tier).title} period ended at "
+                          f"{sub.current_period_end:%Y-%m-%d %H:%M} UTC and its renewal is "
+                          "being processed; try again in a few minutes.")
 
 
 def _change_trial(user: User, sub: UserSubscription, tier: str, now: datetime,

@@ -1,0 +1,68 @@
+"""The hour (or days, when notices are late) between a paid period's end and the provider's
+renewal notice: the provider is already in the next period, billing the tier in force."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from sonicus import clock
+
+EMAIL = "listener@example.com"
+PRICES = {"premium": "price_prem", "pro": "price_pro"}
+
+
+def _paid_until_just_now(client, headers, billing, set_clock, tier):
+    """``tier`` paid through Stripe for a period that ended ten minutes ago: Stripe has
+    renewed it (its invoice is paid about an hour after the period's end), the notice has not
+    arrived yet. Returns the renewal's invoice event."""
+    start = set_clock(clock.now().replace(microsecond=0))
+    client.post("/api/user/subscription", json={"tier": tier}, headers=headers)
+    period_end = start + timedelta(minutes=5)
+    paid = billing.invoice_event("evt_paid", "invoice.paid", user_id=billing.user_id(EMAIL),
+                                 tier=None, period_start=period_end - timedelta(days=30),
+                                 period_end=period_end, price=PRICES[tier],
+                                 subscription="sub_s1", customer="cus_s1", created=start)
+    assert billing.post_webhook(client, paid).get_json()["data"]["outcome"] == "activated"
+    set_clock(period_end + timedelta(minutes=10))
+    return billing.invoice_event("evt_renewal", "invoice.paid",
+                                 user_id=billing.user_id(EMAIL), tier=None,
+                                 period_start=period_end,
+                                 period_end=period_end + timedelta(days=30),
+                                 price=PRICES[tier], subscription="sub_s1",
+                                 customer="cus_s1", created=clock.now())
+
+
+@pytest.mark.parametrize(("paid", "chosen"), [("pro", "premium"), ("premium", "pro")])
+def test_a_change_of_tier_while_the_renewal_is_on_its_way_waits_for_it(
+        stripe_app, auth, billing, set_clock, paid, chosen):
+    """The period ended ten minutes ago and Stripe is renewing it at the tier in force. A
+    downgrade asked now used to take effect at once (its "end of the period" had passed), so
+    the user lost Pro for a month Stripe charges Pro for; an upgrade was shown as costing
+    0.00 while Stripe charges the difference for the whole new month. Until the renewal is
+    known, a change of paid tier is 409 and nothing changes here or at Stripe; once it has
+    arrived, the change acts on the new period."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    renewal = _paid_until_just_now(client, headers, billing, set_clock, paid)
+    before = len(fake.received("POST", "/v1/subscriptions/sub_s1"))
+
+    resp = client.post("/api/user/subscription", json={"tier": chosen}, headers=headers)
+    assert resp.status_code == 409, resp.get_json()
+    assert resp.get_json()["code"] == "conflict"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["pending_tier"]) == (paid, None)
+    assert len(fake.received("POST", "/v1/subscriptions/sub_s1")) == before
+    assert [e for e in billing.events_of(EMAIL)
+            if e["type"] in ("upgraded", "downgrade_scheduled", "downgraded")] == []
+
+    assert billing.post_webhook(client, renewal).get_json()["data"]["outcome"] == "renewed"
+    resp = client.post("/api/user/subscription", json={"tier": chosen}, headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    data = resp.get_json()["data"]
+    if chosen == "premium":  # the downgrade is due at the new period's end
+        assert (data["tier"], data["pending_tier"]) == ("pro", "premium")
+    else:  # the upgrade is charged for the new period's rest: about the whole difference
+        [upgraded] = billing.events_of(EMAIL, "upgraded")
+        assert upgraded["amount_cents"] >= 990
