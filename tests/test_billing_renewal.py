@@ -66,3 +66,31 @@ def test_a_change_of_tier_while_the_renewal_is_on_its_way_waits_for_it(
     else:  # the upgrade is charged for the new period's rest: about the whole difference
         [upgraded] = billing.events_of(EMAIL, "upgraded")
         assert upgraded["amount_cents"] >= 990
+
+
+def test_a_failed_renewal_notified_days_late_keeps_the_grace_from_the_failure(
+        stripe_app, auth, billing, set_clock):
+    """Stripe failed to charge the renewal an hour after the period's end, but its notice
+    reached us two days later (an outage of the webhook endpoint, Stripe's own retries of
+    it). The 3-day grace runs from the failed charge, not from the notice's arrival: the
+    user keeps the tier three days after the failure, not five."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid_until_just_now(client, headers, billing, set_clock, "premium")
+    period_end = clock.now() - timedelta(minutes=10)
+    failed_at = period_end + timedelta(hours=1)
+    failed = billing.invoice_event("evt_failed", "invoice.payment_failed",
+                                   user_id=billing.user_id(EMAIL), tier=None,
+                                   period_start=period_end,
+                                   period_end=period_end + timedelta(days=30),
+                                   price="price_prem", subscription="sub_s1",
+                                   customer="cus_s1", created=failed_at)
+    set_clock(failed_at + timedelta(days=2))
+    assert billing.post_webhook(client, failed).get_json()["data"]["outcome"] == "past_due"
+    data = billing.subscription(client, headers)
+    assert data["status"] == "past_due"
+    assert data["grace_ends_at"].startswith((failed_at + timedelta(days=3)).isoformat()[:19])
+
+    set_clock(failed_at + timedelta(days=3, minutes=1))
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("starter", "active")

@@ -325,8 +325,11 @@ def apply_payment_failed(sub: UserSubscription, failure, now: datetime) -> str:
         return "payment_method_removed"
     if sub.status == PAST_DUE:
         return "already_past_due"
-    sub.status, sub.past_due_since = PAST_DUE, now
-    _record_failure(sub, failure, now, grace_ends_at=(now + GRACE_PERIOD).isoformat())
+    # the grace runs from the failed charge, not from its notice (late by days when the
+    # provider could not deliver it): a notice never lengthens it
+    since = min(now, failure.created)
+    sub.status, sub.past_due_since = PAST_DUE, since
+    _record_failure(sub, failure, now, grace_ends_at=(since + GRACE_PERIOD).isoformat())
     return "past_due"
 
 
