@@ -94,3 +94,47 @@ def test_a_failed_renewal_notified_days_late_keeps_the_grace_from_the_failure(
     set_clock(failed_at + timedelta(days=3, minutes=1))
     data = billing.subscription(client, headers)
     assert (data["tier"], data["status"]) == ("starter", "active")
+
+
+def _line(amount, price, start, end, *, proration):
+    return {"id": f"il_{price}_{amount}", "object": "line_item", "amount": amount,
+            "period": {"start": int(start.timestamp()), "end": int(end.timestamp())},
+            "pricing": {"price_details": {"price": price}},
+            "parent": {"type": "subscription_item_details",
+                       "subscription_item_details": {"proration": proration,
+                                                     "subscription": "sub_s1"}},
+            "metadata": {}}
+
+
+def test_an_upgrades_invoice_with_its_credit_line_is_taken(stripe_app, auth, billing,
+                                                            set_clock):
+    """An upgrade made here is invoiced by Stripe at once: a credit line (a negative amount,
+    the unused Premium days) beside the charge for Pro. Its ``invoice.paid`` was refused as
+    a whole (400 "not an amount in cents"), so Stripe kept sending it for days and counted
+    the endpoint as failing; it is taken now (the upgrade is recorded already)."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    start = set_clock(clock.now().replace(microsecond=0))
+    client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    uid = billing.user_id(EMAIL)
+    period_end = start + timedelta(days=20)
+    paid = billing.invoice_event("evt_paid", "invoice.paid", user_id=uid, tier=None,
+                                 period_start=start - timedelta(days=10), period_end=period_end,
+                                 price="price_prem", subscription="sub_s1", customer="cus_s1",
+                                 created=start - timedelta(days=10))
+    assert billing.post_webhook(client, paid).get_json()["data"]["outcome"] == "activated"
+    resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    assert resp.status_code == 200 and resp.get_json()["data"]["tier"] == "pro"
+    upgrade = billing.invoice_event("evt_upgrade", "invoice.paid", user_id=uid, tier=None,
+                                    period_start=start, period_end=period_end, amount=667,
+                                    price="price_pro", subscription="sub_s1",
+                                    customer="cus_s1", created=clock.now())
+    upgrade["data"]["object"]["lines"]["data"] = [
+        _line(-666, "price_prem", start, period_end, proration=True),
+        _line(1333, "price_pro", start, period_end, proration=True)]
+    resp = billing.post_webhook(client, upgrade)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["data"]["outcome"] == "already_recorded"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("pro", "active")
+    assert data["current_period_end"].startswith(period_end.isoformat()[:19])

@@ -204,9 +204,20 @@ def _from_metadata(obj: dict, key: str) -> str | None:
     return None
 
 
+def _line_amount(value) -> int | None:
+    """An invoice line's amount in cents: signed (a credit, such as a proration's for the
+    unused time of the plan left behind, is negative), within an ``integer`` column."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not -INT32_MAX <= value <= INT32_MAX:
+        raise WebhookInvalid("lines.amount: not an amount in cents.")
+    return value
+
+
 def _tier_from_prices(obj: dict, price_to_tier: dict[str, str]) -> str | None:
     for line in _get(obj, "lines", "data") or _get(obj, "items", "data") or []:
-        amount = _int(_get(line, "amount"), "amount")
+        amount = _line_amount(_get(line, "amount"))
         if amount is not None and amount < 0:
             continue  # the credit for the unused time of the plan left behind
         price = (_str(_get(line, "price"), "price")
