@@ -138,3 +138,48 @@ def test_an_upgrades_invoice_with_its_credit_line_is_taken(stripe_app, auth, bil
     data = billing.subscription(client, headers)
     assert (data["tier"], data["status"]) == ("pro", "active")
     assert data["current_period_end"].startswith(period_end.isoformat()[:19])
+
+
+def test_a_renewal_carrying_a_portal_changes_proration_renews_the_period(
+        stripe_app, auth, billing, set_clock):
+    """Premium, then Pro chosen in Stripe's billing portal mid-period: the portal prorates
+    onto the next invoice, so the renewal's invoice carries the credit and the charge for
+    the rest of the old period beside the new month. It renews the period (it used to be
+    taken for the old period again: "already recorded", and three days after the period's
+    end the user, who had paid, fell to Starter)."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    start = set_clock(clock.now().replace(microsecond=0))
+    client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    uid = billing.user_id(EMAIL)
+    period_start, period_end = start - timedelta(days=10), start + timedelta(days=20)
+    paid = billing.invoice_event("evt_paid", "invoice.paid", user_id=uid, tier=None,
+                                 period_start=period_start, period_end=period_end,
+                                 price="price_prem", subscription="sub_s1", customer="cus_s1",
+                                 created=period_start)
+    assert billing.post_webhook(client, paid).get_json()["data"]["outcome"] == "activated"
+    portal = billing.subscription_updated("evt_portal", price="price_pro",
+                                          subscription="sub_s1", customer="cus_s1",
+                                          created=start)
+    assert billing.post_webhook(client, portal).get_json()["data"]["outcome"] == \
+        "plan_changed"
+
+    set_clock(period_end + timedelta(hours=1))
+    renewal = billing.invoice_event("evt_renewal", "invoice.paid", user_id=uid, tier=None,
+                                    period_start=period_end,
+                                    period_end=period_end + timedelta(days=30),
+                                    amount=2999, price="price_pro", subscription="sub_s1",
+                                    customer="cus_s1", created=clock.now())
+    renewal["data"]["object"]["lines"]["data"] = [
+        _line(-666, "price_prem", start, period_end, proration=True),
+        _line(1333, "price_pro", start, period_end, proration=True),
+        _line(1999, "price_pro", period_end, period_end + timedelta(days=30), proration=False)]
+    assert billing.post_webhook(client, renewal).get_json()["data"]["outcome"] == "renewed"
+    data = billing.subscription(client, headers)
+    assert data["tier"] == "pro"
+    assert data["current_period_end"].startswith(
+        (period_end + timedelta(days=30)).isoformat()[:19])
+
+    set_clock(period_end + timedelta(days=4))
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("pro", "active")

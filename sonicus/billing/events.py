@@ -216,7 +216,10 @@ def _line_amount(value) -> int | None:
 
 
 def _tier_from_prices(obj: dict, price_to_tier: dict[str, str]) -> str | None:
-    for line in _get(obj, "lines", "data") or _get(obj, "items", "data") or []:
+    lines = [line for line in _get(obj, "lines", "data") or _get(obj, "items", "data") or []
+             if isinstance(line, dict)]
+    # the plan's own line before a proration's (``_invoice_period``)
+    for line in sorted(lines, key=_proration):
         amount = _line_amount(_get(line, "amount"))
         if amount is not None and amount < 0:
             continue  # the credit for the unused time of the plan left behind
@@ -228,17 +231,28 @@ def _tier_from_prices(obj: dict, price_to_tier: dict[str, str]) -> str | None:
     return None
 
 
+def _proration(line) -> bool:
+    """The line prorates a plan change over a period already begun (Stripe's ``proration``
+    flag, on the line or, since API 2025-03, under its parent's details)."""
+    return any(flag is True for flag in (
+        _get(line, "proration"), _get(line, "parent", "subscription_item_details", "proration"),
+        _get(line, "parent", "invoice_item_details", "proration")))
+
+
 def _invoice_period(obj: dict) -> tuple[datetime | None, datetime | None]:
-    """The service period an invoice pays for: its lines' period, else the invoice's own."""
-    starts, ends = [], []
+    """The service period an invoice pays for: its lines' period, else the invoice's own. A
+    renewal that carries a plan change's proration (the billing portal prorates onto the
+    next invoice) pays for the new period: the proration lines' dates, the rest of the old
+    period, are left out unless the invoice holds nothing else (an upgrade's own invoice)."""
+    periods = []
     for line in _get(obj, "lines", "data") or []:
         start = _when(_get(line, "period", "start"), "lines.period.start")
         end = _when(_get(line, "period", "end"), "lines.period.end")
         if start and end:
-            starts.append(start)
-            ends.append(end)
-    if starts:
-        return min(starts), max(ends)
+            periods.append((start, end, _proration(line)))
+    periods = [p for p in periods if not p[2]] or periods
+    if periods:
+        return min(p[0] for p in periods), max(p[1] for p in periods)
     return _when(obj.get("period_start"), "period_start"), _when(obj.get("period_end"),
                                                                  "period_end")
 
