@@ -180,3 +180,15 @@ def trials_per_person(trials_by_email: dict[str, int]) -> list[str]:
     """One trial per person: the accounts of one verified email (several identities of one
     person at the provider) start one trial between them, ever."""
     return [f"{email}: {count} trials" for email, count in trials_by_email.items() if count > 1]
+
+
+def renewal_period_violations(outcome: str, paid_until: datetime,
+                              period_end: datetime | None) -> list[str]:
+    """A payment of the next period of the tier in force, the subscription running and not
+    given free, renews it: the period runs until the one paid for ends (``paid_until``),
+    whatever proration of a plan change the invoice carries besides."""
+    if outcome == "renewed" and period_end is not None \
+            and abs(period_end - paid_until) < timedelta(seconds=1):
+        return []
+    return [f"a renewal paid until {paid_until:%Y-%m-%d %H:%M} was {outcome}; "
+            f"the period ends {period_end}"]

@@ -45,6 +45,7 @@ from rules_subscription import (
     derive_from_events,
     grant_renewal_violations,
     purchase_violations,
+    renewal_period_violations,
     renewal_price_violations,
     renewal_violations,
     repeated_cancellations,
@@ -535,12 +536,15 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             status, body = self.call("POST", "/api/user/subscription/resume", person.headers)
             assert status in (200, 403, 409), body
 
-        @rule(name=st.sampled_from(IDENTITIES), paid=st.booleans())
-        def renewal_webhook(self, name, paid):
+        @rule(name=st.sampled_from(IDENTITIES), paid=st.booleans(), prorated=st.booleans())
+        def renewal_webhook(self, name, paid, prorated=False):
             """The provider's invoice for the period that follows the current one. It never
             ends a grant in force (rules_subscription.grant_renewal_violations): the provider
             renews what a grant stopped renewing when the cancel undone in its billing portal
-            was never notified, which this machine's provider is free to do."""
+            was never notified, which this machine's provider is free to do. ``prorated``: it
+            carries a plan change's proration over the rest of the current period (the
+            billing portal prorates onto the next invoice), which never makes it a payment of
+            that period (rules_subscription.renewal_period_violations)."""
             person = self.people[name]
             if person.user_id is None:
                 return
@@ -557,10 +561,19 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 user_id=person.user_id, tier=tier, period_start=start,
                 period_end=start + timedelta(days=30), created=self.now,
                 subscription=subscription, customer=customer)
+            if prorated:
+                rest = max(self.now, start - timedelta(days=10))
+                event["data"]["object"]["lines"]["data"][:0] = [
+                    _proration_line(-300, rest, start), _proration_line(600, rest, start)]
             status, body = self.call_webhook(event)
             assert status == 200, body
             after = self.subscription_row(person)
             problems = grant_renewal_violations(granted, after.tier, after.complimentary)
+            if paid and sub.status == "active" and not sub.complimentary and start > self.now \
+                    and tier_at(sub, self.now) == tier:
+                problems += renewal_period_violations(
+                    body["data"]["outcome"], start + timedelta(days=30),
+                    after.current_period_end)
             assert not problems, (person.name, problems, body)
 
         @rule(name=st.sampled_from(IDENTITIES))
@@ -879,6 +892,15 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
     return RulesMachine
 
 
+def _proration_line(amount: int, start: datetime, end: datetime) -> dict:
+    """An invoice line prorating a plan change over ``start``..``end`` (Stripe's shape)."""
+    return {"id": f"il_proration_{amount}", "object": "line_item", "amount": amount,
+            "period": {"start": int(start.timestamp()), "end": int(end.timestamp())},
+            "parent": {"type": "subscription_item_details",
+                       "subscription_item_details": {"proration": True}},
+            "metadata": {}}
+
+
 def recording_prices(prices: dict[int, str]):
     """Wrappers noting, per user, the tier the provider's subscription renews at: the plan
     the provider is switched to (``change_tier``), the tier a payment starts (a new paid
@@ -1056,7 +1078,8 @@ def test_the_rules_hold_when_a_cancel_made_in_the_portal_is_undone_here(
 # A new provider subscription after a failed renewal's grace ran out (the older one kept: the
 # provider may still retry it), and a trial asked from a second identity of the same person:
 # the older subscription is asked to cancel (``replaced_subscriptions_charging``), one trial
-# between the accounts (``trials_per_person``).
+# between the accounts (``trials_per_person``); a renewal's invoice carrying a plan change's
+# proration renews the period (``renewal_period_violations``).
 BILLING_SEQUENCES = {
     "buying_again_after_a_failed_renewals_grace": [
         ("choose_tier", {"tier": "premium", "pay": False}), ("provider_checkout_paid", {}),
@@ -1069,6 +1092,10 @@ BILLING_SEQUENCES = {
         ("sign_in", {}),
         ("choose_tier", {"tier": "premium", "pay": False}), ("provider_checkout_paid", {}),
         ("time_passes", {"seconds": 15 * 86400}), ("expiry_job_runs", {})],
+    "a_renewal_carrying_a_proration": [
+        ("choose_tier", {"tier": "premium", "pay": True}),
+        ("renewal_webhook", {"paid": True, "prorated": True}),
+        ("renewal_webhook", {"paid": True, "prorated": True})],
     "a_trial_from_a_second_identity": [
         ("start_trial", {"tier": "premium"}),
         ("start_trial", {"tier": "pro", "name": SECOND_IDENTITY}),
