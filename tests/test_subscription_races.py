@@ -110,3 +110,36 @@ def test_accounts_sharing_a_verified_email_get_one_trial_between_them(app, clien
     # one after another too, and someone else still gets theirs
     assert request(client, auth(EMAIL, sub="identity-late")) == (409, "trial_already_used")
     assert request(client, auth("someone.else@example.com")) == (200, None)
+
+
+def test_a_trial_asked_as_the_other_account_of_the_email_is_erased_is_refused(
+        app, client, auth, billing, monkeypatch):
+    """Account A of an email used its trial; account B of the same email asks for one just as
+    A is erased (A's row gone and its tombstone written, in one commit, between B's two
+    looks). B is refused: the erasure cannot slip between the look at live accounts and the
+    look at tombstones."""
+    from sonicus.services.subscriptions import changes
+
+    first, second = auth(EMAIL, sub="identity-a"), auth(EMAIL, sub="identity-b")
+    client.get("/api/user/subscription", headers=second)  # B exists
+    assert client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                       headers=first).status_code == 200
+    looked_up = changes.trial_used_before
+
+    def erasure_commits_meanwhile(subject, email):
+        seen = looked_up(subject, email)  # no tombstone yet
+
+        def erase():
+            with app.app_context():
+                assert app.test_client().delete("/api/user/profile",
+                                                headers=first).status_code == 200
+
+        eraser = threading.Thread(target=erase)
+        eraser.start()
+        eraser.join()
+        return seen
+
+    monkeypatch.setattr(changes, "trial_used_before", erasure_commits_meanwhile)
+    resp = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                       headers=second)
+    assert (resp.status_code, resp.get_json().get("code")) == (409, "trial_already_used")

@@ -120,7 +120,9 @@ def change_tier(user_id: int, tier: str, start_trial: bool = False,
 def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
     if sub.trial_used:
         fail(409, "trial_already_used", "The free trial has already been used on this account.")
-    if trial_used_before(user.oidc_sub, user.email) or _trial_used_by_another_account(user):
+    # the live accounts first, the erased ones' tombstones after: an erasure (its account
+    # gone, its tombstone written, at once) committed in between is seen by one of them
+    if _trial_used_by_another_account(user) or trial_used_before(user.oidc_sub, user.email):
         fail(409, "trial_already_used", "The free trial has already been used by you.")
     if sub.tier != STARTER:
         fail(409, "conflict", "A trial starts from the starter tier.")
