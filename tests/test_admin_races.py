@@ -6,27 +6,13 @@ from __future__ import annotations
 import threading
 import time
 
-from sqlalchemy import func, select, text
+from races import in_thread, lock_waiters
+from sqlalchemy import func, select
 
 from sonicus.models import User
 from sonicus.services import admin_users
 
 WAIT = 10
-
-
-def _in_thread(action) -> tuple[threading.Thread, list]:
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(action()))
-    thread.start()
-    return thread, result
-
-
-def _lock_waiters(db_session) -> int:
-    waiting = db_session.execute(
-        select(func.count()).select_from(text("pg_stat_activity"))
-        .where(text("wait_event_type = 'Lock' AND datname = current_database()"))).scalar()
-    db_session.commit()
-    return waiting
 
 
 def test_a_tier_grant_while_the_user_erases_their_account_finishes_without_a_deadlock(
@@ -49,18 +35,18 @@ def test_a_tier_grant_while_the_user_erases_their_account_finishes_without_a_dea
         return real_check(*args)
 
     monkeypatch.setattr(admin_users, "_check_status_change", paused_check)
-    grant, grant_answer = _in_thread(lambda: app.test_client().patch(
+    grant, grant_answer = in_thread(lambda: app.test_client().patch(
         f"/api/admin/users/{user_id}", json={"tier": "premium"}, headers=admin))
     erasure = erasure_answer = None
     try:
         assert grant_holds_its_locks.wait(WAIT)
-        erasure, erasure_answer = _in_thread(lambda: app.test_client().delete(
+        erasure, erasure_answer = in_thread(lambda: app.test_client().delete(
             "/api/user/profile", headers=headers))
         for _ in range(500):  # the erasure waits on a row the grant holds
-            if _lock_waiters(db_session) >= 1:
+            if lock_waiters(db_session) >= 1:
                 break
             time.sleep(0.01)
-        assert _lock_waiters(db_session) >= 1
+        assert lock_waiters(db_session) >= 1
         started = time.monotonic()
     finally:
         go.set()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from sqlalchemy import func, select, text
+from races import in_thread, lock_waiters
+from sqlalchemy import func, select
 
 from sonicus import clock
 from sonicus.models import ListeningSession, User
@@ -15,24 +16,9 @@ from sonicus.services import analytics
 WAIT = 10
 
 
-def _in_thread(action) -> tuple[threading.Thread, list]:
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(action()))
-    thread.start()
-    return thread, result
-
-
-def _lock_waiters(db_session) -> int:
-    waiting = db_session.execute(
-        select(func.count()).select_from(text("pg_stat_activity"))
-        .where(text("wait_event_type = 'Lock' AND datname = current_database()"))).scalar()
-    db_session.commit()
-    return waiting
-
-
 def _wait_for_a_lock_waiter(db_session) -> None:
     for _ in range(500):
-        if _lock_waiters(db_session) >= 1:
+        if lock_waiters(db_session) >= 1:
             return
         time.sleep(0.01)
     raise AssertionError("nothing waited on a lock")
@@ -60,13 +46,13 @@ def test_a_first_completion_while_the_account_is_erased_finishes_without_a_deadl
         return real_mark(*args)
 
     monkeypatch.setattr(analytics, "mark_stale", paused_mark)
-    complete, complete_answer = _in_thread(lambda: app.test_client().post(
+    complete, complete_answer = in_thread(lambda: app.test_client().post(
         f"/api/user/sessions/{session_id}/complete",
         json={"listened_seconds": 0, "completed": False}, headers=headers))
     erasure = None
     try:
         assert holds_session.wait(WAIT)
-        erasure, erasure_answer = _in_thread(lambda: app.test_client().delete(
+        erasure, erasure_answer = in_thread(lambda: app.test_client().delete(
             "/api/user/profile", headers=headers))
         _wait_for_a_lock_waiter(db_session)
         started = time.monotonic()
@@ -108,15 +94,15 @@ def test_an_admin_change_made_as_the_admin_erases_their_account_keeps_no_email(
         return real_keep(*args)
 
     monkeypatch.setattr(users.erasure_keys, "keep_past_erasure", paused_keep)
-    erasure, erasure_answer = _in_thread(lambda: app.test_client().delete(
+    erasure, erasure_answer = in_thread(lambda: app.test_client().delete(
         "/api/user/profile", headers=headers))
     edit = None
     try:
         assert erasure_at_its_end.wait(WAIT)
-        edit, edit_answer = _in_thread(lambda: app.test_client().patch(
+        edit, edit_answer = in_thread(lambda: app.test_client().patch(
             f"/api/admin/packages/{package_id}", json={"title": "Rain II"}, headers=headers))
         for _ in range(300):  # the edit commits, or waits on the erasure
-            if not edit.is_alive() or _lock_waiters(db_session):
+            if not edit.is_alive() or lock_waiters(db_session):
                 break
             time.sleep(0.01)
     finally:

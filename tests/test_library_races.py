@@ -8,27 +8,13 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import func, select, text
+from races import in_thread, lock_waiters
+from sqlalchemy import func, select
 
 from sonicus.models import UserSoundPackage
 from sonicus.services import library
 
 WAIT = 10
-
-
-def _in_thread(action) -> tuple[threading.Thread, list]:
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(action()))
-    thread.start()
-    return thread, result
-
-
-def _lock_waiters(db_session) -> int:
-    waiting = db_session.execute(
-        select(func.count()).select_from(text("pg_stat_activity"))
-        .where(text("wait_event_type = 'Lock' AND datname = current_database()"))).scalar()
-    db_session.commit()
-    return waiting
 
 
 @pytest.mark.parametrize(("method", "body"), [
@@ -56,16 +42,16 @@ def test_an_entry_removed_while_it_is_changed_is_never_a_500(
         return entry
 
     monkeypatch.setattr(library, "_entry", paused_entry)
-    first, first_answer = _in_thread(lambda: app.test_client().open(
+    first, first_answer = in_thread(lambda: app.test_client().open(
         f"/api/user/packages/{package_id}", method=method, headers=headers,
         **({"json": body} if body is not None else {})))
     removal = None
     try:
         assert found.wait(WAIT)  # the first has read the entry
-        removal, removal_answer = _in_thread(lambda: app.test_client().delete(
+        removal, removal_answer = in_thread(lambda: app.test_client().delete(
             f"/api/user/packages/{package_id}", headers=headers))
         for _ in range(300):  # the removal commits, or waits for the first
-            if not removal.is_alive() or _lock_waiters(db_session):
+            if not removal.is_alive() or lock_waiters(db_session):
                 break
             time.sleep(0.01)
     finally:
