@@ -689,3 +689,65 @@ def test_sessions_abandoned_without_listening_do_not_shorten_the_average_session
     data = _stats(client, admin_auth(), refresh="true")
     assert data["sessions_30d"] == 3  # it was started all the same
     assert data["avg_session_minutes"] == 15.0
+
+
+# ---- users: the tier in force ------------------------------------------------------------
+
+def _lagging_people(make_user):
+    """Rows whose deadline has passed and that the expiry job has not written yet."""
+    past = clock.now() - timedelta(hours=1)
+    return {
+        "trial": make_user("trial.over@example.com", tier="premium", status="trialing",
+                           trial_used=True, trial_ends_at=past),
+        "grace": make_user("grace.over@example.com", tier="pro", status="past_due",
+                           provider="sandbox", current_period_start=past - timedelta(days=33),
+                           current_period_end=past - timedelta(days=3),
+                           past_due_since=past - timedelta(days=3)),
+        "downgrade": make_user("down.due@example.com", tier="pro", status="active",
+                               provider="sandbox", payment_method_on_file=True,
+                               pending_tier="premium",
+                               current_period_start=past - timedelta(days=30),
+                               current_period_end=past),
+    }
+
+
+def test_admin_user_list_shows_the_tier_in_force_before_the_expiry_job(
+        app, client, admin_auth, db_session, make_user, sql_statements):
+    """An operator looking at the user list saw a user whose trial (or grace period) had
+    ended, or whose downgrade had fallen due, still on the paid tier until the expiry job ran;
+    the list shows the tier in force, and costs no query per user."""
+    people = _lagging_people(make_user)
+    headers = admin_auth()
+    rows = {row["email"]: row for row in _list(client, headers)["data"]}
+    assert (rows["trial.over@example.com"]["tier"],
+            rows["trial.over@example.com"]["subscription_status"]) == ("starter", "active")
+    assert (rows["grace.over@example.com"]["tier"],
+            rows["grace.over@example.com"]["subscription_status"]) == ("starter", "active")
+    assert rows["down.due@example.com"]["tier"] == "premium"
+    # the list itself writes nothing: the rows are still as they were
+    db_session.expire_all()
+    assert db_session.query(UserSubscription).filter_by(
+        user_id=people["trial"].id).one().tier == "premium"
+    few = len(sql_statements(app, lambda: _list(client, headers, per_page=1)))
+    many = len(sql_statements(app, lambda: _list(client, headers, per_page=50)))
+    assert many == few
+
+
+def test_admin_user_detail_shows_the_tier_in_force_before_the_expiry_job(
+        client, admin_auth, db_session, make_user):
+    """An operator opening a user whose trial had ended saw the paid tier, its limits and
+    its session allowance until the expiry job ran; the detail shows the tier in force, as
+    the user's own subscription view does."""
+    people = _lagging_people(make_user)
+    headers = admin_auth()
+    data = client.get(f"/api/admin/users/{people['trial'].id}", headers=headers).json["data"]
+    assert (data["tier"], data["subscription_status"]) == ("starter", "active")
+    assert (data["subscription"]["tier"], data["subscription"]["status"]) == ("starter", "active")
+    assert data["usage"]["sessions_remaining"] == 3
+    data = client.get(f"/api/admin/users/{people['grace'].id}", headers=headers).json["data"]
+    assert (data["tier"], data["subscription"]["tier"]) == ("starter", "starter")
+    # a PATCH's answer too (a suspension changes no subscription, the detail is in force)
+    res = _patch(client, headers, people["downgrade"].id, {"is_active": False})
+    assert res.status_code == 200, res.json
+    assert res.json["data"]["tier"] == "premium"
+    assert res.json["data"]["subscription"]["tier"] == "premium"

@@ -105,6 +105,21 @@ def test_users_show(runner, people):
     assert "Last activity: -" in result.output
 
 
+def test_users_list_and_show_give_the_tier_in_force_before_the_expiry_job(runner, db_session,
+                                                                        make_user):
+    """`sonicus users list|show` showed a user whose trial had ended still on the paid tier
+    (trialing) until the expiry job ran; they show the tier in force."""
+    make_user("over@example.com", tier="premium", status="trialing", trial_used=True,
+              trial_ends_at=clock.now() - timedelta(minutes=5))
+    row = _run(runner, "users", "list").output.strip().splitlines()[1].split()
+    assert row[1:5] == ["over@example.com", "Listener", "starter", "active"], row
+    assert json.loads(_run(runner, "users", "list", "--json").output)["users"][0]["tier"] \
+        == "starter"
+    shown = _run(runner, "users", "show", "over@example.com")
+    assert "Tier:          starter (active)" in shown.output, shown.output
+    assert "3 left" in shown.output
+
+
 def test_users_show_unknown_email(runner, people):
     _one_line_error(_run(runner, "users", "show", "nobody@example.com"),
                     "no user with email 'nobody@example.com'")

@@ -17,17 +17,21 @@ from .. import clock
 from ..api_errors import ApiError, not_found
 from ..extensions import db
 from ..models import AuditLog, ListeningSession, User, UserSubscription
-from ..models.subscription import ACTIVE
+from ..models.subscription import ACTIVE, TRIALING
 from ..pagination import Page, paginate
 from ..realtime.publish import close_user_sockets
 from ..tiers import STARTER, TIERS
 from . import audit
 from .subscriptions import (
+    due_change,
     get_subscription,
     grant_tier,
     lock_or_create_subscription,
     overview,
+    settle_due_change,
+    tier_in_force,
 )
+from .subscriptions.expiry import apply_due_deadlines
 from .transaction import unit_of_work
 
 SUSPENDED = "suspended"
@@ -100,9 +104,26 @@ class AdminUserView:
         return getattr(self.user, name)
 
     @classmethod
-    def of(cls, user: User, sub: UserSubscription | None, **detail) -> AdminUserView:
-        return cls(user, sub.tier if sub is not None else STARTER,
-                   sub.status if sub is not None else ACTIVE, **detail)
+    def of(cls, user: User, sub: UserSubscription | None, now: datetime | None = None,
+           **detail) -> AdminUserView:
+        """``user`` with the tier and status in force at ``now`` (``in_force``)."""
+        tier, status = in_force(sub, now or clock.now())
+        return cls(user, tier, status, **detail)
+
+
+def in_force(sub: UserSubscription | None, now: datetime) -> tuple[str, str]:
+    """The tier and status in force at ``now``, read from the row without writing: where a
+    deadline has passed that the expiry job has not written yet (a trial's or grace's end, a
+    cancel or downgrade at a period's end), ``tier_in_force`` (what sessions are judged by) and
+    the status the job will write (``active``; a downgrade keeps the row's)."""
+    if sub is None:
+        return STARTER, ACTIVE
+    if due_change(sub, now) is None:
+        return sub.tier, sub.status
+    tier = tier_in_force(sub, now)
+    if tier == STARTER or sub.status == TRIALING:
+        return tier, ACTIVE
+    return tier, sub.status
 
 
 def list_users(args: dict) -> Page:
@@ -121,7 +142,8 @@ def list_users(args: dict) -> Page:
     if users:
         subs = {s.user_id: s for s in db.session.execute(select(UserSubscription).where(
             UserSubscription.user_id.in_([u.id for u in users]))).scalars()}
-    return Page([AdminUserView.of(user, subs.get(user.id)) for user in users], total,
+    now = clock.now()  # one instant for the page; nothing written, no query per user
+    return Page([AdminUserView.of(user, subs.get(user.id), now) for user in users], total,
                 page, per_page)
 
 
@@ -138,10 +160,16 @@ def find_users_by_email(email: str) -> list[User]:
     ).scalars())
 
 
-def user_detail(user_id: int) -> AdminUserView:
-    """Everything an operator needs about one user: subscription, usage today, activity."""
+def user_detail(user_id: int, *, settle: bool = True) -> AdminUserView:
+    """Everything an operator needs about one user: subscription, usage today, activity.
+
+    The subscription as it is in force, as the user's own view shows it: a deadline passed
+    that the expiry job has not written yet is applied first (``settle_due_change``, what a
+    sign-in runs). ``settle=False``: inside a unit of work that has applied them already."""
     user = find_user(user_id)
     sub = get_subscription(user)
+    if settle:
+        sub = settle_due_change(sub)
     sessions_total, last_activity = db.session.execute(
         select(func.count(ListeningSession.id), func.max(ListeningSession.started_at))
         .where(ListeningSession.user_id == user.id)).one()
@@ -229,7 +257,7 @@ def _update_user(actor, user_id: int, changes: dict, actor_label: str | None, *,
     changed = suspended = False
     detail = None
     with unit_of_work() as work:
-        if "tier" in changes:
+        if "tier" in changes or with_detail:
             # The subscription row before the user's, as the erasure takes them (the other
             # way round, a grant and an erasure at once deadlocked and one failed).
             db.session.execute(select(UserSubscription.id)
@@ -251,10 +279,22 @@ def _update_user(actor, user_id: int, changes: dict, actor_label: str | None, *,
         work.changed_user(user_id)
         if with_detail:
             db.session.flush()
-            detail = user_detail(user_id)
+            _apply_due_deadlines(user_id, work)
+            detail = user_detail(user_id, settle=False)
     if suspended:
         close_user_sockets(user_id)
     return changed, detail
+
+
+def _apply_due_deadlines(user_id: int, work) -> None:
+    """The deadlines of the user's subscription (locked) that have passed, applied, as a
+    sign-in applies them, so that the detail answered shows what is in force."""
+    now = clock.now()
+    sub = db.session.execute(
+        select(UserSubscription).where(UserSubscription.user_id == user_id)
+        .execution_options(populate_existing=True)).scalar_one_or_none()
+    if sub is not None and due_change(sub, now) is not None and apply_due_deadlines(sub, now):
+        work.changed_user(user_id)
 
 
 def grant_tier_from_cli(user_id: int, tier: str, actor_label: str = "cli") -> None:
