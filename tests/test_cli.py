@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from sonicus import clock
-from sonicus.models import AuditLog, SubscriptionEvent, UserSubscription
+from sonicus.models import AuditLog, SubscriptionEvent, User, UserSubscription
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -288,6 +288,50 @@ def test_what_the_database_cannot_take_is_a_usage_error_naming_it(runner, people
     _usage_error(result, named)
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert db_session.execute(select(func.count()).select_from(AuditLog)).scalar_one() == before
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["analytics", "refresh", "--user", "jos\udce9@example.com"], "--user"),
+    (["analytics", "refresh", "--user", "ana\x00@example.com"], "--user"),
+    (["dev-token", "--email", "jos\udce9@example.com"], "--email"),
+    (["dev-token", "--email", "jose@example.com", "--name", "Jos\udce9"], "--name"),
+])
+def test_text_that_is_not_utf8_is_a_usage_error_in_every_command(runner, people, db_session,
+                                                                  args, named):
+    """`sonicus analytics refresh --user` (and `dev-token --email/--name`) with an email typed
+    in a terminal that is not UTF-8 printed a Python traceback; it is a usage error (exit
+    code 2) naming the parameter, as in the users commands, and no account is created."""
+    users = db_session.execute(select(func.count()).select_from(User)).scalar_one()
+    result = _run(runner, *args)
+    _usage_error(result, named)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert db_session.execute(select(func.count()).select_from(User)).scalar_one() == users
+
+
+def test_every_text_parameter_of_the_cli_is_checked(app):
+    """Every option or argument of the `sonicus` commands that takes free text is checked
+    for bytes that are not UTF-8 (``checked_text``) or by an admin API schema: a command
+    added later without it is caught here."""
+    import click
+
+    from sonicus.cli.base import checked_text, sonicus_cli
+
+    def commands(group, path=()):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from commands(command, (*path, name))
+            else:
+                yield (*path, name), command
+
+    unchecked = []
+    for path, command in commands(sonicus_cli):
+        for param in command.params:
+            if isinstance(param.type, click.types.StringParamType) and \
+                    not getattr(param, "is_flag", False) and param.callback is None:
+                unchecked.append((" ".join(path), param.name))
+            elif param.callback is not None and param.callback is not checked_text:
+                assert param.callback.__name__ in {"_search", "_reason"}, param.name
+    assert unchecked == []
 
 
 def test_suspending_an_account_erased_after_it_was_found_is_a_one_line_error(

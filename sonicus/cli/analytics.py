@@ -6,7 +6,7 @@ import click
 
 from ..services.admin_users import find_users_by_email
 from ..services.analytics import all_user_ids, refresh_user_analytics
-from .base import fail, sonicus_cli
+from .base import checked_text, fail, sonicus_cli
 
 
 @sonicus_cli.group("analytics")
@@ -15,7 +15,7 @@ def analytics_cli():
 
 
 @analytics_cli.command("refresh")
-@click.option("--user", "email", help="The user's email.")
+@click.option("--user", "email", callback=checked_text, help="The user's email.")
 @click.option("--all", "everyone", is_flag=True, help="Every user.")
 def refresh(email, everyone):
     """Recompute, store, cache and publish analytics now (for one user or all)."""

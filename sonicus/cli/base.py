@@ -15,10 +15,22 @@ import sys
 import click
 from flask.cli import AppGroup
 
+from ..validation import HOSTILE_TEXT_MESSAGE, is_hostile_text
+
 sonicus_cli = AppGroup("sonicus", help="Sonicus administration commands.")
 
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print the result as JSON (what the admin API answers).")
+
+
+def checked_text(ctx, param, value):
+    """A click callback for every parameter that takes an email or other text as typed: one
+    holding a NUL or bytes that are not UTF-8 (a terminal in another encoding sends them;
+    Python reads them as lone surrogates) is a usage error naming the parameter (exit code 2),
+    as the API refuses them, instead of a traceback from the database or the printing."""
+    if value is not None and is_hostile_text(value):
+        raise click.BadParameter(HOSTILE_TEXT_MESSAGE)
+    return value
 
 
 def fail(message: str) -> None:

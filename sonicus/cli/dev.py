@@ -9,12 +9,13 @@ from .. import devtokens
 from ..auth import caller_from_token
 from ..services.admin_users import grant_tier_from_cli
 from ..tiers import TIER_NAMES
-from .base import fail, sonicus_cli
+from .base import checked_text, fail, sonicus_cli
 
 
 @sonicus_cli.command("dev-token")
-@click.option("--email", required=True, help="The user's email address.")
-@click.option("--name", default=None, help="Display name (default: from the email).")
+@click.option("--email", required=True, callback=checked_text, help="The user's email address.")
+@click.option("--name", default=None, callback=checked_text,
+              help="Display name (default: from the email).")
 @click.option("--admin", is_flag=True, help="Add the super-admin group.")
 @click.option("--tier", default=None, type=click.Choice(TIER_NAMES),
               help="Give the user this tier (a complimentary grant).")

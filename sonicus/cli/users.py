@@ -24,8 +24,7 @@ from ..schemas.admin import (
 from ..services.admin_users import find_users_by_email, list_users, update_user, user_detail
 from ..services.stats import get_platform_stats
 from ..tiers import TIER_NAMES
-from ..validation import HOSTILE_TEXT_MESSAGE, is_hostile_text
-from .base import echo_json, fail, json_option, operator_label, shown, sonicus_cli
+from .base import checked_text, echo_json, fail, json_option, operator_label, shown, sonicus_cli
 
 # As the admin API pages (``PageArgsSchema``): a page past it is an offset no database takes.
 MAX_PAGE = 100000
@@ -39,14 +38,6 @@ def _resolve_user(email: str):
         ids = ", ".join(str(u.id) for u in users)
         fail(f"several users have email {email!r} (ids {ids}); this is ambiguous")
     return users[0]
-
-
-def _text(ctx, param, value):
-    """An email or search text as typed: one with a NUL or bytes that are not UTF-8 (read as
-    lone surrogates) is a usage error naming it, as the API refuses them."""
-    if value is not None and is_hostile_text(value):
-        raise click.BadParameter(HOSTILE_TEXT_MESSAGE)
-    return value
 
 
 def _search(ctx, param, value):
@@ -148,7 +139,7 @@ def _print_detail(detail: dict) -> None:
 
 
 @users_cli.command("show")
-@click.argument("email", callback=_text)
+@click.argument("email", callback=checked_text)
 @json_option
 def show_user(email, as_json):
     """One user: subscription, usage today, last activity."""
@@ -160,7 +151,7 @@ def show_user(email, as_json):
 
 
 @users_cli.command("set-tier")
-@click.argument("email", callback=_text)
+@click.argument("email", callback=checked_text)
 @click.argument("tier", type=click.Choice(TIER_NAMES))
 @reason_option
 def set_tier(email, tier, reason):
@@ -192,7 +183,7 @@ def _set_active(email: str, active: bool, reason: str | None) -> None:
 
 
 @users_cli.command("suspend")
-@click.argument("email", callback=_text)
+@click.argument("email", callback=checked_text)
 @reason_option
 def suspend(email, reason):
     """Suspend the account: every request gets 403 account_suspended, sockets close."""
@@ -200,7 +191,7 @@ def suspend(email, reason):
 
 
 @users_cli.command("activate")
-@click.argument("email", callback=_text)
+@click.argument("email", callback=checked_text)
 @reason_option
 def activate(email, reason):
     """Reactivate a suspended account."""
