@@ -225,3 +225,40 @@ def test_live_assignments_are_read_in_one_query(sql_statements, auth, make_confi
                 counts["many@example.com"], path
     listing = client.get("/api/packages", headers=headers["many@example.com"]).json["data"]
     assert all(p["access"] == "assigned" for p in listing)
+
+
+def _library_entry(client, headers, package_id) -> dict:
+    library = client.get("/api/user/packages", headers=headers).json["data"]
+    return next(e for e in library if e["package_id"] == package_id)
+
+
+def test_an_assignment_keeps_the_users_own_favourite_and_shows_as_assigned_while_it_lasts(
+        client, auth, admin, catalog, make_user):
+    """A listener who had added packages to their library (one a favourite, one not) saw an
+    administrator's assignment of them flip their favourites, and the entries did not show as
+    assigned by an admin; the listener's own choice is kept, the entries show as assigned by
+    an admin while the assignment lasts, and are the listener's own again once it ends."""
+    user_id = make_user("own@example.com", tier="pro").id
+    headers = auth("own@example.com")
+    for package_id, favorite in ((catalog["delta"], True), (catalog["gamma"], False)):
+        res = client.post(f"/api/user/packages/{package_id}", json={"favorite": favorite},
+                          headers=headers)
+        assert res.status_code == 201, res.json
+    res = _assign(client, admin, user_id, catalog["delta"], favorite=False)
+    assert res.status_code == 201, res.json
+    assert (res.json["data"]["favorite"], res.json["data"]["assigned_by_admin"]) == (True, True)
+    assert _assign(client, admin, user_id, catalog["gamma"], favorite=True).status_code == 201
+    for package_id, favorite in ((catalog["delta"], True), (catalog["gamma"], False)):
+        entry = _library_entry(client, headers, package_id)
+        assert (entry["favorite"], entry["assigned_by_admin"]) == (favorite, True), entry
+        assert entry["assignment"] is not None
+    res = client.delete(f"/api/admin/users/{user_id}/packages/{catalog['delta']}",
+                        headers=admin)
+    assert res.status_code == 200, res.json
+    entry = _library_entry(client, headers, catalog["delta"])
+    assert (entry["favorite"], entry["assigned_by_admin"], entry["assignment"]) == \
+        (True, False, None)
+    # an entry the assignment put there takes the administrator's favourite
+    _assign(client, admin, user_id, catalog["rain"], favorite=True)
+    entry = _library_entry(client, headers, catalog["rain"])
+    assert (entry["favorite"], entry["assigned_by_admin"]) == (True, True)

@@ -140,7 +140,10 @@ class LibraryEntrySchema(ma.Schema):
     assigned_at = ma.fields.DateTime(required=True, metadata={
         "description": "When the package was put in the library."})
     favorite = ma.fields.Boolean(required=True)
-    assigned_by_admin = ma.fields.Boolean(required=True)
+    assigned_by_admin = ma.fields.Boolean(required=True, metadata={
+        "description": "An administrator put it in the library, or a live assignment opens "
+                       "it (an entry the user added before shows so while the assignment "
+                       "lasts)."})
     assignment = ma.fields.Nested(AssignmentSchema, allow_none=True, required=True, metadata={
         "description": "The live assignment that opens the package whatever the tier; null "
                        "when there is none."})
@@ -171,7 +174,9 @@ class AdminAssignSchema(StrictSchema):
     expires_at = UtcDateTime(allow_none=True, metadata={
         "description": "When the assignment ends (in the future); absent or null: until "
                        "revoked."})
-    favorite = ma.fields.Boolean()
+    favorite = ma.fields.Boolean(metadata={
+        "description": "Marks the package a favourite when the assignment puts it in the "
+                       "user's library; a package already there keeps the user's own choice."})
 
 
 # ---- admin input / output --------------------------------------------------------------------

@@ -38,7 +38,10 @@ class LibraryItem:
 
     @property
     def assigned_by_admin(self) -> bool:
-        return self.entry.assigned_by_id is not None
+        """An administrator put it in the library, or a live assignment opens it: an entry
+        the user had added before an assignment shows as assigned while the assignment
+        lasts, and is the user's again once it ends."""
+        return self.assignment is not None or self.entry.assigned_by_id is not None
 
     @classmethod
     def of(cls, entry: UserSoundPackage, tier_name: str,
@@ -182,9 +185,9 @@ def assign_package(actor, user_id: int, package_id: int, favorite: bool | None =
             db.session.add(assignment)
         else:
             assignment.expires_at = expires_at
+        # ``favorite`` marks an entry the assignment puts in the library; an entry already
+        # there keeps the user's own choice (and whoever added it).
         entry, _ = _insert_and_lock(user.id, package.id, actor.id, favorite)
-        if favorite is not None:
-            entry.favorite = favorite
         db.session.flush()
         audit.record(actor, "library.assign", "user", user.id, before,
                      {**_assignment_record(assignment, package), "created": created})
