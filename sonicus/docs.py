@@ -214,15 +214,19 @@ def asyncapi_document(openapi: dict, config) -> dict:
             "title": "Analytics",
             "description": "Open with the access token (query `access_token` or the "
                            "subprotocol pair `bearer, <token>`); it is checked before the "
-                           "upgrade. A refused token still completes the handshake (a browser "
+                           "upgrade. Tokens over ~8 KB must use the subprotocol: a request "
+                           "line over 8190 bytes is refused (414) before the API sees it, "
+                           "and a browser only sees the handshake fail. A refused token "
+                           "still completes the handshake (a browser "
                            "cannot read a refused handshake's status) and is closed at once. "
                            f"Close codes:\n{close_codes}",
             "messages": {key: {"$ref": f"#/components/messages/{key}"} for key in messages},
             "bindings": {"ws": {
                 "method": "GET",
                 "query": {"type": "object", "properties": {"access_token": {
-                    "type": "string", "description": "The access token (JWT); or use the "
-                                                     "subprotocol pair instead."}}},
+                    "type": "string", "description": "The access token (JWT), when short "
+                                                     "(the request line takes 8190 bytes); "
+                                                     "else the subprotocol pair."}}},
                 "bindingVersion": "0.1.0"}},
             "x-close-codes": CLOSE_CODES,
         }},

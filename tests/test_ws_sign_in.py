@@ -206,3 +206,23 @@ def test_a_socket_signing_in_while_its_account_is_suspended_is_closed_with_4403(
         assert broker.local_socket_count() == 0
     finally:
         broker.stop()
+
+
+def test_a_token_over_8_kb_signs_in_to_the_socket_process_through_the_subprotocol(
+        app, socket_process, token_for, connect_ws):
+    """A listener whose token is over 8 KB (many groups) gets live analytics from the socket
+    process when the SPA sends the token as the ``bearer`` subprotocol (a header field:
+    32 KiB pass). In the URL (``?access_token=``) the same token makes the request line
+    longer than gunicorn takes (8190 bytes, its largest limit short of none): the handshake
+    is refused before the app sees it, as the README says (long tokens use the subprotocol)."""
+    from sonicus.auth import MAX_TOKEN_BYTES
+
+    _proc, port, _output = socket_process()
+    url = f"ws://127.0.0.1:{port}/ws/analytics"
+    big = token_for("big-socket@example.com", padding="x" * 10_000)
+    assert 10_000 < len(big) < MAX_TOKEN_BYTES
+    ws = connect_ws(url, big, subprotocol=True)
+    assert json.loads(ws.recv())["type"] == "analytics.snapshot"
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        connect_ws(url, big)
+    assert refused.value.status_code == 414
