@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import requests
@@ -53,3 +54,27 @@ def stop_group(proc, timeout: float = 20.0) -> int | None:
     if code is None:
         proc.wait(10)
     return code
+
+
+def start_gunicorn(root, idp, database_url: str, redis_url: str, metrics_dir,
+                   threads: int) -> tuple[subprocess.Popen, int]:
+    """One web process served as production serves it (``gunicorn -c gunicorn.conf.py``, one
+    worker of ``threads`` threads) on a free port, signing in with ``idp``; waits until it
+    answers. Returns the process and its port; the caller stops it."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(root), "SONICUS_ENV": "testing",
+           "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+           "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": "sonicus-test",
+           "RATELIMIT_ENABLED": "false", "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING",
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "wsgi:app", "-c", "gunicorn.conf.py",
+         "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", str(threads)],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/api/health", proc)
+    except BaseException:
+        proc.kill()
+        proc.wait(5)
+        raise
+    return proc, port

@@ -303,30 +303,18 @@ def test_a_token_over_8_kb_signs_in_and_an_oversized_one_is_an_envelope_error(
     long claims) signs in, on a request and on a socket, and a token past the API's limit is
     answered 431 in the API's envelope, naming the Authorization header. Before, gunicorn
     refused any header field over 8 KB with its own plain-text error, before the API saw it."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     import requests
     import websocket
-    from processes import free_port, wait_until_up
+    from processes import start_gunicorn
 
     from sonicus.auth import MAX_TOKEN_BYTES
 
     root = Path(__file__).resolve().parent.parent
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(root), "SONICUS_ENV": "testing",
-           "DATABASE_URL": test_database_url, "REDIS_URL": test_redis_url,
-           "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": "sonicus-test",
-           "RATELIMIT_ENABLED": "false", "DEV_TOKEN_ISSUER": "false", "LOG_LEVEL": "WARNING",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "wsgi:app", "-c", "gunicorn.conf.py",
-         "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"],
-        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, port = start_gunicorn(root, idp, test_database_url, test_redis_url,
+                                tmp_path / "metrics", threads=4)
     try:
-        wait_until_up(f"http://127.0.0.1:{port}/api/health", proc)
         big = token_for("big-token@example.com", padding="x" * 10_000)
         assert 8192 < len(big) < MAX_TOKEN_BYTES
         res = requests.get(f"http://127.0.0.1:{port}/api/user/profile",
