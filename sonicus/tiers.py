@@ -75,7 +75,7 @@ OFFLINE_LICENCE_DAYS = 30
 TIER_SETTING_EVENTS = frozenset({
     "signed_up", "tier_chosen", "trial_started", "trial_changed", "trial_converted",
     "trial_ended", "activated", "renewed", "upgraded", "downgraded", "canceled", "grace_ended",
-    "lapsed", "complimentary_grant", "plan_changed"})
+    "lapsed", "complimentary_grant", "plan_changed", "refunded", "disputed"})
 
 
 def get_tier(name: str) -> Tier:

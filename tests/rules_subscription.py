@@ -16,7 +16,10 @@ ACTIVE, TRIALING, INCOMPLETE, PAST_DUE = "active", "trialing", "incomplete", "pa
 # Events after which the tier in force is the event's to_tier.
 TIER_SETTING = {"signed_up", "tier_chosen", "trial_started", "trial_changed", "trial_converted",
                 "trial_ended", "activated", "renewed", "upgraded", "downgraded", "canceled",
-                "grace_ended", "lapsed", "complimentary_grant", "plan_changed"}
+                "grace_ended", "lapsed", "complimentary_grant", "plan_changed", "refunded",
+                "disputed"}
+# A refund or dispute that ended the paid access its charge bought (``ended_access``).
+ACCESS_ENDING = {"refunded", "disputed"}
 STATUS_AFTER = {"trial_started": TRIALING, "trial_changed": TRIALING,
                 "trial_converted": ACTIVE, "trial_ended": ACTIVE, "activated": ACTIVE,
                 "renewed": ACTIVE, "upgraded": ACTIVE, "downgraded": ACTIVE, "canceled": ACTIVE,
@@ -50,7 +53,10 @@ def derive_from_events(events: list[dict]) -> Derived:
             state.status = ACTIVE
         elif kind == "payment_failed" and (event.get("details") or {}).get("grace_ends_at"):
             state.status = PAST_DUE
-        if kind in PENDING_CLEARED:
+        ended = kind in ACCESS_ENDING and (event.get("details") or {}).get("ended_access")
+        if ended:
+            state.status = ACTIVE
+        if kind in PENDING_CLEARED or ended:
             state.pending_tier = None
         elif kind == "cancel_scheduled":
             state.pending_tier = "starter"
@@ -192,3 +198,13 @@ def renewal_period_violations(outcome: str, paid_until: datetime,
         return []
     return [f"a renewal paid until {paid_until:%Y-%m-%d %H:%M} was {outcome}; "
             f"the period ends {period_end}"]
+
+
+def refund_violations(full: bool, of_current_period: bool, before: str, after: str) -> list[str]:
+    """Money given back ends what it paid for, and nothing else: a full refund or a dispute
+    of the charge that paid the period in force (its own, not a grant's) ends the paid tier
+    (starter); a partial refund, or one of an older period's charge, changes no tier."""
+    if full and of_current_period:
+        return [] if after == "starter" else [f"refunded in full, still {after}"]
+    return [] if after == before else [f"a refund of {'part' if not full else 'an older'} "
+                                       f"charge changed {before} to {after}"]

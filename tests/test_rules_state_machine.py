@@ -45,6 +45,7 @@ from rules_subscription import (
     derive_from_events,
     grant_renewal_violations,
     purchase_violations,
+    refund_violations,
     renewal_period_violations,
     renewal_price_violations,
     renewal_violations,
@@ -146,6 +147,7 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 email="ana@example.com")
             self.running = {}   # user id -> the provider subscription id last seen on the row
             self.replaced = []  # (older, newer) provider subscription ids, as the row changed
+            self.charges = {}   # user id -> [(charge id, the period end it paid)], in order
 
         # ---- the API, always enveloped, never 5xx ------------------------------------------
         def call(self, method, path, headers=None, **kwargs):
@@ -561,6 +563,8 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 user_id=person.user_id, tier=tier, period_start=start,
                 period_end=start + timedelta(days=30), created=self.now,
                 subscription=subscription, customer=customer)
+            charge = f"ch_{self.webhooks}"
+            event["data"]["object"]["charge"] = charge
             if prorated:
                 rest = max(self.now, start - timedelta(days=10))
                 event["data"]["object"]["lines"]["data"][:0] = [
@@ -568,12 +572,49 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             status, body = self.call_webhook(event)
             assert status == 200, body
             after = self.subscription_row(person)
+            if paid and body["data"]["outcome"] in ("renewed", "activated"):
+                self.charges.setdefault(person.user_id, []).append(
+                    (charge, after.current_period_end))
             problems = grant_renewal_violations(granted, after.tier, after.complimentary)
             if paid and sub.status == "active" and not sub.complimentary and start > self.now \
                     and tier_at(sub, self.now) == tier:
                 problems += renewal_period_violations(
                     body["data"]["outcome"], start + timedelta(days=30),
                     after.current_period_end)
+            assert not problems, (person.name, problems, body)
+
+        @rule(name=st.sampled_from(IDENTITIES), latest=st.booleans(),
+              how=st.sampled_from(["full", "partial", "dispute"]))
+        def provider_refunds(self, name, latest, how):
+            """A charge of the user's is refunded (in full or in part) in the provider's
+            dashboard, or disputed: a full refund or a dispute of the charge that paid the
+            period in force ends the paid tier, anything else changes no tier
+            (rules_subscription.refund_violations)."""
+            person = self.people[name]
+            charges = self.charges.get(person.user_id) if person.user_id else None
+            if not charges:
+                return
+            charge, paid_until = charges[-1] if latest else charges[0]
+            sub = self.subscription_row(person)
+            current = sub.tier != "starter" and not sub.complimentary \
+                and sub.status in ("active", "past_due") \
+                and tier_at(sub, self.now) == sub.tier and sub.current_period_end is not None \
+                and abs(sub.current_period_end - paid_until) < timedelta(seconds=1)
+            self.webhooks += 1
+            obj = {"id": charge, "object": "charge", "customer": sub.provider_customer_id,
+                   "amount": 999, "amount_refunded": 300 if how == "partial" else 999}
+            if how == "dispute":
+                obj = {"id": f"dp_{charge}", "object": "dispute", "charge": charge,
+                       "amount": 999}
+            event = {"id": f"evt_{self.webhooks}", "object": "event",
+                     "type": "charge.dispute.created" if how == "dispute"
+                     else "charge.refunded", "created": int(self.now.timestamp()),
+                     "data": {"object": obj}}
+            status, body = self.call_webhook(event)
+            assert status == 200, body
+            after = self.subscription_row(person)
+            problems = refund_violations(how != "partial", current, tier_at(sub, self.now),
+                                         after.tier)
             assert not problems, (person.name, problems, body)
 
         @rule(name=st.sampled_from(IDENTITIES))
@@ -1101,6 +1142,17 @@ BILLING_SEQUENCES = {
         ("start_trial", {"tier": "pro", "name": SECOND_IDENTITY}),
         ("time_passes", {"seconds": 15 * 86400}), ("erase", {}),
         ("start_trial", {"tier": "pro", "name": SECOND_IDENTITY})],
+    # refunds and disputes (``refund_violations``): money given back ends what it paid for
+    "a_partial_then_full_refund_of_the_month": [
+        ("choose_tier", {"tier": "premium", "pay": True}), ("renewal_webhook", {"paid": True}),
+        ("provider_refunds", {"latest": True, "how": "partial"}),
+        ("provider_refunds", {"latest": True, "how": "full"}),
+        ("provider_refunds", {"latest": True, "how": "dispute"}), ("sign_in", {})],
+    "a_dispute_of_an_older_month": [
+        ("choose_tier", {"tier": "pro", "pay": True}), ("renewal_webhook", {"paid": True}),
+        ("time_passes", {"seconds": 32 * 86400}), ("renewal_webhook", {"paid": True}),
+        ("provider_refunds", {"latest": False, "how": "dispute"}),
+        ("provider_refunds", {"latest": True, "how": "dispute"}), ("expiry_job_runs", {})],
 }
 
 

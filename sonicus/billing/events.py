@@ -12,6 +12,8 @@ Handled event types (anything else is stored and acknowledged):
 - ``customer.subscription.deleted`` → subscription ended
 - ``customer.subscription.updated`` → subscription updated (a plan changed in the billing
   portal, ``cancel_at_period_end`` set or cleared there)
+- ``charge.refunded`` → a charge refunded (in full or in part: ``amount_refunded``)
+- ``charge.dispute.created`` → a charge disputed (its ``charge``, an id or the expanded charge)
 
 The tier paid for is read from the prices first (``STRIPE_PRICE_IDS``; a credit line of a
 proration is not the tier), then from our ``sonicus_tier`` metadata: a plan changed in the
@@ -46,6 +48,8 @@ PAYMENT_SUCCEEDED = "payment_succeeded"
 PAYMENT_FAILED = "payment_failed"
 SUBSCRIPTION_ENDED = "subscription_ended"
 SUBSCRIPTION_UPDATED = "subscription_updated"
+CHARGE_REFUNDED = "charge_refunded"
+CHARGE_DISPUTED = "charge_disputed"
 IGNORED = "ignored"
 
 KIND_BY_TYPE = {
@@ -55,6 +59,8 @@ KIND_BY_TYPE = {
     "invoice.payment_failed": PAYMENT_FAILED,
     "customer.subscription.deleted": SUBSCRIPTION_ENDED,
     "customer.subscription.updated": SUBSCRIPTION_UPDATED,
+    "charge.refunded": CHARGE_REFUNDED,
+    "charge.dispute.created": CHARGE_DISPUTED,
 }
 
 
@@ -91,6 +97,13 @@ class BillingNotice:
     # (the keys of ``previous_attributes``; None when the event does not say)
     cancel_at_period_end: bool | None = None
     changed: frozenset[str] | None = None
+    # the payment's own ids (a charge, its payment intent, the invoice it paid), by which a
+    # refund or a dispute of it is matched; a refund's amount refunded so far
+    charge_id: str | None = None
+    payment_intent_id: str | None = None
+    invoice_id: str | None = None
+    refunded_cents: int | None = None
+    charged_at: datetime | None = None
 
 
 def verify_webhook(payload: bytes, signature_header: str | None, secret: str | None,
@@ -294,6 +307,37 @@ def _user_id(value: str | None) -> int | None:
     return int(value)
 
 
+def _payment_ids(obj: dict) -> dict:
+    """An invoice's (or a checkout session's) charge and payment intent, where it says."""
+    charge = _str(obj.get("charge"), "charge")
+    intent = _str(obj.get("payment_intent"), "payment_intent")
+    for paid in _get(obj, "payments", "data") or []:
+        charge = charge or _str(_get(paid, "payment", "charge"), "payments.charge")
+        intent = intent or _str(_get(paid, "payment", "payment_intent"), "payments.intent")
+    return {"charge_id": charge, "payment_intent_id": intent}
+
+
+def _charge_notice(common: dict, obj: dict, event_type: str) -> BillingNotice:
+    """A refund (the charge itself) or a dispute (its ``charge``: an id, or expanded)."""
+    charge = obj
+    if event_type == "charge.dispute.created":
+        charge = obj.get("charge") if isinstance(obj.get("charge"), dict) else {}
+        common = {**common, "customer_id": common["customer_id"]
+                  or _str(charge.get("customer"), "charge.customer")}
+    charge_id = _str(obj.get("id"), "data.object.id") if charge is obj \
+        else _str(obj.get("charge"), "charge")
+    amount = _int(charge.get("amount") if charge else obj.get("amount"), "amount")
+    refunded = _int(obj.get("amount_refunded"), "amount_refunded") if charge is obj else None
+    if charge is obj and obj.get("refunded") is True and amount is not None:
+        refunded = max(refunded or 0, amount)
+    return BillingNotice(**{**common, "document_id": charge_id}, charge_id=charge_id,
+                         payment_intent_id=_str(obj.get("payment_intent"), "payment_intent")
+                         or _str(charge.get("payment_intent"), "charge.payment_intent"),
+                         invoice_id=_str(charge.get("invoice"), "charge.invoice"),
+                         amount_cents=amount, refunded_cents=refunded,
+                         charged_at=_when(charge.get("created"), "charge.created"))
+
+
 def _invoice_notice(common: dict, obj: dict) -> BillingNotice:
     start, end = _invoice_period(obj)
     subscription_id = _str(obj.get("subscription"), "subscription") or _str(
@@ -301,7 +345,8 @@ def _invoice_notice(common: dict, obj: dict) -> BillingNotice:
     amount = _int(obj.get("amount_paid"), "amount_paid") \
         if common["kind"] == PAYMENT_SUCCEEDED else _int(obj.get("amount_due"), "amount_due")
     return BillingNotice(**common, subscription_id=subscription_id, amount_cents=amount,
-                         period_start=start, period_end=end)
+                         period_start=start, period_end=end, invoice_id=common["document_id"],
+                         **_payment_ids(obj))
 
 
 def parse_event(event: dict, price_to_tier: dict[str, str] | None = None) -> BillingNotice:
@@ -313,9 +358,13 @@ def parse_event(event: dict, price_to_tier: dict[str, str] | None = None) -> Bil
     if event_type == "checkout.session.completed":
         return BillingNotice(**common,
                              subscription_id=_str(obj.get("subscription"), "subscription"),
-                             amount_cents=_int(obj.get("amount_total"), "amount_total"))
+                             amount_cents=_int(obj.get("amount_total"), "amount_total"),
+                             invoice_id=_str(obj.get("invoice"), "invoice"),
+                             **_payment_ids({**obj, "charge": None}))
     if event_type.startswith("invoice."):
         return _invoice_notice(common, obj)
+    if common["kind"] in (CHARGE_REFUNDED, CHARGE_DISPUTED):
+        return _charge_notice(common, obj, event_type)
     if event_type == "customer.subscription.updated":
         previous = _get(event, "data", "previous_attributes")
         cancel = obj.get("cancel_at_period_end")

@@ -20,7 +20,7 @@ EVENT_TYPES = (
     "renewed", "upgraded", "downgrade_scheduled", "downgraded", "cancel_scheduled", "canceled",
     "resumed", "trial_started", "trial_changed", "trial_ended", "trial_converted",
     "payment_method_added", "payment_failed", "grace_ended", "lapsed", "plan_changed",
-    "complimentary_grant", "checkout_refunded",
+    "complimentary_grant", "checkout_refunded", "refunded", "disputed",
 )
 
 

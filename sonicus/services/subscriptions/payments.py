@@ -39,6 +39,7 @@ from .common import (
     ended_by_a_grant,
     ended_by_a_grant_id,
 )
+from .refunds import refunded_before_notice
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class Payment:
     customer_id: str | None = None
     subscription_id: str | None = None
     event_id: str | None = None
+    invoice_id: str | None = None
+    charge_id: str | None = None
+    payment_intent_id: str | None = None
 
 
 def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: datetime) -> str:
@@ -72,6 +76,8 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
         return _refund_dropped_checkout(sub, payment, now)
     if _replaced_here(sub, payment.subscription_id):
         return "stale"  # a charge of a subscription canceled when another one took its place
+    if refunded_before_notice(sub, payment):
+        return "refunded"  # refunded or disputed in full before its notice arrived
     _note_provider_ids(sub, payment)
     tier = _paid_tier(sub, payment)
     if tier is None:
@@ -217,7 +223,8 @@ def _reference(payment: Payment) -> str | None:
 def _stamp(payment: Payment) -> dict:
     """The provider's marks on the recorded event (``provider_created`` orders payments)."""
     return {"provider_created": payment.created.isoformat(), "provider": payment.provider,
-            "provider_event_id": payment.event_id}
+            "provider_event_id": payment.event_id, "invoice_id": payment.invoice_id,
+            "charge_id": payment.charge_id, "payment_intent_id": payment.payment_intent_id}
 
 
 def _trial_card_added(sub: UserSubscription, payment: Payment, tier: str,

@@ -8,6 +8,7 @@ an erased account is owed a cancellation."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import select
@@ -16,6 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from ... import clock
 from ...billing import get_provider
 from ...billing.events import (
+    CHARGE_DISPUTED,
+    CHARGE_REFUNDED,
     PAYMENT_FAILED,
     PAYMENT_SUCCEEDED,
     SUBSCRIPTION_ENDED,
@@ -39,6 +42,7 @@ from .payments import (
     apply_subscription_ended,
 )
 from .provider_updates import apply_subscription_updated
+from .refunds import apply_charge_reversed, user_of_payment
 
 ERASED_CUSTOMER = "erased_customer"
 
@@ -79,7 +83,9 @@ class _Replay(Exception):
     """The event was claimed before: this delivery changes nothing (and is rolled back)."""
 
 
-HANDLED_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_ENDED, SUBSCRIPTION_UPDATED)
+HANDLED_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_ENDED, SUBSCRIPTION_UPDATED,
+                 CHARGE_REFUNDED, CHARGE_DISPUTED)
+REVERSAL_KINDS = (CHARGE_REFUNDED, CHARGE_DISPUTED)
 
 
 def handle_billing_event(provider: str, event: dict, notice, now: datetime | None = None) -> dict:
@@ -117,6 +123,8 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
         return _of_an_erased_account(provider, notice, now, owed)
     if notice.kind not in HANDLED_KINDS:
         return "ignored"
+    if notice.kind in REVERSAL_KINDS and notice.user_id is None:
+        notice = replace(notice, user_id=user_of_payment(notice))  # a dispute names a charge
     sub = _find_subscription_for(notice)
     if sub is None:
         if is_erased_account(notice.user_id):
@@ -132,6 +140,8 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
         return apply_payment_failed(sub, notice, now)
     if notice.kind == SUBSCRIPTION_UPDATED:
         return apply_subscription_updated(sub, notice, now)
+    if notice.kind in REVERSAL_KINDS:
+        return apply_charge_reversed(sub, notice, now)
     return apply_subscription_ended(sub, notice, now)
 
 
@@ -158,4 +168,5 @@ def _payment_of(provider: str, notice) -> Payment:
                    amount_cents=notice.amount_cents, reference=notice.reference,
                    period_start=notice.period_start, period_end=notice.period_end,
                    customer_id=notice.customer_id, subscription_id=notice.subscription_id,
-                   event_id=notice.event_id)
+                   event_id=notice.event_id, invoice_id=notice.invoice_id,
+                   charge_id=notice.charge_id, payment_intent_id=notice.payment_intent_id)

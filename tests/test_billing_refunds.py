@@ -1,0 +1,193 @@
+"""Refunds and disputes made at the provider (``charge.refunded``, ``charge.dispute.created``):
+money given back ends what it paid for, and nothing else."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sonicus import clock
+
+EMAIL = "listener@example.com"
+DAY = timedelta(days=1)
+
+
+def _stamp(moment) -> int:
+    return int(moment.timestamp())
+
+
+def _invoice(billing, event_id, *, charge, start, end, created=None):
+    event = billing.invoice_event(event_id, "invoice.paid", user_id=billing.user_id(EMAIL),
+                                  tier=None, period_start=start, period_end=end,
+                                  price="price_prem", subscription="sub_s1", customer="cus_s1",
+                                  created=created or start)
+    event["data"]["object"].update(charge=charge, payment_intent=f"pi_{charge}")
+    return event
+
+
+def _refund(event_id, charge, *, refunded=999, amount=999, charged_at=None):
+    return {"id": event_id, "object": "event", "type": "charge.refunded",
+            "created": _stamp(clock.now()),
+            "data": {"object": {"id": charge, "object": "charge", "customer": "cus_s1",
+                                "amount": amount, "amount_refunded": refunded,
+                                "refunded": refunded >= amount,
+                                "payment_intent": f"pi_{charge}",
+                                "created": _stamp(charged_at or clock.now())}}}
+
+
+def _dispute(event_id, charge):
+    return {"id": event_id, "object": "event", "type": "charge.dispute.created",
+            "created": _stamp(clock.now()),
+            "data": {"object": {"id": f"dp_{charge}", "object": "dispute", "charge": charge,
+                                "amount": 999, "payment_intent": f"pi_{charge}",
+                                "reason": "fraudulent", "status": "needs_response"}}}
+
+
+def _paid(client, headers, billing):
+    """Premium through Stripe, its period (paid by charge ``ch_1``) began ten days ago."""
+    resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    now = clock.now()
+    paid = _invoice(billing, "evt_paid", charge="ch_1", start=now - 10 * DAY,
+                    end=now + 20 * DAY)
+    assert billing.post_webhook(client, paid).get_json()["data"]["outcome"] == "activated"
+
+
+def _outcome(billing, client, event):
+    resp = billing.post_webhook(client, event)
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()["data"]["outcome"]
+
+
+def test_a_full_refund_of_the_current_period_ends_the_paid_tier(stripe_app, auth, billing):
+    """Support refunded the month in full in the Stripe dashboard: the user kept Premium for
+    the rest of the month they no longer paid for. Now the refund ends it (starter, a
+    ``refunded`` event in the history) and Stripe renews nothing; the same notice again, or
+    another notice of the same refund, ends nothing twice."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+
+    assert _outcome(billing, client, _refund("evt_r1", "ch_1")) == "access_ended"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("starter", "active")
+    [refunded] = billing.events_of(EMAIL, "refunded")
+    assert (refunded["from_tier"], refunded["to_tier"], refunded["amount_cents"]) \
+        == ("premium", "starter", 999)
+    assert stripe.received("DELETE", "/v1/subscriptions/sub_s1") != []
+
+    assert billing.post_webhook(client, _refund("evt_r1", "ch_1")).get_json()["data"][
+        "duplicate"] is True
+    assert _outcome(billing, client, _refund("evt_r1b", "ch_1")) == "already_recorded"
+    assert len(billing.events_of(EMAIL, "refunded")) == 1
+    # the period's payment notified again (its invoice) brings nothing back
+    again = _invoice(billing, "evt_paid_again", charge="ch_1", start=clock.now() - 10 * DAY,
+                     end=clock.now() + 20 * DAY)
+    assert _outcome(billing, client, again) == "refunded"
+    assert billing.subscription(client, headers)["tier"] == "starter"
+
+
+def test_a_partial_refund_keeps_the_tier_and_is_recorded(stripe_app, auth, billing):
+    """A goodwill refund of part of the month leaves the paid tier as it is; the history
+    shows the amount given back."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+
+    assert _outcome(billing, client, _refund("evt_r1", "ch_1", refunded=300)) == "recorded"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("premium", "active")
+    [refunded] = billing.events_of(EMAIL, "refunded")
+    assert refunded["amount_cents"] == 300 and refunded["details"]["full"] is False
+    assert stripe.received("DELETE", "/v1/subscriptions/sub_s1") == []
+    # the rest refunded later: the whole charge is given back, the tier ends
+    assert _outcome(billing, client, _refund("evt_r2", "ch_1")) == "access_ended"
+    assert billing.subscription(client, headers)["tier"] == "starter"
+
+
+def test_a_dispute_of_the_current_periods_charge_ends_the_paid_tier(stripe_app, auth,
+                                                                    billing):
+    """The user's bank disputed the month's charge (a chargeback): the money is held back
+    from us, so the paid tier ends as after a refund, though the dispute names only the
+    charge."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+
+    assert _outcome(billing, client, _dispute("evt_d1", "ch_1")) == "access_ended"
+    assert billing.subscription(client, headers)["tier"] == "starter"
+    [disputed] = billing.events_of(EMAIL, "disputed")
+    assert (disputed["from_tier"], disputed["to_tier"]) == ("premium", "starter")
+    assert stripe.received("DELETE", "/v1/subscriptions/sub_s1") != []
+    # the refund that settles the dispute ends nothing more
+    assert _outcome(billing, client, _refund("evt_r1", "ch_1")) == "recorded"
+    assert len(billing.events_of(EMAIL, "canceled")) == 0
+
+
+def test_a_refund_of_an_older_periods_charge_keeps_the_current_period(stripe_app, auth,
+                                                                      billing, set_clock):
+    """Last month's charge refunded after this month's renewal was paid: the month paid for
+    now runs on."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    end = clock.now() + 20 * DAY
+    set_clock(end + timedelta(minutes=30))
+    renewal = _invoice(billing, "evt_renew", charge="ch_2", start=end, end=end + 30 * DAY,
+                       created=clock.now())
+    assert _outcome(billing, client, renewal) == "renewed"
+
+    assert _outcome(billing, client, _refund("evt_r1", "ch_1")) == "recorded_older_period"
+    assert _outcome(billing, client, _dispute("evt_d1", "ch_1")) == "recorded_older_period"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("premium", "active")
+    assert stripe.received("DELETE", "/v1/subscriptions/sub_s1") == []
+
+
+def test_a_refund_notified_before_the_renewal_it_refunds_grants_nothing(
+        stripe_app, auth, billing, set_clock):
+    """The renewal was charged and refunded at once; the refund's notice came before the
+    renewal's. The renewal then gives no free month: the period that ended stays ended."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    end = clock.now() + 20 * DAY
+    set_clock(end + timedelta(minutes=30))
+    charged = end + timedelta(minutes=20)
+
+    refund = _refund("evt_r2", "ch_2", charged_at=charged)
+    assert _outcome(billing, client, refund) == "recorded_next_period"
+    renewal = _invoice(billing, "evt_renew", charge="ch_2", start=end, end=end + 30 * DAY,
+                       created=charged)
+    assert _outcome(billing, client, renewal) == "refunded"
+    assert billing.events_of(EMAIL, "renewed") == []
+
+
+def test_a_refund_and_a_dispute_of_the_month_at_once_end_it_once(stripe_app, auth, billing):
+    """The refund made in the dashboard and the bank's dispute of the same charge arrive at
+    the same moment (real threads, PostgreSQL): the tier ends once, Stripe is asked once, and
+    both are in the history."""
+    import threading
+
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    events = [_refund("evt_r1", "ch_1"), _dispute("evt_d1", "ch_1"), _refund("evt_r1b", "ch_1")]
+    outcomes, barrier = [], threading.Barrier(len(events))
+
+    def deliver(event):
+        with app.app_context():
+            barrier.wait()
+            resp = billing.post_webhook(app.test_client(), event)
+            outcomes.append((resp.status_code, resp.get_json()["data"]["outcome"]))
+
+    threads = [threading.Thread(target=deliver, args=(e,)) for e in events]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(o for _, o in outcomes).count("access_ended") == 1, outcomes
+    assert all(status == 200 for status, _ in outcomes), outcomes
+    assert billing.subscription(client, headers)["tier"] == "starter"
+    assert len(stripe.received("DELETE", "/v1/subscriptions/sub_s1")) == 1
+    ended = [e for e in billing.events_of(EMAIL) if e["details"].get("ended_access")]
+    assert len(ended) == 1
