@@ -208,3 +208,17 @@ def refund_violations(full: bool, of_current_period: bool, before: str, after: s
         return [] if after == "starter" else [f"refunded in full, still {after}"]
     return [] if after == before else [f"a refund of {'part' if not full else 'an older'} "
                                        f"charge changed {before} to {after}"]
+
+
+def renewing_window_cancel_violations(in_window: bool, answer: int, tier_before: str,
+                                      tier_after: str, cancel_after: bool) -> list[str]:
+    """Between a paid period's end and the provider's renewal notice the provider bills the
+    next period already: a cancel asked then is 409 and changes nothing (the tier stays,
+    nothing is scheduled), as a change of paid tier then is; once the renewal is known it
+    is a cancel at the new period's end, as the provider does it."""
+    if not in_window:
+        return []
+    if answer == 409 and tier_after == tier_before and not cancel_after:
+        return []
+    return [f"a cancel while the renewal was on its way answered {answer}: "
+            f"{tier_before} -> {tier_after}, cancel_at_period_end {cancel_after}"]

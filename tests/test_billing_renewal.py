@@ -3,7 +3,7 @@ renewal notice: the provider is already in the next period, billing the tier in 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -183,3 +183,35 @@ def test_a_renewal_carrying_a_portal_changes_proration_renews_the_period(
     set_clock(period_end + timedelta(days=4))
     data = billing.subscription(client, headers)
     assert (data["tier"], data["status"]) == ("pro", "active")
+
+
+def test_a_cancel_while_the_renewal_is_on_its_way_waits_for_it(stripe_app, auth, billing,
+                                                               set_clock):
+    """The period ended ten minutes ago and Stripe is renewing it. A cancel asked now used to
+    end Premium here at once (its "end of the period" had passed) while Stripe, already in
+    the new period, charged it; the renewal then brought Premium back shown as renewing,
+    though Stripe ends it after this month. Until the renewal is known the cancel is 409 and
+    nothing changes here or at Stripe; once it has arrived, the cancel is at the new
+    period's end, as Stripe does it."""
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    renewal = _paid_until_just_now(client, headers, billing, set_clock, "premium")
+    before = len(fake.received("POST", "/v1/subscriptions/sub_s1"))
+
+    for resp in (client.delete("/api/user/subscription", json={}, headers=headers),
+                 client.post("/api/user/subscription", json={"tier": "starter"},
+                             headers=headers)):
+        assert resp.status_code == 409, resp.get_json()
+        assert resp.get_json()["code"] == "conflict"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["cancel_at_period_end"]) == ("premium", False)
+    assert len(fake.received("POST", "/v1/subscriptions/sub_s1")) == before
+
+    assert billing.post_webhook(client, renewal).get_json()["data"]["outcome"] == "renewed"
+    resp = client.delete("/api/user/subscription", json={}, headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    data = resp.get_json()["data"]
+    assert (data["tier"], data["cancel_at_period_end"]) == ("premium", True)
+    assert datetime.fromisoformat(data["current_period_end"]) > clock.now() + timedelta(days=29)
+    assert fake.received("POST", "/v1/subscriptions/sub_s1")[-1].get(
+        "cancel_at_period_end") == ["true"]

@@ -49,6 +49,7 @@ from rules_subscription import (
     renewal_period_violations,
     renewal_price_violations,
     renewal_violations,
+    renewing_window_cancel_violations,
     repeated_cancellations,
     replaced_subscriptions_charging,
     tier_at,
@@ -501,8 +502,19 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             paid for, the granted tier stays until that period's end."""
             person = self.person(name)
             before = self.paid_period_under_grant(person)
+            sub = self.subscription_row(person)
+            in_window = sub.status == "active" and sub.payment_method_on_file \
+                and not sub.complimentary and sub.tier != "starter" \
+                and sub.current_period_end is not None and sub.current_period_end <= self.now \
+                and tier_at(sub, self.now) == sub.tier and sub.provider != "sandbox"
+            # (this machine's provider is the sandbox, which renews itself at the period's
+            # end: the window arises with Stripe, test_billing_renewal covers it)
             status, body = self.call("DELETE", "/api/user/subscription", person.headers)
             assert status in (200, 403, 409), body
+            after = self.subscription_row(person)
+            problems = renewing_window_cancel_violations(
+                in_window, status, sub.tier, after.tier, after.cancel_at_period_end)
+            assert not problems, (person.name, problems)
             if before is not None and status == 200:
                 data = body["data"]
                 assert (data["tier"], data["complimentary"], data["cancel_at_period_end"]) \

@@ -237,9 +237,10 @@ def _refuse_until_renewed(sub: UserSubscription) -> None:
     provider is already in the next period, billing the tier in force for it. A change now
     has no period here to act on: a downgrade "at the period's end" would take effect at
     once, the user losing the tier the provider charges for; an upgrade would be shown as
-    costing nothing while the provider charges the difference for the whole new period.
-    409 ``conflict``, nothing changed; the same request once the renewal is known acts on
-    the new period."""
+    costing nothing while the provider charges the difference for the whole new period; a
+    cancel would end the tier here at once while the provider charges (and runs) the new
+    period, which its renewal then brought back shown as renewing. 409 ``conflict``,
+    nothing changed; the same request once the renewal is known acts on the new period."""
     fail(409, "conflict", f"Your {get_tier(sub.tier).title} period ended at "
                           f"{sub.current_period_end:%Y-%m-%d %H:%M} UTC and its renewal is "
                           "being processed; try again in a few minutes.")
@@ -301,6 +302,9 @@ def _schedule_downgrade(sub: UserSubscription, tier: str, now: datetime) -> str:
 
 
 def _schedule_cancel(sub: UserSubscription, now: datetime, *, reason, comment, via) -> str:
+    if sub.status == ACTIVE and sub.payment_method_on_file and not sub.complimentary \
+            and _has_paid_period(sub) and sub.current_period_end <= now:
+        _refuse_until_renewed(sub)  # the provider bills the next period already
     # a failed renewal's grace: the paid period is over and its renewal was never paid
     unpaid_renewal = sub.status == PAST_DUE and sub.current_period_end is not None \
         and sub.current_period_end <= now
