@@ -188,6 +188,14 @@ def trials_per_person(trials_by_email: dict[str, int]) -> list[str]:
     return [f"{email}: {count} trials" for email, count in trials_by_email.items() if count > 1]
 
 
+def trial_shown_violations(shown: dict[str, bool], used: dict[str, bool]) -> list[str]:
+    """``trial_used`` as shown to each account is the truth: whether the person (any account
+    of the same verified email, live or erased) used the trial, so a trial asked would be
+    409 ``trial_already_used``. ``shown``/``used``: by identity name."""
+    return [f"{name}: shown trial_used {shown[name]}, used {used[name]}"
+            for name in shown if shown[name] != used[name]]
+
+
 def renewal_period_violations(outcome: str, paid_until: datetime,
                               period_end: datetime | None) -> list[str]:
     """A payment of the next period of the tier in force, the subscription running and not

@@ -53,6 +53,7 @@ from rules_subscription import (
     repeated_cancellations,
     replaced_subscriptions_charging,
     tier_at,
+    trial_shown_violations,
     trials_per_person,
 )
 from sqlalchemy import select, text
@@ -820,6 +821,22 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 assert not problems, (person.name, problems)
 
         @invariant()
+        def the_trial_is_shown_used_once_the_person_used_it(self):
+            """Every account shows ``trial_used`` as the truth of the person: one of its
+            accounts (the same verified email), live or erased, used the trial
+            (rules_subscription.trial_shown_violations)."""
+            shown, used = {}, {}
+            for person in self.people.values():
+                if person.user_id is None or not self.tier_of(person)[1]:
+                    continue  # no account, or a suspended one
+                status, body = self.call("GET", "/api/user/subscription", person.headers)
+                assert status == 200, body
+                shown[person.name] = body["data"]["trial_used"]
+                used[person.name] = any(p.trials_started for p in self.people.values()
+                                        if p.email == person.email)
+            assert not trial_shown_violations(shown, used), (shown, used)
+
+        @invariant()
         def no_admin_is_suspended_through_the_api(self):
             with app.app_context():
                 suspended = db.session.execute(select(User.email).where(
@@ -1178,6 +1195,7 @@ def test_the_rules_hold_when_the_provider_starts_another_subscription(
                 arguments = {"name": "ana", **arguments}
             getattr(machine, step)(**arguments)
             machine.the_rules_hold()
+            machine.the_trial_is_shown_used_once_the_person_used_it()
     finally:
         machine.teardown()
 

@@ -494,3 +494,33 @@ def test_resume_refuses_an_unknown_body_field_and_changes_nothing(client, auth, 
     res = client.post("/api/user/subscription/resume", data="{not json", headers=headers,
                       content_type="application/json")
     assert res.status_code == 400 and res.get_json()["code"] == "validation_error"
+
+
+def test_another_account_of_the_email_that_used_the_trial_shows_it_used(client, auth):
+    """Two sign-in identities of one person (the same verified email), each its own account:
+    the first used the free trial. The second was shown ``trial_used: false`` and offered a
+    trial that was then refused with 409 trial_already_used; it is shown used, whether the
+    first account is live or erased since, and whether the second existed before."""
+    email = "listener@example.com"
+    first, second = auth(email, sub="identity-a"), auth(email, sub="identity-b")
+    assert client.get("/api/user/subscription", headers=second).get_json()["data"][
+        "trial_used"] is False  # B exists, nobody used the trial yet
+    resp = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                       headers=first)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["data"]["trial_used"] is True
+
+    for headers in (second, auth(email, sub="identity-c")):  # before and after A's trial
+        shown = client.get("/api/user/subscription", headers=headers).get_json()["data"]
+        assert shown["trial_used"] is True, shown
+        resp = client.post("/api/user/subscription",
+                           json={"tier": "premium", "start_trial": True}, headers=headers)
+        assert resp.get_json()["code"] == "trial_already_used"
+        assert client.get("/api/user/dashboard", headers=headers).get_json()["data"][
+            "subscription"]["trial_used"] is True
+    assert client.delete("/api/user/profile", headers=first).status_code == 200
+    assert client.get("/api/user/subscription", headers=second).get_json()["data"][
+        "trial_used"] is True
+    # someone else's account is not touched by it
+    assert client.get("/api/user/subscription", headers=auth("other@example.com")).get_json()[
+        "data"]["trial_used"] is False

@@ -94,16 +94,20 @@ def email_hash(email: str | None) -> str | None:
     return _hash("email", normalised) if normalised else None
 
 
-def _matching(subject: str, email: str | None):
-    conditions = [ErasureTombstone.subject_hash == subject_hash(subject)]
+def _matching(subject: str | None, email: str | None):
+    """Tombstones of this subject or email (``subject`` None: of the email only)."""
+    conditions = [] if subject is None else [ErasureTombstone.subject_hash
+                                             == subject_hash(subject)]
     hashed_email = email_hash(email)
     if hashed_email:
         conditions.append(ErasureTombstone.email_hash == hashed_email)
     return or_(*conditions)
 
 
-def trial_used_before(subject: str, email: str | None) -> bool:
+def trial_used_before(subject: str | None, email: str | None) -> bool:
     """An erased account of this subject or this email had used its trial."""
+    if subject is None and not email_hash(email):
+        return False
     return db.session.execute(
         select(ErasureTombstone.id)
         .where(_matching(subject, email), ErasureTombstone.trial_used.is_(True)).limit(1)

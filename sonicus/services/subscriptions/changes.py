@@ -42,7 +42,12 @@ from .common import (
 from .expiry import apply_due_deadlines
 from .grants import _paid_period_running
 from .portal import portal_for
-from .row import SubscriptionOverview, lock_or_create_subscription, overview
+from .row import (
+    SubscriptionOverview,
+    lock_or_create_subscription,
+    overview,
+    trial_used_by_another_account,
+)
 
 
 @dataclass(frozen=True)
@@ -141,23 +146,16 @@ def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) ->
 
 
 def _trial_used_by_another_account(user: User) -> bool:
-    """Another account of the same person, one whose verified email is this one's (the
-    provider's identities of one person: a social sign-in and a password, say), used the
-    trial: it is one per person, not per account. An address not verified there is not that
-    account's to speak for, so it burns nothing. Trials of one email are serialised (a
-    transaction-scoped advisory lock on PostgreSQL), so two of its accounts asking at once
-    cannot both start one."""
+    """Another account of the same person used the trial (``row.trial_used_by_another_
+    account``). Trials of one email are serialised (a transaction-scoped advisory lock on
+    PostgreSQL), so two of its accounts asking at once cannot both start one."""
     email = (user.email or "").strip().lower()
     if not email:
         return False
     if db.session.get_bind().dialect.name == "postgresql":
         db.session.execute(select(func.pg_advisory_xact_lock(
             func.hashtextextended(f"sonicus-trial:{email}", 0))))
-    return db.session.execute(
-        select(User.id).join(UserSubscription, UserSubscription.user_id == User.id)
-        .where(func.lower(User.email) == email, User.email_verified.is_(True),
-               User.id != user.id, UserSubscription.trial_used.is_(True)).limit(1)
-    ).first() is not None
+    return trial_used_by_another_account(user.id, email)
 
 
 def _choose_starter(sub: UserSubscription, now: datetime, first_choice: bool) -> str:

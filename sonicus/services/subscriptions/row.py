@@ -12,15 +12,16 @@ from datetime import datetime
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ...extensions import db
-from ...models import SubscriptionEvent, UserSubscription
+from ...models import SubscriptionEvent, User, UserSubscription
 from ...models.subscription import ACTIVE, Onboarding
 from ...pagination import Page, paginate
 from ...tiers import STARTER, get_tier
 from .. import quota
+from ..erasure import trial_used_before
 from ..quota import Usage
 from .common import GRACE_PERIOD, cents_to_decimal
 
@@ -90,6 +91,8 @@ class SubscriptionOverview:
     onboarding: Onboarding
     checkout: CheckoutView | None
 
+    trial_used: bool
+
     def __getattr__(self, name):
         return getattr(self.row, name)
 
@@ -121,7 +124,28 @@ def overview(person, sub: UserSubscription | None = None,
     change builds it inside its transaction, so its answer reads nothing after the commit."""
     sub = sub if sub is not None else get_subscription(person)
     return SubscriptionOverview(sub, quota.usage_today(person, sub.tier, now),
-                                Onboarding.of(person.email_verified, sub), _checkout(sub))
+                                Onboarding.of(person.email_verified, sub), _checkout(sub),
+                                bool(sub.trial_used) or trial_used_elsewhere(person))
+
+
+def trial_used_by_another_account(user_id: int, email: str | None) -> bool:
+    """Another live account whose verified email is ``email`` (another identity of the same
+    person at the provider) used the trial: one per person, not per account. An address not
+    verified there is not that account's to speak for, so it burns nothing."""
+    email = (email or "").strip().lower()
+    return bool(email) and db.session.execute(
+        select(User.id).join(UserSubscription, UserSubscription.user_id == User.id)
+        .where(func.lower(User.email) == email, User.email_verified.is_(True),
+               User.id != user_id, UserSubscription.trial_used.is_(True)).limit(1)
+    ).first() is not None
+
+
+def trial_used_elsewhere(person) -> bool:
+    """The person used the trial on another account, live or erased (by its email: its
+    subject's tombstone was read when this account was made): a trial asked here would be
+    409 ``trial_already_used``, so it is shown used."""
+    return trial_used_by_another_account(person.id, person.email) \
+        or trial_used_before(None, person.email)
 
 
 def history(user_id: int, args: dict) -> Page:
