@@ -196,6 +196,15 @@ def trial_shown_violations(shown: dict[str, bool], used: dict[str, bool]) -> lis
             for name in shown if shown[name] != used[name]]
 
 
+def free_month_violations(events: list[dict]) -> list[str]:
+    """A paid tier is activated by a payment of it: never by a notice that paid nothing (a
+    trial's card notified after the trial ended), which would grant a month recorded at
+    0.00."""
+    return [f"{e['to_tier']} activated for {e['amount_cents']}" for e in events
+            if e["type"] == "activated" and e["to_tier"] != "starter"
+            and not e.get("amount_cents")]
+
+
 def renewal_period_violations(outcome: str, paid_until: datetime,
                               period_end: datetime | None) -> list[str]:
     """A payment of the next period of the tier in force, the subscription running and not

@@ -215,3 +215,46 @@ def test_a_cancel_while_the_renewal_is_on_its_way_waits_for_it(stripe_app, auth,
     assert datetime.fromisoformat(data["current_period_end"]) > clock.now() + timedelta(days=29)
     assert fake.received("POST", "/v1/subscriptions/sub_s1")[-1].get(
         "cancel_at_period_end") == ["true"]
+
+
+def test_a_trials_card_notified_after_the_trial_ended_grants_no_free_month(
+        stripe_app, auth, billing):
+    """The card was added at Stripe during the trial, but its notice ($0: nothing is charged
+    before the trial's end) arrived after the trial had ended here without a card. It used
+    to activate Premium for a month recorded at 0.00 that nobody paid for. Now it notes the
+    card and grants nothing; Stripe's first charge at the trial's end activates Premium for
+    the month it paid, with what it paid."""
+    from sonicus.extensions import db
+    from sonicus.services.subscriptions import process_due_subscriptions
+
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
+                headers=headers)
+    reference = client.post("/api/user/subscription", json={"tier": "premium"},
+                            headers=headers).get_json()["data"]["checkout"]["reference"]
+    ended = (clock.now() - timedelta(minutes=5)).replace(microsecond=0)
+    billing.arrange(EMAIL, trial_ends_at=ended)
+    with app.app_context():
+        assert process_due_subscriptions()["outcomes"] == {"trial_ended": 1}
+        db.session.remove()
+
+    card = billing.checkout_completed("evt_card", user_id=billing.user_id(EMAIL),
+                                      tier="premium", amount=0, reference=reference,
+                                      customer="cus_s1", subscription="sub_s1",
+                                      created=ended - timedelta(days=2))
+    assert billing.post_webhook(client, card).get_json()["data"]["outcome"] == \
+        "payment_method_added"
+    assert billing.subscription(client, headers)["tier"] == "starter"
+    assert billing.events_of(EMAIL, "activated") == []
+
+    first = billing.invoice_event("evt_first", "invoice.paid", user_id=billing.user_id(EMAIL),
+                                  tier=None, price="price_prem", period_start=ended,
+                                  period_end=ended + timedelta(days=30), subscription="sub_s1",
+                                  customer="cus_s1")
+    assert billing.post_webhook(client, first).get_json()["data"]["outcome"] == "activated"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("premium", "active")
+    [activated] = billing.events_of(EMAIL, "activated")
+    assert activated["amount_cents"] == 999
+    assert datetime.fromisoformat(data["current_period_end"]) == ended + timedelta(days=30)

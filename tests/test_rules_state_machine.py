@@ -43,6 +43,7 @@ from rules_model import (
 from rules_model import quota_violations as quota_problems
 from rules_subscription import (
     derive_from_events,
+    free_month_violations,
     grant_renewal_violations,
     purchase_violations,
     refund_violations,
@@ -107,6 +108,7 @@ class Identity:
         self.remind_minute = None    # the reminder time asked for (None: no reminders)
         self.claimed_for = {}        # (user id, user day) claimed -> remind_minute at the claim
         self.claim_ids = {}          # (user id, user day) claimed -> the delivery's id
+        self.trial_checkout = None   # (reference, tier) of the last checkout opened in a trial
 
 
 def build_machine(app, idp, table_names, billing, cancels, prices):
@@ -492,6 +494,8 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                                                tier, status, checkout and checkout["tier"],
                                                paid_period)
                 assert not problems, (person.name, problems, body)
+            if checkout and before.status == "trialing":
+                person.trial_checkout = (checkout["reference"], checkout["tier"])
             if pay and checkout:
                 status, body = self.call("POST",
                                          f"/api/billing/sandbox/{checkout['reference']}/confirm")
@@ -630,16 +634,30 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                                          after.tier)
             assert not problems, (person.name, problems, body)
 
-        @rule(name=st.sampled_from(IDENTITIES))
-        def provider_checkout_paid(self, name):
+        @rule(name=st.sampled_from(IDENTITIES), late=st.booleans())
+        def provider_checkout_paid(self, name, late=False):
             """The checkout open is paid at the provider, which starts a new provider
             subscription of its own: once it takes effect, an older one the provider may still
             charge (kept after a failed renewal's grace or a lapse) is asked to cancel
-            (rules_subscription.replaced_subscriptions_charging, in ``the_rules_hold``)."""
+            (rules_subscription.replaced_subscriptions_charging, in ``the_rules_hold``).
+            ``late``: a trial's card checkout (the last one opened during a trial), its $0
+            notice delivered now, whatever happened since: it never grants a month nobody
+            paid for (rules_subscription.free_month_violations, in ``the_rules_hold``)."""
             person = self.people[name]
             if person.user_id is None:
                 return
             sub = self.subscription_row(person)
+            if late and person.trial_checkout is not None:
+                self.webhooks += 1
+                self.provider_ids += 1
+                reference, tier = person.trial_checkout
+                status, body = self.call_webhook(billing.checkout_completed(
+                    f"evt_{self.webhooks}", user_id=person.user_id, tier=tier,
+                    reference=reference, created=self.now, amount=0,
+                    customer=f"cus_{sub.user_id}",
+                    subscription=f"sub_{sub.user_id}_{self.provider_ids}"))
+                assert status == 200, body
+                return
             if not sub.checkout_reference:
                 return
             self.webhooks += 1
@@ -924,7 +942,8 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                         SubscriptionEvent.user_id.in_(accounts))
                         .order_by(SubscriptionEvent.id)).scalars():
                     events[e.user_id].append({"type": e.type, "to_tier": e.to_tier,
-                                              "details": e.details})
+                                              "details": e.details,
+                                              "amount_cents": e.amount_cents})
                 claims: dict[int, list] = {}
                 for user_id, day, at in db.session.execute(
                         select(ReminderDelivery.user_id, ReminderDelivery.local_day,
@@ -936,6 +955,7 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 problems = quota_problems(rows[user_id], person.days)
                 problems += completion_violations(rows[user_id])
                 problems += offline_violations(rows[user_id], self.uploaded_at)
+                problems += free_month_violations(events[user_id])
                 assert not problems, (person.name, problems)
                 sub, derived = subs[user_id], derive_from_events(events[user_id])
                 assert (sub.tier, sub.status, sub.pending_tier) == \
@@ -1171,6 +1191,11 @@ BILLING_SEQUENCES = {
         ("start_trial", {"tier": "pro", "name": SECOND_IDENTITY}),
         ("time_passes", {"seconds": 15 * 86400}), ("erase", {}),
         ("start_trial", {"tier": "pro", "name": SECOND_IDENTITY})],
+    # a trial's card notified after the trial ended (``free_month_violations``)
+    "a_trials_card_notified_after_the_trial": [
+        ("start_trial", {"tier": "premium"}), ("choose_tier", {"tier": "premium", "pay": False}),
+        ("time_passes", {"seconds": 15 * 86400}), ("provider_checkout_paid", {"late": True}),
+        ("renewal_webhook", {"paid": True}), ("sign_in", {})],
     # refunds and disputes (``refund_violations``): money given back ends what it paid for
     "a_partial_then_full_refund_of_the_month": [
         ("choose_tier", {"tier": "premium", "pay": True}), ("renewal_webhook", {"paid": True}),

@@ -68,8 +68,8 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
     up) paid anyway; no tier to pay for; a card added to a trial; the tier already paid for
     (the same period, an older one or the next); the period paid before a grant over it,
     notified again; a renewal under a grant in force (it never ends the grant); a late
-    payment for a period that is over;
-    a new paid tier.
+    payment for a period that is over; a card that paid nothing (a trial's, notified after
+    the trial ended); a new paid tier.
     """
     if _dropped_checkout(sub, payment.reference) \
             and payment.subscription_id != sub.provider_subscription_id:
@@ -96,7 +96,19 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
         return _renewed_under_the_grant(sub, payment, tier, now)
     if _stale_for_a_new_tier(sub, payment, now):
         return "stale"
+    if payment.amount_cents == 0:
+        return _card_without_payment(sub, payment, now)
     return _new_paid_tier(sub, payment, tier, now)
+
+
+def _card_without_payment(sub: UserSubscription, payment: Payment, now: datetime) -> str:
+    """A notice that charged nothing for a tier not in force: a trial's card whose notice
+    arrived after the trial ended here (without a card: starter). Nothing is paid, so no
+    month is granted; the provider charges its first period at the trial's end, and that
+    invoice activates the tier with what it paid."""
+    _record(sub, "payment_method_added", sub.tier, sub.tier, amount_cents=0,
+            reference=_reference(payment), at=now, **_stamp(payment))
+    return "payment_method_added"
 
 
 def _refund_dropped_checkout(sub: UserSubscription, payment: Payment, now: datetime) -> str:
