@@ -629,9 +629,11 @@ class StripeStandIn:
     open one can be): it makes the subscription, its paid invoice and that invoice's payment,
     which ``GET /v1/invoices?subscription=`` and ``GET /v1/invoice_payments?invoice=`` list;
     ``POST /v1/refunds {payment_intent}`` refunds it once (``refunds``: the payment intents
-    refunded)."""
+    refunded). A subscription's ``cancel_at_period_end`` is the last one posted to it
+    (``cancel_flags``; a test may set it, as a change made in the billing portal)."""
 
     def __init__(self):
+        self.cancel_flags: dict[str, bool] = {}
         self.requests = []
         self.decline_charges = False
         self.down = False
@@ -676,6 +678,7 @@ class StripeStandIn:
             def _subscription(self, sid, **fields):
                 return {"id": sid, "object": "subscription",
                         "status": "canceled" if sid in fake.canceled else "active",
+                        "cancel_at_period_end": fake.cancel_flags.get(sid, False),
                         "items": {"object": "list", "data": [
                             {"id": "si_1", "object": "subscription_item"}]}, **fields}
 
@@ -767,7 +770,10 @@ class StripeStandIn:
                         return self._reply({"error": {
                             "type": "card_error", "code": "card_declined",
                             "message": "Your card was declined."}}, 402)
-                    return self._reply(self._subscription(self.path.rsplit("/", 1)[1]))
+                    sid = self.path.rsplit("/", 1)[1]
+                    if "cancel_at_period_end" in form:
+                        fake.cancel_flags[sid] = form["cancel_at_period_end"][0] == "true"
+                    return self._reply(self._subscription(sid))
                 self._reply({"error": {"message": "no"}}, 404)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

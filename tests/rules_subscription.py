@@ -196,6 +196,15 @@ def trial_shown_violations(shown: dict[str, bool], used: dict[str, bool]) -> lis
             for name in shown if shown[name] != used[name]]
 
 
+def cancel_flag_violations(outcomes: list[str], shown: bool, provider: bool) -> list[str]:
+    """After the provider's notices of a subscription's cancel flag (any order, whatever
+    their stamps), the flag shown is the provider's own, unless the notices changed nothing
+    here (``UNAPPLIED``: not this account's running subscription)."""
+    if all(o in UNAPPLIED for o in outcomes) or shown == provider:
+        return []
+    return [f"shown cancel_at_period_end {shown}; the provider's is {provider} ({outcomes})"]
+
+
 def free_month_violations(events: list[dict]) -> list[str]:
     """A paid tier is activated by a payment of it: never by a notice that paid nothing (a
     trial's card notified after the trial ended), which would grant a month recorded at

@@ -122,7 +122,7 @@ def _updated(billing, event_id, price, **kwargs):
 
 
 def test_plan_change_in_the_portal_is_applied(stripe_app, auth, billing):
-    app, _ = stripe_app
+    app, stripe = stripe_app
     client = app.test_client()
     headers = auth()
     _stripe_paid(client, headers, billing)
@@ -136,13 +136,16 @@ def test_plan_change_in_the_portal_is_applied(stripe_app, auth, billing):
     [event] = billing.events_of(EMAIL, "plan_changed")
     assert (event["from_tier"], event["to_tier"]) == ("premium", "pro")
 
-    # canceled in the portal, then renewed there
+    # canceled in the portal, then renewed there (Stripe's subscription says so as each
+    # notice comes: they share a second, so its flag is read)
+    stripe.cancel_flags["sub_s1"] = True
     resp = billing.post_webhook(client, _updated(
         billing, "evt_u2", "price_pro", cancel_at_period_end=True,
         previous={"cancel_at_period_end": False}))
     assert resp.get_json()["data"]["outcome"] == "cancel_scheduled"
     data = billing.subscription(client, headers)
     assert data["cancel_at_period_end"] is True and data["pending_tier"] == "starter"
+    stripe.cancel_flags["sub_s1"] = False
     resp = billing.post_webhook(client, _updated(
         billing, "evt_u3", "price_pro", cancel_at_period_end=False,
         previous={"cancel_at_period_end": True}))
@@ -303,3 +306,39 @@ def test_a_cancel_made_in_the_portal_after_a_downgrade_and_undone_here_shows_wha
     assert billing.post_webhook(client, invoice).get_json()["data"]["outcome"] == "renewed"
     data = billing.subscription(client, headers)
     assert (data["tier"], data["pending_tier"]) == (renews, None)
+
+
+@pytest.mark.parametrize("last", ["resumed_in_the_portal", "canceled_in_the_portal"])
+def test_cancel_notices_of_one_second_arriving_out_of_order_leave_the_flag_right(
+        stripe_app, auth, billing, set_clock, last):
+    """A change here and the opposite one in Stripe's billing portal a fraction of a second
+    later: both of Stripe's notices are stamped with the same second and arrive in the
+    wrong order. The older one used to win, so the subscription was shown canceled while
+    Stripe renews it (or renewing while Stripe ends it) until the next notice. The flag is
+    what Stripe has last, whatever the order."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    _stripe_paid(client, headers, billing)
+    if last == "canceled_in_the_portal":  # canceled first, resumed here
+        assert client.delete("/api/user/subscription", json={},
+                             headers=headers).status_code == 200
+    second = set_clock(clock.now().replace(microsecond=0) + timedelta(seconds=5,
+                                                                      microseconds=200000))
+    here = "/api/user/subscription" + ("/resume" if last == "canceled_in_the_portal" else "")
+    resp = client.open(here, method="POST" if last == "canceled_in_the_portal" else "DELETE",
+                       json={}, headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    ours = last == "resumed_in_the_portal"  # the flag our change set at Stripe
+    stripe.cancel_flags["sub_s1"] = not ours  # the portal's change, half a second later
+
+    def notice(event_id, flag):
+        return billing.subscription_updated(
+            event_id, price="price_prem", subscription="sub_s1", customer="cus_s1",
+            cancel_at_period_end=flag, previous={"cancel_at_period_end": not flag},
+            created=second.replace(microsecond=0))
+
+    billing.post_webhook(client, notice("evt_portal", not ours))  # the later one first
+    billing.post_webhook(client, notice("evt_ours", ours))
+    data = billing.subscription(client, headers)
+    assert data["cancel_at_period_end"] is (not ours), data
+    assert (data["pending_tier"] == "starter") is (not ours), data

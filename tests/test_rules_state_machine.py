@@ -42,6 +42,7 @@ from rules_model import (
 )
 from rules_model import quota_violations as quota_problems
 from rules_subscription import (
+    cancel_flag_violations,
     derive_from_events,
     free_month_violations,
     grant_renewal_violations,
@@ -707,6 +708,38 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                                               after.cancel_at_period_end, after.pending_tier)
                 assert not problems, (person.name, problems)
 
+        @rule(name=st.sampled_from(IDENTITIES))
+        def portal_undoes_our_change_in_the_same_second(self, name):
+            """Right after a cancel or resume here, the user does the opposite in the billing
+            portal in the same second; the provider's two notices (of our change, of the
+            portal's) carry that second and arrive the wrong way round. The cancel flag
+            shown is the provider's last (rules_subscription.cancel_flag_violations)."""
+            person = self.people[name]
+            if person.user_id is None:
+                return
+            sub = self.subscription_row(person)
+            sid, flags = sub.provider_subscription_id, self.provider_flags
+            if not sid or sid not in flags or sub.tier == "starter" or sub.complimentary \
+                    or sub.provider_state_at != self.now.replace(microsecond=0):
+                return
+            ours = flags[sid]
+            flags[sid] = not ours  # the portal's change
+            price = prices.get(person.user_id)
+            outcomes = []
+            for flag in (not ours, ours):  # the portal's notice first, then our change's
+                self.webhooks += 1
+                status, body = self.call_webhook(billing.subscription_updated(
+                    f"evt_{self.webhooks}", price="price_unknown", subscription=sid,
+                    customer=sub.provider_customer_id or "cus_x", cancel_at_period_end=flag,
+                    previous={"cancel_at_period_end": not flag}, created=self.now,
+                    metadata={"sonicus_tier": price} if price else None))
+                assert status == 200, body
+                outcomes.append(body["data"]["outcome"])
+            after = self.subscription_row(person)
+            problems = cancel_flag_violations(outcomes, after.cancel_at_period_end,
+                                              flags[sid])
+            assert not problems, (person.name, problems)
+
         def call_webhook(self, event):
             res = billing.post_webhook(client, event)
             body = res.get_json(silent=True)
@@ -1085,7 +1118,18 @@ def _rules_machine(idp, make_config, table_names, billing, monkeypatch):
                             paying(getattr(subscription_payments, name)))
     monkeypatch.setattr(subscription_changes, "_start_trial",
                         trial_started(subscription_changes._start_trial))
-    return build_machine(app, idp, table_names, billing, cancels, prices)
+    flags: dict[str, bool] = {}
+
+    def flag_sent(provider, sub, cancel):
+        if sub.provider_subscription_id:
+            flags[sub.provider_subscription_id] = cancel
+
+    monkeypatch.setattr(SandboxProvider, "set_cancel_at_period_end", flag_sent)
+    monkeypatch.setattr(SandboxProvider, "cancel_at_period_end_now",
+                        lambda provider, sid: flags.get(sid))
+    machine = build_machine(app, idp, table_names, billing, cancels, prices)
+    machine.provider_flags = flags
+    return machine
 
 
 # Sequences through a grant over the user's own billing, each step followed by the invariants
@@ -1197,6 +1241,16 @@ BILLING_SEQUENCES = {
         ("time_passes", {"seconds": 15 * 86400}), ("provider_checkout_paid", {"late": True}),
         ("renewal_webhook", {"paid": True}), ("sign_in", {})],
     # refunds and disputes (``refund_violations``): money given back ends what it paid for
+    # a change here undone in the portal in the same second (``cancel_flag_violations``)
+    "a_cancel_here_resumed_in_the_portal_in_one_second": [
+        ("choose_tier", {"tier": "premium", "pay": False}), ("provider_checkout_paid", {}),
+        ("cancel", {}),
+        ("portal_undoes_our_change_in_the_same_second", {}), ("sign_in", {})],
+    "a_resume_here_canceled_in_the_portal_in_one_second": [
+        ("choose_tier", {"tier": "premium", "pay": False}), ("provider_checkout_paid", {}),
+        ("cancel", {}),
+        ("time_passes", {"seconds": 5}), ("resume", {}),
+        ("portal_undoes_our_change_in_the_same_second", {}), ("sign_in", {})],
     "a_partial_then_full_refund_of_the_month": [
         ("choose_tier", {"tier": "premium", "pay": True}), ("renewal_webhook", {"paid": True}),
         ("provider_refunds", {"latest": True, "how": "partial"}),

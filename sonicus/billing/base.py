@@ -71,6 +71,12 @@ class BillingProvider:
     def set_cancel_at_period_end(self, sub, cancel: bool) -> None:
         """Tell the provider to stop (or keep) renewing at the end of the period."""
 
+    def cancel_at_period_end_now(self, subscription_id: str | None) -> bool | None:
+        """Whether the provider's subscription is set to end at its period's end, as it is
+        now (None: not known here). ``BillingUnavailable`` if the provider cannot be
+        reached."""
+        return None
+
     def change_tier(self, sub, tier: str, *, prorate: bool) -> None:
         """Switch the provider's plan: now with proration, or from the next renewal."""
 

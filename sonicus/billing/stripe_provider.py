@@ -159,6 +159,16 @@ class StripeProvider(BillingProvider):
             log.warning("stripe cancel_at_period_end failed: %s", type(exc).__name__)
             raise BillingUnavailable() from exc
 
+    def cancel_at_period_end_now(self, subscription_id) -> bool | None:
+        if not subscription_id:
+            return None
+        try:
+            current = self.client.v1.subscriptions.retrieve(subscription_id)
+        except stripe.StripeError as exc:
+            raise _unavailable("subscription lookup", exc) from exc
+        flag = current["cancel_at_period_end"] if "cancel_at_period_end" in current else None
+        return flag if isinstance(flag, bool) else None
+
     def change_tier(self, sub, tier, *, prorate) -> None:
         if not sub.provider_subscription_id:
             return

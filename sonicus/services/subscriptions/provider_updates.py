@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from ...billing import get_provider
@@ -83,6 +84,7 @@ def apply_subscription_updated(sub: UserSubscription, notice, now: datetime) -> 
     refused = _not_applicable(sub, notice)
     if refused:
         return refused
+    notice = _flag_as_it_is_now(sub, notice)
     _note_provider_state(sub, notice.created)
     outcomes = []
     if notice.tier and _changed(notice, PLAN_FIELDS):
@@ -90,6 +92,20 @@ def apply_subscription_updated(sub: UserSubscription, notice, now: datetime) -> 
     if notice.cancel_at_period_end is not None and _changed(notice, CANCEL_FIELDS):
         outcomes.append(_cancel_flag(sub, notice, now))
     return ",".join(o for o in outcomes if o) or "unchanged"
+
+
+def _flag_as_it_is_now(sub: UserSubscription, notice):
+    """A cancel set or cleared in the same second as the state kept here (our own last
+    change sent to the provider, or the last notice applied): whole-second stamps cannot
+    tell which came first, and the provider delivers notices in any order. The flag is then
+    read from the provider as it is now, after both (the provider unreachable: 502, nothing
+    kept, the notice comes again); a provider that cannot say keeps the notice's."""
+    if notice.cancel_at_period_end is None or not _changed(notice, CANCEL_FIELDS) \
+            or sub.provider_state_at is None \
+            or notice.created.replace(microsecond=0) != sub.provider_state_at:
+        return notice
+    now_flag = get_provider(sub.provider).cancel_at_period_end_now(sub.provider_subscription_id)
+    return notice if now_flag is None else replace(notice, cancel_at_period_end=now_flag)
 
 
 def _renewal_under_a_grant(sub: UserSubscription, notice, now: datetime) -> str:
