@@ -106,12 +106,17 @@ def _matching(subject: str | None, email: str | None):
 
 def trial_used_before(subject: str | None, email: str | None) -> bool:
     """An erased account of this subject or this email had used its trial."""
+    clause = trial_used_before_clause(subject, email)
+    return clause is not None and bool(db.session.execute(select(clause)).scalar())
+
+
+def trial_used_before_clause(subject: str | None, email: str | None):
+    """``trial_used_before`` as an EXISTS clause to ask with others in one statement; None
+    when there is nothing to match (no subject, no email)."""
     if subject is None and not email_hash(email):
-        return False
-    return db.session.execute(
-        select(ErasureTombstone.id)
-        .where(_matching(subject, email), ErasureTombstone.trial_used.is_(True)).limit(1)
-    ).first() is not None
+        return None
+    return select(ErasureTombstone.id).where(
+        _matching(subject, email), ErasureTombstone.trial_used.is_(True)).exists()
 
 
 def tombstones_of(subject: str, email: str | None) -> list[ErasureTombstone]:

@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ...extensions import db
@@ -21,7 +21,7 @@ from ...models.subscription import ACTIVE, Onboarding
 from ...pagination import Page, paginate
 from ...tiers import STARTER, get_tier
 from .. import quota
-from ..erasure import trial_used_before
+from ..erasure import trial_used_before_clause
 from ..quota import Usage
 from .common import GRACE_PERIOD, cents_to_decimal
 
@@ -132,20 +132,28 @@ def trial_used_by_another_account(user_id: int, email: str | None) -> bool:
     """Another live account whose verified email is ``email`` (another identity of the same
     person at the provider) used the trial: one per person, not per account. An address not
     verified there is not that account's to speak for, so it burns nothing."""
+    clause = _another_account_used_trial(user_id, email)
+    return clause is not None and bool(db.session.execute(select(clause)).scalar())
+
+
+def _another_account_used_trial(user_id: int, email: str | None):
+    """``trial_used_by_another_account`` as an EXISTS clause (None: no email to match)."""
     email = (email or "").strip().lower()
-    return bool(email) and db.session.execute(
-        select(User.id).join(UserSubscription, UserSubscription.user_id == User.id)
-        .where(func.lower(User.email) == email, User.email_verified.is_(True),
-               User.id != user_id, UserSubscription.trial_used.is_(True)).limit(1)
-    ).first() is not None
+    if not email:
+        return None
+    return select(User.id).join(UserSubscription, UserSubscription.user_id == User.id).where(
+        func.lower(User.email) == email, User.email_verified.is_(True), User.id != user_id,
+        UserSubscription.trial_used.is_(True)).exists()
 
 
 def trial_used_elsewhere(person) -> bool:
     """The person used the trial on another account, live or erased (by its email: its
     subject's tombstone was read when this account was made): a trial asked here would be
-    409 ``trial_already_used``, so it is shown used."""
-    return trial_used_by_another_account(person.id, person.email) \
-        or trial_used_before(None, person.email)
+    409 ``trial_already_used``, so it is shown used. One statement for both."""
+    clauses = [clause for clause in (_another_account_used_trial(person.id, person.email),
+                                     trial_used_before_clause(None, person.email))
+               if clause is not None]
+    return bool(clauses) and bool(db.session.execute(select(or_(*clauses))).scalar())
 
 
 def history(user_id: int, args: dict) -> Page:
