@@ -3,7 +3,7 @@ memory, one update to every socket, and /api/health meanwhile.
 
     .venv/bin/python bench/bench_ws_scale.py [--sockets 10000] [--users 1000] [--cycles 2]
         [--fan-outs 2] [--client-python PY] [--client-modes plain,nice]
-        [--gc-report [--gc-inspect] [--switch-trace]]
+        [--gc-report [--gc-inspect] [--switch-trace]] [--split-cores] [--prober-fifo]
 
 Starts one process the production way (``gunicorn -c gunicorn.conf.py``, ``SONICUS_PROCESS=ws``,
 one worker) and runs ``--cycles`` cycles of: /api/health alone; asyncio client processes
@@ -44,6 +44,12 @@ the process, the handler's run until the app answered, from then until the probe
 alone and during fan-outs) on the last, for the whole run: a prober on another machine, as a
 load balancer's or kubelet's is, instead of one woken on the core the server holds. The
 clients (and Redis, PostgreSQL) keep every core.
+
+``--prober-fifo`` runs the health prober (its rounds alone and during fan-outs alike) in
+Linux's ``SCHED_FIFO`` class (needs root or CAP_SYS_NICE): woken, it takes a core at once,
+as a prober on a machine of its own would, instead of waiting behind the 10,000 clients'
+readers for a time slice. The socket process, Redis and the clients keep their class.
+Benchmark only.
 """
 
 from __future__ import annotations
@@ -251,6 +257,22 @@ def gc_summary(collections, start: float, end: float) -> str:
     return "; ".join(parts)
 
 
+PROBER_FIFO = False  # --prober-fifo
+
+
+class _ProberClass:
+    """The calling process in ``SCHED_FIFO`` for the block with ``--prober-fifo`` (the
+    client processes started meanwhile must not inherit it: only the probes run inside)."""
+
+    def __enter__(self):
+        if PROBER_FIFO:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+
+    def __exit__(self, *exc):
+        if PROBER_FIFO:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 class HealthProbe:
     """Sequential GET /api/health on one keep-alive connection; latencies in ms."""
 
@@ -276,9 +298,10 @@ class HealthProbe:
 
     def run(self, count: int, pause: float = 0.002) -> list[float]:
         out = []
-        for _ in range(count):
-            out.append(self.once())
-            time.sleep(pause)
+        with _ProberClass():
+            for _ in range(count):
+                out.append(self.once())
+                time.sleep(pause)
         return out
 
     def until(self, stop, out: list[float],
@@ -352,7 +375,8 @@ def probe_process(port: int, go, stop, sender) -> None:
     starts: list[float] = []
     side = HealthProbe(port)
     go.wait()
-    side.until(stop, out, starts)
+    with _ProberClass():
+        side.until(stop, out, starts)
     sender.send((out, starts))
 
 
@@ -432,7 +456,12 @@ def main() -> None:
                         help="the socket process on the first core, the health prober (alone "
                              "and during fan-outs) on the last, as a prober on another machine "
                              "would be; the clients keep every core")
+    parser.add_argument("--prober-fifo", action="store_true",
+                        help="the health prober (alone and during fan-outs) in SCHED_FIFO: "
+                             "woken, it takes a core at once (needs root or CAP_SYS_NICE)")
     args = parser.parse_args()
+    global PROBER_FIFO
+    PROBER_FIFO = args.prober_fifo
     modes = [mode.strip() for mode in args.client_modes.split(",") if mode.strip()]
     unknown = set(modes) - set(CLIENT_MODES)
     if unknown or not modes:
