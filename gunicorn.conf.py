@@ -6,7 +6,8 @@ Two process types from the same code and settings:
 - ws (`SONICUS_PROCESS=ws`): gevent, for `/ws/` (the front proxy routes it there). A socket
   costs one greenlet, not a thread; one process holds ten thousand. The app is the
   same create_app; psycopg2 waits cooperatively (psycogreen) and the file descriptor limit is
-  raised to the hard limit. See the README figures.
+  raised to the hard limit. Figures: the README's Figures table; what had to change for
+  that: bench/README.md, "The socket process type: what bit".
 Access logs carry the path only: query strings (a socket's ?access_token=) never reach them.
 Metrics: every worker writes to PROMETHEUS_MULTIPROC_DIR (a master starting drops what this
 host's dead processes left there); a worker that exits is marked dead so its open-socket
@@ -70,7 +71,8 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
 # (its client is the proxy) and is off unless SONICUS_GUNICORN_ACCESS_LOG=1.
 # The threaded web processes write their lines in batches (at most 0.1 s late; WARNING and
 # above at once): a write per access line was a system call per request under the handler's
-# lock, which the request threads queued behind (README, Figures).
+# lock, which the request threads queued behind (bench/README.md, "The profile GET under
+# gunicorn, third cut").
 logconfig_dict = importlib.import_module("sonicus.logs").gunicorn_logconfig(
     access=os.environ.get("SONICUS_GUNICORN_ACCESS_LOG", "").lower() in ("1", "true", "yes"),
     level=os.environ.get("LOG_LEVEL", "INFO").upper(), batched=process_type == "web")
