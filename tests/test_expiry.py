@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sonicus import clock
 
@@ -266,3 +266,51 @@ def test_settling_at_sign_in_racing_the_job_applies_the_trial_end_once(client, a
     assert errors == []
     assert len(billing.events_of(EMAIL, "trial_ended")) == 1
     assert billing.subscription(client, headers)["tier"] == "starter"
+
+
+def test_a_month_end_subscription_renews_on_the_months_last_day_not_the_28th(
+        client, auth, app, billing, set_clock):
+    """Bought on January 31: February's period ends on the 28th (the month has no 31st), and
+    the next ones go back to the 31st, the 30th in a 30-day month: the renewal day does not
+    drift to the 28th for good (as a provider's billing anchor keeps it)."""
+    set_clock(datetime(2027, 1, 31, 10, 0, tzinfo=UTC))
+    headers = auth()
+    bought = billing.buy(client, headers, "premium")
+    assert datetime.fromisoformat(bought["current_period_end"]) == \
+        datetime(2027, 2, 28, 10, 0, tzinfo=UTC)
+    ends = []
+    for moment in (datetime(2027, 3, 1, tzinfo=UTC), datetime(2027, 4, 1, tzinfo=UTC),
+                   datetime(2027, 5, 1, tzinfo=UTC), datetime(2027, 6, 1, tzinfo=UTC)):
+        set_clock(moment)
+        assert run_job(app)["outcomes"] == {"renewed": 1}
+        ends.append(datetime.fromisoformat(billing.subscription(client, headers)
+                                           ["current_period_end"]))
+    assert ends == [datetime(2027, 3, 31, 10, 0, tzinfo=UTC),
+                    datetime(2027, 4, 30, 10, 0, tzinfo=UTC),
+                    datetime(2027, 5, 31, 10, 0, tzinfo=UTC),
+                    datetime(2027, 6, 30, 10, 0, tzinfo=UTC)]
+    renewed = billing.events_of(EMAIL, "renewed")
+    assert [datetime.fromisoformat(e["details"]["period_end"]) for e in renewed] == ends
+
+
+def test_a_trial_converting_on_the_31st_renews_on_the_31st_after_february(
+        client, auth, app, billing, set_clock):
+    """A trial that ends on January 31, 2028 converts into a month to February 29 (a leap
+    year), then to March 31."""
+    set_clock(datetime(2028, 1, 17, 9, 30, tzinfo=UTC))
+    headers = auth()
+    start_trial(client, headers)
+    ref = client.post("/api/user/subscription", json={"tier": "premium"},
+                      headers=headers).get_json()["data"]["checkout"]["reference"]
+    assert client.post(f"/api/billing/sandbox/{ref}/confirm").status_code == 200
+    billing.arrange(EMAIL, trial_ends_at=datetime(2028, 1, 31, 9, 30, tzinfo=UTC))
+    set_clock(datetime(2028, 2, 1, tzinfo=UTC))
+    assert run_job(app)["outcomes"] == {"trial_converted": 1}
+    assert datetime.fromisoformat(billing.subscription(client, headers)
+                                  ["current_period_end"]) == \
+        datetime(2028, 2, 29, 9, 30, tzinfo=UTC)
+    set_clock(datetime(2028, 3, 1, tzinfo=UTC))
+    assert run_job(app)["outcomes"] == {"renewed": 1}
+    assert datetime.fromisoformat(billing.subscription(client, headers)
+                                  ["current_period_end"]) == \
+        datetime(2028, 3, 31, 9, 30, tzinfo=UTC)

@@ -28,11 +28,23 @@ def cents_to_decimal(cents: int | None) -> Decimal | None:
     return None if cents is None else Decimal(cents) / 100
 
 
-def add_month(moment: datetime) -> datetime:
-    """The same day and time next month (clamped to the month's last day)."""
+def add_month(moment: datetime, day: int | None = None) -> datetime:
+    """The same time next month, on the same day (or on ``day``), clamped to the month's last
+    day."""
     year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
-    day = min(moment.day, calendar.monthrange(year, month)[1])
+    day = min(day or moment.day, calendar.monthrange(year, month)[1])
     return moment.replace(year=year, month=month, day=day)
+
+
+def following_period_end(start: datetime | None, end: datetime) -> datetime:
+    """The end of the monthly period that follows ``start`` to ``end``: a month after ``end``
+    on the period's own day of the month, as a provider's billing anchor keeps it. A period
+    cut to a short month's last day (January 31 to February 28) goes back to its day after
+    it (March 31), instead of renewing on the 28th for good."""
+    day = end.day
+    if start is not None and start.day > end.day and add_month(start) == end:
+        day = start.day
+    return add_month(end, day)
 
 
 def _record(sub: UserSubscription, type_: str, from_tier: str | None, to_tier: str | None, *,

@@ -21,6 +21,7 @@ from .common import (
     _record,
     _to_starter,
     add_month,
+    following_period_end,
 )
 from .payments import Payment, apply_payment_succeeded
 from .row import lock_or_create_subscription
@@ -260,7 +261,8 @@ def _sandbox_renewal(sub: UserSubscription, now: datetime) -> str | None:
         provider="sandbox", created=ends, tier=sub.tier,
         amount_cents=get_tier(sub.tier).price_cents,
         reference=f"sandbox_renewal_{sub.user_id}_{int(ends.timestamp())}",
-        period_start=ends, period_end=add_month(ends)), now)
+        period_start=ends, period_end=following_period_end(sub.current_period_start, ends)),
+        now)
     return outcome if outcome == "renewed" else None
 
 
