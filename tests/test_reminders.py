@@ -268,6 +268,21 @@ def test_a_reminder_time_the_spring_forward_skips_is_sent_at_the_first_minute_af
     assert reminder_claims.reminder_due(180, 0, 120, 127, 7, None, None, 60)  # SQLite's rule
 
 
+def test_a_reminder_time_the_fall_back_repeats_is_sent_once(push_client, auth, push_service,
+                                                            browser, make_user):
+    """Los Angeles falls back from 01:59 PDT to 01:00 PST on 2026-11-01: 01:30 comes twice
+    that night, the reminder once (the day's first 01:30); the next night's as usual."""
+    app = push_client.application
+    _listener(push_client, auth, push_service, browser, "twice@example.com",
+              make_user=make_user, timezone="America/Los_Angeles", time="01:30")
+    assert [d for _, d in _claimed(app, datetime(2026, 11, 1, 8, 30, tzinfo=UTC))] == \
+        [date(2026, 11, 1)]  # 01:30 PDT
+    assert _claimed(app, datetime(2026, 11, 1, 9, 30, tzinfo=UTC)) == []  # 01:30 PST
+    assert _claimed(app, datetime(2026, 11, 1, 9, 45, tzinfo=UTC)) == []
+    assert [d for _, d in _claimed(app, datetime(2026, 11, 2, 9, 30, tzinfo=UTC))] == \
+        [date(2026, 11, 2)]
+
+
 def test_never_in_quiet_hours_nor_on_days_off(push_client, auth, push_service, browser):
     _listener(push_client, auth, push_service, browser, "late@example.com", time="22:15",
               quiet_start="22:00", quiet_end="07:00")
