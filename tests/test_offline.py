@@ -273,8 +273,8 @@ def test_downloads_need_the_feature_or_an_assignment(client, auth, admin_auth, p
     data = res.json["data"]
     assert datetime.fromisoformat(data["licence_expires_at"]) == until  # the assignment's end
     [track] = data["tracks"]
-    _check_signed(track["download_url"], 86400)
-    assert datetime.fromisoformat(track["expires_at"]) == now + timedelta(days=1)
+    _check_signed(track["download_url"], 900)
+    assert datetime.fromisoformat(track["expires_at"]) == now + timedelta(minutes=15)
 
     listed = client.get("/api/user/downloads", headers=headers).json["data"]
     assert [d["package_id"] for d in listed] == [pkgs["delta"]]
@@ -284,13 +284,13 @@ def test_downloads_need_the_feature_or_an_assignment(client, auth, admin_auth, p
 
 def test_a_download_url_stops_working_when_its_licence_ends(client, auth, admin_auth, pkgs,
                                                            make_user, db_session, set_clock):
-    """A licence that ends within the hour (its assignment's end) gives download URLs that
-    stop working then, not a day later."""
+    """A licence that ends within minutes (its assignment's end) gives download URLs that
+    stop working then, not 15 minutes later."""
     user = make_user("brief@example.com")
     headers = auth("brief@example.com")
     make_user("admin@example.com", admin=True)
     now = set_clock(_tomorrow_noon())
-    until = now + timedelta(hours=1)
+    until = now + timedelta(minutes=10)
     assert client.post(f"/api/admin/users/{user.id}/packages", headers=admin_auth(),
                        json={"package_id": pkgs["delta"],
                              "expires_at": until.isoformat()}).status_code == 201
@@ -300,11 +300,62 @@ def test_a_download_url_stops_working_when_its_licence_ends(client, auth, admin_
         assert datetime.fromisoformat(answer["licence_expires_at"]) == until
         [track] = answer["tracks"]
         assert datetime.fromisoformat(track["expires_at"]) == until
-        _check_signed(track["download_url"], 3600)
+        _check_signed(track["download_url"], 600)
         parts = urlsplit(track["download_url"])
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         assert not media.verify_stream_path(SECRET, parts.path, query["st"], query["ts"],
                                             query["e"], now=until + timedelta(seconds=1))
+
+
+def _still_fetches(track: dict, at: datetime) -> bool:
+    """Whether the media server would serve this download URL at ``at``."""
+    parts = urlsplit(track["download_url"])
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    return media.verify_stream_path(SECRET, parts.path, query["st"], query["ts"], query["e"],
+                                    now=at)
+
+
+def test_a_download_url_outlives_an_erasure_or_a_licence_end_by_minutes_not_a_day(
+        client, auth, admin_auth, pkgs, make_user, db_session, set_clock):
+    """The media server checks only the signature and its lifetime (it cannot know the account
+    or the licence): a URL given before the account was erased, the licence ended or the
+    assignment revoked must stop working within MEDIA_DOWNLOAD_URL_TTL_SECONDS (15 minutes),
+    not a day later. A device still entitled asks GET /api/user/downloads for fresh URLs."""
+    now = set_clock(_tomorrow_noon())
+    make_user("admin@example.com", admin=True)
+    assigned = make_user("assigned@example.com")
+    assert client.post(f"/api/admin/users/{assigned.id}/packages", headers=admin_auth(),
+                       json={"package_id": pkgs["delta"]}).status_code == 201
+    given = {}
+    for email in ("erased@example.com", "ended@example.com", "assigned@example.com",
+                  "entitled@example.com"):
+        if email != "assigned@example.com":
+            make_user(email, tier="premium")
+        res = client.post("/api/user/downloads", json={"package_id": pkgs["delta"]},
+                          headers=auth(email))
+        assert res.status_code == 201, res.json
+        [track] = res.json["data"]["tracks"]
+        assert datetime.fromisoformat(track["expires_at"]) == now + timedelta(minutes=15)
+        given[email] = track
+    assert client.delete("/api/user/profile", headers=auth("erased@example.com")) \
+        .status_code == 200
+    assert client.delete(f"/api/user/downloads/{pkgs['delta']}",
+                         headers=auth("ended@example.com")).status_code == 200
+    assert client.delete(f"/api/admin/users/{assigned.id}/packages/{pkgs['delta']}",
+                         headers=admin_auth()).status_code in (200, 204)
+
+    later = set_clock(now + timedelta(minutes=15, seconds=1))
+    for email, track in given.items():
+        assert _still_fetches(track, now + timedelta(minutes=14)), email
+        assert not _still_fetches(track, later), email
+    assert client.get("/api/user/downloads", headers=auth("ended@example.com")) \
+        .json["data"] == []
+    assert client.get("/api/user/downloads", headers=auth("assigned@example.com")) \
+        .json["data"] == []
+    [fresh] = client.get("/api/user/downloads", headers=auth("entitled@example.com")) \
+        .json["data"][0]["tracks"]
+    assert _still_fetches(fresh, later)
+    assert datetime.fromisoformat(fresh["expires_at"]) == later + timedelta(minutes=15)
 
 
 def test_licence_lifecycle_renew_end_and_privacy(client, auth, pkgs, make_user, db_session,
@@ -953,7 +1004,7 @@ def test_a_downgrade_scheduled_after_the_grant_shortens_the_listed_licence_and_i
         assert datetime.fromisoformat(res.json["data"]["licence_expires_at"]) > period_end
     assert client.post("/api/user/subscription", json={"tier": "premium"},
                        headers=headers).status_code == 200  # at the end of the period
-    set_clock(period_end - timedelta(hours=2))
+    set_clock(period_end - timedelta(minutes=10))
     listed = {d["package_id"]: d for d in
               client.get("/api/user/downloads", headers=headers).json["data"]}
     gamma = listed[pkgs["gamma"]]   # pro only: ends with the period

@@ -3,8 +3,10 @@
 A tier with ``offline_downloads`` (``tiers.check_offline_downloads``), or a live assignment of
 the package, may keep it on a device. ``POST`` grants or renews the licence for
 ``OFFLINE_LICENCE_DAYS`` (one row per user and package: an upsert under the unique
-constraint) and answers a signed URL per track, the stream URLs' HMAC scheme with the longer
-``MEDIA_DOWNLOAD_URL_TTL_SECONDS`` lifetime.
+constraint) and answers a signed URL per track, the stream URLs' HMAC scheme with the
+``MEDIA_DOWNLOAD_URL_TTL_SECONDS`` lifetime (15 minutes: the media server cannot tell a URL of
+an ended licence or an erased account from another, so a URL is withdrawn only by expiring;
+``GET`` signs fresh ones for the licences live then).
 
 A licence is live while its own window holds (``granted_at <= t < expires_at``, not ended by
 ``DELETE``) AND the package is kept offline now, by the tier in force (it has downloads and
