@@ -28,7 +28,8 @@ from .metrics import init_metrics
 from .ratelimit import init_rate_limits
 from .realtime.routes import register_realtime
 from .retry_safe import init_idempotency
-from .services.analytics import analytics_for_user_id, socket_close_codes
+from .services.analytics import analytics_for_user_id
+from .services.socket_accounts import socket_close_codes, socket_settings_versions
 from .web import init_web
 
 __all__ = ["ConfigError", "create_app"]
@@ -142,7 +143,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     init_metrics(app)
     register_api(app, api)
     app.register_blueprint(docs_blueprint)
-    register_realtime(app, snapshot=analytics_for_user_id, close_codes=socket_close_codes)
+    register_realtime(app, snapshot=analytics_for_user_id, close_codes=socket_close_codes,
+                      settings_versions=socket_settings_versions)
     install_log_redaction()
     app.cli.add_command(sonicus_cli)
     _log_stripe_api_base(app)

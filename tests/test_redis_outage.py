@@ -519,3 +519,108 @@ def test_a_tier_granted_by_a_forked_job_backing_off_from_redis_still_ends_cached
         assert json.loads(message["data"])["forget"] == [user]
     finally:
         _stop_apps(worker_app)
+
+
+# ---- settings changes a process did not hear of ----------------------------------------------
+# Figures computed under a user's settings before a change must not reach their sockets after
+# it (a streak just hidden shown again): every process drops them once it knows of the change.
+
+def _publish_figures(url: str, app, user_id: int, marker: str, settings_version: int) -> None:
+    """A worker's ``analytics.updated`` computed under ``settings_version``, as it publishes."""
+    import json
+
+    from sonicus.realtime.publish import user_events_channel
+
+    text = json.dumps({"type": "analytics.updated", "data": {"marker": marker}})
+    redis.Redis.from_url(url).publish(user_events_channel(app.config), json.dumps(
+        {"user_id": user_id, "text": text, "settings": settings_version}))
+
+
+def _versions(app, user_id: int) -> int:
+    from sonicus.extensions import db
+    from sonicus.models import User
+    from sonicus.services.analytics import settings_version
+
+    with app.app_context():
+        version = settings_version(db.session.get(User, user_id))
+        db.session.remove()
+    return version
+
+
+def test_figures_computed_before_a_settings_change_made_while_redis_was_down_are_dropped(
+        own_redis, token_for, make_config, make_user, connect_ws, serve_in_process):
+    """Streaks hidden through another process while Redis is down: the change's announcement
+    never reaches this process's subscriber. Once Redis is back, figures a worker computed
+    under the old settings and publishes late are dropped, not shown on the open socket."""
+    from sonicus import create_app
+    from sonicus.realtime.broker import get_broker
+
+    config = make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=0.2)
+    sockets_app, other_app = create_app(config), create_app(config)
+    email = "hides-streaks-offline@example.com"
+    user_id = make_user(email).id
+    headers = {"Authorization": f"Bearer {token_for(email)}"}
+    old = _versions(sockets_app, user_id)
+    server = serve_in_process(sockets_app)
+    try:
+        ws = connect_ws(server.url(), token_for(email))
+        assert ws.receive_json()["type"] == "analytics.snapshot"
+        own_redis.stop()
+        res = other_app.test_client().put(
+            "/api/user/profile", json={"preferences": {"show_streaks": False}}, headers=headers)
+        assert res.status_code == 200, res.json
+        own_redis.start()
+        assert get_broker(sockets_app).wait_ready(20), "the subscriber did not reconnect"
+        ws.settimeout(10)
+        assert ws.receive_json()["type"] == "analytics.updated"  # figures re-sent
+
+        _publish_figures(own_redis.url, sockets_app, user_id, "old settings", old)
+        _publish_figures(own_redis.url, sockets_app, user_id, "new settings",
+                         _versions(sockets_app, user_id))
+        assert ws.receive_json()["data"] == {"marker": "new settings"}
+    finally:
+        server.stop()
+        _stop_apps(sockets_app, other_app)
+
+
+def test_figures_computed_before_a_settings_change_through_a_process_backing_off_are_dropped(
+        own_redis, token_for, make_config, make_user, connect_ws, serve_in_process):
+    """Streaks hidden through a process that skips Redis (its own call failed a moment ago)
+    while the others have it back: the announcement reaches them once that process reaches
+    Redis again, and figures computed under the old settings are dropped from then on."""
+    from sonicus import create_app
+    from sonicus.extensions import redis_gate
+    from sonicus.realtime.broker import get_broker
+
+    config = make_config(REDIS_URL=own_redis.url, REDIS_RETRY_SECONDS=1.0)
+    sockets_app, backing_off_app = create_app(config), create_app(config)
+    backing_off = backing_off_app.test_client()
+    email = "hides-streaks-backing-off@example.com"
+    user_id = make_user(email).id
+    headers = {"Authorization": f"Bearer {token_for(email)}"}
+    old = _versions(sockets_app, user_id)
+    server = serve_in_process(sockets_app)
+    try:
+        ws = connect_ws(server.url(), token_for(email))
+        assert ws.receive_json()["type"] == "analytics.snapshot"
+        assert backing_off.get("/api/user/profile", headers=headers).status_code == 200
+        _trip_backoff_while_redis_is_down(own_redis, backing_off_app, sockets_app)
+        ws.settimeout(10)
+        assert ws.receive_json()["type"] == "analytics.updated"  # re-sent after the gap
+        res = backing_off.put("/api/user/profile", json={"preferences": {"show_streaks": False}},
+                              headers=headers)
+        assert res.status_code == 200, res.json
+        deadline = time.monotonic() + 15
+        while redis_gate(backing_off_app).owes or not redis_gate(backing_off_app).healthy:
+            assert time.monotonic() < deadline, "the backing-off process never reached Redis"
+            time.sleep(0.1)
+        time.sleep(0.3)  # what it sent reaches the other subscriber
+
+        _publish_figures(own_redis.url, sockets_app, user_id, "old settings", old)
+        _publish_figures(own_redis.url, sockets_app, user_id, "new settings",
+                         _versions(sockets_app, user_id))
+        assert ws.receive_json()["data"] == {"marker": "new settings"}
+        assert get_broker(sockets_app).wait_ready(1)
+    finally:
+        server.stop()
+        _stop_apps(sockets_app, backing_off_app)

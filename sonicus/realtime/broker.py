@@ -73,7 +73,8 @@ class Broker:
     delivered to them; it holds their ``leases`` and their ``keepalive`` sweep."""
 
     def __init__(self, app, snapshot: Callable[[int], dict | None],
-                 close_codes: Callable[[list[int]], dict[int, int]] | None = None):
+                 close_codes: Callable[[list[int]], dict[int, int]] | None = None,
+                 settings_versions: Callable[[list[int]], dict[int, int]] | None = None):
         self.app = app
         self.snapshot = snapshot  # a user's current analytics, by id (None: no such user)
         self.accounts = AccountCheck(self, close_codes)  # suspended or erased meanwhile
@@ -93,6 +94,7 @@ class Broker:
         # it stopped. A forked child's pid differs, so the child starts its own.
         self._started_in: int | None = None
         self.settings = SettingsVersions()  # updates computed under older settings are dropped
+        self.settings_versions = settings_versions  # by id, from the database: after a gap
         self.leases = Leases(app, self._lock, self._sockets, self.close_over_cap)
         self.keepalive = KeepAlive(self._lock, self._sockets, self._pace)
 
@@ -331,9 +333,13 @@ class Broker:
             self._dispatch(message["data"])
 
     def _resync(self) -> None:
-        """After a gap in the subscription, close the sockets of accounts suspended or erased
-        meanwhile (their close was published during the gap), and send every other local
-        socket its current figures (anything published during the gap was missed)."""
+        """After a gap in the subscription, learn the settings changed meanwhile (figures
+        computed before them and published late are dropped), close the sockets of accounts
+        suspended or erased meanwhile (their close was published during the gap), and send
+        every other local socket its current figures (anything published then was missed)."""
+        with self._lock:
+            user_ids = list(self._sockets)
+        self.settings.catch_up(self.app, user_ids, self.settings_versions)
         self.accounts.run()
         with self._lock:
             user_ids = list(self._sockets)
@@ -379,9 +385,11 @@ def _text(value) -> str:
 
 
 def init_broker(app, snapshot: Callable[[int], dict | None],
-                close_codes: Callable[[list[int]], dict[int, int]] | None = None) -> Broker:
+                close_codes: Callable[[list[int]], dict[int, int]] | None = None,
+                settings_versions: Callable[[list[int]], dict[int, int]] | None = None
+                ) -> Broker:
     """The process's broker; without Redis, ``publish.py`` delivers straight to it."""
-    broker = Broker(app, snapshot, close_codes)
+    broker = Broker(app, snapshot, close_codes, settings_versions)
     app.extensions[EXTENSION_KEY] = broker
     app.extensions[LOCAL_DELIVERY_KEY] = broker.deliver
     return broker

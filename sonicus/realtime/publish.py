@@ -27,8 +27,10 @@ def user_events_channel(config) -> str:
     return channel_prefix(config) + "user-events"
 
 
-def _send(payload: dict) -> bool:
-    """Hand ``payload`` to every web process (Redis) or to this one's broker (no Redis)."""
+def _send(payload: dict, *, owed: bool = False) -> bool:
+    """Hand ``payload`` to every web process (Redis) or to this one's broker (no Redis).
+    ``owed``: skipped while this process backs off from Redis, or failed on an outage, it is
+    sent once this process reaches Redis again (``extensions.guarded_redis_call``)."""
     app = current_app
     client = get_redis()
     if client is None:
@@ -38,7 +40,8 @@ def _send(payload: dict) -> bool:
         return True
     channel, text = user_events_channel(app.config), json.dumps(payload, separators=(",", ":"))
     return guarded_redis_call("live update publish",
-                              lambda client: client.publish(channel, text) >= 0, False)
+                              lambda client: client.publish(channel, text) >= 0, False,
+                              owed=[("PUBLISH", channel, text)] if owed else None)
 
 
 def publish_to_user(user_id: int, message: dict, settings_version: int | None = None) -> bool:
@@ -56,8 +59,9 @@ def publish_settings_change(user_id: int, settings_version: int) -> bool:
     """The user's settings changed (committed) to ``settings_version``: every process drops
     the messages computed under an earlier version that reach it after this (a refresh that
     read the user before the change must not show a streak just hidden). Published on the
-    same channel as the messages, so every process sees it in the same order."""
-    return _send({"user_id": user_id, "settings": settings_version})
+    same channel as the messages, so every process sees it in the same order; owed when this
+    process skips Redis (the processes that have it back hear of it late, not never)."""
+    return _send({"user_id": user_id, "settings": settings_version}, owed=True)
 
 
 def close_user_sockets(user_id: int, code: int = CLOSE_FORBIDDEN,

@@ -345,15 +345,16 @@ def _start_subscriber_hook(broker):
     return start_subscriber
 
 
-def register_realtime(app, snapshot, close_codes=None) -> None:
+def register_realtime(app, snapshot, close_codes=None, settings_versions=None) -> None:
     """The broker and the WebSocket routes. Nothing connects at creation: the subscriber
     starts in the serving process (``_start_subscriber_hook``), never in a worker or the CLI.
 
     ``snapshot(user_id)``: the user's current analytics (the broker never imports services);
     ``close_codes(user_ids)``: the close codes of those of these users whose sockets must
-    close now (suspended, erased), by id; one query for all of them.
+    close now (suspended, erased), by id; one query for all of them;
+    ``settings_versions(user_ids)``: their settings versions, by id (caught up on after a gap).
     """
-    broker = init_broker(app, snapshot, close_codes)
+    broker = init_broker(app, snapshot, close_codes, settings_versions)
     app.wsgi_app = EndSocketRequests(app.wsgi_app)
     app.config["SOCK_SERVER_OPTIONS"] = {**app.config.get("SOCK_SERVER_OPTIONS", {}),
                                          "thread_class": HandlerReads}

@@ -20,9 +20,8 @@ import logging
 from datetime import date, datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import Integer, and_, any_, bindparam, case, func, select, update
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from .. import clock
 from ..cache import cache_delete, cache_get_raw, cache_replace, cache_set
@@ -30,7 +29,7 @@ from ..extensions import db
 from ..models import ListeningSession, SoundPackage, User, UserAnalytics
 from ..models.listening import ENDED
 from ..models.user import merge_preferences
-from ..realtime.publish import CLOSE_FORBIDDEN, CLOSE_INVALID_TOKEN, publish_to_user
+from ..realtime.publish import publish_to_user
 from ..tasks.queue import QUEUE_ANALYTICS, enqueue, job_is_pending
 from .package_labels import labels_unchanged, listened_labels
 from .quota import counted_on_day
@@ -337,31 +336,6 @@ def get_user_analytics(person) -> dict:
 def analytics_for_user_id(user_id: int) -> dict | None:
     """The analytics of a user known by id (a socket's snapshot); None once erased."""
     return None if (user := db.session.get(User, user_id)) is None else get_user_analytics(user)
-
-
-def socket_close_codes(user_ids) -> dict[int, int]:
-    """Which of these users' open sockets must close now, and why: 4401 once erased, 4403
-    while suspended; a user whose account stands is left out. One query for all of them (a
-    socket process checks the accounts it holds sockets for after a gap in the closes other
-    processes publish, and every ``WS_ACCOUNT_CHECK_SECONDS``)."""
-    user_ids = list(user_ids)
-    if not user_ids:
-        return {}
-    if db.session.get_bind().dialect.name == "postgresql":
-        # one array parameter: half the CPU of an IN list of 1,000 (~2 ms), which a socket
-        # process's event loop waits behind
-        among = User.id == any_(bindparam("user_ids", user_ids, type_=ARRAY(Integer)))
-    else:
-        among = User.id.in_(user_ids)
-    active = dict(db.session.execute(select(User.id, User.is_active).where(among)).all())
-    codes = {}
-    for user_id in user_ids:
-        standing = active.get(user_id)
-        if standing is None:
-            codes[user_id] = CLOSE_INVALID_TOKEN
-        elif not standing:
-            codes[user_id] = CLOSE_FORBIDDEN
-    return codes
 
 
 def stale_user_ids(limit: int = SWEEP_BATCH, grace_seconds: int | None = None):
