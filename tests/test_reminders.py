@@ -8,15 +8,16 @@ import base64
 import os
 import stat
 import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, update
 
-from sonicus import create_app
+from sonicus import clock, create_app
 from sonicus.extensions import db
 from sonicus.models import PushSubscription, ReminderDelivery, ReminderPreferences
-from sonicus.services import reminder_claims, reminders
+from sonicus.services import reminder_claims, reminders, webpush
 from sonicus.tasks.worker import make_worker
 
 
@@ -1168,3 +1169,95 @@ def test_the_vapid_audience_is_the_push_services_plain_origin(push_app, endpoint
         headers = webpush.vapid_signer().headers_for(endpoint)
     claims, _key = check_vapid(headers["Authorization"], "https://fcm.googleapis.com")
     assert claims["aud"] == "https://fcm.googleapis.com"
+
+
+# ---- an erasure while reminders are on their way ---------------------------------------------
+
+def test_no_reminder_queued_or_due_for_a_retry_is_pushed_after_the_account_is_erased(
+        push_client, auth, push_service, browser, set_clock):
+    """A reminder claimed and queued, and another whose push service asked to be retried
+    (its retry queued), when their users erase their accounts: neither device gets a push
+    after."""
+    app = push_client.application
+    queued_headers, queued = _listener(push_client, auth, push_service, browser,
+                                       "queued@example.com", time="18:00")
+    retried_headers, retried = _listener(push_client, auth, push_service, browser,
+                                         "retried@example.com", time="18:00")
+    push_service.answer(retried.endpoint, 503)  # retried through the queue
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    with app.app_context():
+        ids = reminder_claims.claim_due_reminders(clock.now())
+        db.session.remove()
+    assert len(ids) == 2
+    with app.app_context():  # the retried one first: its retry is then queued
+        retried_id = db.session.execute(select(ReminderDelivery.id).join(
+            PushSubscription, PushSubscription.user_id == ReminderDelivery.user_id).where(
+            PushSubscription.endpoint == retried.endpoint)).scalar_one()
+        reminders.deliver_reminders([retried_id])
+        db.session.remove()
+    assert [p.status for p in push_service.posts_to(retried.endpoint)] == [503]
+    with app.app_context():
+        reminders._enqueue_sending([i for i in ids if i != retried_id], "erased-meanwhile")
+
+    for headers in (queued_headers, retried_headers):
+        assert push_client.delete("/api/user/profile", headers=headers).status_code == 200
+    _run_jobs(app)
+    assert push_service.posts_to(queued.endpoint) == []
+    assert [p.status for p in push_service.posts_to(retried.endpoint)] == [503]
+
+
+@pytest.mark.parametrize("paused_in", ["send_many", "send_push"],
+                         ids=["read-not-yet-posting", "posting"])
+def test_a_reminder_being_sent_as_the_account_is_erased_is_not_pushed_after_the_erasure(
+        push_client, auth, push_service, browser, set_clock, db_session, monkeypatch,
+        paused_in):
+    """The sending job has read the reminder and its devices (or is posting it) when the user
+    erases the account (real threads): the push goes out before the erasure answers (which
+    waits for a post under way), or not at all, never after the account is gone."""
+    from races import in_thread, lock_waiters
+
+    app = push_client.application
+    headers, device = _listener(push_client, auth, push_service, browser,
+                                "leaving-at-six@example.com", time="18:00")
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    with app.app_context():
+        [delivery_id] = reminder_claims.claim_due_reminders(clock.now())
+        db.session.remove()
+    sending, go = threading.Event(), threading.Event()
+    real = getattr(webpush, paused_in)
+
+    def paused(*args, **kwargs):
+        sending.set()
+        assert go.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(webpush, paused_in, paused)
+
+    def deliver():
+        with app.app_context():
+            try:
+                return reminders.deliver_reminders([delivery_id])
+            finally:
+                db.session.remove()
+
+    job, _sent = in_thread(deliver)
+    erasure = None
+    try:
+        assert sending.wait(10)
+        erasure, answer = in_thread(lambda: app.test_client().delete(
+            "/api/user/profile", headers=headers))
+        deadline = time.monotonic() + 5
+        while erasure.is_alive() and lock_waiters(db_session) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        erased_while_sending = not erasure.is_alive()
+    finally:
+        go.set()
+        job.join(10)
+        if erasure is not None:
+            erasure.join(10)
+    assert answer[0].status_code == 200, answer[0].get_json()
+    pushed = push_service.posts_to(device.endpoint)
+    assert not (erased_while_sending and pushed), "a push went out after the erasure"
+    if paused_in == "send_push":  # the post was under way: the erasure waited for it
+        assert not erased_while_sending and len(pushed) == 1

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 
 from flask import current_app
@@ -185,7 +187,7 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
             gone.append(subscription.id)
             continue
         pushes.append((subscription, payloads[subscription.user_id]))
-    results = webpush.send_many(pushes, topic="reminder")
+    results = webpush.send_many(pushes, topic="reminder", held=_account_held)
     for (subscription, _payload), result in zip(pushes, results, strict=True):
         delivery, _user = by_user[subscription.user_id]
         if result.outcome == webpush.SENT:
@@ -212,6 +214,24 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
     for delivery_id, subscription_ids in again.items():
         _schedule_retry(delivery_id, subscription_ids, attempt, retry_after.get(delivery_id))
     return sum(sent.values())
+
+
+@contextmanager
+def _account_held(subscription: PushSubscription) -> Iterator[bool]:
+    """Around one push on its way: its user's row held ``FOR KEY SHARE`` in a transaction of
+    its own (a session of its own), which blocks nothing but the erasure of the account (it
+    deletes the row, ``FOR UPDATE``): an erasure waits for a push under way, at most one push
+    service's timeout, and a push after it finds the account gone and does not go (False).
+    The reminder was read before the erasure committed; without this its push went out
+    after the account was erased."""
+    with current_app.app_context():
+        try:
+            yield db.session.execute(
+                select(User.id).where(User.id == subscription.user_id)
+                .with_for_update(key_share=True)).first() is not None
+        finally:
+            db.session.rollback()
+            db.session.remove()
 
 
 def _schedule_retry(delivery_id: int, subscription_ids: list[int], attempt: int,

@@ -20,9 +20,12 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -43,6 +46,7 @@ VAPID_RENEW_SECONDS = 3600  # a cached JWT is re-signed when it has less than th
 _FORBIDDEN_CHARACTERS = frozenset(" \t\r\n\\@#\x00") | frozenset(chr(c) for c in range(32))
 
 SENT, GONE, RETRY, FAILED, REFUSED = "sent", "gone", "retry", "failed", "refused"
+WITHDRAWN = "withdrawn"  # not sent: its sender's ``held`` said it may no longer go
 
 
 def b64url(data: bytes) -> str:
@@ -336,16 +340,28 @@ def _executor(size: int) -> ThreadPoolExecutor:
         return _pool[2]
 
 
-def send_many(pushes: list[tuple], *, topic: str | None = None) -> list[PushResult]:
+def send_many(pushes: list[tuple], *, topic: str | None = None,
+              held: Callable[[Any], AbstractContextManager[bool]] | None = None
+              ) -> list[PushResult]:
     """``send_push`` for each ``(subscription, payload)``, ``WEBPUSH_CONCURRENCY`` at a time
-    (waiting on push services, not on the CPU, is what bounds one worker); results in order."""
+    (waiting on push services, not on the CPU, is what bounds one worker); results in order.
+    ``held(subscription)``: entered around each push, for as long as it is on its way; it
+    says whether the push may still go (else ``WITHDRAWN``, nothing posted)."""
     app = current_app._get_current_object()
     size = int(app.config.get("WEBPUSH_CONCURRENCY", 8))
+
+    def here(push) -> PushResult:
+        if held is None:
+            return send_push(push[0], push[1], topic=topic)
+        with held(push[0]) as may_go:
+            return send_push(push[0], push[1], topic=topic) if may_go \
+                else PushResult(WITHDRAWN)
+
     if size <= 1 or len(pushes) <= 1:
-        return [send_push(subscription, payload, topic=topic) for subscription, payload in pushes]
+        return [here(push) for push in pushes]
 
     def one(push):
         with app.app_context():
-            return send_push(push[0], push[1], topic=topic)
+            return here(push)
 
     return list(_executor(size).map(one, pushes))
