@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from ..api_errors import ApiError
@@ -43,6 +44,17 @@ class Work:
         """This user's identity, role or subscription changes with this transaction."""
         if user_id is not None:
             self.changed_users.add(user_id)
+
+
+def read_one_moment() -> None:
+    """Let this request's next reads see the database as it stood at one moment (PostgreSQL's
+    ``REPEATABLE READ``, read only): a document read in many statements (an export) is not
+    half from before a change committed meanwhile (an erasure) and half from after. Ends the
+    session's transaction so far (a read request's: it wrote nothing)."""
+    db.session.commit()
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        db.session.execute(text("SET TRANSACTION READ ONLY"))
 
 
 def account_gone() -> ApiError:

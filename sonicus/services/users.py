@@ -37,7 +37,7 @@ from .analytics import invalidate_user_analytics, settings_stamp, settings_versi
 from .recommendation_model import request_rebuild_after_erasure
 from .reminder_settings import get_reminder_preferences
 from .subscriptions import ended_by_a_grant, lock_or_create_subscription, settle_due_change
-from .transaction import account_gone, unit_of_work
+from .transaction import account_gone, read_one_moment, unit_of_work
 
 
 @dataclass(frozen=True)
@@ -231,6 +231,7 @@ def export_user_data(user_id: int) -> UserExport:
         return list(db.session.execute(
             select(model).where(model.user_id == user_id).order_by(order)).scalars())
 
+    read_one_moment()  # not half erased by an erasure that commits meanwhile
     user = db.session.get(User, user_id)
     if user is None:
         not_found("User")

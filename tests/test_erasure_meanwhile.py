@@ -1,0 +1,185 @@
+"""An erasure while the account's other requests are under way (real threads, real row
+locks): an offline upload, a second erasure, an export. Each answers without a 5xx, and
+nothing personal of the account is left, or shown, once it is gone."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+from races import in_thread, lock_waiters
+from sqlalchemy import func, select, update
+
+from sonicus import clock
+from sonicus.models import ErasureTombstone, ListeningSession, SoundPackage, User
+from sonicus.services import erasure, offline_sync, users
+
+WAIT = 10
+
+
+def _wait_until_waiting(db_session, thread) -> None:
+    """Until ``thread`` waits on a row lock (or has finished)."""
+    deadline = time.monotonic() + WAIT
+    while thread.is_alive() and lock_waiters(db_session) == 0:
+        assert time.monotonic() < deadline, "nothing waited on a lock"
+        time.sleep(0.01)
+
+
+def _paused(monkeypatch, module, name):
+    """Pause ``module.name`` on entry until ``go`` is set; ``reached`` says it was entered."""
+    reached, go = threading.Event(), threading.Event()
+    real = getattr(module, name)
+
+    def paused(*args, **kwargs):
+        reached.set()
+        assert go.wait(WAIT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, paused)
+    return reached, go
+
+
+def _old_package(make_package, db_session) -> int:
+    """A package in the catalog since long before the uploaded listening."""
+    package = make_package("rain").id
+    db_session.execute(update(SoundPackage).values(
+        created_at=clock.now() - timedelta(days=60)))
+    db_session.commit()
+    return package
+
+
+def _upload(package_id: int) -> dict:
+    started = clock.now() - timedelta(hours=3)
+    return {"sessions": [{
+        "client_id": str(uuid.uuid4()), "package_id": package_id,
+        "started_at": started.isoformat(), "ended_at": (started + timedelta(minutes=10))
+        .isoformat(), "listened_seconds": 600, "mood_before": 3, "mood_after": 8,
+        "note": "a private note"}]}
+
+
+def _personal_sessions(db_session) -> int:
+    """Stored sessions that still carry something of a person."""
+    count = db_session.execute(select(func.count()).select_from(ListeningSession).where(
+        (ListeningSession.user_id.is_not(None)) | ListeningSession.note.is_not(None)
+        | ListeningSession.client_id.is_not(None) | ListeningSession.mood_after.is_not(None))
+    ).scalar_one()
+    db_session.commit()
+    return count
+
+
+def test_an_offline_upload_under_way_when_the_account_is_erased_leaves_nothing_personal(
+        app, make_user, make_package, auth, db_session, monkeypatch):
+    """The upload holds the account's subscription row when the erasure comes: the erasure
+    waits for it, then anonymises what it stored (no note, no mood, no client id)."""
+    make_user("uploading@example.com")
+    package = _old_package(make_package, db_session)
+    headers = auth("uploading@example.com")
+    reached, go = _paused(monkeypatch, offline_sync, "_load_context")
+    upload, upload_answer = in_thread(lambda: app.test_client().post(
+        "/api/user/sessions/sync", json=_upload(package), headers=headers))
+    erase = None
+    try:
+        assert reached.wait(WAIT)
+        erase, erase_answer = in_thread(lambda: app.test_client().delete(
+            "/api/user/profile", headers=headers))
+        _wait_until_waiting(db_session, erase)
+    finally:
+        go.set()
+        upload.join(WAIT)
+        if erase is not None:
+            erase.join(WAIT)
+    assert upload_answer[0].status_code == 200, upload_answer[0].get_json()
+    assert upload_answer[0].get_json()["data"]["results"][0]["status"] == "created"
+    assert erase_answer[0].status_code == 200, erase_answer[0].get_json()
+    assert db_session.execute(select(func.count()).select_from(ListeningSession)) \
+        .scalar_one() == 1
+    assert _personal_sessions(db_session) == 0
+
+
+def test_an_offline_upload_arriving_during_the_erasure_stores_nothing_and_is_no_5xx(
+        app, make_user, make_package, auth, db_session, monkeypatch):
+    """The erasure holds the account when an upload arrives: the upload waits, then finds the
+    account gone (404), and stores nothing."""
+    make_user("erasing@example.com")
+    package = _old_package(make_package, db_session)
+    headers = auth("erasing@example.com")
+    app.test_client().get("/api/user/profile", headers=headers)  # signed in, cached
+    reached, go = _paused(monkeypatch, erasure, "add_tombstone")
+    erase, erase_answer = in_thread(lambda: app.test_client().delete(
+        "/api/user/profile", headers=headers))
+    upload = None
+    try:
+        assert reached.wait(WAIT)
+        upload, upload_answer = in_thread(lambda: app.test_client().post(
+            "/api/user/sessions/sync", json=_upload(package), headers=headers))
+        _wait_until_waiting(db_session, upload)
+    finally:
+        go.set()
+        erase.join(WAIT)
+        if upload is not None:
+            upload.join(WAIT)
+    assert erase_answer[0].status_code == 200, erase_answer[0].get_json()
+    assert upload_answer[0].status_code < 500, upload_answer[0].get_json()
+    assert _personal_sessions(db_session) == 0
+
+
+def test_two_erasures_of_one_account_at_once_answer_without_a_5xx_and_leave_no_account(
+        app, make_user, auth, db_session):
+    """Two tabs erase the same account at the same moment (real threads): no 5xx, one
+    tombstone of the account, and no account of that sign-in left behind."""
+    make_user("twice@example.com", trial_used=True)
+    headers = auth("twice@example.com")
+    app.test_client().get("/api/user/profile", headers=headers)  # signed in, cached
+    barrier = threading.Barrier(2)
+    answers = []
+
+    def erase():
+        client = app.test_client()
+        barrier.wait(WAIT)
+        answers.append(client.delete("/api/user/profile", headers=headers))
+
+    threads = [threading.Thread(target=erase) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 2)
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses in ([200, 200], [200, 404]), [a.get_json() for a in answers]
+    assert db_session.execute(select(func.count()).select_from(User).where(
+        User.email == "twice@example.com")).scalar_one() == 0
+    tombstones = db_session.execute(select(ErasureTombstone)).scalars().all()
+    assert tombstones and all(t.trial_used for t in tombstones)
+
+
+def test_an_export_under_way_when_the_account_is_erased_shows_one_moment(
+        app, make_user, auth, db_session, monkeypatch):
+    """The export has read part of the account when the erasure commits: what it answers is
+    the account as it stood at one moment (not half erased: no devices gone and the erasure
+    of this very account listed as an earlier one), or 404."""
+    make_user("exporting@example.com")
+    headers = auth("exporting@example.com")
+    client = app.test_client()
+    res = client.post("/api/user/push-subscriptions", headers=headers, json={
+        "endpoint": "https://fcm.googleapis.com/fcm/send/exporting",
+        "keys": {"p256dh": "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1X"
+                           "bjhazAkj7I99e8QcYP7DkM", "auth": "tBHItJI5svbpez7KI4CCXg"}})
+    assert res.status_code in (200, 201), res.get_json()
+    reached, go = _paused(monkeypatch, users, "get_reminder_preferences")
+    export, export_answer = in_thread(lambda: app.test_client().get(
+        "/api/user/export", headers=headers))
+    try:
+        assert reached.wait(WAIT)
+        assert app.test_client().delete("/api/user/profile", headers=headers) \
+            .status_code == 200
+    finally:
+        go.set()
+        export.join(WAIT)
+    answer = export_answer[0]
+    if answer.status_code == 404:
+        return
+    assert answer.status_code == 200, answer.get_json()
+    data = answer.get_json()["data"]
+    assert data["earlier_erasures"] == []
+    assert len(data["push_subscriptions"]) == 1
