@@ -183,3 +183,238 @@ def test_an_export_under_way_when_the_account_is_erased_shows_one_moment(
     data = answer.get_json()["data"]
     assert data["earlier_erasures"] == []
     assert len(data["push_subscriptions"]) == 1
+
+
+def test_a_checkout_under_way_when_the_account_is_erased_cannot_be_paid_after(
+        stripe_app, auth, db_session, monkeypatch):
+    """The checkout is being created at Stripe when the erasure comes (real threads): the
+    erasure waits for it, then expires the checkout page it made, so nobody can pay it."""
+    from sonicus.billing.stripe_provider import StripeProvider
+
+    app, stripe = stripe_app
+    headers = auth()
+    app.test_client().get("/api/user/profile", headers=headers)  # signed in, cached
+    reached, go = _paused(monkeypatch, StripeProvider, "create_checkout")
+    checkout, checkout_answer = in_thread(lambda: app.test_client().post(
+        "/api/user/subscription", json={"tier": "premium"}, headers=headers))
+    erase = None
+    try:
+        assert reached.wait(WAIT)
+        erase, erase_answer = in_thread(lambda: app.test_client().delete(
+            "/api/user/profile", headers=headers))
+        _wait_until_waiting(db_session, erase)
+    finally:
+        go.set()
+        checkout.join(WAIT)
+        if erase is not None:
+            erase.join(WAIT)
+    assert checkout_answer[0].status_code == 200, checkout_answer[0].get_json()
+    assert erase_answer[0].status_code == 200, erase_answer[0].get_json()
+    assert [s["status"] for s in stripe.sessions.values()] == ["expired"]
+
+
+def test_a_checkout_asked_for_during_the_erasure_makes_no_checkout_page(
+        stripe_app, auth, db_session, monkeypatch):
+    """The erasure holds the account when the checkout is asked for: it waits, finds the
+    account gone (no 5xx), and no checkout page is made at Stripe for it."""
+    app, stripe = stripe_app
+    headers = auth()
+    app.test_client().get("/api/user/profile", headers=headers)  # signed in, cached
+    reached, go = _paused(monkeypatch, erasure, "add_tombstone")
+    erase, erase_answer = in_thread(lambda: app.test_client().delete(
+        "/api/user/profile", headers=headers))
+    checkout = None
+    try:
+        assert reached.wait(WAIT)
+        checkout, checkout_answer = in_thread(lambda: app.test_client().post(
+            "/api/user/subscription", json={"tier": "premium"}, headers=headers))
+        _wait_until_waiting(db_session, checkout)
+    finally:
+        go.set()
+        erase.join(WAIT)
+        if checkout is not None:
+            checkout.join(WAIT)
+    assert erase_answer[0].status_code == 200, erase_answer[0].get_json()
+    assert checkout_answer[0].status_code < 500, checkout_answer[0].get_json()
+    assert stripe.sessions == {}
+
+
+def test_every_open_socket_of_an_erased_account_closes_at_once_on_every_process(
+        make_config, make_user, token_for, connect_ws, serve_in_process):
+    """Sockets open on two processes when the account is erased through a third: each
+    closes with 4401 within moments, and nothing more reaches them."""
+    from sonicus import create_app
+    from sonicus.extensions import db
+    from sonicus.realtime.broker import get_broker
+
+    config = make_config()
+    apps = [create_app(config) for _ in range(3)]
+    email = "socket-erased@example.com"
+    make_user(email)
+    token = token_for(email)
+    try:
+        sockets = []
+        for app in apps[:2]:
+            ws = connect_ws(serve_in_process(app).url(), token)
+            assert ws.receive_json()["type"] == "analytics.snapshot"
+            sockets.append(ws)
+        erased = time.monotonic()
+        assert apps[2].test_client().delete(
+            "/api/user/profile", headers={"Authorization": f"Bearer {token}"}) \
+            .status_code == 200
+        for ws in sockets:
+            ws.settimeout(5)
+            assert ws.close_code() == 4401
+        assert time.monotonic() - erased < 5
+        assert all(get_broker(app).local_socket_count() == 0 for app in apps[:2])
+    finally:
+        for app in apps:
+            get_broker(app).stop()
+            with app.app_context():
+                db.session.remove()
+                db.engine.dispose()
+
+
+def test_a_socket_signing_in_as_its_account_is_erased_is_closed_with_4401(
+        make_config, make_user, token_for, connect_ws, serve_in_process):
+    """The account is erased after the socket's handshake read it, before the socket was
+    registered: the published close found nothing to close there; the socket is still
+    refused with 4401 and gets no snapshot."""
+    from sonicus import create_app
+    from sonicus.extensions import db
+    from sonicus.realtime.broker import get_broker
+
+    racing, other = create_app(make_config()), create_app(make_config())
+    broker = get_broker(racing)
+    email = "erased-mid-handshake@example.com"
+    user_id = make_user(email).id
+    token = token_for(email)
+    admit = broker.admit
+
+    def erased_just_before(conn, per_process, per_user):  # the race, made certain
+        answer = other.test_client().delete("/api/user/profile",
+                                            headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200
+        deadline = time.monotonic() + 5
+        while broker.accounts.closed_since(user_id, 0.0) is None:
+            assert time.monotonic() < deadline, "the close never came"
+            time.sleep(0.01)
+        return admit(conn, per_process, per_user)
+
+    broker.admit = erased_just_before
+    try:
+        server = serve_in_process(racing)
+        ws = connect_ws(server.url(), token)
+        ws.settimeout(5)
+        assert ws.close_code() == 4401
+        assert broker.local_socket_count() == 0
+    finally:
+        for app in (racing, other):
+            get_broker(app).stop()
+            with app.app_context():
+                db.session.remove()
+                db.engine.dispose()
+
+
+def test_a_heartbeat_under_way_when_the_account_is_erased_answers_and_the_session_is_anonymised(
+        app, make_user, make_package, make_session, auth, db_session, monkeypatch):
+    """A session plays in one tab while the account is erased in another, the heartbeat
+    holding the session's row (real threads): both answer at once, no 5xx, and the session
+    is kept without its account; the next heartbeat of that tab finds no session of theirs."""
+    from sonicus.services import listening
+
+    user_id = make_user("playing@example.com").id
+    package = make_package("rain")
+    session_id = make_session(db_session.get(User, user_id), package, started_at=clock.now()
+                              - timedelta(minutes=5), status="open", minutes=0).id
+    headers = auth("playing@example.com")
+    reached, go = _paused(monkeypatch, listening, "_note_progress")
+    beat, beat_answer = in_thread(lambda: app.test_client().patch(
+        f"/api/user/sessions/{session_id}", json={"listened_seconds": 120}, headers=headers))
+    erase = None
+    try:
+        assert reached.wait(WAIT)
+        erase, erase_answer = in_thread(lambda: app.test_client().delete(
+            "/api/user/profile", headers=headers))
+        _wait_until_waiting(db_session, erase)
+    finally:
+        go.set()
+        beat.join(WAIT)
+        if erase is not None:
+            erase.join(WAIT)
+    assert beat_answer[0].status_code == 200, beat_answer[0].get_json()
+    assert erase_answer[0].status_code == 200, erase_answer[0].get_json()
+    assert db_session.execute(select(ListeningSession.user_id).where(
+        ListeningSession.id == session_id)).scalar_one() is None
+    db_session.commit()
+    monkeypatch.undo()
+    again = app.test_client().patch(f"/api/user/sessions/{session_id}",
+                                    json={"listened_seconds": 180}, headers=headers)
+    assert again.status_code == 404, again.get_json()
+
+
+def _refresh_in_thread(app, user_id: int):
+    from sonicus.extensions import db
+    from sonicus.services import analytics
+
+    def refresh():
+        with app.app_context():
+            try:
+                return ("returned", analytics.refresh_user_analytics(user_id))
+            except Exception as exc:
+                return ("raised", repr(exc))
+            finally:
+                db.session.remove()
+
+    return in_thread(refresh)
+
+
+def test_an_analytics_refresh_that_read_the_account_before_its_erasure_ends_quietly(
+        app, make_user, make_package, make_session, auth, db_session, monkeypatch):
+    """The refresh job read the account, then the account is erased before it stores the
+    figures: the job ends without an error (the account is gone, nothing to refresh), not a
+    failed job of a foreign-key violation, and caches nothing of the account."""
+    from sonicus.cache import cache_get_raw
+    from sonicus.services import analytics
+
+    user_id = make_user("refreshed@example.com").id
+    make_session(user_id, make_package("rain"), started_at=clock.now() - timedelta(hours=2),
+                 minutes=20)
+    headers = auth("refreshed@example.com")
+    reached, go = _paused(monkeypatch, analytics, "_insert")
+    refresh, outcome = _refresh_in_thread(app, user_id)
+    try:
+        assert reached.wait(WAIT)
+        assert app.test_client().delete("/api/user/profile", headers=headers) \
+            .status_code == 200
+    finally:
+        go.set()
+        refresh.join(WAIT)
+    assert outcome == [("returned", None)]
+    with app.app_context():
+        assert cache_get_raw(analytics.cache_key(user_id)) is None
+
+
+def test_an_analytics_refresh_caching_as_the_account_is_erased_leaves_no_figures_cached(
+        app, make_user, make_package, make_session, auth, db_session, monkeypatch):
+    """The refresh stored the figures and is about to cache them when the erasure commits
+    and forgets the cache: the figures of the erased account are not cached after it."""
+    from sonicus.cache import cache_get_raw
+    from sonicus.services import analytics
+
+    user_id = make_user("cached-late@example.com").id
+    make_session(user_id, make_package("rain"), started_at=clock.now() - timedelta(hours=2),
+                 minutes=20)
+    headers = auth("cached-late@example.com")
+    reached, go = _paused(monkeypatch, analytics, "_cache_figures")
+    refresh, outcome = _refresh_in_thread(app, user_id)
+    try:
+        assert reached.wait(WAIT)
+        assert app.test_client().delete("/api/user/profile", headers=headers) \
+            .status_code == 200
+    finally:
+        go.set()
+        refresh.join(WAIT)
+    assert outcome and outcome[0][0] == "returned", outcome
+    with app.app_context():
+        assert cache_get_raw(analytics.cache_key(user_id)) is None

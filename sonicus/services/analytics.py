@@ -22,6 +22,7 @@ from datetime import date, datetime, timedelta
 from flask import current_app
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from .. import clock
 from ..cache import cache_delete, cache_get_raw, cache_replace, cache_set
@@ -36,7 +37,7 @@ from .quota import counted_on_day
 from .recaps import forget_recent_recaps, forget_user_recaps
 from .recommendation_model import refresh_user_outcomes
 from .streaks import active_days, day_islands, recent_freeze_days, streaks_from_islands
-from .transaction import unit_of_work
+from .transaction import names_a_missing_user, unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -287,14 +288,25 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
     The user's analytics row is locked for the computation (PostgreSQL), so two refreshes of
     one user run one after the other and the later one stores the newer figures.
     ``stale_since`` is cleared only if no one marked the row again after it was read here.
+
+    An account erased meanwhile ends it quietly (None): erased before the figures are
+    stored, its row is refused (no failed job); erased after, its figures are forgotten
+    again once cached (``_still_there``), so none stay cached past the erasure.
     """
     user = db.session.get(User, user_id)
     if user is None:
         invalidate_user_analytics(user_id)
         db.session.rollback()
         return None
-    db.session.execute(_insert()(UserAnalytics).values(user_id=user_id, data={})
-                       .on_conflict_do_nothing(index_elements=[UserAnalytics.user_id]))
+    try:
+        db.session.execute(_insert()(UserAnalytics).values(user_id=user_id, data={})
+                           .on_conflict_do_nothing(index_elements=[UserAnalytics.user_id]))
+    except IntegrityError as exc:
+        db.session.rollback()
+        if not names_a_missing_user(exc):
+            raise
+        invalidate_user_analytics(user_id)  # erased since it was read
+        return None
     marked = db.session.execute(
         select(UserAnalytics.stale_since).where(UserAnalytics.user_id == user_id)
         .with_for_update()).scalar_one()
@@ -314,10 +326,24 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
     db.session.commit()
     _cache_figures(user_id, settings, data, ttl, labels)
     forget_recent_recaps(user_id)  # again: a recap computed while the change committed
+    if not _still_there(user_id):
+        return None
     if publish:
         publish_to_user(user_id, {"type": "analytics.updated", "data": data},
                         settings_version=version)
     return data
+
+
+def _still_there(user_id: int) -> bool:
+    """After caching a user's figures: False (and they are forgotten) when the account was
+    erased meanwhile. The erasure forgets the cache after its commit: read after the cache
+    was written, either the account is gone here or that forgetting comes after the write."""
+    if db.session.execute(select(User.id).where(User.id == user_id)).first() is not None:
+        db.session.rollback()
+        return True
+    db.session.rollback()
+    invalidate_user_analytics(user_id)
+    return False
 
 
 def get_user_analytics(person) -> dict:
