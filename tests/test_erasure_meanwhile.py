@@ -418,3 +418,27 @@ def test_an_analytics_refresh_caching_as_the_account_is_erased_leaves_no_figures
     assert outcome and outcome[0][0] == "returned", outcome
     with app.app_context():
         assert cache_get_raw(analytics.cache_key(user_id)) is None
+
+
+def test_an_admin_reading_an_account_as_it_is_erased_gets_it_or_404_never_a_5xx(
+        app, make_user, auth, admin_auth, db_session, monkeypatch):
+    """An operator opens a user's detail while the user erases the account (real threads):
+    the detail read half before and half after the erasure answers the account as it was,
+    or 404, never a 5xx."""
+    from sonicus.services import admin_users
+
+    user_id = make_user("watched@example.com", tier="premium").id
+    make_user("operator@example.com", admin=True)
+    admin = admin_auth("operator@example.com")
+    headers = auth("watched@example.com")
+    reached, go = _paused(monkeypatch, admin_users, "get_subscription")
+    detail, detail_answer = in_thread(lambda: app.test_client().get(
+        f"/api/admin/users/{user_id}", headers=admin))
+    try:
+        assert reached.wait(WAIT)
+        assert app.test_client().delete("/api/user/profile", headers=headers) \
+            .status_code == 200
+    finally:
+        go.set()
+        detail.join(WAIT)
+    assert detail_answer[0].status_code in (200, 404), detail_answer[0].get_json()

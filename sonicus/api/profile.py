@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask import after_this_request
 from flask.views import MethodView
 
 from ..auth import require_user
@@ -52,4 +53,12 @@ class Export(MethodView):
     @blp.errors(401, 403)
     def get(self, caller):
         """Everything stored about the caller, as one document."""
+        after_this_request(_end_reads)  # once the document is written out
         return users.export_user_data(caller.id)
+
+
+def _end_reads(response):
+    """End the export's transaction (read at one moment, ``transaction.read_one_moment``)
+    once its document is written: nothing else of the request reads in that snapshot."""
+    users.end_reads()
+    return response

@@ -226,7 +226,9 @@ def update_profile(user_id: int, changes: dict, now: datetime | None = None) -> 
 
 
 def export_user_data(user_id: int) -> UserExport:
-    """Everything stored about the user, as one document (``ExportSchema``)."""
+    """Everything stored about the user, as one document (``ExportSchema``), as it stood at
+    one moment (``read_one_moment``; the caller ends that transaction once the document is
+    written out: ``end_reads``)."""
     def rows(model, order):
         return list(db.session.execute(
             select(model).where(model.user_id == user_id).order_by(order)).scalars())
@@ -252,6 +254,11 @@ def export_user_data(user_id: int) -> UserExport:
         reminders_sent=rows(ReminderDelivery, ReminderDelivery.local_day),
         earlier_erasures=_earlier_erasures(user),
         after_erasure=AfterErasure(erasure.ERASURE_STATEMENT, erasure.KEPT_AFTER_ERASURE))
+
+
+def end_reads() -> None:
+    """End a transaction that only read (an export's one moment)."""
+    db.session.rollback()
 
 
 def _replaced_day_settings(user: User) -> list[dict]:
