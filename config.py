@@ -141,7 +141,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "MEDIA_BASE_URL": _str(env, "MEDIA_BASE_URL") or None,
         "MEDIA_URL_SECRET": _str(env, "MEDIA_URL_SECRET") or None,
         "MEDIA_URL_TTL_SECONDS": _int(env, "MEDIA_URL_TTL_SECONDS", 3600),
-        "MEDIA_DOWNLOAD_URL_TTL_SECONDS": _int(env, "MEDIA_DOWNLOAD_URL_TTL_SECONDS", 900),
+        "MEDIA_DOWNLOAD_URL_TTL_SECONDS": _int(env, "MEDIA_DOWNLOAD_URL_TTL_SECONDS", 7200),
         "TRIAL_DAYS": _int(env, "TRIAL_DAYS", 14),
         "ANALYTICS_CACHE_TTL_SECONDS": _int(env, "ANALYTICS_CACHE_TTL_SECONDS", 600),
         # A refresh still marked stale after this long is re-enqueued by the periodic sweep.

@@ -28,11 +28,11 @@ class DownloadTrackSchema(ma.Schema):
     title = ma.fields.String(required=True)
     duration_seconds = ma.fields.Integer(required=True)
     download_url = ma.fields.String(required=True, allow_none=True, metadata={
-        "description": "Signed like a stream URL (MEDIA_DOWNLOAD_URL_TTL_SECONDS, 15 minutes "
+        "description": "Signed like a stream URL (MEDIA_DOWNLOAD_URL_TTL_SECONDS, 2 hours "
                        "by default: ask GET /api/user/downloads for fresh ones while the "
                        "licence lasts); null in production without media settings."})
     expires_at = ma.fields.DateTime(required=True, metadata={
-        "description": "When the download URL stops working (15 minutes at most by default, "
+        "description": "When the download URL stops working (2 hours at most by default, "
                        "and never after the licence's end)."})
 
 

@@ -4,7 +4,7 @@ A tier with ``offline_downloads`` (``tiers.check_offline_downloads``), or a live
 the package, may keep it on a device. ``POST`` grants or renews the licence for
 ``OFFLINE_LICENCE_DAYS`` (one row per user and package: an upsert under the unique
 constraint) and answers a signed URL per track, the stream URLs' HMAC scheme with the
-``MEDIA_DOWNLOAD_URL_TTL_SECONDS`` lifetime (15 minutes: the media server cannot tell a URL of
+``MEDIA_DOWNLOAD_URL_TTL_SECONDS`` lifetime (2 hours: the media server cannot tell a URL of
 an ended licence or an erased account from another, so a URL is withdrawn only by expiring;
 ``GET`` signs fresh ones for the licences live then).
 
