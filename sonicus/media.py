@@ -130,14 +130,14 @@ def stream_url(media_path: str, now: datetime | None = None, *,
 def download_url(media_path: str, now: datetime | None = None,
                  until: datetime | None = None) -> tuple[str | None, datetime]:
     """A URL to download one file for offline listening: the stream URL's scheme with the
-    lifetime ``MEDIA_DOWNLOAD_URL_TTL_SECONDS`` (default 2 hours, a stream URL's 1), and never valid past
-    ``until`` (the end of the licence it is given with).
+    lifetime ``MEDIA_DOWNLOAD_URL_TTL_SECONDS`` (default 2 hours, a stream URL's 1), and never
+    valid past ``until`` (the end of the licence it is given with).
 
     The media server checks the signature and the lifetime only (``path|ts|e`` under one
     secret: nothing in it names the account or the licence), so no URL already given can be
     withdrawn: an erasure, a ``DELETE`` of the licence, a downgrade or a revoked assignment
-    leaves the URLs given before working until they expire. The lifetime is a few hours, not a day, for
-    that reason; a device still entitled fetches later with fresh URLs from
+    leaves the URLs given before working until they expire. The lifetime is a few hours, not
+    a day, for that reason; a device still entitled fetches later with fresh URLs from
     ``GET /api/user/downloads``, which signs them only for licences live then."""
     now = now or clock.now()
     lifetime = int(current_app.config.get("MEDIA_DOWNLOAD_URL_TTL_SECONDS") or 7200)
