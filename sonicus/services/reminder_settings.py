@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .. import clock
 from ..api_errors import ApiError
 from ..extensions import db
+from ..models import User
 from ..models.reminders import (
     ALL_DAYS_MASK,
     WEEKDAYS,
@@ -26,7 +27,7 @@ from ..models.reminders import (
     mask_to_days,
 )
 from . import webpush
-from .transaction import unit_of_work
+from .transaction import account_gone, unit_of_work
 
 DEFAULT_SMART_MINUTE = 21 * 60
 MAX_SUBSCRIPTIONS_PER_USER = 10  # devices; the least recently subscribed goes first
@@ -100,6 +101,17 @@ def update_reminder_preferences(user_id: int, changes: dict) -> dict:
 
 # ---- push subscriptions -----------------------------------------------------------------------
 
+def _lock_account(user_id: int) -> None:
+    """The user's row, locked until the transaction ends, so that one user's subscriptions
+    saved at the same moment are trimmed to the cap one after the other (each sees the
+    others' new rows); ``FOR NO KEY UPDATE``, as every change of a user: rows that reference
+    the user may still be written meanwhile. An account erased since sign-in is 404."""
+    found = db.session.execute(select(User.id).where(User.id == user_id)
+                               .with_for_update(key_share=True)).scalar_one_or_none()
+    if found is None:
+        raise account_gone()
+
+
 def save_push_subscription(user_id: int, endpoint: str, p256dh: str, auth: str,
                            expires_at: datetime | None = None) -> tuple[int, bool]:
     """Store the caller's browser subscription; ``(id, created)``. The same endpoint again
@@ -112,6 +124,7 @@ def save_push_subscription(user_id: int, endpoint: str, p256dh: str, auth: str,
     values = {"user_id": user_id, "p256dh": p256dh, "auth": auth, "expires_at": expires_at,
               "updated_at": now}
     with unit_of_work():
+        _lock_account(user_id)
         row = db.session.execute(
             select(PushSubscription).where(PushSubscription.endpoint == endpoint)
             .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
