@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 from races import in_thread, lock_waiters
 from sqlalchemy import func, select
 
 from sonicus import clock
-from sonicus.models import ListeningSession, User
+from sonicus.models import ListeningSession, User, UserAnalytics
 from sonicus.services import analytics
 
 WAIT = 10
@@ -114,3 +115,56 @@ def test_an_admin_change_made_as_the_admin_erases_their_account_keeps_no_email(
     assert edit_answer[0].status_code in (200, 404), edit_answer[0].get_json()
     labels = db_session.execute(select(AuditLog.actor_label, AuditLog.actor_id)).all()
     assert labels and all(row == ("erased user", None) for row in labels), labels
+
+
+
+
+def test_an_analytics_refresh_while_the_account_is_erased_finishes_without_an_error(
+        app, make_user, make_package, make_session, auth, db_session, monkeypatch):
+    """The first refresh of a listener's analytics (queued by their first completion) runs
+    as they erase the account: both finish (the refresh came first; the erasure then removes
+    what it stored). Before, the refresh found the account, the erasure removed it, and the
+    refresh's analytics row was then refused by the foreign key: the job failed and landed
+    among the failed jobs an operator sees (the sweep's retries found nothing to do)."""
+    user = make_user("leaving@example.com")
+    user_id = user.id
+    make_session(user, make_package("rain"), started_at=clock.now() - timedelta(hours=1),
+                 minutes=10, mood_before=3, mood_after=7)
+    headers = auth("leaving@example.com")
+    paused, go = threading.Event(), threading.Event()
+    real_insert = analytics._insert
+
+    def paused_insert():  # the account has been read, its analytics row not yet written
+        if threading.current_thread() is refresh and not paused.is_set():
+            paused.set()
+            assert go.wait(WAIT)
+        return real_insert()
+
+    def run_refresh():
+        with app.app_context():
+            try:
+                return analytics.refresh_user_analytics(user_id, publish=False)
+            except Exception as exc:  # what the worker records as a failed job
+                return exc
+
+    monkeypatch.setattr(analytics, "_insert", paused_insert)
+    refresh, refreshed = in_thread(run_refresh)
+    erasure = None
+    try:
+        assert paused.wait(WAIT)
+        erasure, erasure_answer = in_thread(lambda: app.test_client().delete(
+            "/api/user/profile", headers=headers))
+        for _ in range(300):  # the erasure finishes, or waits for the refresh
+            if not erasure.is_alive() or lock_waiters(db_session):
+                break
+            time.sleep(0.01)
+    finally:
+        go.set()
+        refresh.join(WAIT)
+        if erasure is not None:
+            erasure.join(WAIT)
+    assert not isinstance(refreshed[0], Exception), refreshed[0]
+    assert erasure_answer[0].status_code == 200, erasure_answer[0].get_json()
+    assert db_session.execute(select(func.count()).select_from(User)
+                              .where(User.id == user_id)).scalar_one() == 0
+    assert db_session.execute(select(func.count()).select_from(UserAnalytics)).scalar_one() == 0
