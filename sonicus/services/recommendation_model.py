@@ -69,6 +69,19 @@ MIN_GROUPS_FOR_ESTIMATE = 50
 REBUILD_AFTER_ERASURE_JOB_ID = "rebuild-recommendation-model-after-erasure"
 # Mean mood_before bands: below 4.5 low, below 7 mid, else high.
 BAND_LOW_BELOW, BAND_MID_BELOW = 4.5, 7.0
+MODEL_LOCK = "sonicus-recommendation-model"
+
+
+def _lock_model(*, shared: bool) -> None:
+    """Serialise writers of the model's tables (PostgreSQL: a transaction-scoped advisory
+    lock, taken before the tables are touched). A rebuild takes it alone: two rebuilds (the
+    hourly one and one an erasure queued, on two workers) run one after the other instead of
+    the later one's rows colliding with the earlier one's. A user's own rows
+    (``refresh_user_outcomes``) take it shared: refreshes of users run side by side, and
+    wait for a rebuild, or it for them, instead of writing a row the rebuild wrote too."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        lock = func.pg_advisory_xact_lock_shared if shared else func.pg_advisory_xact_lock
+        db.session.execute(select(lock(func.hashtextextended(MODEL_LOCK, 0))))
 
 
 def _counting(user_id: int | None = None):
@@ -231,6 +244,7 @@ def rebuild_recommendation_model() -> dict:
     now = clock.now()
     up, pr = UserPackageOutcome, UserOutcomeProfile
     with unit_of_work():
+        _lock_model(shared=False)
         postgres = db.session.get_bind().dialect.name == "postgresql"
         if postgres:
             db.session.execute(text("SET LOCAL work_mem = '64MB'"))  # sorts in memory
@@ -268,6 +282,7 @@ def rebuild_recommendation_model() -> dict:
 def refresh_user_outcomes(user_id: int) -> None:
     """Rebuild one user's own rows (per-package sums, bias, band) against the stored package
     figures, in the caller's transaction (the analytics refresh)."""
+    _lock_model(shared=True)
     for model in (UserPackageOutcome, UserOutcomeProfile):
         db.session.execute(delete(model).where(model.user_id == user_id))
     _insert_user_packages(user_id)
