@@ -58,6 +58,9 @@ def derive_from_events(events: list[dict]) -> Derived:
             state.status = ACTIVE
         if kind in PENDING_CLEARED or ended:
             state.pending_tier = None
+        elif kind in ACCESS_ENDING and (event.get("details") or {}).get("ended_upgrade") \
+                and state.pending_tier == to_tier:
+            state.pending_tier = None  # the upgrade taken back: the downgrade to it is done
         elif kind == "cancel_scheduled":
             state.pending_tier = "starter"
         elif kind == "downgrade_scheduled":
@@ -234,6 +237,17 @@ def refund_violations(full: bool, of_current_period: bool, before: str, after: s
         return [] if after == "starter" else [f"refunded in full, still {after}"]
     return [] if after == before else [f"a refund of {'part' if not full else 'an older'} "
                                        f"charge changed {before} to {after}"]
+
+
+def unmatched_refund_violations(before: str, after: str) -> list[str]:
+    """A refund of a charge no payment here matches, smaller than what paid the period, takes
+    back no more than it can be tied to: never the paid tier (starter), at most an upgrade
+    made in the period (a lower paid tier)."""
+    if before == "starter" or after == before:
+        return []
+    if after != "starter" and RANK[after] < RANK[before]:
+        return []
+    return [f"an unmatched refund smaller than the period's payment changed {before} to {after}"]
 
 
 def renewing_window_cancel_violations(in_window: bool, answer: int, tier_before: str,

@@ -191,3 +191,91 @@ def test_a_refund_and_a_dispute_of_the_month_at_once_end_it_once(stripe_app, aut
     assert len(stripe.received("DELETE", "/v1/subscriptions/sub_s1")) == 1
     ended = [e for e in billing.events_of(EMAIL) if e["details"].get("ended_access")]
     assert len(ended) == 1
+
+
+def _upgraded_to_pro(client, headers, billing, stripe, *, notify_invoice=True):
+    """Premium paid by ``ch_1`` (its period began ten days ago), then Pro chosen here: Stripe
+    charges the difference for the rest of the period at once (charge ``ch_up``, 667)."""
+    _paid(client, headers, billing)
+    resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    assert resp.status_code == 200 and resp.get_json()["data"]["tier"] == "pro"
+    end = clock.now() + 20 * DAY
+    if notify_invoice:
+        upgrade = _invoice(billing, "evt_upgrade", charge="ch_up", start=clock.now(), end=end,
+                           created=clock.now())
+        upgrade["data"]["object"].update(amount_paid=667, billing_reason="subscription_update")
+        line = upgrade["data"]["object"]["lines"]["data"][0]
+        line.update(amount=667, pricing={"price_details": {"price": "price_pro"}},
+                    parent={"subscription_item_details": {"proration": True}})
+        assert _outcome(billing, client, upgrade) == "already_recorded"
+    return end
+
+
+def _upgrade_refund(event_id="evt_r_up", *, invoice=None):
+    event = _refund(event_id, "ch_up", refunded=667, amount=667)
+    if invoice:
+        event["data"]["object"]["invoice"] = invoice
+    return event
+
+
+def _period_kept_on(tier, client, headers, billing, stripe, period_end):
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == (tier, "active"), data
+    assert data["current_period_end"].startswith(period_end.isoformat()[:16]), data
+    assert stripe.received("DELETE", "/v1/subscriptions/sub_s1") == []
+
+
+def test_a_refund_of_an_upgrades_charge_keeps_the_period_the_base_payment_paid(
+        stripe_app, auth, billing):
+    """Premium paid for the month, Pro chosen mid-month, and support refunded the upgrade's
+    difference: the user fell to Starter and Stripe's subscription was canceled, though the
+    month's Premium payment was never given back. Now the refund takes back only the
+    upgrade: Premium to the period's end, Stripe renewing Premium."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    end = _upgraded_to_pro(client, headers, billing, stripe)
+    [upgraded] = billing.events_of(EMAIL, "upgraded")
+    assert upgraded["details"]["charge_id"] == "ch_up"  # its invoice's charge, kept
+
+    assert _outcome(billing, client, _upgrade_refund(invoice="in_evt_upgrade")) \
+        == "upgrade_refunded"
+    _period_kept_on("premium", client, headers, billing, stripe, end)
+    [refunded] = billing.events_of(EMAIL, "refunded")
+    assert (refunded["from_tier"], refunded["to_tier"], refunded["amount_cents"]) \
+        == ("pro", "premium", 667)
+    back = [form for method, path, form, _ in stripe.requests
+            if method == "POST" and path == "/v1/subscriptions/sub_s1"][-1]
+    assert back["items[0][price]"] == ["price_prem"] and back["proration_behavior"] == ["none"]
+    # the same refund notified again takes nothing more
+    assert _outcome(billing, client, _upgrade_refund("evt_r_up2")) == "already_recorded"
+    _period_kept_on("premium", client, headers, billing, stripe, end)
+
+
+def test_a_refund_of_an_upgrade_notified_before_its_invoice_keeps_the_base_period(
+        stripe_app, auth, billing):
+    """The upgrade's charge refunded before its invoice's notice arrived: no stored charge
+    matches it, and it is smaller than the month's payment, so it cannot be that payment.
+    It takes back the upgrade made in the period, never the period; the invoice's notice
+    afterwards grants nothing."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    end = _upgraded_to_pro(client, headers, billing, stripe, notify_invoice=False)
+
+    assert _outcome(billing, client, _upgrade_refund()) == "upgrade_refunded"
+    _period_kept_on("premium", client, headers, billing, stripe, end)
+
+
+def test_an_unmatched_refund_smaller_than_the_periods_payment_ends_nothing(
+        stripe_app, auth, billing):
+    """A charge of 3.00 nothing here knows of (made in Stripe's dashboard) refunded in full
+    during the month: it is recorded, and the month paid 9.99 for runs on."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    end = clock.now() + 20 * DAY
+
+    assert _outcome(billing, client, _refund("evt_rx", "ch_x", refunded=300, amount=300)) \
+        == "recorded"
+    _period_kept_on("premium", client, headers, billing, stripe, end)
+    [refunded] = billing.events_of(EMAIL, "refunded")
+    assert refunded["details"].get("ended_access") is None

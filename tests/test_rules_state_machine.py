@@ -57,6 +57,7 @@ from rules_subscription import (
     tier_at,
     trial_shown_violations,
     trials_per_person,
+    unmatched_refund_violations,
 )
 from sqlalchemy import select, text
 from sqlalchemy.orm import selectinload
@@ -602,12 +603,14 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             assert not problems, (person.name, problems, body)
 
         @rule(name=st.sampled_from(IDENTITIES), latest=st.booleans(),
-              how=st.sampled_from(["full", "partial", "dispute"]))
+              how=st.sampled_from(["full", "partial", "dispute", "unmatched"]))
         def provider_refunds(self, name, latest, how):
             """A charge of the user's is refunded (in full or in part) in the provider's
             dashboard, or disputed: a full refund or a dispute of the charge that paid the
             period in force ends the paid tier, anything else changes no tier
-            (rules_subscription.refund_violations)."""
+            (rules_subscription.refund_violations). ``unmatched``: a 3.00 charge made now
+            that no payment here matches, refunded in full: it never ends the paid tier
+            (rules_subscription.unmatched_refund_violations)."""
             person = self.people[name]
             charges = self.charges.get(person.user_id) if person.user_id else None
             if not charges:
@@ -624,6 +627,11 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             if how == "dispute":
                 obj = {"id": f"dp_{charge}", "object": "dispute", "charge": charge,
                        "amount": 999}
+            if how == "unmatched":
+                obj = {"id": f"ch_other_{self.webhooks}", "object": "charge",
+                       "customer": sub.provider_customer_id, "amount": 300,
+                       "amount_refunded": 300, "refunded": True,
+                       "created": int(self.now.timestamp())}
             event = {"id": f"evt_{self.webhooks}", "object": "event",
                      "type": "charge.dispute.created" if how == "dispute"
                      else "charge.refunded", "created": int(self.now.timestamp()),
@@ -631,8 +639,11 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             status, body = self.call_webhook(event)
             assert status == 200, body
             after = self.subscription_row(person)
-            problems = refund_violations(how != "partial", current, tier_at(sub, self.now),
-                                         after.tier)
+            if how == "unmatched":
+                problems = unmatched_refund_violations(tier_at(sub, self.now), after.tier)
+            else:
+                problems = refund_violations(how != "partial", current, tier_at(sub, self.now),
+                                             after.tier)
             assert not problems, (person.name, problems, body)
 
         @rule(name=st.sampled_from(IDENTITIES), late=st.booleans())
@@ -1256,6 +1267,11 @@ BILLING_SEQUENCES = {
         ("provider_refunds", {"latest": True, "how": "partial"}),
         ("provider_refunds", {"latest": True, "how": "full"}),
         ("provider_refunds", {"latest": True, "how": "dispute"}), ("sign_in", {})],
+    "an_unmatched_refund_after_an_upgrade": [
+        ("choose_tier", {"tier": "premium", "pay": True}), ("renewal_webhook", {"paid": True}),
+        ("provider_refunds", {"latest": True, "how": "unmatched"}),
+        ("choose_tier", {"tier": "pro", "pay": True}),
+        ("provider_refunds", {"latest": True, "how": "unmatched"}), ("sign_in", {})],
     "a_dispute_of_an_older_month": [
         ("choose_tier", {"tier": "pro", "pay": True}), ("renewal_webhook", {"paid": True}),
         ("time_passes", {"seconds": 32 * 86400}), ("renewal_webhook", {"paid": True}),

@@ -39,7 +39,7 @@ from .common import (
     ended_by_a_grant,
     ended_by_a_grant_id,
 )
-from .refunds import refunded_before_notice
+from .refunds import note_upgrade_payment, refunded_before_notice
 
 
 @dataclass(frozen=True)
@@ -263,8 +263,9 @@ def _current_tier_paid(sub: UserSubscription, payment: Payment, now: datetime) -
         if sub.status == ACTIVE and sub.current_period_end > now:
             return "already_active"
     elif payment.period_start < sub.current_period_end - SAME_PERIOD_SLACK:
-        # not the next period: the current one again, or an older one
+        # not the next period: the current one again, an older one, or an upgrade's difference
         _provider_period_dates(sub, payment, now)
+        note_upgrade_payment(sub, payment)
         return "already_recorded"
     return _renewal_of_current_tier(sub, payment, now)
 

@@ -8,9 +8,17 @@ provider unreachable: 502 and nothing kept, the notice comes again), a ``refunde
 of an older period's charge (or of a charge ended before) is recorded and ends nothing.
 
 Which period a charge paid: the payment event recorded with the same charge, payment intent
-or invoice id (``payments._stamp``); else the charge's creation time (one made after the
-period in force began paid it; one made after it ended paid the next period, whose notice has
-not arrived: that payment, when it does, grants nothing, ``refunded_before_notice``).
+or invoice id (``payments._stamp``; an upgrade's charge is noted on its ``upgraded`` event when
+its invoice arrives, ``note_upgrade_payment``); else the charge's creation time (one made after
+the period in force began paid it; one made after it ended paid the next period, whose notice
+has not arrived: that payment, when it does, grants nothing, ``refunded_before_notice``).
+
+A refund takes back no more than what it can be tied to. A full refund of an upgrade's charge
+(the difference charged for the rest of the period) takes back the upgrade: the tier it came
+from for the rest of the period the base payment paid, the provider renewing that tier. A
+charge no payment here matches, made in the period in force for less than that period's
+payment, is not that payment: it ends nothing (the upgrade made in the period before it was
+charged, if any, is what it paid).
 Replays are the event id's (``webhooks``); another notice of the same refund (the same amount
 refunded) or of a charge whose access was ended already ends nothing again.
 """
@@ -25,10 +33,12 @@ from ...billing import get_provider
 from ...billing.events import CHARGE_DISPUTED
 from ...extensions import db
 from ...models import SubscriptionEvent, UserSubscription
-from ...tiers import STARTER
-from .common import SAME_PERIOD_SLACK, _has_paid_period, _record, _to_starter
+from ...tiers import STARTER, get_tier
+from .common import SAME_PERIOD_SLACK, _has_paid_period, _provider_told, _record, _to_starter
 
-PAID_EVENT_TYPES = ("activated", "renewed")
+PERIOD_EVENT_TYPES = ("activated", "renewed")
+# the payments a refund or a dispute is matched to: a period's, or an upgrade's difference
+PAID_EVENT_TYPES = (*PERIOD_EVENT_TYPES, "upgraded")
 REVERSAL_EVENT_TYPES = ("refunded", "disputed")
 _ID_KEYS = ("charge_id", "payment_intent_id", "invoice_id")
 
@@ -101,6 +111,68 @@ def _which_period(sub: UserSubscription, notice, paid: SubscriptionEvent | None)
     return "older"
 
 
+def _period_event(sub: UserSubscription, types) -> SubscriptionEvent | None:
+    """The newest event of ``types`` for the period in force (its ``period_end``)."""
+    for event in db.session.execute(
+            select(SubscriptionEvent).where(SubscriptionEvent.user_id == sub.user_id,
+                                            SubscriptionEvent.type.in_(types))
+            .order_by(SubscriptionEvent.id.desc()).limit(5)).scalars():
+        if _same_moment((event.details or {}).get("period_end"), sub.current_period_end):
+            return event
+    return None
+
+
+def _less_than_the_period(sub: UserSubscription, notice) -> bool:
+    """The charge is for less than what paid the period in force (its payment's amount, else
+    the tier's price): it cannot be that payment."""
+    base = _period_event(sub, PERIOD_EVENT_TYPES)
+    paid = base.amount_cents if base is not None and base.amount_cents else \
+        get_tier(sub.tier).price_cents
+    return notice.amount_cents is not None and notice.amount_cents < paid
+
+
+def _upgrade_charged(sub: UserSubscription, notice, paid) -> SubscriptionEvent | None:
+    """The upgrade of the period in force whose difference the charge paid: the ``upgraded``
+    event matched by the charge's ids, else (its invoice not notified yet) the one made
+    before a charge no payment matches, smaller than the period's payment."""
+    if paid is not None:
+        return paid if paid.type == "upgraded" else None
+    if notice.charged_at is None or not _has_paid_period(sub) \
+            or not _less_than_the_period(sub, notice):
+        return None
+    upgrade = _period_event(sub, ("upgraded",))
+    if upgrade is None or notice.charged_at < upgrade.at - SAME_PERIOD_SLACK \
+            or (upgrade.details or {}).get("charge_id") not in (None, notice.charge_id):
+        return None
+    return upgrade
+
+
+def note_upgrade_payment(sub: UserSubscription, payment) -> None:
+    """The invoice of an upgrade's difference (its proration, dated from the upgrade to the
+    period's end) paid: its ids are kept on the ``upgraded`` event, by which a refund or a
+    dispute of it is matched."""
+    if payment.period_start is None or not _has_paid_period(sub) or not _ids(payment):
+        return
+    upgrade = _period_event(sub, ("upgraded",))
+    if upgrade is None or upgrade.to_tier != sub.tier \
+            or payment.period_start < upgrade.at - SAME_PERIOD_SLACK \
+            or any((upgrade.details or {}).get(key) for key in _ID_KEYS):
+        return
+    upgrade.details = {**(upgrade.details or {}), **dict(_ids(payment))}
+
+
+def _take_back_upgrade(sub: UserSubscription, upgrade: SubscriptionEvent,
+                       now: datetime) -> None:
+    """The tier the upgrade came from, for the rest of the period: the provider renews it
+    (502 when unreachable: nothing kept, the notice comes again)."""
+    back = upgrade.from_tier
+    get_provider(sub.provider).change_tier(sub, back, prorate=False)
+    _provider_told(sub, now)
+    sub.tier = back
+    if sub.pending_tier == back:
+        sub.pending_tier = None  # the downgrade scheduled to it is done now
+
+
 def apply_charge_reversed(sub: UserSubscription, notice, now: datetime) -> str:
     """A refund or a dispute of a charge of this user (see the module docstring)."""
     type_ = "disputed" if notice.kind == CHARGE_DISPUTED else "refunded"
@@ -116,20 +188,33 @@ def apply_charge_reversed(sub: UserSubscription, notice, now: datetime) -> str:
     if any(e.type == type_ and (e.details or {}).get("refunded_cents") == notice.refunded_cents
            for e in earlier):
         return "already_recorded"
-    ended_before = any((e.details or {}).get("ended_access") for e in earlier)
+    ended_before = any((e.details or {}).get("ended_access")
+                       or (e.details or {}).get("ended_upgrade") for e in earlier)
     period = _which_period(sub, notice, paid)
-    ends = full and period == "current" and not ended_before
+    upgrade = _upgrade_charged(sub, notice, paid) if period == "current" else None
+    # a charge no payment matches, smaller than the period's, never ends the period
+    of_the_period = upgrade is None and (paid is not None or period != "current"
+                                         or not _less_than_the_period(sub, notice))
+    ends = full and of_the_period and period == "current" and not ended_before
+    takes_back = full and upgrade is not None and not ended_before \
+        and sub.tier == upgrade.to_tier
     from_tier = sub.tier
     if ends:
         get_provider(sub.provider).cancel_now(sub.provider_customer_id,
                                               sub.provider_subscription_id)
         _to_starter(sub)
+    elif takes_back:
+        _take_back_upgrade(sub, upgrade, now)
     _record(sub, type_, from_tier, sub.tier, amount_cents=notice.refunded_cents
             if type_ == "refunded" else notice.amount_cents,
             reference=notice.charge_id or notice.event_id, at=now, full=full,
-            ended_access=ends or None, period=period, refunded_cents=notice.refunded_cents,
+            ended_access=ends or None, ended_upgrade=takes_back or None, period=period,
+            refunded_cents=notice.refunded_cents,
             provider_created=notice.created.isoformat(), provider_event_id=notice.event_id,
             **ids)
     if ends:
         return "access_ended"
-    return "recorded" if sub.tier == STARTER or not full else f"recorded_{period}_period"
+    if takes_back:
+        return "upgrade_refunded" if type_ == "refunded" else "upgrade_disputed"
+    return "recorded" if sub.tier == STARTER or not (full and of_the_period) \
+        else f"recorded_{period}_period"
