@@ -10,7 +10,9 @@ SCHEMA = "sonicus"
 
 # Expression indexes written by hand in a migration (autogenerate cannot express them).
 HAND_WRITTEN_INDEXES = {"ix_users_search_trgm", "ix_users_email_prefix",
-                        "ix_users_display_name_prefix"}
+                        "ix_users_display_name_prefix", "ix_subscription_events_payment_charge",
+                        "ix_subscription_events_payment_intent",
+                        "ix_subscription_events_payment_invoice"}
 
 
 def include_object(obj, name, type_, reflected, compare_to):

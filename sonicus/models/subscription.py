@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, literal_column
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from .base import Base, UTCDateTime, utcnow
@@ -120,6 +120,20 @@ class SubscriptionEvent(Base):
         Index("ix_subscription_events_user_id_at", "user_id", "at"),
         Index("ix_subscription_events_type_at", "type", "at"),
     )
+
+
+# The payment ids a refund or a dispute is matched by (``details`` keys), each with an
+# expression index on ``details ->> key`` (migration 0022, PostgreSQL).
+PAYMENT_ID_INDEXES = {"charge_id": "ix_subscription_events_payment_charge",
+                      "payment_intent_id": "ix_subscription_events_payment_intent",
+                      "invoice_id": "ix_subscription_events_payment_invoice"}
+
+
+def payment_id(key: str):
+    """``details ->> key``, spelled as its index is (the key a literal in the statement)."""
+    if key not in PAYMENT_ID_INDEXES:
+        raise ValueError(f"not a payment id key: {key!r}")
+    return SubscriptionEvent.details.op("->>", return_type=String)(literal_column(f"'{key}'"))
 
 
 class BillingEvent(Base):

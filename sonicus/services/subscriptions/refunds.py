@@ -33,6 +33,7 @@ from ...billing import get_provider
 from ...billing.events import CHARGE_DISPUTED
 from ...extensions import db
 from ...models import SubscriptionEvent, UserSubscription
+from ...models.subscription import payment_id
 from ...tiers import STARTER, get_tier
 from .common import SAME_PERIOD_SLACK, _has_paid_period, _provider_told, _record, _to_starter
 
@@ -48,7 +49,14 @@ def _ids(source) -> list[tuple[str, str]]:
 
 
 def _matching(ids: list[tuple[str, str]]):
-    return or_(*(SubscriptionEvent.details[key].as_string() == value for key, value in ids))
+    return or_(*(payment_id(key) == value for key, value in ids))  # indexed (0022)
+
+
+def payment_owner(ids: list[tuple[str, str]]):
+    """The query of the user whose recorded payment has one of ``ids``."""
+    return (select(SubscriptionEvent.user_id)
+            .where(SubscriptionEvent.type.in_(PAID_EVENT_TYPES), _matching(ids))
+            .order_by(SubscriptionEvent.id.desc()).limit(1))
 
 
 def user_of_payment(notice) -> int | None:
@@ -57,10 +65,7 @@ def user_of_payment(notice) -> int | None:
     ids = _ids(notice)
     if not ids:
         return None
-    return db.session.execute(
-        select(SubscriptionEvent.user_id).where(SubscriptionEvent.type.in_(PAID_EVENT_TYPES),
-                                                _matching(ids))
-        .order_by(SubscriptionEvent.id.desc()).limit(1)).scalar_one_or_none()
+    return db.session.execute(payment_owner(ids)).scalar_one_or_none()
 
 
 def _paid_event(user_id: int, ids) -> SubscriptionEvent | None:
