@@ -231,8 +231,9 @@ def renewal_period_violations(outcome: str, paid_until: datetime,
 
 def refund_violations(full: bool, of_current_period: bool, before: str, after: str) -> list[str]:
     """Money given back ends what it paid for, and nothing else: a full refund or a dispute
-    of the charge that paid the period in force (its own, not a grant's) ends the paid tier
-    (starter); a partial refund, or one of an older period's charge, changes no tier."""
+    of the charge that paid the period in force (its own, not a grant's, and not over yet)
+    ends the paid tier (starter); a partial refund, or one of an older period's charge (or of
+    a period that is over, its renewal on its way), changes no tier."""
     if full and of_current_period:
         return [] if after == "starter" else [f"refunded in full, still {after}"]
     return [] if after == before else [f"a refund of {'part' if not full else 'an older'} "

@@ -620,7 +620,8 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             current = sub.tier != "starter" and not sub.complimentary \
                 and sub.status in ("active", "past_due") \
                 and tier_at(sub, self.now) == sub.tier and sub.current_period_end is not None \
-                and abs(sub.current_period_end - paid_until) < timedelta(seconds=1)
+                and abs(sub.current_period_end - paid_until) < timedelta(seconds=1) \
+                and sub.current_period_end > self.now  # a period over has nothing left
             self.webhooks += 1
             obj = {"id": charge, "object": "charge", "customer": sub.provider_customer_id,
                    "amount": 999, "amount_refunded": 300 if how == "partial" else 999}

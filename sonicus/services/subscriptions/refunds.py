@@ -99,19 +99,24 @@ def _same_moment(iso: str | None, moment: datetime | None) -> bool:
     return abs(datetime.fromisoformat(iso) - moment) <= SAME_PERIOD_SLACK
 
 
-def _which_period(sub: UserSubscription, notice, paid: SubscriptionEvent | None) -> str:
+def _which_period(sub: UserSubscription, notice, paid: SubscriptionEvent | None,
+                  now: datetime) -> str:
     """``current`` (the charge paid the period in force), ``next`` (a payment not notified
-    yet) or ``older``."""
+    yet) or ``older``. A period already over (its renewal on its way, or its grace) is an
+    older one: nothing it paid for is left to take back, and the provider's subscription
+    is renewing, or retrying, the next."""
     if not _has_paid_period(sub):
         return "older"
     if paid is not None:
         return "current" if _same_moment((paid.details or {}).get("period_end"),
-                                         sub.current_period_end) else "older"
+                                         sub.current_period_end) \
+            and sub.current_period_end > now else "older"
     if notice.charged_at is None:
         return "older"
     if notice.charged_at >= sub.current_period_end - SAME_PERIOD_SLACK:
         return "next"
-    if notice.charged_at >= sub.current_period_start - SAME_PERIOD_SLACK:
+    if notice.charged_at >= sub.current_period_start - SAME_PERIOD_SLACK \
+            and sub.current_period_end > now:
         return "current"
     return "older"
 
@@ -195,7 +200,7 @@ def apply_charge_reversed(sub: UserSubscription, notice, now: datetime) -> str:
         return "already_recorded"
     ended_before = any((e.details or {}).get("ended_access")
                        or (e.details or {}).get("ended_upgrade") for e in earlier)
-    period = _which_period(sub, notice, paid)
+    period = _which_period(sub, notice, paid, now)
     upgrade = _upgrade_charged(sub, notice, paid) if period == "current" else None
     # a charge no payment matches, smaller than the period's, never ends the period
     of_the_period = upgrade is None and (paid is not None or period != "current"

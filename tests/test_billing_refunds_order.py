@@ -1,0 +1,99 @@
+"""Refunds and disputes arriving as Stripe really delivers them: again, out of order, before
+the payment's own notice, after the period, for an erased or a downgraded account, at the
+same time as other notices (real threads, PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from test_billing_refunds import EMAIL, _dispute, _invoice, _outcome, _paid, _refund
+
+from sonicus import clock
+
+DAY = timedelta(days=1)
+
+
+def test_a_refund_of_a_period_already_over_leaves_its_renewal(stripe_app, auth, billing,
+                                                              set_clock):
+    """The month ended and Stripe is renewing it (its notice not here yet) when last month's
+    charge is refunded: nothing of last month is left to take back. The refund is recorded;
+    the subscription is not canceled under the renewal Stripe just charged."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    end = clock.now() + 20 * DAY
+    set_clock(end + timedelta(minutes=30))
+
+    assert _outcome(billing, client, _refund("evt_r1", "ch_1")) == "recorded_older_period"
+    assert stripe.received("DELETE", "/v1/subscriptions/sub_s1") == []
+    renewal = _invoice(billing, "evt_renew", charge="ch_2", start=end, end=end + 30 * DAY,
+                       created=end + timedelta(minutes=20))
+    assert _outcome(billing, client, renewal) == "renewed"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"]) == ("premium", "active")
+
+
+def test_a_full_refund_of_a_downgraded_users_month_ends_it_and_the_downgrade(
+        stripe_app, auth, billing):
+    """Pro paid, a downgrade to Premium scheduled, then the Pro month refunded in full: the
+    paid tier ends now and no downgrade is left pending."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    assert resp.status_code == 200
+    resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    assert resp.status_code == 200
+    assert _outcome(billing, client, _refund("evt_r1", "ch_1")) == "access_ended"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["pending_tier"], data["cancel_at_period_end"]) \
+        == ("starter", None, False)
+
+
+def test_a_refund_of_an_erased_accounts_charge_changes_nothing(stripe_app, auth, billing):
+    """The account was erased, then its last charge refunded and disputed: 200, nothing of
+    anyone's changes and nothing is asked of Stripe again."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    assert client.delete("/api/user/profile", headers=headers).status_code == 200
+    deletes = len(stripe.received("DELETE", "/v1/subscriptions/sub_s1"))
+    for event in (_refund("evt_r1", "ch_1"), _dispute("evt_d1", "ch_1")):
+        resp = billing.post_webhook(client, event)
+        assert resp.status_code == 200, resp.get_json()
+        assert resp.get_json()["data"]["outcome"] in ("erased_customer", "unknown_customer")
+    assert len(stripe.received("DELETE", "/v1/subscriptions/sub_s1")) == deletes
+
+
+def test_a_refund_and_its_payments_notice_at_once_grant_nothing(stripe_app, auth, billing,
+                                                               set_clock):
+    """The renewal's notice and its refund's arrive at the same moment (real threads,
+    PostgreSQL): whichever is handled first, the refunded renewal gives no month."""
+    import threading
+
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    end = clock.now() + 20 * DAY
+    charged = end + timedelta(minutes=20)
+    renewal = _invoice(billing, "evt_renew", charge="ch_2", start=end, end=end + 30 * DAY,
+                       created=charged)
+    refund = _refund("evt_r2", "ch_2", charged_at=charged)
+    set_clock(end + timedelta(minutes=30))
+    outcomes, barrier = [], threading.Barrier(2)
+
+    def deliver(event):
+        with app.app_context():
+            barrier.wait()
+            resp = billing.post_webhook(app.test_client(), event)
+            outcomes.append((resp.status_code, resp.get_json()["data"]["outcome"]))
+
+    threads = [threading.Thread(target=deliver, args=(e,)) for e in (renewal, refund)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(status == 200 for status, _ in outcomes), outcomes
+    renewed = billing.events_of(EMAIL, "renewed")
+    assert renewed == [] or billing.subscription(client, headers)["tier"] == "starter", \
+        outcomes
