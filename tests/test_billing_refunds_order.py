@@ -33,6 +33,76 @@ def test_a_refund_of_a_period_already_over_leaves_its_renewal(stripe_app, auth, 
     assert (data["tier"], data["status"]) == ("premium", "active")
 
 
+def test_a_refund_before_the_first_payments_notice_grants_nothing(stripe_app, auth, billing):
+    """The first month's charge refunded before its invoice's notice arrived (Stripe retrying
+    after an outage): the payment, when its notice comes, gives no month."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    assert client.post("/api/user/subscription", json={"tier": "premium"},
+                       headers=headers).status_code == 200
+    now = clock.now()
+    refund = _refund("evt_r1", "ch_1", charged_at=now - timedelta(minutes=5))
+    assert _outcome(billing, client, refund) == "held_for_its_payment"
+    paid = _invoice(billing, "evt_paid", charge="ch_1", start=now - timedelta(minutes=5),
+                    end=now + 30 * DAY, created=now - timedelta(minutes=5))
+    assert _outcome(billing, client, paid) == "refunded"
+    assert billing.subscription(client, headers)["tier"] == "starter"
+    [refunded] = billing.events_of(EMAIL, "refunded")  # in the history, as the payment's
+    assert (refunded["amount_cents"], refunded["details"]["full"],
+            refunded["details"]["charge_id"]) == (999, True, "ch_1")
+    # the same refund notified again, now that its payment is known, ends nothing more
+    assert _outcome(billing, client, _refund("evt_r1b", "ch_1")) == "already_recorded"
+
+
+def test_a_first_payment_and_its_refund_at_once_grant_nothing(stripe_app, auth, billing):
+    """A new customer's first invoice and its refund notified at the same moment (real
+    threads, PostgreSQL): the refund is either applied to the payment or held for it, never
+    lost between the two; the user ends on Starter."""
+    import threading
+
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    assert client.post("/api/user/subscription", json={"tier": "premium"},
+                       headers=headers).status_code == 200
+    now = clock.now()
+    paid = _invoice(billing, "evt_paid", charge="ch_1", start=now - timedelta(minutes=5),
+                    end=now + 30 * DAY, created=now - timedelta(minutes=5))
+    refund = _refund("evt_r1", "ch_1", charged_at=now - timedelta(minutes=5))
+    outcomes, barrier = [], threading.Barrier(2)
+
+    def deliver(event):
+        with app.app_context():
+            barrier.wait()
+            resp = billing.post_webhook(app.test_client(), event)
+            outcomes.append((resp.status_code, resp.get_json()["data"]["outcome"]))
+
+    threads = [threading.Thread(target=deliver, args=(e,)) for e in (paid, refund)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(status == 200 for status, _ in outcomes), outcomes
+    assert billing.subscription(client, headers)["tier"] == "starter", outcomes
+    assert len(billing.events_of(EMAIL, "refunded")) == 1, outcomes
+
+
+def test_a_dispute_before_its_renewals_notice_grants_nothing(stripe_app, auth, billing,
+                                                             set_clock):
+    """The renewal's charge disputed before the renewal's notice arrived (a dispute names
+    only the charge, no customer): the renewal, when its notice comes, gives no month."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    end = clock.now() + 20 * DAY
+    set_clock(end + timedelta(minutes=30))
+    charged = end + timedelta(minutes=20)
+    assert billing.post_webhook(client, _dispute("evt_d2", "ch_2")).status_code == 200
+    renewal = _invoice(billing, "evt_renew", charge="ch_2", start=end, end=end + 30 * DAY,
+                       created=charged)
+    assert _outcome(billing, client, renewal) == "refunded"
+    assert billing.events_of(EMAIL, "renewed") == []
+
+
 def test_a_full_refund_of_a_downgraded_users_month_ends_it_and_the_downgrade(
         stripe_app, auth, billing):
     """Pro paid, a downgrade to Premium scheduled, then the Pro month refunded in full: the
@@ -61,7 +131,9 @@ def test_a_refund_of_an_erased_accounts_charge_changes_nothing(stripe_app, auth,
     for event in (_refund("evt_r1", "ch_1"), _dispute("evt_d1", "ch_1")):
         resp = billing.post_webhook(client, event)
         assert resp.status_code == 200, resp.get_json()
-        assert resp.get_json()["data"]["outcome"] in ("erased_customer", "unknown_customer")
+        # no account to tie it to: at most its payment's ids are kept
+        assert resp.get_json()["data"]["outcome"] in ("erased_customer", "unknown_customer",
+                                                      "held_for_its_payment")
     assert len(stripe.received("DELETE", "/v1/subscriptions/sub_s1")) == deletes
 
 

@@ -15,11 +15,12 @@ from .recommendations import (
     UserPackageOutcome,
 )
 from .reminders import PushSubscription, ReminderDelivery, ReminderPreferences
-from .subscription import BillingEvent, SubscriptionEvent, UserSubscription
+from .subscription import BillingEvent, HeldReversal, SubscriptionEvent, UserSubscription
 from .user import User
 
 __all__ = [
     "SCHEMA", "AuditLog", "Base", "BillingEvent", "CohortOutcome", "ErasureTombstone",
+    "HeldReversal",
     "IdempotencyKey", "ListeningSession", "OfflineLicence", "OwedCancellation",
     "PackageAssignment", "PackageOutcome", "PlatformStats", "PushSubscription",
     "RecommendationParams", "ReminderDelivery", "ReminderPreferences", "SoundPackage",

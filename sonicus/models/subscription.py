@@ -152,3 +152,25 @@ class BillingEvent(Base):
     __table_args__ = (
         Index("uq_billing_events_provider_event_id", "provider", "event_id", unique=True),
     )
+
+
+class HeldReversal(Base):
+    """A refund or a dispute of a charge no account here can be tied to yet (its payment's
+    notice has not arrived): the payment, when its notice comes, takes it into the user's
+    history and grants nothing if it was given back in full (``refunds``). Only the
+    provider's ids of the payment are kept, nothing about the person."""
+
+    __tablename__ = "held_reversals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(255))
+    type: Mapped[str] = mapped_column(String(16))  # refunded | disputed
+    full: Mapped[bool] = mapped_column(Boolean)
+    amount_cents: Mapped[int | None] = mapped_column(Integer)
+    refunded_cents: Mapped[int | None] = mapped_column(Integer)
+    charge_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    invoice_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    provider_created: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

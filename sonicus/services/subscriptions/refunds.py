@@ -27,12 +27,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from ...billing import get_provider
 from ...billing.events import CHARGE_DISPUTED
 from ...extensions import db
-from ...models import SubscriptionEvent, UserSubscription
+from ...models import HeldReversal, SubscriptionEvent, UserSubscription
 from ...models.subscription import payment_id
 from ...tiers import STARTER, get_tier
 from .common import SAME_PERIOD_SLACK, _has_paid_period, _provider_told, _record, _to_starter
@@ -44,7 +44,7 @@ REVERSAL_EVENT_TYPES = ("refunded", "disputed")
 _ID_KEYS = ("charge_id", "payment_intent_id", "invoice_id")
 
 
-def _ids(source) -> list[tuple[str, str]]:
+def ids_of(source) -> list[tuple[str, str]]:
     return [(key, getattr(source, key)) for key in _ID_KEYS if getattr(source, key, None)]
 
 
@@ -53,16 +53,18 @@ def _matching(ids: list[tuple[str, str]]):
 
 
 def payment_owner(ids: list[tuple[str, str]]):
-    """The query of the user whose recorded payment has one of ``ids``."""
+    """The query of the user whose recorded payment, or a refund or dispute of it (one that
+    made its payment grant nothing), has one of ``ids``."""
     return (select(SubscriptionEvent.user_id)
-            .where(SubscriptionEvent.type.in_(PAID_EVENT_TYPES), _matching(ids))
+            .where(SubscriptionEvent.type.in_(PAID_EVENT_TYPES + REVERSAL_EVENT_TYPES),
+                   _matching(ids))
             .order_by(SubscriptionEvent.id.desc()).limit(1))
 
 
 def user_of_payment(notice) -> int | None:
     """The user whose recorded payment a refund or dispute names (a dispute names only its
     charge)."""
-    ids = _ids(notice)
+    ids = ids_of(notice)
     if not ids:
         return None
     return db.session.execute(payment_owner(ids)).scalar_one_or_none()
@@ -89,8 +91,66 @@ def _reversals(user_id: int, ids) -> list[SubscriptionEvent]:
 
 def refunded_before_notice(sub: UserSubscription, payment) -> bool:
     """The payment was refunded in full or disputed before (or since) its own notice: it
-    grants nothing (no paid month for money given back)."""
-    return any((e.details or {}).get("full") for e in _reversals(sub.user_id, _ids(payment)))
+    grants nothing (no paid month for money given back). Reversals of it held until now
+    (``hold_reversal``) are taken into the user's history first."""
+    ids = ids_of(payment)
+    if ids:
+        lock_payment_ids(ids)
+        _take_held(sub, payment, ids)
+    return any((e.details or {}).get("full") for e in _reversals(sub.user_id, ids))
+
+
+def lock_payment_ids(ids: list[tuple[str, str]]) -> None:
+    """Serialise the payment's notice and a refund or dispute of it that no account could be
+    tied to (a transaction-scoped advisory lock per id, PostgreSQL): the refund either sees
+    the payment committed or is held before the payment looks (``hold_reversal``)."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return
+    for value in sorted({value for _, value in ids}):
+        db.session.execute(select(func.pg_advisory_xact_lock(
+            func.hashtextextended(f"sonicus-payment:{value}", 0))))
+
+
+def hold_reversal(provider: str, notice) -> str:
+    """A refund or a dispute of a charge no account here can be tied to yet (called under
+    ``lock_payment_ids``): kept by its ids for the payment's notice to take."""
+    ids = dict(ids_of(notice))
+    if not ids:
+        return "unknown_customer"
+    db.session.add(HeldReversal(
+        provider=provider, event_id=notice.event_id,
+        type="disputed" if notice.kind == CHARGE_DISPUTED else "refunded",
+        full=_full(notice), amount_cents=notice.amount_cents,
+        refunded_cents=notice.refunded_cents, provider_created=notice.created, **ids))
+    return "held_for_its_payment"
+
+
+def _take_held(sub: UserSubscription, payment, ids) -> None:
+    """The reversals held for this payment (``hold_reversal``), recorded in the user's
+    history as the payment's (``refunded_before_notice`` then reads them)."""
+    held = db.session.execute(select(HeldReversal).where(or_(
+        *(getattr(HeldReversal, key) == value for key, value in ids)))
+        .order_by(HeldReversal.id)).scalars().all()
+    for reversal in held:
+        _record(sub, reversal.type, sub.tier, sub.tier,
+                amount_cents=reversal.refunded_cents if reversal.type == "refunded"
+                else reversal.amount_cents,
+                reference=reversal.charge_id or reversal.event_id, at=reversal.received_at,
+                full=reversal.full, refunded_cents=reversal.refunded_cents,
+                provider_created=reversal.provider_created.isoformat(),
+                provider_event_id=reversal.event_id, held=True,
+                **{**dict(ids), **{key: getattr(reversal, key) for key in _ID_KEYS
+                                   if getattr(reversal, key)}})
+        db.session.delete(reversal)
+    if held:
+        db.session.flush()
+
+
+def _full(notice) -> bool:
+    """A dispute, or a refund of the whole charge."""
+    return notice.kind == CHARGE_DISPUTED or (
+        notice.refunded_cents is not None and notice.amount_cents is not None
+        and notice.refunded_cents >= notice.amount_cents)
 
 
 def _same_moment(iso: str | None, moment: datetime | None) -> bool:
@@ -161,14 +221,14 @@ def note_upgrade_payment(sub: UserSubscription, payment) -> None:
     """The invoice of an upgrade's difference (its proration, dated from the upgrade to the
     period's end) paid: its ids are kept on the ``upgraded`` event, by which a refund or a
     dispute of it is matched."""
-    if payment.period_start is None or not _has_paid_period(sub) or not _ids(payment):
+    if payment.period_start is None or not _has_paid_period(sub) or not ids_of(payment):
         return
     upgrade = _period_event(sub, ("upgraded",))
     if upgrade is None or upgrade.to_tier != sub.tier \
             or payment.period_start < upgrade.at - SAME_PERIOD_SLACK \
             or any((upgrade.details or {}).get(key) for key in _ID_KEYS):
         return
-    upgrade.details = {**(upgrade.details or {}), **dict(_ids(payment))}
+    upgrade.details = {**(upgrade.details or {}), **dict(ids_of(payment))}
 
 
 def _take_back_upgrade(sub: UserSubscription, upgrade: SubscriptionEvent,
@@ -186,15 +246,13 @@ def _take_back_upgrade(sub: UserSubscription, upgrade: SubscriptionEvent,
 def apply_charge_reversed(sub: UserSubscription, notice, now: datetime) -> str:
     """A refund or a dispute of a charge of this user (see the module docstring)."""
     type_ = "disputed" if notice.kind == CHARGE_DISPUTED else "refunded"
-    full = notice.kind == CHARGE_DISPUTED or (
-        notice.refunded_cents is not None and notice.amount_cents is not None
-        and notice.refunded_cents >= notice.amount_cents)
-    paid = _paid_event(sub.user_id, _ids(notice))
+    full = _full(notice)
+    paid = _paid_event(sub.user_id, ids_of(notice))
     # the payment's own ids too: a later notice of it (its checkout, its invoice) is matched
-    ids = dict(_ids(notice))
+    ids = dict(ids_of(notice))
     for key in _ID_KEYS:
         ids.setdefault(key, (paid.details or {}).get(key) if paid is not None else None)
-    earlier = _reversals(sub.user_id, _ids(notice))
+    earlier = _reversals(sub.user_id, ids_of(notice))
     if any(e.type == type_ and (e.details or {}).get("refunded_cents") == notice.refunded_cents
            for e in earlier):
         return "already_recorded"

@@ -42,7 +42,13 @@ from .payments import (
     apply_subscription_ended,
 )
 from .provider_updates import apply_subscription_updated
-from .refunds import apply_charge_reversed, user_of_payment
+from .refunds import (
+    apply_charge_reversed,
+    hold_reversal,
+    ids_of,
+    lock_payment_ids,
+    user_of_payment,
+)
 
 ERASED_CUSTOMER = "erased_customer"
 
@@ -126,6 +132,13 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
     if notice.kind in REVERSAL_KINDS and notice.user_id is None:
         notice = replace(notice, user_id=user_of_payment(notice))  # a dispute names a charge
     sub = _find_subscription_for(notice)
+    if sub is None and notice.kind in REVERSAL_KINDS and not is_erased_account(notice.user_id):
+        # its payment's notice not here yet, or being applied now: that one commits first
+        lock_payment_ids(ids_of(notice))
+        notice = replace(notice, user_id=notice.user_id or user_of_payment(notice))
+        sub = _find_subscription_for(notice)
+        if sub is None:
+            return hold_reversal(provider, notice)
     if sub is None:
         if is_erased_account(notice.user_id):
             return _of_an_erased_account(provider, notice, now, owed)
