@@ -169,3 +169,25 @@ def test_a_refund_and_its_payments_notice_at_once_grant_nothing(stripe_app, auth
     renewed = billing.events_of(EMAIL, "renewed")
     assert renewed == [] or billing.subscription(client, headers)["tier"] == "starter", \
         outcomes
+
+
+def test_a_payment_refunded_before_its_notice_leaves_nothing_renewing(stripe_app, auth,
+                                                                      billing):
+    """The first month refunded in full before its invoice's notice: the payment grants
+    nothing, and Stripe's subscription it started is canceled too (it renewed next month,
+    charging a user who had been given the money back and shown Starter), once."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    assert client.post("/api/user/subscription", json={"tier": "premium"},
+                       headers=headers).status_code == 200
+    now = clock.now()
+    assert _outcome(billing, client, _refund("evt_r1", "ch_1")) == "held_for_its_payment"
+    paid = _invoice(billing, "evt_paid", charge="ch_1", start=now - timedelta(minutes=5),
+                    end=now + 30 * DAY, created=now - timedelta(minutes=5))
+    assert _outcome(billing, client, paid) == "refunded"
+    assert len(stripe.received("DELETE", "/v1/subscriptions/sub_s1")) == 1
+    again = _invoice(billing, "evt_paid_again", charge="ch_1", start=now - timedelta(minutes=5),
+                     end=now + 30 * DAY, created=now - timedelta(minutes=5))
+    assert _outcome(billing, client, again) == "refunded"
+    assert len(stripe.received("DELETE", "/v1/subscriptions/sub_s1")) == 1
+    assert billing.subscription(client, headers)["tier"] == "starter"

@@ -39,7 +39,7 @@ from .common import (
     ended_by_a_grant,
     ended_by_a_grant_id,
 )
-from .refunds import note_upgrade_payment, refunded_before_notice
+from .refunds import cancel_what_it_started, note_upgrade_payment, refunded_before_notice
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,9 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
     if _replaced_here(sub, payment.subscription_id):
         return "stale"  # a charge of a subscription canceled when another one took its place
     if refunded_before_notice(sub, payment):
-        return "refunded"  # refunded or disputed in full before its notice arrived
+        # refunded or disputed in full before its notice arrived: what it paid renews nothing
+        cancel_what_it_started(sub, payment)
+        return "refunded"
     _note_provider_ids(sub, payment)
     tier = _paid_tier(sub, payment)
     if tier is None:

@@ -100,6 +100,22 @@ def refunded_before_notice(sub: UserSubscription, payment) -> bool:
     return any((e.details or {}).get("full") for e in _reversals(sub.user_id, ids))
 
 
+def cancel_what_it_started(sub: UserSubscription, payment) -> None:
+    """A payment refunded in full or disputed before its notice (``refunded_before_notice``):
+    the provider's subscription it paid is canceled, so it renews nothing, as after a
+    reversal of the period in force; once (the reversal notes it), and never when a
+    reversal of it ended the access already (which canceled it). The provider unreachable:
+    502 and nothing kept, the notice comes again."""
+    reversals = _reversals(sub.user_id, ids_of(payment))
+    if not payment.subscription_id or any(
+            (e.details or {}).get("ended_access") or (e.details or {}).get("canceled_unpaid")
+            for e in reversals):
+        return
+    get_provider(payment.provider).cancel_now(payment.customer_id, payment.subscription_id)
+    full = next(e for e in reversals if (e.details or {}).get("full"))
+    full.details = {**(full.details or {}), "canceled_unpaid": payment.subscription_id}
+
+
 def lock_payment_ids(ids: list[tuple[str, str]]) -> None:
     """Serialise the payment's notice and a refund or dispute of it that no account could be
     tied to (a transaction-scoped advisory lock per id, PostgreSQL): the refund either sees
