@@ -191,3 +191,28 @@ def test_a_payment_refunded_before_its_notice_leaves_nothing_renewing(stripe_app
     assert _outcome(billing, client, again) == "refunded"
     assert len(stripe.received("DELETE", "/v1/subscriptions/sub_s1")) == 1
     assert billing.subscription(client, headers)["tier"] == "starter"
+
+
+def test_a_disputes_inquiry_ends_nothing_until_the_funds_are_withdrawn(stripe_app, auth,
+                                                                      billing):
+    """The bank only asked about the month's charge (an inquiry: Stripe's dispute in a
+    ``warning_`` status, no money taken): the month runs on, the inquiry is in the history.
+    When it turns into a dispute and the money is withdrawn, the month ends (once)."""
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    inquiry = _dispute("evt_d1", "ch_1")
+    inquiry["data"]["object"]["status"] = "warning_needs_response"
+    assert _outcome(billing, client, inquiry) == "recorded"
+    assert billing.subscription(client, headers)["tier"] == "premium"
+    assert stripe.received("DELETE", "/v1/subscriptions/sub_s1") == []
+    [asked] = billing.events_of(EMAIL, "disputed")
+    assert asked["details"]["full"] is False
+
+    withdrawn = _dispute("evt_d2", "ch_1")
+    withdrawn["type"] = "charge.dispute.funds_withdrawn"
+    assert _outcome(billing, client, withdrawn) == "access_ended"
+    assert billing.subscription(client, headers)["tier"] == "starter"
+    created = _dispute("evt_d3", "ch_1")  # the dispute's own notice, after its withdrawal
+    assert _outcome(billing, client, created) == "already_recorded"
+    assert len(stripe.received("DELETE", "/v1/subscriptions/sub_s1")) == 1

@@ -13,7 +13,10 @@ Handled event types (anything else is stored and acknowledged):
 - ``customer.subscription.updated`` → subscription updated (a plan changed in the billing
   portal, ``cancel_at_period_end`` set or cleared there)
 - ``charge.refunded`` → a charge refunded (in full or in part: ``amount_refunded``)
-- ``charge.dispute.created`` → a charge disputed (its ``charge``, an id or the expanded charge)
+- ``charge.dispute.created`` → a charge disputed (its ``charge``, an id or the expanded charge);
+  in a ``warning_`` status it is an inquiry only (no money taken: ``inquiry``)
+- ``charge.dispute.funds_withdrawn`` → a charge disputed, its money taken (an inquiry turned
+  into a dispute)
 
 The tier paid for is read from the prices first (``STRIPE_PRICE_IDS``; a credit line of a
 proration is not the tier), then from our ``sonicus_tier`` metadata: a plan changed in the
@@ -61,6 +64,7 @@ KIND_BY_TYPE = {
     "customer.subscription.updated": SUBSCRIPTION_UPDATED,
     "charge.refunded": CHARGE_REFUNDED,
     "charge.dispute.created": CHARGE_DISPUTED,
+    "charge.dispute.funds_withdrawn": CHARGE_DISPUTED,
 }
 
 
@@ -104,6 +108,8 @@ class BillingNotice:
     invoice_id: str | None = None
     refunded_cents: int | None = None
     charged_at: datetime | None = None
+    # a dispute that is an inquiry only (a ``warning_`` status: no money taken yet)
+    inquiry: bool = False
 
 
 def verify_webhook(payload: bytes, signature_header: str | None, secret: str | None,
@@ -320,7 +326,11 @@ def _payment_ids(obj: dict) -> dict:
 def _charge_notice(common: dict, obj: dict, event_type: str) -> BillingNotice:
     """A refund (the charge itself) or a dispute (its ``charge``: an id, or expanded)."""
     charge = obj
-    if event_type == "charge.dispute.created":
+    inquiry = False
+    if event_type.startswith("charge.dispute."):
+        status = obj.get("status")
+        inquiry = event_type == "charge.dispute.created" and isinstance(status, str) \
+            and status.startswith("warning_")
         charge = obj.get("charge") if isinstance(obj.get("charge"), dict) else {}
         common = {**common, "customer_id": common["customer_id"]
                   or _str(charge.get("customer"), "charge.customer")}
@@ -334,7 +344,7 @@ def _charge_notice(common: dict, obj: dict, event_type: str) -> BillingNotice:
                          payment_intent_id=_str(obj.get("payment_intent"), "payment_intent")
                          or _str(charge.get("payment_intent"), "charge.payment_intent"),
                          invoice_id=_str(charge.get("invoice"), "charge.invoice"),
-                         amount_cents=amount, refunded_cents=refunded,
+                         amount_cents=amount, refunded_cents=refunded, inquiry=inquiry,
                          charged_at=_when(charge.get("created"), "charge.created"))
 
 

@@ -163,8 +163,10 @@ def _take_held(sub: UserSubscription, payment, ids) -> None:
 
 
 def _full(notice) -> bool:
-    """A dispute, or a refund of the whole charge."""
-    return notice.kind == CHARGE_DISPUTED or (
+    """A dispute (its money taken: not an inquiry only), or a refund of the whole charge."""
+    if notice.kind == CHARGE_DISPUTED:
+        return not notice.inquiry
+    return (
         notice.refunded_cents is not None and notice.amount_cents is not None
         and notice.refunded_cents >= notice.amount_cents)
 
@@ -270,8 +272,8 @@ def apply_charge_reversed(sub: UserSubscription, notice, now: datetime) -> str:
         ids.setdefault(key, (paid.details or {}).get(key) if paid is not None else None)
     earlier = _reversals(sub.user_id, ids_of(notice))
     if any(e.type == type_ and (e.details or {}).get("refunded_cents") == notice.refunded_cents
-           for e in earlier):
-        return "already_recorded"
+           and ((e.details or {}).get("full") or not full) for e in earlier):
+        return "already_recorded"  # an inquiry turned into a dispute is not
     ended_before = any((e.details or {}).get("ended_access")
                        or (e.details or {}).get("ended_upgrade") for e in earlier)
     period = _which_period(sub, notice, paid, now)
