@@ -263,6 +263,16 @@ def test_a_refund_of_an_upgrade_notified_before_its_invoice_keeps_the_base_perio
 
     assert _outcome(billing, client, _upgrade_refund()) == "upgrade_refunded"
     _period_kept_on("premium", client, headers, billing, stripe, end)
+    # the upgrade's invoice notified now: it grants nothing, and Stripe's subscription,
+    # renewing the month the base payment paid, is not canceled for it
+    upgrade = _invoice(billing, "evt_upgrade", charge="ch_up", start=clock.now(),
+                       end=datetime.fromisoformat(end), created=clock.now())
+    upgrade["data"]["object"].update(amount_paid=667, billing_reason="subscription_update")
+    upgrade["data"]["object"]["lines"]["data"][0].update(
+        amount=667, pricing={"price_details": {"price": "price_pro"}},
+        parent={"subscription_item_details": {"proration": True}})
+    assert _outcome(billing, client, upgrade) == "refunded"
+    _period_kept_on("premium", client, headers, billing, stripe, end)
 
 
 def test_an_unmatched_refund_smaller_than_the_periods_payment_ends_nothing(

@@ -104,8 +104,13 @@ def cancel_what_it_started(sub: UserSubscription, payment) -> None:
     """A payment refunded in full or disputed before its notice (``refunded_before_notice``):
     the provider's subscription it paid is canceled, so it renews nothing, as after a
     reversal of the period in force; once (the reversal notes it), and never when a
-    reversal of it ended the access already (which canceled it). The provider unreachable:
+    reversal of it ended the access already (which canceled it), nor for a charge within the
+    period in force (an upgrade's difference: the subscription renews the period the base
+    payment paid). The provider unreachable:
     502 and nothing kept, the notice comes again."""
+    if _has_paid_period(sub) and payment.period_start is not None \
+            and payment.period_start < sub.current_period_end - SAME_PERIOD_SLACK:
+        return  # a charge within the period in force (an upgrade's difference) renews nothing
     reversals = _reversals(sub.user_id, ids_of(payment))
     if not payment.subscription_id or any(
             (e.details or {}).get("ended_access") or (e.details or {}).get("canceled_unpaid")
