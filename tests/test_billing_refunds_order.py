@@ -216,3 +216,20 @@ def test_a_disputes_inquiry_ends_nothing_until_the_funds_are_withdrawn(stripe_ap
     created = _dispute("evt_d3", "ch_1")  # the dispute's own notice, after its withdrawal
     assert _outcome(billing, client, created) == "already_recorded"
     assert len(stripe.received("DELETE", "/v1/subscriptions/sub_s1")) == 1
+
+
+def test_a_refund_held_for_its_payment_and_notified_twice_is_kept_once(stripe_app, auth,
+                                                                        billing):
+    """The same refund notified twice (two notices) before its payment's: it is held once,
+    and the history shows it once when the payment comes."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    assert client.post("/api/user/subscription", json={"tier": "premium"},
+                       headers=headers).status_code == 200
+    now = clock.now()
+    assert _outcome(billing, client, _refund("evt_r1", "ch_1")) == "held_for_its_payment"
+    assert _outcome(billing, client, _refund("evt_r1b", "ch_1")) == "already_recorded"
+    paid = _invoice(billing, "evt_paid", charge="ch_1", start=now - timedelta(minutes=5),
+                    end=now + 30 * DAY, created=now - timedelta(minutes=5))
+    assert _outcome(billing, client, paid) == "refunded"
+    assert len(billing.events_of(EMAIL, "refunded")) == 1

@@ -138,20 +138,21 @@ def hold_reversal(provider: str, notice) -> str:
     ids = dict(ids_of(notice))
     if not ids:
         return "unknown_customer"
+    type_, full = "disputed" if notice.kind == CHARGE_DISPUTED else "refunded", _full(notice)
+    if any(held.type == type_ and held.refunded_cents == notice.refunded_cents
+           and (held.full or not full) for held in _held(ids_of(notice))):
+        return "already_recorded"  # another notice of the same refund
     db.session.add(HeldReversal(
-        provider=provider, event_id=notice.event_id,
-        type="disputed" if notice.kind == CHARGE_DISPUTED else "refunded",
-        full=_full(notice), amount_cents=notice.amount_cents,
-        refunded_cents=notice.refunded_cents, provider_created=notice.created, **ids))
+        provider=provider, event_id=notice.event_id, type=type_, full=full,
+        amount_cents=notice.amount_cents, refunded_cents=notice.refunded_cents,
+        provider_created=notice.created, **ids))
     return "held_for_its_payment"
 
 
 def _take_held(sub: UserSubscription, payment, ids) -> None:
     """The reversals held for this payment (``hold_reversal``), recorded in the user's
     history as the payment's (``refunded_before_notice`` then reads them)."""
-    held = db.session.execute(select(HeldReversal).where(or_(
-        *(getattr(HeldReversal, key) == value for key, value in ids)))
-        .order_by(HeldReversal.id)).scalars().all()
+    held = _held(ids)
     for reversal in held:
         _record(sub, reversal.type, sub.tier, sub.tier,
                 amount_cents=reversal.refunded_cents if reversal.type == "refunded"
@@ -165,6 +166,12 @@ def _take_held(sub: UserSubscription, payment, ids) -> None:
         db.session.delete(reversal)
     if held:
         db.session.flush()
+
+
+def _held(ids) -> list[HeldReversal]:
+    return list(db.session.execute(select(HeldReversal).where(or_(
+        *(getattr(HeldReversal, key) == value for key, value in ids)))
+        .order_by(HeldReversal.id)).scalars())
 
 
 def _full(notice) -> bool:
