@@ -106,8 +106,7 @@ def cancel_what_it_started(sub: UserSubscription, payment) -> None:
     reversal of the period in force; once (the reversal notes it), and never when a
     reversal of it ended the access already (which canceled it), nor for a charge within the
     period in force (an upgrade's difference: the subscription renews the period the base
-    payment paid). The provider unreachable:
-    502 and nothing kept, the notice comes again."""
+    payment paid). The provider unreachable: 502 and nothing kept, the notice comes again."""
     if _has_paid_period(sub) and payment.period_start is not None \
             and payment.period_start < sub.current_period_end - SAME_PERIOD_SLACK:
         return  # a charge within the period in force (an upgrade's difference) renews nothing
@@ -285,7 +284,7 @@ def apply_charge_reversed(sub: UserSubscription, notice, now: datetime) -> str:
     earlier = _reversals(sub.user_id, ids_of(notice))
     if any(e.type == type_ and (e.details or {}).get("refunded_cents") == notice.refunded_cents
            and ((e.details or {}).get("full") or not full) for e in earlier):
-        return "already_recorded"  # an inquiry turned into a dispute is not
+        return "already_recorded"  # (an inquiry, then its dispute taking the money, is not)
     ended_before = any((e.details or {}).get("ended_access")
                        or (e.details or {}).get("ended_upgrade") for e in earlier)
     period = _which_period(sub, notice, paid, now)
