@@ -412,3 +412,45 @@ def test_what_a_seed_creates_or_changes_is_in_the_audit_log(runner, db_session, 
     assert entries[0].before is None and entries[0].after["minimum_tier"] == "public"
     assert (entries[1].before["minimum_tier"], entries[1].after["minimum_tier"]) == (
         "public", "premium")
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("catalog.json", '{"packages": ' + "[" * 1000 + "]" * 1000 + "}"),
+    ("catalog.json", "[" * 100_000 + "]" * 100_000),
+    ("catalog.yaml", "packages: " + "[" * 1000 + "]" * 1000 + "\n"),
+    ("catalog.yaml", "".join("  " * depth + "-\n" for depth in range(3000))),
+], ids=["json-1000", "json-100000", "yaml-flow-1000", "yaml-block-3000"])
+def test_seed_a_file_nested_too_deeply_is_a_one_line_error_and_changes_nothing(
+        runner, db_session, tmp_path, name, text):
+    """A catalog file nested deeper than any catalog is refused in one line naming the file;
+    the parsers recursed into it and the operator got a RecursionError's traceback."""
+    path = tmp_path / name
+    path.write_text(text)
+    for command in ("seed", "dev-media"):
+        res = runner.invoke(args=["sonicus", command, str(path)])
+        assert res.exit_code == 1, res.output
+        assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+        assert res.output.startswith(f"Error: {name}: ") and "nested" in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+    assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == 0
+
+
+@pytest.mark.parametrize("name", ["catalog.json", "catalog.yaml"])
+def test_seed_an_integer_of_thousands_of_digits_names_its_field(runner, db_session, tmp_path,
+                                                                  name):
+    """Such a length is refused like any other integer out of range, naming the package and
+    the field; it was the interpreter's own message about its digit limit, naming neither."""
+    huge = "9" * 5000
+    path = tmp_path / name
+    if name.endswith(".json"):
+        path.write_text('[{"slug": "one", "title": "One", "category": "focus", "tracks": '
+                        '[{"title": "t", "media_path": "f/one.mp3", "duration_seconds": '
+                        f"{huge}}}]}}]")
+    else:
+        path.write_text("- slug: one\n  title: One\n  category: focus\n  tracks:\n"
+                        f"  - title: t\n    media_path: f/one.mp3\n    duration_seconds: {huge}\n")
+    res = runner.invoke(args=["sonicus", "seed", str(path)])
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("Error: package one: "), res.output
+    assert "duration_seconds" in res.output and "Not a valid integer." in res.output, res.output
+    assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == 0

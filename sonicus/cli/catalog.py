@@ -10,7 +10,8 @@ from flask import current_app
 
 from .. import dev_media, media
 from ..schemas.catalog import load_catalog_entries
-from ..services.catalog import load_catalog_file, seed_catalog
+from ..services.catalog import seed_catalog
+from ..services.catalog_file import load_catalog_file
 from ..services.listening import close_stale_sessions as close_stale
 from .base import fail, operator_label, sonicus_cli
 

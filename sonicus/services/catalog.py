@@ -1,14 +1,12 @@
-"""The sound catalog: listing, detail, the one access check, admin edits and the seed loader."""
+"""The sound catalog: listing, detail, the one access check, admin edits and the seed loader
+(the catalog file it reads: ``catalog_file.py``)."""
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
 
-import yaml
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
@@ -310,25 +308,6 @@ def archive_package(actor, package_id: int, now: datetime | None = None) -> Soun
             audit.record(actor, "package.archive", "package", package.id, before,
                          snapshot(package))
     return package
-
-
-def load_catalog_file(path: str | Path) -> list[dict]:
-    """Read a catalog file (YAML or JSON): a list of packages or ``{packages: [...]}``;
-    ``ValueError`` when it is not one (malformed YAML or JSON included)."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except yaml.YAMLError as exc:  # one line naming the place, as a bad JSON file gets
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ValueError(f"{path.name}: {problem}{where}") from None
-    if isinstance(data, dict):
-        data = data.get("packages")
-    if not isinstance(data, list):
-        raise ValueError("a catalog file holds a list of packages (or {packages: [...]})")
-    return data
 
 
 def seed_catalog(entries: list[dict], actor_label: str = "seed") -> dict:
