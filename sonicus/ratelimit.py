@@ -229,8 +229,9 @@ class RateLimiter:
 
 
 def _token_key(environ) -> str | None:
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    token = header.split(None, 1)[1] if " " in header else ""
+    # a scheme and its token; a scheme followed only by blanks is no token
+    parts = environ.get("HTTP_AUTHORIZATION", "").split(None, 1)
+    token = parts[1] if len(parts) == 2 else ""
     if not token:
         token = request.args.get("access_token", "")
     if not token:

@@ -55,6 +55,25 @@ def test_health_is_never_rate_limited(limited_app):
     assert {client.get("/api/health").status_code for _ in range(20)} == {200}
 
 
+@pytest.mark.parametrize("header", ["Bearer ", "Bearer \xa0", "Bearer \x1c", "Token \x85"],
+                         ids=["space", "no-break-space", "file-separator", "next-line"])
+def test_an_authorization_of_a_scheme_and_blanks_is_401_with_rate_limits_on(make_config,
+                                                                           header):
+    """A scheme followed by characters Python counts as blanks (a no-break space is a valid
+    header byte, which servers do not strip) is no token: 401 on a signed-in route, the
+    public routes answer as usual, counted by address. With rate limits on (production's
+    default) it was a 500: the limiter took the blanks for a token and found none."""
+    app = create_app(make_config(RATELIMIT_ENABLED=True))
+    client = app.test_client()
+    res = client.get("/api/user/profile", environ_overrides={"HTTP_AUTHORIZATION": header})
+    assert res.status_code == 401, res.get_data()
+    body = res.get_json()
+    assert body["success"] is False and body["code"] in ("missing_token", "invalid_token")
+    assert body["errors"]
+    assert client.get("/api/tiers",
+                      environ_overrides={"HTTP_AUTHORIZATION": header}).status_code == 200
+
+
 def test_oversized_body_is_413(client, auth):
     res = client.put("/api/user/profile", headers=auth(),
                      data=json.dumps({"display_name": "x" * 70000}),
