@@ -448,6 +448,9 @@ HOSTILE_WEBHOOKS = {
     "customer_over_255": {"invoice.customer": "cus_" + "c" * 252},
     "nul_in_metadata": {"meta.note": "a\x00b"},
     "surrogate_in_customer": {"invoice.customer": "cus_\ud800"},
+    "lines_data_true": {"invoice.lines": {"object": "list", "data": True}},
+    "lines_data_number": {"invoice.lines": {"object": "list", "data": 12}},
+    "lines_data_object": {"invoice.lines": {"object": "list", "data": {"il_1": {}}}},
 }
 
 
@@ -466,3 +469,21 @@ def test_hostile_webhooks_are_400_and_change_nothing(client, make_user, billing,
     # the same event, sane, is taken
     res = billing.post_webhook(client, _paid_invoice(billing, user.id, now))
     assert res.status_code == 200 and res.get_json()["data"]["outcome"] == "activated"
+
+
+@pytest.mark.parametrize("items", [True, 1.5, 2 ** 63, "si_1", {"si_1": {}}],
+                         ids=["true", "float", "past_64_bits", "text", "object"])
+def test_a_signed_plan_change_whose_items_are_not_a_list_is_400_and_changes_nothing(
+        client, make_user, billing, db_session, items):
+    """An authentic ``customer.subscription.updated`` whose ``items.data`` is not a list is
+    refused naming it, as any value we cannot take; a boolean or a number was a 500 (and
+    Stripe would retry it for days), an invoice's ``lines.data`` alike."""
+    make_user("payer@example.com")
+    before = (_state(db_session), billing.count_billing_events())
+    event = billing.subscription_updated("evt_items", price="price_prem")
+    event["data"]["object"]["items"]["data"] = items
+    res = billing.post_webhook(client, event)
+    body = res.get_json()
+    assert res.status_code == 400 and body["code"] == "validation_error", body
+    assert body["errors"] == ["items.data: not a list."], body
+    assert (_state(db_session), billing.count_billing_events()) == before

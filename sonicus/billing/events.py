@@ -186,6 +186,17 @@ def _get(mapping, *path):
     return mapping
 
 
+def _list(obj: dict, *path: str) -> list:
+    """A Stripe list's items (``lines.data``, ``items.data``): absent is none; anything but a
+    JSON array refuses the event."""
+    value = _get(obj, *path)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise WebhookInvalid(f"{'.'.join(path)}: not a list.")
+    return value
+
+
 def _str(value, field: str) -> str | None:
     if isinstance(value, dict):  # an expanded object
         value = value.get("id")
@@ -209,7 +220,7 @@ def _int(value, field: str) -> int | None:
 def _metadata_sources(obj: dict) -> list[dict]:
     sources = [obj.get("metadata"), _get(obj, "subscription_details", "metadata"),
                _get(obj, "parent", "subscription_details", "metadata")]
-    for line in _get(obj, "lines", "data") or []:
+    for line in _list(obj, "lines", "data"):
         if isinstance(line, dict):
             sources.append(line.get("metadata"))
     return [s for s in sources if isinstance(s, dict)]
@@ -235,7 +246,7 @@ def _line_amount(value) -> int | None:
 
 
 def _tier_from_prices(obj: dict, price_to_tier: dict[str, str]) -> str | None:
-    lines = [line for line in _get(obj, "lines", "data") or _get(obj, "items", "data") or []
+    lines = [line for line in _list(obj, "lines", "data") or _list(obj, "items", "data")
              if isinstance(line, dict)]
     # the plan's own line before a proration's (``_invoice_period``)
     for line in sorted(lines, key=_proration):
@@ -264,7 +275,7 @@ def _invoice_period(obj: dict) -> tuple[datetime | None, datetime | None]:
     next invoice) pays for the new period: the proration lines' dates, the rest of the old
     period, are left out unless the invoice holds nothing else (an upgrade's own invoice)."""
     periods = []
-    for line in _get(obj, "lines", "data") or []:
+    for line in _list(obj, "lines", "data"):
         start = _when(_get(line, "period", "start"), "lines.period.start")
         end = _when(_get(line, "period", "end"), "lines.period.end")
         if start and end:
