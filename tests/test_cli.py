@@ -390,3 +390,14 @@ def test_a_display_name_with_control_characters_is_422_naming_it(client, auth, m
     assert res.get_json()["errors"] == ["display_name: Must not contain control characters."]
     db_session.expire_all()
     assert db_session.execute(select(User.display_name)).scalar_one() == before
+
+
+@pytest.mark.parametrize("command", [("analytics", "refresh", "--user"), ("users", "show")])
+def test_an_unknown_email_with_escape_sequences_is_printed_escaped(runner, people, command):
+    """An email pasted from elsewhere that matches nobody is echoed in the error with its
+    control characters escaped, by every command; ``analytics refresh --user`` printed it as
+    it was, escape sequences and all, to the operator's terminal."""
+    result = runner.invoke(args=["sonicus", *command, "eve\x1b[2J\x07@example.com"])
+    assert result.exit_code == 1, result.output
+    assert not any(ch in result.output for ch in "\x1b\x07"), repr(result.output)
+    assert "\\x1b[2J" in result.output, result.output

@@ -24,7 +24,7 @@ def refresh(email, everyone):
     if email:
         ids = [user.id for user in find_users_by_email(email)]
         if not ids:
-            fail(f"no user with email {email}")
+            fail(f"no user with email {email!r}")
     else:
         ids = all_user_ids()
     for user_id in ids:
