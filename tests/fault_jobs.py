@@ -35,3 +35,11 @@ def announce_and_wait(marker: str, seconds: float) -> str:
     client.set(f"fault-test:{marker}:pid", os.getpid())
     time.sleep(seconds)
     return marker
+
+
+def fails_once(marker: str) -> str:
+    """Fail the first attempt, succeed the next (a job retried by RQ's scheduler)."""
+    client = redis.Redis.from_url(current_app.config["REDIS_URL"])
+    if client.incr(f"fault-test:{marker}:attempts") == 1:
+        raise RuntimeError("the first attempt fails")
+    return marker

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 from processes import stop_group
-from rq import Queue, Worker
+from rq import Queue, Retry, Worker
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
@@ -205,3 +205,34 @@ def test_a_shutdown_signal_just_after_a_dequeue_took_a_job_loses_no_job(app, red
     assert job.get_status(refresh=True) == "finished"
     assert redis_client.get("fault-test:taken:pid") is not None
     assert time.monotonic() - started < 10  # and the worker ended on the signal
+
+
+def test_a_worker_is_seen_alive_again_after_redis_restarts_empty(
+        own_redis, test_database_url, wait_for, tmp_path):
+    """Redis restarted without persistence forgets the worker's registration: the worker
+    registers again by itself, so the health check (a liveness probe: failing, it restarts
+    every worker pod) and the admins' jobs page see it within seconds, and a failed job is
+    still retried by its scheduler."""
+    from sonicus.healthcheck import worker_is_healthy
+
+    log = tmp_path / "worker.log"
+    worker = _worker_process(test_database_url, own_redis.url, log=log, **FAST)
+    try:
+        client = redis.Redis.from_url(own_redis.url)
+        wait_for(lambda: worker_is_healthy(own_redis.url), 30)
+        # Redis loses everything in an instant (restarted empty behind a proxy that keeps
+        # the clients' connections, a failover to an empty replica, a flush): whether the
+        # worker's own connections drop or not, it must be listed again
+        client.flushall()
+        try:
+            wait_for(lambda: worker_is_healthy(own_redis.url), 15)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nworker output:\n{log.read_text()[-4000:]}") from exc
+
+        job = Queue(QUEUE_DEFAULT, connection=client).enqueue(
+            "tests.fault_jobs.fails_once", "after-restart", retry=Retry(max=2, interval=1))
+        wait_for(_finished(job.id, client), 30)
+        assert int(client.get("fault-test:after-restart:attempts")) == 2
+    finally:
+        code = _stop(worker)
+        assert code == 0, f"worker output:\n{log.read_text()[-4000:]}"

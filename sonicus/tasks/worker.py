@@ -36,7 +36,7 @@ import threading
 import time
 
 import redis
-from rq import SimpleWorker, Worker
+from rq import SimpleWorker, Worker, worker_registration
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
@@ -176,7 +176,30 @@ class _AppWorkerMixin:
         # RQ's maintenance starts the scheduler again when its process is not running, which
         # is the case once a warm shutdown stopped it
         if not self._stop_requested:
+            self.register_again_if_forgotten()
             super().run_maintenance_tasks()
+
+    def register_again_if_forgotten(self) -> bool:
+        """Redis restarted empty (or flushed) under a running worker forgets its registration,
+        and RQ registers a worker only when it starts: its heartbeat alone leaves a bare hash
+        that no listing shows, so the health check (a liveness probe) failed until every
+        worker was restarted, and the admins' jobs page showed none. Registered again here,
+        every maintenance interval; True when it was."""
+        connection = self.connection
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.sismember(self.redis_workers_keys, self.key)
+            pipe.hexists(self.key, "birth")
+            listed, born = pipe.execute()
+        if listed and born:
+            return False
+        self.last_heartbeat = rq_now()
+        with connection.pipeline() as pipe:
+            pipe.hset(self.key, mapping={**self.serialize(), "state": self.get_state()})
+            worker_registration.register(self, pipe)
+            pipe.expire(self.key, self.worker_ttl + 60)
+            pipe.execute()
+        log.warning("Redis had forgotten worker %s; registered it again", self.name)
+        return True
 
     def stop_scheduler(self):
         """RQ's stop, bounded: SIGTERM until the scheduler process ends (the handler a process
