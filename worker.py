@@ -27,7 +27,11 @@ def main(argv=None) -> int:
                         help="do not run the periodic schedule in this worker")
     args = parser.parse_args(argv)
     configure_process_logging(os.environ.get("LOG_LEVEL", "INFO").upper())  # JSON lines
-    app = create_app()
+    # A job checks its pooled connection before use: PostgreSQL may have dropped it while the
+    # worker idled (a restart, a failover, pg_terminate_backend), and a periodic job has no
+    # retry, so failing on it lost the job's period. A web request answers 503 instead (its
+    # client retries) and spares the round trip.
+    app = create_app({"SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True}})
     if app.config.get("METRICS_BIND"):  # this worker's (and its host's) metrics for Prometheus
         serve_metrics(app.config["METRICS_BIND"], app.config.get("REDIS_URL"))
     return run_worker(app, simple=args.simple, schedule=not args.no_schedule)

@@ -236,3 +236,47 @@ def test_a_worker_is_seen_alive_again_after_redis_restarts_empty(
     finally:
         code = _stop(worker)
         assert code == 0, f"worker output:\n{log.read_text()[-4000:]}"
+
+
+def _terminate_backends(database_url) -> int:
+    """pg_terminate_backend on every other connection to this test's database (an operator's
+    or a failover's kill; the server keeps running)."""
+    import psycopg2
+
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_job_after_the_database_dropped_the_workers_connections_runs_at_once(
+        redis_client, db_session, test_database_url, test_redis_url, wait_for, tmp_path):
+    """PostgreSQL drops the worker's idle connections (a restart, a failover, an operator's
+    pg_terminate_backend): the next job still runs on its first attempt, on a fresh
+    connection. A periodic job has no retry (its next period is minutes to an hour away), so a
+    job failing on a dead pooled connection was lost for that period."""
+    from sonicus.models import AuditLog
+
+    log = tmp_path / "worker.log"
+    worker = _worker_process(test_database_url, test_redis_url, "--simple", log=log, **FAST)
+    try:
+        queue = Queue(QUEUE_DEFAULT, connection=redis_client)
+        first = queue.enqueue("tests.fault_jobs.slow_audited_write", "before", 0)
+        wait_for(_finished(first.id, redis_client), 30)
+        assert _terminate_backends(test_database_url) >= 1
+
+        job = queue.enqueue("tests.fault_jobs.slow_audited_write", "after", 0)  # no retry
+        wait_for(lambda: job.get_status(refresh=True) in ("finished", "failed"), 30)
+        assert job.get_status() == "finished", f"worker output:\n{log.read_text()[-4000:]}"
+    finally:
+        _stop(worker)
+    from sonicus.extensions import db
+
+    db_session.remove()
+    db.engine.dispose()  # this test's own connections were dropped too
+    assert db_session.query(AuditLog).filter_by(action="fault.test").count() == 2
