@@ -257,3 +257,30 @@ def test_restoring_leases_after_a_redis_outage_keeps_the_user_under_the_cap(
     finally:
         for app in (first, second):
             get_broker(app).stop()
+
+
+def test_leases_redis_lost_without_dropping_the_connection_are_taken_again_at_renewal(
+        app, test_redis_url, wait_for):
+    """Redis loses the leases while the process's connections stay up (a flush, a restart
+    behind a proxy that keeps the clients' connections): no reconnection tells the
+    subscriber, and the renewal only pushed forward leases Redis still held, so the user's
+    open sockets stopped counting and another process admitted the cap's sockets again. The
+    renewal sees the missing leases and takes them again, within the cap."""
+    from sonicus.realtime.broker import ADMITTED, get_broker
+    from sonicus.realtime.connection import Connection
+
+    broker = get_broker(app)
+    leases = redis_lib.Redis.from_url(test_redis_url)
+    key = _leases_key(app, 900101)
+    conns = [Connection(None, 900101) for _ in range(3)]
+    try:
+        for conn in conns:
+            assert broker.admit(conn, per_process=10_000, per_user=3) == ADMITTED
+        assert leases.zcard(key) == 3
+        leases.flushdb()
+        broker.leases.renew()
+        wait_for(lambda: leases.zcard(key) == 3, 5)  # the subscriber restores them
+        assert {m.decode() for m in leases.zrange(key, 0, -1)} == {c.lease for c in conns}
+    finally:
+        for conn in conns:
+            broker.unregister(conn)

@@ -6,7 +6,8 @@ score: when the lease runs out).
   processes never both admit the socket past the cap.
 - Renewal: the broker's subscriber thread pushes this process's leases forward every
   ``LEASE_RENEW_SECONDS``; the sockets of a process that died stop counting after
-  ``LEASE_SECONDS``.
+  ``LEASE_SECONDS``. A lease the renewal no longer finds (Redis lost it with no reconnection
+  to tell: a flush, a restart behind a proxy) is taken again as after a gap (``restore``).
 - Release: a closed socket's lease is given back, in batches (``release``); what Redis does
   not take now is retried by the subscriber within a second, until its term is over.
 - Without Redis (or while it is unreachable, behind the process's back-off) nothing is leased:
@@ -211,7 +212,7 @@ class Leases:
             return 0
 
         def renew(client):
-            renewed = 0
+            renewed, lost = 0, False
             for start in range(0, len(user_ids), LEASE_RENEW_USERS):
                 if start:
                     yield_to_loop()
@@ -226,10 +227,17 @@ class Leases:
                 pipe = client.pipeline(transaction=False)
                 for user_id, members in batch:
                     key = self.key(user_id)
-                    pipe.zadd(key, dict.fromkeys(members, until), xx=True)
+                    pipe.zadd(key, dict.fromkeys(members, until), xx=True, ch=True)
                     pipe.expire(key, LEASE_SECONDS + 1)
                     renewed += len(members)
-                pipe.execute()
+                found = pipe.execute()[::2]
+                # fewer pushed forward than held: Redis lost leases (flushed, restarted empty
+                # behind the same connection, or they ran out while the process was paused)
+                lost = lost or any(int(count) < len(members)
+                                   for count, (_user_id, members) in zip(found, batch,
+                                                                         strict=True))
+            if lost:
+                self._restore_owed = True  # ``restore_when_owed``: taken again, within the cap
             return renewed
 
         return self._redis_call("socket lease renewal", renew, 0)
