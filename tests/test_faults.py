@@ -1,4 +1,5 @@
-"""Faults: PostgreSQL restarted under the running app, answered with 503, then recovered."""
+"""Faults: PostgreSQL restarted under the running app, answered with 503, then recovered; the
+app's connections dropped by the server (pg_terminate_backend) under a real gunicorn."""
 
 import glob
 import os
@@ -7,10 +8,16 @@ import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
+import psycopg2
 import pytest
+import requests
+from processes import start_gunicorn, stop_group
 
 from sonicus import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1:] or [None]
 PG_BIN = BIN[0]
@@ -90,3 +97,53 @@ def test_postgres_restart_gives_503_then_recovers(idp, temp_postgres, make_confi
     assert res.status_code == 200
     assert res.json["data"]["email"] == "steady@example.com"
     assert client.get("/api/ready").status_code == 200
+
+
+def _terminate_backends(database_url) -> int:
+    """pg_terminate_backend on every other connection to this test's database only (an
+    operator's kill, a pooler's or a failover's drop; the server keeps running)."""
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_keyed_write_refused_by_a_dropped_connection_runs_on_its_first_retry(
+        idp, test_database_url, test_redis_url, tmp_path, token_for, make_package, db_session):
+    """The database drops the web process's connections: the next keyed write answers 503
+    (its transaction's connection was dead) and gives its key back, so the client's retry
+    with the same key runs at once. The key was given back on a dead pooled connection of the
+    keys' own, failed, and stayed ``running``: the retries got 409 for a minute."""
+    from sonicus.extensions import db
+
+    package = make_package("rain")
+    db_session.commit()
+    proc, port = start_gunicorn(ROOT, idp, test_database_url, test_redis_url,
+                                tmp_path / "metrics", threads=4)
+    url = f"http://127.0.0.1:{port}/api/user/sessions"
+    headers = {"Authorization": f"Bearer {token_for('dropped@example.com')}"}
+    try:
+        def start(key, timeout=10):
+            return requests.post(url, json={"package_id": package.id, "mood_before": 5},
+                                 headers={**headers, "Idempotency-Key": key}, timeout=timeout)
+
+        assert start("warm").status_code == 201
+        assert start("warm").status_code == 201  # a replay: the keys' pool holds a connection
+        assert _terminate_backends(test_database_url) >= 1
+
+        statuses = []
+        for _ in range(3):
+            answer = start("after-the-drop")
+            statuses.append(answer.status_code)
+            if answer.status_code < 500:
+                break
+        assert statuses in ([201], [503, 201]), statuses
+    finally:
+        stop_group(proc)
+        db_session.remove()
+        db.engine.dispose()  # this test's own connections were dropped too

@@ -97,8 +97,12 @@ def _keys_engine(main):
     ms here) on every keyed write."""
     if main.dialect.name != "postgresql":
         return main.execution_options(isolation_level="AUTOCOMMIT")
-    # Autocommit: nothing to roll back when a connection goes back to the pool.
+    # Autocommit: nothing to roll back when a connection goes back to the pool. Pinged before
+    # use: this pool serves the rare statements (a replay, a 409, a release, the sweep), and a
+    # key given back on a connection the server had dropped stayed ``running``, its retries
+    # refused with 409 until ``STALE_RUNNING``, after the 503 that should have been the last.
     engine = create_engine(main.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
+                           pool_pre_ping=True,
                            pool_size=5, max_overflow=15, pool_timeout=10, pool_recycle=1800,
                            connect_args={"connect_timeout": 5,
                                          "options": "-c synchronous_commit=off"})
