@@ -129,6 +129,38 @@ def test_sweep_re_enqueues_only_refreshes_left_stale(app, client, auth, redis_cl
         assert sweep_stale_analytics() == 0
 
 
+def test_a_refresh_taken_off_its_queue_by_a_worker_that_died_is_queued_again_by_the_sweep(
+        app, redis_client, make_user):
+    """A worker killed (SIGKILL, out of memory) the instant its dequeue took the sweep's
+    refresh off the queue, before RQ registered it as started: the job is in no queue and no
+    registry but still says ``queued``. The next sweeps queue it again; before, they took it
+    for one waiting for a worker and skipped the user for good: the analytics stayed stale."""
+    from sqlalchemy import update
+
+    from sonicus.extensions import db
+    from sonicus.models import UserAnalytics
+    from sonicus.services.analytics import STALE_GRACE_SECONDS, mark_stale, sweep_stale_analytics
+
+    stuck = make_user("stuck@example.com").id
+    with app.app_context():
+        mark_stale(stuck)
+        db.session.execute(update(UserAnalytics).where(UserAnalytics.user_id == stuck).values(
+            stale_since=clock.now() - timedelta(seconds=STALE_GRACE_SECONDS + 5)))
+        db.session.commit()
+        assert sweep_stale_analytics() == 1
+    queue = Queue(QUEUE_ANALYTICS, connection=redis_client)
+    # what the dying worker's dequeue did (a BLPOP over its queues), and nothing after it
+    assert redis_client.lpop(queue.key) is not None
+    assert Job.fetch(f"analytics-refresh-{stuck}", connection=redis_client).get_status() \
+        == JobStatus.QUEUED
+    with app.app_context():
+        assert sweep_stale_analytics() == 1
+    assert queue.count == 1
+    work(app)
+    with app.app_context():
+        assert db.session.get(UserAnalytics, stuck).stale_since is None
+
+
 def test_schedule_fires_each_job_once_per_slot_with_two_workers(app, redis_client, make_config):
     """Two worker processes' schedulers ticking at the same moment enqueue each job once."""
     from sonicus import create_app

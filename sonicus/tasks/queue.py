@@ -78,11 +78,28 @@ def enqueue(func, *args, queue: str = QUEUE_DEFAULT, job_id: str | None = None,
 
 
 def job_is_pending(job_id: str) -> bool:
-    """True when a job with this id waits for a worker (False without Redis, or unknown)."""
-    def status(client):
-        try:
-            return Job.fetch(job_id, connection=client).get_status(refresh=False)
-        except NoSuchJobError:  # never enqueued, or expired
-            return None
+    """True when a job with this id waits for a worker (False without Redis, or unknown).
 
-    return guarded_redis_call("job lookup", status) in _PENDING
+    A job that says ``queued`` is waiting only if it is in its queue (or in RQ's list of jobs
+    being taken): a worker killed the instant its dequeue had taken it off the queue left it
+    in no queue and no registry, and a caller that took it for waiting (the analytics sweep)
+    never queued it again. Likewise a ``scheduled`` one only in its queue's schedule."""
+    def pending(client):
+        try:
+            job = Job.fetch(job_id, connection=client)
+        except NoSuchJobError:  # never enqueued, or expired
+            return False
+        status = job.get_status(refresh=False)
+        if status not in _PENDING:
+            return False
+        queue = Queue(job.origin, connection=client)
+        if status == "queued":
+            pipe = client.pipeline(transaction=False)
+            pipe.lpos(queue.key, job_id)
+            pipe.lpos(queue.intermediate_queue_key, job_id)
+            return any(position is not None for position in pipe.execute())
+        if status == "scheduled":
+            return client.zscore(queue.scheduled_job_registry.key, job_id) is not None
+        return True
+
+    return bool(guarded_redis_call("job lookup", pending, False))
