@@ -147,3 +147,25 @@ def test_a_keyed_write_refused_by_a_dropped_connection_runs_on_its_first_retry(
         stop_group(proc)
         db_session.remove()
         db.engine.dispose()  # this test's own connections were dropped too
+
+
+def test_readiness_after_the_database_dropped_the_connections_says_ready(
+        idp, test_database_url, test_redis_url, tmp_path, db_session):
+    """The database is up but dropped the web process's pooled connections (a failover, a
+    pooler's restart, pg_terminate_backend): ``/api/ready`` answers 200 on a fresh connection.
+    It said "database: unreachable" (503) on the dead one, and a readiness probe taking every
+    pod out at the same moment turns a dropped connection into an outage."""
+    from sonicus.extensions import db
+
+    proc, port = start_gunicorn(ROOT, idp, test_database_url, test_redis_url,
+                                tmp_path / "metrics", threads=4)
+    url = f"http://127.0.0.1:{port}/api/ready"
+    try:
+        assert requests.get(url, timeout=10).status_code == 200
+        assert _terminate_backends(test_database_url) >= 1
+        ready = requests.get(url, timeout=10)
+        assert ready.status_code == 200, ready.text
+    finally:
+        stop_group(proc)
+        db_session.remove()
+        db.engine.dispose()  # this test's own connections were dropped too

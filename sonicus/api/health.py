@@ -5,6 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 from flask.views import MethodView
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from ..api_errors import ApiError
 from ..envelope import Blueprint
@@ -36,14 +37,23 @@ class Health(MethodView):
 
 
 def check_database() -> str:
-    try:
-        db.session.execute(text("SELECT 1"))
-        return "ok"
-    except Exception:
-        db.session.rollback()
-        return "unreachable"
-    finally:
-        db.session.remove()
+    """"ok" when the database answers. A pooled connection the server had dropped (a
+    failover, pg_terminate_backend) is not the database being unreachable: the pool is
+    invalidated by that failure and the check asks once more, on a fresh connection."""
+    for attempt in range(2):
+        try:
+            db.session.execute(text("SELECT 1"))
+            return "ok"
+        except DBAPIError as exc:
+            db.session.rollback()
+            if attempt or not exc.connection_invalidated:
+                return "unreachable"
+        except Exception:
+            db.session.rollback()
+            return "unreachable"
+        finally:
+            db.session.remove()
+    return "unreachable"
 
 
 def check_redis() -> str:
