@@ -115,19 +115,19 @@ def test_accounts_sharing_a_verified_email_get_one_trial_between_them(app, clien
 def test_a_trial_asked_as_the_other_account_of_the_email_is_erased_is_refused(
         app, client, auth, billing, monkeypatch):
     """Account A of an email used its trial; account B of the same email asks for one just as
-    A is erased (A's row gone and its tombstone written, in one commit, between B's two
-    looks). B is refused: the erasure cannot slip between the look at live accounts and the
-    look at tombstones."""
+    A is erased (A's row gone and its tombstones written, in one commit, once B holds the
+    trial locks). B is refused: live accounts and tombstones are asked in one statement, so
+    the erasure is seen on one side or the other."""
     from sonicus.services.subscriptions import changes
 
     first, second = auth(EMAIL, sub="identity-a"), auth(EMAIL, sub="identity-b")
     client.get("/api/user/subscription", headers=second)  # B exists
     assert client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
                        headers=first).status_code == 200
-    looked_up = changes.trial_used_before
+    locked = changes.lock_trials_of_account
 
-    def erasure_commits_meanwhile(subject, email):
-        seen = looked_up(subject, email)  # no tombstone yet
+    def erasure_commits_meanwhile(user):
+        locked(user)
 
         def erase():
             with app.app_context():
@@ -137,9 +137,8 @@ def test_a_trial_asked_as_the_other_account_of_the_email_is_erased_is_refused(
         eraser = threading.Thread(target=erase)
         eraser.start()
         eraser.join()
-        return seen
 
-    monkeypatch.setattr(changes, "trial_used_before", erasure_commits_meanwhile)
+    monkeypatch.setattr(changes, "lock_trials_of_account", erasure_commits_meanwhile)
     resp = client.post("/api/user/subscription", json={"tier": "premium", "start_trial": True},
                        headers=second)
     assert (resp.status_code, resp.get_json().get("code")) == (409, "trial_already_used")

@@ -16,7 +16,7 @@ from .recommendations import (
 )
 from .reminders import PushSubscription, ReminderDelivery, ReminderPreferences
 from .subscription import BillingEvent, HeldReversal, SubscriptionEvent, UserSubscription
-from .user import User
+from .user import User, VerifiedEmail
 
 __all__ = [
     "SCHEMA", "AuditLog", "Base", "BillingEvent", "CohortOutcome", "ErasureTombstone",
@@ -26,5 +26,5 @@ __all__ = [
     "RecommendationParams", "ReminderDelivery", "ReminderPreferences", "SoundPackage",
     "SubscriptionEvent", "Track", "User", "UserAnalytics", "UserOutcomeProfile",
     "UserPackageOutcome", "UserSoundPackage",
-    "UserSubscription", "utcnow",
+    "UserSubscription", "VerifiedEmail", "utcnow",
 ]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, Index, Integer, SmallInteger, String, func
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, SmallInteger, String, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .. import clock
@@ -13,6 +13,36 @@ ROLE_USER, ROLE_ADMIN = "user", "admin"
 ROLES = (ROLE_USER, ROLE_ADMIN)
 DEFAULT_PREFERENCES = {"goals": [], "favorite_categories": [], "daily_goal_minutes": None,
                        "show_streaks": True}
+
+
+# Dots that separate the labels of a domain name as IDNA reads them (UTS #46): the full stop,
+# and the ideographic, fullwidth and halfwidth ones.
+_DOMAIN_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
+def email_key(email) -> str:
+    """THE form in which email addresses are compared (sign-in, the trial's one per person,
+    admin search, erasure tombstones): stripped, ``base.unicode_key`` (NFKC, full case
+    folding: fullwidth "ＡＮＮ＠ＥＸＡＭＰＬＥ.ＣＯＭ" is "ann@example.com"), and the domain's
+    labels written in Unicode (an IDN's "xn--bcher-kva.example" is "bücher.example"), without
+    a trailing dot. "" for no address (None, not a string, blank)."""
+    if not isinstance(email, str):
+        return ""
+    key = unicode_key(email.strip())
+    local, at, domain = key.rpartition("@")
+    if not at:
+        return key
+    labels = [_unicode_label(label) for label in domain.translate(_DOMAIN_DOTS).split(".")]
+    return f"{local}@{'.'.join(labels).rstrip('.')}"
+
+
+def _unicode_label(label: str) -> str:
+    if label.startswith("xn--"):
+        try:
+            return unicode_key(label[4:].encode("ascii").decode("punycode"))
+        except (UnicodeError, ValueError):
+            return label  # not punycode after all: compared as written
+    return label
 
 
 GOAL_MAX_LENGTH = 40  # a goal as typed (``schemas.profile.PreferencesSchema``)
@@ -124,3 +154,17 @@ class User(Base):
             self.prior_timezone, self.prior_day_start_hour = (in_force.timezone,
                                                               in_force.day_start_hour)
         self.timezone, self.day_start_hour = timezone, day_start_hour
+
+
+class VerifiedEmail(Base):
+    """An email address the account has been verified with (a token's ``email_verified``),
+    as the salted hash of its ``email_key`` (``services.erasure.email_hash``), for as long as
+    the account lives: whatever the email became since, the trial stays one per person
+    (``services.subscriptions.row``) and the erasure's tombstones name every one of them."""
+
+    __tablename__ = "verified_emails"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    verified_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

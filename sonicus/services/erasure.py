@@ -1,9 +1,11 @@
 """What an erasure leaves behind, and what it owes.
 
 - A tombstone per erased identity (``ErasureTombstone``): HMAC-SHA256 hashes, keyed with the
-  app's ``SECRET_KEY``, of the OIDC subject and of the normalised email (stripped,
-  lowercased), with ``trial_used``. A later account of the same subject or email gets no
-  second trial (``trial_used_before``). Nothing in it can be read back as a person.
+  app's ``SECRET_KEY``, of the OIDC subject and of an email the account was verified with
+  (its ``models.user.email_key``), with ``trial_used``: one per address the account has been
+  verified with, all of one erasure. A later account of the same subject or of any of those
+  addresses gets no second trial (``trial_used_before``, ``person_emails``). Nothing in it
+  can be read back as a person.
 - An owed cancellation (``OwedCancellation``, an outbox row) for a provider subscription:
   inserted in the erasure's own transaction (``owe_cancellation``), tried once right after
   its commit (``attempt_owed_cancellation``), retried with backoff by the periodic job
@@ -40,7 +42,9 @@ from ..models import (
     SubscriptionEvent,
     User,
     UserSubscription,
+    VerifiedEmail,
 )
+from ..models.user import email_key
 from .transaction import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -90,8 +94,8 @@ def subject_hash(subject: str) -> str:
 
 
 def email_hash(email: str | None) -> str | None:
-    normalised = (email or "").strip().lower()
-    return _hash("email", normalised) if normalised else None
+    key = email_key(email)
+    return _hash("email", key) if key else None
 
 
 def _matching(subject: str | None, email: str | None):
@@ -120,26 +124,31 @@ def trial_used_before_clause(subject: str | None, email: str | None):
 
 
 def tombstones_of(subject: str, email: str | None) -> list[ErasureTombstone]:
-    """The tombstones of earlier erased accounts of this subject or email, oldest first."""
+    """The tombstones of earlier erased accounts of this subject or email, oldest first (an
+    erasure of an account verified with several addresses left one per address)."""
     return list(db.session.execute(
         select(ErasureTombstone).where(_matching(subject, email))
         .order_by(ErasureTombstone.erased_at, ErasureTombstone.id)).scalars())
 
 
 def add_tombstone(user: User, sub: UserSubscription | None, now: datetime) -> ErasureTombstone:
-    """The tombstone of ``user``, in the caller's (the erasure's) transaction. The trial
-    counts as used when this account used it or an earlier erased one of the same subject or
-    email did (so an erase, sign in, erase again cycle cannot shake it off)."""
+    """The tombstones of ``user``, in the caller's (the erasure's) transaction: one per
+    address the account has been verified with (``VerifiedEmail``; the first one names its
+    current address if verified), each with the subject. The trial counts as used when this
+    account used it or an earlier erased one of the same subject or email did (so an erase,
+    sign in, erase again cycle cannot shake it off). The first one is returned."""
     used = bool(sub is not None and sub.trial_used) or trial_used_before(user.oidc_sub,
                                                                          user.email)
     # An address the provider has not verified is not this person's to speak for: no hash
     # of it, or its owner's trial would be burned by whoever claimed it.
-    tombstone = ErasureTombstone(subject_hash=subject_hash(user.oidc_sub),
-                                 email_hash=email_hash(user.email) if user.email_verified
-                                 else None, trial_used=used,
-                                 erased_at=now)
-    db.session.add(tombstone)
-    return tombstone
+    current = email_hash(user.email) if user.email_verified else None
+    earlier = sorted(set(db.session.execute(select(VerifiedEmail.email_hash).where(
+        VerifiedEmail.user_id == user.id)).scalars()) - {current})
+    tombstones = [ErasureTombstone(subject_hash=subject_hash(user.oidc_sub), email_hash=hashed,
+                                   trial_used=used, erased_at=now)
+                  for hashed in [current, *earlier]]
+    db.session.add_all(tombstones)
+    return tombstones[0]
 
 
 # ---- what the account did as an administrator ----------------------------------------------

@@ -34,6 +34,7 @@ from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_pref
 from ..realtime.publish import CLOSE_INVALID_TOKEN, close_user_sockets, publish_settings_change
 from . import erasure, erasure_keys
 from .analytics import invalidate_user_analytics, settings_stamp, settings_version
+from .person_emails import note_verified_email
 from .recommendation_model import request_rebuild_after_erasure
 from .reminder_settings import get_reminder_preferences
 from .subscriptions import ended_by_a_grant, lock_or_create_subscription, settle_due_change
@@ -159,6 +160,8 @@ def _create_user(subject: str, view: dict, role: str) -> User:
             sub = lock_or_create_subscription(user.id)
             # A person who erased an earlier account after a trial is shown it as used.
             sub.trial_used = erasure.trial_used_before(subject, view["email"])
+            if user.email_verified:
+                note_verified_email(user.id, user.email)
             erasure_keys.adopt_erasure_keys(user.id, subject)
             db.session.add(SubscriptionEvent(user_id=user.id, type="signed_up", from_tier=None,
                                              to_tier="starter", amount_cents=0,
@@ -175,6 +178,8 @@ def _differs(user: User, view: dict, role: str) -> bool:
 
 def _apply_claims(user: User, view: dict, role: str) -> None:
     user.email, user.email_verified, user.role = view["email"], view["email_verified"], role
+    if user.email_verified:  # it counts for the account from now on, whatever it becomes
+        note_verified_email(user.id, user.email)
     if view["issued_at"] is not None:
         user.claims_issued_at = view["issued_at"]
     if view["name"] != user.oidc_name:
@@ -274,12 +279,17 @@ def _replaced_day_settings(user: User) -> list[dict]:
 
 
 def _earlier_erasures(user: User) -> list[EarlierErasure]:
+    """One entry per erasure (its tombstones, one per address, taken together)."""
     subject, email = erasure.subject_hash(user.oidc_sub), erasure.email_hash(user.email)
-    return [EarlierErasure(t.erased_at, t.trial_used,
-                           [name for name, mine, theirs in (("subject", subject, t.subject_hash),
-                                                            ("email", email, t.email_hash))
-                            if mine and mine == theirs])
-            for t in erasure.tombstones_of(user.oidc_sub, user.email)]
+    erasures: dict = {}
+    for t in erasure.tombstones_of(user.oidc_sub, user.email):
+        at, used, matched = erasures.get((t.subject_hash, t.erased_at), (t.erased_at, False, []))
+        matched += [name for name, mine, theirs in (("subject", subject, t.subject_hash),
+                                                    ("email", email, t.email_hash))
+                    if mine and mine == theirs and name not in matched]
+        erasures[(t.subject_hash, t.erased_at)] = (at, used or bool(t.trial_used), matched)
+    return [EarlierErasure(at, used, sorted(matched, key=("subject", "email").index))
+            for at, used, matched in erasures.values()]
 
 
 def erase_user(user_id: int, claim: int | None = None) -> None:

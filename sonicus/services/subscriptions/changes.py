@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import func, select
 
 from ... import clock
 from ...api_errors import fail
@@ -27,7 +26,7 @@ from ...extensions import db
 from ...models import User, UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE, PAST_DUE, TRIALING
 from ...tiers import STARTER, get_tier, is_upgrade, prorated_upgrade_cents
-from ..erasure import trial_used_before
+from ..person_emails import lock_trials_of_account, trial_used_by_the_person
 from ..transaction import unit_of_work
 from .common import (
     _clear_scheduled_change,
@@ -46,7 +45,6 @@ from .row import (
     SubscriptionOverview,
     lock_or_create_subscription,
     overview,
-    trial_used_by_another_account,
 )
 
 
@@ -125,9 +123,11 @@ def change_tier(user_id: int, tier: str, start_trial: bool = False,
 def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) -> str:
     if sub.trial_used:
         fail(409, "trial_already_used", "The free trial has already been used on this account.")
-    # the live accounts first, the erased ones' tombstones after: an erasure (its account
-    # gone, its tombstone written, at once) committed in between is seen by one of them
-    if _trial_used_by_another_account(user) or trial_used_before(user.oidc_sub, user.email):
+    # Trials of the person's addresses are serialised; the live accounts and the erased
+    # ones' tombstones are asked in one statement: an erasure (its account gone, its
+    # tombstones written, at once) is seen on one side or the other.
+    lock_trials_of_account(user)
+    if trial_used_by_the_person(user.id, user.email, user.oidc_sub):
         fail(409, "trial_already_used", "The free trial has already been used by you.")
     if sub.tier != STARTER:
         fail(409, "conflict", "A trial starts from the starter tier.")
@@ -143,19 +143,6 @@ def _start_trial(user: User, sub: UserSubscription, tier: str, now: datetime) ->
     _record(sub, "trial_started", from_tier, tier, amount_cents=0, at=now,
             trial_ends_at=sub.trial_ends_at.isoformat())
     return f"Your {days}-day {get_tier(tier).title} trial has started."
-
-
-def _trial_used_by_another_account(user: User) -> bool:
-    """Another account of the same person used the trial (``row.trial_used_by_another_
-    account``). Trials of one email are serialised (a transaction-scoped advisory lock on
-    PostgreSQL), so two of its accounts asking at once cannot both start one."""
-    email = (user.email or "").strip().lower()
-    if not email:
-        return False
-    if db.session.get_bind().dialect.name == "postgresql":
-        db.session.execute(select(func.pg_advisory_xact_lock(
-            func.hashtextextended(f"sonicus-trial:{email}", 0))))
-    return trial_used_by_another_account(user.id, email)
 
 
 def _choose_starter(sub: UserSubscription, now: datetime, first_choice: bool) -> str:

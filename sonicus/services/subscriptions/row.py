@@ -12,16 +12,16 @@ from datetime import datetime
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import func, or_, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ...extensions import db
-from ...models import SubscriptionEvent, User, UserSubscription
+from ...models import SubscriptionEvent, UserSubscription
 from ...models.subscription import ACTIVE, Onboarding
 from ...pagination import Page, paginate
 from ...tiers import STARTER, get_tier
 from .. import quota
-from ..erasure import trial_used_before_clause
+from ..person_emails import trial_used_by_the_person
 from ..quota import Usage
 from .common import GRACE_PERIOD, cents_to_decimal
 
@@ -128,32 +128,12 @@ def overview(person, sub: UserSubscription | None = None,
                                 bool(sub.trial_used) or trial_used_elsewhere(person))
 
 
-def trial_used_by_another_account(user_id: int, email: str | None) -> bool:
-    """Another live account whose verified email is ``email`` (another identity of the same
-    person at the provider) used the trial: one per person, not per account. An address not
-    verified there is not that account's to speak for, so it burns nothing."""
-    clause = _another_account_used_trial(user_id, email)
-    return clause is not None and bool(db.session.execute(select(clause)).scalar())
-
-
-def _another_account_used_trial(user_id: int, email: str | None):
-    """``trial_used_by_another_account`` as an EXISTS clause (None: no email to match)."""
-    email = (email or "").strip().lower()
-    if not email:
-        return None
-    return select(User.id).join(UserSubscription, UserSubscription.user_id == User.id).where(
-        func.lower(User.email) == email, User.email_verified.is_(True), User.id != user_id,
-        UserSubscription.trial_used.is_(True)).exists()
-
-
 def trial_used_elsewhere(person) -> bool:
-    """The person used the trial on another account, live or erased (by its email: its
-    subject's tombstone was read when this account was made): a trial asked here would be
-    409 ``trial_already_used``, so it is shown used. One statement for both."""
-    clauses = [clause for clause in (_another_account_used_trial(person.id, person.email),
-                                     trial_used_before_clause(None, person.email))
-               if clause is not None]
-    return bool(clauses) and bool(db.session.execute(select(or_(*clauses))).scalar())
+    """The person used the trial on another account, live or erased, that shares an address
+    with this one (``person_emails``; its subject's tombstone was read when this account was
+    made): a trial asked here would be 409 ``trial_already_used``, so it is shown used. One
+    statement."""
+    return trial_used_by_the_person(person.id, person.email)
 
 
 def history(user_id: int, args: dict) -> Page:

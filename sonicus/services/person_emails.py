@@ -1,0 +1,91 @@
+"""The email addresses a person's accounts have been verified with, and the free trial: one
+per person, not per account nor per address.
+
+Every address an account has been verified with counts for it for as long as it lives
+(``VerifiedEmail``, noted at sign-in, kept when the provider's claims move it to another
+address), and for good once it is erased (a tombstone per address,
+``erasure.add_tombstone``). An account may not start a trial while another account that
+shares one of its addresses, live or erased, has used one; an address never verified on an
+account is not that account's to speak for and burns nothing.
+
+Trials and new addresses of one address are serialised by a transaction-scoped advisory
+lock per address (PostgreSQL): two accounts of a person asking at once cannot both start a
+trial, and an address joining an account that used the trial is seen by a trial asked for
+with it at the same moment.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..extensions import db
+from ..models import ErasureTombstone, User, UserSubscription, VerifiedEmail
+from .erasure import email_hash, subject_hash
+
+
+def note_verified_email(user_id: int, email: str | None) -> None:
+    """``email`` is verified on the account (the token says so): noted, in the caller's
+    transaction, under the address's trial lock (a trial asked with it by another account
+    at this moment is decided before or after, never without it)."""
+    hashed = email_hash(email)
+    if hashed is None:
+        return
+    _lock_trials_of([hashed])
+    dialect = db.session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    db.session.execute(insert(VerifiedEmail).values(user_id=user_id, email_hash=hashed)
+                       .on_conflict_do_nothing(index_elements=["user_id", "email_hash"]))
+
+
+def lock_trials_of_account(user: User) -> None:
+    """Take the trial locks of every address of the account (its current one and every one
+    it has been verified with), in one order, for a trial about to be decided. The user's
+    row is share-locked first: an address a sign-in is adding to it meanwhile is committed
+    before, or waits until the trial is decided."""
+    db.session.execute(select(User.id).where(User.id == user.id).with_for_update(read=True))
+    hashes = set(db.session.execute(select(VerifiedEmail.email_hash)
+                                    .where(VerifiedEmail.user_id == user.id)).scalars())
+    current = email_hash(user.email)
+    if current is not None:
+        hashes.add(current)
+    _lock_trials_of(sorted(hashes))
+
+
+def _lock_trials_of(hashes) -> None:
+    if db.session.get_bind().dialect.name != "postgresql":
+        return
+    for hashed in hashes:
+        db.session.execute(select(func.pg_advisory_xact_lock(
+            func.hashtextextended(f"sonicus-trial:{hashed}", 0))))
+
+
+def trial_used_by_the_person(user_id: int, email: str | None,
+                             subject: str | None = None) -> bool:
+    """Another account of the person, live or erased, used the trial (one statement)."""
+    return bool(db.session.execute(
+        select(trial_used_by_the_person_clause(user_id, email, subject))).scalar())
+
+
+def trial_used_by_the_person_clause(user_id: int, email: str | None,
+                                    subject: str | None = None):
+    """``trial_used_by_the_person`` as a condition to ask with others in one statement. The
+    person's addresses: every one the account has been verified with, and its current one
+    (verified or not: an address someone else verified and used the trial with is shown
+    used). ``subject``: also an erased account of that sign-in subject."""
+    mine = select(VerifiedEmail.email_hash).where(VerifiedEmail.user_id == user_id)
+    current = email_hash(email)
+
+    def shares_an_address(column):
+        return or_(column.in_(mine), column == current) if current else column.in_(mine)
+
+    live = select(VerifiedEmail.user_id).join(
+        UserSubscription, UserSubscription.user_id == VerifiedEmail.user_id).where(
+        VerifiedEmail.user_id != user_id, UserSubscription.trial_used.is_(True),
+        shares_an_address(VerifiedEmail.email_hash)).exists()
+    erased = shares_an_address(ErasureTombstone.email_hash)
+    if subject is not None:
+        erased = or_(erased, ErasureTombstone.subject_hash == subject_hash(subject))
+    tombstone = select(ErasureTombstone.id).where(
+        ErasureTombstone.trial_used.is_(True), erased).exists()
+    return or_(live, tombstone)

@@ -1,0 +1,68 @@
+"""One free trial per person, whatever the emails of their accounts became: every email an
+account has been verified with counts, live or erased."""
+
+TRIAL = {"tier": "premium", "start_trial": True}
+
+
+def _trial(client, headers):
+    resp = client.post("/api/user/subscription", json=TRIAL, headers=headers)
+    return resp.status_code, resp.get_json().get("code")
+
+
+def _shown_used(client, headers) -> bool:
+    return client.get("/api/user/subscription", headers=headers).get_json()["data"]["trial_used"]
+
+
+def test_an_email_the_account_was_verified_with_still_counts_after_it_changes(client, auth):
+    """A used the trial as old@, then the provider's claims moved A to new@. B, signing up
+    with old@, was shown the trial unused and given a second one."""
+    assert _trial(client, auth("old@example.com", sub="identity-a")) == (200, None)
+    assert _shown_used(client, auth("new@example.com", sub="identity-a")) is True  # A moved
+    second = auth("old@example.com", sub="identity-b")
+    assert _shown_used(client, second) is True
+    assert _trial(client, second) == (409, "trial_already_used")
+
+
+def test_every_later_email_of_an_account_that_used_the_trial_counts(client, auth):
+    """A used the trial as one@, moved to two@, then to three@: two@ counts still."""
+    assert _trial(client, auth("one@example.com", sub="identity-a")) == (200, None)
+    client.get("/api/user/subscription", headers=auth("two@example.com", sub="identity-a"))
+    client.get("/api/user/subscription", headers=auth("three@example.com", sub="identity-a"))
+    other = auth("two@example.com", sub="identity-b")
+    assert _shown_used(client, other) is True
+    assert _trial(client, other) == (409, "trial_already_used")
+
+
+def test_an_account_that_gains_an_email_whose_trial_was_used_is_refused(client, auth):
+    """A used the trial as a@; B (b@) later becomes verified as a@ too, then moves back: B
+    has been a@, so it gets none."""
+    assert _trial(client, auth("a@example.com", sub="identity-a")) == (200, None)
+    client.get("/api/user/subscription", headers=auth("b@example.com", sub="identity-b"))
+    client.get("/api/user/subscription", headers=auth("a@example.com", sub="identity-b"))
+    back = auth("b@example.com", sub="identity-b")
+    assert _shown_used(client, back) is True
+    assert _trial(client, back) == (409, "trial_already_used")
+
+
+def test_an_erased_account_keeps_every_email_it_was_verified_with_from_a_second_trial(
+        client, auth):
+    """A used the trial as old@, moved to new@ and was erased: its tombstone named new@
+    only, so a sign-up with old@ got a second trial."""
+    assert _trial(client, auth("old@example.com", sub="identity-a")) == (200, None)
+    moved = auth("new@example.com", sub="identity-a")
+    client.get("/api/user/subscription", headers=moved)
+    assert client.delete("/api/user/profile", headers=moved).status_code == 200
+    later = auth("old@example.com", sub="identity-b")
+    assert _shown_used(client, later) is True
+    assert _trial(client, later) == (409, "trial_already_used")
+
+
+def test_an_email_never_verified_on_the_account_burns_no_one_elses_trial(client, auth):
+    """A used the trial and then showed x@ unverified: x@ is not A's to speak for, so the
+    owner of x@ keeps their trial."""
+    assert _trial(client, auth("a@example.com", sub="identity-a")) == (200, None)
+    client.get("/api/user/subscription",
+               headers=auth("x@example.com", sub="identity-a", email_verified=False))
+    owner = auth("x@example.com", sub="identity-x")
+    assert _shown_used(client, owner) is False
+    assert _trial(client, owner) == (200, None)
