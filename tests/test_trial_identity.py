@@ -1,7 +1,13 @@
 """One free trial per person, whatever the emails of their accounts became: every email an
 account has been verified with counts, live or erased."""
 
+import threading
+import time
+
+from races import in_thread, lock_waiters
+
 TRIAL = {"tier": "premium", "start_trial": True}
+WAIT = 10
 
 
 def _trial(client, headers):
@@ -66,3 +72,42 @@ def test_an_email_never_verified_on_the_account_burns_no_one_elses_trial(client,
     owner = auth("x@example.com", sub="identity-x")
     assert _shown_used(client, owner) is False
     assert _trial(client, owner) == (200, None)
+
+
+def test_an_address_joining_the_account_while_its_trial_is_decided_counts(
+        app, client, auth, db_session, monkeypatch):
+    """X used the trial as x@. A (a@) asks for a trial while a sign-in of A is moving it to
+    x@ (the claims written, not committed yet): the trial waits for that sign-in and is
+    refused, never decided on the address A is leaving."""
+    from sonicus.services import users
+
+    assert _trial(client, auth("x@example.com", sub="identity-x")) == (200, None)
+    leaving = auth("a@example.com", sub="identity-a")
+    client.get("/api/user/subscription", headers=leaving)  # A exists
+    noted, go = threading.Event(), threading.Event()
+    real_note = users.note_verified_email
+
+    def paused_note(user_id, email):
+        real_note(user_id, email)
+        noted.set()
+        assert go.wait(WAIT)
+
+    monkeypatch.setattr(users, "note_verified_email", paused_note)
+    moving = auth("x@example.com", sub="identity-a")
+    sign_in, _ = in_thread(lambda: app.test_client().get("/api/user/profile", headers=moving))
+    trial = answer = None
+    try:
+        assert noted.wait(WAIT)
+        trial, answer = in_thread(lambda: app.test_client().post(
+            "/api/user/subscription", json=TRIAL, headers=leaving))
+        for _ in range(500):  # the trial waits for the sign-in's row lock
+            if lock_waiters(db_session) >= 1:
+                break
+            time.sleep(0.01)
+    finally:
+        go.set()
+        sign_in.join(WAIT)
+        if trial is not None:
+            trial.join(WAIT)
+    resp = answer[0]
+    assert (resp.status_code, resp.get_json().get("code")) == (409, "trial_already_used")

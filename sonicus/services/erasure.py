@@ -63,8 +63,8 @@ class KeptItem:
 # What stays after an erasure, and why: the export says it, the README says the same.
 KEPT_AFTER_ERASURE = (
     KeptItem("A tombstone: salted one-way hashes (HMAC-SHA256) of your sign-in subject and of "
-             "your email address, whether you used the free trial, and the date of the "
-             "erasure.",
+             "every email address your account was verified with, whether you used the free "
+             "trial, and the date of the erasure.",
              "So that the free trial stays one per person; the hashes cannot be turned back "
              "into your identity or email address."),
     KeptItem("Your listening sessions, anonymised: no account, no notes, no moods.",

@@ -8,10 +8,11 @@ address), and for good once it is erased (a tombstone per address,
 shares one of its addresses, live or erased, has used one; an address never verified on an
 account is not that account's to speak for and burns nothing.
 
-Trials and new addresses of one address are serialised by a transaction-scoped advisory
-lock per address (PostgreSQL): two accounts of a person asking at once cannot both start a
-trial, and an address joining an account that used the trial is seen by a trial asked for
-with it at the same moment.
+Trials of one address are serialised by a transaction-scoped advisory lock per address
+(PostgreSQL): two accounts of a person asking at once cannot both start a trial. A trial
+share-locks its own account's row, so an address a sign-in adds to the account meanwhile is
+decided with it. An address another account gains while a trial is being decided needs no
+lock: the trial is decided as if it came first.
 """
 
 from __future__ import annotations
@@ -26,12 +27,10 @@ from .erasure import email_hash, subject_hash
 
 def note_verified_email(user_id: int, email: str | None) -> None:
     """``email`` is verified on the account (the token says so): noted, in the caller's
-    transaction, under the address's trial lock (a trial asked with it by another account
-    at this moment is decided before or after, never without it)."""
+    transaction (which holds the user's row)."""
     hashed = email_hash(email)
     if hashed is None:
         return
-    _lock_trials_of([hashed])
     dialect = db.session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     db.session.execute(insert(VerifiedEmail).values(user_id=user_id, email_hash=hashed)
@@ -41,21 +40,18 @@ def note_verified_email(user_id: int, email: str | None) -> None:
 def lock_trials_of_account(user: User) -> None:
     """Take the trial locks of every address of the account (its current one and every one
     it has been verified with), in one order, for a trial about to be decided. The user's
-    row is share-locked first: an address a sign-in is adding to it meanwhile is committed
-    before, or waits until the trial is decided."""
-    db.session.execute(select(User.id).where(User.id == user.id).with_for_update(read=True))
+    row is share-locked first (and read again): an address a sign-in is adding to it
+    meanwhile is committed before, or waits until the trial is decided."""
+    db.session.execute(select(User).where(User.id == user.id).with_for_update(read=True)
+                       .execution_options(populate_existing=True))
     hashes = set(db.session.execute(select(VerifiedEmail.email_hash)
                                     .where(VerifiedEmail.user_id == user.id)).scalars())
     current = email_hash(user.email)
     if current is not None:
         hashes.add(current)
-    _lock_trials_of(sorted(hashes))
-
-
-def _lock_trials_of(hashes) -> None:
     if db.session.get_bind().dialect.name != "postgresql":
         return
-    for hashed in hashes:
+    for hashed in sorted(hashes):
         db.session.execute(select(func.pg_advisory_xact_lock(
             func.hashtextextended(f"sonicus-trial:{hashed}", 0))))
 
