@@ -751,3 +751,47 @@ def test_admin_user_detail_shows_the_tier_in_force_before_the_expiry_job(
     assert res.status_code == 200, res.json
     assert res.json["data"]["tier"] == "premium"
     assert res.json["data"]["subscription"]["tier"] == "premium"
+
+
+def test_admin_user_list_filters_by_the_tier_and_status_each_row_shows(
+        client, admin_auth, make_user):
+    """``?tier=`` and ``?status=`` matched the stored row while the list showed the tier in
+    force: a trial over (shown starter) was listed under premium and not under starter, a
+    lapsed period, a grace over, a downgrade or a canceled grant fallen due alike. Every
+    filter lists exactly the rows showing that tier and status, and its total says so."""
+    from sonicus.models.subscription import STATUSES
+    from sonicus.tiers import TIERS
+
+    _lagging_people(make_user)
+    past = clock.now() - timedelta(hours=1)
+    make_user("lapsed@example.com", tier="pro", status="active", provider="stripe",
+              current_period_start=past - timedelta(days=34),
+              current_period_end=past - timedelta(days=4))
+    make_user("cancel.due@example.com", tier="premium", status="active", provider="sandbox",
+              payment_method_on_file=True, cancel_at_period_end=True,
+              current_period_start=past - timedelta(days=30), current_period_end=past)
+    make_user("cancel.later@example.com", tier="premium", status="active", provider="sandbox",
+              payment_method_on_file=True, cancel_at_period_end=True,
+              current_period_start=past, current_period_end=past + timedelta(days=29))
+    make_user("grant.over@example.com", tier="pro", status="active", complimentary=True,
+              cancel_at_period_end=True, current_period_start=past - timedelta(days=30),
+              current_period_end=past)
+    make_user("granted@example.com", tier="premium", status="active", complimentary=True)
+    make_user("trial.on@example.com", tier="premium", status="trialing", trial_used=True,
+              trial_ends_at=past + timedelta(days=3))
+    make_user("bare@example.com", with_subscription=False)
+    headers = admin_auth()
+    shown = {row["email"]: (row["tier"], row["subscription_status"])
+             for row in _list(client, headers, per_page=100)["data"]}
+    for tier in TIERS:
+        for status in (*STATUSES, None):
+            query = {"tier": tier, **({"status": status} if status else {})}
+            body = _list(client, headers, per_page=100, **query)
+            expected = sorted(email for email, (t, s) in shown.items()
+                              if t == tier and status in (None, s))
+            assert sorted(_emails(body)) == expected, query
+            assert body["pagination"]["total"] == len(expected), query
+    for status in STATUSES:
+        expected = sorted(email for email, (_, s) in shown.items() if s == status)
+        assert sorted(_emails(_list(client, headers, per_page=100, status=status))) \
+            == expected, status

@@ -31,7 +31,7 @@ from .subscriptions import (
     settle_due_change,
     tier_in_force,
 )
-from .subscriptions.expiry import apply_due_deadlines
+from .subscriptions.expiry import apply_due_deadlines, deadline_passed, in_force_columns
 from .transaction import unit_of_work
 
 SUSPENDED = "suspended"
@@ -65,18 +65,24 @@ def _search_condition(q: str):
                func.lower(User.display_name).like(prefix, escape="\\"))
 
 
-def _filtered(statement, q: str | None, tier: str | None, status: str | None):
+def _filtered(statement, q: str | None, tier: str | None, status: str | None,
+              now: datetime):
+    """``tier`` and ``status`` are the ones in force at ``now``, as the rows show them
+    (``in_force``): a row is a candidate when it stores them or when a deadline of it has
+    passed (indexed columns), and is listed when what is in force matches."""
     if q and q.strip():
         statement = statement.where(_search_condition(q.strip()))
-    # (column, wanted, what a user without a subscription row counts as)
+    tier_shown, status_shown = in_force_columns(now)
+    # (stored column, shown, wanted, what a user without a subscription row counts as)
     wanted = []
     if tier is not None:
-        wanted.append((UserSubscription.tier, tier, STARTER))
+        wanted.append((UserSubscription.tier, tier_shown, tier, STARTER))
     if status is not None and status != SUSPENDED:
-        wanted.append((UserSubscription.status, status, ACTIVE))
+        wanted.append((UserSubscription.status, status_shown, status, ACTIVE))
     if wanted:
-        condition = and_(*(column == value for column, value, _ in wanted))
-        if all(value == default for _, value, default in wanted):
+        condition = and_(*(and_(or_(stored == value, deadline_passed(now)), shown == value)
+                           for stored, shown, value, _ in wanted))
+        if all(value == default for _, _, value, default in wanted):
             statement = statement.outerjoin(
                 UserSubscription, UserSubscription.user_id == User.id
             ).where(or_(UserSubscription.id.is_(None), condition))
@@ -132,17 +138,18 @@ def list_users(args: dict) -> Page:
     ``args``: ``q`` (email or name), ``tier``, ``status``, ``page``, ``per_page``."""
     q, tier, status = args.get("q"), args.get("tier"), args.get("status")
     page, per_page = args["page"], args["per_page"]
+    now = clock.now()  # one instant for the page: its filter and its rows agree
     total = db.session.execute(
-        _filtered(select(func.count(User.id)), q, tier, status)).scalar_one()
+        _filtered(select(func.count(User.id)), q, tier, status, now)).scalar_one()
     users = db.session.execute(
-        _filtered(select(User), q, tier, status)
+        _filtered(select(User), q, tier, status, now)
         .order_by(User.id.desc()).limit(per_page).offset((page - 1) * per_page)
     ).scalars().all()
     subs = {}
     if users:
         subs = {s.user_id: s for s in db.session.execute(select(UserSubscription).where(
             UserSubscription.user_id.in_([u.id for u in users]))).scalars()}
-    now = clock.now()  # one instant for the page; nothing written, no query per user
+    # nothing written, no query per user
     return Page([AdminUserView.of(user, subs.get(user.id), now) for user in users], total,
                 page, per_page)
 

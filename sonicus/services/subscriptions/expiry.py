@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, case, func, not_, or_, select
 
 from ... import clock
 from ...extensions import db
@@ -139,6 +139,47 @@ def due_change(sub, now: datetime) -> tuple[datetime, str] | None:
         if sub.status == ACTIVE and not _renews_itself(sub) and lapses_at <= now:
             return lapses_at, STARTER
     return None
+
+
+def in_force_columns(now: datetime):
+    """``tier_in_force`` and the status shown with it (``admin_users.in_force``) as SQL over
+    ``UserSubscription``'s columns, as (tier, status): what a filter of the admin list
+    matches, so that it agrees with what its rows show. Kept beside ``due_change``, clause
+    for clause; NULL where the row is missing (an outer join)."""
+    sub = UserSubscription
+    card = sub.payment_method_on_file.is_(True)
+    cancel = sub.cancel_at_period_end.is_(True)
+    to_starter = or_(cancel, func.coalesce(sub.pending_tier, "") == STARTER)
+    trial_due = and_(sub.status == TRIALING, sub.trial_ends_at <= now)
+    after_trial = case((or_(to_starter, not_(card)), STARTER),
+                       else_=func.coalesce(sub.pending_tier, sub.tier))
+    grace_due = and_(sub.status == PAST_DUE, sub.past_due_since <= now - GRACE_PERIOD)
+    paid_period = and_(sub.tier != STARTER, sub.complimentary.is_not(True),
+                       sub.current_period_end.is_not(None), sub.status.in_((ACTIVE, PAST_DUE)))
+    grant_ends = and_(sub.complimentary.is_(True), sub.status == ACTIVE,
+                      sub.current_period_end.is_not(None), cancel)
+    period_due = and_(or_(paid_period, grant_ends), sub.current_period_end <= now)
+    after_period = case((to_starter, STARTER),
+                        (sub.pending_tier.in_(tuple(TIERS)), sub.pending_tier), else_=None)
+    renews_itself = and_(func.coalesce(sub.provider, "") == "sandbox", card)
+    lapse_due = and_(sub.status == ACTIVE, not_(renews_itself),
+                     sub.current_period_end <= now - GRACE_PERIOD)
+    changes = [(trial_due, after_trial), (grace_due, STARTER),
+               (and_(period_due, after_period.is_not(None)), after_period),
+               (and_(period_due, lapse_due), STARTER)]
+    tier = case(*changes, else_=sub.tier)
+    due = or_(*(when for when, _ in changes))
+    status = case((and_(due, or_(tier == STARTER, sub.status == TRIALING)), ACTIVE),
+                  else_=sub.status)
+    return tier, status
+
+
+def deadline_passed(now: datetime):
+    """A deadline of the row has passed (whether or not it changes anything): the only rows
+    whose tier or status in force may differ from the stored ones (indexed columns)."""
+    sub = UserSubscription
+    return or_(sub.trial_ends_at <= now, sub.current_period_end <= now,
+               sub.past_due_since <= now - GRACE_PERIOD)
 
 
 def next_change_at(sub) -> datetime | None:
