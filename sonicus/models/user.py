@@ -2,8 +2,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, SmallInteger, String, func
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from .. import clock
 from ..clock import DaySettings
@@ -34,6 +44,15 @@ def email_key(email) -> str:
         return key
     labels = [_unicode_label(label) for label in domain.translate(_DOMAIN_DOTS).split(".")]
     return f"{local}@{'.'.join(labels).rstrip('.')}"
+
+
+def email_search_key(text: str) -> str:
+    """What an admin search typed as ``text`` looks for among ``email_key``s: the ``email_key``
+    of it, or, without an "@", of it as a piece of a domain ("XN--BCHER-KVA" is "bücher")."""
+    if "@" in text:
+        return email_key(text)
+    return ".".join(_unicode_label(label)
+                    for label in unicode_key(text).translate(_DOMAIN_DOTS).split("."))
 
 
 def _unicode_label(label: str) -> str:
@@ -87,6 +106,8 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     oidc_sub: Mapped[str] = mapped_column(String(255), unique=True)
     email: Mapped[str] = mapped_column(String(320))
+    # The email as it is compared (``email_key``): kept with every change of ``email``.
+    email_key: Mapped[str] = mapped_column(Text, default="", server_default="")
     email_verified: Mapped[bool] = mapped_column(Boolean, default=False)
     display_name: Mapped[str | None] = mapped_column(String(120))
     # The name last seen in the token: a change there overwrites display_name,
@@ -117,8 +138,18 @@ class User(Base):
 
     __table_args__ = (
         Index("ix_users_email_lower", func.lower(email)),
+        # equality (``find_users_by_email``) and prefixes (a short admin search)
+        Index("ix_users_email_key", "email_key", postgresql_ops={"email_key": "text_pattern_ops"}),
+        # substrings (the admin search)
+        Index("ix_users_email_key_trgm", "email_key", postgresql_using="gin",
+              postgresql_ops={"email_key": "gin_trgm_ops"}),
         Index("ix_users_created_at", "created_at"),
     )
+
+    @validates("email")
+    def _keep_email_key(self, _field, value):
+        self.email_key = email_key(value)
+        return value
 
     @property
     def is_admin(self) -> bool:

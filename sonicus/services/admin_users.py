@@ -18,6 +18,7 @@ from ..api_errors import ApiError, not_found
 from ..extensions import db
 from ..models import AuditLog, ListeningSession, User, UserSubscription
 from ..models.subscription import ACTIVE, TRIALING
+from ..models.user import email_key, email_search_key
 from ..pagination import Page, paginate
 from ..realtime.publish import close_user_sockets
 from ..tiers import STARTER, TIERS
@@ -53,16 +54,20 @@ def search_text():
 SUBSTRING_MIN_LENGTH = 3
 
 
-def _escape_like(text: str) -> str:
-    return text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def _like_literal(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _search_condition(q: str):
+    """The email or the display name as written (lowercased), or the email as it is compared
+    (``email_key``: another case, Unicode form or IDN spelling of the address finds it)."""
+    typed, key = _like_literal(q.lower()), _like_literal(email_search_key(q))
     if len(q) >= SUBSTRING_MIN_LENGTH:
-        return search_text().like(f"%{_escape_like(q)}%", escape="\\")
-    prefix = f"{_escape_like(q)}%"
-    return or_(func.lower(User.email).like(prefix, escape="\\"),
-               func.lower(User.display_name).like(prefix, escape="\\"))
+        return or_(search_text().like(f"%{typed}%", escape="\\"),
+                   User.email_key.like(f"%{key}%", escape="\\"))
+    return or_(func.lower(User.email).like(f"{typed}%", escape="\\"),
+               func.lower(User.display_name).like(f"{typed}%", escape="\\"),
+               User.email_key.like(f"{key}%", escape="\\"))
 
 
 def _filtered(statement, q: str | None, tier: str | None, status: str | None,
@@ -163,7 +168,7 @@ def find_user(user_id: int) -> User:
 
 def find_users_by_email(email: str) -> list[User]:
     return list(db.session.execute(
-        select(User).where(func.lower(User.email) == email.strip().lower()).order_by(User.id)
+        select(User).where(User.email_key == email_key(email)).order_by(User.id)
     ).scalars())
 
 

@@ -1,0 +1,64 @@
+"""One email address, whatever Unicode form or case it is written in: the trial's one per
+person, the admin search and the operator's lookup by email compare ``email_key``s (NFKC,
+case folded, the domain's IDN labels in Unicode)."""
+
+TRIAL = {"tier": "premium", "start_trial": True}
+
+
+def _trial(client, headers):
+    resp = client.post("/api/user/subscription", json=TRIAL, headers=headers)
+    return resp.status_code, resp.get_json().get("code")
+
+
+def test_a_fullwidth_email_is_the_same_person_for_the_trial(client, auth):
+    """B's provider wrote A's address in fullwidth letters: B was a new person and got a
+    second trial."""
+    assert _trial(client, auth("ann@example.com", sub="identity-a")) == (200, None)
+    assert _trial(client, auth("ＡＮＮ＠ＥＸＡＭＰＬＥ．ｃｏｍ", sub="identity-b")) \
+        == (409, "trial_already_used")
+
+
+def test_an_idn_domain_in_punycode_or_in_unicode_is_one_email_for_the_trial(client, auth):
+    """The same IDN domain, as A's provider wrote it (Unicode) and B's (punycode)."""
+    assert _trial(client, auth("ann@bücher.example", sub="identity-a")) == (200, None)
+    second = auth("Ann@XN--BCHER-KVA.example", sub="identity-b")
+    assert client.get("/api/user/subscription", headers=second).get_json()["data"][
+        "trial_used"] is True
+    assert _trial(client, second) == (409, "trial_already_used")
+
+
+def test_an_erased_account_in_another_email_form_keeps_the_trial_used(client, auth):
+    first = auth("ann@bücher.example", sub="identity-a")
+    assert _trial(client, first) == (200, None)
+    assert client.delete("/api/user/profile", headers=first).status_code == 200
+    assert _trial(client, auth("ann@xn--bcher-kva.example", sub="identity-b")) \
+        == (409, "trial_already_used")
+
+
+def test_admin_search_finds_an_email_typed_in_another_unicode_form(client, admin_auth,
+                                                                  make_user):
+    """An operator pasting an address in fullwidth letters, or an IDN domain in the other
+    form than the provider wrote it, found nobody."""
+    make_user("ann@bücher.example", sub="identity-a")
+    make_user("zed@example.com", sub="identity-z")
+    headers = admin_auth()
+
+    def found(q):
+        resp = client.get("/api/admin/users", headers=headers, query_string={"q": q})
+        assert resp.status_code == 200, resp.get_json()
+        return [row["email"] for row in resp.get_json()["data"]]
+
+    for q in ("ann@xn--bcher-kva.example", "xn--bcher-kva", "ＡＮＮ＠", "ANN@BÜCHER",
+              "ａｎ"):
+        assert found(q) == ["ann@bücher.example"], q
+    assert found("ＺＥＤ@EXAMPLE.COM") == ["zed@example.com"]
+
+
+def test_the_operator_finds_a_user_by_an_email_in_another_unicode_form(runner, make_user):
+    """``sonicus users show`` with the address in fullwidth letters or the IDN domain in
+    punycode said there was no such user."""
+    user = make_user("ann@bücher.example")
+    for typed in ("ann@xn--bcher-kva.example", "ＡＮＮ@bücher.example"):
+        result = runner.invoke(args=["sonicus", "users", "show", typed])
+        assert result.exit_code == 0, result.output
+        assert f"#{user.id} ann@bücher.example" in result.output
