@@ -62,3 +62,24 @@ def test_the_operator_finds_a_user_by_an_email_in_another_unicode_form(runner, m
         result = runner.invoke(args=["sonicus", "users", "show", typed])
         assert result.exit_code == 0, result.output
         assert f"#{user.id} ann@bücher.example" in result.output
+
+
+def test_erasure_empties_a_provider_notice_naming_the_email_in_another_case(
+        client, auth, db_session):
+    """A provider notice named the account's address as the customer typed it at checkout
+    ("Ann@Example.COM"): the erasure looked for the address as the sign-in gave it and kept
+    the notice, the address in it, after the account was gone."""
+    from sonicus.models import BillingEvent
+
+    headers = auth("ann@example.com")
+    client.get("/api/user/profile", headers=headers)
+    for event_id, email in (("evt_mine", "Ann@Example.COM"), ("evt_other", "anna@example.com")):
+        db_session.add(BillingEvent(provider="stripe", event_id=event_id, type="invoice.paid",
+                                    payload={"id": event_id, "type": "invoice.paid",
+                                             "data": {"object": {"customer_email": email}}}))
+    db_session.commit()
+    assert client.delete("/api/user/profile", headers=headers).status_code == 200
+    db_session.expire_all()
+    kept = {e.event_id: e.payload for e in db_session.query(BillingEvent)}
+    assert "Ann@Example.COM" not in str(kept["evt_mine"])
+    assert kept["evt_other"]["data"]["object"]["customer_email"] == "anna@example.com"

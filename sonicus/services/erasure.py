@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import Text, cast, or_, select
+from sqlalchemy import Text, cast, func, or_, select
 
 from .. import clock
 from ..billing import BillingUnavailable, get_provider
@@ -189,13 +189,17 @@ def scrub_billing_events(sub: UserSubscription | None, email: str | None) -> int
     is rare, so a scan of the notices' text is acceptable."""
     needles = [json.dumps(value) for value in (
         sub.provider_customer_id if sub else None, sub.provider_subscription_id if sub else None,
-        sub.checkout_reference if sub else None, (email or "").strip() or None) if value]
-    if not needles:
-        return 0
+        sub.checkout_reference if sub else None) if value]
     text = cast(BillingEvent.payload, Text)
-    events = db.session.execute(
-        select(BillingEvent).where(or_(*(text.contains(n, autoescape=True) for n in needles)))
-    ).scalars().all()
+    conditions = [text.contains(n, autoescape=True) for n in needles]
+    if (email or "").strip():
+        # as the customer typed it at the provider: in any case (ASCII letters; other
+        # letters are escaped in the stored JSON, compared as written)
+        conditions.append(func.lower(text).contains(json.dumps(email.strip()).lower(),
+                                                    autoescape=True))
+    if not conditions:
+        return 0
+    events = db.session.execute(select(BillingEvent).where(or_(*conditions))).scalars().all()
     for event in events:
         payload = event.payload or {}
         event.payload = without_content(payload, payload.get("sonicus_outcome"))
