@@ -83,3 +83,22 @@ def test_erasure_empties_a_provider_notice_naming_the_email_in_another_case(
     kept = {e.event_id: e.payload for e in db_session.query(BillingEvent)}
     assert "Ann@Example.COM" not in str(kept["evt_mine"])
     assert kept["evt_other"]["data"]["object"]["customer_email"] == "anna@example.com"
+
+
+def test_a_tombstone_written_before_emails_had_one_form_still_keeps_the_trial_used(
+        app, client, auth, db_session):
+    """Tombstones written before hashed the address stripped and lowercased only (an IDN
+    domain in punycode stayed punycode): a sign-up with that address gets no trial still."""
+    import hashlib
+    import hmac
+
+    from sonicus.models import ErasureTombstone
+
+    secret = app.config["SECRET_KEY"].encode()
+    legacy = hmac.new(secret, b"email:ann@xn--bcher-kva.example", hashlib.sha256).hexdigest()
+    db_session.add(ErasureTombstone(subject_hash="0" * 64, email_hash=legacy, trial_used=True))
+    db_session.commit()
+    later = auth("Ann@XN--BCHER-KVA.example", sub="identity-b")
+    assert client.get("/api/user/subscription", headers=later).get_json()["data"][
+        "trial_used"] is True
+    assert _trial(client, later) == (409, "trial_already_used")

@@ -98,13 +98,23 @@ def email_hash(email: str | None) -> str | None:
     return _hash("email", key) if key else None
 
 
+def tombstone_email_hashes(email: str | None) -> list[str]:
+    """The hashes a tombstone of ``email`` may carry: of its ``email_key``, and of the form
+    tombstones were written in before (stripped and lowercased only) where that differs."""
+    hashed = email_hash(email)
+    if hashed is None:
+        return []
+    legacy = _hash("email", email.strip().lower())
+    return [hashed] if legacy == hashed else [hashed, legacy]
+
+
 def _matching(subject: str | None, email: str | None):
     """Tombstones of this subject or email (``subject`` None: of the email only)."""
     conditions = [] if subject is None else [ErasureTombstone.subject_hash
                                              == subject_hash(subject)]
-    hashed_email = email_hash(email)
+    hashed_email = tombstone_email_hashes(email)
     if hashed_email:
-        conditions.append(ErasureTombstone.email_hash == hashed_email)
+        conditions.append(ErasureTombstone.email_hash.in_(hashed_email))
     return or_(*conditions)
 
 

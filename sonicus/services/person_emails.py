@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..extensions import db
 from ..models import ErasureTombstone, User, UserSubscription, VerifiedEmail
-from .erasure import email_hash, subject_hash
+from .erasure import email_hash, subject_hash, tombstone_email_hashes
 
 
 def note_verified_email(user_id: int, email: str | None) -> None:
@@ -79,7 +79,8 @@ def trial_used_by_the_person_clause(user_id: int, email: str | None,
         UserSubscription, UserSubscription.user_id == VerifiedEmail.user_id).where(
         VerifiedEmail.user_id != user_id, UserSubscription.trial_used.is_(True),
         shares_an_address(VerifiedEmail.email_hash)).exists()
-    erased = shares_an_address(ErasureTombstone.email_hash)
+    erased = or_(ErasureTombstone.email_hash.in_(mine),
+                 ErasureTombstone.email_hash.in_(tombstone_email_hashes(email)))
     if subject is not None:
         erased = or_(erased, ErasureTombstone.subject_hash == subject_hash(subject))
     tombstone = select(ErasureTombstone.id).where(

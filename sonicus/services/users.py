@@ -280,13 +280,14 @@ def _replaced_day_settings(user: User) -> list[dict]:
 
 def _earlier_erasures(user: User) -> list[EarlierErasure]:
     """One entry per erasure (its tombstones, one per address, taken together)."""
-    subject, email = erasure.subject_hash(user.oidc_sub), erasure.email_hash(user.email)
+    subject = erasure.subject_hash(user.oidc_sub)
+    emails = set(erasure.tombstone_email_hashes(user.email))
     erasures: dict = {}
     for t in erasure.tombstones_of(user.oidc_sub, user.email):
         at, used, matched = erasures.get((t.subject_hash, t.erased_at), (t.erased_at, False, []))
-        matched += [name for name, mine, theirs in (("subject", subject, t.subject_hash),
-                                                    ("email", email, t.email_hash))
-                    if mine and mine == theirs and name not in matched]
+        matched += [name for name, match in (("subject", t.subject_hash == subject),
+                                             ("email", t.email_hash in emails))
+                    if match and name not in matched]
         erasures[(t.subject_hash, t.erased_at)] = (at, used or bool(t.trial_used), matched)
     return [EarlierErasure(at, used, sorted(matched, key=("subject", "email").index))
             for at, used, matched in erasures.values()]
