@@ -111,3 +111,17 @@ def test_an_address_joining_the_account_while_its_trial_is_decided_counts(
             trial.join(WAIT)
     resp = answer[0]
     assert (resp.status_code, resp.get_json().get("code")) == (409, "trial_already_used")
+
+
+def test_a_new_account_of_an_erased_identity_keeps_the_emails_it_was_verified_with(
+        client, auth):
+    """R used the trial as x@. P was verified as x@ too (shown used), then moved to p@ and
+    erased itself; signing in again, P's new account knew only p@ and was given a trial."""
+    assert _trial(client, auth("x@example.com", sub="identity-r")) == (200, None)
+    client.get("/api/user/subscription", headers=auth("x@example.com", sub="identity-p"))
+    moved = auth("p@example.com", sub="identity-p")
+    assert _shown_used(client, moved) is True
+    assert client.delete("/api/user/profile", headers=moved).status_code == 200
+    again = auth("p@example.com", sub="identity-p")
+    assert _shown_used(client, again) is True
+    assert _trial(client, again) == (409, "trial_already_used")

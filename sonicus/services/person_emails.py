@@ -29,12 +29,26 @@ def note_verified_email(user_id: int, email: str | None) -> None:
     """``email`` is verified on the account (the token says so): noted, in the caller's
     transaction (which holds the user's row)."""
     hashed = email_hash(email)
-    if hashed is None:
-        return
+    if hashed is not None:
+        _insert(user_id, hashed)
+
+
+def _insert(user_id: int, hashed: str) -> None:
     dialect = db.session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     db.session.execute(insert(VerifiedEmail).values(user_id=user_id, email_hash=hashed)
                        .on_conflict_do_nothing(index_elements=["user_id", "email_hash"]))
+
+
+def adopt_erased_emails(user_id: int, subject: str) -> None:
+    """A new account of a sign-in subject erased before: every address the erased accounts
+    were verified with (their tombstones) counts for it too, in the caller's transaction. The
+    identity is the same person whatever its account became."""
+    hashes = select(ErasureTombstone.email_hash).where(
+        ErasureTombstone.subject_hash == subject_hash(subject),
+        ErasureTombstone.email_hash.is_not(None)).distinct()
+    for hashed in db.session.execute(hashes).scalars():
+        _insert(user_id, hashed)
 
 
 def lock_trials_of_account(user: User) -> None:

@@ -34,7 +34,7 @@ from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_pref
 from ..realtime.publish import CLOSE_INVALID_TOKEN, close_user_sockets, publish_settings_change
 from . import erasure, erasure_keys
 from .analytics import invalidate_user_analytics, settings_stamp, settings_version
-from .person_emails import note_verified_email
+from .person_emails import adopt_erased_emails, note_verified_email
 from .recommendation_model import request_rebuild_after_erasure
 from .reminder_settings import get_reminder_preferences
 from .subscriptions import ended_by_a_grant, lock_or_create_subscription, settle_due_change
@@ -162,6 +162,7 @@ def _create_user(subject: str, view: dict, role: str) -> User:
             sub.trial_used = erasure.trial_used_before(subject, view["email"])
             if user.email_verified:
                 note_verified_email(user.id, user.email)
+            adopt_erased_emails(user.id, subject)
             erasure_keys.adopt_erasure_keys(user.id, subject)
             db.session.add(SubscriptionEvent(user_id=user.id, type="signed_up", from_tier=None,
                                              to_tier="starter", amount_cents=0,
