@@ -186,15 +186,17 @@ def replaced_subscriptions_charging(replaced: list[tuple[str, str]],
 
 
 def trials_per_person(trials_by_email: dict[str, int]) -> list[str]:
-    """One trial per person: the accounts of one verified email (several identities of one
-    person at the provider) start one trial between them, ever."""
+    """One trial per person: the accounts verified with one email, at any time (several
+    identities of one person at the provider, an account the provider moved to another
+    address), start one trial between them, ever. ``trials_by_email``: each trial counted
+    for every address its account had been verified with when it started."""
     return [f"{email}: {count} trials" for email, count in trials_by_email.items() if count > 1]
 
 
 def trial_shown_violations(shown: dict[str, bool], used: dict[str, bool]) -> list[str]:
     """``trial_used`` as shown to each account is the truth: whether the person (any account
-    of the same verified email, live or erased) used the trial, so a trial asked would be
-    409 ``trial_already_used``. ``shown``/``used``: by identity name."""
+    sharing an email either has been verified with, live or erased) used the trial, so a
+    trial asked would be 409 ``trial_already_used``. ``shown``/``used``: by identity name."""
     return [f"{name}: shown trial_used {shown[name]}, used {used[name]}"
             for name in shown if shown[name] != used[name]]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import unicodedata
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
@@ -96,12 +97,23 @@ STEPS = int(os.environ.get("RULES_STEPS", "30"))
 DERANDOMIZE = not os.environ.get("RULES_RANDOM")  # CI explores the same sequences every run
 
 
+# Addresses the provider may move a person to (all verified): another person's, one two
+# people share, and that one again in another Unicode form and case.
+EMAILS = ("ana@example.com", "ben@example.com", "shared@example.com", "ＳＨＡＲＥＤ@Example.com")
+
+
+def email_form(email: str) -> str:
+    """The model's one form of an address (the app compares its own ``email_key``)."""
+    return unicodedata.normalize("NFKC", email).casefold()
+
+
 class Identity:
     """One person at the identity provider: a token, and what the model knows of them."""
 
     def __init__(self, name, token, email=None):
         self.name, self.token = name, token
         self.email = email or f"{name}@example.com"
+        self.emails = {email_form(self.email)}  # every one it was verified with, ever
         self.headers = {"Authorization": f"Bearer {token}"}
         self.user_id = None          # the current account (None before sign-in, after erasure)
         self.days = DaySettings()
@@ -151,6 +163,7 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             self.people[SECOND_IDENTITY] = Identity(
                 SECOND_IDENTITY, idp.token(email="ana@example.com", sub="sub-ana-second"),
                 email="ana@example.com")
+            self.trials_by_email = {}  # address -> trials started by accounts verified with it
             self.running = {}   # user id -> the provider subscription id last seen on the row
             self.replaced = []  # (older, newer) provider subscription ids, as the row changed
             self.charges = {}   # user id -> [(charge id, the period end it paid)], in order
@@ -468,11 +481,34 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
         @rule(name=st.sampled_from(IDENTITIES), tier=st.sampled_from(["premium", "pro"]))
         def start_trial(self, name, tier):
             person = self.person(name)
+            used = self.trial_used_by(person)
             status, body = self.call("POST", "/api/user/subscription", person.headers,
                                      json={"tier": tier, "start_trial": True})
             assert status in (200, 403, 409), body
             if status == 200:
+                # one trial per person: no account sharing an address with it used one
+                assert not used, (name, person.emails)
                 person.trials_started += 1
+                for email in person.emails:
+                    self.trials_by_email[email] = self.trials_by_email.get(email, 0) + 1
+
+        def trial_used_by(self, person) -> bool:
+            """An account sharing an address it has been verified with (itself included,
+            across erasures) used the trial (``rules_subscription.trials_per_person``)."""
+            return any(p.trials_started for p in self.people.values()
+                       if p.emails & person.emails)
+
+        @rule(name=st.sampled_from(IDENTITIES), email=st.sampled_from(EMAILS))
+        def the_provider_changes_the_email(self, name, email):
+            """The provider's claims move the person to another verified address: the ones
+            before still count for the trial."""
+            person = self.person(name)
+            person.token = idp.token(email=email, sub=f"sub-{name}@example.com")
+            person.headers = {"Authorization": f"Bearer {person.token}"}
+            person.email = email
+            person.emails.add(email_form(email))
+            status, body = self.call("GET", "/api/user/profile", person.headers)
+            assert status in (200, 403), body
 
         @rule(name=st.sampled_from(IDENTITIES), tier=st.sampled_from(["starter", "premium",
                                                                      "pro"]),
@@ -895,8 +931,7 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 status, body = self.call("GET", "/api/user/subscription", person.headers)
                 assert status == 200, body
                 shown[person.name] = body["data"]["trial_used"]
-                used[person.name] = any(p.trials_started for p in self.people.values()
-                                        if p.email == person.email)
+                used[person.name] = self.trial_used_by(person)
             assert not trial_shown_violations(shown, used), (shown, used)
 
         @invariant()
@@ -1006,10 +1041,7 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 assert (sub.tier, sub.status, sub.pending_tier) == \
                     (derived.tier, derived.status, derived.pending_tier), \
                     (person.name, [e["type"] for e in events[user_id]])
-            trials: dict[str, int] = {}
-            for person in self.people.values():
-                trials[person.email] = trials.get(person.email, 0) + person.trials_started
-            assert not trials_per_person(trials), trials
+            assert not trials_per_person(self.trials_by_email), self.trials_by_email
             for user_id, sub in subs.items():
                 before, now = self.running.get(user_id), sub.provider_subscription_id
                 if before and now and before != now:
@@ -1344,6 +1376,48 @@ def test_the_rules_hold_when_a_keyed_refusal_is_replayed_later(idp, make_config,
             getattr(machine, step)(**({} if step == "time_passes" else {"name": "ana"}),
                                    **arguments)
             machine.the_rules_hold()
+    finally:
+        machine.teardown()
+
+
+# The provider moves people between addresses around a trial: every address an account has
+# been verified with counts, live or erased, in any Unicode form (one trial per person).
+SHARED, SHARED_FULLWIDTH = "shared@example.com", "ＳＨＡＲＥＤ@Example.com"
+EMAIL_SEQUENCES = {
+    "both_move_to_one_address_after_a_trial": [
+        ("start_trial", "ana", {"tier": "premium"}),
+        ("the_provider_changes_the_email", "ana", {"email": SHARED}),
+        ("the_provider_changes_the_email", "ben", {"email": SHARED_FULLWIDTH}),
+        ("start_trial", "ben", {"tier": "pro"})],
+    "the_old_address_of_a_trial_taken_by_another": [
+        ("start_trial", "ana", {"tier": "premium"}),
+        ("the_provider_changes_the_email", "ana", {"email": SHARED}),
+        ("the_provider_changes_the_email", "ben", {"email": "ana@example.com"}),
+        ("start_trial", "ben", {"tier": "premium"})],
+    "moved_after_a_trial_then_erased": [
+        ("start_trial", "ana", {"tier": "premium"}),
+        ("the_provider_changes_the_email", "ana", {"email": SHARED}),
+        ("erase", "ana", {}),
+        ("the_provider_changes_the_email", "ben", {"email": "ana@example.com"}),
+        ("start_trial", "ben", {"tier": "pro"}), ("sign_in", "ana", {}),
+        ("start_trial", "ana", {"tier": "pro"})],
+    "an_erased_identity_signing_up_again_keeps_its_addresses": [
+        ("start_trial", "ben", {"tier": "premium"}),
+        ("the_provider_changes_the_email", "ana", {"email": "ben@example.com"}),
+        ("the_provider_changes_the_email", "ana", {"email": SHARED}),
+        ("erase", "ana", {}), ("sign_in", "ana", {}), ("start_trial", "ana", {"tier": "pro"})],
+}
+
+
+@pytest.mark.parametrize("sequence", sorted(EMAIL_SEQUENCES))
+def test_the_rules_hold_when_the_provider_moves_people_between_addresses(
+        idp, make_config, table_names, billing, monkeypatch, sequence):
+    machine = _rules_machine(idp, make_config, table_names, billing, monkeypatch)()
+    try:
+        for step, name, arguments in EMAIL_SEQUENCES[sequence]:
+            getattr(machine, step)(name=name, **arguments)
+            machine.the_rules_hold()
+            machine.the_trial_is_shown_used_once_the_person_used_it()
     finally:
         machine.teardown()
 
