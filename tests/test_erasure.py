@@ -359,3 +359,24 @@ def test_an_erased_administrators_email_leaves_the_grants_they_made(client, auth
     assert history[0]["details"]["by"] == "erased user"
     export = client.get("/api/user/export", headers=headers).get_json()
     assert "boss@example.com" not in str(export)
+
+
+def test_an_erased_administrators_former_email_leaves_the_grants_they_made(
+        client, auth, admin_auth, make_user):
+    """An administrator granted a tier as boss@, the provider then moved them to chief@, and
+    they erased their account: the grant still named boss@ to the listener for good (only
+    grants naming the address the account had at its erasure were renamed)."""
+    make_user("boss@example.com", admin=True)
+    listener = make_user(EMAIL)
+    assert client.patch(f"/api/admin/users/{listener.id}", json={"tier": "premium"},
+                        headers=admin_auth("boss@example.com")).status_code == 200
+    moved = admin_auth("chief@example.com", sub="sub-boss@example.com")
+    assert client.get("/api/user/profile", headers=moved).get_json()["data"]["email"] \
+        == "chief@example.com"
+    assert client.delete("/api/user/profile", headers=moved).status_code == 200
+    headers = auth(EMAIL)
+    history = client.get("/api/user/subscription/history", headers=headers).get_json()["data"]
+    assert history[0]["type"] == "complimentary_grant"
+    assert history[0]["details"]["by"] == "erased user"
+    assert "boss@example.com" not in str(client.get("/api/user/export", headers=headers)
+                                         .get_json())

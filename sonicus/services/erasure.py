@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import Text, cast, func, or_, select
+from sqlalchemy import Text, and_, cast, func, or_, select
 
 from .. import clock
 from ..billing import BillingUnavailable, get_provider
 from ..billing.base import ALREADY_CANCELED
 from ..extensions import db
 from ..models import (
+    AuditLog,
     BillingEvent,
     ErasureTombstone,
     OwedCancellation,
@@ -166,16 +167,23 @@ def add_tombstone(user: User, sub: UserSubscription | None, now: datetime) -> Er
 ERASED_ACTOR = "erased user"
 
 
-def forget_grants_by(email: str | None) -> int:
+def forget_grants_by(actor_id: int) -> int:
     """Other users' tier grants name the administrator who made them by email (their
     subscription event's ``details.by``, in those users' history and export): an erased
     administrator's are renamed ``erased user``, as their audit entries are. In the erasure's
-    transaction; pass the email only for an account that acted as an administrator (an
-    address another account claimed must not rename a real administrator's grants)."""
-    if not email:
+    transaction, before its audit entries are anonymised: the grants are found through them
+    (each names its user and the address the grant was signed with, whatever the account's
+    address became since), so a grant of another administrator with an address this account
+    also had is left as it is."""
+    made = db.session.execute(select(AuditLog.target_id, AuditLog.actor_label).where(
+        AuditLog.actor_id == actor_id, AuditLog.action == "user.tier_grant").distinct()).all()
+    grants = [and_(SubscriptionEvent.user_id == int(target),
+                   SubscriptionEvent.details["by"].as_string() == label)
+              for target, label in made if target and target.isdigit() and label]
+    if not grants:
         return 0
     events = db.session.execute(select(SubscriptionEvent).where(
-        SubscriptionEvent.details["by"].as_string() == email)).scalars().all()
+        SubscriptionEvent.type == "complimentary_grant", or_(*grants))).scalars().all()
     for event in events:
         event.details = {**event.details, "by": ERASED_ACTOR}
     return len(events)

@@ -332,8 +332,7 @@ def erase_user(user_id: int, claim: int | None = None) -> None:
         # (an admin's audit entry made from another tab is anonymised below, not left with
         # the email once the account is gone).
         db.session.execute(select(User.id).where(User.id == user_id).with_for_update())
-        if db.session.execute(select(exists().where(AuditLog.actor_id == user_id))).scalar_one():
-            erasure.forget_grants_by(user.email)  # they acted as an administrator
+        erasure.forget_grants_by(user_id)  # the grants they made as an administrator
         db.session.execute(update(AuditLog).where(AuditLog.actor_id == user_id)
                            .values(actor_id=None, actor_label=erasure.ERASED_ACTOR))
         # Their per-package rows are what the model's group figures were built from.
