@@ -175,11 +175,11 @@ def in_force_columns(now: datetime):
 
 
 def deadline_passed(now: datetime):
-    """A deadline of the row has passed (whether or not it changes anything): the only rows
-    whose tier or status in force may differ from the stored ones (indexed columns)."""
+    """A deadline of the row may have passed (whether or not it changes anything): the only
+    rows whose tier or status in force may differ from the stored ones. Each term has an
+    index (a failed renewal by its status: its grace's end is read by ``in_force_columns``)."""
     sub = UserSubscription
-    return or_(sub.trial_ends_at <= now, sub.current_period_end <= now,
-               sub.past_due_since <= now - GRACE_PERIOD)
+    return or_(sub.trial_ends_at <= now, sub.current_period_end <= now, sub.status == PAST_DUE)
 
 
 def next_change_at(sub) -> datetime | None:
