@@ -8,8 +8,8 @@
   PostgreSQL with pg_trgm a GIN trigram index for substrings (skipped with a warning where
   the extension is not there, as 0021).
 
-Revision ID: 0023_user_email_keys
-Revises: 0022_verified_emails
+Revision ID: 0025_user_email_keys
+Revises: 0024_verified_emails
 """
 import logging
 import unicodedata
@@ -17,8 +17,8 @@ import unicodedata
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0023_user_email_keys"
-down_revision = "0022_verified_emails"
+revision = "0025_user_email_keys"
+down_revision = "0024_verified_emails"
 branch_labels = None
 depends_on = None
 
