@@ -75,6 +75,25 @@ def test_stats_figures_are_exact(client, admin_auth, platform):
     assert data["computed_at"]
 
 
+def test_stats_count_the_tier_and_status_in_force_before_the_expiry_job_writes_them(
+        client, admin_auth, db_session, make_user):
+    """A trial that ended without a card, a grace that ran out and a paid period that lapsed
+    count as the starter tier they are in force (as the admin list shows them), not as the
+    paid tier their rows still hold until the expiry job writes the change."""
+    now = clock.now()
+    make_user("ended-trial@example.com", tier="premium", status="trialing", trial_used=True,
+              trial_ends_at=now - timedelta(hours=1))
+    make_user("grace-over@example.com", tier="premium", status="past_due",
+              past_due_since=now - timedelta(days=30))
+    make_user("still-trialing@example.com", tier="pro", status="trialing", trial_used=True,
+              trial_ends_at=now + timedelta(days=3))
+    data = _stats(client, admin_auth())
+    assert data["users_by_tier"] == {"starter": 3, "premium": 0, "pro": 1}
+    assert data["trialing"] == 1
+    assert data["active_subscriptions"] == 0
+    assert data["mrr"] == "0.00"
+
+
 def test_stats_on_an_empty_platform(client, admin_auth):
     data = _stats(client, admin_auth())
     assert data["users_total"] == 1

@@ -22,6 +22,7 @@ from ..models.listening import ENDED
 from ..models.subscription import ACTIVE, PAST_DUE, TRIALING
 from ..tasks.queue import QUEUE_MAINTENANCE, enqueue
 from ..tiers import STARTER, TIERS
+from .subscriptions.expiry import in_force_columns
 
 CACHE_KEY = "platform_stats"
 REFRESH_LOCK_KEY = "sonicus:lock:platform-stats-refresh"
@@ -47,12 +48,14 @@ def _user_counts() -> tuple[int, int]:
 
 def _subscription_groups() -> list:
     """One small grouped result over subscriptions; every subscription figure derives from it:
-    rows of (tier, status, complimentary, trial_used, count)."""
+    rows of (tier, status, complimentary, trial_used, count), by the tier and status in force
+    (``in_force_columns``: a trial, grace or period whose end has passed counts as what it
+    became, as the admin list shows it, before the expiry job writes the change)."""
+    tier, status = in_force_columns(clock.now())
     return db.session.execute(
-        select(UserSubscription.tier, UserSubscription.status, UserSubscription.complimentary,
-               UserSubscription.trial_used, func.count())
-        .group_by(UserSubscription.tier, UserSubscription.status,
-                  UserSubscription.complimentary, UserSubscription.trial_used)
+        select(tier, status, UserSubscription.complimentary, UserSubscription.trial_used,
+               func.count())
+        .group_by(tier, status, UserSubscription.complimentary, UserSubscription.trial_used)
     ).all()
 
 
