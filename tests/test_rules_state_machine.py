@@ -167,6 +167,7 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             self.running = {}   # user id -> the provider subscription id last seen on the row
             self.replaced = []  # (older, newer) provider subscription ids, as the row changed
             self.charges = {}   # user id -> [(charge id, the period end it paid)], in order
+            self.ended_at_provider = set()  # provider subscription ids the provider ended
 
         # ---- the API, always enveloped, never 5xx ------------------------------------------
         def call(self, method, path, headers=None, **kwargs):
@@ -607,8 +608,9 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 return
             sub = self.subscription_row(person)
             start, tier = sub.current_period_end, sub.tier
-            if start is None or tier == "starter":
-                return
+            if start is None or tier == "starter" \
+                    or sub.provider_subscription_id in self.ended_at_provider:
+                return  # (an ended subscription is invoiced no more)
             granted = tier if sub.complimentary and sub.status == "active" \
                 and tier_at(sub, self.now) == tier else None
             self.webhooks += 1
@@ -737,7 +739,8 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             if person.user_id is None:
                 return
             sub = self.subscription_row(person)
-            if not sub.provider_subscription_id or sub.tier == "starter":
+            if not sub.provider_subscription_id or sub.tier == "starter" \
+                    or sub.provider_subscription_id in self.ended_at_provider:
                 return
             self.webhooks += 1
             # the provider's subscription as it is: the price it renews at, where known
@@ -767,7 +770,8 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 return
             sub = self.subscription_row(person)
             sid, flags = sub.provider_subscription_id, self.provider_flags
-            if not sid or sid not in flags or sub.tier == "starter" or sub.complimentary \
+            if not sid or sid not in flags or sid in self.ended_at_provider \
+                    or sub.tier == "starter" or sub.complimentary \
                     or sub.provider_state_at != self.now.replace(microsecond=0):
                 return
             ours = flags[sid]
@@ -787,6 +791,117 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             problems = cancel_flag_violations(outcomes, after.cancel_at_period_end,
                                               flags[sid])
             assert not problems, (person.name, problems)
+
+        @rule(name=st.sampled_from(IDENTITIES))
+        def provider_ends_the_subscription(self, name):
+            """The provider ends the running subscription (``customer.subscription.deleted``):
+            its retries of a failed charge gave up, or the user canceled at once in its
+            billing portal. It charges nothing after that, so nothing shown renews on it
+            (``nothing_renews_on_an_ended_subscription``), and a grant in force stays
+            (rules_subscription.grant_renewal_violations)."""
+            person = self.people[name]
+            if person.user_id is None:
+                return
+            sub = self.subscription_row(person)
+            sid = sub.provider_subscription_id
+            if not sid or sid in self.ended_at_provider:
+                return
+            granted = sub.tier if sub.complimentary and sub.status == "active" \
+                and tier_at(sub, self.now) == sub.tier else None
+            self.webhooks += 1
+            status, body = self.call_webhook(billing.subscription_deleted(
+                f"evt_{self.webhooks}", subscription=sid,
+                customer=sub.provider_customer_id or "cus_x", created=self.now))
+            assert status == 200, body
+            self.ended_at_provider.add(sid)
+            prices.pop(person.user_id, None)  # the provider renews nothing now
+            after = self.subscription_row(person)
+            problems = grant_renewal_violations(granted, after.tier, after.complimentary)
+            assert not problems, (person.name, problems, body)
+
+        @rule(name=st.sampled_from(IDENTITIES), tier=st.sampled_from(["premium", "pro"]))
+        def portal_changes_the_plan(self, name, tier):
+            """The user switches plan in the provider's billing portal (its price changes at
+            once, prorated there): the tier shown renewing is the one the provider now bills
+            (``the_provider_renews_what_is_shown``)."""
+            person = self.people[name]
+            if person.user_id is None:
+                return
+            sub = self.subscription_row(person)
+            sid = sub.provider_subscription_id
+            if not sid or sid in self.ended_at_provider or sub.tier == "starter" \
+                    or sub.complimentary or sub.status not in ("active", "past_due", "trialing") \
+                    or prices.get(person.user_id) == tier:
+                return
+            self.webhooks += 1
+            status, body = self.call_webhook(billing.subscription_updated(
+                f"evt_{self.webhooks}", price="price_unknown", subscription=sid,
+                customer=sub.provider_customer_id or "cus_x",
+                cancel_at_period_end=bool(self.provider_flags.get(sid,
+                                                                  sub.cancel_at_period_end)),
+                created=self.now, metadata={"sonicus_tier": tier}))
+            assert status == 200, body
+            prices[person.user_id] = tier
+
+        @invariant()
+        def nothing_renews_on_an_ended_subscription(self):
+            """A paid subscription whose provider subscription ended is not shown renewing
+            (nor a trial converting on the card that went with it): nothing would charge for
+            the month shown."""
+            for person in self.people.values():
+                if person.user_id is None:
+                    continue
+                sub = self.subscription_row(person)
+                if sub.provider_subscription_id in self.ended_at_provider \
+                        and sub.status in ("active", "trialing") and not sub.complimentary \
+                        and sub.tier != "starter":
+                    assert sub.cancel_at_period_end or sub.pending_tier == "starter" \
+                        or (sub.status == "trialing" and not sub.payment_method_on_file), \
+                        (person.name, sub.tier, sub.status)
+
+        # ---- offline downloads ---------------------------------------------------------------
+        @rule(name=st.sampled_from(IDENTITIES),
+              level=st.sampled_from(["public", "premium", "pro_exclusive"]),
+              ends=st.booleans())
+        def downloads(self, name, level, ends):
+            """A package kept offline: a licence only where the tier in force has downloads and
+            opens the package, or an assignment opens it (403 else); the licences listed are
+            only of packages kept offline now (``the_licences_listed_are_open``)."""
+            person = self.person(name)
+            tier, active = self.tier_of(person)
+            package = self.packages[level]
+            status, body = self.call("POST", "/api/user/downloads", person.headers,
+                                     json={"package_id": package})
+            assert status in (201, 403), body
+            if active:
+                allowed = self.assigned(person, level) or (
+                    TIERS[tier].offline_downloads and can_access_level(tier, level))
+                assert (status == 201) == bool(allowed), (person.name, tier, level, body)
+            if status == 201 and ends:
+                status, body = self.call("DELETE", f"/api/user/downloads/{package}",
+                                         person.headers)
+                assert status == 200, body
+            self.the_licences_listed_are_open(person)
+
+        def the_licences_listed_are_open(self, person):
+            tier, active = self.tier_of(person)
+            if not active:
+                return
+            status, body = self.call("GET", "/api/user/downloads?per_page=50", person.headers)
+            assert status == 200, body
+            levels = {v: k for k, v in self.packages.items()}
+            for item in body["data"]:
+                level = levels[item["package_id"]]
+                assert self.assigned(person, level) or (
+                    TIERS[tier].offline_downloads and can_access_level(tier, level)), \
+                    (person.name, tier, level, item)
+                assert datetime.fromisoformat(item["licence_expires_at"]) > self.now, item
+
+        @rule(name=st.sampled_from(IDENTITIES))
+        def lists_downloads(self, name):
+            person = self.people[name]
+            if person.user_id is not None:
+                self.the_licences_listed_are_open(person)
 
         def call_webhook(self, event):
             res = billing.post_webhook(client, event)
