@@ -1547,3 +1547,73 @@ def test_the_rules_hold_under_any_sequence_of_actions(idp, make_config, table_na
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
+
+
+# The provider's own changes (its subscription ended, a plan switched in its billing portal)
+# and offline licences, each step followed by every invariant (random exploration reaches
+# these orders rarely).
+PAID_AT_THE_PROVIDER = [("choose_tier", {"tier": "premium", "pay": False}),
+                        ("provider_checkout_paid", {})]
+PRO_PAID_AT_THE_PROVIDER = [("choose_tier", {"tier": "pro", "pay": False}),
+                            ("provider_checkout_paid", {})]
+TRIAL_CARD_AT_THE_PROVIDER = [("start_trial", {"tier": "premium"}),
+                              ("choose_tier", {"tier": "premium", "pay": False}),
+                              ("provider_checkout_paid", {})]
+PROVIDER_SEQUENCES = {
+    "ended_at_the_provider_while_paid": [
+        *PAID_AT_THE_PROVIDER, ("downloads", {"level": "premium", "ends": False}),
+        ("provider_ends_the_subscription", {}), ("lists_downloads", {}),
+        ("time_passes", {"seconds": 32 * 86400}), ("expiry_job_runs", {}), ("sign_in", {})],
+    "ended_at_the_provider_during_a_trial_then_resumed": [
+        *TRIAL_CARD_AT_THE_PROVIDER, ("provider_ends_the_subscription", {}), ("resume", {}),
+        ("time_passes", {"seconds": 15 * 86400}), ("expiry_job_runs", {}), ("sign_in", {})],
+    "ended_at_the_provider_under_a_grant": [
+        *PAID_AT_THE_PROVIDER, ("admin_grants", {"tier": "pro"}),
+        ("provider_ends_the_subscription", {}), ("cancel", {}), ("resume", {}),
+        ("admin_grants", {"tier": "premium"}), ("time_passes", {"seconds": 32 * 86400}),
+        ("expiry_job_runs", {}), ("sign_in", {})],
+    "ended_at_the_provider_while_past_due": [
+        *PRO_PAID_AT_THE_PROVIDER, ("renewal_webhook", {"paid": False}),
+        ("provider_ends_the_subscription", {}), ("choose_tier", {"tier": "premium", "pay": True}),
+        ("time_passes", {"seconds": 3 * 86400}), ("expiry_job_runs", {})],
+    "plan_switched_in_the_portal_both_ways": [
+        *PRO_PAID_AT_THE_PROVIDER, ("downloads", {"level": "pro_exclusive", "ends": False}),
+        ("portal_changes_the_plan", {"tier": "premium"}), ("lists_downloads", {}),
+        ("renewal_webhook", {"paid": True}), ("portal_changes_the_plan", {"tier": "pro"}),
+        ("choose_tier", {"tier": "premium", "pay": True}),
+        ("portal_changes_the_plan", {"tier": "premium"}),
+        ("time_passes", {"seconds": 32 * 86400}), ("expiry_job_runs", {})],
+    "plan_switched_in_the_portal_after_a_cancel": [
+        *PAID_AT_THE_PROVIDER, ("cancel", {}), ("portal_changes_the_plan", {"tier": "pro"}),
+        ("resume", {}), ("portal_changes_the_cancel", {"cancel": False}),
+        ("time_passes", {"seconds": 32 * 86400}), ("expiry_job_runs", {})],
+    "plan_switched_in_the_portal_during_a_trial": [
+        *TRIAL_CARD_AT_THE_PROVIDER, ("portal_changes_the_plan", {"tier": "pro"}),
+        ("time_passes", {"seconds": 15 * 86400}), ("expiry_job_runs", {}), ("sign_in", {})],
+    "licence_after_a_downgrade_and_a_refund": [
+        *PRO_PAID_AT_THE_PROVIDER, ("renewal_webhook", {"paid": True}),
+        ("downloads", {"level": "pro_exclusive", "ends": False}),
+        ("downloads", {"level": "premium", "ends": False}),
+        ("choose_tier", {"tier": "premium", "pay": True}), ("lists_downloads", {}),
+        ("provider_refunds", {"latest": True, "how": "full"}), ("lists_downloads", {}),
+        ("admin_assigns", {"level": "premium", "days": 1}),
+        ("downloads", {"level": "premium", "ends": False}),
+        ("time_passes", {"seconds": 3 * 86400}), ("lists_downloads", {})],
+}
+
+
+@pytest.mark.parametrize("sequence", sorted(PROVIDER_SEQUENCES))
+def test_the_rules_hold_through_the_providers_own_changes_and_licences(
+        idp, make_config, table_names, billing, monkeypatch, sequence):
+    machine = _rules_machine(idp, make_config, table_names, billing, monkeypatch)()
+    try:
+        for step, arguments in PROVIDER_SEQUENCES[sequence]:
+            if step not in ("time_passes", "expiry_job_runs"):
+                arguments = {"name": "ana", **arguments}
+            getattr(machine, step)(**arguments)
+            machine.the_rules_hold()
+            machine.the_provider_renews_what_is_shown()
+            machine.nothing_renews_on_an_ended_subscription()
+            machine.the_dashboard_offers_to_continue_only_what_plays()
+    finally:
+        machine.teardown()
