@@ -27,7 +27,10 @@ STATUS_AFTER = {"trial_started": TRIALING, "trial_changed": TRIALING,
                 "checkout_abandoned": None}
 PENDING_CLEARED = {"resumed", "trial_started", "trial_converted", "trial_ended", "activated",
                    "upgraded", "downgraded", "canceled", "grace_ended", "lapsed",
-                   "complimentary_grant", "plan_changed"}
+                   "complimentary_grant"}
+# A plan switched in the billing portal replaces a downgrade scheduled; a cancel scheduled
+# stays (the provider still ends the subscription at the period's end).
+DOWNGRADE_CLEARED = {"plan_changed"}
 
 
 @dataclass
@@ -61,6 +64,8 @@ def derive_from_events(events: list[dict]) -> Derived:
         elif kind in ACCESS_ENDING and (event.get("details") or {}).get("ended_upgrade") \
                 and state.pending_tier == to_tier:
             state.pending_tier = None  # the upgrade taken back: the downgrade to it is done
+        elif kind in DOWNGRADE_CLEARED and state.pending_tier != "starter":
+            state.pending_tier = None
         elif kind == "cancel_scheduled":
             state.pending_tier = "starter"
         elif kind == "downgrade_scheduled":
