@@ -1,13 +1,20 @@
 """Reminder settings and push subscriptions under requests at the same moment (real threads,
-each with its own connection): the per-user cap of browsers holds, and nothing answers 500."""
+each with its own connection): the per-user cap of browsers holds, nothing answers 500, and a
+browser that subscribes again while a reminder is being sent keeps its fresh subscription."""
 
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
+import pytest
+from races import in_thread
 from sqlalchemy import func, select
 
+from sonicus import clock
+from sonicus.extensions import db
 from sonicus.models import PushSubscription
+from sonicus.services import reminder_claims, reminders, webpush
 from sonicus.services.reminder_settings import MAX_SUBSCRIPTIONS_PER_USER
 from tests.push_service import Browser
 
@@ -85,3 +92,65 @@ def test_reminder_settings_put_at_once_keep_one_whole_body(app, make_user, auth)
     assert answers == [(200, None), (200, None)]
     stored = app.test_client().get("/api/user/reminders", headers=headers).get_json()["data"]
     assert {k: stored[k] for k in first} in (first, second)
+
+
+@pytest.mark.parametrize("dead_by", ["410", "expired"])
+def test_a_browser_subscribing_again_while_a_reminder_is_sent_keeps_its_new_subscription(
+        push_client, auth, push_service, browser, set_clock, db_session, monkeypatch,
+        dead_by):
+    """The sending job read a device whose subscription was dead (the push service answered
+    410, or its expiration time had passed); before the job removed it, the browser posted
+    the same endpoint again with new keys and a new expiration time (real threads). The new
+    subscription stays and gets the next reminder: only the row as the job read it goes.
+    Before, the job deleted the row by its id and the browser lost its fresh subscription
+    until it subscribed once more."""
+    headers = auth()
+    endpoint = push_service.endpoint("renewing")
+    old = browser(endpoint).subscription()
+    if dead_by == "expired":
+        old["expirationTime"] = int(datetime(2026, 1, 14, 12, tzinfo=UTC).timestamp() * 1000)
+    else:
+        push_service.answer(endpoint, 410)
+    assert push_client.post("/api/user/push-subscriptions", json=old,
+                            headers=headers).status_code == 201
+    assert push_client.put("/api/user/reminders", json={"enabled": True, "time": "18:00"},
+                           headers=headers).status_code == 200
+    set_clock(datetime(2026, 1, 14, 18, 0, tzinfo=UTC))
+    app = push_client.application
+    with app.app_context():
+        [delivery_id] = reminder_claims.claim_due_reminders(clock.now())
+        db.session.remove()
+    sending, go = threading.Event(), threading.Event()
+    real = webpush.send_many
+
+    def posting(*args, **kwargs):
+        results = real(*args, **kwargs)
+        sending.set()
+        assert go.wait(10)
+        return results
+
+    monkeypatch.setattr(webpush, "send_many", posting)
+
+    def deliver():
+        with app.app_context():
+            try:
+                return reminders.deliver_reminders([delivery_id])
+            finally:
+                db.session.remove()
+
+    job, _sent = in_thread(deliver)
+    try:
+        assert sending.wait(10)
+        renewed = browser(endpoint)
+        body = renewed.subscription()
+        body["expirationTime"] = int(datetime(2026, 2, 14, tzinfo=UTC).timestamp() * 1000)
+        answer = push_client.post("/api/user/push-subscriptions", json=body, headers=headers)
+        assert answer.status_code == 200, answer.get_json()
+    finally:
+        go.set()
+        job.join(10)
+    assert not job.is_alive()
+    kept = db_session.execute(select(PushSubscription.p256dh)
+                              .where(PushSubscription.endpoint == endpoint)).scalars().all()
+    db_session.commit()
+    assert kept == [renewed.p256dh]

@@ -3,7 +3,8 @@ Reminders). Who is due, and the claim of their user day, is ``services.reminder_
 preferences and push subscriptions are set through ``services.reminder_settings``.
 
 Sending: one job per batch of claimed reminders; a push service's 404/410 deletes that
-subscription; 429, 5xx and network failures are retried for that subscription only, after
+subscription (the row as the job read it: a browser that subscribed again meanwhile keeps its
+new one); 429, 5xx and network failures are retried for that subscription only, after
 ``WEBPUSH_RETRY_SECONDS`` (Retry-After, when longer, wins), then given up. With
 ``weekly_recap``, the reminder of a Monday carries the recap of the week before.
 
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from datetime import date, timedelta
 
 from flask import current_app
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 
 from .. import clock
 from ..extensions import db
@@ -184,7 +185,7 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
         if only is not None and subscription.id not in only:
             continue
         if subscription.expires_at is not None and subscription.expires_at <= now:
-            gone.append(subscription.id)
+            gone.append(_as_read(subscription))
             continue
         pushes.append((subscription, payloads[subscription.user_id]))
     results = webpush.send_many(pushes, topic="reminder", held=_account_held)
@@ -193,7 +194,7 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
         if result.outcome == webpush.SENT:
             sent[delivery.id] += 1
         elif result.outcome == webpush.GONE:
-            gone.append(subscription.id)
+            gone.append(_as_read(subscription))
         elif result.outcome == webpush.RETRY:
             again.setdefault(delivery.id, []).append(subscription.id)
             if result.retry_after is not None:
@@ -202,8 +203,7 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
     if gone or sent:
         with unit_of_work():
             if gone:
-                db.session.execute(delete(PushSubscription).where(
-                    PushSubscription.id.in_(gone)))
+                db.session.execute(delete(PushSubscription).where(or_(*gone)))
             if sent:
                 table = ReminderDelivery.__table__
                 db.session.execute(
@@ -214,6 +214,18 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
     for delivery_id, subscription_ids in again.items():
         _schedule_retry(delivery_id, subscription_ids, attempt, retry_after.get(delivery_id))
     return sum(sent.values())
+
+
+def _as_read(subscription: PushSubscription):
+    """The condition of a dead subscription's deletion: its row still as the sending read it.
+    A browser that posted its endpoint again meanwhile (new keys, a new expiration time:
+    ``reminder_settings.save_push_subscription``) keeps that fresh subscription, which is
+    not the one the push service refused or that expired."""
+    p = PushSubscription
+    return and_(p.id == subscription.id, p.user_id == subscription.user_id,
+                p.p256dh == subscription.p256dh, p.auth == subscription.auth,
+                p.updated_at == subscription.updated_at,
+                p.expires_at.is_not_distinct_from(subscription.expires_at))
 
 
 @contextmanager
