@@ -1,7 +1,8 @@
 """The API's errors: ``ApiError`` (raised by services and views alike, with a machine-readable
 code), THE list of codes (``ERROR_CODES``) and the fields some errors add (``ERROR_EXTRAS``), and
 what the answer of any HTTP error says: the code and message a status has by default, ``errors``
-never empty (``error_parts``), a 500 saying nothing of the exception, the body (``error_body``).
+never empty and at most ``ERRORS_LISTED`` lines (``error_parts``), a 500 saying nothing of the
+exception, the body (``error_body``).
 What each error status means in the OpenAPI document is here too (``ERROR_DESCRIPTIONS``). The
 error envelope's schema and the handler that answers: ``envelope.py``.
 """
@@ -10,6 +11,10 @@ from __future__ import annotations
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
+
+# The most lines an answer's ``errors`` lists; a last line counts the others. Above what a
+# whole sync batch of bad items needs (``validation.bounded_errors``: 100 items of 11 lines).
+ERRORS_LISTED = 1200
 
 # Every machine-readable ``code`` an error answer can carry: THE list (the OpenAPI document's
 # enum of ``ErrorEnvelope.code``; a test checks every code the code base raises is here).
@@ -169,7 +174,10 @@ def error_parts(error, status: int, data: dict) -> tuple[str, list]:
     else:
         message = data.get("message") or DEFAULT_MESSAGES.get(status) or error.description
     if errors:
-        return message, list(errors)
+        errors = list(errors)
+        if len(errors) > ERRORS_LISTED:
+            errors[ERRORS_LISTED:] = [f"{len(errors) - ERRORS_LISTED} more errors not listed."]
+        return message, errors
     if status in (400, 422) and error.description:
         return message, [error.description]
     return message, [message]

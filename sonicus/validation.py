@@ -8,6 +8,10 @@
   ``integer`` column.
 - Booleans in a JSON body are JSON ``true`` or ``false`` (not ``"yes"``, ``1`` or ``"false"``);
   a query argument's are marshmallow's words (``true``, ``1``, ``false``, ``0``, ...).
+- Errors are bounded (``bounded_errors``): per object the errors of its first
+  ``FIELDS_NAMED`` fields (an unknown field's in the order sent), per list those of its first
+  ``ITEMS_NAMED`` items, then one line counting the rest; a batch full of unknown fields
+  answers about a thousand lines, not one per field sent.
 - JSON is nested at most ``MAX_JSON_DEPTH`` levels (checked on the raw body, before any
   parser recurses into it). A JSON body is read by ``load_json_body``: an integer literal
   too long for Python to convert is refused by the field it is given to, like any other
@@ -30,6 +34,8 @@ INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 HOSTILE_TEXT_MESSAGE = "Must not contain NUL characters or unpaired surrogates."
 NOT_AN_INTEGER = "Not a valid integer."
 NOT_A_BOOLEAN = "Not a valid boolean."
+FIELDS_NAMED = 10  # per object: the errors of this many fields are named, the rest counted
+ITEMS_NAMED = 100  # per list: the errors of this many items (a whole sync batch), the rest counted
 
 # Any surrogate code point in a str is unpaired: a JSON pair decodes to one character.
 _HOSTILE_TEXT = re.compile("[\x00\ud800-\udfff]")
@@ -63,6 +69,33 @@ def hostile_text_errors(data):
                   if (found := hostile_text_errors(item))}
         return errors or None
     return None
+
+
+def bounded_errors(messages):
+    """marshmallow error messages with, per object, the errors of its first ``FIELDS_NAMED``
+    fields, per list those of its first ``ITEMS_NAMED`` items and per field its first
+    ``FIELDS_NAMED`` messages, exactly as they were; the others are counted in one line of the
+    object, list or field that holds them (``{"_schema": ["145 more fields refused as well;
+    ..."]}`` reads ``sessions.1: 145 more fields refused as well; ...``). Within the bounds,
+    the messages as they are."""
+    if isinstance(messages, list):
+        if len(messages) <= FIELDS_NAMED:
+            return messages
+        return [*messages[:FIELDS_NAMED],
+                f"{len(messages) - FIELDS_NAMED} more errors as well."]
+    if not isinstance(messages, dict):
+        return messages
+    keys = [key for key in messages if key != "_schema"]
+    items = bool(keys) and all(isinstance(key, int) for key in keys)
+    named = ITEMS_NAMED if items else FIELDS_NAMED
+    if len(keys) <= named:
+        return {key: bounded_errors(value) for key, value in messages.items()}
+    bounded = {key: bounded_errors(messages[key]) for key in keys[:named]}
+    what = "items" if items else "fields"
+    bounded["_schema"] = [*bounded_errors(messages.get("_schema", [])),
+                          f"{len(keys) - named} more {what} refused as well; only the first "
+                          f"{named} are named."]
+    return bounded
 
 
 def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -152,6 +185,19 @@ class InputSchema(ma.Schema):
         if errors:
             raise ma.ValidationError(errors)
         return data
+
+    def handle_error(self, error: ma.ValidationError, data, *, many: bool, **kwargs):
+        """Refuse with bounded errors (``bounded_errors``), unknown fields in the order sent
+        (marshmallow reports them in no particular order)."""
+        messages = error.messages
+        if isinstance(messages, dict) and not many and hasattr(data, "keys"):
+            known = {field.data_key or name for name, field in self.load_fields.items()}
+            unknown = [key for key in data.keys() if key in messages and key not in known]
+            messages = {**{key: value for key, value in messages.items()
+                           if key not in unknown},
+                        **{key: messages[key] for key in unknown}}
+        raise ma.ValidationError(bounded_errors(messages), data=error.data,
+                                 valid_data=error.valid_data) from None
 
     def _checked_part(self, data):
         """What of ``data`` is input: everything (a body's unknown fields are refused by

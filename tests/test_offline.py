@@ -689,6 +689,57 @@ def test_a_batch_over_the_limit_is_refused_by_its_size_alone(client, auth, pkgs,
     assert _count_sessions(user.id) == 0
 
 
+def test_a_batch_full_of_unknown_fields_names_the_first_ten_of_each_item_and_counts_the_rest(
+        client, auth, pkgs, make_user, db_session):
+    """100 items, each with 155 fields no item has: a 422 naming, for each item, its first 10
+    unknown fields exactly as before (in the order sent), then one line counting the others,
+    instead of 15,500 lines (an answer of about 540 KB). An item with a few unknown fields
+    still has each of them named, and nothing is stored."""
+    user = make_user("noisy@example.com")
+    headers = auth("noisy@example.com")
+    start = clock.now() - timedelta(hours=2)
+    items = []
+    for i in range(100):
+        item = _item(pkgs["rain"], start + timedelta(minutes=11 * i))
+        item.update({f"x{n:03d}": n for n in range(155 if i else 3)})
+        items.append(item)
+    res = _sync(client, headers, items)
+    assert res.status_code == 422 and res.json["code"] == "validation_error", res.json
+    errors = res.json["errors"]
+    assert [e for e in errors if e.startswith("sessions.0.")] == \
+        [f"sessions.0.x{n:03d}: Unknown field." for n in range(3)]
+    assert not [e for e in errors if e.startswith("sessions.0:")]
+    item_1 = [e for e in errors if e.startswith(("sessions.1.", "sessions.1:"))]
+    assert item_1 == [f"sessions.1.x{n:03d}: Unknown field." for n in range(10)] + [
+        "sessions.1: 145 more fields refused as well; only the first 10 are named."]
+    assert len(errors) == 3 + 99 * 11
+    assert len(res.get_data()) < 64 * 1024
+    assert _count_sessions(user.id) == 0
+
+
+def test_a_batch_full_of_nul_characters_is_refused_in_a_bounded_answer(
+        client, auth, pkgs, make_user, db_session):
+    """100 items, each with 11 lists of 101 strings holding a NUL character (a body of
+    about 1 MB): a 422 whose first errors name the first strings exactly, in at most 1,201
+    lines, the last one counting those not listed (it was one line per string, 111,100)."""
+    user = make_user("nul@example.com")
+    headers = auth("nul@example.com")
+    start = clock.now() - timedelta(hours=2)
+    items = []
+    for i in range(100):
+        item = _item(pkgs["rain"], start + timedelta(minutes=11 * i))
+        item.update({f"x{n:02d}": ["\x00"] * 101 for n in range(11)})
+        items.append(item)
+    res = _sync(client, headers, items)
+    assert res.status_code == 422 and res.json["code"] == "validation_error", res.json
+    errors = res.json["errors"]
+    assert errors[0] == "sessions.0.x00.0: Must not contain NUL characters or unpaired " \
+        "surrogates."
+    assert len(errors) <= 1201 and errors[-1].endswith("more errors not listed.")
+    assert len(res.get_data()) < 256 * 1024
+    assert _count_sessions(user.id) == 0
+
+
 def test_sync_judges_each_item_by_the_tier_in_force_when_it_started(
         client, auth, billing, pkgs, make_user, db_session, set_clock):
     make_user("up@example.com")
