@@ -180,12 +180,14 @@ def test_cached_until_the_users_sessions_change(app, client, auth, set_clock, re
     """A past period is kept long, the current one briefly; a finished session forgets the
     periods it can touch, and older recaps stay cached."""
     set_clock(datetime(2026, 11, 25, 12, tzinfo=UTC))
-    make_user("me@example.com")
+    user = make_user("me@example.com")
     headers = auth("me@example.com")
     rain = make_package("rain").id
+    make_session(user, rain, date(2026, 8, 3))
+    make_session(user, rain, date(2026, 11, 23))
     week = _recap(client, auth, "me@example.com", period="week").json["data"]
     old = _recap(client, auth, "me@example.com", period="month", date="2026-08-01").json["data"]
-    assert week["sessions"] == 0 and old["sessions"] == 0
+    assert week["sessions"] == 1 and old["sessions"] == 1
     ttls = {key.decode().rsplit(":", 2)[-2]: redis_client.ttl(key)
             for key in redis_client.keys("sonicus:cache:recap:*")}
     assert 0 < ttls["week"] <= 300 and ttls["month"] > 300 * 24 * 3600
@@ -195,8 +197,40 @@ def test_cached_until_the_users_sessions_change(app, client, auth, set_clock, re
     done = client.post(f"/api/user/sessions/{session.json['data']['id']}/complete",
                        json={"listened_seconds": 0, "completed": True}, headers=headers)
     assert done.status_code == 200, done.json
-    assert _recap(client, auth, "me@example.com", period="week").json["data"]["sessions"] == 1
+    assert _recap(client, auth, "me@example.com", period="week").json["data"]["sessions"] == 2
     assert len(redis_client.keys("sonicus:cache:recap:*month:2026-08-01")) == 1
+
+
+def test_periods_without_listening_are_answered_zeros_and_not_cached(
+        client, auth, set_clock, redis_client, make_user, make_package, make_session):
+    """Any date from 1970 to 9998 is a period of zeros when nobody listened then and the
+    period before (the contract: zeros, not 404), but none of those is cached: asking for
+    every year, month or week of eight thousand years no longer fills the cache with one
+    recap each (a year each for the past ones). Periods with listening, or right after it,
+    are cached as before."""
+    set_clock(datetime(2026, 11, 25, 12, tzinfo=UTC))
+    user = make_user("curious@example.com")
+    rain = make_package("rain")
+    make_session(user, rain, started_at=datetime(2026, 3, 2, 12, tzinfo=UTC), minutes=30)
+    for query in ([{"period": "year", "date": f"{year}-06-01"}
+                   for year in (1970, 1999, 2024, 2025, 2028, 5000, 9998)]
+                  + [{"period": "month", "date": "3000-02-01"},
+                     {"period": "week", "date": "9998-12-31"}]):
+        res = _recap(client, auth, "curious@example.com", **query)
+        assert res.status_code == 200, res.json
+        assert (res.json["data"]["sessions"], res.json["data"]["minutes"],
+                res.json["data"]["previous"]["sessions"]) == (0, 0.0, 0), query
+    assert redis_client.keys("sonicus:cache:recap:*") == []
+
+    year = _recap(client, auth, "curious@example.com", period="year", date="2026-06-01")
+    assert (year.status_code, year.json["data"]["minutes"]) == (200, 30.0)
+    after = _recap(client, auth, "curious@example.com", period="year", date="2027-06-01")
+    assert after.json["data"]["previous"]["minutes"] == 30.0
+    month = _recap(client, auth, "curious@example.com", period="month", date="2026-03-09")
+    assert month.json["data"]["sessions"] == 1
+    assert sorted(key.decode().split(":", 5)[-1] for key in
+                  redis_client.keys("sonicus:cache:recap:*")) == \
+        ["month:2026-03-01", "year:2026-01-01", "year:2027-01-01"]
 
 
 def test_a_renamed_package_shows_its_new_title_in_cached_recaps(

@@ -5,9 +5,10 @@ a week runs Monday to Sunday, a month and a year are the calendar's. Every figur
 SQL aggregate over the user's own rows (two statements: the period and the previous one
 grouped by package and hour, and the day islands); the sessions never leave the database.
 
-Cached (``sonicus.cache``) under the user's recap generation: a period that is over is kept
-long (``PAST_TTL_SECONDS``), the current one briefly (``CURRENT_TTL_SECONDS``). A change to
-the user's sessions forgets the periods it can touch (``forget_recent_recaps``: sessions land
+Cached (``sonicus.cache``) under the user's recap generation, when there was listening in the
+period or the previous one (zeros are computed again, not kept): a period that is over is kept
+long (``PAST_TTL_SECONDS``), the current one briefly (``CURRENT_TTL_SECONDS``). A change to the
+user's sessions forgets the periods it can touch (``forget_recent_recaps``: sessions land
 on days of the last two weeks at most, offline sync included); a change of profile or an
 erasure forgets them all (``forget_user_recaps``, a new generation). Year recaps are computed
 ahead by ``precompute_year_recaps`` (a periodic job, January 1 to 7) and on demand.
@@ -319,9 +320,12 @@ def _cached_figures(person, period: str, on_date: date, today: date) -> dict:
     if figures is None or not labels_unchanged(figures.get("labels")):
         figures = recap_figures(person, period, on_date)
         # not cached when the user's sessions changed meanwhile (their forget may have run
-        # before this write: the figures would miss the change for a year)
-        cache_replace(key, figures, PAST_TTL_SECONDS if last < today else CURRENT_TTL_SECONDS,
-                      changes, watched=_changes_key(person.id))
+        # before this write: the figures would miss the change for a year), nor without any
+        # listening in the period or the one before: any period of 1970..9998 is zeros, and
+        # one user asking for each of them would fill the cache
+        if figures["sessions"] or figures["previous"]["sessions"]:
+            cache_replace(key, figures, PAST_TTL_SECONDS if last < today
+                          else CURRENT_TTL_SECONDS, changes, watched=_changes_key(person.id))
     return figures
 
 
