@@ -420,6 +420,34 @@ def test_an_analytics_refresh_caching_as_the_account_is_erased_leaves_no_figures
         assert cache_get_raw(analytics.cache_key(user_id)) is None
 
 
+def test_analytics_read_as_the_account_is_erased_leave_no_figures_cached(
+        app, make_user, make_package, make_session, auth, db_session, monkeypatch):
+    """A listener opens their analytics (nothing cached: computed for the answer) and, while
+    the figures are being cached, the account is erased on another device (real threads):
+    the answer comes, but the erased account's figures are not left in the cache until it
+    expires (the erasure forgot the cache before this read wrote it)."""
+    from sonicus.cache import cache_get_raw
+    from sonicus.services import analytics
+
+    user_id = make_user("read-late@example.com").id
+    make_session(user_id, make_package("rain"), started_at=clock.now() - timedelta(hours=2),
+                 minutes=20)
+    headers = auth("read-late@example.com")
+    reached, go = _paused(monkeypatch, analytics, "cache_replace")
+    read, answer = in_thread(lambda: app.test_client().get("/api/user/analytics",
+                                                           headers=headers))
+    try:
+        assert reached.wait(WAIT)
+        assert app.test_client().delete("/api/user/profile", headers=headers) \
+            .status_code == 200
+    finally:
+        go.set()
+        read.join(WAIT)
+    assert answer[0].status_code in (200, 404), answer[0].get_json()
+    with app.app_context():
+        assert cache_get_raw(analytics.cache_key(user_id)) is None
+
+
 def test_an_admin_reading_an_account_as_it_is_erased_gets_it_or_404_never_a_5xx(
         app, make_user, auth, admin_auth, db_session, monkeypatch):
     """An operator opens a user's detail while the user erases the account (real threads):

@@ -12,7 +12,7 @@ An announcement this process missed (its subscriber lost Redis meanwhile) is cau
 it subscribes again (``catch_up``, before it re-sends figures): the versions of the users it
 holds sockets for, as the database has them, so that figures computed before a change made
 during the gap, published late, are dropped too. The version is the user row's ``updated_at``
-(``analytics.settings_version``): a write of the row that changed no setting counts as a
+(``analytics_cache.settings_version``): a write of the row that changed no setting counts as a
 change there, which drops only figures older than the ones re-sent after the gap. A process
 that skipped Redis when it made the change owes the announcement (``publish_settings_change``)
 and sends it once it reaches Redis again.

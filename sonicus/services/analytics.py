@@ -11,6 +11,9 @@ Days are the user's days under the day settings in force (``clock.user_day``); a
 belongs to the day stored with it when it started. Only sessions that count
 (``ListeningSession.counts_in_outcomes``: no refunded taps, at least a minute listened) feed
 streaks, completion figures and mood outcomes.
+
+The cache's key, the settings stamp the figures are kept under and their forgetting:
+``services.analytics_cache``.
 """
 
 from __future__ import annotations
@@ -25,16 +28,23 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from .. import clock
-from ..cache import cache_delete, cache_get_raw, cache_replace, cache_set
+from ..cache import cache_get_raw, cache_replace, cache_set
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, User, UserAnalytics
 from ..models.listening import ENDED
 from ..models.user import merge_preferences
 from ..realtime.publish import publish_to_user
 from ..tasks.queue import QUEUE_ANALYTICS, enqueue, job_is_pending
+from .analytics_cache import (
+    cache_key,
+    invalidate_user_analytics,
+    settings_stamp,
+    settings_version,
+    still_there,
+)
 from .package_labels import labels_unchanged, listened_labels
 from .quota import counted_on_day
-from .recaps import forget_recent_recaps, forget_user_recaps
+from .recaps import forget_recent_recaps
 from .recommendation_model import refresh_user_outcomes
 from .streaks import active_days, day_islands, recent_freeze_days, streaks_from_islands
 from .transaction import names_a_missing_user, unit_of_work
@@ -49,33 +59,6 @@ GOAL_DAYS = 7  # goal.days_met_last_7
 STALE_GRACE_SECONDS = 30
 SWEEP_BATCH = 500
 REFRESH_JOB_ID = "analytics-refresh-{user_id}"
-
-
-def cache_key(user_id: int) -> str:
-    return f"analytics:{user_id}"
-
-
-def settings_stamp(person) -> str:
-    """The user's settings that their figures depend on (the goal, ``show_streaks``, the day
-    settings over time), as one string. The cache keeps it beside the figures and serves them
-    only to a reader with the same settings: a refresh that read the user before a profile
-    change stores its figures after that change forgot the cache, and they must not show a
-    streak the user just hid, or the goal they replaced."""
-    preferences = merge_preferences(dict(person.preferences or {}))
-    effective_at = person.day_settings_effective_at
-    return json.dumps([preferences.get("daily_goal_minutes"),
-                       preferences.get("show_streaks") is not False,
-                       person.timezone, person.day_start_hour, person.prior_timezone,
-                       person.prior_day_start_hour,
-                       None if effective_at is None else effective_at.isoformat(),
-                       list(person.earlier_day_settings or ())],
-                      sort_keys=True, default=str)
-
-
-def settings_version(user) -> int:
-    """The version of the user's settings (``updated_at`` in microseconds, moved forward by a
-    settings change): processes that saw a later one drop figures computed under this."""
-    return int(user.updated_at.timestamp() * 1_000_000)
 
 
 def _cache_figures(user_id: int, settings: str, data: dict, ttl: int, labels: dict) -> None:
@@ -120,13 +103,6 @@ def request_refresh(user_id: int) -> None:
     except Exception:  # inline run on the embedded default: the sweep retries it
         log.exception("inline analytics refresh failed for user %s", user_id)
         db.session.rollback()
-
-
-def invalidate_user_analytics(user_id: int) -> None:
-    """Forget the user's cached analytics and recaps (profile changed, account erased), in
-    every process: while this process skips Redis the deletes are owed, not lost."""
-    cache_delete(cache_key(user_id), critical=True)
-    forget_user_recaps(user_id)
 
 
 # ---- computation ---------------------------------------------------------------------------
@@ -291,7 +267,7 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
 
     An account erased meanwhile ends it quietly (None): erased before the figures are
     stored, its row is refused (no failed job); erased after, its figures are forgotten
-    again once cached (``_still_there``), so none stay cached past the erasure.
+    again once cached (``analytics_cache.still_there``), so none stay cached past the erasure.
     """
     user = db.session.get(User, user_id)
     if user is None:
@@ -326,7 +302,9 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
     db.session.commit()
     _cache_figures(user_id, settings, data, ttl, labels)
     forget_recent_recaps(user_id)  # again: a recap computed while the change committed
-    if not _still_there(user_id):
+    there = still_there(user_id)
+    db.session.rollback()
+    if not there:
         return None
     if publish:
         publish_to_user(user_id, {"type": "analytics.updated", "data": data},
@@ -334,28 +312,18 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
     return data
 
 
-def _still_there(user_id: int) -> bool:
-    """After caching a user's figures: False (and they are forgotten) when the account was
-    erased meanwhile. The erasure forgets the cache after its commit: read after the cache
-    was written, either the account is gone here or that forgetting comes after the write."""
-    if db.session.execute(select(User.id).where(User.id == user_id)).first() is not None:
-        db.session.rollback()
-        return True
-    db.session.rollback()
-    invalidate_user_analytics(user_id)
-    return False
-
-
 def get_user_analytics(person) -> dict:
     """The caller's analytics (``person``: a user or a caller): from the cache, else computed
-    now and cached (not stored: a read never commits) unless a refresh cached newer meanwhile."""
+    now and cached (not stored: a read never commits) unless a refresh cached newer meanwhile,
+    nor left cached when the account was erased meanwhile (``analytics_cache.still_there``)."""
     raw = cache_get_raw(cache_key(person.id))
     if (data := _cached_figures(person, raw)) is not None:
         return data
     now, labels = clock.now(), listened_labels(person.id)
     data = compute_user_analytics(person, now)
-    cache_replace(cache_key(person.id), {"settings": settings_stamp(person), "figures": data,
-                                         "labels": labels}, _cache_ttl(person, now), raw)
+    if cache_replace(cache_key(person.id), {"settings": settings_stamp(person), "figures": data,
+                                            "labels": labels}, _cache_ttl(person, now), raw):
+        still_there(person.id)  # erased meanwhile: what was just cached is forgotten again
     return data
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from ..extensions import db
 from ..models import User
 from ..realtime.publish import CLOSE_FORBIDDEN, CLOSE_INVALID_TOKEN
-from .analytics import settings_version
+from .analytics_cache import settings_version
 
 
 def _among(user_ids: list[int]):
@@ -42,7 +42,7 @@ def socket_close_codes(user_ids) -> dict[int, int]:
 
 
 def socket_settings_versions(user_ids) -> dict[int, int]:
-    """The settings version (``analytics.settings_version``) of each of these users whose
+    """The settings version (``analytics_cache.settings_version``) of each of these users whose
     account stands: what a process that may have missed a settings change's announcement (a
     gap in its subscription) catches up on."""
     user_ids = list(user_ids)

@@ -33,7 +33,7 @@ from ..models import (
 from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_preferences
 from ..realtime.publish import CLOSE_INVALID_TOKEN, close_user_sockets, publish_settings_change
 from . import erasure, erasure_keys
-from .analytics import invalidate_user_analytics, settings_stamp, settings_version
+from .analytics_cache import invalidate_user_analytics, settings_stamp, settings_version
 from .person_emails import adopt_erased_emails, note_verified_email
 from .recommendation_model import request_rebuild_after_erasure
 from .reminder_settings import get_reminder_preferences
