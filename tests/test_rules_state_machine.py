@@ -65,6 +65,7 @@ from sqlalchemy.orm import selectinload
 
 from sonicus import clock
 from sonicus.billing.sandbox import SandboxProvider
+from sonicus.cache import cache_get_raw
 from sonicus.caller_cache import get_caller_cache
 from sonicus.extensions import db
 from sonicus.models import (
@@ -79,7 +80,7 @@ from sonicus.models import (
     UserPackageOutcome,
     UserSubscription,
 )
-from sonicus.services import idempotency, reminder_claims
+from sonicus.services import analytics_cache, idempotency, reminder_claims
 from sonicus.services.analytics import compute_user_analytics
 from sonicus.services.subscriptions import changes as subscription_changes
 from sonicus.services.subscriptions import payments as subscription_payments
@@ -276,6 +277,7 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             if status == 403:
                 return
             assert status == 200, body
+            erased = person.user_id
             person.user_id, person.remind_minute = None, None
             # Its answer lost: the retry is that answer again, and signs nobody up.
             with app.app_context():
@@ -287,6 +289,8 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 account = db.session.execute(select(User.id).where(
                     User.oidc_sub == f"sub-{name}@example.com")).scalar_one_or_none()
                 db.session.remove()
+                # nothing of the account's figures stays cached once it is gone
+                assert cache_get_raw(analytics_cache.cache_key(erased)) is None, name
             assert account is None, ("an erasure's retry signed up", name)
 
         # ---- listening -------------------------------------------------------------------
