@@ -153,7 +153,9 @@ def test_query_count_does_not_grow_with_the_data(sql_statements, auth, redis_cli
     cold_big = sql_statements(app, fetch("big@example.com"))
     warm_small = sql_statements(app, fetch("small@example.com"))
     warm_big = sql_statements(app, fetch("big@example.com"))
-    assert len(cold_small) == len(cold_big) <= 15
+    # cold: 16 with the look-up, once the computed analytics are cached, that the account was
+    # not erased meanwhile (else they are forgotten again)
+    assert len(cold_small) == len(cold_big) <= 16
     # warm: 10 with the lookup by id of the cached analytics' package titles and categories,
     # and whether another account of the person used the trial (one statement for live and
     # erased accounts)
