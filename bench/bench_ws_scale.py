@@ -587,7 +587,7 @@ def main() -> None:
                 print("    " + line)
     for mode in dict.fromkeys(modes):
         during = [v for f in fan_outs if f["mode"] == mode for v in f["health"]]
-        if during and len(modes) > 1:
+        if during:
             print(f"  /api/health during the fan-outs, clients {mode}: {summary(during)}")
         if requests and during:
             print(f"    where the time went (clients {mode}): "
