@@ -110,6 +110,20 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "SECRET_KEY": _str(env, "SECRET_KEY", "dev-only-not-secret"),
         "INSTANCE_PATH": _str(env, "SONICUS_INSTANCE_PATH") or None,
         "DATABASE_URL": normalise_database_url(database_url) if database_url else None,
+        # The database connections one process may open (README, "Database connections"):
+        # the app's pool, the idempotency keys' pool, and the keys' own connections of a web
+        # process (their fast path). The shipped defaults keep every process of the shipped
+        # topology together under PostgreSQL's default max_connections (100); a worker's
+        # own are set by worker.py (``PROCESS_DATABASE_DEFAULTS``). A request that waits
+        # longer than the pool timeout for a connection answers 503 with Retry-After.
+        "DATABASE_POOL_SIZE": _int(env, "DATABASE_POOL_SIZE", 4),
+        "DATABASE_MAX_OVERFLOW": _int(env, "DATABASE_MAX_OVERFLOW", 4),
+        # Whole seconds: SQLAlchemy reads the app pool's timeout as an integer.
+        "DATABASE_POOL_TIMEOUT_SECONDS": _int(env, "DATABASE_POOL_TIMEOUT_SECONDS", 3),
+        "IDEMPOTENCY_POOL_SIZE": _int(env, "IDEMPOTENCY_POOL_SIZE", 1),
+        "IDEMPOTENCY_MAX_OVERFLOW": _int(env, "IDEMPOTENCY_MAX_OVERFLOW", 2),
+        "IDEMPOTENCY_CONNECTIONS_MAX_OPEN": _int(env, "IDEMPOTENCY_CONNECTIONS_MAX_OPEN", 6),
+        "IDEMPOTENCY_CONNECTIONS_KEEP_IDLE": _int(env, "IDEMPOTENCY_CONNECTIONS_KEEP_IDLE", 3),
         "REDIS_URL": _str(env, "REDIS_URL") or None,
         # A Redis call waits at most this long; after a failure every Redis use of the
         # process (cache, enqueue, rate limits, publishing) is skipped for RETRY seconds.
@@ -191,6 +205,60 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
     }
 
 
+# A worker runs one job at a time (in its work horse) but pushes reminders from
+# WEBPUSH_CONCURRENCY threads (8), each holding a connection while its push is on its way,
+# beside the job's own; it
+# keeps few idle and uses the keys' pool for the periodic sweep only. Applied by worker.py to
+# what the environment leaves unset.
+PROCESS_DATABASE_DEFAULTS = {
+    "worker": {"DATABASE_POOL_SIZE": "1", "DATABASE_MAX_OVERFLOW": "8",
+               "IDEMPOTENCY_POOL_SIZE": "1", "IDEMPOTENCY_MAX_OVERFLOW": "0"},
+}
+# An RQ worker forks a work horse per job: the worker's pool and the horse's are open at once.
+PROCESSES_PER_WORKER = 2
+
+
+def process_database_defaults(process_type: str, env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with the database settings of ``process_type`` (web, ws, worker) it leaves
+    unset filled in."""
+    out = dict(env)
+    for name, value in PROCESS_DATABASE_DEFAULTS.get(process_type, {}).items():
+        if (out.get(name) or "").strip() == "":
+            out[name] = value
+    return out
+
+
+def database_connections_at_most(config: Mapping, process_type: str) -> int:
+    """The PostgreSQL connections one process of ``process_type`` may hold at once with
+    ``config``: its pool and the keys' pool at their overflow, plus the keys' own connections
+    in a web process (a socket process, under gevent, claims through the keys' pool; a
+    worker answers no requests). A worker counts its work horse too."""
+    pools = (config["DATABASE_POOL_SIZE"] + config["DATABASE_MAX_OVERFLOW"]
+             + config["IDEMPOTENCY_POOL_SIZE"] + config["IDEMPOTENCY_MAX_OVERFLOW"])
+    if process_type == "web":
+        return pools + config["IDEMPOTENCY_CONNECTIONS_MAX_OPEN"]
+    if process_type == "worker":
+        return pools * PROCESSES_PER_WORKER
+    return pools
+
+
+def _validate_database_pools(config: Mapping) -> None:
+    least = {"DATABASE_POOL_SIZE": 1, "DATABASE_MAX_OVERFLOW": 0, "IDEMPOTENCY_POOL_SIZE": 1,
+             "IDEMPOTENCY_MAX_OVERFLOW": 0, "IDEMPOTENCY_CONNECTIONS_MAX_OPEN": 2,
+             "IDEMPOTENCY_CONNECTIONS_KEEP_IDLE": 1}
+    for name, minimum in least.items():
+        if config.get(name, minimum) < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}")
+    if config.get("IDEMPOTENCY_CONNECTIONS_KEEP_IDLE", 1) > config.get(
+            "IDEMPOTENCY_CONNECTIONS_MAX_OPEN", 2):
+        raise ConfigError("IDEMPOTENCY_CONNECTIONS_KEEP_IDLE must not exceed "
+                          "IDEMPOTENCY_CONNECTIONS_MAX_OPEN")
+    timeout = config.get("DATABASE_POOL_TIMEOUT_SECONDS", 3)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
+        raise ConfigError("DATABASE_POOL_TIMEOUT_SECONDS must be a whole number of seconds, "
+                          "at least 1")
+
+
 _MEDIA_FOLDER = re.compile(r"(/[A-Za-z0-9._~-]+)*/?")
 
 
@@ -227,6 +295,7 @@ def validate_config(config: Mapping) -> None:
     if not 0 < config["WORKER_HEARTBEAT_SECONDS"] < config["WORKER_ABANDONED_JOB_SECONDS"]:
         raise ConfigError("WORKER_HEARTBEAT_SECONDS must be positive and below "
                           "WORKER_ABANDONED_JOB_SECONDS")
+    _validate_database_pools(config)
     _validate_webpush(config)
     _validate_media_base(config.get("MEDIA_BASE_URL"))
     for name in ("WS_MAX_SOCKETS_PER_PROCESS", "WS_MAX_SOCKETS_PER_USER"):

@@ -13,10 +13,19 @@ import argparse
 import os
 import sys
 
+from config import PROCESS_DATABASE_DEFAULTS, load_config, process_database_defaults
 from sonicus import create_app
 from sonicus.logs import configure_process_logging
 from sonicus.metrics import serve_metrics
 from sonicus.tasks.worker import run_worker
+
+
+def worker_database_settings(env=None) -> dict:
+    """A worker's database connections (README, "Database connections"): the environment's
+    settings, with a worker's own defaults for those it leaves unset."""
+    settings = load_config(process_database_defaults("worker", os.environ if env is None
+                                                     else env))
+    return {name: settings[name] for name in PROCESS_DATABASE_DEFAULTS["worker"]}
 
 
 def main(argv=None) -> int:
@@ -31,7 +40,8 @@ def main(argv=None) -> int:
     # worker idled (a restart, a failover, pg_terminate_backend), and a periodic job has no
     # retry, so failing on it lost the job's period. A web request answers 503 instead (its
     # client retries) and spares the round trip.
-    app = create_app({"SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True}})
+    app = create_app({**worker_database_settings(),
+                      "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True}})
     if app.config.get("METRICS_BIND"):  # this worker's (and its host's) metrics for Prometheus
         serve_metrics(app.config["METRICS_BIND"], app.config.get("REDIS_URL"))
     return run_worker(app, simple=args.simple, schedule=not args.no_schedule)

@@ -48,9 +48,13 @@ def _database_settings(app: Flask) -> None:
                    "connect_args": {"check_same_thread": False, "timeout": 30}}
     else:
         # No pre-ping round trip per request: a dropped connection fails that request
-        # with a 503 and the pool is invalidated, so the next one reconnects.
-        options = {"pool_recycle": 1800, "pool_size": 10, "max_overflow": 20,
-                   "pool_timeout": 10, "connect_args": {"connect_timeout": 5}}
+        # with a 503 and the pool is invalidated, so the next one reconnects. Its size is
+        # this process's share of PostgreSQL's connections (README, "Database connections");
+        # a request that waits out the timeout for one answers 503 (``web.py``).
+        options = {"pool_recycle": 1800, "pool_size": int(app.config["DATABASE_POOL_SIZE"]),
+                   "max_overflow": int(app.config["DATABASE_MAX_OVERFLOW"]),
+                   "pool_timeout": int(app.config["DATABASE_POOL_TIMEOUT_SECONDS"]),
+                   "connect_args": {"connect_timeout": 5}}
     options.update(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     app.config.setdefault("SQLALCHEMY_TRACK_MODIFICATIONS", False)

@@ -101,9 +101,15 @@ def _keys_engine(main):
     # use: this pool serves the rare statements (a replay, a 409, a release, the sweep), and a
     # key given back on a connection the server had dropped stayed ``running``, its retries
     # refused with 409 until ``STALE_RUNNING``, after the 503 that should have been the last.
+    # Its size counts in the process's share of PostgreSQL's connections (README, "Database
+    # connections"); its timeout is the app pool's: a claim that waits it out answers 503.
+    config = current_app.config
     engine = create_engine(main.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
                            pool_pre_ping=True,
-                           pool_size=5, max_overflow=15, pool_timeout=10, pool_recycle=1800,
+                           pool_size=int(config["IDEMPOTENCY_POOL_SIZE"]),
+                           max_overflow=int(config["IDEMPOTENCY_MAX_OVERFLOW"]),
+                           pool_timeout=int(config["DATABASE_POOL_TIMEOUT_SECONDS"]),
+                           pool_recycle=1800,
                            connect_args={"connect_timeout": 5,
                                          "options": "-c synchronous_commit=off"})
     event.listen(engine, "connect", _prepare_statements)
@@ -353,8 +359,12 @@ def _connections(engine) -> KeysConnections | None:
             connections = current_app.extensions.get(CONNECTIONS_KEY)
             if connections is None:
                 url = engine.url.set(drivername="postgresql")
+                config = current_app.config
                 connections = current_app.extensions[CONNECTIONS_KEY] = KeysConnections(
-                    url.render_as_string(hide_password=False), _PREPARE)
+                    url.render_as_string(hide_password=False), _PREPARE,
+                    max_open=int(config["IDEMPOTENCY_CONNECTIONS_MAX_OPEN"]),
+                    keep_idle=int(config["IDEMPOTENCY_CONNECTIONS_KEEP_IDLE"]),
+                    wait_seconds=int(config["DATABASE_POOL_TIMEOUT_SECONDS"]))
     return connections
 
 

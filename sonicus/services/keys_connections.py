@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import select
 import threading
+import time
 from collections import deque
 from typing import NamedTuple
 
@@ -37,8 +38,12 @@ import psycopg2.extensions
 
 log = logging.getLogger(__name__)
 
-KEEP_IDLE = 16  # connections kept open between requests
-MAX_OPEN = 32  # past this, a connection still running its statement is waited for
+# The defaults; the app passes its settings (IDEMPOTENCY_CONNECTIONS_KEEP_IDLE / _MAX_OPEN).
+KEEP_IDLE = 3  # connections kept open between requests
+# Never more open than this: past it, the oldest connection still running its statement is
+# waited for, and when every one is taken by a request (a claim sent and not read yet), one
+# given back is waited for up to ``wait_seconds``, then ``OperationalError`` (answered 503).
+MAX_OPEN = 6
 APPLICATION_NAME = "sonicus-keys"  # how its connections show in pg_stat_activity
 
 
@@ -78,8 +83,10 @@ class KeysConnections:
     does not (what it sends must be safe to run twice: see the module's doc)."""
 
     def __init__(self, dsn: str, prepare: str, *, connect_timeout: int = 5,
-                 options: str = "-c synchronous_commit=off"):
+                 options: str = "-c synchronous_commit=off", max_open: int = MAX_OPEN,
+                 keep_idle: int = KEEP_IDLE, wait_seconds: float = 3.0):
         self._dsn = dsn
+        self._max_open, self._keep_idle, self._wait_seconds = max_open, keep_idle, wait_seconds
         self._prepare = prepare
         self._timeout = connect_timeout
         self._connect_args = {"connect_timeout": connect_timeout, "options": options,
@@ -89,7 +96,8 @@ class KeysConnections:
         # time to run).
         self._idle: deque[_Connection] = deque()
         self._open = 0  # connections made and not discarded
-        self._lock = threading.Lock()
+        # notified when a connection is given back or discarded (``_take`` may wait for one)
+        self._lock = threading.Condition(threading.Lock())
 
     def fetch(self, sql: str, params: tuple):
         """Run ``sql`` and return the first column of its first row (None: no row). Raises
@@ -151,31 +159,47 @@ class KeysConnections:
 
     def _take(self) -> _Connection:
         """A live connection with nothing pending: one whose last statement has run, or a
-        new one while fewer than ``MAX_OPEN`` are open (an answer just sent is not waited
-        for by the next claim), else the oldest, once its statement has run."""
+        new one while fewer than ``max_open`` are open (an answer just sent is not waited
+        for by the next claim), else the oldest, once its statement has run; when requests
+        hold every one, the first given back within ``wait_seconds``."""
+        deadline = None
         while True:
             with self._lock:
-                connection = next((c for c in self._idle if _done(c)), None)
-                if connection is not None:
-                    self._idle.remove(connection)
-                elif self._idle and self._open >= MAX_OPEN:
-                    connection = self._idle.popleft()
-                else:
-                    self._open += 1
+                while True:
+                    connection = next((c for c in self._idle if _done(c)), None)
+                    if connection is not None:
+                        self._idle.remove(connection)
+                        break
+                    if self._open < self._max_open:
+                        self._open += 1
+                        break
+                    if self._idle:
+                        connection = self._idle.popleft()
+                        break
+                    if deadline is None:
+                        deadline = time.monotonic() + self._wait_seconds
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise psycopg2.OperationalError(
+                            f"no idempotency keys connection free in {self._wait_seconds} s "
+                            f"({self._max_open} open)")
+                    self._lock.wait(left)
             if connection is None:
                 try:
                     return self._connect()
                 except BaseException:
                     with self._lock:
                         self._open -= 1
+                        self._lock.notify()
                     raise
             if self._finish(connection):
                 return connection
 
     def _give_back(self, connection: _Connection) -> None:
         with self._lock:
-            if len(self._idle) < KEEP_IDLE:
+            if len(self._idle) < self._keep_idle:
                 self._idle.append(connection)
+                self._lock.notify()
                 return
         if self._finish(connection):
             self._discard(connection)
@@ -225,6 +249,7 @@ class KeysConnections:
     def _discard(self, connection: _Connection) -> None:
         with self._lock:
             self._open -= 1
+            self._lock.notify()
         try:
             connection.raw.close()
         except Exception:  # already gone
