@@ -8,6 +8,9 @@ Two process types from the same code and settings:
   same create_app; psycopg2 waits cooperatively (psycogreen) and the file descriptor limit is
   raised to the hard limit. Figures: the README's Figures table; what had to change for
   that: bench/README.md, "The socket process type: what bit".
+Database connections: both types read the same pool settings (DATABASE_POOL_SIZE, ...), each
+process its own pools; WEB_CONCURRENCY and WS_CONCURRENCY multiply them (README, "Database
+connections": the processes together stay under PostgreSQL's max_connections).
 Access logs carry the path only: query strings (a socket's ?access_token=) never reach them.
 Metrics: every worker writes to PROMETHEUS_MULTIPROC_DIR (a master starting drops what this
 host's dead processes left there); a worker that exits is marked dead so its open-socket
