@@ -123,7 +123,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "IDEMPOTENCY_POOL_SIZE": _int(env, "IDEMPOTENCY_POOL_SIZE", 1),
         "IDEMPOTENCY_MAX_OVERFLOW": _int(env, "IDEMPOTENCY_MAX_OVERFLOW", 2),
         "IDEMPOTENCY_CONNECTIONS_MAX_OPEN": _int(env, "IDEMPOTENCY_CONNECTIONS_MAX_OPEN", 6),
-        "IDEMPOTENCY_CONNECTIONS_KEEP_IDLE": _int(env, "IDEMPOTENCY_CONNECTIONS_KEEP_IDLE", 3),
+        "IDEMPOTENCY_CONNECTIONS_KEEP_IDLE": _int(env, "IDEMPOTENCY_CONNECTIONS_KEEP_IDLE", 4),
         "REDIS_URL": _str(env, "REDIS_URL") or None,
         # A Redis call waits at most this long; after a failure every Redis use of the
         # process (cache, enqueue, rate limits, publishing) is skipped for RETRY seconds.

@@ -39,7 +39,7 @@ import psycopg2.extensions
 log = logging.getLogger(__name__)
 
 # The defaults; the app passes its settings (IDEMPOTENCY_CONNECTIONS_KEEP_IDLE / _MAX_OPEN).
-KEEP_IDLE = 3  # connections kept open between requests
+KEEP_IDLE = 4  # connections kept open between requests
 # Never more open than this: past it, the oldest connection still running its statement is
 # waited for, and when every one is taken by a request (a claim sent and not read yet), one
 # given back is waited for up to ``wait_seconds``, then ``OperationalError`` (answered 503).
