@@ -578,6 +578,58 @@ def test_sync_stores_clamped_sessions_and_a_retry_changes_nothing(
     assert playback[0]["package_id"] == pkgs["rain"] and playback[0]["position_seconds"] == 900
 
 
+def test_sync_results_echo_each_client_id_as_the_item_spelled_it(
+        client, auth, pkgs, make_user, db_session, set_clock):
+    user = make_user("spelling@example.com")
+    headers = auth("spelling@example.com")
+    now = set_clock(_tomorrow_noon())
+    plain = [_cid() for _ in range(4)]
+    spelled = ["{" + plain[0].upper() + "}", plain[1].upper(), plain[2].replace("-", ""),
+               "urn:uuid:" + plain[3]]
+    items = [{**_item(pkgs["rain"], now - timedelta(hours=6 - i)), "client_id": spelled[i]}
+             for i in range(3)]
+    items.append({**_item(pkgs["rain"], now + timedelta(hours=1)), "client_id": spelled[3]})
+    res = _sync(client, headers, items)
+    assert res.status_code == 200, res.json
+    results = res.json["data"]["results"]
+    assert [r["status"] for r in results] == ["created"] * 3 + ["rejected"]
+    assert [r["client_id"] for r in results] == spelled
+    stored = db.session.execute(select(ListeningSession.client_id)
+                                .where(ListeningSession.user_id == user.id)
+                                .order_by(ListeningSession.started_at)).scalars().all()
+    assert stored == plain[:3]  # kept in the canonical form
+    # a retry in another spelling finds the same sessions and is answered in its own
+    again = [{**item, "client_id": plain[i]} for i, item in enumerate(items[:3])]
+    retry = _sync(client, headers, again).json["data"]["results"]
+    assert [r["status"] for r in retry] == ["unchanged"] * 3
+    assert [r["client_id"] for r in retry] == plain[:3]
+    assert [r["session_id"] for r in retry] == [r["session_id"] for r in results[:3]]
+    assert _count_sessions(user.id) == 3
+    # two spellings of one id in a batch are still the same id twice
+    twice = _sync(client, headers, [{**items[0], "client_id": plain[0].upper()},
+                                    {**items[1], "client_id": plain[0]}])
+    assert twice.status_code == 422, twice.json
+    assert any(e.startswith("sessions.1.client_id:") for e in twice.json["errors"])
+
+
+def test_a_start_echoes_its_client_id_as_the_client_spelled_it(client, auth, pkgs, make_user,
+                                                               db_session):
+    user = make_user("braced@example.com")
+    headers = auth("braced@example.com")
+    plain = _cid()
+    braced = "{" + plain.upper() + "}"
+    first = client.post("/api/user/sessions", json={"package_id": pkgs["rain"],
+                                                    "client_id": braced}, headers=headers)
+    assert first.status_code == 201 and first.json["data"]["client_id"] == braced, first.json
+    again = client.post("/api/user/sessions", json={"package_id": pkgs["rain"],
+                                                    "client_id": plain}, headers=headers)
+    assert again.status_code == 200 and again.json["data"]["id"] == first.json["data"]["id"]
+    assert again.json["data"]["client_id"] == plain
+    stored = client.get(f"/api/user/sessions/{first.json['data']['id']}", headers=headers)
+    assert stored.json["data"]["client_id"] == plain  # the session itself keeps one form
+    assert _count_sessions(user.id) == 1
+
+
 def test_every_rejection_has_its_code(client, auth, pkgs, make_user, db_session, set_clock,
                                       make_session):
     user = make_user("rules@example.com")  # starter, UTC

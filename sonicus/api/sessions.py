@@ -51,7 +51,19 @@ class Sessions(MethodView):
         session, created = listening.start_or_find_session(
             caller.id, body["package_id"], body.get("track_id"), body.get("mood_before"),
             client_id=None if client_id is None else str(client_id))
+        if client_id is not None:  # named back as the client spelled it (stored canonical)
+            session = _NamedAsSent(session, client_id.sent)
         return session if created else (session, 200)
+
+
+class _NamedAsSent:
+    """A session read for an answer, with its ``client_id`` as the request spelled it."""
+
+    def __init__(self, session, client_id: str):
+        self._session, self.client_id = session, client_id
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
 
 
 @blp.route("/sessions/<int:session_id>")

@@ -12,10 +12,31 @@ from .common import OneOf, StrictSchema, TierField
 MAX_SECONDS = 7 * 24 * 3600
 
 
+class SentClientId(str):
+    """A client's session id: its canonical uuid text (what is stored and compared, so a retry
+    in another spelling finds the same session), remembering how the client spelled it
+    (``sent``) for the answers that name it back."""
+
+    sent: str
+
+    def __new__(cls, canonical: str, sent: str) -> SentClientId:
+        value = super().__new__(cls, canonical)
+        value.sent = sent
+        return value
+
+
+class _ClientIdField(ma.fields.UUID):
+    def _deserialize(self, value, attr, data, **kwargs) -> SentClientId:
+        canonical = str(self._validated(value))
+        return SentClientId(canonical, value if isinstance(value, str) else canonical)
+
+
 def ClientId(**kwargs) -> ma.fields.UUID:  # noqa: N802  (a field factory)
-    """The client's own id of a session: a uuid, stored in its canonical text form."""
-    return ma.fields.UUID(metadata={"description": "The client's id of the session (a uuid): "
-                                    "sent again, it finds the same session."}, **kwargs)
+    """The client's own id of a session: a uuid, stored in its canonical text form and named
+    back in an answer as the client sent it."""
+    return _ClientIdField(metadata={"description": "The client's id of the session (a uuid): "
+                                    "sent again, in any spelling, it finds the same session; "
+                                    "an answer to the request names it as sent."}, **kwargs)
 
 
 def Position(**kwargs) -> ma.fields.Integer:  # noqa: N802

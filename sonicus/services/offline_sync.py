@@ -80,7 +80,7 @@ CREATED, UNCHANGED, REJECTED = "created", "unchanged", "rejected"
 
 @dataclass(frozen=True)
 class SyncResult:
-    """One item's outcome (``SyncResultSchema``)."""
+    """One item's outcome (``SyncResultSchema``); ``client_id`` as the item spelled it."""
 
     client_id: str
     status: str
@@ -154,7 +154,8 @@ def sync_sessions(user_id: int, items: list[dict], now: datetime | None = None) 
     with unit_of_work():
         sub = lock_or_create_subscription(user_id)
         user = db.session.get(User, user_id, populate_existing=True)
-        ids = [str(item["client_id"]) for item in items]
+        ids = [str(item["client_id"]) for item in items]  # canonical: stored and compared
+        sent = [getattr(item["client_id"], "sent", ids[i]) for i, item in enumerate(items)]
         stored = dict(db.session.execute(
             select(ListeningSession.client_id, ListeningSession.id)
             .where(ListeningSession.user_id == user_id, ListeningSession.client_id.in_(ids))
@@ -162,12 +163,12 @@ def sync_sessions(user_id: int, items: list[dict], now: datetime | None = None) 
         pending = []
         for index, item in enumerate(items):
             if ids[index] in stored:
-                results[index] = SyncResult(ids[index], UNCHANGED, stored[ids[index]])
+                results[index] = SyncResult(sent[index], UNCHANGED, stored[ids[index]])
                 continue
             try:
                 _check_interval(item, now)
             except _Rejected as rejected:
-                results[index] = SyncResult(ids[index], REJECTED, None, rejected.code,
+                results[index] = SyncResult(sent[index], REJECTED, None, rejected.code,
                                             rejected.message)
                 continue
             pending.append(index)
@@ -177,7 +178,7 @@ def sync_sessions(user_id: int, items: list[dict], now: datetime | None = None) 
                 try:
                     session = _judge(context, ids[index], items[index])
                 except _Rejected as rejected:
-                    results[index] = SyncResult(ids[index], REJECTED, None, rejected.code,
+                    results[index] = SyncResult(sent[index], REJECTED, None, rejected.code,
                                                 rejected.message)
                     continue
                 created.append((index, session))
@@ -188,7 +189,7 @@ def sync_sessions(user_id: int, items: list[dict], now: datetime | None = None) 
             _bump_popularity(sessions)
             analytics.mark_stale(user_id)
             for index, session in created:
-                results[index] = SyncResult(ids[index], CREATED, session.id)
+                results[index] = SyncResult(sent[index], CREATED, session.id)
     if created:
         analytics.request_refresh(user_id)  # one refresh, one analytics.updated
     return SyncAnswer([r for r in results if r is not None])
