@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time as time_module
 import uuid
 from pathlib import Path
 
@@ -104,3 +105,110 @@ def test_upgrade_folds_push_endpoints_stored_in_other_spellings_into_one_device(
     conn.close()
     check = _flask("db", "check", env=env)
     assert check.returncode == 0, check.stderr + check.stdout
+
+
+# indexes built on tables that are big in production while the service writes to them
+BIG_TABLE_INDEXES = {
+    "ix_sound_packages_title_key_trgm": "sound_packages",
+    "ix_sound_packages_description_key_trgm": "sound_packages",
+    "ix_subscription_events_payment_charge": "subscription_events",
+    "ix_subscription_events_payment_intent": "subscription_events",
+    "ix_subscription_events_payment_invoice": "subscription_events",
+    "ix_users_email_key": "users",
+    "ix_users_email_key_trgm": "users",
+}
+
+
+def _valid_indexes(url) -> dict[str, bool]:
+    conn = psycopg2.connect(url)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT c.relname, i.indisvalid FROM pg_index i "
+                    "JOIN pg_class c ON c.oid = i.indexrelid "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'sonicus'")
+        return dict(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def _has_trigrams(url) -> bool:
+    conn = psycopg2.connect(url)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'")
+        return cur.fetchone() is not None
+    finally:
+        conn.close()
+
+
+def test_indexes_on_big_tables_are_built_valid_and_survive_a_downgrade_and_upgrade(
+        empty_database):
+    env = {**os.environ, "SONICUS_ENV": "testing", "DATABASE_URL": empty_database,
+           "DEV_TOKEN_ISSUER": "1"}
+    env.pop("REDIS_URL", None)
+    expected = {name for name in BIG_TABLE_INDEXES
+                if "trgm" not in name or _has_trigrams(empty_database)}
+    for step in (("upgrade",), ("downgrade", "0020_uploads_heard_to_their_end"), ("upgrade",)):
+        run = _flask("db", *step, env=env)
+        assert run.returncode == 0, run.stderr
+        if step[0] == "upgrade":
+            indexes = _valid_indexes(empty_database)
+            assert expected <= set(indexes), expected - set(indexes)
+            assert all(indexes.values()), [n for n, valid in indexes.items() if not valid]
+            check = _flask("db", "check", env=env)
+            assert check.returncode == 0, check.stderr + check.stdout
+        else:
+            assert not expected & set(_valid_indexes(empty_database))
+
+
+def test_writes_to_subscription_events_go_on_while_its_payment_indexes_are_built(
+        empty_database):
+    """A deploy's index build on a big table lets the service write to it meanwhile: the
+    build waits for the writers already there instead of locking new ones out."""
+    env = {**os.environ, "SONICUS_ENV": "testing", "DATABASE_URL": empty_database,
+           "DEV_TOKEN_ISSUER": "1"}
+    env.pop("REDIS_URL", None)
+    up = _flask("db", "upgrade", "0021_package_search_keys", env=env)
+    assert up.returncode == 0, up.stderr
+    earlier = psycopg2.connect(empty_database)  # a write in progress when the deploy starts
+    earlier.cursor().execute("LOCK TABLE sonicus.subscription_events IN ROW EXCLUSIVE MODE")
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade",
+         "0022_payment_id_indexes"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    watcher = psycopg2.connect(empty_database)
+    watcher.autocommit = True
+    later = psycopg2.connect(empty_database)
+    try:
+        cur = watcher.cursor()
+        for _ in range(600):  # until the build waits (for the write in progress)
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query ILIKE '%%ix_subscription_events_payment%%'")
+            if cur.fetchone()[0]:
+                break
+            assert deploy.poll() is None, deploy.communicate()
+            time_module.sleep(0.05)
+        else:
+            pytest.fail("the index build never started")
+        writer = later.cursor()  # a write that comes while the index is built
+        writer.execute("SET lock_timeout = '3s'")
+        try:
+            writer.execute("LOCK TABLE sonicus.subscription_events IN ROW EXCLUSIVE MODE")
+            went_on = True
+        except psycopg2.errors.LockNotAvailable:
+            went_on = False
+        later.rollback()
+        earlier.rollback()
+        out, err = deploy.communicate(timeout=120)
+        assert deploy.returncode == 0, err
+        assert went_on, "a write waited for the index build"
+    finally:
+        if deploy.poll() is None:
+            earlier.rollback()
+            deploy.kill()
+            deploy.communicate()
+        for conn in (earlier, watcher, later):
+            conn.close()
+    indexes = _valid_indexes(empty_database)
+    assert all(indexes[name] for name, table in BIG_TABLE_INDEXES.items()
+               if table == "subscription_events")

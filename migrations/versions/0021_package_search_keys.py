@@ -6,7 +6,8 @@
   accent) finds a title stored in NFC, and the other way round. Filled in here for the
   packages there are; the model keeps them on every change.
 - GIN trigram indexes on both (PostgreSQL with pg_trgm, as 0002_catalog: skipped with a
-  warning where the extension is not there).
+  warning where the extension is not there), built CONCURRENTLY outside the migration's
+  transaction, so the catalog stays writable while they are built.
 
 Revision ID: 0021_package_search_keys
 Revises: 0020_uploads_heard_to_their_end
@@ -35,6 +36,21 @@ def _key(text: str | None) -> str:
     """``models.base.unicode_key`` as it is at this revision."""
     folded = unicodedata.normalize("NFKC", text or "").replace("\u0130", "i").casefold()
     return unicodedata.normalize("NFKC", folded)
+
+
+def _build_concurrently(name: str, statement: str) -> None:
+    """Build an index on a big table without locking its writers out (PostgreSQL): outside the
+    migration's transaction, CONCURRENTLY; an invalid one left by a build that failed is
+    dropped first (IF NOT EXISTS would keep it as it is)."""
+    with op.get_context().autocommit_block():
+        invalid = op.get_bind().execute(sa.text(
+            "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'sonicus' AND c.relname = :name AND NOT i.indisvalid"),
+            {"name": name}).first()
+        if invalid is not None:
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS sonicus.{name}")
+        op.execute(statement)
 
 
 def upgrade():
@@ -66,8 +82,9 @@ def upgrade():
         log.warning("pg_trgm unavailable: catalog search key indexes skipped")
         return
     for name, column in INDEXES.items():
-        op.execute(f'CREATE INDEX IF NOT EXISTS {name} ON sonicus.sound_packages '
-                   f'USING gin ({column} "{schema}".gin_trgm_ops)')
+        _build_concurrently(name, f'CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} '
+                                  f'ON sonicus.sound_packages '
+                                  f'USING gin ({column} "{schema}".gin_trgm_ops)')
 
 
 def downgrade():

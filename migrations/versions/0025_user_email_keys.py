@@ -6,7 +6,8 @@
   so another case, Unicode form or IDN spelling of an address finds it. Filled in here.
 - ix_users_email_key (btree, text_pattern_ops: equality and LIKE prefixes), and on
   PostgreSQL with pg_trgm a GIN trigram index for substrings (skipped with a warning where
-  the extension is not there, as 0021).
+  the extension is not there, as 0021). On PostgreSQL both are built CONCURRENTLY outside the
+  migration's transaction, so sign-ins and profile changes go on while they are built.
 
 Revision ID: 0025_user_email_keys
 Revises: 0024_verified_emails
@@ -56,6 +57,21 @@ def _email_key(email) -> str:
     return f"{local}@{'.'.join(labels).rstrip('.')}"
 
 
+def _build_concurrently(name: str, statement: str) -> None:
+    """Build an index on a big table without locking its writers out (PostgreSQL): outside the
+    migration's transaction, CONCURRENTLY; an invalid one left by a build that failed is
+    dropped first (IF NOT EXISTS would keep it as it is)."""
+    with op.get_context().autocommit_block():
+        invalid = op.get_bind().execute(sa.text(
+            "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'sonicus' AND c.relname = :name AND NOT i.indisvalid"),
+            {"name": name}).first()
+        if invalid is not None:
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS sonicus.{name}")
+        op.execute(statement)
+
+
 def upgrade():
     schema = _schema()
     with op.batch_alter_table("users", schema=schema) as batch_op:
@@ -67,18 +83,21 @@ def upgrade():
     for row in bind.execute(sa.select(users.c.id, users.c.email)).all():
         bind.execute(users.update().where(users.c.id == row.id)
                      .values(email_key=_email_key(row.email)))
-    op.create_index("ix_users_email_key", "users", ["email_key"], unique=False, schema=schema,
-                    postgresql_ops={"email_key": "text_pattern_ops"})
     if bind.dialect.name != "postgresql":
+        op.create_index("ix_users_email_key", "users", ["email_key"], unique=False,
+                        schema=schema)
         return
+    _build_concurrently("ix_users_email_key", "CREATE INDEX CONCURRENTLY IF NOT EXISTS "
+                        "ix_users_email_key ON sonicus.users (email_key text_pattern_ops)")
     trgm = bind.execute(sa.text(
         "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
         "WHERE e.extname = 'pg_trgm'")).scalar_one_or_none()
     if trgm is None:
         log.warning("pg_trgm unavailable: the email key's trigram index is skipped")
         return
-    op.execute(f'CREATE INDEX IF NOT EXISTS ix_users_email_key_trgm ON sonicus.users '
-               f'USING gin (email_key "{trgm}".gin_trgm_ops)')
+    _build_concurrently("ix_users_email_key_trgm",
+                        f'CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_users_email_key_trgm '
+                        f'ON sonicus.users USING gin (email_key "{trgm}".gin_trgm_ops)')
 
 
 def downgrade():
