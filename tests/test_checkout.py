@@ -91,6 +91,32 @@ def test_without_return_urls_the_sandbox_says_what_happened(client, auth, billin
     assert confirm.status_code == 200 and confirm.get_json()["data"]["outcome"] == "activated"
 
 
+def test_the_sandbox_result_page_shows_the_checkout_as_it_is_not_as_the_link_says(
+        client, auth, billing):
+    headers = auth()
+    canceled = _buy(client, headers)
+    res = client.post(f"/api/billing/sandbox/{canceled['reference']}/cancel")
+    assert res.status_code == 303
+    done = f"/api/billing/sandbox/{canceled['reference']}/done"
+    for query in ("?outcome=paid", "?outcome=canceled", ""):
+        page = client.get(done + query)
+        assert page.status_code == 200, query
+        text = page.get_data(as_text=True)
+        assert "Checkout canceled" in text and "Payment confirmed" not in text, query
+    pending = _buy(client, auth("second@example.com"))
+    text = client.get(f"/api/billing/sandbox/{pending['reference']}/done?outcome=paid") \
+        .get_data(as_text=True)
+    assert "Payment confirmed" not in text and "Checkout canceled" not in text
+    assert "waiting for payment" in text
+    paid = client.post(f"/api/billing/sandbox/{pending['reference']}/pay")
+    assert paid.status_code == 303
+    text = client.get(f"/api/billing/sandbox/{pending['reference']}/done?outcome=canceled") \
+        .get_data(as_text=True)
+    assert "Payment confirmed" in text and "Checkout canceled" not in text
+    assert client.get("/api/billing/sandbox/sbx_nothing_here/done?outcome=paid") \
+        .status_code == 404
+
+
 @pytest.mark.parametrize(("field", "url"), [
     ("success_url", "https://evil.example/paid"),
     ("cancel_url", f"{PUBLIC}.evil.example/"),

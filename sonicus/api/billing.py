@@ -87,9 +87,16 @@ testing only: no card, no money).</p>
 <form method="post" action="{pay}"><button type="submit">Pay</button></form>
 <form method="post" action="{cancel}"><button type="submit">Cancel</button></form>
 """
-_DONE_BODY = {
-    "paid": "<p>Payment confirmed: the tier is yours. You can close this page.</p>",
-    "canceled": "<p>The checkout was canceled; nothing was charged. You can close this page.</p>",
+_DONE_PAGE = {  # by what became of the checkout (``sandbox_checkout_state``)
+    "paid": ("Payment confirmed",
+             "<p>Payment confirmed: the tier is yours. You can close this page.</p>"),
+    "canceled": ("Checkout canceled",
+                 "<p>The checkout was canceled; nothing was charged. You can close this "
+                 "page.</p>"),
+    "pending": ("Checkout not paid",
+                "<p>This checkout is still waiting for payment; nothing was charged.</p>"),
+    "closed": ("Checkout closed",
+               "<p>The checkout is closed; its payment changed nothing in the tier.</p>"),
 }
 # The pages' own policy: their inline style, nothing else (no script, no external asset).
 _PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
@@ -105,11 +112,11 @@ def _page(title: str, body: str, status: int = 200) -> Response:
                     mimetype="text/html", headers={"Content-Security-Policy": _PAGE_CSP})
 
 
-def _return_to(url: str | None, reference: str, outcome: str) -> Response:
+def _return_to(url: str | None, reference: str) -> Response:
     """303 to the checkout's return address (``{CHECKOUT_SESSION_ID}`` filled in with the
     reference, as Stripe fills in its session id), else to the sandbox's own result page."""
     target = (url.replace("{CHECKOUT_SESSION_ID}", reference) if url
-              else url_for("billing.SandboxCheckoutDone", reference=reference, outcome=outcome))
+              else url_for("billing.SandboxCheckoutDone", reference=reference))
     return redirect(target, 303)
 
 
@@ -156,7 +163,7 @@ class SandboxCheckoutPay(MethodView):
         _sandbox_reference(reference)
         checkout = subscriptions.sandbox_checkout(reference)
         subscriptions.confirm_sandbox_checkout(reference)  # 404 unless pending or paid
-        return _return_to(checkout.success_url if checkout else None, reference, "paid")
+        return _return_to(checkout.success_url if checkout else None, reference)
 
 
 @blp.route("/sandbox/<string:reference>/cancel")
@@ -167,8 +174,7 @@ class SandboxCheckoutCancel(MethodView):
         """Sandbox only: the checkout page's Cancel button. Abandons the checkout (nothing is
         charged; the tier stays as it was) and redirects (303) to its `cancel_url`."""
         _sandbox_reference(reference)
-        return _return_to(subscriptions.abandon_sandbox_checkout(reference), reference,
-                          "canceled")
+        return _return_to(subscriptions.abandon_sandbox_checkout(reference), reference)
 
 
 @blp.route("/sandbox/<string:reference>/done")
@@ -176,13 +182,13 @@ class SandboxCheckoutDone(MethodView):
     @blp.doc(responses={"200": _HTML_PAGE})
     @blp.errors(404)
     def get(self, reference):
-        """Sandbox only: where Pay and Cancel end when the checkout has no return address."""
+        """Sandbox only: where Pay and Cancel end when the checkout has no return address; it
+        says what became of the checkout, as recorded (paid, canceled, still waiting)."""
         _sandbox_reference(reference)
-        outcome = request.args.get("outcome")
-        if outcome not in _DONE_BODY:
-            not_found()
-        return _page("Payment confirmed" if outcome == "paid" else "Checkout canceled",
-                     _DONE_BODY[outcome])
+        state = subscriptions.sandbox_checkout_state(reference)
+        if state is None:
+            not_found("Checkout")
+        return _page(*_DONE_PAGE[state])
 
 
 _PORTAL_PAGE = """<!doctype html>

@@ -52,6 +52,7 @@ from .sandbox import (
     abandon_sandbox_checkout,
     confirm_sandbox_checkout,
     sandbox_checkout,
+    sandbox_checkout_state,
 )
 from .webhooks import handle_billing_event
 
@@ -60,7 +61,7 @@ __all__ = [
     "apply_payment_failed", "apply_payment_succeeded", "apply_subscription_ended", "cancel",
     "SubscriptionOverview", "billing_portal_url", "cents_to_decimal", "change_tier", "due_change",
     "confirm_sandbox_checkout", "ended_by_a_grant", "SandboxCheckout", "abandon_sandbox_checkout",
-    "sandbox_checkout",
+    "sandbox_checkout", "sandbox_checkout_state",
     "get_subscription", "grant_tier", "handle_billing_event", "history",
     "insert_default_subscription", "lock_or_create_subscription", "next_change_at",
     "overview", "process_due_subscriptions", "resume", "scheduled_change", "settle_due_change",

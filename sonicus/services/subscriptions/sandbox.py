@@ -12,7 +12,7 @@ from sqlalchemy import select
 from ... import clock
 from ...api_errors import fail
 from ...extensions import db
-from ...models import UserSubscription
+from ...models import SubscriptionEvent, UserSubscription
 from ...models.subscription import TRIALING
 from ...tiers import get_tier
 from ..transaction import unit_of_work
@@ -102,3 +102,23 @@ def abandon_sandbox_checkout(reference: str, now: datetime | None = None) -> str
         cancel_url = sub.checkout_cancel_url
         _drop_checkout(sub, now, via="checkout_page")
     return cancel_url
+
+
+def sandbox_checkout_state(reference: str) -> str | None:
+    """What became of the checkout ``reference``, as recorded (its result page says this, not
+    what its link says): ``pending`` (waiting for payment), ``canceled`` (abandoned, replaced
+    or ended before it was paid), ``paid`` (a payment of it was recorded), ``closed`` (paid,
+    but the payment granted nothing new); None for a reference never given out."""
+    types = set(db.session.execute(
+        select(SubscriptionEvent.type).where(SubscriptionEvent.reference == reference)
+    ).scalars())
+    if "checkout_abandoned" in types:
+        return "canceled"
+    pending = db.session.execute(
+        select(UserSubscription.id).where(UserSubscription.checkout_reference == reference)
+    ).first()
+    if pending is not None:
+        return "pending"
+    if types - {"checkout_started"}:
+        return "paid"
+    return "closed" if types else None
