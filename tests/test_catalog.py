@@ -220,6 +220,33 @@ NEW = {"slug": "evening-wind-down", "title": "Evening Wind-Down", "description":
                   {"title": "Two", "duration_seconds": 420, "media_path": "relax/ewd/2.mp3"}]}
 
 
+def test_admin_titles_with_bidirectional_controls_are_422_naming_the_field(
+        client, admin_auth, db_session, make_user):
+    """A package or track title holding an embedding, override or isolate control would show
+    reordered text to every listener and in every admin screen: refused, nothing stored;
+    right-to-left titles are welcome."""
+    make_user("admin@example.com", admin=True)
+    admin = admin_auth("admin@example.com")
+    for control in ("\u202e", "\u202a", "\u2066", "\u2069"):
+        res = client.post("/api/admin/packages", headers=admin,
+                          json={**NEW, "title": f"Rain{control}niaR"})
+        assert res.status_code == 422 and res.json["errors"][0].startswith("title:"), res.json
+        tracks = [{**NEW["tracks"][0], "title": f"One{control}"}]
+        res = client.post("/api/admin/packages", headers=admin, json={**NEW, "tracks": tracks})
+        assert res.status_code == 422, res.json
+        assert res.json["errors"][0].startswith("tracks.0.title:"), res.json
+    assert client.get("/api/admin/packages", headers=admin).json["data"] == []
+    made = client.post("/api/admin/packages", headers=admin,
+                       json={**NEW, "title": "גשם על הגג", "tracks": [
+                           {**NEW["tracks"][0], "title": "مطر"}]})
+    assert made.status_code == 201, made.json
+    assert made.json["data"]["title"] == "גשם על הגג"
+    assert made.json["data"]["tracks"][0]["title"] == "مطر"
+    res = client.patch(f"/api/admin/packages/{made.json['data']['id']}", headers=admin,
+                       json={"title": "\u2067Rain"})
+    assert res.status_code == 422 and res.json["errors"][0].startswith("title:"), res.json
+
+
 def test_admin_creates_edits_and_archives(client, auth, admin_auth, db_session, make_user):
     make_user("admin@example.com", admin=True)
     admin = admin_auth("admin@example.com")

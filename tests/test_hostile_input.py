@@ -416,6 +416,18 @@ def test_a_subject_of_255_characters_signs_in(client, idp):
     assert res.status_code == 200
 
 
+def test_a_token_name_with_bidirectional_controls_signs_in_without_them(client, idp):
+    """The identity provider's name becomes the display name: its embedding, override and
+    isolate controls (which would reorder it in admin screens and exports) are left out; a
+    right-to-left name is kept as it is."""
+    for name, shown in (("\u202eEve\u202c", "Eve"), ("\u2067שרה\u2069 K", "שרה K"),
+                        ("\u202e", None), ("محمد", "محمد")):
+        token = _token(idp, sub=f"bidi-{len(name)}-{ord(name[0])}", name=name)
+        res = client.get("/api/user/profile", headers={"Authorization": f"Bearer {token}"})
+        assert res.status_code == 200, res.get_json()
+        assert res.get_json()["data"]["display_name"] == shown, name
+
+
 # ---- webhooks ------------------------------------------------------------------------------
 
 def _paid_invoice(billing, user_id, now, **changes):

@@ -77,3 +77,31 @@ def test_delete_erases_account_and_anonymises_sessions(client, auth, db_session,
     # signing in again starts a fresh account
     res = client.get("/api/user/profile", headers=headers)
     assert res.status_code == 200 and res.json["data"]["id"] != user_id
+
+
+BIDI_CONTROLS = [chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))]
+
+
+def test_a_display_name_with_bidirectional_controls_is_422_naming_it(client, auth):
+    """A name holding an embedding, override or isolate control (U+202A..U+202E,
+    U+2066..U+2069) would show reversed or reordered text in the admin screens and exports
+    (an admin reading "moc.elpmaxe@nimda" as another account): refused, the name kept."""
+    headers = auth()
+    assert client.put("/api/user/profile", headers=headers,
+                      json={"display_name": "Night Owl"}).status_code == 200
+    for control in BIDI_CONTROLS:
+        res = client.put("/api/user/profile", headers=headers,
+                         json={"display_name": f"Eve{control}nimda"})
+        assert res.status_code == 422, (hex(ord(control)), res.json)
+        assert [e.split(":")[0] for e in res.json["errors"]] == ["display_name"]
+        assert "bidirectional" in res.json["errors"][0]
+    assert client.get("/api/user/profile", headers=headers).json["data"]["display_name"] == \
+        "Night Owl"
+
+
+def test_right_to_left_names_are_welcome(client, auth):
+    headers = auth()
+    for name in ("محمد الأحمد", "שרה כהן", "Dana (דנה)", "علي\u200f 2"):
+        res = client.put("/api/user/profile", headers=headers, json={"display_name": name})
+        assert res.status_code == 200, res.json
+        assert res.json["data"]["display_name"] == name

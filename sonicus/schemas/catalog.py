@@ -9,7 +9,7 @@ import marshmallow as ma
 from .. import media
 from ..pagination import PageArgsSchema
 from ..tiers import ACCESS_KINDS, PACKAGE_LEVELS
-from .common import OneOf, StrictSchema, TierField, UtcDateTime
+from .common import OneOf, StrictSchema, TierField, UtcDateTime, no_bidi_controls
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 CATEGORY_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
@@ -28,6 +28,9 @@ def not_blank(value: str) -> None:
     """A title shows something: not only spaces (or other blanks)."""
     if not value.strip():
         raise ma.ValidationError("Must not be blank.")
+
+
+TITLE_RULES = [ma.validate.Length(min=1, max=200), not_blank, no_bidi_controls]
 
 
 def validate_media_path(value: str) -> None:
@@ -182,8 +185,7 @@ class AdminAssignSchema(StrictSchema):
 # ---- admin input / output --------------------------------------------------------------------
 
 class TrackInputSchema(StrictSchema):
-    title = ma.fields.String(required=True,
-                             validate=[ma.validate.Length(min=1, max=200), not_blank])
+    title = ma.fields.String(required=True, validate=TITLE_RULES)
     duration_seconds = ma.fields.Integer(required=True,
                                          validate=ma.validate.Range(min=1, max=24 * 3600))
     media_path = ma.fields.String(required=True, validate=[ma.validate.Length(min=1, max=512),
@@ -199,7 +201,7 @@ CATEGORY_RULES = [ma.validate.Length(min=2, max=40),
 
 class PackageUpdateSchema(StrictSchema):
     slug = ma.fields.String(validate=SLUG_RULES)
-    title = ma.fields.String(validate=[ma.validate.Length(min=1, max=200), not_blank])
+    title = ma.fields.String(validate=TITLE_RULES)
     description = ma.fields.String(validate=ma.validate.Length(max=5000))
     category = ma.fields.String(validate=CATEGORY_RULES)
     minimum_tier = ma.fields.String(validate=ma.validate.OneOf(PACKAGE_LEVELS))
@@ -224,8 +226,7 @@ class PackageUpdateSchema(StrictSchema):
 
 class PackageCreateSchema(PackageUpdateSchema):
     slug = ma.fields.String(required=True, validate=SLUG_RULES)
-    title = ma.fields.String(required=True,
-                             validate=[ma.validate.Length(min=1, max=200), not_blank])
+    title = ma.fields.String(required=True, validate=TITLE_RULES)
     category = ma.fields.String(required=True, validate=CATEGORY_RULES)
 
     @ma.validates_schema

@@ -8,7 +8,7 @@ from ..clock import is_valid_timezone
 from ..envelope import ResponseSchema
 from ..models.user import ROLES
 from ..tiers import PACKAGE_LEVELS, TIER_NAMES
-from ..validation import InputSchema, QueryArgsSchema
+from ..validation import InputSchema, QueryArgsSchema, has_bidi_controls
 
 __all__ = ["QueryArgsSchema", "StrictSchema"]
 
@@ -25,6 +25,13 @@ def no_control_characters(value: str) -> None:
     """Refuse C0/C1 control characters (newlines, escape sequences) in a one-line text."""
     if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in value):
         raise ma.ValidationError("Must not contain control characters.")
+
+
+def no_bidi_controls(value: str) -> None:
+    """Refuse the bidirectional controls that reorder the text displayed around them."""
+    if has_bidi_controls(value):
+        raise ma.ValidationError("Must not contain bidirectional control characters "
+                                 "(U+202A..U+202E, U+2066..U+2069).")
 
 
 def validate_timezone(value: str) -> None:

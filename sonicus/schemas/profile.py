@@ -6,6 +6,7 @@ from .common import (
     StrictSchema,
     TierField,
     UserBaseSchema,
+    no_bidi_controls,
     no_control_characters,
     validate_timezone,
 )
@@ -43,7 +44,7 @@ class ProfileSchema(UserBaseSchema):
 
 class ProfileUpdateSchema(StrictSchema):
     display_name = ma.fields.String(validate=[ma.validate.Length(min=1, max=120),
-                                              no_control_characters])
+                                              no_control_characters, no_bidi_controls])
     timezone = ma.fields.String(validate=validate_timezone)
     day_start_hour = ma.fields.Integer(validate=ma.validate.Range(min=0, max=6))
     preferences = ma.fields.Nested(PreferencesInputSchema)

@@ -32,6 +32,7 @@ from ..models import (
 )
 from ..models.user import DEFAULT_PREFERENCES, ROLE_ADMIN, ROLE_USER, merge_preferences
 from ..realtime.publish import CLOSE_INVALID_TOKEN, close_user_sockets, publish_settings_change
+from ..validation import without_bidi_controls
 from . import erasure, erasure_keys
 from .analytics_cache import invalidate_user_analytics, settings_stamp, settings_version
 from .person_emails import adopt_erased_emails, note_verified_email
@@ -83,6 +84,8 @@ def _claims_view(claims: dict) -> dict:
         groups = []
     groups = [g for g in groups if isinstance(g, str)]
     name = claims.get("name") or claims.get("preferred_username")
+    if isinstance(name, str):  # shown as the display name: nothing that reorders it
+        name = without_bidi_controls(name)
     email = claims.get("email") or ""
     return {
         "email": email.strip()[:320] if isinstance(email, str) else "",
