@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from sonicus import clock
 from sonicus.models import AuditLog, SubscriptionEvent, User, UserSubscription
@@ -361,7 +361,12 @@ def test_a_name_with_escape_sequences_cannot_write_to_the_operators_terminal(
     escapes, so the operator's terminal is not cleared, their clipboard not written and no
     row is forged in the table; ``--json`` escapes them too. Before, they were printed as
     they are."""
-    make_user("eve@example.com", name=HOSTILE_NAME)
+    from sonicus.models import User
+
+    user = make_user("eve@example.com", name=HOSTILE_NAME)
+    # a sign-in now leaves the direction override out; a name stored before kept it
+    db_session.execute(update(User).where(User.id == user.id).values(display_name=HOSTILE_NAME))
+    db_session.commit()
     listed = _run(runner, "users", "list")
     shown_detail = _run(runner, "users", "show", "eve@example.com")
     as_json = _run(runner, "users", "show", "eve@example.com", "--json")
