@@ -233,3 +233,63 @@ def test_a_refund_held_for_its_payment_and_notified_twice_is_kept_once(stripe_ap
                     end=now + 30 * DAY, created=now - timedelta(minutes=5))
     assert _outcome(billing, client, paid) == "refunded"
     assert len(billing.events_of(EMAIL, "refunded")) == 1
+
+
+def test_two_notices_of_a_first_payment_and_its_refund_at_once_are_all_answered_200(
+        stripe_app, auth, billing):
+    """A new customer's first payment notified twice (its checkout's completion and its
+    invoice) while its refund is notified at the same moment (real threads, PostgreSQL):
+    the refund waits for the charge's ids while the checkout's notice commits, the invoice's
+    notice comes in meanwhile. No delivery fails (PostgreSQL found a deadlock between the
+    refund and the invoice's notice: 500, Stripe sending it again); the user ends on Starter,
+    the refund recorded once."""
+    from races import in_thread, lock_waiters
+    from sqlalchemy import func, select
+
+    from sonicus.extensions import db
+
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    resp = client.post("/api/user/subscription", json={"tier": "premium"}, headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    reference = resp.get_json()["data"]["checkout"]["reference"]
+    now = clock.now()
+    user_id = billing.user_id(EMAIL)
+    checkout = billing.checkout_completed("evt_cs", user_id=user_id, tier="premium",
+                                          reference=reference, customer="cus_s1",
+                                          subscription="sub_s1")
+    checkout["data"]["object"]["invoice"] = "in_evt_paid"
+    paid = _invoice(billing, "evt_paid", charge="ch_1", start=now - timedelta(minutes=5),
+                    end=now + 30 * DAY, created=now - timedelta(minutes=5))
+    refund = _refund("evt_r1", "ch_1", charged_at=now - timedelta(minutes=5))
+
+    def deliver(event):
+        def action():
+            with app.app_context():
+                resp = billing.post_webhook(app.test_client(), event)
+                return resp.status_code, (resp.get_json().get("data") or {}).get("outcome")
+        return action
+
+    with app.app_context():
+        # another notice of the same charge being applied: holds the charge's id a moment
+        other = db.engine.connect()
+        transaction = other.begin()
+        other.execute(select(func.pg_advisory_xact_lock(
+            func.hashtextextended("sonicus-payment:ch_1", 0))))
+
+        def wait_for(n):
+            while lock_waiters(db.session) < n:
+                pass
+
+        refunding, refunded = in_thread(deliver(refund))
+        wait_for(1)
+        assert _outcome(billing, client, checkout) == "activated"
+        invoicing, invoiced = in_thread(deliver(paid))
+        wait_for(2)
+        transaction.commit()
+        other.close()
+        refunding.join()
+        invoicing.join()
+    assert refunded[0][0] == 200 and invoiced[0][0] == 200, (refunded, invoiced)
+    assert billing.subscription(client, headers)["tier"] == "starter", (refunded, invoiced)
+    assert len(billing.events_of(EMAIL, "refunded")) == 1

@@ -2,9 +2,12 @@
 and its unique index decides who handles it (a replay changes nothing); the notice is then
 applied to the subscription it is about, locked, once the deadlines that have passed are
 (``expiry.apply_due_deadlines``, as for every change a user asks for), by ``payments`` and
-``provider_updates``. Notices about an erased account's customer or subscription change
-nothing (``ERASED_CUSTOMER``) and are stored without their content; a running subscription of
-an erased account is owed a cancellation."""
+``provider_updates``. Every notice takes its locks in one order: its event row, the payment
+ids it names (``refunds.lock_payment_ids``), then the subscription row; a transaction
+PostgreSQL still finds in a deadlock or a serialization failure is run again (at most
+``ATTEMPTS`` times) rather than answered 5xx. Notices about an erased account's customer or
+subscription change nothing (``ERASED_CUSTOMER``) and are stored without their content; a
+running subscription of an erased account is owed a cancellation."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ... import clock
 from ...billing import get_provider
@@ -92,10 +95,34 @@ class _Replay(Exception):
 HANDLED_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_ENDED, SUBSCRIPTION_UPDATED,
                  CHARGE_REFUNDED, CHARGE_DISPUTED)
 REVERSAL_KINDS = (CHARGE_REFUNDED, CHARGE_DISPUTED)
+# the notices that take the locks of the payment ids they name (``lock_payment_ids``)
+PAYMENT_ID_KINDS = (PAYMENT_SUCCEEDED, *REVERSAL_KINDS)
+
+
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction was rolled back
+# as a whole and may simply run again.
+RETRIED_SQLSTATES = ("40P01", "40001")
+ATTEMPTS = 3
+
+
+def _worth_running_again(exc: DBAPIError) -> bool:
+    return getattr(getattr(exc, "orig", None), "pgcode", None) in RETRIED_SQLSTATES
 
 
 def handle_billing_event(provider: str, event: dict, notice, now: datetime | None = None) -> dict:
-    """Apply one verified webhook event exactly once; returns ``{event_id, type, outcome}``."""
+    """Apply one verified webhook event exactly once; returns ``{event_id, type, outcome}``.
+    A deadlock or serialization failure (rolled back whole) runs it again, ``ATTEMPTS``
+    times at most."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return _handle_once(provider, event, notice, now)
+        except DBAPIError as exc:
+            if attempt == ATTEMPTS or not _worth_running_again(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _handle_once(provider: str, event: dict, notice, now: datetime | None) -> dict:
     now = now or clock.now()
     result = {"event_id": notice.event_id, "type": notice.event_type, "duplicate": False}
     owed: list[int] = []
@@ -129,16 +156,16 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
         return _of_an_erased_account(provider, notice, now, owed)
     if notice.kind not in HANDLED_KINDS:
         return "ignored"
+    if notice.kind in PAYMENT_ID_KINDS:
+        # the payment's ids before the subscription row, in every path: a payment's notice
+        # and a refund of it each wait for the other's commit, never for each other's locks
+        # (the payment's notice, being applied now, commits first)
+        lock_payment_ids(ids_of(notice))
     if notice.kind in REVERSAL_KINDS and notice.user_id is None:
         notice = replace(notice, user_id=user_of_payment(notice))  # a dispute names a charge
     sub = _find_subscription_for(notice)
     if sub is None and notice.kind in REVERSAL_KINDS and not is_erased_account(notice.user_id):
-        # its payment's notice not here yet, or being applied now: that one commits first
-        lock_payment_ids(ids_of(notice))
-        notice = replace(notice, user_id=notice.user_id or user_of_payment(notice))
-        sub = _find_subscription_for(notice)
-        if sub is None:
-            return hold_reversal(provider, notice)
+        return hold_reversal(provider, notice)  # its payment's notice not here yet
     if sub is None:
         if is_erased_account(notice.user_id):
             return _of_an_erased_account(provider, notice, now, owed)
