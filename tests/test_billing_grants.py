@@ -384,3 +384,46 @@ def test_erasing_an_account_after_a_past_due_grant_does_not_ask_stripe_to_cancel
     assert billing.post_webhook(client, late).get_json()["data"]["outcome"] == \
         "erased_customer"
     assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == [{}]
+
+
+@pytest.mark.parametrize("canceled", [False, True])
+def test_a_refunded_upgrade_over_a_grant_returns_to_the_grant_as_it_was(
+        stripe_app, auth, admin_auth, billing, canceled):
+    """Premium paid through Stripe, Premium granted over it (perhaps canceled under the
+    grant: it ends with the paid month), then Pro bought as a prorated upgrade, whose
+    charge support refunds in full. The user fell back to Premium as a paying customer
+    (``complimentary`` false, Stripe renewing Premium): the grant was lost. Now they are
+    back on the grant as it was: Premium free of charge, ending with the paid month if they
+    had canceled it, and Stripe renews nothing."""
+    from test_billing_refunds import _invoice, _refund
+
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    period_end = _stripe_paid(client, headers, billing)
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "premium").status_code == 200
+    if canceled:
+        assert client.delete("/api/user/subscription", json={},
+                             headers=headers).status_code == 200
+    before = billing.subscription(client, headers)
+    resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    assert resp.status_code == 200 and resp.get_json()["data"]["tier"] == "pro"
+    upgrade = _invoice(billing, "evt_upgrade", charge="ch_up", start=clock.now(),
+                       end=period_end, created=clock.now())
+    upgrade["data"]["object"].update(amount_paid=667, billing_reason="subscription_update")
+    upgrade["data"]["object"]["lines"]["data"][0].update(
+        amount=667, pricing={"price_details": {"price": "price_pro"}},
+        parent={"subscription_item_details": {"proration": True}})
+    assert billing.post_webhook(client, upgrade).status_code == 200
+
+    resp = billing.post_webhook(client, _refund("evt_r_up", "ch_up", refunded=667, amount=667))
+    assert resp.get_json()["data"]["outcome"] == "upgrade_refunded", resp.get_json()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["complimentary"], data["cancel_at_period_end"],
+            data["pending_tier"], data["current_period_end"]) == (
+        "premium", "active", True, canceled, before["pending_tier"],
+        before["current_period_end"]), data
+    assert _cancel_flags(fake)[-1] == ["true"]  # the grant's: Stripe renews nothing
+    assert fake.received("DELETE", "/v1/subscriptions/sub_s1") == []
+    [refunded] = billing.events_of(EMAIL, "refunded")
+    assert (refunded["from_tier"], refunded["to_tier"], refunded["amount_cents"]) \
+        == ("pro", "premium", 667)

@@ -266,7 +266,10 @@ def _upgrade_now(sub: UserSubscription, tier: str, now: datetime) -> str:
     _provider_told(sub, now)
     _record(sub, "upgraded", sub.tier, tier, amount_cents=amount, at=now, proration=True,
             period_end=sub.current_period_end.isoformat(),
-            over_grant=True if sub.complimentary else None)
+            over_grant=True if sub.complimentary else None,
+            # the grant as it was, for a refund of the upgrade to return to (``refunds``)
+            grant_canceled=sub.cancel_at_period_end if sub.complimentary else None,
+            grant_pending_tier=sub.pending_tier if sub.complimentary else None)
     sub.tier, sub.complimentary = tier, False
     _drop_checkout(sub, now, via="tier_change")
     _clear_scheduled_change(sub)

@@ -263,12 +263,23 @@ def note_upgrade_payment(sub: UserSubscription, payment) -> None:
 def _take_back_upgrade(sub: UserSubscription, upgrade: SubscriptionEvent,
                        now: datetime) -> None:
     """The tier the upgrade came from, for the rest of the period: the provider renews it
-    (502 when unreachable: nothing kept, the notice comes again)."""
+    (502 when unreachable: nothing kept, the notice comes again). An upgrade made over a
+    grant returns to the grant as it was: the tier free of charge again, canceled (ending
+    with the period) if it was, and the provider renewing nothing, as the grant had it."""
     back = upgrade.from_tier
-    get_provider(sub.provider).change_tier(sub, back, prorate=False)
+    details = upgrade.details or {}
+    provider = get_provider(sub.provider)
+    provider.change_tier(sub, back, prorate=False)
+    if details.get("over_grant"):
+        provider.set_cancel_at_period_end(sub, True)
     _provider_told(sub, now)
     sub.tier = back
-    if sub.pending_tier == back:
+    if details.get("over_grant"):
+        sub.complimentary = True
+        if not sub.cancel_at_period_end:  # a cancel made since stands: it ends with the period
+            sub.cancel_at_period_end = bool(details.get("grant_canceled"))
+            sub.pending_tier = details.get("grant_pending_tier")
+    elif sub.pending_tier == back:
         sub.pending_tier = None  # the downgrade scheduled to it is done now
 
 
