@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
+
 from sonicus import clock
 
 EMAIL = "listener@example.com"
@@ -330,3 +332,34 @@ def test_a_dispute_finds_its_payment_by_the_payment_id_indexes(stripe_app, auth,
     assert _outcome(billing, client, _dispute("evt_d1", "ch_o")) == "access_ended"
     assert billing.subscription(client, other)["tier"] == "starter"
     assert billing.subscription(client, headers)["tier"] == "premium"
+
+
+def _refund_amounts(client, headers) -> list:
+    resp = client.get("/api/user/subscription/history", headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    body = resp.get_json()["data"]
+    items = body["items"] if isinstance(body, dict) else body
+    return sorted(str(item["amount"]) for item in items if item["type"] == "refunded")
+
+
+@pytest.mark.parametrize("order", ["partial_first", "full_first"])
+def test_each_refund_in_the_history_shows_the_money_it_gave_back(stripe_app, auth, billing,
+                                                                 order):
+    """The month's 9.99 given back in two refunds, 3.00 then the remaining 6.99. The history
+    showed Stripe's running total (3.00, then 9.99: 12.99 given back in all) and, when the
+    partial refund's notice arrived after the full one's, 9.99 then 3.00. Each refund now
+    shows its own amount, 3.00 and 6.99, whichever notice arrives first and however often."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    partial, rest = _refund("evt_r1", "ch_1", refunded=300), _refund("evt_r2", "ch_1")
+    notices = [partial, rest] if order == "partial_first" else [rest, partial]
+    for event in notices:
+        _outcome(billing, client, event)
+    assert _refund_amounts(client, headers) == ["3.00", "6.99"]
+    # each notified again (another notice of the same refund), in either order
+    for event_id, event in (("evt_r1b", partial), ("evt_r2b", rest)):
+        assert _outcome(billing, client, {**event, "id": event_id}) == "already_recorded"
+    assert _refund_amounts(client, headers) == ["3.00", "6.99"]
+    assert sum(e["amount_cents"] for e in billing.events_of(EMAIL, "refunded")) == 999
+    assert billing.subscription(client, headers)["tier"] == "starter"

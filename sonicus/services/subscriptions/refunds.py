@@ -4,7 +4,9 @@ to a LOCKED subscription.
 A full refund, or a dispute, of the charge that paid the period in force ends the paid access
 it bought: starter now, the provider's subscription canceled (it renews nothing more; the
 provider unreachable: 502 and nothing kept, the notice comes again), a ``refunded`` or
-``disputed`` event in the history. A partial refund changes nothing but is recorded. A refund
+``disputed`` event in the history. A partial refund changes nothing but is recorded. Each
+refund's event shows the money it gave back (``_given_back``), not the provider's running
+total for the charge, whatever order its notices arrive in. A refund
 of an older period's charge (or of a charge ended before) is recorded and ends nothing.
 
 Which period a charge paid: the payment event recorded with the same charge, payment intent
@@ -154,8 +156,8 @@ def _take_held(sub: UserSubscription, payment, ids) -> None:
     held = _held(ids)
     for reversal in held:
         _record(sub, reversal.type, sub.tier, sub.tier,
-                amount_cents=reversal.refunded_cents if reversal.type == "refunded"
-                else reversal.amount_cents,
+                amount_cents=_given_back(sub, ids, reversal.refunded_cents)
+                if reversal.type == "refunded" else reversal.amount_cents,
                 reference=reversal.charge_id or reversal.event_id, at=reversal.received_at,
                 full=reversal.full, refunded_cents=reversal.refunded_cents,
                 provider_created=reversal.provider_created.isoformat(),
@@ -165,6 +167,26 @@ def _take_held(sub: UserSubscription, payment, ids) -> None:
         db.session.delete(reversal)
     if held:
         db.session.flush()
+
+
+def _given_back(sub: UserSubscription, ids, refunded_cents: int | None) -> int | None:
+    """What one refund gave back: the provider's running total for the charge
+    (``amount_refunded``) less the largest total of its refunds recorded before it. Notices
+    of one charge's refunds arrive in any order: a refund recorded with a larger total,
+    counted from below this one (its notice came first), is counted from this one now."""
+    if refunded_cents is None:
+        return None
+    totals = [(e, (e.details or {}).get("refunded_cents")) for e in _reversals(sub.user_id, ids)
+              if e.type == "refunded"]
+    totals = [(e, total) for e, total in totals if isinstance(total, int)]
+    below = max((total for _, total in totals if total < refunded_cents), default=0)
+    above = min(((total, e.id, e) for e, total in totals if total > refunded_cents),
+                default=None)
+    if above is not None:
+        total, _, event = above
+        if total - (event.amount_cents or 0) < refunded_cents:
+            event.amount_cents = total - refunded_cents
+    return refunded_cents - below
 
 
 def _held(ids) -> list[HeldReversal]:
@@ -313,7 +335,8 @@ def apply_charge_reversed(sub: UserSubscription, notice, now: datetime) -> str:
         _to_starter(sub)
     elif takes_back:
         _take_back_upgrade(sub, upgrade, now)
-    _record(sub, type_, from_tier, sub.tier, amount_cents=notice.refunded_cents
+    _record(sub, type_, from_tier, sub.tier, amount_cents=_given_back(
+                sub, ids_of(notice), notice.refunded_cents)
             if type_ == "refunded" else notice.amount_cents,
             reference=notice.charge_id or notice.event_id, at=now, full=full,
             ended_access=ends or None, ended_upgrade=takes_back or None, period=period,
