@@ -247,6 +247,15 @@ def refund_violations(full: bool, of_current_period: bool, before: str, after: s
                                        f"charge changed {before} to {after}"]
 
 
+def refund_amount_violations(given_back: list[int], charged: int) -> list[str]:
+    """Each refund in the history shows the money it gave back: a charge's refunds add up
+    to what was refunded of it, never more than it charged (the provider's running total
+    shown on each refund counted the first refund again in the next)."""
+    total = sum(given_back)
+    return [] if total <= charged else [
+        f"refunds of a charge of {charged} shown as {given_back}, {total} given back in all"]
+
+
 def unmatched_refund_violations(before: str, after: str) -> list[str]:
     """A refund of a charge no payment here matches, smaller than what paid the period, takes
     back no more than it can be tied to: never the paid tier (starter), at most an upgrade

@@ -48,6 +48,7 @@ from rules_subscription import (
     free_month_violations,
     grant_renewal_violations,
     purchase_violations,
+    refund_amount_violations,
     refund_violations,
     renewal_period_violations,
     renewal_price_violations,
@@ -687,7 +688,18 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             else:
                 problems = refund_violations(how != "partial", current, tier_at(sub, self.now),
                                              after.tier)
+                problems += refund_amount_violations(self.refunds_shown(person, charge), 999)
             assert not problems, (person.name, problems, body)
+
+        def refunds_shown(self, person, charge) -> list[int]:
+            """The amounts the history shows for the refunds of ``charge``."""
+            with app.app_context():
+                amounts = list(db.session.execute(select(SubscriptionEvent.amount_cents).where(
+                    SubscriptionEvent.user_id == person.user_id,
+                    SubscriptionEvent.type == "refunded",
+                    SubscriptionEvent.details["charge_id"].as_string() == charge)).scalars())
+                db.session.remove()
+            return [amount or 0 for amount in amounts]
 
         @rule(name=st.sampled_from(IDENTITIES), late=st.booleans())
         def provider_checkout_paid(self, name, late=False):
