@@ -427,3 +427,35 @@ def test_a_refunded_upgrade_over_a_grant_returns_to_the_grant_as_it_was(
     [refunded] = billing.events_of(EMAIL, "refunded")
     assert (refunded["from_tier"], refunded["to_tier"], refunded["amount_cents"]) \
         == ("pro", "premium", 667)
+
+
+def test_a_refunded_upgrade_under_a_later_grant_of_that_tier_keeps_the_grant(
+        stripe_app, auth, admin_auth, billing):
+    """Premium paid, Pro bought as a prorated upgrade, then Pro granted: the upgrade's
+    charge refunded afterwards took the user down to Premium, still marked free of charge
+    (the grant of Pro lost). A grant is never taken away by money given back: Pro stays
+    granted, the refund is recorded."""
+    from test_billing_refunds import _invoice, _refund
+
+    app, fake = stripe_app
+    client, headers = app.test_client(), auth()
+    period_end = _stripe_paid(client, headers, billing)
+    resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    assert resp.status_code == 200 and resp.get_json()["data"]["tier"] == "pro"
+    upgrade = _invoice(billing, "evt_upgrade", charge="ch_up", start=clock.now(),
+                       end=period_end, created=clock.now())
+    upgrade["data"]["object"].update(amount_paid=667, billing_reason="subscription_update")
+    upgrade["data"]["object"]["lines"]["data"][0].update(
+        amount=667, pricing={"price_details": {"price": "price_pro"}},
+        parent={"subscription_item_details": {"proration": True}})
+    assert billing.post_webhook(client, upgrade).status_code == 200
+    assert _grant(client, admin_auth, billing.user_id(EMAIL), "pro").status_code == 200
+    sent = len(fake.requests)
+
+    resp = billing.post_webhook(client, _refund("evt_r_up", "ch_up", refunded=667, amount=667))
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["data"]["outcome"].startswith("recorded"), resp.get_json()
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["complimentary"]) == ("pro", True), data
+    assert len(fake.requests) == sent  # nothing asked of Stripe
+    assert len(billing.events_of(EMAIL, "refunded")) == 1
