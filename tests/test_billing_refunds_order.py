@@ -293,3 +293,48 @@ def test_two_notices_of_a_first_payment_and_its_refund_at_once_are_all_answered_
     assert refunded[0][0] == 200 and invoiced[0][0] == 200, (refunded, invoiced)
     assert billing.subscription(client, headers)["tier"] == "starter", (refunded, invoiced)
     assert len(billing.events_of(EMAIL, "refunded")) == 1
+
+
+def test_a_notice_caught_in_a_deadlock_is_applied_on_its_next_attempt_and_answered_200(
+        stripe_app, auth, billing):
+    """PostgreSQL ends a notice's transaction as a deadlock's victim (another transaction
+    waits for its event row while holding the charge's id it waits for): the notice is run
+    again at once, not answered 5xx for Stripe to send again later; the refund applies
+    once."""
+    import threading
+
+    from races import in_thread, lock_waiters
+    from sqlalchemy import func, insert, select
+
+    from sonicus.extensions import db
+    from sonicus.models import BillingEvent
+
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    refund = _refund("evt_r1", "ch_1")
+
+    def deliver():
+        with app.app_context():
+            resp = billing.post_webhook(app.test_client(), refund)
+            return resp.status_code, (resp.get_json().get("data") or {}).get("outcome")
+
+    with app.app_context():
+        other = db.engine.connect()
+        transaction = other.begin()
+        other.execute(select(func.pg_advisory_xact_lock(
+            func.hashtextextended("sonicus-payment:ch_1", 0))))
+        refunding, refunded = in_thread(deliver)
+        while lock_waiters(db.session) < 1:
+            pass
+        # the other transaction now waits for the notice's event row: a deadlock
+        claimed = threading.Thread(target=lambda: other.execute(insert(BillingEvent).values(
+            provider="stripe", event_id="evt_r1", type="charge.refunded", payload={})))
+        claimed.start()
+        claimed.join()
+        transaction.rollback()
+        other.close()
+        refunding.join()
+    assert refunded == [(200, "access_ended")], refunded
+    assert billing.subscription(client, headers)["tier"] == "starter"
+    assert len(billing.events_of(EMAIL, "refunded")) == 1
