@@ -212,3 +212,39 @@ def test_writes_to_subscription_events_go_on_while_its_payment_indexes_are_built
     indexes = _valid_indexes(empty_database)
     assert all(indexes[name] for name, table in BIG_TABLE_INDEXES.items()
                if table == "subscription_events")
+
+
+# What the migration had committed when its concurrent index build failed: the columns,
+# filled in, and the version still at the revision before.
+COLUMNS_COMMITTED_BEFORE_A_FAILED_INDEX_BUILD = {
+    "0020_uploads_heard_to_their_end": [
+        "ALTER TABLE sonicus.sound_packages ADD COLUMN title_key text NOT NULL DEFAULT ''",
+        "ALTER TABLE sonicus.sound_packages ADD COLUMN description_key text NOT NULL "
+        "DEFAULT ''",
+        "ALTER TABLE sonicus.sound_packages ALTER COLUMN title_key DROP DEFAULT",
+        "ALTER TABLE sonicus.sound_packages ALTER COLUMN description_key DROP DEFAULT"],
+    "0024_verified_emails": [
+        "ALTER TABLE sonicus.users ADD COLUMN email_key text NOT NULL DEFAULT ''"],
+}
+
+
+@pytest.mark.parametrize("before", sorted(COLUMNS_COMMITTED_BEFORE_A_FAILED_INDEX_BUILD))
+def test_upgrade_reruns_after_an_index_build_failed_once_its_columns_were_committed(
+        empty_database, before):
+    env = {**os.environ, "SONICUS_ENV": "testing", "DATABASE_URL": empty_database,
+           "DEV_TOKEN_ISSUER": "1"}
+    env.pop("REDIS_URL", None)
+    up = _flask("db", "upgrade", before, env=env)
+    assert up.returncode == 0, up.stderr
+    conn = psycopg2.connect(empty_database)
+    conn.autocommit = True
+    try:
+        for statement in COLUMNS_COMMITTED_BEFORE_A_FAILED_INDEX_BUILD[before]:
+            conn.cursor().execute(statement)
+    finally:
+        conn.close()
+    rerun = _flask("db", "upgrade", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    check = _flask("db", "check", env=env)
+    assert check.returncode == 0, check.stderr + check.stdout
+    assert all(_valid_indexes(empty_database).values())

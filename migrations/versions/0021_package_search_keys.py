@@ -54,11 +54,18 @@ def _build_concurrently(name: str, statement: str) -> None:
 
 
 def upgrade():
-    with op.batch_alter_table("sound_packages", schema=_schema()) as batch_op:
-        batch_op.add_column(sa.Column("title_key", sa.Text(), nullable=False,
-                                      server_default=""))
-        batch_op.add_column(sa.Column("description_key", sa.Text(), nullable=False,
-                                      server_default=""))
+    if op.get_bind().dialect.name == "postgresql":
+        # IF NOT EXISTS: a rerun after an index build failed finds the columns committed
+        # (the build runs outside the transaction) and the version still at 0020.
+        for column in ("title_key", "description_key"):
+            op.execute(f"ALTER TABLE sonicus.sound_packages "
+                       f"ADD COLUMN IF NOT EXISTS {column} text NOT NULL DEFAULT ''")
+    else:
+        with op.batch_alter_table("sound_packages", schema=_schema()) as batch_op:
+            batch_op.add_column(sa.Column("title_key", sa.Text(), nullable=False,
+                                          server_default=""))
+            batch_op.add_column(sa.Column("description_key", sa.Text(), nullable=False,
+                                          server_default=""))
     packages = sa.table("sound_packages", sa.column("id", sa.Integer),
                         sa.column("title", sa.String), sa.column("description", sa.Text),
                         sa.column("title_key", sa.Text), sa.column("description_key", sa.Text),

@@ -74,9 +74,15 @@ def _build_concurrently(name: str, statement: str) -> None:
 
 def upgrade():
     schema = _schema()
-    with op.batch_alter_table("users", schema=schema) as batch_op:
-        batch_op.add_column(sa.Column("email_key", sa.Text(), nullable=False,
-                                      server_default=""))
+    if op.get_bind().dialect.name == "postgresql":
+        # IF NOT EXISTS: a rerun after an index build failed finds the column committed
+        # (the builds run outside the transaction) and the version still at 0024.
+        op.execute("ALTER TABLE sonicus.users "
+                   "ADD COLUMN IF NOT EXISTS email_key text NOT NULL DEFAULT ''")
+    else:
+        with op.batch_alter_table("users", schema=schema) as batch_op:
+            batch_op.add_column(sa.Column("email_key", sa.Text(), nullable=False,
+                                          server_default=""))
     users = sa.table("users", sa.column("id", sa.Integer), sa.column("email", sa.String),
                      sa.column("email_key", sa.Text), schema=schema)
     bind = op.get_bind()
