@@ -47,8 +47,9 @@ _INTEGER_COLUMN = ma.validate.Range(min=INT32_MIN, max=INT32_MAX)
 # Embeddings, overrides (U+202A..U+202E) and isolates (U+2066..U+2069): they reorder the text
 # around them, so a name shown in an admin screen or an export reads as something else
 # ("Trojan Source"). Right-to-left letters and the implicit marks (U+200E, U+200F, U+061C)
-# need none of them. Refused in names and titles (``schemas.common.no_bidi_controls``), left
-# out of a name taken from a token (``without_bidi_controls``).
+# need none of them. Refused in names, titles, package descriptions and listening notes
+# (``schemas.common.no_bidi_controls``), left out of a name taken from a token
+# (``without_bidi_controls``).
 _BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 

@@ -373,6 +373,22 @@ def test_seed_json_updates_by_slug_and_rejects_bad_files(runner, db_session, tmp
     assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == 1
 
 
+def test_seed_a_description_with_bidirectional_controls_is_refused_naming_it(
+        runner, db_session, tmp_path):
+    entry = {"slug": "one", "title": "One", "category": "focus",
+             "description": "Rain \u202eniaR",
+             "tracks": [{"title": "t", "duration_seconds": 60, "media_path": "f/one.mp3"}]}
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps([entry]))
+    bad = runner.invoke(args=["sonicus", "seed", str(path)])
+    assert bad.exit_code == 1 and "description" in bad.output, bad.output
+    assert db_session.execute(select(func.count(SoundPackage.id))).scalar_one() == 0
+    path.write_text(json.dumps([{**entry, "description": "\u200fגשם\u200e on the roof"}]))
+    assert "1 created" in runner.invoke(args=["sonicus", "seed", str(path)]).output
+    assert db_session.execute(select(SoundPackage.description)).scalar_one() == (
+        "\u200fגשם\u200e on the roof")
+
+
 def test_admin_lists_drafts_and_archived(client, auth, catalog, make_user, admin_auth):
     make_user("admin@example.com", admin=True)
     admin = admin_auth("admin@example.com")

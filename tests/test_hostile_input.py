@@ -499,3 +499,40 @@ def test_a_signed_plan_change_whose_items_are_not_a_list_is_400_and_changes_noth
     assert res.status_code == 400 and body["code"] == "validation_error", body
     assert body["errors"] == ["items.data: not a list."], body
     assert (_state(db_session), billing.count_billing_events()) == before
+
+
+# ---- bidirectional controls in free text ----------------------------------------------------
+
+BIDI_ERROR = ("Must not contain bidirectional control characters "
+              "(U+202A..U+202E, U+2066..U+2069).")
+BIDI_FIELDS = [
+    ("user", "POST", "/api/user/sessions/{session}/complete",
+     lambda v: {"listened_seconds": 5, "completed": False, "note": v}, "note"),
+    ("admin", "POST", "/api/admin/packages", lambda v: {**NEW_PACKAGE, "description": v},
+     "description"),
+    ("admin", "PATCH", "/api/admin/packages/{package}", lambda v: {"description": v},
+     "description"),
+]
+
+
+@pytest.mark.parametrize("control", ["\u202a", "\u202c", "\u202e", "\u2066", "\u2069"])
+@pytest.mark.parametrize(("who", "method", "path", "make_body", "field"), BIDI_FIELDS,
+                         ids=[f"{m} {p} {f}" for _, m, p, _, f in BIDI_FIELDS])
+def test_notes_and_descriptions_with_bidirectional_controls_are_422_naming_the_field(
+        client, world, db_session, who, method, path, make_body, field, control):
+    """An embedding, override or isolate control reorders the text shown after it (in the
+    listener's history, an export, the catalog): refused, nothing changed."""
+    before = _state(db_session)
+    res = _send(client, world, who, method, path, make_body(f"calm{control}aes"))
+    _refused(res, 422, field, BIDI_ERROR)
+    assert _state(db_session) == before
+
+
+@pytest.mark.parametrize(("who", "method", "path", "make_body", "field"), BIDI_FIELDS,
+                         ids=[f"{m} {p} {f}" for _, m, p, _, f in BIDI_FIELDS])
+def test_right_to_left_notes_and_descriptions_with_direction_marks_are_kept(
+        client, world, who, method, path, make_body, field):
+    text = "\u200fגשם על הגג\u200e 10 دقائق"
+    res = _send(client, world, who, method, path, make_body(text))
+    assert res.status_code in (200, 201), res.get_json()
+    assert res.get_json()["data"][field] == text

@@ -728,6 +728,23 @@ def test_a_malformed_batch_is_422_naming_the_field(client, auth, pkgs, make_user
     assert db_session.execute(select(func.count(ListeningSession.id))).scalar_one() == 0
 
 
+@pytest.mark.parametrize("control", ["\u202a", "\u202e", "\u2066", "\u2069"])
+def test_a_note_with_bidirectional_controls_is_422_naming_the_item_and_nothing_is_stored(
+        client, auth, pkgs, make_user, db_session, control):
+    make_user("bidi@example.com")
+    headers = auth("bidi@example.com")
+    start = clock.now() - timedelta(hours=2)
+    items = [_item(pkgs["rain"], start, note="\u200fשקט\u200e"),
+             _item(pkgs["rain"], start + timedelta(minutes=11), note=f"calm{control}aes")]
+    res = _sync(client, headers, items)
+    assert res.status_code == 422, res.json
+    assert any(e.startswith("sessions.1.note:") for e in res.json["errors"]), res.json
+    assert db_session.execute(select(func.count(ListeningSession.id))).scalar_one() == 0
+    kept = _sync(client, headers, items[:1])
+    assert kept.status_code == 200, kept.json
+    assert db_session.execute(select(ListeningSession.note)).scalar_one() == "\u200fשקט\u200e"
+
+
 def test_a_batch_over_the_limit_is_refused_by_its_size_alone(client, auth, pkgs, make_user,
                                                             db_session):
     user = make_user("flood@example.com")

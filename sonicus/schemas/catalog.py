@@ -202,7 +202,7 @@ CATEGORY_RULES = [ma.validate.Length(min=2, max=40),
 class PackageUpdateSchema(StrictSchema):
     slug = ma.fields.String(validate=SLUG_RULES)
     title = ma.fields.String(validate=TITLE_RULES)
-    description = ma.fields.String(validate=ma.validate.Length(max=5000))
+    description = ma.fields.String(validate=[ma.validate.Length(max=5000), no_bidi_controls])
     category = ma.fields.String(validate=CATEGORY_RULES)
     minimum_tier = ma.fields.String(validate=ma.validate.OneOf(PACKAGE_LEVELS))
     published = ma.fields.Boolean()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from .common import StrictSchema
+from .common import StrictSchema, no_bidi_controls
 from .sessions import MAX_SECONDS, ClientId, Position, SessionPackageSchema
 
 MAX_SYNC_ITEMS = 100
@@ -58,7 +58,8 @@ class SyncItemSchema(StrictSchema):
         "description": "What the client says; kept as `client_completed`."})
     mood_before = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=10))
     mood_after = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=10))
-    note = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=MAX_NOTE_LENGTH))
+    note = ma.fields.String(allow_none=True, validate=[ma.validate.Length(max=MAX_NOTE_LENGTH),
+                                                       no_bidi_controls])
     position_seconds = Position(allow_none=True)
 
 

@@ -7,7 +7,7 @@ import marshmallow as ma
 from ..models.listening import END_REASONS, SESSION_STATUSES
 from ..pagination import PageArgsSchema
 from .catalog import ImageUrlField, RequiredTierField
-from .common import OneOf, StrictSchema, TierField
+from .common import OneOf, StrictSchema, TierField, no_bidi_controls
 
 MAX_SECONDS = 7 * 24 * 3600
 
@@ -67,7 +67,8 @@ class SessionCompleteSchema(StrictSchema):
         "description": "Whether the listener finished it; kept as `client_completed`. The "
                        "session's `completed` is the server's word (80% of it listened)."})
     mood_after = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=10))
-    note = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=2000))
+    note = ma.fields.String(allow_none=True,
+                            validate=[ma.validate.Length(max=2000), no_bidi_controls])
     track_id = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1))
     position_seconds = Position(allow_none=True)
 
