@@ -381,7 +381,7 @@ def test_an_analytics_refresh_that_read_the_account_before_its_erasure_ends_quie
     make_session(user_id, make_package("rain"), started_at=clock.now() - timedelta(hours=2),
                  minutes=20)
     headers = auth("refreshed@example.com")
-    reached, go = _paused(monkeypatch, analytics, "_insert")
+    reached, go = _paused(monkeypatch, analytics, "dialect_insert")
     refresh, outcome = _refresh_in_thread(app, user_id)
     try:
         assert reached.wait(WAIT)

@@ -132,7 +132,7 @@ def test_an_analytics_refresh_while_the_account_is_erased_finishes_without_an_er
                  minutes=10, mood_before=3, mood_after=7)
     headers = auth("leaving@example.com")
     paused, go = threading.Event(), threading.Event()
-    real_insert = analytics._insert
+    real_insert = analytics.dialect_insert
 
     def paused_insert():  # the account has been read, its analytics row not yet written
         if threading.current_thread() is refresh and not paused.is_set():
@@ -147,7 +147,7 @@ def test_an_analytics_refresh_while_the_account_is_erased_finishes_without_an_er
             except Exception as exc:  # what the worker records as a failed job
                 return exc
 
-    monkeypatch.setattr(analytics, "_insert", paused_insert)
+    monkeypatch.setattr(analytics, "dialect_insert", paused_insert)
     refresh, refreshed = in_thread(run_refresh)
     erasure = None
     try:

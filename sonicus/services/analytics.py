@@ -24,7 +24,6 @@ from datetime import date, datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import and_, case, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from .. import clock
@@ -47,7 +46,7 @@ from .quota import counted_on_day
 from .recaps import forget_recent_recaps
 from .recommendation_model import refresh_user_outcomes
 from .streaks import active_days, day_islands, recent_freeze_days, streaks_from_islands
-from .transaction import names_a_missing_user, unit_of_work
+from .transaction import dialect_insert, names_a_missing_user, unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +77,12 @@ def _cached_figures(person, raw: str | None) -> dict | None:
     return cached.get("figures")
 
 
-def _insert():
-    dialect = db.session.get_bind().dialect.name
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
-
-
 def mark_stale(user_id: int) -> None:
     """Record, in the current transaction, that this user's analytics need a refresh.
     ``stale_since`` holds the latest mark: a refresh clears it only when nothing marked the
     row again after the refresh read it."""
     now = clock.now()
-    stmt = _insert()(UserAnalytics).values(user_id=user_id, data={}, stale_since=now)
+    stmt = dialect_insert()(UserAnalytics).values(user_id=user_id, data={}, stale_since=now)
     stmt = stmt.on_conflict_do_update(index_elements=[UserAnalytics.user_id],
                                       set_={"stale_since": now})
     db.session.execute(stmt)
@@ -275,7 +269,7 @@ def refresh_user_analytics(user_id: int, *, publish: bool = True) -> dict | None
         db.session.rollback()
         return None
     try:
-        db.session.execute(_insert()(UserAnalytics).values(user_id=user_id, data={})
+        db.session.execute(dialect_insert()(UserAnalytics).values(user_id=user_id, data={})
                            .on_conflict_do_nothing(index_elements=[UserAnalytics.user_id]))
     except IntegrityError as exc:
         db.session.rollback()

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import selectinload
 
 from .. import clock, media
@@ -46,7 +45,7 @@ from .subscriptions import (
     scheduled_change,
     tier_in_force,
 )
-from .transaction import unit_of_work
+from .transaction import dialect_insert, unit_of_work
 
 
 @dataclass(frozen=True)
@@ -110,9 +109,7 @@ def grant_download(user_id: int, package_id: int, now: datetime | None = None) -
         check_offline_downloads(tier, assignment is not None)
         check_package_access(tier, package.minimum_tier, assignment is not None)
         expires_at = _licence_end(tier, change, package, assignment, now)
-        dialect = db.session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = insert(OfflineLicence).values(user_id=user_id, package_id=package.id,
+        stmt = dialect_insert()(OfflineLicence).values(user_id=user_id, package_id=package.id,
                                              granted_at=now, expires_at=expires_at)
         db.session.execute(stmt.on_conflict_do_update(
             index_elements=["user_id", "package_id"],

@@ -7,7 +7,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import joinedload
 
 from .. import clock
@@ -21,7 +20,7 @@ from . import audit
 from .assignments import live_assignment, live_assignments
 from .catalog import PackageView, get_catalog_package, in_catalog
 from .subscriptions import lock_or_create_subscription
-from .transaction import unit_of_work
+from .transaction import dialect_insert, unit_of_work
 
 
 @dataclass(frozen=True)
@@ -96,9 +95,7 @@ def list_library(caller, args: dict, now: datetime | None = None) -> Page:
 def _insert_entry(user_id: int, package_id: int, assigned_by_id: int | None,
                   favorite: bool | None) -> bool:
     """Insert once (a concurrent duplicate is a no-op). Returns True when a row was created."""
-    dialect = db.session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(UserSoundPackage).values(
+    stmt = dialect_insert()(UserSoundPackage).values(
         user_id=user_id, package_id=package_id, assigned_at=utcnow(),
         assigned_by_id=assigned_by_id, favorite=bool(favorite))
     stmt = stmt.on_conflict_do_nothing(index_elements=["user_id", "package_id"])

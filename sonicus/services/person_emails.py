@@ -18,11 +18,11 @@ lock: the trial is decided as if it came first.
 from __future__ import annotations
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ..extensions import db
 from ..models import ErasureTombstone, User, UserSubscription, VerifiedEmail
 from .erasure import email_hash, subject_hash, tombstone_email_hashes
+from .transaction import dialect_insert
 
 
 def note_verified_email(user_id: int, email: str | None) -> None:
@@ -34,9 +34,7 @@ def note_verified_email(user_id: int, email: str | None) -> None:
 
 
 def _insert(user_id: int, hashed: str) -> None:
-    dialect = db.session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    db.session.execute(insert(VerifiedEmail).values(user_id=user_id, email_hash=hashed)
+    db.session.execute(dialect_insert()(VerifiedEmail).values(user_id=user_id, email_hash=hashed)
                        .on_conflict_do_nothing(index_elements=["user_id", "email_hash"]))
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import clock
 from ..api_errors import ApiError
@@ -27,17 +26,12 @@ from ..models.reminders import (
     mask_to_days,
 )
 from . import webpush
-from .transaction import account_gone, unit_of_work
+from .transaction import account_gone, dialect_insert, unit_of_work
 
 DEFAULT_SMART_MINUTE = 21 * 60
 MAX_SUBSCRIPTIONS_PER_USER = 10  # devices; the least recently subscribed goes first
 DEFAULTS = {"enabled": False, "time": "smart", "days": list(WEEKDAYS), "quiet_start": None,
             "quiet_end": None, "weekly_recap": True}
-
-
-def _insert():
-    return (postgresql.insert if db.session.get_bind().dialect.name == "postgresql"
-            else sqlite.insert)
 
 
 def minute_to_text(minute: int | None) -> str | None:
@@ -75,7 +69,7 @@ def get_reminder_preferences(user_id: int) -> dict:
 def update_reminder_preferences(user_id: int, changes: dict) -> dict:
     """Change the caller's reminder preferences (fields not given keep their value)."""
     with unit_of_work():
-        db.session.execute(_insert()(ReminderPreferences).values(
+        db.session.execute(dialect_insert()(ReminderPreferences).values(
             user_id=user_id, enabled=False, days_mask=ALL_DAYS_MASK, weekly_recap=True,
             updated_at=clock.now()).on_conflict_do_nothing())
         row = db.session.execute(
@@ -130,7 +124,8 @@ def save_push_subscription(user_id: int, endpoint: str, p256dh: str, auth: str,
             .with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
         if row is None:
             new_id = db.session.execute(
-                _insert()(PushSubscription).values(endpoint=endpoint, created_at=now, **values)
+                dialect_insert()(PushSubscription)
+                .values(endpoint=endpoint, created_at=now, **values)
                 .on_conflict_do_nothing().returning(PushSubscription.id)).scalar()
             if new_id is None:  # another request stored it a moment ago: update that one
                 row = db.session.execute(

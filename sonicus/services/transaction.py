@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from ..api_errors import ApiError
@@ -44,6 +45,13 @@ class Work:
         """This user's identity, role or subscription changes with this transaction."""
         if user_id is not None:
             self.changed_users.add(user_id)
+
+
+def dialect_insert():
+    """The ``insert`` of the session's database (PostgreSQL's or SQLite's), for the
+    ``ON CONFLICT`` clauses both have."""
+    dialect = db.session.get_bind().dialect.name
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def read_one_moment() -> None:

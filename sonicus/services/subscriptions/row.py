@@ -13,7 +13,6 @@ from decimal import Decimal
 
 from flask import current_app
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ...extensions import db
 from ...models import SubscriptionEvent, UserSubscription
@@ -23,6 +22,7 @@ from ...tiers import STARTER, get_tier
 from .. import quota
 from ..person_emails import trial_used_by_the_person
 from ..quota import Usage
+from ..transaction import dialect_insert
 from .common import GRACE_PERIOD, cents_to_decimal
 
 
@@ -64,9 +64,8 @@ def insert_default_subscription(user_id: int) -> None:
     transaction (a concurrent insert of the same row is a no-op). Callers that lock the row
     in a statement of their own (``SELECT ... FOR UPDATE OF user_subscriptions``) run it when
     that statement finds nothing, then run theirs again."""
-    dialect = db.session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(UserSubscription).values(user_id=user_id, tier=STARTER, status=ACTIVE)
+    stmt = dialect_insert()(UserSubscription).values(user_id=user_id, tier=STARTER,
+                                                     status=ACTIVE)
     db.session.execute(stmt.on_conflict_do_nothing(index_elements=["user_id"]))
 
 
