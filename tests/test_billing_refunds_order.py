@@ -6,7 +6,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from test_billing_refunds import EMAIL, _dispute, _invoice, _outcome, _paid, _refund
+import pytest
+from test_billing_refunds import (
+    EMAIL,
+    _dispute,
+    _invoice,
+    _outcome,
+    _paid,
+    _refund,
+    _refund_amounts,
+)
 
 from sonicus import clock
 
@@ -338,3 +347,89 @@ def test_a_notice_caught_in_a_deadlock_is_applied_on_its_next_attempt_and_answer
     assert refunded == [(200, "access_ended")], refunded
     assert billing.subscription(client, headers)["tier"] == "starter"
     assert len(billing.events_of(EMAIL, "refunded")) == 1
+
+
+def _refund_notice(event_id, charge, given, *, before, refund_id, earlier=()):
+    """A ``charge.refunded`` notice as Stripe sends it: the charge as it stood when this
+    refund was made (its running total, its refunds newest first) and, in
+    ``previous_attributes``, the running total before this refund."""
+    event = _refund(event_id, charge, refunded=before + given)
+    refunds = [{"id": refund_id, "object": "refund", "amount": given, "charge": charge},
+               *earlier]
+    event["data"]["object"]["refunds"] = {"object": "list", "data": refunds}
+    event["data"]["previous_attributes"] = {"amount_refunded": before}
+    return event
+
+
+def _three_refunds_of_the_month():
+    """The month's 9.99 given back in three refunds: 3.00, 2.00, then the remaining 4.99."""
+    first = {"id": "re_1", "object": "refund", "amount": 300}
+    second = {"id": "re_2", "object": "refund", "amount": 200}
+    return {"r1": _refund_notice("evt_r1", "ch_1", 300, before=0, refund_id="re_1"),
+            "r2": _refund_notice("evt_r2", "ch_1", 200, before=300, refund_id="re_2",
+                                 earlier=[first]),
+            "r3": _refund_notice("evt_r3", "ch_1", 499, before=500, refund_id="re_3",
+                                 earlier=[second, first])}
+
+
+@pytest.mark.parametrize("order", [
+    ["r1", "r2", "r3"],
+    ["r2", "r1", "r3"],                         # two partial refunds, in reverse order
+    ["r3", "r2", "r1"],                         # the full one first
+    ["r2", "r2", "r2b", "r3", "r1", "r3b", "r1"],  # retried, and notified again
+], ids=["in_order", "two_partials_reversed", "full_first", "retried"])
+def test_each_refund_shows_its_own_amount_whatever_order_its_notices_arrive_in(
+        stripe_app, auth, billing, order):
+    """Two partial refunds of the month (3.00, then 2.00) and the rest (4.99): a notice
+    arriving before an earlier refund's showed the running total since the last refund
+    known here (5.00 for the 2.00 refund, 9.99 for the 4.99 one) until the earlier notice
+    came. Each refund now shows its own amount as soon as its notice arrives (Stripe's
+    ``previous_attributes``), in any order, a notice sent again changing nothing; the month
+    ends when, and only when, the refund that gives the last of it back is notified."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    notices = _three_refunds_of_the_month()
+    own = {"r1": "3.00", "r2": "2.00", "r3": "4.99"}
+    seen: list[str] = []
+    for name in order:
+        event = notices[name.rstrip("b")]
+        if name.endswith("b"):
+            event = {**event, "id": event["id"] + "b"}  # another notice of the same refund
+        resp = billing.post_webhook(client, event)
+        assert resp.status_code == 200, resp.get_json()
+        if name not in seen and name.rstrip("b") in seen:
+            assert resp.get_json()["data"]["outcome"] == "already_recorded"
+        seen.append(name)
+        shown = sorted({own[n.rstrip("b")] for n in seen})
+        assert _refund_amounts(client, headers) == shown, (order, seen)
+        tier = billing.subscription(client, headers)["tier"]
+        assert tier == ("starter" if "r3" in seen else "premium"), (order, seen)
+    assert sum(e["amount_cents"] for e in billing.events_of(EMAIL, "refunded")) == 999
+    ended = [e for e in billing.events_of(EMAIL) if e["details"].get("ended_access")]
+    assert len(ended) == 1
+
+
+
+def test_a_refund_held_for_its_payment_shows_its_own_amount(stripe_app, auth, billing):
+    """The first month's second refund (2.00, after a first of 3.00 whose notice is late) is
+    notified before the payment's own notice: held, then taken into the history when the
+    payment comes. It showed 5.00, both refunds, until the first refund's notice came; it
+    shows 2.00, then the first one 3.00, and the payment still grants the month (not all of
+    it was given back)."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    assert client.post("/api/user/subscription", json={"tier": "premium"},
+                       headers=headers).status_code == 200
+    now = clock.now()
+    notices = _three_refunds_of_the_month()
+    assert _outcome(billing, client, notices["r2"]) == "held_for_its_payment"
+    paid = _invoice(billing, "evt_paid", charge="ch_1", start=now - timedelta(minutes=5),
+                    end=now + 30 * DAY, created=now - timedelta(minutes=5))
+    assert _outcome(billing, client, paid) == "activated"
+    assert _refund_amounts(client, headers) == ["2.00"]
+    [held] = billing.events_of(EMAIL, "refunded")
+    assert held["details"]["refund_id"] == "re_2"
+    assert _outcome(billing, client, notices["r1"]) == "recorded"
+    assert _refund_amounts(client, headers) == ["2.00", "3.00"]
+    assert billing.subscription(client, headers)["tier"] == "premium"

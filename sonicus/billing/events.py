@@ -33,13 +33,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import stripe
 
 from ..tiers import PAID_TIERS
 from ..validation import INT32_MAX, hostile_text_errors
+from .refund_amounts import own_refund
 
 TOLERANCE_SECONDS = 300
 MAX_ID_LENGTH = 255        # the columns a provider's id or our reference is stored in
@@ -102,11 +103,13 @@ class BillingNotice:
     cancel_at_period_end: bool | None = None
     changed: frozenset[str] | None = None
     # the payment's own ids (a charge, its payment intent, the invoice it paid), by which a
-    # refund or a dispute of it is matched; a refund's amount refunded so far
+    # refund or a dispute of it is matched; a refund's total so far, own amount and id
     charge_id: str | None = None
     payment_intent_id: str | None = None
     invoice_id: str | None = None
     refunded_cents: int | None = None
+    refund_cents: int | None = None
+    refund_id: str | None = None
     charged_at: datetime | None = None
     # a dispute that is an inquiry only (a ``warning_`` status: no money taken yet)
     inquiry: bool = False
@@ -187,8 +190,7 @@ def _get(mapping, *path):
 
 
 def _list(obj: dict, *path: str) -> list:
-    """A Stripe list's items (``lines.data``, ``items.data``): absent is none; anything but a
-    JSON array refuses the event."""
+    """A Stripe list's items (``lines.data``): absent is none; not an array refuses the event."""
     value = _get(obj, *path)
     if value is None:
         return []
@@ -208,8 +210,7 @@ def _str(value, field: str) -> str | None:
 
 
 def _int(value, field: str) -> int | None:
-    """An amount in cents: a JSON integer within an ``integer`` column, else the event is
-    refused."""
+    """An amount in cents: a JSON integer within an ``integer`` column, else refused."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT32_MAX:
@@ -315,8 +316,7 @@ def _common_fields(event: dict, obj: dict, kind: str, price_to_tier: dict[str, s
 
 
 def _user_id(value: str | None) -> int | None:
-    """Our user id from the metadata: ASCII digits of an ``integer``, else the event is
-    refused (``"١٢"`` is not user 12)."""
+    """Our user id: ASCII digits of an ``integer`` (``"١٢"`` is not user 12), else refused."""
     if value is None:
         return None
     if not _USER_ID.fullmatch(value) or int(value) > INT32_MAX:
@@ -385,7 +385,7 @@ def parse_event(event: dict, price_to_tier: dict[str, str] | None = None) -> Bil
     if event_type.startswith("invoice."):
         return _invoice_notice(common, obj)
     if common["kind"] in (CHARGE_REFUNDED, CHARGE_DISPUTED):
-        return _charge_notice(common, obj, event_type)
+        return replace(_charge_notice(common, obj, event_type), **own_refund(event, _int, _str))
     if event_type == "customer.subscription.updated":
         previous = _get(event, "data", "previous_attributes")
         cancel = obj.get("cancel_at_period_end")

@@ -6,7 +6,8 @@ it bought: starter now, the provider's subscription canceled (it renews nothing 
 provider unreachable: 502 and nothing kept, the notice comes again), a ``refunded`` or
 ``disputed`` event in the history. A partial refund changes nothing but is recorded. Each
 refund's event shows the money it gave back (``_given_back``), not the provider's running
-total for the charge, whatever order its notices arrive in. A refund
+total for the charge, whatever order its notices arrive in: its own amount as the notice
+says it (``billing.refund_amounts``), else counted from the refunds recorded before. A refund
 of an older period's charge (or of a charge ended before) is recorded and ends nothing.
 
 Which period a charge paid: the payment event recorded with the same charge, payment intent
@@ -22,7 +23,8 @@ charge no payment here matches, made in the period in force for less than that p
 payment, is not that payment: it ends nothing (the upgrade made in the period before it was
 charged, if any, is what it paid).
 Replays are the event id's (``webhooks``); another notice of the same refund (the same amount
-refunded) or of a charge whose access was ended already ends nothing again.
+refunded, or the same refund id) or of a charge whose access was ended already ends nothing
+again.
 """
 
 from __future__ import annotations
@@ -146,7 +148,8 @@ def hold_reversal(provider: str, notice) -> str:
     db.session.add(HeldReversal(
         provider=provider, event_id=notice.event_id, type=type_, full=full,
         amount_cents=notice.amount_cents, refunded_cents=notice.refunded_cents,
-        provider_created=notice.created, **ids))
+        refund_cents=notice.refund_cents,
+        refund_id=notice.refund_id, provider_created=notice.created, **ids))
     return "held_for_its_payment"
 
 
@@ -156,8 +159,10 @@ def _take_held(sub: UserSubscription, payment, ids) -> None:
     held = _held(ids)
     for reversal in held:
         _record(sub, reversal.type, sub.tier, sub.tier,
-                amount_cents=_given_back(sub, ids, reversal.refunded_cents)
+                amount_cents=_given_back(sub, ids, reversal.refunded_cents,
+                                         reversal.refund_cents)
                 if reversal.type == "refunded" else reversal.amount_cents,
+                refund_id=reversal.refund_id,
                 reference=reversal.charge_id or reversal.event_id, at=reversal.received_at,
                 full=reversal.full, refunded_cents=reversal.refunded_cents,
                 provider_created=reversal.provider_created.isoformat(),
@@ -169,13 +174,15 @@ def _take_held(sub: UserSubscription, payment, ids) -> None:
         db.session.flush()
 
 
-def _given_back(sub: UserSubscription, ids, refunded_cents: int | None) -> int | None:
-    """What one refund gave back: the provider's running total for the charge
-    (``amount_refunded``) less the largest total of its refunds recorded before it. Notices
-    of one charge's refunds arrive in any order: a refund recorded with a larger total,
-    counted from below this one (its notice came first), is counted from this one now."""
+def _given_back(sub: UserSubscription, ids, refunded_cents: int | None,
+                own: int | None = None) -> int | None:
+    """What one refund gave back: its own amount where its notice says (``own``), else the
+    provider's running total for the charge (``amount_refunded``) less the largest total of
+    its refunds recorded before it. Notices of one charge's refunds arrive in any order: a
+    refund recorded with a larger total, counted from below this one (its notice came first,
+    without its own amount), is counted from this one now."""
     if refunded_cents is None:
-        return None
+        return own
     totals = [(e, (e.details or {}).get("refunded_cents")) for e in _reversals(sub.user_id, ids)
               if e.type == "refunded"]
     totals = [(e, total) for e, total in totals if isinstance(total, int)]
@@ -186,7 +193,13 @@ def _given_back(sub: UserSubscription, ids, refunded_cents: int | None) -> int |
         total, _, event = above
         if total - (event.amount_cents or 0) < refunded_cents:
             event.amount_cents = total - refunded_cents
-    return refunded_cents - below
+    return own if own is not None else refunded_cents - below
+
+
+def _refund_recorded(earlier: list[SubscriptionEvent], refund_id: str | None) -> bool:
+    """A refund of that id is in the history already (another notice of it)."""
+    return refund_id is not None and any(
+        e.type == "refunded" and (e.details or {}).get("refund_id") == refund_id for e in earlier)
 
 
 def _held(ids) -> list[HeldReversal]:
@@ -316,7 +329,8 @@ def apply_charge_reversed(sub: UserSubscription, notice, now: datetime) -> str:
         ids.setdefault(key, (paid.details or {}).get(key) if paid is not None else None)
     earlier = _reversals(sub.user_id, ids_of(notice))
     if any(e.type == type_ and (e.details or {}).get("refunded_cents") == notice.refunded_cents
-           and ((e.details or {}).get("full") or not full) for e in earlier):
+           and ((e.details or {}).get("full") or not full) for e in earlier) \
+            or _refund_recorded(earlier, notice.refund_id):
         return "already_recorded"  # (an inquiry, then its dispute taking the money, is not)
     ended_before = any((e.details or {}).get("ended_access")
                        or (e.details or {}).get("ended_upgrade") for e in earlier)
@@ -336,8 +350,9 @@ def apply_charge_reversed(sub: UserSubscription, notice, now: datetime) -> str:
     elif takes_back:
         _take_back_upgrade(sub, upgrade, now)
     _record(sub, type_, from_tier, sub.tier, amount_cents=_given_back(
-                sub, ids_of(notice), notice.refunded_cents)
+                sub, ids_of(notice), notice.refunded_cents, notice.refund_cents)
             if type_ == "refunded" else notice.amount_cents,
+            refund_id=notice.refund_id,
             reference=notice.charge_id or notice.event_id, at=now, full=full,
             ended_access=ends or None, ended_upgrade=takes_back or None, period=period,
             refunded_cents=notice.refunded_cents,
