@@ -247,13 +247,20 @@ def refund_violations(full: bool, of_current_period: bool, before: str, after: s
                                        f"charge changed {before} to {after}"]
 
 
-def refund_amount_violations(given_back: list[int], charged: int) -> list[str]:
+def refund_amount_violations(given_back: list[int], charged: int,
+                             notified: list[int] | None = None) -> list[str]:
     """Each refund in the history shows the money it gave back: a charge's refunds add up
     to what was refunded of it, never more than it charged (the provider's running total
-    shown on each refund counted the first refund again in the next)."""
+    shown on each refund counted the first refund again in the next). With the refunds
+    whose notices arrived (``notified``, each refund's own amount as its notice says), the
+    history shows exactly those, once each, whatever order the notices came in (a refund
+    notified before an earlier one showed both)."""
     total = sum(given_back)
-    return [] if total <= charged else [
+    problems = [] if total <= charged else [
         f"refunds of a charge of {charged} shown as {given_back}, {total} given back in all"]
+    if notified is not None and sorted(given_back) != sorted(notified):
+        problems.append(f"refunds of amounts {sorted(notified)} shown as {sorted(given_back)}")
+    return problems
 
 
 def unmatched_refund_violations(before: str, after: str) -> list[str]:

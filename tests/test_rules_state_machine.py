@@ -169,6 +169,12 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             self.running = {}   # user id -> the provider subscription id last seen on the row
             self.replaced = []  # (older, newer) provider subscription ids, as the row changed
             self.charges = {}   # user id -> [(charge id, the period end it paid)], in order
+            # refunds made at the provider: charge id -> its refunds, newest first ({id,
+            # amount}); the notices it holds back (delivered late, newest first:
+            # ``late_refund_notices_arrive``); the refunds notified, by id -> own amount
+            self.refunds_made = {}
+            self.late_refund_notices = []
+            self.refunds_notified = {}
             self.ended_at_provider = set()  # provider subscription ids the provider ended
 
         # ---- the API, always enveloped, never 5xx ------------------------------------------
@@ -646,13 +652,18 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             assert not problems, (person.name, problems, body)
 
         @rule(name=st.sampled_from(IDENTITIES), latest=st.booleans(),
-              how=st.sampled_from(["full", "partial", "dispute", "unmatched"]))
-        def provider_refunds(self, name, latest, how):
+              how=st.sampled_from(["full", "partial", "dispute", "unmatched"]),
+              late=st.booleans())
+        def provider_refunds(self, name, latest, how, late=False):
             """A charge of the user's is refunded (in full or in part) in the provider's
             dashboard, or disputed: a full refund or a dispute of the charge that paid the
             period in force ends the paid tier, anything else changes no tier
-            (rules_subscription.refund_violations). ``unmatched``: a 3.00 charge made now
-            that no payment here matches, refunded in full: it never ends the paid tier
+            (rules_subscription.refund_violations). ``partial`` gives back 3.00 more of the
+            charge (the last of it: in full), ``full`` the rest; nothing left to give back,
+            the last refund is notified again. ``late``: the provider holds the refund's
+            notice back, to deliver it after later ones (``late_refund_notices_arrive``).
+            ``unmatched``: a 3.00 charge made now that no payment here matches, refunded in
+            full: it never ends the paid tier
             (rules_subscription.unmatched_refund_violations)."""
             person = self.people[name]
             charges = self.charges.get(person.user_id) if person.user_id else None
@@ -660,17 +671,17 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 return
             charge, paid_until = charges[-1] if latest else charges[0]
             sub = self.subscription_row(person)
-            current = sub.tier != "starter" and not sub.complimentary \
-                and sub.status in ("active", "past_due") \
-                and tier_at(sub, self.now) == sub.tier and sub.current_period_end is not None \
-                and abs(sub.current_period_end - paid_until) < timedelta(seconds=1) \
-                and sub.current_period_end > self.now  # a period over has nothing left
             self.webhooks += 1
-            obj = {"id": charge, "object": "charge", "customer": sub.provider_customer_id,
-                   "amount": 999, "amount_refunded": 300 if how == "partial" else 999}
-            if how == "dispute":
-                obj = {"id": f"dp_{charge}", "object": "dispute", "charge": charge,
-                       "amount": 999}
+            if how in ("full", "partial"):
+                event, new = self.refund_notice(sub, charge, how)
+                if late and new:
+                    self.late_refund_notices.insert(0, (person.user_id, charge, paid_until,
+                                                        event))
+                    return
+                self.deliver_refund(person, charge, paid_until, event)
+                return
+            obj = {"id": f"dp_{charge}", "object": "dispute", "charge": charge,
+                   "amount": 999}
             if how == "unmatched":
                 obj = {"id": f"ch_other_{self.webhooks}", "object": "charge",
                        "customer": sub.provider_customer_id, "amount": 300,
@@ -686,10 +697,76 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             if how == "unmatched":
                 problems = unmatched_refund_violations(tier_at(sub, self.now), after.tier)
             else:
-                problems = refund_violations(how != "partial", current, tier_at(sub, self.now),
-                                             after.tier)
-                problems += refund_amount_violations(self.refunds_shown(person, charge), 999)
+                problems = refund_violations(True, self.pays_the_period(sub, paid_until),
+                                             tier_at(sub, self.now), after.tier)
+                problems += refund_amount_violations(
+                    self.refunds_shown(person, charge), 999,
+                    list(self.refunds_notified.get(charge, {}).values()))
             assert not problems, (person.name, problems, body)
+
+        def pays_the_period(self, sub, paid_until) -> bool:
+            """The charge that paid ``paid_until`` paid the period in force (not over)."""
+            return sub.tier != "starter" and not sub.complimentary \
+                and sub.status in ("active", "past_due") \
+                and tier_at(sub, self.now) == sub.tier and sub.current_period_end is not None \
+                and abs(sub.current_period_end - paid_until) < timedelta(seconds=1) \
+                and sub.current_period_end > self.now  # a period over has nothing left
+
+        def refund_notice(self, sub, charge, how) -> tuple[dict, bool]:
+            """The provider's ``charge.refunded`` notice of a new refund of ``charge`` (the
+            charge as it stands after it, the running total before it in
+            ``previous_attributes``) and True; with nothing left to refund, the last refund's
+            notice again (another notice of it) and False."""
+            made = self.refunds_made.setdefault(charge, [])
+            before = sum(refund["amount"] for refund in made)
+            given = min(300 if how == "partial" else 999, 999 - before)
+            if given:
+                made.insert(0, {"id": f"re_{self.webhooks}", "object": "refund",
+                                "amount": given})
+            total = before + given
+            previous = total - made[0]["amount"]
+            obj = {"id": charge, "object": "charge", "customer": sub.provider_customer_id,
+                   "amount": 999, "amount_refunded": total, "refunded": total >= 999,
+                   "refunds": {"object": "list",
+                               "data": [dict(refund) for refund in made]}}
+            return {"id": f"evt_{self.webhooks}", "object": "event", "type": "charge.refunded",
+                    "created": int(self.now.timestamp()),
+                    "data": {"object": obj,
+                             "previous_attributes": {"amount_refunded": previous}}}, \
+                bool(given)
+
+        def deliver_refund(self, person, charge, paid_until, event):
+            """A refund's notice delivered: a full one of the period in force ends it, a
+            partial one changes no tier; the history shows each refund of the charge with
+            its own amount (rules_subscription.refund_amount_violations)."""
+            sub = self.subscription_row(person)
+            status, body = self.call_webhook(event)
+            assert status == 200, body
+            obj = event["data"]["object"]
+            own = obj["refunds"]["data"][0]
+            self.refunds_notified.setdefault(charge, {})[own["id"]] = own["amount"]
+            after = self.subscription_row(person)
+            full = obj["amount_refunded"] >= obj["amount"]
+            problems = refund_violations(full, self.pays_the_period(sub, paid_until),
+                                         tier_at(sub, self.now), after.tier)
+            problems += refund_amount_violations(
+                self.refunds_shown(person, charge), 999,
+                list(self.refunds_notified[charge].values()))
+            assert not problems, (person.name, problems, body)
+
+        @rule(retried=st.booleans())
+        def late_refund_notices_arrive(self, retried):
+            """The refund notices the provider held back arrive, the newest first (after the
+            notices of the refunds made since); ``retried``: each sent twice (a retry)."""
+            notices, self.late_refund_notices = self.late_refund_notices, []
+            for user_id, charge, paid_until, event in notices:
+                person = next((p for p in self.people.values() if p.user_id == user_id), None)
+                if person is None:  # the account is gone: the notice changes no one's
+                    status, body = self.call_webhook(event)
+                    assert status == 200, body
+                    continue
+                for _ in range(2 if retried else 1):
+                    self.deliver_refund(person, charge, paid_until, event)
 
         def refunds_shown(self, person, charge) -> list[int]:
             """The amounts the history shows for the refunds of ``charge``."""
@@ -1431,6 +1508,14 @@ BILLING_SEQUENCES = {
         ("provider_refunds", {"latest": True, "how": "partial"}),
         ("provider_refunds", {"latest": True, "how": "full"}),
         ("provider_refunds", {"latest": True, "how": "dispute"}), ("sign_in", {})],
+    # a charge's refund notices delivered out of order and again (``refund_amount_violations``)
+    "refunds_of_the_month_notified_out_of_order": [
+        ("choose_tier", {"tier": "premium", "pay": True}), ("renewal_webhook", {"paid": True}),
+        ("provider_refunds", {"latest": True, "how": "partial", "late": True}),
+        ("provider_refunds", {"latest": True, "how": "partial"}),
+        ("provider_refunds", {"latest": True, "how": "full", "late": True}),
+        ("late_refund_notices_arrive", {"retried": True}),
+        ("provider_refunds", {"latest": True, "how": "partial"}), ("sign_in", {})],
     "an_unmatched_refund_after_an_upgrade": [
         ("choose_tier", {"tier": "premium", "pay": True}), ("renewal_webhook", {"paid": True}),
         ("provider_refunds", {"latest": True, "how": "unmatched"}),
@@ -1450,7 +1535,7 @@ def test_the_rules_hold_when_the_provider_starts_another_subscription(
     machine = _rules_machine(idp, make_config, table_names, billing, monkeypatch)()
     try:
         for step, arguments in BILLING_SEQUENCES[sequence]:
-            if step not in ("time_passes", "expiry_job_runs"):
+            if step not in ("time_passes", "expiry_job_runs", "late_refund_notices_arrive"):
                 arguments = {"name": "ana", **arguments}
             getattr(machine, step)(**arguments)
             machine.the_rules_hold()
