@@ -433,3 +433,29 @@ def test_a_refund_held_for_its_payment_shows_its_own_amount(stripe_app, auth, bi
     assert _outcome(billing, client, notices["r1"]) == "recorded"
     assert _refund_amounts(client, headers) == ["2.00", "3.00"]
     assert billing.subscription(client, headers)["tier"] == "premium"
+
+
+def test_a_refund_without_previous_attributes_shows_the_refund_listed_on_the_charge(
+        stripe_app, auth, billing):
+    """A notice without ``previous_attributes`` (older API versions, a notice sent again by
+    hand) but listing the charge's refunds: the newest listed is this one, and its amount is
+    shown. A ``previous_attributes.amount_refunded`` that is not an amount in cents refuses
+    the notice as a whole (400 naming it), nothing recorded."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _paid(client, headers, billing)
+    notices = _three_refunds_of_the_month()
+    broken = {**notices["r1"], "id": "evt_broken",
+              "data": {**notices["r1"]["data"],
+                       "previous_attributes": {"amount_refunded": "3.00"}}}
+    resp = billing.post_webhook(client, broken)
+    assert resp.status_code == 400, resp.get_json()
+    assert "previous_attributes.amount_refunded" in resp.get_json()["message"]
+    assert _refund_amounts(client, headers) == []
+
+    listed_only = {**notices["r2"], "data": {"object": notices["r2"]["data"]["object"]}}
+    assert _outcome(billing, client, listed_only) == "recorded"
+    assert _refund_amounts(client, headers) == ["2.00"]
+    assert _outcome(billing, client, notices["r1"]) == "recorded"
+    assert _refund_amounts(client, headers) == ["2.00", "3.00"]
+    assert billing.subscription(client, headers)["tier"] == "premium"
