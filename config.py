@@ -157,6 +157,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "MEDIA_URL_TTL_SECONDS": _int(env, "MEDIA_URL_TTL_SECONDS", 3600),
         "MEDIA_DOWNLOAD_URL_TTL_SECONDS": _int(env, "MEDIA_DOWNLOAD_URL_TTL_SECONDS", 7200),
         "TRIAL_DAYS": _int(env, "TRIAL_DAYS", 14),
+        # A refund or dispute held for its payment's notice is removed after this many days.
+        "HELD_REVERSAL_RETENTION_DAYS": _int(env, "HELD_REVERSAL_RETENTION_DAYS", 90),
         "ANALYTICS_CACHE_TTL_SECONDS": _int(env, "ANALYTICS_CACHE_TTL_SECONDS", 600),
         # A refresh still marked stale after this long is re-enqueued by the periodic sweep.
         "ANALYTICS_STALE_GRACE_SECONDS": _int(env, "ANALYTICS_STALE_GRACE_SECONDS", 30),
@@ -290,6 +292,8 @@ def validate_config(config: Mapping) -> None:
             raise ConfigError(f"{name} must be at least 1")
     if config["TRIAL_DAYS"] < 0:
         raise ConfigError("TRIAL_DAYS must not be negative")
+    if config.get("HELD_REVERSAL_RETENTION_DAYS", 90) < 1:
+        raise ConfigError("HELD_REVERSAL_RETENTION_DAYS must be at least 1")
     if config.get("TRUSTED_PROXY_COUNT", 0) < 0:
         raise ConfigError("TRUSTED_PROXY_COUNT must not be negative")
     if not 0 < config["WORKER_HEARTBEAT_SECONDS"] < config["WORKER_ABANDONED_JOB_SECONDS"]:

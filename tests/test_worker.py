@@ -220,6 +220,7 @@ def test_every_periodic_job_runs_its_function_on_a_worker(app, redis_client):
     assert results["close_stale_sessions"] == 0
     assert results["sweep_stale_analytics"] == 0
     assert results["sweep_expired_idempotency_keys"] == 0
+    assert results["sweep_unclaimed_held_reversals"] == 0
     assert results["precompute_year_recaps"] == 0  # 15 January: not the week of year recaps
     assert results["process_owed_cancellations"]["attempted"] == 0
     computed_at = results["refresh_platform_stats"]["computed_at"]
@@ -319,7 +320,8 @@ def test_every_periodic_job_is_enqueued_by_reference():
     assert {job.name for job in PERIODIC_JOBS} == {
         "process_due_subscriptions", "process_owed_cancellations", "close_stale_sessions",
         "refresh_platform_stats", "sweep_stale_analytics", "sweep_expired_idempotency_keys",
-        "send_due_reminders", "precompute_year_recaps", "rebuild_recommendation_model"}
+        "send_due_reminders", "precompute_year_recaps", "rebuild_recommendation_model",
+        "sweep_unclaimed_held_reversals"}
     for job in PERIODIC_JOBS:
         assert job.func.__module__.startswith("sonicus.services.")
         assert import_attribute(f"{job.func.__module__}.{job.func.__qualname__}") is job.func

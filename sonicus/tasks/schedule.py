@@ -27,6 +27,7 @@ from ..services.recommendation_model import rebuild_recommendation_model
 from ..services.reminders import send_due_reminders
 from ..services.stats import refresh_platform_stats
 from ..services.subscriptions import process_due_subscriptions
+from ..services.subscriptions.held_sweep import sweep_unclaimed_held_reversals
 from .queue import QUEUE_ANALYTICS, QUEUE_DEFAULT, QUEUE_MAINTENANCE, enqueue
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ PERIODIC_JOBS = (
     Periodic(refresh_platform_stats, 300, QUEUE_MAINTENANCE),
     Periodic(sweep_stale_analytics, 30, QUEUE_ANALYTICS),
     Periodic(sweep_expired_idempotency_keys, 3600, QUEUE_MAINTENANCE),  # keys past 24 h
+    Periodic(sweep_unclaimed_held_reversals, 3600, QUEUE_MAINTENANCE),  # held refunds, 90 d
     Periodic(send_due_reminders, 60, QUEUE_DEFAULT),  # Web Push reminders, due users in SQL
     Periodic(precompute_year_recaps, 3600, QUEUE_MAINTENANCE),  # January 1..7 only
     Periodic(rebuild_recommendation_model, 3600, QUEUE_MAINTENANCE),  # mood-outcome model
