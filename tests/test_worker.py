@@ -184,7 +184,7 @@ def test_schedule_fires_each_job_once_per_slot_with_two_workers(app, redis_clien
     names = sorted(name for batch in fired for name in batch)
     assert names == sorted(job.name for job in schedule.PERIODIC_JOBS)
     maintenance = Queue(QUEUE_MAINTENANCE, connection=redis_client)
-    assert maintenance.count == 7
+    assert maintenance.count == 8
     assert Queue(QUEUE_ANALYTICS, connection=redis_client).count == 1
 
     with app.app_context():
