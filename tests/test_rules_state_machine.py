@@ -427,7 +427,8 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                     self.check_stored_analytics(person)
             else:
                 status, body = self.call("PATCH", f"/api/user/sessions/{session_id}",
-                                         person.headers, json={"listened_seconds": listened})
+                                         person.headers, json={"listened_seconds": listened,
+                                                               "position_seconds": 30})
                 assert status in (200, 403, 404, 409), body
 
         @rule(name=st.sampled_from(IDENTITIES),
@@ -1097,9 +1098,11 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
 
         @invariant()
         def the_dashboard_offers_to_continue_only_what_plays(self):
-            """The dashboard's continue_listening is a package the caller can start now: its
-            level opened by the tier in force, or a live assignment (never one a downgrade,
-            an ended trial or a revoked assignment locked)."""
+            """The dashboard's continue_listening, and every place to resume that
+            /api/user/playback lists, is a package the caller can start now: its level
+            opened by the tier in force, or a live assignment (never one a downgrade, an
+            ended trial or a revoked assignment locked)."""
+            level_of = {package_id: level for level, package_id in self.packages.items()}
             for person in self.people.values():
                 if person.user_id is None:
                     continue
@@ -1113,6 +1116,13 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                     level = offered["package"]["minimum_tier"]
                     assert can_access_level(tier, level) or self.assigned(person, level), \
                         (person.name, tier, level)
+                status, body = self.call("GET", "/api/user/playback?per_page=100",
+                                         person.headers)
+                assert status == 200, body
+                for place in body["data"]:
+                    level = level_of[place["package_id"]]
+                    assert can_access_level(tier, level) or self.assigned(person, level), \
+                        ("playback", person.name, tier, level)
 
         @invariant()
         def the_provider_renews_what_is_shown(self):

@@ -111,6 +111,6 @@ class Playback(MethodView):
     @blp.response(200, PlaybackSchema(many=True))
     @blp.errors(401, 403, 422)
     def get(self, args, caller):
-        """Where to resume: per package, the last reported track and position (any device),
-        newest first."""
-        return listening.playback(caller.id, args)
+        """Where to resume: per package the caller can play now, the last reported track and
+        position (any device), newest first."""
+        return listening.playback(caller.id, caller.tier, args)

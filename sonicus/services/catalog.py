@@ -17,7 +17,7 @@ from ..extensions import db
 from ..models import ListeningSession, SoundPackage, Track
 from ..models.base import unicode_key
 from ..pagination import Page, paginate
-from ..tiers import ACCESS_LOCKED, TIERS, package_access
+from ..tiers import ACCESS_LOCKED, PACKAGE_LEVELS, TIERS, can_access_level, package_access
 from . import audit
 from .assignments import live_package_ids, personal_marks
 from .transaction import unit_of_work
@@ -82,6 +82,16 @@ def _like(text: str) -> str:
 def in_catalog():
     """SQL: the package is visible in the catalog (published, not archived)."""
     return and_(SoundPackage.published.is_(True), SoundPackage.archived_at.is_(None))
+
+
+def playable_now(user_id: int, tier_name: str, now: datetime):
+    """SQL: the package plays for this user now: in the catalog, and opened by the tier in
+    force (``tier_name``) or a live assignment. Where to resume (``GET /api/user/playback``,
+    the dashboard's ``continue_listening``) offers only these: after a downgrade or an
+    assignment's end a premium package would only answer 403 ``package_locked``."""
+    levels = [level for level in PACKAGE_LEVELS if can_access_level(tier_name, level)]
+    return and_(in_catalog(), or_(SoundPackage.minimum_tier.in_(levels),
+                                  SoundPackage.id.in_(live_package_ids(user_id, now))))
 
 
 def _catalog_filter(stmt):

@@ -11,11 +11,9 @@ from .. import clock
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, Track
 from ..models.listening import ENDED, OPEN
-from ..tiers import PACKAGE_LEVELS, can_access_level
 from . import subscriptions
 from .analytics import get_user_analytics
-from .assignments import live_package_ids
-from .catalog import in_catalog
+from .catalog import playable_now
 from .recommendations import Recommendation, recommendations_for
 
 RECOMMENDED_COUNT = 6
@@ -63,14 +61,12 @@ def continue_listening(user_id: int, tier_name: str,
     unfinished = or_(s.status == OPEN,
                      and_(s.status == ENDED, s.completed.is_(False),
                           s.position_seconds.is_not(None)))
-    levels = [level for level in PACKAGE_LEVELS if can_access_level(tier_name, level)]
-    playable = or_(SoundPackage.minimum_tier.in_(levels),
-                   SoundPackage.id.in_(live_package_ids(user_id, now or clock.now())))
     row = db.session.execute(
         select(s, SoundPackage, Track).select_from(s)
-        .join(SoundPackage, and_(SoundPackage.id == s.package_id, in_catalog()))
+        .join(SoundPackage, and_(SoundPackage.id == s.package_id,
+                                 playable_now(user_id, tier_name, now or clock.now())))
         .outerjoin(Track, Track.id == s.track_id)
-        .where(s.user_id == user_id, unfinished, playable)
+        .where(s.user_id == user_id, unfinished)
         .order_by(func.coalesce(s.position_updated_at, s.started_at).desc(), s.id.desc())
         .limit(1)).first()
     return None if row is None else ContinueListening(*row)

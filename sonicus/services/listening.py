@@ -36,7 +36,7 @@ from ..tiers import (
 )
 from . import analytics
 from .assignments import assigned_clause
-from .catalog import in_catalog
+from .catalog import in_catalog, playable_now
 from .listened import clamp_listened, clamp_position, is_accidental_tap, reaches_completion
 from .quota import insert_within_quota, today_of
 from .subscriptions import insert_default_subscription, tier_in_force
@@ -318,16 +318,16 @@ def list_history(user_id: int, args: dict) -> Page:
     return paginate(db, stmt, args)
 
 
-def playback(user_id: int, args: dict) -> Page:
-    """Where to resume, one entry per package still in the catalog (an archived one no
-    longer plays): the caller's session of that package whose position was reported last (on
-    any device), newest first."""
+def playback(user_id: int, tier_name: str, args: dict, now: datetime | None = None) -> Page:
+    """Where to resume, one entry per package the caller can play now (``playable_now``):
+    their session of it whose position was reported last (any device), newest first."""
     s = ListeningSession
     newest = func.row_number().over(
         partition_by=s.package_id,
         order_by=(s.position_updated_at.desc(), s.id.desc())).label("newest")
     ranked = (select(s, newest)
-              .join(SoundPackage, and_(SoundPackage.id == s.package_id, in_catalog()))
+              .join(SoundPackage, and_(SoundPackage.id == s.package_id,
+                                       playable_now(user_id, tier_name, now or clock.now())))
               .where(s.user_id == user_id, s.position_updated_at.is_not(None)).subquery())
     last = aliased(ListeningSession, ranked)
     stmt = (select(last).where(ranked.c.newest == 1)
