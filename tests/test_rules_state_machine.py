@@ -1582,6 +1582,23 @@ def test_the_rules_hold_when_an_open_sessions_package_is_lost(idp, make_config, 
         machine.teardown()
 
 
+def test_the_rules_hold_when_a_place_to_resume_is_locked(idp, make_config, table_names,
+                                                         billing, monkeypatch):
+    """A premium package left half-heard (a heartbeat's position), then a downgrade: neither
+    the dashboard nor /api/user/playback offers to resume it."""
+    machine = _rules_machine(idp, make_config, table_names, billing, monkeypatch)()
+    try:
+        machine.admin_grants(name="ana", tier="premium")
+        session = machine.start(name="ana", level="premium", mood=None)
+        machine.time_passes(seconds=90)
+        machine.end(session=session, claim="honest", mood=None, finish=False)
+        machine.admin_grants(name="ana", tier="starter")
+        machine.the_dashboard_offers_to_continue_only_what_plays()
+        machine.the_rules_hold()
+    finally:
+        machine.teardown()
+
+
 # A keyed start refused for the day's quota, retried with its key later in the day and after
 # the day rolled over: the replay's Retry-After is the time left then (``retry_violations``).
 KEYED_REFUSAL_SEQUENCES = {
