@@ -82,3 +82,36 @@ def test_playback_offers_no_package_a_downgrade_or_an_assignments_end_locked(
                            headers=admin)
     assert upgrade.status_code == 200, upgrade.json
     assert _resume_places(client, headers) == [pkgs["delta"], pkgs["rain"]]
+
+
+def test_a_package_finished_since_is_no_longer_offered_to_continue(
+        client, auth, make_user, pkgs, set_clock):
+    """Rain stopped at 2:00 on one day, then heard to the end in a later session (the app
+    reported no position at the end): neither the dashboard nor the playback list offers to
+    resume Rain at 2:00 any more. A later session stopped short is offered again."""
+    make_user("finish@example.com", tier="premium")
+    headers = auth("finish@example.com")
+    t0 = set_clock(_tomorrow_noon())
+    stopped = _listen(client, headers, pkgs["rain"], 120)
+    set_clock(t0 + timedelta(minutes=2))
+    client.post(f"/api/user/sessions/{stopped}/complete", headers=headers,
+                json={"listened_seconds": 120, "completed": False})
+    cont = client.get("/api/user/dashboard", headers=headers).json["data"]["continue_listening"]
+    assert (cont["session_id"], cont["position_seconds"]) == (stopped, 120)
+
+    set_clock(t0 + timedelta(days=1))
+    finished = client.post("/api/user/sessions", json={"package_id": pkgs["rain"]},
+                           headers=headers).json["data"]["id"]
+    set_clock(t0 + timedelta(days=1, minutes=31))
+    done = client.post(f"/api/user/sessions/{finished}/complete", headers=headers,
+                       json={"listened_seconds": 1800, "completed": True})
+    assert done.status_code == 200 and done.json["data"]["completed"] is True, done.json
+    assert client.get("/api/user/dashboard", headers=headers) \
+        .json["data"]["continue_listening"] is None
+    assert _resume_places(client, headers) == []
+
+    set_clock(t0 + timedelta(days=2))
+    again = _listen(client, headers, pkgs["rain"], 60)
+    cont = client.get("/api/user/dashboard", headers=headers).json["data"]["continue_listening"]
+    assert (cont["session_id"], cont["position_seconds"]) == (again, 60)
+    assert _resume_places(client, headers) == [pkgs["rain"]]

@@ -1101,7 +1101,7 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             """The dashboard's continue_listening, and every place to resume that
             /api/user/playback lists, is a package the caller can start now: its level
             opened by the tier in force, or a live assignment (never one a downgrade, an
-            ended trial or a revoked assignment locked)."""
+            ended trial or a revoked assignment locked), and not heard to completion since."""
             level_of = {package_id: level for level, package_id in self.packages.items()}
             for person in self.people.values():
                 if person.user_id is None:
@@ -1112,17 +1112,21 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 status, body = self.call("GET", "/api/user/dashboard", person.headers)
                 assert status == 200, body
                 offered = body["data"]["continue_listening"]
-                if offered is not None:
-                    level = offered["package"]["minimum_tier"]
+                status, listed = self.call("GET", "/api/user/playback?per_page=100",
+                                           person.headers)
+                assert status == 200, listed
+                rows = {row.id: row for row in self.rows(person)}
+                places = [(offered["session_id"], "continue")] if offered is not None else []
+                places += [(place["session_id"], "playback") for place in listed["data"]]
+                for session_id, where in places:
+                    place = rows[session_id]
+                    level = level_of[place.package_id]
                     assert can_access_level(tier, level) or self.assigned(person, level), \
-                        (person.name, tier, level)
-                status, body = self.call("GET", "/api/user/playback?per_page=100",
-                                         person.headers)
-                assert status == 200, body
-                for place in body["data"]:
-                    level = level_of[place["package_id"]]
-                    assert can_access_level(tier, level) or self.assigned(person, level), \
-                        ("playback", person.name, tier, level)
+                        (where, person.name, tier, level)
+                    # never a package heard to completion in a session started after it
+                    assert not any(row.package_id == place.package_id and row.completed
+                                   and row.started_at > place.started_at
+                                   for row in rows.values()), (where, session_id)
 
         @invariant()
         def the_provider_renews_what_is_shown(self):
@@ -1593,6 +1597,24 @@ def test_the_rules_hold_when_a_place_to_resume_is_locked(idp, make_config, table
         machine.time_passes(seconds=90)
         machine.end(session=session, claim="honest", mood=None, finish=False)
         machine.admin_grants(name="ana", tier="starter")
+        machine.the_dashboard_offers_to_continue_only_what_plays()
+        machine.the_rules_hold()
+    finally:
+        machine.teardown()
+
+
+def test_the_rules_hold_when_a_place_to_resume_is_heard_to_the_end_later(
+        idp, make_config, table_names, billing, monkeypatch):
+    """A session left open with a position on one device, then the same package heard to
+    completion in another: no place to resume offers the first one any more."""
+    machine = _rules_machine(idp, make_config, table_names, billing, monkeypatch)()
+    try:
+        first = machine.start(name="ana", level="public", mood=None)
+        machine.time_passes(seconds=90)
+        machine.end(session=first, claim="honest", mood=None, finish=False)
+        second = machine.start(name="ana", level="public", mood=None)
+        machine.time_passes(seconds=600)
+        machine.end(session=second, claim="honest", mood=None, finish=True)
         machine.the_dashboard_offers_to_continue_only_what_plays()
         machine.the_rules_hold()
     finally:

@@ -17,7 +17,7 @@ from ..schemas.sessions import (
     SessionSchema,
     SessionStartSchema,
 )
-from ..services import listening
+from ..services import listening, playback
 
 blp = Blueprint("sessions", __name__, url_prefix="/api/user",
                 description="Listening sessions within the tier's limits.")
@@ -113,4 +113,4 @@ class Playback(MethodView):
     def get(self, args, caller):
         """Where to resume: per package the caller can play now, the last reported track and
         position (any device), newest first."""
-        return listening.playback(caller.id, caller.tier, args)
+        return playback.playback(caller.id, caller.tier, args)

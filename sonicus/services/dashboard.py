@@ -14,6 +14,7 @@ from ..models.listening import ENDED, OPEN
 from . import subscriptions
 from .analytics import get_user_analytics
 from .catalog import playable_now
+from .listened import finished_since
 from .recommendations import Recommendation, recommendations_for
 
 RECOMMENDED_COUNT = 6
@@ -56,7 +57,7 @@ def continue_listening(user_id: int, tier_name: str,
     resume from. Only a package the caller can play now is offered: still in the catalog
     (an archived or unpublished one no longer plays) and opened by the tier in force
     (``tier_name``) or a live assignment (after a downgrade, a premium package would only
-    answer 403 ``package_locked``)."""
+    answer 403 ``package_locked``). Nor one heard to completion since (``finished_since``)."""
     s = ListeningSession
     unfinished = or_(s.status == OPEN,
                      and_(s.status == ENDED, s.completed.is_(False),
@@ -66,7 +67,7 @@ def continue_listening(user_id: int, tier_name: str,
         .join(SoundPackage, and_(SoundPackage.id == s.package_id,
                                  playable_now(user_id, tier_name, now or clock.now())))
         .outerjoin(Track, Track.id == s.track_id)
-        .where(s.user_id == user_id, unfinished)
+        .where(s.user_id == user_id, unfinished, ~finished_since(s))
         .order_by(func.coalesce(s.position_updated_at, s.started_at).desc(), s.id.desc())
         .limit(1)).first()
     return None if row is None else ContinueListening(*row)

@@ -9,11 +9,16 @@ of an accidental tap, shared by live sessions (``listening.py``) and offline upl
   reaches 80% of its playable length (``reaches_completion``); what the client said is kept as
   ``client_completed`` and decides nothing.
 - An accidental tap (ended within 60 s with under 30 s listened) costs no quota.
+- A place to resume is no longer one once the package has been heard to completion in a
+  session started after it (``finished_since``).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+
+from sqlalchemy import exists
+from sqlalchemy.orm import aliased
 
 from ..models import ListeningSession
 
@@ -73,3 +78,13 @@ def is_accidental_tap(started_at: datetime, ended_at: datetime, listened_seconds
     """THE give-back rule: ended within 60 s with under 30 s listened costs no quota."""
     return ((ended_at - started_at).total_seconds() <= GIVE_BACK_WITHIN_SECONDS
             and listened_seconds < GIVE_BACK_UNDER_LISTENED_SECONDS)
+
+
+def finished_since(session) -> object:
+    """SQL: the listener has completed the package of ``session`` (the ``ListeningSession``
+    entity or an alias of it) in a session started after it, so its position is no longer a
+    place to resume (the dashboard's ``continue_listening``, ``GET /api/user/playback``)."""
+    later = aliased(ListeningSession)
+    return exists().where(later.user_id == session.user_id,
+                          later.package_id == session.package_id,
+                          later.completed.is_(True), later.started_at > session.started_at)

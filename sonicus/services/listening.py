@@ -18,9 +18,9 @@ import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import aliased, make_transient_to_detached, selectinload
+from sqlalchemy.orm import make_transient_to_detached, selectinload
 
 from .. import clock
 from ..api_errors import fail, not_found
@@ -36,7 +36,7 @@ from ..tiers import (
 )
 from . import analytics
 from .assignments import assigned_clause
-from .catalog import in_catalog, playable_now
+from .catalog import in_catalog
 from .listened import clamp_listened, clamp_position, is_accidental_tap, reaches_completion
 from .quota import insert_within_quota, today_of
 from .subscriptions import insert_default_subscription, tier_in_force
@@ -315,23 +315,6 @@ def list_history(user_id: int, args: dict) -> Page:
     if last is not None:
         stmt = stmt.where(ListeningSession.local_day <= last)
     stmt = stmt.order_by(ListeningSession.started_at.desc(), ListeningSession.id.desc())
-    return paginate(db, stmt, args)
-
-
-def playback(user_id: int, tier_name: str, args: dict, now: datetime | None = None) -> Page:
-    """Where to resume, one entry per package the caller can play now (``playable_now``):
-    their session of it whose position was reported last (any device), newest first."""
-    s = ListeningSession
-    newest = func.row_number().over(
-        partition_by=s.package_id,
-        order_by=(s.position_updated_at.desc(), s.id.desc())).label("newest")
-    ranked = (select(s, newest)
-              .join(SoundPackage, and_(SoundPackage.id == s.package_id,
-                                       playable_now(user_id, tier_name, now or clock.now())))
-              .where(s.user_id == user_id, s.position_updated_at.is_not(None)).subquery())
-    last = aliased(ListeningSession, ranked)
-    stmt = (select(last).where(ranked.c.newest == 1)
-            .order_by(last.position_updated_at.desc(), last.id.desc()))
     return paginate(db, stmt, args)
 
 
