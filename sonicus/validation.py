@@ -237,12 +237,24 @@ class InputSchema(ma.Schema):
 
 class QueryArgsSchema(InputSchema):
     """The base of every query-argument schema. Unknown query arguments are ignored (an SPA
-    adds cache-busters such as ``?_=1700000000``); bodies stay strict (``StrictSchema``)."""
+    adds cache-busters such as ``?_=1700000000``); bodies stay strict (``StrictSchema``). An
+    argument sent empty (``?q=``, ``?category=&page=2``: an SPA's empty search box or "all"
+    choice) is taken as not sent: its default, no filter."""
 
     class Meta:
         unknown = ma.EXCLUDE
 
     integers_from_text = True
+
+    @ma.pre_load
+    def _empty_means_not_sent(self, data, **kwargs):
+        if not hasattr(data, "keys"):
+            return data
+        empty = [key for key in data.keys()
+                 if isinstance(data[key], str) and not data[key].strip()]
+        if not empty:
+            return data
+        return {key: data[key] for key in data.keys() if key not in empty}
 
 
 class NoBodySchema(InputSchema):

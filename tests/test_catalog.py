@@ -72,6 +72,25 @@ def test_filters_search_and_accessible(client, auth, catalog, make_user):
         ["rain", "delta"]
 
 
+def test_an_empty_search_box_or_filter_lists_everything(client, auth, catalog, make_user,
+                                                        admin_auth):
+    """An SPA sends its empty search box and its "all" choices as empty arguments: they mean
+    no filter, not a 422."""
+    make_user("empty@example.com", tier="premium")
+    headers = auth("empty@example.com")
+    everything = _slugs(client.get("/api/packages", headers=headers))
+    for query in ("q=", "q=%20%20", "category=", "q=&category=&accessible=&sort=&page=&per_page="):
+        res = client.get(f"/api/packages?{query}", headers=headers)
+        assert res.status_code == 200, (query, res.json)
+        assert _slugs(res) == everything
+    res = client.get("/api/admin/users?q=&tier=&status=", headers=admin_auth())
+    assert res.status_code == 200, res.json
+    assert res.json["pagination"]["total"] == \
+        client.get("/api/admin/users", headers=admin_auth()).json["pagination"]["total"]
+    assert client.get("/api/packages?q=rain&category=", headers=headers).status_code == 200
+    assert _slugs(client.get("/api/packages?q=rain&category=", headers=headers)) == ["rain"]
+
+
 def test_search_matches_however_the_accents_were_typed(client, auth, make_user, make_package):
     """A listener who types "café" on a keyboard that sends "e" and a combining accent (NFD)
     finds the package titled "Café" (stored as one "é", NFC), and the other way round; case
