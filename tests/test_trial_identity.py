@@ -125,3 +125,98 @@ def test_a_new_account_of_an_erased_identity_keeps_the_emails_it_was_verified_wi
     again = auth("p@example.com", sub="identity-p")
     assert _shown_used(client, again) is True
     assert _trial(client, again) == (409, "trial_already_used")
+
+
+# ---- the person: every account linked to it through shared addresses, however far --------
+
+def _carries(client, auth, sub, *emails):
+    """The account of ``sub`` is verified with each of ``emails`` in turn; its headers as the
+    last one."""
+    for email in emails:
+        headers = auth(email, sub=sub)
+        client.get("/api/user/subscription", headers=headers)
+    return headers
+
+
+def test_trial_refused_two_links_away(client, auth):
+    """A used the trial as a@. B was verified as a@ and b@ (A's person); C knows only b@ (B's
+    address, so A's person too): C was given a second trial, since no account sharing b@
+    had used one."""
+    assert _trial(client, auth("a@example.com", sub="identity-a")) == (200, None)
+    _carries(client, auth, "identity-b", "a@example.com", "b@example.com")
+    c = _carries(client, auth, "identity-c", "b@example.com")
+    assert _shown_used(client, c) is True
+    assert _trial(client, c) == (409, "trial_already_used")
+    # a chain of links is followed one account further too, and a stranger keeps theirs
+    d = _carries(client, auth, "identity-d", "b@example.com", "d@example.com")
+    e = _carries(client, auth, "identity-e", "d@example.com")
+    assert _shown_used(client, d) is True and _shown_used(client, e) is True
+    assert _trial(client, e) == (409, "trial_already_used")
+    stranger = _carries(client, auth, "identity-s", "s@example.com")
+    assert _shown_used(client, stranger) is False
+    assert _trial(client, stranger) == (200, None)
+
+
+def test_trial_refused_two_links_away_from_an_erased_account(client, auth):
+    """A used the trial as a@ and was erased (its tombstone names a@); B was verified as a@
+    and b@; C knows only b@: C was given a second trial."""
+    first = auth("a@example.com", sub="identity-a")
+    assert _trial(client, first) == (200, None)
+    _carries(client, auth, "identity-b", "a@example.com", "b@example.com")
+    assert client.delete("/api/user/profile", headers=first).status_code == 200
+    c = _carries(client, auth, "identity-c", "b@example.com")
+    assert _shown_used(client, c) is True
+    assert _trial(client, c) == (409, "trial_already_used")
+
+
+def test_trial_refused_through_an_erased_account_in_the_middle(client, auth):
+    """A used the trial as a@; B, verified as a@ and b@, was erased (its tombstones, one per
+    address, link them still); C knows only b@: C was given a second trial."""
+    assert _trial(client, auth("a@example.com", sub="identity-a")) == (200, None)
+    middle = _carries(client, auth, "identity-b", "a@example.com", "b@example.com")
+    assert client.delete("/api/user/profile", headers=middle).status_code == 200
+    c = _carries(client, auth, "identity-c", "b@example.com")
+    assert _shown_used(client, c) is True
+    assert _trial(client, c) == (409, "trial_already_used")
+
+
+def test_two_accounts_two_links_apart_asking_at_once_get_one_trial(
+        app, client, auth, db_session, monkeypatch):
+    """A (a@) and C (c@) are one person through B (a@ and c@). A asks for the trial and,
+    before it commits, C asks too: C's trial waits for A's to be decided and is refused,
+    instead of both starting (each locked only its own address)."""
+    from sonicus.services.subscriptions import changes
+
+    a = _carries(client, auth, "identity-a", "a@example.com")
+    _carries(client, auth, "identity-b", "a@example.com", "c@example.com")
+    c = _carries(client, auth, "identity-c", "c@example.com")
+    decided, go = threading.Event(), threading.Event()
+    real = changes.trial_used_by_the_person
+
+    def first_one_pauses(*args, **kwargs):
+        used = real(*args, **kwargs)
+        if not decided.is_set():
+            decided.set()
+            assert go.wait(WAIT)
+        return used
+
+    monkeypatch.setattr(changes, "trial_used_by_the_person", first_one_pauses)
+    first, first_answer = in_thread(lambda: app.test_client().post(
+        "/api/user/subscription", json=TRIAL, headers=a))
+    second = second_answer = None
+    try:
+        assert decided.wait(WAIT)
+        second, second_answer = in_thread(lambda: app.test_client().post(
+            "/api/user/subscription", json=TRIAL, headers=c))
+        for _ in range(300):  # C waits on A's trial locks, or is answered already
+            if second_answer or lock_waiters(db_session) >= 1:
+                break
+            time.sleep(0.01)
+    finally:
+        go.set()
+        first.join(WAIT)
+        if second is not None:
+            second.join(WAIT)
+    answers = [(r.status_code, r.get_json().get("code"))
+               for r in (first_answer[0], second_answer[0])]
+    assert answers == [(200, None), (409, "trial_already_used")]

@@ -4,20 +4,41 @@ per person, not per account nor per address.
 Every address an account has been verified with counts for it for as long as it lives
 (``VerifiedEmail``, noted at sign-in, kept when the provider's claims move it to another
 address), and for good once it is erased (a tombstone per address,
-``erasure.add_tombstone``). An account may not start a trial while another account that
-shares one of its addresses, live or erased, has used one; an address never verified on an
-account is not that account's to speak for and burns nothing.
+``erasure.add_tombstone``). The person is every account linked to this one through shared
+addresses, however many links away (A and B share a@, B and C share b@: A, B and C are one
+person), live or erased (an erased sign-in subject is one account: all its tombstones). An
+account may not start a trial while another account of its person has used one; an address
+never verified on an account is not that account's to speak for and burns nothing.
 
-Trials of one address are serialised by a transaction-scoped advisory lock per address
-(PostgreSQL): two accounts of a person asking at once cannot both start a trial. A trial
+The person is found by one walk (a recursive CTE over accounts and addresses, each met once,
+nearest first) that stops after ``PERSON_LIMIT`` of them: a person with more is refused the
+trial (shown used), so that a chain of accounts made to slow the walk down costs its maker
+the trial and nobody a slow query.
+
+Trials of one person are serialised by a transaction-scoped advisory lock per address of the
+person (PostgreSQL), taken in one order: two accounts of a person asking at once, however far
+apart, both lock the addresses between them and cannot both start a trial. A trial
 share-locks its own account's row, so an address a sign-in adds to the account meanwhile is
-decided with it. An address another account gains while a trial is being decided needs no
-lock: the trial is decided as if it came first.
+decided with it. A link another account gains while a trial is being decided needs no lock:
+the trial is decided as if it came first (links are never taken away: a trial decided after
+a link sees it when it walks, and locks the addresses of the account at its far end).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import (
+    Integer,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    union,
+    union_all,
+)
 
 from ..extensions import db
 from ..models import ErasureTombstone, User, UserSubscription, VerifiedEmail
@@ -49,28 +70,77 @@ def adopt_erased_emails(user_id: int, subject: str) -> None:
         _insert(user_id, hashed)
 
 
+# The walk's nodes: (key, account). An address: its hash, ADDRESS. A live account: "",
+# its id. An erased sign-in subject: its hash, ERASED.
+ADDRESS, ERASED = 0, -1
+PERSON_LIMIT = 100  # accounts and addresses of one person walked at most
+
+
+def _node(key, account):
+    return select(cast(key, String).label("key"), cast(account, Integer).label("account"))
+
+
+def _edges():
+    """Each link both ways: an address and a live account verified with it; an address and
+    the erased subject whose tombstone names it."""
+    live, tomb = VerifiedEmail, ErasureTombstone
+    named = tomb.email_hash.is_not(None)
+    return union_all(
+        _edge(live.email_hash, literal(ADDRESS), literal(""), live.user_id),
+        _edge(literal(""), live.user_id, live.email_hash, literal(ADDRESS)),
+        _edge(tomb.email_hash, literal(ADDRESS), tomb.subject_hash, literal(ERASED), named),
+        _edge(tomb.subject_hash, literal(ERASED), tomb.email_hash, literal(ADDRESS), named)
+    ).subquery("link")
+
+
+def _edge(from_key, from_account, to_key, to_account, *where):
+    return select(cast(from_key, String).label("from_key"),
+                  cast(from_account, Integer).label("from_account"),
+                  cast(to_key, String).label("to_key"),
+                  cast(to_account, Integer).label("to_account")).where(*where)
+
+
+def _person(user_id: int, email: str | None, subject: str | None):
+    """The accounts and addresses of the person, from this account (its current address,
+    verified or not, and ``subject``'s erased accounts): a subquery of (key, account) rows,
+    at most ``PERSON_LIMIT`` + 1 of them (one more: the person is larger than the limit)."""
+    seeds = [_node(literal(""), literal(user_id))]
+    seeds += [_node(literal(h), literal(ADDRESS)) for h in tombstone_email_hashes(email)]
+    if subject is not None:
+        seeds.append(_node(literal(subject_hash(subject)), literal(ERASED)))
+    seed = union(*seeds).subquery("seed")
+    walk = select(seed.c.key, seed.c.account).cte("person_walk", recursive=True, nesting=True)
+    link = _edges()
+    walk = walk.union(
+        select(link.c.to_key, link.c.to_account).select_from(walk.join(
+            link, and_(link.c.from_key == walk.c.key, link.c.from_account == walk.c.account))))
+    # Read lazily: the walk stops once the limit's rows are read (referenced once only, so
+    # that SQLite does not walk it all first either).
+    return select(walk.c.key, walk.c.account).limit(PERSON_LIMIT + 1).subquery("person")
+
+
 def lock_trials_of_account(user: User) -> None:
-    """Take the trial locks of every address of the account (its current one and every one
-    it has been verified with), in one order, for a trial about to be decided. The user's
-    row is share-locked first (and read again): an address a sign-in is adding to it
-    meanwhile is committed before, or waits until the trial is decided."""
+    """Take the trial locks of every address of the person (its account's current one, every
+    one it has been verified with, and those of every account linked to it), in one order,
+    for a trial about to be decided. The user's row is share-locked first (and read again):
+    an address a sign-in is adding to it meanwhile is committed before, or waits until the
+    trial is decided."""
     db.session.execute(select(User).where(User.id == user.id).with_for_update(read=True)
                        .execution_options(populate_existing=True))
-    hashes = set(db.session.execute(select(VerifiedEmail.email_hash)
-                                    .where(VerifiedEmail.user_id == user.id)).scalars())
-    current = email_hash(user.email)
-    if current is not None:
-        hashes.add(current)
     if db.session.get_bind().dialect.name != "postgresql":
         return
-    for hashed in sorted(hashes):
+    person = _person(user.id, user.email, user.oidc_sub)
+    hashes = db.session.execute(select(person.c.key).where(person.c.account == ADDRESS)
+                                .distinct().order_by(person.c.key)).scalars()
+    for hashed in list(hashes):
         db.session.execute(select(func.pg_advisory_xact_lock(
             func.hashtextextended(f"sonicus-trial:{hashed}", 0))))
 
 
 def trial_used_by_the_person(user_id: int, email: str | None,
                              subject: str | None = None) -> bool:
-    """Another account of the person, live or erased, used the trial (one statement)."""
+    """Another account of the person, live or erased, used the trial, or the person is larger
+    than the walk goes (one statement)."""
     return bool(db.session.execute(
         select(trial_used_by_the_person_clause(user_id, email, subject))).scalar())
 
@@ -78,23 +148,16 @@ def trial_used_by_the_person(user_id: int, email: str | None,
 def trial_used_by_the_person_clause(user_id: int, email: str | None,
                                     subject: str | None = None):
     """``trial_used_by_the_person`` as a condition to ask with others in one statement. The
-    person's addresses: every one the account has been verified with, and its current one
-    (verified or not: an address someone else verified and used the trial with is shown
-    used). ``subject``: also an erased account of that sign-in subject."""
-    mine = select(VerifiedEmail.email_hash).where(VerifiedEmail.user_id == user_id)
-    current = email_hash(email)
-
-    def shares_an_address(column):
-        return or_(column.in_(mine), column == current) if current else column.in_(mine)
-
-    live = select(VerifiedEmail.user_id).join(
-        UserSubscription, UserSubscription.user_id == VerifiedEmail.user_id).where(
-        VerifiedEmail.user_id != user_id, UserSubscription.trial_used.is_(True),
-        shares_an_address(VerifiedEmail.email_hash)).exists()
-    erased = or_(ErasureTombstone.email_hash.in_(mine),
-                 ErasureTombstone.email_hash.in_(tombstone_email_hashes(email)))
-    if subject is not None:
-        erased = or_(erased, ErasureTombstone.subject_hash == subject_hash(subject))
-    tombstone = select(ErasureTombstone.id).where(
-        ErasureTombstone.trial_used.is_(True), erased).exists()
-    return or_(live, tombstone)
+    person is walked from the account: every address it has been verified with, and its
+    current one (verified or not: an address someone else verified and used the trial with
+    is shown used); ``subject``: also from the erased accounts of that sign-in subject."""
+    person = _person(user_id, email, subject)
+    live = and_(person.c.account > 0, person.c.account != user_id, select(
+        UserSubscription.id).where(UserSubscription.user_id == person.c.account,
+                                   UserSubscription.trial_used.is_(True)).exists())
+    erased = and_(person.c.account == ERASED, select(ErasureTombstone.id).where(
+        ErasureTombstone.subject_hash == person.c.key,
+        ErasureTombstone.trial_used.is_(True)).exists())
+    used = func.coalesce(func.max(case((or_(live, erased), 1), else_=0)), 0)
+    return select(or_(func.count() > PERSON_LIMIT, used == 1)).select_from(person) \
+        .scalar_subquery()
