@@ -193,8 +193,10 @@ def replaced_subscriptions_charging(replaced: list[tuple[str, str]],
 def trials_per_person(trials_by_email: dict[str, int]) -> list[str]:
     """One trial per person: the accounts verified with one email, at any time (several
     identities of one person at the provider, an account the provider moved to another
-    address), start one trial between them, ever. ``trials_by_email``: each trial counted
-    for every address its account had been verified with when it started."""
+    address), and every account linked to them through shared addresses however far, start
+    one trial between them, ever. ``trials_by_email``: each trial counted for every address
+    of its person (its account's and those of every account linked to it) when it
+    started: two trials of one person at the later one's start share an address."""
     return [f"{email}: {count} trials" for email, count in trials_by_email.items() if count > 1]
 
 

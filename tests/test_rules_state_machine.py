@@ -125,6 +125,7 @@ class Identity:
         self.claimed_for = {}        # (user id, user day) claimed -> remind_minute at the claim
         self.claim_ids = {}          # (user id, user day) claimed -> the delivery's id
         self.trial_checkout = None   # (reference, tier) of the last checkout opened in a trial
+        self.has_had_an_account = False  # its addresses link others (live or erased)
 
 
 def build_machine(app, idp, table_names, billing, cancels, prices):
@@ -193,6 +194,7 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 status, body = self.call("GET", "/api/user/profile", person.headers)
                 assert status == 200, body
                 person.user_id = body["data"]["id"]
+                person.has_had_an_account = True
                 person.days = DaySettings()
             return person
 
@@ -499,17 +501,30 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                                      json={"tier": tier, "start_trial": True})
             assert status in (200, 403, 409), body
             if status == 200:
-                # one trial per person: no account sharing an address with it used one
+                # one trial per person: no account linked to it through shared addresses,
+                # however far, used one
                 assert not used, (name, person.emails)
                 person.trials_started += 1
-                for email in person.emails:
+                for email in self.addresses_of_the_person(person):
                     self.trials_by_email[email] = self.trials_by_email.get(email, 0) + 1
 
+        def addresses_of_the_person(self, person) -> set[str]:
+            """Every address of the accounts linked to this one through shared addresses,
+            however many links away (A and B share one, B and C another: one person), live
+            or erased."""
+            emails, grown = set(person.emails), True
+            while grown:
+                linked = [p.emails for p in self.people.values()
+                          if p.has_had_an_account and p.emails & emails]
+                grown = not set().union(*linked) <= emails
+                emails = emails.union(*linked)
+            return emails
+
         def trial_used_by(self, person) -> bool:
-            """An account sharing an address it has been verified with (itself included,
-            across erasures) used the trial (``rules_subscription.trials_per_person``)."""
-            return any(p.trials_started for p in self.people.values()
-                       if p.emails & person.emails)
+            """An account of the person (itself included, across erasures) used the trial
+            (``rules_subscription.trials_per_person``)."""
+            emails = self.addresses_of_the_person(person)
+            return any(p.trials_started for p in self.people.values() if p.emails & emails)
 
         @rule(name=st.sampled_from(IDENTITIES), email=st.sampled_from(EMAILS))
         def the_provider_changes_the_email(self, name, email):
@@ -1646,7 +1661,8 @@ def test_the_rules_hold_when_a_keyed_refusal_is_replayed_later(idp, make_config,
 
 
 # The provider moves people between addresses around a trial: every address an account has
-# been verified with counts, live or erased, in any Unicode form (one trial per person).
+# been verified with counts, live or erased, in any Unicode form, and every account linked
+# through them however far (one trial per person).
 SHARED, SHARED_FULLWIDTH = "shared@example.com", "ＳＨＡＲＥＤ@Example.com"
 EMAIL_SEQUENCES = {
     "both_move_to_one_address_after_a_trial": [
@@ -1671,6 +1687,19 @@ EMAIL_SEQUENCES = {
         ("the_provider_changes_the_email", "ana", {"email": "ben@example.com"}),
         ("the_provider_changes_the_email", "ana", {"email": SHARED}),
         ("erase", "ana", {}), ("sign_in", "ana", {}), ("start_trial", "ana", {"tier": "pro"})],
+    # ana's second identity (ana@) is two links from ben (ben@, shared@) through ana (ana@,
+    # shared@): one person, live or erased in the middle or at the end
+    "two_links_away_from_a_trial": [
+        ("the_provider_changes_the_email", "ben", {"email": SHARED}),
+        ("start_trial", "ben", {"tier": "premium"}),
+        ("the_provider_changes_the_email", "ana", {"email": SHARED_FULLWIDTH}),
+        ("start_trial", SECOND_IDENTITY, {"tier": "pro"}),
+        ("erase", "ben", {}), ("start_trial", SECOND_IDENTITY, {"tier": "pro"})],
+    "two_links_away_through_an_erased_account": [
+        ("the_provider_changes_the_email", "ana", {"email": SHARED}),
+        ("the_provider_changes_the_email", "ben", {"email": SHARED}),
+        ("start_trial", "ben", {"tier": "premium"}),
+        ("erase", "ana", {}), ("start_trial", SECOND_IDENTITY, {"tier": "pro"})],
 }
 
 

@@ -220,3 +220,44 @@ def test_two_accounts_two_links_apart_asking_at_once_get_one_trial(
     answers = [(r.status_code, r.get_json().get("code"))
                for r in (first_answer[0], second_answer[0])]
     assert answers == [(200, None), (409, "trial_already_used")]
+
+
+def test_a_person_larger_than_the_walk_goes_is_refused_the_trial(client, auth, monkeypatch):
+    """The walk over a person's accounts stops at ``PERSON_LIMIT`` accounts and addresses: a
+    chain longer than that (made to slow every view of the subscription down) is refused the
+    trial at its far end, where nobody used one, instead of being walked to its end; a
+    person within the limit is walked whole."""
+    from sonicus.services import person_emails
+
+    monkeypatch.setattr(person_emails, "PERSON_LIMIT", 9)
+    # 4 accounts and 5 addresses: within the limit, no trial used yet
+    for i in range(4):
+        far = _carries(client, auth, f"identity-{i}", f"{i}@example.com", f"{i + 1}@example.com")
+    assert _shown_used(client, far) is False
+    # one account (and address) more: past it
+    far = _carries(client, auth, "identity-4", "4@example.com", "5@example.com")
+    assert _shown_used(client, far) is True
+    assert _trial(client, far) == (409, "trial_already_used")
+    stranger = auth("s@example.com", sub="identity-s")
+    assert _trial(client, stranger) == (200, None)
+
+
+def test_the_person_is_walked_on_sqlite_too(tmp_path, auth, make_config):
+    """The embedded default (SQLite) walks the same links: A~B~C, A erased."""
+    from flask_migrate import upgrade
+
+    from sonicus import create_app
+
+    app = create_app(make_config(REDIS_URL=None,
+                                 DATABASE_URL=f"sqlite:///{tmp_path / 'sonicus.db'}"))
+    with app.app_context():
+        upgrade()
+    client = app.test_client()
+    first = auth("a@example.com", sub="identity-a")
+    assert _trial(client, first) == (200, None)
+    _carries(client, auth, "identity-b", "a@example.com", "b@example.com")
+    assert client.delete("/api/user/profile", headers=first).status_code == 200
+    c = _carries(client, auth, "identity-c", "b@example.com")
+    assert _shown_used(client, c) is True
+    assert _trial(client, c) == (409, "trial_already_used")
+    assert _trial(client, auth("s@example.com", sub="identity-s")) == (200, None)

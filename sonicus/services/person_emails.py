@@ -74,46 +74,53 @@ def adopt_erased_emails(user_id: int, subject: str) -> None:
 # its id. An erased sign-in subject: its hash, ERASED.
 ADDRESS, ERASED = 0, -1
 PERSON_LIMIT = 100  # accounts and addresses of one person walked at most
+KEY = String(64)  # the hashes' type: the walk's keys are compared with them as they are
 
 
-def _node(key, account):
-    return select(cast(key, String).label("key"), cast(account, Integer).label("account"))
+def _key(value):
+    return cast(literal(value), KEY)
+
+
+def _account(value):
+    return cast(literal(value), Integer)
 
 
 def _edges():
     """Each link both ways: an address and a live account verified with it; an address and
-    the erased subject whose tombstone names it."""
+    the erased subject whose tombstone names it. Plain columns and typed constants, no
+    filter: PostgreSQL then looks each step up in the tables' indexes."""
     live, tomb = VerifiedEmail, ErasureTombstone
-    named = tomb.email_hash.is_not(None)
     return union_all(
-        _edge(live.email_hash, literal(ADDRESS), literal(""), live.user_id),
-        _edge(literal(""), live.user_id, live.email_hash, literal(ADDRESS)),
-        _edge(tomb.email_hash, literal(ADDRESS), tomb.subject_hash, literal(ERASED), named),
-        _edge(tomb.subject_hash, literal(ERASED), tomb.email_hash, literal(ADDRESS), named)
+        _edge(live.email_hash, _account(ADDRESS), _key(""), live.user_id),
+        _edge(_key(""), live.user_id, live.email_hash, _account(ADDRESS)),
+        _edge(tomb.email_hash, _account(ADDRESS), tomb.subject_hash, _account(ERASED)),
+        _edge(tomb.subject_hash, _account(ERASED), tomb.email_hash, _account(ADDRESS)),
     ).subquery("link")
 
 
-def _edge(from_key, from_account, to_key, to_account, *where):
-    return select(cast(from_key, String).label("from_key"),
-                  cast(from_account, Integer).label("from_account"),
-                  cast(to_key, String).label("to_key"),
-                  cast(to_account, Integer).label("to_account")).where(*where)
+def _edge(from_key, from_account, to_key, to_account):
+    return select(from_key.label("from_key"), from_account.label("from_account"),
+                  to_key.label("to_key"), to_account.label("to_account"))
 
 
 def _person(user_id: int, email: str | None, subject: str | None):
     """The accounts and addresses of the person, from this account (its current address,
-    verified or not, and ``subject``'s erased accounts): a subquery of (key, account) rows,
-    at most ``PERSON_LIMIT`` + 1 of them (one more: the person is larger than the limit)."""
-    seeds = [_node(literal(""), literal(user_id))]
-    seeds += [_node(literal(h), literal(ADDRESS)) for h in tombstone_email_hashes(email)]
-    if subject is not None:
-        seeds.append(_node(literal(subject_hash(subject)), literal(ERASED)))
+    verified or not, and ``subject``'s erased accounts), nearest first: a subquery of
+    (key, account) rows, at most ``PERSON_LIMIT`` + 1 of them (one more: the person is
+    larger than the limit)."""
+    seeds = [select(_key("").label("key"), _account(user_id).label("account"))]
+    seeds += [select(_key(h).label("key"), _account(ADDRESS).label("account"))
+              for h in tombstone_email_hashes(email)]
+    if subject is not None:  # where it was erased before
+        seeds.append(select(ErasureTombstone.subject_hash, _account(ERASED)).where(
+            ErasureTombstone.subject_hash == subject_hash(subject)).distinct())
     seed = union(*seeds).subquery("seed")
     walk = select(seed.c.key, seed.c.account).cte("person_walk", recursive=True, nesting=True)
     link = _edges()
     walk = walk.union(
         select(link.c.to_key, link.c.to_account).select_from(walk.join(
-            link, and_(link.c.from_key == walk.c.key, link.c.from_account == walk.c.account))))
+            link, and_(link.c.from_key == walk.c.key, link.c.from_account == walk.c.account)))
+        .where(link.c.to_key.is_not(None)))  # a tombstone of no address links nothing
     # Read lazily: the walk stops once the limit's rows are read (referenced once only, so
     # that SQLite does not walk it all first either).
     return select(walk.c.key, walk.c.account).limit(PERSON_LIMIT + 1).subquery("person")
