@@ -26,10 +26,14 @@ a link sees it when it walks, and locks the addresses of the account at its far 
 
 from __future__ import annotations
 
+from functools import cache
+
 from sqlalchemy import (
+    BindParameter,
     Integer,
     String,
     and_,
+    bindparam,
     case,
     cast,
     func,
@@ -78,11 +82,11 @@ KEY = String(64)  # the hashes' type: the walk's keys are compared with them as 
 
 
 def _key(value):
-    return cast(literal(value), KEY)
+    return cast(value if isinstance(value, BindParameter) else literal(value), KEY)
 
 
 def _account(value):
-    return cast(literal(value), Integer)
+    return cast(value if isinstance(value, BindParameter) else literal(value), Integer)
 
 
 def _edges():
@@ -103,17 +107,37 @@ def _edge(from_key, from_account, to_key, to_account):
                   to_key.label("to_key"), to_account.label("to_account"))
 
 
-def _person(user_id: int, email: str | None, subject: str | None):
-    """The accounts and addresses of the person, from this account (its current address,
-    verified or not, and ``subject``'s erased accounts), nearest first: a subquery of
-    (key, account) rows, at most ``PERSON_LIMIT`` + 1 of them (one more: the person is
-    larger than the limit)."""
-    seeds = [select(_key("").label("key"), _account(user_id).label("account"))]
-    seeds += [select(_key(h).label("key"), _account(ADDRESS).label("account"))
-              for h in tombstone_email_hashes(email)]
-    if subject is not None:  # where it was erased before
+def _values(user_id: int, email: str | None, subject: str | None) -> tuple[tuple, dict]:
+    """The shape of the walk from this account (how many hashes its current address has,
+    whether a subject is asked for) and the values of its parameters."""
+    hashes = tombstone_email_hashes(email)
+    values = {"person_account": user_id, "person_limit": PERSON_LIMIT,
+              **{f"person_address_{i}": hashed for i, hashed in enumerate(hashes)}}
+    if subject is not None:
+        values["person_subject"] = subject_hash(subject)
+    return (len(hashes), subject is not None), values
+
+
+def _unbound(name: str, type_):
+    """A parameter of a statement built once and run with its values (building it costs
+    more than running it)."""
+    return bindparam(name, type_=type_)
+
+
+def _person(shape: tuple, param):
+    """The accounts and addresses of the person, from the account ``person_account`` (its
+    current address's hashes, verified or not, and the erased accounts of the subject
+    ``person_subject``, as ``shape`` says), nearest first: a subquery of (key, account) rows,
+    at most ``person_limit`` + 1 of them (one more: the person is larger than the limit).
+    ``param(name, type)``: the parameter of that name."""
+    addresses, erased = shape
+    seeds = [select(_key("").label("key"),
+                    _account(param("person_account", Integer)).label("account"))]
+    seeds += [select(_key(param(f"person_address_{i}", KEY)).label("key"),
+                     _account(ADDRESS).label("account")) for i in range(addresses)]
+    if erased:  # where it was erased before
         seeds.append(select(ErasureTombstone.subject_hash, _account(ERASED)).where(
-            ErasureTombstone.subject_hash == subject_hash(subject)).distinct())
+            ErasureTombstone.subject_hash == param("person_subject", KEY)).distinct())
     seed = union(*seeds).subquery("seed")
     walk = select(seed.c.key, seed.c.account).cte("person_walk", recursive=True, nesting=True)
     link = _edges()
@@ -123,7 +147,15 @@ def _person(user_id: int, email: str | None, subject: str | None):
         .where(link.c.to_key.is_not(None)))  # a tombstone of no address links nothing
     # Read lazily: the walk stops once the limit's rows are read (referenced once only, so
     # that SQLite does not walk it all first either).
-    return select(walk.c.key, walk.c.account).limit(PERSON_LIMIT + 1).subquery("person")
+    return select(walk.c.key, walk.c.account) \
+        .limit(param("person_limit", Integer) + 1).subquery("person")
+
+
+@cache
+def _addresses_of_the_person(shape: tuple):
+    person = _person(shape, _unbound)
+    return select(person.c.key).where(person.c.account == ADDRESS).distinct() \
+        .order_by(person.c.key)
 
 
 def lock_trials_of_account(user: User) -> None:
@@ -136,10 +168,9 @@ def lock_trials_of_account(user: User) -> None:
                        .execution_options(populate_existing=True))
     if db.session.get_bind().dialect.name != "postgresql":
         return
-    person = _person(user.id, user.email, user.oidc_sub)
-    hashes = db.session.execute(select(person.c.key).where(person.c.account == ADDRESS)
-                                .distinct().order_by(person.c.key)).scalars()
-    for hashed in list(hashes):
+    shape, values = _values(user.id, user.email, user.oidc_sub)
+    hashes = db.session.execute(_addresses_of_the_person(shape), values).scalars().all()
+    for hashed in hashes:
         db.session.execute(select(func.pg_advisory_xact_lock(
             func.hashtextextended(f"sonicus-trial:{hashed}", 0))))
 
@@ -148,8 +179,13 @@ def trial_used_by_the_person(user_id: int, email: str | None,
                              subject: str | None = None) -> bool:
     """Another account of the person, live or erased, used the trial, or the person is larger
     than the walk goes (one statement)."""
-    return bool(db.session.execute(
-        select(trial_used_by_the_person_clause(user_id, email, subject))).scalar())
+    shape, values = _values(user_id, email, subject)
+    return bool(db.session.execute(_trial_used_statement(shape), values).scalar())
+
+
+@cache
+def _trial_used_statement(shape: tuple):
+    return select(_trial_used(shape, _unbound))
 
 
 def trial_used_by_the_person_clause(user_id: int, email: str | None,
@@ -158,13 +194,20 @@ def trial_used_by_the_person_clause(user_id: int, email: str | None,
     person is walked from the account: every address it has been verified with, and its
     current one (verified or not: an address someone else verified and used the trial with
     is shown used); ``subject``: also from the erased accounts of that sign-in subject."""
-    person = _person(user_id, email, subject)
-    live = and_(person.c.account > 0, person.c.account != user_id, select(
-        UserSubscription.id).where(UserSubscription.user_id == person.c.account,
-                                   UserSubscription.trial_used.is_(True)).exists())
+    shape, values = _values(user_id, email, subject)
+    return _trial_used(shape, lambda name, type_: bindparam(name, values[name], type_=type_,
+                                                            unique=True))
+
+
+def _trial_used(shape: tuple, param):
+    person = _person(shape, param)
+    live = and_(person.c.account > 0, person.c.account != param("person_account", Integer),
+                select(UserSubscription.id).where(UserSubscription.user_id == person.c.account,
+                                                  UserSubscription.trial_used.is_(True))
+                .exists())
     erased = and_(person.c.account == ERASED, select(ErasureTombstone.id).where(
         ErasureTombstone.subject_hash == person.c.key,
         ErasureTombstone.trial_used.is_(True)).exists())
     used = func.coalesce(func.max(case((or_(live, erased), 1), else_=0)), 0)
-    return select(or_(func.count() > PERSON_LIMIT, used == 1)).select_from(person) \
-        .scalar_subquery()
+    return select(or_(func.count() > param("person_limit", Integer), used == 1)) \
+        .select_from(person).scalar_subquery()
