@@ -16,12 +16,14 @@ trial (shown used), so that a chain of accounts made to slow the walk down costs
 the trial and nobody a slow query.
 
 Trials of one person are serialised by a transaction-scoped advisory lock per address of the
-person (PostgreSQL), taken in one order: two accounts of a person asking at once, however far
-apart, both lock the addresses between them and cannot both start a trial. A trial
-share-locks its own account's row, so an address a sign-in adds to the account meanwhile is
-decided with it. A link another account gains while a trial is being decided needs no lock:
-the trial is decided as if it came first (links are never taken away: a trial decided after
-a link sees it when it walks, and locks the addresses of the account at its far end).
+person (PostgreSQL), taken in one order, after a first walk; the decision walks again. A trial
+share-locks its own account's row first, so its own addresses stay as they are until it is
+decided (a sign-in adding one waits). Two accounts of a person asking at once, however far
+apart: the first walk of either reaches the other through one of the other's own addresses,
+which both lock, so one waits for the other's decision and then sees its trial. Links are
+never taken away (an erasure turns an account's addresses into its tombstones), so a link
+committed after both first walks only makes them one person after both trials were decided:
+as if they came first, as a link made the next day would.
 """
 
 from __future__ import annotations
