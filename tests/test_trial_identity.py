@@ -261,3 +261,26 @@ def test_the_person_is_walked_on_sqlite_too(tmp_path, auth, make_config):
     assert _shown_used(client, c) is True
     assert _trial(client, c) == (409, "trial_already_used")
     assert _trial(client, auth("s@example.com", sub="identity-s")) == (200, None)
+
+
+def test_a_chain_of_accounts_asking_at_once_gets_one_trial(app, client, auth):
+    """Five accounts, each sharing an address with the next (one person), ask for the trial
+    at the same instant on five threads: one starts, the others are 409."""
+    chain = [_carries(client, auth, f"identity-{i}", f"{i}@example.com",
+                      f"{i + 1}@example.com") for i in range(5)]
+    barrier = threading.Barrier(len(chain))
+    answers = [None] * len(chain)
+
+    def ask(i):
+        with app.app_context():
+            c = app.test_client()
+            barrier.wait()
+            answers[i] = _trial(c, chain[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(chain))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert sorted(answers, key=lambda a: a[0]) == \
+        [(200, None)] + [(409, "trial_already_used")] * 4
