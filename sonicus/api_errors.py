@@ -148,6 +148,12 @@ def flatten_errors(messages, prefix: str = "", whole: str = "") -> list[str]:
     return out
 
 
+def body_too_large(limit: int | None) -> dict:
+    """What a 413 says: the body, and the limit it went over when one is known."""
+    return {"message": "The request body is too large.",
+            "errors": [f"body: at most {limit} bytes." if limit else "body: too large."]}
+
+
 def error_body(status: int, code: str, message: str, errors=None, extra=None) -> dict:
     body = {"success": False, "data": None, "message": message, "errors": errors,
             "pagination": None, "code": code}

@@ -16,9 +16,10 @@ from inspect import iscoroutinefunction
 
 import flask_smorest
 import marshmallow as ma
-from flask import current_app, g, request
+from flask import current_app, g, has_request_context, request
 from webargs import core as webargs_core
 from webargs.flaskparser import FlaskParser, is_json_request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .api_errors import (
     DEFAULT_CODES,
@@ -27,6 +28,7 @@ from .api_errors import (
     ERROR_DESCRIPTIONS,
     ERROR_EXTRAS,
     ApiError,
+    body_too_large,
     error_body,
     error_parts,
 )
@@ -177,6 +179,15 @@ class BodyParser(FlaskParser):
                 "body: Must be JSON, sent with Content-Type: application/json."])
         return webargs_core.missing
 
+    def _handle_invalid_json_error(self, error, req, *args, **kwargs):
+        """A body that is not JSON, or not UTF-8, names the body and where it went wrong."""
+        if isinstance(error, UnicodeDecodeError):
+            detail = f"Not UTF-8 text (byte {error.start})."
+        else:
+            detail = f"Not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})."
+        raise ApiError(400, "validation_error", DEFAULT_MESSAGES[400],
+                       errors=[f"body: {detail}"])
+
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = BodyParser()
@@ -261,6 +272,8 @@ class Api(flask_smorest.Api):
         status = error.code or 500
         data = getattr(error, "data", None) or {}
         code = data.get("code") or DEFAULT_CODES.get(status, "error")
+        if isinstance(error, RequestEntityTooLarge) and not data:
+            data = body_too_large(request.max_content_length if has_request_context() else None)
         message, errors = error_parts(error, status, data)
         headers = dict(data.get("headers") or {})
         if status == 405 and getattr(error, "valid_methods", None):

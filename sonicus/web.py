@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .api_errors import ApiError
+from .api_errors import ApiError, body_too_large
 from .extensions import api, db
 from .flask_classes import FastJSONProvider, NoCookieSessions
 from .logs import configure_logging
@@ -97,8 +97,9 @@ def refuse_unsized_overflow(req) -> None:
     if req.content_length is not None or limit is None:
         return
     if len(req.get_data(cache=True)) >= limit and req.environ["wsgi.input"].read(1):
-        raise ApiError(413, "payload_too_large", "The request body is too large.",
-                       errors=[f"body: at most {limit} bytes."])
+        too_large = body_too_large(limit)
+        raise ApiError(413, "payload_too_large", too_large["message"],
+                       errors=too_large["errors"])
 
 
 def _start_request():
