@@ -247,12 +247,68 @@ def nullable_refs(node):
         nullable_refs(value)
 
 
+# ---- routes outside the blueprints -------------------------------------------------------
+
+def _error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": dict(_ERROR_REF)}}}
+
+
+def _text(media_type: str, description: str, example: str) -> dict:
+    return {"description": description,
+            "content": {media_type: {"schema": {"type": "string"}, "example": example}}}
+
+
+# Routes the contract names that no API blueprint documents: the documents themselves, the
+# operations endpoint and the socket's handshake (its messages: ``/api/asyncapi.json``). The
+# generic error statuses are added to them as to any route.
+OTHER_ROUTES = {
+    "/api/openapi.json": {"get": {
+        "tags": ["health"], "operationId": "getOpenApiDocument",
+        "summary": "This OpenAPI document.",
+        "description": "The document itself, not in the envelope. Docs pages: `/api/docs` "
+                       "(Swagger UI) and `/api/redoc`; the socket: `/api/asyncapi.json`.",
+        "responses": {"200": {"description": "The OpenAPI 3.0 document.", "content": {
+            "application/json": {"schema": {"type": "object"},
+                                 "example": {"openapi": "3.0.3"}}}}}}},
+    "/api/docs": {"get": {
+        "tags": ["health"], "operationId": "getApiDocsPage",
+        "summary": "The API's documentation page (Swagger UI).",
+        "description": "Every asset it loads comes from the API itself; ReDoc is at "
+                       "`/api/redoc`.",
+        "responses": {"200": _text("text/html", "An HTML page.", "<!doctype html>")}}},
+    "/metrics": {"get": {
+        "tags": ["health"], "operationId": "getMetrics",
+        "summary": "Prometheus metrics of every web and worker process.",
+        "description": "For operators, not the SPA: served only with `Authorization: Bearer "
+                       "<METRICS_TOKEN>`. Without `METRICS_TOKEN` set the route answers 404 "
+                       "and the metrics are served on `METRICS_BIND` only.",
+        "responses": {
+            "200": _text("text/plain", "Prometheus text exposition format.",
+                         'sonicus_http_requests_total{route="/api/health",method="GET",'
+                         'status="200"} 1.0'),
+            "401": _error("`missing_token`: the metrics token was not presented."),
+            "404": _error("`not_found`: `METRICS_TOKEN` is not set.")}}},
+    "/ws/analytics": {"get": {
+        "tags": ["analytics"], "operationId": "openAnalyticsSocket",
+        "summary": "Live analytics over a WebSocket.",
+        "description": "A WebSocket handshake. The token comes as the subprotocol pair "
+                       "`bearer, <token>` or as `?access_token=`; the messages and close codes "
+                       "are described by the AsyncAPI document at `/api/asyncapi.json`.",
+        "responses": {
+            "101": {"description": "Switching Protocols: the socket is open."},
+            "400": _error("`validation_error`: not a WebSocket handshake.")}}},
+}
+
+
 # ---- the whole document ------------------------------------------------------------------
 
 def finish_document(spec: dict) -> dict:
     """The served OpenAPI document, from the one flask-smorest builds (left unchanged)."""
     doc = copy.deepcopy(spec)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for path, item in OTHER_ROUTES.items():
+        doc.setdefault("paths", {}).setdefault(path, copy.deepcopy(item))
     for path, item in doc.get("paths", {}).items():
         for method, operation in item.items():
             if method not in HTTP_METHODS:

@@ -44,3 +44,53 @@ def test_a_body_over_the_limit_names_the_body_and_the_limit(client, auth):
                        content_type="application/json", data=b"[" + b" " * 1_700_000 + b"]")
     assert _refused_naming_the_body(sync, 413, "payload_too_large")["errors"] == [
         "body: at most 1638400 bytes."]   # the route's own limit, above the app's
+
+
+# Every route API.md names, as (method, path in the OpenAPI spelling).
+CONTRACT_ROUTES = [
+    ("get", "/api/health"), ("get", "/api/ready"), ("get", "/api/tiers"),
+    ("get", "/api/openapi.json"), ("get", "/api/docs"),
+    ("get", "/api/user/profile"), ("put", "/api/user/profile"), ("delete", "/api/user/profile"),
+    ("get", "/api/user/export"),
+    ("get", "/api/user/subscription"), ("post", "/api/user/subscription"),
+    ("delete", "/api/user/subscription"), ("post", "/api/user/subscription/resume"),
+    ("post", "/api/user/subscription/portal"), ("get", "/api/user/subscription/history"),
+    ("get", "/api/user/packages"), ("post", "/api/user/packages/{package_id}"),
+    ("delete", "/api/user/packages/{package_id}"),
+    ("post", "/api/user/sessions"), ("patch", "/api/user/sessions/{session_id}"),
+    ("post", "/api/user/sessions/{session_id}/complete"), ("post", "/api/user/sessions/sync"),
+    ("get", "/api/user/playback"), ("post", "/api/user/downloads"), ("get", "/api/user/downloads"),
+    ("delete", "/api/user/downloads/{package_id}"), ("get", "/api/user/sessions"),
+    ("get", "/api/user/analytics"), ("get", "/api/user/recap"),
+    ("get", "/api/user/recommendations"), ("get", "/api/user/reminders"),
+    ("put", "/api/user/reminders"), ("post", "/api/user/push-subscriptions"),
+    ("delete", "/api/user/push-subscriptions/{subscription_id}"), ("get", "/api/user/dashboard"),
+    ("get", "/api/packages"), ("get", "/api/packages/{package_id}"),
+    ("get", "/api/packages/slug/{slug}"), ("get", "/api/categories"),
+    ("get", "/api/admin/platform/stats"), ("get", "/api/admin/users"),
+    ("get", "/api/admin/users/{user_id}"), ("patch", "/api/admin/users/{user_id}"),
+    ("post", "/api/admin/users/{user_id}/packages"),
+    ("delete", "/api/admin/users/{user_id}/packages/{package_id}"),
+    ("post", "/api/admin/packages"), ("patch", "/api/admin/packages/{package_id}"),
+    ("delete", "/api/admin/packages/{package_id}"), ("get", "/api/admin/jobs"),
+    ("post", "/api/billing/webhook"), ("post", "/api/billing/sandbox/{reference}/confirm"),
+    ("get", "/metrics"), ("get", "/api/push/vapid-public-key"), ("get", "/ws/analytics"),
+]
+
+
+def test_the_openapi_document_describes_every_route_of_the_contract(client):
+    """API.md: "The OpenAPI document the app serves must describe every route below", the
+    operations endpoint, the socket's handshake and the documents themselves included; each
+    route the app serves, and each documented one answered by the app."""
+    doc = client.get("/api/openapi.json").get_json()
+    missing = [(m, p) for m, p in CONTRACT_ROUTES if m not in doc["paths"].get(p, {})]
+    assert missing == []
+    metrics = doc["paths"]["/metrics"]["get"]
+    assert "text/plain" in metrics["responses"]["200"]["content"]
+    assert {"401", "404"} <= set(metrics["responses"])
+    socket = doc["paths"]["/ws/analytics"]["get"]
+    assert "101" in socket["responses"] and "/api/asyncapi.json" in socket["description"]
+    # what the document says is served: no path the app does not route
+    assert client.get("/metrics").get_json()["code"] == "not_found"   # no METRICS_TOKEN here
+    assert client.get("/ws/analytics").status_code == 400               # not a handshake
+    assert client.get("/api/docs").status_code == 200
