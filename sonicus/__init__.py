@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 from flask import Flask
 from flask.globals import request_ctx
 from werkzeug.exceptions import NotFound
-from werkzeug.routing import RequestRedirect
+from werkzeug.routing import RequestRedirect, WebsocketMismatch
 
 from config import ConfigError, load_config, normalise_database_url, validate_config
 
@@ -101,6 +101,17 @@ class Sonicus(Flask):
         response = self.json.response(envelope())
         response.allow.update(request_ctx.url_adapter.allowed_methods())
         return response
+
+    def dispatch_request(self):
+        """``OPTIONS`` at a socket's address is answered like any other (werkzeug routes it
+        as a handshake that is missing), with the methods of the socket's route."""
+        req = request_ctx.request
+        if req.method == "OPTIONS" and isinstance(req.routing_exception, WebsocketMismatch):
+            rule, _args = request_ctx.url_adapter.match(websocket=True, return_rule=True)
+            response = self.json.response(envelope())
+            response.allow.update({*rule.methods, "OPTIONS"})
+            return response
+        return super().dispatch_request()
 
     def ensure_sync(self, func):
         # Flask asks for every hook and view of every request: most are the same objects

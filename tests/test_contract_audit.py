@@ -94,3 +94,14 @@ def test_the_openapi_document_describes_every_route_of_the_contract(client):
     assert client.get("/metrics").get_json()["code"] == "not_found"   # no METRICS_TOKEN here
     assert client.get("/ws/analytics").status_code == 400               # not a handshake
     assert client.get("/api/docs").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/user/profile", "/metrics", "/ws/analytics"])
+def test_options_answers_an_empty_envelope_with_allow_on_every_route(client, path):
+    """OPTIONS is an empty envelope with ``Allow`` wherever a route is, the socket's address
+    included (it was a 400 asking for a WebSocket handshake)."""
+    res = client.open(path, method="OPTIONS")
+    assert res.status_code == 200, res.get_data(as_text=True)
+    assert res.get_json() == {"success": True, "data": None, "message": None, "errors": None,
+                              "pagination": None}
+    assert "GET" in res.headers["Allow"]
