@@ -22,12 +22,14 @@ or, with ``METRICS_BIND`` (``host:port``), on that address by a small server of 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import socket
 import threading
 import time
 from bisect import bisect_left
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
@@ -45,7 +47,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from .api_errors import ApiError
+from .api_errors import DEFAULT_CODES, DEFAULT_MESSAGES, ApiError, error_body
 from .extensions import get_redis
 
 log = logging.getLogger(__name__)
@@ -290,7 +292,32 @@ def serve_metrics(bind: str, redis_url: str | None = None) -> ThreadingHTTPServe
             self.send_header("Content-Type", CONTENT_TYPE_LATEST)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_HEAD = do_GET  # noqa: N815
+
+        def _not_allowed(self):
+            self.send_error(405)
+
+        do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_allowed  # noqa: N815
+
+        def send_error(self, code, message=None, explain=None):
+            """Every refusal (the server's own too: a bad request line, headers too long)
+            in the API's error envelope."""
+            text = DEFAULT_MESSAGES.get(code) or HTTPStatus(code).phrase + "."
+            body = json.dumps(error_body(code, DEFAULT_CODES.get(code, "error"), text,
+                                         [text])).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if code == 405:
+                self.send_header("Allow", "GET, HEAD")
+            self.send_header("Connection", "close")
+            self.close_connection = True
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def log_message(self, *args):
             pass

@@ -105,3 +105,32 @@ def test_options_answers_an_empty_envelope_with_allow_on_every_route(client, pat
     assert res.get_json() == {"success": True, "data": None, "message": None, "errors": None,
                               "pagination": None}
     assert "GET" in res.headers["Allow"]
+
+
+def test_the_metrics_address_answers_errors_in_the_envelope():
+    """``METRICS_BIND`` serves ``GET /metrics`` on an address of its own; what else it is
+    asked is refused in the contract's envelope (it was the standard library's HTML page)."""
+    import requests
+
+    from sonicus.metrics import serve_metrics
+
+    server = serve_metrics("127.0.0.1:0")
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        ok = requests.get(f"{base}/metrics", timeout=5)
+        assert ok.status_code == 200 and "sonicus_" in ok.text
+        for method, path, status, code in (("GET", "/nope", 404, "not_found"),
+                                           ("POST", "/metrics", 405, "method_not_allowed"),
+                                           ("DELETE", "/metrics", 405, "method_not_allowed")):
+            res = requests.request(method, base + path, timeout=5)
+            assert res.status_code == status, (method, path, res.text)
+            assert res.headers["Content-Type"] == "application/json"
+            body = res.json()
+            assert body["success"] is False and body["data"] is None and body["code"] == code
+            assert body["errors"] and body["message"]
+        assert requests.post(f"{base}/metrics", timeout=5).headers["Allow"] == "GET, HEAD"
+        head = requests.head(f"{base}/metrics", timeout=5)
+        assert head.status_code == 200 and head.content == b""
+    finally:
+        server.shutdown()
+        server.server_close()
