@@ -97,7 +97,8 @@ ERROR_DESCRIPTIONS = {
     413: "`payload_too_large`: the body is over `MAX_CONTENT_LENGTH`.",
     422: "`validation_error`: a field is invalid; `errors` names it.",
     429: "`rate_limited`: too many requests; retry after `Retry-After` seconds.",
-    502: "`billing_unavailable`: the payment provider could not be reached.",
+    502: "`billing_unavailable`: the payment provider could not be reached; retry after "
+         "`Retry-After`.",
     503: "`service_unavailable`: a dependency is unreachable; retry after `Retry-After`.",
 }
 

@@ -134,3 +134,18 @@ def test_the_metrics_address_answers_errors_in_the_envelope():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_payment_provider_unreachable_is_502_with_retry_after(auth, make_config):
+    """API.md: "502 / 503 | the payment provider or the database is unreachable;
+    `Retry-After`": the 502 said when to try again only in words."""
+    from sonicus import create_app
+
+    app = create_app(make_config(BILLING_PROVIDER="stripe", STRIPE_API_KEY="sk_test_1",
+                                 STRIPE_PRICE_IDS=["premium=price_prem", "pro=price_pro"],
+                                 STRIPE_API_BASE="http://127.0.0.1:9"))
+    client = app.test_client()
+    res = client.post("/api/user/subscription", json={"tier": "premium"}, headers=auth())
+    assert res.status_code == 502 and res.get_json()["code"] == "billing_unavailable"
+    assert res.get_json()["errors"]
+    assert int(res.headers["Retry-After"]) > 0

@@ -15,12 +15,17 @@ from datetime import datetime
 
 from ..api_errors import ApiError
 
+# What a 502 ``billing_unavailable`` tells a client to wait before it tries again.
+BILLING_RETRY_AFTER_SECONDS = 5
+
 
 class BillingUnavailable(ApiError):
-    """The provider could not be reached or refused the request; nothing was changed."""
+    """The provider could not be reached or refused the request; nothing was changed. The
+    answer carries ``Retry-After`` (API.md: 502/503)."""
 
     def __init__(self, message: str = "The payment provider is unavailable; try again shortly."):
-        super().__init__(502, "billing_unavailable", message)
+        super().__init__(502, "billing_unavailable", message,
+                         headers={"Retry-After": str(BILLING_RETRY_AFTER_SECONDS)})
 
 
 # What ``cancel_now`` answers when the provider confirms there is nothing left to charge.
