@@ -77,6 +77,9 @@ DEFAULT_CODES = {
     500: "internal_error",
     503: "service_unavailable",
 }
+# When an answer of these statuses says nothing itself, it tells the client to try again in
+# this many seconds (API.md: 502/503 carry ``Retry-After``).
+DEFAULT_RETRY_AFTER = {502: "5", 503: "2"}
 DEFAULT_MESSAGES = {
     400: "The request is not valid.",
     401: "A valid access token is required.",

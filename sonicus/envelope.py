@@ -24,6 +24,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from .api_errors import (
     DEFAULT_CODES,
     DEFAULT_MESSAGES,
+    DEFAULT_RETRY_AFTER,
     ERROR_CODES,
     ERROR_DESCRIPTIONS,
     ERROR_EXTRAS,
@@ -278,5 +279,7 @@ class Api(flask_smorest.Api):
         headers = dict(data.get("headers") or {})
         if status == 405 and getattr(error, "valid_methods", None):
             headers.setdefault("Allow", ", ".join(error.valid_methods))
+        if status in DEFAULT_RETRY_AFTER:
+            headers.setdefault("Retry-After", DEFAULT_RETRY_AFTER[status])
         body = error_body(status, code, message, errors, data.get("extra"))
         return body, status, headers

@@ -149,3 +149,25 @@ def test_the_payment_provider_unreachable_is_502_with_retry_after(auth, make_con
     assert res.status_code == 502 and res.get_json()["code"] == "billing_unavailable"
     assert res.get_json()["errors"]
     assert int(res.headers["Retry-After"]) > 0
+
+
+def test_every_503_says_when_to_try_again(idp, make_config, admin_auth, db_session):
+    """Every 503 ``service_unavailable`` carries ``Retry-After``, as the OpenAPI document says
+    of it: sign-in with the provider's keys unreachable and the job queue unreachable did
+    not."""
+    from sonicus import create_app
+
+    keyless = create_app(make_config(OIDC_JWKS_MIN_REFRESH_SECONDS=60))
+    idp.fail = True
+    try:
+        res = keyless.test_client().get("/api/user/profile",
+                                        headers={"Authorization": f"Bearer {idp.token()}"})
+    finally:
+        idp.fail = False
+    assert res.status_code == 503 and res.get_json()["code"] == "service_unavailable"
+    assert int(res.headers["Retry-After"]) > 0
+
+    queue_down = create_app(make_config(REDIS_URL="redis://127.0.0.1:1/0"))
+    res = queue_down.test_client().get("/api/admin/jobs", headers=admin_auth())
+    assert res.status_code == 503 and res.get_json()["code"] == "service_unavailable"
+    assert int(res.headers["Retry-After"]) > 0
