@@ -4,6 +4,7 @@ same time as other notices (real threads, PostgreSQL)."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -334,8 +335,10 @@ def test_a_notice_caught_in_a_deadlock_is_applied_on_its_next_attempt_and_answer
         other.execute(select(func.pg_advisory_xact_lock(
             func.hashtextextended("sonicus-payment:ch_1", 0))))
         refunding, refunded = in_thread(deliver)
+        deadline = time.monotonic() + 30
         while lock_waiters(db.session) < 1:
-            pass
+            assert time.monotonic() < deadline, f"the notice never waited: {refunded}"
+            time.sleep(0.005)
         # the other transaction now waits for the notice's event row: a deadlock
         claimed = threading.Thread(target=lambda: other.execute(insert(BillingEvent).values(
             provider="stripe", event_id="evt_r1", type="charge.refunded", payload={})))
