@@ -267,30 +267,48 @@ class ReminderRow:
     remind_minute: int | None = None
 
 
+def first_reading(wall: datetime, tz: str) -> datetime:
+    """The first instant at which the clock of ``tz`` reads ``wall`` (naive) or later: the
+    first of two readings when a fall-back repeats it, the end of the jump when a
+    spring-forward skips it."""
+    zone = ZoneInfo(tz)
+    moment = min(wall.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1))
+    while moment.astimezone(zone).replace(tzinfo=None) < wall:  # inside a jump: to its end
+        moment += timedelta(minutes=1)
+    return moment
+
+
 def reminder_violations(reminders: list[ReminderRow], rows: list[SessionRow],
                         days: DaySettings, catch_up_minutes: int = 60,
                         uploaded_at: dict[int, datetime] | None = None) -> list[str]:
     """At most one reminder per user day, for the user day in force when it was claimed, at
-    the reminder time by the user's wall clock (or within the catch-up hour after it), and
-    never once a session that counts had started that day and was known to the server: one
-    played offline is known from its upload (``uploaded_at``; one uploaded at the claim's
-    instant is taken as after it)."""
+    the reminder time by the user's wall clock (or within the catch-up hour after it; a time
+    a spring-forward skips: within the hour after the jump, for the day it belongs to even
+    when that day ended inside the jump), and never once a session that counts had started
+    that day and was known to the server: one played offline is known from its upload
+    (``uploaded_at``; one uploaded at the claim's instant is taken as after it)."""
     uploaded_at = uploaded_at or {}
     problems = []
     claimed = [r.local_day for r in reminders]
     if len(claimed) != len(set(claimed)):
         problems.append(f"two reminders on one day: {sorted(claimed)}")
     for reminder in reminders:
-        if reminder.local_day != days.day_of(reminder.claimed_at):
-            problems.append(f"reminder for {reminder.local_day} claimed on another day")
         tz, hour = days.at(reminder.claimed_at)
         wall = reminder.claimed_at.astimezone(ZoneInfo(tz))
         remind_minute = reminder.remind_minute  # a later change of time does not move it
+        skipped = False
         if remind_minute is not None:
+            at = datetime.combine(reminder.local_day, time()) + timedelta(
+                days=remind_minute < hour * 60, minutes=remind_minute)
+            first = first_reading(at, tz)
+            skipped = first.astimezone(ZoneInfo(tz)).replace(tzinfo=None) != at
             since_day_start = (wall.hour * 60 + wall.minute - hour * 60) % 1440
             late = since_day_start - (remind_minute - hour * 60) % 1440
-            if not 0 <= late < catch_up_minutes:
+            if not (0 <= late < catch_up_minutes or first <= reminder.claimed_at
+                    < first + timedelta(minutes=catch_up_minutes)):
                 problems.append(f"reminder at {wall:%H:%M} for {remind_minute // 60:02d}:00")
+        if reminder.local_day != days.day_of(reminder.claimed_at) and not skipped:
+            problems.append(f"reminder for {reminder.local_day} claimed on another day")
         for row in rows:
             known_from = uploaded_at.get(row.id, row.started_at) if row.synced \
                 else row.started_at

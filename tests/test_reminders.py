@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from sonicus import clock, create_app
 from sonicus.extensions import db
 from sonicus.models import PushSubscription, ReminderDelivery, ReminderPreferences
-from sonicus.services import reminder_claims, reminders, webpush
+from sonicus.services import reminder_claims, reminder_clocks, reminders, webpush
 from sonicus.tasks.worker import make_worker
 
 
@@ -35,14 +35,14 @@ def _set_reminders(client, headers, **body):
 
 
 def _listener(client, auth, push_service, browser, email="listener@example.com", *,
-              timezone="UTC", make_user=None, **preferences):
-    """A user (in ``timezone`` from the start: a change would wait for the day's end) with one
-    browser subscribed and reminders set as given."""
+              timezone="UTC", day_start_hour=0, make_user=None, **preferences):
+    """A user (in ``timezone`` and ``day_start_hour`` from the start: a change would wait for
+    the day's end) with one browser subscribed and reminders set as given."""
     headers = auth(email)
     if make_user is not None:
-        make_user(email, timezone=timezone)
+        make_user(email, timezone=timezone, day_start_hour=day_start_hour)
     else:
-        assert timezone == "UTC"
+        assert (timezone, day_start_hour) == ("UTC", 0)
     device = browser(push_service.endpoint(email.replace("@", "-at-")))
     _subscribe(client, headers, device)
     _set_reminders(client, headers, enabled=True, **preferences)
@@ -282,6 +282,119 @@ def test_a_reminder_time_the_fall_back_repeats_is_sent_once(push_client, auth, p
     assert _claimed(app, datetime(2026, 11, 1, 9, 45, tzinfo=UTC)) == []
     assert [d for _, d in _claimed(app, datetime(2026, 11, 2, 9, 30, tzinfo=UTC))] == \
         [date(2026, 11, 2)]
+
+
+def _pushes_at(app, set_clock, push_service, device, moments) -> list[tuple[datetime, str]]:
+    """Scan and send at each moment in turn; the moments at which a reminder reached the
+    device, with the user day it was for."""
+    arrived = []
+    for moment in moments:
+        set_clock(moment)
+        before = len(push_service.posts_to(device.endpoint))
+        _scan_and_work(app)
+        arrived += [(moment, device.decrypt(post.body)["day"])
+                    for post in push_service.posts_to(device.endpoint)[before:]]
+    return arrived
+
+
+@pytest.mark.parametrize("zone, start_hour, at, jump, skipped_day", [
+    # New York springs forward from 01:59 EST to 03:00 EDT on 2026-03-08; a day that starts
+    # at 03:00 ends in the jump, and its 02:30 never comes
+    ("America/New_York", 3, "02:30", datetime(2026, 3, 8, 7, 0, tzinfo=UTC), "2026-03-07"),
+    ("America/New_York", 3, "02:00", datetime(2026, 3, 8, 7, 0, tzinfo=UTC), "2026-03-07"),
+    # Chatham (+12:45) jumps from 02:44 to 03:45 on 2026-09-27: a 03:00 day start inside it
+    ("Pacific/Chatham", 3, "02:50", datetime(2026, 9, 26, 14, 0, tzinfo=UTC), "2026-09-26"),
+    # Santiago skips midnight (00:00 -> 01:00) on 2026-09-06; a day that starts at 01:00
+    ("America/Santiago", 1, "00:30", datetime(2026, 9, 6, 4, 0, tzinfo=UTC), "2026-09-05"),
+    # the plain cases: the skipped time belongs to the day after the jump
+    ("America/New_York", 0, "02:30", datetime(2026, 3, 8, 7, 0, tzinfo=UTC), "2026-03-08"),
+    ("America/New_York", 2, "02:30", datetime(2026, 3, 8, 7, 0, tzinfo=UTC), "2026-03-08"),
+    # Lord Howe moves half an hour, 02:00 -> 02:30, on 2026-10-04
+    ("Australia/Lord_Howe", 0, "02:15", datetime(2026, 10, 3, 15, 30, tzinfo=UTC),
+     "2026-10-04"),
+])
+def test_a_reminder_time_the_spring_forward_skips_is_sent_once_at_the_end_of_the_jump(
+        push_client, auth, push_service, browser, make_user, set_clock, zone, start_hour, at,
+        jump, skipped_day):
+    """A daily reminder whose local time the clock jumps over is sent once, at the first
+    local minute after the jump, for the user day it belongs to; also when that day, started
+    late (``day_start_hour``), ended inside the jump: that day's reminder is not lost."""
+    app = push_client.application
+    _, device = _listener(push_client, auth, push_service, browser, "jump@example.com",
+                          make_user=make_user, timezone=zone, day_start_hour=start_hour,
+                          time=at)
+    minute = timedelta(minutes=1)
+    arrived = _pushes_at(app, set_clock, push_service, device, [
+        jump - 2 * minute, jump - minute, jump, jump + minute, jump + 30 * minute,
+        jump + 59 * minute, jump + 60 * minute, jump + 61 * minute])
+    assert arrived == [(jump, skipped_day)]
+
+
+@pytest.mark.parametrize("zone, start_hour, at, first, again", [
+    # New York falls back from 01:59 EDT to 01:00 EST on 2026-11-01: 01:30 comes twice
+    ("America/New_York", 0, "01:30", datetime(2026, 11, 1, 5, 30, tzinfo=UTC),
+     datetime(2026, 11, 1, 6, 30, tzinfo=UTC)),
+    ("America/New_York", 1, "01:30", datetime(2026, 11, 1, 5, 30, tzinfo=UTC),
+     datetime(2026, 11, 1, 6, 30, tzinfo=UTC)),
+    # Chatham goes back from 03:44 to 02:45 on 2026-04-05; with the day starting at 03:00, the
+    # user day goes back with the clock
+    ("Pacific/Chatham", 3, "02:50", datetime(2026, 4, 4, 13, 5, tzinfo=UTC),
+     datetime(2026, 4, 4, 14, 5, tzinfo=UTC)),
+    ("Pacific/Chatham", 3, "03:10", datetime(2026, 4, 4, 13, 25, tzinfo=UTC),
+     datetime(2026, 4, 4, 14, 25, tzinfo=UTC)),
+    # Lord Howe goes back half an hour, 01:59 -> 01:30, on 2026-04-05
+    ("Australia/Lord_Howe", 0, "01:45", datetime(2026, 4, 4, 14, 45, tzinfo=UTC),
+     datetime(2026, 4, 4, 15, 15, tzinfo=UTC)),
+])
+def test_a_reminder_time_the_fall_back_repeats_is_sent_once_whatever_the_zone(
+        push_client, auth, push_service, browser, make_user, set_clock, zone, start_hour, at,
+        first, again):
+    """A reminder time inside the repeated hour is sent at its first occurrence only."""
+    app = push_client.application
+    _, device = _listener(push_client, auth, push_service, browser, "back@example.com",
+                          make_user=make_user, timezone=zone, day_start_hour=start_hour,
+                          time=at)
+    minute = timedelta(minutes=1)
+    arrived = _pushes_at(app, set_clock, push_service, device, [
+        first - minute, first, first + minute, again - minute, again, again + minute,
+        again + 30 * minute])
+    assert [moment for moment, _day in arrived] == [first]
+
+
+@pytest.mark.parametrize("zone, local_date", [
+    ("America/New_York", date(2026, 3, 8)), ("America/New_York", date(2026, 11, 1)),
+    ("Pacific/Chatham", date(2026, 9, 27)), ("Pacific/Chatham", date(2026, 4, 5)),
+    ("Australia/Lord_Howe", date(2026, 10, 4)), ("Australia/Lord_Howe", date(2026, 4, 5)),
+    ("America/Santiago", date(2026, 9, 6)),
+])
+def test_every_reminder_time_and_day_start_is_due_once_a_day_across_a_dst_change(
+        zone, local_date):
+    """The rule SQLite runs (the same as ``CLAIM_DUE_SQL``), minute by minute over the days
+    around a DST change, for every day start and the night's quarter hours: each user day's reminder
+    first comes due at its local time's first occurrence, or at the first minute after a
+    jump that skipped it, and for no other day."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(zone)
+    start = datetime.combine(local_date - timedelta(days=1), datetime.min.time(), tz)
+    minutes = [start.astimezone(UTC) + timedelta(minutes=n) for n in range(3 * 1440)]
+    clocks = [reminder_clocks.zone_clock(tz, moment) for moment in minutes]
+    for start_hour in range(7):
+        days = [clock.local_day(moment, zone, start_hour) for moment in minutes]
+        for at in [*range(0, 7 * 60, 15), 12 * 60, 21 * 60, 23 * 60 + 45]:
+            first_due = {}
+            for moment, local, today in zip(minutes, clocks, days, strict=True):
+                day = reminder_clocks.skipped_reminder_day(local, start_hour, at)
+                if reminder_claims.reminder_due(local.wall_minute, start_hour, at, 127,
+                                                (day or today).isoweekday(), None, None,
+                                                local.skipped, day is not None):
+                    first_due.setdefault(day or today, moment)
+            for day in (local_date - timedelta(days=1), local_date):
+                wall = datetime.combine(day + timedelta(days=at < start_hour * 60),
+                                        datetime.min.time()) + timedelta(minutes=at)
+                expected = next(m for m in minutes
+                                if m.astimezone(tz).replace(tzinfo=None) >= wall)
+                assert first_due.get(day) == expected, (start_hour, at, day)
 
 
 def test_never_in_quiet_hours_nor_on_days_off(push_client, auth, push_service, browser):

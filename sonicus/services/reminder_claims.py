@@ -9,7 +9,9 @@ The rules of a reminder on the user's day D (their time zone and ``day_start_hou
 - due from the reminder time (``HH:MM``, or "smart": the local hour at which the user most
   often starts sessions they complete, 21:00 without data) for ``CATCH_UP_MINUTES``; times
   are wall-clock times of the user's time zone (PostgreSQL ``AT TIME ZONE``: DST included;
-  a time skipped by a spring-forward is sent at the first minute after it);
+  a time skipped by a spring-forward is sent at the first minute after it, for the day it
+  belongs to, even when that day ended inside the jump: ``skipped_reminder_day``; a time a
+  fall-back repeats is sent at its first occurrence, the claim below keeps it from a second);
 - only on the days chosen (D's weekday), never inside quiet hours (``quiet_start`` to
   ``quiet_end``, wrapping midnight when the end is earlier), only to a user with a push
   subscription, and not when the user already listened on D (a session that counts towards
@@ -35,7 +37,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import exists, select, text
@@ -46,10 +47,15 @@ from ..extensions import db
 from ..models import ListeningSession, User
 from ..models.listening import OUTCOME_MIN_LISTENED_SECONDS
 from ..models.reminders import PushSubscription, ReminderDelivery, ReminderPreferences
+from .reminder_clocks import (
+    CATCH_UP_MINUTES,
+    skipped_reminder_day,
+    zone_clock,
+    zone_clocks,
+)
 from .reminder_settings import DEFAULT_SMART_MINUTE
 from .transaction import unit_of_work
 
-CATCH_UP_MINUTES = 60  # a reminder missed (worker down, quiet hours) is sent this long after
 UNSENT_GRACE_SECONDS = 120  # a claim still unsent this long after is queued again
 UNSENT_BATCH = 5000  # claims queued again per scan at most (the oldest first)
 # Every session read is placed in the zone in force when it started (the zones replaced are
@@ -67,27 +73,21 @@ def _is_postgresql() -> bool:
 
 def reminder_due(wall_minute: int, day_start_hour: int, at_minute: int, days_mask: int,
                  weekday: int, quiet_start: int | None, quiet_end: int | None,
-                 skipped_minutes: int = 0) -> bool:
+                 skipped_minutes: int = 0, skipped_time: bool = False) -> bool:
     """THE timing rule. ``wall_minute``: the user's local time (minutes after midnight);
     ``weekday``: ISO weekday (1 = Monday) of the user's day; ``skipped_minutes``: how far the
-    zone's clock jumped forward within the last ``CATCH_UP_MINUTES`` (the function below)."""
+    zone's clock jumped forward within the last ``CATCH_UP_MINUTES`` (``ZoneClock``);
+    ``skipped_time``: the reminder time is one that jump skipped (``skipped_reminder_day``):
+    due until the catch-up hour after the jump is over, for the day it belongs to."""
     shift = day_start_hour * 60
     since_day_start = (wall_minute - shift) % 1440
     reminder_offset = (at_minute - shift) % 1440
-    if not 0 <= since_day_start - reminder_offset < CATCH_UP_MINUTES + skipped_minutes:
+    if not skipped_time and not (
+            0 <= since_day_start - reminder_offset < CATCH_UP_MINUTES + skipped_minutes):
         return False
     if not days_mask & (1 << (weekday - 1)):
         return False
     return not in_quiet_hours(wall_minute, quiet_start, quiet_end)
-
-
-def skipped_minutes(zone: ZoneInfo, now: datetime) -> int:
-    """How many wall-clock minutes the zone's clock jumped forward (a spring-forward) within
-    the last ``CATCH_UP_MINUTES``: the catch-up lasts that much longer in wall-clock minutes,
-    so a reminder time the jump skipped is still sent at the first minute after it."""
-    before = (now - timedelta(minutes=CATCH_UP_MINUTES)).astimezone(zone).utcoffset()
-    jump = now.astimezone(zone).utcoffset() - before
-    return max(0, int(jump.total_seconds()) // 60)
 
 
 def listened_on(user_id, day):
@@ -119,8 +119,9 @@ def in_quiet_hours(wall_minute: int, quiet_start: int | None, quiet_end: int | N
 CLAIM_DUE_SQL = """
 WITH zones AS MATERIALIZED (
     SELECT * FROM unnest(CAST(:zone_names AS text[]), CAST(:zone_dates AS date[]),
-                         CAST(:zone_minutes AS int[]), CAST(:zone_skips AS int[]))
-                  AS z (tz, local_date, wall_minute, skipped)
+                         CAST(:zone_minutes AS int[]), CAST(:zone_skips AS int[]),
+                         CAST(:zone_jump_dates AS date[]), CAST(:zone_jump_minutes AS int[]))
+                  AS z (tz, local_date, wall_minute, skipped, jump_date, jump_minute)
 ), placed AS (
     SELECT p.user_id, p.days_mask, p.weekly_recap, p.quiet_start_minute AS qs,
            p.quiet_end_minute AS qe,
@@ -128,6 +129,8 @@ WITH zones AS MATERIALIZED (
            CASE WHEN f.prior THEN zp.wall_minute ELSE z.wall_minute END AS wall_minute,
            CASE WHEN f.prior THEN zp.skipped ELSE z.skipped END AS skipped,
            CASE WHEN f.prior THEN zp.local_date ELSE z.local_date END AS local_date,
+           CASE WHEN f.prior THEN zp.jump_date ELSE z.jump_date END AS jump_date,
+           CASE WHEN f.prior THEN zp.jump_minute ELSE z.jump_minute END AS jump_minute,
            CASE WHEN f.prior THEN u.prior_day_start_hour ELSE u.day_start_hour END AS dsh
     FROM sonicus.reminder_preferences p
     JOIN sonicus.users u ON u.id = p.user_id
@@ -141,12 +144,19 @@ WITH zones AS MATERIALIZED (
 ), timed AS MATERIALIZED (
     SELECT user_id, user_day, weekly_recap
     FROM (SELECT q.*, q.local_date - CASE WHEN q.wall_minute < q.dsh * 60 THEN 1 ELSE 0 END
-                        AS user_day,
+                        AS today,
                  (((q.wall_minute - q.dsh * 60) % 1440 + 1440) % 1440)
-                   - (((q.at_minute - q.dsh * 60) % 1440 + 1440) % 1440) AS minutes_late
+                   - (((q.at_minute - q.dsh * 60) % 1440 + 1440) % 1440) AS minutes_late,
+                 ((q.at_minute - q.jump_minute) % 1440 + 1440) % 1440 AS into_jump
           FROM placed q) AS p
-    WHERE p.minutes_late BETWEEN 0 AND :catch_up - 1 + p.skipped
-      AND (p.days_mask & (1 << (extract(isodow FROM p.user_day)::int - 1))) <> 0
+    CROSS JOIN LATERAL (  -- skipped_reminder_day: a time the jump skipped, for its own day
+        SELECT CASE WHEN p.into_jump < p.skipped
+                    THEN p.jump_date + (p.jump_minute + p.into_jump) / 1440
+                         - CASE WHEN (p.jump_minute + p.into_jump) % 1440 < p.dsh * 60
+                                THEN 1 ELSE 0 END END AS skipped_day) AS j
+    CROSS JOIN LATERAL (SELECT COALESCE(j.skipped_day, p.today) AS user_day) AS d
+    WHERE (j.skipped_day IS NOT NULL OR p.minutes_late BETWEEN 0 AND :catch_up - 1 + p.skipped)
+      AND (p.days_mask & (1 << (extract(isodow FROM d.user_day)::int - 1))) <> 0
       AND NOT (p.qs IS NOT NULL AND p.qe IS NOT NULL AND p.qs <> p.qe AND (
             (p.qs < p.qe AND p.wall_minute >= p.qs AND p.wall_minute < p.qe)
          OR (p.qs > p.qe AND (p.wall_minute >= p.qs OR p.wall_minute < p.qe))))
@@ -273,27 +283,6 @@ def _refresh_smart_times_python(now, since, stale_before, batch) -> int:
     return len(rows)
 
 
-@lru_cache(maxsize=1)
-def _zone_names() -> tuple[str, ...]:
-    """The names a user's ``timezone`` may take, in order."""
-    return tuple(sorted(clock.valid_timezones()))
-
-
-def zone_clocks(now: datetime) -> dict:
-    """Every IANA time zone's local date, wall-clock minute and ``skipped_minutes`` at ``now``
-    (the parameters of ``CLAIM_DUE_SQL``): about 1,800 conversions, a few milliseconds."""
-    names, dates, minutes, skips = [], [], [], []
-    for name in _zone_names():
-        zone = ZoneInfo(name)
-        local = now.astimezone(zone)
-        names.append(name)
-        dates.append(local.date())
-        minutes.append(local.hour * 60 + local.minute)
-        skips.append(skipped_minutes(zone, now))
-    return {"zone_names": names, "zone_dates": dates, "zone_minutes": minutes,
-            "zone_skips": skips}
-
-
 @dataclass(frozen=True)
 class DueReminders:
     """What one scan found: the user days it claimed, and those claimed earlier that were
@@ -341,13 +330,16 @@ def _claim_due_python(now: datetime, unsent_before: datetime) -> DueReminders:
     for prefs, user in rows:
         settings = clock.day_settings_at(user, now)
         zone = ZoneInfo(settings.timezone)
-        wall = now.astimezone(zone)
-        day = (wall - timedelta(hours=settings.day_start_hour)).date()
+        local = zone_clock(zone, now)
         at_minute = next(m for m in (prefs.remind_minute, prefs.smart_minute,
                                      DEFAULT_SMART_MINUTE) if m is not None)
-        if not reminder_due(wall.hour * 60 + wall.minute, settings.day_start_hour, at_minute,
+        day = skipped_reminder_day(local, settings.day_start_hour, at_minute)
+        skipped_time = day is not None
+        if day is None:
+            day = clock.local_day(now, settings.timezone, settings.day_start_hour)
+        if not reminder_due(local.wall_minute, settings.day_start_hour, at_minute,
                             prefs.days_mask, day.isoweekday(), prefs.quiet_start_minute,
-                            prefs.quiet_end_minute, skipped_minutes(zone, now)):
+                            prefs.quiet_end_minute, local.skipped, skipped_time):
             continue
         if db.session.execute(select(listened_on(user.id, day))).scalar():
             continue

@@ -31,7 +31,12 @@ from ..models.reminders import PushSubscription, ReminderDelivery, ReminderPrefe
 from ..tasks.queue import QUEUE_DEFAULT, enqueue, get_queue
 from . import webpush
 from .recaps import compute_recap
-from .reminder_claims import listened_on, refresh_smart_times, scan_due_reminders
+from .reminder_claims import (
+    CATCH_UP_MINUTES,
+    listened_on,
+    refresh_smart_times,
+    scan_due_reminders,
+)
 from .streaks import Island, streaks_from_islands
 from .transaction import unit_of_work
 
@@ -142,9 +147,10 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
     """Send a batch of reminders: the reads in a few queries, the pushes outside any
     transaction, the outcome (devices gone, pushes counted) in one. A reminder whose user
     turned reminders off or listened since it was claimed (a retry comes up to an hour
-    later), or whose user day is over by now (its own reminder belongs to the next), is not
-    sent; a reminder's first sending takes it (``sent_at``), so a job run again
-    after its worker died sends it no second time (at most one per user day)."""
+    later), or whose user day is over by now (its own reminder belongs to the next; but see
+    ``_claimed_when_its_day_was_over``), is not sent; a reminder's first sending takes it
+    (``sent_at``), so a job run again after its worker died sends it no second time (at most
+    one per user day)."""
     found = db.session.execute(  # still wanted: reminders on, and not listened since
         select(ReminderDelivery, User).join(User, User.id == ReminderDelivery.user_id)
         .join(ReminderPreferences, ReminderPreferences.user_id == User.id)
@@ -153,7 +159,8 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
                ~listened_on(ReminderDelivery.user_id, ReminderDelivery.local_day))).all()
     moment = clock.now()  # and the user day it was claimed for not over (ended or moved)
     found = [(delivery, user) for delivery, user in found
-             if clock.user_day(user, moment).day <= delivery.local_day]
+             if clock.user_day(user, moment).day <= delivery.local_day
+             or _claimed_when_its_day_was_over(user, delivery, moment)]
     firsts = [delivery.id for delivery, _user in found if wanted[delivery.id] is None]
     if firsts:  # taken once: the job run again (its worker died) sends no reminder twice
         table = ReminderDelivery.__table__
@@ -214,6 +221,15 @@ def _deliver(wanted: dict[int, set[int] | None], attempt: int) -> int:
     for delivery_id, subscription_ids in again.items():
         _schedule_retry(delivery_id, subscription_ids, attempt, retry_after.get(delivery_id))
     return sum(sent.values())
+
+
+def _claimed_when_its_day_was_over(user: User, delivery: ReminderDelivery, moment) -> bool:
+    """A reminder whose time a spring-forward skipped at the very end of its day (a day that
+    starts at 03:00 ends inside New York's 02:00 -> 03:00 jump): claimed right after the jump,
+    when its day was already over (``reminder_clocks.skipped_reminder_day``), and sent within
+    the catch-up hour of that claim."""
+    return (clock.user_day(user, delivery.created_at).day > delivery.local_day
+            and moment < delivery.created_at + timedelta(minutes=CATCH_UP_MINUTES))
 
 
 def _as_read(subscription: PushSubscription):
