@@ -163,10 +163,12 @@ def test_the_keys_connections_at_their_maximum_wait_for_one_given_back_then_give
         connections.close_idle()
 
 
-def _gunicorn_workers(process_type: str) -> int:
-    """``workers`` as gunicorn.conf.py sets it for that process type with nothing set."""
+def _gunicorn_workers(process_type: str, settings: dict | None = None) -> int:
+    """``workers`` as gunicorn.conf.py sets it for that process type with nothing set (or
+    with ``settings``)."""
     env = {key: value for key, value in os.environ.items()
            if key not in ("WEB_CONCURRENCY", "WS_CONCURRENCY")}
+    env.update(settings or {})
     env["SONICUS_PROCESS"] = process_type
     out = subprocess.run(
         [sys.executable, "-c", "import json, runpy; "
@@ -194,6 +196,48 @@ def test_the_shipped_topology_stays_under_postgresql_max_connections_with_headro
             > worker["WEBPUSH_CONCURRENCY"])
     assert _shipped_defaults("web")["IDEMPOTENCY_CONNECTIONS_MAX_OPEN"] >= 2
     total = sum(at_most[kind] * count for kind, count in processes.items())
+    assert total + HEADROOM <= POSTGRESQL_MAX_CONNECTIONS - SUPERUSER_RESERVED, (at_most, total)
+
+
+def _kubernetes_base() -> dict[tuple[str, str], dict]:
+    base = ROOT / "deploy/kubernetes/base"
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    docs = [doc for name in kustomization["resources"]
+            for doc in yaml.safe_load_all((base / name).read_text()) if doc]
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+
+
+def test_the_kubernetes_base_stays_under_postgresql_max_connections_with_headroom():
+    """Every Deployment of deploy/kubernetes/base at its replicas: pods × processes per pod
+    (gunicorn's workers from the ConfigMap, a worker pod's one worker) × what one process may
+    hold with its settings (the ConfigMap, the Deployment's own env, the process type's
+    defaults). The web autoscaler's growth past that is the operator's (README)."""
+    kinds = _kubernetes_base()
+    shared = kinds[("ConfigMap", "sonicus-config")]["data"]
+    total, at_most = 0, {}
+    for (kind, name), deployment in kinds.items():
+        if kind != "Deployment":
+            continue
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {**shared, **{e["name"]: e["value"] for e in container.get("env", [])}}
+        if container["command"] == ["python", "worker.py"]:
+            process_type, processes = "worker", 1
+        else:
+            process_type = env.get("SONICUS_PROCESS", "web")
+            processes = _gunicorn_workers(process_type, env)
+        settings = config.load_config(config.process_database_defaults(process_type, env))
+        assert settings["IDEMPOTENCY_CONNECTIONS_KEEP_IDLE"] <= \
+            settings["IDEMPOTENCY_CONNECTIONS_MAX_OPEN"], name
+        if process_type == "web":
+            assert settings["IDEMPOTENCY_CONNECTIONS_MAX_OPEN"] >= 2
+        if process_type == "worker":  # a reminder job's pushes each hold one beside the job's
+            assert (settings["DATABASE_POOL_SIZE"] + settings["DATABASE_MAX_OVERFLOW"]
+                    > settings["WEBPUSH_CONCURRENCY"])
+        at_most[name] = (deployment["spec"]["replicas"], processes,
+                         config.database_connections_at_most(settings, process_type))
+        total += deployment["spec"]["replicas"] * processes * at_most[name][2]
+    assert {"sonicus-web", "sonicus-ws", "sonicus-worker"} <= set(at_most)
+    assert all(count > 0 for _, _, count in at_most.values())
     assert total + HEADROOM <= POSTGRESQL_MAX_CONNECTIONS - SUPERUSER_RESERVED, (at_most, total)
 
 

@@ -107,7 +107,12 @@ def test_every_setting_comes_from_the_configmap_or_the_secret():
             sources = [next(iter(s)) for s in container["envFrom"]]
             assert sources == ["configMapRef", "secretRef"], doc["metadata"]["name"]
             names = {e["name"] for e in container.get("env", [])}
-            # only which process type this is and where it listens
-            assert names <= {"SONICUS_BIND", "SONICUS_PROCESS", "SONICUS_WS_BIND"}, names
+            # only which process type this is, where it listens, and its database connections
+            # (tests/test_database_connections.py adds them up)
+            assert names <= {"SONICUS_BIND", "SONICUS_PROCESS", "SONICUS_WS_BIND",
+                             "DATABASE_POOL_SIZE", "DATABASE_MAX_OVERFLOW",
+                             "IDEMPOTENCY_POOL_SIZE", "IDEMPOTENCY_MAX_OVERFLOW",
+                             "IDEMPOTENCY_CONNECTIONS_MAX_OPEN",
+                             "IDEMPOTENCY_CONNECTIONS_KEEP_IDLE"}, names
     config = _by_kind(docs)[("ConfigMap", "sonicus-config")]["data"]
     assert not {"SECRET_KEY", "DATABASE_URL", "STRIPE_API_KEY", "METRICS_TOKEN"} & set(config)
