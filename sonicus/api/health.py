@@ -40,20 +40,25 @@ def check_database() -> str:
     """"ok" when the database answers. A pooled connection the server had dropped (a
     failover, pg_terminate_backend) is not the database being unreachable: the pool is
     invalidated by that failure and the check asks once more, on a fresh connection."""
-    for attempt in range(2):
-        try:
-            db.session.execute(text("SELECT 1"))
-            return "ok"
-        except DBAPIError as exc:
-            db.session.rollback()
-            if attempt or not exc.connection_invalidated:
-                return "unreachable"
-        except Exception:
-            db.session.rollback()
-            return "unreachable"
-        finally:
-            db.session.remove()
-    return "unreachable"
+    answer = _select_one()
+    if answer == "dropped":
+        answer = _select_one()
+    return "unreachable" if answer == "dropped" else answer
+
+
+def _select_one() -> str:
+    """"ok", "unreachable", or "dropped": the connection was one the server had dropped."""
+    try:
+        db.session.execute(text("SELECT 1"))
+        return "ok"
+    except DBAPIError as exc:
+        db.session.rollback()
+        return "dropped" if exc.connection_invalidated else "unreachable"
+    except Exception:
+        db.session.rollback()
+        return "unreachable"
+    finally:
+        db.session.remove()
 
 
 def check_redis() -> str:

@@ -113,13 +113,13 @@ def handle_billing_event(provider: str, event: dict, notice, now: datetime | Non
     """Apply one verified webhook event exactly once; returns ``{event_id, type, outcome}``.
     A deadlock or serialization failure (rolled back whole) runs it again, ``ATTEMPTS``
     times at most."""
-    for attempt in range(1, ATTEMPTS + 1):
+    for _ in range(ATTEMPTS - 1):
         try:
             return _handle_once(provider, event, notice, now)
         except DBAPIError as exc:
-            if attempt == ATTEMPTS or not _worth_running_again(exc):
+            if not _worth_running_again(exc):
                 raise
-    raise AssertionError("unreachable")
+    return _handle_once(provider, event, notice, now)  # the last attempt: a failure raises
 
 
 def _handle_once(provider: str, event: dict, notice, now: datetime | None) -> dict:
