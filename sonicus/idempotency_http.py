@@ -72,14 +72,14 @@ def idempotency_key() -> str | None:
 
 
 def request_fingerprint() -> str:
-    """SHA-256 of the request's method, path with query string, and body (as sent)."""
+    """SHA-256 of the request's method, path and body (as sent). The query string is not
+    part of it: no write reads one, and unknown query arguments (a cache-buster) are ignored
+    on every route, so a retry that adds or changes one is the same request."""
     environ = request.environ
     digest = hashlib.sha256(request.method.encode("ascii"))
     digest.update(b" ")
     digest.update((environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
                   .encode("latin-1", "replace"))
-    digest.update(b"?")
-    digest.update(request.query_string)
     digest.update(b"\n")
     digest.update(request.get_data(cache=True))
     return digest.hexdigest()

@@ -9,7 +9,7 @@ its transaction, before that transaction's first commit: ``retry_safe.py``). The
 whose row went in runs (commits); it then keeps its answer (``store_answer``, one UPDATE)
 or, when it failed with a 5xx or an exception, gives the key back (``release_key``) so that a
 retry runs again. Any other request with the key finds the row: the same request (method,
-path with query, body: the fingerprint) done gets the kept answer, one still running gets 409
+path, body: the fingerprint) done gets the kept answer, one still running gets 409
 ``idempotency_key_in_use``, another request gets 422 ``idempotency_key_reused``.
 
 On PostgreSQL the kept answer's UPDATE is sent before the answer leaves and not waited for
