@@ -13,10 +13,8 @@ Handled event types (anything else is stored and acknowledged):
 - ``customer.subscription.updated`` → subscription updated (a plan changed in the billing
   portal, ``cancel_at_period_end`` set or cleared there)
 - ``charge.refunded`` → a charge refunded (in full or in part: ``amount_refunded``)
-- ``charge.dispute.created`` → a charge disputed (its ``charge``, an id or the expanded charge);
-  in a ``warning_`` status it is an inquiry only (no money taken: ``inquiry``)
-- ``charge.dispute.funds_withdrawn`` → a charge disputed, its money taken (an inquiry turned
-  into a dispute)
+- ``charge.dispute.created`` / ``.funds_withdrawn`` → a charge disputed (its ``charge``: an id
+  or expanded), in a ``warning_`` status an inquiry only; ``.closed`` won: ``dispute_events``
 
 The tier paid for is read from the prices first (``STRIPE_PRICE_IDS``; a credit line of a
 proration is not the tier), then from our ``sonicus_tier`` metadata: a plan changed in the
@@ -40,6 +38,7 @@ import stripe
 
 from ..tiers import PAID_TIERS
 from ..validation import INT32_MAX, hostile_text_errors
+from .dispute_events import DISPUTE_KIND_BY_TYPE, DISPUTE_WON, dispute_kind
 from .refund_amounts import own_refund
 
 TOLERANCE_SECONDS = 300
@@ -65,7 +64,7 @@ KIND_BY_TYPE = {
     "customer.subscription.updated": SUBSCRIPTION_UPDATED,
     "charge.refunded": CHARGE_REFUNDED,
     "charge.dispute.created": CHARGE_DISPUTED,
-    "charge.dispute.funds_withdrawn": CHARGE_DISPUTED,
+    "charge.dispute.funds_withdrawn": CHARGE_DISPUTED, **DISPUTE_KIND_BY_TYPE,
 }
 
 
@@ -293,7 +292,7 @@ def _event_kind(event_type: str, obj: dict) -> str:
     if event_type == "checkout.session.completed" \
             and obj.get("payment_status") not in ("paid", "no_payment_required"):
         kind = IGNORED  # paid later: the invoice events carry the outcome
-    return kind
+    return dispute_kind(event_type, obj, kind)
 
 
 def _paid_tier(obj: dict, price_to_tier: dict[str, str]) -> str | None:
@@ -384,7 +383,7 @@ def parse_event(event: dict, price_to_tier: dict[str, str] | None = None) -> Bil
                              **_payment_ids({**obj, "charge": None}))
     if event_type.startswith("invoice."):
         return _invoice_notice(common, obj)
-    if common["kind"] in (CHARGE_REFUNDED, CHARGE_DISPUTED):
+    if common["kind"] in (CHARGE_REFUNDED, CHARGE_DISPUTED, DISPUTE_WON):
         return replace(_charge_notice(common, obj, event_type), **own_refund(event, _int, _str))
     if event_type == "customer.subscription.updated":
         previous = _get(event, "data", "previous_attributes")

@@ -38,6 +38,7 @@ from .common import (
     _to_starter,
     cents_to_decimal,
 )
+from .disputes import refuse_while_restored, restored_by_a_win
 from .expiry import apply_due_deadlines
 from .grants import _paid_period_running
 from .portal import portal_for
@@ -160,6 +161,9 @@ def _choose_paid(user: User, sub: UserSubscription, tier: str, now: datetime,
         _send_to_billing_portal(sub)
     if sub.status == TRIALING:
         return _change_trial(user, sub, tier, now, return_to)
+    refuse_while_restored(sub, tier)  # a period a won dispute gave back renews nothing
+    if restored_by_a_win(sub):
+        return _start_checkout(user, sub, tier, now, return_to)  # a higher tier: bought anew
     if sub.complimentary and sub.status == ACTIVE and is_upgrade(tier, sub.tier):
         _refuse_below_the_grant(sub, tier, now)
     if sub.tier == tier and sub.status == ACTIVE:
@@ -382,6 +386,7 @@ def resume(user_id: int, now: datetime | None = None) -> tuple[SubscriptionOverv
         work.changed_user(sub.user_id)
         if not (sub.cancel_at_period_end or sub.pending_tier):
             fail(409, "conflict", "There is no scheduled cancellation or downgrade to undo.")
+        refuse_while_restored(sub)
         message = _resume(sub, now)
         view = overview(db.session.get(User, user_id), sub, now)
     return view, message

@@ -39,6 +39,7 @@ from .common import (
     ended_by_a_grant,
     ended_by_a_grant_id,
 )
+from .disputes import take_held_wins
 from .refunds import cancel_what_it_started, note_upgrade_payment, refunded_before_notice
 
 
@@ -76,6 +77,7 @@ def apply_payment_succeeded(sub: UserSubscription, payment: Payment, now: dateti
         return _refund_dropped_checkout(sub, payment, now)
     if _replaced_here(sub, payment.subscription_id):
         return "stale"  # a charge of a subscription canceled when another one took its place
+    take_held_wins(sub, payment)  # a dispute won before this notice: it took nothing
     if refunded_before_notice(sub, payment):
         # refunded or disputed in full before its notice arrived: what it paid renews nothing
         cancel_what_it_started(sub, payment)

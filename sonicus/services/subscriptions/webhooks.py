@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ... import clock
 from ...billing import get_provider
+from ...billing.dispute_events import DISPUTE_WON
 from ...billing.events import (
     CHARGE_DISPUTED,
     CHARGE_REFUNDED,
@@ -37,6 +38,7 @@ from ..erasure import (
     without_content,
 )
 from ..transaction import Work, unit_of_work
+from .disputes import apply_dispute_notice, hold_dispute_notice, of_the_subscription_it_canceled
 from .expiry import apply_due_deadlines
 from .payments import (
     Payment,
@@ -93,8 +95,10 @@ class _Replay(Exception):
 
 
 HANDLED_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_ENDED, SUBSCRIPTION_UPDATED,
-                 CHARGE_REFUNDED, CHARGE_DISPUTED)
-REVERSAL_KINDS = (CHARGE_REFUNDED, CHARGE_DISPUTED)
+                 CHARGE_REFUNDED, CHARGE_DISPUTED, DISPUTE_WON)
+# the notices of a charge (no subscription named): a refund, a dispute, a dispute won
+REVERSAL_KINDS = (CHARGE_REFUNDED, CHARGE_DISPUTED, DISPUTE_WON)
+DISPUTE_KINDS = (CHARGE_DISPUTED, DISPUTE_WON)
 # the notices that take the locks of the payment ids they name (``lock_payment_ids``)
 PAYMENT_ID_KINDS = (PAYMENT_SUCCEEDED, *REVERSAL_KINDS)
 
@@ -144,6 +148,9 @@ def _handle_once(provider: str, event: dict, notice, now: datetime | None) -> di
 
 # Notices that mean a provider subscription is running (and may charge).
 LIVE_SUBSCRIPTION_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_UPDATED)
+# Notices of a provider subscription that change nothing once a dispute canceled it
+# (``disputes.of_the_subscription_it_canceled``).
+STALE_AFTER_A_WIN = (PAYMENT_FAILED, SUBSCRIPTION_UPDATED, SUBSCRIPTION_ENDED)
 
 
 def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[int]) -> str:
@@ -165,6 +172,8 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
         notice = replace(notice, user_id=user_of_payment(notice))  # a dispute names a charge
     sub = _find_subscription_for(notice)
     if sub is None and notice.kind in REVERSAL_KINDS and not is_erased_account(notice.user_id):
+        if notice.kind in DISPUTE_KINDS:
+            return hold_dispute_notice(provider, notice)
         return hold_reversal(provider, notice)  # its payment's notice not here yet
     if sub is None:
         if is_erased_account(notice.user_id):
@@ -176,10 +185,14 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
     work.changed_user(sub.user_id)
     if notice.kind == PAYMENT_SUCCEEDED:
         return apply_payment_succeeded(sub, _payment_of(provider, notice), now)
+    if notice.kind in STALE_AFTER_A_WIN and of_the_subscription_it_canceled(sub, notice):
+        return "stale"  # the subscription a dispute canceled, under the period its win gave
     if notice.kind == PAYMENT_FAILED:
         return apply_payment_failed(sub, notice, now)
     if notice.kind == SUBSCRIPTION_UPDATED:
         return apply_subscription_updated(sub, notice, now)
+    if notice.kind in DISPUTE_KINDS:
+        return apply_dispute_notice(sub, notice, now)
     if notice.kind in REVERSAL_KINDS:
         return apply_charge_reversed(sub, notice, now)
     return apply_subscription_ended(sub, notice, now)
