@@ -57,9 +57,13 @@ def derive_from_events(events: list[dict]) -> Derived:
         elif kind == "payment_failed" and (event.get("details") or {}).get("grace_ends_at"):
             state.status = PAST_DUE
         ended = kind in ACCESS_ENDING and (event.get("details") or {}).get("ended_access")
-        if ended:
+        # a dispute won gave back the period it ended: to its end, renewing nothing
+        given_back = kind == "disputed" and (event.get("details") or {}).get("restored_access")
+        if ended or given_back:
             state.status = ACTIVE
-        if kind in PENDING_CLEARED or ended:
+        if given_back:
+            state.pending_tier = "starter"
+        elif kind in PENDING_CLEARED or ended:
             state.pending_tier = None
         elif kind in ACCESS_ENDING and (event.get("details") or {}).get("ended_upgrade") \
                 and state.pending_tier == to_tier:
@@ -247,6 +251,37 @@ def refund_violations(full: bool, of_current_period: bool, before: str, after: s
         return [] if after == "starter" else [f"refunded in full, still {after}"]
     return [] if after == before else [f"a refund of {'part' if not full else 'an older'} "
                                        f"charge changed {before} to {after}"]
+
+
+def dispute_won_violations(took: str | None, paid_until: datetime, now: datetime,
+                           before: str, before_status: str, before_complimentary: bool,
+                           after) -> list[str]:
+    """A dispute won gives back what the dispute took, and nothing else: the tier it ended
+    (``took``), to the end of the period the charge paid, shown ending then (nobody is
+    charged again), when that period is not over and the user is on Starter (not a trial,
+    not a grant); otherwise no tier changes (a lost one, or an inquiry closed, changes
+    nothing: ignored)."""
+    gives_back = took is not None and paid_until > now and before == "starter" \
+        and before_status in (ACTIVE, INCOMPLETE) and not before_complimentary
+    if not gives_back:
+        return [] if after.tier == before else [f"a win changed {before} to {after.tier}"]
+    if (after.tier, after.cancel_at_period_end) == (took, True) \
+            and after.current_period_end is not None \
+            and abs(after.current_period_end - paid_until) < timedelta(seconds=1):
+        return []
+    return [f"a win of a {took} period paid until {paid_until:%Y-%m-%d %H:%M} left "
+            f"{after.tier} until {after.current_period_end}, cancel {after.cancel_at_period_end}"]
+
+
+def restored_change_violations(restored: bool, answer: int, before, after) -> list[str]:
+    """A period a won dispute gave back renews nothing: a resume (or the same or a lower paid
+    tier) is 409 and changes nothing of it."""
+    if not restored:
+        return []
+    if answer == 409 and (after.tier, after.cancel_at_period_end, after.current_period_end) \
+            == (before.tier, before.cancel_at_period_end, before.current_period_end):
+        return []
+    return [f"a resume of a period given back by a won dispute answered {answer}"]
 
 
 def refund_amount_violations(given_back: list[int], charged: int,

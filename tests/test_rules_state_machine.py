@@ -45,6 +45,7 @@ from rules_model import quota_violations as quota_problems
 from rules_subscription import (
     cancel_flag_violations,
     derive_from_events,
+    dispute_won_violations,
     free_month_violations,
     grant_renewal_violations,
     purchase_violations,
@@ -56,6 +57,7 @@ from rules_subscription import (
     renewing_window_cancel_violations,
     repeated_cancellations,
     replaced_subscriptions_charging,
+    restored_change_violations,
     tier_at,
     trial_shown_violations,
     trials_per_person,
@@ -177,6 +179,7 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             self.late_refund_notices = []
             self.refunds_notified = {}
             self.ended_at_provider = set()  # provider subscription ids the provider ended
+            self.given_back = {}  # user id -> the end of a period a won dispute gave back
 
         # ---- the API, always enveloped, never 5xx ------------------------------------------
         def call(self, method, path, headers=None, **kwargs):
@@ -617,9 +620,24 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
 
         @rule(name=st.sampled_from(IDENTITIES))
         def resume(self, name):
+            """A resume; of a period a won dispute gave back (which nothing renews) it is 409
+            and changes nothing (rules_subscription.restored_change_violations)."""
             person = self.person(name)
+            before = self.subscription_row(person) if person.user_id else None
+            restored = before is not None and self.is_given_back(before)
             status, body = self.call("POST", "/api/user/subscription/resume", person.headers)
             assert status in (200, 403, 409), body
+            if before is not None:
+                problems = restored_change_violations(restored, status, before,
+                                                      self.subscription_row(person))
+                assert not problems, (name, problems, body)
+
+        def is_given_back(self, sub) -> bool:
+            """The row's paid period is one a won dispute gave back, still in force."""
+            end = self.given_back.get(sub.user_id)
+            return end is not None and sub.current_period_end == end \
+                and sub.tier != "starter" and not sub.complimentary \
+                and sub.cancel_at_period_end and tier_at(sub, self.now) == sub.tier
 
         @rule(name=st.sampled_from(IDENTITIES), paid=st.booleans(), prorated=st.booleans())
         def renewal_webhook(self, name, paid, prorated=False):
@@ -674,7 +692,8 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             """A charge of the user's is refunded (in full or in part) in the provider's
             dashboard, or disputed: a full refund or a dispute of the charge that paid the
             period in force ends the paid tier, anything else changes no tier
-            (rules_subscription.refund_violations). ``partial`` gives back 3.00 more of the
+            (rules_subscription.refund_violations); a dispute notified after its win took
+            nothing, so it ends nothing. ``partial`` gives back 3.00 more of the
             charge (the last of it: in full), ``full`` the rest; nothing left to give back,
             the last refund is notified again. ``late``: the provider holds the refund's
             notice back, to deliver it after later ones (``late_refund_notices_arrive``).
@@ -687,6 +706,7 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 return
             charge, paid_until = charges[-1] if latest else charges[0]
             sub = self.subscription_row(person)
+            won = how == "dispute" and self.won_already(person, charge)
             self.webhooks += 1
             if how in ("full", "partial"):
                 event, new = self.refund_notice(sub, charge, how)
@@ -713,8 +733,9 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             if how == "unmatched":
                 problems = unmatched_refund_violations(tier_at(sub, self.now), after.tier)
             else:
-                problems = refund_violations(True, self.pays_the_period(sub, paid_until),
-                                             tier_at(sub, self.now), after.tier)
+                # a dispute notified after its win took nothing: it ends nothing
+                problems = refund_violations(True, self.pays_the_period(sub, paid_until)
+                                             and not won, tier_at(sub, self.now), after.tier)
                 problems += refund_amount_violations(
                     self.refunds_shown(person, charge), 999,
                     list(self.refunds_notified.get(charge, {}).values()))
@@ -783,6 +804,61 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                     continue
                 for _ in range(2 if retried else 1):
                     self.deliver_refund(person, charge, paid_until, event)
+
+        @rule(name=st.sampled_from(IDENTITIES), latest=st.booleans(),
+              how=st.sampled_from(["closed", "funds_reinstated", "lost"]))
+        def provider_dispute_won(self, name, latest, how):
+            """A dispute of a charge of the user's ends: won (``closed`` won, or its funds
+            reinstated) it gives back the tier the dispute ended, to the end of the period
+            the charge paid, renewing nothing; lost it changes nothing
+            (rules_subscription.dispute_won_violations). Sent for any charge: one never
+            disputed, or whose dispute took nothing, gets nothing."""
+            person = self.people[name]
+            charges = self.charges.get(person.user_id) if person.user_id else None
+            if not charges:
+                return
+            charge, paid_until = charges[-1] if latest else charges[0]
+            sub = self.subscription_row(person)
+            took = self.taken_by_a_dispute(person, charge) if how != "lost" else None
+            self.webhooks += 1
+            event = {"id": f"evt_{self.webhooks}", "object": "event",
+                     "type": "charge.dispute.funds_reinstated" if how == "funds_reinstated"
+                     else "charge.dispute.closed", "created": int(self.now.timestamp()),
+                     "data": {"object": {"id": f"dp_{charge}", "object": "dispute",
+                                         "charge": charge, "amount": 999,
+                                         "status": "lost" if how == "lost" else "won"}}}
+            status, body = self.call_webhook(event)
+            assert status == 200, body
+            after = self.subscription_row(person)
+            problems = dispute_won_violations(took, paid_until, self.now,
+                                              tier_at(sub, self.now), sub.status,
+                                              sub.complimentary, after)
+            assert not problems, (person.name, problems, body)
+            if body["data"]["outcome"] == "access_restored":
+                self.given_back[person.user_id] = after.current_period_end
+
+        def disputes_of(self, person, charge) -> list[dict]:
+            """The ``disputed`` events of ``charge`` in the user's history (their details and
+            the tier they came from)."""
+            with app.app_context():
+                events = [{**(e.details or {}), "from_tier": e.from_tier}
+                          for e in db.session.execute(select(SubscriptionEvent).where(
+                              SubscriptionEvent.user_id == person.user_id,
+                              SubscriptionEvent.type == "disputed",
+                              SubscriptionEvent.details["charge_id"].as_string() == charge))
+                          .scalars()]
+                db.session.remove()
+            return events
+
+        def won_already(self, person, charge) -> bool:
+            return any(e.get("outcome") == "won" for e in self.disputes_of(person, charge))
+
+        def taken_by_a_dispute(self, person, charge) -> str | None:
+            """The tier a dispute of ``charge`` ended that no win gave back yet."""
+            events = self.disputes_of(person, charge)
+            if any(e.get("outcome") == "won" for e in events):
+                return None
+            return next((e["from_tier"] for e in events if e.get("ended_access")), None)
 
         def refunds_shown(self, person, charge) -> list[int]:
             """The amounts the history shows for the refunds of ``charge``."""
@@ -1550,6 +1626,19 @@ BILLING_SEQUENCES = {
         ("provider_refunds", {"latest": True, "how": "unmatched"}),
         ("choose_tier", {"tier": "pro", "pay": True}),
         ("provider_refunds", {"latest": True, "how": "unmatched"}), ("sign_in", {})],
+    # a dispute won (``dispute_won_violations``): what it took comes back, renewing nothing
+    "a_dispute_won_gives_the_month_back": [
+        ("choose_tier", {"tier": "premium", "pay": True}), ("renewal_webhook", {"paid": True}),
+        ("provider_refunds", {"latest": True, "how": "dispute"}),
+        ("provider_dispute_won", {"latest": True, "how": "closed"}),
+        ("provider_dispute_won", {"latest": True, "how": "funds_reinstated"}),
+        ("resume", {}), ("time_passes", {"seconds": 40 * 86400}), ("expiry_job_runs", {}),
+        ("sign_in", {})],
+    "a_dispute_won_before_it_was_notified": [
+        ("choose_tier", {"tier": "pro", "pay": True}), ("renewal_webhook", {"paid": True}),
+        ("provider_dispute_won", {"latest": True, "how": "closed"}),
+        ("provider_refunds", {"latest": True, "how": "dispute"}),
+        ("provider_dispute_won", {"latest": True, "how": "lost"}), ("sign_in", {})],
     "a_dispute_of_an_older_month": [
         ("choose_tier", {"tier": "pro", "pay": True}), ("renewal_webhook", {"paid": True}),
         ("time_passes", {"seconds": 32 * 86400}), ("renewal_webhook", {"paid": True}),
