@@ -296,3 +296,22 @@ def test_a_won_dispute_notice_carries_its_charge_expanded(stripe_app, auth, bill
                                        "customer": "cus_s1", "payment_intent": "pi_ch_1",
                                        "created": _stamp(clock.now() - 10 * DAY)}
     assert _outcome(billing, client, won) == "access_restored"
+
+
+def test_a_refund_after_a_won_dispute_ends_the_month_given_back(stripe_app, auth, billing):
+    """The dispute won gave the month back, then support refunded its charge in full: the
+    money is given back after all, so the month ends (Starter now, a ``refunded`` event that
+    ended the access)."""
+    from test_billing_refunds import _refund
+
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    _disputed_then(client, headers, billing)
+    assert _outcome(billing, client, _closed("evt_w1", "ch_1")) == "access_restored"
+
+    assert _outcome(billing, client, _refund("evt_r1", "ch_1")) == "access_ended"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["cancel_at_period_end"]) == ("starter", False)
+    [refunded] = billing.events_of(EMAIL, "refunded")
+    assert (refunded["from_tier"], refunded["to_tier"], refunded["details"]["ended_access"]) \
+        == ("premium", "starter", True)

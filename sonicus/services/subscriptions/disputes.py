@@ -13,7 +13,9 @@ then starter). A resume, or a change to the same or a lower paid tier, is 409 ``
 while it runs (``refuse_while_restored``); a higher tier is a new checkout. The win is a
 ``disputed`` event (``outcome: "won"``, from the tier before to the tier after). Nothing is
 given back when the dispute ended nothing, when the period is over (recorded only), or when
-the user has a paid tier, a trial or a grant since (never shortened or replaced).
+the user has a paid tier, a trial or a grant since (never shortened or replaced). A full
+refund of the charge afterwards ends the period given back, as a refund ends any
+(``apply_refund_notice``).
 
 Once per dispute: a second notice of the win (the other of the two, or one sent again)
 finds the win recorded. A win notified before the dispute's own notices is recorded first;
@@ -36,7 +38,7 @@ from ...extensions import db
 from ...models import HeldReversal, SubscriptionEvent, UserSubscription
 from ...models.subscription import ACTIVE, INCOMPLETE
 from ...tiers import STARTER, TIER_SETTING_EVENTS, get_tier, is_upgrade
-from .common import _drop_checkout, _has_paid_period, _record
+from .common import _drop_checkout, _has_paid_period, _record, _to_starter
 from .refunds import (
     _held,
     _paid_event,
@@ -80,6 +82,24 @@ def apply_dispute_notice(sub: UserSubscription, notice, now: datetime) -> str:
     if outcome == "access_ended":
         _note_what_it_ended(sub, *period)
     return outcome
+
+
+def apply_refund_notice(sub: UserSubscription, notice, now: datetime) -> str:
+    """A refund (``refunds.apply_charge_reversed``). Of the charge whose period a won
+    dispute gave back, in full, it ends that period: the dispute's end of it, which the win
+    undid, no longer counts as the access already ended."""
+    given_back = restored_by_a_win(sub)
+    outcome = apply_charge_reversed(sub, notice, now)
+    if not given_back or outcome != "recorded_current_period":
+        return outcome
+    refund = db.session.execute(
+        select(SubscriptionEvent).where(SubscriptionEvent.user_id == sub.user_id,
+                                        SubscriptionEvent.type == "refunded")
+        .order_by(SubscriptionEvent.id.desc()).limit(1)).scalar_one()
+    _to_starter(sub)  # no provider subscription renews it: nothing to cancel
+    refund.to_tier = sub.tier
+    refund.details = {**(refund.details or {}), "ended_access": True}
+    return "access_ended"
 
 
 def _after_its_win(sub: UserSubscription, notice, earlier, now: datetime) -> str:

@@ -38,7 +38,12 @@ from ..erasure import (
     without_content,
 )
 from ..transaction import Work, unit_of_work
-from .disputes import apply_dispute_notice, hold_dispute_notice, of_the_subscription_it_canceled
+from .disputes import (
+    apply_dispute_notice,
+    apply_refund_notice,
+    hold_dispute_notice,
+    of_the_subscription_it_canceled,
+)
 from .expiry import apply_due_deadlines
 from .payments import (
     Payment,
@@ -48,7 +53,6 @@ from .payments import (
 )
 from .provider_updates import apply_subscription_updated
 from .refunds import (
-    apply_charge_reversed,
     hold_reversal,
     ids_of,
     lock_payment_ids,
@@ -194,7 +198,7 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
     if notice.kind in DISPUTE_KINDS:
         return apply_dispute_notice(sub, notice, now)
     if notice.kind in REVERSAL_KINDS:
-        return apply_charge_reversed(sub, notice, now)
+        return apply_refund_notice(sub, notice, now)
     return apply_subscription_ended(sub, notice, now)
 
 
