@@ -1634,6 +1634,11 @@ BILLING_SEQUENCES = {
         ("provider_dispute_won", {"latest": True, "how": "funds_reinstated"}),
         ("resume", {}), ("time_passes", {"seconds": 40 * 86400}), ("expiry_job_runs", {}),
         ("sign_in", {})],
+    "a_refund_of_a_month_a_won_dispute_gave_back": [
+        ("choose_tier", {"tier": "premium", "pay": True}), ("renewal_webhook", {"paid": True}),
+        ("provider_refunds", {"latest": True, "how": "dispute"}),
+        ("provider_dispute_won", {"latest": True, "how": "closed"}),
+        ("provider_refunds", {"latest": True, "how": "full"}), ("sign_in", {})],
     "a_dispute_won_before_it_was_notified": [
         ("choose_tier", {"tier": "pro", "pay": True}), ("renewal_webhook", {"paid": True}),
         ("provider_dispute_won", {"latest": True, "how": "closed"}),
