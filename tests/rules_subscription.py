@@ -63,6 +63,10 @@ def derive_from_events(events: list[dict]) -> Derived:
             state.status = ACTIVE
         if given_back:
             state.pending_tier = "starter"
+        elif kind == "disputed" and (event.get("details") or {}).get("restored_upgrade"):
+            # an upgrade's dispute won: the upgrade to the period's end, then the tier the
+            # provider renews (unless another change is due then)
+            state.pending_tier = state.pending_tier or event["details"].get("renews_tier")
         elif kind in PENDING_CLEARED or ended:
             state.pending_tier = None
         elif kind in ACCESS_ENDING and (event.get("details") or {}).get("ended_upgrade") \

@@ -315,3 +315,30 @@ def test_a_refund_after_a_won_dispute_ends_the_month_given_back(stripe_app, auth
     [refunded] = billing.events_of(EMAIL, "refunded")
     assert (refunded["from_tier"], refunded["to_tier"], refunded["details"]["ended_access"]) \
         == ("premium", "starter", True)
+
+
+def test_a_won_dispute_of_an_upgrades_charge_gives_the_upgrade_back(stripe_app, auth, billing,
+                                                                   set_clock):
+    """Pro chosen mid-month (its difference charged), that charge disputed (Premium back for
+    the rest of the month, Stripe renewing Premium), then the dispute won: Pro comes back for
+    the rest of the month it was paid for, Premium after it, as Stripe renews it; nothing is
+    asked of Stripe."""
+    from test_billing_refunds import _upgraded_to_pro
+
+    app, stripe = stripe_app
+    client, headers = app.test_client(), auth()
+    end = _upgraded_to_pro(client, headers, billing, stripe)
+    assert _outcome(billing, client, _dispute("evt_d_up", "ch_up")) == "upgrade_disputed"
+    assert billing.subscription(client, headers)["tier"] == "premium"
+    changes = _stripe_changes(stripe)
+
+    assert _outcome(billing, client, _closed("evt_w_up", "ch_up")) == "upgrade_restored"
+    assert _outcome(billing, client, _reinstated("evt_w_up2", "ch_up")) == "already_recorded"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["current_period_end"], data["cancel_at_period_end"],
+            data["pending_tier"]) == ("pro", end, False, "premium")
+    assert _stripe_changes(stripe) == changes
+    assert stripe.received("DELETE", "/v1/subscriptions/sub_s1") == []
+
+    set_clock(datetime.fromisoformat(end) + timedelta(minutes=1))
+    assert billing.subscription(client, headers)["tier"] == "premium"

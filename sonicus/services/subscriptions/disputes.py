@@ -15,7 +15,10 @@ while it runs (``refuse_while_restored``); a higher tier is a new checkout. The 
 given back when the dispute ended nothing, when the period is over (recorded only), or when
 the user has a paid tier, a trial or a grant since (never shortened or replaced). A full
 refund of the charge afterwards ends the period given back, as a refund ends any
-(``apply_refund_notice``).
+(``apply_refund_notice``). A win of an upgrade's charge, whose dispute took back the upgrade
+(the tier it came from for the rest of the period, the provider renewing that one), gives the
+upgraded tier back for the rest of that period, the lower tier due after it as the provider
+renews it (``_give_back_upgrade``); the provider is asked nothing.
 
 Once per dispute: a second notice of the win (the other of the two, or one sent again)
 finds the win recorded. A win notified before the dispute's own notices is recorded first;
@@ -131,13 +134,20 @@ def _apply_win(sub: UserSubscription, notice, now: datetime) -> str:
         return "already_recorded"  # the other notice of the win, or this one again
     ended = next((e for e in earlier if e.type == "disputed"
                   and (e.details or {}).get("ended_access")), None)
-    from_tier = sub.tier
-    outcome = _give_back(sub, ended, now) if ended is not None else "recorded"
+    took_upgrade = next((e for e in earlier if e.type == "disputed"
+                         and (e.details or {}).get("ended_upgrade")), None)
+    from_tier, outcome = sub.tier, "recorded"
+    if ended is not None:
+        outcome = _give_back(sub, ended, now)
+    elif took_upgrade is not None:
+        outcome = _give_back_upgrade(sub, took_upgrade, now)
     restored = outcome == "access_restored"
+    upgrade = outcome == "upgrade_restored"
     _record(sub, "disputed", from_tier, sub.tier, amount_cents=notice.amount_cents,
             reference=notice.charge_id or notice.event_id, at=now, outcome=WON,
-            restored_access=restored or None,
-            period_end=sub.current_period_end.isoformat() if restored else None,
+            restored_access=restored or None, restored_upgrade=upgrade or None,
+            renews_tier=took_upgrade.to_tier if upgrade else None,
+            period_end=sub.current_period_end.isoformat() if restored or upgrade else None,
             provider_created=notice.created.isoformat(), provider_event_id=notice.event_id,
             **_merged_ids(notice, *earlier))
     return outcome
@@ -171,6 +181,25 @@ def _give_back(sub: UserSubscription, ended: SubscriptionEvent, now: datetime) -
     sub.current_period_start, sub.current_period_end = start or now, end
     sub.cancel_at_period_end, sub.pending_tier = True, STARTER
     return "access_restored"
+
+
+def _give_back_upgrade(sub: UserSubscription, took: SubscriptionEvent, now: datetime) -> str:
+    """The upgrade a dispute took back, again for the rest of its period (the one in force,
+    not over, still on the tier the dispute left); the tier the provider renews after it.
+    An upgrade made over a grant is recorded only."""
+    details = took.details or {}
+    upgrade = _paid_event(sub.user_id, [(k, details[k]) for k in _ID_KEYS if details.get(k)])
+    if upgrade is None or upgrade.type != "upgraded" or (upgrade.details or {}).get("over_grant"):
+        return "recorded"
+    if sub.current_period_end is None or sub.current_period_end <= now \
+            or not _same_moment((upgrade.details or {}).get("period_end"), sub.current_period_end):
+        return "recorded_period_over"
+    if sub.tier != took.to_tier or not _has_paid_period(sub) or sub.status != ACTIVE:
+        return "recorded_superseded"
+    sub.tier = took.from_tier
+    if not sub.cancel_at_period_end and sub.pending_tier is None:
+        sub.pending_tier = took.to_tier  # as the provider renews it since the dispute
+    return "upgrade_restored"
 
 
 def restored_by_a_win(sub: UserSubscription) -> bool:
