@@ -342,3 +342,24 @@ def test_a_won_dispute_of_an_upgrades_charge_gives_the_upgrade_back(stripe_app, 
 
     set_clock(datetime.fromisoformat(end) + timedelta(minutes=1))
     assert billing.subscription(client, headers)["tier"] == "premium"
+
+
+def test_a_failed_first_charge_of_a_new_checkout_leaves_the_month_given_back(
+        stripe_app, auth, billing):
+    """Premium given back by a won dispute; Pro's checkout then fails its first charge (a
+    new Stripe subscription of its own): the month given back is not past due for it."""
+    app, _ = stripe_app
+    client, headers = app.test_client(), auth()
+    end = _disputed_then(client, headers, billing)
+    assert _outcome(billing, client, _closed("evt_w1", "ch_1")) == "access_restored"
+    resp = client.post("/api/user/subscription", json={"tier": "pro"}, headers=headers)
+    assert resp.status_code == 200, resp.get_json()
+    now = clock.now()
+    failed = billing.invoice_event("evt_fail", "invoice.payment_failed",
+                                   user_id=billing.user_id(EMAIL), tier=None, period_start=now,
+                                   period_end=now + 30 * DAY, price="price_pro",
+                                   subscription="sub_s2", customer="cus_s1")
+    assert _outcome(billing, client, failed) == "stale"
+    data = billing.subscription(client, headers)
+    assert (data["tier"], data["status"], data["current_period_end"]) \
+        == ("premium", "active", end)

@@ -230,17 +230,13 @@ def refuse_while_restored(sub: UserSubscription, tier: str | None = None) -> Non
                           "does not renew: choose a tier again once it has ended.")
 
 
-def of_the_subscription_it_canceled(sub: UserSubscription, notice) -> bool:
-    """A notice of the provider subscription a dispute canceled, while the period the win
-    gave back runs: that subscription ended with the dispute; it changes nothing now."""
-    if not notice.subscription_id or notice.subscription_id == sub.provider_subscription_id \
-            or not restored_by_a_win(sub):
-        return False
-    return db.session.execute(
-        select(SubscriptionEvent.id).where(
-            SubscriptionEvent.user_id == sub.user_id, SubscriptionEvent.type == "disputed",
-            SubscriptionEvent.details["canceled_subscription"].as_string()
-            == notice.subscription_id).limit(1)).first() is not None
+def not_of_the_period_given_back(sub: UserSubscription, notice) -> bool:
+    """A notice of a provider subscription while the period a win gave back runs: none
+    renews that period (the one the dispute canceled ended with it; a checkout's new one
+    counts once its payment's notice makes it the one running), so it changes nothing of
+    it: a late end of the canceled one, a failed first charge of a checkout's."""
+    return bool(notice.subscription_id) \
+        and notice.subscription_id != sub.provider_subscription_id and restored_by_a_win(sub)
 
 
 def hold_dispute_notice(provider: str, notice) -> str:

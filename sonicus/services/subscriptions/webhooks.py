@@ -42,7 +42,7 @@ from .disputes import (
     apply_dispute_notice,
     apply_refund_notice,
     hold_dispute_notice,
-    of_the_subscription_it_canceled,
+    not_of_the_period_given_back,
 )
 from .expiry import apply_due_deadlines
 from .payments import (
@@ -152,8 +152,8 @@ def _handle_once(provider: str, event: dict, notice, now: datetime | None) -> di
 
 # Notices that mean a provider subscription is running (and may charge).
 LIVE_SUBSCRIPTION_KINDS = (PAYMENT_SUCCEEDED, PAYMENT_FAILED, SUBSCRIPTION_UPDATED)
-# Notices of a provider subscription that change nothing once a dispute canceled it
-# (``disputes.of_the_subscription_it_canceled``).
+# Notices of a provider subscription that change nothing of a period a won dispute gave
+# back (``disputes.not_of_the_period_given_back``).
 STALE_AFTER_A_WIN = (PAYMENT_FAILED, SUBSCRIPTION_UPDATED, SUBSCRIPTION_ENDED)
 
 
@@ -189,8 +189,8 @@ def _apply_notice(provider: str, notice, now: datetime, work: Work, owed: list[i
     work.changed_user(sub.user_id)
     if notice.kind == PAYMENT_SUCCEEDED:
         return apply_payment_succeeded(sub, _payment_of(provider, notice), now)
-    if notice.kind in STALE_AFTER_A_WIN and of_the_subscription_it_canceled(sub, notice):
-        return "stale"  # the subscription a dispute canceled, under the period its win gave
+    if notice.kind in STALE_AFTER_A_WIN and not_of_the_period_given_back(sub, notice):
+        return "stale"  # no provider subscription renews the period a won dispute gave back
     if notice.kind == PAYMENT_FAILED:
         return apply_payment_failed(sub, notice, now)
     if notice.kind == SUBSCRIPTION_UPDATED:
