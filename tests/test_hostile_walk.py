@@ -26,6 +26,9 @@ RAW_BODIES = [b"", b"[]", b'"text"', b"{", b'{"a": NaN}', b"[" * 40 + b"]" * 40,
 PATH_IDS = ["abc", "-1", "0", str(2 ** 63), "%ff", "%00", "%ED%A0%80", "1e3", "\u0661"]
 QUERY_VALUES = ["", "-1", "abc", "%00", "%ED%A0%80", "%FF", "9" * 30, "x" * 3000]
 AUTHORIZATIONS = ["Bearer ", "Bearer \xa0", "Basic abc", "Bearer a.b.c"]
+# Documented routes whose success is a document as its standard has it, not the envelope
+# (their errors are the envelope like any other).
+RAW_DOCUMENTS = {"/api/openapi.json"}
 
 
 @pytest.fixture
@@ -87,6 +90,8 @@ class Walk:
             return
         if res.status_code < 400 and "json" not in res.headers.get("Content-Type", ""):
             return  # the docs and the sandbox's HTML pages
+        if res.status_code < 400 and url.split("?")[0] in RAW_DOCUMENTS:
+            return
         try:
             body = json.loads(res.get_data())
         except ValueError:
