@@ -22,7 +22,8 @@ ERROR_CODES = {
     "validation_error": "The request or a field is not valid; `errors` names the field.",
     "missing_token": "No access token was sent.",
     "invalid_token": "The access token is invalid, expired or for another audience.",
-    "payment_required": "The payment provider declined the charge.",
+    "payment_required": "The payment provider declined the charge, or the tier that would "
+                        "open this was chosen and its payment has not arrived.",
     "forbidden": "Not allowed: not an administrator, or not in the group the API requires.",
     "account_suspended": "The account is suspended.",
     "package_locked": "The package is above the caller's tier (see `required_tier`).",
@@ -93,7 +94,8 @@ DEFAULT_MESSAGES = {
 ERROR_DESCRIPTIONS = {
     400: "`validation_error`: the body is not JSON, or nests too deeply.",
     401: "`missing_token` or `invalid_token`: sign in again.",
-    402: "`payment_required`: the provider declined the charge.",
+    402: "`payment_required`: the provider declined the charge, or a tier's payment has not "
+         "arrived.",
     403: "`account_suspended`, or `forbidden`: not in the group the API requires.",
     404: "`not_found`: no such resource of the caller's.",
     409: "`conflict`: the resource is not in a state that allows this.",

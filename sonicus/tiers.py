@@ -96,11 +96,14 @@ def package_access(tier_name: str, package_level: str, assigned: bool = False) -
     return ACCESS_LOCKED
 
 
-def check_package_access(tier_name: str, package_level: str, assigned: bool = False) -> str:
+def check_package_access(tier_name: str, package_level: str, assigned: bool = False, *,
+                         awaiting: str | None = None) -> str:
     """THE access check: 403 ``package_locked`` when neither the tier opens the level nor a
-    live assignment (``assigned``) opens the package; else how it is open."""
+    live assignment (``assigned``) opens the package; else how it is open. When the tier
+    ``awaiting`` its payment would open the level: 402 instead (``check_awaited_payment``)."""
     access = package_access(tier_name, package_level, assigned)
     if access == ACCESS_LOCKED:
+        check_awaited_payment(awaiting, package_level)
         needed = LEVEL_MIN_TIER[package_level]
         raise ApiError(403, "package_locked",
                        f"This package needs the {TIERS[needed].title} tier or higher.",
@@ -122,15 +125,33 @@ def tier_in_force_at(changes, moment: datetime, current: str) -> str:
     return current  # no history at all: the row is all there is
 
 
-def check_offline_downloads(tier_name: str, assigned: bool = False) -> None:
+def check_offline_downloads(tier_name: str, assigned: bool = False, *,
+                            awaiting: str | None = None, package_level: str = PUBLIC) -> None:
     """THE download rule: a tier with ``offline_downloads``, or a package assigned to the
-    user, may be kept offline; else 403 ``feature_not_in_tier``."""
+    user, may be kept offline; else 403 ``feature_not_in_tier``, or 402 when the tier
+    ``awaiting`` its payment would keep the package (``package_level``) offline."""
     if assigned or TIERS[tier_name].offline_downloads:
         return
+    check_awaited_payment(awaiting, package_level, offline=True)
     needed = min((t for t in TIERS.values() if t.offline_downloads), key=lambda t: t.rank)
     raise ApiError(403, "feature_not_in_tier",
                    f"Offline downloads need the {needed.title} tier or higher.",
                    data={"required_tier": needed.name})
+
+
+def check_awaited_payment(awaiting: str | None, package_level: str,
+                          offline: bool = False) -> None:
+    """THE rule of a tier chosen whose payment has not arrived (``awaiting``: the tier of the
+    checkout an ``incomplete`` subscription waits on, else None). Asked only once the tier in
+    force refused the package (``offline``: to keep it offline): when the awaited tier would
+    open it (and keep it offline), 402 ``payment_required`` rather than the tier's 403."""
+    if awaiting is None:
+        return
+    if keeps_offline(awaiting, package_level) if offline \
+            else can_access_level(awaiting, package_level):
+        raise ApiError(402, "payment_required",
+                       f"The payment for the {TIERS[awaiting].title} tier has not arrived "
+                       "yet; this opens once it does.")
 
 
 def keeps_offline(tier_name: str, package_level: str) -> bool:

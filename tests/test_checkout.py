@@ -399,3 +399,72 @@ def test_buying_again_after_a_failed_renewal_ends_the_old_subscription_at_the_pr
     assert client.delete("/api/user/subscription", json={}, headers=headers).status_code == 200
     assert fake.received("POST", "/v1/subscriptions/sub_new")[-1]["cancel_at_period_end"] == \
         ["true"]
+
+
+# ---- a tier chosen whose payment has not arrived: 402, not 403 ------------------------------
+
+def _use(client, headers, package_id, key=None):
+    """Start a session on the package (with an ``Idempotency-Key`` when ``key``) and ask for
+    its download licence."""
+    start_headers = {**headers, "Idempotency-Key": key} if key else headers
+    return (client.post("/api/user/sessions", json={"package_id": package_id},
+                        headers=start_headers),
+            client.post("/api/user/downloads", json={"package_id": package_id},
+                        headers=headers))
+
+
+def _codes(*answers):
+    return [(res.status_code, res.get_json()["code"]) for res in answers]
+
+
+def test_a_tier_awaiting_its_payment_is_402_not_403(client, auth, billing, make_package):
+    """A user who chose Premium and whose payment has not arrived is told so (402), not that
+    the package is above their tier; once paid, the same requests are granted."""
+    premium = make_package("deep-rest", minimum_tier="premium").id
+    public = make_package("rain").id
+    headers = auth()
+    assert _codes(*_use(client, headers, premium)) == [(403, "package_locked"),
+                                                       (403, "feature_not_in_tier")]
+    checkout = _buy(client, headers)
+    assert billing.subscription(client, headers)["status"] == "incomplete"
+    start, download = _use(client, headers, premium, key="wait-1")
+    assert _codes(start, download) == [(402, "payment_required")] * 2
+    for res in (start, download):
+        assert "Premium" in res.get_json()["message"], res.get_json()
+        assert "not arrived" in res.get_json()["message"], res.get_json()
+    # Starter opens the public package but keeps nothing offline: Premium's payment would
+    public_start, public_download = _use(client, headers, public)
+    assert public_start.status_code == 201
+    assert _codes(public_download) == [(402, "payment_required")]
+    assert [s["package"]["id"] for s in client.get(
+        "/api/user/sessions", headers=headers).get_json()["data"]] == [public]
+    assert client.get("/api/user/downloads", headers=headers).get_json()["data"] == []
+
+    assert client.post(f"/api/billing/sandbox/{checkout['reference']}/confirm").status_code \
+        == 200
+    # the key's answer is kept like any answer below 500: a new attempt takes a new key
+    replay = client.post("/api/user/sessions", json={"package_id": premium},
+                         headers={**headers, "Idempotency-Key": "wait-1"})
+    assert replay.status_code == 402 and replay.headers.get("Idempotent-Replayed") == "true"
+    assert [res.status_code for res in _use(client, headers, premium)] == [201, 201]
+
+
+def test_a_cancelled_checkout_is_403_again(client, auth, billing, make_package):
+    premium = make_package("deep-rest", minimum_tier="premium").id
+    headers = auth()
+    checkout = _buy(client, headers)
+    assert _codes(*_use(client, headers, premium)) == [(402, "payment_required")] * 2
+    assert client.post(f"/api/billing/sandbox/{checkout['reference']}/cancel").status_code \
+        == 303
+    assert _codes(*_use(client, headers, premium)) == [(403, "package_locked"),
+                                                       (403, "feature_not_in_tier")]
+
+
+def test_a_pending_tier_that_would_not_open_the_package_is_still_403(client, auth, billing,
+                                                                      make_package):
+    """Premium's payment pending does not make a Pro package a matter of payment."""
+    pro = make_package("theta", minimum_tier="pro_exclusive").id
+    headers = auth()
+    _buy(client, headers)  # premium
+    assert _codes(*_use(client, headers, pro)) == [(403, "package_locked"),
+                                                   (403, "feature_not_in_tier")]

@@ -35,8 +35,10 @@ class Downloads(MethodView):
     @require_user
     @blp.arguments(DownloadRequestSchema)
     @blp.response(201, DownloadSchema)
-    @blp.errors(401, (403, "`feature_not_in_tier` (the tier has no offline downloads and no "
-                           "assignment opens the package) or `package_locked`."), 404, 422)
+    @blp.errors(401, (402, "`payment_required`: the tier chosen that would allow it waits for "
+                           "its payment (a checkout pending)."),
+                (403, "`feature_not_in_tier` (the tier has no offline downloads and no "
+                      "assignment opens the package) or `package_locked`."), 404, 422)
     def post(self, body, caller):
         """Grant (or renew) a 30-day licence to keep a package offline; signed download URLs
         for its tracks."""

@@ -40,7 +40,9 @@ class Sessions(MethodView):
     @blp.response(201, SessionSchema)
     @blp.alt_response(200, schema=SessionSchema, description=(
         "A session with this `client_id` exists already: it is the answer, nothing counted."))
-    @blp.errors(401, (403, "`package_locked`: neither the tier nor an assignment opens it."),
+    @blp.errors(401, (402, "`payment_required`: the tier chosen that would open it waits for "
+                           "its payment (a checkout pending)."),
+                (403, "`package_locked`: neither the tier nor an assignment opens it."),
                 404, 422,
                 (429, "`daily_session_limit_reached`, with `resets_at`."))
     @no_effect_before_commit  # one transaction on the app's session; locks only the user's

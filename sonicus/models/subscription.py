@@ -43,6 +43,14 @@ class Onboarding:
         return cls(bool(email_verified), sub.tier_chosen_at is not None, sub.status == INCOMPLETE)
 
 
+def tier_awaiting_payment(sub) -> str | None:
+    """The paid tier the user chose and whose payment has not arrived: the tier of the
+    checkout an ``incomplete`` subscription waits on (None when none is pending: never
+    started, paid, or abandoned, replaced or expired, which clears it). ``sub`` is the row,
+    or any row of its ``status`` and ``checkout_tier``."""
+    return sub.checkout_tier if sub.status == INCOMPLETE and sub.checkout_tier else None
+
+
 class UserSubscription(Base):
     """One row per user: the tier in force and where its lifecycle stands."""
 

@@ -30,6 +30,7 @@ from .. import clock, media
 from ..api_errors import not_found
 from ..extensions import db
 from ..models import OfflineLicence, PackageAssignment, SoundPackage, UserSubscription
+from ..models.subscription import tier_awaiting_payment
 from ..pagination import Page
 from ..tiers import (
     OFFLINE_LICENCE_DAYS,
@@ -98,7 +99,8 @@ def _tracks(package: SoundPackage, now: datetime,
 def grant_download(user_id: int, package_id: int, now: datetime | None = None) -> Download:
     """Grant or renew the licence of one package: 404 unknown package, 403
     ``feature_not_in_tier`` when neither the tier allows downloads nor an assignment opens the
-    package, 403 ``package_locked`` when the tier does not open it."""
+    package, 403 ``package_locked`` when the tier does not open it; 402 ``payment_required``
+    instead when the tier of a checkout waiting for its payment would allow it."""
     now = now or clock.now()
     with unit_of_work():
         sub = lock_or_create_subscription(user_id)  # the tier, serialised with its changes
@@ -106,8 +108,11 @@ def grant_download(user_id: int, package_id: int, now: datetime | None = None) -
         assignment = live_assignment(user_id, package.id, now)
         change = scheduled_change(sub)
         tier = tier_in_force(sub, now)
-        check_offline_downloads(tier, assignment is not None)
-        check_package_access(tier, package.minimum_tier, assignment is not None)
+        awaiting = tier_awaiting_payment(sub)  # a refusal its payment would lift is a 402
+        check_offline_downloads(tier, assignment is not None, awaiting=awaiting,
+                                package_level=package.minimum_tier)
+        check_package_access(tier, package.minimum_tier, assignment is not None,
+                             awaiting=awaiting)
         expires_at = _licence_end(tier, change, package, assignment, now)
         stmt = dialect_insert()(OfflineLicence).values(user_id=user_id, package_id=package.id,
                                              granted_at=now, expires_at=expires_at)

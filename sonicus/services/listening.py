@@ -27,6 +27,7 @@ from ..api_errors import fail, not_found
 from ..extensions import db
 from ..models import ListeningSession, SoundPackage, Track, User, UserSubscription
 from ..models.listening import ABANDONED, ENDED, OPEN
+from ..models.subscription import tier_awaiting_payment
 from ..pagination import Page, paginate
 from ..tiers import (
     TIERS,
@@ -59,7 +60,8 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
                           mood_before: int | None = None, now: datetime | None = None,
                           client_id: str | None = None) -> tuple[ListeningSession, bool]:
     """Start a session: 404 unknown package/track, 403 when neither the tier nor a live
-    assignment opens the package, 429 quota used today. ``(session, created)``.
+    assignment opens the package (402 when the tier of a checkout waiting for its payment
+    would), 429 quota used today. ``(session, created)``.
 
     Two statements (and one more with ``client_id``): the first locks the user's subscription
     row for the whole transaction and reads, with it, the user's day settings, the package,
@@ -88,7 +90,8 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
             tier = TIERS[tier_in_force(context, now)]
             if package is None:
                 not_found("Package")
-            check_package_access(tier.name, package.minimum_tier, context.assigned)
+            check_package_access(tier.name, package.minimum_tier, context.assigned,
+                                 awaiting=tier_awaiting_payment(context))
             if track_id is not None and (track is None or track.package_id != package.id):
                 not_found("Track")
             day, resets_at = today_of(context, now)
@@ -120,12 +123,15 @@ def start_or_find_session(user_id: int, package_id: int, track_id: int | None = 
 
 
 # What ``subscriptions.tier_in_force`` reads: a start is judged by the tier in force, which a
-# trial's, a grace's or a period's end has changed before the expiry job writes it.
+# trial's, a grace's or a period's end has changed before the expiry job writes it. With
+# them, the tier of a checkout waiting for its payment (``tier_awaiting_payment``: a refusal
+# it would lift is a 402), read by the same statement.
 _DEADLINE_COLUMNS = (UserSubscription.tier, UserSubscription.status,
                      UserSubscription.trial_ends_at, UserSubscription.past_due_since,
                      UserSubscription.current_period_end, UserSubscription.pending_tier,
                      UserSubscription.cancel_at_period_end, UserSubscription.complimentary,
-                     UserSubscription.provider, UserSubscription.payment_method_on_file)
+                     UserSubscription.provider, UserSubscription.payment_method_on_file,
+                     UserSubscription.checkout_tier)
 
 
 def _start_context_statement(with_track: bool):
