@@ -207,6 +207,15 @@ def retry_violations(first: KeyedWrite, now: datetime, user_id: int | None, stat
     return problems
 
 
+# ---- a tier chosen whose payment has not arrived --------------------------------------------
+def refusal_status(awaiting: str | None, allowed_by) -> int:
+    """What a use the tier in force refuses answers (a session on a package above it, a
+    download licence it does not allow): 402 ``payment_required`` when the tier chosen and
+    not paid yet (``awaiting``: the checkout's tier of an ``incomplete`` subscription, waiting
+    for payment) would allow it (``allowed_by(tier)``), else 403."""
+    return 402 if awaiting is not None and allowed_by(awaiting) else 403
+
+
 # ---- streaks and freezes -----------------------------------------------------------------------
 FREEZE_EVERY_DAYS = 7
 MAX_FREEZES = 2

@@ -36,6 +36,7 @@ from rules_model import (
     completion_violations,
     mood_outcomes,
     offline_violations,
+    refusal_status,
     reminder_violations,
     retry_violations,
     sessions_of_day,
@@ -312,13 +313,17 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
         def start(self, name, level, mood):
             person = self.person(name)
             tier, active = self.tier_of(person)
+            awaiting = self.awaiting_payment(person)
             status, body = self.call("POST", "/api/user/sessions", person.headers,
                                      json={"package_id": self.packages[level],
                                            "mood_before": mood})
-            assert status in (201, 403, 429), body
+            assert status in (201, 402, 403, 429), body
             if active:
                 opens = level in LEVELS[tier] or self.assigned(person, level)
-                assert (status == 403) == (not opens), (tier, level, status, body)
+                assert (status in (402, 403)) == (not opens), (tier, level, status, body)
+                if not opens:  # 402 when the tier whose payment is awaited would open it
+                    assert status == refusal_status(awaiting, lambda t: level in LEVELS[t]), \
+                        (tier, awaiting, level, status, body)
                 if status == 429:  # refused only when the model's day is really full
                     used = sum(1 for r in self.rows(person) if r.counts_toward_quota
                                and person.days.day_of(r.started_at)
@@ -378,7 +383,7 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
         def send_keyed_start(self, person, headers, payload, *, record=True):
             res = client.post("/api/user/sessions", headers=headers, json=payload)
             body = res.get_json(silent=True)
-            assert res.status_code in (201, 403, 404, 429), (res.status_code, body)
+            assert res.status_code in (201, 402, 403, 404, 429), (res.status_code, body)
             if body.get("code") == "account_suspended":  # refused before the key is read
                 assert "Idempotent-Replayed" not in res.headers
                 return None
@@ -396,6 +401,11 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
                 found = (tier_at(sub, self.now), user.is_active)
                 db.session.remove()
             return found
+
+        def awaiting_payment(self, person):
+            """The tier chosen whose payment has not arrived (a checkout pending), or None."""
+            sub = self.subscription_row(person)
+            return sub.checkout_tier if sub.status == "incomplete" else None
 
         def assigned(self, person, level):
             expires = self.assignments.get((person.user_id, level), False)
@@ -1054,14 +1064,19 @@ def build_machine(app, idp, table_names, billing, cancels, prices):
             only of packages kept offline now (``the_licences_listed_are_open``)."""
             person = self.person(name)
             tier, active = self.tier_of(person)
+            awaiting = self.awaiting_payment(person)
             package = self.packages[level]
             status, body = self.call("POST", "/api/user/downloads", person.headers,
                                      json={"package_id": package})
-            assert status in (201, 403), body
+            assert status in (201, 402, 403), body
             if active:
                 allowed = self.assigned(person, level) or (
                     TIERS[tier].offline_downloads and can_access_level(tier, level))
                 assert (status == 201) == bool(allowed), (person.name, tier, level, body)
+                if not allowed:  # 402 when the tier whose payment is awaited would keep it
+                    assert status == refusal_status(awaiting, lambda t: TIERS[t].offline_downloads
+                                                    and can_access_level(t, level)), \
+                        (person.name, tier, awaiting, level, body)
             if status == 201 and ends:
                 status, body = self.call("DELETE", f"/api/user/downloads/{package}",
                                          person.headers)
@@ -1738,6 +1753,23 @@ KEYED_REFUSAL_SEQUENCES = {
         ("time_passes", {"seconds": 3600}), ("retry_keyed_start", {}),
         ("time_passes", {"seconds": 5 * 3600}), ("retry_keyed_start", {}),
         ("time_passes", {"seconds": 86400}), ("retry_keyed_start", {})],
+    # a tier chosen and not paid yet: 402 where it would open, 403 where it would not, the
+    # keyed 402 replayed after the payment arrived
+    "payment_refusal_replayed_after_the_payment": [
+        ("choose_tier", {"tier": "premium", "pay": False}),
+        ("start", {"level": "premium", "mood": None}),
+        ("start", {"level": "pro_exclusive", "mood": None}),
+        ("downloads", {"level": "public", "ends": False}),
+        ("downloads", {"level": "pro_exclusive", "ends": False}),
+        ("start_with_a_key", {"level": "premium"}), ("provider_checkout_paid", {}),
+        ("retry_keyed_start", {}), ("start", {"level": "premium", "mood": None})],
+    # the checkout given up: 403 again, and its keyed 402 replayed as it was
+    "payment_refusal_replayed_after_the_checkout_is_given_up": [
+        ("choose_tier", {"tier": "pro", "pay": False}),
+        ("start_with_a_key", {"level": "premium"}),
+        ("downloads", {"level": "pro_exclusive", "ends": False}), ("cancel", {}),
+        ("start", {"level": "premium", "mood": None}),
+        ("downloads", {"level": "public", "ends": False}), ("retry_keyed_start", {})],
 }
 
 
