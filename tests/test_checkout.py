@@ -468,3 +468,20 @@ def test_a_pending_tier_that_would_not_open_the_package_is_still_403(client, aut
     _buy(client, headers)  # premium
     assert _codes(*_use(client, headers, pro)) == [(403, "package_locked"),
                                                    (403, "feature_not_in_tier")]
+
+
+def test_a_start_awaiting_a_payment_costs_no_extra_statement(app, client, auth, billing,
+                                                             make_package, sql_statements):
+    """The pending tier is read with the start's own first statement: a start granted to a
+    user waiting for a payment sends as many statements as anyone's."""
+    public = make_package("rain").id
+    waiting, plain = auth(), auth("plain@example.com")
+    _buy(client, waiting)
+    counts = []
+    for headers in (plain, waiting, plain, waiting):
+        client.get("/api/user/profile", headers=headers)  # the caller is known and cached
+        statements = sql_statements(app, lambda headers=headers: counts.append(client.post(
+            "/api/user/sessions", json={"package_id": public}, headers=headers).status_code))
+        counts.append(len(statements))
+    assert counts[0::2] == [201] * 4
+    assert counts[1] == counts[3] == counts[5] == counts[7], counts
