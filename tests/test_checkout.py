@@ -460,6 +460,26 @@ def test_a_cancelled_checkout_is_403_again(client, auth, billing, make_package):
                                                        (403, "feature_not_in_tier")]
 
 
+def test_adding_a_package_awaiting_its_tiers_payment_to_the_library_is_402(client, auth,
+                                                                            billing,
+                                                                            make_package):
+    """The library says so too: the package waits on the payment (402), not on a tier the user
+    has not chosen (403); a Pro package stays 403 while Premium is paid for; once paid, added."""
+    premium = make_package("deep-rest", minimum_tier="premium").id
+    pro = make_package("theta", minimum_tier="pro_exclusive").id
+    headers = auth()
+    assert _codes(client.post(f"/api/user/packages/{premium}", headers=headers)) == \
+        [(403, "package_locked")]
+    checkout = _buy(client, headers)
+    assert _codes(client.post(f"/api/user/packages/{premium}", headers=headers),
+                  client.post(f"/api/user/packages/{pro}", headers=headers)) == \
+        [(402, "payment_required"), (403, "package_locked")]
+    assert client.get("/api/user/packages", headers=headers).get_json()["data"] == []
+    assert client.post(f"/api/billing/sandbox/{checkout['reference']}/confirm").status_code \
+        == 200
+    assert client.post(f"/api/user/packages/{premium}", headers=headers).status_code == 201
+
+
 def test_a_pending_tier_that_would_not_open_the_package_is_still_403(client, auth, billing,
                                                                       make_package):
     """Premium's payment pending does not make a Pro package a matter of payment."""

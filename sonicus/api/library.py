@@ -37,7 +37,9 @@ class LibraryEntry(MethodView):
     @blp.response(201, LibraryEntrySchema, description="Added to the library.")
     @blp.alt_response(200, schema=LibraryEntrySchema,
                       description="Already in the library (favourite updated when given).")
-    @blp.errors(401, (403, "`package_locked`: the package is above the tier."), 404, 422)
+    @blp.errors(401, (402, "`payment_required`: the tier chosen that would open it waits for "
+                           "its payment (a checkout pending)."),
+                (403, "`package_locked`: the package is above the tier."), 404, 422)
     def post(self, body, package_id, caller):
         """Add a package to the library; optional body ``{favorite}``. 403 above the tier."""
         item, created = library.add_to_library(caller, package_id, body.get("favorite"))

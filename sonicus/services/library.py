@@ -12,10 +12,11 @@ from sqlalchemy.orm import joinedload
 from .. import clock
 from ..api_errors import fail, not_found
 from ..extensions import db
-from ..models import PackageAssignment, SoundPackage, User, UserSoundPackage
+from ..models import PackageAssignment, SoundPackage, User, UserSoundPackage, UserSubscription
 from ..models.base import utcnow
+from ..models.subscription import tier_awaiting_payment
 from ..pagination import Page, paginate
-from ..tiers import check_package_access
+from ..tiers import ACCESS_LOCKED, check_package_access, package_access
 from . import audit
 from .assignments import live_assignment, live_assignments
 from .catalog import PackageView, get_catalog_package, in_catalog
@@ -111,7 +112,13 @@ def add_to_library(caller, package_id: int, favorite: bool | None = None,
     now = now or clock.now()
     package = get_catalog_package(package_id)
     assignment = live_assignment(caller.id, package.id, now)
-    check_package_access(caller.tier, package.minimum_tier, assignment is not None)
+    assigned = assignment is not None
+    if package_access(caller.tier, package.minimum_tier, assigned) == ACCESS_LOCKED:
+        # refused: 402 when the tier whose payment has not arrived would open it, else 403
+        sub = db.session.execute(select(UserSubscription.status, UserSubscription.checkout_tier)
+                                 .where(UserSubscription.user_id == caller.id)).one_or_none()
+        check_package_access(caller.tier, package.minimum_tier, assigned,
+                             awaiting=tier_awaiting_payment(sub) if sub else None)
     with unit_of_work():
         entry, created = _insert_and_lock(caller.id, package.id, None, favorite)
         if not created and favorite is not None:
