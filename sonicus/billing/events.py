@@ -39,7 +39,7 @@ import stripe
 from ..tiers import PAID_TIERS
 from ..validation import INT32_MAX, hostile_text_errors
 from .dispute_events import DISPUTE_KIND_BY_TYPE, DISPUTE_WON, dispute_kind
-from .refund_amounts import own_refund
+from .refund_amounts import dig, own_refund
 
 TOLERANCE_SECONDS = 300
 MAX_ID_LENGTH = 255        # the columns a provider's id or our reference is stored in
@@ -180,17 +180,9 @@ def _when(value, field: str) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value else None
 
 
-def _get(mapping, *path):
-    for key in path:
-        if not isinstance(mapping, dict):
-            return None
-        mapping = mapping.get(key)
-    return mapping
-
-
 def _list(obj: dict, *path: str) -> list:
     """A Stripe list's items (``lines.data``): absent is none; not an array refuses the event."""
-    value = _get(obj, *path)
+    value = dig(obj, *path)
     if value is None:
         return []
     if not isinstance(value, list):
@@ -218,8 +210,8 @@ def _int(value, field: str) -> int | None:
 
 
 def _metadata_sources(obj: dict) -> list[dict]:
-    sources = [obj.get("metadata"), _get(obj, "subscription_details", "metadata"),
-               _get(obj, "parent", "subscription_details", "metadata")]
+    sources = [obj.get("metadata"), dig(obj, "subscription_details", "metadata"),
+               dig(obj, "parent", "subscription_details", "metadata")]
     for line in _list(obj, "lines", "data"):
         if isinstance(line, dict):
             sources.append(line.get("metadata"))
@@ -250,12 +242,12 @@ def _tier_from_prices(obj: dict, price_to_tier: dict[str, str]) -> str | None:
              if isinstance(line, dict)]
     # the plan's own line before a proration's (``_invoice_period``)
     for line in sorted(lines, key=_proration):
-        amount = _line_amount(_get(line, "amount"))
+        amount = _line_amount(dig(line, "amount"))
         if amount is not None and amount < 0:
             continue  # the credit for the unused time of the plan left behind
-        price = (_str(_get(line, "price"), "price")
-                 or _str(_get(line, "pricing", "price_details", "price"), "price")
-                 or _str(_get(line, "plan"), "plan"))
+        price = (_str(dig(line, "price"), "price")
+                 or _str(dig(line, "pricing", "price_details", "price"), "price")
+                 or _str(dig(line, "plan"), "plan"))
         if price and price in price_to_tier:
             return price_to_tier[price]
     return None
@@ -265,8 +257,8 @@ def _proration(line) -> bool:
     """The line prorates a plan change over a period already begun (Stripe's ``proration``
     flag, on the line or, since API 2025-03, under its parent's details)."""
     return any(flag is True for flag in (
-        _get(line, "proration"), _get(line, "parent", "subscription_item_details", "proration"),
-        _get(line, "parent", "invoice_item_details", "proration")))
+        dig(line, "proration"), dig(line, "parent", "subscription_item_details", "proration"),
+        dig(line, "parent", "invoice_item_details", "proration")))
 
 
 def _invoice_period(obj: dict) -> tuple[datetime | None, datetime | None]:
@@ -276,8 +268,8 @@ def _invoice_period(obj: dict) -> tuple[datetime | None, datetime | None]:
     period, are left out unless the invoice holds nothing else (an upgrade's own invoice)."""
     periods = []
     for line in _list(obj, "lines", "data"):
-        start = _when(_get(line, "period", "start"), "lines.period.start")
-        end = _when(_get(line, "period", "end"), "lines.period.end")
+        start = _when(dig(line, "period", "start"), "lines.period.start")
+        end = _when(dig(line, "period", "end"), "lines.period.end")
         if start and end:
             periods.append((start, end, _proration(line)))
     periods = [p for p in periods if not p[2]] or periods
@@ -327,9 +319,9 @@ def _payment_ids(obj: dict) -> dict:
     """An invoice's (or a checkout session's) charge and payment intent, where it says."""
     charge = _str(obj.get("charge"), "charge")
     intent = _str(obj.get("payment_intent"), "payment_intent")
-    for paid in _get(obj, "payments", "data") or []:
-        charge = charge or _str(_get(paid, "payment", "charge"), "payments.charge")
-        intent = intent or _str(_get(paid, "payment", "payment_intent"), "payments.intent")
+    for paid in dig(obj, "payments", "data") or []:
+        charge = charge or _str(dig(paid, "payment", "charge"), "payments.charge")
+        intent = intent or _str(dig(paid, "payment", "payment_intent"), "payments.intent")
     return {"charge_id": charge, "payment_intent_id": intent}
 
 
@@ -361,7 +353,7 @@ def _charge_notice(common: dict, obj: dict, event_type: str) -> BillingNotice:
 def _invoice_notice(common: dict, obj: dict) -> BillingNotice:
     start, end = _invoice_period(obj)
     subscription_id = _str(obj.get("subscription"), "subscription") or _str(
-        _get(obj, "parent", "subscription_details", "subscription"), "subscription")
+        dig(obj, "parent", "subscription_details", "subscription"), "subscription")
     amount = _int(obj.get("amount_paid"), "amount_paid") \
         if common["kind"] == PAYMENT_SUCCEEDED else _int(obj.get("amount_due"), "amount_due")
     return BillingNotice(**common, subscription_id=subscription_id, amount_cents=amount,
@@ -372,7 +364,7 @@ def _invoice_notice(common: dict, obj: dict) -> BillingNotice:
 def parse_event(event: dict, price_to_tier: dict[str, str] | None = None) -> BillingNotice:
     """Read a Stripe-format event into a ``BillingNotice`` (kind ``ignored`` if not ours)."""
     event_type = event["type"]
-    obj = _get(event, "data", "object")
+    obj = dig(event, "data", "object")
     obj = obj if isinstance(obj, dict) else {}
     common = _common_fields(event, obj, _event_kind(event_type, obj), price_to_tier or {})
     if event_type == "checkout.session.completed":
@@ -386,7 +378,7 @@ def parse_event(event: dict, price_to_tier: dict[str, str] | None = None) -> Bil
     if common["kind"] in (CHARGE_REFUNDED, CHARGE_DISPUTED, DISPUTE_WON):
         return replace(_charge_notice(common, obj, event_type), **own_refund(event, _int, _str))
     if event_type == "customer.subscription.updated":
-        previous = _get(event, "data", "previous_attributes")
+        previous = dig(event, "data", "previous_attributes")
         cancel = obj.get("cancel_at_period_end")
         return BillingNotice(**{**common, "document_id": None},
                              subscription_id=_str(obj.get("id"), "data.object.id"),

@@ -18,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
-def _get(mapping, *path):
+def dig(mapping, *path):
+    """The value at ``path`` in nested mappings of a provider's notice, or None where a step
+    is missing or not a mapping."""
     for key in path:
         if not isinstance(mapping, dict):
             return None
@@ -32,10 +34,10 @@ def own_refund(event: dict, cents: Callable, text: Callable) -> dict:
     notice of anything but a refund (a dispute) says nothing of one."""
     if event.get("type") != "charge.refunded":
         return {}
-    total = cents(_get(event, "data", "object", "amount_refunded"), "amount_refunded")
-    before = cents(_get(event, "data", "previous_attributes", "amount_refunded"),
+    total = cents(dig(event, "data", "object", "amount_refunded"), "amount_refunded")
+    before = cents(dig(event, "data", "previous_attributes", "amount_refunded"),
                    "previous_attributes.amount_refunded")
-    listed = _get(event, "data", "object", "refunds", "data")
+    listed = dig(event, "data", "object", "refunds", "data")
     refunds = [(text(r.get("id"), "refunds.id"), cents(r.get("amount"), "refunds.amount"))
                for r in (listed if isinstance(listed, list) else []) if isinstance(r, dict)]
     if total is not None and before is not None and before < total:
