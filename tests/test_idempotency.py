@@ -234,6 +234,32 @@ def test_a_retry_with_a_cache_buster_added_is_the_same_request(client, listener,
     assert _sessions(db_session) == 1
 
 
+def test_a_key_kept_before_the_query_left_the_fingerprint_still_replays(client, listener,
+                                                                        db_session):
+    """A key kept by the release before (its fingerprint taken with the query string, empty
+    here) still matches its retry: an upgrade in the 24 hours never turns a retry into a
+    422 ``idempotency_key_reused``."""
+    import hashlib
+
+    from sonicus.models.idempotency import DONE, IdempotencyKey
+
+    body = json.dumps({"package_id": listener["package"]}).encode()
+    before = hashlib.sha256(b"POST /api/user/sessions?" + b"" + b"\n" + body).hexdigest()
+    now = clock.now()
+    kept = {"success": True, "data": {"id": 424242}, "message": "kept", "errors": None}
+    db_session.add(IdempotencyKey(user_id=listener["id"], key="k-before", fingerprint=before,
+                                  state=DONE, response_status=201,
+                                  response_body=json.dumps(kept), created_at=now,
+                                  expires_at=now + timedelta(hours=24)))
+    db_session.commit()
+    res = client.post("/api/user/sessions", data=body, content_type="application/json",
+                      headers=_keyed(listener["headers"], "k-before"))
+    assert res.status_code == 201, res.get_json()
+    assert res.headers.get(REPLAYED) == "true"
+    assert json.loads(res.get_data())["data"]["id"] == 424242
+    assert _sessions(db_session) == 0
+
+
 def test_another_user_with_the_same_key_is_independent(client, listener, make_user, auth,
                                                        db_session):
     make_user("other@example.com")
