@@ -7,7 +7,7 @@ from inspect import iscoroutinefunction
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from flask import Flask
+from flask import Flask, abort
 from flask.globals import request_ctx
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import RequestRedirect, WebsocketMismatch
@@ -94,6 +94,14 @@ class Sonicus(Flask):
         another address (and a write's body with it)."""
         if isinstance(request.routing_exception, RequestRedirect):
             raise NotFound()
+        if request.method == "OPTIONS" and isinstance(request.routing_exception,
+                                                      WebsocketMismatch):
+            # ``OPTIONS`` at a socket's address (werkzeug routes it as a handshake that is
+            # missing) is answered like any other, with the methods of the socket's route
+            rule, _args = request_ctx.url_adapter.match(websocket=True, return_rule=True)
+            response = self.json.response(envelope())
+            response.allow.update({*rule.methods, "OPTIONS"})
+            abort(response)
         raise request.routing_exception
 
     def make_default_options_response(self):
@@ -101,17 +109,6 @@ class Sonicus(Flask):
         response = self.json.response(envelope())
         response.allow.update(request_ctx.url_adapter.allowed_methods())
         return response
-
-    def dispatch_request(self):
-        """``OPTIONS`` at a socket's address is answered like any other (werkzeug routes it
-        as a handshake that is missing), with the methods of the socket's route."""
-        req = request_ctx.request
-        if req.method == "OPTIONS" and isinstance(req.routing_exception, WebsocketMismatch):
-            rule, _args = request_ctx.url_adapter.match(websocket=True, return_rule=True)
-            response = self.json.response(envelope())
-            response.allow.update({*rule.methods, "OPTIONS"})
-            return response
-        return super().dispatch_request()
 
     def ensure_sync(self, func):
         # Flask asks for every hook and view of every request: most are the same objects
